@@ -1,0 +1,60 @@
+"""Typed errors.
+
+Every error swarmguard raises on bad input is a :class:`SwarmGuardError` and also
+the matching builtin, so callers can catch either ``swarmguard.SwarmGuardError``
+or the plain ``ValueError`` / ``KeyError`` / ``TypeError`` they already handle.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SwarmGuardError",
+    "InvalidInputError",
+    "DimensionMismatchError",
+    "NonFiniteError",
+    "EmptyInputError",
+    "InvalidTypeError",
+    "UnknownAgentError",
+    "UnknownCohortError",
+]
+
+
+class SwarmGuardError(Exception):
+    """Base class of every error raised by swarmguard."""
+
+
+class InvalidInputError(SwarmGuardError, ValueError):
+    """An argument has the right type but a value swarmguard cannot accept."""
+
+
+class DimensionMismatchError(InvalidInputError):
+    """A feature vector or matrix does not have the expected number of features."""
+
+
+class NonFiniteError(InvalidInputError):
+    """Input holds NaN or an infinity."""
+
+
+class EmptyInputError(InvalidInputError):
+    """A batch with no rows, where at least one is needed."""
+
+
+class InvalidTypeError(InvalidInputError, TypeError):
+    """An argument has a type swarmguard cannot use (e.g. non-numeric features).
+
+    It is both a ``ValueError`` (bad input) and a ``TypeError``.
+    """
+
+
+class UnknownAgentError(SwarmGuardError, KeyError):
+    """An agent id that is not in the structure."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownCohortError(SwarmGuardError, KeyError):
+    """A cohort path that does not exist."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
