@@ -17,6 +17,7 @@ from .errors import (
     UnknownAgentError,
     UnknownCohortError,
 )
+from .api import BehavioralData, BehavioralDistributedProtocol, HierarchicalStatisticalTree
 from .values import InsufficientDataError, Moments
 
 __version__ = "0.1.0"
@@ -32,4 +33,7 @@ __all__ = [
     "UnknownCohortError",
     "InsufficientDataError",
     "Moments",
+    "HierarchicalStatisticalTree",
+    "BehavioralDistributedProtocol",
+    "BehavioralData",
 ]

@@ -61,7 +61,8 @@ def combine_groups(
     safe = np.where(n > 0, n, 1.0)
     off = np.einsum("...k,...kd->...d", counts, offsets) / safe[..., None]
     dev = offsets - off[..., None, :]
-    m2 = m2s.sum(axis=-3) + np.einsum("...k,...ki,...kj->...ij", counts, dev, dev)
+    weighted = dev * counts[..., None]
+    m2 = m2s.sum(axis=-3) + np.matmul(np.swapaxes(weighted, -1, -2), dev)
     return n, off, m2
 
 

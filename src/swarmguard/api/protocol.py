@@ -1,0 +1,323 @@
+"""``BehavioralDistributedProtocol``: update the tree and score agents (Solution 1)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from scipy.special import chdtrc
+from scipy.stats import chi2
+
+from ..errors import InvalidInputError, InvalidTypeError
+from ..structures.fdr import benjamini_hochberg
+from ..structures.scoring import MIN_POPULATION, LeaveOneOutScorer
+from ..validation import (
+    as_feature_vector,
+    check_agent_id,
+    check_cohort,
+    check_fraction,
+    check_positive_int,
+)
+from .tree import HierarchicalStatisticalTree, Path
+
+__all__ = ["BehavioralData", "BehavioralDistributedProtocol", "read_behavior"]
+
+_MISSING = object()
+
+
+@dataclass(slots=True)
+class BehavioralData:
+    """One observation of one agent's behaviour.
+
+    ``features`` is the agent's behaviour vector; ``region`` (or an explicit
+    ``cohort`` path) places the agent under named cohorts of the tree.
+    """
+
+    agent_id: Hashable
+    features: Any
+    timestamp: float | None = None
+    id: Hashable | None = None
+    region: str | None = None
+    anomaly_score: float | None = None
+    cohort: tuple[str, ...] | None = None
+
+
+def read_behavior(data: Any) -> tuple[Hashable, Any, Path | None]:
+    """(agent_id, features, cohort path) from a BehavioralData, an object or a mapping.
+
+    The cohort is ``cohort`` when given, else ``(region,)`` when a region is
+    given, else None (the agent stays where it is; new agents go to the root).
+    """
+    if type(data) is BehavioralData:       # the common case, without getattr probing
+        cohort = data.cohort
+        if cohort is None and data.region is not None:
+            if not isinstance(data.region, str):
+                raise InvalidTypeError(f"region must be a string, got {data.region!r}")
+            cohort = (data.region,)
+        return data.agent_id, data.features, cohort
+    if isinstance(data, Mapping):
+        get = data.get
+    else:
+        def get(key, default=None):
+            return getattr(data, key, default)
+    agent_id = get("agent_id", _MISSING)
+    features = get("features", _MISSING)
+    if agent_id is _MISSING or features is _MISSING:
+        raise InvalidInputError(
+            "behavioral_data needs 'agent_id' and 'features' "
+            f"(got a {type(data).__name__})"
+        )
+    cohort = get("cohort", None)
+    if cohort is None:
+        region = get("region", None)
+        if region is not None:
+            if not isinstance(region, str):
+                raise InvalidTypeError(f"region must be a string, got {region!r}")
+            cohort = (region,)
+    return agent_id, features, cohort
+
+
+@lru_cache(maxsize=256)
+def _chi2_threshold(alpha: float, dim: int) -> float:
+    """Squared-distance threshold: the χ²(dim) upper ``alpha`` quantile."""
+    return float(chi2.isf(alpha, dim))
+
+
+class BehavioralDistributedProtocol:
+    """Score agents by leave-one-out Mahalanobis distance as their behaviour arrives.
+
+    Parameters
+    ----------
+    tree : HierarchicalStatisticalTree
+    significance_level : float, default 1e-3
+        Per-agent level α: an agent is anomalous when its χ²(d) p-value is
+        below α (below α / L when scored at L levels, Bonferroni).
+    fdr : float, optional
+        Batch methods control the false-discovery rate at this level
+        (Benjamini–Hochberg) instead of using α; each batch call may override.
+    shrinkage : float in [0, 1] or "auto", default "auto"
+        Shrinkage of the covariance toward its diagonal (0 turns it off; "auto"
+        is min(1, d / n)); see :mod:`swarmguard.structures.scoring`.
+    warm_up : int, optional
+        No agent is flagged while the population has fewer members; default
+        ``min(1000, 100 * d)``.
+    score_levels : "population" or "all", default "population"
+        Score against the whole population only, or also against the agent's
+        own cohort and every ancestor cohort (each level is reported).
+
+    Examples
+    --------
+    >>> import asyncio, numpy as np
+    >>> tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    >>> protocol = BehavioralDistributedProtocol(tree, warm_up=10)
+    >>> rng = np.random.default_rng(0)
+    >>> tree.update_many(np.arange(200), rng.normal(size=(200, 2)))
+    >>> info = asyncio.run(protocol.update_agent_behavior(BehavioralData(7, [9.0, -9.0])))
+    >>> info["is_anomaly"], info["p_value"] < 1e-10
+    (True, True)
+    """
+
+    def __init__(
+        self,
+        tree: HierarchicalStatisticalTree,
+        *,
+        significance_level: float = 1e-3,
+        fdr: float | None = None,
+        shrinkage: float | str = "auto",
+        warm_up: int | None = None,
+        score_levels: str = "population",
+    ):
+        if not isinstance(tree, HierarchicalStatisticalTree):
+            raise InvalidTypeError(f"tree must be a HierarchicalStatisticalTree, got {type(tree).__name__}")
+        self.tree = tree
+        self.significance_level = check_fraction(significance_level, "significance_level", low_open=True, high_open=True)
+        self.fdr = None if fdr is None else check_fraction(fdr, "fdr", low_open=True, high_open=True)
+        if isinstance(shrinkage, str):
+            if shrinkage != "auto":
+                raise InvalidInputError(f"shrinkage must be a number in [0, 1] or 'auto', got {shrinkage!r}")
+        else:
+            shrinkage = check_fraction(shrinkage, "shrinkage")
+        self.shrinkage = shrinkage
+        self._warm_up = None if warm_up is None else check_positive_int(warm_up, "warm_up", minimum=MIN_POPULATION)
+        if score_levels not in ("population", "all"):
+            raise InvalidInputError(f"score_levels must be 'population' or 'all', got {score_levels!r}")
+        self.score_levels = score_levels
+
+    @property
+    def warm_up(self) -> int:
+        """Population size below which nobody is flagged."""
+        if self._warm_up is not None:
+            return self._warm_up
+        d = self.tree.feature_dimensions or 10
+        return min(1000, 100 * d)
+
+    # ------------------------------------------------------------------ streaming
+    async def update_agent_behavior(self, behavioral_data: Any) -> dict[str, Any]:
+        """Update the tree with one observation and score that agent (``anomaly_info``)."""
+        return self.update_agent_behavior_sync(behavioral_data)
+
+    def update_agent_behavior_sync(self, behavioral_data: Any) -> dict[str, Any]:
+        """Synchronous twin of :meth:`update_agent_behavior`."""
+        agent_id, features, cohort = read_behavior(behavioral_data)
+        agent_id = check_agent_id(agent_id)
+        x = as_feature_vector(features, self.tree.feature_dimensions)
+        path = check_cohort(cohort)
+        slot = self.tree._update_one(agent_id, x, path)
+        return self._score_slot(agent_id, slot, x)
+
+    async def score_agent(self, agent_id: Any) -> dict[str, Any]:
+        """Score a known agent without changing anything."""
+        return self.score_agent_sync(agent_id)
+
+    def score_agent_sync(self, agent_id: Any) -> dict[str, Any]:
+        """Synchronous twin of :meth:`score_agent`."""
+        slot = self.tree._slot(agent_id)
+        return self._score_slot(check_agent_id(agent_id), slot, self.tree._tree.X[slot])
+
+    def _score_slot(self, agent_id: Hashable, slot: int, x: np.ndarray) -> dict[str, Any]:
+        tree = self.tree
+        cohorts = tree._cohorts
+        d = x.shape[0]
+        own = int(cohorts.page_owner[slot // cohorts.page_size])
+        # Root first, the agent's own cohort last.
+        level_ids = [0] if self.score_levels == "population" else cohorts.ancestors(own)[::-1]
+        alpha = self.significance_level / len(level_ids)
+        thr2 = _chi2_threshold(alpha, d)
+        warm = tree._tree._root_n >= self.warm_up
+        levels = []
+        for cid in level_ids:
+            if cid == 0:
+                n, mean, m2 = tree._tree.root_moments(copy=False)
+            else:
+                n, mean, m2 = tree._cohort_moments(cid)
+            scorer = LeaveOneOutScorer(n, mean, m2, self.shrinkage)
+            d2, shares = scorer.score(x - mean)
+            p = float(chdtrc(d, d2))
+            levels.append({
+                "cohort": cohorts.paths[cid],
+                "count": int(n),
+                "mahalanobis_squared": d2,
+                "mahalanobis_distance": math.sqrt(d2),
+                "p_value": p,
+                "is_anomaly": warm and scorer.ok and p < alpha,
+                "feature_contributions": shares,
+            })
+        top = levels[0]
+        return {
+            "agent_id": agent_id,
+            "is_anomaly": any(lv["is_anomaly"] for lv in levels),
+            "mahalanobis_distance": top["mahalanobis_distance"],
+            "mahalanobis_squared": top["mahalanobis_squared"],
+            "p_value": top["p_value"],
+            "threshold": math.sqrt(thr2),
+            "threshold_squared": thr2,
+            "significance_level": alpha,
+            "cohort": cohorts.paths[own],
+            "population_count": top["count"],
+            "warming_up": not warm,
+            "feature_contributions": top["feature_contributions"],
+            "levels": levels,
+        }
+
+    # ------------------------------------------------------------------ batch
+    def score_many(self, agent_ids: Any = None, *, fdr: float | None | str = "default",
+                   explain: bool = False) -> dict[str, Any]:
+        """Score many known agents at once (all agents when ``agent_ids`` is None).
+
+        Returns a dict of arrays aligned with ``agent_ids``: ``mahalanobis_squared``,
+        ``mahalanobis_distance``, ``p_value``, ``is_anomaly``, and the decision
+        rule used (``threshold_squared``, ``p_value_cutoff``, ``method``); with
+        ``explain=True`` also ``feature_contributions`` (n, d). With
+        ``score_levels="all"``, ``levels`` maps each cohort path to the rows
+        scored against it and their scores; an agent's ``p_value`` is then its
+        smallest level p-value times its number of levels (Bonferroni, capped at 1).
+        """
+        tree = self.tree
+        if tree._tree is None:
+            raise InvalidInputError("the tree is empty: nothing to score")
+        if agent_ids is None:
+            slots = np.flatnonzero(tree._tree.occupied)
+            ids = tree._ids_at_slot[slots]
+        else:
+            slots = tree.slots_of(agent_ids)
+            ids = np.asarray(agent_ids)
+        return self._score_slots(ids, slots, fdr, explain)
+
+    def update_and_score_many(self, agent_ids: Any, X: Any, cohorts: Any = None, *,
+                              fdr: float | None | str = "default", explain: bool = False) -> dict[str, Any]:
+        """:meth:`HierarchicalStatisticalTree.update_many`, then :meth:`score_many` on those agents."""
+        fdr_level = self._resolve_fdr(fdr)       # validate before any change
+        slots = self.tree._update_many(agent_ids, X, cohorts)
+        return self._score_slots(np.asarray(agent_ids), slots, fdr_level, explain)
+
+    def _resolve_fdr(self, fdr: Any) -> float | None:
+        if isinstance(fdr, str) and fdr == "default":
+            return self.fdr
+        if fdr is None:
+            return None
+        return check_fraction(fdr, "fdr", low_open=True, high_open=True)
+
+    def _score_slots(self, ids: np.ndarray, slots: np.ndarray, fdr: Any, explain: bool) -> dict[str, Any]:
+        q = self._resolve_fdr(fdr)
+        tree = self.tree
+        tree._tree.flush()
+        d = tree.feature_dimensions
+        X = np.take(tree._tree.X, slots, axis=0)
+        n_pop, mean, m2 = tree._population_moments()
+        scorer = LeaveOneOutScorer(n_pop, mean, m2, self.shrinkage)
+        X -= mean                      # X is a fresh copy: centre in place
+        res = scorer.score_many(X, explain=explain)
+        d2, shares = res if explain else (res, None)
+        p = chdtrc(d, d2)
+        out: dict[str, Any] = {"agent_ids": ids, "population_count": int(round(n_pop))}
+        n_levels = np.ones(slots.size)
+        if self.score_levels == "all":
+            levels: dict[Path, dict[str, np.ndarray]] = {(): {"rows": np.arange(slots.size), "mahalanobis_squared": d2, "p_value": p}}
+            p_min = p.copy()
+            row_cohort = tree._cohorts.cohort_of_slots(slots)
+            for cid in np.unique(row_cohort):
+                for anc in tree._cohorts.ancestors(int(cid))[:-1]:   # every cohort but the root
+                    path = tree._cohorts.path_of(anc)
+                    if path in levels:
+                        continue
+                    members = set(tree._cohorts.subtree(anc))
+                    rows = np.flatnonzero(np.isin(row_cohort, list(members)))
+                    cn, cmean, cm2 = tree._cohort_moments(anc)
+                    cd2 = LeaveOneOutScorer(cn, cmean, cm2, self.shrinkage).score_many(X[rows] + (mean - cmean))
+                    cp = chdtrc(d, cd2)
+                    levels[path] = {"rows": rows, "mahalanobis_squared": cd2, "p_value": cp}
+                    n_levels[rows] += 1
+                    p_min[rows] = np.minimum(p_min[rows], cp)
+            p_agent = np.minimum(1.0, p_min * n_levels)
+            out["levels"] = levels
+        else:
+            p_agent = p
+        warm = n_pop >= self.warm_up and scorer.ok
+        if q is not None:
+            flagged, cut = benjamini_hochberg(p_agent, q)
+            method = f"fdr(q={q})"
+        else:
+            cut = self.significance_level
+            flagged = p_agent < cut
+            method = f"alpha({cut})"
+        if not warm:
+            flagged = np.zeros(slots.size, dtype=bool)
+        thr2 = _chi2_threshold(cut, d) if cut > 0 else float("inf")
+        out.update({
+            "mahalanobis_squared": d2,
+            "mahalanobis_distance": np.sqrt(d2),
+            "p_value": p_agent,
+            "is_anomaly": flagged,
+            "threshold_squared": thr2,
+            "threshold": float(np.sqrt(thr2)),
+            "p_value_cutoff": cut,
+            "method": method,
+            "warming_up": not warm,
+        })
+        if explain:
+            out["feature_contributions"] = shares
+        return out

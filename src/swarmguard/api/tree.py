@@ -1,0 +1,413 @@
+"""``HierarchicalStatisticalTree``: the guide's Solution 1 population tree."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import (
+    DimensionMismatchError,
+    InvalidInputError,
+    InvalidTypeError,
+    UnknownAgentError,
+    UnknownCohortError,
+)
+from ..structures.cohorts import CohortDirectory
+from ..structures.id_index import IdIndex
+from ..structures.slot_tree import SlotTree
+from ..validation import (
+    as_feature_matrix,
+    as_feature_vector,
+    check_agent_id,
+    check_cohort,
+    check_positive_int,
+)
+
+__all__ = ["HierarchicalStatisticalTree", "Path"]
+
+Path = tuple[str, ...]
+_PAGE_TARGET = 256  # slots a cohort claims at a time, roughly
+
+
+def _page_levels(b: int) -> int:
+    levels, size = 1, b
+    while size * b <= _PAGE_TARGET:
+        levels, size = levels + 1, size * b
+    return levels
+
+
+class HierarchicalStatisticalTree:
+    """Mergeable population statistics in a tree of cohorts.
+
+    Each agent's latest feature vector is a leaf; every internal node holds the
+    merged moments (count, mean, co-moment) of its subtree; the root is the
+    whole population. Replacing one agent's vector touches only the
+    ``log_b(n)`` nodes on its path, each in O(d²).
+
+    Agents are placed automatically (first free slot of their cohort, in order
+    of arrival); a cohort path such as ``("eu-west", "cluster-7")`` places an
+    agent under named cohort nodes, each with statistics of its own.
+
+    Parameters
+    ----------
+    branching_factor : int, default 10
+        Children per node.
+    feature_dimensions : int, optional
+        Features per agent; fixed by the first vector seen when omitted.
+    recompute_every : int, default 65536
+        Most per-item updates between exact recomputations of the nodes they
+        touched (see :mod:`swarmguard.structures.slot_tree`): each per-item
+        update reaches the population's moments at once; the nodes below are
+        recomputed from their children in batches, and always before they are
+        read, so statistics returned by the ``get_*`` methods are exact.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> tree = HierarchicalStatisticalTree(branching_factor=10, feature_dimensions=2)
+    >>> tree.update_many([1, 2, 3], np.array([[0.0, 1.0], [2.0, 1.0], [4.0, 4.0]]))
+    >>> tree.update_agent("x", [2.0, 2.0], cohort=("eu-west", "cluster-7"))
+    >>> stats = tree.get_global_statistics()
+    >>> int(stats["count"]), stats["mean"].tolist()
+    (4, [2.0, 2.0])
+    >>> int(tree.get_cohort_statistics(("eu-west",))["count"])
+    1
+    >>> tree.remove_agent(3); len(tree)
+    3
+    """
+
+    def __init__(
+        self,
+        branching_factor: int = 10,
+        feature_dimensions: int | None = None,
+        *,
+        recompute_every: int = 65536,
+    ):
+        self.branching_factor = check_positive_int(branching_factor, "branching_factor", minimum=2)
+        if feature_dimensions is not None:
+            feature_dimensions = check_positive_int(feature_dimensions, "feature_dimensions")
+        self.recompute_every = check_positive_int(recompute_every, "recompute_every")
+        self._dim = feature_dimensions
+        self._page_levels = _page_levels(self.branching_factor)
+        self._page_size = self.branching_factor ** self._page_levels
+        self._index = IdIndex()
+        self._cohorts = CohortDirectory(self._page_size)
+        self._ids_at_slot = np.empty(0, dtype=object)
+        self._tree: SlotTree | None = None
+        self.version = 0  # bumps on every change; caches key on it
+        if self._dim is not None:
+            self._make_tree(self._dim)
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def feature_dimensions(self) -> int | None:
+        """Features per agent (None until the first vector when not given)."""
+        return self._dim
+
+    def _make_tree(self, dim: int) -> None:
+        self._dim = dim
+        self._tree = SlotTree(dim, self.branching_factor, self._page_levels, self.recompute_every)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, agent_id: object) -> bool:
+        try:
+            return check_agent_id(agent_id) in self._index
+        except InvalidInputError:
+            return False
+
+    @property
+    def depth(self) -> int:
+        """Internal levels between the leaves and the root (log_b of capacity)."""
+        return 0 if self._tree is None else self._tree.levels
+
+    def agent_ids(self) -> list[Hashable]:
+        """Ids of the agents in the tree, in slot order."""
+        if self._tree is None:
+            return []
+        return list(self._ids_at_slot[: self._tree.capacity][self._tree.occupied])
+
+    def cohorts(self) -> list[Path]:
+        """Every cohort path, the root ``()`` first."""
+        return list(self._cohorts.paths)
+
+    def _slot(self, agent_id: Any) -> int:
+        agent_id = check_agent_id(agent_id)
+        slot = self._index.get(agent_id)
+        if slot is None:
+            raise UnknownAgentError(f"unknown agent id {agent_id!r}")
+        return slot
+
+    def agent_cohort(self, agent_id: Any) -> Path:
+        """The cohort path an agent is placed under."""
+        return self._cohorts.path_of(int(self._cohorts.cohort_of_slots(self._slot(agent_id))))
+
+    def get_agent_features(self, agent_id: Any) -> np.ndarray:
+        """The agent's latest feature vector (a copy)."""
+        return self._tree.X[self._slot(agent_id)].copy()
+
+    def _grow_slots(self, n_slots: int) -> None:
+        self._tree.ensure_capacity(n_slots)
+        if self._ids_at_slot.size < self._tree.capacity:
+            ids = np.empty(self._tree.capacity, dtype=object)
+            ids[: self._ids_at_slot.size] = self._ids_at_slot
+            self._ids_at_slot = ids
+
+    # ------------------------------------------------------------------ single updates
+    def update_agent(self, agent_id: Any, features: Any, cohort: Any = None) -> None:
+        """Set one agent's latest vector (insert, replace, or move to ``cohort``)."""
+        agent_id = check_agent_id(agent_id)
+        x = as_feature_vector(features, self._dim)
+        path = check_cohort(cohort)
+        self._update_one(agent_id, x, path)
+
+    def _update_one(self, agent_id: Hashable, x: np.ndarray, path: Path | None) -> int:
+        """Validated single update; returns the agent's slot."""
+        if self._tree is None:
+            self._make_tree(x.shape[0])
+        tree = self._tree
+        slot = self._index.get(agent_id)
+        if slot is not None:
+            if path is None or self._cohorts.id_of.get(path) == int(self._cohorts.cohort_of_slots(slot)):
+                tree.replace(slot, x)
+                self.version += 1
+                return slot
+            # Moving to another cohort: leave the old slot, take one in the new cohort.
+            old_cid = int(self._cohorts.cohort_of_slots(slot))
+            tree.remove(slot)
+            self._cohorts.release(old_cid, np.array([slot]))
+            self._ids_at_slot[slot] = None
+        cid = self._cohorts.ensure(path if path is not None else ())
+        new_slot = int(self._cohorts.allocate(cid, 1)[0])
+        self._grow_slots(new_slot + 1)
+        self._tree.insert(new_slot, x)
+        self._index.set(agent_id, new_slot)
+        self._ids_at_slot[new_slot] = agent_id
+        self.version += 1
+        return new_slot
+
+    def remove_agent(self, agent_id: Any) -> None:
+        """Remove an agent; ``UnknownAgentError`` (a ``KeyError``) if it is not here."""
+        slot = self._slot(agent_id)
+        cid = int(self._cohorts.cohort_of_slots(slot))
+        self._tree.remove(slot)
+        self._cohorts.release(cid, np.array([slot]))
+        self._index.pop(self._ids_at_slot[slot])
+        self._ids_at_slot[slot] = None
+        self.version += 1
+
+    # ------------------------------------------------------------------ batch updates
+    def _check_ids(self, agent_ids: Any) -> np.ndarray:
+        if isinstance(agent_ids, (str, bytes)) or not hasattr(agent_ids, "__len__"):
+            raise InvalidTypeError("agent_ids must be a sequence or array of ids")
+        ids = np.asarray(agent_ids) if not isinstance(agent_ids, np.ndarray) else agent_ids
+        if ids.ndim != 1:
+            if ids.dtype != object:
+                raise DimensionMismatchError(f"agent_ids must be 1-D, got shape {ids.shape}")
+            ids = np.empty(len(agent_ids), dtype=object)
+            ids[:] = list(agent_ids)
+        if ids.dtype.kind == "f" or ids.dtype.kind == "c" or ids.dtype.kind == "b":
+            raise InvalidTypeError(f"agent ids must be ints or strings, got dtype {ids.dtype}")
+        if ids.dtype.kind == "O":
+            checked = [check_agent_id(a) for a in ids.tolist()]
+            ids = np.empty(len(checked), dtype=object)
+            ids[:] = checked
+        if ids.dtype.kind == "u":
+            ids = ids.astype(np.int64) if ids.size == 0 or ids.max() < 2**63 else ids
+        return ids
+
+    def _check_distinct(self, ids: np.ndarray, slots: np.ndarray, known: np.ndarray) -> None:
+        """No id twice in one batch: known ids by their slots, new ones among themselves."""
+        dup = False
+        if known.any():
+            seen = np.zeros(self._tree.capacity if self._tree is not None else 0, dtype=bool)
+            seen[slots[known]] = True
+            dup = int(seen.sum()) != int(known.sum())
+        if not dup and not known.all():
+            new = ids[~known]
+            dup = (len(set(new.tolist())) if new.dtype == object else np.unique(new).size) != new.size
+        if dup:
+            raise InvalidInputError("agent_ids holds the same id twice in one batch")
+
+    def _cohort_ids(self, cohorts: Any, n: int) -> tuple[np.ndarray, list[Path]]:
+        """Per-row index into a list of validated paths (-1: keep / root)."""
+        if cohorts is None:
+            return np.full(n, -1, dtype=np.int64), []
+        if isinstance(cohorts, (str, tuple)):
+            return np.zeros(n, dtype=np.int64), [check_cohort(cohorts)]
+        if isinstance(cohorts, np.ndarray) and cohorts.dtype.kind == "U":
+            if cohorts.shape != (n,):
+                raise DimensionMismatchError(f"cohorts has shape {cohorts.shape}, expected ({n},)")
+            names, inverse = np.unique(cohorts, return_inverse=True)
+            return inverse.astype(np.int64), [check_cohort(str(s)) for s in names]
+        if not isinstance(cohorts, Sequence) and not isinstance(cohorts, np.ndarray):
+            raise InvalidTypeError("cohorts must be None, one cohort path, or one per agent")
+        if len(cohorts) != n:
+            raise DimensionMismatchError(f"cohorts has {len(cohorts)} entries, expected {n}")
+        seen: dict[Any, int] = {}
+        paths: list[Path] = []
+        out = np.empty(n, dtype=np.int64)
+        for i, c in enumerate(cohorts):
+            key = tuple(c) if isinstance(c, list) else c
+            k = seen.get(key)
+            if k is None:
+                if key is None:
+                    k = -1
+                else:
+                    paths.append(check_cohort(key))
+                    k = len(paths) - 1
+                seen[key] = k
+            out[i] = k
+        return out, paths
+
+    def update_many(self, agent_ids: Any, X: Any, cohorts: Any = None) -> None:
+        """Set many agents' vectors at once, vectorised end to end.
+
+        ``agent_ids`` is an array or sequence of n distinct ids (a NumPy int or
+        str array is the fast path), ``X`` an (n, d) array. ``cohorts`` is None
+        (new agents go under the root, known agents stay where they are), one
+        path for every row, or one entry per row (a NumPy string array of
+        single-level names is the fast path). Nothing changes if any input is
+        rejected.
+        """
+        self._update_many(agent_ids, X, cohorts)
+
+    def _update_many(self, agent_ids: Any, X: Any, cohorts: Any = None) -> np.ndarray:
+        """update_many, returning the agents' slots."""
+        X = as_feature_matrix(X, self._dim)
+        ids = self._check_ids(agent_ids)
+        if ids.shape[0] != X.shape[0]:
+            raise DimensionMismatchError(f"{ids.shape[0]} agent ids for {X.shape[0]} rows")
+        row_cohort, paths = self._cohort_ids(cohorts, X.shape[0])
+        # ---- validated: mutate from here on
+        if self._tree is None:
+            self._make_tree(X.shape[1])
+        cids = np.array([self._cohorts.ensure(p) for p in paths], dtype=np.int64)
+        want = np.where(row_cohort >= 0, cids[np.maximum(row_cohort, 0)] if cids.size else -1, -1)
+        slots = self._index.lookup_many(ids)
+        known = slots >= 0
+        self._check_distinct(ids, slots, known)
+        current = np.full(ids.shape[0], -1, dtype=np.int64)
+        if known.any():
+            current[known] = self._cohorts.cohort_of_slots(slots[known])
+        moving = known & (want >= 0) & (want != current)
+        placing = ~known | moving
+        if moving.any():
+            old = slots[moving]
+            for cid in np.unique(current[moving]):
+                self._cohorts.release(int(cid), old[current[moving] == cid])
+            self._ids_at_slot[old] = None
+            self._tree.write(old, None)
+        if placing.any():
+            target = np.where(want[placing] >= 0, want[placing], 0)
+            new_slots = np.empty(target.size, dtype=np.int64)
+            for cid in np.unique(target):
+                sel = target == cid
+                new_slots[sel] = self._cohorts.allocate(int(cid), int(sel.sum()))
+            slots[placing] = new_slots
+            self._grow_slots(int(new_slots.max()) + 1)
+            self._index.set_many(ids[placing], new_slots)
+            self._ids_at_slot[new_slots] = ids[placing]
+        self._tree.write(slots, X)
+        self.version += 1
+        return slots
+
+    def slots_of(self, agent_ids: Any) -> np.ndarray:
+        """Slots of known agents (``UnknownAgentError`` if any is unknown)."""
+        ids = self._check_ids(agent_ids)
+        slots = self._index.lookup_many(ids)
+        if (slots < 0).any():
+            raise UnknownAgentError(f"unknown agent id {ids[np.argmax(slots < 0)]!r}")
+        return slots
+
+    # ------------------------------------------------------------------ statistics
+    def _population_moments(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """Current (count, mean, M2) of everyone; no flush (the hot path)."""
+        if self._tree is None:
+            return 0.0, np.zeros(0), np.zeros((0, 0))
+        return self._tree.root_moments()
+
+    def _cohort_moments(self, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
+        if cid == 0:
+            return self._population_moments()
+        pages = [p for c in self._cohorts.subtree(cid) for p in self._cohorts.pages[c]]
+        return self._tree.nodes_moments(self._page_levels, np.array(pages, dtype=np.int64))
+
+    def _statistics(self, cid: int, ddof: int) -> dict[str, Any]:
+        ddof = check_positive_int(ddof, "ddof", minimum=0)
+        if self._tree is None:
+            n, mean, m2 = 0.0, np.full(0, np.nan), np.zeros((0, 0))
+        else:
+            self._tree.flush()
+            n, mean, m2 = self._cohort_moments(cid)
+        count = int(round(n))
+        if count > ddof:
+            cov = m2 / (count - ddof)
+        else:
+            cov = np.full_like(m2, np.nan)
+        if count == 0:
+            mean = np.full_like(mean, np.nan)
+        var = np.diagonal(cov).copy()
+        return {
+            "cohort": self._cohorts.path_of(cid),
+            "count": count,
+            "mean": mean,
+            "covariance": cov,
+            "variance": var,
+            "std": np.sqrt(np.maximum(var, 0.0)) if count > ddof else var,
+            "ddof": ddof,
+        }
+
+    def get_global_statistics(self, ddof: int = 1) -> dict[str, Any]:
+        """Population statistics: ``count``, ``mean``, ``covariance``, ``variance``, ``std``.
+
+        Undefined values (the mean of nobody, the covariance of fewer than
+        ``ddof + 1`` agents) are NaN.
+        """
+        return self._statistics(0, ddof)
+
+    def get_cohort_statistics(self, path: Any, ddof: int = 1) -> dict[str, Any]:
+        """The same statistics for one cohort (its own agents and its sub-cohorts')."""
+        p = check_cohort(path)
+        cid = self._cohorts.id_of.get(p if p is not None else ())
+        if cid is None:
+            raise UnknownCohortError(f"unknown cohort {path!r}")
+        return self._statistics(cid, ddof)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, np.ndarray]:
+        """The tree as a dict of arrays (agents, vectors, cohort paths); nodes are derived."""
+        ids = self.agent_ids()
+        if not ids:
+            kind = np.array([], dtype=np.int64)
+        elif all(isinstance(i, int) for i in ids):
+            kind = np.array(ids, dtype=np.int64)
+        elif all(isinstance(i, str) for i in ids):
+            kind = np.array(ids, dtype=str)
+        else:
+            raise InvalidTypeError("only trees whose ids are all ints or all strs can be serialised")
+        slots = self._index.lookup_many(kind) if ids else np.zeros(0, dtype=np.int64)
+        paths = self._cohorts.paths
+        return {
+            "branching_factor": np.array(self.branching_factor),
+            "feature_dimensions": np.array(self._dim if self._dim is not None else 0),
+            "agent_ids": kind,
+            "features": self._tree.X[slots].copy() if ids else np.zeros((0, self._dim or 0)),
+            "cohort_index": self._cohorts.cohort_of_slots(slots) if ids else np.zeros(0, dtype=np.int64),
+            "cohort_paths": np.array(["\x1f".join(p) for p in paths], dtype=str),
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> HierarchicalStatisticalTree:
+        """Rebuild a tree from :meth:`to_dict` output."""
+        dim = int(state["feature_dimensions"]) or None
+        tree = cls(int(state["branching_factor"]), dim)
+        ids = np.asarray(state["agent_ids"])
+        if ids.size:
+            paths = [tuple(s.split("\x1f")) if s else () for s in np.asarray(state["cohort_paths"]).tolist()]
+            cohorts = [paths[i] for i in np.asarray(state["cohort_index"]).tolist()]
+            tree.update_many(ids, np.asarray(state["features"]), cohorts=cohorts)
+        return tree

@@ -1,0 +1,319 @@
+"""An implicit b-ary tree of mergeable moments over a flat array of leaf slots.
+
+Leaves are slots holding one agent's latest feature vector (or nothing). Every
+internal node holds the moments (count, offset from a common shift, centred
+co-moment) of the occupied slots beneath it. Node ``j`` of level ``k`` covers
+slots ``[j * b**k, (j + 1) * b**k)``; each level is one array segment padded to
+a multiple of ``b``, so the children of every node of a level are a reshape.
+
+How a change reaches the nodes
+------------------------------
+* A batch write (:meth:`SlotTree.write`) recomputes the nodes on the written
+  slots' paths exactly, level by level, each from its ``b`` children.
+* A per-item change (:meth:`insert`, :meth:`replace`, :meth:`remove`) applies
+  an O(d²) rank-one/rank-two update to the *root* at once, so population
+  scoring sees it immediately, and schedules the slot's path. Scheduled paths
+  are recomputed exactly from their children, bottom-up, in one vectorised pass
+  (:meth:`flush`): before any node below the root is read, after
+  ``recompute_every`` changes, and as soon as the root's rounding-error budget
+  is spent. A node recomputed from its children cannot drift, and the root is
+  replaced by such a recomputation at every flush, so the error carried by the
+  root is only that of the updates since the last flush; the budget bounds it
+  far below 1e-9 of the co-moment's trace, and a single update whose size
+  dwarfs the population (an outlier entering or leaving) spends it at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..values.moments import combine_groups
+
+__all__ = ["SlotTree"]
+
+_EPS = np.finfo(np.float64).eps
+_ERROR_BUDGET = 1e-11   # relative to trace(M2) of the root
+
+
+class SlotTree:
+    """Flat-array b-ary tree of moments over ``capacity`` leaf slots.
+
+    Parameters
+    ----------
+    dim : int
+        Number of features.
+    branching : int
+        Children per internal node (>= 2).
+    min_levels : int
+        The tree always has at least this many internal levels, so that the
+        nodes of level ``min_levels`` (pages of ``branching**min_levels``
+        slots) exist for cohort bookkeeping.
+    recompute_every : int
+        Most per-item changes between exact recomputations.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t = SlotTree(dim=2, branching=2, min_levels=1)
+    >>> t.write(np.array([0, 1, 2]), np.array([[1.0, 0.0], [3.0, 0.0], [5.0, 1.0]]))
+    >>> t.replace(2, np.array([5.0, 4.0]))
+    >>> n, mean, m2 = t.root_moments()
+    >>> int(n), mean.tolist()
+    (3, [3.0, 1.3333333333333333])
+    """
+
+    def __init__(self, dim: int, branching: int, min_levels: int = 1, recompute_every: int = 65536):
+        self.dim = dim
+        self.b = branching
+        self.min_levels = max(1, min_levels)
+        self.recompute_every = max(1, recompute_every)
+        self.capacity = 0
+        self.levels = 0
+        self.shift = np.zeros(dim)
+        self.X = np.zeros((0, dim))
+        self.occupied = np.zeros(0, dtype=bool)
+        self.cnt = np.zeros(0)
+        self.off = np.zeros((0, dim))
+        self.m2 = np.zeros((0, dim, dim))
+        self.level_base: list[int] = []   # level k (1..L) starts at level_base[k-1]
+        self.level_size: list[int] = []   # nodes of level k, padded to a multiple of b below the root
+        self._dirty: list[int] = []
+        self._root = -1
+        self._root_off = np.zeros(dim)
+        self._root_m2 = np.zeros((dim, dim))
+        self._root_n = 0.0
+        self._root_trace = 0.0
+        self._error = 0.0               # rounding-error estimate carried by the root
+        self.per_item_changes = 0
+        self.flushes = 0
+
+    # ------------------------------------------------------------------ layout
+    def _layout(self, capacity: int) -> None:
+        b = self.b
+        sizes = []
+        m = -(-capacity // b)                     # nodes of level 1
+        while True:
+            if m == 1 and len(sizes) >= self.min_levels - 1:
+                sizes.append(1)                   # the root
+                break
+            padded = -(-m // b) * b               # pad so the next level's children are a reshape
+            sizes.append(padded)
+            m = padded // b
+        self.levels = len(sizes)
+        self.level_size = sizes
+        self.level_base = [int(v) for v in np.concatenate([[0], np.cumsum(sizes)[:-1]])]
+        total = int(sum(sizes))
+        self.cnt = np.zeros(total)
+        self.off = np.zeros((total, self.dim))
+        self.m2 = np.zeros((total, self.dim, self.dim))
+        self._root = self.level_base[-1]
+        self._root_off = self.off[self._root]       # views: per-item updates write through
+        self._root_m2 = self.m2[self._root]
+
+    def ensure_capacity(self, n_slots: int) -> None:
+        """Grow (doubling) so slots ``0 .. n_slots-1`` exist; re-anchors and rebuilds."""
+        if n_slots <= self.capacity:
+            return
+        multiple = self.b ** self.min_levels   # whole pages, whole level-1 nodes
+        cap = max(n_slots, 2 * self.capacity, multiple)
+        cap = -(-cap // multiple) * multiple
+        self._layout(cap)
+        cap = self.level_size[0] * self.b
+        X = np.zeros((cap, self.dim))
+        X[: self.capacity] = self.X
+        occ = np.zeros(cap, dtype=bool)
+        occ[: self.capacity] = self.occupied
+        self.X, self.occupied, self.capacity = X, occ, cap
+        self.rebuild()
+
+    def level_nodes(self, level: int) -> slice:
+        """Slice of the flat store holding the nodes of ``level`` (1-based)."""
+        return slice(self.level_base[level - 1], self.level_base[level - 1] + self.level_size[level - 1])
+
+    # ------------------------------------------------------------------ exact recomputation
+    def _recompute_level1(self, nodes: np.ndarray | None) -> None:
+        b, d = self.b, self.dim
+        Xv = self.X.reshape(-1, b, d)
+        occ = self.occupied.reshape(-1, b)
+        if nodes is not None:
+            Xv, occ = Xv[nodes], occ[nodes]
+        D = Xv - self.shift
+        full = bool(occ.all())
+        if not full:
+            D *= occ[..., None]
+        n = occ.sum(axis=1).astype(np.float64)
+        safe = np.where(n > 0, n, 1.0)
+        # Data are shifted near the mean, so one pass gives a mean whose error
+        # enters the co-moment only squared.
+        mean = D.sum(axis=1) / safe[:, None]
+        D -= mean[:, None, :]
+        if not full:
+            D *= occ[..., None]
+        idx = self.level_nodes(1) if nodes is None else self.level_base[0] + nodes
+        self.cnt[idx] = n
+        self.off[idx] = mean
+        self.m2[idx] = np.matmul(D.transpose(0, 2, 1), D)
+
+    def _recompute_level(self, level: int, nodes: np.ndarray | None) -> None:
+        b, d = self.b, self.dim
+        child = self.level_nodes(level - 1)
+        counts = self.cnt[child].reshape(-1, b)
+        offs = self.off[child].reshape(-1, b, d)
+        m2s = self.m2[child].reshape(-1, b, d, d)
+        if nodes is not None:
+            counts, offs, m2s = counts[nodes], offs[nodes], m2s[nodes]
+        n, off, m2 = combine_groups(counts, offs, m2s)
+        base = self.level_base[level - 1]
+        # The segment may be padded past the nodes that have children.
+        idx = slice(base, base + n.shape[0]) if nodes is None else base + nodes
+        self.cnt[idx], self.off[idx], self.m2[idx] = n, off, m2
+
+    def _recompute_from_slots(self, slots: np.ndarray) -> None:
+        if slots.size * 4 >= self.capacity:       # most of the tree: recompute it all
+            self._recompute_all()
+            return
+        mark = np.zeros(self.level_size[0], dtype=bool)
+        mark[slots // self.b] = True
+        nodes = np.flatnonzero(mark)
+        self._recompute_level1(nodes)
+        for level in range(2, self.levels + 1):
+            mark = np.zeros(self.level_size[level - 1], dtype=bool)
+            mark[nodes // self.b] = True
+            nodes = np.flatnonzero(mark)
+            self._recompute_level(level, nodes)
+        self._reset_root_tracking()
+
+    def _recompute_all(self) -> None:
+        self._recompute_level1(None)
+        for level in range(2, self.levels + 1):
+            self._recompute_level(level, None)
+        self._reset_root_tracking()
+
+    def _reset_root_tracking(self) -> None:
+        self._dirty.clear()
+        self._root_n = float(self.cnt[self._root])
+        self._root_trace = float(np.trace(self._root_m2))
+        self._error = 0.0
+
+    def rebuild(self) -> None:
+        """Re-anchor the shift at the current mean and recompute every node from the leaves."""
+        if self.capacity == 0:
+            return
+        if self.occupied.any():
+            self.shift = self.X[self.occupied].mean(axis=0)
+        self._recompute_all()
+
+    def flush(self) -> None:
+        """Recompute, exactly from children, every node on a path changed per item."""
+        if self._dirty:
+            slots = np.fromiter(self._dirty, dtype=np.int64, count=len(self._dirty))
+            self._recompute_from_slots(slots)
+            self.flushes += 1
+
+    @property
+    def pending(self) -> int:
+        """Per-item changes not yet recomputed below the root."""
+        return len(self._dirty)
+
+    # ------------------------------------------------------------------ batch writes
+    def write(self, slots: np.ndarray, X: np.ndarray | None) -> None:
+        """Set (X given) or clear (X None) many slots, then recompute their paths exactly."""
+        if slots.size == 0:
+            return
+        self.ensure_capacity(int(slots.max()) + 1)
+        pending = self._dirty.copy()
+        if X is None:
+            self.occupied[slots] = False
+            self.X[slots] = 0.0
+        else:
+            self.X[slots] = X
+            self.occupied[slots] = True
+        if pending:
+            slots = np.concatenate([slots, np.asarray(pending, dtype=np.int64)])
+        self._recompute_from_slots(slots)
+
+    # ------------------------------------------------------------------ per-item path
+    def _after_change(self, slot: int, trace_before: float, trace_step: float) -> None:
+        self._dirty.append(slot)
+        self.per_item_changes += 1
+        # Rounding of a rank-one step is relative to the larger of the state and the step.
+        self._error += _EPS * (trace_before + 2.0 * abs(trace_step))
+        if len(self._dirty) >= self.recompute_every or self._error > _ERROR_BUDGET * self._root_trace:
+            self.flush()
+
+    def replace(self, slot: int, x: np.ndarray) -> None:
+        """Replace the vector of an occupied slot (count unchanged)."""
+        xo = self.X[slot]
+        n = self._root_n
+        s = x - xo
+        c = (xo - self.shift) - self._root_off            # old vector against the old mean
+        w = c + s * (0.5 * (1.0 - 1.0 / n))
+        # M2' = M2 + a aᵀ - c cᵀ - s sᵀ / n  with a = c + s,  = M2 + w sᵀ + s wᵀ
+        P = np.multiply.outer(w, s)
+        m2 = self._root_m2
+        m2 += P
+        m2 += P.T
+        self._root_off += s * (1.0 / n)
+        self.X[slot] = x
+        step = 2.0 * float(w @ s)
+        before = self._root_trace
+        self._root_trace = before + step
+        self._after_change(slot, before, step)
+
+    def insert(self, slot: int, x: np.ndarray) -> None:
+        """Occupy an empty slot with ``x``."""
+        n = self._root_n
+        delta = (x - self.shift) - self._root_off
+        n1 = n + 1.0
+        self._root_off += delta * (1.0 / n1)
+        scale = n / n1
+        self._root_m2 += np.multiply.outer(delta, delta * scale)
+        self._root_n = n1
+        self.cnt[self._root] = n1
+        self.X[slot] = x
+        self.occupied[slot] = True
+        step = float(delta @ delta) * scale
+        before = self._root_trace
+        self._root_trace = before + step
+        self._after_change(slot, before, step)
+
+    def remove(self, slot: int) -> None:
+        """Empty an occupied slot."""
+        n = self._root_n
+        n1 = n - 1.0
+        before = self._root_trace
+        if n1 <= 0:
+            self._root_off[:] = 0.0
+            self._root_m2[:] = 0.0
+            step = -before
+        else:
+            d = self.X[slot] - self.shift
+            prev = self._root_off - (d - self._root_off) * (1.0 / n1)
+            delta = d - prev
+            scale = n1 / n
+            self._root_m2 -= np.multiply.outer(delta, delta * scale)
+            self._root_off[:] = prev
+            step = -float(delta @ delta) * scale
+        self._root_n = n1
+        self.cnt[self._root] = n1
+        self.X[slot] = 0.0
+        self.occupied[slot] = False
+        self._root_trace = before + step
+        self._after_change(slot, before, step)
+
+    # ------------------------------------------------------------------ reads
+    def root_moments(self, copy: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
+        """(count, mean, M2) of all occupied slots, current to the last change."""
+        if self.capacity == 0:
+            return 0.0, np.zeros(self.dim), np.zeros((self.dim, self.dim))
+        m2 = self._root_m2.copy() if copy else self._root_m2
+        return self._root_n, self.shift + self._root_off, m2
+
+    def nodes_moments(self, level: int, nodes: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """Merged (count, mean, M2) of the given nodes of one level (flushes first)."""
+        self.flush()
+        idx = self.level_base[level - 1] + np.asarray(nodes, dtype=np.int64)
+        if idx.size == 0:
+            return 0.0, np.zeros(self.dim), np.zeros((self.dim, self.dim))
+        n, off, m2 = combine_groups(self.cnt[idx], self.off[idx], self.m2[idx])
+        return float(n), self.shift + off, m2
