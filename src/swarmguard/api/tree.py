@@ -201,22 +201,33 @@ class HierarchicalStatisticalTree:
 
     # ------------------------------------------------------------------ batch updates
     def _check_ids(self, agent_ids: Any) -> np.ndarray:
+        """A 1-D array of valid ids: int64 or str where every id is, else object."""
         if isinstance(agent_ids, (str, bytes)) or not hasattr(agent_ids, "__len__"):
             raise InvalidTypeError("agent_ids must be a sequence or array of ids")
-        ids = np.asarray(agent_ids) if not isinstance(agent_ids, np.ndarray) else agent_ids
-        if ids.ndim != 1:
-            if ids.dtype != object:
+        if isinstance(agent_ids, np.ndarray):
+            ids = agent_ids
+            if ids.ndim != 1:
                 raise DimensionMismatchError(f"agent_ids must be 1-D, got shape {ids.shape}")
-            ids = np.empty(len(agent_ids), dtype=object)
-            ids[:] = list(agent_ids)
-        if ids.dtype.kind == "f" or ids.dtype.kind == "c" or ids.dtype.kind == "b":
-            raise InvalidTypeError(f"agent ids must be ints or strings, got dtype {ids.dtype}")
-        if ids.dtype.kind == "O":
-            checked = [check_agent_id(a) for a in ids.tolist()]
-            ids = np.empty(len(checked), dtype=object)
-            ids[:] = checked
-        if ids.dtype.kind == "u":
-            ids = ids.astype(np.int64) if ids.size == 0 or ids.max() < 2**63 else ids
+            if ids.dtype.kind in "fcb":
+                raise InvalidTypeError(f"agent ids must be ints or strings, got dtype {ids.dtype}")
+            if ids.dtype.kind == "u":
+                ids = ids.astype(np.int64) if ids.size == 0 or ids.max() < 2**63 else ids.astype(object)
+            if ids.dtype.kind in "iU":
+                return ids
+            items = ids.tolist()
+        else:
+            items = list(agent_ids)
+        kinds = set(map(type, items))
+        if kinds == {int}:
+            try:
+                return np.array(items, dtype=np.int64)
+            except OverflowError:
+                pass
+        elif kinds == {str}:
+            return np.array(items, dtype=str)
+        checked = [check_agent_id(a) for a in items]
+        ids = np.empty(len(checked), dtype=object)
+        ids[:] = checked
         return ids
 
     def _check_distinct(self, ids: np.ndarray, slots: np.ndarray, known: np.ndarray) -> None:

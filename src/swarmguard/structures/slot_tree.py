@@ -86,6 +86,7 @@ class SlotTree:
         self._error = 0.0               # rounding-error estimate carried by the root
         self.per_item_changes = 0
         self.flushes = 0
+        self.nodes_recomputed = 0       # work counter: nodes rebuilt from their children
 
     # ------------------------------------------------------------------ layout
     def _layout(self, capacity: int) -> None:
@@ -150,6 +151,7 @@ class SlotTree:
         if not full:
             D *= occ[..., None]
         idx = self.level_nodes(1) if nodes is None else self.level_base[0] + nodes
+        self.nodes_recomputed += n.shape[0]
         self.cnt[idx] = n
         self.off[idx] = mean
         self.m2[idx] = np.matmul(D.transpose(0, 2, 1), D)
@@ -166,6 +168,7 @@ class SlotTree:
         base = self.level_base[level - 1]
         # The segment may be padded past the nodes that have children.
         idx = slice(base, base + n.shape[0]) if nodes is None else base + nodes
+        self.nodes_recomputed += n.shape[0]
         self.cnt[idx], self.off[idx], self.m2[idx] = n, off, m2
 
     def _recompute_from_slots(self, slots: np.ndarray) -> None:
@@ -183,17 +186,24 @@ class SlotTree:
             self._recompute_level(level, nodes)
         self._reset_root_tracking()
 
-    def _recompute_all(self) -> None:
+    def _recompute_all(self, reanchor: bool = True) -> None:
         self._recompute_level1(None)
         for level in range(2, self.levels + 1):
             self._recompute_level(level, None)
-        self._reset_root_tracking()
+        self._reset_root_tracking(reanchor)
 
-    def _reset_root_tracking(self) -> None:
+    def _reset_root_tracking(self, reanchor: bool = True) -> None:
         self._dirty.clear()
         self._root_n = float(self.cnt[self._root])
         self._root_trace = float(np.trace(self._root_m2))
         self._error = 0.0
+        # Re-anchor when the population has wandered far (in its own standard
+        # deviations) from the shift, where deviations would start losing digits.
+        n = self._root_n
+        if reanchor and n > 1:
+            far = float(self._root_off @ self._root_off) * (n - 1) > 1e6 * self._root_trace
+            if far:
+                self.rebuild()
 
     def rebuild(self) -> None:
         """Re-anchor the shift at the current mean and recompute every node from the leaves."""
@@ -201,7 +211,7 @@ class SlotTree:
             return
         if self.occupied.any():
             self.shift = self.X[self.occupied].mean(axis=0)
-        self._recompute_all()
+        self._recompute_all(reanchor=False)
 
     def flush(self) -> None:
         """Recompute, exactly from children, every node on a path changed per item."""
@@ -222,6 +232,8 @@ class SlotTree:
             return
         self.ensure_capacity(int(slots.max()) + 1)
         pending = self._dirty.copy()
+        if X is not None and self._root_n == 0:
+            self.shift = X.mean(axis=0)           # anchor the shift near the data
         if X is None:
             self.occupied[slots] = False
             self.X[slots] = 0.0
@@ -263,6 +275,8 @@ class SlotTree:
     def insert(self, slot: int, x: np.ndarray) -> None:
         """Occupy an empty slot with ``x``."""
         n = self._root_n
+        if n == 0:
+            self.shift = x.copy()                 # anchor the shift near the data
         delta = (x - self.shift) - self._root_off
         n1 = n + 1.0
         self._root_off += delta * (1.0 / n1)

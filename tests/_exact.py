@@ -1,0 +1,51 @@
+"""Exact reference statistics with fractions.Fraction (the yardstick for every test)."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+
+
+def exact_mean_cov(X: np.ndarray, ddof: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of the float64 rows of X, computed exactly, rounded once."""
+    X = np.asarray(X, dtype=np.float64)
+    n, d = X.shape
+    cols = [[Fraction(float(v)) for v in X[:, j]] for j in range(d)]
+    means = [sum(c) / n for c in cols]
+    devs = [[v - means[j] for v in cols[j]] for j in range(d)]
+    cov = np.empty((d, d))
+    for i in range(d):
+        for j in range(i, d):
+            s = sum(a * b for a, b in zip(devs[i], devs[j], strict=True)) / (n - ddof)
+            cov[i, j] = cov[j, i] = float(s)
+    return np.array([float(m) for m in means]), cov
+
+
+def exact_std(values, ddof: int = 1) -> float:
+    """Standard deviation of float64 values: exact variance, then one correctly rounded sqrt."""
+    fr = [Fraction(float(v)) for v in values]
+    n = len(fr)
+    mu = sum(fr) / n
+    var = sum((v - mu) ** 2 for v in fr) / (n - ddof)
+    # sqrt of the exactly rounded variance is within 1 ulp of the exact root
+    return math.sqrt(float(var))
+
+
+def significant_digits(value: float, reference: float) -> float:
+    """How many significant decimal digits ``value`` shares with ``reference``."""
+    if value == reference:
+        return 17.0
+    return -math.log10(abs(value - reference) / abs(reference))
+
+
+def nist_numacc(k: int) -> tuple[list[float], float, float]:
+    """NIST StRD NumAcc1..4 data with their certified mean and standard deviation."""
+    if k == 1:
+        return [10000001.0, 10000003.0, 10000002.0], 10000002.0, 1.0
+    base = {2: 1.2, 3: 1000000.2, 4: 10000000.2}[k]
+    lo = {2: 1.1, 3: 1000000.1, 4: 10000000.1}[k]
+    hi = {2: 1.3, 3: 1000000.3, 4: 10000000.3}[k]
+    values = [base] + [lo, hi] * 500
+    return values, base, 0.1

@@ -1,0 +1,260 @@
+import asyncio
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from swarmguard import (
+    BehavioralData,
+    BehavioralDistributedProtocol,
+    DimensionMismatchError,
+    HierarchicalStatisticalTree,
+    InvalidInputError,
+    NonFiniteError,
+    SwarmGuardError,
+)
+
+
+def population(n=3000, d=4, seed=0, cohorts=None):
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(d, d))
+    X = rng.normal(size=(n, d)) @ A + 50.0
+    tree = HierarchicalStatisticalTree(branching_factor=10, feature_dimensions=d)
+    tree.update_many(np.arange(n), X, cohorts=cohorts)
+    return tree, X, rng
+
+
+def brute_force_loo(X, i, shrinkage):
+    """Score row i against all other rows, from scratch, with the documented regulariser."""
+    n, d = X.shape
+    others = np.delete(X, i, axis=0)
+    cov = np.cov(others.T)
+    target = np.var(X, axis=0, ddof=1)          # the population's variances (agent included)
+    floored = np.maximum(target, 1e-12 * target.mean())
+    reg = (1 - shrinkage) * cov + np.diag(shrinkage * target + 1e-9 * floored)
+    diff = X[i] - others.mean(axis=0)
+    return float(diff @ np.linalg.solve(reg, diff))
+
+
+@pytest.mark.parametrize("shrinkage", [0.0, 0.2, 1.0])
+def test_leave_one_out_distance_matches_brute_force(shrinkage):
+    tree, X, _ = population(n=400)
+    proto = BehavioralDistributedProtocol(tree, shrinkage=shrinkage, warm_up=10)
+    X[7] = X[7] + 9.0
+    info = proto.update_agent_behavior_sync(BehavioralData(7, X[7]))
+    expected = brute_force_loo(X, 7, shrinkage)
+    assert info["mahalanobis_squared"] == pytest.approx(expected, rel=1e-9)
+    assert info["mahalanobis_distance"] == pytest.approx(np.sqrt(expected), rel=1e-9)
+    assert info["p_value"] == pytest.approx(stats.chi2.sf(expected, X.shape[1]), rel=1e-7)
+    assert np.sum(info["feature_contributions"]) == pytest.approx(info["mahalanobis_squared"], rel=1e-9)
+    batch = proto.score_many([7, 8])
+    assert batch["mahalanobis_squared"][0] == pytest.approx(expected, rel=1e-9)
+    assert batch["mahalanobis_squared"][1] == pytest.approx(brute_force_loo(X, 8, shrinkage), rel=1e-9)
+
+
+def test_contributions_point_at_the_feature_that_moved():
+    tree, X, _ = population(n=2000, d=5)
+    proto = BehavioralDistributedProtocol(tree)
+    x = X[3].copy()
+    x[2] += 40 * X[:, 2].std()
+    info = proto.update_agent_behavior_sync({"agent_id": 3, "features": x})
+    shares = info["feature_contributions"]
+    assert info["is_anomaly"]
+    assert int(np.argmax(shares)) == 2
+    assert shares.sum() == pytest.approx(info["mahalanobis_squared"], rel=1e-9)
+
+
+def test_guide_snippet_runs_as_written():
+    from hierarchical_aggregation_protocol import BehavioralDistributedProtocol, HierarchicalStatisticalTree
+
+    rng = np.random.default_rng(5)
+    found = []
+
+    def your_agent_iterator():
+        for i in range(3000):
+            x = rng.normal(size=10)
+            if i in (2500, 2700):
+                x = x + 25.0
+            yield i, BehavioralData(agent_id=i, features=x)
+
+    def handle_anomaly(agent_id, anomaly_info):
+        found.append(agent_id)
+
+    async def main():
+        # Initialize with your parameters
+        tree = HierarchicalStatisticalTree(
+            branching_factor=10,  # Optimal for 1M agents
+            feature_dimensions=10  # Your behavioral features
+        )
+
+        protocol = BehavioralDistributedProtocol(tree)
+
+        # Your existing agent loop becomes:
+        for agent_id, behavioral_data in your_agent_iterator():
+            # O(log n) update instead of O(n²)
+            anomaly_info = await protocol.update_agent_behavior(behavioral_data)
+
+            if anomaly_info['is_anomaly']:
+                # Trigger your existing response
+                handle_anomaly(agent_id, anomaly_info)
+
+        # Get global statistics instantly
+        return tree.get_global_statistics()
+
+    global_stats = asyncio.run(main())
+    assert global_stats["count"] == 3000
+    assert 2500 in found and 2700 in found
+    assert len(found) <= 2 + 10   # alpha 1e-3 over ~2000 scored after warm-up
+
+
+def test_warm_up_flags_nobody_until_the_population_is_big_enough():
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    proto = BehavioralDistributedProtocol(tree, warm_up=50)
+    rng = np.random.default_rng(0)
+    flags = []
+    for i in range(80):
+        x = rng.normal(size=2) if i != 30 else np.array([1e3, -1e3])
+        info = proto.update_agent_behavior_sync(BehavioralData(i, x))
+        flags.append(info["is_anomaly"])
+        assert info["warming_up"] == (i + 1 < 50)
+        assert np.isfinite(info["mahalanobis_squared"])
+    assert not any(flags[:49])
+    assert BehavioralDistributedProtocol(HierarchicalStatisticalTree(feature_dimensions=10)).warm_up <= 1000
+
+
+def test_false_alarm_rate_on_a_clean_gaussian_population_is_well_under_half_a_percent():
+    tree, X, rng = population(n=20_000, d=10, seed=11)
+    proto = BehavioralDistributedProtocol(tree)
+    flagged = 0
+    k = 5000
+    for a in rng.integers(0, 20_000, size=k):
+        x = rng.normal(size=10) @ np.linalg.cholesky(np.cov(X.T)).T + X.mean(axis=0)
+        flagged += proto.update_agent_behavior_sync(BehavioralData(int(a), x))["is_anomaly"]
+    assert flagged / k < 0.005
+    batch = proto.score_many()
+    assert batch["is_anomaly"].mean() < 0.005
+
+
+def test_constant_and_collinear_features_stay_finite():
+    rng = np.random.default_rng(1)
+    n = 500
+    base = rng.normal(size=n)
+    X = np.column_stack([base, 2 * base, np.full(n, 3.0), rng.normal(size=n)])
+    tree = HierarchicalStatisticalTree(feature_dimensions=4)
+    tree.update_many(np.arange(n), X)
+    for shrinkage in (0.0, "auto", 0.5):
+        proto = BehavioralDistributedProtocol(tree, shrinkage=shrinkage, warm_up=10)
+        res = proto.score_many(explain=True)
+        assert np.isfinite(res["mahalanobis_squared"]).all() and np.isfinite(res["p_value"]).all()
+        assert np.isfinite(res["feature_contributions"]).all()
+        odd = proto.update_agent_behavior_sync(BehavioralData(0, [0.0, 0.0, 3.5, 0.0]))
+        assert np.isfinite(odd["mahalanobis_squared"]) and odd["is_anomaly"]
+        tree.update_agent(0, X[0])
+
+
+def test_fdr_control_matches_scipy_benjamini_hochberg():
+    tree, X, rng = population(n=5000, d=3, seed=2)
+    out = rng.choice(5000, size=40, replace=False)
+    X[out] += rng.normal(scale=6.0, size=(40, 3))
+    proto = BehavioralDistributedProtocol(tree, fdr=0.05)
+    res = proto.update_and_score_many(np.arange(5000), X)
+    adjusted = stats.false_discovery_control(res["p_value"], method="bh")
+    np.testing.assert_array_equal(res["is_anomaly"], adjusted <= 0.05)
+    plain = proto.score_many(fdr=None)
+    assert plain["method"].startswith("alpha")
+    np.testing.assert_array_equal(plain["is_anomaly"], plain["p_value"] < 1e-3)
+    hits = set(np.flatnonzero(res["is_anomaly"]).tolist())
+    assert len(hits & set(out.tolist())) >= 30
+    assert len(hits - set(out.tolist())) <= 5
+
+
+def test_cohort_levels_catch_an_agent_ordinary_for_the_planet_but_odd_for_its_cluster():
+    rng = np.random.default_rng(3)
+    n = 3000
+    regions = np.array(["north", "south", "east"])[np.arange(n) % 3]
+    centres = {"north": -6.0, "south": 0.0, "east": 6.0}
+    X = np.array([rng.normal(loc=centres[r], size=2) for r in regions])
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    tree.update_many(np.arange(n), X, cohorts=regions)
+    flat = BehavioralDistributedProtocol(tree)
+    deep = BehavioralDistributedProtocol(tree, score_levels="all")
+    # agent 0 lives in the north cluster but behaves like the east cluster
+    x = np.array([6.0, 6.0])
+    info_flat = flat.update_agent_behavior_sync(BehavioralData(0, x))
+    info_deep = deep.score_agent_sync(0)
+    assert not info_flat["is_anomaly"]
+    assert info_deep["is_anomaly"]
+    assert [lv["cohort"] for lv in info_deep["levels"]] == [(), ("north",)]
+    assert info_deep["levels"][1]["mahalanobis_squared"] > 20 * info_deep["levels"][0]["mahalanobis_squared"]
+    batch = deep.score_many([0, 1, 2], fdr=None)
+    assert batch["is_anomaly"][0] and ("north",) in batch["levels"]
+
+
+def test_sync_twin_mapping_and_object_inputs_agree():
+    tree, X, _ = population(n=500)
+    proto = BehavioralDistributedProtocol(tree, warm_up=10)
+    x = X[1] + 3
+    a = asyncio.run(proto.update_agent_behavior(BehavioralData(1, x)))
+    b = proto.update_agent_behavior_sync({"agent_id": 1, "features": x})
+    c = proto.update_agent_behavior_sync(SimpleNamespace(agent_id=1, features=list(x)))
+    d = asyncio.run(proto.score_agent(1))
+    for other in (b, c, d):
+        assert other["mahalanobis_squared"] == pytest.approx(a["mahalanobis_squared"], rel=1e-12)
+        assert other["is_anomaly"] == a["is_anomaly"]
+
+
+def test_region_places_agents_under_cohorts():
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    proto = BehavioralDistributedProtocol(tree)
+    info = proto.update_agent_behavior_sync(BehavioralData("a", [1.0, 2.0], region="eu-west"))
+    assert info["cohort"] == ("eu-west",)
+    assert tree.get_cohort_statistics("eu-west")["count"] == 1
+
+
+@pytest.mark.parametrize(
+    "data, error",
+    [
+        ({"agent_id": 1}, InvalidInputError),
+        ({"features": [1.0] * 4}, InvalidInputError),
+        (BehavioralData(1, [1.0, 2.0]), DimensionMismatchError),
+        (BehavioralData(1, [1.0, np.nan, 0.0, 0.0]), NonFiniteError),
+        (BehavioralData(1, [1.0] * 4, region=5), InvalidInputError),
+        (BehavioralData(None, [1.0] * 4), InvalidInputError),
+    ],
+)
+def test_bad_observations_are_rejected_and_change_nothing(data, error):
+    tree, X, _ = population(n=100)
+    proto = BehavioralDistributedProtocol(tree)
+    before = tree.to_dict()
+    with pytest.raises(error) as info:
+        proto.update_agent_behavior_sync(data)
+    assert isinstance(info.value, SwarmGuardError) and isinstance(info.value, ValueError)
+    after = tree.to_dict()
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"significance_level": 0}, {"significance_level": 1.5}, {"fdr": 0.0}, {"shrinkage": 2.0},
+     {"shrinkage": "lots"}, {"warm_up": 1}, {"score_levels": "some"}],
+)
+def test_bad_protocol_arguments(kwargs):
+    with pytest.raises(SwarmGuardError):
+        BehavioralDistributedProtocol(HierarchicalStatisticalTree(), **kwargs)
+    with pytest.raises(SwarmGuardError):
+        BehavioralDistributedProtocol(object())
+
+
+def test_batch_errors_leave_the_tree_unchanged():
+    tree, X, _ = population(n=100)
+    proto = BehavioralDistributedProtocol(tree)
+    before = tree.to_dict()
+    with pytest.raises(SwarmGuardError):
+        proto.update_and_score_many(np.arange(100), X, fdr=2.0)
+    with pytest.raises(KeyError):
+        proto.score_many([1, 999])
+    after = tree.to_dict()
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])

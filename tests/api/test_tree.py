@@ -1,0 +1,193 @@
+import numpy as np
+import pytest
+
+from swarmguard import (
+    DimensionMismatchError,
+    EmptyInputError,
+    HierarchicalStatisticalTree,
+    InvalidInputError,
+    InvalidTypeError,
+    NonFiniteError,
+    SwarmGuardError,
+    UnknownAgentError,
+    UnknownCohortError,
+)
+from tests._exact import exact_mean_cov
+
+
+def snapshot(tree: HierarchicalStatisticalTree):
+    """Everything observable: agents, vectors, cohorts and the statistics of each cohort."""
+    state = tree.to_dict() if len(tree) else {}
+    stats = {p: tree.get_cohort_statistics(p) for p in tree.cohorts()} if tree.feature_dimensions else {}
+    return state, stats, len(tree)
+
+
+def assert_same(a, b):
+    (sa, ta, na), (sb, tb, nb) = a, b
+    assert na == nb and sa.keys() == sb.keys() and ta.keys() == tb.keys()
+    for k in sa:
+        np.testing.assert_array_equal(sa[k], sb[k])
+    for p in ta:
+        for k in ("count", "mean", "covariance"):
+            np.testing.assert_array_equal(ta[p][k], tb[p][k])
+
+
+def check_stats(stats, rows, rtol=1e-10):
+    assert stats["count"] == len(rows)
+    mean, cov = exact_mean_cov(rows)
+    np.testing.assert_allclose(stats["mean"], mean, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(stats["covariance"], cov, rtol=rtol, atol=1e-12 * np.abs(cov).max())
+    np.testing.assert_allclose(stats["variance"], np.diag(cov), rtol=rtol)
+    np.testing.assert_allclose(stats["std"], np.sqrt(np.diag(cov)), rtol=rtol)
+
+
+def test_global_and_cohort_statistics_follow_updates_moves_and_removals():
+    rng = np.random.default_rng(0)
+    tree = HierarchicalStatisticalTree(branching_factor=3, feature_dimensions=4)
+    truth: dict = {}
+    place: dict = {}
+    regions = [("eu-west", "c1"), ("eu-west", "c2"), ("us-east",), None]
+    for step in range(600):
+        agent = int(rng.integers(0, 120)) if step % 5 else f"s{rng.integers(0, 20)}"
+        x = rng.normal(loc=100.0, size=4)
+        cohort = regions[int(rng.integers(0, 4))] if rng.random() < 0.3 else None
+        tree.update_agent(agent, x, cohort=cohort)
+        truth[agent] = x
+        if cohort is not None:
+            place[agent] = cohort
+        place.setdefault(agent, ())
+        if step % 37 == 0 and truth:
+            victim = list(truth)[int(rng.integers(0, len(truth)))]
+            tree.remove_agent(victim)
+            del truth[victim]
+            del place[victim]
+    assert len(tree) == len(truth)
+    check_stats(tree.get_global_statistics(), np.array(list(truth.values())))
+    for path in [("eu-west",), ("eu-west", "c1"), ("us-east",)]:
+        members = [a for a, p in place.items() if p[: len(path)] == path]
+        if len(members) > 2:
+            check_stats(tree.get_cohort_statistics(path), np.array([truth[a] for a in members]))
+    for agent, p in place.items():
+        assert tree.agent_cohort(agent) == p
+        np.testing.assert_array_equal(tree.get_agent_features(agent), truth[agent])
+
+
+def test_update_many_matches_single_updates_and_is_vectorised_for_moves():
+    rng = np.random.default_rng(1)
+    ids = np.arange(5000)
+    X = rng.normal(size=(5000, 3))
+    regions = np.array(["a", "b", "c"])[rng.integers(0, 3, size=5000)]
+    batch = HierarchicalStatisticalTree(feature_dimensions=3)
+    batch.update_many(ids, X, cohorts=regions)
+    X2 = rng.normal(loc=2.0, size=(2000, 3))
+    moved = np.array(["b", "c", "a"])[rng.integers(0, 3, size=2000)]
+    batch.update_many(ids[:2000], X2, cohorts=moved)
+    X[:2000] = X2
+    regions[:2000] = moved
+    check_stats(batch.get_global_statistics(), X)
+    for r in "abc":
+        check_stats(batch.get_cohort_statistics(r), X[regions == r])
+    assert len(batch) == 5000
+    assert batch.agent_cohort(17) == (str(regions[17]),)
+
+
+def test_dimension_is_fixed_by_the_first_vector_when_omitted():
+    tree = HierarchicalStatisticalTree(branching_factor=10)
+    assert tree.feature_dimensions is None
+    tree.update_agent("a", [1.0, 2.0, 3.0])
+    assert tree.feature_dimensions == 3
+    with pytest.raises(DimensionMismatchError):
+        tree.update_agent("b", [1.0, 2.0])
+
+
+def test_string_and_int_ids_and_lookup():
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    tree.update_many(np.array(["x", "y", "z"]), np.eye(3)[:, :2])
+    tree.update_many(["y", "w"], [[5.0, 5.0], [1.0, 1.0]])
+    assert len(tree) == 4 and "w" in tree and "q" not in tree
+    np.testing.assert_array_equal(tree.get_agent_features("y"), [5.0, 5.0])
+    mixed = HierarchicalStatisticalTree(feature_dimensions=1)
+    mixed.update_many([1, "1", (2, "b")], [[1.0], [2.0], [3.0]])
+    assert len(mixed) == 3 and mixed.get_agent_features((2, "b"))[0] == 3.0
+
+
+def test_statistics_of_tiny_and_empty_trees_are_nan_not_errors():
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    s = tree.get_global_statistics()
+    assert s["count"] == 0 and np.isnan(s["mean"]).all()
+    tree.update_agent(1, [1.0, 1.0])
+    s = tree.get_global_statistics()
+    assert s["count"] == 1 and np.isnan(s["covariance"]).all()
+    np.testing.assert_array_equal(s["mean"], [1.0, 1.0])
+
+
+def test_serialisation_round_trip():
+    rng = np.random.default_rng(2)
+    tree = HierarchicalStatisticalTree(branching_factor=4, feature_dimensions=3)
+    tree.update_many(np.arange(50), rng.normal(size=(50, 3)), cohorts=[("r", str(i % 3)) for i in range(50)])
+    back = HierarchicalStatisticalTree.from_dict(tree.to_dict())
+    for p in tree.cohorts():
+        a, b = tree.get_cohort_statistics(p), back.get_cohort_statistics(p)
+        assert a["count"] == b["count"]
+        np.testing.assert_allclose(a["covariance"], b["covariance"], rtol=1e-12)
+
+
+def test_depth_grows_logarithmically():
+    tree = HierarchicalStatisticalTree(branching_factor=10, feature_dimensions=2)
+    tree.update_many(np.arange(10_000), np.random.default_rng(3).normal(size=(10_000, 2)))
+    assert tree.depth == 4          # 10^4 slots: log_10 levels
+
+
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        (lambda t: t.update_agent(1, [1.0, 2.0]), DimensionMismatchError),
+        (lambda t: t.update_agent(1, [1.0, np.nan, 0.0]), NonFiniteError),
+        (lambda t: t.update_agent(1, ["a", "b", "c"]), InvalidTypeError),
+        (lambda t: t.update_agent(None, [1.0, 2.0, 3.0]), InvalidInputError),
+        (lambda t: t.update_agent(1.5, [1.0, 2.0, 3.0]), InvalidTypeError),
+        (lambda t: t.update_agent([1], [1.0, 2.0, 3.0]), InvalidTypeError),
+        (lambda t: t.update_agent(1, [1.0, 2.0, 3.0], cohort=("",)), InvalidInputError),
+        (lambda t: t.update_agent(1, [1.0, 2.0, 3.0], cohort=7), InvalidTypeError),
+        (lambda t: t.update_many([1, 2], np.zeros((0, 3))), EmptyInputError),
+        (lambda t: t.update_many([1, 2], np.ones((2, 4))), DimensionMismatchError),
+        (lambda t: t.update_many([1, 2, 3], np.ones((2, 3))), DimensionMismatchError),
+        (lambda t: t.update_many([1, 1], np.ones((2, 3))), InvalidInputError),
+        (lambda t: t.update_many([500, 500], np.ones((2, 3))), InvalidInputError),
+        (lambda t: t.update_many([7, 8], [[1.0, 2.0, 3.0], [1.0, np.inf, 0.0]]), NonFiniteError),
+        (lambda t: t.update_many([7, 8], np.ones((2, 3)), cohorts=["a"]), DimensionMismatchError),
+        (lambda t: t.update_many([7, 8], np.ones((2, 3)), cohorts=["a", ""]), InvalidInputError),
+        (lambda t: t.update_many(np.array([1.0, 2.0]), np.ones((2, 3))), InvalidTypeError),
+        (lambda t: t.update_many([7, 8], np.array([["a", "b", "c"], ["d", "e", "f"]])), InvalidTypeError),
+    ],
+)
+def test_bad_input_is_a_typed_value_error_and_changes_nothing(call, error):
+    rng = np.random.default_rng(4)
+    tree = HierarchicalStatisticalTree(branching_factor=3, feature_dimensions=3)
+    tree.update_many(np.arange(30), rng.normal(size=(30, 3)), cohorts=[("r", str(i % 2)) for i in range(30)])
+    tree.update_agent(3, [9.0, 9.0, 9.0])   # a pending per-item change too
+    before = snapshot(tree)
+    with pytest.raises(error) as info:
+        call(tree)
+    assert isinstance(info.value, SwarmGuardError) and isinstance(info.value, ValueError)
+    assert_same(before, snapshot(tree))
+
+
+def test_unknown_agent_and_cohort_are_key_errors():
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    tree.update_agent(1, [0.0, 0.0])
+    before = snapshot(tree)
+    with pytest.raises(UnknownAgentError) as info:
+        tree.remove_agent(2)
+    assert isinstance(info.value, KeyError) and isinstance(info.value, SwarmGuardError)
+    with pytest.raises(UnknownCohortError):
+        tree.get_cohort_statistics(("nowhere",))
+    assert_same(before, snapshot(tree))
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"branching_factor": 1}, {"branching_factor": 2.5}, {"feature_dimensions": 0}, {"recompute_every": 0}]
+)
+def test_bad_constructor_arguments(kwargs):
+    with pytest.raises(SwarmGuardError):
+        HierarchicalStatisticalTree(**kwargs)
