@@ -45,6 +45,7 @@ def bare_numpy_round(X: np.ndarray) -> np.ndarray:
 
 def build(n: int, d: int, rng: np.random.Generator):
     ids = np.arange(n, dtype=np.int64)
+    ids.flags.writeable = False   # lets the tree reuse its id -> slot mapping across rounds
     X = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) * 0.3 + rng.normal(size=d)
     tree = HierarchicalStatisticalTree(branching_factor=10, feature_dimensions=d)
     proto = BehavioralDistributedProtocol(tree)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from functools import lru_cache
 from collections.abc import Hashable
 from typing import Any
 
@@ -56,6 +57,13 @@ def _as_float_array(values: Any, what: str) -> np.ndarray:
     return arr
 
 
+@lru_cache(maxsize=64)
+def _zeros(dim: int) -> np.ndarray:
+    z = np.zeros(dim)
+    z.flags.writeable = False
+    return z
+
+
 def _check_finite(arr: np.ndarray, what: str) -> None:
     if not np.isfinite(arr).all():  # (a sum could overflow to inf on finite input)
         bad = np.argwhere(~np.isfinite(arr))[0]
@@ -69,6 +77,10 @@ def as_feature_vector(x: Any, dim: int | None, what: str = "features") -> np.nda
     >>> as_feature_vector([1, 2], 2)
     array([1., 2.])
     """
+    if type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 1 and x.shape[0] == dim:
+        # Hot path. x·0 is 0 for finite x and NaN if any entry is NaN or ±inf.
+        if x @ _zeros(dim) == 0.0:
+            return x
     arr = _as_float_array(x, what)
     if arr.ndim != 1:
         raise DimensionMismatchError(f"{what} must be a 1-D vector, got shape {arr.shape}")

@@ -13,6 +13,7 @@ from scipy.special import chdtrc
 from scipy.stats import chi2
 
 from ..errors import InvalidInputError, InvalidTypeError
+from ..structures.chi2 import chi2_sf
 from ..structures.fdr import benjamini_hochberg
 from ..structures.scoring import MIN_POPULATION, LeaveOneOutScorer
 from ..validation import (
@@ -188,6 +189,30 @@ class BehavioralDistributedProtocol:
         alpha = self.significance_level / len(level_ids)
         thr2 = _chi2_threshold(alpha, d)
         warm = tree._tree._root_n >= self.warm_up
+        if self.score_levels == "population":      # the hot path, without the per-level loop
+            n, mean, m2 = tree._tree.root_moments(copy=False)
+            scorer = LeaveOneOutScorer(n, mean, m2, self.shrinkage)
+            d2, shares = scorer.score(x - mean)
+            p = float(chdtrc(d, d2))
+            dist = math.sqrt(d2)
+            flagged = warm and scorer.ok and p < alpha
+            count = int(n)
+            return {
+                "agent_id": agent_id,
+                "is_anomaly": flagged,
+                "mahalanobis_distance": dist,
+                "mahalanobis_squared": d2,
+                "p_value": p,
+                "threshold": math.sqrt(thr2),
+                "threshold_squared": thr2,
+                "significance_level": alpha,
+                "cohort": cohorts.paths[own],
+                "population_count": count,
+                "warming_up": not warm,
+                "feature_contributions": shares,
+                "levels": [{"cohort": (), "count": count, "mahalanobis_squared": d2, "mahalanobis_distance": dist,
+                            "p_value": p, "is_anomaly": flagged, "feature_contributions": shares}],
+            }
         levels = []
         for cid in level_ids:
             if cid == 0:
@@ -252,7 +277,7 @@ class BehavioralDistributedProtocol:
         """:meth:`HierarchicalStatisticalTree.update_many`, then :meth:`score_many` on those agents."""
         fdr_level = self._resolve_fdr(fdr)       # validate before any change
         slots = self.tree._update_many(agent_ids, X, cohorts)
-        return self._score_slots(np.asarray(agent_ids), slots, fdr_level, explain)
+        return self._score_slots(np.asarray(agent_ids), slots, fdr_level, explain, rows=X)
 
     def _resolve_fdr(self, fdr: Any) -> float | None:
         if isinstance(fdr, str) and fdr == "default":
@@ -261,18 +286,23 @@ class BehavioralDistributedProtocol:
             return None
         return check_fraction(fdr, "fdr", low_open=True, high_open=True)
 
-    def _score_slots(self, ids: np.ndarray, slots: np.ndarray, fdr: Any, explain: bool) -> dict[str, Any]:
+    def _score_slots(self, ids: np.ndarray, slots: np.ndarray, fdr: Any, explain: bool,
+                     rows: Any = None) -> dict[str, Any]:
+        """Score the agents at ``slots``; ``rows`` may hold their vectors (just written)."""
         q = self._resolve_fdr(fdr)
         tree = self.tree
         tree._tree.flush()
         d = tree.feature_dimensions
-        X = np.take(tree._tree.X, slots, axis=0)
         n_pop, mean, m2 = tree._population_moments()
         scorer = LeaveOneOutScorer(n_pop, mean, m2, self.shrinkage)
-        X -= mean                      # X is a fresh copy: centre in place
+        if rows is not None:
+            X = np.subtract(rows, mean, dtype=np.float64)       # a fresh, centred copy
+        else:
+            X = np.take(tree._tree.X, slots, axis=0)
+            X -= mean                                          # a fresh copy: centre in place
         res = scorer.score_many(X, explain=explain)
         d2, shares = res if explain else (res, None)
-        p = chdtrc(d, d2)
+        p = chi2_sf(d2, d)
         out: dict[str, Any] = {"agent_ids": ids, "population_count": int(round(n_pop))}
         n_levels = np.ones(slots.size)
         if self.score_levels == "all":
@@ -288,7 +318,7 @@ class BehavioralDistributedProtocol:
                     rows = np.flatnonzero(np.isin(row_cohort, list(members)))
                     cn, cmean, cm2 = tree._cohort_moments(anc)
                     cd2 = LeaveOneOutScorer(cn, cmean, cm2, self.shrinkage).score_many(X[rows] + (mean - cmean))
-                    cp = chdtrc(d, cd2)
+                    cp = chi2_sf(cd2, d)
                     levels[path] = {"rows": rows, "mahalanobis_squared": cd2, "p_value": cp}
                     n_levels[rows] += 1
                     p_min[rows] = np.minimum(p_min[rows], cp)

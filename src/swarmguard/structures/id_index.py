@@ -31,6 +31,9 @@ class IdIndex:
         self.slot_of: dict[Hashable, int] = {}
         self._kind: str | None = None   # "int", "str" or "mixed"
         self._sorted: tuple[np.ndarray, np.ndarray] | None = None
+        # The last array looked up and its answer: a round over the same id
+        # array (the common case) maps ids to slots once. Dropped on any change.
+        self._last: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.slot_of)
@@ -58,11 +61,11 @@ class IdIndex:
     def set(self, agent_id: Hashable, slot: int) -> None:
         self._note_kind(self._kind_of(agent_id))
         self.slot_of[agent_id] = slot
-        self._sorted = None
+        self._sorted = self._last = None
 
     def pop(self, agent_id: Hashable) -> int:
         slot = self.slot_of.pop(agent_id)
-        self._sorted = None
+        self._sorted = self._last = None
         return slot
 
     def set_many(self, ids: np.ndarray, slots: np.ndarray) -> None:
@@ -77,7 +80,7 @@ class IdIndex:
             for k in {self._kind_of(k) for k in keys}:
                 self._note_kind(k)
         self.slot_of.update(zip(keys, slots.tolist(), strict=True))
-        self._sorted = None
+        self._sorted = self._last = None
 
     def _sorted_index(self) -> tuple[np.ndarray, np.ndarray]:
         if self._sorted is None:
@@ -93,6 +96,15 @@ class IdIndex:
 
     def lookup_many(self, ids: np.ndarray) -> np.ndarray:
         """Slots of ``ids`` (-1 where unknown)."""
+        last = self._last
+        if last is not None and last[0] is ids and not ids.flags.writeable:
+            return last[1].copy()
+        slots = self._lookup_many(ids)
+        if not ids.flags.writeable:
+            self._last = (ids, slots.copy())
+        return slots
+
+    def _lookup_many(self, ids: np.ndarray) -> np.ndarray:
         if len(self.slot_of) == 0:
             return np.full(len(ids), -1, dtype=np.int64)
         fast = (self._kind == "int" and ids.dtype.kind in "iu") or (

@@ -83,24 +83,31 @@ class LeaveOneOutScorer:
             self.lam = self.c = self.scale = 0.0
             self.chol = None
             return
-        lam = resolve_shrinkage(shrinkage, n, d)
+        lam = min(1.0, d / n) if isinstance(shrinkage, str) else shrinkage
         self.lam = lam
-        target = m2.diagonal() * (1.0 / (n - 1.0))
-        total = float(target.sum())
-        floor = _VAR_FLOOR * (total / d if total > 0 else 1.0)
-        floored = np.maximum(target, floor)
-        A = m2 * ((1.0 - lam) / (n - 2.0))
-        ridge = _RIDGE
+        m2_diag = m2.diagonal()
+        trace = float(np.add.reduce(m2_diag))
+        floor = _VAR_FLOOR * (trace / d if trace > 0 else (n - 1.0))   # on the co-moment scale
+        k1 = (1.0 - lam) / (n - 2.0)
+        A = m2 * k1
         diag_view = A.reshape(-1)[:: d + 1]
-        diag_view += lam * target + ridge * floored
+        if k1 > 0 and float(m2_diag.min()) > floor:
+            # Common case: no variance needs the floor, so the diagonal term is
+            # diag(M2) (λ + ρ) / (n - 1), one in-place scaling of A's diagonal.
+            diag_view *= 1.0 + (lam + _RIDGE) / ((n - 1.0) * k1)
+        else:
+            target = m2_diag * (1.0 / (n - 1.0))
+            diag_view += lam * target + _RIDGE * np.maximum(target, floor / (n - 1.0))
         chol, info = lapack.dpotrf(A, lower=1, clean=1)
+        ridge = _RIDGE
         while info != 0:
             # Numerically indefinite (rounding on a singular matrix): strengthen the ridge.
             if ridge > 1.0:  # pragma: no cover - a positive diagonal always factorises
                 raise FloatingPointError("covariance could not be factorised")
             ridge *= 100.0
-            A = m2 * ((1.0 - lam) / (n - 2.0))
-            A.reshape(-1)[:: d + 1] += lam * target + ridge * floored
+            target = m2_diag * (1.0 / (n - 1.0))
+            A = m2 * k1
+            A.reshape(-1)[:: d + 1] += lam * target + ridge * np.maximum(target, floor / (n - 1.0))
             chol, info = lapack.dpotrf(A, lower=1, clean=1)
         self.chol = chol
         self.c = (1.0 - lam) * n / ((n - 1.0) * (n - 2.0))

@@ -261,7 +261,7 @@ class SlotTree:
         c = (xo - self.shift) - self._root_off            # old vector against the old mean
         w = c + s * (0.5 * (1.0 - 1.0 / n))
         # M2' = M2 + a aᵀ - c cᵀ - s sᵀ / n  with a = c + s,  = M2 + w sᵀ + s wᵀ
-        P = np.multiply.outer(w, s)
+        P = w[:, None] * s
         m2 = self._root_m2
         m2 += P
         m2 += P.T
