@@ -24,7 +24,6 @@ def test_console_script_and_flat_guide_modules_are_installed():
     out = subprocess.run([sys.executable, "-m", "swarmguard.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "swarmguard" in out.stdout
     import hierarchical_aggregation_protocol as hap
-
     import swarmguard
 
     assert hap.HierarchicalStatisticalTree is swarmguard.HierarchicalStatisticalTree

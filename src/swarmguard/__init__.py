@@ -7,6 +7,7 @@ Three parts, one mergeable state model:
 3. statistical CAP resolution.
 """
 
+from .api import BehavioralData, BehavioralDistributedProtocol, HierarchicalStatisticalTree
 from .errors import (
     DimensionMismatchError,
     EmptyInputError,
@@ -17,7 +18,6 @@ from .errors import (
     UnknownAgentError,
     UnknownCohortError,
 )
-from .api import BehavioralData, BehavioralDistributedProtocol, HierarchicalStatisticalTree
 from .values import InsufficientDataError, Moments
 
 __version__ = "0.1.0"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from functools import lru_cache
 from collections.abc import Hashable
+from functools import lru_cache
 from typing import Any
 
 import numpy as np

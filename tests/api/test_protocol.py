@@ -66,7 +66,10 @@ def test_contributions_point_at_the_feature_that_moved():
 
 
 def test_guide_snippet_runs_as_written():
-    from hierarchical_aggregation_protocol import BehavioralDistributedProtocol, HierarchicalStatisticalTree
+    from hierarchical_aggregation_protocol import (
+        BehavioralDistributedProtocol,
+        HierarchicalStatisticalTree,
+    )
 
     rng = np.random.default_rng(5)
     found = []

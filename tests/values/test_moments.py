@@ -1,4 +1,3 @@
-import math
 import random
 
 import numpy as np
@@ -124,7 +123,8 @@ def test_revert_is_the_inverse_of_update_and_batch_revert_of_update_many():
     mean_ex, cov_ex = exact_mean_cov(X[25:])
     np.testing.assert_allclose(m2.covariance(), cov_ex, rtol=1e-9)
     m3 = Moments.from_array(X[:2])
-    m3.revert(X[1]); m3.revert(X[0])
+    m3.revert(X[1])
+    m3.revert(X[0])
     assert m3.count == 0 and not m3.m2.any()
 
 

@@ -239,7 +239,11 @@ class HierarchicalStatisticalTree:
             dup = int(seen.sum()) != int(known.sum())
         if not dup and not known.all():
             new = ids[~known]
-            dup = (len(set(new.tolist())) if new.dtype == object else np.unique(new).size) != new.size
+            if new.dtype == object:
+                dup = len(set(new.tolist())) != new.size
+            else:
+                ordered = np.sort(new)
+                dup = bool((ordered[1:] == ordered[:-1]).any())
         if dup:
             raise InvalidInputError("agent_ids holds the same id twice in one batch")
 
@@ -308,14 +312,14 @@ class HierarchicalStatisticalTree:
         placing = ~known | moving
         if moving.any():
             old = slots[moving]
-            for cid in np.unique(current[moving]):
+            for cid in np.flatnonzero(np.bincount(current[moving])):
                 self._cohorts.release(int(cid), old[current[moving] == cid])
             self._ids_at_slot[old] = None
             self._tree.write(old, None)
         if placing.any():
             target = np.where(want[placing] >= 0, want[placing], 0)
             new_slots = np.empty(target.size, dtype=np.int64)
-            for cid in np.unique(target):
+            for cid in np.flatnonzero(np.bincount(target)):
                 sel = target == cid
                 new_slots[sel] = self._cohorts.allocate(int(cid), int(sel.sum()))
             slots[placing] = new_slots

@@ -209,8 +209,10 @@ class SlotTree:
         """Re-anchor the shift at the current mean and recompute every node from the leaves."""
         if self.capacity == 0:
             return
-        if self.occupied.any():
-            self.shift = self.X[self.occupied].mean(axis=0)
+        if not self.occupied.any():              # nothing to aggregate: the fresh layout is all zeros
+            self._reset_root_tracking(reanchor=False)
+            return
+        self.shift = self.X[self.occupied].mean(axis=0)
         self._recompute_all(reanchor=False)
 
     def flush(self) -> None:
