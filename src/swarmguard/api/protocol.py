@@ -336,7 +336,12 @@ class BehavioralDistributedProtocol:
             method = f"alpha({cut})"
         if not warm:
             flagged = np.zeros(slots.size, dtype=bool)
-        thr2 = _chi2_threshold(cut, d) if cut > 0 else float("inf")
+        if cut > 0:
+            thr2 = _chi2_threshold(cut, d)
+        elif flagged.any():      # only p-values that underflowed to 0 were rejected
+            thr2 = float(d2[flagged].min())
+        else:
+            thr2 = float("inf")
         out.update({
             "mahalanobis_squared": d2,
             "mahalanobis_distance": np.sqrt(d2),

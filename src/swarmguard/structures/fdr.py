@@ -10,9 +10,10 @@ __all__ = ["benjamini_hochberg"]
 def benjamini_hochberg(p_values: np.ndarray, q: float) -> tuple[np.ndarray, float]:
     """Reject the hypotheses BH rejects at FDR level ``q``.
 
-    Returns the boolean rejection mask and the p-value cut-off used (0.0 when
-    nothing is rejected): reject every ``p <= p_(k)`` where ``k`` is the largest
-    rank with ``p_(k) <= k q / m``.
+    Returns the boolean rejection mask and the p-value cut-off used: reject
+    every ``p <= p_(k)`` where ``k`` is the largest rank with ``p_(k) <= k q / m``.
+    The cut-off is 0.0 when nothing is rejected (and may be 0.0 when only
+    p-values that underflowed to 0 are): test the mask, not the cut-off.
 
     Examples
     --------

@@ -1,0 +1,34 @@
+import numpy as np
+
+from swarmguard.structures.id_index import IdIndex
+
+
+def test_batch_lookup_agrees_with_the_dict_for_every_kind_of_id():
+    ints = IdIndex()
+    ints.set_many(np.array([10, -3, 7]), np.array([0, 1, 2]))
+    ints.set(2**40, 3)
+    np.testing.assert_array_equal(ints.lookup_many(np.array([7, 2**40, 5, -3])), [2, 3, -1, 1])
+    strs = IdIndex()
+    strs.set_many(np.array(["b", "a"]), np.array([4, 9]))
+    np.testing.assert_array_equal(strs.lookup_many(np.array(["a", "zz", "b"])), [9, -1, 4])
+    mixed = IdIndex()
+    mixed.set(1, 0)
+    mixed.set("1", 1)
+    mixed.set((1, 2), 2)
+    probe = np.empty(3, dtype=object)
+    probe[:] = ["1", (1, 2), 1]
+    np.testing.assert_array_equal(mixed.lookup_many(probe), [1, 2, 0])
+    # an int array against a mixed index must not confuse 1 with "1"
+    np.testing.assert_array_equal(mixed.lookup_many(np.array([1])), [0])
+
+
+def test_read_only_arrays_reuse_their_answer_until_membership_changes():
+    ix = IdIndex()
+    ids = np.arange(5)
+    ids.flags.writeable = False
+    ix.set_many(ids, ids + 100)
+    first = ix.lookup_many(ids)
+    first[0] = -7                      # callers may scribble on the result
+    np.testing.assert_array_equal(ix.lookup_many(ids), ids + 100)
+    ix.pop(3)
+    np.testing.assert_array_equal(ix.lookup_many(ids), [100, 101, 102, -1, 104])
