@@ -49,7 +49,7 @@ from ..validation import (
     check_nonnegative_float,
     check_positive_int,
 )
-from ..values.agent_index import as_agent_ids
+from ..values.agent_index import as_agent_ids, check_wire_id
 from ..values.version_vector import check_region_name
 
 __all__ = [
@@ -466,8 +466,8 @@ class StatisticalCAPResolver:
         x = as_feature_vector(update.feature_vector, self._dim, "feature_vector")
         ts = check_finite_float(update.timestamp, "timestamp")
         score = check_finite_float(update.anomaly_score, "anomaly_score")
-        agent = as_agent_ids([update.agent_id])
-        uid = as_agent_ids([update.update_id])
+        agent = as_agent_ids([check_wire_id(update.agent_id)])
+        uid = as_agent_ids([check_wire_id(update.update_id)])
         outcome = self._write(region, agent, np.array([ts]), x[None, :], np.array([score]), uid)
         report = self._view_report(region)
         report.update({

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, InvalidTypeError
 
-__all__ = ["AgentIds", "AgentIndex", "as_agent_ids"]
+__all__ = ["AgentIds", "AgentIndex", "as_agent_ids", "check_wire_id"]
 
 _INT64 = np.iinfo(np.int64)
 # Single ids go to a small dict first; it is folded into the sorted array when it grows.
@@ -47,7 +47,8 @@ class AgentIds:
         return [s if f else i for i, s, f in zip(self.ints.tolist(), self.strs.tolist(), self.is_str.tolist(), strict=True)]
 
 
-def _one_id(value: Any) -> int | str:
+def check_wire_id(value: Any) -> int | str:
+    """One id (agent or update): an int that fits in 64 bits, or a string."""
     if isinstance(value, (bool, np.bool_)):
         raise InvalidTypeError(f"agent ids must be ints or strings, got {value!r}")
     if isinstance(value, (int, np.integer)):
@@ -92,7 +93,7 @@ def as_agent_ids(ids: Any, n: int | None = None) -> AgentIds:
             strs = arr.astype(object)
             out = AgentIds(np.zeros(arr.shape[0], np.int64), strs, np.ones(arr.shape[0], bool))
         elif kind == "O":
-            values = [_one_id(v) for v in arr.tolist()]
+            values = [check_wire_id(v) for v in arr.tolist()]
             is_str = np.fromiter((isinstance(v, str) for v in values), bool, len(values))
             ints = np.fromiter((0 if isinstance(v, str) else v for v in values), np.int64, len(values))
             if is_str.any():
