@@ -1,3 +1,4 @@
+# ruff: noqa: W293  (the guide snippet below is kept byte for byte, blank lines with spaces included)
 """StatisticalCAPResolver: the guide's snippet, confidence, consistency models, bad input."""
 
 import asyncio

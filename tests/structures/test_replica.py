@@ -6,7 +6,12 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from swarmguard.errors import DimensionMismatchError, EmptyInputError, InvalidInputError, NonFiniteError
+from swarmguard.errors import (
+    DimensionMismatchError,
+    EmptyInputError,
+    InvalidInputError,
+    NonFiniteError,
+)
 from swarmguard.structures.replica import RegionReplica
 from swarmguard.values.version_vector import VersionVector
 

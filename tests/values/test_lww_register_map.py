@@ -5,7 +5,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarmguard.errors import DimensionMismatchError, InvalidInputError, NonFiniteError, SwarmGuardError
+from swarmguard.errors import (
+    DimensionMismatchError,
+    InvalidInputError,
+    NonFiniteError,
+    SwarmGuardError,
+)
 from swarmguard.values.lww_register_map import LWWRegisterMap
 
 DIM = 2
