@@ -401,3 +401,13 @@ def test_clock_returning_nan_is_refused():
     with pytest.raises(NonFiniteError):
         res = StatisticalCAPResolver(clock=lambda: next(values))
         res.handle_update_sync(upd(0, 0, 0.0, [1.0], "a"))
+
+
+def test_strong_even_split_has_no_majority_anywhere():
+    res = StatisticalCAPResolver(ConsistencyModel.STRONG, clock=Clock(), regions=["a", "b", "c", "d"])
+    res.partition([["a", "b"], ["c", "d"]])  # 2 of 4 is not a majority: no split brain
+    for region in "abcd":
+        with pytest.raises(QuorumUnavailableError):
+            res.handle_update_sync(upd(region, 1, 0.0, [1.0], region))
+    res.heal()
+    assert res.handle_update_sync(upd("ok", 1, 0.0, [1.0], "c"))["accepted"]

@@ -239,3 +239,13 @@ def test_bad_delta_changes_nothing():
         b.merge_delta(bad)
     assert same(before, state(b))
     assert b.version == VersionVector({"us": 1})
+
+
+def test_late_delta_does_not_make_the_view_older():
+    eu, us = RegionReplica("eu", 1, known_regions=["us"]), RegionReplica("us", 1, known_regions=["eu"])
+    us.update_many([1], [0.0], [[1.0]], [0.0], now=1.0)
+    old = us.delta_since(eu.version, now=1.0)
+    new = us.delta_since(eu.version, now=9.0)
+    eu.merge_delta(new)
+    eu.merge_delta(old)  # delivered late, after the newer one
+    assert eu.ages(10.0) == {"us": 1.0}
