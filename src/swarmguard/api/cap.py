@@ -150,7 +150,8 @@ def compute_confidence_factor(
     for region, n in counts.items():
         if n <= 0:
             continue
-        age = 0.0 if region == own_region else ages[region]
+        # a region missing from ``ages`` was never heard from: as stale as can be
+        age = 0.0 if region == own_region else ages.get(region, math.inf)
         c = 1.0 if age <= max_staleness_seconds else math.exp(
             -confidence_decay_rate * (age - max_staleness_seconds)
         )
@@ -569,7 +570,7 @@ class StatisticalCAPResolver:
         statistical = self.consistency_model is not ConsistencyModel.EVENTUAL
         cf = compute_confidence_factor(counts, ages, region, self.max_staleness_seconds,
                                        self.confidence_decay_rate) if statistical else None
-        weighted = math.fsum(n * (0.0 if p == region else ages[p]) for p, n in counts.items())
+        weighted = math.fsum(n * (0.0 if p == region else ages.get(p, math.inf)) for p, n in counts.items())
         estimate: dict[str, Any] = {"count": total, "region_counts": counts}
         d = self._dim
         m = replica.estimate() if replica else None
