@@ -207,3 +207,28 @@ def test_strong_history_never_accepts_in_a_minority():
             refused += 1
             assert not majority
     assert accepted and refused
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_availability_under_random_partition_schedules(seed):
+    """STATISTICAL: every update is accepted, wherever the network is cut, without waiting."""
+    rng = random.Random(100 + seed)
+    clock = Clock()
+    res = StatisticalCAPResolver(clock=clock, regions=REGIONS)
+    sent = accepted = 0
+    for i in range(300):
+        if rng.random() < 0.2:
+            if rng.random() < 0.3:
+                res.heal()
+            else:
+                res.partition([[r] for r in REGIONS] if rng.random() < 0.5 else [REGIONS[:1], REGIONS[1:3]])
+        if rng.random() < 0.1:
+            res.sync()
+        clock.t += rng.random()
+        u = StatisticalUpdate(i, rng.randrange(50), clock.t, [rng.random(), rng.random()], 0.0,
+                              rng.choice(REGIONS))
+        sent += 1
+        result = run_to_completion(res.handle_update(u))
+        accepted += result["accepted"] is True
+        assert 0.0 < result["confidence_factor"] <= 1.0
+    assert accepted == sent
