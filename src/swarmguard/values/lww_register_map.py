@@ -180,7 +180,8 @@ class LWWRegisterMap:
         # same-timestamp rewrite by the same region wins, as the later arrival must.
         cand_seq = first_seq + np.arange(n, dtype=np.int64)
         rank = np.full(n, self._rank[code])
-        best = _winner_per_row(rows, timestamps, rank, cand_seq)
+        # one row (the per-item path): nothing to reduce
+        best = np.zeros(1, np.int64) if n == 1 else _winner_per_row(rows, timestamps, rank, cand_seq)
         r = rows[best]
         wins = _key_greater(timestamps[best], rank[best], cand_seq[best],
                             self._ts[r], self._rank_of(self._writer[r]), self._seq[r])
