@@ -27,6 +27,7 @@ sync). The resolver guards the clock: readings that go backwards are ignored.
 from __future__ import annotations
 
 import asyncio
+import io
 import math
 import sys
 import time
@@ -62,6 +63,9 @@ __all__ = [
     "compute_confidence_factor",
     "widened_threshold",
 ]
+
+
+_FORMAT_VERSION = 1
 
 
 class QuorumUnavailableError(SwarmGuardError, RuntimeError):
@@ -603,9 +607,16 @@ class StatisticalCAPResolver:
 
     # ------------------------------------------------------------------ state
     def to_dict(self) -> dict[str, np.ndarray]:
-        """Every replica's checkpoint, prefixed by region, plus the topology (flat dict of arrays)."""
+        """Every replica's checkpoint, prefixed by region, plus the topology (flat dict of arrays).
+
+        Settings (model, staleness, clock) are not part of the state: pass them
+        again to :meth:`from_dict`.
+        """
         out: dict[str, np.ndarray] = {
+            "format": np.array(_FORMAT_VERSION),
             "regions": np.array(self._regions, dtype=np.str_) if self._regions else np.empty(0, "<U1"),
+            "born": np.array([self._born[r] for r in self._regions], dtype=np.float64),
+            "start": np.array(self._start),
             "dim": np.array(-1 if self._dim is None else self._dim),
             "groups": np.array([-1 if self._group_of is None else self._group_of[r] for r in self._regions],
                                dtype=np.int64),
@@ -614,3 +625,56 @@ class StatisticalCAPResolver:
             for k, v in replica.to_dict().items():
                 out[f"replica[{name}].{k}"] = v
         return out
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any], **settings: Any) -> StatisticalCAPResolver:
+        """Restore a resolver from :meth:`to_dict` output; ``settings`` as for the constructor."""
+        if "regions" in settings or "feature_dimensions" in settings:
+            raise InvalidInputError("regions and feature_dimensions come from the state")
+        try:
+            fmt = int(np.asarray(state["format"]))
+            regions = [check_region_name(r) for r in np.asarray(state["regions"]).tolist()]
+            born = np.asarray(state["born"], dtype=np.float64).tolist()
+            start = float(np.asarray(state["start"]))
+            dim = int(np.asarray(state["dim"]))
+            groups = np.asarray(state["groups"]).astype(np.int64).tolist()
+        except KeyError as exc:
+            raise InvalidInputError(f"resolver state lacks field {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"resolver state is malformed: {exc}") from exc
+        if fmt != _FORMAT_VERSION:
+            raise InvalidInputError(f"unsupported resolver state format {fmt}")
+        if not (len(born) == len(groups) == len(regions)) or len(set(regions)) != len(regions):
+            raise InvalidInputError("resolver state has inconsistent region tables")
+        replicas = {}
+        if dim > 0:
+            for name in regions:
+                prefix = f"replica[{name}]."
+                part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+                replica = RegionReplica.from_dict(part)
+                if replica.region != name or replica.dim != dim:
+                    raise InvalidInputError(f"replica state for {name!r} does not match the resolver")
+                replicas[name] = replica
+        res = cls(**settings)
+        res._start = start
+        res._regions = regions
+        res._born = dict(zip(regions, born, strict=True))
+        res._dim = dim if dim > 0 else None
+        res._replicas = replicas
+        res._group_of = None if all(g < 0 for g in groups) else dict(zip(regions, groups, strict=True))
+        return res
+
+    def to_bytes(self) -> bytes:
+        """Checkpoint as bytes (an ``.npz`` archive, no pickle)."""
+        buf = io.BytesIO()
+        np.savez(buf, **self.to_dict())
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, **settings: Any) -> StatisticalCAPResolver:
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                state = {k: z[k] for k in z.files}
+        except Exception as exc:  # zipfile/ValueError/OSError on corrupt input
+            raise InvalidInputError(f"bytes are not a serialised StatisticalCAPResolver: {exc}") from exc
+        return cls.from_dict(state, **settings)
