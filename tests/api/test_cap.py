@@ -411,3 +411,23 @@ def test_strong_even_split_has_no_majority_anywhere():
             res.handle_update_sync(upd(region, 1, 0.0, [1.0], region))
     res.heal()
     assert res.handle_update_sync(upd("ok", 1, 0.0, [1.0], "c"))["accepted"]
+
+
+def test_bad_checkpoints():
+    res = StatisticalCAPResolver(clock=Clock(), regions=["a", "b"])
+    res.handle_update_sync(upd(0, 0, 0.0, [1.0], "a"))
+    state_ = res.to_dict()
+    with pytest.raises(InvalidInputError):
+        StatisticalCAPResolver.from_bytes(b"nope")
+    with pytest.raises(InvalidInputError):
+        StatisticalCAPResolver.from_dict(state_, regions=["x"])
+    broken = dict(state_)
+    del broken["born"]
+    with pytest.raises(InvalidInputError):
+        StatisticalCAPResolver.from_dict(broken)
+    broken = dict(state_)
+    broken["replica[a].registers.features"] = np.array([[np.nan]])
+    with pytest.raises(InvalidInputError):
+        StatisticalCAPResolver.from_dict(broken)
+    ok = StatisticalCAPResolver.from_dict(state_, clock=Clock())
+    assert ok.global_estimate("a")["global_estimate"]["count"] == 1
