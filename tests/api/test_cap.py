@@ -431,3 +431,13 @@ def test_bad_checkpoints():
         StatisticalCAPResolver.from_dict(broken)
     ok = StatisticalCAPResolver.from_dict(state_, clock=Clock())
     assert ok.global_estimate("a")["global_estimate"]["count"] == 1
+
+
+def test_strong_written_through_rows_reach_the_next_majority():
+    res = StatisticalCAPResolver(ConsistencyModel.STRONG, clock=Clock(), regions=list("abcde"))
+    res.partition([["a", "b", "c"], ["d", "e"]])
+    res.handle_update_sync(upd("w", 1, 0.0, [4.0], "a"))  # written through to b and c only
+    res.partition([["a"], ["b", "d", "e"], ["c"]])  # b carries it into the new majority
+    for region in "bde":
+        assert res.replica(region).registers.get(1)["features"].tolist() == [4.0]
+        assert res.global_estimate(region)["global_estimate"]["count"] == 1

@@ -121,6 +121,10 @@ class RegionReplica:
         self.acked: dict[str, VersionVector] = {}
         self.seen_update_ids: set = set()
         self._moments: list[Moments] = []
+        # Largest seq held per writer. Usually equal to ``version``, but rows written
+        # through (STRONG) arrive without advancing it; a peer lacks nothing only when
+        # its version covers these, not merely ours.
+        self._held = VersionVector()
         for other in known_regions:
             self.know_region(other, start_time)
 
@@ -199,6 +203,12 @@ class RegionReplica:
     def _apply_change(self, change: RegisterChange) -> None:
         if not len(change):
             return
+        seqs = self.registers.seq_of(change.rows)
+        for code in np.unique(change.new_writer).tolist():
+            top = int(seqs[change.new_writer == code].max())
+            name = self.registers.region_names[code]
+            if top > self._held[name]:
+                self._held |= VersionVector({name: top})
         had = change.old_writer >= 0
         codes = np.unique(np.concatenate([change.old_writer[had], change.new_writer]))
         for code in codes.tolist():
@@ -243,8 +253,8 @@ class RegionReplica:
     def delta_since(self, peer_version: VersionVector, now: float | None = None) -> dict[str, np.ndarray]:
         """What a peer whose version vector is ``peer_version`` lacks, as a dict of arrays."""
         self._touch(now)
-        if self.version <= peer_version:
-            rows = np.empty(0, np.int64)  # the peer covers every write we know of
+        if self._held <= peer_version:
+            rows = np.empty(0, np.int64)  # the peer covers every register we hold
         else:
             rows = self.registers.rows_not_covered(peer_version)
         out = {_REG + k: v for k, v in self.registers.entries(rows).items()}
@@ -375,7 +385,7 @@ class RegionReplica:
             for p, row in zip(peers, counts, strict=True)
         }
         replica.seen_update_ids = set(seen_int) | set(seen_str)
-        replica.rebuild_moments()
+        replica.rebuild_moments()  # _held was rebuilt by merge_delta above
         return replica
 
     def to_bytes(self) -> bytes:

@@ -226,6 +226,10 @@ class LWWRegisterMap:
         n = len(self.index)
         return self._values[:n][self._writer[:n] == code]
 
+    def seq_of(self, rows: np.ndarray) -> np.ndarray:
+        """Writer sequence numbers of the registers at ``rows``."""
+        return self._seq[rows]
+
     def rows_not_covered(self, vv: VersionVector) -> np.ndarray:
         """Rows whose ``(writer, seq)`` dot ``vv`` does not cover (what a peer with ``vv`` lacks)."""
         n = len(self.index)
