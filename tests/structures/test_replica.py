@@ -5,6 +5,8 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from swarmguard.errors import (
     DimensionMismatchError,
@@ -149,8 +151,10 @@ def test_freshness_travels_transitively():
     assert ap.ages(20.0) == {"eu": 10.0, "us": 8.0}
 
 
-def test_full_state_merge_is_a_join():
-    rng = random.Random(5)
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_full_state_merge_is_a_join(seed):
+    rng = random.Random(seed)
     reps = [RegionReplica(r, DIM) for r in REGIONS]
     hist = []
     for t in range(20):
