@@ -30,6 +30,8 @@ __all__ = [
     "check_finite_float",
     "check_agent_id",
     "check_cohort",
+    "as_finite_vector",
+    "check_nonnegative_float",
 ]
 
 
@@ -176,3 +178,29 @@ def check_cohort(cohort: Any) -> tuple[str, ...] | None:
         if not isinstance(p, str) or not p:
             raise InvalidInputError(f"cohort names must be non-empty strings, got {p!r} in {cohort!r}")
     return parts
+
+
+def as_finite_vector(values: Any, n: int | None, what: str) -> np.ndarray:
+    """Return ``values`` as a finite float64 1-D array of length ``n`` (any length if None).
+
+    For per-row scalars of a batch (timestamps, scores). Empty is allowed only
+    when ``n == 0``.
+
+    >>> as_finite_vector([1, 2.5], 2, "timestamps")
+    array([1. , 2.5])
+    """
+    arr = _as_float_array(values, what)
+    if arr.ndim != 1:
+        raise DimensionMismatchError(f"{what} must be a 1-D array, got shape {arr.shape}")
+    if n is not None and arr.shape[0] != n:
+        raise DimensionMismatchError(f"{what} has {arr.shape[0]} values, expected {n}")
+    _check_finite(arr, what)
+    return arr
+
+
+def check_nonnegative_float(value: Any, name: str) -> float:
+    """Return ``value`` as a finite float >= 0."""
+    value = check_finite_float(value, name)
+    if value < 0:
+        raise InvalidInputError(f"{name} must be >= 0, got {value}")
+    return value

@@ -1,0 +1,680 @@
+"""Statistical CAP resolution: available through partitions, convergent on heal.
+
+The guide's Solution 3. Each ``source_partition`` (a region) owns a
+:class:`~swarmguard.structures.replica.RegionReplica`. A replica accepts its own
+region's updates at once and sees the other regions as last received; replicas
+exchange deltas by anti-entropy :meth:`StatisticalCAPResolver.sync` whenever the
+links between them deliver. In-process the resolver hosts every replica and
+simulates the links: :meth:`~StatisticalCAPResolver.partition` cuts them into
+groups, :meth:`~StatisticalCAPResolver.heal` restores them.
+
+Confidence factor
+-----------------
+For region r's view, with ``N_p`` the agents of home region p in that view,
+``w_p = N_p / sum_q N_q`` and ``age_p`` the seconds since r's view of p was last
+known current (0 for r itself: a region's own part is never stale)::
+
+    c_p = 1                                   if age_p <= max_staleness_seconds
+    c_p = exp(-confidence_decay_rate * (age_p - max_staleness_seconds))   otherwise
+    confidence_factor = sum_p w_p * c_p       (1.0 for an empty view)
+
+It lies in (0, 1] (clamped below at the smallest positive float so that an
+underflowing ``exp`` cannot make it 0) and, with a clock that never runs
+backwards, it never increases unless new information arrives (an update, or a
+sync). The resolver guards the clock: readings that go backwards are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import sys
+import time
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+from ..errors import DimensionMismatchError, InvalidInputError, InvalidTypeError, SwarmGuardError
+from ..structures.replica import RegionReplica, WriteOutcome
+from ..validation import (
+    as_feature_matrix,
+    as_feature_vector,
+    as_finite_vector,
+    check_finite_float,
+    check_fraction,
+    check_nonnegative_float,
+    check_positive_int,
+)
+from ..values.agent_index import as_agent_ids, check_wire_id
+from ..values.version_vector import check_region_name
+
+__all__ = [
+    "ConsistencyModel",
+    "StatisticalUpdate",
+    "StatisticalCAPResolver",
+    "SyncReport",
+    "QuorumUnavailableError",
+    "UnknownRegionError",
+    "compute_confidence_factor",
+    "widened_threshold",
+]
+
+
+_FORMAT_VERSION = 1
+
+
+class QuorumUnavailableError(SwarmGuardError, RuntimeError):
+    """STRONG consistency refused: the region cannot reach a majority of regions."""
+
+
+class UnknownRegionError(SwarmGuardError, KeyError):
+    """A region name the resolver has never seen."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ConsistencyModel(Enum):
+    """How the resolver trades consistency for availability.
+
+    ``STATISTICAL``: always accept; report a confidence factor and widened bounds.
+    ``STRONG``: accept only where the region reaches a majority of regions (CP);
+    the write is applied at every reachable replica before the call returns.
+    ``EVENTUAL``: always accept; report no confidence and no bounds.
+    """
+
+    STATISTICAL = "statistical"
+    STRONG = "strong"
+    EVENTUAL = "eventual"
+
+    @classmethod
+    def coerce(cls, value: Any) -> ConsistencyModel:
+        """Accept a member or its name/value as text (``"strong"``)."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            for member in cls:
+                if value.lower() in (member.value, member.name.lower()):
+                    return member
+        raise InvalidInputError(
+            f"unknown consistency model {value!r}; use one of "
+            + ", ".join(f"ConsistencyModel.{m.name}" for m in cls)
+        )
+
+
+@dataclass(frozen=True)
+class StatisticalUpdate:
+    """One agent observation, as the guide builds it.
+
+    ``update_id`` and ``agent_id`` are ints or strings; ``timestamp`` is the
+    observation's time (it orders writes: last writer wins); ``source_partition``
+    is the region that accepts the update.
+    """
+
+    update_id: Hashable
+    agent_id: Hashable
+    timestamp: float
+    feature_vector: Any
+    anomaly_score: float
+    source_partition: str
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What one :meth:`StatisticalCAPResolver.sync` round shipped."""
+
+    pairs: int
+    rows_shipped: int
+    bytes_shipped: int
+    seconds: float
+
+
+def compute_confidence_factor(
+    counts: Mapping[str, int], ages: Mapping[str, float], own_region: str,
+    max_staleness_seconds: float, confidence_decay_rate: float,
+) -> float:
+    """The confidence factor of one view (see the module docstring).
+
+    Examples
+    --------
+    >>> compute_confidence_factor({"eu": 3, "us": 1}, {"us": 15.0}, "eu", 5.0, 0.1)
+    0.8419698602928606
+    >>> compute_confidence_factor({}, {}, "eu", 5.0, 0.1)
+    1.0
+    """
+    total = sum(counts.values())
+    if total == 0:
+        return 1.0
+    terms = []
+    for region, n in counts.items():
+        if n <= 0:
+            continue
+        # a region missing from ``ages`` was never heard from: as stale as can be
+        age = 0.0 if region == own_region else ages.get(region, math.inf)
+        c = 1.0 if age <= max_staleness_seconds else math.exp(
+            -confidence_decay_rate * (age - max_staleness_seconds)
+        )
+        terms.append(n * c)
+    return min(1.0, max(math.fsum(terms) / total, sys.float_info.min))
+
+
+def widened_threshold(threshold: float, confidence_factor: float, *, squared: bool = False) -> float:
+    """Detection threshold widened for a view with the given confidence factor.
+
+    The resolver widens confidence intervals by ``1 / confidence_factor`` (it
+    treats a stale view as inflating the standard error by that factor); a
+    detection threshold on the same scale (a z-score, a Mahalanobis distance)
+    widens the same way, and a threshold on a *squared* scale (chi-square,
+    squared Mahalanobis distance) by ``1 / confidence_factor**2``. This is the
+    ``adjust_detection_thresholds`` step of the guide.
+
+    >>> widened_threshold(3.0, 0.5)
+    6.0
+    >>> widened_threshold(9.0, 0.5, squared=True)
+    36.0
+    """
+    threshold = check_finite_float(threshold, "threshold")
+    cf = check_fraction(confidence_factor, "confidence_factor", low=0.0, low_open=True)
+    return threshold / (cf * cf if squared else cf)
+
+
+class StatisticalCAPResolver:
+    """Region replicas with statistical consistency (the guide's Solution 3).
+
+    Parameters
+    ----------
+    consistency_model : ConsistencyModel or str
+        STATISTICAL (default), STRONG or EVENTUAL.
+    max_staleness_seconds : float >= 0
+        A part of a view no older than this counts as fully current.
+    confidence_decay_rate : float >= 0
+        Per-second decay of a stale part's confidence beyond ``max_staleness_seconds``.
+    clock : callable returning seconds, optional
+        Processing-time clock (default ``time.monotonic``); inject one for simulated time.
+    regions : iterable of str, optional
+        Regions known from the start (others are added when their first update arrives).
+    feature_dimensions : int, optional
+        Number of features; taken from the first update when not given.
+    confidence_level : float in (0, 1)
+        Coverage of the reported confidence intervals (before widening).
+    sync_interval_seconds : float > 0, optional
+        When set, ``await handle_update`` starts a background task that calls
+        :meth:`sync` at this interval (also :meth:`start_background_sync`).
+    sleep : async callable, optional
+        What the background task awaits between rounds (default ``asyncio.sleep``).
+
+    Examples
+    --------
+    >>> t = [0.0]
+    >>> r = StatisticalCAPResolver(clock=lambda: t[0], regions=["eu", "us"])
+    >>> _ = r.handle_update_sync(StatisticalUpdate(1, "a", 0.0, [1.0], 0.1, "eu"))
+    >>> _ = r.handle_update_sync(StatisticalUpdate(2, "b", 0.0, [3.0], 0.2, "us"))
+    >>> r.partition([["eu"], ["us"]])
+    >>> t[0] = 15.0
+    >>> res = r.handle_update_sync(StatisticalUpdate(3, "c", 15.0, [5.0], 0.3, "eu"))
+    >>> res["accepted"], res["visible_regions"], res["global_estimate"]["count"]
+    (True, ['eu'], 2)
+    >>> r.heal(); _ = r.sync()
+    >>> r.global_estimate("eu")["global_estimate"]["count"], r.confidence_factor("eu")
+    (3, 1.0)
+    """
+
+    def __init__(
+        self,
+        consistency_model: Any = ConsistencyModel.STATISTICAL,
+        max_staleness_seconds: float = 5.0,
+        confidence_decay_rate: float = 0.1,
+        clock: Callable[[], float] | None = None,
+        *,
+        regions: Iterable[str] | None = None,
+        feature_dimensions: int | None = None,
+        confidence_level: float = 0.95,
+        sync_interval_seconds: float | None = None,
+        sleep: Callable[[float], Awaitable[Any]] | None = None,
+    ):
+        self.consistency_model = ConsistencyModel.coerce(consistency_model)
+        self.max_staleness_seconds = check_nonnegative_float(max_staleness_seconds, "max_staleness_seconds")
+        self.confidence_decay_rate = check_nonnegative_float(confidence_decay_rate, "confidence_decay_rate")
+        if clock is not None and not callable(clock):
+            raise InvalidTypeError("clock must be a callable returning seconds")
+        self.confidence_level = check_fraction(confidence_level, "confidence_level",
+                                               low_open=True, high_open=True)
+        self._z = NormalDist().inv_cdf(0.5 + self.confidence_level / 2)
+        self._dim = None if feature_dimensions is None else check_positive_int(
+            feature_dimensions, "feature_dimensions")
+        if sync_interval_seconds is not None:
+            sync_interval_seconds = check_finite_float(sync_interval_seconds, "sync_interval_seconds")
+            if sync_interval_seconds <= 0:
+                raise InvalidInputError("sync_interval_seconds must be > 0")
+        names = [] if regions is None else [check_region_name(r) for r in regions]
+        if len(set(names)) != len(names):
+            raise InvalidInputError(f"regions repeat a name: {names}")
+        self.sync_interval_seconds = sync_interval_seconds
+        self._sleep = sleep or asyncio.sleep
+        self._clock = clock or time.monotonic
+        self._latest = -math.inf
+        self._start = self._now()
+        self._regions: list[str] = []
+        self._born: dict[str, float] = {}
+        self._replicas: dict[str, RegionReplica] = {}
+        self._group_of: dict[str, int] | None = None  # None: every link delivers
+        self._sync_task: asyncio.Task | None = None
+        for name in names:
+            self._add_region(name, self._start)
+
+    # ------------------------------------------------------------------ clock, regions
+    def _now(self) -> float:
+        """Clock reading, never earlier than a previous one (so confidence cannot rise by itself)."""
+        t = check_finite_float(self._clock(), "clock()")
+        if t > self._latest:
+            self._latest = t
+        return self._latest
+
+    @property
+    def regions(self) -> list[str]:
+        return list(self._regions)
+
+    @property
+    def feature_dimensions(self) -> int | None:
+        return self._dim
+
+    def replica(self, region: str) -> RegionReplica:
+        """The live replica of ``region`` (created once the feature dimension is known)."""
+        region = self._known(region)
+        if region not in self._replicas:
+            raise UnknownRegionError(f"region {region!r} has no replica yet (no feature dimension known)")
+        return self._replicas[region]
+
+    def _known(self, region: Any) -> str:
+        name = check_region_name(region)
+        if name not in self._born:
+            raise UnknownRegionError(f"unknown region {name!r}; known: {self._regions}")
+        return name
+
+    def _add_region(self, name: str, now: float) -> None:
+        self._regions.append(name)
+        self._born[name] = now
+        if self._group_of is not None:  # born during a partition: reachable by nobody until heal
+            self._group_of[name] = max(self._group_of.values(), default=-1) + 1
+        if self._dim is not None:
+            self._make_replica(name)
+
+    def _make_replica(self, name: str) -> None:
+        replica = RegionReplica(name, self._dim, start_time=self._born[name])
+        for other in self._regions:
+            if other == name:
+                continue
+            # a newcomer has never heard from the others; the others' view of it is
+            # complete as of its birth (it had no agents before)
+            replica.know_region(other, self._start)
+            if other in self._replicas:
+                self._replicas[other].know_region(name, self._born[name])
+        self._replicas[name] = replica
+
+    def _set_dim(self, dim: int) -> None:
+        self._dim = dim
+        for name in self._regions:
+            self._make_replica(name)
+
+    def _reachable(self, region: str) -> list[str]:
+        if self._group_of is None:
+            return list(self._regions)
+        g = self._group_of.get(region)
+        return [r for r in self._regions if self._group_of.get(r) == g]
+
+    def visible_regions(self, region: str) -> list[str]:
+        """Regions whose links to ``region`` deliver now (``region`` included), sorted."""
+        return sorted(self._reachable(self._known(region)))
+
+    def _has_quorum(self, region: str, new_region: bool = False) -> bool:
+        total = len(self._regions) + (1 if new_region else 0)
+        reach = 1 if new_region and self._group_of is not None else len(self._reachable(region)) + (
+            1 if new_region else 0)
+        return 2 * reach > total
+
+    def _require_quorum(self, region: str, new_region: bool = False) -> None:
+        if self.consistency_model is ConsistencyModel.STRONG and not self._has_quorum(region, new_region):
+            reach = 1 if new_region else len(self._reachable(region))
+            total = len(self._regions) + (1 if new_region else 0)
+            raise QuorumUnavailableError(
+                f"STRONG consistency: region {region!r} reaches {reach} of {total} regions, "
+                f"a majority needs {total // 2 + 1}; use ConsistencyModel.STATISTICAL to stay "
+                "available during partitions"
+            )
+
+    # ------------------------------------------------------------------ links
+    def partition(self, groups: Iterable[Iterable[str]]) -> None:
+        """Cut the network: only regions in the same group reach each other.
+
+        Regions not named in any group are cut off from everyone. Names must be
+        known and may appear once. Under STRONG the new groups sync at once.
+        """
+        if isinstance(groups, (str, bytes)) or not isinstance(groups, Iterable):
+            raise InvalidTypeError("groups must be a list of lists of region names")
+        mapping: dict[str, int] = {}
+        for g, group in enumerate(groups):
+            if isinstance(group, (str, bytes)) or not isinstance(group, Iterable):
+                raise InvalidTypeError(f"group {g} must be a list of region names, got {group!r}")
+            for name in group:
+                name = self._known(name)
+                if name in mapping:
+                    raise InvalidInputError(f"region {name!r} appears in more than one group")
+                mapping[name] = g
+        next_group = max(mapping.values(), default=-1) + 1
+        for name in self._regions:
+            if name not in mapping:
+                mapping[name] = next_group
+                next_group += 1
+        self._group_of = mapping
+        if self.consistency_model is ConsistencyModel.STRONG:
+            self.sync()
+
+    def heal(self) -> None:
+        """Restore every link (replicas converge at the next :meth:`sync`; at once under STRONG)."""
+        self._group_of = None
+        if self.consistency_model is ConsistencyModel.STRONG:
+            self.sync()
+
+    @property
+    def is_partitioned(self) -> bool:
+        return self._group_of is not None
+
+    def sync(self) -> SyncReport:
+        """One anti-entropy round over every delivering link.
+
+        For each ordered pair (a, b) that can reach each other, b sends its
+        version vector and a ships what that vector does not cover. After one
+        round every replica of a group holds the join of the group's states.
+        """
+        t0 = time.perf_counter()
+        now = self._now()
+        pairs = rows = nbytes = 0
+        for a in self._regions:
+            if a not in self._replicas:
+                continue
+            src = self._replicas[a]
+            for b in self._reachable(a):
+                if b == a or b not in self._replicas:
+                    continue
+                dst = self._replicas[b]
+                src.acknowledge(b, dst.version)  # the request carries b's version vector
+                delta = src.delta_for(b, now)
+                src.acknowledge(b, dst.merge_delta(delta))
+                pairs += 1
+                rows += int(delta["registers.seq"].shape[0])
+                nbytes += sum(v.nbytes for v in delta.values())
+        return SyncReport(pairs, rows, nbytes, time.perf_counter() - t0)
+
+    # ------------------------------------------------------------------ background sync
+    async def run_background_sync(self, interval: float | None = None, *, rounds: int | None = None) -> None:
+        """Call :meth:`sync` every ``interval`` seconds (forever, or ``rounds`` times)."""
+        interval = self.sync_interval_seconds if interval is None else interval
+        interval = check_finite_float(interval, "interval")
+        if interval <= 0:
+            raise InvalidInputError("the sync interval must be > 0")
+        done = 0
+        while rounds is None or done < rounds:
+            await self._sleep(interval)
+            self.sync()
+            done += 1
+
+    def start_background_sync(self, interval: float | None = None) -> asyncio.Task:
+        """Start :meth:`run_background_sync` as a task on the running loop."""
+        if self._sync_task is None or self._sync_task.done():
+            self._sync_task = asyncio.get_running_loop().create_task(self.run_background_sync(interval))
+        return self._sync_task
+
+    async def stop_background_sync(self) -> None:
+        task, self._sync_task = self._sync_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def __aenter__(self) -> StatisticalCAPResolver:
+        if self.sync_interval_seconds is not None:
+            self.start_background_sync()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop_background_sync()
+
+    # ------------------------------------------------------------------ updates
+    async def handle_update(self, update: StatisticalUpdate) -> dict[str, Any]:
+        """Accept one update at its region and report the region's view (see :meth:`handle_update_sync`)."""
+        if self.sync_interval_seconds is not None and (self._sync_task is None or self._sync_task.done()):
+            self.start_background_sync()
+        return self.handle_update_sync(update)
+
+    def handle_update_sync(self, update: StatisticalUpdate) -> dict[str, Any]:
+        """Synchronous twin of :meth:`handle_update`.
+
+        Returns a dict with ``accepted`` (always True unless STRONG refuses by
+        raising), ``applied`` (the update became the agent's value; False for a
+        duplicate ``update_id`` or an update older than what the region holds),
+        ``duplicate``, ``confidence_factor``, ``staleness_seconds`` (age of the
+        stalest other region in this region's view), ``weighted_staleness_seconds``
+        (ages weighted by each region's share of agents), ``consistency_model``,
+        ``visible_regions`` and ``global_estimate`` (count, mean, mean anomaly
+        score, confidence intervals widened by ``1 / confidence_factor``).
+        """
+        if not isinstance(update, StatisticalUpdate):
+            raise InvalidTypeError(f"handle_update takes a StatisticalUpdate, got {type(update).__name__}")
+        region = check_region_name(update.source_partition)
+        x = as_feature_vector(update.feature_vector, self._dim, "feature_vector")
+        ts = check_finite_float(update.timestamp, "timestamp")
+        score = check_finite_float(update.anomaly_score, "anomaly_score")
+        agent = as_agent_ids([check_wire_id(update.agent_id)])
+        uid = as_agent_ids([check_wire_id(update.update_id)])
+        outcome = self._write(region, agent, np.array([ts]), x[None, :], np.array([score]), uid)
+        report = self._view_report(region)
+        report.update({
+            "accepted": True,
+            "applied": bool(outcome.applied[0]),
+            "duplicate": bool(outcome.duplicate[0]),
+            "update_id": update.update_id,
+            "agent_id": update.agent_id,
+        })
+        return report
+
+    def handle_updates_many(
+        self, region: str, agent_ids: Any, timestamps: Any, features: Any, anomaly_scores: Any,
+        update_ids: Any = None,
+    ) -> dict[str, Any]:
+        """Batch path: accept many updates of one region at once (arrays in).
+
+        ``agent_ids`` (ints are fastest), ``timestamps`` (n,), ``features`` (n, d),
+        ``anomaly_scores`` (n,), optional ``update_ids`` (n,) for idempotent
+        delivery. Returns the view report of :meth:`handle_update_sync` with
+        ``accepted`` as a count and ``applied`` / ``duplicate`` as bool arrays.
+        """
+        region = check_region_name(region)
+        if region not in self._born or self._dim is None:
+            # first touch: validate here, before a region or a dimension is created
+            ids = as_agent_ids(agent_ids)
+            n = len(ids)
+            X = as_feature_matrix(features, self._dim, "features")
+            if X.shape[0] != n:
+                raise DimensionMismatchError(f"features has {X.shape[0]} rows, expected {n}")
+            as_finite_vector(timestamps, n, "timestamps")
+            as_finite_vector(anomaly_scores, n, "anomaly_scores")
+            if update_ids is not None:
+                as_agent_ids(update_ids, n)
+            agent_ids, features = ids, X
+        outcome = self._write(region, agent_ids, timestamps, features, anomaly_scores, update_ids)
+        report = self._view_report(region)
+        report.update({
+            "accepted": int(outcome.applied.shape[0]),
+            "applied": outcome.applied,
+            "duplicate": outcome.duplicate,
+        })
+        return report
+
+    async def handle_updates_many_async(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Async twin of :meth:`handle_updates_many`."""
+        return self.handle_updates_many(*args, **kwargs)
+
+    def _write(self, region: str, agent_ids, timestamps, features, scores, update_ids) -> WriteOutcome:
+        new_region = region not in self._born
+        self._require_quorum(region, new_region)
+        if self._dim is None:
+            dim = np.asarray(features).shape[1]
+            replica = RegionReplica(region, dim)  # validates the batch before anything is created
+            replica.update_many(agent_ids, timestamps, features, scores, update_ids)
+        elif new_region:
+            RegionReplica(region, self._dim).update_many(agent_ids, timestamps, features, scores, update_ids)
+        now = self._now()
+        if new_region:
+            self._add_region(region, now)
+        if self._dim is None:
+            self._set_dim(dim)
+        replica = self._replicas[region]
+        outcome = replica.update_many(agent_ids, timestamps, features, scores, update_ids, now=now)
+        if self.consistency_model is ConsistencyModel.STRONG and outcome.changed_rows.shape[0]:
+            entries = replica.registers.entries(outcome.changed_rows)
+            for peer in self._reachable(region):
+                if peer != region:
+                    self._replicas[peer].merge_registers(entries)
+        return outcome
+
+    # ------------------------------------------------------------------ views
+    def confidence_factor(self, region: str) -> float:
+        """The confidence factor of ``region``'s current view (module docstring)."""
+        region = self._known(region)
+        if region not in self._replicas:
+            return 1.0
+        replica = self._replicas[region]
+        return compute_confidence_factor(
+            replica.region_counts(), replica.ages(self._now()), region,
+            self.max_staleness_seconds, self.confidence_decay_rate,
+        )
+
+    def global_estimate(self, region: str) -> dict[str, Any]:
+        """``region``'s current view: confidence, staleness and the global estimate.
+
+        Under STRONG a region without a majority refuses (its view may be stale).
+        """
+        region = self._known(region)
+        self._require_quorum(region)
+        return self._view_report(region)
+
+    def _view_report(self, region: str) -> dict[str, Any]:
+        now = self._now()
+        replica = self._replicas.get(region)
+        counts = replica.region_counts() if replica else {}
+        ages = replica.ages(now) if replica else {}
+        total = sum(counts.values())
+        statistical = self.consistency_model is not ConsistencyModel.EVENTUAL
+        cf = compute_confidence_factor(counts, ages, region, self.max_staleness_seconds,
+                                       self.confidence_decay_rate) if statistical else None
+        weighted = math.fsum(n * (0.0 if p == region else ages.get(p, math.inf)) for p, n in counts.items())
+        estimate: dict[str, Any] = {"count": total, "region_counts": counts}
+        d = self._dim
+        m = replica.estimate() if replica else None
+        if m is not None and m.count:
+            mean = m.mean
+            estimate["mean"] = mean[:d].copy()
+            estimate["mean_anomaly_score"] = float(mean[d])
+        else:
+            estimate["mean"] = None
+            estimate["mean_anomaly_score"] = None
+        if statistical:
+            estimate["confidence_level"] = self.confidence_level
+            if m is not None and m.count >= 2:
+                se = np.sqrt(np.maximum(np.diagonal(m.m2), 0.0) / ((m.count - 1) * m.count))
+                half = self._z * se / cf
+                estimate["confidence_interval"] = (mean[:d] - half[:d], mean[:d] + half[:d])
+                estimate["anomaly_score_interval"] = (float(mean[d] - half[d]), float(mean[d] + half[d]))
+            else:
+                estimate["confidence_interval"] = None
+                estimate["anomaly_score_interval"] = None
+        return {
+            "region": region,
+            "consistency_model": self.consistency_model.value,
+            "confidence_factor": cf,
+            "staleness_seconds": max(ages.values(), default=0.0),
+            "weighted_staleness_seconds": weighted / total if total else 0.0,
+            "visible_regions": sorted(self._reachable(region)),
+            "global_estimate": estimate,
+        }
+
+    # ------------------------------------------------------------------ state
+    def to_dict(self) -> dict[str, np.ndarray]:
+        """Every replica's checkpoint, prefixed by region, plus the topology (flat dict of arrays).
+
+        Settings (model, staleness, clock) are not part of the state: pass them
+        again to :meth:`from_dict`.
+        """
+        out: dict[str, np.ndarray] = {
+            "format": np.array(_FORMAT_VERSION),
+            "regions": np.array(self._regions, dtype=np.str_) if self._regions else np.empty(0, "<U1"),
+            "born": np.array([self._born[r] for r in self._regions], dtype=np.float64),
+            "start": np.array(self._start),
+            "dim": np.array(-1 if self._dim is None else self._dim),
+            "groups": np.array([-1 if self._group_of is None else self._group_of[r] for r in self._regions],
+                               dtype=np.int64),
+        }
+        for name, replica in self._replicas.items():
+            for k, v in replica.to_dict().items():
+                out[f"replica[{name}].{k}"] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any], **settings: Any) -> StatisticalCAPResolver:
+        """Restore a resolver from :meth:`to_dict` output; ``settings`` as for the constructor."""
+        if "regions" in settings or "feature_dimensions" in settings:
+            raise InvalidInputError("regions and feature_dimensions come from the state")
+        try:
+            fmt = int(np.asarray(state["format"]))
+            regions = [check_region_name(r) for r in np.asarray(state["regions"]).tolist()]
+            born = np.asarray(state["born"], dtype=np.float64).tolist()
+            start = float(np.asarray(state["start"]))
+            dim = int(np.asarray(state["dim"]))
+            groups = np.asarray(state["groups"]).astype(np.int64).tolist()
+        except KeyError as exc:
+            raise InvalidInputError(f"resolver state lacks field {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"resolver state is malformed: {exc}") from exc
+        if fmt != _FORMAT_VERSION:
+            raise InvalidInputError(f"unsupported resolver state format {fmt}")
+        if not (len(born) == len(groups) == len(regions)) or len(set(regions)) != len(regions):
+            raise InvalidInputError("resolver state has inconsistent region tables")
+        replicas = {}
+        if dim > 0:
+            for name in regions:
+                prefix = f"replica[{name}]."
+                part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+                replica = RegionReplica.from_dict(part)
+                if replica.region != name or replica.dim != dim:
+                    raise InvalidInputError(f"replica state for {name!r} does not match the resolver")
+                replicas[name] = replica
+        res = cls(**settings)
+        res._start = start
+        res._regions = regions
+        res._born = dict(zip(regions, born, strict=True))
+        res._dim = dim if dim > 0 else None
+        res._replicas = replicas
+        res._group_of = None if all(g < 0 for g in groups) else dict(zip(regions, groups, strict=True))
+        return res
+
+    def to_bytes(self) -> bytes:
+        """Checkpoint as bytes (an ``.npz`` archive, no pickle)."""
+        buf = io.BytesIO()
+        np.savez(buf, **self.to_dict())
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, **settings: Any) -> StatisticalCAPResolver:
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                state = {k: z[k] for k in z.files}
+        except Exception as exc:  # zipfile/ValueError/OSError on corrupt input
+            raise InvalidInputError(f"bytes are not a serialised StatisticalCAPResolver: {exc}") from exc
+        return cls.from_dict(state, **settings)

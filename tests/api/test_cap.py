@@ -1,0 +1,443 @@
+# ruff: noqa: W293  (the guide snippet below is kept byte for byte, blank lines with spaces included)
+"""StatisticalCAPResolver: the guide's snippet, confidence, consistency models, bad input."""
+
+import asyncio
+import math
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from swarmguard.api.cap import (
+    ConsistencyModel,
+    QuorumUnavailableError,
+    StatisticalCAPResolver,
+    StatisticalUpdate,
+    UnknownRegionError,
+    compute_confidence_factor,
+    widened_threshold,
+)
+from swarmguard.errors import (
+    DimensionMismatchError,
+    InvalidInputError,
+    InvalidTypeError,
+    NonFiniteError,
+    SwarmGuardError,
+)
+
+
+class Clock:
+    def __init__(self, t=0.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def upd(uid, agent, ts, x, region, score=0.0):
+    return StatisticalUpdate(uid, agent, ts, list(x), score, region)
+
+
+def state(resolver):
+    return {k: v.copy() for k, v in resolver.to_dict().items()}
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+# ---------------------------------------------------------------- the guide, as written
+GUIDE_SNIPPET = '''
+from statistical_cap_resolver import StatisticalCAPResolver, ConsistencyModel, StatisticalUpdate
+
+# Initialize with statistical consistency
+resolver = StatisticalCAPResolver(
+    consistency_model=ConsistencyModel.STATISTICAL,
+    max_staleness_seconds=5.0,  # Your accuracy requirement
+    confidence_decay_rate=0.1   # Tunable for your needs
+)
+
+# Your distributed updates become:
+async def distributed_behavioral_update(behavioral_data):
+    update = StatisticalUpdate(
+        update_id=behavioral_data.id,
+        agent_id=behavioral_data.agent_id,
+        timestamp=behavioral_data.timestamp,
+        feature_vector=behavioral_data.features,
+        anomaly_score=behavioral_data.anomaly_score,
+        source_partition=behavioral_data.region  # Geographic/logical partition
+    )
+    
+    result = await resolver.handle_update(update)
+    
+    # Check confidence during partitions
+    if result['confidence_factor'] < 0.8:
+        # Degraded mode - wider confidence intervals
+        adjust_detection_thresholds(result['confidence_factor'])
+'''
+
+
+def test_guide_snippet_runs_as_written(monkeypatch):
+    fake = Clock(100.0)
+    monkeypatch.setattr(time, "monotonic", fake)  # the snippet uses the default clock
+    adjusted = []
+
+    def adjust_detection_thresholds(confidence_factor):  # the user's helper
+        adjusted.append(widened_threshold(3.0, confidence_factor))
+
+    ns = {"adjust_detection_thresholds": adjust_detection_thresholds}
+    exec(compile(GUIDE_SNIPPET, "guide_solution_3", "exec"), ns)
+    resolver = ns["resolver"]
+
+    def data(i, agent, region, features):
+        return SimpleNamespace(id=i, agent_id=agent, timestamp=fake.t, features=features,
+                               anomaly_score=0.1 * i, region=region)
+
+    async def main():
+        await ns["distributed_behavioral_update"](data(1, "a1", "eu", [1.0] * 10))
+        for i in range(2, 5):
+            await ns["distributed_behavioral_update"](data(i, f"b{i}", "us", [2.0] * 10))
+        resolver.sync()
+        resolver.partition([["eu"], ["us"]])
+        fake.t += 30.0  # eu has not heard from us for 30 s
+        await ns["distributed_behavioral_update"](data(5, "a1", "eu", [1.5] * 10))
+
+    asyncio.run(main())
+    assert adjusted == [pytest.approx(3.0 / ((1 + 3 * math.exp(-0.1 * 25.0)) / 4))]
+    assert adjusted[0] > 3.0
+
+
+# ---------------------------------------------------------------- confidence factor
+@given(
+    st.dictionaries(st.sampled_from("abcde"), st.integers(0, 10**6), min_size=1),
+    st.dictionaries(st.sampled_from("abcde"), st.floats(0, 1e9)),
+    st.floats(0, 100), st.floats(0, 10), st.floats(0, 1e6),
+)
+def test_confidence_factor_bounds_and_monotone(counts, ages, s, rate, extra):
+    ages = {r: ages.get(r, 0.0) for r in "abcde"}
+    cf = compute_confidence_factor(counts, ages, "a", s, rate)
+    assert 0.0 < cf <= 1.0
+    older = {r: a + extra for r, a in ages.items()}
+    assert compute_confidence_factor(counts, older, "a", s, rate) <= cf
+    # independent formula (numpy, different summation)
+    total = sum(counts.values())
+    if total:
+        w = np.array([counts.get(r, 0) for r in "abcde"], float) / total
+        age = np.array([0.0 if r == "a" else ages[r] for r in "abcde"])
+        c = np.exp(-rate * np.maximum(age - s, 0.0))
+        assert cf == pytest.approx(max(float(w @ c), 2.2250738585072014e-308), rel=1e-12, abs=1e-300)
+
+
+def test_confidence_never_increases_without_new_information():
+    clock = Clock()
+    res = StatisticalCAPResolver(clock=clock, regions=["a", "b", "c"])
+    for i, region in enumerate(["a", "b", "b", "c"]):
+        res.handle_update_sync(upd(i, i, 0.0, [float(i)], region))
+    res.sync()
+    res.partition([["a"], ["b", "c"]])
+    last = {r: res.confidence_factor(r) for r in "abc"}
+    assert all(v == 1.0 for v in last.values())
+    for t in [1.0, 5.0, 5.0, 6.0, 30.0, 3.0, 1e4, 1e9]:  # the clock also runs backwards once
+        clock.t = t
+        for r in "abc":
+            cf = res.confidence_factor(r)
+            assert 0.0 < cf <= last[r]
+            last[r] = cf
+    assert res.confidence_factor("a") == pytest.approx(0.25, rel=1e-12)  # only its own quarter is current
+    # new information (a sync) restores it
+    res.heal()
+    res.sync()
+    assert res.confidence_factor("a") == 1.0
+
+
+def test_confidence_interval_widens_by_one_over_cf():
+    clock = Clock()
+    res = StatisticalCAPResolver(clock=clock, regions=["a", "b"])
+    X = np.array([[1.0, 2.0], [2.0, 5.0], [4.0, 1.0], [8.0, 3.0]])
+    res.handle_updates_many("a", [0, 1], [0.0, 0.0], X[:2], [0.1, 0.2])
+    res.handle_updates_many("b", [2, 3], [0.0, 0.0], X[2:], [0.3, 0.4])
+    res.sync()
+    fresh = res.global_estimate("a")
+    clock.t = 20.0
+    stale = res.global_estimate("a")
+    cf = stale["confidence_factor"]
+    assert cf == pytest.approx(0.5 + 0.5 * math.exp(-0.1 * 15.0))
+    lo1, hi1 = fresh["global_estimate"]["confidence_interval"]
+    lo2, hi2 = stale["global_estimate"]["confidence_interval"]
+    np.testing.assert_allclose((hi2 - lo2) * cf, hi1 - lo1, rtol=1e-12)
+    # the fresh interval is the usual normal interval for the mean
+    sd = X.std(axis=0, ddof=1)
+    np.testing.assert_allclose((hi1 - lo1) / 2, 1.959963984540054 * sd / 2.0, rtol=1e-12)
+    np.testing.assert_allclose((lo1 + hi1) / 2, X.mean(axis=0), rtol=1e-15)
+    assert stale["staleness_seconds"] == 20.0
+    assert stale["weighted_staleness_seconds"] == pytest.approx(10.0)
+
+
+def test_widened_threshold():
+    assert widened_threshold(2.0, 1.0) == 2.0
+    assert widened_threshold(2.0, 0.25) == 8.0
+    assert widened_threshold(2.0, 0.25, squared=True) == 32.0
+    for bad in [0.0, -0.1, 1.5, float("nan")]:
+        with pytest.raises(InvalidInputError):
+            widened_threshold(2.0, bad)
+
+
+# ---------------------------------------------------------------- models
+def test_statistical_accepts_everywhere_during_a_partition():
+    res = StatisticalCAPResolver(clock=Clock(), regions=["a", "b", "c"])
+    res.partition([["a"], ["b"], ["c"]])
+    for i, region in enumerate("abc"):
+        r = res.handle_update_sync(upd(i, i, 0.0, [1.0], region))
+        assert r["accepted"] and r["applied"] and r["visible_regions"] == [region]
+        assert r["consistency_model"] == "statistical"
+
+
+def test_strong_refuses_without_majority_and_changes_nothing():
+    res = StatisticalCAPResolver(ConsistencyModel.STRONG, clock=Clock(), regions=["a", "b", "c"])
+    res.handle_update_sync(upd(0, 0, 0.0, [1.0], "a"))
+    res.partition([["a", "b"], ["c"]])
+    before = state(res)
+    with pytest.raises(QuorumUnavailableError, match="majority") as info:
+        res.handle_update_sync(upd(1, 1, 0.0, [1.0], "c"))
+    assert isinstance(info.value, SwarmGuardError) and isinstance(info.value, RuntimeError)
+    with pytest.raises(QuorumUnavailableError):
+        res.handle_updates_many("c", [5], [0.0], [[1.0]], [0.0])
+    with pytest.raises(QuorumUnavailableError):
+        res.global_estimate("c")
+    with pytest.raises(QuorumUnavailableError):  # a brand-new region during a split is alone
+        res.handle_update_sync(upd(2, 2, 0.0, [1.0], "d"))
+    assert_same(before, state(res))
+    assert res.regions == ["a", "b", "c"]
+    r = res.handle_update_sync(upd(3, 3, 0.0, [2.0], "a"))
+    assert r["accepted"] and res.replica("b").registers.get(3)["features"].tolist() == [2.0]
+    assert 3 not in res.replica("c").registers
+
+
+def test_eventual_reports_no_bounds():
+    res = StatisticalCAPResolver("eventual", clock=Clock())
+    for i in range(3):
+        r = res.handle_update_sync(upd(i, i, 0.0, [float(i)], "a"))
+    assert r["consistency_model"] == "eventual" and r["confidence_factor"] is None
+    assert "confidence_interval" not in r["global_estimate"]
+    assert r["global_estimate"]["count"] == 3
+
+
+def test_duplicates_and_stale_updates():
+    res = StatisticalCAPResolver(clock=Clock())
+    u = upd("x", 1, 5.0, [1.0, 2.0], "eu", 0.5)
+    assert res.handle_update_sync(u)["applied"]
+    before = state(res)
+    again = res.handle_update_sync(u)
+    assert again["accepted"] and again["duplicate"] and not again["applied"]
+    assert_same(before, state(res))
+    stale = res.handle_update_sync(upd("y", 1, 4.0, [9.0, 9.0], "eu"))
+    assert stale["accepted"] and not stale["applied"] and not stale["duplicate"]
+    assert res.replica("eu").registers.get(1)["features"].tolist() == [1.0, 2.0]
+
+
+def test_batch_path_matches_per_item_path():
+    rng = np.random.default_rng(3)
+    n = 300
+    agents = rng.integers(0, 80, n)
+    ts = rng.integers(0, 5, n).astype(float)
+    X = rng.normal(size=(n, 3))
+    s = rng.random(n)
+    one = StatisticalCAPResolver(clock=Clock())
+    many = StatisticalCAPResolver(clock=Clock())
+    for i in range(n):
+        one.handle_update_sync(StatisticalUpdate(i, int(agents[i]), ts[i], X[i], s[i], "r"))
+    out = many.handle_updates_many("r", agents, ts, X, s, update_ids=np.arange(n))
+    assert out["accepted"] == n
+    # same registers; only the internal sequence numbers differ (per item, every
+    # superseded write also took one)
+    d1, d2 = one.replica("r").registers.to_dict(), many.replica("r").registers.to_dict()
+    for k in d1:
+        if k != "seq":
+            assert np.array_equal(d1[k], d2[k]), k
+    e1, e2 = one.global_estimate("r")["global_estimate"], many.global_estimate("r")["global_estimate"]
+    assert e1["count"] == e2["count"]
+    np.testing.assert_allclose(e1["mean"], e2["mean"], rtol=1e-12)
+
+
+def test_background_sync_on_simulated_time():
+    clock = Clock()
+
+    async def fake_sleep(seconds):
+        clock.t += seconds
+        await asyncio.sleep(0)
+
+    res = StatisticalCAPResolver(clock=clock, regions=["a", "b"], sync_interval_seconds=2.0, sleep=fake_sleep)
+
+    async def main():
+        await res.handle_update(upd(0, 0, 0.0, [1.0], "a"))
+        await res.handle_update(upd(1, 1, 0.0, [3.0], "b"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        counts = [res.global_estimate(r)["global_estimate"]["count"] for r in "ab"]
+        await res.stop_background_sync()
+        return counts
+
+    assert asyncio.run(main()) == [2, 2]
+    assert clock.t >= 2.0
+    # a finite run also works without a task
+    res2 = StatisticalCAPResolver(clock=clock, regions=["a", "b"], sleep=fake_sleep)
+    res2.handle_update_sync(upd(0, 0, 0.0, [1.0], "a"))
+    asyncio.run(res2.run_background_sync(1.0, rounds=2))
+    assert res2.global_estimate("b")["global_estimate"]["count"] == 1
+
+
+def test_regions_appear_on_first_update_and_checkpoint():
+    res = StatisticalCAPResolver(clock=Clock())
+    res.handle_update_sync(upd(0, "a0", 0.0, [1.0], "eu"))
+    res.handle_update_sync(upd(1, "b0", 0.0, [1.0], 7))  # int region ids become text
+    assert res.regions == ["eu", "7"] and res.feature_dimensions == 1
+    assert res.global_estimate("eu")["staleness_seconds"] == 0.0
+    with pytest.raises(UnknownRegionError):
+        res.global_estimate("mars")
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"consistency_model": "linearizable"}, InvalidInputError),
+        ({"consistency_model": 3}, InvalidInputError),
+        ({"max_staleness_seconds": -1.0}, InvalidInputError),
+        ({"max_staleness_seconds": float("nan")}, NonFiniteError),
+        ({"confidence_decay_rate": -0.1}, InvalidInputError),
+        ({"confidence_decay_rate": float("inf")}, NonFiniteError),
+        ({"clock": 5}, InvalidTypeError),
+        ({"feature_dimensions": 0}, InvalidInputError),
+        ({"confidence_level": 1.0}, InvalidInputError),
+        ({"sync_interval_seconds": 0.0}, InvalidInputError),
+        ({"regions": ["a", "a"]}, InvalidInputError),
+    ],
+)
+def test_bad_construction(kwargs, error):
+    with pytest.raises(error):
+        StatisticalCAPResolver(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "update, error",
+    [
+        (upd(9, 9, 0.0, [1.0, 2.0, 3.0], "a"), DimensionMismatchError),
+        (upd(9, 9, 0.0, [1.0], "a"), DimensionMismatchError),
+        (upd(9, 9, 0.0, [1.0, float("nan")], "a"), NonFiniteError),
+        (upd(9, 9, float("inf"), [1.0, 2.0], "a"), NonFiniteError),
+        (upd(9, 9, float("nan"), [1.0, 2.0], "new-region"), NonFiniteError),
+        (upd(9, 9, "soon", [1.0, 2.0], "a"), InvalidTypeError),
+        (StatisticalUpdate(9, 9, 0.0, [1.0, 2.0], float("nan"), "a"), NonFiniteError),
+        (upd(9, 9.5, 0.0, [1.0, 2.0], "a"), InvalidTypeError),
+        (upd(9, None, 0.0, [1.0, 2.0], "a"), InvalidInputError),
+        (upd([9], 9, 0.0, [1.0, 2.0], "a"), InvalidTypeError),
+        (upd(9, 9, 0.0, [1.0, 2.0], ""), InvalidInputError),
+        (upd(9, 9, 0.0, ["x", "y"], "a"), InvalidTypeError),
+        ({"update_id": 9}, InvalidTypeError),
+    ],
+)
+def test_bad_updates_change_nothing(update, error):
+    res = StatisticalCAPResolver(clock=Clock(), regions=["a", "b"])
+    res.handle_update_sync(upd(0, 0, 0.0, [1.0, 2.0], "a"))
+    res.handle_update_sync(upd(1, 1, 0.0, [1.0, 2.0], "b"))
+    before = state(res)
+    with pytest.raises(error) as info:
+        res.handle_update_sync(update)
+    assert isinstance(info.value, SwarmGuardError)
+    assert_same(before, state(res))
+    assert res.regions == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (("a", [1, 2], [0.0, 1.0], [[1.0, 2.0]], [0.0, 0.0]), DimensionMismatchError),
+        (("a", [1], [0.0], [[1.0, 2.0, 3.0]], [0.0]), DimensionMismatchError),
+        (("a", [1], [np.nan], [[1.0, 2.0]], [0.0]), NonFiniteError),
+        (("new", [1], [0.0], [[1.0, np.inf]], [0.0]), NonFiniteError),
+        (("new", [1], [0.0], [[1.0, 2.0]], [0.0, 1.0]), DimensionMismatchError),
+        (("a", [1.5], [0.0], [[1.0, 2.0]], [0.0]), InvalidInputError),
+    ],
+)
+def test_bad_batches_change_nothing(args, error):
+    res = StatisticalCAPResolver(clock=Clock(), regions=["a", "b"])
+    res.handle_updates_many("a", [0], [0.0], [[1.0, 2.0]], [0.0], update_ids=[0])
+    before = state(res)
+    with pytest.raises(error):
+        res.handle_updates_many(*args, update_ids=[7] * len(args[1]))
+    assert_same(before, state(res))
+    assert res.regions == ["a", "b"]
+
+
+def test_bad_first_update_creates_nothing():
+    res = StatisticalCAPResolver(clock=Clock())
+    with pytest.raises(NonFiniteError):
+        res.handle_update_sync(upd(0, 0, 0.0, [np.nan], "a"))
+    assert res.regions == [] and res.feature_dimensions is None
+
+
+@pytest.mark.parametrize(
+    "groups, error",
+    [([["a"], ["a", "b"]], InvalidInputError), ([["a", "zz"]], UnknownRegionError), ("ab", InvalidTypeError),
+     ([["a"], "b"], InvalidTypeError)],
+)
+def test_bad_partitions_change_nothing(groups, error):
+    res = StatisticalCAPResolver(clock=Clock(), regions=["a", "b", "c"])
+    res.partition([["a", "b"], ["c"]])
+    before = state(res)
+    with pytest.raises(error):
+        res.partition(groups)
+    assert_same(before, state(res))
+    assert res.visible_regions("a") == ["a", "b"]
+
+
+def test_clock_returning_nan_is_refused():
+    values = iter([0.0, float("nan")])
+    with pytest.raises(NonFiniteError):
+        res = StatisticalCAPResolver(clock=lambda: next(values))
+        res.handle_update_sync(upd(0, 0, 0.0, [1.0], "a"))
+
+
+def test_strong_even_split_has_no_majority_anywhere():
+    res = StatisticalCAPResolver(ConsistencyModel.STRONG, clock=Clock(), regions=["a", "b", "c", "d"])
+    res.partition([["a", "b"], ["c", "d"]])  # 2 of 4 is not a majority: no split brain
+    for region in "abcd":
+        with pytest.raises(QuorumUnavailableError):
+            res.handle_update_sync(upd(region, 1, 0.0, [1.0], region))
+    res.heal()
+    assert res.handle_update_sync(upd("ok", 1, 0.0, [1.0], "c"))["accepted"]
+
+
+def test_bad_checkpoints():
+    res = StatisticalCAPResolver(clock=Clock(), regions=["a", "b"])
+    res.handle_update_sync(upd(0, 0, 0.0, [1.0], "a"))
+    state_ = res.to_dict()
+    with pytest.raises(InvalidInputError):
+        StatisticalCAPResolver.from_bytes(b"nope")
+    with pytest.raises(InvalidInputError):
+        StatisticalCAPResolver.from_dict(state_, regions=["x"])
+    broken = dict(state_)
+    del broken["born"]
+    with pytest.raises(InvalidInputError):
+        StatisticalCAPResolver.from_dict(broken)
+    broken = dict(state_)
+    broken["replica[a].registers.features"] = np.array([[np.nan]])
+    with pytest.raises(InvalidInputError):
+        StatisticalCAPResolver.from_dict(broken)
+    ok = StatisticalCAPResolver.from_dict(state_, clock=Clock())
+    assert ok.global_estimate("a")["global_estimate"]["count"] == 1
+
+
+def test_strong_written_through_rows_reach_the_next_majority():
+    res = StatisticalCAPResolver(ConsistencyModel.STRONG, clock=Clock(), regions=list("abcde"))
+    res.partition([["a", "b", "c"], ["d", "e"]])
+    res.handle_update_sync(upd("w", 1, 0.0, [4.0], "a"))  # written through to b and c only
+    res.partition([["a"], ["b", "d", "e"], ["c"]])  # b carries it into the new majority
+    for region in "bde":
+        assert res.replica(region).registers.get(1)["features"].tolist() == [4.0]
+        assert res.global_estimate(region)["global_estimate"]["count"] == 1
