@@ -7,7 +7,19 @@ Three parts, one mergeable state model:
 3. statistical CAP resolution.
 """
 
-from .api import BehavioralData, BehavioralDistributedProtocol, HierarchicalStatisticalTree
+from .api import (
+    BehavioralData,
+    BehavioralDistributedProtocol,
+    ConsistencyModel,
+    HierarchicalStatisticalTree,
+    QuorumUnavailableError,
+    StatisticalCAPResolver,
+    StatisticalUpdate,
+    SyncReport,
+    UnknownRegionError,
+    compute_confidence_factor,
+    widened_threshold,
+)
 from .errors import (
     DimensionMismatchError,
     EmptyInputError,
@@ -36,4 +48,12 @@ __all__ = [
     "HierarchicalStatisticalTree",
     "BehavioralDistributedProtocol",
     "BehavioralData",
+    "StatisticalCAPResolver",
+    "ConsistencyModel",
+    "StatisticalUpdate",
+    "SyncReport",
+    "QuorumUnavailableError",
+    "UnknownRegionError",
+    "compute_confidence_factor",
+    "widened_threshold",
 ]

@@ -1,6 +1,28 @@
 """The guide's public classes (validation of user input happens here, once)."""
 
+from .cap import (
+    ConsistencyModel,
+    QuorumUnavailableError,
+    StatisticalCAPResolver,
+    StatisticalUpdate,
+    SyncReport,
+    UnknownRegionError,
+    compute_confidence_factor,
+    widened_threshold,
+)
 from .protocol import BehavioralData, BehavioralDistributedProtocol
 from .tree import HierarchicalStatisticalTree
 
-__all__ = ["HierarchicalStatisticalTree", "BehavioralDistributedProtocol", "BehavioralData"]
+__all__ = [
+    "HierarchicalStatisticalTree",
+    "BehavioralDistributedProtocol",
+    "BehavioralData",
+    "StatisticalCAPResolver",
+    "ConsistencyModel",
+    "StatisticalUpdate",
+    "SyncReport",
+    "QuorumUnavailableError",
+    "UnknownRegionError",
+    "compute_confidence_factor",
+    "widened_threshold",
+]
