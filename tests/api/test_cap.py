@@ -441,3 +441,33 @@ def test_strong_written_through_rows_reach_the_next_majority():
     for region in "bde":
         assert res.replica(region).registers.get(1)["features"].tolist() == [4.0]
         assert res.global_estimate(region)["global_estimate"]["count"] == 1
+
+
+def test_auto_sync_keeps_a_whole_network_at_full_confidence_without_explicit_syncs():
+    t = [0.0]
+    r = StatisticalCAPResolver(clock=lambda: t[0], regions=["eu", "us"], max_staleness_seconds=5.0)
+    for i in range(60):
+        t[0] = float(i)
+        region = "eu" if i % 2 else "us"
+        res = r.handle_update_sync(StatisticalUpdate(i, f"a{i}", t[0], [float(i)], 0.0, region))
+    assert res["confidence_factor"] == 1.0
+    assert r.global_estimate("eu")["global_estimate"]["count"] >= 58   # peers' writes arrived
+    # with it turned off, the same schedule goes stale
+    t[0] = 0.0
+    off = StatisticalCAPResolver(clock=lambda: t[0], regions=["eu", "us"], auto_sync_seconds=None)
+    for i in range(60):
+        t[0] = float(i)
+        res = off.handle_update_sync(StatisticalUpdate(i, f"a{i}", t[0], [float(i)], 0.0, "eu" if i % 2 else "us"))
+        if i == 29:
+            off.sync()          # one exchange, then none: the peer's part of the view ages
+    assert res["confidence_factor"] < 0.9
+    # during a partition auto-sync cannot cross the cut: confidence falls
+    r.partition([["eu"], ["us"]])
+    for i in range(60, 100):
+        t[0] = float(i)
+        res = r.handle_update_sync(StatisticalUpdate(i, f"a{i}", t[0], [1.0], 0.0, "eu"))
+    counts = res["global_estimate"]["region_counts"]
+    w_us = counts["us"] / sum(counts.values())
+    expected = (1 - w_us) + w_us * math.exp(-0.1 * (res["staleness_seconds"] - 5.0))
+    assert res["confidence_factor"] == pytest.approx(expected, rel=1e-12)
+    assert res["confidence_factor"] < 0.75

@@ -205,6 +205,12 @@ class StatisticalCAPResolver:
     sync_interval_seconds : float > 0, optional
         When set, ``await handle_update`` starts a background task that calls
         :meth:`sync` at this interval (also :meth:`start_background_sync`).
+    auto_sync_seconds : float > 0 or None, default 1.0
+        Anti-entropy without a background task: a write that arrives when the
+        last sync is at least this old (on ``clock``) runs one :meth:`sync`
+        first, over the links that deliver. This is what keeps the guide's
+        snippet, which never calls ``sync()``, at full confidence while the
+        network is whole. ``None`` turns it off (syncs only when asked).
     sleep : async callable, optional
         What the background task awaits between rounds (default ``asyncio.sleep``).
 
@@ -236,6 +242,7 @@ class StatisticalCAPResolver:
         confidence_level: float = 0.95,
         sync_interval_seconds: float | None = None,
         sleep: Callable[[float], Awaitable[Any]] | None = None,
+        auto_sync_seconds: float | None = 1.0,
     ):
         self.consistency_model = ConsistencyModel.coerce(consistency_model)
         self.max_staleness_seconds = check_nonnegative_float(max_staleness_seconds, "max_staleness_seconds")
@@ -251,14 +258,20 @@ class StatisticalCAPResolver:
             sync_interval_seconds = check_finite_float(sync_interval_seconds, "sync_interval_seconds")
             if sync_interval_seconds <= 0:
                 raise InvalidInputError("sync_interval_seconds must be > 0")
+        if auto_sync_seconds is not None:
+            auto_sync_seconds = check_finite_float(auto_sync_seconds, "auto_sync_seconds")
+            if auto_sync_seconds <= 0:
+                raise InvalidInputError("auto_sync_seconds must be > 0 (or None to turn it off)")
         names = [] if regions is None else [check_region_name(r) for r in regions]
         if len(set(names)) != len(names):
             raise InvalidInputError(f"regions repeat a name: {names}")
         self.sync_interval_seconds = sync_interval_seconds
+        self.auto_sync_seconds = auto_sync_seconds
         self._sleep = sleep or asyncio.sleep
         self._clock = clock or time.monotonic
         self._latest = -math.inf
         self._start = self._now()
+        self._last_sync = self._start
         self._regions: list[str] = []
         self._born: dict[str, float] = {}
         self._replicas: dict[str, RegionReplica] = {}
@@ -393,6 +406,7 @@ class StatisticalCAPResolver:
         """
         t0 = time.perf_counter()
         now = self._now()
+        self._last_sync = now
         pairs = rows = nbytes = 0
         for a in self._regions:
             if a not in self._replicas:
@@ -542,6 +556,9 @@ class StatisticalCAPResolver:
             for peer in self._reachable(region):
                 if peer != region:
                     self._replicas[peer].merge_registers(entries)
+        # Only after an accepted write: a rejected call changes nothing, not even by syncing.
+        if self.auto_sync_seconds is not None and now - self._last_sync >= self.auto_sync_seconds:
+            self.sync()
         return outcome
 
     # ------------------------------------------------------------------ views
