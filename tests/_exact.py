@@ -49,3 +49,41 @@ def nist_numacc(k: int) -> tuple[list[float], float, float]:
     hi = {2: 1.3, 3: 1000000.3, 4: 10000000.3}[k]
     values = [base] + [lo, hi] * 500
     return values, base, 0.1
+
+
+def _solve_exact(A: list[list[Fraction]], b: list[Fraction]) -> list[Fraction]:
+    """Gaussian elimination in exact rational arithmetic."""
+    n = len(b)
+    M = [row[:] + [b[i]] for i, row in enumerate(A)]
+    for c in range(n):
+        pivot = next(r for r in range(c, n) if M[r][c] != 0)
+        M[c], M[pivot] = M[pivot], M[c]
+        for r in range(n):
+            if r != c and M[r][c] != 0:
+                f = M[r][c] / M[c][c]
+                M[r] = [a - f * p for a, p in zip(M[r], M[c], strict=True)]
+    return [M[i][n] / M[i][i] for i in range(n)]
+
+
+def exact_loo_squared_distance(X: np.ndarray, i: int, shrinkage: float, ridge: float = 1e-9,
+                               var_floor: float = 1e-12) -> float:
+    """Leave-one-out squared Mahalanobis distance of row i, exactly, with the documented regulariser.
+
+    Σ = (1-λ)·cov(others) + diag(λ·T + ρ·max(T, floor·mean(T))), T = the population's variances.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    n, d = X.shape
+    F = [[Fraction(float(v)) for v in row] for row in X]
+    others = F[:i] + F[i + 1:]
+    m = n - 1
+    mu_o = [sum(r[j] for r in others) / m for j in range(d)]
+    cov = [[sum((r[a] - mu_o[a]) * (r[b] - mu_o[b]) for r in others) / (m - 1) for b in range(d)] for a in range(d)]
+    mu = [sum(r[j] for r in F) / n for j in range(d)]
+    T = [sum((r[j] - mu[j]) ** 2 for r in F) / (n - 1) for j in range(d)]
+    lam, rho = Fraction(shrinkage), Fraction(ridge)
+    floor = Fraction(var_floor) * (sum(T) / d)
+    A = [[(1 - lam) * cov[a][b] + ((lam * T[a] + rho * max(T[a], floor)) if a == b else 0) for b in range(d)]
+         for a in range(d)]
+    diff = [F[i][j] - mu_o[j] for j in range(d)]
+    y = _solve_exact(A, diff)
+    return float(sum(a * b for a, b in zip(diff, y, strict=True)))

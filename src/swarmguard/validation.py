@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Hashable
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -59,18 +58,23 @@ def _as_float_array(values: Any, what: str) -> np.ndarray:
     return arr
 
 
-@lru_cache(maxsize=64)
-def _zeros(dim: int) -> np.ndarray:
-    z = np.zeros(dim)
-    z.flags.writeable = False
-    return z
+MAX_ABS_VALUE = 1e100
+"""Largest feature magnitude accepted: squares and sums of squares of a billion
+such values stay far from float64 overflow (1.8e308)."""
 
 
 def _check_finite(arr: np.ndarray, what: str) -> None:
-    if not np.isfinite(arr).all():  # (a sum could overflow to inf on finite input)
-        bad = np.argwhere(~np.isfinite(arr))[0]
+    finite = np.isfinite(arr)
+    if not finite.all():
+        bad = np.argwhere(~finite)[0]
         where = ", ".join(str(int(i)) for i in bad)
         raise NonFiniteError(f"{what} holds a non-finite value (NaN or inf) at index [{where}]")
+    if arr.size and np.abs(arr).max() >= MAX_ABS_VALUE:
+        bad = np.argwhere(np.abs(arr) >= MAX_ABS_VALUE)[0]
+        where = ", ".join(str(int(i)) for i in bad)
+        raise InvalidInputError(
+            f"{what} holds a value of magnitude >= {MAX_ABS_VALUE:g} at index [{where}]; rescale the feature"
+        )
 
 
 def as_feature_vector(x: Any, dim: int | None, what: str = "features") -> np.ndarray:
@@ -80,8 +84,8 @@ def as_feature_vector(x: Any, dim: int | None, what: str = "features") -> np.nda
     array([1., 2.])
     """
     if type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 1 and x.shape[0] == dim:
-        # Hot path. x·0 is 0 for finite x and NaN if any entry is NaN or ±inf.
-        if x @ _zeros(dim) == 0.0:
+        # Hot path: one comparison rejects NaN, ±inf and overflowing magnitudes alike.
+        if np.maximum.reduce(np.abs(x)) < MAX_ABS_VALUE:
             return x
     arr = _as_float_array(x, what)
     if arr.ndim != 1:
@@ -146,11 +150,19 @@ def check_fraction(
 
 
 def check_agent_id(agent_id: Any) -> Hashable:
-    """Agent ids are any hashable value except None and floats (NaN != NaN)."""
+    """Agent ids are any hashable value except None, bools and floats, at any depth of a tuple.
+
+    Floats are refused because NaN != NaN (an agent that could never be found
+    again) and 1.0 == 1; bools because True == 1 would alias agent 1.
+    """
     if agent_id is None:
         raise InvalidInputError("agent_id must not be None")
-    if isinstance(agent_id, (float, np.floating)):
+    if isinstance(agent_id, (bool, np.bool_)):
+        raise InvalidTypeError(f"agent_id must not be a bool ({agent_id!r} would alias an int id)")
+    if isinstance(agent_id, (float, np.floating, complex, np.complexfloating)):
         raise InvalidTypeError(f"agent_id must be an int, str or other hashable, not a float ({agent_id!r})")
+    if isinstance(agent_id, tuple):
+        return tuple(check_agent_id(part) for part in agent_id)
     try:
         hash(agent_id)
     except TypeError as exc:

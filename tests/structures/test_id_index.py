@@ -32,3 +32,20 @@ def test_read_only_arrays_reuse_their_answer_until_membership_changes():
     np.testing.assert_array_equal(ix.lookup_many(ids), ids + 100)
     ix.pop(3)
     np.testing.assert_array_equal(ix.lookup_many(ids), [100, 101, 102, -1, 104])
+
+
+def test_a_longer_string_probe_is_not_cut_down_to_a_stored_id():
+    ix = IdIndex()
+    ix.set_many(np.array([f"agent-{i}" for i in range(1, 10)]), np.arange(9))
+    np.testing.assert_array_equal(ix.lookup_many(np.array(["agent-10", "agent-1", "agent-100"])), [-1, 0, -1])
+
+
+def test_a_read_only_view_whose_base_changed_is_looked_up_again():
+    ix = IdIndex()
+    base = np.arange(5)
+    ids = base.view()
+    ids.flags.writeable = False
+    ix.set_many(ids, ids + 100)
+    np.testing.assert_array_equal(ix.lookup_many(ids), ids + 100)
+    base[:] = [10, 11, 12, 13, 14]
+    np.testing.assert_array_equal(ix.lookup_many(ids), [-1] * 5)

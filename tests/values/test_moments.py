@@ -190,3 +190,23 @@ def test_bad_input_is_typed_and_changes_nothing(call, error):
         call(m)
     assert isinstance(info.value, SwarmGuardError) and isinstance(info.value, ValueError)
     assert m == before
+
+
+def test_merge_all_and_from_dict_reject_what_they_cannot_use():
+    with pytest.raises(InvalidTypeError):
+        Moments.merge_all([1, 2])
+    with pytest.raises(InvalidTypeError):
+        Moments.merge_all([Moments(2), 3])
+    with pytest.raises(DimensionMismatchError):
+        Moments.merge_all([Moments(2), Moments(3)])
+    m = Moments.from_array(np.array([[1.0], [2.0]]))
+    state = m.to_dict()
+    state["count"] = np.array(2.7)
+    with pytest.raises(InvalidInputError):
+        Moments.from_dict(state)
+    state = Moments(1).to_dict()
+    state["offset"] = np.array([5.0])
+    with pytest.raises(InvalidInputError):
+        Moments.from_dict(state)
+    merged = Moments.merge_all([Moments.from_array(np.array([[1.0], [3.0]])), Moments(1), m])
+    assert merged.count == 4 and merged.mean[0] == pytest.approx(1.75)

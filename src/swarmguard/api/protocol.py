@@ -188,13 +188,15 @@ class BehavioralDistributedProtocol:
         level_ids = [0] if self.score_levels == "population" else cohorts.ancestors(own)[::-1]
         alpha = self.significance_level / len(level_ids)
         thr2 = _chi2_threshold(alpha, d)
-        warm = tree._tree._root_n >= self.warm_up
+        warm_up = self.warm_up
+        dx = x - tree._tree.shift          # deviations from the shift keep their digits
         if self.score_levels == "population":      # the hot path, without the per-level loop
-            n, mean, m2 = tree._tree.root_moments(copy=False)
-            scorer = LeaveOneOutScorer(n, mean, m2, self.shrinkage)
-            d2, shares = scorer.score(x - mean)
+            n, off, m2 = tree._tree.root_state()
+            scorer = LeaveOneOutScorer(n, off, m2, self.shrinkage)
+            d2, shares = scorer.score(dx - off)
             p = float(chdtrc(d, d2))
             dist = math.sqrt(d2)
+            warm = n >= warm_up
             flagged = warm and scorer.ok and p < alpha
             count = int(n)
             return {
@@ -203,6 +205,7 @@ class BehavioralDistributedProtocol:
                 "mahalanobis_distance": dist,
                 "mahalanobis_squared": d2,
                 "p_value": p,
+                "decision_p_value": p,
                 "threshold": math.sqrt(thr2),
                 "threshold_squared": thr2,
                 "significance_level": alpha,
@@ -211,17 +214,16 @@ class BehavioralDistributedProtocol:
                 "warming_up": not warm,
                 "feature_contributions": shares,
                 "levels": [{"cohort": (), "count": count, "mahalanobis_squared": d2, "mahalanobis_distance": dist,
-                            "p_value": p, "is_anomaly": flagged, "feature_contributions": shares}],
+                            "p_value": p, "is_anomaly": flagged, "warming_up": not warm,
+                            "feature_contributions": shares}],
             }
         levels = []
         for cid in level_ids:
-            if cid == 0:
-                n, mean, m2 = tree._tree.root_moments(copy=False)
-            else:
-                n, mean, m2 = tree._cohort_moments(cid)
-            scorer = LeaveOneOutScorer(n, mean, m2, self.shrinkage)
-            d2, shares = scorer.score(x - mean)
+            n, off, m2 = tree._cohort_state(cid)
+            scorer = LeaveOneOutScorer(n, off, m2, self.shrinkage)
+            d2, shares = scorer.score(dx - off)
             p = float(chdtrc(d, d2))
+            warm = n >= warm_up             # every level warms up on its own members
             levels.append({
                 "cohort": cohorts.paths[cid],
                 "count": int(n),
@@ -229,21 +231,24 @@ class BehavioralDistributedProtocol:
                 "mahalanobis_distance": math.sqrt(d2),
                 "p_value": p,
                 "is_anomaly": warm and scorer.ok and p < alpha,
+                "warming_up": not warm,
                 "feature_contributions": shares,
             })
         top = levels[0]
+        live = [lv["p_value"] for lv in levels if not lv["warming_up"]]
         return {
             "agent_id": agent_id,
             "is_anomaly": any(lv["is_anomaly"] for lv in levels),
             "mahalanobis_distance": top["mahalanobis_distance"],
             "mahalanobis_squared": top["mahalanobis_squared"],
             "p_value": top["p_value"],
+            "decision_p_value": min(1.0, min(live) * len(level_ids)) if live else 1.0,
             "threshold": math.sqrt(thr2),
             "threshold_squared": thr2,
             "significance_level": alpha,
             "cohort": cohorts.paths[own],
             "population_count": top["count"],
-            "warming_up": not warm,
+            "warming_up": top["warming_up"],
             "feature_contributions": top["feature_contributions"],
             "levels": levels,
         }
@@ -264,20 +269,22 @@ class BehavioralDistributedProtocol:
         tree = self.tree
         if tree._tree is None:
             raise InvalidInputError("the tree is empty: nothing to score")
+        fdr = self._resolve_fdr(fdr)
         if agent_ids is None:
             slots = np.flatnonzero(tree._tree.occupied)
             ids = tree._ids_at_slot[slots]
+            if slots.size == 0:
+                raise InvalidInputError("the tree is empty: nothing to score")
         else:
-            slots = tree.slots_of(agent_ids)
-            ids = np.asarray(agent_ids)
+            slots, ids = tree.slots_of(agent_ids)
         return self._score_slots(ids, slots, fdr, explain)
 
     def update_and_score_many(self, agent_ids: Any, X: Any, cohorts: Any = None, *,
                               fdr: float | None | str = "default", explain: bool = False) -> dict[str, Any]:
         """:meth:`HierarchicalStatisticalTree.update_many`, then :meth:`score_many` on those agents."""
         fdr_level = self._resolve_fdr(fdr)       # validate before any change
-        slots = self.tree._update_many(agent_ids, X, cohorts)
-        return self._score_slots(np.asarray(agent_ids), slots, fdr_level, explain, rows=X)
+        slots, ids, rows = self.tree._update_many(agent_ids, X, cohorts)
+        return self._score_slots(ids, slots, fdr_level, explain, rows=rows)
 
     def _resolve_fdr(self, fdr: Any) -> float | None:
         if isinstance(fdr, str) and fdr == "default":
@@ -293,48 +300,39 @@ class BehavioralDistributedProtocol:
         tree = self.tree
         tree._tree.flush()
         d = tree.feature_dimensions
-        n_pop, mean, m2 = tree._population_moments()
-        scorer = LeaveOneOutScorer(n_pop, mean, m2, self.shrinkage)
+        shift = tree._tree.shift
+        n_pop, off, m2 = tree._tree.root_state()
+        scorer = LeaveOneOutScorer(n_pop, off, m2, self.shrinkage)
+        # Deviations from the shift first (a fresh copy, centred in place): the
+        # digits below the data's magnitude survive, as in the moments.
         if rows is not None:
-            X = np.subtract(rows, mean, dtype=np.float64)       # a fresh, centred copy
+            DX = np.subtract(rows, shift)
         else:
-            X = np.take(tree._tree.X, slots, axis=0)
-            X -= mean                                          # a fresh copy: centre in place
-        res = scorer.score_many(X, explain=explain)
+            DX = np.take(tree._tree.X, slots, axis=0)
+            DX -= shift
+        E = DX - off
+        res = scorer.score_many(E, explain=explain)
         d2, shares = res if explain else (res, None)
         p = chi2_sf(d2, d)
-        out: dict[str, Any] = {"agent_ids": ids, "population_count": int(round(n_pop))}
-        n_levels = np.ones(slots.size)
-        if self.score_levels == "all":
-            levels: dict[Path, dict[str, np.ndarray]] = {(): {"rows": np.arange(slots.size), "mahalanobis_squared": d2, "p_value": p}}
-            p_min = p.copy()
-            row_cohort = tree._cohorts.cohort_of_slots(slots)
-            for cid in np.unique(row_cohort):
-                for anc in tree._cohorts.ancestors(int(cid))[:-1]:   # every cohort but the root
-                    path = tree._cohorts.path_of(anc)
-                    if path in levels:
-                        continue
-                    members = set(tree._cohorts.subtree(anc))
-                    rows = np.flatnonzero(np.isin(row_cohort, list(members)))
-                    cn, cmean, cm2 = tree._cohort_moments(anc)
-                    cd2 = LeaveOneOutScorer(cn, cmean, cm2, self.shrinkage).score_many(X[rows] + (mean - cmean))
-                    cp = chi2_sf(cd2, d)
-                    levels[path] = {"rows": rows, "mahalanobis_squared": cd2, "p_value": cp}
-                    n_levels[rows] += 1
-                    p_min[rows] = np.minimum(p_min[rows], cp)
-            p_agent = np.minimum(1.0, p_min * n_levels)
-            out["levels"] = levels
-        else:
-            p_agent = p
         warm = n_pop >= self.warm_up and scorer.ok
+        out: dict[str, Any] = {"agent_ids": ids, "population_count": int(round(n_pop))}
+        if self.score_levels == "all":
+            decision_p, levels = self._cohort_levels(slots, DX, p if warm else np.ones_like(p), d)
+            out["levels"] = {(): {"rows": np.arange(slots.size), "count": int(round(n_pop)),
+                                  "mahalanobis_squared": d2, "p_value": p, "warming_up": not warm}}
+            out["levels"].update(levels)
+            any_warm = warm or any(not lv["warming_up"] for lv in levels.values())
+        else:
+            decision_p = p
+            any_warm = warm
         if q is not None:
-            flagged, cut = benjamini_hochberg(p_agent, q)
+            flagged, cut = benjamini_hochberg(decision_p, q)
             method = f"fdr(q={q})"
         else:
             cut = self.significance_level
-            flagged = p_agent < cut
+            flagged = decision_p < cut
             method = f"alpha({cut})"
-        if not warm:
+        if not any_warm:
             flagged = np.zeros(slots.size, dtype=bool)
         if cut > 0:
             thr2 = _chi2_threshold(cut, d)
@@ -345,14 +343,57 @@ class BehavioralDistributedProtocol:
         out.update({
             "mahalanobis_squared": d2,
             "mahalanobis_distance": np.sqrt(d2),
-            "p_value": p_agent,
+            "p_value": p,
+            "decision_p_value": decision_p,
             "is_anomaly": flagged,
             "threshold_squared": thr2,
             "threshold": float(np.sqrt(thr2)),
             "p_value_cutoff": cut,
             "method": method,
-            "warming_up": not warm,
+            "warming_up": not any_warm,
         })
         if explain:
             out["feature_contributions"] = shares
         return out
+
+    def _cohort_levels(self, slots: np.ndarray, DX: np.ndarray, p_population: np.ndarray, d: int):
+        """Score rows against every cohort above them; Bonferroni-combine with the population.
+
+        Rows are grouped by their ancestor at each cohort depth with one stable
+        sort per depth (no pass over all rows per cohort). A level still warming
+        up (fewer members than ``warm_up``) is reported but does not decide.
+        """
+        tree = self.tree
+        cohorts = tree._cohorts
+        row_cohort = cohorts.cohort_of_slots(slots)
+        n_cohorts = len(cohorts)
+        depth = np.array([len(p) for p in cohorts.paths])
+        max_depth = int(depth.max()) if n_cohorts else 0
+        p_min = p_population.copy()
+        n_levels = np.ones(slots.size)
+        levels: dict[Path, dict[str, Any]] = {}
+        for k in range(1, max_depth + 1):
+            # ancestor at depth k of each cohort (-1 when the cohort is shallower)
+            anc = np.full(n_cohorts, -1, dtype=np.int64)
+            for cid in range(n_cohorts):
+                if depth[cid] >= k:
+                    anc[cid] = cohorts.id_of[cohorts.paths[cid][:k]]
+            key = anc[row_cohort]
+            order = np.argsort(key, kind="stable")
+            sorted_key = key[order]
+            bounds = np.flatnonzero(np.diff(sorted_key)) + 1
+            for group in np.split(order, bounds):
+                a = int(key[group[0]])
+                if a < 0:
+                    continue
+                cn, coff, cm2 = tree._cohort_state(a)
+                sc = LeaveOneOutScorer(cn, coff, cm2, self.shrinkage)
+                cd2 = sc.score_many(DX[group] - coff)
+                cp = chi2_sf(cd2, d)
+                warm = cn >= self.warm_up and sc.ok
+                levels[cohorts.paths[a]] = {"rows": group, "count": int(round(cn)), "mahalanobis_squared": cd2,
+                                            "p_value": cp, "warming_up": not warm}
+                n_levels[group] += 1
+                if warm:
+                    p_min[group] = np.minimum(p_min[group], cp)
+        return np.minimum(1.0, p_min * n_levels), levels

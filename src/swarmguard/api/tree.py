@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import (
     DimensionMismatchError,
+    EmptyInputError,
     InvalidInputError,
     InvalidTypeError,
     UnknownAgentError,
@@ -28,7 +29,8 @@ from ..validation import (
 __all__ = ["HierarchicalStatisticalTree", "Path"]
 
 Path = tuple[str, ...]
-_PAGE_TARGET = 256  # slots a cohort claims at a time, roughly
+_PAGE_TARGET = 256  # a cohort claims the largest power of b slots not above this (100 for b = 10)
+MAX_BRANCHING = 1024
 
 
 def _page_levels(b: int) -> int:
@@ -86,6 +88,8 @@ class HierarchicalStatisticalTree:
         recompute_every: int = 65536,
     ):
         self.branching_factor = check_positive_int(branching_factor, "branching_factor", minimum=2)
+        if self.branching_factor > MAX_BRANCHING:
+            raise InvalidInputError(f"branching_factor must be <= {MAX_BRANCHING}, got {branching_factor}")
         if feature_dimensions is not None:
             feature_dimensions = check_positive_int(feature_dimensions, "feature_dimensions")
         self.recompute_every = check_positive_int(recompute_every, "recompute_every")
@@ -138,7 +142,7 @@ class HierarchicalStatisticalTree:
         agent_id = check_agent_id(agent_id)
         slot = self._index.get(agent_id)
         if slot is None:
-            raise UnknownAgentError(f"unknown agent id {agent_id!r}")
+            raise UnknownAgentError(f"unknown agent id {agent_id!r}")   # (normalised: no np.int64(...))
         return slot
 
     def agent_cohort(self, agent_id: Any) -> Path:
@@ -267,7 +271,10 @@ class HierarchicalStatisticalTree:
         out = np.empty(n, dtype=np.int64)
         for i, c in enumerate(cohorts):
             key = tuple(c) if isinstance(c, list) else c
-            k = seen.get(key)
+            try:
+                k = seen.get(key)
+            except TypeError as exc:      # unhashable entry: a dict, a set, an array
+                raise InvalidTypeError(f"cohorts[{i}] is not a cohort name or path: {c!r}") from exc
             if k is None:
                 if key is None:
                     k = -1
@@ -290,21 +297,22 @@ class HierarchicalStatisticalTree:
         """
         self._update_many(agent_ids, X, cohorts)
 
-    def _update_many(self, agent_ids: Any, X: Any, cohorts: Any = None) -> np.ndarray:
-        """update_many, returning the agents' slots."""
+    def _update_many(self, agent_ids: Any, X: Any, cohorts: Any = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """update_many, returning the agents' slots, the validated ids and the validated X."""
         X = as_feature_matrix(X, self._dim)
         ids = self._check_ids(agent_ids)
         if ids.shape[0] != X.shape[0]:
             raise DimensionMismatchError(f"{ids.shape[0]} agent ids for {X.shape[0]} rows")
         row_cohort, paths = self._cohort_ids(cohorts, X.shape[0])
+        slots = self._index.lookup_many(ids)
+        known = slots >= 0
+        self._check_distinct(ids, slots, known)
         # ---- validated: mutate from here on
         if self._tree is None:
             self._make_tree(X.shape[1])
         cids = np.array([self._cohorts.ensure(p) for p in paths], dtype=np.int64)
         want = np.where(row_cohort >= 0, cids[np.maximum(row_cohort, 0)] if cids.size else -1, -1)
-        slots = self._index.lookup_many(ids)
-        known = slots >= 0
-        self._check_distinct(ids, slots, known)
         current = np.full(ids.shape[0], -1, dtype=np.int64)
         if known.any():
             current[known] = self._cohorts.cohort_of_slots(slots[known])
@@ -328,15 +336,17 @@ class HierarchicalStatisticalTree:
             self._ids_at_slot[new_slots] = ids[placing]
         self._tree.write(slots, X)
         self.version += 1
-        return slots
+        return slots, ids, X
 
-    def slots_of(self, agent_ids: Any) -> np.ndarray:
-        """Slots of known agents (``UnknownAgentError`` if any is unknown)."""
+    def slots_of(self, agent_ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Slots and validated ids of known agents (``UnknownAgentError`` if any is unknown)."""
         ids = self._check_ids(agent_ids)
+        if ids.size == 0:
+            raise EmptyInputError("agent_ids is empty")
         slots = self._index.lookup_many(ids)
         if (slots < 0).any():
-            raise UnknownAgentError(f"unknown agent id {ids[np.argmax(slots < 0)]!r}")
-        return slots
+            raise UnknownAgentError(f"unknown agent id {ids[np.argmax(slots < 0)].tolist()!r}")
+        return slots, ids
 
     # ------------------------------------------------------------------ statistics
     def _population_moments(self) -> tuple[float, np.ndarray, np.ndarray]:
@@ -346,10 +356,18 @@ class HierarchicalStatisticalTree:
         return self._tree.root_moments()
 
     def _cohort_moments(self, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
+        n, off, m2 = self._cohort_state(cid)
+        return n, self._tree.shift + off, m2
+
+    def _cohort_state(self, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
+        """(count, offset from the tree's shift, M2) of a cohort; the root needs no flush.
+
+        A cohort below the root merges its pages' nodes (after a flush): O(pages).
+        """
         if cid == 0:
-            return self._population_moments()
+            return self._tree.root_state()
         pages = [p for c in self._cohorts.subtree(cid) for p in self._cohorts.pages[c]]
-        return self._tree.nodes_moments(self._page_levels, np.array(pages, dtype=np.int64))
+        return self._tree.nodes_state(self._page_levels, np.array(pages, dtype=np.int64))
 
     def _statistics(self, cid: int, ddof: int) -> dict[str, Any]:
         ddof = check_positive_int(ddof, "ddof", minimum=0)
@@ -418,9 +436,16 @@ class HierarchicalStatisticalTree:
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> HierarchicalStatisticalTree:
         """Rebuild a tree from :meth:`to_dict` output."""
-        dim = int(state["feature_dimensions"]) or None
-        tree = cls(int(state["branching_factor"]), dim)
-        ids = np.asarray(state["agent_ids"])
+        try:
+            dim = int(state["feature_dimensions"]) or None
+            branching = int(state["branching_factor"])
+            ids = np.asarray(state["agent_ids"])
+            state["features"], state["cohort_index"], state["cohort_paths"]
+        except KeyError as exc:
+            raise InvalidInputError(f"tree state lacks field {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"tree state is malformed: {exc}") from exc
+        tree = cls(branching, dim)
         if ids.size:
             paths = [tuple(s.split("\x1f")) if s else () for s in np.asarray(state["cohort_paths"]).tolist()]
             cohorts = [paths[i] for i in np.asarray(state["cohort_index"]).tolist()]

@@ -33,7 +33,7 @@ class IdIndex:
         self._sorted: tuple[np.ndarray, np.ndarray] | None = None
         # The last array looked up and its answer: a round over the same id
         # array (the common case) maps ids to slots once. Dropped on any change.
-        self._last: tuple[np.ndarray, np.ndarray] | None = None
+        self._last: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.slot_of)
@@ -97,11 +97,13 @@ class IdIndex:
     def lookup_many(self, ids: np.ndarray) -> np.ndarray:
         """Slots of ``ids`` (-1 where unknown)."""
         last = self._last
-        if last is not None and last[0] is ids and not ids.flags.writeable:
-            return last[1].copy()
+        # Same read-only array and same contents (a view's base may have changed):
+        # an O(n) comparison instead of an O(n log n) search.
+        if last is not None and last[0] is ids and np.array_equal(last[1], ids):
+            return last[2].copy()
         slots = self._lookup_many(ids)
         if not ids.flags.writeable:
-            self._last = (ids, slots.copy())
+            self._last = (ids, ids.copy(), slots.copy())
         return slots
 
     def _lookup_many(self, ids: np.ndarray) -> np.ndarray:
@@ -116,8 +118,15 @@ class IdIndex:
         keys, slots = self._sorted_index()
         if ids.dtype.kind == "u" and ids.size and ids.max() > np.iinfo(np.int64).max:
             return np.fromiter((self.slot_of.get(k, -1) for k in ids.tolist()), dtype=np.int64, count=len(ids))
+        too_long = None
+        if keys.dtype.kind == "U" and ids.dtype.itemsize > keys.dtype.itemsize:
+            # Casting to the keys' width would cut a longer probe down to a stored
+            # id ("agent-10" -> "agent-1"); a probe longer than every key is unknown.
+            too_long = np.char.str_len(ids) > keys.dtype.itemsize // 4
         probe = ids.astype(keys.dtype, copy=False)
         pos = np.searchsorted(keys, probe)
         pos_c = np.minimum(pos, len(keys) - 1)
         found = keys[pos_c] == probe
+        if too_long is not None:
+            found &= ~too_long
         return np.where(found, slots[pos_c], -1)

@@ -32,7 +32,7 @@ from ..values.moments import combine_groups
 __all__ = ["SlotTree"]
 
 _EPS = np.finfo(np.float64).eps
-_ERROR_BUDGET = 1e-11   # relative to trace(M2) of the root
+_ERROR_BUDGET = 1e-11   # relative to the root's trace, each feature in units of its own spread
 
 
 class SlotTree:
@@ -82,8 +82,9 @@ class SlotTree:
         self._root_off = np.zeros(dim)
         self._root_m2 = np.zeros((dim, dim))
         self._root_n = 0.0
-        self._root_trace = 0.0
-        self._error = 0.0               # rounding-error estimate carried by the root
+        self._inv_scale = np.ones(dim)  # 1 / each feature's co-moment at the last flush
+        self._root_trace = 0.0          # trace of the root co-moment in those units (≈ d after a flush)
+        self._error = 0.0               # rounding-error estimate carried by the root, same units
         self.per_item_changes = 0
         self.flushes = 0
         self.nodes_recomputed = 0       # work counter: nodes rebuilt from their children
@@ -195,13 +196,20 @@ class SlotTree:
     def _reset_root_tracking(self, reanchor: bool = True) -> None:
         self._dirty.clear()
         self._root_n = float(self.cnt[self._root])
-        self._root_trace = float(np.trace(self._root_m2))
+        diag = self._root_m2.diagonal()
+        total = float(diag.sum())
+        # Each feature is measured against its own spread, so a large feature
+        # cannot hide rounding error in a small one; constant features use a floor.
+        floor = 1e-12 * total / self.dim if total > 0 else 1.0
+        self._inv_scale = 1.0 / np.maximum(diag, floor)
+        self._root_trace = float(diag @ self._inv_scale)
         self._error = 0.0
         # Re-anchor when the population has wandered far (in its own standard
         # deviations) from the shift, where deviations would start losing digits.
         n = self._root_n
-        if reanchor and n > 1:
-            far = float(self._root_off @ self._root_off) * (n - 1) > 1e6 * self._root_trace
+        if reanchor and n > 1 and total > 0:
+            off = self._root_off
+            far = float((off * off) @ self._inv_scale) * (n - 1) > 1e6 * self.dim
             if far:
                 self.rebuild()
 
@@ -252,7 +260,7 @@ class SlotTree:
         self.per_item_changes += 1
         # Rounding of a rank-one step is relative to the larger of the state and the step.
         self._error += _EPS * (trace_before + 2.0 * abs(trace_step))
-        if len(self._dirty) >= self.recompute_every or self._error > _ERROR_BUDGET * self._root_trace:
+        if len(self._dirty) >= self.recompute_every or self._error > _ERROR_BUDGET * max(self._root_trace, 1e-300):
             self.flush()
 
     def replace(self, slot: int, x: np.ndarray) -> None:
@@ -269,7 +277,7 @@ class SlotTree:
         m2 += P.T
         self._root_off += s * (1.0 / n)
         self.X[slot] = x
-        step = 2.0 * float(w @ s)
+        step = 2.0 * float((w * self._inv_scale) @ s)
         before = self._root_trace
         self._root_trace = before + step
         self._after_change(slot, before, step)
@@ -288,7 +296,7 @@ class SlotTree:
         self.cnt[self._root] = n1
         self.X[slot] = x
         self.occupied[slot] = True
-        step = float(delta @ delta) * scale
+        step = float((delta * self._inv_scale) @ delta) * scale
         before = self._root_trace
         self._root_trace = before + step
         self._after_change(slot, before, step)
@@ -309,7 +317,7 @@ class SlotTree:
             scale = n1 / n
             self._root_m2 -= np.multiply.outer(delta, delta * scale)
             self._root_off[:] = prev
-            step = -float(delta @ delta) * scale
+            step = -float((delta * self._inv_scale) @ delta) * scale
         self._root_n = n1
         self.cnt[self._root] = n1
         self.X[slot] = 0.0
@@ -327,9 +335,23 @@ class SlotTree:
 
     def nodes_moments(self, level: int, nodes: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         """Merged (count, mean, M2) of the given nodes of one level (flushes first)."""
+        n, off, m2 = self.nodes_state(level, nodes)
+        return n, self.shift + off, m2
+
+    def nodes_state(self, level: int, nodes: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """Merged (count, offset from ``shift``, M2) of the given nodes of one level (flushes first)."""
         self.flush()
         idx = self.level_base[level - 1] + np.asarray(nodes, dtype=np.int64)
         if idx.size == 0:
             return 0.0, np.zeros(self.dim), np.zeros((self.dim, self.dim))
         n, off, m2 = combine_groups(self.cnt[idx], self.off[idx], self.m2[idx])
-        return float(n), self.shift + off, m2
+        return float(n), off, m2
+
+    def root_state(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """(count, offset from ``shift``, M2) of the root: views, current to the last change.
+
+        Deviations of an agent are ``(x - shift) - offset``: two roundings, each
+        relative to a small number, where ``x - (shift + offset)`` would round
+        the mean at the data's magnitude first.
+        """
+        return self._root_n, self._root_off, self._root_m2

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DimensionMismatchError, InvalidInputError, NonFiniteError
+from ..errors import DimensionMismatchError, InvalidInputError, InvalidTypeError, NonFiniteError
 from ..validation import as_feature_matrix, as_feature_vector, check_positive_int
 
 __all__ = ["Moments", "InsufficientDataError", "combine_groups"]
@@ -309,7 +309,10 @@ class Moments:
         """Rebuild moments from :meth:`to_dict` output, validating every field."""
         try:
             version = int(np.asarray(state["version"]))
-            count = int(np.asarray(state["count"]))
+            raw_count = np.asarray(state["count"])
+            if raw_count.dtype.kind not in "iu" or raw_count.ndim != 0:
+                raise InvalidTypeError(f"moments count must be an integer scalar, got {raw_count!r}")
+            count = int(raw_count)
             shift = np.asarray(state["shift"], dtype=np.float64)
             offset = np.asarray(state["offset"], dtype=np.float64)
             m2 = np.asarray(state["m2"], dtype=np.float64)
@@ -325,6 +328,8 @@ class Moments:
             )
         if count < 0:
             raise InvalidInputError(f"moments count must be >= 0, got {count}")
+        if count == 0 and (offset.any() or m2.any()):
+            raise InvalidInputError("empty moments (count 0) must have zero offset and co-moment")
         if not (np.isfinite(shift).all() and np.isfinite(offset).all() and np.isfinite(m2).all()):
             raise NonFiniteError("moments state holds non-finite values")
         m = cls(shift.size)
@@ -353,10 +358,12 @@ class Moments:
         parts = list(parts)
         if not parts:
             raise InvalidInputError("merge_all needs at least one Moments")
-        dim = parts[0].dim
         for p in parts:
-            if not isinstance(p, Moments) or p.dim != dim:
-                raise DimensionMismatchError("merge_all needs Moments of one dimension")
+            if not isinstance(p, Moments):
+                raise InvalidTypeError(f"merge_all takes Moments, got a {type(p).__name__}")
+        dim = parts[0].dim
+        if any(p.dim != dim for p in parts):
+            raise DimensionMismatchError("merge_all needs Moments of one dimension")
         live = [p for p in parts if p.count]
         result = cls(dim)
         if not live:
