@@ -60,6 +60,8 @@ MAX_ABS = 1e300
 MAX_BINS = 1000
 #: Lines with more points are downsampled to at most about this many.
 MAX_LINE_POINTS = 2000
+#: Spans below this are treated as empty (keeps tick steps far from subnormals).
+_TINY = 1e-290
 
 _WIDTH = 720
 _LEFT = 78
@@ -210,12 +212,12 @@ def _expand_degenerate(lo: float, hi: float, *, log: bool = False) -> tuple[floa
     """Widen an empty or numerically tiny interval around its value."""
     span = hi - lo
     scale = max(abs(lo), abs(hi))
-    if span > scale * 1e-9 and span > 1e-200:
+    if span > scale * 1e-9 and span > _TINY:
         return lo, hi
     if log:
         pad = 0.05
     else:
-        pad = abs(lo) * 0.1 if abs(lo) > 1e-200 else 1.0
+        pad = abs(lo) * 0.1 if abs(lo) > _TINY * 1e3 else 1.0
     return lo - pad, hi + pad
 
 
@@ -231,7 +233,10 @@ class _Axis:
     ticks: tuple[tuple[float, str], ...]
 
     def fraction(self, v: Any) -> Any:
-        return (v - self.lo) / (self.hi - self.lo)
+        """Position of ``v`` along the axis (0 at lo, 1 at hi), clipped to [-50, 50]."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            f = np.divide(np.subtract(v, self.lo), self.hi - self.lo)
+        return np.clip(np.nan_to_num(f, nan=0.0), -50.0, 50.0)
 
 
 def _nice_step(span: float, target: int) -> float:
@@ -328,6 +333,8 @@ def _log_axis(lo_e: float, hi_e: float) -> _Axis:
         for v, label in linear.ticks
         if v > 0 and lo_e - 1e-9 <= math.log10(v) <= hi_e + 1e-9
     )
+    if len(ticks) < 2:  # no nice values inside: label the ends
+        ticks = ((lo_e, _format_float(10.0**lo_e)), (hi_e, _format_float(10.0**hi_e)))
     return _Axis(lo_e, hi_e, ticks)
 
 
