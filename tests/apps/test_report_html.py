@@ -176,7 +176,9 @@ def test_log_counts_keep_single_counts_visible_and_order_heights():
     assert len(heights) == 3 and 0 < heights[0] < heights[1] < heights[2]
     # equal steps in log10(count): 1 -> 10 -> 1000 is 1 then 2 decades
     assert heights[2] - heights[1] == pytest.approx(2 * (heights[1] - heights[0]), abs=0.05)
-    assert texts(root, "ytick-label")[:3] == ["1", "10", "100"]
+    assert texts(root, "ytick-label") == ["1", "10", "100", "1000"]
+    root = parse(svg_histogram({"a": np.zeros(2_000_000)}, log_y=True, title="t", x_label="x"))
+    assert texts(root, "ytick-label")[-2:] == ["1,000,000", "1e7"]
 
 
 def test_threshold_line_sits_at_its_value_on_linear_and_log_axes():
@@ -396,6 +398,17 @@ def test_y_range_fixes_the_axis_and_counts_clipped_points():
     assert texts(root, "legend-label") == ["p", "q"]
     strokes = [e.get("stroke") for e in by_class(root, "series")]
     assert strokes == list(PALETTE[:2])
+
+
+@pytest.mark.parametrize("x_lo, x_hi, y_lo, y_hi", [(0, 99, 0.1, 0.93), (1, 7, -250.0, 1e4), (1e5, 1.5e5, 1e-6, 3e-6)])
+def test_line_ticks_are_nice_and_cover_the_data(x_lo, x_hi, y_lo, y_hi):
+    x = np.linspace(x_lo, x_hi, 50)
+    root = parse(svg_lines(x, {"a": np.linspace(y_lo, y_hi, 50)}, title="t", x_label="x", y_label="y"))
+    for axis, lo, hi in (("xtick-label", x_lo, x_hi), ("ytick-label", y_lo, y_hi)):
+        values = [label_value(t) for t in texts(root, axis)]
+        step = assert_nice(values)
+        assert values[0] <= lo and values[-1] >= hi * (1 - 1e-12)
+        assert values[0] > lo - step and values[-1] < hi + step
 
 
 def test_shade_covers_its_interval():

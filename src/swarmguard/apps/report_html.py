@@ -287,7 +287,7 @@ def _linear_axis(lo: float, hi: float, *, fixed: bool = False, target: int = 6) 
 
 
 def _power_label(k: int) -> str:
-    if -3 <= k <= 5:
+    if -3 <= k <= 6:
         return _fixed_label(10.0**k, max(0, -k))
     return f"1e{k}"
 
@@ -312,7 +312,7 @@ def _log_ticks(lo_e: float, hi_e: float) -> tuple[tuple[float, str], ...]:
         for m in (1, 2, 5):
             pos = k + math.log10(m)
             if lo_e - 1e-9 <= pos <= hi_e + 1e-9:
-                ticks.append((pos, _fixed_label(m * 10.0**k, max(0, -k)) if -3 <= k <= 5 else f"{m}e{k}"))
+                ticks.append((pos, _fixed_label(m * 10.0**k, max(0, -k)) if -3 <= k <= 6 else f"{m}e{k}"))
     return tuple(ticks)
 
 
@@ -402,13 +402,20 @@ def _legend(names: Sequence[str], styles: Sequence[dict[str, object]], top: floa
     return _el("g", {"class": "legend"}, children="".join(out)) if out else ""
 
 
+def _grid(frame: _Frame) -> str:
+    """Light horizontal lines at the y ticks, drawn beneath the data."""
+    return "".join(
+        _el("line", {"class": "grid", "x1": frame.left, "x2": frame.left + frame.width,
+                     "y1": float(frame.py(v)), "y2": float(frame.py(v)), "stroke": _GRID})
+        for v, _ in frame.y.ticks
+    )
+
+
 def _axes(frame: _Frame, x_label: str, y_label: str, *, x_ticks: bool = True) -> str:
-    """Grid, axis lines, ticks, tick labels and axis titles."""
+    """Axis lines, ticks, tick labels and axis titles."""
     out = []
     for v, label in frame.y.ticks:
         y = float(frame.py(v))
-        out.append(_el("line", {"class": "grid", "x1": frame.left, "x2": frame.left + frame.width,
-                                "y1": y, "y2": y, "stroke": _GRID}))
         out.append(_el("line", {"class": "ytick", "x1": frame.left - 5, "x2": frame.left,
                                 "y1": y, "y2": y, "stroke": _INK}))
         out.append(_el("text", {"class": "ytick-label", "x": frame.left - 8, "y": y + 4,
@@ -483,7 +490,7 @@ def _assemble(title: str, names: Sequence[str], styles: Sequence[dict[str, objec
     marks, axes = draw(frame)
     note_svg, note_height = _notes(notes, frame.bottom + bottom_band)
     height = frame.bottom + bottom_band + note_height + 6
-    return _svg(title, height, legend + marks + axes + note_svg)
+    return _svg(title, height, legend + _grid(frame) + marks + axes + note_svg)
 
 
 # --------------------------------------------------------------------------- histogram
@@ -824,7 +831,7 @@ def _bar_labels(frame: _Frame, labels: Sequence[str], centres: np.ndarray, slot:
     if horizontal:
         return "".join(_el("text", {"class": "bar-label", "x": float(c), "y": y, "text-anchor": "middle"}, t)
                        for c, t in zip(centres, texts, strict=True))
-    every = max(1, math.ceil(18 / slot))
+    every = max(1, math.ceil(22 / slot))
     out = []
     for i in range(0, len(texts), every):
         c = float(centres[i])
@@ -890,6 +897,8 @@ def svg_bars(labels: list[str], values: np.ndarray, *, title: str, y_label: str,
         names, styles = ["highlighted", "other"], [_style(1, line=False), _style(0, line=False)]
     _, _, label_band = _bar_label_layout(labels, slot)
 
+    bar_width = min(max(0.8 * slot, 0.5), 48.0)
+
     def draw(frame: _Frame) -> tuple[str, str]:
         zero = float(frame.py(0.0))
         out = []
@@ -899,8 +908,8 @@ def svg_bars(labels: list[str], values: np.ndarray, *, title: str, y_label: str,
             colour = PALETTE[1] if flags[i] else PALETTE[0]
             tip = f"{labels[i]}: {format_value(float(v[i]))}"
             out.append(_el("rect", {"class": "bar highlight" if flags[i] else "bar",
-                                    "x": float(centres[i] - 0.4 * slot), "y": top,
-                                    "width": max(0.8 * slot, 0.5), "height": bottom - top,
+                                    "x": float(centres[i]) - bar_width / 2, "y": top,
+                                    "width": bar_width, "height": bottom - top,
                                     "fill": colour}, children=_el("title", {}, tip)))
         if not drawable.size:
             out.append(_empty_message(frame))
