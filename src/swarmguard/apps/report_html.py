@@ -11,7 +11,7 @@ Rules every plot follows:
 * Data are reduced before they are drawn: histograms are binned, lines longer
   than :data:`MAX_LINE_POINTS` are downsampled (min/max per bucket, so spikes
   stay visible), so a report over 10**6-value series stays small.
-* NaN, ±inf and values beyond ±\\ :data:`MAX_ABS` are never drawn; they are
+* NaN, ±inf and values beyond ±MAX_ABS (1e300) are never drawn; they are
   counted in a small note under the plot. NaN/inf is never written into the SVG.
 * Empty series, a single value and all-equal values give a readable plot
   (or a "no data" plot), never an exception.
@@ -620,7 +620,7 @@ def svg_histogram(series: dict[str, np.ndarray], *, bins: int = 50, log_x: bool 
         span = [lo, hi, *positions]
     else:
         edges, counts, max_count = np.zeros(0), {}, 0
-        span = positions or ([0.0, 1.0] if log_x else [0.0, 1.0])
+        span = positions or [0.0, 1.0]
     x_axis = _log_axis(min(span), max(span)) if log_x else _linear_axis(min(span), max(span))
     if log_y:
         y_axis = _count_log_axis(max_count)
@@ -1032,6 +1032,7 @@ def write_report(path: str | os.PathLike, html: str) -> None:
     >>> write_report(os.path.join(folder, "report.html"), "<!DOCTYPE html><title>t</title>")
     >>> sorted(os.listdir(folder))
     ['report.html']
+    >>> import shutil; shutil.rmtree(folder)
     """
     target = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(target))
