@@ -1,0 +1,1 @@
+"""Applications: command-line jobs, reports, storage."""
