@@ -1,0 +1,320 @@
+"""``DistributedBehavioralDetector``: the guide's three parts working together."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.stats import chi2
+
+from ..errors import DimensionMismatchError, InvalidInputError
+from ..validation import as_feature_matrix, check_fraction
+from .cap import ConsistencyModel, StatisticalCAPResolver, StatisticalUpdate, widened_threshold
+from .consensus import BayesianEvidence, EvidenceType, StableBayesianConsensus
+from .protocol import BehavioralDistributedProtocol, read_behavior
+from .tree import HierarchicalStatisticalTree
+
+__all__ = ["DistributedBehavioralDetector", "p_value_log_odds"]
+
+_REQUIRE = ("both", "anomaly", "consensus", "either")
+
+
+def p_value_log_odds(log_p: np.ndarray | float) -> np.ndarray | float:
+    """Log-odds that a p-value can at most justify: the Sellke–Bayarri–Berger bound.
+
+    For ``p < 1/e`` the Bayes factor against the null is at most
+    ``1 / (-e · p · ln p)``; its log, ``-1 - ln p - ln(-ln p)``, is the
+    evidence an anomaly test contributes (0 for ``p >= 1/e``). Takes ``ln p``
+    so that p-values below 1e-308 still count.
+
+    >>> round(float(p_value_log_odds(math.log(1e-6))), 3)
+    10.192
+    """
+    log_p = np.asarray(log_p, dtype=np.float64)
+    safe = np.minimum(log_p, -1.0)
+    lo = -1.0 - safe - np.log(-safe)
+    out = np.where(log_p < -1.0, lo, 0.0)
+    return float(out) if out.ndim == 0 else out
+
+
+class DistributedBehavioralDetector:
+    """The guide's complete example: tree + consensus + CAP resolver, one decision.
+
+    Every argument has the guide's default, so ``DistributedBehavioralDetector()``
+    works as written there.
+
+    Decision (:meth:`should_trigger_response`): an agent is isolated when the
+    signals named by ``require`` hold:
+
+    * anomaly — the agent is anomalous (p-value below the significance level or
+      FDR cut) *and* its squared distance clears the threshold widened by the
+      region's confidence factor (``widened_threshold(t², cf, squared=True)``:
+      a stale view demands stronger behavioural evidence);
+    * consensus — the Bayesian consensus probability that the agent is
+      compromised is at least ``isolate_probability`` and the consensus was
+      reached (enough trustworthy sources after Byzantine trimming).
+
+    ``require="both"`` (default) needs both, ``"either"`` one of them,
+    ``"anomaly"`` / ``"consensus"`` only that one.
+
+    The detector is itself an evidence source (``node_id``): an anomaly adds
+    behavioural evidence whose log-odds are the Sellke–Bayarri–Berger bound of
+    its p-value (:func:`p_value_log_odds`), scaled by the region's confidence
+    factor as the evidence's confidence.
+    """
+
+    def __init__(
+        self,
+        *,
+        branching_factor: int = 10,
+        feature_dimensions: int | None = None,
+        significance_level: float = 1e-3,
+        fdr: float | None = None,
+        shrinkage: float | str = "auto",
+        warm_up: int | None = None,
+        score_levels: str = "population",
+        byzantine_threshold: float = 0.33,
+        partition_size: int = 10000,
+        prior_probability: float = 0.01,
+        consistency_model: Any = ConsistencyModel.STATISTICAL,
+        max_staleness_seconds: float = 5.0,
+        confidence_decay_rate: float = 0.1,
+        clock: Any = None,
+        isolate_probability: float = 0.9,
+        require: str = "both",
+        node_id: str = "detector",
+        default_region: str = "default",
+        regions: Sequence[str] | None = None,
+    ):
+        # Solution 1: O(n log n) aggregation
+        self.tree = HierarchicalStatisticalTree(branching_factor=branching_factor,
+                                                feature_dimensions=feature_dimensions)
+        self.protocol = BehavioralDistributedProtocol(
+            self.tree, significance_level=significance_level, fdr=fdr, shrinkage=shrinkage,
+            warm_up=warm_up, score_levels=score_levels)
+        # Solution 2: stable Bayesian consensus
+        self.consensus = StableBayesianConsensus(byzantine_threshold=byzantine_threshold,
+                                                 partition_size=partition_size,
+                                                 prior_probability=prior_probability)
+        # Solution 3: statistical CAP resolver
+        self.clock = clock or time.time
+        self.cap_resolver = StatisticalCAPResolver(consistency_model=consistency_model,
+                                                   max_staleness_seconds=max_staleness_seconds,
+                                                   confidence_decay_rate=confidence_decay_rate,
+                                                   clock=clock, regions=regions)
+        self.isolate_probability = check_fraction(isolate_probability, "isolate_probability")
+        if require not in _REQUIRE:
+            raise InvalidInputError(f"require must be one of {_REQUIRE}, got {require!r}")
+        self.require = require
+        self.node_id = node_id
+        self.default_region = default_region
+        self._evidence_seq = itertools.count()
+        self._update_seq = itertools.count()
+
+    # ------------------------------------------------------------------ the guide's helpers
+    def _region_of(self, behavioral_data: Any) -> str:
+        _, _, cohort = read_behavior(behavioral_data)
+        return cohort[0] if cohort else self.default_region
+
+    def _timestamp_of(self, behavioral_data: Any) -> float:
+        ts = behavioral_data.get("timestamp") if isinstance(behavioral_data, dict) else getattr(
+            behavioral_data, "timestamp", None)
+        return float(self.clock()) if ts is None else float(ts)
+
+    def create_evidence(self, agent_id: Hashable, behavioral_data: Any, anomaly_info: dict[str, Any],
+                        confidence: float = 1.0) -> BayesianEvidence:
+        """The detector's own evidence that ``agent_id`` is compromised, from its anomaly test.
+
+        ``log_odds`` is :func:`p_value_log_odds` of the decision p-value (taken
+        in log space from the squared distance, so p-values below 1e-308 still
+        count); ``confidence`` defaults to 1 (the region's confidence factor in
+        :meth:`process_agent_behavior`).
+        """
+        d = self.tree.feature_dimensions
+        log_p = float(chi2.logsf(anomaly_info["mahalanobis_squared"], d))
+        return BayesianEvidence(
+            evidence_id=f"{self.node_id}:{next(self._evidence_seq)}",
+            agent_id=agent_id,
+            evidence_type=EvidenceType.BEHAVIORAL_ANOMALY,
+            log_odds=p_value_log_odds(log_p),
+            confidence=confidence,
+            timestamp=self._timestamp_of(behavioral_data),
+            source_node=self.node_id,
+        )
+
+    def create_statistical_update(self, agent_id: Hashable, behavioral_data: Any,
+                                  anomaly_score: float | None = None) -> StatisticalUpdate:
+        """The CAP update for one observation: its region, features and anomaly score."""
+        _, features, _ = read_behavior(behavioral_data)
+        uid = getattr(behavioral_data, "id", None) if not isinstance(behavioral_data, dict) else behavioral_data.get("id")
+        if anomaly_score is None:
+            anomaly_score = (behavioral_data.get("anomaly_score") if isinstance(behavioral_data, dict)
+                             else getattr(behavioral_data, "anomaly_score", None)) or 0.0
+        return StatisticalUpdate(
+            update_id=uid if uid is not None else f"{self.node_id}:u{next(self._update_seq)}",
+            agent_id=agent_id,
+            timestamp=self._timestamp_of(behavioral_data),
+            feature_vector=features,
+            anomaly_score=float(anomaly_score),
+            source_partition=self._region_of(behavioral_data),
+        )
+
+    def _anomaly_holds(self, is_anomaly: Any, d2: Any, threshold_squared: float, confidence: Any) -> Any:
+        """Anomalous, and beyond the threshold widened for a stale view."""
+        cf = np.clip(np.asarray(confidence, dtype=np.float64), 1e-12, 1.0)
+        widened = threshold_squared / (cf * cf)       # widened_threshold(t², cf, squared=True)
+        return np.logical_and(is_anomaly, np.asarray(d2) >= np.minimum(widened, np.inf))
+
+    def should_trigger_response(self, anomaly_info: dict[str, Any], cap_result: dict[str, Any],
+                                consensus_result: dict[str, Any] | None = None) -> bool:
+        """Whether to isolate, by the rule in the class docstring."""
+        cf = cap_result.get("confidence_factor")
+        cf = 1.0 if cf is None else cf
+        thr2 = widened_threshold(anomaly_info["threshold_squared"], cf, squared=True)
+        anomaly = bool(anomaly_info["is_anomaly"]) and anomaly_info["mahalanobis_squared"] >= thr2
+        if consensus_result is None:
+            try:
+                consensus_result = self.consensus.distributed_evidence_consensus_sync(anomaly_info["agent_id"])
+            except KeyError:
+                consensus_result = None
+        consensus = bool(consensus_result and consensus_result["consensus_reached"]
+                         and consensus_result["probability"] >= self.isolate_probability)
+        return {"both": anomaly and consensus, "either": anomaly or consensus,
+                "anomaly": anomaly, "consensus": consensus}[self.require]
+
+    # ------------------------------------------------------------------ per item (the guide's loop)
+    async def process_agent_behavior(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
+        """The guide's main loop for one observation; returns the decision and the details."""
+        # Step 1: Update hierarchical statistics (O(log n))
+        anomaly_info = await self.protocol.update_agent_behavior(behavioral_data)
+        # Step 3 first for its confidence factor: Distributed update with CAP resolution
+        update = self.create_statistical_update(agent_id, behavioral_data, anomaly_info["mahalanobis_squared"])
+        cap_result = await self.cap_resolver.handle_update(update)
+        cf = cap_result["confidence_factor"]
+        cf = 1.0 if cf is None else cf
+        # Step 2: Collect evidence if anomalous
+        if anomaly_info["is_anomaly"]:
+            evidence = self.create_evidence(agent_id, behavioral_data, anomaly_info, confidence=cf)
+            await self.consensus.add_evidence(evidence)
+        try:
+            consensus_result = await self.consensus.distributed_evidence_consensus(agent_id)
+        except KeyError:
+            consensus_result = None
+        # Step 4: Make detection decision
+        isolate = self.should_trigger_response(anomaly_info, cap_result, consensus_result)
+        out = {
+            "agent_id": agent_id,
+            "action": "isolate" if isolate else "monitor",
+            "confidence": cf,
+            "evidence": consensus_result,
+            "anomaly": anomaly_info,
+        }
+        return out
+
+    def process_agent_behavior_sync(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
+        """Synchronous twin of :meth:`process_agent_behavior`."""
+        import asyncio
+        return asyncio.run(self.process_agent_behavior(agent_id, behavioral_data))
+
+    # ------------------------------------------------------------------ batch
+    def ingest_evidence(self, *args: Any, **kwargs: Any) -> int:
+        """Observer evidence in bulk: :meth:`StableBayesianConsensus.add_evidence_batch`."""
+        return self.consensus.add_evidence_batch(*args, **kwargs)
+
+    def process_round(self, agent_ids: Any, X: Any, regions: Any, *, cohorts: Any = None,
+                      timestamp: float | None = None, fdr: Any = "default") -> dict[str, Any]:
+        """One round for many agents through all three parts, with array operations.
+
+        ``agent_ids`` (n,) ints (the fast path) or strings, ``X`` (n, d),
+        ``regions`` (n,) region names (a NumPy string array) or one name;
+        ``cohorts`` places agents in the tree (default: their regions).
+        Returns arrays aligned with ``agent_ids``: ``action`` ("isolate" /
+        "monitor"), ``isolate`` (bool), ``is_anomaly``, ``mahalanobis_squared``,
+        ``p_value``, ``probability`` (consensus; NaN where no evidence yet),
+        ``confidence`` (the agent's region's confidence factor) and
+        ``region_confidence`` (per region).
+        """
+        X = as_feature_matrix(X, self.tree.feature_dimensions)
+        n = X.shape[0]
+        if isinstance(regions, str):
+            regions = np.full(n, regions)
+        regions = np.asarray(regions)
+        if regions.shape != (n,) or regions.dtype.kind != "U":
+            raise DimensionMismatchError(f"regions must be {n} region names, got shape {regions.shape}")
+        ts = float(self.clock()) if timestamp is None else float(timestamp)
+        if not math.isfinite(ts):
+            raise InvalidInputError("timestamp must be finite")
+        # Solution 1: update and score everyone (vectorised), regions as cohorts
+        scored = self.protocol.update_and_score_many(agent_ids, X, cohorts=regions if cohorts is None else cohorts,
+                                                     fdr=fdr)
+        ids = scored["agent_ids"]
+        d2 = scored["mahalanobis_squared"]
+        # Solution 3: each region's updates in one batch; its confidence factor
+        names, inverse = np.unique(regions, return_inverse=True)
+        region_cf = np.ones(names.size)
+        accepted = 0
+        for k, name in enumerate(names):
+            rows = np.flatnonzero(inverse == k)
+            res = self.cap_resolver.handle_updates_many(str(name), ids[rows], np.full(rows.size, ts),
+                                                        X[rows], d2[rows])
+            accepted += int(res["accepted"])
+            cf = res["confidence_factor"]
+            region_cf[k] = 1.0 if cf is None else cf
+        confidence = region_cf[inverse]
+        # Solution 2: the detector's own evidence for the anomalous agents
+        flagged = np.flatnonzero(scored["is_anomaly"])
+        if flagged.size:
+            d = self.tree.feature_dimensions
+            log_p = chi2.logsf(d2[flagged], d)
+            start = next(self._evidence_seq)
+            eids = np.array([f"{self.node_id}:{start}:{i}" for i in range(flagged.size)])
+            self._evidence_seq = itertools.count(start + 1)
+            self.consensus.add_evidence_batch(
+                eids, ids[flagged], EvidenceType.BEHAVIORAL_ANOMALY, p_value_log_odds(log_p),
+                confidence[flagged], np.full(flagged.size, ts), np.full(flagged.size, self.node_id))
+        probability = np.full(n, np.nan)
+        reached = np.zeros(n, dtype=bool)
+        if self.consensus.evidence_count:
+            cons = self.consensus.consensus_many()
+            pos = _positions(cons["agent_ids"], ids)
+            have = pos >= 0
+            probability[have] = cons["probability"][pos[have]]
+            reached[have] = cons["consensus_reached"][pos[have]]
+        anomaly = self._anomaly_holds(scored["is_anomaly"], d2, scored["threshold_squared"], confidence)
+        consensus = reached & (np.nan_to_num(probability, nan=0.0) >= self.isolate_probability)
+        isolate = {"both": anomaly & consensus, "either": anomaly | consensus,
+                   "anomaly": anomaly, "consensus": consensus}[self.require]
+        return {
+            "agent_ids": ids,
+            "action": np.where(isolate, "isolate", "monitor"),
+            "isolate": isolate,
+            "is_anomaly": scored["is_anomaly"],
+            "mahalanobis_squared": d2,
+            "p_value": scored["p_value"],
+            "probability": probability,
+            "consensus_reached": reached,
+            "confidence": confidence,
+            "region_confidence": dict(zip(names.tolist(), region_cf.tolist(), strict=True)),
+            "accepted": accepted,
+            "threshold_squared": scored["threshold_squared"],
+        }
+
+
+def _positions(keys: Any, ids: np.ndarray) -> np.ndarray:
+    """Index of each of ``ids`` in ``keys`` (-1 where absent), vectorised for int/str arrays."""
+    keys = np.asarray(keys)
+    if keys.size == 0:
+        return np.full(ids.shape[0], -1, dtype=np.int64)
+    if keys.dtype.kind in "iuU" and ids.dtype.kind == keys.dtype.kind:
+        order = np.argsort(keys, kind="stable")
+        sk = keys[order]
+        pos = np.searchsorted(sk, ids)
+        pos_c = np.minimum(pos, sk.size - 1)
+        hit = sk[pos_c] == ids
+        return np.where(hit, order[pos_c], -1)
+    lookup = {k: i for i, k in enumerate(keys.tolist())}
+    return np.fromiter((lookup.get(k, -1) for k in ids.tolist()), dtype=np.int64, count=ids.shape[0])

@@ -1,0 +1,207 @@
+"""A synthetic swarm with known ground truth, for ``swarmguard simulate``.
+
+The world, round by round:
+
+* agents live in regions, each region split into clusters (the cohorts); each
+  cluster has its own mean and its own correlated covariance, and an honest
+  agent's behaviour each round is a fresh draw from its cluster;
+* a fraction of agents is compromised: from an onset round on, their
+  behaviour shifts in 1–3 features, suddenly or gradually (a ramp over a few
+  rounds), by ``shift_sigma`` of the cluster's own standard deviations;
+* observer nodes report evidence (log-likelihood ratios) on random agents:
+  honest observers are noisy but informative (positive for compromised agents
+  after onset, negative otherwise); Byzantine observers frame a fixed set of
+  honest agents (large positive log-odds) and whitewash the compromised agents
+  they see (large negative log-odds);
+* a network partition splits the regions into two groups at ``partition_at``
+  and heals at ``heal_at``.
+
+Everything is drawn from one ``numpy.random.Generator`` seeded by ``seed``, so
+a seed fixes the whole history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInputError
+
+__all__ = ["ScenarioConfig", "Scenario", "DIFFICULTY"]
+
+# shift_sigma ranges and honest-observer informativeness per difficulty level
+DIFFICULTY = {
+    "easy": {"shift": (10.0, 14.0), "signal": 1.5},
+    "default": {"shift": (8.0, 12.0), "signal": 1.0},
+    "hard": {"shift": (3.0, 5.0), "signal": 0.4},
+}
+
+
+@dataclass
+class ScenarioConfig:
+    """Every knob of the simulated world (the ``simulate`` command's options)."""
+
+    agents: int = 50_000
+    features: int = 8
+    rounds: int = 20
+    regions: int = 4
+    clusters_per_region: int = 3
+    compromised: float = 0.01
+    observers: int = 50
+    byzantine: float = 0.2
+    evidence: int = 3                 # pieces of observer evidence per agent per round
+    partition_at: int = 8
+    heal_at: int = 13
+    difficulty: str = "default"
+    seed: int = 0
+    round_seconds: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> ScenarioConfig:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise InvalidInputError(msg)
+        need(self.agents >= 100, "--agents must be at least 100")
+        need(1 <= self.features <= 256, "--features must be between 1 and 256")
+        need(self.rounds >= 2, "--rounds must be at least 2")
+        need(1 <= self.regions <= 64, "--regions must be between 1 and 64")
+        need(self.clusters_per_region >= 1, "clusters per region must be at least 1")
+        need(0.0 <= self.compromised < 0.5, "--compromised must be a fraction in [0, 0.5)")
+        need(self.observers >= 1, "--observers must be at least 1")
+        need(0.0 <= self.byzantine < 0.5, "--byzantine must be a fraction in [0, 0.5)")
+        need(self.evidence >= 0, "--evidence must be >= 0")
+        need(0 <= self.partition_at <= self.heal_at <= self.rounds,
+             "need 0 <= --partition-at <= --heal-at <= --rounds")
+        need(self.difficulty in DIFFICULTY, f"--difficulty must be one of {sorted(DIFFICULTY)}")
+        need(self.round_seconds > 0, "round seconds must be > 0")
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Scenario:
+    """The ground truth of one run, and each round's observations.
+
+    Examples
+    --------
+    >>> sc = Scenario(ScenarioConfig(agents=1000, rounds=5, partition_at=2, heal_at=4, seed=1).validate())
+    >>> X = sc.behaviour(0)
+    >>> X.shape, sc.region_names.shape, int(sc.compromised.sum())
+    ((1000, 8), (1000,), 10)
+    """
+
+    def __init__(self, config: ScenarioConfig):
+        self.config = c = config
+        rng = np.random.default_rng(c.seed)
+        self._rng = rng
+        n, d = c.agents, c.features
+        self.agent_ids = np.arange(n, dtype=np.int64)
+        self.agent_ids.flags.writeable = False
+        regions = np.array([f"region-{r}" for r in range(c.regions)])
+        self.regions = regions
+        region = rng.integers(0, c.regions, size=n)
+        cluster = rng.integers(0, c.clusters_per_region, size=n)
+        self.region_index = region
+        self.region_names = regions[region]
+        self.cluster_index = region * c.clusters_per_region + cluster
+        n_clusters = c.regions * c.clusters_per_region
+        # each cluster: a mean and a correlated covariance (random mixing, scaled)
+        self.cluster_mean = rng.normal(scale=2.0, size=(n_clusters, d))
+        mix = rng.normal(size=(n_clusters, d, d)) / np.sqrt(d)
+        scale = rng.uniform(0.5, 2.0, size=(n_clusters, 1, d))
+        self.cluster_chol = mix * scale + np.eye(d) * 0.5
+        self.cluster_std = np.sqrt(np.einsum("cij,cij->ci", self.cluster_chol, self.cluster_chol))
+        # compromised agents: onset, kind, features and size of the shift
+        k = int(round(c.compromised * n))
+        bad = np.sort(rng.choice(n, size=k, replace=False))
+        self.compromised = np.zeros(n, dtype=bool)
+        self.compromised[bad] = True
+        last_onset = max(1, c.rounds - 4)
+        self.onset = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+        self.onset[bad] = rng.integers(1, last_onset + 1, size=k)
+        self.gradual = np.zeros(n, dtype=bool)
+        self.gradual[bad] = rng.random(k) < 0.5
+        self.ramp_rounds = 3
+        lo, hi = DIFFICULTY[c.difficulty]["shift"]
+        shift = np.zeros((n, d))
+        for i, a in enumerate(bad):
+            cols = rng.choice(d, size=int(rng.integers(1, min(3, d) + 1)), replace=False)
+            sizes = rng.uniform(lo, hi, size=cols.size) / np.sqrt(cols.size)
+            signs = rng.choice([-1.0, 1.0], size=cols.size)
+            shift[a, cols] = signs * sizes * self.cluster_std[self.cluster_index[a], cols]
+        self.shift = shift
+        # observers: which are Byzantine, and whom the Byzantine ones frame
+        n_byz = int(round(c.byzantine * c.observers))
+        self.observer_ids = np.array([f"observer-{o:03d}" for o in range(c.observers)])
+        self.byzantine = np.zeros(c.observers, dtype=bool)
+        self.byzantine[rng.choice(c.observers, size=n_byz, replace=False)] = True
+        honest_agents = np.flatnonzero(~self.compromised)
+        self.framed = np.sort(rng.choice(honest_agents, size=min(honest_agents.size, max(1, k)), replace=False))
+        self._evidence_counter = 0
+
+    # ------------------------------------------------------------------ ground truth
+    def is_compromised_by(self, round_index: int) -> np.ndarray:
+        """Agents whose compromise has begun by this round."""
+        return self.onset <= round_index
+
+    def partitioned(self, round_index: int) -> bool:
+        return self.config.partition_at <= round_index < self.config.heal_at
+
+    def partition_groups(self) -> list[list[str]]:
+        names = self.regions.tolist()
+        half = max(1, len(names) // 2)
+        return [names[:half], names[half:]] if len(names) > 1 else [names]
+
+    # ------------------------------------------------------------------ observations
+    def behaviour(self, round_index: int) -> np.ndarray:
+        """Every agent's behaviour vector this round."""
+        c = self.config
+        rng = self._rng
+        n, d = c.agents, c.features
+        z = rng.normal(size=(n, d))
+        X = np.einsum("nij,nj->ni", self.cluster_chol[self.cluster_index], z) + self.cluster_mean[self.cluster_index]
+        elapsed = round_index - self.onset
+        active = elapsed >= 0
+        weight = np.where(self.gradual, np.minimum(1.0, (elapsed + 1) / self.ramp_rounds), 1.0)
+        X += self.shift * (weight * active)[:, None]
+        return X
+
+    def evidence(self, round_index: int, timestamp: float) -> dict[str, np.ndarray]:
+        """This round's observer evidence, as the arrays ``add_evidence_batch`` takes."""
+        c = self.config
+        rng = self._rng
+        n = c.agents
+        m = n * c.evidence
+        agents = rng.integers(0, n, size=m)
+        sources = rng.integers(0, c.observers, size=m)
+        byz = self.byzantine[sources]
+        bad_now = self.is_compromised_by(round_index)[agents]
+        signal = DIFFICULTY[c.difficulty]["signal"]
+        log_odds = np.where(bad_now, signal, -0.5 * signal) + rng.normal(scale=1.0, size=m)
+        confidence = rng.uniform(0.5, 1.0, size=m)
+        # Byzantine observers: whitewash the compromised they see, report noise otherwise ...
+        log_odds = np.where(byz & bad_now, -6.0, log_odds)
+        # ... and frame their targets: each Byzantine observer reports on every framed agent.
+        byz_ids = np.flatnonzero(self.byzantine)
+        if byz_ids.size and self.framed.size:
+            fa = np.repeat(self.framed, byz_ids.size)
+            fs = np.tile(byz_ids, self.framed.size)
+            agents = np.concatenate([agents, fa])
+            sources = np.concatenate([sources, fs])
+            log_odds = np.concatenate([log_odds, np.full(fa.size, 6.0)])
+            confidence = np.concatenate([confidence, np.ones(fa.size)])
+        total = agents.size
+        ids = np.arange(self._evidence_counter, self._evidence_counter + total, dtype=np.int64)
+        self._evidence_counter += total
+        return {
+            "evidence_ids": ids,
+            "agent_ids": agents.astype(np.int64),
+            "evidence_types": "behavioral_anomaly",
+            "log_odds": log_odds,
+            "confidences": confidence,
+            "timestamps": np.full(total, timestamp),
+            "source_nodes": self.observer_ids[sources],
+        }
