@@ -29,6 +29,8 @@ __all__ = [
     "check_finite_float",
     "check_agent_id",
     "check_cohort",
+    "as_float_vector",
+    "check_key",
 ]
 
 
@@ -163,3 +165,44 @@ def check_cohort(cohort: Any) -> tuple[str, ...] | None:
         if not isinstance(p, str) or not p:
             raise InvalidInputError(f"cohort names must be non-empty strings, got {p!r} in {cohort!r}")
     return parts
+
+
+def as_float_vector(values: Any, what: str, *, allow_empty: bool = False) -> np.ndarray:
+    """Return ``values`` as a finite 1-D float64 array (a scalar is not accepted).
+
+    >>> as_float_vector([1, 2.5], "x")
+    array([1. , 2.5])
+    """
+    arr = _as_float_array(values, what)
+    if arr.ndim != 1:
+        raise DimensionMismatchError(f"{what} must be a 1-D array, got shape {arr.shape}")
+    if arr.size == 0 and not allow_empty:
+        raise EmptyInputError(f"{what} is empty")
+    _check_finite(arr, what)
+    return np.ascontiguousarray(arr)
+
+
+def check_key(value: Any, name: str) -> Hashable:
+    """Ids (evidence, agent, source): any hashable except None, floats and bools.
+
+    NumPy integers and strings become Python ones, so ``np.int64(3)`` and ``3``
+    are the same id.
+
+    >>> check_key(np.int64(3), "evidence_id")
+    3
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise InvalidTypeError(f"{name} must not be a bool, got {value!r}")
+    if value is None:
+        raise InvalidInputError(f"{name} must not be None")
+    if isinstance(value, (float, np.floating)):
+        raise InvalidTypeError(f"{name} must be an int, str or other hashable, not a float ({value!r})")
+    try:
+        hash(value)
+    except TypeError as exc:
+        raise InvalidTypeError(f"{name} must be hashable, got {type(value).__name__}") from exc
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.str_):
+        return str(value)
+    return value

@@ -1,0 +1,460 @@
+"""Exact, mergeable sums of float64 values (a fixed-size "superaccumulator").
+
+Every finite float64 is an integer multiple of 2**-1074 below 2**1024, so it is
+an integer of at most 2098 bits. We cut that integer range into *limbs* of
+26 bits: limb ``k`` counts units of ``2**(26*k - 1074)``. A float64's 53-bit
+significand, shifted to its exponent, always falls into three consecutive
+limbs, each of magnitude below 2**26 (:func:`float_limbs`).
+
+Adding limbs is integer addition, so it is exact, associative and commutative:
+the state after any order, split or merge of the same values is the same
+integer. Limb sums are formed with ``np.bincount`` in float64, which is exact
+as long as no partial sum reaches 2**53, i.e. for up to 2**27 limbs of
+magnitude < 2**26 per call; larger inputs are cut into calls of that size and
+their (integer) results added in int64.
+
+Rounding back to a float is *correct rounding* of the exact sum, the same
+value as :func:`math.fsum` over all contributions, bit for bit
+(:func:`round_limbs`): carries are propagated, the top four non-zero limbs are
+read into two floats whose one addition rounds once, with every lower limb
+folded into a sticky bit (round-to-odd with 25 spare bits, so the single
+rounding is the correct one).
+
+Two things differ from :func:`math.fsum`, both documented:
+an exact sum beyond the float range rounds to ``inf`` in :func:`round_limbs`
+(``math.fsum`` raises ``OverflowError``; :meth:`ExactSum.get` raises
+:class:`ExactSumOverflowError`, a subclass of it), and ``math.fsum`` raises on
+*intermediate* overflow (``fsum([1e308, 1e308, -1e308])``) where the exact sum
+is finite and returned here.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInputError, SwarmGuardError
+from ..validation import as_float_vector, check_finite_float
+
+__all__ = [
+    "ExactSum",
+    "ExactSumOverflowError",
+    "LIMB_BITS",
+    "N_LIMBS",
+    "float_limbs",
+    "grouped_limb_sums",
+    "round_limbs",
+    "limbs_to_fraction",
+    "exact_group_sums",
+]
+
+_FORMAT_VERSION = 1
+LIMB_BITS = 26
+_MASK = (1 << LIMB_BITS) - 1
+_UNIT_EXP = -1074  # limb 0 counts units of 2**-1074, the smallest subnormal
+# Values use limbs 0..80 (2098 bits); 3 more limbs of headroom absorb the carry of
+# up to 2**63 contributions, so the last limb never overflows int64.
+N_LIMBS = 84
+# bincount sums limbs (< 2**26) in float64; up to 2**27 of them stay below 2**53.
+_BINCOUNT_CHUNK = 1 << 26
+
+
+class ExactSumOverflowError(SwarmGuardError, OverflowError):
+    """The exact sum is finite as a rational but beyond the float64 range."""
+
+
+# --------------------------------------------------------------------- kernels
+def float_limbs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cut finite float64 values into three exact 26-bit limbs each.
+
+    Parameters
+    ----------
+    values : (n,) float64 array, all finite.
+
+    Returns
+    -------
+    index : (n, 3) int64
+        Limb numbers; limb ``k`` is worth ``2**(26*k - 1074)``.
+    limb : (n, 3) int64
+        Signed limb values, ``|limb| < 2**26``; ``values[i] == sum_j limb[i, j] *
+        2**(26*index[i, j] - 1074)`` exactly.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fractions import Fraction
+    >>> idx, limb = float_limbs(np.array([-0.75]))
+    >>> sum(Fraction(int(v)) * Fraction(2) ** int(26 * k - 1074)
+    ...     for k, v in zip(idx[0], limb[0]))
+    Fraction(-3, 4)
+    """
+    bits = np.ascontiguousarray(values, dtype=np.float64).view(np.uint64)
+    biased = ((bits >> np.uint64(52)) & np.uint64(0x7FF)).astype(np.int64)
+    significand = bits & np.uint64((1 << 52) - 1)
+    significand = np.where(biased > 0, significand | np.uint64(1 << 52), significand)
+    # Position of the significand's last bit above 2**-1074 (subnormals sit at 0).
+    position = np.maximum(biased, 1) - 1
+    first = position // LIMB_BITS
+    shift = (position - first * LIMB_BITS).astype(np.uint64)
+    mask = np.uint64(_MASK)
+    low = (significand & mask) << shift  # < 2**51
+    high = (significand >> np.uint64(LIMB_BITS)) << shift  # < 2**52
+    middle = high + (low >> np.uint64(LIMB_BITS))
+    limb = np.empty((bits.shape[0], 3), dtype=np.int64)
+    limb[:, 0] = (low & mask).astype(np.int64)
+    limb[:, 1] = (middle & mask).astype(np.int64)
+    limb[:, 2] = (middle >> np.uint64(LIMB_BITS)).astype(np.int64)
+    negative = (bits >> np.uint64(63)).astype(bool)
+    np.negative(limb, out=limb, where=negative[:, None])
+    index = first[:, None] + np.arange(3, dtype=np.int64)
+    return index, limb
+
+
+def _split_wide(index: np.ndarray, limb: np.ndarray, group: np.ndarray):
+    """Rewrite limbs of magnitude > 2**26 as several smaller limbs (same value)."""
+    wide = np.abs(limb) > _MASK
+    if not wide.any():
+        return index, limb, group
+    parts = [(index[~wide], limb[~wide], group[~wide])]
+    i, v, g = index[wide], limb[wide], group[wide]
+    while v.size:
+        low, high = v & _MASK, v >> LIMB_BITS  # floor split: v == low + high * 2**26
+        parts.append((i, low, g))
+        small = np.abs(high) <= _MASK
+        parts.append((i[small] + 1, high[small], g[small]))
+        i, v, g = i[~small] + 1, high[~small], g[~small]
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
+
+
+def grouped_limb_sums(
+    group: np.ndarray, index: np.ndarray, limb: np.ndarray, n_groups: int,
+    base: int | None = None, width: int | None = None,
+) -> tuple[int, np.ndarray]:
+    """Add limbs per group into a dense, limb-major window (exact integer sums).
+
+    Parameters
+    ----------
+    group, index, limb : (n,) int64 arrays
+        Group number in ``[0, n_groups)``, limb number and limb value of each term.
+    n_groups : int
+    base, width : int, optional
+        The window's first limb and its number of limbs; by default the
+        smallest window over the data plus 3 limbs of carry headroom.
+
+    Returns
+    -------
+    base : int
+    sums : (width, n_groups) int64
+        ``sums[j, g]`` is the exact sum of group ``g``'s limbs numbered ``base + j``.
+    """
+    group = np.asarray(group, dtype=np.int64).ravel()
+    index = np.asarray(index, dtype=np.int64).ravel()
+    limb = np.asarray(limb, dtype=np.int64).ravel()
+    index, limb, group = _split_wide(index, limb, group)
+    if base is None:
+        base = int(index.min()) if index.size else 0
+    if width is None:
+        width = (int(index.max()) - base + 1 if index.size else 1) + 3
+    sums = np.zeros(width * n_groups, dtype=np.int64)
+    cell = (index - base) * n_groups + group
+    for start in range(0, cell.size, _BINCOUNT_CHUNK):
+        stop = start + _BINCOUNT_CHUNK
+        part = np.bincount(cell[start:stop], weights=limb[start:stop], minlength=width * n_groups)
+        sums += part.astype(np.int64)
+    return base, sums.reshape(width, n_groups)
+
+
+def _normalise(sums: np.ndarray) -> None:
+    """Propagate carries in place: limbs in [0, 2**26), the last one signed."""
+    for j in range(sums.shape[0] - 1):
+        carry = sums[j] >> LIMB_BITS
+        sums[j] &= _MASK
+        sums[j + 1] += carry
+
+
+def round_limbs(sums: np.ndarray, base: int) -> np.ndarray:
+    """Correctly rounded float64 value of each column of a limb window.
+
+    Parameters
+    ----------
+    sums : (width, m) int64
+        Limb sums as returned by :func:`grouped_limb_sums` (not modified); the
+        top 3 limbs must be headroom (zero before carries).
+    base : int
+        Limb number of row 0.
+
+    Returns
+    -------
+    (m,) float64
+        ``RN(sum_j sums[j] * 2**(26*(base+j) - 1074))`` for each column: the
+        value ``math.fsum`` gives; ``±inf`` beyond the float range; ``+0.0`` for 0.
+    """
+    d = np.array(sums, dtype=np.int64, copy=True)
+    width, m = d.shape
+    _normalise(d)
+    negative = d[-1] < 0
+    if negative.any():
+        sub = -d[:, negative]
+        _normalise(sub)
+        d[:, negative] = sub
+    nonzero = d != 0
+    top = width - 1 - np.argmax(nonzero[::-1], axis=0)
+    lowest = np.argmax(nonzero, axis=0)
+    padded = np.concatenate([np.zeros((3, m), dtype=np.int64), d], axis=0)
+    cols = np.arange(m)
+    t0, t1 = padded[top + 3, cols], padded[top + 2, cols]
+    t2, t3 = padded[top + 1, cols], padded[top, cols]
+    high = t0.astype(np.float64) * 2.0**78 + t1.astype(np.float64) * 2.0**52  # exact: 52 bits
+    sticky = (lowest < top - 3).astype(np.int64)
+    low = ((t2 << LIMB_BITS) | t3 | sticky).astype(np.float64)  # exact, < 2**52
+    with np.errstate(over="ignore"):
+        value = np.ldexp(high + low, LIMB_BITS * (base + top - 3) + _UNIT_EXP)
+        too_big = d[-1] > _MASK  # cannot happen with 3 headroom limbs; kept as a guard
+        value[too_big] = np.inf
+    value[negative] = -value[negative]
+    value[~nonzero.any(axis=0)] = 0.0
+    return value
+
+
+def limbs_to_fraction(sums: np.ndarray, base: int = 0) -> Fraction:
+    """Exact rational value of one limb vector (for tests and audits)."""
+    total = 0
+    for j, v in enumerate(np.asarray(sums, dtype=np.int64).tolist()):
+        total += v << (LIMB_BITS * j)
+    return Fraction(total) * Fraction(2) ** (LIMB_BITS * base + _UNIT_EXP)
+
+
+def exact_group_sums(group: np.ndarray, values: np.ndarray, n_groups: int,
+                     extra: float | None = None) -> np.ndarray:
+    """``math.fsum`` of ``values`` per group, vectorised (finite input only).
+
+    ``extra``, when given, is one more term added to every group (a prior).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> exact_group_sums(np.array([0, 1, 0, 1]), np.array([1e16, 1.0, 1.0, 2.0]), 2).tolist()
+    [1.0000000000000002e+16, 3.0]
+    """
+    values = np.asarray(values, dtype=np.float64)
+    group = np.asarray(group, dtype=np.int64)
+    index, limb = float_limbs(values)
+    g = np.repeat(group, 3)
+    index, limb = index.ravel(), limb.ravel()
+    if extra is not None and n_groups:
+        e_index, e_limb = float_limbs(np.array([extra]))
+        index = np.concatenate([index, np.tile(e_index[0], n_groups)])
+        limb = np.concatenate([limb, np.tile(e_limb[0], n_groups)])
+        g = np.concatenate([g, np.repeat(np.arange(n_groups, dtype=np.int64), 3)])
+    if n_groups == 0:
+        return np.zeros(0)
+    base, sums = grouped_limb_sums(g, index, limb, n_groups)
+    return round_limbs(sums, base)
+
+
+# --------------------------------------------------------------------- the value
+class ExactSum:
+    """An exact sum of float64 values: fixed size, mergeable, serialisable.
+
+    The state is 84 int64 limbs (672 bytes) and a count, whatever the number of
+    values. Updates, reverts and merges are integer additions, so the result
+    does not depend on the order of arrival or on how the values were split and
+    merged; :meth:`get` returns the correctly rounded sum, equal to
+    :func:`math.fsum` of every value added, bit for bit.
+
+    Examples
+    --------
+    >>> import math
+    >>> values = [1e16, 1.0, -1e16, 1e-300, 3.5]
+    >>> a = ExactSum()
+    >>> a.update_many(values[:2])
+    >>> b = ExactSum()
+    >>> for v in values[2:]:
+    ...     b.update(v)
+    >>> a += b
+    >>> a.get() == math.fsum(values), a.get()
+    (True, 4.5)
+    >>> a.revert(3.5)
+    >>> a.get(), a.count
+    (1.0, 4)
+    >>> ExactSum.from_bytes(a.to_bytes()) == a
+    True
+    """
+
+    __slots__ = ("limbs", "count")
+
+    def __init__(self) -> None:
+        self.limbs = np.zeros(N_LIMBS, dtype=np.int64)
+        self.count = 0
+
+    # ------------------------------------------------------------------ updates
+    def _add_values(self, values: np.ndarray, sign: int) -> None:
+        total = np.zeros(N_LIMBS, dtype=np.int64)
+        for start in range(0, values.size, _BINCOUNT_CHUNK):
+            index, limb = float_limbs(values[start:start + _BINCOUNT_CHUNK])
+            part = np.bincount(index.ravel(), weights=limb.ravel(), minlength=N_LIMBS)
+            total += part.astype(np.int64)
+        self.limbs += total if sign > 0 else -total
+        _normalise(self.limbs[:, None])
+        self.count += sign * values.size
+
+    def update(self, x: Any) -> None:
+        """Add one finite value."""
+        x = check_finite_float(x, "x")
+        self._add_values(np.array([x]), +1)
+
+    def update_many(self, values: Any) -> None:
+        """Add every value of a 1-D array (all finite, else nothing is added)."""
+        values = as_float_vector(values, "values", allow_empty=True)
+        self._add_values(values, +1)
+
+    def revert(self, x: Any) -> None:
+        """Remove one value that was added before (exact inverse of :meth:`update`)."""
+        x = check_finite_float(x, "x")
+        if self.count < 1:
+            raise InvalidInputError("cannot revert from an empty ExactSum")
+        self._add_values(np.array([x]), -1)
+
+    def revert_many(self, values: Any) -> None:
+        """Remove values that were added before."""
+        values = as_float_vector(values, "values", allow_empty=True)
+        if values.size > self.count:
+            raise InvalidInputError(f"cannot revert {values.size} values from an ExactSum of {self.count}")
+        self._add_values(values, -1)
+
+    # ------------------------------------------------------------------ merging
+    def __iadd__(self, other: ExactSum) -> ExactSum:
+        if not isinstance(other, ExactSum):
+            return NotImplemented
+        self.limbs += other.limbs
+        _normalise(self.limbs[:, None])
+        self.count += other.count
+        return self
+
+    def __add__(self, other: ExactSum) -> ExactSum:
+        if not isinstance(other, ExactSum):
+            return NotImplemented
+        result = self.copy()
+        result += other
+        return result
+
+    def __isub__(self, other: ExactSum) -> ExactSum:
+        """Remove a part that was merged in before (inverse of ``+=``)."""
+        if not isinstance(other, ExactSum):
+            return NotImplemented
+        if other.count > self.count:
+            raise InvalidInputError(f"cannot subtract an ExactSum of {other.count} from one of {self.count}")
+        self.limbs -= other.limbs
+        _normalise(self.limbs[:, None])
+        self.count -= other.count
+        return self
+
+    def __sub__(self, other: ExactSum) -> ExactSum:
+        if not isinstance(other, ExactSum):
+            return NotImplemented
+        result = self.copy()
+        result -= other
+        return result
+
+    @classmethod
+    def merge_all(cls, parts: Iterable[ExactSum]) -> ExactSum:
+        """The exact sum of many parts."""
+        result = cls()
+        for p in parts:
+            if not isinstance(p, ExactSum):
+                raise InvalidInputError(f"merge_all needs ExactSum parts, got {type(p).__name__}")
+            result.limbs += p.limbs
+            result.count += p.count
+        _normalise(result.limbs[:, None])
+        return result
+
+    # ------------------------------------------------------------------ results
+    def get(self) -> float:
+        """The correctly rounded sum (``math.fsum`` of every value added)."""
+        value = float(round_limbs(self.limbs[:, None], 0)[0])
+        if not np.isfinite(value):
+            raise ExactSumOverflowError("the exact sum is beyond the float64 range")
+        return value
+
+    def to_fraction(self) -> Fraction:
+        """The exact sum as a :class:`fractions.Fraction`."""
+        return limbs_to_fraction(self.limbs, 0)
+
+    # ------------------------------------------------------------------ plumbing
+    def copy(self) -> ExactSum:
+        result = ExactSum()
+        result.limbs = self.limbs.copy()
+        result.count = self.count
+        return result
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __eq__(self, other: object) -> bool:
+        """Same exact sum and count (the normalised limbs are canonical)."""
+        if not isinstance(other, ExactSum):
+            return NotImplemented
+        return self.count == other.count and np.array_equal(self.limbs, other.limbs)
+
+    __hash__ = None  # mutable
+
+    def __repr__(self) -> str:
+        try:
+            shown = repr(self.get())
+        except ExactSumOverflowError:
+            shown = "overflow"
+        return f"ExactSum(count={self.count}, sum={shown})"
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        """The state as a dict of NumPy arrays (copies)."""
+        return {
+            "version": np.array(_FORMAT_VERSION),
+            "count": np.array(self.count, dtype=np.int64),
+            "limbs": self.limbs.copy(),
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> ExactSum:
+        """Rebuild from :meth:`to_dict` output, validating every field."""
+        try:
+            version = int(np.asarray(state["version"]))
+            count = int(np.asarray(state["count"]))
+            limbs = np.asarray(state["limbs"])
+        except KeyError as exc:
+            raise InvalidInputError(f"ExactSum state lacks field {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"ExactSum state is malformed: {exc}") from exc
+        if version != _FORMAT_VERSION:
+            raise InvalidInputError(f"unsupported ExactSum format version {version}")
+        if limbs.shape != (N_LIMBS,) or limbs.dtype != np.int64:
+            raise InvalidInputError(f"ExactSum limbs must be {N_LIMBS} int64, got {limbs.dtype} {limbs.shape}")
+        if count < 0:
+            raise InvalidInputError(f"ExactSum count must be >= 0, got {count}")
+        normal = limbs.copy()
+        _normalise(normal[:, None])
+        if not np.array_equal(normal, limbs):
+            raise InvalidInputError("ExactSum limbs are not normalised")
+        result = cls()
+        result.limbs, result.count = limbs.copy(), count
+        return result
+
+    def to_bytes(self) -> bytes:
+        """Serialise to bytes (an ``.npz`` archive, no pickle)."""
+        buf = io.BytesIO()
+        np.savez(buf, **self.to_dict())
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ExactSum:
+        """Inverse of :meth:`to_bytes`."""
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                state = {k: z[k] for k in z.files}
+        except Exception as exc:  # zipfile/ValueError/OSError on corrupt input
+            raise InvalidInputError(f"bytes are not a serialised ExactSum: {exc}") from exc
+        return cls.from_dict(state)
+
