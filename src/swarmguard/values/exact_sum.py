@@ -77,41 +77,60 @@ def float_limbs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Returns
     -------
-    index : (n, 3) int64
-        Limb numbers; limb ``k`` is worth ``2**(26*k - 1074)``.
-    limb : (n, 3) int64
-        Signed limb values, ``|limb| < 2**26``; ``values[i] == sum_j limb[i, j] *
-        2**(26*index[i, j] - 1074)`` exactly.
+    first : (n,) int64
+        Number of each value's lowest limb; limb ``k`` is worth ``2**(26*k - 1074)``.
+    limb : (3, n) int64
+        Signed limb values, ``|limb| < 2**26``: ``values[i] == sum_j limb[j, i] *
+        2**(26*(first[i] + j) - 1074)`` exactly.
 
     Examples
     --------
     >>> import numpy as np
     >>> from fractions import Fraction
-    >>> idx, limb = float_limbs(np.array([-0.75]))
-    >>> sum(Fraction(int(v)) * Fraction(2) ** int(26 * k - 1074)
-    ...     for k, v in zip(idx[0], limb[0]))
+    >>> first, limb = float_limbs(np.array([-0.75]))
+    >>> sum(Fraction(int(limb[j, 0])) * Fraction(2) ** int(26 * (first[0] + j) - 1074)
+    ...     for j in range(3))
     Fraction(-3, 4)
     """
-    bits = np.ascontiguousarray(values, dtype=np.float64).view(np.uint64)
-    biased = ((bits >> np.uint64(52)) & np.uint64(0x7FF)).astype(np.int64)
-    significand = bits & np.uint64((1 << 52) - 1)
-    significand = np.where(biased > 0, significand | np.uint64(1 << 52), significand)
+    bits = np.ascontiguousarray(values, dtype=np.float64).ravel().view(np.uint64)
+    n = bits.size
+    first = np.empty(n, dtype=np.int64)
+    limb = np.empty((3, n), dtype=np.int64)
+    # Blocks that stay in cache are ~2x faster than whole-array temporaries.
+    for start in range(0, n, _BLOCK):
+        stop = min(start + _BLOCK, n)
+        _limbs_block(bits[start:stop], first[start:stop], limb[:, start:stop])
+    return first, limb
+
+
+_BLOCK = 4096
+_U = np.uint64
+
+
+def _limbs_block(bits: np.ndarray, first_out: np.ndarray, limb_out: np.ndarray) -> None:
+    biased = (bits >> _U(52)) & _U(0x7FF)
+    normal = (biased != 0).astype(np.uint64)
+    significand = (bits & _U((1 << 52) - 1)) | (normal << _U(52))
     # Position of the significand's last bit above 2**-1074 (subnormals sit at 0).
-    position = np.maximum(biased, 1) - 1
-    first = position // LIMB_BITS
-    shift = (position - first * LIMB_BITS).astype(np.uint64)
-    mask = np.uint64(_MASK)
+    position = biased + (_U(1) - normal) - _U(1)
+    first = (position * _U(20165)) >> _U(19)  # == position // 26 for position < 2**11
+    shift = position - first * _U(LIMB_BITS)
+    mask = _U(_MASK)
     low = (significand & mask) << shift  # < 2**51
-    high = (significand >> np.uint64(LIMB_BITS)) << shift  # < 2**52
-    middle = high + (low >> np.uint64(LIMB_BITS))
-    limb = np.empty((bits.shape[0], 3), dtype=np.int64)
-    limb[:, 0] = (low & mask).astype(np.int64)
-    limb[:, 1] = (middle & mask).astype(np.int64)
-    limb[:, 2] = (middle >> np.uint64(LIMB_BITS)).astype(np.int64)
-    negative = (bits >> np.uint64(63)).astype(bool)
-    np.negative(limb, out=limb, where=negative[:, None])
-    index = first[:, None] + np.arange(3, dtype=np.int64)
-    return index, limb
+    middle = ((significand >> _U(LIMB_BITS)) << shift) + (low >> _U(LIMB_BITS))  # < 2**53
+    negative = (bits >> _U(63)).astype(bool)
+    parts = ((low & mask), (middle & mask), (middle >> _U(LIMB_BITS)))
+    for j, part in enumerate(parts):
+        signed = part.view(np.int64)
+        np.negative(signed, out=signed, where=negative)
+        limb_out[j] = signed
+    first_out[:] = first.view(np.int64)
+
+
+def _flat_terms(first: np.ndarray, limb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index, value) of every limb, flattened limb-major."""
+    index = (first[None, :] + np.arange(3, dtype=np.int64)[:, None]).ravel()
+    return index, limb.ravel()
 
 
 def _split_wide(index: np.ndarray, limb: np.ndarray, group: np.ndarray):
@@ -242,14 +261,13 @@ def exact_group_sums(group: np.ndarray, values: np.ndarray, n_groups: int,
     """
     values = np.asarray(values, dtype=np.float64)
     group = np.asarray(group, dtype=np.int64)
-    index, limb = float_limbs(values)
-    g = np.repeat(group, 3)
-    index, limb = index.ravel(), limb.ravel()
+    index, limb = _flat_terms(*float_limbs(values))
+    g = np.tile(group, 3)
     if extra is not None and n_groups:
-        e_index, e_limb = float_limbs(np.array([extra]))
-        index = np.concatenate([index, np.tile(e_index[0], n_groups)])
-        limb = np.concatenate([limb, np.tile(e_limb[0], n_groups)])
-        g = np.concatenate([g, np.repeat(np.arange(n_groups, dtype=np.int64), 3)])
+        e_first, e_limb = float_limbs(np.array([extra]))
+        index = np.concatenate([index, np.repeat(e_first[0] + np.arange(3), n_groups)])
+        limb = np.concatenate([limb, np.repeat(e_limb[:, 0], n_groups)])
+        g = np.concatenate([g, np.tile(np.arange(n_groups, dtype=np.int64), 3)])
     if n_groups == 0:
         return np.zeros(0)
     base, sums = grouped_limb_sums(g, index, limb, n_groups)
@@ -295,8 +313,8 @@ class ExactSum:
     def _add_values(self, values: np.ndarray, sign: int) -> None:
         total = np.zeros(N_LIMBS, dtype=np.int64)
         for start in range(0, values.size, _BINCOUNT_CHUNK):
-            index, limb = float_limbs(values[start:start + _BINCOUNT_CHUNK])
-            part = np.bincount(index.ravel(), weights=limb.ravel(), minlength=N_LIMBS)
+            index, limb = _flat_terms(*float_limbs(values[start:start + _BINCOUNT_CHUNK]))
+            part = np.bincount(index, weights=limb, minlength=N_LIMBS)
             total += part.astype(np.int64)
         self.limbs += total if sign > 0 else -total
         _normalise(self.limbs[:, None])
