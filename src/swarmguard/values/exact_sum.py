@@ -50,6 +50,8 @@ __all__ = [
     "round_limbs",
     "limbs_to_fraction",
     "exact_group_sums",
+    "normalise_limbs",
+    "canonical_limbs",
 ]
 
 _FORMAT_VERSION = 1
@@ -187,12 +189,24 @@ def grouped_limb_sums(
     return base, sums.reshape(width, n_groups)
 
 
-def _normalise(sums: np.ndarray) -> None:
-    """Propagate carries in place: limbs in [0, 2**26), the last one signed."""
+def normalise_limbs(sums: np.ndarray) -> None:
+    """Propagate carries in place along axis 0: limbs in [0, 2**26), the last one signed."""
     for j in range(sums.shape[0] - 1):
         carry = sums[j] >> LIMB_BITS
         sums[j] &= _MASK
         sums[j + 1] += carry
+
+
+def canonical_limbs(sums: np.ndarray) -> None:
+    """Normalise in place to sign-magnitude form: every limb of a column has the
+    column's sign and magnitude < 2**26, so equal sums have equal limbs whatever
+    the window (the top limb must be headroom)."""
+    normalise_limbs(sums)
+    negative = sums[-1] < 0
+    if negative.any():
+        sub = -sums[:, negative]
+        normalise_limbs(sub)
+        sums[:, negative] = -sub
 
 
 def round_limbs(sums: np.ndarray, base: int) -> np.ndarray:
@@ -214,11 +228,11 @@ def round_limbs(sums: np.ndarray, base: int) -> np.ndarray:
     """
     d = np.array(sums, dtype=np.int64, copy=True)
     width, m = d.shape
-    _normalise(d)
+    normalise_limbs(d)
     negative = d[-1] < 0
     if negative.any():
         sub = -d[:, negative]
-        _normalise(sub)
+        normalise_limbs(sub)
         d[:, negative] = sub
     nonzero = d != 0
     top = width - 1 - np.argmax(nonzero[::-1], axis=0)
@@ -256,7 +270,7 @@ def exact_group_sums(group: np.ndarray, values: np.ndarray, n_groups: int,
     Examples
     --------
     >>> import numpy as np
-    >>> exact_group_sums(np.array([0, 1, 0, 1]), np.array([1e16, 1.0, 1.0, 2.0]), 2).tolist()
+    >>> exact_group_sums(np.array([0, 1, 0, 1]), np.array([1e16, 1.0, 2.0, 2.0]), 2).tolist()
     [1.0000000000000002e+16, 3.0]
     """
     values = np.asarray(values, dtype=np.float64)
@@ -317,7 +331,7 @@ class ExactSum:
             part = np.bincount(index, weights=limb, minlength=N_LIMBS)
             total += part.astype(np.int64)
         self.limbs += total if sign > 0 else -total
-        _normalise(self.limbs[:, None])
+        normalise_limbs(self.limbs[:, None])
         self.count += sign * values.size
 
     def update(self, x: Any) -> None:
@@ -349,7 +363,7 @@ class ExactSum:
         if not isinstance(other, ExactSum):
             return NotImplemented
         self.limbs += other.limbs
-        _normalise(self.limbs[:, None])
+        normalise_limbs(self.limbs[:, None])
         self.count += other.count
         return self
 
@@ -367,7 +381,7 @@ class ExactSum:
         if other.count > self.count:
             raise InvalidInputError(f"cannot subtract an ExactSum of {other.count} from one of {self.count}")
         self.limbs -= other.limbs
-        _normalise(self.limbs[:, None])
+        normalise_limbs(self.limbs[:, None])
         self.count -= other.count
         return self
 
@@ -387,7 +401,7 @@ class ExactSum:
                 raise InvalidInputError(f"merge_all needs ExactSum parts, got {type(p).__name__}")
             result.limbs += p.limbs
             result.count += p.count
-        _normalise(result.limbs[:, None])
+        normalise_limbs(result.limbs[:, None])
         return result
 
     # ------------------------------------------------------------------ results
@@ -453,7 +467,7 @@ class ExactSum:
         if count < 0:
             raise InvalidInputError(f"ExactSum count must be >= 0, got {count}")
         normal = limbs.copy()
-        _normalise(normal[:, None])
+        normalise_limbs(normal[:, None])
         if not np.array_equal(normal, limbs):
             raise InvalidInputError("ExactSum limbs are not normalised")
         result = cls()
