@@ -18,9 +18,9 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..values.exact_sum import (
+    canonical_limbs,
     float_limbs,
     grouped_limb_sums,
-    canonical_limbs,
     round_limbs,
 )
 
@@ -57,7 +57,7 @@ def compact(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n_sources = int(source.max()) + 1
     dense = (agent - a_lo) * n_sources + source
     span = int(dense.max()) + 1
-    if span <= max(1 << 22, 8 * keys.size):
+    if span <= 4 * keys.size + 1024:
         present = np.zeros(span, dtype=bool)
         present[dense] = True
         unique_dense = np.flatnonzero(present)

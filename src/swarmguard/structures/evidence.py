@@ -1,0 +1,194 @@
+"""Evidence ledger: columns in arrival order, grouped into partitions by agent shard.
+
+Layout
+------
+* Every accepted evidence gets a sequence number (its arrival order) and its
+  validated fields are kept as columns (agent row, source row, type code,
+  log-odds, confidence, timestamp).
+* Agents are cut into *shards* of ``AGENTS_PER_SHARD`` consecutive agent rows.
+  A shard's evidence lives in *partitions* of at most ``partition_size``
+  points; each partition owns a mergeable :class:`PairSums` accumulator of its
+  points' contributions (built on first use, then cached: a full partition
+  never changes again). A shard's consensus merges its partitions'
+  accumulators, so every per-(agent, source) total is exact however the
+  evidence was split. Partitions are the unit that later moves onto workers.
+
+The ledger knows nothing about validation or the consensus rule; it is fed
+validated arrays by :mod:`swarmguard.api.consensus`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .key_index import KeyIndex
+from .pair_sums import PairSums
+
+__all__ = ["EvidenceLedger", "EvidencePartition", "AGENTS_PER_SHARD"]
+
+AGENTS_PER_SHARD = 4096
+_SHARD_SHIFT = 12  # log2(AGENTS_PER_SHARD)
+
+_COLUMNS = {
+    "agent_row": np.int64,
+    "source_row": np.int64,
+    "type_code": np.int16,
+    "log_odds": np.float64,
+    "confidence": np.float64,
+    "timestamp": np.float64,
+}
+
+
+class EvidencePartition:
+    """At most ``capacity`` evidence points (their sequence numbers) and their accumulator.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ledger = EvidenceLedger(partition_size=2)
+    >>> _ = ledger.append(np.array([0, 0, 1]), np.array([0, 1, 0]), np.zeros(3, np.int16),
+    ...                   np.array([1.0, 2.0, 3.0]), np.ones(3), np.zeros(3))
+    >>> [p.size for p in ledger.shards[0]]
+    [2, 1]
+    """
+
+    __slots__ = ("capacity", "seq", "size", "_sums")
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.seq = np.zeros(min(capacity, 64), dtype=np.int64)
+        self.size = 0
+        self._sums: PairSums | None = None
+
+    @property
+    def room(self) -> int:
+        return self.capacity - self.size
+
+    def extend(self, seq: np.ndarray) -> None:
+        need = self.size + seq.size
+        if need > self.seq.size:
+            grown = np.zeros(min(self.capacity, max(need, 2 * self.seq.size)), dtype=np.int64)
+            grown[: self.size] = self.seq[: self.size]
+            self.seq = grown
+        self.seq[self.size: need] = seq
+        self.size = need
+        self._sums = None
+
+    def sums(self, ledger: EvidenceLedger, agent_offset: int) -> PairSums:
+        """This partition's exact per-(agent, source) sums (agent rows minus ``agent_offset``)."""
+        if self._sums is None:
+            seq = self.seq[: self.size]
+            cols = ledger.columns
+            contribution = cols["confidence"][seq] * cols["log_odds"][seq]
+            self._sums = PairSums.from_rows(cols["agent_row"][seq] - agent_offset,
+                                            cols["source_row"][seq], contribution)
+        return self._sums
+
+
+@dataclass
+class ShardTotals:
+    """Exact totals of one shard (agent rows local to the shard)."""
+
+    agent_lo: int
+    pair_agent: np.ndarray
+    pair_source: np.ndarray
+    pair_count: np.ndarray
+    pair_total: np.ndarray
+    agent_count: np.ndarray
+    agent_total: np.ndarray
+
+
+class EvidenceLedger:
+    """All accepted evidence, with id indexes, partitions and exact totals."""
+
+    def __init__(self, partition_size: int):
+        self.partition_size = int(partition_size)
+        self.evidence = KeyIndex()
+        self.agents = KeyIndex()
+        self.sources = KeyIndex()
+        self.columns = {name: np.zeros(0, dtype=dt) for name, dt in _COLUMNS.items()}
+        self.size = 0
+        self.shards: list[list[EvidencePartition]] = []
+        self.version = 0  # bumped on every change, for caches
+
+    # ------------------------------------------------------------------ appends
+    def append(self, agent_row, source_row, type_code, log_odds, confidence, timestamp) -> np.ndarray:
+        """Append validated rows (agents and sources already indexed); returns their sequence numbers."""
+        n = int(np.asarray(agent_row).size)
+        start = self.size
+        self._grow(start + n)
+        values = {"agent_row": agent_row, "source_row": source_row, "type_code": type_code,
+                  "log_odds": log_odds, "confidence": confidence, "timestamp": timestamp}
+        for name, col in self.columns.items():
+            col[start: start + n] = values[name]
+        self.size = start + n
+        seq = np.arange(start, start + n, dtype=np.int64)
+        shard = np.asarray(agent_row, dtype=np.int64) >> _SHARD_SHIFT
+        n_shards = int(shard.max()) + 1 if n else 0
+        while len(self.shards) < n_shards:
+            self.shards.append([])
+        if n_shards <= 1 or n < 64:
+            for s in np.unique(shard).tolist():
+                self._fill(s, seq[shard == s])
+        else:
+            # Radix sort by shard (uint16) keeps each shard's rows in arrival order.
+            order = np.argsort(shard.astype(np.uint16 if n_shards < (1 << 16) else np.int64), kind="stable")
+            bounds = np.searchsorted(shard[order], np.arange(n_shards + 1))
+            for s in range(n_shards):
+                if bounds[s] < bounds[s + 1]:
+                    self._fill(s, seq[order[bounds[s]: bounds[s + 1]]])
+        self.version += 1
+        return seq
+
+    def _fill(self, shard: int, seq: np.ndarray) -> None:
+        partitions = self.shards[shard]
+        pos = 0
+        while pos < seq.size:
+            if not partitions or partitions[-1].room == 0:
+                partitions.append(EvidencePartition(self.partition_size))
+            take = min(partitions[-1].room, seq.size - pos)
+            partitions[-1].extend(seq[pos: pos + take])
+            pos += take
+
+    def _grow(self, need: int) -> None:
+        have = self.columns["agent_row"].size
+        if need <= have:
+            return
+        size = max(need, 2 * have, 1024)
+        for name, col in self.columns.items():
+            grown = np.zeros(size, dtype=col.dtype)
+            grown[: self.size] = col[: self.size]
+            self.columns[name] = grown
+
+    # ------------------------------------------------------------------ reads
+    def row(self, seq: int) -> tuple:
+        """The stored fields of evidence ``seq`` (for duplicate checks)."""
+        return tuple(self.columns[name][seq].item() for name in _COLUMNS)
+
+    def rows(self, seq: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: col[seq] for name, col in self.columns.items()}
+
+    @property
+    def n_partitions(self) -> int:
+        return sum(len(p) for p in self.shards)
+
+    def partitions(self) -> list[EvidencePartition]:
+        return [p for shard in self.shards for p in shard]
+
+    def shard_totals(self, shard: int, prior: float) -> ShardTotals:
+        """Exact per-pair and per-agent totals of one shard (merging its partitions)."""
+        lo = shard << _SHARD_SHIFT
+        n_agents = min(AGENTS_PER_SHARD, len(self.agents) - lo)
+        parts = [p.sums(self, lo) for p in self.shards[shard]]
+        a, s, c, t, ac, at = PairSums.merged_totals(parts, n_agents, prior)
+        return ShardTotals(lo, a, s, c, t, ac, at)
+
+    def agent_totals(self, agent_row: int, prior: float) -> ShardTotals:
+        """Exact totals of one agent (its shard's partitions, by binary search)."""
+        shard = agent_row >> _SHARD_SHIFT
+        lo = shard << _SHARD_SHIFT
+        parts = [p.sums(self, lo).select_agent(agent_row - lo) for p in self.shards[shard]]
+        a, s, c, t, ac, at = PairSums.merged_totals(parts, agent_row - lo + 1, prior)
+        return ShardTotals(agent_row, a - (agent_row - lo), s, c, t, ac[-1:], at[-1:])
