@@ -498,8 +498,17 @@ def _plan_rows(index: KeyIndex, keys) -> tuple[np.ndarray, Any]:
         return rows, []
     start = len(index)
     if isinstance(keys, np.ndarray):
-        new = _unique_ints(keys[missing])
-        rows[missing] = start + np.searchsorted(new, keys[missing])
+        wanted = keys[missing]
+        lo, hi = int(wanted.min()), int(wanted.max())
+        if hi - lo <= 4 * wanted.size + 1024:
+            # Presence table: sorted distinct ids and their ranks without a sort.
+            present = np.zeros(hi - lo + 1, dtype=bool)
+            present[wanted - lo] = True
+            rank = np.cumsum(present, dtype=np.int64) - 1
+            rows[missing] = start + rank[wanted - lo]
+            return rows, np.flatnonzero(present) + lo
+        new, inverse = np.unique(wanted, return_inverse=True)
+        rows[missing] = start + inverse.ravel()
         return rows, new
     order: dict = {}
     for i in np.flatnonzero(missing).tolist():
@@ -537,16 +546,6 @@ def _keys_for(index: KeyIndex, rows: np.ndarray, new) -> list:
 def _add_keys(index: KeyIndex, keys) -> None:
     if len(keys):
         index.add_new(keys)
-
-
-def _unique_ints(keys: np.ndarray) -> np.ndarray:
-    """Sorted distinct values; a presence table instead of a sort when the span is small."""
-    lo, hi = int(keys.min()), int(keys.max())
-    if hi - lo <= 4 * keys.size + 1024:
-        present = np.zeros(hi - lo + 1, dtype=bool)
-        present[keys - lo] = True
-        return np.flatnonzero(present) + lo
-    return np.unique(keys)
 
 
 def _first_occurrence(keys) -> np.ndarray | None:

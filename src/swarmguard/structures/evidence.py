@@ -28,8 +28,9 @@ from .pair_sums import PairSums
 
 __all__ = ["EvidenceLedger", "EvidencePartition", "AGENTS_PER_SHARD"]
 
-AGENTS_PER_SHARD = 4096
-_SHARD_SHIFT = 12  # log2(AGENTS_PER_SHARD)
+# Big enough that per-shard NumPy call overhead is amortised, small enough to stay in cache.
+_SHARD_SHIFT = 15
+AGENTS_PER_SHARD = 1 << _SHARD_SHIFT
 
 _COLUMNS = {
     "agent_row": np.int64,
