@@ -50,7 +50,11 @@ def map_to_evidence_type(kind: str) -> EvidenceType:  # the user's helper
 
 
 def test_guide_solution_2_runs_as_written():
-    from distributed_bayesian_consensus import BayesianEvidence, EvidenceType, StableBayesianConsensus  # noqa: F401
+    from distributed_bayesian_consensus import (  # noqa: F401
+        BayesianEvidence,
+        EvidenceType,
+        StableBayesianConsensus,
+    )
 
     # Initialize with your parameters
     consensus = StableBayesianConsensus(
