@@ -226,30 +226,44 @@ def round_limbs(sums: np.ndarray, base: int) -> np.ndarray:
         ``RN(sum_j sums[j] * 2**(26*(base+j) - 1074))`` for each column: the
         value ``math.fsum`` gives; ``±inf`` beyond the float range; ``+0.0`` for 0.
     """
+    sums = np.asarray(sums, dtype=np.int64)
+    out = np.empty(sums.shape[1], dtype=np.float64)
+    for start in range(0, sums.shape[1], _ROUND_BLOCK):  # blocks that stay in cache
+        out[start:start + _ROUND_BLOCK] = _round_block(sums[:, start:start + _ROUND_BLOCK], base)
+    return out
+
+
+_ROUND_BLOCK = 8192
+
+
+def _round_block(sums: np.ndarray, base: int) -> np.ndarray:
     d = np.array(sums, dtype=np.int64, copy=True)
     width, m = d.shape
     normalise_limbs(d)
     negative = d[-1] < 0
     if negative.any():
-        sub = -d[:, negative]
-        normalise_limbs(sub)
-        d[:, negative] = sub
-    nonzero = d != 0
-    top = width - 1 - np.argmax(nonzero[::-1], axis=0)
-    lowest = np.argmax(nonzero, axis=0)
-    padded = np.concatenate([np.zeros((3, m), dtype=np.int64), d], axis=0)
+        d *= np.where(negative, -1, 1)
+        normalise_limbs(d)
+    top = np.zeros(m, dtype=np.int64)
+    lowest = np.full(m, width, dtype=np.int64)
+    for j in range(width):
+        np.copyto(top, j, where=d[j] != 0)
+        np.copyto(lowest, width - 1 - j, where=d[width - 1 - j] != 0)
+    flat = d.ravel()
     cols = np.arange(m)
-    t0, t1 = padded[top + 3, cols], padded[top + 2, cols]
-    t2, t3 = padded[top + 1, cols], padded[top, cols]
+
+    def limb_at(k: np.ndarray) -> np.ndarray:  # limb k of each column, 0 below limb 0
+        return np.where(k >= 0, flat[np.maximum(k, 0) * m + cols], 0)
+
+    t0, t1, t2, t3 = flat[top * m + cols], limb_at(top - 1), limb_at(top - 2), limb_at(top - 3)
     high = t0.astype(np.float64) * 2.0**78 + t1.astype(np.float64) * 2.0**52  # exact: 52 bits
     sticky = (lowest < top - 3).astype(np.int64)
     low = ((t2 << LIMB_BITS) | t3 | sticky).astype(np.float64)  # exact, < 2**52
     with np.errstate(over="ignore"):
         value = np.ldexp(high + low, LIMB_BITS * (base + top - 3) + _UNIT_EXP)
-        too_big = d[-1] > _MASK  # cannot happen with 3 headroom limbs; kept as a guard
-        value[too_big] = np.inf
-    value[negative] = -value[negative]
-    value[~nonzero.any(axis=0)] = 0.0
+    value[d[-1] > _MASK] = np.inf  # cannot happen with 3 headroom limbs; kept as a guard
+    np.negative(value, out=value, where=negative)
+    value[lowest == width] = 0.0
     return value
 
 
