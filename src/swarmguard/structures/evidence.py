@@ -29,7 +29,7 @@ from .pair_sums import PairSums
 __all__ = ["EvidenceLedger", "EvidencePartition", "AGENTS_PER_SHARD"]
 
 # Big enough that per-shard NumPy call overhead is amortised, small enough to stay in cache.
-_SHARD_SHIFT = 15
+_SHARD_SHIFT = 13
 AGENTS_PER_SHARD = 1 << _SHARD_SHIFT
 
 _COLUMNS = {

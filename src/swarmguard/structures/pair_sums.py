@@ -278,13 +278,15 @@ class PairSums:
         return result
 
 
-def _window(index: np.ndarray) -> tuple[int, int]:
-    """First limb and width of a dense window over ``index``: 3 limbs of carry headroom,
-    2 more for limbs that :func:`grouped_limb_sums` splits (values up to 2**31)."""
+def _window(index: np.ndarray, value: np.ndarray) -> tuple[int, int]:
+    """First limb and width of a dense window over ``index``, with headroom: the carry of
+    fewer than 2**26 terms of < 2**26 fits one more limb, plus one spare for the sign;
+    values that :func:`grouped_limb_sums` must split (>= 2**26) reach 2 limbs further."""
     if index.size == 0:
         return 0, 1
     base = int(index.min())
-    return base, int(index.max()) - base + 6
+    headroom = 2 + (index.size >= (1 << 26)) + 2 * bool(np.abs(value).max() > (1 << 26) - 1)
+    return base, int(index.max()) - base + 1 + headroom
 
 
 def _dense_chunks(group: np.ndarray, index: np.ndarray, value: np.ndarray, n_groups: int):
@@ -292,7 +294,7 @@ def _dense_chunks(group: np.ndarray, index: np.ndarray, value: np.ndarray, n_gro
     of groups ``lo..hi-1``; chunks keep the dense window within the cell budget."""
     if n_groups == 0:
         return
-    base, width = _window(index)
+    base, width = _window(index, value)
     per_chunk = max(1, _CELL_BUDGET // width)
     if n_groups <= per_chunk:
         _, sums = grouped_limb_sums(group, index, value, n_groups, base=base, width=width)

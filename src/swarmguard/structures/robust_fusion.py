@@ -112,7 +112,7 @@ def fuse(pair_agent: np.ndarray, pair_total: np.ndarray, n_agents: int, threshol
     pair_agent = np.asarray(pair_agent, dtype=np.int64)
     n = np.bincount(pair_agent, minlength=n_agents).astype(np.int64)
     f = np.floor(threshold * n).astype(np.int64)
-    order = np.lexsort((pair_total, pair_agent))
+    order = _sort_within_agents(pair_agent, pair_total, n_agents)
     start = np.concatenate([[0], np.cumsum(n)[:-1]]) if n_agents else np.zeros(0, np.int64)
     rank = np.empty(pair_agent.size, dtype=np.int64)
     rank[order] = np.arange(pair_agent.size) - start[pair_agent[order]]
@@ -135,6 +135,17 @@ def fuse(pair_agent: np.ndarray, pair_total: np.ndarray, n_agents: int, threshol
     high_event = (pair_total > t_hi) & (pa_f > 0)
     p = np.where(pa_f > 0, pa_f / np.maximum(pa_n - pa_f, 1), 0.0)
     return FusionResult(log_odds, low, high, n, f, low_event, high_event, p)
+
+
+def _sort_within_agents(agent: np.ndarray, total: np.ndarray, n_agents: int) -> np.ndarray:
+    """Order by agent, then total. Ties among equal totals may come in any order:
+    every use below (kept sum, order statistics, strict comparisons) depends on
+    the values only, so the results do not."""
+    if n_agents > (1 << 16):
+        return np.lexsort((total, agent))
+    by_total = np.argsort(total)
+    # Stable radix sort on 16-bit agent numbers keeps the total order within agents.
+    return by_total[np.argsort(agent[by_total].astype(np.uint16), kind="stable")]
 
 
 def source_events(pair_source: np.ndarray, fusion: FusionResult, n_sources: int) -> SourceEvents:
