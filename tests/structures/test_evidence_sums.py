@@ -94,3 +94,16 @@ def test_key_index_large_sparse_and_dense_ranges():
         index.add_new(keys[4100:])
         assert np.array_equal(index.rows_of(keys), np.arange(keys.size))
         assert np.array_equal(index.keys_of(np.arange(keys.size)), keys)
+
+
+@given(rows, st.integers(1, 5), st.randoms(use_true_random=False))
+@settings(max_examples=80, deadline=None)
+def test_grouped_build_equals_one_accumulator_per_part(data, n_parts, rnd):
+    agent = np.array([a for a, _, _ in data])
+    source = np.array([s for _, s, _ in data])
+    contribution = np.array([v for _, _, v in data])
+    part = np.array([rnd.randrange(n_parts) for _ in data], dtype=np.int64)
+    built = PairSums.from_rows_grouped(part, n_parts, agent, source, contribution)
+    for i in range(n_parts):
+        sel = part == i
+        assert built[i] == PairSums.from_rows(agent[sel], source[sel], contribution[sel])

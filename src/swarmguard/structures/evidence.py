@@ -182,9 +182,25 @@ class EvidenceLedger:
         """Exact per-pair and per-agent totals of one shard (merging its partitions)."""
         lo = shard << _SHARD_SHIFT
         n_agents = min(AGENTS_PER_SHARD, len(self.agents) - lo)
+        self._build_sums(shard)
         parts = [p.sums(self, lo) for p in self.shards[shard]]
         a, s, c, t, ac, at = PairSums.merged_totals(parts, n_agents, prior)
         return ShardTotals(lo, a, s, c, t, ac, at)
+
+    def _build_sums(self, shard: int) -> None:
+        """Build every missing partition accumulator of a shard in one vectorised pass."""
+        todo = [p for p in self.shards[shard] if p._sums is None]
+        if len(todo) < 2:
+            return
+        seq = np.concatenate([p.seq[: p.size] for p in todo])
+        part = np.repeat(np.arange(len(todo), dtype=np.int64), [p.size for p in todo])
+        cols = self.columns
+        lo = shard << _SHARD_SHIFT
+        contribution = cols["confidence"][seq] * cols["log_odds"][seq]
+        built = PairSums.from_rows_grouped(part, len(todo), cols["agent_row"][seq] - lo,
+                                           cols["source_row"][seq], contribution)
+        for p, sums in zip(todo, built, strict=True):
+            p._sums = sums
 
     def agent_totals(self, agent_row: int, prior: float) -> ShardTotals:
         """Exact totals of one agent (its shard's partitions, by binary search)."""

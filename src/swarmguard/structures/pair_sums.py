@@ -104,6 +104,30 @@ class PairSums:
         return cls._from_terms(unique, counts, np.tile(inverse, 3), index, limb.ravel())
 
     @classmethod
+    def from_rows_grouped(cls, part: np.ndarray, n_parts: int, agent_row: np.ndarray,
+                          source_row: np.ndarray, contribution: np.ndarray) -> list[PairSums]:
+        """One accumulator per part (``part`` in ``[0, n_parts)``), built in one vectorised
+        pass; equal to ``from_rows`` on each part's rows. Agent rows must be < 2**16."""
+        part = np.asarray(part, dtype=np.int64)
+        combined = pair_key((part << 16) | np.asarray(agent_row, dtype=np.int64), source_row)
+        whole = cls.from_rows(combined >> SOURCE_BITS, combined & _SOURCE_MASK, contribution)
+        owner = whole.keys >> (SOURCE_BITS + 16)
+        key_bounds = np.searchsorted(owner, np.arange(n_parts + 1))
+        entry_bounds = np.searchsorted(whole.entry_pair, key_bounds)
+        local_keys = whole.keys & ((1 << (SOURCE_BITS + 16)) - 1)
+        result = []
+        for i in range(n_parts):
+            k_lo, k_hi = key_bounds[i], key_bounds[i + 1]
+            e_lo, e_hi = entry_bounds[i], entry_bounds[i + 1]
+            one = cls()
+            one.keys, one.counts = local_keys[k_lo:k_hi], whole.counts[k_lo:k_hi]
+            one.entry_pair = whole.entry_pair[e_lo:e_hi] - k_lo
+            one.entry_limb = whole.entry_limb[e_lo:e_hi]
+            one.entry_value = whole.entry_value[e_lo:e_hi]
+            result.append(one)
+        return result
+
+    @classmethod
     def _from_terms(cls, keys, counts, pair, index, value) -> PairSums:
         result = cls()
         result.keys, result.counts = keys, counts
@@ -163,8 +187,11 @@ class PairSums:
         agent_count = np.bincount(agent, weights=counts, minlength=n_agents).astype(np.int64)
         prior_first, prior_limb = float_limbs(np.array([0.0 if prior is None else prior]))
         p_first = int(prior_first[0])
-        lo_all = min(int(index.min()), p_first) if index.size else p_first
-        hi_all = max(int(index.max()), p_first + 2) if index.size else p_first + 2
+        live = index[value != 0]
+        span = [live.min(), live.max()] if live.size else []
+        if prior:  # a zero prior adds nothing and must not stretch the window to limb 0
+            span += [p_first, p_first + 2]
+        lo_all, hi_all = (int(min(span)), int(max(span))) if span else (0, 0)
         # Pair windows hold carries of one pair; an agent's sum of pairs may carry further.
         agent_base, agent_width = lo_all, hi_all - lo_all + 6 + 3
         agent_sums = np.zeros((agent_width, n_agents), dtype=np.int64)
@@ -174,8 +201,9 @@ class PairSums:
             starts = np.flatnonzero(np.r_[True, seg_agent[1:] != seg_agent[:-1]])
             per_agent = np.add.reduceat(sums, starts, axis=1)
             agent_sums[base - agent_base: base - agent_base + sums.shape[0], seg_agent[starts]] += per_agent
-        for j in range(3):
-            agent_sums[p_first + j - agent_base] += prior_limb[j, 0]
+        if prior:
+            for j in range(3):
+                agent_sums[p_first + j - agent_base] += prior_limb[j, 0]
         agent_total = round_limbs(agent_sums, agent_base) if n_agents else np.zeros(0)
         return agent, source, counts, pair_total, agent_count, agent_total
 
@@ -282,6 +310,7 @@ def _window(index: np.ndarray, value: np.ndarray) -> tuple[int, int]:
     """First limb and width of a dense window over ``index``, with headroom: the carry of
     fewer than 2**26 terms of < 2**26 fits one more limb, plus one spare for the sign;
     values that :func:`grouped_limb_sums` must split (>= 2**26) reach 2 limbs further."""
+    index = index[value != 0]  # zeros sit at limb 0 and would stretch the window
     if index.size == 0:
         return 0, 1
     base = int(index.min())

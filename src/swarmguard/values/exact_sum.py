@@ -175,6 +175,11 @@ def grouped_limb_sums(
     group = np.asarray(group, dtype=np.int64).ravel()
     index = np.asarray(index, dtype=np.int64).ravel()
     limb = np.asarray(limb, dtype=np.int64).ravel()
+    # Zero limbs add nothing; dropping them keeps a zero (stored at limb 0) from
+    # stretching the window down to 2**-1074.
+    nonzero = limb != 0
+    if not nonzero.all():
+        group, index, limb = group[nonzero], index[nonzero], limb[nonzero]
     index, limb, group = _split_wide(index, limb, group)
     if base is None:
         base = int(index.min()) if index.size else 0
