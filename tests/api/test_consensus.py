@@ -414,3 +414,20 @@ def test_bad_constructor_arguments():
                    dict(prior_probability=1.0), dict(aggregation="mean"), dict(partition_size=2.5)):
         with pytest.raises(SwarmGuardError):
             StableBayesianConsensus(**kwargs)
+
+
+def test_direct_shard_totals_equal_merged_partition_accumulators():
+    rng = np.random.default_rng(12)
+    n = 5000
+    c = StableBayesianConsensus(partition_size=97, prior_probability=0.3)
+    c.add_evidence_batch(np.arange(n), rng.integers(0, 3, size=n) * 9000 + rng.integers(0, 100, size=n),
+                         "peer_report",
+                         rng.normal(size=n) * 10.0 ** rng.integers(-200, 200, size=n),
+                         rng.uniform(size=n), np.zeros(n), rng.integers(0, 9, size=n))
+    ledger = c._ledger
+    for shard in range(len(ledger.shards)):
+        direct = ledger.shard_totals(shard, c.prior_log_odds)
+        merged = ledger.shard_totals(shard, c.prior_log_odds, from_partitions=True)
+        for name in ("pair_agent", "pair_source", "pair_count", "pair_total", "agent_count", "agent_total"):
+            assert getattr(direct, name).tobytes() == getattr(merged, name).tobytes()
+    assert c.n_partitions > 50 and len(ledger.shards) >= 3

@@ -178,13 +178,28 @@ class EvidenceLedger:
     def partitions(self) -> list[EvidencePartition]:
         return [p for shard in self.shards for p in shard]
 
-    def shard_totals(self, shard: int, prior: float) -> ShardTotals:
-        """Exact per-pair and per-agent totals of one shard (merging its partitions)."""
+    def shard_totals(self, shard: int, prior: float, *, from_partitions: bool = False) -> ShardTotals:
+        """Exact per-pair and per-agent totals of one shard.
+
+        ``from_partitions=True`` merges the partitions' accumulators (what a remote
+        partition would send); the default sums the shard's rows in one pass, which
+        is about 2x faster in process and gives the same bits (exact sums do not
+        depend on grouping; a test checks both ways agree).
+        """
         lo = shard << _SHARD_SHIFT
         n_agents = min(AGENTS_PER_SHARD, len(self.agents) - lo)
-        self._build_sums(shard)
-        parts = [p.sums(self, lo) for p in self.shards[shard]]
-        a, s, c, t, ac, at = PairSums.merged_totals(parts, n_agents, prior)
+        if from_partitions:
+            self._build_sums(shard)
+            parts = [p.sums(self, lo) for p in self.shards[shard]]
+            a, s, c, t, ac, at = PairSums.merged_totals(parts, n_agents, prior)
+        else:
+            partitions = self.shards[shard]
+            seq = np.concatenate([p.seq[: p.size] for p in partitions]) if partitions else \
+                np.zeros(0, dtype=np.int64)
+            cols = self.columns
+            a, s, c, t, ac, at = PairSums.row_totals(
+                cols["agent_row"][seq] - lo, cols["source_row"][seq],
+                cols["confidence"][seq] * cols["log_odds"][seq], n_agents, prior)
         return ShardTotals(lo, a, s, c, t, ac, at)
 
     def _build_sums(self, shard: int) -> None:

@@ -182,30 +182,20 @@ class PairSums:
             unique, counts, pair, index, value = cls._merged_terms(parts)
         else:
             unique = counts = pair = index = value = np.zeros(0, dtype=np.int64)
-        agent, source = split_pair_key(unique)
-        pair_total = np.zeros(unique.size)
-        agent_count = np.bincount(agent, weights=counts, minlength=n_agents).astype(np.int64)
-        prior_first, prior_limb = float_limbs(np.array([0.0 if prior is None else prior]))
-        p_first = int(prior_first[0])
-        live = index[value != 0]
-        span = [live.min(), live.max()] if live.size else []
-        if prior:  # a zero prior adds nothing and must not stretch the window to limb 0
-            span += [p_first, p_first + 2]
-        lo_all, hi_all = (int(min(span)), int(max(span))) if span else (0, 0)
-        # Pair windows hold carries of one pair; an agent's sum of pairs may carry further.
-        agent_base, agent_width = lo_all, hi_all - lo_all + 6 + 3
-        agent_sums = np.zeros((agent_width, n_agents), dtype=np.int64)
-        for p_lo, p_hi, base, sums in _dense_chunks(pair, index, value, unique.size):
-            pair_total[p_lo:p_hi] = round_limbs(sums, base)
-            seg_agent = agent[p_lo:p_hi]
-            starts = np.flatnonzero(np.r_[True, seg_agent[1:] != seg_agent[:-1]])
-            per_agent = np.add.reduceat(sums, starts, axis=1)
-            agent_sums[base - agent_base: base - agent_base + sums.shape[0], seg_agent[starts]] += per_agent
-        if prior:
-            for j in range(3):
-                agent_sums[p_first + j - agent_base] += prior_limb[j, 0]
-        agent_total = round_limbs(agent_sums, agent_base) if n_agents else np.zeros(0)
-        return agent, source, counts, pair_total, agent_count, agent_total
+        return _totals_from_terms(unique, counts, pair, index, value, n_agents, prior)
+
+    @staticmethod
+    def row_totals(agent_row: np.ndarray, source_row: np.ndarray, contribution: np.ndarray,
+                   n_agents: int, prior: float | None = None):
+        """The same totals as :meth:`merged_totals`, straight from validated rows in one
+        pass (exact sums do not depend on grouping, so the bits are the same)."""
+        keys = pair_key(agent_row, source_row)
+        unique, inverse = compact(keys)
+        counts = np.bincount(inverse, minlength=unique.size).astype(np.int64)
+        first, limb = float_limbs(np.asarray(contribution, dtype=np.float64))
+        index = (first[None, :] + np.arange(3, dtype=np.int64)[:, None]).ravel()
+        return _totals_from_terms(unique, counts, np.tile(inverse, 3), index, limb.ravel(), n_agents, prior)
+
 
     def __iadd__(self, other: PairSums) -> PairSums:
         if not isinstance(other, PairSums):
@@ -347,3 +337,31 @@ def _round_groups(group: np.ndarray, index: np.ndarray, value: np.ndarray, n_gro
     for lo, hi, base, sums in _dense_chunks(group, index, value, n_groups):
         out[lo:hi] = round_limbs(sums, base)
     return out
+
+
+def _totals_from_terms(unique, counts, pair, index, value, n_agents, prior):
+    """Per-pair and per-agent correctly rounded totals from (pair, limb, value) terms."""
+    agent, source = split_pair_key(unique)
+    pair_total = np.zeros(unique.size)
+    agent_count = np.bincount(agent, weights=counts, minlength=n_agents).astype(np.int64)
+    prior_first, prior_limb = float_limbs(np.array([0.0 if prior is None else prior]))
+    p_first = int(prior_first[0])
+    live = index[value != 0]
+    span = [live.min(), live.max()] if live.size else []
+    if prior:  # a zero prior adds nothing and must not stretch the window to limb 0
+        span += [p_first, p_first + 2]
+    lo_all, hi_all = (int(min(span)), int(max(span))) if span else (0, 0)
+    # Pair windows hold carries of one pair; an agent's sum of pairs may carry further.
+    agent_base, agent_width = lo_all, hi_all - lo_all + 6 + 3
+    agent_sums = np.zeros((agent_width, n_agents), dtype=np.int64)
+    for p_lo, p_hi, base, sums in _dense_chunks(pair, index, value, unique.size):
+        pair_total[p_lo:p_hi] = round_limbs(sums, base)
+        seg_agent = agent[p_lo:p_hi]
+        starts = np.flatnonzero(np.r_[True, seg_agent[1:] != seg_agent[:-1]])
+        per_agent = np.add.reduceat(sums, starts, axis=1)
+        agent_sums[base - agent_base: base - agent_base + sums.shape[0], seg_agent[starts]] += per_agent
+    if prior:
+        for j in range(3):
+            agent_sums[p_first + j - agent_base] += prior_limb[j, 0]
+    agent_total = round_limbs(agent_sums, agent_base) if n_agents else np.zeros(0)
+    return agent, source, counts, pair_total, agent_count, agent_total
