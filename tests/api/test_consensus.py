@@ -416,12 +416,15 @@ def test_bad_constructor_arguments():
             StableBayesianConsensus(**kwargs)
 
 
-def test_direct_shard_totals_equal_merged_partition_accumulators():
+def test_direct_shard_totals_equal_merged_partition_accumulators(monkeypatch):
+    from swarmguard.structures import evidence
+
+    monkeypatch.setattr(evidence, "_SHARD_SHIFT", 5)  # 32 agents per shard: many shards
+    monkeypatch.setattr(evidence, "AGENTS_PER_SHARD", 32)
     rng = np.random.default_rng(12)
     n = 5000
     c = StableBayesianConsensus(partition_size=97, prior_probability=0.3)
-    c.add_evidence_batch(np.arange(n), rng.integers(0, 3, size=n) * 9000 + rng.integers(0, 100, size=n),
-                         "peer_report",
+    c.add_evidence_batch(np.arange(n), rng.integers(0, 400, size=n), "peer_report",
                          rng.normal(size=n) * 10.0 ** rng.integers(-200, 200, size=n),
                          rng.uniform(size=n), np.zeros(n), rng.integers(0, 9, size=n))
     ledger = c._ledger
@@ -430,4 +433,7 @@ def test_direct_shard_totals_equal_merged_partition_accumulators():
         merged = ledger.shard_totals(shard, c.prior_log_odds, from_partitions=True)
         for name in ("pair_agent", "pair_source", "pair_count", "pair_total", "agent_count", "agent_total"):
             assert getattr(direct, name).tobytes() == getattr(merged, name).tobytes()
-    assert c.n_partitions > 50 and len(ledger.shards) >= 3
+    assert c.n_partitions > 50 and len(ledger.shards) >= 10
+    many = c.consensus_many()
+    for i, a in enumerate(many["agent_ids"].tolist()[:50]):
+        assert bits(c.consensus(a)["log_odds"]) == bits(many["log_odds"][i])
