@@ -492,26 +492,30 @@ def _as_keys(keys: Any, name: str):
 
 def _plan_rows(index: KeyIndex, keys) -> tuple[np.ndarray, Any]:
     """Rows of ``keys`` with new ids given the rows they *will* get; returns (rows, new ids)."""
-    rows = index.rows_of(keys)
-    missing = rows < 0
-    if not missing.any():
-        return rows, []
     start = len(index)
+    if start == 0 and isinstance(keys, np.ndarray) and keys.size:
+        rows, missing, wanted = np.empty(keys.size, dtype=np.int64), slice(None), keys
+    else:
+        rows = index.rows_of(keys)
+        missing = rows < 0
+        if not missing.any():
+            return rows, []
+        wanted = keys[missing] if isinstance(keys, np.ndarray) else None
     if isinstance(keys, np.ndarray):
-        wanted = keys[missing]
         lo, hi = int(wanted.min()), int(wanted.max())
         if hi - lo <= 4 * wanted.size + 1024:
             # Presence table: sorted distinct ids and their ranks without a sort.
+            offset = wanted - lo
             present = np.zeros(hi - lo + 1, dtype=bool)
-            present[wanted - lo] = True
-            rank = np.cumsum(present, dtype=np.int64) - 1
-            rows[missing] = start + rank[wanted - lo]
+            present[offset] = True
+            rank = np.cumsum(present, dtype=np.int64) + (start - 1)
+            rows[missing] = rank[offset]
             return rows, np.flatnonzero(present) + lo
         new, inverse = np.unique(wanted, return_inverse=True)
         rows[missing] = start + inverse.ravel()
         return rows, new
     order: dict = {}
-    for i in np.flatnonzero(missing).tolist():
+    for i in np.flatnonzero(rows < 0).tolist():
         rows[i] = start + order.setdefault(keys[i], len(order))
     return rows, list(order)
 

@@ -115,9 +115,11 @@ class EvidenceLedger:
         self.version = 0  # bumped on every change, for caches
 
     # ------------------------------------------------------------------ appends
-    def append(self, agent_row, source_row, type_code, log_odds, confidence, timestamp) -> np.ndarray:
-        """Append validated rows (agents and sources already indexed); returns their sequence numbers."""
-        n = int(np.asarray(agent_row).size)
+    def append(self, agent_row, source_row, type_code, log_odds, confidence, timestamp) -> int:
+        """Append validated rows (agents and sources already indexed); returns the first
+        sequence number given to them (they get consecutive numbers)."""
+        agent_row = np.asarray(agent_row, dtype=np.int64)
+        n = int(agent_row.size)
         start = self.size
         self._grow(start + n)
         values = {"agent_row": agent_row, "source_row": source_row, "type_code": type_code,
@@ -125,23 +127,23 @@ class EvidenceLedger:
         for name, col in self.columns.items():
             col[start: start + n] = values[name]
         self.size = start + n
-        seq = np.arange(start, start + n, dtype=np.int64)
-        shard = np.asarray(agent_row, dtype=np.int64) >> _SHARD_SHIFT
+        shard = agent_row >> _SHARD_SHIFT
         n_shards = int(shard.max()) + 1 if n else 0
         while len(self.shards) < n_shards:
             self.shards.append([])
         if n_shards <= 1 or n < 64:
             for s in np.unique(shard).tolist():
-                self._fill(s, seq[shard == s])
+                self._fill(s, start + np.flatnonzero(shard == s))
         else:
             # Radix sort by shard (uint16) keeps each shard's rows in arrival order.
             order = np.argsort(shard.astype(np.uint16 if n_shards < (1 << 16) else np.int64), kind="stable")
-            bounds = np.searchsorted(shard[order], np.arange(n_shards + 1))
+            order += start  # positions in the batch -> sequence numbers
+            bounds = np.concatenate([[0], np.cumsum(np.bincount(shard, minlength=n_shards))])
             for s in range(n_shards):
                 if bounds[s] < bounds[s + 1]:
-                    self._fill(s, seq[order[bounds[s]: bounds[s + 1]]])
+                    self._fill(s, order[bounds[s]: bounds[s + 1]])
         self.version += 1
-        return seq
+        return start
 
     def _fill(self, shard: int, seq: np.ndarray) -> None:
         partitions = self.shards[shard]
@@ -157,9 +159,9 @@ class EvidenceLedger:
         have = self.columns["agent_row"].size
         if need <= have:
             return
-        size = max(need, 2 * have, 1024)
+        size = need if self.size == 0 else max(need, 2 * have, 1024)
         for name, col in self.columns.items():
-            grown = np.zeros(size, dtype=col.dtype)
+            grown = np.empty(size, dtype=col.dtype)
             grown[: self.size] = col[: self.size]
             self.columns[name] = grown
 
