@@ -22,6 +22,7 @@ import asyncio
 import math
 import os
 import platform
+import resource
 import threading
 import time
 from fractions import Fraction
@@ -107,6 +108,7 @@ def bench_scale(rows: int, agents: int, sources: int, liars: int, seed: int) -> 
     print(f"  flagged sources             {result['byzantine_nodes']}")
     print(f"  peak RSS during the phase   {peak.peak / 2**30:8.3f} GiB "
           f"(process before it: {baseline / 2**30:.3f} GiB, inputs included)")
+    print(f"  ru_maxrss (whole process)   {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:8.3f} GiB")
     print(f"  math.fsum over the {rows:,} contributions: {fsum_list:.3f} s (list), "
           f"{fsum_array:.3f} s (ndarray)")
     print(f"  numpy.sum over the same:    {np_sum:.4f} s")

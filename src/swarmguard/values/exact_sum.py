@@ -15,8 +15,8 @@ their (integer) results added in int64.
 
 Rounding back to a float is *correct rounding* of the exact sum, the same
 value as :func:`math.fsum` over all contributions, bit for bit
-(:func:`round_limbs`): carries are propagated, the top four non-zero limbs are
-read into two floats whose one addition rounds once, with every lower limb
+(:func:`round_limbs`): carries are propagated, the top non-zero limb and the three
+below it are read into two floats whose one addition rounds once, every lower limb
 folded into a sticky bit (round-to-odd with 25 spare bits, so the single
 rounding is the correct one).
 
@@ -221,7 +221,8 @@ def round_limbs(sums: np.ndarray, base: int) -> np.ndarray:
     ----------
     sums : (width, m) int64
         Limb sums as returned by :func:`grouped_limb_sums` (not modified); the
-        top 3 limbs must be headroom (zero before carries).
+        limbs above the data must hold the carries, with the top one left for
+        the sign (2 spare limbs suffice for fewer than 2**26 terms per cell).
     base : int
         Limb number of row 0.
 
@@ -266,7 +267,7 @@ def _round_block(sums: np.ndarray, base: int) -> np.ndarray:
     low = ((t2 << LIMB_BITS) | t3 | sticky).astype(np.float64)  # exact, < 2**52
     with np.errstate(over="ignore"):
         value = np.ldexp(high + low, LIMB_BITS * (base + top - 3) + _UNIT_EXP)
-    value[d[-1] > _MASK] = np.inf  # cannot happen with 3 headroom limbs; kept as a guard
+    value[d[-1] > _MASK] = np.inf  # cannot happen with enough headroom; kept as a guard
     np.negative(value, out=value, where=negative)
     value[lowest == width] = 0.0
     return value
