@@ -437,3 +437,29 @@ def test_direct_shard_totals_equal_merged_partition_accumulators(monkeypatch):
     many = c.consensus_many()
     for i, a in enumerate(many["agent_ids"].tolist()[:50]):
         assert bits(c.consensus(a)["log_odds"]) == bits(many["log_odds"][i])
+
+
+@given(st.integers(1, 25), st.floats(0.0, 0.49), st.data())
+@settings(max_examples=80, deadline=None)
+def test_api_byzantine_bound_on_every_trial(n, threshold, data):
+    # n sources report on one agent; f = floor(threshold * n) of them lie with extreme values.
+    f = math.floor(threshold * n)
+    honest_rows = data.draw(st.lists(st.lists(st.floats(-50, 50), min_size=1, max_size=4),
+                                     min_size=n - f, max_size=n - f))
+    liar_values = data.draw(st.lists(st.sampled_from([1e300, -1e300, 1e15, -1e15, 0.0]), min_size=f, max_size=f))
+    c = StableBayesianConsensus(byzantine_threshold=threshold, prior_probability=0.9)
+    rows = [(s, v) for s, values in enumerate(honest_rows) for v in values]
+    rows += [(n - f + i, v) for i, v in enumerate(liar_values)]
+    order = data.draw(st.permutations(range(len(rows))))
+    rows = [rows[i] for i in order]
+    k = len(rows)
+    c.add_evidence_batch(np.arange(k), np.zeros(k, dtype=np.int64), "peer_report", np.array([v for _, v in rows]),
+                         np.ones(k), np.zeros(k), np.array([s for s, _ in rows]))
+    result = c.consensus(0)
+    honest_totals = [math.fsum(values) for values in honest_rows]
+    lo, hi = n * Fraction(min(honest_totals)), n * Fraction(max(honest_totals))
+    slack = Fraction(4 * math.ulp(max(abs(float(lo)), abs(float(hi)), abs(c.prior_log_odds))))
+    got = Fraction(result["log_odds"]) - Fraction(c.prior_log_odds)
+    assert lo - slack <= got <= hi + slack
+    assert result["source_count"] == n and result["trimmed_per_side"] == f
+    assert math.isfinite(result["log_probability"])

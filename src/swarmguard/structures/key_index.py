@@ -196,8 +196,8 @@ class KeyIndex:
         span = hi - lo + 1
         if span <= max(_SMALL_SPAN, 4 * keys.size):
             # Leave room to grow on both sides so single inserts rarely rebuild.
-            slack = max(span // 2, 1024)
-            size = min(span + 2 * slack, max(_SMALL_SPAN, 4 * keys.size) + 2 * slack)
+            slack = max(span // 8, 1024)
+            size = span + 2 * slack
             self._lo = max(lo - slack, -(1 << 62))
             self._table = np.full(size, _MISSING, dtype=np.int64)
             self._table[keys - self._lo] = np.arange(keys.size, dtype=np.int64)

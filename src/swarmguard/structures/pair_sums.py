@@ -57,7 +57,7 @@ def compact(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n_sources = int(source.max()) + 1
     dense = (agent - a_lo) * n_sources + source
     span = int(dense.max()) + 1
-    if span <= 4 * keys.size + 1024:
+    if span <= 8 * keys.size + 4096:
         present = np.zeros(span, dtype=bool)
         present[dense] = True
         unique_dense = np.flatnonzero(present)
