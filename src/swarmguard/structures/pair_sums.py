@@ -300,12 +300,13 @@ def _window(index: np.ndarray, value: np.ndarray) -> tuple[int, int]:
     """First limb and width of a dense window over ``index``, with headroom: the carry of
     fewer than 2**26 terms of < 2**26 fits one more limb, plus one spare for the sign;
     values that :func:`grouped_limb_sums` must split (>= 2**26) reach 2 limbs further."""
-    index = index[value != 0]  # zeros sit at limb 0 and would stretch the window
-    if index.size == 0:
+    nonzero = value != 0  # zeros sit at limb 0 and must not stretch the window
+    if not nonzero.any():
         return 0, 1
-    base = int(index.min())
+    base = int(index.min(where=nonzero, initial=1 << 20))
+    top = int(index.max(where=nonzero, initial=-1))
     headroom = 2 + (index.size >= (1 << 26)) + 2 * bool(np.abs(value).max() > (1 << 26) - 1)
-    return base, int(index.max()) - base + 1 + headroom
+    return base, top - base + 1 + headroom
 
 
 def _dense_chunks(group: np.ndarray, index: np.ndarray, value: np.ndarray, n_groups: int):

@@ -175,18 +175,18 @@ def grouped_limb_sums(
     group = np.asarray(group, dtype=np.int64).ravel()
     index = np.asarray(index, dtype=np.int64).ravel()
     limb = np.asarray(limb, dtype=np.int64).ravel()
-    # Zero limbs add nothing; dropping them keeps a zero (stored at limb 0) from
+    index, limb, group = _split_wide(index, limb, group)
+    # Zero limbs add nothing; ignoring them keeps a zero (stored at limb 0) from
     # stretching the window down to 2**-1074.
     nonzero = limb != 0
-    if not nonzero.all():
-        group, index, limb = group[nonzero], index[nonzero], limb[nonzero]
-    index, limb, group = _split_wide(index, limb, group)
     if base is None:
-        base = int(index.min()) if index.size else 0
+        base = int(index.min(where=nonzero, initial=1 << 20)) if nonzero.any() else 0
     if width is None:
-        width = (int(index.max()) - base + 1 if index.size else 1) + 3
+        top = int(index.max(where=nonzero, initial=-1)) if nonzero.any() else base
+        width = top - base + 1 + 3
     sums = np.zeros(width * n_groups, dtype=np.int64)
-    cell = (index - base) * n_groups + group
+    # Zero terms may sit outside the window; clipping moves them in, where they add 0.
+    cell = np.clip(index - base, 0, width - 1) * n_groups + group
     for start in range(0, cell.size, _BINCOUNT_CHUNK):
         stop = start + _BINCOUNT_CHUNK
         part = np.bincount(cell[start:stop], weights=limb[start:stop], minlength=width * n_groups)
@@ -239,7 +239,7 @@ def round_limbs(sums: np.ndarray, base: int) -> np.ndarray:
     return out
 
 
-_ROUND_BLOCK = 8192
+_ROUND_BLOCK = 32768
 
 
 def _round_block(sums: np.ndarray, base: int) -> np.ndarray:
