@@ -154,6 +154,10 @@ def test_results_identical_bits_under_shuffle_and_repartition(rows, rnd, aggrega
             assert single["evidence_count"] == len(mine)
             if aggregation == "sum":
                 assert bits(single["log_odds"]) == bits(math.fsum([c.prior_log_odds, *mine]))
+        with_sum = c.consensus_many(include_sum=True)
+        for a, total in zip(with_sum["agent_ids"].tolist(), with_sum["sum_log_odds"], strict=True):
+            mine = [conf * lo for _, aa, _, lo, conf in rows if aa == a]
+            assert bits(total) == bits(math.fsum([c.prior_log_odds, *mine]))
         assert abs(c.prior_log_odds - prior_lo) <= 4 * math.ulp(prior_lo)
     assert results[0] == results[1] == results[2]
 
@@ -233,7 +237,7 @@ def test_lying_sources_are_flagged_and_bounded():
     assert sorted(c.byzantine_nodes) == sorted(liars)
     reputation = c.source_reputation()
     assert all(reputation[s]["flagged"] == (s in liars) for s in range(n_sources))
-    many = c.consensus_many()
+    many = c.consensus_many(include_sum=True)
     assert many["byzantine_nodes"] == sorted(liars)
     # Robust log-odds stay in the honest range; the plain sum is dragged away.
     for i in range(n_agents):
@@ -281,10 +285,10 @@ def test_store_round_trip_bit_for_bit(tmp_path):
                                                  float(i), sources[i]))
         # Durable before returning: another connection already sees every row.
         assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM evidence").fetchone()[0] == n
-        before = c.consensus_many()
+        before = c.consensus_many(include_sum=True)
         fingerprint = c.state_fingerprint()
     with StableBayesianConsensus(partition_size=50, store=path) as again:
-        after = again.consensus_many()
+        after = again.consensus_many(include_sum=True)
         assert again.state_fingerprint() == fingerprint
         for key in ("log_odds", "log_odds_low", "log_odds_high", "sum_log_odds", "probability"):
             assert before[key].tobytes() == after[key].tobytes()

@@ -191,3 +191,16 @@ def test_bad_input_leaves_state_unchanged():
     with pytest.raises(InvalidInputError):
         acc.revert_many([1.0, 2.0, 3.0])
     assert acc == before
+
+
+@given(st.lists(st.tuples(st.integers(0, 30), bounded | st.sampled_from([-0.0, 0.0, 5e-324])), max_size=60),
+       st.sampled_from([None, 0.0, -0.0, 1.5, -1e300]))
+@settings(max_examples=200, deadline=None)
+def test_grouped_fast_path_for_small_groups_is_still_fsum(pairs, extra):
+    # Many groups of one or two terms take the float fast path; the rest the limbs.
+    groups = np.array([g for g, _ in pairs], dtype=np.int64)
+    values = np.array([v for _, v in pairs], dtype=np.float64)
+    result = exact_group_sums(groups, values, 31, extra=extra)
+    for g in range(31):
+        terms = [v for k, v in pairs if k == g] + ([] if extra is None else [extra])
+        assert bits(float(result[g])) == fsum_bits(terms)

@@ -303,16 +303,18 @@ class StableBayesianConsensus:
             "reputation_stale": stale,
         }
 
-    def consensus_many(self, agent_ids: Any = None) -> dict[str, Any]:
+    def consensus_many(self, agent_ids: Any = None, *, include_sum: bool = False) -> dict[str, Any]:
         """Consensus for many agents at once (all agents by default), as arrays.
 
         Returns a dict of arrays aligned with ``agent_ids``: ``probability``,
         ``log_odds``, ``log_probability``, ``evidence_count``, ``source_count``,
         ``consensus_reached``, ``log_odds_low``, ``log_odds_high``,
-        ``sum_log_odds``, ``byzantine_source_count``; plus ``byzantine_nodes``,
-        the flagged sources (a list).
+        ``sum_log_odds`` (the plain exact sums: always in ``"sum"`` mode, with
+        ``include_sum=True`` in ``"robust"`` mode, else NaN, as they cost one
+        more pass), ``byzantine_source_count``; plus ``byzantine_nodes``, the
+        flagged sources (a list).
         """
-        g = self._global_pass()
+        g = self._global_pass(need_sum=include_sum)
         ledger = self._ledger
         if agent_ids is None:
             rows = np.arange(len(ledger.agents), dtype=np.int64)
@@ -378,11 +380,17 @@ class StableBayesianConsensus:
             return np.zeros(0, dtype=bool), True
         return g["flagged"], not current
 
-    def _global_pass(self) -> dict[str, Any]:
-        """Exact totals, fusion and reputation for every agent (cached until evidence changes)."""
+    def _global_pass(self, need_sum: bool = False) -> dict[str, Any]:
+        """Exact totals, fusion and reputation for every agent (cached until evidence changes).
+
+        The plain exact sums per agent are one more pass over every contribution: they
+        are computed in ``"sum"`` mode or when asked (``need_sum``), else left NaN.
+        """
         ledger = self._ledger
-        if self._global is not None and self._global["version"] == ledger.version:
-            return self._global
+        need_sum = need_sum or self.aggregation == "sum"
+        g = self._global
+        if g is not None and g["version"] == ledger.version and (g["has_sum"] or not need_sum):
+            return g
         n_agents, n_sources = len(ledger.agents), len(ledger.sources)
         out = {name: np.zeros(n_agents, dtype=dt) for name, dt in
                (("robust", float), ("sum", float), ("low", float), ("high", float),
@@ -390,7 +398,7 @@ class StableBayesianConsensus:
         events = SourceEvents.zeros(n_sources)
         pair_agents, pair_sources = [], []
         for s in range(len(ledger.shards)):
-            t = ledger.shard_totals(s, self.prior_log_odds)
+            t = ledger.shard_totals(s, self.prior_log_odds, agent_sums=need_sum)
             k = t.agent_count.size
             fu = fuse(t.pair_agent, t.pair_total, k, self.byzantine_threshold, self.prior_log_odds)
             sl = slice(t.agent_lo, t.agent_lo + k)
@@ -406,7 +414,8 @@ class StableBayesianConsensus:
             n_flagged = np.bincount(pa, weights=flagged[ps], minlength=n_agents).astype(np.int64)
         else:
             n_flagged = np.zeros(n_agents, dtype=np.int64)
-        out.update(flagged=flagged, tail=tail, events=events, n_flagged=n_flagged, version=ledger.version)
+        out.update(flagged=flagged, tail=tail, events=events, n_flagged=n_flagged, version=ledger.version,
+                   has_sum=need_sum)
         self._global = out
         return out
 

@@ -180,7 +180,8 @@ class EvidenceLedger:
     def partitions(self) -> list[EvidencePartition]:
         return [p for shard in self.shards for p in shard]
 
-    def shard_totals(self, shard: int, prior: float, *, from_partitions: bool = False) -> ShardTotals:
+    def shard_totals(self, shard: int, prior: float, *, from_partitions: bool = False,
+                     agent_sums: bool = True) -> ShardTotals:
         """Exact per-pair and per-agent totals of one shard.
 
         ``from_partitions=True`` merges the partitions' accumulators (what a remote
@@ -201,7 +202,7 @@ class EvidenceLedger:
             cols = self.columns
             a, s, c, t, ac, at = PairSums.row_totals(
                 cols["agent_row"][seq] - lo, cols["source_row"][seq],
-                cols["confidence"][seq] * cols["log_odds"][seq], n_agents, prior)
+                cols["confidence"][seq] * cols["log_odds"][seq], n_agents, prior, agent_sums=agent_sums)
         return ShardTotals(lo, a, s, c, t, ac, at)
 
     def _build_sums(self, shard: int) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import InvalidInputError
 from ..values.exact_sum import (
     canonical_limbs,
+    exact_group_sums,
     float_limbs,
     grouped_limb_sums,
     round_limbs,
@@ -186,16 +187,24 @@ class PairSums:
 
     @staticmethod
     def row_totals(agent_row: np.ndarray, source_row: np.ndarray, contribution: np.ndarray,
-                   n_agents: int, prior: float | None = None):
+                   n_agents: int, prior: float | None = None, *, agent_sums: bool = True):
         """The same totals as :meth:`merged_totals`, straight from validated rows in one
-        pass (exact sums do not depend on grouping, so the bits are the same)."""
+        pass (exact sums do not depend on grouping, so the bits are the same). Pairs and
+        agents with at most two terms skip the limbs (see :func:`exact_group_sums`).
+        With ``agent_sums=False`` the per-agent totals are NaN (not computed)."""
         keys = pair_key(agent_row, source_row)
         unique, inverse = compact(keys)
         counts = np.bincount(inverse, minlength=unique.size).astype(np.int64)
-        first, limb = float_limbs(np.asarray(contribution, dtype=np.float64))
-        index = (first[None, :] + np.arange(3, dtype=np.int64)[:, None]).ravel()
-        return _totals_from_terms(unique, counts, np.tile(inverse, 3), index, limb.ravel(), n_agents, prior)
-
+        contribution = np.asarray(contribution, dtype=np.float64)
+        pair_total = exact_group_sums(inverse, contribution, unique.size, counts=counts)
+        agent, source = split_pair_key(unique)
+        agent_count = np.bincount(agent, weights=counts, minlength=n_agents).astype(np.int64)
+        if agent_sums:
+            agent_total = exact_group_sums(np.asarray(agent_row, dtype=np.int64), contribution, n_agents,
+                                           extra=prior if prior else None, counts=agent_count)
+        else:
+            agent_total = np.full(n_agents, np.nan)
+        return agent, source, counts, pair_total, agent_count, agent_total
 
     def __iadd__(self, other: PairSums) -> PairSums:
         if not isinstance(other, PairSums):

@@ -282,10 +282,15 @@ def limbs_to_fraction(sums: np.ndarray, base: int = 0) -> Fraction:
 
 
 def exact_group_sums(group: np.ndarray, values: np.ndarray, n_groups: int,
-                     extra: float | None = None) -> np.ndarray:
+                     extra: float | None = None, counts: np.ndarray | None = None) -> np.ndarray:
     """``math.fsum`` of ``values`` per group, vectorised (finite input only).
 
     ``extra``, when given, is one more term added to every group (a prior).
+    Groups of at most two terms take one float pass (``np.bincount`` adds
+    ``0.0 + a + b`` in order, and one IEEE addition is correctly rounded, so
+    that *is* ``math.fsum([a, b])``, signed zeros included); only groups of
+    three or more terms go through the limbs. ``counts`` (terms per group,
+    without ``extra``) saves a pass when the caller has it.
 
     Examples
     --------
@@ -295,15 +300,33 @@ def exact_group_sums(group: np.ndarray, values: np.ndarray, n_groups: int,
     """
     values = np.asarray(values, dtype=np.float64)
     group = np.asarray(group, dtype=np.int64)
+    if n_groups == 0:
+        return np.zeros(0)
+    if counts is None:
+        counts = np.bincount(group, minlength=n_groups)
+    with np.errstate(over="ignore"):  # an overflow gives inf, as the limb path does
+        out = np.bincount(group, weights=values, minlength=n_groups)
+        if extra is not None:
+            out = out + extra
+    n_terms = counts + (extra is not None)
+    many = n_terms >= 3
+    if not many.any():
+        return out
+    selected = many[group]
+    slow_groups = np.flatnonzero(many)
+    renumber = np.cumsum(many) - 1
+    out[slow_groups] = _limb_group_sums(renumber[group[selected]], values[selected], slow_groups.size, extra)
+    return out
+
+
+def _limb_group_sums(group: np.ndarray, values: np.ndarray, n_groups: int, extra: float | None) -> np.ndarray:
     index, limb = _flat_terms(*float_limbs(values))
     g = np.tile(group, 3)
-    if extra is not None and n_groups:
+    if extra is not None:
         e_first, e_limb = float_limbs(np.array([extra]))
         index = np.concatenate([index, np.repeat(e_first[0] + np.arange(3), n_groups)])
         limb = np.concatenate([limb, np.repeat(e_limb[:, 0], n_groups)])
         g = np.concatenate([g, np.tile(np.arange(n_groups, dtype=np.int64), 3)])
-    if n_groups == 0:
-        return np.zeros(0)
     base, sums = grouped_limb_sums(g, index, limb, n_groups)
     return round_limbs(sums, base)
 
