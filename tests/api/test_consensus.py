@@ -467,3 +467,36 @@ def test_api_byzantine_bound_on_every_trial(n, threshold, data):
     assert lo - slack <= got <= hi + slack
     assert result["source_count"] == n and result["trimmed_per_side"] == f
     assert math.isfinite(result["log_probability"])
+
+
+def test_merge_is_a_union_independent_of_order_and_idempotent():
+    rng = np.random.default_rng(21)
+    n = 600
+    ids = [f"e{i}" for i in range(n)]
+    agents = rng.integers(0, 40, size=n)
+    sources = [f"node-{k}" for k in rng.integers(0, 8, size=n)]
+    lo = rng.normal(size=n) * 10.0 ** rng.integers(-8, 8, size=n)
+    conf = rng.uniform(size=n)
+
+    def part(sel):
+        c = StableBayesianConsensus(partition_size=64)
+        c.add_evidence_batch([ids[i] for i in sel], agents[sel], "peer_report", lo[sel], conf[sel],
+                             np.zeros(len(sel)), [sources[i] for i in sel])
+        return c
+
+    whole = part(np.arange(n))
+    a, b = part(np.arange(0, 400)), part(np.arange(300, n))  # overlapping halves
+    a += b
+    b.merge(part(np.arange(0, 400)))
+    again = part(np.arange(0, 400))
+    before = again.state_fingerprint()
+    again += part(np.arange(0, 400))  # the same evidence again: nothing changes
+    assert again.state_fingerprint() == before
+    reference = whole.consensus_many(include_sum=True)
+    for merged in (a, b):
+        assert merged.evidence_count == n
+        many = merged.consensus_many(agent_ids=reference["agent_ids"], include_sum=True)
+        for key in ("log_odds", "sum_log_odds", "log_odds_low", "log_odds_high"):
+            assert many[key].tobytes() == reference[key].tobytes()
+    exported = whole.export_evidence()
+    assert exported["evidence_ids"][:3] == ids[:3] and exported["log_odds"].tobytes() == lo.tobytes()

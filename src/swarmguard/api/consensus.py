@@ -419,6 +419,41 @@ class StableBayesianConsensus:
         self._global = out
         return out
 
+    # ================================================================== merging
+    def export_evidence(self) -> dict[str, Any]:
+        """Every accepted evidence as columns, in arrival order (ids as int64 arrays
+        when they are ints, else lists; evidence types as their string values).
+
+        With :meth:`merge` (or ``+=``) this makes the state serialisable and
+        mergeable: the union of two evidence sets is the same whatever the order,
+        and merging the same evidence twice changes nothing (ids are idempotent).
+        """
+        ledger = self._ledger
+        n = ledger.size
+        cols = {k: v[:n].copy() for k, v in ledger.columns.items()}
+        names = np.array([t.value for t in EvidenceType], dtype=object)
+        return {
+            "evidence_ids": _export_keys(ledger.evidence, np.arange(n)),
+            "agent_ids": _export_keys(ledger.agents, cols["agent_row"]),
+            "evidence_types": names[cols["type_code"]].tolist(),
+            "log_odds": cols["log_odds"],
+            "confidences": cols["confidence"],
+            "timestamps": cols["timestamp"],
+            "source_nodes": _export_keys(ledger.sources, cols["source_row"]),
+        }
+
+    def merge(self, other: StableBayesianConsensus) -> int:
+        """Add every evidence of ``other`` (the union; returns how many were new)."""
+        if not isinstance(other, StableBayesianConsensus):
+            raise InvalidTypeError(f"can only merge a StableBayesianConsensus, got {type(other).__name__}")
+        return self.add_evidence_batch(**other.export_evidence())
+
+    def __iadd__(self, other: StableBayesianConsensus) -> StableBayesianConsensus:
+        if not isinstance(other, StableBayesianConsensus):
+            return NotImplemented
+        self.merge(other)
+        return self
+
     # ================================================================== plumbing
     @property
     def evidence_count(self) -> int:
@@ -463,6 +498,11 @@ class StableBayesianConsensus:
 
 
 # ====================================================================== helpers
+def _export_keys(index: KeyIndex, rows: np.ndarray):
+    keys = index.keys_of(rows)
+    return keys if keys.dtype != object else keys.tolist()
+
+
 def _probabilities(log_odds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """p, log p, log(1 - p) from log-odds, without overflow or warnings (|x| up to 1e308)."""
     with np.errstate(all="ignore"):
