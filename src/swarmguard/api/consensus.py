@@ -30,11 +30,10 @@ from ..errors import (
     DuplicateEvidenceError,
     InvalidInputError,
     InvalidTypeError,
-    NonFiniteError,
     UnknownAgentError,
 )
 from ..structures.evidence import EvidenceLedger
-from ..structures.evidence_store import EvidenceStore
+from ..structures.evidence_store import EvidenceStore, float_bits
 from ..structures.key_index import KeyIndex
 from ..structures.robust_fusion import SourceEvents, flag_sources, fuse, source_events
 from ..validation import as_float_vector, check_fraction, check_key, check_positive_int
@@ -191,7 +190,6 @@ class StableBayesianConsensus:
             ev_list = ev.tolist() if isinstance(ev, np.ndarray) else list(ev)
             self._check_storable(ev_list, _keys_for(ledger.agents, agent_rows, new_agents),
                                  _keys_for(ledger.sources, source_rows, new_sources))
-            from ..structures.evidence_store import float_bits
             type_names = np.array([t.value for t in EvidenceType], dtype=object)[codes]
             self._store.insert_columns(ev_list, _keys_for(ledger.agents, agent_rows, new_agents),
                                        _keys_for(ledger.sources, source_rows, new_sources),
@@ -619,10 +617,7 @@ def _as_timestamps(timestamps: Any, n: int) -> np.ndarray:
         return as_float_vector(timestamps, "timestamps", allow_empty=True)
     if isinstance(timestamps, (str, bytes)) or not hasattr(timestamps, "__len__"):
         raise InvalidTypeError("timestamps must be an array or sequence")
-    try:
-        return np.array([check_timestamp(t) for t in timestamps], dtype=np.float64)
-    except NonFiniteError:
-        raise
+    return np.array([check_timestamp(t) for t in timestamps], dtype=np.float64)
 
 
 def _as_type_codes(types: Any, n: int) -> np.ndarray:

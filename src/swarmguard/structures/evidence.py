@@ -224,6 +224,7 @@ class EvidenceLedger:
         """Exact totals of one agent (its shard's partitions, by binary search)."""
         shard = agent_row >> _SHARD_SHIFT
         lo = shard << _SHARD_SHIFT
+        self._build_sums(shard)
         parts = [p.sums(self, lo).select_agent(agent_row - lo) for p in self.shards[shard]]
         a, s, c, t, ac, at = PairSums.merged_totals(parts, agent_row - lo + 1, prior)
         return ShardTotals(agent_row, a - (agent_row - lo), s, c, t, ac[-1:], at[-1:])

@@ -220,20 +220,6 @@ class PairSums:
         agent, source = split_pair_key(self.keys)
         return agent, source, self.counts.copy(), self._round(self.entry_pair, np.arange(self.keys.size))
 
-    def agent_totals(self, n_agents: int, prior: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(counts, exact sums) per agent row over all its sources, plus ``prior`` once each."""
-        agent, _ = split_pair_key(self.keys)
-        counts = np.bincount(agent, weights=self.counts, minlength=n_agents).astype(np.int64)
-        group = agent[self.entry_pair]
-        index = self.entry_limb.astype(np.int64)
-        value = self.entry_value.astype(np.int64)
-        if prior is not None:
-            first, limb = float_limbs(np.array([prior], dtype=np.float64))
-            group = np.concatenate([group, np.tile(np.arange(n_agents, dtype=np.int64), 3)])
-            index = np.concatenate([index, np.repeat(first[0] + np.arange(3), n_agents)])
-            value = np.concatenate([value, np.repeat(limb[:, 0], n_agents)])
-        return counts, _round_groups(group, index, value, n_agents)
-
     def select_agent(self, agent_row: int) -> PairSums:
         """The pairs of one agent (a view-sized copy), by binary search."""
         lo = int(np.searchsorted(self.keys, int(agent_row) << SOURCE_BITS))
