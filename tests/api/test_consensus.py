@@ -500,3 +500,35 @@ def test_merge_is_a_union_independent_of_order_and_idempotent():
             assert many[key].tobytes() == reference[key].tobytes()
     exported = whole.export_evidence()
     assert exported["evidence_ids"][:3] == ids[:3] and exported["log_odds"].tobytes() == lo.tobytes()
+
+
+def test_mixed_id_types_datetimes_and_type_spellings():
+    import datetime as dt
+
+    c = StableBayesianConsensus(aggregation="sum", prior_probability=0.25)
+    c.add_evidence_batch(np.array([1, 2]), np.array([10, 11]), np.array([0, 3]), np.array([0.5, 1.5]),
+                         np.ones(2), np.zeros(2), np.array([1, 2]))
+    when = dt.datetime(2025, 7, 5, tzinfo=dt.timezone.utc)
+    c.add_evidence_sync(BayesianEvidence("three", "agent-x", "Behavioural-Anomaly", 2.0, 0.5, when, "node"))
+    c.add_evidence_batch(["four", 5], [10, "agent-x"], ["policy", EvidenceType.PEER_REPORT], [0.25, -1.0],
+                         [1.0, 1.0], [when, 3.0], ["node", 1])
+    assert c.evidence_count == 5
+    assert c.consensus(10)["evidence_count"] == 2
+    r = c.consensus("agent-x")
+    assert r["log_odds"] == math.fsum([c.prior_log_odds, 1.0, -1.0])
+    exported = c.export_evidence()
+    assert exported["evidence_types"] == ["behavioral_anomaly", "policy_violation", "behavioral_anomaly",
+                                          "policy_violation", "peer_report"]
+    assert exported["timestamps"][2] == when.timestamp()
+    assert EvidenceType.parse(EvidenceType.PEER_REPORT.code) is EvidenceType.PEER_REPORT
+
+
+def test_reputation_goes_stale_above_the_refresh_limit():
+    c = StableBayesianConsensus(reputation_refresh_limit=3)
+    for i, (node, lo) in enumerate([("a", 1.0), ("b", 1.1), ("c", 0.9)]):
+        c.add_evidence_sync(BayesianEvidence(i, "x", "peer_report", lo, 1.0, 0.0, node))
+    assert c.consensus("x")["reputation_stale"] is False
+    c.add_evidence_sync(BayesianEvidence(9, "x", "peer_report", 5.0, 1.0, 0.0, "d"))
+    assert c.consensus("x")["reputation_stale"] is True  # 4 > 3 points: not refreshed
+    c.source_reputation()  # an explicit refresh
+    assert c.consensus("x")["reputation_stale"] is False
