@@ -16,6 +16,10 @@ __all__ = [
     "InvalidTypeError",
     "UnknownAgentError",
     "UnknownCohortError",
+    "MissingFieldError",
+    "UnknownEvidenceTypeError",
+    "DuplicateEvidenceError",
+    "EvidenceStoreError",
 ]
 
 
@@ -58,3 +62,19 @@ class UnknownCohortError(SwarmGuardError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class MissingFieldError(InvalidInputError, TypeError):
+    """A required field (e.g. of a piece of evidence) was not given."""
+
+
+class UnknownEvidenceTypeError(InvalidInputError):
+    """An evidence type that is not a member of ``EvidenceType`` and maps to none."""
+
+
+class DuplicateEvidenceError(InvalidInputError):
+    """An ``evidence_id`` seen before arrives with different content."""
+
+
+class EvidenceStoreError(SwarmGuardError, OSError):
+    """The SQLite evidence store cannot be opened, read or written."""

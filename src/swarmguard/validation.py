@@ -30,7 +30,9 @@ __all__ = [
     "check_agent_id",
     "check_cohort",
     "as_finite_vector",
+    "as_float_vector",
     "check_nonnegative_float",
+    "check_key",
 ]
 
 
@@ -69,6 +71,10 @@ def _check_finite(arr: np.ndarray, what: str) -> None:
         bad = np.argwhere(~finite)[0]
         where = ", ".join(str(int(i)) for i in bad)
         raise NonFiniteError(f"{what} holds a non-finite value (NaN or inf) at index [{where}]")
+
+
+def _check_magnitude(arr: np.ndarray, what: str) -> None:
+    """Features only: squares of larger values would overflow the co-moments."""
     if arr.size and np.abs(arr).max() >= MAX_ABS_VALUE:
         bad = np.argwhere(np.abs(arr) >= MAX_ABS_VALUE)[0]
         where = ", ".join(str(int(i)) for i in bad)
@@ -97,6 +103,7 @@ def as_feature_vector(x: Any, dim: int | None, what: str = "features") -> np.nda
             f"{what} has {arr.shape[0]} features, expected {dim}"
         )
     _check_finite(arr, what)
+    _check_magnitude(arr, what)
     return arr
 
 
@@ -112,6 +119,7 @@ def as_feature_matrix(X: Any, dim: int | None, what: str = "X") -> np.ndarray:
             f"{what} has {arr.shape[1]} features per row, expected {dim}"
         )
     _check_finite(arr, what)
+    _check_magnitude(arr, what)
     return np.ascontiguousarray(arr)
 
 
@@ -150,28 +158,8 @@ def check_fraction(
 
 
 def check_agent_id(agent_id: Any) -> Hashable:
-    """Agent ids are any hashable value except None, bools and floats, at any depth of a tuple.
-
-    Floats are refused because NaN != NaN (an agent that could never be found
-    again) and 1.0 == 1; bools because True == 1 would alias agent 1.
-    """
-    if agent_id is None:
-        raise InvalidInputError("agent_id must not be None")
-    if isinstance(agent_id, (bool, np.bool_)):
-        raise InvalidTypeError(f"agent_id must not be a bool ({agent_id!r} would alias an int id)")
-    if isinstance(agent_id, (float, np.floating, complex, np.complexfloating)):
-        raise InvalidTypeError(f"agent_id must be an int, str or other hashable, not a float ({agent_id!r})")
-    if isinstance(agent_id, tuple):
-        return tuple(check_agent_id(part) for part in agent_id)
-    try:
-        hash(agent_id)
-    except TypeError as exc:
-        raise InvalidTypeError(f"agent_id must be hashable, got {type(agent_id).__name__}") from exc
-    if isinstance(agent_id, np.integer):
-        return int(agent_id)
-    if isinstance(agent_id, np.str_):
-        return str(agent_id)
-    return agent_id
+    """An agent id: see :func:`check_key`."""
+    return check_key(agent_id, "agent_id")
 
 
 def check_cohort(cohort: Any) -> tuple[str, ...] | None:
@@ -192,21 +180,32 @@ def check_cohort(cohort: Any) -> tuple[str, ...] | None:
     return parts
 
 
-def as_finite_vector(values: Any, n: int | None, what: str) -> np.ndarray:
-    """Return ``values`` as a finite float64 1-D array of length ``n`` (any length if None).
+def as_float_vector(values: Any, what: str, *, allow_empty: bool = False) -> np.ndarray:
+    """Return ``values`` as a finite 1-D float64 array (a scalar is not accepted).
 
-    For per-row scalars of a batch (timestamps, scores). Empty is allowed only
-    when ``n == 0``.
-
-    >>> as_finite_vector([1, 2.5], 2, "timestamps")
+    >>> as_float_vector([1, 2.5], "x")
     array([1. , 2.5])
     """
     arr = _as_float_array(values, what)
     if arr.ndim != 1:
         raise DimensionMismatchError(f"{what} must be a 1-D array, got shape {arr.shape}")
+    if arr.size == 0 and not allow_empty:
+        raise EmptyInputError(f"{what} is empty")
+    _check_finite(arr, what)
+    return np.ascontiguousarray(arr)
+
+
+def as_finite_vector(values: Any, n: int | None, what: str) -> np.ndarray:
+    """Per-row scalars of a batch (timestamps, scores): :func:`as_float_vector` of length ``n``.
+
+    Empty is allowed only when ``n == 0``.
+
+    >>> as_finite_vector([1, 2.5], 2, "timestamps")
+    array([1. , 2.5])
+    """
+    arr = as_float_vector(values, what, allow_empty=(n == 0))
     if n is not None and arr.shape[0] != n:
         raise DimensionMismatchError(f"{what} has {arr.shape[0]} values, expected {n}")
-    _check_finite(arr, what)
     return arr
 
 
@@ -215,4 +214,34 @@ def check_nonnegative_float(value: Any, name: str) -> float:
     value = check_finite_float(value, name)
     if value < 0:
         raise InvalidInputError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def check_key(value: Any, name: str) -> Hashable:
+    """Ids (agent, evidence, source): any hashable except None, bools and floats, at any depth of a tuple.
+
+    Floats are refused because NaN != NaN (an id that could never be found
+    again) and 1.0 == 1; bools because True == 1 would alias the id 1. NumPy
+    integers and strings become Python ones, so ``np.int64(3)`` and ``3`` are
+    the same id.
+
+    >>> check_key(np.int64(3), "evidence_id")
+    3
+    """
+    if value is None:
+        raise InvalidInputError(f"{name} must not be None")
+    if isinstance(value, (bool, np.bool_)):
+        raise InvalidTypeError(f"{name} must not be a bool ({value!r} would alias an int id)")
+    if isinstance(value, (float, np.floating, complex, np.complexfloating)):
+        raise InvalidTypeError(f"{name} must be an int, str or other hashable, not a float ({value!r})")
+    if isinstance(value, tuple):
+        return tuple(check_key(part, name) for part in value)
+    try:
+        hash(value)
+    except TypeError as exc:
+        raise InvalidTypeError(f"{name} must be hashable, got {type(value).__name__}") from exc
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.str_):
+        return str(value)
     return value

@@ -1,0 +1,648 @@
+"""Exact, Byzantine-robust Bayesian evidence consensus (the guide's Solution 2).
+
+``StableBayesianConsensus`` collects :class:`BayesianEvidence` from observer
+nodes and returns, per agent, the posterior that the agent is compromised.
+
+* Exact: per-(agent, source) totals and, with ``aggregation="sum"``, the
+  agent's log-odds are correctly rounded exact sums (``math.fsum``), the same
+  bits whatever the order of arrival or the split into partitions.
+* Robust (default): per-source totals are trimmed (``f = floor(threshold * n)``
+  lowest and highest dropped) and scaled to ``n`` sources, so up to ``f``
+  Byzantine sources cannot move the result outside the honest range; sources
+  that are outliers far more often than chance are flagged
+  (see :mod:`swarmguard.structures.robust_fusion` for the rule and its bound).
+* Batch first: :meth:`StableBayesianConsensus.add_evidence_batch` and
+  :meth:`StableBayesianConsensus.consensus_many` work on arrays; the per-item
+  async methods are thin wrappers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.special import expit, log_expit, logit
+
+from ..errors import (
+    DimensionMismatchError,
+    DuplicateEvidenceError,
+    InvalidInputError,
+    InvalidTypeError,
+    UnknownAgentError,
+)
+from ..structures.evidence import EvidenceLedger
+from ..structures.evidence_store import EvidenceStore, float_bits
+from ..structures.key_index import KeyIndex
+from ..structures.robust_fusion import SourceEvents, flag_sources, fuse, source_events
+from ..validation import as_float_vector, check_fraction, check_key, check_positive_int
+from .evidence_types import BayesianEvidence, EvidenceType, check_timestamp
+
+__all__ = ["StableBayesianConsensus", "BayesianEvidence", "EvidenceType"]
+
+_AGGREGATIONS = ("robust", "sum")
+
+
+class StableBayesianConsensus:
+    """Exact, Byzantine-robust consensus on whether agents are compromised.
+
+    Parameters
+    ----------
+    byzantine_threshold : float in [0, 0.5)
+        Largest fraction of the sources reporting on an agent that may lie.
+    partition_size : int
+        Most evidence points per partition (each partition has its own exact,
+        mergeable accumulator).
+    prior_probability : float in (0, 1)
+        Prior probability that an agent is compromised; its log-odds
+        ``logit(prior_probability)`` starts every agent's total.
+    aggregation : {"robust", "sum"}
+        ``"robust"`` trims per-source totals (default); ``"sum"`` is the plain
+        exact sum, ``math.fsum([prior_log_odds, *contributions])``, with no
+        Byzantine protection.
+    store : path, optional
+        SQLite file; every accepted evidence is committed before the call
+        returns, and opening an existing file restores the same state.
+    false_flag_rate : float in (0, 1)
+        Bound on the probability that an honest source is flagged.
+    min_sources : int
+        Fewest sources that must remain after trimming for ``consensus_reached``.
+    reputation_refresh_limit : int
+        Up to this many evidence points, a single-agent consensus refreshes the
+        source reputation whenever evidence changed; above, it reuses the last
+        one (``reputation_stale`` says so) until :meth:`consensus_many` or
+        :meth:`source_reputation` recomputes it.
+
+    Examples
+    --------
+    >>> import asyncio
+    >>> c = StableBayesianConsensus(byzantine_threshold=0.25)
+    >>> for i, (node, lo) in enumerate([("a", 1.0), ("b", 1.2), ("c", 0.8), ("d", 50.0)]):
+    ...     _ = c.add_evidence_sync(BayesianEvidence(i, "agent-1", "peer_report", lo, 1.0, 0.0, node))
+    >>> r = asyncio.run(c.distributed_evidence_consensus("agent-1"))
+    >>> r["log_odds"], r["source_count"], r["consensus_reached"]
+    (4.4, 4, True)
+    >>> round(r["probability"], 4)
+    0.9879
+    """
+
+    def __init__(self, byzantine_threshold: float = 0.33, partition_size: int = 10000,
+                 prior_probability: float = 0.5, *, aggregation: str = "robust",
+                 store: str | Path | None = None, false_flag_rate: float = 1e-6,
+                 min_sources: int = 1, reputation_refresh_limit: int = 200_000):
+        self.byzantine_threshold = check_fraction(byzantine_threshold, "byzantine_threshold",
+                                                  low=0.0, high=0.5, high_open=True)
+        self.partition_size = check_positive_int(partition_size, "partition_size")
+        self.prior_probability = check_fraction(prior_probability, "prior_probability",
+                                                low_open=True, high_open=True)
+        if aggregation not in _AGGREGATIONS:
+            raise InvalidInputError(f"aggregation must be one of {_AGGREGATIONS}, got {aggregation!r}")
+        self.aggregation = aggregation
+        self.false_flag_rate = check_fraction(false_flag_rate, "false_flag_rate", low_open=True, high_open=True)
+        self.min_sources = check_positive_int(min_sources, "min_sources")
+        self.reputation_refresh_limit = check_positive_int(reputation_refresh_limit,
+                                                           "reputation_refresh_limit", minimum=0)
+        self.prior_log_odds = float(logit(self.prior_probability))
+        self._ledger = EvidenceLedger(self.partition_size)
+        self._global: dict[str, Any] | None = None
+        self._store: EvidenceStore | None = None
+        if store is not None:
+            self._store = EvidenceStore(store)
+            rows = self._store.load()
+            if rows:
+                cols = list(zip(*rows, strict=True))
+                self._ingest(*[list(c) for c in cols], persist=False)
+
+    # ================================================================== ingestion
+    async def add_evidence(self, evidence: BayesianEvidence) -> bool:
+        """Add one piece of evidence; True if new, False if it was already there."""
+        return self.add_evidence_sync(evidence)
+
+    def add_evidence_sync(self, evidence: BayesianEvidence) -> bool:
+        """Synchronous twin of :meth:`add_evidence`."""
+        e = BayesianEvidence.coerce(evidence)
+        seq = self._ledger.evidence.row_of(e.evidence_id)
+        if seq >= 0:
+            self._check_same(seq, e.evidence_id, self._ledger.agents.row_of(e.agent_id),
+                             self._ledger.sources.row_of(e.source_node), e.evidence_type.code,
+                             e.log_odds, e.confidence, e.timestamp)
+            return False
+        self._check_storable([e.evidence_id], [e.agent_id], [e.source_node])
+        if self._store is not None:
+            self._store.insert([(e.evidence_id, e.agent_id, e.source_node, e.evidence_type.value,
+                                 e.log_odds, e.confidence, e.timestamp)])
+        agent = self._ledger.agents.add(e.agent_id)
+        source = self._ledger.sources.add(e.source_node)
+        self._ledger.evidence.add(e.evidence_id)
+        self._ledger.append(np.array([agent]), np.array([source]), np.array([e.evidence_type.code]),
+                            np.array([e.log_odds]), np.array([e.confidence]), np.array([e.timestamp]))
+        return True
+
+    def add_evidence_batch(self, evidence_ids: Any, agent_ids: Any, evidence_types: Any,
+                           log_odds: Any, confidences: Any, timestamps: Any, source_nodes: Any) -> int:
+        """Add many pieces of evidence given as arrays; returns how many were new.
+
+        Integer id arrays take a vectorised path; other ids (strings) work but
+        loop in Python. ``evidence_types`` may be one type for all rows, an
+        array of codes (``EvidenceType.code``) or a sequence of types/strings.
+        All rows are validated first: on any bad row nothing is added.
+        Evidence already present is skipped; an id seen with other content
+        raises :class:`~swarmguard.errors.DuplicateEvidenceError`.
+        """
+        return self._ingest(evidence_ids, agent_ids, source_nodes, evidence_types, log_odds,
+                            confidences, timestamps, persist=True)
+
+    def _ingest(self, evidence_ids, agent_ids, source_nodes, evidence_types, log_odds, confidences,
+                timestamps, persist: bool) -> int:
+        lo = as_float_vector(log_odds, "log_odds", allow_empty=True)
+        n = lo.size
+        conf = as_float_vector(confidences, "confidences", allow_empty=True)
+        if conf.size and (conf.min() < 0.0 or conf.max() > 1.0):
+            bad = int(np.flatnonzero((conf < 0.0) | (conf > 1.0))[0])
+            raise InvalidInputError(f"confidences must be in [0, 1], got {conf[bad]} at row {bad}")
+        ts = _as_timestamps(timestamps, n)
+        codes = _as_type_codes(evidence_types, n)
+        ev = _as_keys(evidence_ids, "evidence_ids")
+        ag = _as_keys(agent_ids, "agent_ids")
+        src = _as_keys(source_nodes, "source_nodes")
+        for name, arr in (("confidences", conf), ("timestamps", ts), ("evidence_types", codes),
+                          ("evidence_ids", ev), ("agent_ids", ag), ("source_nodes", src)):
+            if len(arr) != n:
+                raise DimensionMismatchError(f"{name} has {len(arr)} rows, log_odds has {n}")
+        if n == 0:
+            return 0
+        ledger = self._ledger
+        agent_rows, new_agents = _plan_rows(ledger.agents, ag)
+        source_rows, new_sources = _plan_rows(ledger.sources, src)
+        keep = self._drop_duplicates(ev, agent_rows, source_rows, codes, lo, conf, ts)
+        if keep is not None:
+            ev = ev[keep] if isinstance(ev, np.ndarray) else [ev[i] for i in np.flatnonzero(keep)]
+            agent_rows, source_rows = agent_rows[keep], source_rows[keep]
+            codes, lo, conf, ts = codes[keep], lo[keep], conf[keep], ts[keep]
+            # Agents/sources seen only in skipped rows are not added.
+            agent_rows, new_agents = _trim_new(ledger.agents, agent_rows, new_agents)
+            source_rows, new_sources = _trim_new(ledger.sources, source_rows, new_sources)
+        m = len(lo)
+        if m == 0:
+            return 0
+        if persist and self._store is not None:
+            ev_list = ev.tolist() if isinstance(ev, np.ndarray) else list(ev)
+            self._check_storable(ev_list, _keys_for(ledger.agents, agent_rows, new_agents),
+                                 _keys_for(ledger.sources, source_rows, new_sources))
+            type_names = np.array([t.value for t in EvidenceType], dtype=object)[codes]
+            self._store.insert_columns(ev_list, _keys_for(ledger.agents, agent_rows, new_agents),
+                                       _keys_for(ledger.sources, source_rows, new_sources),
+                                       type_names.tolist(), float_bits(lo), float_bits(conf),
+                                       float_bits(ts))
+        # Commit to memory: nothing below can fail on user input.
+        _add_keys(ledger.agents, new_agents)
+        _add_keys(ledger.sources, new_sources)
+        _add_keys(ledger.evidence, ev)
+        ledger.append(agent_rows, source_rows, codes, lo, conf, ts)
+        return m
+
+    def _drop_duplicates(self, ev, agent_rows, source_rows, codes, lo, conf, ts) -> np.ndarray | None:
+        """Mask of rows to add (None: all), raising on conflicting duplicates."""
+        ledger = self._ledger
+        n = len(lo)
+        existing = ledger.evidence.rows_of(ev)
+        keep = existing < 0
+        dup = np.flatnonzero(~keep)
+        if dup.size:
+            stored = ledger.rows(existing[dup])
+            same = ((stored["agent_row"] == agent_rows[dup]) & (stored["source_row"] == source_rows[dup])
+                    & (stored["type_code"] == codes[dup]) & _same_bits(stored["log_odds"], lo[dup])
+                    & _same_bits(stored["confidence"], conf[dup]) & _same_bits(stored["timestamp"], ts[dup]))
+            if not same.all():
+                i = int(dup[np.flatnonzero(~same)[0]])
+                raise DuplicateEvidenceError(
+                    f"evidence_id {_key_at(ev, i)!r} was already added with different content")
+        # Duplicates inside the batch: the first occurrence wins if all copies agree.
+        first = _first_occurrence(ev)
+        if first is not None:
+            later = np.flatnonzero(first != np.arange(n))
+            f = first[later]
+            same = ((agent_rows[f] == agent_rows[later]) & (source_rows[f] == source_rows[later])
+                    & (codes[f] == codes[later]) & _same_bits(lo[f], lo[later])
+                    & _same_bits(conf[f], conf[later]) & _same_bits(ts[f], ts[later]))
+            if not same.all():
+                i = int(later[np.flatnonzero(~same)[0]])
+                raise DuplicateEvidenceError(
+                    f"evidence_id {_key_at(ev, i)!r} appears twice in the batch with different content")
+            keep[later] = False
+        return None if keep.all() else keep
+
+    def _check_same(self, seq, evidence_id, agent_row, source_row, code, lo, conf, ts) -> None:
+        stored = self._ledger.row(seq)
+        given = (agent_row, source_row, code, lo, conf, ts)
+        same = all(a == b for a, b in zip(stored[:3], given[:3], strict=True)) and all(
+            _same_bits(np.array([a]), np.array([b]))[0] for a, b in zip(stored[3:], given[3:], strict=True))
+        if not same:
+            raise DuplicateEvidenceError(f"evidence_id {evidence_id!r} was already added with different content")
+
+    def _check_storable(self, *key_lists) -> None:
+        if self._store is None:
+            return
+        for keys in key_lists:
+            for k in keys:
+                if not (isinstance(k, str) or (isinstance(k, int) and -(1 << 63) <= k < (1 << 63))):
+                    raise InvalidTypeError(f"with a store, ids must be int64 or str, got {k!r}")
+
+    # ================================================================== consensus
+    async def distributed_evidence_consensus(self, agent_id: Hashable) -> dict[str, Any]:
+        """The consensus for one agent (see :meth:`consensus`)."""
+        return self.consensus(agent_id)
+
+    def distributed_evidence_consensus_sync(self, agent_id: Hashable) -> dict[str, Any]:
+        """Synchronous twin of :meth:`distributed_evidence_consensus`."""
+        return self.consensus(agent_id)
+
+    def consensus(self, agent_id: Hashable) -> dict[str, Any]:
+        """Posterior for one agent.
+
+        Returns a dict with ``probability``, ``log_odds``, ``log_probability``
+        (log of the probability, finite even when the probability underflows),
+        ``log_probability_complement``, ``evidence_count``, ``source_count``,
+        ``byzantine_nodes`` (flagged sources among this agent's sources),
+        ``consensus_reached``, ``log_odds_interval`` (robust interval),
+        ``sum_log_odds`` (plain exact sum), ``trimmed_per_side``,
+        ``aggregation`` and ``reputation_stale``.
+        """
+        agent_id = check_key(agent_id, "agent_id")
+        row = self._ledger.agents.row_of(agent_id)
+        if row < 0:
+            raise UnknownAgentError(f"no evidence for agent {agent_id!r}")
+        totals = self._ledger.agent_totals(row, self.prior_log_odds)
+        fusion = fuse(totals.pair_agent, totals.pair_total, 1, self.byzantine_threshold, self.prior_log_odds)
+        flagged, stale = self._flags_for_single()
+        src = totals.pair_source
+        bad = src[(src < flagged.size)]
+        bad = bad[flagged[bad]] if bad.size else bad
+        n, f = int(fusion.n_sources[0]), int(fusion.trimmed[0])
+        sum_lo = float(totals.agent_total[0])
+        log_odds = float(fusion.log_odds[0]) if self.aggregation == "robust" else sum_lo
+        reached = self._reached(np.array([n]), np.array([f]), np.array([bad.size]))[0]
+        p, logp, log1mp = _probabilities(np.array([log_odds]))
+        return {
+            "agent_id": agent_id,
+            "probability": float(p[0]),
+            "log_odds": log_odds,
+            "log_probability": float(logp[0]),
+            "log_probability_complement": float(log1mp[0]),
+            "evidence_count": int(totals.agent_count[0]),
+            "source_count": n,
+            "byzantine_nodes": [self._ledger.sources.key_of(int(s)) for s in np.sort(bad)],
+            "consensus_reached": bool(reached),
+            "log_odds_interval": (float(fusion.low[0]), float(fusion.high[0])),
+            "sum_log_odds": sum_lo,
+            "trimmed_per_side": f,
+            "aggregation": self.aggregation,
+            "reputation_stale": stale,
+        }
+
+    def consensus_many(self, agent_ids: Any = None, *, include_sum: bool = False) -> dict[str, Any]:
+        """Consensus for many agents at once (all agents by default), as arrays.
+
+        Returns a dict of arrays aligned with ``agent_ids``: ``probability``,
+        ``log_odds``, ``log_probability``, ``evidence_count``, ``source_count``,
+        ``consensus_reached``, ``log_odds_low``, ``log_odds_high``,
+        ``sum_log_odds`` (the plain exact sums: always in ``"sum"`` mode, with
+        ``include_sum=True`` in ``"robust"`` mode, else NaN, as they cost one
+        more pass), ``byzantine_source_count``; plus ``byzantine_nodes``, the
+        flagged sources (a list).
+        """
+        g = self._global_pass(need_sum=include_sum)
+        ledger = self._ledger
+        if agent_ids is None:
+            rows = np.arange(len(ledger.agents), dtype=np.int64)
+        else:
+            keys = _as_keys(agent_ids, "agent_ids")
+            rows = ledger.agents.rows_of(keys)
+            if (rows < 0).any():
+                i = int(np.flatnonzero(rows < 0)[0])
+                raise UnknownAgentError(f"no evidence for agent {_key_at(keys, i)!r}")
+        log_odds = g["robust"][rows] if self.aggregation == "robust" else g["sum"][rows]
+        p, logp, _ = _probabilities(log_odds)
+        reached = self._reached(g["n"][rows], g["f"][rows], g["n_flagged"][rows])
+        return {
+            "agent_ids": ledger.agents.keys_of(rows),
+            "probability": p,
+            "log_odds": log_odds,
+            "log_probability": logp,
+            "evidence_count": g["count"][rows],
+            "source_count": g["n"][rows],
+            "consensus_reached": reached,
+            "log_odds_low": g["low"][rows],
+            "log_odds_high": g["high"][rows],
+            "sum_log_odds": g["sum"][rows],
+            "byzantine_source_count": g["n_flagged"][rows],
+            "byzantine_nodes": [ledger.sources.key_of(int(s)) for s in np.flatnonzero(g["flagged"])],
+        }
+
+    def source_reputation(self) -> dict[Hashable, dict[str, Any]]:
+        """Each source's record: agents reported on, low/high outlier counts, the
+        counts expected from an honest source, the tail bound and the flag."""
+        g = self._global_pass()
+        ev: SourceEvents = g["events"]
+        out = {}
+        for s in range(len(self._ledger.sources)):
+            out[self._ledger.sources.key_of(s)] = {
+                "reports": int(ev.reports[s]),
+                "low_outliers": int(ev.low[s]),
+                "high_outliers": int(ev.high[s]),
+                "expected_outliers_per_side": float(ev.expected[s]),
+                "tail_bound": float(g["tail"][s]),
+                "flagged": bool(g["flagged"][s]),
+            }
+        return out
+
+    @property
+    def byzantine_nodes(self) -> list[Hashable]:
+        """Sources flagged as lying (recomputed if evidence changed)."""
+        g = self._global_pass()
+        return [self._ledger.sources.key_of(int(s)) for s in np.flatnonzero(g["flagged"])]
+
+    # ================================================================== internals
+    def _reached(self, n: np.ndarray, f: np.ndarray, n_flagged: np.ndarray) -> np.ndarray:
+        if self.aggregation == "sum":
+            return (n >= self.min_sources) & (n_flagged == 0)
+        return (n - 2 * f >= self.min_sources) & (n_flagged <= f)
+
+    def _flags_for_single(self) -> tuple[np.ndarray, bool]:
+        g = self._global
+        current = g is not None and g["version"] == self._ledger.version
+        if not current and self._ledger.size <= self.reputation_refresh_limit:
+            g, current = self._global_pass(), True
+        if g is None:
+            return np.zeros(0, dtype=bool), True
+        return g["flagged"], not current
+
+    def _global_pass(self, need_sum: bool = False) -> dict[str, Any]:
+        """Exact totals, fusion and reputation for every agent (cached until evidence changes).
+
+        The plain exact sums per agent are one more pass over every contribution: they
+        are computed in ``"sum"`` mode or when asked (``need_sum``), else left NaN.
+        """
+        ledger = self._ledger
+        need_sum = need_sum or self.aggregation == "sum"
+        g = self._global
+        if g is not None and g["version"] == ledger.version and (g["has_sum"] or not need_sum):
+            return g
+        n_agents, n_sources = len(ledger.agents), len(ledger.sources)
+        out = {name: np.zeros(n_agents, dtype=dt) for name, dt in
+               (("robust", float), ("sum", float), ("low", float), ("high", float),
+                ("n", np.int64), ("f", np.int64), ("count", np.int64))}
+        events = SourceEvents.zeros(n_sources)
+        pair_agents, pair_sources = [], []
+        for s in range(len(ledger.shards)):
+            t = ledger.shard_totals(s, self.prior_log_odds, agent_sums=need_sum)
+            k = t.agent_count.size
+            fu = fuse(t.pair_agent, t.pair_total, k, self.byzantine_threshold, self.prior_log_odds)
+            sl = slice(t.agent_lo, t.agent_lo + k)
+            out["robust"][sl], out["sum"][sl] = fu.log_odds, t.agent_total
+            out["low"][sl], out["high"][sl] = fu.low, fu.high
+            out["n"][sl], out["f"][sl], out["count"][sl] = fu.n_sources, fu.trimmed, t.agent_count
+            events += source_events(t.pair_source, fu, n_sources)
+            pair_agents.append(t.pair_agent + t.agent_lo)
+            pair_sources.append(t.pair_source)
+        flagged, tail = flag_sources(events, self.false_flag_rate)
+        if pair_agents:
+            pa, ps = np.concatenate(pair_agents), np.concatenate(pair_sources)
+            n_flagged = np.bincount(pa, weights=flagged[ps], minlength=n_agents).astype(np.int64)
+        else:
+            n_flagged = np.zeros(n_agents, dtype=np.int64)
+        out.update(flagged=flagged, tail=tail, events=events, n_flagged=n_flagged, version=ledger.version,
+                   has_sum=need_sum)
+        self._global = out
+        return out
+
+    # ================================================================== merging
+    def export_evidence(self) -> dict[str, Any]:
+        """Every accepted evidence as columns, in arrival order (ids as int64 arrays
+        when they are ints, else lists; evidence types as their string values).
+
+        With :meth:`merge` (or ``+=``) this makes the state serialisable and
+        mergeable: the union of two evidence sets is the same whatever the order,
+        and merging the same evidence twice changes nothing (ids are idempotent).
+        """
+        ledger = self._ledger
+        n = ledger.size
+        cols = {k: v[:n].copy() for k, v in ledger.columns.items()}
+        names = np.array([t.value for t in EvidenceType], dtype=object)
+        return {
+            "evidence_ids": _export_keys(ledger.evidence, np.arange(n)),
+            "agent_ids": _export_keys(ledger.agents, cols["agent_row"]),
+            "evidence_types": names[cols["type_code"]].tolist(),
+            "log_odds": cols["log_odds"],
+            "confidences": cols["confidence"],
+            "timestamps": cols["timestamp"],
+            "source_nodes": _export_keys(ledger.sources, cols["source_row"]),
+        }
+
+    def merge(self, other: StableBayesianConsensus) -> int:
+        """Add every evidence of ``other`` (the union; returns how many were new)."""
+        if not isinstance(other, StableBayesianConsensus):
+            raise InvalidTypeError(f"can only merge a StableBayesianConsensus, got {type(other).__name__}")
+        return self.add_evidence_batch(**other.export_evidence())
+
+    def __iadd__(self, other: StableBayesianConsensus) -> StableBayesianConsensus:
+        if not isinstance(other, StableBayesianConsensus):
+            return NotImplemented
+        self.merge(other)
+        return self
+
+    # ================================================================== plumbing
+    @property
+    def evidence_count(self) -> int:
+        return self._ledger.size
+
+    @property
+    def n_partitions(self) -> int:
+        return self._ledger.n_partitions
+
+    @property
+    def agent_ids(self) -> list[Hashable]:
+        return self._ledger.agents.keys()
+
+    @property
+    def partitions(self):
+        """The evidence partitions (each with ``sums(...)``, its exact accumulator)."""
+        return self._ledger.partitions()
+
+    def state_fingerprint(self) -> tuple:
+        """Everything observable about the stored evidence (for tests and audits)."""
+        ledger = self._ledger
+        cols = {k: v[: ledger.size].copy() for k, v in ledger.columns.items()}
+        return (ledger.size, tuple(ledger.evidence.keys()), tuple(ledger.agents.keys()),
+                tuple(ledger.sources.keys()), tuple(c.tobytes() for c in cols.values()),
+                tuple(tuple(p.size for p in shard) for shard in ledger.shards))
+
+    def close(self) -> None:
+        """Close the store (if any)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> StableBayesianConsensus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"StableBayesianConsensus(evidence={self.evidence_count}, agents={len(self._ledger.agents)}, "
+                f"sources={len(self._ledger.sources)}, aggregation={self.aggregation!r})")
+
+
+# ====================================================================== helpers
+def _export_keys(index: KeyIndex, rows: np.ndarray):
+    keys = index.keys_of(rows)
+    return keys if keys.dtype != object else keys.tolist()
+
+
+def _probabilities(log_odds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """p, log p, log(1 - p) from log-odds, without overflow or warnings (|x| up to 1e308)."""
+    with np.errstate(all="ignore"):
+        return expit(log_odds), log_expit(log_odds), log_expit(-log_odds)
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64).view(np.int64) == np.asarray(b, dtype=np.float64).view(np.int64)
+
+
+def _key_at(keys, i: int):
+    return keys[i].item() if isinstance(keys, np.ndarray) and keys.dtype.kind in "iu" else keys[i]
+
+
+def _as_keys(keys: Any, name: str):
+    """Integer ids as an int64 array (fast path); others as a validated list."""
+    if isinstance(keys, (str, bytes)) or not hasattr(keys, "__len__"):
+        raise InvalidTypeError(f"{name} must be an array or sequence of ids, got {type(keys).__name__}")
+    if isinstance(keys, np.ndarray):
+        if keys.ndim != 1:
+            raise DimensionMismatchError(f"{name} must be 1-D, got shape {keys.shape}")
+        if keys.dtype.kind in "iu":
+            if keys.dtype == np.uint64 and keys.size and keys.max() >= (1 << 63):
+                raise InvalidInputError(f"{name} must fit in int64")
+            return keys.astype(np.int64, copy=False)
+        if keys.dtype.kind in "fcb":
+            raise InvalidTypeError(f"{name} must be integers or strings, got dtype {keys.dtype}")
+        items = keys.tolist()
+    else:
+        items = list(keys)
+    checked = [check_key(k, name) for k in items]
+    if checked and all(type(k) is int for k in checked) and all(-(1 << 63) <= k < (1 << 63) for k in checked):
+        return np.array(checked, dtype=np.int64)
+    return checked
+
+
+def _plan_rows(index: KeyIndex, keys) -> tuple[np.ndarray, Any]:
+    """Rows of ``keys`` with new ids given the rows they *will* get; returns (rows, new ids)."""
+    start = len(index)
+    if start == 0 and isinstance(keys, np.ndarray) and keys.size:
+        rows, missing, wanted = np.empty(keys.size, dtype=np.int64), slice(None), keys
+    else:
+        rows = index.rows_of(keys)
+        missing = rows < 0
+        if not missing.any():
+            return rows, []
+        wanted = keys[missing] if isinstance(keys, np.ndarray) else None
+    if isinstance(keys, np.ndarray):
+        lo, hi = int(wanted.min()), int(wanted.max())
+        if hi - lo <= 4 * wanted.size + 1024:
+            # Presence table: sorted distinct ids and their ranks without a sort.
+            offset = wanted - lo
+            present = np.zeros(hi - lo + 1, dtype=bool)
+            present[offset] = True
+            rank = np.cumsum(present, dtype=np.int64) + (start - 1)
+            rows[missing] = rank[offset]
+            return rows, np.flatnonzero(present) + lo
+        new, inverse = np.unique(wanted, return_inverse=True)
+        rows[missing] = start + inverse.ravel()
+        return rows, new
+    order: dict = {}
+    for i in np.flatnonzero(rows < 0).tolist():
+        rows[i] = start + order.setdefault(keys[i], len(order))
+    return rows, list(order)
+
+
+def _trim_new(index: KeyIndex, rows: np.ndarray, new) -> tuple[np.ndarray, Any]:
+    """Drop planned new ids no longer used, renumbering the planned rows."""
+    if len(new) == 0:
+        return rows, new
+    start = len(index)
+    used = np.zeros(len(new), dtype=bool)
+    planned = rows >= start
+    used[rows[planned] - start] = True
+    if used.all():
+        return rows, new
+    renumber = np.cumsum(used) - 1
+    rows = rows.copy()
+    rows[planned] = start + renumber[rows[planned] - start]
+    new = new[used] if isinstance(new, np.ndarray) else [k for k, u in zip(new, used, strict=True) if u]
+    return rows, new
+
+
+def _keys_for(index: KeyIndex, rows: np.ndarray, new) -> list:
+    """Ids of planned rows (existing or new), as Python objects."""
+    start = len(index)
+    new_list = new.tolist() if isinstance(new, np.ndarray) else list(new)
+    out = []
+    for r in rows.tolist():
+        out.append(index.key_of(r) if r < start else new_list[r - start])
+    return out
+
+
+def _add_keys(index: KeyIndex, keys) -> None:
+    if len(keys):
+        index.add_new(keys)
+
+
+def _first_occurrence(keys) -> np.ndarray | None:
+    """Index of each id's first occurrence, or None when all ids are distinct."""
+    if isinstance(keys, np.ndarray):
+        s = np.sort(keys)
+        if s.size < 2 or not (s[1:] == s[:-1]).any():
+            return None
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        return first[inverse.ravel()]
+    seen: dict = {}
+    first = np.array([seen.setdefault(k, i) for i, k in enumerate(keys)], dtype=np.int64)
+    return None if len(seen) == len(keys) else first
+
+
+def _as_timestamps(timestamps: Any, n: int) -> np.ndarray:
+    if isinstance(timestamps, np.ndarray) and timestamps.dtype.kind in "iuf":
+        return as_float_vector(timestamps, "timestamps", allow_empty=True)
+    if isinstance(timestamps, (str, bytes)) or not hasattr(timestamps, "__len__"):
+        raise InvalidTypeError("timestamps must be an array or sequence")
+    return np.array([check_timestamp(t) for t in timestamps], dtype=np.float64)
+
+
+def _as_type_codes(types: Any, n: int) -> np.ndarray:
+    """Evidence types as int16 codes: one type for all rows, codes, or a sequence of types."""
+    if isinstance(types, (EvidenceType, str)):
+        return np.full(n, EvidenceType.parse(types).code, dtype=np.int16)
+    if isinstance(types, np.ndarray) and types.dtype.kind in "iu":
+        if types.ndim != 1:
+            raise DimensionMismatchError(f"evidence_types must be 1-D, got shape {types.shape}")
+        if types.size and (types.min() < 0 or types.max() >= len(EvidenceType)):
+            bad = types[(types < 0) | (types >= len(EvidenceType))][0]
+            EvidenceType.from_code(int(bad))  # raises the typed error
+        return types.astype(np.int16)
+    if not isinstance(types, (Sequence, np.ndarray)):
+        raise InvalidTypeError(f"evidence_types must be a type, a sequence or a code array, got "
+                               f"{type(types).__name__}")
+    items = types.tolist() if isinstance(types, np.ndarray) else list(types)
+    cache: dict = {}
+    out = np.empty(len(items), dtype=np.int16)
+    for i, t in enumerate(items):
+        key = t if isinstance(t, (str, int)) and not isinstance(t, bool) else None
+        code = cache.get(key) if key is not None else None
+        if code is None:
+            code = EvidenceType.parse(t).code
+            if key is not None:
+                cache[key] = code
+        out[i] = code
+    return out

@@ -1,0 +1,535 @@
+"""Exact, mergeable sums of float64 values (a fixed-size "superaccumulator").
+
+Every finite float64 is an integer multiple of 2**-1074 below 2**1024, so it is
+an integer of at most 2098 bits. We cut that integer range into *limbs* of
+26 bits: limb ``k`` counts units of ``2**(26*k - 1074)``. A float64's 53-bit
+significand, shifted to its exponent, always falls into three consecutive
+limbs, each of magnitude below 2**26 (:func:`float_limbs`).
+
+Adding limbs is integer addition, so it is exact, associative and commutative:
+the state after any order, split or merge of the same values is the same
+integer. Limb sums are formed with ``np.bincount`` in float64, which is exact
+as long as no partial sum reaches 2**53, i.e. for up to 2**27 limbs of
+magnitude < 2**26 per call; larger inputs are cut into calls of that size and
+their (integer) results added in int64.
+
+Rounding back to a float is *correct rounding* of the exact sum, the same
+value as :func:`math.fsum` over all contributions, bit for bit
+(:func:`round_limbs`): carries are propagated, the top non-zero limb and the three
+below it are read into two floats whose one addition rounds once, every lower limb
+folded into a sticky bit (round-to-odd with 25 spare bits, so the single
+rounding is the correct one).
+
+Two things differ from :func:`math.fsum`, both documented:
+an exact sum beyond the float range rounds to ``inf`` in :func:`round_limbs`
+(``math.fsum`` raises ``OverflowError``; :meth:`ExactSum.get` raises
+:class:`ExactSumOverflowError`, a subclass of it), and ``math.fsum`` raises on
+*intermediate* overflow (``fsum([1e308, 1e308, -1e308])``) where the exact sum
+is finite and returned here.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInputError, SwarmGuardError
+from ..validation import as_float_vector, check_finite_float
+
+__all__ = [
+    "ExactSum",
+    "ExactSumOverflowError",
+    "LIMB_BITS",
+    "N_LIMBS",
+    "float_limbs",
+    "grouped_limb_sums",
+    "round_limbs",
+    "limbs_to_fraction",
+    "exact_group_sums",
+    "normalise_limbs",
+    "canonical_limbs",
+]
+
+_FORMAT_VERSION = 1
+LIMB_BITS = 26
+_MASK = (1 << LIMB_BITS) - 1
+_UNIT_EXP = -1074  # limb 0 counts units of 2**-1074, the smallest subnormal
+# Values use limbs 0..80 (2098 bits); 3 more limbs of headroom absorb the carry of
+# up to 2**63 contributions, so the last limb never overflows int64.
+N_LIMBS = 84
+# bincount sums limbs (< 2**26) in float64; up to 2**27 of them stay below 2**53.
+_BINCOUNT_CHUNK = 1 << 26
+
+
+class ExactSumOverflowError(SwarmGuardError, OverflowError):
+    """The exact sum is finite as a rational but beyond the float64 range."""
+
+
+# --------------------------------------------------------------------- kernels
+def float_limbs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cut finite float64 values into three exact 26-bit limbs each.
+
+    Parameters
+    ----------
+    values : (n,) float64 array, all finite.
+
+    Returns
+    -------
+    first : (n,) int64
+        Number of each value's lowest limb; limb ``k`` is worth ``2**(26*k - 1074)``.
+    limb : (3, n) int64
+        Signed limb values, ``|limb| < 2**26``: ``values[i] == sum_j limb[j, i] *
+        2**(26*(first[i] + j) - 1074)`` exactly.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fractions import Fraction
+    >>> first, limb = float_limbs(np.array([-0.75]))
+    >>> sum(Fraction(int(limb[j, 0])) * Fraction(2) ** int(26 * (first[0] + j) - 1074)
+    ...     for j in range(3))
+    Fraction(-3, 4)
+    """
+    bits = np.ascontiguousarray(values, dtype=np.float64).ravel().view(np.uint64)
+    n = bits.size
+    first = np.empty(n, dtype=np.int64)
+    limb = np.empty((3, n), dtype=np.int64)
+    # Blocks that stay in cache are ~2x faster than whole-array temporaries.
+    for start in range(0, n, _BLOCK):
+        stop = min(start + _BLOCK, n)
+        _limbs_block(bits[start:stop], first[start:stop], limb[:, start:stop])
+    return first, limb
+
+
+_BLOCK = 4096
+_U = np.uint64
+
+
+def _limbs_block(bits: np.ndarray, first_out: np.ndarray, limb_out: np.ndarray) -> None:
+    biased = (bits >> _U(52)) & _U(0x7FF)
+    normal = (biased != 0).astype(np.uint64)
+    significand = (bits & _U((1 << 52) - 1)) | (normal << _U(52))
+    # Position of the significand's last bit above 2**-1074 (subnormals sit at 0).
+    position = biased + (_U(1) - normal) - _U(1)
+    first = (position * _U(20165)) >> _U(19)  # == position // 26 for position < 2**11
+    shift = position - first * _U(LIMB_BITS)
+    mask = _U(_MASK)
+    low = (significand & mask) << shift  # < 2**51
+    middle = ((significand >> _U(LIMB_BITS)) << shift) + (low >> _U(LIMB_BITS))  # < 2**53
+    negative = (bits >> _U(63)).astype(bool)
+    parts = ((low & mask), (middle & mask), (middle >> _U(LIMB_BITS)))
+    for j, part in enumerate(parts):
+        signed = part.view(np.int64)
+        np.negative(signed, out=signed, where=negative)
+        limb_out[j] = signed
+    first_out[:] = first.view(np.int64)
+
+
+def _flat_terms(first: np.ndarray, limb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index, value) of every limb, flattened limb-major."""
+    index = (first[None, :] + np.arange(3, dtype=np.int64)[:, None]).ravel()
+    return index, limb.ravel()
+
+
+def _split_wide(index: np.ndarray, limb: np.ndarray, group: np.ndarray):
+    """Rewrite limbs of magnitude > 2**26 as several smaller limbs (same value)."""
+    wide = np.abs(limb) > _MASK
+    if not wide.any():
+        return index, limb, group
+    parts = [(index[~wide], limb[~wide], group[~wide])]
+    i, v, g = index[wide], limb[wide], group[wide]
+    while v.size:
+        low, high = v & _MASK, v >> LIMB_BITS  # floor split: v == low + high * 2**26
+        parts.append((i, low, g))
+        small = np.abs(high) <= _MASK
+        parts.append((i[small] + 1, high[small], g[small]))
+        i, v, g = i[~small] + 1, high[~small], g[~small]
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
+
+
+def grouped_limb_sums(
+    group: np.ndarray, index: np.ndarray, limb: np.ndarray, n_groups: int,
+    base: int | None = None, width: int | None = None,
+) -> tuple[int, np.ndarray]:
+    """Add limbs per group into a dense, limb-major window (exact integer sums).
+
+    Parameters
+    ----------
+    group, index, limb : (n,) int64 arrays
+        Group number in ``[0, n_groups)``, limb number and limb value of each term.
+    n_groups : int
+    base, width : int, optional
+        The window's first limb and its number of limbs; by default the
+        smallest window over the data plus 3 limbs of carry headroom.
+
+    Returns
+    -------
+    base : int
+    sums : (width, n_groups) int64
+        ``sums[j, g]`` is the exact sum of group ``g``'s limbs numbered ``base + j``.
+    """
+    group = np.asarray(group, dtype=np.int64).ravel()
+    index = np.asarray(index, dtype=np.int64).ravel()
+    limb = np.asarray(limb, dtype=np.int64).ravel()
+    index, limb, group = _split_wide(index, limb, group)
+    # Zero limbs add nothing; ignoring them keeps a zero (stored at limb 0) from
+    # stretching the window down to 2**-1074.
+    nonzero = limb != 0
+    if base is None:
+        base = int(index.min(where=nonzero, initial=1 << 20)) if nonzero.any() else 0
+    if width is None:
+        top = int(index.max(where=nonzero, initial=-1)) if nonzero.any() else base
+        width = top - base + 1 + 3
+    sums = np.zeros(width * n_groups, dtype=np.int64)
+    # Zero terms may sit outside the window; clipping moves them in, where they add 0.
+    cell = np.clip(index - base, 0, width - 1) * n_groups + group
+    for start in range(0, cell.size, _BINCOUNT_CHUNK):
+        stop = start + _BINCOUNT_CHUNK
+        part = np.bincount(cell[start:stop], weights=limb[start:stop], minlength=width * n_groups)
+        sums += part.astype(np.int64)
+    return base, sums.reshape(width, n_groups)
+
+
+def normalise_limbs(sums: np.ndarray) -> None:
+    """Propagate carries in place along axis 0: limbs in [0, 2**26), the last one signed."""
+    for j in range(sums.shape[0] - 1):
+        carry = sums[j] >> LIMB_BITS
+        sums[j] &= _MASK
+        sums[j + 1] += carry
+
+
+def canonical_limbs(sums: np.ndarray) -> None:
+    """Normalise in place to sign-magnitude form: every limb of a column has the
+    column's sign and magnitude < 2**26, so equal sums have equal limbs whatever
+    the window (the top limb must be headroom)."""
+    normalise_limbs(sums)
+    negative = sums[-1] < 0
+    if negative.any():
+        sub = -sums[:, negative]
+        normalise_limbs(sub)
+        sums[:, negative] = -sub
+
+
+def round_limbs(sums: np.ndarray, base: int) -> np.ndarray:
+    """Correctly rounded float64 value of each column of a limb window.
+
+    Parameters
+    ----------
+    sums : (width, m) int64
+        Limb sums as returned by :func:`grouped_limb_sums` (not modified); the
+        limbs above the data must hold the carries, with the top one left for
+        the sign (2 spare limbs suffice for fewer than 2**26 terms per cell).
+    base : int
+        Limb number of row 0.
+
+    Returns
+    -------
+    (m,) float64
+        ``RN(sum_j sums[j] * 2**(26*(base+j) - 1074))`` for each column: the
+        value ``math.fsum`` gives; ``±inf`` beyond the float range; ``+0.0`` for 0.
+    """
+    sums = np.asarray(sums, dtype=np.int64)
+    out = np.empty(sums.shape[1], dtype=np.float64)
+    for start in range(0, sums.shape[1], _ROUND_BLOCK):  # blocks that stay in cache
+        out[start:start + _ROUND_BLOCK] = _round_block(sums[:, start:start + _ROUND_BLOCK], base)
+    return out
+
+
+_ROUND_BLOCK = 32768
+
+
+def _round_block(sums: np.ndarray, base: int) -> np.ndarray:
+    d = np.array(sums, dtype=np.int64, copy=True)
+    width, m = d.shape
+    normalise_limbs(d)
+    negative = d[-1] < 0
+    if negative.any():
+        d *= np.where(negative, -1, 1)
+        normalise_limbs(d)
+    top = np.zeros(m, dtype=np.int64)
+    lowest = np.full(m, width, dtype=np.int64)
+    for j in range(width):
+        np.copyto(top, j, where=d[j] != 0)
+        np.copyto(lowest, width - 1 - j, where=d[width - 1 - j] != 0)
+    flat = d.ravel()
+    cols = np.arange(m)
+
+    def limb_at(k: np.ndarray) -> np.ndarray:  # limb k of each column, 0 below limb 0
+        return np.where(k >= 0, flat[np.maximum(k, 0) * m + cols], 0)
+
+    t0, t1, t2, t3 = flat[top * m + cols], limb_at(top - 1), limb_at(top - 2), limb_at(top - 3)
+    high = t0.astype(np.float64) * 2.0**78 + t1.astype(np.float64) * 2.0**52  # exact: 52 bits
+    sticky = (lowest < top - 3).astype(np.int64)
+    low = ((t2 << LIMB_BITS) | t3 | sticky).astype(np.float64)  # exact, < 2**52
+    with np.errstate(over="ignore"):
+        value = np.ldexp(high + low, LIMB_BITS * (base + top - 3) + _UNIT_EXP)
+    value[d[-1] > _MASK] = np.inf  # cannot happen with enough headroom; kept as a guard
+    np.negative(value, out=value, where=negative)
+    value[lowest == width] = 0.0
+    return value
+
+
+def limbs_to_fraction(sums: np.ndarray, base: int = 0) -> Fraction:
+    """Exact rational value of one limb vector (for tests and audits)."""
+    total = 0
+    for j, v in enumerate(np.asarray(sums, dtype=np.int64).tolist()):
+        total += v << (LIMB_BITS * j)
+    return Fraction(total) * Fraction(2) ** (LIMB_BITS * base + _UNIT_EXP)
+
+
+def exact_group_sums(group: np.ndarray, values: np.ndarray, n_groups: int,
+                     extra: float | None = None, counts: np.ndarray | None = None) -> np.ndarray:
+    """``math.fsum`` of ``values`` per group, vectorised (finite input only).
+
+    ``extra``, when given, is one more term added to every group (a prior).
+    Groups of at most two terms take one float pass (``np.bincount`` adds
+    ``0.0 + a + b`` in order, and one IEEE addition is correctly rounded, so
+    that *is* ``math.fsum([a, b])``, signed zeros included); only groups of
+    three or more terms go through the limbs. ``counts`` (terms per group,
+    without ``extra``) saves a pass when the caller has it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> exact_group_sums(np.array([0, 1, 0, 1]), np.array([1e16, 1.0, 2.0, 2.0]), 2).tolist()
+    [1.0000000000000002e+16, 3.0]
+    """
+    values = np.asarray(values, dtype=np.float64)
+    group = np.asarray(group, dtype=np.int64)
+    if n_groups == 0:
+        return np.zeros(0)
+    if counts is None:
+        counts = np.bincount(group, minlength=n_groups)
+    with np.errstate(over="ignore"):  # an overflow gives inf, as the limb path does
+        out = np.bincount(group, weights=values, minlength=n_groups)
+        if extra is not None:
+            out = out + extra
+    n_terms = counts + (extra is not None)
+    many = n_terms >= 3
+    if not many.any():
+        return out
+    selected = many[group]
+    slow_groups = np.flatnonzero(many)
+    renumber = np.cumsum(many) - 1
+    out[slow_groups] = _limb_group_sums(renumber[group[selected]], values[selected], slow_groups.size, extra)
+    return out
+
+
+def _limb_group_sums(group: np.ndarray, values: np.ndarray, n_groups: int, extra: float | None) -> np.ndarray:
+    index, limb = _flat_terms(*float_limbs(values))
+    g = np.tile(group, 3)
+    if extra is not None:
+        e_first, e_limb = float_limbs(np.array([extra]))
+        index = np.concatenate([index, np.repeat(e_first[0] + np.arange(3), n_groups)])
+        limb = np.concatenate([limb, np.repeat(e_limb[:, 0], n_groups)])
+        g = np.concatenate([g, np.tile(np.arange(n_groups, dtype=np.int64), 3)])
+    base, sums = grouped_limb_sums(g, index, limb, n_groups)
+    return round_limbs(sums, base)
+
+
+# --------------------------------------------------------------------- the value
+class ExactSum:
+    """An exact sum of float64 values: fixed size, mergeable, serialisable.
+
+    The state is 84 int64 limbs (672 bytes) and a count, whatever the number of
+    values. Updates, reverts and merges are integer additions, so the result
+    does not depend on the order of arrival or on how the values were split and
+    merged; :meth:`get` returns the correctly rounded sum, equal to
+    :func:`math.fsum` of every value added, bit for bit.
+
+    Examples
+    --------
+    >>> import math
+    >>> values = [1e16, 1.0, -1e16, 1e-300, 3.5]
+    >>> a = ExactSum()
+    >>> a.update_many(values[:2])
+    >>> b = ExactSum()
+    >>> for v in values[2:]:
+    ...     b.update(v)
+    >>> a += b
+    >>> a.get() == math.fsum(values), a.get()
+    (True, 4.5)
+    >>> a.revert(3.5)
+    >>> a.get(), a.count
+    (1.0, 4)
+    >>> ExactSum.from_bytes(a.to_bytes()) == a
+    True
+    """
+
+    __slots__ = ("limbs", "count")
+
+    def __init__(self) -> None:
+        self.limbs = np.zeros(N_LIMBS, dtype=np.int64)
+        self.count = 0
+
+    # ------------------------------------------------------------------ updates
+    def _add_values(self, values: np.ndarray, sign: int) -> None:
+        total = np.zeros(N_LIMBS, dtype=np.int64)
+        for start in range(0, values.size, _BINCOUNT_CHUNK):
+            index, limb = _flat_terms(*float_limbs(values[start:start + _BINCOUNT_CHUNK]))
+            part = np.bincount(index, weights=limb, minlength=N_LIMBS)
+            total += part.astype(np.int64)
+        self.limbs += total if sign > 0 else -total
+        normalise_limbs(self.limbs[:, None])
+        self.count += sign * values.size
+
+    def update(self, x: Any) -> None:
+        """Add one finite value."""
+        x = check_finite_float(x, "x")
+        self._add_values(np.array([x]), +1)
+
+    def update_many(self, values: Any) -> None:
+        """Add every value of a 1-D array (all finite, else nothing is added)."""
+        values = as_float_vector(values, "values", allow_empty=True)
+        self._add_values(values, +1)
+
+    def revert(self, x: Any) -> None:
+        """Remove one value that was added before (exact inverse of :meth:`update`)."""
+        x = check_finite_float(x, "x")
+        if self.count < 1:
+            raise InvalidInputError("cannot revert from an empty ExactSum")
+        self._add_values(np.array([x]), -1)
+
+    def revert_many(self, values: Any) -> None:
+        """Remove values that were added before."""
+        values = as_float_vector(values, "values", allow_empty=True)
+        if values.size > self.count:
+            raise InvalidInputError(f"cannot revert {values.size} values from an ExactSum of {self.count}")
+        self._add_values(values, -1)
+
+    # ------------------------------------------------------------------ merging
+    def __iadd__(self, other: ExactSum) -> ExactSum:
+        if not isinstance(other, ExactSum):
+            return NotImplemented
+        self.limbs += other.limbs
+        normalise_limbs(self.limbs[:, None])
+        self.count += other.count
+        return self
+
+    def __add__(self, other: ExactSum) -> ExactSum:
+        if not isinstance(other, ExactSum):
+            return NotImplemented
+        result = self.copy()
+        result += other
+        return result
+
+    def __isub__(self, other: ExactSum) -> ExactSum:
+        """Remove a part that was merged in before (inverse of ``+=``)."""
+        if not isinstance(other, ExactSum):
+            return NotImplemented
+        if other.count > self.count:
+            raise InvalidInputError(f"cannot subtract an ExactSum of {other.count} from one of {self.count}")
+        self.limbs -= other.limbs
+        normalise_limbs(self.limbs[:, None])
+        self.count -= other.count
+        return self
+
+    def __sub__(self, other: ExactSum) -> ExactSum:
+        if not isinstance(other, ExactSum):
+            return NotImplemented
+        result = self.copy()
+        result -= other
+        return result
+
+    @classmethod
+    def merge_all(cls, parts: Iterable[ExactSum]) -> ExactSum:
+        """The exact sum of many parts."""
+        result = cls()
+        for p in parts:
+            if not isinstance(p, ExactSum):
+                raise InvalidInputError(f"merge_all needs ExactSum parts, got {type(p).__name__}")
+            result.limbs += p.limbs
+            result.count += p.count
+        normalise_limbs(result.limbs[:, None])
+        return result
+
+    # ------------------------------------------------------------------ results
+    def get(self) -> float:
+        """The correctly rounded sum (``math.fsum`` of every value added)."""
+        value = float(round_limbs(self.limbs[:, None], 0)[0])
+        if not np.isfinite(value):
+            raise ExactSumOverflowError("the exact sum is beyond the float64 range")
+        return value
+
+    def to_fraction(self) -> Fraction:
+        """The exact sum as a :class:`fractions.Fraction`."""
+        return limbs_to_fraction(self.limbs, 0)
+
+    # ------------------------------------------------------------------ plumbing
+    def copy(self) -> ExactSum:
+        result = ExactSum()
+        result.limbs = self.limbs.copy()
+        result.count = self.count
+        return result
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __eq__(self, other: object) -> bool:
+        """Same exact sum and count (the normalised limbs are canonical)."""
+        if not isinstance(other, ExactSum):
+            return NotImplemented
+        return self.count == other.count and np.array_equal(self.limbs, other.limbs)
+
+    __hash__ = None  # mutable
+
+    def __repr__(self) -> str:
+        try:
+            shown = repr(self.get())
+        except ExactSumOverflowError:
+            shown = "overflow"
+        return f"ExactSum(count={self.count}, sum={shown})"
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        """The state as a dict of NumPy arrays (copies)."""
+        return {
+            "version": np.array(_FORMAT_VERSION),
+            "count": np.array(self.count, dtype=np.int64),
+            "limbs": self.limbs.copy(),
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> ExactSum:
+        """Rebuild from :meth:`to_dict` output, validating every field."""
+        try:
+            version = int(np.asarray(state["version"]))
+            count = int(np.asarray(state["count"]))
+            limbs = np.asarray(state["limbs"])
+        except KeyError as exc:
+            raise InvalidInputError(f"ExactSum state lacks field {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"ExactSum state is malformed: {exc}") from exc
+        if version != _FORMAT_VERSION:
+            raise InvalidInputError(f"unsupported ExactSum format version {version}")
+        if limbs.shape != (N_LIMBS,) or limbs.dtype != np.int64:
+            raise InvalidInputError(f"ExactSum limbs must be {N_LIMBS} int64, got {limbs.dtype} {limbs.shape}")
+        if count < 0:
+            raise InvalidInputError(f"ExactSum count must be >= 0, got {count}")
+        normal = limbs.copy()
+        normalise_limbs(normal[:, None])
+        if not np.array_equal(normal, limbs):
+            raise InvalidInputError("ExactSum limbs are not normalised")
+        result = cls()
+        result.limbs, result.count = limbs.copy(), count
+        return result
+
+    def to_bytes(self) -> bytes:
+        """Serialise to bytes (an ``.npz`` archive, no pickle)."""
+        buf = io.BytesIO()
+        np.savez(buf, **self.to_dict())
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ExactSum:
+        """Inverse of :meth:`to_bytes`."""
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                state = {k: z[k] for k in z.files}
+        except Exception as exc:  # zipfile/ValueError/OSError on corrupt input
+            raise InvalidInputError(f"bytes are not a serialised ExactSum: {exc}") from exc
+        return cls.from_dict(state)
+

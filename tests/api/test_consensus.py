@@ -1,0 +1,534 @@
+"""StableBayesianConsensus: the guide's snippet, exactness, robustness, persistence, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+import struct
+import warnings
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from swarmguard.api.consensus import StableBayesianConsensus
+from swarmguard.api.evidence_types import BayesianEvidence, EvidenceType
+from swarmguard.errors import (
+    DimensionMismatchError,
+    DuplicateEvidenceError,
+    InvalidInputError,
+    InvalidTypeError,
+    MissingFieldError,
+    NonFiniteError,
+    SwarmGuardError,
+    UnknownAgentError,
+    UnknownEvidenceTypeError,
+)
+
+
+def bits(x: float) -> bytes:
+    return struct.pack("<d", x)
+
+
+# ------------------------------------------------------------------ the guide's snippet
+@dataclass
+class Observation:  # the user's own observation record
+    id: str
+    type: str
+    log_likelihood_ratio: float
+    confidence: float
+    timestamp: float
+    observer_node: str
+
+
+def map_to_evidence_type(kind: str) -> EvidenceType:  # the user's helper
+    return EvidenceType.parse(kind)
+
+
+def test_guide_solution_2_runs_as_written():
+    from distributed_bayesian_consensus import (  # noqa: F401
+        BayesianEvidence,
+        EvidenceType,
+        StableBayesianConsensus,
+    )
+
+    # Initialize with your parameters
+    consensus = StableBayesianConsensus(
+        byzantine_threshold=0.33,  # Your security requirement
+        partition_size=10000       # Optimal for numerical stability
+    )
+
+    # Your evidence collection becomes:
+    async def process_behavioral_evidence(agent_id, observations):
+        for obs in observations:
+            evidence = BayesianEvidence(
+                evidence_id=obs.id,
+                agent_id=agent_id,
+                evidence_type=map_to_evidence_type(obs.type),
+                log_odds=obs.log_likelihood_ratio,  # Your existing Bayesian calc
+                confidence=obs.confidence,
+                timestamp=obs.timestamp,
+                source_node=obs.observer_node
+            )
+
+            await consensus.add_evidence(evidence)
+
+        # Get numerically stable result
+        result = await consensus.distributed_evidence_consensus(agent_id)
+        return result['probability']  # Use this instead of your current calculation
+
+    kinds = ["behavioral_anomaly", "resource usage", "Policy-Violation", "peer_report"]
+    observations = [Observation(f"o{i}", kinds[i % 4], 0.5 + 0.01 * i, 0.9, float(i), f"node-{i % 7}")
+                    for i in range(70)]
+    probability = asyncio.run(process_behavioral_evidence("agent-42", observations))
+    # Robust rule by hand: per-node exact totals, trim floor(0.33 * 7) = 2 per side, scale to 7.
+    per_node = {}
+    for o in observations:
+        per_node.setdefault(o.observer_node, []).append(o.confidence * o.log_likelihood_ratio)
+    totals = sorted(math.fsum(v) for v in per_node.values())
+    kept = math.fsum(totals[2:-2])
+    expected_log_odds = 0.0 + kept * (7 / 3)
+    result = consensus.distributed_evidence_consensus_sync("agent-42")
+    assert bits(result["log_odds"]) == bits(expected_log_odds)
+    assert math.isclose(probability, 1.0 / (1.0 + math.exp(-expected_log_odds)), rel_tol=1e-15)
+    assert result["source_count"] == 7 and result["evidence_count"] == 70
+
+
+# ------------------------------------------------------------------ exactness
+contribution_values = st.floats(min_value=-1e15, max_value=1e15, allow_nan=False) | st.sampled_from(
+    [1e15, -1e15, 1e-300, 5e-324, 0.1])
+
+
+@st.composite
+def evidence_sets(draw):
+    n = draw(st.integers(1, 60))
+    rows = []
+    for i in range(n):
+        rows.append((i, draw(st.integers(0, 4)), draw(st.integers(0, 5)), draw(contribution_values),
+                     draw(st.sampled_from([1.0, 0.5, 0.3, 0.0]))))
+    return rows
+
+
+def _build(rows, order, partition_size, mode, aggregation="robust", prior=0.5):
+    c = StableBayesianConsensus(partition_size=partition_size, aggregation=aggregation,
+                                prior_probability=prior)
+    picked = [rows[i] for i in order]
+    if mode == "single":
+        for ev, a, s, lo, conf in picked:
+            c.add_evidence_sync(BayesianEvidence(ev, a, "peer_report", lo, conf, 0.0, s))
+    else:
+        half = len(picked) // 2
+        for chunk in (picked[:half], picked[half:]):
+            if chunk:
+                cols = list(zip(*chunk, strict=True))
+                c.add_evidence_batch(np.array(cols[0]), np.array(cols[1]), "peer_report", np.array(cols[3]),
+                                     np.array(cols[4]), np.zeros(len(chunk)), np.array(cols[2]))
+    return c
+
+
+@given(evidence_sets(), st.randoms(use_true_random=False), st.sampled_from(["robust", "sum"]))
+@settings(max_examples=60, deadline=None)
+def test_results_identical_bits_under_shuffle_and_repartition(rows, rnd, aggregation):
+    prior = 0.2
+    results = []
+    for trial in range(3):
+        order = list(range(len(rows)))
+        rnd.shuffle(order)
+        c = _build(rows, order, partition_size=rnd.choice([1, 2, 3, 7, 10000]),
+                   mode="single" if trial == 1 else "batch", aggregation=aggregation, prior=prior)
+        many = c.consensus_many()
+        keyed = {a: (bits(lo), bits(low), bits(high)) for a, lo, low, high in
+                 zip(many["agent_ids"].tolist(), many["log_odds"], many["log_odds_low"], many["log_odds_high"],
+                     strict=True)}
+        results.append(keyed)
+        prior_lo = math.log(prior) - math.log1p(-prior)
+        for a in keyed:
+            single = c.consensus(a)
+            assert bits(single["log_odds"]) == keyed[a][0]
+            mine = [conf * lo for _, aa, _, lo, conf in rows if aa == a]
+            assert bits(single["sum_log_odds"]) == bits(math.fsum([c.prior_log_odds, *mine]))
+            assert single["evidence_count"] == len(mine)
+            if aggregation == "sum":
+                assert bits(single["log_odds"]) == bits(math.fsum([c.prior_log_odds, *mine]))
+        with_sum = c.consensus_many(include_sum=True)
+        for a, total in zip(with_sum["agent_ids"].tolist(), with_sum["sum_log_odds"], strict=True):
+            mine = [conf * lo for _, aa, _, lo, conf in rows if aa == a]
+            assert bits(total) == bits(math.fsum([c.prior_log_odds, *mine]))
+        assert abs(c.prior_log_odds - prior_lo) <= 4 * math.ulp(prior_lo)
+    assert results[0] == results[1] == results[2]
+
+
+def test_cancellation_against_fraction():
+    c = StableBayesianConsensus(aggregation="sum")
+    rng = np.random.default_rng(2)
+    big = rng.uniform(-1e15, 1e15, size=500)
+    small = rng.uniform(-1e-3, 1e-3, size=20)
+    values = np.concatenate([big, small, -big])
+    rng.shuffle(values)
+    n = values.size
+    c.add_evidence_batch(np.arange(n), np.zeros(n, dtype=np.int64), "peer_report", values, np.ones(n),
+                         np.zeros(n), np.arange(n) % 9)
+    exact = sum((Fraction(v) for v in small.tolist()), Fraction(0))
+    result = c.consensus(0)
+    assert result["log_odds"] == float(exact)
+    assert result["log_odds"] != float(np.sum(values))  # the naive sum is wrong here
+
+
+@pytest.mark.parametrize("log_odds", [1e300, -1e300, 800.0, -800.0, 0.0, 1e-300])
+def test_probability_from_extreme_log_odds(log_odds):
+    c = StableBayesianConsensus(aggregation="sum")
+    c.add_evidence_sync(BayesianEvidence(1, "a", "peer_report", log_odds, 1.0, 0.0, "n"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = c.consensus("a")
+        many = c.consensus_many()
+    for value in (r["probability"], r["log_probability"], r["log_probability_complement"],
+                  many["probability"][0], many["log_probability"][0]):
+        assert math.isfinite(value)
+    assert 0.0 <= r["probability"] <= 1.0
+    if log_odds == -1e300:
+        assert r["log_probability"] == -1e300 and r["probability"] == 0.0
+    if log_odds == 1e300:
+        assert r["log_probability_complement"] == -1e300 and r["probability"] == 1.0
+    if log_odds == 0.0:
+        assert r["probability"] == 0.5
+
+
+def test_consensus_many_matches_single_calls_and_subsets():
+    rng = np.random.default_rng(4)
+    n = 3000
+    c = StableBayesianConsensus(partition_size=100)
+    agents = rng.integers(0, 300, size=n) * 7 + 11  # sparse integer ids
+    c.add_evidence_batch(np.arange(n), agents, rng.integers(0, 6, size=n), rng.normal(size=n),
+                         rng.uniform(size=n), np.zeros(n), rng.integers(0, 12, size=n))
+    many = c.consensus_many()
+    for i, a in enumerate(many["agent_ids"].tolist()):
+        one = c.consensus(a)
+        assert bits(one["log_odds"]) == bits(many["log_odds"][i])
+        assert one["source_count"] == many["source_count"][i]
+        assert one["evidence_count"] == many["evidence_count"][i]
+        assert one["consensus_reached"] == bool(many["consensus_reached"][i])
+    subset = many["agent_ids"][[5, 0, 9]]
+    part = c.consensus_many(subset)
+    assert np.array_equal(part["log_odds"], many["log_odds"][[5, 0, 9]])
+    assert c.n_partitions >= n // 100
+
+
+# ------------------------------------------------------------------ Byzantine sources
+def test_lying_sources_are_flagged_and_bounded():
+    rng = np.random.default_rng(9)
+    n_agents, per_agent, n_sources = 300, 10, 20
+    liars = {4, 13}
+    ev, ag, src, lo = [], [], [], []
+    for a in range(n_agents):
+        truth = rng.normal()
+        for s in rng.choice(n_sources, size=per_agent, replace=False).tolist():
+            ev.append(len(ev))
+            ag.append(a)
+            src.append(s)
+            lo.append(1e9 if s in liars else truth + rng.normal(0, 0.1))
+    c = StableBayesianConsensus(byzantine_threshold=0.33)
+    c.add_evidence_batch(np.array(ev), np.array(ag), "peer_report", np.array(lo), np.ones(len(ev)),
+                         np.zeros(len(ev)), np.array(src))
+    assert sorted(c.byzantine_nodes) == sorted(liars)
+    reputation = c.source_reputation()
+    assert all(reputation[s]["flagged"] == (s in liars) for s in range(n_sources))
+    many = c.consensus_many(include_sum=True)
+    assert many["byzantine_nodes"] == sorted(liars)
+    # Robust log-odds stay in the honest range; the plain sum is dragged away.
+    for i in range(n_agents):
+        honest = [lo[j] for j in range(len(ev)) if ag[j] == i and src[j] not in liars]
+        n = many["source_count"][i]
+        assert n * min(honest) - 1e-9 <= many["log_odds"][i] <= n * max(honest) + 1e-9
+    assert np.abs(many["sum_log_odds"]).max() > 1e8
+    single = c.consensus(int(np.flatnonzero(many["byzantine_source_count"] > 0)[0]))
+    assert set(single["byzantine_nodes"]) <= liars and single["byzantine_nodes"]
+
+
+def test_consensus_not_reached_when_too_many_flagged_sources_report():
+    c = StableBayesianConsensus(byzantine_threshold=0.2)
+    rng = np.random.default_rng(1)
+    rows = []
+    for a in range(200):
+        for s in range(10):
+            rows.append((a, s, 1e6 if s in (0, 1) else rng.normal()))
+    # Agent 999: 3 sources, two of them the flagged liars: f = 0, so not reached.
+    rows += [(999, 0, 1e6), (999, 1, 1e6), (999, 5, 0.3)]
+    cols = list(zip(*rows, strict=True))
+    n = len(rows)
+    c.add_evidence_batch(np.arange(n), np.array(cols[0]), "peer_report", np.array(cols[2]), np.ones(n),
+                         np.zeros(n), np.array(cols[1]))
+    assert sorted(c.byzantine_nodes) == [0, 1]
+    assert c.consensus(999)["consensus_reached"] is False
+    assert c.consensus(5)["consensus_reached"] is True
+
+
+# ------------------------------------------------------------------ persistence
+def test_store_round_trip_bit_for_bit(tmp_path):
+    path = tmp_path / "evidence.db"
+    rng = np.random.default_rng(5)
+    n = 400
+    lo = rng.normal(size=n) * 10.0 ** rng.integers(-20, 20, size=n)
+    lo[0] = -0.0
+    ids = [f"e{i}" for i in range(n)]
+    agents = [f"agent-{i % 37}" for i in range(n)]
+    sources = [f"node-{i % 11}" for i in range(n)]
+    with StableBayesianConsensus(partition_size=50, store=path) as c:
+        c.add_evidence_batch(ids[:300], agents[:300], "resource_usage", lo[:300], np.full(300, 0.7),
+                             np.arange(300.0), sources[:300])
+        for i in range(300, n):
+            c.add_evidence_sync(BayesianEvidence(ids[i], agents[i], EvidenceType.PEER_REPORT, lo[i], 0.25,
+                                                 float(i), sources[i]))
+        # Durable before returning: another connection already sees every row.
+        assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM evidence").fetchone()[0] == n
+        before = c.consensus_many(include_sum=True)
+        fingerprint = c.state_fingerprint()
+    with StableBayesianConsensus(partition_size=50, store=path) as again:
+        after = again.consensus_many(include_sum=True)
+        assert again.state_fingerprint() == fingerprint
+        for key in ("log_odds", "log_odds_low", "log_odds_high", "sum_log_odds", "probability"):
+            assert before[key].tobytes() == after[key].tobytes()
+        assert list(before["agent_ids"]) == list(after["agent_ids"])
+        # Idempotent after reopening; a conflicting duplicate is refused and not stored.
+        assert again.add_evidence_sync(BayesianEvidence(ids[0], agents[0], "resource_usage", lo[0], 0.7, 0.0,
+                                                        sources[0])) is False
+        with pytest.raises(DuplicateEvidenceError):
+            again.add_evidence_sync(BayesianEvidence(ids[0], agents[0], "resource_usage", 1.0, 0.7, 0.0,
+                                                     sources[0]))
+    assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM evidence").fetchone()[0] == n
+
+
+def test_store_refuses_ids_it_cannot_store(tmp_path):
+    with StableBayesianConsensus(store=tmp_path / "e.db") as c:
+        before = c.state_fingerprint()
+        with pytest.raises(InvalidTypeError):
+            c.add_evidence_sync(BayesianEvidence(("tuple", 1), "a", "peer_report", 1.0, 1.0, 0.0, "n"))
+        assert c.state_fingerprint() == before
+
+
+# ------------------------------------------------------------------ idempotency and bad input
+def _seeded():
+    c = StableBayesianConsensus(partition_size=3)
+    c.add_evidence_batch(np.arange(5), np.array([1, 1, 2, 2, 3]), "peer_report",
+                         np.array([0.5, -0.25, 1.0, 2.0, 3.0]), np.ones(5), np.zeros(5), np.array([7, 8, 7, 8, 9]))
+    return c
+
+
+def test_duplicates_are_no_ops_and_conflicts_are_errors():
+    c = _seeded()
+    before = c.state_fingerprint()
+    assert c.add_evidence_sync(BayesianEvidence(0, 1, "peer_report", 0.5, 1.0, 0.0, 7)) is False
+    assert c.add_evidence_batch(np.array([1, 2]), np.array([1, 2]), "peer_report", np.array([-0.25, 1.0]),
+                                np.ones(2), np.zeros(2), np.array([8, 7])) == 0
+    assert c.state_fingerprint() == before
+    # Same id, other content: refused, alone or in a batch, and nothing of the batch is added.
+    with pytest.raises(DuplicateEvidenceError):
+        c.add_evidence_sync(BayesianEvidence(0, 1, "peer_report", 0.5, 0.9, 0.0, 7))
+    with pytest.raises(DuplicateEvidenceError):
+        c.add_evidence_batch(np.array([10, 1]), np.array([5, 1]), "peer_report", np.array([1.0, -0.3]),
+                             np.ones(2), np.zeros(2), np.array([7, 8]))
+    with pytest.raises(DuplicateEvidenceError):
+        c.add_evidence_batch(np.array([10, 10]), np.array([5, 5]), "peer_report", np.array([1.0, 2.0]),
+                             np.ones(2), np.zeros(2), np.array([7, 7]))
+    assert c.state_fingerprint() == before
+    # Identical copies inside one batch: added once.
+    assert c.add_evidence_batch(np.array([10, 10]), np.array([5, 5]), "peer_report", np.array([1.0, 1.0]),
+                                np.ones(2), np.zeros(2), np.array([7, 7])) == 1
+    assert c.consensus(5)["evidence_count"] == 1
+
+
+BAD_SINGLE = [
+    dict(log_odds=float("nan")),
+    dict(log_odds=float("inf")),
+    dict(log_odds="1.0"),
+    dict(confidence=1.5),
+    dict(confidence=-0.1),
+    dict(evidence_type="not-a-type"),
+    dict(evidence_type=42),
+    dict(evidence_id=None),
+    dict(agent_id=[1, 2]),
+    dict(agent_id=1.5),
+    dict(source_node=None),
+    dict(timestamp=float("nan")),
+]
+
+
+@pytest.mark.parametrize("change", BAD_SINGLE)
+def test_bad_single_evidence_is_rejected_and_changes_nothing(change):
+    c = _seeded()
+    before = c.state_fingerprint()
+    fields = dict(evidence_id=99, agent_id=1, evidence_type="peer_report", log_odds=1.0, confidence=1.0,
+                  timestamp=0.0, source_node=7)
+    fields.update(change)
+    with pytest.raises(SwarmGuardError):
+        c.add_evidence_sync(fields)  # a mapping is validated the same way as a BayesianEvidence
+    with pytest.raises(SwarmGuardError):
+        BayesianEvidence(**fields)
+    assert c.state_fingerprint() == before
+
+
+def test_missing_fields_and_wrong_types():
+    c = _seeded()
+    before = c.state_fingerprint()
+    with pytest.raises(MissingFieldError):
+        BayesianEvidence(evidence_id=1, agent_id=2)
+    with pytest.raises(InvalidTypeError):
+        c.add_evidence_sync("not evidence")
+    with pytest.raises(UnknownEvidenceTypeError):
+        EvidenceType.parse("telepathy")
+    with pytest.raises(UnknownAgentError):
+        c.consensus("nobody")
+    with pytest.raises(UnknownAgentError):
+        c.consensus_many(["nobody"])
+    assert c.state_fingerprint() == before
+
+
+BAD_BATCH = [
+    dict(log_odds=np.array([1.0, np.nan])),
+    dict(confidences=np.array([1.0, 2.0])),
+    dict(timestamps=np.array([0.0, np.inf])),
+    dict(evidence_types=np.array([0, 17])),
+    dict(evidence_types=["peer_report", "nonsense"]),
+    dict(evidence_ids=np.array([1.5, 2.5])),
+    dict(agent_ids=np.array([1, 2, 3])),
+    dict(source_nodes=[7, None]),
+    dict(log_odds="12"),
+]
+
+
+@pytest.mark.parametrize("change", BAD_BATCH)
+def test_bad_batches_are_rejected_whole(change):
+    c = _seeded()
+    before = c.state_fingerprint()
+    args = dict(evidence_ids=np.array([50, 51]), agent_ids=np.array([1, 9]), evidence_types="peer_report",
+                log_odds=np.array([1.0, 2.0]), confidences=np.array([0.5, 0.5]), timestamps=np.zeros(2),
+                source_nodes=np.array([7, 8]))
+    args.update(change)
+    with pytest.raises((NonFiniteError, InvalidInputError, InvalidTypeError, DimensionMismatchError)):
+        c.add_evidence_batch(**args)
+    assert c.state_fingerprint() == before
+
+
+def test_bad_constructor_arguments():
+    for kwargs in (dict(byzantine_threshold=0.5), dict(byzantine_threshold=-0.1), dict(partition_size=0),
+                   dict(prior_probability=1.0), dict(aggregation="mean"), dict(partition_size=2.5)):
+        with pytest.raises(SwarmGuardError):
+            StableBayesianConsensus(**kwargs)
+
+
+def test_direct_shard_totals_equal_merged_partition_accumulators(monkeypatch):
+    from swarmguard.structures import evidence
+
+    monkeypatch.setattr(evidence, "_SHARD_SHIFT", 5)  # 32 agents per shard: many shards
+    monkeypatch.setattr(evidence, "AGENTS_PER_SHARD", 32)
+    rng = np.random.default_rng(12)
+    n = 5000
+    c = StableBayesianConsensus(partition_size=97, prior_probability=0.3)
+    c.add_evidence_batch(np.arange(n), rng.integers(0, 400, size=n), "peer_report",
+                         rng.normal(size=n) * 10.0 ** rng.integers(-200, 200, size=n),
+                         rng.uniform(size=n), np.zeros(n), rng.integers(0, 9, size=n))
+    ledger = c._ledger
+    for shard in range(len(ledger.shards)):
+        direct = ledger.shard_totals(shard, c.prior_log_odds)
+        merged = ledger.shard_totals(shard, c.prior_log_odds, from_partitions=True)
+        for name in ("pair_agent", "pair_source", "pair_count", "pair_total", "agent_count", "agent_total"):
+            assert getattr(direct, name).tobytes() == getattr(merged, name).tobytes()
+    assert c.n_partitions > 50 and len(ledger.shards) >= 10
+    many = c.consensus_many()
+    for i, a in enumerate(many["agent_ids"].tolist()[:50]):
+        assert bits(c.consensus(a)["log_odds"]) == bits(many["log_odds"][i])
+
+
+@given(st.integers(1, 25), st.floats(0.0, 0.49), st.data())
+@settings(max_examples=80, deadline=None)
+def test_api_byzantine_bound_on_every_trial(n, threshold, data):
+    # n sources report on one agent; f = floor(threshold * n) of them lie with extreme values.
+    f = math.floor(threshold * n)
+    honest_rows = data.draw(st.lists(st.lists(st.floats(-50, 50), min_size=1, max_size=4),
+                                     min_size=n - f, max_size=n - f))
+    liar_values = data.draw(st.lists(st.sampled_from([1e300, -1e300, 1e15, -1e15, 0.0]), min_size=f, max_size=f))
+    c = StableBayesianConsensus(byzantine_threshold=threshold, prior_probability=0.9)
+    rows = [(s, v) for s, values in enumerate(honest_rows) for v in values]
+    rows += [(n - f + i, v) for i, v in enumerate(liar_values)]
+    order = data.draw(st.permutations(range(len(rows))))
+    rows = [rows[i] for i in order]
+    k = len(rows)
+    c.add_evidence_batch(np.arange(k), np.zeros(k, dtype=np.int64), "peer_report", np.array([v for _, v in rows]),
+                         np.ones(k), np.zeros(k), np.array([s for s, _ in rows]))
+    result = c.consensus(0)
+    honest_totals = [math.fsum(values) for values in honest_rows]
+    lo, hi = n * Fraction(min(honest_totals)), n * Fraction(max(honest_totals))
+    slack = Fraction(4 * math.ulp(max(abs(float(lo)), abs(float(hi)), abs(c.prior_log_odds))))
+    got = Fraction(result["log_odds"]) - Fraction(c.prior_log_odds)
+    assert lo - slack <= got <= hi + slack
+    assert result["source_count"] == n and result["trimmed_per_side"] == f
+    assert math.isfinite(result["log_probability"])
+
+
+def test_merge_is_a_union_independent_of_order_and_idempotent():
+    rng = np.random.default_rng(21)
+    n = 600
+    ids = [f"e{i}" for i in range(n)]
+    agents = rng.integers(0, 40, size=n)
+    sources = [f"node-{k}" for k in rng.integers(0, 8, size=n)]
+    lo = rng.normal(size=n) * 10.0 ** rng.integers(-8, 8, size=n)
+    conf = rng.uniform(size=n)
+
+    def part(sel):
+        c = StableBayesianConsensus(partition_size=64)
+        c.add_evidence_batch([ids[i] for i in sel], agents[sel], "peer_report", lo[sel], conf[sel],
+                             np.zeros(len(sel)), [sources[i] for i in sel])
+        return c
+
+    whole = part(np.arange(n))
+    a, b = part(np.arange(0, 400)), part(np.arange(300, n))  # overlapping halves
+    a += b
+    b.merge(part(np.arange(0, 400)))
+    again = part(np.arange(0, 400))
+    before = again.state_fingerprint()
+    again += part(np.arange(0, 400))  # the same evidence again: nothing changes
+    assert again.state_fingerprint() == before
+    reference = whole.consensus_many(include_sum=True)
+    for merged in (a, b):
+        assert merged.evidence_count == n
+        many = merged.consensus_many(agent_ids=reference["agent_ids"], include_sum=True)
+        for key in ("log_odds", "sum_log_odds", "log_odds_low", "log_odds_high"):
+            assert many[key].tobytes() == reference[key].tobytes()
+    exported = whole.export_evidence()
+    assert exported["evidence_ids"][:3] == ids[:3] and exported["log_odds"].tobytes() == lo.tobytes()
+
+
+def test_mixed_id_types_datetimes_and_type_spellings():
+    import datetime as dt
+
+    c = StableBayesianConsensus(aggregation="sum", prior_probability=0.25)
+    c.add_evidence_batch(np.array([1, 2]), np.array([10, 11]), np.array([0, 3]), np.array([0.5, 1.5]),
+                         np.ones(2), np.zeros(2), np.array([1, 2]))
+    when = dt.datetime(2025, 7, 5, tzinfo=dt.timezone.utc)
+    c.add_evidence_sync(BayesianEvidence("three", "agent-x", "Behavioural-Anomaly", 2.0, 0.5, when, "node"))
+    c.add_evidence_batch(["four", 5], [10, "agent-x"], ["policy", EvidenceType.PEER_REPORT], [0.25, -1.0],
+                         [1.0, 1.0], [when, 3.0], ["node", 1])
+    assert c.evidence_count == 5
+    assert c.consensus(10)["evidence_count"] == 2
+    r = c.consensus("agent-x")
+    assert r["log_odds"] == math.fsum([c.prior_log_odds, 1.0, -1.0])
+    exported = c.export_evidence()
+    assert exported["evidence_types"] == ["behavioral_anomaly", "policy_violation", "behavioral_anomaly",
+                                          "policy_violation", "peer_report"]
+    assert exported["timestamps"][2] == when.timestamp()
+    assert EvidenceType.parse(EvidenceType.PEER_REPORT.code) is EvidenceType.PEER_REPORT
+
+
+def test_reputation_goes_stale_above_the_refresh_limit():
+    c = StableBayesianConsensus(reputation_refresh_limit=3)
+    for i, (node, lo) in enumerate([("a", 1.0), ("b", 1.1), ("c", 0.9)]):
+        c.add_evidence_sync(BayesianEvidence(i, "x", "peer_report", lo, 1.0, 0.0, node))
+    assert c.consensus("x")["reputation_stale"] is False
+    c.add_evidence_sync(BayesianEvidence(9, "x", "peer_report", 5.0, 1.0, 0.0, "d"))
+    assert c.consensus("x")["reputation_stale"] is True  # 4 > 3 points: not refreshed
+    c.source_reputation()  # an explicit refresh
+    assert c.consensus("x")["reputation_stale"] is False

@@ -1,0 +1,109 @@
+"""Exact per-(agent, source) accumulators and the id index."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from swarmguard.structures.key_index import KeyIndex
+from swarmguard.structures.pair_sums import PairSums
+
+value = st.floats(min_value=-1e300, max_value=1e300, allow_nan=False) | st.sampled_from(
+    [1e15, -1e15, 5e-324, -5e-324, 0.1, -0.1, 1e-300])
+rows = st.lists(st.tuples(st.integers(0, 6), st.integers(0, 3), value), min_size=1, max_size=80)
+
+
+def bits(x: float) -> bytes:
+    return struct.pack("<d", x)
+
+
+@given(rows, st.randoms(use_true_random=False), st.integers(1, 6))
+@settings(max_examples=150, deadline=None)
+def test_partitioned_sums_match_fsum_and_each_other(data, rnd, n_parts):
+    agent = np.array([a for a, _, _ in data])
+    source = np.array([s for _, s, _ in data])
+    contribution = np.array([v for _, _, v in data])
+    whole = PairSums.from_rows(agent, source, contribution)
+    order = list(range(len(data)))
+    rnd.shuffle(order)
+    cuts = sorted(rnd.randint(0, len(order)) for _ in range(n_parts - 1))
+    parts = [PairSums.from_rows(agent[idx], source[idx], contribution[idx])
+             for lo, hi in zip([0, *cuts], [*cuts, len(order)], strict=True)
+             for idx in [np.array(order[lo:hi], dtype=np.int64)]]
+    merged = PairSums.merge_all(parts[::-1])
+    assert merged == whole
+    one_by_one = PairSums()
+    for p in parts:
+        one_by_one += p
+    assert one_by_one == whole
+    a, s, c, t = merged.totals()
+    for i in range(a.size):
+        mine = [v for (aa, ss, v) in data if aa == a[i] and ss == s[i]]
+        assert c[i] == len(mine)
+        assert bits(t[i]) == bits(math.fsum(mine))
+    pa, ps, pc, pt, ac, at = PairSums.merged_totals(parts, 7, prior=0.25)
+    assert np.array_equal(pt.view(np.int64), t.view(np.int64))
+    for agent_row in range(7):
+        mine = [v for (aa, _, v) in data if aa == agent_row]
+        assert bits(at[agent_row]) == bits(math.fsum([0.25, *mine]))
+        assert ac[agent_row] == len(mine)
+        sel = merged.select_agent(agent_row)
+        assert sel.totals()[2].sum() == len(mine)
+
+
+def test_state_round_trip():
+    p = PairSums.from_rows(np.array([0, 1, 1]), np.array([2, 0, 0]), np.array([1e300, -1.0, 1e-300]))
+    again = PairSums.from_dict(p.to_dict())
+    assert again == p
+
+
+@given(st.lists(st.integers(-(2**62), 2**62) | st.integers(0, 50) | st.text(max_size=3), max_size=60),
+       st.booleans())
+@settings(max_examples=150, deadline=None)
+def test_key_index_agrees_with_a_dict(keys, batch):
+    index = KeyIndex()
+    reference: dict = {}
+    for k in keys:
+        if batch and k not in reference and isinstance(k, int):
+            index.add_new(np.array([k]))
+        else:
+            index.add(k)
+        reference.setdefault(k, len(reference))
+    for k, row in reference.items():
+        assert index.row_of(k) == row
+        assert index.key_of(row) == k
+    assert len(index) == len(reference)
+    ints = [k for k in reference if isinstance(k, int)]
+    if ints:
+        probe = np.array(ints + [2**62 + 5], dtype=np.int64)
+        expected = [reference[k] for k in ints] + [-1]
+        assert index.rows_of(probe).tolist() == expected
+
+
+def test_key_index_large_sparse_and_dense_ranges():
+    rng = np.random.default_rng(0)
+    for keys in (rng.permutation(5000), rng.choice(2**60, size=5000, replace=False)):
+        index = KeyIndex()
+        index.add_new(keys[:4000])
+        for k in keys[4000:4100].tolist():
+            index.add(k)
+        index.add_new(keys[4100:])
+        assert np.array_equal(index.rows_of(keys), np.arange(keys.size))
+        assert np.array_equal(index.keys_of(np.arange(keys.size)), keys)
+
+
+@given(rows, st.integers(1, 5), st.randoms(use_true_random=False))
+@settings(max_examples=80, deadline=None)
+def test_grouped_build_equals_one_accumulator_per_part(data, n_parts, rnd):
+    agent = np.array([a for a, _, _ in data])
+    source = np.array([s for _, s, _ in data])
+    contribution = np.array([v for _, _, v in data])
+    part = np.array([rnd.randrange(n_parts) for _ in data], dtype=np.int64)
+    built = PairSums.from_rows_grouped(part, n_parts, agent, source, contribution)
+    for i in range(n_parts):
+        sel = part == i
+        assert built[i] == PairSums.from_rows(agent[sel], source[sel], contribution[sel])
