@@ -10,6 +10,9 @@ from .cap import (
     compute_confidence_factor,
     widened_threshold,
 )
+from .consensus import StableBayesianConsensus
+from .detector import DistributedBehavioralDetector, p_value_log_odds
+from .evidence_types import BayesianEvidence, EvidenceType, map_to_evidence_type
 from .protocol import BehavioralData, BehavioralDistributedProtocol
 from .tree import HierarchicalStatisticalTree
 
@@ -25,4 +28,10 @@ __all__ = [
     "UnknownRegionError",
     "compute_confidence_factor",
     "widened_threshold",
+    "StableBayesianConsensus",
+    "BayesianEvidence",
+    "EvidenceType",
+    "map_to_evidence_type",
+    "DistributedBehavioralDetector",
+    "p_value_log_odds",
 ]

@@ -13,7 +13,7 @@ from scipy.stats import chi2
 
 from ..errors import DimensionMismatchError, InvalidInputError
 from ..validation import as_feature_matrix, check_fraction
-from .cap import ConsistencyModel, StatisticalCAPResolver, StatisticalUpdate, widened_threshold
+from .cap import ConsistencyModel, StatisticalCAPResolver, StatisticalUpdate
 from .consensus import BayesianEvidence, EvidenceType, StableBayesianConsensus
 from .protocol import BehavioralDistributedProtocol, read_behavior
 from .tree import HierarchicalStatisticalTree
@@ -31,8 +31,8 @@ def p_value_log_odds(log_p: np.ndarray | float) -> np.ndarray | float:
     evidence an anomaly test contributes (0 for ``p >= 1/e``). Takes ``ln p``
     so that p-values below 1e-308 still count.
 
-    >>> round(float(p_value_log_odds(math.log(1e-6))), 3)
-    10.192
+    >>> round(float(p_value_log_odds(math.log(1e-6))), 2)
+    10.19
     """
     log_p = np.asarray(log_p, dtype=np.float64)
     safe = np.minimum(log_p, -1.0)
@@ -163,19 +163,28 @@ class DistributedBehavioralDetector:
             source_partition=self._region_of(behavioral_data),
         )
 
-    def _anomaly_holds(self, is_anomaly: Any, d2: Any, threshold_squared: float, confidence: Any) -> Any:
-        """Anomalous, and beyond the threshold widened for a stale view."""
+    def _anomaly_holds(self, is_anomaly: Any, decision_p: Any, p_cut: float, confidence: Any) -> Any:
+        """Anomalous, and significant at the cut-off widened for a stale view.
+
+        The χ² threshold for the cut-off is widened by the confidence factor
+        (``widened_threshold(t², cf, squared=True)``, i.e. ``t² / cf²``) and
+        turned back into a p-value cut, so it applies to the decision p-value
+        whichever level (population or cohort) produced it.
+        """
+        d = self.tree.feature_dimensions
         cf = np.clip(np.asarray(confidence, dtype=np.float64), 1e-12, 1.0)
-        widened = threshold_squared / (cf * cf)       # widened_threshold(t², cf, squared=True)
-        return np.logical_and(is_anomaly, np.asarray(d2) >= np.minimum(widened, np.inf))
+        if p_cut <= 0:
+            return np.asarray(is_anomaly, dtype=bool)
+        widened = chi2.isf(p_cut, d) / (cf * cf)
+        return np.logical_and(is_anomaly, np.asarray(decision_p) <= chi2.sf(widened, d))
 
     def should_trigger_response(self, anomaly_info: dict[str, Any], cap_result: dict[str, Any],
                                 consensus_result: dict[str, Any] | None = None) -> bool:
         """Whether to isolate, by the rule in the class docstring."""
         cf = cap_result.get("confidence_factor")
         cf = 1.0 if cf is None else cf
-        thr2 = widened_threshold(anomaly_info["threshold_squared"], cf, squared=True)
-        anomaly = bool(anomaly_info["is_anomaly"]) and anomaly_info["mahalanobis_squared"] >= thr2
+        anomaly = bool(self._anomaly_holds(anomaly_info["is_anomaly"], anomaly_info["decision_p_value"],
+                                           anomaly_info["significance_level"], cf))
         if consensus_result is None:
             try:
                 consensus_result = self.consensus.distributed_evidence_consensus_sync(anomaly_info["agent_id"])
@@ -284,7 +293,8 @@ class DistributedBehavioralDetector:
             have = pos >= 0
             probability[have] = cons["probability"][pos[have]]
             reached[have] = cons["consensus_reached"][pos[have]]
-        anomaly = self._anomaly_holds(scored["is_anomaly"], d2, scored["threshold_squared"], confidence)
+        anomaly = self._anomaly_holds(scored["is_anomaly"], scored["decision_p_value"],
+                                      scored["p_value_cutoff"], confidence)
         consensus = reached & (np.nan_to_num(probability, nan=0.0) >= self.isolate_probability)
         isolate = {"both": anomaly & consensus, "either": anomaly | consensus,
                    "anomaly": anomaly, "consensus": consensus}[self.require]

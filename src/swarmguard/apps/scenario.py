@@ -8,13 +8,13 @@ The world, round by round:
 * a fraction of agents is compromised: from an onset round on, their
   behaviour shifts in 1–3 features, suddenly or gradually (a ramp over a few
   rounds), by ``shift_sigma`` of the cluster's own standard deviations;
-* observer nodes report evidence (log-likelihood ratios) on random agents:
-  honest observers are noisy but informative (positive for compromised agents
-  after onset, negative otherwise); Byzantine observers frame a fixed set of
-  honest agents (large positive log-odds) and whitewash the compromised agents
-  they see (large negative log-odds);
+* observer nodes report evidence (log-likelihood ratios) on what they notice:
+  alerts on compromised agents, occasional clean reports and rare false alerts
+  on honest ones (see :meth:`Scenario.evidence`); Byzantine observers frame a
+  fixed set of honest agents (large positive log-odds) and whitewash the
+  compromised agents they see (large negative log-odds);
 * a network partition splits the regions into two groups at ``partition_at``
-  and heals at ``heal_at``.
+  and heals at ``heal_at``; a round lasts ``round_seconds`` of simulated time.
 
 Everything is drawn from one ``numpy.random.Generator`` seeded by ``seed``, so
 a seed fixes the whole history.
@@ -51,12 +51,12 @@ class ScenarioConfig:
     compromised: float = 0.01
     observers: int = 50
     byzantine: float = 0.2
-    evidence: int = 3                 # pieces of observer evidence per agent per round
+    evidence: float = 1.0             # observer attention: scales every report rate
     partition_at: int = 8
     heal_at: int = 13
     difficulty: str = "default"
     seed: int = 0
-    round_seconds: float = 1.0
+    round_seconds: float = 2.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> ScenarioConfig:
@@ -71,7 +71,7 @@ class ScenarioConfig:
         need(0.0 <= self.compromised < 0.5, "--compromised must be a fraction in [0, 0.5)")
         need(self.observers >= 1, "--observers must be at least 1")
         need(0.0 <= self.byzantine < 0.5, "--byzantine must be a fraction in [0, 0.5)")
-        need(self.evidence >= 0, "--evidence must be >= 0")
+        need(0 <= self.evidence <= 100, "--evidence must be between 0 and 100")
         need(0 <= self.partition_at <= self.heal_at <= self.rounds,
              "need 0 <= --partition-at <= --heal-at <= --rounds")
         need(self.difficulty in DIFFICULTY, f"--difficulty must be one of {sorted(DIFFICULTY)}")
@@ -140,6 +140,10 @@ class Scenario:
         self.byzantine[rng.choice(c.observers, size=n_byz, replace=False)] = True
         honest_agents = np.flatnonzero(~self.compromised)
         self.framed = np.sort(rng.choice(honest_agents, size=min(honest_agents.size, max(1, k)), replace=False))
+        n_byz_live = max(1, n_byz)
+        per = min(3, n_byz_live)
+        self._framers = np.array([rng.choice(n_byz_live, size=per, replace=False) for _ in self.framed],
+                                 dtype=np.int64).reshape(self.framed.size, per)
         self._evidence_counter = 0
 
     # ------------------------------------------------------------------ ground truth
@@ -170,29 +174,40 @@ class Scenario:
         return X
 
     def evidence(self, round_index: int, timestamp: float) -> dict[str, np.ndarray]:
-        """This round's observer evidence, as the arrays ``add_evidence_batch`` takes."""
+        """This round's observer evidence, as the arrays ``add_evidence_batch`` takes.
+
+        Observers report what they notice, in log-likelihood ratios with unit
+        noise: a compromised agent draws Poisson(3·evidence) alerts per round
+        (log-odds around ``+2·signal``); an honest agent draws
+        Poisson(0.3·evidence) clean reports (around ``-signal/2``) and, rarely,
+        Poisson(0.02·evidence) false alerts (around +1). A Byzantine observer
+        reports like an honest one except that it whitewashes compromised
+        agents (-6), and three Byzantine observers frame each framed agent
+        (+6) every round.
+        """
         c = self.config
         rng = self._rng
         n = c.agents
-        m = n * c.evidence
-        agents = rng.integers(0, n, size=m)
-        sources = rng.integers(0, c.observers, size=m)
-        byz = self.byzantine[sources]
-        bad_now = self.is_compromised_by(round_index)[agents]
         signal = DIFFICULTY[c.difficulty]["signal"]
-        log_odds = np.where(bad_now, signal, -0.5 * signal) + rng.normal(scale=1.0, size=m)
+        bad_now = self.is_compromised_by(round_index)
+        rate = c.evidence
+        alerts = rng.poisson(np.where(bad_now, 3.0 * rate, 0.02 * rate))
+        clean = rng.poisson(np.where(bad_now, 0.0, 0.3 * rate))
+        agents = np.concatenate([np.repeat(np.arange(n), alerts), np.repeat(np.arange(n), clean)])
+        is_alert = np.concatenate([np.ones(alerts.sum(), dtype=bool), np.zeros(clean.sum(), dtype=bool)])
+        m = agents.size
+        sources = rng.integers(0, c.observers, size=m)
+        mean = np.where(is_alert, np.where(bad_now[agents], 2.0 * signal, 1.0), -0.5 * signal)
+        log_odds = mean + rng.normal(scale=1.0, size=m)
         confidence = rng.uniform(0.5, 1.0, size=m)
-        # Byzantine observers: whitewash the compromised they see, report noise otherwise ...
-        log_odds = np.where(byz & bad_now, -6.0, log_odds)
-        # ... and frame their targets: each Byzantine observer reports on every framed agent.
+        log_odds = np.where(self.byzantine[sources] & bad_now[agents], -6.0, log_odds)   # whitewash
         byz_ids = np.flatnonzero(self.byzantine)
         if byz_ids.size and self.framed.size:
-            fa = np.repeat(self.framed, byz_ids.size)
-            fs = np.tile(byz_ids, self.framed.size)
-            agents = np.concatenate([agents, fa])
-            sources = np.concatenate([sources, fs])
-            log_odds = np.concatenate([log_odds, np.full(fa.size, 6.0)])
-            confidence = np.concatenate([confidence, np.ones(fa.size)])
+            per = self._framers.shape[1]
+            agents = np.concatenate([agents, np.repeat(self.framed, per)])
+            sources = np.concatenate([sources, byz_ids[self._framers.ravel()]])
+            log_odds = np.concatenate([log_odds, np.full(self.framed.size * per, 6.0)])
+            confidence = np.concatenate([confidence, np.ones(self.framed.size * per)])
         total = agents.size
         ids = np.arange(self._evidence_counter, self._evidence_counter + total, dtype=np.int64)
         self._evidence_counter += total
