@@ -5,13 +5,16 @@ Layout
 * Every accepted evidence gets a sequence number (its arrival order) and its
   validated fields are kept as columns (agent row, source row, type code,
   log-odds, confidence, timestamp).
-* Agents are cut into *shards* of ``AGENTS_PER_SHARD`` consecutive agent rows.
-  A shard's evidence lives in *partitions* of at most ``partition_size``
-  points; each partition owns a mergeable :class:`PairSums` accumulator of its
-  points' contributions (built on first use, then cached: a full partition
-  never changes again). A shard's consensus merges its partitions'
-  accumulators, so every per-(agent, source) total is exact however the
-  evidence was split. Partitions are the unit that later moves onto workers.
+* Agents are cut into *shards* of ``AGENTS_PER_SHARD`` consecutive agent rows
+  (rows are given in order of first appearance). A shard's evidence lives in
+  *partitions* of at most ``partition_size`` points, each holding its points'
+  (local agent, source, contribution) and a mergeable :class:`PairSums`
+  accumulator of them (built on first use, then cached: a full partition never
+  changes again). Merging the partitions' accumulators gives every
+  per-(agent, source) total exactly, however the evidence was split; in
+  process, :meth:`EvidenceLedger.shard_totals` may instead sum the partitions'
+  rows in one pass, which gives the same bits. Partitions are the unit that
+  later moves onto workers.
 
 The ledger knows nothing about validation or the consensus rule; it is fed
 validated arrays by :mod:`swarmguard.api.consensus`.
