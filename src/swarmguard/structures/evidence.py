@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InvalidInputError
 from .key_index import KeyIndex
 from .pair_sums import PairSums
 
@@ -110,6 +111,31 @@ class EvidencePartition:
         self._source[lo:need], self._contribution[lo:need] = source, contribution
         self.size = need
         self._sums = None
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        """The partition as plain arrays (copies), e.g. to ship it to a worker."""
+        return {"capacity": np.array(self.capacity), "seq": self.seq.copy(), "agent": self.agent.copy(),
+                "source": self.source.copy(), "contribution": self.contribution.copy()}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, np.ndarray]) -> EvidencePartition:
+        """Inverse of :meth:`to_dict` (validated)."""
+        try:
+            capacity = int(np.asarray(state["capacity"]))
+            cols = [np.asarray(state[k]) for k in ("seq", "agent", "source", "contribution")]
+        except KeyError as exc:
+            raise InvalidInputError(f"partition state lacks field {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"partition state is malformed: {exc}") from exc
+        sizes = {c.shape for c in cols}
+        if len(sizes) != 1 or cols[0].ndim != 1 or not 0 <= cols[0].size <= capacity or capacity < 1:
+            raise InvalidInputError("partition state has inconsistent columns or capacity")
+        if not np.isfinite(cols[3].astype(np.float64)).all():
+            raise InvalidInputError("partition contributions must be finite")
+        part = cls(capacity)
+        part.extend(cols[0].astype(np.int64), cols[1].astype(np.int32), cols[2].astype(np.int32),
+                    cols[3].astype(np.float64))
+        return part
 
     def sums(self) -> PairSums:
         """This partition's exact per-(agent, source) sums (agent rows local to the shard)."""
