@@ -100,7 +100,7 @@ def test_guide_solution_2_runs_as_written():
 
 # ------------------------------------------------------------------ exactness
 contribution_values = st.floats(min_value=-1e15, max_value=1e15, allow_nan=False) | st.sampled_from(
-    [1e15, -1e15, 1e-300, 5e-324, 0.1])
+    [1e15, -1e15, 1e-300, 5e-324, 0.1, 1e300, -1e300, 2.5e-310])
 
 
 @st.composite
