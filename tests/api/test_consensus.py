@@ -100,7 +100,7 @@ def test_guide_solution_2_runs_as_written():
 
 # ------------------------------------------------------------------ exactness
 contribution_values = st.floats(min_value=-1e15, max_value=1e15, allow_nan=False) | st.sampled_from(
-    [1e15, -1e15, 1e-300, 5e-324, 0.1])
+    [1e15, -1e15, 1e-300, 5e-324, 0.1, 1e300, -1e300, 2.5e-310])
 
 
 @st.composite
@@ -508,7 +508,7 @@ def test_mixed_id_types_datetimes_and_type_spellings():
     c = StableBayesianConsensus(aggregation="sum", prior_probability=0.25)
     c.add_evidence_batch(np.array([1, 2]), np.array([10, 11]), np.array([0, 3]), np.array([0.5, 1.5]),
                          np.ones(2), np.zeros(2), np.array([1, 2]))
-    when = dt.datetime(2025, 7, 5, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2025, 7, 5, tzinfo=dt.UTC)
     c.add_evidence_sync(BayesianEvidence("three", "agent-x", "Behavioural-Anomaly", 2.0, 0.5, when, "node"))
     c.add_evidence_batch(["four", 5], [10, "agent-x"], ["policy", EvidenceType.PEER_REPORT], [0.25, -1.0],
                          [1.0, 1.0], [when, 3.0], ["node", 1])

@@ -6,6 +6,7 @@ import math
 import struct
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -107,3 +108,26 @@ def test_grouped_build_equals_one_accumulator_per_part(data, n_parts, rnd):
     for i in range(n_parts):
         sel = part == i
         assert built[i] == PairSums.from_rows(agent[sel], source[sel], contribution[sel])
+
+
+def test_partitions_ship_as_plain_arrays_and_merge_exactly():
+    from swarmguard.errors import InvalidInputError
+    from swarmguard.structures.evidence import EvidenceLedger, EvidencePartition
+
+    rng = np.random.default_rng(3)
+    n = 700
+    ledger = EvidenceLedger(partition_size=100)
+    agent, source = rng.integers(0, 30, size=n), rng.integers(0, 6, size=n)
+    log_odds, conf = rng.normal(size=n) * 1e10, rng.uniform(size=n)
+    ledger.append(agent, source, np.zeros(n, np.int16), log_odds, conf, np.zeros(n))
+    shipped = [EvidencePartition.from_dict(p.to_dict()) for p in ledger.partitions()]
+    assert [p.size for p in shipped] == [p.size for p in ledger.partitions()]
+    merged = PairSums.merge_all([p.sums() for p in shipped])
+    a, s, c, t = merged.totals()
+    contribution = conf * log_odds
+    for i in range(a.size):
+        mine = contribution[(agent == a[i]) & (source == s[i])]
+        assert c[i] == mine.size and bits(t[i]) == bits(math.fsum(mine.tolist()))
+    with pytest.raises(InvalidInputError):
+        EvidencePartition.from_dict({"capacity": 1, "seq": np.arange(3), "agent": np.zeros(3),
+                                     "source": np.zeros(3), "contribution": np.zeros(3)})

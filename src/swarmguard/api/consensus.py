@@ -206,9 +206,12 @@ class StableBayesianConsensus:
         """Mask of rows to add (None: all), raising on conflicting duplicates."""
         ledger = self._ledger
         n = len(lo)
-        existing = ledger.evidence.rows_of(ev)
-        keep = existing < 0
-        dup = np.flatnonzero(~keep)
+        if len(ledger.evidence) == 0:
+            keep, dup = np.ones(n, dtype=bool), np.zeros(0, dtype=np.int64)
+        else:
+            existing = ledger.evidence.rows_of(ev)
+            keep = existing < 0
+            dup = np.flatnonzero(~keep)
         if dup.size:
             stored = ledger.rows(existing[dup])
             same = ((stored["agent_row"] == agent_rows[dup]) & (stored["source_row"] == source_rows[dup])
@@ -541,7 +544,7 @@ def _plan_rows(index: KeyIndex, keys) -> tuple[np.ndarray, Any]:
     """Rows of ``keys`` with new ids given the rows they *will* get; returns (rows, new ids)."""
     start = len(index)
     if start == 0 and isinstance(keys, np.ndarray) and keys.size:
-        rows, missing, wanted = np.empty(keys.size, dtype=np.int64), slice(None), keys
+        rows, missing, wanted = None, slice(None), keys
     else:
         rows = index.rows_of(keys)
         missing = rows < 0
@@ -556,9 +559,13 @@ def _plan_rows(index: KeyIndex, keys) -> tuple[np.ndarray, Any]:
             present = np.zeros(hi - lo + 1, dtype=bool)
             present[offset] = True
             rank = np.cumsum(present, dtype=np.int64) + (start - 1)
+            if isinstance(missing, slice):
+                return rank[offset], np.flatnonzero(present) + lo
             rows[missing] = rank[offset]
             return rows, np.flatnonzero(present) + lo
         new, inverse = np.unique(wanted, return_inverse=True)
+        if isinstance(missing, slice):
+            return start + inverse.ravel(), new
         rows[missing] = start + inverse.ravel()
         return rows, new
     order: dict = {}

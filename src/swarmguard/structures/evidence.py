@@ -5,13 +5,16 @@ Layout
 * Every accepted evidence gets a sequence number (its arrival order) and its
   validated fields are kept as columns (agent row, source row, type code,
   log-odds, confidence, timestamp).
-* Agents are cut into *shards* of ``AGENTS_PER_SHARD`` consecutive agent rows.
-  A shard's evidence lives in *partitions* of at most ``partition_size``
-  points; each partition owns a mergeable :class:`PairSums` accumulator of its
-  points' contributions (built on first use, then cached: a full partition
-  never changes again). A shard's consensus merges its partitions'
-  accumulators, so every per-(agent, source) total is exact however the
-  evidence was split. Partitions are the unit that later moves onto workers.
+* Agents are cut into *shards* of ``AGENTS_PER_SHARD`` consecutive agent rows
+  (rows are given in order of first appearance). A shard's evidence lives in
+  *partitions* of at most ``partition_size`` points, each holding its points'
+  (local agent, source, contribution) and a mergeable :class:`PairSums`
+  accumulator of them (built on first use, then cached: a full partition never
+  changes again). Merging the partitions' accumulators gives every
+  per-(agent, source) total exactly, however the evidence was split; in
+  process, :meth:`EvidenceLedger.shard_totals` may instead sum the partitions'
+  rows in one pass, which gives the same bits. Partitions are the unit that
+  later moves onto workers.
 
 The ledger knows nothing about validation or the consensus rule; it is fed
 validated arrays by :mod:`swarmguard.api.consensus`.
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InvalidInputError
 from .key_index import KeyIndex
 from .pair_sums import PairSums
 
@@ -43,7 +47,12 @@ _COLUMNS = {
 
 
 class EvidencePartition:
-    """At most ``capacity`` evidence points (their sequence numbers) and their accumulator.
+    """At most ``capacity`` evidence points of one shard and their exact accumulator.
+
+    A partition is self-contained: it keeps its points' sequence numbers, agent
+    rows (local to the shard), source rows and contributions, so it can be
+    shipped to a worker without the ledger; :meth:`sums` is its mergeable
+    :class:`PairSums` (built on first use, cached until the partition grows).
 
     Examples
     --------
@@ -51,40 +60,87 @@ class EvidencePartition:
     >>> ledger = EvidenceLedger(partition_size=2)
     >>> _ = ledger.append(np.array([0, 0, 1]), np.array([0, 1, 0]), np.zeros(3, np.int16),
     ...                   np.array([1.0, 2.0, 3.0]), np.ones(3), np.zeros(3))
-    >>> [p.size for p in ledger.shards[0]]
-    [2, 1]
+    >>> [p.size for p in ledger.shards[0]], ledger.shards[0][1].contribution.tolist()
+    ([2, 1], [3.0])
     """
 
-    __slots__ = ("capacity", "seq", "size", "_sums")
+    __slots__ = ("capacity", "size", "_seq", "_agent", "_source", "_contribution", "_sums")
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self.seq = np.zeros(min(capacity, 64), dtype=np.int64)
         self.size = 0
+        first = min(capacity, 64)
+        self._seq = np.zeros(first, dtype=np.int64)
+        self._agent = np.zeros(first, dtype=np.int32)
+        self._source = np.zeros(first, dtype=np.int32)
+        self._contribution = np.zeros(first, dtype=np.float64)
         self._sums: PairSums | None = None
 
     @property
     def room(self) -> int:
         return self.capacity - self.size
 
-    def extend(self, seq: np.ndarray) -> None:
+    @property
+    def seq(self) -> np.ndarray:
+        return self._seq[: self.size]
+
+    @property
+    def agent(self) -> np.ndarray:
+        """Agent rows minus the shard's first agent row."""
+        return self._agent[: self.size]
+
+    @property
+    def source(self) -> np.ndarray:
+        return self._source[: self.size]
+
+    @property
+    def contribution(self) -> np.ndarray:
+        return self._contribution[: self.size]
+
+    def extend(self, seq: np.ndarray, agent: np.ndarray, source: np.ndarray, contribution: np.ndarray) -> None:
         need = self.size + seq.size
-        if need > self.seq.size:
-            grown = np.zeros(min(self.capacity, max(need, 2 * self.seq.size)), dtype=np.int64)
-            grown[: self.size] = self.seq[: self.size]
-            self.seq = grown
-        self.seq[self.size: need] = seq
+        if need > self._seq.size:
+            size = min(self.capacity, max(need, 2 * self._seq.size))
+            for name in ("_seq", "_agent", "_source", "_contribution"):
+                old = getattr(self, name)
+                grown = np.zeros(size, dtype=old.dtype)
+                grown[: self.size] = old[: self.size]
+                setattr(self, name, grown)
+        lo = self.size
+        self._seq[lo:need], self._agent[lo:need] = seq, agent
+        self._source[lo:need], self._contribution[lo:need] = source, contribution
         self.size = need
         self._sums = None
 
-    def sums(self, ledger: EvidenceLedger, agent_offset: int) -> PairSums:
-        """This partition's exact per-(agent, source) sums (agent rows minus ``agent_offset``)."""
+    def to_dict(self) -> dict[str, np.ndarray]:
+        """The partition as plain arrays (copies), e.g. to ship it to a worker."""
+        return {"capacity": np.array(self.capacity), "seq": self.seq.copy(), "agent": self.agent.copy(),
+                "source": self.source.copy(), "contribution": self.contribution.copy()}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, np.ndarray]) -> EvidencePartition:
+        """Inverse of :meth:`to_dict` (validated)."""
+        try:
+            capacity = int(np.asarray(state["capacity"]))
+            cols = [np.asarray(state[k]) for k in ("seq", "agent", "source", "contribution")]
+        except KeyError as exc:
+            raise InvalidInputError(f"partition state lacks field {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"partition state is malformed: {exc}") from exc
+        sizes = {c.shape for c in cols}
+        if len(sizes) != 1 or cols[0].ndim != 1 or not 0 <= cols[0].size <= capacity or capacity < 1:
+            raise InvalidInputError("partition state has inconsistent columns or capacity")
+        if not np.isfinite(cols[3].astype(np.float64)).all():
+            raise InvalidInputError("partition contributions must be finite")
+        part = cls(capacity)
+        part.extend(cols[0].astype(np.int64), cols[1].astype(np.int32), cols[2].astype(np.int32),
+                    cols[3].astype(np.float64))
+        return part
+
+    def sums(self) -> PairSums:
+        """This partition's exact per-(agent, source) sums (agent rows local to the shard)."""
         if self._sums is None:
-            seq = self.seq[: self.size]
-            cols = ledger.columns
-            contribution = cols["confidence"][seq] * cols["log_odds"][seq]
-            self._sums = PairSums.from_rows(cols["agent_row"][seq] - agent_offset,
-                                            cols["source_row"][seq], contribution)
+            self._sums = PairSums.from_rows(self.agent, self.source, self.contribution)
         return self._sums
 
 
@@ -131,28 +187,35 @@ class EvidenceLedger:
         n_shards = int(shard.max()) + 1 if n else 0
         while len(self.shards) < n_shards:
             self.shards.append([])
+        contribution = np.asarray(confidence, dtype=np.float64) * np.asarray(log_odds, dtype=np.float64)
+        local = (agent_row & (AGENTS_PER_SHARD - 1)).astype(np.int32)
+        source = np.asarray(source_row).astype(np.int32)
         if n_shards <= 1 or n < 64:
             for s in np.unique(shard).tolist():
-                self._fill(s, start + np.flatnonzero(shard == s))
+                pos = np.flatnonzero(shard == s)
+                self._fill(s, start + pos, local[pos], source[pos], contribution[pos])
         else:
             # Radix sort by shard (uint16) keeps each shard's rows in arrival order.
             order = np.argsort(shard.astype(np.uint16 if n_shards < (1 << 16) else np.int64), kind="stable")
+            local, source, contribution = local[order], source[order], contribution[order]
             order += start  # positions in the batch -> sequence numbers
             bounds = np.concatenate([[0], np.cumsum(np.bincount(shard, minlength=n_shards))])
             for s in range(n_shards):
-                if bounds[s] < bounds[s + 1]:
-                    self._fill(s, order[bounds[s]: bounds[s + 1]])
+                a, b = bounds[s], bounds[s + 1]
+                if a < b:
+                    self._fill(s, order[a:b], local[a:b], source[a:b], contribution[a:b])
         self.version += 1
         return start
 
-    def _fill(self, shard: int, seq: np.ndarray) -> None:
+    def _fill(self, shard: int, seq, agent, source, contribution) -> None:
         partitions = self.shards[shard]
         pos = 0
         while pos < seq.size:
             if not partitions or partitions[-1].room == 0:
                 partitions.append(EvidencePartition(self.partition_size))
             take = min(partitions[-1].room, seq.size - pos)
-            partitions[-1].extend(seq[pos: pos + take])
+            sl = slice(pos, pos + take)
+            partitions[-1].extend(seq[sl], agent[sl], source[sl], contribution[sl])
             pos += take
 
     def _grow(self, need: int) -> None:
@@ -191,18 +254,17 @@ class EvidenceLedger:
         """
         lo = shard << _SHARD_SHIFT
         n_agents = min(AGENTS_PER_SHARD, len(self.agents) - lo)
+        partitions = self.shards[shard]
         if from_partitions:
             self._build_sums(shard)
-            parts = [p.sums(self, lo) for p in self.shards[shard]]
-            a, s, c, t, ac, at = PairSums.merged_totals(parts, n_agents, prior)
+            a, s, c, t, ac, at = PairSums.merged_totals([p.sums() for p in partitions], n_agents, prior)
         else:
-            partitions = self.shards[shard]
-            seq = np.concatenate([p.seq[: p.size] for p in partitions]) if partitions else \
-                np.zeros(0, dtype=np.int64)
-            cols = self.columns
+            def cat(name, dtype):
+                parts = [getattr(p, name) for p in partitions]
+                return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
             a, s, c, t, ac, at = PairSums.row_totals(
-                cols["agent_row"][seq] - lo, cols["source_row"][seq],
-                cols["confidence"][seq] * cols["log_odds"][seq], n_agents, prior, agent_sums=agent_sums)
+                cat("agent", np.int32), cat("source", np.int32), cat("contribution", np.float64),
+                n_agents, prior, agent_sums=agent_sums)
         return ShardTotals(lo, a, s, c, t, ac, at)
 
     def _build_sums(self, shard: int) -> None:
@@ -210,13 +272,10 @@ class EvidenceLedger:
         todo = [p for p in self.shards[shard] if p._sums is None]
         if len(todo) < 2:
             return
-        seq = np.concatenate([p.seq[: p.size] for p in todo])
         part = np.repeat(np.arange(len(todo), dtype=np.int64), [p.size for p in todo])
-        cols = self.columns
-        lo = shard << _SHARD_SHIFT
-        contribution = cols["confidence"][seq] * cols["log_odds"][seq]
-        built = PairSums.from_rows_grouped(part, len(todo), cols["agent_row"][seq] - lo,
-                                           cols["source_row"][seq], contribution)
+        built = PairSums.from_rows_grouped(part, len(todo), np.concatenate([p.agent for p in todo]),
+                                           np.concatenate([p.source for p in todo]),
+                                           np.concatenate([p.contribution for p in todo]))
         for p, sums in zip(todo, built, strict=True):
             p._sums = sums
 
@@ -225,6 +284,6 @@ class EvidenceLedger:
         shard = agent_row >> _SHARD_SHIFT
         lo = shard << _SHARD_SHIFT
         self._build_sums(shard)
-        parts = [p.sums(self, lo).select_agent(agent_row - lo) for p in self.shards[shard]]
+        parts = [p.sums().select_agent(agent_row - lo) for p in self.shards[shard]]
         a, s, c, t, ac, at = PairSums.merged_totals(parts, agent_row - lo + 1, prior)
         return ShardTotals(agent_row, a - (agent_row - lo), s, c, t, ac[-1:], at[-1:])

@@ -154,7 +154,7 @@ class KeyIndex:
             k = arr.astype(np.int64, copy=False)
             rows = np.arange(start, start + k.size, dtype=np.int64)
             self._append_ints(k)
-            if self._table is None or not self._place_in_table(k, rows):
+            if self._table is None or self._table.size == 0 or not self._place_in_table(k, rows):
                 self._rebuild()
             return rows
         items = _as_list(keys)
@@ -168,6 +168,10 @@ class KeyIndex:
 
     # ------------------------------------------------------------------ internals
     def _append_ints(self, k: np.ndarray) -> None:
+        if self._n_int == 0 and k.size > self._int_keys.size:
+            self._int_keys = np.array(k, dtype=np.int64)  # first big batch: no zero-fill
+            self._n_int = k.size
+            return
         need = self._n_int + k.size
         if need > self._int_keys.size:
             grown = np.zeros(max(need, 2 * self._int_keys.size, 16), dtype=np.int64)
