@@ -532,3 +532,29 @@ def test_reputation_goes_stale_above_the_refresh_limit():
     assert c.consensus("x")["reputation_stale"] is True  # 4 > 3 points: not refreshed
     c.source_reputation()  # an explicit refresh
     assert c.consensus("x")["reputation_stale"] is False
+
+
+def test_trusted_sources_are_never_flagged_but_still_trimmed():
+    import numpy as np
+
+    from swarmguard import StableBayesianConsensus
+
+    def run(trusted):
+        c = StableBayesianConsensus(trusted_sources=trusted)
+        rng = np.random.default_rng(0)
+        n_agents, per = 300, 8
+        agents = np.repeat(np.arange(n_agents), per)
+        sources = np.tile(np.arange(per), n_agents).astype(str)
+        lo = rng.normal(size=agents.size)
+        lo[sources == "7"] = 50.0                      # one source always far above its peers
+        c.add_evidence_batch(np.arange(agents.size), agents, "peer_report", lo, np.ones(agents.size),
+                             np.zeros(agents.size), sources)
+        return c
+
+    plain, trusting = run(()), run(["7"])
+    assert "7" in plain.byzantine_nodes
+    assert "7" not in trusting.byzantine_nodes
+    assert not trusting.source_reputation()["7"]["flagged"]
+    # trimming still removes its extreme totals: the robust log-odds stay far below 50
+    many = trusting.consensus_many()
+    assert float(np.max(many["log_odds"])) < 25.0

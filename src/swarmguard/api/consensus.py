@@ -68,6 +68,10 @@ class StableBayesianConsensus:
         Bound on the probability that an honest source is flagged.
     min_sources : int
         Fewest sources that must remain after trimming for ``consensus_reached``.
+    trusted_sources : sequence of ids, optional
+        Sources that are never flagged as Byzantine (e.g. a detector's own node,
+        whose reports are conditioned on its anomaly test and so differ from its
+        peers' by design). Their evidence is still trimmed like any source's.
     reputation_refresh_limit : int
         Up to this many evidence points, a single-agent consensus refreshes the
         source reputation whenever evidence changed; above, it reuses the last
@@ -90,7 +94,8 @@ class StableBayesianConsensus:
     def __init__(self, byzantine_threshold: float = 0.33, partition_size: int = 10000,
                  prior_probability: float = 0.5, *, aggregation: str = "robust",
                  store: str | Path | None = None, false_flag_rate: float = 1e-6,
-                 min_sources: int = 1, reputation_refresh_limit: int = 200_000):
+                 min_sources: int = 1, reputation_refresh_limit: int = 200_000,
+                 trusted_sources: Sequence[Hashable] = ()):
         self.byzantine_threshold = check_fraction(byzantine_threshold, "byzantine_threshold",
                                                   low=0.0, high=0.5, high_open=True)
         self.partition_size = check_positive_int(partition_size, "partition_size")
@@ -103,6 +108,9 @@ class StableBayesianConsensus:
         self.min_sources = check_positive_int(min_sources, "min_sources")
         self.reputation_refresh_limit = check_positive_int(reputation_refresh_limit,
                                                            "reputation_refresh_limit", minimum=0)
+        if isinstance(trusted_sources, (str, bytes)):
+            trusted_sources = (trusted_sources,)
+        self.trusted_sources = frozenset(check_key(t, "trusted_sources") for t in trusted_sources)
         self.prior_log_odds = float(logit(self.prior_probability))
         self._ledger = EvidenceLedger(self.partition_size)
         self._global: dict[str, Any] | None = None
@@ -410,6 +418,10 @@ class StableBayesianConsensus:
             pair_agents.append(t.pair_agent + t.agent_lo)
             pair_sources.append(t.pair_source)
         flagged, tail = flag_sources(events, self.false_flag_rate)
+        for key in self.trusted_sources:          # fused like any source, never flagged
+            row = ledger.sources.row_of(key)
+            if row >= 0:
+                flagged[row] = False
         if pair_agents:
             pa, ps = np.concatenate(pair_agents), np.concatenate(pair_sources)
             n_flagged = np.bincount(pa, weights=flagged[ps], minlength=n_agents).astype(np.int64)
