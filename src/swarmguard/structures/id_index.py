@@ -116,6 +116,10 @@ class IdIndex:
         keys, slots = self._sorted_index()
         if ids.dtype.kind == "u" and ids.size and ids.max() > np.iinfo(np.int64).max:
             return np.fromiter((self.slot_of.get(k, -1) for k in ids.tolist()), dtype=np.int64, count=len(ids))
+        if ids.dtype.kind == "U" and ids.dtype.itemsize > keys.dtype.itemsize:
+            # Never truncate a probe to the keys' width ("a1000" would find "a100"):
+            # compare at the wider width instead.
+            keys = keys.astype(ids.dtype)
         probe = ids.astype(keys.dtype, copy=False)
         pos = np.searchsorted(keys, probe)
         pos_c = np.minimum(pos, len(keys) - 1)
