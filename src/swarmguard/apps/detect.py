@@ -621,7 +621,6 @@ class _Population:
         self.number: dict[Any, int] = {}
         self.ids: list[Any] = []
         self.stamp: np.ndarray | None = None
-        self.superseded = 0
 
     def add(self, keys: Any, X: np.ndarray, cohorts: list[str] | None, ts: np.ndarray | None,
             clock: _Clock | None) -> None:
@@ -642,7 +641,6 @@ class _Population:
         last = np.ones(m, dtype=bool)
         last[:-1] = sno[1:] != sno[:-1]
         pick = order[last]
-        self.superseded += m - pick.size
         if ts is not None:
             if self.stamp is None:
                 self.stamp = np.full(0, clock.oldest, dtype=clock.dtype)
@@ -651,7 +649,6 @@ class _Population:
                 grown[: self.stamp.size] = self.stamp
                 self.stamp = grown
             fresh_enough = ts[pick] >= self.stamp[no[pick]]
-            self.superseded += int((~fresh_enough).sum())
             pick = pick[fresh_enough]
             self.stamp[no[pick]] = ts[pick]
         if pick.size == 0:
@@ -898,7 +895,7 @@ def detect(
     t3 = time.perf_counter()
     result = DetectResult(
         input=str(path), format=fmt, features=list(feats), agent_ids=ids, score=score, p_value=p_value,
-        is_anomaly=flags, rows_read=rows_read, rows_skipped=rows_skipped, rows_superseded=pop.superseded,
+        is_anomaly=flags, rows_read=rows_read, rows_skipped=rows_skipped, rows_superseded=rows_read - rows_skipped - len(pop.ids),
         method=res["method"], warming_up=bool(res["warming_up"]), warm_up=protocol.warm_up,
         skipped_examples=examples, top=top_rows, chunks=n_chunks,
     )
