@@ -2,6 +2,7 @@
 
 import csv
 import gzip
+import importlib.util
 import json
 import sys
 
@@ -237,19 +238,25 @@ def latest(rows, use_ts):
     return [best[a][1] for a in first_seen]
 
 
+ENGINES = ["python", pytest.param("pyarrow", marks=pytest.mark.skipif(
+    importlib.util.find_spec("pyarrow") is None, reason="pyarrow (the 'parquet' extra) is not installed"))]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("use_ts", [True, False])
-def test_latest_row_wins_and_chunk_size_does_not_matter(tmp_path, use_ts):
+def test_latest_row_wins_and_chunk_size_does_not_matter(tmp_path, use_ts, engine):
     rows = history()
     header = ["agent_id", "cohort", "ts", "f0", "f1", "f2"]
     src = write_csv(tmp_path / "h.csv", header, rows)
     ref = write_csv(tmp_path / "ref.csv", header, latest(rows, use_ts))
-    opts = dict(cohort_column="cohort", features="f0,f1,f2", warm_up=50)
+    opts = dict(cohort_column="cohort", features="f0,f1,f2", warm_up=50, csv_engine=engine)
     if use_ts:
         opts["timestamp_column"] = "ts"
     expected = detect(ref, **opts)
     one = detect(src, chunk_rows=10**6, output=tmp_path / "one.csv", **opts)
     many = detect(src, chunk_rows=37, output=tmp_path / "many.csv", **opts)
-    assert many.chunks > 50 and one.chunks == 1
+    assert many.engine == one.engine == engine
+    assert many.chunks > (50 if engine == "python" else 10) and one.chunks == 1
     same_scores(one, expected)
     same_scores(many, expected)
     assert one.rows_superseded == many.rows_superseded == len(rows) - 600
@@ -424,3 +431,27 @@ def test_small_population_warns_that_nobody_is_flagged(tmp_path):
     assert "nobody is flagged" in " ".join(result.output.split())
     res = detect(src, warm_up=50)
     assert res.agent_ids[res.is_anomaly].tolist() == ["far"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_both_csv_engines_agree_and_pyarrow_falls_back_on_anything_unusual(tmp_path, engine):
+    ids, X, regions = population()
+    src = population_csv(tmp_path / "t.csv", ids, X, regions)
+    ref = detect(src, cohort_column="region", csv_engine="python")
+    res = detect(src, cohort_column="region", csv_engine=engine)
+    assert res.engine == engine
+    same_scores(ref, res)
+    text = src.read_text().splitlines()
+    text[40] = text[40].replace("a39,", '"a39",', 1)         # quoted id: same agent
+    text[41] = " " + text[41].replace(",", ", ")              # spaces that float() accepts
+    text.insert(60, "")                                       # a blank line
+    src.write_text("\n".join(text) + "\n")
+    same_scores(ref, detect(src, cohort_column="region", csv_engine=engine))
+    text[99] = text[99].rsplit(",", 1)[0] + ",1_0"            # float() reads 10; pyarrow does not
+    src.write_text("\n".join(text) + "\n")
+    res = detect(src, cohort_column="region", csv_engine=engine)
+    assert res.engine.startswith("python")
+    text[99] = text[99].rsplit(",", 1)[0] + ",NA"
+    src.write_text("\n".join(text) + "\n")
+    with pytest.raises(MalformedInputError, match="line 100: feature 'f3' is not a number: 'NA'"):
+        detect(src, cohort_column="region", csv_engine=engine)

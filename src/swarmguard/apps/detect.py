@@ -285,10 +285,10 @@ class _Chunk:
 
     unit = "line"
 
-    def __init__(self, where: np.ndarray, bad: np.ndarray | None = None,
-                 reason: Callable[[int], str] | None = None):
-        self.where = where
-        self.n = where.size
+    def __init__(self, where: np.ndarray | None, bad: np.ndarray | None = None,
+                 reason: Callable[[int], str] | None = None, n: int | None = None):
+        self.where = where            # None: rows not numbered (the pyarrow CSV path; any bad row falls back)
+        self.n = where.size if where is not None else n
         self.bad = bad if bad is not None else np.zeros(self.n, dtype=bool)
         self.reason = reason
 
@@ -358,8 +358,8 @@ class _JsonChunk(_Chunk):
 class _ArrowChunk(_Chunk):
     unit = "row"
 
-    def __init__(self, batch, where: np.ndarray):
-        super().__init__(where)
+    def __init__(self, batch, where: np.ndarray | None):
+        super().__init__(where, n=batch.num_rows)
         self.batch = batch
         self.pa, self.pc, _ = _pyarrow()
 
@@ -384,8 +384,10 @@ class _ArrowChunk(_Chunk):
             nulls = self._nulls(arr)
             vals = self.pc.fill_null(arr, 0).cast(pa.int64()).to_numpy()
             return vals, nulls
-        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) or pa.types.is_dictionary(arr.type):
-            return _py_keys([("" if v is None else str(v)) for v in arr.to_pylist()])
+        if pa.types.is_dictionary(arr.type):
+            arr = arr.cast(arr.type.value_type)
+        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            return _py_keys(self.pc.fill_null(arr, "").to_pylist())
         raise InvalidInputError(f"column {name!r} has type {arr.type}: ids and cohorts must be integers or strings")
 
     def floats(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -578,6 +580,42 @@ class _ParquetReader:
             row += n
 
 
+def _arrow_csv_available(engine: str) -> bool:
+    if engine == "pyarrow":
+        _pyarrow()
+        return True
+    try:
+        import pyarrow.csv  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _arrow_csv_chunks(path: Path, names: list[str], spec: _Spec, chunk_rows: int,
+                      row_bytes: float) -> Iterator[_ArrowChunk]:
+    """The whole CSV file through pyarrow's multi-threaded reader; ``_FallBack`` on anything unusual."""
+    pa, _, _ = _pyarrow()
+    from pyarrow import csv as pacsv
+
+    text = [c for c in (spec.id_column, spec.cohort_column, spec.timestamp_column) if c is not None]
+    types = {c: pa.string() for c in text} | {c: pa.float64() for c in spec.features}
+    block = int(min(1 << 30, max(1 << 12, chunk_rows * row_bytes)))
+    try:
+        stream = pacsv.open_csv(
+            pa.input_stream(str(path), compression="detect"),
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=block),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types, include_columns=text + spec.features, null_values=[""],
+                strings_can_be_null=False, quoted_strings_can_be_null=False),
+        )
+        for batch in stream:
+            if batch.num_rows:
+                yield _ArrowChunk(batch, None)
+    except (pa.ArrowException, UnicodeDecodeError):
+        raise _FallBack() from None
+
+
 def _infer_features(reader, first: _Chunk, exclude: set[str]) -> list[str]:
     """Numeric columns other than ``exclude``: by schema (Parquet), else by the first rows' values."""
     if isinstance(reader, _ParquetReader):
@@ -598,7 +636,10 @@ def _infer_features(reader, first: _Chunk, exclude: set[str]) -> list[str]:
         if isinstance(reader, _JsonlReader):
             numeric = sum(1 for v in present if isinstance(v, (int, float)) and not isinstance(v, bool))
         else:
-            numeric = sum(1 for v in present if not math.isnan(_one_float(v)))
+            try:
+                numeric = np.fromiter(map(float, present), np.float64, len(present)).size
+            except ValueError:
+                numeric = sum(1 for v in present if not math.isnan(_one_float(v)))
         if present and 2 * numeric > len(present):
             found.append(name)
     return found
@@ -666,6 +707,98 @@ class _Population:
         return np.array(self.ids, dtype=str)
 
 
+# ---------------------------------------------------------------------------- ingestion
+
+class _FallBack(Exception):
+    """The pyarrow CSV path met a row it cannot vouch for: start again with the reference reader."""
+
+
+@dataclass
+class _Spec:
+    path: str
+    id_column: str
+    cohort_column: str | None
+    timestamp_column: str | None
+    features: list[str]
+    skip_bad: bool
+
+
+class _Ingest:
+    """Chunks -> validated arrays -> the population; counts rows, skips or reports malformed ones."""
+
+    def __init__(self, spec: _Spec):
+        self.spec = spec
+        self.clock = _Clock(spec.timestamp_column) if spec.timestamp_column is not None else None
+        self.pop = _Population(len(spec.features))
+        self.rows_read = self.rows_skipped = self.chunks = 0
+        self.examples: list[str] = []
+        self.parse_s = self.update_s = 0.0
+
+    def run(self, chunks: Iterator[_Chunk]) -> None:
+        t0 = time.perf_counter()
+        for chunk in chunks:
+            t1 = time.perf_counter()
+            self.parse_s += t1 - t0
+            self.feed(chunk)
+            t0 = time.perf_counter()
+        self.parse_s += time.perf_counter() - t0
+
+    def feed(self, chunk: _Chunk) -> None:
+        spec, clock, feats = self.spec, self.clock, self.spec.features
+        t0 = time.perf_counter()
+        self.chunks += 1
+        self.rows_read += chunk.n
+        checks: list[tuple[np.ndarray, Callable[[int], str]]] = []
+        if chunk.reason is not None:
+            checks.append((chunk.bad, chunk.reason))
+        keys, kbad = chunk.keys(spec.id_column)
+        checks.append((kbad, lambda i: f"missing agent id (column {spec.id_column!r})"))
+        cohorts = None
+        if spec.cohort_column is not None:
+            cohorts, cbad = chunk.keys(spec.cohort_column)
+            cohorts = cohorts.tolist() if isinstance(cohorts, np.ndarray) else cohorts
+            cohorts = [str(c) for c in cohorts] if cohorts and not isinstance(cohorts[0], str) else cohorts
+            checks.append((cbad, lambda i: f"missing cohort (column {spec.cohort_column!r})"))
+        ts = None
+        if clock is not None:
+            ts, tbad = chunk.times(clock)
+            checks.append((tbad, lambda i: clock.problem(chunk.raw(clock.name, i))))
+        X, fbad = chunk.floats(feats)
+
+        def feature_reason(i):
+            j = int(np.argmax(fbad[i]))
+            return _float_problem(f"feature {feats[j]!r}", chunk.raw(feats[j], i))
+
+        checks.append((fbad.any(axis=1), feature_reason))
+        bad = np.zeros(chunk.n, dtype=bool)
+        for mask, _ in checks:
+            bad |= mask
+        if bad.any():
+            if chunk.where is None:
+                raise _FallBack()
+
+            def why(i):
+                return next(r(i) for mask, r in checks if mask[i])
+
+            if not spec.skip_bad:
+                i = int(np.argmax(bad))
+                raise MalformedInputError(spec.path, int(chunk.where[i]), why(i), unit=chunk.unit)
+            self.rows_skipped += int(bad.sum())
+            for i in np.flatnonzero(bad)[: _MAX_EXAMPLES - len(self.examples)]:
+                self.examples.append(f"{chunk.unit} {int(chunk.where[i])}: {why(int(i))}")
+            good = ~bad
+            if not good.any():
+                return
+            keys = keys[good] if isinstance(keys, np.ndarray) else list(compress(keys, good))
+            cohorts = None if cohorts is None else list(compress(cohorts, good))
+            ts = None if ts is None else ts[good]
+            X = X[good]
+        t1 = time.perf_counter()
+        self.parse_s += t1 - t0
+        self.pop.add(keys, X, cohorts, ts, clock)
+        self.update_s += time.perf_counter() - t1
+
+
 # ---------------------------------------------------------------------------- result
 @dataclass
 class DetectResult:
@@ -689,6 +822,7 @@ class DetectResult:
     top: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     chunks: int = 0
+    engine: str = "python"       # the CSV reader that read the file
 
     @property
     def agents(self) -> int:
@@ -748,6 +882,7 @@ def detect(
     warm_up: int | None = None,
     skip_bad: bool = False,
     top: int = 10,
+    csv_engine: str = "auto",
 ) -> DetectResult:
     """Score every agent of a telemetry file; write ``output`` (CSV or Parquet) when given.
 
@@ -756,7 +891,15 @@ def detect(
     every agent whose p-value is below it. See the module docstring for the
     input rules. Raises :class:`MalformedInputError` on the first malformed row
     unless ``skip_bad``; every option is checked before the input is read.
+
+    ``csv_engine``: ``"auto"`` parses CSV with pyarrow when it is installed
+    (several times faster) and falls back to the standard library reader,
+    from the start, as soon as pyarrow meets anything it would read
+    differently or a malformed row (so errors, line numbers and ``skip_bad``
+    behave the same); ``"python"`` always uses the standard library reader.
     """
+    if csv_engine not in ("auto", "python", "pyarrow"):
+        raise InvalidInputError(f"csv_engine must be 'auto', 'python' or 'pyarrow', got {csv_engine!r}")
     t_start = time.perf_counter()
     path = Path(input)
     fmt = input_format(path, format)
@@ -791,6 +934,8 @@ def detect(
             missing = [c for c in special + (wanted or []) if c not in reader.index]
             if missing:
                 raise InvalidInputError(f"{path} has no column {', '.join(map(repr, missing))}; its header: {', '.join(reader.names)}")
+        if fmt == "csv" and csv_engine != "python":
+            reader.chunk_rows = min(chunk_rows, _INFER_SAMPLE)   # only a sample, when pyarrow reads the rest
         chunks = reader.chunks()
         t_read = time.perf_counter()
         first = next(chunks, None)
@@ -811,67 +956,25 @@ def detect(
                 raise InvalidInputError(f"{path}: no numeric feature columns found besides {', '.join(special)}; name them with --features")
         else:
             feats = wanted
-        clock = _Clock(timestamp_column) if timestamp_column is not None else None
-        pop = _Population(len(feats))
-        rows_read = rows_skipped = n_chunks = 0
-        examples: list[str] = []
-        parse_s = update_s = 0.0
-        t0 = time.perf_counter()
-        parse_s += t0 - t_read
-        for chunk in chain([first], chunks):
-            n_chunks += 1
-            rows_read += chunk.n
-            checks: list[tuple[np.ndarray, Callable[[int], str]]] = []
-            if chunk.reason is not None:
-                checks.append((chunk.bad, chunk.reason))
-            keys, kbad = chunk.keys(id_column)
-            checks.append((kbad, lambda i: f"missing agent id (column {id_column!r})"))
-            cohorts = None
-            if cohort_column is not None:
-                cohorts, cbad = chunk.keys(cohort_column)
-                cohorts = cohorts.tolist() if isinstance(cohorts, np.ndarray) else cohorts
-                cohorts = [str(c) for c in cohorts] if cohorts and not isinstance(cohorts[0], str) else cohorts
-                checks.append((cbad, lambda i, c=chunk: f"missing cohort (column {cohort_column!r})"))
-            ts = None
-            if clock is not None:
-                ts, tbad = chunk.times(clock)
-                checks.append((tbad, lambda i, c=chunk: clock.problem(c.raw(clock.name, i))))
-            X, fbad = chunk.floats(feats)
-            fbad_rows = fbad.any(axis=1)
-
-            def feature_reason(i, c=chunk, fbad=fbad):
-                j = int(np.argmax(fbad[i]))
-                return _float_problem(f"feature {feats[j]!r}", c.raw(feats[j], i))
-
-            checks.append((fbad_rows, feature_reason))
-            bad = np.zeros(chunk.n, dtype=bool)
-            for mask, _ in checks:
-                bad |= mask
-            if bad.any():
-                def why(i, checks=checks):
-                    return next(r(i) for mask, r in checks if mask[i])
-
-                i = int(np.argmax(bad))
-                if not skip_bad:
-                    raise MalformedInputError(str(path), int(chunk.where[i]), why(i), unit=chunk.unit)
-                rows_skipped += int(bad.sum())
-                for i in np.flatnonzero(bad)[: _MAX_EXAMPLES - len(examples)]:
-                    examples.append(f"{chunk.unit} {int(chunk.where[i])}: {why(int(i))}")
-                good = ~bad
-                if not good.any():
-                    continue
-                keys = keys[good] if isinstance(keys, np.ndarray) else list(compress(keys, good))
-                cohorts = None if cohorts is None else list(compress(cohorts, good))
-                ts = None if ts is None else ts[good]
-                X = X[good]
-            t1 = time.perf_counter()
-            parse_s += t1 - t0
-            pop.add(keys, X, cohorts, ts, clock)
-            t0 = time.perf_counter()
-            update_s += t0 - t1
-        parse_s += time.perf_counter() - t0
+        spec = _Spec(str(path), id_column, cohort_column, timestamp_column, list(feats), skip_bad)
+        ingest = _Ingest(spec)
+        ingest.parse_s += time.perf_counter() - t_read
+        engine = "python"
+        if fmt == "csv" and csv_engine != "python" and _arrow_csv_available(csv_engine):
+            try:
+                fast = _Ingest(spec)
+                sample = first.rows[:1000]
+                row_bytes = sum(map(len, map(",".join, sample))) / max(1, len(sample)) + 1.0
+                fast.run(_arrow_csv_chunks(path, reader.names, spec, chunk_rows, row_bytes))
+                ingest, engine = fast, "pyarrow"
+            except _FallBack:
+                engine = "python (pyarrow could not read every row as given)"
+        if engine != "pyarrow":
+            reader.chunk_rows = chunk_rows
+            ingest.run(chain([first], chunks))
     finally:
         reader.close()
+    pop, rows_read, rows_skipped = ingest.pop, ingest.rows_read, ingest.rows_skipped
     if not pop.ids:
         raise EmptyInputError(f"{path}: no valid rows ({rows_skipped} malformed rows skipped)")
 
@@ -897,13 +1000,13 @@ def detect(
         input=str(path), format=fmt, features=list(feats), agent_ids=ids, score=score, p_value=p_value,
         is_anomaly=flags, rows_read=rows_read, rows_skipped=rows_skipped, rows_superseded=rows_read - rows_skipped - len(pop.ids),
         method=res["method"], warming_up=bool(res["warming_up"]), warm_up=protocol.warm_up,
-        skipped_examples=examples, top=top_rows, chunks=n_chunks,
+        skipped_examples=ingest.examples, top=top_rows, chunks=ingest.chunks, engine=engine,
     )
     if output is not None:
         write_scores(result, output)
         result.output = str(output)
     t4 = time.perf_counter()
-    result.timings = {"read and parse": parse_s, "update tree": update_s, "score": t3 - t2,
+    result.timings = {"read and parse": ingest.parse_s, "update tree": ingest.update_s, "score": t3 - t2,
                       "write": t4 - t3, "total": t4 - t_start}
     return result
 
