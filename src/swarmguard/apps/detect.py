@@ -662,6 +662,9 @@ class _Population:
         self.number: dict[Any, int] = {}
         self.ids: list[Any] = []
         self.stamp: np.ndarray | None = None
+        self.cohort_number: dict[str, int] = {}
+        self.cohort_names: list[str] = []
+        self.placed_in = np.full(0, -1, dtype=np.int64)    # cohort code of each agent in the tree
 
     def add(self, keys: Any, X: np.ndarray, cohorts: list[str] | None, ts: np.ndarray | None,
             clock: _Clock | None) -> None:
@@ -695,11 +698,31 @@ class _Population:
         if pick.size == 0:
             return
         pick.sort()
-        ids = keys[pick] if isinstance(keys, np.ndarray) else np.array(itemgetter(*pick)(keys) if pick.size > 1 else [keys[pick[0]]])
-        coh = None
-        if cohorts is not None:
-            coh = np.array([cohorts[pick[0]]]) if pick.size == 1 else np.array(itemgetter(*pick)(cohorts))
-        self.tree.update_many(ids, X[pick], cohorts=coh)
+        agents = no[pick]              # the tree knows agents by their number: int64 fast paths
+        if cohorts is None:
+            self.tree.update_many(agents, X[pick])
+            return
+        cnum = self.cohort_number
+        codes = np.fromiter(map(cnum.get, cohorts, repeat(-1)), np.int64, m)
+        if (codes < 0).any():
+            for name in dict.fromkeys(compress(cohorts, codes < 0)):
+                cnum[name] = len(self.cohort_names)
+                self.cohort_names.append(name)
+            codes = np.fromiter(map(cnum.__getitem__, cohorts), np.int64, m)
+        c = codes[pick]
+        if self.placed_in.size < len(self.ids):
+            grown = np.full(max(len(self.ids), 2 * self.placed_in.size), -1, dtype=np.int64)
+            grown[: self.placed_in.size] = self.placed_in
+            self.placed_in = grown
+        stays = self.placed_in[agents] == c
+        rows = X[pick]
+        if not stays.all():            # new agents, and agents whose cohort changed
+            moving = ~stays
+            names = np.array(self.cohort_names, dtype=str)
+            self.tree.update_many(agents[moving], rows[moving], cohorts=names[c[moving]])
+        if stays.any():
+            self.tree.update_many(agents[stays], rows[stays])
+        self.placed_in[agents] = c
 
     def id_array(self) -> np.ndarray:
         if self.ids and isinstance(self.ids[0], int):
@@ -982,14 +1005,15 @@ def detect(
     protocol = BehavioralDistributedProtocol(pop.tree, significance_level=level, fdr=q,
                                              shrinkage=shrink, warm_up=warm_up)
     ids = pop.id_array()
-    res = protocol.score_many(ids, fdr=q)
+    numbers = np.arange(ids.size)
+    res = protocol.score_many(numbers, fdr=q)
     score, p_value, flags = res["mahalanobis_squared"], res["p_value"], res["is_anomaly"]
     top_rows: list[dict[str, Any]] = []
     if top and ids.size:
         k = min(top, ids.size)
         part = np.argpartition(-score, k - 1)[:k] if k < ids.size else np.arange(ids.size)
         order = part[np.lexsort((part, -score[part]))]
-        shares = protocol.score_many(ids[order], fdr=None, explain=True)["feature_contributions"]
+        shares = protocol.score_many(numbers[order], fdr=None, explain=True)["feature_contributions"]
         for r, row in enumerate(order):
             j = int(np.argmax(shares[r]))
             top_rows.append({"agent_id": ids[row].item(), "score": float(score[row]), "p_value": float(p_value[row]),
