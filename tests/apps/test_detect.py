@@ -109,6 +109,7 @@ def test_main_feature_of_the_top_agents_is_the_shifted_one(tmp_path):
     for r in res.top:
         assert r["main_feature"] == f"f{OUTLIERS[r['agent_id']][0]}"
         assert r["is_anomaly"]
+        assert 0.5 * r["score"] < r["main_part"] < 2 * r["score"]
 
 
 def test_alpha_and_shrinkage_options(tmp_path):
@@ -455,3 +456,15 @@ def test_both_csv_engines_agree_and_pyarrow_falls_back_on_anything_unusual(tmp_p
     src.write_text("\n".join(text) + "\n")
     with pytest.raises(MalformedInputError, match="line 100: feature 'f3' is not a number: 'NA'"):
         detect(src, cohort_column="region", csv_engine=engine)
+
+
+def test_an_agent_whose_cohort_changes_moves_and_cohort_sizes_are_reported(tmp_path):
+    rows = [[f"k{i}", ["eu", "us"][i % 2], i % 7, i % 5] for i in range(100)]
+    rows += [["k0", "ap", 1, 1], ["k1", "ap", 2, 2], ["k2", "us", 3, 3]]     # k0, k1, k2 move
+    src = write_csv(tmp_path / "t.csv", ["agent_id", "region", "x", "y"], rows)
+    for chunk in (1, 7, 1000):
+        res = detect(src, cohort_column="region", chunk_rows=chunk, warm_up=50)
+        assert res.cohort_sizes == {"eu": 48, "us": 50, "ap": 2}, chunk
+        assert res.agents == 100
+    result = runner.invoke(app, ["detect", str(src), "--cohort-column", "region"])
+    assert "cohorts" in result.output and "us 50, eu 48, ap 2" in result.output

@@ -724,6 +724,11 @@ class _Population:
             self.tree.update_many(agents[stays], rows[stays])
         self.placed_in[agents] = c
 
+    def cohort_sizes(self) -> dict[str, int]:
+        counts = np.bincount(self.placed_in[: len(self.ids)][self.placed_in[: len(self.ids)] >= 0],
+                             minlength=len(self.cohort_names))
+        return dict(zip(self.cohort_names, counts.tolist(), strict=True))
+
     def id_array(self) -> np.ndarray:
         if self.ids and isinstance(self.ids[0], int):
             return np.array(self.ids, dtype=np.int64)
@@ -846,6 +851,7 @@ class DetectResult:
     timings: dict[str, float] = field(default_factory=dict)
     chunks: int = 0
     engine: str = "python"       # the CSV reader that read the file
+    cohort_sizes: dict[str, int] = field(default_factory=dict)   # agents per cohort (with a cohort column)
 
     @property
     def agents(self) -> int:
@@ -1018,13 +1024,14 @@ def detect(
             j = int(np.argmax(shares[r]))
             top_rows.append({"agent_id": ids[row].item(), "score": float(score[row]), "p_value": float(p_value[row]),
                              "is_anomaly": bool(flags[row]), "main_feature": feats[j],
-                             "main_share": float(shares[r][j] / score[row]) if score[row] > 0 else 0.0})
+                             "main_part": float(shares[r][j])})
     t3 = time.perf_counter()
     result = DetectResult(
         input=str(path), format=fmt, features=list(feats), agent_ids=ids, score=score, p_value=p_value,
         is_anomaly=flags, rows_read=rows_read, rows_skipped=rows_skipped, rows_superseded=rows_read - rows_skipped - len(pop.ids),
         method=res["method"], warming_up=bool(res["warming_up"]), warm_up=protocol.warm_up,
         skipped_examples=ingest.examples, top=top_rows, chunks=ingest.chunks, engine=engine,
+        cohort_sizes=pop.cohort_sizes(),
     )
     if output is not None:
         write_scores(result, output)
@@ -1069,12 +1076,16 @@ def print_summary(result: DetectResult, console) -> None:
     t = Table(show_header=False, box=None)
     t.add_column(style="bold")
     t.add_column()
-    t.add_row("format", f"{result.format} ({result.chunks} chunk{'s' if result.chunks != 1 else ''})")
+    t.add_row("format", f"{result.format}, {result.engine} reader, {result.chunks} chunk{'s' if result.chunks != 1 else ''}")
     t.add_row("features", f"{len(result.features)}: {', '.join(result.features)}")
     t.add_row("rows read", f"{result.rows_read:,}")
     t.add_row("rows skipped (malformed)", f"{result.rows_skipped:,}")
     t.add_row("rows superseded (older)", f"{result.rows_superseded:,}")
     t.add_row("agents", f"{result.agents:,}")
+    if result.cohort_sizes:
+        sizes = sorted(result.cohort_sizes.items(), key=lambda kv: -kv[1])
+        shown = ", ".join(f"{k} {v:,}" for k, v in sizes[:8]) + (", ..." if len(sizes) > 8 else "")
+        t.add_row("cohorts", f"{len(sizes)}: {shown}")
     t.add_row("flagged", f"{result.flagged:,} ({result.method})")
     if result.output:
         t.add_row("written", result.output)
@@ -1088,11 +1099,11 @@ def print_summary(result: DetectResult, console) -> None:
             console.print(f"  {e}", markup=False, highlight=False)
     if result.top:
         tt = Table(title=f"Top {len(result.top)} most anomalous agents")
-        for col in ("#", "agent", "score (D²)", "p-value", "flagged", "main feature"):
+        for col in ("#", "agent", "score (D²)", "p-value", "flagged", "main feature", "its part of D²"):
             tt.add_column(col)
         for r, row in enumerate(result.top, 1):
             tt.add_row(str(r), str(row["agent_id"]), f"{row['score']:.4g}", f"{row['p_value']:.2e}",
-                       "yes" if row["is_anomaly"] else "no", f"{row['main_feature']} ({row['main_share']:.0%})")
+                       "yes" if row["is_anomaly"] else "no", str(row["main_feature"]), f"{row['main_part']:.4g}")
         console.print(tt)
     tm = Table(title="Timings")
     tm.add_column("step")
