@@ -104,9 +104,11 @@ def test_cli_csv_flags_planted_outliers_and_writes_one_row_per_agent(tmp_path):
 
 def test_main_feature_of_the_top_agents_is_the_shifted_one(tmp_path):
     ids, X, _ = population()
-    res = detect(population_csv(tmp_path / "t.csv", ids, X), top=3)
-    assert {r["agent_id"] for r in res.top} == set(OUTLIERS)
-    for r in res.top:
+    res = detect(population_csv(tmp_path / "t.csv", ids, X), top=12)
+    assert [r["score"] for r in res.top] == sorted((r["score"] for r in res.top), reverse=True)
+    assert [r["score"] for r in res.top] == sorted(res.score, reverse=True)[:12]
+    assert {r["agent_id"] for r in res.top[:3]} == set(OUTLIERS)
+    for r in res.top[:3]:
         assert r["main_feature"] == f"f{OUTLIERS[r['agent_id']][0]}"
         assert r["is_anomaly"]
         assert 0.5 * r["score"] < r["main_part"] < 2 * r["score"]
@@ -201,6 +203,7 @@ def test_parquet_nulls_are_malformed_rows_numbered_from_one(tmp_path):
         detect(tmp_path / "t.parquet", chunk_rows=50)
     assert info.value.line == 58
     res = detect(tmp_path / "t.parquet", chunk_rows=50, skip_bad=True, warm_up=50)
+    assert res.chunks == 8
     assert res.rows_skipped == 2 and res.agents == 398 and "a57" not in res.agent_ids.tolist()
     assert any("row 301: feature 'f2' is not finite" in e for e in res.skipped_examples)
 
@@ -278,7 +281,8 @@ def test_timestamp_ties_go_to_the_later_row_and_older_rows_never_replace(tmp_pat
     ]
     src = write_csv(tmp_path / "t.csv", header, rows)
     for chunk in (1, 3, 1000):
-        res = detect(src, timestamp_column="ts", chunk_rows=chunk, warm_up=50)
+        res = detect(src, timestamp_column="ts", chunk_rows=chunk, warm_up=50, csv_engine="python")
+        assert res.chunks == -(-len(rows) // chunk)
         flagged = set(res.agent_ids[res.is_anomaly].tolist())
         assert flagged == {"b0", "b1"}, chunk
         assert res.rows_superseded == 4
@@ -321,9 +325,9 @@ def test_malformed_csv_row_names_file_and_line_and_exits_2(tmp_path, bad_row, in
     rows[index] = bad_row
     src = write_csv(tmp_path / "bad.csv", ["agent_id", "x", "y"], rows)
     line = index + 2                                           # the header is line 1
-    for chunk in (7, 10**6):
+    for chunk, engine in [(7, "python"), (10**6, "python"), (10**6, "auto")]:
         with pytest.raises(MalformedInputError) as info:
-            detect(src, chunk_rows=chunk)
+            detect(src, chunk_rows=chunk, csv_engine=engine)
         assert (info.value.line, info.value.reason) == (line, reason)
         assert str(info.value) == f"{src}, line {line}: {reason}"
     result = runner.invoke(app, ["detect", str(src), "--chunk-rows", "50"])
@@ -340,7 +344,7 @@ def test_line_numbers_count_quoted_multiline_fields_and_blank_lines(tmp_path):
     src.write_text(text)
     for chunk in (1, 2, 100):
         with pytest.raises(MalformedInputError) as info:
-            detect(src, chunk_rows=chunk)
+            detect(src, chunk_rows=chunk, csv_engine="python")
         assert info.value.line == 6 and "feature 'y' is empty" in info.value.reason
 
 
@@ -354,22 +358,28 @@ def test_malformed_jsonl_lines(tmp_path):
     lines[50] = json.dumps({"agent_id": None, "x": 1, "y": 1.0})          # line 51: missing id
     lines[60] = json.dumps({"agent_id": "j60", "x": 1})                   # line 61: missing feature
     lines[70] = '{"agent_id": "j70", "x": NaN, "y": 1.0}'                 # line 71: NaN
+    lines[80] = '{"agent_id": "j80", "x": 1, "y": -Infinity}'             # line 81: infinity
     src.write_text("\n".join(lines) + "\n")
     with pytest.raises(MalformedInputError, match=r"t\.jsonl, line 11: invalid JSON"):
         detect(src, chunk_rows=16)
     res = detect(src, skip_bad=True, warm_up=20, chunk_rows=16)
-    assert (res.rows_read, res.rows_skipped, res.agents) == (100, 7, 93)
+    assert (res.rows_read, res.rows_skipped, res.agents) == (100, 8, 92)
     assert [e.split(":")[0] for e in res.skipped_examples] == [f"line {n}" for n in (11, 21, 31, 41, 51)]
     lines[10] = lines[20] = lines[30] = lines[40] = lines[50] = lines[60] = '{"agent_id": "ok", "x": 1, "y": 2}'
     src.write_text("\n".join(lines) + "\n")
     with pytest.raises(MalformedInputError, match=r"line 71: feature 'x' is not finite: nan"):
         detect(src)
+    lines[70] = '{"agent_id": "ok", "x": 1, "y": 2}'
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MalformedInputError, match=r"line 81: feature 'y' is not finite: -inf"):
+        detect(src)
 
 
 def test_skip_bad_is_counted_in_the_cli_summary(tmp_path):
     rows = [list(r) for r in GOOD]
-    for i in (3, 100, 200, 201):
+    for i in (3, 100, 200):
         rows[i][2] = "?"
+    rows[201][1] = "inf"
     src = write_csv(tmp_path / "b.csv", ["agent_id", "x", "y"], rows)
     out = tmp_path / "o.csv"
     result = runner.invoke(app, ["detect", str(src), "--skip-bad", "--warm-up", "50", "-o", str(out)])
@@ -463,7 +473,8 @@ def test_an_agent_whose_cohort_changes_moves_and_cohort_sizes_are_reported(tmp_p
     rows += [["k0", "ap", 1, 1], ["k1", "ap", 2, 2], ["k2", "us", 3, 3]]     # k0, k1, k2 move
     src = write_csv(tmp_path / "t.csv", ["agent_id", "region", "x", "y"], rows)
     for chunk in (1, 7, 1000):
-        res = detect(src, cohort_column="region", chunk_rows=chunk, warm_up=50)
+        res = detect(src, cohort_column="region", chunk_rows=chunk, warm_up=50, csv_engine="python")
+        assert res.chunks == -(-len(rows) // chunk)
         assert res.cohort_sizes == {"eu": 48, "us": 50, "ap": 2}, chunk
         assert res.agents == 100
     result = runner.invoke(app, ["detect", str(src), "--cohort-column", "region"])

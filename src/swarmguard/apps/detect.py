@@ -725,9 +725,8 @@ class _Population:
         self.placed_in[agents] = c
 
     def cohort_sizes(self) -> dict[str, int]:
-        counts = np.bincount(self.placed_in[: len(self.ids)][self.placed_in[: len(self.ids)] >= 0],
-                             minlength=len(self.cohort_names))
-        return dict(zip(self.cohort_names, counts.tolist(), strict=True))
+        """Agents per cohort, as the tree holds them."""
+        return {name: int(round(self.tree.get_cohort_statistics((name,))["count"])) for name in self.cohort_names}
 
     def id_array(self) -> np.ndarray:
         if self.ids and isinstance(self.ids[0], int):
