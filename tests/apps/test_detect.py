@@ -107,6 +107,8 @@ def test_main_feature_of_the_top_agents_is_the_shifted_one(tmp_path):
     res = detect(population_csv(tmp_path / "t.csv", ids, X), top=12)
     assert [r["score"] for r in res.top] == sorted((r["score"] for r in res.top), reverse=True)
     assert [r["score"] for r in res.top] == sorted(res.score, reverse=True)[:12]
+    every = detect(tmp_path / "t.csv", top=N + 5).top
+    assert len(every) == N and [r["score"] for r in every] == sorted(res.score, reverse=True)
     assert {r["agent_id"] for r in res.top[:3]} == set(OUTLIERS)
     for r in res.top[:3]:
         assert r["main_feature"] == f"f{OUTLIERS[r['agent_id']][0]}"
