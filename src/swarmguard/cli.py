@@ -150,6 +150,7 @@ def detect(
     warm_up: int | None = typer.Option(None, min=3, help="Nobody is flagged in a population smaller than this; default min(1000, 100 x features). Example: --warm-up 50"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed rows and count them, instead of stopping at the first (exit code 2). Example: --skip-bad"),
     top: int = typer.Option(10, min=0, help="Show this many of the most anomalous agents with their main feature. Example: --top 25"),
+    csv_engine: str = typer.Option("auto", help="CSV reader: 'auto' uses pyarrow when installed (falls back to the standard library on any unusual row), 'python' always the standard library. Example: --csv-engine python"),
 ) -> None:
     """Score every agent of your own telemetry file and write one row per agent.
 

@@ -354,6 +354,18 @@ class _JsonChunk(_Chunk):
     def raw(self, name: str, i: int) -> Any:
         return self.objs[i].get(name, _MISSING)
 
+    def floats(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        d = len(names)
+        if d > 1:   # fast path: every feature present and a JSON number (not a bool) in every row
+            try:
+                flat = list(chain.from_iterable(map(itemgetter(*names), self.objs)))
+                if set(map(type, flat)) <= {int, float}:
+                    X = np.fromiter(flat, np.float64, len(flat)).reshape(self.n, d)
+                    return X, ~np.isfinite(X)
+            except (KeyError, OverflowError):
+                pass
+        return super().floats(names)
+
 
 class _ArrowChunk(_Chunk):
     unit = "row"
@@ -493,6 +505,7 @@ class _CsvReader:
                 filler = [""] * ncols
                 rows = [r if ok else filler for r, ok in zip(rows, ~wrong, strict=True)]
             yield _CsvChunk(rows, where, self.index, wrong if wrong.any() else None, reason)
+            del rows          # let the chunk go before the next one is read
 
 
 class _JsonlReader:
@@ -546,6 +559,7 @@ class _JsonlReader:
                 bad = np.zeros(len(objs), dtype=bool)
                 bad[list(problems)] = True
             yield _JsonChunk(objs, where, bad, problems.__getitem__ if problems else None)
+            del objs, lines   # let the chunk go before the next one is read
 
 
 class _ParquetReader:
@@ -767,6 +781,7 @@ class _Ingest:
             t1 = time.perf_counter()
             self.parse_s += t1 - t0
             self.feed(chunk)
+            del chunk
             t0 = time.perf_counter()
         self.parse_s += time.perf_counter() - t0
 
