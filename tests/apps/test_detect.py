@@ -358,7 +358,7 @@ def test_malformed_jsonl_lines(tmp_path):
     lines[30] = json.dumps({"agent_id": "j30", "x": "high", "y": 1.0})    # line 31: not a number
     lines[40] = json.dumps({"agent_id": "j40", "x": True, "y": 1.0})      # line 41: bool is not a number
     lines[50] = json.dumps({"agent_id": None, "x": 1, "y": 1.0})          # line 51: missing id
-    lines[60] = json.dumps({"agent_id": "j60", "x": 1})                   # line 61: missing feature
+    lines[60] = json.dumps({"agent_id": 6.5, "x": 1, "y": 1.0})           # line 61: float id
     lines[70] = '{"agent_id": "j70", "x": NaN, "y": 1.0}'                 # line 71: NaN
     lines[80] = '{"agent_id": "j80", "x": 1, "y": -Infinity}'             # line 81: infinity
     src.write_text("\n".join(lines) + "\n")
@@ -367,6 +367,15 @@ def test_malformed_jsonl_lines(tmp_path):
     res = detect(src, skip_bad=True, warm_up=20, chunk_rows=16)
     assert (res.rows_read, res.rows_skipped, res.agents) == (100, 8, 92)
     assert [e.split(":")[0] for e in res.skipped_examples] == [f"line {n}" for n in (11, 21, 31, 41, 51)]
+    assert "line 51: missing agent id (column 'agent_id')" in res.skipped_examples
+    lines[10] = lines[20] = lines[30] = lines[40] = lines[50] = '{"agent_id": "ok", "x": 1, "y": 2}'
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MalformedInputError, match=r"line 61: agent id \(column 'agent_id'\) must be text or an integer, not 6.5"):
+        detect(src)
+    lines[60] = json.dumps({"agent_id": "j60", "x": 1})                   # line 61: missing feature
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MalformedInputError, match=r"line 61: feature 'y' is missing"):
+        detect(src)
     lines[10] = lines[20] = lines[30] = lines[40] = lines[50] = lines[60] = '{"agent_id": "ok", "x": 1, "y": 2}'
     src.write_text("\n".join(lines) + "\n")
     with pytest.raises(MalformedInputError, match=r"line 71: feature 'x' is not finite: nan"):
@@ -481,3 +490,21 @@ def test_an_agent_whose_cohort_changes_moves_and_cohort_sizes_are_reported(tmp_p
         assert res.agents == 100
     result = runner.invoke(app, ["detect", str(src), "--cohort-column", "region"])
     assert "cohorts" in result.output and "us 50, eu 48, ap 2" in result.output
+
+
+def test_parquet_timestamp_column(tmp_path):
+    pa = pytest.importorskip("pyarrow", reason="pyarrow (the 'parquet' extra) is not installed")
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(4)
+    n = 300
+    ids = [f"p{i}" for i in range(n)] + ["p0", "p1"]
+    X = np.vstack([rng.normal(size=(n, 2)), [[30.0, -30.0], [-30.0, 30.0]]])
+    base = np.datetime64("2024-01-01T00:00:00", "us")
+    ts = np.array([base] * n + [base + np.timedelta64(1, "s"), base - np.timedelta64(1, "s")])
+    pq.write_table(pa.table({"agent_id": ids, "ts": pa.array(ts, pa.timestamp("us", tz="UTC")),
+                             "x": X[:, 0], "y": X[:, 1]}), tmp_path / "t.parquet")
+    for chunk in (7, 1000):
+        res = detect(tmp_path / "t.parquet", timestamp_column="ts", chunk_rows=chunk, warm_up=50)
+        assert res.agent_ids[res.is_anomaly].tolist() == ["p0"]          # p1's big row is older
+        assert res.rows_superseded == 2

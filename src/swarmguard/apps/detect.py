@@ -212,6 +212,12 @@ def _py_keys(vals: Sequence[Any]) -> tuple[list[str], np.ndarray]:
     return keys, bad
 
 
+def _key_problem(what: str, column: str, v: Any) -> str:
+    if v is None or v is _MISSING or (isinstance(v, str) and not v.strip()):
+        return f"missing {what} (column {column!r})"
+    return f"{what} (column {column!r}) must be text or an integer, not {_short(v)}"
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NAT = np.iinfo(np.int64).min
 
@@ -794,13 +800,13 @@ class _Ingest:
         if chunk.reason is not None:
             checks.append((chunk.bad, chunk.reason))
         keys, kbad = chunk.keys(spec.id_column)
-        checks.append((kbad, lambda i: f"missing agent id (column {spec.id_column!r})"))
+        checks.append((kbad, lambda i: _key_problem("agent id", spec.id_column, chunk.raw(spec.id_column, i))))
         cohorts = None
         if spec.cohort_column is not None:
             cohorts, cbad = chunk.keys(spec.cohort_column)
             cohorts = cohorts.tolist() if isinstance(cohorts, np.ndarray) else cohorts
             cohorts = [str(c) for c in cohorts] if cohorts and not isinstance(cohorts[0], str) else cohorts
-            checks.append((cbad, lambda i: f"missing cohort (column {spec.cohort_column!r})"))
+            checks.append((cbad, lambda i: _key_problem("cohort", spec.cohort_column, chunk.raw(spec.cohort_column, i))))
         ts = None
         if clock is not None:
             ts, tbad = chunk.times(clock)
