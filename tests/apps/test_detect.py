@@ -2,7 +2,6 @@
 
 import csv
 import gzip
-import importlib.util
 import json
 import sys
 
@@ -244,8 +243,15 @@ def latest(rows, use_ts):
     return [best[a][1] for a in first_seen]
 
 
+try:
+    import pyarrow  # noqa: F401
+
+    HAVE_PYARROW = True
+except ImportError:
+    HAVE_PYARROW = False
+
 ENGINES = ["python", pytest.param("pyarrow", marks=pytest.mark.skipif(
-    importlib.util.find_spec("pyarrow") is None, reason="pyarrow (the 'parquet' extra) is not installed"))]
+    not HAVE_PYARROW, reason="pyarrow (the 'parquet' extra) is not installed"))]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
