@@ -1141,13 +1141,13 @@ def run_command(console, err_console, **options: Any) -> int:
     try:
         result = detect(**options)
     except MissingDependencyError as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 1
     except (InvalidInputError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         msg = str(exc)
         if isinstance(exc, MalformedInputError):
             msg += " (use --skip-bad to skip malformed rows and count them)"
-        err_console.print(f"error: {msg}", markup=False, highlight=False)
+        err_console.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
         return 2
     print_summary(result, console)
     return 0
