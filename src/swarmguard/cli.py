@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import numpy as np
 import typer
@@ -131,6 +132,41 @@ def demo(
         tt.add_row("single update (await), p99", f"{np.percentile(lat, 99) / 1e3:.1f} µs")
     tt.add_row("tree depth", str(tree.depth))
     console.print(tt)
+
+
+@app.command()
+def detect(
+    input: Path = typer.Argument(..., help="Telemetry file: .csv, .jsonl/.ndjson (either may end in .gz) or .parquet. Example: telemetry.csv"),  # noqa: B008
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write one row per agent (agent_id, score, p_value, is_anomaly) here; .csv or .parquet. Example: --output scores.parquet"),  # noqa: B008
+    format: str | None = typer.Option(None, "--format", help="Input format when the extension does not say: csv, jsonl or parquet. Example: --format jsonl"),
+    id_column: str = typer.Option("agent_id", help="Column holding the agent id. Example: --id-column host"),
+    cohort_column: str | None = typer.Option(None, help="Optional region/cohort column; agents are grouped under it in the tree. Example: --cohort-column region"),
+    timestamp_column: str | None = typer.Option(None, help="Optional timestamp column (numbers or ISO 8601); an agent's row with the latest timestamp wins (else the last row in the file). Example: --timestamp-column ts"),
+    features: str | None = typer.Option(None, help="Comma-separated feature columns; default: every numeric column but the id, cohort and timestamp. Example: --features cpu,mem,latency_ms"),
+    chunk_rows: int = typer.Option(200_000, min=1, help="Rows parsed per chunk; memory grows with agents, not rows. Example: --chunk-rows 50000"),
+    fdr: float | None = typer.Option(None, help="False-discovery rate for flagging (Benjamini-Hochberg); 0.01 unless --alpha is given. Example: --fdr 0.05"),
+    alpha: float | None = typer.Option(None, help="Flag every agent whose p-value is below this level instead of FDR control. Example: --alpha 1e-4"),
+    shrinkage: str = typer.Option("auto", help="Covariance shrinkage toward its diagonal: 'auto' (d/n) or a number in [0, 1]. Example: --shrinkage 0.1"),
+    warm_up: int | None = typer.Option(None, min=3, help="Nobody is flagged in a population smaller than this; default min(1000, 100 x features). Example: --warm-up 50"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed rows and count them, instead of stopping at the first (exit code 2). Example: --skip-bad"),
+    top: int = typer.Option(10, min=0, help="Show this many of the most anomalous agents with their main feature. Example: --top 25"),
+    csv_engine: str = typer.Option("auto", help="CSV reader: 'auto' uses pyarrow when installed (falls back to the standard library on any unusual row), 'python' always the standard library. Example: --csv-engine python"),
+) -> None:
+    """Score every agent of your own telemetry file and write one row per agent.
+
+    Each agent's latest row is scored by leave-one-out squared Mahalanobis
+    distance against all other agents (higher is more anomalous), with a
+    chi-squared p-value and an FDR-controlled is_anomaly flag. Files larger
+    than memory stream through in chunks. Malformed rows stop the run with
+    the file and line and exit code 2, unless --skip-bad.
+
+    Example: swarmguard detect telemetry.csv --output scores.csv --timestamp-column ts --cohort-column region
+    """
+    from .apps.detect import run_command
+
+    code = run_command(console, Console(stderr=True), **{k: v for k, v in locals().items() if k != "run_command"})
+    if code:
+        raise typer.Exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

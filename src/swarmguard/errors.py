@@ -20,6 +20,8 @@ __all__ = [
     "UnknownEvidenceTypeError",
     "DuplicateEvidenceError",
     "EvidenceStoreError",
+    "MalformedInputError",
+    "MissingDependencyError",
 ]
 
 
@@ -78,3 +80,19 @@ class DuplicateEvidenceError(InvalidInputError):
 
 class EvidenceStoreError(SwarmGuardError, OSError):
     """The SQLite evidence store cannot be opened, read or written."""
+
+
+class MalformedInputError(InvalidInputError):
+    """A row of an input file that cannot be read (``swarmguard detect``).
+
+    ``path`` and ``line`` (1-based; the header counts as line 1 in a CSV file,
+    a Parquet file counts rows) say where; ``reason`` says what is wrong.
+    """
+
+    def __init__(self, path: str, line: int, reason: str, unit: str = "line"):
+        self.path, self.line, self.reason, self.unit = path, line, reason, unit
+        super().__init__(f"{path}, {unit} {line}: {reason}")
+
+
+class MissingDependencyError(SwarmGuardError, ImportError):
+    """An optional dependency needed for this input or output is not installed."""

@@ -49,3 +49,18 @@ def test_a_read_only_view_whose_base_changed_is_looked_up_again():
     np.testing.assert_array_equal(ix.lookup_many(ids), ids + 100)
     base[:] = [10, 11, 12, 13, 14]
     np.testing.assert_array_equal(ix.lookup_many(ids), [-1] * 5)
+
+def test_string_probes_longer_than_every_key_are_not_truncated():
+    ix = IdIndex()
+    ix.set_many(np.array(["a1", "a100"]), np.array([0, 1]))
+    assert ix.lookup_many(np.array(["a1000", "a100", "a10000000"])).tolist() == [-1, 1, -1]
+
+
+def test_tree_batches_of_longer_string_ids_add_agents_instead_of_overwriting():
+    from swarmguard import HierarchicalStatisticalTree
+
+    tree = HierarchicalStatisticalTree(feature_dimensions=1)
+    tree.update_many(np.array(["a1", "a100"]), np.array([[1.0], [2.0]]))
+    tree.update_many(np.array(["a1000"]), np.array([[3.0]]))
+    assert len(tree) == 3
+    assert tree.get_agent_features("a100").tolist() == [2.0]

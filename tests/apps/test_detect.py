@@ -1,0 +1,516 @@
+"""``swarmguard detect``: end to end through the CLI and through :func:`detect`."""
+
+import csv
+import gzip
+import json
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from swarmguard.apps.detect import detect
+from swarmguard.cli import app
+from swarmguard.errors import InvalidInputError, MalformedInputError, MissingDependencyError
+
+runner = CliRunner()
+
+N, D = 1500, 4
+OUTLIERS = {"a17": (0, 14.0), "a333": (2, -13.0), "a1200": (3, 12.0)}   # id -> (feature, shift in sd)
+
+
+def population(n=N, d=D, seed=0):
+    """Correlated features with distinct means and scales; three planted outliers."""
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(d, d)) / np.sqrt(d) + np.eye(d)
+    X = rng.normal(size=(n, d)) @ mix * np.array([1.0, 10.0, 0.1, 3.0][:d]) + np.arange(d) * 5.0
+    ids = [f"a{i}" for i in range(n)]
+    sd = X.std(axis=0)
+    for a, (j, k) in OUTLIERS.items():
+        if a in ids:
+            X[ids.index(a), j] += k * sd[j]
+    regions = np.array(["eu", "us", "ap"])[rng.integers(0, 3, size=n)]
+    return ids, X, regions
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def population_csv(path, ids, X, regions=None, extra=None):
+    header = ["agent_id"] + (["region"] if regions is not None else []) + [f"f{j}" for j in range(X.shape[1])]
+    rows = []
+    for i, a in enumerate(ids):
+        rows.append([a] + ([regions[i]] if regions is not None else []) + [repr(float(v)) for v in X[i]])
+    return write_csv(path, header, rows)
+
+
+def read_scores(path):
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return rows
+
+
+def brute_force_loo(X, i, shrinkage="auto"):
+    """Row i against all the others, from scratch, with the protocol's documented regulariser."""
+    n, d = X.shape
+    lam = min(1.0, d / n) if shrinkage == "auto" else shrinkage
+    others = np.delete(X, i, axis=0)
+    cov = np.cov(others.T)
+    target = np.var(X, axis=0, ddof=1)
+    floored = np.maximum(target, 1e-12 * target.mean())
+    reg = (1 - lam) * cov + np.diag(lam * target + 1e-9 * floored)
+    diff = X[i] - others.mean(axis=0)
+    return float(diff @ np.linalg.solve(reg, diff))
+
+
+def same_scores(a, b):
+    assert a.agent_ids.tolist() == b.agent_ids.tolist()
+    np.testing.assert_allclose(a.score, b.score, rtol=1e-10)
+    np.testing.assert_allclose(a.p_value, b.p_value, rtol=1e-8, atol=1e-300)
+    assert a.is_anomaly.tolist() == b.is_anomaly.tolist()
+
+
+# ---------------------------------------------------------------------------- end to end
+def test_cli_csv_flags_planted_outliers_and_writes_one_row_per_agent(tmp_path):
+    ids, X, regions = population()
+    src = population_csv(tmp_path / "t.csv", ids, X, regions)
+    out = tmp_path / "scores.csv"
+    result = runner.invoke(app, ["detect", str(src), "--output", str(out), "--cohort-column", "region", "--top", "3"])
+    assert result.exit_code == 0, result.output
+    rows = read_scores(out)
+    assert list(rows[0]) == ["agent_id", "score", "p_value", "is_anomaly"]
+    assert [r["agent_id"] for r in rows] == ids              # one row per agent, in input order
+    flagged = {r["agent_id"] for r in rows if r["is_anomaly"] == "true"}
+    assert flagged == set(OUTLIERS)
+    assert {r["is_anomaly"] for r in rows} == {"true", "false"}
+    assert "1,500" in result.output and "rows read" in result.output
+    for a in OUTLIERS:
+        assert a in result.output                               # the top-3 table
+    # Scores equal an independent leave-one-out computation.
+    for a in ["a17", "a0", "a999"]:
+        i = ids.index(a)
+        assert float(rows[i]["score"]) == pytest.approx(brute_force_loo(X, i), rel=1e-9)
+    score = np.array([float(r["score"]) for r in rows])
+    p = np.array([float(r["p_value"]) for r in rows])
+    assert np.all(np.isfinite(score)) and np.all((p >= 0) & (p <= 1))
+    assert np.all(np.diff(p[np.argsort(score)]) <= 0)            # higher score, smaller p
+
+
+def test_main_feature_of_the_top_agents_is_the_shifted_one(tmp_path):
+    ids, X, _ = population()
+    res = detect(population_csv(tmp_path / "t.csv", ids, X), top=12)
+    assert [r["score"] for r in res.top] == sorted((r["score"] for r in res.top), reverse=True)
+    assert [r["score"] for r in res.top] == sorted(res.score, reverse=True)[:12]
+    every = detect(tmp_path / "t.csv", top=N + 5).top
+    assert len(every) == N and [r["score"] for r in every] == sorted(res.score, reverse=True)
+    assert {r["agent_id"] for r in res.top[:3]} == set(OUTLIERS)
+    for r in res.top[:3]:
+        assert r["main_feature"] == f"f{OUTLIERS[r['agent_id']][0]}"
+        assert r["is_anomaly"]
+        assert 0.5 * r["score"] < r["main_part"] < 2 * r["score"]
+
+
+def test_alpha_and_shrinkage_options(tmp_path):
+    ids, X, _ = population()
+    src = population_csv(tmp_path / "t.csv", ids, X)
+    res = detect(src, alpha=0.01, shrinkage=0.0)
+    assert res.method == "alpha(0.01)"
+    assert res.score[ids.index("a333")] == pytest.approx(brute_force_loo(X, ids.index("a333"), 0.0), rel=1e-9)
+    # about 1% of the clean agents fall below alpha = 0.01
+    assert 3 + 5 <= res.flagged <= 3 + 35
+    res = detect(src, shrinkage="0.3", top=0)
+    assert res.score[5] == pytest.approx(brute_force_loo(X, 5, 0.3), rel=1e-9)
+    assert res.top == []
+
+
+def test_jsonl_gives_the_same_scores_as_csv(tmp_path):
+    ids, X, regions = population()
+    a = detect(population_csv(tmp_path / "t.csv", ids, X, regions), cohort_column="region")
+    with open(tmp_path / "t.jsonl", "w") as f:
+        for i, agent in enumerate(ids):
+            obj = {"agent_id": agent, "region": str(regions[i]), "note": "x"}
+            obj.update({f"f{j}": float(X[i, j]) for j in range(D)})
+            f.write(json.dumps(obj) + "\n")
+            if i == 3:
+                f.write("\n")                                  # blank lines are ignored
+    b = detect(tmp_path / "t.jsonl", cohort_column="region")
+    assert b.features == [f"f{j}" for j in range(D)] and b.rows_read == N
+    same_scores(a, b)
+
+
+def test_jsonl_integer_ids_and_format_override(tmp_path):
+    path = tmp_path / "telemetry.log"
+    rng = np.random.default_rng(1)
+    with open(path, "w") as f:
+        for i in range(300):
+            f.write(json.dumps({"id": i, "x": float(rng.normal()), "y": int(rng.integers(0, 9))}) + "\n")
+    with pytest.raises(InvalidInputError, match="--format"):
+        detect(path, id_column="id")
+    res = detect(path, format="jsonl", id_column="id", warm_up=50)
+    assert res.agent_ids.tolist() == [str(i) for i in range(300)]
+    assert res.features == ["x", "y"]
+
+
+def test_gzip_csv(tmp_path):
+    ids, X, _ = population()
+    plain = population_csv(tmp_path / "t.csv", ids, X)
+    gz = tmp_path / "t.csv.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    same_scores(detect(plain), detect(gz))
+
+
+def test_parquet_input_and_output(tmp_path):
+    pa = pytest.importorskip("pyarrow", reason="pyarrow (the 'parquet' extra) is not installed")
+    import pyarrow.parquet as pq
+
+    ids, X, regions = population()
+    ref = detect(population_csv(tmp_path / "t.csv", ids, X, regions), cohort_column="region")
+    table = pa.table({"agent_id": ids, "region": regions.tolist(), "label": ["x"] * N,
+                      **{f"f{j}": X[:, j] for j in range(D)}})
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=400)
+    out = tmp_path / "scores.parquet"
+    result = runner.invoke(app, ["detect", str(tmp_path / "t.parquet"), "-o", str(out), "--cohort-column", "region",
+                                 "--chunk-rows", "250"])
+    assert result.exit_code == 0, result.output
+    back = pq.read_table(out)
+    assert back.column_names == ["agent_id", "score", "p_value", "is_anomaly"]
+    assert back.column("agent_id").to_pylist() == ids
+    np.testing.assert_allclose(back.column("score").to_numpy(), ref.score, rtol=1e-10)
+    assert back.column("is_anomaly").to_pylist() == ref.is_anomaly.tolist()
+    # integer ids stay integers; a CSV written from it parses back
+    pq.write_table(pa.table({"agent_id": np.arange(N), **{f"f{j}": X[:, j] for j in range(D)}}), tmp_path / "i.parquet")
+    res = detect(tmp_path / "i.parquet", output=tmp_path / "i.csv")
+    assert res.agent_ids.dtype.kind == "i"
+    assert [int(r["agent_id"]) for r in read_scores(tmp_path / "i.csv")] == list(range(N))
+    np.testing.assert_allclose(res.score, ref.score, rtol=1e-9)
+
+
+def test_parquet_nulls_are_malformed_rows_numbered_from_one(tmp_path):
+    pa = pytest.importorskip("pyarrow", reason="pyarrow (the 'parquet' extra) is not installed")
+    import pyarrow.parquet as pq
+
+    ids, X, _ = population(n=400)
+    f1 = X[:, 1].tolist()
+    f1[57] = None
+    f2 = X[:, 2].tolist()
+    f2[300] = float("nan")
+    pq.write_table(pa.table({"agent_id": ids, "f0": X[:, 0], "f1": f1, "f2": f2}), tmp_path / "t.parquet")
+    with pytest.raises(MalformedInputError, match=r"t\.parquet, row 58: feature 'f1' is missing") as info:
+        detect(tmp_path / "t.parquet", chunk_rows=50)
+    assert info.value.line == 58
+    res = detect(tmp_path / "t.parquet", chunk_rows=50, skip_bad=True, warm_up=50)
+    assert res.chunks == 8
+    assert res.rows_skipped == 2 and res.agents == 398 and "a57" not in res.agent_ids.tolist()
+    assert any("row 301: feature 'f2' is not finite" in e for e in res.skipped_examples)
+
+
+def test_missing_pyarrow_gives_an_install_hint(tmp_path, monkeypatch):
+    ids, X, _ = population(n=100)
+    src = population_csv(tmp_path / "t.csv", ids, X)
+    for mod in ("pyarrow", "pyarrow.parquet", "pyarrow.compute"):
+        monkeypatch.setitem(sys.modules, mod, None)     # import fails as if not installed
+    with pytest.raises(MissingDependencyError, match=r"pip install 'swarmguard\[parquet\]'"):
+        detect(src, output=tmp_path / "s.parquet")
+    result = runner.invoke(app, ["detect", str(src), "-o", str(tmp_path / "s.parquet")])
+    assert result.exit_code == 1 and "swarmguard[parquet]" in result.output
+    assert not (tmp_path / "s.parquet").exists()
+
+
+# ---------------------------------------------------------------------------- chunks, latest row wins
+def history(seed=2, n_agents=600, rounds=4):
+    """Several rows per agent, shuffled; returns rows and the expected latest vector per agent."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for r in range(rounds):
+        for a in range(n_agents):
+            rows.append([f"g{a}", f"c{a % 3}", float(r * 10 + rng.integers(0, 3)), *rng.normal(size=3).round(6)])
+    order = rng.permutation(len(rows))
+    return [rows[i] for i in order]
+
+
+def latest(rows, use_ts):
+    best = {}
+    for pos, row in enumerate(rows):
+        key = (row[2], pos) if use_ts else (pos,)
+        if row[0] not in best or key >= best[row[0]][0]:
+            best[row[0]] = (key, row)
+    first_seen = list(dict.fromkeys(r[0] for r in rows))
+    return [best[a][1] for a in first_seen]
+
+
+try:
+    import pyarrow  # noqa: F401
+
+    HAVE_PYARROW = True
+except ImportError:
+    HAVE_PYARROW = False
+
+ENGINES = ["python", pytest.param("pyarrow", marks=pytest.mark.skipif(
+    not HAVE_PYARROW, reason="pyarrow (the 'parquet' extra) is not installed"))]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("use_ts", [True, False])
+def test_latest_row_wins_and_chunk_size_does_not_matter(tmp_path, use_ts, engine):
+    rows = history()
+    header = ["agent_id", "cohort", "ts", "f0", "f1", "f2"]
+    src = write_csv(tmp_path / "h.csv", header, rows)
+    ref = write_csv(tmp_path / "ref.csv", header, latest(rows, use_ts))
+    opts = dict(cohort_column="cohort", features="f0,f1,f2", warm_up=50, csv_engine=engine)
+    if use_ts:
+        opts["timestamp_column"] = "ts"
+    expected = detect(ref, **opts)
+    one = detect(src, chunk_rows=10**6, output=tmp_path / "one.csv", **opts)
+    many = detect(src, chunk_rows=37, output=tmp_path / "many.csv", **opts)
+    assert many.engine == one.engine == engine
+    assert many.chunks > (50 if engine == "python" else 10) and one.chunks == 1
+    same_scores(one, expected)
+    same_scores(many, expected)
+    assert one.rows_superseded == many.rows_superseded == len(rows) - 600
+    a, b = read_scores(tmp_path / "one.csv"), read_scores(tmp_path / "many.csv")
+    assert [r["agent_id"] for r in a] == [r["agent_id"] for r in b]
+    np.testing.assert_allclose([float(r["score"]) for r in a], [float(r["score"]) for r in b], rtol=1e-10)
+
+
+def test_timestamp_ties_go_to_the_later_row_and_older_rows_never_replace(tmp_path):
+    header = ["agent_id", "ts", "x", "y"]
+    rng = np.random.default_rng(5)
+    base = [[f"b{i}", "2024-01-01T00:00:00Z", *rng.normal(size=2).round(5)] for i in range(200)]
+    rows = base + [
+        ["b0", "2024-01-02T00:00:00+00:00", 50.0, 50.0],     # newer: wins
+        ["b0", "2024-01-01T12:00:00Z", 0.0, 0.0],            # older, later in the file: loses
+        ["b1", "2024-01-01T00:00:00Z", -40.0, 40.0],         # same time, later row: wins
+        ["b2", "2023-12-31T23:59:59Z", 99.0, 99.0],          # older: loses
+    ]
+    src = write_csv(tmp_path / "t.csv", header, rows)
+    for chunk in (1, 3, 1000):
+        res = detect(src, timestamp_column="ts", chunk_rows=chunk, warm_up=50, csv_engine="python")
+        assert res.chunks == -(-len(rows) // chunk)
+        flagged = set(res.agent_ids[res.is_anomaly].tolist())
+        assert flagged == {"b0", "b1"}, chunk
+        assert res.rows_superseded == 4
+    # numeric timestamps work the same way; without --timestamp-column the last row wins
+    res = detect(src, warm_up=50, features=["x", "y"])
+    assert set(res.agent_ids[res.is_anomaly].tolist()) == {"b1", "b2"}
+
+
+def test_inferred_and_explicit_features(tmp_path):
+    rng = np.random.default_rng(3)
+    header = ["host", "zone", "when", "cpu", "note", "mem", "disk"]
+    rows = [[f"h{i}", f"z{i % 2}", i, *rng.normal(size=1).round(4), "ok", *rng.normal(size=2).round(4)]
+            for i in range(400)]
+    rows[10][4] = "3.5"          # one numeric-looking note does not make it a feature
+    src = write_csv(tmp_path / "t.csv", header, rows)
+    res = detect(src, id_column="host", cohort_column="zone", timestamp_column="when", warm_up=50)
+    assert res.features == ["cpu", "mem", "disk"]
+    assert detect(src, id_column="host", warm_up=50).features == ["when", "cpu", "mem", "disk"]
+    explicit = detect(src, id_column="host", features="disk, cpu", warm_up=50)
+    assert explicit.features == ["disk", "cpu"]
+    only = write_csv(tmp_path / "only.csv", ["host", "disk", "cpu"], [[r[0], r[6], r[3]] for r in rows])
+    same_scores(explicit, detect(only, id_column="host", warm_up=50))
+
+
+# ---------------------------------------------------------------------------- malformed rows
+GOOD = [[f"m{i}", f"{(i * 7919) % 101 / 10:.1f}", f"{(i * 104729) % 97 / 10:.1f}"] for i in range(300)]
+
+
+@pytest.mark.parametrize("bad_row, index, reason", [
+    (["m5", "", "1.0"], 5, "feature 'x' is empty"),
+    (["m5", "abc", "1.0"], 5, "feature 'x' is not a number: 'abc'"),
+    (["m5", "1.0", "nan"], 5, "feature 'y' is not finite: 'nan'"),
+    (["m5", "-inf", "1"], 5, "feature 'x' is not finite: '-inf'"),
+    (["", "1.0", "2.0"], 250, "missing agent id (column 'agent_id')"),
+    (["m5", "1.0"], 0, "expected 3 fields (as in the header), found 2"),
+    (["m5", "1.0", "2.0", "3.0"], 299, "expected 3 fields (as in the header), found 4"),
+])
+def test_malformed_csv_row_names_file_and_line_and_exits_2(tmp_path, bad_row, index, reason):
+    rows = [list(r) for r in GOOD]
+    rows[index] = bad_row
+    src = write_csv(tmp_path / "bad.csv", ["agent_id", "x", "y"], rows)
+    line = index + 2                                           # the header is line 1
+    for chunk, engine in [(7, "python"), (10**6, "python"), (10**6, "auto")]:
+        with pytest.raises(MalformedInputError) as info:
+            detect(src, chunk_rows=chunk, csv_engine=engine)
+        assert (info.value.line, info.value.reason) == (line, reason)
+        assert str(info.value) == f"{src}, line {line}: {reason}"
+    result = runner.invoke(app, ["detect", str(src), "--chunk-rows", "50"])
+    assert result.exit_code == 2
+    assert f"line {line}: {reason}" in " ".join(result.output.split()).replace(f"{src}, ", "")
+    res = detect(src, skip_bad=True, warm_up=50)
+    assert (res.rows_read, res.rows_skipped, res.agents) == (300, 1, 299)
+    assert res.skipped_examples == [f"line {line}: {reason}"]
+
+
+def test_line_numbers_count_quoted_multiline_fields_and_blank_lines(tmp_path):
+    text = 'agent_id,x,y\n"a\nb",1,2\n\nc,3,4\n"d",5,\n'
+    src = tmp_path / "q.csv"
+    src.write_text(text)
+    for chunk in (1, 2, 100):
+        with pytest.raises(MalformedInputError) as info:
+            detect(src, chunk_rows=chunk, csv_engine="python")
+        assert info.value.line == 6 and "feature 'y' is empty" in info.value.reason
+
+
+def test_malformed_jsonl_lines(tmp_path):
+    src = tmp_path / "t.jsonl"
+    lines = [json.dumps({"agent_id": f"j{i}", "x": i % 7, "y": float(i % 5)}) for i in range(100)]
+    lines[10] = '{"agent_id": "j10", "x": 1, "y": '                       # line 11: invalid JSON
+    lines[20] = '[1, 2]'                                                  # line 21: not an object
+    lines[30] = json.dumps({"agent_id": "j30", "x": "high", "y": 1.0})    # line 31: not a number
+    lines[40] = json.dumps({"agent_id": "j40", "x": True, "y": 1.0})      # line 41: bool is not a number
+    lines[50] = json.dumps({"agent_id": None, "x": 1, "y": 1.0})          # line 51: missing id
+    lines[60] = json.dumps({"agent_id": 6.5, "x": 1, "y": 1.0})           # line 61: float id
+    lines[70] = '{"agent_id": "j70", "x": NaN, "y": 1.0}'                 # line 71: NaN
+    lines[80] = '{"agent_id": "j80", "x": 1, "y": -Infinity}'             # line 81: infinity
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MalformedInputError, match=r"t\.jsonl, line 11: invalid JSON"):
+        detect(src, chunk_rows=16)
+    res = detect(src, skip_bad=True, warm_up=20, chunk_rows=16)
+    assert (res.rows_read, res.rows_skipped, res.agents) == (100, 8, 92)
+    assert [e.split(":")[0] for e in res.skipped_examples] == [f"line {n}" for n in (11, 21, 31, 41, 51)]
+    assert "line 51: missing agent id (column 'agent_id')" in res.skipped_examples
+    lines[10] = lines[20] = lines[30] = lines[40] = lines[50] = '{"agent_id": "ok", "x": 1, "y": 2}'
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MalformedInputError, match=r"line 61: agent id \(column 'agent_id'\) must be text or an integer, not 6.5"):
+        detect(src)
+    lines[60] = json.dumps({"agent_id": "j60", "x": 1})                   # line 61: missing feature
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MalformedInputError, match=r"line 61: feature 'y' is missing"):
+        detect(src)
+    lines[10] = lines[20] = lines[30] = lines[40] = lines[50] = lines[60] = '{"agent_id": "ok", "x": 1, "y": 2}'
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MalformedInputError, match=r"line 71: feature 'x' is not finite: nan"):
+        detect(src)
+    lines[70] = '{"agent_id": "ok", "x": 1, "y": 2}'
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MalformedInputError, match=r"line 81: feature 'y' is not finite: -inf"):
+        detect(src)
+
+
+def test_skip_bad_is_counted_in_the_cli_summary(tmp_path):
+    rows = [list(r) for r in GOOD]
+    for i in (3, 100, 200):
+        rows[i][2] = "?"
+    rows[201][1] = "inf"
+    src = write_csv(tmp_path / "b.csv", ["agent_id", "x", "y"], rows)
+    out = tmp_path / "o.csv"
+    result = runner.invoke(app, ["detect", str(src), "--skip-bad", "--warm-up", "50", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "rows skipped (malformed)  4" in result.output
+    assert "line 5: feature 'y' is not a number: '?'" in result.output
+    assert len(read_scores(out)) == 296
+
+
+def test_a_bad_timestamp_is_a_malformed_row(tmp_path):
+    rows = [[f"t{i}", f"2024-01-01T00:{i % 60:02d}:00", i % 5, i % 3] for i in range(100)]
+    rows[42][1] = "yesterday"
+    src = write_csv(tmp_path / "t.csv", ["agent_id", "ts", "x", "y"], rows)
+    with pytest.raises(MalformedInputError, match="line 44: timestamp 'ts' is not an ISO 8601 date-time"):
+        detect(src, timestamp_column="ts")
+    rows[42][1] = ""
+    src = write_csv(tmp_path / "t.csv", ["agent_id", "ts", "x", "y"], rows)
+    with pytest.raises(MalformedInputError, match="line 44: timestamp 'ts' is missing"):
+        detect(src, timestamp_column="ts")
+
+
+# ---------------------------------------------------------------------------- bad options and files
+@pytest.mark.parametrize("args, message", [
+    (["--fdr", "0.1", "--alpha", "0.01"], "not both"),
+    (["--fdr", "0"], "fdr"),
+    (["--alpha", "1.5"], "alpha"),
+    (["--shrinkage", "lots"], "shrinkage"),
+    (["--id-column", "nope"], "no column 'nope'"),
+    (["--features", "x,zzz"], "no column 'zzz'"),
+    (["--features", "agent_id,x"], "may not include"),
+    (["--format", "xml"], "unknown format"),
+    (["--output", "scores.txt"], "must end in .csv or .parquet"),
+    (["--chunk-rows", "0"], ""),
+    (["--warm-up", "1"], ""),
+])
+def test_bad_options_exit_2_with_a_message(tmp_path, args, message):
+    src = write_csv(tmp_path / "t.csv", ["agent_id", "x", "y"], GOOD)
+    result = runner.invoke(app, ["detect", str(src), *args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+
+
+def test_bad_files_exit_2(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "header.csv").write_text("agent_id,x\n")
+    (tmp_path / "text.csv").write_text("agent_id,name\na,b\n")
+    (tmp_path / "data.xml").write_text("<x/>")
+    for name, message in [("missing.csv", "no such input file"), ("empty.csv", "empty"),
+                          ("header.csv", "no data rows"), ("text.csv", "no numeric feature columns"),
+                          ("data.xml", "cannot tell the format")]:
+        result = runner.invoke(app, ["detect", str(tmp_path / name)])
+        assert result.exit_code == 2, (name, result.output)
+        assert message in " ".join(result.output.split()), name
+
+
+def test_small_population_warns_that_nobody_is_flagged(tmp_path):
+    src = write_csv(tmp_path / "t.csv", ["agent_id", "x", "y"], GOOD[:100] + [["far", "1000", "1000"]])
+    result = runner.invoke(app, ["detect", str(src)])
+    assert result.exit_code == 0
+    assert "nobody is flagged" in " ".join(result.output.split())
+    res = detect(src, warm_up=50)
+    assert res.agent_ids[res.is_anomaly].tolist() == ["far"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_both_csv_engines_agree_and_pyarrow_falls_back_on_anything_unusual(tmp_path, engine):
+    ids, X, regions = population()
+    src = population_csv(tmp_path / "t.csv", ids, X, regions)
+    ref = detect(src, cohort_column="region", csv_engine="python")
+    res = detect(src, cohort_column="region", csv_engine=engine)
+    assert res.engine == engine
+    same_scores(ref, res)
+    text = src.read_text().splitlines()
+    text[40] = text[40].replace("a39,", '"a39",', 1)         # quoted id: same agent
+    text[41] = " " + text[41].replace(",", ", ")              # spaces that float() accepts
+    text.insert(60, "")                                       # a blank line
+    src.write_text("\n".join(text) + "\n")
+    same_scores(ref, detect(src, cohort_column="region", csv_engine=engine))
+    text[99] = text[99].rsplit(",", 1)[0] + ",1_0"            # float() reads 10; pyarrow does not
+    src.write_text("\n".join(text) + "\n")
+    res = detect(src, cohort_column="region", csv_engine=engine)
+    assert res.engine.startswith("python")
+    text[99] = text[99].rsplit(",", 1)[0] + ",NA"
+    src.write_text("\n".join(text) + "\n")
+    with pytest.raises(MalformedInputError, match="line 100: feature 'f3' is not a number: 'NA'"):
+        detect(src, cohort_column="region", csv_engine=engine)
+
+
+def test_an_agent_whose_cohort_changes_moves_and_cohort_sizes_are_reported(tmp_path):
+    rows = [[f"k{i}", ["eu", "us"][i % 2], i % 7, i % 5] for i in range(100)]
+    rows += [["k0", "ap", 1, 1], ["k1", "ap", 2, 2], ["k2", "us", 3, 3]]     # k0, k1, k2 move
+    src = write_csv(tmp_path / "t.csv", ["agent_id", "region", "x", "y"], rows)
+    for chunk in (1, 7, 1000):
+        res = detect(src, cohort_column="region", chunk_rows=chunk, warm_up=50, csv_engine="python")
+        assert res.chunks == -(-len(rows) // chunk)
+        assert res.cohort_sizes == {"eu": 48, "us": 50, "ap": 2}, chunk
+        assert res.agents == 100
+    result = runner.invoke(app, ["detect", str(src), "--cohort-column", "region"])
+    assert "cohorts" in result.output and "us 50, eu 48, ap 2" in result.output
+
+
+def test_parquet_timestamp_column(tmp_path):
+    pa = pytest.importorskip("pyarrow", reason="pyarrow (the 'parquet' extra) is not installed")
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(4)
+    n = 300
+    ids = [f"p{i}" for i in range(n)] + ["p0", "p1"]
+    X = np.vstack([rng.normal(size=(n, 2)), [[30.0, -30.0], [-30.0, 30.0]]])
+    base = np.datetime64("2024-01-01T00:00:00", "us")
+    ts = np.array([base] * n + [base + np.timedelta64(1, "s"), base - np.timedelta64(1, "s")])
+    pq.write_table(pa.table({"agent_id": ids, "ts": pa.array(ts, pa.timestamp("us", tz="UTC")),
+                             "x": X[:, 0], "y": X[:, 1]}), tmp_path / "t.parquet")
+    for chunk in (7, 1000):
+        res = detect(tmp_path / "t.parquet", timestamp_column="ts", chunk_rows=chunk, warm_up=50)
+        assert res.agent_ids[res.is_anomaly].tolist() == ["p0"]          # p1's big row is older
+        assert res.rows_superseded == 2
