@@ -12,7 +12,7 @@ import numpy as np
 from scipy.stats import chi2
 
 from ..errors import DimensionMismatchError, InvalidInputError
-from ..validation import as_feature_matrix, check_fraction
+from ..validation import as_feature_matrix, check_finite_float, check_fraction
 from .cap import ConsistencyModel, StatisticalCAPResolver, StatisticalUpdate
 from .consensus import BayesianEvidence, EvidenceType, StableBayesianConsensus
 from .protocol import BehavioralDistributedProtocol, read_behavior
@@ -63,8 +63,13 @@ class DistributedBehavioralDetector:
 
     The detector is itself an evidence source (``node_id``): an anomaly adds
     behavioural evidence whose log-odds are the Sellke–Bayarri–Berger bound of
-    its p-value (:func:`p_value_log_odds`), scaled by the region's confidence
-    factor as the evidence's confidence.
+    its p-value (:func:`p_value_log_odds`), capped at ``own_evidence_cap``
+    (3 nats, a Bayes factor of 20, by default: with ``require="both"`` the
+    anomaly is already one of the two signals, and the cap keeps the detector's
+    own test from outvoting the observers), with the region's confidence factor
+    as the evidence's confidence. The detector's node is a trusted source of
+    the consensus: its reports are conditioned on its test, so they differ from
+    its peers' by design and must not get it flagged as Byzantine.
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class DistributedBehavioralDetector:
         clock: Any = None,
         isolate_probability: float = 0.9,
         require: str = "both",
+        own_evidence_cap: float = 3.0,
         node_id: str = "detector",
         default_region: str = "default",
         regions: Sequence[str] | None = None,
@@ -99,7 +105,8 @@ class DistributedBehavioralDetector:
         # Solution 2: stable Bayesian consensus
         self.consensus = StableBayesianConsensus(byzantine_threshold=byzantine_threshold,
                                                  partition_size=partition_size,
-                                                 prior_probability=prior_probability)
+                                                 prior_probability=prior_probability,
+                                                 trusted_sources=[node_id])
         # Solution 3: statistical CAP resolver
         self.clock = clock or time.time
         self.cap_resolver = StatisticalCAPResolver(consistency_model=consistency_model,
@@ -110,6 +117,9 @@ class DistributedBehavioralDetector:
         if require not in _REQUIRE:
             raise InvalidInputError(f"require must be one of {_REQUIRE}, got {require!r}")
         self.require = require
+        self.own_evidence_cap = check_finite_float(own_evidence_cap, "own_evidence_cap")
+        if self.own_evidence_cap < 0:
+            raise InvalidInputError("own_evidence_cap must be >= 0")
         self.node_id = node_id
         self.default_region = default_region
         self._evidence_seq = itertools.count()
@@ -140,7 +150,7 @@ class DistributedBehavioralDetector:
             evidence_id=f"{self.node_id}:{next(self._evidence_seq)}",
             agent_id=agent_id,
             evidence_type=EvidenceType.BEHAVIORAL_ANOMALY,
-            log_odds=p_value_log_odds(log_p),
+            log_odds=min(p_value_log_odds(log_p), self.own_evidence_cap),
             confidence=confidence,
             timestamp=self._timestamp_of(behavioral_data),
             source_node=self.node_id,
@@ -283,7 +293,8 @@ class DistributedBehavioralDetector:
             eids = np.array([f"{self.node_id}:{start}:{i}" for i in range(flagged.size)])
             self._evidence_seq = itertools.count(start + 1)
             self.consensus.add_evidence_batch(
-                eids, ids[flagged], EvidenceType.BEHAVIORAL_ANOMALY, p_value_log_odds(log_p),
+                eids, ids[flagged], EvidenceType.BEHAVIORAL_ANOMALY,
+                np.minimum(p_value_log_odds(log_p), self.own_evidence_cap),
                 confidence[flagged], np.full(flagged.size, ts), np.full(flagged.size, self.node_id))
         probability = np.full(n, np.nan)
         reached = np.zeros(n, dtype=bool)

@@ -153,7 +153,7 @@ def run_simulation(config: ScenarioConfig, progress: Progress | None = None,
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
     report["_arrays"] = {  # for the HTML plots; not written to JSON
-        "d2": final["mahalanobis_squared"], "truth": truth, "threshold_squared": final["threshold_squared"],
+        "decision_p": final["decision_p_value"], "truth": truth, "alpha": det.protocol.significance_level,
         "probability": prob, "reputation": reputation, "byzantine_truth": byz_truth,
     }
     return report
@@ -202,11 +202,12 @@ def _html(report: dict[str, Any], arrays: dict[str, Any]) -> str:
     sections = []
     if arrays:
         truth = arrays["truth"]
-        d2 = arrays["d2"]
+        score = -np.log10(np.maximum(arrays["decision_p"], 1e-300))
         sections.append(("Anomaly scores (final round)", svg_histogram(
-            {"honest": d2[~truth], "compromised": d2[truth]}, log_x=True, log_y=True,
-            vlines={"threshold (α = 1e-3)": float(arrays["threshold_squared"])},
-            title="Squared Mahalanobis distance", x_label="D² (log scale)")))
+            {"honest": score[~truth], "compromised": score[truth]}, bins=60, log_y=True,
+            vlines={f"α = {arrays['alpha']:g}": -math.log10(arrays["alpha"])},
+            title="Anomaly score: -log10 of the decision p-value (population and cluster levels)",
+            x_label="-log10 p")))
         prob = arrays["probability"]
         sections.append(("Consensus probability", svg_histogram(
             {"honest": prob[~truth], "compromised": prob[truth]}, bins=40, log_y=True,
