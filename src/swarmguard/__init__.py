@@ -29,16 +29,16 @@ from .api import (
 from .errors import (
     DimensionMismatchError,
     DuplicateEvidenceError,
-    EvidenceStoreError,
-    MissingFieldError,
-    UnknownEvidenceTypeError,
     EmptyInputError,
+    EvidenceStoreError,
     InvalidInputError,
     InvalidTypeError,
+    MissingFieldError,
     NonFiniteError,
     SwarmGuardError,
     UnknownAgentError,
     UnknownCohortError,
+    UnknownEvidenceTypeError,
 )
 from .values import InsufficientDataError, Moments
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import typer
@@ -202,7 +202,7 @@ def simulate(
     heal_at: int = typer.Option(13, help="Round at which it heals (= --partition-at: no partition). Example: --heal-at 15"),
     difficulty: str = typer.Option("default", help="Shift size and observer signal: easy, default or hard. Example: --difficulty hard"),
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same report (but for 'performance'). Example: --seed 7"),
-    out: Path = typer.Option(Path("."), help="Folder for report.json and report.html. Example: --out runs/seed7"),
+    out: Path = typer.Option(".", help="Folder for report.json and report.html. Example: --out runs/seed7"),
 ) -> None:
     """Run the whole system on a synthetic swarm with known ground truth and report how well it did.
 

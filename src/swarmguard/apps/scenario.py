@@ -127,7 +127,7 @@ class Scenario:
         self.ramp_rounds = 3
         lo, hi = DIFFICULTY[c.difficulty]["shift"]
         shift = np.zeros((n, d))
-        for i, a in enumerate(bad):
+        for a in bad:
             cols = rng.choice(d, size=int(rng.integers(1, min(3, d) + 1)), replace=False)
             sizes = rng.uniform(lo, hi, size=cols.size) / np.sqrt(cols.size)
             signs = rng.choice([-1.0, 1.0], size=cols.size)
