@@ -17,7 +17,7 @@ $(STAMP): $(PY) pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/swarmguard demo
+	$(VENV)/bin/swarmguard simulate
 
 test: $(STAMP)
 	$(PY) -m pytest
@@ -25,6 +25,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) benchmarks/bench_tree.py
+	$(PY) benchmarks/bench_consensus.py
+	$(PY) benchmarks/bench_cap.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

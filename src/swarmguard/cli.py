@@ -250,3 +250,51 @@ def simulate(
         table.add_row(k, v)
     console.print(table)
     console.print(f"wrote {json_path} and {html_path}")
+
+
+@app.command()
+def validate(
+    agents: int = typer.Option(1_000_000, min=1000, help="Agents for the scale, complexity, latency and CAP rows. Example: --agents 200000"),
+    evidence: int = typer.Option(10_000_000, min=1000, help="Evidence points for the evidence row. Example: --evidence 1000000"),
+    features: int = typer.Option(10, min=1, max=256, help="Behaviour features per agent. Example: --features 8"),
+    updates: int = typer.Option(20_000, min=100, help="Single updates timed for the latency row. Example: --updates 5000"),
+    quick: bool = typer.Option(False, "--quick", help="A small run: 10^5 agents, 10^6 evidence points, 3,000 updates."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 when any row fails its requirement or the guide's claim."),
+    seed: int = typer.Option(0, help="Random seed. Example: --seed 3"),
+    json_out: Path = typer.Option(None, "--json", help="Also write the rows as JSON. Example: --json validate.json"),
+) -> None:
+    """Re-measure the guide's "Performance Guarantees" table on this machine.
+
+    Each row shows the guide's requirement and claim, what was measured here, and
+    whether each holds. Exits 0 when the suite ran to the end, whatever the rows
+    say (1 with --strict if any row fails).
+
+    Example: swarmguard validate --quick
+    """
+    import json as _json
+
+    from .apps.validate import run_validation
+
+    if quick:
+        agents, evidence, updates = 100_000, 1_000_000, 3_000
+    progress, update = _rich_progress()
+    with progress:
+        rows = run_validation(agents=agents, evidence=evidence, features=features, updates=updates, seed=seed,
+                              progress=update)
+    table = Table(title=f"swarmguard validate ({agents:,} agents, {evidence:,} evidence points)")
+    for col in ("metric", "requirement", "guide's claim", "requirement met", "claim met"):
+        table.add_column(col, no_wrap=True)
+    for r in rows:
+        table.add_row(r.metric, r.requirement, r.claim,
+                      "[green]pass[/green]" if r.meets_requirement else "[red]FAIL[/red]",
+                      "[green]pass[/green]" if r.meets_claim else "[red]FAIL[/red]")
+    console.print(table)
+    for r in rows:
+        console.print(f"[bold]{r.metric}[/bold]: {r.measured}" + (f" [dim]({r.note})[/dim]" if r.note else ""))
+    failed = [r.metric for r in rows if not (r.meets_requirement and r.meets_claim)]
+    console.print(f"{len(rows) - len(failed)} of {len(rows)} rows meet both the requirement and the claim"
+                  + (f"; failing: {', '.join(failed)}" if failed else ""))
+    if json_out is not None:
+        json_out.write_text(_json.dumps([r.as_dict() for r in rows], indent=2))
+    if strict and failed:
+        raise typer.Exit(1)
