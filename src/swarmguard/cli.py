@@ -49,12 +49,12 @@ def make_population(agents: int, features: int, anomalies: int, seed: int):
 
 @app.command()
 def demo(
-    agents: int = typer.Option(1_000_000, min=1000, help="Population size."),
-    features: int = typer.Option(10, min=1, help="Behaviour features per agent."),
-    anomalies: int = typer.Option(25, min=0, help="Agents whose behaviour is shifted."),
-    updates: int = typer.Option(10_000, min=0, help="Single updates timed through the async API."),
-    fdr: float = typer.Option(0.01, min=1e-9, max=0.5, help="False-discovery rate for the batch scan."),
-    seed: int = typer.Option(0, help="Random seed."),
+    agents: int = typer.Option(1_000_000, min=1000, help="Population size. Example: --agents 200000"),
+    features: int = typer.Option(10, min=1, help="Behaviour features per agent. Example: --features 6"),
+    anomalies: int = typer.Option(25, min=0, help="Agents whose behaviour is shifted. Example: --anomalies 50"),
+    updates: int = typer.Option(10_000, min=0, help="Single updates timed through the async API. Example: --updates 1000"),
+    fdr: float = typer.Option(0.01, min=1e-9, max=0.5, help="False-discovery rate for the batch scan. Example: --fdr 0.05"),
+    seed: int = typer.Option(0, help="Random seed. Example: --seed 7"),
 ) -> None:
     """Build a population with injected anomalies, find them, and print statistics and timings.
 
