@@ -27,7 +27,6 @@ sync). The resolver guards the clock: readings that go backwards are ignored.
 from __future__ import annotations
 
 import asyncio
-import io
 import math
 import sys
 import time
@@ -51,6 +50,7 @@ from ..validation import (
     check_positive_int,
 )
 from ..values.agent_index import as_agent_ids, check_wire_id
+from ..values.npz import dict_from_bytes, dict_to_bytes
 from ..values.version_vector import check_region_name
 
 __all__ = [
@@ -683,15 +683,9 @@ class StatisticalCAPResolver:
 
     def to_bytes(self) -> bytes:
         """Checkpoint as bytes (an ``.npz`` archive, no pickle)."""
-        buf = io.BytesIO()
-        np.savez(buf, **self.to_dict())
-        return buf.getvalue()
+        return dict_to_bytes(self.to_dict())
 
     @classmethod
     def from_bytes(cls, data: bytes, **settings: Any) -> StatisticalCAPResolver:
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                state = {k: z[k] for k in z.files}
-        except Exception as exc:  # zipfile/ValueError/OSError on corrupt input
-            raise InvalidInputError(f"bytes are not a serialised StatisticalCAPResolver: {exc}") from exc
+        state = dict_from_bytes(data, "StatisticalCAPResolver")
         return cls.from_dict(state, **settings)

@@ -126,7 +126,7 @@ def run_validation(agents: int = 1_000_000, evidence: int = 10_000_000, features
                     f"{mean_ms:.4f} ms avg, median {np.median(lat) / 1e6:.4f} ms, p99 "
                     f"{np.percentile(lat, 99) / 1e6:.4f} ms ({updates:,} updates at {agents:,} agents)",
                     mean_ms < 1.0, mean_ms <= 0.04))
-    del tree, proto, X, res
+    del tree, X, res   # (the protocol goes when the function returns)
     progress("hierarchical aggregation", 2, steps)
 
     # ---- 4. evidence points: exact log-space consensus ---------------------------------------

@@ -17,7 +17,6 @@ that vector does not cover.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ from ..validation import (
 from ..values.agent_index import as_agent_ids
 from ..values.lww_register_map import LWWRegisterMap, RegisterChange
 from ..values.moments import Moments
+from ..values.npz import dict_from_bytes, dict_to_bytes
 from ..values.version_vector import VersionVector, check_region_name
 
 __all__ = ["RegionReplica", "WriteOutcome"]
@@ -390,17 +390,11 @@ class RegionReplica:
 
     def to_bytes(self) -> bytes:
         """Checkpoint as bytes (an ``.npz`` archive, no pickle)."""
-        buf = io.BytesIO()
-        np.savez(buf, **self.to_dict())
-        return buf.getvalue()
+        return dict_to_bytes(self.to_dict())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RegionReplica:
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                state = {k: z[k] for k in z.files}
-        except Exception as exc:  # zipfile/ValueError/OSError on corrupt input
-            raise InvalidInputError(f"bytes are not a serialised RegionReplica: {exc}") from exc
+        state = dict_from_bytes(data, "RegionReplica")
         return cls.from_dict(state)
 
     def __repr__(self) -> str:

@@ -15,7 +15,6 @@ operation is a vectorised NumPy step over the rows it touches.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 from ..errors import DimensionMismatchError, InvalidInputError, NonFiniteError, UnknownAgentError
 from ..validation import check_positive_int
 from .agent_index import AgentIds, AgentIndex, as_agent_ids
+from .npz import dict_from_bytes, dict_to_bytes
 from .version_vector import VersionVector, check_region_name
 
 __all__ = ["LWWRegisterMap", "RegisterChange"]
@@ -385,17 +385,11 @@ class LWWRegisterMap:
 
     def to_bytes(self) -> bytes:
         """Serialise to bytes (an ``.npz`` archive, no pickle)."""
-        buf = io.BytesIO()
-        np.savez(buf, **self.to_dict())
-        return buf.getvalue()
+        return dict_to_bytes(self.to_dict())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LWWRegisterMap:
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                state = {k: z[k] for k in z.files}
-        except Exception as exc:  # zipfile/ValueError/OSError on corrupt input
-            raise InvalidInputError(f"bytes are not a serialised LWWRegisterMap: {exc}") from exc
+        state = dict_from_bytes(data, "LWWRegisterMap")
         return cls.from_dict(state)
 
     def __eq__(self, other: object) -> bool:

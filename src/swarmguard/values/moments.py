@@ -11,7 +11,6 @@ formulas, never raw sums of squares.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from ..errors import DimensionMismatchError, InvalidInputError, InvalidTypeError, NonFiniteError
 from ..validation import as_feature_matrix, as_feature_vector, check_positive_int
+from .npz import dict_from_bytes, dict_to_bytes
 
 __all__ = ["Moments", "InsufficientDataError", "combine_groups"]
 
@@ -338,18 +338,12 @@ class Moments:
 
     def to_bytes(self) -> bytes:
         """Serialise to bytes (an ``.npz`` archive, no pickle)."""
-        buf = io.BytesIO()
-        np.savez(buf, **self.to_dict())
-        return buf.getvalue()
+        return dict_to_bytes(self.to_dict())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Moments:
         """Inverse of :meth:`to_bytes`."""
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                state = {k: z[k] for k in z.files}
-        except Exception as exc:  # zipfile/ValueError/OSError on corrupt input
-            raise InvalidInputError(f"bytes are not a serialised Moments: {exc}") from exc
+        state = dict_from_bytes(data, "Moments")
         return cls.from_dict(state)
 
     @classmethod
