@@ -352,8 +352,9 @@ class StableBayesianConsensus:
         }
 
     def source_reputation(self) -> dict[Hashable, dict[str, Any]]:
-        """Each source's record: agents reported on, low/high outlier counts, the
-        counts expected from an honest source, the tail bound and the flag."""
+        """Each source's record: agents reported on, far-low/far-high outlier counts,
+        the counts an exchangeable (honest) source would get on the same agents, the
+        tail bound (chance of counts this high for such a source) and the flag."""
         g = self._global_pass()
         ev: SourceEvents = g["events"]
         out = {}
@@ -362,7 +363,8 @@ class StableBayesianConsensus:
                 "reports": int(ev.reports[s]),
                 "low_outliers": int(ev.low[s]),
                 "high_outliers": int(ev.high[s]),
-                "expected_outliers_per_side": float(ev.expected[s]),
+                "expected_low_outliers": float(ev.expected_low[s]),
+                "expected_high_outliers": float(ev.expected_high[s]),
                 "tail_bound": float(g["tail"][s]),
                 "flagged": bool(g["flagged"][s]),
             }

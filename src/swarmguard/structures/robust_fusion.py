@@ -23,22 +23,52 @@ assumption it lies inside the honest range too.
 
 Flagging rule (reputation)
 --------------------------
-For every (agent, source), the source is a *low outlier* if its total is
-strictly below ``t_(f+1)`` and a *high outlier* if strictly above ``t_(n-f)``.
-If honest sources are exchangeable for an agent (same noise law, any law, even
-Cauchy) and at most ``f`` sources are Byzantine, an honest source is a low
-outlier with probability at most ``p = f / (n - f)`` (at most ``f`` honest
-sources can be among the ``f`` lowest, and it is any of the ``>= n - f`` honest
-ones with equal chance); likewise for high. Over the ``m`` agents a source
-reports on, with independent noise across agents, the count ``O`` of low (or
-high) outliers has mean at most ``E = sum p`` and variance at most
-``V = sum p (1 - p)``. Bernstein's inequality bounds
-``P(O - E >= x) <= exp(-x**2 / (2 (V + x / 3)))``. A source is flagged when that
-bound, for its low or its high count, is at most ``false_flag_rate / 2``, so an
+A lie that matters is one far outside what the other sources say about the
+same agent. For one agent with ``n >= MIN_SOURCES`` sources (5), let ``med`` be
+the median of its per-source totals and ``scale`` their median absolute
+deviation from ``med`` (the mean absolute deviation if that is 0). Source ``j``
+is a *far-low* (*far-high*) outlier on the agent if
+``t_j < med - FAR * scale`` (``t_j > med + FAR * scale``), ``FAR = 50``. Both
+statistics break down only when half the sources lie, so a few colluders
+pushing the same agent the same way (say 3 framers among 9 sources, more than
+the ``f`` that trimming tolerates) stay far out. Agents with fewer sources
+count for nothing.
+
+Null. Let ``k`` be the number of far-low outliers on the agent (a function of
+the agent's *multiset* of totals, not of who sent which). If the agent's
+sources are exchangeable (same noise law, any law: Cauchy, ties, ...), then
+given the multiset the assignment of totals to sources is a uniform random
+permutation, so each source is a far-low outlier with probability exactly
+``mu = k / n``; likewise for high. This is an empirical comparison with the
+source's peers *on the same agents*, not a theoretical rate. Byzantine
+sources on the agent change nothing for an honest one as long as they are far
+out at least as often as the average source (the lies that matter); liars
+that hide in the middle can raise an honest source's chance by at most a
+factor ``n / (n - b)`` for ``b`` liars on the agent.
+
+Test. With noise independent across agents, a source's far-low count ``O``
+over its agents is a sum of independent Bernoulli(``mu_a``) variables (a
+Poisson-binomial with known means). Chernoff's bound,
+``P(O >= o) <= exp(-lam o) prod_a (1 + mu_a (e**lam - 1))`` for every
+``lam >= 0``, is evaluated on a fixed grid of ``lam`` (every grid point gives
+a valid bound; the smallest is kept). A source is flagged when the bound for
+its far-low or its far-high count is at most ``false_flag_rate / 2``, so an
 honest source is flagged with probability at most ``false_flag_rate`` (per
-source; with S sources, at most ``S * false_flag_rate`` false flags expected).
-A liar that always pushes the same way is an outlier on (almost) every agent
-and is flagged after a few dozen agents.
+source; with S sources at most ``S * false_flag_rate`` false flags are
+expected). Unlike a Bernstein bound around a worst-case rate, Chernoff's bound
+is tight when a source is far out on nearly every agent where it lies: each
+such agent costs the null a factor ``mu_a`` (e.g. 3/9 for one of 3 framers),
+so a few dozen such agents flag a liar even if it is honest everywhere else.
+
+Noisier honest sources. The guarantee above assumes exchangeable sources.
+An honest source whose noise is a modest factor (2-5x) wider than its peers'
+is, with light-tailed noise, practically never ``FAR`` = 50 median absolute
+deviations out (that is about 34 of the peers' standard deviations for
+Gaussian noise), so it is not flagged either (tested); a far-out outlier is
+what a liar's report looks like, not a noisy one. A source with heavier tails
+than its peers is not covered. Liars that only shade their reports (a few
+noise widths) are not flagged: they are, by design, indistinguishable from a
+noisy honest source, and the trimming bounds their effect anyway.
 """
 
 from __future__ import annotations
@@ -49,30 +79,46 @@ import numpy as np
 
 from ..values.exact_sum import exact_group_sums
 
-__all__ = ["FusionResult", "fuse", "bernstein_tail", "flag_sources", "SourceEvents"]
+__all__ = ["FusionResult", "fuse", "bernstein_tail", "chernoff_log_tail", "flag_sources", "SourceEvents",
+           "FAR", "MIN_SOURCES"]
+
+FAR = 50.0  # far outlier: more than FAR median absolute deviations from the median
+MIN_SOURCES = 5  # agents with fewer sources do not count for reputation
+# Chernoff exponents tried (any lam >= 0 gives a valid bound): geometric, 0.01 .. 40
+LAMBDAS = np.geomspace(0.01, 40.0, 48)
 
 
 @dataclass
 class SourceEvents:
-    """Outlier counts per source row (summed over agents)."""
+    """Far-outlier counts per source row, and what exchangeable sources would get.
+
+    ``log_mgf_low[s, g]`` is ``sum_a log(1 + mu_a (exp(LAMBDAS[g]) - 1))`` over the
+    agents ``a`` that source ``s`` reported on (``mu_a``: chance of a far-low
+    outlier there); additive over agents, so shards are summed with ``+=``.
+    """
 
     reports: np.ndarray  # agents the source reported on
-    low: np.ndarray  # strict low-outlier counts
+    low: np.ndarray  # far-low outlier counts
     high: np.ndarray
-    expected: np.ndarray  # sum of p over those agents (per side)
-    variance: np.ndarray  # sum of p (1 - p)
+    expected_low: np.ndarray  # sum of mu over those agents
+    expected_high: np.ndarray
+    log_mgf_low: np.ndarray  # (S, len(LAMBDAS))
+    log_mgf_high: np.ndarray
+
+    _FIELDS = ("reports", "low", "high", "expected_low", "expected_high", "log_mgf_low", "log_mgf_high")
 
     @classmethod
     def zeros(cls, n_sources: int) -> SourceEvents:
         z = [np.zeros(n_sources) for _ in range(5)]
-        return cls(*z)
+        return cls(*z, np.zeros((n_sources, LAMBDAS.size)), np.zeros((n_sources, LAMBDAS.size)))
 
     def __iadd__(self, other: SourceEvents) -> SourceEvents:
-        for name in ("reports", "low", "high", "expected", "variance"):
+        for name in self._FIELDS:
             mine, theirs = getattr(self, name), getattr(other, name)
-            if theirs.size > mine.size:
-                mine = np.concatenate([mine, np.zeros(theirs.size - mine.size)])
-            mine[: theirs.size] += theirs
+            if theirs.shape[0] > mine.shape[0]:
+                pad = np.zeros((theirs.shape[0] - mine.shape[0],) + mine.shape[1:])
+                mine = np.concatenate([mine, pad])
+            mine[: theirs.shape[0]] += theirs
             setattr(self, name, mine)
         return self
 
@@ -86,9 +132,10 @@ class FusionResult:
     high: np.ndarray
     n_sources: np.ndarray
     trimmed: np.ndarray  # f per side
-    pair_low_event: np.ndarray  # per pair, in the order given
+    pair_low_event: np.ndarray  # far-low outlier, per pair, in the order given
     pair_high_event: np.ndarray
-    pair_p: np.ndarray
+    pair_low_mu: np.ndarray  # chance of a far-low outlier for an exchangeable source
+    pair_high_mu: np.ndarray
 
 
 def fuse(pair_agent: np.ndarray, pair_total: np.ndarray, n_agents: int, threshold: float,
@@ -129,12 +176,39 @@ def fuse(pair_agent: np.ndarray, pair_total: np.ndarray, n_agents: int, threshol
         low = np.where(has, prior + n * sorted_total[lo_pos] if pair_agent.size else prior, prior)
         high = np.where(has, prior + n * sorted_total[hi_pos] if pair_agent.size else prior, prior)
     log_odds = np.where(has, log_odds, prior)
-    t_lo = sorted_total[lo_pos][pair_agent] if pair_agent.size else pair_total
-    t_hi = sorted_total[hi_pos][pair_agent] if pair_agent.size else pair_total
-    low_event = (pair_total < t_lo) & (pa_f > 0)
-    high_event = (pair_total > t_hi) & (pa_f > 0)
-    p = np.where(pa_f > 0, pa_f / np.maximum(pa_n - pa_f, 1), 0.0)
-    return FusionResult(log_odds, low, high, n, f, low_event, high_event, p)
+    events = _far_outliers(pair_agent, pair_total, n_agents, n, start, sorted_total)
+    return FusionResult(log_odds, low, high, n, f, *events)
+
+
+def _far_outliers(pair_agent, pair_total, n_agents, n, start, sorted_total):
+    """Far-low/high outlier flags per pair and their per-agent chances ``k / n``
+    (see the module docstring); every quantity but the flags depends on the
+    agent's multiset of totals only."""
+    P = pair_agent.size
+    if P == 0:
+        z = np.zeros(0)
+        return z.astype(bool), z.astype(bool), z, z
+    has = n > 0
+    mid_lo = np.where(has, start + (n - 1) // 2, 0)
+    mid_hi = np.where(has, start + n // 2, 0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        med = 0.5 * sorted_total[mid_lo] + 0.5 * sorted_total[mid_hi]
+        dev = pair_total - med[pair_agent]
+        absdev = np.abs(dev)
+    order = _sort_within_agents(pair_agent, absdev, n_agents)
+    sorted_dev = absdev[order]
+    mad = 0.5 * sorted_dev[mid_lo] + 0.5 * sorted_dev[mid_hi]
+    mean_dev = np.bincount(pair_agent, weights=absdev, minlength=n_agents) / np.maximum(n, 1)
+    scale = np.where(mad > 0, mad, mean_dev)
+    counted = (n >= MIN_SOURCES)[pair_agent]
+    with np.errstate(over="ignore", invalid="ignore"):
+        reach = (FAR * scale)[pair_agent]
+        low_event = counted & (dev < -reach)
+        high_event = counted & (dev > reach)
+    k_low = np.bincount(pair_agent, weights=low_event, minlength=n_agents)
+    k_high = np.bincount(pair_agent, weights=high_event, minlength=n_agents)
+    denom = np.maximum(n, 1)
+    return low_event, high_event, (k_low / denom)[pair_agent], (k_high / denom)[pair_agent]
 
 
 def _sort_within_agents(agent: np.ndarray, total: np.ndarray, n_agents: int) -> np.ndarray:
@@ -149,16 +223,39 @@ def _sort_within_agents(agent: np.ndarray, total: np.ndarray, n_agents: int) -> 
 
 
 def source_events(pair_source: np.ndarray, fusion: FusionResult, n_sources: int) -> SourceEvents:
-    """Outlier counts of each source over the agents of one fusion."""
+    """Far-outlier counts of each source over the agents of one fusion, with the
+    Chernoff log-MGF sums that :func:`flag_sources` needs."""
+    pair_source = np.asarray(pair_source, dtype=np.int64)
+
     def per_source(w):
         return np.bincount(pair_source, weights=w, minlength=n_sources).astype(np.float64)
+
+    def log_mgf(mu):
+        out = np.zeros((n_sources, LAMBDAS.size))
+        nz = mu > 0  # agents without far outliers add log(1) = 0
+        if nz.any():
+            terms = np.log1p(mu[nz, None] * np.expm1(LAMBDAS)[None, :])
+            np.add.at(out, pair_source[nz], terms)
+        return out
+
     return SourceEvents(
         reports=np.bincount(pair_source, minlength=n_sources).astype(np.float64),
         low=per_source(fusion.pair_low_event.astype(np.float64)),
         high=per_source(fusion.pair_high_event.astype(np.float64)),
-        expected=per_source(fusion.pair_p),
-        variance=per_source(fusion.pair_p * (1.0 - fusion.pair_p)),
+        expected_low=per_source(fusion.pair_low_mu),
+        expected_high=per_source(fusion.pair_high_mu),
+        log_mgf_low=log_mgf(fusion.pair_low_mu),
+        log_mgf_high=log_mgf(fusion.pair_high_mu),
     )
+
+
+def chernoff_log_tail(observed: np.ndarray, log_mgf: np.ndarray) -> np.ndarray:
+    """Natural log of Chernoff's upper bound on ``P(O >= observed)`` for a sum of
+    independent [0, 1] variables whose log moment generating function at
+    ``LAMBDAS`` is at most ``log_mgf`` (rows: sources); 0 when nothing is gained."""
+    observed = np.asarray(observed, float)
+    exponents = log_mgf - observed[:, None] * LAMBDAS[None, :]
+    return np.minimum(exponents.min(axis=1, initial=0.0), 0.0)
 
 
 def bernstein_tail(observed: np.ndarray, expected: np.ndarray, variance: np.ndarray) -> np.ndarray:
@@ -171,7 +268,8 @@ def bernstein_tail(observed: np.ndarray, expected: np.ndarray, variance: np.ndar
 
 
 def flag_sources(events: SourceEvents, false_flag_rate: float) -> tuple[np.ndarray, np.ndarray]:
-    """(flagged, tail bound) per source row: see the module docstring."""
-    tail = np.minimum(bernstein_tail(events.low, events.expected, events.variance),
-                      bernstein_tail(events.high, events.expected, events.variance))
-    return tail <= false_flag_rate / 2.0, tail
+    """(flagged, tail bound) per source row: see the module docstring. The tail
+    bound is the smaller of the two sides' Chernoff bounds."""
+    log_tail = np.minimum(chernoff_log_tail(events.low, events.log_mgf_low),
+                          chernoff_log_tail(events.high, events.log_mgf_high))
+    return log_tail <= np.log(false_flag_rate / 2.0), np.exp(log_tail)
