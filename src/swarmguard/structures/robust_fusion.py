@@ -231,12 +231,15 @@ def source_events(pair_source: np.ndarray, fusion: FusionResult, n_sources: int)
         return np.bincount(pair_source, weights=w, minlength=n_sources).astype(np.float64)
 
     def log_mgf(mu):
-        out = np.zeros((n_sources, LAMBDAS.size))
+        # mu = k / n takes few distinct values: count pairs per (source, value), then
+        # one small matrix product (memory S x values, not pairs x LAMBDAS).
         nz = mu > 0  # agents without far outliers add log(1) = 0
-        if nz.any():
-            terms = np.log1p(mu[nz, None] * np.expm1(LAMBDAS)[None, :])
-            np.add.at(out, pair_source[nz], terms)
-        return out
+        if not nz.any():
+            return np.zeros((n_sources, LAMBDAS.size))
+        values, which = np.unique(mu[nz], return_inverse=True)
+        counts = np.bincount(pair_source[nz] * values.size + which.ravel(),
+                             minlength=n_sources * values.size).reshape(n_sources, values.size)
+        return counts @ np.log1p(values[:, None] * np.expm1(LAMBDAS)[None, :])
 
     return SourceEvents(
         reports=np.bincount(pair_source, minlength=n_sources).astype(np.float64),
