@@ -80,9 +80,10 @@ import numpy as np
 from ..values.exact_sum import exact_group_sums
 
 __all__ = ["FusionResult", "fuse", "bernstein_tail", "chernoff_log_tail", "flag_sources", "SourceEvents",
-           "FAR", "MIN_SOURCES"]
+           "FAR", "MIN_SOURCES", "SCALE_FLOOR"]
 
 FAR = 50.0  # far outlier: more than FAR median absolute deviations from the median
+SCALE_FLOOR = 1.0  # scale >= SCALE_FLOOR x the median scale over the agents fused together
 MIN_SOURCES = 5  # agents with fewer sources do not count for reputation
 # Chernoff exponents tried (any lam >= 0 gives a valid bound): geometric, 0.01 .. 40
 LAMBDAS = np.geomspace(0.01, 40.0, 48)
@@ -200,7 +201,10 @@ def _far_outliers(pair_agent, pair_total, n_agents, n, start, sorted_total):
     mad = 0.5 * sorted_dev[mid_lo] + 0.5 * sorted_dev[mid_hi]
     mean_dev = np.bincount(pair_agent, weights=absdev, minlength=n_agents) / np.maximum(n, 1)
     scale = np.where(mad > 0, mad, mean_dev)
-    counted = (n >= MIN_SOURCES)[pair_agent]
+    enough = n >= MIN_SOURCES
+    if SCALE_FLOOR > 0 and enough.any():  # few sources: the MAD can dip far below the noise width
+        scale = np.maximum(scale, SCALE_FLOOR * np.median(scale[enough]))
+    counted = enough[pair_agent]
     with np.errstate(over="ignore", invalid="ignore"):
         reach = (FAR * scale)[pair_agent]
         low_event = counted & (dev < -reach)
