@@ -23,52 +23,53 @@ assumption it lies inside the honest range too.
 
 Flagging rule (reputation)
 --------------------------
-A lie that matters is one far outside what the other sources say about the
-same agent. For one agent with ``n >= MIN_SOURCES`` sources (5), let ``med`` be
-the median of its per-source totals and ``scale`` their median absolute
-deviation from ``med`` (the mean absolute deviation if that is 0). Source ``j``
-is a *far-low* (*far-high*) outlier on the agent if
-``t_j < med - FAR * scale`` (``t_j > med + FAR * scale``), ``FAR = 50``. Both
-statistics break down only when half the sources lie, so a few colluders
-pushing the same agent the same way (say 3 framers among 9 sources, more than
-the ``f`` that trimming tolerates) stay far out. Agents with fewer sources
-count for nothing.
+A lie that matters is far outside what the other sources say about the same
+agent. For an agent with ``n >= MIN_SOURCES`` (5) sources, let ``med`` be the
+median of its per-source totals and ``scale`` the median absolute deviation
+from ``med`` (the mean absolute deviation if that is 0), raised to at least
+``SCALE_FLOOR`` (1) times the median ``scale`` over the agents fused together
+(one shard), because with few sources the MAD can dip far below the noise
+width. Source ``j`` is a *far-low* outlier on the agent if
+``t_j < med - FAR * scale`` and *far-high* if ``t_j > med + FAR * scale``,
+``FAR = 50``. The median and MAD break down only when half the sources lie, so
+colluders pushing an agent together (3 framers among 9 sources, more than the
+``f`` that trimming tolerates) are still far out. Agents with fewer than
+``MIN_SOURCES`` sources do not count.
 
-Null. Let ``k`` be the number of far-low outliers on the agent (a function of
-the agent's *multiset* of totals, not of who sent which). If the agent's
-sources are exchangeable (same noise law, any law: Cauchy, ties, ...), then
-given the multiset the assignment of totals to sources is a uniform random
-permutation, so each source is a far-low outlier with probability exactly
-``mu = k / n``; likewise for high. This is an empirical comparison with the
-source's peers *on the same agents*, not a theoretical rate. Byzantine
-sources on the agent change nothing for an honest one as long as they are far
-out at least as often as the average source (the lies that matter); liars
-that hide in the middle can raise an honest source's chance by at most a
-factor ``n / (n - b)`` for ``b`` liars on the agent.
+Null: peers on the same agents. Let ``k`` be the number of far-low outliers
+on an agent. ``k``, ``med`` and ``scale`` depend only on the agents' multisets
+of totals, not on who sent which. If an agent's sources are exchangeable (same
+noise law, any law: Cauchy, ties, skewed), then given the multisets the
+assignment of totals to sources is a uniform random permutation, so each
+source is a far-low outlier there with probability exactly ``mu = k / n``
+(likewise high): the source is compared with its peers' empirical rate on the
+same agents, not with a theoretical rate. Byzantine sources on an agent do not
+raise an honest source's chance as long as they are far out at least as often
+as the average source there (the lies that move the fusion); liars that sit
+in the middle can raise it by at most a factor ``n / (n - b)`` (``b`` liars).
 
-Test. With noise independent across agents, a source's far-low count ``O``
-over its agents is a sum of independent Bernoulli(``mu_a``) variables (a
-Poisson-binomial with known means). Chernoff's bound,
-``P(O >= o) <= exp(-lam o) prod_a (1 + mu_a (e**lam - 1))`` for every
-``lam >= 0``, is evaluated on a fixed grid of ``lam`` (every grid point gives
-a valid bound; the smallest is kept). A source is flagged when the bound for
-its far-low or its far-high count is at most ``false_flag_rate / 2``, so an
-honest source is flagged with probability at most ``false_flag_rate`` (per
-source; with S sources at most ``S * false_flag_rate`` false flags are
-expected). Unlike a Bernstein bound around a worst-case rate, Chernoff's bound
-is tight when a source is far out on nearly every agent where it lies: each
-such agent costs the null a factor ``mu_a`` (e.g. 3/9 for one of 3 framers),
-so a few dozen such agents flag a liar even if it is honest everywhere else.
+Test. With noise independent across agents, a source's far-low count ``O`` is
+a sum of independent Bernoulli(``mu_a``) over its agents (a Poisson-binomial
+with known means). Chernoff's bound
+``P(O >= o) <= exp(-lam o) prod_a (1 + mu_a (e**lam - 1))``, valid for every
+``lam >= 0``, is taken at the best of a fixed grid ``LAMBDAS``. A source is
+flagged when the bound for its far-low or its far-high count is at most
+``false_flag_rate / 2``: an exchangeable (honest) source is flagged with
+probability at most ``false_flag_rate`` (per source; with S sources at most
+``S * false_flag_rate`` false flags are expected). Unlike a Bernstein bound
+around a worst-case rate, Chernoff's bound stays sharp when a source is far out
+on nearly every agent where it lies: each such agent multiplies the bound by
+about ``mu_a`` (3/9 for one of 3 framers among 9 sources), so a few dozen lies
+flag a source that is honest on every other agent.
 
-Noisier honest sources. The guarantee above assumes exchangeable sources.
-An honest source whose noise is a modest factor (2-5x) wider than its peers'
-is, with light-tailed noise, practically never ``FAR`` = 50 median absolute
-deviations out (that is about 34 of the peers' standard deviations for
-Gaussian noise), so it is not flagged either (tested); a far-out outlier is
-what a liar's report looks like, not a noisy one. A source with heavier tails
-than its peers is not covered. Liars that only shade their reports (a few
-noise widths) are not flagged: they are, by design, indistinguishable from a
-noisy honest source, and the trimming bounds their effect anyway.
+Noisier honest sources. Exchangeability is an assumption. An honest source
+whose light-tailed noise is a few times wider than its peers' (tested:
+Gaussian up to 5x, Laplace up to 3x) is practically never ``FAR`` MADs out
+(about 34 of the peers' standard deviations for Gaussian noise), so it is not
+flagged either. Not covered: a source with heavier tails than its peers.
+Liars that only shade their reports by a few noise widths are not flagged:
+they are indistinguishable from a noisy honest source, and trimming bounds
+their effect anyway.
 """
 
 from __future__ import annotations
