@@ -15,6 +15,7 @@ from swarmguard.structures.robust_fusion import (
     chernoff_log_tail,
     flag_sources,
     fuse,
+    peel_sources,
     source_events,
 )
 
@@ -106,6 +107,12 @@ def _flags(agent, source, total, n_sources, rate=1e-6):
     return flagged, tail, events
 
 
+def _peel(agent, source, total, n_sources, rate=1e-6, never=None):
+    n_agents = int(agent.max()) + 1
+    events = source_events(source, fuse(agent, total, n_agents, 0.33, 0.0), n_sources)
+    return peel_sources(events, [(agent, source, total, n_agents)], n_sources, rate, never=never)
+
+
 def _swarm(rng, n_agents=3000, n_sources=30, per_agent=8, noise_scale=None, liars=(), framed=0,
            whitewashed=0):
     """A world like ``swarmguard simulate``'s: each agent gets ``per_agent`` random
@@ -144,6 +151,35 @@ def test_colluding_framers_are_flagged_and_noisier_honest_sources_are_not():
     assert flagged.tolist() == [s in liars for s in range(30)], tail
     # The noisier honest sources are not even close to the threshold.
     assert tail[[0, 1, 2, 3]].min() > 1e-2
+    # Peeling (what the consensus does) flags the same sources; a trusted liar never.
+    peeled, _ = _peel(agent, source, total, 30)
+    assert peeled.tolist() == flagged.tolist()
+    never = np.zeros(30, dtype=bool)
+    never[7] = True
+    assert _peel(agent, source, total, 30, never=never)[0].tolist() == [s in liars[1:] for s in range(30)]
+
+
+def test_peeling_flags_the_framer_left_alone_once_its_accomplices_are_flagged():
+    # 4 liars frame agents in threes: liar 3 joins only 12 framings, too few to stand out
+    # next to two accomplices (each costs the null 3/11), but once the others are
+    # removed it is the lone far outlier on those agents (1/9 each).
+    rng = np.random.default_rng(12)
+    agent, source, total = _swarm(rng, n_agents=3000, per_agent=8)
+    liars = np.array([0, 1, 2, 3])
+    extra_agent, extra_source = [], []
+    for i, a in enumerate(rng.choice(3000, size=140, replace=False)):
+        group = [0, 1, 3] if i < 12 else [0, 1, 2]
+        extra_agent += [a] * 3
+        extra_source += group
+    keep = ~(np.isin(source, liars) & np.isin(agent, extra_agent))  # framers report once
+    agent = np.concatenate([agent[keep], extra_agent])
+    source = np.concatenate([source[keep], extra_source])
+    total = np.concatenate([total[keep], np.full(len(extra_agent), 120.0)])
+    single, single_tail = flag_sources(source_events(source, fuse(agent, total, 3000, 0.33, 0.0), 30),
+                                       1e-6 / (3 * 30))
+    peeled, tail = _peel(agent, source, total, 30)
+    assert single.tolist() == [s in (0, 1, 2) for s in range(30)], single_tail[:4]
+    assert peeled.tolist() == [s in (0, 1, 2, 3) for s in range(30)], tail[:4]
 
 
 def test_lone_liars_hiding_among_many_honest_reports_are_flagged():
@@ -191,7 +227,8 @@ def test_exchangeable_honest_sources_are_never_flagged(seed, law, per_agent, n_s
     total = rng.normal(0, 3, size=n_agents)[agent] + spread * draw(agent.size)
     flagged, tail, events = _flags(agent, source, total, n_sources)
     assert not flagged.any(), (law, tail.min())
-    if law in ("cauchy", "lognormal", "two-point"):  # heavy tails: far outliers do happen
+    assert not _peel(agent, source, total, n_sources)[0].any()
+    if law in ("cauchy", "lognormal"):  # heavy tails: far outliers do happen
         assert events.low.sum() + events.high.sum() > 0
 
 

@@ -74,6 +74,7 @@ their effect anyway.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,13 +82,14 @@ import numpy as np
 from ..values.exact_sum import exact_group_sums
 
 __all__ = ["FusionResult", "fuse", "bernstein_tail", "chernoff_log_tail", "flag_sources", "SourceEvents",
-           "FAR", "MIN_SOURCES", "SCALE_FLOOR"]
+           "FAR", "MIN_SOURCES", "SCALE_FLOOR", "PEEL_PASSES", "peel_sources", "far_outlier_events"]
 
 FAR = 50.0  # far outlier: more than FAR median absolute deviations from the median
 SCALE_FLOOR = 1.0  # scale >= SCALE_FLOOR x the median scale over the agents fused together
 MIN_SOURCES = 5  # agents with fewer sources do not count for reputation
 # Chernoff exponents tried (any lam >= 0 gives a valid bound): geometric, 0.01 .. 40
 LAMBDAS = np.geomspace(0.01, 40.0, 48)
+PEEL_PASSES = 3  # flag, recount without the flagged, flag again (at most this many passes)
 
 
 @dataclass
@@ -216,6 +218,17 @@ def _far_outliers(pair_agent, pair_total, n_agents, n, start, sorted_total):
     return low_event, high_event, (k_low / denom)[pair_agent], (k_high / denom)[pair_agent]
 
 
+def far_outlier_events(pair_agent: np.ndarray, pair_source: np.ndarray, pair_total: np.ndarray,
+                       n_agents: int, n_sources: int) -> SourceEvents:
+    """:func:`source_events` of the far outliers alone, without fusing (for peeling)."""
+    pair_agent = np.asarray(pair_agent, dtype=np.int64)
+    n = np.bincount(pair_agent, minlength=n_agents).astype(np.int64)
+    start = np.concatenate([[0], np.cumsum(n)[:-1]]) if n_agents else np.zeros(0, np.int64)
+    sorted_total = pair_total[_sort_within_agents(pair_agent, pair_total, n_agents)]
+    return _events(pair_source, *_far_outliers(pair_agent, pair_total, n_agents, n, start, sorted_total),
+                   n_sources)
+
+
 def _sort_within_agents(agent: np.ndarray, total: np.ndarray, n_agents: int) -> np.ndarray:
     """Order by agent, then total. Ties among equal totals may come in any order:
     every use below (kept sum, order statistics, strict comparisons) depends on
@@ -230,6 +243,11 @@ def _sort_within_agents(agent: np.ndarray, total: np.ndarray, n_agents: int) -> 
 def source_events(pair_source: np.ndarray, fusion: FusionResult, n_sources: int) -> SourceEvents:
     """Far-outlier counts of each source over the agents of one fusion, with the
     Chernoff log-MGF sums that :func:`flag_sources` needs."""
+    return _events(pair_source, fusion.pair_low_event, fusion.pair_high_event, fusion.pair_low_mu,
+                   fusion.pair_high_mu, n_sources)
+
+
+def _events(pair_source, low_event, high_event, low_mu, high_mu, n_sources) -> SourceEvents:
     pair_source = np.asarray(pair_source, dtype=np.int64)
 
     def per_source(w):
@@ -248,12 +266,12 @@ def source_events(pair_source: np.ndarray, fusion: FusionResult, n_sources: int)
 
     return SourceEvents(
         reports=np.bincount(pair_source, minlength=n_sources).astype(np.float64),
-        low=per_source(fusion.pair_low_event.astype(np.float64)),
-        high=per_source(fusion.pair_high_event.astype(np.float64)),
-        expected_low=per_source(fusion.pair_low_mu),
-        expected_high=per_source(fusion.pair_high_mu),
-        log_mgf_low=log_mgf(fusion.pair_low_mu),
-        log_mgf_high=log_mgf(fusion.pair_high_mu),
+        low=per_source(low_event.astype(np.float64)),
+        high=per_source(high_event.astype(np.float64)),
+        expected_low=per_source(low_mu),
+        expected_high=per_source(high_mu),
+        log_mgf_low=log_mgf(low_mu),
+        log_mgf_high=log_mgf(high_mu),
     )
 
 
@@ -281,3 +299,34 @@ def flag_sources(events: SourceEvents, false_flag_rate: float) -> tuple[np.ndarr
     log_tail = np.minimum(chernoff_log_tail(events.low, events.log_mgf_low),
                           chernoff_log_tail(events.high, events.log_mgf_high))
     return log_tail <= np.log(false_flag_rate / 2.0), np.exp(log_tail)
+
+
+def peel_sources(first: SourceEvents, shards: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, int]],
+                 n_sources: int, false_flag_rate: float, never: np.ndarray | None = None,
+                 passes: int = PEEL_PASSES) -> tuple[np.ndarray, np.ndarray]:
+    """(flagged, tail bound) per source row by peeling (see the module docstring).
+
+    ``first``: the events of every shard; ``shards``: each shard's (pair_agent,
+    pair_source, pair_total, n_agents), to recount without the flagged sources;
+    ``never``: rows never flagged (trusted). Each pass flags at the per-source rate
+    ``false_flag_rate / (passes * n_sources)``, so the chance that *any*
+    exchangeable source is ever flagged is at most ``false_flag_rate``.
+    """
+    never = np.zeros(n_sources, dtype=bool) if never is None else np.asarray(never, dtype=bool)
+    rate = false_flag_rate / (passes * max(n_sources, 1))
+    flagged, tail = flag_sources(first, rate)
+    flagged &= ~never
+    for _ in range(1, passes):
+        if not flagged.any():
+            break
+        events = SourceEvents.zeros(n_sources)
+        for agent, source, total, n_agents in shards:
+            keep = ~flagged[source]
+            events += far_outlier_events(agent[keep], source[keep], total[keep], n_agents, n_sources)
+        new, new_tail = flag_sources(events, rate)
+        new &= ~never & ~flagged
+        tail = np.where(flagged, tail, new_tail)
+        if not new.any():
+            break
+        flagged |= new
+    return flagged, tail
