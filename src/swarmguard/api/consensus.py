@@ -354,8 +354,9 @@ class StableBayesianConsensus:
 
     def source_reputation(self) -> dict[Hashable, dict[str, Any]]:
         """Each source's record: agents reported on, far-low/far-high outlier counts,
-        the counts an exchangeable (honest) source would get on the same agents, the
-        tail bound (chance of counts this high for such a source) and the flag."""
+        the counts an exchangeable (honest) source would get on the same agents (both
+        from the first pass), the tail bound (chance of counts this high for such a
+        source, from the pass that flagged it, else the last pass) and the flag."""
         g = self._global_pass()
         ev: SourceEvents = g["events"]
         out = {}

@@ -52,15 +52,28 @@ Test. With noise independent across agents, a source's far-low count ``O`` is
 a sum of independent Bernoulli(``mu_a``) over its agents (a Poisson-binomial
 with known means). Chernoff's bound
 ``P(O >= o) <= exp(-lam o) prod_a (1 + mu_a (e**lam - 1))``, valid for every
-``lam >= 0``, is taken at the best of a fixed grid ``LAMBDAS``. A source is
-flagged when the bound for its far-low or its far-high count is at most
-``false_flag_rate / 2``: an exchangeable (honest) source is flagged with
-probability at most ``false_flag_rate`` (per source; with S sources at most
-``S * false_flag_rate`` false flags are expected). Unlike a Bernstein bound
-around a worst-case rate, Chernoff's bound stays sharp when a source is far out
-on nearly every agent where it lies: each such agent multiplies the bound by
+``lam >= 0``, is taken at the best of a fixed grid ``LAMBDAS``.
+:func:`flag_sources` flags a source when the bound for its far-low or its
+far-high count is at most ``rate / 2``: an exchangeable (honest) source is
+flagged with probability at most ``rate``. Unlike a Bernstein bound around a
+worst-case rate, Chernoff's bound stays sharp when a source is far out on
+nearly every agent where it lies: each such agent multiplies the bound by
 about ``mu_a`` (3/9 for one of 3 framers among 9 sources), so a few dozen lies
 flag a source that is honest on every other agent.
+
+Peeling (what the consensus does, :func:`peel_sources`). Colluders share
+their agents' far outliers (3 framers: ``mu = 3/n`` each). So: flag, remove
+the flagged sources' totals, recount (``mu`` of a framer left alone is now
+``1/(n - 2)``), flag again; at most ``PEEL_PASSES`` (3) passes, each at the
+per-source rate ``false_flag_rate / (PEEL_PASSES * S)`` for ``S`` sources.
+Guarantee: the chance that *any* honest source is ever flagged is at most
+``false_flag_rate``. Proof sketch: given the agents' multisets and the liars'
+totals, only the assignment of honest totals to honest labels is random; a
+liar's counts and chances depend on its own totals and the multisets only, so
+as long as no honest source has been flagged, the removal set of every pass
+is fixed, and each pass is a valid test at the per-source rate. Hence
+``P(some honest source flagged) <= sum over passes and honest sources of the
+per-source rate <= false_flag_rate``.
 
 Noisier honest sources. Exchangeability is an assumption. An honest source
 whose light-tailed noise is a few times wider than its peers' (tested:
