@@ -251,3 +251,15 @@ def test_chernoff_bound_is_tight_enough_for_framers():
     mu = np.full(40, 3 / 9)
     log_mgf = np.log1p(mu[:, None] * np.expm1(LAMBDAS)[None, :]).sum(axis=0)
     assert chernoff_log_tail(np.array([40.0]), log_mgf[None, :])[0] < math.log(1e-6 / 2)
+
+
+def test_infinite_totals_do_not_blind_the_other_agents():
+    # An agent whose exact sums overflowed (±inf) gives NaN deviations; the rest of the
+    # shard must still see its far outliers.
+    rng = np.random.default_rng(2)
+    agent, source, total = _swarm(rng, n_agents=400, liars=(5,), whitewashed=0, framed=0)
+    total[source == 5] = 1e6
+    total[agent == 0] = np.array([np.inf, np.inf, np.inf, np.inf, np.inf, -np.inf, 1.0, 2.0])
+    flagged, tail, events = _flags(agent, source, total, 30)
+    assert flagged.tolist() == [s == 5 for s in range(30)], tail
+    assert _peel(agent, source, total, 30)[0].tolist() == flagged.tolist()

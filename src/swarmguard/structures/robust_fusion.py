@@ -208,20 +208,20 @@ def _far_outliers(pair_agent, pair_total, n_agents, n, start, sorted_total):
     has = n > 0
     mid_lo = np.where(has, start + (n - 1) // 2, 0)
     mid_hi = np.where(has, start + n // 2, 0)
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):  # infinite totals: NaN compares False
         med = 0.5 * sorted_total[mid_lo] + 0.5 * sorted_total[mid_hi]
         dev = pair_total - med[pair_agent]
         absdev = np.abs(dev)
-    order = _sort_within_agents(pair_agent, absdev, n_agents)
-    sorted_dev = absdev[order]
-    mad = 0.5 * sorted_dev[mid_lo] + 0.5 * sorted_dev[mid_hi]
-    mean_dev = np.bincount(pair_agent, weights=absdev, minlength=n_agents) / np.maximum(n, 1)
-    scale = np.where(mad > 0, mad, mean_dev)
-    enough = n >= MIN_SOURCES
-    if SCALE_FLOOR > 0 and enough.any():  # few sources: the MAD can dip far below the noise width
-        scale = np.maximum(scale, SCALE_FLOOR * np.median(scale[enough]))
-    counted = enough[pair_agent]
-    with np.errstate(over="ignore", invalid="ignore"):
+        order = _sort_within_agents(pair_agent, absdev, n_agents)
+        sorted_dev = absdev[order]
+        mad = 0.5 * sorted_dev[mid_lo] + 0.5 * sorted_dev[mid_hi]
+        mean_dev = np.bincount(pair_agent, weights=absdev, minlength=n_agents) / np.maximum(n, 1)
+        scale = np.where(mad > 0, mad, mean_dev)
+        enough = n >= MIN_SOURCES
+        typical = scale[enough & np.isfinite(scale)]
+        if SCALE_FLOOR > 0 and typical.size:  # few sources: the MAD can dip far below the noise width
+            scale = np.maximum(scale, SCALE_FLOOR * np.median(typical))
+        counted = enough[pair_agent]
         reach = (FAR * scale)[pair_agent]
         low_event = counted & (dev < -reach)
         high_event = counted & (dev > reach)
