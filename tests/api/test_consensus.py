@@ -249,6 +249,31 @@ def test_lying_sources_are_flagged_and_bounded():
     assert set(single["byzantine_nodes"]) <= liars and single["byzantine_nodes"]
 
 
+def test_colluding_framers_honest_elsewhere_are_flagged_through_the_api():
+    # Like ``swarmguard simulate``: 3 liars out of 30 frame 40 agents together (+6 per
+    # report, one report a round for 20 rounds) and are honest on the ~700 other agents
+    # they report on. Each framed agent: 7 honest sources near -0.4 and 3 framers at +120.
+    rng = np.random.default_rng(4)
+    n_agents, n_sources, liars = 3000, 30, (2, 17, 25)
+    ag = np.repeat(np.arange(n_agents), 7)
+    src = np.argsort(rng.random((n_agents, n_sources)), axis=1)[:, :7].ravel()
+    lo = rng.normal(-0.5, 1.0, size=ag.size) * rng.uniform(0.5, 1.0, size=ag.size)
+    framed = np.flatnonzero(~np.isin(src.reshape(n_agents, 7), liars).any(axis=1))[:40]
+    ag = np.concatenate([ag, np.repeat(framed, 60)])
+    src = np.concatenate([src, np.tile(np.repeat(liars, 20), framed.size)])
+    lo = np.concatenate([lo, np.full(framed.size * 60, 6.0)])
+    c = StableBayesianConsensus(byzantine_threshold=0.33)
+    c.add_evidence_batch(np.arange(ag.size), ag, "peer_report", lo, np.ones(ag.size),
+                         np.zeros(ag.size), src)
+    assert sorted(c.byzantine_nodes) == list(liars)
+    rep = c.source_reputation()
+    for s in liars:
+        assert rep[s]["high_outliers"] == 40 and rep[s]["tail_bound"] <= 1e-6 / 2
+        assert rep[s]["expected_high_outliers"] < 40 * 3 / 9 + 1
+    honest = [r for s, r in rep.items() if s not in liars]
+    assert all(not r["flagged"] and r["high_outliers"] == 0 for r in honest)
+
+
 def test_consensus_not_reached_when_too_many_flagged_sources_report():
     c = StableBayesianConsensus(byzantine_threshold=0.2)
     rng = np.random.default_rng(1)

@@ -35,7 +35,7 @@ from ..errors import (
 from ..structures.evidence import EvidenceLedger
 from ..structures.evidence_store import EvidenceStore, float_bits
 from ..structures.key_index import KeyIndex
-from ..structures.robust_fusion import SourceEvents, flag_sources, fuse, source_events
+from ..structures.robust_fusion import SourceEvents, fuse, peel_sources, source_events
 from ..validation import as_float_vector, check_fraction, check_key, check_positive_int
 from .evidence_types import BayesianEvidence, EvidenceType, check_timestamp
 
@@ -65,7 +65,8 @@ class StableBayesianConsensus:
         SQLite file; every accepted evidence is committed before the call
         returns, and opening an existing file restores the same state.
     false_flag_rate : float in (0, 1)
-        Bound on the probability that an honest source is flagged.
+        Bound on the probability that any honest source is flagged (see
+        :mod:`swarmguard.structures.robust_fusion`).
     min_sources : int
         Fewest sources that must remain after trimming for ``consensus_reached``.
     trusted_sources : sequence of ids, optional
@@ -352,8 +353,10 @@ class StableBayesianConsensus:
         }
 
     def source_reputation(self) -> dict[Hashable, dict[str, Any]]:
-        """Each source's record: agents reported on, low/high outlier counts, the
-        counts expected from an honest source, the tail bound and the flag."""
+        """Each source's record: agents reported on, far-low/far-high outlier counts,
+        the counts an exchangeable (honest) source would get on the same agents (both
+        from the first pass), the tail bound (chance of counts this high for such a
+        source, from the pass that flagged it, else the last pass) and the flag."""
         g = self._global_pass()
         ev: SourceEvents = g["events"]
         out = {}
@@ -362,7 +365,8 @@ class StableBayesianConsensus:
                 "reports": int(ev.reports[s]),
                 "low_outliers": int(ev.low[s]),
                 "high_outliers": int(ev.high[s]),
-                "expected_outliers_per_side": float(ev.expected[s]),
+                "expected_low_outliers": float(ev.expected_low[s]),
+                "expected_high_outliers": float(ev.expected_high[s]),
                 "tail_bound": float(g["tail"][s]),
                 "flagged": bool(g["flagged"][s]),
             }
@@ -405,7 +409,7 @@ class StableBayesianConsensus:
                (("robust", float), ("sum", float), ("low", float), ("high", float),
                 ("n", np.int64), ("f", np.int64), ("count", np.int64))}
         events = SourceEvents.zeros(n_sources)
-        pair_agents, pair_sources = [], []
+        pair_agents, pair_sources, shard_pairs = [], [], []
         for s in range(len(ledger.shards)):
             t = ledger.shard_totals(s, self.prior_log_odds, agent_sums=need_sum)
             k = t.agent_count.size
@@ -417,11 +421,13 @@ class StableBayesianConsensus:
             events += source_events(t.pair_source, fu, n_sources)
             pair_agents.append(t.pair_agent + t.agent_lo)
             pair_sources.append(t.pair_source)
-        flagged, tail = flag_sources(events, self.false_flag_rate)
+            shard_pairs.append((t.pair_agent, t.pair_source, t.pair_total, k))
+        trusted = np.zeros(n_sources, dtype=bool)
         for key in self.trusted_sources:          # fused like any source, never flagged
             row = ledger.sources.row_of(key)
             if row >= 0:
-                flagged[row] = False
+                trusted[row] = True
+        flagged, tail = peel_sources(events, shard_pairs, n_sources, self.false_flag_rate, never=trusted)
         if pair_agents:
             pa, ps = np.concatenate(pair_agents), np.concatenate(pair_sources)
             n_flagged = np.bincount(pa, weights=flagged[ps], minlength=n_agents).astype(np.int64)

@@ -23,56 +23,123 @@ assumption it lies inside the honest range too.
 
 Flagging rule (reputation)
 --------------------------
-For every (agent, source), the source is a *low outlier* if its total is
-strictly below ``t_(f+1)`` and a *high outlier* if strictly above ``t_(n-f)``.
-If honest sources are exchangeable for an agent (same noise law, any law, even
-Cauchy) and at most ``f`` sources are Byzantine, an honest source is a low
-outlier with probability at most ``p = f / (n - f)`` (at most ``f`` honest
-sources can be among the ``f`` lowest, and it is any of the ``>= n - f`` honest
-ones with equal chance); likewise for high. Over the ``m`` agents a source
-reports on, with independent noise across agents, the count ``O`` of low (or
-high) outliers has mean at most ``E = sum p`` and variance at most
-``V = sum p (1 - p)``. Bernstein's inequality bounds
-``P(O - E >= x) <= exp(-x**2 / (2 (V + x / 3)))``. A source is flagged when that
-bound, for its low or its high count, is at most ``false_flag_rate / 2``, so an
-honest source is flagged with probability at most ``false_flag_rate`` (per
-source; with S sources, at most ``S * false_flag_rate`` false flags expected).
-A liar that always pushes the same way is an outlier on (almost) every agent
-and is flagged after a few dozen agents.
+A lie that matters is far outside what the other sources say about the same
+agent. For an agent with ``n >= MIN_SOURCES`` (5) sources, let ``med`` be the
+median of its per-source totals and ``scale`` the median absolute deviation
+from ``med`` (the mean absolute deviation if that is 0), raised to at least
+``SCALE_FLOOR`` (1) times the median ``scale`` over the agents fused together
+(one shard), because with few sources the MAD can dip far below the noise
+width. Source ``j`` is a *far-low* outlier on the agent if
+``t_j < med - FAR * scale`` and *far-high* if ``t_j > med + FAR * scale``,
+``FAR = 50``. The median and MAD break down only when half the sources lie, so
+colluders pushing an agent together (3 framers among 9 sources, more than the
+``f`` that trimming tolerates) are still far out. Agents with fewer than
+``MIN_SOURCES`` sources do not count.
+
+Null: peers on the same agents. Let ``k`` be the number of far-low outliers
+on an agent. ``k``, ``med`` and ``scale`` depend only on the agents' multisets
+of totals, not on who sent which. If an agent's sources are exchangeable (same
+noise law, any law: Cauchy, ties, skewed), then given the multisets the
+assignment of totals to sources is a uniform random permutation, so each
+source is a far-low outlier there with probability exactly ``mu = k / n``
+(likewise high): the source is compared with its peers' empirical rate on the
+same agents, not with a theoretical rate. Byzantine sources on an agent do not
+raise an honest source's chance as long as they are far out at least as often
+as the average source there (the lies that move the fusion); liars that sit
+in the middle can raise it by at most a factor ``n / (n - b)`` (``b`` liars).
+
+Test. With noise independent across agents, a source's far-low count ``O`` is
+a sum of independent Bernoulli(``mu_a``) over its agents (a Poisson-binomial
+with known means). Chernoff's bound
+``P(O >= o) <= exp(-lam o) prod_a (1 + mu_a (e**lam - 1))``, valid for every
+``lam >= 0``, is taken at the best of a fixed grid ``LAMBDAS``.
+:func:`flag_sources` flags a source when the bound for its far-low or its
+far-high count is at most ``rate / 2``: an exchangeable (honest) source is
+flagged with probability at most ``rate``. Unlike a Bernstein bound around a
+worst-case rate, Chernoff's bound stays sharp when a source is far out on
+nearly every agent where it lies: each such agent multiplies the bound by
+about ``mu_a`` (3/9 for one of 3 framers among 9 sources), so a few dozen lies
+flag a source that is honest on every other agent.
+
+Peeling (what the consensus does, :func:`peel_sources`). Colluders share
+their agents' far outliers (3 framers: ``mu = 3/n`` each). So: flag, remove
+the flagged sources' totals, recount (``mu`` of a framer left alone is now
+``1/(n - 2)``), flag again; at most ``PEEL_PASSES`` (3) passes, each at the
+per-source rate ``false_flag_rate / (PEEL_PASSES * S)`` for ``S`` sources. A
+pass is skipped unless some unflagged source's bound is already at most
+``PEEL_HINT`` (1e-2): skipping never adds a flag, and it saves the recount
+when nothing else looks suspicious.
+Guarantee: the chance that *any* honest source is ever flagged is at most
+``false_flag_rate``. Proof sketch: given the agents' multisets and the liars'
+totals, only the assignment of honest totals to honest labels is random; a
+liar's counts and chances depend on its own totals and the multisets only, so
+as long as no honest source has been flagged, the removal set of every pass
+is fixed, and each pass is a valid test at the per-source rate. Hence
+``P(some honest source flagged) <= sum over passes and honest sources of the
+per-source rate <= false_flag_rate``.
+
+Noisier honest sources. Exchangeability is an assumption. An honest source
+whose light-tailed noise is a few times wider than its peers' (tested:
+Gaussian up to 5x, Laplace up to 3x) is practically never ``FAR`` MADs out
+(about 34 of the peers' standard deviations for Gaussian noise), so it is not
+flagged either. Not covered: a source with heavier tails than its peers.
+Liars that only shade their reports by a few noise widths are not flagged:
+they are indistinguishable from a noisy honest source, and trimming bounds
+their effect anyway.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..values.exact_sum import exact_group_sums
 
-__all__ = ["FusionResult", "fuse", "bernstein_tail", "flag_sources", "SourceEvents"]
+__all__ = ["FusionResult", "fuse", "bernstein_tail", "chernoff_log_tail", "flag_sources", "SourceEvents",
+           "FAR", "MIN_SOURCES", "SCALE_FLOOR", "PEEL_PASSES", "PEEL_HINT", "peel_sources", "far_outlier_events"]
+
+FAR = 50.0  # far outlier: more than FAR median absolute deviations from the median
+SCALE_FLOOR = 1.0  # scale >= SCALE_FLOOR x the median scale over the agents fused together
+MIN_SOURCES = 5  # agents with fewer sources do not count for reputation
+# Chernoff exponents tried (any lam >= 0 gives a valid bound): geometric, 0.01 .. 40
+LAMBDAS = np.geomspace(0.01, 40.0, 48)
+PEEL_PASSES = 3  # flag, recount without the flagged, flag again (at most this many passes)
+PEEL_HINT = 1e-2  # recount only while an unflagged source has a tail bound at most this
 
 
 @dataclass
 class SourceEvents:
-    """Outlier counts per source row (summed over agents)."""
+    """Far-outlier counts per source row, and what exchangeable sources would get.
+
+    ``log_mgf_low[s, g]`` is ``sum_a log(1 + mu_a (exp(LAMBDAS[g]) - 1))`` over the
+    agents ``a`` that source ``s`` reported on (``mu_a``: chance of a far-low
+    outlier there); additive over agents, so shards are summed with ``+=``.
+    """
 
     reports: np.ndarray  # agents the source reported on
-    low: np.ndarray  # strict low-outlier counts
+    low: np.ndarray  # far-low outlier counts
     high: np.ndarray
-    expected: np.ndarray  # sum of p over those agents (per side)
-    variance: np.ndarray  # sum of p (1 - p)
+    expected_low: np.ndarray  # sum of mu over those agents
+    expected_high: np.ndarray
+    log_mgf_low: np.ndarray  # (S, len(LAMBDAS))
+    log_mgf_high: np.ndarray
+
+    _FIELDS = ("reports", "low", "high", "expected_low", "expected_high", "log_mgf_low", "log_mgf_high")
 
     @classmethod
     def zeros(cls, n_sources: int) -> SourceEvents:
         z = [np.zeros(n_sources) for _ in range(5)]
-        return cls(*z)
+        return cls(*z, np.zeros((n_sources, LAMBDAS.size)), np.zeros((n_sources, LAMBDAS.size)))
 
     def __iadd__(self, other: SourceEvents) -> SourceEvents:
-        for name in ("reports", "low", "high", "expected", "variance"):
+        for name in self._FIELDS:
             mine, theirs = getattr(self, name), getattr(other, name)
-            if theirs.size > mine.size:
-                mine = np.concatenate([mine, np.zeros(theirs.size - mine.size)])
-            mine[: theirs.size] += theirs
+            if theirs.shape[0] > mine.shape[0]:
+                pad = np.zeros((theirs.shape[0] - mine.shape[0],) + mine.shape[1:])
+                mine = np.concatenate([mine, pad])
+            mine[: theirs.shape[0]] += theirs
             setattr(self, name, mine)
         return self
 
@@ -86,9 +153,10 @@ class FusionResult:
     high: np.ndarray
     n_sources: np.ndarray
     trimmed: np.ndarray  # f per side
-    pair_low_event: np.ndarray  # per pair, in the order given
+    pair_low_event: np.ndarray  # far-low outlier, per pair, in the order given
     pair_high_event: np.ndarray
-    pair_p: np.ndarray
+    pair_low_mu: np.ndarray  # chance of a far-low outlier for an exchangeable source
+    pair_high_mu: np.ndarray
 
 
 def fuse(pair_agent: np.ndarray, pair_total: np.ndarray, n_agents: int, threshold: float,
@@ -129,12 +197,53 @@ def fuse(pair_agent: np.ndarray, pair_total: np.ndarray, n_agents: int, threshol
         low = np.where(has, prior + n * sorted_total[lo_pos] if pair_agent.size else prior, prior)
         high = np.where(has, prior + n * sorted_total[hi_pos] if pair_agent.size else prior, prior)
     log_odds = np.where(has, log_odds, prior)
-    t_lo = sorted_total[lo_pos][pair_agent] if pair_agent.size else pair_total
-    t_hi = sorted_total[hi_pos][pair_agent] if pair_agent.size else pair_total
-    low_event = (pair_total < t_lo) & (pa_f > 0)
-    high_event = (pair_total > t_hi) & (pa_f > 0)
-    p = np.where(pa_f > 0, pa_f / np.maximum(pa_n - pa_f, 1), 0.0)
-    return FusionResult(log_odds, low, high, n, f, low_event, high_event, p)
+    events = _far_outliers(pair_agent, pair_total, n_agents, n, start, sorted_total)
+    return FusionResult(log_odds, low, high, n, f, *events)
+
+
+def _far_outliers(pair_agent, pair_total, n_agents, n, start, sorted_total):
+    """Far-low/high outlier flags per pair and their per-agent chances ``k / n``
+    (see the module docstring); every quantity but the flags depends on the
+    agent's multiset of totals only."""
+    P = pair_agent.size
+    if P == 0:
+        z = np.zeros(0)
+        return z.astype(bool), z.astype(bool), z, z
+    has = n > 0
+    mid_lo = np.where(has, start + (n - 1) // 2, 0)
+    mid_hi = np.where(has, start + n // 2, 0)
+    with np.errstate(over="ignore", invalid="ignore"):  # infinite totals: NaN compares False
+        med = 0.5 * sorted_total[mid_lo] + 0.5 * sorted_total[mid_hi]
+        dev = pair_total - med[pair_agent]
+        absdev = np.abs(dev)
+        order = _sort_within_agents(pair_agent, absdev, n_agents)
+        sorted_dev = absdev[order]
+        mad = 0.5 * sorted_dev[mid_lo] + 0.5 * sorted_dev[mid_hi]
+        mean_dev = np.bincount(pair_agent, weights=absdev, minlength=n_agents) / np.maximum(n, 1)
+        scale = np.where(mad > 0, mad, mean_dev)
+        enough = n >= MIN_SOURCES
+        typical = scale[enough & np.isfinite(scale)]
+        if SCALE_FLOOR > 0 and typical.size:  # few sources: the MAD can dip far below the noise width
+            scale = np.maximum(scale, SCALE_FLOOR * np.median(typical))
+        counted = enough[pair_agent]
+        reach = (FAR * scale)[pair_agent]
+        low_event = counted & (dev < -reach)
+        high_event = counted & (dev > reach)
+    k_low = np.bincount(pair_agent, weights=low_event, minlength=n_agents)
+    k_high = np.bincount(pair_agent, weights=high_event, minlength=n_agents)
+    denom = np.maximum(n, 1)
+    return low_event, high_event, (k_low / denom)[pair_agent], (k_high / denom)[pair_agent]
+
+
+def far_outlier_events(pair_agent: np.ndarray, pair_source: np.ndarray, pair_total: np.ndarray,
+                       n_agents: int, n_sources: int) -> SourceEvents:
+    """:func:`source_events` of the far outliers alone, without fusing (for peeling)."""
+    pair_agent = np.asarray(pair_agent, dtype=np.int64)
+    n = np.bincount(pair_agent, minlength=n_agents).astype(np.int64)
+    start = np.concatenate([[0], np.cumsum(n)[:-1]]) if n_agents else np.zeros(0, np.int64)
+    sorted_total = pair_total[_sort_within_agents(pair_agent, pair_total, n_agents)]
+    return _events(pair_source, *_far_outliers(pair_agent, pair_total, n_agents, n, start, sorted_total),
+                   n_sources)
 
 
 def _sort_within_agents(agent: np.ndarray, total: np.ndarray, n_agents: int) -> np.ndarray:
@@ -149,16 +258,47 @@ def _sort_within_agents(agent: np.ndarray, total: np.ndarray, n_agents: int) -> 
 
 
 def source_events(pair_source: np.ndarray, fusion: FusionResult, n_sources: int) -> SourceEvents:
-    """Outlier counts of each source over the agents of one fusion."""
+    """Far-outlier counts of each source over the agents of one fusion, with the
+    Chernoff log-MGF sums that :func:`flag_sources` needs."""
+    return _events(pair_source, fusion.pair_low_event, fusion.pair_high_event, fusion.pair_low_mu,
+                   fusion.pair_high_mu, n_sources)
+
+
+def _events(pair_source, low_event, high_event, low_mu, high_mu, n_sources) -> SourceEvents:
+    pair_source = np.asarray(pair_source, dtype=np.int64)
+
     def per_source(w):
         return np.bincount(pair_source, weights=w, minlength=n_sources).astype(np.float64)
+
+    def log_mgf(mu):
+        # mu = k / n takes few distinct values: count pairs per (source, value), then
+        # one small matrix product (memory S x values, not pairs x LAMBDAS).
+        nz = mu > 0  # agents without far outliers add log(1) = 0
+        if not nz.any():
+            return np.zeros((n_sources, LAMBDAS.size))
+        values, which = np.unique(mu[nz], return_inverse=True)
+        counts = np.bincount(pair_source[nz] * values.size + which.ravel(),
+                             minlength=n_sources * values.size).reshape(n_sources, values.size)
+        return counts @ np.log1p(values[:, None] * np.expm1(LAMBDAS)[None, :])
+
     return SourceEvents(
         reports=np.bincount(pair_source, minlength=n_sources).astype(np.float64),
-        low=per_source(fusion.pair_low_event.astype(np.float64)),
-        high=per_source(fusion.pair_high_event.astype(np.float64)),
-        expected=per_source(fusion.pair_p),
-        variance=per_source(fusion.pair_p * (1.0 - fusion.pair_p)),
+        low=per_source(low_event.astype(np.float64)),
+        high=per_source(high_event.astype(np.float64)),
+        expected_low=per_source(low_mu),
+        expected_high=per_source(high_mu),
+        log_mgf_low=log_mgf(low_mu),
+        log_mgf_high=log_mgf(high_mu),
     )
+
+
+def chernoff_log_tail(observed: np.ndarray, log_mgf: np.ndarray) -> np.ndarray:
+    """Natural log of Chernoff's upper bound on ``P(O >= observed)`` for a sum of
+    independent [0, 1] variables whose log moment generating function at
+    ``LAMBDAS`` is at most ``log_mgf`` (rows: sources); 0 when nothing is gained."""
+    observed = np.asarray(observed, float)
+    exponents = log_mgf - observed[:, None] * LAMBDAS[None, :]
+    return np.minimum(exponents.min(axis=1, initial=0.0), 0.0)
 
 
 def bernstein_tail(observed: np.ndarray, expected: np.ndarray, variance: np.ndarray) -> np.ndarray:
@@ -171,7 +311,41 @@ def bernstein_tail(observed: np.ndarray, expected: np.ndarray, variance: np.ndar
 
 
 def flag_sources(events: SourceEvents, false_flag_rate: float) -> tuple[np.ndarray, np.ndarray]:
-    """(flagged, tail bound) per source row: see the module docstring."""
-    tail = np.minimum(bernstein_tail(events.low, events.expected, events.variance),
-                      bernstein_tail(events.high, events.expected, events.variance))
-    return tail <= false_flag_rate / 2.0, tail
+    """(flagged, tail bound) per source row: see the module docstring. The tail
+    bound is the smaller of the two sides' Chernoff bounds."""
+    log_tail = np.minimum(chernoff_log_tail(events.low, events.log_mgf_low),
+                          chernoff_log_tail(events.high, events.log_mgf_high))
+    return log_tail <= np.log(false_flag_rate / 2.0), np.exp(log_tail)
+
+
+def peel_sources(first: SourceEvents, shards: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, int]],
+                 n_sources: int, false_flag_rate: float, never: np.ndarray | None = None,
+                 passes: int = PEEL_PASSES) -> tuple[np.ndarray, np.ndarray]:
+    """(flagged, tail bound) per source row by peeling (see the module docstring).
+
+    ``first``: the events of every shard; ``shards``: each shard's (pair_agent,
+    pair_source, pair_total, n_agents), to recount without the flagged sources;
+    ``never``: rows never flagged (trusted). Each pass flags at the per-source rate
+    ``false_flag_rate / (passes * n_sources)``, so the chance that *any*
+    exchangeable source is ever flagged is at most ``false_flag_rate``.
+    """
+    never = np.zeros(n_sources, dtype=bool) if never is None else np.asarray(never, dtype=bool)
+    rate = false_flag_rate / (passes * max(n_sources, 1))
+    flagged, tail = flag_sources(first, rate)
+    flagged &= ~never
+    for _ in range(1, passes):
+        # Recount only if something was flagged and some other source already looks
+        # suspicious (skipping a pass never adds a flag, so the guarantee holds).
+        if not flagged.any() or not (~flagged & ~never & (tail <= PEEL_HINT)).any():
+            break
+        events = SourceEvents.zeros(n_sources)
+        for agent, source, total, n_agents in shards:
+            keep = ~flagged[source]
+            events += far_outlier_events(agent[keep], source[keep], total[keep], n_agents, n_sources)
+        new, new_tail = flag_sources(events, rate)
+        new &= ~never & ~flagged
+        tail = np.where(flagged, tail, new_tail)
+        if not new.any():
+            break
+        flagged |= new
+    return flagged, tail
