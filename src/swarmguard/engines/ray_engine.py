@@ -512,7 +512,7 @@ class RayDistributedBehavioralDetector:
         p = np.empty(n)
         decision_p = np.empty(n)
         any_warm = False
-        for (s, rows), res in zip(rows_of.items(), scored, strict=True):
+        for rows, res in zip(rows_of.values(), scored, strict=True):
             d2[rows], p[rows], decision_p[rows] = (res["mahalanobis_squared"], res["p_value"],
                                                     res["decision_p_value"])
             any_warm |= res["any_warm"]
