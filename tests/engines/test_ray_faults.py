@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -14,24 +16,47 @@ pytestmark = pytest.mark.ray
 SMALL = dict(agents=3000, rounds=6, partition_at=2, heal_at=4, seed=11)
 
 
+def kill(ray, handle) -> None:
+    """Kill an actor and wait until its restarted (empty) incarnation answers."""
+    old = ray.get(handle.actor.incarnation.remote())
+    ray.kill(handle.actor, no_restart=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if ray.get(handle.actor.incarnation.remote(), timeout=10) != old:
+                return
+        except Exception:  # noqa: BLE001 - dead or restarting
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{handle.name} did not restart")
+
+
 def test_killed_actors_recover_to_the_uninterrupted_state(ray_session):
     ray = ray_session
     from swarmguard.engines.ray_engine import RayDistributedBehavioralDetector
 
-    def kill(det, r):
-        if r == 3:      # after the checkpoint of round 2, with a round in the replay log
-            ray.kill(det.region_shards[0].actor, no_restart=False)
-            ray.kill(det.evidence_shards[1].actor, no_restart=False)
-        if r == 5:      # and the root aggregator and another region mid-run
-            ray.kill(det.root.actor, no_restart=False)
-            ray.kill(det.region_shards[2].actor, no_restart=False)
+    def between(det, r):
+        if r == 3:      # checkpoint after round index 1; round index 2 is in the replay log
+            kill(ray, det.region_shards[0])
+            kill(ray, det.evidence_shards[1])
+        if r == 5:      # inside a round: after the trees and the first CAP write, before the auto-sync
+            real_sync = det.sync
+
+            def sync_after_a_kill():
+                kill(ray, det.region_shards[1])
+                det.sync = real_sync
+                return real_sync()
+            det.sync = sync_after_a_kill
+        if r == 4:      # right after a checkpoint (empty log): the root aggregator and another region
+            kill(ray, det.root)
+            kill(ray, det.region_shards[2])
 
     a, ra, _ = drive(lambda sc, now: DistributedBehavioralDetector(**detector_kwargs(sc, now)), SMALL)
     b, rb, _ = drive(lambda sc, now: RayDistributedBehavioralDetector(**detector_kwargs(sc, now),
-                                                                      checkpoint_every=2), SMALL, between=kill)
+                                                                      checkpoint_every=2), SMALL, between=between)
     try:
         assert b.region_shards[0].recoveries >= 1 and b.evidence_shards[1].recoveries >= 1
-        assert b.region_shards[2].recoveries >= 1
+        assert b.region_shards[1].recoveries >= 1 and b.region_shards[2].recoveries >= 1
         for x, y in zip(ra, rb, strict=True):
             for key in ("isolate", "is_anomaly", "consensus_reached", "probability", "confidence"):
                 np.testing.assert_array_equal(x[key], y[key], err_msg=key)

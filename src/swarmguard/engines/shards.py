@@ -15,6 +15,7 @@ plus the calls logged since (see :mod:`swarmguard.engines.ray_engine`).
 from __future__ import annotations
 
 import resource
+import uuid
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -33,6 +34,9 @@ from ..values.version_vector import VersionVector
 
 __all__ = ["StaleShardError", "RegionShard", "RootAggregator", "EvidenceShard", "score_rows",
            "moments_from_state"]
+
+
+_PROCESS = uuid.uuid4().hex      # differs in every process: a restarted actor has a new one
 
 
 class StaleShardError(SwarmGuardError, RuntimeError):
@@ -110,6 +114,10 @@ class _Versioned:
 
     def ping(self) -> int:
         return self.seq
+
+    def incarnation(self) -> str:
+        """An id of the process this shard lives in (a restarted actor has another)."""
+        return _PROCESS
 
     def peak_memory_mb(self) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -323,6 +331,11 @@ class RootAggregator(_Versioned):
 
     def population(self) -> Moments | None:
         return None if self.last is None else self.last["population"]
+
+    def restore(self, seq: int, state: Any = None) -> int:
+        """Nothing to restore: the next merge rebuilds everything."""
+        self.seq, self.last = 0, None
+        return self.seq
 
 
 class EvidenceShard(_Versioned):
