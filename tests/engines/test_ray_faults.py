@@ -100,3 +100,36 @@ def test_dropped_links_diverge_then_converge(ray_session):
         assert det.confidence_factor("eu") == det.confidence_factor("us") == 1.0
     finally:
         det.close()
+
+
+def test_agents_that_change_region_move_between_actors(ray_session):
+    """An agent that moves to a region on another actor leaves its old actor's tree."""
+    from swarmguard.engines.ray_engine import RayDistributedBehavioralDetector
+    rng = np.random.default_rng(7)
+    n, names = 1500, ["eu", "us", "ap"]
+    now = [0.0]
+    kw = dict(regions=names, feature_dimensions=4, clock=lambda: now[0], fdr=0.05, warm_up=50)
+    a = DistributedBehavioralDetector(**kw)
+    b = RayDistributedBehavioralDetector(**kw, evidence_partitions=1)
+    try:
+        ids = np.arange(n)
+        region = np.array(names)[ids % 3]
+        for r in range(3):
+            now[0] = 2.0 * r
+            if r == 2:
+                region = region.copy()
+                region[:300] = np.array(names)[(ids[:300] + 1) % 3]     # 300 agents move
+            X = rng.normal(size=(n, 4))
+            X[ids % 97 == 0] += 6.0
+            x = a.process_round(ids, X, region, timestamp=now[0])
+            y = b.process_round(ids, X, region, timestamp=now[0])
+            for key in ("isolate", "is_anomaly", "probability", "confidence"):
+                np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+            np.testing.assert_allclose(y["mahalanobis_squared"], x["mahalanobis_squared"], rtol=1e-12)
+        g1, g2 = a.tree.get_global_statistics(), b.get_global_statistics()
+        assert g2["count"] == n
+        np.testing.assert_allclose(g2["covariance"], g1["covariance"], rtol=1e-12)
+        for name in names:
+            assert_same_replica(a.cap_resolver.replica(name), b.replica(name))
+    finally:
+        b.close()
