@@ -379,6 +379,7 @@ class RayDistributedBehavioralDetector:
         self._trusted = {node_id}
         self._last_merge: dict[str, Any] | None = None
         self._last_consensus: dict[str, Any] | None = None
+        self.last_round_seconds: dict[str, float] = {}   # wall time of each phase of the last round
         self.cap_resolver = _CapFacade(self)
         self.consensus = _ConsensusFacade(self)
         self.protocol = _ProtocolFacade(self)
@@ -485,6 +486,14 @@ class RayDistributedBehavioralDetector:
         shard = region_shard[inverse.ravel()]
         moved = self._route(ids, shard)
         ray = self.ray
+        clock = [time.perf_counter()]
+        phases: dict[str, float] = {}
+
+        def lap(name: str) -> None:
+            t = time.perf_counter()
+            phases[name] = t - clock[0]
+            clock[0] = t
+        lap("validate")
         for s, gone in moved.items():
             self.sys.call(self.region_shards[s], "remove", gone, mutating=True)
         # ---- 1. each shard updates its tree (arrays through the object store)
@@ -496,6 +505,7 @@ class RayDistributedBehavioralDetector:
                           (ray.put(ids[rows]), ray.put(np.ascontiguousarray(X[rows])), part_c,
                            regions[rows]), True))
         summaries = dict(zip(rows_of, self._gather(calls), strict=True))
+        lap("update")
         # ---- 2. the root merges every shard's moments (untouched shards report theirs too)
         rest = [s for s in range(len(self.region_shards)) if s not in summaries]
         for s, value in zip(rest, self._gather([(self.region_shards[s], "summary", (), False) for s in rest]),
@@ -504,6 +514,7 @@ class RayDistributedBehavioralDetector:
         merged = self.sys.call(self.root, "merge", *[summaries[s] for s in range(len(self.region_shards))])
         self._last_merge = merged
         merged_ref = ray.put(merged)
+        lap("merge")
         # ---- 3. shards score their rows against the population and their cohorts
         scored = self._gather([
             (self.region_shards[s], "score", (merged_ref, self.shrinkage, self.warm_up, self.score_levels), False)
@@ -516,6 +527,7 @@ class RayDistributedBehavioralDetector:
             d2[rows], p[rows], decision_p[rows] = (res["mahalanobis_squared"], res["p_value"],
                                                     res["decision_p_value"])
             any_warm |= res["any_warm"]
+        lap("score")
         if q is not None:
             flagged_mask, cut = benjamini_hochberg(decision_p, q)
         else:
@@ -532,17 +544,34 @@ class RayDistributedBehavioralDetector:
         # ---- 4. CAP: each region's writes, anti-entropy in the in-process resolver's order
         region_cf = np.ones(names.size)
         accepted = 0
-        for k, name in enumerate(names.tolist()):
+        order = names.tolist()
+        synced = self.auto_sync_seconds is None
+        k = 0
+        while k < len(order) and not synced:
+            # Serial until this round's automatic sync has run (it ships what was written before it).
+            name = order[k]
             h = self.region_shards[self._shard_of_region[name]]
-            rows = np.flatnonzero(inverse == k)
             now = self._now()
-            accepted += self.sys.call(h, "cap_write", name, d2[rows], ts, now, mutating=True)
-            if self.auto_sync_seconds is not None and now - self._last_sync >= self.auto_sync_seconds:
+            accepted += self.sys.call(h, "cap_write", name, d2[inverse == k], ts, now, mutating=True)
+            if now - self._last_sync >= self.auto_sync_seconds:
                 self.sync()
-            view = self.sys.call(h, "cap_view", name, self._now())
-            cf = view["confidence_factor"]
+                synced = True
+            cf = self.sys.call(h, "cap_view", name, self._now())["confidence_factor"]
             region_cf[k] = 1.0 if cf is None else cf
+            k += 1
+        # The rest only touch their own replicas: every actor writes its regions at once.
+        rest = list(range(k, len(order)))
+        now = self._now()
+        writes = self._gather([(self.region_shards[self._shard_of_region[order[j]]], "cap_write",
+                                (order[j], d2[inverse == j], ts, now), True) for j in rest])
+        views = self._gather([(self.region_shards[self._shard_of_region[order[j]]], "cap_view",
+                               (order[j], now), False) for j in rest])
+        accepted += int(sum(writes))
+        for j, view in zip(rest, views, strict=True):
+            cf = view["confidence_factor"]
+            region_cf[j] = 1.0 if cf is None else cf
         confidence = region_cf[inverse]
+        lap("cap")
         # ---- 5. the detector's own evidence for the flagged agents
         flagged = np.flatnonzero(flagged_mask)
         if flagged.size:
@@ -566,9 +595,12 @@ class RayDistributedBehavioralDetector:
         consensus = reached & (np.nan_to_num(probability, nan=0.0) >= self.isolate_probability)
         isolate = {"both": anomaly & consensus, "either": anomaly | consensus,
                    "anomaly": anomaly, "consensus": consensus}[self.require]
+        lap("evidence+consensus")
         self._rounds += 1
         if self._rounds % self.checkpoint_every == 0:
             self.checkpoint()
+            lap("checkpoint")
+        self.last_round_seconds = phases
         return {
             "agent_ids": ids,
             "action": np.where(isolate, "isolate", "monitor"),
