@@ -75,6 +75,7 @@ def main() -> None:
         return dict(feature_dimensions=config.features, fdr=0.01, score_levels="all", clock=lambda: now[0],
                     regions=sc.regions.tolist(), prior_probability=0.01)
 
+    load0 = tuple(round(x, 2) for x in os.getloadavg())
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"Ray {ray.__version__}")
     print(f"job: {config.agents:,} agents x {config.rounds} rounds, {config.features} features, "
@@ -104,6 +105,8 @@ def main() -> None:
                for r in results.values())
     print(f"same isolated agents every round on every engine: {same}")
     print(f"driver peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
+    print(f"load average at start / end (1, 5, 15 min): {load0} / {tuple(round(x, 2) for x in os.getloadavg())}"
+          " (above the CPU count: other processes shared the machine; compare ratios, not absolutes)")
     for name, r in results.items():
         if r["memory"]:
             print(f"{name}: actor peak RSS (MB) " + ", ".join(f"{k} {v:,.0f}" for k, v in r["memory"].items()))
