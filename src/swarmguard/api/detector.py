@@ -186,7 +186,9 @@ class DistributedBehavioralDetector:
         if p_cut <= 0:
             return np.asarray(is_anomaly, dtype=bool)
         widened = chi2.isf(p_cut, d) / (cf * cf)
-        return np.logical_and(is_anomaly, np.asarray(decision_p) <= chi2.sf(widened, d))
+        # cf = 1: the cut itself (sf(isf(cut)) rounds, and would drop the BH boundary agent by chance)
+        cut = np.where(cf >= 1.0, p_cut, chi2.sf(widened, d))
+        return np.logical_and(is_anomaly, np.asarray(decision_p) <= cut)
 
     def should_trigger_response(self, anomaly_info: dict[str, Any], cap_result: dict[str, Any],
                                 consensus_result: dict[str, Any] | None = None) -> bool:

@@ -1,0 +1,441 @@
+"""The state each Ray actor holds: plain classes, importable and testable without Ray.
+
+A *shard* is a unit of state that an engine may place on a worker: a set of
+regions (their agents' part of the tree and their CAP replicas), the root
+aggregator, or an evidence partition. Shards never hold one object per agent:
+batches arrive as NumPy arrays.
+
+Every call carries ``expect``: how many state-changing calls the caller
+believes the shard has applied. A shard that does not match (typically a
+restarted actor, which re-ran its constructor and so lost its state) raises
+:class:`StaleShardError`, and the driver restores it from its last checkpoint
+plus the calls logged since (see :mod:`swarmguard.engines.ray_engine`).
+"""
+
+from __future__ import annotations
+
+import resource
+import uuid
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..api.cap import compute_confidence_factor
+from ..api.consensus import StableBayesianConsensus
+from ..api.tree import HierarchicalStatisticalTree
+from ..errors import SwarmGuardError
+from ..structures.chi2 import chi2_sf
+from ..structures.replica import RegionReplica
+from ..structures.robust_fusion import SourceEvents, fuse, source_events
+from ..structures.scoring import LeaveOneOutScorer
+from ..values.moments import Moments
+from ..values.version_vector import VersionVector
+
+__all__ = ["StaleShardError", "RegionShard", "RootAggregator", "EvidenceShard", "score_rows",
+           "moments_from_state"]
+
+
+_PROCESS = uuid.uuid4().hex      # differs in every process: a restarted actor has a new one
+
+
+class StaleShardError(SwarmGuardError, RuntimeError):
+    """A shard's state is not the one the caller expects (it restarted): restore it."""
+
+
+def moments_from_state(n: float, shift: np.ndarray, off: np.ndarray, m2: np.ndarray) -> Moments:
+    """A :class:`Moments` value from a tree node's (count, offset from ``shift``, M2)."""
+    m = Moments(shift.shape[0])
+    m.count = int(round(float(n)))
+    if m.count:
+        m.shift, m.offset, m.m2 = shift.copy(), np.array(off, dtype=np.float64), np.array(m2, dtype=np.float64)
+    return m
+
+
+def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_index: np.ndarray,
+               population: Moments, cohorts: dict[tuple[str, ...], Moments], shrinkage: Any,
+               warm_up: int, score_levels: str) -> dict[str, Any]:
+    """Leave-one-out scores of rows ``X`` against moments that were merged elsewhere.
+
+    The same arithmetic as ``BehavioralDistributedProtocol._score_slots`` and
+    ``_cohort_levels``: deviations ``(x - shift) - offset`` against the
+    population, then (``score_levels="all"``) against every cohort on the
+    row's path, Bonferroni-combined. ``row_paths[row_path_index[i]]`` is row
+    i's cohort path. Returns ``mahalanobis_squared``, ``p_value``,
+    ``decision_p_value`` and ``any_warm`` (some level was out of warm-up).
+    """
+    d = X.shape[1]
+    scorer = LeaveOneOutScorer(float(population.count), population.offset, population.m2, shrinkage)
+    E = np.subtract(X, population.shift)
+    E -= population.offset
+    d2 = scorer.score_many(E)
+    p = chi2_sf(d2, d)
+    warm = population.count >= warm_up and scorer.ok
+    any_warm = bool(warm)
+    if score_levels != "all":
+        return {"mahalanobis_squared": d2, "p_value": p, "decision_p_value": p, "any_warm": any_warm}
+    p_min = (p if warm else np.ones_like(p)).copy()
+    n_levels = np.ones(X.shape[0])
+    max_depth = max((len(pt) for pt in row_paths), default=0)
+    for k in range(1, max_depth + 1):
+        prefix_of: dict[tuple[str, ...], list[int]] = {}
+        for i, pt in enumerate(row_paths):
+            if len(pt) >= k:
+                prefix_of.setdefault(pt[:k], []).append(i)
+        for prefix, path_ids in prefix_of.items():
+            rows = np.flatnonzero(np.isin(row_path_index, path_ids))
+            if rows.size == 0:
+                continue
+            c = cohorts[prefix]
+            sc = LeaveOneOutScorer(float(c.count), c.offset, c.m2, shrinkage)
+            D = np.subtract(X[rows], c.shift)
+            D -= c.offset
+            cp = chi2_sf(sc.score_many(D), d)
+            n_levels[rows] += 1
+            if c.count >= warm_up and sc.ok:
+                any_warm = True
+                p_min[rows] = np.minimum(p_min[rows], cp)
+    return {"mahalanobis_squared": d2, "p_value": p, "decision_p_value": np.minimum(1.0, p_min * n_levels),
+            "any_warm": any_warm}
+
+
+class _Versioned:
+    """The ``expect`` bookkeeping shared by every shard."""
+
+    seq: int
+
+    def _check(self, expect: int) -> None:
+        if expect != self.seq:
+            raise StaleShardError(f"{type(self).__name__} holds state {self.seq}, caller expects {expect}")
+
+    def _step(self, expect: int) -> None:
+        self._check(expect)
+        self.seq += 1
+
+    def ping(self) -> int:
+        return self.seq
+
+    def incarnation(self) -> str:
+        """An id of the process this shard lives in (a restarted actor has another)."""
+        return _PROCESS
+
+    def peak_memory_mb(self) -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class RegionShard(_Versioned):
+    """One or more regions: their agents' part of the tree and their CAP replicas.
+
+    The tree is a :class:`HierarchicalStatisticalTree` of this shard's agents
+    (with their cohorts); the replicas are :class:`RegionReplica` objects, one
+    per hosted region, that see every region of the swarm (``all_regions``).
+    """
+
+    def __init__(self, regions: Sequence[str], all_regions: Sequence[str], start: float, *,
+                 branching_factor: int = 10, feature_dimensions: int | None = None,
+                 max_staleness_seconds: float = 5.0, confidence_decay_rate: float = 0.1,
+                 statistical: bool = True):
+        self.regions = list(regions)
+        self.all_regions = list(all_regions)
+        self.start = float(start)
+        self.branching_factor = branching_factor
+        self.feature_dimensions = feature_dimensions
+        self.max_staleness_seconds = max_staleness_seconds
+        self.confidence_decay_rate = confidence_decay_rate
+        self.statistical = statistical
+        self._fresh()
+
+    def _fresh(self) -> None:
+        self.seq = 0
+        self.tree = HierarchicalStatisticalTree(self.branching_factor, self.feature_dimensions)
+        self.replicas: dict[str, RegionReplica] = {}
+        self._batch: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ tree
+    def _summary(self) -> dict[str, Any]:
+        tree = self.tree
+        if tree._tree is None or len(tree) == 0:
+            return {"population": None, "cohorts": {}}
+        tree._tree.flush()
+        shift = tree._tree.shift
+        n, off, m2 = tree._tree.root_state()
+        cohorts = {}
+        for cid, path in enumerate(tree._cohorts.paths):
+            if cid == 0:
+                continue
+            cn, coff, cm2 = tree._cohort_state(cid)
+            if cn > 0:
+                cohorts[path] = moments_from_state(cn, shift, coff, cm2)
+        return {"population": moments_from_state(n, shift, off, m2), "cohorts": cohorts}
+
+    def update(self, expect: int, agent_ids: np.ndarray, X: np.ndarray, cohorts: Any,
+               regions: np.ndarray) -> dict[str, Any]:
+        """Write a batch into this shard's tree; return its population and cohort moments."""
+        self._check(expect)
+        slots, ids, rows = self.tree._update_many(agent_ids, X, cohorts)
+        self.seq += 1
+        cd = self.tree._cohorts
+        row_cid = cd.cohort_of_slots(slots)
+        uniq, inverse = np.unique(row_cid, return_inverse=True)
+        self._batch = {"ids": ids, "X": rows, "regions": np.asarray(regions),
+                       "paths": [cd.paths[int(c)] for c in uniq], "path_index": inverse.ravel()}
+        return self._summary()
+
+    def remove(self, expect: int, agent_ids: np.ndarray) -> None:
+        """Remove agents that moved to another shard."""
+        self._check(expect)
+        for a in np.asarray(agent_ids).tolist():
+            self.tree.remove_agent(a)
+        self.seq += 1
+
+    def summary(self, expect: int) -> dict[str, Any]:
+        self._check(expect)
+        return self._summary()
+
+    def score(self, expect: int, merged: dict[str, Any], shrinkage: Any, warm_up: int,
+              score_levels: str) -> dict[str, Any]:
+        """Score the last batch against the merged moments the root aggregator sent."""
+        self._check(expect)
+        population, cohorts = merged["population"], merged["cohorts"]
+        b = self._batch
+        need = {p[:k] for p in b["paths"] for k in range(1, len(p) + 1)}
+        return score_rows(b["X"], b["paths"], b["path_index"], population,
+                          {p: cohorts[p] for p in need}, shrinkage, warm_up, score_levels)
+
+    def score_all(self, expect: int, merged: dict[str, Any], shrinkage: Any, warm_up: int,
+                  score_levels: str) -> dict[str, Any]:
+        """Score every agent of the shard (in slot order); ``agent_ids`` says who."""
+        self._check(expect)
+        population, cohorts = merged["population"], merged["cohorts"]
+        tree = self.tree
+        tree._tree.flush()
+        slots = np.flatnonzero(tree._tree.occupied)
+        ids = tree._ids_at_slot[slots]
+        cd = tree._cohorts
+        uniq, inverse = np.unique(cd.cohort_of_slots(slots), return_inverse=True)
+        paths = [cd.paths[int(c)] for c in uniq]
+        need = {p[:k] for p in paths for k in range(1, len(p) + 1)}
+        out = score_rows(tree._tree.X[slots], paths, inverse.ravel(), population,
+                         {p: cohorts[p] for p in need}, shrinkage, warm_up, score_levels)
+        out["agent_ids"] = np.array(ids.tolist())
+        return out
+
+    # ------------------------------------------------------------------ CAP replicas
+    def _replica(self, region: str) -> RegionReplica:
+        if region not in self.replicas:
+            dim = self.tree.feature_dimensions
+            r = RegionReplica(region, dim, start_time=self.start)
+            for other in self.all_regions:
+                if other != region:
+                    r.know_region(other, self.start)
+            self.replicas[region] = r
+        return self.replicas[region]
+
+    def cap_write(self, expect: int, region: str, scores: np.ndarray, timestamp: float, now: float) -> int:
+        """The last batch's rows of ``region`` as that region's writes; returns how many."""
+        self._check(expect)
+        b = self._batch
+        rows = np.flatnonzero(b["regions"] == region)
+        replica = self._replica(region)
+        replica.update_many(b["ids"][rows], np.full(rows.size, timestamp), b["X"][rows], scores, None, now=now)
+        self.seq += 1
+        return int(rows.size)
+
+    def cap_view(self, expect: int, region: str, now: float) -> dict[str, Any]:
+        """Confidence factor and counts of ``region``'s view at ``now``."""
+        self._check(expect)
+        replica = self.replicas.get(region)
+        counts = replica.region_counts() if replica else {}
+        ages = replica.ages(now) if replica else {}
+        cf = compute_confidence_factor(counts, ages, region, self.max_staleness_seconds,
+                                       self.confidence_decay_rate) if self.statistical else None
+        return {"confidence_factor": cf, "region_counts": counts, "ages": ages}
+
+    def version_of(self, expect: int, region: str) -> dict[str, np.ndarray] | None:
+        self._check(expect)
+        r = self.replicas.get(region)
+        return None if r is None else r.version.to_dict()
+
+    def prepare_delta(self, expect: int, src: str, dst: str, dst_version: Any, now: float):
+        """Sender side of one anti-entropy message: (rows, delta) for ``dst``."""
+        self._check(expect)
+        r = self.replicas.get(src)
+        self.seq += 1
+        if r is None:
+            return 0, None
+        if dst_version is not None:
+            r.acknowledge(dst, VersionVector.from_dict(dst_version))
+        delta = r.delta_for(dst, now)
+        return int(delta["registers.seq"].shape[0]), delta
+
+    def merge_delta(self, expect: int, dst: str, delta: Any) -> dict[str, np.ndarray] | None:
+        """Receiver side: join the delta; return the acknowledgement (our version)."""
+        self._check(expect)
+        self.seq += 1
+        if delta is None or dst not in self.replicas:
+            return None
+        return self.replicas[dst].merge_delta(delta).to_dict()
+
+    def acknowledge(self, expect: int, src: str, dst: str, ack: Any) -> None:
+        self._check(expect)
+        self.seq += 1
+        if ack is not None and src in self.replicas:
+            self.replicas[src].acknowledge(dst, VersionVector.from_dict(ack))
+
+    def replica(self, region: str) -> RegionReplica:
+        """The live replica (a copy, for tests and inspection)."""
+        return self.replicas[region]
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, expect: int) -> tuple[int, dict[str, Any]]:
+        """(seq, state): the tree's and the replicas' values (``to_dict``), not their objects."""
+        self._check(expect)
+        state = {"tree": self.tree.to_dict() if len(self.tree) else None,
+                 "replicas": {name: r.to_dict() for name, r in self.replicas.items()}}
+        return self.seq, state
+
+    def restore(self, seq: int, state: dict[str, Any] | None) -> int:
+        self._fresh()
+        if state is not None:
+            if state["tree"] is not None:
+                self.tree = HierarchicalStatisticalTree.from_dict(dict(state["tree"]))
+            self.replicas = {name: RegionReplica.from_dict(r) for name, r in state["replicas"].items()}
+        self.seq = seq
+        return self.seq
+
+
+class RootAggregator(_Versioned):
+    """The root of the tree across machines: merges the shards' moments.
+
+    Stateless between rounds but for the last merge (kept for
+    :meth:`population`): a restart loses nothing that the next merge does not
+    rebuild, so it needs no checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.last: dict[str, Any] | None = None
+
+    def merge(self, expect: int, *summaries: dict[str, Any]) -> dict[str, Any]:
+        """Population and cohort moments of the union of the shards' summaries."""
+        self._check(expect)
+        pops = [s["population"] for s in summaries if s["population"] is not None]
+        population = Moments.merge_all(pops)
+        by_path: dict[tuple[str, ...], list[Moments]] = {}
+        for s in summaries:
+            for path, m in s["cohorts"].items():
+                by_path.setdefault(path, []).append(m)
+        cohorts = {p: (ms[0] if len(ms) == 1 else Moments.merge_all(ms)) for p, ms in by_path.items()}
+        self.last = {"population": population, "cohorts": cohorts}
+        return self.last
+
+    def population(self) -> Moments | None:
+        return None if self.last is None else self.last["population"]
+
+    def restore(self, seq: int, state: Any = None) -> int:
+        """Nothing to restore: the next merge rebuilds everything."""
+        self.seq, self.last = 0, None
+        return self.seq
+
+
+class EvidenceShard(_Versioned):
+    """One evidence partition: the exact evidence of the agents hashed to it.
+
+    Holds a :class:`StableBayesianConsensus` of its agents' evidence; the
+    per-agent fusion is local and exact; source reputation needs every
+    partition's outlier counts, so consensus is two calls: :meth:`fuse`
+    (outlier counts per source) and :meth:`finish` (given the globally flagged
+    sources).
+    """
+
+    def __init__(self, **consensus_kwargs: Any):
+        self.kwargs = consensus_kwargs
+        self._fresh()
+
+    def _fresh(self) -> None:
+        self.seq = 0
+        self.consensus = StableBayesianConsensus(**self.kwargs)
+        self._fused: dict[str, Any] | None = None
+
+    def add(self, expect: int, batch: dict[str, Any]) -> int:
+        self._check(expect)
+        n = self.consensus.add_evidence_batch(**batch)
+        self.seq += 1
+        return n
+
+    def _fuse(self) -> dict[str, Any]:
+        c = self.consensus
+        ledger = c._ledger
+        if self._fused is not None and self._fused["version"] == ledger.version:
+            return self._fused
+        n_agents, n_sources = len(ledger.agents), len(ledger.sources)
+        out = {name: np.zeros(n_agents, dtype=dt) for name, dt in
+               (("robust", float), ("n", np.int64), ("f", np.int64), ("count", np.int64))}
+        events = SourceEvents.zeros(n_sources)
+        pa, ps = [], []
+        for s in range(len(ledger.shards)):
+            t = ledger.shard_totals(s, c.prior_log_odds, agent_sums=False)
+            k = t.agent_count.size
+            fu = fuse(t.pair_agent, t.pair_total, k, c.byzantine_threshold, c.prior_log_odds)
+            sl = slice(t.agent_lo, t.agent_lo + k)
+            out["robust"][sl], out["n"][sl], out["f"][sl], out["count"][sl] = (
+                fu.log_odds, fu.n_sources, fu.trimmed, t.agent_count)
+            events += source_events(t.pair_source, fu, n_sources)
+            pa.append(t.pair_agent + t.agent_lo)
+            ps.append(t.pair_source)
+        out["pair_agent"] = np.concatenate(pa) if pa else np.zeros(0, np.int64)
+        out["pair_source"] = np.concatenate(ps) if ps else np.zeros(0, np.int64)
+        out["events"] = events
+        out["version"] = ledger.version
+        self._fused = out
+        return out
+
+    def fuse(self, expect: int) -> dict[str, Any]:
+        """Outlier counts per source (keyed by source id) over this partition's agents."""
+        self._check(expect)
+        ev = self._fuse()["events"]
+        return {"sources": self.consensus._ledger.sources.keys(), "reports": ev.reports, "low": ev.low,
+                "high": ev.high, "expected": ev.expected, "variance": ev.variance}
+
+    def finish(self, expect: int, flagged: Sequence[Hashable]) -> dict[str, Any]:
+        """Per-agent consensus given the sources flagged over all partitions."""
+        self._check(expect)
+        g = self._fuse()
+        ledger = self.consensus._ledger
+        bad = set(flagged)
+        flag = np.array([k in bad for k in ledger.sources.keys()], dtype=bool)
+        n_agents = len(ledger.agents)
+        if g["pair_agent"].size:
+            n_flagged = np.bincount(g["pair_agent"], weights=flag[g["pair_source"]],
+                                    minlength=n_agents).astype(np.int64)
+        else:
+            n_flagged = np.zeros(n_agents, np.int64)
+        log_odds = g["robust"]
+        reached = self.consensus._reached(g["n"], g["f"], n_flagged)
+        return {"agent_ids": ledger.agents.keys_of(np.arange(n_agents, dtype=np.int64)),
+                "log_odds": log_odds, "consensus_reached": reached, "evidence_count": g["count"],
+                "source_count": g["n"]}
+
+    @property
+    def evidence_count(self) -> int:
+        return self.consensus.evidence_count
+
+    def count(self, expect: int) -> int:
+        self._check(expect)
+        return self.consensus.evidence_count
+
+    def fingerprint(self, expect: int) -> dict[str, Any]:
+        """The stored evidence as columns (for tests: exact comparison)."""
+        self._check(expect)
+        return self.consensus.export_evidence()
+
+    def checkpoint(self, expect: int) -> tuple[int, dict[str, Any]]:
+        self._check(expect)
+        return self.seq, self.consensus.export_evidence()
+
+    def restore(self, seq: int, state: dict[str, Any] | None) -> int:
+        self._fresh()
+        if state is not None and len(state["log_odds"]):
+            self.consensus.add_evidence_batch(**state)
+        self.seq = seq
+        return self.seq
