@@ -97,3 +97,11 @@ def test_scenario_ground_truth_is_what_it_says():
     bad = sc.is_compromised_by(9)
     alerts_on_bad = np.isin(ev["agent_ids"], np.flatnonzero(bad)).sum()
     assert alerts_on_bad > 2 * bad.sum()      # compromised agents draw ~3 alerts per round
+
+
+def test_plot_arrays_are_aligned_with_the_ground_truth():
+    report = run_simulation(small(agents=5000, rounds=8, partition_at=2, heal_at=4, seed=2), latency_sample=0)
+    arrays = report["_arrays"]
+    truth = arrays["truth"]
+    # compromised agents, whatever their cluster, have far smaller decision p-values than honest ones
+    assert np.median(arrays["decision_p"][truth]) < 1e-6 < np.median(arrays["decision_p"][~truth])

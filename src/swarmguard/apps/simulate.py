@@ -118,7 +118,7 @@ def _run(c: ScenarioConfig, sc: Scenario, det: Any, now: list[float], progress: 
     byz_truth = set(sc.observer_ids[sc.byzantine].tolist())
     found = flagged_sources & byz_truth
     reputation = det.consensus.source_reputation()
-    final = det.protocol.score_many(fdr=None)
+    final = det.protocol.score_many(sc.agent_ids, fdr=None)   # in agent order, like `truth`
     report: dict[str, Any] = {
         "config": c.as_dict(),
         "detection": {
