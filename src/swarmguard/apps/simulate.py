@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..api.detector import DistributedBehavioralDetector
+from ..api.detector import DistributedBehavioralDetector, _positions
 from ..api.protocol import BehavioralData
 from ..engines import make_detector
 from .report_html import render_report, svg_bars, svg_histogram, svg_lines, write_report
@@ -118,7 +118,11 @@ def _run(c: ScenarioConfig, sc: Scenario, det: Any, now: list[float], progress: 
     byz_truth = set(sc.observer_ids[sc.byzantine].tolist())
     found = flagged_sources & byz_truth
     reputation = det.consensus.source_reputation()
-    final = det.protocol.score_many(sc.agent_ids, fdr=None)   # in agent order, like `truth`
+    final = det.protocol.score_many(fdr=None)
+    # in agent order, like `truth` (the in-process engine answers in slot order)
+    order = _positions(np.asarray(final["agent_ids"]), sc.agent_ids)
+    final = {k: (v[order] if isinstance(v, np.ndarray) and v.shape[:1] == order.shape else v)
+             for k, v in final.items()}
     report: dict[str, Any] = {
         "config": c.as_dict(),
         "detection": {

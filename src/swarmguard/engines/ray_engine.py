@@ -67,7 +67,7 @@ from ..errors import (
     SwarmGuardError,
 )
 from ..structures.fdr import benjamini_hochberg
-from ..structures.robust_fusion import SourceEvents, flag_sources
+from ..structures.robust_fusion import PEEL_HINT, PEEL_PASSES, SourceEvents, flag_sources
 from ..validation import as_feature_matrix, check_finite_float, check_fraction
 from .shards import EvidenceShard, RegionShard, RootAggregator, StaleShardError
 
@@ -664,18 +664,38 @@ class RayDistributedBehavioralDetector:
         for ev in parts:
             for k in ev["sources"]:
                 index.setdefault(k, len(index))
-        events = SourceEvents.zeros(len(index))
-        for ev in parts:
-            rows = np.array([index[k] for k in ev["sources"]], dtype=np.int64)
-            local = SourceEvents.zeros(len(index))
-            for name in ("reports", "low", "high", "expected", "variance"):
-                getattr(local, name)[rows] = ev[name]
-            events += local
-        flagged, tail = flag_sources(events, self._false_flag_rate)
         keys = list(index)
-        for i, k in enumerate(keys):
-            if k in self._trusted:
-                flagged[i] = False
+        n_sources = len(index)
+
+        def merged(replies: list[dict[str, Any]]) -> SourceEvents:
+            """The partitions' events summed per source (sources matched by id)."""
+            events = SourceEvents.zeros(n_sources)
+            for ev in replies:
+                rows = np.array([index[k] for k in ev["sources"]], dtype=np.int64)
+                local = SourceEvents.zeros(n_sources)
+                for name in SourceEvents._FIELDS:
+                    getattr(local, name)[rows] = ev[name]
+                events += local
+            return events
+
+        # The same peeling as StableBayesianConsensus._global_pass (robust_fusion.peel_sources),
+        # with each recount done by the partitions that hold the pairs.
+        events = merged(parts)
+        never = np.array([k in self._trusted for k in keys], dtype=bool)
+        rate = self._false_flag_rate / (PEEL_PASSES * max(n_sources, 1))
+        flagged, tail = flag_sources(events, rate)
+        flagged &= ~never
+        for _ in range(1, PEEL_PASSES):
+            if not flagged.any() or not (~flagged & ~never & (tail <= PEEL_HINT)).any():
+                break
+            bad_now = [k for k, f in zip(keys, flagged.tolist(), strict=True) if f]
+            again = merged(self._gather([(h, "recount", (bad_now,), False) for h in self.evidence_shards]))
+            new, new_tail = flag_sources(again, rate)
+            new &= ~never & ~flagged
+            tail = np.where(flagged, tail, new_tail)
+            if not new.any():
+                break
+            flagged |= new
         bad = [k for k, f in zip(keys, flagged.tolist(), strict=True) if f]
         done = self._gather([(h, "finish", (bad,), False) for h in self.evidence_shards])
         from scipy.special import expit
@@ -839,7 +859,8 @@ class _ConsensusFacade:
         c = self._det._consensus()
         ev: SourceEvents = c["_events"]
         return {k: {"reports": int(ev.reports[i]), "low_outliers": int(ev.low[i]),
-                    "high_outliers": int(ev.high[i]), "expected_outliers_per_side": float(ev.expected[i]),
+                    "high_outliers": int(ev.high[i]), "expected_low_outliers": float(ev.expected_low[i]),
+                    "expected_high_outliers": float(ev.expected_high[i]),
                     "tail_bound": float(c["_tail"][i]), "flagged": bool(c["_flagged"][i])}
                 for i, k in enumerate(c["_sources"])}
 

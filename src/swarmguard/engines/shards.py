@@ -27,7 +27,7 @@ from ..api.tree import HierarchicalStatisticalTree
 from ..errors import SwarmGuardError
 from ..structures.chi2 import chi2_sf
 from ..structures.replica import RegionReplica
-from ..structures.robust_fusion import SourceEvents, fuse, source_events
+from ..structures.robust_fusion import SourceEvents, far_outlier_events, fuse, source_events
 from ..structures.scoring import LeaveOneOutScorer
 from ..values.moments import Moments
 from ..values.version_vector import VersionVector
@@ -372,7 +372,7 @@ class EvidenceShard(_Versioned):
         out = {name: np.zeros(n_agents, dtype=dt) for name, dt in
                (("robust", float), ("n", np.int64), ("f", np.int64), ("count", np.int64))}
         events = SourceEvents.zeros(n_sources)
-        pa, ps = [], []
+        pa, ps, shard_pairs = [], [], []
         for s in range(len(ledger.shards)):
             t = ledger.shard_totals(s, c.prior_log_odds, agent_sums=False)
             k = t.agent_count.size
@@ -383,6 +383,8 @@ class EvidenceShard(_Versioned):
             events += source_events(t.pair_source, fu, n_sources)
             pa.append(t.pair_agent + t.agent_lo)
             ps.append(t.pair_source)
+            shard_pairs.append((t.pair_agent, t.pair_source, t.pair_total, k))
+        out["shard_pairs"] = shard_pairs
         out["pair_agent"] = np.concatenate(pa) if pa else np.zeros(0, np.int64)
         out["pair_source"] = np.concatenate(ps) if ps else np.zeros(0, np.int64)
         out["events"] = events
@@ -391,11 +393,24 @@ class EvidenceShard(_Versioned):
         return out
 
     def fuse(self, expect: int) -> dict[str, Any]:
-        """Outlier counts per source (keyed by source id) over this partition's agents."""
+        """Far-outlier events per source (keyed by source id) over this partition's agents."""
         self._check(expect)
         ev = self._fuse()["events"]
-        return {"sources": self.consensus._ledger.sources.keys(), "reports": ev.reports, "low": ev.low,
-                "high": ev.high, "expected": ev.expected, "variance": ev.variance}
+        return {"sources": self.consensus._ledger.sources.keys(),
+                **{name: getattr(ev, name) for name in SourceEvents._FIELDS}}
+
+    def recount(self, expect: int, flagged: Sequence[Hashable]) -> dict[str, Any]:
+        """The events again without the flagged sources (one peeling pass, this partition's part)."""
+        self._check(expect)
+        ledger = self.consensus._ledger
+        n_sources = len(ledger.sources)
+        bad = set(flagged)
+        flag = np.array([k in bad for k in ledger.sources.keys()], dtype=bool)
+        events = SourceEvents.zeros(n_sources)
+        for agent, source, total, n_agents in self._fuse()["shard_pairs"]:
+            keep = ~flag[source]
+            events += far_outlier_events(agent[keep], source[keep], total[keep], n_agents, n_sources)
+        return {"sources": ledger.sources.keys(), **{name: getattr(events, name) for name in SourceEvents._FIELDS}}
 
     def finish(self, expect: int, flagged: Sequence[Hashable]) -> dict[str, Any]:
         """Per-agent consensus given the sources flagged over all partitions."""
