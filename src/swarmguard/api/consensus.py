@@ -566,15 +566,20 @@ def _plan_rows(index: KeyIndex, keys) -> tuple[np.ndarray, Any]:
     if isinstance(keys, np.ndarray):
         lo, hi = int(wanted.min()), int(wanted.max())
         if hi - lo <= 4 * wanted.size + 1024:
-            # Presence table: sorted distinct ids and their ranks without a sort.
-            offset = wanted - lo
-            present = np.zeros(hi - lo + 1, dtype=bool)
+            # Presence table: sorted distinct ids and their ranks without a sort. Ids
+            # that are small non-negative ints index the table as they are (no offset pass).
+            base = 0 if 0 <= lo and hi <= 4 * wanted.size + 1024 else lo
+            offset = wanted if base == 0 else wanted - base
+            present = np.zeros(hi - base + 1, dtype=bool)
             present[offset] = True
-            rank = np.cumsum(present, dtype=np.int64) + (start - 1)
+            narrow = start + hi - base + 1 < (1 << 31)
+            rank = np.cumsum(present, dtype=np.int32 if narrow else np.int64)
+            rank += start - 1
+            new = np.flatnonzero(present) + base
             if isinstance(missing, slice):
-                return rank[offset], np.flatnonzero(present) + lo
+                return rank[offset], new
             rows[missing] = rank[offset]
-            return rows, np.flatnonzero(present) + lo
+            return rows, new
         new, inverse = np.unique(wanted, return_inverse=True)
         if isinstance(missing, slice):
             return start + inverse.ravel(), new
@@ -621,6 +626,8 @@ def _add_keys(index: KeyIndex, keys) -> None:
 def _first_occurrence(keys) -> np.ndarray | None:
     """Index of each id's first occurrence, or None when all ids are distinct."""
     if isinstance(keys, np.ndarray):
+        if keys.size < 2 or (keys[1:] > keys[:-1]).all():  # strictly increasing: distinct, no sort
+            return None
         s = np.sort(keys)
         if s.size < 2 or not (s[1:] == s[:-1]).any():
             return None

@@ -112,6 +112,16 @@ class EvidencePartition:
         self.size = need
         self._sums = None
 
+    def adopt(self, seq: np.ndarray, agent: np.ndarray, source: np.ndarray, contribution: np.ndarray) -> None:
+        """Fill an empty partition with the given arrays themselves (no copy): int64,
+        int32, int32, float64 of equal length, which no one else may write to. A later
+        :meth:`extend` reallocates (the arrays are exactly full), so they are never written."""
+        if self.size or not 0 < seq.size <= self.capacity:
+            raise InvalidInputError("adopt needs an empty partition and 1..capacity rows")
+        self._seq, self._agent, self._source, self._contribution = seq, agent, source, contribution
+        self.size = seq.size
+        self._sums = None
+
     def to_dict(self) -> dict[str, np.ndarray]:
         """The partition as plain arrays (copies), e.g. to ship it to a worker."""
         return {"capacity": np.array(self.capacity), "seq": self.seq.copy(), "agent": self.agent.copy(),
@@ -174,7 +184,9 @@ class EvidenceLedger:
     def append(self, agent_row, source_row, type_code, log_odds, confidence, timestamp) -> int:
         """Append validated rows (agents and sources already indexed); returns the first
         sequence number given to them (they get consecutive numbers)."""
-        agent_row = np.asarray(agent_row, dtype=np.int64)
+        agent_row = np.asarray(agent_row)
+        if agent_row.dtype not in (np.int32, np.int64):
+            agent_row = agent_row.astype(np.int64)
         n = int(agent_row.size)
         start = self.size
         self._grow(start + n)
@@ -183,31 +195,42 @@ class EvidenceLedger:
         for name, col in self.columns.items():
             col[start: start + n] = values[name]
         self.size = start + n
-        shard = agent_row >> _SHARD_SHIFT
-        n_shards = int(shard.max()) + 1 if n else 0
+        if n == 0:
+            self.version += 1
+            return start
+        n_shards = (int(agent_row.max()) >> _SHARD_SHIFT) + 1
         while len(self.shards) < n_shards:
             self.shards.append([])
-        contribution = np.asarray(confidence, dtype=np.float64) * np.asarray(log_odds, dtype=np.float64)
-        local = (agent_row & (AGENTS_PER_SHARD - 1)).astype(np.int32)
-        source = np.asarray(source_row).astype(np.int32)
+        contribution = np.multiply(confidence, log_odds, dtype=np.float64)
+        local = np.bitwise_and(agent_row, AGENTS_PER_SHARD - 1, out=np.empty(n, dtype=np.int32),
+                               casting="unsafe")
+        source = np.asarray(source_row).astype(np.int32, copy=False)
         if n_shards <= 1 or n < 64:
+            shard = agent_row >> _SHARD_SHIFT
             for s in np.unique(shard).tolist():
                 pos = np.flatnonzero(shard == s)
                 self._fill(s, start + pos, local[pos], source[pos], contribution[pos])
         else:
+            wide = n_shards >= (1 << 16)
+            shard = np.right_shift(agent_row, _SHARD_SHIFT, out=np.empty(n, dtype=np.int64 if wide else np.uint16),
+                                   casting="unsafe")
             # Radix sort by shard (uint16) keeps each shard's rows in arrival order.
-            order = np.argsort(shard.astype(np.uint16 if n_shards < (1 << 16) else np.int64), kind="stable")
+            order = np.argsort(shard, kind="stable")
+            bounds = np.concatenate([[0], np.cumsum(np.bincount(shard, minlength=n_shards))])
+            del shard
+            # Fresh arrays owned by the ledger: partitions may keep views of them.
             local, source, contribution = local[order], source[order], contribution[order]
             order += start  # positions in the batch -> sequence numbers
-            bounds = np.concatenate([[0], np.cumsum(np.bincount(shard, minlength=n_shards))])
             for s in range(n_shards):
                 a, b = bounds[s], bounds[s + 1]
                 if a < b:
-                    self._fill(s, order[a:b], local[a:b], source[a:b], contribution[a:b])
+                    self._fill(s, order[a:b], local[a:b], source[a:b], contribution[a:b], owned=True)
         self.version += 1
         return start
 
-    def _fill(self, shard: int, seq, agent, source, contribution) -> None:
+    def _fill(self, shard: int, seq, agent, source, contribution, owned: bool = False) -> None:
+        """Append rows to a shard's partitions. ``owned``: the arrays belong to the ledger
+        (nothing else writes to them), so a new partition may keep views instead of copies."""
         partitions = self.shards[shard]
         pos = 0
         while pos < seq.size:
@@ -215,7 +238,10 @@ class EvidenceLedger:
                 partitions.append(EvidencePartition(self.partition_size))
             take = min(partitions[-1].room, seq.size - pos)
             sl = slice(pos, pos + take)
-            partitions[-1].extend(seq[sl], agent[sl], source[sl], contribution[sl])
+            if owned and partitions[-1].size == 0:
+                partitions[-1].adopt(seq[sl], agent[sl], source[sl], contribution[sl])
+            else:
+                partitions[-1].extend(seq[sl], agent[sl], source[sl], contribution[sl])
             pos += take
 
     def _grow(self, need: int) -> None:

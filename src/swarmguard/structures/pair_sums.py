@@ -192,12 +192,26 @@ class PairSums:
         pass (exact sums do not depend on grouping, so the bits are the same). Pairs and
         agents with at most two terms skip the limbs (see :func:`exact_group_sums`).
         With ``agent_sums=False`` the per-agent totals are NaN (not computed)."""
-        keys = pair_key(agent_row, source_row)
-        unique, inverse = compact(keys)
-        counts = np.bincount(inverse, minlength=unique.size).astype(np.int64)
         contribution = np.asarray(contribution, dtype=np.float64)
-        pair_total = exact_group_sums(inverse, contribution, unique.size, counts=counts)
-        agent, source = split_pair_key(unique)
+        agent_row, source_row = np.asarray(agent_row), np.asarray(source_row)
+        n_sources = int(source_row.max()) + 1 if source_row.size else 0
+        span = n_agents * n_sources
+        if source_row.size and span <= 8 * source_row.size + 4096 and agent_row.max() < n_agents:
+            # Dense (agent, source) grid: sums per cell, then the occupied cells (already
+            # in pair-key order); no compaction of the rows' pair keys.
+            cell = np.multiply(agent_row, n_sources, dtype=np.int64)
+            cell += source_row
+            dense_counts = np.bincount(cell, minlength=span)
+            occupied = np.flatnonzero(dense_counts)
+            counts = dense_counts[occupied].astype(np.int64)
+            pair_total = exact_group_sums(cell, contribution, span, counts=dense_counts)[occupied]
+            agent, source = np.divmod(occupied, n_sources)
+        else:
+            keys = pair_key(agent_row, source_row)
+            unique, inverse = compact(keys)
+            counts = np.bincount(inverse, minlength=unique.size).astype(np.int64)
+            pair_total = exact_group_sums(inverse, contribution, unique.size, counts=counts)
+            agent, source = split_pair_key(unique)
         agent_count = np.bincount(agent, weights=counts, minlength=n_agents).astype(np.int64)
         if agent_sums:
             agent_total = exact_group_sums(np.asarray(agent_row, dtype=np.int64), contribution, n_agents,

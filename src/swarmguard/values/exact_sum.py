@@ -314,8 +314,10 @@ def exact_group_sums(group: np.ndarray, values: np.ndarray, n_groups: int,
         return out
     selected = many[group]
     slow_groups = np.flatnonzero(many)
-    renumber = np.cumsum(many) - 1
-    out[slow_groups] = _limb_group_sums(renumber[group[selected]], values[selected], slow_groups.size, extra)
+    # Renumber the slow groups 0..k-1 (a search over them: cheaper than a cumsum over
+    # every group when few groups are slow).
+    slow_group_of = np.searchsorted(slow_groups, group[selected])
+    out[slow_groups] = _limb_group_sums(slow_group_of, values[selected], slow_groups.size, extra)
     return out
 
 
