@@ -422,11 +422,7 @@ class StableBayesianConsensus:
             row = ledger.sources.row_of(key)
             if row >= 0:
                 flagged[row] = False
-        if pair_agents:
-            pa, ps = np.concatenate(pair_agents), np.concatenate(pair_sources)
-            n_flagged = np.bincount(pa, weights=flagged[ps], minlength=n_agents).astype(np.int64)
-        else:
-            n_flagged = np.zeros(n_agents, dtype=np.int64)
+        n_flagged = _count_flagged(pair_agents, pair_sources, flagged, n_agents)
         out.update(flagged=flagged, tail=tail, events=events, n_flagged=n_flagged, version=ledger.version,
                    has_sum=need_sum)
         self._global = out
@@ -511,6 +507,21 @@ class StableBayesianConsensus:
 
 
 # ====================================================================== helpers
+def _count_flagged(pair_agents: list[np.ndarray], pair_sources: list[np.ndarray], flagged: np.ndarray,
+                   n_agents: int) -> np.ndarray:
+    """Per agent, how many of its (agent, source) pairs have a flagged source. Only the
+    pairs of flagged sources are counted (usually few), chunk by chunk, with no
+    concatenation of every pair."""
+    bad = np.flatnonzero(flagged)
+    if bad.size == 0:
+        return np.zeros(n_agents, dtype=np.int64)
+    hits = []
+    for pa, ps in zip(pair_agents, pair_sources, strict=True):
+        hit = flagged[ps] if bad.size > 4 else np.isin(ps, bad)
+        hits.append(pa[hit])
+    return np.bincount(np.concatenate(hits), minlength=n_agents).astype(np.int64)
+
+
 def _export_keys(index: KeyIndex, rows: np.ndarray):
     keys = index.keys_of(rows)
     return keys if keys.dtype != object else keys.tolist()

@@ -59,15 +59,22 @@ def compact(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     dense = (agent - a_lo) * n_sources + source
     span = int(dense.max()) + 1
     if span <= 8 * keys.size + 4096:
-        present = np.zeros(span, dtype=bool)
-        present[dense] = True
-        unique_dense = np.flatnonzero(present)
-        rank = np.cumsum(present, dtype=np.int64) - 1
-        inverse = rank[dense]
+        unique_dense, inverse = compact_dense(dense, span)
         u_agent, u_source = np.divmod(unique_dense, n_sources)
         return pair_key(u_agent + a_lo, u_source), inverse
     unique, inverse = np.unique(keys, return_inverse=True)
     return unique, inverse.ravel()
+
+
+def compact_dense(dense: np.ndarray, span: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(dense, return_inverse=True)`` for ints in ``[0, span)``, by a presence
+    table (no sort): the sorted distinct values and each value's rank among them."""
+    present = np.zeros(span, dtype=bool)
+    present[dense] = True
+    unique = np.flatnonzero(present)
+    rank = np.empty(span, dtype=np.int64)  # only the present cells are ever read
+    rank[unique] = np.arange(unique.size, dtype=np.int64)
+    return unique, rank[dense]
 
 
 class PairSums:
@@ -197,14 +204,13 @@ class PairSums:
         n_sources = int(source_row.max()) + 1 if source_row.size else 0
         span = n_agents * n_sources
         if source_row.size and span <= 8 * source_row.size + 4096 and agent_row.max() < n_agents:
-            # Dense (agent, source) grid: sums per cell, then the occupied cells (already
-            # in pair-key order); no compaction of the rows' pair keys.
+            # Pairs numbered agent * n_sources + source: compacted by a presence table
+            # (already in pair-key order), without building 64-bit pair keys.
             cell = np.multiply(agent_row, n_sources, dtype=np.int64)
             cell += source_row
-            dense_counts = np.bincount(cell, minlength=span)
-            occupied = np.flatnonzero(dense_counts)
-            counts = dense_counts[occupied].astype(np.int64)
-            pair_total = exact_group_sums(cell, contribution, span, counts=dense_counts)[occupied]
+            occupied, inverse = compact_dense(cell, span)
+            counts = np.bincount(inverse, minlength=occupied.size)
+            pair_total = exact_group_sums(inverse, contribution, occupied.size, counts=counts)
             agent, source = np.divmod(occupied, n_sources)
         else:
             keys = pair_key(agent_row, source_row)
