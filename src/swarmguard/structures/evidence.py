@@ -37,8 +37,8 @@ _SHARD_SHIFT = 13
 AGENTS_PER_SHARD = 1 << _SHARD_SHIFT
 
 _COLUMNS = {
-    "agent_row": np.int64,
-    "source_row": np.int64,
+    "agent_row": np.int32,  # widened to int64 if rows ever reach 2**31 (see _widen)
+    "source_row": np.int32,
     "type_code": np.int16,
     "log_odds": np.float64,
     "confidence": np.float64,
@@ -189,6 +189,11 @@ class EvidenceLedger:
             agent_row = agent_row.astype(np.int64)
         n = int(agent_row.size)
         start = self.size
+        source_row = np.asarray(source_row)
+        top = int(agent_row.max()) if n else 0
+        if n:
+            self._widen("agent_row", top)
+            self._widen("source_row", int(source_row.max()))
         self._grow(start + n)
         values = {"agent_row": agent_row, "source_row": source_row, "type_code": type_code,
                   "log_odds": log_odds, "confidence": confidence, "timestamp": timestamp}
@@ -198,7 +203,7 @@ class EvidenceLedger:
         if n == 0:
             self.version += 1
             return start
-        n_shards = (int(agent_row.max()) >> _SHARD_SHIFT) + 1
+        n_shards = (top >> _SHARD_SHIFT) + 1
         while len(self.shards) < n_shards:
             self.shards.append([])
         contribution = np.multiply(confidence, log_odds, dtype=np.float64)
@@ -211,10 +216,10 @@ class EvidenceLedger:
                 pos = np.flatnonzero(shard == s)
                 self._fill(s, start + pos, local[pos], source[pos], contribution[pos])
         else:
-            wide = n_shards >= (1 << 16)
-            shard = np.right_shift(agent_row, _SHARD_SHIFT, out=np.empty(n, dtype=np.int64 if wide else np.uint16),
-                                   casting="unsafe")
-            # Radix sort by shard (uint16) keeps each shard's rows in arrival order.
+            key_type = np.uint8 if n_shards <= (1 << 8) else np.uint16 if n_shards <= (1 << 16) else np.int64
+            shard = np.right_shift(agent_row, _SHARD_SHIFT, out=np.empty(n, dtype=key_type), casting="unsafe")
+            # Radix sort by shard (uint8/uint16: one/two passes) keeps each shard's rows
+            # in arrival order.
             order = np.argsort(shard, kind="stable")
             bounds = np.concatenate([[0], np.cumsum(np.bincount(shard, minlength=n_shards))])
             del shard
@@ -243,6 +248,11 @@ class EvidenceLedger:
             else:
                 partitions[-1].extend(seq[sl], agent[sl], source[sl], contribution[sl])
             pos += take
+
+    def _widen(self, name: str, largest: int) -> None:
+        col = self.columns[name]
+        if col.dtype == np.int32 and largest >= (1 << 31) - 1:
+            self.columns[name] = col.astype(np.int64)
 
     def _grow(self, need: int) -> None:
         have = self.columns["agent_row"].size
