@@ -72,8 +72,9 @@ def compact_dense(dense: np.ndarray, span: int) -> tuple[np.ndarray, np.ndarray]
     present = np.zeros(span, dtype=bool)
     present[dense] = True
     unique = np.flatnonzero(present)
-    rank = np.empty(span, dtype=np.int64)  # only the present cells are ever read
-    rank[unique] = np.arange(unique.size, dtype=np.int64)
+    narrow = np.int32 if unique.size < (1 << 31) else np.int64
+    rank = np.empty(span, dtype=narrow)  # only the present cells are ever read
+    rank[unique] = np.arange(unique.size, dtype=narrow)
     return unique, rank[dense]
 
 

@@ -314,13 +314,16 @@ def exact_group_sums(group: np.ndarray, values: np.ndarray, n_groups: int,
     many = counts >= (3 - (extra is not None))
     if not many.any():
         return out
-    selected = many[group]
-    slow_groups = np.flatnonzero(many)
-    # Renumber the slow groups 0..k-1 (a search over them: cheaper than a cumsum over
-    # every group when few groups are slow).
-    slow_group_of = np.searchsorted(slow_groups, group[selected])
-    slow_values = values[selected]
-    slow_counts = counts[slow_groups]
+    if many.all():
+        slow_groups, slow_group_of, slow_values, slow_counts = np.arange(n_groups), group, values, counts
+    else:
+        selected = many[group]
+        slow_groups = np.flatnonzero(many)
+        # Renumber the slow groups 0..k-1 (a search over them: cheaper than a cumsum over
+        # every group when few groups are slow).
+        slow_group_of = np.searchsorted(slow_groups, group[selected])
+        slow_values = values[selected]
+        slow_counts = counts[slow_groups]
     sums, done = _certified_group_sums(slow_group_of, slow_values, slow_counts, extra)
     out[slow_groups[done]] = sums[done]
     if not done.all():
@@ -334,7 +337,7 @@ def exact_group_sums(group: np.ndarray, values: np.ndarray, n_groups: int,
 # Groups of up to this many terms try the certified float path; it lays them out as a
 # dense (terms, groups) float array of at most _FAST_CELLS cells per step.
 _FAST_MAX_TERMS = 64
-_FAST_CELLS = 1 << 21
+_FAST_CELLS = 1 << 18
 
 
 def _certified_group_sums(group: np.ndarray, values: np.ndarray, counts: np.ndarray,
@@ -380,22 +383,28 @@ def _certified_group_sums(group: np.ndarray, values: np.ndarray, counts: np.ndar
     ends = np.cumsum(counts)
     starts = ends - counts
     rank = np.arange(n, dtype=np.int64) - starts[group] + off
-    lo = 0
-    while lo < n_groups:
-        # A run of groups whose dense (terms x groups) layout fits the cell budget.
-        width = int(counts[lo]) + off
-        hi = lo + 1
-        step = 1024
-        while hi < n_groups:
-            nxt = min(hi + step, n_groups)
-            w = max(width, int(counts[hi:nxt].max()) + off)
-            if w * (nxt - lo) > _FAST_CELLS and hi > lo:
-                break
-            width, hi = w, nxt
-        e_lo, e_hi = starts[lo], ends[hi - 1]
-        sums[lo:hi], done[lo:hi] = _certified_block(
-            group[e_lo:e_hi] - lo, rank[e_lo:e_hi], values[e_lo:e_hi], hi - lo, max(width, 1), extra)
-        lo = hi
+    terms = counts + off
+    # Groups are laid out by width class (terms in (w/2, w]) so that padding wastes
+    # at most half of each block; blocks hold at most _FAST_CELLS cells.
+    renumber = np.empty(n_groups, dtype=np.int64)
+    low = 0
+    for width in (4, 8, 16, 32, 64):
+        in_class = fast & (terms > low) & (terms <= width)
+        low = width
+        chosen = np.flatnonzero(in_class)
+        if chosen.size == 0:
+            continue
+        renumber[chosen] = np.arange(chosen.size)
+        mine = in_class[group]
+        local, c_rank, c_values = renumber[group[mine]], rank[mine], values[mine]
+        per_block = max(_FAST_CELLS // width, 1)
+        cuts = np.searchsorted(local, np.arange(0, chosen.size + per_block, per_block))
+        for i, g_lo in enumerate(range(0, chosen.size, per_block)):
+            g_hi = min(g_lo + per_block, chosen.size)
+            e_lo, e_hi = cuts[i], cuts[i + 1]
+            block = chosen[g_lo:g_hi]
+            sums[block], done[block] = _certified_block(
+                local[e_lo:e_hi] - g_lo, c_rank[e_lo:e_hi], c_values[e_lo:e_hi], g_hi - g_lo, width, extra)
     done &= fast
     return sums, done
 
