@@ -35,6 +35,7 @@ __all__ = ["EvidenceLedger", "EvidencePartition", "AGENTS_PER_SHARD"]
 # Big enough that per-shard NumPy call overhead is amortised, small enough to stay in cache.
 _SHARD_SHIFT = 13
 AGENTS_PER_SHARD = 1 << _SHARD_SHIFT
+_COUNT_BLOCK = 1 << 16
 
 _COLUMNS = {
     "agent_row": np.int32,  # widened to int64 if rows ever reach 2**31 (see _widen)
@@ -191,9 +192,10 @@ class EvidenceLedger:
         start = self.size
         source_row = np.asarray(source_row)
         top = int(agent_row.max()) if n else 0
+        source_top = int(source_row.max()) if n else 0
         if n:
             self._widen("agent_row", top)
-            self._widen("source_row", int(source_row.max()))
+            self._widen("source_row", source_top)
         self._grow(start + n)
         values = {"agent_row": agent_row, "source_row": source_row, "type_code": type_code,
                   "log_odds": log_odds, "confidence": confidence, "timestamp": timestamp}
@@ -221,10 +223,22 @@ class EvidenceLedger:
             # Radix sort by shard (uint8/uint16: one/two passes) keeps each shard's rows
             # in arrival order.
             order = np.argsort(shard, kind="stable")
-            bounds = np.concatenate([[0], np.cumsum(np.bincount(shard, minlength=n_shards))])
+            counts = np.zeros(n_shards, dtype=np.int64)
+            for a in range(0, n, _COUNT_BLOCK):  # blocks: bincount's cast to intp stays in cache
+                counts += np.bincount(shard[a:a + _COUNT_BLOCK], minlength=n_shards)
+            bounds = np.concatenate([[0], np.cumsum(counts)])
             del shard
-            # Fresh arrays owned by the ledger: partitions may keep views of them.
-            local, source, contribution = local[order], source[order], contribution[order]
+            # Fresh arrays owned by the ledger: partitions may keep views of them. Local
+            # agent (13 bits) and source travel as one int32 when sources fit in 18 bits.
+            if source_top < (1 << (31 - _SHARD_SHIFT)):
+                packed = np.left_shift(source, _SHARD_SHIFT)
+                packed |= local
+                packed = np.take(packed, order, mode="clip")
+                local = np.bitwise_and(packed, AGENTS_PER_SHARD - 1)
+                source = np.right_shift(packed, _SHARD_SHIFT, out=packed)
+            else:
+                local, source = np.take(local, order, mode="clip"), np.take(source, order, mode="clip")
+            contribution = np.take(contribution, order, mode="clip")
             order += start  # positions in the batch -> sequence numbers
             for s in range(n_shards):
                 a, b = bounds[s], bounds[s + 1]
