@@ -191,9 +191,11 @@ class EvidenceLedger:
         n = int(agent_row.size)
         start = self.size
         source_row = np.asarray(source_row)
-        top = int(agent_row.max()) if n else 0
-        source_top = int(source_row.max()) if n else 0
-        if n:
+        if n <= 8:  # single adds: Python max beats a NumPy reduction
+            top, source_top = max(agent_row.tolist(), default=0), max(source_row.tolist(), default=0)
+        else:
+            top, source_top = int(agent_row.max()), int(source_row.max())
+        if max(top, source_top) >= (1 << 31) - 1:
             self._widen("agent_row", top)
             self._widen("source_row", source_top)
         self._grow(start + n)
@@ -212,7 +214,9 @@ class EvidenceLedger:
         local = np.bitwise_and(agent_row, AGENTS_PER_SHARD - 1, out=np.empty(n, dtype=np.int32),
                                casting="unsafe")
         source = np.asarray(source_row).astype(np.int32, copy=False)
-        if n_shards <= 1 or n < 64:
+        if n == 1:
+            self._fill(top >> _SHARD_SHIFT, np.array([start], dtype=np.int64), local, source, contribution)
+        elif n_shards <= 1 or n < 64:
             shard = agent_row >> _SHARD_SHIFT
             for s in np.unique(shard).tolist():
                 pos = np.flatnonzero(shard == s)
