@@ -415,7 +415,7 @@ class StableBayesianConsensus:
             out["low"][sl], out["high"][sl] = fu.low, fu.high
             out["n"][sl], out["f"][sl], out["count"][sl] = fu.n_sources, fu.trimmed, t.agent_count
             events += source_events(t.pair_source, fu, n_sources)
-            pair_agents.append(t.pair_agent + t.agent_lo)
+            pair_agents.append((t.agent_lo, t.pair_agent))
             pair_sources.append(t.pair_source)
         flagged, tail = flag_sources(events, self.false_flag_rate)
         for key in self.trusted_sources:          # fused like any source, never flagged
@@ -507,18 +507,18 @@ class StableBayesianConsensus:
 
 
 # ====================================================================== helpers
-def _count_flagged(pair_agents: list[np.ndarray], pair_sources: list[np.ndarray], flagged: np.ndarray,
-                   n_agents: int) -> np.ndarray:
+def _count_flagged(pair_agents: list[tuple[int, np.ndarray]], pair_sources: list[np.ndarray],
+                   flagged: np.ndarray, n_agents: int) -> np.ndarray:
     """Per agent, how many of its (agent, source) pairs have a flagged source. Only the
     pairs of flagged sources are counted (usually few), chunk by chunk, with no
-    concatenation of every pair."""
+    concatenation of every pair; ``pair_agents`` holds (first agent row, local agent rows)."""
     bad = np.flatnonzero(flagged)
     if bad.size == 0:
         return np.zeros(n_agents, dtype=np.int64)
     hits = []
-    for pa, ps in zip(pair_agents, pair_sources, strict=True):
+    for (agent_lo, pa), ps in zip(pair_agents, pair_sources, strict=True):
         hit = flagged[ps] if bad.size > 4 else np.isin(ps, bad)
-        hits.append(pa[hit])
+        hits.append(pa[hit] + agent_lo)
     return np.bincount(np.concatenate(hits), minlength=n_agents).astype(np.int64)
 
 

@@ -315,7 +315,7 @@ class EvidenceLedger:
         else:
             def cat(name, dtype):
                 parts = [getattr(p, name) for p in partitions]
-                return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+                return _join(parts) if parts else np.zeros(0, dtype=dtype)
             a, s, c, t, ac, at = PairSums.row_totals(
                 cat("agent", np.int32), cat("source", np.int32), cat("contribution", np.float64),
                 n_agents, prior, agent_sums=agent_sums)
@@ -341,3 +341,23 @@ class EvidenceLedger:
         parts = [p.sums().select_agent(agent_row - lo) for p in self.shards[shard]]
         a, s, c, t, ac, at = PairSums.merged_totals(parts, agent_row - lo + 1, prior)
         return ShardTotals(agent_row, a - (agent_row - lo), s, c, t, ac[-1:], at[-1:])
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    """``np.concatenate(parts)``, or a read-only view when the parts are consecutive
+    slices of one array (partitions filled from one batch hold such views)."""
+    base = parts[0].base
+    if len(parts) > 1 and base is not None and base.ndim == 1 and base.flags.c_contiguous:
+        item = base.itemsize
+        start = base.__array_interface__["data"][0]
+        pos = []
+        for p in parts:
+            if p.base is not base or p.dtype != base.dtype or not p.flags.c_contiguous:
+                return np.concatenate(parts)
+            pos.append(((p.__array_interface__["data"][0] - start) // item, p.size))
+        if all(a + n == b for (a, n), (b, _) in zip(pos, pos[1:], strict=False)):
+            view = base[pos[0][0]: pos[-1][0] + pos[-1][1]]
+            view.flags.writeable = False
+            return view
+    return np.concatenate(parts)
+
