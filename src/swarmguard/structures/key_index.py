@@ -128,7 +128,10 @@ class KeyIndex:
         """Ids of many rows: an int64 array while ids are ints, else an object array."""
         rows = np.asarray(rows, dtype=np.int64)
         if self._run_lo is not None:
-            return self._run_keys()[rows]
+            n = self._n_int
+            if rows.size and (rows.min() < -n or rows.max() >= n):
+                raise IndexError(f"rows out of range for {n} ids")
+            return np.where(rows < 0, rows + n, rows) + np.int64(self._run_lo)
         if self._objects is None:
             return self._int_keys[rows]
         out = np.empty(rows.size, dtype=object)
