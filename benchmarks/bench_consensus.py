@@ -14,6 +14,8 @@ sources (defaults: 10**7, 10**6, 50):
 
 Run: ``python benchmarks/bench_consensus.py`` (full size) or
 ``python benchmarks/bench_consensus.py --rows 1000000 --agents 100000`` (quick).
+On virtual machines whose kernel compacts memory for huge pages, compare with
+``NUMPY_MADVISE_HUGEPAGE=0 python benchmarks/bench_consensus.py`` (see the docs).
 """
 
 from __future__ import annotations
@@ -218,6 +220,16 @@ def main() -> None:
     args = parser.parse_args()
     print(f"python {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} CPUs, "
           f"{platform.processor() or platform.machine()}")
+    # NumPy asks the kernel for transparent huge pages on large arrays; where the kernel
+    # compacts memory to satisfy that (defrag=madvise), first-touch memory costs far more
+    # kernel time. NUMPY_MADVISE_HUGEPAGE=0 turns the request off.
+    thp = "?"
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/defrag") as f:
+            thp = f.read().strip()
+    except OSError:
+        pass
+    print(f"NUMPY_MADVISE_HUGEPAGE={os.environ.get('NUMPY_MADVISE_HUGEPAGE', 'unset')}, THP defrag: {thp}")
     bench_scale(args.rows, args.agents, args.sources, args.liars, args.seed)
     bench_per_call()
     bench_error()
