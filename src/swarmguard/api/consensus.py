@@ -513,7 +513,7 @@ def _count_flagged(pair_agents: list[tuple[int, np.ndarray]], pair_sources: list
     pairs of flagged sources are counted (usually few), chunk by chunk, with no
     concatenation of every pair; ``pair_agents`` holds (first agent row, local agent rows)."""
     bad = np.flatnonzero(flagged)
-    if bad.size == 0:
+    if bad.size == 0 or not pair_agents:
         return np.zeros(n_agents, dtype=np.int64)
     hits = []
     for (agent_lo, pa), ps in zip(pair_agents, pair_sources, strict=True):
