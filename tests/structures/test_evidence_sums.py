@@ -131,3 +131,49 @@ def test_partitions_ship_as_plain_arrays_and_merge_exactly():
     with pytest.raises(InvalidInputError):
         EvidencePartition.from_dict({"capacity": 1, "seq": np.arange(3), "agent": np.zeros(3),
                                      "source": np.zeros(3), "contribution": np.zeros(3)})
+
+
+def test_key_index_run_of_consecutive_ids_then_broken():
+    index = KeyIndex()
+    index.add_new(np.arange(100, 200))
+    assert index._run_lo == 100 and index._int_keys.size == 0  # nothing stored
+    index.add_new(np.arange(200, 250))
+    assert index.add(250) == 150 and index.add(120) == 20
+    assert index.rows_of(np.array([99, 100, 250, 251])).tolist() == [-1, 0, 150, -1]
+    assert index.key_of(150) == 250 and index.keys_of(np.array([0, 150])).tolist() == [100, 250]
+    index.add(7)  # breaks the run: ids materialised, lookups unchanged
+    assert index._run_lo is None
+    assert index.rows_of(np.array([100, 250, 7, 8])).tolist() == [0, 150, 151, -1]
+    assert index.keys() == list(range(100, 251)) + [7]
+    index.add("x")
+    assert index.row_of("x") == 152 and index.row_of(200) == 100
+    for bad in (np.array([5, 7, 6]), np.array([3, 5])):  # not a run: ordinary path
+        other = KeyIndex()
+        rows = other.add_new(bad)
+        assert other._run_lo is None and other.rows_of(bad).tolist() == rows.tolist()
+
+
+def test_ledger_batch_partitions_share_no_writable_memory():
+    from swarmguard.structures.evidence import EvidenceLedger
+
+    rng = np.random.default_rng(0)
+    n = 5000
+    agent = rng.integers(0, 20000, size=n)
+    source = rng.integers(0, 7, size=n)
+    lo, conf = rng.normal(size=n), rng.uniform(size=n)
+    ledger = EvidenceLedger(partition_size=300)
+    ledger.append(agent, source, np.zeros(n, np.int16), lo, conf, np.zeros(n))
+    before = [(p.seq.copy(), p.agent.copy(), p.source.copy(), p.contribution.copy()) for p in ledger.partitions()]
+    # Growing a partition that holds views must not write into its neighbours.
+    ledger.append(agent[:50], source[:50], np.zeros(50, np.int16), lo[:50], conf[:50], np.zeros(50))
+    for p, (seq, a, s, c) in zip(ledger.partitions(), before, strict=False):
+        assert np.array_equal(p.seq[: seq.size], seq) and np.array_equal(p.agent[: a.size], a)
+        assert np.array_equal(p.source[: s.size], s) and np.array_equal(p.contribution[: c.size], c)
+    # Every row is in exactly one partition, with its fields.
+    seq = np.concatenate([p.seq for p in ledger.partitions()])
+    assert np.array_equal(np.sort(seq), np.arange(n + 50))
+    for p in ledger.partitions():
+        rows = ledger.rows(p.seq)
+        assert np.array_equal(rows["source_row"], p.source)
+        assert np.array_equal(rows["agent_row"] & 8191, p.agent)
+        assert np.array_equal(rows["confidence"] * rows["log_odds"], p.contribution)

@@ -204,3 +204,52 @@ def test_grouped_fast_path_for_small_groups_is_still_fsum(pairs, extra):
     for g in range(31):
         terms = [v for k, v in pairs if k == g] + ([] if extra is None else [extra])
         assert bits(float(result[g])) == fsum_bits(terms)
+
+
+# ------------------------------------------------------------- certified float path
+@given(st.lists(st.integers(0, 7), min_size=1, max_size=200),
+       st.sampled_from(["normal", "ties", "cancel", "wide", "tiny"]), st.integers(0, 2**32 - 1),
+       st.sampled_from([None, 0.5, -1e16]))
+@settings(max_examples=150, deadline=None)
+def test_certified_path_is_fsum_bit_for_bit(groups, kind, seed, extra):
+    # Groups of 3..64 terms take the certified float path; whatever it cannot prove
+    # (ties, cancellation, zero, extreme ranges) must fall back and still be fsum.
+    rng = np.random.default_rng(seed)
+    n = len(groups)
+    if kind == "normal":
+        values = rng.normal(size=n) * rng.uniform(size=n)
+    elif kind == "ties":  # few significant bits: sums land exactly on half-ulps
+        values = rng.integers(-8, 8, size=n) * 2.0 ** rng.integers(-60, 3, size=n) + rng.choice([0.0, 1.0], n)
+    elif kind == "cancel":
+        values = rng.choice([1e16, -1e16, 1.0, -1.0, 2.0**-53, 3.0], size=n)
+    elif kind == "wide":
+        values = rng.normal(size=n) * 2.0 ** rng.integers(-1000, 1000, size=n)
+    else:
+        values = rng.normal(size=n) * 2.0**-1060
+    g = np.array(groups, dtype=np.int64)
+    result = exact_group_sums(g, values, 8, extra=extra)
+    for k in range(8):
+        terms = values[g == k].tolist() + ([] if extra is None else [extra])
+        assert bits(float(result[k])) == fsum_bits(terms)
+
+
+def test_certified_path_certifies_ordinary_sums_and_defers_the_rest():
+    from swarmguard.values.exact_sum import _certified_group_sums
+
+    rng = np.random.default_rng(3)
+    counts = rng.integers(3, 70, size=2000)  # some groups above the 64-term limit
+    group = np.repeat(np.arange(counts.size), counts)
+    values = rng.normal(size=group.size) * rng.uniform(size=group.size)
+    sums, done = _certified_group_sums(group, values, counts, None)
+    assert not done[counts > 64].any()
+    assert done[counts <= 64].mean() > 0.99
+    for k in np.flatnonzero(done)[:200]:
+        assert bits(float(sums[k])) == fsum_bits(values[group == k].tolist())
+    # An exact zero and an exact tie are never guessed: zero is deferred, a tie is
+    # proven only when the error terms add up exactly.
+    zero = np.array([1.0, -1.0, 0.5, -0.5])
+    _, done_zero = _certified_group_sums(np.zeros(4, np.int64), zero, np.array([4]), None)
+    assert not done_zero[0]
+    tie = np.array([1.0, 2.0**-53, 2.0**-80, -(2.0**-80)])
+    s, ok = _certified_group_sums(np.zeros(4, np.int64), tie, np.array([4]), None)
+    assert not ok[0] or bits(float(s[0])) == fsum_bits(tie.tolist())

@@ -419,7 +419,7 @@ class StableBayesianConsensus:
             out["low"][sl], out["high"][sl] = fu.low, fu.high
             out["n"][sl], out["f"][sl], out["count"][sl] = fu.n_sources, fu.trimmed, t.agent_count
             events += source_events(t.pair_source, fu, n_sources)
-            pair_agents.append(t.pair_agent + t.agent_lo)
+            pair_agents.append((t.agent_lo, t.pair_agent))
             pair_sources.append(t.pair_source)
             shard_pairs.append((t.pair_agent, t.pair_source, t.pair_total, k))
         trusted = np.zeros(n_sources, dtype=bool)
@@ -428,11 +428,7 @@ class StableBayesianConsensus:
             if row >= 0:
                 trusted[row] = True
         flagged, tail = peel_sources(events, shard_pairs, n_sources, self.false_flag_rate, never=trusted)
-        if pair_agents:
-            pa, ps = np.concatenate(pair_agents), np.concatenate(pair_sources)
-            n_flagged = np.bincount(pa, weights=flagged[ps], minlength=n_agents).astype(np.int64)
-        else:
-            n_flagged = np.zeros(n_agents, dtype=np.int64)
+        n_flagged = _count_flagged(pair_agents, pair_sources, flagged, n_agents)
         out.update(flagged=flagged, tail=tail, events=events, n_flagged=n_flagged, version=ledger.version,
                    has_sum=need_sum)
         self._global = out
@@ -517,6 +513,21 @@ class StableBayesianConsensus:
 
 
 # ====================================================================== helpers
+def _count_flagged(pair_agents: list[tuple[int, np.ndarray]], pair_sources: list[np.ndarray],
+                   flagged: np.ndarray, n_agents: int) -> np.ndarray:
+    """Per agent, how many of its (agent, source) pairs have a flagged source. Only the
+    pairs of flagged sources are counted (usually few), chunk by chunk, with no
+    concatenation of every pair; ``pair_agents`` holds (first agent row, local agent rows)."""
+    bad = np.flatnonzero(flagged)
+    if bad.size == 0 or not pair_agents:
+        return np.zeros(n_agents, dtype=np.int64)
+    hits = []
+    for (agent_lo, pa), ps in zip(pair_agents, pair_sources, strict=True):
+        hit = flagged[ps] if bad.size > 4 else np.isin(ps, bad)
+        hits.append(pa[hit] + agent_lo)
+    return np.bincount(np.concatenate(hits), minlength=n_agents).astype(np.int64)
+
+
 def _export_keys(index: KeyIndex, rows: np.ndarray):
     keys = index.keys_of(rows)
     return keys if keys.dtype != object else keys.tolist()
@@ -572,15 +583,20 @@ def _plan_rows(index: KeyIndex, keys) -> tuple[np.ndarray, Any]:
     if isinstance(keys, np.ndarray):
         lo, hi = int(wanted.min()), int(wanted.max())
         if hi - lo <= 4 * wanted.size + 1024:
-            # Presence table: sorted distinct ids and their ranks without a sort.
-            offset = wanted - lo
-            present = np.zeros(hi - lo + 1, dtype=bool)
+            # Presence table: sorted distinct ids and their ranks without a sort. Ids
+            # that are small non-negative ints index the table as they are (no offset pass).
+            base = 0 if 0 <= lo and hi <= 4 * wanted.size + 1024 else lo
+            offset = wanted if base == 0 else wanted - base
+            present = np.zeros(hi - base + 1, dtype=bool)
             present[offset] = True
-            rank = np.cumsum(present, dtype=np.int64) + (start - 1)
+            narrow = start + hi - base + 1 < (1 << 31)
+            rank = np.cumsum(present, dtype=np.int32 if narrow else np.int64)
+            rank += start - 1
+            new = np.flatnonzero(present) + base
             if isinstance(missing, slice):
-                return rank[offset], np.flatnonzero(present) + lo
+                return rank[offset], new
             rows[missing] = rank[offset]
-            return rows, np.flatnonzero(present) + lo
+            return rows, new
         new, inverse = np.unique(wanted, return_inverse=True)
         if isinstance(missing, slice):
             return start + inverse.ravel(), new
@@ -627,6 +643,8 @@ def _add_keys(index: KeyIndex, keys) -> None:
 def _first_occurrence(keys) -> np.ndarray | None:
     """Index of each id's first occurrence, or None when all ids are distinct."""
     if isinstance(keys, np.ndarray):
+        if keys.size < 2 or (keys[1:] > keys[:-1]).all():  # strictly increasing: distinct, no sort
+            return None
         s = np.sort(keys)
         if s.size < 2 or not (s[1:] == s[:-1]).any():
             return None

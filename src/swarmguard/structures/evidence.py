@@ -35,10 +35,11 @@ __all__ = ["EvidenceLedger", "EvidencePartition", "AGENTS_PER_SHARD"]
 # Big enough that per-shard NumPy call overhead is amortised, small enough to stay in cache.
 _SHARD_SHIFT = 13
 AGENTS_PER_SHARD = 1 << _SHARD_SHIFT
+_COUNT_BLOCK = 1 << 16
 
 _COLUMNS = {
-    "agent_row": np.int64,
-    "source_row": np.int64,
+    "agent_row": np.int32,  # widened to int64 if rows ever reach 2**31 (see _widen)
+    "source_row": np.int32,
     "type_code": np.int16,
     "log_odds": np.float64,
     "confidence": np.float64,
@@ -112,6 +113,16 @@ class EvidencePartition:
         self.size = need
         self._sums = None
 
+    def adopt(self, seq: np.ndarray, agent: np.ndarray, source: np.ndarray, contribution: np.ndarray) -> None:
+        """Fill an empty partition with the given arrays themselves (no copy): int64,
+        int32, int32, float64 of equal length, which no one else may write to. A later
+        :meth:`extend` reallocates (the arrays are exactly full), so they are never written."""
+        if self.size or not 0 < seq.size <= self.capacity:
+            raise InvalidInputError("adopt needs an empty partition and 1..capacity rows")
+        self._seq, self._agent, self._source, self._contribution = seq, agent, source, contribution
+        self.size = seq.size
+        self._sums = None
+
     def to_dict(self) -> dict[str, np.ndarray]:
         """The partition as plain arrays (copies), e.g. to ship it to a worker."""
         return {"capacity": np.array(self.capacity), "seq": self.seq.copy(), "agent": self.agent.copy(),
@@ -174,40 +185,75 @@ class EvidenceLedger:
     def append(self, agent_row, source_row, type_code, log_odds, confidence, timestamp) -> int:
         """Append validated rows (agents and sources already indexed); returns the first
         sequence number given to them (they get consecutive numbers)."""
-        agent_row = np.asarray(agent_row, dtype=np.int64)
+        agent_row = np.asarray(agent_row)
+        if agent_row.dtype not in (np.int32, np.int64):
+            agent_row = agent_row.astype(np.int64)
         n = int(agent_row.size)
         start = self.size
+        source_row = np.asarray(source_row)
+        if n <= 8:  # single adds: Python max beats a NumPy reduction
+            top, source_top = max(agent_row.tolist(), default=0), max(source_row.tolist(), default=0)
+        else:
+            top, source_top = int(agent_row.max()), int(source_row.max())
+        if max(top, source_top) >= (1 << 31) - 1:
+            self._widen("agent_row", top)
+            self._widen("source_row", source_top)
         self._grow(start + n)
         values = {"agent_row": agent_row, "source_row": source_row, "type_code": type_code,
                   "log_odds": log_odds, "confidence": confidence, "timestamp": timestamp}
         for name, col in self.columns.items():
             col[start: start + n] = values[name]
         self.size = start + n
-        shard = agent_row >> _SHARD_SHIFT
-        n_shards = int(shard.max()) + 1 if n else 0
+        if n == 0:
+            self.version += 1
+            return start
+        n_shards = (top >> _SHARD_SHIFT) + 1
         while len(self.shards) < n_shards:
             self.shards.append([])
-        contribution = np.asarray(confidence, dtype=np.float64) * np.asarray(log_odds, dtype=np.float64)
-        local = (agent_row & (AGENTS_PER_SHARD - 1)).astype(np.int32)
-        source = np.asarray(source_row).astype(np.int32)
-        if n_shards <= 1 or n < 64:
+        contribution = np.multiply(confidence, log_odds, dtype=np.float64)
+        local = np.bitwise_and(agent_row, AGENTS_PER_SHARD - 1, out=np.empty(n, dtype=np.int32),
+                               casting="unsafe")
+        source = np.asarray(source_row).astype(np.int32, copy=False)
+        if n == 1:
+            self._fill(top >> _SHARD_SHIFT, np.array([start], dtype=np.int64), local, source, contribution)
+        elif n_shards <= 1 or n < 64:
+            shard = agent_row >> _SHARD_SHIFT
             for s in np.unique(shard).tolist():
                 pos = np.flatnonzero(shard == s)
                 self._fill(s, start + pos, local[pos], source[pos], contribution[pos])
         else:
-            # Radix sort by shard (uint16) keeps each shard's rows in arrival order.
-            order = np.argsort(shard.astype(np.uint16 if n_shards < (1 << 16) else np.int64), kind="stable")
-            local, source, contribution = local[order], source[order], contribution[order]
+            key_type = np.uint8 if n_shards <= (1 << 8) else np.uint16 if n_shards <= (1 << 16) else np.int64
+            shard = np.right_shift(agent_row, _SHARD_SHIFT, out=np.empty(n, dtype=key_type), casting="unsafe")
+            # Radix sort by shard (uint8/uint16: one/two passes) keeps each shard's rows
+            # in arrival order.
+            order = np.argsort(shard, kind="stable")
+            counts = np.zeros(n_shards, dtype=np.int64)
+            for a in range(0, n, _COUNT_BLOCK):  # blocks: bincount's cast to intp stays in cache
+                counts += np.bincount(shard[a:a + _COUNT_BLOCK], minlength=n_shards)
+            bounds = np.concatenate([[0], np.cumsum(counts)])
+            del shard
+            # Fresh arrays owned by the ledger: partitions may keep views of them. Local
+            # agent (13 bits) and source travel as one int32 when sources fit in 18 bits.
+            if source_top < (1 << (31 - _SHARD_SHIFT)):
+                packed = np.left_shift(source, _SHARD_SHIFT)
+                packed |= local
+                packed = np.take(packed, order, mode="clip")
+                local = np.bitwise_and(packed, AGENTS_PER_SHARD - 1)
+                source = np.right_shift(packed, _SHARD_SHIFT, out=packed)
+            else:
+                local, source = np.take(local, order, mode="clip"), np.take(source, order, mode="clip")
+            contribution = np.take(contribution, order, mode="clip")
             order += start  # positions in the batch -> sequence numbers
-            bounds = np.concatenate([[0], np.cumsum(np.bincount(shard, minlength=n_shards))])
             for s in range(n_shards):
                 a, b = bounds[s], bounds[s + 1]
                 if a < b:
-                    self._fill(s, order[a:b], local[a:b], source[a:b], contribution[a:b])
+                    self._fill(s, order[a:b], local[a:b], source[a:b], contribution[a:b], owned=True)
         self.version += 1
         return start
 
-    def _fill(self, shard: int, seq, agent, source, contribution) -> None:
+    def _fill(self, shard: int, seq, agent, source, contribution, owned: bool = False) -> None:
+        """Append rows to a shard's partitions. ``owned``: the arrays belong to the ledger
+        (nothing else writes to them), so a new partition may keep views instead of copies."""
         partitions = self.shards[shard]
         pos = 0
         while pos < seq.size:
@@ -215,8 +261,16 @@ class EvidenceLedger:
                 partitions.append(EvidencePartition(self.partition_size))
             take = min(partitions[-1].room, seq.size - pos)
             sl = slice(pos, pos + take)
-            partitions[-1].extend(seq[sl], agent[sl], source[sl], contribution[sl])
+            if owned and partitions[-1].size == 0:
+                partitions[-1].adopt(seq[sl], agent[sl], source[sl], contribution[sl])
+            else:
+                partitions[-1].extend(seq[sl], agent[sl], source[sl], contribution[sl])
             pos += take
+
+    def _widen(self, name: str, largest: int) -> None:
+        col = self.columns[name]
+        if col.dtype == np.int32 and largest >= (1 << 31) - 1:
+            self.columns[name] = col.astype(np.int64)
 
     def _grow(self, need: int) -> None:
         have = self.columns["agent_row"].size
@@ -261,7 +315,7 @@ class EvidenceLedger:
         else:
             def cat(name, dtype):
                 parts = [getattr(p, name) for p in partitions]
-                return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+                return _join(parts) if parts else np.zeros(0, dtype=dtype)
             a, s, c, t, ac, at = PairSums.row_totals(
                 cat("agent", np.int32), cat("source", np.int32), cat("contribution", np.float64),
                 n_agents, prior, agent_sums=agent_sums)
@@ -287,3 +341,23 @@ class EvidenceLedger:
         parts = [p.sums().select_agent(agent_row - lo) for p in self.shards[shard]]
         a, s, c, t, ac, at = PairSums.merged_totals(parts, agent_row - lo + 1, prior)
         return ShardTotals(agent_row, a - (agent_row - lo), s, c, t, ac[-1:], at[-1:])
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    """``np.concatenate(parts)``, or a read-only view when the parts are consecutive
+    slices of one array (partitions filled from one batch hold such views)."""
+    base = parts[0].base
+    if len(parts) > 1 and base is not None and base.ndim == 1 and base.flags.c_contiguous:
+        item = base.itemsize
+        start = base.__array_interface__["data"][0]
+        pos = []
+        for p in parts:
+            if p.base is not base or p.dtype != base.dtype or not p.flags.c_contiguous:
+                return np.concatenate(parts)
+            pos.append(((p.__array_interface__["data"][0] - start) // item, p.size))
+        if all(a + n == b for (a, n), (b, _) in zip(pos, pos[1:], strict=False)):
+            view = base[pos[0][0]: pos[-1][0] + pos[-1][1]]
+            view.flags.writeable = False
+            return view
+    return np.concatenate(parts)
+

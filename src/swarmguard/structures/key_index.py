@@ -4,7 +4,10 @@ A million agents are an array, not a million objects: ids become rows
 ``0..n-1`` in order of first appearance, and every structure indexes arrays by
 row. Integer ids take a vectorised path: a dense lookup table while the ids
 are compact (span <= 4 x count, or small), else a sorted array searched with
-``np.searchsorted`` plus a small dict of recent single inserts. Any other
+``np.searchsorted`` plus a small dict of recent single inserts. While the ids are
+one ascending run of consecutive integers (row ``i`` has id ``lo + i``, e.g.
+sequential evidence ids) nothing is stored at all: lookups are arithmetic, and
+the arrays are built only when an id breaks the run. Any other
 hashable id (strings, tuples) switches the index to a plain dict, which is
 correct for every id but loops in Python for batches.
 """
@@ -52,6 +55,9 @@ class KeyIndex:
         self._sorted_rows: np.ndarray | None = None
         self._pending: dict[int, int] = {}
         self._n_int = 0  # used rows of _int_keys (it grows by doubling)
+        # Run mode: rows 0.._n_int-1 have ids _run_lo + row; _int_keys and the
+        # lookup structures are not built (see _leave_run).
+        self._run_lo: int | None = None
 
     def __len__(self) -> int:
         return len(self._objects) if self._objects is not None else self._n_int
@@ -69,6 +75,9 @@ class KeyIndex:
         if not _is_int_key(key):
             return _MISSING
         k = int(key)
+        if self._run_lo is not None:
+            pos = k - self._run_lo
+            return pos if 0 <= pos < self._n_int else _MISSING
         if self._table is not None:
             pos = k - self._lo
             return int(self._table[pos]) if 0 <= pos < self._table.size else _MISSING
@@ -88,6 +97,9 @@ class KeyIndex:
                 return np.fromiter((get(k, _MISSING) for k in _as_list(keys)), dtype=np.int64)
             return np.fromiter((self.row_of(k) for k in _as_list(keys)), dtype=np.int64)
         k = arr.astype(np.int64, copy=False)
+        if self._run_lo is not None:
+            pos = k - self._run_lo
+            return np.where((pos >= 0) & (pos < self._n_int), pos, _MISSING)
         if self._table is not None:
             pos = k - self._lo
             inside = (pos >= 0) & (pos < self._table.size)
@@ -106,11 +118,20 @@ class KeyIndex:
         """The id stored at ``row``."""
         if self._objects is not None:
             return self._objects[row]
+        if self._run_lo is not None:
+            if not -self._n_int <= row < self._n_int:
+                raise IndexError(f"row {row} out of range")
+            return self._run_lo + row % self._n_int
         return int(self._int_keys[row])
 
     def keys_of(self, rows: np.ndarray) -> np.ndarray:
         """Ids of many rows: an int64 array while ids are ints, else an object array."""
         rows = np.asarray(rows, dtype=np.int64)
+        if self._run_lo is not None:
+            n = self._n_int
+            if rows.size and (rows.min() < -n or rows.max() >= n):
+                raise IndexError(f"rows out of range for {n} ids")
+            return np.where(rows < 0, rows + n, rows) + np.int64(self._run_lo)
         if self._objects is None:
             return self._int_keys[rows]
         out = np.empty(rows.size, dtype=object)
@@ -121,6 +142,8 @@ class KeyIndex:
         """Every id, in row order."""
         if self._objects is not None:
             return list(self._objects)
+        if self._run_lo is not None:
+            return self._run_keys().tolist()
         return self._int_keys[: self._n_int].tolist()
 
     # ------------------------------------------------------------------ inserts
@@ -131,6 +154,10 @@ class KeyIndex:
             return row
         if self._objects is None and _is_int_key(key):
             k = int(key)
+            if self._run_lo is not None and k == self._run_lo + self._n_int and k < (1 << 63) - 1:
+                self._n_int += 1  # extends the run
+                return self._n_int - 1
+            self._leave_run()
             row = self._n_int
             self._append_ints(np.array([k], dtype=np.int64))
             if self._table is not None and not self._place_in_table(np.array([k]), np.array([row])):
@@ -153,6 +180,9 @@ class KeyIndex:
         if self._objects is None and arr is not None and arr.dtype.kind in "iu":
             k = arr.astype(np.int64, copy=False)
             rows = np.arange(start, start + k.size, dtype=np.int64)
+            if k.size and self._extends_run(k):
+                return rows
+            self._leave_run()
             self._append_ints(k)
             if self._table is None or self._table.size == 0 or not self._place_in_table(k, rows):
                 self._rebuild()
@@ -167,6 +197,32 @@ class KeyIndex:
         return np.arange(start, start + len(items), dtype=np.int64)
 
     # ------------------------------------------------------------------ internals
+    def _extends_run(self, k: np.ndarray) -> bool:
+        """Take new ids ``k`` in run mode if they continue the run (or start one in an
+        empty index); True when taken."""
+        if self._run_lo is None and self._n_int:
+            return False
+        first = int(k[0])
+        lo = first if self._run_lo is None else self._run_lo
+        if first != lo + self._n_int or int(k[-1]) != first + k.size - 1:
+            return False
+        if k.size > 1 and not (k[1:] > k[:-1]).all():  # strictly increasing + span = size - 1
+            return False
+        self._run_lo = lo
+        self._n_int += k.size
+        return True
+
+    def _run_keys(self) -> np.ndarray:
+        return np.arange(self._n_int, dtype=np.int64) + np.int64(self._run_lo)
+
+    def _leave_run(self) -> None:
+        """Materialise the run's ids and lookup table (before an id that breaks the run)."""
+        if self._run_lo is None:
+            return
+        self._int_keys = self._run_keys()
+        self._run_lo = None
+        self._rebuild()
+
     def _append_ints(self, k: np.ndarray) -> None:
         if self._n_int == 0 and k.size > self._int_keys.size:
             self._int_keys = np.array(k, dtype=np.int64)  # first big batch: no zero-fill
@@ -218,6 +274,7 @@ class KeyIndex:
     def _to_objects(self) -> None:
         if self._objects is not None:
             return
+        self._leave_run()
         self._objects = self._int_keys[: self._n_int].tolist()
         self._dict = {k: i for i, k in enumerate(self._objects)}
         self._int_keys = np.zeros(0, dtype=np.int64)

@@ -59,15 +59,23 @@ def compact(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     dense = (agent - a_lo) * n_sources + source
     span = int(dense.max()) + 1
     if span <= 8 * keys.size + 4096:
-        present = np.zeros(span, dtype=bool)
-        present[dense] = True
-        unique_dense = np.flatnonzero(present)
-        rank = np.cumsum(present, dtype=np.int64) - 1
-        inverse = rank[dense]
+        unique_dense, inverse = compact_dense(dense, span)
         u_agent, u_source = np.divmod(unique_dense, n_sources)
         return pair_key(u_agent + a_lo, u_source), inverse
     unique, inverse = np.unique(keys, return_inverse=True)
     return unique, inverse.ravel()
+
+
+def compact_dense(dense: np.ndarray, span: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(dense, return_inverse=True)`` for ints in ``[0, span)``, by a presence
+    table (no sort): the sorted distinct values and each value's rank among them."""
+    present = np.zeros(span, dtype=bool)
+    present[dense] = True
+    unique = np.flatnonzero(present)
+    narrow = np.int32 if unique.size < (1 << 31) else np.int64
+    rank = np.empty(span, dtype=narrow)  # only the present cells are ever read
+    rank[unique] = np.arange(unique.size, dtype=narrow)
+    return unique, rank[dense]
 
 
 class PairSums:
@@ -192,12 +200,25 @@ class PairSums:
         pass (exact sums do not depend on grouping, so the bits are the same). Pairs and
         agents with at most two terms skip the limbs (see :func:`exact_group_sums`).
         With ``agent_sums=False`` the per-agent totals are NaN (not computed)."""
-        keys = pair_key(agent_row, source_row)
-        unique, inverse = compact(keys)
-        counts = np.bincount(inverse, minlength=unique.size).astype(np.int64)
         contribution = np.asarray(contribution, dtype=np.float64)
-        pair_total = exact_group_sums(inverse, contribution, unique.size, counts=counts)
-        agent, source = split_pair_key(unique)
+        agent_row, source_row = np.asarray(agent_row), np.asarray(source_row)
+        n_sources = int(source_row.max()) + 1 if source_row.size else 0
+        span = n_agents * n_sources
+        if source_row.size and span <= 8 * source_row.size + 4096 and agent_row.max() < n_agents:
+            # Pairs numbered agent * n_sources + source: compacted by a presence table
+            # (already in pair-key order), without building 64-bit pair keys.
+            cell = np.multiply(agent_row, n_sources, dtype=np.int64)
+            cell += source_row
+            occupied, inverse = compact_dense(cell, span)
+            counts = np.bincount(inverse, minlength=occupied.size)
+            pair_total = exact_group_sums(inverse, contribution, occupied.size, counts=counts)
+            agent, source = np.divmod(occupied, n_sources)
+        else:
+            keys = pair_key(agent_row, source_row)
+            unique, inverse = compact(keys)
+            counts = np.bincount(inverse, minlength=unique.size).astype(np.int64)
+            pair_total = exact_group_sums(inverse, contribution, unique.size, counts=counts)
+            agent, source = split_pair_key(unique)
         agent_count = np.bincount(agent, weights=counts, minlength=n_agents).astype(np.int64)
         if agent_sums:
             agent_total = exact_group_sums(np.asarray(agent_row, dtype=np.int64), contribution, n_agents,
