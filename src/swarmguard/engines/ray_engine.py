@@ -67,7 +67,7 @@ from ..errors import (
     SwarmGuardError,
 )
 from ..structures.fdr import benjamini_hochberg
-from ..structures.robust_fusion import PEEL_HINT, PEEL_PASSES, SourceEvents, flag_sources
+from ..structures.robust_fusion import SourceEvents, peel_sources
 from ..validation import as_feature_matrix, check_finite_float, check_fraction
 from .shards import EvidenceShard, RegionShard, RootAggregator, StaleShardError
 
@@ -678,24 +678,15 @@ class RayDistributedBehavioralDetector:
                 events += local
             return events
 
-        # The same peeling as StableBayesianConsensus._global_pass (robust_fusion.peel_sources),
-        # with each recount done by the partitions that hold the pairs.
+        # The same peeling as StableBayesianConsensus._global_pass, with each recount
+        # done by the partitions that hold the pairs.
+        def recount(flagged: np.ndarray) -> SourceEvents:
+            bad_now = [k for k, f in zip(keys, flagged.tolist(), strict=True) if f]
+            return merged(self._gather([(h, "recount", (bad_now,), False) for h in self.evidence_shards]))
+
         events = merged(parts)
         never = np.array([k in self._trusted for k in keys], dtype=bool)
-        rate = self._false_flag_rate / (PEEL_PASSES * max(n_sources, 1))
-        flagged, tail = flag_sources(events, rate)
-        flagged &= ~never
-        for _ in range(1, PEEL_PASSES):
-            if not flagged.any() or not (~flagged & ~never & (tail <= PEEL_HINT)).any():
-                break
-            bad_now = [k for k, f in zip(keys, flagged.tolist(), strict=True) if f]
-            again = merged(self._gather([(h, "recount", (bad_now,), False) for h in self.evidence_shards]))
-            new, new_tail = flag_sources(again, rate)
-            new &= ~never & ~flagged
-            tail = np.where(flagged, tail, new_tail)
-            if not new.any():
-                break
-            flagged |= new
+        flagged, tail = peel_sources(events, recount, n_sources, self._false_flag_rate, never=never)
         bad = [k for k, f in zip(keys, flagged.tolist(), strict=True) if f]
         done = self._gather([(h, "finish", (bad,), False) for h in self.evidence_shards])
         from scipy.special import expit

@@ -90,7 +90,7 @@ their effect anyway.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -318,17 +318,28 @@ def flag_sources(events: SourceEvents, false_flag_rate: float) -> tuple[np.ndarr
     return log_tail <= np.log(false_flag_rate / 2.0), np.exp(log_tail)
 
 
-def peel_sources(first: SourceEvents, shards: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, int]],
+def peel_sources(first: SourceEvents, shards: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, int]] | Callable,
                  n_sources: int, false_flag_rate: float, never: np.ndarray | None = None,
                  passes: int = PEEL_PASSES) -> tuple[np.ndarray, np.ndarray]:
     """(flagged, tail bound) per source row by peeling (see the module docstring).
 
     ``first``: the events of every shard; ``shards``: each shard's (pair_agent,
-    pair_source, pair_total, n_agents), to recount without the flagged sources;
-    ``never``: rows never flagged (trusted). Each pass flags at the per-source rate
+    pair_source, pair_total, n_agents), to recount without the flagged sources —
+    or a callable ``recount(flagged) -> SourceEvents`` that does it wherever the
+    pairs live (e.g. on remote partitions); ``never``: rows never flagged
+    (trusted). Each pass flags at the per-source rate
     ``false_flag_rate / (passes * n_sources)``, so the chance that *any*
     exchangeable source is ever flagged is at most ``false_flag_rate``.
     """
+    if callable(shards):
+        recount = shards
+    else:
+        def recount(flagged: np.ndarray) -> SourceEvents:
+            events = SourceEvents.zeros(n_sources)
+            for agent, source, total, n_agents in shards:
+                keep = ~flagged[source]
+                events += far_outlier_events(agent[keep], source[keep], total[keep], n_agents, n_sources)
+            return events
     never = np.zeros(n_sources, dtype=bool) if never is None else np.asarray(never, dtype=bool)
     rate = false_flag_rate / (passes * max(n_sources, 1))
     flagged, tail = flag_sources(first, rate)
@@ -338,11 +349,7 @@ def peel_sources(first: SourceEvents, shards: Sequence[tuple[np.ndarray, np.ndar
         # suspicious (skipping a pass never adds a flag, so the guarantee holds).
         if not flagged.any() or not (~flagged & ~never & (tail <= PEEL_HINT)).any():
             break
-        events = SourceEvents.zeros(n_sources)
-        for agent, source, total, n_agents in shards:
-            keep = ~flagged[source]
-            events += far_outlier_events(agent[keep], source[keep], total[keep], n_agents, n_sources)
-        new, new_tail = flag_sources(events, rate)
+        new, new_tail = flag_sources(recount(flagged), rate)
         new &= ~never & ~flagged
         tail = np.where(flagged, tail, new_tail)
         if not new.any():
