@@ -30,7 +30,6 @@ is finite and returned here.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any
@@ -39,6 +38,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, SwarmGuardError
 from ..validation import as_float_vector, check_finite_float
+from .npz import dict_from_bytes, dict_to_bytes
 
 __all__ = [
     "ExactSum",
@@ -655,17 +655,11 @@ class ExactSum:
 
     def to_bytes(self) -> bytes:
         """Serialise to bytes (an ``.npz`` archive, no pickle)."""
-        buf = io.BytesIO()
-        np.savez(buf, **self.to_dict())
-        return buf.getvalue()
+        return dict_to_bytes(self.to_dict())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ExactSum:
         """Inverse of :meth:`to_bytes`."""
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                state = {k: z[k] for k in z.files}
-        except Exception as exc:  # zipfile/ValueError/OSError on corrupt input
-            raise InvalidInputError(f"bytes are not a serialised ExactSum: {exc}") from exc
+        state = dict_from_bytes(data, "ExactSum")
         return cls.from_dict(state)
 
