@@ -393,17 +393,16 @@ class StableBayesianConsensus:
             return np.zeros(0, dtype=bool), True
         return g["flagged"], not current
 
-    def _global_pass(self, need_sum: bool = False) -> dict[str, Any]:
-        """Exact totals, fusion and reputation for every agent (cached until evidence changes).
+    def _fuse_shards(self, need_sum: bool = False):
+        """Exact totals and robust fusion of every ledger shard, and the source events.
 
-        The plain exact sums per agent are one more pass over every contribution: they
-        are computed in ``"sum"`` mode or when asked (``need_sum``), else left NaN.
+        Returns ``(per-agent arrays, SourceEvents, pair_agents, pair_sources,
+        shard_pairs)``: ``pair_agents`` holds (first agent row, local agent rows)
+        per shard, ``shard_pairs`` each shard's (pair_agent, pair_source,
+        pair_total, n_agents) for peeling. Shared by :meth:`_global_pass` and by
+        the Ray engine's evidence partitions.
         """
         ledger = self._ledger
-        need_sum = need_sum or self.aggregation == "sum"
-        g = self._global
-        if g is not None and g["version"] == ledger.version and (g["has_sum"] or not need_sum):
-            return g
         n_agents, n_sources = len(ledger.agents), len(ledger.sources)
         out = {name: np.zeros(n_agents, dtype=dt) for name, dt in
                (("robust", float), ("sum", float), ("low", float), ("high", float),
@@ -422,6 +421,21 @@ class StableBayesianConsensus:
             pair_agents.append((t.agent_lo, t.pair_agent))
             pair_sources.append(t.pair_source)
             shard_pairs.append((t.pair_agent, t.pair_source, t.pair_total, k))
+        return out, events, pair_agents, pair_sources, shard_pairs
+
+    def _global_pass(self, need_sum: bool = False) -> dict[str, Any]:
+        """Exact totals, fusion and reputation for every agent (cached until evidence changes).
+
+        The plain exact sums per agent are one more pass over every contribution: they
+        are computed in ``"sum"`` mode or when asked (``need_sum``), else left NaN.
+        """
+        ledger = self._ledger
+        need_sum = need_sum or self.aggregation == "sum"
+        g = self._global
+        if g is not None and g["version"] == ledger.version and (g["has_sum"] or not need_sum):
+            return g
+        n_agents, n_sources = len(ledger.agents), len(ledger.sources)
+        out, events, pair_agents, pair_sources, shard_pairs = self._fuse_shards(need_sum)
         trusted = np.zeros(n_sources, dtype=bool)
         for key in self.trusted_sources:          # fused like any source, never flagged
             row = ledger.sources.row_of(key)

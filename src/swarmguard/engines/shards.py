@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 
 from ..api.cap import compute_confidence_factor
-from ..api.consensus import StableBayesianConsensus
+from ..api.consensus import StableBayesianConsensus, _count_flagged
 from ..api.tree import HierarchicalStatisticalTree
 from ..errors import SwarmGuardError
 from ..structures.chi2 import chi2_sf
 from ..structures.replica import RegionReplica
-from ..structures.robust_fusion import SourceEvents, far_outlier_events, fuse, source_events
+from ..structures.robust_fusion import SourceEvents, far_outlier_events
 from ..structures.scoring import LeaveOneOutScorer
 from ..values.moments import Moments
 from ..values.version_vector import VersionVector
@@ -368,27 +368,9 @@ class EvidenceShard(_Versioned):
         ledger = c._ledger
         if self._fused is not None and self._fused["version"] == ledger.version:
             return self._fused
-        n_agents, n_sources = len(ledger.agents), len(ledger.sources)
-        out = {name: np.zeros(n_agents, dtype=dt) for name, dt in
-               (("robust", float), ("n", np.int64), ("f", np.int64), ("count", np.int64))}
-        events = SourceEvents.zeros(n_sources)
-        pa, ps, shard_pairs = [], [], []
-        for s in range(len(ledger.shards)):
-            t = ledger.shard_totals(s, c.prior_log_odds, agent_sums=False)
-            k = t.agent_count.size
-            fu = fuse(t.pair_agent, t.pair_total, k, c.byzantine_threshold, c.prior_log_odds)
-            sl = slice(t.agent_lo, t.agent_lo + k)
-            out["robust"][sl], out["n"][sl], out["f"][sl], out["count"][sl] = (
-                fu.log_odds, fu.n_sources, fu.trimmed, t.agent_count)
-            events += source_events(t.pair_source, fu, n_sources)
-            pa.append(t.pair_agent + t.agent_lo)
-            ps.append(t.pair_source)
-            shard_pairs.append((t.pair_agent, t.pair_source, t.pair_total, k))
-        out["shard_pairs"] = shard_pairs
-        out["pair_agent"] = np.concatenate(pa) if pa else np.zeros(0, np.int64)
-        out["pair_source"] = np.concatenate(ps) if ps else np.zeros(0, np.int64)
-        out["events"] = events
-        out["version"] = ledger.version
+        out, events, pair_agents, pair_sources, shard_pairs = c._fuse_shards(need_sum=False)
+        out.update(shard_pairs=shard_pairs, pair_agents=pair_agents, pair_sources=pair_sources,
+                   events=events, version=ledger.version)
         self._fused = out
         return out
 
@@ -420,11 +402,7 @@ class EvidenceShard(_Versioned):
         bad = set(flagged)
         flag = np.array([k in bad for k in ledger.sources.keys()], dtype=bool)
         n_agents = len(ledger.agents)
-        if g["pair_agent"].size:
-            n_flagged = np.bincount(g["pair_agent"], weights=flag[g["pair_source"]],
-                                    minlength=n_agents).astype(np.int64)
-        else:
-            n_flagged = np.zeros(n_agents, np.int64)
+        n_flagged = _count_flagged(g["pair_agents"], g["pair_sources"], flag, n_agents)
         log_odds = g["robust"]
         reached = self.consensus._reached(g["n"], g["f"], n_flagged)
         return {"agent_ids": ledger.agents.keys_of(np.arange(n_agents, dtype=np.int64)),
