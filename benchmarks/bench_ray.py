@@ -21,35 +21,23 @@ import argparse
 import os
 import platform
 import resource
-import time
 
 import numpy as np
 
 from swarmguard.api.detector import DistributedBehavioralDetector
 from swarmguard.apps.scenario import Scenario, ScenarioConfig
+from swarmguard.apps.simulate import cluster_names, play_round
 
 
 def run(config: ScenarioConfig, make) -> dict:
     sc = Scenario(config)
     now = [0.0]
     det = make(sc, now)
-    clusters = np.array([f"cluster-{k}" for k in range(config.regions * config.clusters_per_region)])[
-        sc.cluster_index]
+    clusters = cluster_names(sc)
     times, isolated = [], []
     for r in range(config.rounds):
-        now[0] = r * config.round_seconds
-        if r == config.partition_at and config.partition_at < config.heal_at:
-            det.cap_resolver.partition(sc.partition_groups())
-        if r == config.heal_at and config.partition_at < config.heal_at:
-            det.cap_resolver.heal()
-            det.cap_resolver.sync()
-        X = sc.behaviour(r)
-        ev = sc.evidence(r, now[0])
-        t0 = time.perf_counter()
-        if ev["evidence_ids"].size:
-            det.ingest_evidence(**ev)
-        res = det.process_round(sc.agent_ids, X, sc.region_names, cohorts=clusters, timestamp=now[0])
-        times.append(time.perf_counter() - t0)
+        res, seconds = play_round(det, sc, r, now, clusters)
+        times.append(seconds)
         isolated.append(np.flatnonzero(res["isolate"]))
     memory = det.peak_memory_mb() if hasattr(det, "peak_memory_mb") else {}
     if hasattr(det, "close"):

@@ -61,28 +61,43 @@ def run_simulation(config: ScenarioConfig, progress: Progress | None = None,
             det.close()
 
 
+def cluster_names(sc: Scenario) -> np.ndarray:
+    """Each agent's cluster as a cohort name (a NumPy string array: the tree's fast path)."""
+    c = sc.config
+    return np.array([f"cluster-{k}" for k in range(c.regions * c.clusters_per_region)])[sc.cluster_index]
+
+
+def play_round(det: Any, sc: Scenario, r: int, now: list[float], clusters: np.ndarray) -> tuple[dict[str, Any], float]:
+    """Round ``r`` of the scenario through a detector (either engine): the network
+    events, the round's evidence and behaviour. Returns the round's result and the
+    seconds spent in the detector."""
+    c = sc.config
+    now[0] = r * c.round_seconds
+    if r == c.partition_at and c.partition_at < c.heal_at:
+        det.cap_resolver.partition(sc.partition_groups())
+    if r == c.heal_at and c.partition_at < c.heal_at:
+        det.cap_resolver.heal()
+        det.cap_resolver.sync()
+    X = sc.behaviour(r)
+    ev = sc.evidence(r, now[0])
+    t0 = time.perf_counter()
+    if ev["evidence_ids"].size:
+        det.ingest_evidence(**ev)
+    res = det.process_round(sc.agent_ids, X, sc.region_names, cohorts=clusters, timestamp=now[0])
+    return res, time.perf_counter() - t0
+
+
 def _run(c: ScenarioConfig, sc: Scenario, det: Any, now: list[float], progress: Progress,
          latency_sample: int, t_start: float) -> dict[str, Any]:
-    cluster_names = np.array([f"cluster-{k}" for k in range(c.regions * c.clusters_per_region)])[sc.cluster_index]
+    clusters = cluster_names(sc)
     n = c.agents
     first_isolation = np.full(n, -1, dtype=np.int64)
     rounds: list[dict[str, Any]] = []
     accepted = attempted = 0
     round_times = []
     for r in range(c.rounds):
-        now[0] = r * c.round_seconds
-        if r == c.partition_at and c.partition_at < c.heal_at:
-            det.cap_resolver.partition(sc.partition_groups())
-        if r == c.heal_at and c.partition_at < c.heal_at:
-            det.cap_resolver.heal()
-            det.cap_resolver.sync()
-        X = sc.behaviour(r)
-        ev = sc.evidence(r, now[0])
-        t0 = time.perf_counter()
-        if ev["evidence_ids"].size:
-            det.ingest_evidence(**ev)
-        res = det.process_round(sc.agent_ids, X, sc.region_names, cohorts=cluster_names, timestamp=now[0])
-        round_times.append(time.perf_counter() - t0)
+        res, seconds = play_round(det, sc, r, now, clusters)
+        round_times.append(seconds)
         if sc.partitioned(r):
             attempted += n
             accepted += int(res["accepted"])
