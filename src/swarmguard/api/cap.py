@@ -30,7 +30,7 @@ import asyncio
 import math
 import sys
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from statistics import NormalDist
@@ -62,6 +62,7 @@ __all__ = [
     "UnknownRegionError",
     "compute_confidence_factor",
     "widened_threshold",
+    "require_write_quorum",
 ]
 
 
@@ -132,6 +133,39 @@ class SyncReport:
     rows_shipped: int
     bytes_shipped: int
     seconds: float
+
+
+def require_write_quorum(known: Sequence[str], group_of: Mapping[str, int] | None,
+                         writing: Iterable[str]) -> None:
+    """STRONG's rule: raise :class:`QuorumUnavailableError` unless each region writing reaches a majority.
+
+    ``known``: the regions so far; ``group_of``: each region's partition group
+    (None: no partition); ``writing``: the regions about to write, in order. A
+    region not yet known joins as it writes (reachable by nobody during a
+    partition, as :class:`StatisticalCAPResolver` places it), so it counts in
+    the total of the writes after it. Changes nothing.
+    """
+    known = list(known)
+    groups = None if group_of is None else dict(group_of)
+    for region in writing:
+        new = region not in known
+        total = len(known) + new
+        if groups is None:
+            reach = total
+        elif new:
+            reach = 1
+        else:
+            reach = sum(1 for r in known if groups.get(r) == groups[region])
+        if 2 * reach <= total:
+            raise QuorumUnavailableError(
+                f"STRONG consistency: region {region!r} reaches {reach} of {total} regions, "
+                f"a majority needs {total // 2 + 1}; use ConsistencyModel.STATISTICAL to stay "
+                "available during partitions"
+            )
+        if new:
+            known.append(region)
+            if groups is not None:
+                groups[region] = max(groups.values(), default=-1) + 1
 
 
 def compute_confidence_factor(
@@ -344,21 +378,20 @@ class StatisticalCAPResolver:
         """Regions whose links to ``region`` deliver now (``region`` included), sorted."""
         return sorted(self._reachable(self._known(region)))
 
-    def _has_quorum(self, region: str, new_region: bool = False) -> bool:
-        total = len(self._regions) + (1 if new_region else 0)
-        reach = 1 if new_region and self._group_of is not None else len(self._reachable(region)) + (
-            1 if new_region else 0)
-        return 2 * reach > total
-
     def _require_quorum(self, region: str, new_region: bool = False) -> None:
-        if self.consistency_model is ConsistencyModel.STRONG and not self._has_quorum(region, new_region):
-            reach = 1 if new_region else len(self._reachable(region))
-            total = len(self._regions) + (1 if new_region else 0)
-            raise QuorumUnavailableError(
-                f"STRONG consistency: region {region!r} reaches {reach} of {total} regions, "
-                f"a majority needs {total // 2 + 1}; use ConsistencyModel.STATISTICAL to stay "
-                "available during partitions"
-            )
+        if self.consistency_model is ConsistencyModel.STRONG:
+            require_write_quorum(self._regions, self._group_of, [region])
+
+    def check_writable(self, regions: Iterable[str]) -> None:
+        """Raise as a write of each of ``regions`` (in order) would, changing nothing.
+
+        Names must be valid; under STRONG every region must reach a majority
+        (a new region joins as it writes, as in :meth:`handle_updates_many`).
+        Lets a caller refuse a whole batch before touching other state.
+        """
+        names = [check_region_name(r) for r in regions]
+        if self.consistency_model is ConsistencyModel.STRONG:
+            require_write_quorum(self._regions, self._group_of, names)
 
     # ------------------------------------------------------------------ links
     def partition(self, groups: Iterable[Iterable[str]]) -> None:

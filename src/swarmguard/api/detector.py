@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
 from scipy.stats import chi2
 
 from ..errors import DimensionMismatchError, InvalidInputError
-from ..validation import as_feature_matrix, check_finite_float, check_fraction
-from .cap import ConsistencyModel, StatisticalCAPResolver, StatisticalUpdate
+from ..validation import as_feature_matrix
+from .cap import StatisticalCAPResolver, StatisticalUpdate
 from .consensus import BayesianEvidence, EvidenceType, StableBayesianConsensus
+from .detector_settings import DetectorSettings
 from .protocol import BehavioralDistributedProtocol, read_behavior
 from .tree import HierarchicalStatisticalTree
 
-__all__ = ["DistributedBehavioralDetector", "p_value_log_odds"]
+__all__ = ["DistributedBehavioralDetector", "DetectorSettings", "p_value_log_odds", "BACKENDS"]
 
-_REQUIRE = ("both", "anomaly", "consensus", "either")
+BACKENDS = ("inprocess", "ray")
 
 
 def p_value_log_odds(log_p: np.ndarray | float) -> np.ndarray | float:
@@ -72,58 +74,61 @@ class DistributedBehavioralDetector:
     its peers' by design and must not get it flagged as Byzantine.
     """
 
-    def __init__(
-        self,
-        *,
-        branching_factor: int = 10,
-        feature_dimensions: int | None = None,
-        significance_level: float = 1e-3,
-        fdr: float | None = None,
-        shrinkage: float | str = "auto",
-        warm_up: int | None = None,
-        score_levels: str = "population",
-        byzantine_threshold: float = 0.33,
-        partition_size: int = 10000,
-        prior_probability: float = 0.01,
-        consistency_model: Any = ConsistencyModel.STATISTICAL,
-        max_staleness_seconds: float = 5.0,
-        confidence_decay_rate: float = 0.1,
-        clock: Any = None,
-        isolate_probability: float = 0.9,
-        require: str = "both",
-        own_evidence_cap: float = 3.0,
-        node_id: str = "detector",
-        default_region: str = "default",
-        regions: Sequence[str] | None = None,
-    ):
+    def __new__(cls, *args: Any, backend: str = "inprocess", **kwargs: Any):
+        # DistributedBehavioralDetector(backend="ray", ...) is a Ray detector (a subclass):
+        # type.__call__ then runs its __init__ with the same arguments.
+        if cls is DistributedBehavioralDetector and backend != "inprocess":
+            if backend == "ray":
+                from ..engines.ray_engine import RayDistributedBehavioralDetector
+                return super().__new__(RayDistributedBehavioralDetector)
+            raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        return super().__new__(cls)
+
+    def __init__(self, settings: DetectorSettings | None = None, /, *, backend: str = "inprocess",
+                 **params: Any):
+        if backend != "inprocess":
+            raise InvalidInputError(f"{type(self).__name__} is the in-process backend, got backend={backend!r}")
+        s = self._apply_settings(DetectorSettings.from_params(settings, params))
         # Solution 1: O(n log n) aggregation
-        self.tree = HierarchicalStatisticalTree(branching_factor=branching_factor,
-                                                feature_dimensions=feature_dimensions)
+        self.tree = HierarchicalStatisticalTree(branching_factor=s.branching_factor,
+                                                feature_dimensions=s.feature_dimensions)
         self.protocol = BehavioralDistributedProtocol(
-            self.tree, significance_level=significance_level, fdr=fdr, shrinkage=shrinkage,
-            warm_up=warm_up, score_levels=score_levels)
+            self.tree, significance_level=s.significance_level, fdr=s.fdr, shrinkage=s.shrinkage,
+            warm_up=s.warm_up, score_levels=s.score_levels)
         # Solution 2: stable Bayesian consensus
-        self.consensus = StableBayesianConsensus(byzantine_threshold=byzantine_threshold,
-                                                 partition_size=partition_size,
-                                                 prior_probability=prior_probability,
-                                                 trusted_sources=[node_id])
+        self.consensus = StableBayesianConsensus(byzantine_threshold=s.byzantine_threshold,
+                                                 partition_size=s.partition_size,
+                                                 prior_probability=s.prior_probability,
+                                                 trusted_sources=[s.node_id])
         # Solution 3: statistical CAP resolver
-        self.clock = clock or time.time
-        self.cap_resolver = StatisticalCAPResolver(consistency_model=consistency_model,
-                                                   max_staleness_seconds=max_staleness_seconds,
-                                                   confidence_decay_rate=confidence_decay_rate,
-                                                   clock=clock, regions=regions)
-        self.isolate_probability = check_fraction(isolate_probability, "isolate_probability")
-        if require not in _REQUIRE:
-            raise InvalidInputError(f"require must be one of {_REQUIRE}, got {require!r}")
-        self.require = require
-        self.own_evidence_cap = check_finite_float(own_evidence_cap, "own_evidence_cap")
-        if self.own_evidence_cap < 0:
-            raise InvalidInputError("own_evidence_cap must be >= 0")
-        self.node_id = node_id
-        self.default_region = default_region
-        self._evidence_seq = itertools.count()
+        self.cap_resolver = StatisticalCAPResolver(consistency_model=s.consistency_model,
+                                                   max_staleness_seconds=s.max_staleness_seconds,
+                                                   confidence_decay_rate=s.confidence_decay_rate,
+                                                   clock=s.clock, regions=s.regions,
+                                                   auto_sync_seconds=s.auto_sync_seconds)
+
+    def _apply_settings(self, s: DetectorSettings) -> DetectorSettings:
+        """Keep the settings and the decision rule's parameters (shared by every backend)."""
+        self.settings = s
+        self.clock = s.clock or time.time
+        self.isolate_probability = s.isolate_probability
+        self.require = s.require
+        self.own_evidence_cap = s.own_evidence_cap
+        self.node_id = s.node_id
+        self.default_region = s.default_region
+        self._evidence_number = 0
         self._update_seq = itertools.count()
+        return s
+
+    @property
+    def feature_dimensions(self) -> int | None:
+        """Features per agent (None until the first observation fixes it)."""
+        return self.tree.feature_dimensions
+
+    def _next_evidence_number(self) -> int:
+        k = self._evidence_number
+        self._evidence_number += 1
+        return k
 
     # ------------------------------------------------------------------ the guide's helpers
     def _region_of(self, behavioral_data: Any) -> str:
@@ -144,10 +149,10 @@ class DistributedBehavioralDetector:
         count); ``confidence`` defaults to 1 (the region's confidence factor in
         :meth:`process_agent_behavior`).
         """
-        d = self.tree.feature_dimensions
+        d = self.feature_dimensions
         log_p = float(chi2.logsf(anomaly_info["mahalanobis_squared"], d))
         return BayesianEvidence(
-            evidence_id=f"{self.node_id}:{next(self._evidence_seq)}",
+            evidence_id=f"{self.node_id}:{self._next_evidence_number()}",
             agent_id=agent_id,
             evidence_type=EvidenceType.BEHAVIORAL_ANOMALY,
             log_odds=min(p_value_log_odds(log_p), self.own_evidence_cap),
@@ -181,7 +186,7 @@ class DistributedBehavioralDetector:
         turned back into a p-value cut, so it applies to the decision p-value
         whichever level (population or cohort) produced it.
         """
-        d = self.tree.feature_dimensions
+        d = self.feature_dimensions
         cf = np.clip(np.asarray(confidence, dtype=np.float64), 1e-12, 1.0)
         if p_cut <= 0:
             return np.asarray(is_anomaly, dtype=bool)
@@ -269,13 +274,15 @@ class DistributedBehavioralDetector:
         ts = float(self.clock()) if timestamp is None else float(timestamp)
         if not math.isfinite(ts):
             raise InvalidInputError("timestamp must be finite")
+        names, inverse = np.unique(regions, return_inverse=True)
+        # STRONG refuses before the tree changes: a refused round leaves every part as it was
+        self.cap_resolver.check_writable(names.tolist())
         # Solution 1: update and score everyone (vectorised), regions as cohorts
         scored = self.protocol.update_and_score_many(agent_ids, X, cohorts=regions if cohorts is None else cohorts,
                                                      fdr=fdr)
         ids = scored["agent_ids"]
         d2 = scored["mahalanobis_squared"]
         # Solution 3: each region's updates in one batch; its confidence factor
-        names, inverse = np.unique(regions, return_inverse=True)
         region_cf = np.ones(names.size)
         accepted = 0
         for k, name in enumerate(names):
@@ -286,15 +293,22 @@ class DistributedBehavioralDetector:
             cf = res["confidence_factor"]
             region_cf[k] = 1.0 if cf is None else cf
         confidence = region_cf[inverse]
+        return self._finish_round(ids, scored["mahalanobis_squared"], scored["p_value"],
+                                  scored["decision_p_value"], scored["is_anomaly"], scored["p_value_cutoff"],
+                                  scored["threshold_squared"], confidence, names, region_cf, accepted, ts)
+
+    def _finish_round(self, ids: np.ndarray, d2: np.ndarray, p: np.ndarray, decision_p: np.ndarray,
+                      flagged_mask: np.ndarray, p_cut: float, thr2: float, confidence: np.ndarray,
+                      names: np.ndarray, region_cf: np.ndarray, accepted: int, ts: float) -> dict[str, Any]:
+        """Steps 2 and 4 of a round, on any backend: own evidence, consensus, decision, result."""
+        n = ids.shape[0]
         # Solution 2: the detector's own evidence for the anomalous agents
-        flagged = np.flatnonzero(scored["is_anomaly"])
+        flagged = np.flatnonzero(flagged_mask)
         if flagged.size:
-            d = self.tree.feature_dimensions
-            log_p = chi2.logsf(d2[flagged], d)
-            start = next(self._evidence_seq)
+            log_p = chi2.logsf(d2[flagged], self.feature_dimensions)
+            start = self._next_evidence_number()
             eids = np.array([f"{self.node_id}:{start}:{i}" for i in range(flagged.size)])
-            self._evidence_seq = itertools.count(start + 1)
-            self.consensus.add_evidence_batch(
+            self.ingest_evidence(
                 eids, ids[flagged], EvidenceType.BEHAVIORAL_ANOMALY,
                 np.minimum(p_value_log_odds(log_p), self.own_evidence_cap),
                 confidence[flagged], np.full(flagged.size, ts), np.full(flagged.size, self.node_id))
@@ -306,8 +320,8 @@ class DistributedBehavioralDetector:
             have = pos >= 0
             probability[have] = cons["probability"][pos[have]]
             reached[have] = cons["consensus_reached"][pos[have]]
-        anomaly = self._anomaly_holds(scored["is_anomaly"], scored["decision_p_value"],
-                                      scored["p_value_cutoff"], confidence)
+        # Step 4: the decision
+        anomaly = self._anomaly_holds(flagged_mask, decision_p, p_cut, confidence)
         consensus = reached & (np.nan_to_num(probability, nan=0.0) >= self.isolate_probability)
         isolate = {"both": anomaly & consensus, "either": anomaly | consensus,
                    "anomaly": anomaly, "consensus": consensus}[self.require]
@@ -315,16 +329,23 @@ class DistributedBehavioralDetector:
             "agent_ids": ids,
             "action": np.where(isolate, "isolate", "monitor"),
             "isolate": isolate,
-            "is_anomaly": scored["is_anomaly"],
+            "is_anomaly": flagged_mask,
             "mahalanobis_squared": d2,
-            "p_value": scored["p_value"],
+            "p_value": p,
+            "decision_p_value": decision_p,
             "probability": probability,
             "consensus_reached": reached,
             "confidence": confidence,
-            "region_confidence": dict(zip(names.tolist(), region_cf.tolist(), strict=True)),
+            "region_confidence": dict(zip(np.asarray(names).tolist(), np.asarray(region_cf).tolist(), strict=True)),
             "accepted": accepted,
-            "threshold_squared": scored["threshold_squared"],
+            "threshold_squared": thr2,
         }
+
+
+DistributedBehavioralDetector.__signature__ = inspect.Signature(  # help() and IDEs list the real parameters
+    [inspect.Parameter("settings", inspect.Parameter.POSITIONAL_ONLY, default=None),
+     inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default="inprocess"),
+     *DetectorSettings.signature_parameters()])
 
 
 def _positions(keys: Any, ids: np.ndarray) -> np.ndarray:
