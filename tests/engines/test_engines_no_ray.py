@@ -44,7 +44,7 @@ def test_shards_merge_to_the_whole_tree_with_cohorts_across_shards():
     whole.update_many(ids, X, cohorts=cohorts)
     summaries = []
     for name in ["r0", "r1"]:
-        shard = RegionShard([name], ["r0", "r1"], 0.0, feature_dimensions=4)
+        shard = RegionShard(0.0, feature_dimensions=4)
         rows = np.flatnonzero(regions == name)
         summaries.append(shard.update(0, ids[rows], X[rows], cohorts[rows], regions[rows]))
     merged = RootAggregator().merge(0, *summaries)

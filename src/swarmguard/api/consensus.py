@@ -162,8 +162,18 @@ class StableBayesianConsensus:
         return self._ingest(evidence_ids, agent_ids, source_nodes, evidence_types, log_odds,
                             confidences, timestamps, persist=True)
 
+    def check_evidence_batch(self, evidence_ids: Any, agent_ids: Any, evidence_types: Any,
+                             log_odds: Any, confidences: Any, timestamps: Any, source_nodes: Any) -> int:
+        """Raise as :meth:`add_evidence_batch` would, changing nothing; returns how many would be new.
+
+        Lets a caller that spreads one batch over several consensus objects
+        (the Ray partitions) check every part before adding any.
+        """
+        return self._ingest(evidence_ids, agent_ids, source_nodes, evidence_types, log_odds,
+                            confidences, timestamps, persist=True, dry_run=True)
+
     def _ingest(self, evidence_ids, agent_ids, source_nodes, evidence_types, log_odds, confidences,
-                timestamps, persist: bool) -> int:
+                timestamps, persist: bool, dry_run: bool = False) -> int:
         lo = as_float_vector(log_odds, "log_odds", allow_empty=True)
         n = lo.size
         conf = as_float_vector(confidences, "confidences", allow_empty=True)
@@ -199,6 +209,9 @@ class StableBayesianConsensus:
             ev_list = ev.tolist() if isinstance(ev, np.ndarray) else list(ev)
             self._check_storable(ev_list, _keys_for(ledger.agents, agent_rows, new_agents),
                                  _keys_for(ledger.sources, source_rows, new_sources))
+        if dry_run:
+            return m
+        if persist and self._store is not None:
             type_names = np.array([t.value for t in EvidenceType], dtype=object)[codes]
             self._store.insert_columns(ev_list, _keys_for(ledger.agents, agent_rows, new_agents),
                                        _keys_for(ledger.sources, source_rows, new_sources),
@@ -282,12 +295,18 @@ class StableBayesianConsensus:
         ``aggregation`` and ``reputation_stale``.
         """
         agent_id = check_key(agent_id, "agent_id")
+        if self._ledger.agents.row_of(agent_id) < 0:
+            raise UnknownAgentError(f"no evidence for agent {agent_id!r}")
+        flagged, stale = self._flags_for_single()
+        return self._consensus_of(agent_id, flagged, stale)
+
+    def _consensus_of(self, agent_id: Hashable, flagged: np.ndarray, stale: bool) -> dict[str, Any]:
+        """:meth:`consensus` given the source flags (``flagged[source row]``), which may come from elsewhere."""
         row = self._ledger.agents.row_of(agent_id)
         if row < 0:
             raise UnknownAgentError(f"no evidence for agent {agent_id!r}")
         totals = self._ledger.agent_totals(row, self.prior_log_odds)
         fusion = fuse(totals.pair_agent, totals.pair_total, 1, self.byzantine_threshold, self.prior_log_odds)
-        flagged, stale = self._flags_for_single()
         src = totals.pair_source
         bad = src[(src < flagged.size)]
         bad = bad[flagged[bad]] if bad.size else bad

@@ -9,29 +9,29 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..api.detector import BACKENDS
 from ..errors import InvalidInputError
 
 __all__ = ["BACKENDS", "make_detector", "RayDistributedBehavioralDetector"]
 
-BACKENDS = ("inprocess", "ray")
 
 
 def make_detector(backend: str = "inprocess", *, address: str | None = None,
                   ray_options: dict[str, Any] | None = None, **kwargs: Any):
     """A detector on the chosen backend; ``kwargs`` are the detector's parameters.
 
-    ``backend="inprocess"`` gives :class:`~swarmguard.api.detector.DistributedBehavioralDetector`;
-    ``backend="ray"`` gives :class:`~swarmguard.engines.ray_engine.RayDistributedBehavioralDetector`
+    The same as ``DistributedBehavioralDetector(backend=backend, ...)``:
+    ``"inprocess"`` gives :class:`~swarmguard.api.detector.DistributedBehavioralDetector`,
+    ``"ray"`` its subclass :class:`~swarmguard.engines.ray_engine.RayDistributedBehavioralDetector`
     (``address``: a running cluster, else a local ``ray.init(num_cpus=2)``;
-    ``ray_options``: its extra parameters such as ``region_workers``).
+    ``ray_options``: its other parameters, such as ``region_workers``).
     """
-    if backend == "inprocess":
-        from ..api.detector import DistributedBehavioralDetector
-        return DistributedBehavioralDetector(**kwargs)
+    from ..api.detector import DistributedBehavioralDetector
     if backend == "ray":
-        from .ray_engine import RayDistributedBehavioralDetector
-        return RayDistributedBehavioralDetector(address=address, **(ray_options or {}), **kwargs)
-    raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        return DistributedBehavioralDetector(backend="ray", address=address, **(ray_options or {}), **kwargs)
+    if address is not None or ray_options:
+        raise InvalidInputError("address and ray_options are for backend='ray'")
+    return DistributedBehavioralDetector(backend=backend, **kwargs)
 
 
 def __getattr__(name: str):

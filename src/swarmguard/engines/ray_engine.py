@@ -56,25 +56,41 @@ from typing import Any
 import numpy as np
 from scipy.stats import chi2
 
-from ..api.cap import ConsistencyModel
-from ..api.detector import _positions, p_value_log_odds
-from ..api.evidence_types import EvidenceType
+from ..api.cap import (
+    ConsistencyModel,
+    StatisticalCAPResolver,
+    UnknownRegionError,
+    require_write_quorum,
+)
+from ..api.consensus import StableBayesianConsensus
+from ..api.detector import DistributedBehavioralDetector
+from ..api.detector_settings import DetectorSettings
+from ..api.evidence_types import BayesianEvidence, EvidenceType
+from ..api.protocol import BehavioralDistributedProtocol, read_behavior
+from ..api.tree import HierarchicalStatisticalTree
 from ..errors import (
     DimensionMismatchError,
     InvalidInputError,
     InvalidTypeError,
     MissingDependencyError,
     SwarmGuardError,
+    UnknownAgentError,
 )
 from ..structures.fdr import benjamini_hochberg
 from ..structures.robust_fusion import SourceEvents, peel_sources
-from ..validation import as_feature_matrix, check_finite_float, check_fraction
+from ..validation import (
+    as_feature_matrix,
+    as_feature_vector,
+    check_agent_id,
+    check_cohort,
+    check_finite_float,
+    check_key,
+    check_positive_int,
+)
+from ..values.version_vector import check_region_name
 from .shards import EvidenceShard, RegionShard, RootAggregator, StaleShardError
 
 __all__ = ["RayDistributedBehavioralDetector", "import_ray", "LinkFaults"]
-
-_REQUIRE = ("both", "anomaly", "consensus", "either")
-
 
 def import_ray():
     """``import ray``, or a :class:`MissingDependencyError` saying how to get it."""
@@ -182,6 +198,9 @@ class _ActorSystem:
                 return self.ray.get(first), refs
             except Exception as exc:       # noqa: BLE001 - sorted below
                 if not (isinstance(exc, self.errors) or self._is_stale(exc)):
+                    cause = getattr(exc, "cause", None)
+                    if isinstance(cause, SwarmGuardError):
+                        raise cause from None      # a shard refused the input: the typed error, not Ray's wrapper
                     raise
                 self.recover(h, upto=expect)
                 refs = self._remote(h, method, expect, args, num_returns)
@@ -223,8 +242,14 @@ class _ActorSystem:
         raise SwarmGuardError(f"could not recover actor {h.name}")
 
     def checkpoint(self, h: _Handle) -> None:
+        """Take ``h``'s state and keep it in the driver's object store.
+
+        The actor's reply lives on the actor's node; a copy put by the driver
+        lives on the driver's, so a checkpoint survives the loss of the node
+        whose actor it restores.
+        """
         (seq, refs) = self.call(h, "checkpoint", num_returns=2)
-        h.ckpt_seq, h.ckpt_ref = seq, refs[1]
+        h.ckpt_seq, h.ckpt_ref = seq, self.ray.put(self.ray.get(refs[1]))
         h.log = [e for e in h.log if e[0] >= seq]
 
 
@@ -265,50 +290,50 @@ def _take(col: Any, rows: np.ndarray):
     return [col[i] for i in rows.tolist()]
 
 
-class RayDistributedBehavioralDetector:
+class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
     """:class:`~swarmguard.api.detector.DistributedBehavioralDetector` on a Ray cluster.
 
-    Same decision rule, same :meth:`process_round` signature and return keys.
-    ``regions`` must be given (each region's replica and shard are placed at
-    start). Extra parameters: ``address`` (a running cluster; default a local
-    ``ray.init(num_cpus=2)`` unless Ray is already initialised),
-    ``region_workers`` (actors the regions are packed onto; default one per
-    region), ``evidence_partitions``, ``checkpoint_every`` (rounds),
-    ``max_restarts``, ``actor_cpus`` (CPUs each actor reserves; 0 lets many
-    actors share a small machine).
+    Made by ``DistributedBehavioralDetector(backend="ray", ...)`` (or this class
+    directly): the same parameters (:class:`~swarmguard.api.detector_settings.DetectorSettings`),
+    the same decision rule, :meth:`process_round`, the guide's per-item
+    :meth:`process_agent_behavior`, and the same answers. Regions may be listed
+    up front (``regions``) or join when they first write, as in process.
+
+    Ray's own parameters: ``address`` (a running cluster, ``"auto"`` for the
+    local one; default a local ``ray.init(num_cpus=2)`` unless Ray is already
+    initialised), ``region_workers`` (region actors; default one per region,
+    else regions are packed onto that many actors round-robin),
+    ``evidence_partitions``, ``checkpoint_every`` (rounds), ``max_restarts``
+    and ``actor_cpus`` (CPUs each actor reserves; 0 lets many actors share a
+    small machine).
     """
 
-    def __init__(
-        self,
-        *,
-        regions: Sequence[str],
-        branching_factor: int = 10,
-        feature_dimensions: int | None = None,
-        significance_level: float = 1e-3,
-        fdr: float | None = None,
-        shrinkage: float | str = "auto",
-        warm_up: int | None = None,
-        score_levels: str = "population",
-        byzantine_threshold: float = 0.33,
-        partition_size: int = 10000,
-        prior_probability: float = 0.01,
-        consistency_model: Any = ConsistencyModel.STATISTICAL,
-        max_staleness_seconds: float = 5.0,
-        confidence_decay_rate: float = 0.1,
-        clock: Any = None,
-        isolate_probability: float = 0.9,
-        require: str = "both",
-        own_evidence_cap: float = 3.0,
-        node_id: str = "detector",
-        default_region: str = "default",
-        auto_sync_seconds: float | None = 1.0,
-        address: str | None = None,
-        region_workers: int | None = None,
-        evidence_partitions: int = 2,
-        checkpoint_every: int = 5,
-        max_restarts: int = 3,
-        actor_cpus: float = 0,
-    ):
+    def __init__(self, settings: DetectorSettings | None = None, /, *, backend: str = "ray",
+                 address: str | None = None, region_workers: int | None = None, evidence_partitions: int = 2,
+                 checkpoint_every: int = 5, max_restarts: int = 3, actor_cpus: float = 0, **params: Any):
+        if backend != "ray":
+            raise InvalidInputError(f"RayDistributedBehavioralDetector is the Ray backend, got backend={backend!r}")
+        s = self._apply_settings(DetectorSettings.from_params(settings, params))
+        # Every parameter is checked here, on the driver, before Ray starts: the
+        # in-process parts are built empty (cheap) for their validation and defaults.
+        self._shape = HierarchicalStatisticalTree(branching_factor=s.branching_factor,
+                                                  feature_dimensions=s.feature_dimensions)
+        self._rules = BehavioralDistributedProtocol(self._shape, significance_level=s.significance_level,
+                                                    fdr=s.fdr, shrinkage=s.shrinkage, warm_up=s.warm_up,
+                                                    score_levels=s.score_levels)
+        ref = StableBayesianConsensus(byzantine_threshold=s.byzantine_threshold, partition_size=s.partition_size,
+                                      prior_probability=s.prior_probability, trusted_sources=[s.node_id])
+        links = StatisticalCAPResolver(consistency_model=s.consistency_model,
+                                       max_staleness_seconds=s.max_staleness_seconds,
+                                       confidence_decay_rate=s.confidence_decay_rate, regions=s.regions,
+                                       auto_sync_seconds=s.auto_sync_seconds)
+        self.region_workers = None if region_workers is None else check_positive_int(region_workers, "region_workers")
+        partitions = check_positive_int(evidence_partitions, "evidence_partitions")
+        self.checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
+        max_restarts = check_positive_int(max_restarts, "max_restarts", minimum=-1)
+        actor_cpus = check_finite_float(actor_cpus, "actor_cpus")
+        if actor_cpus < 0:
+            raise InvalidInputError("actor_cpus must be >= 0")
         ray = import_ray()
         self.ray = ray
         self._owns_ray = False
@@ -318,71 +343,95 @@ class RayDistributedBehavioralDetector:
             else:
                 ray.init(address=address, log_to_driver=False)
             self._owns_ray = True
-        names = [str(r) for r in regions]
-        if not names or len(set(names)) != len(names):
-            raise InvalidInputError("regions must be distinct names, at least one")
-        model = ConsistencyModel.coerce(consistency_model)
-        if model is ConsistencyModel.STRONG:
-            raise InvalidInputError("ConsistencyModel.STRONG is not supported by the Ray backend yet")
-        if require not in _REQUIRE:
-            raise InvalidInputError(f"require must be one of {_REQUIRE}, got {require!r}")
-        self.require = require
-        self.consistency_model = model
-        self.isolate_probability = check_fraction(isolate_probability, "isolate_probability")
-        self.own_evidence_cap = check_finite_float(own_evidence_cap, "own_evidence_cap")
-        self.node_id = node_id
-        self.default_region = default_region
-        self.significance_level = significance_level
-        self.fdr = fdr
-        self.shrinkage = shrinkage
-        self._warm_up = warm_up
-        self.score_levels = score_levels
-        self.feature_dimensions = feature_dimensions
-        self.clock = clock or time.time
-        self.auto_sync_seconds = auto_sync_seconds
-        self.checkpoint_every = max(1, int(checkpoint_every))
+        self.consistency_model = s.consistency_model
+        self.significance_level = self._rules.significance_level
+        self.fdr = s.fdr
+        self.shrinkage = s.shrinkage
+        self.score_levels = s.score_levels
+        self._dim = s.feature_dimensions
+        self.max_staleness_seconds = links.max_staleness_seconds
+        self.confidence_decay_rate = links.confidence_decay_rate
+        self.auto_sync_seconds = s.auto_sync_seconds
         self.faults = LinkFaults()
-        self._regions = names
-        self._group_of: dict[str, int] | None = None
         self._latest = -math.inf
         self._start = self._now()
         self._last_sync = self._start
-        self._evidence_seq = 0
+        # Regions: declared ones are born at the start, the others when they first write.
+        self._declared = list(links.regions)
+        self._regions: list[str] = []               # announced to the region actors, in birth order
+        self._born: dict[str, float] = {}
+        self._shard_of_region: dict[str, int] = {}
+        self._group_of: dict[str, int] | None = None
         self._evidence_total = 0
         self._rounds = 0
         self._known_ids = np.zeros(0, dtype=np.int64)
         self._known_shard = np.zeros(0, dtype=np.int64)
         self.sys = _ActorSystem(ray)
-        workers = len(names) if region_workers is None else max(1, min(int(region_workers), len(names)))
-        opts = {"max_restarts": max_restarts, "max_task_retries": 0, "num_cpus": actor_cpus}
-        region_cls = ray.remote(RegionShard).options(**opts)
-        hosted = [[names[i] for i in range(len(names)) if i % workers == w] for w in range(workers)]
-        statistical = model is ConsistencyModel.STATISTICAL
-        self.region_shards = [
-            _Handle(f"regions{w}", region_cls.remote(
-                hosted[w], names, self._start, branching_factor=branching_factor,
-                feature_dimensions=feature_dimensions, max_staleness_seconds=max_staleness_seconds,
-                confidence_decay_rate=confidence_decay_rate, statistical=statistical))
-            for w in range(workers)]
-        self._shard_of_region = {r: w for w in range(workers) for r in hosted[w]}
-        self.root = _Handle("root", ray.remote(RootAggregator).options(**opts).remote())
-        ev_cls = ray.remote(EvidenceShard).options(**opts)
+        self._actor_options = {"max_restarts": max_restarts, "max_task_retries": 0, "num_cpus": actor_cpus}
+        self.region_shards: list[_Handle] = []
+        self.root = _Handle("root", ray.remote(RootAggregator).options(**self._actor_options).remote())
+        ev_cls = ray.remote(EvidenceShard).options(**self._actor_options)
         self.evidence_shards = [
             _Handle(f"evidence{p}", ev_cls.remote(
-                byzantine_threshold=byzantine_threshold, partition_size=partition_size,
-                prior_probability=prior_probability, trusted_sources=[node_id]))
-            for p in range(max(1, int(evidence_partitions)))]
-        from ..api.consensus import StableBayesianConsensus
-        ref = StableBayesianConsensus(byzantine_threshold=byzantine_threshold, partition_size=partition_size,
-                                      prior_probability=prior_probability)
+                byzantine_threshold=s.byzantine_threshold, partition_size=s.partition_size,
+                prior_probability=s.prior_probability, trusted_sources=[s.node_id]))
+            for p in range(partitions)]
         self._false_flag_rate = ref.false_flag_rate
-        self._trusted = {node_id}
+        self._trusted = {s.node_id}
         self._last_merge: dict[str, Any] | None = None
         self._last_consensus: dict[str, Any] | None = None
         self.last_round_seconds: dict[str, float] = {}   # wall time of each phase of the last round
         self.cap_resolver = _CapFacade(self)
         self.consensus = _ConsensusFacade(self)
         self.protocol = _ProtocolFacade(self)
+
+    @property
+    def feature_dimensions(self) -> int | None:
+        return self._dim
+
+    @property
+    def regions(self) -> list[str]:
+        """Every region known so far (declared or seen), in birth order."""
+        return self._regions + [r for r in self._declared if r not in self._born]
+
+    # ------------------------------------------------------------------ regions
+    def _new_region_shard(self) -> int:
+        w = len(self.region_shards)
+        cls = self.ray.remote(RegionShard).options(**self._actor_options)
+        s = self.settings
+        statistical = self.consistency_model is not ConsistencyModel.EVENTUAL
+        self.region_shards.append(_Handle(f"regions{w}", cls.remote(
+            self._start, branching_factor=s.branching_factor, feature_dimensions=self._dim,
+            max_staleness_seconds=self.max_staleness_seconds, confidence_decay_rate=self.confidence_decay_rate,
+            statistical=statistical)))
+        return w
+
+    def _announce(self, names: Sequence[str], now: float) -> None:
+        """Place the regions of a round that the actors do not know yet, and tell every actor.
+
+        Declared regions are born at the start, others now (as the in-process
+        resolver does when a region first writes); a region born during a
+        partition reaches nobody until the heal.
+        """
+        new = [r for r in self._declared if r not in self._born]
+        new += [r for r in names if r not in self._born and r not in new]
+        if not new:
+            return
+        born = [self._start if r in self._declared else now for r in new]
+        for name, b in zip(new, born, strict=True):
+            if self.region_workers is None or len(self.region_shards) < self.region_workers:
+                w = self._new_region_shard()
+            else:
+                w = len(self._regions) % len(self.region_shards)
+            self._regions.append(name)
+            self._born[name] = b
+            self._shard_of_region[name] = w
+            if self._group_of is not None and name not in self._group_of:
+                self._group_of[name] = max(self._group_of.values(), default=-1) + 1
+        hosts = [self._shard_of_region[r] for r in new]
+        self._gather([(h, "add_regions", (new, born, [r for r, w in zip(new, hosts, strict=True) if w == k],
+                                          self._dim), True)
+                      for k, h in enumerate(self.region_shards)])
 
     # ------------------------------------------------------------------ plumbing
     def _now(self) -> float:
@@ -393,10 +442,9 @@ class RayDistributedBehavioralDetector:
 
     @property
     def warm_up(self) -> int:
-        if self._warm_up is not None:
-            return self._warm_up
-        d = self.feature_dimensions or 10
-        return min(1000, 100 * d)
+        """Population size below which nobody is flagged (as the in-process protocol's)."""
+        w = self.settings.warm_up
+        return w if w is not None else min(1000, 100 * (self._dim or 10))
 
     @property
     def handles(self) -> list[_Handle]:
@@ -452,9 +500,13 @@ class RayDistributedBehavioralDetector:
     def process_round(self, agent_ids: Any, X: Any, regions: Any, *, cohorts: Any = None,
                       timestamp: float | None = None, fdr: Any = "default") -> dict[str, Any]:
         """One round for many agents, on the actors; the same result as in process."""
-        X = as_feature_matrix(X, self.feature_dimensions)
-        if self.feature_dimensions is None:
-            self.feature_dimensions = X.shape[1]
+        out = self._round(agent_ids, X, regions, cohorts=cohorts, timestamp=timestamp, fdr=fdr)
+        out.pop("_detail")
+        return out
+
+    def _round(self, agent_ids: Any, X: Any, regions: Any, *, cohorts: Any, timestamp: float | None,
+               fdr: Any) -> dict[str, Any]:
+        X = as_feature_matrix(X, self._dim)
         n, d = X.shape
         ids = _validate_ids(agent_ids)
         if ids.shape[0] != n:
@@ -467,9 +519,10 @@ class RayDistributedBehavioralDetector:
         if regions.shape != (n,) or regions.dtype.kind != "U":
             raise DimensionMismatchError(f"regions must be {n} region names, got shape {regions.shape}")
         names, inverse = np.unique(regions, return_inverse=True)
-        unknown = [str(r) for r in names.tolist() if r not in self._shard_of_region]
-        if unknown:
-            raise InvalidInputError(f"unknown regions {unknown}; the Ray backend needs every region up front")
+        inverse = inverse.ravel()
+        order = [check_region_name(r) for r in names.tolist()]
+        if self.consistency_model is ConsistencyModel.STRONG:
+            require_write_quorum(self.regions, self._group_of, order)
         ts = float(self._now()) if timestamp is None else float(timestamp)
         if not math.isfinite(ts):
             raise InvalidInputError("timestamp must be finite")
@@ -482,8 +535,12 @@ class RayDistributedBehavioralDetector:
             cohorts = list(cohorts)
             if len(cohorts) != n:
                 raise DimensionMismatchError(f"cohorts has {len(cohorts)} entries, expected {n}")
-        region_shard = np.array([self._shard_of_region[str(r)] for r in names.tolist()], dtype=np.int64)
-        shard = region_shard[inverse.ravel()]
+        if self._dim is None:
+            self._dim = d
+        # Everything above only reads: a refused round changes nothing.
+        self._announce(order, self._now())
+        region_shard = np.array([self._shard_of_region[r] for r in order], dtype=np.int64)
+        shard = region_shard[inverse]
         moved = self._route(ids, shard)
         ray = self.ray
         clock = [time.perf_counter()]
@@ -541,25 +598,55 @@ class RayDistributedBehavioralDetector:
             thr2 = float(d2[flagged_mask].min())
         else:
             thr2 = float("inf")
-        # ---- 4. CAP: each region's writes, anti-entropy in the in-process resolver's order
-        region_cf = np.ones(names.size)
+        # ---- 4. CAP: each region's writes, in the in-process resolver's order
+        region_cf, accepted = self._cap_writes(order, inverse, d2, ts)
+        confidence = region_cf[inverse]
+        lap("cap")
+        # ---- 5. own evidence, consensus, decision (shared with the in-process detector)
+        out = self._finish_round(ids, d2, p, decision_p, flagged_mask, cut, thr2, confidence, names, region_cf,
+                                 accepted, ts)
+        lap("evidence+consensus")
+        self._rounds += 1
+        if self._rounds % self.checkpoint_every == 0:
+            self.checkpoint()
+            lap("checkpoint")
+        self.last_round_seconds = phases
+        out["_detail"] = {"any_warm": any_warm, "p_cut": cut}
+        return out
+
+    def _cap_writes(self, order: list[str], inverse: np.ndarray, d2: np.ndarray, ts: float):
+        """Each region's writes and view, as the in-process resolver orders them.
+
+        Serial until this round's automatic sync has run (it ships what was
+        written before it) and, under STRONG, throughout (each write goes
+        through to every reachable replica before the next region writes);
+        after that, every actor writes its regions at once.
+        """
+        region_cf = np.ones(len(order))
         accepted = 0
-        order = names.tolist()
+        strong = self.consistency_model is ConsistencyModel.STRONG
         synced = self.auto_sync_seconds is None
         k = 0
-        while k < len(order) and not synced:
-            # Serial until this round's automatic sync has run (it ships what was written before it).
+        while k < len(order) and (strong or not synced):
             name = order[k]
             h = self.region_shards[self._shard_of_region[name]]
             now = self._now()
-            accepted += self.sys.call(h, "cap_write", name, d2[inverse == k], ts, now, mutating=True)
-            if now - self._last_sync >= self.auto_sync_seconds:
+            if strong:
+                (count, refs) = self.sys.call(h, "cap_write", name, d2[inverse == k], ts, now, True,
+                                              mutating=True, num_returns=2)
+                for peer in self._reachable(name):
+                    if peer != name:
+                        self.sys.call(self.region_shards[self._shard_of_region[peer]], "merge_registers",
+                                      peer, refs[1], mutating=True)
+            else:
+                count = self.sys.call(h, "cap_write", name, d2[inverse == k], ts, now, mutating=True)
+            accepted += count
+            if not synced and now - self._last_sync >= self.auto_sync_seconds:
                 self.sync()
                 synced = True
             cf = self.sys.call(h, "cap_view", name, self._now())["confidence_factor"]
             region_cf[k] = 1.0 if cf is None else cf
             k += 1
-        # The rest only touch their own replicas: every actor writes its regions at once.
         rest = list(range(k, len(order)))
         now = self._now()
         writes = self._gather([(self.region_shards[self._shard_of_region[order[j]]], "cap_write",
@@ -570,70 +657,73 @@ class RayDistributedBehavioralDetector:
         for j, view in zip(rest, views, strict=True):
             cf = view["confidence_factor"]
             region_cf[j] = 1.0 if cf is None else cf
-        confidence = region_cf[inverse]
-        lap("cap")
-        # ---- 5. the detector's own evidence for the flagged agents
-        flagged = np.flatnonzero(flagged_mask)
-        if flagged.size:
-            log_p = chi2.logsf(d2[flagged], d)
-            start = self._evidence_seq
-            self._evidence_seq += 1
-            eids = np.array([f"{self.node_id}:{start}:{i}" for i in range(flagged.size)])
-            self.ingest_evidence(eids, ids[flagged], EvidenceType.BEHAVIORAL_ANOMALY,
-                                 np.minimum(p_value_log_odds(log_p), self.own_evidence_cap),
-                                 confidence[flagged], np.full(flagged.size, ts),
-                                 np.full(flagged.size, self.node_id))
-        probability = np.full(n, np.nan)
-        reached = np.zeros(n, dtype=bool)
-        if self._evidence_total:
-            cons = self._consensus()
-            pos = _positions(cons["agent_ids"], ids)
-            have = pos >= 0
-            probability[have] = cons["probability"][pos[have]]
-            reached[have] = cons["consensus_reached"][pos[have]]
-        anomaly = self._anomaly_holds(flagged_mask, decision_p, cut, confidence, d)
-        consensus = reached & (np.nan_to_num(probability, nan=0.0) >= self.isolate_probability)
-        isolate = {"both": anomaly & consensus, "either": anomaly | consensus,
-                   "anomaly": anomaly, "consensus": consensus}[self.require]
-        lap("evidence+consensus")
-        self._rounds += 1
-        if self._rounds % self.checkpoint_every == 0:
-            self.checkpoint()
-            lap("checkpoint")
-        self.last_round_seconds = phases
-        return {
-            "agent_ids": ids,
-            "action": np.where(isolate, "isolate", "monitor"),
-            "isolate": isolate,
-            "is_anomaly": flagged_mask,
-            "mahalanobis_squared": d2,
-            "p_value": p,
-            "probability": probability,
-            "consensus_reached": reached,
-            "confidence": confidence,
-            "region_confidence": dict(zip(names.tolist(), region_cf.tolist(), strict=True)),
-            "accepted": accepted,
-            "threshold_squared": thr2,
-        }
+        return region_cf, accepted
 
-    @staticmethod
-    def _anomaly_holds(is_anomaly, decision_p, p_cut, confidence, d):
-        cf = np.clip(np.asarray(confidence, dtype=np.float64), 1e-12, 1.0)
-        if p_cut <= 0:
-            return np.asarray(is_anomaly, dtype=bool)
-        widened = chi2.isf(p_cut, d) / (cf * cf)
-        cut = np.where(cf >= 1.0, p_cut, chi2.sf(widened, d))     # as DistributedBehavioralDetector
-        return np.logical_and(is_anomaly, np.asarray(decision_p) <= cut)
+    # ------------------------------------------------------------------ per item (the guide's loop)
+    async def process_agent_behavior(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
+        """The guide's main loop for one observation, on the actors (a one-row round).
+
+        Returns what the in-process detector returns: ``agent_id``, ``action``,
+        ``confidence``, ``evidence`` (the agent's consensus, None before any
+        evidence) and ``anomaly`` (the anomaly test: ``is_anomaly``, distances,
+        p-values, threshold, cohort, population count, warm-up). The row's
+        anomaly cut is the significance level (no false-discovery batch).
+        Each call is a few actor round trips: use :meth:`process_round` for volume.
+        """
+        return self.process_agent_behavior_sync(agent_id, behavioral_data)
+
+    def process_agent_behavior_sync(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
+        """Synchronous twin of :meth:`process_agent_behavior`."""
+        data_id, features, cohort = read_behavior(behavioral_data)
+        agent_id = check_agent_id(agent_id)
+        if check_agent_id(data_id) != agent_id:
+            raise InvalidInputError(f"agent_id {agent_id!r} differs from the data's {data_id!r}")
+        x = as_feature_vector(features, self._dim)
+        path = check_cohort(cohort)
+        region = path[0] if path else self.default_region
+        ts = check_finite_float(self._timestamp_of(behavioral_data), "timestamp")
+        res = self._round([agent_id], x[None, :], region, cohorts=[path], timestamp=ts, fdr=None)
+        d2 = float(res["mahalanobis_squared"][0])
+        merged = self._last_merge["population"] if self._last_merge else None
+        anomaly = {
+            "agent_id": agent_id,
+            "is_anomaly": bool(res["is_anomaly"][0]),
+            "mahalanobis_distance": math.sqrt(d2),
+            "mahalanobis_squared": d2,
+            "p_value": float(res["p_value"][0]),
+            "decision_p_value": float(res["decision_p_value"][0]),
+            "threshold": math.sqrt(res["threshold_squared"]),
+            "threshold_squared": res["threshold_squared"],
+            "significance_level": res["_detail"]["p_cut"],
+            "cohort": path if path is not None else (),
+            "population_count": 0 if merged is None else int(merged.count),
+            "warming_up": not res["_detail"]["any_warm"],
+        }
+        try:
+            evidence = self.consensus.consensus(agent_id)
+        except UnknownAgentError:
+            evidence = None
+        return {"agent_id": agent_id, "action": str(res["action"][0]), "confidence": float(res["confidence"][0]),
+                "evidence": evidence, "anomaly": anomaly}
 
     # ------------------------------------------------------------------ evidence
     def ingest_evidence(self, evidence_ids: Any, agent_ids: Any, evidence_types: Any, log_odds: Any,
                         confidences: Any, timestamps: Any, source_nodes: Any) -> int:
-        """Observer evidence in bulk, routed to the partitions by agent id; returns how many were new."""
-        lo = np.asarray(log_odds, dtype=np.float64)
-        m = lo.shape[0]
+        """Observer evidence in bulk, routed to the partitions by agent id; returns how many were new.
+
+        All or nothing, as in process: every partition first checks its rows
+        (values, and ids already stored with other content) and whether it
+        holds an id that the batch routes elsewhere (the same id for another
+        agent); only when every check passes does any partition add.
+        """
+        if isinstance(log_odds, (str, bytes)) or not hasattr(log_odds, "__len__"):
+            raise InvalidTypeError("log_odds must be an array or sequence")
+        m = len(log_odds)
         for name, col in (("evidence_ids", evidence_ids), ("agent_ids", agent_ids),
                           ("confidences", confidences), ("timestamps", timestamps),
                           ("source_nodes", source_nodes)):
+            if isinstance(col, (str, bytes)) or not hasattr(col, "__len__"):
+                raise InvalidTypeError(f"{name} must be an array or sequence")
             if len(col) != m:
                 raise DimensionMismatchError(f"{name} has {len(col)} rows, log_odds has {m}")
         if not isinstance(evidence_types, (str, EvidenceType)) and len(evidence_types) != m:
@@ -641,18 +731,28 @@ class RayDistributedBehavioralDetector:
         if m == 0:
             return 0
         keys = agent_ids if isinstance(agent_ids, np.ndarray) else list(agent_ids)
+        if not (isinstance(keys, np.ndarray) and keys.dtype.kind in "iuU"):
+            for k in (keys.tolist() if isinstance(keys, np.ndarray) else keys):
+                check_key(k, "agent_ids")     # routing hashes the id: refuse what the partitions would
         part = _hash_partition(keys, len(self.evidence_shards))
-        calls = []
+        batches = {}
         for pidx in np.unique(part).tolist():
             rows = np.flatnonzero(part == pidx)
-            batch = {"evidence_ids": _take(evidence_ids, rows), "agent_ids": _take(keys, rows),
-                     "evidence_types": _take(evidence_types, rows), "log_odds": lo[rows],
-                     "confidences": _take(confidences, rows), "timestamps": _take(timestamps, rows),
-                     "source_nodes": _take(source_nodes, rows)}
-            calls.append((self.evidence_shards[pidx], "add", (self.ray.put(batch),), True))
-        added = int(sum(self._gather(calls)))
+            batches[pidx] = self.ray.put({
+                "evidence_ids": _take(evidence_ids, rows), "agent_ids": _take(keys, rows),
+                "evidence_types": _take(evidence_types, rows), "log_odds": _take(log_odds, rows),
+                "confidences": _take(confidences, rows), "timestamps": _take(timestamps, rows),
+                "source_nodes": _take(source_nodes, rows)})
+        every_id = self.ray.put((evidence_ids if isinstance(evidence_ids, np.ndarray) else list(evidence_ids),
+                                 part))
+        # Phase 1: every partition checks (nothing changes); phase 2: the partitions add.
+        self._gather([(h, "check", (batches.get(p), every_id, p), False)
+                      for p, h in enumerate(self.evidence_shards)])
+        added = int(sum(self._gather([(self.evidence_shards[p], "add", (ref,), True)
+                                      for p, ref in batches.items()])))
         self._evidence_total += added
-        self._last_consensus = None
+        if added:
+            self._last_consensus = None
         return added
 
     def _consensus(self) -> dict[str, Any]:
@@ -710,25 +810,43 @@ class RayDistributedBehavioralDetector:
         g = self._group_of.get(region)
         return [r for r in self._regions if self._group_of.get(r) == g]
 
+    def _known(self, region: Any) -> str:
+        name = check_region_name(region)
+        if name not in self._born and name not in self._declared:
+            raise UnknownRegionError(f"unknown region {name!r}; known: {self.regions}")
+        return name
+
     def partition(self, groups: Iterable[Iterable[str]]) -> None:
         """Cut the network into groups (as the in-process resolver's ``partition``)."""
+        if isinstance(groups, (str, bytes)) or not isinstance(groups, Iterable):
+            raise InvalidTypeError("groups must be a list of lists of region names")
         mapping: dict[str, int] = {}
         for g, group in enumerate(groups):
+            if isinstance(group, (str, bytes)) or not isinstance(group, Iterable):
+                raise InvalidTypeError(f"group {g} must be a list of region names, got {group!r}")
             for name in group:
-                if name not in self._shard_of_region:
-                    raise InvalidInputError(f"unknown region {name!r}")
+                name = self._known(name)
                 if name in mapping:
                     raise InvalidInputError(f"region {name!r} appears in more than one group")
                 mapping[name] = g
         nxt = max(mapping.values(), default=-1) + 1
-        for name in self._regions:
+        for name in self.regions:
             if name not in mapping:
                 mapping[name] = nxt
                 nxt += 1
         self._group_of = mapping
+        if self.consistency_model is ConsistencyModel.STRONG:
+            self.sync()
 
     def heal(self) -> None:
+        """Restore every link (replicas converge at the next :meth:`sync`; at once under STRONG)."""
         self._group_of = None
+        if self.consistency_model is ConsistencyModel.STRONG:
+            self.sync()
+
+    @property
+    def is_partitioned(self) -> bool:
+        return self._group_of is not None
 
     def sync(self) -> dict[str, int]:
         """One anti-entropy round over every delivering link, as Ray calls between region actors.
@@ -765,9 +883,16 @@ class RayDistributedBehavioralDetector:
 
     def replica(self, region: str):
         """A copy of ``region``'s live replica (for inspection and tests)."""
-        return self.ray.get(self.region_shards[self._shard_of_region[region]].actor.replica.remote(region))
+        region = self._known(region)
+        if region not in self._shard_of_region:
+            raise UnknownRegionError(f"region {region!r} has no replica yet (it has not written)")
+        return self.sys.call(self.region_shards[self._shard_of_region[region]], "replica", region)
 
     def confidence_factor(self, region: str) -> float | None:
+        """The confidence factor of ``region``'s view now (1.0 before it has a replica)."""
+        region = self._known(region)
+        if region not in self._shard_of_region:
+            return 1.0
         h = self.region_shards[self._shard_of_region[region]]
         return self.sys.call(h, "cap_view", region, self._now())["confidence_factor"]
 
@@ -823,13 +948,29 @@ class _CapFacade:
     def confidence_factor(self, region: str) -> float | None:
         return self._det.confidence_factor(region)
 
+    def visible_regions(self, region: str) -> list[str]:
+        """Regions whose links to ``region`` deliver now (``region`` included), sorted."""
+        det = self._det
+        region = det._known(region)
+        if det._group_of is None:
+            return sorted(det.regions)
+        return sorted(r for r in det.regions if det._group_of.get(r) == det._group_of[region])
+
+    @property
+    def is_partitioned(self) -> bool:
+        return self._det.is_partitioned
+
+    @property
+    def consistency_model(self) -> ConsistencyModel:
+        return self._det.consistency_model
+
     @property
     def regions(self) -> list[str]:
-        return list(self._det._regions)
+        return self._det.regions
 
 
 class _ConsensusFacade:
-    """``consensus``-like view: the merged results of the evidence partitions."""
+    """``consensus``-like view: the evidence partitions, merged."""
 
     def __init__(self, det: RayDistributedBehavioralDetector):
         self._det = det
@@ -838,7 +979,43 @@ class _ConsensusFacade:
     def evidence_count(self) -> int:
         return self._det._evidence_total
 
+    async def add_evidence(self, evidence: BayesianEvidence) -> bool:
+        """Add one piece of evidence; True if new, False if it was already there."""
+        return self.add_evidence_sync(evidence)
+
+    def add_evidence_sync(self, evidence: BayesianEvidence) -> bool:
+        """Synchronous twin of :meth:`add_evidence`."""
+        e = BayesianEvidence.coerce(evidence)
+        return self._det.ingest_evidence([e.evidence_id], [e.agent_id], [e.evidence_type], [e.log_odds],
+                                         [e.confidence], [e.timestamp], [e.source_node]) == 1
+
+    def add_evidence_batch(self, *args: Any, **kwargs: Any) -> int:
+        """Many pieces of evidence as arrays (:meth:`RayDistributedBehavioralDetector.ingest_evidence`)."""
+        return self._det.ingest_evidence(*args, **kwargs)
+
+    async def distributed_evidence_consensus(self, agent_id: Hashable) -> dict[str, Any]:
+        """Posterior for one agent (the keys of the in-process ``consensus``)."""
+        return self.consensus(agent_id)
+
+    def distributed_evidence_consensus_sync(self, agent_id: Hashable) -> dict[str, Any]:
+        """Synchronous twin of :meth:`distributed_evidence_consensus`."""
+        return self.consensus(agent_id)
+
+    def consensus(self, agent_id: Hashable) -> dict[str, Any]:
+        """Posterior for one agent, from the partition that holds it, with every partition's source flags."""
+        det = self._det
+        agent_id = check_key(agent_id, "agent_id")
+        if not det._evidence_total:
+            raise UnknownAgentError(f"no evidence for agent {agent_id!r}")
+        bad = det._consensus()["byzantine_nodes"]
+        p = int(_hash_partition([agent_id], len(det.evidence_shards))[0])
+        out = det.sys.call(det.evidence_shards[p], "agent_consensus", agent_id, bad)
+        if out is None:
+            raise UnknownAgentError(f"no evidence for agent {agent_id!r}")
+        return out
+
     def consensus_many(self) -> dict[str, Any]:
+        """Every agent's consensus, as arrays (the partitions' results, concatenated)."""
         c = self._det._consensus()
         return {k: v for k, v in c.items() if not k.startswith("_")}
 

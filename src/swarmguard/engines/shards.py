@@ -24,7 +24,7 @@ import numpy as np
 from ..api.cap import compute_confidence_factor
 from ..api.consensus import StableBayesianConsensus, _count_flagged
 from ..api.tree import HierarchicalStatisticalTree
-from ..errors import SwarmGuardError
+from ..errors import DuplicateEvidenceError, SwarmGuardError, UnknownAgentError
 from ..structures.chi2 import chi2_sf
 from ..structures.replica import RegionReplica
 from ..structures.robust_fusion import SourceEvents, far_outlier_events
@@ -128,15 +128,13 @@ class RegionShard(_Versioned):
 
     The tree is a :class:`HierarchicalStatisticalTree` of this shard's agents
     (with their cohorts); the replicas are :class:`RegionReplica` objects, one
-    per hosted region, that see every region of the swarm (``all_regions``).
+    per hosted region. Every shard hears of every region (:meth:`add_regions`),
+    hosted or not, so that its replicas see the whole swarm.
     """
 
-    def __init__(self, regions: Sequence[str], all_regions: Sequence[str], start: float, *,
-                 branching_factor: int = 10, feature_dimensions: int | None = None,
+    def __init__(self, start: float, *, branching_factor: int = 10, feature_dimensions: int | None = None,
                  max_staleness_seconds: float = 5.0, confidence_decay_rate: float = 0.1,
                  statistical: bool = True):
-        self.regions = list(regions)
-        self.all_regions = list(all_regions)
         self.start = float(start)
         self.branching_factor = branching_factor
         self.feature_dimensions = feature_dimensions
@@ -149,7 +147,30 @@ class RegionShard(_Versioned):
         self.seq = 0
         self.tree = HierarchicalStatisticalTree(self.branching_factor, self.feature_dimensions)
         self.replicas: dict[str, RegionReplica] = {}
+        self.born: dict[str, float] = {}          # every region of the swarm, in birth order
         self._batch: dict[str, Any] | None = None
+
+    def add_regions(self, expect: int, names: Sequence[str], born: Sequence[float], hosted: Sequence[str],
+                    dim: int) -> None:
+        """New regions of the swarm, in order; this shard hosts (makes a replica for) ``hosted``.
+
+        As the in-process resolver: a newcomer's replica has never heard from
+        the others (it knows them as of the start); the others' view of the
+        newcomer is complete as of its birth (it had no agents before).
+        """
+        self._check(expect)
+        for name, b in zip(names, born, strict=True):
+            if name in self.born:
+                continue
+            for replica in self.replicas.values():
+                replica.know_region(name, float(b))
+            if name in hosted:
+                replica = RegionReplica(name, int(dim), start_time=float(b))
+                for other in self.born:
+                    replica.know_region(other, self.start)
+                self.replicas[name] = replica
+            self.born[name] = float(b)
+        self.seq += 1
 
     # ------------------------------------------------------------------ tree
     def _summary(self) -> dict[str, Any]:
@@ -223,23 +244,34 @@ class RegionShard(_Versioned):
     # ------------------------------------------------------------------ CAP replicas
     def _replica(self, region: str) -> RegionReplica:
         if region not in self.replicas:
-            dim = self.tree.feature_dimensions
-            r = RegionReplica(region, dim, start_time=self.start)
-            for other in self.all_regions:
-                if other != region:
-                    r.know_region(other, self.start)
-            self.replicas[region] = r
+            raise SwarmGuardError(f"region {region!r} is not hosted by this shard")
         return self.replicas[region]
 
-    def cap_write(self, expect: int, region: str, scores: np.ndarray, timestamp: float, now: float) -> int:
-        """The last batch's rows of ``region`` as that region's writes; returns how many."""
+    def cap_write(self, expect: int, region: str, scores: np.ndarray, timestamp: float, now: float,
+                  write_through: bool = False):
+        """The last batch's rows of ``region`` as that region's writes; returns how many.
+
+        With ``write_through`` (STRONG) returns ``(count, entries)``: the
+        registers the write changed, for the reachable peers to join.
+        """
         self._check(expect)
         b = self._batch
         rows = np.flatnonzero(b["regions"] == region)
         replica = self._replica(region)
-        replica.update_many(b["ids"][rows], np.full(rows.size, timestamp), b["X"][rows], scores, None, now=now)
+        outcome = replica.update_many(b["ids"][rows], np.full(rows.size, timestamp), b["X"][rows], scores, None,
+                                      now=now)
         self.seq += 1
-        return int(rows.size)
+        if not write_through:
+            return int(rows.size)
+        changed = outcome.changed_rows
+        return int(rows.size), (replica.registers.entries(changed) if changed.shape[0] else None)
+
+    def merge_registers(self, expect: int, region: str, entries: Any) -> None:
+        """Join a peer's write-through entries into ``region``'s replica (STRONG)."""
+        self._check(expect)
+        self.seq += 1
+        if entries is not None:
+            self._replica(region).merge_registers(entries)
 
     def cap_view(self, expect: int, region: str, now: float) -> dict[str, Any]:
         """Confidence factor and counts of ``region``'s view at ``now``."""
@@ -282,16 +314,18 @@ class RegionShard(_Versioned):
         if ack is not None and src in self.replicas:
             self.replicas[src].acknowledge(dst, VersionVector.from_dict(ack))
 
-    def replica(self, region: str) -> RegionReplica:
+    def replica(self, expect: int, region: str) -> RegionReplica:
         """The live replica (a copy, for tests and inspection)."""
-        return self.replicas[region]
+        self._check(expect)
+        return self._replica(region)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, expect: int) -> tuple[int, dict[str, Any]]:
         """(seq, state): the tree's and the replicas' values (``to_dict``), not their objects."""
         self._check(expect)
         state = {"tree": self.tree.to_dict() if len(self.tree) else None,
-                 "replicas": {name: r.to_dict() for name, r in self.replicas.items()}}
+                 "replicas": {name: r.to_dict() for name, r in self.replicas.items()},
+                 "born": dict(self.born)}
         return self.seq, state
 
     def restore(self, seq: int, state: dict[str, Any] | None) -> int:
@@ -300,6 +334,7 @@ class RegionShard(_Versioned):
             if state["tree"] is not None:
                 self.tree = HierarchicalStatisticalTree.from_dict(dict(state["tree"]))
             self.replicas = {name: RegionReplica.from_dict(r) for name, r in state["replicas"].items()}
+            self.born = dict(state["born"])
         self.seq = seq
         return self.seq
 
@@ -357,11 +392,50 @@ class EvidenceShard(_Versioned):
         self.consensus = StableBayesianConsensus(**self.kwargs)
         self._fused: dict[str, Any] | None = None
 
+    def check(self, expect: int, batch: dict[str, Any] | None, every: tuple[Any, np.ndarray], me: int) -> None:
+        """Raise as :meth:`add` of ``batch`` would, changing nothing; also refuse the whole
+        batch's ids routed to other partitions (``every``: all ids, their partitions) that
+        this partition holds or receives too: the same id for another agent."""
+        self._check(expect)
+        if batch is not None:
+            self.consensus.check_evidence_batch(**batch)
+        ids, part = every
+        away = np.flatnonzero(part != me)
+        if away.size == 0:
+            return
+        foreign = ids[away] if isinstance(ids, np.ndarray) else [ids[i] for i in away.tolist()]
+        n = len(foreign)
+        conflict = (self.consensus._ledger.evidence.rows_of(foreign) >= 0 if self.consensus.evidence_count
+                    else np.zeros(n, dtype=bool))
+        if batch is not None:
+            mine = batch["evidence_ids"]
+            if (isinstance(foreign, np.ndarray) and isinstance(mine, np.ndarray)
+                    and foreign.dtype.kind == mine.dtype.kind and foreign.dtype.kind in "iuU"):
+                conflict = conflict | np.isin(foreign, mine)
+            else:
+                seen = set(mine.tolist() if isinstance(mine, np.ndarray) else mine)
+                items = foreign.tolist() if isinstance(foreign, np.ndarray) else foreign
+                conflict = conflict | np.fromiter((k in seen for k in items), dtype=bool, count=n)
+        if conflict.any():
+            i = int(np.flatnonzero(conflict)[0])
+            raise DuplicateEvidenceError(f"evidence_id {foreign[i]!r} is given for two different agents")
+
     def add(self, expect: int, batch: dict[str, Any]) -> int:
         self._check(expect)
         n = self.consensus.add_evidence_batch(**batch)
         self.seq += 1
         return n
+
+    def agent_consensus(self, expect: int, agent_id: Hashable, flagged: Sequence[Hashable]) -> dict[str, Any] | None:
+        """One agent's consensus (the in-process keys) given the sources flagged over all partitions."""
+        self._check(expect)
+        c = self.consensus
+        bad = set(flagged)
+        flag = np.array([k in bad for k in c._ledger.sources.keys()], dtype=bool)
+        try:
+            return c._consensus_of(agent_id, flag, False)
+        except UnknownAgentError:
+            return None
 
     def _fuse(self) -> dict[str, Any]:
         c = self.consensus
