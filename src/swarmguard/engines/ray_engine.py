@@ -404,33 +404,40 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             self._start, branching_factor=s.branching_factor, feature_dimensions=self._dim,
             max_staleness_seconds=self.max_staleness_seconds, confidence_decay_rate=self.confidence_decay_rate,
             statistical=statistical)))
+        if self._regions:       # a late actor hears of the regions born before it
+            self.sys.call(self.region_shards[w], "add_regions", list(self._regions),
+                          [self._born[r] for r in self._regions], [], self._dim or 0, mutating=True)
         return w
 
-    def _announce(self, names: Sequence[str], now: float) -> None:
-        """Place the regions of a round that the actors do not know yet, and tell every actor.
-
-        Declared regions are born at the start, others now (as the in-process
-        resolver does when a region first writes); a region born during a
-        partition reaches nobody until the heal.
-        """
-        new = [r for r in self._declared if r not in self._born]
-        new += [r for r in names if r not in self._born and r not in new]
-        if not new:
-            return
-        born = [self._start if r in self._declared else now for r in new]
-        for name, b in zip(new, born, strict=True):
+    def _place(self, names: Sequence[str]) -> None:
+        """Give each region an actor (a new one, or round-robin once ``region_workers`` exist)."""
+        for name in names:
+            if name in self._shard_of_region:
+                continue
             if self.region_workers is None or len(self.region_shards) < self.region_workers:
                 w = self._new_region_shard()
             else:
-                w = len(self._regions) % len(self.region_shards)
-            self._regions.append(name)
-            self._born[name] = b
+                w = len(self._shard_of_region) % len(self.region_shards)
             self._shard_of_region[name] = w
+
+    def _announce(self, names: Sequence[str], born: float) -> None:
+        """Regions are born: every region actor hears of them, their hosts make their replicas.
+
+        As in the in-process resolver: declared regions are born at the start
+        (at the first round), others at their first write; a region born
+        during a partition reaches nobody until the heal.
+        """
+        new = [r for r in names if r not in self._born]
+        if not new:
+            return
+        for name in new:
+            self._regions.append(name)
+            self._born[name] = born
             if self._group_of is not None and name not in self._group_of:
                 self._group_of[name] = max(self._group_of.values(), default=-1) + 1
         hosts = [self._shard_of_region[r] for r in new]
-        self._gather([(h, "add_regions", (new, born, [r for r, w in zip(new, hosts, strict=True) if w == k],
-                                          self._dim), True)
+        self._gather([(h, "add_regions", (new, [born] * len(new),
+                                          [r for r, w in zip(new, hosts, strict=True) if w == k], self._dim), True)
                       for k, h in enumerate(self.region_shards)])
 
     # ------------------------------------------------------------------ plumbing
@@ -538,7 +545,8 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         if self._dim is None:
             self._dim = d
         # Everything above only reads: a refused round changes nothing.
-        self._announce(order, self._now())
+        self._place([*self._declared, *order])
+        self._announce(self._declared, self._start)
         region_shard = np.array([self._shard_of_region[r] for r in order], dtype=np.int64)
         shard = region_shard[inverse]
         moved = self._route(ids, shard)
@@ -618,7 +626,8 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         """Each region's writes and view, as the in-process resolver orders them.
 
         Serial until this round's automatic sync has run (it ships what was
-        written before it) and, under STRONG, throughout (each write goes
+        written before it) and the last new region was born (the regions
+        before it do not see it), and under STRONG throughout (each write goes
         through to every reachable replica before the next region writes);
         after that, every actor writes its regions at once.
         """
@@ -627,10 +636,11 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         strong = self.consistency_model is ConsistencyModel.STRONG
         synced = self.auto_sync_seconds is None
         k = 0
-        while k < len(order) and (strong or not synced):
+        while k < len(order) and (strong or not synced or any(r not in self._born for r in order[k:])):
             name = order[k]
             h = self.region_shards[self._shard_of_region[name]]
             now = self._now()
+            self._announce([name], now)          # a new region is born as it first writes
             if strong:
                 (count, refs) = self.sys.call(h, "cap_write", name, d2[inverse == k], ts, now, True,
                                               mutating=True, num_returns=2)
