@@ -9,7 +9,8 @@ on a local Ray (``ray.init(num_cpus=2)``) with the 4 regions packed onto 1 and
 onto 2 region actors. Per engine: the first round (Ray: includes starting the
 actors) and the median of the other rounds (steady state), agent-rounds per
 second, the ratios to the in-process engine in the same run, peak memory of
-each actor, and a check that all engines isolated the same agents.
+each actor, a check that all engines isolated the same agents, and the median
+latency of the guide's per-item ``process_agent_behavior`` after the rounds.
 
     python benchmarks/bench_ray.py                     # 10^6 agents, 5 rounds (~4 min on 2 cores)
     python benchmarks/bench_ray.py --agents 100000     # quick
@@ -21,15 +22,32 @@ import argparse
 import os
 import platform
 import resource
+import time
 
 import numpy as np
 
 from swarmguard.api.detector import DistributedBehavioralDetector
+from swarmguard.api.protocol import BehavioralData
 from swarmguard.apps.scenario import Scenario, ScenarioConfig
 from swarmguard.apps.simulate import cluster_names, play_round
 
 
-def run(config: ScenarioConfig, make) -> dict:
+def per_item_latency(det, sc: Scenario, calls: int, now: list[float]) -> float:
+    """Median seconds of the guide's per-item ``process_agent_behavior`` on random known agents."""
+    rng = np.random.default_rng(1)
+    X = sc.behaviour(0)
+    times = []
+    for _ in range(calls):
+        i = int(rng.integers(sc.agent_ids.size))
+        data = BehavioralData(agent_id=int(sc.agent_ids[i]), features=X[i], region=str(sc.region_names[i]))
+        now[0] += 0.001
+        t = time.perf_counter()
+        det.process_agent_behavior_sync(int(sc.agent_ids[i]), data)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)) if times else float("nan")
+
+
+def run(config: ScenarioConfig, make, per_item: int = 0) -> dict:
     sc = Scenario(config)
     now = [0.0]
     det = make(sc, now)
@@ -39,12 +57,13 @@ def run(config: ScenarioConfig, make) -> dict:
         res, seconds = play_round(det, sc, r, now, clusters)
         times.append(seconds)
         isolated.append(np.flatnonzero(res["isolate"]))
+    item = per_item_latency(det, sc, per_item, now)
     memory = det.peak_memory_mb() if hasattr(det, "peak_memory_mb") else {}
     if hasattr(det, "close"):
         det.close()
     steady = float(np.median(times[1:])) if len(times) > 1 else times[0]
     return {"first": times[0], "steady": steady, "throughput": config.agents / steady,
-            "isolated": isolated, "memory": memory}
+            "isolated": isolated, "memory": memory, "per_item": item}
 
 
 def main() -> None:
@@ -54,6 +73,8 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=8)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="region actors to try")
     ap.add_argument("--address", default=None, help="a running Ray cluster (default: local, 2 CPUs)")
+    ap.add_argument("--per-item", type=int, default=100,
+                    help="per-item process_agent_behavior calls timed after the rounds (0: none)")
     args = ap.parse_args()
     import ray
     config = ScenarioConfig(agents=args.agents, features=args.features, rounds=args.rounds,
@@ -69,23 +90,25 @@ def main() -> None:
     print(f"job: {config.agents:,} agents x {config.rounds} rounds, {config.features} features, "
           f"{config.regions} regions x {config.clusters_per_region} clusters, partition rounds "
           f"{config.partition_at}..{config.heal_at - 1}")
-    results = {"in-process": run(config, lambda sc, now: DistributedBehavioralDetector(**kwargs(sc, now)))}
+    results = {"in-process": run(config, lambda sc, now: DistributedBehavioralDetector(**kwargs(sc, now)),
+                                 args.per_item)}
     if ray.is_initialized():
         ray.shutdown()
     if args.address:
         ray.init(address=args.address, log_to_driver=False)
     else:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    from swarmguard.engines.ray_engine import RayDistributedBehavioralDetector
     for w in args.workers:
         results[f"ray, {w} region worker{'s' if w > 1 else ''}"] = run(
-            config, lambda sc, now, w=w: RayDistributedBehavioralDetector(**kwargs(sc, now), region_workers=w))
+            config, lambda sc, now, w=w: DistributedBehavioralDetector(backend="ray", **kwargs(sc, now),
+                                                                       region_workers=w), args.per_item)
     ray.shutdown()
     base = results["in-process"]
-    print(f"\n{'engine':<26}{'first round s':>14}{'steady round s':>16}{'agents/s':>14}{'x in-process':>14}")
+    print(f"\n{'engine':<26}{'first round s':>14}{'steady round s':>16}{'agents/s':>14}{'x in-process':>14}"
+          f"{'per item ms':>13}")
     for name, r in results.items():
         print(f"{name:<26}{r['first']:>14.2f}{r['steady']:>16.2f}{r['throughput']:>14,.0f}"
-              f"{r['throughput'] / base['throughput']:>14.2f}")
+              f"{r['throughput'] / base['throughput']:>14.2f}{r['per_item'] * 1e3:>13.2f}")
     if len(args.workers) >= 2:
         a, b = (results[k] for k in list(results)[1:3])
         print(f"\n{list(results)[2]} vs {list(results)[1]}: {a['steady'] / b['steady']:.2f}x throughput")

@@ -63,6 +63,7 @@ __all__ = [
     "compute_confidence_factor",
     "widened_threshold",
     "require_write_quorum",
+    "partition_groups",
 ]
 
 
@@ -133,6 +134,32 @@ class SyncReport:
     rows_shipped: int
     bytes_shipped: int
     seconds: float
+
+
+def partition_groups(groups: Any, known: Callable[[Any], str], regions: Sequence[str]) -> dict[str, int]:
+    """Each region's group under a partition: ``groups`` lists the groups of names.
+
+    ``known`` checks and normalises a name (raising for an unknown one); a
+    name may appear once; regions named in no group are cut off from everyone
+    (a group of their own).
+    """
+    if isinstance(groups, (str, bytes)) or not isinstance(groups, Iterable):
+        raise InvalidTypeError("groups must be a list of lists of region names")
+    mapping: dict[str, int] = {}
+    for g, group in enumerate(groups):
+        if isinstance(group, (str, bytes)) or not isinstance(group, Iterable):
+            raise InvalidTypeError(f"group {g} must be a list of region names, got {group!r}")
+        for name in group:
+            name = known(name)
+            if name in mapping:
+                raise InvalidInputError(f"region {name!r} appears in more than one group")
+            mapping[name] = g
+    next_group = max(mapping.values(), default=-1) + 1
+    for name in regions:
+        if name not in mapping:
+            mapping[name] = next_group
+            next_group += 1
+    return mapping
 
 
 def require_write_quorum(known: Sequence[str], group_of: Mapping[str, int] | None,
@@ -400,22 +427,7 @@ class StatisticalCAPResolver:
         Regions not named in any group are cut off from everyone. Names must be
         known and may appear once. Under STRONG the new groups sync at once.
         """
-        if isinstance(groups, (str, bytes)) or not isinstance(groups, Iterable):
-            raise InvalidTypeError("groups must be a list of lists of region names")
-        mapping: dict[str, int] = {}
-        for g, group in enumerate(groups):
-            if isinstance(group, (str, bytes)) or not isinstance(group, Iterable):
-                raise InvalidTypeError(f"group {g} must be a list of region names, got {group!r}")
-            for name in group:
-                name = self._known(name)
-                if name in mapping:
-                    raise InvalidInputError(f"region {name!r} appears in more than one group")
-                mapping[name] = g
-        next_group = max(mapping.values(), default=-1) + 1
-        for name in self._regions:
-            if name not in mapping:
-                mapping[name] = next_group
-                next_group += 1
+        mapping = partition_groups(groups, self._known, self._regions)
         self._group_of = mapping
         if self.consistency_model is ConsistencyModel.STRONG:
             self.sync()

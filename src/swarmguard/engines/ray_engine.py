@@ -60,6 +60,7 @@ from ..api.cap import (
     ConsistencyModel,
     StatisticalCAPResolver,
     UnknownRegionError,
+    partition_groups,
     require_write_quorum,
 )
 from ..api.consensus import StableBayesianConsensus
@@ -364,6 +365,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         self._group_of: dict[str, int] | None = None
         self._evidence_total = 0
         self._rounds = 0
+        self._rows_since_checkpoint = 0
         self._known_ids = np.zeros(0, dtype=np.int64)
         self._known_shard = np.zeros(0, dtype=np.int64)
         self.sys = _ActorSystem(ray)
@@ -615,7 +617,10 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                                  accepted, ts)
         lap("evidence+consensus")
         self._rounds += 1
-        if self._rounds % self.checkpoint_every == 0:
+        # Every checkpoint_every rounds' worth of rows: whole-swarm rounds checkpoint every
+        # checkpoint_every rounds, per-item calls every checkpoint_every x swarm size calls.
+        self._rows_since_checkpoint += n
+        if self._rows_since_checkpoint >= self.checkpoint_every * max(1, self._known_ids.size):
             self.checkpoint()
             lap("checkpoint")
         self.last_round_seconds = phases
@@ -828,22 +833,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
 
     def partition(self, groups: Iterable[Iterable[str]]) -> None:
         """Cut the network into groups (as the in-process resolver's ``partition``)."""
-        if isinstance(groups, (str, bytes)) or not isinstance(groups, Iterable):
-            raise InvalidTypeError("groups must be a list of lists of region names")
-        mapping: dict[str, int] = {}
-        for g, group in enumerate(groups):
-            if isinstance(group, (str, bytes)) or not isinstance(group, Iterable):
-                raise InvalidTypeError(f"group {g} must be a list of region names, got {group!r}")
-            for name in group:
-                name = self._known(name)
-                if name in mapping:
-                    raise InvalidInputError(f"region {name!r} appears in more than one group")
-                mapping[name] = g
-        nxt = max(mapping.values(), default=-1) + 1
-        for name in self.regions:
-            if name not in mapping:
-                mapping[name] = nxt
-                nxt += 1
+        mapping = partition_groups(groups, self._known, self.regions)
         self._group_of = mapping
         if self.consistency_model is ConsistencyModel.STRONG:
             self.sync()
@@ -908,9 +898,10 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
 
     # ------------------------------------------------------------------ state
     def checkpoint(self) -> None:
-        """Checkpoint every stateful shard now (also done every ``checkpoint_every`` rounds)."""
+        """Checkpoint every stateful shard now (also done every ``checkpoint_every`` rounds' worth of rows)."""
         for h in [*self.region_shards, *self.evidence_shards]:
             self.sys.checkpoint(h)
+        self._rows_since_checkpoint = 0
 
     def get_global_statistics(self, ddof: int = 1) -> dict[str, Any]:
         """Population statistics from the root aggregator's last merge."""
