@@ -12,6 +12,7 @@ from .api import (
     BehavioralData,
     BehavioralDistributedProtocol,
     ConsistencyModel,
+    DetectorSettings,
     DistributedBehavioralDetector,
     EvidenceType,
     HierarchicalStatisticalTree,
@@ -75,5 +76,6 @@ __all__ = [
     "MissingFieldError",
     "UnknownEvidenceTypeError",
     "DistributedBehavioralDetector",
+    "DetectorSettings",
     "p_value_log_odds",
 ]

@@ -10,7 +10,12 @@ from swarmguard.api.cap import ConsistencyModel, QuorumUnavailableError
 from swarmguard.api.detector import DistributedBehavioralDetector
 from swarmguard.api.evidence_types import BayesianEvidence, EvidenceType
 from swarmguard.api.protocol import BehavioralData
-from swarmguard.errors import DuplicateEvidenceError, InvalidInputError, InvalidTypeError, SwarmGuardError
+from swarmguard.errors import (
+    DuplicateEvidenceError,
+    InvalidInputError,
+    InvalidTypeError,
+    SwarmGuardError,
+)
 
 from ._sim import assert_same_replica
 

@@ -12,6 +12,7 @@ from .cap import (
 )
 from .consensus import StableBayesianConsensus
 from .detector import DistributedBehavioralDetector, p_value_log_odds
+from .detector_settings import DetectorSettings
 from .evidence_types import BayesianEvidence, EvidenceType, map_to_evidence_type
 from .protocol import BehavioralData, BehavioralDistributedProtocol
 from .tree import HierarchicalStatisticalTree
@@ -33,5 +34,6 @@ __all__ = [
     "EvidenceType",
     "map_to_evidence_type",
     "DistributedBehavioralDetector",
+    "DetectorSettings",
     "p_value_log_odds",
 ]

@@ -125,6 +125,10 @@ class DistributedBehavioralDetector:
         """Features per agent (None until the first observation fixes it)."""
         return self.tree.feature_dimensions
 
+    def get_global_statistics(self, ddof: int = 1) -> dict[str, Any]:
+        """The whole population's count, mean and covariance (as the tree's)."""
+        return self.tree.get_global_statistics(ddof)
+
     def _next_evidence_number(self) -> int:
         k = self._evidence_number
         self._evidence_number += 1

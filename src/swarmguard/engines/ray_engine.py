@@ -2,10 +2,12 @@
 
 Layout (one driver, a few long-lived actors; never one actor per agent)
 -----------------------------------------------------------------------
-* ``RegionShard`` actors: each hosts one or more regions (``region_workers``
-  packs the regions onto that many actors, round-robin): its agents' part of
-  the tree (a :class:`HierarchicalStatisticalTree` of those agents, with their
-  cohorts) and each hosted region's CAP replica.
+* ``RegionShard`` actors: each hosts one or more regions (one actor per
+  region, or ``region_workers`` actors with the regions packed round-robin;
+  a region first seen in a round gets its place then and is born at its
+  first write, as in process): its agents' part of the tree (a
+  :class:`HierarchicalStatisticalTree` of those agents, with their cohorts)
+  and each hosted region's CAP replica.
 * one ``RootAggregator`` actor: merges the shards' population and cohort
   moments (Chan's k-way formula, :meth:`Moments.merge_all`) into the
   population's, and hands them back for scoring: every agent is scored
@@ -18,9 +20,13 @@ splits the batch by shard and puts each part into the object store (arrays,
 never per-agent objects); shards update their trees and return their moments;
 the root merges them; shards score their rows; the driver applies the
 false-discovery cut over all rows, drives the CAP writes and anti-entropy in
-the in-process resolver's order, routes the detector's own evidence to the
-partitions and runs the two-step consensus (per-source outlier counts from
-every partition, flags on the driver, per-agent results from the partitions).
+the in-process resolver's order (under STRONG: refused up front without a
+majority, written through to the reachable replicas), routes the detector's
+own evidence to the partitions (checked by every partition before any adds)
+and runs the two-step consensus (per-source outlier counts from every
+partition, flags on the driver, per-agent results from the partitions). The
+guide's per-item :meth:`~RayDistributedBehavioralDetector.process_agent_behavior`
+is a one-row round.
 
 Same answers
 ------------
@@ -37,9 +43,10 @@ Actors are created with ``max_restarts``; a restarted actor re-runs its
 constructor (empty). Every call carries the number of state-changing calls the
 driver has seen the shard apply; a shard that disagrees raises
 :class:`StaleShardError`. The driver keeps, per shard, a checkpoint (the
-shard's values, ``to_dict`` / ``export_evidence``, returned by the actor and so
-owned by the driver in the object store) taken every ``checkpoint_every``
-rounds, and a replay log of the state-changing calls since (their arguments
+shard's values, ``to_dict`` / ``export_evidence``, fetched from the actor and
+put again by the driver, so that the copy lives on the driver's node) taken
+every ``checkpoint_every`` rounds' worth of rows, and a replay log of the
+state-changing calls since (their arguments
 are object refs, so replay ships nothing new). On an actor error or a stale
 shard, it waits for the restart, restores the checkpoint, replays the log and
 re-issues the call.
