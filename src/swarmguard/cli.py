@@ -253,7 +253,7 @@ def simulate(
         ("availability during the partition", str(report["availability"]["availability"])),
         ("lowest confidence factor", f"{report['availability']['min_confidence_factor']:.3f}"),
         ("throughput (agent-rounds/s)", f"{report['performance']['agents_per_second']:,.0f}"),
-        ("per-item latency p50 / p99", "not measured (ray backend)"
+        ("per-item latency p50 / p99", "not measured"
          if report["performance"]["per_item_latency_us_p50"] is None else
          f"{report['performance']['per_item_latency_us_p50']:.0f} / "
          f"{report['performance']['per_item_latency_us_p99']:.0f} µs"),

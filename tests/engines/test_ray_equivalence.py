@@ -90,4 +90,4 @@ def test_cli_simulate_backend_ray(ray_session, tmp_path):
     ra, rb = (json.loads((tmp_path / k / "report.json").read_text()) for k in "ab")
     for key in ("detection", "consensus", "availability", "rounds"):      # the whole report but timings
         assert ra[key] == rb[key], key
-    assert "not measured" in two.output
+    assert rb["performance"]["per_item_latency_us_p50"] > 0       # the per-item path runs on Ray too

@@ -301,6 +301,10 @@ class DistributedBehavioralDetector:
                                   scored["decision_p_value"], scored["is_anomaly"], scored["p_value_cutoff"],
                                   scored["threshold_squared"], confidence, names, region_cf, accepted, ts)
 
+    def _consensus_positions(self, cons: dict[str, Any], ids: np.ndarray) -> np.ndarray:
+        """Row of each of ``ids`` in the consensus arrays ``cons`` (-1: no evidence)."""
+        return _positions(cons["agent_ids"], ids)
+
     def _finish_round(self, ids: np.ndarray, d2: np.ndarray, p: np.ndarray, decision_p: np.ndarray,
                       flagged_mask: np.ndarray, p_cut: float, thr2: float, confidence: np.ndarray,
                       names: np.ndarray, region_cf: np.ndarray, accepted: int, ts: float) -> dict[str, Any]:
@@ -320,7 +324,7 @@ class DistributedBehavioralDetector:
         reached = np.zeros(n, dtype=bool)
         if self.consensus.evidence_count:
             cons = self.consensus.consensus_many()
-            pos = _positions(cons["agent_ids"], ids)
+            pos = self._consensus_positions(cons, ids)
             have = pos >= 0
             probability[have] = cons["probability"][pos[have]]
             reached[have] = cons["consensus_reached"][pos[have]]
@@ -352,13 +356,16 @@ DistributedBehavioralDetector.__signature__ = inspect.Signature(  # help() and I
      *DetectorSettings.signature_parameters()])
 
 
-def _positions(keys: Any, ids: np.ndarray) -> np.ndarray:
-    """Index of each of ``ids`` in ``keys`` (-1 where absent), vectorised for int/str arrays."""
+def _positions(keys: Any, ids: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    """Index of each of ``ids`` in ``keys`` (-1 where absent), vectorised for int/str arrays.
+
+    ``order``: ``np.argsort(keys, kind="stable")`` when the caller has it already.
+    """
     keys = np.asarray(keys)
     if keys.size == 0:
         return np.full(ids.shape[0], -1, dtype=np.int64)
     if keys.dtype.kind in "iuU" and ids.dtype.kind == keys.dtype.kind:
-        order = np.argsort(keys, kind="stable")
+        order = np.argsort(keys, kind="stable") if order is None else order
         sk = keys[order]
         pos = np.searchsorted(sk, ids)
         pos_c = np.minimum(pos, sk.size - 1)

@@ -39,8 +39,8 @@ def run_simulation(config: ScenarioConfig, progress: Progress | None = None,
     availability and per-round series (deterministic for a seed), and
     machine-dependent figures under ``performance``. ``backend="ray"`` runs
     the detector on Ray actors (:mod:`swarmguard.engines.ray_engine`; ``address``
-    of a running cluster, else a local one) with the same results; it has no
-    per-item latency sample.
+    of a running cluster, else a local one) with the same results; its per-item
+    latency sample measures the one-row rounds of the Ray detector.
     """
     config.validate()
     progress = progress or (lambda phase, done, total: None)
@@ -55,7 +55,7 @@ def run_simulation(config: ScenarioConfig, progress: Progress | None = None,
         feature_dimensions=c.features, fdr=0.01, score_levels="all", clock=lambda: now[0],
         regions=sc.regions.tolist(), prior_probability=0.01)
     try:
-        return _run(c, sc, det, now, progress, latency_sample if backend == "inprocess" else 0, t_start)
+        return _run(c, sc, det, now, progress, latency_sample, t_start)
     finally:
         if backend != "inprocess":
             det.close()

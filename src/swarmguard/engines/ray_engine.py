@@ -71,7 +71,7 @@ from ..api.cap import (
     require_write_quorum,
 )
 from ..api.consensus import StableBayesianConsensus
-from ..api.detector import DistributedBehavioralDetector
+from ..api.detector import DistributedBehavioralDetector, _positions
 from ..api.detector_settings import DetectorSettings
 from ..api.evidence_types import BayesianEvidence, EvidenceType
 from ..api.protocol import BehavioralDistributedProtocol, read_behavior
@@ -388,6 +388,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         self._false_flag_rate = ref.false_flag_rate
         self._trusted = {s.node_id}
         self._last_merge: dict[str, Any] | None = None
+        self._summaries: dict[int, dict[str, Any]] = {}   # each region shard's moments, as of its last tree change
         self._last_consensus: dict[str, Any] | None = None
         self.last_round_seconds: dict[str, float] = {}   # wall time of each phase of the last round
         self.cap_resolver = _CapFacade(self)
@@ -570,21 +571,25 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         lap("validate")
         for s, gone in moved.items():
             self.sys.call(self.region_shards[s], "remove", gone, mutating=True)
+            self._summaries.pop(s, None)
         # ---- 1. each shard updates its tree (arrays through the object store)
         rows_of = {s: np.flatnonzero(shard == s) for s in np.unique(shard).tolist()}
         calls = []
         for s, rows in rows_of.items():
             part_c = cohorts[rows] if isinstance(cohorts, np.ndarray) else [cohorts[i] for i in rows.tolist()]
+            # big parts go through the object store once (and stay there for replay); small ones inline
+            put = ray.put if rows.size * d >= 4096 else (lambda a: a)
             calls.append((self.region_shards[s], "update",
-                          (ray.put(ids[rows]), ray.put(np.ascontiguousarray(X[rows])), part_c,
-                           regions[rows]), True))
+                          (put(ids[rows]), put(np.ascontiguousarray(X[rows])), part_c, regions[rows]), True))
         summaries = dict(zip(rows_of, self._gather(calls), strict=True))
+        self._summaries.update(summaries)
         lap("update")
-        # ---- 2. the root merges every shard's moments (untouched shards report theirs too)
-        rest = [s for s in range(len(self.region_shards)) if s not in summaries]
+        # ---- 2. the root merges every shard's moments (untouched shards' are those they last sent)
+        rest = [s for s in range(len(self.region_shards)) if s not in self._summaries]
         for s, value in zip(rest, self._gather([(self.region_shards[s], "summary", (), False) for s in rest]),
                             strict=True):
-            summaries[s] = value
+            self._summaries[s] = value
+        summaries = self._summaries
         merged = self.sys.call(self.root, "merge", *[summaries[s] for s in range(len(self.region_shards))])
         self._last_merge = merged
         merged_ref = ray.put(merged)
@@ -653,6 +658,8 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             h = self.region_shards[self._shard_of_region[name]]
             now = self._now()
             self._announce([name], now)          # a new region is born as it first writes
+            view = None
+            sync_due = not synced and now - self._last_sync >= self.auto_sync_seconds
             if strong:
                 (count, refs) = self.sys.call(h, "cap_write", name, d2[inverse == k], ts, now, True,
                                               mutating=True, num_returns=2)
@@ -660,23 +667,26 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                     if peer != name:
                         self.sys.call(self.region_shards[self._shard_of_region[peer]], "merge_registers",
                                       peer, refs[1], mutating=True)
-            else:
+            elif sync_due:
                 count = self.sys.call(h, "cap_write", name, d2[inverse == k], ts, now, mutating=True)
+            else:       # the write and the view in one call (the clock reading is the same)
+                count, view = self.sys.call(h, "cap_write", name, d2[inverse == k], ts, now, False,
+                                            self._now(), mutating=True)
             accepted += count
-            if not synced and now - self._last_sync >= self.auto_sync_seconds:
+            if sync_due:
                 self.sync()
                 synced = True
-            cf = self.sys.call(h, "cap_view", name, self._now())["confidence_factor"]
+            if view is None:
+                view = self.sys.call(h, "cap_view", name, self._now())
+            cf = view["confidence_factor"]
             region_cf[k] = 1.0 if cf is None else cf
             k += 1
         rest = list(range(k, len(order)))
         now = self._now()
-        writes = self._gather([(self.region_shards[self._shard_of_region[order[j]]], "cap_write",
-                                (order[j], d2[inverse == j], ts, now), True) for j in rest])
-        views = self._gather([(self.region_shards[self._shard_of_region[order[j]]], "cap_view",
-                               (order[j], now), False) for j in rest])
-        accepted += int(sum(writes))
-        for j, view in zip(rest, views, strict=True):
+        replies = self._gather([(self.region_shards[self._shard_of_region[order[j]]], "cap_write",
+                                 (order[j], d2[inverse == j], ts, now, False, now), True) for j in rest])
+        for j, (count, view) in zip(rest, replies, strict=True):
+            accepted += count
             cf = view["confidence_factor"]
             region_cf[j] = 1.0 if cf is None else cf
         return region_cf, accepted
@@ -776,6 +786,13 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         if added:
             self._last_consensus = None
         return added
+
+    def _consensus_positions(self, cons: dict[str, Any], ids: np.ndarray) -> np.ndarray:
+        # the sort of every agent with evidence is kept until the evidence changes
+        full = self._consensus()
+        if full.get("_order") is None:
+            full["_order"] = np.argsort(np.asarray(full["agent_ids"]), kind="stable")
+        return _positions(full["agent_ids"], ids, full["_order"])
 
     def _consensus(self) -> dict[str, Any]:
         """Two-step consensus over the partitions (cached until evidence changes)."""

@@ -248,11 +248,13 @@ class RegionShard(_Versioned):
         return self.replicas[region]
 
     def cap_write(self, expect: int, region: str, scores: np.ndarray, timestamp: float, now: float,
-                  write_through: bool = False):
+                  write_through: bool = False, view_at: float | None = None):
         """The last batch's rows of ``region`` as that region's writes; returns how many.
 
-        With ``write_through`` (STRONG) returns ``(count, entries)``: the
-        registers the write changed, for the reachable peers to join.
+        With ``view_at``, returns ``(count, view)``: also the region's view at
+        that time (:meth:`cap_view`, saving a call). With ``write_through``
+        (STRONG) returns ``(count, entries)``: the registers the write changed,
+        for the reachable peers to join.
         """
         self._check(expect)
         b = self._batch
@@ -261,10 +263,12 @@ class RegionShard(_Versioned):
         outcome = replica.update_many(b["ids"][rows], np.full(rows.size, timestamp), b["X"][rows], scores, None,
                                       now=now)
         self.seq += 1
-        if not write_through:
-            return int(rows.size)
-        changed = outcome.changed_rows
-        return int(rows.size), (replica.registers.entries(changed) if changed.shape[0] else None)
+        if write_through:
+            changed = outcome.changed_rows
+            return int(rows.size), (replica.registers.entries(changed) if changed.shape[0] else None)
+        if view_at is not None:
+            return int(rows.size), self._view(region, view_at)
+        return int(rows.size)
 
     def merge_registers(self, expect: int, region: str, entries: Any) -> None:
         """Join a peer's write-through entries into ``region``'s replica (STRONG)."""
@@ -276,6 +280,9 @@ class RegionShard(_Versioned):
     def cap_view(self, expect: int, region: str, now: float) -> dict[str, Any]:
         """Confidence factor and counts of ``region``'s view at ``now``."""
         self._check(expect)
+        return self._view(region, now)
+
+    def _view(self, region: str, now: float) -> dict[str, Any]:
         replica = self.replicas.get(region)
         counts = replica.region_counts() if replica else {}
         ages = replica.ages(now) if replica else {}
