@@ -206,3 +206,79 @@ def test_evidence_batch_is_all_or_nothing_across_partitions(ray_session):
             assert det.ingest_evidence(**batch([1, 7], [10, 12])) == 1     # a resent id is skipped
     finally:
         b.close()
+
+
+def test_refused_rounds_change_nothing_and_do_not_wedge(ray_session):
+    """Bad cohorts, a bad fdr or a wrongly sized cohort array: the same typed error on both
+    backends, nothing changed, and the next good round gives the same answers."""
+    now = [0.0]
+    a, b = both(ray_session, feature_dimensions=3, clock=lambda: now[0], regions=["eu", "us"], warm_up=100)
+    ids, X = swarm(300)
+    reg = np.array(["eu", "us"])[ids % 2]
+    try:
+        for det in (a, b):
+            det.process_round(ids, X, reg)
+        before = b.get_global_statistics()["mean"].copy()
+        moved = np.where(ids < 10, "us", reg)
+        bad_calls = [
+            (dict(cohorts=[("ok",)] * 299 + [("",)]), InvalidInputError),
+            (dict(fdr=1.5), InvalidInputError),
+            (dict(fdr="x"), InvalidTypeError),
+            (dict(cohorts=np.array(["a"] * 10)), InvalidInputError),    # DimensionMismatchError is one
+        ]
+        for kw, err in bad_calls:
+            for det in (a, b):
+                with pytest.raises(err):
+                    det.process_round(ids, X + 1.0, moved, **kw)
+            np.testing.assert_array_equal(b.get_global_statistics()["mean"], before)
+            assert b.get_global_statistics()["count"] == 300
+        now[0] = 1.0
+        x, y = (det.process_round(list(ids), X + 1.0, moved) for det in (a, b))   # a list of NumPy ints
+        assert_same_round(x, y)
+    finally:
+        b.close()
+
+
+def test_numpy_int_agent_ids_are_one_agent_in_evidence(ray_session):
+    a, b = both(ray_session, feature_dimensions=2)
+    one = dict(evidence_types=EvidenceType.BEHAVIORAL_ANOMALY, log_odds=[1.0], confidences=[1.0],
+               timestamps=[0.0], source_nodes=["s"])
+    try:
+        for det in (a, b):
+            det.ingest_evidence([1, 2], np.array([5, 5]), EvidenceType.BEHAVIORAL_ANOMALY, [1.0, 1.0], [1.0, 1.0],
+                                [0.0, 0.0], ["s", "s"])
+            assert det.ingest_evidence(evidence_ids=[3], agent_ids=[np.int64(5)], **one) == 1
+            assert det.ingest_evidence(evidence_ids=[3], agent_ids=[np.int64(5)], **one) == 0   # resent: skipped
+            assert det.consensus.consensus(5)["evidence_count"] == 3
+            assert list(det.consensus.consensus_many()["agent_ids"]) == [5]
+            with pytest.raises(InvalidTypeError):
+                det.ingest_evidence([9], [5], 0, [1.0], [1.0], [0.0], ["s"])        # evidence_types=0
+    finally:
+        b.close()
+
+
+def test_per_item_with_cohort_levels_and_without_a_region(ray_session):
+    """score_levels="all": the per-item cut and the agent's cohort are the in-process ones,
+    also when the data names no region (the agent keeps its place)."""
+    now = [0.0]
+    a, b = both(ray_session, feature_dimensions=3, clock=lambda: now[0], warm_up=50, require="anomaly",
+                score_levels="all", significance_level=1e-2)
+    ids, X = swarm(400, outliers=0)
+    reg = np.array(["eu", "us"])[ids % 2]
+    try:
+        for det in (a, b):
+            det.process_round(ids, X, reg)
+        for k, shift in enumerate([0.1, 3.2, 3.6, 4.0, 9.0, 0.2]):
+            now[0] = 1.0 + k
+            agent = 2 * k + 1                              # a "us" agent
+            data = {"agent_id": agent, "features": X[agent] + shift}   # no region, no cohort
+            ra, rb = (det.process_agent_behavior_sync(agent, data) for det in (a, b))
+            assert ra["action"] == rb["action"], k
+            assert ra["anomaly"]["cohort"] == rb["anomaly"]["cohort"] == ("us",)
+            assert rb["anomaly"]["significance_level"] == pytest.approx(ra["anomaly"]["significance_level"])
+            assert rb["anomaly"]["decision_p_value"] == pytest.approx(ra["anomaly"]["decision_p_value"], rel=1e-9)
+            assert ra["confidence"] == rb["confidence"]
+        assert a.tree.get_cohort_statistics(("us",))["count"] == 200
+        assert sum(r["action"] == "isolate" for r in (ra, rb)) in (0, 2)
+    finally:
+        b.close()

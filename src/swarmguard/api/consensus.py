@@ -174,21 +174,9 @@ class StableBayesianConsensus:
 
     def _ingest(self, evidence_ids, agent_ids, source_nodes, evidence_types, log_odds, confidences,
                 timestamps, persist: bool, dry_run: bool = False) -> int:
-        lo = as_float_vector(log_odds, "log_odds", allow_empty=True)
+        ev, ag, src, codes, lo, conf, ts = evidence_columns(evidence_ids, agent_ids, source_nodes, evidence_types,
+                                                            log_odds, confidences, timestamps)
         n = lo.size
-        conf = as_float_vector(confidences, "confidences", allow_empty=True)
-        if conf.size and (conf.min() < 0.0 or conf.max() > 1.0):
-            bad = int(np.flatnonzero((conf < 0.0) | (conf > 1.0))[0])
-            raise InvalidInputError(f"confidences must be in [0, 1], got {conf[bad]} at row {bad}")
-        ts = _as_timestamps(timestamps, n)
-        codes = _as_type_codes(evidence_types, n)
-        ev = _as_keys(evidence_ids, "evidence_ids")
-        ag = _as_keys(agent_ids, "agent_ids")
-        src = _as_keys(source_nodes, "source_nodes")
-        for name, arr in (("confidences", conf), ("timestamps", ts), ("evidence_types", codes),
-                          ("evidence_ids", ev), ("agent_ids", ag), ("source_nodes", src)):
-            if len(arr) != n:
-                raise DimensionMismatchError(f"{name} has {len(arr)} rows, log_odds has {n}")
         if n == 0:
             return 0
         ledger = self._ledger
@@ -546,6 +534,32 @@ class StableBayesianConsensus:
 
 
 # ====================================================================== helpers
+def evidence_columns(evidence_ids: Any, agent_ids: Any, source_nodes: Any, evidence_types: Any, log_odds: Any,
+                     confidences: Any, timestamps: Any) -> tuple:
+    """A batch of evidence, checked and normalised (no state is read): ``(evidence_ids,
+    agent_ids, source_nodes, type_codes, log_odds, confidences, timestamps)``.
+
+    Raises the typed error of the first problem, in a fixed order (values, then
+    ids, then lengths), so that every engine refuses the same batch the same way.
+    """
+    lo = as_float_vector(log_odds, "log_odds", allow_empty=True)
+    n = lo.size
+    conf = as_float_vector(confidences, "confidences", allow_empty=True)
+    if conf.size and (conf.min() < 0.0 or conf.max() > 1.0):
+        bad = int(np.flatnonzero((conf < 0.0) | (conf > 1.0))[0])
+        raise InvalidInputError(f"confidences must be in [0, 1], got {conf[bad]} at row {bad}")
+    ts = _as_timestamps(timestamps, n)
+    codes = _as_type_codes(evidence_types, n)
+    ev = _as_keys(evidence_ids, "evidence_ids")
+    ag = _as_keys(agent_ids, "agent_ids")
+    src = _as_keys(source_nodes, "source_nodes")
+    for name, arr in (("confidences", conf), ("timestamps", ts), ("evidence_types", codes),
+                      ("evidence_ids", ev), ("agent_ids", ag), ("source_nodes", src)):
+        if len(arr) != n:
+            raise DimensionMismatchError(f"{name} has {len(arr)} rows, log_odds has {n}")
+    return ev, ag, src, codes, lo, conf, ts
+
+
 def _count_flagged(pair_agents: list[tuple[int, np.ndarray]], pair_sources: list[np.ndarray],
                    flagged: np.ndarray, n_agents: int) -> np.ndarray:
     """Per agent, how many of its (agent, source) pairs have a flagged source. Only the

@@ -14,6 +14,7 @@ from scipy.stats import chi2
 
 from ..errors import DimensionMismatchError, InvalidInputError
 from ..validation import as_feature_matrix
+from ..values.agent_index import as_agent_ids
 from .cap import StatisticalCAPResolver, StatisticalUpdate
 from .consensus import BayesianEvidence, EvidenceType, StableBayesianConsensus
 from .detector_settings import DetectorSettings
@@ -204,8 +205,8 @@ class DistributedBehavioralDetector:
         """Whether to isolate, by the rule in the class docstring."""
         cf = cap_result.get("confidence_factor")
         cf = 1.0 if cf is None else cf
-        anomaly = bool(self._anomaly_holds(anomaly_info["is_anomaly"], anomaly_info["decision_p_value"],
-                                           anomaly_info["significance_level"], cf))
+        cut = anomaly_info.get("decision_cutoff", anomaly_info["significance_level"])   # for the decision p-value
+        anomaly = bool(self._anomaly_holds(anomaly_info["is_anomaly"], anomaly_info["decision_p_value"], cut, cf))
         if consensus_result is None:
             try:
                 consensus_result = self.consensus.distributed_evidence_consensus_sync(anomaly_info["agent_id"])
@@ -281,6 +282,8 @@ class DistributedBehavioralDetector:
         names, inverse = np.unique(regions, return_inverse=True)
         # STRONG refuses before the tree changes: a refused round leaves every part as it was
         self.cap_resolver.check_writable(names.tolist())
+        if not (isinstance(agent_ids, np.ndarray) and agent_ids.dtype.kind in "iuU"):
+            as_agent_ids(agent_ids, n)         # ids the replicas would refuse (the tree takes more kinds)
         # Solution 1: update and score everyone (vectorised), regions as cohorts
         scored = self.protocol.update_and_score_many(agent_ids, X, cohorts=regions if cohorts is None else cohorts,
                                                      fdr=fdr)

@@ -54,6 +54,7 @@ re-issues the call.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 import zlib
@@ -70,7 +71,7 @@ from ..api.cap import (
     partition_groups,
     require_write_quorum,
 )
-from ..api.consensus import StableBayesianConsensus
+from ..api.consensus import StableBayesianConsensus, evidence_columns
 from ..api.detector import DistributedBehavioralDetector, _positions
 from ..api.detector_settings import DetectorSettings
 from ..api.evidence_types import BayesianEvidence, EvidenceType
@@ -99,6 +100,9 @@ from ..values.version_vector import check_region_name
 from .shards import EvidenceShard, RegionShard, RootAggregator, StaleShardError
 
 __all__ = ["RayDistributedBehavioralDetector", "import_ray", "LinkFaults"]
+
+_MAX_LOG = 20_000       # logged calls per actor before a checkpoint is due anyway (bounds replay)
+
 
 def import_ray():
     """``import ray``, or a :class:`MissingDependencyError` saying how to get it."""
@@ -208,7 +212,13 @@ class _ActorSystem:
                 if not (isinstance(exc, self.errors) or self._is_stale(exc)):
                     cause = getattr(exc, "cause", None)
                     if isinstance(cause, SwarmGuardError):
-                        raise cause from None      # a shard refused the input: the typed error, not Ray's wrapper
+                        # A shard refused the input before changing anything (the driver checks
+                        # first, so this is a safety net): forget the call, so that the shard and
+                        # the driver's count agree and the next call does not look stale.
+                        if h.log and h.log[-1][0] == expect and h.seq == expect + 1:
+                            h.log.pop()
+                            h.seq = expect
+                        raise cause from None      # the typed error, not Ray's wrapper
                     raise
                 self.recover(h, upto=expect)
                 refs = self._remote(h, method, expect, args, num_returns)
@@ -274,19 +284,23 @@ def _validate_ids(agent_ids: Any) -> np.ndarray:
         raise InvalidTypeError("agent_ids must be a sequence or array of ids")
     else:
         items = list(agent_ids)
-    kinds = set(map(type, items))
-    if kinds <= {int}:
-        return np.array(items, dtype=np.int64)
-    if kinds == {str}:
+    if all(isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) for k in items):
+        try:
+            return np.array(items, dtype=np.int64)
+        except OverflowError as exc:
+            raise InvalidInputError("agent ids must fit in int64") from exc
+    if all(isinstance(k, str) for k in items):
         return np.array(items, dtype=str)
     raise InvalidTypeError("the Ray backend takes int or str agent ids (a NumPy array is fastest)")
 
 
 def _hash_partition(keys: Any, parts: int) -> np.ndarray:
+    """Each (normalised) agent id's evidence partition: ``id mod P`` for ints, CRC-32 of ``str(id)`` else."""
     if isinstance(keys, np.ndarray) and keys.dtype.kind in "iu":
         return np.mod(keys.astype(np.int64), parts)
     items = keys.tolist() if isinstance(keys, np.ndarray) else list(keys)
-    return np.fromiter(((k % parts) if type(k) is int else zlib.crc32(str(k).encode()) % parts for k in items),
+    return np.fromiter(((int(k) % parts) if isinstance(k, (int, np.integer)) and not isinstance(k, bool)
+                        else zlib.crc32(str(k).encode()) % parts for k in items),
                        dtype=np.int64, count=len(items))
 
 
@@ -490,6 +504,14 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         self.close()
 
     # ------------------------------------------------------------------ routing
+    def _shard_of_agents(self, ids: np.ndarray) -> np.ndarray:
+        """The region actor whose tree holds each agent (-1: not seen yet)."""
+        known = self._known_ids
+        if known.size == 0 or known.dtype.kind != ids.dtype.kind:
+            return np.full(ids.shape[0], -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(known, ids), known.size - 1)
+        return np.where(known[pos] == ids, self._known_shard[pos], -1)
+
     def _route(self, ids: np.ndarray, shard: np.ndarray) -> dict[int, np.ndarray]:
         """Record each agent's shard; returns, per old shard, the agents that moved away."""
         moved: dict[int, np.ndarray] = {}
@@ -522,43 +544,46 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         return out
 
     def _round(self, agent_ids: Any, X: Any, regions: Any, *, cohorts: Any, timestamp: float | None,
-               fdr: Any) -> dict[str, Any]:
+               fdr: Any, stay: np.ndarray | None = None) -> dict[str, Any]:
+        """A round; ``stay`` marks rows whose known agents keep their place in the tree
+        (the per-item path's data without a cohort), written to their region's replica all the same."""
+        # The in-process detector's checks, in its order, all before any change.
         X = as_feature_matrix(X, self._dim)
         n, d = X.shape
-        ids = _validate_ids(agent_ids)
-        if ids.shape[0] != n:
-            raise DimensionMismatchError(f"{ids.shape[0]} agent ids for {n} rows")
-        if np.unique(ids).size != n:
-            raise InvalidInputError("agent_ids holds the same id twice in one batch")
         if isinstance(regions, str):
             regions = np.full(n, regions)
         regions = np.asarray(regions)
         if regions.shape != (n,) or regions.dtype.kind != "U":
             raise DimensionMismatchError(f"regions must be {n} region names, got shape {regions.shape}")
+        ts = check_finite_float(self.clock() if timestamp is None else timestamp, "timestamp")
         names, inverse = np.unique(regions, return_inverse=True)
         inverse = inverse.ravel()
         order = [check_region_name(r) for r in names.tolist()]
         if self.consistency_model is ConsistencyModel.STRONG:
             require_write_quorum(self.regions, self._group_of, order)
-        ts = float(self._now()) if timestamp is None else float(timestamp)
-        if not math.isfinite(ts):
-            raise InvalidInputError("timestamp must be finite")
-        q = self.fdr if isinstance(fdr, str) and fdr == "default" else fdr
+        ids = _validate_ids(agent_ids)
+        if ids.shape[0] != n:
+            raise DimensionMismatchError(f"{ids.shape[0]} agent ids for {n} rows")
+        if np.unique(ids).size != n:
+            raise InvalidInputError("agent_ids holds the same id twice in one batch")
         if cohorts is None:
             cohorts = regions
+        self._shape._cohort_ids(cohorts, n)        # the tree's own check, on the driver
         if isinstance(cohorts, (str, tuple)):
             cohorts = [cohorts] * n if isinstance(cohorts, tuple) else np.full(n, cohorts)
         elif not (isinstance(cohorts, np.ndarray) and cohorts.dtype.kind == "U"):
             cohorts = list(cohorts)
-            if len(cohorts) != n:
-                raise DimensionMismatchError(f"cohorts has {len(cohorts)} entries, expected {n}")
+        q = self._rules._resolve_fdr(fdr)
+        # Everything above only reads: a refused round changes nothing.
         if self._dim is None:
             self._dim = d
-        # Everything above only reads: a refused round changes nothing.
         self._place([*self._declared, *order])
         self._announce(self._declared, self._start)
         region_shard = np.array([self._shard_of_region[r] for r in order], dtype=np.int64)
         shard = region_shard[inverse]
+        if stay is not None and stay.any():
+            known = self._shard_of_agents(ids)
+            shard = np.where(stay & (known >= 0), known, shard)
         moved = self._route(ids, shard)
         ray = self.ray
         clock = [time.perf_counter()]
@@ -601,11 +626,15 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         d2 = np.empty(n)
         p = np.empty(n)
         decision_p = np.empty(n)
+        levels = np.empty(n, dtype=np.int64)
         any_warm = False
+        first_cohort = None
         for rows, res in zip(rows_of.values(), scored, strict=True):
-            d2[rows], p[rows], decision_p[rows] = (res["mahalanobis_squared"], res["p_value"],
-                                                    res["decision_p_value"])
+            d2[rows], p[rows], decision_p[rows], levels[rows] = (res["mahalanobis_squared"], res["p_value"],
+                                                                  res["decision_p_value"], res["levels"])
             any_warm |= res["any_warm"]
+            if rows[0] == 0:
+                first_cohort = res["first_cohort"]
         lap("score")
         if q is not None:
             flagged_mask, cut = benjamini_hochberg(decision_p, q)
@@ -621,7 +650,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         else:
             thr2 = float("inf")
         # ---- 4. CAP: each region's writes, in the in-process resolver's order
-        region_cf, accepted = self._cap_writes(order, inverse, d2, ts)
+        region_cf, accepted = self._cap_writes(order, inverse, d2, ts, ids, X, shard, region_shard)
         confidence = region_cf[inverse]
         lap("cap")
         # ---- 5. own evidence, consensus, decision (shared with the in-process detector)
@@ -630,16 +659,20 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         lap("evidence+consensus")
         self._rounds += 1
         # Every checkpoint_every rounds' worth of rows: whole-swarm rounds checkpoint every
-        # checkpoint_every rounds, per-item calls every checkpoint_every x swarm size calls.
+        # checkpoint_every rounds, per-item calls every checkpoint_every x swarm size calls
+        # (or sooner, when an actor's replay log reaches _MAX_LOG calls).
         self._rows_since_checkpoint += n
-        if self._rows_since_checkpoint >= self.checkpoint_every * max(1, self._known_ids.size):
+        longest_log = max(len(h.log) for h in self.handles)
+        if (self._rows_since_checkpoint >= self.checkpoint_every * max(1, self._known_ids.size)
+                or longest_log >= _MAX_LOG):
             self.checkpoint()
             lap("checkpoint")
         self.last_round_seconds = phases
-        out["_detail"] = {"any_warm": any_warm, "p_cut": cut}
+        out["_detail"] = {"any_warm": any_warm, "p_cut": cut, "levels": levels, "first_cohort": first_cohort}
         return out
 
-    def _cap_writes(self, order: list[str], inverse: np.ndarray, d2: np.ndarray, ts: float):
+    def _cap_writes(self, order: list[str], inverse: np.ndarray, d2: np.ndarray, ts: float, ids: np.ndarray,
+                    X: np.ndarray, shard: np.ndarray, region_shard: np.ndarray):
         """Each region's writes and view, as the in-process resolver orders them.
 
         Serial until this round's automatic sync has run (it ships what was
@@ -651,6 +684,11 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         region_cf = np.ones(len(order))
         accepted = 0
         strong = self.consistency_model is ConsistencyModel.STRONG
+        # A region's rows are in its host's last batch, unless some stayed on another actor's tree.
+        extra = []
+        for k in range(len(order)):
+            rows = np.flatnonzero(inverse == k)
+            extra.append((ids[rows], X[rows]) if (shard[rows] != region_shard[k]).any() else None)
         synced = self.auto_sync_seconds is None
         k = 0
         while k < len(order) and (strong or not synced or any(r not in self._born for r in order[k:])):
@@ -661,17 +699,18 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             view = None
             sync_due = not synced and now - self._last_sync >= self.auto_sync_seconds
             if strong:
-                (count, refs) = self.sys.call(h, "cap_write", name, d2[inverse == k], ts, now, True,
-                                              mutating=True, num_returns=2)
+                (count, refs) = self.sys.call(h, "cap_write", name, d2[inverse == k], ts, now, True, None,
+                                              extra[k], mutating=True, num_returns=2)
                 for peer in self._reachable(name):
                     if peer != name:
                         self.sys.call(self.region_shards[self._shard_of_region[peer]], "merge_registers",
                                       peer, refs[1], mutating=True)
             elif sync_due:
-                count = self.sys.call(h, "cap_write", name, d2[inverse == k], ts, now, mutating=True)
+                count = self.sys.call(h, "cap_write", name, d2[inverse == k], ts, now, False, None, extra[k],
+                                      mutating=True)
             else:       # the write and the view in one call (the clock reading is the same)
                 count, view = self.sys.call(h, "cap_write", name, d2[inverse == k], ts, now, False,
-                                            self._now(), mutating=True)
+                                            self._now(), extra[k], mutating=True)
             accepted += count
             if sync_due:
                 self.sync()
@@ -684,7 +723,8 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         rest = list(range(k, len(order)))
         now = self._now()
         replies = self._gather([(self.region_shards[self._shard_of_region[order[j]]], "cap_write",
-                                 (order[j], d2[inverse == j], ts, now, False, now), True) for j in rest])
+                                 (order[j], d2[inverse == j], ts, now, False, now, extra[j]), True)
+                                for j in rest])
         for j, (count, view) in zip(rest, replies, strict=True):
             accepted += count
             cf = view["confidence_factor"]
@@ -714,9 +754,12 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         path = check_cohort(cohort)
         region = path[0] if path else self.default_region
         ts = check_finite_float(self._timestamp_of(behavioral_data), "timestamp")
-        res = self._round([agent_id], x[None, :], region, cohorts=[path], timestamp=ts, fdr=None)
+        res = self._round([agent_id], x[None, :], region, cohorts=[path], timestamp=ts, fdr=None,
+                          stay=np.array([path is None]))
         d2 = float(res["mahalanobis_squared"][0])
         merged = self._last_merge["population"] if self._last_merge else None
+        alpha = self.significance_level / int(res["_detail"]["levels"][0])     # per level, as in process
+        thr2 = float(chi2.isf(alpha, self._dim))
         anomaly = {
             "agent_id": agent_id,
             "is_anomaly": bool(res["is_anomaly"][0]),
@@ -724,10 +767,11 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             "mahalanobis_squared": d2,
             "p_value": float(res["p_value"][0]),
             "decision_p_value": float(res["decision_p_value"][0]),
-            "threshold": math.sqrt(res["threshold_squared"]),
-            "threshold_squared": res["threshold_squared"],
-            "significance_level": res["_detail"]["p_cut"],
-            "cohort": path if path is not None else (),
+            "threshold": math.sqrt(thr2),
+            "threshold_squared": thr2,
+            "significance_level": alpha,
+            "decision_cutoff": self.significance_level,
+            "cohort": res["_detail"]["first_cohort"],
             "population_count": 0 if merged is None else int(merged.count),
             "warming_up": not res["_detail"]["any_warm"],
         }
@@ -748,35 +792,21 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         holds an id that the batch routes elsewhere (the same id for another
         agent); only when every check passes does any partition add.
         """
-        if isinstance(log_odds, (str, bytes)) or not hasattr(log_odds, "__len__"):
-            raise InvalidTypeError("log_odds must be an array or sequence")
-        m = len(log_odds)
-        for name, col in (("evidence_ids", evidence_ids), ("agent_ids", agent_ids),
-                          ("confidences", confidences), ("timestamps", timestamps),
-                          ("source_nodes", source_nodes)):
-            if isinstance(col, (str, bytes)) or not hasattr(col, "__len__"):
-                raise InvalidTypeError(f"{name} must be an array or sequence")
-            if len(col) != m:
-                raise DimensionMismatchError(f"{name} has {len(col)} rows, log_odds has {m}")
-        if not isinstance(evidence_types, (str, EvidenceType)) and len(evidence_types) != m:
-            raise DimensionMismatchError(f"evidence_types has {len(evidence_types)} rows, log_odds has {m}")
-        if m == 0:
+        # The values and ids on the driver, as in process (same checks, same order);
+        # routing then uses the normalised ids, so 5 and np.int64(5) are one agent.
+        ev, ag, src, codes, lo, conf, ts = evidence_columns(evidence_ids, agent_ids, source_nodes, evidence_types,
+                                                            log_odds, confidences, timestamps)
+        if lo.size == 0:
             return 0
-        keys = agent_ids if isinstance(agent_ids, np.ndarray) else list(agent_ids)
-        if not (isinstance(keys, np.ndarray) and keys.dtype.kind in "iuU"):
-            for k in (keys.tolist() if isinstance(keys, np.ndarray) else keys):
-                check_key(k, "agent_ids")     # routing hashes the id: refuse what the partitions would
-        part = _hash_partition(keys, len(self.evidence_shards))
+        part = _hash_partition(ag, len(self.evidence_shards))
         batches = {}
         for pidx in np.unique(part).tolist():
             rows = np.flatnonzero(part == pidx)
             batches[pidx] = self.ray.put({
-                "evidence_ids": _take(evidence_ids, rows), "agent_ids": _take(keys, rows),
-                "evidence_types": _take(evidence_types, rows), "log_odds": _take(log_odds, rows),
-                "confidences": _take(confidences, rows), "timestamps": _take(timestamps, rows),
-                "source_nodes": _take(source_nodes, rows)})
-        every_id = self.ray.put((evidence_ids if isinstance(evidence_ids, np.ndarray) else list(evidence_ids),
-                                 part))
+                "evidence_ids": _take(ev, rows), "agent_ids": _take(ag, rows), "evidence_types": codes[rows],
+                "log_odds": lo[rows], "confidences": conf[rows], "timestamps": ts[rows],
+                "source_nodes": _take(src, rows)})
+        every_id = self.ray.put((ev, part))
         # Phase 1: every partition checks (nothing changes); phase 2: the partitions add.
         self._gather([(h, "check", (batches.get(p), every_id, p), False)
                       for p, h in enumerate(self.evidence_shards)])
@@ -1089,3 +1119,9 @@ class _ProtocolFacade:
             flagged = out["decision_p_value"] < det.significance_level
         out["is_anomaly"] = flagged & any_warm
         return out
+
+
+RayDistributedBehavioralDetector.__signature__ = inspect.Signature(   # help() lists Ray's options and the settings
+    [*[p for name, p in inspect.signature(RayDistributedBehavioralDetector.__init__).parameters.items()
+       if name not in ("self", "params")],
+     *DetectorSettings.signature_parameters()])

@@ -62,7 +62,8 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
     population, then (``score_levels="all"``) against every cohort on the
     row's path, Bonferroni-combined. ``row_paths[row_path_index[i]]`` is row
     i's cohort path. Returns ``mahalanobis_squared``, ``p_value``,
-    ``decision_p_value`` and ``any_warm`` (some level was out of warm-up).
+    ``decision_p_value``, ``levels`` (per row, how many levels were combined)
+    and ``any_warm`` (some level was out of warm-up).
     """
     d = X.shape[1]
     scorer = LeaveOneOutScorer(float(population.count), population.offset, population.m2, shrinkage)
@@ -73,7 +74,8 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
     warm = population.count >= warm_up and scorer.ok
     any_warm = bool(warm)
     if score_levels != "all":
-        return {"mahalanobis_squared": d2, "p_value": p, "decision_p_value": p, "any_warm": any_warm}
+        return {"mahalanobis_squared": d2, "p_value": p, "decision_p_value": p, "any_warm": any_warm,
+                "levels": np.ones(X.shape[0], dtype=np.int64)}
     p_min = (p if warm else np.ones_like(p)).copy()
     n_levels = np.ones(X.shape[0])
     max_depth = max((len(pt) for pt in row_paths), default=0)
@@ -96,7 +98,7 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
                 any_warm = True
                 p_min[rows] = np.minimum(p_min[rows], cp)
     return {"mahalanobis_squared": d2, "p_value": p, "decision_p_value": np.minimum(1.0, p_min * n_levels),
-            "any_warm": any_warm}
+            "any_warm": any_warm, "levels": n_levels.astype(np.int64)}
 
 
 class _Versioned:
@@ -220,8 +222,10 @@ class RegionShard(_Versioned):
         population, cohorts = merged["population"], merged["cohorts"]
         b = self._batch
         need = {p[:k] for p in b["paths"] for k in range(1, len(p) + 1)}
-        return score_rows(b["X"], b["paths"], b["path_index"], population,
-                          {p: cohorts[p] for p in need}, shrinkage, warm_up, score_levels)
+        out = score_rows(b["X"], b["paths"], b["path_index"], population,
+                         {p: cohorts[p] for p in need}, shrinkage, warm_up, score_levels)
+        out["first_cohort"] = b["paths"][int(b["path_index"][0])] if len(b["ids"]) else None
+        return out
 
     def score_all(self, expect: int, merged: dict[str, Any], shrinkage: Any, warm_up: int,
                   score_levels: str) -> dict[str, Any]:
@@ -248,27 +252,32 @@ class RegionShard(_Versioned):
         return self.replicas[region]
 
     def cap_write(self, expect: int, region: str, scores: np.ndarray, timestamp: float, now: float,
-                  write_through: bool = False, view_at: float | None = None):
+                  write_through: bool = False, view_at: float | None = None, rows: Any = None):
         """The last batch's rows of ``region`` as that region's writes; returns how many.
 
         With ``view_at``, returns ``(count, view)``: also the region's view at
         that time (:meth:`cap_view`, saving a call). With ``write_through``
         (STRONG) returns ``(count, entries)``: the registers the write changed,
-        for the reachable peers to join.
+        for the reachable peers to join. ``rows``: the region's ``(ids, X)``
+        when they are not (all) in this shard's last batch.
         """
         self._check(expect)
-        b = self._batch
-        rows = np.flatnonzero(b["regions"] == region)
+        if rows is None:
+            b = self._batch
+            mine = np.flatnonzero(b["regions"] == region)
+            ids, X = b["ids"][mine], b["X"][mine]
+        else:
+            ids, X = rows
         replica = self._replica(region)
-        outcome = replica.update_many(b["ids"][rows], np.full(rows.size, timestamp), b["X"][rows], scores, None,
-                                      now=now)
+        m = int(X.shape[0])
+        outcome = replica.update_many(ids, np.full(m, timestamp), X, scores, None, now=now)
         self.seq += 1
         if write_through:
             changed = outcome.changed_rows
-            return int(rows.size), (replica.registers.entries(changed) if changed.shape[0] else None)
+            return m, (replica.registers.entries(changed) if changed.shape[0] else None)
         if view_at is not None:
-            return int(rows.size), self._view(region, view_at)
-        return int(rows.size)
+            return m, self._view(region, view_at)
+        return m
 
     def merge_registers(self, expect: int, region: str, entries: Any) -> None:
         """Join a peer's write-through entries into ``region``'s replica (STRONG)."""
