@@ -56,9 +56,11 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import time
 import zlib
 from collections.abc import Hashable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -97,6 +99,14 @@ from ..validation import (
     check_positive_int,
 )
 from ..values.version_vector import check_region_name
+from .checkpoint_files import (
+    evidence_state_from_arrays,
+    evidence_state_to_arrays,
+    read_latest,
+    region_state_from_arrays,
+    region_state_to_arrays,
+    write_generation,
+)
 from .shards import EvidenceShard, RegionShard, RootAggregator, StaleShardError
 
 __all__ = ["RayDistributedBehavioralDetector", "import_ray", "LinkFaults"]
@@ -259,16 +269,24 @@ class _ActorSystem:
                     raise
         raise SwarmGuardError(f"could not recover actor {h.name}")
 
-    def checkpoint(self, h: _Handle) -> None:
-        """Take ``h``'s state and keep it in the driver's object store.
+    def checkpoint(self, h: _Handle) -> Any:
+        """Take ``h``'s state, keep it in the driver's object store, and return it.
 
         The actor's reply lives on the actor's node; a copy put by the driver
         lives on the driver's, so a checkpoint survives the loss of the node
         whose actor it restores.
         """
         (seq, refs) = self.call(h, "checkpoint", num_returns=2)
-        h.ckpt_seq, h.ckpt_ref = seq, self.ray.put(self.ray.get(refs[1]))
+        state = self.ray.get(refs[1])
+        h.ckpt_seq, h.ckpt_ref = seq, self.ray.put(state)
         h.log = [e for e in h.log if e[0] >= seq]
+        return state
+
+    def restore(self, h: _Handle, seq: int, state: Any) -> None:
+        """Start ``h``'s (new) actor from a checkpoint taken elsewhere (:meth:`~RayDistributedBehavioralDetector.resume`)."""
+        h.ckpt_seq, h.ckpt_ref = seq, self.ray.put(state)
+        h.seq, h.log = seq, []
+        self.ray.get(h.actor.restore.remote(seq, h.ckpt_ref))
 
 
 def _validate_ids(agent_ids: Any) -> np.ndarray:
@@ -332,7 +350,8 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
 
     def __init__(self, settings: DetectorSettings | None = None, /, *, backend: str = "ray",
                  address: str | None = None, region_workers: int | None = None, evidence_partitions: int = 2,
-                 checkpoint_every: int = 5, max_restarts: int = 3, actor_cpus: float = 0, **params: Any):
+                 checkpoint_every: int = 5, max_restarts: int = 3, actor_cpus: float = 0,
+                 checkpoint_dir: str | Path | None = None, **params: Any):
         if backend != "ray":
             raise InvalidInputError(f"RayDistributedBehavioralDetector is the Ray backend, got backend={backend!r}")
         s = self._apply_settings(DetectorSettings.from_params(settings, params))
@@ -356,6 +375,13 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         actor_cpus = check_finite_float(actor_cpus, "actor_cpus")
         if actor_cpus < 0:
             raise InvalidInputError("actor_cpus must be >= 0")
+        if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+            raise InvalidTypeError(f"checkpoint_dir must be a path, got {checkpoint_dir!r}")
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self._generation = 0
+        self._ray_options = {"region_workers": self.region_workers, "evidence_partitions": partitions,
+                             "checkpoint_every": self.checkpoint_every, "max_restarts": max_restarts,
+                             "actor_cpus": actor_cpus}
         ray = import_ray()
         self.ray = ray
         self._owns_ray = False
@@ -798,6 +824,11 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                                                             log_odds, confidences, timestamps)
         if lo.size == 0:
             return 0
+        if self.checkpoint_dir is not None:          # what the files can hold, refused now rather than later
+            for name, col in (("evidence_ids", ev), ("agent_ids", ag), ("source_nodes", src)):
+                if isinstance(col, list) and not all(
+                        isinstance(k, str) or (type(k) is int and -(1 << 63) <= k < (1 << 63)) for k in col):
+                    raise InvalidTypeError(f"{name}: with checkpoint_dir, ids must be int64 or str")
         part = _hash_partition(ag, len(self.evidence_shards))
         batches = {}
         for pidx in np.unique(part).tolist():
@@ -952,10 +983,81 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
 
     # ------------------------------------------------------------------ state
     def checkpoint(self) -> None:
-        """Checkpoint every stateful shard now (also done every ``checkpoint_every`` rounds' worth of rows)."""
-        for h in [*self.region_shards, *self.evidence_shards]:
-            self.sys.checkpoint(h)
+        """Checkpoint every stateful shard now (also done every ``checkpoint_every`` rounds' worth of rows).
+
+        With ``checkpoint_dir``, the checkpoint is also written there (see :meth:`resume`).
+        """
+        states = {h.name: self.sys.checkpoint(h) for h in [*self.region_shards, *self.evidence_shards]}
         self._rows_since_checkpoint = 0
+        if self.checkpoint_dir is not None:
+            self._write_checkpoint(states)
+
+    # ------------------------------------------------------------------ on disk
+    _FORMAT = 1
+
+    def _write_checkpoint(self, states: dict[str, Any]) -> None:
+        settings = self.settings.to_params()
+        settings.pop("clock")
+        settings["consistency_model"] = self.consistency_model.value
+        settings["regions"] = None if settings["regions"] is None else list(settings["regions"])
+        driver = {
+            "format": self._FORMAT, "settings": settings, "ray_options": dict(self._ray_options),
+            "region_shards": len(self.region_shards), "declared": self._declared, "regions": self._regions,
+            "born": [self._born[r] for r in self._regions], "shard_of_region": self._shard_of_region,
+            "group_of": self._group_of, "dim": self._dim, "start": self._start, "latest": self._latest,
+            "last_sync": self._last_sync, "evidence_total": self._evidence_total,
+            "evidence_number": self._evidence_number, "rounds": self._rounds,
+            "seq": {h.name: h.ckpt_seq for h in [*self.region_shards, *self.evidence_shards]},
+        }
+        actors = {h.name: region_state_to_arrays(states[h.name]) for h in self.region_shards}
+        actors.update({h.name: evidence_state_to_arrays(states[h.name]) for h in self.evidence_shards})
+        self._generation += 1
+        write_generation(self.checkpoint_dir, self._generation, actors, driver,
+                         {"known_ids": self._known_ids, "known_shard": self._known_shard})
+
+    @classmethod
+    def resume(cls, checkpoint_dir: str | Path, *, clock: Any = None, address: str | None = None,
+               **ray_options: Any) -> RayDistributedBehavioralDetector:
+        """A Ray detector in the state of the newest checkpoint written to ``checkpoint_dir``.
+
+        For a driver that was lost (the actors die with it): new actors are
+        started and restored from the files; rounds and evidence sent after
+        that checkpoint are not in it and must be sent again. The settings
+        come from the checkpoint, but for ``clock`` (a function: pass it
+        again); Ray's options may be overridden but for ``evidence_partitions``
+        (the evidence is hashed to the partitions).
+        """
+        generation, d, arrays, actors = read_latest(checkpoint_dir)
+        if d.get("format") != cls._FORMAT:
+            raise InvalidInputError(f"checkpoint format {d.get('format')!r} is not {cls._FORMAT}")
+        opts = {**d["ray_options"], **ray_options}
+        if opts["evidence_partitions"] != d["ray_options"]["evidence_partitions"]:
+            raise InvalidInputError("evidence_partitions must be the checkpoint's "
+                                    f"({d['ray_options']['evidence_partitions']})")
+        settings = DetectorSettings(**d["settings"], clock=clock)
+        det = cls(settings, address=address, checkpoint_dir=checkpoint_dir, **opts)
+        det._dim = d["dim"]
+        for _ in range(d["region_shards"]):
+            det._new_region_shard()           # before the regions are known: restored from the files below
+        det._declared = list(d["declared"])
+        det._regions = list(d["regions"])
+        det._born = dict(zip(d["regions"], d["born"], strict=True))
+        det._shard_of_region = {k: int(v) for k, v in d["shard_of_region"].items()}
+        det._group_of = d["group_of"]
+        det._start, det._latest, det._last_sync = d["start"], d["latest"], d["last_sync"]
+        det._evidence_total, det._evidence_number, det._rounds = (d["evidence_total"], d["evidence_number"],
+                                                                  d["rounds"])
+        det._known_ids, det._known_shard = arrays["known_ids"], arrays["known_shard"].astype(np.int64)
+        for h in det.region_shards:
+            det.sys.restore(h, d["seq"][h.name], region_state_from_arrays(actors[h.name]))
+        for h in det.evidence_shards:
+            det.sys.restore(h, d["seq"][h.name], evidence_state_from_arrays(actors[h.name]))
+        det._generation = generation
+        if det.region_shards:     # the population's moments, as the last round left them
+            summaries = det._gather([(h, "summary", (), False) for h in det.region_shards])
+            det._summaries = dict(enumerate(summaries))
+            det._last_merge = det.sys.call(det.root, "merge", *summaries)
+        return det
 
     def get_global_statistics(self, ddof: int = 1) -> dict[str, Any]:
         """Population statistics from the root aggregator's last merge."""
