@@ -49,7 +49,9 @@ every ``checkpoint_every`` rounds' worth of rows, and a replay log of the
 state-changing calls since (their arguments
 are object refs, so replay ships nothing new). On an actor error or a stale
 shard, it waits for the restart, restores the checkpoint, replays the log and
-re-issues the call.
+re-issues the call. With ``checkpoint_dir`` each checkpoint is also written to
+disk (:mod:`swarmguard.engines.checkpoint_files`), and
+:meth:`RayDistributedBehavioralDetector.resume` starts a new driver from it.
 """
 
 from __future__ import annotations
@@ -343,9 +345,10 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
     local one; default a local ``ray.init(num_cpus=2)`` unless Ray is already
     initialised), ``region_workers`` (region actors; default one per region,
     else regions are packed onto that many actors round-robin),
-    ``evidence_partitions``, ``checkpoint_every`` (rounds), ``max_restarts``
-    and ``actor_cpus`` (CPUs each actor reserves; 0 lets many actors share a
-    small machine).
+    ``evidence_partitions``, ``checkpoint_every`` (rounds), ``max_restarts``,
+    ``actor_cpus`` (CPUs each actor reserves; 0 lets many actors share a
+    small machine) and ``checkpoint_dir`` (also write checkpoints there, for
+    :meth:`resume`).
     """
 
     def __init__(self, settings: DetectorSettings | None = None, /, *, backend: str = "ray",
