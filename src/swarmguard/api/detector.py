@@ -359,16 +359,13 @@ DistributedBehavioralDetector.__signature__ = inspect.Signature(  # help() and I
      *DetectorSettings.signature_parameters()])
 
 
-def _positions(keys: Any, ids: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
-    """Index of each of ``ids`` in ``keys`` (-1 where absent), vectorised for int/str arrays.
-
-    ``order``: ``np.argsort(keys, kind="stable")`` when the caller has it already.
-    """
+def _positions(keys: Any, ids: np.ndarray) -> np.ndarray:
+    """Index of each of ``ids`` in ``keys`` (-1 where absent), vectorised for int/str arrays."""
     keys = np.asarray(keys)
     if keys.size == 0:
         return np.full(ids.shape[0], -1, dtype=np.int64)
     if keys.dtype.kind in "iuU" and ids.dtype.kind == keys.dtype.kind:
-        order = np.argsort(keys, kind="stable") if order is None else order
+        order = np.argsort(keys, kind="stable")
         sk = keys[order]
         pos = np.searchsorted(sk, ids)
         pos_c = np.minimum(pos, sk.size - 1)

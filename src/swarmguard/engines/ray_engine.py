@@ -854,9 +854,15 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
     def _consensus_positions(self, cons: dict[str, Any], ids: np.ndarray) -> np.ndarray:
         # the sort of every agent with evidence is kept until the evidence changes
         full = self._consensus()
-        if full.get("_order") is None:
-            full["_order"] = np.argsort(np.asarray(full["agent_ids"]), kind="stable")
-        return _positions(full["agent_ids"], ids, full["_order"])
+        keys = np.asarray(full["agent_ids"])
+        if keys.size == 0 or keys.dtype.kind != ids.dtype.kind or keys.dtype.kind not in "iuU":
+            return _positions(keys, ids)
+        if full.get("_sorted") is None:
+            order = np.argsort(keys, kind="stable")
+            full["_sorted"] = (keys[order], order)
+        sk, order = full["_sorted"]
+        pos = np.minimum(np.searchsorted(sk, ids), sk.size - 1)
+        return np.where(sk[pos] == ids, order[pos], -1)
 
     def _consensus(self) -> dict[str, Any]:
         """Two-step consensus over the partitions (cached until evidence changes)."""
