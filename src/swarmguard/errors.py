@@ -22,6 +22,8 @@ __all__ = [
     "EvidenceStoreError",
     "MalformedInputError",
     "MissingDependencyError",
+    "CheckpointError",
+    "CheckpointWriteWarning",
 ]
 
 
@@ -92,6 +94,14 @@ class MalformedInputError(InvalidInputError):
     def __init__(self, path: str, line: int, reason: str, unit: str = "line"):
         self.path, self.line, self.reason, self.unit = path, line, reason, unit
         super().__init__(f"{path}, {unit} {line}: {reason}")
+
+
+class CheckpointError(SwarmGuardError, OSError):
+    """A checkpoint cannot be written to, or read from, its folder."""
+
+
+class CheckpointWriteWarning(UserWarning):
+    """A round's on-disk checkpoint could not be written (the round itself was applied)."""
 
 
 class MissingDependencyError(SwarmGuardError, ImportError):

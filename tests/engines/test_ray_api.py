@@ -232,6 +232,12 @@ def test_refused_rounds_change_nothing_and_do_not_wedge(ray_session):
                     det.process_round(ids, X + 1.0, moved, **kw)
             np.testing.assert_array_equal(b.get_global_statistics()["mean"], before)
             assert b.get_global_statistics()["count"] == 300
+        shards = dict(b._shard_of_region)
+        with pytest.raises(InvalidTypeError):           # the Ray backend keeps one kind of id
+            b.process_round(np.array(["x", "y"]), X[:2], "ap")
+        with pytest.raises(InvalidInputError):
+            b.process_round(np.array([2**63, 1], dtype=np.uint64), X[:2], "eu")
+        assert b._shard_of_region == shards and b.regions == ["eu", "us"]
         now[0] = 1.0
         x, y = (det.process_round(list(ids), X + 1.0, moved) for det in (a, b))   # a list of NumPy ints
         assert_same_round(x, y)

@@ -40,13 +40,13 @@ def test_killed_actors_recover_to_the_uninterrupted_state(ray_session):
             kill(ray, det.region_shards[0])
             kill(ray, det.evidence_shards[1])
         if r == 5:      # inside a round: after the trees and the first CAP write, before the auto-sync
-            real_sync = det.sync
+            real_sync = det._sync
 
             def sync_after_a_kill():
                 kill(ray, det.region_shards[1])
-                det.sync = real_sync
+                det._sync = real_sync
                 return real_sync()
-            det.sync = sync_after_a_kill
+            det._sync = sync_after_a_kill
         if r == 4:      # right after a checkpoint (empty log): the root aggregator and another region
             kill(ray, det.root)
             kill(ray, det.region_shards[2])
@@ -182,3 +182,67 @@ def test_checkpoint_files_refuse_ids_they_cannot_hold(ray_session, tmp_path):
         assert det.consensus.evidence_count == 0
     finally:
         det.close()
+
+
+def test_checkpoint_folder_generations_resume_errors_and_write_failures(ray_session, tmp_path):
+    """A second run in the same folder never writes into an existing generation; a damaged
+    checkpoint is a typed error; a failed write warns after a round (which stays applied)
+    and raises from an explicit checkpoint(); evidence alone triggers checkpoints."""
+    import os
+
+    from swarmguard.engines import ray_engine
+    from swarmguard.engines.checkpoint_files import generations
+    from swarmguard.engines.ray_engine import RayDistributedBehavioralDetector
+    from swarmguard.errors import CheckpointError, CheckpointWriteWarning, InvalidTypeError
+    rng = np.random.default_rng(0)
+    ids, X = np.arange(60), rng.normal(size=(60, 2))
+    first = RayDistributedBehavioralDetector(feature_dimensions=2, checkpoint_dir=tmp_path, checkpoint_every=1)
+    first.process_round(ids, X, "eu")
+    first.process_round(ids, X, "eu")
+    first.close()
+    assert generations(tmp_path) == [1, 2]
+    second = RayDistributedBehavioralDetector(feature_dimensions=2, checkpoint_dir=tmp_path, checkpoint_every=1,
+                                              warm_up=np.int64(50))           # a NumPy scalar setting
+    try:
+        second.process_round(ids[:10], X[:10], "us")
+        assert generations(tmp_path) == [2, 3]                            # continued, never overwritten
+        with pytest.raises(InvalidTypeError):
+            RayDistributedBehavioralDetector.resume(tmp_path, feature_dimensions=3)
+        again = RayDistributedBehavioralDetector.resume(tmp_path)
+        assert again.get_global_statistics()["count"] == 10 and again.regions == ["us"]
+        assert again._start == second._start
+        assert again.replica("us").same_state(second.replica("us"))
+        again.close()
+        os.remove(tmp_path / "gen-3" / "regions0.npz")
+        os.remove(tmp_path / "gen-2" / "driver.json")
+        with pytest.raises(CheckpointError):
+            RayDistributedBehavioralDetector.resume(tmp_path)
+        (tmp_path / "gen-4").mkdir()              # taken by someone else: skipped, not written into
+        second.process_round(ids[:10], X[:10], "us")
+        assert generations(tmp_path)[-1] == 5 and not any((tmp_path / "gen-4").iterdir())
+
+        def disk_full(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+        real = ray_engine.write_generation
+        ray_engine.write_generation = disk_full
+        try:
+            with pytest.warns(CheckpointWriteWarning):
+                second.process_round(ids[:10], X[:10] + 1, "us")
+            assert second.get_global_statistics()["count"] == 10           # the round was applied
+            with pytest.raises(CheckpointError):
+                second.checkpoint()
+        finally:
+            ray_engine.write_generation = real
+        second.checkpoint()
+    finally:
+        second.close()
+    third = RayDistributedBehavioralDetector(feature_dimensions=2, checkpoint_dir=tmp_path / "ev")
+    old = ray_engine._MAX_LOG
+    ray_engine._MAX_LOG = 3
+    try:
+        for k in range(5):
+            third.ingest_evidence([k], [1], "behavioral_anomaly", [1.0], [1.0], [0.0], ["s"])
+        assert max(len(h.log) for h in third.handles) < 3 and generations(tmp_path / "ev")
+    finally:
+        ray_engine._MAX_LOG = old
+        third.close()

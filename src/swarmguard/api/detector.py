@@ -304,6 +304,10 @@ class DistributedBehavioralDetector:
                                   scored["decision_p_value"], scored["is_anomaly"], scored["p_value_cutoff"],
                                   scored["threshold_squared"], confidence, names, region_cf, accepted, ts)
 
+    def _add_own_evidence(self, *columns: Any) -> None:
+        """The detector's own evidence of a round (a backend may hold back side effects)."""
+        self.ingest_evidence(*columns)
+
     def _consensus_positions(self, cons: dict[str, Any], ids: np.ndarray) -> np.ndarray:
         """Row of each of ``ids`` in the consensus arrays ``cons`` (-1: no evidence)."""
         return _positions(cons["agent_ids"], ids)
@@ -319,7 +323,7 @@ class DistributedBehavioralDetector:
             log_p = chi2.logsf(d2[flagged], self.feature_dimensions)
             start = self._next_evidence_number()
             eids = np.array([f"{self.node_id}:{start}:{i}" for i in range(flagged.size)])
-            self.ingest_evidence(
+            self._add_own_evidence(
                 eids, ids[flagged], EvidenceType.BEHAVIORAL_ANOMALY,
                 np.minimum(p_value_log_odds(log_p), self.own_evidence_cap),
                 confidence[flagged], np.full(flagged.size, ts), np.full(flagged.size, self.node_id))

@@ -2,10 +2,11 @@
 
 A checkpoint is a folder ``gen-<k>`` holding one ``<actor>.npz`` per stateful
 actor and ``driver.json`` + ``driver.npz`` (the driver's routing tables and
-counters); the file ``LATEST`` names the newest complete generation. Files are
-written (and fsynced) first and ``LATEST`` is replaced last, atomically, so a
-crash while writing leaves the previous generation in force. No pickle: every
-value is an array or JSON.
+counters); the file ``LATEST`` names the newest complete generation. A
+generation is written (and fsynced) in a ``.tmp`` folder renamed when
+complete, and ``LATEST`` is replaced last, atomically, so a crash while
+writing leaves the previous generation in force; the generation before the
+latest is kept as a fallback. No pickle: every value is an array or JSON.
 
 >>> import numpy as np
 >>> keys = [3, "a", 7]
@@ -29,10 +30,25 @@ import numpy as np
 from ..errors import InvalidInputError, InvalidTypeError
 from ..values.npz import dict_from_bytes, dict_to_bytes
 
-__all__ = ["keys_to_arrays", "keys_from_arrays", "region_state_to_arrays", "region_state_from_arrays",
+__all__ = ["keys_to_arrays", "keys_from_arrays", "strings_to_arrays", "strings_from_arrays", "generations", "region_state_to_arrays", "region_state_from_arrays",
            "evidence_state_to_arrays", "evidence_state_from_arrays", "write_generation", "read_latest"]
 
 _KEY_COLUMNS = ("evidence_ids", "agent_ids", "source_nodes")
+
+
+def strings_to_arrays(items: list[str], name: str) -> dict[str, np.ndarray]:
+    """Strings as UTF-8 bytes and lengths: exact (a NumPy ``str`` array drops trailing NULs)."""
+    data = [k.encode("utf-8", "surrogatepass") for k in items]
+    return {f"{name}.utf8": np.frombuffer(b"".join(data), dtype=np.uint8).copy(),
+            f"{name}.len": np.array([len(b) for b in data], dtype=np.int64)}
+
+
+def strings_from_arrays(arrays: Mapping[str, np.ndarray], name: str) -> list[str]:
+    """Inverse of :func:`strings_to_arrays`."""
+    blob = arrays[f"{name}.utf8"].tobytes()
+    ends = np.cumsum(arrays[f"{name}.len"]).tolist()
+    starts = [0, *ends[:-1]] if ends else []
+    return [blob[a:b].decode("utf-8", "surrogatepass") for a, b in zip(starts, ends, strict=True)]
 
 
 def keys_to_arrays(keys: Any, name: str) -> dict[str, np.ndarray]:
@@ -40,14 +56,13 @@ def keys_to_arrays(keys: Any, name: str) -> dict[str, np.ndarray]:
     if isinstance(keys, np.ndarray) and keys.dtype.kind in "iu":
         return {f"{name}.int": keys.astype(np.int64)}
     items = keys.tolist() if isinstance(keys, np.ndarray) else list(keys)
+    if not all(isinstance(k, str) or (type(k) is int and -(1 << 63) <= k < (1 << 63)) for k in items):
+        raise InvalidTypeError(f"{name}: on-disk checkpoints hold int64 and str ids only")
     is_str = np.array([isinstance(k, str) for k in items], dtype=bool)
-    if not all(isinstance(k, str) or (isinstance(k, int) and not isinstance(k, bool)) for k in items):
-        raise InvalidTypeError(f"{name}: on-disk checkpoints hold int and str ids only")
     return {f"{name}.is_str": is_str,
             f"{name}.int": np.array([0 if s else k for k, s in zip(items, is_str.tolist(), strict=True)],
                                     dtype=np.int64),
-            f"{name}.str": np.array([k if s else "" for k, s in zip(items, is_str.tolist(), strict=True)],
-                                    dtype=str)}
+            **strings_to_arrays([k if s else "" for k, s in zip(items, is_str.tolist(), strict=True)], name)}
 
 
 def keys_from_arrays(arrays: Mapping[str, np.ndarray], name: str):
@@ -55,7 +70,7 @@ def keys_from_arrays(arrays: Mapping[str, np.ndarray], name: str):
     if f"{name}.is_str" not in arrays:
         return np.asarray(arrays[f"{name}.int"], dtype=np.int64)
     is_str = arrays[f"{name}.is_str"].tolist()
-    ints, strs = arrays[f"{name}.int"].tolist(), arrays[f"{name}.str"].tolist()
+    ints, strs = arrays[f"{name}.int"].tolist(), strings_from_arrays(arrays, name)
     return [s if flag else i for flag, i, s in zip(is_str, ints, strs, strict=True)]
 
 
@@ -65,11 +80,11 @@ def region_state_to_arrays(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
     if state["tree"] is not None:
         out.update({f"tree.{k}": np.asarray(v) for k, v in state["tree"].items()})
     names = list(state["replicas"])
-    out["replica_names"] = np.array(names, dtype=str) if names else np.empty(0, "<U1")
+    out.update(strings_to_arrays(names, "replica_names"))
     for i, name in enumerate(names):
         out.update({f"replica{i}.{k}": np.asarray(v) for k, v in state["replicas"][name].items()})
     born = state["born"]
-    out["born_names"] = np.array(list(born), dtype=str) if born else np.empty(0, "<U1")
+    out.update(strings_to_arrays(list(born), "born_names"))
     out["born_times"] = np.array(list(born.values()), dtype=np.float64)
     return out
 
@@ -81,10 +96,11 @@ def _prefixed(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.nda
 def region_state_from_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Inverse of :func:`region_state_to_arrays`."""
     tree = _prefixed(arrays, "tree.") or None
-    names = arrays["replica_names"].tolist()
+    names = strings_from_arrays(arrays, "replica_names")
     return {"tree": tree,
             "replicas": {name: _prefixed(arrays, f"replica{i}.") for i, name in enumerate(names)},
-            "born": dict(zip(arrays["born_names"].tolist(), arrays["born_times"].tolist(), strict=True))}
+            "born": dict(zip(strings_from_arrays(arrays, "born_names"), arrays["born_times"].tolist(),
+                             strict=True))}
 
 
 def evidence_state_to_arrays(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -92,8 +108,7 @@ def evidence_state_to_arrays(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name in _KEY_COLUMNS:
         out.update(keys_to_arrays(state[name], name))
-    types = list(state["evidence_types"])
-    out["evidence_types"] = np.array(types, dtype=str) if types else np.empty(0, "<U1")
+    out.update(strings_to_arrays(list(state["evidence_types"]), "evidence_types"))
     for name in ("log_odds", "confidences", "timestamps"):
         out[name] = np.asarray(state[name], dtype=np.float64)
     return out
@@ -102,10 +117,18 @@ def evidence_state_to_arrays(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
 def evidence_state_from_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Inverse of :func:`evidence_state_to_arrays` (columns for ``add_evidence_batch``)."""
     out: dict[str, Any] = {name: keys_from_arrays(arrays, name) for name in _KEY_COLUMNS}
-    out["evidence_types"] = arrays["evidence_types"].tolist()
+    out["evidence_types"] = strings_from_arrays(arrays, "evidence_types")
     for name in ("log_odds", "confidences", "timestamps"):
         out[name] = arrays[name]
     return out
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -117,33 +140,71 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def generations(folder: str | os.PathLike) -> list[int]:
+    """The generation numbers present in ``folder`` (complete ones: folders named ``gen-<k>``)."""
+    out = []
+    for p in Path(folder).glob("gen-*"):
+        tail = p.name[4:]
+        if p.is_dir() and tail.isdigit():
+            out.append(int(tail))
+    return sorted(out)
+
+
 def write_generation(folder: str | os.PathLike, generation: int, actors: Mapping[str, dict[str, np.ndarray]],
                      driver_json: dict[str, Any], driver_arrays: dict[str, np.ndarray]) -> Path:
-    """Write one complete checkpoint, then make it the latest; older generations are removed."""
+    """Write one complete checkpoint, then make it the latest.
+
+    The files go into a fresh ``gen-<k>.tmp`` folder, which is renamed to
+    ``gen-<k>`` once complete (a generation that exists is never written
+    into), then ``LATEST`` is replaced; the generation before it is kept as a
+    fallback, older ones are removed.
+    """
     root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
     gen = root / f"gen-{generation}"
-    gen.mkdir(parents=True, exist_ok=True)
+    if gen.exists():
+        raise InvalidInputError(f"checkpoint generation {gen} exists already (another run writes to {root}?)")
+    tmp = root / f"gen-{generation}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     for name, arrays in actors.items():
-        _write_atomic(gen / f"{name}.npz", dict_to_bytes(arrays))
-    _write_atomic(gen / "driver.npz", dict_to_bytes(driver_arrays))
-    _write_atomic(gen / "driver.json", json.dumps(driver_json, sort_keys=True).encode())
+        _write_atomic(tmp / f"{name}.npz", dict_to_bytes(arrays))
+    _write_atomic(tmp / "driver.npz", dict_to_bytes(driver_arrays))
+    _write_atomic(tmp / "driver.json", json.dumps(driver_json, sort_keys=True).encode())
+    _fsync_dir(tmp)
+    os.replace(tmp, gen)
+    _fsync_dir(root)
     _write_atomic(root / "LATEST", gen.name.encode())
-    for old in root.glob("gen-*"):
-        if old != gen and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(root)
+    for k in generations(root):
+        if k < generation - 1:
+            shutil.rmtree(root / f"gen-{k}", ignore_errors=True)
     return gen
+
+
+def _read(gen: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+    driver = json.loads((gen / "driver.json").read_text())
+    arrays = dict_from_bytes((gen / "driver.npz").read_bytes(), "driver checkpoint")
+    actors = {p.stem: dict_from_bytes(p.read_bytes(), f"checkpoint of {p.stem}")
+              for p in gen.glob("*.npz") if p.stem != "driver"}
+    return driver, arrays, actors
 
 
 def read_latest(folder: str | os.PathLike) -> tuple[int, dict[str, Any], dict[str, np.ndarray],
                                                      dict[str, dict[str, np.ndarray]]]:
-    """(generation, driver JSON, driver arrays, each actor's arrays) of the newest checkpoint."""
+    """(generation, driver JSON, driver arrays, each actor's arrays) of the newest readable checkpoint.
+
+    The one ``LATEST`` names, else (it cannot be read) the generation before it.
+    """
     root = Path(folder)
     try:
-        gen = root / (root / "LATEST").read_text().strip()
-        driver = json.loads((gen / "driver.json").read_text())
-        arrays = dict_from_bytes((gen / "driver.npz").read_bytes(), "driver checkpoint")
-        actors = {p.stem: dict_from_bytes(p.read_bytes(), f"checkpoint of {p.stem}")
-                  for p in gen.glob("*.npz") if p.stem != "driver"}
-    except (OSError, ValueError) as exc:
+        latest = int((root / "LATEST").read_text().strip().split("-", 1)[1])
+    except (OSError, ValueError, IndexError) as exc:
         raise InvalidInputError(f"no readable checkpoint in {root}: {exc}") from exc
-    return int(gen.name.split("-", 1)[1]), driver, arrays, actors
+    errors = []
+    for k in (latest, latest - 1):
+        try:
+            return (k, *_read(root / f"gen-{k}"))
+        except (OSError, ValueError, InvalidInputError) as exc:
+            errors.append(f"gen-{k}: {exc}")
+    raise InvalidInputError(f"no readable checkpoint in {root}: " + "; ".join(errors))

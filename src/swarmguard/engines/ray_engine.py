@@ -57,9 +57,11 @@ disk (:mod:`swarmguard.engines.checkpoint_files`), and
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import os
 import time
+import warnings
 import zlib
 from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
@@ -82,6 +84,8 @@ from ..api.evidence_types import BayesianEvidence, EvidenceType
 from ..api.protocol import BehavioralDistributedProtocol, read_behavior
 from ..api.tree import HierarchicalStatisticalTree
 from ..errors import (
+    CheckpointError,
+    CheckpointWriteWarning,
     DimensionMismatchError,
     InvalidInputError,
     InvalidTypeError,
@@ -104,6 +108,7 @@ from ..values.version_vector import check_region_name
 from .checkpoint_files import (
     evidence_state_from_arrays,
     evidence_state_to_arrays,
+    generations,
     read_latest,
     region_state_from_arrays,
     region_state_to_arrays,
@@ -112,6 +117,12 @@ from .checkpoint_files import (
 from .shards import EvidenceShard, RegionShard, RootAggregator, StaleShardError
 
 __all__ = ["RayDistributedBehavioralDetector", "import_ray", "LinkFaults"]
+
+def _json_scalar(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to a checkpoint")
+
 
 _MAX_LOG = 20_000       # logged calls per actor before a checkpoint is due anyway (bounds replay)
 
@@ -296,6 +307,8 @@ def _validate_ids(agent_ids: Any) -> np.ndarray:
         if agent_ids.ndim != 1:
             raise DimensionMismatchError(f"agent_ids must be 1-D, got shape {agent_ids.shape}")
         if agent_ids.dtype.kind in "iu":
+            if agent_ids.dtype == np.uint64 and agent_ids.size and agent_ids.max() >= (1 << 63):
+                raise InvalidInputError("agent ids must fit in 64 bits (int64)")
             return agent_ids.astype(np.int64, copy=False)
         if agent_ids.dtype.kind == "U":
             return agent_ids
@@ -381,7 +394,8 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
             raise InvalidTypeError(f"checkpoint_dir must be a path, got {checkpoint_dir!r}")
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-        self._generation = 0
+        # continue the folder's numbering: a generation on disk is never written into
+        self._generation = max(generations(self.checkpoint_dir), default=0) if self.checkpoint_dir else 0
         self._ray_options = {"region_workers": self.region_workers, "evidence_partitions": partitions,
                              "checkpoint_every": self.checkpoint_every, "max_restarts": max_restarts,
                              "actor_cpus": actor_cpus}
@@ -595,6 +609,9 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             raise DimensionMismatchError(f"{ids.shape[0]} agent ids for {n} rows")
         if np.unique(ids).size != n:
             raise InvalidInputError("agent_ids holds the same id twice in one batch")
+        if self._known_ids.size and n and self._known_ids.dtype.kind != ids.dtype.kind:
+            raise InvalidTypeError("the Ray backend keeps one kind of agent id: these are "
+                                   f"{'strings' if ids.dtype.kind == 'U' else 'ints'}, earlier ones were not")
         if cohorts is None:
             cohorts = regions
         self._shape._cohort_ids(cohorts, n)        # the tree's own check, on the driver
@@ -690,11 +707,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         # Every checkpoint_every rounds' worth of rows: whole-swarm rounds checkpoint every
         # checkpoint_every rounds, per-item calls every checkpoint_every x swarm size calls
         # (or sooner, when an actor's replay log reaches _MAX_LOG calls).
-        self._rows_since_checkpoint += n
-        longest_log = max(len(h.log) for h in self.handles)
-        if (self._rows_since_checkpoint >= self.checkpoint_every * max(1, self._known_ids.size)
-                or longest_log >= _MAX_LOG):
-            self.checkpoint()
+        if self._maybe_checkpoint(n):
             lap("checkpoint")
         self.last_round_seconds = phases
         out["_detail"] = {"any_warm": any_warm, "p_cut": cut, "levels": levels, "first_cohort": first_cohort}
@@ -742,7 +755,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                                             self._now(), extra[k], mutating=True)
             accepted += count
             if sync_due:
-                self.sync()
+                self._sync()           # inside the round: no checkpoint until the round is whole
                 synced = True
             if view is None:
                 view = self.sys.call(h, "cap_view", name, self._now())
@@ -815,6 +828,20 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
     def ingest_evidence(self, evidence_ids: Any, agent_ids: Any, evidence_types: Any, log_odds: Any,
                         confidences: Any, timestamps: Any, source_nodes: Any) -> int:
         """Observer evidence in bulk, routed to the partitions by agent id; returns how many were new.
+
+        All or nothing, as in process (see :meth:`_ingest_evidence`).
+        """
+        added = self._ingest_evidence(evidence_ids, agent_ids, evidence_types, log_odds, confidences, timestamps,
+                                      source_nodes)
+        self._maybe_checkpoint(0)          # evidence alone can fill the replay log
+        return added
+
+    def _add_own_evidence(self, *columns: Any) -> None:
+        self._ingest_evidence(*columns)    # inside a round: no checkpoint until the round is whole
+
+    def _ingest_evidence(self, evidence_ids: Any, agent_ids: Any, evidence_types: Any, log_odds: Any,
+                         confidences: Any, timestamps: Any, source_nodes: Any) -> int:
+        """Route a batch of evidence to the partitions; returns how many were new.
 
         All or nothing, as in process: every partition first checks its rows
         (values, and ids already stored with other content) and whether it
@@ -943,6 +970,12 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         return self._group_of is not None
 
     def sync(self) -> dict[str, int]:
+        """One anti-entropy round over every delivering link (see :meth:`_sync`)."""
+        report = self._sync()
+        self._maybe_checkpoint(0)
+        return report
+
+    def _sync(self) -> dict[str, int]:
         """One anti-entropy round over every delivering link, as Ray calls between region actors.
 
         For each ordered pair (a, b) that reaches each other: b sends its
@@ -996,10 +1029,34 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
 
         With ``checkpoint_dir``, the checkpoint is also written there (see :meth:`resume`).
         """
+        self._checkpoint(during_round=False)
+
+    def _checkpoint(self, during_round: bool) -> None:
         states = {h.name: self.sys.checkpoint(h) for h in [*self.region_shards, *self.evidence_shards]}
         self._rows_since_checkpoint = 0
-        if self.checkpoint_dir is not None:
+        if self.checkpoint_dir is None:
+            return
+        try:
             self._write_checkpoint(states)
+        except (OSError, TypeError, ValueError, SwarmGuardError) as exc:
+            err = CheckpointError(f"could not write the checkpoint to {self.checkpoint_dir}: {exc}")
+            self.last_checkpoint_error = err
+            if not during_round:
+                raise err from exc
+            # The round was applied (and the in-memory checkpoint taken): raising now would
+            # make the caller send it again. Say so, and try again at the next checkpoint.
+            warnings.warn(str(err), CheckpointWriteWarning, stacklevel=3)
+
+    def _maybe_checkpoint(self, rows: int) -> bool:
+        """Checkpoint when ``checkpoint_every`` rounds' worth of rows (or an actor's
+        replay log of ``_MAX_LOG`` calls) has built up since the last one."""
+        self._rows_since_checkpoint += rows
+        longest_log = max(len(h.log) for h in self.handles)
+        if (self._rows_since_checkpoint >= self.checkpoint_every * max(1, self._known_ids.size)
+                or longest_log >= _MAX_LOG):
+            self._checkpoint(during_round=True)
+            return True
+        return False
 
     # ------------------------------------------------------------------ on disk
     _FORMAT = 1
@@ -1017,12 +1074,40 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             "last_sync": self._last_sync, "evidence_total": self._evidence_total,
             "evidence_number": self._evidence_number, "rounds": self._rounds,
             "seq": {h.name: h.ckpt_seq for h in [*self.region_shards, *self.evidence_shards]},
+            "dropped_links": sorted(self.faults.dropped),
         }
+        driver = json.loads(json.dumps(driver, default=_json_scalar))     # NumPy scalars as numbers
         actors = {h.name: region_state_to_arrays(states[h.name]) for h in self.region_shards}
         actors.update({h.name: evidence_state_to_arrays(states[h.name]) for h in self.evidence_shards})
-        self._generation += 1
+        # the next number after any on disk: another run's generations are never written into
+        self._generation = max(self._generation, *generations(self.checkpoint_dir), 0) + 1
         write_generation(self.checkpoint_dir, self._generation, actors, driver,
                          {"known_ids": self._known_ids, "known_shard": self._known_shard})
+
+    def _restore_from(self, d: dict[str, Any], arrays: dict[str, np.ndarray],
+                      actors: dict[str, dict[str, np.ndarray]]) -> None:
+        """Set the driver's tables from a checkpoint, start the actors, restore them."""
+        self._dim = d["dim"]
+        self._start, self._latest, self._last_sync = d["start"], d["latest"], d["last_sync"]
+        for _ in range(d["region_shards"]):
+            self._new_region_shard()          # before the regions are known: restored from the files below
+        self._declared = list(d["declared"])
+        self._regions = list(d["regions"])
+        self._born = dict(zip(d["regions"], d["born"], strict=True))
+        self._shard_of_region = {k: int(v) for k, v in d["shard_of_region"].items()}
+        self._group_of = d["group_of"]
+        self._evidence_total, self._evidence_number, self._rounds = (d["evidence_total"], d["evidence_number"],
+                                                                     d["rounds"])
+        self._known_ids, self._known_shard = arrays["known_ids"], arrays["known_shard"].astype(np.int64)
+        self.faults.dropped = {tuple(link) for link in d["dropped_links"]}
+        for h in self.region_shards:
+            self.sys.restore(h, d["seq"][h.name], region_state_from_arrays(actors[h.name]))
+        for h in self.evidence_shards:
+            self.sys.restore(h, d["seq"][h.name], evidence_state_from_arrays(actors[h.name]))
+        if self.region_shards:     # the population's moments, as the last round left them
+            summaries = self._gather([(h, "summary", (), False) for h in self.region_shards])
+            self._summaries = dict(enumerate(summaries))
+            self._last_merge = self.sys.call(self.root, "merge", *summaries)
 
     @classmethod
     def resume(cls, checkpoint_dir: str | Path, *, clock: Any = None, address: str | None = None,
@@ -1036,36 +1121,29 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         again); Ray's options may be overridden but for ``evidence_partitions``
         (the evidence is hashed to the partitions).
         """
+        own = {"region_workers", "checkpoint_every", "max_restarts", "actor_cpus", "evidence_partitions"}
+        unknown = sorted(set(ray_options) - own)
+        if unknown:
+            raise InvalidTypeError(f"resume takes Ray's options {sorted(own)} (the settings are the "
+                                   f"checkpoint's), got {unknown}")
         generation, d, arrays, actors = read_latest(checkpoint_dir)
-        if d.get("format") != cls._FORMAT:
-            raise InvalidInputError(f"checkpoint format {d.get('format')!r} is not {cls._FORMAT}")
-        opts = {**d["ray_options"], **ray_options}
-        if opts["evidence_partitions"] != d["ray_options"]["evidence_partitions"]:
-            raise InvalidInputError("evidence_partitions must be the checkpoint's "
-                                    f"({d['ray_options']['evidence_partitions']})")
-        settings = DetectorSettings(**d["settings"], clock=clock)
+        if not isinstance(d, dict) or d.get("format") != cls._FORMAT:
+            raise CheckpointError(f"the checkpoint in {checkpoint_dir} is not format {cls._FORMAT}")
+        try:
+            saved = dict(d["ray_options"])
+            settings = DetectorSettings(**d["settings"], clock=clock)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"the checkpoint in {checkpoint_dir} is damaged: {exc!r}") from exc
+        opts = {**saved, **ray_options}
+        if opts["evidence_partitions"] != saved["evidence_partitions"]:
+            raise InvalidInputError(f"evidence_partitions must be the checkpoint's ({saved['evidence_partitions']})")
         det = cls(settings, address=address, checkpoint_dir=checkpoint_dir, **opts)
-        det._dim = d["dim"]
-        for _ in range(d["region_shards"]):
-            det._new_region_shard()           # before the regions are known: restored from the files below
-        det._declared = list(d["declared"])
-        det._regions = list(d["regions"])
-        det._born = dict(zip(d["regions"], d["born"], strict=True))
-        det._shard_of_region = {k: int(v) for k, v in d["shard_of_region"].items()}
-        det._group_of = d["group_of"]
-        det._start, det._latest, det._last_sync = d["start"], d["latest"], d["last_sync"]
-        det._evidence_total, det._evidence_number, det._rounds = (d["evidence_total"], d["evidence_number"],
-                                                                  d["rounds"])
-        det._known_ids, det._known_shard = arrays["known_ids"], arrays["known_shard"].astype(np.int64)
-        for h in det.region_shards:
-            det.sys.restore(h, d["seq"][h.name], region_state_from_arrays(actors[h.name]))
-        for h in det.evidence_shards:
-            det.sys.restore(h, d["seq"][h.name], evidence_state_from_arrays(actors[h.name]))
-        det._generation = generation
-        if det.region_shards:     # the population's moments, as the last round left them
-            summaries = det._gather([(h, "summary", (), False) for h in det.region_shards])
-            det._summaries = dict(enumerate(summaries))
-            det._last_merge = det.sys.call(det.root, "merge", *summaries)
+        try:
+            det._restore_from(d, arrays, actors)
+        except (KeyError, ValueError, TypeError, SwarmGuardError) as exc:
+            det.close()
+            raise CheckpointError(f"the checkpoint in {checkpoint_dir} is incomplete or damaged: {exc!r}") from exc
+        det._generation = max(generation, det._generation)
         return det
 
     def get_global_statistics(self, ddof: int = 1) -> dict[str, Any]:
