@@ -206,6 +206,7 @@ def simulate(
     backend: str = typer.Option("inprocess", help="Engine: inprocess or ray (needs swarmguard[ray]). Example: --backend ray"),
     address: str = typer.Option(None, help="Ray cluster address (--backend ray; default: a local Ray with 2 CPUs). Example: --address 10.0.0.5:6379"),
     region_workers: int = typer.Option(None, help="Ray actors the regions are packed onto (default: one per region). Example: --region-workers 2"),
+    checkpoint_dir: Path = typer.Option(None, help="Also write the Ray actors' checkpoints to this folder (--backend ray; resume with RayDistributedBehavioralDetector.resume). Example: --checkpoint-dir runs/ckpt"),
 ) -> None:
     """Run the whole system on a synthetic swarm with known ground truth and report how well it did.
 
@@ -229,9 +230,13 @@ def simulate(
         if backend not in ("inprocess", "ray"):
             console.print(f"[red]error:[/red] --backend must be inprocess or ray, got {backend!r}")
             raise typer.Exit(2)
+        if backend != "ray" and (address or region_workers or checkpoint_dir):
+            console.print("[red]error:[/red] --address, --region-workers and --checkpoint-dir need --backend ray")
+            raise typer.Exit(2)
+        ray_options = {"region_workers": region_workers, "checkpoint_dir": checkpoint_dir}
         try:
             report = run_simulation(config, progress=update, backend=backend, address=address,
-                                    ray_options={"region_workers": region_workers} if backend == "ray" else None)
+                                    ray_options=ray_options if backend == "ray" else None)
         except SwarmGuardError as exc:       # e.g. MissingDependencyError: Ray is not installed
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc

@@ -85,9 +85,12 @@ def test_cli_simulate_backend_ray(ray_session, tmp_path):
             "--seed", "5", "--evidence", "3"]
     one = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a")])
     two = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b"), "--backend", "ray",
-                                   "--region-workers", "2"])
+                                   "--region-workers", "2", "--checkpoint-dir", str(tmp_path / "ckpt")])
+    bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "c"), "--region-workers", "2"])
+    assert bad.exit_code == 2 and "--backend ray" in bad.output
     assert one.exit_code == 0 and two.exit_code == 0, two.output
     ra, rb = (json.loads((tmp_path / k / "report.json").read_text()) for k in "ab")
     for key in ("detection", "consensus", "availability", "rounds"):      # the whole report but timings
         assert ra[key] == rb[key], key
     assert rb["performance"]["per_item_latency_us_p50"] > 0       # the per-item path runs on Ray too
+    assert (tmp_path / "ckpt" / "LATEST").exists()                  # --checkpoint-dir reached the actors

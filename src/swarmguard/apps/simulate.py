@@ -40,7 +40,8 @@ def run_simulation(config: ScenarioConfig, progress: Progress | None = None,
     machine-dependent figures under ``performance``. ``backend="ray"`` runs
     the detector on Ray actors (:mod:`swarmguard.engines.ray_engine`; ``address``
     of a running cluster, else a local one) with the same results; its per-item
-    latency sample measures the one-row rounds of the Ray detector.
+    latency sample measures the one-row rounds of the Ray detector; with a
+    ``checkpoint_dir`` in ``ray_options`` the final state is checkpointed there.
     """
     config.validate()
     progress = progress or (lambda phase, done, total: None)
@@ -55,7 +56,10 @@ def run_simulation(config: ScenarioConfig, progress: Progress | None = None,
         feature_dimensions=c.features, fdr=0.01, score_levels="all", clock=lambda: now[0],
         regions=sc.regions.tolist(), prior_probability=0.01)
     try:
-        return _run(c, sc, det, now, progress, latency_sample, t_start)
+        report = _run(c, sc, det, now, progress, latency_sample, t_start)
+        if getattr(det, "checkpoint_dir", None) is not None:
+            det.checkpoint()          # the run's final state, for RayDistributedBehavioralDetector.resume
+        return report
     finally:
         if backend != "inprocess":
             det.close()
