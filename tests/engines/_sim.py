@@ -51,7 +51,7 @@ def drive(make, config: dict | None = None, between=None, replay_from: int | Non
             new = between(det, r)
             if new is not None:
                 det = new
-                for q in range(replay_from, r):
+                for q in range(r if replay_from is None else replay_from, r):
                     results[q] = step(det, q)
         results.append(step(det, r))
     return det, results, sc

@@ -137,8 +137,9 @@ def test_agents_that_change_region_move_between_actors(ray_session):
 
 def test_resume_from_disk_after_losing_the_driver(ray_session, tmp_path):
     """Checkpoints written to disk; the driver (and with it every actor) is lost one round
-    after a checkpoint; a new driver resumes from the files, the lost round is sent again,
-    and every round after matches an uninterrupted run."""
+    after a checkpoint; a new driver resumes from the files and the log of calls since
+    (a record cut short by the crash is ignored), nothing is sent again, and every round
+    after matches an uninterrupted run."""
     from swarmguard.engines.ray_engine import RayDistributedBehavioralDetector
     config = dict(agents=2000, rounds=6, partition_at=1, heal_at=4, seed=7)
     a, ra, _ = drive(lambda sc, now: DistributedBehavioralDetector(**detector_kwargs(sc, now)), config)
@@ -150,15 +151,18 @@ def test_resume_from_disk_after_losing_the_driver(ray_session, tmp_path):
                                                 checkpoint_dir=tmp_path / "ckpt")
 
     def between(det, r):
-        if r == 5:             # rounds 0-3 checkpointed (after round 3), round 4 is lost with the driver
+        if r == 5:             # rounds 0-3 checkpointed (after round 3), round 4 only in the log of calls
             det.close()
+            log = max((tmp_path / "ckpt").glob("wal-*.bin"))
+            with open(log, "ab") as f:          # a call being logged when the driver died
+                f.write((10**6).to_bytes(8, "little") + b"torn")
             new = RayDistributedBehavioralDetector.resume(tmp_path / "ckpt", clock=lambda: state["now"][0])
             state["det"] = new
             assert new.get_global_statistics()["count"] == config["agents"]
             return new
         return None
 
-    b, rb, _ = drive(make, config, between=between, replay_from=4)
+    b, rb, _ = drive(make, config, between=between)
     try:
         assert b is state["det"]
         for x, y in zip(ra, rb, strict=True):
@@ -197,15 +201,15 @@ def test_checkpoint_folder_generations_resume_errors_and_write_failures(ray_sess
     rng = np.random.default_rng(0)
     ids, X = np.arange(60), rng.normal(size=(60, 2))
     first = RayDistributedBehavioralDetector(feature_dimensions=2, checkpoint_dir=tmp_path, checkpoint_every=1)
-    first.process_round(ids, X, "eu")
+    first.process_round(ids, X, "eu")          # the empty start (gen 1), then one per round
     first.process_round(ids, X, "eu")
     first.close()
-    assert generations(tmp_path) == [1, 2]
+    assert generations(tmp_path) == [2, 3]     # the latest and the one before it
     second = RayDistributedBehavioralDetector(feature_dimensions=2, checkpoint_dir=tmp_path, checkpoint_every=1,
                                               warm_up=np.int64(50))           # a NumPy scalar setting
     try:
         second.process_round(ids[:10], X[:10], "us")
-        assert generations(tmp_path) == [2, 3]                            # continued, never overwritten
+        assert generations(tmp_path) == [4, 5]                            # continued, never overwritten
         with pytest.raises(InvalidTypeError):
             RayDistributedBehavioralDetector.resume(tmp_path, feature_dimensions=3)
         again = RayDistributedBehavioralDetector.resume(tmp_path)
@@ -213,13 +217,15 @@ def test_checkpoint_folder_generations_resume_errors_and_write_failures(ray_sess
         assert again._start == second._start
         assert again.replica("us").same_state(second.replica("us"))
         again.close()
-        os.remove(tmp_path / "gen-3" / "regions0.npz")
-        os.remove(tmp_path / "gen-2" / "driver.json")
+        latest, before = generations(tmp_path)[-1], generations(tmp_path)[-2]
+        os.remove(tmp_path / f"gen-{latest}" / "regions0.npz")
+        os.remove(tmp_path / f"gen-{before}" / "driver.json")
         with pytest.raises(CheckpointError):
             RayDistributedBehavioralDetector.resume(tmp_path)
-        (tmp_path / "gen-4").mkdir()              # taken by someone else: skipped, not written into
+        taken = generations(tmp_path)[-1] + 1
+        (tmp_path / f"gen-{taken}").mkdir()       # taken by someone else: skipped, not written into
         second.process_round(ids[:10], X[:10], "us")
-        assert generations(tmp_path)[-1] == 5 and not any((tmp_path / "gen-4").iterdir())
+        assert generations(tmp_path)[-1] == taken + 1 and not any((tmp_path / f"gen-{taken}").iterdir())
 
         def disk_full(*args, **kwargs):
             raise OSError(28, "No space left on device")
@@ -246,3 +252,33 @@ def test_checkpoint_folder_generations_resume_errors_and_write_failures(ray_sess
     finally:
         ray_engine._MAX_LOG = old
         third.close()
+
+
+def test_per_item_calls_and_evidence_survive_a_lost_driver(ray_session, tmp_path):
+    from swarmguard.api.protocol import BehavioralData
+    from swarmguard.engines.ray_engine import RayDistributedBehavioralDetector
+    rng = np.random.default_rng(3)
+    ids, X = np.arange(300), rng.normal(size=(300, 3))
+    now = [0.0]
+    det = RayDistributedBehavioralDetector(feature_dimensions=3, clock=lambda: now[0], checkpoint_dir=tmp_path,
+                                           warm_up=100, require="either")
+    det.process_round(ids, X, np.array(["eu", "us"])[ids % 2], cohorts=np.array(["a", "b", "c"])[ids % 3])
+    for k, agent in enumerate([4, 7, 9]):
+        now[0] = 1.0 + k
+        data = BehavioralData(agent_id=agent, features=X[agent] + 6.0,
+                              region=None if k == 1 else "eu")      # one without a region: stays in place
+        det.process_agent_behavior_sync(agent, data)
+    det.ingest_evidence(["o1"], [4], "behavioral_anomaly", [2.0], [1.0], [2.5], ["observer"])
+    det.cap_resolver.partition([["eu"], ["us"]])
+    before = {"stats": det.get_global_statistics(), "eu": det.replica("eu"),
+              "cons": det.consensus.consensus(4), "evidence": det.evidence_fingerprint()}
+    det.close()                                 # nothing after the empty start is in a checkpoint
+    back = RayDistributedBehavioralDetector.resume(tmp_path, clock=lambda: now[0])
+    try:
+        np.testing.assert_allclose(back.get_global_statistics()["mean"], before["stats"]["mean"], rtol=1e-12)
+        assert back.replica("eu").same_state(before["eu"])
+        assert back.evidence_fingerprint() == before["evidence"]
+        assert back.consensus.consensus(4)["log_odds"] == before["cons"]["log_odds"]
+        assert back.cap_resolver.is_partitioned
+    finally:
+        back.close()

@@ -30,7 +30,8 @@ import numpy as np
 from ..errors import InvalidInputError, InvalidTypeError
 from ..values.npz import dict_from_bytes, dict_to_bytes
 
-__all__ = ["keys_to_arrays", "keys_from_arrays", "strings_to_arrays", "strings_from_arrays", "generations", "region_state_to_arrays", "region_state_from_arrays",
+__all__ = ["keys_to_arrays", "keys_from_arrays", "strings_to_arrays", "strings_from_arrays", "generations",
+           "append_record", "read_records", "region_state_to_arrays", "region_state_from_arrays",
            "evidence_state_to_arrays", "evidence_state_from_arrays", "write_generation", "read_latest"]
 
 _KEY_COLUMNS = ("evidence_ids", "agent_ids", "source_nodes")
@@ -208,3 +209,41 @@ def read_latest(folder: str | os.PathLike) -> tuple[int, dict[str, Any], dict[st
         except (OSError, ValueError, InvalidInputError) as exc:
             errors.append(f"gen-{k}: {exc}")
     raise InvalidInputError(f"no readable checkpoint in {root}: " + "; ".join(errors))
+
+
+# ---------------------------------------------------------------------- the log of calls since a checkpoint
+def append_record(path: str | os.PathLike, meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+    """Append one call (JSON ``meta`` and arrays) to a log file, and fsync it.
+
+    A record is an 8-byte length and an ``.npz`` archive; a record cut short by
+    a crash is ignored when read (its call was never acknowledged).
+    """
+    payload = dict(arrays)
+    payload["meta.json"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
+    data = dict_to_bytes(payload)
+    with open(path, "ab") as f:
+        f.write(len(data).to_bytes(8, "little"))
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_records(folder: str | os.PathLike, from_generation: int) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    """The calls logged since checkpoint ``from_generation`` (its log and any later one), in order."""
+    root = Path(folder)
+    out = []
+    logs = sorted((int(p.stem[4:]), p) for p in root.glob("wal-*.bin") if p.stem[4:].isdigit())
+    for k, path in logs:
+        if k < from_generation:
+            continue
+        blob = path.read_bytes()
+        at = 0
+        while at + 8 <= len(blob):
+            size = int.from_bytes(blob[at:at + 8], "little")
+            if at + 8 + size > len(blob):
+                break                       # cut short by a crash: never acknowledged
+            arrays = dict_from_bytes(blob[at + 8:at + 8 + size], f"log record in {path.name}")
+            meta = json.loads(arrays.pop("meta.json").tobytes().decode())
+            out.append((meta, arrays))
+            at += 8 + size
+    return out

@@ -106,12 +106,18 @@ from ..validation import (
 )
 from ..values.version_vector import check_region_name
 from .checkpoint_files import (
+    append_record,
     evidence_state_from_arrays,
     evidence_state_to_arrays,
     generations,
+    keys_from_arrays,
+    keys_to_arrays,
     read_latest,
+    read_records,
     region_state_from_arrays,
     region_state_to_arrays,
+    strings_from_arrays,
+    strings_to_arrays,
     write_generation,
 )
 from .shards import EvidenceShard, RegionShard, RootAggregator, StaleShardError
@@ -345,6 +351,56 @@ def _take(col: Any, rows: np.ndarray):
     return [col[i] for i in rows.tolist()]
 
 
+def _round_record(agent_ids: Any, X: Any, regions: Any, cohorts: Any, timestamp: Any,
+                  fdr: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A round's arguments as JSON and arrays for the log of calls (after the round accepted them)."""
+    ids = _validate_ids(agent_ids)
+    X = np.asarray(X, dtype=np.float64)
+    n = X.shape[0]
+    regions = np.full(n, regions) if isinstance(regions, str) else np.asarray(regions)
+    arrays = {"X": X, **keys_to_arrays(ids if ids.dtype.kind in "iu" else ids.tolist(), "ids"),
+              **strings_to_arrays(regions.tolist(), "regions")}
+    meta: dict[str, Any] = {"timestamp": None if timestamp is None else float(timestamp),
+                            "fdr": fdr if fdr is None or isinstance(fdr, str) else float(fdr)}
+    if isinstance(cohorts, np.ndarray) and cohorts.dtype.kind == "U":
+        arrays.update(strings_to_arrays(cohorts.tolist(), "cohorts"))
+        meta["cohorts"] = "array"
+    elif cohorts is None or isinstance(cohorts, str):
+        meta["cohorts"] = {"one": cohorts}
+    elif isinstance(cohorts, tuple):
+        meta["cohorts"] = {"path": list(cohorts)}
+    else:
+        meta["cohorts"] = {"rows": [c if c is None or isinstance(c, str) else list(c) for c in cohorts]}
+    return meta, arrays
+
+
+def _round_args(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Inverse of :func:`_round_record`: keyword arguments of ``_round``."""
+    ids = keys_from_arrays(arrays, "ids")
+    c = meta["cohorts"]
+    if c == "array":
+        cohorts: Any = np.array(strings_from_arrays(arrays, "cohorts"))
+    elif "one" in c:
+        cohorts = c["one"]
+    elif "path" in c:
+        cohorts = tuple(c["path"])
+    else:
+        cohorts = [r if r is None or isinstance(r, str) else tuple(r) for r in c["rows"]]
+    return {"agent_ids": ids if isinstance(ids, np.ndarray) else np.array(ids), "X": arrays["X"],
+            "regions": np.array(strings_from_arrays(arrays, "regions")), "cohorts": cohorts,
+            "timestamp": meta["timestamp"], "fdr": meta["fdr"]}
+
+
+def _evidence_record(*columns: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A batch of evidence (normalised as the partitions received it) for the log of calls."""
+    ev, ag, src, codes, lo, conf, ts = evidence_columns(columns[0], columns[1], columns[6], columns[2],
+                                                        columns[3], columns[4], columns[5])
+    names = [t.value for t in EvidenceType]
+    return {}, evidence_state_to_arrays({"evidence_ids": ev, "agent_ids": ag, "source_nodes": src,
+                                         "evidence_types": [names[int(k)] for k in codes], "log_odds": lo,
+                                         "confidences": conf, "timestamps": ts})
+
+
 class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
     """:class:`~swarmguard.api.detector.DistributedBehavioralDetector` on a Ray cluster.
 
@@ -396,6 +452,9 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         # continue the folder's numbering: a generation on disk is never written into
         self._generation = max(generations(self.checkpoint_dir), default=0) if self.checkpoint_dir else 0
+        self._wal_generation: int | None = None   # the on-disk checkpoint the log of calls continues
+        self._logging = False
+        self._checkpoint_due = False
         self._ray_options = {"region_workers": self.region_workers, "evidence_partitions": partitions,
                              "checkpoint_every": self.checkpoint_every, "max_restarts": max_restarts,
                              "actor_cpus": actor_cpus}
@@ -582,7 +641,9 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
     def process_round(self, agent_ids: Any, X: Any, regions: Any, *, cohorts: Any = None,
                       timestamp: float | None = None, fdr: Any = "default") -> dict[str, Any]:
         """One round for many agents, on the actors; the same result as in process."""
-        out = self._round(agent_ids, X, regions, cohorts=cohorts, timestamp=timestamp, fdr=fdr)
+        out = self._logged("round", lambda: _round_record(agent_ids, X, regions, cohorts, timestamp, fdr),
+                           lambda: self._round(agent_ids, X, regions, cohorts=cohorts, timestamp=timestamp,
+                                               fdr=fdr))
         out.pop("_detail")
         return out
 
@@ -796,8 +857,9 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         path = check_cohort(cohort)
         region = path[0] if path else self.default_region
         ts = check_finite_float(self._timestamp_of(behavioral_data), "timestamp")
-        res = self._round([agent_id], x[None, :], region, cohorts=[path], timestamp=ts, fdr=None,
-                          stay=np.array([path is None]))
+        res = self._logged("item", lambda: _round_record([agent_id], x[None, :], region, [path], ts, None),
+                           lambda: self._round([agent_id], x[None, :], region, cohorts=[path], timestamp=ts,
+                                               fdr=None, stay=np.array([path is None])))
         d2 = float(res["mahalanobis_squared"][0])
         merged = self._last_merge["population"] if self._last_merge else None
         alpha = self.significance_level / int(res["_detail"]["levels"][0])     # per level, as in process
@@ -831,8 +893,8 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
 
         All or nothing, as in process (see :meth:`_ingest_evidence`).
         """
-        added = self._ingest_evidence(evidence_ids, agent_ids, evidence_types, log_odds, confidences, timestamps,
-                                      source_nodes)
+        cols = (evidence_ids, agent_ids, evidence_types, log_odds, confidences, timestamps, source_nodes)
+        added = self._logged("evidence", lambda: _evidence_record(*cols), lambda: self._ingest_evidence(*cols))
         self._maybe_checkpoint(0)          # evidence alone can fill the replay log
         return added
 
@@ -955,15 +1017,16 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
     def partition(self, groups: Iterable[Iterable[str]]) -> None:
         """Cut the network into groups (as the in-process resolver's ``partition``)."""
         mapping = partition_groups(groups, self._known, self.regions)
+        self._logged("partition", lambda: ({"groups": mapping}, {}), lambda: self._set_groups(mapping))
+
+    def _set_groups(self, mapping: dict[str, int] | None) -> None:
         self._group_of = mapping
         if self.consistency_model is ConsistencyModel.STRONG:
             self.sync()
 
     def heal(self) -> None:
         """Restore every link (replicas converge at the next :meth:`sync`; at once under STRONG)."""
-        self._group_of = None
-        if self.consistency_model is ConsistencyModel.STRONG:
-            self.sync()
+        self._logged("heal", lambda: ({}, {}), lambda: self._set_groups(None))
 
     @property
     def is_partitioned(self) -> bool:
@@ -971,7 +1034,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
 
     def sync(self) -> dict[str, int]:
         """One anti-entropy round over every delivering link (see :meth:`_sync`)."""
-        report = self._sync()
+        report = self._logged("sync", lambda: ({}, {}), self._sync)
         self._maybe_checkpoint(0)
         return report
 
@@ -1054,9 +1117,70 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         longest_log = max(len(h.log) for h in self.handles)
         if (self._rows_since_checkpoint >= self.checkpoint_every * max(1, self._known_ids.size)
                 or longest_log >= _MAX_LOG):
+            if self._logging:           # after the call's record is in the log, not before
+                self._checkpoint_due = True
+                return False
             self._checkpoint(during_round=True)
             return True
         return False
+
+    # ------------------------------------------------------------------ the log of calls (checkpoint_dir)
+    def _logged(self, kind: str, record: Any, call: Any) -> Any:
+        """Run a state-changing call; with ``checkpoint_dir``, append it to the log of calls since
+        the last on-disk checkpoint (with the clock readings it made) before it returns, so that
+        :meth:`resume` loses nothing that was acknowledged."""
+        if self.checkpoint_dir is None or self._logging:
+            return call()
+        if self._wal_generation is None:        # the log needs a checkpoint to start from
+            self._checkpoint(during_round=False)
+        real = self.clock
+        readings: list[float] = []
+
+        def recording() -> Any:
+            t = real()
+            readings.append(float(t))
+            return t
+        self._logging, self._checkpoint_due, self.clock = True, False, recording
+        try:
+            out = call()
+        finally:
+            self._logging, self.clock = False, real
+        meta, arrays = record()
+        meta.update(kind=kind, clock=readings)
+        try:
+            append_record(self.checkpoint_dir / f"wal-{self._wal_generation}.bin", meta, arrays)
+        except OSError as exc:
+            err = CheckpointError(f"could not log a {kind} call in {self.checkpoint_dir}: {exc}")
+            self.last_checkpoint_error = err
+            warnings.warn(str(err), CheckpointWriteWarning, stacklevel=3)
+        if self._checkpoint_due:
+            self._checkpoint_due = False
+            self._checkpoint(during_round=True)
+        return out
+
+    def _replay(self, records: list[tuple[dict[str, Any], dict[str, np.ndarray]]]) -> None:
+        """Apply logged calls again, each with the clock readings it made the first time."""
+        real = self.clock
+        self._logging = True
+        try:
+            for meta, arrays in records:
+                readings = iter(meta["clock"])
+                self.clock = lambda readings=readings: next(readings)
+                kind = meta["kind"]
+                if kind in ("round", "item"):
+                    args = _round_args(meta, arrays)
+                    stay = np.array([args["cohorts"][0] is None]) if kind == "item" else None
+                    self._round(**args, stay=stay)
+                elif kind == "evidence":
+                    self._ingest_evidence(**evidence_state_from_arrays(arrays))
+                elif kind == "partition":
+                    self._set_groups({str(k): int(v) for k, v in meta["groups"].items()})
+                elif kind == "heal":
+                    self._set_groups(None)
+                elif kind == "sync":
+                    self._sync()
+        finally:
+            self._logging, self.clock = False, real
 
     # ------------------------------------------------------------------ on disk
     _FORMAT = 1
@@ -1083,6 +1207,11 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         self._generation = max(self._generation, *generations(self.checkpoint_dir), 0) + 1
         write_generation(self.checkpoint_dir, self._generation, actors, driver,
                          {"known_ids": self._known_ids, "known_shard": self._known_shard})
+        self._wal_generation = self._generation          # calls from now on go to the new log
+        for path in self.checkpoint_dir.glob("wal-*.bin"):
+            tail = path.stem[4:]
+            if tail.isdigit() and int(tail) < self._generation - 1:
+                path.unlink(missing_ok=True)
 
     def _restore_from(self, d: dict[str, Any], arrays: dict[str, np.ndarray],
                       actors: dict[str, dict[str, np.ndarray]]) -> None:
@@ -1144,6 +1273,12 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             det.close()
             raise CheckpointError(f"the checkpoint in {checkpoint_dir} is incomplete or damaged: {exc!r}") from exc
         det._generation = max(generation, det._generation)
+        try:
+            det._replay(read_records(checkpoint_dir, generation))     # the calls acknowledged after it
+        except (KeyError, ValueError, TypeError, SwarmGuardError) as exc:
+            det.close()
+            raise CheckpointError(f"the log of calls in {checkpoint_dir} cannot be replayed: {exc!r}") from exc
+        det._checkpoint(during_round=False)           # a fresh generation; the log starts again
         return det
 
     def get_global_statistics(self, ddof: int = 1) -> dict[str, Any]:
