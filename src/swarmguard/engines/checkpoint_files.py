@@ -6,7 +6,9 @@ counters); the file ``LATEST`` names the newest complete generation. A
 generation is written (and fsynced) in a ``.tmp`` folder renamed when
 complete, and ``LATEST`` is replaced last, atomically, so a crash while
 writing leaves the previous generation in force; the generation before the
-latest is kept as a fallback. No pickle: every value is an array or JSON.
+latest is kept as a fallback. Between checkpoints, ``wal-<k>.bin`` logs
+every state-changing call since generation k (:func:`append_record`,
+:func:`read_records`). No pickle: every value is an array or JSON.
 
 >>> import numpy as np
 >>> keys = [3, "a", 7]

@@ -50,8 +50,9 @@ state-changing calls since (their arguments
 are object refs, so replay ships nothing new). On an actor error or a stale
 shard, it waits for the restart, restores the checkpoint, replays the log and
 re-issues the call. With ``checkpoint_dir`` each checkpoint is also written to
-disk (:mod:`swarmguard.engines.checkpoint_files`), and
-:meth:`RayDistributedBehavioralDetector.resume` starts a new driver from it.
+disk (:mod:`swarmguard.engines.checkpoint_files`) and every acknowledged call
+after it is logged there, and :meth:`RayDistributedBehavioralDetector.resume`
+rebuilds a lost driver from both.
 """
 
 from __future__ import annotations
@@ -1244,8 +1245,9 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         """A Ray detector in the state of the newest checkpoint written to ``checkpoint_dir``.
 
         For a driver that was lost (the actors die with it): new actors are
-        started and restored from the files; rounds and evidence sent after
-        that checkpoint are not in it and must be sent again. The settings
+        started and restored from the files, and the calls logged after that
+        checkpoint are applied again (with the clock readings they made), so
+        nothing acknowledged is lost. The settings
         come from the checkpoint, but for ``clock`` (a function: pass it
         again); Ray's options may be overridden but for ``evidence_partitions``
         (the evidence is hashed to the partitions).
