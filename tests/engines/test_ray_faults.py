@@ -282,3 +282,72 @@ def test_per_item_calls_and_evidence_survive_a_lost_driver(ray_session, tmp_path
         assert back.cap_resolver.is_partitioned
     finally:
         back.close()
+
+
+def test_log_survives_failed_writes_faults_counters_and_a_clock_that_goes_back(ray_session, tmp_path):
+    """Third review: a failed log write is made durable by a checkpoint (nothing appended after a
+    torn record); link faults, create_evidence and views that read the clock are replayed as they
+    were; an observer using the detector's next evidence id does not break a round; a generation
+    missing an actor's file falls back to the one before."""
+    import os
+
+    from swarmguard.engines import ray_engine
+    from swarmguard.engines.checkpoint_files import generations
+    from swarmguard.engines.ray_engine import RayDistributedBehavioralDetector
+    rng = np.random.default_rng(5)
+    ids, X = np.arange(400), rng.normal(size=(400, 2))
+    X[:8] += 7.0
+    reg = np.array(["eu", "us"])[ids % 2]
+    now = [100.0]
+    kw = dict(feature_dimensions=2, clock=lambda: now[0], warm_up=100, require="either", auto_sync_seconds=30)
+    live = RayDistributedBehavioralDetector(**kw, checkpoint_dir=tmp_path)
+    twin = RayDistributedBehavioralDetector(**kw)                       # the same calls, never crashing
+    try:
+        for det in (live, twin):
+            det.process_round(ids, X, reg)
+        real = ray_engine.append_record
+        calls = {"n": 0}
+
+        def torn(path, meta, arrays):           # a full disk: half a record, then an error
+            calls["n"] += 1
+            with open(path, "ab") as f:
+                f.write((10**6).to_bytes(8, "little") + b"half")
+            raise OSError(28, "No space left on device")
+        ray_engine.append_record = torn
+        try:
+            live.process_round(ids, X + 0.1, reg)        # made durable by a checkpoint instead
+        finally:
+            ray_engine.append_record = real
+        twin.process_round(ids, X + 0.1, reg)
+        assert calls["n"] == 1
+        for det in (live, twin):
+            det.faults.drop([("eu", "us")])
+            det.create_evidence(3, {"agent_id": 3, "features": X[3]}, {"mahalanobis_squared": 50.0})
+            now[0] = 140.0
+            det.sync()
+            det.confidence_factor("eu")               # reads the clock: its high-water mark moves
+            now[0] = 120.0                            # a clock that goes back
+            det.ingest_evidence(["detector:4:0"], [1], "behavioral_anomaly", [1.0], [1.0], [0.0], ["obs"])
+            det.process_round(ids[:50], X[:50] + 0.2, np.full(50, "ap"))     # a region born now
+        assert len(generations(tmp_path)) == 1        # the older one misses the failed record: removed
+        live.checkpoint()
+        for det in (live, twin):
+            now[0] = 125.0
+            det.process_round(ids, X + 0.25, reg)
+        latest = generations(tmp_path)[-1]
+        live.close()
+        os.remove(tmp_path / f"gen-{latest}" / "evidence0.npz")         # the latest is damaged
+        back = RayDistributedBehavioralDetector.resume(tmp_path, clock=lambda: now[0])
+        try:
+            assert back.faults.dropped == twin.faults.dropped
+            for region in ("eu", "us", "ap"):     # scores: moments rebuilt from the files, to rounding
+                assert_same_replica(twin.replica(region), back.replica(region))
+            assert back.evidence_fingerprint() == twin.evidence_fingerprint()
+            now[0] = 130.0
+            x, y = (det.process_round(ids, X + 0.3, reg) for det in (back, twin))
+            np.testing.assert_array_equal(x["action"], y["action"])
+            np.testing.assert_array_equal(x["probability"], y["probability"])
+        finally:
+            back.close()
+    finally:
+        twin.close()

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import chi2
 
-from ..errors import DimensionMismatchError, InvalidInputError
+from ..errors import DimensionMismatchError, DuplicateEvidenceError, InvalidInputError
 from ..validation import as_feature_matrix
 from ..values.agent_index import as_agent_ids
 from .cap import StatisticalCAPResolver, StatisticalUpdate
@@ -321,12 +321,17 @@ class DistributedBehavioralDetector:
         flagged = np.flatnonzero(flagged_mask)
         if flagged.size:
             log_p = chi2.logsf(d2[flagged], self.feature_dimensions)
-            start = self._next_evidence_number()
-            eids = np.array([f"{self.node_id}:{start}:{i}" for i in range(flagged.size)])
-            self._add_own_evidence(
-                eids, ids[flagged], EvidenceType.BEHAVIORAL_ANOMALY,
-                np.minimum(p_value_log_odds(log_p), self.own_evidence_cap),
-                confidence[flagged], np.full(flagged.size, ts), np.full(flagged.size, self.node_id))
+            columns = (ids[flagged], EvidenceType.BEHAVIORAL_ANOMALY,
+                       np.minimum(p_value_log_odds(log_p), self.own_evidence_cap),
+                       confidence[flagged], np.full(flagged.size, ts), np.full(flagged.size, self.node_id))
+            for _ in range(1000):
+                start = self._next_evidence_number()
+                eids = np.array([f"{self.node_id}:{start}:{i}" for i in range(flagged.size)])
+                try:
+                    self._add_own_evidence(eids, *columns)
+                    break
+                except DuplicateEvidenceError:
+                    continue        # an observer used one of these ids (all or nothing): the next number
         probability = np.full(n, np.nan)
         reached = np.zeros(n, dtype=bool)
         if self.consensus.evidence_count:

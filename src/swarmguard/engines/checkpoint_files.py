@@ -159,8 +159,8 @@ def write_generation(folder: str | os.PathLike, generation: int, actors: Mapping
 
     The files go into a fresh ``gen-<k>.tmp`` folder, which is renamed to
     ``gen-<k>`` once complete (a generation that exists is never written
-    into), then ``LATEST`` is replaced; the generation before it is kept as a
-    fallback, older ones are removed.
+    into), then ``LATEST`` is replaced; the newest generation before it is
+    kept as a fallback, older ones are removed.
     """
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
@@ -179,17 +179,17 @@ def write_generation(folder: str | os.PathLike, generation: int, actors: Mapping
     _fsync_dir(root)
     _write_atomic(root / "LATEST", gen.name.encode())
     _fsync_dir(root)
-    for k in generations(root):
-        if k < generation - 1:
-            shutil.rmtree(root / f"gen-{k}", ignore_errors=True)
+    for k in generations(root)[:-2]:      # keep this one and the one before it
+        shutil.rmtree(root / f"gen-{k}", ignore_errors=True)
     return gen
 
 
 def _read(gen: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
     driver = json.loads((gen / "driver.json").read_text())
     arrays = dict_from_bytes((gen / "driver.npz").read_bytes(), "driver checkpoint")
-    actors = {p.stem: dict_from_bytes(p.read_bytes(), f"checkpoint of {p.stem}")
-              for p in gen.glob("*.npz") if p.stem != "driver"}
+    names = list(driver.get("seq", {})) if isinstance(driver, dict) else []
+    actors = {name: dict_from_bytes((gen / f"{name}.npz").read_bytes(), f"checkpoint of {name}")
+              for name in names}              # every actor the driver names (a missing one: fall back)
     return driver, arrays, actors
 
 
@@ -205,7 +205,8 @@ def read_latest(folder: str | os.PathLike) -> tuple[int, dict[str, Any], dict[st
     except (OSError, ValueError, IndexError) as exc:
         raise InvalidInputError(f"no readable checkpoint in {root}: {exc}") from exc
     errors = []
-    for k in (latest, latest - 1):
+    older = [k for k in generations(root) if k < latest]
+    for k in [latest, *older[-1:]]:
         try:
             return (k, *_read(root / f"gen-{k}"))
         except (OSError, ValueError, InvalidInputError) as exc:

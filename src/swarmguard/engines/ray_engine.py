@@ -61,6 +61,7 @@ import inspect
 import json
 import math
 import os
+import shutil
 import time
 import warnings
 import zlib
@@ -162,24 +163,32 @@ class LinkFaults:
     sender gets no acknowledgement), exactly what a lossy network does.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Any = None) -> None:
         self.dropped: set[tuple[str, str]] = set()
         self.messages_dropped = 0
+        self._on_change = on_change      # the detector logs the new set (checkpoint_dir)
 
     def drop(self, links: Iterable[tuple[str, str]], both_ways: bool = True) -> None:
+        new = set(self.dropped)
         for a, b in links:
-            self.dropped.add((a, b))
+            new.add((a, b))
             if both_ways:
-                self.dropped.add((b, a))
+                new.add((b, a))
+        self._set(new)
 
     def restore(self, links: Iterable[tuple[str, str]] | None = None, both_ways: bool = True) -> None:
-        if links is None:
-            self.dropped.clear()
-            return
-        for a, b in links:
-            self.dropped.discard((a, b))
+        new = set() if links is None else set(self.dropped)
+        for a, b in links or ():
+            new.discard((a, b))
             if both_ways:
-                self.dropped.discard((b, a))
+                new.discard((b, a))
+        self._set(new)
+
+    def _set(self, new: set[tuple[str, str]]) -> None:
+        if self._on_change is None:
+            self.dropped = new
+        else:
+            self._on_change(new)
 
     def delivers(self, sender: str, receiver: str) -> bool:
         if (sender, receiver) in self.dropped:
@@ -454,6 +463,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         # continue the folder's numbering: a generation on disk is never written into
         self._generation = max(generations(self.checkpoint_dir), default=0) if self.checkpoint_dir else 0
         self._wal_generation: int | None = None   # the on-disk checkpoint the log of calls continues
+        self._chain_broken = False
         self._logging = False
         self._checkpoint_due = False
         self._ray_options = {"region_workers": self.region_workers, "evidence_partitions": partitions,
@@ -477,7 +487,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         self.max_staleness_seconds = links.max_staleness_seconds
         self.confidence_decay_rate = links.confidence_decay_rate
         self.auto_sync_seconds = s.auto_sync_seconds
-        self.faults = LinkFaults()
+        self.faults = LinkFaults(on_change=self._set_faults)
         self._latest = -math.inf
         self._start = self._now()
         self._last_sync = self._start
@@ -1020,6 +1030,11 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         mapping = partition_groups(groups, self._known, self.regions)
         self._logged("partition", lambda: ({"groups": mapping}, {}), lambda: self._set_groups(mapping))
 
+    def _set_faults(self, dropped: set[tuple[str, str]]) -> None:
+        def apply() -> None:
+            self.faults.dropped = set(dropped)
+        self._logged("faults", lambda: ({"dropped": sorted(dropped)}, {}), apply)
+
     def _set_groups(self, mapping: dict[str, int] | None) -> None:
         self._group_of = mapping
         if self.consistency_model is ConsistencyModel.STRONG:
@@ -1134,6 +1149,9 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             return call()
         if self._wal_generation is None:        # the log needs a checkpoint to start from
             self._checkpoint(during_round=False)
+        # what calls outside the log may have moved since: the clock's high-water mark
+        # (views read the clock) and the evidence counter (create_evidence)
+        before = {"latest": self._latest, "evidence_number": self._evidence_number}
         real = self.clock
         readings: list[float] = []
 
@@ -1147,16 +1165,24 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         finally:
             self._logging, self.clock = False, real
         meta, arrays = record()
-        meta.update(kind=kind, clock=readings)
+        meta.update(kind=kind, clock=readings, **before)
         try:
             append_record(self.checkpoint_dir / f"wal-{self._wal_generation}.bin", meta, arrays)
         except OSError as exc:
+            # The call is applied; make it durable another way: a whole checkpoint now (and a new
+            # log, so nothing is ever appended after a torn record). If that fails too, the next
+            # call refuses until a checkpoint can be written.
+            self._wal_generation = None
+            self._checkpoint_due = True
+            self._chain_broken = True      # older generations miss this call: no fallback to them
             err = CheckpointError(f"could not log a {kind} call in {self.checkpoint_dir}: {exc}")
             self.last_checkpoint_error = err
-            warnings.warn(str(err), CheckpointWriteWarning, stacklevel=3)
         if self._checkpoint_due:
             self._checkpoint_due = False
             self._checkpoint(during_round=True)
+            if self._wal_generation is None:
+                warnings.warn(f"a {kind} call is applied but not on disk: {self.last_checkpoint_error}",
+                              CheckpointWriteWarning, stacklevel=3)
         return out
 
     def _replay(self, records: list[tuple[dict[str, Any], dict[str, np.ndarray]]]) -> None:
@@ -1167,6 +1193,8 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             for meta, arrays in records:
                 readings = iter(meta["clock"])
                 self.clock = lambda readings=readings: next(readings)
+                self._latest = max(self._latest, meta["latest"])
+                self._evidence_number = max(self._evidence_number, meta["evidence_number"])
                 kind = meta["kind"]
                 if kind in ("round", "item"):
                     args = _round_args(meta, arrays)
@@ -1180,6 +1208,8 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                     self._set_groups(None)
                 elif kind == "sync":
                     self._sync()
+                elif kind == "faults":
+                    self.faults.dropped = {tuple(link) for link in meta["dropped"]}
         finally:
             self._logging, self.clock = False, real
 
@@ -1205,13 +1235,20 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         actors = {h.name: region_state_to_arrays(states[h.name]) for h in self.region_shards}
         actors.update({h.name: evidence_state_to_arrays(states[h.name]) for h in self.evidence_shards})
         # the next number after any on disk: another run's generations are never written into
-        self._generation = max(self._generation, *generations(self.checkpoint_dir), 0) + 1
-        write_generation(self.checkpoint_dir, self._generation, actors, driver,
+        k = max(self._generation, *generations(self.checkpoint_dir), 0) + 1
+        write_generation(self.checkpoint_dir, k, actors, driver,
                          {"known_ids": self._known_ids, "known_shard": self._known_shard})
-        self._wal_generation = self._generation          # calls from now on go to the new log
+        self._generation = self._wal_generation = k          # calls from now on go to the new log
+        kept = generations(self.checkpoint_dir)
+        if self._chain_broken:       # a call missing from the logs: the older generations must not be used
+            for old in kept:
+                if old != k:
+                    shutil.rmtree(self.checkpoint_dir / f"gen-{old}", ignore_errors=True)
+            kept, self._chain_broken = [k], False
+        oldest = kept[-2] if len(kept) >= 2 else k          # the fallback generation needs its log
         for path in self.checkpoint_dir.glob("wal-*.bin"):
             tail = path.stem[4:]
-            if tail.isdigit() and int(tail) < self._generation - 1:
+            if tail.isdigit() and int(tail) < oldest:
                 path.unlink(missing_ok=True)
 
     def _restore_from(self, d: dict[str, Any], arrays: dict[str, np.ndarray],
@@ -1277,7 +1314,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         det._generation = max(generation, det._generation)
         try:
             det._replay(read_records(checkpoint_dir, generation))     # the calls acknowledged after it
-        except (KeyError, ValueError, TypeError, SwarmGuardError) as exc:
+        except (KeyError, ValueError, TypeError, StopIteration, SwarmGuardError) as exc:
             det.close()
             raise CheckpointError(f"the log of calls in {checkpoint_dir} cannot be replayed: {exc!r}") from exc
         det._checkpoint(during_round=False)           # a fresh generation; the log starts again
