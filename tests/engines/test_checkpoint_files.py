@@ -17,7 +17,7 @@ from swarmguard.engines.checkpoint_files import (
     write_generation,
 )
 from swarmguard.engines.shards import RegionShard
-from swarmguard.errors import InvalidInputError, InvalidTypeError
+from swarmguard.errors import CheckpointError, InvalidTypeError
 
 
 def test_keys_round_trip_and_refuse_what_npz_cannot_hold():
@@ -42,10 +42,10 @@ def test_region_and_evidence_states_round_trip_through_files(tmp_path):
                             ["s1", 2])
     write_generation(tmp_path, 1, {"r": region_state_to_arrays(state),
                                    "e": evidence_state_to_arrays(cons.export_evidence())},
-                     {"format": 1}, {"known": np.arange(3)})
+                     {"format": 1, "seq": {"r": seq, "e": 0}}, {"known": np.arange(3)})
     (tmp_path / "gen-2").mkdir()             # a generation being written when the driver died: ignored
     gen, driver, arrays, actors = read_latest(tmp_path)
-    assert gen == 1 and driver == {"format": 1} and arrays["known"].tolist() == [0, 1, 2]
+    assert gen == 1 and driver["format"] == 1 and arrays["known"].tolist() == [0, 1, 2]
     again = RegionShard(0.0, feature_dimensions=3)
     again.restore(seq, region_state_from_arrays(actors["r"]))
     assert again.born == shard.born
@@ -61,5 +61,5 @@ def test_region_and_evidence_states_round_trip_through_files(tmp_path):
 
 
 def test_no_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(InvalidInputError, match="no readable checkpoint"):
+    with pytest.raises(CheckpointError, match="no readable checkpoint"):
         read_latest(tmp_path)

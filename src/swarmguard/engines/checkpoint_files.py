@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError, InvalidTypeError
+from ..errors import CheckpointError, InvalidInputError, InvalidTypeError
 from ..values.npz import dict_from_bytes, dict_to_bytes
 
 __all__ = ["keys_to_arrays", "keys_from_arrays", "strings_to_arrays", "strings_from_arrays", "generations",
@@ -166,7 +166,7 @@ def write_generation(folder: str | os.PathLike, generation: int, actors: Mapping
     root.mkdir(parents=True, exist_ok=True)
     gen = root / f"gen-{generation}"
     if gen.exists():
-        raise InvalidInputError(f"checkpoint generation {gen} exists already (another run writes to {root}?)")
+        raise CheckpointError(f"checkpoint generation {gen} exists already (another run writes to {root}?)")
     tmp = root / f"gen-{generation}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -203,7 +203,7 @@ def read_latest(folder: str | os.PathLike) -> tuple[int, dict[str, Any], dict[st
     try:
         latest = int((root / "LATEST").read_text().strip().split("-", 1)[1])
     except (OSError, ValueError, IndexError) as exc:
-        raise InvalidInputError(f"no readable checkpoint in {root}: {exc}") from exc
+        raise CheckpointError(f"no readable checkpoint in {root}: {exc}") from exc
     errors = []
     older = [k for k in generations(root) if k < latest]
     for k in [latest, *older[-1:]]:
@@ -211,7 +211,7 @@ def read_latest(folder: str | os.PathLike) -> tuple[int, dict[str, Any], dict[st
             return (k, *_read(root / f"gen-{k}"))
         except (OSError, ValueError, InvalidInputError) as exc:
             errors.append(f"gen-{k}: {exc}")
-    raise InvalidInputError(f"no readable checkpoint in {root}: " + "; ".join(errors))
+    raise CheckpointError(f"no readable checkpoint in {root}: " + "; ".join(errors))
 
 
 # ---------------------------------------------------------------------- the log of calls since a checkpoint
