@@ -351,3 +351,57 @@ def test_log_survives_failed_writes_faults_counters_and_a_clock_that_goes_back(r
             back.close()
     finally:
         twin.close()
+
+
+def test_fallback_keeps_its_log_and_handed_out_ids_stay_handed_out(ray_session, tmp_path):
+    """Fourth review: a generation whose LATEST write failed is not left behind as a fallback
+    without a log; an id from create_evidence is never handed out twice; link helpers check."""
+    from swarmguard.engines import checkpoint_files
+    from swarmguard.engines.checkpoint_files import generations
+    from swarmguard.engines.ray_engine import RayDistributedBehavioralDetector
+    from swarmguard.errors import CheckpointError, InvalidTypeError
+    rng = np.random.default_rng(8)
+    ids, X = np.arange(200), rng.normal(size=(200, 2))
+    X[:4] += 8.0
+    now = [0.0]
+    kw = dict(feature_dimensions=2, clock=lambda: now[0], warm_up=50)
+    live = RayDistributedBehavioralDetector(**kw, checkpoint_dir=tmp_path)
+    twin = RayDistributedBehavioralDetector(**kw)
+    try:
+        for det in (live, twin):
+            det.process_round(ids, X, "eu")
+        real = checkpoint_files._write_atomic
+
+        def no_latest(path, data):
+            if path.name == "LATEST":
+                raise OSError(28, "No space left on device")
+            return real(path, data)
+        checkpoint_files._write_atomic = no_latest
+        try:
+            with pytest.raises(CheckpointError):
+                live.checkpoint()
+        finally:
+            checkpoint_files._write_atomic = real
+        assert generations(tmp_path) == [1]                   # the unnamed generation was removed
+        for det in (live, twin):
+            det.ingest_evidence(["o1"], [7], "behavioral_anomaly", [1.5], [1.0], [0.0], ["obs"])
+        live.checkpoint()
+        for det in (live, twin):
+            det.process_round(ids, X + 0.1, "eu")
+            handed = det.create_evidence(3, {"agent_id": 3, "features": X[3]}, {"mahalanobis_squared": 40.0})
+        with pytest.raises(InvalidTypeError):
+            live.faults.drop([("eu", 1)])
+        assert live.faults.dropped == set()
+        live.faults.restore(np.array([["eu", "us"]]))
+        latest = generations(tmp_path)[-1]
+        live.close()
+        (tmp_path / f"gen-{latest}" / "driver.npz").unlink()      # the latest is damaged: fall back
+        back = RayDistributedBehavioralDetector.resume(tmp_path, clock=lambda: now[0])
+        try:
+            assert back.evidence_fingerprint() == twin.evidence_fingerprint()
+            again = back.create_evidence(3, {"agent_id": 3, "features": X[3]}, {"mahalanobis_squared": 40.0})
+            assert again.evidence_id != handed.evidence_id
+        finally:
+            back.close()
+    finally:
+        twin.close()

@@ -332,6 +332,8 @@ class DistributedBehavioralDetector:
                     break
                 except DuplicateEvidenceError:
                     continue        # an observer used one of these ids (all or nothing): the next number
+            else:
+                raise DuplicateEvidenceError(f"observers hold 1000 of {self.node_id!r}'s evidence id ranges")
         probability = np.full(n, np.nan)
         reached = np.zeros(n, dtype=bool)
         if self.consensus.evidence_count:

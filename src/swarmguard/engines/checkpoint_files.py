@@ -33,7 +33,7 @@ from ..errors import CheckpointError, InvalidInputError, InvalidTypeError
 from ..values.npz import dict_from_bytes, dict_to_bytes
 
 __all__ = ["keys_to_arrays", "keys_from_arrays", "strings_to_arrays", "strings_from_arrays", "generations",
-           "append_record", "read_records", "region_state_to_arrays", "region_state_from_arrays",
+           "append_record", "read_records", "keep_only", "region_state_to_arrays", "region_state_from_arrays",
            "evidence_state_to_arrays", "evidence_state_from_arrays", "write_generation", "read_latest"]
 
 _KEY_COLUMNS = ("evidence_ids", "agent_ids", "source_nodes")
@@ -159,8 +159,8 @@ def write_generation(folder: str | os.PathLike, generation: int, actors: Mapping
 
     The files go into a fresh ``gen-<k>.tmp`` folder, which is renamed to
     ``gen-<k>`` once complete (a generation that exists is never written
-    into), then ``LATEST`` is replaced; the newest generation before it is
-    kept as a fallback, older ones are removed.
+    into), then ``LATEST`` is replaced (if that fails, the new folder is
+    removed again). Removing old generations is the caller's (:func:`keep_only`).
     """
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
@@ -176,12 +176,28 @@ def write_generation(folder: str | os.PathLike, generation: int, actors: Mapping
     _write_atomic(tmp / "driver.json", json.dumps(driver_json, sort_keys=True).encode())
     _fsync_dir(tmp)
     os.replace(tmp, gen)
-    _fsync_dir(root)
-    _write_atomic(root / "LATEST", gen.name.encode())
-    _fsync_dir(root)
-    for k in generations(root)[:-2]:      # keep this one and the one before it
-        shutil.rmtree(root / f"gen-{k}", ignore_errors=True)
+    try:
+        _fsync_dir(root)
+        _write_atomic(root / "LATEST", gen.name.encode())
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(gen, ignore_errors=True)   # never left behind unnamed: it has no log after it
+        raise
     return gen
+
+
+def keep_only(folder: str | os.PathLike, keep: set[int]) -> None:
+    """Remove the generations of ``folder`` older than the oldest in ``keep``, and the logs older
+    than it (a kept generation needs every log from its own on)."""
+    root = Path(folder)
+    oldest = min(keep)
+    for k in generations(root):
+        if k < oldest:
+            shutil.rmtree(root / f"gen-{k}", ignore_errors=True)
+    for path in root.glob("wal-*.bin"):
+        tail = path.stem[4:]
+        if tail.isdigit() and int(tail) < oldest:
+            path.unlink(missing_ok=True)
 
 
 def _read(gen: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
@@ -197,7 +213,7 @@ def read_latest(folder: str | os.PathLike) -> tuple[int, dict[str, Any], dict[st
                                                      dict[str, dict[str, np.ndarray]]]:
     """(generation, driver JSON, driver arrays, each actor's arrays) of the newest readable checkpoint.
 
-    The one ``LATEST`` names, else (it cannot be read) the generation before it.
+    The one ``LATEST`` names, else (it cannot be read) the newest older one that can.
     """
     root = Path(folder)
     try:
@@ -206,7 +222,7 @@ def read_latest(folder: str | os.PathLike) -> tuple[int, dict[str, Any], dict[st
         raise CheckpointError(f"no readable checkpoint in {root}: {exc}") from exc
     errors = []
     older = [k for k in generations(root) if k < latest]
-    for k in [latest, *older[-1:]]:
+    for k in [latest, *reversed(older)]:       # the newest readable one (every older one kept has its logs)
         try:
             return (k, *_read(root / f"gen-{k}"))
         except (OSError, ValueError, InvalidInputError) as exc:

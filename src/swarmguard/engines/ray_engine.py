@@ -61,7 +61,6 @@ import inspect
 import json
 import math
 import os
-import shutil
 import time
 import warnings
 import zlib
@@ -112,6 +111,7 @@ from .checkpoint_files import (
     evidence_state_from_arrays,
     evidence_state_to_arrays,
     generations,
+    keep_only,
     keys_from_arrays,
     keys_to_arrays,
     read_latest,
@@ -168,9 +168,19 @@ class LinkFaults:
         self.messages_dropped = 0
         self._on_change = on_change      # the detector logs the new set (checkpoint_dir)
 
+    @staticmethod
+    def _links(links: Any) -> list[tuple[str, str]]:
+        out = []
+        for link in links:
+            a, b = link
+            if not (isinstance(a, str) and isinstance(b, str)):
+                raise InvalidTypeError(f"a link is a pair of region names, got {link!r}")
+            out.append((a, b))
+        return out
+
     def drop(self, links: Iterable[tuple[str, str]], both_ways: bool = True) -> None:
         new = set(self.dropped)
-        for a, b in links:
+        for a, b in self._links(links):
             new.add((a, b))
             if both_ways:
                 new.add((b, a))
@@ -178,7 +188,7 @@ class LinkFaults:
 
     def restore(self, links: Iterable[tuple[str, str]] | None = None, both_ways: bool = True) -> None:
         new = set() if links is None else set(self.dropped)
-        for a, b in links or ():
+        for a, b in (() if links is None else self._links(links)):
             new.discard((a, b))
             if both_ways:
                 new.discard((b, a))
@@ -1030,6 +1040,13 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         mapping = partition_groups(groups, self._known, self.regions)
         self._logged("partition", lambda: ({"groups": mapping}, {}), lambda: self._set_groups(mapping))
 
+    def create_evidence(self, agent_id: Hashable, behavioral_data: Any, anomaly_info: dict[str, Any],
+                        confidence: float = 1.0) -> BayesianEvidence:
+        """As in process; with ``checkpoint_dir`` the id it hands out is logged (never handed out twice)."""
+        return self._logged("create_evidence", lambda: ({}, {}),
+                            lambda: DistributedBehavioralDetector.create_evidence(
+                                self, agent_id, behavioral_data, anomaly_info, confidence))
+
     def _set_faults(self, dropped: set[tuple[str, str]]) -> None:
         def apply() -> None:
             self.faults.dropped = set(dropped)
@@ -1210,6 +1227,8 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                     self._sync()
                 elif kind == "faults":
                     self.faults.dropped = {tuple(link) for link in meta["dropped"]}
+                elif kind == "create_evidence":
+                    self._next_evidence_number()
         finally:
             self._logging, self.clock = False, real
 
@@ -1238,18 +1257,13 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         k = max(self._generation, *generations(self.checkpoint_dir), 0) + 1
         write_generation(self.checkpoint_dir, k, actors, driver,
                          {"known_ids": self._known_ids, "known_shard": self._known_shard})
+        previous = self._wal_generation
         self._generation = self._wal_generation = k          # calls from now on go to the new log
-        kept = generations(self.checkpoint_dir)
-        if self._chain_broken:       # a call missing from the logs: the older generations must not be used
-            for old in kept:
-                if old != k:
-                    shutil.rmtree(self.checkpoint_dir / f"gen-{old}", ignore_errors=True)
-            kept, self._chain_broken = [k], False
-        oldest = kept[-2] if len(kept) >= 2 else k          # the fallback generation needs its log
-        for path in self.checkpoint_dir.glob("wal-*.bin"):
-            tail = path.stem[4:]
-            if tail.isdigit() and int(tail) < oldest:
-                path.unlink(missing_ok=True)
+        # The fallback is the generation this driver's log continued until now: its log and the
+        # new one hold every call since. None (a call missing from the logs, or none yet): no fallback.
+        fallback = None if self._chain_broken or previous is None else previous
+        self._chain_broken = False
+        keep_only(self.checkpoint_dir, {k} if fallback is None else {k, fallback})
 
     def _restore_from(self, d: dict[str, Any], arrays: dict[str, np.ndarray],
                       actors: dict[str, dict[str, np.ndarray]]) -> None:
@@ -1317,6 +1331,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         except (KeyError, ValueError, TypeError, StopIteration, SwarmGuardError) as exc:
             det.close()
             raise CheckpointError(f"the log of calls in {checkpoint_dir} cannot be replayed: {exc!r}") from exc
+        det._wal_generation = generation              # the fallback of the fresh generation below
         det._checkpoint(during_round=False)           # a fresh generation; the log starts again
         return det
 
