@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from swarmguard.apps.scenario import Scenario, ScenarioConfig
+from swarmguard.apps.simulate import cluster_names, play_round
 
 CONFIG = dict(agents=5000, rounds=7, partition_at=2, heal_at=6, seed=3)
 
@@ -15,35 +16,14 @@ def detector_kwargs(sc: Scenario, now: list[float]) -> dict:
                 regions=sc.regions.tolist(), prior_probability=0.01)
 
 
-def drive(make, config: dict | None = None, between=None, replay_from: int | None = None):
-    """Run the scenario through ``make(scenario, now)``; ``between(det, r)`` runs before round r.
-
-    When ``between`` returns a detector, it replaces the old one, and rounds
-    ``replay_from .. r-1`` are sent to it again (what a resumed driver does
-    with the rounds its checkpoint does not hold).
-    """
+def drive(make, config: dict | None = None, between=None):
+    """Run the scenario through ``make(scenario, now)``; ``between(det, r)`` runs before round r
+    and may return a detector that replaces the old one (a resumed driver)."""
     c = ScenarioConfig(**(config or CONFIG)).validate()
     sc = Scenario(c)
     now = [0.0]
     det = make(sc, now)
-    clusters = np.array([f"cluster-{k}" for k in range(c.regions * c.clusters_per_region)])[sc.cluster_index]
-
-    inputs: dict[int, tuple] = {}     # the scenario draws from one random stream: a re-sent round reuses its draw
-
-    def step(det, r):
-        now[0] = r * c.round_seconds
-        if r == c.partition_at and c.partition_at < c.heal_at:
-            det.cap_resolver.partition(sc.partition_groups())
-        if r == c.heal_at and c.partition_at < c.heal_at:
-            det.cap_resolver.heal()
-            det.cap_resolver.sync()
-        if r not in inputs:
-            inputs[r] = (sc.behaviour(r), sc.evidence(r, now[0]))
-        X, ev = inputs[r]
-        if ev["evidence_ids"].size:
-            det.ingest_evidence(**ev)
-        return det.process_round(sc.agent_ids, X, sc.region_names, cohorts=clusters, timestamp=now[0])
-
+    clusters = cluster_names(sc)
     results = []
     for r in range(c.rounds):
         now[0] = r * c.round_seconds
@@ -51,9 +31,7 @@ def drive(make, config: dict | None = None, between=None, replay_from: int | Non
             new = between(det, r)
             if new is not None:
                 det = new
-                for q in range(r if replay_from is None else replay_from, r):
-                    results[q] = step(det, q)
-        results.append(step(det, r))
+        results.append(play_round(det, sc, r, now, clusters)[0])
     return det, results, sc
 
 
