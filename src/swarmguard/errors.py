@@ -22,6 +22,7 @@ __all__ = [
     "EvidenceStoreError",
     "MalformedInputError",
     "MissingDependencyError",
+    "OutputPathError",
     "CheckpointError",
     "CheckpointWriteWarning",
 ]
@@ -106,3 +107,7 @@ class CheckpointWriteWarning(UserWarning):
 
 class MissingDependencyError(SwarmGuardError, ImportError):
     """An optional dependency needed for this input or output is not installed."""
+
+
+class OutputPathError(InvalidInputError, OSError):
+    """An output path (``--out``, ``--output``, ``--json``) that cannot be written, found before any work runs."""

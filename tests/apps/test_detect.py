@@ -4,6 +4,7 @@ import csv
 import gzip
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -514,3 +515,61 @@ def test_parquet_timestamp_column(tmp_path):
         res = detect(tmp_path / "t.parquet", timestamp_column="ts", chunk_rows=chunk, warm_up=50)
         assert res.agent_ids[res.is_anomaly].tolist() == ["p0"]          # p1's big row is older
         assert res.rows_superseded == 2
+
+
+# ---------------------------------------------------------------------------- output paths
+def _small_csv(path):
+    ids, X, _ = population(n=200)
+    write_csv(path, ["agent_id", "f0", "f1", "f2", "f3"], [[a, *x] for a, x in zip(ids, X.tolist(), strict=True)])
+    return path
+
+
+@pytest.fixture
+def no_reading(monkeypatch):
+    import swarmguard.apps.detect as detect_module
+
+    def must_not_read(*args, **kwargs):
+        raise AssertionError("the input was read although --output is unusable")
+
+    monkeypatch.setattr(detect_module, "_open_reader", must_not_read)
+
+
+@pytest.mark.parametrize("case", ["same path", "other spelling", "symlink", "hard link", "folder missing",
+                                  "is a folder", "parent is a file", "not writable"])
+def test_output_is_checked_before_the_input_is_read(case, tmp_path, no_reading):
+    import os
+
+    src = _small_csv(tmp_path / "t.csv")
+    before = src.read_bytes()
+    (tmp_path / "sub").mkdir()
+    if case == "symlink":
+        (tmp_path / "link.csv").symlink_to(src)
+    if case == "hard link":
+        os.link(src, tmp_path / "hard.csv")
+    unwritable = Path("/proc") if os.geteuid() == 0 else tmp_path / "ro"
+    if unwritable != Path("/proc"):
+        unwritable.mkdir()
+        unwritable.chmod(0o500)
+    out = {"same path": src, "other spelling": tmp_path / "sub" / ".." / "t.csv", "symlink": tmp_path / "link.csv",
+           "hard link": tmp_path / "hard.csv", "folder missing": tmp_path / "nope" / "s.csv",
+           "is a folder": tmp_path / "sub.csv", "parent is a file": src / "s.csv",
+           "not writable": unwritable / "s.csv"}[case]
+    if case == "is a folder":
+        out.mkdir()
+    result = runner.invoke(app, ["detect", str(src), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --output"), result.stderr
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    assert src.read_bytes() == before
+
+
+def test_output_path_errors_are_typed(tmp_path):
+    from swarmguard.errors import OutputPathError
+
+    src = _small_csv(tmp_path / "t.csv")
+    with pytest.raises(OutputPathError, match="is the input file"):
+        detect(src, output=src)
+    with pytest.raises(OutputPathError, match="does not exist"):
+        detect(src, output=tmp_path / "nope" / "s.csv")
+    assert issubclass(OutputPathError, InvalidInputError) and issubclass(OutputPathError, OSError)

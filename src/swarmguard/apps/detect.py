@@ -71,6 +71,7 @@ from ..errors import (
 )
 from ..structures.scoring import MIN_POPULATION
 from ..validation import check_fraction, check_positive_int
+from .output_paths import check_not_input, check_output_file
 
 __all__ = ["detect", "DetectResult", "write_scores", "FORMATS", "input_format", "output_format"]
 
@@ -969,6 +970,9 @@ def detect(
         raise InvalidInputError(f"features may not include the id, cohort or timestamp column ({', '.join(sorted(set(wanted) & set(special)))})")
     if not path.is_file():
         raise FileNotFoundError(f"no such input file: {path}")
+    if output is not None:     # before the input is read: a bad output path never costs a run
+        check_output_file(output, "--output")
+        check_not_input(output, path, "--output")
 
     reader = _open_reader(path, fmt, chunk_rows)
     try:
