@@ -159,6 +159,7 @@ def detect(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed rows and count them, instead of stopping at the first (exit code 2). Example: --skip-bad"),
     top: int = typer.Option(10, min=0, help="Show this many of the most anomalous agents with their main feature. Example: --top 25"),
     csv_engine: str = typer.Option("auto", help="CSV reader: 'auto' uses pyarrow when installed (falls back to the standard library on any unusual row), 'python' always the standard library. Example: --csv-engine python"),
+    max_line_bytes: int = typer.Option(1 << 20, min=16, help="Longest line read (CSV, JSON Lines), newline included; a longer line stops the run (exit 2) having read only this much of it. Example: --max-line-bytes 16777216"),
 ) -> None:
     """Score every agent of your own telemetry file and write one row per agent.
 
