@@ -75,7 +75,7 @@ from ..validation import MAX_ABS_VALUE, check_fraction, check_positive_int
 from .output_paths import check_not_input, check_output_file
 
 __all__ = ["detect", "DetectResult", "write_scores", "FORMATS", "input_format", "output_format",
-           "MAX_COLUMNS", "MAX_FEATURES", "MAX_LINE_BYTES"]
+           "MAX_COLUMNS", "MAX_FEATURES", "MAX_LINE_BYTES", "MAX_KEY_CHARS"]
 
 FORMATS = ("csv", "jsonl", "parquet")
 _INPUT_EXT = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -87,6 +87,7 @@ _CHUNK_BYTES = 64 << 20         # ... and (JSON Lines; pyarrow's CSV blocks) at 
 MAX_COLUMNS = 10_000            # columns an input may have (CSV header, Parquet schema, JSON keys seen)
 MAX_FEATURES = 256              # feature columns scored: every tree node holds a features x features co-moment
 MAX_LINE_BYTES = 1 << 20        # default longest line (CSV, JSON Lines), newline included
+MAX_KEY_CHARS = 1_000           # longest agent id or cohort name: ids are kept in a fixed-width NumPy array
 _MAX_EXAMPLES = 5               # skipped rows remembered (with reasons) for the summary
 _PARQUET_HINT = "pip install 'swarmguard[parquet]'"
 
@@ -264,13 +265,15 @@ def _py_keys(vals: Sequence[Any]) -> tuple[list[str], np.ndarray]:
     else:
         keys = [v.strip() if isinstance(v, str) else
                 str(v) if isinstance(v, int) and not isinstance(v, bool) else "" for v in vals]
-    bad = np.fromiter(map(len, keys), np.intp, n) == 0
-    return keys, bad
+    lengths = np.fromiter(map(len, keys), np.intp, n)
+    return keys, (lengths == 0) | (lengths > MAX_KEY_CHARS)
 
 
 def _key_problem(what: str, column: str, v: Any) -> str:
     if v is None or v is _MISSING or (isinstance(v, str) and not v.strip()):
         return f"missing {what} (column {column!r})"
+    if isinstance(v, (str, int)) and not isinstance(v, bool) and len(v.strip() if isinstance(v, str) else str(v)) > MAX_KEY_CHARS:
+        return f"{what} (column {column!r}) is longer than {MAX_KEY_CHARS:,} characters: {_short(v)}"
     return f"{what} (column {column!r}) must be text or an integer, not {_short(v)}"
 
 
@@ -525,7 +528,7 @@ class _CsvReader:
             raise
         self.names = [h.strip() for h in header]
         try:
-            _check_columns(path, self.names, "its header names")
+            _check_columns(path, self.names, "the header names")
         except InvalidInputError:
             self._file.close()
             raise
@@ -652,7 +655,7 @@ class _ParquetReader:
         self.schema = self._file.schema_arrow
         self.names = list(self.schema.names)
         try:
-            _check_columns(path, self.names, "its schema names")
+            _check_columns(path, self.names, "the schema names")
         except InvalidInputError:
             self._file.close()
             raise
@@ -1116,7 +1119,7 @@ def detect(
             seen: dict[str, None] = {}
             for o in first.objs[:_INFER_SAMPLE]:
                 seen.update(dict.fromkeys(o))
-            _check_columns(path, list(seen), "its objects name")
+            _check_columns(path, list(seen), "the objects name")
             missing = [c for c in special + (wanted or []) if c not in seen]
             if missing:
                 raise InvalidInputError(
