@@ -357,10 +357,12 @@ class HierarchicalStatisticalTree:
 
     def _cohort_moments(self, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
         n, off, m2 = self._cohort_state(cid)
-        return n, self._tree.shift + off, m2
+        mean, m2 = self._tree.to_user(off, m2)
+        return n, mean, m2
 
     def _cohort_state(self, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
-        """(count, offset from the tree's shift, M2) of a cohort; the root needs no flush.
+        """(count, offset from the tree's shift, M2) of a cohort in the tree's internal units
+        (a power of two per feature, :mod:`swarmguard.structures.slot_tree`); the root needs no flush.
 
         A cohort below the root merges its pages' nodes (after a flush): O(pages).
         """

@@ -43,12 +43,22 @@ class StaleShardError(SwarmGuardError, RuntimeError):
     """A shard's state is not the one the caller expects (it restarted): restore it."""
 
 
-def moments_from_state(n: float, shift: np.ndarray, off: np.ndarray, m2: np.ndarray) -> Moments:
-    """A :class:`Moments` value from a tree node's (count, offset from ``shift``, M2)."""
+def moments_from_state(n: float, shift: np.ndarray, off: np.ndarray, m2: np.ndarray,
+                       scale: np.ndarray | None = None) -> Moments:
+    """A :class:`Moments` value from a tree node's (count, offset from ``shift``, M2).
+
+    ``scale`` (powers of two, one per feature) converts a node kept in the
+    tree's internal units back to the caller's: exact, but for under/overflow.
+    """
     m = Moments(shift.shape[0])
     m.count = int(round(float(n)))
     if m.count:
-        m.shift, m.offset, m.m2 = shift.copy(), np.array(off, dtype=np.float64), np.array(m2, dtype=np.float64)
+        off = np.array(off, dtype=np.float64)
+        m2 = np.array(m2, dtype=np.float64)
+        if scale is not None:
+            off *= scale
+            m2 *= np.multiply.outer(scale, scale)
+        m.shift, m.offset, m.m2 = shift.copy(), off, m2
     return m
 
 
@@ -179,17 +189,20 @@ class RegionShard(_Versioned):
         tree = self.tree
         if tree._tree is None or len(tree) == 0:
             return {"population": None, "cohorts": {}}
-        tree._tree.flush()
-        shift = tree._tree.shift
-        n, off, m2 = tree._tree.root_state()
+        slot_tree = tree._tree
+        slot_tree.flush()
+        shift = slot_tree.shift
+        # Moments leave the shard in the caller's units (shards choose their own internal units)
+        scale = np.ldexp(1.0, slot_tree.exponent)
+        n, off, m2 = slot_tree.root_state()
         cohorts = {}
         for cid, path in enumerate(tree._cohorts.paths):
             if cid == 0:
                 continue
             cn, coff, cm2 = tree._cohort_state(cid)
             if cn > 0:
-                cohorts[path] = moments_from_state(cn, shift, coff, cm2)
-        return {"population": moments_from_state(n, shift, off, m2), "cohorts": cohorts}
+                cohorts[path] = moments_from_state(cn, shift, coff, cm2, scale)
+        return {"population": moments_from_state(n, shift, off, m2, scale), "cohorts": cohorts}
 
     def update(self, expect: int, agent_ids: np.ndarray, X: np.ndarray, cohorts: Any,
                regions: np.ndarray) -> dict[str, Any]:
