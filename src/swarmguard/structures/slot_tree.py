@@ -97,6 +97,7 @@ class SlotTree:
         self.levels = 0
         self.shift = np.zeros(dim)
         self.unit = np.ones(dim)        # internal = (x - shift) * unit, a power of two per feature
+        self._limit = np.full(dim, _HIGH)   # |x - shift| beyond: choose the units again
         self.exponent = np.zeros(dim, dtype=np.int64)   # unit = 2**-exponent
         self._var_at_unit = np.zeros(dim)   # scaled variance when the unit was chosen (0: constant)
         self._unit_known = np.zeros(dim, dtype=bool)   # False: the feature was all zeros then
@@ -252,7 +253,8 @@ class SlotTree:
         """Whether a feature's spread has fallen so far below its unit that squares could underflow."""
         var = diag * (1.0 / (n - 1.0))
         v0 = self._var_at_unit
-        shrunk = (var > 0) & (var < _LOW_VAR) & ((v0 == 0) | (var < v0 * _FALL))
+        # var == 0 counts when the feature had a spread at the choice (its squares may have underflowed)
+        shrunk = (var < _LOW_VAR) & np.where(v0 > 0, var < v0 * _FALL, var > 0)
         woke = ~self._unit_known & ((var > 0) | (self._root_off != 0))
         return bool((shrunk | woke).any())
 
@@ -264,6 +266,7 @@ class SlotTree:
         _, e = np.frexp(np.where(self._unit_known, ref, 1.0))
         self.exponent = np.clip(e, -_MAX_EXP, _MAX_EXP).astype(np.int64)
         self.unit = np.ldexp(1.0, -self.exponent)
+        self._limit = np.ldexp(_HIGH, self.exponent)
         self.unit_choices += 1
 
     def deviations(self, X: np.ndarray) -> np.ndarray:
@@ -277,9 +280,13 @@ class SlotTree:
         scale = np.ldexp(1.0, self.exponent)
         return self.shift + off * scale, m2 * np.multiply.outer(scale, scale)
 
-    def _too_far(self, D: np.ndarray) -> bool:
-        """Whether scaled deviations ``D`` exceed the safe band (choose the units again)."""
-        return D.size > 0 and float(np.abs(D).max()) > _HIGH
+    def _too_far(self, X: np.ndarray) -> bool:
+        """Whether vectors ``X`` lie outside the units' safe band (choose the units again).
+
+        Compared in the caller's units (``|x - shift| > 2**100 / unit``), since the
+        scaled deviation itself may overflow.
+        """
+        return X.size > 0 and bool((np.abs(X - self.shift) > self._limit).any())
 
     def rebuild(self) -> None:
         """Re-anchor the shift at the current mean and recompute every node from the leaves."""
@@ -317,7 +324,7 @@ class SlotTree:
         if first:
             self.shift = X.mean(axis=0)           # anchor the shift near the data
             self._choose_units(X - self.shift)
-        rescale = X is not None and self._too_far(self.deviations(X))
+        rescale = X is not None and self._too_far(X)
         if X is None:
             self.occupied[slots] = False
             self.X[slots] = 0.0
@@ -352,7 +359,7 @@ class SlotTree:
     def replace(self, slot: int, x: np.ndarray) -> None:
         """Replace the vector of an occupied slot (count unchanged)."""
         xo = self.X[slot]
-        if self._too_far((x - self.shift) * self.unit):
+        if self._too_far(x):
             self._write_and_rebuild(slot, x)
             return
         n = self._root_n
@@ -378,7 +385,7 @@ class SlotTree:
             self.shift = x.copy()                 # anchor the shift near the data
             self._choose_units(np.zeros((1, self.dim)))
             self._var_at_unit = np.zeros(self.dim)
-        elif self._too_far((x - self.shift) * self.unit):
+        elif self._too_far(x):
             self._write_and_rebuild(slot, x)
             return
         delta = (x - self.shift) * self.unit - self._root_off
