@@ -95,3 +95,24 @@ def test_p_value_log_odds_is_finite_for_log_p_down_to_minus_1e300():
     far = log_p[-1]
     assert lo[-1] == pytest.approx(-1.0 - far - math.log(-far), rel=1e-15)
     assert math.isfinite(p_value_log_odds(-math.inf))
+
+
+@pytest.mark.parametrize("scale", [2.0**-990, 1e-300, 1e-162, 1e98])
+def test_process_round_scores_are_the_same_from_1e_300_to_the_1e100_limit(scale):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2000, 5)) @ rng.normal(size=(5, 5))
+    X[3] += 8.0
+    ids = np.arange(2000)
+
+    def two_rounds(data):
+        det = DistributedBehavioralDetector(feature_dimensions=5, clock=lambda: 0.0)
+        det.process_round(ids, data, "eu")
+        return det.process_round(ids, data, "eu")
+
+    ref, got = two_rounds(X), two_rounds(X * scale)
+    if scale == 2.0**-990:                  # exact in binary: the same bits
+        np.testing.assert_array_equal(got["mahalanobis_squared"], ref["mahalanobis_squared"])
+        np.testing.assert_array_equal(got["p_value"], ref["p_value"])
+    np.testing.assert_allclose(got["mahalanobis_squared"], ref["mahalanobis_squared"], rtol=1e-9)
+    np.testing.assert_allclose(got["p_value"], ref["p_value"], rtol=1e-9)
+    assert got["is_anomaly"].tolist() == ref["is_anomaly"].tolist() and got["is_anomaly"][3]
