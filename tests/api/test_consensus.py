@@ -583,3 +583,229 @@ def test_trusted_sources_are_never_flagged_but_still_trimmed():
     # trimming still removes its extreme totals: the robust log-odds stay far below 50
     many = trusting.consensus_many()
     assert float(np.max(many["log_odds"])) < 25.0
+
+
+# ------------------------------------------------------------------ evidence ids are unique per source
+def test_a_liar_cannot_squat_an_honest_sources_evidence_id():
+    c = StableBayesianConsensus()
+    assert c.add_evidence_sync(BayesianEvidence("e1", "victim", "peer_report", 9.0, 1.0, 0.0, "liar")) is True
+    # The honest source's "e1" is its own evidence, not a conflict with the liar's.
+    assert c.add_evidence_sync(BayesianEvidence("e1", "victim", "peer_report", -1.0, 1.0, 0.0, "honest")) is True
+    assert c.evidence_count == 2
+    r = c.consensus("victim")
+    assert r["evidence_count"] == 2 and r["sum_log_odds"] == math.fsum([9.0, -1.0])
+    # Re-sends stay idempotent per source; same source, same id, other content is refused.
+    assert c.add_evidence_sync(BayesianEvidence("e1", "victim", "peer_report", -1.0, 1.0, 0.0, "honest")) is False
+    assert c.add_evidence_sync(BayesianEvidence("e1", "victim", "peer_report", 9.0, 1.0, 0.0, "liar")) is False
+    before = c.state_fingerprint()
+    with pytest.raises(DuplicateEvidenceError):
+        c.add_evidence_sync(BayesianEvidence("e1", "victim", "peer_report", 5.0, 1.0, 0.0, "honest"))
+    with pytest.raises(DuplicateEvidenceError):
+        c.add_evidence_batch(["e1"], ["victim"], "peer_report", [5.0], [1.0], [0.0], ["liar"])
+    assert c.state_fingerprint() == before
+    exported = c.export_evidence()
+    assert exported["evidence_ids"] == ["e1", "e1"] and exported["source_nodes"] == ["liar", "honest"]
+
+
+@pytest.mark.parametrize("int_ids", [True, False])
+def test_an_honest_batch_with_one_squatted_id_is_accepted_whole(tmp_path, int_ids):
+    n = 1000
+    ids = np.arange(n) if int_ids else [f"obs-{i}" for i in range(n)]
+    squatted = ids[417] if int_ids else ids[417]
+    rng = np.random.default_rng(3)
+    lo = rng.normal(size=n)
+    for store in (None, tmp_path / f"e{int_ids}.db"):
+        c = StableBayesianConsensus(store=store)
+        c.add_evidence_sync(BayesianEvidence(squatted, 0, "peer_report", 50.0, 1.0, 0.0, "liar"))
+        agents = np.arange(n) % 50
+        assert c.add_evidence_batch(ids, agents, "peer_report", lo, np.ones(n), np.zeros(n),
+                                    ["honest"] * n) == n
+        # Idempotent re-send of the whole batch, and of the liar's piece.
+        assert c.add_evidence_batch(ids, agents, "peer_report", lo, np.ones(n), np.zeros(n), ["honest"] * n) == 0
+        assert c.add_evidence_batch([squatted], [0], "peer_report", [50.0], [1.0], [0.0], ["liar"]) == 0
+        assert c.evidence_count == n + 1
+        many = c.consensus_many(include_sum=True)
+        for a in (0, 1, 17):
+            want = math.fsum(lo[agents == a].tolist() + ([50.0] if a == 0 else []))
+            assert many["sum_log_odds"][list(many["agent_ids"]).index(a)] == want
+        fingerprint = c.state_fingerprint()
+        c.close()
+        if store is not None:
+            with StableBayesianConsensus(store=store) as again:
+                assert again.state_fingerprint() == fingerprint
+
+
+def test_one_batch_with_the_same_id_from_two_sources_and_duplicates_inside():
+    c = StableBayesianConsensus()
+    # id 5 from sources 1 and 2 (two evidence), and an identical copy of (1, 5): added once.
+    assert c.add_evidence_batch(np.array([5, 5, 5, 6]), np.array([0, 0, 0, 1]), "peer_report",
+                                np.array([1.0, 2.0, 1.0, 3.0]), np.ones(4), np.zeros(4),
+                                np.array([1, 2, 1, 1])) == 3
+    with pytest.raises(DuplicateEvidenceError):   # same source, same id, other content in one batch
+        c.add_evidence_batch(np.array([7, 7]), np.array([0, 0]), "peer_report", np.array([1.0, 2.0]),
+                             np.ones(2), np.zeros(2), np.array([3, 3]))
+    assert c.add_evidence_batch(np.array([7, 7]), np.array([0, 0]), "peer_report", np.array([1.0, 2.0]),
+                                np.ones(2), np.zeros(2), np.array([3, 4])) == 2
+    assert c.consensus(0)["sum_log_odds"] == math.fsum([1.0, 2.0, 1.0, 2.0])
+    assert c.export_evidence()["evidence_ids"].tolist() == [5, 5, 6, 7, 7]
+    merged = StableBayesianConsensus()
+    merged += c
+    assert merged.state_fingerprint() == c.state_fingerprint()
+
+
+def test_a_schema_1_store_is_migrated_to_ids_per_source(tmp_path):
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value);
+        CREATE TABLE evidence (seq INTEGER PRIMARY KEY, evidence_id NOT NULL UNIQUE, agent_id NOT NULL,
+            source_node NOT NULL, evidence_type TEXT NOT NULL, log_odds_bits INTEGER NOT NULL,
+            confidence_bits INTEGER NOT NULL, timestamp_bits INTEGER NOT NULL);
+        INSERT INTO meta VALUES ('schema', 1);
+    """)
+    b = struct.unpack("<q", bits(1.5))[0]
+    one, zero = struct.unpack("<q", bits(1.0))[0], 0
+    conn.execute("INSERT INTO evidence VALUES (1, 'e1', 'a', 'liar', 'peer_report', ?, ?, ?)", (b, one, zero))
+    conn.commit()
+    conn.close()
+    with StableBayesianConsensus(store=path) as c:
+        assert c.consensus("a")["sum_log_odds"] == 1.5
+        assert c.add_evidence_sync(BayesianEvidence("e1", "a", "peer_report", 2.0, 1.0, 0.0, "honest"))
+    with StableBayesianConsensus(store=path) as c:
+        assert c.consensus("a")["sum_log_odds"] == 3.5
+    assert sqlite3.connect(path).execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == 2
+
+
+# ------------------------------------------------------------------ thread safety
+@pytest.mark.parametrize("with_store", [False, True])
+def test_four_threads_adding_evidence_commit_exactly_the_accepted_evidence(tmp_path, with_store):
+    import threading
+
+    store = tmp_path / "threads.db" if with_store else None
+    c = StableBayesianConsensus(partition_size=64, store=store)
+    rng = np.random.default_rng(11)
+    accepted: list[list[tuple]] = [[] for _ in range(4)]
+    refused: list[list[tuple]] = [[] for _ in range(4)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def work(t):
+        r = np.random.default_rng(100 + t)
+        barrier.wait()
+        try:
+            for i in range(150):
+                agent = int(r.integers(0, 20))
+                lo = float(r.normal() * 10.0 ** r.integers(-8, 8))
+                e = (f"t{t}-{i}", agent, lo, f"node-{t}")
+                if i % 3 == 2:   # a batch: a bad value or a conflicting duplicate refuses all of it
+                    ids = [e[0], f"t{t}-{i - 1}"]
+                    bad_value = i % 2 == 0
+                    los = [lo, float("nan")] if bad_value else [lo, lo + 1.0]
+                    with pytest.raises(SwarmGuardError):
+                        c.add_evidence_batch(ids, [agent, agent], "peer_report", los, [1.0, 1.0], [0.0, 0.0],
+                                             [e[3], e[3]])
+                    refused[t].append(e)
+                    continue
+                assert c.add_evidence_sync(BayesianEvidence(e[0], agent, "peer_report", lo, 1.0, 0.0, e[3]))
+                accepted[t].append(e)
+                if i % 5 == 0:   # an idempotent re-send and a refused conflict
+                    assert not c.add_evidence_sync(BayesianEvidence(e[0], agent, "peer_report", lo, 1.0, 0.0, e[3]))
+                    with pytest.raises(DuplicateEvidenceError):
+                        c.add_evidence_sync(BayesianEvidence(e[0], agent, "peer_report", lo + 1.0, 1.0, 0.0, e[3]))
+                if i % 7 == 0:
+                    c.consensus_many(include_sum=True)
+        except BaseException as exc:   # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    del rng
+    good = [e for part in accepted for e in part]
+
+    def check(cons):
+        assert cons.evidence_count == len(good)
+        many = cons.consensus_many(include_sum=True)
+        keys = list(many["agent_ids"])
+        for a in range(20):
+            mine = [e[2] for e in good if e[1] == a]
+            if mine:
+                assert bits(many["sum_log_odds"][keys.index(a)]) == bits(math.fsum(mine))
+        stored = set(zip(cons.export_evidence()["evidence_ids"], cons.export_evidence()["source_nodes"],
+                         strict=True))
+        assert stored == {(e[0], e[3]) for e in good}
+        assert not stored & {(e[0], e[3]) for part in refused for e in part}
+
+    check(c)
+    c.close()
+    if with_store:
+        with StableBayesianConsensus(partition_size=64, store=store) as again:
+            check(again)
+
+
+# ------------------------------------------------------------------ damaged or tampered stores
+def _good_store(path):
+    with StableBayesianConsensus(store=path) as c:
+        c.add_evidence_batch(["e1", "e2"], ["a", "b"], "peer_report", [1.0, 2.0], [1.0, 0.5], [0.0, 1.0],
+                             ["n1", "n2"])
+
+
+def _nan_bits():
+    return struct.unpack("<q", bits(float("nan")))[0]
+
+
+@pytest.mark.parametrize("damage", [
+    "truncate", "garbage", "string_float", "real_float", "nan_log_odds", "inf_timestamp", "confidence_2",
+    "bad_type", "alias_type", "float_id", "blob_id", "huge_bits", "drop_table", "drop_column", "schema_99",
+    "schema_text", "no_meta_row", "foreign_table", "same_key_twice",
+])
+def test_a_damaged_or_tampered_store_raises_evidence_store_error(tmp_path, damage):
+    from swarmguard.errors import EvidenceStoreError
+
+    path = tmp_path / "e.db"
+    _good_store(path)
+    if damage in ("truncate", "garbage"):
+        data = path.read_bytes()
+        path.write_bytes(data[:100] if damage == "truncate" else b"\x00garbage" * 200)
+        for extra in ("-wal", "-shm"):
+            (tmp_path / f"e.db{extra}").unlink(missing_ok=True)
+    else:
+        conn = sqlite3.connect(path)
+        sql = {
+            "string_float": "UPDATE evidence SET log_odds_bits = 'x' WHERE seq = 1",
+            "real_float": "UPDATE evidence SET log_odds_bits = 1.5 WHERE seq = 1",
+            "nan_log_odds": f"UPDATE evidence SET log_odds_bits = {_nan_bits()} WHERE seq = 1",
+            "inf_timestamp": f"UPDATE evidence SET timestamp_bits = {struct.unpack('<q', bits(math.inf))[0]}",
+            "confidence_2": f"UPDATE evidence SET confidence_bits = {struct.unpack('<q', bits(2.0))[0]}",
+            "bad_type": "UPDATE evidence SET evidence_type = 'nope' WHERE seq = 1",
+            "alias_type": "UPDATE evidence SET evidence_type = 'policy' WHERE seq = 1",
+            "float_id": "UPDATE evidence SET evidence_id = 1.5 WHERE seq = 1",
+            "blob_id": "UPDATE evidence SET agent_id = x'00ff' WHERE seq = 1",
+            "huge_bits": "UPDATE evidence SET log_odds_bits = 1e300 WHERE seq = 1",
+            "drop_table": "DROP TABLE evidence",
+            "drop_column": "ALTER TABLE evidence DROP COLUMN timestamp_bits",
+            "schema_99": "UPDATE meta SET value = 99",
+            "schema_text": "UPDATE meta SET value = '2'",
+            "no_meta_row": "DELETE FROM meta",
+            "foreign_table": "DROP TABLE meta",
+            "same_key_twice": None,
+        }[damage]
+        if damage == "same_key_twice":
+            # A copy of the table without the constraint, holding the same key twice.
+            conn.executescript("""
+                CREATE TABLE t AS SELECT * FROM evidence; DROP TABLE evidence;
+                CREATE TABLE evidence (seq INTEGER PRIMARY KEY, evidence_id, agent_id, source_node,
+                    evidence_type, log_odds_bits, confidence_bits, timestamp_bits);
+                INSERT INTO evidence SELECT * FROM t; DROP TABLE t;
+                INSERT INTO evidence SELECT 3, evidence_id, agent_id, source_node, evidence_type,
+                    log_odds_bits + 1, confidence_bits, timestamp_bits FROM evidence WHERE seq = 1;
+            """)
+        else:
+            conn.execute(sql)
+        conn.commit()
+        conn.close()
+    with pytest.raises(EvidenceStoreError):
+        StableBayesianConsensus(store=path)

@@ -26,6 +26,8 @@ import numpy as np
 from scipy.special import expit, log_expit, logit
 
 from ..errors import (
+    EvidenceStoreError,
+    SwarmGuardError,
     DimensionMismatchError,
     DuplicateEvidenceError,
     InvalidInputError,
@@ -35,6 +37,7 @@ from ..errors import (
 from ..structures.evidence import EvidenceLedger
 from ..structures.evidence_store import EvidenceStore, float_bits
 from ..structures.key_index import KeyIndex
+from ..locking import Locked, synchronized
 from ..structures.robust_fusion import SourceEvents, fuse, peel_sources, source_events
 from ..validation import as_float_vector, check_fraction, check_key, check_positive_int
 from .evidence_types import BayesianEvidence, EvidenceType, check_timestamp
@@ -44,7 +47,7 @@ __all__ = ["StableBayesianConsensus", "BayesianEvidence", "EvidenceType"]
 _AGGREGATIONS = ("robust", "sum")
 
 
-class StableBayesianConsensus:
+class StableBayesianConsensus(Locked):
     """Exact, Byzantine-robust consensus on whether agents are compromised.
 
     Parameters
@@ -113,41 +116,58 @@ class StableBayesianConsensus:
             trusted_sources = (trusted_sources,)
         self.trusted_sources = frozenset(check_key(t, "trusted_sources") for t in trusted_sources)
         self.prior_log_odds = float(logit(self.prior_probability))
+        super().__init__()   # the lock: every public method runs under it (see swarmguard.locking)
         self._ledger = EvidenceLedger(self.partition_size)
         self._global: dict[str, Any] | None = None
         self._store: EvidenceStore | None = None
         if store is not None:
             self._store = EvidenceStore(store)
-            rows = self._store.load()
-            if rows:
-                cols = list(zip(*rows, strict=True))
-                self._ingest(*[list(c) for c in cols], persist=False)
+            try:
+                rows = self._store.load()
+                if rows:
+                    cols = list(zip(*rows, strict=True))
+                    names = {t.value for t in EvidenceType}
+                    bad = next((t for t in cols[3] if t not in names), None)
+                    if bad is not None:   # stored as the exact value: anything else was edited
+                        raise EvidenceStoreError(f"evidence store {store}: unknown evidence type {bad!r}")
+                    self._ingest(*[list(c) for c in cols], persist=False)
+            except SwarmGuardError as exc:
+                self._store.close()
+                self._store = None
+                if isinstance(exc, EvidenceStoreError):
+                    raise
+                raise EvidenceStoreError(f"evidence store {store}: stored evidence is invalid: {exc}") from exc
 
     # ================================================================== ingestion
     async def add_evidence(self, evidence: BayesianEvidence) -> bool:
         """Add one piece of evidence; True if new, False if it was already there."""
         return self.add_evidence_sync(evidence)
 
+    @synchronized
     def add_evidence_sync(self, evidence: BayesianEvidence) -> bool:
         """Synchronous twin of :meth:`add_evidence`."""
         e = BayesianEvidence.coerce(evidence)
-        seq = self._ledger.evidence.row_of(e.evidence_id)
+        ledger = self._ledger
+        source_row = ledger.sources.row_of(e.source_node)
+        seq, id_row = ledger.seq_of(e.evidence_id, source_row) if source_row >= 0 else (-1, -2)
         if seq >= 0:
-            self._check_same(seq, e.evidence_id, self._ledger.agents.row_of(e.agent_id),
-                             self._ledger.sources.row_of(e.source_node), e.evidence_type.code,
-                             e.log_odds, e.confidence, e.timestamp)
+            self._check_same(seq, e.evidence_id, ledger.agents.row_of(e.agent_id), source_row,
+                             e.evidence_type.code, e.log_odds, e.confidence, e.timestamp)
             return False
+        if id_row == -2:   # a new source: the id may still be used by others
+            id_row = ledger.evidence.row_of(e.evidence_id)
         self._check_storable([e.evidence_id], [e.agent_id], [e.source_node])
         if self._store is not None:
             self._store.insert([(e.evidence_id, e.agent_id, e.source_node, e.evidence_type.value,
                                  e.log_odds, e.confidence, e.timestamp)])
-        agent = self._ledger.agents.add(e.agent_id)
-        source = self._ledger.sources.add(e.source_node)
-        self._ledger.evidence.add(e.evidence_id)
-        self._ledger.append(np.array([agent]), np.array([source]), np.array([e.evidence_type.code]),
-                            np.array([e.log_odds]), np.array([e.confidence]), np.array([e.timestamp]))
+        agent = ledger.agents.add(e.agent_id)
+        source = ledger.sources.add(e.source_node)
+        ledger.index_evidence([e.evidence_id], np.array([source]), np.array([id_row >= 0]), ledger.size)
+        ledger.append(np.array([agent]), np.array([source]), np.array([e.evidence_type.code]),
+                      np.array([e.log_odds]), np.array([e.confidence]), np.array([e.timestamp]))
         return True
 
+    @synchronized
     def add_evidence_batch(self, evidence_ids: Any, agent_ids: Any, evidence_types: Any,
                            log_odds: Any, confidences: Any, timestamps: Any, source_nodes: Any) -> int:
         """Add many pieces of evidence given as arrays; returns how many were new.
@@ -162,6 +182,7 @@ class StableBayesianConsensus:
         return self._ingest(evidence_ids, agent_ids, source_nodes, evidence_types, log_odds,
                             confidences, timestamps, persist=True)
 
+    @synchronized
     def check_evidence_batch(self, evidence_ids: Any, agent_ids: Any, evidence_types: Any,
                              log_odds: Any, confidences: Any, timestamps: Any, source_nodes: Any) -> int:
         """Raise as :meth:`add_evidence_batch` would, changing nothing; returns how many would be new.
@@ -182,11 +203,12 @@ class StableBayesianConsensus:
         ledger = self._ledger
         agent_rows, new_agents = _plan_rows(ledger.agents, ag)
         source_rows, new_sources = _plan_rows(ledger.sources, src)
-        keep = self._drop_duplicates(ev, agent_rows, source_rows, codes, lo, conf, ts)
+        keep, claimed = self._drop_duplicates(ev, agent_rows, source_rows, codes, lo, conf, ts)
         if keep is not None:
             ev = ev[keep] if isinstance(ev, np.ndarray) else [ev[i] for i in np.flatnonzero(keep)]
             agent_rows, source_rows = agent_rows[keep], source_rows[keep]
             codes, lo, conf, ts = codes[keep], lo[keep], conf[keep], ts[keep]
+            claimed = claimed[keep]
             # Agents/sources seen only in skipped rows are not added.
             agent_rows, new_agents = _trim_new(ledger.agents, agent_rows, new_agents)
             source_rows, new_sources = _trim_new(ledger.sources, source_rows, new_sources)
@@ -208,20 +230,20 @@ class StableBayesianConsensus:
         # Commit to memory: nothing below can fail on user input.
         _add_keys(ledger.agents, new_agents)
         _add_keys(ledger.sources, new_sources)
-        _add_keys(ledger.evidence, ev)
+        ledger.index_evidence(ev, source_rows, claimed, ledger.size)
         ledger.append(agent_rows, source_rows, codes, lo, conf, ts)
         return m
 
-    def _drop_duplicates(self, ev, agent_rows, source_rows, codes, lo, conf, ts) -> np.ndarray | None:
-        """Mask of rows to add (None: all), raising on conflicting duplicates."""
+    def _drop_duplicates(self, ev, agent_rows, source_rows, codes, lo, conf, ts):
+        """(mask of rows to add or None for all, mask of rows whose id some source already
+        uses), raising on conflicting duplicates. The key of an evidence is
+        ``(source, evidence_id)``: the same id from another source is other evidence."""
         ledger = self._ledger
         n = len(lo)
-        if len(ledger.evidence) == 0:
-            keep, dup = np.ones(n, dtype=bool), np.zeros(0, dtype=np.int64)
-        else:
-            existing = ledger.evidence.rows_of(ev)
-            keep = existing < 0
-            dup = np.flatnonzero(~keep)
+        existing, id_rows = ledger.seqs_of(ev, source_rows)
+        keep = existing < 0
+        claimed = id_rows >= 0
+        dup = np.flatnonzero(~keep)
         if dup.size:
             stored = ledger.rows(existing[dup])
             same = ((stored["agent_row"] == agent_rows[dup]) & (stored["source_row"] == source_rows[dup])
@@ -230,21 +252,50 @@ class StableBayesianConsensus:
             if not same.all():
                 i = int(dup[np.flatnonzero(~same)[0]])
                 raise DuplicateEvidenceError(
-                    f"evidence_id {_key_at(ev, i)!r} was already added with different content")
+                    f"evidence_id {_key_at(ev, i)!r} of source {self._source_key(source_rows, i)!r} "
+                    f"was already added with different content")
         # Duplicates inside the batch: the first occurrence wins if all copies agree.
-        first = _first_occurrence(ev)
-        if first is not None:
-            later = np.flatnonzero(first != np.arange(n))
-            f = first[later]
-            same = ((agent_rows[f] == agent_rows[later]) & (source_rows[f] == source_rows[later])
-                    & (codes[f] == codes[later]) & _same_bits(lo[f], lo[later])
-                    & _same_bits(conf[f], conf[later]) & _same_bits(ts[f], ts[later]))
-            if not same.all():
-                i = int(later[np.flatnonzero(~same)[0]])
-                raise DuplicateEvidenceError(
-                    f"evidence_id {_key_at(ev, i)!r} appears twice in the batch with different content")
-            keep[later] = False
-        return None if keep.all() else keep
+        first_id = _first_occurrence(ev)
+        if first_id is not None:
+            first = _first_occurrence_per_source(ev, source_rows)
+            if first is not None:
+                later = np.flatnonzero(first != np.arange(n))
+                f = first[later]
+                same = ((agent_rows[f] == agent_rows[later]) & (source_rows[f] == source_rows[later])
+                        & (codes[f] == codes[later]) & _same_bits(lo[f], lo[later])
+                        & _same_bits(conf[f], conf[later]) & _same_bits(ts[f], ts[later]))
+                if not same.all():
+                    i = int(later[np.flatnonzero(~same)[0]])
+                    raise DuplicateEvidenceError(
+                        f"evidence_id {_key_at(ev, i)!r} of source {self._source_key(source_rows, i)!r} "
+                        f"appears twice in the batch with different content")
+                keep[later] = False
+            # An id several sources use for the first time in this batch: the first row
+            # that is kept takes the index, the others are claimed.
+            kept = np.flatnonzero(keep & ~claimed)
+            sub = ev[kept] if isinstance(ev, np.ndarray) else [ev[i] for i in kept.tolist()]
+            first_new = _first_occurrence(sub)
+            if first_new is not None:
+                claimed[kept[first_new != np.arange(kept.size)]] = True
+        return (None if keep.all() else keep), claimed
+
+    def _source_key(self, source_rows: np.ndarray, i: int):
+        row = int(source_rows[i])
+        return self._ledger.sources.key_of(row) if row < len(self._ledger.sources) else "(new source)"
+
+    def _holds_evidence(self, evidence_ids, source_nodes) -> np.ndarray:
+        """Mask: which ``(source_nodes[i], evidence_ids[i])`` keys are stored (normalised ids)."""
+        n = len(source_nodes)
+        if self.evidence_count == 0 or n == 0:
+            return np.zeros(n, dtype=bool)
+        rows = self._ledger.sources.rows_of(source_nodes)
+        known = np.flatnonzero(rows >= 0)
+        held = np.zeros(n, dtype=bool)
+        if known.size:
+            ids = (evidence_ids[known] if isinstance(evidence_ids, np.ndarray)
+                   else [evidence_ids[i] for i in known.tolist()])
+            held[known] = self._ledger.seqs_of(ids, rows[known])[0] >= 0
+        return held
 
     def _check_same(self, seq, evidence_id, agent_row, source_row, code, lo, conf, ts) -> None:
         stored = self._ledger.row(seq)
@@ -271,6 +322,7 @@ class StableBayesianConsensus:
         """Synchronous twin of :meth:`distributed_evidence_consensus`."""
         return self.consensus(agent_id)
 
+    @synchronized
     def consensus(self, agent_id: Hashable) -> dict[str, Any]:
         """Posterior for one agent.
 
@@ -320,6 +372,7 @@ class StableBayesianConsensus:
             "reputation_stale": stale,
         }
 
+    @synchronized
     def consensus_many(self, agent_ids: Any = None, *, include_sum: bool = False) -> dict[str, Any]:
         """Consensus for many agents at once (all agents by default), as arrays.
 
@@ -359,6 +412,7 @@ class StableBayesianConsensus:
             "byzantine_nodes": [ledger.sources.key_of(int(s)) for s in np.flatnonzero(g["flagged"])],
         }
 
+    @synchronized
     def source_reputation(self) -> dict[Hashable, dict[str, Any]]:
         """Each source's record: agents reported on, far-low/far-high outlier counts,
         the counts an exchangeable (honest) source would get on the same agents (both
@@ -380,6 +434,7 @@ class StableBayesianConsensus:
         return out
 
     @property
+    @synchronized
     def byzantine_nodes(self) -> list[Hashable]:
         """Sources flagged as lying (recomputed if evidence changed)."""
         g = self._global_pass()
@@ -456,6 +511,7 @@ class StableBayesianConsensus:
         return out
 
     # ================================================================== merging
+    @synchronized
     def export_evidence(self) -> dict[str, Any]:
         """Every accepted evidence as columns, in arrival order (ids as int64 arrays
         when they are ints, else lists; evidence types as their string values).
@@ -469,7 +525,7 @@ class StableBayesianConsensus:
         cols = {k: v[:n].copy() for k, v in ledger.columns.items()}
         names = np.array([t.value for t in EvidenceType], dtype=object)
         return {
-            "evidence_ids": _export_keys(ledger.evidence, np.arange(n)),
+            "evidence_ids": ledger.evidence_ids(),
             "agent_ids": _export_keys(ledger.agents, cols["agent_row"]),
             "evidence_types": names[cols["type_code"]].tolist(),
             "log_odds": cols["log_odds"],
@@ -492,30 +548,37 @@ class StableBayesianConsensus:
 
     # ================================================================== plumbing
     @property
+    @synchronized
     def evidence_count(self) -> int:
         return self._ledger.size
 
     @property
+    @synchronized
     def n_partitions(self) -> int:
         return self._ledger.n_partitions
 
     @property
+    @synchronized
     def agent_ids(self) -> list[Hashable]:
         return self._ledger.agents.keys()
 
     @property
+    @synchronized
     def partitions(self):
         """The evidence partitions (each with ``sums(...)``, its exact accumulator)."""
         return self._ledger.partitions()
 
+    @synchronized
     def state_fingerprint(self) -> tuple:
         """Everything observable about the stored evidence (for tests and audits)."""
         ledger = self._ledger
         cols = {k: v[: ledger.size].copy() for k, v in ledger.columns.items()}
-        return (ledger.size, tuple(ledger.evidence.keys()), tuple(ledger.agents.keys()),
+        ids = ledger.evidence_ids()
+        return (ledger.size, tuple(ids.tolist() if isinstance(ids, np.ndarray) else ids), tuple(ledger.agents.keys()),
                 tuple(ledger.sources.keys()), tuple(c.tobytes() for c in cols.values()),
                 tuple(tuple(p.size for p in shard) for shard in ledger.shards))
 
+    @synchronized
     def close(self) -> None:
         """Close the store (if any)."""
         if self._store is not None:
@@ -700,6 +763,24 @@ def _first_occurrence(keys) -> np.ndarray | None:
     seen: dict = {}
     first = np.array([seen.setdefault(k, i) for i, k in enumerate(keys)], dtype=np.int64)
     return None if len(seen) == len(keys) else first
+
+
+def _first_occurrence_per_source(keys, source_rows: np.ndarray) -> np.ndarray | None:
+    """Index of each (source row, id)'s first occurrence, or None when all are distinct."""
+    n = len(source_rows)
+    if isinstance(keys, np.ndarray):
+        order = np.lexsort((source_rows, keys))     # stable: a group's first is its earliest row
+        k, s = keys[order], source_rows[order]
+        starts = np.r_[True, (k[1:] != k[:-1]) | (s[1:] != s[:-1])]
+        if starts.all():
+            return None
+        first = np.empty(n, dtype=np.int64)
+        first[order] = order[np.flatnonzero(starts)][np.cumsum(starts) - 1]
+        return first
+    seen: dict = {}
+    first = np.array([seen.setdefault((int(r), k), i) for i, (r, k) in enumerate(
+        zip(source_rows.tolist(), keys, strict=True))], dtype=np.int64)
+    return None if len(seen) == n else first
 
 
 def _as_timestamps(timestamps: Any, n: int) -> np.ndarray:

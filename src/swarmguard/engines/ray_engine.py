@@ -950,7 +950,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                 "evidence_ids": _take(ev, rows), "agent_ids": _take(ag, rows), "evidence_types": codes[rows],
                 "log_odds": lo[rows], "confidences": conf[rows], "timestamps": ts[rows],
                 "source_nodes": _take(src, rows)})
-        every_id = self.ray.put((ev, part))
+        every_id = self.ray.put((ev, src, part))
         # Phase 1: every partition checks (nothing changes); phase 2: the partitions add.
         self._gather([(h, "check", (batches.get(p), every_id, p), False)
                       for p, h in enumerate(self.evidence_shards)])

@@ -408,33 +408,46 @@ class EvidenceShard(_Versioned):
         self.consensus = StableBayesianConsensus(**self.kwargs)
         self._fused: dict[str, Any] | None = None
 
-    def check(self, expect: int, batch: dict[str, Any] | None, every: tuple[Any, np.ndarray], me: int) -> None:
+    def check(self, expect: int, batch: dict[str, Any] | None, every: tuple[Any, Any, np.ndarray], me: int) -> None:
         """Raise as :meth:`add` of ``batch`` would, changing nothing; also refuse the whole
-        batch's ids routed to other partitions (``every``: all ids, their partitions) that
-        this partition holds or receives too: the same id for another agent."""
+        batch's evidence routed to other partitions (``every``: all ids, their sources,
+        their partitions) whose key ``(source, evidence_id)`` this partition holds or
+        receives too: the same evidence for another agent."""
         self._check(expect)
         if batch is not None:
             self.consensus.check_evidence_batch(**batch)
-        ids, part = every
+        ids, sources, part = every
         away = np.flatnonzero(part != me)
         if away.size == 0:
             return
-        foreign = ids[away] if isinstance(ids, np.ndarray) else [ids[i] for i in away.tolist()]
-        n = len(foreign)
-        conflict = (self.consensus._ledger.evidence.rows_of(foreign) >= 0 if self.consensus.evidence_count
-                    else np.zeros(n, dtype=bool))
+
+        def take(col, rows):
+            return col[rows] if isinstance(col, np.ndarray) else [col[i] for i in rows.tolist()]
+
+        foreign, foreign_src = take(ids, away), take(sources, away)
+        conflict = self.consensus._holds_evidence(foreign, foreign_src)
         if batch is not None:
             mine = batch["evidence_ids"]
+            # Ids first (vectorised for integer or string arrays), then the few candidates' keys.
             if (isinstance(foreign, np.ndarray) and isinstance(mine, np.ndarray)
                     and foreign.dtype.kind == mine.dtype.kind and foreign.dtype.kind in "iuU"):
-                conflict = conflict | np.isin(foreign, mine)
+                candidates = np.flatnonzero(np.isin(foreign, mine)).tolist()
             else:
-                seen = set(mine.tolist() if isinstance(mine, np.ndarray) else mine)
+                ids_here = set(mine.tolist() if isinstance(mine, np.ndarray) else mine)
                 items = foreign.tolist() if isinstance(foreign, np.ndarray) else foreign
-                conflict = conflict | np.fromiter((k in seen for k in items), dtype=bool, count=n)
+                candidates = [i for i, k in enumerate(items) if k in ids_here]
+            if candidates:
+                def listed(col):
+                    return col.tolist() if isinstance(col, np.ndarray) else list(col)
+                keys_here = set(zip(listed(batch["source_nodes"]), listed(mine), strict=True))
+                f_ids, f_src = listed(foreign), listed(foreign_src)
+                for i in candidates:
+                    if (f_src[i], f_ids[i]) in keys_here:
+                        conflict[i] = True
         if conflict.any():
             i = int(np.flatnonzero(conflict)[0])
-            raise DuplicateEvidenceError(f"evidence_id {foreign[i]!r} is given for two different agents")
+            raise DuplicateEvidenceError(f"evidence_id {foreign[i]!r} of source {foreign_src[i]!r} "
+                                         f"is given for two different agents")
 
     def add(self, expect: int, batch: dict[str, Any]) -> int:
         self._check(expect)

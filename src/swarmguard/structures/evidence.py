@@ -16,6 +16,16 @@ Layout
   rows in one pass, which gives the same bits. Partitions are the unit that
   later moves onto workers.
 
+Evidence ids
+------------
+Evidence ids are unique per source: the key of an evidence is
+``(source row, evidence_id)``, so one source cannot squat another's ids. The
+common case (ids distinct across all sources) stays a single :class:`KeyIndex`
+over ``evidence_id`` whose row is the sequence number (``evidence_seq`` is
+None: the identity). Only an id that a *second* source uses too is kept in the
+small dict ``shared`` (``(source row, id) -> seq``); from the first such id on,
+``evidence_seq`` maps the index's rows to sequence numbers.
+
 The ledger knows nothing about validation or the consensus rule; it is fed
 validated arrays by :mod:`swarmguard.api.consensus`.
 """
@@ -173,7 +183,10 @@ class EvidenceLedger:
 
     def __init__(self, partition_size: int):
         self.partition_size = int(partition_size)
-        self.evidence = KeyIndex()
+        self.evidence = KeyIndex()  # evidence_id -> row, for the first source that used the id
+        self.evidence_seq: np.ndarray | None = None  # row of ``evidence`` -> seq (None: identity)
+        self.shared: dict[tuple[int, object], int] = {}  # (source row, id) -> seq, ids already used
+        self.source_counts = np.zeros(0, dtype=np.int64)  # accepted evidence per source row
         self.agents = KeyIndex()
         self.sources = KeyIndex()
         self.columns = {name: np.zeros(0, dtype=dt) for name, dt in _COLUMNS.items()}
@@ -207,6 +220,9 @@ class EvidenceLedger:
         if n == 0:
             self.version += 1
             return start
+        counts = np.bincount(source_row, minlength=max(source_top + 1, self.source_counts.size))
+        counts[: self.source_counts.size] += self.source_counts
+        self.source_counts = counts.astype(np.int64, copy=False)
         n_shards = (top >> _SHARD_SHIFT) + 1
         while len(self.shards) < n_shards:
             self.shards.append([])
@@ -282,6 +298,71 @@ class EvidenceLedger:
             grown[: self.size] = col[: self.size]
             self.columns[name] = grown
 
+    # ------------------------------------------------------------------ evidence ids
+    def seq_of(self, evidence_id, source_row: int) -> tuple[int, int]:
+        """(seq of the evidence ``(source_row, evidence_id)`` or -1, row of the id in
+        :attr:`evidence` or -1: whether some source already uses the id)."""
+        row = self.evidence.row_of(evidence_id)
+        if row < 0:
+            return -1, -1
+        seq = row if self.evidence_seq is None else int(self.evidence_seq[row])
+        if int(self.columns["source_row"][seq]) == source_row:
+            return seq, row
+        return self.shared.get((int(source_row), evidence_id), -1), row
+
+    def seqs_of(self, evidence_ids, source_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Vectorised :meth:`seq_of`: (seqs, rows in :attr:`evidence`), -1 where none.
+        ``source_rows`` may hold planned rows of new sources (they match nothing)."""
+        n = len(source_rows)
+        if len(self.evidence) == 0:
+            none = np.full(n, -1, dtype=np.int64)
+            return none, none.copy()
+        rows = self.evidence.rows_of(evidence_ids)
+        seqs = rows.copy() if self.evidence_seq is None else np.where(rows >= 0, self.evidence_seq[rows], -1)
+        hit = np.flatnonzero(seqs >= 0)
+        if hit.size:
+            other = hit[self.columns["source_row"][seqs[hit]] != source_rows[hit]]
+            for i in other.tolist():   # ids another source used first: rare, a dict lookup each
+                seqs[i] = self.shared.get((int(source_rows[i]), _key(evidence_ids, i)), -1)
+        return seqs, rows
+
+    def index_evidence(self, evidence_ids, source_rows: np.ndarray, claimed: np.ndarray, start: int) -> None:
+        """Record the ids of new evidence with seqs ``start, start + 1, ...``: each id
+        is new for its source; ``claimed`` (bool) says which ids some source already
+        uses (earlier, or earlier in this batch): those go to :attr:`shared`."""
+        n = len(source_rows)
+        if not claimed.any():
+            if self.evidence_seq is not None:
+                self.evidence_seq = np.concatenate([self.evidence_seq,
+                                                    np.arange(start, start + n, dtype=np.int64)])
+            if n:
+                self.evidence.add_new(evidence_ids)
+            return
+        if self.evidence_seq is None:
+            self.evidence_seq = np.arange(len(self.evidence), dtype=np.int64)
+        fresh = np.flatnonzero(~claimed)
+        if fresh.size:
+            ids = (evidence_ids[fresh] if isinstance(evidence_ids, np.ndarray)
+                   else [evidence_ids[i] for i in fresh.tolist()])
+            self.evidence.add_new(ids)
+            self.evidence_seq = np.concatenate([self.evidence_seq, start + fresh.astype(np.int64)])
+        for i in np.flatnonzero(claimed).tolist():
+            self.shared[(int(source_rows[i]), _key(evidence_ids, i))] = start + i
+
+    def evidence_ids(self) -> np.ndarray | list:
+        """The evidence id of every seq (an int64 array while ids are ints, else a list)."""
+        rows = np.arange(len(self.evidence), dtype=np.int64)
+        keys = self.evidence.keys_of(rows)
+        if self.evidence_seq is None and not self.shared:
+            return keys if keys.dtype != object else keys.tolist()
+        seqs = rows if self.evidence_seq is None else self.evidence_seq
+        ints = keys.dtype != object and all(type(k) is int for _, k in self.shared)
+        out = np.zeros(self.size, dtype=np.int64) if ints else np.empty(self.size, dtype=object)
+        out[seqs] = keys
+        for (_, k), seq in self.shared.items():
+            out[seq] = k
+        return out if ints else out.tolist()
+
     # ------------------------------------------------------------------ reads
     def row(self, seq: int) -> tuple:
         """The stored fields of evidence ``seq`` (for duplicate checks)."""
@@ -341,6 +422,11 @@ class EvidenceLedger:
         parts = [p.sums().select_agent(agent_row - lo) for p in self.shards[shard]]
         a, s, c, t, ac, at = PairSums.merged_totals(parts, agent_row - lo + 1, prior)
         return ShardTotals(agent_row, a - (agent_row - lo), s, c, t, ac[-1:], at[-1:])
+
+
+def _key(keys, i: int):
+    """The id at position ``i`` as a Python object (ints of int64 arrays as int)."""
+    return int(keys[i]) if isinstance(keys, np.ndarray) and keys.dtype.kind in "iu" else keys[i]
 
 
 def _join(parts: list[np.ndarray]) -> np.ndarray:
