@@ -26,18 +26,18 @@ import numpy as np
 from scipy.special import expit, log_expit, logit
 
 from ..errors import (
-    EvidenceStoreError,
-    SwarmGuardError,
     DimensionMismatchError,
     DuplicateEvidenceError,
+    EvidenceStoreError,
     InvalidInputError,
     InvalidTypeError,
+    SwarmGuardError,
     UnknownAgentError,
 )
+from ..locking import Locked, synchronized
 from ..structures.evidence import EvidenceLedger
 from ..structures.evidence_store import EvidenceStore, float_bits
 from ..structures.key_index import KeyIndex
-from ..locking import Locked, synchronized
 from ..structures.robust_fusion import SourceEvents, fuse, peel_sources, source_events
 from ..validation import as_float_vector, check_fraction, check_key, check_positive_int
 from .evidence_types import BayesianEvidence, EvidenceType, check_timestamp
