@@ -42,9 +42,17 @@ from ..structures.robust_fusion import SourceEvents, fuse, peel_sources, source_
 from ..validation import as_float_vector, check_fraction, check_key, check_positive_int
 from .evidence_types import BayesianEvidence, EvidenceType, check_timestamp
 
-__all__ = ["StableBayesianConsensus", "BayesianEvidence", "EvidenceType"]
+__all__ = ["StableBayesianConsensus", "BayesianEvidence", "EvidenceType", "PROBATION_EVIDENCE"]
 
 _AGGREGATIONS = ("robust", "sum")
+PROBATION_EVIDENCE = 10  # accepted evidence a source needs before it votes (see StableBayesianConsensus)
+
+
+def established_sources(counts: np.ndarray, trusted: np.ndarray, probation: int) -> np.ndarray:
+    """Mask of the sources that vote: trusted, or at least ``probation`` accepted evidence;
+    every source when none qualifies (a young consensus has no known source to protect)."""
+    voting = (np.asarray(counts) >= probation) | np.asarray(trusted, dtype=bool)
+    return voting if voting.any() else np.ones(voting.size, dtype=bool)
 
 
 class StableBayesianConsensus(Locked):
@@ -81,6 +89,14 @@ class StableBayesianConsensus(Locked):
         source reputation whenever evidence changed; above, it reuses the last
         one (``reputation_stale`` says so) until :meth:`consensus_many` or
         :meth:`source_reputation` recomputes it.
+    probation_evidence : int
+        Sybil resistance: a source has a vote only once it has contributed this
+        many accepted evidence (default ``PROBATION_EVIDENCE`` = 10; trusted
+        sources always vote; 1 turns probation off). While any source votes, the
+        others are on probation: left out of the fusion and of the flagging (as
+        judges and as judged) on every agent that some voting source reports on;
+        an agent that only sources on probation report on is fused from them but
+        never reaches consensus. See docs/consensus.md.
 
     Examples
     --------
@@ -99,7 +115,7 @@ class StableBayesianConsensus(Locked):
                  prior_probability: float = 0.5, *, aggregation: str = "robust",
                  store: str | Path | None = None, false_flag_rate: float = 1e-6,
                  min_sources: int = 1, reputation_refresh_limit: int = 200_000,
-                 trusted_sources: Sequence[Hashable] = ()):
+                 trusted_sources: Sequence[Hashable] = (), probation_evidence: int = None):
         self.byzantine_threshold = check_fraction(byzantine_threshold, "byzantine_threshold",
                                                   low=0.0, high=0.5, high_open=True)
         self.partition_size = check_positive_int(partition_size, "partition_size")
@@ -115,6 +131,8 @@ class StableBayesianConsensus(Locked):
         if isinstance(trusted_sources, (str, bytes)):
             trusted_sources = (trusted_sources,)
         self.trusted_sources = frozenset(check_key(t, "trusted_sources") for t in trusted_sources)
+        self.probation_evidence = check_positive_int(
+            PROBATION_EVIDENCE if probation_evidence is None else probation_evidence, "probation_evidence")
         self.prior_log_odds = float(logit(self.prior_probability))
         super().__init__()   # the lock: every public method runs under it (see swarmguard.locking)
         self._ledger = EvidenceLedger(self.partition_size)
@@ -332,7 +350,9 @@ class StableBayesianConsensus(Locked):
         ``byzantine_nodes`` (flagged sources among this agent's sources),
         ``consensus_reached``, ``log_odds_interval`` (robust interval),
         ``sum_log_odds`` (plain exact sum), ``trimmed_per_side``,
-        ``aggregation`` and ``reputation_stale``.
+        ``probation_source_count`` (the agent's sources on probation, left out),
+        ``aggregation`` and ``reputation_stale``. ``source_count`` counts the
+        sources that vote on the agent.
         """
         agent_id = check_key(agent_id, "agent_id")
         if self._ledger.agents.row_of(agent_id) < 0:
@@ -340,20 +360,30 @@ class StableBayesianConsensus(Locked):
         flagged, stale = self._flags_for_single()
         return self._consensus_of(agent_id, flagged, stale)
 
-    def _consensus_of(self, agent_id: Hashable, flagged: np.ndarray, stale: bool) -> dict[str, Any]:
-        """:meth:`consensus` given the source flags (``flagged[source row]``), which may come from elsewhere."""
+    def _consensus_of(self, agent_id: Hashable, flagged: np.ndarray, stale: bool,
+                      established: np.ndarray | None = None) -> dict[str, Any]:
+        """:meth:`consensus` given the source flags (``flagged[source row]``) and the voting
+        sources (``established[source row]``, default: this consensus's own), which may
+        come from elsewhere."""
         row = self._ledger.agents.row_of(agent_id)
         if row < 0:
             raise UnknownAgentError(f"no evidence for agent {agent_id!r}")
+        if established is None:
+            established = self._established()
         totals = self._ledger.agent_totals(row, self.prior_log_odds)
-        fusion = fuse(totals.pair_agent, totals.pair_total, 1, self.byzantine_threshold, self.prior_log_odds)
-        src = totals.pair_source
+        src, total = totals.pair_source, totals.pair_total
+        vote = established[src]
+        young = not vote.any()
+        if young:
+            vote = np.ones(src.size, dtype=bool)
+        src, total = src[vote], total[vote]
+        fusion = fuse(np.zeros(src.size, dtype=np.int64), total, 1, self.byzantine_threshold, self.prior_log_odds)
         bad = src[(src < flagged.size)]
         bad = bad[flagged[bad]] if bad.size else bad
         n, f = int(fusion.n_sources[0]), int(fusion.trimmed[0])
         sum_lo = float(totals.agent_total[0])
         log_odds = float(fusion.log_odds[0]) if self.aggregation == "robust" else sum_lo
-        reached = self._reached(np.array([n]), np.array([f]), np.array([bad.size]))[0]
+        reached = self._reached(np.array([n]), np.array([f]), np.array([bad.size]), np.array([young]))[0]
         p, logp, log1mp = _probabilities(np.array([log_odds]))
         return {
             "agent_id": agent_id,
@@ -368,6 +398,7 @@ class StableBayesianConsensus(Locked):
             "log_odds_interval": (float(fusion.low[0]), float(fusion.high[0])),
             "sum_log_odds": sum_lo,
             "trimmed_per_side": f,
+            "probation_source_count": int(totals.pair_source.size - (0 if young else n)),
             "aggregation": self.aggregation,
             "reputation_stale": stale,
         }
@@ -381,8 +412,8 @@ class StableBayesianConsensus(Locked):
         ``consensus_reached``, ``log_odds_low``, ``log_odds_high``,
         ``sum_log_odds`` (the plain exact sums: always in ``"sum"`` mode, with
         ``include_sum=True`` in ``"robust"`` mode, else NaN, as they cost one
-        more pass), ``byzantine_source_count``; plus ``byzantine_nodes``, the
-        flagged sources (a list).
+        more pass), ``byzantine_source_count``, ``probation_source_count``; plus
+        ``byzantine_nodes``, the flagged sources (a list).
         """
         g = self._global_pass(need_sum=include_sum)
         ledger = self._ledger
@@ -396,7 +427,7 @@ class StableBayesianConsensus(Locked):
                 raise UnknownAgentError(f"no evidence for agent {_key_at(keys, i)!r}")
         log_odds = g["robust"][rows] if self.aggregation == "robust" else g["sum"][rows]
         p, logp, _ = _probabilities(log_odds)
-        reached = self._reached(g["n"][rows], g["f"][rows], g["n_flagged"][rows])
+        reached = self._reached(g["n"][rows], g["f"][rows], g["n_flagged"][rows], g["young"][rows])
         return {
             "agent_ids": ledger.agents.keys_of(rows),
             "probability": p,
@@ -409,6 +440,7 @@ class StableBayesianConsensus(Locked):
             "log_odds_high": g["high"][rows],
             "sum_log_odds": g["sum"][rows],
             "byzantine_source_count": g["n_flagged"][rows],
+            "probation_source_count": g["probation"][rows],
             "byzantine_nodes": [ledger.sources.key_of(int(s)) for s in np.flatnonzero(g["flagged"])],
         }
 
@@ -441,10 +473,34 @@ class StableBayesianConsensus(Locked):
         return [self._ledger.sources.key_of(int(s)) for s in np.flatnonzero(g["flagged"])]
 
     # ================================================================== internals
-    def _reached(self, n: np.ndarray, f: np.ndarray, n_flagged: np.ndarray) -> np.ndarray:
+    def _reached(self, n: np.ndarray, f: np.ndarray, n_flagged: np.ndarray,
+                 young: np.ndarray | None = None) -> np.ndarray:
+        """Consensus reached: enough sources vote, few enough are flagged, and some
+        source out of probation reports on the agent (``young``: none does)."""
         if self.aggregation == "sum":
-            return (n >= self.min_sources) & (n_flagged == 0)
-        return (n - 2 * f >= self.min_sources) & (n_flagged <= f)
+            ok = (n >= self.min_sources) & (n_flagged == 0)
+        else:
+            ok = (n - 2 * f >= self.min_sources) & (n_flagged <= f)
+        return ok if young is None else ok & ~young
+
+    def _trusted_mask(self, keys: Sequence[Hashable] | None = None) -> np.ndarray:
+        """Trusted sources, per source row (or per key of ``keys``)."""
+        if keys is not None:
+            return np.array([k in self.trusted_sources for k in keys], dtype=bool)
+        trusted = np.zeros(len(self._ledger.sources), dtype=bool)
+        for key in self.trusted_sources:
+            row = self._ledger.sources.row_of(key)
+            if row >= 0:
+                trusted[row] = True
+        return trusted
+
+    def _established(self) -> np.ndarray:
+        """Voting sources per source row (see ``probation_evidence``)."""
+        n = len(self._ledger.sources)
+        counts = np.zeros(n, dtype=np.int64)
+        have = self._ledger.source_counts[:n]
+        counts[: have.size] = have
+        return established_sources(counts, self._trusted_mask(), self.probation_evidence)
 
     def _flags_for_single(self) -> tuple[np.ndarray, bool]:
         g = self._global
@@ -455,34 +511,59 @@ class StableBayesianConsensus(Locked):
             return np.zeros(0, dtype=bool), True
         return g["flagged"], not current
 
-    def _fuse_shards(self, need_sum: bool = False):
+    def _fuse_shards(self, need_sum: bool = False, established: np.ndarray | None = None):
         """Exact totals and robust fusion of every ledger shard, and the source events.
 
         Returns ``(per-agent arrays, SourceEvents, pair_agents, pair_sources,
         shard_pairs)``: ``pair_agents`` holds (first agent row, local agent rows)
         per shard, ``shard_pairs`` each shard's (pair_agent, pair_source,
-        pair_total, n_agents) for peeling. Shared by :meth:`_global_pass` and by
+        pair_total, n_agents) for peeling (the pairs of voting sources).
+        ``established``: the voting sources per source row (default: from this
+        consensus's own evidence counts; the Ray engine passes the global ones). Shared by :meth:`_global_pass` and by
         the Ray engine's evidence partitions.
         """
         ledger = self._ledger
         n_agents, n_sources = len(ledger.agents), len(ledger.sources)
+        if established is None:
+            established = self._established()
         out = {name: np.zeros(n_agents, dtype=dt) for name, dt in
                (("robust", float), ("sum", float), ("low", float), ("high", float),
-                ("n", np.int64), ("f", np.int64), ("count", np.int64))}
+                ("n", np.int64), ("f", np.int64), ("count", np.int64), ("probation", np.int64),
+                ("young", bool))}
         events = SourceEvents.zeros(n_sources)
         pair_agents, pair_sources, shard_pairs = [], [], []
+        everyone = bool(established.all())
         for s in range(len(ledger.shards)):
             t = ledger.shard_totals(s, self.prior_log_odds, agent_sums=need_sum)
             k = t.agent_count.size
-            fu = fuse(t.pair_agent, t.pair_total, k, self.byzantine_threshold, self.prior_log_odds)
             sl = slice(t.agent_lo, t.agent_lo + k)
+            agent, source, total = t.pair_agent, t.pair_source, t.pair_total
+            est = None if everyone else established[source]
+            if est is None or est.all():
+                fu = fuse(agent, total, k, self.byzantine_threshold, self.prior_log_odds)
+                shard_pairs.append((agent, source, total, k))
+            else:
+                # Sources on probation vote only where no voting source reports (and those
+                # agents never reach consensus); they judge no one and are not judged.
+                has_vote = np.bincount(agent[est], minlength=k) > 0
+                vote = est | ~has_vote[agent]
+                out["young"][sl] = ~has_vote & (t.agent_count > 0)
+                out["probation"][sl] = np.bincount(agent[~vote], minlength=k)
+                judged = est[vote]
+                agent, source, total = agent[vote], source[vote], total[vote]
+                fu = fuse(agent, total, k, self.byzantine_threshold, self.prior_log_odds)
+                fu.pair_low_event &= judged
+                fu.pair_high_event &= judged
+                fu.pair_low_mu = np.where(judged, fu.pair_low_mu, 0.0)
+                fu.pair_high_mu = np.where(judged, fu.pair_high_mu, 0.0)
+                shard_pairs.append((agent[judged], source[judged], total[judged], k))
             out["robust"][sl], out["sum"][sl] = fu.log_odds, t.agent_total
             out["low"][sl], out["high"][sl] = fu.low, fu.high
             out["n"][sl], out["f"][sl], out["count"][sl] = fu.n_sources, fu.trimmed, t.agent_count
-            events += source_events(t.pair_source, fu, n_sources)
-            pair_agents.append((t.agent_lo, t.pair_agent))
-            pair_sources.append(t.pair_source)
-            shard_pairs.append((t.pair_agent, t.pair_source, t.pair_total, k))
+            events += source_events(source, fu, n_sources)
+            pair_agents.append((t.agent_lo, agent))
+            pair_sources.append(source)
+        out["established"] = established
         return out, events, pair_agents, pair_sources, shard_pairs
 
     def _global_pass(self, need_sum: bool = False) -> dict[str, Any]:
@@ -498,12 +579,10 @@ class StableBayesianConsensus(Locked):
             return g
         n_agents, n_sources = len(ledger.agents), len(ledger.sources)
         out, events, pair_agents, pair_sources, shard_pairs = self._fuse_shards(need_sum)
-        trusted = np.zeros(n_sources, dtype=bool)
-        for key in self.trusted_sources:          # fused like any source, never flagged
-            row = ledger.sources.row_of(key)
-            if row >= 0:
-                trusted[row] = True
-        flagged, tail = peel_sources(events, shard_pairs, n_sources, self.false_flag_rate, never=trusted)
+        trusted = self._trusted_mask()          # fused like any source, never flagged
+        established = out["established"]        # sources on probation are never judged
+        flagged, tail = peel_sources(events, shard_pairs, n_sources, self.false_flag_rate,
+                                     never=trusted | ~established, n_tested=int(established.sum()))
         n_flagged = _count_flagged(pair_agents, pair_sources, flagged, n_agents)
         out.update(flagged=flagged, tail=tail, events=events, n_flagged=n_flagged, version=ledger.version,
                    has_sum=need_sum)
