@@ -809,3 +809,83 @@ def test_a_damaged_or_tampered_store_raises_evidence_store_error(tmp_path, damag
         conn.close()
     with pytest.raises(EvidenceStoreError):
         StableBayesianConsensus(store=path)
+
+
+# ------------------------------------------------------------------ Sybil resistance (probation)
+def _honest_and_sybils(probation=None):
+    """10 honest sources, 500 evidence each over agents 0..199; then 1 600 throw-away source
+    ids with one contradictory piece each: 20 on each of agents 0..79, and 200 more alone on
+    agents 1000..1009 that no honest source reports on."""
+    rng = np.random.default_rng(0)
+    kw = {} if probation is None else {"probation_evidence": probation}
+    c = StableBayesianConsensus(**kw)
+    src = np.repeat(np.arange(10), 500)
+    agents = np.concatenate([rng.permutation(np.tile(np.arange(200), 3))[:500] for _ in range(10)])
+    truth = np.where(np.arange(200) % 2 == 0, 2.0, -2.0)
+    lo = truth[agents] + rng.normal(size=src.size) * 0.5
+    c.add_evidence_batch(np.arange(src.size), agents, "peer_report", lo, np.ones(src.size), np.zeros(src.size), src)
+    before = c.consensus_many(include_sum=True)
+    touched = np.repeat(np.arange(80), 20)
+    alone = np.repeat(np.arange(1000, 1010), 20)
+    sa = np.concatenate([touched, alone])
+    s = sa.size
+    lies = np.where(sa < 200, -truth[sa % 200] * 1000.0, 1000.0) + rng.normal(size=s)
+    # Each Sybil reuses an honest source's evidence id too: ids are per source, so no conflict.
+    c.add_evidence_batch(np.arange(s), sa, "peer_report", lies, np.ones(s), np.zeros(s), 10_000 + np.arange(s))
+    return c, before, c.consensus_many(include_sum=True)
+
+
+def test_without_probation_throwaway_sources_get_honest_sources_flagged():
+    # The reproducer: with probation off, the attack flags every honest source and stops
+    # consensus on agents the Sybils never touched (what probation exists to prevent).
+    _, before, after = _honest_and_sybils(probation=1)
+    assert set(range(10)) <= set(after["byzantine_nodes"])
+    keys = list(after["agent_ids"])
+    untouched = [keys.index(a) for a in range(80, 200)]
+    assert before["consensus_reached"][80:200].all() and not after["consensus_reached"][untouched].any()
+
+
+def test_throwaway_sources_cannot_outvote_or_flag_known_sources():
+    c, before, after = _honest_and_sybils()
+    assert not set(range(10)) & set(after["byzantine_nodes"])
+    keys = list(after["agent_ids"])
+    honest_agents = [keys.index(a) for a in range(200)]
+    # Every agent an established source reports on: consensus bit for bit as before the attack
+    # (touched ones included: sources on probation have no vote there) and reached.
+    for name in ("log_odds", "log_odds_low", "log_odds_high", "source_count"):
+        assert after[name][honest_agents].tobytes() == before[name][:200].tobytes(), name
+    assert after["consensus_reached"][honest_agents].all()
+    assert (after["probation_source_count"][honest_agents][:80] == 20).all()
+    # The plain exact sum still holds every piece (no protection in "sum" terms, by definition).
+    assert after["sum_log_odds"][keys.index(0)] != before["sum_log_odds"][0]
+    # Agents only sources on probation report on: fused from them, never reached.
+    alone = [keys.index(a) for a in range(1000, 1010)]
+    assert not after["consensus_reached"][alone].any()
+    assert (after["source_count"][alone] == 20).all()
+    one = c.consensus(1000)
+    assert one["consensus_reached"] is False and one["source_count"] == 20
+    single = c.consensus(3)
+    assert single["log_odds"] == after["log_odds"][keys.index(3)] and single["probation_source_count"] == 20
+    assert c.source_reputation()[10_000]["flagged"] is False
+
+
+def test_a_source_votes_once_it_has_contributed_probation_evidence():
+    c = StableBayesianConsensus(probation_evidence=3)
+    for i, node in enumerate("abcde"):   # five known sources, 3 evidence each on agents 0..2
+        c.add_evidence_batch([f"{node}{k}" for k in range(3)], [0, 1, 2], "peer_report", [1.0 + i / 10] * 3,
+                             [1.0] * 3, [0.0] * 3, [node] * 3)
+    c.add_evidence_sync(BayesianEvidence("n0", 0, "peer_report", 50.0, 1.0, 0.0, "newcomer"))
+    r = c.consensus(0)
+    assert r["source_count"] == 5 and r["probation_source_count"] == 1
+    assert r["log_odds"] == 5 / 3 * math.fsum([1.1, 1.2, 1.3])   # trimmed mean of the five, f = 1
+    c.add_evidence_batch(["n1", "n2"], [5, 6], "peer_report", [1.0, 1.0], [1.0] * 2, [0.0] * 2, ["newcomer"] * 2)
+    r = c.consensus(0)
+    assert r["source_count"] == 6 and r["probation_source_count"] == 0
+    many = c.consensus_many()
+    assert many["source_count"][0] == 6 and many["log_odds"][0] == r["log_odds"]
+    # A young consensus (no source has contributed enough yet): every source votes.
+    young = StableBayesianConsensus(probation_evidence=3)
+    young.add_evidence_batch([1, 2], [0, 0], "peer_report", [1.0, 2.0], [1.0] * 2, [0.0] * 2, ["a", "b"])
+    assert young.consensus(0)["source_count"] == 2 and young.consensus(0)["consensus_reached"]
+    with pytest.raises(InvalidInputError):
+        StableBayesianConsensus(probation_evidence=0)
