@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from .key_index import KeyIndex
-from .pair_sums import PairSums
+from .pair_sums import PairSums, _int_array
 
 __all__ = ["EvidenceLedger", "EvidencePartition", "AGENTS_PER_SHARD"]
 
@@ -140,22 +140,32 @@ class EvidencePartition:
 
     @classmethod
     def from_dict(cls, state: dict[str, np.ndarray]) -> EvidencePartition:
-        """Inverse of :meth:`to_dict` (validated)."""
+        """Inverse of :meth:`to_dict`, validated: integer rows in range (local agent rows
+        below ``AGENTS_PER_SHARD``, source rows below 2**31 - 1, seqs >= 0), finite float
+        contributions, equal lengths; anything else raises
+        :class:`~swarmguard.errors.InvalidInputError` (never a silent cast)."""
+        if not isinstance(state, dict):
+            raise InvalidInputError(f"partition state must be a dict, got {type(state).__name__}")
         try:
-            capacity = int(np.asarray(state["capacity"]))
-            cols = [np.asarray(state[k]) for k in ("seq", "agent", "source", "contribution")]
+            capacity = int(_int_array(state["capacity"], "capacity", 1, 1 << 62, ndim=0))
+            seq = _int_array(state["seq"], "seq", 0, 1 << 63)
+            agent = _int_array(state["agent"], "agent", 0, AGENTS_PER_SHARD)
+            source = _int_array(state["source"], "source", 0, (1 << 31) - 1)
+            contribution = np.asarray(state["contribution"])
         except KeyError as exc:
             raise InvalidInputError(f"partition state lacks field {exc}") from exc
         except (TypeError, ValueError) as exc:
             raise InvalidInputError(f"partition state is malformed: {exc}") from exc
-        sizes = {c.shape for c in cols}
-        if len(sizes) != 1 or cols[0].ndim != 1 or not 0 <= cols[0].size <= capacity or capacity < 1:
+        if contribution.dtype.kind != "f" or contribution.ndim != 1:
+            raise InvalidInputError(f"partition contributions must be a 1-D float array, got dtype "
+                                    f"{contribution.dtype}, shape {contribution.shape}")
+        if len({seq.shape, agent.shape, source.shape, contribution.shape}) != 1 or seq.size > capacity:
             raise InvalidInputError("partition state has inconsistent columns or capacity")
-        if not np.isfinite(cols[3].astype(np.float64)).all():
+        contribution = contribution.astype(np.float64)
+        if not np.isfinite(contribution).all():
             raise InvalidInputError("partition contributions must be finite")
         part = cls(capacity)
-        part.extend(cols[0].astype(np.int64), cols[1].astype(np.int32), cols[2].astype(np.int32),
-                    cols[3].astype(np.float64))
+        part.extend(seq.astype(np.int64), agent.astype(np.int32), source.astype(np.int32), contribution)
         return part
 
     def sums(self) -> PairSums:
