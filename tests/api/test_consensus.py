@@ -889,3 +889,56 @@ def test_a_source_votes_once_it_has_contributed_probation_evidence():
     assert young.consensus(0)["source_count"] == 2 and young.consensus(0)["consensus_reached"]
     with pytest.raises(InvalidInputError):
         StableBayesianConsensus(probation_evidence=0)
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from([0, 1, 2, 3, "x", "y"]), st.integers(0, 2),
+                          st.sampled_from([0.5, -1.0, 2.0]), st.booleans()), min_size=1, max_size=40),
+       st.integers(1, 4))
+@settings(max_examples=120, deadline=None)
+def test_ids_per_source_match_a_dictionary_model(ops, chunk):
+    """Single adds and batches of (source, id) keys against a plain dict of keys: the same
+    accepted set, the same refusals, and sums equal to math.fsum of the accepted evidence."""
+    c = StableBayesianConsensus(partition_size=3)
+    model: dict = {}
+    i = 0
+    while i < len(ops):
+        part = ops[i:i + chunk]
+        i += chunk
+        single = part[0][4]
+        rows = part[:1] if single else part
+        trial = dict(model)
+        refused = False
+        for src, eid, agent, lo, _ in rows:
+            key, content = (src, eid), (agent, lo)
+            if key in trial and trial[key] != content:
+                refused = True
+            trial.setdefault(key, content)
+        before = c.state_fingerprint()
+        if single:
+            src, eid, agent, lo, _ = rows[0]
+            call = lambda: c.add_evidence_sync(BayesianEvidence(eid, agent, "peer_report", lo, 1.0, 0.0, src))  # noqa: E731
+        else:
+            call = lambda: c.add_evidence_batch([r[1] for r in rows], [r[2] for r in rows], "peer_report",  # noqa: E731
+                                                [r[3] for r in rows], [1.0] * len(rows), [0.0] * len(rows),
+                                                [r[0] for r in rows])
+        if refused:
+            with pytest.raises(DuplicateEvidenceError):
+                call()
+            assert c.state_fingerprint() == before
+        else:
+            added = call()
+            assert int(added) == len(trial) - len(model)
+            model = trial
+    assert c.evidence_count == len(model)
+    exported = c.export_evidence()
+    ids = exported["evidence_ids"]
+    ids = ids.tolist() if isinstance(ids, np.ndarray) else ids
+    assert sorted(map(repr, zip(exported["source_nodes"] if isinstance(exported["source_nodes"], list)
+                                else exported["source_nodes"].tolist(), ids, strict=True))) == \
+        sorted(map(repr, model))
+    if model:
+        many = c.consensus_many(include_sum=True)
+        keys = list(many["agent_ids"])
+        for a in {v[0] for v in model.values()}:
+            want = math.fsum(v[1] for v in model.values() if v[0] == a)
+            assert bits(many["sum_log_odds"][keys.index(a)]) == bits(want)

@@ -195,6 +195,7 @@ class EvidenceLedger:
         self.partition_size = int(partition_size)
         self.evidence = KeyIndex()  # evidence_id -> row, for the first source that used the id
         self.evidence_seq: np.ndarray | None = None  # row of ``evidence`` -> seq (None: identity)
+        self._seq_buffer = np.zeros(0, dtype=np.int64)  # evidence_seq is a view of its start
         self.shared: dict[tuple[int, object], int] = {}  # (source row, id) -> seq, ids already used
         self.source_counts = np.zeros(0, dtype=np.int64)  # accepted evidence per source row
         self.agents = KeyIndex()
@@ -328,10 +329,12 @@ class EvidenceLedger:
             none = np.full(n, -1, dtype=np.int64)
             return none, none.copy()
         rows = self.evidence.rows_of(evidence_ids)
-        seqs = rows.copy() if self.evidence_seq is None else np.where(rows >= 0, self.evidence_seq[rows], -1)
+        seqs = rows if self.evidence_seq is None else np.where(rows >= 0, self.evidence_seq[rows], -1)
         hit = np.flatnonzero(seqs >= 0)
         if hit.size:
             other = hit[self.columns["source_row"][seqs[hit]] != source_rows[hit]]
+            if other.size and seqs is rows:
+                seqs = rows.copy()
             for i in other.tolist():   # ids another source used first: rare, a dict lookup each
                 seqs[i] = self.shared.get((int(source_rows[i]), _key(evidence_ids, i)), -1)
         return seqs, rows
@@ -343,21 +346,33 @@ class EvidenceLedger:
         n = len(source_rows)
         if not claimed.any():
             if self.evidence_seq is not None:
-                self.evidence_seq = np.concatenate([self.evidence_seq,
-                                                    np.arange(start, start + n, dtype=np.int64)])
+                self._extend_seq(np.arange(start, start + n, dtype=np.int64))
             if n:
                 self.evidence.add_new(evidence_ids)
             return
         if self.evidence_seq is None:
-            self.evidence_seq = np.arange(len(self.evidence), dtype=np.int64)
+            self._seq_buffer = np.arange(len(self.evidence), dtype=np.int64)
+            self.evidence_seq = self._seq_buffer
         fresh = np.flatnonzero(~claimed)
         if fresh.size:
             ids = (evidence_ids[fresh] if isinstance(evidence_ids, np.ndarray)
                    else [evidence_ids[i] for i in fresh.tolist()])
             self.evidence.add_new(ids)
-            self.evidence_seq = np.concatenate([self.evidence_seq, start + fresh.astype(np.int64)])
+            self._extend_seq(start + fresh.astype(np.int64))
         for i in np.flatnonzero(claimed).tolist():
             self.shared[(int(source_rows[i]), _key(evidence_ids, i))] = start + i
+
+    def _extend_seq(self, seqs: np.ndarray) -> None:
+        """Append to :attr:`evidence_seq` (a view of a buffer that grows by doubling, so
+        single adds stay O(1) amortised)."""
+        have = self.evidence_seq.size
+        need = have + seqs.size
+        if need > self._seq_buffer.size:
+            grown = np.empty(max(need, 2 * self._seq_buffer.size, 64), dtype=np.int64)
+            grown[:have] = self.evidence_seq
+            self._seq_buffer = grown
+        self._seq_buffer[have:need] = seqs
+        self.evidence_seq = self._seq_buffer[:need]
 
     def evidence_ids(self) -> np.ndarray | list:
         """The evidence id of every seq (an int64 array while ids are ints, else a list)."""
