@@ -914,13 +914,13 @@ def test_ids_per_source_match_a_dictionary_model(ops, chunk):
                 refused = True
             trial.setdefault(key, content)
         before = c.state_fingerprint()
-        if single:
-            src, eid, agent, lo, _ = rows[0]
-            call = lambda: c.add_evidence_sync(BayesianEvidence(eid, agent, "peer_report", lo, 1.0, 0.0, src))  # noqa: E731
-        else:
-            call = lambda: c.add_evidence_batch([r[1] for r in rows], [r[2] for r in rows], "peer_report",  # noqa: E731
-                                                [r[3] for r in rows], [1.0] * len(rows), [0.0] * len(rows),
-                                                [r[0] for r in rows])
+        def call(rows=rows, single=single):
+            if single:
+                src, eid, agent, lo, _ = rows[0]
+                return c.add_evidence_sync(BayesianEvidence(eid, agent, "peer_report", lo, 1.0, 0.0, src))
+            return c.add_evidence_batch([r[1] for r in rows], [r[2] for r in rows], "peer_report",
+                                        [r[3] for r in rows], [1.0] * len(rows), [0.0] * len(rows),
+                                        [r[0] for r in rows])
         if refused:
             with pytest.raises(DuplicateEvidenceError):
                 call()

@@ -206,8 +206,8 @@ def test_partition_and_pair_sums_loaders_refuse_damaged_states(value):
                 continue
             # Accepted only when every field reads back exactly as given: never a silent cast.
             again = loaded.to_dict()
-            for name, given in tampered.items():
-                assert np.array_equal(np.asarray(again[name]), np.asarray(given)), (field, value, name)
+            for name, sent in tampered.items():
+                assert np.array_equal(np.asarray(again[name]), np.asarray(sent)), (field, value, name)
     for loader in (EvidencePartition.from_dict, PairSums.from_dict):
         for state in ("not a dict", None, [1, 2], {}):
             with pytest.raises(InvalidInputError):
