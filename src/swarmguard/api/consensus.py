@@ -180,7 +180,7 @@ class StableBayesianConsensus(Locked):
                                  e.log_odds, e.confidence, e.timestamp)])
         agent = ledger.agents.add(e.agent_id)
         source = ledger.sources.add(e.source_node)
-        ledger.index_evidence([e.evidence_id], np.array([source]), np.array([id_row >= 0]), ledger.size)
+        ledger.index_one(e.evidence_id, source, id_row >= 0, ledger.size)
         ledger.append(np.array([agent]), np.array([source]), np.array([e.evidence_type.code]),
                       np.array([e.log_odds]), np.array([e.confidence]), np.array([e.timestamp]))
         return True

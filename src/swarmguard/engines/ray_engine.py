@@ -1365,15 +1365,16 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                 "std": np.sqrt(np.maximum(var, 0.0)), "ddof": ddof, "moments": m}
 
     def evidence_fingerprint(self) -> dict[Hashable, tuple]:
-        """Every stored evidence, keyed by id: (agent, source, type, log-odds, confidence, time)."""
+        """Every stored evidence, keyed by (source, id) (ids are unique per source): (agent,
+        source, type, log-odds, confidence, time)."""
         out = {}
         for h in self.evidence_shards:
             ev = self.sys.call(h, "fingerprint")
             for row in zip(ev["evidence_ids"], ev["agent_ids"], ev["source_nodes"], ev["evidence_types"],
                            np.asarray(ev["log_odds"]).tolist(), np.asarray(ev["confidences"]).tolist(),
                            np.asarray(ev["timestamps"]).tolist(), strict=True):
-                key = row[0].item() if hasattr(row[0], "item") else row[0]
-                out[key] = tuple(x.item() if hasattr(x, "item") else x for x in row[1:])
+                values = tuple(x.item() if hasattr(x, "item") else x for x in row)
+                out[(values[2], values[0])] = values[1:]
         return out
 
     def peak_memory_mb(self) -> dict[str, float]:

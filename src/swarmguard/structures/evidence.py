@@ -197,7 +197,8 @@ class EvidenceLedger:
         self.evidence_seq: np.ndarray | None = None  # row of ``evidence`` -> seq (None: identity)
         self._seq_buffer = np.zeros(0, dtype=np.int64)  # evidence_seq is a view of its start
         self.shared: dict[tuple[int, object], int] = {}  # (source row, id) -> seq, ids already used
-        self.source_counts = np.zeros(0, dtype=np.int64)  # accepted evidence per source row
+        self._source_counts = np.zeros(0, dtype=np.int64)  # accepted evidence per source row, of
+        self._counted = 0                                   # the first _counted evidence (see source_counts)
         self.agents = KeyIndex()
         self.sources = KeyIndex()
         self.columns = {name: np.zeros(0, dtype=dt) for name, dt in _COLUMNS.items()}
@@ -231,9 +232,6 @@ class EvidenceLedger:
         if n == 0:
             self.version += 1
             return start
-        counts = np.bincount(source_row, minlength=max(source_top + 1, self.source_counts.size))
-        counts[: self.source_counts.size] += self.source_counts
-        self.source_counts = counts.astype(np.int64, copy=False)
         n_shards = (top >> _SHARD_SHIFT) + 1
         while len(self.shards) < n_shards:
             self.shards.append([])
@@ -309,6 +307,22 @@ class EvidenceLedger:
             grown[: self.size] = col[: self.size]
             self.columns[name] = grown
 
+    @property
+    def source_counts(self) -> np.ndarray:
+        """Accepted evidence per source row (for probation). Counted on demand from the rows
+        added since the last call, so ingestion pays nothing and a per-item loop O(1)."""
+        if self._counted < self.size:
+            tail = self.columns["source_row"][self._counted: self.size]
+            if tail.size <= 8 and int(tail.max()) < self._source_counts.size:
+                for r in tail.tolist():
+                    self._source_counts[r] += 1
+            else:
+                counts = np.bincount(tail, minlength=self._source_counts.size)
+                counts[: self._source_counts.size] += self._source_counts
+                self._source_counts = counts.astype(np.int64, copy=False)
+            self._counted = self.size
+        return self._source_counts
+
     # ------------------------------------------------------------------ evidence ids
     def seq_of(self, evidence_id, source_row: int) -> tuple[int, int]:
         """(seq of the evidence ``(source_row, evidence_id)`` or -1, row of the id in
@@ -339,6 +353,15 @@ class EvidenceLedger:
                 seqs[i] = self.shared.get((int(source_rows[i]), _key(evidence_ids, i)), -1)
         return seqs, rows
 
+    def index_one(self, evidence_id, source_row: int, claimed: bool, seq: int) -> None:
+        """:meth:`index_evidence` of one evidence (the per-item path, without arrays)."""
+        if claimed:
+            self.index_evidence([evidence_id], np.array([source_row]), np.array([True]), seq)
+            return
+        self.evidence.add(evidence_id)
+        if self.evidence_seq is not None:
+            self._extend_seq(np.array([seq], dtype=np.int64))
+
     def index_evidence(self, evidence_ids, source_rows: np.ndarray, claimed: np.ndarray, start: int) -> None:
         """Record the ids of new evidence with seqs ``start, start + 1, ...``: each id
         is new for its source; ``claimed`` (bool) says which ids some source already
@@ -347,7 +370,9 @@ class EvidenceLedger:
         if not claimed.any():
             if self.evidence_seq is not None:
                 self._extend_seq(np.arange(start, start + n, dtype=np.int64))
-            if n:
+            if n == 1:   # KeyIndex.add keeps single inserts cheap (no table rebuild)
+                self.evidence.add(_key(evidence_ids, 0))
+            elif n:
                 self.evidence.add_new(evidence_ids)
             return
         if self.evidence_seq is None:
@@ -357,7 +382,10 @@ class EvidenceLedger:
         if fresh.size:
             ids = (evidence_ids[fresh] if isinstance(evidence_ids, np.ndarray)
                    else [evidence_ids[i] for i in fresh.tolist()])
-            self.evidence.add_new(ids)
+            if fresh.size == 1:
+                self.evidence.add(_key(ids, 0))
+            else:
+                self.evidence.add_new(ids)
             self._extend_seq(start + fresh.astype(np.int64))
         for i in np.flatnonzero(claimed).tolist():
             self.shared[(int(source_rows[i]), _key(evidence_ids, i))] = start + i
