@@ -11,6 +11,11 @@ nodes and returns, per agent, the posterior that the agent is compromised.
   Byzantine sources cannot move the result outside the honest range; sources
   that are outliers far more often than chance are flagged
   (see :mod:`swarmguard.structures.robust_fusion` for the rule and its bound).
+* Sybil resistant: a source votes (in the fusion and the flagging) only once it
+  has contributed ``probation_evidence`` accepted evidence, so throw-away source
+  ids cannot outvote or get flagged the sources that are known.
+* Evidence ids are unique per source (the key is ``(source_node, evidence_id)``).
+* Thread safe: every public method runs under the object's lock.
 * Batch first: :meth:`StableBayesianConsensus.add_evidence_batch` and
   :meth:`StableBayesianConsensus.consensus_many` work on arrays; the per-item
   async methods are thin wrappers.
