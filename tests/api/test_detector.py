@@ -18,8 +18,11 @@ def test_an_observer_using_the_detectors_next_evidence_id_does_not_break_a_round
     det.ingest_evidence(["detector:0:0"], [299], "behavioral_anomaly", [1.0], [1.0], [0.0], ["observer"])
     out = det.process_round(ids, X, "eu")
     assert out["is_anomaly"][:5].all()
-    own = [k for k in det.consensus.export_evidence()["evidence_ids"] if str(k).startswith("detector:1:")]
-    assert len(own) == int(out["is_anomaly"].sum())          # the next number, whole
+    ev = det.consensus.export_evidence()
+    # Evidence ids are unique per source: the observer's "detector:0:0" is no collision, so
+    # the detector's own first range is used whole.
+    own = [k for k, s in zip(ev["evidence_ids"], ev["source_nodes"], strict=True) if s == det.node_id]
+    assert sorted(own) == sorted(f"detector:0:{i}" for i in range(int(out["is_anomaly"].sum())))
     assert det.consensus.consensus(299)["source_count"] == 1  # the observer's evidence is untouched
 
 

@@ -201,9 +201,45 @@ def test_evidence_batch_is_all_or_nothing_across_partitions(ray_session):
                 with pytest.raises(err):
                     det.ingest_evidence(**cols)
                 assert det.consensus.evidence_count == 2
-        assert sorted(b.evidence_fingerprint()) == [1, 2]
+        assert sorted(b.evidence_fingerprint()) == [("s", 1), ("s", 2)]
         for det in (a, b):
             assert det.ingest_evidence(**batch([1, 7], [10, 12])) == 1     # a resent id is skipped
+    finally:
+        b.close()
+
+
+def test_evidence_ids_per_source_and_probation_as_in_process(ray_session):
+    """A squatted id does not refuse an honest batch, and throw-away sources on probation
+    neither vote nor get anyone flagged: the same results on both backends."""
+    a, b = both(ray_session, feature_dimensions=2)
+    rng = np.random.default_rng(4)
+    n = 72
+    honest = dict(evidence_ids=np.arange(n), agent_ids=np.arange(n) % 6, evidence_types="peer_report",
+                  log_odds=1.0 + 0.1 * rng.normal(size=n), confidences=np.ones(n), timestamps=np.zeros(n),
+                  source_nodes=np.repeat(np.array([f"h{i}" for i in range(6)]), 12))
+    sybils = dict(evidence_ids=np.zeros(60, dtype=np.int64), agent_ids=np.r_[np.zeros(30, int), np.full(30, 99)],
+                  evidence_types="peer_report", log_odds=np.full(60, -500.0) + rng.normal(size=60),
+                  confidences=np.ones(60), timestamps=np.zeros(60),
+                  source_nodes=np.array([f"sybil{i}" for i in range(60)]))
+    try:
+        for det in (a, b):
+            assert det.ingest_evidence([5], [1], "peer_report", [9.0], [1.0], [0.0], ["liar"]) == 1  # squats id 5
+            assert det.ingest_evidence(**honest) == n                                               # accepted whole
+            assert det.ingest_evidence(**honest) == 0                                               # idempotent
+            assert det.ingest_evidence(**sybils) == 60                                              # all id 0
+        assert len(b.evidence_fingerprint()) == a.consensus.evidence_count == n + 61
+        x, y = a.consensus.consensus_many(), b.consensus.consensus_many()
+        assert x["byzantine_nodes"] == y["byzantine_nodes"] == []
+        pos = {k: i for i, k in enumerate(np.asarray(y["agent_ids"]).tolist())}
+        order = [pos[k] for k in np.asarray(x["agent_ids"]).tolist()]
+        for key in ("log_odds", "consensus_reached", "source_count", "evidence_count"):
+            np.testing.assert_array_equal(x[key], np.asarray(y[key])[order], err_msg=key)
+        keys = np.asarray(x["agent_ids"]).tolist()
+        assert x["source_count"][keys.index(0)] == 6 and x["consensus_reached"][keys.index(0)]
+        assert x["source_count"][keys.index(99)] == 30 and not x["consensus_reached"][keys.index(99)]
+        for agent in (0, 1, 99):
+            one, two = a.consensus.consensus(agent), b.consensus.consensus(agent)
+            assert one["log_odds"] == two["log_odds"] and one["source_count"] == two["source_count"]
     finally:
         b.close()
 

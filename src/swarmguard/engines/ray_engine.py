@@ -78,7 +78,12 @@ from ..api.cap import (
     partition_groups,
     require_write_quorum,
 )
-from ..api.consensus import StableBayesianConsensus, evidence_columns
+from ..api.consensus import (
+    PROBATION_EVIDENCE,
+    StableBayesianConsensus,
+    established_sources,
+    evidence_columns,
+)
 from ..api.detector import DistributedBehavioralDetector, _positions
 from ..api.detector_settings import DetectorSettings
 from ..api.evidence_types import BayesianEvidence, EvidenceType
@@ -950,7 +955,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                 "evidence_ids": _take(ev, rows), "agent_ids": _take(ag, rows), "evidence_types": codes[rows],
                 "log_odds": lo[rows], "confidences": conf[rows], "timestamps": ts[rows],
                 "source_nodes": _take(src, rows)})
-        every_id = self.ray.put((ev, part))
+        every_id = self.ray.put((ev, src, part))
         # Phase 1: every partition checks (nothing changes); phase 2: the partitions add.
         self._gather([(h, "check", (batches.get(p), every_id, p), False)
                       for p, h in enumerate(self.evidence_shards)])
@@ -978,7 +983,17 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         """Two-step consensus over the partitions (cached until evidence changes)."""
         if self._last_consensus is not None:
             return self._last_consensus
-        parts = self._gather([(h, "fuse", (), False) for h in self.evidence_shards])
+        # Probation over all partitions: a source's accepted evidence summed over them.
+        counted: dict[Hashable, int] = {}
+        for reply in self._gather([(h, "source_counts", (), False) for h in self.evidence_shards]):
+            for k, c in zip(reply["sources"], reply["counts"].tolist(), strict=True):
+                counted[k] = counted.get(k, 0) + c
+        count_keys = list(counted)
+        voting = established_sources(np.array([counted[k] for k in count_keys], dtype=np.int64),
+                                     np.array([k in self._trusted for k in count_keys], dtype=bool),
+                                     PROBATION_EVIDENCE)
+        established = None if voting.all() else [k for k, v in zip(count_keys, voting.tolist(), strict=True) if v]
+        parts = self._gather([(h, "fuse", (established,), False) for h in self.evidence_shards])
         index: dict[Hashable, int] = {}
         for ev in parts:
             for k in ev["sources"]:
@@ -1004,8 +1019,11 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             return merged(self._gather([(h, "recount", (bad_now,), False) for h in self.evidence_shards]))
 
         events = merged(parts)
-        never = np.array([k in self._trusted for k in keys], dtype=bool)
-        flagged, tail = peel_sources(events, recount, n_sources, self._false_flag_rate, never=never)
+        voters = None if established is None else set(established)
+        on_probation = np.array([voters is not None and k not in voters for k in keys], dtype=bool)
+        never = np.array([k in self._trusted for k in keys], dtype=bool) | on_probation
+        flagged, tail = peel_sources(events, recount, n_sources, self._false_flag_rate, never=never,
+                                     n_tested=int(n_sources - on_probation.sum()))
         bad = [k for k, f in zip(keys, flagged.tolist(), strict=True) if f]
         done = self._gather([(h, "finish", (bad,), False) for h in self.evidence_shards])
         from scipy.special import expit
@@ -1018,7 +1036,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             "consensus_reached": np.concatenate([r["consensus_reached"] for r in done]),
             "evidence_count": np.concatenate([r["evidence_count"] for r in done]),
             "source_count": np.concatenate([r["source_count"] for r in done]),
-            "byzantine_nodes": bad, "_events": events, "_tail": tail, "_flagged": flagged, "_sources": keys,
+            "byzantine_nodes": bad, "_established": established, "_events": events, "_tail": tail, "_flagged": flagged, "_sources": keys,
         }
         return self._last_consensus
 
@@ -1347,15 +1365,16 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                 "std": np.sqrt(np.maximum(var, 0.0)), "ddof": ddof, "moments": m}
 
     def evidence_fingerprint(self) -> dict[Hashable, tuple]:
-        """Every stored evidence, keyed by id: (agent, source, type, log-odds, confidence, time)."""
+        """Every stored evidence, keyed by (source, id) (ids are unique per source): (agent,
+        source, type, log-odds, confidence, time)."""
         out = {}
         for h in self.evidence_shards:
             ev = self.sys.call(h, "fingerprint")
             for row in zip(ev["evidence_ids"], ev["agent_ids"], ev["source_nodes"], ev["evidence_types"],
                            np.asarray(ev["log_odds"]).tolist(), np.asarray(ev["confidences"]).tolist(),
                            np.asarray(ev["timestamps"]).tolist(), strict=True):
-                key = row[0].item() if hasattr(row[0], "item") else row[0]
-                out[key] = tuple(x.item() if hasattr(x, "item") else x for x in row[1:])
+                values = tuple(x.item() if hasattr(x, "item") else x for x in row)
+                out[(values[2], values[0])] = values[1:]
         return out
 
     def peak_memory_mb(self) -> dict[str, float]:
@@ -1440,9 +1459,10 @@ class _ConsensusFacade:
         agent_id = check_key(agent_id, "agent_id")
         if not det._evidence_total:
             raise UnknownAgentError(f"no evidence for agent {agent_id!r}")
-        bad = det._consensus()["byzantine_nodes"]
+        full = det._consensus()
         p = int(_hash_partition([agent_id], len(det.evidence_shards))[0])
-        out = det.sys.call(det.evidence_shards[p], "agent_consensus", agent_id, bad)
+        out = det.sys.call(det.evidence_shards[p], "agent_consensus", agent_id, full["byzantine_nodes"],
+                           full["_established"])
         if out is None:
             raise UnknownAgentError(f"no evidence for agent {agent_id!r}")
         return out
