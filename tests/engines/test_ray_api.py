@@ -341,6 +341,8 @@ def test_ray_refuses_what_a_later_part_would_refuse_before_any_actor_changes(ray
             (lambda d: d.process_agent_behavior_sync(2, BehavioralData(1, row[0])), InvalidInputError),
             (lambda d: d.process_agent_behavior_sync((1, 2), BehavioralData((1, 2), row[0])), InvalidTypeError),
             (lambda d: d.process_agent_behavior_sync(2**63, BehavioralData(2**63, row[0])), InvalidInputError),
+            (lambda d: d.process_agent_behavior_sync(1, BehavioralData(1, row[0], id=1.5)), InvalidTypeError),
+            (lambda d: d.process_agent_behavior_sync(1, BehavioralData(1, row[0], id="u\x00")), InvalidInputError),
         ]
         for call, err in bad_rounds:
             for det in (a, b):

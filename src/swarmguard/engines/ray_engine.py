@@ -857,6 +857,9 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         path = check_cohort(cohort)
         region = path[0] if path else self.default_region
         ts = check_finite_float(self._timestamp_of(behavioral_data), "timestamp")
+        uid = behavioral_data.get("id") if isinstance(behavioral_data, dict) else getattr(behavioral_data, "id", None)
+        if uid is not None:
+            check_wire_id(uid, "update id")     # refused as in process (the actors key writes by round)
         res = self._logged("item", lambda: _round_record([agent_id], x[None, :], region, [path], ts, None),
                            lambda: self._round([agent_id], x[None, :], region, cohorts=[path], timestamp=ts,
                                                fdr=None, stay=np.array([path is None])))
