@@ -360,8 +360,9 @@ class DistributedBehavioralDetector:
         regions = as_name_array(regions, n, "regions")
         ts = check_finite_float(self.clock() if timestamp is None else timestamp, "timestamp")
         ids = as_wire_id_array(agent_ids, n, "agent_ids")
-        if isinstance(cohorts, np.ndarray) and cohorts.dtype == object and cohorts.ndim == 1 and all(
-                type(c) is str for c in cohorts.tolist()):
+        if isinstance(cohorts, np.ndarray) and cohorts.dtype == object and cohorts.ndim == 1 and set(
+                map(type, cohorts.tolist())) == {str}:
+            # all names (a pandas column): the tree's string-array fast path; paths or None stay per row
             cohorts = as_name_array(cohorts, n, "cohorts")
         return X, ids, regions, cohorts, ts
 
