@@ -304,3 +304,121 @@ def test_update_agent_behavior_refuses_a_nul_in_the_id_and_changes_nothing():
         protocol.update_and_score_many(["d", "a\x00"], [[1.0, 1.0], [5.0, 5.0]])
     assert tree.version == version and len(tree) == 3
     np.testing.assert_array_equal(tree.get_agent_features("a"), [1.0, 0.0])
+
+
+# ---------------------------------------------------------------- issue 10: scale invariance, 1e-300 to 1e100
+from tests._exact import exact_loo_squared_distance  # noqa: E402
+
+
+def _correlated(n=240, d=4, seed=3):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) + 3.0
+    X[5] += 6.0                                # one clear outlier
+    return X
+
+
+def _run_both_paths(X, new_rows):
+    """Batch scores of X, then per-item scores of replacements and newcomers, then a batch re-score."""
+    n = X.shape[0]
+    tree = HierarchicalStatisticalTree(feature_dimensions=X.shape[1])
+    proto = BehavioralDistributedProtocol(tree, warm_up=10)
+    batch = proto.update_and_score_many(np.arange(n), X, explain=True)
+    items = [proto.update_agent_behavior_sync(BehavioralData(agent, row))
+             for agent, row in zip([5, 17, n, n + 1, 17], new_rows, strict=True)]
+    again = proto.score_many()
+    stats_ = tree.get_global_statistics()
+    return batch, items, again, stats_
+
+
+@pytest.mark.parametrize("k", [-990, -538, -300, -1, 1, 100, 320])
+def test_scores_are_bitwise_equal_for_the_same_data_times_a_power_of_two(k):
+    X = _correlated()
+    new_rows = X[[5, 17, 0, 1, 2]] + np.array([[1.0, -2.0, 0.5, 3.0]])
+    ref_batch, ref_items, ref_again, ref_stats = _run_both_paths(X, new_rows)
+    batch, items, again, stats_ = _run_both_paths(np.ldexp(X, k), np.ldexp(new_rows, k))
+    for key in ("mahalanobis_squared", "p_value", "feature_contributions"):
+        np.testing.assert_array_equal(batch[key], ref_batch[key])
+    for key in ("mahalanobis_squared", "p_value"):
+        np.testing.assert_array_equal(again[key], ref_again[key])
+    assert batch["is_anomaly"][5] and batch["is_anomaly"].tolist() == ref_batch["is_anomaly"].tolist()
+    for got, ref in zip(items, ref_items, strict=True):
+        assert got["mahalanobis_squared"] == ref["mahalanobis_squared"] and got["p_value"] == ref["p_value"]
+        np.testing.assert_array_equal(got["feature_contributions"], ref["feature_contributions"])
+    # statistics come back in the caller's units (2**k exact unless they underflow: 2**-990 squared does)
+    np.testing.assert_array_equal(stats_["mean"], np.ldexp(ref_stats["mean"], k))
+    if 2 * k > -1000:
+        np.testing.assert_array_equal(stats_["covariance"], np.ldexp(ref_stats["covariance"], 2 * k))
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-250, 1e-162, 1e-100, 1e-20, 1e20, 1e60, 1e98])
+def test_scores_are_scale_invariant_for_powers_of_ten_on_both_paths(scale):
+    # Reproducer: features near 1e-162 raised an untyped FloatingPointError after
+    # the tree changed; near 1e-300 every score came out 0 (the squares underflowed).
+    X = _correlated()
+    new_rows = X[[5, 17, 0, 1, 2]] + np.array([[1.0, -2.0, 0.5, 3.0]])
+    ref_batch, ref_items, ref_again, ref_stats = _run_both_paths(X, new_rows)
+    batch, items, again, stats_ = _run_both_paths(X * scale, new_rows * scale)
+    for key in ("mahalanobis_squared", "p_value"):
+        np.testing.assert_allclose(batch[key], ref_batch[key], rtol=1e-9)
+        np.testing.assert_allclose(again[key], ref_again[key], rtol=1e-9)
+    assert np.all(batch["mahalanobis_squared"] > 0)
+    for got, ref in zip(items, ref_items, strict=True):
+        assert got["mahalanobis_squared"] == pytest.approx(ref["mahalanobis_squared"], rel=1e-9)
+        assert got["p_value"] == pytest.approx(ref["p_value"], rel=1e-9)
+    assert batch["is_anomaly"][5] and items[0]["is_anomaly"]
+    # statistics in the caller's units (a covariance below 1e-308 may underflow: only scores must not)
+    np.testing.assert_allclose(stats_["mean"], ref_stats["mean"] * scale, rtol=1e-12)
+    if scale >= 1e-150:
+        np.testing.assert_allclose(stats_["covariance"], ref_stats["covariance"] * scale**2, rtol=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-162, 1.0, 1e98])
+def test_tiny_and_huge_features_score_as_exact_arithmetic_does(scale):
+    X = _correlated(n=40, d=3, seed=5) * scale
+    tree = HierarchicalStatisticalTree(feature_dimensions=3)
+    proto = BehavioralDistributedProtocol(tree, warm_up=10)
+    batch = proto.update_and_score_many(np.arange(40), X)
+    lam = 3 / 40                                      # "auto" shrinkage: d / n
+    for i in (0, 5, 39):
+        exact = exact_loo_squared_distance(X, i, lam)
+        assert batch["mahalanobis_squared"][i] == pytest.approx(exact, rel=1e-9)
+        assert proto.score_agent_sync(i)["mahalanobis_squared"] == pytest.approx(exact, rel=1e-9)
+
+
+@pytest.mark.parametrize("path", ["batch", "per item"])
+def test_a_population_whose_magnitude_changes_by_hundreds_of_orders_is_rescored_correctly(path):
+    # The units are chosen from the first data (2**300 ≈ 2e90) and chosen again, by a
+    # rebuild, when the spread falls to 2**-960 ≈ 1e-289 around the same centre, and
+    # again when the large data come back. The rows are symmetric multiples of 2**-10,
+    # so every mean is exactly 0: the shift stays at the centre and no re-anchoring
+    # (which also chooses the units) hides a stale unit.
+    Y = np.round((_correlated(n=100, d=3, seed=7) - 3.0) * 1024.0) / 1024.0
+    X = np.concatenate([Y, -Y])
+    tree = HierarchicalStatisticalTree(feature_dimensions=3)
+    proto = BehavioralDistributedProtocol(tree, warm_up=10)
+    for k in (300, -960, 300):
+        if path == "batch" or k == 300:
+            proto.update_and_score_many(np.arange(200), np.ldexp(X, k))
+        else:
+            for i in range(200):
+                proto.update_agent_behavior_sync(BehavioralData(i, np.ldexp(X[i], k)))
+        assert tree.get_global_statistics()["mean"].tolist() == [0.0, 0.0, 0.0]
+        fresh = BehavioralDistributedProtocol(HierarchicalStatisticalTree(feature_dimensions=3), warm_up=10)
+        expected = fresh.update_and_score_many(np.arange(200), X)["mahalanobis_squared"]
+        got = proto.score_many()["mahalanobis_squared"]
+        assert np.all(got > 0)
+        np.testing.assert_allclose(got, expected, rtol=1e-9)
+        std = tree.get_global_statistics()["std"]     # from the internal units: no underflow
+        np.testing.assert_allclose(np.ldexp(std, -k), X.std(axis=0, ddof=1), rtol=1e-9)
+
+
+def test_to_dict_round_trip_keeps_tiny_features_scoring():
+    X = _correlated(n=120, d=4, seed=9) * 1e-300
+    tree = HierarchicalStatisticalTree(feature_dimensions=4)
+    tree.update_many(np.arange(120), X)
+    back = HierarchicalStatisticalTree.from_dict(tree.to_dict())
+    np.testing.assert_array_equal(back.get_agent_features(7), X[7])
+    a = BehavioralDistributedProtocol(tree, warm_up=10).score_many()["mahalanobis_squared"]
+    b = BehavioralDistributedProtocol(back, warm_up=10).score_many()["mahalanobis_squared"]
+    assert np.all(a > 0)
+    np.testing.assert_array_equal(a, b)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from swarmguard.api.tree import HierarchicalStatisticalTree
 from swarmguard.engines import make_detector
@@ -55,3 +56,34 @@ def test_shards_merge_to_the_whole_tree_with_cohorts_across_shards():
     for c in "abc":
         s = whole.get_cohort_statistics((c,))
         np.testing.assert_allclose(merged["cohorts"][(c,)].covariance(), s["covariance"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [2.0**-990, 1e-300, 1e-162, 1e98])
+def test_shard_scores_are_the_same_from_1e_300_to_the_1e100_limit(scale):
+    # Shards send their moments in their trees' power-of-two units; the root merges them
+    # into common units (merge_scaled), so tiny features do not underflow on the way.
+    from swarmguard.api.protocol import BehavioralDistributedProtocol
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 3)) @ rng.normal(size=(3, 3))
+    X[4] += 7.0
+    regions = np.array([f"r{i % 3}" for i in range(600)])
+
+    def sharded(data):
+        shards = [RegionShard(0.0, feature_dimensions=3) for _ in range(3)]
+        rows = [np.arange(k, 600, 3) for k in range(3)]
+        summaries = [sh.update(0, r, data[r], regions[r], regions[r]) for sh, r in zip(shards, rows, strict=True)]
+        merged = RootAggregator().merge(0, *summaries)
+        d2 = np.empty(600)
+        for sh, r in zip(shards, rows, strict=True):
+            d2[r] = sh.score(1, merged, "auto", 10, "all")["mahalanobis_squared"]
+        return d2
+
+    ref = sharded(X)
+    got = sharded(X * scale)
+    if scale == 2.0**-990:
+        np.testing.assert_array_equal(got, ref)
+    np.testing.assert_allclose(got, ref, rtol=1e-9)
+    inprocess = BehavioralDistributedProtocol(HierarchicalStatisticalTree(feature_dimensions=3), warm_up=10,
+                                              score_levels="all")
+    expected = inprocess.update_and_score_many(np.arange(600), X * scale, cohorts=regions)["mahalanobis_squared"]
+    np.testing.assert_allclose(got, expected, rtol=1e-9)

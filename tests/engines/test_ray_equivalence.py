@@ -94,3 +94,27 @@ def test_cli_simulate_backend_ray(ray_session, tmp_path):
         assert ra[key] == rb[key], key
     assert rb["performance"]["per_item_latency_us_p50"] > 0       # the per-item path runs on Ray too
     assert (tmp_path / "ckpt" / "LATEST").exists()                  # --checkpoint-dir reached the actors
+
+
+def test_tiny_and_huge_features_score_on_ray_as_in_process(ray_session):
+    # Shards send their moments in power-of-two units (issue 10): at 1e-300 the
+    # co-moments in the caller's units are 0, and the scores would be too.
+    from swarmguard.engines.ray_engine import RayDistributedBehavioralDetector
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1500, 4)) @ rng.normal(size=(4, 4))
+    X[3] += 9.0
+    ids = np.arange(1500)
+    regions = np.array(["eu", "us", "ap"])[ids % 3]
+    ref = DistributedBehavioralDetector(feature_dimensions=4, clock=lambda: 0.0)
+    ref.process_round(ids, X, regions)
+    expected = ref.process_round(ids, X, regions)
+    for scale in (1e-300, 1e98):
+        det = RayDistributedBehavioralDetector(feature_dimensions=4, regions=["eu", "us", "ap"], clock=lambda: 0.0)
+        try:
+            det.process_round(ids, X * scale, regions)
+            got = det.process_round(ids, X * scale, regions)
+        finally:
+            det.close()
+        np.testing.assert_allclose(got["mahalanobis_squared"], expected["mahalanobis_squared"], rtol=1e-9)
+        np.testing.assert_array_equal(got["is_anomaly"], expected["is_anomaly"])
+        assert got["is_anomaly"][3]

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from swarmguard import NonFiniteError
 from swarmguard.structures.scoring import LeaveOneOutScorer
 
 
@@ -30,3 +31,37 @@ def test_too_small_populations_score_zero_not_nan():
     assert not sc.ok
     assert sc.score(np.ones(2))[0] == 0.0
     assert np.all(sc.score_many(np.ones((3, 2))) == 0.0)
+
+
+def test_co_moments_that_never_factorise_score_against_the_diagonal_not_an_untyped_error():
+    # An indefinite co-moment (|correlation| 1000: no population has it; the ridge,
+    # raised up to 10 times the target, cannot repair it) used to end in a bare
+    # FloatingPointError; it now scores against the diagonal target alone.
+    m2 = np.array([[1.0, 1000.0], [1000.0, 1.0]]) * 99.0
+    sc = LeaveOneOutScorer(100, np.zeros(2), m2, shrinkage=0.0)
+    e = np.array([3.0, -1.0])
+    d2, _ = sc.score(e)
+    target = np.diag(m2) / 99.0 * (1.0 + 1e-9)
+    c = 100 / (99 * 98)                               # Sherman–Morrison: Σ = A - c e eᵀ, A = diag target
+    t = float(e @ (e / target))
+    assert d2 == pytest.approx((100 / 99) ** 2 * t / (1 - c * t), rel=1e-12)
+
+
+def test_non_finite_co_moments_raise_the_typed_error():
+    with pytest.raises(NonFiniteError):
+        LeaveOneOutScorer(100, np.zeros(2), np.array([[np.inf, 0.0], [0.0, 1.0]]))
+
+
+@pytest.mark.parametrize("k", [-450, -100, 450])
+def test_scores_are_bitwise_invariant_under_a_power_of_two_scaling_of_the_moments(k):
+    # Within the range where squares stay normal floats (the tree's per-feature
+    # units keep them near 1): every operation scales exactly.
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(50, 3)) @ rng.normal(size=(3, 3))
+    mu = X.mean(axis=0)
+    E = X - mu
+    ref = LeaveOneOutScorer(50, mu, E.T @ E).score_many(E, explain=True)
+    Es = np.ldexp(E, k)
+    got = LeaveOneOutScorer(50, np.ldexp(mu, k), Es.T @ Es).score_many(Es, explain=True)
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1], ref[1])

@@ -100,3 +100,64 @@ def test_a_million_replacements_do_not_drift():
     idx = np.fromiter(last.keys(), dtype=np.int64)
     X[idx] = vecs[np.fromiter(last.values(), dtype=np.int64)]
     assert_root_matches(t, X, np.ones(n_slots, dtype=bool), 1e-9)
+
+
+# ---------------------------------------------------------------- issue 10: power-of-two units per feature
+def _mixed_stream(t: SlotTree, X: np.ndarray, rng: np.random.Generator, scale: float) -> None:
+    """A batch write, then inserts, replaces and removes on the per-item path."""
+    t.ensure_capacity(X.shape[0])
+    t.write(np.arange(150), X[:150])
+    for s in range(150, 180):
+        t.insert(s, X[s])
+    for s in rng.choice(180, 40, replace=False).tolist():
+        t.replace(int(s), X[s] + scale * 0.5)
+    for s in range(170, 180):
+        t.remove(s)
+
+
+@pytest.mark.parametrize("k", [-990, -538, 300])
+def test_internal_state_is_bitwise_the_same_for_the_data_times_a_power_of_two(k):
+    X = np.random.default_rng(2).normal(loc=3.0, size=(200, 3))
+    a, b = SlotTree(dim=3, branching=4, min_levels=2), SlotTree(dim=3, branching=4, min_levels=2)
+    _mixed_stream(a, X, np.random.default_rng(5), 1.0)
+    _mixed_stream(b, np.ldexp(X, k), np.random.default_rng(5), 2.0**k)
+    np.testing.assert_array_equal(b.exponent - a.exponent, k)
+    for x, y in zip(a.root_state(), b.root_state(), strict=True):
+        np.testing.assert_array_equal(x, y)
+    a.flush(), b.flush()
+    np.testing.assert_array_equal(a.m2, b.m2)
+    np.testing.assert_array_equal(a.off, b.off)
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-162, 1e98])
+def test_root_moments_are_exact_in_the_callers_units(scale):
+    rng = np.random.default_rng(3)
+    X = rng.normal(loc=2.0, size=(120, 3)) * scale
+    t = SlotTree(dim=3, branching=4, min_levels=2)
+    t.write(np.arange(120), X)
+    n, mean, m2 = t.root_moments()
+    mean_ex, _ = exact_mean_cov(X)
+    np.testing.assert_allclose(mean, mean_ex, rtol=1e-14)
+    # the co-moment in internal units against the exact covariance, rescaled exactly
+    _, cov_internal = exact_mean_cov(t.deviations(X))
+    np.testing.assert_allclose(t.root_state()[2] / (n - 1), cov_internal, rtol=1e-12)
+    assert np.all(np.abs(t.deviations(X)) <= 1.0)          # scaled before squaring
+    if scale > 1e-150:
+        _, cov_ex = exact_mean_cov(X)
+        np.testing.assert_allclose(m2 / (n - 1), cov_ex, rtol=1e-12)
+
+
+def test_units_are_chosen_again_when_data_leave_the_safe_band_both_ways():
+    X = np.random.default_rng(4).normal(size=(64, 2))
+    t = SlotTree(dim=2, branching=4, min_levels=1)
+    t.write(np.arange(64), X * 1e-300)
+    first = t.unit_choices
+    t.replace(0, X[0] * 1e50)                 # per item, far above: a rebuild with new units
+    assert t.unit_choices == first + 1 and t.pending == 0
+    assert np.all(np.isfinite(t.root_state()[2]))
+    t.replace(0, X[0] * 1e-300)               # the outlier leaves: the spread collapses
+    t.flush()
+    assert t.unit_choices == first + 2
+    _, cov_internal = exact_mean_cov(t.deviations(X * 1e-300))
+    np.testing.assert_allclose(t.root_state()[2] / 63, cov_internal, rtol=1e-12)
+    assert cov_internal.diagonal().min() > 1e-3         # near 1 again, not underflowed

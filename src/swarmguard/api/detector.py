@@ -13,6 +13,7 @@ import numpy as np
 from scipy.stats import chi2
 
 from ..errors import DuplicateEvidenceError, InvalidInputError
+from ..structures.chi2 import chi2_logsf
 from ..validation import (
     as_feature_matrix,
     as_feature_vector,
@@ -38,13 +39,18 @@ def p_value_log_odds(log_p: np.ndarray | float) -> np.ndarray | float:
     For ``p < 1/e`` the Bayes factor against the null is at most
     ``1 / (-e · p · ln p)``; its log, ``-1 - ln p - ln(-ln p)``, is the
     evidence an anomaly test contributes (0 for ``p >= 1/e``). Takes ``ln p``
-    so that p-values below 1e-308 still count.
+    so that p-values below 1e-308 still count; finite for every finite
+    ``ln p`` (about ``-ln p`` far out) and for ``ln p = -inf`` (the largest
+    float), so a caller's cap always applies.
 
     >>> round(float(p_value_log_odds(math.log(1e-6))), 2)
     10.19
+    >>> math.isfinite(p_value_log_odds(-1e300)), math.isfinite(p_value_log_odds(-math.inf))
+    (True, True)
     """
     log_p = np.asarray(log_p, dtype=np.float64)
-    safe = np.minimum(log_p, -1.0)
+    # -ln p - ln(-ln p) < -ln p: clipping at the most negative float keeps -inf finite
+    safe = np.clip(log_p, -np.finfo(np.float64).max, -1.0)
     lo = -1.0 - safe - np.log(-safe)
     out = np.where(log_p < -1.0, lo, 0.0)
     return float(out) if out.ndim == 0 else out
@@ -162,7 +168,7 @@ class DistributedBehavioralDetector:
         :meth:`process_agent_behavior`).
         """
         d = self.feature_dimensions
-        log_p = float(chi2.logsf(anomaly_info["mahalanobis_squared"], d))
+        log_p = chi2_logsf(float(anomaly_info["mahalanobis_squared"]), d)
         return BayesianEvidence(
             evidence_id=f"{self.node_id}:{self._next_evidence_number()}",
             agent_id=agent_id,
@@ -382,7 +388,7 @@ class DistributedBehavioralDetector:
         # Solution 2: the detector's own evidence for the anomalous agents
         flagged = np.flatnonzero(flagged_mask)
         if flagged.size:
-            log_p = chi2.logsf(d2[flagged], self.feature_dimensions)
+            log_p = chi2_logsf(d2[flagged], self.feature_dimensions)
             columns = (ids[flagged], EvidenceType.BEHAVIORAL_ANOMALY,
                        np.minimum(p_value_log_odds(log_p), self.own_evidence_cap),
                        confidence[flagged], np.full(flagged.size, ts), np.full(flagged.size, self.node_id))

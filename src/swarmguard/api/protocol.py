@@ -189,7 +189,7 @@ class BehavioralDistributedProtocol:
         alpha = self.significance_level / len(level_ids)
         thr2 = _chi2_threshold(alpha, d)
         warm_up = self.warm_up
-        dx = x - tree._tree.shift          # deviations from the shift keep their digits
+        dx = tree._tree.deviations(x)      # from the shift (keeps the digits), in the tree's units
         if self.score_levels == "population":      # the hot path, without the per-level loop
             n, off, m2 = tree._tree.root_state()
             scorer = LeaveOneOutScorer(n, off, m2, self.shrinkage)
@@ -302,16 +302,17 @@ class BehavioralDistributedProtocol:
         tree = self.tree
         tree._tree.flush()
         d = tree.feature_dimensions
-        shift = tree._tree.shift
         n_pop, off, m2 = tree._tree.root_state()
         scorer = LeaveOneOutScorer(n_pop, off, m2, self.shrinkage)
-        # Deviations from the shift first (a fresh copy, centred in place): the
-        # digits below the data's magnitude survive, as in the moments.
+        # Deviations from the shift first, in the tree's units (a power of two
+        # per feature, so nothing squared under- or overflows): the digits
+        # below the data's magnitude survive, as in the moments.
         if rows is not None:
-            DX = np.subtract(rows, shift)
+            DX = tree._tree.deviations(rows)
         else:
             DX = np.take(tree._tree.X, slots, axis=0)
-            DX -= shift
+            DX -= tree._tree.shift
+            DX *= tree._tree.unit
         E = DX - off
         res = scorer.score_many(E, explain=explain)
         d2, shares = res if explain else (res, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -376,10 +377,12 @@ class HierarchicalStatisticalTree:
 
     def _cohort_moments(self, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
         n, off, m2 = self._cohort_state(cid)
-        return n, self._tree.shift + off, m2
+        mean, m2 = self._tree.to_user(off, m2)
+        return n, mean, m2
 
     def _cohort_state(self, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
-        """(count, offset from the tree's shift, M2) of a cohort; the root needs no flush.
+        """(count, offset from the tree's shift, M2) of a cohort in the tree's internal units
+        (a power of two per feature, :mod:`swarmguard.structures.slot_tree`); the root needs no flush.
 
         A cohort below the root merges its pages' nodes (after a flush): O(pages).
         """
@@ -392,9 +395,14 @@ class HierarchicalStatisticalTree:
         ddof = check_positive_int(ddof, "ddof", minimum=0)
         if self._tree is None:
             n, mean, m2 = 0.0, np.full(0, np.nan), np.zeros((0, 0))
+            std_internal, scale = np.zeros(0), np.ones(0)
         else:
             self._tree.flush()
-            n, mean, m2 = self._cohort_moments(cid)
+            n, off, m2_internal = self._cohort_state(cid)
+            mean, m2 = self._tree.to_user(off, m2_internal)
+            # the std from the internal units: it cannot underflow where the variance (its square) may
+            std_internal = np.sqrt(np.maximum(m2_internal.diagonal(), 0.0))
+            scale = np.ldexp(1.0, self._tree.exponent)
         count = int(round(n))
         if count > ddof:
             cov = m2 / (count - ddof)
@@ -403,13 +411,14 @@ class HierarchicalStatisticalTree:
         if count == 0:
             mean = np.full_like(mean, np.nan)
         var = np.diagonal(cov).copy()
+        std = std_internal / math.sqrt(count - ddof) * scale if count > ddof else var
         return {
             "cohort": self._cohorts.path_of(cid),
             "count": count,
             "mean": mean,
             "covariance": cov,
             "variance": var,
-            "std": np.sqrt(np.maximum(var, 0.0)) if count > ddof else var,
+            "std": std,
             "ddof": ddof,
         }
 

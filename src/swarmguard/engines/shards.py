@@ -29,11 +29,11 @@ from ..structures.chi2 import chi2_sf
 from ..structures.replica import RegionReplica
 from ..structures.robust_fusion import SourceEvents, far_outlier_events
 from ..structures.scoring import LeaveOneOutScorer
-from ..values.moments import Moments
+from ..values.moments import Moments, combine_groups
 from ..values.version_vector import VersionVector
 
 __all__ = ["StaleShardError", "RegionShard", "RootAggregator", "EvidenceShard", "score_rows",
-           "moments_from_state"]
+           "moments_from_state", "merge_scaled"]
 
 
 _PROCESS = uuid.uuid4().hex      # differs in every process: a restarted actor has a new one
@@ -43,32 +43,80 @@ class StaleShardError(SwarmGuardError, RuntimeError):
     """A shard's state is not the one the caller expects (it restarted): restore it."""
 
 
-def moments_from_state(n: float, shift: np.ndarray, off: np.ndarray, m2: np.ndarray) -> Moments:
-    """A :class:`Moments` value from a tree node's (count, offset from ``shift``, M2)."""
+def moments_from_state(n: float, shift: np.ndarray, off: np.ndarray, m2: np.ndarray,
+                       scale: np.ndarray | None = None) -> Moments:
+    """A :class:`Moments` value from a tree node's (count, offset from ``shift``, M2).
+
+    ``scale`` (powers of two, one per feature) converts a node kept in the
+    tree's internal units back to the caller's: exact, but for under/overflow.
+    """
     m = Moments(shift.shape[0])
     m.count = int(round(float(n)))
     if m.count:
-        m.shift, m.offset, m.m2 = shift.copy(), np.array(off, dtype=np.float64), np.array(m2, dtype=np.float64)
+        off = np.array(off, dtype=np.float64)
+        m2 = np.array(m2, dtype=np.float64)
+        if scale is not None:
+            off *= scale
+            m2 *= np.multiply.outer(scale, scale)
+        m.shift, m.offset, m.m2 = shift.copy(), off, m2
     return m
+
+
+def merge_scaled(parts: Sequence[tuple[Moments, np.ndarray]]) -> tuple[Moments, np.ndarray]:
+    """Merge moments kept in per-part power-of-two units into the coarsest of those units.
+
+    Each part is ``(m, e)``: ``m.shift`` in the caller's units, ``m.offset`` and
+    ``m.m2`` in units ``2**e`` (a shard tree's internal units). The result uses,
+    per feature, the largest ``e`` (so nothing overflows); rescaling a part is
+    exact but for parts far below the others, whose underflowing digits are
+    negligible against them. Chan's k-way formula, as :meth:`Moments.merge_all`.
+    """
+    live = [(m, e) for m, e in parts if m.count]
+    dim = parts[0][0].dim
+    result = Moments(dim)
+    if not live:
+        return result, np.zeros(dim, dtype=np.int64)
+    E = np.max(np.stack([e for _, e in live]), axis=0)
+    unit = np.ldexp(1.0, -E)
+    shift = live[0][0].shift
+    counts = np.array([m.count for m, _ in live], dtype=np.float64)
+    rescale = [np.ldexp(1.0, e - E) for _, e in live]
+    offsets = np.stack([(m.shift - shift) * unit + m.offset * r for (m, _), r in zip(live, rescale, strict=True)])
+    m2s = np.stack([m.m2 * np.multiply.outer(r, r) for (m, _), r in zip(live, rescale, strict=True)])
+    _, off, m2 = combine_groups(counts, offsets, m2s)
+    result.count = sum(m.count for m, _ in live)
+    result.shift, result.offset, result.m2 = shift.copy(), off, m2
+    return result, E
 
 
 def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_index: np.ndarray,
                population: Moments, cohorts: dict[tuple[str, ...], Moments], shrinkage: Any,
-               warm_up: int, score_levels: str) -> dict[str, Any]:
+               warm_up: int, score_levels: str, exponents: dict[Any, np.ndarray] | None = None
+               ) -> dict[str, Any]:
     """Leave-one-out scores of rows ``X`` against moments that were merged elsewhere.
 
     The same arithmetic as ``BehavioralDistributedProtocol._score_slots`` and
-    ``_cohort_levels``: deviations ``(x - shift) - offset`` against the
+    ``_cohort_levels``: deviations ``(x - shift) * unit - offset`` against the
     population, then (``score_levels="all"``) against every cohort on the
     row's path, Bonferroni-combined. ``row_paths[row_path_index[i]]`` is row
-    i's cohort path. Returns ``mahalanobis_squared``, ``p_value``,
+    i's cohort path. ``exponents`` (``None``: the moments are in the caller's
+    units) maps ``()`` and each cohort path to the power-of-two units ``2**e``
+    its offset and co-moment are kept in (:func:`merge_scaled`), so features of
+    any magnitude score alike. Returns ``mahalanobis_squared``, ``p_value``,
     ``decision_p_value``, ``levels`` (per row, how many levels were combined)
     and ``any_warm`` (some level was out of warm-up).
     """
     d = X.shape[1]
+
+    def deviations(rows: np.ndarray, m: Moments, key: Any) -> np.ndarray:
+        D = np.subtract(rows, m.shift)
+        if exponents is not None:
+            D *= np.ldexp(1.0, -exponents[key])      # exact: powers of two
+        D -= m.offset
+        return D
+
     scorer = LeaveOneOutScorer(float(population.count), population.offset, population.m2, shrinkage)
-    E = np.subtract(X, population.shift)
-    E -= population.offset
+    E = deviations(X, population, ())
     d2 = scorer.score_many(E)
     p = chi2_sf(d2, d)
     warm = population.count >= warm_up and scorer.ok
@@ -90,15 +138,21 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
                 continue
             c = cohorts[prefix]
             sc = LeaveOneOutScorer(float(c.count), c.offset, c.m2, shrinkage)
-            D = np.subtract(X[rows], c.shift)
-            D -= c.offset
-            cp = chi2_sf(sc.score_many(D), d)
+            cp = chi2_sf(sc.score_many(deviations(X[rows], c, prefix)), d)
             n_levels[rows] += 1
             if c.count >= warm_up and sc.ok:
                 any_warm = True
                 p_min[rows] = np.minimum(p_min[rows], cp)
     return {"mahalanobis_squared": d2, "p_value": p, "decision_p_value": np.minimum(1.0, p_min * n_levels),
             "any_warm": any_warm, "levels": n_levels.astype(np.int64)}
+
+
+def _for_scoring(merged: dict[str, Any], need: set[tuple[str, ...]]):
+    """(population, cohorts, exponents) to score against: the power-of-two scaled merge when present."""
+    scaled = merged.get("scaled")
+    src = scaled if scaled is not None else merged
+    cohorts = {p: src["cohorts"][p] for p in need}
+    return src["population"], cohorts, (scaled["exponents"] if scaled is not None else None)
 
 
 class _Versioned:
@@ -179,17 +233,24 @@ class RegionShard(_Versioned):
         tree = self.tree
         if tree._tree is None or len(tree) == 0:
             return {"population": None, "cohorts": {}}
-        tree._tree.flush()
-        shift = tree._tree.shift
-        n, off, m2 = tree._tree.root_state()
-        cohorts = {}
+        slot_tree = tree._tree
+        slot_tree.flush()
+        shift = slot_tree.shift
+        # Moments in the caller's units (statistics) and in the tree's internal
+        # power-of-two units with their exponent (scoring: no squares underflow).
+        scale = np.ldexp(1.0, slot_tree.exponent)
+        n, off, m2 = slot_tree.root_state()
+        cohorts, scaled_cohorts = {}, {}
         for cid, path in enumerate(tree._cohorts.paths):
             if cid == 0:
                 continue
             cn, coff, cm2 = tree._cohort_state(cid)
             if cn > 0:
-                cohorts[path] = moments_from_state(cn, shift, coff, cm2)
-        return {"population": moments_from_state(n, shift, off, m2), "cohorts": cohorts}
+                cohorts[path] = moments_from_state(cn, shift, coff, cm2, scale)
+                scaled_cohorts[path] = moments_from_state(cn, shift, coff, cm2)
+        return {"population": moments_from_state(n, shift, off, m2, scale), "cohorts": cohorts,
+                "scaled": {"exponent": slot_tree.exponent.copy(), "population": moments_from_state(n, shift, off, m2),
+                           "cohorts": scaled_cohorts}}
 
     def update(self, expect: int, agent_ids: np.ndarray, X: np.ndarray, cohorts: Any,
                regions: np.ndarray) -> dict[str, Any]:
@@ -219,11 +280,11 @@ class RegionShard(_Versioned):
               score_levels: str) -> dict[str, Any]:
         """Score the last batch against the merged moments the root aggregator sent."""
         self._check(expect)
-        population, cohorts = merged["population"], merged["cohorts"]
         b = self._batch
         need = {p[:k] for p in b["paths"] for k in range(1, len(p) + 1)}
+        population, cohorts, exponents = _for_scoring(merged, need)
         out = score_rows(b["X"], b["paths"], b["path_index"], population,
-                         {p: cohorts[p] for p in need}, shrinkage, warm_up, score_levels)
+                         cohorts, shrinkage, warm_up, score_levels, exponents)
         out["first_cohort"] = b["paths"][int(b["path_index"][0])] if len(b["ids"]) else None
         return out
 
@@ -231,7 +292,6 @@ class RegionShard(_Versioned):
                   score_levels: str) -> dict[str, Any]:
         """Score every agent of the shard (in slot order); ``agent_ids`` says who."""
         self._check(expect)
-        population, cohorts = merged["population"], merged["cohorts"]
         tree = self.tree
         tree._tree.flush()
         slots = np.flatnonzero(tree._tree.occupied)
@@ -240,8 +300,9 @@ class RegionShard(_Versioned):
         uniq, inverse = np.unique(cd.cohort_of_slots(slots), return_inverse=True)
         paths = [cd.paths[int(c)] for c in uniq]
         need = {p[:k] for p in paths for k in range(1, len(p) + 1)}
+        population, cohorts, exponents = _for_scoring(merged, need)
         out = score_rows(tree._tree.X[slots], paths, inverse.ravel(), population,
-                         {p: cohorts[p] for p in need}, shrinkage, warm_up, score_levels)
+                         cohorts, shrinkage, warm_up, score_levels, exponents)
         out["agent_ids"] = np.array(ids.tolist())
         return out
 
@@ -378,6 +439,17 @@ class RootAggregator(_Versioned):
                 by_path.setdefault(path, []).append(m)
         cohorts = {p: (ms[0] if len(ms) == 1 else Moments.merge_all(ms)) for p, ms in by_path.items()}
         self.last = {"population": population, "cohorts": cohorts}
+        scaled = [s["scaled"] for s in summaries if s["population"] is not None]
+        if scaled and all(sc is not None for sc in scaled):
+            pop_s, pop_e = merge_scaled([(sc["population"], sc["exponent"]) for sc in scaled])
+            parts: dict[tuple[str, ...], list[tuple[Moments, np.ndarray]]] = {}
+            for sc in scaled:
+                for path, m in sc["cohorts"].items():
+                    parts.setdefault(path, []).append((m, sc["exponent"]))
+            merged_c = {p: merge_scaled(ps) for p, ps in parts.items()}
+            exponents: dict[Any, np.ndarray] = {(): pop_e, **{p: e for p, (_, e) in merged_c.items()}}
+            self.last["scaled"] = {"population": pop_s, "cohorts": {p: m for p, (m, _) in merged_c.items()},
+                                   "exponents": exponents}
         return self.last
 
     def population(self) -> Moments | None:

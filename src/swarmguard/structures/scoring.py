@@ -26,13 +26,21 @@ and each feature's share of ``D²`` is ``(n / (n - 1))² e_j (A⁻¹ e)_j / (1 -
 ``min(1, d / n)``, which vanishes as the population grows. ``T̃`` is ``T``
 with zeros raised to ``1e-12`` of the mean variance, and ``ρ = 1e-9``, so
 constant or collinear features never produce inf or NaN: a deviation in a
-feature every other member holds constant scores huge but finite.
+feature every other member holds constant scores huge but finite. Should the
+matrix still not factorise with the ridge raised to the target itself
+(co-moments no real population has), members are scored against the diagonal
+target alone; non-finite co-moments raise :class:`~swarmguard.NonFiniteError`.
+The moments are expected in units where squares neither under- nor overflow
+(the tree's power-of-two units, :mod:`swarmguard.structures.slot_tree`):
+scores are invariant under a per-feature scaling of ``e``, ``mean`` and ``m2``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.linalg import lapack
+
+from ..errors import NonFiniteError
 
 __all__ = ["LeaveOneOutScorer", "resolve_shrinkage", "MIN_POPULATION"]
 
@@ -98,16 +106,27 @@ class LeaveOneOutScorer:
         else:
             target = m2_diag * (1.0 / (n - 1.0))
             diag_view += lam * target + _RIDGE * np.maximum(target, floor / (n - 1.0))
+        if not (np.isfinite(A).all() and np.isfinite(floor)):
+            # Unreachable from validated features (the tree scales them by powers of two
+            # so no co-moment overflows); a typed error rather than a NaN score.
+            raise NonFiniteError("population co-moments hold non-finite values: cannot score")
         chol, info = lapack.dpotrf(A, lower=1, clean=1)
         ridge = _RIDGE
         while info != 0:
             # Numerically indefinite (rounding on a singular matrix): strengthen the ridge.
-            if ridge > 1.0:  # pragma: no cover - a positive diagonal always factorises
-                raise FloatingPointError("covariance could not be factorised")
-            ridge *= 100.0
             target = m2_diag * (1.0 / (n - 1.0))
-            A = m2 * k1
-            A.reshape(-1)[:: d + 1] += lam * target + ridge * np.maximum(target, floor / (n - 1.0))
+            if ridge > 1.0:
+                # Still indefinite (co-moments no population can have, e.g. merged from
+                # damaged parts): score against the diagonal target alone, which is
+                # positive by its floor, rather than fail after the tree has changed.
+                if ridge == np.inf:  # pragma: no cover - a positive diagonal always factorises
+                    raise NonFiniteError("population co-moments could not be factorised")
+                ridge = np.inf
+                A = np.diag(np.maximum(np.maximum(target, floor / (n - 1.0)), _TINY) * (1.0 + _RIDGE))
+            else:
+                ridge *= 100.0
+                A = m2 * k1
+                A.reshape(-1)[:: d + 1] += lam * target + ridge * np.maximum(target, floor / (n - 1.0))
             chol, info = lapack.dpotrf(A, lower=1, clean=1)
         self.chol = chol
         self.c = (1.0 - lam) * n / ((n - 1.0) * (n - 2.0))

@@ -21,6 +21,28 @@ How a change reaches the nodes
   root is only that of the updates since the last flush; the budget bounds it
   far below 1e-9 of the co-moment's trace, and a single update whose size
   dwarfs the population (an outlier entering or leaving) spends it at once.
+
+Units: a power of two per feature
+---------------------------------
+Features are stored as given, but every deviation is multiplied by a
+per-feature power of two, ``unit = 2**-e``, *before* anything is squared:
+offsets and co-moments of the nodes are kept in those internal units
+(:meth:`root_state`, :meth:`nodes_state`, :meth:`deviations`), and
+:meth:`root_moments` / :meth:`nodes_moments` / :meth:`to_user` convert back.
+Multiplying by a power of two is exact in binary, so the internal numbers of a
+dataset and of the same dataset times ``2**k`` are bitwise equal, and features
+of magnitude 1e-300 are squared as numbers near 1 instead of underflowing (or
+1e-162 ones to subnormals that break the factorisation).
+
+``e`` is chosen from the data whenever every node is recomputed (the first
+data, growth, re-anchoring): the exponent of the largest ``|x - shift|`` of the
+feature (of ``|shift|`` for a constant feature, 1 for an all-zero one). It is
+chosen again, by a full rebuild, when data arrive whose scaled deviation
+exceeds ``2**100`` (squares could then approach overflow), and when a flush
+finds a feature's variance fallen below ``2**-200`` internal units (and 2**64
+below its value when the unit was chosen), or an all-zero feature moved off
+zero (squares could approach underflow). Both are O(state), as a growth step,
+and happen only when a feature's magnitude changes by dozens of binary orders.
 """
 
 from __future__ import annotations
@@ -33,6 +55,10 @@ __all__ = ["SlotTree"]
 
 _EPS = np.finfo(np.float64).eps
 _ERROR_BUDGET = 1e-11   # relative to the root's trace, each feature in units of its own spread
+_HIGH = 2.0**100        # a scaled deviation above: choose the units again (squares stay far from overflow)
+_LOW_VAR = 2.0**-200    # a scaled variance below (and 2**64 below its value at the choice): choose again
+_FALL = 2.0**-64
+_MAX_EXP = 1000         # |e| bound: 2**1000 is finite, and scales subnormals into the normal range
 
 
 class SlotTree:
@@ -70,6 +96,12 @@ class SlotTree:
         self.capacity = 0
         self.levels = 0
         self.shift = np.zeros(dim)
+        self.unit = np.ones(dim)        # internal = (x - shift) * unit, a power of two per feature
+        self._limit = np.full(dim, _HIGH)   # |x - shift| beyond: choose the units again
+        self.exponent = np.zeros(dim, dtype=np.int64)   # unit = 2**-exponent
+        self._var_at_unit = np.zeros(dim)   # scaled variance when the unit was chosen (0: constant)
+        self._unit_known = np.zeros(dim, dtype=bool)   # False: the feature was all zeros then
+        self.unit_choices = 0           # work counter: times the units were chosen again
         self.X = np.zeros((0, dim))
         self.occupied = np.zeros(0, dtype=bool)
         self.cnt = np.zeros(0)
@@ -140,6 +172,7 @@ class SlotTree:
         if nodes is not None:
             Xv, occ = Xv[nodes], occ[nodes]
         D = Xv - self.shift
+        D *= self.unit                            # exact: a power of two per feature
         full = bool(occ.all())
         if not full:
             D *= occ[..., None]
@@ -212,6 +245,48 @@ class SlotTree:
             far = float((off * off) @ self._inv_scale) * (n - 1) > 1e6 * self.dim
             if far:
                 self.rebuild()
+                return
+        if reanchor and n > 1 and self._units_stale(diag, n):
+            self.rebuild()
+
+    def _units_stale(self, diag: np.ndarray, n: float) -> bool:
+        """Whether a feature's spread has fallen so far below its unit that squares could underflow."""
+        var = diag * (1.0 / (n - 1.0))
+        v0 = self._var_at_unit
+        # var == 0 counts when the feature had a spread at the choice (its squares may have underflowed)
+        shrunk = (var < _LOW_VAR) & np.where(v0 > 0, var < v0 * _FALL, var > 0)
+        woke = ~self._unit_known & ((var > 0) | (self._root_off != 0))
+        return bool((shrunk | woke).any())
+
+    def _choose_units(self, D: np.ndarray) -> None:
+        """Per-feature powers of two from deviations ``D = X - shift`` of every stored vector."""
+        spread = np.abs(D).max(axis=0) if D.shape[0] else np.zeros(self.dim)
+        ref = np.where(spread > 0, spread, np.abs(self.shift))
+        self._unit_known = ref > 0
+        _, e = np.frexp(np.where(self._unit_known, ref, 1.0))
+        self.exponent = np.clip(e, -_MAX_EXP, _MAX_EXP).astype(np.int64)
+        self.unit = np.ldexp(1.0, -self.exponent)
+        self._limit = np.ldexp(_HIGH, self.exponent)
+        self.unit_choices += 1
+
+    def deviations(self, X: np.ndarray) -> np.ndarray:
+        """``(X - shift) * unit``: vectors as the nodes' internal units see them (a new array)."""
+        D = np.subtract(X, self.shift)
+        D *= self.unit
+        return D
+
+    def to_user(self, off: np.ndarray, m2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, M2) in the caller's units from an internal (offset, M2); exact but for under/overflow."""
+        scale = np.ldexp(1.0, self.exponent)
+        return self.shift + off * scale, m2 * np.multiply.outer(scale, scale)
+
+    def _too_far(self, X: np.ndarray) -> bool:
+        """Whether vectors ``X`` lie outside the units' safe band (choose the units again).
+
+        Compared in the caller's units (``|x - shift| > 2**100 / unit``), since the
+        scaled deviation itself may overflow.
+        """
+        return X.size > 0 and bool((np.abs(X - self.shift) > self._limit).any())
 
     def rebuild(self) -> None:
         """Re-anchor the shift at the current mean and recompute every node from the leaves."""
@@ -220,8 +295,11 @@ class SlotTree:
         if not self.occupied.any():              # nothing to aggregate: the fresh layout is all zeros
             self._reset_root_tracking(reanchor=False)
             return
-        self.shift = self.X[self.occupied].mean(axis=0)
+        occupied = self.X[self.occupied]
+        self.shift = occupied.mean(axis=0)
+        self._choose_units(occupied - self.shift)
         self._recompute_all(reanchor=False)
+        self._var_at_unit = self._root_m2.diagonal() * (1.0 / max(self._root_n - 1.0, 1.0))
 
     def flush(self) -> None:
         """Recompute, exactly from children, every node on a path changed per item."""
@@ -242,17 +320,25 @@ class SlotTree:
             return
         self.ensure_capacity(int(slots.max()) + 1)
         pending = self._dirty.copy()
-        if X is not None and self._root_n == 0:
+        first = X is not None and self._root_n == 0
+        if first:
             self.shift = X.mean(axis=0)           # anchor the shift near the data
+            self._choose_units(X - self.shift)
+        rescale = X is not None and self._too_far(X)
         if X is None:
             self.occupied[slots] = False
             self.X[slots] = 0.0
         else:
             self.X[slots] = X
             self.occupied[slots] = True
+        if rescale:                               # far outside the units: choose them again, O(state)
+            self.rebuild()
+            return
         if pending:
             slots = np.concatenate([slots, np.asarray(pending, dtype=np.int64)])
         self._recompute_from_slots(slots)
+        if first:
+            self._var_at_unit = self._root_m2.diagonal() * (1.0 / max(self._root_n - 1.0, 1.0))
 
     # ------------------------------------------------------------------ per-item path
     def _after_change(self, slot: int, trace_before: float, trace_step: float) -> None:
@@ -263,12 +349,22 @@ class SlotTree:
         if len(self._dirty) >= self.recompute_every or self._error > _ERROR_BUDGET * max(self._root_trace, 1e-300):
             self.flush()
 
+    def _write_and_rebuild(self, slot: int, x: np.ndarray) -> None:
+        """A per-item change far outside the units: store it and rebuild (new units), O(state)."""
+        self.X[slot] = x
+        self.occupied[slot] = True
+        self.per_item_changes += 1
+        self.rebuild()
+
     def replace(self, slot: int, x: np.ndarray) -> None:
         """Replace the vector of an occupied slot (count unchanged)."""
         xo = self.X[slot]
+        if self._too_far(x):
+            self._write_and_rebuild(slot, x)
+            return
         n = self._root_n
-        s = x - xo
-        c = (xo - self.shift) - self._root_off            # old vector against the old mean
+        s = (x - xo) * self.unit
+        c = (xo - self.shift) * self.unit - self._root_off   # old vector against the old mean
         w = c + s * (0.5 * (1.0 - 1.0 / n))
         # M2' = M2 + a aᵀ - c cᵀ - s sᵀ / n  with a = c + s,  = M2 + w sᵀ + s wᵀ
         P = w[:, None] * s
@@ -287,7 +383,12 @@ class SlotTree:
         n = self._root_n
         if n == 0:
             self.shift = x.copy()                 # anchor the shift near the data
-        delta = (x - self.shift) - self._root_off
+            self._choose_units(np.zeros((1, self.dim)))
+            self._var_at_unit = np.zeros(self.dim)
+        elif self._too_far(x):
+            self._write_and_rebuild(slot, x)
+            return
+        delta = (x - self.shift) * self.unit - self._root_off
         n1 = n + 1.0
         self._root_off += delta * (1.0 / n1)
         scale = n / n1
@@ -311,7 +412,7 @@ class SlotTree:
             self._root_m2[:] = 0.0
             step = -before
         else:
-            d = self.X[slot] - self.shift
+            d = (self.X[slot] - self.shift) * self.unit
             prev = self._root_off - (d - self._root_off) * (1.0 / n1)
             delta = d - prev
             scale = n1 / n
@@ -326,20 +427,21 @@ class SlotTree:
         self._after_change(slot, before, step)
 
     # ------------------------------------------------------------------ reads
-    def root_moments(self, copy: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
-        """(count, mean, M2) of all occupied slots, current to the last change."""
+    def root_moments(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """(count, mean, M2) of all occupied slots in the caller's units, current to the last change."""
         if self.capacity == 0:
             return 0.0, np.zeros(self.dim), np.zeros((self.dim, self.dim))
-        m2 = self._root_m2.copy() if copy else self._root_m2
-        return self._root_n, self.shift + self._root_off, m2
+        mean, m2 = self.to_user(self._root_off, self._root_m2)
+        return self._root_n, mean, m2
 
     def nodes_moments(self, level: int, nodes: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        """Merged (count, mean, M2) of the given nodes of one level (flushes first)."""
+        """Merged (count, mean, M2) of the given nodes of one level, in the caller's units (flushes first)."""
         n, off, m2 = self.nodes_state(level, nodes)
-        return n, self.shift + off, m2
+        mean, m2 = self.to_user(off, m2)
+        return n, mean, m2
 
     def nodes_state(self, level: int, nodes: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        """Merged (count, offset from ``shift``, M2) of the given nodes of one level (flushes first)."""
+        """Merged (count, offset from ``shift``, M2) of the given nodes of one level, internal units (flushes first)."""
         self.flush()
         idx = self.level_base[level - 1] + np.asarray(nodes, dtype=np.int64)
         if idx.size == 0:
@@ -348,9 +450,9 @@ class SlotTree:
         return float(n), off, m2
 
     def root_state(self) -> tuple[float, np.ndarray, np.ndarray]:
-        """(count, offset from ``shift``, M2) of the root: views, current to the last change.
+        """(count, offset from ``shift``, M2) of the root in internal units: views, current to the last change.
 
-        Deviations of an agent are ``(x - shift) - offset``: two roundings, each
+        Deviations of an agent are ``deviations(x) - offset``: two roundings, each
         relative to a small number, where ``x - (shift + offset)`` would round
         the mean at the data's magnitude first.
         """
