@@ -942,3 +942,35 @@ def test_ids_per_source_match_a_dictionary_model(ops, chunk):
         for a in {v[0] for v in model.values()}:
             want = math.fsum(v[1] for v in model.values() if v[0] == a)
             assert bits(many["sum_log_odds"][keys.index(a)]) == bits(want)
+
+
+# ------------------------------------------------------------------ ids holding a NUL character
+# NumPy string arrays drop trailing NULs ("e\x00" -> "e"): refused in every id column.
+
+def _consensus_state(c):
+    ev = c.export_evidence()
+    return c.evidence_count, {k: (v.tobytes() if isinstance(v, np.ndarray) and v.dtype != object else
+                                  repr(list(v) if not isinstance(v, str) else v)) for k, v in ev.items()}
+
+
+@pytest.mark.parametrize("field", ["evidence_id", "agent_id", "source_node"])
+def test_evidence_with_a_nul_in_an_id_is_refused_one_by_one_and_in_batches(field):
+    c = StableBayesianConsensus()
+    c.add_evidence_batch(["e"], ["a"], "peer_report", [1.0], [1.0], [0.0], ["n"])
+    before = _consensus_state(c)
+    row = {"evidence_id": "e2", "agent_id": "a", "source_node": "n"}
+    row[field] = row[field][0] + "\x00"
+    with pytest.raises(InvalidInputError, match="NUL"):
+        c.add_evidence_sync(BayesianEvidence(row["evidence_id"], row["agent_id"], "peer_report", 1.0, 1.0, 0.0,
+                                             row["source_node"]))
+    for as_array in (list, lambda v: np.array(v, dtype=object)):
+        with pytest.raises(InvalidInputError, match="NUL"):
+            c.add_evidence_batch(as_array(["e3", row["evidence_id"]]), as_array(["a", row["agent_id"]]),
+                                 "peer_report", [1.0, 1.0], [1.0, 1.0], [0.0, 0.0],
+                                 as_array(["n", row["source_node"]]))
+    assert _consensus_state(c) == before
+
+
+def test_a_trusted_source_with_a_nul_is_refused():
+    with pytest.raises(InvalidInputError, match="NUL"):
+        StableBayesianConsensus(trusted_sources=["node\x00"])

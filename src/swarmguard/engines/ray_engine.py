@@ -92,7 +92,6 @@ from ..api.tree import HierarchicalStatisticalTree
 from ..errors import (
     CheckpointError,
     CheckpointWriteWarning,
-    DimensionMismatchError,
     InvalidInputError,
     InvalidTypeError,
     MissingDependencyError,
@@ -102,14 +101,13 @@ from ..errors import (
 from ..structures.fdr import benjamini_hochberg
 from ..structures.robust_fusion import SourceEvents, peel_sources
 from ..validation import (
-    as_feature_matrix,
     as_feature_vector,
-    check_agent_id,
     check_cohort,
     check_finite_float,
     check_key,
     check_positive_int,
 )
+from ..values.agent_index import as_wire_id_array, check_wire_id
 from ..values.version_vector import check_region_name
 from .checkpoint_files import (
     append_record,
@@ -333,29 +331,17 @@ class _ActorSystem:
         self.ray.get(h.actor.restore.remote(seq, h.ckpt_ref))
 
 
-def _validate_ids(agent_ids: Any) -> np.ndarray:
-    if isinstance(agent_ids, np.ndarray):
-        if agent_ids.ndim != 1:
-            raise DimensionMismatchError(f"agent_ids must be 1-D, got shape {agent_ids.shape}")
-        if agent_ids.dtype.kind in "iu":
-            if agent_ids.dtype == np.uint64 and agent_ids.size and agent_ids.max() >= (1 << 63):
-                raise InvalidInputError("agent ids must fit in 64 bits (int64)")
-            return agent_ids.astype(np.int64, copy=False)
-        if agent_ids.dtype.kind == "U":
-            return agent_ids
-        items = agent_ids.tolist()
-    elif isinstance(agent_ids, (str, bytes)) or not hasattr(agent_ids, "__len__"):
-        raise InvalidTypeError("agent_ids must be a sequence or array of ids")
-    else:
-        items = list(agent_ids)
-    if all(isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) for k in items):
-        try:
-            return np.array(items, dtype=np.int64)
-        except OverflowError as exc:
-            raise InvalidInputError("agent ids must fit in int64") from exc
-    if all(isinstance(k, str) for k in items):
-        return np.array(items, dtype=str)
-    raise InvalidTypeError("the Ray backend takes int or str agent ids (a NumPy array is fastest)")
+def _validate_ids(agent_ids: Any, n: int | None = None) -> np.ndarray:
+    """The replicas' id rule (:func:`~swarmguard.values.agent_index.as_wire_id_array`), one kind per round.
+
+    An int64 array or a NumPy string array (object arrays of ``str``, a pandas
+    column, become one); a batch mixing ints and strings is refused.
+    """
+    ids = as_wire_id_array(agent_ids, n, "agent_ids")
+    if ids.dtype == object:
+        raise InvalidTypeError("the Ray backend takes int or str agent ids, not both in one batch "
+                               "(a NumPy array is fastest)")
+    return ids
 
 
 def _hash_partition(keys: Any, parts: int) -> np.ndarray:
@@ -677,23 +663,15 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                fdr: Any, stay: np.ndarray | None = None) -> dict[str, Any]:
         """A round; ``stay`` marks rows whose known agents keep their place in the tree
         (the per-item path's data without a cohort), written to their region's replica all the same."""
-        # The in-process detector's checks, in its order, all before any change.
-        X = as_feature_matrix(X, self._dim)
+        # The in-process detector's checks (the same function), all before any change.
+        X, ids, regions, cohorts, ts = self._check_round(agent_ids, X, regions, cohorts, timestamp)
         n, d = X.shape
-        if isinstance(regions, str):
-            regions = np.full(n, regions)
-        regions = np.asarray(regions)
-        if regions.shape != (n,) or regions.dtype.kind != "U":
-            raise DimensionMismatchError(f"regions must be {n} region names, got shape {regions.shape}")
-        ts = check_finite_float(self.clock() if timestamp is None else timestamp, "timestamp")
+        ids = _validate_ids(ids)
         names, inverse = np.unique(regions, return_inverse=True)
         inverse = inverse.ravel()
         order = [check_region_name(r) for r in names.tolist()]
         if self.consistency_model is ConsistencyModel.STRONG:
             require_write_quorum(self.regions, self._group_of, order)
-        ids = _validate_ids(agent_ids)
-        if ids.shape[0] != n:
-            raise DimensionMismatchError(f"{ids.shape[0]} agent ids for {n} rows")
         if np.unique(ids).size != n:
             raise InvalidInputError("agent_ids holds the same id twice in one batch")
         if self._known_ids.size and n and self._known_ids.dtype.kind != ids.dtype.kind:
@@ -876,13 +854,17 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
     def process_agent_behavior_sync(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
         """Synchronous twin of :meth:`process_agent_behavior`."""
         data_id, features, cohort = read_behavior(behavioral_data)
-        agent_id = check_agent_id(agent_id)
-        if check_agent_id(data_id) != agent_id:
-            raise InvalidInputError(f"agent_id {agent_id!r} differs from the data's {data_id!r}")
+        agent_id = check_wire_id(agent_id, "agent_id")       # the replicas' rule, as in process
+        if check_wire_id(data_id, "behavioral_data.agent_id") != agent_id:
+            raise InvalidInputError(f"agent_id {agent_id!r} differs from the data's agent_id {data_id!r}: "
+                                    "the tree and the replicas would update different agents")
         x = as_feature_vector(features, self._dim)
         path = check_cohort(cohort)
         region = path[0] if path else self.default_region
         ts = check_finite_float(self._timestamp_of(behavioral_data), "timestamp")
+        uid = behavioral_data.get("id") if isinstance(behavioral_data, dict) else getattr(behavioral_data, "id", None)
+        if uid is not None:
+            check_wire_id(uid, "update id")     # refused as in process (the actors key writes by round)
         res = self._logged("item", lambda: _round_record([agent_id], x[None, :], region, [path], ts, None),
                            lambda: self._round([agent_id], x[None, :], region, cohorts=[path], timestamp=ts,
                                                fdr=None, stay=np.array([path is None])))
