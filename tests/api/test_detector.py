@@ -238,12 +238,15 @@ def test_process_agent_behavior_under_strong_without_quorum_changes_nothing():
     assert det.process_agent_behavior_sync(1, _item(region="us"))["agent_id"] == 1   # the majority side writes
 
 
-def test_process_agent_behavior_skips_an_evidence_id_an_observer_holds():
-    """The detector's next own evidence id squatted by an observer: the call still updates all
-    three parts (the next free id), instead of failing after the tree and the replica changed."""
+@pytest.mark.parametrize("squatter", ["observer", "detector"])
+def test_process_agent_behavior_skips_an_evidence_id_an_observer_holds(squatter):
+    """The detector's next own evidence id sent first by another source: ids are per source, so
+    it does not block the detector's; sent under the detector's own node id, the call takes the
+    next free id. Either way all three parts are updated, never only the tree and the replica."""
     det = _warm_detector()
+    assert det.node_id == "detector"
     squatted = f"{det.node_id}:{det._evidence_number}"
-    det.ingest_evidence([squatted], [299], "behavioral_anomaly", [1.0], [1.0], [0.0], ["observer"])
+    det.ingest_evidence([squatted], [299], "behavioral_anomaly", [1.0], [1.0], [0.0], [squatter])
     count, size, version = det.consensus.evidence_count, len(det.tree), det.tree.version
     out = det.process_agent_behavior_sync(1000, _item(agent_id=1000, features=[9.0, -9.0], region="eu"))
     assert out["anomaly"]["is_anomaly"]
@@ -251,7 +254,7 @@ def test_process_agent_behavior_skips_an_evidence_id_an_observer_holds():
     assert 1000 in det.cap_resolver.replica("eu").registers
     exported = det.consensus.export_evidence()
     mine = [e for e, a in zip(exported["evidence_ids"], exported["agent_ids"], strict=True) if a == 1000]
-    assert len(mine) == 1 and mine[0] != squatted
+    assert len(mine) == 1 and (mine[0] != squatted) == (squatter == det.node_id)
     assert det.consensus.consensus(299)["source_count"] == 1     # the observer's evidence untouched
 
 
