@@ -33,6 +33,10 @@ __all__ = [
     "as_float_vector",
     "check_nonnegative_float",
     "check_key",
+    "check_id_text",
+    "check_id_texts",
+    "check_id_str_array",
+    "as_name_array",
 ]
 
 
@@ -242,6 +246,89 @@ def check_key(value: Any, name: str) -> Hashable:
         raise InvalidTypeError(f"{name} must be hashable, got {type(value).__name__}") from exc
     if isinstance(value, np.integer):
         return int(value)
-    if isinstance(value, np.str_):
-        return str(value)
+    if isinstance(value, str):
+        return check_id_text(str(value), name)
     return value
+
+
+# ---------------------------------------------------------------------- NUL characters in ids and names
+# NumPy string arrays (dtype "U") pad with NUL characters and drop trailing ones,
+# so "a\x00" becomes "a" on its way into an array: the batch path would overwrite
+# agent "a", and replicas that hold the id as a string and as an array would
+# disagree forever. Every id and name that is a string is therefore refused if it
+# holds a NUL anywhere (one rule, the same on every path).
+
+def _nul_error(name: str, value: str, index: int | None = None) -> InvalidInputError:
+    where = "" if index is None else f"[{index}]"
+    return InvalidInputError(
+        f"{name}{where} holds a NUL character ('\\x00'): {value!r}; NumPy string arrays drop "
+        "trailing NULs, so such an id would alias another"
+    )
+
+
+def check_id_text(value: str, name: str) -> str:
+    """Return the string ``value``, refusing a NUL character anywhere in it.
+
+    >>> check_id_text("agent-7", "agent_id")
+    'agent-7'
+    """
+    if "\x00" in value:
+        raise _nul_error(name, value)
+    return value
+
+
+def check_id_texts(values: list, name: str) -> None:
+    """Refuse a NUL in any of ``values`` (a list of ``str``), naming the first such element."""
+    if "\x00" in "".join(values):   # one C-level scan: no per-element Python loop on the clean path
+        i = next(i for i, v in enumerate(values) if "\x00" in v)
+        raise _nul_error(name, values[i], i)
+
+
+def check_id_str_array(arr: np.ndarray, name: str) -> None:
+    """Refuse a NUL inside any element of a NumPy ``U`` array (trailing ones are already gone).
+
+    An element's code points that are not NUL number its length unless a NUL
+    sits inside it: one vectorised count instead of a search per element.
+    """
+    if arr.size == 0 or arr.dtype.itemsize == 0:
+        return
+    codes = np.ascontiguousarray(arr).view(np.uint32)
+    if int(np.count_nonzero(codes)) != int(np.char.str_len(arr).sum()):
+        lengths = np.char.str_len(arr).ravel()
+        per_row = np.count_nonzero(codes.reshape(arr.size, -1), axis=1)
+        i = int(np.flatnonzero(per_row != lengths)[0])
+        raise _nul_error(name, str(arr.ravel()[i]), i)
+
+
+def as_name_array(values: Any, n: int, what: str) -> np.ndarray:
+    """``n`` names as a NumPy string array: one ``str`` for every row, or ``n`` of them.
+
+    ``values`` may be a NumPy string array, an object array of ``str`` (a pandas
+    column) or any sequence of ``str``; a non-string element is an
+    :class:`InvalidTypeError` naming it; a NUL character is refused as in ids.
+
+    >>> as_name_array(np.array(["eu", "us"], dtype=object), 2, "regions").tolist()
+    ['eu', 'us']
+    """
+    if isinstance(values, str):
+        return np.full(n, check_id_text(values, what))
+    if isinstance(values, np.ndarray) and values.dtype.kind == "U":
+        arr = values
+        check_id_str_array(arr, what)
+    else:
+        if isinstance(values, bytes) or not hasattr(values, "__len__") or (
+                isinstance(values, np.ndarray) and values.dtype.kind != "O"):
+            kind = f"dtype {values.dtype}" if isinstance(values, np.ndarray) else type(values).__name__
+            raise InvalidTypeError(f"{what} must be one name or {n} names (str), got {kind}")
+        if isinstance(values, np.ndarray) and values.ndim != 1:
+            raise DimensionMismatchError(f"{what} must be {n} names (one per row), got shape {values.shape}")
+        items = values.tolist() if isinstance(values, np.ndarray) else list(values)
+        if not set(map(type, items)) <= {str}:      # the C-level test first; the loop only to name the culprit
+            for i, v in enumerate(items):
+                if not isinstance(v, str):
+                    raise InvalidTypeError(f"{what}[{i}] is not a str: {v!r} ({type(v).__name__})")
+        check_id_texts(items, what)
+        arr = np.array(items, dtype=str) if items else np.empty(0, dtype="<U1")
+    if arr.shape != (n,):
+        raise DimensionMismatchError(f"{what} must be {n} names (one per row), got shape {arr.shape}")
+    return arr

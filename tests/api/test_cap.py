@@ -471,3 +471,38 @@ def test_auto_sync_keeps_a_whole_network_at_full_confidence_without_explicit_syn
     expected = (1 - w_us) + w_us * math.exp(-0.1 * (res["staleness_seconds"] - 5.0))
     assert res["confidence_factor"] == pytest.approx(expected, rel=1e-12)
     assert res["confidence_factor"] < 0.75
+
+
+# ---------------------------------------------------------------- ids holding a NUL character
+# NumPy string arrays drop trailing NULs: "a\x00" would be "a" in a batch's arrays and
+# "a\x00" in a single update's register, and two replicas would never agree. Refused.
+
+@pytest.mark.parametrize("make", [
+    lambda: upd("u1", "a\x00", 1.0, [1.0, 1.0], "eu"),
+    lambda: upd("u\x00", "a", 1.0, [1.0, 1.0], "eu"),
+])
+def test_handle_update_refuses_a_nul_in_an_id_and_changes_nothing(make):
+    r = StatisticalCAPResolver(regions=["eu", "us"], clock=Clock(1.0))
+    r.handle_update_sync(upd("u0", "a", 0.5, [0.0, 0.0], "eu"))
+    before = state(r)
+    with pytest.raises(InvalidInputError, match="NUL"):
+        r.handle_update_sync(make())
+    assert_same(before, state(r))
+
+
+@pytest.mark.parametrize("agent_ids, update_ids", [
+    (["b", "a\x00"], None),
+    (np.array(["b", "a\x00"], dtype=object), None),
+    (np.array(["b", "x\x00y"]), None),
+    (["b", "c"], ["u1", "u2\x00"]),
+])
+def test_handle_updates_many_refuses_a_nul_in_an_id_and_changes_nothing(agent_ids, update_ids):
+    r = StatisticalCAPResolver(regions=["eu", "us"], clock=Clock(1.0))
+    r.handle_update_sync(upd("u0", "a", 0.5, [0.0, 0.0], "eu"))
+    before = state(r)
+    with pytest.raises(InvalidInputError, match="NUL"):
+        r.handle_updates_many("eu", agent_ids, [1.0, 1.0], [[5.0, 5.0], [6.0, 6.0]], [0.0, 0.0], update_ids)
+    with pytest.raises(InvalidInputError, match="NUL"):       # a region's first write too
+        r.handle_updates_many("us", agent_ids, [1.0, 1.0], [[5.0, 5.0], [6.0, 6.0]], [0.0, 0.0], update_ids)
+    assert_same(before, state(r))
+    assert r.replica("eu").registers.get("a")["features"].tolist() == [0.0, 0.0]

@@ -583,3 +583,394 @@ def test_trusted_sources_are_never_flagged_but_still_trimmed():
     # trimming still removes its extreme totals: the robust log-odds stay far below 50
     many = trusting.consensus_many()
     assert float(np.max(many["log_odds"])) < 25.0
+
+
+# ------------------------------------------------------------------ evidence ids are unique per source
+def test_a_liar_cannot_squat_an_honest_sources_evidence_id():
+    c = StableBayesianConsensus()
+    assert c.add_evidence_sync(BayesianEvidence("e1", "victim", "peer_report", 9.0, 1.0, 0.0, "liar")) is True
+    # The honest source's "e1" is its own evidence, not a conflict with the liar's.
+    assert c.add_evidence_sync(BayesianEvidence("e1", "victim", "peer_report", -1.0, 1.0, 0.0, "honest")) is True
+    assert c.evidence_count == 2
+    r = c.consensus("victim")
+    assert r["evidence_count"] == 2 and r["sum_log_odds"] == math.fsum([9.0, -1.0])
+    # Re-sends stay idempotent per source; same source, same id, other content is refused.
+    assert c.add_evidence_sync(BayesianEvidence("e1", "victim", "peer_report", -1.0, 1.0, 0.0, "honest")) is False
+    assert c.add_evidence_sync(BayesianEvidence("e1", "victim", "peer_report", 9.0, 1.0, 0.0, "liar")) is False
+    before = c.state_fingerprint()
+    with pytest.raises(DuplicateEvidenceError):
+        c.add_evidence_sync(BayesianEvidence("e1", "victim", "peer_report", 5.0, 1.0, 0.0, "honest"))
+    with pytest.raises(DuplicateEvidenceError):
+        c.add_evidence_batch(["e1"], ["victim"], "peer_report", [5.0], [1.0], [0.0], ["liar"])
+    assert c.state_fingerprint() == before
+    exported = c.export_evidence()
+    assert exported["evidence_ids"] == ["e1", "e1"] and exported["source_nodes"] == ["liar", "honest"]
+
+
+@pytest.mark.parametrize("int_ids", [True, False])
+def test_an_honest_batch_with_one_squatted_id_is_accepted_whole(tmp_path, int_ids):
+    n = 1000
+    ids = np.arange(n) if int_ids else [f"obs-{i}" for i in range(n)]
+    squatted = ids[417] if int_ids else ids[417]
+    rng = np.random.default_rng(3)
+    lo = rng.normal(size=n)
+    for store in (None, tmp_path / f"e{int_ids}.db"):
+        c = StableBayesianConsensus(store=store)
+        c.add_evidence_sync(BayesianEvidence(squatted, 0, "peer_report", 50.0, 1.0, 0.0, "liar"))
+        agents = np.arange(n) % 50
+        assert c.add_evidence_batch(ids, agents, "peer_report", lo, np.ones(n), np.zeros(n),
+                                    ["honest"] * n) == n
+        # Idempotent re-send of the whole batch, and of the liar's piece.
+        assert c.add_evidence_batch(ids, agents, "peer_report", lo, np.ones(n), np.zeros(n), ["honest"] * n) == 0
+        assert c.add_evidence_batch([squatted], [0], "peer_report", [50.0], [1.0], [0.0], ["liar"]) == 0
+        assert c.evidence_count == n + 1
+        many = c.consensus_many(include_sum=True)
+        for a in (0, 1, 17):
+            want = math.fsum(lo[agents == a].tolist() + ([50.0] if a == 0 else []))
+            assert many["sum_log_odds"][list(many["agent_ids"]).index(a)] == want
+        fingerprint = c.state_fingerprint()
+        c.close()
+        if store is not None:
+            with StableBayesianConsensus(store=store) as again:
+                assert again.state_fingerprint() == fingerprint
+
+
+def test_one_batch_with_the_same_id_from_two_sources_and_duplicates_inside():
+    c = StableBayesianConsensus()
+    # id 5 from sources 1 and 2 (two evidence), and an identical copy of (1, 5): added once.
+    assert c.add_evidence_batch(np.array([5, 5, 5, 6]), np.array([0, 0, 0, 1]), "peer_report",
+                                np.array([1.0, 2.0, 1.0, 3.0]), np.ones(4), np.zeros(4),
+                                np.array([1, 2, 1, 1])) == 3
+    with pytest.raises(DuplicateEvidenceError):   # same source, same id, other content in one batch
+        c.add_evidence_batch(np.array([7, 7]), np.array([0, 0]), "peer_report", np.array([1.0, 2.0]),
+                             np.ones(2), np.zeros(2), np.array([3, 3]))
+    assert c.add_evidence_batch(np.array([7, 7]), np.array([0, 0]), "peer_report", np.array([1.0, 2.0]),
+                                np.ones(2), np.zeros(2), np.array([3, 4])) == 2
+    assert c.consensus(0)["sum_log_odds"] == math.fsum([1.0, 2.0, 1.0, 2.0])
+    assert c.export_evidence()["evidence_ids"].tolist() == [5, 5, 6, 7, 7]
+    merged = StableBayesianConsensus()
+    merged += c
+    assert merged.state_fingerprint() == c.state_fingerprint()
+
+
+def test_a_schema_1_store_is_migrated_to_ids_per_source(tmp_path):
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value);
+        CREATE TABLE evidence (seq INTEGER PRIMARY KEY, evidence_id NOT NULL UNIQUE, agent_id NOT NULL,
+            source_node NOT NULL, evidence_type TEXT NOT NULL, log_odds_bits INTEGER NOT NULL,
+            confidence_bits INTEGER NOT NULL, timestamp_bits INTEGER NOT NULL);
+        INSERT INTO meta VALUES ('schema', 1);
+    """)
+    b = struct.unpack("<q", bits(1.5))[0]
+    one, zero = struct.unpack("<q", bits(1.0))[0], 0
+    conn.execute("INSERT INTO evidence VALUES (1, 'e1', 'a', 'liar', 'peer_report', ?, ?, ?)", (b, one, zero))
+    conn.commit()
+    conn.close()
+    with StableBayesianConsensus(store=path) as c:
+        assert c.consensus("a")["sum_log_odds"] == 1.5
+        assert c.add_evidence_sync(BayesianEvidence("e1", "a", "peer_report", 2.0, 1.0, 0.0, "honest"))
+    with StableBayesianConsensus(store=path) as c:
+        assert c.consensus("a")["sum_log_odds"] == 3.5
+    assert sqlite3.connect(path).execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == 2
+
+
+# ------------------------------------------------------------------ thread safety
+@pytest.mark.parametrize("with_store", [False, True])
+def test_four_threads_adding_evidence_commit_exactly_the_accepted_evidence(tmp_path, with_store):
+    import threading
+
+    store = tmp_path / "threads.db" if with_store else None
+    c = StableBayesianConsensus(partition_size=64, store=store)
+    rng = np.random.default_rng(11)
+    accepted: list[list[tuple]] = [[] for _ in range(4)]
+    refused: list[list[tuple]] = [[] for _ in range(4)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def work(t):
+        r = np.random.default_rng(100 + t)
+        barrier.wait()
+        try:
+            for i in range(150):
+                agent = int(r.integers(0, 20))
+                lo = float(r.normal() * 10.0 ** r.integers(-8, 8))
+                e = (f"t{t}-{i}", agent, lo, f"node-{t}")
+                if i % 3 == 2:   # a batch: a bad value or a conflicting duplicate refuses all of it
+                    ids = [e[0], f"t{t}-{i - 1}"]
+                    bad_value = i % 2 == 0
+                    los = [lo, float("nan")] if bad_value else [lo, lo + 1.0]
+                    with pytest.raises(SwarmGuardError):
+                        c.add_evidence_batch(ids, [agent, agent], "peer_report", los, [1.0, 1.0], [0.0, 0.0],
+                                             [e[3], e[3]])
+                    refused[t].append(e)
+                    continue
+                assert c.add_evidence_sync(BayesianEvidence(e[0], agent, "peer_report", lo, 1.0, 0.0, e[3]))
+                accepted[t].append(e)
+                if i % 5 == 0:   # an idempotent re-send and a refused conflict
+                    assert not c.add_evidence_sync(BayesianEvidence(e[0], agent, "peer_report", lo, 1.0, 0.0, e[3]))
+                    with pytest.raises(DuplicateEvidenceError):
+                        c.add_evidence_sync(BayesianEvidence(e[0], agent, "peer_report", lo + 1.0, 1.0, 0.0, e[3]))
+                if i % 7 == 0:
+                    c.consensus_many(include_sum=True)
+        except BaseException as exc:   # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    del rng
+    good = [e for part in accepted for e in part]
+
+    def check(cons):
+        assert cons.evidence_count == len(good)
+        many = cons.consensus_many(include_sum=True)
+        keys = list(many["agent_ids"])
+        for a in range(20):
+            mine = [e[2] for e in good if e[1] == a]
+            if mine:
+                assert bits(many["sum_log_odds"][keys.index(a)]) == bits(math.fsum(mine))
+        stored = set(zip(cons.export_evidence()["evidence_ids"], cons.export_evidence()["source_nodes"],
+                         strict=True))
+        assert stored == {(e[0], e[3]) for e in good}
+        assert not stored & {(e[0], e[3]) for part in refused for e in part}
+
+    check(c)
+    c.close()
+    if with_store:
+        with StableBayesianConsensus(partition_size=64, store=store) as again:
+            check(again)
+
+
+# ------------------------------------------------------------------ damaged or tampered stores
+def _good_store(path):
+    with StableBayesianConsensus(store=path) as c:
+        c.add_evidence_batch(["e1", "e2"], ["a", "b"], "peer_report", [1.0, 2.0], [1.0, 0.5], [0.0, 1.0],
+                             ["n1", "n2"])
+
+
+def _nan_bits():
+    return struct.unpack("<q", bits(float("nan")))[0]
+
+
+@pytest.mark.parametrize("damage", [
+    "truncate", "garbage", "string_float", "real_float", "nan_log_odds", "inf_timestamp", "confidence_2",
+    "bad_type", "alias_type", "float_id", "blob_id", "huge_bits", "drop_table", "drop_column", "schema_99",
+    "schema_text", "no_meta_row", "foreign_table", "same_key_twice",
+])
+def test_a_damaged_or_tampered_store_raises_evidence_store_error(tmp_path, damage):
+    from swarmguard.errors import EvidenceStoreError
+
+    path = tmp_path / "e.db"
+    _good_store(path)
+    if damage in ("truncate", "garbage"):
+        data = path.read_bytes()
+        path.write_bytes(data[:100] if damage == "truncate" else b"\x00garbage" * 200)
+        for extra in ("-wal", "-shm"):
+            (tmp_path / f"e.db{extra}").unlink(missing_ok=True)
+    else:
+        conn = sqlite3.connect(path)
+        sql = {
+            "string_float": "UPDATE evidence SET log_odds_bits = 'x' WHERE seq = 1",
+            "real_float": "UPDATE evidence SET log_odds_bits = 1.5 WHERE seq = 1",
+            "nan_log_odds": f"UPDATE evidence SET log_odds_bits = {_nan_bits()} WHERE seq = 1",
+            "inf_timestamp": f"UPDATE evidence SET timestamp_bits = {struct.unpack('<q', bits(math.inf))[0]}",
+            "confidence_2": f"UPDATE evidence SET confidence_bits = {struct.unpack('<q', bits(2.0))[0]}",
+            "bad_type": "UPDATE evidence SET evidence_type = 'nope' WHERE seq = 1",
+            "alias_type": "UPDATE evidence SET evidence_type = 'policy' WHERE seq = 1",
+            "float_id": "UPDATE evidence SET evidence_id = 1.5 WHERE seq = 1",
+            "blob_id": "UPDATE evidence SET agent_id = x'00ff' WHERE seq = 1",
+            "huge_bits": "UPDATE evidence SET log_odds_bits = 1e300 WHERE seq = 1",
+            "drop_table": "DROP TABLE evidence",
+            "drop_column": "ALTER TABLE evidence DROP COLUMN timestamp_bits",
+            "schema_99": "UPDATE meta SET value = 99",
+            "schema_text": "UPDATE meta SET value = '2'",
+            "no_meta_row": "DELETE FROM meta",
+            "foreign_table": "DROP TABLE meta",
+            "same_key_twice": None,
+        }[damage]
+        if damage == "same_key_twice":
+            # A copy of the table without the constraint, holding the same key twice.
+            conn.executescript("""
+                CREATE TABLE t AS SELECT * FROM evidence; DROP TABLE evidence;
+                CREATE TABLE evidence (seq INTEGER PRIMARY KEY, evidence_id, agent_id, source_node,
+                    evidence_type, log_odds_bits, confidence_bits, timestamp_bits);
+                INSERT INTO evidence SELECT * FROM t; DROP TABLE t;
+                INSERT INTO evidence SELECT 3, evidence_id, agent_id, source_node, evidence_type,
+                    log_odds_bits + 1, confidence_bits, timestamp_bits FROM evidence WHERE seq = 1;
+            """)
+        else:
+            conn.execute(sql)
+        conn.commit()
+        conn.close()
+    with pytest.raises(EvidenceStoreError):
+        StableBayesianConsensus(store=path)
+
+
+# ------------------------------------------------------------------ Sybil resistance (probation)
+def _honest_and_sybils(probation=None):
+    """10 honest sources, 500 evidence each over agents 0..199; then 1 600 throw-away source
+    ids with one contradictory piece each: 20 on each of agents 0..79, and 200 more alone on
+    agents 1000..1009 that no honest source reports on."""
+    rng = np.random.default_rng(0)
+    kw = {} if probation is None else {"probation_evidence": probation}
+    c = StableBayesianConsensus(**kw)
+    src = np.repeat(np.arange(10), 500)
+    agents = np.concatenate([rng.permutation(np.tile(np.arange(200), 3))[:500] for _ in range(10)])
+    truth = np.where(np.arange(200) % 2 == 0, 2.0, -2.0)
+    lo = truth[agents] + rng.normal(size=src.size) * 0.5
+    c.add_evidence_batch(np.arange(src.size), agents, "peer_report", lo, np.ones(src.size), np.zeros(src.size), src)
+    before = c.consensus_many(include_sum=True)
+    touched = np.repeat(np.arange(80), 20)
+    alone = np.repeat(np.arange(1000, 1010), 20)
+    sa = np.concatenate([touched, alone])
+    s = sa.size
+    lies = np.where(sa < 200, -truth[sa % 200] * 1000.0, 1000.0) + rng.normal(size=s)
+    # Each Sybil reuses an honest source's evidence id too: ids are per source, so no conflict.
+    c.add_evidence_batch(np.arange(s), sa, "peer_report", lies, np.ones(s), np.zeros(s), 10_000 + np.arange(s))
+    return c, before, c.consensus_many(include_sum=True)
+
+
+def test_without_probation_throwaway_sources_get_honest_sources_flagged():
+    # The reproducer: with probation off, the attack flags every honest source and stops
+    # consensus on agents the Sybils never touched (what probation exists to prevent).
+    _, before, after = _honest_and_sybils(probation=1)
+    assert set(range(10)) <= set(after["byzantine_nodes"])
+    keys = list(after["agent_ids"])
+    untouched = [keys.index(a) for a in range(80, 200)]
+    assert before["consensus_reached"][80:200].all() and not after["consensus_reached"][untouched].any()
+
+
+def test_throwaway_sources_cannot_outvote_or_flag_known_sources():
+    c, before, after = _honest_and_sybils()
+    assert not set(range(10)) & set(after["byzantine_nodes"])
+    keys = list(after["agent_ids"])
+    honest_agents = [keys.index(a) for a in range(200)]
+    # Every agent an established source reports on: consensus bit for bit as before the attack
+    # (touched ones included: sources on probation have no vote there) and reached.
+    for name in ("log_odds", "log_odds_low", "log_odds_high", "source_count"):
+        assert after[name][honest_agents].tobytes() == before[name][:200].tobytes(), name
+    assert after["consensus_reached"][honest_agents].all()
+    assert (after["probation_source_count"][honest_agents][:80] == 20).all()
+    # The plain exact sum still holds every piece (no protection in "sum" terms, by definition).
+    assert after["sum_log_odds"][keys.index(0)] != before["sum_log_odds"][0]
+    # Agents only sources on probation report on: fused from them, never reached.
+    alone = [keys.index(a) for a in range(1000, 1010)]
+    assert not after["consensus_reached"][alone].any()
+    assert (after["source_count"][alone] == 20).all()
+    one = c.consensus(1000)
+    assert one["consensus_reached"] is False and one["source_count"] == 20
+    single = c.consensus(3)
+    assert single["log_odds"] == after["log_odds"][keys.index(3)] and single["probation_source_count"] == 20
+    assert c.source_reputation()[10_000]["flagged"] is False
+
+
+def test_a_source_votes_once_it_has_contributed_probation_evidence():
+    c = StableBayesianConsensus(probation_evidence=3)
+    for i, node in enumerate("abcde"):   # five known sources, 3 evidence each on agents 0..2
+        c.add_evidence_batch([f"{node}{k}" for k in range(3)], [0, 1, 2], "peer_report", [1.0 + i / 10] * 3,
+                             [1.0] * 3, [0.0] * 3, [node] * 3)
+    c.add_evidence_sync(BayesianEvidence("n0", 0, "peer_report", 50.0, 1.0, 0.0, "newcomer"))
+    r = c.consensus(0)
+    assert r["source_count"] == 5 and r["probation_source_count"] == 1
+    assert r["log_odds"] == 5 / 3 * math.fsum([1.1, 1.2, 1.3])   # trimmed mean of the five, f = 1
+    c.add_evidence_batch(["n1", "n2"], [5, 6], "peer_report", [1.0, 1.0], [1.0] * 2, [0.0] * 2, ["newcomer"] * 2)
+    r = c.consensus(0)
+    assert r["source_count"] == 6 and r["probation_source_count"] == 0
+    many = c.consensus_many()
+    assert many["source_count"][0] == 6 and many["log_odds"][0] == r["log_odds"]
+    # A young consensus (no source has contributed enough yet): every source votes.
+    young = StableBayesianConsensus(probation_evidence=3)
+    young.add_evidence_batch([1, 2], [0, 0], "peer_report", [1.0, 2.0], [1.0] * 2, [0.0] * 2, ["a", "b"])
+    assert young.consensus(0)["source_count"] == 2 and young.consensus(0)["consensus_reached"]
+    with pytest.raises(InvalidInputError):
+        StableBayesianConsensus(probation_evidence=0)
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from([0, 1, 2, 3, "x", "y"]), st.integers(0, 2),
+                          st.sampled_from([0.5, -1.0, 2.0]), st.booleans()), min_size=1, max_size=40),
+       st.integers(1, 4))
+@settings(max_examples=120, deadline=None)
+def test_ids_per_source_match_a_dictionary_model(ops, chunk):
+    """Single adds and batches of (source, id) keys against a plain dict of keys: the same
+    accepted set, the same refusals, and sums equal to math.fsum of the accepted evidence."""
+    c = StableBayesianConsensus(partition_size=3)
+    model: dict = {}
+    i = 0
+    while i < len(ops):
+        part = ops[i:i + chunk]
+        i += chunk
+        single = part[0][4]
+        rows = part[:1] if single else part
+        trial = dict(model)
+        refused = False
+        for src, eid, agent, lo, _ in rows:
+            key, content = (src, eid), (agent, lo)
+            if key in trial and trial[key] != content:
+                refused = True
+            trial.setdefault(key, content)
+        before = c.state_fingerprint()
+        def call(rows=rows, single=single):
+            if single:
+                src, eid, agent, lo, _ = rows[0]
+                return c.add_evidence_sync(BayesianEvidence(eid, agent, "peer_report", lo, 1.0, 0.0, src))
+            return c.add_evidence_batch([r[1] for r in rows], [r[2] for r in rows], "peer_report",
+                                        [r[3] for r in rows], [1.0] * len(rows), [0.0] * len(rows),
+                                        [r[0] for r in rows])
+        if refused:
+            with pytest.raises(DuplicateEvidenceError):
+                call()
+            assert c.state_fingerprint() == before
+        else:
+            added = call()
+            assert int(added) == len(trial) - len(model)
+            model = trial
+    assert c.evidence_count == len(model)
+    exported = c.export_evidence()
+    ids = exported["evidence_ids"]
+    ids = ids.tolist() if isinstance(ids, np.ndarray) else ids
+    assert sorted(map(repr, zip(exported["source_nodes"] if isinstance(exported["source_nodes"], list)
+                                else exported["source_nodes"].tolist(), ids, strict=True))) == \
+        sorted(map(repr, model))
+    if model:
+        many = c.consensus_many(include_sum=True)
+        keys = list(many["agent_ids"])
+        for a in {v[0] for v in model.values()}:
+            want = math.fsum(v[1] for v in model.values() if v[0] == a)
+            assert bits(many["sum_log_odds"][keys.index(a)]) == bits(want)
+
+
+# ------------------------------------------------------------------ ids holding a NUL character
+# NumPy string arrays drop trailing NULs ("e\x00" -> "e"): refused in every id column.
+
+def _consensus_state(c):
+    ev = c.export_evidence()
+    return c.evidence_count, {k: (v.tobytes() if isinstance(v, np.ndarray) and v.dtype != object else
+                                  repr(list(v) if not isinstance(v, str) else v)) for k, v in ev.items()}
+
+
+@pytest.mark.parametrize("field", ["evidence_id", "agent_id", "source_node"])
+def test_evidence_with_a_nul_in_an_id_is_refused_one_by_one_and_in_batches(field):
+    c = StableBayesianConsensus()
+    c.add_evidence_batch(["e"], ["a"], "peer_report", [1.0], [1.0], [0.0], ["n"])
+    before = _consensus_state(c)
+    row = {"evidence_id": "e2", "agent_id": "a", "source_node": "n"}
+    row[field] = row[field][0] + "\x00"
+    with pytest.raises(InvalidInputError, match="NUL"):
+        c.add_evidence_sync(BayesianEvidence(row["evidence_id"], row["agent_id"], "peer_report", 1.0, 1.0, 0.0,
+                                             row["source_node"]))
+    for as_array in (list, lambda v: np.array(v, dtype=object)):
+        with pytest.raises(InvalidInputError, match="NUL"):
+            c.add_evidence_batch(as_array(["e3", row["evidence_id"]]), as_array(["a", row["agent_id"]]),
+                                 "peer_report", [1.0, 1.0], [1.0, 1.0], [0.0, 0.0],
+                                 as_array(["n", row["source_node"]]))
+    assert _consensus_state(c) == before
+
+
+def test_a_trusted_source_with_a_nul_is_refused():
+    with pytest.raises(InvalidInputError, match="NUL"):
+        StableBayesianConsensus(trusted_sources=["node\x00"])

@@ -8,6 +8,13 @@ import numpy as np
 import pytest
 
 from swarmguard import BehavioralData, DistributedBehavioralDetector, p_value_log_odds
+from swarmguard.api.cap import QuorumUnavailableError
+from swarmguard.errors import (
+    InvalidInputError,
+    InvalidTypeError,
+    NonFiniteError,
+    SwarmGuardError,
+)
 
 
 def test_an_observer_using_the_detectors_next_evidence_id_does_not_break_a_round():
@@ -18,9 +25,249 @@ def test_an_observer_using_the_detectors_next_evidence_id_does_not_break_a_round
     det.ingest_evidence(["detector:0:0"], [299], "behavioral_anomaly", [1.0], [1.0], [0.0], ["observer"])
     out = det.process_round(ids, X, "eu")
     assert out["is_anomaly"][:5].all()
-    own = [k for k in det.consensus.export_evidence()["evidence_ids"] if str(k).startswith("detector:1:")]
-    assert len(own) == int(out["is_anomaly"].sum())          # the next number, whole
+    ev = det.consensus.export_evidence()
+    # Evidence ids are unique per source: the observer's "detector:0:0" is no collision, so
+    # the detector's own first range is used whole.
+    own = [k for k, s in zip(ev["evidence_ids"], ev["source_nodes"], strict=True) if s == det.node_id]
+    assert sorted(own) == sorted(f"detector:0:{i}" for i in range(int(out["is_anomaly"].sum())))
     assert det.consensus.consensus(299)["source_count"] == 1  # the observer's evidence is untouched
+
+
+# ---------------------------------------------------------------------- one transaction
+# A call either raises a typed error and leaves all three parts (tree, consensus,
+# CAP resolver) bit for bit as they were, or updates all three.
+
+
+
+def _frozen(value):
+    """A value in a form compared bit for bit: arrays by dtype, shape and bytes, floats by repr."""
+    if isinstance(value, dict):
+        return {k: _frozen(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            return ("O", value.shape, tuple(_frozen(v) for v in value.tolist()))
+        return (value.dtype.str, value.shape, value.tobytes())
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, float):
+        return ("f", math.copysign(1.0, value), value.hex() if math.isfinite(value) else repr(value))
+    return value
+
+
+def detector_state(det) -> dict:
+    """Everything the detector's three parts hold: the tree's agents, vectors and cohorts, every
+    replica's registers and moments, and every piece of evidence with the consensus sums."""
+    state = {
+        "tree": _frozen(det.tree.to_dict()),
+        "tree_size": len(det.tree),
+        "tree_version": det.tree.version,
+        "cap": _frozen(det.cap_resolver.to_dict()),
+        "evidence_count": det.consensus.evidence_count,
+        "evidence": _frozen(det.consensus.export_evidence()),
+        "evidence_number": det._evidence_number,
+    }
+    if det.consensus.evidence_count:
+        state["consensus"] = _frozen(det.consensus.consensus_many(include_sum=True))
+    return state
+
+
+def assert_refused_unchanged(det, call, error=SwarmGuardError, match=None):
+    """``call(det)`` raises ``error`` and every part of ``det`` is bit-identical afterwards."""
+    before = detector_state(det)
+    with pytest.raises(error, match=match) as info:
+        call(det)
+    assert isinstance(info.value, SwarmGuardError), f"untyped {type(info.value).__name__}: {info.value}"
+    assert detector_state(det) == before
+    return info.value
+
+
+def _warm_detector(**kw):
+    """A detector after one round of 300 agents, five of them anomalous (so with own evidence)."""
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(300, 2))
+    X[:5] += 9.0
+    det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=100, clock=lambda: 5.0, **kw)
+    out = det.process_round(np.arange(300), X, "eu")
+    assert out["is_anomaly"][:5].all() and det.consensus.evidence_count == 5
+    return det
+
+
+ONE_ROW = np.array([[0.5, -0.5]])
+
+
+def _object_ids(*values):
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = list(values)
+    return arr
+
+
+@pytest.mark.parametrize("timestamp, error", [
+    (float("nan"), NonFiniteError), (float("inf"), NonFiniteError), (-float("inf"), NonFiniteError),
+    ("12.5", InvalidTypeError), ("x", InvalidTypeError), ([1.0], InvalidTypeError), (np.array([1.0]), InvalidTypeError),
+])
+def test_process_round_refuses_a_bad_timestamp_and_changes_nothing(timestamp, error):
+    det = _warm_detector()
+    assert_refused_unchanged(det, lambda d: d.process_round([1], ONE_ROW, "eu", timestamp=timestamp), error)
+    assert_refused_unchanged(det, lambda d: d.process_round([1000], ONE_ROW, "eu", timestamp=timestamp), error)
+
+
+@pytest.mark.parametrize("ids, error", [
+    (_object_ids((1, 2)), InvalidTypeError),                     # a tuple: the tree takes it, the replicas not
+    ([(1, 2)], InvalidTypeError),
+    ([b"a"], InvalidTypeError),                                  # bytes
+    ([2**63], InvalidInputError),                                # beyond int64
+    (_object_ids(2**63), InvalidInputError),
+    (np.array([2**63], dtype=np.uint64), InvalidInputError),     # uint64 ids >= 2**63
+    (np.array([3, 2**64 - 1], dtype=np.uint64), InvalidInputError),
+    (["a\x00"], InvalidInputError),                              # NUL: NumPy would store it as "a"
+    (_object_ids("a\x00"), InvalidInputError),
+    (np.array(["a\x00b"]), InvalidInputError),
+    ([1.5], InvalidTypeError), ([True], InvalidTypeError), ([None], InvalidInputError),
+])
+def test_process_round_refuses_ids_the_replicas_refuse_and_changes_nothing(ids, error):
+    det = _warm_detector()
+    assert_refused_unchanged(det, lambda d: d.process_round(ids, np.ones((len(ids), 2)), "eu"), error)
+
+
+def test_process_round_with_a_nul_id_does_not_overwrite_the_agent_without_it():
+    det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=100, clock=lambda: 0.0)
+    det.process_round(["a", "b", "c"], np.eye(3, 2), "eu")
+    assert_refused_unchanged(det, lambda d: d.process_round(["a\x00"], [[7.0, 7.0]], "eu"), InvalidInputError)
+    np.testing.assert_array_equal(det.tree.get_agent_features("a"), [1.0, 0.0])
+
+
+def test_process_round_refuses_a_region_that_is_not_a_string_naming_it():
+    det = _warm_detector()
+    err = assert_refused_unchanged(
+        det, lambda d: d.process_round([1, 2], np.ones((2, 2)), np.array(["eu", 3], dtype=object)),
+        InvalidTypeError)
+    assert "regions[1]" in str(err)
+    assert_refused_unchanged(det, lambda d: d.process_round([1, 2], np.ones((2, 2)), np.array([1, 2])),
+                             InvalidTypeError)
+    assert_refused_unchanged(det, lambda d: d.process_round([1, 2], np.ones((2, 2)), ["eu"]), InvalidInputError)
+
+
+def test_process_round_takes_object_arrays_of_strings_as_string_arrays():
+    """What a pandas column gives: regions, cohorts and ids as object arrays of str (or of int)."""
+    rng = np.random.default_rng(5)
+    n = 2000
+    X = rng.normal(size=(n, 3))
+    X[:10] += 8.0
+    names = np.array([f"agent-{i}" for i in range(n)])
+    regions = np.where(np.arange(n) % 3 == 0, "eu", "us")
+    cohorts = np.where(np.arange(n) % 2 == 0, "rack-a", "rack-b")
+    results = []
+    for as_object in (False, True):
+        conv = (lambda a: a.astype(object)) if as_object else (lambda a: a)
+        det = DistributedBehavioralDetector(feature_dimensions=3, warm_up=100, clock=lambda: 1.0)
+        out_s = det.process_round(conv(names), X, conv(regions), cohorts=conv(cohorts))
+        det2 = DistributedBehavioralDetector(feature_dimensions=3, warm_up=100, clock=lambda: 1.0)
+        out_i = det2.process_round(conv(np.arange(n)) if as_object else np.arange(n), X, conv(regions))
+        results.append((out_s, out_i, det, det2))
+    (s0, i0, d0, e0), (s1, i1, d1, e1) = results
+    for a, b in ((s0, s1), (i0, i1)):
+        for key in ("agent_ids", "action", "is_anomaly", "mahalanobis_squared", "p_value", "probability",
+                    "confidence"):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        assert a["region_confidence"] == b["region_confidence"]
+    assert s1["is_anomaly"][:10].all()
+    assert detector_state(d0) == detector_state(d1) and detector_state(e0) == detector_state(e1)
+
+
+# ---------------------------------------------------------------------- the per-item path
+
+def _item(**kw):
+    kw.setdefault("agent_id", 1)
+    kw.setdefault("features", [0.5, -0.5])
+    return BehavioralData(**kw)
+
+
+@pytest.mark.parametrize("timestamp, error", [
+    (float("nan"), NonFiniteError), (float("inf"), NonFiniteError), ("x", InvalidTypeError),
+    ("3.0", InvalidTypeError), ([1], InvalidTypeError),
+])
+def test_process_agent_behavior_refuses_a_bad_timestamp_and_changes_nothing(timestamp, error):
+    det = _warm_detector()
+    assert_refused_unchanged(det, lambda d: d.process_agent_behavior_sync(1, _item(timestamp=timestamp)), error)
+    # a mapping too, and an anomalous new agent (evidence would follow)
+    data = {"agent_id": 1000, "features": [9.0, 9.0], "timestamp": timestamp}
+    assert_refused_unchanged(det, lambda d: d.process_agent_behavior_sync(1000, data), error)
+
+
+@pytest.mark.parametrize("agent_id, error", [
+    ((1, 2), InvalidTypeError), (b"a", InvalidTypeError), (2**63, InvalidInputError),
+    (-(2**63) - 1, InvalidInputError), ("a\x00", InvalidInputError), (1.0, InvalidTypeError),
+])
+def test_process_agent_behavior_refuses_ids_the_replicas_refuse_and_changes_nothing(agent_id, error):
+    det = _warm_detector()
+    assert_refused_unchanged(
+        det, lambda d: d.process_agent_behavior_sync(agent_id, _item(agent_id=agent_id)), error)
+
+
+@pytest.mark.parametrize("call_id, data_id", [(2, 1), ("1", 1), (1, "1"), (1, (1,))])
+def test_process_agent_behavior_refuses_data_for_another_agent(call_id, data_id):
+    """Today the tree would update one agent and the replicas another."""
+    det = _warm_detector()
+    assert_refused_unchanged(det, lambda d: d.process_agent_behavior_sync(call_id, _item(agent_id=data_id)),
+                             InvalidInputError)
+
+
+def test_process_agent_behavior_accepts_the_same_id_in_another_integer_type():
+    det = _warm_detector()
+    out = det.process_agent_behavior_sync(np.int64(7), _item(agent_id=7))
+    assert out["agent_id"] == 7 and type(out["agent_id"]) is int
+
+
+@pytest.mark.parametrize("update_id, error", [
+    (1.5, InvalidTypeError), ((1,), InvalidTypeError), (b"u", InvalidTypeError), ("u\x00", InvalidInputError),
+    (2**64, InvalidInputError),
+])
+def test_process_agent_behavior_refuses_an_update_id_the_replicas_refuse(update_id, error):
+    det = _warm_detector()
+    assert_refused_unchanged(det, lambda d: d.process_agent_behavior_sync(1, _item(id=update_id)), error)
+
+
+def test_process_agent_behavior_under_strong_without_quorum_changes_nothing():
+    det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=100, clock=lambda: 5.0,
+                                        consistency_model="strong", regions=["eu", "us", "ap"])
+    rng = np.random.default_rng(3)
+    det.process_round(np.arange(300), rng.normal(size=(300, 2)), np.array(["eu", "us", "ap"] * 100))
+    det.cap_resolver.partition([["eu"], ["us", "ap"]])
+    assert_refused_unchanged(det, lambda d: d.process_agent_behavior_sync(1, _item(region="eu")),
+                             QuorumUnavailableError)
+    assert det.process_agent_behavior_sync(1, _item(region="us"))["agent_id"] == 1   # the majority side writes
+
+
+@pytest.mark.parametrize("squatter", ["observer", "detector"])
+def test_process_agent_behavior_skips_an_evidence_id_an_observer_holds(squatter):
+    """The detector's next own evidence id sent first by another source: ids are per source, so
+    it does not block the detector's; sent under the detector's own node id, the call takes the
+    next free id. Either way all three parts are updated, never only the tree and the replica."""
+    det = _warm_detector()
+    assert det.node_id == "detector"
+    squatted = f"{det.node_id}:{det._evidence_number}"
+    det.ingest_evidence([squatted], [299], "behavioral_anomaly", [1.0], [1.0], [0.0], [squatter])
+    count, size, version = det.consensus.evidence_count, len(det.tree), det.tree.version
+    out = det.process_agent_behavior_sync(1000, _item(agent_id=1000, features=[9.0, -9.0], region="eu"))
+    assert out["anomaly"]["is_anomaly"]
+    assert det.consensus.evidence_count == count + 1 and len(det.tree) == size + 1 and det.tree.version > version
+    assert 1000 in det.cap_resolver.replica("eu").registers
+    exported = det.consensus.export_evidence()
+    mine = [e for e, a in zip(exported["evidence_ids"], exported["agent_ids"], strict=True) if a == 1000]
+    assert len(mine) == 1 and (mine[0] != squatted) == (squatter == det.node_id)
+    assert det.consensus.consensus(299)["source_count"] == 1     # the observer's evidence untouched
+
+
+def test_process_agent_behavior_reads_the_clock_once_for_all_three_parts():
+    ticks = iter(range(100, 200))
+    det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=100, clock=lambda: float(next(ticks)))
+    rng = np.random.default_rng(4)
+    det.process_round(np.arange(200), rng.normal(size=(200, 2)), "eu", timestamp=0.0)
+    det.process_agent_behavior_sync(1000, _item(agent_id=1000, features=[9.0, -9.0], region="eu"))
+    exported = det.consensus.export_evidence()
+    (row,) = [i for i, a in enumerate(exported["agent_ids"]) if a == 1000]
+    register = det.cap_resolver.replica("eu").registers.get(1000)
+    assert exported["timestamps"][row] == register["timestamp"]
 
 
 # ---------------------------------------------------------------- issue 10: one extreme agent never stops a round

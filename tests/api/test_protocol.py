@@ -263,6 +263,49 @@ def test_batch_errors_leave_the_tree_unchanged():
         np.testing.assert_array_equal(before[k], after[k])
 
 
+# ---------------------------------------------------------------------- ids: unknown, mixed, NUL
+
+from swarmguard import InvalidTypeError, UnknownAgentError  # noqa: E402
+
+
+@pytest.mark.parametrize("probe, error", [
+    ([0, "zz"], UnknownAgentError), (["zz", 0], UnknownAgentError), (np.array(["zz"]), UnknownAgentError),
+    ([0, 10**30], UnknownAgentError), ([0, 1.5], InvalidTypeError), ([[0]], InvalidTypeError),
+    (np.array([True]), InvalidTypeError),
+])
+def test_score_many_with_mixed_or_unknown_ids_is_typed(probe, error):
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    tree.update_many(np.arange(50), np.random.default_rng(0).normal(size=(50, 2)))
+    protocol = BehavioralDistributedProtocol(tree, warm_up=10)
+    with pytest.raises(error):
+        protocol.score_many(probe)
+
+
+def test_score_many_on_string_ids_with_an_int_probe_is_unknown():
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    tree.update_many([f"a{i}" for i in range(20)], np.random.default_rng(0).normal(size=(20, 2)))
+    protocol = BehavioralDistributedProtocol(tree, warm_up=10)
+    with pytest.raises(UnknownAgentError, match="'zz'"):
+        protocol.score_many(["a1", "zz"])
+    with pytest.raises(UnknownAgentError):
+        protocol.score_many([0])
+    with pytest.raises(UnknownAgentError):
+        protocol.score_agent_sync("zz")
+
+
+def test_update_agent_behavior_refuses_a_nul_in_the_id_and_changes_nothing():
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    tree.update_many(["a", "b", "c"], np.eye(3, 2))
+    protocol = BehavioralDistributedProtocol(tree, warm_up=3)
+    version = tree.version
+    with pytest.raises(InvalidInputError, match="NUL"):
+        protocol.update_agent_behavior_sync(BehavioralData("a\x00", [5.0, 5.0]))
+    with pytest.raises(InvalidInputError, match="NUL"):
+        protocol.update_and_score_many(["d", "a\x00"], [[1.0, 1.0], [5.0, 5.0]])
+    assert tree.version == version and len(tree) == 3
+    np.testing.assert_array_equal(tree.get_agent_features("a"), [1.0, 0.0])
+
+
 # ---------------------------------------------------------------- issue 10: scale invariance, 1e-300 to 1e100
 from tests._exact import exact_loo_squared_distance  # noqa: E402
 

@@ -191,3 +191,55 @@ def test_unknown_agent_and_cohort_are_key_errors():
 def test_bad_constructor_arguments(kwargs):
     with pytest.raises(SwarmGuardError):
         HierarchicalStatisticalTree(**kwargs)
+
+
+# ---------------------------------------------------------------------- ids: NUL characters, object arrays
+
+def _tree_state(tree):
+    return {k: (v.dtype.str, v.shape, v.tobytes()) for k, v in tree.to_dict().items()}, len(tree), tree.version
+
+
+def _objects(*values):
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = list(values)
+    return arr
+
+
+@pytest.mark.parametrize("call", [
+    lambda t: t.update_agent("a\x00", [9.0, 9.0]),                     # NumPy would store it as "a"
+    lambda t: t.update_agent(("rack", "a\x00"), [9.0, 9.0]),
+    lambda t: t.update_many(["c", "a\x00"], [[9.0, 9.0], [8.0, 8.0]]),
+    lambda t: t.update_many(_objects("a\x00"), [[9.0, 9.0]]),          # an object array (pandas)
+    lambda t: t.update_many(np.array(["x\x00y"]), [[9.0, 9.0]]),       # inside: kept by NumPy, refused all the same
+    lambda t: t.update_many(["\x00"], [[9.0, 9.0]]),
+])
+def test_a_string_id_holding_a_nul_is_refused_and_changes_nothing(call):
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    tree.update_many(["a", "b"], [[1.0, 0.0], [0.0, 1.0]])
+    before = _tree_state(tree)
+    with pytest.raises(InvalidInputError, match="NUL"):
+        call(tree)
+    assert _tree_state(tree) == before
+    np.testing.assert_array_equal(tree.get_agent_features("a"), [1.0, 0.0])
+
+
+def test_update_many_takes_an_object_array_of_strings_as_a_string_array():
+    X = np.arange(12.0).reshape(6, 2)
+    ids = np.array([f"agent-{i}" for i in range(6)])
+    a, b = HierarchicalStatisticalTree(feature_dimensions=2), HierarchicalStatisticalTree(feature_dimensions=2)
+    a.update_many(ids, X, cohorts=np.array(["eu", "us"] * 3))
+    b.update_many(ids.astype(object), X, cohorts=np.array(["eu", "us"] * 3, dtype=object))
+    assert _tree_state(a)[:2] == _tree_state(b)[:2]
+    assert b.get_cohort_statistics(("us",))["count"] == 3
+
+
+@pytest.mark.parametrize("probe, error", [
+    ([0, "zz"], UnknownAgentError), (["zz"], UnknownAgentError), (np.array(["zz"]), UnknownAgentError),
+    (np.array([2**63], dtype=np.uint64), UnknownAgentError), ([0, (1, 2)], UnknownAgentError),
+    ([0, 1.5], InvalidTypeError), ([[0]], InvalidTypeError), (np.array([0.0]), InvalidTypeError),
+])
+def test_lookups_with_mixed_or_unknown_ids_are_typed(probe, error):
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    tree.update_many(np.arange(3), np.eye(3, 2))
+    with pytest.raises(error):
+        tree.slots_of(probe)

@@ -201,9 +201,45 @@ def test_evidence_batch_is_all_or_nothing_across_partitions(ray_session):
                 with pytest.raises(err):
                     det.ingest_evidence(**cols)
                 assert det.consensus.evidence_count == 2
-        assert sorted(b.evidence_fingerprint()) == [1, 2]
+        assert sorted(b.evidence_fingerprint()) == [("s", 1), ("s", 2)]
         for det in (a, b):
             assert det.ingest_evidence(**batch([1, 7], [10, 12])) == 1     # a resent id is skipped
+    finally:
+        b.close()
+
+
+def test_evidence_ids_per_source_and_probation_as_in_process(ray_session):
+    """A squatted id does not refuse an honest batch, and throw-away sources on probation
+    neither vote nor get anyone flagged: the same results on both backends."""
+    a, b = both(ray_session, feature_dimensions=2)
+    rng = np.random.default_rng(4)
+    n = 72
+    honest = dict(evidence_ids=np.arange(n), agent_ids=np.arange(n) % 6, evidence_types="peer_report",
+                  log_odds=1.0 + 0.1 * rng.normal(size=n), confidences=np.ones(n), timestamps=np.zeros(n),
+                  source_nodes=np.repeat(np.array([f"h{i}" for i in range(6)]), 12))
+    sybils = dict(evidence_ids=np.zeros(60, dtype=np.int64), agent_ids=np.r_[np.zeros(30, int), np.full(30, 99)],
+                  evidence_types="peer_report", log_odds=np.full(60, -500.0) + rng.normal(size=60),
+                  confidences=np.ones(60), timestamps=np.zeros(60),
+                  source_nodes=np.array([f"sybil{i}" for i in range(60)]))
+    try:
+        for det in (a, b):
+            assert det.ingest_evidence([5], [1], "peer_report", [9.0], [1.0], [0.0], ["liar"]) == 1  # squats id 5
+            assert det.ingest_evidence(**honest) == n                                               # accepted whole
+            assert det.ingest_evidence(**honest) == 0                                               # idempotent
+            assert det.ingest_evidence(**sybils) == 60                                              # all id 0
+        assert len(b.evidence_fingerprint()) == a.consensus.evidence_count == n + 61
+        x, y = a.consensus.consensus_many(), b.consensus.consensus_many()
+        assert x["byzantine_nodes"] == y["byzantine_nodes"] == []
+        pos = {k: i for i, k in enumerate(np.asarray(y["agent_ids"]).tolist())}
+        order = [pos[k] for k in np.asarray(x["agent_ids"]).tolist()]
+        for key in ("log_odds", "consensus_reached", "source_count", "evidence_count"):
+            np.testing.assert_array_equal(x[key], np.asarray(y[key])[order], err_msg=key)
+        keys = np.asarray(x["agent_ids"]).tolist()
+        assert x["source_count"][keys.index(0)] == 6 and x["consensus_reached"][keys.index(0)]
+        assert x["source_count"][keys.index(99)] == 30 and not x["consensus_reached"][keys.index(99)]
+        for agent in (0, 1, 99):
+            one, two = a.consensus.consensus(agent), b.consensus.consensus(agent)
+            assert one["log_odds"] == two["log_odds"] and one["source_count"] == two["source_count"]
     finally:
         b.close()
 
@@ -286,5 +322,101 @@ def test_per_item_with_cohort_levels_and_without_a_region(ray_session):
             assert ra["confidence"] == rb["confidence"]
         assert a.tree.get_cohort_statistics(("us",))["count"] == 200
         assert sum(r["action"] == "isolate" for r in (ra, rb)) in (0, 2)
+    finally:
+        b.close()
+
+
+# ---------------------------------------------------------------------- one transaction, on the driver
+
+def _ray_state(det) -> dict:
+    """What the Ray detector's actors and driver hold: population moments, every evidence,
+    every replica's registers, and the driver's id -> shard map."""
+    g = det.get_global_statistics()
+    state = {"count": g["count"], "mean": np.asarray(g["mean"]).tobytes(),
+             "covariance": np.asarray(g["covariance"]).tobytes(), "evidence": det.evidence_fingerprint(),
+             "evidence_count": det.consensus.evidence_count, "regions": list(det.regions),
+             "known_ids": det._known_ids.tobytes(), "evidence_number": det._evidence_number}
+    for region in det.regions:
+        state[f"replica[{region}]"] = {k: np.asarray(v).tobytes() for k, v in det.replica(region).to_dict().items()}
+    return state
+
+
+def _objects(*values):
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = list(values)
+    return arr
+
+
+def test_ray_refuses_what_a_later_part_would_refuse_before_any_actor_changes(ray_session):
+    """The in-process detector's reproducers: bad timestamps, ids the replicas refuse, NUL ids,
+    data for another agent. The same typed error on both backends, the Ray state bit-identical,
+    and the next good round the same on both."""
+    from swarmguard.errors import NonFiniteError
+    now = [0.0]
+    a, b = both(ray_session, feature_dimensions=3, clock=lambda: now[0], regions=["eu", "us"], warm_up=100)
+    ids, X = swarm(300)
+    reg = np.array(["eu", "us"])[ids % 2]
+    row = X[:1] + 0.5
+    try:
+        for det in (a, b):
+            det.process_round(ids, X, reg)
+        before = _ray_state(b)
+        bad_rounds = [
+            (lambda d: d.process_round([1], row, "eu", timestamp=float("nan")), NonFiniteError),
+            (lambda d: d.process_round([1], row, "eu", timestamp="x"), InvalidTypeError),
+            (lambda d: d.process_round([1], row, "eu", timestamp=[1.0]), InvalidTypeError),
+            (lambda d: d.process_round(_objects((1, 2)), row, "eu"), InvalidTypeError),
+            (lambda d: d.process_round([b"a"], row, "eu"), InvalidTypeError),
+            (lambda d: d.process_round([2**63], row, "eu"), InvalidInputError),
+            (lambda d: d.process_round(np.array([2**63], dtype=np.uint64), row, "eu"), InvalidInputError),
+            (lambda d: d.process_round(np.array([1, 2]), X[:2], np.array(["eu", 3], dtype=object)),
+             InvalidTypeError),
+            (lambda d: d.process_agent_behavior_sync(1, BehavioralData(1, row[0], timestamp=float("inf"))),
+             NonFiniteError),
+            (lambda d: d.process_agent_behavior_sync(1, BehavioralData(1, row[0], timestamp="x")), InvalidTypeError),
+            (lambda d: d.process_agent_behavior_sync(2, BehavioralData(1, row[0])), InvalidInputError),
+            (lambda d: d.process_agent_behavior_sync((1, 2), BehavioralData((1, 2), row[0])), InvalidTypeError),
+            (lambda d: d.process_agent_behavior_sync(2**63, BehavioralData(2**63, row[0])), InvalidInputError),
+            (lambda d: d.process_agent_behavior_sync(1, BehavioralData(1, row[0], id=1.5)), InvalidTypeError),
+            (lambda d: d.process_agent_behavior_sync(1, BehavioralData(1, row[0], id="u\x00")), InvalidInputError),
+        ]
+        for call, err in bad_rounds:
+            for det in (a, b):
+                with pytest.raises(err):
+                    call(det)
+            assert _ray_state(b) == before
+        now[0] = 1.0
+        x, y = (det.process_round(ids, X + 1.0, reg) for det in (a, b))
+        assert_same_round(x, y)
+    finally:
+        b.close()
+
+
+def test_ray_refuses_nul_ids_and_takes_object_arrays_of_strings(ray_session):
+    """String ids: a NUL refused on the driver; object arrays (a pandas column) of ids, regions
+    and cohorts give what NumPy string arrays give, on both backends."""
+    now = [0.0]
+    a, b = both(ray_session, feature_dimensions=3, clock=lambda: now[0], regions=["eu", "us"], warm_up=100)
+    ids, X = swarm(300)
+    names = np.array([f"agent-{i}" for i in ids])
+    reg = np.array(["eu", "us"])[ids % 2]
+    try:
+        x, y = (det.process_round(names.astype(object), X, reg.astype(object), cohorts=reg.astype(object))
+                for det in (a, b))
+        assert_same_round(x, y)
+        assert x["agent_ids"].dtype.kind == "U"
+        before = _ray_state(b)
+        for call in (lambda d: d.process_round(["agent-1\x00"], X[:1], "eu"),
+                     lambda d: d.process_round(_objects("agent-1\x00"), X[:1], "eu"),
+                     lambda d: d.process_round(np.array(["agent\x00-1"]), X[:1], "eu"),
+                     lambda d: d.process_agent_behavior_sync("agent-1\x00", BehavioralData("agent-1\x00", X[0]))):
+            for det in (a, b):
+                with pytest.raises(InvalidInputError, match="NUL"):
+                    call(det)
+            assert _ray_state(b) == before
+        np.testing.assert_array_equal(a.tree.get_agent_features("agent-1"), X[1])
+        now[0] = 1.0
+        x, y = (det.process_round(names, X + 1.0, reg) for det in (a, b))
+        assert_same_round(x, y)
     finally:
         b.close()

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from swarmguard.errors import InvalidInputError
 from swarmguard.structures.key_index import KeyIndex
 from swarmguard.structures.pair_sums import PairSums
 
@@ -177,3 +178,37 @@ def test_ledger_batch_partitions_share_no_writable_memory():
         assert np.array_equal(rows["source_row"], p.source)
         assert np.array_equal(rows["agent_row"] & 8191, p.agent)
         assert np.array_equal(rows["confidence"] * rows["log_odds"], p.contribution)
+
+
+def _shipped_states():
+    from swarmguard.structures.evidence import EvidencePartition
+    part = EvidencePartition(4)
+    part.extend(np.array([0, 1]), np.array([0, 1], np.int32), np.array([0, 0], np.int32), np.array([1.0, 2.5]))
+    return part.to_dict(), part.sums().to_dict()
+
+
+HOSTILE_VALUES = ["x", None, 2 ** 70, -5, 1.5, True, object(), np.array([1e300, 1.0]), np.array(["a", "b"]),
+                  np.array([2 ** 40, 1]), np.array([[1, 2]]), np.array([np.nan, 1.0]), np.array([1.5, 2.5]),
+                  np.array([-1, 0]), np.array([40_000, 0]), np.array([2 ** 31, 0]), np.array([True, False])]
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES, ids=lambda v: type(v).__name__ + str(getattr(v, "dtype", "")))
+def test_partition_and_pair_sums_loaders_refuse_damaged_states(value):
+    from swarmguard.structures.evidence import EvidencePartition
+
+    part_state, sums_state = _shipped_states()
+    for loader, state in ((EvidencePartition.from_dict, part_state), (PairSums.from_dict, sums_state)):
+        for field in state:
+            tampered = dict(state, **{field: value})
+            try:
+                loaded = loader(tampered)
+            except InvalidInputError:
+                continue
+            # Accepted only when every field reads back exactly as given: never a silent cast.
+            again = loaded.to_dict()
+            for name, sent in tampered.items():
+                assert np.array_equal(np.asarray(again[name]), np.asarray(sent)), (field, value, name)
+    for loader in (EvidencePartition.from_dict, PairSums.from_dict):
+        for state in ("not a dict", None, [1, 2], {}):
+            with pytest.raises(InvalidInputError):
+                loader(state)

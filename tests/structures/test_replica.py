@@ -263,3 +263,17 @@ def test_incremental_moments_do_not_drift():
         x = [1e7 + rng.random() * 0.1, rng.random()]
         r.update_many([rng.randrange(30)], [float(i)], [x], [rng.random()])
     assert_moments_exact(r.estimate(), view_rows(r))
+
+
+# ---------------------------------------------------------------- ids holding a NUL character
+
+@pytest.mark.parametrize("agent_ids, update_ids", [
+    (["a\x00"], None), (np.array(["q\x00r"]), None), (["b"], ["u\x00"]),
+])
+def test_update_many_refuses_a_nul_in_an_id_and_changes_nothing(agent_ids, update_ids):
+    r = RegionReplica("eu", DIM)
+    r.update_many(["a"], [0.0], [[1.0, 2.0]], [0.5], ["u0"], now=0.0)
+    before = state(r)
+    with pytest.raises(InvalidInputError, match="NUL"):
+        r.update_many(agent_ids, [1.0], [[3.0, 4.0]], [0.5], update_ids, now=1.0)
+    assert same(before, state(r))

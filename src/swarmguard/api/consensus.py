@@ -11,6 +11,11 @@ nodes and returns, per agent, the posterior that the agent is compromised.
   Byzantine sources cannot move the result outside the honest range; sources
   that are outliers far more often than chance are flagged
   (see :mod:`swarmguard.structures.robust_fusion` for the rule and its bound).
+* Sybil resistant: a source votes (in the fusion and the flagging) only once it
+  has contributed ``probation_evidence`` accepted evidence, so throw-away source
+  ids cannot outvote or get flagged the sources that are known.
+* Evidence ids are unique per source (the key is ``(source_node, evidence_id)``).
+* Thread safe: every public method runs under the object's lock.
 * Batch first: :meth:`StableBayesianConsensus.add_evidence_batch` and
   :meth:`StableBayesianConsensus.consensus_many` work on arrays; the per-item
   async methods are thin wrappers.
@@ -28,10 +33,13 @@ from scipy.special import expit, log_expit, logit
 from ..errors import (
     DimensionMismatchError,
     DuplicateEvidenceError,
+    EvidenceStoreError,
     InvalidInputError,
     InvalidTypeError,
+    SwarmGuardError,
     UnknownAgentError,
 )
+from ..locking import Locked, synchronized
 from ..structures.evidence import EvidenceLedger
 from ..structures.evidence_store import EvidenceStore, float_bits
 from ..structures.key_index import KeyIndex
@@ -39,12 +47,20 @@ from ..structures.robust_fusion import SourceEvents, fuse, peel_sources, source_
 from ..validation import as_float_vector, check_fraction, check_key, check_positive_int
 from .evidence_types import BayesianEvidence, EvidenceType, check_timestamp
 
-__all__ = ["StableBayesianConsensus", "BayesianEvidence", "EvidenceType"]
+__all__ = ["StableBayesianConsensus", "BayesianEvidence", "EvidenceType", "PROBATION_EVIDENCE"]
 
 _AGGREGATIONS = ("robust", "sum")
+PROBATION_EVIDENCE = 10  # accepted evidence a source needs before it votes (see StableBayesianConsensus)
 
 
-class StableBayesianConsensus:
+def established_sources(counts: np.ndarray, trusted: np.ndarray, probation: int) -> np.ndarray:
+    """Mask of the sources that vote: trusted, or at least ``probation`` accepted evidence;
+    every source when none qualifies (a young consensus has no known source to protect)."""
+    voting = (np.asarray(counts) >= probation) | np.asarray(trusted, dtype=bool)
+    return voting if voting.any() else np.ones(voting.size, dtype=bool)
+
+
+class StableBayesianConsensus(Locked):
     """Exact, Byzantine-robust consensus on whether agents are compromised.
 
     Parameters
@@ -78,6 +94,14 @@ class StableBayesianConsensus:
         source reputation whenever evidence changed; above, it reuses the last
         one (``reputation_stale`` says so) until :meth:`consensus_many` or
         :meth:`source_reputation` recomputes it.
+    probation_evidence : int
+        Sybil resistance: a source has a vote only once it has contributed this
+        many accepted evidence (default ``PROBATION_EVIDENCE`` = 10; trusted
+        sources always vote; 1 turns probation off). While any source votes, the
+        others are on probation: left out of the fusion and of the flagging (as
+        judges and as judged) on every agent that some voting source reports on;
+        an agent that only sources on probation report on is fused from them but
+        never reaches consensus. See docs/consensus.md.
 
     Examples
     --------
@@ -96,7 +120,7 @@ class StableBayesianConsensus:
                  prior_probability: float = 0.5, *, aggregation: str = "robust",
                  store: str | Path | None = None, false_flag_rate: float = 1e-6,
                  min_sources: int = 1, reputation_refresh_limit: int = 200_000,
-                 trusted_sources: Sequence[Hashable] = ()):
+                 trusted_sources: Sequence[Hashable] = (), probation_evidence: int = None):
         self.byzantine_threshold = check_fraction(byzantine_threshold, "byzantine_threshold",
                                                   low=0.0, high=0.5, high_open=True)
         self.partition_size = check_positive_int(partition_size, "partition_size")
@@ -112,42 +136,61 @@ class StableBayesianConsensus:
         if isinstance(trusted_sources, (str, bytes)):
             trusted_sources = (trusted_sources,)
         self.trusted_sources = frozenset(check_key(t, "trusted_sources") for t in trusted_sources)
+        self.probation_evidence = check_positive_int(
+            PROBATION_EVIDENCE if probation_evidence is None else probation_evidence, "probation_evidence")
         self.prior_log_odds = float(logit(self.prior_probability))
+        super().__init__()   # the lock: every public method runs under it (see swarmguard.locking)
         self._ledger = EvidenceLedger(self.partition_size)
         self._global: dict[str, Any] | None = None
         self._store: EvidenceStore | None = None
         if store is not None:
             self._store = EvidenceStore(store)
-            rows = self._store.load()
-            if rows:
-                cols = list(zip(*rows, strict=True))
-                self._ingest(*[list(c) for c in cols], persist=False)
+            try:
+                rows = self._store.load()
+                if rows:
+                    cols = list(zip(*rows, strict=True))
+                    names = {t.value for t in EvidenceType}
+                    bad = next((t for t in cols[3] if t not in names), None)
+                    if bad is not None:   # stored as the exact value: anything else was edited
+                        raise EvidenceStoreError(f"evidence store {store}: unknown evidence type {bad!r}")
+                    self._ingest(*[list(c) for c in cols], persist=False)
+            except SwarmGuardError as exc:
+                self._store.close()
+                self._store = None
+                if isinstance(exc, EvidenceStoreError):
+                    raise
+                raise EvidenceStoreError(f"evidence store {store}: stored evidence is invalid: {exc}") from exc
 
     # ================================================================== ingestion
     async def add_evidence(self, evidence: BayesianEvidence) -> bool:
         """Add one piece of evidence; True if new, False if it was already there."""
         return self.add_evidence_sync(evidence)
 
+    @synchronized
     def add_evidence_sync(self, evidence: BayesianEvidence) -> bool:
         """Synchronous twin of :meth:`add_evidence`."""
         e = BayesianEvidence.coerce(evidence)
-        seq = self._ledger.evidence.row_of(e.evidence_id)
+        ledger = self._ledger
+        source_row = ledger.sources.row_of(e.source_node)
+        seq, id_row = ledger.seq_of(e.evidence_id, source_row) if source_row >= 0 else (-1, -2)
         if seq >= 0:
-            self._check_same(seq, e.evidence_id, self._ledger.agents.row_of(e.agent_id),
-                             self._ledger.sources.row_of(e.source_node), e.evidence_type.code,
-                             e.log_odds, e.confidence, e.timestamp)
+            self._check_same(seq, e.evidence_id, ledger.agents.row_of(e.agent_id), source_row,
+                             e.evidence_type.code, e.log_odds, e.confidence, e.timestamp)
             return False
+        if id_row == -2:   # a new source: the id may still be used by others
+            id_row = ledger.evidence.row_of(e.evidence_id)
         self._check_storable([e.evidence_id], [e.agent_id], [e.source_node])
         if self._store is not None:
             self._store.insert([(e.evidence_id, e.agent_id, e.source_node, e.evidence_type.value,
                                  e.log_odds, e.confidence, e.timestamp)])
-        agent = self._ledger.agents.add(e.agent_id)
-        source = self._ledger.sources.add(e.source_node)
-        self._ledger.evidence.add(e.evidence_id)
-        self._ledger.append(np.array([agent]), np.array([source]), np.array([e.evidence_type.code]),
-                            np.array([e.log_odds]), np.array([e.confidence]), np.array([e.timestamp]))
+        agent = ledger.agents.add(e.agent_id)
+        source = ledger.sources.add(e.source_node)
+        ledger.index_one(e.evidence_id, source, id_row >= 0, ledger.size)
+        ledger.append(np.array([agent]), np.array([source]), np.array([e.evidence_type.code]),
+                      np.array([e.log_odds]), np.array([e.confidence]), np.array([e.timestamp]))
         return True
 
+    @synchronized
     def add_evidence_batch(self, evidence_ids: Any, agent_ids: Any, evidence_types: Any,
                            log_odds: Any, confidences: Any, timestamps: Any, source_nodes: Any) -> int:
         """Add many pieces of evidence given as arrays; returns how many were new.
@@ -162,6 +205,7 @@ class StableBayesianConsensus:
         return self._ingest(evidence_ids, agent_ids, source_nodes, evidence_types, log_odds,
                             confidences, timestamps, persist=True)
 
+    @synchronized
     def check_evidence_batch(self, evidence_ids: Any, agent_ids: Any, evidence_types: Any,
                              log_odds: Any, confidences: Any, timestamps: Any, source_nodes: Any) -> int:
         """Raise as :meth:`add_evidence_batch` would, changing nothing; returns how many would be new.
@@ -182,11 +226,12 @@ class StableBayesianConsensus:
         ledger = self._ledger
         agent_rows, new_agents = _plan_rows(ledger.agents, ag)
         source_rows, new_sources = _plan_rows(ledger.sources, src)
-        keep = self._drop_duplicates(ev, agent_rows, source_rows, codes, lo, conf, ts)
+        keep, claimed = self._drop_duplicates(ev, agent_rows, source_rows, codes, lo, conf, ts)
         if keep is not None:
             ev = ev[keep] if isinstance(ev, np.ndarray) else [ev[i] for i in np.flatnonzero(keep)]
             agent_rows, source_rows = agent_rows[keep], source_rows[keep]
             codes, lo, conf, ts = codes[keep], lo[keep], conf[keep], ts[keep]
+            claimed = claimed[keep]
             # Agents/sources seen only in skipped rows are not added.
             agent_rows, new_agents = _trim_new(ledger.agents, agent_rows, new_agents)
             source_rows, new_sources = _trim_new(ledger.sources, source_rows, new_sources)
@@ -208,20 +253,20 @@ class StableBayesianConsensus:
         # Commit to memory: nothing below can fail on user input.
         _add_keys(ledger.agents, new_agents)
         _add_keys(ledger.sources, new_sources)
-        _add_keys(ledger.evidence, ev)
+        ledger.index_evidence(ev, source_rows, claimed, ledger.size)
         ledger.append(agent_rows, source_rows, codes, lo, conf, ts)
         return m
 
-    def _drop_duplicates(self, ev, agent_rows, source_rows, codes, lo, conf, ts) -> np.ndarray | None:
-        """Mask of rows to add (None: all), raising on conflicting duplicates."""
+    def _drop_duplicates(self, ev, agent_rows, source_rows, codes, lo, conf, ts):
+        """(mask of rows to add or None for all, mask of rows whose id some source already
+        uses), raising on conflicting duplicates. The key of an evidence is
+        ``(source, evidence_id)``: the same id from another source is other evidence."""
         ledger = self._ledger
         n = len(lo)
-        if len(ledger.evidence) == 0:
-            keep, dup = np.ones(n, dtype=bool), np.zeros(0, dtype=np.int64)
-        else:
-            existing = ledger.evidence.rows_of(ev)
-            keep = existing < 0
-            dup = np.flatnonzero(~keep)
+        existing, id_rows = ledger.seqs_of(ev, source_rows)
+        keep = existing < 0
+        claimed = id_rows >= 0
+        dup = np.flatnonzero(~keep)
         if dup.size:
             stored = ledger.rows(existing[dup])
             same = ((stored["agent_row"] == agent_rows[dup]) & (stored["source_row"] == source_rows[dup])
@@ -230,21 +275,50 @@ class StableBayesianConsensus:
             if not same.all():
                 i = int(dup[np.flatnonzero(~same)[0]])
                 raise DuplicateEvidenceError(
-                    f"evidence_id {_key_at(ev, i)!r} was already added with different content")
+                    f"evidence_id {_key_at(ev, i)!r} of source {self._source_key(source_rows, i)!r} "
+                    f"was already added with different content")
         # Duplicates inside the batch: the first occurrence wins if all copies agree.
-        first = _first_occurrence(ev)
-        if first is not None:
-            later = np.flatnonzero(first != np.arange(n))
-            f = first[later]
-            same = ((agent_rows[f] == agent_rows[later]) & (source_rows[f] == source_rows[later])
-                    & (codes[f] == codes[later]) & _same_bits(lo[f], lo[later])
-                    & _same_bits(conf[f], conf[later]) & _same_bits(ts[f], ts[later]))
-            if not same.all():
-                i = int(later[np.flatnonzero(~same)[0]])
-                raise DuplicateEvidenceError(
-                    f"evidence_id {_key_at(ev, i)!r} appears twice in the batch with different content")
-            keep[later] = False
-        return None if keep.all() else keep
+        first_id = _first_occurrence(ev)
+        if first_id is not None:
+            first = _first_occurrence_per_source(ev, source_rows)
+            if first is not None:
+                later = np.flatnonzero(first != np.arange(n))
+                f = first[later]
+                same = ((agent_rows[f] == agent_rows[later]) & (source_rows[f] == source_rows[later])
+                        & (codes[f] == codes[later]) & _same_bits(lo[f], lo[later])
+                        & _same_bits(conf[f], conf[later]) & _same_bits(ts[f], ts[later]))
+                if not same.all():
+                    i = int(later[np.flatnonzero(~same)[0]])
+                    raise DuplicateEvidenceError(
+                        f"evidence_id {_key_at(ev, i)!r} of source {self._source_key(source_rows, i)!r} "
+                        f"appears twice in the batch with different content")
+                keep[later] = False
+            # An id several sources use for the first time in this batch: the first row
+            # that is kept takes the index, the others are claimed.
+            kept = np.flatnonzero(keep & ~claimed)
+            sub = ev[kept] if isinstance(ev, np.ndarray) else [ev[i] for i in kept.tolist()]
+            first_new = _first_occurrence(sub)
+            if first_new is not None:
+                claimed[kept[first_new != np.arange(kept.size)]] = True
+        return (None if keep.all() else keep), claimed
+
+    def _source_key(self, source_rows: np.ndarray, i: int):
+        row = int(source_rows[i])
+        return self._ledger.sources.key_of(row) if row < len(self._ledger.sources) else "(new source)"
+
+    def _holds_evidence(self, evidence_ids, source_nodes) -> np.ndarray:
+        """Mask: which ``(source_nodes[i], evidence_ids[i])`` keys are stored (normalised ids)."""
+        n = len(source_nodes)
+        if self.evidence_count == 0 or n == 0:
+            return np.zeros(n, dtype=bool)
+        rows = self._ledger.sources.rows_of(source_nodes)
+        known = np.flatnonzero(rows >= 0)
+        held = np.zeros(n, dtype=bool)
+        if known.size:
+            ids = (evidence_ids[known] if isinstance(evidence_ids, np.ndarray)
+                   else [evidence_ids[i] for i in known.tolist()])
+            held[known] = self._ledger.seqs_of(ids, rows[known])[0] >= 0
+        return held
 
     def _check_same(self, seq, evidence_id, agent_row, source_row, code, lo, conf, ts) -> None:
         stored = self._ledger.row(seq)
@@ -271,6 +345,7 @@ class StableBayesianConsensus:
         """Synchronous twin of :meth:`distributed_evidence_consensus`."""
         return self.consensus(agent_id)
 
+    @synchronized
     def consensus(self, agent_id: Hashable) -> dict[str, Any]:
         """Posterior for one agent.
 
@@ -280,7 +355,9 @@ class StableBayesianConsensus:
         ``byzantine_nodes`` (flagged sources among this agent's sources),
         ``consensus_reached``, ``log_odds_interval`` (robust interval),
         ``sum_log_odds`` (plain exact sum), ``trimmed_per_side``,
-        ``aggregation`` and ``reputation_stale``.
+        ``probation_source_count`` (the agent's sources on probation, left out),
+        ``aggregation`` and ``reputation_stale``. ``source_count`` counts the
+        sources that vote on the agent.
         """
         agent_id = check_key(agent_id, "agent_id")
         if self._ledger.agents.row_of(agent_id) < 0:
@@ -288,20 +365,30 @@ class StableBayesianConsensus:
         flagged, stale = self._flags_for_single()
         return self._consensus_of(agent_id, flagged, stale)
 
-    def _consensus_of(self, agent_id: Hashable, flagged: np.ndarray, stale: bool) -> dict[str, Any]:
-        """:meth:`consensus` given the source flags (``flagged[source row]``), which may come from elsewhere."""
+    def _consensus_of(self, agent_id: Hashable, flagged: np.ndarray, stale: bool,
+                      established: np.ndarray | None = None) -> dict[str, Any]:
+        """:meth:`consensus` given the source flags (``flagged[source row]``) and the voting
+        sources (``established[source row]``, default: this consensus's own), which may
+        come from elsewhere."""
         row = self._ledger.agents.row_of(agent_id)
         if row < 0:
             raise UnknownAgentError(f"no evidence for agent {agent_id!r}")
+        if established is None:
+            established = self._established()
         totals = self._ledger.agent_totals(row, self.prior_log_odds)
-        fusion = fuse(totals.pair_agent, totals.pair_total, 1, self.byzantine_threshold, self.prior_log_odds)
-        src = totals.pair_source
+        src, total = totals.pair_source, totals.pair_total
+        vote = established[src]
+        young = not vote.any()
+        if young:
+            vote = np.ones(src.size, dtype=bool)
+        src, total = src[vote], total[vote]
+        fusion = fuse(np.zeros(src.size, dtype=np.int64), total, 1, self.byzantine_threshold, self.prior_log_odds)
         bad = src[(src < flagged.size)]
         bad = bad[flagged[bad]] if bad.size else bad
         n, f = int(fusion.n_sources[0]), int(fusion.trimmed[0])
         sum_lo = float(totals.agent_total[0])
         log_odds = float(fusion.log_odds[0]) if self.aggregation == "robust" else sum_lo
-        reached = self._reached(np.array([n]), np.array([f]), np.array([bad.size]))[0]
+        reached = self._reached(np.array([n]), np.array([f]), np.array([bad.size]), np.array([young]))[0]
         p, logp, log1mp = _probabilities(np.array([log_odds]))
         return {
             "agent_id": agent_id,
@@ -316,10 +403,12 @@ class StableBayesianConsensus:
             "log_odds_interval": (float(fusion.low[0]), float(fusion.high[0])),
             "sum_log_odds": sum_lo,
             "trimmed_per_side": f,
+            "probation_source_count": int(totals.pair_source.size - (0 if young else n)),
             "aggregation": self.aggregation,
             "reputation_stale": stale,
         }
 
+    @synchronized
     def consensus_many(self, agent_ids: Any = None, *, include_sum: bool = False) -> dict[str, Any]:
         """Consensus for many agents at once (all agents by default), as arrays.
 
@@ -328,8 +417,8 @@ class StableBayesianConsensus:
         ``consensus_reached``, ``log_odds_low``, ``log_odds_high``,
         ``sum_log_odds`` (the plain exact sums: always in ``"sum"`` mode, with
         ``include_sum=True`` in ``"robust"`` mode, else NaN, as they cost one
-        more pass), ``byzantine_source_count``; plus ``byzantine_nodes``, the
-        flagged sources (a list).
+        more pass), ``byzantine_source_count``, ``probation_source_count``; plus
+        ``byzantine_nodes``, the flagged sources (a list).
         """
         g = self._global_pass(need_sum=include_sum)
         ledger = self._ledger
@@ -343,7 +432,7 @@ class StableBayesianConsensus:
                 raise UnknownAgentError(f"no evidence for agent {_key_at(keys, i)!r}")
         log_odds = g["robust"][rows] if self.aggregation == "robust" else g["sum"][rows]
         p, logp, _ = _probabilities(log_odds)
-        reached = self._reached(g["n"][rows], g["f"][rows], g["n_flagged"][rows])
+        reached = self._reached(g["n"][rows], g["f"][rows], g["n_flagged"][rows], g["young"][rows])
         return {
             "agent_ids": ledger.agents.keys_of(rows),
             "probability": p,
@@ -356,9 +445,11 @@ class StableBayesianConsensus:
             "log_odds_high": g["high"][rows],
             "sum_log_odds": g["sum"][rows],
             "byzantine_source_count": g["n_flagged"][rows],
+            "probation_source_count": g["probation"][rows],
             "byzantine_nodes": [ledger.sources.key_of(int(s)) for s in np.flatnonzero(g["flagged"])],
         }
 
+    @synchronized
     def source_reputation(self) -> dict[Hashable, dict[str, Any]]:
         """Each source's record: agents reported on, far-low/far-high outlier counts,
         the counts an exchangeable (honest) source would get on the same agents (both
@@ -380,16 +471,41 @@ class StableBayesianConsensus:
         return out
 
     @property
+    @synchronized
     def byzantine_nodes(self) -> list[Hashable]:
         """Sources flagged as lying (recomputed if evidence changed)."""
         g = self._global_pass()
         return [self._ledger.sources.key_of(int(s)) for s in np.flatnonzero(g["flagged"])]
 
     # ================================================================== internals
-    def _reached(self, n: np.ndarray, f: np.ndarray, n_flagged: np.ndarray) -> np.ndarray:
+    def _reached(self, n: np.ndarray, f: np.ndarray, n_flagged: np.ndarray,
+                 young: np.ndarray | None = None) -> np.ndarray:
+        """Consensus reached: enough sources vote, few enough are flagged, and some
+        source out of probation reports on the agent (``young``: none does)."""
         if self.aggregation == "sum":
-            return (n >= self.min_sources) & (n_flagged == 0)
-        return (n - 2 * f >= self.min_sources) & (n_flagged <= f)
+            ok = (n >= self.min_sources) & (n_flagged == 0)
+        else:
+            ok = (n - 2 * f >= self.min_sources) & (n_flagged <= f)
+        return ok if young is None else ok & ~young
+
+    def _trusted_mask(self, keys: Sequence[Hashable] | None = None) -> np.ndarray:
+        """Trusted sources, per source row (or per key of ``keys``)."""
+        if keys is not None:
+            return np.array([k in self.trusted_sources for k in keys], dtype=bool)
+        trusted = np.zeros(len(self._ledger.sources), dtype=bool)
+        for key in self.trusted_sources:
+            row = self._ledger.sources.row_of(key)
+            if row >= 0:
+                trusted[row] = True
+        return trusted
+
+    def _established(self) -> np.ndarray:
+        """Voting sources per source row (see ``probation_evidence``)."""
+        n = len(self._ledger.sources)
+        counts = np.zeros(n, dtype=np.int64)
+        have = self._ledger.source_counts[:n]
+        counts[: have.size] = have
+        return established_sources(counts, self._trusted_mask(), self.probation_evidence)
 
     def _flags_for_single(self) -> tuple[np.ndarray, bool]:
         g = self._global
@@ -400,34 +516,59 @@ class StableBayesianConsensus:
             return np.zeros(0, dtype=bool), True
         return g["flagged"], not current
 
-    def _fuse_shards(self, need_sum: bool = False):
+    def _fuse_shards(self, need_sum: bool = False, established: np.ndarray | None = None):
         """Exact totals and robust fusion of every ledger shard, and the source events.
 
         Returns ``(per-agent arrays, SourceEvents, pair_agents, pair_sources,
         shard_pairs)``: ``pair_agents`` holds (first agent row, local agent rows)
         per shard, ``shard_pairs`` each shard's (pair_agent, pair_source,
-        pair_total, n_agents) for peeling. Shared by :meth:`_global_pass` and by
+        pair_total, n_agents) for peeling (the pairs of voting sources).
+        ``established``: the voting sources per source row (default: from this
+        consensus's own evidence counts; the Ray engine passes the global ones). Shared by :meth:`_global_pass` and by
         the Ray engine's evidence partitions.
         """
         ledger = self._ledger
         n_agents, n_sources = len(ledger.agents), len(ledger.sources)
+        if established is None:
+            established = self._established()
         out = {name: np.zeros(n_agents, dtype=dt) for name, dt in
                (("robust", float), ("sum", float), ("low", float), ("high", float),
-                ("n", np.int64), ("f", np.int64), ("count", np.int64))}
+                ("n", np.int64), ("f", np.int64), ("count", np.int64), ("probation", np.int64),
+                ("young", bool))}
         events = SourceEvents.zeros(n_sources)
         pair_agents, pair_sources, shard_pairs = [], [], []
+        everyone = bool(established.all())
         for s in range(len(ledger.shards)):
             t = ledger.shard_totals(s, self.prior_log_odds, agent_sums=need_sum)
             k = t.agent_count.size
-            fu = fuse(t.pair_agent, t.pair_total, k, self.byzantine_threshold, self.prior_log_odds)
             sl = slice(t.agent_lo, t.agent_lo + k)
+            agent, source, total = t.pair_agent, t.pair_source, t.pair_total
+            est = None if everyone else established[source]
+            if est is None or est.all():
+                fu = fuse(agent, total, k, self.byzantine_threshold, self.prior_log_odds)
+                shard_pairs.append((agent, source, total, k))
+            else:
+                # Sources on probation vote only where no voting source reports (and those
+                # agents never reach consensus); they judge no one and are not judged.
+                has_vote = np.bincount(agent[est], minlength=k) > 0
+                vote = est | ~has_vote[agent]
+                out["young"][sl] = ~has_vote & (t.agent_count > 0)
+                out["probation"][sl] = np.bincount(agent[~vote], minlength=k)
+                judged = est[vote]
+                agent, source, total = agent[vote], source[vote], total[vote]
+                fu = fuse(agent, total, k, self.byzantine_threshold, self.prior_log_odds)
+                fu.pair_low_event &= judged
+                fu.pair_high_event &= judged
+                fu.pair_low_mu = np.where(judged, fu.pair_low_mu, 0.0)
+                fu.pair_high_mu = np.where(judged, fu.pair_high_mu, 0.0)
+                shard_pairs.append((agent[judged], source[judged], total[judged], k))
             out["robust"][sl], out["sum"][sl] = fu.log_odds, t.agent_total
             out["low"][sl], out["high"][sl] = fu.low, fu.high
             out["n"][sl], out["f"][sl], out["count"][sl] = fu.n_sources, fu.trimmed, t.agent_count
-            events += source_events(t.pair_source, fu, n_sources)
-            pair_agents.append((t.agent_lo, t.pair_agent))
-            pair_sources.append(t.pair_source)
-            shard_pairs.append((t.pair_agent, t.pair_source, t.pair_total, k))
+            events += source_events(source, fu, n_sources)
+            pair_agents.append((t.agent_lo, agent))
+            pair_sources.append(source)
+        out["established"] = established
         return out, events, pair_agents, pair_sources, shard_pairs
 
     def _global_pass(self, need_sum: bool = False) -> dict[str, Any]:
@@ -443,12 +584,10 @@ class StableBayesianConsensus:
             return g
         n_agents, n_sources = len(ledger.agents), len(ledger.sources)
         out, events, pair_agents, pair_sources, shard_pairs = self._fuse_shards(need_sum)
-        trusted = np.zeros(n_sources, dtype=bool)
-        for key in self.trusted_sources:          # fused like any source, never flagged
-            row = ledger.sources.row_of(key)
-            if row >= 0:
-                trusted[row] = True
-        flagged, tail = peel_sources(events, shard_pairs, n_sources, self.false_flag_rate, never=trusted)
+        trusted = self._trusted_mask()          # fused like any source, never flagged
+        established = out["established"]        # sources on probation are never judged
+        flagged, tail = peel_sources(events, shard_pairs, n_sources, self.false_flag_rate,
+                                     never=trusted | ~established, n_tested=int(established.sum()))
         n_flagged = _count_flagged(pair_agents, pair_sources, flagged, n_agents)
         out.update(flagged=flagged, tail=tail, events=events, n_flagged=n_flagged, version=ledger.version,
                    has_sum=need_sum)
@@ -456,6 +595,7 @@ class StableBayesianConsensus:
         return out
 
     # ================================================================== merging
+    @synchronized
     def export_evidence(self) -> dict[str, Any]:
         """Every accepted evidence as columns, in arrival order (ids as int64 arrays
         when they are ints, else lists; evidence types as their string values).
@@ -469,7 +609,7 @@ class StableBayesianConsensus:
         cols = {k: v[:n].copy() for k, v in ledger.columns.items()}
         names = np.array([t.value for t in EvidenceType], dtype=object)
         return {
-            "evidence_ids": _export_keys(ledger.evidence, np.arange(n)),
+            "evidence_ids": ledger.evidence_ids(),
             "agent_ids": _export_keys(ledger.agents, cols["agent_row"]),
             "evidence_types": names[cols["type_code"]].tolist(),
             "log_odds": cols["log_odds"],
@@ -492,30 +632,37 @@ class StableBayesianConsensus:
 
     # ================================================================== plumbing
     @property
+    @synchronized
     def evidence_count(self) -> int:
         return self._ledger.size
 
     @property
+    @synchronized
     def n_partitions(self) -> int:
         return self._ledger.n_partitions
 
     @property
+    @synchronized
     def agent_ids(self) -> list[Hashable]:
         return self._ledger.agents.keys()
 
     @property
+    @synchronized
     def partitions(self):
         """The evidence partitions (each with ``sums(...)``, its exact accumulator)."""
         return self._ledger.partitions()
 
+    @synchronized
     def state_fingerprint(self) -> tuple:
         """Everything observable about the stored evidence (for tests and audits)."""
         ledger = self._ledger
         cols = {k: v[: ledger.size].copy() for k, v in ledger.columns.items()}
-        return (ledger.size, tuple(ledger.evidence.keys()), tuple(ledger.agents.keys()),
+        ids = ledger.evidence_ids()
+        return (ledger.size, tuple(ids.tolist() if isinstance(ids, np.ndarray) else ids), tuple(ledger.agents.keys()),
                 tuple(ledger.sources.keys()), tuple(c.tobytes() for c in cols.values()),
                 tuple(tuple(p.size for p in shard) for shard in ledger.shards))
 
+    @synchronized
     def close(self) -> None:
         """Close the store (if any)."""
         if self._store is not None:
@@ -700,6 +847,24 @@ def _first_occurrence(keys) -> np.ndarray | None:
     seen: dict = {}
     first = np.array([seen.setdefault(k, i) for i, k in enumerate(keys)], dtype=np.int64)
     return None if len(seen) == len(keys) else first
+
+
+def _first_occurrence_per_source(keys, source_rows: np.ndarray) -> np.ndarray | None:
+    """Index of each (source row, id)'s first occurrence, or None when all are distinct."""
+    n = len(source_rows)
+    if isinstance(keys, np.ndarray):
+        order = np.lexsort((source_rows, keys))     # stable: a group's first is its earliest row
+        k, s = keys[order], source_rows[order]
+        starts = np.r_[True, (k[1:] != k[:-1]) | (s[1:] != s[:-1])]
+        if starts.all():
+            return None
+        first = np.empty(n, dtype=np.int64)
+        first[order] = order[np.flatnonzero(starts)][np.cumsum(starts) - 1]
+        return first
+    seen: dict = {}
+    first = np.array([seen.setdefault((int(r), k), i) for i, (r, k) in enumerate(
+        zip(source_rows.tolist(), keys, strict=True))], dtype=np.int64)
+    return None if len(seen) == n else first
 
 
 def _as_timestamps(timestamps: Any, n: int) -> np.ndarray:

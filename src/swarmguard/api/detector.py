@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import math
+import math  # noqa: F401  (used by the doctests)
 import time
 from collections.abc import Hashable
 from typing import Any
@@ -12,14 +12,20 @@ from typing import Any
 import numpy as np
 from scipy.stats import chi2
 
-from ..errors import DimensionMismatchError, DuplicateEvidenceError, InvalidInputError
+from ..errors import DuplicateEvidenceError, InvalidInputError
 from ..structures.chi2 import chi2_logsf
-from ..validation import as_feature_matrix
-from ..values.agent_index import as_agent_ids
+from ..validation import (
+    as_feature_matrix,
+    as_feature_vector,
+    as_name_array,
+    check_cohort,
+    check_finite_float,
+)
+from ..values.agent_index import as_wire_id_array, check_wire_id
 from .cap import StatisticalCAPResolver, StatisticalUpdate
 from .consensus import BayesianEvidence, EvidenceType, StableBayesianConsensus
 from .detector_settings import DetectorSettings
-from .protocol import BehavioralDistributedProtocol, read_behavior
+from .protocol import BehavioralData, BehavioralDistributedProtocol, read_behavior
 from .tree import HierarchicalStatisticalTree
 
 __all__ = ["DistributedBehavioralDetector", "DetectorSettings", "p_value_log_odds", "BACKENDS"]
@@ -147,9 +153,10 @@ class DistributedBehavioralDetector:
         return cohort[0] if cohort else self.default_region
 
     def _timestamp_of(self, behavioral_data: Any) -> float:
+        """The observation's timestamp (the clock's reading when it has none): a finite number."""
         ts = behavioral_data.get("timestamp") if isinstance(behavioral_data, dict) else getattr(
             behavioral_data, "timestamp", None)
-        return float(self.clock()) if ts is None else float(ts)
+        return check_finite_float(self.clock() if ts is None else ts, "timestamp")
 
     def create_evidence(self, agent_id: Hashable, behavioral_data: Any, anomaly_info: dict[str, Any],
                         confidence: float = 1.0) -> BayesianEvidence:
@@ -224,18 +231,61 @@ class DistributedBehavioralDetector:
                 "anomaly": anomaly, "consensus": consensus}[self.require]
 
     # ------------------------------------------------------------------ per item (the guide's loop)
+    def _check_item(self, agent_id: Any, behavioral_data: Any) -> tuple[BehavioralData, int]:
+        """Everything a per-item call's three parts will check, checked before any of them changes.
+
+        Returns the observation with its values validated and normalised (the
+        clock read once: the tree, the replica and the evidence get one
+        timestamp) and a free number for the detector's own evidence id.
+        """
+        data_id, features, cohort = read_behavior(behavioral_data)
+        agent = check_wire_id(agent_id, "agent_id")          # the replicas' rule (the tree takes more)
+        if check_wire_id(data_id, "behavioral_data.agent_id") != agent:
+            raise InvalidInputError(f"agent_id {agent!r} differs from the data's agent_id {data_id!r}: "
+                                    "the tree and the replicas would update different agents")
+        x = as_feature_vector(features, self.tree.feature_dimensions)
+        path = check_cohort(cohort)
+        ts = self._timestamp_of(behavioral_data)
+        uid = getattr(behavioral_data, "id", None) if not isinstance(behavioral_data, dict) else behavioral_data.get("id")
+        if uid is not None:
+            uid = check_wire_id(uid, "update id")
+        self.cap_resolver.check_writable([path[0] if path else self.default_region])
+        # The own evidence id, should the agent be anomalous: one no observer holds yet.
+        number = self._evidence_number
+        for _ in range(1000):
+            try:
+                if self.consensus.check_evidence_batch(
+                        [f"{self.node_id}:{number}"], [agent], EvidenceType.BEHAVIORAL_ANOMALY, [0.0], [1.0],
+                        [ts], [self.node_id]) == 1:
+                    break
+            except DuplicateEvidenceError:
+                pass
+            number += 1
+        else:
+            raise DuplicateEvidenceError(f"observers hold 1000 of {self.node_id!r}'s evidence ids")
+        return BehavioralData(agent, x, ts, uid, None, None, path), number
+
     async def process_agent_behavior(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
-        """The guide's main loop for one observation; returns the decision and the details."""
+        """The guide's main loop for one observation; returns the decision and the details.
+
+        One transaction: the observation is checked against every part's rules
+        first (ids the replicas take, a finite timestamp, ``behavioral_data``'s
+        ``agent_id`` equal to ``agent_id``, a writable region), so a refused
+        call raises a typed error and changes nothing.
+        """
+        data, number = self._check_item(agent_id, behavioral_data)
+        agent_id = data.agent_id
+        self._evidence_number = number
         # Step 1: Update hierarchical statistics (O(log n))
-        anomaly_info = await self.protocol.update_agent_behavior(behavioral_data)
+        anomaly_info = await self.protocol.update_agent_behavior(data)
         # Step 3 first for its confidence factor: Distributed update with CAP resolution
-        update = self.create_statistical_update(agent_id, behavioral_data, anomaly_info["mahalanobis_squared"])
+        update = self.create_statistical_update(agent_id, data, anomaly_info["mahalanobis_squared"])
         cap_result = await self.cap_resolver.handle_update(update)
         cf = cap_result["confidence_factor"]
         cf = 1.0 if cf is None else cf
         # Step 2: Collect evidence if anomalous
         if anomaly_info["is_anomaly"]:
-            evidence = self.create_evidence(agent_id, behavioral_data, anomaly_info, confidence=cf)
+            evidence = self.create_evidence(agent_id, data, anomaly_info, confidence=cf)
             await self.consensus.add_evidence(evidence)
         try:
             consensus_result = await self.consensus.distributed_evidence_consensus(agent_id)
@@ -275,23 +325,13 @@ class DistributedBehavioralDetector:
         ``confidence`` (the agent's region's confidence factor) and
         ``region_confidence`` (per region).
         """
-        X = as_feature_matrix(X, self.tree.feature_dimensions)
-        n = X.shape[0]
-        if isinstance(regions, str):
-            regions = np.full(n, regions)
-        regions = np.asarray(regions)
-        if regions.shape != (n,) or regions.dtype.kind != "U":
-            raise DimensionMismatchError(f"regions must be {n} region names, got shape {regions.shape}")
-        ts = float(self.clock()) if timestamp is None else float(timestamp)
-        if not math.isfinite(ts):
-            raise InvalidInputError("timestamp must be finite")
+        # One transaction: every part's checks first, so a refused round changes nothing.
+        X, ids, regions, cohorts, ts = self._check_round(agent_ids, X, regions, cohorts, timestamp)
         names, inverse = np.unique(regions, return_inverse=True)
         # STRONG refuses before the tree changes: a refused round leaves every part as it was
         self.cap_resolver.check_writable(names.tolist())
-        if not (isinstance(agent_ids, np.ndarray) and agent_ids.dtype.kind in "iuU"):
-            as_agent_ids(agent_ids, n)         # ids the replicas would refuse (the tree takes more kinds)
         # Solution 1: update and score everyone (vectorised), regions as cohorts
-        scored = self.protocol.update_and_score_many(agent_ids, X, cohorts=regions if cohorts is None else cohorts,
+        scored = self.protocol.update_and_score_many(ids, X, cohorts=regions if cohorts is None else cohorts,
                                                      fdr=fdr)
         ids = scored["agent_ids"]
         d2 = scored["mahalanobis_squared"]
@@ -309,6 +349,28 @@ class DistributedBehavioralDetector:
         return self._finish_round(ids, scored["mahalanobis_squared"], scored["p_value"],
                                   scored["decision_p_value"], scored["is_anomaly"], scored["p_value_cutoff"],
                                   scored["threshold_squared"], confidence, names, region_cf, accepted, ts)
+
+    def _check_round(self, agent_ids: Any, X: Any, regions: Any, cohorts: Any, timestamp: Any
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any, float]:
+        """A round's inputs checked by the rules of every part (shared by every backend).
+
+        Returns ``(X, ids, regions, cohorts, timestamp)``: ``ids`` as the replicas
+        take them (:func:`~swarmguard.values.agent_index.as_wire_id_array`: ints in
+        int64, strings without NUL, object arrays of either), ``regions`` a NumPy
+        string array (object arrays of ``str`` accepted), ``cohorts`` an object
+        array of ``str`` turned into a string array (the tree's fast path), and a
+        finite timestamp (the clock's reading when None).
+        """
+        X = as_feature_matrix(X, self.feature_dimensions)
+        n = X.shape[0]
+        regions = as_name_array(regions, n, "regions")
+        ts = check_finite_float(self.clock() if timestamp is None else timestamp, "timestamp")
+        ids = as_wire_id_array(agent_ids, n, "agent_ids")
+        if isinstance(cohorts, np.ndarray) and cohorts.dtype == object and cohorts.ndim == 1 and set(
+                map(type, cohorts.tolist())) == {str}:
+            # all names (a pandas column): the tree's string-array fast path; paths or None stay per row
+            cohorts = as_name_array(cohorts, n, "cohorts")
+        return X, ids, regions, cohorts, ts
 
     def _add_own_evidence(self, *columns: Any) -> None:
         """The detector's own evidence of a round (a backend may hold back side effects)."""

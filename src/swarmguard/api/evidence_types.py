@@ -120,8 +120,9 @@ class BayesianEvidence:
     Parameters
     ----------
     evidence_id : hashable (int or str to be storable)
-        Unique id; the same evidence again is ignored, the same id with other
-        content is rejected.
+        Unique per source (the key is ``(source_node, evidence_id)``): the same
+        evidence again from the same source is ignored, the same source and id
+        with other content is rejected; another source's equal id is other evidence.
     agent_id : hashable
     evidence_type : EvidenceType or str
     log_odds : float

@@ -24,6 +24,9 @@ from ..validation import (
     as_feature_vector,
     check_agent_id,
     check_cohort,
+    check_id_str_array,
+    check_id_texts,
+    check_key,
     check_positive_int,
 )
 
@@ -206,7 +209,13 @@ class HierarchicalStatisticalTree:
 
     # ------------------------------------------------------------------ batch updates
     def _check_ids(self, agent_ids: Any) -> np.ndarray:
-        """A 1-D array of valid ids: int64 or str where every id is, else object."""
+        """A 1-D array of valid ids: int64 or str where every id is, else object.
+
+        Ids follow :func:`~swarmguard.validation.check_agent_id` (any hashable but
+        None, bools and floats; no NUL character in a string, which a NumPy string
+        array would drop). Object arrays of strings (a pandas column) take the
+        string fast path.
+        """
         if isinstance(agent_ids, (str, bytes)) or not hasattr(agent_ids, "__len__"):
             raise InvalidTypeError("agent_ids must be a sequence or array of ids")
         if isinstance(agent_ids, np.ndarray):
@@ -217,11 +226,17 @@ class HierarchicalStatisticalTree:
                 raise InvalidTypeError(f"agent ids must be ints or strings, got dtype {ids.dtype}")
             if ids.dtype.kind == "u":
                 ids = ids.astype(np.int64) if ids.size == 0 or ids.max() < 2**63 else ids.astype(object)
-            if ids.dtype.kind in "iU":
+            if ids.dtype.kind == "U":
+                check_id_str_array(ids, "agent_ids")
+                return ids
+            if ids.dtype.kind == "i":
                 return ids
             items = ids.tolist()
         else:
-            items = list(agent_ids)
+            try:
+                items = list(agent_ids)
+            except TypeError as exc:
+                raise InvalidTypeError(f"agent_ids must be a sequence or array of ids: {exc}") from exc
         kinds = set(map(type, items))
         if kinds == {int}:
             try:
@@ -229,8 +244,9 @@ class HierarchicalStatisticalTree:
             except OverflowError:
                 pass
         elif kinds == {str}:
+            check_id_texts(items, "agent_ids")
             return np.array(items, dtype=str)
-        checked = [check_agent_id(a) for a in items]
+        checked = [check_key(a, f"agent_ids[{i}]") for i, a in enumerate(items)]
         ids = np.empty(len(checked), dtype=object)
         ids[:] = checked
         return ids
@@ -346,7 +362,10 @@ class HierarchicalStatisticalTree:
             raise EmptyInputError("agent_ids is empty")
         slots = self._index.lookup_many(ids)
         if (slots < 0).any():
-            raise UnknownAgentError(f"unknown agent id {ids[np.argmax(slots < 0)].tolist()!r}")
+            unknown = ids[int(np.argmax(slots < 0))]
+            # a NumPy scalar (int64, str_) shown as the plain id; object arrays hold plain ids already
+            unknown = unknown.item() if isinstance(unknown, np.generic) else unknown
+            raise UnknownAgentError(f"unknown agent id {unknown!r}")
         return slots, ids
 
     # ------------------------------------------------------------------ statistics

@@ -78,7 +78,12 @@ from ..api.cap import (
     partition_groups,
     require_write_quorum,
 )
-from ..api.consensus import StableBayesianConsensus, evidence_columns
+from ..api.consensus import (
+    PROBATION_EVIDENCE,
+    StableBayesianConsensus,
+    established_sources,
+    evidence_columns,
+)
 from ..api.detector import DistributedBehavioralDetector, _positions
 from ..api.detector_settings import DetectorSettings
 from ..api.evidence_types import BayesianEvidence, EvidenceType
@@ -87,7 +92,6 @@ from ..api.tree import HierarchicalStatisticalTree
 from ..errors import (
     CheckpointError,
     CheckpointWriteWarning,
-    DimensionMismatchError,
     InvalidInputError,
     InvalidTypeError,
     MissingDependencyError,
@@ -97,14 +101,13 @@ from ..errors import (
 from ..structures.fdr import benjamini_hochberg
 from ..structures.robust_fusion import SourceEvents, peel_sources
 from ..validation import (
-    as_feature_matrix,
     as_feature_vector,
-    check_agent_id,
     check_cohort,
     check_finite_float,
     check_key,
     check_positive_int,
 )
+from ..values.agent_index import as_wire_id_array, check_wire_id
 from ..values.version_vector import check_region_name
 from .checkpoint_files import (
     append_record,
@@ -328,29 +331,17 @@ class _ActorSystem:
         self.ray.get(h.actor.restore.remote(seq, h.ckpt_ref))
 
 
-def _validate_ids(agent_ids: Any) -> np.ndarray:
-    if isinstance(agent_ids, np.ndarray):
-        if agent_ids.ndim != 1:
-            raise DimensionMismatchError(f"agent_ids must be 1-D, got shape {agent_ids.shape}")
-        if agent_ids.dtype.kind in "iu":
-            if agent_ids.dtype == np.uint64 and agent_ids.size and agent_ids.max() >= (1 << 63):
-                raise InvalidInputError("agent ids must fit in 64 bits (int64)")
-            return agent_ids.astype(np.int64, copy=False)
-        if agent_ids.dtype.kind == "U":
-            return agent_ids
-        items = agent_ids.tolist()
-    elif isinstance(agent_ids, (str, bytes)) or not hasattr(agent_ids, "__len__"):
-        raise InvalidTypeError("agent_ids must be a sequence or array of ids")
-    else:
-        items = list(agent_ids)
-    if all(isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) for k in items):
-        try:
-            return np.array(items, dtype=np.int64)
-        except OverflowError as exc:
-            raise InvalidInputError("agent ids must fit in int64") from exc
-    if all(isinstance(k, str) for k in items):
-        return np.array(items, dtype=str)
-    raise InvalidTypeError("the Ray backend takes int or str agent ids (a NumPy array is fastest)")
+def _validate_ids(agent_ids: Any, n: int | None = None) -> np.ndarray:
+    """The replicas' id rule (:func:`~swarmguard.values.agent_index.as_wire_id_array`), one kind per round.
+
+    An int64 array or a NumPy string array (object arrays of ``str``, a pandas
+    column, become one); a batch mixing ints and strings is refused.
+    """
+    ids = as_wire_id_array(agent_ids, n, "agent_ids")
+    if ids.dtype == object:
+        raise InvalidTypeError("the Ray backend takes int or str agent ids, not both in one batch "
+                               "(a NumPy array is fastest)")
+    return ids
 
 
 def _hash_partition(keys: Any, parts: int) -> np.ndarray:
@@ -672,23 +663,15 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                fdr: Any, stay: np.ndarray | None = None) -> dict[str, Any]:
         """A round; ``stay`` marks rows whose known agents keep their place in the tree
         (the per-item path's data without a cohort), written to their region's replica all the same."""
-        # The in-process detector's checks, in its order, all before any change.
-        X = as_feature_matrix(X, self._dim)
+        # The in-process detector's checks (the same function), all before any change.
+        X, ids, regions, cohorts, ts = self._check_round(agent_ids, X, regions, cohorts, timestamp)
         n, d = X.shape
-        if isinstance(regions, str):
-            regions = np.full(n, regions)
-        regions = np.asarray(regions)
-        if regions.shape != (n,) or regions.dtype.kind != "U":
-            raise DimensionMismatchError(f"regions must be {n} region names, got shape {regions.shape}")
-        ts = check_finite_float(self.clock() if timestamp is None else timestamp, "timestamp")
+        ids = _validate_ids(ids)
         names, inverse = np.unique(regions, return_inverse=True)
         inverse = inverse.ravel()
         order = [check_region_name(r) for r in names.tolist()]
         if self.consistency_model is ConsistencyModel.STRONG:
             require_write_quorum(self.regions, self._group_of, order)
-        ids = _validate_ids(agent_ids)
-        if ids.shape[0] != n:
-            raise DimensionMismatchError(f"{ids.shape[0]} agent ids for {n} rows")
         if np.unique(ids).size != n:
             raise InvalidInputError("agent_ids holds the same id twice in one batch")
         if self._known_ids.size and n and self._known_ids.dtype.kind != ids.dtype.kind:
@@ -871,13 +854,17 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
     def process_agent_behavior_sync(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
         """Synchronous twin of :meth:`process_agent_behavior`."""
         data_id, features, cohort = read_behavior(behavioral_data)
-        agent_id = check_agent_id(agent_id)
-        if check_agent_id(data_id) != agent_id:
-            raise InvalidInputError(f"agent_id {agent_id!r} differs from the data's {data_id!r}")
+        agent_id = check_wire_id(agent_id, "agent_id")       # the replicas' rule, as in process
+        if check_wire_id(data_id, "behavioral_data.agent_id") != agent_id:
+            raise InvalidInputError(f"agent_id {agent_id!r} differs from the data's agent_id {data_id!r}: "
+                                    "the tree and the replicas would update different agents")
         x = as_feature_vector(features, self._dim)
         path = check_cohort(cohort)
         region = path[0] if path else self.default_region
         ts = check_finite_float(self._timestamp_of(behavioral_data), "timestamp")
+        uid = behavioral_data.get("id") if isinstance(behavioral_data, dict) else getattr(behavioral_data, "id", None)
+        if uid is not None:
+            check_wire_id(uid, "update id")     # refused as in process (the actors key writes by round)
         res = self._logged("item", lambda: _round_record([agent_id], x[None, :], region, [path], ts, None),
                            lambda: self._round([agent_id], x[None, :], region, cohorts=[path], timestamp=ts,
                                                fdr=None, stay=np.array([path is None])))
@@ -950,7 +937,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                 "evidence_ids": _take(ev, rows), "agent_ids": _take(ag, rows), "evidence_types": codes[rows],
                 "log_odds": lo[rows], "confidences": conf[rows], "timestamps": ts[rows],
                 "source_nodes": _take(src, rows)})
-        every_id = self.ray.put((ev, part))
+        every_id = self.ray.put((ev, src, part))
         # Phase 1: every partition checks (nothing changes); phase 2: the partitions add.
         self._gather([(h, "check", (batches.get(p), every_id, p), False)
                       for p, h in enumerate(self.evidence_shards)])
@@ -978,7 +965,17 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         """Two-step consensus over the partitions (cached until evidence changes)."""
         if self._last_consensus is not None:
             return self._last_consensus
-        parts = self._gather([(h, "fuse", (), False) for h in self.evidence_shards])
+        # Probation over all partitions: a source's accepted evidence summed over them.
+        counted: dict[Hashable, int] = {}
+        for reply in self._gather([(h, "source_counts", (), False) for h in self.evidence_shards]):
+            for k, c in zip(reply["sources"], reply["counts"].tolist(), strict=True):
+                counted[k] = counted.get(k, 0) + c
+        count_keys = list(counted)
+        voting = established_sources(np.array([counted[k] for k in count_keys], dtype=np.int64),
+                                     np.array([k in self._trusted for k in count_keys], dtype=bool),
+                                     PROBATION_EVIDENCE)
+        established = None if voting.all() else [k for k, v in zip(count_keys, voting.tolist(), strict=True) if v]
+        parts = self._gather([(h, "fuse", (established,), False) for h in self.evidence_shards])
         index: dict[Hashable, int] = {}
         for ev in parts:
             for k in ev["sources"]:
@@ -1004,8 +1001,11 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             return merged(self._gather([(h, "recount", (bad_now,), False) for h in self.evidence_shards]))
 
         events = merged(parts)
-        never = np.array([k in self._trusted for k in keys], dtype=bool)
-        flagged, tail = peel_sources(events, recount, n_sources, self._false_flag_rate, never=never)
+        voters = None if established is None else set(established)
+        on_probation = np.array([voters is not None and k not in voters for k in keys], dtype=bool)
+        never = np.array([k in self._trusted for k in keys], dtype=bool) | on_probation
+        flagged, tail = peel_sources(events, recount, n_sources, self._false_flag_rate, never=never,
+                                     n_tested=int(n_sources - on_probation.sum()))
         bad = [k for k, f in zip(keys, flagged.tolist(), strict=True) if f]
         done = self._gather([(h, "finish", (bad,), False) for h in self.evidence_shards])
         from scipy.special import expit
@@ -1018,7 +1018,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             "consensus_reached": np.concatenate([r["consensus_reached"] for r in done]),
             "evidence_count": np.concatenate([r["evidence_count"] for r in done]),
             "source_count": np.concatenate([r["source_count"] for r in done]),
-            "byzantine_nodes": bad, "_events": events, "_tail": tail, "_flagged": flagged, "_sources": keys,
+            "byzantine_nodes": bad, "_established": established, "_events": events, "_tail": tail, "_flagged": flagged, "_sources": keys,
         }
         return self._last_consensus
 
@@ -1347,15 +1347,16 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                 "std": np.sqrt(np.maximum(var, 0.0)), "ddof": ddof, "moments": m}
 
     def evidence_fingerprint(self) -> dict[Hashable, tuple]:
-        """Every stored evidence, keyed by id: (agent, source, type, log-odds, confidence, time)."""
+        """Every stored evidence, keyed by (source, id) (ids are unique per source): (agent,
+        source, type, log-odds, confidence, time)."""
         out = {}
         for h in self.evidence_shards:
             ev = self.sys.call(h, "fingerprint")
             for row in zip(ev["evidence_ids"], ev["agent_ids"], ev["source_nodes"], ev["evidence_types"],
                            np.asarray(ev["log_odds"]).tolist(), np.asarray(ev["confidences"]).tolist(),
                            np.asarray(ev["timestamps"]).tolist(), strict=True):
-                key = row[0].item() if hasattr(row[0], "item") else row[0]
-                out[key] = tuple(x.item() if hasattr(x, "item") else x for x in row[1:])
+                values = tuple(x.item() if hasattr(x, "item") else x for x in row)
+                out[(values[2], values[0])] = values[1:]
         return out
 
     def peak_memory_mb(self) -> dict[str, float]:
@@ -1440,9 +1441,10 @@ class _ConsensusFacade:
         agent_id = check_key(agent_id, "agent_id")
         if not det._evidence_total:
             raise UnknownAgentError(f"no evidence for agent {agent_id!r}")
-        bad = det._consensus()["byzantine_nodes"]
+        full = det._consensus()
         p = int(_hash_partition([agent_id], len(det.evidence_shards))[0])
-        out = det.sys.call(det.evidence_shards[p], "agent_consensus", agent_id, bad)
+        out = det.sys.call(det.evidence_shards[p], "agent_consensus", agent_id, full["byzantine_nodes"],
+                           full["_established"])
         if out is None:
             raise UnknownAgentError(f"no evidence for agent {agent_id!r}")
         return out

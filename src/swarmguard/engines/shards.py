@@ -479,34 +479,48 @@ class EvidenceShard(_Versioned):
         self.seq = 0
         self.consensus = StableBayesianConsensus(**self.kwargs)
         self._fused: dict[str, Any] | None = None
+        self._established: list[Hashable] | None = None   # sources out of probation, as of the last fuse
 
-    def check(self, expect: int, batch: dict[str, Any] | None, every: tuple[Any, np.ndarray], me: int) -> None:
+    def check(self, expect: int, batch: dict[str, Any] | None, every: tuple[Any, Any, np.ndarray], me: int) -> None:
         """Raise as :meth:`add` of ``batch`` would, changing nothing; also refuse the whole
-        batch's ids routed to other partitions (``every``: all ids, their partitions) that
-        this partition holds or receives too: the same id for another agent."""
+        batch's evidence routed to other partitions (``every``: all ids, their sources,
+        their partitions) whose key ``(source, evidence_id)`` this partition holds or
+        receives too: the same evidence for another agent."""
         self._check(expect)
         if batch is not None:
             self.consensus.check_evidence_batch(**batch)
-        ids, part = every
+        ids, sources, part = every
         away = np.flatnonzero(part != me)
         if away.size == 0:
             return
-        foreign = ids[away] if isinstance(ids, np.ndarray) else [ids[i] for i in away.tolist()]
-        n = len(foreign)
-        conflict = (self.consensus._ledger.evidence.rows_of(foreign) >= 0 if self.consensus.evidence_count
-                    else np.zeros(n, dtype=bool))
+
+        def take(col, rows):
+            return col[rows] if isinstance(col, np.ndarray) else [col[i] for i in rows.tolist()]
+
+        foreign, foreign_src = take(ids, away), take(sources, away)
+        conflict = self.consensus._holds_evidence(foreign, foreign_src)
         if batch is not None:
             mine = batch["evidence_ids"]
+            # Ids first (vectorised for integer or string arrays), then the few candidates' keys.
             if (isinstance(foreign, np.ndarray) and isinstance(mine, np.ndarray)
                     and foreign.dtype.kind == mine.dtype.kind and foreign.dtype.kind in "iuU"):
-                conflict = conflict | np.isin(foreign, mine)
+                candidates = np.flatnonzero(np.isin(foreign, mine)).tolist()
             else:
-                seen = set(mine.tolist() if isinstance(mine, np.ndarray) else mine)
+                ids_here = set(mine.tolist() if isinstance(mine, np.ndarray) else mine)
                 items = foreign.tolist() if isinstance(foreign, np.ndarray) else foreign
-                conflict = conflict | np.fromiter((k in seen for k in items), dtype=bool, count=n)
+                candidates = [i for i, k in enumerate(items) if k in ids_here]
+            if candidates:
+                def listed(col):
+                    return col.tolist() if isinstance(col, np.ndarray) else list(col)
+                keys_here = set(zip(listed(batch["source_nodes"]), listed(mine), strict=True))
+                f_ids, f_src = listed(foreign), listed(foreign_src)
+                for i in candidates:
+                    if (f_src[i], f_ids[i]) in keys_here:
+                        conflict[i] = True
         if conflict.any():
             i = int(np.flatnonzero(conflict)[0])
-            raise DuplicateEvidenceError(f"evidence_id {foreign[i]!r} is given for two different agents")
+            raise DuplicateEvidenceError(f"evidence_id {foreign[i]!r} of source {foreign_src[i]!r} "
+                                         f"is given for two different agents")
 
     def add(self, expect: int, batch: dict[str, Any]) -> int:
         self._check(expect)
@@ -514,31 +528,58 @@ class EvidenceShard(_Versioned):
         self.seq += 1
         return n
 
-    def agent_consensus(self, expect: int, agent_id: Hashable, flagged: Sequence[Hashable]) -> dict[str, Any] | None:
-        """One agent's consensus (the in-process keys) given the sources flagged over all partitions."""
+    def _rows_mask(self, keys: Sequence[Hashable] | None, default: bool) -> np.ndarray:
+        """Per source row of this partition: is its key in ``keys`` (None: ``default``)."""
+        sources = self.consensus._ledger.sources.keys()
+        if keys is None:
+            return np.full(len(sources), default, dtype=bool)
+        wanted = set(keys)
+        return np.array([k in wanted for k in sources], dtype=bool)
+
+    def agent_consensus(self, expect: int, agent_id: Hashable, flagged: Sequence[Hashable],
+                        established: Sequence[Hashable] | None = None) -> dict[str, Any] | None:
+        """One agent's consensus (the in-process keys) given the sources flagged and the
+        sources out of probation over all partitions (None: every source)."""
         self._check(expect)
         c = self.consensus
-        bad = set(flagged)
-        flag = np.array([k in bad for k in c._ledger.sources.keys()], dtype=bool)
+        flag = self._rows_mask(flagged, False)
         try:
-            return c._consensus_of(agent_id, flag, False)
+            return c._consensus_of(agent_id, flag, False, self._rows_mask(established, True))
         except UnknownAgentError:
             return None
 
-    def _fuse(self) -> dict[str, Any]:
+    def source_counts(self, expect: int) -> dict[str, Any]:
+        """Accepted evidence per source (keyed by source id), for probation over all partitions."""
+        self._check(expect)
+        ledger = self.consensus._ledger
+        n = len(ledger.sources)
+        counts = np.zeros(n, dtype=np.int64)
+        counts[: min(n, ledger.source_counts.size)] = ledger.source_counts[:n]
+        return {"sources": ledger.sources.keys(), "counts": counts}
+
+    def _fuse(self, established: Any = ...) -> dict[str, Any]:
+        """The partition's fusion given the sources out of probation over all partitions
+        (a list of ids, None for every source; omitted: those of the last :meth:`fuse`)."""
         c = self.consensus
         ledger = c._ledger
-        if self._fused is not None and self._fused["version"] == ledger.version:
+        if established is ...:
+            established = self._established
+        key = None if established is None else frozenset(established)
+        if (self._fused is not None and self._fused["version"] == ledger.version
+                and self._fused["established_keys"] == key):
             return self._fused
-        out, events, pair_agents, pair_sources, shard_pairs = c._fuse_shards(need_sum=False)
+        out, events, pair_agents, pair_sources, shard_pairs = c._fuse_shards(
+            need_sum=False, established=self._rows_mask(established, True))
         out.update(shard_pairs=shard_pairs, pair_agents=pair_agents, pair_sources=pair_sources,
-                   events=events, version=ledger.version)
+                   events=events, version=ledger.version, established_keys=key)
         self._fused = out
         return out
 
-    def fuse(self, expect: int) -> dict[str, Any]:
-        """Far-outlier events per source (keyed by source id) over this partition's agents."""
+    def fuse(self, expect: int, established: Sequence[Hashable] | None = None) -> dict[str, Any]:
+        """Far-outlier events per source (keyed by source id) over this partition's agents,
+        given the sources out of probation over all partitions (None: every source)."""
         self._check(expect)
+        self._established = None if established is None else list(established)
         ev = self._fuse()["events"]
         return {"sources": self.consensus._ledger.sources.keys(),
                 **{name: getattr(ev, name) for name in SourceEvents._FIELDS}}
@@ -548,8 +589,7 @@ class EvidenceShard(_Versioned):
         self._check(expect)
         ledger = self.consensus._ledger
         n_sources = len(ledger.sources)
-        bad = set(flagged)
-        flag = np.array([k in bad for k in ledger.sources.keys()], dtype=bool)
+        flag = self._rows_mask(flagged, False)
         events = SourceEvents.zeros(n_sources)
         for agent, source, total, n_agents in self._fuse()["shard_pairs"]:
             keep = ~flag[source]
@@ -561,12 +601,11 @@ class EvidenceShard(_Versioned):
         self._check(expect)
         g = self._fuse()
         ledger = self.consensus._ledger
-        bad = set(flagged)
-        flag = np.array([k in bad for k in ledger.sources.keys()], dtype=bool)
+        flag = self._rows_mask(flagged, False)
         n_agents = len(ledger.agents)
         n_flagged = _count_flagged(g["pair_agents"], g["pair_sources"], flag, n_agents)
         log_odds = g["robust"]
-        reached = self.consensus._reached(g["n"], g["f"], n_flagged)
+        reached = self.consensus._reached(g["n"], g["f"], n_flagged, g["young"])
         return {"agent_ids": ledger.agents.keys_of(np.arange(n_agents, dtype=np.int64)),
                 "log_odds": log_odds, "consensus_reached": reached, "evidence_count": g["count"],
                 "source_count": g["n"]}

@@ -16,6 +16,16 @@ Layout
   rows in one pass, which gives the same bits. Partitions are the unit that
   later moves onto workers.
 
+Evidence ids
+------------
+Evidence ids are unique per source: the key of an evidence is
+``(source row, evidence_id)``, so one source cannot squat another's ids. The
+common case (ids distinct across all sources) stays a single :class:`KeyIndex`
+over ``evidence_id`` whose row is the sequence number (``evidence_seq`` is
+None: the identity). Only an id that a *second* source uses too is kept in the
+small dict ``shared`` (``(source row, id) -> seq``); from the first such id on,
+``evidence_seq`` maps the index's rows to sequence numbers.
+
 The ledger knows nothing about validation or the consensus rule; it is fed
 validated arrays by :mod:`swarmguard.api.consensus`.
 """
@@ -28,7 +38,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from .key_index import KeyIndex
-from .pair_sums import PairSums
+from .pair_sums import PairSums, _int_array
 
 __all__ = ["EvidenceLedger", "EvidencePartition", "AGENTS_PER_SHARD"]
 
@@ -130,22 +140,32 @@ class EvidencePartition:
 
     @classmethod
     def from_dict(cls, state: dict[str, np.ndarray]) -> EvidencePartition:
-        """Inverse of :meth:`to_dict` (validated)."""
+        """Inverse of :meth:`to_dict`, validated: integer rows in range (local agent rows
+        below ``AGENTS_PER_SHARD``, source rows below 2**31 - 1, seqs >= 0), finite float
+        contributions, equal lengths; anything else raises
+        :class:`~swarmguard.errors.InvalidInputError` (never a silent cast)."""
+        if not isinstance(state, dict):
+            raise InvalidInputError(f"partition state must be a dict, got {type(state).__name__}")
         try:
-            capacity = int(np.asarray(state["capacity"]))
-            cols = [np.asarray(state[k]) for k in ("seq", "agent", "source", "contribution")]
+            capacity = int(_int_array(state["capacity"], "capacity", 1, 1 << 62, ndim=0))
+            seq = _int_array(state["seq"], "seq", 0, 1 << 63)
+            agent = _int_array(state["agent"], "agent", 0, AGENTS_PER_SHARD)
+            source = _int_array(state["source"], "source", 0, (1 << 31) - 1)
+            contribution = np.asarray(state["contribution"])
         except KeyError as exc:
             raise InvalidInputError(f"partition state lacks field {exc}") from exc
         except (TypeError, ValueError) as exc:
             raise InvalidInputError(f"partition state is malformed: {exc}") from exc
-        sizes = {c.shape for c in cols}
-        if len(sizes) != 1 or cols[0].ndim != 1 or not 0 <= cols[0].size <= capacity or capacity < 1:
+        if contribution.dtype.kind != "f" or contribution.ndim != 1:
+            raise InvalidInputError(f"partition contributions must be a 1-D float array, got dtype "
+                                    f"{contribution.dtype}, shape {contribution.shape}")
+        if len({seq.shape, agent.shape, source.shape, contribution.shape}) != 1 or seq.size > capacity:
             raise InvalidInputError("partition state has inconsistent columns or capacity")
-        if not np.isfinite(cols[3].astype(np.float64)).all():
+        contribution = contribution.astype(np.float64)
+        if not np.isfinite(contribution).all():
             raise InvalidInputError("partition contributions must be finite")
         part = cls(capacity)
-        part.extend(cols[0].astype(np.int64), cols[1].astype(np.int32), cols[2].astype(np.int32),
-                    cols[3].astype(np.float64))
+        part.extend(seq.astype(np.int64), agent.astype(np.int32), source.astype(np.int32), contribution)
         return part
 
     def sums(self) -> PairSums:
@@ -173,7 +193,12 @@ class EvidenceLedger:
 
     def __init__(self, partition_size: int):
         self.partition_size = int(partition_size)
-        self.evidence = KeyIndex()
+        self.evidence = KeyIndex()  # evidence_id -> row, for the first source that used the id
+        self.evidence_seq: np.ndarray | None = None  # row of ``evidence`` -> seq (None: identity)
+        self._seq_buffer = np.zeros(0, dtype=np.int64)  # evidence_seq is a view of its start
+        self.shared: dict[tuple[int, object], int] = {}  # (source row, id) -> seq, ids already used
+        self._source_counts = np.zeros(0, dtype=np.int64)  # accepted evidence per source row, of
+        self._counted = 0                                   # the first _counted evidence (see source_counts)
         self.agents = KeyIndex()
         self.sources = KeyIndex()
         self.columns = {name: np.zeros(0, dtype=dt) for name, dt in _COLUMNS.items()}
@@ -282,6 +307,115 @@ class EvidenceLedger:
             grown[: self.size] = col[: self.size]
             self.columns[name] = grown
 
+    @property
+    def source_counts(self) -> np.ndarray:
+        """Accepted evidence per source row (for probation). Counted on demand from the rows
+        added since the last call, so ingestion pays nothing and a per-item loop O(1)."""
+        if self._counted < self.size:
+            tail = self.columns["source_row"][self._counted: self.size]
+            if tail.size <= 8 and int(tail.max()) < self._source_counts.size:
+                for r in tail.tolist():
+                    self._source_counts[r] += 1
+            else:
+                counts = np.bincount(tail, minlength=self._source_counts.size)
+                counts[: self._source_counts.size] += self._source_counts
+                self._source_counts = counts.astype(np.int64, copy=False)
+            self._counted = self.size
+        return self._source_counts
+
+    # ------------------------------------------------------------------ evidence ids
+    def seq_of(self, evidence_id, source_row: int) -> tuple[int, int]:
+        """(seq of the evidence ``(source_row, evidence_id)`` or -1, row of the id in
+        :attr:`evidence` or -1: whether some source already uses the id)."""
+        row = self.evidence.row_of(evidence_id)
+        if row < 0:
+            return -1, -1
+        seq = row if self.evidence_seq is None else int(self.evidence_seq[row])
+        if int(self.columns["source_row"][seq]) == source_row:
+            return seq, row
+        return self.shared.get((int(source_row), evidence_id), -1), row
+
+    def seqs_of(self, evidence_ids, source_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Vectorised :meth:`seq_of`: (seqs, rows in :attr:`evidence`), -1 where none.
+        ``source_rows`` may hold planned rows of new sources (they match nothing)."""
+        n = len(source_rows)
+        if len(self.evidence) == 0:
+            none = np.full(n, -1, dtype=np.int64)
+            return none, none.copy()
+        rows = self.evidence.rows_of(evidence_ids)
+        seqs = rows if self.evidence_seq is None else np.where(rows >= 0, self.evidence_seq[rows], -1)
+        hit = np.flatnonzero(seqs >= 0)
+        if hit.size:
+            other = hit[self.columns["source_row"][seqs[hit]] != source_rows[hit]]
+            if other.size and seqs is rows:
+                seqs = rows.copy()
+            for i in other.tolist():   # ids another source used first: rare, a dict lookup each
+                seqs[i] = self.shared.get((int(source_rows[i]), _key(evidence_ids, i)), -1)
+        return seqs, rows
+
+    def index_one(self, evidence_id, source_row: int, claimed: bool, seq: int) -> None:
+        """:meth:`index_evidence` of one evidence (the per-item path, without arrays)."""
+        if claimed:
+            self.index_evidence([evidence_id], np.array([source_row]), np.array([True]), seq)
+            return
+        self.evidence.add(evidence_id)
+        if self.evidence_seq is not None:
+            self._extend_seq(np.array([seq], dtype=np.int64))
+
+    def index_evidence(self, evidence_ids, source_rows: np.ndarray, claimed: np.ndarray, start: int) -> None:
+        """Record the ids of new evidence with seqs ``start, start + 1, ...``: each id
+        is new for its source; ``claimed`` (bool) says which ids some source already
+        uses (earlier, or earlier in this batch): those go to :attr:`shared`."""
+        n = len(source_rows)
+        if not claimed.any():
+            if self.evidence_seq is not None:
+                self._extend_seq(np.arange(start, start + n, dtype=np.int64))
+            if n == 1:   # KeyIndex.add keeps single inserts cheap (no table rebuild)
+                self.evidence.add(_key(evidence_ids, 0))
+            elif n:
+                self.evidence.add_new(evidence_ids)
+            return
+        if self.evidence_seq is None:
+            self._seq_buffer = np.arange(len(self.evidence), dtype=np.int64)
+            self.evidence_seq = self._seq_buffer
+        fresh = np.flatnonzero(~claimed)
+        if fresh.size:
+            ids = (evidence_ids[fresh] if isinstance(evidence_ids, np.ndarray)
+                   else [evidence_ids[i] for i in fresh.tolist()])
+            if fresh.size == 1:
+                self.evidence.add(_key(ids, 0))
+            else:
+                self.evidence.add_new(ids)
+            self._extend_seq(start + fresh.astype(np.int64))
+        for i in np.flatnonzero(claimed).tolist():
+            self.shared[(int(source_rows[i]), _key(evidence_ids, i))] = start + i
+
+    def _extend_seq(self, seqs: np.ndarray) -> None:
+        """Append to :attr:`evidence_seq` (a view of a buffer that grows by doubling, so
+        single adds stay O(1) amortised)."""
+        have = self.evidence_seq.size
+        need = have + seqs.size
+        if need > self._seq_buffer.size:
+            grown = np.empty(max(need, 2 * self._seq_buffer.size, 64), dtype=np.int64)
+            grown[:have] = self.evidence_seq
+            self._seq_buffer = grown
+        self._seq_buffer[have:need] = seqs
+        self.evidence_seq = self._seq_buffer[:need]
+
+    def evidence_ids(self) -> np.ndarray | list:
+        """The evidence id of every seq (an int64 array while ids are ints, else a list)."""
+        rows = np.arange(len(self.evidence), dtype=np.int64)
+        keys = self.evidence.keys_of(rows)
+        if self.evidence_seq is None and not self.shared:
+            return keys if keys.dtype != object else keys.tolist()
+        seqs = rows if self.evidence_seq is None else self.evidence_seq
+        ints = keys.dtype != object and all(type(k) is int for _, k in self.shared)
+        out = np.zeros(self.size, dtype=np.int64) if ints else np.empty(self.size, dtype=object)
+        out[seqs] = keys
+        for (_, k), seq in self.shared.items():
+            out[seq] = k
+        return out if ints else out.tolist()
+
     # ------------------------------------------------------------------ reads
     def row(self, seq: int) -> tuple:
         """The stored fields of evidence ``seq`` (for duplicate checks)."""
@@ -341,6 +475,11 @@ class EvidenceLedger:
         parts = [p.sums().select_agent(agent_row - lo) for p in self.shards[shard]]
         a, s, c, t, ac, at = PairSums.merged_totals(parts, agent_row - lo + 1, prior)
         return ShardTotals(agent_row, a - (agent_row - lo), s, c, t, ac[-1:], at[-1:])
+
+
+def _key(keys, i: int):
+    """The id at position ``i`` as a Python object (ints of int64 arrays as int)."""
+    return int(keys[i]) if isinstance(keys, np.ndarray) and keys.dtype.kind in "iu" else keys[i]
 
 
 def _join(parts: list[np.ndarray]) -> np.ndarray:

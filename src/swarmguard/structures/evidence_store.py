@@ -4,6 +4,13 @@ Every accepted evidence is one row, committed before the call that added it
 returns (``synchronous=FULL``). Floats are stored as their IEEE-754 bit
 patterns (INTEGER), so reopening restores every value bit for bit (a REAL
 column would turn -0.0 into 0). Ids are stored as given, INTEGER or TEXT.
+
+Schema 2: evidence ids are unique per source (``UNIQUE (source_node,
+evidence_id)``). A schema-1 file (ids unique over all sources, a stronger
+constraint, so every one of its rows is valid under schema 2) is migrated in
+place on opening, in one transaction. Loading checks every value read back
+(types, finite floats, known evidence types): a damaged or tampered file
+raises :class:`~swarmguard.errors.EvidenceStoreError`.
 """
 
 from __future__ import annotations
@@ -18,20 +25,24 @@ from ..errors import EvidenceStoreError
 
 __all__ = ["EvidenceStore", "float_bits", "bits_float"]
 
-_SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
-CREATE TABLE IF NOT EXISTS evidence (
+_SCHEMA_VERSION = 2
+_COLUMNS = ("seq", "evidence_id", "agent_id", "source_node", "evidence_type", "log_odds_bits",
+            "confidence_bits", "timestamp_bits")
+_EVIDENCE_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     seq INTEGER PRIMARY KEY,
-    evidence_id NOT NULL UNIQUE,
+    evidence_id NOT NULL,
     agent_id NOT NULL,
     source_node NOT NULL,
     evidence_type TEXT NOT NULL,
     log_odds_bits INTEGER NOT NULL,
     confidence_bits INTEGER NOT NULL,
-    timestamp_bits INTEGER NOT NULL
+    timestamp_bits INTEGER NOT NULL,
+    UNIQUE (source_node, evidence_id)
 );
 """
+_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);" + _EVIDENCE_TABLE.format(name="evidence")
+_INT64 = (-(1 << 63), 1 << 63)
 
 
 def float_bits(values: np.ndarray) -> list[int]:
@@ -60,18 +71,60 @@ class EvidenceStore:
 
     def __init__(self, path: str | Path):
         self.path = str(path)
+        self._conn = None
         try:
             self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
-            row = self._conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
+            tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "meta" in tables:
+                row = self._conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+                if row is None or "evidence" not in tables:
+                    raise EvidenceStoreError(f"{self.path}: not an evidence store (no schema or no evidence table)")
+                if row[0] == 1 and type(row[0]) is int:
+                    self._migrate_from_1()
+                elif not (type(row[0]) is int and row[0] == _SCHEMA_VERSION):
+                    raise EvidenceStoreError(f"{self.path}: unsupported evidence store schema {row[0]!r}")
+            elif tables:
+                raise EvidenceStoreError(f"{self.path}: not an evidence store (tables {sorted(tables)})")
+            else:
+                self._conn.executescript(_SCHEMA)
                 self._conn.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
-            elif int(row[0]) != _SCHEMA_VERSION:
-                raise EvidenceStoreError(f"{self.path}: unsupported evidence store schema {row[0]}")
+            columns = [r[1] for r in self._conn.execute("PRAGMA table_info(evidence)")]
+            if columns != list(_COLUMNS):
+                raise EvidenceStoreError(f"{self.path}: evidence table has columns {columns}, "
+                                         f"expected {list(_COLUMNS)}")
         except sqlite3.Error as exc:
+            self._close_quietly()
             raise EvidenceStoreError(f"cannot open evidence store {self.path}: {exc}") from exc
+        except EvidenceStoreError:
+            self._close_quietly()
+            raise
+
+    def _close_quietly(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._conn = None
+
+    def _migrate_from_1(self) -> None:
+        """Schema 1 (``evidence_id`` unique over all sources) to 2 (unique per source), in
+        one transaction: a crash leaves the schema-1 file as it was."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(_EVIDENCE_TABLE.format(name="evidence_v2"))
+            cols = ", ".join(_COLUMNS)
+            conn.execute(f"INSERT INTO evidence_v2 ({cols}) SELECT {cols} FROM evidence ORDER BY seq")
+            conn.execute("DROP TABLE evidence")
+            conn.execute("ALTER TABLE evidence_v2 RENAME TO evidence")
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (_SCHEMA_VERSION,))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def insert(self, rows: list[tuple]) -> None:
         """Insert rows ``(evidence_id, agent_id, source_node, type, log_odds, confidence,
@@ -103,7 +156,12 @@ class EvidenceStore:
             raise EvidenceStoreError(f"cannot write evidence to {self.path}: {exc}") from exc
 
     def load(self) -> list[tuple]:
-        """Every row in arrival order, floats restored bit for bit."""
+        """Every row in arrival order, floats restored bit for bit.
+
+        Every value is checked: ids int64 or str, evidence types str, floats stored as
+        int64 bit patterns of finite values (confidence in [0, 1]); anything else
+        (a damaged or edited file) raises :class:`EvidenceStoreError`.
+        """
         try:
             rows = self._conn.execute(
                 "SELECT evidence_id, agent_id, source_node, evidence_type, log_odds_bits, "
@@ -112,12 +170,33 @@ class EvidenceStore:
             raise EvidenceStoreError(f"cannot read evidence store {self.path}: {exc}") from exc
         if not rows:
             return []
-        floats = [bits_float(r[k] for r in rows).tolist() for k in (4, 5, 6)]
+        for i, r in enumerate(rows):
+            for k, name in ((0, "evidence_id"), (1, "agent_id"), (2, "source_node")):
+                v = r[k]
+                if not (type(v) is str or (type(v) is int and _INT64[0] <= v < _INT64[1])):
+                    raise EvidenceStoreError(f"{self.path}: row {i}: {name} {v!r} is not an int64 or str")
+            if type(r[3]) is not str:
+                raise EvidenceStoreError(f"{self.path}: row {i}: evidence_type {r[3]!r} is not a str")
+            for k in (4, 5, 6):
+                if type(r[k]) is not int or not _INT64[0] <= r[k] < _INT64[1]:
+                    raise EvidenceStoreError(f"{self.path}: row {i}: float bits {r[k]!r} are not an int64")
+        floats = [bits_float(r[k] for r in rows) for k in (4, 5, 6)]
+        for name, col in zip(("log_odds", "confidence", "timestamp"), floats, strict=True):
+            bad = ~np.isfinite(col)
+            if name == "confidence":
+                bad |= ~((col >= 0.0) & (col <= 1.0))
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise EvidenceStoreError(f"{self.path}: row {i}: {name} {col[i]!r} is not valid")
+        floats = [f.tolist() for f in floats]
         return [(r[0], r[1], r[2], r[3], floats[0][i], floats[1][i], floats[2][i])
                 for i, r in enumerate(rows)]
 
     def count(self) -> int:
-        return int(self._conn.execute("SELECT COUNT(*) FROM evidence").fetchone()[0])
+        try:
+            return int(self._conn.execute("SELECT COUNT(*) FROM evidence").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise EvidenceStoreError(f"cannot read evidence store {self.path}: {exc}") from exc
 
     def close(self) -> None:
-        self._conn.close()
+        self._close_quietly()

@@ -18,6 +18,8 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..values.exact_sum import (
+    LIMB_BITS,
+    N_LIMBS,
     canonical_limbs,
     exact_group_sums,
     float_limbs,
@@ -292,17 +294,24 @@ class PairSums:
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> PairSums:
+        """Inverse of :meth:`to_dict`, validated: integer arrays whose every value fits its
+        field (keys >= 0, counts >= 1, limb numbers in ``[0, N_LIMBS)``, limb values
+        ``|v| < 2**26``) and consistent shapes; anything else raises
+        :class:`~swarmguard.errors.InvalidInputError` (never a silent cast)."""
+        if not isinstance(state, dict):
+            raise InvalidInputError(f"PairSums state must be a dict, got {type(state).__name__}")
         try:
-            if int(np.asarray(state["version"])) != _FORMAT_VERSION:
+            version = _int_array(state["version"], "version", 0, 1 << 31, ndim=0)
+            if int(version) != _FORMAT_VERSION:
                 raise InvalidInputError("unsupported PairSums format version")
             result = cls()
-            for name, dtype in (("keys", np.int64), ("counts", np.int64), ("entry_pair", np.int64),
-                                ("entry_limb", np.int16), ("entry_value", np.int32)):
-                setattr(result, name, np.asarray(state[name]).astype(dtype, casting="same_kind"))
+            for name, dtype, lo, hi in (("keys", np.int64, 0, 1 << 63), ("counts", np.int64, 1, 1 << 63),
+                                        ("entry_pair", np.int64, 0, 1 << 63),
+                                        ("entry_limb", np.int16, 0, N_LIMBS),
+                                        ("entry_value", np.int32, -(1 << LIMB_BITS) + 1, 1 << LIMB_BITS)):
+                setattr(result, name, _int_array(state[name], name, lo, hi).astype(dtype))
         except KeyError as exc:
             raise InvalidInputError(f"PairSums state lacks field {exc}") from exc
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(f"PairSums state is malformed: {exc}") from exc
         n = result.keys.size
         if (result.counts.shape != (n,) or len({result.entry_pair.size, result.entry_limb.size,
                                                    result.entry_value.size}) != 1
@@ -310,6 +319,20 @@ class PairSums:
                 or (result.entry_pair.size and (result.entry_pair.min() < 0 or result.entry_pair.max() >= n))):
             raise InvalidInputError("PairSums state is inconsistent")
         return result
+
+
+def _int_array(value: Any, name: str, lo: int, hi: int, ndim: int = 1) -> np.ndarray:
+    """``value`` as an integer array of ``ndim`` dimensions with every entry in ``[lo, hi)``."""
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{name} is malformed: {exc}") from exc
+    if arr.dtype.kind not in "iu" or arr.ndim != ndim:
+        raise InvalidInputError(f"{name} must be a {ndim}-D integer array, got dtype {arr.dtype}, "
+                                f"shape {arr.shape}")
+    if arr.size and (int(arr.min()) < lo or int(arr.max()) >= hi):
+        raise InvalidInputError(f"{name} holds values outside [{lo}, {hi})")
+    return arr
 
 
 def _window(index: np.ndarray, value: np.ndarray) -> tuple[int, int]:

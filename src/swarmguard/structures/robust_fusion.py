@@ -320,7 +320,7 @@ def flag_sources(events: SourceEvents, false_flag_rate: float) -> tuple[np.ndarr
 
 def peel_sources(first: SourceEvents, shards: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, int]] | Callable,
                  n_sources: int, false_flag_rate: float, never: np.ndarray | None = None,
-                 passes: int = PEEL_PASSES) -> tuple[np.ndarray, np.ndarray]:
+                 passes: int = PEEL_PASSES, n_tested: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(flagged, tail bound) per source row by peeling (see the module docstring).
 
     ``first``: the events of every shard; ``shards``: each shard's (pair_agent,
@@ -328,8 +328,10 @@ def peel_sources(first: SourceEvents, shards: Sequence[tuple[np.ndarray, np.ndar
     or a callable ``recount(flagged) -> SourceEvents`` that does it wherever the
     pairs live (e.g. on remote partitions); ``never``: rows never flagged
     (trusted). Each pass flags at the per-source rate
-    ``false_flag_rate / (passes * n_sources)``, so the chance that *any*
-    exchangeable source is ever flagged is at most ``false_flag_rate``.
+    ``false_flag_rate / (passes * n_tested)``, so the chance that *any*
+    exchangeable source is ever flagged is at most ``false_flag_rate``;
+    ``n_tested`` (default ``n_sources``) is how many sources are tested at all:
+    sources on probation are not (their events are empty and they are in ``never``).
     """
     if callable(shards):
         recount = shards
@@ -341,7 +343,7 @@ def peel_sources(first: SourceEvents, shards: Sequence[tuple[np.ndarray, np.ndar
                 events += far_outlier_events(agent[keep], source[keep], total[keep], n_agents, n_sources)
             return events
     never = np.zeros(n_sources, dtype=bool) if never is None else np.asarray(never, dtype=bool)
-    rate = false_flag_rate / (passes * max(n_sources, 1))
+    rate = false_flag_rate / (passes * max(n_sources if n_tested is None else n_tested, 1))
     flagged, tail = flag_sources(first, rate)
     flagged &= ~never
     for _ in range(1, passes):

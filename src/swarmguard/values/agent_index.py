@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError, InvalidTypeError
+from ..errors import DimensionMismatchError, InvalidInputError, InvalidTypeError
+from ..validation import check_id_str_array, check_id_text, check_id_texts
 
-__all__ = ["AgentIds", "AgentIndex", "as_agent_ids", "check_wire_id"]
+__all__ = ["AgentIds", "AgentIndex", "as_agent_ids", "as_wire_id_array", "check_wire_id"]
 
 _INT64 = np.iinfo(np.int64)
 # Single ids go to a small dict first; it is folded into the sorted array when it grows.
@@ -47,27 +48,97 @@ class AgentIds:
         return [s if f else i for i, s, f in zip(self.ints.tolist(), self.strs.tolist(), self.is_str.tolist(), strict=True)]
 
 
-def check_wire_id(value: Any) -> int | str:
-    """One id (agent or update): an int that fits in 64 bits, or a string."""
+def check_wire_id(value: Any, name: str = "agent_id") -> int | str:
+    """One id (agent or update): an int that fits in 64 bits, or a string without NUL characters.
+
+    >>> check_wire_id(np.int64(3)), check_wire_id("a")
+    (3, 'a')
+    """
     if isinstance(value, (bool, np.bool_)):
-        raise InvalidTypeError(f"agent ids must be ints or strings, got {value!r}")
+        raise InvalidTypeError(f"{name}: ids must be ints or strings, got {value!r}")
     if isinstance(value, (int, np.integer)):
         value = int(value)
         if not _INT64.min <= value <= _INT64.max:
-            raise InvalidInputError(f"int agent ids must fit in 64 bits, got {value}")
+            raise InvalidInputError(f"{name}: int ids must fit in 64 bits (int64), got {value}")
         return value
-    if isinstance(value, (str, np.str_)):
-        return str(value)
+    if isinstance(value, str):
+        return check_id_text(str(value), name)
     if value is None:
-        raise InvalidInputError("agent_id must not be None")
+        raise InvalidInputError(f"{name} must not be None")
     raise InvalidTypeError(
-        f"agent ids must be ints or strings (they travel between replicas as arrays), "
-        f"got {type(value).__name__}"
+        f"{name}: ids must be ints or strings (they travel between replicas as arrays), "
+        f"got {type(value).__name__} {value!r}"
     )
 
 
+def _wire_ids_from_items(items: list, name: str) -> np.ndarray:
+    """A list of ids -> int64 array, str array, or object array (ints and strs mixed)."""
+    kinds = set(map(type, items))
+    if kinds <= {int}:
+        try:
+            return np.array(items, dtype=np.int64)
+        except OverflowError:
+            pass                     # the loop below names the id that does not fit
+    elif kinds == {str}:
+        check_id_texts(items, name)
+        return np.array(items, dtype=str)
+    values = []
+    for i, v in enumerate(items):
+        values.append(check_wire_id(v, f"{name}[{i}]"))
+    n_str = sum(isinstance(v, str) for v in values)
+    if n_str == 0:
+        return np.array(values, dtype=np.int64)
+    if n_str == len(values):
+        return np.array(values, dtype=str)
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def as_wire_id_array(ids: Any, n: int | None = None, name: str = "agent_ids") -> np.ndarray:
+    """Validate a batch of ids as the replicas take them; return them as one array.
+
+    The result is an int64 array (every id an int), a NumPy string array (every
+    id a string) or an object array of Python ints and strs (both kinds). Ints
+    must fit in int64 (uint64 arrays too); strings must not hold a NUL (a NumPy
+    string array would drop a trailing one). Object arrays (a pandas column) are
+    taken element by element. This is the one check every batch entry point
+    (tree, replicas, detector, Ray driver) applies before changing anything.
+
+    >>> as_wire_id_array(np.array(["a", "b"], dtype=object)).tolist()
+    ['a', 'b']
+    >>> as_wire_id_array([3, "a"]).tolist()
+    [3, 'a']
+    """
+    if isinstance(ids, (str, bytes)) or np.isscalar(ids) or not hasattr(ids, "__len__"):
+        raise InvalidTypeError(f"{name} must be a 1-D sequence of ids, got {type(ids).__name__}")
+    if isinstance(ids, np.ndarray):
+        if ids.ndim != 1:
+            raise DimensionMismatchError(f"{name} must be 1-D, got shape {ids.shape}")
+        kind = ids.dtype.kind
+        if kind == "i":
+            out = ids
+        elif kind == "u":
+            if ids.size and int(ids.max()) > _INT64.max:
+                i = int(np.argmax(ids > _INT64.max))
+                raise InvalidInputError(f"{name}[{i}]: int ids must fit in 64 bits (int64), got {int(ids[i])}")
+            out = ids.astype(np.int64)
+        elif kind == "U":
+            check_id_str_array(ids, name)
+            out = ids
+        elif kind == "O":
+            out = _wire_ids_from_items(ids.tolist(), name)
+        else:
+            raise InvalidTypeError(f"{name} must be ints or strings, got dtype {ids.dtype}")
+    else:
+        out = _wire_ids_from_items(list(ids), name)
+    if n is not None and out.shape[0] != n:
+        raise DimensionMismatchError(f"expected {n} agent ids, got {out.shape[0]}")
+    return out
+
+
 def as_agent_ids(ids: Any, n: int | None = None) -> AgentIds:
-    """Validate a batch of agent ids (an int array is the fast path).
+    """Validate a batch of agent ids (an int array is the fast path): see :func:`as_wire_id_array`.
 
     >>> as_agent_ids([3, "a"]).to_list()
     [3, 'a']
@@ -75,35 +146,19 @@ def as_agent_ids(ids: Any, n: int | None = None) -> AgentIds:
     if isinstance(ids, AgentIds):
         out = ids
     else:
-        if isinstance(ids, (str, bytes)) or np.isscalar(ids):
-            raise InvalidTypeError("agent ids must be a 1-D sequence of ids")
-        if isinstance(ids, np.ndarray):
-            arr = ids
-        else:
-            arr = np.asarray(ids)
-            if arr.dtype.kind not in "iu":  # NumPy turns [3, "a"] into ["3", "a"]: look at each id
-                arr = np.empty(len(ids), dtype=object)
-                arr[:] = list(ids)
-        if arr.ndim != 1:
-            raise InvalidInputError(f"agent ids must be 1-D, got shape {arr.shape}")
-        kind = arr.dtype.kind
-        if kind == "i" or (kind == "u" and (arr.size == 0 or arr.max() <= _INT64.max)):
+        arr = as_wire_id_array(ids)
+        m = arr.shape[0]
+        if arr.dtype.kind == "i":
             out = AgentIds(arr.astype(np.int64, copy=True), None, None)
-        elif kind == "U":
-            strs = arr.astype(object)
-            out = AgentIds(np.zeros(arr.shape[0], np.int64), strs, np.ones(arr.shape[0], bool))
-        elif kind == "O":
-            values = [check_wire_id(v) for v in arr.tolist()]
-            is_str = np.fromiter((isinstance(v, str) for v in values), bool, len(values))
-            ints = np.fromiter((0 if isinstance(v, str) else v for v in values), np.int64, len(values))
-            if is_str.any():
-                strs = np.empty(len(values), dtype=object)
-                strs[:] = [v if isinstance(v, str) else None for v in values]
-                out = AgentIds(ints, strs, is_str)
-            else:
-                out = AgentIds(ints, None, None)
+        elif arr.dtype.kind == "U":
+            out = AgentIds(np.zeros(m, np.int64), arr.astype(object), np.ones(m, bool))
         else:
-            raise InvalidTypeError(f"agent ids must be ints or strings, got dtype {arr.dtype}")
+            values = arr.tolist()
+            is_str = np.fromiter((isinstance(v, str) for v in values), bool, m)
+            ints = np.fromiter((0 if isinstance(v, str) else v for v in values), np.int64, m)
+            strs = np.empty(m, dtype=object)
+            strs[:] = [v if isinstance(v, str) else None for v in values]
+            out = AgentIds(ints, strs, is_str)
     if n is not None and len(out) != n:
         raise InvalidInputError(f"expected {n} agent ids, got {len(out)}")
     return out
