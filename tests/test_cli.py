@@ -28,3 +28,97 @@ def test_console_script_and_flat_guide_modules_are_installed():
 
     assert hap.HierarchicalStatisticalTree is swarmguard.HierarchicalStatisticalTree
     assert hap.BehavioralDistributedProtocol is swarmguard.BehavioralDistributedProtocol
+
+
+# ---------------------------------------------------------------------------- output paths
+# Every option that writes a file or folder is checked before the work starts: exit 2, one line
+# "error: ..." on stderr, no traceback, and the work itself never called.
+
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    """A folder in which creating a file fails: mode 0o500 for a normal user, /proc for root (ignores modes)."""
+    if os.geteuid() == 0:
+        return Path("/proc")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    return folder
+
+
+def assert_refused_before_work(result, *words: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for w in words:
+        assert w in lines[0]
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)        # typer.Exit(2), not an escaped exception
+
+
+@pytest.fixture
+def no_simulation(monkeypatch):
+    import swarmguard.apps.simulate as simulate
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the simulation ran although its output folder is unusable")
+
+    monkeypatch.setattr(simulate, "run_simulation", must_not_run)
+
+
+@pytest.mark.parametrize("case", ["out is a file", "out's ancestor is a file", "report.json is a folder",
+                                  "out not writable", "checkpoint dir is a file"])
+def test_simulate_refuses_an_unusable_output_folder_before_running(case, tmp_path, no_simulation):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    args = ["simulate", "--agents", "2000", "--rounds", "4", "--partition-at", "1", "--heal-at", "2"]
+    if case == "out is a file":
+        args += ["--out", str(a_file)]
+    elif case == "out's ancestor is a file":
+        args += ["--out", str(a_file / "runs" / "seed7")]
+    elif case == "report.json is a folder":
+        (tmp_path / "run" / "report.json").mkdir(parents=True)
+        args += ["--out", str(tmp_path / "run")]
+    elif case == "out not writable":
+        args += ["--out", str(unwritable_folder(tmp_path) / "new-run")]
+    else:
+        args += ["--out", str(tmp_path / "run"), "--backend", "ray", "--checkpoint-dir", str(a_file)]
+    result = CliRunner().invoke(app, args)
+    assert_refused_before_work(result, "--checkpoint-dir" if "checkpoint" in case else "--out")
+    assert not (tmp_path / "run" / "report.html").exists()
+
+
+def test_simulate_creates_a_missing_output_folder_with_its_parents(tmp_path):
+    out = tmp_path / "runs" / "seed7"
+    result = CliRunner().invoke(app, ["simulate", "--agents", "2000", "--rounds", "4", "--partition-at", "1",
+                                      "--heal-at", "2", "--observers", "10", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "report.json").is_file() and (out / "report.html").is_file()
+
+
+@pytest.mark.parametrize("case", ["folder missing", "is a folder", "dot", "not writable", "parent is a file"])
+def test_validate_refuses_an_unusable_json_path_before_measuring(case, tmp_path, monkeypatch):
+    import swarmguard.apps.validate as validate
+
+    def must_not_run(**kwargs):
+        raise AssertionError("validate measured although --json is unusable")
+
+    monkeypatch.setattr(validate, "run_validation", must_not_run)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    path = {"folder missing": tmp_path / "missing" / "v.json", "is a folder": tmp_path, "dot": Path("."),
+            "not writable": unwritable_folder(tmp_path) / "v.json", "parent is a file": a_file / "v.json"}[case]
+    result = CliRunner().invoke(app, ["validate", "--quick", "--json", str(path)])
+    assert_refused_before_work(result, "--json", str(path))
+
+
+def test_python_dash_m_runs_every_command():
+    # the module's __main__ guard must come after the last command is defined
+    out = subprocess.run([sys.executable, "-m", "swarmguard.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for command in ("demo", "detect", "simulate", "validate"):
+        assert command in out.stdout

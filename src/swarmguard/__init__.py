@@ -34,8 +34,10 @@ from .errors import (
     EvidenceStoreError,
     InvalidInputError,
     InvalidTypeError,
+    MalformedInputError,
     MissingFieldError,
     NonFiniteError,
+    OutputPathError,
     SwarmGuardError,
     UnknownAgentError,
     UnknownCohortError,
@@ -78,4 +80,6 @@ __all__ = [
     "DistributedBehavioralDetector",
     "DetectorSettings",
     "p_value_log_odds",
+    "MalformedInputError",
+    "OutputPathError",
 ]

@@ -18,6 +18,13 @@ from .api import BehavioralData, BehavioralDistributedProtocol, HierarchicalStat
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="swarmguard: find misbehaving agents in very large populations.")
 console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    """Print ``error: message`` as one line on stderr; the caller raises the returned Exit."""
+    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(code)
 
 
 def _version(value: bool) -> None:
@@ -152,6 +159,7 @@ def detect(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed rows and count them, instead of stopping at the first (exit code 2). Example: --skip-bad"),
     top: int = typer.Option(10, min=0, help="Show this many of the most anomalous agents with their main feature. Example: --top 25"),
     csv_engine: str = typer.Option("auto", help="CSV reader: 'auto' uses pyarrow when installed (falls back to the standard library on any unusual row), 'python' always the standard library. Example: --csv-engine python"),
+    max_line_bytes: int = typer.Option(1 << 20, min=16, help="Longest line read (CSV, JSON Lines), newline included; a longer line stops the run (exit 2) having read only this much of it. Example: --max-line-bytes 16777216"),
 ) -> None:
     """Score every agent of your own telemetry file and write one row per agent.
 
@@ -165,13 +173,9 @@ def detect(
     """
     from .apps.detect import run_command
 
-    code = run_command(console, Console(stderr=True), **{k: v for k, v in locals().items() if k != "run_command"})
+    code = run_command(console, err_console, **{k: v for k, v in locals().items() if k != "run_command"})
     if code:
         raise typer.Exit(code)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    app()
 
 
 def _rich_progress() -> tuple[Progress, Any]:
@@ -212,34 +216,35 @@ def simulate(
 
     Example: swarmguard simulate --agents 20000 --rounds 15 --out /tmp/run
     """
+    from .apps.output_paths import check_output_folder
     from .apps.scenario import ScenarioConfig
-    from .apps.simulate import run_simulation, write_outputs
+    from .apps.simulate import REPORT_FILES, run_simulation, write_outputs
     from .errors import SwarmGuardError
 
     config = ScenarioConfig(agents=agents, features=features, rounds=rounds, regions=regions,
                             compromised=compromised, observers=observers, byzantine=byzantine,
                             evidence=evidence, partition_at=partition_at, heal_at=heal_at,
                             difficulty=difficulty, seed=seed)
+    # every option, output folders included, is checked before the (possibly long) run starts
     try:
         config.validate()
+        if backend not in ("inprocess", "ray"):
+            raise SwarmGuardError(f"--backend must be inprocess or ray, got {backend!r}")
+        if backend != "ray" and (address or region_workers or checkpoint_dir):
+            raise SwarmGuardError("--address, --region-workers and --checkpoint-dir need --backend ray")
+        check_output_folder(out, "--out", files=REPORT_FILES)
+        if checkpoint_dir is not None:
+            check_output_folder(checkpoint_dir, "--checkpoint-dir")
     except SwarmGuardError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise _fail(str(exc)) from None
     progress, update = _rich_progress()
     with progress:
-        if backend not in ("inprocess", "ray"):
-            console.print(f"[red]error:[/red] --backend must be inprocess or ray, got {backend!r}")
-            raise typer.Exit(2)
-        if backend != "ray" and (address or region_workers or checkpoint_dir):
-            console.print("[red]error:[/red] --address, --region-workers and --checkpoint-dir need --backend ray")
-            raise typer.Exit(2)
         ray_options = {"region_workers": region_workers, "checkpoint_dir": checkpoint_dir}
         try:
             report = run_simulation(config, progress=update, backend=backend, address=address,
                                     ray_options=ray_options if backend == "ray" else None)
         except SwarmGuardError as exc:       # e.g. MissingDependencyError: Ray is not installed
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from exc
+            raise _fail(str(exc)) from None
         json_path, html_path = write_outputs(report, out)
     det = report["detection"]
     table = Table(title=f"swarmguard simulate: {agents:,} agents, {rounds} rounds, seed {seed}")
@@ -291,8 +296,15 @@ def validate(
     """
     import json as _json
 
+    from .apps.output_paths import check_output_file
     from .apps.validate import run_validation
+    from .errors import OutputPathError
 
+    if json_out is not None:
+        try:
+            check_output_file(json_out, "--json")
+        except OutputPathError as exc:
+            raise _fail(str(exc)) from None
     if quick:
         agents, evidence, updates = 100_000, 1_000_000, 3_000
     progress, update = _rich_progress()
@@ -316,3 +328,7 @@ def validate(
         json_out.write_text(_json.dumps([r.as_dict() for r in rows], indent=2))
     if strict and failed:
         raise typer.Exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

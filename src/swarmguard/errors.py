@@ -22,6 +22,7 @@ __all__ = [
     "EvidenceStoreError",
     "MalformedInputError",
     "MissingDependencyError",
+    "OutputPathError",
     "CheckpointError",
     "CheckpointWriteWarning",
 ]
@@ -88,11 +89,13 @@ class MalformedInputError(InvalidInputError):
     """A row of an input file that cannot be read (``swarmguard detect``).
 
     ``path`` and ``line`` (1-based; the header counts as line 1 in a CSV file,
-    a Parquet file counts rows) say where; ``reason`` says what is wrong.
+    a Parquet file counts rows) say where; ``column`` names the column at
+    fault (None when the whole row is: wrong field count, unreadable JSON,
+    an overlong line); ``reason`` says what is wrong, naming the column too.
     """
 
-    def __init__(self, path: str, line: int, reason: str, unit: str = "line"):
-        self.path, self.line, self.reason, self.unit = path, line, reason, unit
+    def __init__(self, path: str, line: int, reason: str, unit: str = "line", column: str | None = None):
+        self.path, self.line, self.reason, self.unit, self.column = path, line, reason, unit, column
         super().__init__(f"{path}, {unit} {line}: {reason}")
 
 
@@ -106,3 +109,7 @@ class CheckpointWriteWarning(UserWarning):
 
 class MissingDependencyError(SwarmGuardError, ImportError):
     """An optional dependency needed for this input or output is not installed."""
+
+
+class OutputPathError(InvalidInputError, OSError):
+    """An output path (``--out``, ``--output``, ``--json``) that cannot be written, found before any work runs."""

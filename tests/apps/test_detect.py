@@ -4,6 +4,7 @@ import csv
 import gzip
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -514,3 +515,240 @@ def test_parquet_timestamp_column(tmp_path):
         res = detect(tmp_path / "t.parquet", timestamp_column="ts", chunk_rows=chunk, warm_up=50)
         assert res.agent_ids[res.is_anomaly].tolist() == ["p0"]          # p1's big row is older
         assert res.rows_superseded == 2
+
+
+# ---------------------------------------------------------------------------- output paths
+def _small_csv(path):
+    ids, X, _ = population(n=200)
+    write_csv(path, ["agent_id", "f0", "f1", "f2", "f3"], [[a, *x] for a, x in zip(ids, X.tolist(), strict=True)])
+    return path
+
+
+@pytest.fixture
+def no_reading(monkeypatch):
+    import swarmguard.apps.detect as detect_module
+
+    def must_not_read(*args, **kwargs):
+        raise AssertionError("the input was read although --output is unusable")
+
+    monkeypatch.setattr(detect_module, "_open_reader", must_not_read)
+
+
+@pytest.mark.parametrize("case", ["same path", "other spelling", "symlink", "hard link", "folder missing",
+                                  "is a folder", "parent is a file", "not writable"])
+def test_output_is_checked_before_the_input_is_read(case, tmp_path, no_reading):
+    import os
+
+    src = _small_csv(tmp_path / "t.csv")
+    before = src.read_bytes()
+    (tmp_path / "sub").mkdir()
+    if case == "symlink":
+        (tmp_path / "link.csv").symlink_to(src)
+    if case == "hard link":
+        os.link(src, tmp_path / "hard.csv")
+    unwritable = Path("/proc") if os.geteuid() == 0 else tmp_path / "ro"
+    if unwritable != Path("/proc"):
+        unwritable.mkdir()
+        unwritable.chmod(0o500)
+    out = {"same path": src, "other spelling": tmp_path / "sub" / ".." / "t.csv", "symlink": tmp_path / "link.csv",
+           "hard link": tmp_path / "hard.csv", "folder missing": tmp_path / "nope" / "s.csv",
+           "is a folder": tmp_path / "sub.csv", "parent is a file": src / "s.csv",
+           "not writable": unwritable / "s.csv"}[case]
+    if case == "is a folder":
+        out.mkdir()
+    result = runner.invoke(app, ["detect", str(src), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --output"), result.stderr
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    assert src.read_bytes() == before
+
+
+def test_output_path_errors_are_typed(tmp_path):
+    from swarmguard.errors import OutputPathError
+
+    src = _small_csv(tmp_path / "t.csv")
+    with pytest.raises(OutputPathError, match="is the input file"):
+        detect(src, output=src)
+    with pytest.raises(OutputPathError, match="does not exist"):
+        detect(src, output=tmp_path / "nope" / "s.csv")
+    assert issubclass(OutputPathError, InvalidInputError) and issubclass(OutputPathError, OSError)
+
+
+# ---------------------------------------------------------------------------- hostile input
+@pytest.mark.parametrize("value, column", [("1e100", "x"), ("-2.5e150", "y"), ("1e308", "x")])
+def test_a_magnitude_the_library_refuses_is_a_malformed_row_with_file_line_and_column(tmp_path, value, column):
+    rows = [list(r) for r in GOOD]
+    rows[7][1 if column == "x" else 2] = value
+    src = write_csv(tmp_path / "big.csv", ["agent_id", "x", "y"], rows)
+    reason = f"feature {column!r} is too large: {value!r} (magnitudes must be below 1e+100)"
+    for engine in ("python", "auto"):
+        with pytest.raises(MalformedInputError) as info:
+            detect(src, csv_engine=engine)
+        assert (info.value.path, info.value.line, info.value.column, info.value.reason) == (str(src), 9, column, reason)
+    result = runner.invoke(app, ["detect", str(src)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip() == f"error: {src}, line 9: {reason} (use --skip-bad to skip malformed rows and count them)"
+    res = detect(src, skip_bad=True, warm_up=50)
+    assert (res.rows_read, res.rows_skipped, res.agents) == (300, 1, 299)
+    assert res.skipped_examples == [f"line 9: {reason}"]
+    assert "m7" not in set(res.agent_ids.tolist())
+
+
+def test_a_huge_magnitude_in_json_lines_and_parquet_names_its_row(tmp_path):
+    src = tmp_path / "t.jsonl"
+    lines = [json.dumps({"agent_id": f"j{i}", "x": i % 7, "y": float(i % 5)}) for i in range(100)]
+    lines[30] = json.dumps({"agent_id": "j30", "x": 1, "y": -3e200})
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MalformedInputError) as info:
+        detect(src)
+    assert (info.value.line, info.value.column) == (31, "y") and "too large" in info.value.reason
+    assert detect(src, skip_bad=True, warm_up=20).rows_skipped == 1
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    x = np.arange(100, dtype=float)
+    x[41] = 1e101
+    pq.write_table(pa.table({"agent_id": [f"p{i}" for i in range(100)], "x": x, "y": np.ones(100)}),
+                   tmp_path / "t.parquet")
+    with pytest.raises(MalformedInputError) as info:
+        detect(tmp_path / "t.parquet")
+    assert (info.value.unit, info.value.line, info.value.column) == ("row", 42, "x")
+
+
+def test_a_file_with_a_hundred_thousand_columns_is_refused_at_once(tmp_path):
+    import time
+
+    width = 100_000
+    src = tmp_path / "wide.csv"
+    with open(src, "w") as f:
+        f.write("agent_id," + ",".join(f"c{j}" for j in range(width)) + "\n")
+        for i in range(5):
+            f.write(f"a{i}," + ",".join(["1.5"] * width) + "\n")
+    t = time.perf_counter()
+    with pytest.raises(InvalidInputError, match="has 100,001 columns; detect reads at most 10,000"):
+        detect(src)
+    with pytest.raises(InvalidInputError, match="has 100,001 columns"):
+        detect(src, features="c1,c2")
+    # the duplicate-name check is O(columns): 10^5 names (10^10 steps the quadratic way)
+    with pytest.raises(InvalidInputError, match="100000 features named; detect scores at most 256"):
+        detect(src, features=",".join(f"c{j}" for j in range(width)))
+    with pytest.raises(InvalidInputError, match="names 'c0', 'c1'.* more than once"):
+        detect(src, features=",".join(f"c{j % 50_000}" for j in range(width)))
+    assert time.perf_counter() - t < 20      # seconds, not the minutes (and MemoryError) of an O(d²) check
+    result = runner.invoke(app, ["detect", str(src)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_duplicate_header_names_in_a_wide_header_are_found_in_linear_time(tmp_path):
+    names = [f"c{j}" for j in range(9_999)]
+    names[5000] = names[17] = "c3"
+    src = tmp_path / "dup.csv"
+    src.write_text("agent_id," + ",".join(names) + "\n" + "a," + ",".join(["1"] * len(names)) + "\n")
+    with pytest.raises(InvalidInputError, match="the header names 'c3' more than once"):
+        detect(src)
+
+
+def test_more_numeric_columns_than_features_allowed_need_features(tmp_path):
+    ids, X, _ = population(n=400, d=4)
+    wide = np.hstack([X, np.random.default_rng(1).normal(size=(400, 300))])
+    header = ["agent_id", *[f"f{j}" for j in range(4)], *[f"extra{j}" for j in range(300)]]
+    src = write_csv(tmp_path / "w.csv", header, [[a, *x] for a, x in zip(ids, wide.tolist(), strict=True)])
+    with pytest.raises(InvalidInputError, match="has 304 numeric columns; detect scores at most 256: choose them with --features"):
+        detect(src)
+    res = detect(src, features="f0,f1,f2,f3", warm_up=50)
+    assert res.features == ["f0", "f1", "f2", "f3"] and res.agents == 400
+
+
+def test_deeply_nested_json_is_a_malformed_line(tmp_path):
+    src = tmp_path / "deep.jsonl"
+    lines = [json.dumps({"agent_id": f"j{i}", "x": i % 7, "y": float(i % 5)}) for i in range(60)]
+    lines[40] = "[" * 100_000
+    lines[50] = '{"agent_id": "j50", "x": ' + "[" * 50_000 + "]" * 50_000 + ', "y": 1}'
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MalformedInputError) as info:
+        detect(src)
+    assert (info.value.line, info.value.reason) == (41, "invalid JSON: nested too deeply")
+    res = detect(src, skip_bad=True, warm_up=20)
+    assert res.rows_skipped == 2 and res.skipped_examples == ["line 41: invalid JSON: nested too deeply",
+                                                              "line 51: invalid JSON: nested too deeply"]
+    result = runner.invoke(app, ["detect", str(src)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip().startswith(f"error: {src}, line 41: invalid JSON: nested too deeply")
+
+
+def _with_a_long_line(path, fmt, before=300, line_bytes=20_000_000):
+    """A small file with one ``line_bytes`` line (no newline inside) after ``before`` good rows."""
+    with open(path, "w") as f:
+        if fmt == "csv":
+            f.write("agent_id,x,y\n")
+            f.writelines(f"a{i},{i % 7},{i % 5}\n" for i in range(before))
+            f.write("big,")
+        else:
+            f.writelines(json.dumps({"agent_id": f"a{i}", "x": i % 7, "y": i % 5}) + "\n" for i in range(before))
+            f.write('{"agent_id": "')
+        chunk = "1" * 1_000_000
+        for _ in range(line_bytes // len(chunk)):
+            f.write(chunk)
+        f.write(",2\n" if fmt == "csv" else '", "x": 1, "y": 2}\n')
+        f.write("after,1,2\n" if fmt == "csv" else '{"agent_id": "after", "x": 1, "y": 2}\n')
+    return path, before + (2 if fmt == "csv" else 1)
+
+
+@pytest.mark.parametrize("fmt, options", [("csv", {"csv_engine": "python"}), ("csv", {"chunk_rows": 100}),
+                                          ("jsonl", {})])
+def test_a_line_over_max_line_bytes_is_refused_in_bounded_memory(tmp_path, fmt, options):
+    import tracemalloc
+
+    src, line = _with_a_long_line(tmp_path / f"long.{fmt}", fmt)
+    for skip_bad in (False, True):
+        tracemalloc.start()
+        try:
+            with pytest.raises(MalformedInputError) as info:
+                detect(src, skip_bad=skip_bad, **options)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert info.value.line == line and "line longer than 1,048,576 bytes" in info.value.reason
+        # the whole 20 MB line held as text would be 20 MB at least (twice that as bytes and str)
+        assert peak < 10 * 2**20, peak
+    with pytest.raises(MalformedInputError, match="line longer than 100,000 bytes"):
+        detect(src, max_line_bytes=100_000, **options)
+    if fmt == "jsonl":        # a higher limit reads the line; its 20 MB agent id is a malformed row ...
+        res = detect(src, max_line_bytes=32 * 2**20, skip_bad=True, warm_up=50, **options)
+        assert (res.rows_read, res.rows_skipped, res.agents) == (line + 1, 1, line)
+        assert res.skipped_examples[0].startswith(
+            f"line {line}: agent id (column 'agent_id') is longer than 1,000 characters")
+    else:                     # ... while the CSV reader refuses a field over 131,072 characters
+        with pytest.raises(MalformedInputError, match=f"line {line}: unreadable CSV: field larger than field limit"):
+            detect(src, max_line_bytes=32 * 2**20, skip_bad=True, warm_up=50, **options)
+
+
+def test_max_line_bytes_from_the_command_line(tmp_path):
+    src, line = _with_a_long_line(tmp_path / "long.jsonl", "jsonl", line_bytes=3_000_000)
+    result = runner.invoke(app, ["detect", str(src), "--skip-bad"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip() == (f"error: {src}, line {line}: line longer than 1,048,576 bytes (raise the limit "
+                                     f"with --max-line-bytes; an overlong line stops the run even with --skip-bad)")
+    ok = runner.invoke(app, ["detect", str(src), "--max-line-bytes", str(4 * 2**20), "--skip-bad", "--warm-up", "50"])
+    assert ok.exit_code == 0, ok.output
+    assert runner.invoke(app, ["detect", str(src), "--max-line-bytes", "0"]).exit_code == 2
+
+
+def test_an_agent_id_or_cohort_over_a_thousand_characters_is_a_malformed_row(tmp_path):
+    # kept, one such id would widen the fixed-width id array of every agent (20 MB x agents)
+    rows = [[f"k{i}", "eu", i % 7, i % 5] for i in range(200)]
+    rows[9][0] = "k" * 1001
+    rows[19][1] = "r" * 5000
+    src = write_csv(tmp_path / "k.csv", ["agent_id", "region", "x", "y"], rows)
+    with pytest.raises(MalformedInputError) as info:
+        detect(src, cohort_column="region")
+    assert (info.value.line, info.value.column) == (11, "agent_id")
+    assert "agent id (column 'agent_id') is longer than 1,000 characters" in info.value.reason
+    res = detect(src, cohort_column="region", skip_bad=True, warm_up=50)
+    assert res.rows_skipped == 2 and res.skipped_examples[1].startswith(
+        "line 21: cohort (column 'region') is longer than 1,000 characters")
+    rows[9][0], rows[19][1] = "k" * 1000, "r" * 1000          # the limit itself is allowed
+    src = write_csv(tmp_path / "k.csv", ["agent_id", "region", "x", "y"], rows)
+    assert detect(src, cohort_column="region", warm_up=50).agents == 200

@@ -52,6 +52,7 @@ import math
 import os
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,14 +71,23 @@ from ..errors import (
     MissingDependencyError,
 )
 from ..structures.scoring import MIN_POPULATION
-from ..validation import check_fraction, check_positive_int
+from ..validation import MAX_ABS_VALUE, check_fraction, check_positive_int
+from .output_paths import check_not_input, check_output_file
 
-__all__ = ["detect", "DetectResult", "write_scores", "FORMATS", "input_format", "output_format"]
+__all__ = ["detect", "DetectResult", "write_scores", "FORMATS", "input_format", "output_format",
+           "MAX_COLUMNS", "MAX_FEATURES", "MAX_LINE_BYTES", "MAX_KEY_CHARS"]
 
 FORMATS = ("csv", "jsonl", "parquet")
 _INPUT_EXT = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 _OUTPUT_EXT = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _INFER_SAMPLE = 10_000          # rows of the first chunk looked at to infer feature columns
+_INFER_CELLS = 1_000_000        # ... but at most this many cells: wide files infer from fewer rows
+_CHUNK_CELLS = 4_000_000        # a chunk holds at most this many cells (rows x columns): wide files, shorter chunks
+_CHUNK_BYTES = 64 << 20         # ... and (JSON Lines; pyarrow's CSV blocks) at most about this much text
+MAX_COLUMNS = 10_000            # columns an input may have (CSV header, Parquet schema, JSON keys seen)
+MAX_FEATURES = 256              # feature columns scored: every tree node holds a features x features co-moment
+MAX_LINE_BYTES = 1 << 20        # default longest line (CSV, JSON Lines), newline included
+MAX_KEY_CHARS = 1_000           # longest agent id or cohort name: ids are kept in a fixed-width NumPy array
 _MAX_EXAMPLES = 5               # skipped rows remembered (with reasons) for the summary
 _PARQUET_HINT = "pip install 'swarmguard[parquet]'"
 
@@ -137,10 +147,55 @@ def _pyarrow():
     return pa, pc, pq
 
 
-def _open_text(path: Path, newline: str | None):
+def _open_binary(path: Path):
     if path.suffix.lower() == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline=newline)
-    return open(path, encoding="utf-8-sig", newline=newline)
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+class _LineTooLongError(MalformedInputError):
+    """A line over ``max_line_bytes``: the run stops even with ``skip_bad`` (where the row ends is unknown)."""
+
+
+def _bounded_lines(raw, path: Path, max_line_bytes: int) -> Iterator[str]:
+    """The lines of a binary file as text (UTF-8, a leading BOM dropped), each at most ``max_line_bytes``.
+
+    ``readline(limit + 1)`` never holds more than the limit (plus one byte) of
+    a line in memory, so a multi-gigabyte line without a newline costs what a
+    legal line costs before it is refused with :class:`MalformedInputError`.
+    A decoding error surfaces as ``UnicodeDecodeError`` to the caller, who
+    knows the line number.
+    """
+    readline = raw.readline
+    limit = max_line_bytes
+    lineno = 0
+    line = readline(limit + 4)          # room for a byte-order mark on the first line
+    if line.startswith(b"\xef\xbb\xbf"):
+        line = line[3:]
+    while line:
+        lineno += 1
+        if len(line) > limit:
+            raise _LineTooLongError(
+                str(path), lineno, f"line longer than {max_line_bytes:,} bytes (raise the limit with "
+                f"--max-line-bytes; an overlong line stops the run even with --skip-bad)")
+        yield line.decode("utf-8")
+        line = readline(limit + 1)
+
+
+def _check_columns(path: Path, names: Sequence[str], what: str) -> None:
+    """Refuse more than MAX_COLUMNS columns, or a name given twice (O(columns): one Counter)."""
+    if len(names) > MAX_COLUMNS:
+        raise InvalidInputError(f"{path} has {len(names):,} columns; detect reads at most {MAX_COLUMNS:,} "
+                                f"(see docs/detect.md): keep the id, cohort, timestamp and feature columns")
+    dup = sorted(name for name, k in Counter(names).items() if k > 1)
+    if dup:
+        shown = ", ".join(map(repr, dup[:10])) + (f" and {len(dup) - 10} more" if len(dup) > 10 else "")
+        raise InvalidInputError(f"{path}: {what} {shown} more than once")
+
+
+def _rows_per_chunk(chunk_rows: int, columns: int) -> int:
+    """``chunk_rows``, lowered so that a chunk holds at most _CHUNK_CELLS cells."""
+    return max(1, min(chunk_rows, _CHUNK_CELLS // max(1, columns)))
 
 
 def _short(v: Any) -> str:
@@ -168,6 +223,8 @@ def _float_problem(what: str, v: Any) -> str:
             return f"{what} is too large: {_short(v)}"
     if not math.isfinite(f):
         return f"{what} is not finite: {_short(v)}"
+    if abs(f) >= MAX_ABS_VALUE:
+        return f"{what} is too large: {_short(v)} (magnitudes must be below {MAX_ABS_VALUE:g})"
     return f"{what} is invalid: {_short(v)}"   # pragma: no cover - every rejection is named above
 
 
@@ -208,13 +265,15 @@ def _py_keys(vals: Sequence[Any]) -> tuple[list[str], np.ndarray]:
     else:
         keys = [v.strip() if isinstance(v, str) else
                 str(v) if isinstance(v, int) and not isinstance(v, bool) else "" for v in vals]
-    bad = np.fromiter(map(len, keys), np.intp, n) == 0
-    return keys, bad
+    lengths = np.fromiter(map(len, keys), np.intp, n)
+    return keys, (lengths == 0) | (lengths > MAX_KEY_CHARS)
 
 
 def _key_problem(what: str, column: str, v: Any) -> str:
     if v is None or v is _MISSING or (isinstance(v, str) and not v.strip()):
         return f"missing {what} (column {column!r})"
+    if isinstance(v, (str, int)) and not isinstance(v, bool) and len(v.strip() if isinstance(v, str) else str(v)) > MAX_KEY_CHARS:
+        return f"{what} (column {column!r}) is longer than {MAX_KEY_CHARS:,} characters: {_short(v)}"
     return f"{what} (column {column!r}) must be text or an integer, not {_short(v)}"
 
 
@@ -452,10 +511,10 @@ class _ArrowChunk(_Chunk):
 class _CsvReader:
     unit = "line"
 
-    def __init__(self, path: Path, chunk_rows: int):
+    def __init__(self, path: Path, chunk_rows: int, max_line_bytes: int = MAX_LINE_BYTES):
         self.path, self.chunk_rows = path, chunk_rows
-        self._file = _open_text(path, newline="")
-        self._reader = csv.reader(self._file)
+        self._file = _open_binary(path)
+        self._reader = csv.reader(_bounded_lines(self._file, path, max_line_bytes))
         try:
             header = next(self._reader)
         except StopIteration:
@@ -464,12 +523,17 @@ class _CsvReader:
         except (csv.Error, UnicodeDecodeError) as exc:
             self._file.close()
             raise MalformedInputError(str(path), 1, f"unreadable header: {exc}") from None
-        self.names = [h.strip() for h in header]
-        dup = sorted({h for h in self.names if self.names.count(h) > 1})
-        if dup:
+        except MalformedInputError:
             self._file.close()
-            raise InvalidInputError(f"{path}: the header names {', '.join(map(repr, dup))} more than once")
+            raise
+        self.names = [h.strip() for h in header]
+        try:
+            _check_columns(path, self.names, "the header names")
+        except InvalidInputError:
+            self._file.close()
+            raise
         self.index = {h: i for i, h in enumerate(self.names)}
+        self.chunk_rows = _rows_per_chunk(chunk_rows, len(self.names))
 
     def close(self) -> None:
         self._file.close()
@@ -517,9 +581,10 @@ class _CsvReader:
 class _JsonlReader:
     unit = "line"
 
-    def __init__(self, path: Path, chunk_rows: int):
+    def __init__(self, path: Path, chunk_rows: int, max_line_bytes: int = MAX_LINE_BYTES):
         self.path, self.chunk_rows = path, chunk_rows
-        self._file = _open_text(path, newline=None)
+        self._file = _open_binary(path)
+        self._lines = _bounded_lines(self._file, path, max_line_bytes)
         self.names: list[str] | None = None     # known after the first chunk
 
     def close(self) -> None:
@@ -529,10 +594,16 @@ class _JsonlReader:
         lineno = 0
         loads = json.loads
         while True:
+            lines: list[str] = []
             try:
-                lines = list(islice(self._file, self.chunk_rows))
+                size = 0
+                for line in islice(self._lines, self.chunk_rows):
+                    lines.append(line)
+                    size += len(line)
+                    if size >= _CHUNK_BYTES:     # long lines: fewer of them per chunk
+                        break
             except UnicodeDecodeError as exc:
-                raise MalformedInputError(str(self.path), lineno + 1, f"unreadable text: {exc}") from None
+                raise MalformedInputError(str(self.path), lineno + len(lines) + 1, f"unreadable text: {exc}") from None
             if not lines:
                 return
             where = np.arange(lineno + 1, lineno + 1 + len(lines), dtype=np.int64)
@@ -546,7 +617,7 @@ class _JsonlReader:
             problems: dict[int, str] = {}
             try:
                 objs = list(map(loads, lines))
-            except ValueError:
+            except (ValueError, RecursionError):
                 objs = []
                 for i, text in enumerate(lines):
                     try:
@@ -554,6 +625,9 @@ class _JsonlReader:
                     except ValueError as exc:
                         objs.append(None)
                         problems[i] = f"invalid JSON: {exc}"
+                    except RecursionError:      # "[[[[...": the decoder's depth is Python's recursion limit
+                        objs.append(None)
+                        problems[i] = "invalid JSON: nested too deeply"
             if not all(type(o) is dict for o in objs):
                 for i, o in enumerate(objs):
                     if type(o) is not dict:
@@ -580,6 +654,11 @@ class _ParquetReader:
             raise InvalidInputError(f"{path} is not a readable Parquet file: {exc}") from None
         self.schema = self._file.schema_arrow
         self.names = list(self.schema.names)
+        try:
+            _check_columns(path, self.names, "the schema names")
+        except InvalidInputError:
+            self._file.close()
+            raise
         self.columns: list[str] | None = None
 
     def close(self) -> None:
@@ -612,14 +691,22 @@ def _arrow_csv_available(engine: str) -> bool:
 
 
 def _arrow_csv_chunks(path: Path, names: list[str], spec: _Spec, chunk_rows: int,
-                      row_bytes: float) -> Iterator[_ArrowChunk]:
-    """The whole CSV file through pyarrow's multi-threaded reader; ``_FallBack`` on anything unusual."""
+                      row_bytes: float, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[_ArrowChunk]:
+    """The whole CSV file through pyarrow's multi-threaded reader; ``_FallBack`` on anything unusual.
+
+    pyarrow refuses a row longer than its block (ArrowInvalid), having read
+    a few blocks at most. Blocks are therefore no longer than
+    ``max_line_bytes``: any row pyarrow accepts is within the limit, and a
+    longer one sends the file to the reference reader, which refuses it with
+    the line number. Small blocks are joined into chunks of about
+    ``chunk_rows`` rows, so the tree sees the same few large batches.
+    """
     pa, _, _ = _pyarrow()
     from pyarrow import csv as pacsv
 
     text = [c for c in (spec.id_column, spec.cohort_column, spec.timestamp_column) if c is not None]
     types = {c: pa.string() for c in text} | {c: pa.float64() for c in spec.features}
-    block = int(min(1 << 30, max(1 << 12, chunk_rows * row_bytes)))
+    block = int(min(_CHUNK_BYTES, max_line_bytes, max(1 << 12, chunk_rows * row_bytes)))
     try:
         stream = pacsv.open_csv(
             pa.input_stream(str(path), compression="detect"),
@@ -629,24 +716,39 @@ def _arrow_csv_chunks(path: Path, names: list[str], spec: _Spec, chunk_rows: int
                 column_types=types, include_columns=text + spec.features, null_values=[""],
                 strings_can_be_null=False, quoted_strings_can_be_null=False),
         )
+        pending, rows = [], 0
         for batch in stream:
             if batch.num_rows:
-                yield _ArrowChunk(batch, None)
+                pending.append(batch)
+                rows += batch.num_rows
+            if rows >= chunk_rows:
+                yield _ArrowChunk(_joined(pa, pending), None)
+                pending, rows = [], 0
+        if pending:
+            yield _ArrowChunk(_joined(pa, pending), None)
     except (pa.ArrowException, UnicodeDecodeError):
         raise _FallBack() from None
+
+
+def _joined(pa, batches: list) -> Any:
+    """One record batch holding ``batches`` in order."""
+    if len(batches) == 1:
+        return batches[0]
+    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
 
 
 def _infer_features(reader, first: _Chunk, exclude: set[str]) -> list[str]:
     """Numeric columns other than ``exclude``: by schema (Parquet), else by the first rows' values."""
     if isinstance(reader, _ParquetReader):
         return [c for c in reader.numeric() if c not in exclude]
-    sample = min(first.n, _INFER_SAMPLE)
     if isinstance(reader, _JsonlReader):
         names: dict[str, None] = {}
-        for o in first.objs[:sample]:
+        for o in first.objs[:_INFER_SAMPLE]:
             names.update(dict.fromkeys(o))
     else:
         names = dict.fromkeys(reader.names)
+    # wide files are judged on fewer rows, so that inference looks at no more than _INFER_CELLS values
+    sample = min(first.n, _INFER_SAMPLE, max(100, _INFER_CELLS // max(1, len(names))))
     found = []
     for name in names:
         if name in exclude:
@@ -665,11 +767,11 @@ def _infer_features(reader, first: _Chunk, exclude: set[str]) -> list[str]:
     return found
 
 
-def _open_reader(path: Path, fmt: str, chunk_rows: int):
+def _open_reader(path: Path, fmt: str, chunk_rows: int, max_line_bytes: int = MAX_LINE_BYTES):
     if fmt == "csv":
-        return _CsvReader(path, chunk_rows)
+        return _CsvReader(path, chunk_rows, max_line_bytes)
     if fmt == "jsonl":
-        return _JsonlReader(path, chunk_rows)
+        return _JsonlReader(path, chunk_rows, max_line_bytes)
     return _ParquetReader(path, chunk_rows)
 
 
@@ -796,41 +898,50 @@ class _Ingest:
         t0 = time.perf_counter()
         self.chunks += 1
         self.rows_read += chunk.n
-        checks: list[tuple[np.ndarray, Callable[[int], str]]] = []
+        # (rows refused, why row i is, the column at fault in row i: None for the whole row)
+        checks: list[tuple[np.ndarray, Callable[[int], str], Callable[[int], str | None]]] = []
         if chunk.reason is not None:
-            checks.append((chunk.bad, chunk.reason))
+            checks.append((chunk.bad, chunk.reason, lambda i: None))
         keys, kbad = chunk.keys(spec.id_column)
-        checks.append((kbad, lambda i: _key_problem("agent id", spec.id_column, chunk.raw(spec.id_column, i))))
+        checks.append((kbad, lambda i: _key_problem("agent id", spec.id_column, chunk.raw(spec.id_column, i)),
+                       lambda i: spec.id_column))
         cohorts = None
         if spec.cohort_column is not None:
             cohorts, cbad = chunk.keys(spec.cohort_column)
             cohorts = cohorts.tolist() if isinstance(cohorts, np.ndarray) else cohorts
             cohorts = [str(c) for c in cohorts] if cohorts and not isinstance(cohorts[0], str) else cohorts
-            checks.append((cbad, lambda i: _key_problem("cohort", spec.cohort_column, chunk.raw(spec.cohort_column, i))))
+            checks.append((cbad, lambda i: _key_problem("cohort", spec.cohort_column, chunk.raw(spec.cohort_column, i)),
+                           lambda i: spec.cohort_column))
         ts = None
         if clock is not None:
             ts, tbad = chunk.times(clock)
-            checks.append((tbad, lambda i: clock.problem(chunk.raw(clock.name, i))))
+            checks.append((tbad, lambda i: clock.problem(chunk.raw(clock.name, i)), lambda i: clock.name))
         X, fbad = chunk.floats(feats)
+        # the library refuses |x| >= MAX_ABS_VALUE for the whole batch; here it is one row's fault
+        fbad |= np.abs(X) >= MAX_ABS_VALUE
+
+        def feature_column(i):
+            return feats[int(np.argmax(fbad[i]))]
 
         def feature_reason(i):
-            j = int(np.argmax(fbad[i]))
-            return _float_problem(f"feature {feats[j]!r}", chunk.raw(feats[j], i))
+            column = feature_column(i)
+            return _float_problem(f"feature {column!r}", chunk.raw(column, i))
 
-        checks.append((fbad.any(axis=1), feature_reason))
+        checks.append((fbad.any(axis=1), feature_reason, feature_column))
         bad = np.zeros(chunk.n, dtype=bool)
-        for mask, _ in checks:
+        for mask, _, _ in checks:
             bad |= mask
         if bad.any():
             if chunk.where is None:
                 raise _FallBack()
 
             def why(i):
-                return next(r(i) for mask, r in checks if mask[i])
+                return next(r(i) for mask, r, _ in checks if mask[i])
 
             if not spec.skip_bad:
                 i = int(np.argmax(bad))
-                raise MalformedInputError(spec.path, int(chunk.where[i]), why(i), unit=chunk.unit)
+                column = next(c(i) for mask, _, c in checks if mask[i])
+                raise MalformedInputError(spec.path, int(chunk.where[i]), why(i), unit=chunk.unit, column=column)
             self.rows_skipped += int(bad.sum())
             for i in np.flatnonzero(bad)[: _MAX_EXAMPLES - len(self.examples)]:
                 self.examples.append(f"{chunk.unit} {int(chunk.where[i])}: {why(int(i))}")
@@ -909,7 +1020,7 @@ def _parse_features(features: str | Sequence[str] | None) -> list[str] | None:
     names = [f for f in names if f]
     if not names:
         raise InvalidInputError("features is empty: name at least one column, e.g. --features cpu,mem")
-    dup = sorted({f for f in names if names.count(f) > 1})
+    dup = sorted(f for f, k in Counter(names).items() if k > 1)
     if dup:
         raise InvalidInputError(f"features names {', '.join(map(repr, dup))} more than once")
     return names
@@ -932,6 +1043,7 @@ def detect(
     skip_bad: bool = False,
     top: int = 10,
     csv_engine: str = "auto",
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> DetectResult:
     """Score every agent of a telemetry file; write ``output`` (CSV or Parquet) when given.
 
@@ -946,6 +1058,11 @@ def detect(
     from the start, as soon as pyarrow meets anything it would read
     differently or a malformed row (so errors, line numbers and ``skip_bad``
     behave the same); ``"python"`` always uses the standard library reader.
+
+    ``max_line_bytes``: the longest line (CSV, JSON Lines; newline included)
+    read; a longer one raises :class:`MalformedInputError` having held at
+    most that much of it in memory. Inputs may have at most
+    :data:`MAX_COLUMNS` columns and :data:`MAX_FEATURES` features.
     """
     if csv_engine not in ("auto", "python", "pyarrow"):
         raise InvalidInputError(f"csv_engine must be 'auto', 'python' or 'pyarrow', got {csv_engine!r}")
@@ -961,7 +1078,10 @@ def detect(
     shrink = _resolve_shrinkage(shrinkage)
     if warm_up is not None:
         warm_up = check_positive_int(warm_up, "warm_up", minimum=MIN_POPULATION)
+    max_line_bytes = check_positive_int(max_line_bytes, "max_line_bytes", minimum=16)
     wanted = _parse_features(features)
+    if wanted is not None and len(wanted) > MAX_FEATURES:
+        raise InvalidInputError(f"{len(wanted)} features named; detect scores at most {MAX_FEATURES}")
     special = [c for c in (id_column, cohort_column, timestamp_column) if c is not None]
     if len(set(special)) != len(special):
         raise InvalidInputError("the id, cohort and timestamp columns must be different columns")
@@ -969,12 +1089,16 @@ def detect(
         raise InvalidInputError(f"features may not include the id, cohort or timestamp column ({', '.join(sorted(set(wanted) & set(special)))})")
     if not path.is_file():
         raise FileNotFoundError(f"no such input file: {path}")
+    if output is not None:     # before the input is read: a bad output path never costs a run
+        check_output_file(output, "--output")
+        check_not_input(output, path, "--output")
 
-    reader = _open_reader(path, fmt, chunk_rows)
+    reader = _open_reader(path, fmt, chunk_rows, max_line_bytes)
     try:
         if isinstance(reader, _ParquetReader):
             names = reader.names
-            missing = [c for c in special + (wanted or []) if c not in names]
+            present = set(names)
+            missing = [c for c in special + (wanted or []) if c not in present]
             if missing:
                 raise InvalidInputError(f"{path} has no column {', '.join(map(repr, missing))}; its columns: {', '.join(names)}")
             feats = wanted if wanted is not None else [c for c in reader.numeric() if c not in special]
@@ -984,7 +1108,8 @@ def detect(
             if missing:
                 raise InvalidInputError(f"{path} has no column {', '.join(map(repr, missing))}; its header: {', '.join(reader.names)}")
         if fmt == "csv" and csv_engine != "python":
-            reader.chunk_rows = min(chunk_rows, _INFER_SAMPLE)   # only a sample, when pyarrow reads the rest
+            # only a sample, when pyarrow reads the rest
+            reader.chunk_rows = _rows_per_chunk(min(chunk_rows, _INFER_SAMPLE), len(reader.names))
         chunks = reader.chunks()
         t_read = time.perf_counter()
         first = next(chunks, None)
@@ -994,6 +1119,7 @@ def detect(
             seen: dict[str, None] = {}
             for o in first.objs[:_INFER_SAMPLE]:
                 seen.update(dict.fromkeys(o))
+            _check_columns(path, list(seen), "the objects name")
             missing = [c for c in special + (wanted or []) if c not in seen]
             if missing:
                 raise InvalidInputError(
@@ -1003,6 +1129,9 @@ def detect(
             feats = _infer_features(reader, first, set(special))
             if not feats:
                 raise InvalidInputError(f"{path}: no numeric feature columns found besides {', '.join(special)}; name them with --features")
+            if len(feats) > MAX_FEATURES:
+                raise InvalidInputError(f"{path} has {len(feats):,} numeric columns; detect scores at most "
+                                        f"{MAX_FEATURES}: choose them with --features")
         else:
             feats = wanted
         spec = _Spec(str(path), id_column, cohort_column, timestamp_column, list(feats), skip_bad)
@@ -1014,12 +1143,12 @@ def detect(
                 fast = _Ingest(spec)
                 sample = first.rows[:1000]
                 row_bytes = sum(map(len, map(",".join, sample))) / max(1, len(sample)) + 1.0
-                fast.run(_arrow_csv_chunks(path, reader.names, spec, chunk_rows, row_bytes))
+                fast.run(_arrow_csv_chunks(path, reader.names, spec, chunk_rows, row_bytes, max_line_bytes))
                 ingest, engine = fast, "pyarrow"
             except _FallBack:
                 engine = "python (pyarrow could not read every row as given)"
         if engine != "pyarrow":
-            reader.chunk_rows = chunk_rows
+            reader.chunk_rows = _rows_per_chunk(chunk_rows, len(reader.names)) if fmt == "csv" else chunk_rows
             ingest.run(chain([first], chunks))
     finally:
         reader.close()
@@ -1145,7 +1274,7 @@ def run_command(console, err_console, **options: Any) -> int:
         return 1
     except (InvalidInputError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         msg = str(exc)
-        if isinstance(exc, MalformedInputError):
+        if isinstance(exc, MalformedInputError) and not isinstance(exc, _LineTooLongError):
             msg += " (use --skip-bad to skip malformed rows and count them)"
         err_console.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
         return 2

@@ -19,7 +19,9 @@ from ..engines import make_detector
 from .report_html import render_report, svg_bars, svg_histogram, svg_lines, write_report
 from .scenario import Scenario, ScenarioConfig
 
-__all__ = ["run_simulation", "write_outputs"]
+__all__ = ["run_simulation", "write_outputs", "REPORT_FILES"]
+
+REPORT_FILES = ("report.json", "report.html")     # what write_outputs writes into its folder
 
 Progress = Callable[[str, int, int], None]
 
