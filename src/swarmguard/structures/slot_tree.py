@@ -85,6 +85,7 @@ __all__ = ["SlotTree", "scale_outer", "MAX_UNIT_EXPONENT"]
 _EPS = np.finfo(np.float64).eps
 _ERROR_BUDGET = 1e-11   # per feature, relative to its current co-moment (its own unit)
 _ERROR_FLOOR = 2.0**-100  # per (n - 1), internal units: the co-moment a feature's budget is floored at
+_SPEND = _EPS / _ERROR_BUDGET   # rounding bounds are booked in units of the budget
 _HIGH = 2.0**100        # a scaled deviation above: choose the units again (squares stay far from overflow)
 _LOW_VAR = 2.0**-200    # a scaled variance below (and 2**64 below its value at the choice): choose again
 _FALL = 2.0**-64
@@ -163,8 +164,9 @@ class SlotTree:
         self._root = -1
         self._root_off = np.zeros(dim)
         self._root_m2 = np.zeros((dim, dim))
+        self._root_diag = self._root_m2.diagonal()
         self._root_n = 0.0
-        self._err = np.zeros(dim)       # per feature: rounding-error bound of the root's co-moment since the flush
+        self._spent = np.zeros(dim)     # per feature: rounding bound of the root's co-moment since the flush / budget
         self.per_item_changes = 0
         self.flushes = 0
         self.nodes_recomputed = 0       # work counter: nodes rebuilt from their children
@@ -191,6 +193,7 @@ class SlotTree:
         self._root = self.level_base[-1]
         self._root_off = self.off[self._root]       # views: per-item updates write through
         self._root_m2 = self.m2[self._root]
+        self._root_diag = self._root_m2.diagonal()   # a view: O(d) budget checks without a new view
 
     def ensure_capacity(self, n_slots: int) -> None:
         """Grow (doubling) so slots ``0 .. n_slots-1`` exist; re-anchors and rebuilds."""
@@ -279,7 +282,7 @@ class SlotTree:
         self._root_n = float(self.cnt[self._root])
         diag = self._root_m2.diagonal()
         total = float(diag.sum())
-        self._err[:] = 0.0
+        self._spent[:] = 0.0
         # Re-anchor when the population has wandered far (in its own standard
         # deviations) from the shift, where deviations would start losing digits.
         n = self._root_n
@@ -411,18 +414,21 @@ class SlotTree:
     def _after_change(self, slot: int, step2: np.ndarray, roundings: float) -> None:
         """Book a per-item change: its rounding bound per feature, and flush when one feature's budget is spent.
 
-        ``step2`` bounds each feature's squared step (``|P_jk| <= sqrt(step2_j step2_k)``);
-        ``roundings`` is how many times the co-moment was rounded (1 or 2). The bound
-        is relative to the result, so a co-moment that just collapsed (an outlier
+        ``step2`` (a scratch array, overwritten) bounds each feature's step on the
+        co-moment (``|P_jk| <= sqrt(step2_j step2_k)``); ``roundings`` is how many
+        times the co-moment was rounded (1 or 2). Each rounding is relative to its
+        result plus the step, so a co-moment that just collapsed (an outlier
         leaving) is measured against what remains of it.
         """
         self._dirty.append(slot)
         self.per_item_changes += 1
-        diag = self._root_m2.diagonal()
-        err = self._err
-        err += roundings * (np.abs(diag) + step2) * _EPS
-        limit = np.maximum(diag, _ERROR_FLOOR * max(self._root_n - 1.0, 1.0))
-        if len(self._dirty) >= self.recompute_every or (err > _ERROR_BUDGET * limit).any():
+        diag = self._root_diag
+        step2 += diag
+        step2 *= roundings * _SPEND
+        spent = self._spent
+        spent += step2
+        np.maximum(diag, _ERROR_FLOOR * max(self._root_n - 1.0, 1.0), out=step2)
+        if len(self._dirty) >= self.recompute_every or (spent > step2).any():
             self.flush()
 
     def _write_and_rebuild(self, slot: int, x: np.ndarray) -> None:
@@ -452,9 +458,8 @@ class SlotTree:
         self._root_off += s * (1.0 / n)
         self.X[slot] = x
         h = np.abs(w)
-        np.maximum(h, np.abs(s), out=h)          # |P_jk + P_kj| <= 2 h_j h_k
+        h += np.abs(s)                            # |P_jk + P_kj| <= h_j h_k
         h *= h
-        h *= 4.0
         self._after_change(slot, h, 2.0)
 
     def insert(self, slot: int, x: np.ndarray) -> None:
@@ -490,7 +495,7 @@ class SlotTree:
         if n1 <= 0:
             self._root_off[:] = 0.0
             self._root_m2[:] = 0.0
-            self._err[:] = 0.0                    # exactly the empty state
+            self._spent[:] = 0.0                  # exactly the empty state
             step2 = np.zeros(self.dim)
         else:
             d = (self.X[slot] - self.shift) * self.unit
