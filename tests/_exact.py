@@ -65,15 +65,36 @@ def _solve_exact(A: list[list[Fraction]], b: list[Fraction]) -> list[Fraction]:
     return [M[i][n] / M[i][i] for i in range(n)]
 
 
+def power_of_two_exponents(X: np.ndarray) -> np.ndarray:
+    """The tree's per-feature unit exponents for rows X written at once (``structures/slot_tree.py``).
+
+    ``e`` is the binary exponent of the largest ``|x - shift|`` of the feature, with
+    ``shift`` the float mean; ``|shift|`` for a constant feature, 1 for an all-zero one.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    shift = X.mean(axis=0)
+    spread = np.abs(X - shift).max(axis=0)
+    ref = np.where(spread > 0, spread, np.abs(shift))
+    _, e = np.frexp(np.where(ref > 0, ref, 1.0))
+    return np.clip(e, -1000, 1000).astype(np.int64)
+
+
 def exact_loo_squared_distance(X: np.ndarray, i: int, shrinkage: float, ridge: float = 1e-9,
-                               var_floor: float = 1e-12) -> float:
+                               var_floor: float = 1e-12, exponents: np.ndarray | None = None) -> float:
     """Leave-one-out squared Mahalanobis distance of row i, exactly, with the documented regulariser.
 
-    Σ = (1-λ)·cov(others) + diag(λ·T + ρ·max(T, floor·mean(T))), T = the population's variances.
+    Σ = (1-λ)·cov(others) + diag(λ·T + ρ·max(T, floor)), T = the population's variances,
+    where the floor is ``var_floor`` times the mean of T *in the power-of-two units*
+    ``2**exponents`` (each feature's variance divided by ``4**e_j``; by default the
+    tree's rule, :func:`power_of_two_exponents`), as ``docs/scoring.md`` states: the
+    floor of a 1e-300 feature is not set by a 1e100 one. The arithmetic is done in
+    those units (exact: powers of two), where the distance is the same.
     """
     X = np.asarray(X, dtype=np.float64)
     n, d = X.shape
-    F = [[Fraction(float(v)) for v in row] for row in X]
+    e = power_of_two_exponents(X) if exponents is None else np.asarray(exponents, dtype=np.int64)
+    unit = [Fraction(2) ** int(-k) for k in e]
+    F = [[Fraction(float(v)) * unit[j] for j, v in enumerate(row)] for row in X]
     others = F[:i] + F[i + 1:]
     m = n - 1
     mu_o = [sum(r[j] for r in others) / m for j in range(d)]

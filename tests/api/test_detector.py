@@ -363,3 +363,39 @@ def test_process_round_scores_are_the_same_from_1e_300_to_the_1e100_limit(scale)
     np.testing.assert_allclose(got["mahalanobis_squared"], ref["mahalanobis_squared"], rtol=1e-9)
     np.testing.assert_allclose(got["p_value"], ref["p_value"], rtol=1e-9)
     assert got["is_anomaly"].tolist() == ref["is_anomaly"].tolist() and got["is_anomaly"][3]
+
+
+def test_an_agent_at_1e50_beside_features_of_1e_300_and_1e_162_scores_as_the_same_data_at_scale_1():
+    # One feature per magnitude (1, 1e-300, 1e-162, 1) and an agent at +1e50 in the
+    # first: the batch round and the per-item path give the flags and scores of the
+    # same data with every feature at scale 1, to 1e-9, and no score is a silent 0.
+    rng = np.random.default_rng(41)
+    n, d = 1500, 4
+    X = rng.normal(size=(n, d))
+    X[42, 0] = 1e50
+    scale = np.array([1.0, 1e-300, 1e-162, 1.0])
+    ids = np.arange(n)
+    moved = X[[7, 42, 99]] + np.array([0.5, -1.0, 2.0, 0.0])
+    moved[1, 0] = -1e50                               # the outlier jumps to the other side
+
+    def run(S):
+        det = DistributedBehavioralDetector(feature_dimensions=d, clock=lambda: 0.0)
+        first = det.process_round(ids, X * S, "eu")
+        second = det.process_round(ids, X * S, "eu")
+        items = [det.process_agent_behavior_sync(int(a), BehavioralData(int(a), row * S, region="eu"))
+                 for a, row in zip([7, 42, 99], moved, strict=True)]
+        third = det.process_round(ids, X * S, "eu")   # the outlier back at +1e50, everyone re-scored
+        return first, second, items, third
+
+    ref, got = run(np.ones(d)), run(scale)
+    for r, g in zip(ref[:2] + ref[3:], got[:2] + got[3:], strict=True):
+        assert np.all(g["mahalanobis_squared"] > 0)
+        np.testing.assert_allclose(g["mahalanobis_squared"], r["mahalanobis_squared"], rtol=1e-9)
+        np.testing.assert_allclose(g["p_value"], r["p_value"], rtol=1e-9)
+        assert g["is_anomaly"].tolist() == r["is_anomaly"].tolist() and g["is_anomaly"][42]
+    for r, g in zip(ref[2], got[2], strict=True):
+        r, g = r["anomaly"], g["anomaly"]
+        assert g["mahalanobis_squared"] > 0
+        assert g["mahalanobis_squared"] == pytest.approx(r["mahalanobis_squared"], rel=1e-9)
+        assert g["is_anomaly"] == r["is_anomaly"]
+    assert got[2][1]["anomaly"]["is_anomaly"]

@@ -87,3 +87,61 @@ def test_shard_scores_are_the_same_from_1e_300_to_the_1e100_limit(scale):
                                               score_levels="all")
     expected = inprocess.update_and_score_many(np.arange(600), X * scale, cohorts=regions)["mahalanobis_squared"]
     np.testing.assert_allclose(got, expected, rtol=1e-9)
+
+
+def _sharded_scores(X: np.ndarray, regions: np.ndarray, score_levels: str = "population"):
+    names = sorted(set(regions.tolist()))
+    shards = [RegionShard(0.0, feature_dimensions=X.shape[1]) for _ in names]
+    rows = [np.flatnonzero(regions == r) for r in names]
+    summaries = [sh.update(0, r, X[r], regions[r], regions[r]) for sh, r in zip(shards, rows, strict=True)]
+    merged = RootAggregator().merge(0, *summaries)
+    d2 = np.empty(X.shape[0])
+    for sh, r in zip(shards, rows, strict=True):
+        d2[r] = sh.score(1, merged, "auto", 10, score_levels)["mahalanobis_squared"]
+    return d2, merged
+
+
+@pytest.mark.parametrize("case", ["zeros beside 1e-300", "1e-300 beside 1e90", "1e-300 beside -1e99 in one feature"])
+def test_shards_of_very_different_magnitudes_merge_exactly_and_finitely(case):
+    # Reproducer: merge_scaled took, per feature, the largest of the shards' exponents.
+    # A shard whose feature is all zeros carries the placeholder exponent 1, so the
+    # other shard's 1e-300 values were rescaled by 2**-995 and underflowed: scores
+    # differed from in-process by up to 99%. The exponent now comes from the reach of
+    # the parts' data (how far they lie from the common shift).
+    from swarmguard.api.protocol import BehavioralDistributedProtocol
+    rng = np.random.default_rng(31)
+    n = 600
+    X = rng.normal(size=(n, 3)) @ rng.normal(size=(3, 3))
+    X[4] += 6.0
+    regions = np.array(["r0", "r1"])[np.arange(n) % 2]
+    a, b = regions == "r0", regions == "r1"
+    if case == "zeros beside 1e-300":
+        X[:, 2] *= 1e-300
+        X[b, 2] = 0.0
+    elif case == "1e-300 beside 1e90":
+        X[a] *= 1e-300
+        X[b] *= 1e90
+    else:
+        X[:, 0] = np.where(a, X[:, 0] * 1e-300, X[:, 0] * 1e80 - 1e99)
+    got, merged = _sharded_scores(X, regions)
+    assert np.all(np.isfinite(got)) and np.all(got > 0)
+    assert np.all(np.isfinite(merged["scaled"]["population"].m2))
+    inprocess = BehavioralDistributedProtocol(HierarchicalStatisticalTree(feature_dimensions=3), warm_up=10)
+    expected = inprocess.update_and_score_many(np.arange(n), X)["mahalanobis_squared"]
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+
+
+def test_merge_scaled_rescales_parts_whose_exponents_differ_by_more_than_the_normal_range():
+    # A part 2**-1100 below the merged units: the factor itself is not a double (not
+    # even a subnormal), but the rescaled co-moment is a normal number. ldexp on the
+    # difference of exponents applies it in one exact step.
+    from swarmguard.engines.shards import merge_scaled, moments_from_state
+    shift = np.zeros(1)
+    big = moments_from_state(10, shift, np.zeros(1), np.array([[9.0]]), None)
+    tiny = moments_from_state(10, shift, np.zeros(1), np.array([[2.0**300]]), None)
+    merged, E = merge_scaled([(big, np.array([600])), (tiny, np.array([-500]))])
+    assert E.tolist() == [602]                     # reach of the big part: sqrt(9) * 2**600
+    assert merged.m2[0, 0] == 9.0 * 2.0**-4 + 2.0**(300 - 2 * 1102)
+    # and back to the caller's units in one step each: 2**(-500 - 500) is no double either
+    tiny_user = moments_from_state(10, shift, np.zeros(1), np.array([[2.0**300]]), np.array([-500]))
+    assert tiny_user.m2[0, 0] == 2.0**-700

@@ -194,3 +194,42 @@ def test_logsf_agrees_with_scipy_where_scipy_is_finite_and_is_finite_beyond(dof)
 def test_logsf_takes_scalars_and_returns_a_float():
     value = chi2_logsf(1e300, 10)
     assert isinstance(value, float) and math.isfinite(value) and value == pytest.approx(-5e299, rel=1e-15)
+
+
+def _asymptotic_logsf(x: float, dof: int) -> float:
+    """log Q from the asymptotic series of Γ(a, y) (Abramowitz & Stegun 6.5.32), in 60-digit decimals.
+
+    ``Γ(a, y) ~ y^(a-1) e^(-y) Σ_k (a-1)(a-2)...(a-k) / y^k``, summed while the terms
+    fall (an error below the first omitted term); used where ``y >= 50 a²``, so the
+    terms fall by at least 50 each and 20 of them exceed double precision.
+    """
+    a = Decimal(dof) / 2
+    with localcontext() as ctx:
+        ctx.prec = 60
+        y = Decimal(x) / 2
+        term, total = Decimal(1), Decimal(1)
+        for k in range(1, 40):
+            term = term * (a - k) / y
+            if term == 0 or abs(term) < Decimal(10) ** -40:
+                break
+            total += term
+        return float((a - 1) * y.ln() - y + total.ln()) - math.lgamma(float(a))
+
+
+@pytest.mark.parametrize("dof", [100, 256, 500, 998, 1000])
+def test_logsf_large_even_dof_matches_the_exact_series_up_to_1e300(dof):
+    xs = [0.5 * dof, float(dof), 2.0 * dof, 10.0 * dof, 1e5, 1e8, 1e40, 1e120, 1e300]
+    got = chi2_logsf(np.array(xs), dof)
+    ref = np.array([_exact_even_logsf(x, dof) for x in xs])
+    assert np.all(np.isfinite(got)) and np.all(np.diff(got) <= 0.0)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("dof", [1, 7, 99, 501, 999, 1000])
+def test_logsf_matches_the_published_asymptotic_series_far_out_up_to_1e300(dof):
+    a = dof / 2
+    xs = [x for x in [2e2, 1e4, 1e6, 1e8, 1e20, 1e100, 1e200, 1e300] if x / 2 >= 50 * a * a]
+    got = chi2_logsf(np.array(xs), dof)
+    ref = np.array([_asymptotic_logsf(x, dof) for x in xs])
+    assert len(xs) >= 3 and np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, ref, rtol=1e-13, atol=0)

@@ -65,3 +65,37 @@ def test_scores_are_bitwise_invariant_under_a_power_of_two_scaling_of_the_moment
     got = LeaveOneOutScorer(50, np.ldexp(mu, k), Es.T @ Es).score_many(Es, explain=True)
     np.testing.assert_array_equal(got[0], ref[0])
     np.testing.assert_array_equal(got[1], ref[1])
+
+
+def _scorer_in_units(X: np.ndarray, exponents: np.ndarray, shrinkage: float) -> np.ndarray:
+    """Leave-one-out D² from moments in units 2**exponents, as the tree hands them over."""
+    D = np.ldexp(X - X.mean(axis=0), -exponents)
+    mu = D.mean(axis=0)
+    E = D - mu
+    return LeaveOneOutScorer(X.shape[0], mu, E.T @ E, shrinkage).score_many(E)
+
+
+@pytest.mark.parametrize("shrinkage", [0.0, 0.2])
+def test_the_variance_floor_is_taken_in_power_of_two_units_as_the_exact_reference_takes_it(shrinkage):
+    # Reproducer: the exact reference floored each variance at 1e-12 of the mean variance
+    # in the caller's units, where a 1e10 feature floors a unit one at 5e7 (3% of its
+    # distance), while the scorer, given the tree's units, floors in those. Both now
+    # follow the documented rule: the floor is 1e-12 of the mean variance in the
+    # power-of-two units.
+    from tests._exact import exact_loo_squared_distance, power_of_two_exponents
+    rng = np.random.default_rng(21)
+    X = rng.normal(size=(30, 3)) * np.array([1e10, 1.0, 1e-300])
+    e = power_of_two_exponents(X)
+    d2 = _scorer_in_units(X, e, shrinkage)
+    for i in (0, 7, 29):
+        assert d2[i] == pytest.approx(exact_loo_squared_distance(X, i, shrinkage), rel=1e-10)
+    # Where the floor binds (a feature whose spread is 1e-9 of its unit: a unit chosen
+    # when the feature was wider), scorer and reference agree on the same units.
+    Y = rng.normal(size=(30, 2)) * np.array([1.0, 1e-9])
+    stale = np.array([1, 1])
+    d2 = _scorer_in_units(Y, stale, shrinkage)
+    for i in (0, 7, 29):
+        exact = exact_loo_squared_distance(Y, i, shrinkage, exponents=stale)
+        assert d2[i] == pytest.approx(exact, rel=1e-9)
+        unfloored = exact_loo_squared_distance(Y, i, shrinkage, var_floor=0.0, exponents=stale)
+        assert abs(exact - unfloored) > 1e-6 * unfloored      # the floor does bind here

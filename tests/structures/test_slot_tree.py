@@ -161,3 +161,132 @@ def test_units_are_chosen_again_when_data_leave_the_safe_band_both_ways():
     _, cov_internal = exact_mean_cov(t.deviations(X * 1e-300))
     np.testing.assert_allclose(t.root_state()[2] / 63, cov_internal, rtol=1e-12)
     assert cov_internal.diagonal().min() > 1e-3         # near 1 again, not underflowed
+
+
+# ---------------------------------------------------------------- issue 10 review: units per item, budget per feature, band
+def _assert_root_matches_internal(t: SlotTree, X: np.ndarray, occupied: np.ndarray, rel: float) -> None:
+    """The root (no flush) against the exact co-moment of the stored vectors in the tree's current units."""
+    n, off, m2 = t.root_state()
+    rows = X[occupied]
+    assert n == rows.shape[0]
+    assert np.all(np.isfinite(m2))
+    _, cov_ex = exact_mean_cov(t.deviations(rows))
+    scale = np.sqrt(np.outer(np.diag(cov_ex), np.diag(cov_ex)))
+    np.testing.assert_array_less(np.abs(m2 / (n - 1) - cov_ex), rel * scale + 1e-300)
+
+
+@pytest.mark.parametrize("path", ["insert", "replace", "write"])
+def test_a_feature_that_starts_at_zero_takes_its_unit_from_the_first_item_that_is_not(path):
+    # Reproducer: the first vector was 0 in feature 1, so the feature got a placeholder
+    # unit 2**-1; later 1e-300 values were squared in it (underflow to exactly 0), and
+    # until a flush the root said the feature was constant: every score ignored it.
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(60, 2)) * np.array([1.0, 1e-300])
+    t = SlotTree(dim=2, branching=4, min_levels=1, recompute_every=10**9)
+    t.ensure_capacity(60)
+    if path == "insert":
+        X[0, 1] = 0.0
+        for i in range(60):
+            t.insert(i, X[i])
+    else:
+        first = X.copy()
+        first[:, 1] = 0.0
+        t.write(np.arange(60), first)
+        choices = t.unit_choices
+        if path == "replace":
+            for i in range(60):
+                t.replace(i, X[i])
+        else:
+            t.write(np.arange(60), X)
+        assert t.unit_choices == choices          # no rebuild: O(d), the feature held only zeros
+    _, e1 = np.frexp(np.abs(X[X[:, 1] != 0, 1][0]))
+    assert -1000 < t.exponent[1] <= -990 and t.exponent[1] >= e1     # 1e-300 ≈ 2**-997, from the data
+    _assert_root_matches_internal(t, X, np.ones(60, dtype=bool), 1e-12)
+    assert t.root_state()[2][1, 1] > 0
+
+
+@pytest.mark.parametrize("small", [1.0, 1e-300])
+def test_an_outlier_leaving_spends_its_own_features_budget(small):
+    # Reproducer: the error budget was one number over all features, so the outlier's
+    # departure (its feature's co-moment cancels down by 2**330) spent almost nothing of
+    # it; the root kept a variance of 5.6e-19 for a feature whose exact one is ~1e-102.
+    # With a 1e100 feature beside, a 1e-300 feature must get its own budget as well.
+    rng = np.random.default_rng(12)
+    X = rng.normal(size=(100, 3)) * np.array([small, 1e100, small])
+    t = SlotTree(dim=3, branching=4, min_levels=1, recompute_every=10**9)
+    t.write(np.arange(100), X)
+    occ = np.ones(100, dtype=bool)
+    X[0, 0] = 1e50 * small                        # in, per item
+    t.replace(0, X[0])
+    _assert_root_matches_internal(t, X, occ, 1e-9)
+    X[0, 0] = 0.3 * small                          # and out again
+    t.replace(0, X[0])
+    _assert_root_matches_internal(t, X, occ, 1e-9)
+    for i in range(1, 40):                         # ordinary per-item traffic keeps it exact
+        X[i] = rng.normal(size=3) * np.array([small, 1e100, small])
+        t.replace(i, X[i])
+        _assert_root_matches_internal(t, X, occ, 1e-9)
+
+
+def test_a_feature_tiny_next_to_a_huge_one_is_not_starved_by_its_budget():
+    # A collapse in the 1e-300 feature alone (its spread falls by 2**40 over many
+    # per-item steps) is checked against that feature's own co-moment.
+    rng = np.random.default_rng(13)
+    n = 80
+    X = rng.normal(size=(n, 2)) * np.array([1e100, 1e-300])
+    t = SlotTree(dim=2, branching=4, min_levels=1, recompute_every=10**9)
+    t.write(np.arange(n), X)
+    occ = np.ones(n, dtype=bool)
+    for i in range(n - 2):
+        X[i, 1] = X[i, 1] * 2.0**-40 + 1e-301      # all but two agents shrink toward a constant
+        t.replace(i, X[i])
+    _assert_root_matches_internal(t, X, occ, 1e-9)
+    X[n - 2:, 1] = X[0, 1]
+    for i in (n - 2, n - 1):
+        t.replace(i, X[i])
+    _assert_root_matches_internal(t, X, occ, 1e-9)
+    assert t.flushes >= 1
+
+
+def test_products_of_two_units_below_the_normal_range_are_applied_exactly():
+    # Reproducer: M2 in the caller's units was M2 * (2**e_i * 2**e_j); with e ≈ -560 the
+    # factor 2**-1120 is below the smallest subnormal, so a covariance of about 1e-280
+    # (a normal number) came out 0. Applied as ldexp on the summed exponent it is exact.
+    from swarmguard.structures.slot_tree import scale_outer
+    m2 = np.array([[2.0**200, 3.0], [3.0, 2.0**-60]])
+    got = scale_outer(m2, np.array([-560, -560]))
+    assert got[0, 0] == 2.0**-920 and got[0, 1] == np.ldexp(3.0, -1120) and got[1, 1] == 0.0
+    rng = np.random.default_rng(14)
+    X = rng.normal(size=(50, 2)) * 2.0**-560
+    t = SlotTree(dim=2, branching=4, min_levels=1)
+    t.write(np.arange(50), X)
+    X[0] = X[0] * 2.0**85                          # far out but inside the band: no rebuild
+    choices = t.unit_choices
+    t.replace(0, X[0])
+    assert t.unit_choices == choices
+    n, mean, m2 = t.root_moments()
+    _, cov_ex = exact_mean_cov(X)
+    assert cov_ex[0, 0] > 1e-300                   # a normal number, from two units of 2**-560
+    np.testing.assert_allclose(np.diag(m2) / (n - 1), np.diag(cov_ex), rtol=1e-9)
+
+
+def test_units_stay_in_their_band_through_moves_across_the_whole_range():
+    # Per-item moves over 390 decimal orders, up and down: after every one the root
+    # (no flush) equals the exact co-moment in the current units, finite, and no stored
+    # deviation lies beyond 2**100 units (no square was formed where it could overflow).
+    rng = np.random.default_rng(15)
+    n = 64
+    X = rng.normal(size=(n, 2)) * 1e-300
+    t = SlotTree(dim=2, branching=4, min_levels=1, recompute_every=10**9)
+    t.write(np.arange(n), X)
+    occ = np.ones(n, dtype=bool)
+    for step in range(120):
+        i = int(rng.integers(n))
+        X[i] = rng.normal(size=2) * 10.0 ** rng.uniform(-300, 90, size=2)
+        t.replace(i, X[i])
+        assert np.abs(t.deviations(X[occ])).max() <= 2.0**100
+        _assert_root_matches_internal(t, X, occ, 1e-9)
+        var = np.diag(t.root_state()[2]) / (n - 1)
+        t.flush()
+        var = np.diag(t.root_state()[2]) / (n - 1)
+        assert np.all(var >= 2.0**-200)            # never left with squares near underflow

@@ -29,6 +29,7 @@ from ..structures.chi2 import chi2_sf
 from ..structures.replica import RegionReplica
 from ..structures.robust_fusion import SourceEvents, far_outlier_events
 from ..structures.scoring import LeaveOneOutScorer
+from ..structures.slot_tree import MAX_UNIT_EXPONENT, scale_outer
 from ..values.moments import Moments, combine_groups
 from ..values.version_vector import VersionVector
 
@@ -44,45 +45,74 @@ class StaleShardError(SwarmGuardError, RuntimeError):
 
 
 def moments_from_state(n: float, shift: np.ndarray, off: np.ndarray, m2: np.ndarray,
-                       scale: np.ndarray | None = None) -> Moments:
+                       exponent: np.ndarray | None = None) -> Moments:
     """A :class:`Moments` value from a tree node's (count, offset from ``shift``, M2).
 
-    ``scale`` (powers of two, one per feature) converts a node kept in the
-    tree's internal units back to the caller's: exact, but for under/overflow.
+    ``exponent`` (one per feature: the node is kept in units ``2**exponent``)
+    converts a node kept in the tree's internal units back to the caller's:
+    exact, but for under/overflow of the results themselves (the product of two
+    units is never formed as a factor, :func:`~swarmguard.structures.slot_tree.scale_outer`).
     """
     m = Moments(shift.shape[0])
     m.count = int(round(float(n)))
     if m.count:
         off = np.array(off, dtype=np.float64)
         m2 = np.array(m2, dtype=np.float64)
-        if scale is not None:
-            off *= scale
-            m2 *= np.multiply.outer(scale, scale)
+        if exponent is not None:
+            off = np.ldexp(off, exponent)
+            m2 = scale_outer(m2, exponent)
         m.shift, m.offset, m.m2 = shift.copy(), off, m2
     return m
 
 
+def merge_reach_exponent(parts: Sequence[tuple[Moments, np.ndarray]], shift: np.ndarray) -> np.ndarray:
+    """Per feature, the binary exponent of how far the merged data reach from ``shift``.
+
+    A part reaches ``|shift_i - shift| + (|offset_i| + sqrt(M2_i,jj)) 2**e_i`` at most
+    (``sqrt(M2)`` bounds every member's deviation from the part's mean). The
+    exponent of the larger term is taken (``frexp`` on each, so a reach far below
+    the normal range keeps its exponent); a feature that is 0 everywhere gets the
+    placeholder 1, as in the tree. Only parts that hold a feature's data decide
+    its unit: a part whose feature is all zeros carries a placeholder exponent
+    that says nothing about the data.
+    """
+    best = np.full(shift.shape[0], np.iinfo(np.int64).min)
+    for m, e in parts:
+        _, k_shift = np.frexp(np.abs(m.shift - shift))
+        spread = np.abs(m.offset) + np.sqrt(np.maximum(m.m2.diagonal(), 0.0))
+        _, k_spread = np.frexp(spread)
+        k_shift = np.where(m.shift != shift, k_shift, best)
+        k_spread = np.where(spread > 0, k_spread + np.asarray(e, dtype=np.int64), best)
+        best = np.maximum(best, np.maximum(k_shift, k_spread))
+    best = np.where(best == np.iinfo(np.int64).min, 1, best)
+    return np.clip(best, -MAX_UNIT_EXPONENT, MAX_UNIT_EXPONENT).astype(np.int64)
+
+
 def merge_scaled(parts: Sequence[tuple[Moments, np.ndarray]]) -> tuple[Moments, np.ndarray]:
-    """Merge moments kept in per-part power-of-two units into the coarsest of those units.
+    """Merge moments kept in per-part power-of-two units into units chosen from the parts' reach.
 
     Each part is ``(m, e)``: ``m.shift`` in the caller's units, ``m.offset`` and
     ``m.m2`` in units ``2**e`` (a shard tree's internal units). The result uses,
-    per feature, the largest ``e`` (so nothing overflows); rescaling a part is
-    exact but for parts far below the others, whose underflowing digits are
-    negligible against them. Chan's k-way formula, as :meth:`Moments.merge_all`.
+    per feature, the units of :func:`merge_reach_exponent`: the exponent of the
+    farthest any part's data lie from the common shift, as the tree chooses its
+    units from its farthest deviation. Neither the largest part exponent (a
+    shard whose feature is all zeros carries the placeholder 1, which made a
+    1e-300 feature of the other shards underflow to 0) nor the smallest (a
+    huge feature would overflow) would do. Every rescaling is ``ldexp`` by a
+    difference of exponents, exact but where a part's digits lie far below the
+    others' (negligible against them). Chan's k-way formula, as
+    :meth:`Moments.merge_all`.
     """
     live = [(m, e) for m, e in parts if m.count]
     dim = parts[0][0].dim
     result = Moments(dim)
     if not live:
         return result, np.zeros(dim, dtype=np.int64)
-    E = np.max(np.stack([e for _, e in live]), axis=0)
-    unit = np.ldexp(1.0, -E)
     shift = live[0][0].shift
+    E = merge_reach_exponent(live, shift)
     counts = np.array([m.count for m, _ in live], dtype=np.float64)
-    rescale = [np.ldexp(1.0, e - E) for _, e in live]
-    offsets = np.stack([(m.shift - shift) * unit + m.offset * r for (m, _), r in zip(live, rescale, strict=True)])
-    m2s = np.stack([m.m2 * np.multiply.outer(r, r) for (m, _), r in zip(live, rescale, strict=True)])
+    offsets = np.stack([np.ldexp(m.shift - shift, -E) + np.ldexp(m.offset, e - E) for m, e in live])
+    m2s = np.stack([scale_outer(m.m2, e - E) for m, e in live])
     _, off, m2 = combine_groups(counts, offsets, m2s)
     result.count = sum(m.count for m, _ in live)
     result.shift, result.offset, result.m2 = shift.copy(), off, m2
@@ -238,7 +268,7 @@ class RegionShard(_Versioned):
         shift = slot_tree.shift
         # Moments in the caller's units (statistics) and in the tree's internal
         # power-of-two units with their exponent (scoring: no squares underflow).
-        scale = np.ldexp(1.0, slot_tree.exponent)
+        scale = slot_tree.exponent
         n, off, m2 = slot_tree.root_state()
         cohorts, scaled_cohorts = {}, {}
         for cid, path in enumerate(tree._cohorts.paths):

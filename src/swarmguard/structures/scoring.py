@@ -24,7 +24,8 @@ and each feature's share of ``D²`` is ``(n / (n - 1))² e_j (A⁻¹ e)_j / (1 -
 
 ``λ`` is the ``shrinkage`` argument: a number in [0, 1], or ``"auto"`` for
 ``min(1, d / n)``, which vanishes as the population grows. ``T̃`` is ``T``
-with zeros raised to ``1e-12`` of the mean variance, and ``ρ = 1e-9``, so
+with each variance raised to at least ``1e-12`` of the mean variance, and
+``ρ = 1e-9``, so
 constant or collinear features never produce inf or NaN: a deviation in a
 feature every other member holds constant scores huge but finite. Should the
 matrix still not factorise with the ridge raised to the target itself
@@ -32,7 +33,17 @@ matrix still not factorise with the ridge raised to the target itself
 target alone; non-finite co-moments raise :class:`~swarmguard.NonFiniteError`.
 The moments are expected in units where squares neither under- nor overflow
 (the tree's power-of-two units, :mod:`swarmguard.structures.slot_tree`):
-scores are invariant under a per-feature scaling of ``e``, ``mean`` and ``m2``.
+scores are invariant under a per-feature scaling of ``e``, ``mean`` and ``m2``
+by powers of two, bit for bit.
+
+The floor is therefore taken *in the units the moments come in*: "the mean
+variance" is the mean of the variances in the power-of-two units, each
+feature's divided by ``4**e`` (its unit squared), not in the caller's units,
+where a 1e100 feature would floor a 1e-300 one out of existence. With fresh
+units every feature's largest deviation is in [1/2, 1), so the floor binds
+only for a feature whose spread is below about 1e-6 of its unit. The exact
+test reference (``tests/_exact.py::exact_loo_squared_distance``) applies the
+same rule in the same units.
 """
 
 from __future__ import annotations

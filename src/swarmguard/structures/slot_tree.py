@@ -18,9 +18,20 @@ How a change reaches the nodes
   ``recompute_every`` changes, and as soon as the root's rounding-error budget
   is spent. A node recomputed from its children cannot drift, and the root is
   replaced by such a recomputation at every flush, so the error carried by the
-  root is only that of the updates since the last flush; the budget bounds it
-  far below 1e-9 of the co-moment's trace, and a single update whose size
-  dwarfs the population (an outlier entering or leaving) spends it at once.
+  root is only that of the updates since the last flush.
+
+The error budget is per feature: each feature's accumulated rounding bound
+(``eps`` times its co-moment plus twice its squared step, summed over the
+updates since the flush) is compared with ``1e-11`` of that feature's *current*
+co-moment (floored at ``(n - 1) * 2**-100`` internal units, which is the
+feature's own unit, not another feature's). So a feature of 1e-300 next to one
+of 1e100 is never starved (each is measured in its own power-of-two unit), an
+outlier entering spends its feature's budget at once, and so does an outlier
+*leaving*: its removal cancels a co-moment ``2**k`` times the remainder, which
+leaves an error ``eps * 2**k`` relative to what remains. A bound on the
+diagonal also bounds the off-diagonal entries relative to
+``sqrt(M2_jj M2_kk)`` (each step's ``|P_jk|`` is at most the geometric mean of
+its diagonal bounds).
 
 Units: a power of two per feature
 ---------------------------------
@@ -36,13 +47,31 @@ of magnitude 1e-300 are squared as numbers near 1 instead of underflowing (or
 
 ``e`` is chosen from the data whenever every node is recomputed (the first
 data, growth, re-anchoring): the exponent of the largest ``|x - shift|`` of the
-feature (of ``|shift|`` for a constant feature, 1 for an all-zero one). It is
-chosen again, by a full rebuild, when data arrive whose scaled deviation
-exceeds ``2**100`` (squares could then approach overflow), and when a flush
-finds a feature's variance fallen below ``2**-200`` internal units (and 2**64
-below its value when the unit was chosen), or an all-zero feature moved off
-zero (squares could approach underflow). Both are O(state), as a growth step,
-and happen only when a feature's magnitude changes by dozens of binary orders.
+feature (of ``|shift|`` for a constant feature). A feature that is zero in every
+vector so far has no unit yet (``unit_known`` False, a placeholder ``e = 1``);
+the first vector that is non-zero there gives the feature its unit *from its own
+value*, on the batch and the per-item path alike. That is exact and O(d): every
+stored deviation, offset and co-moment of such a feature is exactly 0 in any
+unit, so no square is ever formed in the placeholder.
+
+The units then stay inside a band (hysteresis, so a feature is not rescaled on
+every wobble): scaled deviations up to ``2**100`` (squares far from overflow)
+and scaled variances down to ``2**-200`` (far from underflow). Data whose
+scaled deviation would exceed ``2**100`` are detected in the caller's units
+*before* the update (so no square is formed in a unit that could overflow) and
+trigger a full rebuild with new units; a flush that finds a feature's variance
+below ``2**-200`` internal units (and 2**64 below its value when the unit was
+chosen) rebuilds too. A collapse of the spread between flushes cannot hide from
+that check: the per-feature error budget flushes as soon as a feature's
+co-moment falls more than about 2**15 below what its accumulated error was
+measured against. Rebuilds are O(state), as a growth step, and happen only when
+a feature's magnitude changes by dozens of binary orders.
+
+Multiplying by a unit is exact as long as the factor and the product are
+normal; units are kept in ``2**-1000 .. 2**1000`` (normal), and products of two
+units (``M2 * 2**(e_i + e_j)``, which may fall below the normal range) are
+applied with :func:`numpy.ldexp` on the summed exponent, one correctly rounded
+step, never as a subnormal or zero factor (:func:`scale_outer`).
 """
 
 from __future__ import annotations
@@ -51,14 +80,35 @@ import numpy as np
 
 from ..values.moments import combine_groups
 
-__all__ = ["SlotTree"]
+__all__ = ["SlotTree", "scale_outer", "MAX_UNIT_EXPONENT"]
 
 _EPS = np.finfo(np.float64).eps
-_ERROR_BUDGET = 1e-11   # relative to the root's trace, each feature in units of its own spread
+_ERROR_BUDGET = 1e-11   # per feature, relative to its current co-moment (its own unit)
+_ERROR_FLOOR = 2.0**-100  # per (n - 1), internal units: the co-moment a feature's budget is floored at
+_SPEND = _EPS / _ERROR_BUDGET   # rounding bounds are booked in units of the budget
 _HIGH = 2.0**100        # a scaled deviation above: choose the units again (squares stay far from overflow)
 _LOW_VAR = 2.0**-200    # a scaled variance below (and 2**64 below its value at the choice): choose again
 _FALL = 2.0**-64
 _MAX_EXP = 1000         # |e| bound: 2**1000 is finite, and scales subnormals into the normal range
+MAX_UNIT_EXPONENT = _MAX_EXP
+
+
+def scale_outer(m2: np.ndarray, exponent: np.ndarray) -> np.ndarray:
+    """``m2 * 2**(e_i + e_j)``, exactly (one correctly rounded step), as a new array.
+
+    The product of two units may lie below the normal range (2**-1022) or even
+    below the smallest subnormal while ``m2 * 2**(e_i + e_j)`` is a normal
+    number; forming the factor first would round it (or flush it to 0). ldexp on
+    the summed exponent applies it in one step.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> float(scale_outer(np.array([[2.0**200]]), np.array([-550]))[0, 0]) == 2.0**-900
+    True
+    """
+    e = np.asarray(exponent, dtype=np.int64)
+    return np.ldexp(m2, e[:, None] + e[None, :])
 
 
 class SlotTree:
@@ -100,7 +150,8 @@ class SlotTree:
         self._limit = np.full(dim, _HIGH)   # |x - shift| beyond: choose the units again
         self.exponent = np.zeros(dim, dtype=np.int64)   # unit = 2**-exponent
         self._var_at_unit = np.zeros(dim)   # scaled variance when the unit was chosen (0: constant)
-        self._unit_known = np.zeros(dim, dtype=bool)   # False: the feature was all zeros then
+        self._unit_known = np.zeros(dim, dtype=bool)   # False: every stored value is 0 (placeholder unit)
+        self._all_known = False
         self.unit_choices = 0           # work counter: times the units were chosen again
         self.X = np.zeros((0, dim))
         self.occupied = np.zeros(0, dtype=bool)
@@ -113,10 +164,9 @@ class SlotTree:
         self._root = -1
         self._root_off = np.zeros(dim)
         self._root_m2 = np.zeros((dim, dim))
+        self._root_diag = self._root_m2.diagonal()
         self._root_n = 0.0
-        self._inv_scale = np.ones(dim)  # 1 / each feature's co-moment at the last flush
-        self._root_trace = 0.0          # trace of the root co-moment in those units (≈ d after a flush)
-        self._error = 0.0               # rounding-error estimate carried by the root, same units
+        self._spent = np.zeros(dim)     # per feature: rounding bound of the root's co-moment since the flush / budget
         self.per_item_changes = 0
         self.flushes = 0
         self.nodes_recomputed = 0       # work counter: nodes rebuilt from their children
@@ -143,6 +193,7 @@ class SlotTree:
         self._root = self.level_base[-1]
         self._root_off = self.off[self._root]       # views: per-item updates write through
         self._root_m2 = self.m2[self._root]
+        self._root_diag = self._root_m2.diagonal()   # a view: O(d) budget checks without a new view
 
     def ensure_capacity(self, n_slots: int) -> None:
         """Grow (doubling) so slots ``0 .. n_slots-1`` exist; re-anchors and rebuilds."""
@@ -231,18 +282,14 @@ class SlotTree:
         self._root_n = float(self.cnt[self._root])
         diag = self._root_m2.diagonal()
         total = float(diag.sum())
-        # Each feature is measured against its own spread, so a large feature
-        # cannot hide rounding error in a small one; constant features use a floor.
-        floor = 1e-12 * total / self.dim if total > 0 else 1.0
-        self._inv_scale = 1.0 / np.maximum(diag, floor)
-        self._root_trace = float(diag @ self._inv_scale)
-        self._error = 0.0
+        self._spent[:] = 0.0
         # Re-anchor when the population has wandered far (in its own standard
         # deviations) from the shift, where deviations would start losing digits.
         n = self._root_n
         if reanchor and n > 1 and total > 0:
             off = self._root_off
-            far = float((off * off) @ self._inv_scale) * (n - 1) > 1e6 * self.dim
+            inv_scale = 1.0 / np.maximum(diag, 1e-12 * total / self.dim)
+            far = float((off * off) @ inv_scale) * (n - 1) > 1e6 * self.dim
             if far:
                 self.rebuild()
                 return
@@ -263,11 +310,32 @@ class SlotTree:
         spread = np.abs(D).max(axis=0) if D.shape[0] else np.zeros(self.dim)
         ref = np.where(spread > 0, spread, np.abs(self.shift))
         self._unit_known = ref > 0
+        self._all_known = bool(self._unit_known.all())
         _, e = np.frexp(np.where(self._unit_known, ref, 1.0))
         self.exponent = np.clip(e, -_MAX_EXP, _MAX_EXP).astype(np.int64)
         self.unit = np.ldexp(1.0, -self.exponent)
         self._limit = np.ldexp(_HIGH, self.exponent)
         self.unit_choices += 1
+
+    def _adopt_units(self, X: np.ndarray) -> None:
+        """Give features without a unit yet one from the first non-zero values ``X`` (rows or a vector).
+
+        Such a feature holds 0 in every stored vector, its shift is 0, and so is
+        every deviation, offset and co-moment entry of it: in any unit. Choosing its
+        unit now, from the new values themselves, is exact and O(d), and no square
+        is formed in the placeholder unit (where 1e-300 would underflow).
+        """
+        spread = np.abs(X) if X.ndim == 1 else np.abs(X).max(axis=0)
+        new = ~self._unit_known & (spread > 0)
+        if not new.any():
+            return
+        _, e = np.frexp(spread[new])
+        e = np.clip(e, -_MAX_EXP, _MAX_EXP).astype(np.int64)
+        self.exponent[new] = e
+        self.unit[new] = np.ldexp(1.0, -e)
+        self._limit[new] = np.ldexp(_HIGH, e)
+        self._unit_known[new] = True
+        self._all_known = bool(self._unit_known.all())
 
     def deviations(self, X: np.ndarray) -> np.ndarray:
         """``(X - shift) * unit``: vectors as the nodes' internal units see them (a new array)."""
@@ -278,7 +346,7 @@ class SlotTree:
     def to_user(self, off: np.ndarray, m2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean, M2) in the caller's units from an internal (offset, M2); exact but for under/overflow."""
         scale = np.ldexp(1.0, self.exponent)
-        return self.shift + off * scale, m2 * np.multiply.outer(scale, scale)
+        return self.shift + off * scale, scale_outer(m2, self.exponent)
 
     def _too_far(self, X: np.ndarray) -> bool:
         """Whether vectors ``X`` lie outside the units' safe band (choose the units again).
@@ -324,6 +392,8 @@ class SlotTree:
         if first:
             self.shift = X.mean(axis=0)           # anchor the shift near the data
             self._choose_units(X - self.shift)
+        elif X is not None and not self._all_known:
+            self._adopt_units(X)                  # the shift of such a feature is 0: X is its deviation
         rescale = X is not None and self._too_far(X)
         if X is None:
             self.occupied[slots] = False
@@ -341,12 +411,24 @@ class SlotTree:
             self._var_at_unit = self._root_m2.diagonal() * (1.0 / max(self._root_n - 1.0, 1.0))
 
     # ------------------------------------------------------------------ per-item path
-    def _after_change(self, slot: int, trace_before: float, trace_step: float) -> None:
+    def _after_change(self, slot: int, step2: np.ndarray, roundings: float) -> None:
+        """Book a per-item change: its rounding bound per feature, and flush when one feature's budget is spent.
+
+        ``step2`` (a scratch array, overwritten) bounds each feature's step on the
+        co-moment (``|P_jk| <= sqrt(step2_j step2_k)``); ``roundings`` is how many
+        times the co-moment was rounded (1 or 2). Each rounding is relative to its
+        result plus the step, so a co-moment that just collapsed (an outlier
+        leaving) is measured against what remains of it.
+        """
         self._dirty.append(slot)
         self.per_item_changes += 1
-        # Rounding of a rank-one step is relative to the larger of the state and the step.
-        self._error += _EPS * (trace_before + 2.0 * abs(trace_step))
-        if len(self._dirty) >= self.recompute_every or self._error > _ERROR_BUDGET * max(self._root_trace, 1e-300):
+        diag = self._root_diag
+        step2 += diag
+        step2 *= roundings * _SPEND
+        spent = self._spent
+        spent += step2
+        np.maximum(diag, _ERROR_FLOOR * max(self._root_n - 1.0, 1.0), out=step2)
+        if len(self._dirty) >= self.recompute_every or (spent > step2).any():
             self.flush()
 
     def _write_and_rebuild(self, slot: int, x: np.ndarray) -> None:
@@ -359,6 +441,8 @@ class SlotTree:
     def replace(self, slot: int, x: np.ndarray) -> None:
         """Replace the vector of an occupied slot (count unchanged)."""
         xo = self.X[slot]
+        if not self._all_known:
+            self._adopt_units(x)                  # before the band check: its unit comes from its own value
         if self._too_far(x):
             self._write_and_rebuild(slot, x)
             return
@@ -373,10 +457,10 @@ class SlotTree:
         m2 += P.T
         self._root_off += s * (1.0 / n)
         self.X[slot] = x
-        step = 2.0 * float((w * self._inv_scale) @ s)
-        before = self._root_trace
-        self._root_trace = before + step
-        self._after_change(slot, before, step)
+        h = np.abs(w)
+        h += np.abs(s)                            # |P_jk + P_kj| <= h_j h_k
+        h *= h
+        self._after_change(slot, h, 2.0)
 
     def insert(self, slot: int, x: np.ndarray) -> None:
         """Occupy an empty slot with ``x``."""
@@ -385,9 +469,12 @@ class SlotTree:
             self.shift = x.copy()                 # anchor the shift near the data
             self._choose_units(np.zeros((1, self.dim)))
             self._var_at_unit = np.zeros(self.dim)
-        elif self._too_far(x):
-            self._write_and_rebuild(slot, x)
-            return
+        else:
+            if not self._all_known:
+                self._adopt_units(x)              # before the band check: its unit comes from its own value
+            if self._too_far(x):
+                self._write_and_rebuild(slot, x)
+                return
         delta = (x - self.shift) * self.unit - self._root_off
         n1 = n + 1.0
         self._root_off += delta * (1.0 / n1)
@@ -397,20 +484,19 @@ class SlotTree:
         self.cnt[self._root] = n1
         self.X[slot] = x
         self.occupied[slot] = True
-        step = float((delta * self._inv_scale) @ delta) * scale
-        before = self._root_trace
-        self._root_trace = before + step
-        self._after_change(slot, before, step)
+        step2 = delta * delta
+        step2 *= 2.0 * scale
+        self._after_change(slot, step2, 1.0)
 
     def remove(self, slot: int) -> None:
         """Empty an occupied slot."""
         n = self._root_n
         n1 = n - 1.0
-        before = self._root_trace
         if n1 <= 0:
             self._root_off[:] = 0.0
             self._root_m2[:] = 0.0
-            step = -before
+            self._spent[:] = 0.0                  # exactly the empty state
+            step2 = np.zeros(self.dim)
         else:
             d = (self.X[slot] - self.shift) * self.unit
             prev = self._root_off - (d - self._root_off) * (1.0 / n1)
@@ -418,13 +504,13 @@ class SlotTree:
             scale = n1 / n
             self._root_m2 -= np.multiply.outer(delta, delta * scale)
             self._root_off[:] = prev
-            step = -float((delta * self._inv_scale) @ delta) * scale
+            step2 = delta * delta
+            step2 *= 2.0 * scale
         self._root_n = n1
         self.cnt[self._root] = n1
         self.X[slot] = 0.0
         self.occupied[slot] = False
-        self._root_trace = before + step
-        self._after_change(slot, before, step)
+        self._after_change(slot, step2, 1.0)
 
     # ------------------------------------------------------------------ reads
     def root_moments(self) -> tuple[float, np.ndarray, np.ndarray]:
