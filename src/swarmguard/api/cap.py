@@ -673,7 +673,7 @@ class StatisticalCAPResolver(Locked):
         estimate: dict[str, Any] = {"count": total, "region_counts": counts}
         d = self._dim
         # exact sums: identical registers give identical answers, bit for bit (docs/cap.md)
-        m = replica.estimate_exact() if replica else None
+        m = replica._exact_total() if replica else None
         if m is not None and m.count:
             mean = m.mean()
             estimate["mean"] = mean[:d].copy()

@@ -299,8 +299,11 @@ class RegionReplica:
             rows = np.concatenate([removed, added]) if removed.shape[0] else added
             weights = np.concatenate([np.full(removed.shape[0], -1, np.int64),
                                       np.ones(added.shape[0], np.int64)])
-            self._moments_of(code)._add_rows(rows, weights)
-        self._total = None
+            delta = ExactMoments(self.dim + 1)
+            delta._add_rows(rows, weights)
+            self._moments_of(code).__iadd__(delta)
+            if self._total is not None:
+                self._total += delta     # exact: the same sum as re-adding every region
 
     def rebuild_moments(self) -> None:
         """Recompute every region's moments from the registers (the same exact sums)."""
@@ -328,9 +331,13 @@ class RegionReplica:
 
     def estimate_exact(self) -> ExactMoments:
         """Exact sums of the whole view (a copy): the sum of the per-region sums."""
+        return self._exact_total().copy()
+
+    def _exact_total(self) -> ExactMoments:
+        """The live sum of the per-region sums (read it, never change it)."""
         if self._total is None:
             self._total = ExactMoments.merge_all(self._moments, self.dim + 1)
-        return self._total.copy()
+        return self._total
 
     def estimate(self) -> Moments:
         """Moments of the whole view, correctly rounded from the exact sums.
