@@ -569,7 +569,7 @@ def test_four_threads_end_in_the_serial_state():
         ids = np.arange(k * 1000, k * 1000 + 400)
         X = rng.normal(size=(400, 2))
         return [(ids[i:i + 50], X[i:i + 50]) for i in range(0, 400, 50)], [
-            upd(f"{k}-{i}", int(ids[i]), 5.0, X[i] + 1, "r%d" % (k % 2)) for i in range(60)]
+            upd(f"{k}-{i}", int(ids[i]), 5.0, X[i] + 1, f"r{k % 2}") for i in range(60)]
 
     work = [writes(k) for k in range(4)]
 
@@ -577,7 +577,7 @@ def test_four_threads_end_in_the_serial_state():
         batches, items = work[k]
         if barrier is not None:
             barrier.wait()
-        region = "r%d" % (k % 2)
+        region = f"r{k % 2}"
         for (ids, X), item in zip(batches, items, strict=False):
             res.handle_updates_many(region, ids, np.full(ids.size, 1.0), X, np.zeros(ids.size),
                                     update_ids=[f"b{k}-{int(i)}" for i in ids])

@@ -324,7 +324,7 @@ def test_the_same_registers_by_different_orders_give_the_same_estimate(seed):
     rng = random.Random(seed)
     writers = {r: RegionReplica(r, DIM) for r in REGIONS}
     deltas = []
-    for t in range(30):
+    for _ in range(30):
         w = writers[rng.choice(REGIONS)]
         n = rng.randint(1, 8)
         scale = rng.choice([1.0, 1e10, 1e-10])
