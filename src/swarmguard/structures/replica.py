@@ -54,7 +54,7 @@ __all__ = ["RegionReplica", "WriteOutcome", "DEFAULT_DEDUP_WINDOW"]
 _FORMAT_VERSION = 1
 _REG = "registers."
 DEFAULT_DEDUP_WINDOW = 1 << 16
-"""Distinct update ids a replica remembers (about 100 bytes each: 6.5 MB when full)."""
+"""Distinct update ids a replica remembers (73 bytes per int id, 111 per short string: 5-7 MB when full)."""
 _MAX_DEDUP_WINDOW = 1 << 32
 
 
