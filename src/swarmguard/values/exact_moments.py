@@ -280,7 +280,7 @@ class ExactMoments:
     >>> for _ in range(10000):
     ...     m.add_rows([[1e10]]); m.remove_rows([[1e10]]); m.add_rows([[-1e10]]); m.remove_rows([[-1e10]])
     >>> m.add_rows([[1e10], [-1e10], [3.0]])
-    >>> m.count, m.mean().tolist(), m.m2()[0, 0] == float(2 * 10**20 + 6)
+    >>> m.count, m.mean().tolist(), bool(m.m2()[0, 0] == float(2 * 10**20 + 6))
     (3, [1.0], True)
     """
 
