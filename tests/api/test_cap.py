@@ -506,3 +506,158 @@ def test_handle_updates_many_refuses_a_nul_in_an_id_and_changes_nothing(agent_id
         r.handle_updates_many("us", agent_ids, [1.0, 1.0], [[5.0, 5.0], [6.0, 6.0]], [0.0, 0.0], update_ids)
     assert_same(before, state(r))
     assert r.replica("eu").registers.get("a")["features"].tolist() == [0.0, 0.0]
+
+
+# ---------------------------------------------------------------- exact estimates
+
+def test_alternating_1e10_gives_a_positive_variance_and_a_real_interval():
+    """The issue's reproducer: +-1e10 written 20,000 times to one agent; the interval had zero width."""
+    from fractions import Fraction
+
+    res = StatisticalCAPResolver(clock=Clock(), regions=["eu"], auto_sync_seconds=None)
+    res.handle_updates_many("eu", np.arange(1, 10), np.zeros(9), np.arange(1, 10, dtype=float)[:, None],
+                            np.full(9, 0.5))
+    for i in range(20_000):
+        res.handle_updates_many("eu", [0], [float(i)], [[1e10 if i % 2 == 0 else -1e10]], [0.5])
+    est = res.global_estimate("eu")["global_estimate"]
+    values = [Fraction(v) for v in range(1, 10)] + [Fraction(-1e10)]
+    mean = sum(values) / 10
+    m2 = sum((v - mean) ** 2 for v in values)
+    assert est["mean"].tolist() == [float(mean)]
+    lo, hi = est["confidence_interval"]
+    half = res._z * math.sqrt(float(m2) / (9 * 10))
+    assert hi[0] - lo[0] > 0
+    assert math.isclose((hi[0] - lo[0]) / 2, half, rel_tol=1e-12)
+
+
+def test_replicas_with_identical_registers_report_identical_views():
+    """Reproducer: one region saw the churn, the other only the final state (4.49999902 vs 4.5)."""
+    res = StatisticalCAPResolver(clock=Clock(), regions=["eu", "us"], auto_sync_seconds=None)
+    rng = np.random.default_rng(0)
+    for t in range(2000):
+        res.handle_updates_many("eu", rng.integers(0, 8, 1), [float(t)], [[rng.choice([1e8, -1e8]) + 0.3]], [0.0])
+    res.handle_updates_many("eu", np.arange(8), np.full(8, 1e4), (np.arange(8) + 1.0)[:, None], np.zeros(8))
+    res.sync()
+    assert res.replica("eu").registers == res.replica("us").registers
+    eu, us = (res.global_estimate(r)["global_estimate"] for r in ("eu", "us"))
+    assert eu["mean"].tolist() == us["mean"].tolist() == [4.5]
+    assert [a.tolist() for a in eu["confidence_interval"]] == [a.tolist() for a in us["confidence_interval"]]
+    assert eu["confidence_interval"][1][0] - eu["confidence_interval"][0][0] > 0
+
+
+# ---------------------------------------------------------------- bounded duplicate guard
+
+def test_per_item_path_with_a_new_id_per_call_stays_bounded():
+    res = StatisticalCAPResolver(clock=Clock(), regions=["eu"], dedup_window=100, auto_sync_seconds=None)
+    for i in range(3000):
+        res.handle_update_sync(upd(f"u{i}", i % 10, float(i), [float(i)], "eu"))
+    rep = res.replica("eu")
+    assert len(rep.seen_update_ids) == 100
+    again = res.handle_update_sync(upd("u2950", 3, 1e9, [0.0], "eu"))      # a recent re-send: ignored
+    assert again["duplicate"] and not again["applied"]
+    back = StatisticalCAPResolver.from_bytes(res.to_bytes(), clock=Clock())
+    assert back.replica("eu").seen_update_ids == rep.seen_update_ids
+
+
+# ---------------------------------------------------------------- one lock: safe under threads
+
+def test_four_threads_end_in_the_serial_state():
+    import threading
+
+    def writes(k):
+        rng = np.random.default_rng(k)
+        ids = np.arange(k * 1000, k * 1000 + 400)
+        X = rng.normal(size=(400, 2))
+        return [(ids[i:i + 50], X[i:i + 50]) for i in range(0, 400, 50)], [
+            upd(f"{k}-{i}", int(ids[i]), 5.0, X[i] + 1, f"r{k % 2}") for i in range(60)]
+
+    work = [writes(k) for k in range(4)]
+
+    def run(res, k, barrier=None):
+        batches, items = work[k]
+        if barrier is not None:
+            barrier.wait()
+        region = f"r{k % 2}"
+        for (ids, X), item in zip(batches, items, strict=False):
+            res.handle_updates_many(region, ids, np.full(ids.size, 1.0), X, np.zeros(ids.size),
+                                    update_ids=[f"b{k}-{int(i)}" for i in ids])
+            res.handle_update_sync(item)
+            res.global_estimate(region)
+        for item in items[len(batches):]:
+            res.handle_update_sync(item)
+        res.sync()
+
+    serial = StatisticalCAPResolver(clock=Clock(), regions=["r0", "r1"], feature_dimensions=2)
+    for k in range(4):
+        run(serial, k)
+    serial.sync()
+    shared = StatisticalCAPResolver(clock=Clock(), regions=["r0", "r1"], feature_dimensions=2)
+    barrier, errors = threading.Barrier(4), []
+
+    def target(k):
+        try:
+            run(shared, k, barrier)
+        except Exception as exc:  # noqa: BLE001 - the test reports any
+            errors.append(exc)
+
+    threads = [threading.Thread(target=target, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    shared.sync()
+    assert errors == []
+    for region in ("r0", "r1"):
+        a, b = serial.global_estimate(region)["global_estimate"], shared.global_estimate(region)["global_estimate"]
+        assert a["count"] == b["count"] == 1600 and a["region_counts"] == b["region_counts"] == {"r0": 800, "r1": 800}
+        assert a["mean"].tolist() == b["mean"].tolist()          # exact sums: any interleaving, same bits
+        assert [x.tolist() for x in a["confidence_interval"]] == [x.tolist() for x in b["confidence_interval"]]
+        ra, rb = serial.replica(region).registers.to_dict(), shared.replica(region).registers.to_dict()
+        for key in ("int_ids", "features", "timestamp", "anomaly_score", "regions"):
+            assert np.array_equal(ra[key], rb[key]), key
+        assert serial.replica(region).seen_update_ids == shared.replica(region).seen_update_ids
+
+
+# ---------------------------------------------------------------- damaged checkpoints: typed errors
+
+def _resolver_state():
+    res = StatisticalCAPResolver(clock=Clock(), regions=["eu", "us"])
+    res.handle_updates_many("eu", [1, 2], [0.0, 1.0], [[1.0], [2.0]], [0.1, 0.2], update_ids=[5, 6])
+    res.handle_update_sync(upd("x", "a", 2.0, [3.0], "us"))
+    res.sync()
+    res.partition([["eu"], ["us"]])
+    return res
+
+
+@pytest.mark.parametrize("key, value", [
+    ("groups", np.array([0.5, 1.5])), ("groups", np.array([0, -1])), ("born", np.array([0, 0])),
+    ("born", np.array([np.nan, 0.0])), ("start", np.array("0")), ("dim", np.array(1.0)), ("dim", np.array(0)),
+    ("regions", np.array([["eu", "us"]])), ("regions", np.array(["eu", "eu"])), ("format", np.array([1])),
+    ("replica[eu].sender", np.array("us")), ("replica[zz].sender", np.array("zz")),
+    ("replica[eu].version.counts", np.array([2**63 - 1, 1])),
+])
+def test_resolver_from_dict_refuses_tampered_fields(key, value):
+    state_ = _resolver_state().to_dict()
+    state_[key] = value
+    with pytest.raises(InvalidInputError):
+        StatisticalCAPResolver.from_dict(state_, clock=Clock())
+
+
+def test_resolver_from_bytes_fuzz_only_typed_errors():
+    import random
+
+    res = _resolver_state()
+    data = res.to_bytes()
+    rng = random.Random(0)
+    for _ in range(150):
+        raw = bytearray(data)
+        if rng.random() < 0.3:
+            raw = raw[:rng.randrange(len(raw))]
+        else:
+            i = rng.randrange(len(raw))
+            raw[i] ^= 1 << rng.randrange(8)
+        try:
+            back = StatisticalCAPResolver.from_bytes(bytes(raw), clock=Clock())
+        except InvalidInputError:
+            continue
+        assert_same(state(back), state(res))     # an unnoticed flip (zip metadata) changes no value

@@ -9,6 +9,8 @@ MODULES = [
     "swarmguard.values.version_vector",
     "swarmguard.values.agent_index",
     "swarmguard.values.lww_register_map",
+    "swarmguard.values.exact_moments",
+    "swarmguard.values.npz",
     "swarmguard.structures.replica",
     "swarmguard.api.cap",
     "statistical_cap_resolver",

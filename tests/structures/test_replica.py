@@ -32,10 +32,12 @@ def exact_moments(rows):
 
 
 def assert_moments_exact(moments, rows):
+    """Count, mean and co-moment are the exact values correctly rounded: equal to float(Fraction)."""
     n, mean, m2 = exact_moments(rows)
     assert moments.count == n
-    np.testing.assert_allclose(moments.mean, [float(v) for v in mean], rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(moments.m2, [[float(v) for v in r] for r in m2], rtol=1e-9, atol=1e-9)
+    assert moments.mean.tolist() == [float(v) for v in mean]
+    assert moments.m2.tolist() == [[float(v) for v in r] for r in m2]
+    assert (np.diagonal(moments.m2) >= 0).all()
 
 
 def view_rows(replica):
@@ -277,3 +279,257 @@ def test_update_many_refuses_a_nul_in_an_id_and_changes_nothing(agent_ids, updat
     with pytest.raises(InvalidInputError, match="NUL"):
         r.update_many(agent_ids, [1.0], [[3.0, 4.0]], [0.5], update_ids, now=1.0)
     assert same(before, state(r))
+
+
+# ---------------------------------------------------------------- exact moments: identical registers, identical answers
+
+def test_alternating_1e10_on_one_agent_keeps_exact_moments():
+    """The issue's reproducer: +-1e10 written 20,000 times to one agent gave a negative variance."""
+    r = RegionReplica("eu", 1)
+    r.update_many(np.arange(1, 10), np.zeros(9), np.arange(1, 10, dtype=float)[:, None], np.full(9, 0.5))
+    for i in range(20_000):
+        r.update_many([0], [float(i)], [[1e10 if i % 2 == 0 else -1e10]], [0.25])
+    m = r.estimate()
+    assert_moments_exact(m, view_rows(r))
+    assert (m.variance() > 0).all()
+    # the agent leaves (moves to another home region): back to the other nine exactly
+    other = RegionReplica("us", 1)
+    other.update_many([0], [1e9], [[7.0]], [0.0])
+    r.merge_delta(other.delta_since(r.version))
+    assert_moments_exact(r.region_moments()["eu"], [[float(v), 0.5] for v in range(1, 10)])
+
+
+def _estimate_bits(rep):
+    m = rep.estimate()
+    return m.count, m.mean.tobytes(), m.m2.tobytes(), {k: (v.count, v.mean.tobytes(), v.m2.tobytes())
+                                                       for k, v in rep.region_moments().items()}
+
+
+def test_identical_registers_give_identical_estimates_bit_for_bit():
+    """Reproducer: a replica that saw the churn and one that got only the final registers."""
+    rng = random.Random(7)
+    eu, us = RegionReplica("eu", 1), RegionReplica("us", 1)
+    for t in range(3000):
+        eu.update_many([rng.randrange(8)], [float(t)], [[rng.choice([4.5, 1e8, -1e8]) + rng.random()]], [0.5])
+    eu.update_many(np.arange(8), np.full(8, 1e4), (np.arange(8) + 1.0)[:, None], np.full(8, 0.5))
+    us.merge_delta(eu.delta_since(us.version))
+    assert eu.registers == us.registers
+    assert _estimate_bits(eu) == _estimate_bits(us)
+    assert eu.estimate().mean.tolist() == [4.5, 0.5]
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_the_same_registers_by_different_orders_give_the_same_estimate(seed):
+    rng = random.Random(seed)
+    writers = {r: RegionReplica(r, DIM) for r in REGIONS}
+    deltas = []
+    for _ in range(30):
+        w = writers[rng.choice(REGIONS)]
+        n = rng.randint(1, 8)
+        scale = rng.choice([1.0, 1e10, 1e-10])
+        w.update_many([rng.randrange(25) for _ in range(n)], [float(rng.randint(0, 40)) for _ in range(n)],
+                      [[rng.gauss(0, 1) * scale + 1e6, rng.gauss(0, 1)] for _ in range(n)],
+                      [rng.random() for _ in range(n)])
+        deltas.append(w.delta_since(VersionVector()))     # every intermediate state, as a peer could see it
+    final = [w.delta_since(VersionVector()) for w in writers.values()]
+    a, b = RegionReplica("x", DIM), RegionReplica("y", DIM)
+    for d in deltas + final:
+        a.merge_delta(d)
+    mixed = deltas[:]
+    rng.shuffle(mixed)
+    for d in final[::-1] + mixed:                          # newest first, then stale ones late
+        b.merge_delta(d)
+    assert a.registers == b.registers
+    assert _estimate_bits(a) == _estimate_bits(b)
+    fresh = RegionReplica.from_dict(b.to_dict())           # moments rebuilt from the registers
+    assert _estimate_bits(fresh) == _estimate_bits(a)
+    assert_moments_exact(a.estimate(), view_rows(a))
+
+
+# ---------------------------------------------------------------- the duplicate guard is bounded
+
+def test_duplicate_window_stays_bounded_and_still_recognises_recent_resends():
+    import tracemalloc
+
+    window = 1000
+    r = RegionReplica("eu", 1, dedup_window=window)
+    tracemalloc.start()
+    sizes = []
+    for call in range(1000):                      # 100,000 new ids, 100 per call
+        ids = np.arange(call * 100, call * 100 + 100)
+        r.update_many(ids % 50, np.full(100, float(call)), np.ones((100, 1)), np.zeros(100), update_ids=ids)
+        if call in (499, 999):
+            sizes.append(tracemalloc.get_traced_memory()[0])
+    tracemalloc.stop()
+    assert len(r.seen_update_ids) == window
+    assert sizes[1] - sizes[0] < 200_000          # the second 50,000 ids cost no memory that stays
+    # the last `window` ids are recognised; the one before them is forgotten
+    before = state(r)
+    out = r.update_many([1], [1e9], [[5.0]], [0.0], update_ids=[100_000 - window])
+    assert out.duplicate.tolist() == [True] and not out.applied.any()
+    assert same(before, state(r))
+    out = r.update_many([1], [1e9], [[5.0]], [0.0], update_ids=[100_000 - window - 1])
+    assert out.duplicate.tolist() == [False]
+
+
+def test_per_item_writes_with_a_new_id_each_stay_bounded():
+    r = RegionReplica("eu", 1, dedup_window=64)
+    for i in range(5000):
+        r.update_many([i % 7], [float(i)], [[float(i)]], [0.0], update_ids=[f"u{i}"])
+    assert r.seen_update_ids == {f"u{i}" for i in range(5000 - 64, 5000)}
+
+
+def test_duplicate_window_survives_a_checkpoint_in_order():
+    r = RegionReplica("eu", 1, dedup_window=3)
+    for uid in [5, "b", 7]:
+        r.update_many([1], [0.0], [[1.0]], [0.0], update_ids=[uid])
+    back = RegionReplica.from_bytes(r.to_bytes())
+    assert back.seen_update_ids == {5, "b", 7} and back.dedup_window == 3
+    for rep in (r, back):
+        rep.update_many([1], [1.0], [[2.0]], [0.0], update_ids=["new"])   # forgets the oldest: 5
+        assert rep.seen_update_ids == {"b", 7, "new"}
+    assert RegionReplica.from_dict(r.to_dict(), dedup_window=1).seen_update_ids == {"new"}
+
+
+# ---------------------------------------------------------------- loaders refuse damaged content, typed
+
+def _sample_replica():
+    a, b = RegionReplica("eu", DIM), RegionReplica("us", DIM)
+    a.update_many([1, 2, "s"], [0.0, 1.0, 2.0], [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], [0.1, 0.2, 0.3],
+                  update_ids=[10, "u", 12])
+    b.update_many([3], [0.5], [[7.0, 8.0]], [0.4])
+    a.acknowledge("us", b.merge_delta(a.delta_for("us", now=1.0)))
+    a.merge_delta(b.delta_for("eu", now=2.0))
+    return a
+
+
+def _mutations(value, rng):
+    """Wrong dtypes, shapes and values for one array."""
+    arr = np.asarray(value)
+    out = [np.array("x"), np.array(1.5), np.zeros((2, 2)), np.array([np.nan]),
+           np.array([2**64 - 1], dtype=np.uint64), np.array([2**63 - 1]), np.array(-1),
+           np.array([True]), np.array(b"bytes"), arr.reshape(1, -1) if arr.size else np.zeros((1, 0))]
+    if arr.size and arr.ndim:
+        out.append(arr[:-1])
+        out.append(arr.astype(np.float64) if arr.dtype.kind in "iub" else arr.astype(str))
+        if arr.dtype.kind == "f":
+            out.append(np.where(np.arange(arr.size).reshape(arr.shape) == 0, 1e300, arr))
+        if arr.dtype.kind in "iu":
+            out.append(arr.astype(np.uint64) + np.uint64(2**63))
+    return out
+
+
+def test_from_dict_refuses_every_damaged_field_typed():
+    good = _sample_replica().to_dict()
+    rng = random.Random(0)
+    RegionReplica.from_dict(good)
+    tried = 0
+    for key in good:
+        bad = dict(good)
+        del bad[key]
+        if key not in ("seen.is_str", "seen.window"):     # older checkpoints lack these two
+            with pytest.raises(InvalidInputError):
+                RegionReplica.from_dict(bad)
+        for value in _mutations(good[key], rng):
+            bad = dict(good)
+            bad[key] = value
+            tried += 1
+            try:
+                back = RegionReplica.from_dict(bad)
+            except InvalidInputError:
+                continue
+            # accepted: then it read exactly what the arrays say (a harmless change, e.g. a shorter table)
+            again = back.to_dict()
+            assert again.keys() == good.keys()
+    assert tried > 100
+
+
+def test_from_bytes_refuses_truncated_and_flipped_bytes():
+    a = _sample_replica()
+    data = a.to_bytes()
+    rng = random.Random(1)
+    for cut in sorted(rng.sample(range(len(data)), 40)):
+        with pytest.raises(InvalidInputError):
+            RegionReplica.from_bytes(data[:cut])
+    for _ in range(200):
+        raw = bytearray(data)
+        i = rng.randrange(len(raw))
+        raw[i] ^= 1 << rng.randrange(8)
+        try:
+            back = RegionReplica.from_bytes(bytes(raw))
+        except InvalidInputError:
+            continue
+        # a flip the archive does not notice (zip metadata) must still give the same state
+        assert same(state(back), state(a))
+
+
+@pytest.mark.parametrize("key, value", [
+    ("version.counts", lambda d: np.full_like(d["version.counts"], 2**63 - 1)),
+    ("version.counts", lambda d: d["version.counts"].astype(np.uint64) + np.uint64(2**63)),
+    ("version.counts", lambda d: np.full_like(d["version.counts"], 2**62 + 1)),
+    ("registers.seq", lambda d: np.full_like(d["registers.seq"], 2**63 - 1)),
+    ("registers.seq", lambda d: d["registers.seq"].astype(np.uint64) + np.uint64(2**63)),
+    ("registers.int_ids", lambda d: d["registers.int_ids"].astype(np.uint64) + np.uint64(2**63)),
+    ("registers.features", lambda d: np.full_like(d["registers.features"], 1e200)),
+    ("registers.timestamp", lambda d: d["registers.timestamp"].astype(np.int64)),
+    ("sender", lambda d: np.array([["eu"]])),
+    ("format", lambda d: np.array(1.0)),
+    ("freshness.times", lambda d: d["freshness.times"].astype(np.int64)),
+])
+def test_merge_delta_refuses_tampered_counters_and_changes_nothing(key, value):
+    a = RegionReplica("eu", DIM)
+    a.update_many([1, 2], [0.0, 0.0], [[1.0, 2.0], [3.0, 4.0]], [0.0, 0.0])
+    b = RegionReplica("us", DIM)
+    b.update_many([3], [0.0], [[1.0, 2.0]], [0.0])
+    before = state(b)
+    delta = a.delta_for("us", now=1.0)
+    bad = dict(delta)
+    bad[key] = value(delta)
+    with pytest.raises(InvalidInputError):
+        b.merge_delta(bad)
+    assert same(before, state(b))
+    b.merge_delta(delta)     # the untampered delta still joins
+    assert len(b.registers) == 3
+
+
+def test_merge_delta_fuzz_only_typed_errors_and_unchanged_state():
+    a = _sample_replica()
+    target = RegionReplica("ap", DIM)
+    target.update_many([9], [0.0], [[1.0, 1.0]], [0.0])
+    delta = a.delta_since(VersionVector(), now=3.0)
+    rng = random.Random(2)
+    before = state(target)
+    refused = 0
+    for key in delta:
+        for value in _mutations(delta[key], rng):
+            bad = dict(delta)
+            bad[key] = value
+            try:
+                probe = RegionReplica.from_dict(target.to_dict())
+                probe.merge_delta(bad)
+            except InvalidInputError:
+                refused += 1
+                try:
+                    target.merge_delta(bad)
+                except InvalidInputError:
+                    pass
+                else:
+                    raise AssertionError(f"{key}: refused once, accepted the second time")
+                assert same(before, state(target)), key
+    assert refused > 50
+    with pytest.raises(InvalidInputError):
+        target.merge_delta(["not", "a", "mapping"])
+
+
+def test_a_version_counter_cannot_pass_the_cap():
+    from swarmguard.values.version_vector import MAX_COUNT
+
+    with pytest.raises(InvalidInputError):
+        VersionVector({"eu": MAX_COUNT + 1})
+    with pytest.raises(InvalidInputError):
+        VersionVector({"eu": 1.5})
+    vv = VersionVector({"eu": MAX_COUNT})
+    with pytest.raises(InvalidInputError):
+        vv.increment("eu")
+    assert vv["eu"] == MAX_COUNT

@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DimensionMismatchError, InvalidInputError, InvalidTypeError, SwarmGuardError
-from ..structures.replica import RegionReplica, WriteOutcome
+from ..locking import Locked, synchronized
+from ..structures.replica import DEFAULT_DEDUP_WINDOW, RegionReplica, WriteOutcome
 from ..validation import (
     as_feature_matrix,
     as_feature_vector,
@@ -50,7 +51,15 @@ from ..validation import (
     check_positive_int,
 )
 from ..values.agent_index import as_agent_ids, check_wire_id
-from ..values.npz import dict_from_bytes, dict_to_bytes
+from ..values.npz import (
+    dict_from_bytes,
+    dict_to_bytes,
+    float_list,
+    float_scalar,
+    int_list,
+    int_scalar,
+    str_list,
+)
 from ..values.version_vector import check_region_name
 
 __all__ = [
@@ -244,8 +253,12 @@ def widened_threshold(threshold: float, confidence_factor: float, *, squared: bo
     return threshold / (cf * cf if squared else cf)
 
 
-class StatisticalCAPResolver:
+class StatisticalCAPResolver(Locked):
     """Region replicas with statistical consistency (the guide's Solution 3).
+
+    Safe to share between threads: every public method runs under the
+    resolver's one re-entrant lock (:mod:`swarmguard.locking`), so concurrent
+    calls are serialised and a refused call changes nothing.
 
     Parameters
     ----------
@@ -274,6 +287,10 @@ class StatisticalCAPResolver:
         network is whole. ``None`` turns it off (syncs only when asked).
     sleep : async callable, optional
         What the background task awaits between rounds (default ``asyncio.sleep``).
+    dedup_window : int, default 65536
+        Distinct ``update_id``s each region's duplicate guard remembers: a
+        re-sent update is ignored while fewer than this many new ids reached
+        its region since it first arrived (see ``docs/cap.md``).
 
     Examples
     --------
@@ -304,7 +321,10 @@ class StatisticalCAPResolver:
         sync_interval_seconds: float | None = None,
         sleep: Callable[[float], Awaitable[Any]] | None = None,
         auto_sync_seconds: float | None = 1.0,
+        dedup_window: int = DEFAULT_DEDUP_WINDOW,
     ):
+        super().__init__()
+        self.dedup_window = check_positive_int(dedup_window, "dedup_window")
         self.consistency_model = ConsistencyModel.coerce(consistency_model)
         self.max_staleness_seconds = check_nonnegative_float(max_staleness_seconds, "max_staleness_seconds")
         self.confidence_decay_rate = check_nonnegative_float(confidence_decay_rate, "confidence_decay_rate")
@@ -350,13 +370,16 @@ class StatisticalCAPResolver:
         return self._latest
 
     @property
+    @synchronized
     def regions(self) -> list[str]:
         return list(self._regions)
 
     @property
+    @synchronized
     def feature_dimensions(self) -> int | None:
         return self._dim
 
+    @synchronized
     def replica(self, region: str) -> RegionReplica:
         """The live replica of ``region`` (created once the feature dimension is known)."""
         region = self._known(region)
@@ -379,7 +402,7 @@ class StatisticalCAPResolver:
             self._make_replica(name)
 
     def _make_replica(self, name: str) -> None:
-        replica = RegionReplica(name, self._dim, start_time=self._born[name])
+        replica = RegionReplica(name, self._dim, start_time=self._born[name], dedup_window=self.dedup_window)
         for other in self._regions:
             if other == name:
                 continue
@@ -401,6 +424,7 @@ class StatisticalCAPResolver:
         g = self._group_of.get(region)
         return [r for r in self._regions if self._group_of.get(r) == g]
 
+    @synchronized
     def visible_regions(self, region: str) -> list[str]:
         """Regions whose links to ``region`` deliver now (``region`` included), sorted."""
         return sorted(self._reachable(self._known(region)))
@@ -409,6 +433,7 @@ class StatisticalCAPResolver:
         if self.consistency_model is ConsistencyModel.STRONG:
             require_write_quorum(self._regions, self._group_of, [region])
 
+    @synchronized
     def check_writable(self, regions: Iterable[str]) -> None:
         """Raise as a write of each of ``regions`` (in order) would, changing nothing.
 
@@ -421,6 +446,7 @@ class StatisticalCAPResolver:
             require_write_quorum(self._regions, self._group_of, names)
 
     # ------------------------------------------------------------------ links
+    @synchronized
     def partition(self, groups: Iterable[Iterable[str]]) -> None:
         """Cut the network: only regions in the same group reach each other.
 
@@ -432,6 +458,7 @@ class StatisticalCAPResolver:
         if self.consistency_model is ConsistencyModel.STRONG:
             self.sync()
 
+    @synchronized
     def heal(self) -> None:
         """Restore every link (replicas converge at the next :meth:`sync`; at once under STRONG)."""
         self._group_of = None
@@ -439,9 +466,11 @@ class StatisticalCAPResolver:
             self.sync()
 
     @property
+    @synchronized
     def is_partitioned(self) -> bool:
         return self._group_of is not None
 
+    @synchronized
     def sync(self) -> SyncReport:
         """One anti-entropy round over every delivering link.
 
@@ -512,6 +541,7 @@ class StatisticalCAPResolver:
             self.start_background_sync()
         return self.handle_update_sync(update)
 
+    @synchronized
     def handle_update_sync(self, update: StatisticalUpdate) -> dict[str, Any]:
         """Synchronous twin of :meth:`handle_update`.
 
@@ -543,6 +573,7 @@ class StatisticalCAPResolver:
         })
         return report
 
+    @synchronized
     def handle_updates_many(
         self, region: str, agent_ids: Any, timestamps: Any, features: Any, anomaly_scores: Any,
         update_ids: Any = None,
@@ -607,6 +638,7 @@ class StatisticalCAPResolver:
         return outcome
 
     # ------------------------------------------------------------------ views
+    @synchronized
     def confidence_factor(self, region: str) -> float:
         """The confidence factor of ``region``'s current view (module docstring)."""
         region = self._known(region)
@@ -618,6 +650,7 @@ class StatisticalCAPResolver:
             self.max_staleness_seconds, self.confidence_decay_rate,
         )
 
+    @synchronized
     def global_estimate(self, region: str) -> dict[str, Any]:
         """``region``'s current view: confidence, staleness and the global estimate.
 
@@ -639,9 +672,10 @@ class StatisticalCAPResolver:
         weighted = math.fsum(n * (0.0 if p == region else ages.get(p, math.inf)) for p, n in counts.items())
         estimate: dict[str, Any] = {"count": total, "region_counts": counts}
         d = self._dim
-        m = replica.estimate() if replica else None
+        # exact sums: identical registers give identical answers, bit for bit (docs/cap.md)
+        m = replica._exact_total() if replica else None
         if m is not None and m.count:
-            mean = m.mean
+            mean = m.mean()
             estimate["mean"] = mean[:d].copy()
             estimate["mean_anomaly_score"] = float(mean[d])
         else:
@@ -650,7 +684,8 @@ class StatisticalCAPResolver:
         if statistical:
             estimate["confidence_level"] = self.confidence_level
             if m is not None and m.count >= 2:
-                se = np.sqrt(np.maximum(np.diagonal(m.m2), 0.0) / ((m.count - 1) * m.count))
+                # the exact centred sum of squares, rounded once: never negative
+                se = np.sqrt(m.m2_diagonal() / ((m.count - 1) * m.count))
                 half = self._z * se / cf
                 estimate["confidence_interval"] = (mean[:d] - half[:d], mean[:d] + half[:d])
                 estimate["anomaly_score_interval"] = (float(mean[d] - half[d]), float(mean[d] + half[d]))
@@ -668,6 +703,7 @@ class StatisticalCAPResolver:
         }
 
     # ------------------------------------------------------------------ state
+    @synchronized
     def to_dict(self) -> dict[str, np.ndarray]:
         """Every replica's checkpoint, prefixed by region, plus the topology (flat dict of arrays).
 
@@ -693,27 +729,40 @@ class StatisticalCAPResolver:
         """Restore a resolver from :meth:`to_dict` output; ``settings`` as for the constructor."""
         if "regions" in settings or "feature_dimensions" in settings:
             raise InvalidInputError("regions and feature_dimensions come from the state")
+        if not isinstance(state, Mapping):
+            raise InvalidTypeError(f"a resolver state is a mapping of arrays, got {type(state).__name__}")
         try:
-            fmt = int(np.asarray(state["format"]))
-            regions = [check_region_name(r) for r in np.asarray(state["regions"]).tolist()]
-            born = np.asarray(state["born"], dtype=np.float64).tolist()
-            start = float(np.asarray(state["start"]))
-            dim = int(np.asarray(state["dim"]))
-            groups = np.asarray(state["groups"]).astype(np.int64).tolist()
+            fmt = int_scalar(state["format"], "format", 0, 1 << 31)
+            if fmt != _FORMAT_VERSION:
+                raise InvalidInputError(f"unsupported resolver state format {fmt}")
+            regions = [check_region_name(r) for r in str_list(state["regions"], "regions")]
+            if len(set(regions)) != len(regions):
+                raise InvalidInputError("resolver state repeats a region")
+            born = float_list(state["born"], "born", len(regions))
+            start = float_scalar(state["start"], "start")
+            dim = int_scalar(state["dim"], "dim", -1, 1 << 31)
+            groups = int_list(state["groups"], "groups", len(regions), -1, 1 << 31)
         except KeyError as exc:
             raise InvalidInputError(f"resolver state lacks field {exc}") from exc
         except (TypeError, ValueError) as exc:
+            if isinstance(exc, InvalidInputError):
+                raise
             raise InvalidInputError(f"resolver state is malformed: {exc}") from exc
-        if fmt != _FORMAT_VERSION:
-            raise InvalidInputError(f"unsupported resolver state format {fmt}")
-        if not (len(born) == len(groups) == len(regions)) or len(set(regions)) != len(regions):
-            raise InvalidInputError("resolver state has inconsistent region tables")
+        if dim == 0:
+            raise InvalidInputError("dim must be -1 (not known yet) or positive")
+        if any(g < 0 for g in groups) and not all(g < 0 for g in groups):
+            raise InvalidInputError("groups must be all -1 (no partition) or all >= 0")
+        known = {"format", "regions", "born", "start", "dim", "groups"}
+        prefixes = tuple(f"replica[{name}]." for name in regions) if dim > 0 else ()
+        for key in state:
+            if not isinstance(key, str) or (key not in known and not key.startswith(prefixes)):
+                raise InvalidInputError(f"resolver state has an unexpected field {key!r}")
         replicas = {}
         if dim > 0:
             for name in regions:
                 prefix = f"replica[{name}]."
                 part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-                replica = RegionReplica.from_dict(part)
+                replica = RegionReplica.from_dict(part, dedup_window=settings.get("dedup_window"))
                 if replica.region != name or replica.dim != dim:
                     raise InvalidInputError(f"replica state for {name!r} does not match the resolver")
                 replicas[name] = replica
@@ -726,6 +775,7 @@ class StatisticalCAPResolver:
         res._group_of = None if all(g < 0 for g in groups) else dict(zip(regions, groups, strict=True))
         return res
 
+    @synchronized
     def to_bytes(self) -> bytes:
         """Checkpoint as bytes (an ``.npz`` archive, no pickle)."""
         return dict_to_bytes(self.to_dict())

@@ -20,12 +20,13 @@ every state-changing call since generation k (:func:`append_record`,
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -37,6 +38,41 @@ __all__ = ["keys_to_arrays", "keys_from_arrays", "strings_to_arrays", "strings_f
            "evidence_state_to_arrays", "evidence_state_from_arrays", "write_generation", "read_latest"]
 
 _KEY_COLUMNS = ("evidence_ids", "agent_ids", "source_nodes")
+_INT64_MAX = (1 << 63) - 1
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _loader(what: str) -> Callable[[F], F]:
+    """A reader of loaded arrays: damaged or tampered content is a :class:`CheckpointError`.
+
+    The readers check what they can name (dtypes, lengths, ranges) and raise
+    ``CheckpointError`` themselves; a missing array or an inconsistent table
+    anywhere else also comes out as a ``CheckpointError``, never as a bare
+    ``KeyError``/``TypeError``/``ValueError``.
+    """
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except CheckpointError:
+                raise
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+                raise CheckpointError(f"damaged {what}: {exc!r}") from exc
+        return inner  # type: ignore[return-value]
+    return wrap
+
+
+def _array(arrays: Mapping[str, np.ndarray], key: str, kinds: str, ndim: int = 1) -> np.ndarray:
+    if not isinstance(arrays, Mapping):
+        raise CheckpointError(f"a checkpoint part is a mapping of arrays, got {type(arrays).__name__}")
+    if key not in arrays:
+        raise CheckpointError(f"the checkpoint lacks the array {key!r}")
+    arr = np.asarray(arrays[key])
+    if arr.ndim != ndim or (arr.size and arr.dtype.kind not in kinds):
+        raise CheckpointError(f"the checkpoint array {key!r} has dtype {arr.dtype} and shape {arr.shape}")
+    return arr
 
 
 def strings_to_arrays(items: list[str], name: str) -> dict[str, np.ndarray]:
@@ -46,10 +82,19 @@ def strings_to_arrays(items: list[str], name: str) -> dict[str, np.ndarray]:
             f"{name}.len": np.array([len(b) for b in data], dtype=np.int64)}
 
 
+@_loader("strings")
 def strings_from_arrays(arrays: Mapping[str, np.ndarray], name: str) -> list[str]:
-    """Inverse of :func:`strings_to_arrays`."""
-    blob = arrays[f"{name}.utf8"].tobytes()
-    ends = np.cumsum(arrays[f"{name}.len"]).tolist()
+    """Inverse of :func:`strings_to_arrays` (damaged arrays: :class:`CheckpointError`)."""
+    raw = _array(arrays, f"{name}.utf8", "u")
+    lengths = _array(arrays, f"{name}.len", "iu")
+    if raw.size and raw.dtype != np.uint8:
+        raise CheckpointError(f"{name}.utf8 must be bytes (uint8), got {raw.dtype}")
+    if lengths.size and (int(lengths.min()) < 0 or int(lengths.sum()) != raw.size):
+        raise CheckpointError(f"{name}.len does not cut {name}.utf8 into strings")
+    if not lengths.size and raw.size:
+        raise CheckpointError(f"{name}.utf8 holds bytes that no string claims")
+    blob = raw.tobytes()
+    ends = np.cumsum(lengths.astype(np.int64)).tolist()
     starts = [0, *ends[:-1]] if ends else []
     return [blob[a:b].decode("utf-8", "surrogatepass") for a, b in zip(starts, ends, strict=True)]
 
@@ -68,13 +113,19 @@ def keys_to_arrays(keys: Any, name: str) -> dict[str, np.ndarray]:
             **strings_to_arrays([k if s else "" for k, s in zip(items, is_str.tolist(), strict=True)], name)}
 
 
+@_loader("ids")
 def keys_from_arrays(arrays: Mapping[str, np.ndarray], name: str):
-    """Inverse of :func:`keys_to_arrays` (an int64 array, or a list)."""
+    """Inverse of :func:`keys_to_arrays` (an int64 array, or a list; damaged: :class:`CheckpointError`)."""
+    ints = _array(arrays, f"{name}.int", "iu")
+    if ints.size and ints.dtype.kind == "u" and int(ints.max()) > _INT64_MAX:
+        raise CheckpointError(f"{name}.int holds an id beyond int64")
     if f"{name}.is_str" not in arrays:
-        return np.asarray(arrays[f"{name}.int"], dtype=np.int64)
-    is_str = arrays[f"{name}.is_str"].tolist()
-    ints, strs = arrays[f"{name}.int"].tolist(), strings_from_arrays(arrays, name)
-    return [s if flag else i for flag, i, s in zip(is_str, ints, strs, strict=True)]
+        return ints.astype(np.int64)
+    is_str = _array(arrays, f"{name}.is_str", "b").tolist()
+    strs = strings_from_arrays(arrays, name)
+    if not (len(is_str) == len(strs) == ints.size):
+        raise CheckpointError(f"{name}: the id tables have different lengths")
+    return [s if flag else i for flag, i, s in zip(is_str, ints.tolist(), strs, strict=True)]
 
 
 def region_state_to_arrays(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -96,14 +147,25 @@ def _prefixed(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.nda
     return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
 
+@_loader("region checkpoint")
 def region_state_from_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """Inverse of :func:`region_state_to_arrays`."""
+    """Inverse of :func:`region_state_to_arrays` (damaged arrays: :class:`CheckpointError`).
+
+    The parts (tree, replicas) are validated by their own loaders when restored.
+    """
     tree = _prefixed(arrays, "tree.") or None
     names = strings_from_arrays(arrays, "replica_names")
-    return {"tree": tree,
-            "replicas": {name: _prefixed(arrays, f"replica{i}.") for i, name in enumerate(names)},
-            "born": dict(zip(strings_from_arrays(arrays, "born_names"), arrays["born_times"].tolist(),
-                             strict=True))}
+    born_names = strings_from_arrays(arrays, "born_names")
+    born_times = _array(arrays, "born_times", "f")
+    if born_times.size != len(born_names) or not np.isfinite(born_times).all():
+        raise CheckpointError("born_times must be one finite time per region")
+    if len(set(names)) != len(names) or len(set(born_names)) != len(born_names):
+        raise CheckpointError("the region tables repeat a name")
+    replicas = {name: _prefixed(arrays, f"replica{i}.") for i, name in enumerate(names)}
+    if any(not part for part in replicas.values()):
+        raise CheckpointError("the checkpoint names a replica it does not hold")
+    return {"tree": tree, "replicas": replicas,
+            "born": dict(zip(born_names, born_times.astype(np.float64).tolist(), strict=True))}
 
 
 def evidence_state_to_arrays(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -117,12 +179,17 @@ def evidence_state_to_arrays(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
+@_loader("evidence checkpoint")
 def evidence_state_from_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """Inverse of :func:`evidence_state_to_arrays` (columns for ``add_evidence_batch``)."""
+    """Inverse of :func:`evidence_state_to_arrays` (columns for ``add_evidence_batch``;
+    damaged arrays: :class:`CheckpointError`; the values are validated as they are added)."""
     out: dict[str, Any] = {name: keys_from_arrays(arrays, name) for name in _KEY_COLUMNS}
     out["evidence_types"] = strings_from_arrays(arrays, "evidence_types")
     for name in ("log_odds", "confidences", "timestamps"):
-        out[name] = arrays[name]
+        out[name] = _array(arrays, name, "f")
+    n = {len(out[name]) for name in (*_KEY_COLUMNS, "evidence_types", "log_odds", "confidences", "timestamps")}
+    if len(n) != 1:
+        raise CheckpointError("the evidence columns have different lengths")
     return out
 
 
@@ -225,7 +292,7 @@ def read_latest(folder: str | os.PathLike) -> tuple[int, dict[str, Any], dict[st
     for k in [latest, *reversed(older)]:       # the newest readable one (every older one kept has its logs)
         try:
             return (k, *_read(root / f"gen-{k}"))
-        except (OSError, ValueError, InvalidInputError) as exc:
+        except (OSError, ValueError, TypeError, KeyError, InvalidInputError) as exc:
             errors.append(f"gen-{k}: {exc}")
     raise CheckpointError(f"no readable checkpoint in {root}: " + "; ".join(errors))
 
@@ -261,8 +328,13 @@ def read_records(folder: str | os.PathLike, from_generation: int) -> list[tuple[
             size = int.from_bytes(blob[at:at + 8], "little")
             if at + 8 + size > len(blob):
                 break                       # cut short by a crash: never acknowledged
-            arrays = dict_from_bytes(blob[at + 8:at + 8 + size], f"log record in {path.name}")
-            meta = json.loads(arrays.pop("meta.json").tobytes().decode())
+            try:
+                arrays = dict_from_bytes(blob[at + 8:at + 8 + size], f"log record in {path.name}")
+                meta = json.loads(arrays.pop("meta.json").tobytes().decode())
+            except (InvalidInputError, KeyError, ValueError) as exc:   # complete, but not what was written
+                raise CheckpointError(f"damaged log record at byte {at} of {path}: {exc}") from exc
+            if not isinstance(meta, dict):
+                raise CheckpointError(f"damaged log record at byte {at} of {path}: its metadata is not an object")
             out.append((meta, arrays))
             at += 8 + size
     return out

@@ -8,6 +8,17 @@ kept in step with every register change, never merged directly, because ``+``
 on moments is not idempotent (re-merging a region after a heal would count its
 agents twice).
 
+The derived moments are exact (:class:`~swarmguard.values.exact_moments.ExactMoments`:
+integer sums of the rows, their squares and cross products), so they are a
+function of the registers alone: two replicas holding the same registers report
+the same estimate, bit for bit, whatever order the writes and merges came in,
+and every reported statistic is the correctly rounded value of the exact one
+(a variance is never negative).
+
+Duplicate guard: a replica remembers the last ``dedup_window`` distinct
+``update_ids`` it accepted (first in, first out). A row whose id is among them,
+or repeats an id earlier in its batch, is a duplicate and changes nothing.
+
 A replica accepts its own region's writes at once (no coordination), and takes
 other regions' state only through :meth:`merge_delta`. Delta sync: the receiver
 tells the sender its version vector (or the sender uses the last one the peer
@@ -17,13 +28,14 @@ that vector does not cover.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..errors import DimensionMismatchError, EmptyInputError, InvalidInputError
+from ..errors import DimensionMismatchError, EmptyInputError, InvalidInputError, InvalidTypeError
 from ..validation import (
     as_feature_matrix,
     as_finite_vector,
@@ -31,18 +43,19 @@ from ..validation import (
     check_positive_int,
 )
 from ..values.agent_index import as_agent_ids
+from ..values.exact_moments import ExactMoments
 from ..values.lww_register_map import LWWRegisterMap, RegisterChange
 from ..values.moments import Moments
-from ..values.npz import dict_from_bytes, dict_to_bytes
-from ..values.version_vector import VersionVector, check_region_name
+from ..values.npz import dict_from_bytes, dict_to_bytes, int_scalar, str_list, str_scalar
+from ..values.version_vector import MAX_COUNT, VersionVector, check_region_name
 
-__all__ = ["RegionReplica", "WriteOutcome"]
+__all__ = ["RegionReplica", "WriteOutcome", "DEFAULT_DEDUP_WINDOW"]
 
 _FORMAT_VERSION = 1
 _REG = "registers."
-# Removing more than this share of a region's agents by Chan subtraction would cancel
-# most digits; recompute that region's moments from its registers instead.
-_REBUILD_SHARE = 0.25
+DEFAULT_DEDUP_WINDOW = 1 << 16
+"""Distinct update ids a replica remembers (73 bytes per int id, 111 per short string: 5-7 MB when full)."""
+_MAX_DEDUP_WINDOW = 1 << 32
 
 
 @dataclass(frozen=True)
@@ -65,15 +78,51 @@ def _freshness_to_arrays(freshness: Mapping[str, float]) -> tuple[np.ndarray, np
 
 
 def _freshness_from_arrays(names: Any, times: Any) -> dict[str, float]:
-    names, times = np.asarray(names), np.asarray(times)
-    if names.ndim != 1 or times.shape != names.shape:
-        raise InvalidInputError("freshness arrays have inconsistent shapes")
-    if names.size and (names.dtype.kind != "U" or times.dtype.kind not in "fiu"):
-        raise InvalidInputError("freshness must be region names and float times")
+    names = [check_region_name(x) for x in str_list(names, "freshness.regions")]
+    times = np.asarray(times)
+    if times.shape != (len(names),) or (names and times.dtype.kind != "f"):
+        raise InvalidInputError("freshness times must be a float array, one per region")
     times = times.astype(np.float64)
     if np.isnan(times).any() or np.isposinf(times).any():
         raise InvalidInputError("freshness times must not be NaN or +inf")
-    return {check_region_name(n): float(t) for n, t in zip(names.tolist(), times.tolist(), strict=True)}
+    if len(set(names)) != len(names):
+        raise InvalidInputError("freshness repeats a region")
+    return dict(zip(names, times.tolist(), strict=True))
+
+
+def _count_matrix(value: Any, shape: tuple[int, int], what: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.shape != shape or (arr.size and arr.dtype.kind not in "iu"):
+        raise InvalidInputError(f"{what} must be an integer array of shape {shape}, got {arr.dtype} {arr.shape}")
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > MAX_COUNT):
+        raise InvalidInputError(f"{what} must lie in [0, {MAX_COUNT}]")
+    return arr.astype(np.int64)
+
+
+def _seen_from_state(state: Mapping[str, Any]) -> list:
+    """The remembered update ids, oldest first (older checkpoints: ints, then strings)."""
+    ints, strs = np.asarray(state["seen.int"]), np.asarray(state["seen.str"])
+    if ints.ndim != 1 or (ints.size and ints.dtype.kind not in "iu"):
+        raise InvalidInputError("seen.int must be a 1-D integer array")
+    if strs.ndim != 1 or (strs.size and strs.dtype.kind != "U"):
+        raise InvalidInputError("seen.str must be a 1-D string array")
+    int_items, str_items = ints.tolist(), strs.tolist()
+    if "seen.is_str" in state:
+        flags = np.asarray(state["seen.is_str"])
+        if flags.ndim != 1 or (flags.size and flags.dtype.kind != "b"):
+            raise InvalidInputError("seen.is_str must be a 1-D bool array")
+        flags = flags.tolist()
+        if sum(flags) != len(str_items) or len(flags) - sum(flags) != len(int_items):
+            raise InvalidInputError("seen.is_str does not match seen.int and seen.str")
+        it_i, it_s = iter(int_items), iter(str_items)
+        items = [next(it_s) if f else next(it_i) for f in flags]
+    else:
+        items = int_items + str_items
+    if items:
+        items = as_agent_ids(items).to_list()   # same rules as ids on the wire (int64, no NUL)
+    if len(set(items)) != len(items):
+        raise InvalidInputError("the remembered update ids repeat an id")
+    return items
 
 
 def _id_keys(update_ids: Any, n: int) -> list:
@@ -95,6 +144,9 @@ class RegionReplica:
         ``start_time`` (when nothing had been written anywhere).
     start_time : float
         Clock reading at creation.
+    dedup_window : int
+        How many distinct ``update_ids`` the duplicate guard remembers (oldest
+        forgotten first); see :attr:`seen_update_ids`.
 
     Examples
     --------
@@ -110,23 +162,54 @@ class RegionReplica:
     0
     """
 
-    def __init__(self, region: str, dim: int, *, known_regions: Any = (), start_time: float = 0.0):
+    def __init__(self, region: str, dim: int, *, known_regions: Any = (), start_time: float = 0.0,
+                 dedup_window: int = DEFAULT_DEDUP_WINDOW):
         self.region = check_region_name(region)
         self.dim = check_positive_int(dim, "dim")
         start_time = check_finite_float(start_time, "start_time")
+        self.dedup_window = check_positive_int(dedup_window, "dedup_window")
+        if self.dedup_window > _MAX_DEDUP_WINDOW:
+            raise InvalidInputError(f"dedup_window must be at most {_MAX_DEDUP_WINDOW}")
         self.registers = LWWRegisterMap(self.dim)
         self.registers.region_code(self.region)
         self.version = VersionVector()
         self.freshness: dict[str, float] = {self.region: start_time}
         self.acked: dict[str, VersionVector] = {}
-        self.seen_update_ids: set = set()
-        self._moments: list[Moments] = []
+        # The duplicate guard: the last ``dedup_window`` distinct update ids, oldest first.
+        self._seen_order: deque = deque()
+        self._seen: set = set()
+        self._moments: list[ExactMoments] = []   # per home-region code
+        self._total: ExactMoments | None = None  # their sum, cached until the registers change
         # Largest seq held per writer. Usually equal to ``version``, but rows written
         # through (STRONG) arrive without advancing it; a peer lacks nothing only when
         # its version covers these, not merely ours.
         self._held = VersionVector()
         for other in known_regions:
             self.know_region(other, start_time)
+
+    # ------------------------------------------------------------------ duplicate guard
+    @property
+    def seen_update_ids(self) -> frozenset:
+        """The update ids the duplicate guard remembers now (at most ``dedup_window``).
+
+        A row is a duplicate, and changes nothing, when its id is one of these
+        or repeats an id earlier in its batch: a re-send is recognised as long
+        as fewer than ``dedup_window`` distinct new ids reached this replica
+        since the first delivery. An older re-send is an ordinary write again:
+        last-writer-wins makes it change nothing unless no later write of that
+        agent has arrived (or a different update of the agent had the very same
+        timestamp).
+        """
+        return frozenset(self._seen)
+
+    def _remember(self, keys: list) -> None:
+        order, seen = self._seen_order, self._seen
+        for key in keys:
+            if key not in seen:
+                seen.add(key)
+                order.append(key)
+        while len(order) > self.dedup_window:
+            seen.discard(order.popleft())
 
     # ------------------------------------------------------------------ regions
     def know_region(self, region: str, since: float) -> None:
@@ -161,12 +244,14 @@ class RegionReplica:
         scores = as_finite_vector(anomaly_scores, n, "anomaly_scores")
         if now is not None:
             now = check_finite_float(now, "now")
+        if self.version[self.region] + n > MAX_COUNT:
+            raise InvalidInputError(f"region {self.region!r} has used up its sequence numbers ({MAX_COUNT})")
         duplicate = np.zeros(n, bool)
         keys: list | None = None
         if update_ids is not None:
             keys = _id_keys(update_ids, n)
             batch_seen: set = set()
-            seen = self.seen_update_ids
+            seen = self._seen
             for i, key in enumerate(keys):
                 if key in seen or key in batch_seen:
                     duplicate[i] = True
@@ -187,18 +272,14 @@ class RegionReplica:
                 self.version.increment(self.region, len(change))
             self._apply_change(change)
         if keys is not None:
-            self.seen_update_ids.update(keys)
+            self._remember(keys)
         return WriteOutcome(applied, duplicate, changed)
 
     # ------------------------------------------------------------------ derived moments
-    def _moments_of(self, code: int) -> Moments:
+    def _moments_of(self, code: int) -> ExactMoments:
         while len(self._moments) <= code:
-            self._moments.append(Moments(self.dim + 1))
+            self._moments.append(ExactMoments(self.dim + 1))
         return self._moments[code]
-
-    def _recompute(self, code: int) -> None:
-        values = self.registers.values_of_region(code)
-        self._moments[code] = Moments.from_array(values) if values.shape[0] else Moments(self.dim + 1)
 
     def _apply_change(self, change: RegisterChange) -> None:
         if not len(change):
@@ -212,31 +293,35 @@ class RegionReplica:
         had = change.old_writer >= 0
         codes = np.unique(np.concatenate([change.old_writer[had], change.new_writer]))
         for code in codes.tolist():
-            m = self._moments_of(code)
+            # exact integer sums: removing a row undoes adding it, in any order
             removed = change.old_values[change.old_writer == code]
             added = change.new_values[change.new_writer == code]
-            if removed.shape[0] > _REBUILD_SHARE * m.count:
-                self._recompute(code)
-                continue
-            # one row: Welford's update is cheaper than a batch merge
-            if removed.shape[0] == 1:
-                m.revert(removed[0])
-            elif removed.shape[0]:
-                m.revert_many(removed)
-            if added.shape[0] == 1:
-                m.update(added[0])
-            elif added.shape[0]:
-                m.update_many(added)
+            rows = np.concatenate([removed, added]) if removed.shape[0] else added
+            weights = np.concatenate([np.full(removed.shape[0], -1, np.int64),
+                                      np.ones(added.shape[0], np.int64)])
+            delta = ExactMoments(self.dim + 1)
+            delta._add_rows(rows, weights)
+            self._moments_of(code).__iadd__(delta)
+            if self._total is not None:
+                self._total += delta     # exact: the same sum as re-adding every region
 
     def rebuild_moments(self) -> None:
-        """Recompute every region's moments from the registers (two-pass, canonical)."""
+        """Recompute every region's moments from the registers (the same exact sums)."""
         self._moments = []
         for code in range(len(self.registers.region_names)):
-            self._moments_of(code)
-            self._recompute(code)
+            m = self._moments_of(code)
+            values = self.registers.values_of_region(code)
+            if values.shape[0]:
+                m._add_rows(values, np.ones(values.shape[0], np.int64))
+        self._total = None
 
     def region_moments(self) -> dict[str, Moments]:
-        """Moments of ``(features, anomaly score)`` per home region, in this view."""
+        """Moments of ``(features, anomaly score)`` per home region, in this view (correctly rounded)."""
+        names = self.registers.region_names
+        return {names[c]: m.to_moments() for c, m in enumerate(self._moments) if m.count}
+
+    def region_exact_moments(self) -> dict[str, ExactMoments]:
+        """The exact per-home-region sums behind :meth:`region_moments` (copies)."""
         names = self.registers.region_names
         return {names[c]: m.copy() for c, m in enumerate(self._moments) if m.count}
 
@@ -244,10 +329,23 @@ class RegionReplica:
         names = self.registers.region_names
         return {names[c]: m.count for c, m in enumerate(self._moments) if m.count}
 
+    def estimate_exact(self) -> ExactMoments:
+        """Exact sums of the whole view (a copy): the sum of the per-region sums."""
+        return self._exact_total().copy()
+
+    def _exact_total(self) -> ExactMoments:
+        """The live sum of the per-region sums (read it, never change it)."""
+        if self._total is None:
+            self._total = ExactMoments.merge_all(self._moments, self.dim + 1)
+        return self._total
+
     def estimate(self) -> Moments:
-        """Moments of the whole view: an O(regions) merge of the per-region moments."""
-        live = [m for m in self._moments if m.count]
-        return Moments.merge_all(live) if live else Moments(self.dim + 1)
+        """Moments of the whole view, correctly rounded from the exact sums.
+
+        Identical registers give identical moments, bit for bit, whatever order
+        the writes and merges arrived in.
+        """
+        return self.estimate_exact().to_moments()
 
     # ------------------------------------------------------------------ delta sync
     def delta_since(self, peer_version: VersionVector, now: float | None = None) -> dict[str, np.ndarray]:
@@ -284,14 +382,16 @@ class RegionReplica:
         commutative and associative. A malformed delta raises ``InvalidInputError``
         and changes nothing.
         """
+        if not isinstance(delta, Mapping):
+            raise InvalidTypeError(f"a delta is a mapping of arrays, got {type(delta).__name__}")
         try:
-            fmt = int(np.asarray(delta["format"]))
-            sender = check_region_name(str(np.asarray(delta["sender"])))
+            fmt = int_scalar(delta["format"], "format", 0, 1 << 31)
+            sender = check_region_name(str_scalar(delta["sender"], "sender"))
             their_version = VersionVector.from_dict(
                 {"regions": delta["version.regions"], "counts": delta["version.counts"]}
             )
             their_freshness = _freshness_from_arrays(delta["freshness.regions"], delta["freshness.times"])
-            entries = {k[len(_REG):]: v for k, v in delta.items() if k.startswith(_REG)}
+            entries = {k[len(_REG):]: v for k, v in delta.items() if isinstance(k, str) and k.startswith(_REG)}
         except KeyError as exc:
             raise InvalidInputError(f"delta lacks field {exc}") from exc
         except (TypeError, ValueError) as exc:
@@ -353,39 +453,59 @@ class RegionReplica:
         out["acked.counts"] = np.array(
             [self.acked[p].as_array(regions) for p in peers], dtype=np.int64
         ).reshape(len(peers), len(regions))
-        seen = as_agent_ids(list(self.seen_update_ids)) if self.seen_update_ids else None
-        if seen is None:
-            out["seen.int"], out["seen.str"] = np.empty(0, np.int64), np.empty(0, "<U1")
-        elif seen.is_str is None:
-            out["seen.int"], out["seen.str"] = np.sort(seen.ints), np.empty(0, "<U1")
-        else:
-            out["seen.int"] = np.sort(seen.ints[~seen.is_str])
-            out["seen.str"] = np.sort(np.array(seen.strs[seen.is_str].tolist(), dtype=np.str_))
+        # the remembered update ids, oldest first (the order decides which is forgotten next)
+        seen = list(self._seen_order)
+        is_str = [isinstance(k, str) for k in seen]
+        out["seen.is_str"] = np.array(is_str, dtype=bool)
+        out["seen.int"] = np.array([k for k, f in zip(seen, is_str, strict=True) if not f], dtype=np.int64)
+        out["seen.str"] = _str_array([k for k, f in zip(seen, is_str, strict=True) if f])
+        out["seen.window"] = np.array(self.dedup_window, dtype=np.int64)
         return out
 
     @classmethod
-    def from_dict(cls, state: Mapping[str, Any]) -> RegionReplica:
+    def from_dict(cls, state: Mapping[str, Any], *, dedup_window: int | None = None) -> RegionReplica:
+        """Rebuild a replica from :meth:`to_dict` output, validating every field.
+
+        Damaged or tampered state raises ``InvalidInputError`` (never another
+        error, never a silently different value). ``dedup_window`` overrides the
+        saved window (the most recent ids are kept).
+        """
+        if not isinstance(state, Mapping):
+            raise InvalidTypeError(f"a replica state is a mapping of arrays, got {type(state).__name__}")
         try:
-            region = check_region_name(str(np.asarray(state["sender"])))
-            dim = int(np.asarray(state["dim"]))
-            peers = np.asarray(state["acked.peers"]).tolist()
-            regions = np.asarray(state["acked.regions"]).tolist()
-            counts = np.asarray(state["acked.counts"]).reshape(len(peers), len(regions))
-            seen_int = np.asarray(state["seen.int"]).astype(np.int64).tolist()
-            seen_str = np.asarray(state["seen.str"]).tolist()
+            region = check_region_name(str_scalar(state["sender"], "sender"))
+            dim = int_scalar(state["dim"], "dim", 1, 1 << 31)
+            if "registers.dim" in state and int_scalar(state["registers.dim"], "registers.dim", 1, 1 << 31) != dim:
+                raise DimensionMismatchError("registers.dim differs from dim")
+            feats = np.asarray(state["registers.features"])
+            if feats.ndim != 2 or feats.shape[1] != dim:
+                raise DimensionMismatchError(f"registers.features must have {dim} columns, got shape {feats.shape}")
+            peers = [check_region_name(x) for x in str_list(state["acked.peers"], "acked.peers")]
+            regions = [check_region_name(x) for x in str_list(state["acked.regions"], "acked.regions")]
+            if len(set(peers)) != len(peers) or len(set(regions)) != len(regions):
+                raise InvalidInputError("acked tables repeat a name")
+            counts = _count_matrix(state["acked.counts"], (len(peers), len(regions)), "acked.counts")
+            seen = _seen_from_state(state)
+            window = (int_scalar(state["seen.window"], "seen.window", 1, _MAX_DEDUP_WINDOW)
+                      if "seen.window" in state else DEFAULT_DEDUP_WINDOW)
+            freshness = _freshness_from_arrays(state["freshness.regions"], state["freshness.times"])
         except KeyError as exc:
             raise InvalidInputError(f"replica state lacks field {exc}") from exc
         except (TypeError, ValueError) as exc:
+            if isinstance(exc, InvalidInputError):
+                raise
             raise InvalidInputError(f"replica state is malformed: {exc}") from exc
-        replica = cls(region, dim)
-        replica.merge_delta(state)
-        replica.freshness = _freshness_from_arrays(state["freshness.regions"], state["freshness.times"])
-        replica.acked = {
-            check_region_name(p): VersionVector(dict(zip(regions, row.tolist(), strict=True)))
-            for p, row in zip(peers, counts, strict=True)
-        }
-        replica.seen_update_ids = set(seen_int) | set(seen_str)
-        replica.rebuild_moments()  # _held was rebuilt by merge_delta above
+        if region not in freshness:
+            raise InvalidInputError(f"replica state has no freshness time for its own region {region!r}")
+        replica = cls(region, dim, dedup_window=window if dedup_window is None else dedup_window)
+        replica.merge_delta(state)     # validates the registers and version vector
+        if replica._held[region] > replica.version[region]:
+            # our own writes always advance our own counter: sequence numbers would repeat
+            raise InvalidInputError(f"replica state holds writes of {region!r} its version vector does not cover")
+        replica.freshness = freshness
+        replica.acked = {p: VersionVector(dict(zip(regions, row, strict=True)))
+                         for p, row in zip(peers, counts.tolist(), strict=True)}
+        replica._remember(seen)
         return replica
 
     def to_bytes(self) -> bytes:

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import DimensionMismatchError, InvalidInputError, NonFiniteError, UnknownAgentError
-from ..validation import check_positive_int
+from ..validation import MAX_ABS_VALUE, check_id_str_array, check_positive_int
 from .agent_index import AgentIds, AgentIndex, as_agent_ids
 from .npz import dict_from_bytes, dict_to_bytes
-from .version_vector import VersionVector, check_region_name
+from .version_vector import MAX_COUNT, VersionVector, check_region_name
 
 __all__ = ["LWWRegisterMap", "RegisterChange"]
 
@@ -273,13 +273,19 @@ class LWWRegisterMap:
         }
 
     def _check_entries(self, entries: Mapping[str, Any]) -> tuple:
+        if not isinstance(entries, Mapping):
+            raise InvalidInputError(f"register entries are a mapping of arrays, got {type(entries).__name__}")
         try:
-            fmt = int(np.asarray(entries["format"]))
-            dim = int(np.asarray(entries["dim"]))
+            fmt, dim = np.asarray(entries["format"]), np.asarray(entries["dim"])
+            if fmt.ndim or dim.ndim or fmt.dtype.kind not in "iu" or dim.dtype.kind not in "iu":
+                raise InvalidInputError("register format and dim must be integer scalars")
+            fmt, dim = int(fmt), int(dim)
             f = {k: np.asarray(entries[k]) for k in _ENTRY_FIELDS}
         except KeyError as exc:
             raise InvalidInputError(f"register entries lack field {exc}") from exc
         except (TypeError, ValueError) as exc:
+            if isinstance(exc, InvalidInputError):
+                raise
             raise InvalidInputError(f"register entries are malformed: {exc}") from exc
         if fmt != _FORMAT_VERSION:
             raise InvalidInputError(f"unsupported register format {fmt}")
@@ -290,12 +296,19 @@ class LWWRegisterMap:
             raise InvalidInputError("register ids must be 1-D")
         if int_ids.size and int_ids.dtype.kind not in "iu":
             raise InvalidInputError("int_ids must be integers")
+        if int_ids.size and int_ids.dtype.kind == "u" and int(int_ids.max()) > np.iinfo(np.int64).max:
+            raise InvalidInputError("int_ids must fit in int64")
         if str_ids.size and str_ids.dtype.kind != "U":
             raise InvalidInputError("str_ids must be strings")
+        if str_ids.size:
+            check_id_str_array(str_ids, "str_ids")   # the rules of ids on the wire (no NUL)
         k = int_ids.shape[0] + str_ids.shape[0]
-        ts = f["timestamp"].astype(np.float64) if f["timestamp"].dtype.kind in "fiu" else None
-        if ts is None or ts.shape != (k,):
+        # on the wire these are float arrays (what entries() writes); anything else is refused
+        # rather than converted (an int64 beyond 2**53 would silently round)
+        ts = f["timestamp"]
+        if ts.shape != (k,) or (k and ts.dtype.kind != "f"):
             raise InvalidInputError(f"timestamp must be a float array of length {k}")
+        ts = ts.astype(np.float64)
         writer, seq, names = f["writer"], f["seq"], f["regions"]
         if writer.shape != (k,) or (k and writer.dtype.kind not in "iu"):
             raise InvalidInputError(f"writer must be an int array of length {k}")
@@ -310,14 +323,18 @@ class LWWRegisterMap:
             raise InvalidInputError("writer codes fall outside the regions table")
         if k and seq.min() < 1:
             raise InvalidInputError("sequence numbers start at 1")
+        if k and int(seq.max()) > MAX_COUNT:
+            raise InvalidInputError("sequence numbers must be at most 2**62")
         feats = f["features"]
         scores = f["anomaly_score"]
         if feats.shape != (k, self.dim) or scores.shape != (k,):
             raise DimensionMismatchError(f"features must be ({k}, {self.dim}) and scores ({k},)")
-        if feats.dtype.kind not in "fiu" or scores.dtype.kind not in "fiu":
-            raise InvalidInputError("features and scores must be numeric")
+        if k and (feats.dtype.kind != "f" or scores.dtype.kind != "f"):
+            raise InvalidInputError("features and scores must be float arrays")
         if not (np.isfinite(ts).all() and np.isfinite(feats).all() and np.isfinite(scores).all()):
             raise NonFiniteError("register entries hold non-finite values")
+        if feats.size and np.abs(feats).max() >= MAX_ABS_VALUE:
+            raise InvalidInputError(f"register features must be below {MAX_ABS_VALUE:g} in magnitude (as writes are)")
         ids = AgentIds(
             np.concatenate([int_ids.astype(np.int64), np.zeros(str_ids.shape[0], np.int64)]),
             None, None,
@@ -375,11 +392,15 @@ class LWWRegisterMap:
 
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> LWWRegisterMap:
+        if not isinstance(state, Mapping):
+            raise InvalidInputError(f"register state is a mapping of arrays, got {type(state).__name__}")
         try:
-            dim = int(np.asarray(state["dim"]))
+            dim = np.asarray(state["dim"])
         except KeyError as exc:
             raise InvalidInputError(f"register state lacks field {exc}") from exc
-        m = cls(dim)
+        if dim.ndim or dim.dtype.kind not in "iu" or not 1 <= int(dim) <= (1 << 31):
+            raise InvalidInputError(f"register dim must be a positive integer scalar, got {dim!r}")
+        m = cls(int(dim))
         m.merge_entries(state)
         return m
 

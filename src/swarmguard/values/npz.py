@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidInputError
 
-__all__ = ["dict_to_bytes", "dict_from_bytes"]
+__all__ = ["dict_to_bytes", "dict_from_bytes", "int_scalar", "float_scalar", "str_scalar", "str_list",
+           "int_list", "float_list"]
 
 
 def dict_to_bytes(state: Mapping[str, np.ndarray]) -> bytes:
@@ -36,3 +38,77 @@ def dict_from_bytes(data: bytes, what: str) -> dict[str, np.ndarray]:
             return {k: z[k] for k in z.files}
     except Exception as exc:  # zipfile/ValueError/OSError on corrupt input
         raise InvalidInputError(f"bytes are not a serialised {what}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------- strict readers of loaded fields
+# A loader reads exactly what the arrays say or refuses them (InvalidInputError):
+# no float-to-int truncation, no uint64 wrap-around, no ``str()`` of an array
+# standing in for a name, no NaN where a time belongs.
+def _array(value: Any, what: str) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except Exception as exc:  # noqa: BLE001 - whatever object it is, refuse it typed
+        raise InvalidInputError(f"{what} is not an array: {exc}") from exc
+
+
+def _scalar(value: Any, what: str) -> np.ndarray:
+    arr = _array(value, what)
+    if arr.ndim != 0:
+        raise InvalidInputError(f"{what} must be a scalar, got shape {arr.shape}")
+    return arr
+
+
+def int_scalar(value: Any, what: str, low: int, high: int) -> int:
+    """An integer scalar in ``[low, high]``."""
+    arr = _scalar(value, what)
+    if arr.dtype.kind not in "iu":
+        raise InvalidInputError(f"{what} must be an integer, got dtype {arr.dtype}")
+    out = int(arr)
+    if not low <= out <= high:
+        raise InvalidInputError(f"{what} must be in [{low}, {high}], got {out}")
+    return out
+
+
+def float_scalar(value: Any, what: str) -> float:
+    """A finite float scalar."""
+    arr = _scalar(value, what)
+    if arr.dtype.kind != "f" or not np.isfinite(arr):
+        raise InvalidInputError(f"{what} must be a finite float, got {arr!r}")
+    return float(arr)
+
+
+def str_scalar(value: Any, what: str) -> str:
+    """A string scalar."""
+    arr = _scalar(value, what)
+    if arr.dtype.kind != "U":
+        raise InvalidInputError(f"{what} must be a string, got dtype {arr.dtype}")
+    return str(arr[()])
+
+
+def str_list(value: Any, what: str) -> list[str]:
+    """A 1-D string array, as a list."""
+    arr = _array(value, what)
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind != "U"):
+        raise InvalidInputError(f"{what} must be a 1-D string array, got {arr.dtype} {arr.shape}")
+    return arr.tolist()
+
+
+def int_list(value: Any, what: str, n: int, low: int, high: int) -> list[int]:
+    """A 1-D integer array of length ``n`` with values in ``[low, high]``, as a list."""
+    arr = _array(value, what)
+    if arr.shape != (n,) or (n and arr.dtype.kind not in "iu"):
+        raise InvalidInputError(f"{what} must be {n} integers, got {arr.dtype} {arr.shape}")
+    out = arr.tolist()
+    if out and not (low <= min(out) and max(out) <= high):
+        raise InvalidInputError(f"{what} must lie in [{low}, {high}]")
+    return [int(v) for v in out]
+
+
+def float_list(value: Any, what: str, n: int) -> list[float]:
+    """A 1-D finite float array of length ``n``, as a list."""
+    arr = _array(value, what)
+    if arr.shape != (n,) or (n and arr.dtype.kind != "f"):
+        raise InvalidInputError(f"{what} must be {n} floats, got {arr.dtype} {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise InvalidInputError(f"{what} must be finite")
+    return [float(v) for v in arr.tolist()]

@@ -15,7 +15,12 @@ import numpy as np
 
 from ..errors import InvalidInputError, InvalidTypeError
 
-__all__ = ["VersionVector", "check_region_name"]
+__all__ = ["VersionVector", "check_region_name", "MAX_COUNT"]
+
+MAX_COUNT = 1 << 62
+"""Largest version counter (and writer sequence number) accepted: far beyond any real
+count (146 years at 10**9 writes a second), and far enough below 2**63 that adding
+a batch to it cannot overflow int64. A delta claiming more is malformed."""
 
 
 def check_region_name(name: Any) -> str:
@@ -56,9 +61,11 @@ class VersionVector:
     def __init__(self, counts: Mapping[str, int] | None = None):
         self._counts: dict[str, int] = {}
         for name, count in (counts or {}).items():
+            if isinstance(count, (bool, np.bool_)) or not isinstance(count, (int, np.integer)):
+                raise InvalidTypeError(f"version counts must be integers, got {count!r} for {name!r}")
             count = int(count)
-            if count < 0:
-                raise InvalidInputError(f"version counts must be >= 0, got {count} for {name!r}")
+            if not 0 <= count <= MAX_COUNT:
+                raise InvalidInputError(f"version counts must be in [0, 2**62], got {count} for {name!r}")
             if count:
                 self._counts[check_region_name(name)] = count
 
@@ -67,8 +74,11 @@ class VersionVector:
 
     def increment(self, region: str, by: int = 1) -> int:
         """Advance ``region``'s counter by ``by`` and return the new value."""
-        self._counts[region] = self._counts.get(region, 0) + int(by)
-        return self._counts[region]
+        value = self._counts.get(region, 0) + int(by)
+        if value > MAX_COUNT:
+            raise InvalidInputError(f"version counter of {region!r} would pass 2**62")
+        self._counts[region] = value
+        return value
 
     def regions(self) -> list[str]:
         return sorted(self._counts)
@@ -132,6 +142,8 @@ class VersionVector:
 
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> VersionVector:
+        if not isinstance(state, Mapping):
+            raise InvalidTypeError(f"version vector state is a mapping, got {type(state).__name__}")
         try:
             names = np.asarray(state["regions"])
             counts = np.asarray(state["counts"])
@@ -143,6 +155,8 @@ class VersionVector:
             raise InvalidTypeError("version vector regions must be strings")
         if counts.size and counts.dtype.kind not in "iu":
             raise InvalidTypeError("version vector counts must be integers")
+        if counts.size and (int(counts.min()) < 0 or int(counts.max()) > MAX_COUNT):
+            raise InvalidInputError("version vector counts must be in [0, 2**62]")
         if len(set(names.tolist())) != names.size:
             raise InvalidInputError("version vector state repeats a region")
         return cls(dict(zip(names.tolist(), counts.tolist(), strict=True)))
