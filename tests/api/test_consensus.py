@@ -114,8 +114,10 @@ def evidence_sets(draw):
 
 
 def _build(rows, order, partition_size, mode, aggregation="robust", prior=0.5):
+    # Probation off: which sources are founding ones depends on the order of arrival by design
+    # (see test_rows_of_one_batch_in_any_order_give_the_same_bits for what holds with it).
     c = StableBayesianConsensus(partition_size=partition_size, aggregation=aggregation,
-                                prior_probability=prior)
+                                prior_probability=prior, probation_evidence=1)
     picked = [rows[i] for i in order]
     if mode == "single":
         for ev, a, s, lo, conf in picked:
@@ -871,14 +873,19 @@ def test_throwaway_sources_cannot_outvote_or_flag_known_sources():
 
 def test_a_source_votes_once_it_has_contributed_probation_evidence():
     c = StableBayesianConsensus(probation_evidence=3)
-    for i, node in enumerate("abcde"):   # five known sources, 3 evidence each on agents 0..2
+    for i, node in enumerate("abcde"):   # five sources, 3 evidence each on agents 0..2; "a" (the
+        # first to reach 3) ends the founding, so b..e are newcomers that earn their vote there
         c.add_evidence_batch([f"{node}{k}" for k in range(3)], [0, 1, 2], "peer_report", [1.0 + i / 10] * 3,
                              [1.0] * 3, [0.0] * 3, [node] * 3)
     c.add_evidence_sync(BayesianEvidence("n0", 0, "peer_report", 50.0, 1.0, 0.0, "newcomer"))
     r = c.consensus(0)
     assert r["source_count"] == 5 and r["probation_source_count"] == 1
     assert r["log_odds"] == 5 / 3 * math.fsum([1.1, 1.2, 1.3])   # trimmed mean of the five, f = 1
+    # Pieces on agents no founding or trusted source reports on earn nothing ...
     c.add_evidence_batch(["n1", "n2"], [5, 6], "peer_report", [1.0, 1.0], [1.0] * 2, [0.0] * 2, ["newcomer"] * 2)
+    assert c.consensus(0)["source_count"] == 5 and c.consensus(0)["probation_source_count"] == 1
+    # ... pieces on agents they report on do.
+    c.add_evidence_batch(["n3", "n4"], [1, 2], "peer_report", [1.0, 1.0], [1.0] * 2, [0.0] * 2, ["newcomer"] * 2)
     r = c.consensus(0)
     assert r["source_count"] == 6 and r["probation_source_count"] == 0
     many = c.consensus_many()
@@ -889,6 +896,144 @@ def test_a_source_votes_once_it_has_contributed_probation_evidence():
     assert young.consensus(0)["source_count"] == 2 and young.consensus(0)["consensus_reached"]
     with pytest.raises(InvalidInputError):
         StableBayesianConsensus(probation_evidence=0)
+
+
+def _guide_observations(agent_id, compromised, rng):
+    """examples/solution2_consensus.py's observations: 40 per agent from 12 nodes, 3 of them lying."""
+    kinds = ["behavioral_anomaly", "resource_usage", "communication_pattern", "peer_report"]
+    out = []
+    for k in range(40):
+        node = f"node-{k % 12}"
+        llr = rng.normal(2.0 if compromised else -1.0, 1.0)
+        if node in ("node-0", "node-1", "node-2"):
+            llr = -8.0 if compromised else 8.0                   # whitewash or frame
+        out.append(Observation(f"{agent_id}-{k}", kinds[k % 4], llr, rng.uniform(0.6, 1.0), float(k), node))
+    return out
+
+
+def test_the_first_source_to_reach_the_probation_count_does_not_take_the_whole_vote():
+    """The guide's loop over three agents: the liars (nodes 0-2, four observations per agent)
+    reach 10 pieces first, during the third agent. Every node seen before that moment keeps
+    its vote, so the compromised third agent is still found (it was 2.6e-45 when the first
+    sources to reach 10 took the whole vote)."""
+    consensus = StableBayesianConsensus(byzantine_threshold=0.33, partition_size=10000)
+
+    async def process_behavioral_evidence(agent_id, observations):     # the guide's code
+        for obs in observations:
+            await consensus.add_evidence(BayesianEvidence(
+                evidence_id=obs.id, agent_id=agent_id, evidence_type=map_to_evidence_type(obs.type),
+                log_odds=obs.log_likelihood_ratio, confidence=obs.confidence, timestamp=obs.timestamp,
+                source_node=obs.observer_node))
+        result = await consensus.distributed_evidence_consensus(agent_id)
+        return result["probability"]
+
+    rng = np.random.default_rng(1)
+    for agent, compromised in (("agent-a", False), ("agent-b", True), ("agent-c", True)):
+        observations = _guide_observations(agent, compromised, rng)
+        probability = asyncio.run(process_behavioral_evidence(agent, observations))
+        # The robust rule by hand with all 12 nodes voting: trim floor(0.33 * 12) = 3 per side.
+        per_node: dict = {}
+        for o in observations:
+            per_node.setdefault(o.observer_node, []).append(o.confidence * o.log_likelihood_ratio)
+        totals = sorted(math.fsum(v) for v in per_node.values())
+        expected = 0.0 + math.fsum(totals[3:-3]) * (12 / 6)
+        result = consensus.consensus(agent)
+        assert bits(result["log_odds"]) == bits(expected), agent
+        assert result["source_count"] == 12 and result["probation_source_count"] == 0
+        assert (probability > 0.999) if compromised else (probability < 1e-3)
+
+
+def test_founding_sources_vote_with_few_pieces_and_later_ones_earn_it_on_covered_agents():
+    c = StableBayesianConsensus(probation_evidence=3)
+    # One call: "a" reaches 3 pieces, so the founding ends with this batch; b and c, in it with
+    # one piece each, are founding sources and vote.
+    c.add_evidence_batch(["x0", "x1", "x2", "y", "z"], [0, 0, 1, 0, 0], "peer_report", [1.0, 1.0, 1.0, 2.0, 3.0],
+                         [1.0] * 5, [0.0] * 5, ["a", "a", "a", "b", "c"])
+    r = c.consensus(0)
+    assert r["source_count"] == 3 and r["probation_source_count"] == 0
+    assert r["log_odds"] == math.fsum([2.0, 2.0, 3.0])        # n = 3, f = 0: the plain sum of totals
+    # A later source with fewer than 3 pieces on covered agents is on probation; a Sybil with
+    # any number of pieces on made-up agents earns nothing.
+    c.add_evidence_batch(["d0", "d1"], [0, 1], "peer_report", [-9.0, -9.0], [1.0] * 2, [0.0] * 2, ["d", "d"])
+    c.add_evidence_batch([f"s{k}" for k in range(20)] + ["s-real"], [*range(100, 120), 0], "peer_report",
+                         [-50.0] * 21, [1.0] * 21, [0.0] * 21, ["sybil"] * 21)
+    r = c.consensus(0)
+    assert r["source_count"] == 3 and r["probation_source_count"] == 2 and r["log_odds"] == 7.0
+    assert c.consensus(100)["consensus_reached"] is False      # only a source on probation there
+    c.add_evidence_sync(BayesianEvidence("d2", 1, "peer_report", -9.0, 1.0, 0.0, "d"))
+    r = c.consensus(0)
+    assert r["source_count"] == 4 and r["probation_source_count"] == 1
+    # The trusted source's agents count as covered too.
+    t = StableBayesianConsensus(probation_evidence=3, trusted_sources=["me"])
+    t.add_evidence_batch(["x0", "x1", "x2", "m"], [0, 0, 0, 7], "peer_report", [1.0] * 4, [1.0] * 4,
+                         [0.0] * 4, ["a", "a", "a", "me"])
+    t.add_evidence_batch(["n0", "n1", "n2"], [7, 7, 7], "peer_report", [1.0] * 3, [1.0] * 3, [0.0] * 3, ["n"] * 3)
+    assert t.consensus(7)["source_count"] == 2
+
+
+def test_a_trusted_source_does_not_end_the_founding():
+    """The detector's own node sends many pieces: observers with few pieces still vote."""
+    c = StableBayesianConsensus(probation_evidence=3, trusted_sources=["me"])
+    c.add_evidence_batch([f"m{k}" for k in range(10)], [0] * 10, "peer_report", [1.0] * 10, [1.0] * 10,
+                         [0.0] * 10, ["me"] * 10)
+    c.add_evidence_batch(["o1", "o2"], [0, 0], "peer_report", [2.0, 2.0], [1.0, 1.0], [0.0, 0.0], ["p", "q"])
+    r = c.consensus(0)
+    assert r["source_count"] == 3 and r["probation_source_count"] == 0
+
+
+def test_probation_source_count_is_the_same_from_consensus_and_consensus_many():
+    c, _, after = _honest_and_sybils()
+    keys = list(after["agent_ids"])
+    for agent in (0, 3, 79, 80, 150, 1000, 1009):                 # touched, untouched, Sybils only
+        one = c.consensus(agent)
+        i = keys.index(agent)
+        for name in ("probation_source_count", "source_count", "log_odds", "consensus_reached"):
+            assert one[name] == after[name][i], (agent, name)
+
+
+def test_rows_of_one_batch_in_any_order_give_the_same_bits():
+    """The founding ends with a call, not a row: a batch is one moment."""
+    rng = np.random.default_rng(5)
+    batches = []
+    for b in range(4):
+        n = 60
+        batches.append((np.arange(n) + 1000 * b, rng.integers(0, 12, size=n), rng.normal(size=n) * 3,
+                        rng.integers(0, 4 + 4 * b, size=n)))
+    results = []
+    for trial in range(4):
+        c = StableBayesianConsensus(probation_evidence=5)
+        for ev, ag, lo, src in batches:
+            order = np.arange(ev.size) if trial == 0 else np.random.default_rng(trial).permutation(ev.size)
+            c.add_evidence_batch(ev[order], ag[order], "peer_report", lo[order], np.ones(ev.size),
+                                 np.zeros(ev.size), src[order])
+        many = c.consensus_many(agent_ids=np.arange(12))
+        results.append(tuple(many[k].tobytes() for k in ("log_odds", "source_count", "probation_source_count",
+                                                         "consensus_reached")))
+    assert results[0] == results[1] == results[2] == results[3]
+    assert c.consensus_many()["probation_source_count"].sum() > 0    # some newcomers are on probation
+
+
+def test_the_founding_sources_survive_reopening_the_store(tmp_path):
+    from swarmguard.errors import EvidenceStoreError
+
+    path = tmp_path / "e.db"
+    with StableBayesianConsensus(store=path, probation_evidence=3) as c:
+        c.add_evidence_batch(["x0", "x1", "x2"], [0, 0, 0], "peer_report", [1.0] * 3, [1.0] * 3, [0.0] * 3,
+                             ["a"] * 3)
+        c.add_evidence_batch(["y"], [0], "peer_report", [40.0], [1.0], [0.0], ["late"])
+        want = c.consensus_many()
+    assert want["probation_source_count"][0] == 1
+    with StableBayesianConsensus(store=path, probation_evidence=3) as again:
+        got = again.consensus_many()
+        for name in ("log_odds", "source_count", "probation_source_count"):
+            assert got[name].tobytes() == want[name].tobytes(), name
+    for bad in ("'x'", "99", "0", "2.5"):
+        conn = sqlite3.connect(path)
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('founding_rows', " + bad + ")")
+        conn.commit()
+        conn.close()
+        with pytest.raises(EvidenceStoreError):
+            StableBayesianConsensus(store=path)
 
 
 @given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from([0, 1, 2, 3, "x", "y"]), st.integers(0, 2),

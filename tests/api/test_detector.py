@@ -92,6 +92,18 @@ def _warm_detector(**kw):
     return det
 
 
+def test_observers_with_few_pieces_keep_their_vote_beside_the_detectors_own_node():
+    """The detector's node is trusted (it always votes); that must not put the observers on
+    probation: until some observer has sent probation_evidence pieces, every source votes."""
+    det = _warm_detector()                       # the detector's own evidence on agents 0..4
+    det.ingest_evidence(["o1", "o2", "o3"], [0, 0, 0], "peer_report", [2.0, 2.5, 3.0], [1.0] * 3, [0.0] * 3,
+                        ["p", "q", "r"])
+    r = det.consensus.consensus(0)
+    assert r["source_count"] == 4 and r["probation_source_count"] == 0
+    many = det.consensus.consensus_many(agent_ids=[0])
+    assert many["source_count"][0] == 4 and many["probation_source_count"][0] == 0
+
+
 ONE_ROW = np.array([[0.5, -0.5]])
 
 

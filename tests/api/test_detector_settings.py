@@ -36,11 +36,19 @@ def test_settings_and_keywords_combine():
     (dict(regions="eu"), InvalidTypeError),
     (dict(address="auto"), InvalidTypeError),           # a Ray option on the in-process backend
     (dict(backend="spark"), InvalidInputError),
+    (dict(probation_evidence=0), InvalidInputError),
+    (dict(probation_evidence=2.5), InvalidTypeError),
 ])
 def test_bad_parameters_are_typed_errors(bad, err):
     with pytest.raises(err) as info:
         DistributedBehavioralDetector(**bad)
     assert isinstance(info.value, SwarmGuardError)
+
+
+def test_probation_evidence_is_a_setting_the_consensus_gets():
+    assert DetectorSettings().probation_evidence == 10
+    det = DistributedBehavioralDetector(probation_evidence=2)
+    assert det.settings.probation_evidence == 2 and det.consensus.probation_evidence == 2
 
 
 def test_settings_must_be_settings():

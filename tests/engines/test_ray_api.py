@@ -244,6 +244,60 @@ def test_evidence_ids_per_source_and_probation_as_in_process(ray_session):
         b.close()
 
 
+def _rows(ids, agents, log_odds, sources):
+    n = len(ids)
+    return dict(evidence_ids=np.asarray(ids), agent_ids=np.asarray(agents), evidence_types="peer_report",
+                log_odds=np.asarray(log_odds, dtype=float), confidences=np.ones(n), timestamps=np.zeros(n),
+                source_nodes=np.asarray(sources))
+
+
+def _assert_same_consensus(a, b, agents):
+    x, y = a.consensus.consensus_many(), b.consensus.consensus_many()
+    assert x["byzantine_nodes"] == y["byzantine_nodes"]
+    pos = {k: i for i, k in enumerate(np.asarray(y["agent_ids"]).tolist())}
+    order = [pos[k] for k in np.asarray(x["agent_ids"]).tolist()]
+    for key in ("log_odds", "consensus_reached", "source_count", "evidence_count"):
+        np.testing.assert_array_equal(x[key], np.asarray(y[key])[order], err_msg=key)
+    for agent in agents:
+        one, two = a.consensus.consensus(agent), b.consensus.consensus(agent)
+        for key in ("log_odds", "source_count", "probation_source_count", "consensus_reached"):
+            assert one[key] == two[key], (agent, key)
+
+
+def test_founding_sources_and_earning_on_covered_agents_as_in_process_and_after_resume(ray_session, tmp_path):
+    """probation_evidence from the settings on both backends; the founding sources (all of the
+    call that ended the founding) vote with one piece; a later source earns its vote only with
+    evidence on agents founding sources report on; the founders survive resume from disk."""
+    from swarmguard.engines.ray_engine import RayDistributedBehavioralDetector
+    kw = dict(feature_dimensions=2, probation_evidence=3)
+    a = DistributedBehavioralDetector(**kw)
+    b = RayDistributedBehavioralDetector(**kw, evidence_partitions=2, checkpoint_dir=tmp_path / "ckpt")
+    founding = _rows([0, 1, 2, 3, 4, 5], [0, 0, 1, 0, 0, 2], [1.0, 1.0, 1.0, 2.0, 3.0, 1.0],
+                     ["a", "a", "a", "b", "c", "c"])
+    later = _rows(range(10, 33), [0, 1, *range(100, 120), 0], [-9.0, -9.0, *[-50.0] * 21],
+                  ["d", "d", *["sybil"] * 21])
+    try:
+        assert b.settings.probation_evidence == 3
+        for det in (a, b):
+            det.ingest_evidence(**founding)
+        b.checkpoint()                                  # the founders on disk
+        for det in (a, b):
+            det.ingest_evidence(**later)                # in the log of calls only
+        r = a.consensus.consensus(0)
+        assert r["source_count"] == 3 and r["probation_source_count"] == 2
+        assert r["log_odds"] == 7.0 + a.consensus.prior_log_odds          # a, b, c: 2 + 2 + 3, f = 0
+        _assert_same_consensus(a, b, [0, 1, 2, 100])
+        b.close()
+        b = RayDistributedBehavioralDetector.resume(tmp_path / "ckpt")
+        _assert_same_consensus(a, b, [0, 1, 2, 100])
+        for det in (a, b):
+            det.ingest_evidence(**_rows([40], [2], [-9.0], ["d"]))    # d's third piece on a covered agent
+        assert a.consensus.consensus(0)["source_count"] == 4
+        _assert_same_consensus(a, b, [0, 1, 2, 100])
+    finally:
+        b.close()
+
+
 def test_refused_rounds_change_nothing_and_do_not_wedge(ray_session):
     """Bad cohorts, a bad fdr or a wrongly sized cohort array: the same typed error on both
     backends, nothing changed, and the next good round gives the same answers."""

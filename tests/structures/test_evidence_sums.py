@@ -189,7 +189,9 @@ def _shipped_states():
 
 HOSTILE_VALUES = ["x", None, 2 ** 70, -5, 1.5, True, object(), np.array([1e300, 1.0]), np.array(["a", "b"]),
                   np.array([2 ** 40, 1]), np.array([[1, 2]]), np.array([np.nan, 1.0]), np.array([1.5, 2.5]),
-                  np.array([-1, 0]), np.array([40_000, 0]), np.array([2 ** 31, 0]), np.array([True, False])]
+                  np.array([-1, 0]), np.array([40_000, 0]), np.array([2 ** 31, 0]), np.array([True, False]),
+                  # a value float64 cannot hold (where long double is wider): refused, never rounded
+                  np.array([1, 1]) + np.ldexp(np.array([1, 0], dtype=np.longdouble), -60)]
 
 
 @pytest.mark.parametrize("value", HOSTILE_VALUES, ids=lambda v: type(v).__name__ + str(getattr(v, "dtype", "")))

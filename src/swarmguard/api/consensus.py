@@ -11,9 +11,11 @@ nodes and returns, per agent, the posterior that the agent is compromised.
   Byzantine sources cannot move the result outside the honest range; sources
   that are outliers far more often than chance are flagged
   (see :mod:`swarmguard.structures.robust_fusion` for the rule and its bound).
-* Sybil resistant: a source votes (in the fusion and the flagging) only once it
-  has contributed ``probation_evidence`` accepted evidence, so throw-away source
-  ids cannot outvote or get flagged the sources that are known.
+* Sybil resistant: the *founding* sources (those seen up to the call in which a
+  source first reached ``probation_evidence`` accepted evidence) vote; a later
+  source votes (in the fusion and the flagging) only once it has that many
+  accepted evidence on agents that founding or trusted sources report on, so
+  throw-away source ids cannot outvote or get flagged the sources that are known.
 * Evidence ids are unique per source (the key is ``(source_node, evidence_id)``).
 * Thread safe: every public method runs under the object's lock.
 * Batch first: :meth:`StableBayesianConsensus.add_evidence_batch` and
@@ -40,24 +42,33 @@ from ..errors import (
     UnknownAgentError,
 )
 from ..locking import Locked, synchronized
-from ..structures.evidence import EvidenceLedger
+from ..structures.evidence import CoveredCounts, EvidenceLedger
 from ..structures.evidence_store import EvidenceStore, float_bits
 from ..structures.key_index import KeyIndex
 from ..structures.robust_fusion import SourceEvents, fuse, peel_sources, source_events
 from ..validation import as_float_vector, check_fraction, check_key, check_positive_int
 from .evidence_types import BayesianEvidence, EvidenceType, check_timestamp
 
-__all__ = ["StableBayesianConsensus", "BayesianEvidence", "EvidenceType", "PROBATION_EVIDENCE"]
+__all__ = ["StableBayesianConsensus", "BayesianEvidence", "EvidenceType", "PROBATION_EVIDENCE", "voting_sources"]
 
 _AGGREGATIONS = ("robust", "sum")
 PROBATION_EVIDENCE = 10  # accepted evidence a source needs before it votes (see StableBayesianConsensus)
 
 
-def established_sources(counts: np.ndarray, trusted: np.ndarray, probation: int) -> np.ndarray:
-    """Mask of the sources that vote: trusted, or at least ``probation`` accepted evidence;
-    every source when none qualifies (a young consensus has no known source to protect)."""
-    voting = (np.asarray(counts) >= probation) | np.asarray(trusted, dtype=bool)
-    return voting if voting.any() else np.ones(voting.size, dtype=bool)
+def voting_sources(base: np.ndarray | None, covered_counts: np.ndarray | None, probation: int) -> np.ndarray | None:
+    """Mask of the sources that vote (None: every source, while the founding lasts or with
+    ``probation`` 1): the base sources (founding or trusted) and every source with at least
+    ``probation`` accepted evidence on agents that base sources report on (``covered_counts``)."""
+    if base is None or probation <= 1:
+        return None
+    return np.asarray(base, dtype=bool) | (np.asarray(covered_counts) >= probation)
+
+
+def founding_ends(counts: np.ndarray, trusted: np.ndarray, probation: int) -> bool:
+    """Whether accepted evidence counts per source (after a call) end the founding: some
+    untrusted source has ``probation`` of them."""
+    counts = np.asarray(counts)
+    return probation > 1 and bool((counts[~np.asarray(trusted, dtype=bool)] >= probation).any())
 
 
 class StableBayesianConsensus(Locked):
@@ -95,13 +106,17 @@ class StableBayesianConsensus(Locked):
         one (``reputation_stale`` says so) until :meth:`consensus_many` or
         :meth:`source_reputation` recomputes it.
     probation_evidence : int
-        Sybil resistance: a source has a vote only once it has contributed this
-        many accepted evidence (default ``PROBATION_EVIDENCE`` = 10; trusted
-        sources always vote; 1 turns probation off). While any source votes, the
-        others are on probation: left out of the fusion and of the flagging (as
-        judges and as judged) on every agent that some voting source reports on;
-        an agent that only sources on probation report on is fused from them but
-        never reaches consensus. See docs/consensus.md.
+        Sybil resistance (default ``PROBATION_EVIDENCE`` = 10; 1 turns probation
+        off). Until some untrusted source has this many accepted evidence, every
+        source votes; the sources seen up to and including that call are the
+        *founding* sources and always vote, as do trusted ones. A source seen
+        later is on probation until it has this many accepted evidence on agents
+        that founding or trusted sources report on (evidence on other agents
+        earns nothing). A source on probation is left out of the fusion and of
+        the flagging (as judge and as judged) on every agent that some voting
+        source reports on; an agent that only sources on probation report on is
+        fused from them but never reaches consensus. The founding point is kept
+        in the store. See docs/consensus.md.
 
     Examples
     --------
@@ -142,18 +157,30 @@ class StableBayesianConsensus(Locked):
         super().__init__()   # the lock: every public method runs under it (see swarmguard.locking)
         self._ledger = EvidenceLedger(self.partition_size)
         self._global: dict[str, Any] | None = None
+        # Probation: the number of rows when the founding ended (None: it lasts), the
+        # founding sources per source row, and the evidence of others on covered agents.
+        self._founding_rows: int | None = None
+        self._founders = np.zeros(0, dtype=bool)
+        self._covered = CoveredCounts()
         self._store: EvidenceStore | None = None
         if store is not None:
             self._store = EvidenceStore(store)
             try:
                 rows = self._store.load()
+                founding_rows = self._store.founding_rows()
                 if rows:
                     cols = list(zip(*rows, strict=True))
                     names = {t.value for t in EvidenceType}
                     bad = next((t for t in cols[3] if t not in names), None)
                     if bad is not None:   # stored as the exact value: anything else was edited
                         raise EvidenceStoreError(f"evidence store {store}: unknown evidence type {bad!r}")
-                    self._ingest(*[list(c) for c in cols], persist=False)
+                    self._ingest(*[list(c) for c in cols], persist=False, founding=founding_rows is None)
+                if founding_rows is not None:
+                    self._end_founding(founding_rows)
+                elif self._founding_rows is not None:
+                    # A store written before the founding point was recorded: its rows, as one
+                    # call, ended the founding; recorded now so later sources stay later ones.
+                    self._store.set_founding_rows(self._founding_rows)
             except SwarmGuardError as exc:
                 self._store.close()
                 self._store = None
@@ -180,14 +207,18 @@ class StableBayesianConsensus(Locked):
         if id_row == -2:   # a new source: the id may still be used by others
             id_row = ledger.evidence.row_of(e.evidence_id)
         self._check_storable([e.evidence_id], [e.agent_id], [e.source_node])
+        new_source = [] if source_row >= 0 else [e.source_node]
+        ends = self._founding_end(np.array([source_row if source_row >= 0 else len(ledger.sources)]), new_source, 1)
         if self._store is not None:
             self._store.insert([(e.evidence_id, e.agent_id, e.source_node, e.evidence_type.value,
-                                 e.log_odds, e.confidence, e.timestamp)])
+                                 e.log_odds, e.confidence, e.timestamp)], founding_rows=ends)
         agent = ledger.agents.add(e.agent_id)
         source = ledger.sources.add(e.source_node)
         ledger.index_one(e.evidence_id, source, id_row >= 0, ledger.size)
         ledger.append(np.array([agent]), np.array([source]), np.array([e.evidence_type.code]),
                       np.array([e.log_odds]), np.array([e.confidence]), np.array([e.timestamp]))
+        if ends is not None:
+            self._end_founding(ends)
         return True
 
     @synchronized
@@ -217,7 +248,7 @@ class StableBayesianConsensus(Locked):
                             confidences, timestamps, persist=True, dry_run=True)
 
     def _ingest(self, evidence_ids, agent_ids, source_nodes, evidence_types, log_odds, confidences,
-                timestamps, persist: bool, dry_run: bool = False) -> int:
+                timestamps, persist: bool, dry_run: bool = False, founding: bool = True) -> int:
         ev, ag, src, codes, lo, conf, ts = evidence_columns(evidence_ids, agent_ids, source_nodes, evidence_types,
                                                             log_odds, confidences, timestamps)
         n = lo.size
@@ -244,18 +275,42 @@ class StableBayesianConsensus(Locked):
                                  _keys_for(ledger.sources, source_rows, new_sources))
         if dry_run:
             return m
+        ends = self._founding_end(source_rows, new_sources, m) if founding else None
         if persist and self._store is not None:
             type_names = np.array([t.value for t in EvidenceType], dtype=object)[codes]
             self._store.insert_columns(ev_list, _keys_for(ledger.agents, agent_rows, new_agents),
                                        _keys_for(ledger.sources, source_rows, new_sources),
                                        type_names.tolist(), float_bits(lo), float_bits(conf),
-                                       float_bits(ts))
+                                       float_bits(ts), founding_rows=ends)
         # Commit to memory: nothing below can fail on user input.
         _add_keys(ledger.agents, new_agents)
         _add_keys(ledger.sources, new_sources)
         ledger.index_evidence(ev, source_rows, claimed, ledger.size)
         ledger.append(agent_rows, source_rows, codes, lo, conf, ts)
+        if ends is not None:
+            self._end_founding(ends)
         return m
+
+    def _founding_end(self, source_rows: np.ndarray, new_sources, added: int) -> int | None:
+        """The number of rows after this call if its ``added`` rows (of ``source_rows``,
+        planned rows; ``new_sources`` the ids of the new ones) end the founding, else None."""
+        if self._founding_rows is not None or self.probation_evidence <= 1:
+            return None
+        ledger = self._ledger
+        n = len(ledger.sources) + len(new_sources)
+        counts = np.bincount(np.asarray(source_rows), minlength=n).astype(np.int64)
+        have = ledger.source_counts
+        counts[: min(have.size, n)] += have[:n]
+        trusted = np.zeros(n, dtype=bool)
+        if self.trusted_sources:
+            trusted = np.concatenate([self._trusted_mask(), self._trusted_mask(list(new_sources))])
+        return ledger.size + added if founding_ends(counts, trusted, self.probation_evidence) else None
+
+    def _end_founding(self, rows: int) -> None:
+        """The founding ended when ``rows`` rows had arrived: the sources among them found."""
+        ledger = self._ledger
+        self._founding_rows = int(rows)
+        self._founders = np.bincount(ledger.columns["source_row"][:rows], minlength=len(ledger.sources)) > 0
 
     def _drop_duplicates(self, ev, agent_rows, source_rows, codes, lo, conf, ts):
         """(mask of rows to add or None for all, mask of rows whose id some source already
@@ -403,7 +458,8 @@ class StableBayesianConsensus(Locked):
             "log_odds_interval": (float(fusion.low[0]), float(fusion.high[0])),
             "sum_log_odds": sum_lo,
             "trimmed_per_side": f,
-            "probation_source_count": int(totals.pair_source.size - (0 if young else n)),
+            # left out: none on an agent that only sources on probation report on (as consensus_many)
+            "probation_source_count": 0 if young else int(totals.pair_source.size - n),
             "aggregation": self.aggregation,
             "reputation_stale": stale,
         }
@@ -501,11 +557,23 @@ class StableBayesianConsensus(Locked):
 
     def _established(self) -> np.ndarray:
         """Voting sources per source row (see ``probation_evidence``)."""
-        n = len(self._ledger.sources)
-        counts = np.zeros(n, dtype=np.int64)
-        have = self._ledger.source_counts[:n]
-        counts[: have.size] = have
-        return established_sources(counts, self._trusted_mask(), self.probation_evidence)
+        ledger = self._ledger
+        n = len(ledger.sources)
+        if self._founding_rows is None or self.probation_evidence <= 1:
+            return np.ones(n, dtype=bool)
+        base = self._trusted_mask()
+        k = min(n, self._founders.size)
+        base[:k] |= self._founders[:k]
+        return voting_sources(base, self._covered.counts(ledger, base), self.probation_evidence)
+
+    @property
+    @synchronized
+    def founding_sources(self) -> list[Hashable] | None:
+        """The founding sources (they always vote), or None while the founding lasts (every
+        source votes until some untrusted source has ``probation_evidence`` accepted evidence)."""
+        if self._founding_rows is None:
+            return None
+        return [self._ledger.sources.key_of(int(r)) for r in np.flatnonzero(self._founders)]
 
     def _flags_for_single(self) -> tuple[np.ndarray, bool]:
         g = self._global
@@ -660,7 +728,7 @@ class StableBayesianConsensus(Locked):
         ids = ledger.evidence_ids()
         return (ledger.size, tuple(ids.tolist() if isinstance(ids, np.ndarray) else ids), tuple(ledger.agents.keys()),
                 tuple(ledger.sources.keys()), tuple(c.tobytes() for c in cols.values()),
-                tuple(tuple(p.size for p in shard) for shard in ledger.shards))
+                tuple(tuple(p.size for p in shard) for shard in ledger.shards), self._founding_rows)
 
     @synchronized
     def close(self) -> None:

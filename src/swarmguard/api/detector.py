@@ -84,7 +84,10 @@ class DistributedBehavioralDetector:
     own test from outvoting the observers), with the region's confidence factor
     as the evidence's confidence. The detector's node is a trusted source of
     the consensus: its reports are conditioned on its test, so they differ from
-    its peers' by design and must not get it flagged as Byzantine.
+    its peers' by design and must not get it flagged as Byzantine. Being
+    trusted, it always votes, but it does not end the consensus's founding
+    (``probation_evidence``): observers seen before some observer has sent that
+    many pieces vote too, however few pieces they send.
     """
 
     def __new__(cls, *args: Any, backend: str = "inprocess", **kwargs: Any):
@@ -112,7 +115,8 @@ class DistributedBehavioralDetector:
         self.consensus = StableBayesianConsensus(byzantine_threshold=s.byzantine_threshold,
                                                  partition_size=s.partition_size,
                                                  prior_probability=s.prior_probability,
-                                                 trusted_sources=[s.node_id])
+                                                 trusted_sources=[s.node_id],
+                                                 probation_evidence=s.probation_evidence)
         # Solution 3: statistical CAP resolver
         self.cap_resolver = StatisticalCAPResolver(consistency_model=s.consistency_model,
                                                    max_staleness_seconds=s.max_staleness_seconds,

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidInputError, InvalidTypeError
-from ..validation import check_finite_float, check_fraction
+from ..validation import check_finite_float, check_fraction, check_positive_int
 from .cap import ConsistencyModel
+from .consensus import PROBATION_EVIDENCE
 
 __all__ = ["DetectorSettings", "REQUIRE"]
 
@@ -31,7 +32,8 @@ class DetectorSettings:
     ``significance_level``, ``fdr`` (Benjamini–Hochberg rate for batches, None:
     per-agent cut), ``shrinkage``, ``warm_up``, ``score_levels``
     ("population" or "all"). Consensus: ``byzantine_threshold``,
-    ``partition_size``, ``prior_probability``. CAP: ``consistency_model``,
+    ``partition_size``, ``prior_probability``, ``probation_evidence`` (Sybil
+    resistance, see :class:`~swarmguard.api.consensus.StableBayesianConsensus`). CAP: ``consistency_model``,
     ``max_staleness_seconds``, ``confidence_decay_rate``, ``clock``,
     ``regions`` (known up front; others join when they first write),
     ``auto_sync_seconds``. Decision: ``isolate_probability``, ``require``,
@@ -56,6 +58,7 @@ class DetectorSettings:
     byzantine_threshold: float = 0.33
     partition_size: int = 10000
     prior_probability: float = 0.01
+    probation_evidence: int = PROBATION_EVIDENCE
     consistency_model: Any = ConsistencyModel.STATISTICAL
     max_staleness_seconds: float = 5.0
     confidence_decay_rate: float = 0.1
@@ -80,6 +83,7 @@ class DetectorSettings:
         if cap < 0:
             raise InvalidInputError("own_evidence_cap must be >= 0")
         set_(self, "own_evidence_cap", cap)
+        set_(self, "probation_evidence", check_positive_int(self.probation_evidence, "probation_evidence"))
         if self.clock is not None and not callable(self.clock):
             raise InvalidTypeError(f"clock must be callable, got {self.clock!r}")
         if self.regions is not None:

@@ -79,10 +79,10 @@ from ..api.cap import (
     require_write_quorum,
 )
 from ..api.consensus import (
-    PROBATION_EVIDENCE,
     StableBayesianConsensus,
-    established_sources,
     evidence_columns,
+    founding_ends,
+    voting_sources,
 )
 from ..api.detector import DistributedBehavioralDetector, _positions
 from ..api.detector_settings import DetectorSettings
@@ -446,7 +446,8 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                                                     fdr=s.fdr, shrinkage=s.shrinkage, warm_up=s.warm_up,
                                                     score_levels=s.score_levels)
         ref = StableBayesianConsensus(byzantine_threshold=s.byzantine_threshold, partition_size=s.partition_size,
-                                      prior_probability=s.prior_probability, trusted_sources=[s.node_id])
+                                      prior_probability=s.prior_probability, trusted_sources=[s.node_id],
+                                      probation_evidence=s.probation_evidence)
         links = StatisticalCAPResolver(consistency_model=s.consistency_model,
                                        max_staleness_seconds=s.max_staleness_seconds,
                                        confidence_decay_rate=s.confidence_decay_rate, regions=s.regions,
@@ -511,10 +512,15 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         self.evidence_shards = [
             _Handle(f"evidence{p}", ev_cls.remote(
                 byzantine_threshold=s.byzantine_threshold, partition_size=s.partition_size,
-                prior_probability=s.prior_probability, trusted_sources=[s.node_id]))
+                prior_probability=s.prior_probability, trusted_sources=[s.node_id],
+                probation_evidence=s.probation_evidence))
             for p in range(partitions)]
         self._false_flag_rate = ref.false_flag_rate
         self._trusted = {s.node_id}
+        self._probation = ref.probation_evidence
+        # The founding sources over all partitions (None: the founding lasts), as in process:
+        # every source known after the call in which an untrusted one first reached the count.
+        self._founders: list[Hashable] | None = None
         self._last_merge: dict[str, Any] | None = None
         self._summaries: dict[int, dict[str, Any]] = {}   # each region shard's moments, as of its last tree change
         self._last_consensus: dict[str, Any] | None = None
@@ -946,7 +952,22 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         self._evidence_total += added
         if added:
             self._last_consensus = None
+            if self._founders is None and self._probation > 1:
+                counted = self._source_counts()
+                keys = list(counted)
+                if founding_ends(np.array([counted[k] for k in keys], dtype=np.int64),
+                                 np.array([k in self._trusted for k in keys], dtype=bool), self._probation):
+                    self._founders = keys
         return added
+
+    def _source_counts(self, method: str = "source_counts", *args: Any) -> dict[Hashable, int]:
+        """A per-source count summed over the partitions (accepted evidence, or with
+        ``"covered_counts"`` the evidence on agents the given base sources report on)."""
+        counted: dict[Hashable, int] = {}
+        for reply in self._gather([(h, method, args, False) for h in self.evidence_shards]):
+            for k, c in zip(reply["sources"], reply["counts"].tolist(), strict=True):
+                counted[k] = counted.get(k, 0) + c
+        return counted
 
     def _consensus_positions(self, cons: dict[str, Any], ids: np.ndarray) -> np.ndarray:
         # the sort of every agent with evidence is kept until the evidence changes
@@ -965,16 +986,18 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         """Two-step consensus over the partitions (cached until evidence changes)."""
         if self._last_consensus is not None:
             return self._last_consensus
-        # Probation over all partitions: a source's accepted evidence summed over them.
-        counted: dict[Hashable, int] = {}
-        for reply in self._gather([(h, "source_counts", (), False) for h in self.evidence_shards]):
-            for k, c in zip(reply["sources"], reply["counts"].tolist(), strict=True):
-                counted[k] = counted.get(k, 0) + c
-        count_keys = list(counted)
-        voting = established_sources(np.array([counted[k] for k in count_keys], dtype=np.int64),
-                                     np.array([k in self._trusted for k in count_keys], dtype=bool),
-                                     PROBATION_EVIDENCE)
-        established = None if voting.all() else [k for k, v in zip(count_keys, voting.tolist(), strict=True) if v]
+        # Probation over all partitions: the founding and trusted sources vote, and those with
+        # enough evidence on agents they report on (each partition counts its own agents).
+        established = None
+        if self._founders is not None and self._probation > 1:
+            base_keys = [*self._founders, *self._trusted]
+            counted = self._source_counts("covered_counts", base_keys)
+            count_keys = list(counted)
+            base_set = set(base_keys)
+            voting = voting_sources(np.array([k in base_set for k in count_keys], dtype=bool),
+                                    np.array([counted[k] for k in count_keys], dtype=np.int64), self._probation)
+            if not voting.all():
+                established = [k for k, v in zip(count_keys, voting.tolist(), strict=True) if v]
         parts = self._gather([(h, "fuse", (established,), False) for h in self.evidence_shards])
         index: dict[Hashable, int] = {}
         for ev in parts:
@@ -1246,7 +1269,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             "born": [self._born[r] for r in self._regions], "shard_of_region": self._shard_of_region,
             "group_of": self._group_of, "dim": self._dim, "start": self._start, "latest": self._latest,
             "last_sync": self._last_sync, "evidence_total": self._evidence_total,
-            "evidence_number": self._evidence_number, "rounds": self._rounds,
+            "evidence_number": self._evidence_number, "rounds": self._rounds, "founders": self._founders,
             "seq": {h.name: h.ckpt_seq for h in [*self.region_shards, *self.evidence_shards]},
             "dropped_links": sorted(self.faults.dropped),
         }
@@ -1280,6 +1303,10 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         self._evidence_total, self._evidence_number, self._rounds = (d["evidence_total"], d["evidence_number"],
                                                                      d["rounds"])
         self._known_ids, self._known_shard = arrays["known_ids"], arrays["known_shard"].astype(np.int64)
+        founders = d.get("founders")          # absent from checkpoints written before it was kept
+        if founders is not None and not isinstance(founders, list):
+            raise CheckpointError(f"founders must be a list of source ids, got {type(founders).__name__}")
+        self._founders = founders
         self.faults.dropped = {tuple(link) for link in d["dropped_links"]}
         for h in self.region_shards:
             self.sys.restore(h, d["seq"][h.name], region_state_from_arrays(actors[h.name]))

@@ -26,6 +26,7 @@ from ..api.consensus import StableBayesianConsensus, _count_flagged
 from ..api.tree import HierarchicalStatisticalTree
 from ..errors import DuplicateEvidenceError, SwarmGuardError, UnknownAgentError
 from ..structures.chi2 import chi2_sf
+from ..structures.evidence import CoveredCounts
 from ..structures.replica import RegionReplica
 from ..structures.robust_fusion import SourceEvents, far_outlier_events
 from ..structures.scoring import LeaveOneOutScorer
@@ -510,6 +511,7 @@ class EvidenceShard(_Versioned):
         self.consensus = StableBayesianConsensus(**self.kwargs)
         self._fused: dict[str, Any] | None = None
         self._established: list[Hashable] | None = None   # sources out of probation, as of the last fuse
+        self._covered = CoveredCounts()                   # for the driver's probation (covered_counts)
 
     def check(self, expect: int, batch: dict[str, Any] | None, every: tuple[Any, Any, np.ndarray], me: int) -> None:
         """Raise as :meth:`add` of ``batch`` would, changing nothing; also refuse the whole
@@ -585,6 +587,14 @@ class EvidenceShard(_Versioned):
         n = len(ledger.sources)
         counts = np.zeros(n, dtype=np.int64)
         counts[: min(n, ledger.source_counts.size)] = ledger.source_counts[:n]
+        return {"sources": ledger.sources.keys(), "counts": counts}
+
+    def covered_counts(self, expect: int, base: Sequence[Hashable]) -> dict[str, Any]:
+        """Per source (keyed by source id): its evidence here on agents that some ``base``
+        source (founding or trusted, over all partitions) reports on, for probation."""
+        self._check(expect)
+        ledger = self.consensus._ledger
+        counts = self._covered.counts(ledger, self._rows_mask(base, False)).copy()
         return {"sources": ledger.sources.keys(), "counts": counts}
 
     def _fuse(self, established: Any = ...) -> dict[str, Any]:

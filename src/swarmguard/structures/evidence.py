@@ -26,6 +26,13 @@ None: the identity). Only an id that a *second* source uses too is kept in the
 small dict ``shared`` (``(source row, id) -> seq``); from the first such id on,
 ``evidence_seq`` maps the index's rows to sequence numbers.
 
+Covered evidence
+----------------
+:class:`CoveredCounts` counts, per source, the evidence on agents that some
+*base* source also reports on (for probation, the base sources are the founding
+and trusted ones; see :mod:`swarmguard.api.consensus`), incrementally from the
+ledger's rows.
+
 The ledger knows nothing about validation or the consensus rule; it is fed
 validated arrays by :mod:`swarmguard.api.consensus`.
 """
@@ -40,7 +47,7 @@ from ..errors import InvalidInputError
 from .key_index import KeyIndex
 from .pair_sums import PairSums, _int_array
 
-__all__ = ["EvidenceLedger", "EvidencePartition", "AGENTS_PER_SHARD"]
+__all__ = ["EvidenceLedger", "EvidencePartition", "CoveredCounts", "AGENTS_PER_SHARD"]
 
 # Big enough that per-shard NumPy call overhead is amortised, small enough to stay in cache.
 _SHARD_SHIFT = 13
@@ -161,7 +168,11 @@ class EvidencePartition:
                                     f"{contribution.dtype}, shape {contribution.shape}")
         if len({seq.shape, agent.shape, source.shape, contribution.shape}) != 1 or seq.size > capacity:
             raise InvalidInputError("partition state has inconsistent columns or capacity")
+        wide = contribution
         contribution = contribution.astype(np.float64)
+        # float16/32 widen exactly; a wider type (long double) must hold float64 values only
+        if wide.dtype != np.float64 and not np.array_equal(contribution.astype(wide.dtype), wide, equal_nan=True):
+            raise InvalidInputError(f"partition contributions of dtype {wide.dtype} do not fit float64 exactly")
         if not np.isfinite(contribution).all():
             raise InvalidInputError("partition contributions must be finite")
         part = cls(capacity)
@@ -475,6 +486,83 @@ class EvidenceLedger:
         parts = [p.sums().select_agent(agent_row - lo) for p in self.shards[shard]]
         a, s, c, t, ac, at = PairSums.merged_totals(parts, agent_row - lo + 1, prior)
         return ShardTotals(agent_row, a - (agent_row - lo), s, c, t, ac[-1:], at[-1:])
+
+
+class CoveredCounts:
+    """Per source row: how many of its evidence lie on *covered* agents, those that some
+    base source (given per source row) reports on; the evidence of base sources is not counted.
+
+    Kept incrementally from a ledger's rows: each call reads only the rows added since the
+    last one, and looks again at older rows only for agents that become covered while
+    holding evidence (``pending``) from the time they were not. The counts depend only on
+    the set of rows, not on their order. A change of base for a source that has rows
+    already counted starts the count again from the first row.
+
+    Examples
+    --------
+    >>> ledger = EvidenceLedger(partition_size=8)
+    >>> _ = ledger.agents.add_new(["x", "y"]), ledger.sources.add_new(["base", "s"])
+    >>> _ = ledger.append(np.array([0, 1, 1]), np.array([1, 1, 0]), np.zeros(3, np.int16),
+    ...                   np.ones(3), np.ones(3), np.zeros(3))
+    >>> CoveredCounts().counts(ledger, np.array([True, False])).tolist()   # "s" on "y" only
+    [0, 1]
+    """
+
+    __slots__ = ("_base", "_covered", "_pending", "_counts", "_done")
+
+    def __init__(self) -> None:
+        self._base = np.zeros(0, dtype=bool)
+        self._covered = np.zeros(0, dtype=bool)
+        self._pending = np.zeros(0, dtype=np.int64)   # per agent: uncounted evidence while not covered
+        self._counts = np.zeros(0, dtype=np.int64)
+        self._done = 0
+
+    def counts(self, ledger: EvidenceLedger, base: np.ndarray) -> np.ndarray:
+        """The counts per source row of ``ledger`` given ``base`` (bool per source row); a
+        view, valid until the next call."""
+        n_sources, n_agents = len(ledger.sources), len(ledger.agents)
+        base = np.asarray(base, dtype=bool)
+        known = self._base.size
+        if known > n_sources or not np.array_equal(base[:known], self._base) or self._done > ledger.size:
+            self.__init__()
+        self._base = base.copy()
+        # buffers grow by doubling (a per-item loop adding agents stays O(1) amortised)
+        self._covered, self._pending = _room(self._covered, n_agents), _room(self._pending, n_agents)
+        self._counts = _room(self._counts, n_sources)
+        covered, pending = self._covered[:n_agents], self._pending[:n_agents]
+        counts = self._counts[:n_sources]
+        done, size = self._done, ledger.size
+        if done < size:
+            agent_col, source_col = ledger.columns["agent_row"], ledger.columns["source_row"]
+            agent, source = agent_col[done:size], source_col[done:size]
+            from_base = base[source]
+            reached = agent[from_base]
+            reached = np.unique(reached[~covered[reached]])
+            if reached.size:
+                covered[reached] = True
+                again = reached[pending[reached] > 0]
+                if again.size:   # evidence from before these agents were covered: count it now
+                    wanted = np.zeros(n_agents, dtype=bool)
+                    wanted[again] = True
+                    old_agent, old_source = agent_col[:done], source_col[:done]
+                    hit = wanted[old_agent] & ~base[old_source]
+                    counts += np.bincount(old_source[hit], minlength=n_sources)
+                    pending[again] = 0
+            other_agent, other_source = agent[~from_base], source[~from_base]
+            on = covered[other_agent]
+            counts += np.bincount(other_source[on], minlength=n_sources)
+            pending += np.bincount(other_agent[~on], minlength=n_agents)
+            self._done = size
+        return counts
+
+
+def _room(buffer: np.ndarray, n: int) -> np.ndarray:
+    """``buffer``, or a zero-padded copy of at least twice its length when shorter than ``n``."""
+    if buffer.size >= n:
+        return buffer
+    grown = np.zeros(max(n, 2 * buffer.size, 64), dtype=buffer.dtype)
+    grown[: buffer.size] = buffer
+    return grown
 
 
 def _key(keys, i: int):

@@ -8,7 +8,10 @@ column would turn -0.0 into 0). Ids are stored as given, INTEGER or TEXT.
 Schema 2: evidence ids are unique per source (``UNIQUE (source_node,
 evidence_id)``). A schema-1 file (ids unique over all sources, a stronger
 constraint, so every one of its rows is valid under schema 2) is migrated in
-place on opening, in one transaction. Loading checks every value read back
+place on opening, in one transaction. The ``meta`` table may also hold
+``founding_rows``: how many rows had arrived when the consensus's founding
+ended (see *Sybil resistance* in docs/consensus.md), written in the same
+transaction as the rows that ended it. Loading checks every value read back
 (types, finite floats, known evidence types): a damaged or tampered file
 raises :class:`~swarmguard.errors.EvidenceStoreError`.
 """
@@ -126,19 +129,20 @@ class EvidenceStore:
             raise
         conn.execute("COMMIT")
 
-    def insert(self, rows: list[tuple]) -> None:
+    def insert(self, rows: list[tuple], founding_rows: int | None = None) -> None:
         """Insert rows ``(evidence_id, agent_id, source_node, type, log_odds, confidence,
-        timestamp)`` in one transaction; all or nothing."""
+        timestamp)`` in one transaction; all or nothing. ``founding_rows``: also record
+        it (see :meth:`founding_rows`) in the same transaction."""
         if not rows:
             return
         lo = float_bits(np.array([r[4] for r in rows]))
         conf = float_bits(np.array([r[5] for r in rows]))
         ts = float_bits(np.array([r[6] for r in rows]))
         self.insert_columns([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-                            [r[3] for r in rows], lo, conf, ts)
+                            [r[3] for r in rows], lo, conf, ts, founding_rows=founding_rows)
 
     def insert_columns(self, evidence_ids, agent_ids, source_nodes, types, log_odds_bits,
-                       confidence_bits, timestamp_bits) -> None:
+                       confidence_bits, timestamp_bits, founding_rows: int | None = None) -> None:
         """Column-wise :meth:`insert` (floats already as bit patterns)."""
         try:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -148,6 +152,9 @@ class EvidenceStore:
                     "log_odds_bits, confidence_bits, timestamp_bits) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     zip(evidence_ids, agent_ids, source_nodes, types, log_odds_bits,
                         confidence_bits, timestamp_bits, strict=True))
+                if founding_rows is not None:
+                    self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('founding_rows', ?)",
+                                       (int(founding_rows),))
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -191,6 +198,27 @@ class EvidenceStore:
         floats = [f.tolist() for f in floats]
         return [(r[0], r[1], r[2], r[3], floats[0][i], floats[1][i], floats[2][i])
                 for i, r in enumerate(rows)]
+
+    def founding_rows(self) -> int | None:
+        """How many rows had arrived when the founding ended (None: not recorded), checked:
+        an int in ``[1, number of rows]``, else :class:`EvidenceStoreError`."""
+        try:
+            row = self._conn.execute("SELECT value FROM meta WHERE key='founding_rows'").fetchone()
+        except sqlite3.Error as exc:
+            raise EvidenceStoreError(f"cannot read evidence store {self.path}: {exc}") from exc
+        if row is None:
+            return None
+        value = row[0]
+        if type(value) is not int or not 1 <= value <= self.count():
+            raise EvidenceStoreError(f"{self.path}: founding_rows {value!r} is not a row count of this store")
+        return value
+
+    def set_founding_rows(self, rows: int) -> None:
+        """Record :meth:`founding_rows` (for a store whose rows ended the founding on loading)."""
+        try:
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('founding_rows', ?)", (int(rows),))
+        except sqlite3.Error as exc:
+            raise EvidenceStoreError(f"cannot write evidence to {self.path}: {exc}") from exc
 
     def count(self) -> int:
         try:
