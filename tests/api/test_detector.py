@@ -174,6 +174,78 @@ def test_process_round_takes_object_arrays_of_strings_as_string_arrays():
     assert detector_state(d0) == detector_state(d1) and detector_state(e0) == detector_state(e1)
 
 
+@pytest.mark.parametrize("timestamp", [10**400, -(10**400)])
+def test_a_timestamp_beyond_the_float_range_is_a_non_finite_error(timestamp):
+    """float(10**400) raises a bare OverflowError."""
+    det = _warm_detector()
+    assert_refused_unchanged(det, lambda d: d.process_round([1], ONE_ROW, "eu", timestamp=timestamp),
+                             NonFiniteError)
+    assert_refused_unchanged(det, lambda d: d.process_agent_behavior_sync(1, _item(timestamp=timestamp)),
+                             NonFiniteError)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "12.0", None, [5.0]])
+def test_a_clock_gone_bad_refuses_the_round_before_the_tree_changes(bad):
+    """The CAP resolver read its clock itself after the tree had changed: a clock that
+    returns NaN (or a str) left the tree updated and the replicas not."""
+    reading = [5.0]
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(300, 2))
+    X[:5] += 9.0
+    det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=100, clock=lambda: reading[0])
+    det.process_round(np.arange(300), X, "eu")
+    reading[0] = bad
+    error = InvalidInputError
+    calls = [lambda d: d.process_round([1], ONE_ROW, "eu", timestamp=6.0),
+             lambda d: d.process_round([1000, 1001], [[9.0, 9.0], [0.0, 0.0]], ["eu", "us"], timestamp=6.0),
+             lambda d: d.process_agent_behavior_sync(1, _item(timestamp=6.0)),
+             lambda d: d.process_agent_behavior_sync(1000, _item(agent_id=1000, features=[9.0, 9.0],
+                                                                  timestamp=6.0, region="us"))]
+    for call in calls:
+        assert_refused_unchanged(det, call, error, match="clock")
+    reading[0] = 7.0                    # the clock recovers: the same calls go through
+    for call in calls:
+        call(det)
+    assert len(det.tree) == 302 and det.cap_resolver.regions == ["eu", "us"]
+
+
+@pytest.mark.parametrize("bad", ["e\x00u", "eu\x00", "e\x1fu", "\x1f", "r" * 1001])
+def test_region_and_cohort_names_with_nul_separator_or_overlong_are_refused(bad):
+    """"eu\x00" would be stored as "eu" by a NumPy string array and "a\x1fb" read back from a
+    checkpoint as the path ("a", "b"): two names aliasing one."""
+    det = _warm_detector()
+    for call in (lambda d: d.process_round([1], ONE_ROW, bad),
+                 lambda d: d.process_round([1, 2], np.ones((2, 2)), ["eu", bad]),
+                 lambda d: d.process_round([1, 2], np.ones((2, 2)), np.array(["eu", bad], dtype=object)),
+                 lambda d: d.process_round([1], ONE_ROW, "eu", cohorts=[("eu", bad)]),
+                 lambda d: d.process_round([1], ONE_ROW, "eu", cohorts=[bad]),
+                 lambda d: d.process_round([1], ONE_ROW, "eu", cohorts=np.array([bad], dtype=object)),
+                 lambda d: d.process_agent_behavior_sync(1, _item(region=bad)),
+                 lambda d: d.process_agent_behavior_sync(1, _item(cohort=("eu", bad))),
+                 lambda d: d.process_agent_behavior_sync(1, {"agent_id": 1, "features": [0.0, 0.0],
+                                                             "region": bad})):
+        assert_refused_unchanged(det, call, InvalidInputError)
+    if not bad.endswith("\x00"):        # a NumPy string array keeps it (a trailing NUL is gone already)
+        assert_refused_unchanged(det, lambda d: d.process_round([1, 2], np.ones((2, 2)), np.array(["eu", bad])),
+                                 InvalidInputError)
+        assert_refused_unchanged(
+            det, lambda d: d.process_round([1, 2], np.ones((2, 2)), "eu", cohorts=np.array(["eu", bad])),
+            InvalidInputError)
+
+
+def test_a_hundred_million_character_region_or_id_is_refused_and_changes_nothing():
+    det = _warm_detector()
+    huge = "r" * 10**8
+    X = np.zeros((5000, 2))
+    for call in (lambda d: d.process_round(np.arange(5000), X, huge),
+                 lambda d: d.process_round([huge], ONE_ROW, "eu"),
+                 lambda d: d.process_agent_behavior_sync(huge, _item(agent_id=huge)),
+                 lambda d: d.process_agent_behavior_sync(1, _item(region=huge)),
+                 lambda d: d.process_agent_behavior_sync(1, _item(id=huge))):
+        err = assert_refused_unchanged(det, call, InvalidInputError, match="at most 1000")
+        assert len(str(err)) < 400
+
+
 # ---------------------------------------------------------------------- the per-item path
 
 def _item(**kw):

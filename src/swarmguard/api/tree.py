@@ -27,6 +27,7 @@ from ..validation import (
     check_id_str_array,
     check_id_texts,
     check_key,
+    check_name_str_array,
     check_positive_int,
 )
 
@@ -277,6 +278,7 @@ class HierarchicalStatisticalTree:
         if isinstance(cohorts, np.ndarray) and cohorts.dtype.kind == "U":
             if cohorts.shape != (n,):
                 raise DimensionMismatchError(f"cohorts has shape {cohorts.shape}, expected ({n},)")
+            check_name_str_array(cohorts, "cohorts")     # vectorised, before a sort of what may be huge
             names, inverse = np.unique(cohorts, return_inverse=True)
             return inverse.astype(np.int64), [check_cohort(str(s)) for s in names]
         if not isinstance(cohorts, Sequence) and not isinstance(cohorts, np.ndarray):
