@@ -198,7 +198,7 @@ def test_a_clock_gone_bad_refuses_the_round_before_the_tree_changes(bad):
     error = InvalidInputError
     calls = [lambda d: d.process_round([1], ONE_ROW, "eu", timestamp=6.0),
              lambda d: d.process_round([1000, 1001], [[9.0, 9.0], [0.0, 0.0]], ["eu", "us"], timestamp=6.0),
-             lambda d: d.process_agent_behavior_sync(1, _item(timestamp=6.0)),
+             lambda d: d.process_agent_behavior_sync(1, _item(timestamp=6.0, region="eu")),
              lambda d: d.process_agent_behavior_sync(1000, _item(agent_id=1000, features=[9.0, 9.0],
                                                                   timestamp=6.0, region="us"))]
     for call in calls:

@@ -231,12 +231,14 @@ class DistributedBehavioralDetector:
                 "anomaly": anomaly, "consensus": consensus}[self.require]
 
     # ------------------------------------------------------------------ per item (the guide's loop)
-    def _check_item(self, agent_id: Any, behavioral_data: Any) -> tuple[BehavioralData, int]:
+    def _check_item(self, agent_id: Any, behavioral_data: Any) -> tuple[BehavioralData, int, float]:
         """Everything a per-item call's three parts will check, checked before any of them changes.
 
         Returns the observation with its values validated and normalised (the
         clock read once: the tree, the replica and the evidence get one
-        timestamp) and a free number for the detector's own evidence id.
+        timestamp), a free number for the detector's own evidence id and the
+        resolver's processing time (its clock, read and checked here, so that a
+        clock gone bad refuses the call before the tree changes).
         """
         data_id, features, cohort = read_behavior(behavioral_data)
         agent = check_wire_id(agent_id, "agent_id")          # the replicas' rule (the tree takes more)
@@ -250,6 +252,7 @@ class DistributedBehavioralDetector:
         if uid is not None:
             uid = check_wire_id(uid, "update id")
         self.cap_resolver.check_writable([path[0] if path else self.default_region])
+        now = self._processing_time()
         # The own evidence id, should the agent be anomalous: one no observer holds yet.
         number = self._evidence_number
         for _ in range(1000):
@@ -263,24 +266,25 @@ class DistributedBehavioralDetector:
             number += 1
         else:
             raise DuplicateEvidenceError(f"observers hold 1000 of {self.node_id!r}'s evidence ids")
-        return BehavioralData(agent, x, ts, uid, None, None, path), number
+        return BehavioralData(agent, x, ts, uid, None, None, path), number, now
 
     async def process_agent_behavior(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
         """The guide's main loop for one observation; returns the decision and the details.
 
         One transaction: the observation is checked against every part's rules
         first (ids the replicas take, a finite timestamp, ``behavioral_data``'s
-        ``agent_id`` equal to ``agent_id``, a writable region), so a refused
-        call raises a typed error and changes nothing.
+        ``agent_id`` equal to ``agent_id``, valid names, a writable region, a
+        clock that reads a finite number), so a refused call raises a typed
+        error and changes nothing.
         """
-        data, number = self._check_item(agent_id, behavioral_data)
+        data, number, now = self._check_item(agent_id, behavioral_data)
         agent_id = data.agent_id
         self._evidence_number = number
         # Step 1: Update hierarchical statistics (O(log n))
         anomaly_info = await self.protocol.update_agent_behavior(data)
         # Step 3 first for its confidence factor: Distributed update with CAP resolution
         update = self.create_statistical_update(agent_id, data, anomaly_info["mahalanobis_squared"])
-        cap_result = await self.cap_resolver.handle_update(update)
+        cap_result = await self.cap_resolver.handle_update(update, now=now)
         cf = cap_result["confidence_factor"]
         cf = 1.0 if cf is None else cf
         # Step 2: Collect evidence if anomalous
@@ -326,7 +330,7 @@ class DistributedBehavioralDetector:
         ``region_confidence`` (per region).
         """
         # One transaction: every part's checks first, so a refused round changes nothing.
-        X, ids, regions, cohorts, ts = self._check_round(agent_ids, X, regions, cohorts, timestamp)
+        X, ids, regions, cohorts, ts, now = self._check_round(agent_ids, X, regions, cohorts, timestamp)
         names, inverse = np.unique(regions, return_inverse=True)
         # STRONG refuses before the tree changes: a refused round leaves every part as it was
         self.cap_resolver.check_writable(names.tolist())
@@ -341,7 +345,7 @@ class DistributedBehavioralDetector:
         for k, name in enumerate(names):
             rows = np.flatnonzero(inverse == k)
             res = self.cap_resolver.handle_updates_many(str(name), ids[rows], np.full(rows.size, ts),
-                                                        X[rows], d2[rows])
+                                                        X[rows], d2[rows], now=now)
             accepted += int(res["accepted"])
             cf = res["confidence_factor"]
             region_cf[k] = 1.0 if cf is None else cf
@@ -350,16 +354,23 @@ class DistributedBehavioralDetector:
                                   scored["decision_p_value"], scored["is_anomaly"], scored["p_value_cutoff"],
                                   scored["threshold_squared"], confidence, names, region_cf, accepted, ts)
 
+    def _processing_time(self) -> float:
+        """The CAP resolver's clock, read and checked (finite), changing nothing: the writes'
+        processing time, taken before any part changes (a clock gone bad refuses the call)."""
+        return self.cap_resolver.read_clock()
+
     def _check_round(self, agent_ids: Any, X: Any, regions: Any, cohorts: Any, timestamp: Any
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any, float]:
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any, float, float]:
         """A round's inputs checked by the rules of every part (shared by every backend).
 
-        Returns ``(X, ids, regions, cohorts, timestamp)``: ``ids`` as the replicas
+        Returns ``(X, ids, regions, cohorts, timestamp, now)``: ``ids`` as the replicas
         take them (:func:`~swarmguard.values.agent_index.as_wire_id_array`: ints in
         int64, strings without NUL, object arrays of either), ``regions`` a NumPy
         string array (object arrays of ``str`` accepted), ``cohorts`` an object
-        array of ``str`` turned into a string array (the tree's fast path), and a
-        finite timestamp (the clock's reading when None).
+        array of ``str`` turned into a string array (the tree's fast path), a
+        finite timestamp (the clock's reading when None) and ``now``, the
+        resolver's processing time for every write of the round
+        (:meth:`_processing_time`).
         """
         X = as_feature_matrix(X, self.feature_dimensions)
         n = X.shape[0]
@@ -370,7 +381,7 @@ class DistributedBehavioralDetector:
                 map(type, cohorts.tolist())) == {str}:
             # all names (a pandas column): the tree's string-array fast path; paths or None stay per row
             cohorts = as_name_array(cohorts, n, "cohorts")
-        return X, ids, regions, cohorts, ts
+        return X, ids, regions, cohorts, ts, self._processing_time()
 
     def _add_own_evidence(self, *columns: Any) -> None:
         """The detector's own evidence of a round (a backend may hold back side effects)."""

@@ -580,10 +580,21 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
 
     # ------------------------------------------------------------------ plumbing
     def _now(self) -> float:
+        return self._advance(self._read_clock())
+
+    def _read_clock(self) -> float:
+        """The clock's reading as the next write would use it (finite, never earlier than a
+        previous one), changing nothing: as the in-process resolver's ``read_clock``."""
         t = check_finite_float(self.clock(), "clock()")
-        if t > self._latest:
-            self._latest = t
+        return t if t > self._latest else self._latest
+
+    def _advance(self, now: float) -> float:
+        if now > self._latest:
+            self._latest = now
         return self._latest
+
+    def _processing_time(self) -> float:
+        return self._read_clock()
 
     @property
     def warm_up(self) -> int:
@@ -664,7 +675,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         """A round; ``stay`` marks rows whose known agents keep their place in the tree
         (the per-item path's data without a cohort), written to their region's replica all the same."""
         # The in-process detector's checks (the same function), all before any change.
-        X, ids, regions, cohorts, ts = self._check_round(agent_ids, X, regions, cohorts, timestamp)
+        X, ids, regions, cohorts, ts, now = self._check_round(agent_ids, X, regions, cohorts, timestamp)
         n, d = X.shape
         ids = _validate_ids(ids)
         names, inverse = np.unique(regions, return_inverse=True)
@@ -761,7 +772,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         else:
             thr2 = float("inf")
         # ---- 4. CAP: each region's writes, in the in-process resolver's order
-        region_cf, accepted = self._cap_writes(order, inverse, d2, ts, ids, X, shard, region_shard)
+        region_cf, accepted = self._cap_writes(order, inverse, d2, ts, ids, X, shard, region_shard, now)
         confidence = region_cf[inverse]
         lap("cap")
         # ---- 5. own evidence, consensus, decision (shared with the in-process detector)
@@ -779,8 +790,12 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         return out
 
     def _cap_writes(self, order: list[str], inverse: np.ndarray, d2: np.ndarray, ts: float, ids: np.ndarray,
-                    X: np.ndarray, shard: np.ndarray, region_shard: np.ndarray):
+                    X: np.ndarray, shard: np.ndarray, region_shard: np.ndarray, now: float):
         """Each region's writes and view, as the in-process resolver orders them.
+
+        ``now`` is the round's processing time, read from the clock (and
+        checked) before anything changed: every write, view and the automatic
+        sync of the round use it, as in process.
 
         Serial until this round's automatic sync has run (it ships what was
         written before it) and the last new region was born (the regions
@@ -797,11 +812,11 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             rows = np.flatnonzero(inverse == k)
             extra.append((ids[rows], X[rows]) if (shard[rows] != region_shard[k]).any() else None)
         synced = self.auto_sync_seconds is None
+        now = self._advance(now)
         k = 0
         while k < len(order) and (strong or not synced or any(r not in self._born for r in order[k:])):
             name = order[k]
             h = self.region_shards[self._shard_of_region[name]]
-            now = self._now()
             self._announce([name], now)          # a new region is born as it first writes
             view = None
             sync_due = not synced and now - self._last_sync >= self.auto_sync_seconds
@@ -817,18 +832,17 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                                       mutating=True)
             else:       # the write and the view in one call (the clock reading is the same)
                 count, view = self.sys.call(h, "cap_write", name, d2[inverse == k], ts, now, False,
-                                            self._now(), extra[k], mutating=True)
+                                            now, extra[k], mutating=True)
             accepted += count
             if sync_due:
-                self._sync()           # inside the round: no checkpoint until the round is whole
+                self._sync(now)        # inside the round: no checkpoint until the round is whole
                 synced = True
             if view is None:
-                view = self.sys.call(h, "cap_view", name, self._now())
+                view = self.sys.call(h, "cap_view", name, now)
             cf = view["confidence_factor"]
             region_cf[k] = 1.0 if cf is None else cf
             k += 1
         rest = list(range(k, len(order)))
-        now = self._now()
         replies = self._gather([(self.region_shards[self._shard_of_region[order[j]]], "cap_write",
                                  (order[j], d2[inverse == j], ts, now, False, now, extra[j]), True)
                                 for j in rest])
@@ -1071,16 +1085,16 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         self._maybe_checkpoint(0)
         return report
 
-    def _sync(self) -> dict[str, int]:
+    def _sync(self, now: float | None = None) -> dict[str, int]:
         """One anti-entropy round over every delivering link, as Ray calls between region actors.
 
         For each ordered pair (a, b) that reaches each other: b sends its
         version vector, a ships the delta it does not cover, b acknowledges.
         The delta travels from a's actor to b's through the object store (the
         driver passes only its reference). :attr:`faults` drops the messages
-        of chosen links.
+        of chosen links. ``now``: the round's processing time (None: read the clock).
         """
-        now = self._now()
+        now = self._now() if now is None else now
         self._last_sync = now
         pairs = rows = 0
         for a in self._regions:
@@ -1174,7 +1188,10 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
 
         def recording() -> Any:
             t = real()
-            readings.append(float(t))
+            try:
+                readings.append(float(t))
+            except (TypeError, ValueError):
+                pass            # not a number: the caller's check refuses it (and nothing is logged)
             return t
         self._logging, self._checkpoint_due, self.clock = True, False, recording
         try:
