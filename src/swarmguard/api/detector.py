@@ -253,16 +253,14 @@ class DistributedBehavioralDetector:
             uid = check_wire_id(uid, "update id")
         self.cap_resolver.check_writable([path[0] if path else self.default_region])
         now = self._processing_time()
-        # The own evidence id, should the agent be anomalous: one no observer holds yet.
+        # The own evidence id, should the agent be anomalous: one the detector's node has not
+        # sent yet (ids are per source: only evidence sent under node_id can hold it). An O(1)
+        # lookup: the evidence itself is valid by construction (a wire id, a finite timestamp,
+        # capped finite log-odds, a confidence factor in (0, 1]).
         number = self._evidence_number
         for _ in range(1000):
-            try:
-                if self.consensus.check_evidence_batch(
-                        [f"{self.node_id}:{number}"], [agent], EvidenceType.BEHAVIORAL_ANOMALY, [0.0], [1.0],
-                        [ts], [self.node_id]) == 1:
-                    break
-            except DuplicateEvidenceError:
-                pass
+            if not self.consensus.holds_evidence(self.node_id, f"{self.node_id}:{number}"):
+                break
             number += 1
         else:
             raise DuplicateEvidenceError(f"observers hold 1000 of {self.node_id!r}'s evidence ids")
