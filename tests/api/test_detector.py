@@ -15,6 +15,7 @@ from swarmguard.errors import (
     NonFiniteError,
     SwarmGuardError,
 )
+from tests._threads import run_threads
 
 
 def test_an_observer_using_the_detectors_next_evidence_id_does_not_break_a_round():
@@ -435,3 +436,116 @@ def test_process_round_scores_are_the_same_from_1e_300_to_the_1e100_limit(scale)
     np.testing.assert_allclose(got["mahalanobis_squared"], ref["mahalanobis_squared"], rtol=1e-9)
     np.testing.assert_allclose(got["p_value"], ref["p_value"], rtol=1e-9)
     assert got["is_anomaly"].tolist() == ref["is_anomaly"].tolist() and got["is_anomaly"][3]
+
+
+# ---------------------------------------------------------------------- threads
+
+
+def _fsum_mean(rows):
+    return np.array([math.fsum(col) / len(rows) for col in np.asarray(rows).T])
+
+
+def test_four_threads_on_one_detector_give_the_serial_state_and_refused_calls_commit_nothing():
+    """4 threads each send their own agents through process_agent_behavior (some far out, so
+    evidence is added) and a small process_round, with refused calls in between; the result is
+    what the same calls give one after another: each agent's vector in the tree and in its
+    replica, one own evidence per anomaly reported, means exact (math.fsum)."""
+    rng = np.random.default_rng(11)
+    base_ids, base_X = np.arange(400), rng.normal(size=(400, 3))
+    per_thread = 25
+    plans = []
+    for t in range(4):
+        ids = np.arange(1000 + 100 * t, 1000 + 100 * t + per_thread)
+        X = rng.normal(size=(3, per_thread, 3))
+        X[:, :3] += 12.0                                     # three far-out agents per thread
+        batch_ids = np.arange(5000 + 100 * t, 5000 + 100 * t + 10)
+        plans.append((t, ids, X, batch_ids, rng.normal(size=(10, 3))))
+
+    def work(det, plan):
+        t, ids, X, batch_ids, B = plan
+        region = ["eu", "us"][t % 2]
+        flagged, refused = 0, 0
+        for k in range(X.shape[0]):
+            for i, a in enumerate(ids.tolist()):
+                out = det.process_agent_behavior_sync(a, BehavioralData(a, X[k, i], timestamp=1.0, region=region))
+                flagged += bool(out["anomaly"]["is_anomaly"])
+                for bad in (BehavioralData(a, X[k, i] + 100.0, timestamp=float("nan"), region=region),
+                            BehavioralData(a, X[k, i] + 100.0, timestamp=1.0, region="e\x1fu")):
+                    try:
+                        det.process_agent_behavior_sync(a, bad)
+                    except InvalidInputError:
+                        refused += 1
+            out = det.process_round(batch_ids, B + k, region, timestamp=1.0)
+            flagged += int(out["is_anomaly"].sum())
+            try:
+                det.process_round(batch_ids, B + 50.0, region, timestamp=float("inf"))
+            except NonFiniteError:
+                refused += 1
+        return flagged, refused
+
+    def fresh():
+        d = DistributedBehavioralDetector(feature_dimensions=3, warm_up=100, clock=lambda: 1.0,
+                                          regions=["eu", "us"])
+        d.process_round(base_ids, base_X, "eu")
+        return d
+
+    serial, threaded = fresh(), fresh()
+    serial_out = [work(serial, p) for p in plans]
+    threaded_out = run_threads([lambda p=p: work(threaded, p) for p in plans])
+    assert [r for _, r in threaded_out] == [r for _, r in serial_out] == [3 * per_thread * 2 + 3] * 4
+
+    final = {int(a): x for a, x in zip(base_ids.tolist(), base_X, strict=True)}
+    for _, ids, X, batch_ids, B in plans:
+        final.update({int(a): X[-1, i] for i, a in enumerate(ids.tolist())})
+        final.update({int(a): B[i] + (X.shape[0] - 1) for i, a in enumerate(batch_ids.tolist())})
+    for det in (serial, threaded):
+        assert len(det.tree) == len(final) == 400 + 4 * (per_thread + 10)
+        for a, x in final.items():
+            np.testing.assert_array_equal(det.tree.get_agent_features(a), x, err_msg=f"agent {a} {det is serial}")
+        regs = {}
+        for region in ("eu", "us"):
+            replica = det.cap_resolver.replica(region)
+            regs.update({a: replica.registers.get(a) for a in final if a in replica.registers})
+        assert set(regs) == set(final)
+        for a, x in final.items():
+            np.testing.assert_array_equal(np.asarray(regs[a]["features"])[:3], x)
+        stats = det.tree.get_global_statistics()
+        np.testing.assert_allclose(stats["mean"], _fsum_mean(list(final.values())), rtol=1e-14, atol=1e-15)
+    # one own evidence per anomaly reported, each with its own id: the transactions did not interleave
+    for det, outs in ((serial, serial_out), (threaded, threaded_out)):
+        ev = det.consensus.export_evidence()
+        own = [e for e, s in zip(ev["evidence_ids"], ev["source_nodes"], strict=True) if s == det.node_id]
+        assert len(own) == len(set(own)) == det.consensus.evidence_count
+        assert det.consensus.evidence_count == sum(f for f, _ in outs) + _warm_evidence(base_X)
+    assert sum(f for f, _ in threaded_out) >= 4 * 3 * 3      # the far-out agents were flagged
+
+
+def _warm_evidence(base_X):
+    det = DistributedBehavioralDetector(feature_dimensions=3, warm_up=100, clock=lambda: 1.0, regions=["eu", "us"])
+    det.process_round(np.arange(len(base_X)), base_X, "eu")
+    return det.consensus.evidence_count
+
+
+def test_the_async_api_does_not_hold_the_lock_across_an_await():
+    """Two tasks on one event loop and a thread at the same time: no deadlock, every call applied."""
+    import asyncio
+    import threading
+    det = _warm_detector()
+    done = []
+
+    async def task(base):
+        for k in range(20):
+            out = await det.process_agent_behavior(base + k, _item(agent_id=base + k, region="eu"))
+            done.append(out["agent_id"])
+            await asyncio.sleep(0)
+
+    async def both():
+        await asyncio.gather(task(2000), task(3000))
+
+    thread = threading.Thread(target=lambda: [det.process_agent_behavior_sync(4000 + k, _item(agent_id=4000 + k))
+                                              for k in range(20)])
+    thread.start()
+    asyncio.run(both())
+    thread.join(timeout=60)
+    assert not thread.is_alive() and sorted(done) == [*range(2000, 2020), *range(3000, 3020)]
+    assert len(det.tree) == 300 + 60

@@ -13,6 +13,7 @@ import numpy as np
 from scipy.stats import chi2
 
 from ..errors import DuplicateEvidenceError, InvalidInputError
+from ..locking import Locked, synchronized
 from ..structures.chi2 import chi2_logsf
 from ..validation import (
     as_feature_matrix,
@@ -56,7 +57,7 @@ def p_value_log_odds(log_p: np.ndarray | float) -> np.ndarray | float:
     return float(out) if out.ndim == 0 else out
 
 
-class DistributedBehavioralDetector:
+class DistributedBehavioralDetector(Locked):
     """The guide's complete example: tree + consensus + CAP resolver, one decision.
 
     Every argument has the guide's default, so ``DistributedBehavioralDetector()``
@@ -85,6 +86,11 @@ class DistributedBehavioralDetector:
     as the evidence's confidence. The detector's node is a trusted source of
     the consensus: its reports are conditioned on its test, so they differ from
     its peers' by design and must not get it flagged as Byzantine.
+
+    Threads: every public call holds the detector's lock for the whole
+    transaction (checks, tree, replicas, evidence, decision), so one detector
+    may be shared by the threads of a service; calls are serialised and a
+    refused call commits nothing. Async methods do not await while holding it.
     """
 
     def __new__(cls, *args: Any, backend: str = "inprocess", **kwargs: Any):
@@ -122,6 +128,7 @@ class DistributedBehavioralDetector:
 
     def _apply_settings(self, s: DetectorSettings) -> DetectorSettings:
         """Keep the settings and the decision rule's parameters (shared by every backend)."""
+        Locked.__init__(self)
         self.settings = s
         self.clock = s.clock or time.time
         self.isolate_probability = s.isolate_probability
@@ -138,6 +145,7 @@ class DistributedBehavioralDetector:
         """Features per agent (None until the first observation fixes it)."""
         return self.tree.feature_dimensions
 
+    @synchronized
     def get_global_statistics(self, ddof: int = 1) -> dict[str, Any]:
         """The whole population's count, mean and covariance (as the tree's)."""
         return self.tree.get_global_statistics(ddof)
@@ -158,6 +166,7 @@ class DistributedBehavioralDetector:
             behavioral_data, "timestamp", None)
         return check_finite_float(self.clock() if ts is None else ts, "timestamp")
 
+    @synchronized
     def create_evidence(self, agent_id: Hashable, behavioral_data: Any, anomaly_info: dict[str, Any],
                         confidence: float = 1.0) -> BayesianEvidence:
         """The detector's own evidence that ``agent_id`` is compromised, from its anomaly test.
@@ -179,6 +188,7 @@ class DistributedBehavioralDetector:
             source_node=self.node_id,
         )
 
+    @synchronized
     def create_statistical_update(self, agent_id: Hashable, behavioral_data: Any,
                                   anomaly_score: float | None = None) -> StatisticalUpdate:
         """The CAP update for one observation: its region, features and anomaly score."""
@@ -213,6 +223,7 @@ class DistributedBehavioralDetector:
         cut = np.where(cf >= 1.0, p_cut, chi2.sf(widened, d))
         return np.logical_and(is_anomaly, np.asarray(decision_p) <= cut)
 
+    @synchronized
     def should_trigger_response(self, anomaly_info: dict[str, Any], cap_result: dict[str, Any],
                                 consensus_result: dict[str, Any] | None = None) -> bool:
         """Whether to isolate, by the rule in the class docstring."""
@@ -273,47 +284,52 @@ class DistributedBehavioralDetector:
         first (ids the replicas take, a finite timestamp, ``behavioral_data``'s
         ``agent_id`` equal to ``agent_id``, valid names, a writable region, a
         clock that reads a finite number), so a refused call raises a typed
-        error and changes nothing.
+        error and changes nothing. The transaction runs under the detector's
+        lock without awaiting anything (a threading lock is never held across
+        an ``await``): calls from several threads or tasks are serialised.
         """
+        if getattr(self.cap_resolver, "sync_interval_seconds", None) is not None:
+            self.cap_resolver.start_background_sync()     # as the resolver's own async handle_update
+        return self.process_agent_behavior_sync(agent_id, behavioral_data)
+
+    @synchronized
+    def process_agent_behavior_sync(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
+        """Synchronous twin of :meth:`process_agent_behavior` (no event loop needed)."""
         data, number, now = self._check_item(agent_id, behavioral_data)
         agent_id = data.agent_id
         self._evidence_number = number
         # Step 1: Update hierarchical statistics (O(log n))
-        anomaly_info = await self.protocol.update_agent_behavior(data)
+        anomaly_info = self.protocol.update_agent_behavior_sync(data)
         # Step 3 first for its confidence factor: Distributed update with CAP resolution
         update = self.create_statistical_update(agent_id, data, anomaly_info["mahalanobis_squared"])
-        cap_result = await self.cap_resolver.handle_update(update, now=now)
+        cap_result = self.cap_resolver.handle_update_sync(update, now=now)
         cf = cap_result["confidence_factor"]
         cf = 1.0 if cf is None else cf
         # Step 2: Collect evidence if anomalous
         if anomaly_info["is_anomaly"]:
             evidence = self.create_evidence(agent_id, data, anomaly_info, confidence=cf)
-            await self.consensus.add_evidence(evidence)
+            self.consensus.add_evidence_sync(evidence)
         try:
-            consensus_result = await self.consensus.distributed_evidence_consensus(agent_id)
+            consensus_result = self.consensus.distributed_evidence_consensus_sync(agent_id)
         except KeyError:
             consensus_result = None
         # Step 4: Make detection decision
         isolate = self.should_trigger_response(anomaly_info, cap_result, consensus_result)
-        out = {
+        return {
             "agent_id": agent_id,
             "action": "isolate" if isolate else "monitor",
             "confidence": cf,
             "evidence": consensus_result,
             "anomaly": anomaly_info,
         }
-        return out
-
-    def process_agent_behavior_sync(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
-        """Synchronous twin of :meth:`process_agent_behavior`."""
-        import asyncio
-        return asyncio.run(self.process_agent_behavior(agent_id, behavioral_data))
 
     # ------------------------------------------------------------------ batch
+    @synchronized
     def ingest_evidence(self, *args: Any, **kwargs: Any) -> int:
         """Observer evidence in bulk: :meth:`StableBayesianConsensus.add_evidence_batch`."""
         return self.consensus.add_evidence_batch(*args, **kwargs)
 
+    @synchronized
     def process_round(self, agent_ids: Any, X: Any, regions: Any, *, cohorts: Any = None,
                       timestamp: float | None = None, fdr: Any = "default") -> dict[str, Any]:
         """One round for many agents through all three parts, with array operations.

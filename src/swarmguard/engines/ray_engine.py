@@ -89,6 +89,7 @@ from ..api.detector_settings import DetectorSettings
 from ..api.evidence_types import BayesianEvidence, EvidenceType
 from ..api.protocol import BehavioralDistributedProtocol, read_behavior
 from ..api.tree import HierarchicalStatisticalTree
+from ..locking import synchronized
 from ..errors import (
     CheckpointError,
     CheckpointWriteWarning,
@@ -611,6 +612,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         pending = [self.sys.submit(h, m, *a, mutating=mut) for h, m, a, mut in calls]
         return [self.sys.get(h, p, m, *a)[0] for (h, m, a, _), p in zip(calls, pending, strict=True)]
 
+    @synchronized
     def close(self) -> None:
         """Kill the actors (and shut Ray down if this detector started it)."""
         for h in self.handles:
@@ -661,6 +663,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         return moved
 
     # ------------------------------------------------------------------ the round
+    @synchronized
     def process_round(self, agent_ids: Any, X: Any, regions: Any, *, cohorts: Any = None,
                       timestamp: float | None = None, fdr: Any = "default") -> dict[str, Any]:
         """One round for many agents, on the actors; the same result as in process."""
@@ -865,6 +868,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         """
         return self.process_agent_behavior_sync(agent_id, behavioral_data)
 
+    @synchronized
     def process_agent_behavior_sync(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
         """Synchronous twin of :meth:`process_agent_behavior`."""
         data_id, features, cohort = read_behavior(behavioral_data)
@@ -909,6 +913,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                 "evidence": evidence, "anomaly": anomaly}
 
     # ------------------------------------------------------------------ evidence
+    @synchronized
     def ingest_evidence(self, evidence_ids: Any, agent_ids: Any, evidence_types: Any, log_odds: Any,
                         confidences: Any, timestamps: Any, source_nodes: Any) -> int:
         """Observer evidence in bulk, routed to the partitions by agent id; returns how many were new.
@@ -1049,11 +1054,13 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             raise UnknownRegionError(f"unknown region {name!r}; known: {self.regions}")
         return name
 
+    @synchronized
     def partition(self, groups: Iterable[Iterable[str]]) -> None:
         """Cut the network into groups (as the in-process resolver's ``partition``)."""
         mapping = partition_groups(groups, self._known, self.regions)
         self._logged("partition", lambda: ({"groups": mapping}, {}), lambda: self._set_groups(mapping))
 
+    @synchronized
     def create_evidence(self, agent_id: Hashable, behavioral_data: Any, anomaly_info: dict[str, Any],
                         confidence: float = 1.0) -> BayesianEvidence:
         """As in process; with ``checkpoint_dir`` the id it hands out is logged (never handed out twice)."""
@@ -1071,6 +1078,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         if self.consistency_model is ConsistencyModel.STRONG:
             self.sync()
 
+    @synchronized
     def heal(self) -> None:
         """Restore every link (replicas converge at the next :meth:`sync`; at once under STRONG)."""
         self._logged("heal", lambda: ({}, {}), lambda: self._set_groups(None))
@@ -1079,6 +1087,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
     def is_partitioned(self) -> bool:
         return self._group_of is not None
 
+    @synchronized
     def sync(self) -> dict[str, int]:
         """One anti-entropy round over every delivering link (see :meth:`_sync`)."""
         report = self._logged("sync", lambda: ({}, {}), self._sync)
@@ -1118,6 +1127,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                 self.sys.call(ha, "acknowledge", a, b, ack, mutating=True)
         return {"pairs": pairs, "rows_shipped": rows}
 
+    @synchronized
     def replica(self, region: str):
         """A copy of ``region``'s live replica (for inspection and tests)."""
         region = self._known(region)
@@ -1125,6 +1135,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             raise UnknownRegionError(f"region {region!r} has no replica yet (it has not written)")
         return self.sys.call(self.region_shards[self._shard_of_region[region]], "replica", region)
 
+    @synchronized
     def confidence_factor(self, region: str) -> float | None:
         """The confidence factor of ``region``'s view now (1.0 before it has a replica)."""
         region = self._known(region)
@@ -1134,6 +1145,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         return self.sys.call(h, "cap_view", region, self._now())["confidence_factor"]
 
     # ------------------------------------------------------------------ state
+    @synchronized
     def checkpoint(self) -> None:
         """Checkpoint every stateful shard now (also done every ``checkpoint_every`` rounds' worth of rows).
 
@@ -1352,6 +1364,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         det._checkpoint(during_round=False)           # a fresh generation; the log starts again
         return det
 
+    @synchronized
     def get_global_statistics(self, ddof: int = 1) -> dict[str, Any]:
         """Population statistics from the root aggregator's last merge."""
         m = self._last_merge["population"] if self._last_merge else None
@@ -1363,6 +1376,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         return {"cohort": (), "count": m.count, "mean": m.mean, "covariance": cov, "variance": var,
                 "std": np.sqrt(np.maximum(var, 0.0)), "ddof": ddof, "moments": m}
 
+    @synchronized
     def evidence_fingerprint(self) -> dict[Hashable, tuple]:
         """Every stored evidence, keyed by (source, id) (ids are unique per source): (agent,
         source, type, log-odds, confidence, time)."""
