@@ -5,8 +5,9 @@ own evidence), two rounds through ``process_round``; then one known, calm agent
 sent again and again through the per-item path. Printed (best of 5, in µs per
 call): the checks that run before any part changes (``_check_item``), the
 lookup of the detector's next own evidence id, a whole call awaited inside one
-event loop, and a whole call through ``process_agent_behavior_sync`` (which
-starts an event loop per call with ``asyncio.run``).
+event loop, and a whole call through ``process_agent_behavior_sync`` (before
+this version it started an event loop per call with ``asyncio.run``). Most of a
+whole call is the consensus for the agent (see ``bench_consensus.py``).
 
     python benchmarks/bench_detector_item.py
 """
@@ -52,7 +53,7 @@ def main() -> None:
             await det.process_agent_behavior(7, data)
 
     print(f"process_agent_behavior, one event loop:     {best_us(lambda: asyncio.run(loop(500)), 1) / 500:8.1f} µs")
-    print(f"process_agent_behavior_sync (asyncio.run):  "
+    print(f"process_agent_behavior_sync:                "
           f"{best_us(lambda: det.process_agent_behavior_sync(7, data), 200):8.1f} µs")
 
 
