@@ -68,3 +68,102 @@ def test_as_name_array_takes_a_name_or_names_in_any_container(values):
 def test_as_name_array_refuses_what_is_not_n_names_and_says_which(values, error, text):
     with pytest.raises(error, match=text):
         as_name_array(values, 3, "regions")
+
+
+# ---------------------------------------------------------------------- names: separator, length; huge numbers
+
+from swarmguard.errors import NonFiniteError  # noqa: E402
+from swarmguard.validation import (  # noqa: E402
+    MAX_COHORT_DEPTH,
+    MAX_ID_LENGTH,
+    MAX_NAME_LENGTH,
+    NAME_SEPARATOR,
+    as_feature_matrix,
+    as_feature_vector,
+    as_finite_vector,
+    check_cohort,
+    check_finite_float,
+    check_name_str_array,
+    check_name_text,
+    check_name_texts,
+)
+from swarmguard.values.version_vector import check_region_name  # noqa: E402
+
+
+@pytest.mark.parametrize("bad, text", [
+    ("e\x00u", "NUL"), ("eu\x00", "NUL"), ("\x00", "NUL"),
+    ("a\x1fb", "separator"), ("\x1f", "separator"), ("ab\x1f", "separator"),
+    ("r" * (MAX_NAME_LENGTH + 1), f"at most {MAX_NAME_LENGTH}"),
+])
+def test_region_and_cohort_names_refuse_nul_the_separator_and_overlong_names(bad, text):
+    """A name holding the separator would read back from a checkpoint as two names; a
+    trailing NUL would vanish in a NumPy string array (two names, one replica)."""
+    assert NAME_SEPARATOR == "\x1f"
+    for check in (lambda: check_name_text(bad, "region"), lambda: check_region_name(bad),
+                  lambda: check_cohort(bad), lambda: check_cohort(("eu", bad)),
+                  lambda: check_name_texts(["eu", bad], "regions"),
+                  lambda: as_name_array(["eu", bad, "us"], 3, "regions"),
+                  lambda: as_name_array(np.array(["eu", bad, "us"], dtype=object), 3, "regions"),
+                  lambda: as_name_array(bad, 3, "regions")):
+        with pytest.raises(InvalidInputError, match=text):
+            check()
+    if not bad.endswith("\x00"):      # NumPy keeps inner NULs and the separator in a "U" array
+        with pytest.raises(InvalidInputError, match=text):
+            check_name_str_array(np.array(["eu", bad]), "regions")
+        with pytest.raises(InvalidInputError, match=text):
+            as_name_array(np.array(["eu", bad, "us"]), 3, "regions")
+
+
+def test_names_at_the_limits_are_accepted():
+    name = "r" * MAX_NAME_LENGTH
+    assert check_region_name(name) == name and check_cohort((name,) * MAX_COHORT_DEPTH) == (name,) * MAX_COHORT_DEPTH
+    assert as_name_array(np.array([name, "eu"]), 2, "regions").tolist() == [name, "eu"]
+    check_name_str_array(np.array(["a", "b"], dtype=f"<U{10 * MAX_NAME_LENGTH}"), "regions")   # wide dtype, short names
+    with pytest.raises(InvalidInputError, match=f"at most {MAX_COHORT_DEPTH} names"):
+        check_cohort(("a",) * (MAX_COHORT_DEPTH + 1))
+
+
+def test_a_huge_int_region_name_is_a_typed_error():
+    with pytest.raises(InvalidInputError):
+        check_region_name(10**5000)            # str() of it raises a bare ValueError
+    with pytest.raises(InvalidInputError, match="at most"):
+        check_region_name(10**MAX_NAME_LENGTH)  # 1001 digits
+
+
+def test_a_hundred_million_character_name_or_id_is_refused_without_copying_it():
+    import tracemalloc
+    huge = "r" * 10**8
+    tracemalloc.start()
+    try:
+        for check in (lambda: as_name_array(huge, 5000, "regions"), lambda: check_region_name(huge),
+                      lambda: check_cohort(("eu", huge)), lambda: check_id_text(huge, "agent_id"),
+                      lambda: check_id_texts(["a", huge], "agent_ids"), lambda: check_key(huge, "agent_id")):
+            with pytest.raises(InvalidInputError, match="100000000 characters") as info:
+                check()
+            assert len(str(info.value)) < 400        # the message quotes a prefix, never the whole input
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10**7                              # as_name_array would have built 5000 x 400 MB
+
+
+def test_ids_refuse_more_than_max_id_length_characters():
+    ok = "k" * MAX_ID_LENGTH
+    assert check_id_text(ok, "agent_id") == ok
+    with pytest.raises(InvalidInputError, match=r"agent_ids\[1\] has 1001 characters"):
+        check_id_texts(["a", ok + "k"], "agent_ids")
+    with pytest.raises(InvalidInputError, match=r"ids\[1\] has 1001 characters"):
+        check_id_str_array(np.array(["a", ok + "k"]), "ids")
+    check_id_str_array(np.array([ok, "b"]), "ids")
+
+
+@pytest.mark.parametrize("huge", [10**400, -(10**400), __import__("fractions").Fraction(10**400, 3)])
+def test_numbers_beyond_the_float_range_are_non_finite_errors(huge):
+    """float(10**400) raises a bare OverflowError: it is a NonFiniteError here."""
+    with pytest.raises(NonFiniteError):
+        check_finite_float(huge, "timestamp")
+    if isinstance(huge, int):
+        for check in (lambda: as_feature_vector([huge, 1.0], 2), lambda: as_feature_matrix([[huge, 1.0]], 2),
+                      lambda: as_finite_vector([1.0, huge], 2, "timestamps")):
+            with pytest.raises(NonFiniteError):
+                check()

@@ -11,6 +11,12 @@ of the same object (or the detector may call into its parts, each with its own
 lock) without deadlock. Async methods hold the lock only inside their
 synchronous body (no ``await`` while holding it).
 
+An object that works on another object's state (the protocol on its tree)
+takes its own lock and then the other's (:func:`synchronized_with`). Locks are
+always taken in the order detector -> protocol -> tree (the consensus and the
+CAP resolver on their own), never the other way round, so no two threads can
+wait for each other.
+
 Examples
 --------
 >>> class Counter(Locked):
@@ -33,7 +39,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["Locked", "synchronized"]
+__all__ = ["Locked", "synchronized", "synchronized_with"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,10 +65,51 @@ def synchronized(method: F) -> F:
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        lock = self.__dict__.get("_lock")
-        if lock is None:
-            lock = self.__dict__.setdefault("_lock", threading.RLock())
-        with lock:
+        with _lock_of(self):
             return method(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _lock_of(obj: Any) -> Any:
+    lock = obj.__dict__.get("_lock")
+    if lock is None:
+        lock = obj.__dict__.setdefault("_lock", threading.RLock())   # setdefault: one lock even if raced
+    return lock
+
+
+def synchronized_with(*attributes: str) -> Callable[[F], F]:
+    """Like :func:`synchronized`, then also the locks of ``self.<attribute>`` for each name, in order.
+
+    >>> class Box(Locked):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.items = []
+    >>> class Filler(Locked):
+    ...     def __init__(self, box):
+    ...         super().__init__()
+    ...         self.box = box
+    ...     @synchronized_with("box")
+    ...     def fill(self, k):
+    ...         self.box.items.extend(range(k))
+    ...         return len(self.box.items)
+    >>> Filler(Box()).fill(3)
+    3
+    """
+
+    def decorate(method: F) -> F:
+        @functools.wraps(method)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with _lock_of(self):
+                locks = [_lock_of(getattr(self, name)) for name in attributes]
+                for lock in locks:
+                    lock.acquire()
+                try:
+                    return method(self, *args, **kwargs)
+                finally:
+                    for lock in reversed(locks):
+                        lock.release()
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

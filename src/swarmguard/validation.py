@@ -37,6 +37,13 @@ __all__ = [
     "check_id_texts",
     "check_id_str_array",
     "as_name_array",
+    "check_name_text",
+    "check_name_texts",
+    "check_name_str_array",
+    "MAX_ID_LENGTH",
+    "MAX_NAME_LENGTH",
+    "MAX_COHORT_DEPTH",
+    "NAME_SEPARATOR",
 ]
 
 
@@ -57,6 +64,8 @@ def _as_float_array(values: Any, what: str) -> np.ndarray:
     if arr.dtype == object:
         try:
             arr = arr.astype(np.float64)
+        except OverflowError as exc:      # a Python int beyond the float range (10**400)
+            raise NonFiniteError(f"{what} holds a number too large for a float: {exc}") from exc
         except (ValueError, TypeError) as exc:
             raise InvalidTypeError(f"{what} must be numeric: {exc}") from exc
     else:
@@ -136,11 +145,27 @@ def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error message never copies a huge input."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
 def check_finite_float(value: Any, name: str) -> float:
-    """Return ``value`` as a finite float."""
+    """Return ``value`` as a finite float (:class:`NonFiniteError` for NaN, ±inf and
+    numbers beyond the float range such as ``10**400``).
+
+    >>> check_finite_float(3, "timestamp")
+    3.0
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InvalidTypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
+        raise InvalidTypeError(f"{name} must be a real number, got {_short_repr(value)}")
+    try:
+        value = float(value)
+    except OverflowError as exc:          # an int (or Fraction) beyond the float range: 10**400
+        raise NonFiniteError(f"{name} must be finite, got a number too large for a float ({exc})") from exc
     if not math.isfinite(value):
         raise NonFiniteError(f"{name} must be finite, got {value}")
     return value
@@ -167,7 +192,14 @@ def check_agent_id(agent_id: Any) -> Hashable:
 
 
 def check_cohort(cohort: Any) -> tuple[str, ...] | None:
-    """Normalise a cohort path: None, a name, or a sequence of names -> tuple of str."""
+    """Normalise a cohort path: None, a name, or a sequence of names -> tuple of str.
+
+    Each name follows :func:`check_name_text` (no NUL, no ``NAME_SEPARATOR``, at
+    most ``MAX_NAME_LENGTH`` characters); a path has at most ``MAX_COHORT_DEPTH`` names.
+
+    >>> check_cohort(["eu-west", "rack-7"])
+    ('eu-west', 'rack-7')
+    """
     if cohort is None:
         return None
     if isinstance(cohort, str):
@@ -178,9 +210,13 @@ def check_cohort(cohort: Any) -> tuple[str, ...] | None:
         raise InvalidTypeError(
             f"cohort must be a name or a sequence of names, got {type(cohort).__name__}"
         )
+    if len(parts) > MAX_COHORT_DEPTH:
+        raise InvalidInputError(f"a cohort path has at most {MAX_COHORT_DEPTH} names, got {len(parts)}")
     for p in parts:
         if not isinstance(p, str) or not p:
-            raise InvalidInputError(f"cohort names must be non-empty strings, got {p!r} in {cohort!r}")
+            raise InvalidInputError(f"cohort names must be non-empty strings, got {_short_repr(p)} "
+                                    f"in {_short_repr(cohort)}")
+        check_name_text(p, "cohort name")
     return parts
 
 
@@ -251,47 +287,91 @@ def check_key(value: Any, name: str) -> Hashable:
     return value
 
 
-# ---------------------------------------------------------------------- NUL characters in ids and names
+# ---------------------------------------------------------------------- ids and names: NUL, separator, length
 # NumPy string arrays (dtype "U") pad with NUL characters and drop trailing ones,
 # so "a\x00" becomes "a" on its way into an array: the batch path would overwrite
 # agent "a", and replicas that hold the id as a string and as an array would
 # disagree forever. Every id and name that is a string is therefore refused if it
 # holds a NUL anywhere (one rule, the same on every path).
+# Names (regions, cohorts) are also joined with NAME_SEPARATOR in checkpoints (the
+# tree's cohort paths): a name holding it would read back as two names, so it is
+# refused too. Lengths are capped so that one hostile string cannot blow up memory
+# (a NumPy string array stores every element at the longest element's width).
+
+MAX_ID_LENGTH = 1000
+"""Longest string id (agent, update, evidence, source), in characters."""
+
+MAX_NAME_LENGTH = 1000
+"""Longest region or cohort name, in characters."""
+
+MAX_COHORT_DEPTH = 100
+"""Most names in one cohort path (the tree keeps a node for every prefix)."""
+
+NAME_SEPARATOR = "\x1f"
+"""Joins the names of a cohort path in checkpoints; refused inside a name."""
+
 
 def _nul_error(name: str, value: str, index: int | None = None) -> InvalidInputError:
     where = "" if index is None else f"[{index}]"
     return InvalidInputError(
-        f"{name}{where} holds a NUL character ('\\x00'): {value!r}; NumPy string arrays drop "
+        f"{name}{where} holds a NUL character ('\\x00'): {_short_repr(value)}; NumPy string arrays drop "
         "trailing NULs, so such an id would alias another"
     )
 
 
+def _length_error(name: str, value: str, limit: int, index: int | None = None) -> InvalidInputError:
+    where = "" if index is None else f"[{index}]"
+    return InvalidInputError(f"{name}{where} has {len(value)} characters, at most {limit} are allowed: "
+                             f"{_short_repr(value, 40)}")
+
+
+def _separator_error(name: str, value: str, index: int | None = None) -> InvalidInputError:
+    where = "" if index is None else f"[{index}]"
+    return InvalidInputError(
+        f"{name}{where} holds the separator character {NAME_SEPARATOR!r}: {_short_repr(value)}; "
+        "checkpoints join names with it, so such a name would read back as two")
+
+
 def check_id_text(value: str, name: str) -> str:
-    """Return the string ``value``, refusing a NUL character anywhere in it.
+    """Return the string ``value``, refusing a NUL character anywhere in it and more
+    than ``MAX_ID_LENGTH`` characters.
 
     >>> check_id_text("agent-7", "agent_id")
     'agent-7'
     """
+    if len(value) > MAX_ID_LENGTH:
+        raise _length_error(name, value, MAX_ID_LENGTH)
     if "\x00" in value:
         raise _nul_error(name, value)
     return value
 
 
-def check_id_texts(values: list, name: str) -> None:
-    """Refuse a NUL in any of ``values`` (a list of ``str``), naming the first such element."""
+def check_id_texts(values: list, name: str, limit: int = MAX_ID_LENGTH) -> None:
+    """Refuse a NUL in any of ``values`` (a list of ``str``) or one longer than ``limit``,
+    naming the first such element."""
+    if values and max(map(len, values)) > limit:     # C-level: no per-element Python loop
+        i = next(i for i, v in enumerate(values) if len(v) > limit)
+        raise _length_error(name, values[i], limit, i)
     if "\x00" in "".join(values):   # one C-level scan: no per-element Python loop on the clean path
         i = next(i for i, v in enumerate(values) if "\x00" in v)
         raise _nul_error(name, values[i], i)
 
 
-def check_id_str_array(arr: np.ndarray, name: str) -> None:
-    """Refuse a NUL inside any element of a NumPy ``U`` array (trailing ones are already gone).
+def check_id_str_array(arr: np.ndarray, name: str, limit: int = MAX_ID_LENGTH) -> None:
+    """Refuse a NUL inside any element of a NumPy ``U`` array (trailing ones are already gone),
+    or an element longer than ``limit`` characters.
 
     An element's code points that are not NUL number its length unless a NUL
-    sits inside it: one vectorised count instead of a search per element.
+    sits inside it: one vectorised count instead of a search per element. The
+    length needs no scan unless the array's width exceeds ``limit``.
     """
     if arr.size == 0 or arr.dtype.itemsize == 0:
         return
+    if arr.dtype.itemsize // 4 > limit:
+        lengths = np.char.str_len(arr).ravel()
+        if int(lengths.max()) > limit:
+            i = int(np.flatnonzero(lengths > limit)[0])
+            raise _length_error(name, str(arr.ravel()[i]), limit, i)
     codes = np.ascontiguousarray(arr).view(np.uint32)
     if int(np.count_nonzero(codes)) != int(np.char.str_len(arr).sum()):
         lengths = np.char.str_len(arr).ravel()
@@ -300,21 +380,56 @@ def check_id_str_array(arr: np.ndarray, name: str) -> None:
         raise _nul_error(name, str(arr.ravel()[i]), i)
 
 
+def check_name_text(value: str, name: str) -> str:
+    """A region or cohort name: no NUL, no ``NAME_SEPARATOR``, at most ``MAX_NAME_LENGTH`` characters.
+
+    >>> check_name_text("eu-west", "region")
+    'eu-west'
+    """
+    if len(value) > MAX_NAME_LENGTH:
+        raise _length_error(name, value, MAX_NAME_LENGTH)
+    if "\x00" in value:
+        raise _nul_error(name, value)
+    if NAME_SEPARATOR in value:
+        raise _separator_error(name, value)
+    return value
+
+
+def check_name_texts(values: list, name: str) -> None:
+    """:func:`check_name_text` of every element of a list of ``str``, naming the first bad one."""
+    check_id_texts(values, name, MAX_NAME_LENGTH)
+    if NAME_SEPARATOR in "".join(values):
+        i = next(i for i, v in enumerate(values) if NAME_SEPARATOR in v)
+        raise _separator_error(name, values[i], i)
+
+
+def check_name_str_array(arr: np.ndarray, name: str) -> None:
+    """:func:`check_name_text` of every element of a NumPy ``U`` array, vectorised."""
+    check_id_str_array(arr, name, MAX_NAME_LENGTH)
+    if arr.size and arr.dtype.itemsize:
+        codes = np.ascontiguousarray(arr).view(np.uint32).reshape(arr.size, -1)
+        bad = (codes == ord(NAME_SEPARATOR)).any(axis=1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise _separator_error(name, str(arr.ravel()[i]), i)
+
+
 def as_name_array(values: Any, n: int, what: str) -> np.ndarray:
     """``n`` names as a NumPy string array: one ``str`` for every row, or ``n`` of them.
 
     ``values`` may be a NumPy string array, an object array of ``str`` (a pandas
     column) or any sequence of ``str``; a non-string element is an
-    :class:`InvalidTypeError` naming it; a NUL character is refused as in ids.
+    :class:`InvalidTypeError` naming it; each name follows :func:`check_name_text`
+    (no NUL, no ``NAME_SEPARATOR``, at most ``MAX_NAME_LENGTH`` characters).
 
     >>> as_name_array(np.array(["eu", "us"], dtype=object), 2, "regions").tolist()
     ['eu', 'us']
     """
     if isinstance(values, str):
-        return np.full(n, check_id_text(values, what))
+        return np.full(n, check_name_text(values, what))
     if isinstance(values, np.ndarray) and values.dtype.kind == "U":
         arr = values
-        check_id_str_array(arr, what)
+        check_name_str_array(arr, what)
     else:
         if isinstance(values, bytes) or not hasattr(values, "__len__") or (
                 isinstance(values, np.ndarray) and values.dtype.kind != "O"):
@@ -327,7 +442,7 @@ def as_name_array(values: Any, n: int, what: str) -> np.ndarray:
             for i, v in enumerate(items):
                 if not isinstance(v, str):
                     raise InvalidTypeError(f"{what}[{i}] is not a str: {v!r} ({type(v).__name__})")
-        check_id_texts(items, what)
+        check_name_texts(items, what)
         arr = np.array(items, dtype=str) if items else np.empty(0, dtype="<U1")
     if arr.shape != (n,):
         raise DimensionMismatchError(f"{what} must be {n} names (one per row), got shape {arr.shape}")

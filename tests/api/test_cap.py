@@ -403,6 +403,31 @@ def test_clock_returning_nan_is_refused():
         res.handle_update_sync(upd(0, 0, 0.0, [1.0], "a"))
 
 
+def test_read_clock_changes_nothing_and_a_write_at_now_uses_that_reading_throughout():
+    """The detector reads the resolver's clock once, before any part changes, and passes it
+    as ``now``: the write, the view and an automatic sync use it; the clock is not read again."""
+    clock = Clock(10.0)
+    res = StatisticalCAPResolver(clock=clock, regions=["a", "b"], auto_sync_seconds=1.0)
+    res.handle_update_sync(upd(0, 0, 0.0, [1.0], "a"))
+    clock.t = 20.0
+    assert res.read_clock() == 20.0 and res.read_clock() == 20.0
+    clock.t = 5.0                                       # backwards: the high-water mark, still 10
+    assert res.read_clock() == 10.0
+    clock.t = float("nan")                              # bad from here on: never read below
+    out = res.handle_updates_many("b", [1, 2], [1.0, 2.0], [[1.0], [3.0]], [0.1, 0.2], now=30.0)
+    assert out["accepted"] == 2 and out["staleness_seconds"] == 0.0    # auto-synced at 30
+    assert res.handle_update_sync(upd(3, 3, 3.0, [5.0], "a"), now=25.0)["accepted"]   # earlier: taken as 30
+    assert res.replica("a").ages(30.0)["b"] == 0.0
+    for bad, err in ((float("nan"), NonFiniteError), ("30", InvalidTypeError), (10**400, NonFiniteError)):
+        with pytest.raises(err):
+            res.handle_updates_many("b", [1], [1.0], [[1.0]], [0.1], now=bad)
+        with pytest.raises(err):
+            res.handle_update_sync(upd(4, 4, 4.0, [1.0], "a"), now=bad)
+    assert 4 not in res.replica("a").registers
+    with pytest.raises(NonFiniteError, match="clock"):
+        res.read_clock()
+
+
 def test_strong_even_split_has_no_majority_anywhere():
     res = StatisticalCAPResolver(ConsistencyModel.STRONG, clock=Clock(), regions=["a", "b", "c", "d"])
     res.partition([["a", "b"], ["c", "d"]])  # 2 of 4 is not a majority: no split brain

@@ -15,6 +15,7 @@ from swarmguard.errors import (
     NonFiniteError,
     SwarmGuardError,
 )
+from tests._threads import run_threads
 
 
 def test_an_observer_using_the_detectors_next_evidence_id_does_not_break_a_round():
@@ -184,6 +185,78 @@ def test_process_round_takes_object_arrays_of_strings_as_string_arrays():
         assert a["region_confidence"] == b["region_confidence"]
     assert s1["is_anomaly"][:10].all()
     assert detector_state(d0) == detector_state(d1) and detector_state(e0) == detector_state(e1)
+
+
+@pytest.mark.parametrize("timestamp", [10**400, -(10**400)])
+def test_a_timestamp_beyond_the_float_range_is_a_non_finite_error(timestamp):
+    """float(10**400) raises a bare OverflowError."""
+    det = _warm_detector()
+    assert_refused_unchanged(det, lambda d: d.process_round([1], ONE_ROW, "eu", timestamp=timestamp),
+                             NonFiniteError)
+    assert_refused_unchanged(det, lambda d: d.process_agent_behavior_sync(1, _item(timestamp=timestamp)),
+                             NonFiniteError)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "12.0", None, [5.0]])
+def test_a_clock_gone_bad_refuses_the_round_before_the_tree_changes(bad):
+    """The CAP resolver read its clock itself after the tree had changed: a clock that
+    returns NaN (or a str) left the tree updated and the replicas not."""
+    reading = [5.0]
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(300, 2))
+    X[:5] += 9.0
+    det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=100, clock=lambda: reading[0])
+    det.process_round(np.arange(300), X, "eu")
+    reading[0] = bad
+    error = InvalidInputError
+    calls = [lambda d: d.process_round([1], ONE_ROW, "eu", timestamp=6.0),
+             lambda d: d.process_round([1000, 1001], [[9.0, 9.0], [0.0, 0.0]], ["eu", "us"], timestamp=6.0),
+             lambda d: d.process_agent_behavior_sync(1, _item(timestamp=6.0, region="eu")),
+             lambda d: d.process_agent_behavior_sync(1000, _item(agent_id=1000, features=[9.0, 9.0],
+                                                                  timestamp=6.0, region="us"))]
+    for call in calls:
+        assert_refused_unchanged(det, call, error, match="clock")
+    reading[0] = 7.0                    # the clock recovers: the same calls go through
+    for call in calls:
+        call(det)
+    assert len(det.tree) == 302 and det.cap_resolver.regions == ["eu", "us"]
+
+
+@pytest.mark.parametrize("bad", ["e\x00u", "eu\x00", "e\x1fu", "\x1f", "r" * 1001])
+def test_region_and_cohort_names_with_nul_separator_or_overlong_are_refused(bad):
+    """"eu\x00" would be stored as "eu" by a NumPy string array and "a\x1fb" read back from a
+    checkpoint as the path ("a", "b"): two names aliasing one."""
+    det = _warm_detector()
+    for call in (lambda d: d.process_round([1], ONE_ROW, bad),
+                 lambda d: d.process_round([1, 2], np.ones((2, 2)), ["eu", bad]),
+                 lambda d: d.process_round([1, 2], np.ones((2, 2)), np.array(["eu", bad], dtype=object)),
+                 lambda d: d.process_round([1], ONE_ROW, "eu", cohorts=[("eu", bad)]),
+                 lambda d: d.process_round([1], ONE_ROW, "eu", cohorts=[bad]),
+                 lambda d: d.process_round([1], ONE_ROW, "eu", cohorts=np.array([bad], dtype=object)),
+                 lambda d: d.process_agent_behavior_sync(1, _item(region=bad)),
+                 lambda d: d.process_agent_behavior_sync(1, _item(cohort=("eu", bad))),
+                 lambda d: d.process_agent_behavior_sync(1, {"agent_id": 1, "features": [0.0, 0.0],
+                                                             "region": bad})):
+        assert_refused_unchanged(det, call, InvalidInputError)
+    if not bad.endswith("\x00"):        # a NumPy string array keeps it (a trailing NUL is gone already)
+        assert_refused_unchanged(det, lambda d: d.process_round([1, 2], np.ones((2, 2)), np.array(["eu", bad])),
+                                 InvalidInputError)
+        assert_refused_unchanged(
+            det, lambda d: d.process_round([1, 2], np.ones((2, 2)), "eu", cohorts=np.array(["eu", bad])),
+            InvalidInputError)
+
+
+def test_a_hundred_million_character_region_or_id_is_refused_and_changes_nothing():
+    det = _warm_detector()
+    huge = "r" * 10**8
+    X = np.zeros((5000, 2))
+    for call in (lambda d: d.process_round(np.arange(5000), X, huge),
+                 lambda d: d.process_round([huge], ONE_ROW, "eu"),
+                 lambda d: d.process_agent_behavior_sync(huge, _item(agent_id=huge)),
+                 lambda d: d.process_agent_behavior_sync(1, _item(region=huge)),
+                 lambda d: d.process_agent_behavior_sync(1, _item(id=huge))):
+        err = assert_refused_unchanged(det, call, InvalidInputError, match="at most 1000")
+        assert len(str(err)) < 400
 
 
 # ---------------------------------------------------------------------- the per-item path
@@ -411,3 +484,116 @@ def test_an_agent_at_1e50_beside_features_of_1e_300_and_1e_162_scores_as_the_sam
         assert g["mahalanobis_squared"] == pytest.approx(r["mahalanobis_squared"], rel=1e-9)
         assert g["is_anomaly"] == r["is_anomaly"]
     assert got[2][1]["anomaly"]["is_anomaly"]
+
+
+# ---------------------------------------------------------------------- threads
+
+
+def _fsum_mean(rows):
+    return np.array([math.fsum(col) / len(rows) for col in np.asarray(rows).T])
+
+
+def test_four_threads_on_one_detector_give_the_serial_state_and_refused_calls_commit_nothing():
+    """4 threads each send their own agents through process_agent_behavior (some far out, so
+    evidence is added) and a small process_round, with refused calls in between; the result is
+    what the same calls give one after another: each agent's vector in the tree and in its
+    replica, one own evidence per anomaly reported, means exact (math.fsum)."""
+    rng = np.random.default_rng(11)
+    base_ids, base_X = np.arange(400), rng.normal(size=(400, 3))
+    per_thread = 25
+    plans = []
+    for t in range(4):
+        ids = np.arange(1000 + 100 * t, 1000 + 100 * t + per_thread)
+        X = rng.normal(size=(3, per_thread, 3))
+        X[:, :3] += 12.0                                     # three far-out agents per thread
+        batch_ids = np.arange(5000 + 100 * t, 5000 + 100 * t + 10)
+        plans.append((t, ids, X, batch_ids, rng.normal(size=(10, 3))))
+
+    def work(det, plan):
+        t, ids, X, batch_ids, B = plan
+        region = ["eu", "us"][t % 2]
+        flagged, refused = 0, 0
+        for k in range(X.shape[0]):
+            for i, a in enumerate(ids.tolist()):
+                out = det.process_agent_behavior_sync(a, BehavioralData(a, X[k, i], timestamp=1.0, region=region))
+                flagged += bool(out["anomaly"]["is_anomaly"])
+                for bad in (BehavioralData(a, X[k, i] + 100.0, timestamp=float("nan"), region=region),
+                            BehavioralData(a, X[k, i] + 100.0, timestamp=1.0, region="e\x1fu")):
+                    try:
+                        det.process_agent_behavior_sync(a, bad)
+                    except InvalidInputError:
+                        refused += 1
+            out = det.process_round(batch_ids, B + k, region, timestamp=1.0)
+            flagged += int(out["is_anomaly"].sum())
+            try:
+                det.process_round(batch_ids, B + 50.0, region, timestamp=float("inf"))
+            except NonFiniteError:
+                refused += 1
+        return flagged, refused
+
+    def fresh():
+        d = DistributedBehavioralDetector(feature_dimensions=3, warm_up=100, clock=lambda: 1.0,
+                                          regions=["eu", "us"])
+        d.process_round(base_ids, base_X, "eu")
+        return d
+
+    serial, threaded = fresh(), fresh()
+    serial_out = [work(serial, p) for p in plans]
+    threaded_out = run_threads([lambda p=p: work(threaded, p) for p in plans])
+    assert [r for _, r in threaded_out] == [r for _, r in serial_out] == [3 * per_thread * 2 + 3] * 4
+
+    final = {int(a): x for a, x in zip(base_ids.tolist(), base_X, strict=True)}
+    for _, ids, X, batch_ids, B in plans:
+        final.update({int(a): X[-1, i] for i, a in enumerate(ids.tolist())})
+        final.update({int(a): B[i] + (X.shape[0] - 1) for i, a in enumerate(batch_ids.tolist())})
+    for det in (serial, threaded):
+        assert len(det.tree) == len(final) == 400 + 4 * (per_thread + 10)
+        for a, x in final.items():
+            np.testing.assert_array_equal(det.tree.get_agent_features(a), x, err_msg=f"agent {a} {det is serial}")
+        regs = {}
+        for region in ("eu", "us"):
+            replica = det.cap_resolver.replica(region)
+            regs.update({a: replica.registers.get(a) for a in final if a in replica.registers})
+        assert set(regs) == set(final)
+        for a, x in final.items():
+            np.testing.assert_array_equal(np.asarray(regs[a]["features"])[:3], x)
+        stats = det.tree.get_global_statistics()
+        np.testing.assert_allclose(stats["mean"], _fsum_mean(list(final.values())), rtol=1e-14, atol=1e-15)
+    # one own evidence per anomaly reported, each with its own id: the transactions did not interleave
+    for det, outs in ((serial, serial_out), (threaded, threaded_out)):
+        ev = det.consensus.export_evidence()
+        own = [e for e, s in zip(ev["evidence_ids"], ev["source_nodes"], strict=True) if s == det.node_id]
+        assert len(own) == len(set(own)) == det.consensus.evidence_count
+        assert det.consensus.evidence_count == sum(f for f, _ in outs) + _warm_evidence(base_X)
+    assert sum(f for f, _ in threaded_out) >= 4 * 3 * 3      # the far-out agents were flagged
+
+
+def _warm_evidence(base_X):
+    det = DistributedBehavioralDetector(feature_dimensions=3, warm_up=100, clock=lambda: 1.0, regions=["eu", "us"])
+    det.process_round(np.arange(len(base_X)), base_X, "eu")
+    return det.consensus.evidence_count
+
+
+def test_the_async_api_does_not_hold_the_lock_across_an_await():
+    """Two tasks on one event loop and a thread at the same time: no deadlock, every call applied."""
+    import asyncio
+    import threading
+    det = _warm_detector()
+    done = []
+
+    async def task(base):
+        for k in range(20):
+            out = await det.process_agent_behavior(base + k, _item(agent_id=base + k, region="eu"))
+            done.append(out["agent_id"])
+            await asyncio.sleep(0)
+
+    async def both():
+        await asyncio.gather(task(2000), task(3000))
+
+    thread = threading.Thread(target=lambda: [det.process_agent_behavior_sync(4000 + k, _item(agent_id=4000 + k))
+                                              for k in range(20)])
+    thread.start()
+    asyncio.run(both())
+    thread.join(timeout=60)
+    assert not thread.is_alive() and sorted(done) == [*range(2000, 2020), *range(3000, 3020)]
+    assert len(det.tree) == 300 + 60

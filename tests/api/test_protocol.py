@@ -422,3 +422,95 @@ def test_to_dict_round_trip_keeps_tiny_features_scoring():
     b = BehavioralDistributedProtocol(back, warm_up=10).score_many()["mahalanobis_squared"]
     assert np.all(a > 0)
     np.testing.assert_array_equal(a, b)
+
+
+def test_four_threads_scoring_with_one_protocol_give_the_serial_tree_and_valid_scores():
+    """update_and_score_many from 4 threads (each its own agents), score_many and per-item
+    updates in between: no exceptions, every reply scores its own rows, and the tree ends
+    with each agent's last vector and exact statistics (math.fsum means)."""
+    import math
+
+    from tests._threads import run_threads
+    rng = np.random.default_rng(31)
+    plans = [(t, np.arange(10_000 * (t + 1), 10_000 * (t + 1) + 200), rng.normal(size=(3, 200, 4)))
+             for t in range(4)]
+
+    def work(protocol, plan):
+        t, ids, X = plan
+        replies = []
+        for k in range(X.shape[0]):
+            for j in range(0, ids.size, 20):         # small batches: many calls, many interleavings
+                part = slice(j, j + 20)
+                out = protocol.update_and_score_many(ids[part], X[k, part], cohorts=f"c{t}")
+                assert out["agent_ids"].tolist() == ids[part].tolist()
+                assert np.isfinite(out["mahalanobis_squared"]).all()
+                replies.append(out["population_count"])
+            protocol.score_many(ids[:10])
+            info = protocol.update_agent_behavior_sync(BehavioralData(int(ids[0]), X[k, 0]))
+            assert info["agent_id"] == int(ids[0])
+            try:
+                protocol.update_and_score_many(ids, X[k] * np.nan, cohorts=f"c{t}")
+            except InvalidInputError:
+                replies.append("refused")
+        return replies
+
+    def fresh():
+        tree = HierarchicalStatisticalTree(feature_dimensions=4)
+        tree.update_many(np.arange(500), rng_base.normal(size=(500, 4)))
+        return BehavioralDistributedProtocol(tree, warm_up=100)
+
+    rng_base = np.random.default_rng(32)
+    serial = fresh()
+    rng_base = np.random.default_rng(32)
+    threaded = fresh()
+    for p in plans:
+        work(serial, p)
+    replies = run_threads([lambda p=p: work(threaded, p) for p in plans])
+    assert all(r.count("refused") == 3 and all(c == "refused" or 520 <= c <= 1300 for c in r) for r in replies)
+    rows = np.concatenate([np.random.default_rng(32).normal(size=(500, 4))] + [X[-1] for _, _, X in plans])
+    for protocol in (serial, threaded):
+        tree = protocol.tree
+        assert len(tree) == 1300
+        for _, ids, X in plans:
+            np.testing.assert_array_equal(tree.get_agent_features(int(ids[7])), X[-1, 7])
+        stats = tree.get_global_statistics()
+        fsum_mean = [math.fsum(col) / len(rows) for col in rows.T]
+        np.testing.assert_allclose(stats["mean"], fsum_mean, rtol=1e-14, atol=1e-15)
+    a, b = serial.score_many(np.arange(500)), threaded.score_many(np.arange(500))
+    np.testing.assert_allclose(b["mahalanobis_squared"], a["mahalanobis_squared"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("other", ["tree.update_many", "protocol.update_and_score_many"])
+def test_a_protocol_call_holds_its_lock_and_its_trees_for_the_whole_update_and_score(other):
+    """Deterministic: while one thread is between the update and the scoring of its batch
+    (held there on purpose), another thread's write, to the tree directly or through the
+    protocol, waits until the first call is done; the first call scores the tree it wrote."""
+    import threading
+    import time
+
+    tree = HierarchicalStatisticalTree(feature_dimensions=3)
+    tree.update_many(np.arange(300), np.random.default_rng(0).normal(size=(300, 3)))
+    protocol = BehavioralDistributedProtocol(tree, warm_up=100)
+    inside, events = threading.Event(), []
+    real = protocol._score_slots
+
+    def slow_score(*args, **kwargs):
+        version = tree.version
+        inside.set()
+        time.sleep(0.3)                        # the other thread tries to write now
+        events.append(("scored", tree.version == version))
+        return real(*args, **kwargs)
+
+    protocol._score_slots = slow_score
+    first = threading.Thread(target=lambda: protocol.update_and_score_many([1000, 1001], np.ones((2, 3))))
+    first.start()
+    assert inside.wait(10)
+    write = (lambda: tree.update_many([2000], np.zeros((1, 3)))) if other == "tree.update_many" else (
+        lambda: BehavioralDistributedProtocol.update_and_score_many(protocol, [2000], np.zeros((1, 3))))
+    protocol._score_slots = real               # the second call scores at full speed
+    second = threading.Thread(target=lambda: (write(), events.append(("wrote", True))))
+    second.start()
+    first.join(10)
+    second.join(10)
+    assert events == [("scored", True), ("wrote", True)]
+    assert len(tree) == 303

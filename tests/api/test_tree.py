@@ -243,3 +243,45 @@ def test_lookups_with_mixed_or_unknown_ids_are_typed(probe, error):
     tree.update_many(np.arange(3), np.eye(3, 2))
     with pytest.raises(error):
         tree.slots_of(probe)
+
+
+def test_four_threads_updating_one_tree_give_the_exact_statistics_and_refused_calls_commit_nothing():
+    """Each thread writes its own agents (batches, single updates, moves between its cohorts)
+    and sends batches the tree refuses; the statistics are those of the final vectors, exactly
+    (Fraction), for the population and every cohort, as when the same calls run one by one."""
+    from tests._threads import run_threads
+    rng = np.random.default_rng(21)
+    plans = [(t, np.arange(1000 * t, 1000 * t + 60), rng.normal(size=(4, 60, 3)) + t) for t in range(4)]
+
+    def work(tree, plan):
+        t, ids, X = plan
+        refused = 0
+        for k in range(X.shape[0]):
+            cohort = (f"c{t}", f"r{k % 2}")
+            tree.update_many(ids[:40], X[k, :40], cohorts=cohort)
+            for i in range(40, 60):
+                tree.update_agent(int(ids[i]), X[k, i], cohort=cohort)
+            bad = X[k, :40].copy()
+            bad[7, 1] = np.nan
+            for call in (lambda: tree.update_many(ids[:40], bad * 9.0, cohorts=cohort),
+                         lambda: tree.update_agent(int(ids[0]), [np.inf, 0.0, 0.0], cohort=cohort),
+                         lambda: tree.update_many(ids[:2], X[k, :2], cohorts=[("ok",), ("a\x1fb",)])):
+                try:
+                    call()
+                except InvalidInputError:
+                    refused += 1
+            tree.get_global_statistics()              # reads interleaved with the writes
+        return refused
+
+    serial, threaded = HierarchicalStatisticalTree(feature_dimensions=3), HierarchicalStatisticalTree(feature_dimensions=3)
+    assert [work(serial, p) for p in plans] == run_threads([lambda p=p: work(threaded, p) for p in plans]) == [12] * 4
+    final = np.concatenate([X[-1] for _, _, X in plans])
+    for tree in (serial, threaded):
+        assert len(tree) == 240
+        for t, ids, X in plans:
+            for i, a in enumerate(ids.tolist()):
+                np.testing.assert_array_equal(tree.get_agent_features(a), X[-1, i])
+                assert tree.agent_cohort(a) == (f"c{t}", "r1")
+            check_stats(tree.get_cohort_statistics((f"c{t}",)), X[-1])
+            assert tree.get_cohort_statistics((f"c{t}", "r0"))["count"] == 0
+        check_stats(tree.get_global_statistics(), final)

@@ -474,3 +474,49 @@ def test_ray_refuses_nul_ids_and_takes_object_arrays_of_strings(ray_session):
         assert_same_round(x, y)
     finally:
         b.close()
+
+
+def test_ray_refuses_a_clock_gone_bad_huge_timestamps_and_bad_names_before_any_actor_changes(ray_session):
+    """The in-process reproducers on Ray: the processing clock is read and checked with the
+    other inputs (a clock returning NaN or a str used to fail in the CAP writes, after the
+    trees changed); 10**400 is a NonFiniteError; NUL, the separator and overlong names refused."""
+    from swarmguard.errors import NonFiniteError
+    now = [0.0]
+    a, b = both(ray_session, feature_dimensions=3, clock=lambda: now[0], regions=["eu", "us"], warm_up=100)
+    ids, X = swarm(300)
+    reg = np.array(["eu", "us"])[ids % 2]
+    row = X[:1] + 0.5
+    try:
+        for det in (a, b):
+            det.process_round(ids, X, reg)
+        before = _ray_state(b)
+        calls = [lambda d: d.process_round([1], row, "eu", timestamp=1.0),
+                 lambda d: d.process_agent_behavior_sync(1, BehavioralData(1, row[0], timestamp=1.0, region="eu"))]
+        for bad, err in ((float("nan"), NonFiniteError), ("12.0", InvalidTypeError), (None, InvalidTypeError)):
+            now[0] = bad
+            for call in calls:
+                for det in (a, b):
+                    with pytest.raises(err, match="clock"):
+                        call(det)
+                assert _ray_state(b) == before
+        now[0] = 1.0
+        bad_calls = [
+            (lambda d: d.process_round([1], row, "eu", timestamp=10**400), NonFiniteError),
+            (lambda d: d.process_agent_behavior_sync(1, BehavioralData(1, row[0], timestamp=10**400)),
+             NonFiniteError),
+            (lambda d: d.process_round([1], row, "e\x1fu"), InvalidInputError),
+            (lambda d: d.process_round([1], row, "eu", cohorts=[("eu", "a\x1fb")]), InvalidInputError),
+            (lambda d: d.process_round([1], row, "r" * 1001), InvalidInputError),
+            (lambda d: d.process_round(["k" * 1001], row, "eu"), InvalidInputError),
+            (lambda d: d.process_agent_behavior_sync(1, BehavioralData(1, row[0], region="e\x00u")),
+             InvalidInputError),
+        ]
+        for call, err in bad_calls:
+            for det in (a, b):
+                with pytest.raises(err):
+                    call(det)
+            assert _ray_state(b) == before
+        x, y = (det.process_round(ids, X + 1.0, reg) for det in (a, b))
+        assert_same_round(x, y)
+    finally:
+        b.close()

@@ -364,10 +364,29 @@ class StatisticalCAPResolver(Locked):
     # ------------------------------------------------------------------ clock, regions
     def _now(self) -> float:
         """Clock reading, never earlier than a previous one (so confidence cannot rise by itself)."""
+        return self._advance(self.read_clock())
+
+    def read_clock(self) -> float:
+        """The clock's reading as the next write would use it, changing nothing.
+
+        A finite number (a clock that returns NaN, ±inf or a non-number raises
+        :class:`~swarmguard.errors.NonFiniteError` / ``InvalidTypeError``), never
+        earlier than a previous reading. A caller that must refuse a whole call
+        before changing other state (the detector) reads it once here and passes
+        it to the write as ``now``.
+        """
         t = check_finite_float(self._clock(), "clock()")
-        if t > self._latest:
-            self._latest = t
+        return t if t > self._latest else self._latest
+
+    def _advance(self, now: float) -> float:
+        """Take ``now`` (validated) as the latest reading; returns the reading to use."""
+        if now > self._latest:
+            self._latest = now
         return self._latest
+
+    @staticmethod
+    def _check_now(now: Any) -> float | None:
+        return None if now is None else check_finite_float(now, "now")
 
     @property
     @synchronized
@@ -471,15 +490,17 @@ class StatisticalCAPResolver(Locked):
         return self._group_of is not None
 
     @synchronized
-    def sync(self) -> SyncReport:
+    def sync(self, *, now: float | None = None) -> SyncReport:
         """One anti-entropy round over every delivering link.
 
         For each ordered pair (a, b) that can reach each other, b sends its
         version vector and a ships what that vector does not cover. After one
         round every replica of a group holds the join of the group's states.
+        ``now``: the clock reading to use (default: read the clock).
         """
         t0 = time.perf_counter()
-        now = self._now()
+        now = self._check_now(now)
+        now = self._now() if now is None else self._advance(now)
         self._last_sync = now
         pairs = rows = nbytes = 0
         for a in self._regions:
@@ -535,14 +556,14 @@ class StatisticalCAPResolver(Locked):
         await self.stop_background_sync()
 
     # ------------------------------------------------------------------ updates
-    async def handle_update(self, update: StatisticalUpdate) -> dict[str, Any]:
+    async def handle_update(self, update: StatisticalUpdate, *, now: float | None = None) -> dict[str, Any]:
         """Accept one update at its region and report the region's view (see :meth:`handle_update_sync`)."""
         if self.sync_interval_seconds is not None and (self._sync_task is None or self._sync_task.done()):
             self.start_background_sync()
-        return self.handle_update_sync(update)
+        return self.handle_update_sync(update, now=now)
 
     @synchronized
-    def handle_update_sync(self, update: StatisticalUpdate) -> dict[str, Any]:
+    def handle_update_sync(self, update: StatisticalUpdate, *, now: float | None = None) -> dict[str, Any]:
         """Synchronous twin of :meth:`handle_update`.
 
         Returns a dict with ``accepted`` (always True unless STRONG refuses by
@@ -553,6 +574,10 @@ class StatisticalCAPResolver(Locked):
         (ages weighted by each region's share of agents), ``consistency_model``,
         ``visible_regions`` and ``global_estimate`` (count, mean, mean anomaly
         score, confidence intervals widened by ``1 / confidence_factor``).
+
+        ``now`` is the processing time of the write and of the view (a reading
+        of the clock from :meth:`read_clock`; default: read the clock). A
+        reading earlier than a previous one counts as that one.
         """
         if not isinstance(update, StatisticalUpdate):
             raise InvalidTypeError(f"handle_update takes a StatisticalUpdate, got {type(update).__name__}")
@@ -562,8 +587,9 @@ class StatisticalCAPResolver(Locked):
         score = check_finite_float(update.anomaly_score, "anomaly_score")
         agent = as_agent_ids([check_wire_id(update.agent_id)])
         uid = as_agent_ids([check_wire_id(update.update_id)])
-        outcome = self._write(region, agent, np.array([ts]), x[None, :], np.array([score]), uid)
-        report = self._view_report(region)
+        now = self._check_now(now)
+        outcome = self._write(region, agent, np.array([ts]), x[None, :], np.array([score]), uid, now)
+        report = self._view_report(region, None if now is None else self._latest)   # the write's reading
         report.update({
             "accepted": True,
             "applied": bool(outcome.applied[0]),
@@ -576,16 +602,18 @@ class StatisticalCAPResolver(Locked):
     @synchronized
     def handle_updates_many(
         self, region: str, agent_ids: Any, timestamps: Any, features: Any, anomaly_scores: Any,
-        update_ids: Any = None,
+        update_ids: Any = None, *, now: float | None = None,
     ) -> dict[str, Any]:
         """Batch path: accept many updates of one region at once (arrays in).
 
         ``agent_ids`` (ints are fastest), ``timestamps`` (n,), ``features`` (n, d),
         ``anomaly_scores`` (n,), optional ``update_ids`` (n,) for idempotent
         delivery. Returns the view report of :meth:`handle_update_sync` with
-        ``accepted`` as a count and ``applied`` / ``duplicate`` as bool arrays.
+        ``accepted`` as a count and ``applied`` / ``duplicate`` as bool arrays;
+        ``now`` as there.
         """
         region = check_region_name(region)
+        now = self._check_now(now)
         if region not in self._born or self._dim is None:
             # first touch: validate here, before a region or a dimension is created
             ids = as_agent_ids(agent_ids)
@@ -598,8 +626,8 @@ class StatisticalCAPResolver(Locked):
             if update_ids is not None:
                 as_agent_ids(update_ids, n)
             agent_ids, features = ids, X
-        outcome = self._write(region, agent_ids, timestamps, features, anomaly_scores, update_ids)
-        report = self._view_report(region)
+        outcome = self._write(region, agent_ids, timestamps, features, anomaly_scores, update_ids, now)
+        report = self._view_report(region, None if now is None else self._latest)   # the write's reading
         report.update({
             "accepted": int(outcome.applied.shape[0]),
             "applied": outcome.applied,
@@ -611,7 +639,9 @@ class StatisticalCAPResolver(Locked):
         """Async twin of :meth:`handle_updates_many`."""
         return self.handle_updates_many(*args, **kwargs)
 
-    def _write(self, region: str, agent_ids, timestamps, features, scores, update_ids) -> WriteOutcome:
+    def _write(self, region: str, agent_ids, timestamps, features, scores, update_ids,
+               now: float | None = None) -> WriteOutcome:
+        """Validate and apply one region's batch; ``now``: the caller's clock reading (None: read it)."""
         new_region = region not in self._born
         self._require_quorum(region, new_region)
         if self._dim is None:
@@ -620,7 +650,7 @@ class StatisticalCAPResolver(Locked):
             replica.update_many(agent_ids, timestamps, features, scores, update_ids)
         elif new_region:
             RegionReplica(region, self._dim).update_many(agent_ids, timestamps, features, scores, update_ids)
-        now = self._now()
+        now = self._now() if now is None else self._advance(now)
         if new_region:
             self._add_region(region, now)
         if self._dim is None:
@@ -634,7 +664,7 @@ class StatisticalCAPResolver(Locked):
                     self._replicas[peer].merge_registers(entries)
         # Only after an accepted write: a rejected call changes nothing, not even by syncing.
         if self.auto_sync_seconds is not None and now - self._last_sync >= self.auto_sync_seconds:
-            self.sync()
+            self.sync(now=now)
         return outcome
 
     # ------------------------------------------------------------------ views
@@ -660,8 +690,8 @@ class StatisticalCAPResolver(Locked):
         self._require_quorum(region)
         return self._view_report(region)
 
-    def _view_report(self, region: str) -> dict[str, Any]:
-        now = self._now()
+    def _view_report(self, region: str, now: float | None = None) -> dict[str, Any]:
+        now = self._now() if now is None else now
         replica = self._replicas.get(region)
         counts = replica.region_counts() if replica else {}
         ages = replica.ages(now) if replica else {}

@@ -357,6 +357,21 @@ class StableBayesianConsensus(Locked):
                 claimed[kept[first_new != np.arange(kept.size)]] = True
         return (None if keep.all() else keep), claimed
 
+    @synchronized
+    def holds_evidence(self, source_node: Hashable, evidence_id: Hashable) -> bool:
+        """Whether ``source_node`` already sent evidence ``evidence_id`` (the key of an
+        evidence): O(1), two hash lookups. Ids another source uses do not count.
+
+        >>> c = StableBayesianConsensus()
+        >>> c.add_evidence_batch(["e1"], [7], "behavioral_anomaly", [1.0], [1.0], [0.0], ["obs"])
+        1
+        >>> c.holds_evidence("obs", "e1"), c.holds_evidence("detector", "e1")
+        (True, False)
+        """
+        ledger = self._ledger
+        source_row = ledger.sources.row_of(source_node)
+        return source_row >= 0 and ledger.seq_of(evidence_id, source_row)[0] >= 0
+
     def _source_key(self, source_rows: np.ndarray, i: int):
         row = int(source_rows[i])
         return self._ledger.sources.key_of(row) if row < len(self._ledger.sources) else "(new source)"

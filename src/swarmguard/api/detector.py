@@ -13,6 +13,7 @@ import numpy as np
 from scipy.stats import chi2
 
 from ..errors import DuplicateEvidenceError, InvalidInputError
+from ..locking import Locked, synchronized
 from ..structures.chi2 import chi2_logsf
 from ..validation import (
     as_feature_matrix,
@@ -56,7 +57,7 @@ def p_value_log_odds(log_p: np.ndarray | float) -> np.ndarray | float:
     return float(out) if out.ndim == 0 else out
 
 
-class DistributedBehavioralDetector:
+class DistributedBehavioralDetector(Locked):
     """The guide's complete example: tree + consensus + CAP resolver, one decision.
 
     Every argument has the guide's default, so ``DistributedBehavioralDetector()``
@@ -88,6 +89,11 @@ class DistributedBehavioralDetector:
     trusted, it always votes, but it does not end the consensus's founding
     (``probation_evidence``): observers seen before some observer has sent that
     many pieces vote too, however few pieces they send.
+
+    Threads: every public call holds the detector's lock for the whole
+    transaction (checks, tree, replicas, evidence, decision), so one detector
+    may be shared by the threads of a service; calls are serialised and a
+    refused call commits nothing. Async methods do not await while holding it.
     """
 
     def __new__(cls, *args: Any, backend: str = "inprocess", **kwargs: Any):
@@ -126,6 +132,7 @@ class DistributedBehavioralDetector:
 
     def _apply_settings(self, s: DetectorSettings) -> DetectorSettings:
         """Keep the settings and the decision rule's parameters (shared by every backend)."""
+        Locked.__init__(self)
         self.settings = s
         self.clock = s.clock or time.time
         self.isolate_probability = s.isolate_probability
@@ -142,6 +149,7 @@ class DistributedBehavioralDetector:
         """Features per agent (None until the first observation fixes it)."""
         return self.tree.feature_dimensions
 
+    @synchronized
     def get_global_statistics(self, ddof: int = 1) -> dict[str, Any]:
         """The whole population's count, mean and covariance (as the tree's)."""
         return self.tree.get_global_statistics(ddof)
@@ -162,6 +170,7 @@ class DistributedBehavioralDetector:
             behavioral_data, "timestamp", None)
         return check_finite_float(self.clock() if ts is None else ts, "timestamp")
 
+    @synchronized
     def create_evidence(self, agent_id: Hashable, behavioral_data: Any, anomaly_info: dict[str, Any],
                         confidence: float = 1.0) -> BayesianEvidence:
         """The detector's own evidence that ``agent_id`` is compromised, from its anomaly test.
@@ -183,6 +192,7 @@ class DistributedBehavioralDetector:
             source_node=self.node_id,
         )
 
+    @synchronized
     def create_statistical_update(self, agent_id: Hashable, behavioral_data: Any,
                                   anomaly_score: float | None = None) -> StatisticalUpdate:
         """The CAP update for one observation: its region, features and anomaly score."""
@@ -217,6 +227,7 @@ class DistributedBehavioralDetector:
         cut = np.where(cf >= 1.0, p_cut, chi2.sf(widened, d))
         return np.logical_and(is_anomaly, np.asarray(decision_p) <= cut)
 
+    @synchronized
     def should_trigger_response(self, anomaly_info: dict[str, Any], cap_result: dict[str, Any],
                                 consensus_result: dict[str, Any] | None = None) -> bool:
         """Whether to isolate, by the rule in the class docstring."""
@@ -235,12 +246,14 @@ class DistributedBehavioralDetector:
                 "anomaly": anomaly, "consensus": consensus}[self.require]
 
     # ------------------------------------------------------------------ per item (the guide's loop)
-    def _check_item(self, agent_id: Any, behavioral_data: Any) -> tuple[BehavioralData, int]:
+    def _check_item(self, agent_id: Any, behavioral_data: Any) -> tuple[BehavioralData, int, float]:
         """Everything a per-item call's three parts will check, checked before any of them changes.
 
         Returns the observation with its values validated and normalised (the
         clock read once: the tree, the replica and the evidence get one
-        timestamp) and a free number for the detector's own evidence id.
+        timestamp), a free number for the detector's own evidence id and the
+        resolver's processing time (its clock, read and checked here, so that a
+        clock gone bad refuses the call before the tree changes).
         """
         data_id, features, cohort = read_behavior(behavioral_data)
         agent = check_wire_id(agent_id, "agent_id")          # the replicas' rule (the tree takes more)
@@ -254,68 +267,73 @@ class DistributedBehavioralDetector:
         if uid is not None:
             uid = check_wire_id(uid, "update id")
         self.cap_resolver.check_writable([path[0] if path else self.default_region])
-        # The own evidence id, should the agent be anomalous: one no observer holds yet.
+        now = self._processing_time()
+        # The own evidence id, should the agent be anomalous: one the detector's node has not
+        # sent yet (ids are per source: only evidence sent under node_id can hold it). An O(1)
+        # lookup: the evidence itself is valid by construction (a wire id, a finite timestamp,
+        # capped finite log-odds, a confidence factor in (0, 1]).
         number = self._evidence_number
         for _ in range(1000):
-            try:
-                if self.consensus.check_evidence_batch(
-                        [f"{self.node_id}:{number}"], [agent], EvidenceType.BEHAVIORAL_ANOMALY, [0.0], [1.0],
-                        [ts], [self.node_id]) == 1:
-                    break
-            except DuplicateEvidenceError:
-                pass
+            if not self.consensus.holds_evidence(self.node_id, f"{self.node_id}:{number}"):
+                break
             number += 1
         else:
             raise DuplicateEvidenceError(f"observers hold 1000 of {self.node_id!r}'s evidence ids")
-        return BehavioralData(agent, x, ts, uid, None, None, path), number
+        return BehavioralData(agent, x, ts, uid, None, None, path), number, now
 
     async def process_agent_behavior(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
         """The guide's main loop for one observation; returns the decision and the details.
 
         One transaction: the observation is checked against every part's rules
         first (ids the replicas take, a finite timestamp, ``behavioral_data``'s
-        ``agent_id`` equal to ``agent_id``, a writable region), so a refused
-        call raises a typed error and changes nothing.
+        ``agent_id`` equal to ``agent_id``, valid names, a writable region, a
+        clock that reads a finite number), so a refused call raises a typed
+        error and changes nothing. The transaction runs under the detector's
+        lock without awaiting anything (a threading lock is never held across
+        an ``await``): calls from several threads or tasks are serialised.
         """
-        data, number = self._check_item(agent_id, behavioral_data)
+        if getattr(self.cap_resolver, "sync_interval_seconds", None) is not None:
+            self.cap_resolver.start_background_sync()     # as the resolver's own async handle_update
+        return self.process_agent_behavior_sync(agent_id, behavioral_data)
+
+    @synchronized
+    def process_agent_behavior_sync(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
+        """Synchronous twin of :meth:`process_agent_behavior` (no event loop needed)."""
+        data, number, now = self._check_item(agent_id, behavioral_data)
         agent_id = data.agent_id
         self._evidence_number = number
         # Step 1: Update hierarchical statistics (O(log n))
-        anomaly_info = await self.protocol.update_agent_behavior(data)
+        anomaly_info = self.protocol.update_agent_behavior_sync(data)
         # Step 3 first for its confidence factor: Distributed update with CAP resolution
         update = self.create_statistical_update(agent_id, data, anomaly_info["mahalanobis_squared"])
-        cap_result = await self.cap_resolver.handle_update(update)
+        cap_result = self.cap_resolver.handle_update_sync(update, now=now)
         cf = cap_result["confidence_factor"]
         cf = 1.0 if cf is None else cf
         # Step 2: Collect evidence if anomalous
         if anomaly_info["is_anomaly"]:
             evidence = self.create_evidence(agent_id, data, anomaly_info, confidence=cf)
-            await self.consensus.add_evidence(evidence)
+            self.consensus.add_evidence_sync(evidence)
         try:
-            consensus_result = await self.consensus.distributed_evidence_consensus(agent_id)
+            consensus_result = self.consensus.distributed_evidence_consensus_sync(agent_id)
         except KeyError:
             consensus_result = None
         # Step 4: Make detection decision
         isolate = self.should_trigger_response(anomaly_info, cap_result, consensus_result)
-        out = {
+        return {
             "agent_id": agent_id,
             "action": "isolate" if isolate else "monitor",
             "confidence": cf,
             "evidence": consensus_result,
             "anomaly": anomaly_info,
         }
-        return out
-
-    def process_agent_behavior_sync(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
-        """Synchronous twin of :meth:`process_agent_behavior`."""
-        import asyncio
-        return asyncio.run(self.process_agent_behavior(agent_id, behavioral_data))
 
     # ------------------------------------------------------------------ batch
+    @synchronized
     def ingest_evidence(self, *args: Any, **kwargs: Any) -> int:
         """Observer evidence in bulk: :meth:`StableBayesianConsensus.add_evidence_batch`."""
         return self.consensus.add_evidence_batch(*args, **kwargs)
 
+    @synchronized
     def process_round(self, agent_ids: Any, X: Any, regions: Any, *, cohorts: Any = None,
                       timestamp: float | None = None, fdr: Any = "default") -> dict[str, Any]:
         """One round for many agents through all three parts, with array operations.
@@ -330,7 +348,7 @@ class DistributedBehavioralDetector:
         ``region_confidence`` (per region).
         """
         # One transaction: every part's checks first, so a refused round changes nothing.
-        X, ids, regions, cohorts, ts = self._check_round(agent_ids, X, regions, cohorts, timestamp)
+        X, ids, regions, cohorts, ts, now = self._check_round(agent_ids, X, regions, cohorts, timestamp)
         names, inverse = np.unique(regions, return_inverse=True)
         # STRONG refuses before the tree changes: a refused round leaves every part as it was
         self.cap_resolver.check_writable(names.tolist())
@@ -345,7 +363,7 @@ class DistributedBehavioralDetector:
         for k, name in enumerate(names):
             rows = np.flatnonzero(inverse == k)
             res = self.cap_resolver.handle_updates_many(str(name), ids[rows], np.full(rows.size, ts),
-                                                        X[rows], d2[rows])
+                                                        X[rows], d2[rows], now=now)
             accepted += int(res["accepted"])
             cf = res["confidence_factor"]
             region_cf[k] = 1.0 if cf is None else cf
@@ -354,16 +372,23 @@ class DistributedBehavioralDetector:
                                   scored["decision_p_value"], scored["is_anomaly"], scored["p_value_cutoff"],
                                   scored["threshold_squared"], confidence, names, region_cf, accepted, ts)
 
+    def _processing_time(self) -> float:
+        """The CAP resolver's clock, read and checked (finite), changing nothing: the writes'
+        processing time, taken before any part changes (a clock gone bad refuses the call)."""
+        return self.cap_resolver.read_clock()
+
     def _check_round(self, agent_ids: Any, X: Any, regions: Any, cohorts: Any, timestamp: Any
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any, float]:
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any, float, float]:
         """A round's inputs checked by the rules of every part (shared by every backend).
 
-        Returns ``(X, ids, regions, cohorts, timestamp)``: ``ids`` as the replicas
+        Returns ``(X, ids, regions, cohorts, timestamp, now)``: ``ids`` as the replicas
         take them (:func:`~swarmguard.values.agent_index.as_wire_id_array`: ints in
         int64, strings without NUL, object arrays of either), ``regions`` a NumPy
         string array (object arrays of ``str`` accepted), ``cohorts`` an object
-        array of ``str`` turned into a string array (the tree's fast path), and a
-        finite timestamp (the clock's reading when None).
+        array of ``str`` turned into a string array (the tree's fast path), a
+        finite timestamp (the clock's reading when None) and ``now``, the
+        resolver's processing time for every write of the round
+        (:meth:`_processing_time`).
         """
         X = as_feature_matrix(X, self.feature_dimensions)
         n = X.shape[0]
@@ -374,7 +399,7 @@ class DistributedBehavioralDetector:
                 map(type, cohorts.tolist())) == {str}:
             # all names (a pandas column): the tree's string-array fast path; paths or None stay per row
             cohorts = as_name_array(cohorts, n, "cohorts")
-        return X, ids, regions, cohorts, ts
+        return X, ids, regions, cohorts, ts, self._processing_time()
 
     def _add_own_evidence(self, *columns: Any) -> None:
         """The detector's own evidence of a round (a backend may hold back side effects)."""

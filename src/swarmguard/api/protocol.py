@@ -13,6 +13,7 @@ from scipy.special import chdtrc
 from scipy.stats import chi2
 
 from ..errors import InvalidInputError, InvalidTypeError
+from ..locking import Locked, synchronized_with
 from ..structures.chi2 import chi2_sf
 from ..structures.fdr import benjamini_hochberg
 from ..structures.scoring import MIN_POPULATION, LeaveOneOutScorer
@@ -88,7 +89,7 @@ def _chi2_threshold(alpha: float, dim: int) -> float:
     return float(chi2.isf(alpha, dim))
 
 
-class BehavioralDistributedProtocol:
+class BehavioralDistributedProtocol(Locked):
     """Score agents by leave-one-out Mahalanobis distance as their behaviour arrives.
 
     Parameters
@@ -109,6 +110,11 @@ class BehavioralDistributedProtocol:
     score_levels : "population" or "all", default "population"
         Score against the whole population only, or also against the agent's
         own cohort and every ancestor cohort (each level is reported).
+
+    Every public method runs under the protocol's lock and then its tree's
+    (:mod:`swarmguard.locking`): a protocol may be shared between threads, and
+    so may its tree, used directly at the same time. Async methods take the
+    locks only inside their synchronous body.
 
     Examples
     --------
@@ -132,6 +138,7 @@ class BehavioralDistributedProtocol:
         warm_up: int | None = None,
         score_levels: str = "population",
     ):
+        super().__init__()
         if not isinstance(tree, HierarchicalStatisticalTree):
             raise InvalidTypeError(f"tree must be a HierarchicalStatisticalTree, got {type(tree).__name__}")
         self.tree = tree
@@ -161,6 +168,7 @@ class BehavioralDistributedProtocol:
         """Update the tree with one observation and score that agent (``anomaly_info``)."""
         return self.update_agent_behavior_sync(behavioral_data)
 
+    @synchronized_with("tree")
     def update_agent_behavior_sync(self, behavioral_data: Any) -> dict[str, Any]:
         """Synchronous twin of :meth:`update_agent_behavior`."""
         agent_id, features, cohort = read_behavior(behavioral_data)
@@ -174,6 +182,7 @@ class BehavioralDistributedProtocol:
         """Score a known agent without changing anything."""
         return self.score_agent_sync(agent_id)
 
+    @synchronized_with("tree")
     def score_agent_sync(self, agent_id: Any) -> dict[str, Any]:
         """Synchronous twin of :meth:`score_agent`."""
         slot = self.tree._slot(agent_id)
@@ -256,6 +265,7 @@ class BehavioralDistributedProtocol:
         }
 
     # ------------------------------------------------------------------ batch
+    @synchronized_with("tree")
     def score_many(self, agent_ids: Any = None, *, fdr: float | None | str = "default",
                    explain: bool = False) -> dict[str, Any]:
         """Score many known agents at once (all agents when ``agent_ids`` is None).
@@ -281,6 +291,7 @@ class BehavioralDistributedProtocol:
             slots, ids = tree.slots_of(agent_ids)
         return self._score_slots(ids, slots, fdr, explain)
 
+    @synchronized_with("tree")
     def update_and_score_many(self, agent_ids: Any, X: Any, cohorts: Any = None, *,
                               fdr: float | None | str = "default", explain: bool = False) -> dict[str, Any]:
         """:meth:`HierarchicalStatisticalTree.update_many`, then :meth:`score_many` on those agents."""

@@ -16,6 +16,7 @@ from ..errors import (
     UnknownAgentError,
     UnknownCohortError,
 )
+from ..locking import Locked, synchronized
 from ..structures.cohorts import CohortDirectory
 from ..structures.id_index import IdIndex
 from ..structures.slot_tree import SlotTree
@@ -27,6 +28,7 @@ from ..validation import (
     check_id_str_array,
     check_id_texts,
     check_key,
+    check_name_str_array,
     check_positive_int,
 )
 
@@ -44,7 +46,7 @@ def _page_levels(b: int) -> int:
     return levels
 
 
-class HierarchicalStatisticalTree:
+class HierarchicalStatisticalTree(Locked):
     """Mergeable population statistics in a tree of cohorts.
 
     Each agent's latest feature vector is a leaf; every internal node holds the
@@ -69,6 +71,9 @@ class HierarchicalStatisticalTree:
         recomputed from their children in batches, and always before they are
         read, so statistics returned by the ``get_*`` methods are exact.
 
+    Every public method runs under the tree's lock (:mod:`swarmguard.locking`):
+    a tree may be shared between threads, and a refused call changes nothing.
+
     Examples
     --------
     >>> import numpy as np
@@ -91,6 +96,7 @@ class HierarchicalStatisticalTree:
         *,
         recompute_every: int = 65536,
     ):
+        super().__init__()
         self.branching_factor = check_positive_int(branching_factor, "branching_factor", minimum=2)
         if self.branching_factor > MAX_BRANCHING:
             raise InvalidInputError(f"branching_factor must be <= {MAX_BRANCHING}, got {branching_factor}")
@@ -118,9 +124,11 @@ class HierarchicalStatisticalTree:
         self._dim = dim
         self._tree = SlotTree(dim, self.branching_factor, self._page_levels, self.recompute_every)
 
+    @synchronized
     def __len__(self) -> int:
         return len(self._index)
 
+    @synchronized
     def __contains__(self, agent_id: object) -> bool:
         try:
             return check_agent_id(agent_id) in self._index
@@ -128,16 +136,19 @@ class HierarchicalStatisticalTree:
             return False
 
     @property
+    @synchronized
     def depth(self) -> int:
         """Internal levels between the leaves and the root (log_b of capacity)."""
         return 0 if self._tree is None else self._tree.levels
 
+    @synchronized
     def agent_ids(self) -> list[Hashable]:
         """Ids of the agents in the tree, in slot order."""
         if self._tree is None:
             return []
         return list(self._ids_at_slot[: self._tree.capacity][self._tree.occupied])
 
+    @synchronized
     def cohorts(self) -> list[Path]:
         """Every cohort path, the root ``()`` first."""
         return list(self._cohorts.paths)
@@ -149,10 +160,12 @@ class HierarchicalStatisticalTree:
             raise UnknownAgentError(f"unknown agent id {agent_id!r}")   # (normalised: no np.int64(...))
         return slot
 
+    @synchronized
     def agent_cohort(self, agent_id: Any) -> Path:
         """The cohort path an agent is placed under."""
         return self._cohorts.path_of(int(self._cohorts.cohort_of_slots(self._slot(agent_id))))
 
+    @synchronized
     def get_agent_features(self, agent_id: Any) -> np.ndarray:
         """The agent's latest feature vector (a copy)."""
         return self._tree.X[self._slot(agent_id)].copy()
@@ -165,6 +178,7 @@ class HierarchicalStatisticalTree:
             self._ids_at_slot = ids
 
     # ------------------------------------------------------------------ single updates
+    @synchronized
     def update_agent(self, agent_id: Any, features: Any, cohort: Any = None) -> None:
         """Set one agent's latest vector (insert, replace, or move to ``cohort``)."""
         agent_id = check_agent_id(agent_id)
@@ -197,6 +211,7 @@ class HierarchicalStatisticalTree:
         self.version += 1
         return new_slot
 
+    @synchronized
     def remove_agent(self, agent_id: Any) -> None:
         """Remove an agent; ``UnknownAgentError`` (a ``KeyError``) if it is not here."""
         slot = self._slot(agent_id)
@@ -277,6 +292,7 @@ class HierarchicalStatisticalTree:
         if isinstance(cohorts, np.ndarray) and cohorts.dtype.kind == "U":
             if cohorts.shape != (n,):
                 raise DimensionMismatchError(f"cohorts has shape {cohorts.shape}, expected ({n},)")
+            check_name_str_array(cohorts, "cohorts")     # vectorised, before a sort of what may be huge
             names, inverse = np.unique(cohorts, return_inverse=True)
             return inverse.astype(np.int64), [check_cohort(str(s)) for s in names]
         if not isinstance(cohorts, Sequence) and not isinstance(cohorts, np.ndarray):
@@ -302,6 +318,7 @@ class HierarchicalStatisticalTree:
             out[i] = k
         return out, paths
 
+    @synchronized
     def update_many(self, agent_ids: Any, X: Any, cohorts: Any = None) -> None:
         """Set many agents' vectors at once, vectorised end to end.
 
@@ -355,6 +372,7 @@ class HierarchicalStatisticalTree:
         self.version += 1
         return slots, ids, X
 
+    @synchronized
     def slots_of(self, agent_ids: Any) -> tuple[np.ndarray, np.ndarray]:
         """Slots and validated ids of known agents (``UnknownAgentError`` if any is unknown)."""
         ids = self._check_ids(agent_ids)
@@ -422,6 +440,7 @@ class HierarchicalStatisticalTree:
             "ddof": ddof,
         }
 
+    @synchronized
     def get_global_statistics(self, ddof: int = 1) -> dict[str, Any]:
         """Population statistics: ``count``, ``mean``, ``covariance``, ``variance``, ``std``.
 
@@ -430,6 +449,7 @@ class HierarchicalStatisticalTree:
         """
         return self._statistics(0, ddof)
 
+    @synchronized
     def get_cohort_statistics(self, path: Any, ddof: int = 1) -> dict[str, Any]:
         """The same statistics for one cohort (its own agents and its sub-cohorts')."""
         p = check_cohort(path)
@@ -439,6 +459,7 @@ class HierarchicalStatisticalTree:
         return self._statistics(cid, ddof)
 
     # ------------------------------------------------------------------ serialisation
+    @synchronized
     def to_dict(self) -> dict[str, np.ndarray]:
         """The tree as a dict of arrays (agents, vectors, cohort paths); nodes are derived."""
         ids = self.agent_ids()

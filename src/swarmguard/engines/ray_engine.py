@@ -89,6 +89,7 @@ from ..api.detector_settings import DetectorSettings
 from ..api.evidence_types import BayesianEvidence, EvidenceType
 from ..api.protocol import BehavioralDistributedProtocol, read_behavior
 from ..api.tree import HierarchicalStatisticalTree
+from ..locking import synchronized
 from ..errors import (
     CheckpointError,
     CheckpointWriteWarning,
@@ -586,10 +587,21 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
 
     # ------------------------------------------------------------------ plumbing
     def _now(self) -> float:
+        return self._advance(self._read_clock())
+
+    def _read_clock(self) -> float:
+        """The clock's reading as the next write would use it (finite, never earlier than a
+        previous one), changing nothing: as the in-process resolver's ``read_clock``."""
         t = check_finite_float(self.clock(), "clock()")
-        if t > self._latest:
-            self._latest = t
+        return t if t > self._latest else self._latest
+
+    def _advance(self, now: float) -> float:
+        if now > self._latest:
+            self._latest = now
         return self._latest
+
+    def _processing_time(self) -> float:
+        return self._read_clock()
 
     @property
     def warm_up(self) -> int:
@@ -606,6 +618,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         pending = [self.sys.submit(h, m, *a, mutating=mut) for h, m, a, mut in calls]
         return [self.sys.get(h, p, m, *a)[0] for (h, m, a, _), p in zip(calls, pending, strict=True)]
 
+    @synchronized
     def close(self) -> None:
         """Kill the actors (and shut Ray down if this detector started it)."""
         for h in self.handles:
@@ -656,6 +669,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         return moved
 
     # ------------------------------------------------------------------ the round
+    @synchronized
     def process_round(self, agent_ids: Any, X: Any, regions: Any, *, cohorts: Any = None,
                       timestamp: float | None = None, fdr: Any = "default") -> dict[str, Any]:
         """One round for many agents, on the actors; the same result as in process."""
@@ -670,7 +684,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         """A round; ``stay`` marks rows whose known agents keep their place in the tree
         (the per-item path's data without a cohort), written to their region's replica all the same."""
         # The in-process detector's checks (the same function), all before any change.
-        X, ids, regions, cohorts, ts = self._check_round(agent_ids, X, regions, cohorts, timestamp)
+        X, ids, regions, cohorts, ts, now = self._check_round(agent_ids, X, regions, cohorts, timestamp)
         n, d = X.shape
         ids = _validate_ids(ids)
         names, inverse = np.unique(regions, return_inverse=True)
@@ -767,7 +781,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         else:
             thr2 = float("inf")
         # ---- 4. CAP: each region's writes, in the in-process resolver's order
-        region_cf, accepted = self._cap_writes(order, inverse, d2, ts, ids, X, shard, region_shard)
+        region_cf, accepted = self._cap_writes(order, inverse, d2, ts, ids, X, shard, region_shard, now)
         confidence = region_cf[inverse]
         lap("cap")
         # ---- 5. own evidence, consensus, decision (shared with the in-process detector)
@@ -785,8 +799,12 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         return out
 
     def _cap_writes(self, order: list[str], inverse: np.ndarray, d2: np.ndarray, ts: float, ids: np.ndarray,
-                    X: np.ndarray, shard: np.ndarray, region_shard: np.ndarray):
+                    X: np.ndarray, shard: np.ndarray, region_shard: np.ndarray, now: float):
         """Each region's writes and view, as the in-process resolver orders them.
+
+        ``now`` is the round's processing time, read from the clock (and
+        checked) before anything changed: every write, view and the automatic
+        sync of the round use it, as in process.
 
         Serial until this round's automatic sync has run (it ships what was
         written before it) and the last new region was born (the regions
@@ -803,11 +821,11 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             rows = np.flatnonzero(inverse == k)
             extra.append((ids[rows], X[rows]) if (shard[rows] != region_shard[k]).any() else None)
         synced = self.auto_sync_seconds is None
+        now = self._advance(now)
         k = 0
         while k < len(order) and (strong or not synced or any(r not in self._born for r in order[k:])):
             name = order[k]
             h = self.region_shards[self._shard_of_region[name]]
-            now = self._now()
             self._announce([name], now)          # a new region is born as it first writes
             view = None
             sync_due = not synced and now - self._last_sync >= self.auto_sync_seconds
@@ -823,18 +841,17 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                                       mutating=True)
             else:       # the write and the view in one call (the clock reading is the same)
                 count, view = self.sys.call(h, "cap_write", name, d2[inverse == k], ts, now, False,
-                                            self._now(), extra[k], mutating=True)
+                                            now, extra[k], mutating=True)
             accepted += count
             if sync_due:
-                self._sync()           # inside the round: no checkpoint until the round is whole
+                self._sync(now)        # inside the round: no checkpoint until the round is whole
                 synced = True
             if view is None:
-                view = self.sys.call(h, "cap_view", name, self._now())
+                view = self.sys.call(h, "cap_view", name, now)
             cf = view["confidence_factor"]
             region_cf[k] = 1.0 if cf is None else cf
             k += 1
         rest = list(range(k, len(order)))
-        now = self._now()
         replies = self._gather([(self.region_shards[self._shard_of_region[order[j]]], "cap_write",
                                  (order[j], d2[inverse == j], ts, now, False, now, extra[j]), True)
                                 for j in rest])
@@ -857,6 +874,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         """
         return self.process_agent_behavior_sync(agent_id, behavioral_data)
 
+    @synchronized
     def process_agent_behavior_sync(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
         """Synchronous twin of :meth:`process_agent_behavior`."""
         data_id, features, cohort = read_behavior(behavioral_data)
@@ -901,6 +919,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                 "evidence": evidence, "anomaly": anomaly}
 
     # ------------------------------------------------------------------ evidence
+    @synchronized
     def ingest_evidence(self, evidence_ids: Any, agent_ids: Any, evidence_types: Any, log_odds: Any,
                         confidences: Any, timestamps: Any, source_nodes: Any) -> int:
         """Observer evidence in bulk, routed to the partitions by agent id; returns how many were new.
@@ -1058,11 +1077,13 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             raise UnknownRegionError(f"unknown region {name!r}; known: {self.regions}")
         return name
 
+    @synchronized
     def partition(self, groups: Iterable[Iterable[str]]) -> None:
         """Cut the network into groups (as the in-process resolver's ``partition``)."""
         mapping = partition_groups(groups, self._known, self.regions)
         self._logged("partition", lambda: ({"groups": mapping}, {}), lambda: self._set_groups(mapping))
 
+    @synchronized
     def create_evidence(self, agent_id: Hashable, behavioral_data: Any, anomaly_info: dict[str, Any],
                         confidence: float = 1.0) -> BayesianEvidence:
         """As in process; with ``checkpoint_dir`` the id it hands out is logged (never handed out twice)."""
@@ -1080,6 +1101,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         if self.consistency_model is ConsistencyModel.STRONG:
             self.sync()
 
+    @synchronized
     def heal(self) -> None:
         """Restore every link (replicas converge at the next :meth:`sync`; at once under STRONG)."""
         self._logged("heal", lambda: ({}, {}), lambda: self._set_groups(None))
@@ -1088,22 +1110,23 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
     def is_partitioned(self) -> bool:
         return self._group_of is not None
 
+    @synchronized
     def sync(self) -> dict[str, int]:
         """One anti-entropy round over every delivering link (see :meth:`_sync`)."""
         report = self._logged("sync", lambda: ({}, {}), self._sync)
         self._maybe_checkpoint(0)
         return report
 
-    def _sync(self) -> dict[str, int]:
+    def _sync(self, now: float | None = None) -> dict[str, int]:
         """One anti-entropy round over every delivering link, as Ray calls between region actors.
 
         For each ordered pair (a, b) that reaches each other: b sends its
         version vector, a ships the delta it does not cover, b acknowledges.
         The delta travels from a's actor to b's through the object store (the
         driver passes only its reference). :attr:`faults` drops the messages
-        of chosen links.
+        of chosen links. ``now``: the round's processing time (None: read the clock).
         """
-        now = self._now()
+        now = self._now() if now is None else now
         self._last_sync = now
         pairs = rows = 0
         for a in self._regions:
@@ -1127,6 +1150,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                 self.sys.call(ha, "acknowledge", a, b, ack, mutating=True)
         return {"pairs": pairs, "rows_shipped": rows}
 
+    @synchronized
     def replica(self, region: str):
         """A copy of ``region``'s live replica (for inspection and tests)."""
         region = self._known(region)
@@ -1134,6 +1158,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             raise UnknownRegionError(f"region {region!r} has no replica yet (it has not written)")
         return self.sys.call(self.region_shards[self._shard_of_region[region]], "replica", region)
 
+    @synchronized
     def confidence_factor(self, region: str) -> float | None:
         """The confidence factor of ``region``'s view now (1.0 before it has a replica)."""
         region = self._known(region)
@@ -1143,6 +1168,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         return self.sys.call(h, "cap_view", region, self._now())["confidence_factor"]
 
     # ------------------------------------------------------------------ state
+    @synchronized
     def checkpoint(self) -> None:
         """Checkpoint every stateful shard now (also done every ``checkpoint_every`` rounds' worth of rows).
 
@@ -1197,7 +1223,10 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
 
         def recording() -> Any:
             t = real()
-            readings.append(float(t))
+            try:
+                readings.append(float(t))
+            except (TypeError, ValueError):
+                pass            # not a number: the caller's check refuses it (and nothing is logged)
             return t
         self._logging, self._checkpoint_due, self.clock = True, False, recording
         try:
@@ -1362,6 +1391,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         det._checkpoint(during_round=False)           # a fresh generation; the log starts again
         return det
 
+    @synchronized
     def get_global_statistics(self, ddof: int = 1) -> dict[str, Any]:
         """Population statistics from the root aggregator's last merge."""
         m = self._last_merge["population"] if self._last_merge else None
@@ -1373,6 +1403,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         return {"cohort": (), "count": m.count, "mean": m.mean, "covariance": cov, "variance": var,
                 "std": np.sqrt(np.maximum(var, 0.0)), "ddof": ddof, "moments": m}
 
+    @synchronized
     def evidence_fingerprint(self) -> dict[Hashable, tuple]:
         """Every stored evidence, keyed by (source, id) (ids are unique per source): (agent,
         source, type, log-odds, confidence, time)."""

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError, InvalidTypeError
+from ..validation import MAX_NAME_LENGTH, check_name_text
 
 __all__ = ["VersionVector", "check_region_name", "MAX_COUNT"]
 
@@ -26,15 +27,22 @@ a batch to it cannot overflow int64. A delta claiming more is malformed."""
 def check_region_name(name: Any) -> str:
     """Region ids are non-empty strings (ints are accepted and become their decimal text).
 
+    A name follows :func:`~swarmguard.validation.check_name_text`: no NUL, no
+    separator character, at most ``MAX_NAME_LENGTH`` characters.
+
     >>> check_region_name("eu"), check_region_name(3)
     ('eu', '3')
     """
     if isinstance(name, (bool, np.bool_)):
         raise InvalidTypeError(f"a region id must be a string or an int, got {name!r}")
     if isinstance(name, (int, np.integer)):
-        return str(int(name))
+        try:
+            text = str(int(name))
+        except ValueError as exc:    # beyond Python's int-to-text digit limit: far past the length cap
+            raise InvalidInputError(f"a region id has at most {MAX_NAME_LENGTH} characters: {exc}") from exc
+        return check_name_text(text, "region name")
     if isinstance(name, (str, np.str_)) and str(name):
-        return str(name)
+        return check_name_text(str(name), "region name")
     if isinstance(name, str):
         raise InvalidInputError("a region id must be a non-empty string")
     raise InvalidTypeError(f"a region id must be a string or an int, got {type(name).__name__}")
