@@ -32,6 +32,14 @@ def _first_line(block: str) -> str:
                 block.splitlines()[0])
 
 
+def test_every_fenced_block_of_the_readme_is_one_this_test_runs():
+    # a block fenced as ```py, ```sh or ``` (or indented fences) would match neither pattern and
+    # silently never run: every fence that opens a block must be python or bash
+    openings = re.findall(r"^[ \t]*```(.*)$", README, flags=re.M)[::2]
+    assert openings and set(openings) <= {"python", "bash"}, openings
+    assert len(openings) == len(PYTHON_BLOCKS) + len(BASH_BLOCKS)
+
+
 def test_the_readme_has_the_blocks_this_test_runs():
     # one block per part of the guide, the batch path, the detector and Ray: a block lost by a bad
     # edit of the README (or of this test's pattern) fails here instead of silently not running
@@ -87,3 +95,12 @@ def test_readme_swarmguard_command_lines_name_real_options(words):
     for option in options:
         assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", help_text.output), \
             f"swarmguard {command} has no option {option}"
+
+
+def test_readme_make_lines_name_targets_the_makefile_has():
+    targets = set(re.findall(r"^([A-Za-z][\w-]*):", (ROOT / "Makefile").read_text(encoding="utf-8"), flags=re.M))
+    makes = [line.split("#", 1)[0].split()[1:] for block in BASH_BLOCKS for line in block.splitlines()
+             if line.strip().startswith("make ")]
+    assert makes, "no `make ...` line found in the README's bash blocks"
+    for words in makes:
+        assert set(words) <= targets, f"make {' '.join(words)}: the Makefile has only {sorted(targets)}"

@@ -385,11 +385,11 @@ def test_malformed_jsonl_lines(tmp_path):
         detect(src)
     lines[10] = lines[20] = lines[30] = lines[40] = lines[50] = lines[60] = '{"agent_id": "ok", "x": 1, "y": 2}'
     src.write_text("\n".join(lines) + "\n")
-    with pytest.raises(MalformedInputError, match=r"line 71: feature 'x' is not finite: nan"):
+    with pytest.raises(MalformedInputError, match=r"line 71: feature 'x' is not finite: NaN"):
         detect(src)
     lines[70] = '{"agent_id": "ok", "x": 1, "y": 2}'
     src.write_text("\n".join(lines) + "\n")
-    with pytest.raises(MalformedInputError, match=r"line 81: feature 'y' is not finite: -inf"):
+    with pytest.raises(MalformedInputError, match=r"line 81: feature 'y' is not finite: -Infinity"):
         detect(src)
 
 
@@ -752,3 +752,125 @@ def test_an_agent_id_or_cohort_over_a_thousand_characters_is_a_malformed_row(tmp
     rows[9][0], rows[19][1] = "k" * 1000, "r" * 1000          # the limit itself is allowed
     src = write_csv(tmp_path / "k.csv", ["agent_id", "region", "x", "y"], rows)
     assert detect(src, cohort_column="region", warm_up=50).agents == 200
+
+
+def _traced_peak(fn):
+    """(fn's result or the exception it raised, the peak of memory traced while it ran)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        try:
+            out = fn()
+        except Exception as exc:          # noqa: BLE001 - returned for the caller to check
+            out = exc
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _good_rows_then(path, fmt, bad_lines, good=300):
+    with open(path, "w") as f:
+        if fmt == "csv":
+            f.write("agent_id,x,y\n")
+            f.writelines(f"a{i},{i % 7},{i % 5}\n" for i in range(good))
+        else:
+            f.writelines(json.dumps({"agent_id": f"a{i}", "x": i % 7, "y": i % 5}) + "\n" for i in range(good))
+        f.writelines(bad_lines)
+    return path
+
+
+@pytest.mark.parametrize("engine", ["python", "auto"])
+def test_rows_with_many_fields_within_the_line_limit_cost_one_row_not_a_chunk(tmp_path, engine):
+    # 60 lines of 12,000 fields, each well within --max-line-bytes: kept in the chunk until it was parsed,
+    # they cost ~60 B per 3-byte field, 43 MB for this 2 MB file and 3.8 GB for a 150 MB one
+    src = _good_rows_then(tmp_path / "f.csv", "csv", ["12," * 12_000 + "12\n"] * 60)
+    res, peak = _traced_peak(lambda: detect(src, skip_bad=True, warm_up=50, top=0, csv_engine=engine))
+    assert not isinstance(res, Exception), res
+    assert (res.rows_read, res.rows_skipped, res.agents) == (360, 60, 300)
+    assert res.skipped_examples[0] == "line 302: expected 3 fields (as in the header), found 12001"
+    assert peak < 8 * 2**20, peak
+    err, peak = _traced_peak(lambda: detect(src, csv_engine=engine))
+    assert isinstance(err, MalformedInputError) and (err.line, err.column) == (302, None)
+    assert peak < 8 * 2**20, peak
+
+
+def test_a_chunk_ends_at_its_text_budget_so_memory_does_not_grow_with_the_file(tmp_path, monkeypatch):
+    import swarmguard.apps.detect as detect_module
+
+    # every line well within the line limit and parsed as the format allows: JSON lists of 11,000 empty
+    # lists (~64 B each for 3 bytes of text) and CSV rows of the right width with a 30 kB id; only the
+    # chunk's text budget (8 MiB, lowered here to 64 KiB) bounds what one chunk costs
+    monkeypatch.setattr(detect_module, "_CHUNK_TEXT_BYTES", 64 << 10)
+    lists = _good_rows_then(tmp_path / "l.jsonl", "jsonl",
+                            ['{"agent_id": "z", "x": [' + "[]," * 11_000 + "[]]}\n"] * 60)
+    res, peak = _traced_peak(lambda: detect(lists, skip_bad=True, warm_up=50, top=0))
+    assert (res.rows_read, res.rows_skipped, res.agents) == (360, 60, 300), res
+    assert res.skipped_examples[0].startswith("line 301: feature 'x' is not a number: [[], [], ")
+    assert peak < 10 * 2**20, peak          # all 60 lines at once: ~45 MB
+    ids = _good_rows_then(tmp_path / "i.csv", "csv", [f"{'k' * 30_000}{i},1,2\n" for i in range(150)])
+    res, peak = _traced_peak(lambda: detect(ids, skip_bad=True, warm_up=50, top=0, csv_engine="python"))
+    assert (res.rows_read, res.rows_skipped, res.agents) == (450, 150, 300), res
+    assert peak < 2 * 2**20, peak           # all 150 rows at once: 4.5 MB of ids
+
+
+@pytest.mark.parametrize("fmt, options", [("csv", {"csv_engine": "python"}), ("jsonl", {})])
+def test_the_run_holds_one_chunk_at_a_time_the_first_included(tmp_path, monkeypatch, fmt, options):
+    import weakref
+
+    import swarmguard.apps.detect as detect_module
+
+    src = _good_rows_then(tmp_path / f"t.{fmt}", fmt, [], good=400)
+    fed, alive_when_fed = [], []
+    feed = detect_module._Ingest.feed
+
+    def recording_feed(self, chunk):
+        alive_when_fed.append(sum(ref() is not None for ref in fed))
+        fed.append(weakref.ref(chunk))
+        return feed(self, chunk)
+
+    monkeypatch.setattr(detect_module._Ingest, "feed", recording_feed)
+    res = detect(src, chunk_rows=50, warm_up=50, top=0, **options)
+    assert res.agents == 400 and len(fed) == 8
+    assert alive_when_fed == [0] * 8        # the first chunk used to live until the last was read
+
+
+@pytest.mark.parametrize("text, column, reason", [
+    ("1e309", "x", "is too large: a number beyond float64's range (magnitudes must be below 1e+100)"),
+    ("-1e400", "y", "is too large: a negative number beyond float64's range (magnitudes must be below 1e+100)"),
+    ("9" * 5000, "x", f"is too large: {'9' * 37}... (magnitudes must be below 1e+100)"),
+    ("-" + "9" * 400, "y", f"is too large: -{'9' * 36}... (magnitudes must be below 1e+100)"),
+    ("Infinity", "x", "is not finite: Infinity"),
+    ("NaN", "y", "is not finite: NaN"),
+])
+def test_json_numbers_beyond_float64_or_int_are_too_large_naming_their_column(tmp_path, text, column, reason):
+    lines = [json.dumps({"agent_id": f"j{i}", "x": i % 7, "y": float(i % 5)}) for i in range(100)]
+    lines[20] = '{"agent_id": "j20", "x": 1, "y": 2}'.replace(f'"{column}": {1 if column == "x" else 2}',
+                                                               f'"{column}": {text}')
+    src = tmp_path / "t.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MalformedInputError) as info:
+        detect(src)
+    assert (info.value.line, info.value.column, info.value.reason) == (21, column, f"feature {column!r} {reason}")
+    res = detect(src, skip_bad=True, warm_up=50)
+    assert (res.rows_skipped, res.agents) == (1, 99)
+    lines[20] = '{"agent_id": ' + "7" * 5000 + ', "x": 1, "y": 2}'      # an id of 5,000 digits
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MalformedInputError, match="agent id .column 'agent_id'. is longer than 1,000 characters"):
+        detect(src)
+
+
+@pytest.mark.parametrize("text", ["1e309", "-1e400", "9" * 400])
+def test_csv_text_beyond_float64_is_too_large_not_infinite(tmp_path, text):
+    rows = [list(r) for r in GOOD]
+    rows[7][1] = text
+    src = write_csv(tmp_path / "big.csv", ["agent_id", "x", "y"], rows)
+    for engine in ("python", "auto"):
+        with pytest.raises(MalformedInputError) as info:
+            detect(src, csv_engine=engine)
+        assert (info.value.line, info.value.column) == (9, "x")
+        assert info.value.reason.startswith("feature 'x' is too large: ") and "below 1e+100" in info.value.reason
+    rows[7][1] = "-inf"
+    src = write_csv(tmp_path / "big.csv", ["agent_id", "x", "y"], rows)
+    with pytest.raises(MalformedInputError, match="feature 'x' is not finite: '-inf'"):
+        detect(src)

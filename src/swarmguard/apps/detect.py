@@ -83,7 +83,9 @@ _OUTPUT_EXT = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _INFER_SAMPLE = 10_000          # rows of the first chunk looked at to infer feature columns
 _INFER_CELLS = 1_000_000        # ... but at most this many cells: wide files infer from fewer rows
 _CHUNK_CELLS = 4_000_000        # a chunk holds at most this many cells (rows x columns): wide files, shorter chunks
-_CHUNK_BYTES = 64 << 20         # ... and (JSON Lines; pyarrow's CSV blocks) at most about this much text
+_CHUNK_BYTES = 64 << 20         # ... and pyarrow's CSV blocks at most about this much text
+_CHUNK_TEXT_BYTES = 8 << 20     # text per chunk parsed by the standard library (CSV, JSON Lines): its Python
+                                # objects cost up to ~20x the text ("12,12,..." or "[[],[],...]")
 MAX_COLUMNS = 10_000            # columns an input may have (CSV header, Parquet schema, JSON keys seen)
 MAX_FEATURES = 256              # feature columns scored: every tree node holds a features x features co-moment
 MAX_LINE_BYTES = 1 << 20        # default longest line (CSV, JSON Lines), newline included
@@ -157,14 +159,16 @@ class _LineTooLongError(MalformedInputError):
     """A line over ``max_line_bytes``: the run stops even with ``skip_bad`` (where the row ends is unknown)."""
 
 
-def _bounded_lines(raw, path: Path, max_line_bytes: int) -> Iterator[str]:
+def _bounded_lines(raw, path: Path, max_line_bytes: int, consumed: list[int] | None = None) -> Iterator[str]:
     """The lines of a binary file as text (UTF-8, a leading BOM dropped), each at most ``max_line_bytes``.
 
     ``readline(limit + 1)`` never holds more than the limit (plus one byte) of
     a line in memory, so a multi-gigabyte line without a newline costs what a
     legal line costs before it is refused with :class:`MalformedInputError`.
     A decoding error surfaces as ``UnicodeDecodeError`` to the caller, who
-    knows the line number.
+    knows the line number. ``consumed[0]``, when given, counts the bytes read,
+    so that a caller parsing the lines through ``csv.reader`` can end a chunk
+    by size.
     """
     readline = raw.readline
     limit = max_line_bytes
@@ -178,6 +182,8 @@ def _bounded_lines(raw, path: Path, max_line_bytes: int) -> Iterator[str]:
             raise _LineTooLongError(
                 str(path), lineno, f"line longer than {max_line_bytes:,} bytes (raise the limit with "
                 f"--max-line-bytes; an overlong line stops the run even with --skip-bad)")
+        if consumed is not None:
+            consumed[0] += len(line)
         yield line.decode("utf-8")
         line = readline(limit + 1)
 
@@ -203,6 +209,55 @@ def _short(v: Any) -> str:
     return s if len(s) <= 40 else s[:37] + "..."
 
 
+class _JsonNonFinite(float):
+    """``NaN``, ``Infinity`` or ``-Infinity`` written as such in a JSON line (Python's ``json`` accepts them).
+
+    ``json`` also reads a literal beyond float64, such as ``1e309``, as a plain
+    ``inf``; this type tells the two apart, so that ``1e309`` is reported as
+    too large and ``Infinity`` as not finite.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NaN" if self != self else ("Infinity" if self > 0 else "-Infinity")
+
+
+class _JsonHugeInt(str):
+    """A JSON integer with more digits than ``int()`` converts (``sys.get_int_max_str_digits()``, 4,300).
+
+    Kept as its text, so that the row is refused naming its column, like any
+    other number too large (an id: longer than ``MAX_KEY_CHARS``), instead of
+    as a whole line of invalid JSON.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+class _BeyondFloat64(float):
+    """A plain ``inf`` read from a JSON number literal: the literal was beyond float64 (``1e309``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"a {'negative ' if self < 0 else ''}number beyond float64's range"
+
+
+def _json_int(text: str) -> int | _JsonHugeInt:
+    try:
+        return int(text)
+    except ValueError:          # more digits than int() converts
+        return _JsonHugeInt(text)
+
+
+_JSON_DECODE = json.JSONDecoder(parse_constant=_JsonNonFinite).decode
+_JSON_DECODE_HUGE_INTS = json.JSONDecoder(parse_constant=_JsonNonFinite, parse_int=_json_int).decode
+_INFINITY_WORDS = frozenset(("inf", "infinity"))
+
+
 def _float_problem(what: str, v: Any) -> str:
     """Why ``v`` is not a finite number (for messages)."""
     if v is _MISSING or v is None:
@@ -214,13 +269,18 @@ def _float_problem(what: str, v: Any) -> str:
             f = float(v)
         except ValueError:
             return f"{what} is not a number: {_short(v)}"
+        if math.isinf(f) and v.strip().lstrip("+-").lower() not in _INFINITY_WORDS:
+            # a finite number, such as 1e309 or 400 digits, that float64 cannot hold
+            return f"{what} is too large: {_short(v)} (magnitudes must be below {MAX_ABS_VALUE:g})"
+    elif isinstance(v, _BeyondFloat64):
+        return f"{what} is too large: {_short(v)} (magnitudes must be below {MAX_ABS_VALUE:g})"
     elif isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
         return f"{what} is not a number: {_short(v)}"
     else:
         try:
             f = float(v)
         except OverflowError:
-            return f"{what} is too large: {_short(v)}"
+            return f"{what} is too large: {_short(v)} (magnitudes must be below {MAX_ABS_VALUE:g})"
     if not math.isfinite(f):
         return f"{what} is not finite: {_short(v)}"
     if abs(f) >= MAX_ABS_VALUE:
@@ -417,7 +477,10 @@ class _JsonChunk(_Chunk):
         return col
 
     def raw(self, name: str, i: int) -> Any:
-        return self.objs[i].get(name, _MISSING)
+        v = self.objs[i].get(name, _MISSING)
+        if type(v) is float and math.isinf(v):     # Infinity itself is a _JsonNonFinite
+            return _BeyondFloat64(v)
+        return v
 
     def floats(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         d = len(names)
@@ -514,7 +577,8 @@ class _CsvReader:
     def __init__(self, path: Path, chunk_rows: int, max_line_bytes: int = MAX_LINE_BYTES):
         self.path, self.chunk_rows = path, chunk_rows
         self._file = _open_binary(path)
-        self._reader = csv.reader(_bounded_lines(self._file, path, max_line_bytes))
+        self._consumed = [0]            # bytes read so far: chunks end by size as well as by rows
+        self._reader = csv.reader(_bounded_lines(self._file, path, max_line_bytes, self._consumed))
         try:
             header = next(self._reader)
         except StopIteration:
@@ -539,42 +603,55 @@ class _CsvReader:
         self._file.close()
 
     def chunks(self) -> Iterator[_CsvChunk]:
-        reader, ncols = self._reader, len(self.names)
+        reader, ncols, consumed = self._reader, len(self.names), self._consumed
+        filler = [""] * ncols
         while True:
-            start = reader.line_num
+            # Row by row, so that a chunk ends at chunk_rows rows or _CHUNK_TEXT_BYTES of text, whichever
+            # comes first, and a row with the wrong number of fields is dropped as soon as it is read: one
+            # 1 MiB line of "12,12,..." is 350,000 Python strings (~20 MiB), and a chunk of such rows
+            # would otherwise cost chunk_rows times that.
+            rows: list[list[str]] = []
+            starts: list[int] = []          # first line of each row (quoted fields may span lines)
+            wrong: dict[int, int] = {}      # row -> its number of fields, when not the header's
+            append, start_at = rows.append, starts.append
+            line_num = reader.line_num
+            budget = consumed[0] + _CHUNK_TEXT_BYTES
             try:
-                rows = list(islice(reader, self.chunk_rows))
+                for row in islice(reader, self.chunk_rows):
+                    start_at(line_num + 1)
+                    line_num = reader.line_num
+                    if len(row) != ncols:
+                        if row:             # a blank line is [] and is dropped below, not counted
+                            wrong[len(rows)] = len(row)
+                        row = filler if row else row
+                    append(row)
+                    if consumed[0] >= budget:
+                        break
             except (csv.Error, UnicodeDecodeError) as exc:
                 raise MalformedInputError(str(self.path), reader.line_num, f"unreadable CSV: {exc}") from None
             if not rows:
                 return
-            end = reader.line_num
             m = len(rows)
-            if end - start == m:
-                where = np.arange(start + 1, end + 1, dtype=np.int64)
-            else:   # quoted fields spanning lines: count each row's line breaks
-                spans = np.fromiter((1 + sum(f.count("\n") + f.count("\r") - f.count("\r\n") for f in r)
-                                     for r in rows), np.int64, m)
-                where = start + np.cumsum(spans) - spans + 1
-            lens = np.fromiter(map(len, rows), np.intp, m)
-            blank = lens == 0
+            where = np.fromiter(starts, np.int64, m)
+            del starts
+            blank = np.fromiter(map(len, rows), np.intp, m) == 0
             if blank.any():
                 keep = ~blank
+                renumber = np.cumsum(keep) - 1          # a row's index among the rows kept
                 rows = list(compress(rows, keep))
-                where, lens = where[keep], lens[keep]
+                where = where[keep]
+                wrong = {int(renumber[i]): k for i, k in wrong.items()}
                 if not rows:
                     continue
-            wrong = lens != ncols
-            reason = None
-            if wrong.any():
-                wrong_lens = lens.copy()
+            bad, reason = None, None
+            if wrong:
+                bad = np.zeros(len(rows), dtype=bool)
+                bad[list(wrong)] = True
 
-                def reason(i, wrong_lens=wrong_lens):
-                    return f"expected {ncols} fields (as in the header), found {wrong_lens[i]}"
+                def reason(i, wrong=wrong):
+                    return f"expected {ncols} fields (as in the header), found {wrong[i]}"
 
-                filler = [""] * ncols
-                rows = [r if ok else filler for r, ok in zip(rows, ~wrong, strict=True)]
-            yield _CsvChunk(rows, where, self.index, wrong if wrong.any() else None, reason)
+            yield _CsvChunk(rows, where, self.index, bad, reason)
             del rows          # let the chunk go before the next one is read
 
 
@@ -592,7 +669,7 @@ class _JsonlReader:
 
     def chunks(self) -> Iterator[_JsonChunk]:
         lineno = 0
-        loads = json.loads
+        loads = _JSON_DECODE
         while True:
             lines: list[str] = []
             try:
@@ -600,7 +677,7 @@ class _JsonlReader:
                 for line in islice(self._lines, self.chunk_rows):
                     lines.append(line)
                     size += len(line)
-                    if size >= _CHUNK_BYTES:     # long lines: fewer of them per chunk
+                    if size >= _CHUNK_TEXT_BYTES:    # long lines: fewer of them per chunk
                         break
             except UnicodeDecodeError as exc:
                 raise MalformedInputError(str(self.path), lineno + len(lines) + 1, f"unreadable text: {exc}") from None
@@ -623,8 +700,11 @@ class _JsonlReader:
                     try:
                         objs.append(loads(text))
                     except ValueError as exc:
-                        objs.append(None)
-                        problems[i] = f"invalid JSON: {exc}"
+                        try:            # an integer of more digits than int() converts is a value too large
+                            objs.append(_JSON_DECODE_HUGE_INTS(text))
+                        except (ValueError, RecursionError):
+                            objs.append(None)
+                            problems[i] = f"invalid JSON: {exc}"
                     except RecursionError:      # "[[[[...": the decoder's depth is Python's recursion limit
                         objs.append(None)
                         problems[i] = "invalid JSON: nested too deeply"
@@ -735,6 +815,13 @@ def _joined(pa, batches: list) -> Any:
     if len(batches) == 1:
         return batches[0]
     return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+
+
+def _then(held: list, rest: Iterator[_Chunk]) -> Iterator[_Chunk]:
+    """``held``'s one chunk, then ``rest``; unlike ``chain([first], rest)``, which keeps a reference to
+    ``first`` until ``rest`` is exhausted, nothing here holds the first chunk once it is fed."""
+    yield held.pop()
+    yield from rest
 
 
 def _infer_features(reader, first: _Chunk, exclude: set[str]) -> list[str]:
@@ -1149,7 +1236,9 @@ def detect(
                 engine = "python (pyarrow could not read every row as given)"
         if engine != "pyarrow":
             reader.chunk_rows = _rows_per_chunk(chunk_rows, len(reader.names)) if fmt == "csv" else chunk_rows
-            ingest.run(chain([first], chunks))
+            held = [first]
+            del first         # the run holds one chunk at a time: the first too is freed once fed
+            ingest.run(_then(held, chunks))
     finally:
         reader.close()
     pop, rows_read, rows_skipped = ingest.pop, ingest.rows_read, ingest.rows_skipped
