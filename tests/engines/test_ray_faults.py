@@ -42,10 +42,10 @@ def test_killed_actors_recover_to_the_uninterrupted_state(ray_session):
         if r == 5:      # inside a round: after the trees and the first CAP write, before the auto-sync
             real_sync = det._sync
 
-            def sync_after_a_kill():
+            def sync_after_a_kill(*args, **kwargs):     # forwards the round's clock reading
                 kill(ray, det.region_shards[1])
                 det._sync = real_sync
-                return real_sync()
+                return real_sync(*args, **kwargs)
             det._sync = sync_after_a_kill
         if r == 4:      # right after a checkpoint (empty log): the root aggregator and another region
             kill(ray, det.root)
