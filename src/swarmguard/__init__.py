@@ -27,6 +27,7 @@ from .api import (
     p_value_log_odds,
     widened_threshold,
 )
+from .api.detector import register_backend
 from .errors import (
     DimensionMismatchError,
     DuplicateEvidenceError,
@@ -44,6 +45,15 @@ from .errors import (
     UnknownEvidenceTypeError,
 )
 from .values import InsufficientDataError, Moments
+
+
+def _ray_detector() -> type:
+    # Imported on first use: the engines layer sits above api, and Ray is an optional extra.
+    from .engines.ray_engine import RayDistributedBehavioralDetector
+    return RayDistributedBehavioralDetector
+
+
+register_backend("ray", _ray_detector)
 
 __version__ = "0.1.0"
 

@@ -6,7 +6,7 @@ import inspect
 import itertools
 import math  # noqa: F401  (used by the doctests)
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
@@ -22,16 +22,30 @@ from ..validation import (
     check_cohort,
     check_finite_float,
 )
-from ..values.agent_index import as_wire_id_array, check_wire_id
+from ..values.agent_index import as_wire_id_array, check_wire_id, positions_of
 from .cap import StatisticalCAPResolver, StatisticalUpdate
 from .consensus import BayesianEvidence, EvidenceType, StableBayesianConsensus
 from .detector_settings import DetectorSettings
 from .protocol import BehavioralData, BehavioralDistributedProtocol, read_behavior
 from .tree import HierarchicalStatisticalTree
 
-__all__ = ["DistributedBehavioralDetector", "DetectorSettings", "p_value_log_odds", "BACKENDS"]
+__all__ = ["DistributedBehavioralDetector", "DetectorSettings", "p_value_log_odds", "BACKENDS",
+           "register_backend"]
 
 BACKENDS = ("inprocess", "ray")
+
+# Loaders of the subclasses that run other backends, by name. The engines layer sits above
+# this one, so it is never imported here: the package root registers a loader that imports
+# it on first use (see swarmguard/__init__.py).
+_BACKEND_LOADERS: dict[str, Callable[[], type]] = {}
+
+
+def register_backend(name: str, loader: Callable[[], type]) -> None:
+    """Make ``DistributedBehavioralDetector(backend=name)`` build ``loader()``'s class
+    (a subclass taking the same arguments); ``loader`` runs on first use."""
+    if name not in BACKENDS or name == "inprocess":
+        raise InvalidInputError(f"backend must be one of {BACKENDS[1:]}, got {name!r}")
+    _BACKEND_LOADERS[name] = loader
 
 
 def p_value_log_odds(log_p: np.ndarray | float) -> np.ndarray | float:
@@ -100,10 +114,10 @@ class DistributedBehavioralDetector(Locked):
         # DistributedBehavioralDetector(backend="ray", ...) is a Ray detector (a subclass):
         # type.__call__ then runs its __init__ with the same arguments.
         if cls is DistributedBehavioralDetector and backend != "inprocess":
-            if backend == "ray":
-                from ..engines.ray_engine import RayDistributedBehavioralDetector
-                return super().__new__(RayDistributedBehavioralDetector)
-            raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+            loader = _BACKEND_LOADERS.get(backend)
+            if loader is None:
+                raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+            return super().__new__(loader())
         return super().__new__(cls)
 
     def __init__(self, settings: DetectorSettings | None = None, /, *, backend: str = "inprocess",
@@ -407,7 +421,7 @@ class DistributedBehavioralDetector(Locked):
 
     def _consensus_positions(self, cons: dict[str, Any], ids: np.ndarray) -> np.ndarray:
         """Row of each of ``ids`` in the consensus arrays ``cons`` (-1: no evidence)."""
-        return _positions(cons["agent_ids"], ids)
+        return positions_of(cons["agent_ids"], ids)
 
     def _finish_round(self, ids: np.ndarray, d2: np.ndarray, p: np.ndarray, decision_p: np.ndarray,
                       flagged_mask: np.ndarray, p_cut: float, thr2: float, confidence: np.ndarray,
@@ -465,19 +479,3 @@ DistributedBehavioralDetector.__signature__ = inspect.Signature(  # help() and I
     [inspect.Parameter("settings", inspect.Parameter.POSITIONAL_ONLY, default=None),
      inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default="inprocess"),
      *DetectorSettings.signature_parameters()])
-
-
-def _positions(keys: Any, ids: np.ndarray) -> np.ndarray:
-    """Index of each of ``ids`` in ``keys`` (-1 where absent), vectorised for int/str arrays."""
-    keys = np.asarray(keys)
-    if keys.size == 0:
-        return np.full(ids.shape[0], -1, dtype=np.int64)
-    if keys.dtype.kind in "iuU" and ids.dtype.kind == keys.dtype.kind:
-        order = np.argsort(keys, kind="stable")
-        sk = keys[order]
-        pos = np.searchsorted(sk, ids)
-        pos_c = np.minimum(pos, sk.size - 1)
-        hit = sk[pos_c] == ids
-        return np.where(hit, order[pos_c], -1)
-    lookup = {k: i for i, k in enumerate(keys.tolist())}
-    return np.fromiter((lookup.get(k, -1) for k in ids.tolist()), dtype=np.int64, count=ids.shape[0])

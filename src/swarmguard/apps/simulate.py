@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from ..api.detector import DistributedBehavioralDetector, _positions
+from ..api.detector import DistributedBehavioralDetector
 from ..api.protocol import BehavioralData
 from ..engines import make_detector
+from ..values.agent_index import positions_of
 from .report_html import render_report, svg_bars, svg_histogram, svg_lines, write_report
 from .scenario import Scenario, ScenarioConfig
 
@@ -141,7 +142,7 @@ def _run(c: ScenarioConfig, sc: Scenario, det: Any, now: list[float], progress: 
     reputation = det.consensus.source_reputation()
     final = det.protocol.score_many(fdr=None)
     # in agent order, like `truth` (the in-process engine answers in slot order)
-    order = _positions(np.asarray(final["agent_ids"]), sc.agent_ids)
+    order = positions_of(np.asarray(final["agent_ids"]), sc.agent_ids)
     final = {k: (v[order] if isinstance(v, np.ndarray) and v.shape[:1] == order.shape else v)
              for k, v in final.items()}
     report: dict[str, Any] = {

@@ -84,12 +84,11 @@ from ..api.consensus import (
     founding_ends,
     voting_sources,
 )
-from ..api.detector import DistributedBehavioralDetector, _positions
+from ..api.detector import DistributedBehavioralDetector
 from ..api.detector_settings import DetectorSettings
 from ..api.evidence_types import BayesianEvidence, EvidenceType
 from ..api.protocol import BehavioralDistributedProtocol, read_behavior
 from ..api.tree import HierarchicalStatisticalTree
-from ..locking import synchronized
 from ..errors import (
     CheckpointError,
     CheckpointWriteWarning,
@@ -99,6 +98,7 @@ from ..errors import (
     SwarmGuardError,
     UnknownAgentError,
 )
+from ..locking import synchronized
 from ..structures.fdr import benjamini_hochberg
 from ..structures.robust_fusion import SourceEvents, peel_sources
 from ..validation import (
@@ -108,7 +108,7 @@ from ..validation import (
     check_key,
     check_positive_int,
 )
-from ..values.agent_index import as_wire_id_array, check_wire_id
+from ..values.agent_index import as_wire_id_array, check_wire_id, positions_of
 from ..values.version_vector import check_region_name
 from .checkpoint_files import (
     append_record,
@@ -993,7 +993,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         full = self._consensus()
         keys = np.asarray(full["agent_ids"])
         if keys.size == 0 or keys.dtype.kind != ids.dtype.kind or keys.dtype.kind not in "iuU":
-            return _positions(keys, ids)
+            return positions_of(keys, ids)
         if full.get("_sorted") is None:
             order = np.argsort(keys, kind="stable")
             full["_sorted"] = (keys[order], order)

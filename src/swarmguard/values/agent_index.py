@@ -15,7 +15,8 @@ import numpy as np
 from ..errors import DimensionMismatchError, InvalidInputError, InvalidTypeError
 from ..validation import check_id_str_array, check_id_text, check_id_texts
 
-__all__ = ["AgentIds", "AgentIndex", "as_agent_ids", "as_wire_id_array", "check_wire_id"]
+__all__ = ["AgentIds", "AgentIndex", "as_agent_ids", "as_wire_id_array", "check_wire_id",
+           "positions_of"]
 
 _INT64 = np.iinfo(np.int64)
 # Single ids go to a small dict first; it is folded into the sorted array when it grows.
@@ -298,3 +299,19 @@ class AgentIndex:
         self.flush()
         str_items = sorted(self._str_rows.items())
         return self._sorted_rows.copy(), np.array([r for _, r in str_items], dtype=np.int64)
+
+
+def positions_of(keys: Any, ids: np.ndarray) -> np.ndarray:
+    """Index of each of ``ids`` in ``keys`` (-1 where absent), vectorised for int/str arrays."""
+    keys = np.asarray(keys)
+    if keys.size == 0:
+        return np.full(ids.shape[0], -1, dtype=np.int64)
+    if keys.dtype.kind in "iuU" and ids.dtype.kind == keys.dtype.kind:
+        order = np.argsort(keys, kind="stable")
+        sk = keys[order]
+        pos = np.searchsorted(sk, ids)
+        pos_c = np.minimum(pos, sk.size - 1)
+        hit = sk[pos_c] == ids
+        return np.where(hit, order[pos_c], -1)
+    lookup = {k: i for i, k in enumerate(keys.tolist())}
+    return np.fromiter((lookup.get(k, -1) for k in ids.tolist()), dtype=np.int64, count=ids.shape[0])
