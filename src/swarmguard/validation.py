@@ -332,15 +332,15 @@ def _separator_error(name: str, value: str, index: int | None = None) -> Invalid
         "checkpoints join names with it, so such a name would read back as two")
 
 
-def check_id_text(value: str, name: str) -> str:
+def check_id_text(value: str, name: str, limit: int = MAX_ID_LENGTH) -> str:
     """Return the string ``value``, refusing a NUL character anywhere in it and more
-    than ``MAX_ID_LENGTH`` characters.
+    than ``limit`` characters.
 
     >>> check_id_text("agent-7", "agent_id")
     'agent-7'
     """
-    if len(value) > MAX_ID_LENGTH:
-        raise _length_error(name, value, MAX_ID_LENGTH)
+    if len(value) > limit:
+        raise _length_error(name, value, limit)
     if "\x00" in value:
         raise _nul_error(name, value)
     return value
@@ -386,10 +386,7 @@ def check_name_text(value: str, name: str) -> str:
     >>> check_name_text("eu-west", "region")
     'eu-west'
     """
-    if len(value) > MAX_NAME_LENGTH:
-        raise _length_error(name, value, MAX_NAME_LENGTH)
-    if "\x00" in value:
-        raise _nul_error(name, value)
+    check_id_text(value, name, MAX_NAME_LENGTH)
     if NAME_SEPARATOR in value:
         raise _separator_error(name, value)
     return value
