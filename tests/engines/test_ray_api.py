@@ -401,6 +401,16 @@ def _objects(*values):
     return arr
 
 
+def refused_on_both(a, b, call, err, match=None):
+    """``call`` raises ``err`` on the in-process detector ``a`` and the Ray detector ``b``,
+    and leaves every Ray actor's state as it was."""
+    before = _ray_state(b)
+    for det in (a, b):
+        with pytest.raises(err, match=match):
+            call(det)
+    assert _ray_state(b) == before
+
+
 def test_ray_refuses_what_a_later_part_would_refuse_before_any_actor_changes(ray_session):
     """The in-process detector's reproducers: bad timestamps, ids the replicas refuse, NUL ids,
     data for another agent. The same typed error on both backends, the Ray state bit-identical,
@@ -435,10 +445,8 @@ def test_ray_refuses_what_a_later_part_would_refuse_before_any_actor_changes(ray
             (lambda d: d.process_agent_behavior_sync(1, BehavioralData(1, row[0], id="u\x00")), InvalidInputError),
         ]
         for call, err in bad_rounds:
-            for det in (a, b):
-                with pytest.raises(err):
-                    call(det)
-            assert _ray_state(b) == before
+            refused_on_both(a, b, call, err)
+        assert _ray_state(b) == before
         now[0] = 1.0
         x, y = (det.process_round(ids, X + 1.0, reg) for det in (a, b))
         assert_same_round(x, y)
@@ -464,10 +472,8 @@ def test_ray_refuses_nul_ids_and_takes_object_arrays_of_strings(ray_session):
                      lambda d: d.process_round(_objects("agent-1\x00"), X[:1], "eu"),
                      lambda d: d.process_round(np.array(["agent\x00-1"]), X[:1], "eu"),
                      lambda d: d.process_agent_behavior_sync("agent-1\x00", BehavioralData("agent-1\x00", X[0]))):
-            for det in (a, b):
-                with pytest.raises(InvalidInputError, match="NUL"):
-                    call(det)
-            assert _ray_state(b) == before
+            refused_on_both(a, b, call, InvalidInputError, match="NUL")
+        assert _ray_state(b) == before
         np.testing.assert_array_equal(a.tree.get_agent_features("agent-1"), X[1])
         now[0] = 1.0
         x, y = (det.process_round(names, X + 1.0, reg) for det in (a, b))
@@ -495,10 +501,8 @@ def test_ray_refuses_a_clock_gone_bad_huge_timestamps_and_bad_names_before_any_a
         for bad, err in ((float("nan"), NonFiniteError), ("12.0", InvalidTypeError), (None, InvalidTypeError)):
             now[0] = bad
             for call in calls:
-                for det in (a, b):
-                    with pytest.raises(err, match="clock"):
-                        call(det)
-                assert _ray_state(b) == before
+                refused_on_both(a, b, call, err, match="clock")
+        assert _ray_state(b) == before
         now[0] = 1.0
         bad_calls = [
             (lambda d: d.process_round([1], row, "eu", timestamp=10**400), NonFiniteError),
@@ -512,10 +516,8 @@ def test_ray_refuses_a_clock_gone_bad_huge_timestamps_and_bad_names_before_any_a
              InvalidInputError),
         ]
         for call, err in bad_calls:
-            for det in (a, b):
-                with pytest.raises(err):
-                    call(det)
-            assert _ray_state(b) == before
+            refused_on_both(a, b, call, err)
+        assert _ray_state(b) == before
         x, y = (det.process_round(ids, X + 1.0, reg) for det in (a, b))
         assert_same_round(x, y)
     finally:
