@@ -362,9 +362,10 @@ class StatisticalCAPResolver(Locked):
             self._add_region(name, self._start)
 
     # ------------------------------------------------------------------ clock, regions
-    def _now(self) -> float:
-        """Clock reading, never earlier than a previous one (so confidence cannot rise by itself)."""
-        return self._advance(self.read_clock())
+    def _now(self, now: float | None = None) -> float:
+        """Clock reading (or the caller's validated reading ``now``), never earlier than a
+        previous one (so confidence cannot rise by itself)."""
+        return self._advance(self.read_clock() if now is None else now)
 
     def read_clock(self) -> float:
         """The clock's reading as the next write would use it, changing nothing.
@@ -500,7 +501,7 @@ class StatisticalCAPResolver(Locked):
         """
         t0 = time.perf_counter()
         now = self._check_now(now)
-        now = self._now() if now is None else self._advance(now)
+        now = self._now(now)
         self._last_sync = now
         pairs = rows = nbytes = 0
         for a in self._regions:
@@ -650,7 +651,7 @@ class StatisticalCAPResolver(Locked):
             replica.update_many(agent_ids, timestamps, features, scores, update_ids)
         elif new_region:
             RegionReplica(region, self._dim).update_many(agent_ids, timestamps, features, scores, update_ids)
-        now = self._now() if now is None else self._advance(now)
+        now = self._now(now)
         if new_region:
             self._add_region(region, now)
         if self._dim is None:
