@@ -25,6 +25,8 @@ __all__ = [
     "OutputPathError",
     "CheckpointError",
     "CheckpointWriteWarning",
+    "QuorumUnavailableError",
+    "UnknownRegionError",
 ]
 
 
@@ -113,3 +115,14 @@ class MissingDependencyError(SwarmGuardError, ImportError):
 
 class OutputPathError(InvalidInputError, OSError):
     """An output path (``--out``, ``--output``, ``--json``) that cannot be written, found before any work runs."""
+
+
+class QuorumUnavailableError(SwarmGuardError, RuntimeError):
+    """STRONG consistency refused: the region cannot reach a majority of regions."""
+
+
+class UnknownRegionError(SwarmGuardError, KeyError):
+    """A region name the resolver has never seen."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

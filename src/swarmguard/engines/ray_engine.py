@@ -69,14 +69,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import chi2
 
 from ..api.cap import (
     ConsistencyModel,
     StatisticalCAPResolver,
     UnknownRegionError,
-    partition_groups,
-    require_write_quorum,
 )
 from ..api.consensus import (
     StableBayesianConsensus,
@@ -99,8 +96,9 @@ from ..errors import (
     UnknownAgentError,
 )
 from ..locking import synchronized
-from ..structures.fdr import benjamini_hochberg
-from ..structures.robust_fusion import SourceEvents, peel_sources
+from ..structures.robust_fusion import SourceEvents, peel_untrusted
+from ..structures.significance import chi2_threshold, resolve_fdr, significance_cut
+from ..structures.topology import MonotonicClock, RegionTopology
 from ..validation import (
     as_feature_vector,
     check_cohort,
@@ -109,6 +107,7 @@ from ..validation import (
     check_positive_int,
 )
 from ..values.agent_index import as_wire_id_array, check_wire_id, positions_of
+from ..values.moments import population_statistics
 from ..values.version_vector import check_region_name
 from .checkpoint_files import (
     append_record,
@@ -491,15 +490,12 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         self.confidence_decay_rate = links.confidence_decay_rate
         self.auto_sync_seconds = s.auto_sync_seconds
         self.faults = LinkFaults(on_change=self._set_faults)
-        self._latest = -math.inf
+        self._time = MonotonicClock(lambda: self.clock())    # self.clock: swapped while a call is logged
         self._start = self._now()
         self._last_sync = self._start
         # Regions: declared ones are born at the start, the others when they first write.
-        self._declared = list(links.regions)
-        self._regions: list[str] = []               # announced to the region actors, in birth order
-        self._born: dict[str, float] = {}
+        self._topology = RegionTopology(declared=links.regions)   # born: announced to the region actors
         self._shard_of_region: dict[str, int] = {}
-        self._group_of: dict[str, int] | None = None
         self._evidence_total = 0
         self._rounds = 0
         self._rows_since_checkpoint = 0
@@ -537,7 +533,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
     @property
     def regions(self) -> list[str]:
         """Every region known so far (declared or seen), in birth order."""
-        return self._regions + [r for r in self._declared if r not in self._born]
+        return self._topology.names
 
     # ------------------------------------------------------------------ regions
     def _new_region_shard(self) -> int:
@@ -549,9 +545,9 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             self._start, branching_factor=s.branching_factor, feature_dimensions=self._dim,
             max_staleness_seconds=self.max_staleness_seconds, confidence_decay_rate=self.confidence_decay_rate,
             statistical=statistical)))
-        if self._regions:       # a late actor hears of the regions born before it
-            self.sys.call(self.region_shards[w], "add_regions", list(self._regions),
-                          [self._born[r] for r in self._regions], [], self._dim or 0, mutating=True)
+        if self._topology.regions:       # a late actor hears of the regions born before it
+            self.sys.call(self.region_shards[w], "add_regions", list(self._topology.regions),
+                          [self._topology.born[r] for r in self._topology.regions], [], self._dim or 0, mutating=True)
         return w
 
     def _place(self, names: Sequence[str]) -> None:
@@ -572,14 +568,11 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         (at the first round), others at their first write; a region born
         during a partition reaches nobody until the heal.
         """
-        new = [r for r in names if r not in self._born]
+        new = [r for r in names if r not in self._topology.born]
         if not new:
             return
         for name in new:
-            self._regions.append(name)
-            self._born[name] = born
-            if self._group_of is not None and name not in self._group_of:
-                self._group_of[name] = max(self._group_of.values(), default=-1) + 1
+            self._topology.add(name, born)
         hosts = [self._shard_of_region[r] for r in new]
         self._gather([(h, "add_regions", (new, [born] * len(new),
                                           [r for r, w in zip(new, hosts, strict=True) if w == k], self._dim), True)
@@ -587,21 +580,12 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
 
     # ------------------------------------------------------------------ plumbing
     def _now(self) -> float:
-        return self._advance(self._read_clock())
-
-    def _read_clock(self) -> float:
-        """The clock's reading as the next write would use it (finite, never earlier than a
-        previous one), changing nothing: as the in-process resolver's ``read_clock``."""
-        t = check_finite_float(self.clock(), "clock()")
-        return t if t > self._latest else self._latest
-
-    def _advance(self, now: float) -> float:
-        if now > self._latest:
-            self._latest = now
-        return self._latest
+        return self._time.now()
 
     def _processing_time(self) -> float:
-        return self._read_clock()
+        """The clock's reading as the next write would use it, changing nothing (as the
+        in-process resolver's ``read_clock``: the same :class:`MonotonicClock`)."""
+        return self._time.read()
 
     @property
     def warm_up(self) -> int:
@@ -691,7 +675,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         inverse = inverse.ravel()
         order = [check_region_name(r) for r in names.tolist()]
         if self.consistency_model is ConsistencyModel.STRONG:
-            require_write_quorum(self.regions, self._group_of, order)
+            self._topology.require_quorum(order)
         if np.unique(ids).size != n:
             raise InvalidInputError("agent_ids holds the same id twice in one batch")
         if self._known_ids.size and n and self._known_ids.dtype.kind != ids.dtype.kind:
@@ -699,17 +683,17 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                                    f"{'strings' if ids.dtype.kind == 'U' else 'ints'}, earlier ones were not")
         if cohorts is None:
             cohorts = regions
-        self._shape._cohort_ids(cohorts, n)        # the tree's own check, on the driver
+        self._shape.check_cohorts(cohorts, n)        # the tree's own check, on the driver
         if isinstance(cohorts, (str, tuple)):
             cohorts = [cohorts] * n if isinstance(cohorts, tuple) else np.full(n, cohorts)
         elif not (isinstance(cohorts, np.ndarray) and cohorts.dtype.kind == "U"):
             cohorts = list(cohorts)
-        q = self._rules._resolve_fdr(fdr)
+        q = resolve_fdr(fdr, self.fdr)
         # Everything above only reads: a refused round changes nothing.
         if self._dim is None:
             self._dim = d
-        self._place([*self._declared, *order])
-        self._announce(self._declared, self._start)
+        self._place([*self._topology.declared, *order])
+        self._announce(self._topology.declared, self._start)
         region_shard = np.array([self._shard_of_region[r] for r in order], dtype=np.int64)
         shard = region_shard[inverse]
         if stay is not None and stay.any():
@@ -767,19 +751,8 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             if rows[0] == 0:
                 first_cohort = res["first_cohort"]
         lap("score")
-        if q is not None:
-            flagged_mask, cut = benjamini_hochberg(decision_p, q)
-        else:
-            cut = self.significance_level
-            flagged_mask = decision_p < cut
-        if not any_warm:
-            flagged_mask = np.zeros(n, dtype=bool)
-        if cut > 0:
-            thr2 = float(chi2.isf(cut, d))
-        elif flagged_mask.any():
-            thr2 = float(d2[flagged_mask].min())
-        else:
-            thr2 = float("inf")
+        decision = significance_cut(decision_p, d2, d, q=q, alpha=self.significance_level, any_warm=any_warm)
+        flagged_mask, cut, thr2 = decision.flagged, decision.cut, decision.threshold_squared
         # ---- 4. CAP: each region's writes, in the in-process resolver's order
         region_cf, accepted = self._cap_writes(order, inverse, d2, ts, ids, X, shard, region_shard, now)
         confidence = region_cf[inverse]
@@ -821,9 +794,9 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             rows = np.flatnonzero(inverse == k)
             extra.append((ids[rows], X[rows]) if (shard[rows] != region_shard[k]).any() else None)
         synced = self.auto_sync_seconds is None
-        now = self._advance(now)
+        now = self._time.advance(now)
         k = 0
-        while k < len(order) and (strong or not synced or any(r not in self._born for r in order[k:])):
+        while k < len(order) and (strong or not synced or any(r not in self._topology.born for r in order[k:])):
             name = order[k]
             h = self.region_shards[self._shard_of_region[name]]
             self._announce([name], now)          # a new region is born as it first writes
@@ -832,7 +805,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             if strong:
                 (count, refs) = self.sys.call(h, "cap_write", name, d2[inverse == k], ts, now, True, None,
                                               extra[k], mutating=True, num_returns=2)
-                for peer in self._reachable(name):
+                for peer in self._topology.reachable(name):
                     if peer != name:
                         self.sys.call(self.region_shards[self._shard_of_region[peer]], "merge_registers",
                                       peer, refs[1], mutating=True)
@@ -895,7 +868,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         d2 = float(res["mahalanobis_squared"][0])
         merged = self._last_merge["population"] if self._last_merge else None
         alpha = self.significance_level / int(res["_detail"]["levels"][0])     # per level, as in process
-        thr2 = float(chi2.isf(alpha, self._dim))
+        thr2 = chi2_threshold(alpha, self._dim)
         anomaly = {
             "agent_id": agent_id,
             "is_anomaly": bool(res["is_anomaly"][0]),
@@ -1036,7 +1009,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                 events += local
             return events
 
-        # The same peeling as StableBayesianConsensus._global_pass, with each recount
+        # The consensus's peeling (peel_untrusted), with each recount
         # done by the partitions that hold the pairs.
         def recount(flagged: np.ndarray) -> SourceEvents:
             bad_now = [k for k, f in zip(keys, flagged.tolist(), strict=True) if f]
@@ -1044,10 +1017,9 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
 
         events = merged(parts)
         voters = None if established is None else set(established)
-        on_probation = np.array([voters is not None and k not in voters for k in keys], dtype=bool)
-        never = np.array([k in self._trusted for k in keys], dtype=bool) | on_probation
-        flagged, tail = peel_sources(events, recount, n_sources, self._false_flag_rate, never=never,
-                                     n_tested=int(n_sources - on_probation.sum()))
+        voting = np.array([voters is None or k in voters for k in keys], dtype=bool)
+        flagged, tail = peel_untrusted(events, recount, self._false_flag_rate,
+                                       np.array([k in self._trusted for k in keys], dtype=bool), voting)
         bad = [k for k, f in zip(keys, flagged.tolist(), strict=True) if f]
         done = self._gather([(h, "finish", (bad,), False) for h in self.evidence_shards])
         from scipy.special import expit
@@ -1065,22 +1037,13 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         return self._last_consensus
 
     # ------------------------------------------------------------------ CAP links
-    def _reachable(self, region: str) -> list[str]:
-        if self._group_of is None:
-            return list(self._regions)
-        g = self._group_of.get(region)
-        return [r for r in self._regions if self._group_of.get(r) == g]
-
     def _known(self, region: Any) -> str:
-        name = check_region_name(region)
-        if name not in self._born and name not in self._declared:
-            raise UnknownRegionError(f"unknown region {name!r}; known: {self.regions}")
-        return name
+        return self._topology.known(region)
 
     @synchronized
     def partition(self, groups: Iterable[Iterable[str]]) -> None:
         """Cut the network into groups (as the in-process resolver's ``partition``)."""
-        mapping = partition_groups(groups, self._known, self.regions)
+        mapping = self._topology.groups_for(groups)
         self._logged("partition", lambda: ({"groups": mapping}, {}), lambda: self._set_groups(mapping))
 
     @synchronized
@@ -1097,7 +1060,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         self._logged("faults", lambda: ({"dropped": sorted(dropped)}, {}), apply)
 
     def _set_groups(self, mapping: dict[str, int] | None) -> None:
-        self._group_of = mapping
+        self._topology.group_of = mapping
         if self.consistency_model is ConsistencyModel.STRONG:
             self.sync()
 
@@ -1108,7 +1071,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
 
     @property
     def is_partitioned(self) -> bool:
-        return self._group_of is not None
+        return self._topology.is_partitioned
 
     @synchronized
     def sync(self) -> dict[str, int]:
@@ -1129,9 +1092,9 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         now = self._now() if now is None else now
         self._last_sync = now
         pairs = rows = 0
-        for a in self._regions:
+        for a in self._topology.regions:
             ha = self.region_shards[self._shard_of_region[a]]
-            for b in self._reachable(a):
+            for b in self._topology.reachable(a):
                 if b == a:
                     continue
                 hb = self.region_shards[self._shard_of_region[b]]
@@ -1217,7 +1180,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             self._checkpoint(during_round=False)
         # what calls outside the log may have moved since: the clock's high-water mark
         # (views read the clock) and the evidence counter (create_evidence)
-        before = {"latest": self._latest, "evidence_number": self._evidence_number}
+        before = {"latest": self._time.latest, "evidence_number": self._evidence_number}
         real = self.clock
         readings: list[float] = []
 
@@ -1262,7 +1225,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
             for meta, arrays in records:
                 readings = iter(meta["clock"])
                 self.clock = lambda readings=readings: next(readings)
-                self._latest = max(self._latest, meta["latest"])
+                self._time.latest = max(self._time.latest, meta["latest"])
                 self._evidence_number = max(self._evidence_number, meta["evidence_number"])
                 kind = meta["kind"]
                 if kind in ("round", "item"):
@@ -1294,9 +1257,9 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         settings["regions"] = None if settings["regions"] is None else list(settings["regions"])
         driver = {
             "format": self._FORMAT, "settings": settings, "ray_options": dict(self._ray_options),
-            "region_shards": len(self.region_shards), "declared": self._declared, "regions": self._regions,
-            "born": [self._born[r] for r in self._regions], "shard_of_region": self._shard_of_region,
-            "group_of": self._group_of, "dim": self._dim, "start": self._start, "latest": self._latest,
+            "region_shards": len(self.region_shards), "declared": self._topology.declared, "regions": self._topology.regions,
+            "born": [self._topology.born[r] for r in self._topology.regions], "shard_of_region": self._shard_of_region,
+            "group_of": self._topology.group_of, "dim": self._dim, "start": self._start, "latest": self._time.latest,
             "last_sync": self._last_sync, "evidence_total": self._evidence_total,
             "evidence_number": self._evidence_number, "rounds": self._rounds, "founders": self._founders,
             "seq": {h.name: h.ckpt_seq for h in [*self.region_shards, *self.evidence_shards]},
@@ -1321,14 +1284,14 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                       actors: dict[str, dict[str, np.ndarray]]) -> None:
         """Set the driver's tables from a checkpoint, start the actors, restore them."""
         self._dim = d["dim"]
-        self._start, self._latest, self._last_sync = d["start"], d["latest"], d["last_sync"]
+        self._start, self._time.latest, self._last_sync = d["start"], d["latest"], d["last_sync"]
         for _ in range(d["region_shards"]):
             self._new_region_shard()          # before the regions are known: restored from the files below
-        self._declared = list(d["declared"])
-        self._regions = list(d["regions"])
-        self._born = dict(zip(d["regions"], d["born"], strict=True))
+        self._topology.declared = list(d["declared"])
+        self._topology.regions = list(d["regions"])
+        self._topology.born = dict(zip(d["regions"], d["born"], strict=True))
         self._shard_of_region = {k: int(v) for k, v in d["shard_of_region"].items()}
-        self._group_of = d["group_of"]
+        self._topology.group_of = d["group_of"]
         self._evidence_total, self._evidence_number, self._rounds = (d["evidence_total"], d["evidence_number"],
                                                                      d["rounds"])
         self._known_ids, self._known_shard = arrays["known_ids"], arrays["known_shard"].astype(np.int64)
@@ -1397,11 +1360,8 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         m = self._last_merge["population"] if self._last_merge else None
         if m is None or m.count == 0:
             dim = self.feature_dimensions or 0
-            return {"count": 0, "mean": np.full(dim, np.nan), "covariance": np.full((dim, dim), np.nan)}
-        cov = m.m2 / (m.count - ddof) if m.count > ddof else np.full_like(m.m2, np.nan)
-        var = np.diagonal(cov).copy()
-        return {"cohort": (), "count": m.count, "mean": m.mean, "covariance": cov, "variance": var,
-                "std": np.sqrt(np.maximum(var, 0.0)), "ddof": ddof, "moments": m}
+            return {"cohort": (), **population_statistics(0, np.zeros(dim), np.zeros((dim, dim)), ddof)}
+        return {"cohort": (), **population_statistics(m.count, m.mean, m.m2, ddof), "moments": m}
 
     @synchronized
     def evidence_fingerprint(self) -> dict[Hashable, tuple]:
@@ -1442,11 +1402,7 @@ class _CapFacade:
 
     def visible_regions(self, region: str) -> list[str]:
         """Regions whose links to ``region`` deliver now (``region`` included), sorted."""
-        det = self._det
-        region = det._known(region)
-        if det._group_of is None:
-            return sorted(det.regions)
-        return sorted(r for r in det.regions if det._group_of.get(r) == det._group_of[region])
+        return self._det._topology.visible(region)
 
     @property
     def is_partitioned(self) -> bool:
@@ -1549,13 +1505,10 @@ class _ProtocolFacade:
         out = {"agent_ids": ids[order]}
         for k in ("mahalanobis_squared", "p_value", "decision_p_value"):
             out[k] = np.concatenate([r[k] for r in res])[order]
-        q = det.fdr if isinstance(fdr, str) and fdr == "default" else fdr
         any_warm = any(r["any_warm"] for r in res)
-        if q is not None:
-            flagged, _ = benjamini_hochberg(out["decision_p_value"], q)
-        else:
-            flagged = out["decision_p_value"] < det.significance_level
-        out["is_anomaly"] = flagged & any_warm
+        out["is_anomaly"] = significance_cut(out["decision_p_value"], out["mahalanobis_squared"], det._dim,
+                                             q=resolve_fdr(fdr, det.fdr), alpha=det.significance_level,
+                                             any_warm=any_warm).flagged
         return out
 
 
