@@ -372,16 +372,16 @@ class RegionShard(_Versioned):
         return None if r is None else r.version.to_dict()
 
     def prepare_delta(self, expect: int, src: str, dst: str, dst_version: Any, now: float):
-        """Sender side of one anti-entropy message: (rows, delta) for ``dst``."""
+        """Sender side of one anti-entropy message: ((rows, bytes), delta) for ``dst``."""
         self._check(expect)
         r = self.replicas.get(src)
         self.seq += 1
         if r is None:
-            return 0, None
+            return (0, 0), None
         if dst_version is not None:
             r.acknowledge(dst, VersionVector.from_dict(dst_version))
         delta = r.delta_for(dst, now)
-        return int(delta["registers.seq"].shape[0]), delta
+        return (int(delta["registers.seq"].shape[0]), int(sum(v.nbytes for v in delta.values()))), delta
 
     def merge_delta(self, expect: int, dst: str, delta: Any) -> dict[str, np.ndarray] | None:
         """Receiver side: join the delta; return the acknowledgement (our version)."""
