@@ -154,3 +154,21 @@ def test_negative_evidence_type_codes_are_refused():
     with pytest.raises(UnknownEvidenceTypeError):
         c.add_evidence_batch([1], [1], np.array([-1]), [1.0], [1.0], [0.0], ["a"])
     assert c.state_fingerprint() == before
+
+
+@pytest.mark.xfail(strict=True, reason="review: merge/+= (and export_evidence + add_evidence_batch, the documented "
+                   "way to serialise a consensus) adds everything as one call, so sources on probation in the "
+                   "original become founding sources of the copy: three throw-away ids flip agent 0 from "
+                   "log-odds 7 to -144")
+def test_a_merged_copy_keeps_the_sources_on_probation_on_probation():
+    c = StableBayesianConsensus(probation_evidence=3)
+    c.add_evidence_batch(["x0", "x1", "x2", "y", "z"], [0, 0, 1, 0, 0], "peer_report", [1.0, 1.0, 1.0, 2.0, 3.0],
+                         [1.0] * 5, [0.0] * 5, ["a", "a", "a", "b", "c"])
+    for k in range(3):        # after the founding: each on probation in c
+        c.add_evidence_batch([f"s{k}"], [0], "peer_report", [-50.0], [1.0], [0.0], [f"sybil{k}"])
+    want = c.consensus(0)
+    assert want["probation_source_count"] == 3 and want["log_odds"] == 7.0
+    copy = StableBayesianConsensus(probation_evidence=3)
+    copy.merge(c)
+    got = copy.consensus(0)
+    assert (got["log_odds"], got["source_count"], got["probation_source_count"]) == (7.0, 3, 3)
