@@ -1,0 +1,147 @@
+"""The figures of a ``swarmguard simulate`` report, from its typed data.
+
+Each function takes the report's dataclasses (:mod:`swarmguard.apps.report_data`)
+and returns a :class:`plotly.graph_objects.Figure`, independent of the page:
+``report.html`` embeds them (:mod:`swarmguard.apps.report_page`), a live
+dashboard can draw the same figures from the same data. Every axis names its
+unit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+from .figures import bars_figure, histogram_figure, lines_figure
+from .report_data import DecisionRule, RegionRound, ReportArrays, SimulationReport
+
+__all__ = [
+    "round_axis_title",
+    "confidence_figure",
+    "consensus_figure",
+    "cutoff_figure",
+    "false_alarms_figure",
+    "recall_figure",
+    "region_figure",
+    "reputation_figure",
+    "score_figure",
+]
+
+
+def round_axis_title(round_seconds: float) -> str:
+    """The x-axis title of every figure over rounds."""
+    return f"round (each {round_seconds:g} s of simulated time)"
+
+
+def _shade(report: SimulationReport) -> tuple[float, float] | None:
+    c = report.config
+    return (float(c["partition_at"]), float(c["heal_at"])) if c["partition_at"] < c["heal_at"] else None
+
+
+def _rounds(report: SimulationReport) -> np.ndarray:
+    return np.array([rd["round"] for rd in report.rounds], dtype=float)
+
+
+def _cut_name(rule: DecisionRule) -> str:
+    if rule.method == "fdr":
+        return f"final-round cut-off (BH, FDR q = {rule.fdr_q:g}), -log10 p"
+    return f"significance level α = {rule.significance_level:g}, -log10 p"
+
+
+def score_figure(arrays: ReportArrays, rule: DecisionRule) -> go.Figure:
+    """Histogram of the final round's decision p-values (as -log10 p), honest vs compromised,
+    with the cut-off the round actually decided by."""
+    truth = np.asarray(arrays.truth, dtype=bool)
+    score = -np.log10(np.maximum(np.asarray(arrays.decision_p, dtype=float), 1e-300))
+    cut = arrays.p_cutoff
+    vlines = {_cut_name(rule): -math.log10(max(cut, 1e-300))} if cut is not None and cut > 0 else {}
+    title = ("Anomaly score in the final round: -log10 of the decision p-value"
+             + ("" if vlines else " (no agent passed the cut-off)"))
+    return histogram_figure({"honest": score[~truth], "compromised": score[truth]}, bins=60, log_y=True,
+                            vlines=vlines, title=title,
+                            x_label="-log10 decision p-value (unitless; right = stranger)",
+                            y_label="agents (count, log scale)")
+
+
+def consensus_figure(arrays: ReportArrays, rule: DecisionRule) -> go.Figure:
+    """Histogram of each agent's posterior probability of compromise after the last round."""
+    truth = np.asarray(arrays.truth, dtype=bool)
+    prob = np.asarray(arrays.probability, dtype=float)
+    return histogram_figure({"honest": prob[~truth], "compromised": prob[truth]}, bins=40, log_y=True,
+                            vlines={"isolate at probability ≥": rule.isolate_probability},
+                            title="Consensus: posterior probability of compromise after the last round",
+                            x_label="posterior probability of compromise (0 to 1)",
+                            y_label="agents (count, log scale)")
+
+
+def recall_figure(report: SimulationReport) -> go.Figure:
+    recall = np.array([np.nan if rd["recall_so_far"] is None else rd["recall_so_far"] for rd in report.rounds])
+    return lines_figure(_rounds(report), {"recall so far": recall}, title="Recall of compromised agents",
+                        x_label=round_axis_title(report.config["round_seconds"]),
+                        y_label="recall (fraction of compromised agents isolated, 0 to 1)", y_range=(0.0, 1.0),
+                        shade=_shade(report), shade_label="partition")
+
+
+def false_alarms_figure(report: SimulationReport) -> go.Figure:
+    alarms = np.array([rd["false_alarms"] for rd in report.rounds], dtype=float)
+    return lines_figure(_rounds(report), {"honest agents isolated": alarms}, title="False alarms per round",
+                        x_label=round_axis_title(report.config["round_seconds"]),
+                        y_label="honest agents isolated (count)", shade=_shade(report), shade_label="partition")
+
+
+def cutoff_figure(report: SimulationReport) -> go.Figure:
+    """The decision p-value cut-off of every round (log scale): the threshold actually used."""
+    rule = report.run.decision
+    cuts = np.array([np.nan if rd.get("p_value_cutoff") is None else rd["p_value_cutoff"] for rd in report.rounds])
+    name = (f"BH cut-off at FDR q = {rule.fdr_q:g}" if rule.method == "fdr"
+            else f"α = {rule.significance_level:g}")
+    return lines_figure(_rounds(report), {name: cuts}, y_log=True,
+                        title="Decision threshold per round (before tightening for stale regions)",
+                        x_label=round_axis_title(report.config["round_seconds"]),
+                        y_label="decision p-value cut-off (unitless, log scale)", shade=_shade(report),
+                        shade_label="partition")
+
+
+def _per_region(rows: Sequence[RegionRound], field: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    rounds = sorted({r.round for r in rows})
+    at = {r: k for k, r in enumerate(rounds)}
+    regions = sorted({r.region for r in rows})
+    series = {name: np.full(len(rounds), np.nan) for name in regions}
+    for r in rows:
+        value = getattr(r, field)
+        series[r.region][at[r.round]] = np.nan if value is None else value
+    return np.array(rounds, dtype=float), series
+
+
+def region_figure(report: SimulationReport, field: str) -> go.Figure:
+    """One line per region over rounds: ``detections``, ``false_alarms`` or ``confidence_factor``."""
+    x, series = _per_region(report.regions, field)
+    labels = {
+        "detections": ("Compromised agents isolated, per region", "compromised agents isolated (count)", None),
+        "false_alarms": ("Honest agents isolated (false alarms), per region", "honest agents isolated (count)",
+                         None),
+        "confidence_factor": ("Confidence factor per region through the partition",
+                              "confidence factor (0 to 1; 1 = view up to date)", (0.0, 1.05)),
+        "isolated": ("Agents isolated, per region", "agents isolated (count)", None),
+    }
+    title, y_label, y_range = labels[field]
+    return lines_figure(x, series, title=title, x_label=round_axis_title(report.config["round_seconds"]),
+                        y_label=y_label, y_range=y_range, shade=_shade(report), shade_label="partition")
+
+
+def confidence_figure(report: SimulationReport) -> go.Figure:
+    return region_figure(report, "confidence_factor")
+
+
+def reputation_figure(arrays: ReportArrays) -> go.Figure:
+    """Outlier reports per observer; flagged (Byzantine) observers highlighted."""
+    rep = arrays.reputation
+    labels = sorted(rep, key=str)
+    outliers = np.array([rep[s]["low_outliers"] + rep[s]["high_outliers"] for s in labels], dtype=float)
+    return bars_figure([str(s) for s in labels], outliers, title="Outlier reports per observer",
+                       y_label="outlier reports (count)", x_label="observer",
+                       highlight=[bool(rep[s]["flagged"]) for s in labels],
+                       highlight_names=("flagged as Byzantine", "not flagged"))
