@@ -258,8 +258,8 @@ def histogram_figure(series: Mapping[str, Any], *, bins: int = 50, log_x: bool =
             max_count = max(max_count, int(counts.max(initial=0)))
             low, high = edges[nz], edges[nz + 1]
             if log_x:
+                centres = 10.0 ** ((low + high) / 2)          # the geometric centre, without overflow
                 low, high = 10.0 ** low, 10.0 ** high
-                centres = np.sqrt(low * high)
                 width = None        # on a log axis Plotly sizes bars from their (evenly spaced) positions
             else:
                 centres = (low + high) / 2
@@ -286,9 +286,11 @@ def histogram_figure(series: Mapping[str, Any], *, bins: int = 50, log_x: bool =
         fig.add_shape(type="line", name=plain_text(name), xref="x", yref="paper", x0=value, x1=value, y0=0,
                       y1=1, line={"color": "#000", "width": 1.5, "dash": "dash"})
         # annotations on a log axis take log10 positions; shapes take data values
+        right = (pos - x_lo) > 0.7 * (x_hi - x_lo)        # label on the line's left near the right edge
         fig.add_annotation(name="vline", text=plain_text(f"{name} = {_number(value)}"), xref="x", yref="paper",
-                           x=pos, y=1.0 - 0.07 * k, xanchor="left", yanchor="top", xshift=4, showarrow=False,
-                           bgcolor="rgba(255,255,255,0.8)", font={"size": 11})
+                           x=pos, y=1.0 - 0.07 * k, xanchor="right" if right else "left", yanchor="top",
+                           xshift=-4 if right else 4, showarrow=False, bgcolor="rgba(255,255,255,0.8)",
+                           font={"size": 11})
     return fig
 
 
@@ -432,7 +434,7 @@ def lines_figure(x: Any, series: Mapping[str, Any], *, title: str, x_label: str,
         if fixed is not None:
             pad = (fixed[1] - fixed[0]) * 0.02
             fig.update_yaxes(range=[fixed[0] - pad, fixed[1] + pad])
-    fig.update_yaxes(type="log" if y_log else "linear")
+    fig.update_yaxes(type="log" if y_log else "linear", exponentformat="power" if y_log else "B")
     if shade_at is not None:
         a, b = shade_at
         fig.add_vrect(x0=a, x1=b, fillcolor="#888888", opacity=0.18, line_width=0, layer="below", name="shade")

@@ -67,27 +67,53 @@ def score_figure(arrays: ReportArrays, rule: DecisionRule) -> go.Figure:
 
 
 def consensus_figure(arrays: ReportArrays, rule: DecisionRule) -> go.Figure:
-    """Histogram of each agent's posterior probability of compromise after the last round."""
+    """Histogram of each agent's posterior probability of compromise after the last round
+    (agents no evidence was ever reported on have none, and are counted in the title)."""
     truth = np.asarray(arrays.truth, dtype=bool)
     prob = np.asarray(arrays.probability, dtype=float)
-    return histogram_figure({"honest": prob[~truth], "compromised": prob[truth]}, bins=40, log_y=True,
-                            vlines={"isolate at probability ≥": rule.isolate_probability},
-                            title="Consensus: posterior probability of compromise after the last round",
+    known = ~np.isnan(prob)
+    missing = int((~known).sum())
+    title = "Consensus: posterior probability of compromise after the last round"
+    if missing:
+        title += f" ({missing:,} agents without evidence not shown)"
+    return histogram_figure({"honest": prob[known & ~truth], "compromised": prob[known & truth]}, bins=40,
+                            log_y=True, vlines={"isolation threshold": rule.isolate_probability}, title=title,
                             x_label="posterior probability of compromise (0 to 1)",
                             y_label="agents (count, log scale)")
 
 
+def _defined(report: SimulationReport, key: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Rounds where ``rd[key]`` is defined, its values there, and the rounds where it is not."""
+    x, y, missing = [], [], []
+    for rd in report.rounds:
+        value = rd.get(key)
+        if value is None:
+            missing.append(rd["round"])
+        else:
+            x.append(rd["round"])
+            y.append(value)
+    return np.array(x, dtype=float), np.array(y, dtype=float), missing
+
+
+def _rounds_text(rounds: list[int]) -> str:
+    return ", ".join(str(r) for r in rounds[:8]) + (", …" if len(rounds) > 8 else "")
+
+
 def recall_figure(report: SimulationReport) -> go.Figure:
-    recall = np.array([np.nan if rd["recall_so_far"] is None else rd["recall_so_far"] for rd in report.rounds])
-    return lines_figure(_rounds(report), {"recall so far": recall}, title="Recall of compromised agents",
+    x, recall, missing = _defined(report, "recall_so_far")
+    title = "Recall: fraction of the agents compromised so far that were isolated"
+    if missing:
+        title += f" (none compromised yet in round {_rounds_text(missing)})"
+    return lines_figure(x, {"recall so far": recall}, title=title,
                         x_label=round_axis_title(report.config["round_seconds"]),
-                        y_label="recall (fraction of compromised agents isolated, 0 to 1)", y_range=(0.0, 1.0),
+                        y_label="recall (fraction, 0 to 1)", y_range=(0.0, 1.0),
                         shade=_shade(report), shade_label="partition")
 
 
 def false_alarms_figure(report: SimulationReport) -> go.Figure:
     alarms = np.array([rd["false_alarms"] for rd in report.rounds], dtype=float)
-    return lines_figure(_rounds(report), {"honest agents isolated": alarms}, title="False alarms per round",
+    return lines_figure(_rounds(report), {"honest agents isolated": alarms},
+                        title="False alarms: honest agents isolated, per round",
                         x_label=round_axis_title(report.config["round_seconds"]),
                         y_label="honest agents isolated (count)", shade=_shade(report), shade_label="partition")
 
@@ -95,13 +121,15 @@ def false_alarms_figure(report: SimulationReport) -> go.Figure:
 def cutoff_figure(report: SimulationReport) -> go.Figure:
     """The decision p-value cut-off of every round (log scale): the threshold actually used."""
     rule = report.run.decision
-    cuts = np.array([np.nan if rd.get("p_value_cutoff") is None else rd["p_value_cutoff"] for rd in report.rounds])
+    x, cuts, missing = _defined(report, "p_value_cutoff")
     name = (f"BH cut-off at FDR q = {rule.fdr_q:g}" if rule.method == "fdr"
             else f"α = {rule.significance_level:g}")
-    return lines_figure(_rounds(report), {name: cuts}, y_log=True,
-                        title="Decision threshold per round (before tightening for stale regions)",
+    title = "Decision threshold per round (before tightening for stale regions)"
+    if missing:
+        title += f"; no agent passed in round {_rounds_text(missing)}"
+    return lines_figure(x, {name: cuts}, y_log=True, title=title,
                         x_label=round_axis_title(report.config["round_seconds"]),
-                        y_label="decision p-value cut-off (unitless, log scale)", shade=_shade(report),
+                        y_label="decision p-value cut-off (log scale)", shade=_shade(report),
                         shade_label="partition")
 
 
@@ -123,8 +151,8 @@ def region_figure(report: SimulationReport, field: str) -> go.Figure:
         "detections": ("Compromised agents isolated, per region", "compromised agents isolated (count)", None),
         "false_alarms": ("Honest agents isolated (false alarms), per region", "honest agents isolated (count)",
                          None),
-        "confidence_factor": ("Confidence factor per region through the partition",
-                              "confidence factor (0 to 1; 1 = view up to date)", (0.0, 1.05)),
+        "confidence_factor": ("Confidence factor per region through the partition (1 = view up to date)",
+                              "confidence factor (0 to 1)", (0.0, 1.05)),
         "isolated": ("Agents isolated, per region", "agents isolated (count)", None),
     }
     title, y_label, y_range = labels[field]
