@@ -5,6 +5,17 @@ and returns a :class:`plotly.graph_objects.Figure`, independent of the page:
 ``report.html`` embeds them (:mod:`swarmguard.apps.report_page`), a live
 dashboard can draw the same figures from the same data. Every axis names its
 unit.
+
+Examples
+--------
+>>> from swarmguard.apps.scenario import ScenarioConfig
+>>> from swarmguard.apps.simulate import run_simulation
+>>> report = run_simulation(ScenarioConfig(agents=1000, rounds=3, partition_at=1, heal_at=2), latency_sample=0)
+>>> fig = region_figure(report, "false_alarms")           # a plotly.graph_objects.Figure
+>>> sorted(t.name for t in fig.data), fig.layout.yaxis.title.text
+(['region-0', 'region-1', 'region-2', 'region-3'], 'honest agents isolated (count)')
+>>> report["run"].decision.method, report.run.decision.fdr_q
+('fdr', 0.01)
 """
 
 from __future__ import annotations
