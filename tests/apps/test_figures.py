@@ -10,6 +10,9 @@ Tick placement and labelling are Plotly's now (checked by eye in Chromium).
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 import math
 
 import numpy as np
@@ -413,3 +416,62 @@ def test_bar_edge_cases():
         bars_figure(["a"], np.array([1.0, 2.0]), title="t", y_label="y")
     with pytest.raises(ValueError):
         bars_figure(["a"], np.array([1.0]), title="t", y_label="y", highlight=[True, False])
+
+
+# --------------------------------------------------------------------------- in a real browser
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+BROWSER_CASES = {
+    "h0": ((0.0, 1.0), False), "h1": ((-3.7, 12.1), False), "h2": ((23.0, 23.4), False),
+    "h3": ((999.0, 1001.0), False), "logcounts": (None, True),
+}
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """The figures drawn by plotly.js in headless Chromium, offline (every host unresolvable):
+    each figure's part of the resulting DOM."""
+    if CHROMIUM is None:
+        pytest.skip("no Chromium on this machine")
+    from swarmguard.apps.report_html import render_report
+
+    sections = []
+    for name, (span, log_y) in BROWSER_CASES.items():
+        data = (np.concatenate([np.zeros(1), np.ones(10), np.full(1000, 2.0)]) if span is None
+                else np.linspace(*span, 101))
+        sections.append((name, histogram_figure({"a": data}, bins=3 if log_y else 10, log_y=log_y, title=name,
+                                                x_label="x")))
+    folder = tmp_path_factory.mktemp("browser")
+    page = folder / "page.html"
+    page.write_text(render_report("browser check", {}, sections), encoding="utf-8")
+    out = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={folder / 'profile'}",
+         "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9", "--virtual-time-budget=10000",
+         "--dump-dom", page.as_uri()], capture_output=True, timeout=180, check=False)
+    dom = out.stdout.decode("utf-8", "replace")
+    parts = dom.split('id="figure-')[1:]
+    return {name: parts[k] for k, name in enumerate(BROWSER_CASES)} if len(parts) == len(BROWSER_CASES) else dom
+
+
+def tick_values(part: str, axis: str) -> list[float]:
+    labels = re.findall(rf'<g class="{axis}tick"><text[^>]*data-unformatted="([^"]*)"', part)
+    return [float(t.replace("\u2212", "-").replace(",", "")) for t in labels]
+
+
+def test_plotly_draws_every_figure_offline_with_nice_ticks(rendered):
+    assert isinstance(rendered, dict), "not every figure was drawn"
+    for name, ((lo, hi), _) in ((n, c) for n, c in BROWSER_CASES.items() if c[0] is not None):
+        part = rendered[name]
+        assert 'class="main-svg"' in part and 'class="trace bars"' in part
+        assert part.count('class="point"') == 10          # one drawn bar per non-empty bin
+        xs = tick_values(part, "x")
+        assert len(xs) >= 3
+        steps = np.diff(xs)
+        assert np.allclose(steps, steps[0], rtol=1e-6) and steps[0] > 0
+        mantissa = steps[0] / 10 ** math.floor(math.log10(steps[0]) + 1e-9)
+        assert min(abs(mantissa - m) for m in (1, 2, 2.5, 5, 10)) < 1e-6, xs
+        pad = 0.03 * (hi - lo)
+        assert lo - pad <= xs[0] and xs[-1] <= hi + pad and xs[0] < lo + steps[0] and xs[-1] > hi - steps[0]
+    assert tick_values(rendered["logcounts"], "y") == [1, 10, 100, 1000]

@@ -39,7 +39,8 @@ def isolated_table(agents: list[IsolatedAgent], limit: int = ISOLATED_ROWS_SHOWN
     shown = "" if len(ordered) <= limit else f" (the first {limit:,} of {len(ordered):,}; report.json lists all)"
     caption = (f"Isolated agents: {len(ordered):,}{shown}. Scores are those of the round first isolated, at the "
                "level that decided (population or cluster); the decision p-value is what the rule compared "
-               "with the round's cut-off; a feature's share of D² is d_j (Σ⁻¹ d)_j / D² (shares sum to 1).")
+               "with the round's cut-off; a feature's share of D² is d_j (Σ⁻¹ d)_j / D²: shares sum to 1, and a "
+               "share above 100% means a correlated feature pulls the other way (a negative share).")
     return caption, ISOLATED_HEADER, rows
 
 

@@ -176,22 +176,28 @@ def _newly_isolated(det: Any, sc: Scenario, r: int, X: np.ndarray, res: dict[str
         return []
     d = X.shape[1]
     shrinkage = det.settings.shrinkage
-    _, pop_shares = feature_shares(X[rows], *_statistics(X), shrinkage)
+    stats = det.get_global_statistics()          # the population the detector scored against
+    _, pop_shares = feature_shares(X[rows], stats["count"], stats["mean"], stats["covariance"], shrinkage)
     level = np.array(["population"] * rows.size, dtype=object)
     d2 = np.asarray(res["mahalanobis_squared"], dtype=np.float64)[rows].copy()
     p = np.asarray(res["p_value"], dtype=np.float64)[rows].copy()
     shares = pop_shares
     warm_up = getattr(det.protocol, "warm_up", 0) or 0
-    for name in np.unique(clusters[rows]).tolist():
-        members = clusters == name
-        if int(members.sum()) < max(warm_up, 3):
+    # each cluster's members: one stable sort of the cluster indices (no string compares over all agents)
+    cluster = sc.cluster_index
+    order = np.argsort(cluster, kind="stable")
+    bounds = np.searchsorted(cluster[order], np.arange(int(cluster.max()) + 2))
+    for c in np.unique(cluster[rows]).tolist():
+        members = order[bounds[c]:bounds[c + 1]]
+        if members.size < max(warm_up, 3):
             continue
-        mine = np.flatnonzero(clusters[rows] == name)
+        mine = np.flatnonzero(cluster[rows] == c)
         cd2, cshares = feature_shares(X[rows[mine]], *_statistics(X[members]), shrinkage)
         cp = chi2_sf(cd2, d)
         better = cp < p[mine]
         pick = mine[better]
-        level[pick], d2[pick], p[pick], shares[pick] = name, cd2[better], cp[better], cshares[better]
+        level[pick], d2[pick], p[pick], shares[pick] = str(clusters[members[0]]), cd2[better], cp[better], \
+            cshares[better]
     names = [f"feature {j}" for j in range(d)]
     prob = res["probability"]
     return [IsolatedAgent(
