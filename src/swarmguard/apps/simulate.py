@@ -168,9 +168,9 @@ def _newly_isolated(det: Any, sc: Scenario, r: int, X: np.ndarray, res: dict[str
     Each agent is explained at the level that decided: its cluster when its
     cluster-level p-value is the smaller (the decision p-value is the smallest
     level p-value times the number of levels), else the population. The
-    statistics are those the detector scored against, taken from the round's
-    behaviour (every agent is updated each round, so the population and each
-    cluster hold exactly these rows).
+    statistics are those the detector scored against: the population's from
+    ``get_global_statistics()``, a cluster's from the round's behaviour (every
+    agent is updated each round, so each cluster holds exactly these rows).
     """
     if not rows.size:
         return []
