@@ -177,7 +177,7 @@ def test_isolated_agents_table_in_json_and_html(small_run):
     hits = [int(r["top_features"][0]["feature"].split()[1]) in np.flatnonzero(sc.shift[r["agent_id"]])
             for r in shifted]
     assert np.mean(hits) > 0.8
-    first = sorted(rows, key=lambda r: (r["first_isolated_round"], r["decision_p_value"]))[0]
+    first = sorted(rows, key=lambda r: (r["first_isolated_round"], r["decision_p_value"], -r["mahalanobis_squared"]))[0]
     assert f"<td>{first['agent_id']}</td><td>{first['region']}</td><td>{first['cohort']}</td>" in html
     assert f"{first['top_features'][0]['feature']} ({first['top_features'][0]['share']:.0%})" in html
 

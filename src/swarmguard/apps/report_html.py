@@ -141,7 +141,7 @@ h1{font-size:1.6em;margin:0.2em 0 0.8em}
 h2{font-size:1.2em;margin:1.8em 0 0.6em;padding-bottom:4px;border-bottom:1px solid #ddd}
 p{line-height:1.45;max-width:60em}
 table{border-collapse:collapse;margin:8px 0 20px;font-size:14px}
-caption{caption-side:top;text-align:left;font-weight:600;padding:4px 0}
+caption,p.caption{caption-side:top;text-align:left;font-weight:600;padding:4px 0;font-size:14px;max-width:none}
 th,td{border:1px solid #ddd;padding:4px 10px;text-align:left;vertical-align:top}
 thead th{background:#f0f0f0;position:sticky;top:0}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -179,9 +179,11 @@ def table_html(caption: str, header: Sequence[Any], rows: Sequence[Sequence[Any]
     """A table as HTML (every cell formatted and escaped; more than 20 rows scroll), for a section."""
     head = "".join(f"<th>{_escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
-    table = (f'<table class="data"><caption>{_escape(caption)}</caption>'
-             f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-    return f'<div class="scroll">{table}</div>' if len(rows) > 20 else table
+    if len(rows) > 20:      # a long table scrolls in a box, its caption above it (not scrolled away)
+        return (f'<p class="caption">{_escape(caption)}</p><div class="scroll"><table class="data">'
+                f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+    return (f'<table class="data"><caption>{_escape(caption)}</caption>'
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
 def _figure_html(fig: Any, k: int) -> str:

@@ -31,8 +31,10 @@ def _features_text(agent: IsolatedAgent) -> str:
 def isolated_table(agents: list[IsolatedAgent], limit: int = ISOLATED_ROWS_SHOWN) -> tuple[str, list[str],
                                                                                               list[list[Any]]]:
     """The isolated agents as a (caption, header, rows) table: by round first isolated, then by
-    decision p-value (strongest first); at most ``limit`` rows."""
-    ordered = sorted(agents, key=lambda a: (a.first_isolated_round, a.decision_p_value, str(a.agent_id)))
+    decision p-value and D² (strongest first: p-values that underflowed to 0 still rank by D²);
+    at most ``limit`` rows."""
+    ordered = sorted(agents, key=lambda a: (a.first_isolated_round, a.decision_p_value, -a.mahalanobis_squared,
+                                            str(a.agent_id)))
     rows = [[str(a.agent_id), a.region, a.cohort, a.first_isolated_round, a.level, a.mahalanobis_squared, a.p_value,
              a.decision_p_value, a.consensus_probability, a.final_consensus_probability, _features_text(a),
              a.compromised] for a in ordered[:limit]]
