@@ -10,10 +10,10 @@ Tick placement and labelling are Plotly's now (checked by eye in Chromium).
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
-import math
 
 import numpy as np
 import pytest
@@ -475,3 +475,12 @@ def test_plotly_draws_every_figure_offline_with_nice_ticks(rendered):
         pad = 0.03 * (hi - lo)
         assert lo - pad <= xs[0] and xs[-1] <= hi + pad and xs[0] < lo + steps[0] and xs[-1] > hi - steps[0]
     assert tick_values(rendered["logcounts"], "y") == [1, 10, 100, 1000]
+
+
+def test_count_lines_get_integer_ticks_from_zero_and_a_shared_x_span():
+    fig = lines_figure(np.arange(2.0, 6.0), {"alarms": np.array([0.0, 1.0, 3.0, 0.0])}, title="t", x_label="round",
+                       y_label="agents (count)", y_integer=True, x_range=(0, 9))
+    y = fig.layout.yaxis
+    assert y.tickformat == ",d" and y.dtick == 1 and y.range[0] < 0 < 3 < y.range[1] < 3.3
+    a, b = x_range(fig)
+    assert a <= 0 and b >= 9

@@ -330,7 +330,8 @@ def _with_gaps(y: np.ndarray) -> list[float | None]:
 
 def lines_figure(x: Any, series: Mapping[str, Any], *, title: str, x_label: str, y_label: str,
                  y_range: tuple[float, float] | None = None, shade: tuple[float, float] | None = None,
-                 shade_label: str = "", y_log: bool = False) -> go.Figure:
+                 shade_label: str = "", y_log: bool = False, x_range: tuple[float, float] | None = None,
+                 y_integer: bool = False) -> go.Figure:
     """Several named lines over a shared x (e.g. rounds).
 
     Parameters
@@ -353,6 +354,11 @@ def lines_figure(x: Any, series: Mapping[str, Any], *, title: str, x_label: str,
         labelled ``shade_label``.
     y_log : bool
         A logarithmic y axis (values <= 0 are not drawn and are counted).
+    x_range : (float, float), optional
+        The x span to show (e.g. all rounds, when the series start later);
+        default: the data's.
+    y_integer : bool
+        The y values are counts: integer ticks, the axis from zero.
 
     Returns
     -------
@@ -426,8 +432,10 @@ def lines_figure(x: Any, series: Mapping[str, Any], *, title: str, x_label: str,
                           f"{plain_text(y_label)}: %{{y:.4g}}<extra></extra>"))
     if not any(np.any(~np.isnan(y)) for y in ys.values()):
         _empty_message(fig)
-    if xs.size:
-        fig.update_xaxes(range=_padded(float(xs.min()), float(xs.max())))
+    span = [float(v) for v in x_range] if x_range is not None else ([float(xs.min()), float(xs.max())] if xs.size
+                                                                      else [])
+    if span and all(math.isfinite(v) and abs(v) <= MAX_ABS for v in span):
+        fig.update_xaxes(range=_padded(min(span), max(span)))
     if fixed is not None:
         if y_log:
             fixed = (math.log10(fixed[0]), math.log10(fixed[1])) if fixed[0] > 0 else None
@@ -435,6 +443,13 @@ def lines_figure(x: Any, series: Mapping[str, Any], *, title: str, x_label: str,
             pad = (fixed[1] - fixed[0]) * 0.02
             fig.update_yaxes(range=[fixed[0] - pad, fixed[1] + pad])
     fig.update_yaxes(type="log" if y_log else "linear", exponentformat="power" if y_log else "B")
+    if y_log:
+        fig.update_yaxes(dtick="D2")        # minor labels at 2 and 5 only
+    if y_integer:
+        top = max((float(np.nanmax(y)) for y in ys.values() if np.any(~np.isnan(y))), default=0.0)
+        top = max(top, 1.0)
+        # from just below zero, so points at zero are not cut by the axis
+        fig.update_yaxes(tickformat=",d", range=[-0.04 * top, 1.05 * top], **({"dtick": 1} if top <= 5 else {}))
     if shade_at is not None:
         a, b = shade_at
         fig.add_vrect(x0=a, x1=b, fillcolor="#888888", opacity=0.18, line_width=0, layer="below", name="shade")

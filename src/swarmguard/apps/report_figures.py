@@ -56,6 +56,11 @@ def _rounds(report: SimulationReport) -> np.ndarray:
     return np.array([rd["round"] for rd in report.rounds], dtype=float)
 
 
+def _all_rounds(report: SimulationReport) -> tuple[float, float]:
+    """Every figure over rounds shows all of them, even where its series starts later."""
+    return 0.0, float(max(report.config["rounds"] - 1, 1))
+
+
 def _cut_name(rule: DecisionRule) -> str:
     if rule.method == "fdr":
         return f"final-round cut-off (BH, FDR q = {rule.fdr_q:g}), -log10 p"
@@ -117,7 +122,7 @@ def recall_figure(report: SimulationReport) -> go.Figure:
         title += f" (none compromised yet in round {_rounds_text(missing)})"
     return lines_figure(x, {"recall so far": recall}, title=title,
                         x_label=round_axis_title(report.config["round_seconds"]),
-                        y_label="recall (fraction, 0 to 1)", y_range=(0.0, 1.0),
+                        y_label="recall (fraction, 0 to 1)", y_range=(0.0, 1.0), x_range=_all_rounds(report),
                         shade=_shade(report), shade_label="partition")
 
 
@@ -126,7 +131,8 @@ def false_alarms_figure(report: SimulationReport) -> go.Figure:
     return lines_figure(_rounds(report), {"honest agents isolated": alarms},
                         title="False alarms: honest agents isolated, per round",
                         x_label=round_axis_title(report.config["round_seconds"]),
-                        y_label="honest agents isolated (count)", shade=_shade(report), shade_label="partition")
+                        y_label="honest agents isolated (count)", y_integer=True, x_range=_all_rounds(report),
+                        shade=_shade(report), shade_label="partition")
 
 
 def cutoff_figure(report: SimulationReport) -> go.Figure:
@@ -141,7 +147,7 @@ def cutoff_figure(report: SimulationReport) -> go.Figure:
     return lines_figure(x, {name: cuts}, y_log=True, title=title,
                         x_label=round_axis_title(report.config["round_seconds"]),
                         y_label="decision p-value cut-off (log scale)", shade=_shade(report),
-                        shade_label="partition")
+                        shade_label="partition", x_range=_all_rounds(report))
 
 
 def _per_region(rows: Sequence[RegionRound], field: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -168,7 +174,8 @@ def region_figure(report: SimulationReport, field: str) -> go.Figure:
     }
     title, y_label, y_range = labels[field]
     return lines_figure(x, series, title=title, x_label=round_axis_title(report.config["round_seconds"]),
-                        y_label=y_label, y_range=y_range, shade=_shade(report), shade_label="partition")
+                        y_label=y_label, y_range=y_range, shade=_shade(report), shade_label="partition",
+                        x_range=_all_rounds(report), y_integer=field != "confidence_factor")
 
 
 def confidence_figure(report: SimulationReport) -> go.Figure:
