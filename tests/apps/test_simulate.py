@@ -110,7 +110,8 @@ def test_plot_arrays_are_aligned_with_the_ground_truth():
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
-    report = run_simulation(small(agents=6000, rounds=8, partition_at=2, heal_at=5, seed=4), latency_sample=0)
+    # 12,000 agents: clusters of ~1,000, past the warm-up (800 at d = 8), so clusters decide too
+    report = run_simulation(small(agents=12_000, rounds=8, partition_at=2, heal_at=5, seed=4), latency_sample=0)
     out = tmp_path_factory.mktemp("run")
     write_outputs(report, out)
     return report, json.loads((out / "report.json").read_text()), (out / "report.html").read_text()
@@ -121,7 +122,7 @@ def test_the_report_says_what_ran(small_run):
     report, js, html = small_run
     run = js["run"]
     assert run["version"] == swarmguard.__version__ and run["seed"] == 4 and run["backend"] == "inprocess"
-    assert run["config"] == js["config"] and run["config"]["agents"] == 6000
+    assert run["config"] == js["config"] and run["config"]["agents"] == 12_000
     rule = run["decision"]
     assert rule["method"] == "fdr" and rule["fdr_q"] == 0.01 and rule["score_levels"] == "all"
     assert rule["require"] == "both" and rule["isolate_probability"] == 0.9
@@ -157,7 +158,7 @@ def test_isolated_agents_table_in_json_and_html(small_run):
     det = js["detection"]
     assert len(rows) == det["isolated"] > 0
     assert sum(r["compromised"] for r in rows) == det["true_positives"]
-    sc = Scenario(small(agents=6000, rounds=8, partition_at=2, heal_at=5, seed=4).validate())
+    sc = Scenario(small(agents=12_000, rounds=8, partition_at=2, heal_at=5, seed=4).validate())
     d = js["config"]["features"]
     for r in rows:
         a = r["agent_id"]
@@ -172,6 +173,7 @@ def test_isolated_agents_table_in_json_and_html(small_run):
         shares = [f["share"] for f in r["top_features"]]
         assert shares == sorted(shares, reverse=True)
         assert {f["feature"] for f in r["top_features"]} <= {f"feature {j}" for j in range(d)}
+    assert any(r["level"] != "population" for r in rows)
     # a compromised agent's top feature is one of the features its compromise shifted
     shifted = [r for r in rows if r["compromised"]]
     hits = [int(r["top_features"][0]["feature"].split()[1]) in np.flatnonzero(sc.shift[r["agent_id"]])
@@ -191,7 +193,7 @@ def test_per_region_series_add_up_to_the_rounds(small_run):
         mine = [r for r in regions if r["round"] == rd["round"]]
         assert sum(r["isolated"] for r in mine) == rd["isolated_now"]
         assert sum(r["false_alarms"] for r in mine) == rd["false_alarms"]
-        assert sum(r["agents"] for r in mine) == 6000
+        assert sum(r["agents"] for r in mine) == 12_000
         assert all(r["detections"] + r["false_alarms"] == r["isolated"] for r in mine)
         assert {r["region"]: r["confidence_factor"] for r in mine} == rd["confidence"]
     for title in ("Compromised agents isolated, per region", "Honest agents isolated (false alarms), per region",
@@ -217,3 +219,13 @@ def test_flagged_observers_are_named_and_every_figure_has_units(small_run):
         assert fig.layout.xaxis.title.text and re.search(r"\(.+\)", fig.layout.yaxis.title.text), fig.layout.title
         if fig.layout.xaxis.type != "category":
             assert re.search(r"\(.+\)", fig.layout.xaxis.title.text), fig.layout.title
+
+
+def test_clusters_still_warming_up_never_explain_an_isolation():
+    # 3,000 agents: clusters of ~250, below the warm-up (800 at d = 8): the population decides alone,
+    # even where an agent's cluster-level p-value is smaller
+    report = run_simulation(small(agents=3000, rounds=5, partition_at=1, heal_at=3, seed=2), latency_sample=0)
+    rows = report.isolated_agents
+    assert rows and all(r.level == "population" for r in rows)
+    for r in rows:
+        assert r.decision_p_value == pytest.approx(min(1.0, 2 * r.p_value), rel=1e-9)

@@ -165,9 +165,10 @@ def _newly_isolated(det: Any, sc: Scenario, r: int, X: np.ndarray, res: dict[str
                     clusters: np.ndarray, truth_now: np.ndarray) -> list[IsolatedAgent]:
     """The agents first isolated in round ``r``, with that round's scores and their "why".
 
-    Each agent is explained at the level that decided: its cluster when its
-    cluster-level p-value is the smaller (the decision p-value is the smallest
-    level p-value times the number of levels), else the population. The
+    Each agent is explained at the level that decided: its cluster when the
+    decision p-value is the cluster-level p-value times the number of levels
+    (the smallest p-value of the levels that are warm decides), else the
+    population. The
     statistics are those the detector scored against: the population's from
     ``get_global_statistics()``, a cluster's from the round's behaviour (every
     agent is updated each round, so each cluster holds exactly these rows).
@@ -182,19 +183,25 @@ def _newly_isolated(det: Any, sc: Scenario, r: int, X: np.ndarray, res: dict[str
     d2 = np.asarray(res["mahalanobis_squared"], dtype=np.float64)[rows].copy()
     p = np.asarray(res["p_value"], dtype=np.float64)[rows].copy()
     shares = pop_shares
-    warm_up = getattr(det.protocol, "warm_up", 0) or 0
+    decision = np.asarray(res["decision_p_value"], dtype=np.float64)
     # each cluster's members: one stable sort of the cluster indices (no string compares over all agents)
     cluster = sc.cluster_index
     order = np.argsort(cluster, kind="stable")
     bounds = np.searchsorted(cluster[order], np.arange(int(cluster.max()) + 2))
     for c in np.unique(cluster[rows]).tolist():
         members = order[bounds[c]:bounds[c + 1]]
-        if members.size < max(warm_up, 3):
+        if members.size < 3:
             continue
         mine = np.flatnonzero(cluster[rows] == c)
         cd2, cshares = feature_shares(X[rows[mine]], *_statistics(X[members]), shrinkage)
         cp = chi2_sf(cd2, d)
-        better = cp < p[mine]
+        # The level that decided is the one whose p-value times the number of levels (2: the
+        # population and the cluster) is the decision p-value; a cluster still warming up never
+        # decides, whatever its p-value, so match rather than take the smaller p.
+        dp = decision[rows[mine]]
+        by_cluster = np.isclose(dp, np.minimum(1.0, 2.0 * cp), rtol=1e-6, atol=0.0)
+        by_population = np.isclose(dp, np.minimum(1.0, 2.0 * p[mine]), rtol=1e-6, atol=0.0)
+        better = by_cluster & (~by_population | (cd2 > d2[mine]))
         pick = mine[better]
         level[pick], d2[pick], p[pick], shares[pick] = str(clusters[members[0]]), cd2[better], cp[better], \
             cshares[better]
