@@ -874,3 +874,72 @@ def test_csv_text_beyond_float64_is_too_large_not_infinite(tmp_path, text):
     src = write_csv(tmp_path / "big.csv", ["agent_id", "x", "y"], rows)
     with pytest.raises(MalformedInputError, match="feature 'x' is not finite: '-inf'"):
         detect(src)
+
+
+@pytest.mark.parametrize("column, value, reason", [
+    ("x", {"a": 1}, "feature 'x' is not a number: {'a': 1}"),
+    ("y", [1.0, 2.0], "feature 'y' is not a number: [1.0, 2.0]"),
+    ("agent_id", {"a": 1}, "agent id (column 'agent_id') must be text or an integer, not {'a': 1}"),
+    ("agent_id", ["j20"], "agent id (column 'agent_id') must be text or an integer, not ['j20']"),
+    ("region", ["eu"], "cohort (column 'region') must be text or an integer, not ['eu']"),
+    ("ts", {"t": 1}, "timestamp 'ts' is not a number: {'t': 1}"),
+])
+def test_a_nested_json_value_is_a_malformed_row_naming_line_and_column(tmp_path, column, value, reason):
+    lines = [json.dumps({"agent_id": f"j{i}", "region": "eu", "ts": i, "x": i % 7, "y": float(i % 5)})
+             for i in range(100)]
+    row = json.loads(lines[20])
+    row[column] = value
+    lines[20] = json.dumps(row)
+    src = tmp_path / "t.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    opts = dict(cohort_column="region", timestamp_column="ts", warm_up=20)
+    with pytest.raises(MalformedInputError) as info:
+        detect(src, **opts)
+    assert (info.value.line, info.value.column, info.value.reason) == (21, column, reason)
+    res = detect(src, skip_bad=True, **opts)
+    assert (res.rows_skipped, res.agents) == (1, 99) and res.skipped_examples == [f"line 21: {reason}"]
+
+
+class _GeneratedLine:
+    """A binary file of ``head`` and then ``size`` bytes of ``b"1"`` without a newline, made as it is read."""
+
+    def __init__(self, head: bytes, size: int):
+        import io
+
+        self.head, self.left, self.served = head, size, 0
+        self._io = io
+
+    def opener(self):
+        stream = self
+
+        class Raw(self._io.RawIOBase):
+            def readable(self):
+                return True
+
+            def readinto(self, buf):
+                n = len(buf)
+                if stream.head:
+                    part, stream.head = stream.head[:n], stream.head[n:]
+                else:
+                    part = b"1" * min(n, stream.left)
+                    stream.left -= len(part)
+                buf[: len(part)] = part
+                stream.served += len(part)
+                return len(part)
+
+        return self._io.BufferedReader(Raw(), buffer_size=1 << 16)
+
+
+@pytest.mark.parametrize("fmt, head", [("csv", b"agent_id,x,y\na0,1,2\nbig,"), ("jsonl", b'{"agent_id": "')])
+def test_a_multi_gigabyte_line_from_a_generated_stream_reads_only_the_line_limit(tmp_path, monkeypatch, fmt, head):
+    import swarmguard.apps.detect as detect_module
+
+    src = tmp_path / f"endless.{fmt}"
+    src.write_bytes(head)                   # stands in for the path; its content comes from the generator
+    stream = _GeneratedLine(head, 4 << 30)  # 4 GiB on one line, never all made
+    monkeypatch.setattr(detect_module, "_open_binary", lambda path: stream.opener())
+    err, peak = _traced_peak(lambda: detect(src, skip_bad=True, csv_engine="python"))
+    assert isinstance(err, MalformedInputError), err
+    assert err.line == (3 if fmt == "csv" else 1) and "line longer than 1,048,576 bytes" in err.reason
+    assert stream.served < 4 * 2**20, stream.served      # the limit (1 MiB) and some read-ahead: not 4 GiB
+    assert peak < 10 * 2**20, peak
