@@ -405,7 +405,8 @@ def _top_rows(protocol, ids, numbers, score, p_value, flags, feats, cohort, top)
                      "is_anomaly": bool(flags[row]), "main_feature": feats[int(ranked[0])],
                      "main_part": float(c[ranked[0]]),
                      "cohort": None if cohort is None else str(cohort[row]),
-                     "top_features": [[feats[int(j)], float(c[j]) / total if total > 0 else 0.0] for j in ranked]})
+                     "top_features": [{"feature": feats[int(j)], "share": float(c[j]) / total if total > 0 else 0.0}
+                                      for j in ranked]})
     return rows
 
 

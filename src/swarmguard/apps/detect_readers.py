@@ -500,6 +500,8 @@ class _ArrowText(_Source):
                     spec = self._spec
                     text = [c for c in (spec.id_column, spec.cohort_column, spec.timestamp_column) if c is not None]
                     types = {c: pa.string() for c in text} | {c: pa.float64() for c in spec.features}
+                    if spec.timestamp_column is not None and self._clock_kind() == "number":
+                        types[spec.timestamp_column] = pa.float64()
                     include = text + spec.features
                 table = self._pacsv.read_csv(
                     pa.BufferReader(block.data),
