@@ -72,17 +72,8 @@ from ..errors import EmptyInputError, InvalidInputError, MalformedInputError, Mi
 from ..structures.scoring import MIN_POPULATION
 from ..validation import check_fraction, check_positive_int
 from .detect_ingest import _Ingest, _Spec
-from .detect_readers import (
-    _INFER_SAMPLE,
-    MAX_COLUMNS,
-    MAX_LINE_BYTES,
-    _check_columns,
-    _first_keys,
-    _infer_features,
-    _LineTooLongError,
-    _ParquetSource,
-    open_source,
-)
+from .detect_readers import _INFER_SAMPLE, _first_keys, _infer_features, _ParquetSource, open_source
+from .detect_stdlib import MAX_COLUMNS, MAX_LINE_BYTES, _check_columns, _LineTooLongError
 from .detect_values import MAX_KEY_CHARS, _pyarrow
 from .output_paths import check_not_input, check_output_file
 
