@@ -168,17 +168,23 @@ class _Prefixed:
 _OPENING = np.array([ord(","), ord("\n"), ord("\r"), ord('"')], dtype=np.uint8)
 
 
-def _scan(buf: bytes, limit: int, quotes: bool, eof: bool) -> tuple[np.ndarray, np.ndarray, int | None, bool]:
+def _positions(data: bytes, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (plus ``offset``) of the newlines and of the quote characters in ``data``."""
+    a = np.frombuffer(data, np.uint8)
+    return np.flatnonzero(a == 10) + offset, np.flatnonzero(a == 34) + offset
+
+
+def _scan(buf: bytes, nl: np.ndarray, q: np.ndarray | None, limit: int, eof: bool
+          ) -> tuple[np.ndarray, np.ndarray, int | None, bool]:
     """Where the records of ``buf`` end, the lengths of its lines, the first line over ``limit``, stray quotes.
 
-    A record ends at a newline (CSV: one after an even number of quotes, so
-    not inside a quoted field). A CSV quote that neither opens a field (after
-    a delimiter, a line end or another quote) nor closes one (before them) is
-    "stray": quote counting cannot be trusted then, and the caller hands the
-    rest of the file to the standard library reader.
+    ``nl`` and ``q``: the offsets of ``buf``'s newlines and (CSV; else None)
+    quotes. A record ends at a newline (CSV: one after an even number of
+    quotes, so not inside a quoted field). A CSV quote that neither opens a
+    field (after a delimiter, a line end or another quote) nor closes one
+    (before them) is "stray": quote counting cannot be trusted then, and the
+    caller hands the rest of the file to the standard library reader.
     """
-    a = np.frombuffer(buf, np.uint8)
-    nl = np.flatnonzero(a == 10)
     starts = np.zeros(nl.size, dtype=np.int64)
     starts[1:] = nl[:-1] + 1
     lengths = nl + 1 - starts
@@ -187,13 +193,12 @@ def _scan(buf: bytes, limit: int, quotes: bool, eof: bool) -> tuple[np.ndarray, 
     long_at = int(over[0]) if over.size else (int(nl.size) if tail > limit else None)
     usable = nl[:long_at] if long_at is not None else nl
     stray = False
-    if quotes:
-        q = np.flatnonzero(a == 34)
-        if q.size:
-            prev = np.where(q > 0, a[np.maximum(q - 1, 0)], ord(","))
-            nxt = np.where(q + 1 < a.size, a[np.minimum(q + 1, a.size - 1)], ord(","))
-            stray = not bool((np.isin(prev, _OPENING) | np.isin(nxt, _OPENING)).all())
-            usable = usable[np.searchsorted(q, usable) % 2 == 0]
+    if q is not None and q.size:
+        a = np.frombuffer(buf, np.uint8)
+        prev = np.where(q > 0, a[np.maximum(q - 1, 0)], ord(","))
+        nxt = np.where(q + 1 < a.size, a[np.minimum(q + 1, a.size - 1)], ord(","))
+        stray = not bool((np.isin(prev, _OPENING) | np.isin(nxt, _OPENING)).all())
+        usable = usable[np.searchsorted(q, usable) % 2 == 0]
     ends = usable + 1
     if eof and tail and long_at is None:
         ends = np.append(ends, len(buf))        # the last line has no newline
@@ -208,13 +213,16 @@ def _record_blocks(raw, path: Path, *, first_line: int, max_line_bytes: int, row
 
     Reads ``max_line_bytes`` (at least 64 KiB, at most ``text_budget``) at a
     time, so a line without a newline costs about the limit before it is
-    refused, whatever its length.
+    refused, whatever its length. Newlines and quotes are found once per byte
+    read (their offsets are kept across reads and cuts).
     """
     read_size = max(1 << 16, min(text_budget, max_line_bytes + 1))
     buf, line, want, eof, at_start = b"", first_line, first_rows, False, bom
+    nl = np.zeros(0, dtype=np.int64)
+    q = np.zeros(0, dtype=np.int64) if quotes else None
     while True:
         while True:
-            ends, lengths, long_at, stray = _scan(buf, max_line_bytes, quotes, eof)
+            ends, lengths, long_at, stray = _scan(buf, nl, q, max_line_bytes, eof)
             if (eof or stray or long_at is not None or ends.size >= want
                     or (ends.size and ends[-1] >= text_budget)
                     or (not ends.size and len(buf) > text_budget + max_line_bytes)):
@@ -225,6 +233,11 @@ def _record_blocks(raw, path: Path, *, first_line: int, max_line_bytes: int, row
                 at_start = False
             if not more:
                 eof = True
+                continue
+            more_nl, more_q = _positions(more, len(buf))
+            nl = np.concatenate((nl, more_nl))
+            if quotes:
+                q = np.concatenate((q, more_q))
             buf += more
         if stray or (not ends.size and long_at is None and buf):
             yield _Block(buf, line, int(lengths.max()) if lengths.size else len(buf), rest=True)
@@ -236,8 +249,11 @@ def _record_blocks(raw, path: Path, *, first_line: int, max_line_bytes: int, row
         k = min(want, ends.size, max(1, int(np.searchsorted(ends, text_budget, side="right"))))
         cut = int(ends[k - 1])
         block, buf = buf[:cut], buf[cut:]
-        n_lines = block.count(b"\n")
+        n_lines = int(np.searchsorted(nl, cut))             # newlines before the cut
         longest = int(lengths[: n_lines + (not block.endswith(b"\n"))].max())
+        nl = nl[n_lines:] - cut
+        if quotes:
+            q = q[np.searchsorted(q, cut):] - cut
         yield _Block(block, line, longest)
         del block
         line += n_lines
@@ -428,6 +444,13 @@ def _infer_features(reader, first: _Chunk, exclude: set[str]) -> list[str]:
     for name in names:
         if name in exclude:
             continue
+        if not json_lines and isinstance(first, _ArrowChunk):
+            try:                # every value a number pyarrow reads: numeric, without a Python loop
+                first.pc.cast(first._array(name).slice(0, sample), first.pa.float64())
+                found.append(name)
+                continue
+            except first.pa.ArrowInvalid:
+                pass            # count as the standard library reader does
         vals = list(islice(first.column(name), sample))
         present = [v for v in vals if not (v is None or v is _MISSING or (isinstance(v, str) and not v.strip()))]
         if json_lines:
