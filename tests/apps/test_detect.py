@@ -429,6 +429,7 @@ def test_a_bad_timestamp_is_a_malformed_row(tmp_path):
     (["--features", "x,zzz"], "no column 'zzz'"),
     (["--features", "agent_id,x"], "may not include"),
     (["--format", "xml"], "unknown format"),
+    (["--csv-engine", "fast"], "'fast' is not one of 'auto', 'pyarrow', 'python'"),
     (["--output", "scores.txt"], "must end in .csv or .parquet"),
     (["--chunk-rows", "0"], ""),
     (["--warm-up", "1"], ""),
