@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, MissingDependencyError
 from .detect_chunks import _ArrowChunk, _Chunk, _JsonChunk, _NeedsLines
 from .detect_stdlib import (
     _check_columns,
@@ -475,10 +475,10 @@ def open_source(raw_opener: Callable[[Path], Any], path: Path, fmt: str, chunk_r
     if use_arrow:
         try:
             _pyarrow()
-        except Exception:
+        except MissingDependencyError:
             if engine == "pyarrow":
                 raise
-            use_arrow = False
+            use_arrow = False       # "auto" on a broken install: the standard library reads text
     raw = raw_opener(path)
     try:
         if use_arrow:
