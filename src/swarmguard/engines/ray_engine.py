@@ -603,6 +603,9 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
     def _processing_time(self) -> float:
         return self._read_clock()
 
+    def _one_clock(self) -> bool:
+        return True       # the driver's clock stamps observations and is the processing clock
+
     @property
     def warm_up(self) -> int:
         """Population size below which nobody is flagged (as the in-process protocol's)."""
@@ -885,7 +888,9 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         x = as_feature_vector(features, self._dim)
         path = check_cohort(cohort)
         region = path[0] if path else self.default_region
-        ts = check_finite_float(self._timestamp_of(behavioral_data), "timestamp")
+        ts = self._given_timestamp(behavioral_data)     # None: the round reads the clock, once
+        if ts is not None:
+            ts = check_finite_float(ts, "timestamp")
         uid = behavioral_data.get("id") if isinstance(behavioral_data, dict) else getattr(behavioral_data, "id", None)
         if uid is not None:
             check_wire_id(uid, "update id")     # refused as in process (the actors key writes by round)
