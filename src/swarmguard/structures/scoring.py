@@ -53,7 +53,7 @@ import numpy as np
 from ..errors import NonFiniteError
 from ..lazy_import import module_on_first_use
 
-__all__ = ["LeaveOneOutScorer", "resolve_shrinkage", "MIN_POPULATION"]
+__all__ = ["LeaveOneOutScorer", "MIN_POPULATION"]
 
 MIN_POPULATION = 3          # leave-one-out covariance needs n - 1 >= 2
 _RIDGE = 1e-9
@@ -61,13 +61,6 @@ _VAR_FLOOR = 1e-12
 _TINY = 1e-300
 
 _lapack = module_on_first_use("scipy.linalg.lapack")   # imported on first use: see swarmguard.lazy_import
-
-
-def resolve_shrinkage(shrinkage: float | str, n: float, d: int) -> float:
-    """The shrinkage intensity λ for a population of ``n`` in ``d`` dimensions."""
-    if isinstance(shrinkage, str):
-        return min(1.0, d / max(n, 1.0))
-    return float(shrinkage)
 
 
 class LeaveOneOutScorer:
