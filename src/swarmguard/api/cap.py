@@ -37,7 +37,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import DimensionMismatchError, InvalidInputError, InvalidTypeError, SwarmGuardError
+from ..errors import (
+    DimensionMismatchError,
+    InvalidInputError,
+    InvalidTypeError,
+    QuorumUnavailableError,  # defined in errors.py, still importable from here
+    UnknownRegionError,
+)
 from ..locking import Locked, synchronized
 from ..structures.replica import DEFAULT_DEDUP_WINDOW, RegionReplica, WriteOutcome
 from ..validation import (
@@ -79,17 +85,6 @@ __all__ = [
 
 
 _FORMAT_VERSION = 1
-
-
-class QuorumUnavailableError(SwarmGuardError, RuntimeError):
-    """STRONG consistency refused: the region cannot reach a majority of regions."""
-
-
-class UnknownRegionError(SwarmGuardError, KeyError):
-    """A region name the resolver has never seen."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 class ConsistencyModel(Enum):
