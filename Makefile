@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_tree.py
 	$(PY) benchmarks/bench_consensus.py
 	$(PY) benchmarks/bench_cap.py
+	$(PY) benchmarks/bench_startup.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

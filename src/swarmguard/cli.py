@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
+# What a command needs beyond the option parser (SciPy, Rich's tables and progress bars,
+# asyncio, the apps) is imported inside that command, so `swarmguard --help` starts fast
+# (benchmarks/bench_startup.py; tests/test_lazy_imports.py checks what stays out).
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from . import __version__
-from .api import BehavioralData, BehavioralDistributedProtocol, HierarchicalStatisticalTree
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="swarmguard: find misbehaving agents in very large populations.")
 console = Console()
@@ -82,6 +84,13 @@ def demo(
     """
     if anomalies >= agents:
         raise typer.BadParameter("anomalies must be fewer than agents", param_hint="--anomalies")
+    import asyncio
+
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from .api import BehavioralData, BehavioralDistributedProtocol, HierarchicalStatisticalTree
+
     timings: dict[str, float] = {}
     with Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
@@ -196,6 +205,8 @@ def detect(
 
 def _rich_progress() -> tuple[Progress, Any]:
     """A Rich progress display and a callback ``(phase, done, total)`` driving one bar per phase."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     progress = Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console)
     tasks: dict[str, Any] = {}
@@ -232,6 +243,8 @@ def simulate(
 
     Example: swarmguard simulate --agents 20000 --rounds 15 --out /tmp/run
     """
+    from rich.table import Table
+
     from .apps.output_paths import check_output_folder
     from .apps.scenario import ScenarioConfig
     from .apps.simulate import REPORT_FILES, run_simulation, write_outputs
@@ -309,6 +322,8 @@ def validate(
     Example: swarmguard validate --quick
     """
     import json as _json
+
+    from rich.table import Table
 
     from .apps.output_paths import check_output_file
     from .apps.validate import run_validation

@@ -26,7 +26,6 @@ sync). The resolver guards the clock: readings that go backwards are ignored.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import sys
 import time
@@ -34,11 +33,17 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Se
 from dataclasses import dataclass
 from enum import Enum
 from statistics import NormalDist
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import DimensionMismatchError, InvalidInputError, InvalidTypeError, SwarmGuardError
+from ..errors import (
+    DimensionMismatchError,
+    InvalidInputError,
+    InvalidTypeError,
+    QuorumUnavailableError,  # defined in errors.py, still importable from here
+    UnknownRegionError,
+)
 from ..locking import Locked, synchronized
 from ..structures.replica import DEFAULT_DEDUP_WINDOW, RegionReplica, WriteOutcome
 from ..validation import (
@@ -62,6 +67,9 @@ from ..values.npz import (
 )
 from ..values.version_vector import check_region_name
 
+if TYPE_CHECKING:
+    import asyncio  # imported where used: asyncio costs about half an `import numpy` at start-up
+
 __all__ = [
     "ConsistencyModel",
     "StatisticalUpdate",
@@ -77,17 +85,6 @@ __all__ = [
 
 
 _FORMAT_VERSION = 1
-
-
-class QuorumUnavailableError(SwarmGuardError, RuntimeError):
-    """STRONG consistency refused: the region cannot reach a majority of regions."""
-
-
-class UnknownRegionError(SwarmGuardError, KeyError):
-    """A region name the resolver has never seen."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 class ConsistencyModel(Enum):
@@ -348,7 +345,7 @@ class StatisticalCAPResolver(Locked):
             raise InvalidInputError(f"regions repeat a name: {names}")
         self.sync_interval_seconds = sync_interval_seconds
         self.auto_sync_seconds = auto_sync_seconds
-        self._sleep = sleep or asyncio.sleep
+        self._sleep = sleep   # None: asyncio.sleep, looked up when the background task runs
         self._clock = clock or time.monotonic
         self._latest = -math.inf
         self._start = self._now()
@@ -527,21 +524,30 @@ class StatisticalCAPResolver(Locked):
         interval = check_finite_float(interval, "interval")
         if interval <= 0:
             raise InvalidInputError("the sync interval must be > 0")
+        sleep = self._sleep
+        if sleep is None:
+            import asyncio
+
+            sleep = asyncio.sleep
         done = 0
         while rounds is None or done < rounds:
-            await self._sleep(interval)
+            await sleep(interval)
             self.sync()
             done += 1
 
     def start_background_sync(self, interval: float | None = None) -> asyncio.Task:
         """Start :meth:`run_background_sync` as a task on the running loop."""
         if self._sync_task is None or self._sync_task.done():
+            import asyncio
+
             self._sync_task = asyncio.get_running_loop().create_task(self.run_background_sync(interval))
         return self._sync_task
 
     async def stop_background_sync(self) -> None:
         task, self._sync_task = self._sync_task, None
         if task is not None and not task.done():
+            import asyncio
+
             task.cancel()
             try:
                 await task

@@ -11,9 +11,9 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
-from scipy.stats import chi2
 
 from ..errors import DuplicateEvidenceError, InvalidInputError
+from ..lazy_import import AttributeOnFirstUse
 from ..locking import Locked, synchronized
 from ..structures.chi2 import chi2_logsf
 from ..validation import (
@@ -30,6 +30,8 @@ from .consensus import BayesianEvidence, EvidenceType, StableBayesianConsensus
 from .detector_settings import DetectorSettings
 from .protocol import BehavioralData, BehavioralDistributedProtocol, read_behavior
 from .tree import HierarchicalStatisticalTree
+
+chi2 = AttributeOnFirstUse("scipy.stats", "chi2")   # imported on first use: see swarmguard.lazy_import
 
 __all__ = ["DistributedBehavioralDetector", "DetectorSettings", "p_value_log_odds", "BACKENDS",
            "register_backend"]

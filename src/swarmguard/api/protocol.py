@@ -9,10 +9,9 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from scipy.special import chdtrc
-from scipy.stats import chi2
 
 from ..errors import InvalidInputError, InvalidTypeError
+from ..lazy_import import module_on_first_use
 from ..locking import Locked, synchronized_with
 from ..structures.chi2 import chi2_sf
 from ..structures.fdr import benjamini_hochberg
@@ -29,6 +28,7 @@ from .tree import HierarchicalStatisticalTree, Path
 __all__ = ["BehavioralData", "BehavioralDistributedProtocol", "read_behavior"]
 
 _MISSING = object()
+_special = module_on_first_use("scipy.special")   # imported on first use: see swarmguard.lazy_import
 
 
 @dataclass(slots=True)
@@ -86,7 +86,7 @@ def read_behavior(data: Any) -> tuple[Hashable, Any, Path | None]:
 @lru_cache(maxsize=256)
 def _chi2_threshold(alpha: float, dim: int) -> float:
     """Squared-distance threshold: the χ²(dim) upper ``alpha`` quantile."""
-    return float(chi2.isf(alpha, dim))
+    return float(_special().chdtri(dim, alpha))   # what scipy.stats.chi2.isf evaluates
 
 
 class BehavioralDistributedProtocol(Locked):
@@ -203,7 +203,7 @@ class BehavioralDistributedProtocol(Locked):
             n, off, m2 = tree._tree.root_state()
             scorer = LeaveOneOutScorer(n, off, m2, self.shrinkage)
             d2, shares = scorer.score(dx - off)
-            p = float(chdtrc(d, d2))
+            p = float(_special().chdtrc(d, d2))
             dist = math.sqrt(d2)
             warm = n >= warm_up
             flagged = warm and scorer.ok and p < alpha
@@ -232,7 +232,7 @@ class BehavioralDistributedProtocol(Locked):
             n, off, m2 = tree._cohort_state(cid)
             scorer = LeaveOneOutScorer(n, off, m2, self.shrinkage)
             d2, shares = scorer.score(dx - off)
-            p = float(chdtrc(d, d2))
+            p = float(_special().chdtrc(d, d2))
             warm = n >= warm_up             # every level warms up on its own members
             levels.append({
                 "cohort": cohorts.paths[cid],
