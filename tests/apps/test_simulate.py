@@ -150,6 +150,25 @@ def test_the_drawn_threshold_is_the_one_the_run_decided_by(small_run):
     assert "α = 0.001" not in html
 
 
+def test_the_stated_squared_distance_threshold_is_the_one_a_level_must_reach(small_run):
+    """Two levels (population, cluster): a level decides when 2 p <= cut, i.e. D² >= isf(cut / 2),
+    not the one-level isf(cut) the detector reports as threshold_squared."""
+    from scipy.stats import chi2
+
+    from swarmguard.apps.report_html import format_value
+
+    report, js, html = small_run
+    rule = js["run"]["decision"]
+    cut, thr2, d = rule["final_round_p_cutoff"], rule["final_round_threshold_squared"], rule["feature_dimensions"]
+    assert thr2 == pytest.approx(chi2.isf(cut / 2, d), rel=1e-9)
+    assert thr2 > chi2.isf(cut, d) * (1 + 1e-6)
+    last = len(js["rounds"]) - 1
+    for r in js["isolated_agents"]:
+        if r["first_isolated_round"] == last:        # the final round's rows, scored at their deciding level
+            assert r["mahalanobis_squared"] >= thr2 * (1 - 1e-9)
+    assert f"had to reach {format_value(thr2)}" in html
+
+
 def test_isolated_agents_table_in_json_and_html(small_run):
     from scipy.stats import chi2
 
