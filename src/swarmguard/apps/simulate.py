@@ -141,7 +141,7 @@ def level_threshold_squared(cut: float | None, levels: int, dof: int, fallback: 
         return None
     if cut <= 0:
         return fallback if math.isfinite(fallback) else None
-    from scipy.special import chdtri        # lazily: only a finished run needs it
+    from scipy.special import chdtri  # lazily: only a finished run needs it
 
     return float(chdtri(dof, cut / levels))
 
