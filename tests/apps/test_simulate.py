@@ -220,6 +220,21 @@ def test_per_region_series_add_up_to_the_rounds(small_run):
         assert title in html
 
 
+def test_a_region_figure_says_when_its_lines_overlap(small_run):
+    from swarmguard.apps.report_figures import region_figure
+
+    report, js, html = small_run
+    for field in ("detections", "false_alarms", "confidence_factor"):
+        fig = region_figure(report, field)
+        ys = [np.asarray(t.y, dtype=float) for t in fig.data]
+        same = all(np.array_equal(ys[0], y, equal_nan=True) for y in ys[1:])
+        assert ("lines lie on top of each other" in fig.layout.title.text) == same, field
+    # the run's regions heal together, so their confidence factors coincide (at least once)
+    conf = {name: [rd["confidence"][name] for rd in js["rounds"]] for name in js["rounds"][0]["confidence"]}
+    if len({tuple(v) for v in conf.values()}) == 1:
+        assert "lines lie on top of each other" in region_figure(report, "confidence_factor").layout.title.text
+
+
 def test_flagged_observers_are_named_and_every_figure_has_units(small_run):
     from swarmguard.apps import report_figures as figs
 

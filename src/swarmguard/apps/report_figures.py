@@ -173,6 +173,10 @@ def region_figure(report: SimulationReport, field: str) -> go.Figure:
         "isolated": ("Agents isolated, per region", "agents isolated (count)", None),
     }
     title, y_label, y_range = labels[field]
+    values = list(series.values())
+    if len(values) > 1 and all(np.array_equal(values[0], v, equal_nan=True) for v in values[1:]):
+        # otherwise one line shows and the legend lists regions a reader cannot find
+        title += " (every region the same: the lines lie on top of each other)"
     return lines_figure(x, series, title=title, x_label=round_axis_title(report.config["round_seconds"]),
                         y_label=y_label, y_range=y_range, shade=_shade(report), shade_label="partition",
                         x_range=_all_rounds(report), y_integer=field != "confidence_factor")
