@@ -150,6 +150,25 @@ def test_the_drawn_threshold_is_the_one_the_run_decided_by(small_run):
     assert "α = 0.001" not in html
 
 
+def test_the_stated_squared_distance_threshold_is_the_one_a_level_must_reach(small_run):
+    """Two levels (population, cluster): a level decides when 2 p <= cut, i.e. D² >= isf(cut / 2),
+    not the one-level isf(cut) the detector reports as threshold_squared."""
+    from scipy.stats import chi2
+
+    from swarmguard.apps.report_html import format_value
+
+    report, js, html = small_run
+    rule = js["run"]["decision"]
+    cut, thr2, d = rule["final_round_p_cutoff"], rule["final_round_threshold_squared"], rule["feature_dimensions"]
+    assert thr2 == pytest.approx(chi2.isf(cut / 2, d), rel=1e-9)
+    assert thr2 > chi2.isf(cut, d) * (1 + 1e-6)
+    last = len(js["rounds"]) - 1
+    for r in js["isolated_agents"]:
+        if r["first_isolated_round"] == last:        # the final round's rows, scored at their deciding level
+            assert r["mahalanobis_squared"] >= thr2 * (1 - 1e-9)
+    assert f"had to reach {format_value(thr2)}" in html
+
+
 def test_isolated_agents_table_in_json_and_html(small_run):
     from scipy.stats import chi2
 
@@ -199,6 +218,25 @@ def test_per_region_series_add_up_to_the_rounds(small_run):
     for title in ("Compromised agents isolated, per region", "Honest agents isolated (false alarms), per region",
                   "Confidence factor per region"):
         assert title in html
+
+
+def test_a_region_figure_says_when_its_lines_overlap(small_run):
+    from swarmguard.apps.report_figures import region_figure
+
+    report, js, html = small_run
+    for field in ("detections", "false_alarms", "confidence_factor"):
+        series = {}
+        for r in js["regions"]:
+            value = r[field]
+            series.setdefault(r["region"], []).append(np.nan if value is None else value)
+        ys = np.array(list(series.values()), dtype=float)
+        span = np.nanmax(ys) - np.nanmin(ys)
+        close = bool(np.all(np.abs(ys - ys[0]) <= 0.005 * span))
+        assert ("lines lie on top of each other" in region_figure(report, field).layout.title.text) == close, field
+    # no honest agent isolated anywhere: every region's false-alarm line is the same line at 0
+    if js["detection"]["false_positives"] == 0:
+        assert "lines lie on top of each other" in region_figure(report, "false_alarms").layout.title.text
+    assert "lines lie on top of each other" not in region_figure(report, "detections").layout.title.text
 
 
 def test_flagged_observers_are_named_and_every_figure_has_units(small_run):

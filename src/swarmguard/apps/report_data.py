@@ -219,6 +219,9 @@ class DecisionRule(KeyReadable):
     ``significance_level``), that cut tightened where its region's confidence
     factor is below 1 (χ² threshold ``t² / cf²``) — and the consensus
     probability is at least ``isolate_probability`` with consensus reached.
+    ``final_round_threshold_squared`` is the D² an agent's score at one level
+    (population or cohort) had to reach in the final round: the level's χ²
+    p-value at most the cut-off divided by the number of levels.
     """
 
     method: str

@@ -161,6 +161,17 @@ def _per_region(rows: Sequence[RegionRound], field: str) -> tuple[np.ndarray, di
     return np.array(rounds, dtype=float), series
 
 
+def _lines_coincide(values: list[np.ndarray]) -> bool:
+    """Whether several series would be drawn as one line: equal within 0.5% of their joint span
+    (a pixel or two at the figure's size), NaN where each other is NaN."""
+    if len(values) < 2:
+        return False
+    stacked = np.vstack(values)
+    finite = stacked[np.isfinite(stacked)]
+    span = float(finite.max() - finite.min()) if finite.size else 0.0
+    return all(np.allclose(values[0], v, rtol=0.0, atol=0.005 * span, equal_nan=True) for v in values[1:])
+
+
 def region_figure(report: SimulationReport, field: str) -> go.Figure:
     """One line per region over rounds: ``detections``, ``false_alarms`` or ``confidence_factor``."""
     x, series = _per_region(report.regions, field)
@@ -173,6 +184,9 @@ def region_figure(report: SimulationReport, field: str) -> go.Figure:
         "isolated": ("Agents isolated, per region", "agents isolated (count)", None),
     }
     title, y_label, y_range = labels[field]
+    if _lines_coincide(list(series.values())):
+        # otherwise one line shows and the legend lists regions a reader cannot find
+        title += " (the regions' lines lie on top of each other)"
     return lines_figure(x, series, title=title, x_label=round_axis_title(report.config["round_seconds"]),
                         y_label=y_label, y_range=y_range, shade=_shade(report), shade_label="partition",
                         x_range=_all_rounds(report), y_integer=field != "confidence_factor")

@@ -114,9 +114,13 @@ def simulation_page(report: SimulationReport) -> str:
     run = report.run
     rule = run.decision
     cut = rule.final_round_p_cutoff
+    two = rule.score_levels == "all"
+    levels = "the population or its cluster level" if two else "the population level"
+    per_level = ", that level's p-value at most half the cut-off (two levels)" if two else ""
     cut_text = (f"In the final round the cut-off was a decision p-value of {escape(format_value(cut))} "
-                f"(χ² threshold D² = {escape(format_value(rule.final_round_threshold_squared))} "
-                f"with {rule.feature_dimensions} degrees of freedom)." if cut is not None
+                f"(an agent's squared distance D² at {levels} had to reach "
+                f"{escape(format_value(rule.final_round_threshold_squared))}: χ² with "
+                f"{rule.feature_dimensions} degrees of freedom{per_level})." if cut is not None
                 else "In the final round no agent passed the cut-off.")
     config_rows = [[k, v] for k, v in sorted(run.config.items()) if k != "extra"]
     sections: list[tuple[str, Any]] = [

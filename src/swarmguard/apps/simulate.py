@@ -127,15 +127,36 @@ def round_cutoff(det: Any, res: dict[str, Any]) -> float | None:
     return float(np.max(res["decision_p_value"][flagged])) if flagged.any() else None
 
 
+def level_threshold_squared(cut: float | None, levels: int, dof: int, fallback: float) -> float | None:
+    """The D² an agent's score at one level must reach for its decision p-value to meet ``cut``.
+
+    The decision p-value is the smallest level p-value times the number of
+    levels (capped at 1), so a level decides when its χ² p-value is at most
+    ``cut / levels``: the threshold is ``chi2.isf(cut / levels, dof)``, not
+    ``chi2.isf(cut, dof)`` (the detector's ``threshold_squared``, which is the
+    one-level figure). ``fallback`` (the detector's) is used when the cut is 0
+    (only p-values that underflowed were rejected). ``None`` when nothing passed.
+    """
+    if cut is None:
+        return None
+    if cut <= 0:
+        return fallback if math.isfinite(fallback) else None
+    from scipy.special import chdtri  # lazily: only a finished run needs it
+
+    return float(chdtri(dof, cut / levels))
+
+
 def _decision_rule(det: Any, c: ScenarioConfig, res: dict[str, Any]) -> DecisionRule:
     s = det.settings
     cut = round_cutoff(det, res)
-    thr2 = float(res["threshold_squared"])
+    # simulate's cohorts are one-level cluster names: with cohort scoring each agent has two levels
+    levels = 2 if s.score_levels == "all" else 1
+    thr2 = level_threshold_squared(cut, levels, c.features, float(res["threshold_squared"]))
     return DecisionRule(
         method="fdr" if s.fdr is not None else "alpha", fdr_q=s.fdr, significance_level=s.significance_level,
         score_levels=s.score_levels, require=s.require, isolate_probability=s.isolate_probability,
         feature_dimensions=c.features, final_round_p_cutoff=cut,
-        final_round_threshold_squared=thr2 if math.isfinite(thr2) else None)
+        final_round_threshold_squared=thr2)
 
 
 def _region_rounds(r: int, sc: Scenario, res: dict[str, Any], truth_now: np.ndarray) -> list[RegionRound]:
