@@ -103,7 +103,9 @@ def float_limbs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # Blocks that stay in cache are several times faster than whole-array temporaries.
     for start in range(0, n, _BLOCK):
         stop = min(start + _BLOCK, n)
-        _limbs_block(x[start:stop], first[start:stop], limb[:, start:stop])
+        block = x[start:stop]
+        kernel = _limbs_block if np.isfinite(block).all() else _bit_limbs_block
+        kernel(block, first[start:stop], limb[:, start:stop])
     return first, limb
 
 
@@ -127,6 +129,32 @@ def _limbs_block(x: np.ndarray, first_out: np.ndarray, limb_out: np.ndarray) -> 
         limb_out[j] = part
         y -= part
     first_out[:] = first
+
+
+_U = np.uint64
+
+
+def _bit_limbs_block(x: np.ndarray, first_out: np.ndarray, limb_out: np.ndarray) -> None:
+    """:func:`_limbs_block` from the bit pattern: the same limbs for finite values, and the
+    limbs a non-finite value has always had here (its exponent field read as 2**1024)."""
+    bits = x.view(np.uint64)
+    biased = (bits >> _U(52)) & _U(0x7FF)
+    normal = (biased != 0).astype(np.uint64)
+    significand = (bits & _U((1 << 52) - 1)) | (normal << _U(52))
+    # Position of the significand's last bit above 2**-1074 (subnormals sit at 0).
+    position = biased + (_U(1) - normal) - _U(1)
+    first = (position * _U(20165)) >> _U(19)  # == position // 26 for position < 2**11
+    shift = position - first * _U(LIMB_BITS)
+    mask = _U(_MASK)
+    low = (significand & mask) << shift  # < 2**51
+    middle = ((significand >> _U(LIMB_BITS)) << shift) + (low >> _U(LIMB_BITS))  # < 2**53
+    negative = (bits >> _U(63)).astype(bool)
+    parts = ((low & mask), (middle & mask), (middle >> _U(LIMB_BITS)))
+    for j, part in enumerate(parts):
+        signed = part.view(np.int64)
+        np.negative(signed, out=signed, where=negative)
+        limb_out[j] = signed
+    first_out[:] = first.view(np.int64)
 
 
 def _flat_terms(first: np.ndarray, limb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
