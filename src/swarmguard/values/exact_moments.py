@@ -137,9 +137,9 @@ def _banded_rows(A: np.ndarray, big: np.ndarray, small: np.ndarray, beta: int) -
     return inside
 
 
-def _sliced_sums(Xt: np.ndarray, n_pos: int, beta: int, scratch: np.ndarray,
+def _sliced_sums(Xt: np.ndarray, n_neg: int, beta: int, scratch: np.ndarray,
                  big: np.ndarray, small: np.ndarray) -> tuple[list[int], int, list[int], int]:
-    """Exact ``(S1, e1, S2, e2)`` of rows ``Xt[:, :n_pos]`` minus rows ``Xt[:, n_pos:]``, by slicing.
+    """Exact ``(S1, e1, S2, e2)`` of rows ``Xt[:, n_neg:]`` minus rows ``Xt[:, :n_neg]``, by slicing.
 
     ``Xt`` is (k, m): one data row per column; ``big`` and ``small`` are the
     largest and smallest non-zero magnitude per data column
@@ -178,11 +178,11 @@ def _sliced_sums(Xt: np.ndarray, n_pos: int, beta: int, scratch: np.ndarray,
     col_c, col_s = keep % k, keep // k
     n_s = int(col_s.max()) + 1
     # Exact: every product is below 2**(2*beta) and every sum of m of them below 2**53,
-    # whatever order BLAS adds in; the positive and the negative rows each give one.
-    pos, neg = H[:, :n_pos], H[:, n_pos:]
+    # whatever order BLAS adds in; the negative and the positive rows each give one.
+    neg, pos = H[:, :n_neg], H[:, n_neg:]
     G = _gram(pos).astype(np.int64)
     S1 = pos.sum(axis=1).astype(np.int64)
-    if n_pos < m:
+    if n_neg:
         G -= _gram(neg).astype(np.int64)
         S1 -= neg.sum(axis=1).astype(np.int64)
     # S2 per (pair, slice-sum d): value sum_d acc[p, d] * 2**(top_a + top_b - beta*(d + 2))
@@ -298,31 +298,31 @@ def _chunk_sums(X: np.ndarray, w: np.ndarray) -> list[tuple[list[int], int, list
     """Exact sums of one chunk's rows, as parts: band passes on the sliced path, the rest by limbs."""
     m, k = X.shape
     beta = (53 - int(m).bit_length()) // 2          # m * (2**beta - 1)**2 < 2**53
-    positive = w > 0
-    if positive.all():
+    negative = w < 0
+    if not (negative[1:] > negative[:-1]).any():  # removals already first, as a replica writes them
         Xt = np.ascontiguousarray(X.T)
-    else:                                           # positive rows first: each sign is one block
-        order = np.concatenate([np.flatnonzero(positive), np.flatnonzero(~positive)])
+    else:                                           # removals first: each sign is one block
+        order = np.concatenate([np.flatnonzero(negative), np.flatnonzero(~negative)])
         Xt = np.take(X.T, order, axis=1)
-        positive = positive[order]
+        negative = negative[order]
     out = []
     for _ in range(_BAND_PASSES):
         A = np.abs(Xt)
         big, small = _magnitude_range(A)
         inside = _banded_rows(A, big, small, beta)
         if inside is None:
-            out.append(_sliced_sums(Xt, int(positive.sum()), beta, A, big, small))
+            out.append(_sliced_sums(Xt, int(negative.sum()), beta, A, big, small))
             return out
         taken = int(inside.sum())
         if taken * _BAND_MIN_SHARE < Xt.shape[1]:
             break
         band = Xt[:, inside]
         scratch = A[:, inside]
-        out.append(_sliced_sums(band, int(positive[inside].sum()), beta, scratch, *_magnitude_range(scratch)))
-        Xt, positive = Xt[:, ~inside], positive[~inside]
+        out.append(_sliced_sums(band, int(negative[inside].sum()), beta, scratch, *_magnitude_range(scratch)))
+        Xt, negative = Xt[:, ~inside], negative[~inside]
         if Xt.shape[1] == 0:
             return out
-    out.append(_limb_sums(Xt, np.where(positive, 1, -1).astype(np.int64)))
+    out.append(_limb_sums(Xt, np.where(negative, -1, 1).astype(np.int64)))
     return out
 
 

@@ -20,6 +20,12 @@ below it are read into two floats whose one addition rounds once, every lower li
 folded into a sticky bit (round-to-odd with 25 spare bits, so the single
 rounding is the correct one).
 
+The limbs are the one exact-accumulation core of the package: :class:`ExactSum`
+(one value), the consensus' per-(agent, source) sums (``exact_group_sums``,
+``structures/pair_sums.py``) and the bounded route of
+:class:`~swarmguard.values.exact_moments.ExactMoments` (sums of products of limbs,
+read back with :func:`limbs_to_ints`) all add them.
+
 Two things differ from :func:`math.fsum`, both documented:
 an exact sum beyond the float range rounds to ``inf`` in :func:`round_limbs`
 (``math.fsum`` raises ``OverflowError``; :meth:`ExactSum.get` raises
