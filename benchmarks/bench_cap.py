@@ -97,12 +97,39 @@ def moment_cases(rng: np.random.Generator, n: int, d: int) -> dict[str, np.ndarr
     }
 
 
+def time_case(X: np.ndarray, scores: np.ndarray, repeats: int) -> dict[str, float]:
+    """Best-of-``repeats`` seconds of the exact and the float moments, alone and in a replica write."""
+    n, d = X.shape
+    ids = np.arange(n)
+    Z = np.column_stack([X, scores])
+    ones = np.ones(n, np.int64)
+    best: dict[str, float] = {}
+
+    def timed(key: str, fn, *args) -> None:
+        t0 = time.perf_counter()
+        fn(*args)
+        best[key] = min(best.get(key, np.inf), time.perf_counter() - t0)
+
+    def write(key: str) -> None:
+        r = RegionReplica("eu", d)
+        timed(key + " insert", r.update_many, ids, np.ones(n), X, scores)
+        timed(key + " replace", r.update_many, ids, np.full(n, 2.0), X[::-1].copy(), scores[::-1].copy())
+
+    for _ in range(repeats):        # interleaved, so load changes hit both sides alike
+        timed("exact step", ExactMoments(d + 1)._add_rows, Z, ones)
+        timed("float step", Moments(d + 1).update_many, Z)
+        timed("numpy step", numpy_moments, Z)
+        write("exact")
+        with float_moments_in_replicas():
+            write("float")
+    return best
+
+
 def exact_moments_guard(n: int, d: int, repeats: int, seed: int) -> dict[str, tuple[float, float]]:
     """Time exact moments against float64 peers in the same run; print ratios.
 
     Returns the replica-write ratios (insert, replace) per case."""
     rng = np.random.default_rng(seed)
-    ids = np.arange(n)
     scores = rng.random(n)
     print(f"\n## exact moments guard: {n:,} rows x {d} features + score, best of {repeats}, "
           f"ratios against float64 peers timed in the same run")
@@ -110,27 +137,7 @@ def exact_moments_guard(n: int, d: int, repeats: int, seed: int) -> dict[str, tu
           "| replica replace: exact / float")
     ratios = {}
     for name, X in moment_cases(rng, n, d).items():
-        Z = np.column_stack([X, scores])
-        ones = np.ones(n, np.int64)
-        best: dict[str, float] = {}
-
-        def timed(key: str, fn) -> None:
-            t0 = time.perf_counter()
-            fn()
-            best[key] = min(best.get(key, np.inf), time.perf_counter() - t0)
-
-        def write(key: str) -> None:
-            r = RegionReplica("eu", d)
-            timed(key + " insert", lambda: r.update_many(ids, np.ones(n), X, scores))
-            timed(key + " replace", lambda: r.update_many(ids, np.full(n, 2.0), X[::-1].copy(), scores[::-1].copy()))
-
-        for _ in range(repeats):        # interleaved, so load changes hit both sides alike
-            timed("exact step", lambda: ExactMoments(d + 1)._add_rows(Z, ones))
-            timed("float step", lambda: Moments(d + 1).update_many(Z))
-            timed("numpy step", lambda: numpy_moments(Z))
-            write("exact")
-            with float_moments_in_replicas():
-                write("float")
+        best = time_case(X, scores, repeats)
         ms = {k: 1e3 * v for k, v in best.items()}
         ins = best["exact insert"] / best["float insert"]
         rep = best["exact replace"] / best["float replace"]

@@ -90,7 +90,7 @@ def _small_sums(rows: list[list[float]], weights: list[int], k: int) -> tuple[li
 # Most slices per column on the sliced path (a row whose values need more in some
 # column takes another band pass, or the limbs). Up to about this many, the matrix
 # product is still cheaper than the limbs' fixed cost per row. The scaling is exact
-# only while _MAX_SLICES * beta (beta <= 25) stays well below 1022 binades.
+# only while _MAX_SLICES * beta (beta <= 26) stays well below 1022 binades.
 _MAX_SLICES = 10
 # Band passes before the remaining rows go to the limbs; a pass must take at least
 # 1 / _BAND_MIN_SHARE of the rows still left, else they go to the limbs at once.
