@@ -42,6 +42,7 @@ never shows in the result.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from fractions import Fraction
@@ -66,9 +67,22 @@ _CHUNK_ROWS = 1 << 20
 _CHUNK_CELLS = 1 << 23
 
 
+@functools.lru_cache(maxsize=64)
 def _pairs(k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Upper-triangle index pairs (a <= b), row-major: the layout of ``S2``."""
-    return np.triu_indices(k)
+    """Upper-triangle index pairs (a <= b), row-major: the layout of ``S2`` (cached, read-only)."""
+    ia, ib = np.triu_indices(k)
+    ia.flags.writeable = ib.flags.writeable = False
+    return ia, ib
+
+
+@functools.lru_cache(maxsize=64)
+def _pair_numbers(k: int) -> np.ndarray:
+    """(k, k) table: the pair number of (a, b) for a <= b, -1 below the diagonal (cached, read-only)."""
+    ia, ib = _pairs(k)
+    table = np.full((k, k), -1, np.int64)
+    table[ia, ib] = np.arange(ia.size)
+    table.flags.writeable = False
+    return table
 
 
 def _small_sums(rows: list[list[float]], weights: list[int], k: int) -> tuple[list[int], int, list[int], int]:
@@ -186,10 +200,8 @@ def _sliced_sums(Xt: np.ndarray, n_neg: int, beta: int, scratch: np.ndarray,
         G -= _gram(neg).astype(np.int64)
         S1 -= neg.sum(axis=1).astype(np.int64)
     # S2 per (pair, slice-sum d): value sum_d acc[p, d] * 2**(top_a + top_b - beta*(d + 2))
-    pair_of = np.full((k, k), -1, np.int64)
     ia, ib = _pairs(k)
-    pair_of[ia, ib] = np.arange(P)
-    p_idx = pair_of[col_c[:, None], col_c[None, :]]
+    p_idx = _pair_numbers(k)[col_c[:, None], col_c[None, :]]
     d_idx = col_s[:, None] + col_s[None, :]
     upper = p_idx >= 0
     acc = np.zeros((P, 2 * n_s - 1), np.int64)
