@@ -299,3 +299,19 @@ def test_many_rows_are_cut_into_exact_chunks(monkeypatch):
     X = rng.normal(size=(300, 2)) * 10.0 ** rng.integers(-20, 20, size=(300, 2))
     got = exact_cross_sums(X)
     assert as_fractions(*got) == list(fraction_sums(X, np.ones(300, np.int64)))
+
+
+def test_slicing_blocks_and_signs_add_up_exactly(monkeypatch):
+    """Many slicing blocks, a block boundary inside each sign's rows, early-ending slices."""
+    monkeypatch.setattr(em, "_SLICE_BLOCK_CELLS", 3 * 4 * 7)     # 7 rows per block at 4 slices x 3 columns
+    rng = np.random.default_rng(13)
+    X = rng.normal(size=(200, 3)) * [1.0, 1e-8, 1e6]
+    X[::9, 1] = 0.0
+    X[50:80] = np.round(X[50:80])                                  # blocks whose slices end early
+    w = np.where(np.arange(200) < 83, -1, 1)                       # removals first, 83 of them
+    routes = Routes(monkeypatch)
+    got = exact_cross_sums(X, w)
+    assert (routes.sliced, routes.limbs) == (200, 0)
+    assert as_fractions(*got) == list(fraction_sums(X, w))
+    shuffled = rng.permutation(200)                                # signs interleaved: reordered
+    assert as_fractions(*exact_cross_sums(X[shuffled], w[shuffled])) == list(fraction_sums(X, w))

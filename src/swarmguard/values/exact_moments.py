@@ -112,18 +112,27 @@ _BAND_PASSES = 3
 _BAND_MIN_SHARE = 8
 # (rows x pairs) per step of the limb path (its int64 temporaries, 256 KiB each, stay in cache).
 _LIMB_CELLS = 1 << 15
+# (slice rows x data rows) per slicing block (1 MiB of slices).
+_SLICE_BLOCK_CELLS = 1 << 17
 # frexp exponents of finite float64 lie in [-1073, 1024]; offset for a histogram.
 _EXP_OFFSET = 1074
 _EXP_BINS = 2100
 
 
-def _magnitude_range(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Largest and smallest non-zero magnitude of each row of ``A = |X|.T`` (0 and inf if all zero)."""
-    return A.max(axis=1), A.min(axis=1, where=A > 0, initial=np.inf)
+def _magnitude_range(Xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Largest and smallest non-zero magnitude of each row of ``Xt`` (0 and inf if all zero)."""
+    k, m = Xt.shape
+    big, small = np.zeros(k), np.full(k, np.inf)
+    step = max(1, _SLICE_BLOCK_CELLS // k)
+    for lo in range(0, m, step):                  # blocks: the |x| temporary stays in cache
+        A = np.abs(Xt[:, lo:lo + step])
+        np.maximum(big, A.max(axis=1), out=big)
+        np.minimum(small, A.min(axis=1, where=A > 0, initial=np.inf), out=small)
+    return big, small
 
 
-def _banded_rows(A: np.ndarray, big: np.ndarray, small: np.ndarray, beta: int) -> np.ndarray | None:
-    """The rows (columns of ``A = |X|.T``) the sliced path takes: within every column's band.
+def _banded_rows(Xt: np.ndarray, big: np.ndarray, small: np.ndarray, beta: int) -> np.ndarray | None:
+    """The rows (columns of ``Xt``, data rows) the sliced path takes: within every column's band.
 
     A column's band is the window of ``_MAX_SLICES * beta - 53`` binades (frexp
     exponents) that holds the most of its non-zero values; zeros fit every band.
@@ -138,9 +147,9 @@ def _banded_rows(A: np.ndarray, big: np.ndarray, small: np.ndarray, beta: int) -
     wide = np.flatnonzero(live & (top - low > width))
     if wide.size == 0:
         return None
-    inside = np.ones(A.shape[1], bool)
+    inside = np.ones(Xt.shape[1], bool)
     for c in wide.tolist():
-        values = A[c]
+        values = np.abs(Xt[c])
         nonzero = values > 0
         e = np.frexp(values)[1]
         counts = np.bincount(e[nonzero] + _EXP_OFFSET, minlength=_EXP_BINS)
@@ -151,15 +160,15 @@ def _banded_rows(A: np.ndarray, big: np.ndarray, small: np.ndarray, beta: int) -
     return inside
 
 
-def _sliced_sums(Xt: np.ndarray, n_neg: int, beta: int, scratch: np.ndarray,
+def _sliced_sums(Xt: np.ndarray, n_neg: int, beta: int,
                  big: np.ndarray, small: np.ndarray) -> tuple[list[int], int, list[int], int]:
     """Exact ``(S1, e1, S2, e2)`` of rows ``Xt[:, n_neg:]`` minus rows ``Xt[:, :n_neg]``, by slicing.
 
     ``Xt`` is (k, m): one data row per column; ``big`` and ``small`` are the
     largest and smallest non-zero magnitude per data column
-    (:func:`_magnitude_range`), and ``scratch`` an array of Xt's shape this may
-    overwrite. Each data column must span at most ``_MAX_SLICES * beta - 53``
-    binades (:func:`_banded_rows`), and ``m * (2**beta - 1)**2 < 2**53``.
+    (:func:`_magnitude_range`). Each data column must span at most
+    ``_MAX_SLICES * beta - 53`` binades (:func:`_banded_rows`), and
+    ``m * (2**beta - 1)**2 < 2**53``.
     """
     k, m = Xt.shape
     P = k * (k + 1) // 2
@@ -170,35 +179,46 @@ def _sliced_sums(Xt: np.ndarray, n_neg: int, beta: int, scratch: np.ndarray,
     low = np.frexp(np.where(live, small, 1.0))[1].astype(np.int64)
     # Every bit of a column lies in [2**(low - 53), 2**top): ceil((top - low + 53) / beta) slices.
     n_s = int(np.where(live, -((low - 53 - top) // beta), 0).max())
-    # Exact: |Y| < 2**beta (no overflow), and the lowest bit lands at 2**(beta - n_s*beta)
-    # or above, far from the subnormals.
-    Y = np.ldexp(Xt, (beta - top).astype(np.int32)[:, None], out=scratch)
+    scale = (beta - top).astype(np.int32)[:, None]
     step = float(2 ** beta)
-    # Slice s of column c is row s*k + c of H; written in place (fresh large temporaries
-    # cost page faults that outweigh the arithmetic).
-    H = np.empty((n_s * k, m))
-    used = n_s
-    for s in range(n_s):
-        h = H[s * k:(s + 1) * k]
-        np.trunc(Y, out=h)                                    # |h| < 2**beta, exact
-        Y -= h                                                # exact: the fraction
-        if not Y.any():                                       # the rest of the slices are zero
-            used = s + 1
-            break
-        Y *= step                                             # exact: |Y| < 1 before
-    keep = np.flatnonzero(H[:used * k].any(axis=1))           # drop all-zero slices
-    if keep.size < n_s * k:
-        H = H[keep]
+    K = n_s * k                                               # slice s of column c: row s*k + c
+    # Blocks of data rows whose slices stay in cache: one pass over the data, every
+    # buffer reused (fresh large temporaries cost page faults and memory traffic).
+    block = max(1, min(m, _SLICE_BLOCK_CELLS // K))
+    Y, H = np.empty((k, block)), np.empty((K, block))
+    sums = []
+    for lo_r, hi_r in ((0, n_neg), (n_neg, m)):               # the removed rows, then the added
+        G = np.zeros((K, K))
+        S1 = np.zeros(K)
+        for lo in range(lo_r, hi_r, block):
+            b = min(block, hi_r - lo)
+            y, h_all = Y[:, :b], H[:, :b]
+            # Exact: |y| < 2**beta (no overflow), and the lowest bit lands at
+            # 2**(beta - n_s*beta) or above, far from the subnormals.
+            np.ldexp(Xt[:, lo:lo + b], scale, out=y)
+            used = n_s
+            for s in range(n_s):
+                h = h_all[s * k:(s + 1) * k]
+                np.trunc(y, out=h)                            # |h| < 2**beta, exact
+                if s + 1 == n_s:
+                    break
+                y -= h                                        # exact: the fraction
+                if not y.any():                               # the rest of the slices are zero
+                    used = s + 1
+                    break
+                y *= step                                     # exact: |y| < 1 before
+            u = used * k
+            # Exact: every product is below 2**(2*beta) and every sum of m of them below
+            # 2**53, whatever order BLAS (and the block sums) add in.
+            G[:u, :u] += _gram(h_all[:u])
+            S1[:u] += h_all[:u].sum(axis=1)
+        sums.append((G, S1))
+    (G_neg, S1_neg), (G_pos, S1_pos) = sums
+    keep = np.flatnonzero((np.diagonal(G_pos) > 0) | (np.diagonal(G_neg) > 0))   # drop all-zero slices
+    G = G_pos[np.ix_(keep, keep)].astype(np.int64) - G_neg[np.ix_(keep, keep)].astype(np.int64)
+    S1 = S1_pos[keep].astype(np.int64) - S1_neg[keep].astype(np.int64)
     col_c, col_s = keep % k, keep // k
     n_s = int(col_s.max()) + 1
-    # Exact: every product is below 2**(2*beta) and every sum of m of them below 2**53,
-    # whatever order BLAS adds in; the negative and the positive rows each give one.
-    neg, pos = H[:, :n_neg], H[:, n_neg:]
-    G = _gram(pos).astype(np.int64)
-    S1 = pos.sum(axis=1).astype(np.int64)
-    if n_neg:
-        G -= _gram(neg).astype(np.int64)
-        S1 -= neg.sum(axis=1).astype(np.int64)
     # S2 per (pair, slice-sum d): value sum_d acc[p, d] * 2**(top_a + top_b - beta*(d + 2))
     ia, ib = _pairs(k)
     p_idx = _pair_numbers(k)[col_c[:, None], col_c[None, :]]
@@ -319,18 +339,16 @@ def _chunk_sums(X: np.ndarray, w: np.ndarray) -> list[tuple[list[int], int, list
         negative = negative[order]
     out = []
     for _ in range(_BAND_PASSES):
-        A = np.abs(Xt)
-        big, small = _magnitude_range(A)
-        inside = _banded_rows(A, big, small, beta)
+        big, small = _magnitude_range(Xt)
+        inside = _banded_rows(Xt, big, small, beta)
         if inside is None:
-            out.append(_sliced_sums(Xt, int(negative.sum()), beta, A, big, small))
+            out.append(_sliced_sums(Xt, int(negative.sum()), beta, big, small))
             return out
         taken = int(inside.sum())
         if taken * _BAND_MIN_SHARE < Xt.shape[1]:
             break
         band = Xt[:, inside]
-        scratch = A[:, inside]
-        out.append(_sliced_sums(band, int(negative[inside].sum()), beta, scratch, *_magnitude_range(scratch)))
+        out.append(_sliced_sums(band, int(negative[inside].sum()), beta, *_magnitude_range(band)))
         Xt, negative = Xt[:, ~inside], negative[~inside]
         if Xt.shape[1] == 0:
             return out
