@@ -315,3 +315,14 @@ def test_slicing_blocks_and_signs_add_up_exactly(monkeypatch):
     assert as_fractions(*got) == list(fraction_sums(X, w))
     shuffled = rng.permutation(200)                                # signs interleaved: reordered
     assert as_fractions(*exact_cross_sums(X[shuffled], w[shuffled])) == list(fraction_sums(X, w))
+
+
+@pytest.mark.parametrize("k, budget", [(30, None), (3, 64 * 4)])
+def test_wide_rows_split_the_products_into_row_panels_exactly(k, budget, monkeypatch):
+    """Many columns (or a tiny one-thread budget): the Gram matrix is built in row panels."""
+    if budget is not None:
+        monkeypatch.setattr(em, "_ONE_THREAD_GEMM", budget)
+    rng = np.random.default_rng(14)
+    X = rng.normal(size=(40, k)) * np.exp2(rng.integers(-30, 30, size=(40, k)))
+    w = rng.choice([-1, 1], size=40)
+    assert as_fractions(*exact_cross_sums(X, w)) == list(fraction_sums(X, w))

@@ -255,13 +255,22 @@ _ONE_THREAD_GEMM = 1 << 18
 
 
 def _gram(H: np.ndarray) -> np.ndarray:
-    """``H @ H.T`` (a symmetric rank-k update) in column blocks small enough for one BLAS thread."""
+    """``H @ H.T`` in pieces of at most ``_ONE_THREAD_GEMM`` multiply-adds (one BLAS thread each).
+
+    Column blocks of H for a symmetric update while ``K**2 * 64`` fits; for taller
+    H (many columns times slices), row panels of the result as well."""
     K, m = H.shape
     cols = max(_ONE_THREAD_GEMM // max(K * K, 1), 64)
+    rows = max(1, _ONE_THREAD_GEMM // (cols * K))
     G = np.zeros((K, K))
     for lo in range(0, m, cols):
         B = H[:, lo:lo + cols]
-        G += B @ B.T
+        if rows >= K:
+            G += B @ B.T
+        else:
+            Bt = B.T
+            for i in range(0, K, rows):
+                G[i:i + rows] += B[i:i + rows] @ Bt
     return G
 
 
@@ -298,7 +307,7 @@ def _limb_sums(Xt: np.ndarray, w: np.ndarray) -> tuple[list[int], int, list[int]
     offsets = (np.arange(P) * W - base2)[:, None]
     total = np.zeros(P * W + 5, np.int64)
     mask = np.int64(_LIMB_MASK)
-    per = max(1, _LIMB_CELLS // P)
+    per = max(64, _LIMB_CELLS // P)                 # rows per step (< 2**24: sums stay exact)
     for lo in range(0, m, per):
         hi = lo + per
         La = [signed[i][ia, lo:hi] for i in range(3)]
