@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench lint clean
+.PHONY: demo test install browser bench lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,14 +19,21 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/swarmguard simulate
 
-test: $(STAMP)
-	$(PY) -m pytest
+# The browser tests draw the report in headless Chromium (Debian's package);
+# under `make test` a missing browser is a failure, not a skip.
+test: $(STAMP) browser
+	SWARMGUARD_REQUIRE_BROWSER=1 $(PY) -m pytest
+
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) benchmarks/bench_tree.py
 	$(PY) benchmarks/bench_consensus.py
 	$(PY) benchmarks/bench_cap.py
+	$(PY) benchmarks/bench_startup.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

@@ -10,23 +10,143 @@ replication, the delta sync after the partition (rows, bytes in memory and as
 
     python benchmarks/bench_cap.py             # full size (about a minute, ~3 GiB RAM)
     python benchmarks/bench_cap.py --quick     # 10^5 agents, a few seconds
+    python benchmarks/bench_cap.py --moments-only   # just the exact-moments guard (seconds)
+
+It starts with the exact-moments guard: a replica's exact per-region moments
+(``ExactMoments``) against float64 peers measured in the same run, on ordinary
+data and on hostile magnitude spreads, printed as ratios. Peers: the
+pre-exact float path (``Moments.update_many`` / ``revert_many``, also dropped
+into the same ``RegionReplica`` in place of ``ExactMoments``) and a bare NumPy
+two-pass mean and co-moment. ``--check`` exits non-zero when an ordinary-data
+write is more than ``--max-ratio`` times its float peer.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import platform
 import time
 
 import numpy as np
 
+import swarmguard.structures.replica as replica_module
 from swarmguard.api.cap import StatisticalCAPResolver, StatisticalUpdate
+from swarmguard.structures.replica import RegionReplica
+from swarmguard.values.exact_moments import ExactMoments
+from swarmguard.values.moments import Moments
 from swarmguard.values.version_vector import VersionVector
 
 
 def mib(n: float) -> str:
     return f"{n / 2**20:,.1f} MiB"
+
+
+class FloatMomentsPeer:
+    """The pre-exact float path, with ExactMoments' interface as RegionReplica uses it:
+    a write's delta carries its rows, and adding it reverts the removed rows and adds
+    the new ones to the region's float ``Moments`` (Welford / Chan updates)."""
+
+    def __init__(self, dim: int):
+        self.moments = Moments(dim)
+        self.rows = self.weights = None
+
+    @property
+    def count(self) -> int:
+        return self.moments.count
+
+    def _add_rows(self, rows: np.ndarray, weights: np.ndarray) -> None:
+        self.rows, self.weights = rows, weights
+
+    def __iadd__(self, delta: FloatMomentsPeer) -> FloatMomentsPeer:
+        removed, added = delta.rows[delta.weights < 0], delta.rows[delta.weights > 0]
+        if removed.shape[0]:
+            self.moments.revert_many(removed)
+        if added.shape[0]:
+            self.moments.update_many(added)
+        return self
+
+
+@contextlib.contextmanager
+def float_moments_in_replicas():
+    """RegionReplica with FloatMomentsPeer in place of ExactMoments (the peer of a write)."""
+    exact = replica_module.ExactMoments
+    replica_module.ExactMoments = FloatMomentsPeer
+    try:
+        yield
+    finally:
+        replica_module.ExactMoments = exact
+
+
+def numpy_moments(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bare NumPy float64 moments: two-pass mean and centred co-moment."""
+    mean = Z.mean(axis=0)
+    C = Z - mean
+    return mean, C.T @ C
+
+
+def moment_cases(rng: np.random.Generator, n: int, d: int) -> dict[str, np.ndarray]:
+    """Features of the guard's cases (the anomaly score column is added per write)."""
+    signs = rng.choice([-1.0, 1.0], size=(n, d))
+    return {
+        "ordinary: normal + 1e3": rng.normal(size=(n, d)) + 1e3,
+        "ordinary: normal(0, 1)": rng.normal(size=(n, d)),
+        "hostile: normal * 2**U[-990, 320) (issue 10)": rng.normal(size=(n, d)) * np.exp2(rng.integers(-990, 320, size=(n, d))),
+        "hostile: +-1e95 / +-1e-300 / 0 mix": signs * rng.choice([1e95, 1e-300, 0.0, 1.0], size=(n, d)) * (1 + rng.random((n, d))),
+    }
+
+
+def time_case(X: np.ndarray, scores: np.ndarray, repeats: int) -> dict[str, float]:
+    """Best-of-``repeats`` seconds of the exact and the float moments, alone and in a replica write."""
+    n, d = X.shape
+    ids = np.arange(n)
+    Z = np.column_stack([X, scores])
+    ones = np.ones(n, np.int64)
+    best: dict[str, float] = {}
+
+    def timed(key: str, fn, *args) -> None:
+        t0 = time.perf_counter()
+        fn(*args)
+        best[key] = min(best.get(key, np.inf), time.perf_counter() - t0)
+
+    def write(key: str) -> None:
+        r = RegionReplica("eu", d)
+        timed(key + " insert", r.update_many, ids, np.ones(n), X, scores)
+        timed(key + " replace", r.update_many, ids, np.full(n, 2.0), X[::-1].copy(), scores[::-1].copy())
+
+    for _ in range(repeats):        # interleaved, so load changes hit both sides alike
+        timed("exact step", ExactMoments(d + 1)._add_rows, Z, ones)
+        timed("float step", Moments(d + 1).update_many, Z)
+        timed("numpy step", numpy_moments, Z)
+        write("exact")
+        with float_moments_in_replicas():
+            write("float")
+    return best
+
+
+def exact_moments_guard(n: int, d: int, repeats: int, seed: int) -> dict[str, tuple[float, float]]:
+    """Time exact moments against float64 peers in the same run; print ratios.
+
+    Returns the replica-write ratios (insert, replace) per case."""
+    rng = np.random.default_rng(seed)
+    scores = rng.random(n)
+    print(f"\n## exact moments guard: {n:,} rows x {d} features + score, best of {repeats}, "
+          f"ratios against float64 peers timed in the same run")
+    print("case | moments step: exact / Moments.update_many (/ bare NumPy) | replica insert: exact / float "
+          "| replica replace: exact / float")
+    ratios = {}
+    for name, X in moment_cases(rng, n, d).items():
+        best = time_case(X, scores, repeats)
+        ms = {k: 1e3 * v for k, v in best.items()}
+        ins = best["exact insert"] / best["float insert"]
+        rep = best["exact replace"] / best["float replace"]
+        ratios[name] = (ins, rep)
+        print(f"{name}: {ms['exact step']:.1f} / {ms['float step']:.1f} ms = "
+              f"{best['exact step'] / best['float step']:.2f}x (/ {ms['numpy step']:.2f} ms = "
+              f"{best['exact step'] / best['numpy step']:.1f}x) | {ms['exact insert']:.1f} / {ms['float insert']:.1f} ms "
+              f"= {ins:.2f}x | {ms['exact replace']:.1f} / {ms['float replace']:.1f} ms = {rep:.2f}x")
+    return ratios
 
 
 def main() -> None:
@@ -40,9 +160,25 @@ def main() -> None:
     ap.add_argument("--item-updates", type=int, default=5_000, help="per-item handle_update calls per region")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="10^5 agents, 1000 per-item updates")
+    ap.add_argument("--moment-rows", type=int, default=20_000, help="rows per write in the exact-moments guard")
+    ap.add_argument("--moment-repeats", type=int, default=5, help="timings per case in the guard (best kept)")
+    ap.add_argument("--moments-only", action="store_true", help="run only the exact-moments guard")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 if an ordinary-data replica write is over --max-ratio x its float peer")
+    ap.add_argument("--max-ratio", type=float, default=2.0)
     args = ap.parse_args()
     if args.quick:
         args.agents, args.item_updates = 100_000, 1_000
+
+    print(f"# bench_cap: python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}")
+    ratios = exact_moments_guard(args.moment_rows, args.dim, args.moment_repeats, args.seed)
+    over = {k: r for k, r in ratios.items() if k.startswith("ordinary") and max(r) > args.max_ratio}
+    if over:
+        print(f"ordinary-data writes over {args.max_ratio}x their float peer: {sorted(over)}")
+        if args.check:
+            raise SystemExit(1)
+    if args.moments_only:
+        return
 
     rng = np.random.default_rng(args.seed)
     regions = [f"r{i}" for i in range(args.regions)]
@@ -51,9 +187,8 @@ def main() -> None:
     agent_ids = rng.permutation(args.agents).astype(np.int64) * 7 + 11  # sparse, unordered ids
     X = rng.normal(size=(args.agents, args.dim)) + 1e3
     scores = rng.random(args.agents)
-    print(f"# bench_cap: {args.agents:,} agents, {args.regions} regions, {args.dim} features, "
-          f"batch {args.batch:,}; python {platform.python_version()}, numpy {np.__version__}, "
-          f"{platform.machine()}")
+    print(f"\n# resolver: {args.agents:,} agents, {args.regions} regions, {args.dim} features, "
+          f"batch {args.batch:,}")
 
     # ---------------------------------------------------------------- ingest (batch path)
     print("\n## update throughput, batch path (handle_updates_many, new agents)")

@@ -122,3 +122,17 @@ def test_python_dash_m_runs_every_command():
     assert out.returncode == 0
     for command in ("demo", "detect", "simulate", "validate"):
         assert command in out.stdout
+
+
+def test_enumerated_options_are_typer_choices_refused_before_any_work(tmp_path):
+    import re
+
+    def said(result):           # the message without Rich's box drawing, on one line
+        return " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.output).split())
+
+    result = CliRunner().invoke(app, ["simulate", "--backend", "spark", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "'spark' is not one of 'inprocess', 'ray'" in said(result)
+    result = CliRunner().invoke(app, ["simulate", "--difficulty", "brutal", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "'brutal' is not one of 'easy', 'default', 'hard'" in said(result)
+    assert not (tmp_path / "run").exists()
+    assert "[csv|jsonl|parquet]" in said(CliRunner().invoke(app, ["detect", "--help"]))

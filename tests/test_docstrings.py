@@ -8,9 +8,11 @@ import pytest
 
 import swarmguard
 
+# the package and the guide's flat module names installed beside it
+GUIDE_MODULES = ["hierarchical_aggregation_protocol", "distributed_bayesian_consensus", "statistical_cap_resolver"]
 MODULES = sorted(
     m.name for m in pkgutil.walk_packages(swarmguard.__path__, prefix="swarmguard.") if not m.name.endswith("cli")
-)
+) + GUIDE_MODULES
 
 
 @pytest.mark.parametrize("name", MODULES)

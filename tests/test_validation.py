@@ -167,3 +167,39 @@ def test_numbers_beyond_the_float_range_are_non_finite_errors(huge):
                       lambda: as_finite_vector([1.0, huge], 2, "timestamps")):
             with pytest.raises(NonFiniteError):
                 check()
+
+
+@pytest.mark.parametrize("make", [
+    lambda name, n: name,
+    lambda name, n: [name] * n,
+    lambda name, n: np.array([name] * n, dtype=object),
+    lambda name, n: np.broadcast_to(np.array([name]), (n,)),
+])
+def test_one_long_name_for_a_million_rows_costs_one_name_not_a_million(make):
+    import tracemalloc
+    name, n = "r" * MAX_NAME_LENGTH, 10**6
+    values = make(name, n)                   # the caller's container is not the function's cost
+    tracemalloc.start()
+    try:
+        out = as_name_array(values, n, "regions")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 10**7, peak            # n copies of the name: 4 GB (and the old check joined 1 GB)
+    assert out.shape == (n,) and out.dtype == np.dtype(f"<U{MAX_NAME_LENGTH}")
+    assert out[0] == out[-1] == out[n // 2] == name
+    small = as_name_array(make(name, 3), 3, "regions")
+    assert small.tolist() == np.full(3, name).tolist()
+
+
+def test_repeated_names_are_checked_once_each_and_the_bad_row_is_still_named():
+    rows = ["eu"] * 1000 + ["us"] * 1000
+    assert as_name_array(rows, 2000, "regions").tolist() == rows
+    with pytest.raises(InvalidInputError, match=r"regions\[1500\]"):
+        as_name_array(["eu"] * 1500 + ["u\x00s"] * 500, 2000, "regions")
+    with pytest.raises(InvalidInputError, match=r"regions\[7\]"):
+        as_name_array(["eu"] * 7 + ["a\x1fb"] * 3, 10, "regions")
+    with pytest.raises(DimensionMismatchError, match="10 names"):
+        as_name_array(["eu"] * 9, 10, "regions")
+    with pytest.raises(InvalidInputError, match="NUL"):
+        as_name_array(np.broadcast_to(np.array(["e\x00u"]), (10,)), 10, "regions")

@@ -16,12 +16,10 @@ from .api import (
     DistributedBehavioralDetector,
     EvidenceType,
     HierarchicalStatisticalTree,
-    QuorumUnavailableError,
     StableBayesianConsensus,
     StatisticalCAPResolver,
     StatisticalUpdate,
     SyncReport,
-    UnknownRegionError,
     compute_confidence_factor,
     map_to_evidence_type,
     p_value_log_odds,
@@ -33,18 +31,21 @@ from .errors import (
     DuplicateEvidenceError,
     EmptyInputError,
     EvidenceStoreError,
+    InsufficientDataError,
     InvalidInputError,
     InvalidTypeError,
     MalformedInputError,
     MissingFieldError,
     NonFiniteError,
     OutputPathError,
+    QuorumUnavailableError,
     SwarmGuardError,
     UnknownAgentError,
     UnknownCohortError,
     UnknownEvidenceTypeError,
+    UnknownRegionError,
 )
-from .values import InsufficientDataError, Moments
+from .values import Moments
 
 
 def _ray_engine() -> type:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
+# What a command needs beyond the option parser (SciPy, Rich's tables and progress bars,
+# asyncio, the apps) is imported inside that command, so `swarmguard --help` starts fast
+# (benchmarks/bench_startup.py; tests/test_lazy_imports.py checks what stays out).
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from . import __version__
-from .api import BehavioralData, BehavioralDistributedProtocol, HierarchicalStatisticalTree
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="swarmguard: find misbehaving agents in very large populations.")
 console = Console()
@@ -25,6 +27,19 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     """Print ``error: message`` as one line on stderr; the caller raises the returned Exit."""
     err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def _format_choice(value: str | None) -> str | None:
+    """``--format``'s values (a typer parser, so that the refusal says "unknown format", as detect's own does)."""
+    if value is None or value.lower() in FORMATS:
+        return None if value is None else value.lower()
+    raise typer.BadParameter(f"unknown format {value!r}: use one of {', '.join(FORMATS)}")
+
+
+FORMATS = ("csv", "jsonl", "parquet")          # = apps.detect.FORMATS (not imported: --help stays light)
+Engine = Literal["auto", "pyarrow", "python"]  # = apps.detect.ENGINES; typer refuses anything else (exit 2)
+Backend = Literal["inprocess", "ray"]
+Difficulty = Literal["easy", "default", "hard"]
 
 
 def _version(value: bool) -> None:
@@ -69,6 +84,13 @@ def demo(
     """
     if anomalies >= agents:
         raise typer.BadParameter("anomalies must be fewer than agents", param_hint="--anomalies")
+    import asyncio
+
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from .api import BehavioralData, BehavioralDistributedProtocol, HierarchicalStatisticalTree
+
     timings: dict[str, float] = {}
     with Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
@@ -146,7 +168,7 @@ def demo(
 def detect(
     input: Path = typer.Argument(..., help="Telemetry file: .csv, .jsonl/.ndjson (either may end in .gz) or .parquet. Example: telemetry.csv"),  # noqa: B008
     output: Path | None = typer.Option(None, "--output", "-o", help="Write one row per agent (agent_id, score, p_value, is_anomaly) here; .csv or .parquet. Example: --output scores.parquet"),  # noqa: B008
-    format: str | None = typer.Option(None, "--format", help="Input format when the extension does not say: csv, jsonl or parquet. Example: --format jsonl"),
+    format: str | None = typer.Option(None, "--format", parser=_format_choice, metavar="[csv|jsonl|parquet]", help="Input format when the extension does not say: csv, jsonl or parquet. Example: --format jsonl"),
     id_column: str = typer.Option("agent_id", help="Column holding the agent id. Example: --id-column host"),
     cohort_column: str | None = typer.Option(None, help="Optional region/cohort column; agents are grouped under it in the tree. Example: --cohort-column region"),
     timestamp_column: str | None = typer.Option(None, help="Optional timestamp column (numbers or ISO 8601); an agent's row with the latest timestamp wins (else the last row in the file). Example: --timestamp-column ts"),
@@ -158,8 +180,10 @@ def detect(
     warm_up: int | None = typer.Option(None, min=3, help="Nobody is flagged in a population smaller than this; default min(1000, 100 x features). Example: --warm-up 50"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed rows and count them, instead of stopping at the first (exit code 2). Example: --skip-bad"),
     top: int = typer.Option(10, min=0, help="Show this many of the most anomalous agents with their main feature. Example: --top 25"),
-    csv_engine: str = typer.Option("auto", help="CSV reader: 'auto' uses pyarrow when installed (falls back to the standard library on any unusual row), 'python' always the standard library. Example: --csv-engine python"),
+    csv_engine: Engine = typer.Option("auto", help="Reader of CSV and JSON Lines: 'auto' and 'pyarrow' parse with pyarrow block by block (a block pyarrow refuses, or one with a malformed row, is parsed again from memory by the standard library, for line numbers), 'python' always the standard library. Example: --csv-engine python"),
     max_line_bytes: int = typer.Option(1 << 20, min=16, help="Longest line read (CSV, JSON Lines), newline included; a longer line stops the run (exit 2) having read only this much of it. Example: --max-line-bytes 16777216"),
+    explain: bool = typer.Option(False, "--explain", help="Also write why to --output: each agent's cohort (with --cohort-column) and its 3 top contributing features with their shares of the score (feature_1, share_1, ...). Example: --explain"),
+    json_summary: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (rows, agents, flagged, top agents with their features and shares, timings) instead of tables. Example: --json"),
 ) -> None:
     """Score every agent of your own telemetry file and write one row per agent.
 
@@ -173,13 +197,16 @@ def detect(
     """
     from .apps.detect import run_command
 
-    code = run_command(console, err_console, **{k: v for k, v in locals().items() if k != "run_command"})
+    options = {k: v for k, v in locals().items() if k not in ("run_command", "json_summary")}
+    code = run_command(console, err_console, json_summary=json_summary, **options)
     if code:
         raise typer.Exit(code)
 
 
 def _rich_progress() -> tuple[Progress, Any]:
     """A Rich progress display and a callback ``(phase, done, total)`` driving one bar per phase."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     progress = Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console)
     tasks: dict[str, Any] = {}
@@ -204,10 +231,10 @@ def simulate(
     evidence: float = typer.Option(1.0, help="Observer attention: scales every report rate. Example: --evidence 2"),
     partition_at: int = typer.Option(8, help="Round at which the network splits in two. Example: --partition-at 5"),
     heal_at: int = typer.Option(13, help="Round at which it heals (= --partition-at: no partition). Example: --heal-at 15"),
-    difficulty: str = typer.Option("default", help="Shift size and observer signal: easy, default or hard. Example: --difficulty hard"),
+    difficulty: Difficulty = typer.Option("default", help="Shift size and observer signal: easy, default or hard. Example: --difficulty hard"),
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same report (but for 'performance'). Example: --seed 7"),
     out: Path = typer.Option(".", help="Folder for report.json and report.html. Example: --out runs/seed7"),
-    backend: str = typer.Option("inprocess", help="Engine: inprocess or ray (needs swarmguard[ray]). Example: --backend ray"),
+    backend: Backend = typer.Option("inprocess", help="Engine: inprocess or ray (needs swarmguard[ray]). Example: --backend ray"),
     address: str = typer.Option(None, help="Ray cluster address (--backend ray; default: a local Ray with 2 CPUs). Example: --address 10.0.0.5:6379"),
     region_workers: int = typer.Option(None, help="Ray actors the regions are packed onto (default: one per region). Example: --region-workers 2"),
     checkpoint_dir: Path = typer.Option(None, help="Also write the Ray actors' checkpoints to this folder (--backend ray; resume with RayDistributedBehavioralDetector.resume). Example: --checkpoint-dir runs/ckpt"),
@@ -216,6 +243,8 @@ def simulate(
 
     Example: swarmguard simulate --agents 20000 --rounds 15 --out /tmp/run
     """
+    from rich.table import Table
+
     from .apps.output_paths import check_output_folder
     from .apps.scenario import ScenarioConfig
     from .apps.simulate import REPORT_FILES, run_simulation, write_outputs
@@ -228,8 +257,6 @@ def simulate(
     # every option, output folders included, is checked before the (possibly long) run starts
     try:
         config.validate()
-        if backend not in ("inprocess", "ray"):
-            raise SwarmGuardError(f"--backend must be inprocess or ray, got {backend!r}")
         if backend != "ray" and (address or region_workers or checkpoint_dir):
             raise SwarmGuardError("--address, --region-workers and --checkpoint-dir need --backend ray")
         check_output_folder(out, "--out", files=REPORT_FILES)
@@ -295,6 +322,8 @@ def validate(
     Example: swarmguard validate --quick
     """
     import json as _json
+
+    from rich.table import Table
 
     from .apps.output_paths import check_output_file
     from .apps.validate import run_validation

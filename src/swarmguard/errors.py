@@ -25,8 +25,10 @@ __all__ = [
     "OutputPathError",
     "CheckpointError",
     "CheckpointWriteWarning",
+    "InsufficientDataError",
     "QuorumUnavailableError",
     "UnknownRegionError",
+    "StaleShardError",
 ]
 
 
@@ -117,6 +119,10 @@ class OutputPathError(InvalidInputError, OSError):
     """An output path (``--out``, ``--output``, ``--json``) that cannot be written, found before any work runs."""
 
 
+class InsufficientDataError(InvalidInputError):
+    """A statistic was asked of too few observations (e.g. covariance of one)."""
+
+
 class QuorumUnavailableError(SwarmGuardError, RuntimeError):
     """STRONG consistency refused: the region cannot reach a majority of regions."""
 
@@ -126,3 +132,7 @@ class UnknownRegionError(SwarmGuardError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class StaleShardError(SwarmGuardError, RuntimeError):
+    """A shard's state is not the one the caller expects (it restarted): restore it."""

@@ -419,14 +419,27 @@ def as_name_array(values: Any, n: int, what: str) -> np.ndarray:
     :class:`InvalidTypeError` naming it; each name follows :func:`check_name_text`
     (no NUL, no ``NAME_SEPARATOR``, at most ``MAX_NAME_LENGTH`` characters).
 
+    Names are checked once per distinct name, and one name for every row (a
+    ``str``, a sequence repeating one name, or a broadcast array) comes back as
+    a read-only broadcast view of that one name: it costs one name, not ``n``
+    copies of it (a 1,000-character name for 10**6 rows would otherwise be a
+    4 GB array). Several distinct names give an ordinary array, ``n`` times the
+    longest name wide.
+
     >>> as_name_array(np.array(["eu", "us"], dtype=object), 2, "regions").tolist()
     ['eu', 'us']
+    >>> as_name_array("eu", 3, "regions").strides
+    (0,)
     """
     if isinstance(values, str):
-        return np.full(n, check_name_text(values, what))
+        return _one_name(check_name_text(values, what), n)
     if isinstance(values, np.ndarray) and values.dtype.kind == "U":
         arr = values
-        check_name_str_array(arr, what)
+        if arr.ndim == 1 and arr.size > 1 and arr.strides == (0,):
+            # a broadcast name: every row is the same element, so checking one checks all
+            check_name_str_array(arr[:1], what)
+        else:
+            check_name_str_array(arr, what)
     else:
         if isinstance(values, bytes) or not hasattr(values, "__len__") or (
                 isinstance(values, np.ndarray) and values.dtype.kind != "O"):
@@ -439,8 +452,24 @@ def as_name_array(values: Any, n: int, what: str) -> np.ndarray:
             for i, v in enumerate(items):
                 if not isinstance(v, str):
                     raise InvalidTypeError(f"{what}[{i}] is not a str: {v!r} ({type(v).__name__})")
-        check_name_texts(items, what)
+        # distinct names only (hashing a str is cached): joining n copies of a long name to scan it
+        # would cost n times its length
+        distinct = list(dict.fromkeys(items))
+        try:
+            check_name_texts(distinct, what)
+        except InvalidInputError:
+            check_name_texts(items, what)            # again, to name the first bad row, not its distinct index
+            raise                                    # pragma: no cover - the line above raises
+        if len(items) != n:
+            raise DimensionMismatchError(f"{what} must be {n} names (one per row), got shape ({len(items)},)")
+        if len(distinct) == 1 and n > 1:
+            return _one_name(distinct[0], n)
         arr = np.array(items, dtype=str) if items else np.empty(0, dtype="<U1")
     if arr.shape != (n,):
         raise DimensionMismatchError(f"{what} must be {n} names (one per row), got shape {arr.shape}")
     return arr
+
+
+def _one_name(name: str, n: int) -> np.ndarray:
+    """``n`` rows of ``name`` as a read-only view of one element (stride 0)."""
+    return np.broadcast_to(np.array([name]), (n,))

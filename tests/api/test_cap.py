@@ -426,6 +426,14 @@ def test_read_clock_changes_nothing_and_a_write_at_now_uses_that_reading_through
     assert 4 not in res.replica("a").registers
     with pytest.raises(NonFiniteError, match="clock"):
         res.read_clock()
+    # a valid now with a refused batch (an existing region's, validated by its replica; one
+    # update): the clock's high-water mark stays at the last accepted write's 30
+    with pytest.raises(NonFiniteError):
+        res.handle_updates_many("b", [1], [1.0], [[float("nan")]], [0.1], now=1e6)
+    with pytest.raises(DimensionMismatchError):
+        res.handle_update_sync(upd(4, 4, 4.0, [1.0, 2.0], "a"), now=1e6)
+    clock.t = 0.0
+    assert res.read_clock() == 30.0
 
 
 def test_strong_even_split_has_no_majority_anywhere():
@@ -686,3 +694,52 @@ def test_resolver_from_bytes_fuzz_only_typed_errors():
         except InvalidInputError:
             continue
         assert_same(state(back), state(res))     # an unnoticed flip (zip metadata) changes no value
+
+
+def _counting_clock():
+    calls = []
+
+    def clock():
+        calls.append(1)
+        return 100.0 + len(calls)
+    return clock, calls
+
+
+def test_a_refused_batch_with_now_does_not_move_the_resolvers_clock():
+    r = StatisticalCAPResolver(consistency_model=ConsistencyModel.STATISTICAL, max_staleness_seconds=5.0,
+                               clock=lambda: 10.0, regions=["eu", "us"])
+    r.handle_updates_many("eu", [1, 2], [0.0, 0.0], [[0.0, 1.0], [1.0, 0.0]], [0.0, 0.0])
+    r.handle_updates_many("us", [3, 4], [0.0, 0.0], [[0.0, 1.0], [1.0, 0.0]], [0.0, 0.0])
+    r.sync()
+    r.partition([["eu"], ["us"]])
+    cf = r.confidence_factor("eu")
+    with pytest.raises(SwarmGuardError):
+        r.handle_updates_many("eu", [1], [0.0], [[np.nan, 1.0]], [0.0], now=1e6)
+    assert r.read_clock() == 10.0
+    assert r.confidence_factor("eu") == cf
+
+
+@pytest.mark.parametrize("path", ["handle_update", "handle_updates_many"])
+def test_the_resolver_reads_its_clock_once_per_write(path):
+    clock, calls = _counting_clock()
+    r = StatisticalCAPResolver(consistency_model=ConsistencyModel.STATISTICAL, clock=clock, regions=["eu", "us"])
+    before = len(calls)
+    if path == "handle_update":
+        asyncio.run(r.handle_update(StatisticalUpdate("u1", 1, 0.0, [1.0, 2.0], 0.0, "eu")))
+    else:
+        r.handle_updates_many("eu", [1], [0.0], [[1.0, 2.0]], [0.0])
+    assert len(calls) - before == 1
+
+
+def test_a_refused_async_update_starts_no_background_sync():
+    async def run():
+        r = StatisticalCAPResolver(clock=lambda: 5.0, regions=["eu"], sync_interval_seconds=0.5)
+        with pytest.raises(NonFiniteError):
+            await r.handle_update(StatisticalUpdate("u1", 1, float("nan"), [1.0], 0.0, "eu"))
+        refused = r._sync_task
+        await r.handle_update(StatisticalUpdate("u2", 1, 0.0, [1.0], 0.0, "eu"))
+        accepted = r._sync_task is not None and not r._sync_task.done()
+        await r.stop_background_sync()
+        return refused, accepted
+    refused, accepted = asyncio.run(run())
+    assert refused is None and accepted

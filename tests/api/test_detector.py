@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import numpy as np
@@ -57,15 +58,23 @@ def _frozen(value):
 
 def detector_state(det) -> dict:
     """Everything the detector's three parts hold: the tree's agents, vectors and cohorts, every
-    replica's registers and moments, and every piece of evidence with the consensus sums."""
+    replica's registers and moments, the resolver's clock (its high-water mark, the last sync's
+    time and the background sync task, which ``to_dict`` leaves out: a refused call that moved
+    them would change every later confidence factor), every piece of evidence with the
+    consensus sums, and the detector's own id counters."""
+    cap = det.cap_resolver
     state = {
         "tree": _frozen(det.tree.to_dict()),
         "tree_size": len(det.tree),
         "tree_version": det.tree.version,
-        "cap": _frozen(det.cap_resolver.to_dict()),
+        "cap": _frozen(cap.to_dict()),
+        "cap_clock": _frozen(cap._latest),          # no public accessor: read_clock() reads the clock too
+        "cap_last_sync": _frozen(cap._last_sync),
+        "cap_sync_task": cap._sync_task,
         "evidence_count": det.consensus.evidence_count,
         "evidence": _frozen(det.consensus.export_evidence()),
         "evidence_number": det._evidence_number,
+        "update_seq": repr(det._update_seq),        # "count(n)": the next update id, without taking it
     }
     if det.consensus.evidence_count:
         state["consensus"] = _frozen(det.consensus.consensus_many(include_sum=True))
@@ -343,16 +352,124 @@ def test_process_agent_behavior_skips_an_evidence_id_an_observer_holds(squatter)
     assert det.consensus.consensus(299)["source_count"] == 1     # the observer's evidence untouched
 
 
+def _counting_clock():
+    calls = []
+
+    def clock():
+        calls.append(1)
+        return 100.0 + len(calls)
+    return clock, calls
+
+
 def test_process_agent_behavior_reads_the_clock_once_for_all_three_parts():
-    ticks = iter(range(100, 200))
-    det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=100, clock=lambda: float(next(ticks)))
+    clock, calls = _counting_clock()          # every reading differs: two reads would show
+    det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=100, clock=clock)
     rng = np.random.default_rng(4)
     det.process_round(np.arange(200), rng.normal(size=(200, 2)), "eu", timestamp=0.0)
+    before = len(calls)
     det.process_agent_behavior_sync(1000, _item(agent_id=1000, features=[9.0, -9.0], region="eu"))
+    assert len(calls) - before == 1
     exported = det.consensus.export_evidence()
     (row,) = [i for i, a in enumerate(exported["agent_ids"]) if a == 1000]
     register = det.cap_resolver.replica("eu").registers.get(1000)
-    assert exported["timestamps"][row] == register["timestamp"]
+    assert exported["timestamps"][row] == register["timestamp"] == 100.0 + len(calls)
+
+
+def test_process_agent_behavior_reads_a_configured_clock_once_per_call():
+    clock, calls = _counting_clock()
+    det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=100, clock=clock)
+    det.process_round(np.arange(200), np.random.default_rng(4).normal(size=(200, 2)), "eu", timestamp=0.0)
+    before = len(calls)
+    det.process_agent_behavior_sync(1000, BehavioralData(1000, [9.0, -9.0], region="eu"))
+    assert len(calls) - before == 1
+
+
+def test_process_round_reads_a_configured_clock_once_per_round():
+    clock, calls = _counting_clock()
+    det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=100, clock=clock)
+    before = len(calls)
+    det.process_round(np.arange(200), np.random.default_rng(4).normal(size=(200, 2)), "eu")
+    assert len(calls) - before == 1
+
+
+# ---------------------------------------------------------------------- ids made from node_id
+def test_a_long_node_id_never_leaves_a_refused_round_half_applied():
+    det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=100, clock=lambda: 5.0, node_id="n" * 999)
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(300, 2))
+    det.process_round(np.arange(300), X, "eu")
+    X[:5] += 9.0                      # five anomalies: the detector adds its own evidence
+    before = detector_state(det)
+    try:
+        det.process_round(np.arange(300), X, "eu")
+    except SwarmGuardError:
+        assert detector_state(det) == before     # refused: nothing may have changed
+    else:
+        assert det.consensus.evidence_count >= 5
+
+
+def test_a_long_node_id_never_leaves_a_refused_item_half_applied():
+    det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=100, clock=lambda: 5.0, node_id="n" * 999)
+    det.process_round(np.arange(300), np.random.default_rng(2).normal(size=(300, 2)), "eu")
+    before = detector_state(det)
+    try:
+        det.process_agent_behavior_sync(7, BehavioralData(7, [0.25, -0.25], region="eu"))
+    except SwarmGuardError:
+        assert detector_state(det) == before
+    else:
+        assert det.tree.get_agent_features(7).tolist() == [0.25, -0.25]
+
+
+def test_a_refused_async_call_starts_no_background_sync():
+    """The async per-item call started the resolver's background sync before checking the call:
+    a refused call (a NaN timestamp) left a task running."""
+    from swarmguard import StatisticalCAPResolver
+
+    async def run():
+        det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=100, clock=lambda: 5.0)
+        det.cap_resolver = StatisticalCAPResolver(sync_interval_seconds=0.5, clock=lambda: 5.0)
+        before = detector_state(det)
+        with pytest.raises(NonFiniteError):
+            await det.process_agent_behavior(1, BehavioralData(1, [0.0, 0.0], timestamp=float("nan")))
+        unchanged = detector_state(det) == before
+        await det.process_agent_behavior(1, BehavioralData(1, [0.0, 0.0], timestamp=1.0))
+        started = det.cap_resolver._sync_task is not None and not det.cap_resolver._sync_task.done()
+        await det.cap_resolver.stop_background_sync()
+        return unchanged, started
+
+    unchanged, started = asyncio.run(run())
+    assert unchanged and started
+
+
+@pytest.mark.parametrize("node_id", ["detector", "n" * 958, "n" * 959, "n" * 1000, "n" * 999 + "m"])
+def test_the_detectors_own_ids_are_valid_and_distinct_for_any_node_id_the_consensus_takes(node_id):
+    """Own ids are '<prefix>:<n>', '<prefix>:<n>:<i>' and '<prefix>:u<n>': the prefix is the node id
+    while the ids fit in MAX_ID_LENGTH (1,000), else its start and a digest of the whole."""
+    from swarmguard.api.detector import own_id_prefix
+    from swarmguard.validation import MAX_ID_LENGTH
+    det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=100, clock=lambda: 5.0, node_id=node_id)
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(300, 2))
+    X[:5] += 9.0
+    out = det.process_round(np.arange(300), X, "eu")
+    item = det.process_agent_behavior_sync(1000, _item(agent_id=1000, features=[9.0, -9.0], region="eu"))
+    assert out["is_anomaly"][:5].all() and item["anomaly"]["is_anomaly"]
+    ev = det.consensus.export_evidence()
+    own = [e for e, s in zip(ev["evidence_ids"], ev["source_nodes"], strict=True) if s == node_id]
+    assert len(own) == int(out["is_anomaly"].sum()) + 1 and len(set(own)) == len(own)
+    assert max(map(len, own)) <= MAX_ID_LENGTH
+    prefix = own_id_prefix(node_id)
+    assert (prefix == node_id) == (len(node_id) <= MAX_ID_LENGTH - 42)
+    assert all(e.startswith(prefix + ":") for e in own)
+    assert own_id_prefix("n" * 1000) != own_id_prefix("n" * 999 + "m")   # distinct node ids, distinct prefixes
+
+
+@pytest.mark.parametrize("node_id, error", [("n" * 1001, InvalidInputError), ("a\x00b", InvalidInputError),
+                                            (1.5, InvalidTypeError), (None, InvalidInputError)])
+def test_a_node_id_the_consensus_would_refuse_is_refused_by_the_settings(node_id, error):
+    from swarmguard import DetectorSettings
+    with pytest.raises(error, match="node_id"):
+        DetectorSettings(node_id=node_id)
 
 
 # ---------------------------------------------------------------- issue 10: one extreme agent never stops a round

@@ -1,4 +1,5 @@
 import asyncio
+from decimal import Decimal
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,6 +10,7 @@ from swarmguard import (
     BehavioralData,
     BehavioralDistributedProtocol,
     DimensionMismatchError,
+    EmptyInputError,
     HierarchicalStatisticalTree,
     InvalidInputError,
     NonFiniteError,
@@ -514,3 +516,57 @@ def test_a_protocol_call_holds_its_lock_and_its_trees_for_the_whole_update_and_s
     second.join(10)
     assert events == [("scored", True), ("wrote", True)]
     assert len(tree) == 303
+
+
+# ------------------------------ batch inputs: mixed ids, Decimal features, empty batches
+
+
+def test_update_and_score_many_accepts_mixed_ids_and_decimal_features():
+    t = HierarchicalStatisticalTree(feature_dimensions=2)
+    proto = BehavioralDistributedProtocol(t, warm_up=3)
+    t.update_many(np.arange(10), np.random.default_rng(0).normal(size=(10, 2)))
+    res = proto.update_and_score_many([100, "x", ("t", 1)], np.ones((3, 2)))
+    assert res["agent_ids"].tolist() == [100, "x", ("t", 1)]
+    res = proto.update_and_score_many([1, 2], [[Decimal("1.5"), Decimal(2)], [Decimal(3), Decimal(4)]])
+    assert np.isfinite(res["mahalanobis_squared"]).all()
+    assert len(t) == 13
+
+
+def test_empty_batches_are_rejected():
+    t = HierarchicalStatisticalTree(feature_dimensions=1)
+    t.update_many([1, 2, 3], [[0.0], [1.0], [2.0]])
+    with pytest.raises(EmptyInputError):
+        BehavioralDistributedProtocol(t).score_many([])
+    with pytest.raises(SwarmGuardError):
+        HierarchicalStatisticalTree(branching_factor=10**6)
+
+
+# ------- leave-one-out scores exact at large offsets; cohort levels without false alarms
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e9, -1e12])
+def test_leave_one_out_is_exact_at_large_offsets(offset):
+    rng = np.random.default_rng(2)
+    X = offset + rng.normal(scale=1e-2, size=(30, 3)) @ rng.normal(size=(3, 3))
+    t = HierarchicalStatisticalTree(feature_dimensions=3)
+    t.update_many(np.arange(30), X)
+    proto = BehavioralDistributedProtocol(t, shrinkage=0.0, warm_up=3)
+    X[4] = X[4] + 0.05
+    info = proto.update_agent_behavior_sync(BehavioralData(4, X[4]))
+    exact = exact_loo_squared_distance(X, 4, shrinkage=0.0)
+    assert info["mahalanobis_squared"] == pytest.approx(exact, rel=1e-8)
+    batch = proto.score_many([4, 7])
+    assert batch["mahalanobis_squared"][0] == pytest.approx(exact, rel=1e-8)
+    assert batch["mahalanobis_squared"][1] == pytest.approx(exact_loo_squared_distance(X, 7, 0.0), rel=1e-8)
+
+
+def test_small_cohorts_do_not_raise_false_alarms_at_the_cohort_level():
+    rng = np.random.default_rng(3)
+    n = 20_000
+    X = rng.normal(size=(n, 4))
+    clusters = np.array([f"c{i}" for i in range(1000)])[np.arange(n) % 1000]   # 20 agents each
+    t = HierarchicalStatisticalTree(feature_dimensions=4)
+    t.update_many(np.arange(n), X, cohorts=clusters)
+    res = BehavioralDistributedProtocol(t, score_levels="all").score_many(fdr=None)
+    assert res["is_anomaly"].mean() < 0.003          # the population level alone: ~0.1 %
+    assert all(lv["warming_up"] for path, lv in res["levels"].items() if path)

@@ -1,7 +1,10 @@
+import warnings
+
 import numpy as np
 import pytest
 
 from swarmguard import (
+    BehavioralDistributedProtocol,
     DimensionMismatchError,
     EmptyInputError,
     HierarchicalStatisticalTree,
@@ -285,3 +288,88 @@ def test_four_threads_updating_one_tree_give_the_exact_statistics_and_refused_ca
             check_stats(tree.get_cohort_statistics((f"c{t}",)), X[-1])
             assert tree.get_cohort_statistics((f"c{t}", "r0"))["count"] == 0
         check_stats(tree.get_global_statistics(), final)
+
+
+# ------------------- ids, duplicates and refused calls: nothing created, nothing changed
+
+
+def frozen(tree):
+    """The agents' state, the cohorts, the dimension and the size: what a refused call must not change."""
+    state = tree.to_dict() if len(tree) else {}
+    return {k: v.copy() for k, v in state.items()}, tree.cohorts(), tree.feature_dimensions, len(tree)
+
+
+def assert_unchanged(before, tree):
+    after = frozen(tree)
+    assert before[1:] == after[1:]
+    assert before[0].keys() == after[0].keys()
+    for k in before[0]:
+        np.testing.assert_array_equal(before[0][k], after[0][k])
+
+
+def test_string_ids_of_different_lengths_are_different_agents():
+    t = HierarchicalStatisticalTree(feature_dimensions=1)
+    t.update_many(np.array([f"agent-{i}" for i in range(1, 10)]), np.zeros((9, 1)))
+    t.update_many(np.array(["agent-10"]), [[99.0]])
+    assert len(t) == 10 and "agent-10" in t
+    assert t.get_agent_features("agent-1")[0] == 0.0
+    proto = BehavioralDistributedProtocol(t, warm_up=3)
+    res = proto.score_many(np.array(["agent-10", "agent-1"]))
+    assert res["mahalanobis_squared"][0] > res["mahalanobis_squared"][1]
+
+
+@pytest.mark.parametrize("cohorts", [None, ("newc", "x")])
+def test_a_rejected_duplicate_batch_creates_no_dimension_and_no_cohort(cohorts):
+    t = HierarchicalStatisticalTree()
+    with pytest.raises(InvalidInputError):
+        t.update_many([1, 1], np.ones((2, 3)), cohorts=cohorts)
+    assert t.feature_dimensions is None and t.cohorts() == [()] and len(t) == 0
+    t2 = HierarchicalStatisticalTree(feature_dimensions=2)
+    t2.update_many([5, 6], np.ones((2, 2)))
+    before = frozen(t2)
+    with pytest.raises(InvalidInputError):
+        t2.update_many([7, 7], np.ones((2, 2)), cohorts=cohorts)
+    assert_unchanged(before, t2)
+
+
+def test_unhashable_cohort_entries_and_odd_ids_are_typed_errors():
+    t = HierarchicalStatisticalTree(feature_dimensions=1)
+    t.update_many([1], [[0.0]])
+    before = frozen(t)
+    with pytest.raises(InvalidTypeError):
+        t.update_many([2, 3], [[1.0], [2.0]], cohorts=[{"a": 1}, "b"])
+    for bad in (("a", float("nan")), True, np.True_, ("a", ("b", 1.5))):
+        with pytest.raises(InvalidTypeError):
+            t.update_agent(bad, [1.0])
+    assert_unchanged(before, t)
+
+
+# -------- numerics: non-finite and overflowing values, features of very different scales
+
+
+def test_non_finite_arrays_on_the_fast_path_raise_a_typed_error_without_warnings():
+    t = HierarchicalStatisticalTree(feature_dimensions=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for bad in (np.array([np.inf, 0.0]), np.array([np.nan, 1.0])):
+            with pytest.raises(NonFiniteError):
+                t.update_agent(1, bad)
+        with pytest.raises(InvalidInputError):
+            t.update_agent(1, np.array([1e200, 0.0]))      # would overflow the co-moment
+    assert len(t) == 0
+
+
+def test_small_features_do_not_drift_behind_large_ones():
+    rng = np.random.default_rng(1)
+    X = np.column_stack([rng.normal(scale=1e3, size=1000), rng.normal(scale=1e-3, size=1000)])
+    t = HierarchicalStatisticalTree(feature_dimensions=2)
+    t.update_many(np.arange(1000), X)
+    for _ in range(20):
+        i = int(rng.integers(1000))
+        odd = X[i].copy()
+        odd[1] = 1e4
+        t.update_agent(i, odd)
+        t.update_agent(i, X[i])
+    n, _, m2 = t._tree.root_moments()          # the root as streaming scoring sees it
+    cov = np.cov(X.T)
+    np.testing.assert_allclose(m2 / (n - 1), cov, rtol=1e-9, atol=1e-9 * np.sqrt(np.outer(np.diag(cov), np.diag(cov))).min())

@@ -220,6 +220,13 @@ def test_missing_pyarrow_gives_an_install_hint(tmp_path, monkeypatch):
     result = runner.invoke(app, ["detect", str(src), "-o", str(tmp_path / "s.parquet")])
     assert result.exit_code == 1 and "swarmguard[parquet]" in result.output
     assert not (tmp_path / "s.parquet").exists()
+    # text with the default reader falls back to the standard library; asking for pyarrow is the error
+    ref = detect(src, warm_up=50, csv_engine="python")
+    res = detect(src, warm_up=50, output=tmp_path / "s.csv")
+    assert res.engine == "python"
+    same_scores(ref, res)
+    with pytest.raises(MissingDependencyError, match=r"swarmguard\[parquet\]"):
+        detect(src, warm_up=50, csv_engine="pyarrow")
 
 
 # ---------------------------------------------------------------------------- chunks, latest row wins
@@ -429,6 +436,7 @@ def test_a_bad_timestamp_is_a_malformed_row(tmp_path):
     (["--features", "x,zzz"], "no column 'zzz'"),
     (["--features", "agent_id,x"], "may not include"),
     (["--format", "xml"], "unknown format"),
+    (["--csv-engine", "fast"], "'fast' is not"),
     (["--output", "scores.txt"], "must end in .csv or .parquet"),
     (["--chunk-rows", "0"], ""),
     (["--warm-up", "1"], ""),
@@ -874,3 +882,264 @@ def test_csv_text_beyond_float64_is_too_large_not_infinite(tmp_path, text):
     src = write_csv(tmp_path / "big.csv", ["agent_id", "x", "y"], rows)
     with pytest.raises(MalformedInputError, match="feature 'x' is not finite: '-inf'"):
         detect(src)
+
+
+@pytest.mark.parametrize("column, value, reason", [
+    ("x", {"a": 1}, "feature 'x' is not a number: {'a': 1}"),
+    ("y", [1.0, 2.0], "feature 'y' is not a number: [1.0, 2.0]"),
+    ("agent_id", {"a": 1}, "agent id (column 'agent_id') must be text or an integer, not {'a': 1}"),
+    ("agent_id", ["j20"], "agent id (column 'agent_id') must be text or an integer, not ['j20']"),
+    ("region", ["eu"], "cohort (column 'region') must be text or an integer, not ['eu']"),
+    ("ts", {"t": 1}, "timestamp 'ts' is not a number: {'t': 1}"),
+])
+def test_a_nested_json_value_is_a_malformed_row_naming_line_and_column(tmp_path, column, value, reason):
+    lines = [json.dumps({"agent_id": f"j{i}", "region": "eu", "ts": i, "x": i % 7, "y": float(i % 5)})
+             for i in range(100)]
+    row = json.loads(lines[20])
+    row[column] = value
+    lines[20] = json.dumps(row)
+    src = tmp_path / "t.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    opts = dict(cohort_column="region", timestamp_column="ts", warm_up=20)
+    with pytest.raises(MalformedInputError) as info:
+        detect(src, **opts)
+    assert (info.value.line, info.value.column, info.value.reason) == (21, column, reason)
+    res = detect(src, skip_bad=True, **opts)
+    assert (res.rows_skipped, res.agents) == (1, 99) and res.skipped_examples == [f"line 21: {reason}"]
+
+
+class _GeneratedLine:
+    """A binary file of ``head`` and then ``size`` bytes of ``b"1"`` without a newline, made as it is read."""
+
+    def __init__(self, head: bytes, size: int):
+        import io
+
+        self.head, self.left, self.served = head, size, 0
+        self._io = io
+
+    def opener(self):
+        stream = self
+
+        class Raw(self._io.RawIOBase):
+            def readable(self):
+                return True
+
+            def readinto(self, buf):
+                n = len(buf)
+                if stream.head:
+                    part, stream.head = stream.head[:n], stream.head[n:]
+                else:
+                    part = b"1" * min(n, stream.left)
+                    stream.left -= len(part)
+                buf[: len(part)] = part
+                stream.served += len(part)
+                return len(part)
+
+        return self._io.BufferedReader(Raw(), buffer_size=1 << 16)
+
+
+@pytest.mark.parametrize("fmt, head", [("csv", b"agent_id,x,y\na0,1,2\nbig,"), ("jsonl", b'{"agent_id": "')])
+def test_a_multi_gigabyte_line_from_a_generated_stream_reads_only_the_line_limit(tmp_path, monkeypatch, fmt, head):
+    import swarmguard.apps.detect as detect_module
+
+    src = tmp_path / f"endless.{fmt}"
+    src.write_bytes(head)                   # stands in for the path; its content comes from the generator
+    stream = _GeneratedLine(head, 4 << 30)  # 4 GiB on one line, never all made
+    monkeypatch.setattr(detect_module, "_open_binary", lambda path: stream.opener())
+    err, peak = _traced_peak(lambda: detect(src, skip_bad=True, csv_engine="python"))
+    assert isinstance(err, MalformedInputError), err
+    assert err.line == (3 if fmt == "csv" else 1) and "line longer than 1,048,576 bytes" in err.reason
+    assert stream.served < 4 * 2**20, stream.served      # the limit (1 MiB) and some read-ahead: not 4 GiB
+    assert peak < 10 * 2**20, peak
+
+
+# ---------------------------------------------------------------------------- why: --explain and --json
+def brute_force_shares(X, i, shrinkage="auto"):
+    """Each feature's part of row i's leave-one-out D², from scratch: diff_j (Σ⁻¹ diff)_j / D²."""
+    n, d = X.shape
+    lam = min(1.0, d / n) if shrinkage == "auto" else shrinkage
+    others = np.delete(X, i, axis=0)
+    target = np.var(X, axis=0, ddof=1)
+    floored = np.maximum(target, 1e-12 * target.mean())
+    reg = (1 - lam) * np.cov(others.T) + np.diag(lam * target + 1e-9 * floored)
+    diff = X[i] - others.mean(axis=0)
+    parts = diff * np.linalg.solve(reg, diff)
+    return parts / parts.sum()
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_explain_writes_each_agents_cohort_and_top_features_with_their_shares(tmp_path, suffix):
+    ids, X, regions = population()
+    src = population_csv(tmp_path / "t.csv", ids, X, regions)
+    out = tmp_path / f"why.{suffix}"
+    result = runner.invoke(app, ["detect", str(src), "-o", str(out), "--cohort-column", "region", "--explain"])
+    assert result.exit_code == 0, result.output
+    if suffix == "csv":
+        rows = read_scores(out)
+    else:
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(out).to_pylist()
+    assert list(rows[0]) == ["agent_id", "score", "p_value", "is_anomaly", "cohort",
+                             "feature_1", "share_1", "feature_2", "share_2", "feature_3", "share_3"]
+    assert [r["agent_id"] for r in rows] == ids and [r["cohort"] for r in rows] == regions.tolist()
+    for a in ["a17", "a333", "a1200", "a0", "a999"]:
+        i = ids.index(a)
+        want = brute_force_shares(X, i)
+        order = np.argsort(-want, kind="stable")[:3]
+        got = rows[i]
+        assert [got[f"feature_{k}"] for k in (1, 2, 3)] == [f"f{j}" for j in order]
+        np.testing.assert_allclose([float(got[f"share_{k}"]) for k in (1, 2, 3)], want[order], rtol=1e-6, atol=1e-9)
+    for a, (j, _) in OUTLIERS.items():       # the planted shift is the main reason
+        assert rows[ids.index(a)]["feature_1"] == f"f{j}" and float(rows[ids.index(a)]["share_1"]) > 0.5
+    plain = detect(src, cohort_column="region")
+    assert plain.why_feature is None and plain.why_share is None
+
+
+def test_explain_with_as_many_features_as_shares_sums_to_one_and_needs_no_cohort(tmp_path):
+    ids, X, _ = population()
+    X = X[:, :3]
+    res = detect(population_csv(tmp_path / "t.csv", ids, X), explain=True, output=tmp_path / "w.csv")
+    np.testing.assert_allclose(res.why_share.sum(axis=1), 1.0, rtol=1e-9)
+    assert np.all(np.diff(res.why_share, axis=1) <= 0)      # largest share first
+    assert list(read_scores(tmp_path / "w.csv")[0]) == ["agent_id", "score", "p_value", "is_anomaly", "feature_1",
+                                                        "share_1", "feature_2", "share_2", "feature_3", "share_3"]
+
+
+def test_json_prints_a_machine_readable_summary_on_stdout(tmp_path):
+    ids, X, regions = population()
+    src = population_csv(tmp_path / "t.csv", ids, X, regions)
+    result = runner.invoke(app, ["detect", str(src), "--cohort-column", "region", "--top", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    ref = detect(src, cohort_column="region", top=3)
+    assert summary["agents"] == ref.agents == N and summary["rows_read"] == N
+    assert summary["flagged"] == ref.flagged == 3 and summary["method"] == ref.method
+    assert summary["features"] == ref.features and summary["cohort_sizes"] == ref.cohort_sizes
+    assert [t["agent_id"] for t in summary["top"]] == [t["agent_id"] for t in ref.top]
+    assert {t["agent_id"] for t in summary["top"]} == set(OUTLIERS)
+    for t in summary["top"]:
+        i = ids.index(t["agent_id"])
+        assert t["cohort"] == regions[i]
+        want = brute_force_shares(X, i)
+        j = int(np.argmax(want))
+        assert t["top_features"][0]["feature"] == t["main_feature"] == f"f{j}"
+        assert t["top_features"][0]["share"] == pytest.approx(want[j], rel=1e-6)
+    bad = runner.invoke(app, ["detect", str(tmp_path / "missing.csv"), "--json"])
+    assert bad.exit_code == 2 and bad.stdout == "" and "no such input file" in bad.stderr
+
+
+# ---------------------------------------------------------------------------- the pyarrow readers
+class _CountingFile:
+    """The bytes ``data`` as a binary file, counting the bytes handed out."""
+
+    def __init__(self, data, counter):
+        import io
+
+        self._f, self._counter = io.BytesIO(data), counter
+
+    def read(self, n=-1):
+        b = self._f.read(n)
+        self._counter[0] += len(b)
+        return b
+
+    def readline(self, n=-1):
+        b = self._f.readline(n)
+        self._counter[0] += len(b)
+        return b
+
+    def close(self):
+        self._f.close()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_block_pyarrow_refuses_is_parsed_again_from_memory_and_the_file_is_read_once(tmp_path, monkeypatch, fmt):
+    import io
+
+    import swarmguard.apps.detect as detect_module
+
+    rows = [(f"r{i}", f"{(i * 7919) % 101 / 10:.1f}", f"{(i * 104729) % 97 / 10:.1f}") for i in range(3000)]
+    bad = {1499: ("r1499", "abc", "1"), 2600: ("r2600", "2", "")}         # lines 1501, 2602 (CSV header: 1)
+    text = io.StringIO()
+    if fmt == "csv":
+        text.write("agent_id,x,y\n")
+    for i, r in enumerate(rows):
+        a, x, y = bad.get(i, r)
+        if fmt == "csv":
+            text.write(f"{a},{x},{y}\n")
+        else:
+            text.write(json.dumps({"agent_id": a, "x": float(x) if i not in bad else x,
+                                   "y": float(y) if y else None}) + "\n")
+    data = text.getvalue().encode()
+    src = tmp_path / f"t.{fmt}"
+    src.write_bytes(data)
+    ref = detect(src, chunk_rows=200, skip_bad=True, warm_up=50, csv_engine="python")
+    # From here on the file on disk holds other rows: a reader that opened it a second time would read those.
+    src.write_bytes(data.replace(b"r1", b"zz"))
+    served = [0]
+    monkeypatch.setattr(detect_module, "_open_binary", lambda path: _CountingFile(data, served))
+    first = 1501 if fmt == "csv" else 1500
+    with pytest.raises(MalformedInputError) as info:
+        detect(src, chunk_rows=200)
+    assert (info.value.line, info.value.column) == (first, "x")
+    served[0] = 0
+    res = detect(src, chunk_rows=200, skip_bad=True, warm_up=50)
+    assert served[0] == len(data)                           # every byte once, through the one opened file
+    assert (res.rows_read, res.rows_skipped, res.agents) == (3000, 2, 2998)
+    assert [e.split(":")[0] for e in res.skipped_examples] == [f"line {first}", f"line {first + 1101}"]
+    assert res.engine.startswith("python for 2 of 15 blocks") and res.engine.endswith("pyarrow for the rest")
+    same_scores(ref, res)
+
+
+def test_quoted_records_across_blocks_and_a_stray_quote_read_as_the_standard_library_reads_them(tmp_path):
+    rng = np.random.default_rng(8)
+    lines = ["agent_id,x,y"]
+    for i in range(400):
+        name = f'"q{i}\nsecond line"' if i % 37 == 5 else f"q{i}"    # quoted ids spanning two lines
+        lines.append(f"{name},{rng.normal():.4f},{rng.normal():.4f}")
+    src = tmp_path / "q.csv"
+    src.write_text("\n".join(lines) + "\n")
+    for chunk in (7, 50, 10**6):
+        same_scores(detect(src, chunk_rows=chunk, warm_up=50, csv_engine="python"),
+                    detect(src, chunk_rows=chunk, warm_up=50))
+    lines[300] = lines[300].replace("q", 'q"stray', 1)               # a quote inside an unquoted field
+    lines[350] = lines[350].rsplit(",", 1)[0] + ","                  # and an empty feature after it
+    src.write_text("\n".join(lines) + "\n")
+    for chunk in (7, 50, 10**6):
+        ref = detect(src, chunk_rows=chunk, warm_up=50, csv_engine="python", skip_bad=True)
+        res = detect(src, chunk_rows=chunk, warm_up=50, skip_bad=True)
+        same_scores(ref, res)
+        assert res.engine.startswith("python for")          # from the stray quote on, the standard library
+        assert res.skipped_examples == ref.skipped_examples and len(ref.skipped_examples) == 1
+        assert 'q"stray' in "".join(res.agent_ids.tolist())
+        with pytest.raises(MalformedInputError) as info:
+            detect(src, chunk_rows=chunk, warm_up=50)
+        assert f"line {info.value.line}: {info.value.reason}" == ref.skipped_examples[0]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_pyarrow_memory_stays_at_a_block_not_the_file(tmp_path, fmt):
+    import subprocess
+
+    rng = np.random.default_rng(9)
+    n = 200_000
+    X = rng.normal(size=(n, 8)).round(6)
+    src = tmp_path / f"big.{fmt}"
+    with open(src, "w") as f:
+        if fmt == "csv":
+            f.write("agent_id," + ",".join(f"f{j}" for j in range(8)) + "\n")
+            f.writelines(f"a{i % 50_000}," + ",".join(map(repr, X[i].tolist())) + "\n" for i in range(n))
+        else:
+            f.writelines(json.dumps({"agent_id": f"a{i % 50_000}", **{f"f{j}": v for j, v in enumerate(X[i].tolist())}})
+                         + "\n" for i in range(n))
+    size = src.stat().st_size
+    code = ("import pyarrow as pa, sys\n"
+            "from swarmguard.apps.detect import detect\n"
+            f"r = detect({str(src)!r}, chunk_rows=20_000, top=0)\n"
+            "print(r.engine, r.agents, r.rows_read, pa.default_memory_pool().max_memory())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")})
+    engine, agents, rows, peak = out.stdout.split()
+    assert (engine, int(agents), int(rows)) == ("pyarrow", 50_000, n)
+    # pyarrow's own allocations (tracemalloc does not see them): a few blocks of 20,000 rows, not the file
+    assert int(peak) < size / 4, (int(peak), size)

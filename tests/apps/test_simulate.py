@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ def test_cli_writes_reports_consistent_with_the_seeds_ground_truth(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report.json").read_text())
     html = (tmp_path / "report.html").read_text()
-    assert html.startswith("<!DOCTYPE html>") and html.count("<svg") >= 5
+    assert html.startswith("<!DOCTYPE html>") and html.count('class="plotly-graph-div"') >= 5
     sc = Scenario(small().validate())
     truth = sc.is_compromised_by(11)
     det = report["detection"]
@@ -105,3 +106,164 @@ def test_plot_arrays_are_aligned_with_the_ground_truth():
     truth = arrays["truth"]
     # compromised agents, whatever their cluster, have far smaller decision p-values than honest ones
     assert np.median(arrays["decision_p"][truth]) < 1e-6 < np.median(arrays["decision_p"][~truth])
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    # 12,000 agents: clusters of ~1,000, past the warm-up (800 at d = 8), so clusters decide too
+    report = run_simulation(small(agents=12_000, rounds=8, partition_at=2, heal_at=5, seed=4), latency_sample=0)
+    out = tmp_path_factory.mktemp("run")
+    write_outputs(report, out)
+    return report, json.loads((out / "report.json").read_text()), (out / "report.html").read_text()
+
+
+def test_the_report_says_what_ran(small_run):
+    import swarmguard
+    report, js, html = small_run
+    run = js["run"]
+    assert run["version"] == swarmguard.__version__ and run["seed"] == 4 and run["backend"] == "inprocess"
+    assert run["config"] == js["config"] and run["config"]["agents"] == 12_000
+    rule = run["decision"]
+    assert rule["method"] == "fdr" and rule["fdr_q"] == 0.01 and rule["score_levels"] == "all"
+    assert rule["require"] == "both" and rule["isolate_probability"] == 0.9
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", js["performance"]["started_utc"])
+    for text in (f"<td>{swarmguard.__version__}</td>", js["performance"]["started_utc"], "false-discovery rate q = 0.01"):
+        assert text in html
+
+
+def test_the_drawn_threshold_is_the_one_the_run_decided_by(small_run):
+    report, js, html = small_run
+    arrays = report["_arrays"]
+    cut = js["run"]["decision"]["final_round_p_cutoff"]
+    assert cut == js["rounds"][-1]["p_value_cutoff"] == arrays.p_cutoff
+    # BH at q = 0.01 over the final round's decision p-values rejects exactly these agents
+    p = np.sort(arrays.decision_p)
+    k = np.flatnonzero(p <= 0.01 * np.arange(1, p.size + 1) / p.size).max()
+    assert cut == p[k]
+    assert int((arrays.decision_p <= cut).sum()) == js["rounds"][-1]["flagged_anomalous"]
+    from swarmguard.apps.report_figures import score_figure
+    fig = score_figure(arrays, report.run.decision)
+    (line,) = fig.layout.shapes
+    assert line.x0 == line.x1 == -np.log10(cut)
+    assert fig.layout.annotations[-1].text.startswith("final-round cut-off (BH, FDR q = 0.01), -log10 p = ")
+    assert "final-round cut-off (BH, FDR q = 0.01)" in html
+    assert "α = 0.001" not in html
+
+
+def test_the_stated_squared_distance_threshold_is_the_one_a_level_must_reach(small_run):
+    """Two levels (population, cluster): a level decides when 2 p <= cut, i.e. D² >= isf(cut / 2),
+    not the one-level isf(cut) the detector reports as threshold_squared."""
+    from scipy.stats import chi2
+
+    from swarmguard.apps.report_html import format_value
+
+    report, js, html = small_run
+    rule = js["run"]["decision"]
+    cut, thr2, d = rule["final_round_p_cutoff"], rule["final_round_threshold_squared"], rule["feature_dimensions"]
+    assert thr2 == pytest.approx(chi2.isf(cut / 2, d), rel=1e-9)
+    assert thr2 > chi2.isf(cut, d) * (1 + 1e-6)
+    last = len(js["rounds"]) - 1
+    for r in js["isolated_agents"]:
+        if r["first_isolated_round"] == last:        # the final round's rows, scored at their deciding level
+            assert r["mahalanobis_squared"] >= thr2 * (1 - 1e-9)
+    assert f"had to reach {format_value(thr2)}" in html
+
+
+def test_isolated_agents_table_in_json_and_html(small_run):
+    from scipy.stats import chi2
+
+    report, js, html = small_run
+    rows = js["isolated_agents"]
+    det = js["detection"]
+    assert len(rows) == det["isolated"] > 0
+    assert sum(r["compromised"] for r in rows) == det["true_positives"]
+    sc = Scenario(small(agents=12_000, rounds=8, partition_at=2, heal_at=5, seed=4).validate())
+    d = js["config"]["features"]
+    for r in rows:
+        a = r["agent_id"]
+        assert r["region"] == sc.region_names[a] and r["cohort"] == f"cluster-{sc.cluster_index[a]}"
+        assert 0 <= r["first_isolated_round"] < 8 and r["level"] in ("population", r["cohort"])
+        # the row's level is the one that decided: decision p = its p-value times the two levels
+        assert r["p_value"] == pytest.approx(chi2.sf(r["mahalanobis_squared"], d), rel=1e-6, abs=1e-300)
+        assert r["decision_p_value"] == pytest.approx(min(1.0, 2 * r["p_value"]), rel=1e-6, abs=1e-300)
+        assert r["decision_p_value"] <= js["rounds"][r["first_isolated_round"]]["p_value_cutoff"]
+        assert r["consensus_probability"] >= 0.9 and 0 <= r["final_consensus_probability"] <= 1
+        assert len(r["top_features"]) == 3
+        shares = [f["share"] for f in r["top_features"]]
+        assert shares == sorted(shares, reverse=True)
+        assert {f["feature"] for f in r["top_features"]} <= {f"feature {j}" for j in range(d)}
+    assert any(r["level"] != "population" for r in rows)
+    # a compromised agent's top feature is one of the features its compromise shifted
+    shifted = [r for r in rows if r["compromised"]]
+    hits = [int(r["top_features"][0]["feature"].split()[1]) in np.flatnonzero(sc.shift[r["agent_id"]])
+            for r in shifted]
+    assert np.mean(hits) > 0.8
+    first = sorted(rows, key=lambda r: (r["first_isolated_round"], r["decision_p_value"], -r["mahalanobis_squared"]))[0]
+    assert f"<td>{first['agent_id']}</td><td>{first['region']}</td><td>{first['cohort']}</td>" in html
+    assert f"{first['top_features'][0]['feature']} ({first['top_features'][0]['share']:.0%})" in html
+
+
+def test_per_region_series_add_up_to_the_rounds(small_run):
+    report, js, html = small_run
+    regions = js["regions"]
+    names = sorted({r["region"] for r in regions})
+    assert len(regions) == 8 * len(names) == 8 * js["config"]["regions"]
+    for rd in js["rounds"]:
+        mine = [r for r in regions if r["round"] == rd["round"]]
+        assert sum(r["isolated"] for r in mine) == rd["isolated_now"]
+        assert sum(r["false_alarms"] for r in mine) == rd["false_alarms"]
+        assert sum(r["agents"] for r in mine) == 12_000
+        assert all(r["detections"] + r["false_alarms"] == r["isolated"] for r in mine)
+        assert {r["region"]: r["confidence_factor"] for r in mine} == rd["confidence"]
+    for title in ("Compromised agents isolated, per region", "Honest agents isolated (false alarms), per region",
+                  "Confidence factor per region"):
+        assert title in html
+
+
+def test_a_region_figure_says_when_its_lines_overlap(small_run):
+    from swarmguard.apps.report_figures import region_figure
+
+    report, js, html = small_run
+    for field in ("detections", "false_alarms", "confidence_factor"):
+        series = {}
+        for r in js["regions"]:
+            value = r[field]
+            series.setdefault(r["region"], []).append(np.nan if value is None else value)
+        ys = np.array(list(series.values()), dtype=float)
+        span = np.nanmax(ys) - np.nanmin(ys)
+        close = bool(np.all(np.abs(ys - ys[0]) <= 0.005 * span))
+        assert ("lines lie on top of each other" in region_figure(report, field).layout.title.text) == close, field
+    # no honest agent isolated anywhere: every region's false-alarm line is the same line at 0
+    if js["detection"]["false_positives"] == 0:
+        assert "lines lie on top of each other" in region_figure(report, "false_alarms").layout.title.text
+    assert "lines lie on top of each other" not in region_figure(report, "detections").layout.title.text
+
+
+def test_flagged_observers_are_named_and_every_figure_has_units(small_run):
+    from swarmguard.apps import report_figures as figs
+
+    report, js, html = small_run
+    cons = js["consensus"]
+    text = html[html.index("<h2>Flagged observers</h2>"):]
+    text = text[:text.index("</section>")]
+    assert f"Observers flagged as Byzantine ({len(cons['byzantine_flagged'])})" in text
+    for name in cons["byzantine_flagged"] + sorted(set(cons["byzantine_sources"]) - set(cons["byzantine_found"])):
+        assert name in text
+    arrays, rule = report.arrays, report.run.decision
+    every = [figs.score_figure(arrays, rule), figs.consensus_figure(arrays, rule), figs.reputation_figure(arrays),
+             figs.recall_figure(report), figs.false_alarms_figure(report), figs.cutoff_figure(report),
+             *(figs.region_figure(report, f) for f in ("detections", "false_alarms", "confidence_factor"))]
+    for fig in every:
+        assert fig.layout.xaxis.title.text and re.search(r"\(.+\)", fig.layout.yaxis.title.text), fig.layout.title
+        if fig.layout.xaxis.type != "category":
+            assert re.search(r"\(.+\)", fig.layout.xaxis.title.text), fig.layout.title
+
+
+def test_clusters_still_warming_up_never_explain_an_isolation():
+    # 3,000 agents: clusters of ~250, below the warm-up (800 at d = 8): the population decides alone,
+    # even where an agent's cluster-level p-value is smaller
+    report = run_simulation(small(agents=3000, rounds=5, partition_at=1, heal_at=3, seed=2), latency_sample=0)
+    rows = report.isolated_agents
+    assert rows and all(r.level == "population" for r in rows)
+    for r in rows:
+        assert r.decision_p_value == pytest.approx(min(1.0, 2 * r.p_value), rel=1e-9)

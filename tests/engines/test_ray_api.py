@@ -393,7 +393,8 @@ def _ray_state(det) -> dict:
     state = {"count": g["count"], "mean": np.asarray(g["mean"]).tobytes(),
              "covariance": np.asarray(g["covariance"]).tobytes(), "evidence": det.evidence_fingerprint(),
              "evidence_count": det.consensus.evidence_count, "regions": list(det.regions),
-             "known_ids": det._known_ids.tobytes(), "evidence_number": det._evidence_number}
+             "known_ids": det._known_ids.tobytes(), "evidence_number": det._evidence_number,
+             "clock": det._latest, "last_sync": det._last_sync}     # the driver's clock high-water mark
     for region in det.regions:
         state[f"replica[{region}]"] = {k: np.asarray(v).tobytes() for k, v in det.replica(region).to_dict().items()}
     return state
@@ -524,5 +525,34 @@ def test_ray_refuses_a_clock_gone_bad_huge_timestamps_and_bad_names_before_any_a
         assert _ray_state(b) == before
         x, y = (det.process_round(ids, X + 1.0, reg) for det in (a, b))
         assert_same_round(x, y)
+    finally:
+        b.close()
+
+
+def test_ray_reads_a_configured_clock_once_per_call_and_makes_valid_ids_from_a_long_node_id(ray_session):
+    """As in process: a round without a timestamp and an item without one read the clock once
+    (the timestamp is the processing time); a node id of 999 characters (the consensus takes
+    it) makes own evidence ids of at most 1,000 characters, the same on both backends."""
+    calls = []
+
+    def clock():
+        calls.append(1)
+        return 100.0 + len(calls)
+    a, b = both(ray_session, feature_dimensions=3, clock=clock, warm_up=100, node_id="n" * 999)
+    ids, X = swarm(300)
+    try:
+        for det in (a, b):
+            before = len(calls)
+            det.process_round(ids, X, "eu")
+            assert len(calls) - before == 1
+            before = len(calls)
+            out = det.process_agent_behavior_sync(1000, BehavioralData(1000, [9.0, -9.0, 9.0], region="eu"))
+            assert len(calls) - before == 1 and out["anomaly"]["is_anomaly"]
+        n = a.consensus.evidence_count
+        assert b.consensus.evidence_count == n >= 13          # the 12 outliers and the item
+        for own in ([k for s, k in b.evidence_fingerprint() if s == "n" * 999],
+                    [k for k, s in zip(*(a.consensus.export_evidence()[c] for c in ("evidence_ids", "source_nodes")),
+                                       strict=True) if s == "n" * 999]):
+            assert len(set(own)) == len(own) == n and max(map(len, own)) <= 1000
     finally:
         b.close()

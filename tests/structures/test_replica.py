@@ -299,6 +299,26 @@ def test_alternating_1e10_on_one_agent_keeps_exact_moments():
     assert_moments_exact(r.region_moments()["eu"], [[float(v), 0.5] for v in range(1, 10)])
 
 
+@pytest.mark.parametrize("spread", ["issue", "mixed"])
+def test_hostile_magnitude_spread_keeps_exact_moments(spread):
+    """Issue 10's slow case (features 2**-990 .. 2**320 in every column) and a +-huge/tiny mix:
+    inserts, a full replace and a merge stay exact (and take the bounded limb path)."""
+    rng = np.random.default_rng(3)
+    n, d = 600, 3
+    if spread == "issue":
+        X = rng.normal(size=(n, d)) * np.exp2(rng.integers(-990, 320, size=(n, d)))
+    else:
+        X = rng.choice([-1.0, 1.0], size=(n, d)) * rng.choice([9e99, 1e-300, 5e-324, 0.0, 1.0], size=(n, d))
+    r = RegionReplica("eu", d)
+    r.update_many(np.arange(n), np.zeros(n), X, rng.random(n))
+    assert_moments_exact(r.estimate(), view_rows(r))
+    r.update_many(np.arange(n), np.ones(n), X[::-1].copy() * 0.5, rng.random(n))   # replace every row
+    assert_moments_exact(r.estimate(), view_rows(r))
+    peer = RegionReplica("us", d)
+    peer.merge_delta(r.delta_since(peer.version))
+    assert _estimate_bits(peer) == _estimate_bits(r)
+
+
 def _estimate_bits(rep):
     m = rep.estimate()
     return m.count, m.mean.tobytes(), m.m2.tobytes(), {k: (v.count, v.mean.tobytes(), v.m2.tobytes())

@@ -59,21 +59,152 @@ def data(rng, kind, n, k):
     return X
 
 
-@pytest.mark.parametrize("kind", ["normal", "wide", "integers", "tiny"])
-@pytest.mark.parametrize("path", ["small", "sliced", "integer slices"])
+def combined(parts, k):
+    """The exact sum of (s1, e1, s2, e2) parts, as one (s1, e1, s2, e2)."""
+    total = ExactMoments(k)
+    for part in parts:
+        total._add_sums(0, *part)
+    return total._s1, total._e1, total._s2, total._e2
+
+
+class Routes:
+    """Counts the rows each exact route receives (spies on the sliced and the limb path)."""
+
+    def __init__(self, monkeypatch):
+        self.sliced = self.limbs = 0
+        sliced, limbs = em._sliced_sums, em._limb_sums
+
+        def spy_sliced(Xt, *args):
+            self.sliced += Xt.shape[1]
+            return sliced(Xt, *args)
+
+        def spy_limbs(Xt, w):
+            self.limbs += Xt.shape[1]
+            return limbs(Xt, w)
+
+        monkeypatch.setattr(em, "_sliced_sums", spy_sliced)
+        monkeypatch.setattr(em, "_limb_sums", spy_limbs)
+
+
+def route_sums(path, X, w, monkeypatch):
+    """Exact sums of X's rows through one route, checking the route was the one taken."""
+    n, k = X.shape
+    if path == "small":
+        return em._small_sums(X.tolist(), w.tolist(), k)
+    if path == "sliced":     # one grid per column for spreads up to ~500 binades (no band cut, no limbs)
+        monkeypatch.setattr(em, "_MAX_SLICES", 30)
+    if path == "limbs":      # no band pass: every row by limbs
+        monkeypatch.setattr(em, "_BAND_PASSES", 0)
+    routes = Routes(monkeypatch)
+    got = combined(em._chunk_sums(X, w.astype(np.int64)), k)
+    if path == "sliced":
+        assert (routes.sliced, routes.limbs) == (n, 0)
+    if path == "limbs":
+        assert (routes.sliced, routes.limbs) == (0, n)
+    assert routes.sliced + routes.limbs == n
+    return got
+
+
+@pytest.mark.parametrize("kind, path", [
+    (kind, path) for kind in ["normal", "wide", "integers", "tiny"] for path in ["small", "sliced", "limbs", "banded"]
+    if not (path == "sliced" and kind in ("wide", "tiny"))   # spreads beyond one grid: banded, limbs
+])
 def test_cross_sums_equal_fractions(kind, path, monkeypatch):
     rng = np.random.default_rng(hash((kind, path)) % 2**32)
-    if path == "integer slices":   # force the integer slicing even where float scaling is exact
-        monkeypatch.setattr(em, "_slice_columns", lambda X, beta: None)
     for trial in range(6):
         n, k = int(rng.integers(1, 40)), int(rng.integers(1, 5))
         X = data(rng, kind, n, k)
         w = rng.choice([-1, 1], size=n)
-        if path == "small":
-            got = em._small_sums(X.tolist(), w.tolist(), k)
-        else:
-            got = em._sliced_sums(X, w.astype(np.int64))
+        got = route_sums(path, X, w, monkeypatch)
         assert as_fractions(*got) == list(fraction_sums(X, w)), (kind, path, trial)
+
+
+def hostile(rng, n, k, kind):
+    """Magnitude spreads that defeat one slicing grid per column."""
+    if kind == "issue":        # the issue's reproducer: 2**-990 .. 2**320 in every column
+        return rng.normal(size=(n, k)) * np.exp2(rng.integers(-990, 320, size=(n, k)))
+    if kind == "mixed":        # +-huge and +-tiny side by side, zeros, subnormals, the extremes
+        X = rng.choice([-1.0, 1.0], size=(n, k)) * rng.choice(
+            [1e99, 3e-300, 5e-324, 2.2250738585072014e-308, 1.0, 0.0, 1.7976931348623157e308,
+             7.0e-320, 1e-5, 123456789.0], size=(n, k))
+        return X * (0.5 + 0.5 * rng.random((n, k)))      # stays finite at the float maximum
+    if kind == "clusters":     # two magnitude clusters and a few strays: band passes, then limbs
+        X = rng.normal(size=(n, k)) * np.where(rng.random((n, 1)) < 0.5, 1e-200, 1e80)
+        X[:: 7] *= 1e-90
+        return X
+    X = rng.normal(size=(n, k))    # ordinary rows with one outlier row that stretches a column
+    X[n // 2, 0] = 1e95
+    return X
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["issue", "mixed", "clusters", "outlier", "outlier sliced"]),
+       st.sampled_from(["banded", "limbs"]))
+def test_hostile_spreads_equal_fractions_on_every_route(seed, kind, path):
+    if kind == "outlier sliced":      # a 1e95 outlier among normal values still fits one grid of 30 slices
+        kind, path = "outlier", "sliced"
+    rng = np.random.default_rng(seed)
+    n, k = int(rng.integers(7, 70)), int(rng.integers(1, 5))
+    X = hostile(rng, n, k, kind)
+    w = rng.choice([-1, 1], size=n)
+    with pytest.MonkeyPatch.context() as mp:
+        got = route_sums(path, X, w, mp)
+    assert as_fractions(*got) == list(fraction_sums(X, w)), (kind, path)
+    assert as_fractions(*exact_cross_sums(X, w)) == list(fraction_sums(X, w))
+
+
+def test_band_passes_take_the_clusters_and_the_limbs_the_strays(monkeypatch):
+    monkeypatch.setattr(em, "_BAND_PASSES", 2)
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(300, 3)) * np.where(np.arange(300)[:, None] < 150, 1e-200, 1e80)
+    X[::50] = rng.normal(size=(6, 3)) * np.array([1e-300, 1e-120, 1e-40, 1e10, 1e200, 1e280])[:, None]
+    X[::50, 0] = 0.0                     # zeros fit every band; the other columns stray
+    w = rng.choice([-1, 1], size=300)
+    routes = Routes(monkeypatch)
+    got = combined(em._chunk_sums(X, w.astype(np.int64)), 3)
+    assert (routes.sliced, routes.limbs) == (294, 6)
+    assert as_fractions(*got) == list(fraction_sums(X, w))
+
+
+def test_the_issue_spread_goes_to_the_limbs_and_stays_exact(monkeypatch):
+    monkeypatch.setattr(em, "_LIMB_CELLS", 64)     # several limb steps
+    rng = np.random.default_rng(12)
+    X = hostile(rng, 400, 4, "issue")
+    w = rng.choice([-1, 1], size=400)
+    routes = Routes(monkeypatch)
+    got = exact_cross_sums(X, w)
+    assert routes.limbs == 400
+    assert as_fractions(*got) == list(fraction_sums(X, w))
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["issue", "mixed", "clusters", "outlier"]))
+def test_hostile_rows_in_any_split_and_order_give_the_exact_statistics(seed, kind):
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(1, 4))
+    rows = hostile(rng, int(rng.integers(7, 60)), k, kind)
+    extra = hostile(rng, int(rng.integers(7, 30)), k, kind)
+    whole = ExactMoments(k)
+    whole._add_rows(rows, np.ones(len(rows), np.int64))
+    parts = ExactMoments(k)
+    order = rng.permutation(np.concatenate([rows, extra]))
+    for chunk in np.array_split(order, int(rng.integers(1, 6))):
+        if len(chunk):
+            parts._add_rows(chunk, np.ones(len(chunk), np.int64))
+    parts._add_rows(rng.permutation(extra), -np.ones(len(extra), np.int64))
+    assert parts == whole
+    n, mean, m2 = exact_stats(rows.tolist())
+    assert whole.count == n
+    assert whole.mean().tolist() == [float(v) for v in mean]
+    assert whole.m2().tolist() == [[rounded(v) for v in r] for r in m2]
+
+
+def rounded(v: Fraction) -> float:
+    """float(v), or +-inf beyond the float range (what correct rounding gives; float() raises)."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
 
 
 def test_alternating_1e10_keeps_a_true_zero_variance_and_the_exact_mean():
@@ -163,8 +294,35 @@ def test_bad_rows_change_nothing():
 
 
 def test_many_rows_are_cut_into_exact_chunks(monkeypatch):
-    monkeypatch.setattr(em, "_CHUNK_CELLS", 64 * 8 * 2)   # chunks of 64 rows for k = 2
+    monkeypatch.setattr(em, "_CHUNK_CELLS", 64 * em._MAX_SLICES * 2)   # chunks of 64 rows for k = 2
     rng = np.random.default_rng(5)
     X = rng.normal(size=(300, 2)) * 10.0 ** rng.integers(-20, 20, size=(300, 2))
     got = exact_cross_sums(X)
     assert as_fractions(*got) == list(fraction_sums(X, np.ones(300, np.int64)))
+
+
+def test_slicing_blocks_and_signs_add_up_exactly(monkeypatch):
+    """Many slicing blocks, a block boundary inside each sign's rows, early-ending slices."""
+    monkeypatch.setattr(em, "_SLICE_BLOCK_CELLS", 3 * 4 * 7)     # 7 rows per block at 4 slices x 3 columns
+    rng = np.random.default_rng(13)
+    X = rng.normal(size=(200, 3)) * [1.0, 1e-8, 1e6]
+    X[::9, 1] = 0.0
+    X[50:80] = np.round(X[50:80])                                  # blocks whose slices end early
+    w = np.where(np.arange(200) < 83, -1, 1)                       # removals first, 83 of them
+    routes = Routes(monkeypatch)
+    got = exact_cross_sums(X, w)
+    assert (routes.sliced, routes.limbs) == (200, 0)
+    assert as_fractions(*got) == list(fraction_sums(X, w))
+    shuffled = rng.permutation(200)                                # signs interleaved: reordered
+    assert as_fractions(*exact_cross_sums(X[shuffled], w[shuffled])) == list(fraction_sums(X, w))
+
+
+@pytest.mark.parametrize("k, budget", [(30, None), (3, 64 * 4)])
+def test_wide_rows_split_the_products_into_row_panels_exactly(k, budget, monkeypatch):
+    """Many columns (or a tiny one-thread budget): the Gram matrix is built in row panels."""
+    if budget is not None:
+        monkeypatch.setattr(em, "_ONE_THREAD_GEMM", budget)
+    rng = np.random.default_rng(14)
+    X = rng.normal(size=(40, k)) * np.exp2(rng.integers(-30, 30, size=(40, k)))
+    w = rng.choice([-1, 1], size=40)
+    assert as_fractions(*exact_cross_sums(X, w)) == list(fraction_sums(X, w))

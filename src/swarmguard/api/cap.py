@@ -26,7 +26,6 @@ sync). The resolver guards the clock: readings that go backwards are ignored.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import sys
 import time
@@ -34,7 +33,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from statistics import NormalDist
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,7 +41,7 @@ from ..errors import (
     DimensionMismatchError,
     InvalidInputError,
     InvalidTypeError,
-    QuorumUnavailableError,
+    QuorumUnavailableError,  # defined in errors.py, still importable from here
     UnknownRegionError,
 )
 from ..locking import Locked, synchronized
@@ -73,6 +72,9 @@ from ..values.npz import (
     str_list,
 )
 from ..values.version_vector import check_region_name
+
+if TYPE_CHECKING:
+    import asyncio  # imported where used: asyncio costs about half an `import numpy` at start-up
 
 __all__ = [
     "ConsistencyModel",
@@ -290,7 +292,7 @@ class StatisticalCAPResolver(Locked):
             raise InvalidInputError(f"regions repeat a name: {names}")
         self.sync_interval_seconds = sync_interval_seconds
         self.auto_sync_seconds = auto_sync_seconds
-        self._sleep = sleep or asyncio.sleep
+        self._sleep = sleep   # None: asyncio.sleep, looked up when the background task runs
         self._time = MonotonicClock(clock or time.monotonic)
         self._start = self._now()
         self._last_sync = self._start
@@ -314,6 +316,11 @@ class StatisticalCAPResolver(Locked):
     @_clock.setter
     def _clock(self, clock: Callable[[], float]) -> None:
         self._time.clock = clock
+
+    @property
+    def _latest(self) -> float:
+        """The clock's high-water mark (the latest reading a write or a view took)."""
+        return self._time.latest
 
     def read_clock(self) -> float:
         """The clock's reading as the next write would use it, changing nothing.
@@ -455,21 +462,30 @@ class StatisticalCAPResolver(Locked):
         interval = check_finite_float(interval, "interval")
         if interval <= 0:
             raise InvalidInputError("the sync interval must be > 0")
+        sleep = self._sleep
+        if sleep is None:
+            import asyncio
+
+            sleep = asyncio.sleep
         done = 0
         while rounds is None or done < rounds:
-            await self._sleep(interval)
+            await sleep(interval)
             self.sync()
             done += 1
 
     def start_background_sync(self, interval: float | None = None) -> asyncio.Task:
         """Start :meth:`run_background_sync` as a task on the running loop."""
         if self._sync_task is None or self._sync_task.done():
+            import asyncio
+
             self._sync_task = asyncio.get_running_loop().create_task(self.run_background_sync(interval))
         return self._sync_task
 
     async def stop_background_sync(self) -> None:
         task, self._sync_task = self._sync_task, None
         if task is not None and not task.done():
+            import asyncio
+
             task.cancel()
             try:
                 await task
@@ -486,10 +502,15 @@ class StatisticalCAPResolver(Locked):
 
     # ------------------------------------------------------------------ updates
     async def handle_update(self, update: StatisticalUpdate, *, now: float | None = None) -> dict[str, Any]:
-        """Accept one update at its region and report the region's view (see :meth:`handle_update_sync`)."""
+        """Accept one update at its region and report the region's view (see :meth:`handle_update_sync`).
+
+        With ``sync_interval_seconds`` set, the first accepted update starts the background
+        sync (a refused one raises and starts nothing).
+        """
+        report = self.handle_update_sync(update, now=now)
         if self.sync_interval_seconds is not None and (self._sync_task is None or self._sync_task.done()):
             self.start_background_sync()
-        return self.handle_update_sync(update, now=now)
+        return report
 
     @synchronized
     def handle_update_sync(self, update: StatisticalUpdate, *, now: float | None = None) -> dict[str, Any]:
@@ -505,8 +526,9 @@ class StatisticalCAPResolver(Locked):
         score, confidence intervals widened by ``1 / confidence_factor``).
 
         ``now`` is the processing time of the write and of the view (a reading
-        of the clock from :meth:`read_clock`; default: read the clock). A
-        reading earlier than a previous one counts as that one.
+        of the clock from :meth:`read_clock`; default: the clock, read once for
+        both). A reading earlier than a previous one counts as that one; a
+        refused update leaves the clock's high-water mark where it was.
         """
         if not isinstance(update, StatisticalUpdate):
             raise InvalidTypeError(f"handle_update takes a StatisticalUpdate, got {type(update).__name__}")
@@ -517,8 +539,8 @@ class StatisticalCAPResolver(Locked):
         agent = as_agent_ids([check_wire_id(update.agent_id)])
         uid = as_agent_ids([check_wire_id(update.update_id)])
         now = self._check_now(now)
-        outcome = self._write(region, agent, np.array([ts]), x[None, :], np.array([score]), uid, now)
-        report = self._view_report(region, None if now is None else self._time.latest)   # the write's reading
+        outcome, now = self._write(region, agent, np.array([ts]), x[None, :], np.array([score]), uid, now)
+        report = self._view_report(region, now)      # the write's reading: the clock is read once
         report.update({
             "accepted": True,
             "applied": bool(outcome.applied[0]),
@@ -555,8 +577,8 @@ class StatisticalCAPResolver(Locked):
             if update_ids is not None:
                 as_agent_ids(update_ids, n)
             agent_ids, features = ids, X
-        outcome = self._write(region, agent_ids, timestamps, features, anomaly_scores, update_ids, now)
-        report = self._view_report(region, None if now is None else self._time.latest)   # the write's reading
+        outcome, now = self._write(region, agent_ids, timestamps, features, anomaly_scores, update_ids, now)
+        report = self._view_report(region, now)      # the write's reading: the clock is read once
         report.update({
             "accepted": int(outcome.applied.shape[0]),
             "applied": outcome.applied,
@@ -569,8 +591,11 @@ class StatisticalCAPResolver(Locked):
         return self.handle_updates_many(*args, **kwargs)
 
     def _write(self, region: str, agent_ids, timestamps, features, scores, update_ids,
-               now: float | None = None) -> WriteOutcome:
-        """Validate and apply one region's batch; ``now``: the caller's clock reading (None: read it)."""
+               now: float | None = None) -> tuple[WriteOutcome, float]:
+        """Validate and apply one region's batch; ``now``: the caller's clock reading (None: read it).
+
+        Returns the outcome and the processing time the write used (its view's time).
+        """
         new_region = region not in self._topology.born
         self._require_quorum(region, new_region)
         if self._dim is None:
@@ -579,13 +604,17 @@ class StatisticalCAPResolver(Locked):
             replica.update_many(agent_ids, timestamps, features, scores, update_ids)
         elif new_region:
             RegionReplica(region, self._dim).update_many(agent_ids, timestamps, features, scores, update_ids)
-        now = self._now(now)
+        # The reading is taken here but kept (the high-water mark moved) only once the batch is
+        # accepted: an existing region's batch is validated by its replica's update_many below,
+        # and a refused batch must not move the resolver's time (every later confidence factor).
+        now = self.read_clock() if now is None else max(now, self._time.latest)
         if new_region:
             self._add_region(region, now)
         if self._dim is None:
             self._set_dim(dim)
         replica = self._replicas[region]
         outcome = replica.update_many(agent_ids, timestamps, features, scores, update_ids, now=now)
+        self._time.advance(now)
         if self.consistency_model is ConsistencyModel.STRONG and outcome.changed_rows.shape[0]:
             entries = replica.registers.entries(outcome.changed_rows)
             for peer in self._topology.reachable(region):
@@ -594,7 +623,7 @@ class StatisticalCAPResolver(Locked):
         # Only after an accepted write: a rejected call changes nothing, not even by syncing.
         if self.auto_sync_seconds is not None and now - self._last_sync >= self.auto_sync_seconds:
             self.sync(now=now)
-        return outcome
+        return outcome, now
 
     # ------------------------------------------------------------------ views
     @synchronized

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.special import expit, log_expit, logit
 
 from ..errors import (
     DimensionMismatchError,
@@ -41,6 +40,7 @@ from ..errors import (
     SwarmGuardError,
     UnknownAgentError,
 )
+from ..lazy_import import module_on_first_use
 from ..locking import Locked, synchronized
 from ..structures.evidence import CoveredCounts, EvidenceLedger
 from ..structures.evidence_store import EvidenceStore, float_bits
@@ -56,6 +56,8 @@ from ..validation import as_float_vector, check_fraction, check_key, check_posit
 from .evidence_types import BayesianEvidence, EvidenceType, check_timestamp
 
 __all__ = ["StableBayesianConsensus", "BayesianEvidence", "EvidenceType", "PROBATION_EVIDENCE", "voting_sources"]
+
+_special = module_on_first_use("scipy.special")   # imported on first use: see swarmguard.lazy_import
 
 _AGGREGATIONS = ("robust", "sum")
 PROBATION_EVIDENCE = 10  # accepted evidence a source needs before it votes (see StableBayesianConsensus)
@@ -159,7 +161,7 @@ class StableBayesianConsensus(Locked):
         self.trusted_sources = frozenset(check_key(t, "trusted_sources") for t in trusted_sources)
         self.probation_evidence = check_positive_int(
             PROBATION_EVIDENCE if probation_evidence is None else probation_evidence, "probation_evidence")
-        self.prior_log_odds = float(logit(self.prior_probability))
+        self.prior_log_odds = float(_special().logit(self.prior_probability))
         super().__init__()   # the lock: every public method runs under it (see swarmguard.locking)
         self._ledger = EvidenceLedger(self.partition_size)
         self._global: dict[str, Any] | None = None
@@ -809,7 +811,8 @@ def _export_keys(index: KeyIndex, rows: np.ndarray):
 def _probabilities(log_odds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """p, log p, log(1 - p) from log-odds, without overflow or warnings (|x| up to 1e308)."""
     with np.errstate(all="ignore"):
-        return expit(log_odds), log_expit(log_odds), log_expit(-log_odds)
+        special = _special()
+        return special.expit(log_odds), special.log_expit(log_odds), special.log_expit(-log_odds)
 
 
 def _same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:

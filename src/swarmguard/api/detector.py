@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import itertools
 import math  # noqa: F401  (used by the doctests)
@@ -10,13 +11,14 @@ from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 import numpy as np
-from scipy.stats import chi2
 
 from ..errors import DuplicateEvidenceError, InvalidInputError
+from ..lazy_import import AttributeOnFirstUse
 from ..locking import Locked, synchronized
 from ..structures.chi2 import chi2_logsf
 from ..structures.significance import resolve_fdr
 from ..validation import (
+    MAX_ID_LENGTH,
     as_feature_matrix,
     as_feature_vector,
     as_name_array,
@@ -30,6 +32,8 @@ from .detector_settings import DetectorSettings
 from .engine import Engine, RoundBatch, RoundResult, ScoredRound
 from .inprocess import InProcessEngine
 from .protocol import BehavioralData, read_behavior
+
+chi2 = AttributeOnFirstUse("scipy.stats", "chi2")   # imported on first use: see swarmguard.lazy_import
 
 __all__ = ["DistributedBehavioralDetector", "DetectorSettings", "p_value_log_odds", "BACKENDS",
            "register_backend"]
@@ -62,6 +66,29 @@ def _engine_class(backend: Any) -> Callable[..., Engine]:
     if loader is None:
         raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return loader()
+
+
+# What the detector appends to its node id to make its own ids: ":<number>:<index>" (two
+# numbers below 10**20, so 42 characters at most; ":u<number>" for update ids is shorter).
+_OWN_ID_SUFFIX = 42
+
+
+def own_id_prefix(node_id: Any) -> str:
+    """How the detector's own ids start (evidence ``<prefix>:<n>``, ``<prefix>:<n>:<i>``,
+    updates ``<prefix>:u<n>``): the node id itself, or, for a node id so long that the ids
+    would pass ``MAX_ID_LENGTH``, its first characters and a digest of the whole, so the
+    ids are valid by construction and distinct node ids keep distinct prefixes.
+
+    >>> own_id_prefix("detector")
+    'detector'
+    >>> len(own_id_prefix("n" * 999)) + _OWN_ID_SUFFIX <= MAX_ID_LENGTH
+    True
+    """
+    text = str(node_id)
+    if len(text) + _OWN_ID_SUFFIX <= MAX_ID_LENGTH:
+        return text
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return f"{text[:MAX_ID_LENGTH - _OWN_ID_SUFFIX - len(digest) - 1]}~{digest}"
 
 
 def p_value_log_odds(log_p: np.ndarray | float) -> np.ndarray | float:
@@ -230,6 +257,7 @@ class DistributedBehavioralDetector(Locked):
         self.require = s.require
         self.own_evidence_cap = s.own_evidence_cap
         self.node_id = s.node_id
+        self._own_prefix = own_id_prefix(s.node_id)
         self.default_region = s.default_region
         self._evidence_number = 0
         self._update_seq = itertools.count()
@@ -255,11 +283,33 @@ class DistributedBehavioralDetector(Locked):
         _, _, cohort = read_behavior(behavioral_data)
         return cohort[0] if cohort else self.default_region
 
+    @staticmethod
+    def _given_timestamp(behavioral_data: Any) -> Any:
+        """The observation's own timestamp, unchecked (None when it has none)."""
+        return behavioral_data.get("timestamp") if isinstance(behavioral_data, dict) else getattr(
+            behavioral_data, "timestamp", None)
+
     def _timestamp_of(self, behavioral_data: Any) -> float:
         """The observation's timestamp (the clock's reading when it has none): a finite number."""
-        ts = behavioral_data.get("timestamp") if isinstance(behavioral_data, dict) else getattr(
-            behavioral_data, "timestamp", None)
+        ts = self._given_timestamp(behavioral_data)
         return check_finite_float(self.clock() if ts is None else ts, "timestamp")
+
+    def _one_clock(self) -> bool:
+        """Whether the clock that stamps observations is the engine's processing clock
+        (a configured ``clock`` is both): then one reading is a call's timestamp and its
+        processing time."""
+        return self.engine.shares_clock(self)
+
+    def _call_times(self, timestamp: Any) -> tuple[float, float]:
+        """A call's timestamp (``timestamp``, or the clock's reading when None) and processing
+        time, both finite, before any part changes: each clock is read once per call, and a
+        clock that is both (:meth:`_one_clock`) once for both. The writes take a reading
+        earlier than a previous one as that one."""
+        if timestamp is None and self._one_clock():
+            t = check_finite_float(self.clock(), "clock()")
+            return t, t
+        ts = check_finite_float(self.clock() if timestamp is None else timestamp, "timestamp")
+        return ts, self._processing_time()
 
     @synchronized
     def create_evidence(self, agent_id: Hashable, behavioral_data: Any, anomaly_info: dict[str, Any],
@@ -280,7 +330,7 @@ class DistributedBehavioralDetector(Locked):
         d = self.feature_dimensions
         log_p = chi2_logsf(float(anomaly_info["mahalanobis_squared"]), d)
         return BayesianEvidence(
-            evidence_id=f"{self.node_id}:{self._next_evidence_number()}",
+            evidence_id=f"{self._own_prefix}:{self._next_evidence_number()}",
             agent_id=agent_id,
             evidence_type=EvidenceType.BEHAVIORAL_ANOMALY,
             log_odds=min(p_value_log_odds(log_p), self.own_evidence_cap),
@@ -299,7 +349,7 @@ class DistributedBehavioralDetector(Locked):
             anomaly_score = (behavioral_data.get("anomaly_score") if isinstance(behavioral_data, dict)
                              else getattr(behavioral_data, "anomaly_score", None)) or 0.0
         return StatisticalUpdate(
-            update_id=uid if uid is not None else f"{self.node_id}:u{next(self._update_seq)}",
+            update_id=uid if uid is not None else f"{self._own_prefix}:u{next(self._update_seq)}",
             agent_id=agent_id,
             timestamp=self._timestamp_of(behavioral_data),
             feature_vector=features,
@@ -359,19 +409,19 @@ class DistributedBehavioralDetector(Locked):
                                     "the tree and the replicas would update different agents")
         x = as_feature_vector(features, self.tree.feature_dimensions)
         path = check_cohort(cohort)
-        ts = self._timestamp_of(behavioral_data)
+        ts, now = self._call_times(self._given_timestamp(behavioral_data))
         uid = getattr(behavioral_data, "id", None) if not isinstance(behavioral_data, dict) else behavioral_data.get("id")
         if uid is not None:
             uid = check_wire_id(uid, "update id")
         self.cap_resolver.check_writable([path[0] if path else self.default_region])
-        now = self._processing_time()
         # The own evidence id, should the agent be anomalous: one the detector's node has not
         # sent yet (ids are per source: only evidence sent under node_id can hold it). An O(1)
-        # lookup: the evidence itself is valid by construction (a wire id, a finite timestamp,
+        # lookup: the evidence itself is valid by construction (a wire id at most
+        # MAX_ID_LENGTH long whatever the node id, see own_id_prefix; a finite timestamp,
         # capped finite log-odds, a confidence factor in (0, 1]).
         number = self._evidence_number
         for _ in range(1000):
-            if not self.consensus.holds_evidence(self.node_id, f"{self.node_id}:{number}"):
+            if not self.consensus.holds_evidence(self.node_id, f"{self._own_prefix}:{number}"):
                 break
             number += 1
         else:
@@ -389,9 +439,12 @@ class DistributedBehavioralDetector(Locked):
         lock without awaiting anything (a threading lock is never held across
         an ``await``): calls from several threads or tasks are serialised.
         """
+        result = self.process_agent_behavior_sync(agent_id, behavioral_data)
         if getattr(self.cap_resolver, "sync_interval_seconds", None) is not None:
-            self.cap_resolver.start_background_sync()     # as the resolver's own async handle_update
-        return self.process_agent_behavior_sync(agent_id, behavioral_data)
+            # as the resolver's own async handle_update: once the call is accepted (a refused
+            # call raised above and starts nothing)
+            self.cap_resolver.start_background_sync()
+        return result
 
     @synchronized
     def process_agent_behavior_sync(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
@@ -478,12 +531,12 @@ class DistributedBehavioralDetector(Locked):
         array of ``str`` turned into a string array (the tree's fast path), a
         finite timestamp (the clock's reading when None), the false-discovery
         level and ``now``, the processing time for every write of the round
-        (:meth:`_processing_time`).
+        (:meth:`_call_times`: the clock read once).
         """
         X = as_feature_matrix(X, self.feature_dimensions)
         n = X.shape[0]
         regions = as_name_array(regions, n, "regions")
-        ts = check_finite_float(self.clock() if timestamp is None else timestamp, "timestamp")
+        ts, now = self._call_times(timestamp)
         ids = as_wire_id_array(agent_ids, n, "agent_ids")
         if isinstance(cohorts, np.ndarray) and cohorts.dtype == object and cohorts.ndim == 1 and set(
                 map(type, cohorts.tolist())) == {str}:
@@ -491,7 +544,7 @@ class DistributedBehavioralDetector(Locked):
             cohorts = as_name_array(cohorts, n, "cohorts")
         q = resolve_fdr(fdr, self.settings.fdr)
         names, inverse = np.unique(regions, return_inverse=True)
-        return RoundBatch(X, ids, regions, names, inverse.ravel(), cohorts, ts, self._processing_time(), q, stay)
+        return RoundBatch(X, ids, regions, names, inverse.ravel(), cohorts, ts, now, q, stay)
 
     def _finish_round(self, scored: ScoredRound) -> RoundResult:
         """Steps 2 and 4 of a round, on any engine: own evidence, consensus, decision, result."""
@@ -507,7 +560,7 @@ class DistributedBehavioralDetector(Locked):
                        confidence[flagged], np.full(flagged.size, ts), np.full(flagged.size, self.node_id))
             for _ in range(1000):
                 start = self._next_evidence_number()
-                eids = np.array([f"{self.node_id}:{start}:{i}" for i in range(flagged.size)])
+                eids = np.array([f"{self._own_prefix}:{start}:{i}" for i in range(flagged.size)])
                 try:
                     self.engine.add_evidence(eids, *columns)
                     break

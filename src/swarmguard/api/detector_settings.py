@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidInputError, InvalidTypeError
-from ..validation import check_finite_float, check_fraction, check_positive_int
+from ..validation import check_finite_float, check_fraction, check_key, check_positive_int
 from .cap import ConsistencyModel
 from .consensus import PROBATION_EVIDENCE
 
@@ -84,6 +84,10 @@ class DetectorSettings:
             raise InvalidInputError("own_evidence_cap must be >= 0")
         set_(self, "own_evidence_cap", cap)
         set_(self, "probation_evidence", check_positive_int(self.probation_evidence, "probation_evidence"))
+        # The consensus's rule for a source id (at most MAX_ID_LENGTH characters, no NUL), here
+        # so that the settings refuse it themselves; the detector's own ids made from it stay
+        # valid however long it is (api.detector.own_id_prefix).
+        set_(self, "node_id", check_key(self.node_id, "node_id"))
         if self.clock is not None and not callable(self.clock):
             raise InvalidTypeError(f"clock must be callable, got {self.clock!r}")
         if self.regions is not None:

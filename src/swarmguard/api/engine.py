@@ -173,6 +173,10 @@ class Engine(Protocol):
     def processing_time(self) -> float:
         """The clock's reading for the next writes, checked, changing nothing."""
 
+    def shares_clock(self, detector: Any) -> bool:
+        """Whether ``detector``'s clock, which stamps observations, is this engine's processing
+        clock: then one reading is a call's timestamp and its processing time."""
+
     def score_round(self, batch: RoundBatch) -> ScoredRound:
         """Update and score a round, write it to the regions' replicas; engine-side
         checks first, so that a refused round changes nothing."""

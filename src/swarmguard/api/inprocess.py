@@ -63,6 +63,10 @@ class InProcessEngine:
     def processing_time(self) -> float:
         return self.cap_resolver.read_clock()
 
+    def shares_clock(self, detector: Any) -> bool:
+        # a configured clock is both; the default clocks differ (time.time and time.monotonic)
+        return detector.settings.clock is not None and getattr(self.cap_resolver, "_clock", None) is detector.clock
+
     def score_round(self, batch: RoundBatch) -> ScoredRound:
         names, inverse = batch.region_names, batch.region_index
         # STRONG refuses before the tree changes: a refused round leaves every part as it was

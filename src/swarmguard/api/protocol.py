@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.special import chdtrc
 
 from ..errors import InvalidInputError, InvalidTypeError
+from ..lazy_import import module_on_first_use
 from ..locking import Locked, synchronized_with
 from ..structures.scoring import MIN_POPULATION, LeaveOneOutScorer, combine_levels, score_population
 from ..structures.significance import chi2_threshold as _chi2_threshold
@@ -27,6 +27,7 @@ from .tree import HierarchicalStatisticalTree, Path
 __all__ = ["BehavioralData", "BehavioralDistributedProtocol", "read_behavior"]
 
 _MISSING = object()
+_special = module_on_first_use("scipy.special")   # imported on first use: see swarmguard.lazy_import
 
 
 @dataclass(slots=True)
@@ -195,7 +196,7 @@ class BehavioralDistributedProtocol(Locked):
             n, off, m2 = tree._tree.root_state()
             scorer = LeaveOneOutScorer(n, off, m2, self.shrinkage)
             d2, shares = scorer.score(dx - off)
-            p = float(chdtrc(d, d2))
+            p = float(_special().chdtrc(d, d2))
             dist = math.sqrt(d2)
             warm = n >= warm_up
             flagged = warm and scorer.ok and p < alpha
@@ -224,7 +225,7 @@ class BehavioralDistributedProtocol(Locked):
             n, off, m2 = tree._cohort_state(cid)
             scorer = LeaveOneOutScorer(n, off, m2, self.shrinkage)
             d2, shares = scorer.score(dx - off)
-            p = float(chdtrc(d, d2))
+            p = float(_special().chdtrc(d, d2))
             warm = n >= warm_up             # every level warms up on its own members
             levels.append({
                 "cohort": cohorts.paths[cid],

@@ -270,6 +270,14 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
         in-process resolver's ``read_clock``: the same :class:`MonotonicClock`)."""
         return self._time.read()
 
+    def shares_clock(self, detector: Any) -> bool:
+        return True       # the driver's clock stamps observations and is the processing clock
+
+    @property
+    def _latest(self) -> float:
+        """The driver's clock high-water mark (the latest reading a write or a view took)."""
+        return self._time.latest
+
     @property
     def warm_up(self) -> int:
         """Population size below which nobody is flagged (as the in-process protocol's)."""
@@ -510,7 +518,9 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
         x = as_feature_vector(features, self._dim)
         path = check_cohort(cohort)
         region = path[0] if path else self.settings.default_region
-        ts = check_finite_float(det._timestamp_of(behavioral_data), "timestamp")
+        ts = det._given_timestamp(behavioral_data)     # None: the round reads the clock, once
+        if ts is not None:
+            ts = check_finite_float(ts, "timestamp")
         uid = behavioral_data.get("id") if isinstance(behavioral_data, dict) else getattr(behavioral_data, "id", None)
         if uid is not None:
             check_wire_id(uid, "update id")     # refused as in process (the actors key writes by round)

@@ -24,7 +24,7 @@ import numpy as np
 from ..api.cap import compute_confidence_factor
 from ..api.consensus import StableBayesianConsensus
 from ..api.tree import HierarchicalStatisticalTree
-from ..errors import DuplicateEvidenceError, SwarmGuardError, UnknownAgentError
+from ..errors import DuplicateEvidenceError, StaleShardError, SwarmGuardError, UnknownAgentError
 from ..structures.evidence import CoveredCounts
 from ..structures.replica import RegionReplica
 from ..structures.robust_fusion import SourceEvents, count_flagged_pairs, far_outlier_events
@@ -38,10 +38,6 @@ __all__ = ["StaleShardError", "RegionShard", "RootAggregator", "EvidenceShard", 
 
 
 _PROCESS = uuid.uuid4().hex      # differs in every process: a restarted actor has a new one
-
-
-class StaleShardError(SwarmGuardError, RuntimeError):
-    """A shard's state is not the one the caller expects (it restarted): restore it."""
 
 
 def moments_from_state(n: float, shift: np.ndarray, off: np.ndarray, m2: np.ndarray,

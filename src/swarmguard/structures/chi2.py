@@ -22,7 +22,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import chdtr, chdtrc, gammaln
+
+from ..lazy_import import module_on_first_use
+
+_special = module_on_first_use("scipy.special")   # imported on first use: see swarmguard.lazy_import
 
 __all__ = ["chi2_sf", "chi2_logsf"]
 
@@ -46,7 +49,7 @@ def chi2_sf(x: np.ndarray, dof: int) -> np.ndarray:
     """
     x = np.asarray(x, dtype=np.float64)
     if dof % 2 or dof > _CLOSED_FORM_MAX_DOF:
-        return chdtrc(dof, x)
+        return _special().chdtrc(dof, x)
     k = dof // 2
     y = np.minimum(x * 0.5, _CLOSED_FORM_MAX_HALF_X)
     acc = np.full_like(y, 1.0 / math.factorial(k - 1))
@@ -59,7 +62,7 @@ def chi2_sf(x: np.ndarray, dof: int) -> np.ndarray:
     np.minimum(acc, 1.0, out=acc)          # log(poly) - y can round a hair above 0
     far = x > 2.0 * _CLOSED_FORM_MAX_HALF_X
     if far.any():
-        acc[far] = chdtrc(dof, x[far])
+        acc[far] = _special().chdtrc(dof, x[far])
     return acc
 
 
@@ -88,7 +91,7 @@ def _log_upper_gamma_cf(a: float, y: np.ndarray) -> np.ndarray:
         live &= np.abs(step - 1.0) > 1e-16
         if not live.any():
             break
-    return -y + a * np.log(y) + np.log(h) - gammaln(a)
+    return -y + a * np.log(y) + np.log(h) - _special().gammaln(a)
 
 
 def chi2_logsf(x: np.ndarray | float, dof: int) -> np.ndarray | float:
@@ -121,9 +124,10 @@ def chi2_logsf(x: np.ndarray | float, dof: int) -> np.ndarray | float:
     arr = np.asarray(x, dtype=np.float64)
     scalar = arr.ndim == 0
     xs = np.atleast_1d(arr)
-    sf = chdtrc(dof, xs)
+    special = _special()
+    sf = special.chdtrc(dof, xs)
     with np.errstate(divide="ignore"):      # sf = 0 rows are replaced below
-        out = np.where(sf > 0.5, np.log1p(-chdtr(dof, xs)), np.log(sf))
+        out = np.where(sf > 0.5, np.log1p(-special.chdtr(dof, xs)), np.log(sf))
     deep = (sf < _LOG_TAIL_BELOW) & np.isfinite(xs)
     if deep.any():
         out[deep] = _log_upper_gamma_cf(0.5 * dof, 0.5 * xs[deep])

@@ -52,24 +52,19 @@ from collections.abc import Hashable, Iterable
 from typing import Any
 
 import numpy as np
-from scipy.linalg import lapack
 
 from ..errors import NonFiniteError
+from ..lazy_import import module_on_first_use
 from .chi2 import chi2_sf
 
-__all__ = ["LeaveOneOutScorer", "resolve_shrinkage", "MIN_POPULATION", "score_population", "combine_levels"]
+__all__ = ["LeaveOneOutScorer", "MIN_POPULATION", "score_population", "combine_levels"]
 
 MIN_POPULATION = 3          # leave-one-out covariance needs n - 1 >= 2
 _RIDGE = 1e-9
 _VAR_FLOOR = 1e-12
 _TINY = 1e-300
 
-
-def resolve_shrinkage(shrinkage: float | str, n: float, d: int) -> float:
-    """The shrinkage intensity λ for a population of ``n`` in ``d`` dimensions."""
-    if isinstance(shrinkage, str):
-        return min(1.0, d / max(n, 1.0))
-    return float(shrinkage)
+_lapack = module_on_first_use("scipy.linalg.lapack")   # imported on first use: see swarmguard.lazy_import
 
 
 class LeaveOneOutScorer:
@@ -125,7 +120,7 @@ class LeaveOneOutScorer:
             # Unreachable from validated features (the tree scales them by powers of two
             # so no co-moment overflows); a typed error rather than a NaN score.
             raise NonFiniteError("population co-moments hold non-finite values: cannot score")
-        chol, info = lapack.dpotrf(A, lower=1, clean=1)
+        chol, info = _lapack().dpotrf(A, lower=1, clean=1)
         ridge = _RIDGE
         while info != 0:
             # Numerically indefinite (rounding on a singular matrix): strengthen the ridge.
@@ -142,7 +137,7 @@ class LeaveOneOutScorer:
                 ridge *= 100.0
                 A = m2 * k1
                 A.reshape(-1)[:: d + 1] += lam * target + ridge * np.maximum(target, floor / (n - 1.0))
-            chol, info = lapack.dpotrf(A, lower=1, clean=1)
+            chol, info = _lapack().dpotrf(A, lower=1, clean=1)
         self.chol = chol
         self.c = (1.0 - lam) * n / ((n - 1.0) * (n - 2.0))
         self.scale = (n / (n - 1.0)) ** 2
@@ -151,7 +146,7 @@ class LeaveOneOutScorer:
         """Leave-one-out D² of one member with deviation ``e = x - μ``, and feature shares."""
         if not self.ok:
             return 0.0, np.zeros(self.d)
-        g, _ = lapack.dpotrs(self.chol, e, lower=1)
+        g, _ = _lapack().dpotrs(self.chol, e, lower=1)
         t = float(e @ g)
         factor = self.scale / max(1.0 - self.c * t, _TINY)
         shares = (e * g) * factor
@@ -164,12 +159,12 @@ class LeaveOneOutScorer:
             z = np.zeros(m)
             return (z, np.zeros((m, self.d))) if explain else z
         if explain:
-            G, _ = lapack.dpotrs(self.chol, E.T, lower=1)
+            G, _ = _lapack().dpotrs(self.chol, E.T, lower=1)
             prod = E * G.T
             t = prod.sum(axis=1)
         else:
             # t = |L⁻¹ e|²: one triangular solve instead of a full Cholesky solve.
-            Z, _ = lapack.dtrtrs(self.chol, E.T, lower=1)
+            Z, _ = _lapack().dtrtrs(self.chol, E.T, lower=1)
             t = np.einsum("ij,ij->j", Z, Z)
         factor = self.scale / np.maximum(1.0 - self.c * t, _TINY)
         d2 = t * factor

@@ -17,17 +17,19 @@ from typing import Any
 
 import numpy as np
 
+from ..lazy_import import module_on_first_use
 from ..validation import check_fraction
 from .fdr import benjamini_hochberg
 
 __all__ = ["SignificanceCut", "significance_cut", "resolve_fdr", "chi2_threshold"]
 
+_special = module_on_first_use("scipy.special")   # imported on first use: see swarmguard.lazy_import
+
 
 @lru_cache(maxsize=256)
 def chi2_threshold(alpha: float, dim: int) -> float:
     """Squared-distance threshold: the χ²(dim) upper ``alpha`` quantile."""
-    from scipy.stats import chi2
-    return float(chi2.isf(alpha, dim))
+    return float(_special().chdtri(dim, alpha))   # what scipy.stats.chi2.isf evaluates
 
 
 def resolve_fdr(fdr: Any, default: float | None) -> float | None:

@@ -16,17 +16,19 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DimensionMismatchError, InvalidInputError, InvalidTypeError, NonFiniteError
+from ..errors import (
+    DimensionMismatchError,
+    InsufficientDataError,  # defined in errors.py, still importable from here
+    InvalidInputError,
+    InvalidTypeError,
+    NonFiniteError,
+)
 from ..validation import as_feature_matrix, as_feature_vector, check_positive_int
 from .npz import dict_from_bytes, dict_to_bytes
 
 __all__ = ["Moments", "InsufficientDataError", "combine_groups", "population_statistics"]
 
 _FORMAT_VERSION = 1
-
-
-class InsufficientDataError(InvalidInputError):
-    """A statistic was asked of too few observations (e.g. covariance of one)."""
 
 
 def population_statistics(count: int, mean: np.ndarray, m2: np.ndarray, ddof: int,

@@ -1,0 +1,62 @@
+"""``import swarmguard`` and the command line leave the big libraries unimported.
+
+SciPy's statistics, special functions and linear algebra, pyarrow, Ray, plotly, asyncio
+and Rich's tables and progress bars are imported where they are used
+(:mod:`swarmguard.lazy_import`), so that ``swarmguard --help`` starts fast
+(``benchmarks/bench_startup.py`` measures it). Each check runs in a fresh interpreter
+and reads ``sys.modules``: it fails when any module of the chain imports one of them at
+module level.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# Modules that must stay out of sys.modules until used. scipy itself (a small package
+# whose submodules load on first access) and numpy are allowed.
+HEAVY = ("scipy.stats", "scipy.special", "scipy.linalg", "pyarrow", "ray", "plotly", "asyncio",
+         "rich.progress", "rich.table", "swarmguard.apps", "swarmguard.engines")
+
+
+def _loaded_after(code: str) -> list[str]:
+    """The HEAVY modules in ``sys.modules`` after running ``code`` in a fresh interpreter."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True,
+                         timeout=120)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("code", [
+    "import swarmguard",
+    "import swarmguard.cli",
+    "from swarmguard import DistributedBehavioralDetector, StableBayesianConsensus, StatisticalCAPResolver",
+    "import hierarchical_aggregation_protocol, distributed_bayesian_consensus, statistical_cap_resolver",
+])
+def test_importing_leaves_the_heavy_modules_unimported(code):
+    assert _loaded_after(code) == []
+
+
+def test_help_leaves_the_heavy_modules_unimported():
+    code = ("import contextlib, io\nfrom swarmguard.cli import app\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "    app(['--help'])")
+    # Typer draws its help with Rich's tables: the one heavy module --help needs
+    assert _loaded_after(code) == ["rich.table"]
+
+
+def test_the_probe_sees_an_eager_import():
+    # the check can fail: the same probe reports what a use of the heavy parts imports
+    code = "import swarmguard, numpy as np\nswarmguard.HierarchicalStatisticalTree(feature_dimensions=2)"
+    assert _loaded_after(code) == []
+    used = _loaded_after("from swarmguard.structures.chi2 import chi2_sf\nchi2_sf(3.0, 3)\n"
+                         "from swarmguard.api.detector import chi2\nchi2.isf(0.5, 2)")
+    assert "scipy.special" in used and "scipy.stats" in used
