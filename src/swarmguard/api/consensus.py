@@ -40,6 +40,7 @@ from ..errors import (
     InvalidTypeError,
     SwarmGuardError,
     UnknownAgentError,
+    UnknownEvidenceTypeError,
 )
 from ..locking import Locked, synchronized
 from ..structures.evidence import CoveredCounts, EvidenceLedger
@@ -367,7 +368,15 @@ class StableBayesianConsensus(Locked):
         1
         >>> c.holds_evidence("obs", "e1"), c.holds_evidence("detector", "e1")
         (True, False)
+
+        The keys follow :func:`~swarmguard.validation.check_key`'s rules: None raises
+        :class:`~swarmguard.errors.InvalidInputError`; a bool, a float (``3.0`` is not the
+        source ``3``) or an unhashable value raises
+        :class:`~swarmguard.errors.InvalidTypeError`; NumPy integers are the equal ints.
+        A string too long or holding a NUL can never have been stored: it is not held.
         """
+        source_node = _lookup_key(source_node, "source_node")
+        evidence_id = _lookup_key(evidence_id, "evidence_id")
         ledger = self._ledger
         source_row = ledger.sources.row_of(source_node)
         return source_row >= 0 and ledger.seq_of(evidence_id, source_row)[0] >= 0
@@ -805,6 +814,17 @@ def _count_flagged(pair_agents: list[tuple[int, np.ndarray]], pair_sources: list
     return np.bincount(np.concatenate(hits), minlength=n_agents).astype(np.int64)
 
 
+def _lookup_key(value: Any, name: str) -> Hashable:
+    """An id to look up, checked by :func:`check_key`'s type rules (typed errors for None,
+    bools, floats, unhashable values; NumPy ints as ints). Strings skip its text limits:
+    one beyond them was never stored, so a lookup simply does not find it."""
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, tuple):
+        return tuple(_lookup_key(part, name) for part in value)
+    return check_key(value, name)
+
+
 def _export_keys(index: KeyIndex, rows: np.ndarray):
     keys = index.keys_of(rows)
     return keys if keys.dtype != object else keys.tolist()
@@ -966,8 +986,9 @@ def _as_type_codes(types: Any, n: int) -> np.ndarray:
         if types.ndim != 1:
             raise DimensionMismatchError(f"evidence_types must be 1-D, got shape {types.shape}")
         if types.size and (types.min() < 0 or types.max() >= len(EvidenceType)):
-            bad = types[(types < 0) | (types >= len(EvidenceType))][0]
-            EvidenceType.from_code(int(bad))  # raises the typed error
+            i = int(np.flatnonzero((types < 0) | (types >= len(EvidenceType)))[0])
+            raise UnknownEvidenceTypeError(f"evidence_types: no evidence type has code {int(types[i])} (row {i}); "
+                                           f"codes are 0 to {len(EvidenceType) - 1}")
         return types.astype(np.int16)
     if not isinstance(types, (Sequence, np.ndarray)):
         raise InvalidTypeError(f"evidence_types must be a type, a sequence or a code array, got "
