@@ -11,11 +11,13 @@ nodes and returns, per agent, the posterior that the agent is compromised.
   Byzantine sources cannot move the result outside the honest range; sources
   that are outliers far more often than chance are flagged
   (see :mod:`swarmguard.structures.robust_fusion` for the rule and its bound).
-* Sybil resistant: the *founding* sources (those seen up to the call in which a
-  source first reached ``probation_evidence`` accepted evidence) vote; a later
-  source votes (in the fusion and the flagging) only once it has that many
-  accepted evidence on agents that founding or trusted sources report on, so
-  throw-away source ids cannot outvote or get flagged the sources that are known.
+* Sybil resistant: the *founding* sources (those seen up to the first call after
+  which some untrusted source had ``probation_evidence`` accepted evidence and
+  ``founding_quorum`` untrusted sources had been seen) vote; a later source votes
+  (in the fusion and the flagging) only once it has evidence on that many
+  distinct agents that founding or trusted sources report on, so throw-away
+  source ids cannot outvote or get flagged the sources that are known. Merges
+  keep each side's founding sources.
 * Evidence ids are unique per source (the key is ``(source_node, evidence_id)``).
 * Thread safe: every public method runs under the object's lock.
 * Batch first: :meth:`StableBayesianConsensus.add_evidence_batch` and
@@ -746,9 +748,11 @@ class StableBayesianConsensus(Locked):
         """Every accepted evidence as columns, in arrival order (ids as int64 arrays
         when they are ints, else lists; evidence types as their string values).
 
-        With :meth:`merge` (or ``+=``) this makes the state serialisable and
-        mergeable: the union of two evidence sets is the same whatever the order,
-        and merging the same evidence twice changes nothing (ids are idempotent).
+        The union of two evidence sets is the same whatever the order, and adding
+        the same evidence twice changes nothing (ids are idempotent). Adding these
+        columns elsewhere with :meth:`add_evidence_batch` is one new call under the
+        founding rule; :meth:`export_state` (with :meth:`merge`) also carries the
+        founding sources, so sources on probation stay on probation.
         """
         ledger = self._ledger
         n = ledger.size
