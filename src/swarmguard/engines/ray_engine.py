@@ -519,8 +519,10 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         self._false_flag_rate = ref.false_flag_rate
         self._trusted = {s.node_id}
         self._probation = ref.probation_evidence
+        self._founding_quorum = ref.founding_quorum
         # The founding sources over all partitions (None: the founding lasts), as in process:
-        # every source known after the call in which an untrusted one first reached the count.
+        # every source known after the first call after which an untrusted one has the count
+        # and founding_quorum untrusted ones have been seen.
         self._founders: list[Hashable] | None = None
         self._last_merge: dict[str, Any] | None = None
         self._summaries: dict[int, dict[str, Any]] = {}   # each region shard's moments, as of its last tree change
@@ -980,7 +982,8 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
                 counted = self._source_counts()
                 keys = list(counted)
                 if founding_ends(np.array([counted[k] for k in keys], dtype=np.int64),
-                                 np.array([k in self._trusted for k in keys], dtype=bool), self._probation):
+                                 np.array([k in self._trusted for k in keys], dtype=bool), self._probation,
+                                 self._founding_quorum):
                     self._founders = keys
         return added
 
