@@ -193,7 +193,8 @@ class HierarchicalStatisticalTree(Locked):
         tree = self._tree
         slot = self._index.get(agent_id)
         if slot is not None:
-            if path is None or self._cohorts.id_of.get(path) == int(self._cohorts.cohort_of_slots(slot)):
+            cohorts = self._cohorts
+            if path is None or cohorts.id_of.get(path) == int(cohorts.page_owner[slot // cohorts.page_size]):
                 tree.replace(slot, x)
                 self.version += 1
                 return slot

@@ -76,6 +76,8 @@ step, never as a subnormal or zero factor (:func:`scale_outer`).
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from ..values.moments import combine_groups
@@ -362,6 +364,8 @@ class SlotTree:
         if X.size == 0:
             return False
         far = np.abs(X - self.shift)
+        if far.ndim == 1:       # one vector (the per-item path): Python floats, no reduction set-up
+            return any(map(operator.gt, far.tolist(), self._limit.tolist()))
         return bool(_any(np.greater(far, self._limit), axis=None))
 
     def rebuild(self) -> None:
@@ -438,8 +442,9 @@ class SlotTree:
         spent += step2
         # Spent below the co-moment itself is below the floored one too: the floor (one
         # more array operation) is needed only where a feature's spend has reached its M2.
+        # (Python floats for the d-vector test: cheaper than a NumPy reduction's set-up.)
         if len(dirty) >= self.recompute_every or (
-                _any(spent > diag)
+                any(map(operator.gt, spent.tolist(), diag.tolist()))
                 and _any(spent > np.maximum(diag, _ERROR_FLOOR * max(self._root_n - 1.0, 1.0)))):
             self.flush()
 
