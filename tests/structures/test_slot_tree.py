@@ -337,3 +337,22 @@ def test_the_per_item_error_budget_holds_against_exact_arithmetic_from_1e_300_to
     n_, off, m2 = t.root_state()
     _, cov_ex = exact_mean_cov(t.deviations(X))
     np.testing.assert_allclose(m2 / (n_ - 1), cov_ex, rtol=1e-12)
+
+
+def test_the_band_check_of_many_rows_is_the_element_wise_rule_at_the_bands_edge():
+    # The batch check looks at each column's extremes only; rounding of x - shift is
+    # monotone, so it decides as |x - shift| > limit checked element by element, also
+    # for limits one ulp either side of the largest deviation.
+    rng = np.random.default_rng(22)
+    decided = set()
+    for _ in range(300):
+        Y = rng.normal(size=(5, 3)) * 10.0 ** rng.uniform(-300, 300)
+        t = SlotTree(3, 2, 1)
+        t.write(np.arange(5), rng.normal(size=(5, 3)) * 10.0 ** rng.uniform(-300, 300))
+        edge = np.abs(Y - t.shift).max(axis=0)
+        t._limit = edge * rng.choice([1.0, np.nextafter(1.0, 0.0), np.nextafter(1.0, 2.0)], size=3)
+        rule = bool((np.abs(Y - t.shift) > t._limit).any())
+        assert t._too_far(Y) == rule
+        assert t._too_far(Y[0]) == bool((np.abs(Y[0] - t.shift) > t._limit).any())
+        decided.add(rule)
+    assert decided == {True, False}

@@ -363,10 +363,13 @@ class SlotTree:
         """
         if X.size == 0:
             return False
-        far = np.abs(X - self.shift)
-        if far.ndim == 1:       # one vector (the per-item path): Python floats, no reduction set-up
-            return any(map(operator.gt, far.tolist(), self._limit.tolist()))
-        return bool(_any(np.greater(far, self._limit), axis=None))
+        if X.ndim == 1:         # one vector (the per-item path): Python floats, no reduction set-up
+            return any(map(operator.gt, np.abs(X - self.shift).tolist(), self._limit.tolist()))
+        # Rows: each column's extremes only (rounding is monotone, so the largest |x - shift|
+        # of a column is at its largest or smallest x), without an (n, d) temporary.
+        above = np.fmax.reduce(X, axis=0) - self.shift     # (fmax: a NaN hides no other value)
+        below = self.shift - np.fmin.reduce(X, axis=0)
+        return bool(_any(np.maximum(above, below) > self._limit))
 
     def rebuild(self) -> None:
         """Re-anchor the shift at the current mean and recompute every node from the leaves."""
