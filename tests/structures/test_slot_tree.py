@@ -356,3 +356,32 @@ def test_the_band_check_of_many_rows_is_the_element_wise_rule_at_the_bands_edge(
         assert t._too_far(Y[0]) == bool((np.abs(Y[0] - t.shift) > t._limit).any())
         decided.add(rule)
     assert decided == {True, False}
+
+
+def test_merged_nodes_are_the_exact_moments_of_their_slots_through_the_fewest_nodes():
+    # nodes_state merges a node in place of all b of its children (level by level): the
+    # moments are those of every slot below the given nodes, exactly (Fractions), and a
+    # contiguous run of 300 level-1 nodes needs a handful of nodes, not 300.
+    rng = np.random.default_rng(23)
+    b, n = 4, 4096
+    t = SlotTree(dim=2, branching=b, min_levels=1)
+    X = rng.normal(loc=50.0, size=(n, 2))
+    occ = rng.random(n) < 0.9
+    t.write(np.flatnonzero(occ), X[occ])
+    for i in rng.choice(np.flatnonzero(occ), 30, replace=False).tolist():   # pending per-item changes
+        X[i] = rng.normal(loc=50.0, size=2)
+        t.replace(i, X[i])
+    run = np.arange(37, 337)
+    scattered = np.unique(rng.choice(n // b, 120, replace=False))
+    for nodes, contiguous in ((run, True), (scattered, False), (np.concatenate([run, np.arange(512, 768)]), True)):
+        cover = t.node_cover(1, nodes)
+        if contiguous:
+            assert cover.size < nodes.size // 8
+        slots = (nodes[:, None] * b + np.arange(b)).ravel()
+        rows = X[slots[occ[slots]]]
+        cnt, off, m2 = t.nodes_state(1, nodes)
+        mean, m2_user = t.to_user(off, m2)
+        assert cnt == rows.shape[0]
+        mean_ex, cov_ex = exact_mean_cov(rows)
+        np.testing.assert_allclose(mean, mean_ex, rtol=1e-14)
+        np.testing.assert_allclose(m2_user / (cnt - 1), cov_ex, rtol=1e-12)

@@ -265,16 +265,26 @@ class SlotTree:
         if slots.size * 4 >= self.capacity:       # most of the tree: recompute it all
             self._recompute_all()
             return
-        mark = np.zeros(self.level_size[0], dtype=bool)
-        mark[slots // self.b] = True
-        nodes = np.flatnonzero(mark)
+        nodes = self._parents(slots, 1)
         self._recompute_level1(nodes)
         for level in range(2, self.levels + 1):
-            mark = np.zeros(self.level_size[level - 1], dtype=bool)
-            mark[nodes // self.b] = True
-            nodes = np.flatnonzero(mark)
+            nodes = self._parents(nodes, level)
             self._recompute_level(level, nodes)
         self._reset_root_tracking()
+
+    def _parents(self, children: np.ndarray, level: int) -> np.ndarray:
+        """The distinct nodes of ``level`` above ``children`` (slots or nodes of the level below), sorted.
+
+        A few (a flush after some per-item changes): a sort of those few. Many: a mark
+        array over the level, O(level size) but no sort. The same nodes either way.
+        """
+        parents = children // self.b
+        size = self.level_size[level - 1]
+        if parents.size * 64 < size:
+            return np.unique(parents)
+        mark = np.zeros(size, dtype=bool)
+        mark[parents] = True
+        return np.flatnonzero(mark)
 
     def _recompute_all(self, reanchor: bool = True) -> None:
         self._recompute_level1(None)
@@ -551,11 +561,40 @@ class SlotTree:
     def nodes_state(self, level: int, nodes: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         """Merged (count, offset from ``shift``, M2) of the given nodes of one level, internal units (flushes first)."""
         self.flush()
-        idx = self.level_base[level - 1] + np.asarray(nodes, dtype=np.int64)
+        idx = self.node_cover(level, nodes)
         if idx.size == 0:
             return 0.0, np.zeros(self.dim), np.zeros((self.dim, self.dim))
         n, off, m2 = combine_groups(self.cnt[idx], self.off[idx], self.m2[idx])
         return float(n), off, m2
+
+    def node_cover(self, level: int, nodes: np.ndarray) -> np.ndarray:
+        """Flat indices of the fewest nodes that cover the given distinct nodes of ``level`` exactly.
+
+        Wherever all ``b`` children of a node are given, the node itself stands for
+        them (after a flush every node is the merge of its children), level by level
+        upward: a cohort holding 5,000 contiguous pages merges a few dozen nodes.
+
+        >>> import numpy as np
+        >>> t = SlotTree(dim=1, branching=2, min_levels=1)
+        >>> t.write(np.arange(8), np.arange(8.0)[:, None])
+        >>> t.node_cover(1, np.array([0, 1, 2])).tolist()   # nodes 0, 1 of level 1 -> node 0 of level 2
+        [2, 4]
+        """
+        nodes = np.unique(np.asarray(nodes, dtype=np.int64))
+        out = []
+        for lv in range(level, self.levels):
+            parent = nodes // self.b
+            starts = np.flatnonzero(np.r_[True, parent[1:] != parent[:-1]])
+            runs = np.diff(np.r_[starts, parent.size])
+            full = parent[starts[runs == self.b]]          # every child given
+            if full.size == 0:
+                break
+            keep = nodes[np.isin(parent, full, assume_unique=False, invert=True)]
+            out.append(self.level_base[lv - 1] + keep)
+            nodes = full
+            level = lv + 1
+        out.append(self.level_base[level - 1] + nodes)
+        return np.concatenate(out) if len(out) > 1 else out[0]
 
     def root_state(self) -> tuple[float, np.ndarray, np.ndarray]:
         """(count, offset from ``shift``, M2) of the root in internal units: views, current to the last change.
