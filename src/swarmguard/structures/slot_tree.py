@@ -98,6 +98,18 @@ MAX_UNIT_EXPONENT = _MAX_EXP
 _any = np.logical_or.reduce
 
 
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    """``np.unique`` of an int array by a sort (NumPy's hashing unique costs far more on
+    the few or presorted indices of the per-item path)."""
+    if a.size < 2:
+        return a
+    a = np.sort(a)
+    keep = np.empty(a.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(a[1:], a[:-1], out=keep[1:])
+    return a[keep]
+
+
 def scale_outer(m2: np.ndarray, exponent: np.ndarray) -> np.ndarray:
     """``m2 * 2**(e_i + e_j)``, exactly (one correctly rounded step), as a new array.
 
@@ -281,7 +293,7 @@ class SlotTree:
         parents = children // self.b
         size = self.level_size[level - 1]
         if parents.size * 64 < size:
-            return np.unique(parents)
+            return _sorted_unique(parents)
         mark = np.zeros(size, dtype=bool)
         mark[parents] = True
         return np.flatnonzero(mark)
@@ -561,11 +573,7 @@ class SlotTree:
     def nodes_state(self, level: int, nodes: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         """Merged (count, offset from ``shift``, M2) of the given nodes of one level, internal units (flushes first)."""
         self.flush()
-        idx = self.node_cover(level, nodes)
-        if idx.size == 0:
-            return 0.0, np.zeros(self.dim), np.zeros((self.dim, self.dim))
-        n, off, m2 = combine_groups(self.cnt[idx], self.off[idx], self.m2[idx])
-        return float(n), off, m2
+        return self.covered_state(self.node_cover(level, nodes))
 
     def node_cover(self, level: int, nodes: np.ndarray) -> np.ndarray:
         """Flat indices of the fewest nodes that cover the given distinct nodes of ``level`` exactly.
@@ -573,6 +581,7 @@ class SlotTree:
         Wherever all ``b`` children of a node are given, the node itself stands for
         them (after a flush every node is the merge of its children), level by level
         upward: a cohort holding 5,000 contiguous pages merges a few dozen nodes.
+        The cover holds while the layout does (until the capacity grows).
 
         >>> import numpy as np
         >>> t = SlotTree(dim=1, branching=2, min_levels=1)
@@ -580,21 +589,35 @@ class SlotTree:
         >>> t.node_cover(1, np.array([0, 1, 2])).tolist()   # nodes 0, 1 of level 1 -> node 0 of level 2
         [2, 4]
         """
-        nodes = np.unique(np.asarray(nodes, dtype=np.int64))
+        b = self.b
+        nodes = _sorted_unique(np.asarray(nodes, dtype=np.int64))
         out = []
         for lv in range(level, self.levels):
-            parent = nodes // self.b
-            starts = np.flatnonzero(np.r_[True, parent[1:] != parent[:-1]])
-            runs = np.diff(np.r_[starts, parent.size])
-            full = parent[starts[runs == self.b]]          # every child given
-            if full.size == 0:
+            if nodes.size < b:
                 break
-            keep = nodes[np.isin(parent, full, assume_unique=False, invert=True)]
-            out.append(self.level_base[lv - 1] + keep)
-            nodes = full
+            parent = nodes // b
+            first = np.empty(parent.size, dtype=bool)    # where a run of siblings starts
+            first[0] = True
+            np.not_equal(parent[1:], parent[:-1], out=first[1:])
+            starts = np.flatnonzero(first)
+            runs = np.diff(starts, append=parent.size)
+            full = runs == b                              # every child given
+            if not full.any():
+                break
+            out.append(self.level_base[lv - 1] + nodes[~np.repeat(full, runs)])
+            nodes = parent[starts[full]]
             level = lv + 1
         out.append(self.level_base[level - 1] + nodes)
         return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def covered_state(self, cover: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """Merged (count, offset from ``shift``, M2) of the nodes at flat indices ``cover``
+        (from :meth:`node_cover`), internal units (flushes first)."""
+        self.flush()
+        if cover.size == 0:
+            return 0.0, np.zeros(self.dim), np.zeros((self.dim, self.dim))
+        n, off, m2 = combine_groups(self.cnt[cover], self.off[cover], self.m2[cover])
+        return float(n), off, m2
 
     def root_state(self) -> tuple[float, np.ndarray, np.ndarray]:
         """(count, offset from ``shift``, M2) of the root in internal units: views, current to the last change.
