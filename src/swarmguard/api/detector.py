@@ -387,7 +387,7 @@ class DistributedBehavioralDetector(Locked):
         anomaly_info = self.protocol._update_checked(agent_id, data.features, data.cohort)
         # Step 3 first for its confidence factor: Distributed update with CAP resolution
         # (create_statistical_update's fields, from the checked values without reading them again)
-        uid = data.id if data.id is not None else f"{self.node_id}:u{next(self._update_seq)}"
+        uid = data.id if data.id is not None else f"{self._own_prefix}:u{next(self._update_seq)}"
         update = StatisticalUpdate(update_id=uid, agent_id=agent_id, timestamp=data.timestamp,
                                    feature_vector=data.features,
                                    anomaly_score=float(anomaly_info["mahalanobis_squared"]),
