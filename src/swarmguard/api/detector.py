@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DuplicateEvidenceError, InvalidInputError
-from ..lazy_import import module_on_first_use
+from ..lazy_import import AttributeOnFirstUse, module_on_first_use
 from ..locking import Locked, synchronized
 from ..structures.chi2 import chi2_logsf
 from ..validation import (
@@ -31,7 +31,9 @@ from .detector_settings import DetectorSettings
 from .protocol import BehavioralData, BehavioralDistributedProtocol, read_behavior
 from .tree import HierarchicalStatisticalTree
 
-_special = module_on_first_use("scipy.special")   # imported on first use: see swarmguard.lazy_import
+# imported on first use: see swarmguard.lazy_import (chi2 for callers that read it from here)
+chi2 = AttributeOnFirstUse("scipy.stats", "chi2")
+_special = module_on_first_use("scipy.special")
 
 __all__ = ["DistributedBehavioralDetector", "DetectorSettings", "p_value_log_odds", "BACKENDS",
            "register_backend"]
