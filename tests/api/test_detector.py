@@ -714,3 +714,25 @@ def test_the_async_api_does_not_hold_the_lock_across_an_await():
     thread.join(timeout=60)
     assert not thread.is_alive() and sorted(done) == [*range(2000, 2020), *range(3000, 3020)]
     assert len(det.tree) == 300 + 60
+
+
+@pytest.mark.parametrize("cf", [1.0, 1.5, 0.9, 0.5, 0.3, 1e-13])
+@pytest.mark.parametrize("cut", [1e-3, 0.01, 0.0])
+def test_the_decisions_widened_cut_is_scipys_chi2_quantile_turned_back(cf, cut):
+    # The rule of the class docstring, written with scipy.stats.chi2 (the published
+    # quantile and tail): an anomalous agent holds when its p-value is at most
+    # sf(isf(cut) / cf²); cf >= 1 is the cut itself. Scalars (the per-item path) and
+    # arrays (a round) give the same answers.
+    from scipy.stats import chi2
+
+    det = DistributedBehavioralDetector(feature_dimensions=4)
+    p = np.concatenate([np.geomspace(1e-300, 1.0, 400), [cut, np.nextafter(cut, 1.0)]])
+    flagged = np.resize([True, True, False], p.size)
+    c = min(max(cf, 1e-12), 1.0)
+    ref_cut = cut if (c >= 1.0 or cut <= 0) else chi2.sf(chi2.isf(cut, 4) / (c * c), 4)
+    expected = flagged & ((p <= ref_cut) | (cut <= 0))
+    rows = det._anomaly_holds(flagged, p, cut, np.full(p.size, cf))
+    assert rows.tolist() == expected.tolist()
+    one = [bool(det._anomaly_holds(bool(a), float(q), cut, cf)) for a, q in zip(flagged, p, strict=True)]
+    assert one == expected.tolist()
+    assert not expected.all() and (expected.any() or c < 1e-6)   # the cases decide both ways
