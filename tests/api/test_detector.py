@@ -418,6 +418,14 @@ def test_a_long_node_id_never_leaves_a_refused_item_half_applied():
         assert detector_state(det) == before
     else:
         assert det.tree.get_agent_features(7).tolist() == [0.25, -0.25]
+    # an anomalous item: the one that makes the detector's own evidence id from the node id
+    before = detector_state(det)
+    try:
+        out = det.process_agent_behavior_sync(8, BehavioralData(8, [9.0, -9.0], region="eu"))
+    except SwarmGuardError:
+        assert detector_state(det) == before
+    else:
+        assert out["anomaly"]["is_anomaly"] and det.consensus.evidence_count == before["evidence_count"] + 1
 
 
 def test_a_refused_async_call_starts_no_background_sync():
