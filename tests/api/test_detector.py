@@ -418,6 +418,14 @@ def test_a_long_node_id_never_leaves_a_refused_item_half_applied():
         assert detector_state(det) == before
     else:
         assert det.tree.get_agent_features(7).tolist() == [0.25, -0.25]
+    # an anomalous item: the one that makes the detector's own evidence id from the node id
+    before = detector_state(det)
+    try:
+        out = det.process_agent_behavior_sync(8, BehavioralData(8, [9.0, -9.0], region="eu"))
+    except SwarmGuardError:
+        assert detector_state(det) == before
+    else:
+        assert out["anomaly"]["is_anomaly"] and det.consensus.evidence_count == before["evidence_count"] + 1
 
 
 def test_a_refused_async_call_starts_no_background_sync():
@@ -736,3 +744,21 @@ def test_the_decisions_widened_cut_is_scipys_chi2_quantile_turned_back(cf, cut):
     one = [bool(det._anomaly_holds(bool(a), float(q), cut, cf)) for a, q in zip(flagged, p, strict=True)]
     assert one == expected.tolist()
     assert not expected.all() and (expected.any() or c < 1e-6)   # the cases decide both ways
+
+
+@pytest.mark.parametrize("node_id", [("eu", 1), ("a", "b", "c"), ("t", ("u", 2))])
+def test_a_tuple_node_id_is_the_source_of_every_own_evidence_of_a_round(node_id):
+    """The settings take a tuple node id (the consensus's rule for a source); a round's own
+    evidence carries it whole on every row (``np.full`` spread its items over the rows: the
+    sources 'eu' and '1', or a ValueError after the tree and the replicas had changed)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 2))
+    X[:2] += 9.0
+    det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=20, node_id=node_id, clock=lambda: 1.0)
+    out = det.process_round(np.arange(60), X, "a")
+    flagged = int(out["is_anomaly"].sum())
+    assert flagged >= 2
+    ev = det.consensus.export_evidence()
+    assert len(ev["source_nodes"]) == flagged
+    assert all(s == node_id for s in ev["source_nodes"])
+    assert sorted(ev["agent_ids"]) == sorted(np.flatnonzero(out["is_anomaly"]).tolist())

@@ -492,6 +492,15 @@ class DistributedBehavioralDetector(Locked):
             cohorts = as_name_array(cohorts, n, "cohorts")
         return X, ids, regions, cohorts, ts, now
 
+    def _own_sources(self, n: int) -> np.ndarray:
+        """``n`` copies of the node id as a source column: a tuple id (the consensus takes
+        tuples) in an object array, since ``np.full`` would spread its items over the rows."""
+        if not isinstance(self.node_id, tuple):
+            return np.full(n, self.node_id)
+        sources = np.empty(n, dtype=object)
+        sources.fill(self.node_id)
+        return sources
+
     def _add_own_evidence(self, *columns: Any) -> None:
         """The detector's own evidence of a round (a backend may hold back side effects)."""
         self.ingest_evidence(*columns)
@@ -511,7 +520,7 @@ class DistributedBehavioralDetector(Locked):
             log_p = chi2_logsf(d2[flagged], self.feature_dimensions)
             columns = (ids[flagged], EvidenceType.BEHAVIORAL_ANOMALY,
                        np.minimum(p_value_log_odds(log_p), self.own_evidence_cap),
-                       confidence[flagged], np.full(flagged.size, ts), np.full(flagged.size, self.node_id))
+                       confidence[flagged], np.full(flagged.size, ts), self._own_sources(flagged.size))
             for _ in range(1000):
                 start = self._next_evidence_number()
                 eids = np.array([f"{self._own_prefix}:{start}:{i}" for i in range(flagged.size)])

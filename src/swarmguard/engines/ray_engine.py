@@ -1105,9 +1105,13 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         self._logged("faults", lambda: ({"dropped": sorted(dropped)}, {}), apply)
 
     def _set_groups(self, mapping: dict[str, int] | None) -> None:
+        # Under STRONG the groups sync at once: the clock is read (once) before the links
+        # change, so a clock gone bad refuses the call with the links as they were.
+        now = self._read_clock() if self.consistency_model is ConsistencyModel.STRONG else None
         self._group_of = mapping
-        if self.consistency_model is ConsistencyModel.STRONG:
-            self.sync()
+        if now is not None:
+            self._sync(self._advance(now))
+            self._maybe_checkpoint(0)
 
     @synchronized
     def heal(self) -> None:
