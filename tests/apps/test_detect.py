@@ -1143,3 +1143,23 @@ def test_pyarrow_memory_stays_at_a_block_not_the_file(tmp_path, fmt):
     assert (engine, int(agents), int(rows)) == ("pyarrow", 50_000, n)
     # pyarrow's own allocations (tracemalloc does not see them): a few blocks of 20,000 rows, not the file
     assert int(peak) < size / 4, (int(peak), size)
+
+
+def test_a_stray_quote_before_a_comma_then_a_multiline_field_keeps_every_record_whole(tmp_path):
+    # 'ab",' looks like a closing quote; counted as one it flipped quote parity, so the newline
+    # inside the later quoted field was taken for a record end: the record split in two and its
+    # second line ('zz,3,4,x"') was scored as an agent of its own
+    rng = np.random.default_rng(10)
+    lines = ["agent_id,f1,f2,note"]
+    for i in range(200):
+        note = {20: 'ab"', 120: '"line1\nzz,3,4,x"'}.get(i, "plain")
+        lines.append(f"a{i},{rng.normal():.6f},{rng.normal():.6f},{note}")
+    src = tmp_path / "stray.csv"
+    src.write_text("\n".join(lines) + "\n")
+    with open(src, newline="") as f:
+        records = list(csv.reader(f))[1:]
+    for chunk in (7, 50, 10**6):
+        ref = detect(src, features="f1,f2", chunk_rows=chunk, warm_up=50, csv_engine="python")
+        res = detect(src, features="f1,f2", chunk_rows=chunk, warm_up=50)
+        assert res.agent_ids.tolist() == [r[0] for r in records]        # 200 agents, no "zz"
+        same_scores(ref, res)

@@ -180,10 +180,11 @@ def _scan(buf: bytes, nl: np.ndarray, q: np.ndarray | None, limit: int, eof: boo
 
     ``nl`` and ``q``: the offsets of ``buf``'s newlines and (CSV; else None)
     quotes. A record ends at a newline (CSV: one after an even number of
-    quotes, so not inside a quoted field). A CSV quote that neither opens a
-    field (after a delimiter, a line end or another quote) nor closes one
-    (before them) is "stray": quote counting cannot be trusted then, and the
-    caller hands the rest of the file to the standard library reader.
+    quotes, so not inside a quoted field). The quotes of ``buf`` alternate
+    opening and closing; one that, in its place, does not open a field (after
+    a delimiter, a line end or another quote) or does not close one (before
+    them) is "stray": quote counting cannot be trusted then, and the caller
+    hands the rest of the file to the standard library reader.
     """
     starts = np.zeros(nl.size, dtype=np.int64)
     starts[1:] = nl[:-1] + 1
@@ -197,7 +198,14 @@ def _scan(buf: bytes, nl: np.ndarray, q: np.ndarray | None, limit: int, eof: boo
         a = np.frombuffer(buf, np.uint8)
         prev = np.where(q > 0, a[np.maximum(q - 1, 0)], ord(","))
         nxt = np.where(q + 1 < a.size, a[np.minimum(q + 1, a.size - 1)], ord(","))
-        stray = not bool((np.isin(prev, _OPENING) | np.isin(nxt, _OPENING)).all())
+        # ``buf`` starts at a record, so the quotes alternate opening (even index) and closing (odd).
+        # Counting is right only if each does what its place says: an opening quote starts a field
+        # (or is the second of a doubled quote), a closing one ends it (or is the first of a doubled
+        # quote). A quote that opens inside an unquoted field (``ab"``) is a plain character to the
+        # csv module whatever follows it, so the opening/closing test must go by position, not by
+        # "either side looks right" (which let ``ab",`` pass and flipped every later record end).
+        opening = np.arange(q.size) % 2 == 0
+        stray = not bool(np.where(opening, np.isin(prev, _OPENING), np.isin(nxt, _OPENING)).all())
         usable = usable[np.searchsorted(q, usable) % 2 == 0]
     ends = usable + 1
     if eof and tail and long_at is None:
