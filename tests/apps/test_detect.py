@@ -1163,3 +1163,22 @@ def test_a_stray_quote_before_a_comma_then_a_multiline_field_keeps_every_record_
         res = detect(src, features="f1,f2", chunk_rows=chunk, warm_up=50)
         assert res.agent_ids.tolist() == [r[0] for r in records]        # 200 agents, no "zz"
         same_scores(ref, res)
+
+
+def test_two_json_objects_on_one_line_are_refused_as_the_standard_library_refuses_them(tmp_path):
+    # pyarrow.json reads '{...} {...}' as two rows; JSON Lines (and --csv-engine python) refuse the line
+    rng = np.random.default_rng(11)
+    lines = [json.dumps({"agent_id": f"a{i}", "x": rng.normal(), "y": rng.normal()}) for i in range(120)]
+    lines[60] = '{"agent_id": "zz", "x": 1.5, "y": 2.0} {"agent_id": "yy", "x": 1.5, "y": 2.0}'
+    lines[30:30] = ["", "  \t"]                                       # blank lines stay blank
+    src = tmp_path / "two.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    for chunk in (7, 10**6):
+        with pytest.raises(MalformedInputError) as info:
+            detect(src, chunk_rows=chunk, warm_up=50)
+        assert info.value.line == 63                                   # 60 + the two blank lines + 1
+        ref = detect(src, chunk_rows=chunk, warm_up=50, csv_engine="python", skip_bad=True)
+        res = detect(src, chunk_rows=chunk, warm_up=50, skip_bad=True)
+        assert "zz" not in res.agent_ids.tolist() and len(res.agent_ids) == 119
+        assert res.skipped_examples == ref.skipped_examples and len(ref.skipped_examples) == 1
+        same_scores(ref, res)

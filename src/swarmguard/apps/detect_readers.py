@@ -268,6 +268,26 @@ def _record_blocks(raw, path: Path, *, first_line: int, max_line_bytes: int, row
         want = rows
 
 
+_JSON_BLANK = np.zeros(256, dtype=bool)
+_JSON_BLANK[[ord(" "), ord("\t"), ord("\r"), ord("\n")]] = True     # JSON's own whitespace
+
+
+def _json_lines(data: bytes) -> int:
+    """How many lines of ``data`` hold more than JSON whitespace (the objects JSON Lines reads from it).
+
+    A line of other whitespace (form feed, no-break space, ...), blank to the
+    standard library reader, counts here: pyarrow refuses such a line, so the
+    count can only send a block to the standard library, never accept one.
+    """
+    a = np.frombuffer(data, np.uint8)
+    starts = np.flatnonzero(a == 10) + 1
+    starts = np.concatenate(([0], starts[starts < a.size]))     # every line holds a byte (its newline at least)
+    if not a.size:
+        return 0
+    # one byte a byte (not an offset a byte): the block's bytes are the budget of the run's memory
+    return int(np.count_nonzero(np.logical_or.reduceat(~_JSON_BLANK[a], starts)))
+
+
 class _ArrowText(_Source):
     """CSV or JSON Lines parsed by pyarrow block by block, a refused block again by the standard library."""
 
@@ -332,6 +352,8 @@ class _ArrowText(_Source):
                                                       unexpected_field_behavior="ignore")
                 table = self._pajson.read_json(pa.BufferReader(block.data), read_options=read_options,
                                                parse_options=parse)
+                if table.num_rows != _json_lines(block.data):
+                    return None     # e.g. two objects on one line: pyarrow reads both, JSON Lines refuses the line
         except (pa.ArrowException, UnicodeDecodeError, ValueError):
             return None
         return _ArrowChunk(table, None, text=True)
