@@ -1182,3 +1182,26 @@ def test_two_json_objects_on_one_line_are_refused_as_the_standard_library_refuse
         assert "zz" not in res.agent_ids.tolist() and len(res.agent_ids) == 119
         assert res.skipped_examples == ref.skipped_examples and len(ref.skipped_examples) == 1
         same_scores(ref, res)
+
+
+@pytest.mark.parametrize("fmt, bad", [
+    ("csv", b"a30,1.0,2.0,\xff\xfe"),                     # not UTF-8, in a column detect does not read
+    ("csv", b"a30,1.0,2.0,n\ra31,3.0,4.0,n"),             # a lone carriage return: pyarrow starts a record
+    ("jsonl", b'{"agent_id": "a30", "x": 1.0, "y": 2.0, "note": "\xff"}'),
+])
+def test_lines_the_standard_library_refuses_are_refused_by_the_pyarrow_reader_too(tmp_path, fmt, bad):
+    rng = np.random.default_rng(12)
+    if fmt == "csv":
+        rows = [b"agent_id,x,y,note"] + [f"a{i},{rng.normal():.5f},{rng.normal():.5f},n".encode() for i in range(80)]
+    else:
+        rows = [json.dumps({"agent_id": f"a{i}", "x": rng.normal(), "y": rng.normal()}).encode() for i in range(80)]
+    head = fmt == "csv"
+    rows[30 + head] = bad
+    src = tmp_path / f"bad.{fmt}"
+    src.write_bytes(b"\n".join(rows) + b"\n")
+    for chunk in (7, 10**6):
+        for engine in ("auto", "python"):
+            for skip_bad in (False, True):      # unreadable text stops the run even with skip_bad
+                with pytest.raises(MalformedInputError) as info:
+                    detect(src, chunk_rows=chunk, warm_up=50, features="x,y", csv_engine=engine, skip_bad=skip_bad)
+                assert info.value.line == 31 + head        # the line of a30 (after the header)

@@ -17,6 +17,7 @@ batches.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from collections.abc import Callable, Iterator
@@ -268,6 +269,25 @@ def _record_blocks(raw, path: Path, *, first_line: int, max_line_bytes: int, row
         want = rows
 
 
+def _utf8(data: bytes, piece: int = 1 << 20) -> bool:
+    """Whether ``data`` is UTF-8 text, decoded a piece at a time (no copy of the block as a whole)."""
+    decode = codecs.getincrementaldecoder("utf-8")().decode
+    view = memoryview(data)
+    try:
+        for at in range(0, len(data), piece):
+            decode(view[at:at + piece], at + piece >= len(data))
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _lone_cr(data: bytes) -> bool:
+    """Whether ``data`` holds a carriage return that is neither before a newline nor its last byte."""
+    a = np.frombuffer(data, np.uint8)
+    cr = np.flatnonzero(a[:-1] == 13)
+    return bool(cr.size) and bool((a[cr + 1] != 10).any())
+
+
 _JSON_BLANK = np.zeros(256, dtype=bool)
 _JSON_BLANK[[ord(" "), ord("\t"), ord("\r"), ord("\n")]] = True     # JSON's own whitespace
 
@@ -320,7 +340,9 @@ class _ArrowText(_Source):
     def _arrow(self, block: _Block, first: bool = False) -> _ArrowChunk | None:
         """The block as pyarrow reads it, or None when pyarrow refuses it."""
         pa = self.pa
-        if block.rest:
+        if block.rest or not _utf8(block.data) or (self.fmt == "csv" and _lone_cr(block.data)):
+            # pyarrow checks UTF-8 only in the columns it converts, and ends a CSV record at a lone
+            # carriage return; the standard library refuses both, naming the line
             return None
         try:
             if self.fmt == "csv":
