@@ -714,3 +714,24 @@ def test_the_async_api_does_not_hold_the_lock_across_an_await():
     thread.join(timeout=60)
     assert not thread.is_alive() and sorted(done) == [*range(2000, 2020), *range(3000, 3020)]
     assert len(det.tree) == 300 + 60
+
+
+def test_a_round_with_one_long_region_name_never_holds_a_copy_of_it_per_row():
+    # as_name_array gives one name as a broadcast view; np.unique (detector's regions, tree's cohorts)
+    # used to flatten it back into n copies of the name
+    import tracemalloc
+
+    n, name = 20_000, "r" * 1000
+    X = np.random.default_rng(6).normal(size=(n, 2))
+    det = DistributedBehavioralDetector(feature_dimensions=2, clock=lambda: 1.0, auto_sync_seconds=None)
+    ref = DistributedBehavioralDetector(feature_dimensions=2, clock=lambda: 1.0, auto_sync_seconds=None)
+    tracemalloc.start()
+    try:
+        out = det.process_round(np.arange(n), X, name, timestamp=1.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < n * len(name), peak                 # one copy of n names would be 4 * n * len(name) bytes
+    expected = ref.process_round(np.arange(n), X, np.array([name] * n), timestamp=1.0)
+    np.testing.assert_array_equal(out["mahalanobis_squared"], expected["mahalanobis_squared"])
+    assert out["region_confidence"] == expected["region_confidence"] and list(out["region_confidence"]) == [name]
