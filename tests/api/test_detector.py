@@ -762,3 +762,24 @@ def test_a_tuple_node_id_is_the_source_of_every_own_evidence_of_a_round(node_id)
     assert len(ev["source_nodes"]) == flagged
     assert all(s == node_id for s in ev["source_nodes"])
     assert sorted(ev["agent_ids"]) == sorted(np.flatnonzero(out["is_anomaly"]).tolist())
+
+
+def test_a_round_with_one_long_region_name_never_holds_a_copy_of_it_per_row():
+    # as_name_array gives one name as a broadcast view; np.unique (detector's regions, tree's cohorts)
+    # used to flatten it back into n copies of the name
+    import tracemalloc
+
+    n, name = 20_000, "r" * 1000
+    X = np.random.default_rng(6).normal(size=(n, 2))
+    det = DistributedBehavioralDetector(feature_dimensions=2, clock=lambda: 1.0, auto_sync_seconds=None)
+    ref = DistributedBehavioralDetector(feature_dimensions=2, clock=lambda: 1.0, auto_sync_seconds=None)
+    tracemalloc.start()
+    try:
+        out = det.process_round(np.arange(n), X, name, timestamp=1.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < n * len(name), peak                 # one copy of n names would be 4 * n * len(name) bytes
+    expected = ref.process_round(np.arange(n), X, np.array([name] * n), timestamp=1.0)
+    np.testing.assert_array_equal(out["mahalanobis_squared"], expected["mahalanobis_squared"])
+    assert out["region_confidence"] == expected["region_confidence"] and list(out["region_confidence"]) == [name]

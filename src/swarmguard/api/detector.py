@@ -21,6 +21,7 @@ from ..validation import (
     as_feature_matrix,
     as_feature_vector,
     as_name_array,
+    unique_names,
     check_cohort,
     check_finite_float,
 )
@@ -440,7 +441,7 @@ class DistributedBehavioralDetector(Locked):
         """
         # One transaction: every part's checks first, so a refused round changes nothing.
         X, ids, regions, cohorts, ts, now = self._check_round(agent_ids, X, regions, cohorts, timestamp)
-        names, inverse = np.unique(regions, return_inverse=True)
+        names, inverse = unique_names(regions)     # one region: no n copies of its name
         # STRONG refuses before the tree changes: a refused round leaves every part as it was
         self.cap_resolver.check_writable(names.tolist())
         # Solution 1: update and score everyone (vectorised), regions as cohorts

@@ -29,6 +29,7 @@ from ..validation import (
     check_id_texts,
     check_key,
     check_name_str_array,
+    unique_names,
     check_positive_int,
 )
 
@@ -294,8 +295,11 @@ class HierarchicalStatisticalTree(Locked):
         if isinstance(cohorts, np.ndarray) and cohorts.dtype.kind == "U":
             if cohorts.shape != (n,):
                 raise DimensionMismatchError(f"cohorts has shape {cohorts.shape}, expected ({n},)")
-            check_name_str_array(cohorts, "cohorts")     # vectorised, before a sort of what may be huge
-            names, inverse = np.unique(cohorts, return_inverse=True)
+            # vectorised, before a sort of what may be huge; a broadcast name (every row the same
+            # element) is checked, and sorted, once
+            one = cohorts.size > 1 and cohorts.strides == (0,)
+            check_name_str_array(cohorts[:1] if one else cohorts, "cohorts")
+            names, inverse = unique_names(cohorts)
             return inverse.astype(np.int64), [check_cohort(str(s)) for s in names]
         if not isinstance(cohorts, Sequence) and not isinstance(cohorts, np.ndarray):
             raise InvalidTypeError("cohorts must be None, one cohort path, or one per agent")

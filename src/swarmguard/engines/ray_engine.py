@@ -107,6 +107,7 @@ from ..validation import (
     check_finite_float,
     check_key,
     check_positive_int,
+    unique_names,
 )
 from ..values.agent_index import as_wire_id_array, check_wire_id, positions_of
 from ..values.version_vector import check_region_name
@@ -692,8 +693,7 @@ class RayDistributedBehavioralDetector(DistributedBehavioralDetector):
         X, ids, regions, cohorts, ts, now = self._check_round(agent_ids, X, regions, cohorts, timestamp)
         n, d = X.shape
         ids = _validate_ids(ids)
-        names, inverse = np.unique(regions, return_inverse=True)
-        inverse = inverse.ravel()
+        names, inverse = unique_names(regions)
         order = [check_region_name(r) for r in names.tolist()]
         if self.consistency_model is ConsistencyModel.STRONG:
             require_write_quorum(self.regions, self._group_of, order)
