@@ -203,3 +203,26 @@ def test_repeated_names_are_checked_once_each_and_the_bad_row_is_still_named():
         as_name_array(["eu"] * 9, 10, "regions")
     with pytest.raises(InvalidInputError, match="NUL"):
         as_name_array(np.broadcast_to(np.array(["e\x00u"]), (10,)), 10, "regions")
+
+
+def test_unique_names_matches_np_unique_and_never_copies_a_broadcast_name():
+    import tracemalloc
+
+    from swarmguard.validation import unique_names
+    rng = np.random.default_rng(5)
+    for arr in (np.array(rng.choice(["eu", "us", "ap"], 50)), np.array(["eu"]), np.array([], dtype="<U1"),
+                np.broadcast_to(np.array(["eu"]), (7,)), np.array(["eu"] * 7)):
+        names, inverse = unique_names(arr)
+        ref_names, ref_inverse = np.unique(arr, return_inverse=True)
+        assert names.tolist() == ref_names.tolist() and inverse.tolist() == ref_inverse.ravel().tolist()
+        assert names[inverse].tolist() == arr.tolist()
+    n, name = 10**5, "r" * MAX_NAME_LENGTH
+    one = as_name_array(name, n, "regions")
+    tracemalloc.start()
+    try:
+        names, inverse = unique_names(one)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert names.tolist() == [name] and not inverse.any()
+    assert peak < n * MAX_NAME_LENGTH, peak           # np.unique would flatten it: n * 4 bytes a character

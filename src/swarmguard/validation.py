@@ -37,6 +37,7 @@ __all__ = [
     "check_id_texts",
     "check_id_str_array",
     "as_name_array",
+    "unique_names",
     "check_name_text",
     "check_name_texts",
     "check_name_str_array",
@@ -435,7 +436,7 @@ def as_name_array(values: Any, n: int, what: str) -> np.ndarray:
         return _one_name(check_name_text(values, what), n)
     if isinstance(values, np.ndarray) and values.dtype.kind == "U":
         arr = values
-        if arr.ndim == 1 and arr.size > 1 and arr.strides == (0,):
+        if _is_one_name(arr):
             # a broadcast name: every row is the same element, so checking one checks all
             check_name_str_array(arr[:1], what)
         else:
@@ -468,6 +469,27 @@ def as_name_array(values: Any, n: int, what: str) -> np.ndarray:
     if arr.shape != (n,):
         raise DimensionMismatchError(f"{what} must be {n} names (one per row), got shape {arr.shape}")
     return arr
+
+
+def _is_one_name(names: np.ndarray) -> bool:
+    """Whether ``names`` (1-D) is one element seen ``names.size`` times (a broadcast: stride 0)."""
+    return names.ndim == 1 and names.size > 1 and names.strides == (0,)
+
+
+def unique_names(names: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(names, return_inverse=True)`` for a 1-D string array, without copying a broadcast one.
+
+    :func:`as_name_array` gives one name for every row as a broadcast view;
+    ``np.unique`` would first flatten it into ``n`` copies of the name.
+
+    >>> names, inverse = unique_names(as_name_array("eu", 3, "regions"))
+    >>> names.tolist(), inverse.tolist()
+    (['eu'], [0, 0, 0])
+    """
+    if _is_one_name(names):
+        return names[:1].copy(), np.zeros(names.size, dtype=np.intp)
+    names, inverse = np.unique(names, return_inverse=True)
+    return names, inverse.ravel()
 
 
 def _one_name(name: str, n: int) -> np.ndarray:

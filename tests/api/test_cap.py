@@ -396,6 +396,27 @@ def test_bad_partitions_change_nothing(groups, error):
     assert res.visible_regions("a") == ["a", "b"]
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "soon"])
+@pytest.mark.parametrize("change", ["partition", "heal"])
+def test_strong_link_change_with_a_bad_clock_changes_nothing(change, bad):
+    """Under STRONG a partition or heal syncs at once, reading the clock: a clock gone bad
+    refuses the call before the links change (a refused call leaves the groups as they were)."""
+    clock = Clock(1.0)
+    res = StatisticalCAPResolver(consistency_model=ConsistencyModel.STRONG, clock=clock, regions=["a", "b", "c"])
+    res.handle_update_sync(upd("u0", 0, 0.0, [1.0], "a"))
+    if change == "heal":
+        res.partition([["a", "b"], ["c"]])
+    before, latest, visible = state(res), res._latest, res.visible_regions("a")
+    clock.t = bad
+    with pytest.raises((NonFiniteError, InvalidTypeError)):
+        res.partition([["a"], ["b", "c"]]) if change == "partition" else res.heal()
+    assert_same(before, state(res))
+    assert res._latest == latest and res.visible_regions("a") == visible
+    clock.t = 2.0             # the clock mended: the same call goes through
+    res.partition([["a"], ["b", "c"]]) if change == "partition" else res.heal()
+    assert res.visible_regions("a") == (["a"] if change == "partition" else ["a", "b", "c"])
+
+
 def test_clock_returning_nan_is_refused():
     values = iter([0.0, float("nan")])
     with pytest.raises(NonFiniteError):

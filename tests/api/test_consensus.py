@@ -675,7 +675,7 @@ def test_a_schema_1_store_is_migrated_to_ids_per_source(tmp_path):
         assert c.add_evidence_sync(BayesianEvidence("e1", "a", "peer_report", 2.0, 1.0, 0.0, "honest"))
     with StableBayesianConsensus(store=path) as c:
         assert c.consensus("a")["sum_log_odds"] == 3.5
-    assert sqlite3.connect(path).execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == 2
+    assert sqlite3.connect(path).execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == 3   # migrated through schema 2 to the current schema 3 (founders table)
 
 
 # ------------------------------------------------------------------ thread safety
@@ -945,14 +945,15 @@ def test_the_first_source_to_reach_the_probation_count_does_not_take_the_whole_v
 
 def test_founding_sources_vote_with_few_pieces_and_later_ones_earn_it_on_covered_agents():
     c = StableBayesianConsensus(probation_evidence=3)
-    # One call: "a" reaches 3 pieces, so the founding ends with this batch; b and c, in it with
-    # one piece each, are founding sources and vote.
-    c.add_evidence_batch(["x0", "x1", "x2", "y", "z"], [0, 0, 1, 0, 0], "peer_report", [1.0, 1.0, 1.0, 2.0, 3.0],
-                         [1.0] * 5, [0.0] * 5, ["a", "a", "a", "b", "c"])
+    # One call: "a" reaches 3 pieces and 3 untrusted sources have been seen (the quorum), so the
+    # founding ends with this batch; b and c, in it with one or two pieces, are founding sources
+    # and vote.
+    c.add_evidence_batch(["x0", "x1", "x2", "y", "z", "w"], [0, 0, 1, 0, 0, 2], "peer_report",
+                         [1.0, 1.0, 1.0, 2.0, 3.0, 1.0], [1.0] * 6, [0.0] * 6, ["a", "a", "a", "b", "c", "c"])
     r = c.consensus(0)
     assert r["source_count"] == 3 and r["probation_source_count"] == 0
     assert r["log_odds"] == math.fsum([2.0, 2.0, 3.0])        # n = 3, f = 0: the plain sum of totals
-    # A later source with fewer than 3 pieces on covered agents is on probation; a Sybil with
+    # A later source with fewer than 3 distinct covered agents is on probation; a Sybil with
     # any number of pieces on made-up agents earns nothing.
     c.add_evidence_batch(["d0", "d1"], [0, 1], "peer_report", [-9.0, -9.0], [1.0] * 2, [0.0] * 2, ["d", "d"])
     c.add_evidence_batch([f"s{k}" for k in range(20)] + ["s-real"], [*range(100, 120), 0], "peer_report",
@@ -960,15 +961,22 @@ def test_founding_sources_vote_with_few_pieces_and_later_ones_earn_it_on_covered
     r = c.consensus(0)
     assert r["source_count"] == 3 and r["probation_source_count"] == 2 and r["log_odds"] == 7.0
     assert c.consensus(100)["consensus_reached"] is False      # only a source on probation there
+    # A third piece on an agent d already covers is no third agent: still on probation ...
     c.add_evidence_sync(BayesianEvidence("d2", 1, "peer_report", -9.0, 1.0, 0.0, "d"))
+    r = c.consensus(0)
+    assert r["source_count"] == 3 and r["probation_source_count"] == 2
+    # ... a piece on a third covered agent is.
+    c.add_evidence_sync(BayesianEvidence("d3", 2, "peer_report", -9.0, 1.0, 0.0, "d"))
     r = c.consensus(0)
     assert r["source_count"] == 4 and r["probation_source_count"] == 1
     # The trusted source's agents count as covered too.
     t = StableBayesianConsensus(probation_evidence=3, trusted_sources=["me"])
-    t.add_evidence_batch(["x0", "x1", "x2", "m"], [0, 0, 0, 7], "peer_report", [1.0] * 4, [1.0] * 4,
-                         [0.0] * 4, ["a", "a", "a", "me"])
-    t.add_evidence_batch(["n0", "n1", "n2"], [7, 7, 7], "peer_report", [1.0] * 3, [1.0] * 3, [0.0] * 3, ["n"] * 3)
-    assert t.consensus(7)["source_count"] == 2
+    t.add_evidence_batch(["x0", "x1", "x2", "y", "z", "m7", "m8", "m9"], [0, 0, 0, 0, 0, 7, 8, 9], "peer_report",
+                         [1.0] * 8, [1.0] * 8, [0.0] * 8, ["a", "a", "a", "b", "c", "me", "me", "me"])
+    assert t.founding_sources == ["a", "b", "c", "me"]
+    t.add_evidence_batch(["n0", "n1", "n2"], [7, 8, 9], "peer_report", [1.0] * 3, [1.0] * 3, [0.0] * 3, ["n"] * 3)
+    t.add_evidence_batch(["r0", "r1", "r2"], [7, 7, 7], "peer_report", [1.0] * 3, [1.0] * 3, [0.0] * 3, ["r"] * 3)
+    assert t.consensus(7)["source_count"] == 2 and t.consensus(7)["probation_source_count"] == 1
 
 
 def test_a_trusted_source_does_not_end_the_founding():
@@ -1018,22 +1026,74 @@ def test_the_founding_sources_survive_reopening_the_store(tmp_path):
 
     path = tmp_path / "e.db"
     with StableBayesianConsensus(store=path, probation_evidence=3) as c:
-        c.add_evidence_batch(["x0", "x1", "x2"], [0, 0, 0], "peer_report", [1.0] * 3, [1.0] * 3, [0.0] * 3,
-                             ["a"] * 3)
+        c.add_evidence_batch(["x0", "x1", "x2", "y", "z"], [0, 0, 0, 0, 0], "peer_report", [1.0] * 5, [1.0] * 5,
+                             [0.0] * 5, ["a", "a", "a", "b", "c"])
         c.add_evidence_batch(["y"], [0], "peer_report", [40.0], [1.0], [0.0], ["late"])
         want = c.consensus_many()
     assert want["probation_source_count"][0] == 1
     with StableBayesianConsensus(store=path, probation_evidence=3) as again:
+        assert again.founding_sources == ["a", "b", "c"]
         got = again.consensus_many()
         for name in ("log_odds", "source_count", "probation_source_count"):
             assert got[name].tobytes() == want[name].tobytes(), name
-    for bad in ("'x'", "99", "0", "2.5"):
-        conn = sqlite3.connect(path)
-        conn.execute("INSERT OR REPLACE INTO meta VALUES ('founding_rows', " + bad + ")")
+    # A founder that is no stored source, or not an int64 / str, is a damaged file.
+    for bad in ("'ghost'", "2.5", "x'00'", str(1 << 63)):
+        damaged = tmp_path / f"damaged{len(bad)}.db"
+        damaged.write_bytes(path.read_bytes())
+        conn = sqlite3.connect(damaged)
+        conn.execute("INSERT INTO founders VALUES (" + bad + ")")
         conn.commit()
         conn.close()
         with pytest.raises(EvidenceStoreError):
-            StableBayesianConsensus(store=path)
+            StableBayesianConsensus(store=damaged)
+
+
+def _schema_2_store(path, founding_rows):
+    """A schema-2 file as the previous version wrote it: the founding point as a row count."""
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value);
+        CREATE TABLE evidence (seq INTEGER PRIMARY KEY, evidence_id NOT NULL, agent_id NOT NULL,
+            source_node NOT NULL, evidence_type TEXT NOT NULL, log_odds_bits INTEGER NOT NULL,
+            confidence_bits INTEGER NOT NULL, timestamp_bits INTEGER NOT NULL, UNIQUE (source_node, evidence_id));
+        INSERT INTO meta VALUES ('schema', 2);
+    """)
+    one, zero = struct.unpack("<q", bits(1.0))[0], 0
+    rows = [("x0", "a"), ("x1", "a"), ("x2", "a"), ("y", "b"), ("z", "late")]
+    for seq, (ev, src) in enumerate(rows, start=1):
+        conn.execute("INSERT INTO evidence VALUES (?, ?, 0, ?, 'peer_report', ?, ?, ?)", (seq, ev, src, one, one, zero))
+    if founding_rows is not None:
+        conn.execute("INSERT INTO meta VALUES ('founding_rows', " + founding_rows + ")")
+    conn.commit()
+    conn.close()
+
+
+def test_a_schema_2_store_keeps_its_founding_sources_and_bad_founding_rows_are_refused(tmp_path):
+    from swarmguard.errors import EvidenceStoreError
+
+    path = tmp_path / "v2.db"
+    _schema_2_store(path, "4")                  # the old rule ended the founding after a's and b's rows
+    with StableBayesianConsensus(store=path, probation_evidence=3) as c:
+        assert c.founding_sources == ["a", "b"]                # the recorded decision is kept
+        assert c.consensus(0)["probation_source_count"] == 1   # "late" came after it
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == 3
+    assert conn.execute("SELECT value FROM meta WHERE key='founding_rows'").fetchone() is None
+    conn.close()
+    for bad in ("'x'", "99", "0", "2.5"):
+        damaged = tmp_path / f"bad{len(bad)}{bad[0]}.db"
+        _schema_2_store(damaged, bad)
+        with pytest.raises(EvidenceStoreError):
+            StableBayesianConsensus(store=damaged)
+        conn = sqlite3.connect(damaged)                        # left as it was: still schema 2
+        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == 2
+        conn.close()
+    none = tmp_path / "none.db"                 # no founding point recorded: loaded as one call
+    _schema_2_store(none, None)
+    with StableBayesianConsensus(store=none, probation_evidence=3) as c:
+        assert c.founding_sources == ["a", "b", "late"]
+    with StableBayesianConsensus(store=none, probation_evidence=3) as c:
+        assert c.founding_sources == ["a", "b", "late"]        # and recorded
 
 
 @given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from([0, 1, 2, 3, "x", "y"]), st.integers(0, 2),
@@ -1119,3 +1179,373 @@ def test_evidence_with_a_nul_in_an_id_is_refused_one_by_one_and_in_batches(field
 def test_a_trusted_source_with_a_nul_is_refused():
     with pytest.raises(InvalidInputError, match="NUL"):
         StableBayesianConsensus(trusted_sources=["node\x00"])
+
+
+# ------------------------------------------------------------------ review regressions (fix/consensus3)
+# Review H1: one identity that arrives first with probation_evidence pieces used to be the only
+# founding source, deciding its agent alone against the honest sources that came later.
+def test_one_early_identity_cannot_alone_decide_an_agent_that_ten_honest_sources_report_on():
+    c = StableBayesianConsensus(byzantine_threshold=0.33)
+
+    async def run():
+        for k in range(10):       # the early identity whitewashes agent 0 with 10 pieces
+            await c.add_evidence(BayesianEvidence(f"a{k}", 0, "peer_report", -8.0, 1.0, float(k), "early"))
+        rng = np.random.default_rng(0)
+        for agent in range(50):   # the guide's per-item loop: 10 honest observers, one piece per agent
+            for node in range(10):
+                await c.add_evidence(BayesianEvidence(f"{agent}-{node}", agent, "peer_report",
+                                                      float(rng.normal(3.0, 1.0)), 1.0, 0.0, f"node-{node}"))
+        return await c.distributed_evidence_consensus(0)
+
+    r = asyncio.run(run())
+    honest = c.export_evidence()["log_odds"][10:20].tolist()   # agent 0's ten honest totals (confidence 1)
+    n = 11
+    in_honest_range = n * min(honest) <= r["log_odds"] <= n * max(honest)
+    assert in_honest_range or not r["consensus_reached"], (r["log_odds"], r["source_count"],
+                                                          r["probation_source_count"])
+
+
+# Review H2: merge/+= used to add everything as one call, making sources on probation founders.
+def test_a_merged_copy_keeps_the_sources_on_probation_on_probation():
+    c = StableBayesianConsensus(probation_evidence=3)
+    c.add_evidence_batch(["x0", "x1", "x2", "y", "z"], [0, 0, 1, 0, 0], "peer_report", [1.0, 1.0, 1.0, 2.0, 3.0],
+                         [1.0] * 5, [0.0] * 5, ["a", "a", "a", "b", "c"])
+    for k in range(3):        # after the founding: each on probation in c
+        c.add_evidence_batch([f"s{k}"], [0], "peer_report", [-50.0], [1.0], [0.0], [f"sybil{k}"])
+    want = c.consensus(0)
+    assert want["probation_source_count"] == 3 and want["log_odds"] == 7.0
+    copy = StableBayesianConsensus(probation_evidence=3)
+    copy.merge(c)
+    got = copy.consensus(0)
+    assert (got["log_odds"], got["source_count"], got["probation_source_count"]) == (7.0, 3, 3)
+
+
+# Review H3: probation counted pieces, not distinct covered agents.
+def test_throwaway_ids_cannot_buy_their_vote_with_ten_pieces_on_one_covered_agent():
+    rng = np.random.default_rng(0)
+    c = StableBayesianConsensus()
+    src = np.repeat(np.arange(10), 500)
+    agents = np.concatenate([rng.permutation(np.tile(np.arange(200), 3))[:500] for _ in range(10)])
+    truth = np.where(np.arange(200) % 2 == 0, 2.0, -2.0)
+    lo = truth[agents] + rng.normal(size=src.size) * 0.5
+    c.add_evidence_batch(np.arange(src.size), agents, "peer_report", lo, np.ones(src.size), np.zeros(src.size), src)
+    before = c.consensus_many()
+    touched = np.repeat(np.arange(80), 20)
+    sybils = 10_000 + np.arange(touched.size)
+    earn = np.repeat(sybils, 10)                 # 10 pieces each, all on agent 199, honest-looking values
+    c.add_evidence_batch(100_000 + np.arange(earn.size), np.full(earn.size, 199), "peer_report",
+                         np.full(earn.size, truth[199] / 10), np.ones(earn.size), np.zeros(earn.size), earn)
+    lies = -truth[touched] * 1000.0 + rng.normal(size=touched.size)
+    c.add_evidence_batch(np.arange(touched.size), touched, "peer_report", lies, np.ones(touched.size),
+                         np.zeros(touched.size), sybils)
+    after = c.consensus_many()
+    assert not set(range(10)) & set(after["byzantine_nodes"])
+    keys = list(after["agent_ids"])
+    untouched = [keys.index(a) for a in range(80, 199)]
+    assert before["consensus_reached"][80:199].all() and after["consensus_reached"][untouched].all()
+
+
+# Review L1: holds_evidence raised a bare TypeError for unhashable keys.
+@pytest.mark.parametrize("source, evidence_id", [(["x"], "e1"), ("obs", ["e1"])])
+def test_holds_evidence_refuses_unhashable_keys_with_a_typed_error(source, evidence_id):
+    c = StableBayesianConsensus()
+    c.add_evidence_batch(["e1"], [7], "behavioral_anomaly", [1.0], [1.0], [0.0], ["obs"])
+    with pytest.raises(SwarmGuardError):
+        c.holds_evidence(source, evidence_id)
+
+
+# Review L2: EvidenceType.from_code(-1) returned the last member.
+def test_negative_evidence_type_codes_are_refused():
+    c = StableBayesianConsensus()
+    before = c.state_fingerprint()
+    with pytest.raises(UnknownEvidenceTypeError):
+        c.add_evidence_batch([1], [1], np.array([-1]), [1.0], [1.0], [0.0], ["a"])
+    assert c.state_fingerprint() == before
+
+
+# ------------------------------------------------------------------ the founding rule (fix/consensus3)
+def _founders_by_the_rule(rows, calls, probation, quorum, trusted=()):
+    """The founding sources from the rule's text, computed from scratch: the sources seen up to
+    the first call after which some untrusted source has ``probation`` pieces and ``quorum``
+    untrusted sources have been seen; None if no call ends it."""
+    seen: dict = {}
+    done = 0
+    for size in calls:
+        for _, src in rows[done:done + size]:
+            seen[src] = seen.get(src, 0) + 1
+        done += size
+        untrusted = [n for s, n in seen.items() if s not in trusted]
+        if max(untrusted, default=0) >= probation and len(untrusted) >= quorum:
+            return set(seen)
+    return None
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["a", "b", "c", "d", "e", "me"])), min_size=1,
+                max_size=40),
+       st.integers(2, 4), st.integers(1, 4), st.randoms(use_true_random=False), st.booleans())
+@settings(max_examples=120, deadline=None)
+def test_the_founding_sources_follow_the_rule_for_any_arrival_order_and_split_into_calls(rows, probation, quorum,
+                                                                                         rnd, per_item):
+    rnd.shuffle(rows)
+    calls = [1] * len(rows) if per_item else []
+    while sum(calls) < len(rows):
+        calls.append(min(rnd.randint(1, 8), len(rows) - sum(calls)))
+    c = StableBayesianConsensus(probation_evidence=probation, founding_quorum=quorum, trusted_sources=["me"])
+    done = 0
+    for i, size in enumerate(calls):
+        part = rows[done:done + size]
+        if size == 1 and per_item:
+            c.add_evidence_sync(BayesianEvidence(done, part[0][0], "peer_report", 1.0, 1.0, 0.0, part[0][1]))
+        else:
+            c.add_evidence_batch(np.arange(done, done + size), [a for a, _ in part], "peer_report", [1.0] * size,
+                                 [1.0] * size, [0.0] * size, [s for _, s in part])
+        done += size
+        want = _founders_by_the_rule(rows, calls[: i + 1], probation, quorum, trusted={"me"})
+        got = c.founding_sources
+        assert (got if got is None else set(got)) == want
+        if want is not None:        # never fewer than the quorum of untrusted founders
+            assert len(want - {"me"}) >= quorum
+
+
+@given(st.permutations(list(range(72))), st.integers(0, 10))
+@settings(max_examples=25, deadline=None)
+def test_one_early_identity_never_decides_an_agent_alone_whatever_the_arrival_order(order, early_pieces):
+    """One identity sends 10 pieces whitewashing agent 0, interleaved in any order with six
+    honest nodes' pieces (one per agent on agents 0..11), ``early_pieces`` of them first, each
+    piece its own call. At the end every node votes on agent 0 and its consensus is in the
+    honest range (with the founding ended by the first source to reach 10 pieces, the early
+    identity could be the only founder, and the honest nodes never earned a vote there). After
+    every call where agent 0 has voters enough to trim one liar, it is in the range or not
+    reached (the trimming bound, with probation deciding who votes)."""
+    honest = [(agent, node, 3.0 + 0.25 * node) for agent in range(12) for node in range(6)]
+    early = [(0, "early", -8.0)] * 10
+    stream = early[:early_pieces] + [honest[i] for i in order]
+    for k, piece in enumerate(early[early_pieces:]):     # the other early pieces at fixed places
+        stream.insert((7 * k + 3) % (len(stream) + 1), piece)
+    c = StableBayesianConsensus(byzantine_threshold=0.33)
+    for i, (agent, node, lo) in enumerate(stream):
+        c.add_evidence_sync(BayesianEvidence(i, agent, "peer_report", lo, 1.0, 0.0,
+                                             node if node == "early" else f"node-{node}"))
+        if agent == 0 and node != "early" or (agent == 0 and i % 3 == 0):
+            totals = [lo for a, n, lo in stream[: i + 1] if a == 0 and n != "early"]
+            if totals:
+                r = c.consensus(0)
+                n = r["source_count"]
+                if math.floor(0.33 * n) >= 1:
+                    assert (n * min(totals) <= r["log_odds"] <= n * max(totals)) or not r["consensus_reached"]
+    r = c.consensus(0)
+    assert r["source_count"] == 7 and r["probation_source_count"] == 0 and r["consensus_reached"]
+    assert 7 * 3.0 <= r["log_odds"] <= 7 * 4.25
+
+
+def test_the_founding_needs_the_quorum_of_untrusted_sources():
+    c = StableBayesianConsensus(probation_evidence=3)
+    c.add_evidence_batch(["x0", "x1", "x2"], [0, 1, 2], "peer_report", [-9.0] * 3, [1.0] * 3, [0.0] * 3, ["a"] * 3)
+    c.add_evidence_batch(["y"], [0], "peer_report", [2.0], [1.0], [0.0], ["b"])
+    assert c.founding_sources is None                       # two untrusted sources seen: it lasts
+    assert c.consensus(0)["source_count"] == 2
+    c.add_evidence_batch(["z"], [0], "peer_report", [3.0], [1.0], [0.0], ["c"])
+    assert c.founding_sources == ["a", "b", "c"]            # the third: the founding ends with it
+    single = StableBayesianConsensus(probation_evidence=3, founding_quorum=1)   # the former rule
+    single.add_evidence_batch(["x0", "x1", "x2"], [0, 1, 2], "peer_report", [-9.0] * 3, [1.0] * 3, [0.0] * 3,
+                              ["a"] * 3)
+    assert single.founding_sources == ["a"]
+    assert single.founding_quorum == 1 and c.founding_quorum == 3
+    for bad in (0, -1, 2.5, "3", True):
+        with pytest.raises(SwarmGuardError):
+            StableBayesianConsensus(founding_quorum=bad)
+
+
+def test_repeating_a_covered_agent_earns_nothing_distinct_agents_do():
+    c = StableBayesianConsensus(probation_evidence=3)
+    c.add_evidence_batch(np.arange(9), [0, 1, 2] * 3, "peer_report", [1.0] * 9, [1.0] * 9, [0.0] * 9,
+                         ["a"] * 3 + ["b"] * 3 + ["c"] * 3)
+    assert c.founding_sources == ["a", "b", "c"]
+    c.add_evidence_batch(np.arange(50), [0] * 50, "peer_report", [-5.0] * 50, [1.0] * 50, [0.0] * 50, ["new"] * 50)
+    assert c.consensus(0)["probation_source_count"] == 1    # 50 pieces, one agent
+    c.add_evidence_batch([50, 51], [1, 7], "peer_report", [-5.0] * 2, [1.0] * 2, [0.0] * 2, ["new"] * 2)
+    assert c.consensus(0)["probation_source_count"] == 1    # agent 7 is covered by no founder
+    c.add_evidence_batch([90], [7], "peer_report", [1.0], [1.0], [0.0], ["a"])   # now it is
+    r = c.consensus(0)
+    assert r["probation_source_count"] == 0 and r["source_count"] == 4
+
+
+def _random_consensus(rng, sources, calls, probation=3, tag=""):
+    c = StableBayesianConsensus(probation_evidence=probation)
+    for k in range(calls):
+        n = int(rng.integers(1, 8))
+        c.add_evidence_batch([f"{tag}{k}-{i}" for i in range(n)], rng.integers(0, 6, size=n), "peer_report",
+                             np.round(rng.normal(size=n) * 4, 2), np.ones(n), np.zeros(n),
+                             [str(s) for s in rng.choice(sources, size=n)])
+    return c
+
+
+def _by_agent(c):
+    many = c.consensus_many()
+    keys = [str(k) for k in many["agent_ids"]]
+    return {k: tuple(many[name][i] for name in ("log_odds", "source_count", "probation_source_count",
+                                                 "consensus_reached")) for i, k in enumerate(keys)}
+
+
+@given(st.integers(0, 10_000), st.integers(1, 8), st.integers(1, 8))
+@settings(max_examples=40, deadline=None)
+def test_merge_keeps_each_sides_founders_commutes_and_is_idempotent(seed, calls_a, calls_b):
+    rng = np.random.default_rng(seed)
+    a = _random_consensus(rng, ["p", "q", "r", "s"], calls_a, tag="a")
+    b = _random_consensus(rng, ["r", "s", "t", "u", "v"], calls_b, tag="b")
+    ab, ba = StableBayesianConsensus(probation_evidence=3), StableBayesianConsensus(probation_evidence=3)
+    ab.merge(a)
+    ab.merge(b)
+    ba.merge(b)
+    ba += a
+    fa, fb = a.founding_sources, b.founding_sources
+    if fa is None and fb is None:     # neither side ended: one call under the rule on the union
+        one_call = StableBayesianConsensus(probation_evidence=3)
+        ev_a, ev_b = a.export_evidence(), b.export_evidence()
+        one_call.add_evidence_batch(**{k: list(ev_a[k]) + list(ev_b[k]) for k in ev_a})
+        want = None if one_call.founding_sources is None else set(one_call.founding_sources)
+    else:     # the founders of the sides whose founding ended, and no one else
+        want = set(fa or []) | set(fb or [])
+    for m in (ab, ba):
+        assert (None if m.founding_sources is None else set(m.founding_sources)) == want
+    assert _by_agent(ab) == _by_agent(ba)
+    before = ab.state_fingerprint()
+    assert ab.merge(a) == 0 and ab.merge(b.export_state()) == 0
+    assert ab.state_fingerprint() == before
+    copy = StableBayesianConsensus(probation_evidence=3)
+    copy.merge(ab.export_state())
+    # (agent rows may come in another order: one call sorts new integer ids, two calls sort each)
+    assert copy.founding_sources == ab.founding_sources and _by_agent(copy) == _by_agent(ab)
+
+
+def test_a_side_whose_founding_lasts_brings_its_sources_as_newcomers():
+    """A fresh consensus full of throw-away ids (its founding never ended) merged into one whose
+    founding ended: the ids do not become founders (nor the other way round)."""
+    known = StableBayesianConsensus(probation_evidence=3)
+    known.add_evidence_batch(np.arange(9), [0, 1, 2] * 3, "peer_report", [1.0] * 9, [1.0] * 9, [0.0] * 9,
+                             ["a"] * 3 + ["b"] * 3 + ["c"] * 3)
+    sybils = StableBayesianConsensus(probation_evidence=3)
+    sybils.add_evidence_batch(np.arange(2), [0, 0], "peer_report", [-50.0] * 2, [1.0] * 2, [0.0] * 2, ["s1", "s2"])
+    assert sybils.founding_sources is None
+    one, two = StableBayesianConsensus(probation_evidence=3), StableBayesianConsensus(probation_evidence=3)
+    one.merge(known)
+    one.merge(sybils)
+    two.merge(sybils)
+    two.merge(known)
+    for m in (one, two):
+        assert m.founding_sources == ["a", "b", "c"]
+        r = m.consensus(0)
+        assert r["source_count"] == 3 and r["probation_source_count"] == 2 and r["log_odds"] == 3.0
+
+
+def test_merged_founders_are_stored_in_the_same_transaction_and_survive_reopening(tmp_path):
+    src = StableBayesianConsensus(probation_evidence=3)
+    src.add_evidence_batch(np.arange(9), [0, 1, 2] * 3, "peer_report", [1.0] * 9, [1.0] * 9, [0.0] * 9,
+                           ["a"] * 3 + ["b"] * 3 + ["c"] * 3)
+    src.add_evidence_batch([0], [0], "peer_report", [-50.0], [1.0], [0.0], ["sybil"])
+    path = tmp_path / "m.db"
+    with StableBayesianConsensus(store=path, probation_evidence=3) as c:
+        c.merge(src)
+        want = c.consensus_many()
+    with StableBayesianConsensus(store=path, probation_evidence=3) as again:
+        assert again.founding_sources == ["a", "b", "c"]
+        got = again.consensus_many()
+        for name in ("log_odds", "source_count", "probation_source_count"):
+            assert got[name].tobytes() == want[name].tobytes(), name
+    # A merge that adds no evidence but founders (the other side's founding ended on the same
+    # evidence) records them too.
+    lasting = tmp_path / "l.db"
+    with StableBayesianConsensus(store=lasting, probation_evidence=3) as c:
+        c.add_evidence_batch([0], [0], "peer_report", [1.0], [1.0], [0.0], ["a"])
+        other = StableBayesianConsensus(probation_evidence=3, founding_quorum=1)
+        other.add_evidence_batch([0, 1, 2], [0, 1, 2], "peer_report", [1.0] * 3, [1.0] * 3, [0.0] * 3, ["a"] * 3)
+        c.add_evidence_batch([1, 2], [1, 2], "peer_report", [1.0] * 2, [1.0] * 2, [0.0] * 2, ["a"] * 2)
+        assert c.founding_sources is None and c.merge(other) == 0 and c.founding_sources == ["a"]
+    with StableBayesianConsensus(store=lasting, probation_evidence=3) as again:
+        assert again.founding_sources == ["a"]
+
+
+@pytest.mark.parametrize("state, error", [
+    ({"evidence": {}, "founding_sources": None}, InvalidInputError),
+    ({"evidence": None, "founding_sources": None}, InvalidInputError),
+    ({"founding_sources": None}, InvalidTypeError),
+    ("not a state", InvalidTypeError),
+    ("founders-not-a-list", InvalidTypeError),
+    ("founder-not-a-source", InvalidInputError),
+    ("founder-a-float", InvalidTypeError),
+    ("no-founders", InvalidInputError),
+    ("bad-evidence", NonFiniteError),
+])
+def test_merging_a_bad_state_is_refused_and_changes_nothing(state, error):
+    c = StableBayesianConsensus(probation_evidence=3)
+    c.add_evidence_batch(np.arange(9), [0, 1, 2] * 3, "peer_report", [1.0] * 9, [1.0] * 9, [0.0] * 9,
+                         ["a"] * 3 + ["b"] * 3 + ["c"] * 3)
+    good = c.export_state()
+    good["evidence"]["source_nodes"] = ["x" if s == "a" else s for s in good["evidence"]["source_nodes"]]
+    changed = {"founders-not-a-list": {**good, "founding_sources": "a"},
+               "founder-not-a-source": {**good, "founding_sources": ["ghost"]},
+               "founder-a-float": {**good, "founding_sources": [1.5]},
+               "no-founders": {**good, "founding_sources": []},
+               "bad-evidence": {**good, "evidence": {**good["evidence"],
+                                                     "log_odds": np.r_[good["evidence"]["log_odds"][:-1], np.nan]}}}
+    state = changed.get(state, state) if isinstance(state, str) else state
+    before = c.state_fingerprint()
+    with pytest.raises(error):
+        c.merge(state)
+    assert c.state_fingerprint() == before
+
+
+# ------------------------------------------------------------------ review rvcons (strict xfail: not fixed)
+def _consensus_of(rows, **kw):
+    """A consensus fed ``rows`` (evidence id, agent, source, log-odds) as one batch call."""
+    c = StableBayesianConsensus(**kw)
+    e, a, s, lo = zip(*rows)
+    c.add_evidence_batch(list(e), list(a), "peer_report", list(lo), [1.0] * len(lo), [0.0] * len(lo), list(s))
+    return c
+
+
+# Review rvcons M1: merge commutes and is idempotent, but is not associative once founders
+# are involved. Two consensuses whose foundings both last (B: one source with 10 pieces and
+# one more source; C: one source) found all three of their sources when merged together
+# (the quorum is met by the union), and merging that into a founded A keeps them founders;
+# merging C into A first makes C's source a newcomer, and then B's too. So who votes depends
+# on the order of merges: three throw-away ids split over two below-quorum consensuses
+# become founders of the result in one grouping and stay on probation in the other.
+@pytest.mark.xfail(strict=True, reason="review rvcons M1: merge is not associative (founding by a merge of two "
+                                       "unfounded sides); a fix needs a merge that never ends the founding")
+def test_merge_is_associative_with_founders():
+    a_rows = [(f"a{i}", i % 3, f"A{j}", 1.0) for j in range(3) for i in range(10)]
+    b_rows = [(f"b{i}", i % 3, "B0", -5.0) for i in range(10)] + [("bx", 0, "B1", -5.0)]
+    c_rows = [("c0", 0, "C0", -5.0)]
+    assert _consensus_of(a_rows).founding_sources == ["A0", "A1", "A2"]
+    assert _consensus_of(b_rows).founding_sources is None and _consensus_of(c_rows).founding_sources is None
+    left = _consensus_of(b_rows)                       # (B + C) + A
+    left.merge(_consensus_of(c_rows))
+    left.merge(_consensus_of(a_rows))
+    inner = _consensus_of(c_rows)                      # B + (C + A)
+    inner.merge(_consensus_of(a_rows))
+    right = _consensus_of(b_rows)
+    right.merge(inner)
+    assert sorted(left.founding_sources) == sorted(right.founding_sources)
+    assert left.consensus(0)["log_odds"] == right.consensus(0)["log_odds"]
+
+
+# Review rvcons M2 (the documented limit made concrete): 3 throw-away ids that arrive first
+# (12 pieces, 9 agents) are the whole founding set; 10 honest sources arriving next with 300
+# pieces each on 100 agents can earn their vote on at most 9 covered agents, so they never
+# vote: the 3 ids decide the 9 agents alone and no other agent ever reaches consensus.
+@pytest.mark.xfail(strict=True, reason="review rvcons M2: founders that arrive first and cover fewer than "
+                                       "probation_evidence agents keep every later source on probation forever "
+                                       "(docs/consensus.md Limits; needs credentials or an earning rule that does "
+                                       "not depend on the founders' coverage)")
+def test_a_later_honest_majority_is_not_kept_on_probation_forever_by_three_early_ids():
+    early = ([(f"s{i}", i % 9, "S0", -8.0) for i in range(10)]
+             + [("t", 0, "S1", -8.0), ("t", 0, "S2", -8.0)])
+    c = _consensus_of(early)
+    assert c.founding_sources == ["S0", "S1", "S2"]
+    honest = [(f"h{j}_{a}_{k}", a, f"H{j}", 3.0) for j in range(10) for a in range(100) for k in range(3)]
+    e, a, s, lo = zip(*honest)
+    c.add_evidence_batch(list(e), list(a), "peer_report", list(lo), [1.0] * len(lo), [0.0] * len(lo), list(s))
+    many = c.consensus_many()
+    assert np.asarray(many["consensus_reached"]).sum() > 9
+    assert c.consensus(0)["probation_source_count"] == 0

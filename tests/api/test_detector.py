@@ -418,6 +418,14 @@ def test_a_long_node_id_never_leaves_a_refused_item_half_applied():
         assert detector_state(det) == before
     else:
         assert det.tree.get_agent_features(7).tolist() == [0.25, -0.25]
+    # an anomalous item: the one that makes the detector's own evidence id from the node id
+    before = detector_state(det)
+    try:
+        out = det.process_agent_behavior_sync(8, BehavioralData(8, [9.0, -9.0], region="eu"))
+    except SwarmGuardError:
+        assert detector_state(det) == before
+    else:
+        assert out["anomaly"]["is_anomaly"] and det.consensus.evidence_count == before["evidence_count"] + 1
 
 
 def test_a_refused_async_call_starts_no_background_sync():
@@ -714,3 +722,64 @@ def test_the_async_api_does_not_hold_the_lock_across_an_await():
     thread.join(timeout=60)
     assert not thread.is_alive() and sorted(done) == [*range(2000, 2020), *range(3000, 3020)]
     assert len(det.tree) == 300 + 60
+
+
+@pytest.mark.parametrize("cf", [1.0, 1.5, 0.9, 0.5, 0.3, 1e-13])
+@pytest.mark.parametrize("cut", [1e-3, 0.01, 0.0])
+def test_the_decisions_widened_cut_is_scipys_chi2_quantile_turned_back(cf, cut):
+    # The rule of the class docstring, written with scipy.stats.chi2 (the published
+    # quantile and tail): an anomalous agent holds when its p-value is at most
+    # sf(isf(cut) / cf²); cf >= 1 is the cut itself. Scalars (the per-item path) and
+    # arrays (a round) give the same answers.
+    from scipy.stats import chi2
+
+    det = DistributedBehavioralDetector(feature_dimensions=4)
+    p = np.concatenate([np.geomspace(1e-300, 1.0, 400), [cut, np.nextafter(cut, 1.0)]])
+    flagged = np.resize([True, True, False], p.size)
+    c = min(max(cf, 1e-12), 1.0)
+    ref_cut = cut if (c >= 1.0 or cut <= 0) else chi2.sf(chi2.isf(cut, 4) / (c * c), 4)
+    expected = flagged & ((p <= ref_cut) | (cut <= 0))
+    rows = det._anomaly_holds(flagged, p, cut, np.full(p.size, cf))
+    assert rows.tolist() == expected.tolist()
+    one = [bool(det._anomaly_holds(bool(a), float(q), cut, cf)) for a, q in zip(flagged, p, strict=True)]
+    assert one == expected.tolist()
+    assert not expected.all() and (expected.any() or c < 1e-6)   # the cases decide both ways
+
+
+@pytest.mark.parametrize("node_id", [("eu", 1), ("a", "b", "c"), ("t", ("u", 2))])
+def test_a_tuple_node_id_is_the_source_of_every_own_evidence_of_a_round(node_id):
+    """The settings take a tuple node id (the consensus's rule for a source); a round's own
+    evidence carries it whole on every row (``np.full`` spread its items over the rows: the
+    sources 'eu' and '1', or a ValueError after the tree and the replicas had changed)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 2))
+    X[:2] += 9.0
+    det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=20, node_id=node_id, clock=lambda: 1.0)
+    out = det.process_round(np.arange(60), X, "a")
+    flagged = int(out["is_anomaly"].sum())
+    assert flagged >= 2
+    ev = det.consensus.export_evidence()
+    assert len(ev["source_nodes"]) == flagged
+    assert all(s == node_id for s in ev["source_nodes"])
+    assert sorted(ev["agent_ids"]) == sorted(np.flatnonzero(out["is_anomaly"]).tolist())
+
+
+def test_a_round_with_one_long_region_name_never_holds_a_copy_of_it_per_row():
+    # as_name_array gives one name as a broadcast view; np.unique (detector's regions, tree's cohorts)
+    # used to flatten it back into n copies of the name
+    import tracemalloc
+
+    n, name = 20_000, "r" * 1000
+    X = np.random.default_rng(6).normal(size=(n, 2))
+    det = DistributedBehavioralDetector(feature_dimensions=2, clock=lambda: 1.0, auto_sync_seconds=None)
+    ref = DistributedBehavioralDetector(feature_dimensions=2, clock=lambda: 1.0, auto_sync_seconds=None)
+    tracemalloc.start()
+    try:
+        out = det.process_round(np.arange(n), X, name, timestamp=1.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < n * len(name), peak                 # one copy of n names would be 4 * n * len(name) bytes
+    expected = ref.process_round(np.arange(n), X, np.array([name] * n), timestamp=1.0)
+    np.testing.assert_array_equal(out["mahalanobis_squared"], expected["mahalanobis_squared"])
+    assert out["region_confidence"] == expected["region_confidence"] and list(out["region_confidence"]) == [name]

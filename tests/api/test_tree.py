@@ -373,3 +373,36 @@ def test_small_features_do_not_drift_behind_large_ones():
     n, _, m2 = t._tree.root_moments()          # the root as streaming scoring sees it
     cov = np.cov(X.T)
     np.testing.assert_allclose(m2 / (n - 1), cov, rtol=1e-9, atol=1e-9 * np.sqrt(np.outer(np.diag(cov), np.diag(cov))).min())
+
+
+def test_cohort_statistics_follow_new_pages_sub_cohorts_and_growth_after_a_read():
+    # A cohort's node cover is kept between reads: new pages of the cohort, a new
+    # sub-cohort and the tree growing must each show in the next read (exact moments).
+    rng = np.random.default_rng(31)
+    tree = HierarchicalStatisticalTree(branching_factor=4, feature_dimensions=2)
+    rows: dict[int, np.ndarray] = {}
+
+    def add(ids, cohort):
+        X = rng.normal(loc=3.0, size=(len(ids), 2))
+        tree.update_many(np.asarray(ids), X, cohorts=cohort)
+        rows.update({i: x for i, x in zip(ids, X, strict=True)})
+
+    def check(members):
+        stats = tree.get_cohort_statistics(("eu",))
+        mean_ex, cov_ex = exact_mean_cov(np.array([rows[i] for i in members]))
+        assert stats["count"] == len(members)
+        np.testing.assert_allclose(stats["mean"], mean_ex, rtol=1e-13)
+        np.testing.assert_allclose(stats["covariance"], cov_ex, rtol=1e-11)
+
+    add(list(range(0, 300)), "eu")
+    add(list(range(300, 400)), "us")
+    check(range(0, 300))
+    add(list(range(400, 700)), "eu")                       # new pages of the cohort
+    check([*range(0, 300), *range(400, 700)])
+    add(list(range(700, 800)), ("eu", "rack-1"))           # a new sub-cohort
+    check([*range(0, 300), *range(400, 800)])
+    add(list(range(800, 5000)), "eu")                      # the tree grows (a new layout)
+    check([*range(0, 300), *range(400, 5000)])
+    tree.update_agent(5, rng.normal(size=2), cohort="eu")  # a per-item change, then a read
+    rows[5] = tree.get_agent_features(5)
+    check([*range(0, 300), *range(400, 5000)])

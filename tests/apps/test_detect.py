@@ -1143,3 +1143,65 @@ def test_pyarrow_memory_stays_at_a_block_not_the_file(tmp_path, fmt):
     assert (engine, int(agents), int(rows)) == ("pyarrow", 50_000, n)
     # pyarrow's own allocations (tracemalloc does not see them): a few blocks of 20,000 rows, not the file
     assert int(peak) < size / 4, (int(peak), size)
+
+
+def test_a_stray_quote_before_a_comma_then_a_multiline_field_keeps_every_record_whole(tmp_path):
+    # 'ab",' looks like a closing quote; counted as one it flipped quote parity, so the newline
+    # inside the later quoted field was taken for a record end: the record split in two and its
+    # second line ('zz,3,4,x"') was scored as an agent of its own
+    rng = np.random.default_rng(10)
+    lines = ["agent_id,f1,f2,note"]
+    for i in range(200):
+        note = {20: 'ab"', 120: '"line1\nzz,3,4,x"'}.get(i, "plain")
+        lines.append(f"a{i},{rng.normal():.6f},{rng.normal():.6f},{note}")
+    src = tmp_path / "stray.csv"
+    src.write_text("\n".join(lines) + "\n")
+    with open(src, newline="") as f:
+        records = list(csv.reader(f))[1:]
+    for chunk in (7, 50, 10**6):
+        ref = detect(src, features="f1,f2", chunk_rows=chunk, warm_up=50, csv_engine="python")
+        res = detect(src, features="f1,f2", chunk_rows=chunk, warm_up=50)
+        assert res.agent_ids.tolist() == [r[0] for r in records]        # 200 agents, no "zz"
+        same_scores(ref, res)
+
+
+def test_two_json_objects_on_one_line_are_refused_as_the_standard_library_refuses_them(tmp_path):
+    # pyarrow.json reads '{...} {...}' as two rows; JSON Lines (and --csv-engine python) refuse the line
+    rng = np.random.default_rng(11)
+    lines = [json.dumps({"agent_id": f"a{i}", "x": rng.normal(), "y": rng.normal()}) for i in range(120)]
+    lines[60] = '{"agent_id": "zz", "x": 1.5, "y": 2.0} {"agent_id": "yy", "x": 1.5, "y": 2.0}'
+    lines[30:30] = ["", "  \t"]                                       # blank lines stay blank
+    src = tmp_path / "two.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    for chunk in (7, 10**6):
+        with pytest.raises(MalformedInputError) as info:
+            detect(src, chunk_rows=chunk, warm_up=50)
+        assert info.value.line == 63                                   # 60 + the two blank lines + 1
+        ref = detect(src, chunk_rows=chunk, warm_up=50, csv_engine="python", skip_bad=True)
+        res = detect(src, chunk_rows=chunk, warm_up=50, skip_bad=True)
+        assert "zz" not in res.agent_ids.tolist() and len(res.agent_ids) == 119
+        assert res.skipped_examples == ref.skipped_examples and len(ref.skipped_examples) == 1
+        same_scores(ref, res)
+
+
+@pytest.mark.parametrize("fmt, bad", [
+    ("csv", b"a30,1.0,2.0,\xff\xfe"),                     # not UTF-8, in a column detect does not read
+    ("csv", b"a30,1.0,2.0,n\ra31,3.0,4.0,n"),             # a lone carriage return: pyarrow starts a record
+    ("jsonl", b'{"agent_id": "a30", "x": 1.0, "y": 2.0, "note": "\xff"}'),
+])
+def test_lines_the_standard_library_refuses_are_refused_by_the_pyarrow_reader_too(tmp_path, fmt, bad):
+    rng = np.random.default_rng(12)
+    if fmt == "csv":
+        rows = [b"agent_id,x,y,note"] + [f"a{i},{rng.normal():.5f},{rng.normal():.5f},n".encode() for i in range(80)]
+    else:
+        rows = [json.dumps({"agent_id": f"a{i}", "x": rng.normal(), "y": rng.normal()}).encode() for i in range(80)]
+    head = fmt == "csv"
+    rows[30 + head] = bad
+    src = tmp_path / f"bad.{fmt}"
+    src.write_bytes(b"\n".join(rows) + b"\n")
+    for chunk in (7, 10**6):
+        for engine in ("auto", "python"):
+            for skip_bad in (False, True):      # unreadable text stops the run even with skip_bad
+                with pytest.raises(MalformedInputError) as info:
+                    detect(src, chunk_rows=chunk, warm_up=50, features="x,y", csv_engine=engine, skip_bad=skip_bad)
+                assert info.value.line == 31 + head        # the line of a30 (after the header)

@@ -556,3 +556,35 @@ def test_ray_reads_a_configured_clock_once_per_call_and_makes_valid_ids_from_a_l
             assert len(set(own)) == len(own) == n and max(map(len, own)) <= 1000
     finally:
         b.close()
+
+
+@pytest.mark.parametrize("change", ["partition", "heal"])
+def test_ray_strong_link_change_with_a_bad_clock_changes_nothing(ray_session, change):
+    """As in process: under STRONG a partition or heal syncs at once, reading the driver's
+    clock once, before the links change; a clock gone bad refuses it with the links (and
+    every replica, the clock's high-water mark) as they were."""
+    now = [1.0]
+    kw = dict(feature_dimensions=3, clock=lambda: now[0], regions=["eu", "us", "ap"], warm_up=200,
+              consistency_model=ConsistencyModel.STRONG)
+    a, b = both(ray_session, **kw)
+    ids, X = swarm(90, outliers=0)
+    try:
+        for det in (a, b):
+            links = det.cap_resolver
+            det.process_round(ids, X, np.array(["eu", "us", "ap"])[ids % 3])
+            if change == "heal":
+                links.partition([["eu", "us"], ["ap"]])
+            state = _ray_state(b) if det is b else None
+            partitioned, visible = links.is_partitioned, links.visible_regions("eu")
+            now[0] = float("nan")
+            with pytest.raises(SwarmGuardError, match="clock"):
+                links.partition([["eu"], ["us", "ap"]]) if change == "partition" else links.heal()
+            assert (links.is_partitioned, links.visible_regions("eu")) == (partitioned, visible)
+            if det is b:
+                assert _ray_state(b) == state
+            now[0] = 2.0
+            links.partition([["eu"], ["us", "ap"]]) if change == "partition" else links.heal()
+            assert links.visible_regions("eu") == (["eu"] if change == "partition" else ["ap", "eu", "us"])
+            now[0] = 1.0
+    finally:
+        b.close()

@@ -214,3 +214,31 @@ def test_partition_and_pair_sums_loaders_refuse_damaged_states(value):
         for state in ("not a dict", None, [1, 2], {}):
             with pytest.raises(InvalidInputError):
                 loader(state)
+
+
+# ------------------------------------------------------------------ covered agents (probation)
+@given(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 5)), min_size=1, max_size=120),
+       st.lists(st.booleans(), min_size=6, max_size=6), st.integers(1, 5), st.randoms(use_true_random=False))
+@settings(max_examples=150, deadline=None)
+def test_covered_counts_are_distinct_covered_agents_up_to_the_cap_whatever_the_calls(rows_, base, cap, rnd):
+    """CoveredCounts against its definition, computed from scratch: per non-base source, the
+    number of distinct agents it reports on that some base source reports on, capped; the
+    ledger is fed in random chunks and asked after each (evidence arrives in any order)."""
+    from swarmguard.structures.evidence import CoveredCounts, EvidenceLedger
+
+    ledger = EvidenceLedger(partition_size=16)
+    ledger.agents.add_new(list(range(8)))
+    ledger.sources.add_new(list(range(6)))
+    base = np.array(base)
+    counter = CoveredCounts()
+    done = 0
+    while done < len(rows_):
+        step = rnd.randint(1, 12)
+        chunk = rows_[done:done + step]
+        done += len(chunk)
+        ledger.append(np.array([a for a, _ in chunk]), np.array([s for _, s in chunk]),
+                      np.zeros(len(chunk), np.int16), np.ones(len(chunk)), np.ones(len(chunk)), np.zeros(len(chunk)))
+        seen = rows_[:done]
+        covered = {a for a, s in seen if base[s]}
+        want = [0 if base[s] else min(len({a for a, t in seen if t == s and a in covered}), cap) for s in range(6)]
+        assert counter.counts(ledger, base, cap).tolist() == want

@@ -99,3 +99,12 @@ def test_the_variance_floor_is_taken_in_power_of_two_units_as_the_exact_referenc
         assert d2[i] == pytest.approx(exact, rel=1e-9)
         unfloored = exact_loo_squared_distance(Y, i, shrinkage, var_floor=0.0, exponents=stale)
         assert abs(exact - unfloored) > 1e-6 * unfloored      # the floor does bind here
+
+
+@pytest.mark.parametrize("m2", [np.diag([1.5e308, 1.5e308]), np.array([[1.0, np.nan], [np.nan, 1.0]]),
+                                np.diag([np.inf, -np.inf])])
+def test_co_moments_whose_trace_overflows_or_is_not_a_number_are_a_non_finite_error(m2):
+    # The trace is summed in Python (math.fsum raises OverflowError where a NumPy sum
+    # gave inf): still the typed error, never an untyped OverflowError or a NaN score.
+    with pytest.raises(NonFiniteError):
+        LeaveOneOutScorer(100, np.zeros(2), m2)

@@ -290,3 +290,98 @@ def test_units_stay_in_their_band_through_moves_across_the_whole_range():
         t.flush()
         var = np.diag(t.root_state()[2]) / (n - 1)
         assert np.all(var >= 2.0**-200)            # never left with squares near underflow
+
+
+@pytest.mark.parametrize("scales", [(1e-300, 1e-300, 1e-300), (1.0, 1.0, 1.0), (1e300, 1e300, 1e300),
+                                    (1e-300, 1.0, 1e300)])
+def test_the_per_item_error_budget_holds_against_exact_arithmetic_from_1e_300_to_1e300(scales):
+    # The per-item path books each change's rounding bound (Cauchy–Schwarz on the rank-two
+    # step of a replace) and flushes when a feature's bound reaches its budget: between
+    # flushes the root's co-moment stays within that budget (1e-11 of each feature's own
+    # co-moment, off-diagonals against the geometric mean) of the exact co-moment of the
+    # stored vectors (Fractions), at every magnitude, with outliers a million standard
+    # deviations out entering and leaving, and on an offset 1e4 spreads from zero.
+    from swarmguard.structures.slot_tree import _ERROR_BUDGET
+
+    rng = np.random.default_rng(21)
+    n, d = 100, 3
+    scale = np.array(scales)
+
+    def draw(k=None, spread=1.0):
+        size = d if k is None else (k, d)
+        return (1e4 + spread * rng.normal(size=size)) * scale   # shift near 1e4 spreads: cancellation
+
+    X = draw(n)
+    t = SlotTree(dim=d, branching=4, min_levels=1, recompute_every=10**9)
+    t.write(np.arange(n), X)
+    occ = np.ones(n, dtype=bool)
+    worst = 0.0
+    steps = 600
+    i = 0
+    for step in range(steps):
+        out = step % 40 == 0
+        if step % 40 != 1:                          # step 1 of 40: the outlier's own slot, it leaves
+            i = int(rng.integers(n))
+        X[i] = draw(spread=1e6 if out else 1.0)
+        t.replace(i, X[i])
+        if out or step % 40 == 1 or step % 7 == 0:   # outliers entering, leaving, and ordinary steps
+            n_, off, m2 = t.root_state()
+            _, cov_ex = exact_mean_cov(t.deviations(X[occ]))
+            ref = np.sqrt(np.outer(np.diag(cov_ex), np.diag(cov_ex)))
+            err = np.abs(m2 / (n_ - 1) - cov_ex) / ref
+            worst = max(worst, float(err.max()))
+            np.testing.assert_array_less(err, _ERROR_BUDGET)
+    assert worst > 0                                # the root did carry rounding between flushes
+    assert 15 <= t.flushes < steps // 4             # outliers leaving flush; ordinary steps accumulate
+    t.flush()
+    n_, off, m2 = t.root_state()
+    _, cov_ex = exact_mean_cov(t.deviations(X))
+    np.testing.assert_allclose(m2 / (n_ - 1), cov_ex, rtol=1e-12)
+
+
+def test_the_band_check_of_many_rows_is_the_element_wise_rule_at_the_bands_edge():
+    # The batch check looks at each column's extremes only; rounding of x - shift is
+    # monotone, so it decides as |x - shift| > limit checked element by element, also
+    # for limits one ulp either side of the largest deviation.
+    rng = np.random.default_rng(22)
+    decided = set()
+    for _ in range(300):
+        Y = rng.normal(size=(5, 3)) * 10.0 ** rng.uniform(-300, 300)
+        t = SlotTree(3, 2, 1)
+        t.write(np.arange(5), rng.normal(size=(5, 3)) * 10.0 ** rng.uniform(-300, 300))
+        edge = np.abs(Y - t.shift).max(axis=0)
+        t._limit = edge * rng.choice([1.0, np.nextafter(1.0, 0.0), np.nextafter(1.0, 2.0)], size=3)
+        rule = bool((np.abs(Y - t.shift) > t._limit).any())
+        assert t._too_far(Y) == rule
+        assert t._too_far(Y[0]) == bool((np.abs(Y[0] - t.shift) > t._limit).any())
+        decided.add(rule)
+    assert decided == {True, False}
+
+
+def test_merged_nodes_are_the_exact_moments_of_their_slots_through_the_fewest_nodes():
+    # nodes_state merges a node in place of all b of its children (level by level): the
+    # moments are those of every slot below the given nodes, exactly (Fractions), and a
+    # contiguous run of 300 level-1 nodes needs a handful of nodes, not 300.
+    rng = np.random.default_rng(23)
+    b, n = 4, 4096
+    t = SlotTree(dim=2, branching=b, min_levels=1)
+    X = rng.normal(loc=50.0, size=(n, 2))
+    occ = rng.random(n) < 0.9
+    t.write(np.flatnonzero(occ), X[occ])
+    for i in rng.choice(np.flatnonzero(occ), 30, replace=False).tolist():   # pending per-item changes
+        X[i] = rng.normal(loc=50.0, size=2)
+        t.replace(i, X[i])
+    run = np.arange(37, 337)
+    scattered = np.unique(rng.choice(n // b, 120, replace=False))
+    for nodes, contiguous in ((run, True), (scattered, False), (np.concatenate([run, np.arange(512, 768)]), True)):
+        cover = t.node_cover(1, nodes)
+        if contiguous:
+            assert cover.size < nodes.size // 8
+        slots = (nodes[:, None] * b + np.arange(b)).ravel()
+        rows = X[slots[occ[slots]]]
+        cnt, off, m2 = t.nodes_state(1, nodes)
+        mean, m2_user = t.to_user(off, m2)
+        assert cnt == rows.shape[0]
+        mean_ex, cov_ex = exact_mean_cov(rows)
+        np.testing.assert_allclose(mean, mean_ex, rtol=1e-14)
+        np.testing.assert_allclose(m2_user / (cnt - 1), cov_ex, rtol=1e-12)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarmguard.errors import DimensionMismatchError, InvalidInputError
+from swarmguard.errors import DimensionMismatchError, InvalidInputError, NonFiniteError
 from swarmguard.values import exact_moments as em
 from swarmguard.values.exact_moments import ExactMoments, exact_cross_sums
 
@@ -326,3 +326,30 @@ def test_wide_rows_split_the_products_into_row_panels_exactly(k, budget, monkeyp
     X = rng.normal(size=(40, k)) * np.exp2(rng.integers(-30, 30, size=(40, k)))
     w = rng.choice([-1, 1], size=40)
     assert as_fractions(*exact_cross_sums(X, w)) == list(fraction_sums(X, w))
+
+
+@pytest.mark.parametrize("n", [3, 7, 40])        # the small, sliced and limb routes all see the check
+@pytest.mark.parametrize("weights", [0, 2, -2, 0.5])
+def test_exact_cross_sums_refuses_weights_other_than_plus_minus_one(n, weights):
+    """Weight 0 used to read as -1 on the few-rows route and +1 on the others (route-dependent sums)."""
+    X = np.ones((n, 2))
+    X[0, 0] = 1e300 if n == 40 else 1.0              # a hostile spread sends n = 40 to the limbs
+    X[1, 0] = 1e-300 if n == 40 else 1.0
+    w = np.ones(n)
+    w[-1] = weights
+    with pytest.raises(InvalidInputError):
+        exact_cross_sums(X, w)
+    with pytest.raises(InvalidInputError):
+        exact_cross_sums(X, np.ones(n + 1))
+
+
+@pytest.mark.parametrize("n", [3, 40])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_exact_cross_sums_refuses_non_finite_values(n, bad):
+    """NaN used to come back as the sum 0 (no error) from the sliced route."""
+    X = np.ones((n, 2))
+    X[n // 2, 1] = bad
+    with pytest.raises(NonFiniteError):
+        exact_cross_sums(X)
+    with pytest.raises(InvalidInputError):
+        exact_cross_sums(np.ones(n))                 # 1-D

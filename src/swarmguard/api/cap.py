@@ -407,18 +407,24 @@ class StatisticalCAPResolver(Locked):
         """Cut the network: only regions in the same group reach each other.
 
         Regions not named in any group are cut off from everyone. Names must be
-        known and may appear once. Under STRONG the new groups sync at once.
+        known and may appear once. Under STRONG the new groups sync at once (the
+        clock read first: a clock gone bad refuses the call, the links unchanged).
         """
-        self._topology.group_of = self._topology.groups_for(groups)
-        if self.consistency_model is ConsistencyModel.STRONG:
-            self.sync()
+        mapping = self._topology.groups_for(groups)
+        # Under STRONG the clock is read (and checked) before the links change: a clock gone
+        # bad refuses the call with the links as they were.
+        now = self.read_clock() if self.consistency_model is ConsistencyModel.STRONG else None
+        self._topology.group_of = mapping
+        if now is not None:
+            self.sync(now=now)
 
     @synchronized
     def heal(self) -> None:
         """Restore every link (replicas converge at the next :meth:`sync`; at once under STRONG)."""
+        now = self.read_clock() if self.consistency_model is ConsistencyModel.STRONG else None   # as partition
         self._topology.group_of = None
-        if self.consistency_model is ConsistencyModel.STRONG:
-            self.sync()
+        if now is not None:
+            self.sync(now=now)
 
     @property
     @synchronized

@@ -11,11 +11,13 @@ nodes and returns, per agent, the posterior that the agent is compromised.
   Byzantine sources cannot move the result outside the honest range; sources
   that are outliers far more often than chance are flagged
   (see :mod:`swarmguard.structures.robust_fusion` for the rule and its bound).
-* Sybil resistant: the *founding* sources (those seen up to the call in which a
-  source first reached ``probation_evidence`` accepted evidence) vote; a later
-  source votes (in the fusion and the flagging) only once it has that many
-  accepted evidence on agents that founding or trusted sources report on, so
-  throw-away source ids cannot outvote or get flagged the sources that are known.
+* Sybil resistant: the *founding* sources (those seen up to the first call after
+  which some untrusted source had ``probation_evidence`` accepted evidence and
+  ``founding_quorum`` untrusted sources had been seen) vote; a later source votes
+  (in the fusion and the flagging) only once it has evidence on that many
+  distinct agents that founding or trusted sources report on, so throw-away
+  source ids cannot outvote or get flagged the sources that are known. Merges
+  keep each side's founding sources.
 * Evidence ids are unique per source (the key is ``(source_node, evidence_id)``).
 * Thread safe: every public method runs under the object's lock.
 * Batch first: :meth:`StableBayesianConsensus.add_evidence_batch` and
@@ -25,7 +27,7 @@ nodes and returns, per agent, the posterior that the agent is compromised.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ from ..errors import (
     InvalidTypeError,
     SwarmGuardError,
     UnknownAgentError,
+    UnknownEvidenceTypeError,
 )
 from ..lazy_import import module_on_first_use
 from ..locking import Locked, synchronized
@@ -55,28 +58,36 @@ from ..structures.robust_fusion import (
 from ..validation import as_float_vector, check_fraction, check_key, check_positive_int
 from .evidence_types import BayesianEvidence, EvidenceType, check_timestamp
 
-__all__ = ["StableBayesianConsensus", "BayesianEvidence", "EvidenceType", "PROBATION_EVIDENCE", "voting_sources"]
+__all__ = ["StableBayesianConsensus", "BayesianEvidence", "EvidenceType", "PROBATION_EVIDENCE", "FOUNDING_QUORUM",
+           "voting_sources", "founding_ends"]
 
 _special = module_on_first_use("scipy.special")   # imported on first use: see swarmguard.lazy_import
 
 _AGGREGATIONS = ("robust", "sum")
-PROBATION_EVIDENCE = 10  # accepted evidence a source needs before it votes (see StableBayesianConsensus)
+_EVIDENCE_COLUMNS = ("evidence_ids", "agent_ids", "evidence_types", "log_odds", "confidences", "timestamps",
+                     "source_nodes")
+PROBATION_EVIDENCE = 10  # the probation bar: pieces to end the founding, covered agents to earn a vote
+FOUNDING_QUORUM = 3      # untrusted sources that must have been seen before the founding can end
 
 
 def voting_sources(base: np.ndarray | None, covered_counts: np.ndarray | None, probation: int) -> np.ndarray | None:
     """Mask of the sources that vote (None: every source, while the founding lasts or with
-    ``probation`` 1): the base sources (founding or trusted) and every source with at least
-    ``probation`` accepted evidence on agents that base sources report on (``covered_counts``)."""
+    ``probation`` 1): the base sources (founding or trusted) and every source with evidence on
+    at least ``probation`` distinct agents that base sources report on (``covered_counts``,
+    from :class:`~swarmguard.structures.evidence.CoveredCounts`)."""
     if base is None or probation <= 1:
         return None
     return np.asarray(base, dtype=bool) | (np.asarray(covered_counts) >= probation)
 
 
-def founding_ends(counts: np.ndarray, trusted: np.ndarray, probation: int) -> bool:
+def founding_ends(counts: np.ndarray, trusted: np.ndarray, probation: int, quorum: int = FOUNDING_QUORUM) -> bool:
     """Whether accepted evidence counts per source (after a call) end the founding: some
-    untrusted source has ``probation`` of them."""
+    untrusted source has ``probation`` of them, and at least ``quorum`` untrusted sources have
+    some (one early identity, or two, cannot end it alone)."""
     counts = np.asarray(counts)
-    return probation > 1 and bool((counts[~np.asarray(trusted, dtype=bool)] >= probation).any())
+    untrusted = counts[~np.asarray(trusted, dtype=bool)]
+    return (probation > 1 and bool((untrusted >= probation).any())
+            and int(np.count_nonzero(untrusted)) >= quorum)
 
 
 class StableBayesianConsensus(Locked):
@@ -115,16 +126,23 @@ class StableBayesianConsensus(Locked):
         :meth:`source_reputation` recomputes it.
     probation_evidence : int
         Sybil resistance (default ``PROBATION_EVIDENCE`` = 10; 1 turns probation
-        off). Until some untrusted source has this many accepted evidence, every
-        source votes; the sources seen up to and including that call are the
-        *founding* sources and always vote, as do trusted ones. A source seen
-        later is on probation until it has this many accepted evidence on agents
-        that founding or trusted sources report on (evidence on other agents
-        earns nothing). A source on probation is left out of the fusion and of
-        the flagging (as judge and as judged) on every agent that some voting
-        source reports on; an agent that only sources on probation report on is
-        fused from them but never reaches consensus. The founding point is kept
-        in the store. See docs/consensus.md.
+        off). Every source votes while the founding lasts. It ends with the first
+        call after which some untrusted source has this many accepted evidence
+        and at least ``founding_quorum`` untrusted sources have been seen; the
+        sources seen up to and including that call are the *founding* sources
+        and always vote, as do trusted ones. A source seen later is on probation
+        until it has evidence on this many *distinct* agents that founding or
+        trusted sources report on (repeats on one agent, and evidence on agents
+        no such source reports on, earn nothing). A source on probation is left
+        out of the fusion and of the flagging (as judge and as judged) on every
+        agent that some voting source reports on; an agent that only sources on
+        probation report on is fused from them but never reaches consensus. The
+        founding sources are kept in the store, and :meth:`merge` keeps each
+        side's. See docs/consensus.md.
+    founding_quorum : int
+        Fewest untrusted sources seen before the founding can end (default
+        ``FOUNDING_QUORUM`` = 3: the fewest among which one identity is a
+        minority; 1 lets a single early identity end it, as before).
 
     Examples
     --------
@@ -143,7 +161,8 @@ class StableBayesianConsensus(Locked):
                  prior_probability: float = 0.5, *, aggregation: str = "robust",
                  store: str | Path | None = None, false_flag_rate: float = 1e-6,
                  min_sources: int = 1, reputation_refresh_limit: int = 200_000,
-                 trusted_sources: Sequence[Hashable] = (), probation_evidence: int = None):
+                 trusted_sources: Sequence[Hashable] = (), probation_evidence: int = None,
+                 founding_quorum: int = None):
         self.byzantine_threshold = check_fraction(byzantine_threshold, "byzantine_threshold",
                                                   low=0.0, high=0.5, high_open=True)
         self.partition_size = check_positive_int(partition_size, "partition_size")
@@ -161,13 +180,15 @@ class StableBayesianConsensus(Locked):
         self.trusted_sources = frozenset(check_key(t, "trusted_sources") for t in trusted_sources)
         self.probation_evidence = check_positive_int(
             PROBATION_EVIDENCE if probation_evidence is None else probation_evidence, "probation_evidence")
+        self.founding_quorum = check_positive_int(
+            FOUNDING_QUORUM if founding_quorum is None else founding_quorum, "founding_quorum")
         self.prior_log_odds = float(_special().logit(self.prior_probability))
         super().__init__()   # the lock: every public method runs under it (see swarmguard.locking)
         self._ledger = EvidenceLedger(self.partition_size)
         self._global: dict[str, Any] | None = None
-        # Probation: the number of rows when the founding ended (None: it lasts), the
-        # founding sources per source row, and the evidence of others on covered agents.
-        self._founding_rows: int | None = None
+        # Probation: whether the founding ended, the founding sources per source row, and
+        # the distinct covered agents of the others.
+        self._founded = False
         self._founders = np.zeros(0, dtype=bool)
         self._covered = CoveredCounts()
         self._store: EvidenceStore | None = None
@@ -175,20 +196,25 @@ class StableBayesianConsensus(Locked):
             self._store = EvidenceStore(store)
             try:
                 rows = self._store.load()
-                founding_rows = self._store.founding_rows()
+                founders = self._store.founders()
                 if rows:
                     cols = list(zip(*rows, strict=True))
                     names = {t.value for t in EvidenceType}
                     bad = next((t for t in cols[3] if t not in names), None)
                     if bad is not None:   # stored as the exact value: anything else was edited
                         raise EvidenceStoreError(f"evidence store {store}: unknown evidence type {bad!r}")
-                    self._ingest(*[list(c) for c in cols], persist=False, founding=founding_rows is None)
-                if founding_rows is not None:
-                    self._end_founding(founding_rows)
-                elif self._founding_rows is not None:
-                    # A store written before the founding point was recorded: its rows, as one
-                    # call, ended the founding; recorded now so later sources stay later ones.
-                    self._store.set_founding_rows(self._founding_rows)
+                    self._ingest(*[list(c) for c in cols], persist=False, founding=not founders)
+                if founders:
+                    missing = next((k for k in founders if self._ledger.sources.row_of(k) < 0), None)
+                    if missing is not None:
+                        raise EvidenceStoreError(f"evidence store {store}: founding source {missing!r} "
+                                                 "sent no stored evidence")
+                    self._set_founders(founders)
+                elif self._founded:
+                    # The founding condition only grows with the evidence: rows whose calls never
+                    # met it cannot meet it as one call, so this is a store written before the
+                    # founders were recorded; recorded now so later sources stay later ones.
+                    self._store.add_founders(self.founding_sources)
             except SwarmGuardError as exc:
                 self._store.close()
                 self._store = None
@@ -216,17 +242,18 @@ class StableBayesianConsensus(Locked):
             id_row = ledger.evidence.row_of(e.evidence_id)
         self._check_storable([e.evidence_id], [e.agent_id], [e.source_node])
         new_source = [] if source_row >= 0 else [e.source_node]
-        ends = self._founding_end(np.array([source_row if source_row >= 0 else len(ledger.sources)]), new_source, 1)
+        ends = self._founding_end(np.array([source_row if source_row >= 0 else len(ledger.sources)]), new_source)
         if self._store is not None:
             self._store.insert([(e.evidence_id, e.agent_id, e.source_node, e.evidence_type.value,
-                                 e.log_odds, e.confidence, e.timestamp)], founding_rows=ends)
+                                 e.log_odds, e.confidence, e.timestamp)],
+                               founders=[*ledger.sources.keys(), *new_source] if ends else None)
         agent = ledger.agents.add(e.agent_id)
         source = ledger.sources.add(e.source_node)
         ledger.index_one(e.evidence_id, source, id_row >= 0, ledger.size)
         ledger.append(np.array([agent]), np.array([source]), np.array([e.evidence_type.code]),
                       np.array([e.log_odds]), np.array([e.confidence]), np.array([e.timestamp]))
-        if ends is not None:
-            self._end_founding(ends)
+        if ends:
+            self._set_founders(None)
         return True
 
     @synchronized
@@ -256,11 +283,16 @@ class StableBayesianConsensus(Locked):
                             confidences, timestamps, persist=True, dry_run=True)
 
     def _ingest(self, evidence_ids, agent_ids, source_nodes, evidence_types, log_odds, confidences,
-                timestamps, persist: bool, dry_run: bool = False, founding: bool = True) -> int:
+                timestamps, persist: bool, dry_run: bool = False, founding: bool = True,
+                founders: list | None = None) -> int:
+        """Add a batch (one call). ``founding``: apply the founding rule to it; ``founders``
+        (a merge): the founding sources after it instead, ids of sources known after it."""
         ev, ag, src, codes, lo, conf, ts = evidence_columns(evidence_ids, agent_ids, source_nodes, evidence_types,
                                                             log_odds, confidences, timestamps)
         n = lo.size
         if n == 0:
+            if founders is not None and not dry_run:
+                self._record_founders(founders)
             return 0
         ledger = self._ledger
         agent_rows, new_agents = _plan_rows(ledger.agents, ag)
@@ -276,6 +308,8 @@ class StableBayesianConsensus(Locked):
             source_rows, new_sources = _trim_new(ledger.sources, source_rows, new_sources)
         m = len(lo)
         if m == 0:
+            if founders is not None and not dry_run:
+                self._record_founders(founders)
             return 0
         if persist and self._store is not None:
             ev_list = ev.tolist() if isinstance(ev, np.ndarray) else list(ev)
@@ -283,27 +317,33 @@ class StableBayesianConsensus(Locked):
                                  _keys_for(ledger.sources, source_rows, new_sources))
         if dry_run:
             return m
-        ends = self._founding_end(source_rows, new_sources, m) if founding else None
+        ends = founding and founders is None and self._founding_end(source_rows, new_sources)
         if persist and self._store is not None:
+            if ends:
+                founders_now = [*ledger.sources.keys(), *_as_list(new_sources)]
+            else:
+                founders_now = None if founders is None or self._same_founders(founders) else founders
             type_names = np.array([t.value for t in EvidenceType], dtype=object)[codes]
             self._store.insert_columns(ev_list, _keys_for(ledger.agents, agent_rows, new_agents),
                                        _keys_for(ledger.sources, source_rows, new_sources),
                                        type_names.tolist(), float_bits(lo), float_bits(conf),
-                                       float_bits(ts), founding_rows=ends)
+                                       float_bits(ts), founders=founders_now)
         # Commit to memory: nothing below can fail on user input.
         _add_keys(ledger.agents, new_agents)
         _add_keys(ledger.sources, new_sources)
         ledger.index_evidence(ev, source_rows, claimed, ledger.size)
         ledger.append(agent_rows, source_rows, codes, lo, conf, ts)
-        if ends is not None:
-            self._end_founding(ends)
+        if ends:
+            self._set_founders(None)
+        elif founders is not None:
+            self._set_founders(founders)
         return m
 
-    def _founding_end(self, source_rows: np.ndarray, new_sources, added: int) -> int | None:
-        """The number of rows after this call if its ``added`` rows (of ``source_rows``,
-        planned rows; ``new_sources`` the ids of the new ones) end the founding, else None."""
-        if self._founding_rows is not None or self.probation_evidence <= 1:
-            return None
+    def _founding_end(self, source_rows: np.ndarray, new_sources) -> bool:
+        """Whether a call adding rows of ``source_rows`` (planned rows; ``new_sources`` the ids
+        of the new ones) ends the founding (see :func:`founding_ends`)."""
+        if self._founded or self.probation_evidence <= 1:
+            return False
         ledger = self._ledger
         n = len(ledger.sources) + len(new_sources)
         counts = np.bincount(np.asarray(source_rows), minlength=n).astype(np.int64)
@@ -312,13 +352,29 @@ class StableBayesianConsensus(Locked):
         trusted = np.zeros(n, dtype=bool)
         if self.trusted_sources:
             trusted = np.concatenate([self._trusted_mask(), self._trusted_mask(list(new_sources))])
-        return ledger.size + added if founding_ends(counts, trusted, self.probation_evidence) else None
+        return founding_ends(counts, trusted, self.probation_evidence, self.founding_quorum)
 
-    def _end_founding(self, rows: int) -> None:
-        """The founding ended when ``rows`` rows had arrived: the sources among them found."""
-        ledger = self._ledger
-        self._founding_rows = int(rows)
-        self._founders = np.bincount(ledger.columns["source_row"][:rows], minlength=len(ledger.sources)) > 0
+    def _set_founders(self, keys: list | None) -> None:
+        """End the founding: ``keys`` (ids of known sources) are the founding sources, None
+        for every source known now (the end of the founding by the rule)."""
+        sources = self._ledger.sources
+        self._founded = True
+        if keys is None:
+            self._founders = np.ones(len(sources), dtype=bool)
+        else:
+            self._founders = np.zeros(len(sources), dtype=bool)
+            self._founders[[sources.row_of(k) for k in keys]] = True
+
+    def _same_founders(self, keys: list) -> bool:
+        return self._founded and set(keys) == set(self.founding_sources)
+
+    def _record_founders(self, keys: list) -> None:
+        """Make ``keys`` the founding sources (a merge that added no evidence), in the store too."""
+        if self._same_founders(keys):
+            return
+        if self._store is not None:
+            self._store.add_founders(keys)
+        self._set_founders(keys)
 
     def _drop_duplicates(self, ev, agent_rows, source_rows, codes, lo, conf, ts):
         """(mask of rows to add or None for all, mask of rows whose id some source already
@@ -375,7 +431,15 @@ class StableBayesianConsensus(Locked):
         1
         >>> c.holds_evidence("obs", "e1"), c.holds_evidence("detector", "e1")
         (True, False)
+
+        The keys follow :func:`~swarmguard.validation.check_key`'s rules: None raises
+        :class:`~swarmguard.errors.InvalidInputError`; a bool, a float (``3.0`` is not the
+        source ``3``) or an unhashable value raises
+        :class:`~swarmguard.errors.InvalidTypeError`; NumPy integers are the equal ints.
+        A string too long or holding a NUL can never have been stored: it is not held.
         """
+        source_node = _lookup_key(source_node, "source_node")
+        evidence_id = _lookup_key(evidence_id, "evidence_id")
         ledger = self._ledger
         source_row = ledger.sources.row_of(source_node)
         return source_row >= 0 and ledger.seq_of(evidence_id, source_row)[0] >= 0
@@ -582,12 +646,12 @@ class StableBayesianConsensus(Locked):
         """Voting sources per source row (see ``probation_evidence``)."""
         ledger = self._ledger
         n = len(ledger.sources)
-        if self._founding_rows is None or self.probation_evidence <= 1:
+        if not self._founded or self.probation_evidence <= 1:
             return np.ones(n, dtype=bool)
         base = self._trusted_mask()
         k = min(n, self._founders.size)
         base[:k] |= self._founders[:k]
-        return voting_sources(base, self._covered.counts(ledger, base), self.probation_evidence)
+        return voting_sources(base, self._covered.counts(ledger, base, self.probation_evidence), self.probation_evidence)
 
     @property
     def ledger(self):
@@ -599,8 +663,9 @@ class StableBayesianConsensus(Locked):
     @synchronized
     def founding_sources(self) -> list[Hashable] | None:
         """The founding sources (they always vote), or None while the founding lasts (every
-        source votes until some untrusted source has ``probation_evidence`` accepted evidence)."""
-        if self._founding_rows is None:
+        source votes until some untrusted source has ``probation_evidence`` accepted evidence
+        and ``founding_quorum`` untrusted sources have been seen)."""
+        if not self._founded:
             return None
         return [self._ledger.sources.key_of(int(r)) for r in np.flatnonzero(self._founders)]
 
@@ -696,9 +761,11 @@ class StableBayesianConsensus(Locked):
         """Every accepted evidence as columns, in arrival order (ids as int64 arrays
         when they are ints, else lists; evidence types as their string values).
 
-        With :meth:`merge` (or ``+=``) this makes the state serialisable and
-        mergeable: the union of two evidence sets is the same whatever the order,
-        and merging the same evidence twice changes nothing (ids are idempotent).
+        The union of two evidence sets is the same whatever the order, and adding
+        the same evidence twice changes nothing (ids are idempotent). Adding these
+        columns elsewhere with :meth:`add_evidence_batch` is one new call under the
+        founding rule; :meth:`export_state` (with :meth:`merge`) also carries the
+        founding sources, so sources on probation stay on probation.
         """
         ledger = self._ledger
         n = ledger.size
@@ -714,11 +781,58 @@ class StableBayesianConsensus(Locked):
             "source_nodes": _export_keys(ledger.sources, cols["source_row"]),
         }
 
-    def merge(self, other: StableBayesianConsensus) -> int:
-        """Add every evidence of ``other`` (the union; returns how many were new)."""
-        if not isinstance(other, StableBayesianConsensus):
-            raise InvalidTypeError(f"can only merge a StableBayesianConsensus, got {type(other).__name__}")
-        return self.add_evidence_batch(**other.export_evidence())
+    @synchronized
+    def export_state(self) -> dict[str, Any]:
+        """The evidence (:meth:`export_evidence`) and the founding sources
+        (:attr:`founding_sources`, None while the founding lasts), taken together: what
+        :meth:`merge` needs to rebuild this consensus elsewhere, sources on probation
+        still on probation (plain :meth:`add_evidence_batch` of the evidence would be one
+        new call, whose sources the founding rule may make founding sources)."""
+        return {"evidence": self.export_evidence(), "founding_sources": self.founding_sources}
+
+    def merge(self, other: StableBayesianConsensus | Mapping[str, Any]) -> int:
+        """Add every evidence of ``other`` (a consensus, or its :meth:`export_state`), the
+        union, keeping each side's founding sources; returns how many evidence were new.
+
+        Founding sources after the merge: those of either side whose founding ended (a
+        source that founds on one side founds here; one on probation on both sides stays on
+        probation and earns its vote by the same rule on the merged evidence; a side whose
+        founding lasts brings its sources as newcomers). If neither side's founding ended,
+        the merge is one call under the founding rule. The result does not depend on which
+        side merges into which, and merging the same state twice changes nothing.
+        """
+        if isinstance(other, StableBayesianConsensus):
+            state = other.export_state()            # under other's lock, never both at once
+        elif isinstance(other, Mapping) and set(other) == {"evidence", "founding_sources"}:
+            state = other
+        else:
+            raise InvalidTypeError("can only merge a StableBayesianConsensus or its export_state(), got "
+                                   f"{type(other).__name__}")
+        return self._merge_state(state["evidence"], state["founding_sources"])
+
+    @synchronized
+    def _merge_state(self, evidence: Mapping[str, Any], theirs: Any) -> int:
+        if not isinstance(evidence, Mapping) or set(evidence) != set(_EVIDENCE_COLUMNS):
+            raise InvalidInputError(f"export_state()['evidence'] must be a mapping of the columns "
+                                    f"{list(_EVIDENCE_COLUMNS)}, as export_evidence() returns")
+        if theirs is not None:
+            if isinstance(theirs, (str, bytes)) or not isinstance(theirs, (Sequence, np.ndarray)):
+                raise InvalidTypeError(f"founding_sources must be a sequence of source ids or None, got "
+                                       f"{type(theirs).__name__}")
+            theirs = list(dict.fromkeys(check_key(k, "founding_sources") for k in theirs))
+            if not theirs:
+                raise InvalidInputError("founding_sources is empty: None says the founding lasts")
+        if theirs is None and not self._founded:
+            return self._ingest(**evidence, persist=True)       # one call under the founding rule
+        ours = self.founding_sources or []
+        union = list(dict.fromkeys([*ours, *(theirs or [])]))
+        if theirs:
+            arriving = evidence.get("source_nodes", ())
+            arriving = set(arriving.tolist() if isinstance(arriving, np.ndarray) else arriving)
+            missing = next((k for k in theirs if k not in arriving and self._ledger.sources.row_of(k) < 0), None)
+            if missing is not None:
+                raise InvalidInputError(f"founding source {missing!r} sent none of the evidence")
+        return self._ingest(**evidence, persist=True, founding=False, founders=union)
 
     def __iadd__(self, other: StableBayesianConsensus) -> StableBayesianConsensus:
         if not isinstance(other, StableBayesianConsensus):
@@ -756,7 +870,8 @@ class StableBayesianConsensus(Locked):
         ids = ledger.evidence_ids()
         return (ledger.size, tuple(ids.tolist() if isinstance(ids, np.ndarray) else ids), tuple(ledger.agents.keys()),
                 tuple(ledger.sources.keys()), tuple(c.tobytes() for c in cols.values()),
-                tuple(tuple(p.size for p in shard) for shard in ledger.shards), self._founding_rows)
+                tuple(tuple(p.size for p in shard) for shard in ledger.shards),
+                None if not self._founded else tuple(self.founding_sources))
 
     @synchronized
     def close(self) -> None:
@@ -801,6 +916,21 @@ def evidence_columns(evidence_ids: Any, agent_ids: Any, source_nodes: Any, evide
         if len(arr) != n:
             raise DimensionMismatchError(f"{name} has {len(arr)} rows, log_odds has {n}")
     return ev, ag, src, codes, lo, conf, ts
+
+
+def _lookup_key(value: Any, name: str) -> Hashable:
+    """An id to look up, checked by :func:`check_key`'s type rules (typed errors for None,
+    bools, floats, unhashable values; NumPy ints as ints). Strings skip its text limits:
+    one beyond them was never stored, so a lookup simply does not find it."""
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, tuple):
+        return tuple(_lookup_key(part, name) for part in value)
+    return check_key(value, name)
+
+
+def _as_list(keys) -> list:
+    return keys.tolist() if isinstance(keys, np.ndarray) else list(keys)
 
 
 def _export_keys(index: KeyIndex, rows: np.ndarray):
@@ -965,8 +1095,9 @@ def _as_type_codes(types: Any, n: int) -> np.ndarray:
         if types.ndim != 1:
             raise DimensionMismatchError(f"evidence_types must be 1-D, got shape {types.shape}")
         if types.size and (types.min() < 0 or types.max() >= len(EvidenceType)):
-            bad = types[(types < 0) | (types >= len(EvidenceType))][0]
-            EvidenceType.from_code(int(bad))  # raises the typed error
+            i = int(np.flatnonzero((types < 0) | (types >= len(EvidenceType)))[0])
+            raise UnknownEvidenceTypeError(f"evidence_types: no evidence type has code {int(types[i])} (row {i}); "
+                                           f"codes are 0 to {len(EvidenceType) - 1}")
         return types.astype(np.int16)
     if not isinstance(types, (Sequence, np.ndarray)):
         raise InvalidTypeError(f"evidence_types must be a type, a sequence or a code array, got "

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..errors import DuplicateEvidenceError, InvalidInputError
-from ..lazy_import import AttributeOnFirstUse
+from ..lazy_import import AttributeOnFirstUse, module_on_first_use
 from ..locking import Locked, synchronized
 from ..structures.chi2 import chi2_logsf
 from ..structures.significance import resolve_fdr
@@ -22,6 +22,7 @@ from ..validation import (
     as_feature_matrix,
     as_feature_vector,
     as_name_array,
+    unique_names,
     check_cohort,
     check_finite_float,
 )
@@ -33,7 +34,9 @@ from .engine import Engine, RoundBatch, RoundResult, ScoredRound
 from .inprocess import InProcessEngine
 from .protocol import BehavioralData, read_behavior
 
-chi2 = AttributeOnFirstUse("scipy.stats", "chi2")   # imported on first use: see swarmguard.lazy_import
+# imported on first use: see swarmguard.lazy_import (chi2 for callers that read it from here)
+chi2 = AttributeOnFirstUse("scipy.stats", "chi2")
+_special = module_on_first_use("scipy.special")
 
 __all__ = ["DistributedBehavioralDetector", "DetectorSettings", "p_value_log_odds", "BACKENDS",
            "register_backend"]
@@ -366,12 +369,21 @@ class DistributedBehavioralDetector(Locked):
         whichever level (population or cohort) produced it.
         """
         d = self.feature_dimensions
+        if np.ndim(is_anomaly) == 0 and np.ndim(confidence) == 0:
+            # One agent (the per-item path): plain floats. Not anomalous, or a fresh view
+            # (cf >= 1: the cut itself), needs no χ² quantile at all.
+            if not is_anomaly:
+                return False
+            if p_cut <= 0 or float(confidence) >= 1.0:
+                return bool(decision_p <= p_cut) if p_cut > 0 else True
         cf = np.clip(np.asarray(confidence, dtype=np.float64), 1e-12, 1.0)
         if p_cut <= 0:
             return np.asarray(is_anomaly, dtype=bool)
-        widened = chi2.isf(p_cut, d) / (cf * cf)
+        # chdtri / chdtrc are what scipy.stats.chi2.isf / .sf evaluate, without their
+        # argument broadcasting (about 80 µs a call)
+        widened = _special().chdtri(d, p_cut) / (cf * cf)
         # cf = 1: the cut itself (sf(isf(cut)) rounds, and would drop the BH boundary agent by chance)
-        cut = np.where(cf >= 1.0, p_cut, chi2.sf(widened, d))
+        cut = np.where(cf >= 1.0, p_cut, _special().chdtrc(d, widened))
         return np.logical_and(is_anomaly, np.asarray(decision_p) <= cut)
 
     @synchronized
@@ -380,13 +392,18 @@ class DistributedBehavioralDetector(Locked):
         """Whether to isolate, by the rule in the class docstring."""
         cf = cap_result.get("confidence_factor")
         cf = 1.0 if cf is None else cf
-        cut = anomaly_info.get("decision_cutoff", anomaly_info["significance_level"])   # for the decision p-value
-        anomaly = bool(self._anomaly_holds(anomaly_info["is_anomaly"], anomaly_info["decision_p_value"], cut, cf))
         if consensus_result is None:
             try:
                 consensus_result = self.consensus.distributed_evidence_consensus_sync(anomaly_info["agent_id"])
             except KeyError:
                 consensus_result = None
+        return self._decide(anomaly_info, cf, consensus_result)
+
+    def _decide(self, anomaly_info: dict[str, Any], cf: float, consensus_result: dict[str, Any] | None) -> bool:
+        """:meth:`should_trigger_response` given the confidence factor and the consensus
+        (None: no evidence for the agent), as the per-item path has them at hand."""
+        cut = anomaly_info.get("decision_cutoff", anomaly_info["significance_level"])   # for the decision p-value
+        anomaly = bool(self._anomaly_holds(anomaly_info["is_anomaly"], anomaly_info["decision_p_value"], cut, cf))
         consensus = bool(consensus_result and consensus_result["consensus_reached"]
                          and consensus_result["probability"] >= self.isolate_probability)
         return {"both": anomaly and consensus, "either": anomaly or consensus,
@@ -454,10 +471,15 @@ class DistributedBehavioralDetector(Locked):
         data, number, now = self._check_item(agent_id, behavioral_data)
         agent_id = data.agent_id
         self._evidence_number = number
-        # Step 1: Update hierarchical statistics (O(log n))
-        anomaly_info = self.protocol.update_agent_behavior_sync(data)
+        # Step 1: Update hierarchical statistics (O(log n)); the values are checked already
+        anomaly_info = self.protocol._update_checked(agent_id, data.features, data.cohort)
         # Step 3 first for its confidence factor: Distributed update with CAP resolution
-        update = self.create_statistical_update(agent_id, data, anomaly_info["mahalanobis_squared"])
+        # (create_statistical_update's fields, from the checked values without reading them again)
+        uid = data.id if data.id is not None else f"{self._own_prefix}:u{next(self._update_seq)}"
+        update = StatisticalUpdate(update_id=uid, agent_id=agent_id, timestamp=data.timestamp,
+                                   feature_vector=data.features,
+                                   anomaly_score=float(anomaly_info["mahalanobis_squared"]),
+                                   source_partition=data.cohort[0] if data.cohort else self.default_region)
         cap_result = self.cap_resolver.handle_update_sync(update, now=now)
         cf = cap_result["confidence_factor"]
         cf = 1.0 if cf is None else cf
@@ -470,7 +492,10 @@ class DistributedBehavioralDetector(Locked):
         except KeyError:
             consensus_result = None
         # Step 4: Make detection decision
-        isolate = self.should_trigger_response(anomaly_info, cap_result, consensus_result)
+        if type(self).should_trigger_response is DistributedBehavioralDetector.should_trigger_response:
+            isolate = self._decide(anomaly_info, cf, consensus_result)   # its rule, without asking again
+        else:                                                            # a subclass's own rule
+            isolate = self.should_trigger_response(anomaly_info, cap_result, consensus_result)
         return {
             "agent_id": agent_id,
             "action": "isolate" if isolate else "monitor",
@@ -543,8 +568,17 @@ class DistributedBehavioralDetector(Locked):
             # all names (a pandas column): the tree's string-array fast path; paths or None stay per row
             cohorts = as_name_array(cohorts, n, "cohorts")
         q = resolve_fdr(fdr, self.settings.fdr)
-        names, inverse = np.unique(regions, return_inverse=True)
-        return RoundBatch(X, ids, regions, names, inverse.ravel(), cohorts, ts, now, q, stay)
+        names, inverse = unique_names(regions)     # one region: no n copies of its name
+        return RoundBatch(X, ids, regions, names, inverse, cohorts, ts, now, q, stay)
+
+    def _own_sources(self, n: int) -> np.ndarray:
+        """``n`` copies of the node id as a source column: a tuple id (the consensus takes
+        tuples) in an object array, since ``np.full`` would spread its items over the rows."""
+        if not isinstance(self.node_id, tuple):
+            return np.full(n, self.node_id)
+        sources = np.empty(n, dtype=object)
+        sources.fill(self.node_id)
+        return sources
 
     def _finish_round(self, scored: ScoredRound) -> RoundResult:
         """Steps 2 and 4 of a round, on any engine: own evidence, consensus, decision, result."""
@@ -557,7 +591,7 @@ class DistributedBehavioralDetector(Locked):
             log_p = chi2_logsf(d2[flagged], self.feature_dimensions)
             columns = (ids[flagged], EvidenceType.BEHAVIORAL_ANOMALY,
                        np.minimum(p_value_log_odds(log_p), self.own_evidence_cap),
-                       confidence[flagged], np.full(flagged.size, ts), np.full(flagged.size, self.node_id))
+                       confidence[flagged], np.full(flagged.size, ts), self._own_sources(flagged.size))
             for _ in range(1000):
                 start = self._next_evidence_number()
                 eids = np.array([f"{self._own_prefix}:{start}:{i}" for i in range(flagged.size)])

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as _dt
+import operator
 from collections.abc import Hashable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+import numpy as np
 
 from ..errors import InvalidTypeError, MissingFieldError, UnknownEvidenceTypeError
 from ..validation import check_finite_float, check_fraction, check_key
@@ -53,10 +56,24 @@ class EvidenceType(StrEnum):
 
     @classmethod
     def from_code(cls, code: int) -> EvidenceType:
+        """The member whose :attr:`code` is ``code``: an integer in ``[0, len(EvidenceType))``.
+
+        Anything else (a negative code, which Python's indexing would read from the end,
+        a code past the last member, a bool, a float, a string) raises
+        :class:`~swarmguard.errors.UnknownEvidenceTypeError`.
+
+        >>> EvidenceType.from_code(4)
+        <EvidenceType.PEER_REPORT: 'peer_report'>
+        """
+        if isinstance(code, (bool, np.bool_)):
+            raise UnknownEvidenceTypeError(f"no evidence type has code {code!r}")
         try:
-            return _MEMBERS[int(code)]
-        except (IndexError, ValueError, TypeError) as exc:
+            index = operator.index(code)          # ints and NumPy ints; floats and strings refused
+        except TypeError as exc:
             raise UnknownEvidenceTypeError(f"no evidence type has code {code!r}") from exc
+        if not 0 <= index < len(_MEMBERS):
+            raise UnknownEvidenceTypeError(f"no evidence type has code {code!r}: codes are 0 to {len(_MEMBERS) - 1}")
+        return _MEMBERS[index]
 
     @classmethod
     def parse(cls, value: Any) -> EvidenceType:
@@ -66,10 +83,7 @@ class EvidenceType(StrEnum):
         if isinstance(value, bool):
             raise UnknownEvidenceTypeError(f"unknown evidence type {value!r}")
         if isinstance(value, int) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "iu"):
-            code = int(value)
-            if 0 <= code < len(_MEMBERS):
-                return _MEMBERS[code]
-            raise UnknownEvidenceTypeError(f"no evidence type has code {code}")
+            return cls.from_code(int(value))
         if not isinstance(value, str):
             raise UnknownEvidenceTypeError(
                 f"evidence type must be an EvidenceType, a string or a code, got {type(value).__name__}")

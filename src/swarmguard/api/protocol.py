@@ -168,6 +168,13 @@ class BehavioralDistributedProtocol(Locked):
         agent_id = check_agent_id(agent_id)
         x = as_feature_vector(features, self.tree.feature_dimensions)
         path = check_cohort(cohort)
+        return self._update_checked(agent_id, x, path)
+
+    @synchronized_with("tree")
+    def _update_checked(self, agent_id: Hashable, x: np.ndarray, path: Path | None) -> dict[str, Any]:
+        """:meth:`update_agent_behavior_sync` on values already checked by the tree's rules
+        (:func:`check_agent_id`, :func:`as_feature_vector`, :func:`check_cohort`): the
+        detector's per-item path, which checks them once for all its parts."""
         slot = self.tree._update_one(agent_id, x, path)
         return self._score_slot(agent_id, slot, x)
 

@@ -29,6 +29,7 @@ from ..validation import (
     check_id_texts,
     check_key,
     check_name_str_array,
+    unique_names,
     check_positive_int,
 )
 from ..values.moments import population_statistics
@@ -111,6 +112,7 @@ class HierarchicalStatisticalTree(Locked):
         self._cohorts = CohortDirectory(self._page_size)
         self._ids_at_slot = np.empty(0, dtype=object)
         self._tree: SlotTree | None = None
+        self._covers: dict[int, tuple[tuple[int, ...], np.ndarray]] = {}   # cohort -> (key, node cover)
         self.version = 0  # bumps on every change; caches key on it
         if self._dim is not None:
             self._make_tree(self._dim)
@@ -194,7 +196,8 @@ class HierarchicalStatisticalTree(Locked):
         tree = self._tree
         slot = self._index.get(agent_id)
         if slot is not None:
-            if path is None or self._cohorts.id_of.get(path) == int(self._cohorts.cohort_of_slots(slot)):
+            cohorts = self._cohorts
+            if path is None or cohorts.id_of.get(path) == int(cohorts.page_owner[slot // cohorts.page_size]):
                 tree.replace(slot, x)
                 self.version += 1
                 return slot
@@ -293,8 +296,11 @@ class HierarchicalStatisticalTree(Locked):
         if isinstance(cohorts, np.ndarray) and cohorts.dtype.kind == "U":
             if cohorts.shape != (n,):
                 raise DimensionMismatchError(f"cohorts has shape {cohorts.shape}, expected ({n},)")
-            check_name_str_array(cohorts, "cohorts")     # vectorised, before a sort of what may be huge
-            names, inverse = np.unique(cohorts, return_inverse=True)
+            # vectorised, before a sort of what may be huge; a broadcast name (every row the same
+            # element) is checked, and sorted, once
+            one = cohorts.size > 1 and cohorts.strides == (0,)
+            check_name_str_array(cohorts[:1] if one else cohorts, "cohorts")
+            names, inverse = unique_names(cohorts)
             return inverse.astype(np.int64), [check_cohort(str(s)) for s in names]
         if not isinstance(cohorts, Sequence) and not isinstance(cohorts, np.ndarray):
             raise InvalidTypeError("cohorts must be None, one cohort path, or one per agent")
@@ -407,8 +413,20 @@ class HierarchicalStatisticalTree(Locked):
         """
         if cid == 0:
             return self._tree.root_state()
-        pages = [p for c in self._cohorts.subtree(cid) for p in self._cohorts.pages[c]]
-        return self._tree.nodes_state(self._page_levels, np.array(pages, dtype=np.int64))
+        return self._tree.covered_state(self._cover(cid))
+
+    def _cover(self, cid: int) -> np.ndarray:
+        """The tree's fewest nodes covering cohort ``cid``'s pages and its sub-cohorts'
+        (:meth:`SlotTree.node_cover`), kept until pages, cohorts or the layout change
+        (pages are only ever added: their count, the cohorts' and the capacity say when)."""
+        cohorts = self._cohorts
+        key = (cohorts.n_pages, len(cohorts), self._tree.capacity, self._tree.levels)
+        covers = self.__dict__.setdefault("_covers", {})
+        hit = covers.get(cid)
+        if hit is None or hit[0] != key:
+            pages = np.concatenate([np.asarray(cohorts.pages[c], dtype=np.int64) for c in cohorts.subtree(cid)])
+            hit = covers[cid] = (key, self._tree.node_cover(self._page_levels, pages))
+        return hit[1]
 
     def _statistics(self, cid: int, ddof: int) -> dict[str, Any]:
         ddof = check_positive_int(ddof, "ddof", minimum=0)

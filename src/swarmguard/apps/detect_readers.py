@@ -17,6 +17,7 @@ batches.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from collections.abc import Callable, Iterator
@@ -180,10 +181,11 @@ def _scan(buf: bytes, nl: np.ndarray, q: np.ndarray | None, limit: int, eof: boo
 
     ``nl`` and ``q``: the offsets of ``buf``'s newlines and (CSV; else None)
     quotes. A record ends at a newline (CSV: one after an even number of
-    quotes, so not inside a quoted field). A CSV quote that neither opens a
-    field (after a delimiter, a line end or another quote) nor closes one
-    (before them) is "stray": quote counting cannot be trusted then, and the
-    caller hands the rest of the file to the standard library reader.
+    quotes, so not inside a quoted field). The quotes of ``buf`` alternate
+    opening and closing; one that, in its place, does not open a field (after
+    a delimiter, a line end or another quote) or does not close one (before
+    them) is "stray": quote counting cannot be trusted then, and the caller
+    hands the rest of the file to the standard library reader.
     """
     starts = np.zeros(nl.size, dtype=np.int64)
     starts[1:] = nl[:-1] + 1
@@ -197,7 +199,14 @@ def _scan(buf: bytes, nl: np.ndarray, q: np.ndarray | None, limit: int, eof: boo
         a = np.frombuffer(buf, np.uint8)
         prev = np.where(q > 0, a[np.maximum(q - 1, 0)], ord(","))
         nxt = np.where(q + 1 < a.size, a[np.minimum(q + 1, a.size - 1)], ord(","))
-        stray = not bool((np.isin(prev, _OPENING) | np.isin(nxt, _OPENING)).all())
+        # ``buf`` starts at a record, so the quotes alternate opening (even index) and closing (odd).
+        # Counting is right only if each does what its place says: an opening quote starts a field
+        # (or is the second of a doubled quote), a closing one ends it (or is the first of a doubled
+        # quote). A quote that opens inside an unquoted field (``ab"``) is a plain character to the
+        # csv module whatever follows it, so the opening/closing test must go by position, not by
+        # "either side looks right" (which let ``ab",`` pass and flipped every later record end).
+        opening = np.arange(q.size) % 2 == 0
+        stray = not bool(np.where(opening, np.isin(prev, _OPENING), np.isin(nxt, _OPENING)).all())
         usable = usable[np.searchsorted(q, usable) % 2 == 0]
     ends = usable + 1
     if eof and tail and long_at is None:
@@ -260,6 +269,45 @@ def _record_blocks(raw, path: Path, *, first_line: int, max_line_bytes: int, row
         want = rows
 
 
+def _utf8(data: bytes, piece: int = 1 << 20) -> bool:
+    """Whether ``data`` is UTF-8 text, decoded a piece at a time (no copy of the block as a whole)."""
+    decode = codecs.getincrementaldecoder("utf-8")().decode
+    view = memoryview(data)
+    try:
+        for at in range(0, len(data), piece):
+            decode(view[at:at + piece], at + piece >= len(data))
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _lone_cr(data: bytes) -> bool:
+    """Whether ``data`` holds a carriage return that is neither before a newline nor its last byte."""
+    a = np.frombuffer(data, np.uint8)
+    cr = np.flatnonzero(a[:-1] == 13)
+    return bool(cr.size) and bool((a[cr + 1] != 10).any())
+
+
+_JSON_BLANK = np.zeros(256, dtype=bool)
+_JSON_BLANK[[ord(" "), ord("\t"), ord("\r"), ord("\n")]] = True     # JSON's own whitespace
+
+
+def _json_lines(data: bytes) -> int:
+    """How many lines of ``data`` hold more than JSON whitespace (the objects JSON Lines reads from it).
+
+    A line of other whitespace (form feed, no-break space, ...), blank to the
+    standard library reader, counts here: pyarrow refuses such a line, so the
+    count can only send a block to the standard library, never accept one.
+    """
+    a = np.frombuffer(data, np.uint8)
+    starts = np.flatnonzero(a == 10) + 1
+    starts = np.concatenate(([0], starts[starts < a.size]))     # every line holds a byte (its newline at least)
+    if not a.size:
+        return 0
+    # one byte a byte (not an offset a byte): the block's bytes are the budget of the run's memory
+    return int(np.count_nonzero(np.logical_or.reduceat(~_JSON_BLANK[a], starts)))
+
+
 class _ArrowText(_Source):
     """CSV or JSON Lines parsed by pyarrow block by block, a refused block again by the standard library."""
 
@@ -292,7 +340,9 @@ class _ArrowText(_Source):
     def _arrow(self, block: _Block, first: bool = False) -> _ArrowChunk | None:
         """The block as pyarrow reads it, or None when pyarrow refuses it."""
         pa = self.pa
-        if block.rest:
+        if block.rest or not _utf8(block.data) or (self.fmt == "csv" and _lone_cr(block.data)):
+            # pyarrow checks UTF-8 only in the columns it converts, and ends a CSV record at a lone
+            # carriage return; the standard library refuses both, naming the line
             return None
         try:
             if self.fmt == "csv":
@@ -324,6 +374,8 @@ class _ArrowText(_Source):
                                                       unexpected_field_behavior="ignore")
                 table = self._pajson.read_json(pa.BufferReader(block.data), read_options=read_options,
                                                parse_options=parse)
+                if table.num_rows != _json_lines(block.data):
+                    return None     # e.g. two objects on one line: pyarrow reads both, JSON Lines refuses the line
         except (pa.ArrowException, UnicodeDecodeError, ValueError):
             return None
         return _ArrowChunk(table, None, text=True)

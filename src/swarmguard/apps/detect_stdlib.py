@@ -144,7 +144,9 @@ class _CsvReader:
                     if consumed[0] >= budget:
                         break
             except (csv.Error, UnicodeDecodeError) as exc:
-                raise MalformedInputError(str(self.path), reader.line_num + offset, f"unreadable CSV: {exc}") from None
+                # csv counts a line it has parsed; a line that does not decode never reached it
+                line = reader.line_num + offset + isinstance(exc, UnicodeDecodeError)
+                raise MalformedInputError(str(self.path), line, f"unreadable CSV: {exc}") from None
             if not rows:
                 return
             m = len(rows)

@@ -231,8 +231,10 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
         self._false_flag_rate = ref.false_flag_rate
         self._trusted = {s.node_id}
         self._probation = ref.probation_evidence
+        self._founding_quorum = ref.founding_quorum
         # The founding sources over all partitions (None: the founding lasts), as in process:
-        # every source known after the call in which an untrusted one first reached the count.
+        # every source known after the first call after which an untrusted one has the count
+        # and founding_quorum untrusted ones have been seen.
         self._founders: list[Hashable] | None = None
         self._last_merge: dict[str, Any] | None = None
         self._summaries: dict[int, dict[str, Any]] = {}   # each region shard's moments, as of its last tree change

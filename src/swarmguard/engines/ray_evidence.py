@@ -78,7 +78,8 @@ class RayEvidence:
                 counted = self._source_counts()
                 keys = list(counted)
                 if founding_ends(np.array([counted[k] for k in keys], dtype=np.int64),
-                                 np.array([k in self._trusted for k in keys], dtype=bool), self._probation):
+                                 np.array([k in self._trusted for k in keys], dtype=bool), self._probation,
+                                 self._founding_quorum):
                     self._founders = keys
         return added
 

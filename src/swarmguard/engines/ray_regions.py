@@ -112,9 +112,13 @@ class RayRegions:
         self._logged("faults", lambda: ({"dropped": sorted(dropped)}, {}), apply)
 
     def _set_groups(self, mapping: dict[str, int] | None) -> None:
+        # Under STRONG the groups sync at once: the clock is read (once) before the links
+        # change, so a clock gone bad refuses the call with the links as they were.
+        now = self._time.read() if self.consistency_model is ConsistencyModel.STRONG else None
         self._topology.group_of = mapping
-        if self.consistency_model is ConsistencyModel.STRONG:
-            self.sync()
+        if now is not None:
+            self._sync(self._time.advance(now))
+            self._maybe_checkpoint(0)
 
     @synchronized
     def heal(self) -> None:

@@ -561,11 +561,14 @@ class EvidenceShard(_Versioned):
         return {"sources": ledger.sources.keys(), "counts": counts}
 
     def covered_counts(self, expect: int, base: Sequence[Hashable]) -> dict[str, Any]:
-        """Per source (keyed by source id): its evidence here on agents that some ``base``
-        source (founding or trusted, over all partitions) reports on, for probation."""
+        """Per source (keyed by source id): the distinct agents here (up to the probation
+        count) it has evidence on that some ``base`` source (founding or trusted, over all
+        partitions) reports on, for probation. Each agent lives in one partition, so the
+        driver's sum over partitions reaches the probation count exactly when the source's
+        count over all agents does."""
         self._check(expect)
         ledger = self.consensus.ledger
-        counts = self._covered.counts(ledger, self._rows_mask(base, False)).copy()
+        counts = self._covered.counts(ledger, self._rows_mask(base, False), self.consensus.probation_evidence).copy()
         return {"sources": ledger.sources.keys(), "counts": counts}
 
     def _fuse(self, established: Any = ...) -> dict[str, Any]:

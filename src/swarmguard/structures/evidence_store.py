@@ -5,15 +5,18 @@ returns (``synchronous=FULL``). Floats are stored as their IEEE-754 bit
 patterns (INTEGER), so reopening restores every value bit for bit (a REAL
 column would turn -0.0 into 0). Ids are stored as given, INTEGER or TEXT.
 
-Schema 2: evidence ids are unique per source (``UNIQUE (source_node,
-evidence_id)``). A schema-1 file (ids unique over all sources, a stronger
-constraint, so every one of its rows is valid under schema 2) is migrated in
-place on opening, in one transaction. The ``meta`` table may also hold
-``founding_rows``: how many rows had arrived when the consensus's founding
-ended (see *Sybil resistance* in docs/consensus.md), written in the same
-transaction as the rows that ended it. Loading checks every value read back
-(types, finite floats, known evidence types): a damaged or tampered file
-raises :class:`~swarmguard.errors.EvidenceStoreError`.
+Schema 3: evidence ids are unique per source (``UNIQUE (source_node,
+evidence_id)``), and the table ``founders`` holds the consensus's founding
+sources (see *Sybil resistance* in docs/consensus.md; empty while the founding
+lasts), written in the same transaction as the rows of the call that ended the
+founding or of the merge that added founders. Older files are migrated in
+place on opening, each step in one transaction: schema 1 (ids unique over all
+sources, a stronger constraint, so every row is valid under the per-source
+key) to 2, and schema 2 (which kept ``meta.founding_rows``, the number of rows
+when the founding ended) to 3, its founders being the sources of those first
+rows. Loading checks every value read back (types, finite floats, known
+evidence types): a damaged or tampered file raises
+:class:`~swarmguard.errors.EvidenceStoreError`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from ..errors import EvidenceStoreError
 
 __all__ = ["EvidenceStore", "float_bits", "bits_float"]
 
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 _COLUMNS = ("seq", "evidence_id", "agent_id", "source_node", "evidence_type", "log_odds_bits",
             "confidence_bits", "timestamp_bits")
 _EVIDENCE_TABLE = """
@@ -44,7 +47,9 @@ CREATE TABLE IF NOT EXISTS {name} (
     UNIQUE (source_node, evidence_id)
 );
 """
-_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);" + _EVIDENCE_TABLE.format(name="evidence")
+_FOUNDERS_TABLE = "CREATE TABLE IF NOT EXISTS founders (source_node NOT NULL UNIQUE);"
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);" + _EVIDENCE_TABLE.format(name="evidence")
+           + _FOUNDERS_TABLE)
 _INT64 = (-(1 << 63), 1 << 63)
 
 
@@ -84,10 +89,15 @@ class EvidenceStore:
                 row = self._conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
                 if row is None or "evidence" not in tables:
                     raise EvidenceStoreError(f"{self.path}: not an evidence store (no schema or no evidence table)")
-                if row[0] == 1 and type(row[0]) is int:
-                    self._migrate_from_1()
-                elif not (type(row[0]) is int and row[0] == _SCHEMA_VERSION):
+                if not (type(row[0]) is int and 1 <= row[0] <= _SCHEMA_VERSION):
                     raise EvidenceStoreError(f"{self.path}: unsupported evidence store schema {row[0]!r}")
+                if row[0] == 1:
+                    self._migrate_from_1()
+                if row[0] <= 2:
+                    self._migrate_from_2()
+                if "founders" not in {r[0] for r in self._conn.execute(
+                        "SELECT name FROM sqlite_master WHERE type='table'")}:
+                    raise EvidenceStoreError(f"{self.path}: not an evidence store (no founders table)")
             elif tables:
                 raise EvidenceStoreError(f"{self.path}: not an evidence store (tables {sorted(tables)})")
             else:
@@ -123,26 +133,49 @@ class EvidenceStore:
             conn.execute(f"INSERT INTO evidence_v2 ({cols}) SELECT {cols} FROM evidence ORDER BY seq")
             conn.execute("DROP TABLE evidence")
             conn.execute("ALTER TABLE evidence_v2 RENAME TO evidence")
+            conn.execute("UPDATE meta SET value = 2 WHERE key = 'schema'")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _migrate_from_2(self) -> None:
+        """Schema 2 (``meta.founding_rows``: the founding sources are those of the first rows)
+        to 3 (the ``founders`` table), in one transaction; a bad ``founding_rows`` (not a row
+        count of the file) leaves the file as it was and raises :class:`EvidenceStoreError`."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key='founding_rows'").fetchone()
+            conn.execute(_FOUNDERS_TABLE)
+            if row is not None:
+                value = row[0]
+                count = int(conn.execute("SELECT COUNT(*) FROM evidence").fetchone()[0])
+                if type(value) is not int or not 1 <= value <= count:
+                    raise EvidenceStoreError(f"{self.path}: founding_rows {value!r} is not a row count of this store")
+                conn.execute("INSERT OR IGNORE INTO founders (source_node) SELECT source_node FROM "
+                             "(SELECT source_node, seq FROM evidence ORDER BY seq LIMIT ?) ORDER BY seq", (value,))
+                conn.execute("DELETE FROM meta WHERE key='founding_rows'")
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (_SCHEMA_VERSION,))
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
 
-    def insert(self, rows: list[tuple], founding_rows: int | None = None) -> None:
+    def insert(self, rows: list[tuple], founders: list | None = None) -> None:
         """Insert rows ``(evidence_id, agent_id, source_node, type, log_odds, confidence,
-        timestamp)`` in one transaction; all or nothing. ``founding_rows``: also record
-        it (see :meth:`founding_rows`) in the same transaction."""
+        timestamp)`` in one transaction; all or nothing. ``founders``: also record these
+        founding sources (see :meth:`founders`) in the same transaction."""
         if not rows:
             return
         lo = float_bits(np.array([r[4] for r in rows]))
         conf = float_bits(np.array([r[5] for r in rows]))
         ts = float_bits(np.array([r[6] for r in rows]))
         self.insert_columns([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-                            [r[3] for r in rows], lo, conf, ts, founding_rows=founding_rows)
+                            [r[3] for r in rows], lo, conf, ts, founders=founders)
 
     def insert_columns(self, evidence_ids, agent_ids, source_nodes, types, log_odds_bits,
-                       confidence_bits, timestamp_bits, founding_rows: int | None = None) -> None:
+                       confidence_bits, timestamp_bits, founders: list | None = None) -> None:
         """Column-wise :meth:`insert` (floats already as bit patterns)."""
         try:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -152,9 +185,9 @@ class EvidenceStore:
                     "log_odds_bits, confidence_bits, timestamp_bits) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     zip(evidence_ids, agent_ids, source_nodes, types, log_odds_bits,
                         confidence_bits, timestamp_bits, strict=True))
-                if founding_rows is not None:
-                    self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('founding_rows', ?)",
-                                       (int(founding_rows),))
+                if founders:
+                    self._conn.executemany("INSERT OR IGNORE INTO founders (source_node) VALUES (?)",
+                                           [(k,) for k in founders])
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -199,24 +232,32 @@ class EvidenceStore:
         return [(r[0], r[1], r[2], r[3], floats[0][i], floats[1][i], floats[2][i])
                 for i, r in enumerate(rows)]
 
-    def founding_rows(self) -> int | None:
-        """How many rows had arrived when the founding ended (None: not recorded), checked:
-        an int in ``[1, number of rows]``, else :class:`EvidenceStoreError`."""
+    def founders(self) -> list:
+        """The founding sources recorded (empty: the founding lasts, or none recorded yet),
+        in the order recorded, each checked to be an int64 or a str."""
         try:
-            row = self._conn.execute("SELECT value FROM meta WHERE key='founding_rows'").fetchone()
+            rows = self._conn.execute("SELECT source_node FROM founders ORDER BY rowid").fetchall()
         except sqlite3.Error as exc:
             raise EvidenceStoreError(f"cannot read evidence store {self.path}: {exc}") from exc
-        if row is None:
-            return None
-        value = row[0]
-        if type(value) is not int or not 1 <= value <= self.count():
-            raise EvidenceStoreError(f"{self.path}: founding_rows {value!r} is not a row count of this store")
-        return value
+        out = []
+        for (v,) in rows:
+            if not (type(v) is str or (type(v) is int and _INT64[0] <= v < _INT64[1])):
+                raise EvidenceStoreError(f"{self.path}: founding source {v!r} is not an int64 or str")
+            out.append(v)
+        return out
 
-    def set_founding_rows(self, rows: int) -> None:
-        """Record :meth:`founding_rows` (for a store whose rows ended the founding on loading)."""
+    def add_founders(self, founders: list) -> None:
+        """Record founding sources (a store whose rows ended the founding on loading, or a
+        merge that added none of the evidence), in one transaction."""
         try:
-            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('founding_rows', ?)", (int(rows),))
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany("INSERT OR IGNORE INTO founders (source_node) VALUES (?)",
+                                       [(k,) for k in founders])
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise EvidenceStoreError(f"cannot write evidence to {self.path}: {exc}") from exc
 

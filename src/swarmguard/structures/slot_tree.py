@@ -76,6 +76,8 @@ step, never as a subnormal or zero factor (:func:`scale_outer`).
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from ..values.moments import combine_groups
@@ -91,6 +93,21 @@ _LOW_VAR = 2.0**-200    # a scaled variance below (and 2**64 below its value at 
 _FALL = 2.0**-64
 _MAX_EXP = 1000         # |e| bound: 2**1000 is finite, and scales subnormals into the normal range
 MAX_UNIT_EXPONENT = _MAX_EXP
+# ndarray.any() goes through a Python wrapper; the ufunc's reduce is the same test, a
+# third of the time on a 10-vector (the per-item path makes several such tests)
+_any = np.logical_or.reduce
+
+
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    """``np.unique`` of an int array by a sort (NumPy's hashing unique costs far more on
+    the few or presorted indices of the per-item path)."""
+    if a.size < 2:
+        return a
+    a = np.sort(a)
+    keep = np.empty(a.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(a[1:], a[:-1], out=keep[1:])
+    return a[keep]
 
 
 def scale_outer(m2: np.ndarray, exponent: np.ndarray) -> np.ndarray:
@@ -260,16 +277,26 @@ class SlotTree:
         if slots.size * 4 >= self.capacity:       # most of the tree: recompute it all
             self._recompute_all()
             return
-        mark = np.zeros(self.level_size[0], dtype=bool)
-        mark[slots // self.b] = True
-        nodes = np.flatnonzero(mark)
+        nodes = self._parents(slots, 1)
         self._recompute_level1(nodes)
         for level in range(2, self.levels + 1):
-            mark = np.zeros(self.level_size[level - 1], dtype=bool)
-            mark[nodes // self.b] = True
-            nodes = np.flatnonzero(mark)
+            nodes = self._parents(nodes, level)
             self._recompute_level(level, nodes)
         self._reset_root_tracking()
+
+    def _parents(self, children: np.ndarray, level: int) -> np.ndarray:
+        """The distinct nodes of ``level`` above ``children`` (slots or nodes of the level below), sorted.
+
+        A few (a flush after some per-item changes): a sort of those few. Many: a mark
+        array over the level, O(level size) but no sort. The same nodes either way.
+        """
+        parents = children // self.b
+        size = self.level_size[level - 1]
+        if parents.size * 64 < size:
+            return _sorted_unique(parents)
+        mark = np.zeros(size, dtype=bool)
+        mark[parents] = True
+        return np.flatnonzero(mark)
 
     def _recompute_all(self, reanchor: bool = True) -> None:
         self._recompute_level1(None)
@@ -314,7 +341,8 @@ class SlotTree:
         _, e = np.frexp(np.where(self._unit_known, ref, 1.0))
         self.exponent = np.clip(e, -_MAX_EXP, _MAX_EXP).astype(np.int64)
         self.unit = np.ldexp(1.0, -self.exponent)
-        self._limit = np.ldexp(_HIGH, self.exponent)
+        with np.errstate(over="ignore"):          # beyond the float range: no finite x is too far
+            self._limit = np.ldexp(_HIGH, self.exponent)
         self.unit_choices += 1
 
     def _adopt_units(self, X: np.ndarray) -> None:
@@ -333,7 +361,8 @@ class SlotTree:
         e = np.clip(e, -_MAX_EXP, _MAX_EXP).astype(np.int64)
         self.exponent[new] = e
         self.unit[new] = np.ldexp(1.0, -e)
-        self._limit[new] = np.ldexp(_HIGH, e)
+        with np.errstate(over="ignore"):
+            self._limit[new] = np.ldexp(_HIGH, e)
         self._unit_known[new] = True
         self._all_known = bool(self._unit_known.all())
 
@@ -354,7 +383,15 @@ class SlotTree:
         Compared in the caller's units (``|x - shift| > 2**100 / unit``), since the
         scaled deviation itself may overflow.
         """
-        return X.size > 0 and bool((np.abs(X - self.shift) > self._limit).any())
+        if X.size == 0:
+            return False
+        if X.ndim == 1:         # one vector (the per-item path): Python floats, no reduction set-up
+            return any(map(operator.gt, np.abs(X - self.shift).tolist(), self._limit.tolist()))
+        # Rows: each column's extremes only (rounding is monotone, so the largest |x - shift|
+        # of a column is at its largest or smallest x), without an (n, d) temporary.
+        above = np.fmax.reduce(X, axis=0) - self.shift     # (fmax: a NaN hides no other value)
+        below = self.shift - np.fmin.reduce(X, axis=0)
+        return bool(_any(np.maximum(above, below) > self._limit))
 
     def rebuild(self) -> None:
         """Re-anchor the shift at the current mean and recompute every node from the leaves."""
@@ -420,15 +457,20 @@ class SlotTree:
         result plus the step, so a co-moment that just collapsed (an outlier
         leaving) is measured against what remains of it.
         """
-        self._dirty.append(slot)
+        dirty = self._dirty
+        dirty.append(slot)
         self.per_item_changes += 1
         diag = self._root_diag
         step2 += diag
         step2 *= roundings * _SPEND
         spent = self._spent
         spent += step2
-        np.maximum(diag, _ERROR_FLOOR * max(self._root_n - 1.0, 1.0), out=step2)
-        if len(self._dirty) >= self.recompute_every or (spent > step2).any():
+        # Spent below the co-moment itself is below the floored one too: the floor (one
+        # more array operation) is needed only where a feature's spend has reached its M2.
+        # (Python floats for the d-vector test: cheaper than a NumPy reduction's set-up.)
+        if len(dirty) >= self.recompute_every or (
+                any(map(operator.gt, spent.tolist(), diag.tolist()))
+                and _any(spent > np.maximum(diag, _ERROR_FLOOR * max(self._root_n - 1.0, 1.0)))):
             self.flush()
 
     def _write_and_rebuild(self, slot: int, x: np.ndarray) -> None:
@@ -457,9 +499,11 @@ class SlotTree:
         m2 += P.T
         self._root_off += s * (1.0 / n)
         self.X[slot] = x
-        h = np.abs(w)
-        h += np.abs(s)                            # |P_jk + P_kj| <= h_j h_k
-        h *= h
+        # Cauchy–Schwarz on (w_j, s_j) and (s_k, w_k): |P_jk + P_kj| <= sqrt(h_j h_k) with
+        # h = w² + s² (also |2 w_j s_j| <= h_j on the diagonal); at most (|w| + |s|)², two
+        # array operations fewer
+        h = w * w
+        h += s * s
         self._after_change(slot, h, 2.0)
 
     def insert(self, slot: int, x: np.ndarray) -> None:
@@ -479,7 +523,7 @@ class SlotTree:
         n1 = n + 1.0
         self._root_off += delta * (1.0 / n1)
         scale = n / n1
-        self._root_m2 += np.multiply.outer(delta, delta * scale)
+        self._root_m2 += delta[:, None] * (delta * scale)   # the outer product (broadcast: cheaper)
         self._root_n = n1
         self.cnt[self._root] = n1
         self.X[slot] = x
@@ -502,7 +546,7 @@ class SlotTree:
             prev = self._root_off - (d - self._root_off) * (1.0 / n1)
             delta = d - prev
             scale = n1 / n
-            self._root_m2 -= np.multiply.outer(delta, delta * scale)
+            self._root_m2 -= delta[:, None] * (delta * scale)
             self._root_off[:] = prev
             step2 = delta * delta
             step2 *= 2.0 * scale
@@ -529,10 +573,50 @@ class SlotTree:
     def nodes_state(self, level: int, nodes: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         """Merged (count, offset from ``shift``, M2) of the given nodes of one level, internal units (flushes first)."""
         self.flush()
-        idx = self.level_base[level - 1] + np.asarray(nodes, dtype=np.int64)
-        if idx.size == 0:
+        return self.covered_state(self.node_cover(level, nodes))
+
+    def node_cover(self, level: int, nodes: np.ndarray) -> np.ndarray:
+        """Flat indices of the fewest nodes that cover the given distinct nodes of ``level`` exactly.
+
+        Wherever all ``b`` children of a node are given, the node itself stands for
+        them (after a flush every node is the merge of its children), level by level
+        upward: a cohort holding 5,000 contiguous pages merges a few dozen nodes.
+        The cover holds while the layout does (until the capacity grows).
+
+        >>> import numpy as np
+        >>> t = SlotTree(dim=1, branching=2, min_levels=1)
+        >>> t.write(np.arange(8), np.arange(8.0)[:, None])
+        >>> t.node_cover(1, np.array([0, 1, 2])).tolist()   # nodes 0, 1 of level 1 -> node 0 of level 2
+        [2, 4]
+        """
+        b = self.b
+        nodes = _sorted_unique(np.asarray(nodes, dtype=np.int64))
+        out = []
+        for lv in range(level, self.levels):
+            if nodes.size < b:
+                break
+            parent = nodes // b
+            first = np.empty(parent.size, dtype=bool)    # where a run of siblings starts
+            first[0] = True
+            np.not_equal(parent[1:], parent[:-1], out=first[1:])
+            starts = np.flatnonzero(first)
+            runs = np.diff(starts, append=parent.size)
+            full = runs == b                              # every child given
+            if not full.any():
+                break
+            out.append(self.level_base[lv - 1] + nodes[~np.repeat(full, runs)])
+            nodes = parent[starts[full]]
+            level = lv + 1
+        out.append(self.level_base[level - 1] + nodes)
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def covered_state(self, cover: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """Merged (count, offset from ``shift``, M2) of the nodes at flat indices ``cover``
+        (from :meth:`node_cover`), internal units (flushes first)."""
+        self.flush()
+        if cover.size == 0:
             return 0.0, np.zeros(self.dim), np.zeros((self.dim, self.dim))
-        n, off, m2 = combine_groups(self.cnt[idx], self.off[idx], self.m2[idx])
+        n, off, m2 = combine_groups(self.cnt[cover], self.off[cover], self.m2[cover])
         return float(n), off, m2
 
     def root_state(self) -> tuple[float, np.ndarray, np.ndarray]:

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DimensionMismatchError, InvalidInputError, InvalidTypeError
+from ..errors import DimensionMismatchError, InvalidInputError, InvalidTypeError, NonFiniteError
 from ..validation import as_feature_matrix, check_positive_int
 from .exact_sum import LIMB_BITS, UNIT_EXP, float_limbs, limbs_to_ints
 from .moments import Moments
@@ -365,13 +365,21 @@ def _chunk_sums(X: np.ndarray, w: np.ndarray) -> list[tuple[list[int], int, list
     return out
 
 
-def exact_cross_sums(X: np.ndarray, weights: np.ndarray | None = None) -> tuple[list[int], int, list[int], int]:
+def exact_cross_sums(X: Any, weights: Any = None) -> tuple[list[int], int, list[int], int]:
     """Exact weighted column sums and cross-product sums of the rows of ``X``.
 
     Parameters
     ----------
-    X : (n, k) float64 array, finite.
+    X : (n, k) float64 array, finite (any magnitude).
     weights : (n,) array of +1 / -1, optional (default all +1).
+
+    Raises
+    ------
+    NonFiniteError
+        ``X`` holds NaN or an infinity.
+    InvalidInputError
+        ``X`` is not 2-D, or a weight is not +1 / -1 (the routes would read
+        other weights differently: the small-batch route as -1, the others as +1).
 
     Returns
     -------
@@ -388,8 +396,23 @@ def exact_cross_sums(X: np.ndarray, weights: np.ndarray | None = None) -> tuple[
     ([0.75, 2.0], [0.3125, 1.25, 10.0])
     """
     X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise InvalidInputError(f"X must be a 2-D (n, k) array, got shape {X.shape}")
+    if not np.isfinite(X).all():
+        raise NonFiniteError("X holds a non-finite value (NaN or inf)")
+    if weights is None:
+        w = np.ones(X.shape[0], np.int64)
+    else:
+        w = np.asarray(weights)
+        if w.shape != (X.shape[0],) or not np.isin(w, (-1, 1)).all():
+            raise InvalidInputError("weights must be +1 or -1, one per row")
+        w = w.astype(np.int64)
+    return _exact_cross_sums(X, w)
+
+
+def _exact_cross_sums(X: np.ndarray, w: np.ndarray) -> tuple[list[int], int, list[int], int]:
+    """:func:`exact_cross_sums` for validated input (finite float64 (n, k), weights ±1 int64)."""
     n, k = X.shape
-    w = np.ones(n, np.int64) if weights is None else np.asarray(weights, dtype=np.int64)
     if n <= _SMALL_ROWS:
         return _small_sums(X.tolist(), w.tolist(), k)
     per = max(1, min(_CHUNK_ROWS, _CHUNK_CELLS // max(k * _MAX_SLICES, 1)))
@@ -492,12 +515,12 @@ class ExactMoments:
         net = int(w.sum())
         if self.count + net < 0:
             raise InvalidInputError(f"cannot remove {-net} rows from moments of {self.count}")
-        self._add_sums(net, *exact_cross_sums(X, w))
+        self._add_sums(net, *_exact_cross_sums(X, w))
 
     def _add_rows(self, X: np.ndarray, weights: np.ndarray) -> None:
         """:meth:`add_rows` for validated input (float64 (n, k), weights ±1 int64)."""
         if X.shape[0]:
-            self._add_sums(int(weights.sum()), *exact_cross_sums(X, weights))
+            self._add_sums(int(weights.sum()), *_exact_cross_sums(X, weights))
 
     def remove_rows(self, X: Any) -> None:
         """Remove rows that were added before (exact inverse of :meth:`add_rows`)."""
