@@ -570,3 +570,28 @@ def test_small_cohorts_do_not_raise_false_alarms_at_the_cohort_level():
     res = BehavioralDistributedProtocol(t, score_levels="all").score_many(fdr=None)
     assert res["is_anomaly"].mean() < 0.003          # the population level alone: ~0.1 %
     assert all(lv["warming_up"] for path, lv in res["levels"].items() if path)
+
+
+def test_a_per_item_change_is_scored_against_its_cohorts_current_moments():
+    # The per-item path changes the root at once and the nodes below it only at a flush:
+    # the cohort level must see the change (and an agent moving in) in the very next
+    # score, each time, also after an earlier read kept the cohort's node cover.
+    rng = np.random.default_rng(41)
+    X = 5.0 + rng.normal(size=(80, 3)) @ rng.normal(size=(3, 3))
+    t = HierarchicalStatisticalTree(branching_factor=4, feature_dimensions=3)
+    t.update_many(np.arange(40), X[:40], cohorts="eu")
+    t.update_many(np.arange(40, 80), X[40:], cohorts="us")
+    proto = BehavioralDistributedProtocol(t, shrinkage=0.0, warm_up=3, score_levels="all")
+    eu = list(range(40))
+    checked = 0
+    for agent, cohort in ((4, None), (4, "eu"), (9, "eu"), (50, "eu"), (50, None), (4, None)):
+        X[agent] = X[agent] + rng.normal(scale=3.0, size=3)
+        if cohort == "eu" and agent not in eu:
+            eu.append(agent)
+        info = proto.update_agent_behavior_sync(BehavioralData(agent, X[agent], cohort=cohort))
+        level = [lv for lv in info["levels"] if lv["cohort"] == ("eu",)]
+        assert len(level) == 1
+        exact = exact_loo_squared_distance(X[eu], eu.index(agent), shrinkage=0.0)
+        assert level[0]["mahalanobis_squared"] == pytest.approx(exact, rel=1e-8)
+        checked += 1
+    assert checked == 6

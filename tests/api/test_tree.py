@@ -406,3 +406,24 @@ def test_cohort_statistics_follow_new_pages_sub_cohorts_and_growth_after_a_read(
     tree.update_agent(5, rng.normal(size=2), cohort="eu")  # a per-item change, then a read
     rows[5] = tree.get_agent_features(5)
     check([*range(0, 300), *range(400, 5000)])
+
+
+def test_a_feature_whose_spread_collapses_next_to_a_grown_one_is_re_anchored():
+    # An outlier sets feature 1's unit and shift, then leaves: its spread falls 1e11 while
+    # feature 0's grew 1e12 inside its band. The re-anchoring test must weigh feature 1's
+    # offset against its own co-moment (not the trace, which is feature 0's), or its
+    # deviations keep a common offset 1e11 standard deviations wide and lose digits.
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(13, 2)) * np.array([1e3, 0.01])
+    X[0, 1] = -1e9
+    t = HierarchicalStatisticalTree(feature_dimensions=2)
+    t.update_many(np.arange(13), X)
+    X[1, 0] = 1e12
+    t.update_agent(1, X[1])
+    X[0] = rng.normal(size=2) * np.array([1e3, 0.01])
+    t.update_agent(0, X[0])
+    stats = t.get_global_statistics()
+    mean_ex, cov_ex = exact_mean_cov(X)
+    ref = np.sqrt(np.outer(np.diag(cov_ex), np.diag(cov_ex)))
+    np.testing.assert_array_less(np.abs(stats["covariance"] - cov_ex) / ref, 1e-11)
+    assert np.all(np.abs(stats["mean"] - mean_ex) <= 1e-13 * np.abs(X).max(axis=0))

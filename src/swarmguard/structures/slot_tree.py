@@ -315,7 +315,10 @@ class SlotTree:
         n = self._root_n
         if reanchor and n > 1 and total > 0:
             off = self._root_off
-            inv_scale = 1.0 / np.maximum(diag, 1e-12 * total / self.dim)
+            # each feature against its own co-moment (floored as its error budget is, in its
+            # own unit): a floor from the trace of all features would measure a feature whose
+            # spread collapsed (an outlier left) against the others' and never re-anchor it
+            inv_scale = 1.0 / np.maximum(diag, _ERROR_FLOOR * (n - 1.0))
             far = float((off * off) @ inv_scale) * (n - 1) > 1e6 * self.dim
             if far:
                 self.rebuild()
