@@ -22,9 +22,9 @@ from ..validation import (
     as_feature_matrix,
     as_feature_vector,
     as_name_array,
-    unique_names,
     check_cohort,
     check_finite_float,
+    unique_names,
 )
 from ..values.agent_index import as_wire_id_array, check_wire_id
 from .cap import StatisticalUpdate
