@@ -284,6 +284,9 @@ class RegionReplica:
     def _apply_change(self, change: RegisterChange) -> None:
         if not len(change):
             return
+        if len(change) == 1:
+            self._apply_one(change)
+            return
         seqs = self.registers.seq_of(change.rows)
         for code in np.unique(change.new_writer).tolist():
             top = int(seqs[change.new_writer == code].max())
@@ -304,6 +307,34 @@ class RegionReplica:
             self._moments_of(code).__iadd__(delta)
             if self._total is not None:
                 self._total += delta     # exact: the same sum as re-adding every region
+
+    def _apply_one(self, change: RegisterChange) -> None:
+        """:meth:`_apply_change` for one register (the per-item path): Python integers only.
+
+        The same exact sums as the batch path (:func:`~swarmguard.values.exact_moments.row_change_sums`
+        gives the integers :func:`~swarmguard.values.exact_moments.exact_cross_sums` gives).
+        """
+        new_code = int(change.new_writer[0])
+        old_code = int(change.old_writer[0])
+        seq = int(self.registers.seq_of(change.rows[:1])[0])
+        name = self.registers.region_names[new_code]
+        if seq > self._held[name]:
+            self._held._counts[name] = seq    # a max-merge of one entry (VersionVector's own dict)
+        added = change.new_values[0].tolist()
+        removed = change.old_values[0].tolist() if old_code >= 0 else None
+        total = self._total
+        if old_code == new_code:
+            sums = self._moments_of(new_code)._change_row(removed, added)
+            if total is not None:
+                total._add_sums(*sums)
+            return
+        if removed is not None:          # the agent moved home: out of one region, into another
+            sums = self._moments_of(old_code)._change_row(removed, None)
+            if total is not None:
+                total._add_sums(*sums)
+        sums = self._moments_of(new_code)._change_row(None, added)
+        if total is not None:
+            total._add_sums(*sums)
 
     def rebuild_moments(self) -> None:
         """Recompute every region's moments from the registers (the same exact sums)."""
