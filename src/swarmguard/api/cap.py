@@ -601,7 +601,8 @@ class StatisticalCAPResolver(Locked):
         agent = as_agent_ids([check_wire_id(update.agent_id)])
         uid = as_agent_ids([check_wire_id(update.update_id)])
         now = self._check_now(now)
-        outcome, now = self._write(region, agent, np.array([ts]), x[None, :], np.array([score]), uid, now)
+        outcome, now = self._write(region, agent, np.array([ts]), x[None, :], np.array([score]), uid, now,
+                                   one_row=True)
         report = self._view_report(region, now)      # the write's reading: the clock is read once
         report.update({
             "accepted": True,
@@ -653,9 +654,12 @@ class StatisticalCAPResolver(Locked):
         return self.handle_updates_many(*args, **kwargs)
 
     def _write(self, region: str, agent_ids, timestamps, features, scores, update_ids,
-               now: float | None = None) -> tuple[WriteOutcome, float]:
+               now: float | None = None, *, one_row: bool = False) -> tuple[WriteOutcome, float]:
         """Validate and apply one region's batch; ``now``: the caller's clock reading (None: read it).
 
+        ``one_row``: the batch is one row :meth:`handle_update_sync` validated (ids as
+        ``AgentIds``, finite arrays of the right shapes); an existing region's replica
+        then takes it on its one-row path without checking it again.
         Returns the outcome and the processing time the write used (its view's time).
         """
         new_region = region not in self._born
@@ -675,7 +679,12 @@ class StatisticalCAPResolver(Locked):
         if self._dim is None:
             self._set_dim(dim)
         replica = self._replicas[region]
-        outcome = replica.update_many(agent_ids, timestamps, features, scores, update_ids, now=now)
+        if one_row and not new_region:
+            values = np.append(features[0], scores[0])
+            key = None if update_ids is None else update_ids.to_list()[0]
+            outcome = replica._update_one(agent_ids, float(timestamps[0]), values, key, now=now)
+        else:
+            outcome = replica.update_many(agent_ids, timestamps, features, scores, update_ids, now=now)
         self._advance(now)
         if self.consistency_model is ConsistencyModel.STRONG and outcome.changed_rows.shape[0]:
             entries = replica.registers.entries(outcome.changed_rows)

@@ -275,6 +275,33 @@ class RegionReplica:
             self._remember(keys)
         return WriteOutcome(applied, duplicate, changed)
 
+    def _update_one(self, ids: Any, timestamp: float, values: np.ndarray, update_id: Any = None,
+                    *, now: float | None = None) -> WriteOutcome:
+        """:meth:`update_many` for one row its caller has validated (the per-item path).
+
+        ``ids``: one agent id (``AgentIds`` of length 1); ``timestamp``, ``now``: finite
+        floats; ``values``: the finite ``(dim + 1,)`` row, features then the anomaly
+        score; ``update_id``: a wire id (int or str) or None. The same outcome and
+        state as :meth:`update_many` with that one row, without checking it again.
+        """
+        if self.version[self.region] + 1 > MAX_COUNT:
+            raise InvalidInputError(f"region {self.region!r} has used up its sequence numbers ({MAX_COUNT})")
+        if update_id is not None and update_id in self._seen:
+            self._touch(now)
+            return WriteOutcome(np.zeros(1, bool), np.ones(1, bool), np.empty(0, np.int64))
+        # ---- validated; state changes from here on
+        self._touch(now)
+        change = self.registers.write_one(ids, timestamp, self.region, self.version[self.region] + 1, values)
+        if change is None:
+            applied, changed = np.zeros(1, bool), np.empty(0, np.int64)
+        else:
+            applied, changed = np.ones(1, bool), change.rows
+            self.version.increment(self.region, 1)
+            self._apply_one(change)
+        if update_id is not None:
+            self._remember([update_id])
+        return WriteOutcome(applied, np.zeros(1, bool), changed)
+
     # ------------------------------------------------------------------ derived moments
     def _moments_of(self, code: int) -> ExactMoments:
         while len(self._moments) <= code:

@@ -234,6 +234,20 @@ class AgentIndex:
                 out[i] = self._pending.get(int(keys[i]), -1)
         return out
 
+    def row_of(self, ids: AgentIds) -> int:
+        """Row of the one id in ``ids``, or -1 if it has none (a scalar look-up, the per-item path)."""
+        if ids.is_str is not None and bool(ids.is_str[0]):
+            return self._str_rows.get(ids.strs[0], -1)
+        key = int(ids.ints[0])
+        row = self._pending.get(key)
+        if row is not None:
+            return row
+        keys = self._sorted_keys
+        pos = int(keys.searchsorted(key))
+        if pos < keys.shape[0] and int(keys[pos]) == key:
+            return int(self._sorted_rows[pos])
+        return -1
+
     def rows(self, ids: AgentIds, create: bool) -> np.ndarray:
         """Row of each id; new ids get new rows when ``create``, else -1."""
         n = len(ids)
