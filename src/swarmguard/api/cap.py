@@ -734,9 +734,10 @@ class StatisticalCAPResolver(Locked):
         # exact sums: identical registers give identical answers, bit for bit (docs/cap.md)
         m = replica._exact_total() if replica else None
         if m is not None and m.count:
-            mean = m.mean()
-            estimate["mean"] = mean[:d].copy()
-            estimate["mean_anomaly_score"] = float(mean[d])
+            # Python floats, then one array each: the same IEEE operations as NumPy's, bit for bit
+            mean = m._mean_list()
+            estimate["mean"] = np.array(mean[:d])
+            estimate["mean_anomaly_score"] = mean[d]
         else:
             estimate["mean"] = None
             estimate["mean_anomaly_score"] = None
@@ -744,10 +745,12 @@ class StatisticalCAPResolver(Locked):
             estimate["confidence_level"] = self.confidence_level
             if m is not None and m.count >= 2:
                 # the exact centred sum of squares, rounded once: never negative
-                se = np.sqrt(m.m2_diagonal() / ((m.count - 1) * m.count))
-                half = self._z * se / cf
-                estimate["confidence_interval"] = (mean[:d] - half[:d], mean[:d] + half[:d])
-                estimate["anomaly_score_interval"] = (float(mean[d] - half[d]), float(mean[d] + half[d]))
+                pairs = float((m.count - 1) * m.count)
+                z = self._z
+                half = [z * math.sqrt(v / pairs) / cf for v in m._m2_diagonal_list()]
+                estimate["confidence_interval"] = (np.array([a - h for a, h in zip(mean[:d], half, strict=False)]),
+                                                   np.array([a + h for a, h in zip(mean[:d], half, strict=False)]))
+                estimate["anomaly_score_interval"] = (mean[d] - half[d], mean[d] + half[d])
             else:
                 estimate["confidence_interval"] = None
                 estimate["anomaly_score_interval"] = None

@@ -616,7 +616,33 @@ class ExactMoments:
         """Correctly rounded mean vector (zeros while empty)."""
         if self.count == 0:
             return np.zeros(self.dim)
-        return np.array([_ratio_to_float(v, self._e1, self.count) for v in self._s1])
+        return np.array(self._mean_list())
+
+    def _mean_list(self) -> list[float]:
+        """:meth:`mean` as a list of floats (count > 0); one shared divisor, the same roundings."""
+        n, e1 = self.count, self._e1
+        if e1 >= 0:
+            return [_ratio_to_float(v, e1, n) for v in self._s1]
+        den = n << -e1
+        try:
+            return [v / den for v in self._s1]      # CPython's int / int rounds correctly
+        except OverflowError:
+            return [_ratio_to_float(v, e1, n) for v in self._s1]
+
+    def _m2_diagonal_list(self) -> list[float]:
+        """:meth:`m2_diagonal` as a list of floats (count > 0), the same roundings."""
+        n, k, s1, s2 = self.count, self.dim, self._s1, self._s2
+        e = min(self._e2, 2 * self._e1)
+        sh2, sh1 = self._e2 - e, 2 * self._e1 - e
+        # diagonal entry (c, c) is pair number c*k - c*(c-1)/2 in the row-major upper triangle
+        nums = [n * (s2[c * k - c * (c - 1) // 2] << sh2) - ((s1[c] * s1[c]) << sh1) for c in range(k)]
+        if e >= 0:
+            return [_ratio_to_float(v, e, n) for v in nums]
+        den = n << -e
+        try:
+            return [v / den for v in nums]
+        except OverflowError:
+            return [_ratio_to_float(v, e, n) for v in nums]
 
     def _m2_entry(self, p: int, a: int, b: int) -> float:
         n = self.count
@@ -628,9 +654,7 @@ class ExactMoments:
         """Correctly rounded ``sum (x_c - mean_c)**2`` per column (never negative)."""
         if self.count == 0:
             return np.zeros(self.dim)
-        k = self.dim
-        # diagonal entry (c, c) is pair number c*k - c*(c-1)/2 in the row-major upper triangle
-        return np.array([self._m2_entry(c * k - c * (c - 1) // 2, c, c) for c in range(k)])
+        return np.array(self._m2_diagonal_list())
 
     def m2(self) -> np.ndarray:
         """Correctly rounded centred co-moment matrix (symmetric; zeros while empty)."""
