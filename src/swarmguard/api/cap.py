@@ -55,7 +55,7 @@ from ..validation import (
     check_nonnegative_float,
     check_positive_int,
 )
-from ..values.agent_index import as_agent_ids, check_wire_id
+from ..values.agent_index import as_agent_ids, check_wire_id, one_agent_id
 from ..values.npz import (
     dict_from_bytes,
     dict_to_bytes,
@@ -598,8 +598,8 @@ class StatisticalCAPResolver(Locked):
         x = as_feature_vector(update.feature_vector, self._dim, "feature_vector")
         ts = check_finite_float(update.timestamp, "timestamp")
         score = check_finite_float(update.anomaly_score, "anomaly_score")
-        agent = as_agent_ids([check_wire_id(update.agent_id)])
-        uid = as_agent_ids([check_wire_id(update.update_id)])
+        agent = one_agent_id(check_wire_id(update.agent_id))
+        uid = one_agent_id(check_wire_id(update.update_id))
         now = self._check_now(now)
         outcome, now = self._write(region, agent, np.array([ts]), x[None, :], np.array([score]), uid, now,
                                    one_row=True)

@@ -16,7 +16,7 @@ from ..errors import DimensionMismatchError, InvalidInputError, InvalidTypeError
 from ..validation import check_id_str_array, check_id_text, check_id_texts
 
 __all__ = ["AgentIds", "AgentIndex", "as_agent_ids", "as_wire_id_array", "check_wire_id",
-           "positions_of"]
+           "one_agent_id", "positions_of"]
 
 _INT64 = np.iinfo(np.int64)
 # Single ids go to a small dict first; it is folded into the sorted array when it grows.
@@ -163,6 +163,19 @@ def as_agent_ids(ids: Any, n: int | None = None) -> AgentIds:
     if n is not None and len(out) != n:
         raise InvalidInputError(f"expected {n} agent ids, got {len(out)}")
     return out
+
+
+def one_agent_id(value: int | str) -> AgentIds:
+    """:func:`as_agent_ids` of ``[value]`` for one id :func:`check_wire_id` returned (the per-item path).
+
+    >>> one_agent_id(3).to_list(), one_agent_id("a").to_list()
+    ([3], ['a'])
+    """
+    if isinstance(value, str):
+        strs = np.empty(1, dtype=object)
+        strs[0] = value
+        return AgentIds(np.zeros(1, np.int64), strs, np.ones(1, bool))
+    return AgentIds(np.array([value], np.int64), None, None)
 
 
 class AgentIndex:
