@@ -118,6 +118,12 @@ def row_change_sums(removed: list[float] | None, added: list[float] | None,
     removed, added : list of finite floats (k each), or None for no row.
     e1_floor : int
         Use a grid at least this fine (``e1 <= e1_floor``).
+
+    Examples
+    --------
+    >>> s1, e1, s2, e2 = row_change_sums([0.5, 3.0], [0.25, -1.0])   # replace a row
+    >>> [v * 2.0**e1 for v in s1], [v * 2.0**e2 for v in s2]
+    ([-0.25, -4.0], [-0.1875, -1.75, -8.0])
     """
     rows = [r for r in (removed, added) if r is not None]
     parts = [[v.as_integer_ratio() for v in row] for row in rows]
