@@ -764,3 +764,52 @@ def test_a_refused_async_update_starts_no_background_sync():
         return refused, accepted
     refused, accepted = asyncio.run(run())
     assert refused is None and accepted
+
+
+def test_per_item_writes_report_the_exact_view_of_the_batch_path():
+    """handle_update_sync (the one-row path, replace and revert of one id, values from 1e-300 to
+    1e99, subnormals, scores to 1e300) reports the view of one batch of the final rows, and that
+    view is the exact one: the mean is float(Fraction), the interval mean -+ z sqrt(M2 / (n (n-1)))."""
+    from fractions import Fraction
+
+    extremes = [1e-300, 9e99, 5e-324, -1e-310, 0.0, -0.0, 1.0 / 3, 2.0**-1000, -9e99]
+    rng = np.random.default_rng(3)
+    one = StatisticalCAPResolver(clock=Clock(), regions=["eu"], auto_sync_seconds=None)
+    final = {}
+    for i in range(300):
+        agent = int(rng.integers(8))
+        if i % 6 == 5 and agent in final:
+            x, s = final[agent]                     # write the old values back (a revert)
+        else:
+            x = [float(v) for v in rng.choice(extremes, 2)] if i % 3 else rng.normal(size=2).tolist()
+            s = float(rng.choice([1e300, -1e-300, 0.25]))
+        r = one.handle_update_sync(StatisticalUpdate(f"u{i}", agent, float(i), x, s, "eu"), now=0.0)
+        assert r["applied"]
+        final[agent] = (x, s)
+    agents = sorted(final)
+    batch = StatisticalCAPResolver(clock=Clock(), regions=["eu"], auto_sync_seconds=None)
+    batch.handle_updates_many("eu", agents, np.zeros(len(agents)), [final[a][0] for a in agents],
+                              [final[a][1] for a in agents], now=0.0)
+    a, b = one.global_estimate("eu")["global_estimate"], batch.global_estimate("eu")["global_estimate"]
+    rows = [[Fraction(v) for v in final[k][0]] + [Fraction(final[k][1])] for k in agents]
+    n = len(rows)
+    mean = [sum(col) / n for col in zip(*rows, strict=True)]
+    m2 = [sum((r[c] - mean[c]) ** 2 for r in rows) for c in range(3)]
+
+    def rounded(q):    # correctly rounded, inf beyond the float range (as IEEE rounding gives)
+        try:
+            return float(q)
+        except OverflowError:
+            return math.inf
+
+    half = [one._z * math.sqrt(rounded(v) / (n * (n - 1))) / 1.0 for v in m2]
+    assert math.isinf(half[2])        # the scores' M2 (about 1e600) is beyond the float range
+    for est in (a, b):
+        assert est["count"] == n
+        assert est["mean"].tolist() == [float(v) for v in mean[:2]]
+        assert est["mean_anomaly_score"] == float(mean[2])
+        lo, hi = est["confidence_interval"]
+        assert lo.tolist() == [float(mean[c]) - half[c] for c in range(2)]
+        assert hi.tolist() == [float(mean[c]) + half[c] for c in range(2)]
+        assert est["anomaly_score_interval"] == (float(mean[2]) - half[2], float(mean[2]) + half[2])
+    assert one.replica("eu").estimate_exact() == batch.replica("eu").estimate_exact()

@@ -553,3 +553,109 @@ def test_a_version_counter_cannot_pass_the_cap():
     with pytest.raises(InvalidInputError):
         vv.increment("eu")
     assert vv["eu"] == MAX_COUNT
+
+
+# ---------------------------------------------------------------- the one-row path
+EXTREMES = [1e-300, 1e300, 5e-324, -2.2250738585072014e-308 / 3, -1e300, 0.0, -0.0, 1.0 / 3, -7.5, 2.0**-1000]
+# features stay below the replicas' magnitude cap (1e100); the anomaly score may be 1e300
+FEATURE_EXTREMES = [v for v in EXTREMES if abs(v) < 1e99] + [9.9e99, -9.9e99]
+
+
+def fraction_sums(rows):
+    """Exact (S1, S2 upper triangle, row-major) of rows, in fractions."""
+    rows = [[Fraction(v) for v in r] for r in rows]
+    k = len(rows[0]) if rows else 0
+    s1 = [sum((r[c] for r in rows), Fraction(0)) for c in range(k)]
+    s2 = [sum((r[a] * r[b] for r in rows), Fraction(0)) for a in range(k) for b in range(a, k)]
+    return s1, s2
+
+
+def test_one_row_path_gives_the_exact_state_of_the_batch_path_and_of_fractions():
+    """Per-item writes (the one-row path: replace, revert, extreme magnitudes, subnormals, an
+    agent moving home) hold the same exact sums as one batch of the final rows and as Fraction."""
+    from swarmguard.values.agent_index import as_agent_ids
+    from swarmguard.values.exact_moments import exact_cross_sums
+
+    rng = random.Random(7)
+    per_item, singles = RegionReplica("eu", DIM), RegionReplica("eu", DIM)
+    final: dict[int, list[float]] = {}
+    t = 0.0
+    for step in range(400):
+        agent = rng.randrange(12)
+        row = [rng.choice(FEATURE_EXTREMES) if rng.random() < 0.4 else rng.uniform(-1e3, 1e3) for _ in range(DIM)]
+        row.append(rng.choice(EXTREMES) if rng.random() < 0.4 else rng.uniform(-1e3, 1e3))
+        t += 1.0
+        if step % 5 == 4 and agent in final:
+            row = list(final[agent])                       # write the same values back (a revert)
+        if step % 7 == 6 and final:
+            # replace, then revert: the agent's old row back under a later timestamp
+            agent = rng.choice(sorted(final))
+            old = list(final[agent])
+            for values in (row, old):
+                per_item._update_one(as_agent_ids([agent]), t, np.array(values), f"u{step}:{values is old}")
+                singles.update_many([agent], [t], [values[:DIM]], [values[DIM]], [f"u{step}:{values is old}"])
+                t += 1.0
+            final[agent] = old
+            continue
+        per_item._update_one(as_agent_ids([agent]), t, np.array(row), f"u{step}")
+        singles.update_many([agent], [t], [row[:DIM]], [row[DIM]], [f"u{step}"])
+        final[agent] = row
+    # a re-sent id and an older write change nothing on the one-row path
+    before = per_item.estimate_exact()
+    out = per_item._update_one(as_agent_ids([0]), t, np.array([9.0, 9.0, 9.0]), "u1")
+    assert bool(out.duplicate[0]) and not bool(out.applied[0])
+    out = per_item._update_one(as_agent_ids([next(iter(final))]), -1.0, np.array([9.0, 9.0, 9.0]), "fresh")
+    assert not bool(out.applied[0]) and not bool(out.duplicate[0])
+    assert per_item.estimate_exact() == before
+
+    batch = RegionReplica("eu", DIM)
+    agents = sorted(final)
+    batch.update_many(agents, [1.0] * len(agents), [final[a][:DIM] for a in agents], [final[a][DIM] for a in agents])
+    rows = [final[a] for a in agents]
+    want = fraction_sums(rows)
+    for replica in (per_item, singles, batch):
+        m = replica.estimate_exact()
+        assert m.count == len(rows)
+        assert m.sums() == want
+        assert replica.region_exact_moments()["eu"].sums() == want
+    assert per_item.registers == singles.registers
+    # the NumPy batch route (more rows than the Python-integer route takes) agrees too
+    big = np.array(rows * 3)
+    s1, e1, s2, e2 = exact_cross_sums(big)
+    assert [Fraction(v) * Fraction(2) ** e1 for v in s1] == [3 * v for v in want[0]]
+    assert [Fraction(v) * Fraction(2) ** e2 for v in s2] == [3 * v for v in want[1]]
+    rebuilt = RegionReplica.from_dict(per_item.to_dict())
+    assert rebuilt.estimate_exact() == per_item.estimate_exact()
+
+    # an agent moving home through a one-register merge: out of "eu", into "us"
+    us = RegionReplica("us", DIM)
+    moved = agents[0]
+    us.update_many([moved], [t + 10.0], [[1e-300, 5e-324]], [1e300])
+    per_item.merge_delta(us.delta_since(per_item.version, now=t + 10.0))
+    rows_eu = [final[a] for a in agents[1:]]
+    exact = per_item.region_exact_moments()
+    assert exact["eu"].sums() == fraction_sums(rows_eu)
+    assert exact["us"].sums() == fraction_sums([[1e-300, 5e-324, 1e300]])
+    assert per_item.estimate_exact().sums() == fraction_sums(rows_eu + [[1e-300, 5e-324, 1e300]])
+
+
+@given(st.lists(st.lists(st.one_of(st.sampled_from(EXTREMES),
+                                   st.floats(allow_nan=False, allow_infinity=False, width=64)),
+                         min_size=DIM + 1, max_size=DIM + 1), min_size=1, max_size=8),
+       st.lists(st.integers(0, 3), min_size=8, max_size=8))
+@settings(max_examples=60, deadline=None)
+def test_one_row_changes_match_fractions(rows, agents):
+    from swarmguard.values.exact_moments import ExactMoments, row_change_sums
+
+    m, held = ExactMoments(DIM + 1), {}
+    for row, agent in zip(rows, agents, strict=False):
+        m._change_row(held.get(agent), row)
+        held[agent] = row
+    assert m.count == len(held)
+    assert m.sums() == fraction_sums(list(held.values()))
+    s1, e1, s2, e2 = row_change_sums(None, rows[0])
+    assert ([Fraction(v) * Fraction(2) ** e1 for v in s1], [Fraction(v) * Fraction(2) ** e2 for v in s2]) \
+        == fraction_sums([rows[0]])
+    for agent in list(held):
+        m._change_row(held.pop(agent), None)
+    assert m.count == 0 and m.sums() == fraction_sums([[0.0] * (DIM + 1)])

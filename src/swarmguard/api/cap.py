@@ -61,7 +61,7 @@ from ..validation import (
     check_nonnegative_float,
     check_positive_int,
 )
-from ..values.agent_index import as_agent_ids, check_wire_id
+from ..values.agent_index import as_agent_ids, check_wire_id, one_agent_id
 from ..values.npz import (
     dict_from_bytes,
     dict_to_bytes,
@@ -542,10 +542,11 @@ class StatisticalCAPResolver(Locked):
         x = as_feature_vector(update.feature_vector, self._dim, "feature_vector")
         ts = check_finite_float(update.timestamp, "timestamp")
         score = check_finite_float(update.anomaly_score, "anomaly_score")
-        agent = as_agent_ids([check_wire_id(update.agent_id)])
-        uid = as_agent_ids([check_wire_id(update.update_id)])
+        agent = one_agent_id(check_wire_id(update.agent_id))
+        uid = one_agent_id(check_wire_id(update.update_id))
         now = self._check_now(now)
-        outcome, now = self._write(region, agent, np.array([ts]), x[None, :], np.array([score]), uid, now)
+        outcome, now = self._write(region, agent, np.array([ts]), x[None, :], np.array([score]), uid, now,
+                                   one_row=True)
         report = self._view_report(region, now)      # the write's reading: the clock is read once
         report.update({
             "accepted": True,
@@ -597,9 +598,12 @@ class StatisticalCAPResolver(Locked):
         return self.handle_updates_many(*args, **kwargs)
 
     def _write(self, region: str, agent_ids, timestamps, features, scores, update_ids,
-               now: float | None = None) -> tuple[WriteOutcome, float]:
+               now: float | None = None, *, one_row: bool = False) -> tuple[WriteOutcome, float]:
         """Validate and apply one region's batch; ``now``: the caller's clock reading (None: read it).
 
+        ``one_row``: the batch is one row :meth:`handle_update_sync` validated (ids as
+        ``AgentIds``, finite arrays of the right shapes); an existing region's replica
+        then takes it on its one-row path without checking it again.
         Returns the outcome and the processing time the write used (its view's time).
         """
         new_region = region not in self._topology.born
@@ -619,7 +623,12 @@ class StatisticalCAPResolver(Locked):
         if self._dim is None:
             self._set_dim(dim)
         replica = self._replicas[region]
-        outcome = replica.update_many(agent_ids, timestamps, features, scores, update_ids, now=now)
+        if one_row and not new_region:
+            values = np.append(features[0], scores[0])
+            key = None if update_ids is None else update_ids.to_list()[0]
+            outcome = replica._update_one(agent_ids, float(timestamps[0]), values, key, now=now)
+        else:
+            outcome = replica.update_many(agent_ids, timestamps, features, scores, update_ids, now=now)
         self._time.advance(now)
         if self.consistency_model is ConsistencyModel.STRONG and outcome.changed_rows.shape[0]:
             entries = replica.registers.entries(outcome.changed_rows)
@@ -669,9 +678,10 @@ class StatisticalCAPResolver(Locked):
         # exact sums: identical registers give identical answers, bit for bit (docs/cap.md)
         m = replica._exact_total() if replica else None
         if m is not None and m.count:
-            mean = m.mean()
-            estimate["mean"] = mean[:d].copy()
-            estimate["mean_anomaly_score"] = float(mean[d])
+            # Python floats, then one array each: the same IEEE operations as NumPy's, bit for bit
+            mean = m._mean_list()
+            estimate["mean"] = np.array(mean[:d])
+            estimate["mean_anomaly_score"] = mean[d]
         else:
             estimate["mean"] = None
             estimate["mean_anomaly_score"] = None
@@ -679,10 +689,12 @@ class StatisticalCAPResolver(Locked):
             estimate["confidence_level"] = self.confidence_level
             if m is not None and m.count >= 2:
                 # the exact centred sum of squares, rounded once: never negative
-                se = np.sqrt(m.m2_diagonal() / ((m.count - 1) * m.count))
-                half = self._z * se / cf
-                estimate["confidence_interval"] = (mean[:d] - half[:d], mean[:d] + half[:d])
-                estimate["anomaly_score_interval"] = (float(mean[d] - half[d]), float(mean[d] + half[d]))
+                pairs = float((m.count - 1) * m.count)
+                z = self._z
+                half = [z * math.sqrt(v / pairs) / cf for v in m._m2_diagonal_list()]
+                estimate["confidence_interval"] = (np.array([a - h for a, h in zip(mean[:d], half, strict=False)]),
+                                                   np.array([a + h for a, h in zip(mean[:d], half, strict=False)]))
+                estimate["anomaly_score_interval"] = (mean[d] - half[d], mean[d] + half[d])
             else:
                 estimate["confidence_interval"] = None
                 estimate["anomaly_score_interval"] = None

@@ -275,6 +275,33 @@ class RegionReplica:
             self._remember(keys)
         return WriteOutcome(applied, duplicate, changed)
 
+    def _update_one(self, ids: Any, timestamp: float, values: np.ndarray, update_id: Any = None,
+                    *, now: float | None = None) -> WriteOutcome:
+        """:meth:`update_many` for one row its caller has validated (the per-item path).
+
+        ``ids``: one agent id (``AgentIds`` of length 1); ``timestamp``, ``now``: finite
+        floats; ``values``: the finite ``(dim + 1,)`` row, features then the anomaly
+        score; ``update_id``: a wire id (int or str) or None. The same outcome and
+        state as :meth:`update_many` with that one row, without checking it again.
+        """
+        if self.version[self.region] + 1 > MAX_COUNT:
+            raise InvalidInputError(f"region {self.region!r} has used up its sequence numbers ({MAX_COUNT})")
+        if update_id is not None and update_id in self._seen:
+            self._touch(now)
+            return WriteOutcome(np.zeros(1, bool), np.ones(1, bool), np.empty(0, np.int64))
+        # ---- validated; state changes from here on
+        self._touch(now)
+        change = self.registers.write_one(ids, timestamp, self.region, self.version[self.region] + 1, values)
+        if change is None:
+            applied, changed = np.zeros(1, bool), np.empty(0, np.int64)
+        else:
+            applied, changed = np.ones(1, bool), change.rows
+            self.version.increment(self.region, 1)
+            self._apply_one(change)
+        if update_id is not None:
+            self._remember([update_id])
+        return WriteOutcome(applied, np.zeros(1, bool), changed)
+
     # ------------------------------------------------------------------ derived moments
     def _moments_of(self, code: int) -> ExactMoments:
         while len(self._moments) <= code:
@@ -283,6 +310,9 @@ class RegionReplica:
 
     def _apply_change(self, change: RegisterChange) -> None:
         if not len(change):
+            return
+        if len(change) == 1:
+            self._apply_one(change)
             return
         seqs = self.registers.seq_of(change.rows)
         for code in np.unique(change.new_writer).tolist():
@@ -304,6 +334,34 @@ class RegionReplica:
             self._moments_of(code).__iadd__(delta)
             if self._total is not None:
                 self._total += delta     # exact: the same sum as re-adding every region
+
+    def _apply_one(self, change: RegisterChange) -> None:
+        """:meth:`_apply_change` for one register (the per-item path): Python integers only.
+
+        The same exact sums as the batch path (:func:`~swarmguard.values.exact_moments.row_change_sums`
+        gives the integers :func:`~swarmguard.values.exact_moments.exact_cross_sums` gives).
+        """
+        new_code = int(change.new_writer[0])
+        old_code = int(change.old_writer[0])
+        seq = int(self.registers.seq_of(change.rows[:1])[0])
+        name = self.registers.region_names[new_code]
+        if seq > self._held[name]:
+            self._held._counts[name] = seq    # a max-merge of one entry (VersionVector's own dict)
+        added = change.new_values[0].tolist()
+        removed = change.old_values[0].tolist() if old_code >= 0 else None
+        total = self._total
+        if old_code == new_code:
+            sums = self._moments_of(new_code)._change_row(removed, added)
+            if total is not None:
+                total._add_sums(*sums)
+            return
+        if removed is not None:          # the agent moved home: out of one region, into another
+            sums = self._moments_of(old_code)._change_row(removed, None)
+            if total is not None:
+                total._add_sums(*sums)
+        sums = self._moments_of(new_code)._change_row(None, added)
+        if total is not None:
+            total._add_sums(*sums)
 
     def rebuild_moments(self) -> None:
         """Recompute every region's moments from the registers (the same exact sums)."""

@@ -16,7 +16,7 @@ from ..errors import DimensionMismatchError, InvalidInputError, InvalidTypeError
 from ..validation import check_id_str_array, check_id_text, check_id_texts
 
 __all__ = ["AgentIds", "AgentIndex", "as_agent_ids", "as_wire_id_array", "check_wire_id",
-           "positions_of"]
+           "one_agent_id", "positions_of"]
 
 _INT64 = np.iinfo(np.int64)
 # Single ids go to a small dict first; it is folded into the sorted array when it grows.
@@ -165,6 +165,19 @@ def as_agent_ids(ids: Any, n: int | None = None) -> AgentIds:
     return out
 
 
+def one_agent_id(value: int | str) -> AgentIds:
+    """:func:`as_agent_ids` of ``[value]`` for one id :func:`check_wire_id` returned (the per-item path).
+
+    >>> one_agent_id(3).to_list(), one_agent_id("a").to_list()
+    ([3], ['a'])
+    """
+    if isinstance(value, str):
+        strs = np.empty(1, dtype=object)
+        strs[0] = value
+        return AgentIds(np.zeros(1, np.int64), strs, np.ones(1, bool))
+    return AgentIds(np.array([value], np.int64), None, None)
+
+
 class AgentIndex:
     """Assigns each new agent id the next row, 0, 1, 2, ... and finds rows of known ids.
 
@@ -233,6 +246,20 @@ class AgentIndex:
             for i in np.flatnonzero(out < 0).tolist():
                 out[i] = self._pending.get(int(keys[i]), -1)
         return out
+
+    def row_of(self, ids: AgentIds) -> int:
+        """Row of the one id in ``ids``, or -1 if it has none (a scalar look-up, the per-item path)."""
+        if ids.is_str is not None and bool(ids.is_str[0]):
+            return self._str_rows.get(ids.strs[0], -1)
+        key = int(ids.ints[0])
+        row = self._pending.get(key)
+        if row is not None:
+            return row
+        keys = self._sorted_keys
+        pos = int(keys.searchsorted(key))
+        if pos < keys.shape[0] and int(keys[pos]) == key:
+            return int(self._sorted_rows[pos])
+        return -1
 
     def rows(self, ids: AgentIds, create: bool) -> np.ndarray:
         """Row of each id; new ids get new rows when ``create``, else -1."""

@@ -55,7 +55,7 @@ from ..validation import as_feature_matrix, check_positive_int
 from .exact_sum import LIMB_BITS, UNIT_EXP, float_limbs, limbs_to_ints
 from .moments import Moments
 
-__all__ = ["ExactMoments", "exact_cross_sums"]
+__all__ = ["ExactMoments", "exact_cross_sums", "row_change_sums"]
 
 _LIMB_MASK = (1 << LIMB_BITS) - 1
 
@@ -98,6 +98,55 @@ def _small_sums(rows: list[list[float]], weights: list[int], k: int) -> tuple[li
         s1 = [a + b for a, b in zip(s1, signed, strict=True)]
         products = [x * y for a, x in enumerate(signed) for y in ints[a:]]
         s2 = [a + b for a, b in zip(s2, products, strict=True)]
+    return s1, e1, s2, 2 * e1
+
+
+def row_change_sums(removed: list[float] | None, added: list[float] | None,
+                    e1_floor: int = 0) -> tuple[list[int], int, list[int], int]:
+    """Exact ``(S1, e1, S2, e2)`` of adding the row ``added`` and removing ``removed``.
+
+    The one-row path (a register replaced, or first written): plain Python
+    integers, no NumPy set-up. Each value is ``p / q`` with ``q`` a power of two
+    (:meth:`float.as_integer_ratio`), so it is the integer ``p << (1 - q.bit_length() - e1)``
+    on the grid ``2**e1``; ``e1`` is the finest grid of the two rows, and no
+    coarser than ``e1_floor`` (pass the target's exponent: the sums then land on
+    its grid and adding them needs no shift). The same numbers as
+    :func:`exact_cross_sums` of the two rows with weights -1 and +1.
+
+    Parameters
+    ----------
+    removed, added : list of finite floats (k each), or None for no row.
+    e1_floor : int
+        Use a grid at least this fine (``e1 <= e1_floor``).
+
+    Examples
+    --------
+    >>> s1, e1, s2, e2 = row_change_sums([0.5, 3.0], [0.25, -1.0])   # replace a row
+    >>> [v * 2.0**e1 for v in s1], [v * 2.0**e2 for v in s2]
+    ([-0.25, -4.0], [-0.1875, -1.75, -8.0])
+    """
+    rows = [r for r in (removed, added) if r is not None]
+    parts = [[v.as_integer_ratio() for v in row] for row in rows]
+    e1 = e1_floor
+    for row in parts:
+        for p, q in row:
+            if p:
+                e = 1 - q.bit_length()
+                if e < e1:
+                    e1 = e
+    ints = [[p << (1 - q.bit_length() - e1) if p else 0 for (p, q) in row] for row in parts]
+    if added is not None and removed is not None:
+        old, new = ints
+        s1 = [b - a for a, b in zip(old, new, strict=True)]
+        s2 = [new[a] * y - old[a] * z for a in range(len(new)) for y, z in zip(new[a:], old[a:], strict=True)]
+    else:
+        (row,) = ints
+        if added is None:
+            s1 = [-v for v in row]
+            s2 = [-(x * y) for a, x in enumerate(row) for y in row[a:]]
+        else:
+            s1 = row
+            s2 = [x * y for a, x in enumerate(row) for y in row[a:]]
     return s1, e1, s2, 2 * e1
 
 
@@ -474,8 +523,15 @@ class ExactMoments:
         if e2 < self._e2:
             self._s2, self._e2 = _aligned(self._s2, self._e2, e2), e2
         d1, d2 = e1 - self._e1, e2 - self._e2
-        self._s1 = [a + (b << d1) for a, b in zip(self._s1, s1, strict=True)]
-        self._s2 = [a + (b << d2) for a, b in zip(self._s2, s2, strict=True)]
+        # a shift by 0 is the common case (the one-row path writes on this grid): skip it
+        if d1:
+            self._s1 = [a + (b << d1) for a, b in zip(self._s1, s1, strict=True)]
+        else:
+            self._s1 = [a + b for a, b in zip(self._s1, s1, strict=True)]
+        if d2:
+            self._s2 = [a + (b << d2) for a, b in zip(self._s2, s2, strict=True)]
+        else:
+            self._s2 = [a + b for a, b in zip(self._s2, s2, strict=True)]
         self.count += count
         if self._e1 < -256 or self._e2 < -512:
             self._normalise()   # a tiny value came and went: keep the integers short
@@ -521,6 +577,15 @@ class ExactMoments:
         """:meth:`add_rows` for validated input (float64 (n, k), weights ±1 int64)."""
         if X.shape[0]:
             self._add_sums(int(weights.sum()), *_exact_cross_sums(X, weights))
+
+    def _change_row(self, removed: list[float] | None, added: list[float] | None) -> tuple:
+        """Remove the row ``removed`` and add ``added`` (validated finite floats; either may be
+        None), exactly; returns the sums applied (:func:`row_change_sums`) so that a caller can
+        add the same change to a total with :meth:`_add_sums`."""
+        count = (added is not None) - (removed is not None)
+        sums = row_change_sums(removed, added, min(self._e1, self._e2 // 2))
+        self._add_sums(count, *sums)
+        return (count, *sums)
 
     def remove_rows(self, X: Any) -> None:
         """Remove rows that were added before (exact inverse of :meth:`add_rows`)."""
@@ -580,7 +645,33 @@ class ExactMoments:
         """Correctly rounded mean vector (zeros while empty)."""
         if self.count == 0:
             return np.zeros(self.dim)
-        return np.array([_ratio_to_float(v, self._e1, self.count) for v in self._s1])
+        return np.array(self._mean_list())
+
+    def _mean_list(self) -> list[float]:
+        """:meth:`mean` as a list of floats (count > 0); one shared divisor, the same roundings."""
+        n, e1 = self.count, self._e1
+        if e1 >= 0:
+            return [_ratio_to_float(v, e1, n) for v in self._s1]
+        den = n << -e1
+        try:
+            return [v / den for v in self._s1]      # CPython's int / int rounds correctly
+        except OverflowError:
+            return [_ratio_to_float(v, e1, n) for v in self._s1]
+
+    def _m2_diagonal_list(self) -> list[float]:
+        """:meth:`m2_diagonal` as a list of floats (count > 0), the same roundings."""
+        n, k, s1, s2 = self.count, self.dim, self._s1, self._s2
+        e = min(self._e2, 2 * self._e1)
+        sh2, sh1 = self._e2 - e, 2 * self._e1 - e
+        # diagonal entry (c, c) is pair number c*k - c*(c-1)/2 in the row-major upper triangle
+        nums = [n * (s2[c * k - c * (c - 1) // 2] << sh2) - ((s1[c] * s1[c]) << sh1) for c in range(k)]
+        if e >= 0:
+            return [_ratio_to_float(v, e, n) for v in nums]
+        den = n << -e
+        try:
+            return [v / den for v in nums]
+        except OverflowError:
+            return [_ratio_to_float(v, e, n) for v in nums]
 
     def _m2_entry(self, p: int, a: int, b: int) -> float:
         n = self.count
@@ -592,9 +683,7 @@ class ExactMoments:
         """Correctly rounded ``sum (x_c - mean_c)**2`` per column (never negative)."""
         if self.count == 0:
             return np.zeros(self.dim)
-        k = self.dim
-        # diagonal entry (c, c) is pair number c*k - c*(c-1)/2 in the row-major upper triangle
-        return np.array([self._m2_entry(c * k - c * (c - 1) // 2, c, c) for c in range(k)])
+        return np.array(self._m2_diagonal_list())
 
     def m2(self) -> np.ndarray:
         """Correctly rounded centred co-moment matrix (symmetric; zeros while empty)."""

@@ -193,6 +193,34 @@ class LWWRegisterMap:
                              np.full(applied_pos.shape[0], code, np.int32), seqs, values[applied_pos])
         return change, applied
 
+    def write_one(self, ids: AgentIds, timestamp: float, region: str, seq: int,
+                  values: np.ndarray) -> RegisterChange | None:
+        """:meth:`write_many` for one validated row (the per-item path), in scalars.
+
+        ``ids``: one agent id; ``values``: the ``(d + 1,)`` row of features then the
+        anomaly score. Returns the change, or None when the write loses to the
+        agent's register (the same key order as :meth:`write_many`).
+        """
+        code = self.region_code(region)
+        row = self.index.row_of(ids)
+        if row < 0:                      # a new agent: the batch path creates its row
+            row = int(self._rows_for(ids)[0])
+        rows = np.array([row], np.int64)
+        rank = int(self._rank[code])
+        old_writer = int(self._writer[row])
+        old_ts = float(self._ts[row])
+        if old_writer >= 0:
+            old_key = (old_ts, int(self._rank[old_writer]), int(self._seq[row]))
+            if not (timestamp, rank, seq) > old_key:
+                return None
+        old_values = self._values[row].copy()
+        self._ts[row] = timestamp
+        self._writer[row] = code
+        self._seq[row] = seq
+        self._values[row] = values
+        return RegisterChange(rows, np.array([old_writer], np.int32), old_values[None, :],
+                              np.array([code], np.int32), self._values[row][None, :].copy())
+
     def update(self, agent_id: Any, timestamp: float, region: str, seq: int,
                features: Any, anomaly_score: float) -> bool:
         """Write one register; True when it became the agent's value."""
