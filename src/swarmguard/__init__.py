@@ -48,13 +48,13 @@ from .errors import (
 from .values import Moments
 
 
-def _ray_detector() -> type:
+def _ray_engine() -> type:
     # Imported on first use: the engines layer sits above api, and Ray is an optional extra.
-    from .engines.ray_engine import RayDistributedBehavioralDetector
-    return RayDistributedBehavioralDetector
+    from .engines.ray_engine import RayEngine
+    return RayEngine
 
 
-register_backend("ray", _ray_detector)
+register_backend("ray", _ray_engine)
 
 __version__ = "0.1.0"
 

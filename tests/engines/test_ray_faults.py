@@ -40,13 +40,14 @@ def test_killed_actors_recover_to_the_uninterrupted_state(ray_session):
             kill(ray, det.region_shards[0])
             kill(ray, det.evidence_shards[1])
         if r == 5:      # inside a round: after the trees and the first CAP write, before the auto-sync
-            real_sync = det._sync
+            engine = det.engine                 # the Ray engine runs the round's sync
+            real_sync = engine._sync
 
             def sync_after_a_kill(*args, **kwargs):     # forwards the round's clock reading
                 kill(ray, det.region_shards[1])
-                det._sync = real_sync
+                engine._sync = real_sync
                 return real_sync(*args, **kwargs)
-            det._sync = sync_after_a_kill
+            engine._sync = sync_after_a_kill
         if r == 4:      # right after a checkpoint (empty log): the root aggregator and another region
             kill(ray, det.root)
             kill(ray, det.region_shards[2])
@@ -194,7 +195,7 @@ def test_checkpoint_folder_generations_resume_errors_and_write_failures(ray_sess
     and raises from an explicit checkpoint(); evidence alone triggers checkpoints."""
     import os
 
-    from swarmguard.engines import ray_engine
+    from swarmguard.engines import ray_durability  # the engine's checkpoints and log of calls
     from swarmguard.engines.checkpoint_files import generations
     from swarmguard.engines.ray_engine import RayDistributedBehavioralDetector
     from swarmguard.errors import CheckpointError, CheckpointWriteWarning, InvalidTypeError
@@ -229,8 +230,8 @@ def test_checkpoint_folder_generations_resume_errors_and_write_failures(ray_sess
 
         def disk_full(*args, **kwargs):
             raise OSError(28, "No space left on device")
-        real = ray_engine.write_generation
-        ray_engine.write_generation = disk_full
+        real = ray_durability.write_generation
+        ray_durability.write_generation = disk_full
         try:
             with pytest.warns(CheckpointWriteWarning):
                 second.process_round(ids[:10], X[:10] + 1, "us")
@@ -238,19 +239,19 @@ def test_checkpoint_folder_generations_resume_errors_and_write_failures(ray_sess
             with pytest.raises(CheckpointError):
                 second.checkpoint()
         finally:
-            ray_engine.write_generation = real
+            ray_durability.write_generation = real
         second.checkpoint()
     finally:
         second.close()
     third = RayDistributedBehavioralDetector(feature_dimensions=2, checkpoint_dir=tmp_path / "ev")
-    old = ray_engine._MAX_LOG
-    ray_engine._MAX_LOG = 3
+    old = ray_durability.MAX_LOG
+    ray_durability.MAX_LOG = 3
     try:
         for k in range(5):
             third.ingest_evidence([k], [1], "behavioral_anomaly", [1.0], [1.0], [0.0], ["s"])
         assert max(len(h.log) for h in third.handles) < 3 and generations(tmp_path / "ev")
     finally:
-        ray_engine._MAX_LOG = old
+        ray_durability.MAX_LOG = old
         third.close()
 
 
@@ -291,7 +292,7 @@ def test_log_survives_failed_writes_faults_counters_and_a_clock_that_goes_back(r
     missing an actor's file falls back to the one before."""
     import os
 
-    from swarmguard.engines import ray_engine
+    from swarmguard.engines import ray_durability  # the engine's checkpoints and log of calls
     from swarmguard.engines.checkpoint_files import generations
     from swarmguard.engines.ray_engine import RayDistributedBehavioralDetector
     rng = np.random.default_rng(5)
@@ -305,7 +306,7 @@ def test_log_survives_failed_writes_faults_counters_and_a_clock_that_goes_back(r
     try:
         for det in (live, twin):
             det.process_round(ids, X, reg)
-        real = ray_engine.append_record
+        real = ray_durability.append_record
         calls = {"n": 0}
 
         def torn(path, meta, arrays):           # a full disk: half a record, then an error
@@ -313,11 +314,11 @@ def test_log_survives_failed_writes_faults_counters_and_a_clock_that_goes_back(r
             with open(path, "ab") as f:
                 f.write((10**6).to_bytes(8, "little") + b"half")
             raise OSError(28, "No space left on device")
-        ray_engine.append_record = torn
+        ray_durability.append_record = torn
         try:
             live.process_round(ids, X + 0.1, reg)        # made durable by a checkpoint instead
         finally:
-            ray_engine.append_record = real
+            ray_durability.append_record = real
         twin.process_round(ids, X + 0.1, reg)
         assert calls["n"] == 1
         for det in (live, twin):

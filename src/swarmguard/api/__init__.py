@@ -13,7 +13,9 @@ from .cap import (
 from .consensus import StableBayesianConsensus
 from .detector import DistributedBehavioralDetector, p_value_log_odds
 from .detector_settings import DetectorSettings
+from .engine import Engine, RoundBatch, RoundResult, ScoredRound
 from .evidence_types import BayesianEvidence, EvidenceType, map_to_evidence_type
+from .inprocess import InProcessEngine
 from .protocol import BehavioralData, BehavioralDistributedProtocol
 from .tree import HierarchicalStatisticalTree
 
@@ -36,4 +38,9 @@ __all__ = [
     "DistributedBehavioralDetector",
     "DetectorSettings",
     "p_value_log_odds",
+    "Engine",
+    "InProcessEngine",
+    "RoundBatch",
+    "ScoredRound",
+    "RoundResult",
 ]

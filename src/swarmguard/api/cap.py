@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from statistics import NormalDist
@@ -46,6 +46,12 @@ from ..errors import (
 )
 from ..locking import Locked, synchronized
 from ..structures.replica import DEFAULT_DEDUP_WINDOW, RegionReplica, WriteOutcome
+from ..structures.topology import (
+    MonotonicClock,
+    RegionTopology,
+    partition_groups,
+    require_write_quorum,
+)
 from ..validation import (
     as_feature_matrix,
     as_feature_vector,
@@ -140,65 +146,6 @@ class SyncReport:
     rows_shipped: int
     bytes_shipped: int
     seconds: float
-
-
-def partition_groups(groups: Any, known: Callable[[Any], str], regions: Sequence[str]) -> dict[str, int]:
-    """Each region's group under a partition: ``groups`` lists the groups of names.
-
-    ``known`` checks and normalises a name (raising for an unknown one); a
-    name may appear once; regions named in no group are cut off from everyone
-    (a group of their own).
-    """
-    if isinstance(groups, (str, bytes)) or not isinstance(groups, Iterable):
-        raise InvalidTypeError("groups must be a list of lists of region names")
-    mapping: dict[str, int] = {}
-    for g, group in enumerate(groups):
-        if isinstance(group, (str, bytes)) or not isinstance(group, Iterable):
-            raise InvalidTypeError(f"group {g} must be a list of region names, got {group!r}")
-        for name in group:
-            name = known(name)
-            if name in mapping:
-                raise InvalidInputError(f"region {name!r} appears in more than one group")
-            mapping[name] = g
-    next_group = max(mapping.values(), default=-1) + 1
-    for name in regions:
-        if name not in mapping:
-            mapping[name] = next_group
-            next_group += 1
-    return mapping
-
-
-def require_write_quorum(known: Sequence[str], group_of: Mapping[str, int] | None,
-                         writing: Iterable[str]) -> None:
-    """STRONG's rule: raise :class:`QuorumUnavailableError` unless each region writing reaches a majority.
-
-    ``known``: the regions so far; ``group_of``: each region's partition group
-    (None: no partition); ``writing``: the regions about to write, in order. A
-    region not yet known joins as it writes (reachable by nobody during a
-    partition, as :class:`StatisticalCAPResolver` places it), so it counts in
-    the total of the writes after it. Changes nothing.
-    """
-    known = list(known)
-    groups = None if group_of is None else dict(group_of)
-    for region in writing:
-        new = region not in known
-        total = len(known) + new
-        if groups is None:
-            reach = total
-        elif new:
-            reach = 1
-        else:
-            reach = sum(1 for r in known if groups.get(r) == groups[region])
-        if 2 * reach <= total:
-            raise QuorumUnavailableError(
-                f"STRONG consistency: region {region!r} reaches {reach} of {total} regions, "
-                f"a majority needs {total // 2 + 1}; use ConsistencyModel.STATISTICAL to stay "
-                "available during partitions"
-            )
-        if new:
-            known.append(region)
-            if groups is not None:
-                groups[region] = max(groups.values(), default=-1) + 1
 
 
 def compute_confidence_factor(
@@ -346,14 +293,11 @@ class StatisticalCAPResolver(Locked):
         self.sync_interval_seconds = sync_interval_seconds
         self.auto_sync_seconds = auto_sync_seconds
         self._sleep = sleep   # None: asyncio.sleep, looked up when the background task runs
-        self._clock = clock or time.monotonic
-        self._latest = -math.inf
+        self._time = MonotonicClock(clock or time.monotonic)
         self._start = self._now()
         self._last_sync = self._start
-        self._regions: list[str] = []
-        self._born: dict[str, float] = {}
+        self._topology = RegionTopology()
         self._replicas: dict[str, RegionReplica] = {}
-        self._group_of: dict[str, int] | None = None  # None: every link delivers
         self._sync_task: asyncio.Task | None = None
         for name in names:
             self._add_region(name, self._start)
@@ -362,7 +306,21 @@ class StatisticalCAPResolver(Locked):
     def _now(self, now: float | None = None) -> float:
         """Clock reading (or the caller's validated reading ``now``), never earlier than a
         previous one (so confidence cannot rise by itself)."""
-        return self._advance(self.read_clock() if now is None else now)
+        return self._time.now(now)
+
+    @property
+    def _clock(self) -> Callable[[], float]:
+        """The clock function (examples set it to simulate time)."""
+        return self._time.clock
+
+    @_clock.setter
+    def _clock(self, clock: Callable[[], float]) -> None:
+        self._time.clock = clock
+
+    @property
+    def _latest(self) -> float:
+        """The clock's high-water mark (the latest reading a write or a view took)."""
+        return self._time.latest
 
     def read_clock(self) -> float:
         """The clock's reading as the next write would use it, changing nothing.
@@ -373,14 +331,7 @@ class StatisticalCAPResolver(Locked):
         before changing other state (the detector) reads it once here and passes
         it to the write as ``now``.
         """
-        t = check_finite_float(self._clock(), "clock()")
-        return t if t > self._latest else self._latest
-
-    def _advance(self, now: float) -> float:
-        """Take ``now`` (validated) as the latest reading; returns the reading to use."""
-        if now > self._latest:
-            self._latest = now
-        return self._latest
+        return self._time.read()
 
     @staticmethod
     def _check_now(now: Any) -> float | None:
@@ -389,7 +340,7 @@ class StatisticalCAPResolver(Locked):
     @property
     @synchronized
     def regions(self) -> list[str]:
-        return list(self._regions)
+        return list(self._topology.regions)
 
     @property
     @synchronized
@@ -405,50 +356,38 @@ class StatisticalCAPResolver(Locked):
         return self._replicas[region]
 
     def _known(self, region: Any) -> str:
-        name = check_region_name(region)
-        if name not in self._born:
-            raise UnknownRegionError(f"unknown region {name!r}; known: {self._regions}")
-        return name
+        return self._topology.known(region)
 
     def _add_region(self, name: str, now: float) -> None:
-        self._regions.append(name)
-        self._born[name] = now
-        if self._group_of is not None:  # born during a partition: reachable by nobody until heal
-            self._group_of[name] = max(self._group_of.values(), default=-1) + 1
+        self._topology.add(name, now)      # born during a partition: reachable by nobody until heal
         if self._dim is not None:
             self._make_replica(name)
 
     def _make_replica(self, name: str) -> None:
-        replica = RegionReplica(name, self._dim, start_time=self._born[name], dedup_window=self.dedup_window)
-        for other in self._regions:
+        replica = RegionReplica(name, self._dim, start_time=self._topology.born[name], dedup_window=self.dedup_window)
+        for other in self._topology.regions:
             if other == name:
                 continue
             # a newcomer has never heard from the others; the others' view of it is
             # complete as of its birth (it had no agents before)
             replica.know_region(other, self._start)
             if other in self._replicas:
-                self._replicas[other].know_region(name, self._born[name])
+                self._replicas[other].know_region(name, self._topology.born[name])
         self._replicas[name] = replica
 
     def _set_dim(self, dim: int) -> None:
         self._dim = dim
-        for name in self._regions:
+        for name in self._topology.regions:
             self._make_replica(name)
-
-    def _reachable(self, region: str) -> list[str]:
-        if self._group_of is None:
-            return list(self._regions)
-        g = self._group_of.get(region)
-        return [r for r in self._regions if self._group_of.get(r) == g]
 
     @synchronized
     def visible_regions(self, region: str) -> list[str]:
         """Regions whose links to ``region`` deliver now (``region`` included), sorted."""
-        return sorted(self._reachable(self._known(region)))
+        return self._topology.visible(region)
 
     def _require_quorum(self, region: str, new_region: bool = False) -> None:
         if self.consistency_model is ConsistencyModel.STRONG:
-            require_write_quorum(self._regions, self._group_of, [region])
+            self._topology.require_quorum([region])
 
     @synchronized
     def check_writable(self, regions: Iterable[str]) -> None:
@@ -460,7 +399,7 @@ class StatisticalCAPResolver(Locked):
         """
         names = [check_region_name(r) for r in regions]
         if self.consistency_model is ConsistencyModel.STRONG:
-            require_write_quorum(self._regions, self._group_of, names)
+            self._topology.require_quorum(names)
 
     # ------------------------------------------------------------------ links
     @synchronized
@@ -471,11 +410,11 @@ class StatisticalCAPResolver(Locked):
         known and may appear once. Under STRONG the new groups sync at once (the
         clock read first: a clock gone bad refuses the call, the links unchanged).
         """
-        mapping = partition_groups(groups, self._known, self._regions)
+        mapping = self._topology.groups_for(groups)
         # Under STRONG the clock is read (and checked) before the links change: a clock gone
         # bad refuses the call with the links as they were.
         now = self.read_clock() if self.consistency_model is ConsistencyModel.STRONG else None
-        self._group_of = mapping
+        self._topology.group_of = mapping
         if now is not None:
             self.sync(now=now)
 
@@ -483,14 +422,14 @@ class StatisticalCAPResolver(Locked):
     def heal(self) -> None:
         """Restore every link (replicas converge at the next :meth:`sync`; at once under STRONG)."""
         now = self.read_clock() if self.consistency_model is ConsistencyModel.STRONG else None   # as partition
-        self._group_of = None
+        self._topology.group_of = None
         if now is not None:
             self.sync(now=now)
 
     @property
     @synchronized
     def is_partitioned(self) -> bool:
-        return self._group_of is not None
+        return self._topology.is_partitioned
 
     @synchronized
     def sync(self, *, now: float | None = None) -> SyncReport:
@@ -506,11 +445,11 @@ class StatisticalCAPResolver(Locked):
         now = self._now(now)
         self._last_sync = now
         pairs = rows = nbytes = 0
-        for a in self._regions:
+        for a in self._topology.regions:
             if a not in self._replicas:
                 continue
             src = self._replicas[a]
-            for b in self._reachable(a):
+            for b in self._topology.reachable(a):
                 if b == a or b not in self._replicas:
                     continue
                 dst = self._replicas[b]
@@ -633,7 +572,7 @@ class StatisticalCAPResolver(Locked):
         """
         region = check_region_name(region)
         now = self._check_now(now)
-        if region not in self._born or self._dim is None:
+        if region not in self._topology.born or self._dim is None:
             # first touch: validate here, before a region or a dimension is created
             ids = as_agent_ids(agent_ids)
             n = len(ids)
@@ -667,7 +606,7 @@ class StatisticalCAPResolver(Locked):
         then takes it on its one-row path without checking it again.
         Returns the outcome and the processing time the write used (its view's time).
         """
-        new_region = region not in self._born
+        new_region = region not in self._topology.born
         self._require_quorum(region, new_region)
         if self._dim is None:
             dim = np.asarray(features).shape[1]
@@ -678,7 +617,7 @@ class StatisticalCAPResolver(Locked):
         # The reading is taken here but kept (the high-water mark moved) only once the batch is
         # accepted: an existing region's batch is validated by its replica's update_many below,
         # and a refused batch must not move the resolver's time (every later confidence factor).
-        now = self.read_clock() if now is None else max(now, self._latest)
+        now = self.read_clock() if now is None else max(now, self._time.latest)
         if new_region:
             self._add_region(region, now)
         if self._dim is None:
@@ -690,10 +629,10 @@ class StatisticalCAPResolver(Locked):
             outcome = replica._update_one(agent_ids, float(timestamps[0]), values, key, now=now)
         else:
             outcome = replica.update_many(agent_ids, timestamps, features, scores, update_ids, now=now)
-        self._advance(now)
+        self._time.advance(now)
         if self.consistency_model is ConsistencyModel.STRONG and outcome.changed_rows.shape[0]:
             entries = replica.registers.entries(outcome.changed_rows)
-            for peer in self._reachable(region):
+            for peer in self._topology.reachable(region):
                 if peer != region:
                     self._replicas[peer].merge_registers(entries)
         # Only after an accepted write: a rejected call changes nothing, not even by syncing.
@@ -765,7 +704,7 @@ class StatisticalCAPResolver(Locked):
             "confidence_factor": cf,
             "staleness_seconds": max(ages.values(), default=0.0),
             "weighted_staleness_seconds": weighted / total if total else 0.0,
-            "visible_regions": sorted(self._reachable(region)),
+            "visible_regions": sorted(self._topology.reachable(region)),
             "global_estimate": estimate,
         }
 
@@ -779,11 +718,11 @@ class StatisticalCAPResolver(Locked):
         """
         out: dict[str, np.ndarray] = {
             "format": np.array(_FORMAT_VERSION),
-            "regions": np.array(self._regions, dtype=np.str_) if self._regions else np.empty(0, "<U1"),
-            "born": np.array([self._born[r] for r in self._regions], dtype=np.float64),
+            "regions": np.array(self._topology.regions, dtype=np.str_) if self._topology.regions else np.empty(0, "<U1"),
+            "born": np.array([self._topology.born[r] for r in self._topology.regions], dtype=np.float64),
             "start": np.array(self._start),
             "dim": np.array(-1 if self._dim is None else self._dim),
-            "groups": np.array([-1 if self._group_of is None else self._group_of[r] for r in self._regions],
+            "groups": np.array([-1 if self._topology.group_of is None else self._topology.group_of[r] for r in self._topology.regions],
                                dtype=np.int64),
         }
         for name, replica in self._replicas.items():
@@ -835,11 +774,11 @@ class StatisticalCAPResolver(Locked):
                 replicas[name] = replica
         res = cls(**settings)
         res._start = start
-        res._regions = regions
-        res._born = dict(zip(regions, born, strict=True))
+        res._topology.regions = regions
+        res._topology.born = dict(zip(regions, born, strict=True))
         res._dim = dim if dim > 0 else None
         res._replicas = replicas
-        res._group_of = None if all(g < 0 for g in groups) else dict(zip(regions, groups, strict=True))
+        res._topology.group_of = None if all(g < 0 for g in groups) else dict(zip(regions, groups, strict=True))
         return res
 
     @synchronized

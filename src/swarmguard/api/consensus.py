@@ -48,7 +48,13 @@ from ..locking import Locked, synchronized
 from ..structures.evidence import CoveredCounts, EvidenceLedger
 from ..structures.evidence_store import EvidenceStore, float_bits
 from ..structures.key_index import KeyIndex
-from ..structures.robust_fusion import SourceEvents, fuse, peel_sources, source_events
+from ..structures.robust_fusion import (
+    SourceEvents,
+    count_flagged_pairs,
+    fuse,
+    peel_untrusted,
+    source_events,
+)
 from ..validation import as_float_vector, check_fraction, check_key, check_positive_int
 from .evidence_types import BayesianEvidence, EvidenceType, check_timestamp
 
@@ -442,7 +448,7 @@ class StableBayesianConsensus(Locked):
         row = int(source_rows[i])
         return self._ledger.sources.key_of(row) if row < len(self._ledger.sources) else "(new source)"
 
-    def _holds_evidence(self, evidence_ids, source_nodes) -> np.ndarray:
+    def holds_evidence_many(self, evidence_ids, source_nodes) -> np.ndarray:
         """Mask: which ``(source_nodes[i], evidence_ids[i])`` keys are stored (normalised ids)."""
         n = len(source_nodes)
         if self.evidence_count == 0 or n == 0:
@@ -499,9 +505,9 @@ class StableBayesianConsensus(Locked):
         if self._ledger.agents.row_of(agent_id) < 0:
             raise UnknownAgentError(f"no evidence for agent {agent_id!r}")
         flagged, stale = self._flags_for_single()
-        return self._consensus_of(agent_id, flagged, stale)
+        return self.consensus_given(agent_id, flagged, stale)
 
-    def _consensus_of(self, agent_id: Hashable, flagged: np.ndarray, stale: bool,
+    def consensus_given(self, agent_id: Hashable, flagged: np.ndarray, stale: bool,
                       established: np.ndarray | None = None) -> dict[str, Any]:
         """:meth:`consensus` given the source flags (``flagged[source row]``) and the voting
         sources (``established[source row]``, default: this consensus's own), which may
@@ -524,7 +530,7 @@ class StableBayesianConsensus(Locked):
         n, f = int(fusion.n_sources[0]), int(fusion.trimmed[0])
         sum_lo = float(totals.agent_total[0])
         log_odds = float(fusion.log_odds[0]) if self.aggregation == "robust" else sum_lo
-        reached = self._reached(np.array([n]), np.array([f]), np.array([bad.size]), np.array([young]))[0]
+        reached = self.reached(np.array([n]), np.array([f]), np.array([bad.size]), np.array([young]))[0]
         p, logp, log1mp = _probabilities(np.array([log_odds]))
         return {
             "agent_id": agent_id,
@@ -569,7 +575,7 @@ class StableBayesianConsensus(Locked):
                 raise UnknownAgentError(f"no evidence for agent {_key_at(keys, i)!r}")
         log_odds = g["robust"][rows] if self.aggregation == "robust" else g["sum"][rows]
         p, logp, _ = _probabilities(log_odds)
-        reached = self._reached(g["n"][rows], g["f"][rows], g["n_flagged"][rows], g["young"][rows])
+        reached = self.reached(g["n"][rows], g["f"][rows], g["n_flagged"][rows], g["young"][rows])
         return {
             "agent_ids": ledger.agents.keys_of(rows),
             "probability": p,
@@ -615,7 +621,7 @@ class StableBayesianConsensus(Locked):
         return [self._ledger.sources.key_of(int(s)) for s in np.flatnonzero(g["flagged"])]
 
     # ================================================================== internals
-    def _reached(self, n: np.ndarray, f: np.ndarray, n_flagged: np.ndarray,
+    def reached(self, n: np.ndarray, f: np.ndarray, n_flagged: np.ndarray,
                  young: np.ndarray | None = None) -> np.ndarray:
         """Consensus reached: enough sources vote, few enough are flagged, and some
         source out of probation reports on the agent (``young``: none does)."""
@@ -648,6 +654,12 @@ class StableBayesianConsensus(Locked):
         return voting_sources(base, self._covered.counts(ledger, base, self.probation_evidence), self.probation_evidence)
 
     @property
+    def ledger(self):
+        """The :class:`~swarmguard.structures.evidence.EvidenceLedger` holding the evidence
+        (for reading: an engine's evidence partition reads its keys and counts)."""
+        return self._ledger
+
+    @property
     @synchronized
     def founding_sources(self) -> list[Hashable] | None:
         """The founding sources (they always vote), or None while the founding lasts (every
@@ -666,7 +678,7 @@ class StableBayesianConsensus(Locked):
             return np.zeros(0, dtype=bool), True
         return g["flagged"], not current
 
-    def _fuse_shards(self, need_sum: bool = False, established: np.ndarray | None = None):
+    def fuse_partition(self, need_sum: bool = False, established: np.ndarray | None = None):
         """Exact totals and robust fusion of every ledger shard, and the source events.
 
         Returns ``(per-agent arrays, SourceEvents, pair_agents, pair_sources,
@@ -732,13 +744,12 @@ class StableBayesianConsensus(Locked):
         g = self._global
         if g is not None and g["version"] == ledger.version and (g["has_sum"] or not need_sum):
             return g
-        n_agents, n_sources = len(ledger.agents), len(ledger.sources)
-        out, events, pair_agents, pair_sources, shard_pairs = self._fuse_shards(need_sum)
+        n_agents = len(ledger.agents)
+        out, events, pair_agents, pair_sources, shard_pairs = self.fuse_partition(need_sum)
         trusted = self._trusted_mask()          # fused like any source, never flagged
         established = out["established"]        # sources on probation are never judged
-        flagged, tail = peel_sources(events, shard_pairs, n_sources, self.false_flag_rate,
-                                     never=trusted | ~established, n_tested=int(established.sum()))
-        n_flagged = _count_flagged(pair_agents, pair_sources, flagged, n_agents)
+        flagged, tail = peel_untrusted(events, shard_pairs, self.false_flag_rate, trusted, established)
+        n_flagged = count_flagged_pairs(pair_agents, pair_sources, flagged, n_agents)
         out.update(flagged=flagged, tail=tail, events=events, n_flagged=n_flagged, version=ledger.version,
                    has_sum=need_sum)
         self._global = out
@@ -905,21 +916,6 @@ def evidence_columns(evidence_ids: Any, agent_ids: Any, source_nodes: Any, evide
         if len(arr) != n:
             raise DimensionMismatchError(f"{name} has {len(arr)} rows, log_odds has {n}")
     return ev, ag, src, codes, lo, conf, ts
-
-
-def _count_flagged(pair_agents: list[tuple[int, np.ndarray]], pair_sources: list[np.ndarray],
-                   flagged: np.ndarray, n_agents: int) -> np.ndarray:
-    """Per agent, how many of its (agent, source) pairs have a flagged source. Only the
-    pairs of flagged sources are counted (usually few), chunk by chunk, with no
-    concatenation of every pair; ``pair_agents`` holds (first agent row, local agent rows)."""
-    bad = np.flatnonzero(flagged)
-    if bad.size == 0 or not pair_agents:
-        return np.zeros(n_agents, dtype=np.int64)
-    hits = []
-    for (agent_lo, pa), ps in zip(pair_agents, pair_sources, strict=True):
-        hit = flagged[ps] if bad.size > 4 else np.isin(ps, bad)
-        hits.append(pa[hit] + agent_lo)
-    return np.bincount(np.concatenate(hits), minlength=n_agents).astype(np.int64)
 
 
 def _lookup_key(value: Any, name: str) -> Hashable:

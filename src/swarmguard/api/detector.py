@@ -8,7 +8,7 @@ import itertools
 import math  # noqa: F401  (used by the doctests)
 import time
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -16,21 +16,23 @@ from ..errors import DuplicateEvidenceError, InvalidInputError
 from ..lazy_import import AttributeOnFirstUse, module_on_first_use
 from ..locking import Locked, synchronized
 from ..structures.chi2 import chi2_logsf
+from ..structures.significance import resolve_fdr
 from ..validation import (
     MAX_ID_LENGTH,
     as_feature_matrix,
     as_feature_vector,
     as_name_array,
-    unique_names,
     check_cohort,
     check_finite_float,
+    unique_names,
 )
-from ..values.agent_index import as_wire_id_array, check_wire_id, positions_of
-from .cap import StatisticalCAPResolver, StatisticalUpdate
-from .consensus import BayesianEvidence, EvidenceType, StableBayesianConsensus
+from ..values.agent_index import as_wire_id_array, check_wire_id
+from .cap import StatisticalUpdate
+from .consensus import BayesianEvidence, EvidenceType
 from .detector_settings import DetectorSettings
-from .protocol import BehavioralData, BehavioralDistributedProtocol, read_behavior
-from .tree import HierarchicalStatisticalTree
+from .engine import Engine, RoundBatch, RoundResult, ScoredRound
+from .inprocess import InProcessEngine
+from .protocol import BehavioralData, read_behavior
 
 # imported on first use: see swarmguard.lazy_import (chi2 for callers that read it from here)
 chi2 = AttributeOnFirstUse("scipy.stats", "chi2")
@@ -41,18 +43,32 @@ __all__ = ["DistributedBehavioralDetector", "DetectorSettings", "p_value_log_odd
 
 BACKENDS = ("inprocess", "ray")
 
-# Loaders of the subclasses that run other backends, by name. The engines layer sits above
-# this one, so it is never imported here: the package root registers a loader that imports
-# it on first use (see swarmguard/__init__.py).
-_BACKEND_LOADERS: dict[str, Callable[[], type]] = {}
+T = TypeVar("T")
+
+# Loaders of the engines of other backends, by name. The engines layer sits above this one,
+# so it is never imported here: the package root registers a loader that imports it on first
+# use (see swarmguard/__init__.py).
+_BACKEND_LOADERS: dict[str, Callable[[], Callable[..., Engine]]] = {}
 
 
-def register_backend(name: str, loader: Callable[[], type]) -> None:
-    """Make ``DistributedBehavioralDetector(backend=name)`` build ``loader()``'s class
-    (a subclass taking the same arguments); ``loader`` runs on first use."""
+def register_backend(name: str, loader: Callable[[], Callable[..., Engine]]) -> None:
+    """Make ``DistributedBehavioralDetector(backend=name, **options)`` drive the engine
+    ``loader()(settings, **options)`` (an :class:`~swarmguard.api.engine.Engine` class
+    whose ``OPTIONS`` names its own parameters, such as Ray's ``address`` and
+    ``region_workers``); ``loader`` runs on first use."""
     if name not in BACKENDS or name == "inprocess":
         raise InvalidInputError(f"backend must be one of {BACKENDS[1:]}, got {name!r}")
     _BACKEND_LOADERS[name] = loader
+
+
+def _engine_class(backend: Any) -> Callable[..., Engine]:
+    """The engine of ``backend`` (a class with ``OPTIONS``, the names of its own parameters)."""
+    if isinstance(backend, str) and backend == "inprocess":
+        return InProcessEngine
+    loader = _BACKEND_LOADERS.get(backend) if isinstance(backend, str) else None
+    if loader is None:
+        raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return loader()
 
 
 # What the detector appends to its node id to make its own ids: ":<number>:<index>" (two
@@ -134,45 +150,106 @@ class DistributedBehavioralDetector(Locked):
     (``probation_evidence``): observers seen before some observer has sent that
     many pieces vote too, however few pieces they send.
 
+    Engines: the detector owns this rule once and drives an engine
+    (:class:`~swarmguard.api.engine.Engine`) that holds the state:
+    ``backend="inprocess"`` (default) the guide's parts in this process
+    (:class:`~swarmguard.api.inprocess.InProcessEngine`), ``backend="ray"``
+    Ray actors (``swarmguard.engines.ray_engine.RayEngine``, with its own
+    options such as ``address`` and ``region_workers``). ``tree``,
+    ``protocol``, ``consensus`` and ``cap_resolver`` are the engine's parts
+    (on Ray, views that answer as the parts do); the engine's own operations
+    are reached through the detector.
+
     Threads: every public call holds the detector's lock for the whole
     transaction (checks, tree, replicas, evidence, decision), so one detector
     may be shared by the threads of a service; calls are serialised and a
     refused call commits nothing. Async methods do not await while holding it.
     """
 
-    def __new__(cls, *args: Any, backend: str = "inprocess", **kwargs: Any):
-        # DistributedBehavioralDetector(backend="ray", ...) is a Ray detector (a subclass):
-        # type.__call__ then runs its __init__ with the same arguments.
-        if cls is DistributedBehavioralDetector and backend != "inprocess":
-            loader = _BACKEND_LOADERS.get(backend)
-            if loader is None:
-                raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
-            return super().__new__(loader())
-        return super().__new__(cls)
-
     def __init__(self, settings: DetectorSettings | None = None, /, *, backend: str = "inprocess",
                  **params: Any):
-        if backend != "inprocess":
-            raise InvalidInputError(f"{type(self).__name__} is the in-process backend, got backend={backend!r}")
+        # The engine's own parameters (Ray's address, region_workers, ...) go to the engine; the
+        # in-process engine takes none, so they are refused there as unknown settings.
+        engine_class = _engine_class(backend)
+        options = {k: params.pop(k) for k in list(params) if k in engine_class.OPTIONS}
         s = self._apply_settings(DetectorSettings.from_params(settings, params))
-        # Solution 1: O(n log n) aggregation
-        self.tree = HierarchicalStatisticalTree(branching_factor=s.branching_factor,
-                                                feature_dimensions=s.feature_dimensions)
-        self.protocol = BehavioralDistributedProtocol(
-            self.tree, significance_level=s.significance_level, fdr=s.fdr, shrinkage=s.shrinkage,
-            warm_up=s.warm_up, score_levels=s.score_levels)
-        # Solution 2: stable Bayesian consensus
-        self.consensus = StableBayesianConsensus(byzantine_threshold=s.byzantine_threshold,
-                                                 partition_size=s.partition_size,
-                                                 prior_probability=s.prior_probability,
-                                                 trusted_sources=[s.node_id],
-                                                 probation_evidence=s.probation_evidence)
-        # Solution 3: statistical CAP resolver
-        self.cap_resolver = StatisticalCAPResolver(consistency_model=s.consistency_model,
-                                                   max_staleness_seconds=s.max_staleness_seconds,
-                                                   confidence_decay_rate=s.confidence_decay_rate,
-                                                   clock=s.clock, regions=s.regions,
-                                                   auto_sync_seconds=s.auto_sync_seconds)
+        self.backend = backend
+        self.engine: Engine = engine_class(s, **options)
+        self.engine.bind(self)
+
+    # ------------------------------------------------------------------ the engine's parts
+    @property
+    def tree(self) -> Any:
+        """Solution 1's population tree (on Ray: a view of the merged moments)."""
+        return self.engine.tree
+
+    @tree.setter
+    def tree(self, part: Any) -> None:      # code written against the guide swaps parts in
+        self.engine.tree = part
+
+    @property
+    def protocol(self) -> Any:
+        """Solution 1's scoring protocol."""
+        return self.engine.protocol
+
+    @protocol.setter
+    def protocol(self, part: Any) -> None:      # code written against the guide swaps parts in
+        self.engine.protocol = part
+
+    @property
+    def consensus(self) -> Any:
+        """Solution 2's evidence consensus (on Ray: the evidence partitions, merged)."""
+        return self.engine.consensus
+
+    @consensus.setter
+    def consensus(self, part: Any) -> None:      # code written against the guide swaps parts in
+        self.engine.consensus = part
+
+    @property
+    def cap_resolver(self) -> Any:
+        """Solution 3's statistical CAP resolver (on Ray: the region actors' replicas and links)."""
+        return self.engine.cap_resolver
+
+    @cap_resolver.setter
+    def cap_resolver(self, part: Any) -> None:      # code written against the guide swaps parts in
+        self.engine.cap_resolver = part
+
+    def __getattr__(self, name: str) -> Any:
+        # An engine's own operations (Ray's checkpoint, replica, faults, ...) are the detector's too.
+        engine = self.__dict__.get("engine")
+        if engine is None or name.startswith("__"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        try:
+            return getattr(engine, name)
+        except AttributeError:
+            raise AttributeError(f"{type(self).__name__!r} object (backend {self.backend!r}) has no "
+                                 f"attribute {name!r}") from None
+
+    @synchronized
+    def partition(self, groups: Any) -> None:
+        """Cut the links between regions into ``groups`` (as ``cap_resolver.partition``)."""
+        self.engine.partition(groups)
+
+    @synchronized
+    def heal(self) -> None:
+        """Restore every link (as ``cap_resolver.heal``)."""
+        self.engine.heal()
+
+    @synchronized
+    def sync(self) -> Any:
+        """One anti-entropy round over every delivering link (as ``cap_resolver.sync``)."""
+        return self.engine.sync()
+
+    @synchronized
+    def close(self) -> None:
+        """Release the engine's resources (Ray: kill the actors)."""
+        self.engine.close()
+
+    def __enter__(self) -> DistributedBehavioralDetector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _apply_settings(self, s: DetectorSettings) -> DetectorSettings:
         """Keep the settings and the decision rule's parameters (shared by every backend)."""
@@ -192,12 +269,12 @@ class DistributedBehavioralDetector(Locked):
     @property
     def feature_dimensions(self) -> int | None:
         """Features per agent (None until the first observation fixes it)."""
-        return self.tree.feature_dimensions
+        return self.engine.feature_dimensions
 
     @synchronized
     def get_global_statistics(self, ddof: int = 1) -> dict[str, Any]:
         """The whole population's count, mean and covariance (as the tree's)."""
-        return self.tree.get_global_statistics(ddof)
+        return self.engine.global_statistics(ddof)
 
     def _next_evidence_number(self) -> int:
         k = self._evidence_number
@@ -221,10 +298,10 @@ class DistributedBehavioralDetector(Locked):
         return check_finite_float(self.clock() if ts is None else ts, "timestamp")
 
     def _one_clock(self) -> bool:
-        """Whether the clock that stamps observations is the CAP resolver's processing clock
+        """Whether the clock that stamps observations is the engine's processing clock
         (a configured ``clock`` is both): then one reading is a call's timestamp and its
         processing time."""
-        return self.settings.clock is not None and getattr(self.cap_resolver, "_clock", None) is self.clock
+        return self.engine.shares_clock(self)
 
     def _call_times(self, timestamp: Any) -> tuple[float, float]:
         """A call's timestamp (``timestamp``, or the clock's reading when None) and processing
@@ -247,6 +324,12 @@ class DistributedBehavioralDetector(Locked):
         count); ``confidence`` defaults to 1 (the region's confidence factor in
         :meth:`process_agent_behavior`).
         """
+        # a durable engine logs the id handed out (never handed out twice after a restart)
+        return self.engine.run("create_evidence", {}, lambda: self._create_evidence(
+            agent_id, behavioral_data, anomaly_info, confidence))
+
+    def _create_evidence(self, agent_id: Hashable, behavioral_data: Any, anomaly_info: dict[str, Any],
+                         confidence: float) -> BayesianEvidence:
         d = self.feature_dimensions
         log_p = chi2_logsf(float(anomaly_info["mahalanobis_squared"]), d)
         return BayesianEvidence(
@@ -383,6 +466,8 @@ class DistributedBehavioralDetector(Locked):
     @synchronized
     def process_agent_behavior_sync(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
         """Synchronous twin of :meth:`process_agent_behavior` (no event loop needed)."""
+        if self.engine.items_as_rounds:        # e.g. Ray: a one-row round, decided by _run_round
+            return self.engine.process_item(agent_id, behavioral_data)
         data, number, now = self._check_item(agent_id, behavioral_data)
         agent_id = data.agent_id
         self._evidence_number = number
@@ -422,64 +507,55 @@ class DistributedBehavioralDetector(Locked):
     # ------------------------------------------------------------------ batch
     @synchronized
     def ingest_evidence(self, *args: Any, **kwargs: Any) -> int:
-        """Observer evidence in bulk: :meth:`StableBayesianConsensus.add_evidence_batch`."""
-        return self.consensus.add_evidence_batch(*args, **kwargs)
+        """Observer evidence in bulk: :meth:`StableBayesianConsensus.add_evidence_batch`
+        (on Ray: routed to the evidence partitions, all or nothing)."""
+        return self.engine.ingest_evidence(*args, **kwargs)
 
     @synchronized
     def process_round(self, agent_ids: Any, X: Any, regions: Any, *, cohorts: Any = None,
-                      timestamp: float | None = None, fdr: Any = "default") -> dict[str, Any]:
+                      timestamp: float | None = None, fdr: Any = "default") -> RoundResult:
         """One round for many agents through all three parts, with array operations.
 
         ``agent_ids`` (n,) ints (the fast path) or strings, ``X`` (n, d),
         ``regions`` (n,) region names (a NumPy string array) or one name;
         ``cohorts`` places agents in the tree (default: their regions).
-        Returns arrays aligned with ``agent_ids``: ``action`` ("isolate" /
+        Returns a :class:`~swarmguard.api.engine.RoundResult`, read by key:
+        arrays aligned with ``agent_ids``: ``action`` ("isolate" /
         "monitor"), ``isolate`` (bool), ``is_anomaly``, ``mahalanobis_squared``,
         ``p_value``, ``probability`` (consensus; NaN where no evidence yet),
         ``confidence`` (the agent's region's confidence factor) and
         ``region_confidence`` (per region).
         """
-        # One transaction: every part's checks first, so a refused round changes nothing.
-        X, ids, regions, cohorts, ts, now = self._check_round(agent_ids, X, regions, cohorts, timestamp)
-        names, inverse = unique_names(regions)     # one region: no n copies of its name
-        # STRONG refuses before the tree changes: a refused round leaves every part as it was
-        self.cap_resolver.check_writable(names.tolist())
-        # Solution 1: update and score everyone (vectorised), regions as cohorts
-        scored = self.protocol.update_and_score_many(ids, X, cohorts=regions if cohorts is None else cohorts,
-                                                     fdr=fdr)
-        ids = scored["agent_ids"]
-        d2 = scored["mahalanobis_squared"]
-        # Solution 3: each region's updates in one batch; its confidence factor
-        region_cf = np.ones(names.size)
-        accepted = 0
-        for k, name in enumerate(names):
-            rows = np.flatnonzero(inverse == k)
-            res = self.cap_resolver.handle_updates_many(str(name), ids[rows], np.full(rows.size, ts),
-                                                        X[rows], d2[rows], now=now)
-            accepted += int(res["accepted"])
-            cf = res["confidence_factor"]
-            region_cf[k] = 1.0 if cf is None else cf
-        confidence = region_cf[inverse]
-        return self._finish_round(ids, scored["mahalanobis_squared"], scored["p_value"],
-                                  scored["decision_p_value"], scored["is_anomaly"], scored["p_value_cutoff"],
-                                  scored["threshold_squared"], confidence, names, region_cf, accepted, ts)
+        args = {"agent_ids": agent_ids, "X": X, "regions": regions, "cohorts": cohorts, "timestamp": timestamp,
+                "fdr": fdr}
+        return self.engine.run("round", args, lambda: self._run_round(**args))
+
+    def _run_round(self, agent_ids: Any, X: Any, regions: Any, cohorts: Any, timestamp: Any, fdr: Any,
+                   stay: np.ndarray | None = None) -> RoundResult:
+        """A round on the engine: checked once here, scored there, decided here (one transaction:
+        every part's checks first, so a refused round changes nothing)."""
+        batch = self._check_round(agent_ids, X, regions, cohorts, timestamp, fdr, stay)
+        scored = self.engine.score_round(batch)
+        result = self._finish_round(scored)
+        self.engine.round_done(scored)
+        return result
 
     def _processing_time(self) -> float:
-        """The CAP resolver's clock, read and checked (finite), changing nothing: the writes'
+        """The engine's clock, read and checked (finite), changing nothing: the writes'
         processing time, taken before any part changes (a clock gone bad refuses the call)."""
-        return self.cap_resolver.read_clock()
+        return self.engine.processing_time()
 
-    def _check_round(self, agent_ids: Any, X: Any, regions: Any, cohorts: Any, timestamp: Any
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any, float, float]:
-        """A round's inputs checked by the rules of every part (shared by every backend).
+    def _check_round(self, agent_ids: Any, X: Any, regions: Any, cohorts: Any, timestamp: Any,
+                     fdr: Any = "default", stay: np.ndarray | None = None) -> RoundBatch:
+        """A round's inputs checked by the rules of every part (shared by every engine).
 
-        Returns ``(X, ids, regions, cohorts, timestamp, now)``: ``ids`` as the replicas
-        take them (:func:`~swarmguard.values.agent_index.as_wire_id_array`: ints in
-        int64, strings without NUL, object arrays of either), ``regions`` a NumPy
+        ``ids`` as the replicas take them
+        (:func:`~swarmguard.values.agent_index.as_wire_id_array`: ints in int64,
+        strings without NUL, object arrays of either), ``regions`` a NumPy
         string array (object arrays of ``str`` accepted), ``cohorts`` an object
         array of ``str`` turned into a string array (the tree's fast path), a
-        finite timestamp (the clock's reading when None) and ``now``, the
-        resolver's processing time for every write of the round
+        finite timestamp (the clock's reading when None), the false-discovery
+        level and ``now``, the processing time for every write of the round
         (:meth:`_call_times`: the clock read once).
         """
         X = as_feature_matrix(X, self.feature_dimensions)
@@ -491,7 +567,9 @@ class DistributedBehavioralDetector(Locked):
                 map(type, cohorts.tolist())) == {str}:
             # all names (a pandas column): the tree's string-array fast path; paths or None stay per row
             cohorts = as_name_array(cohorts, n, "cohorts")
-        return X, ids, regions, cohorts, ts, now
+        q = resolve_fdr(fdr, self.settings.fdr)
+        names, inverse = unique_names(regions)     # one region: no n copies of its name
+        return RoundBatch(X, ids, regions, names, inverse, cohorts, ts, now, q, stay)
 
     def _own_sources(self, n: int) -> np.ndarray:
         """``n`` copies of the node id as a source column: a tuple id (the consensus takes
@@ -502,18 +580,10 @@ class DistributedBehavioralDetector(Locked):
         sources.fill(self.node_id)
         return sources
 
-    def _add_own_evidence(self, *columns: Any) -> None:
-        """The detector's own evidence of a round (a backend may hold back side effects)."""
-        self.ingest_evidence(*columns)
-
-    def _consensus_positions(self, cons: dict[str, Any], ids: np.ndarray) -> np.ndarray:
-        """Row of each of ``ids`` in the consensus arrays ``cons`` (-1: no evidence)."""
-        return positions_of(cons["agent_ids"], ids)
-
-    def _finish_round(self, ids: np.ndarray, d2: np.ndarray, p: np.ndarray, decision_p: np.ndarray,
-                      flagged_mask: np.ndarray, p_cut: float, thr2: float, confidence: np.ndarray,
-                      names: np.ndarray, region_cf: np.ndarray, accepted: int, ts: float) -> dict[str, Any]:
-        """Steps 2 and 4 of a round, on any backend: own evidence, consensus, decision, result."""
+    def _finish_round(self, scored: ScoredRound) -> RoundResult:
+        """Steps 2 and 4 of a round, on any engine: own evidence, consensus, decision, result."""
+        ids, d2, confidence, ts = scored.agent_ids, scored.mahalanobis_squared, scored.confidence, scored.timestamp
+        flagged_mask = scored.is_anomaly
         n = ids.shape[0]
         # Solution 2: the detector's own evidence for the anomalous agents
         flagged = np.flatnonzero(flagged_mask)
@@ -526,40 +596,38 @@ class DistributedBehavioralDetector(Locked):
                 start = self._next_evidence_number()
                 eids = np.array([f"{self._own_prefix}:{start}:{i}" for i in range(flagged.size)])
                 try:
-                    self._add_own_evidence(eids, *columns)
+                    self.engine.add_evidence(eids, *columns)
                     break
                 except DuplicateEvidenceError:
                     continue        # an observer used one of these ids (all or nothing): the next number
             else:
                 raise DuplicateEvidenceError(f"observers hold 1000 of {self.node_id!r}'s evidence id ranges")
-        probability = np.full(n, np.nan)
-        reached = np.zeros(n, dtype=bool)
-        if self.consensus.evidence_count:
-            cons = self.consensus.consensus_many()
-            pos = self._consensus_positions(cons, ids)
-            have = pos >= 0
-            probability[have] = cons["probability"][pos[have]]
-            reached[have] = cons["consensus_reached"][pos[have]]
+        rows = self.engine.consensus_rows(ids)
+        if rows is None:
+            probability, reached = np.full(n, np.nan), np.zeros(n, dtype=bool)
+        else:
+            probability, reached = rows
         # Step 4: the decision
-        anomaly = self._anomaly_holds(flagged_mask, decision_p, p_cut, confidence)
+        anomaly = self._anomaly_holds(flagged_mask, scored.decision_p_value, scored.p_value_cutoff, confidence)
         consensus = reached & (np.nan_to_num(probability, nan=0.0) >= self.isolate_probability)
         isolate = {"both": anomaly & consensus, "either": anomaly | consensus,
                    "anomaly": anomaly, "consensus": consensus}[self.require]
-        return {
-            "agent_ids": ids,
-            "action": np.where(isolate, "isolate", "monitor"),
-            "isolate": isolate,
-            "is_anomaly": flagged_mask,
-            "mahalanobis_squared": d2,
-            "p_value": p,
-            "decision_p_value": decision_p,
-            "probability": probability,
-            "consensus_reached": reached,
-            "confidence": confidence,
-            "region_confidence": dict(zip(np.asarray(names).tolist(), np.asarray(region_cf).tolist(), strict=True)),
-            "accepted": accepted,
-            "threshold_squared": thr2,
-        }
+        return RoundResult(
+            agent_ids=ids,
+            action=np.where(isolate, "isolate", "monitor"),
+            isolate=isolate,
+            is_anomaly=flagged_mask,
+            mahalanobis_squared=d2,
+            p_value=scored.p_value,
+            decision_p_value=scored.decision_p_value,
+            probability=probability,
+            consensus_reached=reached,
+            confidence=confidence,
+            region_confidence=dict(zip(np.asarray(scored.region_names).tolist(),
+                                       np.asarray(scored.region_confidence).tolist(), strict=True)),
+            accepted=scored.accepted,
+            threshold_squared=scored.threshold_squared,
+        )
 
 
 DistributedBehavioralDetector.__signature__ = inspect.Signature(  # help() and IDEs list the real parameters

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -13,9 +12,9 @@ import numpy as np
 from ..errors import InvalidInputError, InvalidTypeError
 from ..lazy_import import module_on_first_use
 from ..locking import Locked, synchronized_with
-from ..structures.chi2 import chi2_sf
-from ..structures.fdr import benjamini_hochberg
-from ..structures.scoring import MIN_POPULATION, LeaveOneOutScorer
+from ..structures.scoring import MIN_POPULATION, LeaveOneOutScorer, combine_levels, score_population
+from ..structures.significance import chi2_threshold as _chi2_threshold
+from ..structures.significance import resolve_fdr, significance_cut
 from ..validation import (
     as_feature_vector,
     check_agent_id,
@@ -81,12 +80,6 @@ def read_behavior(data: Any) -> tuple[Hashable, Any, Path | None]:
                 raise InvalidTypeError(f"region must be a string, got {region!r}")
             cohort = (region,)
     return agent_id, features, cohort
-
-
-@lru_cache(maxsize=256)
-def _chi2_threshold(alpha: float, dim: int) -> float:
-    """Squared-distance threshold: the χ²(dim) upper ``alpha`` quantile."""
-    return float(_special().chdtri(dim, alpha))   # what scipy.stats.chi2.isf evaluates
 
 
 class BehavioralDistributedProtocol(Locked):
@@ -307,11 +300,7 @@ class BehavioralDistributedProtocol(Locked):
         return self._score_slots(ids, slots, fdr_level, explain, rows=rows)
 
     def _resolve_fdr(self, fdr: Any) -> float | None:
-        if isinstance(fdr, str) and fdr == "default":
-            return self.fdr
-        if fdr is None:
-            return None
-        return check_fraction(fdr, "fdr", low_open=True, high_open=True)
+        return resolve_fdr(fdr, self.fdr)
 
     def _score_slots(self, ids: np.ndarray, slots: np.ndarray, fdr: Any, explain: bool,
                      rows: Any = None) -> dict[str, Any]:
@@ -321,7 +310,6 @@ class BehavioralDistributedProtocol(Locked):
         tree._tree.flush()
         d = tree.feature_dimensions
         n_pop, off, m2 = tree._tree.root_state()
-        scorer = LeaveOneOutScorer(n_pop, off, m2, self.shrinkage)
         # Deviations from the shift first, in the tree's units (a power of two
         # per feature, so nothing squared under- or overflows): the digits
         # below the data's magnitude survive, as in the moments.
@@ -331,36 +319,19 @@ class BehavioralDistributedProtocol(Locked):
             DX = np.take(tree._tree.X, slots, axis=0)
             DX -= tree._tree.shift
             DX *= tree._tree.unit
-        E = DX - off
-        res = scorer.score_many(E, explain=explain)
-        d2, shares = res if explain else (res, None)
-        p = chi2_sf(d2, d)
-        warm = n_pop >= self.warm_up and scorer.ok
+        d2, p, warm, shares = score_population(DX - off, n_pop, off, m2, self.shrinkage, self.warm_up, explain)
         out: dict[str, Any] = {"agent_ids": ids, "population_count": int(round(n_pop))}
         if self.score_levels == "all":
-            decision_p, levels = self._cohort_levels(slots, DX, p if warm else np.ones_like(p), d)
+            decision_p, any_warm, _, levels = combine_levels(p, warm, self._cohort_groups(slots, DX),
+                                                             self.shrinkage, self.warm_up)
             out["levels"] = {(): {"rows": np.arange(slots.size), "count": int(round(n_pop)),
                                   "mahalanobis_squared": d2, "p_value": p, "warming_up": not warm}}
             out["levels"].update(levels)
-            any_warm = warm or any(not lv["warming_up"] for lv in levels.values())
         else:
             decision_p = p
             any_warm = warm
-        if q is not None:
-            flagged, cut = benjamini_hochberg(decision_p, q)
-            method = f"fdr(q={q})"
-        else:
-            cut = self.significance_level
-            flagged = decision_p < cut
-            method = f"alpha({cut})"
-        if not any_warm:
-            flagged = np.zeros(slots.size, dtype=bool)
-        if cut > 0:
-            thr2 = _chi2_threshold(cut, d)
-        elif flagged.any():      # only p-values that underflowed to 0 were rejected
-            thr2 = float(d2[flagged].min())
-        else:
-            thr2 = float("inf")
+        decision = significance_cut(decision_p, d2, d, q=q, alpha=self.significance_level, any_warm=any_warm)
+        flagged, cut, thr2, method = decision.flagged, decision.cut, decision.threshold_squared, decision.method
         out.update({
             "mahalanobis_squared": d2,
             "mahalanobis_distance": np.sqrt(d2),
@@ -377,12 +348,12 @@ class BehavioralDistributedProtocol(Locked):
             out["feature_contributions"] = shares
         return out
 
-    def _cohort_levels(self, slots: np.ndarray, DX: np.ndarray, p_population: np.ndarray, d: int):
-        """Score rows against every cohort above them; Bonferroni-combine with the population.
+    def _cohort_groups(self, slots: np.ndarray, DX: np.ndarray):
+        """Per cohort above the rows: ``(path, rows, count, offset, m2, deviations)`` for
+        :func:`~swarmguard.structures.scoring.combine_levels`.
 
         Rows are grouped by their ancestor at each cohort depth with one stable
-        sort per depth (no pass over all rows per cohort). A level still warming
-        up (fewer members than ``warm_up``) is reported but does not decide.
+        sort per depth (no pass over all rows per cohort).
         """
         tree = self.tree
         cohorts = tree._cohorts
@@ -390,9 +361,6 @@ class BehavioralDistributedProtocol(Locked):
         n_cohorts = len(cohorts)
         depth = np.array([len(p) for p in cohorts.paths])
         max_depth = int(depth.max()) if n_cohorts else 0
-        p_min = p_population.copy()
-        n_levels = np.ones(slots.size)
-        levels: dict[Path, dict[str, Any]] = {}
         for k in range(1, max_depth + 1):
             # ancestor at depth k of each cohort (-1 when the cohort is shallower)
             anc = np.full(n_cohorts, -1, dtype=np.int64)
@@ -408,13 +376,4 @@ class BehavioralDistributedProtocol(Locked):
                 if a < 0:
                     continue
                 cn, coff, cm2 = tree._cohort_state(a)
-                sc = LeaveOneOutScorer(cn, coff, cm2, self.shrinkage)
-                cd2 = sc.score_many(DX[group] - coff)
-                cp = chi2_sf(cd2, d)
-                warm = cn >= self.warm_up and sc.ok
-                levels[cohorts.paths[a]] = {"rows": group, "count": int(round(cn)), "mahalanobis_squared": cd2,
-                                            "p_value": cp, "warming_up": not warm}
-                n_levels[group] += 1
-                if warm:
-                    p_min[group] = np.minimum(p_min[group], cp)
-        return np.minimum(1.0, p_min * n_levels), levels
+                yield cohorts.paths[a], group, cn, coff, cm2, DX[group] - coff

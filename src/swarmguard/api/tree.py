@@ -32,6 +32,7 @@ from ..validation import (
     unique_names,
     check_positive_int,
 )
+from ..values.moments import population_statistics
 
 __all__ = ["HierarchicalStatisticalTree", "Path"]
 
@@ -440,23 +441,8 @@ class HierarchicalStatisticalTree(Locked):
             std_internal = np.sqrt(np.maximum(m2_internal.diagonal(), 0.0))
             scale = np.ldexp(1.0, self._tree.exponent)
         count = int(round(n))
-        if count > ddof:
-            cov = m2 / (count - ddof)
-        else:
-            cov = np.full_like(m2, np.nan)
-        if count == 0:
-            mean = np.full_like(mean, np.nan)
-        var = np.diagonal(cov).copy()
-        std = std_internal / math.sqrt(count - ddof) * scale if count > ddof else var
-        return {
-            "cohort": self._cohorts.path_of(cid),
-            "count": count,
-            "mean": mean,
-            "covariance": cov,
-            "variance": var,
-            "std": std,
-            "ddof": ddof,
-        }
+        std = std_internal / math.sqrt(count - ddof) * scale if count > ddof else None
+        return {"cohort": self._cohorts.path_of(cid), **population_statistics(count, mean, m2, ddof, std)}
 
     @synchronized
     def get_global_statistics(self, ddof: int = 1) -> dict[str, Any]:
@@ -475,6 +461,51 @@ class HierarchicalStatisticalTree(Locked):
         if cid is None:
             raise UnknownCohortError(f"unknown cohort {path!r}")
         return self._statistics(cid, ddof)
+
+    # ------------------------------------------------------------------ for engines
+    # A Ray region shard holds a tree of its agents; these give it what the protocol reads
+    # from the tree in process, by public names.
+    @synchronized
+    def update_rows(self, agent_ids: Any, X: Any, cohorts: Any = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`update_many`, returning the agents' slots, the validated ids and rows."""
+        return self._update_many(agent_ids, X, cohorts)
+
+    def check_cohorts(self, cohorts: Any, n: int) -> None:
+        """Raise as :meth:`update_many` would for ``cohorts`` of ``n`` rows, changing nothing."""
+        self._cohort_ids(cohorts, n)
+
+    @synchronized
+    def slot_cohorts(self, slots: np.ndarray) -> tuple[list[Path], np.ndarray]:
+        """The distinct cohort paths of the agents at ``slots`` and each slot's index into them."""
+        uniq, inverse = np.unique(self._cohorts.cohort_of_slots(slots), return_inverse=True)
+        return [self._cohorts.paths[int(c)] for c in uniq], inverse.ravel()
+
+    @synchronized
+    def occupied_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every agent's slot (in slot order), id and feature row."""
+        if self._tree is None:
+            return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros((0, self._dim or 0))
+        self._tree.flush()
+        slots = np.flatnonzero(self._tree.occupied)
+        return slots, self._ids_at_slot[slots], self._tree.X[slots]
+
+    @synchronized
+    def node_states(self) -> dict[str, Any] | None:
+        """The root's and every non-empty cohort's ``(count, offset, m2)`` in the tree's
+        internal units (after a flush), with the ``shift`` and per-feature unit ``exponent``
+        (units ``2**exponent``); None while the tree is empty."""
+        if self._tree is None or len(self) == 0:
+            return None
+        self._tree.flush()
+        cohorts = {}
+        for cid, path in enumerate(self._cohorts.paths):
+            if cid:
+                state = self._cohort_state(cid)
+                if state[0] > 0:
+                    cohorts[path] = state
+        return {"shift": self._tree.shift, "exponent": self._tree.exponent.copy(),
+                "population": self._tree.root_state(), "cohorts": cohorts}
 
     # ------------------------------------------------------------------ serialisation
     @synchronized

@@ -12,7 +12,7 @@ from typing import Any
 from ..api.detector import BACKENDS
 from ..errors import InvalidInputError
 
-__all__ = ["BACKENDS", "make_detector", "RayDistributedBehavioralDetector"]
+__all__ = ["BACKENDS", "make_detector", "RayEngine", "RayDistributedBehavioralDetector"]
 
 
 
@@ -21,9 +21,9 @@ def make_detector(backend: str = "inprocess", *, address: str | None = None,
     """A detector on the chosen backend; ``kwargs`` are the detector's parameters.
 
     The same as ``DistributedBehavioralDetector(backend=backend, ...)``:
-    ``"inprocess"`` gives :class:`~swarmguard.api.detector.DistributedBehavioralDetector`,
-    ``"ray"`` its subclass :class:`~swarmguard.engines.ray_engine.RayDistributedBehavioralDetector`
-    (``address``: a running cluster, else a local ``ray.init(num_cpus=2)``;
+    a :class:`~swarmguard.api.detector.DistributedBehavioralDetector` driving the
+    in-process engine (``"inprocess"``) or :class:`~swarmguard.engines.ray_engine.RayEngine`
+    (``"ray"``; ``address``: a running cluster, else a local ``ray.init(num_cpus=2)``;
     ``ray_options``: its other parameters, such as ``region_workers``).
     """
     from ..api.detector import DistributedBehavioralDetector
@@ -35,7 +35,7 @@ def make_detector(backend: str = "inprocess", *, address: str | None = None,
 
 
 def __getattr__(name: str):
-    if name == "RayDistributedBehavioralDetector":
-        from .ray_engine import RayDistributedBehavioralDetector
-        return RayDistributedBehavioralDetector
+    if name in ("RayEngine", "RayDistributedBehavioralDetector"):
+        from . import ray_engine
+        return getattr(ray_engine, name)
     raise AttributeError(name)

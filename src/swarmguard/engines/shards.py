@@ -22,14 +22,13 @@ from typing import Any
 import numpy as np
 
 from ..api.cap import compute_confidence_factor
-from ..api.consensus import StableBayesianConsensus, _count_flagged
+from ..api.consensus import StableBayesianConsensus
 from ..api.tree import HierarchicalStatisticalTree
 from ..errors import DuplicateEvidenceError, StaleShardError, SwarmGuardError, UnknownAgentError
-from ..structures.chi2 import chi2_sf
 from ..structures.evidence import CoveredCounts
 from ..structures.replica import RegionReplica
-from ..structures.robust_fusion import SourceEvents, far_outlier_events
-from ..structures.scoring import LeaveOneOutScorer
+from ..structures.robust_fusion import SourceEvents, count_flagged_pairs, far_outlier_events
+from ..structures.scoring import combine_levels, score_population
 from ..structures.slot_tree import MAX_UNIT_EXPONENT, scale_outer
 from ..values.moments import Moments, combine_groups
 from ..values.version_vector import VersionVector
@@ -122,19 +121,18 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
                ) -> dict[str, Any]:
     """Leave-one-out scores of rows ``X`` against moments that were merged elsewhere.
 
-    The same arithmetic as ``BehavioralDistributedProtocol._score_slots`` and
-    ``_cohort_levels``: deviations ``(x - shift) * unit - offset`` against the
-    population, then (``score_levels="all"``) against every cohort on the
-    row's path, Bonferroni-combined. ``row_paths[row_path_index[i]]`` is row
-    i's cohort path. ``exponents`` (``None``: the moments are in the caller's
-    units) maps ``()`` and each cohort path to the power-of-two units ``2**e``
-    its offset and co-moment are kept in (:func:`merge_scaled`), so features of
-    any magnitude score alike. Returns ``mahalanobis_squared``, ``p_value``,
+    The protocol's scoring core (:func:`~swarmguard.structures.scoring.score_population`
+    and :func:`~swarmguard.structures.scoring.combine_levels`) on merged moments:
+    deviations ``(x - shift) * unit - offset`` against the population, then
+    (``score_levels="all"``) against every cohort on the row's path,
+    Bonferroni-combined. ``row_paths[row_path_index[i]]`` is row i's cohort
+    path. ``exponents`` (``None``: the moments are in the caller's units) maps
+    ``()`` and each cohort path to the power-of-two units ``2**e`` its offset
+    and co-moment are kept in (:func:`merge_scaled`), so features of any
+    magnitude score alike. Returns ``mahalanobis_squared``, ``p_value``,
     ``decision_p_value``, ``levels`` (per row, how many levels were combined)
     and ``any_warm`` (some level was out of warm-up).
     """
-    d = X.shape[1]
-
     def deviations(rows: np.ndarray, m: Moments, key: Any) -> np.ndarray:
         D = np.subtract(rows, m.shift)
         if exponents is not None:
@@ -142,35 +140,27 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
         D -= m.offset
         return D
 
-    scorer = LeaveOneOutScorer(float(population.count), population.offset, population.m2, shrinkage)
-    E = deviations(X, population, ())
-    d2 = scorer.score_many(E)
-    p = chi2_sf(d2, d)
-    warm = population.count >= warm_up and scorer.ok
-    any_warm = bool(warm)
+    d2, p, warm, _ = score_population(deviations(X, population, ()), float(population.count), population.offset,
+                                      population.m2, shrinkage, warm_up)
     if score_levels != "all":
-        return {"mahalanobis_squared": d2, "p_value": p, "decision_p_value": p, "any_warm": any_warm,
+        return {"mahalanobis_squared": d2, "p_value": p, "decision_p_value": p, "any_warm": warm,
                 "levels": np.ones(X.shape[0], dtype=np.int64)}
-    p_min = (p if warm else np.ones_like(p)).copy()
-    n_levels = np.ones(X.shape[0])
-    max_depth = max((len(pt) for pt in row_paths), default=0)
-    for k in range(1, max_depth + 1):
-        prefix_of: dict[tuple[str, ...], list[int]] = {}
-        for i, pt in enumerate(row_paths):
-            if len(pt) >= k:
-                prefix_of.setdefault(pt[:k], []).append(i)
-        for prefix, path_ids in prefix_of.items():
-            rows = np.flatnonzero(np.isin(row_path_index, path_ids))
-            if rows.size == 0:
-                continue
-            c = cohorts[prefix]
-            sc = LeaveOneOutScorer(float(c.count), c.offset, c.m2, shrinkage)
-            cp = chi2_sf(sc.score_many(deviations(X[rows], c, prefix)), d)
-            n_levels[rows] += 1
-            if c.count >= warm_up and sc.ok:
-                any_warm = True
-                p_min[rows] = np.minimum(p_min[rows], cp)
-    return {"mahalanobis_squared": d2, "p_value": p, "decision_p_value": np.minimum(1.0, p_min * n_levels),
+
+    def groups():
+        max_depth = max((len(pt) for pt in row_paths), default=0)
+        for k in range(1, max_depth + 1):
+            prefix_of: dict[tuple[str, ...], list[int]] = {}
+            for i, pt in enumerate(row_paths):
+                if len(pt) >= k:
+                    prefix_of.setdefault(pt[:k], []).append(i)
+            for prefix, path_ids in prefix_of.items():
+                rows = np.flatnonzero(np.isin(row_path_index, path_ids))
+                if rows.size:
+                    c = cohorts[prefix]
+                    yield prefix, rows, float(c.count), c.offset, c.m2, deviations(X[rows], c, prefix)
+
+    decision_p, any_warm, n_levels, _ = combine_levels(p, warm, groups(), shrinkage, warm_up)
+    return {"mahalanobis_squared": d2, "p_value": p, "decision_p_value": decision_p,
             "any_warm": any_warm, "levels": n_levels.astype(np.int64)}
 
 
@@ -257,39 +247,30 @@ class RegionShard(_Versioned):
 
     # ------------------------------------------------------------------ tree
     def _summary(self) -> dict[str, Any]:
-        tree = self.tree
-        if tree._tree is None or len(tree) == 0:
+        nodes = self.tree.node_states()
+        if nodes is None:
             return {"population": None, "cohorts": {}}
-        slot_tree = tree._tree
-        slot_tree.flush()
-        shift = slot_tree.shift
+        shift, scale = nodes["shift"], nodes["exponent"]
         # Moments in the caller's units (statistics) and in the tree's internal
         # power-of-two units with their exponent (scoring: no squares underflow).
-        scale = slot_tree.exponent
-        n, off, m2 = slot_tree.root_state()
-        cohorts, scaled_cohorts = {}, {}
-        for cid, path in enumerate(tree._cohorts.paths):
-            if cid == 0:
-                continue
-            cn, coff, cm2 = tree._cohort_state(cid)
-            if cn > 0:
-                cohorts[path] = moments_from_state(cn, shift, coff, cm2, scale)
-                scaled_cohorts[path] = moments_from_state(cn, shift, coff, cm2)
+        n, off, m2 = nodes["population"]
+        cohorts = {path: moments_from_state(cn, shift, coff, cm2, scale)
+                   for path, (cn, coff, cm2) in nodes["cohorts"].items()}
+        scaled_cohorts = {path: moments_from_state(cn, shift, coff, cm2)
+                          for path, (cn, coff, cm2) in nodes["cohorts"].items()}
         return {"population": moments_from_state(n, shift, off, m2, scale), "cohorts": cohorts,
-                "scaled": {"exponent": slot_tree.exponent.copy(), "population": moments_from_state(n, shift, off, m2),
+                "scaled": {"exponent": scale, "population": moments_from_state(n, shift, off, m2),
                            "cohorts": scaled_cohorts}}
 
     def update(self, expect: int, agent_ids: np.ndarray, X: np.ndarray, cohorts: Any,
                regions: np.ndarray) -> dict[str, Any]:
         """Write a batch into this shard's tree; return its population and cohort moments."""
         self._check(expect)
-        slots, ids, rows = self.tree._update_many(agent_ids, X, cohorts)
+        slots, ids, rows = self.tree.update_rows(agent_ids, X, cohorts)
         self.seq += 1
-        cd = self.tree._cohorts
-        row_cid = cd.cohort_of_slots(slots)
-        uniq, inverse = np.unique(row_cid, return_inverse=True)
-        self._batch = {"ids": ids, "X": rows, "regions": np.asarray(regions),
-                       "paths": [cd.paths[int(c)] for c in uniq], "path_index": inverse.ravel()}
+        paths, path_index = self.tree.slot_cohorts(slots)
+        self._batch = {"ids": ids, "X": rows, "regions": np.asarray(regions), "paths": paths,
+                       "path_index": path_index}
         return self._summary()
 
     def remove(self, expect: int, agent_ids: np.ndarray) -> None:
@@ -319,17 +300,11 @@ class RegionShard(_Versioned):
                   score_levels: str) -> dict[str, Any]:
         """Score every agent of the shard (in slot order); ``agent_ids`` says who."""
         self._check(expect)
-        tree = self.tree
-        tree._tree.flush()
-        slots = np.flatnonzero(tree._tree.occupied)
-        ids = tree._ids_at_slot[slots]
-        cd = tree._cohorts
-        uniq, inverse = np.unique(cd.cohort_of_slots(slots), return_inverse=True)
-        paths = [cd.paths[int(c)] for c in uniq]
+        slots, ids, X = self.tree.occupied_rows()
+        paths, path_index = self.tree.slot_cohorts(slots)
         need = {p[:k] for p in paths for k in range(1, len(p) + 1)}
         population, cohorts, exponents = _for_scoring(merged, need)
-        out = score_rows(tree._tree.X[slots], paths, inverse.ravel(), population,
-                         cohorts, shrinkage, warm_up, score_levels, exponents)
+        out = score_rows(X, paths, path_index, population, cohorts, shrinkage, warm_up, score_levels, exponents)
         out["agent_ids"] = np.array(ids.tolist())
         return out
 
@@ -393,16 +368,16 @@ class RegionShard(_Versioned):
         return None if r is None else r.version.to_dict()
 
     def prepare_delta(self, expect: int, src: str, dst: str, dst_version: Any, now: float):
-        """Sender side of one anti-entropy message: (rows, delta) for ``dst``."""
+        """Sender side of one anti-entropy message: ((rows, bytes), delta) for ``dst``."""
         self._check(expect)
         r = self.replicas.get(src)
         self.seq += 1
         if r is None:
-            return 0, None
+            return (0, 0), None
         if dst_version is not None:
             r.acknowledge(dst, VersionVector.from_dict(dst_version))
         delta = r.delta_for(dst, now)
-        return int(delta["registers.seq"].shape[0]), delta
+        return (int(delta["registers.seq"].shape[0]), int(sum(v.nbytes for v in delta.values()))), delta
 
     def merge_delta(self, expect: int, dst: str, delta: Any) -> dict[str, np.ndarray] | None:
         """Receiver side: join the delta; return the acknowledgement (our version)."""
@@ -526,7 +501,7 @@ class EvidenceShard(_Versioned):
             return col[rows] if isinstance(col, np.ndarray) else [col[i] for i in rows.tolist()]
 
         foreign, foreign_src = take(ids, away), take(sources, away)
-        conflict = self.consensus._holds_evidence(foreign, foreign_src)
+        conflict = self.consensus.holds_evidence_many(foreign, foreign_src)
         if batch is not None:
             mine = batch["evidence_ids"]
             # Ids first (vectorised for integer or string arrays), then the few candidates' keys.
@@ -558,7 +533,7 @@ class EvidenceShard(_Versioned):
 
     def _rows_mask(self, keys: Sequence[Hashable] | None, default: bool) -> np.ndarray:
         """Per source row of this partition: is its key in ``keys`` (None: ``default``)."""
-        sources = self.consensus._ledger.sources.keys()
+        sources = self.consensus.ledger.sources.keys()
         if keys is None:
             return np.full(len(sources), default, dtype=bool)
         wanted = set(keys)
@@ -572,14 +547,14 @@ class EvidenceShard(_Versioned):
         c = self.consensus
         flag = self._rows_mask(flagged, False)
         try:
-            return c._consensus_of(agent_id, flag, False, self._rows_mask(established, True))
+            return c.consensus_given(agent_id, flag, False, self._rows_mask(established, True))
         except UnknownAgentError:
             return None
 
     def source_counts(self, expect: int) -> dict[str, Any]:
         """Accepted evidence per source (keyed by source id), for probation over all partitions."""
         self._check(expect)
-        ledger = self.consensus._ledger
+        ledger = self.consensus.ledger
         n = len(ledger.sources)
         counts = np.zeros(n, dtype=np.int64)
         counts[: min(n, ledger.source_counts.size)] = ledger.source_counts[:n]
@@ -592,7 +567,7 @@ class EvidenceShard(_Versioned):
         driver's sum over partitions reaches the probation count exactly when the source's
         count over all agents does."""
         self._check(expect)
-        ledger = self.consensus._ledger
+        ledger = self.consensus.ledger
         counts = self._covered.counts(ledger, self._rows_mask(base, False), self.consensus.probation_evidence).copy()
         return {"sources": ledger.sources.keys(), "counts": counts}
 
@@ -600,14 +575,14 @@ class EvidenceShard(_Versioned):
         """The partition's fusion given the sources out of probation over all partitions
         (a list of ids, None for every source; omitted: those of the last :meth:`fuse`)."""
         c = self.consensus
-        ledger = c._ledger
+        ledger = c.ledger
         if established is ...:
             established = self._established
         key = None if established is None else frozenset(established)
         if (self._fused is not None and self._fused["version"] == ledger.version
                 and self._fused["established_keys"] == key):
             return self._fused
-        out, events, pair_agents, pair_sources, shard_pairs = c._fuse_shards(
+        out, events, pair_agents, pair_sources, shard_pairs = c.fuse_partition(
             need_sum=False, established=self._rows_mask(established, True))
         out.update(shard_pairs=shard_pairs, pair_agents=pair_agents, pair_sources=pair_sources,
                    events=events, version=ledger.version, established_keys=key)
@@ -620,13 +595,13 @@ class EvidenceShard(_Versioned):
         self._check(expect)
         self._established = None if established is None else list(established)
         ev = self._fuse()["events"]
-        return {"sources": self.consensus._ledger.sources.keys(),
+        return {"sources": self.consensus.ledger.sources.keys(),
                 **{name: getattr(ev, name) for name in SourceEvents._FIELDS}}
 
     def recount(self, expect: int, flagged: Sequence[Hashable]) -> dict[str, Any]:
         """The events again without the flagged sources (one peeling pass, this partition's part)."""
         self._check(expect)
-        ledger = self.consensus._ledger
+        ledger = self.consensus.ledger
         n_sources = len(ledger.sources)
         flag = self._rows_mask(flagged, False)
         events = SourceEvents.zeros(n_sources)
@@ -639,12 +614,12 @@ class EvidenceShard(_Versioned):
         """Per-agent consensus given the sources flagged over all partitions."""
         self._check(expect)
         g = self._fuse()
-        ledger = self.consensus._ledger
+        ledger = self.consensus.ledger
         flag = self._rows_mask(flagged, False)
         n_agents = len(ledger.agents)
-        n_flagged = _count_flagged(g["pair_agents"], g["pair_sources"], flag, n_agents)
+        n_flagged = count_flagged_pairs(g["pair_agents"], g["pair_sources"], flag, n_agents)
         log_odds = g["robust"]
-        reached = self.consensus._reached(g["n"], g["f"], n_flagged, g["young"])
+        reached = self.consensus.reached(g["n"], g["f"], n_flagged, g["young"])
         return {"agent_ids": ledger.agents.keys_of(np.arange(n_agents, dtype=np.int64)),
                 "log_odds": log_odds, "consensus_reached": reached, "evidence_count": g["count"],
                 "source_count": g["n"]}

@@ -358,3 +358,32 @@ def peel_sources(first: SourceEvents, shards: Sequence[tuple[np.ndarray, np.ndar
             break
         flagged |= new
     return flagged, tail
+
+
+def peel_untrusted(first: SourceEvents, shards: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, int]] | Callable,
+                   false_flag_rate: float, trusted: np.ndarray, voting: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The consensus's source flags: :func:`peel_sources` with trusted sources never flagged and
+    sources on probation (``~voting``, per source row) neither tested nor flagged.
+
+    One rule for every engine: the in-process consensus passes its ledger shards' pairs, the Ray
+    driver a recount over the evidence partitions.
+    """
+    trusted = np.asarray(trusted, dtype=bool)
+    voting = np.asarray(voting, dtype=bool)
+    return peel_sources(first, shards, trusted.size, false_flag_rate, never=trusted | ~voting,
+                        n_tested=int(voting.sum()))
+
+
+def count_flagged_pairs(pair_agents: list[tuple[int, np.ndarray]], pair_sources: list[np.ndarray],
+                        flagged: np.ndarray, n_agents: int) -> np.ndarray:
+    """Per agent, how many of its (agent, source) pairs have a flagged source. Only the
+    pairs of flagged sources are counted (usually few), chunk by chunk, with no
+    concatenation of every pair; ``pair_agents`` holds (first agent row, local agent rows)."""
+    bad = np.flatnonzero(flagged)
+    if bad.size == 0 or not pair_agents:
+        return np.zeros(n_agents, dtype=np.int64)
+    hits = []
+    for (agent_lo, pa), ps in zip(pair_agents, pair_sources, strict=True):
+        hit = flagged[ps] if bad.size > 4 else np.isin(ps, bad)
+        hits.append(pa[hit] + agent_lo)
+    return np.bincount(np.concatenate(hits), minlength=n_agents).astype(np.int64)

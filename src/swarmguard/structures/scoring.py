@@ -49,13 +49,16 @@ same rule in the same units.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Iterable
+from typing import Any
 
 import numpy as np
 
 from ..errors import NonFiniteError
 from ..lazy_import import module_on_first_use
+from .chi2 import chi2_sf
 
-__all__ = ["LeaveOneOutScorer", "MIN_POPULATION"]
+__all__ = ["LeaveOneOutScorer", "MIN_POPULATION", "score_population", "combine_levels"]
 
 MIN_POPULATION = 3          # leave-one-out covariance needs n - 1 >= 2
 _RIDGE = 1e-9
@@ -178,3 +181,57 @@ class LeaveOneOutScorer:
         if explain:
             return d2, prod * factor[:, None]
         return d2
+
+
+# ---------------------------------------------------------------------- a batch against its levels
+# One core for every engine: the in-process protocol scores rows against the tree's nodes, the
+# Ray shards against moments merged by the root aggregator; both hand their deviations here.
+
+def score_population(E: np.ndarray, count: float, offset: np.ndarray, m2: np.ndarray, shrinkage: float | str,
+                     warm_up: int, explain: bool = False):
+    """Rows scored leave-one-out against the whole population.
+
+    ``E``: the rows' deviations from the population's mean (in the moments'
+    units); ``count``, ``offset`` (unused by the scorer but for its dimension),
+    ``m2``: the population's moments. Returns ``(d2, p, warm, shares)``:
+    squared distances, their χ²(d) p-values, whether the population is out of
+    warm-up (and large enough to score) and, with ``explain``, each feature's
+    share of ``d2`` (else None).
+    """
+    scorer = LeaveOneOutScorer(count, offset, m2, shrinkage)
+    res = scorer.score_many(E, explain=explain)
+    d2, shares = res if explain else (res, None)
+    p = chi2_sf(d2, E.shape[1])
+    return d2, p, bool(count >= warm_up and scorer.ok), shares
+
+
+def combine_levels(p_population: np.ndarray, population_warm: bool,
+                   groups: Iterable[tuple[Hashable, np.ndarray, float, np.ndarray, np.ndarray, np.ndarray]],
+                   shrinkage: float | str, warm_up: int) -> tuple[np.ndarray, bool, np.ndarray, dict[Any, dict]]:
+    """Score rows against every cohort above them; Bonferroni-combine with the population.
+
+    ``groups`` yields, per cohort level, ``(key, rows, count, offset, m2, E)``:
+    the rows (indices into the batch) that the cohort ``key`` holds, its
+    moments and the rows' deviations from its mean. A level still warming up
+    (fewer members than ``warm_up``) is reported but does not decide. Returns
+    ``(decision_p, any_warm, n_levels, reports)``: each row's smallest live
+    p-value times its number of levels (capped at 1), whether some level
+    decides, the levels per row, and per cohort ``{"rows", "count",
+    "mahalanobis_squared", "p_value", "warming_up"}``.
+    """
+    p_min = (p_population if population_warm else np.ones_like(p_population)).copy()
+    n_levels = np.ones(p_population.shape[0])
+    any_warm = population_warm
+    reports: dict[Any, dict] = {}
+    for key, rows, count, offset, m2, E in groups:
+        sc = LeaveOneOutScorer(count, offset, m2, shrinkage)
+        cd2 = sc.score_many(E)
+        cp = chi2_sf(cd2, E.shape[1])
+        warm = count >= warm_up and sc.ok
+        reports[key] = {"rows": rows, "count": int(round(count)), "mahalanobis_squared": cd2, "p_value": cp,
+                        "warming_up": not warm}
+        n_levels[rows] += 1
+        if warm:
+            any_warm = True
+            p_min[rows] = np.minimum(p_min[rows], cp)
+    return np.minimum(1.0, p_min * n_levels), bool(any_warm), n_levels, reports

@@ -26,9 +26,35 @@ from ..errors import (
 from ..validation import as_feature_matrix, as_feature_vector, check_positive_int
 from .npz import dict_from_bytes, dict_to_bytes
 
-__all__ = ["Moments", "InsufficientDataError", "combine_groups"]
+__all__ = ["Moments", "InsufficientDataError", "combine_groups", "population_statistics"]
 
 _FORMAT_VERSION = 1
+
+
+def population_statistics(count: int, mean: np.ndarray, m2: np.ndarray, ddof: int,
+                          std: np.ndarray | None = None) -> dict[str, Any]:
+    """``count``, ``mean``, ``covariance`` (``m2 / (count - ddof)``), ``variance``, ``std``
+    and ``ddof`` of a population, NaN where undefined (the mean of nobody, the covariance
+    of ``ddof`` or fewer members). ``std``: the standard deviations when the caller has
+    them without squaring (from units where they cannot underflow); default ``sqrt(variance)``.
+
+    The one place statistics are read off moments: the tree's and the Ray engine's
+    ``get_global_statistics``.
+
+    >>> s = population_statistics(3, np.array([1.0]), np.array([[8.0]]), 1)
+    >>> s["covariance"].tolist(), s["std"].tolist()
+    ([[4.0]], [2.0])
+    """
+    ddof = check_positive_int(ddof, "ddof", minimum=0)
+    count = int(count)
+    cov = m2 / (count - ddof) if count > ddof else np.full_like(m2, np.nan)
+    mean = np.full_like(mean, np.nan) if count == 0 else mean
+    var = np.diagonal(cov).copy()
+    if count <= ddof:
+        std = var
+    elif std is None:
+        std = np.sqrt(np.maximum(var, 0.0))
+    return {"count": count, "mean": mean, "covariance": cov, "variance": var, "std": std, "ddof": ddof}
 
 
 def combine_groups(
