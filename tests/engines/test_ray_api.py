@@ -588,3 +588,31 @@ def test_ray_strong_link_change_with_a_bad_clock_changes_nothing(ray_session, ch
             now[0] = 1.0
     finally:
         b.close()
+
+
+def test_the_ray_views_wait_for_the_detectors_lock(ray_session):
+    # The guide's attribute names on Ray (det.consensus, .protocol, .tree, .cap_resolver) read
+    # the actors; a reader must wait for a round or an ingest_evidence another thread is in the
+    # middle of (the review of fix/txn2 saw StaleShardError from an unlocked consensus_many).
+    import threading
+
+    det = DistributedBehavioralDetector(backend="ray", feature_dimensions=2, evidence_partitions=2)
+    try:
+        rng = np.random.default_rng(0)
+        det.process_round(np.arange(200), rng.normal(size=(200, 2)), "eu")
+        det.consensus.add_evidence_batch(["e1"], [3], "behavioral_anomaly", [1.0], [1.0], [0.0], ["obs"])
+        readers = {"consensus_many": lambda: det.consensus.consensus_many(),
+                   "byzantine_nodes": lambda: det.consensus.byzantine_nodes,
+                   "score_many": lambda: det.protocol.score_many(),
+                   "global_statistics": lambda: det.tree.get_global_statistics(),
+                   "confidence_factor": lambda: det.cap_resolver.confidence_factor("eu")}
+        for name, read in readers.items():
+            done = threading.Event()
+            worker = threading.Thread(target=lambda read=read, done=done: (read(), done.set()), daemon=True)
+            with det._lock:                    # another thread's transaction, in progress
+                worker.start()
+                assert not done.wait(0.5), f"{name} read the actors while the detector's lock was held"
+            assert done.wait(60), f"{name} did not finish once the lock was released"
+            worker.join(60)
+    finally:
+        det.close()

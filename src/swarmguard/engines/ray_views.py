@@ -7,6 +7,8 @@ of their own).
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -23,9 +25,33 @@ from .ray_system import hash_partition
 if TYPE_CHECKING:
     from .ray_engine import RayEngine
 
+
+def _under_the_engines_lock(cls: type) -> type:
+    """Run every public method and property of a view under the engine's lock (the detector's
+    re-entrant lock): a reader in one thread must not meet a half-done ``ingest_evidence`` or
+    round of another (the review of fix/txn2 saw ``StaleShardError`` from exactly that). Async
+    methods are left alone: they only call the locked synchronous ones, and no lock is held
+    across an ``await``."""
+    def locked(fn):
+        @functools.wraps(fn)
+        def wrapper(self, *args, **kwargs):
+            with self._det._lock:
+                return fn(self, *args, **kwargs)
+        return wrapper
+
+    for name, value in list(vars(cls).items()):
+        if name.startswith("_") and name != "__len__":
+            continue
+        if isinstance(value, property):
+            setattr(cls, name, property(locked(value.fget), value.fset and locked(value.fset)))
+        elif inspect.isfunction(value) and not inspect.iscoroutinefunction(value):
+            setattr(cls, name, locked(value))
+    return cls
+
 __all__ = ["RayTreeView", "RayCapView", "RayConsensusView", "RayProtocolView"]
 
 
+@_under_the_engines_lock
 class RayTreeView:
     """The Ray engine's ``tree``: the population as the root aggregator last merged it."""
 
@@ -44,6 +70,7 @@ class RayTreeView:
         return self._det.global_statistics(ddof)
 
 
+@_under_the_engines_lock
 class RayCapView:
     """The Ray engine's ``cap_resolver``: the region actors' replicas and links, answering as
     :class:`~swarmguard.api.cap.StatisticalCAPResolver` does for code written against it."""
@@ -80,6 +107,7 @@ class RayCapView:
         return self._det.regions
 
 
+@_under_the_engines_lock
 class RayConsensusView:
     """The Ray engine's ``consensus``: the evidence partitions, merged, answering as
     :class:`~swarmguard.api.consensus.StableBayesianConsensus` does."""
@@ -146,6 +174,7 @@ class RayConsensusView:
                 for i, k in enumerate(c["_sources"])}
 
 
+@_under_the_engines_lock
 class RayProtocolView:
     """The Ray engine's ``protocol``: every agent scored against the merged moments."""
 
