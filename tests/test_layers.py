@@ -53,3 +53,51 @@ def test_the_check_sees_an_upward_import_inside_a_function():
     names = _imports(lazy, "swarmguard.api")
     assert "swarmguard.engines.ray_engine" in names
     assert _layer("swarmguard.engines.ray_engine") > LAYERS.index("api")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph(paths: list[Path]) -> dict[str, set[str]]:
+    """Module -> the package modules it imports (every import statement, TYPE_CHECKING ones too)."""
+    names = {_module_name(p): p for p in paths}
+    graph = {}
+    for name, path in names.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        graph[name] = {m for m in _imports(path.read_text(encoding="utf-8"), package) if m in names and m != name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` (as a path that returns to its start), or None."""
+    state: dict[str, int] = {}          # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        state[node] = 2
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_two_modules_of_a_layer_import_each_other():
+    # Inside a layer too (ray_engine <-> ray_views once did, through a TYPE_CHECKING import).
+    assert _cycle(_import_graph(MODULES)) is None, " -> ".join(_cycle(_import_graph(MODULES)))
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None

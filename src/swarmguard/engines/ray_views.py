@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Hashable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -22,8 +22,8 @@ from ..structures.significance import resolve_fdr, significance_cut
 from ..validation import check_key
 from .ray_system import hash_partition
 
-if TYPE_CHECKING:
-    from .ray_engine import RayEngine
+# Each view holds the RayEngine that made it (`det`); the type is not imported here,
+# since ray_engine imports this module and the two must not import each other.
 
 
 def _under_the_engines_lock(cls: type) -> type:
@@ -55,7 +55,7 @@ __all__ = ["RayTreeView", "RayCapView", "RayConsensusView", "RayProtocolView"]
 class RayTreeView:
     """The Ray engine's ``tree``: the population as the root aggregator last merged it."""
 
-    def __init__(self, det: RayEngine):
+    def __init__(self, det: Any):
         self._det = det
 
     @property
@@ -75,7 +75,7 @@ class RayCapView:
     """The Ray engine's ``cap_resolver``: the region actors' replicas and links, answering as
     :class:`~swarmguard.api.cap.StatisticalCAPResolver` does for code written against it."""
 
-    def __init__(self, det: RayEngine):
+    def __init__(self, det: Any):
         self._det = det
 
     def partition(self, groups: Iterable[Iterable[str]]) -> None:
@@ -112,7 +112,7 @@ class RayConsensusView:
     """The Ray engine's ``consensus``: the evidence partitions, merged, answering as
     :class:`~swarmguard.api.consensus.StableBayesianConsensus` does."""
 
-    def __init__(self, det: RayEngine):
+    def __init__(self, det: Any):
         self._det = det
 
     @property
@@ -178,7 +178,7 @@ class RayConsensusView:
 class RayProtocolView:
     """The Ray engine's ``protocol``: every agent scored against the merged moments."""
 
-    def __init__(self, det: RayEngine):
+    def __init__(self, det: Any):
         self._det = det
 
     @property
