@@ -59,7 +59,7 @@ from ..validation import as_float_vector, check_fraction, check_key, check_posit
 from .evidence_types import BayesianEvidence, EvidenceType, check_timestamp
 
 __all__ = ["StableBayesianConsensus", "BayesianEvidence", "EvidenceType", "PROBATION_EVIDENCE", "FOUNDING_QUORUM",
-           "voting_sources", "founding_ends"]
+           "voting_sources", "founding_ends", "consensus_at"]
 
 _special = module_on_first_use("scipy.special")   # imported on first use: see swarmguard.lazy_import
 
@@ -68,6 +68,23 @@ _EVIDENCE_COLUMNS = ("evidence_ids", "agent_ids", "evidence_types", "log_odds", 
                      "source_nodes")
 PROBATION_EVIDENCE = 10  # the probation bar: pieces to end the founding, covered agents to earn a vote
 FOUNDING_QUORUM = 3      # untrusted sources that must have been seen before the founding can end
+
+
+def consensus_at(consensus: Mapping[str, Any], positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Probability and ``consensus_reached`` of the rows at ``positions`` of a
+    ``consensus_many`` result (-1: no evidence for that agent, NaN / False), as the
+    engines hand them to the detector's decision.
+
+    >>> consensus_at({"probability": np.array([0.2, 0.9]), "consensus_reached": np.array([False, True])},
+    ...              np.array([1, -1]))
+    (array([0.9, nan]), array([ True, False]))
+    """
+    have = positions >= 0
+    probability = np.full(positions.shape[0], np.nan)
+    reached = np.zeros(positions.shape[0], dtype=bool)
+    probability[have] = consensus["probability"][positions[have]]
+    reached[have] = consensus["consensus_reached"][positions[have]]
+    return probability, reached
 
 
 def voting_sources(base: np.ndarray | None, covered_counts: np.ndarray | None, probation: int) -> np.ndarray | None:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..values.agent_index import positions_of
 from .cap import StatisticalCAPResolver
-from .consensus import StableBayesianConsensus
+from .consensus import StableBayesianConsensus, consensus_at
 from .detector_settings import DetectorSettings
 from .engine import RoundBatch, ScoredRound
 from .protocol import BehavioralDistributedProtocol
@@ -104,13 +104,7 @@ class InProcessEngine:
         if not self.consensus.evidence_count:
             return None
         cons = self.consensus.consensus_many()
-        pos = positions_of(cons["agent_ids"], agent_ids)
-        have = pos >= 0
-        probability = np.full(agent_ids.shape[0], np.nan)
-        reached = np.zeros(agent_ids.shape[0], dtype=bool)
-        probability[have] = cons["probability"][pos[have]]
-        reached[have] = cons["consensus_reached"][pos[have]]
-        return probability, reached
+        return consensus_at(cons, positions_of(cons["agent_ids"], agent_ids))
 
     def process_item(self, agent_id: Any, behavioral_data: Any) -> dict[str, Any]:   # pragma: no cover
         raise NotImplementedError("the detector runs the per-item loop on the in-process parts")

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..api.consensus import evidence_columns, founding_ends, voting_sources
+from ..api.consensus import consensus_at, evidence_columns, founding_ends, voting_sources
 from ..errors import InvalidTypeError
 from ..locking import synchronized
 from ..structures.robust_fusion import SourceEvents, peel_untrusted
@@ -110,12 +110,7 @@ class RayEvidence:
             sk, order = full["_sorted"]
             at = np.minimum(np.searchsorted(sk, ids), sk.size - 1)
             pos = np.where(sk[at] == ids, order[at], -1)
-        have = pos >= 0
-        probability = np.full(ids.shape[0], np.nan)
-        reached = np.zeros(ids.shape[0], dtype=bool)
-        probability[have] = full["probability"][pos[have]]
-        reached[have] = full["consensus_reached"][pos[have]]
-        return probability, reached
+        return consensus_at(full, pos)
 
     def _consensus(self) -> dict[str, Any]:
         """Two-step consensus over the partitions (cached until evidence changes)."""
