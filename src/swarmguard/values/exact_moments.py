@@ -449,14 +449,17 @@ def exact_cross_sums(X: Any, weights: Any = None) -> tuple[list[int], int, list[
         raise InvalidInputError(f"X must be a 2-D (n, k) array, got shape {X.shape}")
     if not np.isfinite(X).all():
         raise NonFiniteError("X holds a non-finite value (NaN or inf)")
+    return _exact_cross_sums(X, _unit_weights(weights, X.shape[0]))
+
+
+def _unit_weights(weights: Any, n: int) -> np.ndarray:
+    """``weights`` as int64 +1 (add) / -1 (remove), one per row; None is all +1."""
     if weights is None:
-        w = np.ones(X.shape[0], np.int64)
-    else:
-        w = np.asarray(weights)
-        if w.shape != (X.shape[0],) or not np.isin(w, (-1, 1)).all():
-            raise InvalidInputError("weights must be +1 or -1, one per row")
-        w = w.astype(np.int64)
-    return _exact_cross_sums(X, w)
+        return np.ones(n, np.int64)
+    w = np.asarray(weights)
+    if w.shape != (n,) or not np.isin(w, (-1, 1)).all():
+        raise InvalidInputError("weights must be +1 or -1, one per row")
+    return w.astype(np.int64)
 
 
 def _exact_cross_sums(X: np.ndarray, w: np.ndarray) -> tuple[list[int], int, list[int], int]:
@@ -559,13 +562,7 @@ class ExactMoments:
     def add_rows(self, X: Any, weights: Any = None) -> None:
         """Add (weight +1) or remove (weight -1) the rows of an (n, k) array, exactly."""
         X = as_feature_matrix(X, self.dim, "X")
-        if weights is None:
-            w = np.ones(X.shape[0], np.int64)
-        else:
-            w = np.asarray(weights)
-            if w.shape != (X.shape[0],) or not np.isin(w, (-1, 1)).all():
-                raise InvalidInputError("weights must be +1 or -1, one per row")
-            w = w.astype(np.int64)
+        w = _unit_weights(weights, X.shape[0])
         if X.shape[0] == 0:
             return
         net = int(w.sum())
