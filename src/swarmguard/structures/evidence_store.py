@@ -21,8 +21,9 @@ evidence types): a damaged or tampered file raises
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -177,23 +178,33 @@ class EvidenceStore:
     def insert_columns(self, evidence_ids, agent_ids, source_nodes, types, log_odds_bits,
                        confidence_bits, timestamp_bits, founders: list | None = None) -> None:
         """Column-wise :meth:`insert` (floats already as bit patterns)."""
+        with self._write_transaction():
+            self._conn.executemany(
+                "INSERT INTO evidence (evidence_id, agent_id, source_node, evidence_type, "
+                "log_odds_bits, confidence_bits, timestamp_bits) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                zip(evidence_ids, agent_ids, source_nodes, types, log_odds_bits,
+                    confidence_bits, timestamp_bits, strict=True))
+            if founders:
+                self._insert_founders(founders)
+
+    @contextlib.contextmanager
+    def _write_transaction(self) -> Iterator[None]:
+        """One write transaction: committed if the block returns, rolled back if it raises;
+        SQLite's errors become :class:`EvidenceStoreError`."""
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.executemany(
-                    "INSERT INTO evidence (evidence_id, agent_id, source_node, evidence_type, "
-                    "log_odds_bits, confidence_bits, timestamp_bits) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    zip(evidence_ids, agent_ids, source_nodes, types, log_odds_bits,
-                        confidence_bits, timestamp_bits, strict=True))
-                if founders:
-                    self._conn.executemany("INSERT OR IGNORE INTO founders (source_node) VALUES (?)",
-                                           [(k,) for k in founders])
+                yield
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise EvidenceStoreError(f"cannot write evidence to {self.path}: {exc}") from exc
+
+    def _insert_founders(self, founders: list) -> None:
+        self._conn.executemany("INSERT OR IGNORE INTO founders (source_node) VALUES (?)",
+                               [(k,) for k in founders])
 
     def load(self) -> list[tuple]:
         """Every row in arrival order, floats restored bit for bit.
@@ -249,17 +260,8 @@ class EvidenceStore:
     def add_founders(self, founders: list) -> None:
         """Record founding sources (a store whose rows ended the founding on loading, or a
         merge that added none of the evidence), in one transaction."""
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany("INSERT OR IGNORE INTO founders (source_node) VALUES (?)",
-                                       [(k,) for k in founders])
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise EvidenceStoreError(f"cannot write evidence to {self.path}: {exc}") from exc
+        with self._write_transaction():
+            self._insert_founders(founders)
 
     def count(self) -> int:
         try:
