@@ -27,6 +27,7 @@ from swarmguard.errors import (
     NonFiniteError,
     SwarmGuardError,
 )
+from tests._clocks import counting_clock
 
 
 class Clock:
@@ -717,15 +718,6 @@ def test_resolver_from_bytes_fuzz_only_typed_errors():
         assert_same(state(back), state(res))     # an unnoticed flip (zip metadata) changes no value
 
 
-def _counting_clock():
-    calls = []
-
-    def clock():
-        calls.append(1)
-        return 100.0 + len(calls)
-    return clock, calls
-
-
 def test_a_refused_batch_with_now_does_not_move_the_resolvers_clock():
     r = StatisticalCAPResolver(consistency_model=ConsistencyModel.STATISTICAL, max_staleness_seconds=5.0,
                                clock=lambda: 10.0, regions=["eu", "us"])
@@ -742,7 +734,7 @@ def test_a_refused_batch_with_now_does_not_move_the_resolvers_clock():
 
 @pytest.mark.parametrize("path", ["handle_update", "handle_updates_many"])
 def test_the_resolver_reads_its_clock_once_per_write(path):
-    clock, calls = _counting_clock()
+    clock, calls = counting_clock()
     r = StatisticalCAPResolver(consistency_model=ConsistencyModel.STATISTICAL, clock=clock, regions=["eu", "us"])
     before = len(calls)
     if path == "handle_update":

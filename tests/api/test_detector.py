@@ -16,6 +16,7 @@ from swarmguard.errors import (
     NonFiniteError,
     SwarmGuardError,
 )
+from tests._clocks import counting_clock
 from tests._threads import run_threads
 
 
@@ -352,17 +353,8 @@ def test_process_agent_behavior_skips_an_evidence_id_an_observer_holds(squatter)
     assert det.consensus.consensus(299)["source_count"] == 1     # the observer's evidence untouched
 
 
-def _counting_clock():
-    calls = []
-
-    def clock():
-        calls.append(1)
-        return 100.0 + len(calls)
-    return clock, calls
-
-
 def test_process_agent_behavior_reads_the_clock_once_for_all_three_parts():
-    clock, calls = _counting_clock()          # every reading differs: two reads would show
+    clock, calls = counting_clock()          # every reading differs: two reads would show
     det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=100, clock=clock)
     rng = np.random.default_rng(4)
     det.process_round(np.arange(200), rng.normal(size=(200, 2)), "eu", timestamp=0.0)
@@ -376,7 +368,7 @@ def test_process_agent_behavior_reads_the_clock_once_for_all_three_parts():
 
 
 def test_process_agent_behavior_reads_a_configured_clock_once_per_call():
-    clock, calls = _counting_clock()
+    clock, calls = counting_clock()
     det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=100, clock=clock)
     det.process_round(np.arange(200), np.random.default_rng(4).normal(size=(200, 2)), "eu", timestamp=0.0)
     before = len(calls)
@@ -385,7 +377,7 @@ def test_process_agent_behavior_reads_a_configured_clock_once_per_call():
 
 
 def test_process_round_reads_a_configured_clock_once_per_round():
-    clock, calls = _counting_clock()
+    clock, calls = counting_clock()
     det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=100, clock=clock)
     before = len(calls)
     det.process_round(np.arange(200), np.random.default_rng(4).normal(size=(200, 2)), "eu")
