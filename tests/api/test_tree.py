@@ -1,3 +1,5 @@
+import copy
+import pickle
 import warnings
 
 import numpy as np
@@ -427,3 +429,23 @@ def test_a_feature_whose_spread_collapses_next_to_a_grown_one_is_re_anchored():
     ref = np.sqrt(np.outer(np.diag(cov_ex), np.diag(cov_ex)))
     np.testing.assert_array_less(np.abs(stats["covariance"] - cov_ex) / ref, 1e-11)
     assert np.all(np.abs(stats["mean"] - mean_ex) <= 1e-13 * np.abs(X).max(axis=0))
+
+
+@pytest.mark.parametrize("copier", [lambda t: pickle.loads(pickle.dumps(t)), copy.deepcopy],
+                         ids=["pickle", "deepcopy"])
+def test_a_copied_tree_keeps_updating_its_own_root(copier):
+    # The slot tree's root is read through views of its flat store; a copy that
+    # kept copies of those views would update a root that nobody reads.
+    rng = np.random.default_rng(5)
+    ids = [f"a{i}" for i in range(60)]
+    tree = HierarchicalStatisticalTree()
+    tree.update_many(ids, rng.normal(size=(60, 4)))
+    twin = copier(tree)
+    fresh = rng.normal(size=(60, 4))
+    twin.update_many(ids, fresh)
+    twin.update_agent("a0", fresh[0] + 3.0)
+    fresh[0] += 3.0
+    mean, cov = exact_mean_cov(fresh)
+    stats = twin.get_global_statistics()
+    np.testing.assert_allclose(stats["mean"], mean, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(stats["covariance"], cov, rtol=1e-10, atol=1e-13)

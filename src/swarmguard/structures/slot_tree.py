@@ -208,9 +208,31 @@ class SlotTree:
         self.off = np.zeros((total, self.dim))
         self.m2 = np.zeros((total, self.dim, self.dim))
         self._root = self.level_base[-1]
-        self._root_off = self.off[self._root]       # views: per-item updates write through
+        self._bind_root_views()
+
+    def _bind_root_views(self) -> None:
+        # Views: per-item updates write through to the flat store, and the budget
+        # check reads the diagonal in O(d) without making a new view each time.
+        self._root_off = self.off[self._root]
         self._root_m2 = self.m2[self._root]
-        self._root_diag = self._root_m2.diagonal()   # a view: O(d) budget checks without a new view
+        self._root_diag = self._root_m2.diagonal()
+
+    # A pickled or deep-copied array view becomes an independent copy, so a copy
+    # of the tree would update its root aside from the store it reads: the views
+    # are left out of the state and bound again to the copy's own store.
+    _ROOT_VIEWS = ("_root_off", "_root_m2", "_root_diag")
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        if self._root >= 0:
+            for name in self._ROOT_VIEWS:
+                del state[name]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self._root >= 0:
+            self._bind_root_views()
 
     def ensure_capacity(self, n_slots: int) -> None:
         """Grow (doubling) so slots ``0 .. n_slots-1`` exist; re-anchors and rebuilds."""
