@@ -3,7 +3,6 @@ SIGTERM drains (readyz 503, the open window closed and logged)."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -16,7 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import ManualClock, auth, close_window, lines, population_rows, post_behaviors, post_evidence
+from .conftest import (
+    ManualClock,
+    auth,
+    close_window,
+    lines,
+    population_rows,
+    post_behaviors,
+    post_evidence,
+)
 
 SRC = Path(__file__).resolve().parents[3] / "src"
 

@@ -74,7 +74,6 @@ def test_the_first_vector_fixes_the_dimension_and_features_option_sets_it(served
 
 def test_arrow_stream_with_feature_columns_and_with_a_list_column(served):
     pa = pytest.importorskip("pyarrow")
-    import pyarrow.ipc
 
     _, node, client = served
 
@@ -202,3 +201,33 @@ def test_json_is_strict_about_numbers(served):
            b'{"agent_id": "c", "features": [true, 1.0]}\n{"agent_id": "d", "features": [2, 1.0]}\n'
     r = client.post("/v1/behaviors", content=body, headers={**NDJSON, **auth("t-ingest")})
     assert r.json()["accepted"] == 1 and r.json()["rejected"] == 3, json.dumps(r.json())
+
+
+def test_writes_over_the_inflight_bound_are_503_with_retry_after(make_node):
+    import threading
+
+    _, node, client = make_node(max_inflight=1)
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow_body():                  # holds the one write slot until the test lets it go
+        started.set()
+        release.wait(10)
+        yield lines([{"agent_id": "a", "features": [1.0]}])
+
+    answers = {}
+    worker = threading.Thread(target=lambda: answers.setdefault("slow", client.post(
+        "/v1/behaviors", content=slow_body(), headers={**NDJSON, **auth("t-ingest")})))
+    worker.start()
+    assert started.wait(10)
+    deadline = 0
+    while deadline < 100:             # the slow request is inside the app once the slot is taken
+        r = post_behaviors(client, [{"agent_id": "b", "features": [1.0]}])
+        if r.status_code == 503:
+            break
+        deadline += 1
+    release.set()
+    worker.join(10)
+    assert r.status_code == 503 and r.headers["retry-after"] == "1" and "in flight" in r.json()["error"]
+    assert answers["slow"].status_code == 200
+    assert client.get("/v1/agents", headers=auth("t-read")).status_code == 200     # reads are not bounded

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["AgentState", "severity_of", "SEVERITY_FULL_SCALE"]
+__all__ = ["AgentState", "severity_of", "severities", "SEVERITY_FULL_SCALE"]
 
 # -log10(p) at which severity reaches 100 (p = 1e-12; a p-value of 0.1 is severity 8)
 SEVERITY_FULL_SCALE = 12.0
@@ -24,6 +24,17 @@ def severity_of(log_p: float) -> int:
     if not math.isfinite(log_p):
         return 100 if log_p < 0 else 0
     return int(round(100.0 * min(1.0, max(0.0, -log_p / math.log(10.0)) / SEVERITY_FULL_SCALE)))
+
+
+def severities(log_p: np.ndarray) -> np.ndarray:
+    """:func:`severity_of` of every element of ``log_p`` (int64).
+
+    >>> severities(np.array([0.0, math.log(1e-3), -np.inf])).tolist()
+    [0, 25, 100]
+    """
+    decades = np.clip(-np.asarray(log_p, dtype=np.float64) / math.log(10.0), 0.0, SEVERITY_FULL_SCALE)
+    out = np.rint(100.0 * decades / SEVERITY_FULL_SCALE).astype(np.int64)
+    return np.where(np.isnan(decades), 0, out)
 
 
 @dataclass

@@ -16,7 +16,7 @@ import numpy as np
 from ...api import DistributedBehavioralDetector
 from ...errors import UnknownAgentError
 from ...structures.chi2 import chi2_logsf
-from .agent_state import AgentState, severity_of
+from .agent_state import AgentState, severities
 from .settings import ServeSettings
 from .window import WindowBuffer
 
@@ -68,19 +68,17 @@ class Population:
         self.windows_closed += 1
         d2 = np.asarray(result.mahalanobis_squared, dtype=np.float64)
         log_p = np.asarray(chi2_logsf(d2, X.shape[1]), dtype=np.float64)
-        isolate = np.asarray(result.isolate, dtype=bool)
+        isolate = np.asarray(result.isolate, dtype=bool).tolist()
         newly: list[str] = []
-        for i, agent in enumerate(ids.tolist()):
-            before = self.agents.get(agent)
-            was = before.isolated if before is not None else False
-            if isolate[i] and not was:
+        window, name, agents = self.windows_closed, self.name, self.agents
+        columns = zip(ids.tolist(), d2.tolist(), np.exp(log_p).tolist(), log_p.tolist(), severities(log_p).tolist(),
+                      isolate, cohorts, np.asarray(result.confidence, dtype=np.float64).tolist(), X, strict=True)
+        for agent, score, p, lp, severity, iso, cohort, cf, x in columns:   # X is the window's own copy
+            before = agents.get(agent)
+            was = before is not None and before.isolated
+            if iso and not was:
                 newly.append(agent)
-            lp = float(log_p[i])
-            self.agents[agent] = AgentState(
-                agent_id=agent, population=self.name, score=float(d2[i]), p_value=float(math.exp(lp)),
-                log_p=lp, severity=severity_of(lp), isolated=bool(was or isolate[i]), cohort=cohorts[i],
-                confidence_factor=float(result.confidence[i]), features=X[i].copy(),
-                window=self.windows_closed)
+            agents[agent] = AgentState(agent, name, score, p, lp, severity, was or iso, cohort, cf, x, window)
         return WindowOutcome(self.name, self.windows_closed, len(ids), newly)
 
     def ingest_evidence(self, columns: tuple) -> int:

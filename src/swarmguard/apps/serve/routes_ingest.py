@@ -23,6 +23,9 @@ __all__ = ["router"]
 
 router = APIRouter(tags=["ingest"])
 
+_INGEST = Depends(requires("ingest"))
+_EVIDENCE = Depends(requires("evidence"))
+
 _RESPONSES = {200: {"description": "`{\"accepted\": n, \"rejected\": m, \"errors\": [{\"line\", \"error\"}]}`"},
               400: {"description": "no line accepted, or an unreadable body"},
               401: {"description": "missing or unknown token"}, 403: {"description": "wrong role"},
@@ -43,7 +46,7 @@ def _answer(result: IngestResult, kind: str) -> JSONResponse:
 
 
 @router.post("/v1/behaviors", responses=_RESPONSES, summary="Post behaviour vectors")
-async def post_behaviors(request: Request, credential: Credential = Depends(requires("ingest"))) -> JSONResponse:
+async def post_behaviors(request: Request, credential: Credential = _INGEST) -> JSONResponse:
     """JSON Lines (``application/x-ndjson`` or ``application/jsonl``) of
     ``{"agent_id", "features": [...], "timestamp"?, "cohort"?}``, or an Arrow IPC stream
     (``application/vnd.apache.arrow.stream``). Acknowledged once durable; the vectors count in
@@ -64,7 +67,7 @@ async def post_behaviors(request: Request, credential: Credential = Depends(requ
 
 
 @router.post("/v1/evidence", responses=_RESPONSES, summary="Post observer evidence")
-async def post_evidence(request: Request, credential: Credential = Depends(requires("evidence"))) -> JSONResponse:
+async def post_evidence(request: Request, credential: Credential = _EVIDENCE) -> JSONResponse:
     """JSON Lines of ``{"evidence_id", "agent_id", "evidence_type", "log_odds", "confidence",
     "timestamp"}``; the ``source_node`` is the token's source (a line naming another is refused
     alone). Acknowledged once durable."""
