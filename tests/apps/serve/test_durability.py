@@ -120,7 +120,7 @@ def test_kill_9_at_random_points_loses_nothing_acknowledged(tmp_path, tokens_fil
                     seq += 1
                     X, rows = population_rows(rng, 20, 3)
                     for r in rows:
-                        r["agent_id"] = f"L{life}-{r['agent_id']}"
+                        r["agent_id"] = f"L{life}-{seq}-{r['agent_id']}"   # each vector its own agent
                     ev = [{"evidence_id": f"ev-{seq}", "agent_id": rows[0]["agent_id"], "evidence_type": "peer_report",
                            "log_odds": 1.0, "confidence": 1.0, "timestamp": 0.0}]
                     try:
@@ -149,7 +149,9 @@ def test_kill_9_at_random_points_loses_nothing_acknowledged(tmp_path, tokens_fil
             r = http.post("/v1/admin/close-window", headers=auth("t-admin"))
             assert r.status_code == 200
             assert acked_vectors and acked_evidence
-            for agent in pick.sample(sorted(acked_vectors), min(40, len(acked_vectors))):
+            listed = http.get("/v1/agents", params={"top": 100_000}, headers=auth("t-read")).json()["agents"]
+            assert set(acked_vectors) <= {a["agent_id"] for a in listed}
+            for agent in pick.sample(sorted(acked_vectors), min(200, len(acked_vectors))):
                 r = http.get(f"/v1/agents/{agent}", headers=auth("t-read"))
                 assert r.status_code == 200, (agent, r.text)
                 actual = {c["feature"]: c["actual"] for c in r.json()["contributions"]}

@@ -89,12 +89,18 @@ class DurableLog:
             return int(cur.lastrowid)
 
     def records(self) -> Iterator[LogRecord]:
-        """Every record, oldest first."""
-        with self._lock:
-            rows = self._db.execute("SELECT seq, kind, at, body FROM log ORDER BY seq").fetchall()
-        for seq, kind, at, body in rows:
-            meta, matrix = _decode(bytes(body))
-            yield LogRecord(int(seq), kind, float(at), meta, matrix)
+        """Every record, oldest first (read a thousand at a time: a long log is not held whole)."""
+        last = 0
+        while True:
+            with self._lock:
+                rows = self._db.execute("SELECT seq, kind, at, body FROM log WHERE seq > ? ORDER BY seq LIMIT 1000",
+                                        (last,)).fetchall()
+            if not rows:
+                return
+            for seq, kind, at, body in rows:
+                meta, matrix = _decode(bytes(body))
+                last = int(seq)
+                yield LogRecord(last, kind, float(at), meta, matrix)
 
     def __len__(self) -> int:
         with self._lock:
