@@ -373,6 +373,7 @@ def serve(
     certfile: Path | None = typer.Option(None, help="TLS certificate (PEM), with --keyfile. Example: --certfile node.pem"),  # noqa: B008
     keyfile: Path | None = typer.Option(None, help="TLS private key (PEM), with --certfile. Example: --keyfile node.key"),  # noqa: B008
     backend: Backend = typer.Option("inprocess", help="Engine: inprocess or ray (needs swarmguard[ray]). Example: --backend ray"),
+    address: str | None = typer.Option(None, help="Ray cluster address (--backend ray; default: a local Ray). Example: --address 10.0.0.5:6379"),
     warm_up: int | None = typer.Option(None, min=3, help="Nobody is flagged in a population smaller than this; default min(1000, 100 x features). Example: --warm-up 50"),
     drain_seconds: float = typer.Option(0.0, min=0.0, help="On SIGTERM, answer /readyz 503 this long before closing the listener. Example: --drain-seconds 5"),
 ) -> None:
@@ -389,7 +390,7 @@ def serve(
         settings = ServeSettings(data_dir=data_dir, tokens_file=tokens, host=host, port=port, region=region,
                                  window_seconds=window, features=features, max_body_bytes=max_body_bytes,
                                  metrics_public=metrics_public, certfile=certfile, keyfile=keyfile,
-                                 backend=backend, warm_up=warm_up)
+                                 backend=backend, address=address, warm_up=warm_up)
         settings.check_exposure()
         if tokens is not None:
             from .apps.serve.tokens import load_tokens

@@ -48,6 +48,8 @@ class Population:
                                       auto_sync_seconds=None)
         if settings.warm_up is not None:
             params["warm_up"] = settings.warm_up
+        if settings.address is not None:
+            params["address"] = settings.address
         self.detector = DistributedBehavioralDetector(backend=settings.backend, **params)
         self.window = WindowBuffer()
         self.agents: dict[str, AgentState] = {}

@@ -40,7 +40,7 @@ class ServeSettings:
     ``max_inflight`` ingest requests being worked on at once and
     ``max_window_rows`` vectors buffered in the open window before ingest
     answers 429 (bounded memory); ``warm_up`` / ``significance_level`` /
-    ``require`` go to the detector; ``certfile`` / ``keyfile`` serve TLS; ``clock`` the node's clock (arrival time);
+    ``require`` go to the detector; ``backend`` the engine (``address``: a Ray cluster's, for ``ray``); ``certfile`` / ``keyfile`` serve TLS; ``clock`` the node's clock (arrival time);
     ``close_windows`` runs the background task that closes windows as the clock
     passes their end (tests turn it off and close windows themselves).
     """
@@ -60,6 +60,7 @@ class ServeSettings:
     significance_level: float = 1e-3
     require: str = "both"
     backend: str = "inprocess"
+    address: str | None = None
     certfile: Path | None = None
     keyfile: Path | None = None
     clock: Callable[[], float] = field(default=time.time, compare=False)
@@ -76,6 +77,8 @@ class ServeSettings:
             raise InvalidInputError("max_inflight and max_window_rows must be >= 1")
         if self.backend not in ("inprocess", "ray"):
             raise InvalidInputError(f"--backend must be inprocess or ray, got {self.backend!r}")
+        if self.address is not None and self.backend != "ray":
+            raise InvalidInputError("--address needs --backend ray")
         if (self.certfile is None) != (self.keyfile is None):
             raise InvalidInputError("--certfile and --keyfile go together")
         if not self.region:
