@@ -231,3 +231,20 @@ def test_writes_over_the_inflight_bound_are_503_with_retry_after(make_node):
     assert r.status_code == 503 and r.headers["retry-after"] == "1" and "in flight" in r.json()["error"]
     assert answers["slow"].status_code == 200
     assert client.get("/v1/agents", headers=auth("t-read")).status_code == 200     # reads are not bounded
+
+
+def test_lines_of_one_body_that_clash_are_refused_and_the_others_kept(served):
+    _, node, client = served
+    r = post_evidence(client, [_evidence(1), _evidence(2), _evidence(1, log_odds=-3.0), _evidence(3)])
+    out = r.json()
+    assert (out["accepted"], out["rejected"]) == (2, 2) and [e["line"] for e in out["errors"]] == [1, 3]
+    consensus = node.populations["behaviors"].detector.consensus
+    assert not consensus.holds_evidence("observer-7", "e-1")
+    assert consensus.holds_evidence("observer-7", "e-2") and consensus.holds_evidence("observer-7", "e-3")
+
+
+def test_an_evidence_body_with_no_good_line_is_400_and_logs_nothing(served):
+    _, node, client = served
+    r = post_evidence(client, [_evidence(1, source_node="observer-8"), {"evidence_id": "x"}])
+    assert r.status_code == 400 and "observer-8" in r.json()["error"]
+    assert len(node.log) == 0 and node.populations["behaviors"].detector.consensus.evidence_count == 0

@@ -161,9 +161,11 @@ class ServeNode:
                         keep.append((row, line))
                     else:
                         errors.append(LineError(line, problem))
+                keep, clashes = _without_clashes(keep)
+                errors += clashes
                 rows, lines = [r for r, _ in keep], [n for _, n in keep]
                 problem = self._evidence_problem(rows) if rows else None
-                if problem is not None:        # rows that conflict with each other: all refused
+                if problem is not None:        # cannot happen after the checks above; refuse all, change nothing
                     errors += [LineError(n, problem) for n in lines]
                     rows, lines = [], []
             if rows:
@@ -301,6 +303,20 @@ class ServeNode:
                 if state is not None:
                     return pop, state
         return None
+
+
+def _without_clashes(rows: list) -> tuple[list, list[LineError]]:
+    """``(evidence, line)`` pairs less those whose id another line of the same body uses with
+    other content (each such line refused, naming the other); exact repeats are kept."""
+    first: dict[Any, tuple[Any, int]] = {}
+    clashing: set[Any] = set()
+    for row, line in rows:
+        seen = first.setdefault(row.evidence_id, (row, line))
+        if seen[0] != row:
+            clashing.add(row.evidence_id)
+    errors = [LineError(line, f"evidence_id {row.evidence_id!r} appears in line {first[row.evidence_id][1]} "
+                              "with other content") for row, line in rows if row.evidence_id in clashing]
+    return [(r, n) for r, n in rows if r.evidence_id not in clashing], errors
 
 
 def population_kind(population: str) -> str:
