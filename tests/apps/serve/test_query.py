@@ -126,3 +126,18 @@ def test_the_client_reads_the_same_answers(served):
     with pytest.raises(NodeError) as info:
         admin.agent("nobody")
     assert info.value.status == 404
+
+
+def test_metrics_count_windows_and_isolations_and_openapi_is_served(served):
+    from .conftest import metric
+
+    _, _, client = served
+    _three_windows(client, np.random.default_rng(11), shifted=(7,))
+    assert metric(client, "swarmguard_windows_closed_total") == 3
+    assert metric(client, "swarmguard_isolations_total") == 1
+    assert metric(client, "swarmguard_agents", population="behaviors") == 120
+    assert metric(client, "swarmguard_request_seconds_count", route="/v1/behaviors") == 3
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/behaviors", "/v1/evidence", "/v1/agents", "/v1/agents/{agent_id}", "/v1/populations",
+            "/v1/events", "/metrics", "/healthz", "/readyz"} <= set(paths)
