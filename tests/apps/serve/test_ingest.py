@@ -201,6 +201,7 @@ def test_json_is_strict_about_numbers(served):
            b'{"agent_id": "c", "features": [true, 1.0]}\n{"agent_id": "d", "features": [2, 1.0]}\n'
     r = client.post("/v1/behaviors", content=body, headers={**NDJSON, **auth("t-ingest")})
     assert r.json()["accepted"] == 1 and r.json()["rejected"] == 3, json.dumps(r.json())
+    assert [e["line"] for e in r.json()["errors"]] == [1, 2, 3]
 
 
 def test_writes_over_the_inflight_bound_are_503_with_retry_after(make_node):

@@ -34,6 +34,14 @@ def test_an_agent_is_visible_once_the_window_holding_it_closes(served):
     assert r.status_code == 200 and r.json()["agent_id"] == "a-1"
 
 
+def test_agent_ids_with_slashes_are_found(served):
+    _, _, client = served
+    post_behaviors(client, [{"agent_id": "team/a 1", "features": [1.0]}])
+    close_window(client)
+    r = client.get("/v1/agents/team/a%201", headers=READ)
+    assert r.status_code == 200 and r.json()["agent_id"] == "team/a 1"
+
+
 def test_evidence_without_behaviour_is_404(served):
     _, _, client = served
     post_evidence(client, [{"evidence_id": "e", "agent_id": "ghost", "evidence_type": "peer_report",

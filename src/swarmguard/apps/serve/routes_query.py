@@ -31,7 +31,7 @@ def list_agents(request: Request, top: int = Query(10, ge=1, le=100_000), cohort
         return {"agents": [s.summary() for s in best]}
 
 
-@router.get("/v1/agents/{agent_id}", summary="One agent's latest result",
+@router.get("/v1/agents/{agent_id:path}", summary="One agent's latest result",
             responses={404: {"description": "unknown agent (no closed window holds a vector of it)"}})
 def get_agent(request: Request, agent_id: str, population: str | None = None) -> dict:
     """The agent's list item plus ``contributions`` ([{feature, share, typical, actual}], largest
@@ -66,7 +66,7 @@ def list_populations(request: Request) -> dict:
         return {"populations": out}
 
 
-@router.get("/v1/populations/{cohort}", summary="One cohort", responses={404: {"description": "unknown cohort"}})
+@router.get("/v1/populations/{cohort:path}", summary="One cohort", responses={404: {"description": "unknown cohort"}})
 def get_population(request: Request, cohort: str, population: str | None = None) -> dict:
     node = request.app.state.node
     with node._lock:
