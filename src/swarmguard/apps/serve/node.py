@@ -79,6 +79,11 @@ class ServeNode:
         self.replayed = self.replay()
         self.state = "ready"
 
+    @property
+    def lock(self) -> threading.RLock:
+        """The node's lock: hold it to read several of its parts as one state (queries do)."""
+        return self._lock
+
     # ---------------------------------------------------------------- the pieces
     def _population(self, name: str) -> Population:
         pop = self.populations.get(name)
