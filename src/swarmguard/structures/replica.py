@@ -338,8 +338,9 @@ class RegionReplica:
     def _apply_one(self, change: RegisterChange) -> None:
         """:meth:`_apply_change` for one register (the per-item path): Python integers only.
 
-        The same exact sums as the batch path (:func:`~swarmguard.values.exact_moments.row_change_sums`
-        gives the integers :func:`~swarmguard.values.exact_moments.exact_cross_sums` gives).
+        The same exact sums as the batch path (:func:`~swarmguard.values.exact_moments.row_change_diagonal`
+        gives the integers :func:`~swarmguard.values.exact_moments.exact_cross_sums` gives; the
+        cross products follow when the moments fold them).
         """
         new_code = int(change.new_writer[0])
         old_code = int(change.old_writer[0])
@@ -350,18 +351,20 @@ class RegionReplica:
         added = change.new_values[0].tolist()
         removed = change.old_values[0].tolist() if old_code >= 0 else None
         total = self._total
+        # O(d) each: the count, sums and squares now, the cross products folded on a read
+        # (ExactMoments._change_row); the total takes the same change
         if old_code == new_code:
-            sums = self._moments_of(new_code)._change_row(removed, added)
+            change = self._moments_of(new_code)._change_row(removed, added)
             if total is not None:
-                total._add_sums(*sums)
+                total._add_row_change(change)
             return
         if removed is not None:          # the agent moved home: out of one region, into another
-            sums = self._moments_of(old_code)._change_row(removed, None)
+            change = self._moments_of(old_code)._change_row(removed, None)
             if total is not None:
-                total._add_sums(*sums)
-        sums = self._moments_of(new_code)._change_row(None, added)
+                total._add_row_change(change)
+        change = self._moments_of(new_code)._change_row(None, added)
         if total is not None:
-            total._add_sums(*sums)
+            total._add_row_change(change)
 
     def rebuild_moments(self) -> None:
         """Recompute every region's moments from the registers (the same exact sums)."""
