@@ -27,7 +27,7 @@ from ..validation import (
     unique_names,
 )
 from ..values.agent_index import as_wire_id_array, check_wire_id
-from .cap import StatisticalUpdate
+from .cap import StatisticalCAPResolver, StatisticalUpdate
 from .consensus import BayesianEvidence, EvidenceType
 from .detector_settings import DetectorSettings
 from .engine import Engine, RoundBatch, RoundResult, ScoredRound
@@ -476,11 +476,16 @@ class DistributedBehavioralDetector(Locked):
         # Step 3 first for its confidence factor: Distributed update with CAP resolution
         # (create_statistical_update's fields, from the checked values without reading them again)
         uid = data.id if data.id is not None else f"{self._own_prefix}:u{next(self._update_seq)}"
-        update = StatisticalUpdate(update_id=uid, agent_id=agent_id, timestamp=data.timestamp,
-                                   feature_vector=data.features,
-                                   anomaly_score=float(anomaly_info["mahalanobis_squared"]),
-                                   source_partition=data.cohort[0] if data.cohort else self.default_region)
-        cap_result = self.cap_resolver.handle_update_sync(update, now=now)
+        region = data.cohort[0] if data.cohort else self.default_region
+        score = float(anomaly_info["mahalanobis_squared"])
+        cap = self.cap_resolver
+        if getattr(type(cap), "handle_update_sync", None) is StatisticalCAPResolver.handle_update_sync:
+            # the resolver's own write, without checking again what _check_item checked
+            cap_result = cap._handle_checked(region, agent_id, data.timestamp, data.features, score, uid, now)
+        else:                                                   # a part swapped in: its own method
+            update = StatisticalUpdate(update_id=uid, agent_id=agent_id, timestamp=data.timestamp,
+                                       feature_vector=data.features, anomaly_score=score, source_partition=region)
+            cap_result = cap.handle_update_sync(update, now=now)
         cf = cap_result["confidence_factor"]
         cf = 1.0 if cf is None else cf
         # Step 2: Collect evidence if anomalous
