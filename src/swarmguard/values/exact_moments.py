@@ -182,6 +182,21 @@ def row_change_diagonal(removed: list[float] | None, added: list[float] | None,
     >>> [v * 2.0**e1 for v in s1], [v * 2.0**e2 for v in dg]
     ([-0.25, -4.0], [-0.1875, -8.0])
     """
+    if e1_floor <= 0:
+        # The common case: every value already lies on the grid 2**e1_floor, so it is the
+        # integer v * 2**-e1_floor, which ldexp computes exactly (scaling up by a power of
+        # two never rounds; a value off the grid is no integer there, one too large for a
+        # float is inf, no integer either: both take the general route below).
+        up = -e1_floor
+        try:
+            old = None if removed is None else [int(y) for y in [_ldexp(v, up) for v in removed]
+                                                if y.is_integer() or _off_grid()]
+            new = None if added is None else [int(y) for y in [_ldexp(v, up) for v in added]
+                                              if y.is_integer() or _off_grid()]
+        except (_OffGrid, OverflowError):
+            pass
+        else:
+            return _diagonal_change(old, new, e1_floor)
     e1 = e1_floor
     parts = []
     for row in (removed, added):
@@ -198,16 +213,29 @@ def row_change_diagonal(removed: list[float] | None, added: list[float] | None,
     shift = 1 - e1            # p / q == p << (1 - q.bit_length() - e1) on the grid 2**e1
     old, new = [None if r is None else [p << (shift - q.bit_length()) if p else 0 for (p, q) in r]
                 for r in parts]
+    return _diagonal_change(old, new, e1)
+
+
+_ldexp = math.ldexp
+
+
+class _OffGrid(Exception):
+    """A value below the grid's resolution (row_change_diagonal's general route takes it)."""
+
+
+def _off_grid() -> bool:
+    raise _OffGrid
+
+
+def _diagonal_change(old: list[int] | None, new: list[int] | None, e1: int) -> tuple[list[int], int, list[int], int]:
+    """``(S1, e1, D, 2 e1)`` of replacing the integer row ``old`` by ``new`` (either may be None)."""
     if old is None:
-        s1 = new
-        dg = [v * v for v in new]
-    elif new is None:
-        s1 = [-v for v in old]
-        dg = [-(v * v) for v in old]
-    else:
-        s1 = [b - a for a, b in zip(old, new, strict=True)]
-        dg = [b * b - a * a for a, b in zip(old, new, strict=True)]
-    return s1, e1, dg, 2 * e1
+        return new, e1, [v * v for v in new], 2 * e1
+    if new is None:
+        return [-v for v in old], e1, [-(v * v) for v in old], 2 * e1
+    s1 = [b - a for a, b in zip(old, new, strict=True)]
+    # b² - a² = (b - a)(b + a): one product per column
+    return s1, e1, [d * (a + b) for d, a, b in zip(s1, old, new, strict=True)], 2 * e1
 
 
 # Most slices per column on the sliced path (a row whose values need more in some
