@@ -546,8 +546,8 @@ class StatisticalCAPResolver(Locked):
         uid = check_wire_id(update.update_id)
         now = self._check_now(now)
         if self._dim is not None and region in self._topology.born:
-            return self._handle_one(region, agent, ts, [*x.tolist(), score], uid, now,
-                                    update.update_id, update.agent_id)
+            outcome, now = self._write_one(region, agent, ts, [*x.tolist(), score], uid, now)
+            return self._one_report(region, now, outcome, update.update_id, update.agent_id)
         # first touch of a region or of the dimension: the batch path creates them
         outcome, now = self._write(region, one_agent_id(agent), np.array([ts]), x[None, :], np.array([score]),
                                    one_agent_id(uid), now)
@@ -555,30 +555,39 @@ class StatisticalCAPResolver(Locked):
 
     @synchronized
     def _handle_checked(self, region: str, agent_id: int | str, timestamp: float, x: np.ndarray,
-                        anomaly_score: float, update_id: int | str, now: float) -> dict[str, Any]:
+                        anomaly_score: float, update_id: int | str, now: float, *,
+                        report: bool = True) -> dict[str, Any]:
         """:meth:`handle_update_sync` of ``StatisticalUpdate(update_id, agent_id, timestamp, x,
         anomaly_score, region)`` for a caller that checked every value but the score by this
         resolver's rules (the detector's per-item path: wire ids, a finite timestamp and
         ``now``, a finite float64 vector, a valid region name): the same state and report,
-        without checking them again."""
+        without checking them again.
+
+        ``report=False``, for a caller that reads only the confidence factor: the write is
+        the same, the result holds ``confidence_factor`` alone (the view's estimate, the
+        report's costliest part, is not computed) unless the update is a region's or the
+        dimension's first (then it is the whole report).
+        """
         if self._dim is None or x.shape[0] != self._dim or region not in self._topology.born:
             return self.handle_update_sync(StatisticalUpdate(update_id, agent_id, timestamp, x, anomaly_score,
                                                              region), now=now)
         score = check_finite_float(anomaly_score, "anomaly_score")
-        return self._handle_one(region, agent_id, timestamp, [*x.tolist(), score], update_id, now,
-                                update_id, agent_id)
+        outcome, now = self._write_one(region, agent_id, timestamp, [*x.tolist(), score], update_id, now)
+        if not report:
+            return {"confidence_factor": self._view_confidence(region, now)}
+        return self._one_report(region, now, outcome, update_id, agent_id)
 
-    def _handle_one(self, region: str, agent: int | str, ts: float, values: list[float], uid: int | str,
-                    now: float | None, shown_update_id: Any, shown_agent_id: Any) -> dict[str, Any]:
-        """One validated update of a known region (the dimension known): the replica's one-row
-        path (:meth:`RegionReplica._update_one`), then the view's report."""
+    def _write_one(self, region: str, agent: int | str, ts: float, values: list[float], uid: int | str,
+                   now: float | None) -> tuple[WriteOutcome, float]:
+        """One validated update of a known region (the dimension known) on the replica's one-row
+        path (:meth:`RegionReplica._update_one`); returns the outcome and the write's time."""
         self._require_quorum(region)
         # kept (the high-water mark moved) only once the write is accepted, as in _write
         now = self.read_clock() if now is None else max(now, self._time.latest)
         replica = self._replicas[region]
         outcome = replica._update_one(one_agent_id(agent), ts, values, uid, now=now)
         self._after_write(region, replica, outcome, now)
-        return self._one_report(region, now, outcome, shown_update_id, shown_agent_id)
+        return outcome, now
 
     def _one_report(self, region: str, now: float, outcome: WriteOutcome, update_id: Any,
                     agent_id: Any) -> dict[str, Any]:
@@ -694,6 +703,16 @@ class StatisticalCAPResolver(Locked):
         region = self._known(region)
         self._require_quorum(region)
         return self._view_report(region)
+
+    def _view_confidence(self, region: str, now: float) -> float | None:
+        """The ``confidence_factor`` of :meth:`_view_report` alone (None under EVENTUAL)."""
+        if self.consistency_model is ConsistencyModel.EVENTUAL:
+            return None
+        replica = self._replicas.get(region)
+        if replica is None:
+            return compute_confidence_factor({}, {}, region, self.max_staleness_seconds, self.confidence_decay_rate)
+        return compute_confidence_factor(replica.region_counts(), replica.ages(now), region,
+                                         self.max_staleness_seconds, self.confidence_decay_rate)
 
     def _view_report(self, region: str, now: float | None = None) -> dict[str, Any]:
         now = self._now() if now is None else now

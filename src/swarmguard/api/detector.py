@@ -479,9 +479,12 @@ class DistributedBehavioralDetector(Locked):
         region = data.cohort[0] if data.cohort else self.default_region
         score = float(anomaly_info["mahalanobis_squared"])
         cap = self.cap_resolver
+        own_rule = type(self).should_trigger_response is DistributedBehavioralDetector.should_trigger_response
         if getattr(type(cap), "handle_update_sync", None) is StatisticalCAPResolver.handle_update_sync:
-            # the resolver's own write, without checking again what _check_item checked
-            cap_result = cap._handle_checked(region, agent_id, data.timestamp, data.features, score, uid, now)
+            # the resolver's own write, without checking again what _check_item checked; the
+            # detector's own rule reads only the confidence factor (a subclass's gets the report)
+            cap_result = cap._handle_checked(region, agent_id, data.timestamp, data.features, score, uid, now,
+                                             report=not own_rule)
         else:                                                   # a part swapped in: its own method
             update = StatisticalUpdate(update_id=uid, agent_id=agent_id, timestamp=data.timestamp,
                                        feature_vector=data.features, anomaly_score=score, source_partition=region)
@@ -497,7 +500,7 @@ class DistributedBehavioralDetector(Locked):
         except KeyError:
             consensus_result = None
         # Step 4: Make detection decision
-        if type(self).should_trigger_response is DistributedBehavioralDetector.should_trigger_response:
+        if own_rule:
             isolate = self._decide(anomaly_info, cf, consensus_result)   # its rule, without asking again
         else:                                                            # a subclass's own rule
             isolate = self.should_trigger_response(anomaly_info, cap_result, consensus_result)
