@@ -28,7 +28,7 @@ from ..validation import (
 )
 from ..values.agent_index import as_wire_id_array, check_wire_id
 from .cap import StatisticalCAPResolver, StatisticalUpdate
-from .consensus import BayesianEvidence, EvidenceType
+from .consensus import BayesianEvidence, EvidenceType, StableBayesianConsensus
 from .detector_settings import DetectorSettings
 from .engine import Engine, RoundBatch, RoundResult, ScoredRound
 from .inprocess import InProcessEngine
@@ -368,14 +368,16 @@ class DistributedBehavioralDetector(Locked):
         turned back into a p-value cut, so it applies to the decision p-value
         whichever level (population or cohort) produced it.
         """
-        d = self.feature_dimensions
-        if np.ndim(is_anomaly) == 0 and np.ndim(confidence) == 0:
+        # (a bool and a float, the per-item path's, are scalars without asking NumPy)
+        if ((type(is_anomaly) is bool or np.ndim(is_anomaly) == 0)
+                and (type(confidence) is float or np.ndim(confidence) == 0)):
             # One agent (the per-item path): plain floats. Not anomalous, or a fresh view
             # (cf >= 1: the cut itself), needs no χ² quantile at all.
             if not is_anomaly:
                 return False
             if p_cut <= 0 or float(confidence) >= 1.0:
                 return bool(decision_p <= p_cut) if p_cut > 0 else True
+        d = self.feature_dimensions
         cf = np.clip(np.asarray(confidence, dtype=np.float64), 1e-12, 1.0)
         if p_cut <= 0:
             return np.asarray(is_anomaly, dtype=bool)
@@ -406,8 +408,16 @@ class DistributedBehavioralDetector(Locked):
         anomaly = bool(self._anomaly_holds(anomaly_info["is_anomaly"], anomaly_info["decision_p_value"], cut, cf))
         consensus = bool(consensus_result and consensus_result["consensus_reached"]
                          and consensus_result["probability"] >= self.isolate_probability)
-        return {"both": anomaly and consensus, "either": anomaly or consensus,
-                "anomaly": anomaly, "consensus": consensus}[self.require]
+        require = self.require
+        if require == "both":
+            return anomaly and consensus
+        if require == "either":
+            return anomaly or consensus
+        if require == "anomaly":
+            return anomaly
+        if require == "consensus":
+            return consensus
+        raise KeyError(require)          # as the look-up table this replaces
 
     # ------------------------------------------------------------------ per item (the guide's loop)
     def _check_item(self, agent_id: Any, behavioral_data: Any) -> tuple[BehavioralData, int, float]:
@@ -495,10 +505,17 @@ class DistributedBehavioralDetector(Locked):
         if anomaly_info["is_anomaly"]:
             evidence = self.create_evidence(agent_id, data, anomaly_info, confidence=cf)
             self.consensus.add_evidence_sync(evidence)
-        try:
-            consensus_result = self.consensus.distributed_evidence_consensus_sync(agent_id)
-        except KeyError:
-            consensus_result = None
+        consensus = self.consensus
+        kind = type(consensus)
+        if (getattr(kind, "distributed_evidence_consensus_sync", None)
+                is StableBayesianConsensus.distributed_evidence_consensus_sync
+                and getattr(kind, "consensus", None) is StableBayesianConsensus.consensus):
+            consensus_result = consensus.consensus_or_none(agent_id)   # no exception for the many unknown
+        else:                                                          # a part swapped in: its own method
+            try:
+                consensus_result = consensus.distributed_evidence_consensus_sync(agent_id)
+            except KeyError:
+                consensus_result = None
         # Step 4: Make detection decision
         if own_rule:
             isolate = self._decide(anomaly_info, cf, consensus_result)   # its rule, without asking again

@@ -194,6 +194,7 @@ class RegionReplica:
         self._seen: set = set()
         self._moments: list[ExactMoments] = []   # per home-region code
         self._total: ExactMoments | None = None  # their sum, cached until the registers change
+        self._total_read = False                 # whether _total was read since the last one-row change
         # Largest seq held per writer. Usually equal to ``version``, but rows written
         # through (STRONG) arrive without advancing it; a peer lacks nothing only when
         # its version covers these, not merely ours.
@@ -374,8 +375,13 @@ class RegionReplica:
         if seq > self._held[name]:
             self._held._counts[name] = seq    # a max-merge of one entry (VersionVector's own dict)
         total = self._total
+        if total is not None and not self._total_read:
+            # Nobody read the total since the last change (the detector's per-item path reads
+            # only the counts): rebuilt on the next read instead of kept in step at every write.
+            self._total = total = None
+        self._total_read = False
         # O(d) each: the count, sums and squares now, the cross products folded on a read
-        # (ExactMoments._change_row); the total takes the same change
+        # (ExactMoments._change_row); the total, while someone reads it, takes the same change
         if old_code == new_code:
             change = self._moments_of(new_code)._change_row(removed, added)
             if total is not None:
@@ -421,6 +427,7 @@ class RegionReplica:
         """The live sum of the per-region sums (read it, never change it)."""
         if self._total is None:
             self._total = ExactMoments.merge_all(self._moments, self.dim + 1)
+        self._total_read = True
         return self._total
 
     def estimate(self) -> Moments:
