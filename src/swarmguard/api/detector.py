@@ -431,7 +431,7 @@ class DistributedBehavioralDetector(Locked):
         """
         data_id, features, cohort = read_behavior(behavioral_data)
         agent = check_wire_id(agent_id, "agent_id")          # the replicas' rule (the tree takes more)
-        if check_wire_id(data_id, "behavioral_data.agent_id") != agent:
+        if data_id is not agent_id and check_wire_id(data_id, "behavioral_data.agent_id") != agent:
             raise InvalidInputError(f"agent_id {agent!r} differs from the data's agent_id {data_id!r}: "
                                     "the tree and the replicas would update different agents")
         x = as_feature_vector(features, self.tree.feature_dimensions)
