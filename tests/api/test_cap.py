@@ -820,6 +820,7 @@ def test_the_checked_one_row_write_gives_handle_update_syncs_state_and_report(mo
         t[0] = 0.4 * step
         region = ["eu", "us", "ap"][step % 3] if step > 3 else "eu"     # "ap": born by its first write
         agent = int(rng.integers(0, 12))
+        agent = agent if agent % 3 else f"agent-{agent}"                # int and str ids
         x = rng.normal(size=3)
         uid = f"u{step % 30}"                                           # re-sent ids: duplicates
         update = StatisticalUpdate(uid, agent, float(step // 2), x, float(step), region)

@@ -585,7 +585,7 @@ class StatisticalCAPResolver(Locked):
         # kept (the high-water mark moved) only once the write is accepted, as in _write
         now = self.read_clock() if now is None else max(now, self._time.latest)
         replica = self._replicas[region]
-        outcome = replica._update_one(one_agent_id(agent), ts, values, uid, now=now)
+        outcome = replica._update_one(agent, ts, values, uid, now=now)
         self._after_write(region, replica, outcome, now)
         return outcome, now
 

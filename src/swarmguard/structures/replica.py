@@ -294,7 +294,8 @@ class RegionReplica:
                     *, now: float | None = None) -> WriteOutcome:
         """:meth:`update_many` for one row its caller has validated (the per-item path).
 
-        ``ids``: one agent id (``AgentIds`` of length 1); ``timestamp``, ``now``: finite
+        ``ids``: one agent id (``AgentIds`` of length 1, or the int or str
+        :func:`~swarmguard.values.agent_index.check_wire_id` returns); ``timestamp``, ``now``: finite
         floats; ``values``: the finite ``(dim + 1,)`` row, features then the anomaly
         score (an array, or a list of floats); ``update_id``: a wire id (int or str) or
         None. The same outcome and state as :meth:`update_many` with that one row,

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import DimensionMismatchError, InvalidInputError, NonFiniteError, UnknownAgentError
 from ..validation import MAX_ABS_VALUE, check_id_str_array, check_positive_int
-from .agent_index import AgentIds, AgentIndex, as_agent_ids
+from .agent_index import AgentIds, AgentIndex, as_agent_ids, one_agent_id
 from .npz import dict_from_bytes, dict_to_bytes
 from .version_vector import MAX_COUNT, VersionVector, check_region_name
 
@@ -209,18 +209,20 @@ class LWWRegisterMap:
         return RegisterChange(np.array([row], np.int64), np.array([old_writer], np.int32), old,
                               np.array([self._code[region]], np.int32), self._values[row][None, :].copy())
 
-    def write_one_row(self, ids: AgentIds, timestamp: float, region: str, seq: int,
+    def write_one_row(self, ids: AgentIds | int | str, timestamp: float, region: str, seq: int,
                       values: Any) -> tuple[int, int, list[float] | None] | None:
         """:meth:`write_one` without arrays around the answer: ``(row, old_writer, old_values)``
         (the register's previous row as a list of floats, None where the agent had none;
-        ``old_writer`` -1 then), or None when the write loses. ``values``: the ``(d + 1,)``
-        row (an array or a list of floats)."""
+        ``old_writer`` -1 then), or None when the write loses. ``ids``: one id, as
+        ``AgentIds`` or as :func:`~swarmguard.values.agent_index.check_wire_id` returns it;
+        ``values``: the ``(d + 1,)`` row (an array or a list of floats)."""
         code = self._code.get(region)
         if code is None:
             code = self.region_code(region)
-        row = self.index.row_of(ids)
+        one = type(ids) is int or type(ids) is str
+        row = self.index.row_of_key(ids) if one else self.index.row_of(ids)
         if row < 0:                      # a new agent: the batch path creates its row
-            row = int(self._rows_for(ids)[0])
+            row = int(self._rows_for(one_agent_id(ids) if one else ids)[0])
         old_writer = int(self._writer[row])
         old_values = None
         if old_writer >= 0:
