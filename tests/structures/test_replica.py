@@ -639,28 +639,6 @@ def test_one_row_path_gives_the_exact_state_of_the_batch_path_and_of_fractions()
     assert per_item.estimate_exact().sums() == fraction_sums(rows_eu + [[1e-300, 5e-324, 1e300]])
 
 
-@given(st.lists(st.lists(st.one_of(st.sampled_from(EXTREMES),
-                                   st.floats(allow_nan=False, allow_infinity=False, width=64)),
-                         min_size=DIM + 1, max_size=DIM + 1), min_size=1, max_size=8),
-       st.lists(st.integers(0, 3), min_size=8, max_size=8))
-@settings(max_examples=60, deadline=None)
-def test_one_row_changes_match_fractions(rows, agents):
-    from swarmguard.values.exact_moments import ExactMoments, row_change_sums
-
-    m, held = ExactMoments(DIM + 1), {}
-    for row, agent in zip(rows, agents, strict=False):
-        m._change_row(held.get(agent), row)
-        held[agent] = row
-    assert m.count == len(held)
-    assert m.sums() == fraction_sums(list(held.values()))
-    s1, e1, s2, e2 = row_change_sums(None, rows[0])
-    assert ([Fraction(v) * Fraction(2) ** e1 for v in s1], [Fraction(v) * Fraction(2) ** e2 for v in s2]) \
-        == fraction_sums([rows[0]])
-    for agent in list(held):
-        m._change_row(held.pop(agent), None)
-    assert m.count == 0 and m.sums() == fraction_sums([[0.0] * (DIM + 1)])
-
-
 @pytest.mark.parametrize("fold_rows", [1, 3, 1024])
 def test_one_row_writes_with_pending_folds_merge_serialise_and_revert_exactly(fold_rows, monkeypatch):
     """Per-item writes whose cross products wait (folded every ``fold_rows`` rows or at a read):
@@ -718,3 +696,25 @@ def test_the_total_is_rebuilt_on_read_after_unread_writes_and_equals_the_kept_on
     assert read_each._total is not None
     assert read_end.estimate_exact() == read_each.estimate_exact()
     assert read_end.estimate_exact().sums() == fraction_sums(list(rows.values()))
+
+
+@given(st.lists(st.lists(st.one_of(st.sampled_from(EXTREMES),
+                                   st.floats(allow_nan=False, allow_infinity=False, width=64)),
+                         min_size=DIM + 1, max_size=DIM + 1), min_size=1, max_size=8),
+       st.lists(st.integers(0, 3), min_size=8, max_size=8))
+@settings(max_examples=60, deadline=None)
+def test_one_row_changes_match_fractions(rows, agents):
+    from swarmguard.values.exact_moments import ExactMoments, row_change_sums
+
+    m, held = ExactMoments(DIM + 1), {}
+    for row, agent in zip(rows, agents, strict=False):
+        m._change_row(held.get(agent), row)
+        held[agent] = row
+    assert m.count == len(held)
+    assert m.sums() == fraction_sums(list(held.values()))
+    s1, e1, s2, e2 = row_change_sums(None, rows[0])
+    assert ([Fraction(v) * Fraction(2) ** e1 for v in s1], [Fraction(v) * Fraction(2) ** e2 for v in s2]) \
+        == fraction_sums([rows[0]])
+    for agent in list(held):
+        m._change_row(held.pop(agent), None)
+    assert m.count == 0 and m.sums() == fraction_sums([[0.0] * (DIM + 1)])
