@@ -359,14 +359,6 @@ def test_exact_cross_sums_refuses_non_finite_values(n, bad):
 ROW_EXTREMES = [1e-300, 1e300, 5e-324, -1e300, 0.0, -0.0, 1.0 / 3, -7.5, 2.0**-1000, 1e308, -1.7e308]
 
 
-def rounded(v: Fraction) -> float:
-    """float(v), correctly rounded; ±inf beyond the float range (as the moments report it)."""
-    try:
-        return float(v)
-    except OverflowError:
-        return math.inf if v > 0 else -math.inf
-
-
 def upper_fractions(rows, k):
     """Exact (S1, S2 upper triangle) of rows, in fractions."""
     F = [[Fraction(v) for v in r] for r in rows]
