@@ -353,6 +353,56 @@ def test_process_agent_behavior_skips_an_evidence_id_an_observer_holds(squatter)
     assert det.consensus.consensus(299)["source_count"] == 1     # the observer's evidence untouched
 
 
+def test_the_per_item_fast_path_decides_as_the_parts_public_methods_do():
+    """The per-item call hands the resolver its checked values and asks the consensus without
+    an exception; a detector whose resolver and consensus are subclasses that override the
+    public methods (so the call goes through them, as it did before) gives the same results
+    and leaves the same replicas, and a subclass's own rule gets the resolver's whole report."""
+    from swarmguard.api.cap import StatisticalCAPResolver
+    from swarmguard.api.consensus import StableBayesianConsensus
+
+    class PublicResolver(StatisticalCAPResolver):
+        def handle_update_sync(self, update, *, now=None):
+            return super().handle_update_sync(update, now=now)
+
+    class PublicConsensus(StableBayesianConsensus):
+        def distributed_evidence_consensus_sync(self, agent_id):
+            return super().distributed_evidence_consensus_sync(agent_id)
+
+    reports = []
+
+    class OwnRule(DistributedBehavioralDetector):
+        def should_trigger_response(self, anomaly_info, cap_result, consensus_result=None):
+            reports.append(cap_result)
+            return super().should_trigger_response(anomaly_info, cap_result, consensus_result)
+
+    def make(cls=DistributedBehavioralDetector, public=False):
+        det = cls(feature_dimensions=3, clock=lambda: 0.0, warm_up=20, regions=["eu", "us"])
+        if public:
+            det.cap_resolver = PublicResolver(clock=lambda: 0.0, regions=["eu", "us"])
+            st = det.settings
+            det.consensus = PublicConsensus(byzantine_threshold=st.byzantine_threshold,
+                                            partition_size=st.partition_size,
+                                            prior_probability=st.prior_probability,
+                                            trusted_sources=[st.node_id],
+                                            probation_evidence=st.probation_evidence)
+        return det
+
+    fast, slow, own = make(), make(public=True), make(OwnRule)
+    rng = np.random.default_rng(9)
+    for step in range(150):
+        agent = int(rng.integers(0, 40))
+        x = rng.normal(size=3) + (8.0 if agent < 3 and step > 60 else 0.0)
+        data = BehavioralData(agent, x, region="eu" if agent % 2 else "us")
+        results = [d.process_agent_behavior_sync(agent, data) for d in (fast, slow, own)]
+        assert repr(results[0]) == repr(results[1]) == repr(results[2])
+    assert fast.consensus.evidence_count > 0          # some agents were anomalous: evidence, consensus
+    assert reports and all("global_estimate" in r for r in reports)
+    for region in ("eu", "us"):
+        assert repr(fast.cap_resolver.global_estimate(region)) == repr(slow.cap_resolver.global_estimate(region))
+        assert fast.cap_resolver.replica(region).same_state(slow.cap_resolver.replica(region))
+
+
 def test_process_agent_behavior_reads_the_clock_once_for_all_three_parts():
     clock, calls = counting_clock()          # every reading differs: two reads would show
     det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=100, clock=clock)

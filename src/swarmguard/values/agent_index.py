@@ -251,7 +251,12 @@ class AgentIndex:
         """Row of the one id in ``ids``, or -1 if it has none (a scalar look-up, the per-item path)."""
         if ids.is_str is not None and bool(ids.is_str[0]):
             return self._str_rows.get(ids.strs[0], -1)
-        key = int(ids.ints[0])
+        return self.row_of_key(int(ids.ints[0]))
+
+    def row_of_key(self, key: int | str) -> int:
+        """:meth:`row_of` for one id :func:`check_wire_id` returned (an int or a str)."""
+        if type(key) is str:
+            return self._str_rows.get(key, -1)
         row = self._pending.get(key)
         if row is not None:
             return row

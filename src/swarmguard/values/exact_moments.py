@@ -38,6 +38,16 @@ not the ~80 slices per column a single grid would need. A handful of rows goes
 through plain Python integers instead (faster for the per-item path, and the
 same numbers). Every route gives the same integers, so which one a row took
 never shows in the result.
+
+One-row changes (the per-item path, :meth:`ExactMoments._change_row`) fold the
+off-diagonal part of ``S2`` lazily: the count, ``S1`` and the diagonal of ``S2``
+(all that a mean, a variance or a confidence interval reads) change at once in
+O(k); the rows themselves wait in a short list, and their k (k - 1) / 2 cross
+products are added in one exact batch (:func:`exact_cross_sums`, the same
+integers) when something reads the off-diagonal sums (``m2``, ``sums``, ``==``,
+``to_moments``) or when ``_FOLD_ROWS`` rows wait. The value is the same exact
+number either way: folding changes when the products are added, never what they
+add up to.
 """
 
 from __future__ import annotations
@@ -55,12 +65,15 @@ from ..validation import as_feature_matrix, check_positive_int
 from .exact_sum import LIMB_BITS, UNIT_EXP, float_limbs, limbs_to_ints
 from .moments import Moments
 
-__all__ = ["ExactMoments", "exact_cross_sums", "row_change_sums"]
+__all__ = ["ExactMoments", "exact_cross_sums", "row_change_diagonal", "row_change_sums"]
 
 _LIMB_MASK = (1 << LIMB_BITS) - 1
 
 # Up to this many rows, Python integers beat the slicing's fixed NumPy overhead.
 _SMALL_ROWS = 6
+# One-row changes whose cross products may wait before they are folded into S2 (the rows a
+# fold adds in one exact batch: about a millisecond for k = 11, well under a µs per change).
+_FOLD_ROWS = 1024
 # Rows per matrix product (keeps slices >= 16 bits wide: n * 2**(2*beta) <= 2**53).
 _CHUNK_ROWS = 1 << 20
 # Most (rows x slice columns) cells per matrix product (memory bound of one step).
@@ -83,6 +96,12 @@ def _pair_numbers(k: int) -> np.ndarray:
     table[ia, ib] = np.arange(ia.size)
     table.flags.writeable = False
     return table
+
+
+@functools.lru_cache(maxsize=64)
+def _diagonal_pairs(k: int) -> tuple[int, ...]:
+    """Pair numbers of the diagonal entries ``(c, c)`` of ``S2`` (row-major upper triangle)."""
+    return tuple(c * k - c * (c - 1) // 2 for c in range(k))
 
 
 def _small_sums(rows: list[list[float]], weights: list[int], k: int) -> tuple[list[int], int, list[int], int]:
@@ -148,6 +167,75 @@ def row_change_sums(removed: list[float] | None, added: list[float] | None,
             s1 = row
             s2 = [x * y for a, x in enumerate(row) for y in row[a:]]
     return s1, e1, s2, 2 * e1
+
+
+def row_change_diagonal(removed: list[float] | None, added: list[float] | None,
+                        e1_floor: int = 0) -> tuple[list[int], int, list[int], int]:
+    """:func:`row_change_sums` without the off-diagonal products: ``(S1, e1, D, e2)``.
+
+    ``D[c]`` is the change of ``S2[c, c]`` (the sum of squares of column ``c``);
+    the same integers, on the same grid, as the entries of :func:`row_change_sums`
+    at the diagonal pairs. O(k) instead of O(k²): what a one-row write needs at once
+    (the cross products are folded later, see :meth:`ExactMoments._change_row`).
+
+    >>> s1, e1, dg, e2 = row_change_diagonal([0.5, 3.0], [0.25, -1.0])
+    >>> [v * 2.0**e1 for v in s1], [v * 2.0**e2 for v in dg]
+    ([-0.25, -4.0], [-0.1875, -8.0])
+    """
+    if e1_floor <= 0:
+        # The common case: every value already lies on the grid 2**e1_floor, so it is the
+        # integer v * 2**-e1_floor, which ldexp computes exactly (scaling up by a power of
+        # two never rounds; a value off the grid is no integer there, one too large for a
+        # float is inf, no integer either: both take the general route below).
+        up = -e1_floor
+        try:
+            old = None if removed is None else [int(y) for y in [_ldexp(v, up) for v in removed]
+                                                if y.is_integer() or _off_grid()]
+            new = None if added is None else [int(y) for y in [_ldexp(v, up) for v in added]
+                                              if y.is_integer() or _off_grid()]
+        except (_OffGrid, OverflowError):
+            pass
+        else:
+            return _diagonal_change(old, new, e1_floor)
+    e1 = e1_floor
+    parts = []
+    for row in (removed, added):
+        if row is None:
+            parts.append(None)
+            continue
+        ratios = [v.as_integer_ratio() for v in row]
+        for p, q in ratios:
+            if p:
+                e = 1 - q.bit_length()
+                if e < e1:
+                    e1 = e
+        parts.append(ratios)
+    shift = 1 - e1            # p / q == p << (1 - q.bit_length() - e1) on the grid 2**e1
+    old, new = [None if r is None else [p << (shift - q.bit_length()) if p else 0 for (p, q) in r]
+                for r in parts]
+    return _diagonal_change(old, new, e1)
+
+
+_ldexp = math.ldexp
+
+
+class _OffGrid(Exception):
+    """A value below the grid's resolution (row_change_diagonal's general route takes it)."""
+
+
+def _off_grid() -> bool:
+    raise _OffGrid
+
+
+def _diagonal_change(old: list[int] | None, new: list[int] | None, e1: int) -> tuple[list[int], int, list[int], int]:
+    """``(S1, e1, D, 2 e1)`` of replacing the integer row ``old`` by ``new`` (either may be None)."""
+    if old is None:
+        return new, e1, [v * v for v in new], 2 * e1
+    if new is None:
+        return [-v for v in old], e1, [-(v * v) for v in old], 2 * e1
+    s1 = [b - a for a, b in zip(old, new, strict=True)]
+    # b² - a² = (b - a)(b + a): one product per column
+    return s1, e1, [d * (a + b) for d, a, b in zip(s1, old, new, strict=True)], 2 * e1
 
 
 # Most slices per column on the sliced path (a row whose values need more in some
@@ -509,7 +597,10 @@ class ExactMoments:
     (3, [1.0], True)
     """
 
-    __slots__ = ("dim", "count", "_s1", "_e1", "_s2", "_e2")
+    # _pending_rows / _pending_weights: one-row changes whose off-diagonal cross products
+    # are not in _s2 yet (count, _s1 and the diagonal of _s2 always include them): the exact
+    # value of an off-diagonal S2 entry is _s2's plus the pending rows' weighted products.
+    __slots__ = ("dim", "count", "_s1", "_e1", "_s2", "_e2", "_pending_rows", "_pending_weights")
 
     def __init__(self, dim: int):
         self.dim = check_positive_int(dim, "dim")
@@ -518,6 +609,8 @@ class ExactMoments:
         self._e1 = 0
         self._s2 = [0] * (self.dim * (self.dim + 1) // 2)
         self._e2 = 0
+        self._pending_rows: list[list[float]] = []
+        self._pending_weights: list[int] = []
 
     # ------------------------------------------------------------------ updates
     def _add_sums(self, count: int, s1: list[int], e1: int, s2: list[int], e2: int) -> None:
@@ -558,6 +651,23 @@ class ExactMoments:
         self._s1 = [0] * self.dim
         self._s2 = [0] * len(self._s2)
         self._e1 = self._e2 = 0
+        self._pending_rows, self._pending_weights = [], []
+
+    def _fold(self) -> None:
+        """Add the pending rows' off-diagonal cross products to ``S2`` (one exact batch).
+
+        The value does not change (it always counted them); afterwards ``_s2`` holds
+        it alone, as every reader of the off-diagonal sums expects.
+        """
+        rows = self._pending_rows
+        if not rows:
+            return
+        weights = self._pending_weights
+        self._pending_rows, self._pending_weights = [], []
+        _, _, s2, e2 = _exact_cross_sums(np.array(rows, dtype=np.float64), np.array(weights, dtype=np.int64))
+        for p in _diagonal_pairs(self.dim):
+            s2[p] = 0                    # the diagonal counted these rows already
+        self._add_sums(0, [0] * self.dim, self._e1, s2, e2)
 
     def add_rows(self, X: Any, weights: Any = None) -> None:
         """Add (weight +1) or remove (weight -1) the rows of an (n, k) array, exactly."""
@@ -577,12 +687,45 @@ class ExactMoments:
 
     def _change_row(self, removed: list[float] | None, added: list[float] | None) -> tuple:
         """Remove the row ``removed`` and add ``added`` (validated finite floats; either may be
-        None), exactly; returns the sums applied (:func:`row_change_sums`) so that a caller can
-        add the same change to a total with :meth:`_add_sums`."""
-        count = (added is not None) - (removed is not None)
-        sums = row_change_sums(removed, added, min(self._e1, self._e2 // 2))
-        self._add_sums(count, *sums)
-        return (count, *sums)
+        None), exactly, in O(k): the count, ``S1`` and the diagonal of ``S2`` at once
+        (:func:`row_change_diagonal`), the cross products folded later (:meth:`_fold`).
+        Returns the change so that a caller can add the same change to a total with
+        :meth:`_add_row_change`."""
+        change = (
+            (added is not None) - (removed is not None),
+            *row_change_diagonal(removed, added, min(self._e1, self._e2 // 2)),
+            removed, added)
+        self._add_row_change(change)
+        return change
+
+    def _add_row_change(self, change: tuple) -> None:
+        """Apply a change :meth:`_change_row` returned (to this, or another moments' total)."""
+        count, s1, e1, dg, e2, removed, added = change
+        if e1 < self._e1:
+            self._s1, self._e1 = _aligned(self._s1, self._e1, e1), e1
+        if e2 < self._e2:
+            self._s2, self._e2 = _aligned(self._s2, self._e2, e2), e2
+        d1, d2 = e1 - self._e1, e2 - self._e2
+        if d1:
+            self._s1 = [a + (b << d1) for a, b in zip(self._s1, s1, strict=True)]
+        else:
+            self._s1 = [a + b for a, b in zip(self._s1, s1, strict=True)]
+        s2 = self._s2            # a list of this object's own (every assignment makes a new one)
+        for p, v in zip(_diagonal_pairs(self.dim), dg, strict=True):
+            if v:
+                s2[p] += v << d2 if d2 else v
+        self.count += count
+        rows, weights = self._pending_rows, self._pending_weights
+        if removed is not None:
+            rows.append(removed)
+            weights.append(-1)
+        if added is not None:
+            rows.append(added)
+            weights.append(1)
+        if len(rows) >= _FOLD_ROWS:
+            self._fold()
+        if self._e1 < -256 or self._e2 < -512:
+            self._normalise()
 
     def remove_rows(self, X: Any) -> None:
         """Remove rows that were added before (exact inverse of :meth:`add_rows`)."""
@@ -595,6 +738,11 @@ class ExactMoments:
         if other.dim != self.dim:
             raise DimensionMismatchError(f"cannot merge moments of dimension {self.dim} and {other.dim}")
         self._add_sums(other.count, other._s1, other._e1, other._s2, other._e2)
+        if other._pending_rows:      # its rows' cross products are still to come: ours too now
+            self._pending_rows.extend(other._pending_rows)
+            self._pending_weights.extend(other._pending_weights)
+            if len(self._pending_rows) >= _FOLD_ROWS:
+                self._fold()
         return self
 
     def __add__(self, other: ExactMoments) -> ExactMoments:
@@ -617,11 +765,13 @@ class ExactMoments:
     def copy(self) -> ExactMoments:
         out = ExactMoments(self.dim)
         out.count, out._s1, out._e1, out._s2, out._e2 = self.count, list(self._s1), self._e1, list(self._s2), self._e2
+        out._pending_rows, out._pending_weights = list(self._pending_rows), list(self._pending_weights)
         return out
 
     # ------------------------------------------------------------------ exact values
     def sums(self) -> tuple[list[Fraction], list[Fraction]]:
         """``(S1, S2)`` as exact fractions (S2 as the upper-triangle list); for tests and audits."""
+        self._fold()
         f1, f2 = Fraction(2) ** self._e1, Fraction(2) ** self._e2
         return [v * f1 for v in self._s1], [v * f2 for v in self._s2]
 
@@ -631,6 +781,8 @@ class ExactMoments:
             return NotImplemented
         if self.dim != other.dim or self.count != other.count:
             return False
+        self._fold()
+        other._fold()
         e1, e2 = min(self._e1, other._e1), min(self._e2, other._e2)
         return (_aligned(self._s1, self._e1, e1) == _aligned(other._s1, other._e1, e1)
                 and _aligned(self._s2, self._e2, e2) == _aligned(other._s2, other._e2, e2))
@@ -671,6 +823,7 @@ class ExactMoments:
             return [_ratio_to_float(v, e, n) for v in nums]
 
     def _m2_entry(self, p: int, a: int, b: int) -> float:
+        """``M2[a, b]`` (pair ``p``) correctly rounded; an off-diagonal entry needs :meth:`_fold` first."""
         n = self.count
         e = min(self._e2, 2 * self._e1)
         num = n * (self._s2[p] << (self._e2 - e)) - ((self._s1[a] * self._s1[b]) << (2 * self._e1 - e))
@@ -688,6 +841,7 @@ class ExactMoments:
         out = np.zeros((k, k))
         if self.count == 0:
             return out
+        self._fold()
         ia, ib = _pairs(k)
         for p, (a, b) in enumerate(zip(ia.tolist(), ib.tolist(), strict=True)):
             out[a, b] = out[b, a] = self._m2_entry(p, a, b)
