@@ -380,13 +380,20 @@ class SlotTree:
         scale = np.ldexp(1.0, self.exponent)
         return self.shift + off * scale, scale_outer(m2, self.exponent)
 
-    def _too_far(self, X: np.ndarray) -> bool:
+    def _too_far(self, X: np.ndarray, bound: float | None = None) -> bool:
         """Whether vectors ``X`` lie outside the units' safe band (choose the units again).
 
         Compared in the caller's units (``|x - shift| > 2**100 / unit``), since the
-        scaled deviation itself may overflow.
+        scaled deviation itself may overflow. ``bound``, a bound on every ``|x|``
+        (the validator's), settles most batches without a pass over the columns:
+        ``|x - s| <= |x| + |s|`` and rounding is monotone, so no rounded
+        ``|x_j - s_j|`` exceeds the rounded ``bound + max|s|``; when that is within
+        every feature's limit, no column's test below could be true.
         """
         if X.size == 0:
+            return False
+        if bound is not None and bound + float(np.maximum.reduce(np.abs(self.shift))) <= float(
+                np.minimum.reduce(self._limit)):
             return False
         if X.ndim == 1:         # one vector (the per-item path): Python floats, no reduction set-up
             return any(map(operator.gt, np.abs(X - self.shift).tolist(), self._limit.tolist()))
@@ -422,8 +429,11 @@ class SlotTree:
         return len(self._dirty)
 
     # ------------------------------------------------------------------ batch writes
-    def write(self, slots: np.ndarray, X: np.ndarray | None) -> None:
-        """Set (X given) or clear (X None) many slots, then recompute their paths exactly."""
+    def write(self, slots: np.ndarray, X: np.ndarray | None, bound: float | None = None) -> None:
+        """Set (X given) or clear (X None) many slots, then recompute their paths exactly.
+
+        ``bound``: a bound on every ``|x|`` of ``X`` if the caller knows one (the
+        validator's), which spares the band check its pass over the columns."""
         if slots.size == 0:
             return
         self.ensure_capacity(int(slots.max()) + 1)
@@ -434,7 +444,7 @@ class SlotTree:
             self._choose_units(X - self.shift)
         elif X is not None and not self._all_known:
             self._adopt_units(X)                  # the shift of such a feature is 0: X is its deviation
-        rescale = X is not None and self._too_far(X)
+        rescale = X is not None and self._too_far(X, bound)
         if X is None:
             self.occupied[slots] = False
             self.X[slots] = 0.0
