@@ -358,7 +358,7 @@ class HierarchicalStatisticalTree(Locked):
         cids = np.array([self._cohorts.ensure(p) for p in paths], dtype=np.int64)
         want = np.where(row_cohort >= 0, cids[np.maximum(row_cohort, 0)] if cids.size else -1, -1)
         current = np.full(ids.shape[0], -1, dtype=np.int64)
-        if known.any():
+        if known.any() and paths:         # no cohort asked for (None): nobody moves, no lookup
             current[known] = self._cohorts.cohort_of_slots(slots[known])
         moving = known & (want >= 0) & (want != current)
         placing = ~known | moving
