@@ -314,7 +314,7 @@ class BehavioralDistributedProtocol(Locked):
         # per feature, so nothing squared under- or overflows): the digits
         # below the data's magnitude survive, as in the moments.
         if rows is not None:
-            DX = tree._tree.deviations(rows)
+            DX = tree._tree.row_deviations(rows)
         else:
             DX = np.take(tree._tree.X, slots, axis=0)
             DX -= tree._tree.shift
@@ -324,6 +324,7 @@ class BehavioralDistributedProtocol(Locked):
             E = np.subtract(DX, off, out=DX)
             d2, p, warm, shares = score_population(E, n_pop, off, m2, self.shrinkage, self.warm_up, explain,
                                                    overwrite=True)
+            tree._tree.keep_scratch(E)       # read no more (no result is a view of it): the next round's
         else:
             d2, p, warm, shares = score_population(DX - off, n_pop, off, m2, self.shrinkage, self.warm_up,
                                                    explain)

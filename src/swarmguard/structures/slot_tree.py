@@ -187,6 +187,7 @@ class SlotTree:
         self.per_item_changes = 0
         self.flushes = 0
         self.nodes_recomputed = 0       # work counter: nodes rebuilt from their children
+        self._spare: np.ndarray | None = None   # scratch of the batch passes, kept for the next (_scratch)
 
     # ------------------------------------------------------------------ layout
     def _layout(self, capacity: int) -> None:
@@ -239,7 +240,7 @@ class SlotTree:
         occ = self.occupied.reshape(-1, b)
         if nodes is not None:
             Xv, occ = Xv[nodes], occ[nodes]
-        D = Xv - self.shift
+        D = np.subtract(Xv, self.shift, out=self._scratch(Xv.shape) if nodes is None else None)
         D *= self.unit                            # exact: a power of two per feature
         full = bool(occ.all())
         if not full:
@@ -263,6 +264,7 @@ class SlotTree:
         self.off[idx] = mean
         if nodes is None:           # the level's segment is a view: the product goes straight there
             np.matmul(D.transpose(0, 2, 1), C, out=self.m2[idx])
+            self.keep_scratch(C)
         else:
             self.m2[idx] = np.matmul(D.transpose(0, 2, 1), C)
 
@@ -382,6 +384,33 @@ class SlotTree:
         D = np.subtract(X, self.shift)
         D *= self.unit
         return D
+
+    def row_deviations(self, X: np.ndarray) -> np.ndarray:
+        """:meth:`deviations` of many rows, in the tree's scratch array (the batch scoring's).
+
+        The result is the caller's until it hands it back with :meth:`keep_scratch`
+        (or drops it). A fresh array of a round's size costs a page fault per
+        4 KiB, about as much again as the pass that fills it: a round reuses one.
+        """
+        D = np.subtract(X, self.shift, out=self._scratch(X.shape))
+        D *= self.unit
+        return D
+
+    def _scratch(self, shape: tuple[int, ...]) -> np.ndarray:
+        """An uninitialised float array of ``shape``: a view of the kept scratch when it is large enough."""
+        spare, self._spare = self._spare, None
+        size = int(np.prod(shape))
+        if spare is None or spare.size < size:
+            return np.empty(shape)
+        return spare[:size].reshape(shape)
+
+    def keep_scratch(self, used: np.ndarray) -> None:
+        """Keep the buffer under ``used`` (an array of :meth:`row_deviations` or of a batch pass,
+        whose values nobody reads any more) for the next batch pass; the larger one is kept."""
+        base = used if used.base is None else used.base
+        if (isinstance(base, np.ndarray) and base.dtype == np.float64 and base.flags.c_contiguous
+                and base.flags.writeable and (self._spare is None or base.size > self._spare.size)):
+            self._spare = base.reshape(-1)
 
     def to_user(self, off: np.ndarray, m2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean, M2) in the caller's units from an internal (offset, M2); exact but for under/overflow."""
