@@ -613,3 +613,11 @@ def test_a_rounds_results_are_its_own_and_not_the_next_rounds_scratch(explain):
     for k, v in kept.items():
         np.testing.assert_array_equal(first[k], v)
     assert len(kept) >= 5 + explain
+    # the scratch is not state: a pickled or copied tree leaves it behind
+    import copy
+    import pickle
+    assert tree._tree._spare.buffer is not None
+    for clone in (pickle.loads(pickle.dumps(tree)), copy.deepcopy(tree)):
+        assert clone._tree._spare.buffer is None
+        np.testing.assert_array_equal(clone.get_global_statistics()["covariance"],
+                                      tree.get_global_statistics()["covariance"])

@@ -128,6 +128,19 @@ def scale_outer(m2: np.ndarray, exponent: np.ndarray) -> np.ndarray:
     return np.ldexp(m2, e[:, None] + e[None, :])
 
 
+class _Scratch:
+    """A reusable scratch buffer (or None). Not state: a pickled or deep-copied tree starts
+    without one, so a checkpoint never carries a round's worth of scratch."""
+
+    __slots__ = ("buffer",)
+
+    def __init__(self) -> None:
+        self.buffer: np.ndarray | None = None
+
+    def __reduce__(self):
+        return (_Scratch, ())
+
+
 class SlotTree:
     """Flat-array b-ary tree of moments over ``capacity`` leaf slots.
 
@@ -187,7 +200,7 @@ class SlotTree:
         self.per_item_changes = 0
         self.flushes = 0
         self.nodes_recomputed = 0       # work counter: nodes rebuilt from their children
-        self._spare: np.ndarray | None = None   # scratch of the batch passes, kept for the next (_scratch)
+        self._spare = _Scratch()        # scratch of the batch passes, kept for the next (_scratch)
 
     # ------------------------------------------------------------------ layout
     def _layout(self, capacity: int) -> None:
@@ -398,7 +411,7 @@ class SlotTree:
 
     def _scratch(self, shape: tuple[int, ...]) -> np.ndarray:
         """An uninitialised float array of ``shape``: a view of the kept scratch when it is large enough."""
-        spare, self._spare = self._spare, None
+        spare, self._spare.buffer = self._spare.buffer, None
         size = int(np.prod(shape))
         if spare is None or spare.size < size:
             return np.empty(shape)
@@ -409,8 +422,8 @@ class SlotTree:
         whose values nobody reads any more) for the next batch pass; the larger one is kept."""
         base = used if used.base is None else used.base
         if (isinstance(base, np.ndarray) and base.dtype == np.float64 and base.flags.c_contiguous
-                and base.flags.writeable and (self._spare is None or base.size > self._spare.size)):
-            self._spare = base.reshape(-1)
+                and base.flags.writeable and (self._spare.buffer is None or base.size > self._spare.buffer.size)):
+            self._spare.buffer = base.reshape(-1)
 
     def to_user(self, off: np.ndarray, m2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean, M2) in the caller's units from an internal (offset, M2); exact but for under/overflow."""
