@@ -468,4 +468,3 @@ def test_a_feature_whose_spread_collapses_next_to_a_grown_one_is_re_anchored():
     ref = np.sqrt(np.outer(np.diag(cov_ex), np.diag(cov_ex)))
     np.testing.assert_array_less(np.abs(stats["covariance"] - cov_ex) / ref, 1e-11)
     assert np.all(np.abs(stats["mean"] - mean_ex) <= 1e-13 * np.abs(X).max(axis=0))
-
