@@ -825,3 +825,38 @@ def test_a_round_with_one_long_region_name_never_holds_a_copy_of_it_per_row():
     expected = ref.process_round(np.arange(n), X, np.array([name] * n), timestamp=1.0)
     np.testing.assert_array_equal(out["mahalanobis_squared"], expected["mahalanobis_squared"])
     assert out["region_confidence"] == expected["region_confidence"] and list(out["region_confidence"]) == [name]
+
+
+def test_a_round_checks_its_features_once_and_answers_as_a_round_whose_parts_check_them_each(monkeypatch):
+    # The detector checks the features at the boundary; the tree, the resolver and the
+    # replicas take the checked matrix without a second pass over it. The answer, and every
+    # part's state, is the one of the parts checking raw input themselves.
+    import swarmguard.validation as validation
+    rng = np.random.default_rng(8)
+    rounds = [rng.normal(size=(300, 3)) for _ in range(3)]
+    for X in rounds:
+        X[:4] += 9.0
+    regions = np.array(["eu", "us", "ap"])[rng.integers(0, 3, 300)]
+    det = DistributedBehavioralDetector(feature_dimensions=3, warm_up=50, clock=lambda: 5.0)
+    passes = []
+    checked_matrix = validation._checked_matrix
+    monkeypatch.setattr(validation, "_checked_matrix", lambda *a: passes.append(a[2]) or checked_matrix(*a))
+    results = [det.process_round(np.arange(300), X, regions, timestamp=float(i + 1)) for i, X in enumerate(rounds)]
+    assert passes == ["X"] * 3                       # one pass over the values per round
+    monkeypatch.undo()
+    # the same rounds through the parts, each given the raw rows and checking them itself
+    ref = DistributedBehavioralDetector(feature_dimensions=3, warm_up=50, clock=lambda: 5.0)
+    for i, X in enumerate(rounds):
+        scored = ref.protocol.update_and_score_many(np.arange(300), X.tolist(), cohorts=regions)
+        for name in ("ap", "eu", "us"):
+            rows = np.flatnonzero(regions == name)
+            ref.cap_resolver.handle_updates_many(name, rows, np.full(rows.size, float(i + 1)), X[rows].tolist(),
+                                                 scored["mahalanobis_squared"][rows].tolist(), now=5.0)
+        np.testing.assert_array_equal(results[i]["mahalanobis_squared"], scored["mahalanobis_squared"])
+        np.testing.assert_array_equal(results[i]["p_value"], scored["p_value"])
+        np.testing.assert_array_equal(results[i]["is_anomaly"], scored["is_anomaly"])
+    assert results[-1]["is_anomaly"][:4].all()
+    for name in ("ap", "eu", "us"):
+        assert det.cap_resolver.replica(name).same_state(ref.cap_resolver.replica(name))
+    np.testing.assert_array_equal(det.tree.get_global_statistics()["covariance"],
+                                  ref.tree.get_global_statistics()["covariance"])

@@ -46,6 +46,47 @@ def check_stats(stats, rows, rtol=1e-10):
     np.testing.assert_allclose(stats["std"], np.sqrt(np.diag(cov)), rtol=rtol)
 
 
+# ---------------------------------------------------------------------- checked features (validated once)
+def _two_trees_and_rounds(seed=4, n=400, d=3):
+    rng = np.random.default_rng(seed)
+    trees = [HierarchicalStatisticalTree(feature_dimensions=d) for _ in range(2)]
+    protocols = [BehavioralDistributedProtocol(t, warm_up=10) for t in trees]
+    rounds = [rng.normal(size=(n, d)) * 10.0 ** rng.uniform(-200, 90) for _ in range(3)]
+    return trees, protocols, rounds
+
+
+def test_the_tree_and_protocol_given_checked_features_answer_as_given_the_raw_array():
+    from swarmguard.validation import check_feature_matrix
+    trees, protocols, rounds = _two_trees_and_rounds()
+    ids = np.arange(rounds[0].shape[0])
+    cohorts = np.array(["eu", "us"])[ids % 2]
+    for X in rounds:
+        raw = protocols[0].update_and_score_many(ids, X.tolist(), cohorts=cohorts, explain=True)
+        checked = protocols[1].update_and_score_many(ids, check_feature_matrix(X, 3), cohorts=cohorts,
+                                                     explain=True)
+        for key in ("mahalanobis_squared", "p_value", "is_anomaly", "feature_contributions"):
+            np.testing.assert_array_equal(raw[key], checked[key])
+    a, b = (t.get_cohort_statistics(("eu",)) for t in trees)
+    np.testing.assert_array_equal(a["covariance"], b["covariance"])
+    np.testing.assert_array_equal(trees[0].get_agent_features(5), trees[1].get_agent_features(5))
+
+
+def test_checked_features_do_not_excuse_bad_ids_or_a_wrong_dimension_and_leave_the_tree_as_it_was():
+    from swarmguard.validation import check_feature_matrix
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    tree.update_many([1, 2, 3], np.array([[0.0, 1.0], [2.0, 1.0], [4.0, 4.0]]))
+    before = tree.to_dict()
+    with pytest.raises(InvalidInputError):              # the same id twice
+        tree.update_many([1, 1], check_feature_matrix([[5.0, 5.0], [6.0, 6.0]], 2))
+    with pytest.raises(DimensionMismatchError):         # checked for 3 features, the tree has 2
+        tree.update_many([4], check_feature_matrix([[5.0, 5.0, 5.0]], 3))
+    with pytest.raises(DimensionMismatchError):         # one row for two ids
+        tree.update_many([4, 5], check_feature_matrix([[5.0, 5.0]], 2))
+    after = tree.to_dict()
+    for key in before:
+        np.testing.assert_array_equal(before[key], after[key])
+
+
 def test_global_and_cohort_statistics_follow_updates_moves_and_removals():
     rng = np.random.default_rng(0)
     tree = HierarchicalStatisticalTree(branching_factor=3, feature_dimensions=4)

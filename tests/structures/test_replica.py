@@ -718,3 +718,23 @@ def test_one_row_changes_match_fractions(rows, agents):
     for agent in list(held):
         m._change_row(held.pop(agent), None)
     assert m.count == 0 and m.sums() == fraction_sums([[0.0] * (DIM + 1)])
+
+
+def test_a_replica_given_checked_features_keeps_the_state_it_keeps_given_the_raw_rows():
+    from swarmguard.validation import check_feature_matrix
+    rng = np.random.default_rng(12)
+    raw, checked = RegionReplica("eu", 3), RegionReplica("eu", 3)
+    for t in range(3):
+        ids = rng.integers(0, 50, size=40)
+        ids = np.unique(ids)
+        X = rng.normal(size=(ids.size, 3)) * 10.0 ** rng.uniform(-100, 90)
+        ts, scores = np.full(ids.size, float(t)), rng.random(ids.size)
+        raw.update_many(ids, ts, X.tolist(), scores)
+        checked.update_many(ids, ts, check_feature_matrix(X, 3, "features"), scores)
+        assert checked.same_state(raw)
+    before = state(checked)
+    with pytest.raises(NonFiniteError):       # checked features do not excuse a bad timestamp
+        checked.update_many([1, 2], [0.0, float("nan")], check_feature_matrix(np.ones((2, 3)), 3), [0.0, 0.0])
+    with pytest.raises(DimensionMismatchError):   # nor features checked for another dimension
+        checked.update_many([1], [9.0], check_feature_matrix(np.ones((1, 2)), 2), [0.0])
+    assert all(np.array_equal(v, before[k]) for k, v in state(checked).items())

@@ -53,9 +53,10 @@ from ..structures.topology import (
     require_write_quorum,
 )
 from ..validation import (
-    as_feature_matrix,
+    CheckedFeatures,
     as_feature_vector,
     as_finite_vector,
+    check_feature_matrix,
     check_finite_float,
     check_fraction,
     check_nonnegative_float,
@@ -620,14 +621,14 @@ class StatisticalCAPResolver(Locked):
             # first touch: validate here, before a region or a dimension is created
             ids = as_agent_ids(agent_ids)
             n = len(ids)
-            X = as_feature_matrix(features, self._dim, "features")
-            if X.shape[0] != n:
-                raise DimensionMismatchError(f"features has {X.shape[0]} rows, expected {n}")
+            checked = check_feature_matrix(features, self._dim, "features")
+            if checked.n != n:
+                raise DimensionMismatchError(f"features has {checked.n} rows, expected {n}")
             as_finite_vector(timestamps, n, "timestamps")
             as_finite_vector(anomaly_scores, n, "anomaly_scores")
             if update_ids is not None:
                 as_agent_ids(update_ids, n)
-            agent_ids, features = ids, X
+            agent_ids, features = ids, checked        # checked: the replicas take it as it is
         outcome, now = self._write(region, agent_ids, timestamps, features, anomaly_scores, update_ids, now)
         report = self._view_report(region, now)      # the write's reading: the clock is read once
         report.update({
@@ -650,7 +651,7 @@ class StatisticalCAPResolver(Locked):
         new_region = region not in self._topology.born
         self._require_quorum(region, new_region)
         if self._dim is None:
-            dim = np.asarray(features).shape[1]
+            dim = features.dim if type(features) is CheckedFeatures else np.asarray(features).shape[1]
             replica = RegionReplica(region, dim)  # validates the batch before anything is created
             replica.update_many(agent_ids, timestamps, features, scores, update_ids)
         elif new_region:

@@ -19,10 +19,10 @@ from ..structures.chi2 import chi2_logsf
 from ..structures.significance import resolve_fdr
 from ..validation import (
     MAX_ID_LENGTH,
-    as_feature_matrix,
     as_feature_vector,
     as_name_array,
     check_cohort,
+    check_feature_matrix,
     check_finite_float,
     unique_names,
 )
@@ -583,7 +583,8 @@ class DistributedBehavioralDetector(Locked):
         level and ``now``, the processing time for every write of the round
         (:meth:`_call_times`: the clock read once).
         """
-        X = as_feature_matrix(X, self.feature_dimensions)
+        features = check_feature_matrix(X, self.feature_dimensions)   # once: the parts trust it
+        X = features.X
         n = X.shape[0]
         regions = as_name_array(regions, n, "regions")
         ts, now = self._call_times(timestamp)
@@ -594,7 +595,7 @@ class DistributedBehavioralDetector(Locked):
             cohorts = as_name_array(cohorts, n, "cohorts")
         q = resolve_fdr(fdr, self.settings.fdr)
         names, inverse = unique_names(regions)     # one region: no n copies of its name
-        return RoundBatch(X, ids, regions, names, inverse, cohorts, ts, now, q, stay)
+        return RoundBatch(X, ids, regions, names, inverse, cohorts, ts, now, q, stay, features)
 
     def _own_sources(self, n: int) -> np.ndarray:
         """``n`` copies of the node id as a source column: a tuple id (the consensus takes

@@ -277,9 +277,10 @@ class RegionReplica:
         applied = np.zeros(n, bool)
         changed = np.empty(0, np.int64)
         if keep.shape[0]:
+            whole = keep.shape[0] == n      # no duplicate (the usual batch): no gathered copies
             change, won = self.registers.write_many(
-                ids.take(keep), ts[keep], self.region, self.version[self.region] + 1,
-                X[keep], scores[keep],
+                ids if whole else ids.take(keep), ts if whole else ts[keep], self.region,
+                self.version[self.region] + 1, X if whole else X[keep], scores if whole else scores[keep],
             )
             applied[keep] = won
             changed = change.rows
