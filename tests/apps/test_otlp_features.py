@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +96,8 @@ def _random_columns(rng, n_spans=3000, n_agents=40, n_tools=6) -> SpanColumns:
                        tools=[f"t{i}" for i in range(n_tools)])
 
 
-def _reference_row(c: SpanColumns, a: int, known: set, earlier: set, rare_tools: set) -> list[float]:
+def _reference_row(c: SpanColumns, a: int, known: set, earlier: set, rare_tools: set,
+                   pooled: list[Fraction]) -> list[float]:
     """One agent's vector the slow way: Python loops, math.fsum, numpy.percentile per agent."""
     rows = [i for i in range(len(c)) if c.agent[i] == a]
     ops = [int(c.operation[i]) for i in rows]
@@ -122,12 +124,29 @@ def _reference_row(c: SpanColumns, a: int, known: set, earlier: set, rare_tools:
     return [inv, len(model) / per, len(tools) / per, len(counts), max(entropy, 0.0),
             novel / len(named) if named else 0.0, rare / len(named) if named else 0.0,
             mean(tin), pct(tin, 95), mean(tout), pct(tout, 95),
-            math.fsum(tout) / math.fsum(tin) if math.fsum(tin) > 0 else 0.0,
+            math.log((1 + math.fsum(tout)) / (1 + math.fsum(tin))),
             pct(inv_d, 50), pct(inv_d, 95), pct(tool_d, 50), pct(tool_d, 95),
-            sum(bool(c.error[i]) for i in rows) / len(rows),
-            sum(bool(c.error[i]) for i in tools) / len(tools) if tools else 0.0,
-            sum(bool(c.content_filter[i]) for i in model) / len(model) if model else 0.0,
-            sum(bool(c.length[i]) for i in model) / len(model) if model else 0.0]
+            *[_surprise(k_, n_, pooled[j]) for j, (k_, n_) in enumerate([
+                (sum(bool(c.error[i]) for i in rows), len(rows)),
+                (sum(bool(c.error[i]) for i in tools), len(tools)),
+                (sum(bool(c.content_filter[i]) for i in model), len(model)),
+                (sum(bool(c.length[i]) for i in model), len(model))])]]
+
+
+def _pooled_rates(c: SpanColumns) -> list[Fraction]:
+    """The window's pooled rates of the four rare events, exactly."""
+    op = c.operation
+    pairs = [(c.error, np.ones(len(c), bool)), (c.error, op == OP_TOOL),
+             (c.content_filter, op == OP_MODEL), (c.length, op == OP_MODEL)]
+    return [Fraction(int((event & trials).sum()), int(trials.sum())) for event, trials in pairs]
+
+
+def _surprise(k: int, n: int, p: Fraction) -> float:
+    """-ln P(X >= k), X ~ Binomial(n, p), summed exactly in fractions."""
+    if k == 0 or n == 0 or p in (0, 1):
+        return 0.0
+    tail = sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k, n + 1))
+    return -math.log(tail)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -146,8 +165,10 @@ def test_behaviour_matrix_matches_a_per_agent_reference(seed):
     users = Counter(t for (a, t) in {(int(c.agent[i]), int(c.tool[i])) for i in range(len(c))
                                      if c.operation[i] == OP_TOOL and c.tool[i] >= 0})
     rare_tools = {t for t, k in users.items() if k < RARE_TOOL_AGENT_SHARE * len(active)}
-    expected = np.array([_reference_row(c, a, known_pairs_py, earlier_py, rare_tools) for a in active])
-    np.testing.assert_allclose(X, expected, rtol=1e-12, atol=1e-12)
+    pooled = _pooled_rates(c)
+    expected = np.array([_reference_row(c, a, known_pairs_py, earlier_py, rare_tools, pooled) for a in active])
+    np.testing.assert_allclose(X[:, :-4], expected[:, :-4], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(X[:, -4:], expected[:, -4:], rtol=1e-9, atol=1e-12)   # scipy's binomial tail
     assert X[:, FEATURE_NAMES.index("novel_tool_share")].max() > 0      # the check can see novelty
 
 

@@ -10,7 +10,11 @@ Conventions: a *model call* is a span whose ``gen_ai.operation.name`` is ``chat`
 ``text_completion`` or ``generate_content``; a *tool call* ``execute_tool``; an
 *invocation* ``invoke_agent``. Ratios ``per_invocation`` divide by ``max(invocations, 1)``
 (an agent that reports no ``invoke_agent`` span counts as one invocation); a mean,
-share or percentile over no spans is 0. Percentiles interpolate linearly between order
+share or percentile over no spans is 0. Rare events (errors, filtered or cut answers)
+are scored by their binomial surprise at the window's pooled rate
+(:func:`binomial_surprise`), so that one failure in a handful of calls does not read as a
+high rate (the detector's distance is a Gaussian one, and such shares have long right
+tails); the output/input token ratio by its logarithm, for the same reason. Percentiles interpolate linearly between order
 statistics (``numpy.percentile``'s default).
 """
 
@@ -20,11 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...lazy_import import module_on_first_use
 from .spans import OP_INVOKE, OP_MODEL, OP_TOOL, SpanColumns
 
 __all__ = ["Feature", "FEATURES", "FEATURE_NAMES", "RARE_TOOL_AGENT_SHARE", "behaviour_matrix",
-           "grouped_percentile", "pair_keys"]
+           "grouped_percentile", "pair_keys", "binomial_surprise"]
 
+_stats = module_on_first_use("scipy.stats")
 RARE_TOOL_AGENT_SHARE = 0.01   # a tool called by fewer than this share of the window's agents is rare
 
 
@@ -55,21 +61,21 @@ FEATURES: tuple[Feature, ...] = (
     Feature("output_tokens_mean", "mean output tokens of the model calls that report them", "tokens",
             "`gen_ai.usage.output_tokens`"),
     Feature("output_tokens_p95", "95th percentile of the same", "tokens", "`gen_ai.usage.output_tokens`"),
-    Feature("output_input_token_ratio", "sum of output tokens / sum of input tokens (0 without input tokens)",
-            "ratio", "`gen_ai.usage.input_tokens`, `gen_ai.usage.output_tokens`"),
+    Feature("log_output_input_token_ratio", "ln((1 + sum of output tokens) / (1 + sum of input tokens)) over "
+            "the model calls", "ln ratio", "`gen_ai.usage.input_tokens`, `gen_ai.usage.output_tokens`"),
     Feature("invocation_latency_p50", "median duration of the invoke_agent spans", "seconds",
             "span start/end time, " + _OP),
     Feature("invocation_latency_p95", "95th percentile of the same", "seconds", "span start/end time, " + _OP),
     Feature("tool_latency_p50", "median duration of the tool calls", "seconds", "span start/end time, " + _OP),
     Feature("tool_latency_p95", "95th percentile of the same", "seconds", "span start/end time, " + _OP),
-    Feature("error_rate", "share of the agent's spans that failed (`error.type` set or status ERROR)",
-            "fraction", "`error.type`, span status"),
-    Feature("tool_error_rate", "share of the tool calls that failed", "fraction",
+    Feature("error_rate_surprise", "surprise of the agent's failed spans (`error.type` set or status ERROR) "
+            "among its spans", "nats", "`error.type`, span status"),
+    Feature("tool_error_rate_surprise", "surprise of its failed tool calls among its tool calls", "nats",
             "`error.type`, span status, " + _OP),
-    Feature("content_filter_share", "share of model calls whose finish reasons include content_filter",
-            "fraction", "`gen_ai.response.finish_reasons`"),
-    Feature("length_share", "share of model calls whose finish reasons include length (cut at max tokens)",
-            "fraction", "`gen_ai.response.finish_reasons`"),
+    Feature("content_filter_surprise", "surprise of its model calls whose finish reasons include "
+            "content_filter among its model calls", "nats", "`gen_ai.response.finish_reasons`"),
+    Feature("length_stop_surprise", "surprise of its model calls whose finish reasons include length "
+            "(cut at max tokens) among its model calls", "nats", "`gen_ai.response.finish_reasons`"),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 
@@ -105,6 +111,35 @@ def grouped_percentile(group: np.ndarray, values: np.ndarray, n_groups: int, q: 
     return out
 
 
+def binomial_surprise(k: np.ndarray, n: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """How surprising each agent's ``k`` events in ``n`` trials are at the pooled rate:
+    ``-ln P(X >= k)`` for ``X ~ Binomial(n, p)``, ``p = sum(k) / sum(n)`` over ``rows``
+    (default all); 0 where ``k`` is 0, ``n`` is 0, or ``p`` is 0 or 1.
+
+    Rare events (an error, a filtered answer) make shares with long right tails: one
+    failure in four calls reads as a 25% rate, and its z-score is large too. The
+    surprise of an honest agent is about an exponential variable (light-tailed) whatever
+    its number of calls, while a burst (15 failures in 24 calls at a 2% rate) is tens.
+
+    >>> binomial_surprise(np.array([0, 1, 2, 15, 0]), np.array([10, 4, 4, 24, 50]), np.array([1, 1, 1, 0, 1], bool)).round(2).tolist()
+    [0.0, 1.8, 4.51, 33.11, 0.0]
+    """
+    k = np.asarray(k, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    sel = slice(None) if rows is None else rows
+    total = n[sel].sum()
+    out = np.zeros(k.shape)
+    if total <= 0:
+        return out
+    p = k[sel].sum() / total
+    if p <= 0.0 or p >= 1.0:
+        return out
+    has = (n > 0) & (k > 0)
+    # P(X >= k) = sf(k - 1); logsf keeps the far tail (1e-20 and below) exact
+    out[has] = -_stats().binom.logsf(k[has] - 1, n[has], p)
+    return np.maximum(out, 0.0)
+
+
 def _safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros(num.shape, dtype=np.float64), where=den > 0)
 
@@ -132,8 +167,10 @@ def behaviour_matrix(columns: SpanColumns, agent_codes: np.ndarray | None = None
     ...     length=np.zeros(4, bool), agents=["a-1"], tools=["search", "calc"])
     >>> codes, X = behaviour_matrix(cols)
     >>> row = dict(zip(FEATURE_NAMES, X[0].tolist()))
-    >>> row["tool_calls_per_invocation"], row["tool_entropy"], row["output_input_token_ratio"], row["tool_error_rate"]
-    (2.0, 1.0, 0.25, 0.5)
+    >>> row["tool_calls_per_invocation"], row["tool_entropy"], round(row["log_output_input_token_ratio"], 4)
+    (2.0, 1.0, -1.3833)
+    >>> round(row["tool_error_rate_surprise"], 4)     # 1 of 2 tool calls failed: the pooled rate is 1/2
+    0.2877
     """
     agent = columns.agent
     n_all = max(int(agent.max()) + 1 if agent.size else 0, len(columns.agents))
@@ -195,6 +232,11 @@ def behaviour_matrix(columns: SpanColumns, agent_codes: np.ndarray | None = None
     tool_p95 = grouped_percentile(agent[is_tool], duration[is_tool], n_all, 95)
 
     error = columns.error
+    active_rows = spans > 0
+
+    def excess(k: np.ndarray, n: np.ndarray) -> np.ndarray:
+        return binomial_surprise(k, n, active_rows)
+
     X = np.column_stack([
         invocations,
         model_calls / per_invocation,
@@ -204,11 +246,11 @@ def behaviour_matrix(columns: SpanColumns, agent_codes: np.ndarray | None = None
         _safe_divide(novel_calls, named_calls),
         _safe_divide(rare_calls, named_calls),
         in_mean, in_p95, out_mean, out_p95,
-        _safe_divide(out_sum, in_sum),
+        np.log1p(out_sum) - np.log1p(in_sum),    # a ratio of sums has a long right tail; its log does not
         inv_p50, inv_p95, tool_p50, tool_p95,
-        _safe_divide(count(error), spans),
-        _safe_divide(count(error & is_tool), tool_calls),
-        _safe_divide(count(columns.content_filter & is_model), model_calls),
-        _safe_divide(count(columns.length & is_model), model_calls),
+        excess(count(error), spans),
+        excess(count(error & is_tool), tool_calls),
+        excess(count(columns.content_filter & is_model), model_calls),
+        excess(count(columns.length & is_model), model_calls),
     ])
     return agent_codes, X[agent_codes]
