@@ -359,5 +359,50 @@ def validate(
         raise typer.Exit(1)
 
 
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but loopback needs --tokens. Example: --host 0.0.0.0"),
+    port: int = typer.Option(8470, min=0, max=65535, help="Port. Example: --port 9000"),
+    data_dir: Path | None = typer.Option(None, help="Folder of the node's durable log (replayed on restart); default: a new temporary folder. Example: --data-dir /var/lib/swarmguard"),  # noqa: B008
+    tokens: Path | None = typer.Option(None, help="TOML file of bearer tokens and their roles (ingest, observer, read, admin, peer). Example: --tokens tokens.toml"),  # noqa: B008
+    region: str = typer.Option("local", help="This node's region. Example: --region eu-west"),
+    window: float = typer.Option(60.0, help="Window length in seconds on the node's clock: each closed window is one detector round. Example: --window 10"),
+    features: int | None = typer.Option(None, min=1, help="Length of /v1/behaviors vectors (default: the first vector's). Example: --features 8"),
+    max_body_bytes: int = typer.Option(64 << 20, min=1, help="Request body limit in bytes, compressed and decompressed. Example: --max-body-bytes 1048576"),
+    metrics_public: bool = typer.Option(False, "--metrics-public", help="Serve /metrics without a token."),
+    certfile: Path | None = typer.Option(None, help="TLS certificate (PEM), with --keyfile. Example: --certfile node.pem"),  # noqa: B008
+    keyfile: Path | None = typer.Option(None, help="TLS private key (PEM), with --certfile. Example: --keyfile node.key"),  # noqa: B008
+    backend: Backend = typer.Option("inprocess", help="Engine: inprocess or ray (needs swarmguard[ray]). Example: --backend ray"),
+    address: str | None = typer.Option(None, help="Ray cluster address (--backend ray; default: a local Ray). Example: --address 10.0.0.5:6379"),
+    warm_up: int | None = typer.Option(None, min=3, help="Nobody is flagged in a population smaller than this; default min(1000, 100 x features). Example: --warm-up 50"),
+    drain_seconds: float = typer.Option(0.0, min=0.0, help="On SIGTERM, answer /readyz 503 this long before closing the listener. Example: --drain-seconds 5"),
+) -> None:
+    """Run one node: an HTTP service that takes behaviour vectors and evidence and answers who is anomalous.
+
+    Example: swarmguard serve --data-dir state --window 10
+    """
+    from .errors import SwarmGuardError
+
+    try:
+        from .apps.serve.run import run_server
+        from .apps.serve.settings import ServeSettings
+
+        settings = ServeSettings(data_dir=data_dir, tokens_file=tokens, host=host, port=port, region=region,
+                                 window_seconds=window, features=features, max_body_bytes=max_body_bytes,
+                                 metrics_public=metrics_public, certfile=certfile, keyfile=keyfile,
+                                 backend=backend, address=address, warm_up=warm_up)
+        settings.check_exposure()
+        if tokens is not None:
+            from .apps.serve.tokens import load_tokens
+
+            load_tokens(tokens)
+    except ImportError as exc:
+        raise _fail(f"swarmguard serve needs the serve extra (pip install 'swarmguard[serve]'): {exc}") from None
+    except SwarmGuardError as exc:
+        raise _fail(str(exc)) from None
+    run_server(settings, say=lambda line: err_console.print(line, markup=False, highlight=False, soft_wrap=True),
+               drain_seconds=drain_seconds)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
