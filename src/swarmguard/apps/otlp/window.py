@@ -116,6 +116,12 @@ class WindowAggregator:
         self._agent_cohort = np.zeros(0, dtype=np.int64)
 
     @property
+    def tables(self) -> tuple[NameTable, NameTable, NameTable]:
+        """The aggregator's name tables (agents, cohorts, tools), for columns coded elsewhere
+        (:meth:`add_columns`; hold no other thread's call meanwhile)."""
+        return self._agents, self._cohorts, self._tools
+
+    @property
     def window_index(self) -> int:
         """The index of the window now open."""
         return self._index

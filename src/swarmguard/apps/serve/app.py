@@ -172,10 +172,19 @@ def create_app(settings: ServeSettings, node: ServeNode | None = None,
         log.exception("internal error on %s", request.url.path)
         return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
-    for router in (ops_router, ingest_router, query_router, *_REGISTERED, *routers):
+    for router in (ops_router, ingest_router, query_router, *_optional_routers(), *_REGISTERED, *routers):
         app.include_router(router)
     app.add_middleware(_ServeMiddleware, state=app.state)
     return app
+
+
+def _optional_routers() -> list[APIRouter]:
+    """``POST /v1/traces`` when ``opentelemetry-proto`` is installed."""
+    try:
+        from ..otlp.traces import router as traces_router
+    except ImportError:
+        return []
+    return [traces_router]
 
 
 def _drain(node: ServeNode) -> None:

@@ -60,7 +60,7 @@ def _decode(body: bytes) -> tuple[dict[str, Any], np.ndarray | None]:
     if not sep:
         return meta, None
     matrix = np.frombuffer(rest, dtype="<f8").astype(np.float64)
-    return meta, matrix.reshape(len(meta["agents"]), meta["d"])
+    return meta, matrix.reshape(meta.get("rows", len(meta["agents"])), meta["d"])
 
 
 class DurableLog:
