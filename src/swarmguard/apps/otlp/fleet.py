@@ -171,26 +171,40 @@ def _post_evidence(client: Any, endpoint: str, token: str, lines: list[dict[str,
         report.evidence_refused += len(lines)
 
 
+def _sleep_to_next_window(window_s: float, offset: float) -> None:
+    """Sleep until ``offset`` seconds into the next window: the node's windows end at whole
+    multiples of ``--window`` seconds of the clock (Unix time), so a burst sent just after
+    a boundary falls in one node window."""
+    now = time.time()
+    time.sleep((now // window_s + 1) * window_s + offset - now)
+
+
 def run_fleet(endpoint: str, agents: int, misbehaving: int, windows: int = 3, window_s: float = 60.0,
               token: str | None = None, observers: Sequence[tuple[str, str]] = (), seed: int = 0,
               read_token: str | None = None, on_window: Callable[[int], None] | None = None,
               log: Callable[[str], None] = lambda _: None) -> FleetReport:
-    """Emulate ``agents`` agents (``misbehaving`` of them misbehaving) for ``windows`` windows of
-    ``window_s`` seconds: each window's spans are emitted and flushed at its start, the
-    observers' evidence (``observers``: (source name, token) pairs) posted, then the
-    fleet sleeps to the window's end (or calls ``on_window(index)`` instead, when given).
-    With ``read_token``, it then reads ``/v1/agents?top=K`` (K = ``misbehaving``) and
-    reports precision and recall against the misbehaving agents."""
+    """Emulate ``agents`` agents (``misbehaving`` of them misbehaving) for ``windows`` windows.
+
+    Each window's spans are emitted and flushed as one burst, and the observers'
+    evidence (``observers``: (source name, token) pairs) posted. Pacing: with
+    ``on_window``, it is called after each window (a test closes the node's window
+    there); without, each burst starts just after a boundary of the node's windows of
+    ``window_s`` seconds (the node's ``--window``), and after the last the fleet waits
+    for that window to close. With ``read_token``, it then reads ``/v1/agents?top=K``
+    (K = ``misbehaving``, population ``spans``) and reports precision and recall.
+    """
     import httpx
 
     profiles = make_fleet(agents, misbehaving, seed)
     rng = np.random.default_rng(seed + 1)
     report = FleetReport(misbehaving={p.agent_id: p.misbehaviour for p in profiles if p.misbehaviour})
     emitter = FleetEmitter(endpoint, profiles, token=token)
+    offset = min(1.0, 0.05 * window_s)
     try:
         with httpx.Client(timeout=30.0) as client:
             for w in range(windows):
-                started = time.monotonic()
+                if on_window is None:
+                    _sleep_to_next_window(window_s, offset)
                 report.spans_per_window.append(emitter.emit_window(rng))
                 report.flushed &= emitter.flush()
                 for source, observer_token in observers:
@@ -199,10 +213,11 @@ def run_fleet(endpoint: str, agents: int, misbehaving: int, windows: int = 3, wi
                 log(f"window {w}: {report.spans_per_window[-1]} spans sent")
                 if on_window is not None:
                     on_window(w)
-                else:
-                    time.sleep(max(0.0, window_s - (time.monotonic() - started)))
+            if on_window is None:
+                _sleep_to_next_window(window_s, offset + 1.0)    # the node closes the last window
             if read_token and misbehaving:
-                response = client.get(endpoint.rstrip("/") + f"/v1/agents?top={misbehaving}",
+                response = client.get(endpoint.rstrip("/") + "/v1/agents",
+                                      params={"top": misbehaving, "population": "spans"},
                                       headers={"Authorization": f"Bearer {read_token}"})
                 response.raise_for_status()
                 report.top = [a["agent_id"] for a in response.json()["agents"]]
