@@ -30,7 +30,7 @@ from .spans import OP_INVOKE, OP_MODEL, OP_TOOL, SpanColumns
 __all__ = ["Feature", "FEATURES", "FEATURE_NAMES", "RARE_TOOL_AGENT_SHARE", "behaviour_matrix",
            "grouped_percentile", "pair_keys", "binomial_surprise"]
 
-_stats = module_on_first_use("scipy.stats")
+_special = module_on_first_use("scipy.special")
 RARE_TOOL_AGENT_SHARE = 0.01   # a tool called by fewer than this share of the window's agents is rare
 
 
@@ -135,8 +135,11 @@ def binomial_surprise(k: np.ndarray, n: np.ndarray, rows: np.ndarray | None = No
     if p <= 0.0 or p >= 1.0:
         return out
     has = (n > 0) & (k > 0)
-    # P(X >= k) = sf(k - 1); logsf keeps the far tail (1e-20 and below) exact
-    out[has] = -_stats().binom.logsf(k[has] - 1, n[has], p)
+    # P(X >= k) is the regularized incomplete beta I_p(k, n - k + 1); scipy.special (which the
+    # detector loads anyway) rather than scipy.stats (seconds to import). Tails below 1e-300
+    # read as 1e-300: a surprise of at most ~690 nats.
+    tail = _special().betainc(k[has], n[has] - k[has] + 1, p)
+    out[has] = -np.log(np.maximum(tail, 1e-300))
     return np.maximum(out, 0.0)
 
 
