@@ -125,7 +125,7 @@ def _reference_row(c: SpanColumns, a: int, known: set, earlier: set, rare_tools:
             novel / len(named) if named else 0.0, rare / len(named) if named else 0.0,
             mean(tin), pct(tin, 95), mean(tout), pct(tout, 95),
             math.log((1 + math.fsum(tout)) / (1 + math.fsum(tin))),
-            pct(inv_d, 50), pct(inv_d, 95), pct(tool_d, 50), pct(tool_d, 95),
+            *[math.log1p(v) for v in (pct(inv_d, 50), pct(inv_d, 95), pct(tool_d, 50), pct(tool_d, 95))],
             *[_surprise(k_, n_, pooled[j]) for j, (k_, n_) in enumerate([
                 (sum(bool(c.error[i]) for i in rows), len(rows)),
                 (sum(bool(c.error[i]) for i in tools), len(tools)),

@@ -89,7 +89,7 @@ def test_the_sdk_exporter_s_requests_decode_and_every_span_arrives():
         p = by_id[agent]
         assert cohort == (f"{p.kind}-agents", p.environment, p.region, p.kind, p.version, p.model)
     row = dict(zip(FEATURE_NAMES, window.features[0], strict=True))
-    assert row["invocations"] >= 1 and row["input_tokens_mean"] > 0 and row["invocation_latency_p50"] > 0
+    assert row["invocations"] >= 1 and row["input_tokens_mean"] > 0 and row["log_invocation_latency_p50"] > 0
 
 
 def _windows_of(profiles, windows: int, seed: int):

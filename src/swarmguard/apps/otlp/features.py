@@ -14,7 +14,8 @@ share or percentile over no spans is 0. Rare events (errors, filtered or cut ans
 are scored by their binomial surprise at the window's pooled rate
 (:func:`binomial_surprise`), so that one failure in a handful of calls does not read as a
 high rate (the detector's distance is a Gaussian one, and such shares have long right
-tails); the output/input token ratio by its logarithm, for the same reason. Percentiles interpolate linearly between order
+tails); the output/input token ratio and the latencies by their logarithm, for the same
+reason (durations are close to log-normal). Percentiles interpolate linearly between order
 statistics (``numpy.percentile``'s default).
 """
 
@@ -63,11 +64,14 @@ FEATURES: tuple[Feature, ...] = (
     Feature("output_tokens_p95", "95th percentile of the same", "tokens", "`gen_ai.usage.output_tokens`"),
     Feature("log_output_input_token_ratio", "ln((1 + sum of output tokens) / (1 + sum of input tokens)) over "
             "the model calls", "ln ratio", "`gen_ai.usage.input_tokens`, `gen_ai.usage.output_tokens`"),
-    Feature("invocation_latency_p50", "median duration of the invoke_agent spans", "seconds",
+    Feature("log_invocation_latency_p50", "ln(1 + median duration in seconds of the invoke_agent spans)",
+            "ln seconds", "span start/end time, " + _OP),
+    Feature("log_invocation_latency_p95", "ln(1 + their 95th percentile in seconds)", "ln seconds",
             "span start/end time, " + _OP),
-    Feature("invocation_latency_p95", "95th percentile of the same", "seconds", "span start/end time, " + _OP),
-    Feature("tool_latency_p50", "median duration of the tool calls", "seconds", "span start/end time, " + _OP),
-    Feature("tool_latency_p95", "95th percentile of the same", "seconds", "span start/end time, " + _OP),
+    Feature("log_tool_latency_p50", "ln(1 + median duration in seconds of the tool calls)", "ln seconds",
+            "span start/end time, " + _OP),
+    Feature("log_tool_latency_p95", "ln(1 + their 95th percentile in seconds)", "ln seconds",
+            "span start/end time, " + _OP),
     Feature("error_rate_surprise", "surprise of the agent's failed spans (`error.type` set or status ERROR) "
             "among its spans", "nats", "`error.type`, span status"),
     Feature("tool_error_rate_surprise", "surprise of its failed tool calls among its tool calls", "nats",
@@ -250,7 +254,7 @@ def behaviour_matrix(columns: SpanColumns, agent_codes: np.ndarray | None = None
         _safe_divide(rare_calls, named_calls),
         in_mean, in_p95, out_mean, out_p95,
         np.log1p(out_sum) - np.log1p(in_sum),    # a ratio of sums has a long right tail; its log does not
-        inv_p50, inv_p95, tool_p50, tool_p95,
+        np.log1p(inv_p50), np.log1p(inv_p95), np.log1p(tool_p50), np.log1p(tool_p95),
         excess(count(error), spans),
         excess(count(error & is_tool), tool_calls),
         excess(count(columns.content_filter & is_model), model_calls),

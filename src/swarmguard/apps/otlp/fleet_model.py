@@ -8,6 +8,7 @@ real SDK spans (and tests and benchmarks into protobuf directly).
 Honest agents differ from each other (their own invocation rate, tool habits, prompt
 sizes, latencies: each drawn once) and from window to window (Poisson counts, log-normal
 tokens and durations, a 1.5% error rate, 3% ``length`` and 1% ``content_filter`` stops).
+Every agent retries a failed model or tool call (at most twice), as agent frameworks do.
 The misbehaving kinds (:data:`MISBEHAVIOURS`):
 
 - ``tool_loop``: each invocation calls one tool over and over (15–30 calls);
@@ -37,6 +38,7 @@ AGENT_KINDS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 INJECTED_TOOLS = ("shell_exec", "http_post_external", "read_secrets", "list_users")
 REGIONS = ("eu-west", "us-east", "ap-south")
+_RETRIES = 2                    # a failed model or tool call is tried again, at most this often
 ENVIRONMENTS = ("prod", "staging")
 
 
@@ -154,14 +156,20 @@ def plan_window(p: AgentProfile, rng: np.random.Generator) -> list[list[SpanPlan
                 tools += list(rng.choice(INJECTED_TOOLS, size=int(rng.integers(1, 4))))
         for m in range(n_model):
             spike = p.misbehaviour == "token_spike" and rng.random() < 0.6
-            call = _model_call(p, rng, t, spike, rng.random() < error_p)
-            steps.append(call)
-            t += call.duration_s
+            for _attempt in range(1 + _RETRIES):        # a failed call is retried, as frameworks do
+                call = _model_call(p, rng, t, spike, rng.random() < error_p)
+                steps.append(call)
+                t += call.duration_s
+                if call.error is None:
+                    break
             share = tools[m::n_model]          # the tools this model call asked for
             for tool in share:
-                step = _tool_call(p, rng, t, str(tool), rng.random() < error_p)
-                steps.append(step)
-                t += step.duration_s
+                for _attempt in range(1 + _RETRIES):
+                    step = _tool_call(p, rng, t, str(tool), rng.random() < error_p)
+                    steps.append(step)
+                    t += step.duration_s
+                    if step.error is None:
+                        break
         root = SpanPlan(f"invoke_agent {p.kind}", "invoke_agent", 0.0, t + 0.01, None,
                         {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.id": p.agent_id,
                          "gen_ai.agent.name": p.kind, "gen_ai.request.model": p.model})
