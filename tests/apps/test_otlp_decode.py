@@ -187,3 +187,11 @@ def test_answers_round_trip_in_both_encodings(encoding):
 def test_json_answer_uses_the_otlp_json_field_names():
     doc = json.loads(encode_export_response("json", 2, "x"))
     assert doc == {"partialSuccess": {"rejectedSpans": "2", "errorMessage": "x"}}
+
+
+def test_the_otlp_json_encoder_round_trips():
+    from swarmguard.apps.otlp.decode import encode_otlp_json
+
+    body = encode_otlp_json(_request())
+    assert TRACE.encode() in body and base64.b64encode(bytes.fromhex(TRACE)) not in body
+    assert decode_export_request(body, "application/json").request == _request()

@@ -15,8 +15,20 @@ pytest.importorskip("opentelemetry.proto")
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
 
-from swarmguard.apps.otlp.features import FEATURE_NAMES, FEATURES, behaviour_matrix, grouped_percentile  # noqa: E402
-from swarmguard.apps.otlp.spans import OP_INVOKE, OP_MODEL, OP_OTHER, OP_TOOL, SpanColumns, span_columns  # noqa: E402
+from swarmguard.apps.otlp.features import (  # noqa: E402
+    FEATURE_NAMES,
+    FEATURES,
+    behaviour_matrix,
+    grouped_percentile,
+)
+from swarmguard.apps.otlp.spans import (  # noqa: E402
+    OP_INVOKE,
+    OP_MODEL,
+    OP_OTHER,
+    OP_TOOL,
+    SpanColumns,
+    span_columns,
+)
 from swarmguard.apps.otlp.window import WindowAggregator  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "otlp-features.md"
@@ -239,3 +251,32 @@ def test_bad_window_lengths_are_refused():
     for bad in (0, -1.0, float("nan"), "60"):
         with pytest.raises(InvalidInputError):
             WindowAggregator(bad)
+
+
+def test_a_file_of_otlp_json_exports_gives_the_vectors_the_server_would(tmp_path):
+    import gzip
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from swarmguard.apps.otlp.decode import encode_otlp_json
+    from swarmguard.apps.otlp.fleet_model import make_fleet
+    from swarmguard.apps.otlp.span_file import iter_span_file_windows, read_span_file
+    from swarmguard.apps.otlp.synthetic import window_requests
+    from swarmguard.errors import MalformedInputError
+
+    bodies = window_requests(make_fleet(30, 2, seed=2), np.random.default_rng(1))
+    direct = WindowAggregator(3600.0)
+    for body in bodies:
+        direct.add(ExportTraceServiceRequest.FromString(body))
+    expected = direct.close()
+    path = tmp_path / "spans.jsonl.gz"
+    path.write_bytes(gzip.compress(b"\n".join(encode_otlp_json(ExportTraceServiceRequest.FromString(b))
+                                              for b in bodies) + b"\n"))
+    window = read_span_file(path)
+    assert window.agent_ids.tolist() == expected.agent_ids.tolist() and window.spans == expected.spans
+    np.testing.assert_array_equal(window.features, expected.features)
+    assert len(list(iter_span_file_windows(path, window_lines=1))) == len(bodies)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"resourceSpans": []}\n{oops\n')
+    with pytest.raises(MalformedInputError, match="line 2"):
+        read_span_file(bad)

@@ -57,7 +57,7 @@ from ...errors import BodyTooLargeError, MalformedBodyError, UnsupportedMediaTyp
 __all__ = [
     "PROTOBUF", "JSON", "DEFAULT_MAX_BODY_BYTES", "Encoding", "DecodedRequest", "encoding_of",
     "inflate", "decode_export_request", "encode_export_response", "encode_status",
-    "status_code_for_http", "count_spans", "decode_status", "decode_export_response",
+    "status_code_for_http", "count_spans", "decode_status", "decode_export_response", "encode_otlp_json",
 ]
 
 PROTOBUF = "application/x-protobuf"
@@ -194,6 +194,33 @@ def _rewrite_hex_ids(document: Any) -> None:
                         for field in _LINK_ID_FIELDS:
                             if field in link:
                                 link[field] = _hex_to_base64(link[field], f"links.{field}")
+
+
+def _rewrite_base64_ids(document: Any) -> None:
+    """The inverse of :func:`_rewrite_hex_ids` (a document json_format wrote)."""
+    for rs in _list(document.get("resourceSpans")):
+        for ss in _list(rs.get("scopeSpans")):
+            for span in _list(ss.get("spans")):
+                for field in ("traceId", "spanId", "parentSpanId"):
+                    if field in span:
+                        span[field] = base64.b64decode(span[field]).hex()
+                for link in _list(span.get("links")):
+                    for field in ("traceId", "spanId"):
+                        if field in link:
+                            link[field] = base64.b64decode(link[field]).hex()
+
+
+def encode_otlp_json(request: Any) -> bytes:
+    """An ``ExportTraceServiceRequest`` in the OTLP JSON encoding (hex ids), one line.
+
+    >>> req = ExportTraceServiceRequest()
+    >>> _ = req.resource_spans.add().scope_spans.add().spans.add(span_id=bytes.fromhex("eee19b7ec3c1b174"))
+    >>> encode_otlp_json(req)
+    b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"spanId":"eee19b7ec3c1b174"}]}]}]}'
+    """
+    document = json_format.MessageToDict(request)
+    _rewrite_base64_ids(document)
+    return json.dumps(document, separators=(",", ":")).encode("utf-8")
 
 
 def decode_export_request(body: bytes, content_type: str | None, content_encoding: str | None = None,

@@ -53,7 +53,7 @@ def window_requests(profiles: Sequence[AgentProfile], rng: np.random.Generator, 
         request = span_list = None
         count = 0
 
-        def flush() -> None:
+        def flush(attrs: tuple = attrs) -> None:
             nonlocal request, span_list, count
             if request is not None and count:
                 bodies.append(request.SerializeToString())

@@ -30,7 +30,14 @@ from fastapi.responses import Response
 from ...errors import BodyTooLargeError, MalformedBodyError, UnsupportedMediaTypeError
 from ..serve.auth import authenticate
 from ..serve.http_errors import ApiError, one_line
-from .decode import JSON, PROTOBUF, decode_export_request, encode_export_response, encode_status, encoding_of
+from .decode import (
+    JSON,
+    PROTOBUF,
+    decode_export_request,
+    encode_export_response,
+    encode_status,
+    encoding_of,
+)
 from .features import FEATURE_NAMES
 from .spans import SpanColumns, span_columns
 from .window import WindowAggregator
