@@ -265,3 +265,32 @@ def test_the_fleet_s_misbehaving_agents_are_the_top_k_within_two_windows(make_no
 
 def metric_total(node) -> float:
     return node.metrics.accepted.labels("spans")._value.get()
+
+
+def test_group_commit_makes_records_durable_only_at_commit(tmp_path):
+    from swarmguard.apps.serve.durable_log import DurableLog
+
+    log = DurableLog(tmp_path)
+    seqs = [log.append_grouped("spans", float(i), {"rows": 0, "d": 1, "agents": []}) for i in range(3)]
+    assert len(DurableLog(tmp_path)) == 0                 # another reader: nothing committed yet
+    log.commit_through(seqs[1])                           # one commit covers every record written
+    assert len(DurableLog(tmp_path)) == 3
+    log.commit_through(seqs[2])                           # already durable: no second commit needed
+    s4 = log.append_grouped("spans", 3.0, {"rows": 0, "d": 1, "agents": []})
+    log.append("close", 4.0, {})                          # a plain append commits the open group too
+    assert len(DurableLog(tmp_path)) == 5 and s4 == 4
+    assert [r.kind for r in DurableLog(tmp_path).records()] == ["spans"] * 4 + ["close"]
+
+
+def test_concurrent_exports_are_all_durable_when_acknowledged(make_node, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, node, client = make_node()
+    bodies = [_request(agents=[f"t{i}-a{j}" for j in range(5)]) for i in range(24)]
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(lambda b: client.post("/v1/traces", content=b,
+                                                    headers={**PB, **auth("t-ingest")}).status_code, bodies))
+    assert codes == [200] * 24
+    from swarmguard.apps.serve.durable_log import DurableLog
+
+    assert sum(r.meta["rows"] for r in DurableLog(tmp_path / "data").records()) == 24 * 15

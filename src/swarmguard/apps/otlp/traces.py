@@ -9,7 +9,8 @@ window holds ``max_window_rows`` spans) and 503 (draining), both with ``Retry-Af
 
 :class:`SpanIngest` is the node's extension (:func:`swarmguard.apps.serve.node.node_extensions`):
 each request's spans, as columns (:mod:`.spans`), are written to the node's durable log
-(one record, synced, before the 200) and kept in a
+(one record, committed and synced before the 200; requests in flight together share one
+commit) and kept in a
 :class:`~swarmguard.apps.otlp.window.WindowAggregator`; when the node closes its window,
 the aggregator's behaviour vectors (``docs/otlp-features.md``) join the ``spans``
 population's window and are scored in that window's round, apart from the
@@ -106,9 +107,11 @@ class SpanIngest:
                                headers={"Retry-After": str(node._retry_after())})
             at = node.settings.clock()
             meta, matrix = _record(columns)
-            node.log.append(SPANS_RECORD, at, meta, matrix)
+            seq = node.log.append_grouped(SPANS_RECORD, at, meta, matrix)
             self._apply(at, meta, matrix)
             node.metrics.queue_depth.labels("window_spans").set(self.pending_spans)
+        # durable before the 200: concurrent requests share one commit (one fsync)
+        node.log.commit_through(seq)
         return n, rejected, message
 
     # ------------------------------------------------------------ the node's hooks
