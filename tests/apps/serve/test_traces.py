@@ -294,3 +294,24 @@ def test_concurrent_exports_are_all_durable_when_acknowledged(make_node, tmp_pat
     from swarmguard.apps.serve.durable_log import DurableLog
 
     assert sum(r.meta["rows"] for r in DurableLog(tmp_path / "data").records()) == 24 * 15
+
+
+def test_too_many_writes_in_flight_is_an_otlp_503_on_traces(make_node):
+    from swarmguard.apps.serve.app import _ServeMiddleware
+
+    _, node, client = make_node(max_inflight=1)
+    client.get("/healthz")                                     # builds the middleware stack
+    stack = client.app.middleware_stack
+    while stack is not None and not isinstance(stack, _ServeMiddleware):
+        stack = getattr(stack, "app", None)
+    assert stack is not None
+    stack.inflight = 1            # the one write slot is taken: the next POST is refused before the route
+    r = client.post("/v1/traces", content=_request(), headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    assert r.headers["content-type"] == "application/x-protobuf"
+    assert decode_status(r.content, "protobuf").code == 14
+    r = client.post("/v1/behaviors", content=b"{}\n", headers={"Content-Type": "application/x-ndjson",
+                                                              **auth("t-ingest")})
+    assert r.status_code == 503 and "error" in r.json()          # the node's other routes keep their JSON
+    stack.inflight = 0
+    assert _ingest(node).pending_spans == 0
