@@ -53,3 +53,19 @@ def test_without_data_dir_it_says_it_uses_a_temporary_folder(monkeypatch):
     shutil.rmtree(folder)
     with pytest.raises(Exception, match="refusing"):
         run_server(ServeSettings(host="10.0.0.1"), say=said.append)
+
+
+def test_the_command_line_leaves_the_web_stack_unimported():
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[3] / "src"
+    probe = ("import sys, json; from swarmguard.cli import app; import swarmguard.client; "
+             "print(json.dumps([m for m in ('fastapi', 'uvicorn', 'starlette', 'prometheus_client', 'httpx') "
+             "if m in sys.modules]))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True, timeout=120)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

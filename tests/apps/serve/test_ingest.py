@@ -201,6 +201,7 @@ def test_json_is_strict_about_numbers(served):
            b'{"agent_id": "c", "features": [true, 1.0]}\n{"agent_id": "d", "features": [2, 1.0]}\n'
     r = client.post("/v1/behaviors", content=body, headers={**NDJSON, **auth("t-ingest")})
     assert r.json()["accepted"] == 1 and r.json()["rejected"] == 3, json.dumps(r.json())
+    assert [e["line"] for e in r.json()["errors"]] == [1, 2, 3]
 
 
 def test_writes_over_the_inflight_bound_are_503_with_retry_after(make_node):
@@ -248,3 +249,18 @@ def test_an_evidence_body_with_no_good_line_is_400_and_logs_nothing(served):
     r = post_evidence(client, [_evidence(1, source_node="observer-8"), {"evidence_id": "x"}])
     assert r.status_code == 400 and "observer-8" in r.json()["error"]
     assert len(node.log) == 0 and node.populations["behaviors"].detector.consensus.evidence_count == 0
+
+
+def test_deflate_bodies_are_read_and_truncated_or_corrupt_ones_are_400(served):
+    import zlib
+
+    _, node, client = served
+    body = lines([{"agent_id": "a", "features": [1.0, 2.0]}])
+    headers = {**NDJSON, **auth("t-ingest")}
+    r = client.post("/v1/behaviors", content=zlib.compress(body), headers={**headers, "Content-Encoding": "deflate"})
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    r = client.post("/v1/behaviors", content=gzip.compress(body)[:-12], headers={**headers, "Content-Encoding": "gzip"})
+    assert r.status_code == 400 and "truncated" in r.json()["error"]
+    r = client.post("/v1/behaviors", content=b"\x1f\x8bnot gzip", headers={**headers, "Content-Encoding": "gzip"})
+    assert r.status_code == 400 and "cannot be decoded" in r.json()["error"]
+    assert len(node.log) == 1

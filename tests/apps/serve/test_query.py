@@ -34,6 +34,14 @@ def test_an_agent_is_visible_once_the_window_holding_it_closes(served):
     assert r.status_code == 200 and r.json()["agent_id"] == "a-1"
 
 
+def test_agent_ids_with_slashes_are_found(served):
+    _, _, client = served
+    post_behaviors(client, [{"agent_id": "team/a 1", "features": [1.0]}])
+    close_window(client)
+    r = client.get("/v1/agents/team/a%201", headers=READ)
+    assert r.status_code == 200 and r.json()["agent_id"] == "team/a 1"
+
+
 def test_evidence_without_behaviour_is_404(served):
     _, _, client = served
     post_evidence(client, [{"evidence_id": "e", "agent_id": "ghost", "evidence_type": "peer_report",
@@ -126,3 +134,18 @@ def test_the_client_reads_the_same_answers(served):
     with pytest.raises(NodeError) as info:
         admin.agent("nobody")
     assert info.value.status == 404
+
+
+def test_metrics_count_windows_and_isolations_and_openapi_is_served(served):
+    from .conftest import metric
+
+    _, _, client = served
+    _three_windows(client, np.random.default_rng(11), shifted=(7,))
+    assert metric(client, "swarmguard_windows_closed_total") == 3
+    assert metric(client, "swarmguard_isolations_total") == 1
+    assert metric(client, "swarmguard_agents", population="behaviors") == 120
+    assert metric(client, "swarmguard_request_seconds_count", route="/v1/behaviors") == 3
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/behaviors", "/v1/evidence", "/v1/agents", "/v1/agents/{agent_id}", "/v1/populations",
+            "/v1/events", "/metrics", "/healthz", "/readyz"} <= set(paths)

@@ -95,7 +95,7 @@ class SpanIngest:
             why.append(f"{dropped} spans with an unusable agent id (over 1000 characters or unprintable)")
         message = "; ".join(why)
         node = self.node
-        with node._lock:
+        with node.lock:
             node._check_open()
             n = len(columns)
             if n == 0:

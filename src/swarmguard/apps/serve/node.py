@@ -21,7 +21,7 @@ only when the window closes) is an object built with the node, before the replay
 with ``kinds`` (the log record kinds it writes), ``apply(record)`` (one of its records,
 live or replayed) and ``before_close(at)`` (called first in every window close, live
 or replayed, under the node's lock). It logs with ``node.log.append`` under
-``node._lock`` and opens the window with :meth:`ServeNode.open_window`.
+``node.lock`` and opens the window with :meth:`ServeNode.open_window`.
 """
 
 from __future__ import annotations
@@ -87,6 +87,11 @@ class ServeNode:
         self.log = DurableLog(self.data_dir)
         self.replayed = self.replay()
         self.state = "ready"
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The node's lock: hold it to read several of its parts as one state (queries do)."""
+        return self._lock
 
     # ---------------------------------------------------------------- the pieces
     def _population(self, name: str) -> Population:

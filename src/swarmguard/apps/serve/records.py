@@ -108,6 +108,7 @@ def parse_behavior_lines(body: bytes, dimension: int | None) -> BehaviorBatch:
     ids: list[str] = []
     rows: list[list[float]] = []
     cohorts: list[str | None] = []
+    numbers: list[int] = []
     errors: list[LineError] = []
     seen = False
     for number, raw in _lines(body):
@@ -135,6 +136,7 @@ def parse_behavior_lines(body: bytes, dimension: int | None) -> BehaviorBatch:
             errors.append(LineError(number, one_line(exc)))
             continue
         dimension = len(features)
+        numbers.append(number)
         ids.append(agent)
         rows.append(features)
         cohorts.append(cohort)
@@ -144,7 +146,8 @@ def parse_behavior_lines(body: bytes, dimension: int | None) -> BehaviorBatch:
     if X.size and not np.isfinite(X).all():      # ints beyond float64's range become inf
         bad = set(np.flatnonzero(~np.isfinite(X).all(axis=1)).tolist())
         keep = [i for i in range(len(ids)) if i not in bad]
-        errors += [LineError(0, f"agent {ids[i]}: features overflow float64") for i in sorted(bad)]
+        errors += [LineError(numbers[i], "features overflow float64") for i in sorted(bad)]
+        errors.sort(key=lambda e: e.line)
         ids, cohorts, X = [ids[i] for i in keep], [cohorts[i] for i in keep], X[keep]
     return BehaviorBatch(ids, X, cohorts, errors)
 

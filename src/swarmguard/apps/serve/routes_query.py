@@ -24,21 +24,21 @@ def list_agents(request: Request, top: int = Query(10, ge=1, le=100_000), cohort
     """``{"agents": [{"agent_id", "severity", "p_value", "score", "isolated", "cohort", "population"}]}``,
     the ``top`` highest scores (squared distance) first; ``cohort`` / ``population`` filter."""
     node = request.app.state.node
-    with node._lock:
+    with node.lock:
         states = [s for p in node.populations.values() if population in (None, p.name)
                   for s in p.agents.values() if cohort is None or (s.cohort or node.settings.region) == cohort]
         best = heapq.nlargest(top, states, key=lambda s: (-s.log_p, s.score))
         return {"agents": [s.summary() for s in best]}
 
 
-@router.get("/v1/agents/{agent_id}", summary="One agent's latest result",
+@router.get("/v1/agents/{agent_id:path}", summary="One agent's latest result",
             responses={404: {"description": "unknown agent (no closed window holds a vector of it)"}})
 def get_agent(request: Request, agent_id: str, population: str | None = None) -> dict:
     """The agent's list item plus ``contributions`` ([{feature, share, typical, actual}], largest
     share first), ``consensus`` ({probability, log_odds, evidence_count}), ``confidence_factor``
     and ``window``."""
     node = request.app.state.node
-    with node._lock:
+    with node.lock:
         found = node.find_agent(agent_id, population)
         if found is None:
             raise ApiError(404, f"unknown agent {agent_id!r}", code="unknown_agent")
@@ -56,7 +56,7 @@ def list_populations(request: Request) -> dict:
     """``{"populations": [{"cohort", "count", "mean", ...}]}``; cohort ``""`` is the whole
     population; ``count`` counts agents."""
     node = request.app.state.node
-    with node._lock:
+    with node.lock:
         out = []
         for pop in node.populations.values():
             for cohort in ["", *pop.cohorts()]:
@@ -66,10 +66,10 @@ def list_populations(request: Request) -> dict:
         return {"populations": out}
 
 
-@router.get("/v1/populations/{cohort}", summary="One cohort", responses={404: {"description": "unknown cohort"}})
+@router.get("/v1/populations/{cohort:path}", summary="One cohort", responses={404: {"description": "unknown cohort"}})
 def get_population(request: Request, cohort: str, population: str | None = None) -> dict:
     node = request.app.state.node
-    with node._lock:
+    with node.lock:
         for pop in node.populations.values():
             if population not in (None, pop.name):
                 continue
