@@ -151,6 +151,7 @@ class FleetReport:
     evidence_posted: int = 0
     evidence_refused: int = 0
     flushed: bool = True
+    overran: int = 0                 # windows whose burst took longer than 90% of the window
     misbehaving: dict[str, str] = field(default_factory=dict)
     top: list[str] | None = None
     precision: float | None = None
@@ -205,8 +206,15 @@ def run_fleet(endpoint: str, agents: int, misbehaving: int, windows: int = 3, wi
             for w in range(windows):
                 if on_window is None:
                     _sleep_to_next_window(window_s, offset)
+                started = time.monotonic()
                 report.spans_per_window.append(emitter.emit_window(rng))
                 report.flushed &= emitter.flush()
+                took = time.monotonic() - started
+                if on_window is None and took > 0.9 * window_s:
+                    # the burst ran into the node's next window: that window sees two of an agent's
+                    report.overran += 1
+                    log(f"window {w}: sending took {took:.1f} s of a {window_s:g} s window; use a longer --window "
+                        "(the SDK emits a few thousand spans a second per core)")
                 for source, observer_token in observers:
                     _post_evidence(client, endpoint, observer_token,
                                    observer_evidence(profiles, source, w, rng), report)
