@@ -315,3 +315,15 @@ def test_too_many_writes_in_flight_is_an_otlp_503_on_traces(make_node):
     assert r.status_code == 503 and "error" in r.json()          # the node's other routes keep their JSON
     stack.inflight = 0
     assert _ingest(node).pending_spans == 0
+
+
+def test_an_unusable_agent_id_is_refused_through_partial_success(served):
+    _, node, client = served
+    r = client.post("/v1/traces", content=_request(agents=("ok-1", "bad\x00id", "x" * 1001)),
+                    headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 200
+    partial = decode_export_response(r.content, "protobuf").partial_success
+    assert partial.rejected_spans == 6 and "unusable agent id" in partial.error_message
+    assert _ingest(node).pending_spans == 3
+    (closed,) = close_window(client)
+    assert closed["agents"] == 1
