@@ -404,5 +404,47 @@ def serve(
                drain_seconds=drain_seconds)
 
 
+@app.command()
+def fleet(
+    endpoint: str = typer.Option("http://127.0.0.1:8470", help="The node's base URL (spans go to /v1/traces). Example: --endpoint http://127.0.0.1:8470"),
+    agents: int = typer.Option(1000, min=1, help="Emulated AI agents. Example: --agents 10000"),
+    misbehaving: int = typer.Option(10, min=0, help="How many of them misbehave (tool loop, token spikes, error burst, prompt injection, in turn). Example: --misbehaving 40"),
+    windows: int = typer.Option(3, min=1, help="Windows to emit. Example: --windows 5"),
+    window: float = typer.Option(60.0, min=0.5, help="The node's --window in seconds (bursts are sent just after its boundaries). Example: --window 10"),
+    token: str | None = typer.Option(None, help="Bearer token for /v1/traces (an ingest token). Example: --token s3cret-ingest"),
+    observer: list[str] = typer.Option([], help="An observer posting evidence, as SOURCE=TOKEN (an observer token); repeat for more. Example: --observer observer-7=s3cret-obs7"),  # noqa: B008
+    read_token: str | None = typer.Option(None, help="A read token: at the end, check /v1/agents?top=K against the misbehaving agents. Example: --read-token s3cret-read"),
+    seed: int = typer.Option(0, help="Random seed (the same seed, the same fleet). Example: --seed 7"),
+) -> None:
+    """Emulate a fleet of AI agents sending OpenTelemetry GenAI spans (OTLP/HTTP) to a node.
+
+    Example: swarmguard fleet --endpoint http://127.0.0.1:8470 --agents 1000 --misbehaving 10 --window 10 --token s3cret-ingest
+    """
+    if misbehaving > agents:
+        raise typer.BadParameter("misbehaving must be at most agents", param_hint="--misbehaving")
+    pairs = []
+    for item in observer:
+        source, sep, secret = item.partition("=")
+        if not sep or not source or not secret:
+            raise typer.BadParameter(f"expected SOURCE=TOKEN, got {item!r}", param_hint="--observer")
+        pairs.append((source, secret))
+    try:
+        from .apps.otlp.fleet import run_fleet
+    except ImportError as exc:
+        raise _fail(f"swarmguard fleet needs the fleet extra (pip install 'swarmguard[fleet]'): {exc}") from None
+    say = lambda line: err_console.print(line, markup=False, highlight=False)  # noqa: E731
+    say(f"swarmguard fleet: {agents} agents ({misbehaving} misbehaving) -> {endpoint}, {windows} windows of {window:g} s")
+    try:
+        report = run_fleet(endpoint, agents, misbehaving, windows=windows, window_s=window, token=token,
+                           observers=pairs, seed=seed, read_token=read_token, log=say)
+    except Exception as exc:         # the node unreachable, a refused token: one line, exit 1
+        raise _fail(f"{type(exc).__name__}: {exc}", code=1) from None
+    console.print(f"sent {sum(report.spans_per_window):,} spans in {len(report.spans_per_window)} windows"
+                  + ("" if report.flushed else " (some exports did not finish)")
+                  + f"; evidence accepted {report.evidence_posted}, refused {report.evidence_refused}")
+    if report.precision is not None:
+        console.print(f"top-{misbehaving} of /v1/agents: precision {report.precision:.3f}, recall {report.recall:.3f}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -29,6 +29,9 @@ __all__ = [
     "QuorumUnavailableError",
     "UnknownRegionError",
     "StaleShardError",
+    "MalformedBodyError",
+    "UnsupportedMediaTypeError",
+    "BodyTooLargeError",
 ]
 
 
@@ -136,3 +139,22 @@ class UnknownRegionError(SwarmGuardError, KeyError):
 
 class StaleShardError(SwarmGuardError, RuntimeError):
     """A shard's state is not the one the caller expects (it restarted): restore it."""
+
+
+class MalformedBodyError(InvalidInputError):
+    """A request body that cannot be decoded (bad protobuf, JSON, gzip stream): HTTP 400, never retried."""
+
+
+class UnsupportedMediaTypeError(InvalidInputError):
+    """A request body in a content type or content encoding the endpoint does not read: HTTP 415."""
+
+
+class BodyTooLargeError(InvalidInputError):
+    """A request body over the size limit, before or after decompression (a gzip bomb): HTTP 413.
+
+    ``limit`` is the limit in bytes.
+    """
+
+    def __init__(self, message: str, limit: int):
+        self.limit = limit
+        super().__init__(message)

@@ -28,7 +28,7 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ... import __version__
@@ -62,8 +62,27 @@ def resolve_data_dir(settings: ServeSettings) -> tuple[Path, bool]:
     return Path(tempfile.mkdtemp(prefix="swarmguard-serve-")), True
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(status: int, message: str, headers: dict[str, str] | None = None, path: str = "",
+           content_type: str | None = None):
+    """The node's one-line JSON error; on ``/v1/traces`` the OTLP answer (a ``google.rpc.Status``
+    in the request's encoding) that OTLP exporters read."""
+    if path == "/v1/traces":
+        try:
+            from ..otlp.decode import JSON, PROTOBUF, encode_status
+        except ImportError:
+            pass
+        else:
+            encoding = "json" if (content_type or "").split(";")[0].strip().lower() == JSON else "protobuf"
+            return Response(encode_status(encoding, status, message), status_code=status, headers=headers,
+                            media_type=JSON if encoding == "json" else PROTOBUF)
     return JSONResponse({"error": one_line(message)}, status_code=status, headers=headers)
+
+
+def _content_type(scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            return value.decode("latin-1")
+    return None
 
 
 def _route_label(path: str) -> str:
@@ -90,11 +109,12 @@ class _ServeMiddleware:
         try:
             if getattr(self.state, "node", None) is None and path not in _PUBLIC:
                 metrics.errors.labels("starting", "503").inc()
-                return await _error(503, "the node is starting", {"Retry-After": "1"})(scope, receive, send)
+                return await _error(503, "the node is starting", {"Retry-After": "1"}, path,
+                                    _content_type(scope))(scope, receive, send)
             if write and self.inflight >= self.state.settings.max_inflight:
                 metrics.errors.labels("overloaded", "503").inc()
                 return await _error(503, f"{self.inflight} requests in flight: retry later",
-                                    {"Retry-After": "1"})(scope, receive, send)
+                                    {"Retry-After": "1"}, path, _content_type(scope))(scope, receive, send)
             if write:
                 self.inflight += 1
                 metrics.queue_depth.labels("inflight").set(self.inflight)
@@ -170,12 +190,22 @@ def create_app(settings: ServeSettings, node: ServeNode | None = None,
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         metrics.errors.labels("internal", "500").inc()
         log.exception("internal error on %s", request.url.path)
-        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}", None, request.url.path,
+                      request.headers.get("content-type"))
 
-    for router in (ops_router, ingest_router, query_router, *_REGISTERED, *routers):
+    for router in (ops_router, ingest_router, query_router, *_optional_routers(), *_REGISTERED, *routers):
         app.include_router(router)
     app.add_middleware(_ServeMiddleware, state=app.state)
     return app
+
+
+def _optional_routers() -> list[APIRouter]:
+    """``POST /v1/traces`` when ``opentelemetry-proto`` is installed."""
+    try:
+        from ..otlp.traces import router as traces_router
+    except ImportError:
+        return []
+    return [traces_router]
 
 
 def _drain(node: ServeNode) -> None:

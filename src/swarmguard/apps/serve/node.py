@@ -14,6 +14,14 @@ call :meth:`ServeNode.accept_behaviors` with the population's name (``"spans"``
 for OTLP-derived vectors) and its ``feature_names``; it returns after the batch
 is durable, and the vectors count in the open window. From a route, the node is
 ``request.app.state.node``.
+
+Extensions (:func:`node_extensions`): a feeder that keeps state of its own between a
+request and the window's close (``POST /v1/traces`` keeps spans, and makes vectors
+only when the window closes) is an object built with the node, before the replay,
+with ``kinds`` (the log record kinds it writes), ``apply(record)`` (one of its records,
+live or replayed) and ``before_close(at)`` (called first in every window close, live
+or replayed, under the node's lock). It logs with ``node.log.append`` under
+``node.lock`` and opens the window with :meth:`ServeNode.open_window`.
 """
 
 from __future__ import annotations
@@ -75,6 +83,7 @@ class ServeNode:
             self._population(name)
         self.opened_at: float | None = None  # arrival of the open window's first vector
         self.state = "starting"               # starting -> ready -> draining
+        self.extensions = [make(self) for make in node_extensions()]
         self.log = DurableLog(self.data_dir)
         self.replayed = self.replay()
         self.state = "ready"
@@ -210,6 +219,11 @@ class ServeNode:
             pop.ingest_evidence(columns)
 
     # ---------------------------------------------------------------- windows
+    def open_window(self, at: float) -> None:
+        """Count ``at`` as an arrival in the open window (the first one opens it)."""
+        if self.opened_at is None:
+            self.opened_at = at
+
     def window_due(self, now: float | None = None) -> bool:
         end = self.window_end()
         return end is not None and (self.settings.clock() if now is None else now) >= end
@@ -228,6 +242,8 @@ class ServeNode:
 
     def _apply_close(self, at: float, live: bool) -> list[WindowOutcome]:
         self._at = at
+        for extension in self.extensions:      # e.g. spans become vectors in the open window
+            extension.before_close(at)
         self.opened_at = None
         outcomes = []
         for pop in self.populations.values():
@@ -265,6 +281,10 @@ class ServeNode:
             self._apply_evidence(record.at, record.meta)
         elif record.kind == CLOSE_WINDOW:
             self._apply_close(record.at, live=False)
+        else:
+            for extension in self.extensions:
+                if record.kind in extension.kinds:
+                    extension.apply(record)
 
     # ---------------------------------------------------------------- life cycle
     def _check_open(self) -> None:
@@ -308,6 +328,16 @@ class ServeNode:
                 if state is not None:
                     return pop, state
         return None
+
+
+def node_extensions() -> list:
+    """The extension factories every node is built with (module docstring): the OTLP span
+    ingest when ``opentelemetry-proto`` is installed."""
+    try:
+        from ..otlp.traces import SpanIngest
+    except ImportError:                 # no opentelemetry-proto: no POST /v1/traces
+        return []
+    return [SpanIngest]
 
 
 def _without_clashes(rows: list) -> tuple[list, list[LineError]]:
