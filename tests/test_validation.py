@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from swarmguard.errors import DimensionMismatchError, InvalidInputError, InvalidTypeError
+from swarmguard.errors import DimensionMismatchError, EmptyInputError, InvalidInputError, InvalidTypeError
 from swarmguard.validation import (
     as_name_array,
     check_id_str_array,
@@ -252,6 +252,43 @@ def test_a_checked_matrix_is_made_only_by_the_validator():
     assert check_feature_matrix(checked, 2) is checked
     with pytest.raises(DimensionMismatchError):
         check_feature_matrix(checked, 3)
+
+
+def test_a_checked_matrix_cannot_be_forged_by_replace_nor_brought_back_unchecked_by_copy_or_pickle():
+    import copy
+    import dataclasses
+    import pickle
+
+    from swarmguard.validation import check_feature_matrix
+    checked = check_feature_matrix(np.array([[1.0, -4.0], [2.0, 3.0]]), 2)
+    # replace() calls __init__ with every field copied, the issuing token too: a NaN matrix
+    # under the old bound would have passed for checked (and skipped the tree's band check)
+    with pytest.raises(InvalidTypeError, match="check_feature_matrix"):
+        dataclasses.replace(checked, X=np.array([[np.nan, 1e300]]))
+    with pytest.raises(InvalidTypeError, match="check_feature_matrix"):
+        dataclasses.replace(checked, bound=0.0)
+    for again in (copy.copy(checked), copy.deepcopy(checked), pickle.loads(pickle.dumps(checked))):
+        assert again.bound == checked.bound and not again.X.flags.writeable
+        np.testing.assert_array_equal(again.X, checked.X)
+        assert not np.shares_memory(again.X, checked.X)
+    # an unpickled one is checked again: bytes saying "checked" over a NaN are refused
+    forged = pickle.dumps(checked).replace(np.float64(2.0).tobytes(), np.float64(np.nan).tobytes())
+    with pytest.raises(NonFiniteError):
+        pickle.loads(forged)
+
+
+@pytest.mark.parametrize("index, error", [
+    (np.array([True, False]), InvalidTypeError),      # np.take would read rows 1, 0
+    (np.array([0.0]), InvalidTypeError), (np.array([[0]]), InvalidTypeError),
+    (np.array([], np.int64), EmptyInputError), (np.array([2]), InvalidInputError),
+    (np.array([-3]), InvalidInputError),
+])
+def test_a_subset_of_checked_rows_takes_row_numbers_only(index, error):
+    from swarmguard.validation import check_feature_matrix
+    checked = check_feature_matrix(np.array([[1.0, -4.0], [2.0, 3.0]]), 2)
+    with pytest.raises(error):
+        checked.rows(index)
+    assert checked.rows(np.array([-1, 0])).X.tolist() == [[2.0, 3.0], [1.0, -4.0]]
 
 
 @pytest.mark.parametrize("bad, error", [

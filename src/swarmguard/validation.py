@@ -142,8 +142,8 @@ def as_feature_matrix(X: Any, dim: int | None, what: str = "X") -> np.ndarray:
     return _checked_matrix(X, dim, what)[0]
 
 
-# Handed only to CheckedFeatures by the functions of this module: a CheckedFeatures
-# built anywhere else (a caller's array wrapped by hand) is refused at construction.
+# Set on every CheckedFeatures this module issues (bypassing __init__, which refuses
+# everyone): a mark of where it came from, never a key to the constructor.
 _ISSUED = object()
 
 
@@ -159,8 +159,9 @@ class CheckedFeatures:
     check raw input exactly as before.
 
     Only :func:`check_feature_matrix` (and :meth:`rows`, a subset of checked rows)
-    makes one: calling the class directly raises :class:`InvalidTypeError`, so an
-    unchecked array cannot pass for a checked one by accident.
+    makes one: calling the class directly (or ``dataclasses.replace``, which calls
+    it) raises :class:`InvalidTypeError`, so an unchecked array cannot pass for a
+    checked one by accident; a copy or an unpickled one is checked again.
 
     >>> checked = check_feature_matrix([[1.0, -2.0], [3.0, 0.5]], 2)
     >>> checked.X.shape, checked.bound, checked.X.flags.writeable
@@ -176,8 +177,15 @@ class CheckedFeatures:
     _issued: object = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self._issued is not _ISSUED:
-            raise InvalidTypeError("CheckedFeatures is made only by check_feature_matrix")
+        # _issue makes one without calling __init__, so every call of it is a forgery: by hand,
+        # with the token or without, and dataclasses.replace (which calls __init__ with every
+        # field copied, the token included: a NaN matrix under a small bound would pass)
+        raise InvalidTypeError("CheckedFeatures is made only by check_feature_matrix")
+
+    def __reduce__(self):
+        # a copy (copy, deepcopy) or an unpickled one is checked again: the bytes it comes
+        # back from are nobody's word, and its matrix is a fresh one, read-only as well
+        return (check_feature_matrix, (np.array(self.X), None))
 
     @property
     def n(self) -> int:
@@ -191,14 +199,30 @@ class CheckedFeatures:
 
     def rows(self, index: np.ndarray) -> CheckedFeatures:
         """The rows at ``index`` (a non-empty integer array), checked still: a subset of
-        checked rows holds only checked values (``bound`` stays a bound)."""
+        checked rows holds only checked values (``bound`` stays a bound).
+
+        A boolean mask, an empty index or a row number out of range is refused
+        (``np.take`` would read a mask as the row numbers 0 and 1)."""
+        index = np.asarray(index)
+        if index.ndim != 1 or index.dtype.kind not in "iu":
+            raise InvalidTypeError(f"rows takes a 1-D integer array of row numbers, got {index.dtype} "
+                                   f"of shape {index.shape}")
+        if index.size == 0:
+            raise EmptyInputError("rows needs at least one row number")
+        n = self.X.shape[0]
+        if int(index.min()) < -n or int(index.max()) >= n:
+            raise InvalidInputError(f"a row number is outside [-{n}, {n})")
         return _issue(np.take(self.X, index, axis=0), self.bound)
 
 
 def _issue(arr: np.ndarray, bound: float) -> CheckedFeatures:
     view = arr.view()
     view.flags.writeable = False        # the view only: the caller's own array stays writable
-    return CheckedFeatures(view, bound, _ISSUED)
+    checked = object.__new__(CheckedFeatures)       # not __init__, which refuses every caller
+    object.__setattr__(checked, "X", view)
+    object.__setattr__(checked, "bound", bound)
+    object.__setattr__(checked, "_issued", _ISSUED)
+    return checked
 
 
 def check_feature_matrix(X: Any, dim: int | None, what: str = "X") -> CheckedFeatures:
