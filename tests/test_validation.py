@@ -277,6 +277,32 @@ def test_a_checked_matrix_cannot_be_forged_by_replace_nor_brought_back_unchecked
         pickle.loads(forged)
 
 
+def test_a_checked_matrix_does_not_go_stale_when_the_caller_writes_its_array_afterwards():
+    from swarmguard import HierarchicalStatisticalTree
+    from swarmguard.validation import check_feature_matrix
+    from tests._exact import exact_mean_cov
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(40, 2)) + 1e7
+    original = X.copy()
+    checked = check_feature_matrix(X, 2)
+    # the caller keeps its array and writes it: NaN, and a value far past the bound that
+    # would have let the tree skip its band check
+    X[0, 0], X[1, 1] = np.nan, 1e300
+    assert not np.shares_memory(checked.X, X)
+    with pytest.raises(ValueError):
+        checked.X.flags.writeable = True          # nor can the view be made writable again
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    tree.update_many(np.arange(40), checked)      # taken unchecked: it must still be what was checked
+    mean, cov = exact_mean_cov(original)
+    stats = tree.get_global_statistics()
+    np.testing.assert_allclose(stats["mean"], mean, rtol=1e-15)
+    np.testing.assert_allclose(stats["covariance"], cov, rtol=1e-12)
+    # a conversion (a list) is the checked matrix's own already: no second copy, read-only all through
+    listed = check_feature_matrix(original.tolist(), 2)
+    with pytest.raises(ValueError):
+        listed.X.flags.writeable = True
+
+
 @pytest.mark.parametrize("index, error", [
     (np.array([True, False]), InvalidTypeError),      # np.take would read rows 1, 0
     (np.array([0.0]), InvalidTypeError), (np.array([[0]]), InvalidTypeError),
