@@ -583,7 +583,7 @@ class DistributedBehavioralDetector(Locked):
         level and ``now``, the processing time for every write of the round
         (:meth:`_call_times`: the clock read once).
         """
-        features = check_feature_matrix(X, self.feature_dimensions)   # once: the parts trust it
+        features = check_feature_matrix(X, self.feature_dimensions, copy=False)   # once: the parts trust it
         X = features.X
         n = X.shape[0]
         regions = as_name_array(regions, n, "regions")

@@ -343,7 +343,7 @@ class HierarchicalStatisticalTree(Locked):
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """update_many, returning the agents' slots, the validated ids and the validated X
         (read-only: the caller's rows, or a checked copy of them)."""
-        checked = check_feature_matrix(X, self._dim)      # a CheckedFeatures: no second pass
+        checked = check_feature_matrix(X, self._dim, copy=False)   # used in this call only: no copy
         X = checked.X
         ids = self._check_ids(agent_ids)
         if ids.shape[0] != X.shape[0]:
