@@ -136,6 +136,7 @@ function heatmap(div, z, x, y, title, height) {
                   hovertemplate: "%{y}<br>window %{x}<br>severity %{z}<extra></extra>" }];
   const layout = { title: { text: title, font: { size: 12 } }, margin: { l: 110, r: 10, t: 26, b: 30 }, height,
                    xaxis: { title: { text: "window" }, type: "category" }, yaxis: { automargin: true, autorange: "reversed", type: "category" } };
+  document.getElementById(div).style.height = height + "px";
   return Plotly.react(div, data, layout, PLOT_CONFIG);
 }
 
@@ -180,7 +181,8 @@ function renderRegions(r) {
   });
   const layout = { margin: { l: 45, r: 45, t: 10, b: 40 }, legend: { orientation: "h", y: -0.3 }, shapes,
                    xaxis: { title: { text: "window" } }, yaxis: { title: { text: "confidence" }, range: [0, 1.05] },
-                   yaxis2: { title: { text: "staleness s" }, overlaying: "y", side: "right", rangemode: "tozero" } };
+                   yaxis2: { title: { text: "staleness s" }, overlaying: "y", side: "right",
+                              range: [0, Math.max(1, ...r.regions.flatMap((g) => g.staleness_seconds.filter((v) => v !== null))) * 1.1] } };
   return Plotly.react("regions", data, layout, PLOT_CONFIG);
 }
 
@@ -273,7 +275,8 @@ async function refresh() {
     document.body.dataset.renderedAt = String(Date.now());
     banner(null);
     renderLanes(history); renderCalibration(history); renderObservers(observers); renderRegions(regions);
-    if (state.selected && top.agents.some((r) => r.agent_id === state.selected)) drill(state.selected);
+    if (!state.selected && top.agents.length) state.selected = top.agents[0].agent_id;   // open the worst agent first
+    if (state.selected) await drill(state.selected);
     document.body.dataset.ready = "yes";
   } catch (e) {
     if (!(e instanceof AuthNeeded)) banner(`The node did not answer: ${e.message}. Retrying every few seconds; check that <code>swarmguard serve</code> is running.`, "error");
