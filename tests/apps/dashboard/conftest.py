@@ -20,6 +20,9 @@ import uvicorn  # noqa: E402
 
 from swarmguard.apps.serve import ServeNode, ServeSettings, create_app  # noqa: E402
 
+# the serve tests' in-process node factory (TestClient), for the JSON query tests
+from ..serve.conftest import make_node, tokens_file  # noqa: E402,F401
+
 TOKENS = """
 [[token]]
 secret = "t-ingest"
@@ -47,11 +50,11 @@ class LoopbackNode:
     """``create_app`` on 127.0.0.1 (an ephemeral port) in a uvicorn thread."""
 
     def __init__(self, tmp: Path, tokens: bool, **options):
-        tokens_file = None
+        secrets = None
         if tokens:
-            tokens_file = tmp / "tokens.toml"
-            tokens_file.write_text(TOKENS.format(admin_sha=hashlib.sha256(ADMIN.encode()).hexdigest()))
-        self.settings = ServeSettings(close_windows=False, warm_up=20, tokens_file=tokens_file, **options)
+            secrets = tmp / "tokens.toml"
+            secrets.write_text(TOKENS.format(admin_sha=hashlib.sha256(ADMIN.encode()).hexdigest()))
+        self.settings = ServeSettings(close_windows=False, warm_up=20, tokens_file=secrets, **options)
         self.node = ServeNode(self.settings, tmp / "data")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -4,7 +4,7 @@
 
 const TOKEN_KEY = "swarmguard.token";
 const SEVERITY_SCALE = [[0, "#f2f4f7"], [0.08, "#fde9a9"], [0.25, "#f9b36b"], [0.5, "#e8663d"], [1, "#8e1b1b"]];
-const PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["sendDataToCloud"] };
+const PLOT_CONFIG = { displaylogo: false, responsive: true, displayModeBar: false };   // drag zooms, double-click resets
 const state = { population: null, cohort: "", sortKey: "severity", sortDir: -1, rows: [], selected: null,
                 status: null, refreshing: false, again: false, authFailed: false };
 
@@ -130,8 +130,8 @@ function fillSelect(select, values, current, allLabel) {
 }
 
 // ------------------------------------------------------------------ charts
-function heatmap(div, z, x, y, title, height) {
-  const data = [{ type: "heatmap", z, x, y, zmin: 0, zmax: 100, colorscale: SEVERITY_SCALE, xgap: 1, ygap: 1,
+function heatmap(div, z, x, y, title, height, showscale) {
+  const data = [{ type: "heatmap", z, x, y, zmin: 0, zmax: 100, colorscale: SEVERITY_SCALE, xgap: 1, ygap: 1, showscale,
                   hoverongaps: false, colorbar: { title: { text: "severity" }, thickness: 10 },
                   hovertemplate: "%{y}<br>window %{x}<br>severity %{z}<extra></extra>" }];
   const layout = { title: { text: title, font: { size: 12 } }, margin: { l: 110, r: 10, t: 26, b: 30 }, height,
@@ -145,9 +145,9 @@ function renderLanes(h) {
   if (!windows.length) { Plotly.purge("cohort-lanes"); Plotly.purge("agent-lanes");
     $("agent-lanes").innerHTML = '<div class="empty">The swim lanes fill in as windows close.</div>'; return; }
   if ($("agent-lanes").querySelector(".empty")) $("agent-lanes").innerHTML = "";
-  heatmap("cohort-lanes", h.cohort_lanes.severity, windows, h.cohort_lanes.cohorts, "largest severity per cohort", 60 + 26 * h.cohort_lanes.cohorts.length);
+  heatmap("cohort-lanes", h.cohort_lanes.severity, windows, h.cohort_lanes.cohorts, "largest severity per cohort", 60 + 26 * h.cohort_lanes.cohorts.length, false);
   const labels = h.agent_lanes.agents.map((a, i) => `${a} (${h.agent_lanes.cohorts[i]})`);
-  heatmap("agent-lanes", h.agent_lanes.severity, windows, labels, "most anomalous agents now", Math.max(200, 60 + 14 * labels.length));
+  heatmap("agent-lanes", h.agent_lanes.severity, windows, labels, "most anomalous agents now (blank: not active, or below that window's kept top)", Math.max(200, 60 + 14 * labels.length), true);
 }
 
 function renderCalibration(h) {
@@ -181,7 +181,7 @@ function renderRegions(r) {
   });
   const layout = { margin: { l: 45, r: 45, t: 10, b: 40 }, legend: { orientation: "h", y: -0.3 }, shapes,
                    xaxis: { title: { text: "window" } }, yaxis: { title: { text: "confidence" }, range: [0, 1.05] },
-                   yaxis2: { title: { text: "staleness s" }, overlaying: "y", side: "right",
+                   yaxis2: { title: { text: "staleness s" }, overlaying: "y", side: "right", tickmode: "auto", showgrid: false,
                               range: [0, Math.max(1, ...r.regions.flatMap((g) => g.staleness_seconds.filter((v) => v !== null))) * 1.1] } };
   return Plotly.react("regions", data, layout, PLOT_CONFIG);
 }
