@@ -36,6 +36,18 @@ secret = "t-obs8"
 role = "observer"
 source = "observer-8"
 [[token]]
+secret = "t-obs9"
+role = "observer"
+source = "observer-9"
+[[token]]
+secret = "t-obs10"
+role = "observer"
+source = "observer-10"
+[[token]]
+secret = "t-obs11"
+role = "observer"
+source = "observer-11"
+[[token]]
 secret = "t-read"
 role = "read"
 [[token]]
@@ -107,8 +119,9 @@ PLANTED = {"a-7": 3, "a-42": 3, "a-150": 5}      # agent -> first window (1-base
 def feed_windows(served: LoopbackNode, n: int, windows: int, d: int = 4, seed: int = 7, planted=PLANTED,
                  evidence: bool = True) -> None:
     """``windows`` windows of ``n`` agents in two cohorts; the planted agents shift by 12σ on
-    features 1 and 3 from their window on; observer-7 reports them truthfully, observer-8 lies
-    about every agent it reports on."""
+    features 1 and 3 from their window on. Observers 7, 9, 10 and 11 report them truthfully and
+    call a-10 … a-49 normal; observer-8 calls those 40 agents misbehaving (five sources on each:
+    enough for the consensus to flag the liar)."""
     rng = np.random.default_rng(seed)
     for w in range(1, windows + 1):
         X = rng.normal(size=(n, d))
@@ -128,7 +141,9 @@ def feed_windows(served: LoopbackNode, n: int, windows: int, d: int = 4, seed: i
                         "log_odds": -1.0, "confidence": 0.9, "timestamp": float(w)} for i in range(10, 50)]
             lies = [{"evidence_id": f"o8-{w}-{i}", "agent_id": f"a-{i}", "evidence_type": "peer_report",
                      "log_odds": 8.0, "confidence": 0.9, "timestamp": float(w)} for i in range(10, 50)]
-            served.post_evidence(honest, "t-obs7")
+            for observer, factor in (("7", 1.0), ("9", 0.8), ("10", 0.9), ("11", 1.1)):
+                served.post_evidence([{**e, "evidence_id": f"o{observer}" + e["evidence_id"][2:],
+                                       "log_odds": e["log_odds"] * factor} for e in honest], f"t-obs{observer}")
             served.post_evidence(lies, "t-obs8")
         served.close_window()
 

@@ -90,7 +90,19 @@ def test_the_page_shows_the_planted_agents_their_drill_down_and_charts(fed_node,
     assert by_observer["observer-7"] == 6 - PLANTED["a-7"] + 1 and "observer-8" not in by_observer
     observers = browser.evaluate("Array.from(document.querySelectorAll('#observers-table tbody tr')).map("
                                  "r => Array.from(r.cells).map(c => c.textContent))")
-    assert "observer-8" in {o[0] for o in observers} and "observer-7" in {o[0] for o in observers}
+    flags = {o[0]: o[5] for o in observers}
+    assert flags["observer-8"] == "flagged"
+    assert all(flags[f"observer-{k}"] == "no" for k in (7, 9, 10, 11))
+    assert browser.evaluate("document.querySelector('#observers-table td.flagged').textContent") == "observer-8"
+    # an agent the liar reported on: its evidence by observer marks observer-8
+    browser.evaluate("drill('a-12').then(() => true)")
+    browser.wait_for("document.body.dataset.drill === 'a-12'", 30, "a-12's drill-down")
+    marks = browser.evaluate("Array.from(document.querySelectorAll('#drill-evidence tbody tr')).map("
+                             "r => [r.cells[0].textContent, r.cells[3].textContent])")
+    assert dict(marks) == {"observer-8": "Byzantine", "observer-7": "", "observer-9": "", "observer-10": "",
+                           "observer-11": ""}
+    browser.evaluate("document.querySelector('#top-table tbody tr[data-agent=\"a-7\"]').click()")
+    browser.wait_for("document.body.dataset.drill === 'a-7'", 30, "a-7's drill-down again")
     assert plotted("regions")
     shot = browser.screenshot(tmp_path / "dashboard.png")
     keep(shot, "dashboard.png")

@@ -142,7 +142,8 @@ function heatmap(div, z, x, y, title, height, showscale) {
 
 function renderLanes(h) {
   const windows = h.windows.map((w) => w.window);
-  if (!windows.length) { Plotly.purge("cohort-lanes"); Plotly.purge("agent-lanes");
+  $("cohort-lanes").hidden = !windows.length;
+  if (!windows.length) { Plotly.purge("cohort-lanes"); Plotly.purge("agent-lanes"); $("agent-lanes").style.height = "auto";
     $("agent-lanes").innerHTML = '<div class="empty">The swim lanes fill in as windows close.</div>'; return; }
   if ($("agent-lanes").querySelector(".empty")) $("agent-lanes").innerHTML = "";
   heatmap("cohort-lanes", h.cohort_lanes.severity, windows, h.cohort_lanes.cohorts, "largest severity per cohort", 60 + 26 * h.cohort_lanes.cohorts.length, false);
@@ -154,6 +155,7 @@ function renderCalibration(h) {
   const c = h.calibration, edges = c.bin_edges;
   const centers = edges.slice(0, -1).map((e, i) => (e + edges[i + 1]) / 2);
   const cohorts = Object.keys(c.cohorts);
+  $("calibration").style.height = cohorts.length ? "" : "auto";
   if (!cohorts.length) { Plotly.purge("calibration"); $("calibration").innerHTML = '<div class="empty">No window has closed yet.</div>'; return; }
   if ($("calibration").querySelector(".empty")) $("calibration").innerHTML = "";
   const bins = centers.length;
@@ -167,6 +169,7 @@ function renderCalibration(h) {
 }
 
 function renderRegions(r) {
+  $("regions").style.height = r.regions.length ? "" : "auto";
   if (!r.regions.length) { Plotly.purge("regions"); $("regions").innerHTML = '<div class="empty">Regions appear after the first window closes.</div>'; return; }
   if ($("regions").querySelector(".empty")) $("regions").innerHTML = "";
   const data = [];
@@ -212,6 +215,7 @@ async function drill(agent) {
   try { d = await api(`/v1/dashboard/agents/${encodeURIComponent(agent)}?population=${encodeURIComponent(state.population)}`); }
   catch (e) { if (!(e instanceof AuthNeeded)) $("drill-summary").textContent = "could not load the agent: " + e.message; return; }
   $("drill-title").textContent = agent;
+  $("drill-body").hidden = false;
   $("drill-summary").textContent = `cohort ${d.cohort} · severity ${d.severity} · p ${fmtP(d.p_value)} · ` +
     (d.first_flagged === null ? "never isolated" : `first flagged in window ${d.first_flagged}`) +
     ` · consensus ${fmtProb(d.consensus.probability)} from ${d.consensus.evidence_count} evidence · latest window ${d.window}`;
