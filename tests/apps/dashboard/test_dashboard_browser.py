@@ -140,6 +140,12 @@ def test_an_empty_node_says_where_to_point_the_exporter(tmp_path, browser):
         assert browser.evaluate("document.getElementById('token-dialog').open") is False
         keep(browser.screenshot(tmp_path / "empty.png"), "dashboard-empty.png")
         assert not browser.errors, browser.errors
+        # the node goes away: the page says so, and what to check
+        browser.evaluate("document.body.dataset.ready = 'no'; true")
+        served.stop()
+        banner = browser.wait_for("(() => { const b = document.getElementById('banner');"
+                                  " return !b.hidden && b.textContent; })()", 30, "the error banner")
+        assert banner.startswith("The node did not answer") and "swarmguard serve" in banner
     finally:
         browser.open("about:blank")        # let go of /v1/events before the node stops
         browser.pump(0.3)

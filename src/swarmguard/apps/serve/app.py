@@ -46,7 +46,9 @@ __all__ = ["create_app", "register_router", "resolve_data_dir"]
 log = logging.getLogger("swarmguard.serve")
 
 _REGISTERED: list[APIRouter] = []
-_PUBLIC = ("/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
+_PUBLIC = ("/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc",
+           # the dashboard's page and files load while the node starts (the page then says so)
+           "/", "/dashboard/plotly.min.js", "/dashboard/dashboard.js", "/dashboard/dashboard.css")
 
 
 def register_router(router: APIRouter) -> None:

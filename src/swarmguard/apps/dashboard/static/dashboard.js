@@ -51,6 +51,13 @@ function banner(html, kind) {
   el.hidden = false; el.className = "banner" + (kind ? " " + kind : ""); el.innerHTML = html;
 }
 
+function nodeDown(e) {
+  const why = e instanceof TypeError ? "the connection failed" : e.message;   // fetch's TypeError: no answer at all
+  banner(`The node did not answer (${why}). Retrying every second; check that <code>swarmguard serve</code> is running ` +
+         `at ${window.location.origin}.`, "error");
+  state.status = null;           // re-read everything once it answers again
+}
+
 function emptyMessage(status) {
   const pop = status.populations[state.population] || { windows_closed: 0, agents: 0, open_window_vectors: 0 };
   const origin = window.location.origin;
@@ -283,7 +290,7 @@ async function refresh() {
     if (state.selected) await drill(state.selected);
     document.body.dataset.ready = "yes";
   } catch (e) {
-    if (!(e instanceof AuthNeeded)) banner(`The node did not answer: ${e.message}. Retrying every few seconds; check that <code>swarmguard serve</code> is running.`, "error");
+    if (!(e instanceof AuthNeeded)) nodeDown(e);
   } finally {
     state.refreshing = false;
     if (state.again) { state.again = false; refresh(); }
@@ -299,7 +306,7 @@ async function poll() {
         s.populations[pop].windows_closed !== before.populations[pop].windows_closed ||
         s.populations[pop].open_window_vectors !== before.populations[pop].open_window_vectors ||
         s.last_event_id !== before.last_event_id) refresh();
-  } catch (e) { if (!(e instanceof AuthNeeded)) banner(`The node did not answer: ${e.message}. Retrying…`, "error"); }
+  } catch (e) { if (!(e instanceof AuthNeeded)) nodeDown(e); }
 }
 
 async function follow() {      // /v1/events with the bearer header: fetch streaming (EventSource cannot send headers)
