@@ -152,6 +152,37 @@ def test_an_empty_node_says_where_to_point_the_exporter(tmp_path, browser):
         served.stop()
 
 
+def test_the_fleet_emulator_s_misbehaving_agents_lead_the_table(tmp_path, browser):
+    """``swarmguard fleet`` (OpenTelemetry SDK spans, observers' evidence) against the node: its
+    misbehaving agents lead the table of the spans population, and the drill-down names
+    their span features."""
+    pytest.importorskip("opentelemetry.sdk")
+    from swarmguard.apps.otlp.features import FEATURE_NAMES
+    from swarmguard.apps.otlp.fleet import run_fleet
+
+    served = LoopbackNode(tmp_path, tokens=True, require="anomaly")
+    try:
+        report = run_fleet(served.url, agents=1000, misbehaving=10, windows=3, token="t-ingest",
+                           observers=[("observer-7", "t-obs7"), ("observer-9", "t-obs9")],
+                           on_window=lambda w: served.close_window())
+        browser.open(served.url + "/", headers={"Authorization": "Bearer t-read"})
+        browser.wait_for("document.body.dataset.ready === 'yes' && document.body.dataset.drill", 60, "the page")
+        assert browser.evaluate("document.getElementById('population').value") == "spans"
+        shown = browser.evaluate(TABLE_AGENTS)
+        assert len(set(shown[:10]) & set(report.misbehaving)) >= 8, (shown[:10], report.misbehaving)
+        first = browser.evaluate("document.body.dataset.drill")
+        contributions = browser.evaluate("document.getElementById('drill-contributions').data[0].y")
+        assert contributions and set(contributions) <= set(FEATURE_NAMES), contributions
+        assert first == shown[0]
+        keep(browser.screenshot(tmp_path / "fleet.png"), "dashboard-fleet.png")
+        assert not browser.errors, browser.errors
+        assert not only_loopback(browser.requests), only_loopback(browser.requests)
+    finally:
+        browser.open("about:blank")
+        browser.pump(0.3)
+        served.stop()
+
+
 @pytest.mark.slow
 def test_ten_thousand_agents_twenty_windows_the_table_follows_each_window(tmp_path, browser):
     """10⁴ agents, 20 windows: the page gets at most its 50 rows and 30 lanes, and the table shows

@@ -100,7 +100,7 @@ function renderTable() {
     tr.dataset.agent = r.agent_id;
     if (r.agent_id === state.selected) tr.classList.add("selected");
     cell(tr, r.agent_id, "agent");
-    cell(tr, r.cohort || "");
+    cell(tr, r.cohort || "", "cohort").title = r.cohort || "";
     const sev = cell(tr, "", "num"); const badge = document.createElement("span");
     badge.className = "sev"; badge.textContent = r.severity; badge.style.background = severityColor(r.severity); sev.appendChild(badge);
     cell(tr, fmtP(r.p_value), "num");
@@ -137,6 +137,8 @@ function fillSelect(select, values, current, allLabel) {
 }
 
 // ------------------------------------------------------------------ charts
+function windowTick(windows) { return Math.max(1, Math.ceil(windows.length / 10)); }   // whole windows only
+
 function heatmap(div, z, x, y, title, height, showscale) {
   const data = [{ type: "heatmap", z, x, y, zmin: 0, zmax: 100, colorscale: SEVERITY_SCALE, xgap: 1, ygap: 1, showscale,
                   hoverongaps: false, colorbar: { title: { text: "severity" }, thickness: 10 },
@@ -166,7 +168,17 @@ function renderCalibration(h) {
   if (!cohorts.length) { Plotly.purge("calibration"); $("calibration").innerHTML = '<div class="empty">No window has closed yet.</div>'; return; }
   if ($("calibration").querySelector(".empty")) $("calibration").innerHTML = "";
   const bins = centers.length;
-  const data = cohorts.map((name) => ({ type: "bar", name, x: centers, y: c.cohorts[name].map((n) => n / (c.agents[name] || 1) * bins),
+  const density = (name) => c.cohorts[name].map((n) => n / (c.agents[name] || 1) * bins);
+  if (cohorts.length > 4) {     // many cohorts: one row each, coloured by density (white = flat)
+    $("calibration").style.height = Math.max(300, 90 + 14 * cohorts.length) + "px";
+    const z = cohorts.map(density), zmax = Math.max(2, ...z.flat());
+    return Plotly.react("calibration", [{ type: "heatmap", x: centers, y: cohorts, z, zmin: 0, zmax,
+        colorscale: [[0, "#2f5fb3"], [1 / zmax, "#ffffff"], [1, "#c0392b"]], colorbar: { title: { text: "density" }, thickness: 10 },
+        hovertemplate: "%{y}<br>p ≈ %{x:.3f}<br>density %{z:.2f}<extra></extra>" }],
+      { margin: { l: 10, r: 10, t: 26, b: 40 }, title: { text: `window ${c.window}: density of p-values per cohort (white = flat)`, font: { size: 12 } },
+        xaxis: { title: { text: "p-value" }, range: [0, 1] }, yaxis: { automargin: true, tickfont: { size: 9 }, autorange: "reversed" } }, PLOT_CONFIG);
+  }
+  const data = cohorts.map((name) => ({ type: "bar", name, x: centers, y: density(name),
                                         hovertemplate: `${name}<br>p in [%{x:.3f}±${(0.5 / bins).toFixed(3)}]<br>density %{y:.2f}<extra></extra>` }));
   const layout = { barmode: "group", bargap: 0.05, margin: { l: 45, r: 10, t: 26, b: 40 }, legend: { orientation: "h", y: -0.25 },
                    title: { text: `window ${c.window}: density of p-values (1 = flat)`, font: { size: 12 } },
@@ -190,7 +202,7 @@ function renderRegions(r) {
       shapes.push({ type: "rect", xref: "x", yref: "paper", x0: w - 0.5, x1: w + 0.5, y0: 0, y1: 1, fillcolor: "#f5c27a", opacity: 0.3, line: { width: 0 } });
   });
   const layout = { margin: { l: 45, r: 45, t: 10, b: 40 }, legend: { orientation: "h", y: -0.3 }, shapes,
-                   xaxis: { title: { text: "window" } }, yaxis: { title: { text: "confidence" }, range: [0, 1.05] },
+                   xaxis: { title: { text: "window" }, dtick: windowTick(r.windows) }, yaxis: { title: { text: "confidence" }, range: [0, 1.05] },
                    yaxis2: { title: { text: "staleness s" }, overlaying: "y", side: "right", tickmode: "auto", showgrid: false,
                               range: [0, Math.max(1, ...r.regions.flatMap((g) => g.staleness_seconds.filter((v) => v !== null))) * 1.1] } };
   return Plotly.react("regions", data, layout, PLOT_CONFIG);
@@ -230,6 +242,7 @@ async function drill(agent) {
   const h = d.history;
   const shown = d.contributions.slice(0, 3).map((c) => h.features.indexOf(c.feature)).filter((j) => j >= 0);
   const data = [], layout = { margin: { l: 45, r: 10, t: 24, b: 36 }, showlegend: false, grid: { rows: 1, columns: shown.length, pattern: "independent" }, annotations: [] };
+  shown.forEach((j, k) => { layout["xaxis" + (k === 0 ? "" : k + 1)] = { dtick: windowTick(h.windows) }; });
   shown.forEach((j, k) => {
     const ax = k === 0 ? "" : String(k + 1);
     const up = h.typical[j].map((t, i) => (t === null || h.spread[j][i] === null ? null : t + 2 * h.spread[j][i]));
@@ -247,7 +260,9 @@ async function drill(agent) {
   await Plotly.react("drill-contributions", [{ type: "bar", orientation: "h", y: contrib.map((c) => c.feature), x: contrib.map((c) => c.share),
       text: contrib.map((c) => `actual ${c.actual.toPrecision(3)} · typical ${c.typical === null ? "–" : c.typical.toPrecision(3)}`), textposition: "auto",
       marker: { color: "#e8663d" }, hovertemplate: "%{y}: %{x:.1%} of the distance<extra></extra>" }],
-    { margin: { l: 70, r: 10, t: 22, b: 30 }, title: { text: "share of the squared distance", font: { size: 12 } }, xaxis: { tickformat: ".0%", range: [0, 1] } }, PLOT_CONFIG);
+    { margin: { l: 10, r: 10, t: 22, b: 30 }, yaxis: { automargin: true }, title: { text: "share of the squared distance", font: { size: 12 } }, xaxis: { tickformat: ".0%",
+      // shares of a squared distance add up to 1 but can exceed it one by one (correlated features)
+      range: contrib.every((c) => c.share >= 0 && c.share <= 1) ? [0, 1] : undefined } }, PLOT_CONFIG);
   const body = $("drill-evidence").querySelector("tbody");
   body.replaceChildren();
   if (!d.evidence.length) { const tr = document.createElement("tr"); cell(tr, "no observer evidence about this agent").colSpan = 4; body.appendChild(tr); }
