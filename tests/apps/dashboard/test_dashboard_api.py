@@ -59,6 +59,8 @@ def test_static_files_are_served_without_a_token_and_ship_in_the_wheel(make_node
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert '<script src="/dashboard/plotly.min.js"></script>' in page.text and "http" not in page.text.split("<body>")[0]
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self';" in policy and "connect-src 'self';" in policy and "default-src 'none'" in policy
     import plotly
 
     plotly_js = client.get("/dashboard/plotly.min.js")

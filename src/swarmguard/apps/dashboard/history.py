@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -164,6 +163,3 @@ def history_of(node) -> WindowHistory | None:
             return extension
     return None
 
-
-def as_dict(record: WindowRecord) -> dict[str, Any]:
-    return {"window": record.window, "at": record.at, "agents": record.agents}

@@ -26,6 +26,11 @@ from .history import P_VALUE_BINS, history_of
 __all__ = ["router", "api_router", "page_router", "plotly_js_path"]
 
 STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+# The page talks to its node only: scripts, styles and requests from this origin (Plotly sets
+# inline styles and draws data: images), nothing from any other host.
+PAGE_POLICY = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'; "
+               "img-src 'self' data: blob:; font-src 'self' data:; base-uri 'none'; form-action 'none'; "
+               "frame-ancestors 'none'")
 
 page_router = APIRouter(tags=["dashboard"], include_in_schema=False)
 api_router = APIRouter(tags=["dashboard"], dependencies=[Depends(requires("read"))])
@@ -48,7 +53,8 @@ def plotly_js_path() -> Path:
 @page_router.get("/", response_class=HTMLResponse)
 def page() -> HTMLResponse:
     return HTMLResponse(_static("index.html").read_text(encoding="utf-8"),
-                        headers={"Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"})
+                        headers={"Cache-Control": "no-cache", "Referrer-Policy": "no-referrer",
+                                 "Content-Security-Policy": PAGE_POLICY})
 
 
 @page_router.get("/dashboard/plotly.min.js")
