@@ -29,6 +29,7 @@ __all__ = [
     "QuorumUnavailableError",
     "UnknownRegionError",
     "StaleShardError",
+    "ExactSumOverflowError",
 ]
 
 
@@ -136,3 +137,7 @@ class UnknownRegionError(SwarmGuardError, KeyError):
 
 class StaleShardError(SwarmGuardError, RuntimeError):
     """A shard's state is not the one the caller expects (it restarted): restore it."""
+
+
+class ExactSumOverflowError(SwarmGuardError, OverflowError):
+    """The exact sum is finite as a rational but beyond the float64 range."""

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError, SwarmGuardError
+from ..errors import ExactSumOverflowError, InvalidInputError
 from ..validation import as_float_vector, check_finite_float
 from .npz import dict_from_bytes, dict_to_bytes
 
@@ -71,10 +71,6 @@ _UNIT_EXP = UNIT_EXP
 N_LIMBS = 84
 # bincount sums limbs (< 2**26) in float64; up to 2**27 of them stay below 2**53.
 _BINCOUNT_CHUNK = 1 << 26
-
-
-class ExactSumOverflowError(SwarmGuardError, OverflowError):
-    """The exact sum is finite as a rational but beyond the float64 range."""
 
 
 # --------------------------------------------------------------------- kernels
