@@ -13,7 +13,7 @@ from .cap import (
 from .consensus import StableBayesianConsensus
 from .detector import DistributedBehavioralDetector, p_value_log_odds
 from .detector_settings import DetectorSettings
-from .engine import Engine, RoundBatch, RoundResult, ScoredRound
+from .engine import Engine, ItemResult, RoundBatch, RoundResult, ScoredRound
 from .evidence_types import BayesianEvidence, EvidenceType, map_to_evidence_type
 from .inprocess import InProcessEngine
 from .protocol import BehavioralData, BehavioralDistributedProtocol
@@ -43,4 +43,5 @@ __all__ = [
     "RoundBatch",
     "ScoredRound",
     "RoundResult",
+    "ItemResult",
 ]

@@ -73,7 +73,7 @@ from ..api.cap import ConsistencyModel, StatisticalCAPResolver
 from ..api.consensus import StableBayesianConsensus
 from ..api.detector import DistributedBehavioralDetector
 from ..api.detector_settings import DetectorSettings
-from ..api.engine import RoundBatch, ScoredRound
+from ..api.engine import ItemResult, RoundBatch, ScoredRound
 from ..api.protocol import BehavioralDistributedProtocol, read_behavior
 from ..api.tree import HierarchicalStatisticalTree
 from ..errors import (
@@ -500,7 +500,7 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
         return region_cf, accepted
 
     # ------------------------------------------------------------------ per item (the guide's loop)
-    def process_item(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
+    def process_item(self, agent_id: Hashable, behavioral_data: Any) -> ItemResult:
         """The guide's main loop for one observation, on the actors (a one-row round).
 
         Returns what the in-process detector returns: ``agent_id``, ``action``,
@@ -554,8 +554,8 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
             evidence = self.consensus.consensus(agent_id)
         except UnknownAgentError:
             evidence = None
-        return {"agent_id": agent_id, "action": str(res["action"][0]), "confidence": float(res["confidence"][0]),
-                "evidence": evidence, "anomaly": anomaly}
+        return ItemResult(agent_id=agent_id, action=str(res["action"][0]), confidence=float(res["confidence"][0]),
+                          evidence=evidence, anomaly=anomaly)
 
     @synchronized
     def global_statistics(self, ddof: int = 1) -> dict[str, Any]:
