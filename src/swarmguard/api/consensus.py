@@ -55,19 +55,17 @@ from ..structures.robust_fusion import (
     peel_untrusted,
     source_events,
 )
-from ..validation import as_float_vector, check_fraction, check_key, check_positive_int
+from ..validation import as_float_vector, check_key
 from .evidence_types import BayesianEvidence, EvidenceType, check_timestamp
+from .part_settings import FOUNDING_QUORUM, PROBATION_EVIDENCE, validate_consensus_settings
 
 __all__ = ["StableBayesianConsensus", "BayesianEvidence", "EvidenceType", "PROBATION_EVIDENCE", "FOUNDING_QUORUM",
            "voting_sources", "founding_ends", "consensus_at"]
 
 _special = module_on_first_use("scipy.special")   # imported on first use: see swarmguard.lazy_import
 
-_AGGREGATIONS = ("robust", "sum")
 _EVIDENCE_COLUMNS = ("evidence_ids", "agent_ids", "evidence_types", "log_odds", "confidences", "timestamps",
                      "source_nodes")
-PROBATION_EVIDENCE = 10  # the probation bar: pieces to end the founding, covered agents to earn a vote
-FOUNDING_QUORUM = 3      # untrusted sources that must have been seen before the founding can end
 
 
 def consensus_at(consensus: Mapping[str, Any], positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -180,25 +178,20 @@ class StableBayesianConsensus(Locked):
                  min_sources: int = 1, reputation_refresh_limit: int = 200_000,
                  trusted_sources: Sequence[Hashable] = (), probation_evidence: int = None,
                  founding_quorum: int = None):
-        self.byzantine_threshold = check_fraction(byzantine_threshold, "byzantine_threshold",
-                                                  low=0.0, high=0.5, high_open=True)
-        self.partition_size = check_positive_int(partition_size, "partition_size")
-        self.prior_probability = check_fraction(prior_probability, "prior_probability",
-                                                low_open=True, high_open=True)
-        if aggregation not in _AGGREGATIONS:
-            raise InvalidInputError(f"aggregation must be one of {_AGGREGATIONS}, got {aggregation!r}")
-        self.aggregation = aggregation
-        self.false_flag_rate = check_fraction(false_flag_rate, "false_flag_rate", low_open=True, high_open=True)
-        self.min_sources = check_positive_int(min_sources, "min_sources")
-        self.reputation_refresh_limit = check_positive_int(reputation_refresh_limit,
-                                                           "reputation_refresh_limit", minimum=0)
-        if isinstance(trusted_sources, (str, bytes)):
-            trusted_sources = (trusted_sources,)
-        self.trusted_sources = frozenset(check_key(t, "trusted_sources") for t in trusted_sources)
-        self.probation_evidence = check_positive_int(
-            PROBATION_EVIDENCE if probation_evidence is None else probation_evidence, "probation_evidence")
-        self.founding_quorum = check_positive_int(
-            FOUNDING_QUORUM if founding_quorum is None else founding_quorum, "founding_quorum")
+        checked = validate_consensus_settings(
+            byzantine_threshold, partition_size, prior_probability, aggregation=aggregation,
+            false_flag_rate=false_flag_rate, min_sources=min_sources, reputation_refresh_limit=reputation_refresh_limit,
+            trusted_sources=trusted_sources, probation_evidence=probation_evidence, founding_quorum=founding_quorum)
+        self.byzantine_threshold = checked.byzantine_threshold
+        self.partition_size = checked.partition_size
+        self.prior_probability = checked.prior_probability
+        self.aggregation = checked.aggregation
+        self.false_flag_rate = checked.false_flag_rate
+        self.min_sources = checked.min_sources
+        self.reputation_refresh_limit = checked.reputation_refresh_limit
+        self.trusted_sources = checked.trusted_sources
+        self.probation_evidence = checked.probation_evidence
+        self.founding_quorum = checked.founding_quorum
         self.prior_log_odds = float(_special().logit(self.prior_probability))
         super().__init__()   # the lock: every public method runs under it (see swarmguard.locking)
         self._ledger = EvidenceLedger(self.partition_size)

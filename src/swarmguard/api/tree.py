@@ -287,7 +287,8 @@ class HierarchicalStatisticalTree(Locked):
         if dup:
             raise InvalidInputError("agent_ids holds the same id twice in one batch")
 
-    def _cohort_ids(self, cohorts: Any, n: int) -> tuple[np.ndarray, list[Path]]:
+    @staticmethod
+    def _cohort_ids(cohorts: Any, n: int) -> tuple[np.ndarray, list[Path]]:
         """Per-row index into a list of validated paths (-1: keep / root)."""
         if cohorts is None:
             return np.full(n, -1, dtype=np.int64), []
@@ -471,9 +472,11 @@ class HierarchicalStatisticalTree(Locked):
         """:meth:`update_many`, returning the agents' slots, the validated ids and rows."""
         return self._update_many(agent_ids, X, cohorts)
 
-    def check_cohorts(self, cohorts: Any, n: int) -> None:
-        """Raise as :meth:`update_many` would for ``cohorts`` of ``n`` rows, changing nothing."""
-        self._cohort_ids(cohorts, n)
+    @staticmethod
+    def check_cohorts(cohorts: Any, n: int) -> None:
+        """Raise as :meth:`update_many` would for ``cohorts`` of ``n`` rows, changing nothing
+        (a check of the arguments alone: callable on the class)."""
+        HierarchicalStatisticalTree._cohort_ids(cohorts, n)
 
     @synchronized
     def slot_cohorts(self, slots: np.ndarray) -> tuple[list[Path], np.ndarray]:

@@ -69,12 +69,17 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..api.cap import ConsistencyModel, StatisticalCAPResolver
-from ..api.consensus import StableBayesianConsensus
+from ..api.cap import ConsistencyModel
 from ..api.detector import DistributedBehavioralDetector
 from ..api.detector_settings import DetectorSettings
 from ..api.engine import ItemResult, RoundBatch, ScoredRound
-from ..api.protocol import BehavioralDistributedProtocol, read_behavior
+from ..api.part_settings import (
+    validate_cap_settings,
+    validate_consensus_settings,
+    validate_protocol_settings,
+    validate_tree_settings,
+)
+from ..api.protocol import read_behavior
 from ..api.tree import HierarchicalStatisticalTree
 from ..errors import (
     CheckpointError,
@@ -154,20 +159,18 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
         self.settings = s
         self.det: Any = None                  # the detector driving this engine (bind)
         self._own_clock = s.clock or time.time
-        # Every parameter is checked here, on the driver, before Ray starts: the
-        # in-process parts are built empty (cheap) for their validation and defaults.
-        self._shape = HierarchicalStatisticalTree(branching_factor=s.branching_factor,
-                                                  feature_dimensions=s.feature_dimensions)
-        self._rules = BehavioralDistributedProtocol(self._shape, significance_level=s.significance_level,
-                                                    fdr=s.fdr, shrinkage=s.shrinkage, warm_up=s.warm_up,
-                                                    score_levels=s.score_levels)
-        ref = StableBayesianConsensus(byzantine_threshold=s.byzantine_threshold, partition_size=s.partition_size,
-                                      prior_probability=s.prior_probability, trusted_sources=[s.node_id],
-                                      probation_evidence=s.probation_evidence)
-        links = StatisticalCAPResolver(consistency_model=s.consistency_model,
-                                       max_staleness_seconds=s.max_staleness_seconds,
-                                       confidence_decay_rate=s.confidence_decay_rate, regions=s.regions,
-                                       auto_sync_seconds=s.auto_sync_seconds)
+        # Every parameter is checked here, on the driver, before Ray starts, by the rules
+        # (and in the order) the in-process engine's parts check them with.
+        validate_tree_settings(branching_factor=s.branching_factor, feature_dimensions=s.feature_dimensions)
+        rules = validate_protocol_settings(significance_level=s.significance_level, fdr=s.fdr,
+                                           shrinkage=s.shrinkage, warm_up=s.warm_up, score_levels=s.score_levels)
+        ref = validate_consensus_settings(byzantine_threshold=s.byzantine_threshold, partition_size=s.partition_size,
+                                          prior_probability=s.prior_probability, trusted_sources=[s.node_id],
+                                          probation_evidence=s.probation_evidence)
+        links = validate_cap_settings(consistency_model=s.consistency_model,
+                                      max_staleness_seconds=s.max_staleness_seconds,
+                                      confidence_decay_rate=s.confidence_decay_rate, clock=s.clock, regions=s.regions,
+                                      auto_sync_seconds=s.auto_sync_seconds)
         self.region_workers = None if region_workers is None else check_positive_int(region_workers, "region_workers")
         partitions = check_positive_int(evidence_partitions, "evidence_partitions")
         self.checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
@@ -197,7 +200,7 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
                 ray.init(address=address, log_to_driver=False)
             self._owns_ray = True
         self.consistency_model = s.consistency_model
-        self.significance_level = self._rules.significance_level
+        self.significance_level = rules.significance_level
         self.fdr = s.fdr
         self.shrinkage = s.shrinkage
         self.score_levels = s.score_levels
@@ -340,7 +343,7 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
                                    f"{'strings' if ids.dtype.kind == 'U' else 'ints'}, earlier ones were not")
         if cohorts is None:
             cohorts = regions
-        self._shape.check_cohorts(cohorts, n)        # the tree's own check, on the driver
+        HierarchicalStatisticalTree.check_cohorts(cohorts, n)     # the tree's own check, on the driver
         if isinstance(cohorts, (str, tuple)):
             cohorts = [cohorts] * n if isinstance(cohorts, tuple) else np.full(n, cohorts)
         elif not (isinstance(cohorts, np.ndarray) and cohorts.dtype.kind == "U"):
