@@ -47,7 +47,6 @@ from ..lazy_import import module_on_first_use
 from ..locking import Locked, synchronized
 from ..structures.evidence import CoveredCounts, EvidenceLedger
 from ..structures.evidence_store import EvidenceStore, float_bits
-from ..structures.key_index import KeyIndex
 from ..structures.robust_fusion import (
     SourceEvents,
     count_flagged_pairs,
@@ -56,6 +55,7 @@ from ..structures.robust_fusion import (
     source_events,
 )
 from ..validation import as_float_vector, check_key
+from ..values.id_index import IdIndex
 from .evidence_types import BayesianEvidence, EvidenceType, check_timestamp
 from .part_settings import FOUNDING_QUORUM, PROBATION_EVIDENCE, validate_consensus_settings
 
@@ -943,7 +943,7 @@ def _as_list(keys) -> list:
     return keys.tolist() if isinstance(keys, np.ndarray) else list(keys)
 
 
-def _export_keys(index: KeyIndex, rows: np.ndarray):
+def _export_keys(index: IdIndex, rows: np.ndarray):
     keys = index.keys_of(rows)
     return keys if keys.dtype != object else keys.tolist()
 
@@ -985,7 +985,7 @@ def _as_keys(keys: Any, name: str):
     return checked
 
 
-def _plan_rows(index: KeyIndex, keys) -> tuple[np.ndarray, Any]:
+def _plan_rows(index: IdIndex, keys) -> tuple[np.ndarray, Any]:
     """Rows of ``keys`` with new ids given the rows they *will* get; returns (rows, new ids)."""
     start = len(index)
     if start == 0 and isinstance(keys, np.ndarray) and keys.size:
@@ -1024,7 +1024,7 @@ def _plan_rows(index: KeyIndex, keys) -> tuple[np.ndarray, Any]:
     return rows, list(order)
 
 
-def _trim_new(index: KeyIndex, rows: np.ndarray, new) -> tuple[np.ndarray, Any]:
+def _trim_new(index: IdIndex, rows: np.ndarray, new) -> tuple[np.ndarray, Any]:
     """Drop planned new ids no longer used, renumbering the planned rows."""
     if len(new) == 0:
         return rows, new
@@ -1041,7 +1041,7 @@ def _trim_new(index: KeyIndex, rows: np.ndarray, new) -> tuple[np.ndarray, Any]:
     return rows, new
 
 
-def _keys_for(index: KeyIndex, rows: np.ndarray, new) -> list:
+def _keys_for(index: IdIndex, rows: np.ndarray, new) -> list:
     """Ids of planned rows (existing or new), as Python objects."""
     start = len(index)
     new_list = new.tolist() if isinstance(new, np.ndarray) else list(new)
@@ -1051,7 +1051,7 @@ def _keys_for(index: KeyIndex, rows: np.ndarray, new) -> list:
     return out
 
 
-def _add_keys(index: KeyIndex, keys) -> None:
+def _add_keys(index: IdIndex, keys) -> None:
     if len(keys):
         index.add_new(keys)
 

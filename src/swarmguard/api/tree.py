@@ -18,7 +18,7 @@ from ..errors import (
 )
 from ..locking import Locked, synchronized
 from ..structures.cohorts import CohortDirectory
-from ..structures.id_index import IdIndex
+from ..values.id_index import SlotMap
 from ..structures.slot_tree import SlotTree
 from ..validation import (
     as_feature_matrix,
@@ -108,7 +108,7 @@ class HierarchicalStatisticalTree(Locked):
         self._dim = feature_dimensions
         self._page_levels = _page_levels(self.branching_factor)
         self._page_size = self.branching_factor ** self._page_levels
-        self._index = IdIndex()
+        self._index = SlotMap()
         self._cohorts = CohortDirectory(self._page_size)
         self._ids_at_slot = np.empty(0, dtype=object)
         self._tree: SlotTree | None = None
