@@ -61,6 +61,22 @@ def test_as_wire_id_array_refuses_what_replicas_cannot_hold_and_says_where(ids, 
         as_agent_ids(ids)
 
 
+def test_the_id_rule_is_the_validation_modules_and_is_wire_id_agrees_with_it():
+    from swarmguard import validation
+    from swarmguard.values import agent_index
+
+    assert agent_index.as_wire_id_array is validation.as_wire_id_array
+    assert agent_index.check_wire_id is validation.check_wire_id
+    for value in (3, -(2**63), 2**63 - 1, np.int64(3), np.uint8(3), "a", np.str_("a"),
+                  2**63, -(2**63) - 1, True, np.bool_(False), 1.0, None, (1,), b"a"):
+        try:
+            validation.check_wire_id(value)
+            taken = True
+        except SwarmGuardError:
+            taken = False
+        assert validation.is_wire_id(value) is taken, value
+
+
 def test_check_wire_id_refuses_a_nul_anywhere():
     assert check_wire_id("a") == "a" and type(check_wire_id(np.str_("a"))) is str
     for bad in ("a\x00", "\x00a", "\x00"):

@@ -54,7 +54,7 @@ from ..structures.robust_fusion import (
     peel_untrusted,
     source_events,
 )
-from ..validation import as_float_vector, check_key
+from ..validation import as_float_vector, check_key, is_wire_id
 from ..values.id_index import IdIndex
 from .evidence_types import BayesianEvidence, EvidenceType, check_timestamp
 from .part_settings import FOUNDING_QUORUM, PROBATION_EVIDENCE, validate_consensus_settings
@@ -485,7 +485,7 @@ class StableBayesianConsensus(Locked):
             return
         for keys in key_lists:
             for k in keys:
-                if not (isinstance(k, str) or (isinstance(k, int) and -(1 << 63) <= k < (1 << 63))):
+                if not is_wire_id(k):
                     raise InvalidTypeError(f"with a store, ids must be int64 or str, got {k!r}")
 
     # ================================================================== consensus

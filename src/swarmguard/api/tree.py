@@ -18,7 +18,6 @@ from ..errors import (
 )
 from ..locking import Locked, synchronized
 from ..structures.cohorts import CohortDirectory
-from ..values.id_index import SlotMap
 from ..structures.slot_tree import SlotTree
 from ..validation import (
     as_feature_matrix,
@@ -32,6 +31,7 @@ from ..validation import (
     unique_names,
     check_positive_int,
 )
+from ..values.id_index import SlotMap
 from ..values.moments import population_statistics
 
 __all__ = ["HierarchicalStatisticalTree", "Path"]
