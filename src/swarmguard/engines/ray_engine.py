@@ -93,6 +93,7 @@ from ..structures.significance import chi2_threshold, significance_cut
 from ..structures.topology import MonotonicClock, RegionTopology
 from ..validation import as_feature_vector, check_cohort, check_finite_float, check_positive_int
 from ..values.agent_index import check_wire_id
+from ..values.id_index import IdIndex
 from ..values.moments import population_statistics
 from ..values.version_vector import check_region_name
 from .checkpoint_files import (
@@ -218,8 +219,10 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
         self._evidence_total = 0
         self._rounds = 0
         self._rows_since_checkpoint = 0
-        self._known_ids = np.zeros(0, dtype=np.int64)
-        self._known_shard = np.zeros(0, dtype=np.int64)
+        # Routing: each agent's region actor, by the one id index (row -> shard).
+        self._routes = IdIndex()
+        self._route_shard = np.zeros(0, dtype=np.int64)
+        self._route_kind: str | None = None     # "i" or "U": one kind of agent id per engine
         self.sys = ActorSystem(ray)
         self._actor_options = {"max_restarts": max_restarts, "max_task_retries": 0, "num_cpus": actor_cpus}
         self.region_shards: list[Handle] = []
@@ -338,7 +341,7 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
             self._topology.require_quorum(order)
         if np.unique(ids).size != n:
             raise InvalidInputError("agent_ids holds the same id twice in one batch")
-        if self._known_ids.size and n and self._known_ids.dtype.kind != ids.dtype.kind:
+        if self._route_kind is not None and n and self._route_kind != ids.dtype.kind:
             raise InvalidTypeError("the Ray backend keeps one kind of agent id: these are "
                                    f"{'strings' if ids.dtype.kind == 'U' else 'ints'}, earlier ones were not")
         if cohorts is None:
