@@ -271,6 +271,10 @@ class IdIndex:
     # ------------------------------------------------------------------ look-ups
     def row_of(self, key: Hashable) -> int:
         """Row of ``key``, or -1 (the per-item path)."""
+        ints = self._ints
+        if type(key) is int and ints._table is not None and ints._run_lo is None and self._int_rows is None:
+            pos = key - ints._lo                  # the per-item hot path: one table read
+            return int(ints._table[pos]) if 0 <= pos < ints._table.size else _MISSING
         if (type(key) is int and -(1 << 63) <= key < (1 << 63)) or _is_int_key(key):
             pos = self._ints.find(int(key))
             if pos < 0 or self._int_rows is None:
