@@ -12,7 +12,9 @@ Printed, as medians and p99 in µs per call:
 * where a call's time goes: each part timed alone on the same kind of
   observation — the checks run before any part changes (``_check_item``), the
   tree's update and leave-one-out score (the protocol), the CAP resolver's write
-  and view (``handle_update_sync``), the consensus look-up and the decision;
+  and view (``handle_update_sync``, the public call) and its write with the
+  confidence factor alone (``_handle_checked``, what the detector's own rule
+  reads), the consensus look-up and the decision;
 * River's ``EmpiricalCovariance.update`` on the same vectors, measured in the
   same run (River keeps one flat covariance and scores nothing; a per-item call
   here updates a tree, scores the agent, writes a replica and decides), and the
@@ -123,14 +125,12 @@ def main() -> None:
                for it in batch]
     print(line("CAP write + view (handle_update_sync)", per_call_us(lambda u: cap.handle_update_sync(u, now=0.0),
                                                                       updates)))
-
-    def consensus(it):
-        try:
-            det.consensus.distributed_evidence_consensus_sync(it.agent_id)
-        except KeyError:
-            pass
-
-    print(line("consensus look-up", per_call_us(consensus, batch)))
+    checked = [(u.source_partition, u.agent_id, u.timestamp, u.feature_vector, u.anomaly_score, f"{u.update_id}'")
+               for u in updates]
+    print(line("CAP write + confidence only (_handle_checked)",
+               per_call_us(lambda a: cap._handle_checked(*a, 0.0, report=False), checked)))
+    print(line("consensus look-up (consensus_or_none)",
+               per_call_us(lambda it: det.consensus.consensus_or_none(it.agent_id), batch)))
     info = det.protocol.update_agent_behavior_sync(batch[0])
     print(line("decision (should_trigger_response)",
                per_call_us(lambda it: det.should_trigger_response(info, {"confidence_factor": 1.0}), batch)))

@@ -226,3 +226,54 @@ def test_unique_names_matches_np_unique_and_never_copies_a_broadcast_name():
         tracemalloc.stop()
     assert names.tolist() == [name] and not inverse.any()
     assert peak < n * MAX_NAME_LENGTH, peak           # np.unique would flatten it: n * 4 bytes a character
+
+
+# ---------------------------------------------------------------------- CheckedFeatures
+def test_a_checked_matrix_is_made_only_by_the_validator():
+    from swarmguard.validation import CheckedFeatures, check_feature_matrix
+    X = np.array([[1.0, -4.0], [2.0, 3.0]])
+    checked = check_feature_matrix(X, 2)
+    assert checked.bound == 4.0 and checked.n == 2 and checked.dim == 2
+    np.testing.assert_array_equal(checked.X, X)
+    # read-only, so no part can change what every other part trusts; the caller's array
+    # keeps its own flags
+    assert not checked.X.flags.writeable and X.flags.writeable
+    with pytest.raises(ValueError):
+        checked.X[0, 0] = 9.0
+    # built by hand, even from a good matrix, or with a stray token: refused
+    for token in ((), (None,), (object(),)):
+        with pytest.raises(InvalidTypeError, match="check_feature_matrix"):
+            CheckedFeatures(X, 4.0, *token)
+    with pytest.raises(AttributeError):
+        checked.bound = 1e300                       # frozen: the bound cannot be loosened
+    sub = checked.rows(np.array([1]))
+    assert type(sub) is CheckedFeatures and sub.X.tolist() == [[2.0, 3.0]] and sub.bound >= 3.0
+    # a checked matrix passes the validators again without a pass, its dimension compared
+    assert check_feature_matrix(checked, 2) is checked
+    with pytest.raises(DimensionMismatchError):
+        check_feature_matrix(checked, 3)
+
+
+@pytest.mark.parametrize("bad, error", [
+    ([[1.0, np.nan]], "NonFiniteError"), ([[np.inf, 1.0]], "NonFiniteError"),
+    ([[-np.inf, 1.0]], "NonFiniteError"), ([[1.0, 1e100]], "InvalidInputError"),
+    ([[-1e100, 1.0]], "InvalidInputError"), ([[1.0, 2.0], [np.nan, 1e200]], "NonFiniteError"),
+    ([[1.0, 2.0, 3.0]], "DimensionMismatchError"), (np.zeros((0, 2)), "EmptyInputError"),
+    ([["a", "b"]], "InvalidTypeError"),
+])
+def test_the_checked_matrix_refuses_what_as_feature_matrix_refuses_with_the_same_error(bad, error):
+    import swarmguard.errors as errors
+    from swarmguard.validation import as_feature_matrix, check_feature_matrix
+    with pytest.raises(getattr(errors, error)) as raw:
+        as_feature_matrix(bad, 2)
+    with pytest.raises(getattr(errors, error)) as checked:
+        check_feature_matrix(bad, 2)
+    assert str(raw.value) == str(checked.value)     # the same message, naming the same index
+
+
+def test_the_bound_bounds_every_value_exactly():
+    from swarmguard.validation import check_feature_matrix
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        X = rng.normal(size=(7, 3)) * 10.0 ** rng.uniform(-300, 99)
+        assert check_feature_matrix(X, 3).bound == float(np.abs(X).max())

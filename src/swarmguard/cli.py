@@ -359,5 +359,92 @@ def validate(
         raise typer.Exit(1)
 
 
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but loopback needs --tokens. Example: --host 0.0.0.0"),
+    port: int = typer.Option(8470, min=0, max=65535, help="Port. Example: --port 9000"),
+    data_dir: Path | None = typer.Option(None, help="Folder of the node's durable log (replayed on restart); default: a new temporary folder. Example: --data-dir /var/lib/swarmguard"),  # noqa: B008
+    tokens: Path | None = typer.Option(None, help="TOML file of bearer tokens and their roles (ingest, observer, read, admin, peer). Example: --tokens tokens.toml"),  # noqa: B008
+    region: str = typer.Option("local", help="This node's region. Example: --region eu-west"),
+    window: float = typer.Option(60.0, help="Window length in seconds on the node's clock: each closed window is one detector round. Example: --window 10"),
+    features: int | None = typer.Option(None, min=1, help="Length of /v1/behaviors vectors (default: the first vector's). Example: --features 8"),
+    max_body_bytes: int = typer.Option(64 << 20, min=1, help="Request body limit in bytes, compressed and decompressed. Example: --max-body-bytes 1048576"),
+    metrics_public: bool = typer.Option(False, "--metrics-public", help="Serve /metrics without a token."),
+    certfile: Path | None = typer.Option(None, help="TLS certificate (PEM), with --keyfile. Example: --certfile node.pem"),  # noqa: B008
+    keyfile: Path | None = typer.Option(None, help="TLS private key (PEM), with --certfile. Example: --keyfile node.key"),  # noqa: B008
+    backend: Backend = typer.Option("inprocess", help="Engine: inprocess or ray (needs swarmguard[ray]). Example: --backend ray"),
+    address: str | None = typer.Option(None, help="Ray cluster address (--backend ray; default: a local Ray). Example: --address 10.0.0.5:6379"),
+    warm_up: int | None = typer.Option(None, min=3, help="Nobody is flagged in a population smaller than this; default min(1000, 100 x features). Example: --warm-up 50"),
+    drain_seconds: float = typer.Option(0.0, min=0.0, help="On SIGTERM, answer /readyz 503 this long before closing the listener. Example: --drain-seconds 5"),
+) -> None:
+    """Run one node: an HTTP service that takes behaviour vectors and evidence and answers who is anomalous.
+
+    Example: swarmguard serve --data-dir state --window 10
+    """
+    from .errors import SwarmGuardError
+
+    try:
+        from .apps.serve.run import run_server
+        from .apps.serve.settings import ServeSettings
+
+        settings = ServeSettings(data_dir=data_dir, tokens_file=tokens, host=host, port=port, region=region,
+                                 window_seconds=window, features=features, max_body_bytes=max_body_bytes,
+                                 metrics_public=metrics_public, certfile=certfile, keyfile=keyfile,
+                                 backend=backend, address=address, warm_up=warm_up)
+        settings.check_exposure()
+        if tokens is not None:
+            from .apps.serve.tokens import load_tokens
+
+            load_tokens(tokens)
+    except ImportError as exc:
+        raise _fail(f"swarmguard serve needs the serve extra (pip install 'swarmguard[serve]'): {exc}") from None
+    except SwarmGuardError as exc:
+        raise _fail(str(exc)) from None
+    run_server(settings, say=lambda line: err_console.print(line, markup=False, highlight=False, soft_wrap=True),
+               drain_seconds=drain_seconds)
+
+
+@app.command()
+def fleet(
+    endpoint: str = typer.Option("http://127.0.0.1:8470", help="The node's base URL (spans go to /v1/traces). Example: --endpoint http://127.0.0.1:8470"),
+    agents: int = typer.Option(1000, min=1, help="Emulated AI agents. Example: --agents 10000"),
+    misbehaving: int = typer.Option(10, min=0, help="How many of them misbehave (tool loop, token spikes, error burst, prompt injection, in turn). Example: --misbehaving 40"),
+    windows: int = typer.Option(3, min=1, help="Windows to emit. Example: --windows 5"),
+    window: float = typer.Option(60.0, min=0.5, help="The node's --window in seconds (bursts are sent just after its boundaries). Example: --window 10"),
+    token: str | None = typer.Option(None, help="Bearer token for /v1/traces (an ingest token). Example: --token s3cret-ingest"),
+    observer: list[str] = typer.Option([], help="An observer posting evidence, as SOURCE=TOKEN (an observer token); repeat for more. Example: --observer observer-7=s3cret-obs7"),  # noqa: B008
+    read_token: str | None = typer.Option(None, help="A read token: at the end, check /v1/agents?top=K against the misbehaving agents. Example: --read-token s3cret-read"),
+    seed: int = typer.Option(0, help="Random seed (the same seed, the same fleet). Example: --seed 7"),
+) -> None:
+    """Emulate a fleet of AI agents sending OpenTelemetry GenAI spans (OTLP/HTTP) to a node.
+
+    Example: swarmguard fleet --endpoint http://127.0.0.1:8470 --agents 1000 --misbehaving 10 --window 10 --token s3cret-ingest
+    """
+    if misbehaving > agents:
+        raise typer.BadParameter("misbehaving must be at most agents", param_hint="--misbehaving")
+    pairs = []
+    for item in observer:
+        source, sep, secret = item.partition("=")
+        if not sep or not source or not secret:
+            raise typer.BadParameter(f"expected SOURCE=TOKEN, got {item!r}", param_hint="--observer")
+        pairs.append((source, secret))
+    try:
+        from .apps.otlp.fleet import run_fleet
+    except ImportError as exc:
+        raise _fail(f"swarmguard fleet needs the fleet extra (pip install 'swarmguard[fleet]'): {exc}") from None
+    say = lambda line: err_console.print(line, markup=False, highlight=False)  # noqa: E731
+    say(f"swarmguard fleet: {agents} agents ({misbehaving} misbehaving) -> {endpoint}, {windows} windows of {window:g} s")
+    try:
+        report = run_fleet(endpoint, agents, misbehaving, windows=windows, window_s=window, token=token,
+                           observers=pairs, seed=seed, read_token=read_token, log=say)
+    except Exception as exc:         # the node unreachable, a refused token: one line, exit 1
+        raise _fail(f"{type(exc).__name__}: {exc}", code=1) from None
+    console.print(f"sent {sum(report.spans_per_window):,} spans in {len(report.spans_per_window)} windows"
+                  + ("" if report.flushed else " (some exports did not finish)")
+                  + f"; evidence accepted {report.evidence_posted}, refused {report.evidence_refused}")
+    if report.precision is not None:
+        console.print(f"top-{misbehaving} of /v1/agents: precision {report.precision:.3f}, recall {report.recall:.3f}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -30,6 +30,9 @@ __all__ = [
     "UnknownRegionError",
     "StaleShardError",
     "ExactSumOverflowError",
+    "MalformedBodyError",
+    "UnsupportedMediaTypeError",
+    "BodyTooLargeError",
 ]
 
 
@@ -141,3 +144,22 @@ class StaleShardError(SwarmGuardError, RuntimeError):
 
 class ExactSumOverflowError(SwarmGuardError, OverflowError):
     """The exact sum is finite as a rational but beyond the float64 range."""
+
+
+class MalformedBodyError(InvalidInputError):
+    """A request body that cannot be decoded (bad protobuf, JSON, gzip stream): HTTP 400, never retried."""
+
+
+class UnsupportedMediaTypeError(InvalidInputError):
+    """A request body in a content type or content encoding the endpoint does not read: HTTP 415."""
+
+
+class BodyTooLargeError(InvalidInputError):
+    """A request body over the size limit, before or after decompression (a gzip bomb): HTTP 413.
+
+    ``limit`` is the limit in bytes.
+    """
+
+    def __init__(self, message: str, limit: int):
+        self.limit = limit
+        super().__init__(message)

@@ -98,6 +98,16 @@ def synchronized_with(*attributes: str) -> Callable[[F], F]:
     """
 
     def decorate(method: F) -> F:
+        if len(attributes) == 1:            # one other object (the protocol's tree): two plain withs
+            (name,) = attributes
+
+            @functools.wraps(method)
+            def wrapper_one(self: Any, *args: Any, **kwargs: Any) -> Any:
+                with _lock_of(self), _lock_of(getattr(self, name)):
+                    return method(self, *args, **kwargs)
+
+            return wrapper_one  # type: ignore[return-value]
+
         @functools.wraps(method)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
             with _lock_of(self):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Hashable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,8 @@ from .errors import (
 __all__ = [
     "as_feature_vector",
     "as_feature_matrix",
+    "CheckedFeatures",
+    "check_feature_matrix",
     "check_positive_int",
     "check_fraction",
     "check_finite_float",
@@ -80,6 +83,8 @@ def _as_float_array(values: Any, what: str) -> np.ndarray:
 MAX_ABS_VALUE = 1e100
 """Largest feature magnitude accepted: squares and sums of squares of a billion
 such values stay far from float64 overflow (1.8e308)."""
+_BELOW_MAX_ABS = MAX_ABS_VALUE.__gt__      # False for NaN and inf as for too large a value
+_SHORT_VECTOR = 32                         # up to this length a vector is checked in Python floats
 
 
 def _check_finite(arr: np.ndarray, what: str) -> None:
@@ -107,8 +112,12 @@ def as_feature_vector(x: Any, dim: int | None, what: str = "features") -> np.nda
     array([1., 2.])
     """
     if type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 1 and x.shape[0] == dim:
-        # Hot path: one comparison rejects NaN, ±inf and overflowing magnitudes alike.
-        if np.maximum.reduce(np.abs(x)) < MAX_ABS_VALUE:
+        # Hot path: one comparison per value rejects NaN, ±inf and overflowing magnitudes alike
+        # (Python floats for a short vector: cheaper than two NumPy calls' set-up)
+        if dim <= _SHORT_VECTOR:
+            if all(map(_BELOW_MAX_ABS, map(abs, x.tolist()))):
+                return x
+        elif np.maximum.reduce(np.abs(x)) < MAX_ABS_VALUE:
             return x
     arr = _as_float_array(x, what)
     if arr.ndim != 1:
@@ -125,7 +134,95 @@ def as_feature_vector(x: Any, dim: int | None, what: str = "features") -> np.nda
 
 
 def as_feature_matrix(X: Any, dim: int | None, what: str = "X") -> np.ndarray:
-    """Return ``X`` as a finite, C-contiguous float64 (n, dim) matrix with n >= 1."""
+    """Return ``X`` as a finite, C-contiguous float64 (n, dim) matrix with n >= 1.
+
+    A :class:`CheckedFeatures` is taken as it is (its dimension compared, no pass
+    over its values): it was checked by these rules when it was made; its
+    matrix comes back read-only.
+    """
+    if type(X) is CheckedFeatures:
+        return check_feature_matrix(X, dim, what).X
+    return _checked_matrix(X, dim, what)[0]
+
+
+# Handed only to CheckedFeatures by the functions of this module: a CheckedFeatures
+# built anywhere else (a caller's array wrapped by hand) is refused at construction.
+_ISSUED = object()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CheckedFeatures:
+    """A round's feature matrix, checked once at the boundary: the parts trust it.
+
+    ``X`` is a read-only view of a finite, C-contiguous float64 ``(n, d)``
+    matrix (``n, d >= 1``) whose every value lies in ``[-bound, bound]`` with
+    ``bound < MAX_ABS_VALUE`` (the rules of :func:`as_feature_matrix`). The tree,
+    the protocol, the CAP resolver and the replicas take one wherever they take
+    a feature matrix and do not check it again; their public entry points still
+    check raw input exactly as before.
+
+    Only :func:`check_feature_matrix` (and :meth:`rows`, a subset of checked rows)
+    makes one: calling the class directly raises :class:`InvalidTypeError`, so an
+    unchecked array cannot pass for a checked one by accident.
+
+    >>> checked = check_feature_matrix([[1.0, -2.0], [3.0, 0.5]], 2)
+    >>> checked.X.shape, checked.bound, checked.X.flags.writeable
+    ((2, 2), 3.0, False)
+    >>> CheckedFeatures(np.zeros((1, 1)), 0.0)
+    Traceback (most recent call last):
+    ...
+    swarmguard.errors.InvalidTypeError: CheckedFeatures is made only by check_feature_matrix
+    """
+
+    X: np.ndarray
+    bound: float
+    _issued: object = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self._issued is not _ISSUED:
+            raise InvalidTypeError("CheckedFeatures is made only by check_feature_matrix")
+
+    @property
+    def n(self) -> int:
+        """Rows."""
+        return self.X.shape[0]
+
+    @property
+    def dim(self) -> int:
+        """Features per row."""
+        return self.X.shape[1]
+
+    def rows(self, index: np.ndarray) -> CheckedFeatures:
+        """The rows at ``index`` (a non-empty integer array), checked still: a subset of
+        checked rows holds only checked values (``bound`` stays a bound)."""
+        return _issue(np.take(self.X, index, axis=0), self.bound)
+
+
+def _issue(arr: np.ndarray, bound: float) -> CheckedFeatures:
+    view = arr.view()
+    view.flags.writeable = False        # the view only: the caller's own array stays writable
+    return CheckedFeatures(view, bound, _ISSUED)
+
+
+def check_feature_matrix(X: Any, dim: int | None, what: str = "X") -> CheckedFeatures:
+    """:func:`as_feature_matrix`, returned as a :class:`CheckedFeatures` (with a bound on |x|).
+
+    The same rules and the same typed errors; a :class:`CheckedFeatures` is returned
+    as it is once its dimension matches. The clean path costs two reductions over
+    the values (their largest and smallest: NaN propagates through both, and ±inf
+    and magnitudes of ``MAX_ABS_VALUE`` and beyond fail the comparison) and no
+    temporary array; only a matrix that fails them is searched for the first bad
+    value, to name it.
+    """
+    if type(X) is CheckedFeatures:
+        if X.X.shape[1] != dim and dim is not None:
+            raise DimensionMismatchError(f"{what} has {X.X.shape[1]} features per row, expected {dim}")
+        return X
+    return _issue(*_checked_matrix(X, dim, what))
+
+
+def _checked_matrix(X: Any, dim: int | None, what: str) -> tuple[np.ndarray, float]:
+    """The rules of :func:`as_feature_matrix`: the matrix and the largest |x|."""
     arr = _as_float_array(X, what)
     if arr.ndim != 2:
         raise DimensionMismatchError(f"{what} must be a 2-D (n, d) array, got shape {arr.shape}")
@@ -135,9 +232,12 @@ def as_feature_matrix(X: Any, dim: int | None, what: str = "X") -> np.ndarray:
         raise DimensionMismatchError(
             f"{what} has {arr.shape[1]} features per row, expected {dim}"
         )
-    _check_finite(arr, what)
-    _check_magnitude(arr, what)
-    return np.ascontiguousarray(arr)
+    high = float(np.maximum.reduce(arr, axis=None))
+    low = float(np.minimum.reduce(arr, axis=None))
+    if not (high < MAX_ABS_VALUE and low > -MAX_ABS_VALUE):     # False for NaN too
+        _check_finite(arr, what)
+        _check_magnitude(arr, what)
+    return np.ascontiguousarray(arr), max(high, -low)
 
 
 def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
@@ -164,6 +264,8 @@ def check_finite_float(value: Any, name: str) -> float:
     >>> check_finite_float(3, "timestamp")
     3.0
     """
+    if type(value) is float and math.isfinite(value):      # the common case, without the ABC check
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidTypeError(f"{name} must be a real number, got {_short_repr(value)}")
     try:

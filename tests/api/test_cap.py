@@ -805,3 +805,43 @@ def test_per_item_writes_report_the_exact_view_of_the_batch_path():
         assert hi.tolist() == [float(mean[c]) + half[c] for c in range(2)]
         assert est["anomaly_score_interval"] == (float(mean[2]) - half[2], float(mean[2]) + half[2])
     assert one.replica("eu").estimate_exact() == batch.replica("eu").estimate_exact()
+
+
+@pytest.mark.parametrize("model", ["statistical", "strong", "eventual"])
+def test_the_checked_one_row_write_gives_handle_update_syncs_state_and_report(model):
+    """The detector's per-item write (_handle_checked: values checked by the caller) leaves the
+    state handle_update_sync leaves, with its report, or with report=False its confidence
+    factor alone; a first write of a region or of the dimension takes the general path."""
+    t = [0.0]
+    public = StatisticalCAPResolver(model, clock=lambda: t[0], regions=["eu", "us"])
+    checked = StatisticalCAPResolver(model, clock=lambda: t[0], regions=["eu", "us"])
+    rng = np.random.default_rng(4)
+    for step in range(40):
+        t[0] = 0.4 * step
+        region = ["eu", "us", "ap"][step % 3] if step > 3 else "eu"     # "ap": born by its first write
+        agent = int(rng.integers(0, 12))
+        agent = agent if agent % 3 else f"agent-{agent}"                # int and str ids
+        x = rng.normal(size=3)
+        uid = f"u{step % 30}"                                           # re-sent ids: duplicates
+        update = StatisticalUpdate(uid, agent, float(step // 2), x, float(step), region)
+        want = public.handle_update_sync(update, now=t[0])
+        if step % 2:
+            got = checked._handle_checked(region, agent, float(step // 2), x, float(step), uid, t[0])
+            assert repr(got) == repr(want)
+        else:
+            got = checked._handle_checked(region, agent, float(step // 2), x, float(step), uid, t[0], report=False)
+            assert got["confidence_factor"] == want["confidence_factor"]
+    a, b = public.to_dict(), checked.to_dict()
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    for region in public.regions:
+        assert repr(public.global_estimate(region)) == repr(checked.global_estimate(region))
+
+
+def test_the_checked_one_row_write_refuses_a_non_finite_score_and_changes_nothing():
+    r = StatisticalCAPResolver(clock=lambda: 0.0, regions=["eu"])
+    r.handle_update_sync(StatisticalUpdate("u0", 1, 0.0, [1.0, 2.0], 0.0, "eu"))
+    before = r.to_dict()
+    with pytest.raises(NonFiniteError):
+        r._handle_checked("eu", 2, 0.0, np.array([1.0, 2.0]), math.inf, "u1", 0.0, report=False)
+    after = r.to_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)

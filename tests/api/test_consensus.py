@@ -1549,3 +1549,14 @@ def test_a_later_honest_majority_is_not_kept_on_probation_forever_by_three_early
     many = c.consensus_many()
     assert np.asarray(many["consensus_reached"]).sum() > 9
     assert c.consensus(0)["probation_source_count"] == 0
+
+
+def test_consensus_or_none_is_consensus_or_none_for_an_agent_without_evidence():
+    c = StableBayesianConsensus()
+    c.add_evidence_batch(["e1", "e2"], [7, 7], "behavioral_anomaly", [1.0, 2.0], [1.0, 1.0], [0.0, 0.0],
+                         ["a", "b"])
+    assert c.consensus_or_none(8) is None
+    with pytest.raises(KeyError):
+        c.consensus(8)
+    assert repr(c.consensus_or_none(7)) == repr(c.consensus(7))
+    assert c.consensus_or_none(7)["evidence_count"] == 2

@@ -372,6 +372,56 @@ def test_process_agent_behavior_skips_an_evidence_id_an_observer_holds(squatter)
     assert det.consensus.consensus(299)["source_count"] == 1     # the observer's evidence untouched
 
 
+def test_the_per_item_fast_path_decides_as_the_parts_public_methods_do():
+    """The per-item call hands the resolver its checked values and asks the consensus without
+    an exception; a detector whose resolver and consensus are subclasses that override the
+    public methods (so the call goes through them, as it did before) gives the same results
+    and leaves the same replicas, and a subclass's own rule gets the resolver's whole report."""
+    from swarmguard.api.cap import StatisticalCAPResolver
+    from swarmguard.api.consensus import StableBayesianConsensus
+
+    class PublicResolver(StatisticalCAPResolver):
+        def handle_update_sync(self, update, *, now=None):
+            return super().handle_update_sync(update, now=now)
+
+    class PublicConsensus(StableBayesianConsensus):
+        def distributed_evidence_consensus_sync(self, agent_id):
+            return super().distributed_evidence_consensus_sync(agent_id)
+
+    reports = []
+
+    class OwnRule(DistributedBehavioralDetector):
+        def should_trigger_response(self, anomaly_info, cap_result, consensus_result=None):
+            reports.append(cap_result)
+            return super().should_trigger_response(anomaly_info, cap_result, consensus_result)
+
+    def make(cls=DistributedBehavioralDetector, public=False):
+        det = cls(feature_dimensions=3, clock=lambda: 0.0, warm_up=20, regions=["eu", "us"])
+        if public:
+            det.cap_resolver = PublicResolver(clock=lambda: 0.0, regions=["eu", "us"])
+            st = det.settings
+            det.consensus = PublicConsensus(byzantine_threshold=st.byzantine_threshold,
+                                            partition_size=st.partition_size,
+                                            prior_probability=st.prior_probability,
+                                            trusted_sources=[st.node_id],
+                                            probation_evidence=st.probation_evidence)
+        return det
+
+    fast, slow, own = make(), make(public=True), make(OwnRule)
+    rng = np.random.default_rng(9)
+    for step in range(150):
+        agent = int(rng.integers(0, 40))
+        x = rng.normal(size=3) + (8.0 if agent < 3 and step > 60 else 0.0)
+        data = BehavioralData(agent, x, region="eu" if agent % 2 else "us")
+        results = [d.process_agent_behavior_sync(agent, data) for d in (fast, slow, own)]
+        assert repr(results[0]) == repr(results[1]) == repr(results[2])
+    assert fast.consensus.evidence_count > 0          # some agents were anomalous: evidence, consensus
+    assert reports and all("global_estimate" in r for r in reports)
+    for region in ("eu", "us"):
+        assert repr(fast.cap_resolver.global_estimate(region)) == repr(slow.cap_resolver.global_estimate(region))
+        assert fast.cap_resolver.replica(region).same_state(slow.cap_resolver.replica(region))
+
+
 def test_process_agent_behavior_reads_the_clock_once_for_all_three_parts():
     clock, calls = counting_clock()          # every reading differs: two reads would show
     det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=100, clock=clock)
@@ -794,3 +844,38 @@ def test_a_round_with_one_long_region_name_never_holds_a_copy_of_it_per_row():
     expected = ref.process_round(np.arange(n), X, np.array([name] * n), timestamp=1.0)
     np.testing.assert_array_equal(out["mahalanobis_squared"], expected["mahalanobis_squared"])
     assert out["region_confidence"] == expected["region_confidence"] and list(out["region_confidence"]) == [name]
+
+
+def test_a_round_checks_its_features_once_and_answers_as_a_round_whose_parts_check_them_each(monkeypatch):
+    # The detector checks the features at the boundary; the tree, the resolver and the
+    # replicas take the checked matrix without a second pass over it. The answer, and every
+    # part's state, is the one of the parts checking raw input themselves.
+    import swarmguard.validation as validation
+    rng = np.random.default_rng(8)
+    rounds = [rng.normal(size=(300, 3)) for _ in range(3)]
+    for X in rounds:
+        X[:4] += 9.0
+    regions = np.array(["eu", "us", "ap"])[rng.integers(0, 3, 300)]
+    det = DistributedBehavioralDetector(feature_dimensions=3, warm_up=50, clock=lambda: 5.0)
+    passes = []
+    checked_matrix = validation._checked_matrix
+    monkeypatch.setattr(validation, "_checked_matrix", lambda *a: passes.append(a[2]) or checked_matrix(*a))
+    results = [det.process_round(np.arange(300), X, regions, timestamp=float(i + 1)) for i, X in enumerate(rounds)]
+    assert passes == ["X"] * 3                       # one pass over the values per round
+    monkeypatch.undo()
+    # the same rounds through the parts, each given the raw rows and checking them itself
+    ref = DistributedBehavioralDetector(feature_dimensions=3, warm_up=50, clock=lambda: 5.0)
+    for i, X in enumerate(rounds):
+        scored = ref.protocol.update_and_score_many(np.arange(300), X.tolist(), cohorts=regions)
+        for name in ("ap", "eu", "us"):
+            rows = np.flatnonzero(regions == name)
+            ref.cap_resolver.handle_updates_many(name, rows, np.full(rows.size, float(i + 1)), X[rows].tolist(),
+                                                 scored["mahalanobis_squared"][rows].tolist(), now=5.0)
+        np.testing.assert_array_equal(results[i]["mahalanobis_squared"], scored["mahalanobis_squared"])
+        np.testing.assert_array_equal(results[i]["p_value"], scored["p_value"])
+        np.testing.assert_array_equal(results[i]["is_anomaly"], scored["is_anomaly"])
+    assert results[-1]["is_anomaly"][:4].all()
+    for name in ("ap", "eu", "us"):
+        assert det.cap_resolver.replica(name).same_state(ref.cap_resolver.replica(name))
+    np.testing.assert_array_equal(det.tree.get_global_statistics()["covariance"],
+                                  ref.tree.get_global_statistics()["covariance"])

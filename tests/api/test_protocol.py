@@ -595,3 +595,29 @@ def test_a_per_item_change_is_scored_against_its_cohorts_current_moments():
         assert level[0]["mahalanobis_squared"] == pytest.approx(exact, rel=1e-8)
         checked += 1
     assert checked == 6
+
+
+@pytest.mark.parametrize("explain", [False, True])
+def test_a_rounds_results_are_its_own_and_not_the_next_rounds_scratch(explain):
+    # The batch path reuses one scratch array from round to round: nothing it returns
+    # may be a view of it (the next round would overwrite a result the caller holds).
+    rng = np.random.default_rng(17)
+    tree = HierarchicalStatisticalTree(feature_dimensions=3)
+    proto = BehavioralDistributedProtocol(tree, warm_up=10)
+    ids = np.arange(500)
+    proto.update_and_score_many(ids, rng.normal(size=(500, 3)))
+    first = proto.update_and_score_many(ids, rng.normal(size=(500, 3)), explain=explain)
+    kept = {k: np.array(v, copy=True) for k, v in first.items() if isinstance(v, np.ndarray)}
+    for _ in range(2):
+        proto.update_and_score_many(ids, rng.normal(size=(500, 3)) * 5.0, explain=explain)
+    for k, v in kept.items():
+        np.testing.assert_array_equal(first[k], v)
+    assert len(kept) >= 5 + explain
+    # the scratch is not state: a pickled or copied tree leaves it behind
+    import copy
+    import pickle
+    assert tree._tree._spare.buffer is not None
+    for clone in (pickle.loads(pickle.dumps(tree)), copy.deepcopy(tree)):
+        assert clone._tree._spare.buffer is None
+        np.testing.assert_array_equal(clone.get_global_statistics()["covariance"],
+                                      tree.get_global_statistics()["covariance"])

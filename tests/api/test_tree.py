@@ -1,3 +1,5 @@
+import copy
+import pickle
 import warnings
 
 import numpy as np
@@ -42,6 +44,47 @@ def check_stats(stats, rows, rtol=1e-10):
     np.testing.assert_allclose(stats["covariance"], cov, rtol=rtol, atol=1e-12 * np.abs(cov).max())
     np.testing.assert_allclose(stats["variance"], np.diag(cov), rtol=rtol)
     np.testing.assert_allclose(stats["std"], np.sqrt(np.diag(cov)), rtol=rtol)
+
+
+# ---------------------------------------------------------------------- checked features (validated once)
+def _two_trees_and_rounds(seed=4, n=400, d=3):
+    rng = np.random.default_rng(seed)
+    trees = [HierarchicalStatisticalTree(feature_dimensions=d) for _ in range(2)]
+    protocols = [BehavioralDistributedProtocol(t, warm_up=10) for t in trees]
+    rounds = [rng.normal(size=(n, d)) * 10.0 ** rng.uniform(-200, 90) for _ in range(3)]
+    return trees, protocols, rounds
+
+
+def test_the_tree_and_protocol_given_checked_features_answer_as_given_the_raw_array():
+    from swarmguard.validation import check_feature_matrix
+    trees, protocols, rounds = _two_trees_and_rounds()
+    ids = np.arange(rounds[0].shape[0])
+    cohorts = np.array(["eu", "us"])[ids % 2]
+    for X in rounds:
+        raw = protocols[0].update_and_score_many(ids, X.tolist(), cohorts=cohorts, explain=True)
+        checked = protocols[1].update_and_score_many(ids, check_feature_matrix(X, 3), cohorts=cohorts,
+                                                     explain=True)
+        for key in ("mahalanobis_squared", "p_value", "is_anomaly", "feature_contributions"):
+            np.testing.assert_array_equal(raw[key], checked[key])
+    a, b = (t.get_cohort_statistics(("eu",)) for t in trees)
+    np.testing.assert_array_equal(a["covariance"], b["covariance"])
+    np.testing.assert_array_equal(trees[0].get_agent_features(5), trees[1].get_agent_features(5))
+
+
+def test_checked_features_do_not_excuse_bad_ids_or_a_wrong_dimension_and_leave_the_tree_as_it_was():
+    from swarmguard.validation import check_feature_matrix
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    tree.update_many([1, 2, 3], np.array([[0.0, 1.0], [2.0, 1.0], [4.0, 4.0]]))
+    before = tree.to_dict()
+    with pytest.raises(InvalidInputError):              # the same id twice
+        tree.update_many([1, 1], check_feature_matrix([[5.0, 5.0], [6.0, 6.0]], 2))
+    with pytest.raises(DimensionMismatchError):         # checked for 3 features, the tree has 2
+        tree.update_many([4], check_feature_matrix([[5.0, 5.0, 5.0]], 3))
+    with pytest.raises(DimensionMismatchError):         # one row for two ids
+        tree.update_many([4, 5], check_feature_matrix([[5.0, 5.0]], 2))
+    after = tree.to_dict()
+    for key in before:
+        np.testing.assert_array_equal(before[key], after[key])
 
 
 def test_global_and_cohort_statistics_follow_updates_moves_and_removals():
@@ -437,3 +480,23 @@ def test_tree_batches_of_longer_string_ids_add_agents_instead_of_overwriting():
     tree.update_many(np.array(["a1000"]), np.array([[3.0]]))
     assert len(tree) == 3
     assert tree.get_agent_features("a100").tolist() == [2.0]
+
+
+@pytest.mark.parametrize("copier", [lambda t: pickle.loads(pickle.dumps(t)), copy.deepcopy],
+                         ids=["pickle", "deepcopy"])
+def test_a_copied_tree_keeps_updating_its_own_root(copier):
+    # The slot tree's root is read through views of its flat store; a copy that
+    # kept copies of those views would update a root that nobody reads.
+    rng = np.random.default_rng(5)
+    ids = [f"a{i}" for i in range(60)]
+    tree = HierarchicalStatisticalTree()
+    tree.update_many(ids, rng.normal(size=(60, 4)))
+    twin = copier(tree)
+    fresh = rng.normal(size=(60, 4))
+    twin.update_many(ids, fresh)
+    twin.update_agent("a0", fresh[0] + 3.0)
+    fresh[0] += 3.0
+    mean, cov = exact_mean_cov(fresh)
+    stats = twin.get_global_statistics()
+    np.testing.assert_allclose(stats["mean"], mean, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(stats["covariance"], cov, rtol=1e-10, atol=1e-13)

@@ -639,6 +639,65 @@ def test_one_row_path_gives_the_exact_state_of_the_batch_path_and_of_fractions()
     assert per_item.estimate_exact().sums() == fraction_sums(rows_eu + [[1e-300, 5e-324, 1e300]])
 
 
+@pytest.mark.parametrize("fold_rows", [1, 3, 1024])
+def test_one_row_writes_with_pending_folds_merge_serialise_and_revert_exactly(fold_rows, monkeypatch):
+    """Per-item writes whose cross products wait (folded every ``fold_rows`` rows or at a read):
+    the estimate read between writes, a checkpoint, a merge into another replica and a
+    revert all hold the exact sums of the registers (Fraction arithmetic)."""
+    from swarmguard.values import exact_moments as em
+    from swarmguard.values.agent_index import as_agent_ids
+
+    monkeypatch.setattr(em, "_FOLD_ROWS", fold_rows)
+    rng = random.Random(fold_rows)
+    eu = RegionReplica("eu", DIM)
+    final: dict[int, list[float]] = {}
+    t = 0.0
+    for step in range(120):
+        agent = rng.randrange(9)
+        row = [rng.choice(FEATURE_EXTREMES) if rng.random() < 0.3 else rng.uniform(-1e3, 1e3) for _ in range(DIM)]
+        row.append(rng.choice(EXTREMES) if rng.random() < 0.3 else rng.uniform(-1e3, 1e3))
+        if step % 9 == 8 and agent in final:
+            row = list(final[agent])            # a revert: the same values again
+        t += 1.0
+        eu._update_one(as_agent_ids([agent]), t, np.array(row), f"u{step}", now=t)
+        final[agent] = row
+        if step % 4 == 0:                       # a read between writes: the total kept in step after it
+            assert eu.estimate_exact().sums() == fraction_sums(list(final.values()))
+    rows = list(final.values())
+    assert eu.estimate_exact().sums() == fraction_sums(rows)
+    assert eu.region_exact_moments()["eu"].sums() == fraction_sums(rows)
+    restored = RegionReplica.from_dict(eu.to_dict())            # moments rebuilt from the registers
+    assert restored.same_state(eu) and restored.estimate_exact() == eu.estimate_exact()
+    us = RegionReplica("us", DIM)
+    us.merge_delta(eu.delta_since(us.version, now=t))
+    assert us.estimate_exact().sums() == fraction_sums(rows)
+    rebuilt = RegionReplica.from_dict(eu.to_dict())
+    rebuilt.rebuild_moments()
+    assert rebuilt.estimate_exact() == eu.estimate_exact()
+
+
+def test_the_total_is_rebuilt_on_read_after_unread_writes_and_equals_the_kept_one():
+    """A replica whose total nobody reads between one-row writes drops it and sums the
+    regions again on the next read; one read after every write keeps it in step: both
+    are the same exact sums."""
+    from swarmguard.values.agent_index import as_agent_ids
+
+    read_each, read_end = RegionReplica("eu", DIM), RegionReplica("eu", DIM)
+    rng = random.Random(2)
+    rows = {}
+    for step in range(60):
+        agent = rng.randrange(7)
+        row = [rng.uniform(-1e3, 1e3) for _ in range(DIM + 1)]
+        for replica in (read_each, read_end):
+            replica._update_one(as_agent_ids([agent]), float(step), np.array(row), f"u{step}")
+        rows[agent] = row
+        read_each._exact_total()
+    assert read_end._total is None               # never read: dropped, not kept in step
+    assert read_each._total is not None
+    assert read_end.estimate_exact() == read_each.estimate_exact()
+    assert read_end.estimate_exact().sums() == fraction_sums(list(rows.values()))
+
+
 @given(st.lists(st.lists(st.one_of(st.sampled_from(EXTREMES),
                                    st.floats(allow_nan=False, allow_infinity=False, width=64)),
                          min_size=DIM + 1, max_size=DIM + 1), min_size=1, max_size=8),
@@ -659,3 +718,23 @@ def test_one_row_changes_match_fractions(rows, agents):
     for agent in list(held):
         m._change_row(held.pop(agent), None)
     assert m.count == 0 and m.sums() == fraction_sums([[0.0] * (DIM + 1)])
+
+
+def test_a_replica_given_checked_features_keeps_the_state_it_keeps_given_the_raw_rows():
+    from swarmguard.validation import check_feature_matrix
+    rng = np.random.default_rng(12)
+    raw, checked = RegionReplica("eu", 3), RegionReplica("eu", 3)
+    for t in range(3):
+        ids = rng.integers(0, 50, size=40)
+        ids = np.unique(ids)
+        X = rng.normal(size=(ids.size, 3)) * 10.0 ** rng.uniform(-100, 90)
+        ts, scores = np.full(ids.size, float(t)), rng.random(ids.size)
+        raw.update_many(ids, ts, X.tolist(), scores)
+        checked.update_many(ids, ts, check_feature_matrix(X, 3, "features"), scores)
+        assert checked.same_state(raw)
+    before = state(checked)
+    with pytest.raises(NonFiniteError):       # checked features do not excuse a bad timestamp
+        checked.update_many([1, 2], [0.0, float("nan")], check_feature_matrix(np.ones((2, 3)), 3), [0.0, 0.0])
+    with pytest.raises(DimensionMismatchError):   # nor features checked for another dimension
+        checked.update_many([1], [9.0], check_feature_matrix(np.ones((1, 2)), 2), [0.0])
+    assert all(np.array_equal(v, before[k]) for k, v in state(checked).items())

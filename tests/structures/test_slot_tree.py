@@ -385,3 +385,26 @@ def test_merged_nodes_are_the_exact_moments_of_their_slots_through_the_fewest_no
         mean_ex, cov_ex = exact_mean_cov(rows)
         np.testing.assert_allclose(mean, mean_ex, rtol=1e-14)
         np.testing.assert_allclose(m2_user / (cnt - 1), cov_ex, rtol=1e-12)
+
+
+def test_the_band_check_given_the_validators_bound_decides_as_the_element_wise_rule():
+    # With a bound on |x| (the validator's), the check may skip its pass over the columns
+    # only where no element could be beyond its limit: the same decision as the rule, at the
+    # band's edge (limits one ulp either side) and far from it, for bounds that are exact
+    # and for looser ones.
+    rng = np.random.default_rng(23)
+    decided, skipped = set(), 0
+    for _ in range(400):
+        size = 3 if rng.random() < 0.5 else 1           # features of one magnitude, or of many
+        Y = rng.normal(size=(6, 3)) * 10.0 ** rng.uniform(-300, 90, size=size)
+        t = SlotTree(3, 2, 1)
+        t.write(np.arange(6), rng.normal(size=(6, 3)) * 10.0 ** rng.uniform(-300, 90, size=size))
+        if rng.random() < 0.5:
+            edge = np.abs(Y - t.shift).max(axis=0)
+            t._limit = edge * rng.choice([1.0, np.nextafter(1.0, 0.0), np.nextafter(1.0, 2.0)], size=3)
+        rule = bool((np.abs(Y - t.shift) > t._limit).any())
+        bound = float(np.abs(Y).max()) * rng.choice([1.0, 2.0])
+        assert t._too_far(Y, bound) == rule
+        decided.add(rule)
+        skipped += bound + float(np.abs(t.shift).max()) <= float(t._limit.min())
+    assert decided == {True, False} and 50 < skipped < 350   # both ways of deciding were taken

@@ -13,6 +13,7 @@ from swarmguard.errors import DimensionMismatchError, InvalidInputError, NonFini
 from swarmguard.values import (
     cross_sum_kernels as em,  # the kernels (exact_moments reads them there)
 )
+from swarmguard.values import exact_moments as moments  # ExactMoments' lazy-fold policy (_FOLD_ROWS)
 from swarmguard.values.exact_moments import ExactMoments, exact_cross_sums
 
 
@@ -355,3 +356,120 @@ def test_exact_cross_sums_refuses_non_finite_values(n, bad):
         exact_cross_sums(X)
     with pytest.raises(InvalidInputError):
         exact_cross_sums(np.ones(n))                 # 1-D
+
+
+# ---------------------------------------------------------------- one-row changes, folded lazily
+ROW_EXTREMES = [1e-300, 1e300, 5e-324, -1e300, 0.0, -0.0, 1.0 / 3, -7.5, 2.0**-1000, 1e308, -1.7e308]
+
+
+def upper_fractions(rows, k):
+    """Exact (S1, S2 upper triangle) of rows, in fractions."""
+    F = [[Fraction(v) for v in r] for r in rows]
+    s1 = [sum((r[c] for r in F), Fraction(0)) for c in range(k)]
+    s2 = [sum((r[a] * r[b] for r in F), Fraction(0)) for a in range(k) for b in range(a, k)]
+    return s1, s2
+
+
+def eager_change(m: ExactMoments, removed, added):
+    """The eager one-row change every product added at once (row_change_sums), for comparison."""
+    m._add_sums((added is not None) - (removed is not None), *em.row_change_sums(removed, added))
+
+
+@given(st.lists(st.tuples(st.integers(0, 4),
+                          st.lists(st.one_of(st.sampled_from(ROW_EXTREMES),
+                                             st.floats(allow_nan=False, allow_infinity=False, width=64)),
+                                   min_size=3, max_size=3),
+                          st.booleans()),
+                min_size=1, max_size=40),
+       st.integers(1, 6))
+@settings(max_examples=80, deadline=None)
+def test_lazy_one_row_changes_equal_eager_ones_and_fractions(steps, fold_rows):
+    """Writes, replacements, reverts and removals on the lazy path (cross products folded every
+    ``fold_rows`` pending rows, and at reads) hold the exact sums of the rows held: equal to
+    Fraction arithmetic and to the eager path, with reads between writes."""
+    old_fold = moments._FOLD_ROWS
+    moments._FOLD_ROWS = fold_rows
+    try:
+        lazy, eager, held = ExactMoments(3), ExactMoments(3), {}
+        for i, (agent, row, remove) in enumerate(steps):
+            if remove and agent in held:
+                old = held.pop(agent)
+                lazy._change_row(old, None)
+                eager_change(eager, old, None)
+            else:
+                old = held.get(agent)
+                lazy._change_row(old, row)
+                eager_change(eager, old, row)
+                held[agent] = row
+            assert lazy.count == len(held)
+            if not held:
+                continue
+            # the reads that never fold (mean, variances) are exact with rows pending
+            n, mean, m2 = exact_stats(list(held.values()))
+            assert lazy.mean().tolist() == [rounded(v) for v in mean]
+            assert lazy.m2_diagonal().tolist() == [rounded(m2[c][c]) for c in range(3)]
+            if i % 3 == 0:                              # a read of every sum folds
+                assert lazy.sums() == upper_fractions(held.values(), 3)
+                assert not lazy._pending_rows
+        assert lazy == eager
+        assert lazy.sums() == eager.sums() == upper_fractions(held.values(), 3)
+        if held:
+            _, _, m2 = exact_stats(list(held.values()))
+            assert lazy.m2().tolist() == [[rounded(v) for v in r] for r in m2]
+    finally:
+        moments._FOLD_ROWS = old_fold
+
+
+def test_copies_and_merges_carry_the_pending_rows_exactly():
+    rng = random.Random(3)
+    rows = [[rng.choice(ROW_EXTREMES) if rng.random() < 0.3 else rng.uniform(-1e6, 1e6) for _ in range(4)]
+            for _ in range(30)]
+    a, b = ExactMoments(4), ExactMoments(4)
+    for r in rows[:20]:
+        a._change_row(None, r)
+    for r in rows[20:]:
+        b._change_row(None, r)
+    assert a._pending_rows and b._pending_rows        # nothing folded yet
+    snapshot = a.copy()
+    a._change_row(rows[0], None)                      # the original moves on; the copy keeps its rows
+    assert snapshot.sums() == upper_fractions(rows[:20], 4)
+    merged = ExactMoments.merge_all([a, b], 4)        # a's pending rows (and b's) travel into the sum
+    assert merged.sums() == upper_fractions(rows[1:], 4)
+    a += b
+    assert a == merged and a.sums() == upper_fractions(rows[1:], 4)
+    _, mean, m2 = exact_stats(rows[1:])
+    assert merged.mean().tolist() == [rounded(v) for v in mean]
+    assert merged.m2().tolist() == [[rounded(v) for v in r] for r in m2]
+
+
+def test_a_fold_of_many_pending_rows_takes_the_batch_routes_and_stays_exact(monkeypatch):
+    """_FOLD_ROWS pending rows fold in one exact batch (sliced or limb route), the
+    diagonal counted once: the sums equal Fraction arithmetic at every fold."""
+    rng = np.random.default_rng(5)
+    X = data(rng, "wide", moments._FOLD_ROWS, 3)         # every binade: the band passes and the limbs
+    m, held = ExactMoments(3), []
+    for r in X.tolist():
+        m._change_row(None, r)
+        held.append(r)
+    assert not m._pending_rows                         # the last row filled the batch: folded
+    for r in held[:7]:
+        m._change_row(r, [v / 3 for v in r])           # replacements after the fold, pending
+    final = [[v / 3 for v in r] for r in held[:7]] + held[7:]
+    assert m.sums() == upper_fractions(final, 3)
+
+
+@pytest.mark.parametrize("floor", [0, -60, -1100, 3])
+def test_row_change_diagonal_equals_the_diagonal_of_row_change_sums(floor):
+    """Both routes of row_change_diagonal (values on the target's grid by ldexp, the rest by
+    integer ratios: off the grid, too large to scale, a grid above 1) give the integers
+    row_change_sums gives at the diagonal pairs, on the same grid."""
+    rng = random.Random(11)
+    diag = [c * 4 - c * (c - 1) // 2 for c in range(4)]
+    for _ in range(200):
+        rows = [[rng.choice(ROW_EXTREMES) if rng.random() < 0.4 else rng.uniform(-1e3, 1e3) for _ in range(4)]
+                for _ in range(2)]
+        for removed, added in ((rows[0], rows[1]), (None, rows[1]), (rows[0], None)):
+            s1, e1, dg, e2 = em.row_change_diagonal(removed, added, floor)
+            f1, g1, f2, g2 = em.row_change_sums(removed, added, floor)
+            assert (s1, e1, e2) == (f1, g1, g2)
+            assert dg == [f2[p] for p in diag]

@@ -53,9 +53,10 @@ from ..structures.topology import (
     require_write_quorum,
 )
 from ..validation import (
-    as_feature_matrix,
+    CheckedFeatures,
     as_feature_vector,
     as_finite_vector,
+    check_feature_matrix,
     check_finite_float,
     check_fraction,
     check_nonnegative_float,
@@ -542,18 +543,62 @@ class StatisticalCAPResolver(Locked):
         x = as_feature_vector(update.feature_vector, self._dim, "feature_vector")
         ts = check_finite_float(update.timestamp, "timestamp")
         score = check_finite_float(update.anomaly_score, "anomaly_score")
-        agent = one_agent_id(check_wire_id(update.agent_id))
-        uid = one_agent_id(check_wire_id(update.update_id))
+        agent = check_wire_id(update.agent_id)
+        uid = check_wire_id(update.update_id)
         now = self._check_now(now)
-        outcome, now = self._write(region, agent, np.array([ts]), x[None, :], np.array([score]), uid, now,
-                                   one_row=True)
+        if self._dim is not None and region in self._topology.born:
+            outcome, now = self._write_one(region, agent, ts, [*x.tolist(), score], uid, now)
+            return self._one_report(region, now, outcome, update.update_id, update.agent_id)
+        # first touch of a region or of the dimension: the batch path creates them
+        outcome, now = self._write(region, one_agent_id(agent), np.array([ts]), x[None, :], np.array([score]),
+                                   one_agent_id(uid), now)
+        return self._one_report(region, now, outcome, update.update_id, update.agent_id)
+
+    @synchronized
+    def _handle_checked(self, region: str, agent_id: int | str, timestamp: float, x: np.ndarray,
+                        anomaly_score: float, update_id: int | str, now: float, *,
+                        report: bool = True) -> dict[str, Any]:
+        """:meth:`handle_update_sync` of ``StatisticalUpdate(update_id, agent_id, timestamp, x,
+        anomaly_score, region)`` for a caller that checked every value but the score by this
+        resolver's rules (the detector's per-item path: wire ids, a finite timestamp and
+        ``now``, a finite float64 vector, a valid region name): the same state and report,
+        without checking them again.
+
+        ``report=False``, for a caller that reads only the confidence factor: the write is
+        the same, the result holds ``confidence_factor`` alone (the view's estimate, the
+        report's costliest part, is not computed) unless the update is a region's or the
+        dimension's first (then it is the whole report).
+        """
+        if self._dim is None or x.shape[0] != self._dim or region not in self._topology.born:
+            return self.handle_update_sync(StatisticalUpdate(update_id, agent_id, timestamp, x, anomaly_score,
+                                                             region), now=now)
+        score = check_finite_float(anomaly_score, "anomaly_score")
+        outcome, now = self._write_one(region, agent_id, timestamp, [*x.tolist(), score], update_id, now)
+        if not report:
+            return {"confidence_factor": self._view_confidence(region, now)}
+        return self._one_report(region, now, outcome, update_id, agent_id)
+
+    def _write_one(self, region: str, agent: int | str, ts: float, values: list[float], uid: int | str,
+                   now: float | None) -> tuple[WriteOutcome, float]:
+        """One validated update of a known region (the dimension known) on the replica's one-row
+        path (:meth:`RegionReplica._update_one`); returns the outcome and the write's time."""
+        self._require_quorum(region)
+        # kept (the high-water mark moved) only once the write is accepted, as in _write
+        now = self.read_clock() if now is None else max(now, self._time.latest)
+        replica = self._replicas[region]
+        outcome = replica._update_one(agent, ts, values, uid, now=now)
+        self._after_write(region, replica, outcome, now)
+        return outcome, now
+
+    def _one_report(self, region: str, now: float, outcome: WriteOutcome, update_id: Any,
+                    agent_id: Any) -> dict[str, Any]:
         report = self._view_report(region, now)      # the write's reading: the clock is read once
         report.update({
             "accepted": True,
             "applied": bool(outcome.applied[0]),
             "duplicate": bool(outcome.duplicate[0]),
-            "update_id": update.update_id,
-            "agent_id": update.agent_id,
+            "update_id": update_id,
+            "agent_id": agent_id,
         })
         return report
 
@@ -576,14 +621,14 @@ class StatisticalCAPResolver(Locked):
             # first touch: validate here, before a region or a dimension is created
             ids = as_agent_ids(agent_ids)
             n = len(ids)
-            X = as_feature_matrix(features, self._dim, "features")
-            if X.shape[0] != n:
-                raise DimensionMismatchError(f"features has {X.shape[0]} rows, expected {n}")
+            checked = check_feature_matrix(features, self._dim, "features")
+            if checked.n != n:
+                raise DimensionMismatchError(f"features has {checked.n} rows, expected {n}")
             as_finite_vector(timestamps, n, "timestamps")
             as_finite_vector(anomaly_scores, n, "anomaly_scores")
             if update_ids is not None:
                 as_agent_ids(update_ids, n)
-            agent_ids, features = ids, X
+            agent_ids, features = ids, checked        # checked: the replicas take it as it is
         outcome, now = self._write(region, agent_ids, timestamps, features, anomaly_scores, update_ids, now)
         report = self._view_report(region, now)      # the write's reading: the clock is read once
         report.update({
@@ -598,18 +643,15 @@ class StatisticalCAPResolver(Locked):
         return self.handle_updates_many(*args, **kwargs)
 
     def _write(self, region: str, agent_ids, timestamps, features, scores, update_ids,
-               now: float | None = None, *, one_row: bool = False) -> tuple[WriteOutcome, float]:
+               now: float | None = None) -> tuple[WriteOutcome, float]:
         """Validate and apply one region's batch; ``now``: the caller's clock reading (None: read it).
 
-        ``one_row``: the batch is one row :meth:`handle_update_sync` validated (ids as
-        ``AgentIds``, finite arrays of the right shapes); an existing region's replica
-        then takes it on its one-row path without checking it again.
         Returns the outcome and the processing time the write used (its view's time).
         """
         new_region = region not in self._topology.born
         self._require_quorum(region, new_region)
         if self._dim is None:
-            dim = np.asarray(features).shape[1]
+            dim = features.dim if type(features) is CheckedFeatures else np.asarray(features).shape[1]
             replica = RegionReplica(region, dim)  # validates the batch before anything is created
             replica.update_many(agent_ids, timestamps, features, scores, update_ids)
         elif new_region:
@@ -623,12 +665,13 @@ class StatisticalCAPResolver(Locked):
         if self._dim is None:
             self._set_dim(dim)
         replica = self._replicas[region]
-        if one_row and not new_region:
-            values = np.append(features[0], scores[0])
-            key = None if update_ids is None else update_ids.to_list()[0]
-            outcome = replica._update_one(agent_ids, float(timestamps[0]), values, key, now=now)
-        else:
-            outcome = replica.update_many(agent_ids, timestamps, features, scores, update_ids, now=now)
+        outcome = replica.update_many(agent_ids, timestamps, features, scores, update_ids, now=now)
+        self._after_write(region, replica, outcome, now)
+        return outcome, now
+
+    def _after_write(self, region: str, replica: RegionReplica, outcome: WriteOutcome, now: float) -> None:
+        """An accepted write of ``region`` at ``now``: the clock's high-water mark, STRONG's
+        write-through to the reachable replicas, and an automatic sync when one is due."""
         self._time.advance(now)
         if self.consistency_model is ConsistencyModel.STRONG and outcome.changed_rows.shape[0]:
             entries = replica.registers.entries(outcome.changed_rows)
@@ -638,7 +681,6 @@ class StatisticalCAPResolver(Locked):
         # Only after an accepted write: a rejected call changes nothing, not even by syncing.
         if self.auto_sync_seconds is not None and now - self._last_sync >= self.auto_sync_seconds:
             self.sync(now=now)
-        return outcome, now
 
     # ------------------------------------------------------------------ views
     @synchronized
@@ -662,6 +704,16 @@ class StatisticalCAPResolver(Locked):
         region = self._known(region)
         self._require_quorum(region)
         return self._view_report(region)
+
+    def _view_confidence(self, region: str, now: float) -> float | None:
+        """The ``confidence_factor`` of :meth:`_view_report` alone (None under EVENTUAL)."""
+        if self.consistency_model is ConsistencyModel.EVENTUAL:
+            return None
+        replica = self._replicas.get(region)
+        if replica is None:
+            return compute_confidence_factor({}, {}, region, self.max_staleness_seconds, self.confidence_decay_rate)
+        return compute_confidence_factor(replica.region_counts(), replica.ages(now), region,
+                                         self.max_staleness_seconds, self.confidence_decay_rate)
 
     def _view_report(self, region: str, now: float | None = None) -> dict[str, Any]:
         now = self._now() if now is None else now

@@ -214,9 +214,19 @@ class StableBayesianConsensus(EvidenceIngestion, ConsensusMerging, Locked):
         ``aggregation`` and ``reputation_stale``. ``source_count`` counts the
         sources that vote on the agent.
         """
+        result = self.consensus_or_none(agent_id)
+        if result is None:
+            raise UnknownAgentError(f"no evidence for agent {check_key(agent_id, 'agent_id')!r}")
+        return result
+
+    @synchronized
+    def consensus_or_none(self, agent_id: Hashable) -> dict[str, Any] | None:
+        """:meth:`consensus`, or None where no evidence names the agent (instead of raising
+        :class:`~swarmguard.errors.UnknownAgentError`: the detector's per-item path, where most
+        agents have none, asks this way)."""
         agent_id = check_key(agent_id, "agent_id")
         if self._ledger.agents.row_of(agent_id) < 0:
-            raise UnknownAgentError(f"no evidence for agent {agent_id!r}")
+            return None
         flagged, stale = self._flags_for_single()
         return self.consensus_given(agent_id, flagged, stale)
 

@@ -19,16 +19,16 @@ from ..structures.chi2 import chi2_logsf
 from ..structures.significance import resolve_fdr
 from ..validation import (
     MAX_ID_LENGTH,
-    as_feature_matrix,
     as_feature_vector,
     as_name_array,
     check_cohort,
+    check_feature_matrix,
     check_finite_float,
     unique_names,
 )
 from ..values.agent_index import as_wire_id_array, check_wire_id
-from .cap import StatisticalUpdate
-from .consensus import BayesianEvidence, EvidenceType
+from .cap import StatisticalCAPResolver, StatisticalUpdate
+from .consensus import BayesianEvidence, EvidenceType, StableBayesianConsensus
 from .detector_settings import DetectorSettings
 from .engine import Engine, ItemResult, RoundBatch, RoundResult, ScoredRound
 from .inprocess import InProcessEngine
@@ -368,14 +368,16 @@ class DistributedBehavioralDetector(Locked):
         turned back into a p-value cut, so it applies to the decision p-value
         whichever level (population or cohort) produced it.
         """
-        d = self.feature_dimensions
-        if np.ndim(is_anomaly) == 0 and np.ndim(confidence) == 0:
+        # (a bool and a float, the per-item path's, are scalars without asking NumPy)
+        if ((type(is_anomaly) is bool or np.ndim(is_anomaly) == 0)
+                and (type(confidence) is float or np.ndim(confidence) == 0)):
             # One agent (the per-item path): plain floats. Not anomalous, or a fresh view
             # (cf >= 1: the cut itself), needs no χ² quantile at all.
             if not is_anomaly:
                 return False
             if p_cut <= 0 or float(confidence) >= 1.0:
                 return bool(decision_p <= p_cut) if p_cut > 0 else True
+        d = self.feature_dimensions
         cf = np.clip(np.asarray(confidence, dtype=np.float64), 1e-12, 1.0)
         if p_cut <= 0:
             return np.asarray(is_anomaly, dtype=bool)
@@ -406,8 +408,16 @@ class DistributedBehavioralDetector(Locked):
         anomaly = bool(self._anomaly_holds(anomaly_info["is_anomaly"], anomaly_info["decision_p_value"], cut, cf))
         consensus = bool(consensus_result and consensus_result["consensus_reached"]
                          and consensus_result["probability"] >= self.isolate_probability)
-        return {"both": anomaly and consensus, "either": anomaly or consensus,
-                "anomaly": anomaly, "consensus": consensus}[self.require]
+        require = self.require
+        if require == "both":
+            return anomaly and consensus
+        if require == "either":
+            return anomaly or consensus
+        if require == "anomaly":
+            return anomaly
+        if require == "consensus":
+            return consensus
+        raise KeyError(require)          # as the look-up table this replaces
 
     # ------------------------------------------------------------------ per item (the guide's loop)
     def _check_item(self, agent_id: Any, behavioral_data: Any) -> tuple[BehavioralData, int, float]:
@@ -421,7 +431,7 @@ class DistributedBehavioralDetector(Locked):
         """
         data_id, features, cohort = read_behavior(behavioral_data)
         agent = check_wire_id(agent_id, "agent_id")          # the replicas' rule (the tree takes more)
-        if check_wire_id(data_id, "behavioral_data.agent_id") != agent:
+        if data_id is not agent_id and check_wire_id(data_id, "behavioral_data.agent_id") != agent:
             raise InvalidInputError(f"agent_id {agent!r} differs from the data's agent_id {data_id!r}: "
                                     "the tree and the replicas would update different agents")
         x = as_feature_vector(features, self.tree.feature_dimensions)
@@ -476,23 +486,38 @@ class DistributedBehavioralDetector(Locked):
         # Step 3 first for its confidence factor: Distributed update with CAP resolution
         # (create_statistical_update's fields, from the checked values without reading them again)
         uid = data.id if data.id is not None else f"{self._own_prefix}:u{next(self._update_seq)}"
-        update = StatisticalUpdate(update_id=uid, agent_id=agent_id, timestamp=data.timestamp,
-                                   feature_vector=data.features,
-                                   anomaly_score=float(anomaly_info["mahalanobis_squared"]),
-                                   source_partition=data.cohort[0] if data.cohort else self.default_region)
-        cap_result = self.cap_resolver.handle_update_sync(update, now=now)
+        region = data.cohort[0] if data.cohort else self.default_region
+        score = float(anomaly_info["mahalanobis_squared"])
+        cap = self.cap_resolver
+        own_rule = type(self).should_trigger_response is DistributedBehavioralDetector.should_trigger_response
+        if getattr(type(cap), "handle_update_sync", None) is StatisticalCAPResolver.handle_update_sync:
+            # the resolver's own write, without checking again what _check_item checked; the
+            # detector's own rule reads only the confidence factor (a subclass's gets the report)
+            cap_result = cap._handle_checked(region, agent_id, data.timestamp, data.features, score, uid, now,
+                                             report=not own_rule)
+        else:                                                   # a part swapped in: its own method
+            update = StatisticalUpdate(update_id=uid, agent_id=agent_id, timestamp=data.timestamp,
+                                       feature_vector=data.features, anomaly_score=score, source_partition=region)
+            cap_result = cap.handle_update_sync(update, now=now)
         cf = cap_result["confidence_factor"]
         cf = 1.0 if cf is None else cf
         # Step 2: Collect evidence if anomalous
         if anomaly_info["is_anomaly"]:
             evidence = self.create_evidence(agent_id, data, anomaly_info, confidence=cf)
             self.consensus.add_evidence_sync(evidence)
-        try:
-            consensus_result = self.consensus.distributed_evidence_consensus_sync(agent_id)
-        except KeyError:
-            consensus_result = None
+        consensus = self.consensus
+        kind = type(consensus)
+        if (getattr(kind, "distributed_evidence_consensus_sync", None)
+                is StableBayesianConsensus.distributed_evidence_consensus_sync
+                and getattr(kind, "consensus", None) is StableBayesianConsensus.consensus):
+            consensus_result = consensus.consensus_or_none(agent_id)   # no exception for the many unknown
+        else:                                                          # a part swapped in: its own method
+            try:
+                consensus_result = consensus.distributed_evidence_consensus_sync(agent_id)
+            except KeyError:
+                consensus_result = None
         # Step 4: Make detection decision
-        if type(self).should_trigger_response is DistributedBehavioralDetector.should_trigger_response:
+        if own_rule:
             isolate = self._decide(anomaly_info, cf, consensus_result)   # its rule, without asking again
         else:                                                            # a subclass's own rule
             isolate = self.should_trigger_response(anomaly_info, cap_result, consensus_result)
@@ -553,7 +578,8 @@ class DistributedBehavioralDetector(Locked):
         level and ``now``, the processing time for every write of the round
         (:meth:`_call_times`: the clock read once).
         """
-        X = as_feature_matrix(X, self.feature_dimensions)
+        features = check_feature_matrix(X, self.feature_dimensions)   # once: the parts trust it
+        X = features.X
         n = X.shape[0]
         regions = as_name_array(regions, n, "regions")
         ts, now = self._call_times(timestamp)
@@ -564,7 +590,7 @@ class DistributedBehavioralDetector(Locked):
             cohorts = as_name_array(cohorts, n, "cohorts")
         q = resolve_fdr(fdr, self.settings.fdr)
         names, inverse = unique_names(regions)     # one region: no n copies of its name
-        return RoundBatch(X, ids, regions, names, inverse, cohorts, ts, now, q, stay)
+        return RoundBatch(X, ids, regions, names, inverse, cohorts, ts, now, q, stay, features)
 
     def _own_sources(self, n: int) -> np.ndarray:
         """``n`` copies of the node id as a source column: a tuple id (the consensus takes

@@ -24,6 +24,8 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
+from ..validation import CheckedFeatures
+
 __all__ = ["Engine", "RoundBatch", "ScoredRound", "RoundResult", "ItemResult", "FieldMapping"]
 
 T = TypeVar("T")
@@ -69,6 +71,9 @@ class RoundBatch:
     write of the round, read once), ``fdr`` (the false-discovery level, None:
     the per-agent level) and ``stay`` (rows whose known agents keep their place
     in the tree: the per-item path's data without a cohort; None: none).
+    ``features`` is ``X`` as the validator issued it
+    (:class:`~swarmguard.validation.CheckedFeatures`, ``X`` its read-only
+    matrix): the in-process parts take it without checking it again.
     """
 
     X: np.ndarray
@@ -81,6 +86,7 @@ class RoundBatch:
     now: float
     fdr: float | None
     stay: np.ndarray | None = None
+    features: CheckedFeatures | None = None
 
     @property
     def size(self) -> int:

@@ -71,9 +71,12 @@ class InProcessEngine:
         names, inverse = batch.region_names, batch.region_index
         # STRONG refuses before the tree changes: a refused round leaves every part as it was
         self.cap_resolver.check_writable(names.tolist())
+        # The features as the detector checked them (CheckedFeatures): neither the tree nor the
+        # replicas check them again
+        features = batch.X if batch.features is None else batch.features
         # Solution 1: update and score everyone (vectorised), regions as cohorts
         scored = self.protocol.update_and_score_many(
-            batch.agent_ids, batch.X, cohorts=batch.regions if batch.cohorts is None else batch.cohorts,
+            batch.agent_ids, features, cohorts=batch.regions if batch.cohorts is None else batch.cohorts,
             fdr=batch.fdr)
         ids = scored["agent_ids"]
         d2 = scored["mahalanobis_squared"]
@@ -81,9 +84,14 @@ class InProcessEngine:
         region_cf = np.ones(names.size)
         accepted = 0
         for k, name in enumerate(names):
-            rows = np.flatnonzero(inverse == k)
-            res = self.cap_resolver.handle_updates_many(str(name), ids[rows], np.full(rows.size, batch.timestamp),
-                                                        batch.X[rows], d2[rows], now=batch.now)
+            if names.size == 1:          # every row: no gathered copies (the registers copy what they keep)
+                rows_ids, rows_X, rows_d2 = ids, features, d2
+            else:
+                rows = np.flatnonzero(inverse == k)
+                rows_ids, rows_d2 = ids[rows], d2[rows]
+                rows_X = features.rows(rows) if batch.features is not None else batch.X[rows]
+            res = self.cap_resolver.handle_updates_many(str(name), rows_ids, np.full(rows_ids.size, batch.timestamp),
+                                                        rows_X, rows_d2, now=batch.now)
             accepted += int(res["accepted"])
             cf = res["confidence_factor"]
             region_cf[k] = 1.0 if cf is None else cf

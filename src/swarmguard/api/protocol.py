@@ -308,12 +308,20 @@ class BehavioralDistributedProtocol(Locked):
         # per feature, so nothing squared under- or overflows): the digits
         # below the data's magnitude survive, as in the moments.
         if rows is not None:
-            DX = tree._tree.deviations(rows)
+            DX = tree._tree.row_deviations(rows)
         else:
             DX = np.take(tree._tree.X, slots, axis=0)
             DX -= tree._tree.shift
             DX *= tree._tree.unit
-        d2, p, warm, shares = score_population(DX - off, n_pop, off, m2, self.shrinkage, self.warm_up, explain)
+        if self.score_levels == "population":
+            # DX is this call's own array and the levels below need it no more: in place
+            E = np.subtract(DX, off, out=DX)
+            d2, p, warm, shares = score_population(E, n_pop, off, m2, self.shrinkage, self.warm_up, explain,
+                                                   overwrite=True)
+            tree._tree.keep_scratch(E)       # read no more (no result is a view of it): the next round's
+        else:
+            d2, p, warm, shares = score_population(DX - off, n_pop, off, m2, self.shrinkage, self.warm_up,
+                                                   explain)
         out: dict[str, Any] = {"agent_ids": ids, "population_count": int(round(n_pop))}
         if self.score_levels == "all":
             decision_p, any_warm, _, levels = combine_levels(p, warm, self._cohort_groups(slots, DX),

@@ -20,10 +20,10 @@ from ..locking import Locked, synchronized
 from ..structures.cohorts import CohortDirectory
 from ..structures.slot_tree import SlotTree
 from ..validation import (
-    as_feature_matrix,
     as_feature_vector,
     check_agent_id,
     check_cohort,
+    check_feature_matrix,
     check_id_str_array,
     check_id_texts,
     check_key,
@@ -331,7 +331,8 @@ class HierarchicalStatisticalTree(Locked):
         """Set many agents' vectors at once, vectorised end to end.
 
         ``agent_ids`` is an array or sequence of n distinct ids (a NumPy int or
-        str array is the fast path), ``X`` an (n, d) array. ``cohorts`` is None
+        str array is the fast path), ``X`` an (n, d) array (or a
+        :class:`~swarmguard.validation.CheckedFeatures`, not checked again). ``cohorts`` is None
         (new agents go under the root, known agents stay where they are), one
         path for every row, or one entry per row (a NumPy string array of
         single-level names is the fast path). Nothing changes if any input is
@@ -341,8 +342,10 @@ class HierarchicalStatisticalTree(Locked):
 
     def _update_many(self, agent_ids: Any, X: Any, cohorts: Any = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """update_many, returning the agents' slots, the validated ids and the validated X."""
-        X = as_feature_matrix(X, self._dim)
+        """update_many, returning the agents' slots, the validated ids and the validated X
+        (read-only: the caller's rows, or a checked copy of them)."""
+        checked = check_feature_matrix(X, self._dim)      # a CheckedFeatures: no second pass
+        X = checked.X
         ids = self._check_ids(agent_ids)
         if ids.shape[0] != X.shape[0]:
             raise DimensionMismatchError(f"{ids.shape[0]} agent ids for {X.shape[0]} rows")
@@ -356,7 +359,7 @@ class HierarchicalStatisticalTree(Locked):
         cids = np.array([self._cohorts.ensure(p) for p in paths], dtype=np.int64)
         want = np.where(row_cohort >= 0, cids[np.maximum(row_cohort, 0)] if cids.size else -1, -1)
         current = np.full(ids.shape[0], -1, dtype=np.int64)
-        if known.any():
+        if known.any() and paths:         # no cohort asked for (None): nobody moves, no lookup
             current[known] = self._cohorts.cohort_of_slots(slots[known])
         moving = known & (want >= 0) & (want != current)
         placing = ~known | moving
@@ -376,7 +379,7 @@ class HierarchicalStatisticalTree(Locked):
             self._grow_slots(int(new_slots.max()) + 1)
             self._index.set_many(ids[placing], new_slots)
             self._ids_at_slot[new_slots] = ids[placing]
-        self._tree.write(slots, X)
+        self._tree.write(slots, X, bound=checked.bound)
         self.version += 1
         return slots, ids, X
 

@@ -68,6 +68,20 @@ class WriteOutcome:
     changed_rows: np.ndarray
 
 
+def _read_only(values: list[bool]) -> np.ndarray:
+    out = np.array(values, bool)
+    out.flags.writeable = False
+    return out
+
+
+# The one-row path's outcomes that hold no row (shared: read-only).
+_ONE_TRUE, _ONE_FALSE = _read_only([True]), _read_only([False])
+_NO_ROWS = np.empty(0, np.int64)
+_NO_ROWS.flags.writeable = False
+_ONE_DUPLICATE = WriteOutcome(_ONE_FALSE, _ONE_TRUE, _NO_ROWS)
+_ONE_LOST = WriteOutcome(_ONE_FALSE, _ONE_FALSE, _NO_ROWS)
+
+
 def _str_array(values: list[str]) -> np.ndarray:
     return np.array(values, dtype=np.str_) if values else np.empty(0, dtype="<U1")
 
@@ -180,6 +194,7 @@ class RegionReplica:
         self._seen: set = set()
         self._moments: list[ExactMoments] = []   # per home-region code
         self._total: ExactMoments | None = None  # their sum, cached until the registers change
+        self._total_read = False                 # whether _total was read since the last one-row change
         # Largest seq held per writer. Usually equal to ``version``, but rows written
         # through (STRONG) arrive without advancing it; a peer lacks nothing only when
         # its version covers these, not merely ours.
@@ -262,9 +277,10 @@ class RegionReplica:
         applied = np.zeros(n, bool)
         changed = np.empty(0, np.int64)
         if keep.shape[0]:
+            whole = keep.shape[0] == n      # no duplicate (the usual batch): no gathered copies
             change, won = self.registers.write_many(
-                ids.take(keep), ts[keep], self.region, self.version[self.region] + 1,
-                X[keep], scores[keep],
+                ids if whole else ids.take(keep), ts if whole else ts[keep], self.region,
+                self.version[self.region] + 1, X if whole else X[keep], scores if whole else scores[keep],
             )
             applied[keep] = won
             changed = change.rows
@@ -275,32 +291,38 @@ class RegionReplica:
             self._remember(keys)
         return WriteOutcome(applied, duplicate, changed)
 
-    def _update_one(self, ids: Any, timestamp: float, values: np.ndarray, update_id: Any = None,
+    def _update_one(self, ids: Any, timestamp: float, values: Any, update_id: Any = None,
                     *, now: float | None = None) -> WriteOutcome:
         """:meth:`update_many` for one row its caller has validated (the per-item path).
 
-        ``ids``: one agent id (``AgentIds`` of length 1); ``timestamp``, ``now``: finite
+        ``ids``: one agent id (``AgentIds`` of length 1, or the int or str
+        :func:`~swarmguard.values.agent_index.check_wire_id` returns); ``timestamp``, ``now``: finite
         floats; ``values``: the finite ``(dim + 1,)`` row, features then the anomaly
-        score; ``update_id``: a wire id (int or str) or None. The same outcome and
-        state as :meth:`update_many` with that one row, without checking it again.
+        score (an array, or a list of floats); ``update_id``: a wire id (int or str) or
+        None. The same outcome and state as :meth:`update_many` with that one row,
+        without checking it again (the outcome's arrays are read-only).
         """
-        if self.version[self.region] + 1 > MAX_COUNT:
-            raise InvalidInputError(f"region {self.region!r} has used up its sequence numbers ({MAX_COUNT})")
+        region = self.region
+        seq = self.version[region] + 1
+        if seq > MAX_COUNT:
+            raise InvalidInputError(f"region {region!r} has used up its sequence numbers ({MAX_COUNT})")
         if update_id is not None and update_id in self._seen:
             self._touch(now)
-            return WriteOutcome(np.zeros(1, bool), np.ones(1, bool), np.empty(0, np.int64))
+            return _ONE_DUPLICATE
         # ---- validated; state changes from here on
         self._touch(now)
-        change = self.registers.write_one(ids, timestamp, self.region, self.version[self.region] + 1, values)
-        if change is None:
-            applied, changed = np.zeros(1, bool), np.empty(0, np.int64)
+        added = values.tolist() if isinstance(values, np.ndarray) else [float(v) for v in values]
+        won = self.registers.write_one_row(ids, timestamp, region, seq, added)
+        if won is None:
+            outcome = _ONE_LOST
         else:
-            applied, changed = np.ones(1, bool), change.rows
-            self.version.increment(self.region, 1)
-            self._apply_one(change)
+            row, old_code, removed = won
+            self.version.increment(region, 1)
+            self._apply_row(self.registers._code[region], old_code, seq, removed, added)
+            outcome = WriteOutcome(_ONE_TRUE, _ONE_FALSE, np.array([row], np.int64))
         if update_id is not None:
             self._remember([update_id])
-        return WriteOutcome(applied, np.zeros(1, bool), changed)
+        return outcome
 
     # ------------------------------------------------------------------ derived moments
     def _moments_of(self, code: int) -> ExactMoments:
@@ -336,32 +358,44 @@ class RegionReplica:
                 self._total += delta     # exact: the same sum as re-adding every region
 
     def _apply_one(self, change: RegisterChange) -> None:
-        """:meth:`_apply_change` for one register (the per-item path): Python integers only.
-
-        The same exact sums as the batch path (:func:`~swarmguard.values.exact_moments.row_change_sums`
-        gives the integers :func:`~swarmguard.values.exact_moments.exact_cross_sums` gives).
-        """
-        new_code = int(change.new_writer[0])
+        """:meth:`_apply_change` for one register (a one-register merge): :meth:`_apply_row`."""
         old_code = int(change.old_writer[0])
-        seq = int(self.registers.seq_of(change.rows[:1])[0])
+        self._apply_row(int(change.new_writer[0]), old_code, int(self.registers.seq_of(change.rows[:1])[0]),
+                        change.old_values[0].tolist() if old_code >= 0 else None, change.new_values[0].tolist())
+
+    def _apply_row(self, new_code: int, old_code: int, seq: int, removed: list[float] | None,
+                   added: list[float]) -> None:
+        """One register changed (the per-item path): from ``removed`` of home ``old_code``
+        (None, -1: the agent had none) to ``added`` of home ``new_code``, written with ``seq``.
+        Python integers only.
+
+        The same exact sums as the batch path (:func:`~swarmguard.values.exact_moments.row_change_diagonal`
+        gives the integers :func:`~swarmguard.values.exact_moments.exact_cross_sums` gives; the
+        cross products follow when the moments fold them).
+        """
         name = self.registers.region_names[new_code]
         if seq > self._held[name]:
             self._held._counts[name] = seq    # a max-merge of one entry (VersionVector's own dict)
-        added = change.new_values[0].tolist()
-        removed = change.old_values[0].tolist() if old_code >= 0 else None
         total = self._total
+        if total is not None and not self._total_read:
+            # Nobody read the total since the last change (the detector's per-item path reads
+            # only the counts): rebuilt on the next read instead of kept in step at every write.
+            self._total = total = None
+        self._total_read = False
+        # O(d) each: the count, sums and squares now, the cross products folded on a read
+        # (ExactMoments._change_row); the total, while someone reads it, takes the same change
         if old_code == new_code:
-            sums = self._moments_of(new_code)._change_row(removed, added)
+            change = self._moments_of(new_code)._change_row(removed, added)
             if total is not None:
-                total._add_sums(*sums)
+                total._add_row_change(change)
             return
         if removed is not None:          # the agent moved home: out of one region, into another
-            sums = self._moments_of(old_code)._change_row(removed, None)
+            change = self._moments_of(old_code)._change_row(removed, None)
             if total is not None:
-                total._add_sums(*sums)
-        sums = self._moments_of(new_code)._change_row(None, added)
+                total._add_row_change(change)
+        change = self._moments_of(new_code)._change_row(None, added)
         if total is not None:
-            total._add_sums(*sums)
+            total._add_row_change(change)
 
     def rebuild_moments(self) -> None:
         """Recompute every region's moments from the registers (the same exact sums)."""
@@ -395,6 +429,7 @@ class RegionReplica:
         """The live sum of the per-region sums (read it, never change it)."""
         if self._total is None:
             self._total = ExactMoments.merge_all(self._moments, self.dim + 1)
+        self._total_read = True
         return self._total
 
     def estimate(self) -> Moments:

@@ -162,8 +162,12 @@ class LeaveOneOutScorer:
         shares = (e * g) * factor
         return t * factor, shares
 
-    def score_many(self, E: np.ndarray, explain: bool = False):
-        """Leave-one-out D² of many members (rows of ``E = X - μ``); shares if ``explain``."""
+    def score_many(self, E: np.ndarray, explain: bool = False, overwrite: bool = False):
+        """Leave-one-out D² of many members (rows of ``E = X - μ``); shares if ``explain``.
+
+        ``overwrite``: ``E`` is the caller's scratch (a C-contiguous temporary it
+        reads no more), so the triangular solve may work in it instead of a copy
+        (the same arithmetic)."""
         m = E.shape[0]
         if not self.ok:
             z = np.zeros(m)
@@ -174,7 +178,7 @@ class LeaveOneOutScorer:
             t = prod.sum(axis=1)
         else:
             # t = |L⁻¹ e|²: one triangular solve instead of a full Cholesky solve.
-            Z, _ = _lapack().dtrtrs(self.chol, E.T, lower=1)
+            Z, _ = _lapack().dtrtrs(self.chol, E.T, lower=1, overwrite_b=int(overwrite))
             t = np.einsum("ij,ij->j", Z, Z)
         factor = self.scale / np.maximum(1.0 - self.c * t, _TINY)
         d2 = t * factor
@@ -188,7 +192,7 @@ class LeaveOneOutScorer:
 # Ray shards against moments merged by the root aggregator; both hand their deviations here.
 
 def score_population(E: np.ndarray, count: float, offset: np.ndarray, m2: np.ndarray, shrinkage: float | str,
-                     warm_up: int, explain: bool = False):
+                     warm_up: int, explain: bool = False, overwrite: bool = False):
     """Rows scored leave-one-out against the whole population.
 
     ``E``: the rows' deviations from the population's mean (in the moments'
@@ -196,12 +200,14 @@ def score_population(E: np.ndarray, count: float, offset: np.ndarray, m2: np.nda
     ``m2``: the population's moments. Returns ``(d2, p, warm, shares)``:
     squared distances, their χ²(d) p-values, whether the population is out of
     warm-up (and large enough to score) and, with ``explain``, each feature's
-    share of ``d2`` (else None).
+    share of ``d2`` (else None). ``overwrite``: ``E`` is scratch the caller reads
+    no more (see :meth:`LeaveOneOutScorer.score_many`).
     """
     scorer = LeaveOneOutScorer(count, offset, m2, shrinkage)
-    res = scorer.score_many(E, explain=explain)
+    dim = E.shape[1]
+    res = scorer.score_many(E, explain=explain, overwrite=overwrite)
     d2, shares = res if explain else (res, None)
-    p = chi2_sf(d2, E.shape[1])
+    p = chi2_sf(d2, dim)
     return d2, p, bool(count >= warm_up and scorer.ok), shares
 
 

@@ -128,6 +128,19 @@ def scale_outer(m2: np.ndarray, exponent: np.ndarray) -> np.ndarray:
     return np.ldexp(m2, e[:, None] + e[None, :])
 
 
+class _Scratch:
+    """A reusable scratch buffer (or None). Not state: a pickled or deep-copied tree starts
+    without one, so a checkpoint never carries a round's worth of scratch."""
+
+    __slots__ = ("buffer",)
+
+    def __init__(self) -> None:
+        self.buffer: np.ndarray | None = None
+
+    def __reduce__(self):
+        return (_Scratch, ())
+
+
 class SlotTree:
     """Flat-array b-ary tree of moments over ``capacity`` leaf slots.
 
@@ -187,6 +200,7 @@ class SlotTree:
         self.per_item_changes = 0
         self.flushes = 0
         self.nodes_recomputed = 0       # work counter: nodes rebuilt from their children
+        self._spare = _Scratch()        # scratch of the batch passes, kept for the next (_scratch)
 
     # ------------------------------------------------------------------ layout
     def _layout(self, capacity: int) -> None:
@@ -208,9 +222,31 @@ class SlotTree:
         self.off = np.zeros((total, self.dim))
         self.m2 = np.zeros((total, self.dim, self.dim))
         self._root = self.level_base[-1]
-        self._root_off = self.off[self._root]       # views: per-item updates write through
+        self._bind_root_views()
+
+    def _bind_root_views(self) -> None:
+        # Views: per-item updates write through to the flat store, and the budget
+        # check reads the diagonal in O(d) without making a new view each time.
+        self._root_off = self.off[self._root]
         self._root_m2 = self.m2[self._root]
-        self._root_diag = self._root_m2.diagonal()   # a view: O(d) budget checks without a new view
+        self._root_diag = self._root_m2.diagonal()
+
+    # A pickled or deep-copied array view becomes an independent copy, so a copy
+    # of the tree would update its root aside from the store it reads: the views
+    # are left out of the state and bound again to the copy's own store.
+    _ROOT_VIEWS = ("_root_off", "_root_m2", "_root_diag")
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        if self._root >= 0:
+            for name in self._ROOT_VIEWS:
+                del state[name]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self._root >= 0:
+            self._bind_root_views()
 
     def ensure_capacity(self, n_slots: int) -> None:
         """Grow (doubling) so slots ``0 .. n_slots-1`` exist; re-anchors and rebuilds."""
@@ -239,7 +275,7 @@ class SlotTree:
         occ = self.occupied.reshape(-1, b)
         if nodes is not None:
             Xv, occ = Xv[nodes], occ[nodes]
-        D = Xv - self.shift
+        D = np.subtract(Xv, self.shift, out=self._scratch(Xv.shape) if nodes is None else None)
         D *= self.unit                            # exact: a power of two per feature
         full = bool(occ.all())
         if not full:
@@ -249,14 +285,23 @@ class SlotTree:
         # Data are shifted near the mean, so one pass gives a mean whose error
         # enters the co-moment only squared.
         mean = D.sum(axis=1) / safe[:, None]
+        # The centred deviations twice, in two arrays: NumPy multiplies a stack by its own
+        # transpose with one SYRK call per node, which on these small blocks is about twice
+        # as slow as the GEMM it uses for two operands (the same sums, product by product).
+        C = np.subtract(D, mean[:, None, :])
         D -= mean[:, None, :]
         if not full:
             D *= occ[..., None]
+            C *= occ[..., None]
         idx = self.level_nodes(1) if nodes is None else self.level_base[0] + nodes
         self.nodes_recomputed += n.shape[0]
         self.cnt[idx] = n
         self.off[idx] = mean
-        self.m2[idx] = np.matmul(D.transpose(0, 2, 1), D)
+        if nodes is None:           # the level's segment is a view: the product goes straight there
+            np.matmul(D.transpose(0, 2, 1), C, out=self.m2[idx])
+            self.keep_scratch(C)
+        else:
+            self.m2[idx] = np.matmul(D.transpose(0, 2, 1), C)
 
     def _recompute_level(self, level: int, nodes: np.ndarray | None) -> None:
         b, d = self.b, self.dim
@@ -375,18 +420,52 @@ class SlotTree:
         D *= self.unit
         return D
 
+    def row_deviations(self, X: np.ndarray) -> np.ndarray:
+        """:meth:`deviations` of many rows, in the tree's scratch array (the batch scoring's).
+
+        The result is the caller's until it hands it back with :meth:`keep_scratch`
+        (or drops it). A fresh array of a round's size costs a page fault per
+        4 KiB, about as much again as the pass that fills it: a round reuses one.
+        """
+        D = np.subtract(X, self.shift, out=self._scratch(X.shape))
+        D *= self.unit
+        return D
+
+    def _scratch(self, shape: tuple[int, ...]) -> np.ndarray:
+        """An uninitialised float array of ``shape``: a view of the kept scratch when it is large enough."""
+        spare, self._spare.buffer = self._spare.buffer, None
+        size = int(np.prod(shape))
+        if spare is None or spare.size < size:
+            return np.empty(shape)
+        return spare[:size].reshape(shape)
+
+    def keep_scratch(self, used: np.ndarray) -> None:
+        """Keep the buffer under ``used`` (an array of :meth:`row_deviations` or of a batch pass,
+        whose values nobody reads any more) for the next batch pass; the larger one is kept."""
+        base = used if used.base is None else used.base
+        if (isinstance(base, np.ndarray) and base.dtype == np.float64 and base.flags.c_contiguous
+                and base.flags.writeable and (self._spare.buffer is None or base.size > self._spare.buffer.size)):
+            self._spare.buffer = base.reshape(-1)
+
     def to_user(self, off: np.ndarray, m2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean, M2) in the caller's units from an internal (offset, M2); exact but for under/overflow."""
         scale = np.ldexp(1.0, self.exponent)
         return self.shift + off * scale, scale_outer(m2, self.exponent)
 
-    def _too_far(self, X: np.ndarray) -> bool:
+    def _too_far(self, X: np.ndarray, bound: float | None = None) -> bool:
         """Whether vectors ``X`` lie outside the units' safe band (choose the units again).
 
         Compared in the caller's units (``|x - shift| > 2**100 / unit``), since the
-        scaled deviation itself may overflow.
+        scaled deviation itself may overflow. ``bound``, a bound on every ``|x|``
+        (the validator's), settles most batches without a pass over the columns:
+        ``|x - s| <= |x| + |s|`` and rounding is monotone, so no rounded
+        ``|x_j - s_j|`` exceeds the rounded ``bound + max|s|``; when that is within
+        every feature's limit, no column's test below could be true.
         """
         if X.size == 0:
+            return False
+        if bound is not None and bound + float(np.maximum.reduce(np.abs(self.shift))) <= float(
+                np.minimum.reduce(self._limit)):
             return False
         if X.ndim == 1:         # one vector (the per-item path): Python floats, no reduction set-up
             return any(map(operator.gt, np.abs(X - self.shift).tolist(), self._limit.tolist()))
@@ -422,8 +501,11 @@ class SlotTree:
         return len(self._dirty)
 
     # ------------------------------------------------------------------ batch writes
-    def write(self, slots: np.ndarray, X: np.ndarray | None) -> None:
-        """Set (X given) or clear (X None) many slots, then recompute their paths exactly."""
+    def write(self, slots: np.ndarray, X: np.ndarray | None, bound: float | None = None) -> None:
+        """Set (X given) or clear (X None) many slots, then recompute their paths exactly.
+
+        ``bound``: a bound on every ``|x|`` of ``X`` if the caller knows one (the
+        validator's), which spares the band check its pass over the columns."""
         if slots.size == 0:
             return
         self.ensure_capacity(int(slots.max()) + 1)
@@ -434,7 +516,7 @@ class SlotTree:
             self._choose_units(X - self.shift)
         elif X is not None and not self._all_known:
             self._adopt_units(X)                  # the shift of such a feature is 0: X is its deviation
-        rescale = X is not None and self._too_far(X)
+        rescale = X is not None and self._too_far(X, bound)
         if X is None:
             self.occupied[slots] = False
             self.X[slots] = 0.0

@@ -4,19 +4,21 @@ The kernels behind :class:`~swarmguard.values.exact_moments.ExactMoments` (see
 that module for the method): error-free slicing (:func:`_sliced_sums`, the fast
 path), integer limbs (:func:`_limb_sums`, the bounded path), rows grouped by
 exponent band (:func:`_banded_rows`), and plain Python integers for a handful of
-rows (:func:`row_change_sums`, the per-item path). Chunks are added up by
+rows (:func:`row_change_sums`, the per-item path; :func:`row_change_diagonal`, its
+O(k) part that a one-row write needs at once). Chunks are added up by
 :func:`~swarmguard.values.exact_moments.exact_cross_sums`.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
 from .exact_sum import LIMB_BITS, UNIT_EXP, float_limbs, limbs_to_ints
 
-__all__ = ["row_change_sums"]
+__all__ = ["row_change_diagonal", "row_change_sums"]
 
 _LIMB_MASK = (1 << LIMB_BITS) - 1
 
@@ -44,6 +46,12 @@ def _pair_numbers(k: int) -> np.ndarray:
     table[ia, ib] = np.arange(ia.size)
     table.flags.writeable = False
     return table
+
+
+@functools.lru_cache(maxsize=64)
+def _diagonal_pairs(k: int) -> tuple[int, ...]:
+    """Pair numbers of the diagonal entries ``(c, c)`` of ``S2`` (row-major upper triangle)."""
+    return tuple(c * k - c * (c - 1) // 2 for c in range(k))
 
 
 def _small_sums(rows: list[list[float]], weights: list[int], k: int) -> tuple[list[int], int, list[int], int]:
@@ -109,6 +117,76 @@ def row_change_sums(removed: list[float] | None, added: list[float] | None,
             s1 = row
             s2 = [x * y for a, x in enumerate(row) for y in row[a:]]
     return s1, e1, s2, 2 * e1
+
+
+def row_change_diagonal(removed: list[float] | None, added: list[float] | None,
+                        e1_floor: int = 0) -> tuple[list[int], int, list[int], int]:
+    """:func:`row_change_sums` without the off-diagonal products: ``(S1, e1, D, e2)``.
+
+    ``D[c]`` is the change of ``S2[c, c]`` (the sum of squares of column ``c``);
+    the same integers, on the same grid, as the entries of :func:`row_change_sums`
+    at the diagonal pairs. O(k) instead of O(k²): what a one-row write needs at once
+    (the cross products are folded later, see
+    :meth:`~swarmguard.values.exact_moments.ExactMoments._change_row`).
+
+    >>> s1, e1, dg, e2 = row_change_diagonal([0.5, 3.0], [0.25, -1.0])
+    >>> [v * 2.0**e1 for v in s1], [v * 2.0**e2 for v in dg]
+    ([-0.25, -4.0], [-0.1875, -8.0])
+    """
+    if e1_floor <= 0:
+        # The common case: every value already lies on the grid 2**e1_floor, so it is the
+        # integer v * 2**-e1_floor, which ldexp computes exactly (scaling up by a power of
+        # two never rounds; a value off the grid is no integer there, one too large for a
+        # float is inf, no integer either: both take the general route below).
+        up = -e1_floor
+        try:
+            old = None if removed is None else [int(y) for y in [_ldexp(v, up) for v in removed]
+                                                if y.is_integer() or _off_grid()]
+            new = None if added is None else [int(y) for y in [_ldexp(v, up) for v in added]
+                                              if y.is_integer() or _off_grid()]
+        except (_OffGrid, OverflowError):
+            pass
+        else:
+            return _diagonal_change(old, new, e1_floor)
+    e1 = e1_floor
+    parts = []
+    for row in (removed, added):
+        if row is None:
+            parts.append(None)
+            continue
+        ratios = [v.as_integer_ratio() for v in row]
+        for p, q in ratios:
+            if p:
+                e = 1 - q.bit_length()
+                if e < e1:
+                    e1 = e
+        parts.append(ratios)
+    shift = 1 - e1            # p / q == p << (1 - q.bit_length() - e1) on the grid 2**e1
+    old, new = [None if r is None else [p << (shift - q.bit_length()) if p else 0 for (p, q) in r]
+                for r in parts]
+    return _diagonal_change(old, new, e1)
+
+
+_ldexp = math.ldexp
+
+
+class _OffGrid(Exception):
+    """A value below the grid's resolution (row_change_diagonal's general route takes it)."""
+
+
+def _off_grid() -> bool:
+    raise _OffGrid
+
+
+def _diagonal_change(old: list[int] | None, new: list[int] | None, e1: int) -> tuple[list[int], int, list[int], int]:
+    """``(S1, e1, D, 2 e1)`` of replacing the integer row ``old`` by ``new`` (either may be None)."""
+    if old is None:
+        return new, e1, [v * v for v in new], 2 * e1
+    if new is None:
+        return [-v for v in old], e1, [-(v * v) for v in old], 2 * e1
+    s1 = [b - a for a, b in zip(old, new, strict=True)]
+    # b² - a² = (b - a)(b + a): one product per column
+    return s1, e1, [d * (a + b) for d, a, b in zip(s1, old, new, strict=True)], 2 * e1
 
 
 # Most slices per column on the sliced path (a row whose values need more in some

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import DimensionMismatchError, InvalidInputError, NonFiniteError, UnknownAgentError
 from ..validation import MAX_ABS_VALUE, check_id_str_array, check_positive_int
-from .agent_index import AgentIds, as_agent_ids
+from .agent_index import AgentIds, as_agent_ids, one_agent_id
 from .id_index import IdIndex
 from .npz import dict_from_bytes, dict_to_bytes
 from .version_vector import MAX_COUNT, VersionVector, check_region_name
@@ -202,25 +202,41 @@ class LWWRegisterMap:
         anomaly score. Returns the change, or None when the write loses to the
         agent's register (the same key order as :meth:`write_many`).
         """
-        code = self.region_code(region)
-        row = self.index.row_of(ids.first())
+        won = self.write_one_row(ids, timestamp, region, seq, values)
+        if won is None:
+            return None
+        row, old_writer, old_values = won
+        old = np.zeros((1, self.dim + 1)) if old_values is None else np.array([old_values])
+        return RegisterChange(np.array([row], np.int64), np.array([old_writer], np.int32), old,
+                              np.array([self._code[region]], np.int32), self._values[row][None, :].copy())
+
+    def write_one_row(self, ids: AgentIds | int | str, timestamp: float, region: str, seq: int,
+                      values: Any) -> tuple[int, int, list[float] | None] | None:
+        """:meth:`write_one` without arrays around the answer: ``(row, old_writer, old_values)``
+        (the register's previous row as a list of floats, None where the agent had none;
+        ``old_writer`` -1 then), or None when the write loses. ``ids``: one id, as
+        ``AgentIds`` or as :func:`~swarmguard.validation.check_wire_id` returns it;
+        ``values``: the ``(d + 1,)`` row (an array or a list of floats)."""
+        code = self._code.get(region)
+        if code is None:
+            code = self.region_code(region)
+        one = type(ids) is int or type(ids) is str
+        row = self.index.row_of(ids if one else ids.first())
         if row < 0:                      # a new agent: the batch path creates its row
-            row = int(self._rows_for(ids)[0])
-        rows = np.array([row], np.int64)
-        rank = int(self._rank[code])
+            row = int(self._rows_for(one_agent_id(ids) if one else ids)[0])
         old_writer = int(self._writer[row])
-        old_ts = float(self._ts[row])
+        old_values = None
         if old_writer >= 0:
-            old_key = (old_ts, int(self._rank[old_writer]), int(self._seq[row]))
-            if not (timestamp, rank, seq) > old_key:
+            rank = self._rank
+            if not (timestamp, int(rank[code]), seq) > (float(self._ts[row]), int(rank[old_writer]),
+                                                        int(self._seq[row])):
                 return None
-        old_values = self._values[row].copy()
+            old_values = self._values[row].tolist()
         self._ts[row] = timestamp
         self._writer[row] = code
         self._seq[row] = seq
         self._values[row] = values
-        return RegisterChange(rows, np.array([old_writer], np.int32), old_values[None, :],
-                              np.array([code], np.int32), self._values[row][None, :].copy())
+        return row, old_writer, old_values
 
     def update(self, agent_id: Any, timestamp: float, region: str, seq: int,
                features: Any, anomaly_score: float) -> bool:

@@ -1,0 +1,280 @@
+"""OTLP spans to columns: one pass over a decoded export, reading only the GenAI attributes.
+
+:func:`span_columns` walks an ``ExportTraceServiceRequest`` (or any object shaped like
+one, e.g. a request decoded from a file of spans) once and returns a
+:class:`SpanColumns`: one NumPy column per quantity the behaviour vector needs
+(:mod:`swarmguard.apps.otlp.features`), agents and tools as integer codes into small
+name tables. That Python loop is the only per-span work; everything after it runs on
+arrays. It reads each attribute's key and, only for the keys it knows, the value.
+
+Which attributes (the OpenTelemetry GenAI semantic conventions):
+
+========================================  =============================================
+``gen_ai.agent.id``                       the agent (span, then resource attribute);
+                                          else the resource's ``service.instance.id``
+``gen_ai.operation.name``                 ``invoke_agent``; ``chat`` / ``text_completion``
+                                          / ``generate_content`` (model calls);
+                                          ``execute_tool``
+``gen_ai.tool.name``                      the tool of an ``execute_tool`` span
+``gen_ai.usage.input_tokens`` / ``output_tokens``  tokens of a model call
+``gen_ai.response.finish_reasons``        a string array; ``content_filter``, ``length``
+``error.type``, status code ERROR         the span failed
+``service.name``, ``deployment.environment[.name]``, ``cloud.region`` (or ``region``),
+``gen_ai.agent.name``, ``gen_ai.agent.version`` (or ``service.version``),
+``gen_ai.request.model``                  the agent's cohort
+========================================  =============================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["OP_OTHER", "OP_INVOKE", "OP_MODEL", "OP_TOOL", "COHORT_FIELDS", "UNKNOWN", "SpanColumns",
+           "span_columns", "NameTable"]
+
+OP_OTHER, OP_INVOKE, OP_MODEL, OP_TOOL = 0, 1, 2, 3
+_OPERATIONS = {"invoke_agent": OP_INVOKE, "chat": OP_MODEL, "text_completion": OP_MODEL,
+               "generate_content": OP_MODEL, "execute_tool": OP_TOOL}
+_STATUS_ERROR = 2            # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
+
+# the cohort of an agent: these, in this order ("unknown" where absent)
+COHORT_FIELDS = ("service", "environment", "region", "agent_name", "agent_version", "model")
+UNKNOWN = "unknown"
+
+# attribute key -> (slot): agent id, cohort fields, and the span quantities
+_AGENT = "gen_ai.agent.id"
+_INSTANCE = "service.instance.id"
+_COHORT_KEYS = {
+    "service.name": 0, "deployment.environment": 1, "deployment.environment.name": 1,
+    "cloud.region": 2, "region": 2, "gen_ai.agent.name": 3, "gen_ai.agent.version": 4,
+    "service.version": 4, "gen_ai.request.model": 5,
+}
+# span keys read by the loop (others are skipped after one dict miss)
+_K_AGENT, _K_OP, _K_TOOL, _K_IN, _K_OUT, _K_FINISH, _K_ERROR, _K_NAME, _K_VERSION, _K_MODEL = range(10)
+_SPAN_KEYS = {
+    _AGENT: _K_AGENT, "gen_ai.operation.name": _K_OP, "gen_ai.tool.name": _K_TOOL,
+    "gen_ai.usage.input_tokens": _K_IN, "gen_ai.usage.output_tokens": _K_OUT,
+    "gen_ai.response.finish_reasons": _K_FINISH, "error.type": _K_ERROR,
+    "gen_ai.agent.name": _K_NAME, "gen_ai.agent.version": _K_VERSION, "gen_ai.request.model": _K_MODEL,
+}
+
+
+class NameTable:
+    """Strings to dense integer codes, in order of first appearance.
+
+    >>> t = NameTable()
+    >>> t.code("a"), t.code("b"), t.code("a"), t.names
+    (0, 1, 0, ['a', 'b'])
+    """
+
+    __slots__ = ("codes", "names")
+
+    def __init__(self) -> None:
+        self.codes: dict[Any, int] = {}
+        self.names: list[Any] = []
+
+    def code(self, name: Any) -> int:
+        """The code of ``name`` (a new one the first time)."""
+        c = self.codes.get(name)
+        if c is None:
+            c = self.codes[name] = len(self.names)
+            self.names.append(name)
+        return c
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass
+class SpanColumns:
+    """The spans of one or more exports, as columns (one row per accepted span).
+
+    ``agent`` codes index ``agents`` (agent id strings); ``cohort`` codes index
+    ``cohorts`` (tuples of :data:`COHORT_FIELDS` values); ``tool`` codes index ``tools``
+    (-1: no tool). ``operation`` is one of ``OP_*``; ``duration_s`` end minus start in
+    seconds; ``input_tokens`` / ``output_tokens`` NaN where absent; ``error`` True for
+    a span with ``error.type`` or status ERROR; ``content_filter`` / ``length`` True
+    when ``gen_ai.response.finish_reasons`` names that reason. ``rejected`` counts the
+    spans left out because they name no agent.
+    """
+
+    agent: np.ndarray
+    cohort: np.ndarray
+    operation: np.ndarray
+    tool: np.ndarray
+    duration_s: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    error: np.ndarray
+    content_filter: np.ndarray
+    length: np.ndarray
+    agents: list[str] = field(default_factory=list)
+    cohorts: list[tuple[str, ...]] = field(default_factory=list)
+    tools: list[str] = field(default_factory=list)
+    rejected: int = 0
+
+    def __len__(self) -> int:
+        return int(self.agent.size)
+
+
+def _int_of(value: Any) -> float:
+    """A token count sent as an int (the convention), a double or a numeric string; NaN otherwise."""
+    kind = value.WhichOneof("value")
+    if kind == "int_value":
+        return float(value.int_value)
+    if kind == "double_value":
+        return value.double_value
+    if kind == "string_value":
+        try:
+            return float(value.string_value)
+        except ValueError:
+            return np.nan
+    return np.nan
+
+
+def _resource_context(resource: Any) -> tuple[str | None, list[str]]:
+    """A resource's fallback agent id (``gen_ai.agent.id``, else ``service.instance.id``) and cohort fields."""
+    cohort = [UNKNOWN] * len(COHORT_FIELDS)
+    agent = instance = None
+    for kv in resource.attributes:
+        key = kv.key
+        slot = _COHORT_KEYS.get(key)
+        if slot is not None:
+            text = kv.value.string_value
+            if text:
+                cohort[slot] = text
+        elif key == _AGENT:
+            agent = kv.value.string_value or None
+        elif key == _INSTANCE:
+            instance = kv.value.string_value or None
+    return agent or instance, cohort
+
+
+def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTable | None = None,
+                 tools: NameTable | None = None) -> SpanColumns:
+    """Read every span of ``request`` into :class:`SpanColumns`.
+
+    ``agents``, ``cohorts`` and ``tools`` are name tables shared across calls (a window
+    aggregator passes its own, so codes stay comparable across requests); fresh ones
+    by default. A span without an agent id is not read, only counted in ``rejected``.
+    An agent's cohort is that of the first span it is seen with (in this request).
+
+    Examples
+    --------
+    >>> from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    >>> req = ExportTraceServiceRequest()
+    >>> rs = req.resource_spans.add()
+    >>> kv = rs.resource.attributes.add(key="service.name"); kv.value.string_value = "support"
+    >>> span = rs.scope_spans.add().spans.add(name="chat gpt-4o", start_time_unix_nano=0, end_time_unix_nano=2_500_000_000)
+    >>> for k, v in [("gen_ai.agent.id", "a-1"), ("gen_ai.operation.name", "chat")]:
+    ...     kv = span.attributes.add(key=k); kv.value.string_value = v
+    >>> kv = span.attributes.add(key="gen_ai.usage.input_tokens"); kv.value.int_value = 812
+    >>> _ = rs.scope_spans[0].spans.add(name="orphan")       # no agent id: rejected
+    >>> cols = span_columns(req)
+    >>> len(cols), cols.rejected, cols.agents, cols.cohorts[0][0]
+    (1, 1, ['a-1'], 'support')
+    >>> int(cols.operation[0]) == OP_MODEL, float(cols.duration_s[0]), float(cols.input_tokens[0])
+    (True, 2.5, 812.0)
+    """
+    agents = NameTable() if agents is None else agents
+    cohorts = NameTable() if cohorts is None else cohorts
+    tools = NameTable() if tools is None else tools
+    agent_code, cohort_code, tool_code = agents.code, cohorts.code, tools.code
+    operations = _OPERATIONS
+    span_keys = _SPAN_KEYS
+    a_col: list[int] = []
+    c_col: list[int] = []
+    op_col: list[int] = []
+    tool_col: list[int] = []
+    start_col: list[int] = []
+    end_col: list[int] = []
+    in_col: list[float] = []
+    out_col: list[float] = []
+    err_col: list[bool] = []
+    cf_col: list[bool] = []
+    len_col: list[bool] = []
+    nan = np.nan
+    rejected = 0
+    agent_cohort: dict[int, int] = {}
+    for rs in request.resource_spans:
+        fallback_agent, resource_cohort = _resource_context(rs.resource)
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                agent = fallback_agent
+                op = OP_OTHER
+                tool = -1
+                tin = tout = nan
+                error = span.status.code == _STATUS_ERROR
+                content_filter = length = False
+                name = version = model = None
+                for kv in span.attributes:
+                    slot = span_keys.get(kv.key)
+                    if slot is None:
+                        continue
+                    value = kv.value
+                    if slot == _K_OP:
+                        op = operations.get(value.string_value, OP_OTHER)
+                    elif slot == _K_AGENT:
+                        agent = value.string_value or agent
+                    elif slot == _K_TOOL:
+                        tool = tool_code(value.string_value)
+                    elif slot == _K_IN:
+                        tin = _int_of(value)
+                    elif slot == _K_OUT:
+                        tout = _int_of(value)
+                    elif slot == _K_FINISH:
+                        for reason in value.array_value.values:
+                            text = reason.string_value
+                            if text == "content_filter":
+                                content_filter = True
+                            elif text == "length":
+                                length = True
+                    elif slot == _K_ERROR:
+                        error = True
+                    elif slot == _K_NAME:
+                        name = value.string_value
+                    elif slot == _K_VERSION:
+                        version = value.string_value
+                    else:
+                        model = value.string_value
+                if not agent:
+                    rejected += 1
+                    continue
+                a = agent_code(agent)
+                c = agent_cohort.get(a)
+                if c is None:
+                    cohort = resource_cohort
+                    if name or version or model:
+                        cohort = list(resource_cohort)
+                        if name:
+                            cohort[3] = name
+                        if version:
+                            cohort[4] = version
+                        if model:
+                            cohort[5] = model
+                    c = agent_cohort[a] = cohort_code(tuple(cohort))
+                a_col.append(a)
+                c_col.append(c)
+                op_col.append(op)
+                tool_col.append(tool)
+                start_col.append(span.start_time_unix_nano)
+                end_col.append(span.end_time_unix_nano)
+                in_col.append(tin)
+                out_col.append(tout)
+                err_col.append(error)
+                cf_col.append(content_filter)
+                len_col.append(length)
+    start = np.array(start_col, dtype=np.uint64)
+    end = np.array(end_col, dtype=np.uint64)
+    # a span that ends before it starts (a clock step) counts as lasting 0 s
+    duration = np.where(end >= start, end - start, 0).astype(np.float64) / 1e9
+    return SpanColumns(
+        agent=np.array(a_col, dtype=np.int64), cohort=np.array(c_col, dtype=np.int64),
+        operation=np.array(op_col, dtype=np.int8), tool=np.array(tool_col, dtype=np.int64),
+        duration_s=duration, input_tokens=np.array(in_col, dtype=np.float64),
+        output_tokens=np.array(out_col, dtype=np.float64), error=np.array(err_col, dtype=bool),
+        content_filter=np.array(cf_col, dtype=bool), length=np.array(len_col, dtype=bool),
+        agents=agents.names, cohorts=cohorts.names, tools=tools.names, rejected=rejected)

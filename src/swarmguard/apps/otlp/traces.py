@@ -1,0 +1,250 @@
+"""``POST /v1/traces``: OTLP/HTTP trace ingest into the node's ``spans`` population.
+
+The route answers as the OTLP specification says, not with the node's ``{"error"}``
+bodies: 200 with an ``ExportTraceServiceResponse`` (``partial_success`` when spans were
+refused — a span naming no agent), or a ``google.rpc.Status`` in the request's encoding
+with 400 (malformed: the client must not retry), 401/403 (token), 413 (over
+``--max-body-bytes``, decompressed too), 415 (content type or encoding), 429 (the open
+window holds ``max_window_rows`` spans) and 503 (draining), both with ``Retry-After``.
+
+:class:`SpanIngest` is the node's extension (:func:`swarmguard.apps.serve.node.node_extensions`):
+each request's spans, as columns (:mod:`.spans`), are written to the node's durable log
+(one record, committed and synced before the 200; requests in flight together share one
+commit) and kept in a
+:class:`~swarmguard.apps.otlp.window.WindowAggregator`; when the node closes its window,
+the aggregator's behaviour vectors (``docs/otlp-features.md``) join the ``spans``
+population's window and are scored in that window's round, apart from the
+``/v1/behaviors`` population. A restart replays the span records and the closes in
+order, so the vectors — and the tool history that ``novel_tool_share`` reads — come out
+the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from ...errors import BodyTooLargeError, MalformedBodyError, UnsupportedMediaTypeError
+from ..serve.auth import authenticate
+from ..serve.http_errors import ApiError, one_line
+from .decode import (
+    JSON,
+    PROTOBUF,
+    decode_export_request,
+    encode_export_response,
+    encode_status,
+    encoding_of,
+)
+from .features import FEATURE_NAMES
+from .spans import SpanColumns, span_columns
+from .window import WindowAggregator
+
+__all__ = ["router", "SpanIngest", "SPANS_POPULATION", "SPANS_RECORD", "cohort_name"]
+
+SPANS_POPULATION = "spans"      # = serve.node.SPANS_POPULATION (not imported: node imports this module)
+SPANS_RECORD = "spans"          # the durable log's record kind
+_FOREVER = 1e300                # the node's clock closes windows, not the aggregator's
+_MAX_PART = 200                 # characters kept of each cohort attribute
+
+
+def cohort_name(fields: tuple[str, ...]) -> str:
+    """One cohort name from the cohort's attribute values: ``service/env/region/agent/version/model``.
+
+    >>> cohort_name(("support", "prod", "eu-west", "support", "1.5.0", "gpt-4o"))
+    'support/prod/eu-west/support/1.5.0/gpt-4o'
+    """
+    parts = ("".join(ch for ch in f if ch.isprintable())[:_MAX_PART] or "unknown" for f in fields)
+    return "/".join(parts)
+
+
+def _usable_agent(name: str) -> bool:
+    return 0 < len(name) <= 1000 and name.isprintable()
+
+
+class SpanIngest:
+    """The node's span state between a request and the window's close (module docstring)."""
+
+    kinds = (SPANS_RECORD,)
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.aggregator = WindowAggregator(_FOREVER, clock=lambda: 0.0)
+
+    @property
+    def pending_spans(self) -> int:
+        return self.aggregator.pending_spans
+
+    # ------------------------------------------------------------ live requests
+    def accept(self, columns: SpanColumns) -> tuple[int, int, str]:
+        """Log and keep a request's spans (read with fresh name tables); returns (accepted,
+        rejected, message). Raises :class:`ApiError` 503 while draining, 429 when the open
+        window would hold more than ``max_window_rows`` spans; then nothing changed."""
+        rejected, why = columns.rejected, []
+        if columns.rejected:
+            why.append(f"{columns.rejected} spans name no agent (neither gen_ai.agent.id nor service.instance.id)")
+        bad_agents = [i for i, name in enumerate(columns.agents) if not _usable_agent(name)]
+        if bad_agents:
+            keep = ~np.isin(columns.agent, bad_agents)
+            dropped = int((~keep).sum())
+            columns = _rows(columns, keep)
+            rejected += dropped
+            why.append(f"{dropped} spans with an unusable agent id (over 1000 characters or unprintable)")
+        message = "; ".join(why)
+        node = self.node
+        with node.lock:
+            node._check_open()
+            n = len(columns)
+            if n == 0:
+                return 0, rejected, message
+            limit = node.settings.max_window_rows
+            if self.pending_spans + n > limit:
+                raise ApiError(429, f"the open window holds {self.pending_spans} spans (limit {limit}): "
+                                    "retry after it closes", code="overloaded",
+                               headers={"Retry-After": str(node._retry_after())})
+            at = node.settings.clock()
+            meta, matrix = _record(columns)
+            seq = node.log.append_grouped(SPANS_RECORD, at, meta, matrix)
+            self._apply(at, meta, matrix)
+            node.metrics.queue_depth.labels("window_spans").set(self.pending_spans)
+        # durable before the 200: concurrent requests share one commit (one fsync)
+        node.log.commit_through(seq)
+        return n, rejected, message
+
+    # ------------------------------------------------------------ the node's hooks
+    def apply(self, record: Any) -> None:
+        """One of this extension's log records (replay)."""
+        self._apply(record.at, record.meta, record.matrix)
+
+    def _apply(self, at: float, meta: dict[str, Any], matrix: np.ndarray) -> None:
+        agg = self.aggregator
+        agents, cohorts, tools = agg.tables
+        agent_codes = np.array([agents.code(a) for a in meta["agents"]], dtype=np.int64)
+        cohort_codes = np.array([cohorts.code(tuple(c)) for c in meta["cohorts"]], dtype=np.int64)
+        tool_codes = np.array([tools.code(t) for t in meta["tools"]] + [-1], dtype=np.int64)
+        local = matrix[:, [0, 1, 3]].astype(np.int64)
+        columns = SpanColumns(
+            agent=agent_codes[local[:, 0]], cohort=cohort_codes[local[:, 1]],
+            operation=matrix[:, 2].astype(np.int8), tool=tool_codes[local[:, 2]],   # -1 -> the appended -1
+            duration_s=matrix[:, 4].copy(), input_tokens=matrix[:, 5].copy(), output_tokens=matrix[:, 6].copy(),
+            error=matrix[:, 7] != 0, content_filter=matrix[:, 8] != 0, length=matrix[:, 9] != 0,
+            agents=agents.names, cohorts=cohorts.names, tools=tools.names)
+        agg.add_columns(columns, now=0.0)
+        self.node.open_window(at)
+
+    def before_close(self, at: float) -> None:
+        """The open window's spans become the ``spans`` population's vectors of this window."""
+        if self.pending_spans == 0:
+            return
+        window = self.aggregator.close(now=0.0)
+        if window.agent_ids.size == 0:
+            return
+        meta = {"population": SPANS_POPULATION, "agents": window.agent_ids.tolist(),
+                "cohorts": [cohort_name(c) for c in window.cohorts], "d": window.features.shape[1],
+                "feature_names": list(FEATURE_NAMES)}
+        self.node._apply_behaviors(at, meta, window.features)
+        self.node.metrics.queue_depth.labels("window_spans").set(0)
+
+
+def _rows(columns: SpanColumns, keep: np.ndarray) -> SpanColumns:
+    return SpanColumns(**{name: getattr(columns, name)[keep] for name in (
+        "agent", "cohort", "operation", "tool", "duration_s", "input_tokens", "output_tokens", "error",
+        "content_filter", "length")}, agents=columns.agents, cohorts=columns.cohorts, tools=columns.tools,
+        rejected=columns.rejected)
+
+
+def _record(columns: SpanColumns) -> tuple[dict[str, Any], np.ndarray]:
+    """A request's spans as one log record: its own name tables in ``meta``, codes into them
+    (a tool of -1 becomes ``len(tools)``) and the quantities in a float matrix."""
+    tool = np.where(columns.tool < 0, len(columns.tools), columns.tool)
+    matrix = np.column_stack([columns.agent, columns.cohort, columns.operation, tool, columns.duration_s,
+                              columns.input_tokens, columns.output_tokens, columns.error,
+                              columns.content_filter, columns.length]).astype(np.float64)
+    meta = {"rows": len(columns), "d": matrix.shape[1], "agents": list(columns.agents),
+            "cohorts": [list(c) for c in columns.cohorts], "tools": list(columns.tools)}
+    return meta, matrix
+
+
+def _ingest_of(node: Any) -> SpanIngest:
+    for extension in node.extensions:
+        if isinstance(extension, SpanIngest):
+            return extension
+    raise ApiError(503, "this node has no span ingest", code="no_span_ingest")
+
+
+# ---------------------------------------------------------------- the route
+router = APIRouter(tags=["ingest"])
+
+_RESPONSES = {
+    200: {"description": "an ExportTraceServiceResponse (partial_success when spans were refused)"},
+    400: {"description": "malformed body (google.rpc.Status; do not retry)"},
+    401: {"description": "missing or unknown token"}, 403: {"description": "a role that may not ingest"},
+    413: {"description": "over --max-body-bytes (decompressed too)"},
+    415: {"description": "not application/x-protobuf or application/json, or an encoding other than gzip"},
+    429: {"description": "the open window is full (Retry-After)"},
+    503: {"description": "shutting down (Retry-After)"},
+}
+
+
+def _answer(encoding: str, status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, status_code=status, headers=headers,
+                    media_type=JSON if encoding == "json" else PROTOBUF)
+
+
+async def _read(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise MalformedBodyError("Content-Length is not a number")
+        if int(declared) > limit:
+            raise BodyTooLargeError(f"the request body is {declared} bytes, over the limit of {limit}", limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:                      # refused as it streams (a chunked upload)
+            raise BodyTooLargeError(f"the request body passes the limit of {limit} bytes", limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_STATUS_OF = ((BodyTooLargeError, 413, "too_large"), (UnsupportedMediaTypeError, 415, "bad_content_type"),
+              (MalformedBodyError, 400, "malformed_body"))
+
+
+@router.post("/v1/traces", responses=_RESPONSES, summary="OTLP/HTTP trace export (protobuf or JSON)")
+async def post_traces(request: Request) -> Response:
+    """Spans as an OTLP ``ExportTraceServiceRequest`` (``application/x-protobuf`` or
+    ``application/json``, optionally gzip): an ``ingest`` token's; acknowledged once durable.
+    Grouped per agent (``gen_ai.agent.id``, else ``service.instance.id``) into the open
+    window; its close scores the window's behaviour vectors (``docs/otlp-features.md``)."""
+    settings, metrics = request.app.state.settings, request.app.state.metrics
+    content_type = request.headers.get("content-type")
+    encoding = "json" if (content_type or "").split(";")[0].strip().lower() == JSON else "protobuf"
+    try:
+        credential = authenticate(request)
+        if not credential.may("ingest"):
+            raise ApiError(403, f"role {credential.role!r} may not ingest", code="forbidden")
+        node = request.app.state.node
+        ingest = _ingest_of(node)
+        encoding_of(content_type)            # a wrong type is refused before the body is read
+        body = await _read(request, settings.max_body_bytes)
+
+        def work() -> tuple[int, int, str]:
+            decoded = decode_export_request(body, content_type, request.headers.get("content-encoding"),
+                                            settings.max_body_bytes)
+            return ingest.accept(span_columns(decoded.request))
+
+        accepted, rejected, message = await run_in_threadpool(work)
+    except ApiError as exc:
+        metrics.errors.labels(exc.code, str(exc.status)).inc()
+        return _answer(encoding, exc.status, encode_status(encoding, exc.status, exc.message), exc.headers)
+    except (BodyTooLargeError, UnsupportedMediaTypeError, MalformedBodyError) as exc:
+        status, code = next((s, c) for cls, s, c in _STATUS_OF if isinstance(exc, cls))
+        metrics.errors.labels(code, str(status)).inc()
+        return _answer(encoding, status, encode_status(encoding, status, one_line(exc)))
+    metrics.accepted.labels("spans").inc(accepted)
+    metrics.refused.labels("spans").inc(rejected)
+    return _answer(encoding, 200, encode_export_response(encoding, rejected, one_line(message)))

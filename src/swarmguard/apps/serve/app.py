@@ -1,0 +1,230 @@
+"""``create_app(settings) -> FastAPI``: the node's HTTP service, and where routes are mounted.
+
+Adding routes (e.g. ``POST /v1/traces``): pass routers to :func:`create_app`
+(``create_app(settings, routers=[traces.router])``), or register a router once
+with :func:`register_router` before the app is created (``swarmguard serve`` mounts
+every registered router). In a handler, ``request.app.state.node`` is the
+:class:`~.node.ServeNode` (``node.accept_behaviors(batch, population, feature_names)``
+feeds vectors into the open window, durably), ``request.app.state.settings`` the
+:class:`~.settings.ServeSettings`, ``auth.requires("ingest")`` the token check,
+``body.read_body(request, settings.max_body_bytes)`` the bounded body, and
+``request.app.state.metrics`` the Prometheus counters. An :class:`~.http_errors.ApiError`
+raised anywhere becomes ``{"error": "<one line>"}`` with its status, counted in
+``swarmguard_errors_total``; a router may install its own handler for its own answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ... import __version__
+from .http_errors import ApiError, one_line
+from .metrics import ServeMetrics
+from .node import ServeNode
+from .routes_ingest import router as ingest_router
+from .routes_ops import router as ops_router
+from .routes_query import router as query_router
+from .settings import ServeSettings
+from .tokens import load_tokens
+
+__all__ = ["create_app", "register_router", "resolve_data_dir"]
+
+log = logging.getLogger("swarmguard.serve")
+
+_REGISTERED: list[APIRouter] = []
+_PUBLIC = ("/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
+
+
+def register_router(router: APIRouter) -> None:
+    """Mount ``router`` in every app :func:`create_app` makes from now on (once per router)."""
+    if router not in _REGISTERED:
+        _REGISTERED.append(router)
+
+
+def resolve_data_dir(settings: ServeSettings) -> tuple[Path, bool]:
+    """The data folder, and whether it is a fresh temporary one (no ``--data-dir``)."""
+    if settings.data_dir is not None:
+        return Path(settings.data_dir), False
+    return Path(tempfile.mkdtemp(prefix="swarmguard-serve-")), True
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None, path: str = "",
+           content_type: str | None = None):
+    """The node's one-line JSON error; on ``/v1/traces`` the OTLP answer (a ``google.rpc.Status``
+    in the request's encoding) that OTLP exporters read."""
+    if path == "/v1/traces":
+        try:
+            from ..otlp.decode import JSON, PROTOBUF, encode_status
+        except ImportError:
+            pass
+        else:
+            encoding = "json" if (content_type or "").split(";")[0].strip().lower() == JSON else "protobuf"
+            return Response(encode_status(encoding, status, message), status_code=status, headers=headers,
+                            media_type=JSON if encoding == "json" else PROTOBUF)
+    return JSONResponse({"error": one_line(message)}, status_code=status, headers=headers)
+
+
+def _content_type(scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            return value.decode("latin-1")
+    return None
+
+
+def _route_label(path: str) -> str:
+    """A bounded label for the latency histogram (agent ids and cohorts folded)."""
+    path = re.sub(r"^/v1/agents/.+", "/v1/agents/{id}", path)
+    path = re.sub(r"^/v1/populations/.+", "/v1/populations/{cohort}", path)
+    return path if path.startswith(("/v1/", "/healthz", "/readyz", "/metrics", "/docs", "/openapi")) else "other"
+
+
+class _ServeMiddleware:
+    """Latency histogram, in-flight bound (503 + Retry-After over ``max_inflight`` writes) and
+    503 while the node is still starting; pure ASGI, so streaming bodies stay streams."""
+
+    def __init__(self, app, state):
+        self.app, self.state, self.inflight = app, state, 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        metrics: ServeMetrics = self.state.metrics
+        path, method = scope["path"], scope["method"]
+        label, t0 = _route_label(path), time.perf_counter()
+        write = method == "POST"
+        try:
+            if getattr(self.state, "node", None) is None and path not in _PUBLIC:
+                metrics.errors.labels("starting", "503").inc()
+                return await _error(503, "the node is starting", {"Retry-After": "1"}, path,
+                                    _content_type(scope))(scope, receive, send)
+            if write and self.inflight >= self.state.settings.max_inflight:
+                metrics.errors.labels("overloaded", "503").inc()
+                return await _error(503, f"{self.inflight} requests in flight: retry later",
+                                    {"Retry-After": "1"}, path, _content_type(scope))(scope, receive, send)
+            if write:
+                self.inflight += 1
+                metrics.queue_depth.labels("inflight").set(self.inflight)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                if write:
+                    self.inflight -= 1
+                    metrics.queue_depth.labels("inflight").set(self.inflight)
+        finally:
+            metrics.request_seconds.labels(label).observe(time.perf_counter() - t0)
+
+
+def create_app(settings: ServeSettings, node: ServeNode | None = None,
+               routers: Sequence[APIRouter] = ()) -> FastAPI:
+    """The node's FastAPI app (module docstring for mounting routes).
+
+    ``node``: serve this node (tests build one with their own clock); None: the app
+    builds it from ``settings`` at start-up, in the background (``/readyz`` is 503 and
+    every other route 503 until its log is replayed). On shutdown the app drains the
+    node: it refuses writes, closes the open window and closes the log.
+    """
+    tokens = load_tokens(settings.tokens_file) if settings.tokens_file is not None else None
+    metrics = node.metrics if node is not None else ServeMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        builder = None
+        if app.state.node is None:
+            data_dir, temporary = resolve_data_dir(settings)
+            app.state.data_dir, app.state.temporary = data_dir, temporary
+
+            async def build():
+                app.state.node = await run_in_threadpool(ServeNode, settings, data_dir, metrics=metrics)
+                log.info("node ready: %d log records replayed from %s", app.state.node.replayed, data_dir)
+
+            builder = asyncio.create_task(build())
+        ticker = asyncio.create_task(_close_windows(app)) if settings.close_windows else None
+        try:
+            yield
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+            if builder is not None:
+                with contextlib.suppress(Exception):
+                    await builder
+            if app.state.node is not None:
+                await run_in_threadpool(_drain, app.state.node)
+
+    app = FastAPI(title="swarmguard node", version=__version__, lifespan=lifespan,
+                  description="One swarmguard node: behaviour vectors and observer evidence in, "
+                              "anomalous agents out. Every error is {\"error\": \"<one line>\"}.")
+    app.state.settings, app.state.tokens, app.state.metrics, app.state.node = settings, tokens, metrics, node
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        metrics.errors.labels(exc.code, str(exc.status)).inc()
+        return _error(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        metrics.errors.labels("http", str(exc.status_code)).inc()
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        metrics.errors.labels("invalid_parameter", "422").inc()
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        metrics.errors.labels("internal", "500").inc()
+        log.exception("internal error on %s", request.url.path)
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}", None, request.url.path,
+                      request.headers.get("content-type"))
+
+    for router in (ops_router, ingest_router, query_router, *_optional_routers(), *_REGISTERED, *routers):
+        app.include_router(router)
+    app.add_middleware(_ServeMiddleware, state=app.state)
+    return app
+
+
+def _optional_routers() -> list[APIRouter]:
+    """``POST /v1/traces`` when ``opentelemetry-proto`` is installed."""
+    try:
+        from ..otlp.traces import router as traces_router
+    except ImportError:
+        return []
+    return [traces_router]
+
+
+def _drain(node: ServeNode) -> None:
+    outcomes = node.drain()
+    if outcomes:
+        log.info("closed the open window on shutdown: %s", json.dumps([o.agents for o in outcomes]))
+    node.close()
+
+
+async def _close_windows(app: FastAPI) -> None:
+    """Close the open window whenever the node's clock passes its end."""
+    settings: ServeSettings = app.state.settings
+    tick = min(0.5, settings.window_seconds / 4)
+    while True:
+        await asyncio.sleep(tick)
+        node = app.state.node
+        if node is not None and node.state == "ready" and node.window_due():
+            try:
+                await run_in_threadpool(node.close_window)
+            except Exception:                        # keep ticking; the error is in the log
+                log.exception("closing a window failed")
+                app.state.metrics.errors.labels("window", "500").inc()

@@ -1,0 +1,63 @@
+"""Reading a request body within the node's limit, compressed and decompressed.
+
+A ``Content-Length`` over the limit is refused before reading; a chunked body
+is counted as it streams and refused (413) the moment it passes the limit; a
+``gzip`` / ``deflate`` body is inflated at most ``limit + 1`` bytes at a time,
+so a gzip bomb is refused (413) without being expanded.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from .http_errors import ApiError
+
+__all__ = ["read_body", "media_type"]
+
+
+def media_type(content_type: str | None) -> str:
+    """The media type of a ``Content-Type`` header, lower case, without parameters."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def _too_large(limit: int, what: str) -> ApiError:
+    return ApiError(413, f"the {what} passes the limit of {limit} bytes", code="too_large")
+
+
+async def read_body(request, limit: int) -> bytes:
+    """The body of ``request`` (a Starlette request), decoded from its ``Content-Encoding``
+    (identity, gzip, deflate), at most ``limit`` bytes before and after decoding."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise _too_large(limit, "body")
+        except ValueError:
+            raise ApiError(400, "Content-Length is not a number", code="bad_header") from None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit, "body")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
+    if encoding in ("identity", ""):
+        return raw
+    if encoding not in ("gzip", "deflate", "x-gzip"):
+        raise ApiError(415, f"unsupported Content-Encoding {encoding!r}: use gzip, deflate or identity",
+                       code="bad_encoding")
+    wbits = 16 + zlib.MAX_WBITS if encoding in ("gzip", "x-gzip") else zlib.MAX_WBITS
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(raw, limit + 1)
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise _too_large(limit, "decompressed body")
+        out += inflater.flush()
+    except zlib.error as exc:
+        raise ApiError(400, f"the {encoding} body cannot be decoded: {exc}", code="malformed_body") from None
+    if len(out) > limit:
+        raise _too_large(limit, "decompressed body")
+    if not inflater.eof:
+        raise ApiError(400, f"the {encoding} body is truncated", code="malformed_body")
+    return out

@@ -1,0 +1,149 @@
+"""The node's durable log: every accepted request's content and every closed window, in order.
+
+SQLite in WAL mode with ``synchronous=FULL``: :meth:`DurableLog.append` returns
+after the record's transaction is on disk (one transaction, one fsync, per
+request), so an acknowledged request survives ``kill -9`` and a power cut. The
+node's state is a function of this log: :meth:`records` replays it in order.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import EvidenceStoreError
+
+__all__ = ["DurableLog", "LogRecord", "BEHAVIORS", "EVIDENCE", "CLOSE_WINDOW"]
+
+BEHAVIORS, EVIDENCE, CLOSE_WINDOW = "behaviors", "evidence", "close"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS log (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    at REAL NOT NULL,
+    body BLOB NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One logged event: ``kind`` (behaviors / evidence / close), the node's clock ``at``
+    its arrival, and its content (``meta``: JSON values; ``matrix``: a behaviour batch's
+    features, or None)."""
+
+    seq: int
+    kind: str
+    at: float
+    meta: dict[str, Any]
+    matrix: np.ndarray | None = None
+
+
+def _encode(meta: dict[str, Any], matrix: np.ndarray | None) -> bytes:
+    head = json.dumps(meta, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    if matrix is None:
+        return head
+    return head + b"\n" + np.ascontiguousarray(matrix, dtype="<f8").tobytes()
+
+
+def _decode(body: bytes) -> tuple[dict[str, Any], np.ndarray | None]:
+    head, sep, rest = body.partition(b"\n")
+    meta = json.loads(head)
+    if not sep:
+        return meta, None
+    matrix = np.frombuffer(rest, dtype="<f8").astype(np.float64)
+    return meta, matrix.reshape(meta.get("rows", len(meta["agents"])), meta["d"])
+
+
+class DurableLog:
+    """An append-only log in ``<data_dir>/node.sqlite`` (module docstring)."""
+
+    def __init__(self, data_dir: str | Path):
+        self.path = Path(data_dir) / "node.sqlite"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise EvidenceStoreError(f"cannot open the node's log {self.path}: {exc}") from None
+        self._lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+        self._inserted = self._committed = 0     # group commit: the last record written / made durable
+
+    def append(self, kind: str, at: float, meta: dict[str, Any], matrix: np.ndarray | None = None) -> int:
+        """Write one record durably (committed and synced when this returns); its sequence number.
+
+        Records of :meth:`append_grouped` not yet committed are committed with it."""
+        body = _encode(meta, matrix)
+        with self._lock:
+            try:
+                cur = self._db.execute("INSERT INTO log (kind, at, body) VALUES (?, ?, ?)", (kind, at, body))
+                seq = self._inserted = int(cur.lastrowid)
+                if self._db.in_transaction:       # a group is open: this record commits it
+                    self._db.execute("COMMIT")
+                self._committed = seq
+            except sqlite3.Error as exc:
+                raise EvidenceStoreError(f"cannot write the node's log {self.path}: {exc}") from None
+            return seq
+
+    def append_grouped(self, kind: str, at: float, meta: dict[str, Any], matrix: np.ndarray | None = None) -> int:
+        """Write one record into the open group transaction, not yet durable; its sequence number.
+
+        Group commit: the caller applies the record (under the node's lock, so the log's order
+        stays the order of application), releases that lock and calls :meth:`commit_through`
+        before acknowledging. Requests that arrive meanwhile share one commit (one fsync)."""
+        body = _encode(meta, matrix)
+        with self._lock:
+            try:
+                if not self._db.in_transaction:
+                    self._db.execute("BEGIN")
+                cur = self._db.execute("INSERT INTO log (kind, at, body) VALUES (?, ?, ?)", (kind, at, body))
+            except sqlite3.Error as exc:
+                raise EvidenceStoreError(f"cannot write the node's log {self.path}: {exc}") from None
+            self._inserted = int(cur.lastrowid)
+            return self._inserted
+
+    def commit_through(self, seq: int) -> None:
+        """Return once record ``seq`` is committed and synced (committing the open group if needed)."""
+        with self._commit_lock:                # one committer; the others find their record committed
+            if self._committed >= seq:
+                return
+            with self._lock:
+                try:
+                    if self._db.in_transaction:
+                        self._db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    raise EvidenceStoreError(f"cannot commit the node's log {self.path}: {exc}") from None
+                self._committed = self._inserted
+
+    def records(self) -> Iterator[LogRecord]:
+        """Every record, oldest first (read a thousand at a time: a long log is not held whole)."""
+        last = 0
+        while True:
+            with self._lock:
+                rows = self._db.execute("SELECT seq, kind, at, body FROM log WHERE seq > ? ORDER BY seq LIMIT 1000",
+                                        (last,)).fetchall()
+            if not rows:
+                return
+            for seq, kind, at, body in rows:
+                meta, matrix = _decode(bytes(body))
+                last = int(seq)
+                yield LogRecord(last, kind, float(at), meta, matrix)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM log").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,36 @@
+"""``ServeMetrics``: the node's Prometheus metrics, in a registry of its own (one per node)."""
+
+from __future__ import annotations
+
+__all__ = ["ServeMetrics"]
+
+
+class ServeMetrics:
+    """Counters, gauges and the request latency histogram served at ``/metrics``.
+
+    ``swarmguard_accepted_total{kind}`` / ``swarmguard_refused_total{kind}``
+    (kind: behaviors, evidence, spans), ``swarmguard_windows_closed_total``,
+    ``swarmguard_isolations_total``, ``swarmguard_request_seconds{route}``,
+    ``swarmguard_queue_depth{queue}`` (inflight requests, window rows),
+    ``swarmguard_errors_total{code,status}``, ``swarmguard_agents{population}``.
+    """
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.accepted = Counter("swarmguard_accepted", "Items accepted, by kind", ["kind"], registry=r)
+        self.refused = Counter("swarmguard_refused", "Items refused, by kind", ["kind"], registry=r)
+        self.windows_closed = Counter("swarmguard_windows_closed", "Windows closed (detector rounds)", registry=r)
+        self.isolations = Counter("swarmguard_isolations", "Agents newly isolated", registry=r)
+        self.request_seconds = Histogram("swarmguard_request_seconds", "Request latency", ["route"], registry=r,
+                                         buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+        self.queue_depth = Gauge("swarmguard_queue_depth", "Work waiting", ["queue"], registry=r)
+        self.errors = Counter("swarmguard_errors", "Refused requests, by code", ["code", "status"], registry=r)
+        self.agents = Gauge("swarmguard_agents", "Agents known, by population", ["population"], registry=r)
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,359 @@
+"""``ServeNode``: one node's state — populations, the durable log, windows, events — and its rules.
+
+Every state change goes through the node's lock in this order: check, write the
+durable log (:class:`~.durable_log.DurableLog`, synced), apply in memory. So the
+log's order is the order of application, and :meth:`ServeNode.replay` — run by
+the constructor — rebuilds exactly the state that was acknowledged: the
+behaviours of each closed window and its round, the evidence in between, and the
+open window's behaviours so far. The detectors' clock is the logged arrival time
+of the record being applied, so a replayed round is the same round.
+
+Feeding the node from another module (e.g. ``POST /v1/traces``): build a
+:class:`~.records.BehaviorBatch` (``agent_ids``, ``X`` (n, d), ``cohorts``) and
+call :meth:`ServeNode.accept_behaviors` with the population's name (``"spans"``
+for OTLP-derived vectors) and its ``feature_names``; it returns after the batch
+is durable, and the vectors count in the open window. From a route, the node is
+``request.app.state.node``.
+
+Extensions (:func:`node_extensions`): a feeder that keeps state of its own between a
+request and the window's close (``POST /v1/traces`` keeps spans, and makes vectors
+only when the window closes) is an object built with the node, before the replay,
+with ``kinds`` (the log record kinds it writes), ``apply(record)`` (one of its records,
+live or replayed) and ``before_close(at)`` (called first in every window close, live
+or replayed, under the node's lock). It logs with ``node.log.append`` under
+``node.lock`` and opens the window with :meth:`ServeNode.open_window`.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...api import EvidenceType
+from ...errors import SwarmGuardError
+from .durable_log import BEHAVIORS, CLOSE_WINDOW, EVIDENCE, DurableLog, LogRecord
+from .events import EventLog
+from .http_errors import ApiError, one_line
+from .metrics import ServeMetrics
+from .population import Population, WindowOutcome
+from .records import BehaviorBatch, EvidenceBatch, LineError
+from .settings import ServeSettings
+
+__all__ = ["ServeNode", "IngestResult", "BEHAVIORS_POPULATION", "SPANS_POPULATION", "DEFAULT_POPULATIONS"]
+
+BEHAVIORS_POPULATION = "behaviors"      # POST /v1/behaviors
+SPANS_POPULATION = "spans"              # POST /v1/traces (OTLP-derived vectors)
+DEFAULT_POPULATIONS = (BEHAVIORS_POPULATION, SPANS_POPULATION)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """An ingest request's answer: how many items were accepted and refused, and why."""
+
+    accepted: int
+    rejected: int
+    errors: list[LineError] = field(default_factory=list)
+
+    def to_dict(self, max_errors: int = 100) -> dict[str, Any]:
+        return {"accepted": self.accepted, "rejected": self.rejected,
+                "errors": [e.to_dict() for e in self.errors[:max_errors]]}
+
+
+class ServeNode:
+    """One node (module docstring). ``populations``: the names of its populations, each with
+    its own detector (evidence goes to every one: an agent's evidence counts wherever the
+    agent is scored)."""
+
+    def __init__(self, settings: ServeSettings, data_dir: str | Path,
+                 populations: Sequence[str] = DEFAULT_POPULATIONS, metrics: ServeMetrics | None = None):
+        self.settings = settings
+        self.data_dir = Path(data_dir)
+        self.metrics = metrics or ServeMetrics()
+        self.events = EventLog()
+        self._lock = threading.RLock()
+        self._at = settings.clock()          # the detectors' clock: the time of the record applied
+        self.populations: dict[str, Population] = {}
+        for name in populations:
+            self._population(name)
+        self.opened_at: float | None = None  # arrival of the open window's first vector
+        self.state = "starting"               # starting -> ready -> draining
+        self.extensions = [make(self) for make in node_extensions()]
+        self.log = DurableLog(self.data_dir)
+        self.replayed = self.replay()
+        self.state = "ready"
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The node's lock: hold it to read several of its parts as one state (queries do)."""
+        return self._lock
+
+    # ---------------------------------------------------------------- the pieces
+    def _population(self, name: str) -> Population:
+        pop = self.populations.get(name)
+        if pop is None:
+            dim = self.settings.features if name == BEHAVIORS_POPULATION else None
+            pop = Population(name, self.settings, lambda: self._at, dim)
+            self.populations[name] = pop
+        return pop
+
+    def dimension(self, population: str = BEHAVIORS_POPULATION) -> int | None:
+        """The population's vector length (None until its first vector or ``--features``)."""
+        pop = self.populations.get(population)
+        return None if pop is None else pop.dimension
+
+    @property
+    def window_rows(self) -> int:
+        return sum(len(p.window) for p in self.populations.values())
+
+    def window_end(self) -> float | None:
+        """When the open window closes on the node's clock (None: no vector in it yet)."""
+        if self.opened_at is None:
+            return None
+        w = self.settings.window_seconds
+        return (math.floor(self.opened_at / w) + 1) * w
+
+    # ---------------------------------------------------------------- ingest
+    def accept_behaviors(self, batch: BehaviorBatch, population: str = BEHAVIORS_POPULATION,
+                         feature_names: Sequence[str] | None = None) -> IngestResult:
+        """Add a request's behaviour vectors to the open window, durably (returns once logged).
+
+        The population's dimension is fixed by its first vector (or ``--features``): a batch
+        of another dimension is refused whole, each row counted in ``rejected``. Raises
+        :class:`ApiError` 429 when the open window holds ``max_window_rows`` vectors, 503
+        while draining; then nothing changed.
+        """
+        errors = list(batch.errors)
+        with self._lock:
+            self._check_open()
+            pop = self._population(population)
+            if batch.size == 0:
+                return self._count(population_kind(population), 0, errors)
+            d = batch.X.shape[1]
+            if pop.dimension is not None and d != pop.dimension:
+                errors += [LineError(0, f"agent {a}: features has {d} values; this node's {population} "
+                                        f"vectors have {pop.dimension}") for a in batch.agent_ids]
+                return self._count(population_kind(population), 0, errors)
+            if self.window_rows + batch.size > self.settings.max_window_rows:
+                raise ApiError(429, f"the open window holds {self.window_rows} vectors (limit "
+                                    f"{self.settings.max_window_rows}): retry after it closes",
+                               code="overloaded", headers={"Retry-After": str(self._retry_after())})
+            at = self.settings.clock()
+            meta = {"population": population, "agents": batch.agent_ids, "cohorts": batch.cohorts, "d": d,
+                    "feature_names": list(feature_names) if feature_names else None}
+            self.log.append(BEHAVIORS, at, meta, batch.X)
+            self._apply_behaviors(at, meta, batch.X)
+            self.metrics.queue_depth.labels("window_rows").set(self.window_rows)
+            return self._count(population_kind(population), batch.size, errors)
+
+    def _apply_behaviors(self, at: float, meta: dict[str, Any], X: np.ndarray) -> None:
+        pop = self._population(meta["population"])
+        pop.dimension = int(meta["d"])
+        if meta.get("feature_names") and pop.feature_names is None:
+            pop.feature_names = list(meta["feature_names"])
+        pop.window.add(list(meta["agents"]), X, list(meta["cohorts"]))
+        if self.opened_at is None:
+            self.opened_at = at
+
+    def accept_evidence(self, batch: EvidenceBatch) -> IngestResult:
+        """Store a request's evidence in every population's consensus, durably; a row the
+        consensus refuses (an id already held with other content, ...) is refused alone."""
+        errors = list(batch.errors)
+        with self._lock:
+            self._check_open()
+            rows, lines = list(batch.rows), list(batch.lines)
+            if rows and not self._evidence_ok(rows):
+                keep = []
+                for row, line in zip(rows, lines, strict=True):
+                    problem = self._evidence_problem([row])
+                    if problem is None:
+                        keep.append((row, line))
+                    else:
+                        errors.append(LineError(line, problem))
+                keep, clashes = _without_clashes(keep)
+                errors += clashes
+                rows, lines = [r for r, _ in keep], [n for _, n in keep]
+                problem = self._evidence_problem(rows) if rows else None
+                if problem is not None:        # cannot happen after the checks above; refuse all, change nothing
+                    errors += [LineError(n, problem) for n in lines]
+                    rows, lines = [], []
+            if rows:
+                at = self.settings.clock()
+                meta = {"rows": [[r.evidence_id, r.agent_id, r.evidence_type.value, r.log_odds, r.confidence,
+                                  r.timestamp, r.source_node] for r in rows]}
+                self.log.append(EVIDENCE, at, meta)
+                self._apply_evidence(at, meta)
+            errors.sort(key=lambda e: e.line)
+            return self._count("evidence", len(rows), errors)
+
+    @staticmethod
+    def _evidence_columns(rows: list[list[Any]]) -> tuple:
+        cols = list(zip(*rows, strict=True))
+        return (np.array(cols[0], dtype=object), np.array(cols[1], dtype=object),
+                [EvidenceType(t) for t in cols[2]], np.array(cols[3], dtype=np.float64),
+                np.array(cols[4], dtype=np.float64), np.array(cols[5], dtype=np.float64),
+                np.array(cols[6], dtype=object))
+
+    def _evidence_problem(self, rows: list) -> str | None:
+        columns = self._evidence_columns([[r.evidence_id, r.agent_id, r.evidence_type.value, r.log_odds,
+                                           r.confidence, r.timestamp, r.source_node] for r in rows])
+        try:
+            for pop in self.populations.values():
+                pop.check_evidence(columns)
+        except SwarmGuardError as exc:
+            return one_line(exc)
+        return None
+
+    def _evidence_ok(self, rows: list) -> bool:
+        return self._evidence_problem(rows) is None
+
+    def _apply_evidence(self, at: float, meta: dict[str, Any]) -> None:
+        self._at = at
+        columns = self._evidence_columns(meta["rows"])
+        for pop in self.populations.values():
+            pop.ingest_evidence(columns)
+
+    # ---------------------------------------------------------------- windows
+    def open_window(self, at: float) -> None:
+        """Count ``at`` as an arrival in the open window (the first one opens it)."""
+        if self.opened_at is None:
+            self.opened_at = at
+
+    def window_due(self, now: float | None = None) -> bool:
+        end = self.window_end()
+        return end is not None and (self.settings.clock() if now is None else now) >= end
+
+    def close_window(self) -> list[WindowOutcome]:
+        """Close the open window now: one detector round per population with vectors in it
+        (logged first, so a restart replays it). Returns the outcomes ([]: nothing was open)."""
+        with self._lock:
+            if self.opened_at is None:
+                return []
+            at = self.settings.clock()
+            self.log.append(CLOSE_WINDOW, at, {})
+            outcomes = self._apply_close(at, live=True)
+            self.metrics.queue_depth.labels("window_rows").set(0)
+            return outcomes
+
+    def _apply_close(self, at: float, live: bool) -> list[WindowOutcome]:
+        self._at = at
+        for extension in self.extensions:      # e.g. spans become vectors in the open window
+            extension.before_close(at)
+        self.opened_at = None
+        outcomes = []
+        for pop in self.populations.values():
+            outcome = pop.close_window()
+            if outcome is None:
+                continue
+            outcomes.append(outcome)
+            for agent in outcome.isolated:
+                state = pop.agents[agent]
+                self.events.publish({"type": "isolation", "agent_id": agent, "population": pop.name,
+                                     "cohort": state.cohort, "severity": state.severity,
+                                     "p_value": state.p_value, "score": state.score,
+                                     "window": outcome.window, "at": at})
+            if live:
+                self.metrics.isolations.inc(len(outcome.isolated))
+            self.metrics.agents.labels(pop.name).set(len(pop.agents))
+        if live and outcomes:
+            self.metrics.windows_closed.inc()
+        return outcomes
+
+    # ---------------------------------------------------------------- restart
+    def replay(self) -> int:
+        """Rebuild the state from the durable log (the constructor's first step); the records read."""
+        count = 0
+        with self._lock:
+            for record in self.log.records():
+                self._apply(record)
+                count += 1
+        return count
+
+    def _apply(self, record: LogRecord) -> None:
+        if record.kind == BEHAVIORS:
+            self._apply_behaviors(record.at, record.meta, record.matrix)
+        elif record.kind == EVIDENCE:
+            self._apply_evidence(record.at, record.meta)
+        elif record.kind == CLOSE_WINDOW:
+            self._apply_close(record.at, live=False)
+        else:
+            for extension in self.extensions:
+                if record.kind in extension.kinds:
+                    extension.apply(record)
+
+    # ---------------------------------------------------------------- life cycle
+    def _check_open(self) -> None:
+        if self.state == "draining":
+            raise ApiError(503, "the node is shutting down", code="draining", headers={"Retry-After": "5"})
+
+    def _retry_after(self) -> int:
+        end = self.window_end()
+        wait = 1 if end is None else end - self.settings.clock()
+        return max(1, int(math.ceil(wait)))
+
+    def _count(self, kind: str, accepted: int, errors: list[LineError]) -> IngestResult:
+        self.metrics.accepted.labels(kind).inc(accepted)
+        self.metrics.refused.labels(kind).inc(len(errors))
+        return IngestResult(accepted, len(errors), errors)
+
+    def drain(self) -> list[WindowOutcome]:
+        """Stop taking writes (readyz 503, ingest 503), then close the open window."""
+        with self._lock:
+            self.state = "draining"
+            if self.opened_at is None:
+                return []
+            at = self.settings.clock()
+            self.log.append(CLOSE_WINDOW, at, {})
+            return self._apply_close(at, live=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self.log.close()
+            for pop in self.populations.values():
+                pop.detector.close()
+
+    # ---------------------------------------------------------------- queries
+    def find_agent(self, agent_id: str, population: str | None = None):
+        """(population, state) of an agent seen in a closed window (None: unknown)."""
+        with self._lock:
+            pops = [self.populations[population]] if population in self.populations else (
+                [] if population else list(self.populations.values()))
+            for pop in pops:
+                state = pop.agents.get(agent_id)
+                if state is not None:
+                    return pop, state
+        return None
+
+
+def node_extensions() -> list:
+    """The extension factories every node is built with (module docstring): the OTLP span
+    ingest when ``opentelemetry-proto`` is installed."""
+    try:
+        from ..otlp.traces import SpanIngest
+    except ImportError:                 # no opentelemetry-proto: no POST /v1/traces
+        return []
+    return [SpanIngest]
+
+
+def _without_clashes(rows: list) -> tuple[list, list[LineError]]:
+    """``(evidence, line)`` pairs less those whose id another line of the same body uses with
+    other content (each such line refused, naming the other); exact repeats are kept."""
+    first: dict[Any, tuple[Any, int]] = {}
+    clashing: set[Any] = set()
+    for row, line in rows:
+        seen = first.setdefault(row.evidence_id, (row, line))
+        if seen[0] != row:
+            clashing.add(row.evidence_id)
+    errors = [LineError(line, f"evidence_id {row.evidence_id!r} appears in line {first[row.evidence_id][1]} "
+                              "with other content") for row, line in rows if row.evidence_id in clashing]
+    return [(r, n) for r, n in rows if r.evidence_id not in clashing], errors
+
+
+def population_kind(population: str) -> str:
+    """The ``/metrics`` kind of a population's items (behaviors; spans for OTLP's)."""
+    return population

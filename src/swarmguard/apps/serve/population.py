@@ -1,0 +1,153 @@
+"""``Population``: one detector over one kind of behaviour vector, its open window and its agents.
+
+A node keeps separate populations (``/v1/behaviors`` vectors and OTLP-derived
+vectors are not comparable): each has its own detector, dimension, feature
+names and agent table. Not thread-safe by itself: the node calls it under its lock.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ...api import DistributedBehavioralDetector
+from ...errors import UnknownAgentError
+from ...structures.chi2 import chi2_logsf
+from .agent_state import AgentState, severities
+from .settings import ServeSettings
+from .window import WindowBuffer
+
+__all__ = ["Population", "WindowOutcome"]
+
+
+@dataclass(frozen=True)
+class WindowOutcome:
+    """A closed window of one population: the agents scored and the newly isolated ones."""
+
+    population: str
+    window: int
+    agents: int
+    isolated: list[str]
+
+
+class Population:
+    """Detector + open window + latest result per agent (module docstring)."""
+
+    def __init__(self, name: str, settings: ServeSettings, clock, dimension: int | None = None):
+        self.name = name
+        self.region = settings.region
+        self.dimension = dimension
+        self.feature_names: list[str] | None = None
+        params: dict[str, Any] = dict(clock=clock, default_region=settings.region,
+                                      node_id=f"serve:{settings.region}:{name}",
+                                      significance_level=settings.significance_level,
+                                      require=settings.require, feature_dimensions=dimension,
+                                      auto_sync_seconds=None)
+        if settings.warm_up is not None:
+            params["warm_up"] = settings.warm_up
+        if settings.address is not None:
+            params["address"] = settings.address
+        self.detector = DistributedBehavioralDetector(backend=settings.backend, **params)
+        self.window = WindowBuffer()
+        self.agents: dict[str, AgentState] = {}
+        self.windows_closed = 0
+
+    def names(self) -> list[str]:
+        """The feature names (``f0``, ``f1``, … unless the feeder named them)."""
+        d = self.dimension or 0
+        return self.feature_names if self.feature_names else [f"f{j}" for j in range(d)]
+
+    def close_window(self) -> WindowOutcome | None:
+        """One detector round of the agents active in the open window (None: nobody was)."""
+        if not len(self.window):
+            return None
+        ids, X, cohorts = self.window.take()
+        cohort_arr = np.array([c if c is not None else self.region for c in cohorts])
+        result = self.detector.process_round(ids, X, self.region, cohorts=cohort_arr)
+        self.windows_closed += 1
+        d2 = np.asarray(result.mahalanobis_squared, dtype=np.float64)
+        log_p = np.asarray(chi2_logsf(d2, X.shape[1]), dtype=np.float64)
+        isolate = np.asarray(result.isolate, dtype=bool).tolist()
+        newly: list[str] = []
+        window, name, agents = self.windows_closed, self.name, self.agents
+        columns = zip(ids.tolist(), d2.tolist(), np.exp(log_p).tolist(), log_p.tolist(), severities(log_p).tolist(),
+                      isolate, cohorts, np.asarray(result.confidence, dtype=np.float64).tolist(), X, strict=True)
+        for agent, score, p, lp, severity, iso, cohort, cf, x in columns:   # X is the window's own copy
+            before = agents.get(agent)
+            was = before is not None and before.isolated
+            if iso and not was:
+                newly.append(agent)
+            agents[agent] = AgentState(agent, name, score, p, lp, severity, was or iso, cohort, cf, x, window)
+        return WindowOutcome(self.name, self.windows_closed, len(ids), newly)
+
+    def ingest_evidence(self, columns: tuple) -> int:
+        return self.detector.ingest_evidence(*columns)
+
+    def check_evidence(self, columns: tuple) -> None:
+        self.detector.consensus.check_evidence_batch(*columns)
+
+    # ---------------------------------------------------------------- queries
+    def consensus_of(self, agent_id: str) -> dict[str, Any]:
+        try:
+            c = self.detector.consensus.consensus(agent_id)
+        except UnknownAgentError:
+            return {"probability": None, "log_odds": None, "evidence_count": 0, "consensus_reached": False}
+        return {"probability": c["probability"], "log_odds": c["log_odds"],
+                "evidence_count": c["evidence_count"], "consensus_reached": c["consensus_reached"],
+                "source_count": c["source_count"]}
+
+    def contributions(self, state: AgentState) -> list[dict[str, Any]]:
+        """Each feature's share of the agent's squared distance (from its latest vector against
+        the population as it is now), with the population's mean (typical) and its value."""
+        stats = self.detector.tree.get_global_statistics()
+        typical = np.asarray(stats["mean"], dtype=np.float64)
+        try:
+            shares = np.asarray(self.detector.protocol.score_agent_sync(state.agent_id)["feature_contributions"],
+                                dtype=np.float64)
+        except Exception:                 # too few agents to score: no split of the distance
+            shares = np.full(typical.shape, np.nan)
+        total = float(np.nansum(shares))
+        part = shares / total if total > 0 else np.full(shares.shape, np.nan)
+        rows = []
+        for j, name in enumerate(self.names()):
+            rows.append({"feature": name, "share": _finite(part[j]), "typical": _finite(typical[j]),
+                         "actual": float(state.features[j])})
+        rows.sort(key=lambda r: -(r["share"] or 0.0))
+        return rows
+
+    def cohort_summary(self, cohort: str | None) -> dict[str, Any] | None:
+        """count (agents), mean, covariance summary and score distribution of a cohort ("": all)."""
+        tree = self.detector.tree
+        members = [s for s in self.agents.values() if not cohort or (s.cohort or self.region) == cohort]
+        if not members:
+            return None
+        try:
+            stats = tree.get_global_statistics() if not cohort else tree.get_cohort_statistics((cohort,))
+        except KeyError:
+            return None
+        cov = np.atleast_2d(np.asarray(stats.get("covariance"), dtype=np.float64)) if stats["count"] > 1 else None
+        scores = np.array([s.score for s in members])
+        out: dict[str, Any] = {
+            "population": self.name, "cohort": cohort or "", "count": int(stats["count"]),
+            "mean": [_finite(v) for v in np.asarray(stats["mean"], dtype=np.float64).tolist()],
+            "features": self.names(),
+            "isolated": sum(s.isolated for s in members),
+        }
+        if cov is not None:
+            eig = np.linalg.eigvalsh(cov)
+            out["covariance"] = {"trace": float(np.trace(cov)), "log_determinant": float(np.sum(np.log(np.clip(eig, 1e-300, None)))),
+                                 "largest_eigenvalue": float(eig[-1]), "std": np.sqrt(np.clip(np.diag(cov), 0, None)).tolist()}
+        q = np.quantile(scores, [0.5, 0.9, 0.99]) if scores.size else [None] * 3
+        out["scores"] = {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2]), "max": float(scores.max())}
+        return out
+
+    def cohorts(self) -> list[str]:
+        return sorted({s.cohort or self.region for s in self.agents.values()})
+
+
+def _finite(v: float) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None

@@ -1,0 +1,45 @@
+"""``/healthz``, ``/readyz``, ``/metrics`` and ``POST /v1/admin/close-window``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from .auth import requires
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="The process answers (no token)")
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Ready for traffic (no token); 503 while starting or draining")
+def readyz(request: Request) -> JSONResponse:
+    node = getattr(request.app.state, "node", None)
+    state = "starting" if node is None else node.state
+    if state != "ready":
+        return JSONResponse({"error": f"node is {state}"}, status_code=503, headers={"Retry-After": "1"})
+    return JSONResponse({"status": "ready"})
+
+
+@router.get("/metrics", summary="Prometheus metrics (a read token unless --metrics-public)")
+def metrics(request: Request) -> Response:
+    if not request.app.state.settings.metrics_public:
+        requires("read")(request)
+    node = request.app.state.node
+    body, content_type = node.metrics.render()
+    return Response(body, media_type=content_type)
+
+
+@router.post("/v1/admin/close-window", summary="Close the open window now (admin)",
+             dependencies=[Depends(requires("admin"))])
+async def close_window(request: Request) -> dict:
+    """Runs the open window's round now; ``{"closed": [{"population", "window", "agents", "isolated"}]}``."""
+    outcomes = await run_in_threadpool(request.app.state.node.close_window)
+    return {"closed": [{"population": o.population, "window": o.window, "agents": o.agents,
+                        "isolated": o.isolated} for o in outcomes]}

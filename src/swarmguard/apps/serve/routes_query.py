@@ -1,0 +1,118 @@
+"""``GET /v1/agents``, ``/v1/agents/{id}``, ``/v1/populations[/{cohort}]`` and the ``/v1/events`` stream."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import time
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+
+from .auth import requires
+from .http_errors import ApiError
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["query"], dependencies=[Depends(requires("read"))])
+
+
+@router.get("/v1/agents", summary="The most anomalous agents")
+def list_agents(request: Request, top: int = Query(10, ge=1, le=100_000), cohort: str | None = None,
+                population: str | None = None) -> dict:
+    """``{"agents": [{"agent_id", "severity", "p_value", "score", "isolated", "cohort", "population"}]}``,
+    the ``top`` highest scores (squared distance) first; ``cohort`` / ``population`` filter."""
+    node = request.app.state.node
+    with node.lock:
+        states = [s for p in node.populations.values() if population in (None, p.name)
+                  for s in p.agents.values() if cohort is None or (s.cohort or node.settings.region) == cohort]
+        best = heapq.nlargest(top, states, key=lambda s: (-s.log_p, s.score))
+        return {"agents": [s.summary() for s in best]}
+
+
+@router.get("/v1/agents/{agent_id:path}", summary="One agent's latest result",
+            responses={404: {"description": "unknown agent (no closed window holds a vector of it)"}})
+def get_agent(request: Request, agent_id: str, population: str | None = None) -> dict:
+    """The agent's list item plus ``contributions`` ([{feature, share, typical, actual}], largest
+    share first), ``consensus`` ({probability, log_odds, evidence_count}), ``confidence_factor``
+    and ``window``."""
+    node = request.app.state.node
+    with node.lock:
+        found = node.find_agent(agent_id, population)
+        if found is None:
+            raise ApiError(404, f"unknown agent {agent_id!r}", code="unknown_agent")
+        pop, state = found
+        out = state.summary()
+        out["contributions"] = pop.contributions(state)
+        out["consensus"] = pop.consensus_of(agent_id)
+        out["confidence_factor"] = state.confidence_factor
+        out["window"] = state.window
+        return out
+
+
+@router.get("/v1/populations", summary="Every cohort's count, mean, covariance and scores")
+def list_populations(request: Request) -> dict:
+    """``{"populations": [{"cohort", "count", "mean", ...}]}``; cohort ``""`` is the whole
+    population; ``count`` counts agents."""
+    node = request.app.state.node
+    with node.lock:
+        out = []
+        for pop in node.populations.values():
+            for cohort in ["", *pop.cohorts()]:
+                summary = pop.cohort_summary(cohort)
+                if summary is not None:
+                    out.append(summary)
+        return {"populations": out}
+
+
+@router.get("/v1/populations/{cohort:path}", summary="One cohort", responses={404: {"description": "unknown cohort"}})
+def get_population(request: Request, cohort: str, population: str | None = None) -> dict:
+    node = request.app.state.node
+    with node.lock:
+        for pop in node.populations.values():
+            if population not in (None, pop.name):
+                continue
+            summary = pop.cohort_summary(cohort)
+            if summary is not None:
+                return summary
+    raise ApiError(404, f"unknown cohort {cohort!r}", code="unknown_cohort")
+
+
+@router.get("/v1/events", summary="Server-Sent Events of isolations")
+async def events(request: Request, since: int | None = Query(None, ge=0),
+                 limit: int | None = Query(None, ge=1, le=1_000_000),
+                 timeout: float | None = Query(None, gt=0, le=86_400)) -> StreamingResponse:
+    """``event: isolation`` per newly isolated agent (``data``: agent_id, population, cohort,
+    severity, p_value, score, window, at). Starts after the newest event, or after ``since``
+    (or the ``Last-Event-ID`` header; ``since=0``: every event still held, the last 10,000);
+    ends after ``limit`` events or ``timeout`` seconds, else when the client leaves."""
+    log = request.app.state.node.events
+    header = request.headers.get("last-event-id")
+    start = since if since is not None else (int(header) if header and header.isdigit() else log.last_id)
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    async def stream():
+        last, sent, idle = start, 0, 0.0
+        yield ": swarmguard isolation events\n\n"
+        while limit is None or sent < limit:
+            batch = log.after(last, None if limit is None else limit - sent)
+            for event_id, data in batch:
+                yield f"id: {event_id}\nevent: isolation\ndata: {json.dumps(data)}\n\n"
+                last, sent = event_id, sent + 1
+            if limit is not None and sent >= limit:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if await request.is_disconnected():
+                break
+            await asyncio.sleep(0.1)
+            idle += 0.1
+            if idle >= 15.0:                       # keep proxies from closing a quiet stream
+                idle = 0.0
+                yield ": keep-alive\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+

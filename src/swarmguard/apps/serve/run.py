@@ -1,0 +1,54 @@
+"""``run_server(settings)``: ``swarmguard serve`` — the app on uvicorn, with a draining SIGTERM.
+
+SIGTERM (or Ctrl-C): the node turns ``draining`` at once (``/readyz`` 503, writes 503),
+uvicorn stops accepting connections and finishes the requests in flight, then the app's
+shutdown closes the open window (its round runs and is logged) and closes the log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+
+from .app import create_app, resolve_data_dir
+from .settings import ServeSettings
+
+__all__ = ["run_server"]
+
+
+def run_server(settings: ServeSettings, say: Callable[[str], None] = print, drain_seconds: float = 0.0) -> None:
+    """Serve until SIGTERM / SIGINT (module docstring); ``say`` prints the start-up lines;
+    ``drain_seconds``: how long ``/readyz`` answers 503 before the listener closes."""
+    import uvicorn
+
+    settings.check_exposure()
+    data_dir, temporary = resolve_data_dir(settings)
+    settings = dataclasses.replace(settings, data_dir=data_dir)
+    app = create_app(settings)
+    scheme = "https" if settings.certfile else "http"
+    say(f"swarmguard serve: {scheme}://{settings.host}:{settings.port} (region {settings.region}, "
+        f"windows of {settings.window_seconds:g} s, backend {settings.backend})")
+    if temporary:
+        say(f"no --data-dir: keeping state in the temporary folder {data_dir} (kept after exit; delete it when done)")
+    else:
+        say(f"state in {data_dir} (replayed on start)")
+    if app.state.tokens is None:
+        say("no --tokens: every caller on this machine may post and read (loopback only)")
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                            ssl_certfile=str(settings.certfile) if settings.certfile else None,
+                            ssl_keyfile=str(settings.keyfile) if settings.keyfile else None,
+                            h11_max_incomplete_event_size=64 * 1024, timeout_graceful_shutdown=30)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):              # readyz 503 first, then uvicorn's own exit
+            node = app.state.node
+            if node is not None:
+                node.state = "draining"
+            if drain_seconds > 0 and not self.should_exit:
+                threading.Timer(drain_seconds, super().handle_exit, (sig, frame)).start()
+            else:
+                super().handle_exit(sig, frame)
+
+    Server(config).run()

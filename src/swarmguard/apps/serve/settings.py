@@ -1,0 +1,92 @@
+"""``ServeSettings``: everything one node of ``swarmguard serve`` is configured with."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...errors import InvalidInputError
+
+__all__ = ["ServeSettings", "DEFAULT_PORT", "DEFAULT_MAX_BODY_BYTES", "is_loopback"]
+
+DEFAULT_PORT = 8470
+DEFAULT_MAX_BODY_BYTES = 64 << 20
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only listens on this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """One node's configuration (the ``swarmguard serve`` options).
+
+    ``data_dir`` holds the durable log (None: the caller makes a temporary
+    folder); ``tokens_file`` the TOML credentials (None: no authentication,
+    loopback only); ``region`` the node's region (every vector's region in the
+    detector); ``window_seconds`` the length of a window on the node's clock;
+    ``features`` the dimension of ``/v1/behaviors`` vectors (None: the first
+    vector fixes it); ``max_body_bytes`` the request body limit, compressed
+    and decompressed; ``metrics_public`` serves ``/metrics`` without a token;
+    ``max_inflight`` ingest requests being worked on at once and
+    ``max_window_rows`` vectors buffered in the open window before ingest
+    answers 429 (bounded memory); ``warm_up`` / ``significance_level`` /
+    ``require`` go to the detector; ``backend`` the engine (``address``: a Ray cluster's, for ``ray``); ``certfile`` / ``keyfile`` serve TLS; ``clock`` the node's clock (arrival time);
+    ``close_windows`` runs the background task that closes windows as the clock
+    passes their end (tests turn it off and close windows themselves).
+    """
+
+    data_dir: Path | None = None
+    tokens_file: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    region: str = "local"
+    window_seconds: float = 60.0
+    features: int | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    metrics_public: bool = False
+    max_inflight: int = 64
+    max_window_rows: int = 2_000_000
+    warm_up: int | None = None
+    significance_level: float = 1e-3
+    require: str = "both"
+    backend: str = "inprocess"
+    address: str | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    clock: Callable[[], float] = field(default=time.time, compare=False)
+    close_windows: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.window_seconds > 0):
+            raise InvalidInputError(f"--window must be > 0 seconds, got {self.window_seconds}")
+        if self.features is not None and self.features < 1:
+            raise InvalidInputError(f"--features must be >= 1, got {self.features}")
+        if self.max_body_bytes < 1:
+            raise InvalidInputError(f"--max-body-bytes must be >= 1, got {self.max_body_bytes}")
+        if self.max_inflight < 1 or self.max_window_rows < 1:
+            raise InvalidInputError("max_inflight and max_window_rows must be >= 1")
+        if self.backend not in ("inprocess", "ray"):
+            raise InvalidInputError(f"--backend must be inprocess or ray, got {self.backend!r}")
+        if self.address is not None and self.backend != "ray":
+            raise InvalidInputError("--address needs --backend ray")
+        if (self.certfile is None) != (self.keyfile is None):
+            raise InvalidInputError("--certfile and --keyfile go together")
+        if not self.region:
+            raise InvalidInputError("--region must not be empty")
+
+    def check_exposure(self) -> None:
+        """Refuse to listen beyond loopback without credentials (anyone could post and read)."""
+        if self.tokens_file is None and not is_loopback(self.host):
+            raise InvalidInputError(
+                f"refusing to listen on {self.host} without --tokens: anyone who can reach it could "
+                "post behaviours and read scores; give a tokens file or bind 127.0.0.1")

@@ -1,0 +1,129 @@
+"""Shared pieces of the serve tests: a manual clock, tokens, a node and its in-process client."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from swarmguard.apps.serve import ServeNode, ServeSettings, create_app  # noqa: E402
+
+TOKENS = """
+[[token]]
+secret = "t-ingest"
+role = "ingest"
+[[token]]
+secret = "t-obs7"
+role = "observer"
+source = "observer-7"
+[[token]]
+secret = "t-obs8"
+role = "observer"
+source = "observer-8"
+[[token]]
+secret = "t-read"
+role = "read"
+[[token]]
+sha256 = "{admin_sha}"
+role = "admin"
+source = "admin-src"
+"""
+ADMIN_SECRET = "t-admin"
+NDJSON = {"Content-Type": "application/x-ndjson"}
+
+
+class ManualClock:
+    """A clock the test moves."""
+
+    def __init__(self, t: float = 1_000_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def auth(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"} if secret else {}
+
+
+def lines(rows) -> bytes:
+    return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+
+
+def population_rows(rng, n: int, d: int, shifted=(), shift=15.0, cohort=None):
+    X = rng.normal(size=(n, d))
+    for i in shifted:
+        X[i] += shift
+    return X, [{"agent_id": f"a-{i}", "features": X[i].tolist(), **({"cohort": cohort(i)} if cohort else {})}
+               for i in range(n)]
+
+
+@pytest.fixture
+def tokens_file(tmp_path: Path) -> Path:
+    import hashlib
+
+    path = tmp_path / "tokens.toml"
+    path.write_text(TOKENS.format(admin_sha=hashlib.sha256(ADMIN_SECRET.encode()).hexdigest()))
+    return path
+
+
+@pytest.fixture
+def make_node(tmp_path: Path, tokens_file: Path):
+    """A factory of (settings, node, client) over one data folder (a restart is a second call)."""
+    made = []
+
+    def make(clock=None, data_dir=None, **options):
+        settings = ServeSettings(clock=clock or ManualClock(), close_windows=False, warm_up=20,
+                                 tokens_file=options.pop("tokens_file", tokens_file), **options)
+        node = ServeNode(settings, data_dir or tmp_path / "data")
+        client = TestClient(create_app(settings, node), raise_server_exceptions=False)
+        made.append(node)
+        return settings, node, client
+
+    yield make
+    for node in made:
+        try:
+            node.close()
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def served(make_node):
+    return make_node()
+
+
+def post_behaviors(client, rows, token="t-ingest", **headers):
+    return client.post("/v1/behaviors", content=lines(rows), headers={**NDJSON, **auth(token), **headers})
+
+
+def post_evidence(client, rows, token="t-obs7"):
+    return client.post("/v1/evidence", content=lines(rows), headers={**NDJSON, **auth(token)})
+
+
+def close_window(client):
+    r = client.post("/v1/admin/close-window", headers=auth(ADMIN_SECRET))
+    assert r.status_code == 200, r.text
+    return r.json()["closed"]
+
+
+def metric(client, name: str, **labels) -> float:
+    """The value of one sample of /metrics (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = client.get("/metrics", headers=auth("t-read")).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+__all__ = ["ManualClock", "auth", "lines", "population_rows", "post_behaviors", "post_evidence",
+           "close_window", "metric", "ADMIN_SECRET", "NDJSON", "np"]

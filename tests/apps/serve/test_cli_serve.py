@@ -1,0 +1,71 @@
+"""``swarmguard serve``'s refusals before it listens, and what it says on start."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from swarmguard.cli import app
+
+
+def _run(*args: str):
+    return CliRunner().invoke(app, ["serve", *args], terminal_width=200)
+
+
+def test_non_loopback_without_tokens_exits_2_with_a_clear_message():
+    out = _run("--host", "0.0.0.0")
+    assert out.exit_code == 2
+    assert re.search(r"refusing to listen on 0\.0\.0\.0 without --tokens", out.output)
+
+
+def test_a_bad_tokens_file_and_bad_options_exit_2(tmp_path):
+    bad = tmp_path / "t.toml"
+    bad.write_text('[[token]]\nsecret = "x"\nrole = "wizard"\n')
+    out = _run("--tokens", str(bad))
+    assert out.exit_code == 2 and "role must be one of" in out.output
+    assert _run("--window", "0").exit_code == 2
+    out = _run("--certfile", "c.pem")
+    assert out.exit_code == 2 and "--certfile and --keyfile go together" in out.output
+    out = _run("--address", "10.0.0.1:6379")
+    assert out.exit_code == 2 and "--backend ray" in out.output
+
+
+def test_without_data_dir_it_says_it_uses_a_temporary_folder(monkeypatch):
+    import uvicorn
+
+    from swarmguard.apps.serve.run import run_server
+    from swarmguard.apps.serve.settings import ServeSettings
+
+    seen = {}
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: seen.setdefault("config", self.config))
+    said: list[str] = []
+    run_server(ServeSettings(port=18999), say=said.append)
+    assert seen["config"].port == 18999 and seen["config"].host == "127.0.0.1"
+    temporary = [line for line in said if "temporary folder" in line]
+    assert temporary and "no --data-dir" in temporary[0]
+    folder = temporary[0].split("temporary folder ", 1)[1].split(" ", 1)[0]
+    import shutil
+    from pathlib import Path
+
+    assert Path(folder).is_dir()
+    shutil.rmtree(folder)
+    with pytest.raises(Exception, match="refusing"):
+        run_server(ServeSettings(host="10.0.0.1"), say=said.append)
+
+
+def test_the_command_line_leaves_the_web_stack_unimported():
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[3] / "src"
+    probe = ("import sys, json; from swarmguard.cli import app; import swarmguard.client; "
+             "print(json.dumps([m for m in ('fastapi', 'uvicorn', 'starlette', 'prometheus_client', 'httpx') "
+             "if m in sys.modules]))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True, timeout=120)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -1,0 +1,213 @@
+"""Durability: the node's state is rebuilt from its data folder; kill -9 loses nothing acknowledged;
+SIGTERM drains (readyz 503, the open window closed and logged)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import (
+    ManualClock,
+    auth,
+    close_window,
+    lines,
+    population_rows,
+    post_behaviors,
+    post_evidence,
+)
+
+SRC = Path(__file__).resolve().parents[3] / "src"
+
+
+def test_a_restarted_node_has_the_same_state(make_node, tmp_path):
+    clock = ManualClock()
+    _, node, client = make_node(clock=clock)
+    rng = np.random.default_rng(2)
+    for w in range(3):
+        _, rows = population_rows(rng, 80, 3, shifted=(5,))
+        post_behaviors(client, rows)
+        post_evidence(client, [{"evidence_id": f"e{w}", "agent_id": "a-5", "evidence_type": "peer_report",
+                                "log_odds": 2.0, "confidence": 0.9, "timestamp": 1.0}])
+        clock.t += 60
+        close_window(client)
+    _, rows = population_rows(rng, 10, 3)
+    post_behaviors(client, rows)                        # the open window: acknowledged, not closed
+    node.close()
+    _, again, client2 = make_node(clock=clock)
+    assert again.replayed == 3 + 3 + 3 + 1
+    a, b = node.populations["behaviors"], again.populations["behaviors"]
+    assert a.agents.keys() == b.agents.keys()
+    for agent, state in a.agents.items():
+        other = b.agents[agent]
+        assert (state.score, state.p_value, state.isolated, state.cohort, state.window) == (
+            other.score, other.p_value, other.isolated, other.cohort, other.window)
+    assert b.agents["a-5"].isolated
+    assert a.detector.consensus.state_fingerprint() == b.detector.consensus.state_fingerprint()
+    assert len(b.window) == 10
+    assert again.events.after(0)[0][1] == node.events.after(0)[0][1]
+    close_window(client2)
+    assert len(b.window) == 0 and b.windows_closed == 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(data_dir: Path, port: int, tokens: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [sys.executable, "-c", "import sys; from swarmguard.cli import app; sys.argv[0] = 'swarmguard'; app()",
+         "serve", "--port", str(port), "--data-dir", str(data_dir), "--tokens", str(tokens),
+         "--window", "3600", "--warm-up", "10", *extra],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _wait_ready(http, proc: subprocess.Popen, deadline_s: float = 60.0) -> None:
+    import httpx
+
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        try:
+            if http.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("the node did not become ready")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_loses_nothing_acknowledged(tmp_path, tokens_file):
+    import httpx
+
+    port, data = _free_port(), tmp_path / "data"
+    rng, pick = np.random.default_rng(9), random.Random(9)
+    acked_vectors: dict[str, list[float]] = {}       # agent -> its last acknowledged vector
+    acked_evidence: dict[str, str] = {}               # evidence id -> its agent
+    closed_acked = 0
+    seq = 0
+    for life in range(4):
+        proc = _start(data, port, tokens_file)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                _wait_ready(http, proc)
+                kill_after = pick.uniform(0.2, 1.2)
+                t0 = time.monotonic()
+                # post until the kill lands mid-stream (a request may be cut; it was never acknowledged)
+                killer = None
+                while True:
+                    if killer is None and time.monotonic() - t0 > kill_after:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                        killer = True
+                    seq += 1
+                    X, rows = population_rows(rng, 20, 3)
+                    for r in rows:
+                        r["agent_id"] = f"L{life}-{seq}-{r['agent_id']}"   # each vector its own agent
+                    ev = [{"evidence_id": f"ev-{seq}", "agent_id": rows[0]["agent_id"], "evidence_type": "peer_report",
+                           "log_odds": 1.0, "confidence": 1.0, "timestamp": 0.0}]
+                    try:
+                        r = http.post("/v1/behaviors", content=lines(rows), headers={
+                            "Content-Type": "application/x-ndjson", **auth("t-ingest")})
+                        if r.status_code == 200:
+                            for row in rows:
+                                acked_vectors[row["agent_id"]] = row["features"]
+                        r = http.post("/v1/evidence", content=lines(ev), headers={
+                            "Content-Type": "application/x-ndjson", **auth("t-obs7")})
+                        if r.status_code == 200:
+                            acked_evidence[ev[0]["evidence_id"]] = ev[0]["agent_id"]
+                        if seq % 7 == 0:
+                            r = http.post("/v1/admin/close-window", headers=auth("t-admin"))
+                            if r.status_code == 200:
+                                closed_acked += 1
+                    except httpx.TransportError:
+                        break
+        finally:
+            _stop(proc)
+    # a last life: everything acknowledged is there
+    proc = _start(data, port, tokens_file)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            _wait_ready(http, proc)
+            r = http.post("/v1/admin/close-window", headers=auth("t-admin"))
+            assert r.status_code == 200
+            assert acked_vectors and acked_evidence
+            listed = http.get("/v1/agents", params={"top": 100_000}, headers=auth("t-read")).json()["agents"]
+            assert set(acked_vectors) <= {a["agent_id"] for a in listed}
+            for agent in pick.sample(sorted(acked_vectors), min(200, len(acked_vectors))):
+                r = http.get(f"/v1/agents/{agent}", headers=auth("t-read"))
+                assert r.status_code == 200, (agent, r.text)
+                actual = {c["feature"]: c["actual"] for c in r.json()["contributions"]}
+                assert [actual[f"f{j}"] for j in range(3)] == acked_vectors[agent]
+            pops = http.get("/v1/populations", headers=auth("t-read")).json()["populations"]
+            whole = [p for p in pops if p["cohort"] == ""][0]
+            assert whole["count"] >= len(acked_vectors)
+            for agent in set(acked_evidence.values()):
+                r = http.get(f"/v1/agents/{agent}", headers=auth("t-read"))
+                assert r.status_code == 200, (agent, r.text)
+                assert r.json()["consensus"]["evidence_count"] >= 1
+    finally:
+        _stop(proc)
+    # the log itself: every acknowledged evidence id is there, under the observer's source
+    from swarmguard.apps.serve.durable_log import EVIDENCE, DurableLog
+
+    logged = {row[0]: row for rec in DurableLog(data).records() if rec.kind == EVIDENCE for row in rec.meta["rows"]}
+    for eid, agent in acked_evidence.items():
+        assert logged[eid][1] == agent and logged[eid][6] == "observer-7"
+    assert closed_acked >= 1
+
+
+@pytest.mark.slow
+def test_sigterm_drains_closes_the_window_and_flushes(tmp_path, tokens_file):
+    import httpx
+
+    port, data = _free_port(), tmp_path / "data"
+    proc = _start(data, port, tokens_file, "--drain-seconds", "1.5")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            _wait_ready(http, proc)
+            _, rows = population_rows(np.random.default_rng(1), 30, 2)
+            r = http.post("/v1/behaviors", content=lines(rows), headers={"Content-Type": "application/x-ndjson",
+                                                                          **auth("t-ingest")})
+            assert r.status_code == 200
+            assert http.get("/v1/agents/a-0", headers=auth("t-read")).status_code == 404   # window open
+            os.killpg(proc.pid, signal.SIGTERM)
+            time.sleep(0.3)
+            r = http.get("/readyz")                          # draining: still listening, not ready
+            assert r.status_code == 503 and r.json() == {"error": "node is draining"}
+            r = http.post("/v1/behaviors", content=lines(rows), headers={"Content-Type": "application/x-ndjson",
+                                                                          **auth("t-ingest")})
+            assert r.status_code == 503 and "retry-after" in r.headers
+            # uvicorn shuts down, then re-raises the signal: the exit is SIGTERM's own
+            assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        _stop(proc)
+    from swarmguard.apps.serve.durable_log import CLOSE_WINDOW, DurableLog
+
+    kinds = [rec.kind for rec in DurableLog(data).records()]
+    assert kinds == ["behaviors", CLOSE_WINDOW]          # the open window was closed on the way out
+    proc = _start(data, port, tokens_file)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            _wait_ready(http, proc)
+            r = http.get("/v1/agents/a-0", headers=auth("t-read"))
+            assert r.status_code == 200 and r.json()["window"] == 1
+    finally:
+        _stop(proc)

@@ -1,0 +1,55 @@
+"""The app's own life: it builds its node in the background, closes windows on the clock, drains on exit."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi.testclient import TestClient
+
+from swarmguard.apps.serve import ServeSettings, create_app
+from swarmguard.apps.serve.durable_log import CLOSE_WINDOW, DurableLog
+
+from .conftest import auth, post_behaviors
+
+
+def test_windows_close_on_the_clock(tmp_path, tokens_file):
+    settings = ServeSettings(data_dir=tmp_path / "data", tokens_file=tokens_file, window_seconds=0.3, warm_up=5)
+    app = create_app(settings)
+    with TestClient(app) as client:
+        for _ in range(200):                              # the node is built in the background
+            if client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.05)
+        assert client.get("/readyz").status_code == 200
+        assert post_behaviors(client, [{"agent_id": "a", "features": [1.0, 2.0]}]).status_code == 200
+        for _ in range(100):                              # the ticker closes the window after ~0.3 s
+            if client.get("/v1/agents/a", headers=auth("t-read")).status_code == 200:
+                break
+            time.sleep(0.05)
+        assert client.get("/v1/agents/a", headers=auth("t-read")).status_code == 200
+
+
+def test_shutdown_drains_and_closes_the_open_window(tmp_path, tokens_file):
+    settings = ServeSettings(data_dir=tmp_path / "data", tokens_file=tokens_file, close_windows=False)
+    app = create_app(settings)
+    with TestClient(app) as client:
+        for _ in range(200):
+            if client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.05)
+        assert post_behaviors(client, [{"agent_id": "b", "features": [1.0, 2.0]}]).status_code == 200
+        node = app.state.node
+        assert "b" not in node.populations["behaviors"].agents
+    assert node.state == "draining" and "b" in node.populations["behaviors"].agents
+    assert [r.kind for r in DurableLog(tmp_path / "data").records()] == ["behaviors", CLOSE_WINDOW]
+
+
+def test_routes_answer_503_until_the_node_is_built(tmp_path, tokens_file):
+    settings = ServeSettings(data_dir=tmp_path / "data", tokens_file=tokens_file, close_windows=False)
+    app = create_app(settings)
+    client = TestClient(app)                              # no lifespan: the node is never built
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json() == {"error": "node is starting"}
+    r = client.get("/v1/agents", headers=auth("t-read"))
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert client.get("/healthz").status_code == 200

@@ -1,0 +1,329 @@
+"""POST /v1/traces: OTLP/HTTP status codes and answers, tokens, durability, the spans population."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("opentelemetry.proto")
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
+
+from swarmguard.apps.otlp.decode import decode_export_response, decode_status  # noqa: E402
+from swarmguard.apps.otlp.features import FEATURE_NAMES  # noqa: E402
+from swarmguard.apps.otlp.fleet_model import make_fleet  # noqa: E402
+from swarmguard.apps.otlp.synthetic import window_requests  # noqa: E402
+from swarmguard.apps.otlp.traces import SpanIngest  # noqa: E402
+
+from .conftest import ADMIN_SECRET, auth, close_window, metric  # noqa: E402
+
+PB = {"Content-Type": "application/x-protobuf"}
+
+
+def _ingest(node) -> SpanIngest:
+    return next(e for e in node.extensions if isinstance(e, SpanIngest))
+
+
+def _request(agents=("a-1", "a-2"), orphans: int = 0) -> bytes:
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = "svc"
+    spans = rs.scope_spans.add().spans
+    for agent in agents:
+        for op in ("invoke_agent", "chat", "execute_tool"):
+            s = spans.add(name=op, start_time_unix_nano=0, end_time_unix_nano=10**9)
+            s.attributes.add(key="gen_ai.agent.id").value.string_value = agent
+            s.attributes.add(key="gen_ai.operation.name").value.string_value = op
+            if op == "chat":
+                s.attributes.add(key="gen_ai.usage.input_tokens").value.int_value = 100
+    for _ in range(orphans):
+        spans.add(name="nobody")
+    return req.SerializeToString()
+
+
+def test_protobuf_export_is_200_with_an_empty_response_and_counts_the_spans(served):
+    _, node, client = served
+    r = client.post("/v1/traces", content=_request(), headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-protobuf"
+    assert not decode_export_response(r.content, "protobuf").HasField("partial_success")
+    assert _ingest(node).pending_spans == 6
+    assert metric(client, "swarmguard_accepted_total", kind="spans") == 6
+
+
+def test_spans_without_an_agent_are_refused_through_partial_success(served):
+    _, node, client = served
+    r = client.post("/v1/traces", content=_request(orphans=3), headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 200
+    partial = decode_export_response(r.content, "protobuf").partial_success
+    assert partial.rejected_spans == 3 and "name no agent" in partial.error_message
+    assert _ingest(node).pending_spans == 6
+    assert metric(client, "swarmguard_refused_total", kind="spans") == 3
+
+
+def test_json_export_answers_in_json(served):
+    _, node, client = served
+    doc = {"resourceSpans": [{"scopeSpans": [{"spans": [
+        {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "chat", "kind": 3,
+         "startTimeUnixNano": "1", "endTimeUnixNano": "2",
+         "attributes": [{"key": "gen_ai.agent.id", "value": {"stringValue": "a-9"}}]},
+        {"spanId": "eee19b7ec3c1b175", "name": "orphan"}]}]}]}
+    r = client.post("/v1/traces", content=json.dumps(doc), headers={"Content-Type": "application/json",
+                                                                     **auth("t-ingest")})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    assert r.json()["partialSuccess"]["rejectedSpans"] == "1"
+    assert _ingest(node).pending_spans == 1
+
+
+@pytest.mark.parametrize(("headers", "body", "status"), [
+    ({**PB}, b"\x0a\x05ab", 400),
+    ({"Content-Type": "application/json"}, b"{nope", 400),
+    ({**PB, "Content-Encoding": "gzip"}, b"not gzip", 400),
+    ({"Content-Type": "text/plain"}, b"hello", 415),
+    ({**PB, "Content-Encoding": "br"}, b"x", 415),
+])
+def test_bad_bodies_get_an_otlp_status_and_change_nothing(served, headers, body, status):
+    _, node, client = served
+    r = client.post("/v1/traces", content=body, headers={**headers, **auth("t-ingest")})
+    assert r.status_code == status
+    encoding = "json" if "json" in headers["Content-Type"] else "protobuf"
+    st = decode_status(r.content, encoding)
+    assert st.code == 3 and st.message and "\n" not in st.message
+    assert _ingest(node).pending_spans == 0 and len(node.log) == 0
+    assert metric(client, "swarmguard_errors_total", status=str(status)) == 1
+
+
+def test_over_the_limit_is_413_compressed_or_not(make_node):
+    _, node, client = make_node(max_body_bytes=2000)
+    big = _request(agents=[f"agent-{i}" for i in range(40)])
+    assert len(big) > 2000
+    r = client.post("/v1/traces", content=big, headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 413
+    packed = gzip.compress(big)
+    assert len(packed) < 2000
+    r = client.post("/v1/traces", content=packed, headers={**PB, "Content-Encoding": "gzip", **auth("t-ingest")})
+    assert r.status_code == 413 and "more than 2000 bytes" in decode_status(r.content, "protobuf").message
+    # a chunked upload (no Content-Length) is refused as it streams
+    r = client.post("/v1/traces", content=iter([big[:1500], big[1500:]]), headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 413
+    assert _ingest(node).pending_spans == 0
+
+
+def test_tokens_401_and_403(served):
+    _, node, client = served
+    assert client.post("/v1/traces", content=_request(), headers=PB).status_code == 401
+    r = client.post("/v1/traces", content=_request(), headers={**PB, **auth("wrong")})
+    assert r.status_code == 401 and decode_status(r.content, "protobuf").code == 16
+    r = client.post("/v1/traces", content=_request(), headers={**PB, **auth("t-read")})
+    assert r.status_code == 403 and decode_status(r.content, "protobuf").code == 7
+    assert client.post("/v1/traces", content=_request(), headers={**PB, **auth(ADMIN_SECRET)}).status_code == 200
+    assert _ingest(node).pending_spans == 6
+
+
+def test_a_full_window_is_429_and_draining_is_503_with_retry_after(make_node):
+    _, node, client = make_node(max_window_rows=10)
+    assert client.post("/v1/traces", content=_request(), headers={**PB, **auth("t-ingest")}).status_code == 200
+    r = client.post("/v1/traces", content=_request(), headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    assert decode_status(r.content, "protobuf").code == 8          # RESOURCE_EXHAUSTED
+    assert _ingest(node).pending_spans == 6
+    node.state = "draining"
+    r = client.post("/v1/traces", content=_request(("a-3",)), headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 503 and "Retry-After" in r.headers and decode_status(r.content, "protobuf").code == 14
+
+
+def test_a_closed_window_scores_the_span_vectors_as_their_own_population(served):
+    _, node, client = served
+    profiles = make_fleet(60, 0, seed=1)
+    for body in window_requests(profiles, np.random.default_rng(0)):
+        assert client.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")}).status_code == 200
+    (closed,) = close_window(client)
+    assert closed["population"] == "spans" and closed["agents"] == 60
+    one = client.get("/v1/agents/agent-000007", headers=auth("t-read")).json()
+    assert one["population"] == "spans"
+    assert {c["feature"] for c in one["contributions"]} == set(FEATURE_NAMES)
+    p = profiles[7]
+    assert one["cohort"] == f"{p.kind}-agents/{p.environment}/{p.region}/{p.kind}/{p.version}/{p.model}"
+    assert node.dimension("behaviors") is None                   # the other population is untouched
+    assert metric(client, "swarmguard_windows_closed_total") == 1
+
+
+def test_a_restart_replays_the_spans_and_gives_the_same_scores(make_node, tmp_path):
+    from .conftest import ManualClock
+
+    clock = ManualClock()
+    profiles = make_fleet(50, 2, seed=4)
+    rng = np.random.default_rng(3)
+    windows = [window_requests(profiles, rng) for _ in range(3)]
+
+    def feed(client, bodies):
+        for body in bodies:
+            assert client.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")}).status_code == 200
+
+    _, node, client = make_node(clock=clock, data_dir=tmp_path / "a")
+    for w in windows[:2]:
+        feed(client, w)
+        clock.t += 1
+        close_window(client)
+    feed(client, windows[2])                 # an open window with spans, then the node dies
+    node.log.close()
+    _, again, client2 = make_node(clock=clock, data_dir=tmp_path / "a")
+    assert _ingest(again).pending_spans == _ingest(node).pending_spans > 0
+    _, fresh, client3 = make_node(clock=ManualClock(), data_dir=tmp_path / "b")
+    for w in windows[:2]:
+        feed(client3, w)
+        close_window(client3)
+    feed(client3, windows[2])
+    close_window(client2)
+    close_window(client3)
+    a = client2.get("/v1/agents?top=50", headers=auth("t-read")).json()["agents"]
+    b = client3.get("/v1/agents?top=50", headers=auth("t-read")).json()["agents"]
+    assert [(x["agent_id"], x["score"]) for x in a] == [(x["agent_id"], x["score"]) for x in b]
+    # novel_tool_share read the replayed tool history: the same vectors
+    va = client2.get("/v1/agents/agent-000003", headers=auth("t-read")).json()["contributions"]
+    vb = client3.get("/v1/agents/agent-000003", headers=auth("t-read")).json()["contributions"]
+    assert {c["feature"]: c["actual"] for c in va} == {c["feature"]: c["actual"] for c in vb}
+
+
+def _uvicorn(settings, node):
+    """The app on a real socket on 127.0.0.1 (a free port), in a thread; (server, url, thread)."""
+    import uvicorn
+
+    from swarmguard.apps.serve import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, node), host="127.0.0.1", port=0,
+                                           log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}", thread
+
+
+@pytest.mark.slow
+def test_a_standard_sdk_exporter_configured_by_environment_works_unchanged(make_node, monkeypatch):
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    settings, node, _ = make_node()
+    server, url, thread = _uvicorn(settings, node)
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Bearer%20t-ingest")
+        provider = TracerProvider(resource=Resource.create({"service.name": "sdk-test",
+                                                            "service.instance.id": "pod-1"}))
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        tracer = provider.get_tracer("test")
+        for i in range(700):                                # two batches of at most 512
+            with tracer.start_as_current_span("invoke_agent") as span:
+                span.set_attribute("gen_ai.operation.name", "invoke_agent")
+                if i % 2:
+                    span.set_attribute("gen_ai.agent.id", f"agent-{i % 5}")
+        assert provider.force_flush(30_000)
+        provider.shutdown()
+        assert _ingest(node).pending_spans == 700
+        outcomes = node.close_window()
+        assert outcomes[0].population == "spans" and outcomes[0].agents == 1 + 5   # pod-1 and agent-0 … agent-4
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.mark.slow
+def test_the_fleet_s_misbehaving_agents_are_the_top_k_within_two_windows(make_node):
+    pytest.importorskip("opentelemetry.sdk")
+    import httpx
+
+    from swarmguard.apps.otlp.fleet import run_fleet
+
+    settings, node, _ = make_node()
+    server, url, thread = _uvicorn(settings, node)
+    try:
+        def close(_window):
+            r = httpx.post(url + "/v1/admin/close-window", headers=auth(ADMIN_SECRET), timeout=60)
+            assert r.status_code == 200, r.text
+
+        report = run_fleet(url, agents=800, misbehaving=4, windows=2, token="t-ingest",
+                           observers=[("observer-7", "t-obs7")], seed=5, read_token="t-read", on_window=close)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    assert report.flushed and sum(report.spans_per_window) == metric_total(node)
+    assert report.evidence_posted > 0 and report.evidence_refused == 0
+    assert report.precision >= 0.95 and report.recall >= 0.95, (report.top, report.misbehaving)
+
+
+def metric_total(node) -> float:
+    return node.metrics.accepted.labels("spans")._value.get()
+
+
+def test_group_commit_makes_records_durable_only_at_commit(tmp_path):
+    from swarmguard.apps.serve.durable_log import DurableLog
+
+    log = DurableLog(tmp_path)
+    seqs = [log.append_grouped("spans", float(i), {"rows": 0, "d": 1, "agents": []}) for i in range(3)]
+    assert len(DurableLog(tmp_path)) == 0                 # another reader: nothing committed yet
+    log.commit_through(seqs[1])                           # one commit covers every record written
+    assert len(DurableLog(tmp_path)) == 3
+    log.commit_through(seqs[2])                           # already durable: no second commit needed
+    s4 = log.append_grouped("spans", 3.0, {"rows": 0, "d": 1, "agents": []})
+    log.append("close", 4.0, {})                          # a plain append commits the open group too
+    assert len(DurableLog(tmp_path)) == 5 and s4 == 4
+    assert [r.kind for r in DurableLog(tmp_path).records()] == ["spans"] * 4 + ["close"]
+
+
+def test_concurrent_exports_are_all_durable_when_acknowledged(make_node, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, node, client = make_node()
+    bodies = [_request(agents=[f"t{i}-a{j}" for j in range(5)]) for i in range(24)]
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(lambda b: client.post("/v1/traces", content=b,
+                                                    headers={**PB, **auth("t-ingest")}).status_code, bodies))
+    assert codes == [200] * 24
+    from swarmguard.apps.serve.durable_log import DurableLog
+
+    assert sum(r.meta["rows"] for r in DurableLog(tmp_path / "data").records()) == 24 * 15
+
+
+def test_too_many_writes_in_flight_is_an_otlp_503_on_traces(make_node):
+    from swarmguard.apps.serve.app import _ServeMiddleware
+
+    _, node, client = make_node(max_inflight=1)
+    client.get("/healthz")                                     # builds the middleware stack
+    stack = client.app.middleware_stack
+    while stack is not None and not isinstance(stack, _ServeMiddleware):
+        stack = getattr(stack, "app", None)
+    assert stack is not None
+    stack.inflight = 1            # the one write slot is taken: the next POST is refused before the route
+    r = client.post("/v1/traces", content=_request(), headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    assert r.headers["content-type"] == "application/x-protobuf"
+    assert decode_status(r.content, "protobuf").code == 14
+    r = client.post("/v1/behaviors", content=b"{}\n", headers={"Content-Type": "application/x-ndjson",
+                                                              **auth("t-ingest")})
+    assert r.status_code == 503 and "error" in r.json()          # the node's other routes keep their JSON
+    stack.inflight = 0
+    assert _ingest(node).pending_spans == 0
+
+
+def test_an_unusable_agent_id_is_refused_through_partial_success(served):
+    _, node, client = served
+    r = client.post("/v1/traces", content=_request(agents=("ok-1", "bad\x00id", "x" * 1001)),
+                    headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 200
+    partial = decode_export_response(r.content, "protobuf").partial_success
+    assert partial.rejected_spans == 6 and "unusable agent id" in partial.error_message
+    assert _ingest(node).pending_spans == 3
+    (closed,) = close_window(client)
+    assert closed["agents"] == 1
