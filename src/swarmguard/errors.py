@@ -33,6 +33,7 @@ __all__ = [
     "MalformedBodyError",
     "UnsupportedMediaTypeError",
     "BodyTooLargeError",
+    "NodeError",
 ]
 
 
@@ -163,3 +164,12 @@ class BodyTooLargeError(InvalidInputError):
     def __init__(self, message: str, limit: int):
         self.limit = limit
         super().__init__(message)
+
+
+class NodeError(SwarmGuardError, RuntimeError):
+    """A ``swarmguard serve`` node refused a request (:mod:`swarmguard.client`): ``status``,
+    ``message`` (its ``error``), ``retry_after``."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None):
+        super().__init__(f"{status}: {message}")
+        self.status, self.message, self.retry_after = status, message, retry_after
