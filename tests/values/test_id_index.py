@@ -66,6 +66,33 @@ def test_index_run_of_consecutive_ids_then_broken():
         assert other._ints._run_lo is None and other.rows_of(bad).tolist() == rows.tolist()
 
 
+def test_the_scalar_look_up_agrees_with_the_batch_one_in_every_mode():
+    """row_of's per-item fast paths (run mode, dense table, str dict) give what rows_of gives,
+    also at the edges: ids beyond the run or the table, the int64 ends, ints beyond 64 bits,
+    a bool (not an int id), numpy integers."""
+    lo, hi = -(1 << 63), (1 << 63) - 1
+    run = IdIndex()
+    run.add_new(np.arange(1000, 2000))
+    table = IdIndex()
+    table.add_new(np.random.default_rng(0).permutation(3000)[:1000])
+    mixed = IdIndex()
+    mixed.add_new(np.array([5, 9, 2]))
+    mixed.add("agent")
+    mixed.add(1 << 70)
+    strs = IdIndex()
+    strs.rows(np.array(["a", "b", "agent"]), create=True)
+    assert run._ints._run_lo == 1000 and table._ints._table is not None and not mixed.is_integer
+    for index in (run, table, mixed, strs):
+        int_probes = [999, 1000, 1500, 1999, 2000, 0, 2, 5, 9, 2999, 3000, -1, lo, hi]
+        expected = index.rows_of(np.array(int_probes, dtype=np.int64)).tolist()
+        assert [index.row_of(k) for k in int_probes] == expected
+        assert [index.row_of(np.int64(k)) for k in int_probes] == expected
+        assert index.row_of(1 << 64) == -1 and index.row_of(hi + 1) == -1 and index.row_of(lo - 1) == -1
+        str_probes = ["a", "agent", "b", "c", ""]
+        assert [index.row_of(k) for k in str_probes] == index.rows_of(np.array(str_probes)).tolist()
+    assert mixed.row_of(1 << 70) == 4 and mixed.row_of(True) == -1 and mixed.row_of(2) == 2
+    assert run.row_of(True) == -1            # a bool is no int id, even where 1 would be in range
+
 
 # ---------------------------------------------------------------------- the replicas' batches (from test_agent_index.py)
 def test_rows_follow_first_sight_and_are_stable():

@@ -271,11 +271,23 @@ class IdIndex:
     # ------------------------------------------------------------------ look-ups
     def row_of(self, key: Hashable) -> int:
         """Row of ``key``, or -1 (the per-item path)."""
-        ints = self._ints
-        if type(key) is int and ints._table is not None and ints._run_lo is None and self._int_rows is None:
-            pos = key - ints._lo                  # the per-item hot path: one table read
-            return int(ints._table[pos]) if 0 <= pos < ints._table.size else _MISSING
-        if (type(key) is int and -(1 << 63) <= key < (1 << 63)) or _is_int_key(key):
+        # The per-item hot paths first (a Python int or str, as check_wire_id returns it):
+        # arithmetic in run mode, one table read, one dict read; no further calls.
+        kind = type(key)
+        if kind is int:
+            if self._int_rows is None:
+                ints = self._ints
+                lo = ints._run_lo
+                if lo is not None:
+                    pos = key - lo
+                    return pos if 0 <= pos < ints.n else _MISSING
+                table = ints._table
+                if table is not None:
+                    pos = key - ints._lo
+                    return table.item(pos) if 0 <= pos < table.size else _MISSING
+        elif kind is str:
+            return self._obj_rows.get(key, _MISSING)
+        if (kind is int and -(1 << 63) <= key < (1 << 63)) or _is_int_key(key):
             pos = self._ints.find(int(key))
             if pos < 0 or self._int_rows is None:
                 return pos
