@@ -408,25 +408,28 @@ class BehavioralDistributedProtocol(Locked):
         tree._tree.flush()
         d = tree.feature_dimensions
         n_pop, off, m2 = tree._tree.root_state()
-        # Deviations from the shift first, in the tree's units (a power of two
-        # per feature, so nothing squared under- or overflows): the digits
-        # below the data's magnitude survive, as in the moments.
-        if rows is not None:
-            DX = tree._tree.deviations(rows)
-        else:
-            DX = np.take(tree._tree.X, slots, axis=0)
-            DX -= tree._tree.shift
-            DX *= tree._tree.unit
+        score_group = None
         if self.scoring in TRIMMED_MODES:
             d2, p, warm, shares, DX, kept = self._trimmed_population(slots, rows, n_pop, explain)
-            score_group = self._trimmed_group_scorer(kept)
         else:
+            # Deviations from the shift first, in the tree's units (a power of two
+            # per feature, so nothing squared under- or overflows): the digits
+            # below the data's magnitude survive, as in the moments.
+            if rows is not None:
+                DX = tree._tree.deviations(rows)
+            else:
+                DX = np.take(tree._tree.X, slots, axis=0)
+                DX -= tree._tree.shift
+                DX *= tree._tree.unit
             d2, p, warm, shares = score_population(DX - off, n_pop, off, m2, self.shrinkage, self.warm_up,
                                                    explain)
-            score_group = None
         out: dict[str, Any] = {"agent_ids": ids, "population_count": int(round(n_pop))}
         if self.score_levels == "all":
-            groups = self._cohort_groups(slots, DX, trimmed=score_group is not None)
+            trimmed_counts: dict[Path, float] | None = None
+            if self.scoring in TRIMMED_MODES:
+                trimmed_counts = {}
+                score_group = self._trimmed_group_scorer(kept, trimmed_counts)
+            groups = self._cohort_groups(slots, DX, trimmed_counts)
             decision_p, any_warm, _, levels = combine_levels(p, warm, groups, self.shrinkage, self.warm_up,
                                                              score=score_group)
             out["levels"] = {(): {"rows": np.arange(slots.size), "count": int(round(n_pop)),
@@ -471,18 +474,19 @@ class BehavioralDistributedProtocol(Locked):
         warm = bool(n_pop >= self.warm_up and scorer.ok)
         return d2, chi2_sf(d2, DX.shape[1]), warm, shares, DX, kept
 
-    def _trimmed_group_scorer(self, kept: np.ndarray):
-        """For :func:`combine_levels`: a cohort's rows scored against its trimmed moments."""
+    def _trimmed_group_scorer(self, kept: np.ndarray, trimmed_counts: dict[Path, float]):
+        """For :func:`combine_levels`: a cohort's rows scored against its trimmed moments
+        (``count`` there is the cohort's members, its kept ones are in ``trimmed_counts``)."""
         shrinkage = self.shrinkage
 
-        def score(rows: np.ndarray, count: float, offset: np.ndarray, m2: np.ndarray, E: np.ndarray):
-            scorer = TrimmedScorer(count, offset, m2, shrinkage)
+        def score(key: Path, rows: np.ndarray, count: float, offset: np.ndarray, m2: np.ndarray, E: np.ndarray):
+            scorer = TrimmedScorer(trimmed_counts[key], offset, m2, shrinkage)
             if not scorer.ok:
                 return np.zeros(E.shape[0]), False
             return scorer.score_many(E, kept[rows]), scorer.inside.ok
         return score
 
-    def _cohort_groups(self, slots: np.ndarray, DX: np.ndarray, trimmed: bool = False):
+    def _cohort_groups(self, slots: np.ndarray, DX: np.ndarray, trimmed_counts: dict | None = None):
         """Per cohort above the rows: ``(path, rows, count, offset, m2, deviations)`` for
         :func:`~swarmguard.structures.scoring.combine_levels`.
 
@@ -509,5 +513,8 @@ class BehavioralDistributedProtocol(Locked):
                 a = int(key[group[0]])
                 if a < 0:
                     continue
-                cn, coff, cm2 = tree._trimmed_state(a) if trimmed else tree._cohort_state(a)
+                cn, coff, cm2 = tree._cohort_state(a)
+                if trimmed_counts is not None:     # the members' count; the kept members' moments
+                    tn, coff, cm2 = tree._trimmed_state(a)
+                    trimmed_counts[cohorts.paths[a]] = tn
                 yield cohorts.paths[a], group, cn, coff, cm2, DX[group] - coff

@@ -219,7 +219,7 @@ def combine_levels(p_population: np.ndarray, population_warm: bool,
     p-value times its number of levels (capped at 1), whether some level
     decides, the levels per row, and per cohort ``{"rows", "count",
     "mahalanobis_squared", "p_value", "warming_up"}``. ``score``, when given, scores a
-    cohort's rows instead of the leave-one-out scorer: ``score(rows, count, offset, m2, E)``
+    cohort's rows instead of the leave-one-out scorer: ``score(key, rows, count, offset, m2, E)``
     returns ``(d2, ok)`` (a scoring mode's own rule, e.g. trimmed moments).
     """
     p_min = (p_population if population_warm else np.ones_like(p_population)).copy()
@@ -231,7 +231,7 @@ def combine_levels(p_population: np.ndarray, population_warm: bool,
             sc = LeaveOneOutScorer(count, offset, m2, shrinkage)
             cd2, ok = sc.score_many(E), sc.ok
         else:
-            cd2, ok = score(rows, count, offset, m2, E)
+            cd2, ok = score(key, rows, count, offset, m2, E)
         cp = chi2_sf(cd2, E.shape[1])
         warm = count >= warm_up and ok
         reports[key] = {"rows": rows, "count": int(round(count)), "mahalanobis_squared": cd2, "p_value": cp,

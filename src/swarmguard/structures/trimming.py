@@ -83,8 +83,8 @@ def consistency_factor(d: int, quantile: float = TRIM_QUANTILE) -> float:
     """``q / P(χ²_{d+2} <= χ²_d(q))`` (> 1): how much a Gaussian covariance trimmed at
     ``χ²_d(q)`` underestimates the covariance (Croux & Haesbroeck, 1999).
 
-    >>> round(consistency_factor(1), 4)    # q / P(χ²₃ <= 5.024)
-    1.1936
+    >>> round(consistency_factor(1), 4)    # 0.975 / P(χ²₃ <= 5.024) = 0.975 / 0.8299
+    1.1748
     """
     return quantile / float(_special().chdtr(d + 2, trim_threshold(d, quantile)))
 
