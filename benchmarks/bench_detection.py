@@ -263,11 +263,11 @@ def main() -> None:
     methods = [s.strip() for s in a.methods.split(",") if s.strip()] or list(SCORING_MODES) + list(PEERS)
     data = load_datasets(a.data, names)
     runs = method_runs(methods, a.peer_cap, a.peer_timeout)
-    table: dict[str, dict[str, Cell]] = {m: {} for m in runs}
+    table: dict[str, dict[str, Cell | None]] = {m: {} for m in runs}
     t0 = time.perf_counter()
     for ds in data:
         for m, run in runs.items():
-            table[m][ds.name] = measure(ds.y, lambda run=run: run(ds.X))
+            table[m][ds.name] = measure(ds.y, lambda run=run, X=ds.X: run(X))
         print(f"{ds.name:>12} (n={ds.X.shape[0]:,}, d={ds.X.shape[1]}): "
               + ", ".join(f"{m} {'-' if table[m][ds.name] is None else f'{table[m][ds.name].roc_auc:.3f}'}"
                           for m in runs), flush=True)

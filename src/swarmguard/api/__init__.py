@@ -1,5 +1,6 @@
 """The guide's public classes (validation of user input happens here, once)."""
 
+from ..structures.scoring_modes import DEFAULT_SCORING, SCORING_MODES
 from .cap import (
     ConsistencyModel,
     QuorumUnavailableError,
@@ -18,7 +19,6 @@ from .evidence_types import BayesianEvidence, EvidenceType, map_to_evidence_type
 from .inprocess import InProcessEngine
 from .protocol import BehavioralData, BehavioralDistributedProtocol
 from .tree import HierarchicalStatisticalTree
-from ..structures.scoring_modes import DEFAULT_SCORING, SCORING_MODES
 
 __all__ = [
     "HierarchicalStatisticalTree",

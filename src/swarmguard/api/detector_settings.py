@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidInputError, InvalidTypeError
+from ..structures.scoring_modes import DEFAULT_SCORING
 from ..validation import check_finite_float, check_fraction, check_key, check_positive_int
 from .cap import ConsistencyModel
-from ..structures.scoring_modes import DEFAULT_SCORING
 from .consensus import PROBATION_EVIDENCE
 
 __all__ = ["DetectorSettings", "REQUIRE"]

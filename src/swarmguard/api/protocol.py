@@ -15,17 +15,17 @@ from ..locking import Locked, synchronized_with
 from ..structures.chi2 import chi2_sf
 from ..structures.scoring import MIN_POPULATION, LeaveOneOutScorer, combine_levels, score_population
 from ..structures.scoring_modes import DEFAULT_SCORING, TRIMMED_MODES, check_scoring
-from ..structures.trimming import TrimmedScorer
 from ..structures.significance import chi2_threshold as _chi2_threshold
 from ..structures.significance import resolve_fdr, significance_cut
+from ..structures.trimming import TrimmedScorer
 from ..validation import (
+    as_feature_matrix,
     as_feature_vector,
     check_agent_id,
     check_cohort,
     check_fraction,
     check_positive_int,
 )
-from ..validation import as_feature_matrix
 from .tree import HierarchicalStatisticalTree, Path
 
 __all__ = ["BehavioralData", "BehavioralDistributedProtocol", "read_behavior"]
