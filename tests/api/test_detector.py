@@ -415,14 +415,16 @@ def test_the_per_item_path_calls_parts_methods_replaced_on_the_instance():
 
     plain, wrapped = make(), make()
     calls = {"handle_update_sync": 0, "distributed_evidence_consensus_sync": 0, "should_trigger_response": 0}
+    def counting(inner, name):
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return inner(*args, **kwargs)
+        return counted
+
     for obj, name in ((wrapped.cap_resolver, "handle_update_sync"),
                       (wrapped.consensus, "distributed_evidence_consensus_sync"),
                       (wrapped, "should_trigger_response")):
-        def counted(*args, _inner=getattr(obj, name), _name=name, **kwargs):
-            calls[_name] += 1
-            return _inner(*args, **kwargs)
-
-        setattr(obj, name, counted)
+        setattr(obj, name, counting(getattr(obj, name), name))
     rng = np.random.default_rng(13)
     steps = 120
     for step in range(steps):
