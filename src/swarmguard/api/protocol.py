@@ -15,7 +15,7 @@ from ..locking import Locked, synchronized_with
 from ..structures.chi2 import chi2_sf
 from ..structures.scoring import MIN_POPULATION, LeaveOneOutScorer, combine_levels, score_population
 from ..structures.scoring_modes import DEFAULT_SCORING, TRIMMED_MODES, check_scoring
-from ..structures.trimming import TrimmedScorer
+from ..structures.trimming import TRIM_QUANTILE, TrimmedScorer
 from ..structures.significance import chi2_threshold as _chi2_threshold
 from ..structures.significance import resolve_fdr, significance_cut
 from ..validation import (
@@ -112,7 +112,10 @@ class BehavioralDistributedProtocol(Locked):
         ``"mahalanobis"``, the population's moments; ``"robust"``, its trimmed
         moments (members not flagged under the full moments,
         :mod:`swarmguard.structures.trimming`), which the tree then keeps.
-        Distances are reported under the same names in every mode.
+        Distances are reported under the same names in every mode. A tree built
+        with ``window_rounds`` is scored against its *windowed* moments (the
+        members written in the last rounds, :mod:`swarmguard.structures.window`):
+        members inside the window leave-one-out, stale members as outsiders.
 
     Every public method runs under the protocol's lock and then its tree's
     (:mod:`swarmguard.locking`): a protocol may be shared between threads, and
@@ -202,8 +205,18 @@ class BehavioralDistributedProtocol(Locked):
         slot = self.tree._slot(agent_id)
         return self._score_slot(check_agent_id(agent_id), slot, self.tree._tree.X[slot])
 
-    def _score_slot(self, agent_id: Hashable, slot: int, x: np.ndarray) -> dict[str, Any]:
+    def _subset(self):
+        """The moments a subset mode scores against: ``(tree, counted(slots), state(cid), quantile)``
+        (trimmed moments, or windowed ones), or None when agents are scored against all members."""
+        tree = self.tree
         if self.scoring in TRIMMED_MODES:
+            return tree._trim.tree, tree._trim.kept, tree._trimmed_state, TRIM_QUANTILE
+        if tree._win is not None:
+            return tree._win.tree, tree._win.inside, tree._window_state, None
+        return None
+
+    def _score_slot(self, agent_id: Hashable, slot: int, x: np.ndarray) -> dict[str, Any]:
+        if self.scoring in TRIMMED_MODES or self.tree._win is not None:
             return self._score_slot_trimmed(agent_id, slot, x)
         tree = self.tree
         cohorts = tree._cohorts
@@ -345,12 +358,13 @@ class BehavioralDistributedProtocol(Locked):
         X = as_feature_matrix(X, tree.feature_dimensions)
         tree._tree.flush()
         n_pop = tree._tree.root_state()[0]
-        if self.scoring in TRIMMED_MODES:
-            sub = tree._trim.tree
+        subset = self._subset()
+        if subset is not None:
+            sub = subset[0]
             sub.flush()
             n, off, m2 = sub.root_state()
             E = sub.deviations(X) - off
-            scorer = TrimmedScorer(n, off, m2, self.shrinkage)
+            scorer = TrimmedScorer(n, off, m2, self.shrinkage, quantile=subset[3])
         else:
             n, off, m2 = tree._tree.root_state()
             E = tree._tree.deviations(X) - off
@@ -409,7 +423,8 @@ class BehavioralDistributedProtocol(Locked):
         d = tree.feature_dimensions
         n_pop, off, m2 = tree._tree.root_state()
         score_group = None
-        if self.scoring in TRIMMED_MODES:
+        subset = self._subset()
+        if subset is not None:
             d2, p, warm, shares, DX, kept = self._trimmed_population(slots, rows, n_pop, explain)
         else:
             # Deviations from the shift first, in the tree's units (a power of two
@@ -426,7 +441,7 @@ class BehavioralDistributedProtocol(Locked):
         out: dict[str, Any] = {"agent_ids": ids, "population_count": int(round(n_pop))}
         if self.score_levels == "all":
             trimmed_counts: dict[Path, float] | None = None
-            if self.scoring in TRIMMED_MODES:
+            if subset is not None:
                 trimmed_counts = {}
                 score_group = self._trimmed_group_scorer(kept, trimmed_counts)
             groups = self._cohort_groups(slots, DX, trimmed_counts)
@@ -460,15 +475,15 @@ class BehavioralDistributedProtocol(Locked):
         """Rows scored against the population's trimmed moments: ``(d2, p, warm, shares, DX, kept)``,
         ``DX`` the rows' deviations in the trimmed tree's units, ``kept`` whether each is counted."""
         tree = self.tree
-        sub = tree._trim.tree
+        sub, counted, _, quantile = self._subset()
         sub.flush()
         if rows is not None:
             DX = sub.deviations(rows)
         else:
             DX = sub.deviations(np.take(tree._tree.X, slots, axis=0))
-        kept = tree._trim.kept(slots)
+        kept = counted(slots)
         n_t, off, m2 = sub.root_state()
-        scorer = TrimmedScorer(n_t, off, m2, self.shrinkage)
+        scorer = TrimmedScorer(n_t, off, m2, self.shrinkage, quantile=quantile)
         res = scorer.score_many(DX - off, kept, explain=explain)
         d2, shares = res if explain else (res, None)
         warm = bool(n_pop >= self.warm_up and scorer.ok)
@@ -478,9 +493,10 @@ class BehavioralDistributedProtocol(Locked):
         """For :func:`combine_levels`: a cohort's rows scored against its trimmed moments
         (``count`` there is the cohort's members, its kept ones are in ``trimmed_counts``)."""
         shrinkage = self.shrinkage
+        quantile = self._subset()[3]
 
         def score(key: Path, rows: np.ndarray, count: float, offset: np.ndarray, m2: np.ndarray, E: np.ndarray):
-            scorer = TrimmedScorer(trimmed_counts[key], offset, m2, shrinkage)
+            scorer = TrimmedScorer(trimmed_counts[key], offset, m2, shrinkage, quantile=quantile)
             if not scorer.ok:
                 return np.zeros(E.shape[0]), False
             return scorer.score_many(E, kept[rows]), scorer.inside.ok
@@ -515,6 +531,6 @@ class BehavioralDistributedProtocol(Locked):
                     continue
                 cn, coff, cm2 = tree._cohort_state(a)
                 if trimmed_counts is not None:     # the members' count; the kept members' moments
-                    tn, coff, cm2 = tree._trimmed_state(a)
+                    tn, coff, cm2 = self._subset()[2](a)
                     trimmed_counts[cohorts.paths[a]] = tn
                 yield cohorts.paths[a], group, cn, coff, cm2, DX[group] - coff
