@@ -1,0 +1,204 @@
+"""window_rounds: windowed moments per node, checked against exact arithmetic and NumPy from scratch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from swarmguard import (
+    BehavioralDistributedProtocol,
+    DistributedBehavioralDetector,
+    HierarchicalStatisticalTree,
+    InvalidInputError,
+    InvalidTypeError,
+    Moments,
+)
+from tests._exact import exact_mean_cov
+
+D = 3
+
+
+def play(seed: int = 0, window: int = 3, rounds: int = 9, n: int = 120):
+    """A tree with a window fed rounds of random subsets (batch and per item, moves, removals);
+    returns it and, from our own bookkeeping, each agent's vector, cohort and last round."""
+    rng = np.random.default_rng(seed)
+    tree = HierarchicalStatisticalTree(branching_factor=4, feature_dimensions=D, window_rounds=window)
+    vec, cohort, last = {}, {}, {}
+    names = np.array(["eu", "us", "ap"])
+    for r in range(1, rounds + 1):
+        who = np.sort(rng.choice(n, size=int(rng.integers(10, n // 2)), replace=False))
+        X = rng.normal(size=(who.size, D)) * np.array([1.0, 3.0, 0.5]) + r * np.array([1.0, -2.0, 0.5]) + 1e3
+        regions = names[rng.integers(0, 3, size=who.size)]
+        tree.update_many(who, X, cohorts=regions)        # opens round r
+        for a, x, c in zip(who.tolist(), X, regions.tolist(), strict=True):
+            vec[a], cohort[a], last[a] = x, c, r
+        for a in rng.choice(n, size=4, replace=False).tolist():     # per item, in the open round
+            x = rng.normal(size=D) + r + 1e3
+            c = str(names[rng.integers(0, 3)])
+            tree.update_agent(a, x, cohort=(c,))
+            vec[a], cohort[a], last[a] = x, c, r
+        gone = [a for a in list(vec) if rng.random() < 0.02]
+        for a in gone:
+            tree.remove_agent(a)
+            del vec[a], cohort[a], last[a]
+    return tree, vec, cohort, last
+
+
+def inside_rows(vec, cohort, last, round_now, window, region=None):
+    ids = [a for a in sorted(vec) if last[a] > round_now - window and (region is None or cohort[a] == region)]
+    return ids, np.array([vec[a] for a in ids])
+
+
+@pytest.mark.parametrize("seed,window", [(0, 1), (1, 3), (2, 5)])
+def test_windowed_statistics_are_the_exact_moments_of_the_members_inside(seed, window):
+    tree, vec, cohort, last = play(seed, window)
+    assert tree.current_round == 9
+    for region in (None, "eu", "us", "ap"):
+        ids, X = inside_rows(vec, cohort, last, 9, window, region)
+        s = tree.get_window_statistics(() if region is None else (region,))
+        assert s["count"] == len(ids) > 2
+        mean, cov = exact_mean_cov(X)
+        assert np.allclose(s["mean"], mean, rtol=1e-13, atol=0)
+        assert np.allclose(s["covariance"], cov, rtol=1e-11, atol=1e-11 * np.abs(cov).max())
+    # the full moments are untouched by the window: everyone, stale or not
+    assert tree.get_global_statistics()["count"] == len(vec)
+    ids = sorted(vec)
+    assert tree.in_window(ids).tolist() == [last[a] > 9 - window for a in ids]
+
+
+def test_cohorts_windowed_moments_merge_into_the_populations():
+    tree, vec, cohort, last = play(3, 3)
+    parts = []
+    for region in ("eu", "us", "ap"):
+        _, X = inside_rows(vec, cohort, last, 9, 3, region)
+        s = tree.get_window_statistics((region,))
+        m = Moments.from_array(X)
+        assert m.count == s["count"] and np.allclose(m.mean, s["mean"], rtol=1e-13)
+        parts.append(m)
+    merged = Moments.merge_all(parts)
+    s = tree.get_window_statistics()
+    assert merged.count == s["count"]
+    assert np.allclose(merged.covariance(), s["covariance"], rtol=1e-11)
+
+
+def test_a_window_as_long_as_the_run_gives_todays_scores():
+    rng = np.random.default_rng(4)
+    plain = HierarchicalStatisticalTree(feature_dimensions=D)
+    wide = HierarchicalStatisticalTree(feature_dimensions=D, window_rounds=100)
+    for r in range(5):
+        who = np.sort(rng.choice(300, size=200, replace=False)) if r else np.arange(300)
+        X = rng.normal(size=(who.size, D)) + r
+        plain.update_many(who, X)
+        wide.update_many(who, X)
+    a = BehavioralDistributedProtocol(plain, warm_up=10).score_many(fdr=0.01)
+    b = BehavioralDistributedProtocol(wide, warm_up=10).score_many(fdr=0.01)
+    assert np.allclose(a["mahalanobis_squared"], b["mahalanobis_squared"], rtol=1e-10)
+    assert (a["is_anomaly"] == b["is_anomaly"]).all()
+
+
+def numpy_window_d2(X_inside: np.ndarray, X_stale: np.ndarray):
+    """From scratch, no shrinkage: inside members leave-one-out among the inside, stale
+    members against all the inside."""
+    loo = np.empty(X_inside.shape[0])
+    for i in range(X_inside.shape[0]):
+        others = np.delete(X_inside, i, axis=0)
+        diff = X_inside[i] - others.mean(axis=0)
+        loo[i] = diff @ np.linalg.solve(np.cov(others.T), diff)
+    diff = X_stale - X_inside.mean(axis=0)
+    out = np.einsum("ij,ij->i", diff, np.linalg.solve(np.cov(X_inside.T), diff.T).T)
+    return loo, out
+
+
+def test_scores_are_leave_one_out_inside_and_against_the_window_for_stale_members():
+    tree, vec, cohort, last = play(5, 2)
+    protocol = BehavioralDistributedProtocol(tree, shrinkage=0.0, warm_up=10)
+    ids = sorted(vec)
+    res = protocol.score_many(ids, fdr=None)
+    d2 = dict(zip(ids, res["mahalanobis_squared"].tolist(), strict=True))
+    inside, X_in = inside_rows(vec, cohort, last, 9, 2)
+    stale = [a for a in ids if a not in set(inside)]
+    assert stale and inside
+    loo, out = numpy_window_d2(X_in, np.array([vec[a] for a in stale]))
+    assert np.allclose([d2[a] for a in inside], loo, rtol=1e-6)
+    assert np.allclose([d2[a] for a in stale], out, rtol=1e-6)
+    # the per-item answer is the batch answer
+    one = protocol.score_agent_sync(inside[0])
+    assert one["mahalanobis_squared"] == pytest.approx(d2[inside[0]], rel=1e-9)
+
+
+def test_per_item_update_joins_the_window_and_is_scored_leave_one_out():
+    tree, vec, cohort, last = play(6, 2)
+    protocol = BehavioralDistributedProtocol(tree, shrinkage=0.0, warm_up=10)
+    stale = next(a for a in sorted(vec) if last[a] <= 7)
+    x = np.array([5.0, -5.0, 5.0]) + 1e3
+    info = protocol.update_agent_behavior_sync({"agent_id": stale, "features": x})
+    vec[stale], last[stale] = x, 9
+    inside, X_in = inside_rows(vec, cohort, last, 9, 2)
+    k = inside.index(stale)
+    loo, _ = numpy_window_d2(X_in, X_in[:1])
+    assert info["mahalanobis_squared"] == pytest.approx(loo[k], rel=1e-6)
+    assert tree.in_window([stale]).tolist() == [True]
+
+
+def test_serialised_tree_keeps_its_window_and_expires_the_same_members():
+    tree, vec, cohort, last = play(7, 3)
+    back = HierarchicalStatisticalTree.from_dict(tree.to_dict())
+    assert back.window_rounds == 3 and back.current_round == tree.current_round
+    a, b = tree.get_window_statistics(), back.get_window_statistics()
+    assert a["count"] == b["count"] and np.allclose(a["covariance"], b["covariance"], rtol=1e-12)
+    ids = sorted(vec)
+    assert (back.in_window(ids) == tree.in_window(ids)).all()
+    for t in (tree, back):
+        t.advance_round()
+    assert (back.in_window(ids) == tree.in_window(ids)).all()
+    assert back.get_window_statistics()["count"] == tree.get_window_statistics()["count"] == \
+        sum(last[x] > 10 - 3 for x in ids)
+
+
+@pytest.mark.parametrize("value,error", [(0, InvalidInputError), (-2, InvalidInputError),
+                                         (1.5, InvalidTypeError), (True, InvalidTypeError),
+                                         ("2", InvalidTypeError)])
+def test_bad_window_is_refused_with_a_typed_error(value, error):
+    with pytest.raises(error, match="window_rounds"):
+        HierarchicalStatisticalTree(feature_dimensions=D, window_rounds=value)
+    with pytest.raises(error, match="window_rounds"):
+        DistributedBehavioralDetector(feature_dimensions=D, window_rounds=value)
+    assert issubclass(error, (ValueError, TypeError))
+
+
+def test_refusals_change_nothing():
+    tree, vec, cohort, last = play(8, 2)
+    before = tree.to_dict()
+    with pytest.raises(InvalidInputError, match="window_rounds"):
+        BehavioralDistributedProtocol(tree, scoring="robust")       # not combined yet
+    assert not tree.keeps_trimmed_moments
+    with pytest.raises(InvalidInputError):
+        tree.update_many([1, 1], np.zeros((2, D)))                  # a refused batch opens no round
+    after = tree.to_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    plain = HierarchicalStatisticalTree(feature_dimensions=D)
+    for call in (plain.advance_round, plain.get_window_statistics, lambda: plain.in_window([1])):
+        with pytest.raises(InvalidInputError, match="no window"):
+            call()
+    state = tree.to_dict()
+    state["window_last_round"] = state["window_last_round"] + 100      # rounds from the future
+    with pytest.raises(InvalidInputError, match="window_last_round"):
+        HierarchicalStatisticalTree.from_dict(state)
+
+
+def test_ray_refuses_a_window_before_ray_starts():
+    code = (
+        "import sys\n"
+        "import swarmguard as sg\n"
+        "from swarmguard.errors import InvalidInputError\n"
+        "try:\n"
+        "    sg.DistributedBehavioralDetector(backend='ray', window_rounds=3)\n"
+        "except InvalidInputError as exc:\n"
+        "    assert 'ray' in str(exc) and 'window_rounds' in str(exc); print('refused')\n"
+        "assert 'ray' not in sys.modules or not __import__('ray').is_initialized()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "refused", out.stderr
