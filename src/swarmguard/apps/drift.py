@@ -8,7 +8,7 @@ The world, round by round:
   changes everyone's behaviour at once);
 * agents report *intermittently*: each live agent reports in a round with
   probability ``report_rate``, and each round a fraction ``dormancy`` of the
-  honest agents goes quiet for good (their last vector stays in the tree, as
+  agents goes quiet for good (their last vector stays in the tree, as
   it does in a real fleet where agents are retired or idle) — so the tree's
   members carry vectors of many ages;
 * a fraction ``compromised`` of agents is planted: from an onset round on,
@@ -143,7 +143,7 @@ class _World:
         """(reporting agents, their vectors, whether each is compromised now)."""
         c, rng = self.c, self.rng
         n, d = c.agents, c.features
-        quiet = (rng.random(n) < c.dormancy) & ~self.bad
+        quiet = rng.random(n) < c.dormancy
         report = rng.random(n) < c.report_rate
         z = rng.normal(size=(n, d))
         if r > 0:

@@ -78,7 +78,7 @@ class WindowedMoments:
     >>> full = SlotTree(dim=1, branching=2, min_levels=1)
     >>> win = WindowedMoments(full, window=2)
     >>> for r, x in enumerate([[0.0], [10.0], [20.0]]):      # agents 0, 1, 2, one per round
-    ...     win.advance()
+    ...     _ = win.advance()
     ...     full.write(np.array([r]), np.array([x]))
     ...     win.write(full, np.array([r]), np.array([x]))
     >>> win.inside(np.arange(3)).tolist(), float(win.tree.root_state()[0])
@@ -161,6 +161,7 @@ class WindowedMoments:
             self._buckets[int(r)] = [slots[inside & (last_rounds == r)]]
 
     def tree_occupied_slots(self) -> np.ndarray:
+        """The slots counted in the windowed moments now."""
         return np.flatnonzero(self.tree.occupied)
 
     # ------------------------------------------------------------------ reads
