@@ -172,9 +172,6 @@ def test_bad_window_is_refused_with_a_typed_error(value, error):
 def test_refusals_change_nothing():
     tree, vec, cohort, last = play(8, 2)
     before = tree.to_dict()
-    with pytest.raises(InvalidInputError, match="window_rounds"):
-        BehavioralDistributedProtocol(tree, scoring="robust")       # not combined yet
-    assert not tree.keeps_trimmed_moments
     with pytest.raises(InvalidInputError):
         tree.update_many([1, 1], np.zeros((2, D)))                  # a refused batch opens no round
     after = tree.to_dict()
@@ -202,3 +199,27 @@ def test_ray_refuses_a_window_before_ray_starts():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "refused", out.stderr
+
+
+def test_robust_with_a_window_trims_the_members_inside_and_scores_stale_ones_as_outsiders():
+    from tests.api.test_robust_scoring import numpy_kept, numpy_robust_d2, population
+
+    stale = population(0) - 30.0                 # last round's population, far behind
+    X = population(1)
+    tree = HierarchicalStatisticalTree(feature_dimensions=3, window_rounds=1)
+    protocol = BehavioralDistributedProtocol(tree, scoring="robust", warm_up=10)
+    tree.update_many(np.arange(1000, 1000 + stale.shape[0]), stale)
+    tree.update_many(np.arange(X.shape[0]), X)   # opens round 2: the stale rows leave the window
+    kept = numpy_kept(X)                          # judged against the window's moments, not everyone's
+    stats = tree.get_trimmed_statistics()
+    assert stats["count"] == kept.sum() and tree.get_window_statistics()["count"] == X.shape[0]
+    np.testing.assert_allclose(stats["covariance"], np.cov(X[kept].T), rtol=1e-12, atol=1e-13)
+    ids = np.concatenate([np.arange(X.shape[0]), np.arange(1000, 1000 + stale.shape[0])])
+    res = protocol.score_many(ids, fdr=None)
+    want = numpy_robust_d2(np.vstack([X, stale]), np.concatenate([kept, np.zeros(stale.shape[0], bool)]))
+    np.testing.assert_allclose(res["mahalanobis_squared"], want, rtol=1e-7)
+    back = HierarchicalStatisticalTree.from_dict(tree.to_dict())
+    assert back.get_trimmed_statistics()["count"] == kept.sum()
+    np.testing.assert_allclose(back.get_trimmed_statistics()["covariance"], stats["covariance"], rtol=1e-12)
+    tree.advance_round()                          # everyone leaves the window, trimmed moments too
+    assert tree.get_window_statistics()["count"] == 0 == tree.get_trimmed_statistics()["count"]

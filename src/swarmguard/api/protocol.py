@@ -115,7 +115,8 @@ class BehavioralDistributedProtocol(Locked):
         Distances are reported under the same names in every mode. A tree built
         with ``window_rounds`` is scored against its *windowed* moments (the
         members written in the last rounds, :mod:`swarmguard.structures.window`):
-        members inside the window leave-one-out, stale members as outsiders.
+        members inside the window leave-one-out, stale members as outsiders
+        (with ``"robust"``, the trimmed moments of the members inside).
 
     Every public method runs under the protocol's lock and then its tree's
     (:mod:`swarmguard.locking`): a protocol may be shared between threads, and

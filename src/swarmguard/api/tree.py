@@ -216,10 +216,10 @@ class HierarchicalStatisticalTree(Locked):
             cohorts = self._cohorts
             if path is None or cohorts.id_of.get(path) == int(cohorts.page_owner[slot // cohorts.page_size]):
                 tree.replace(slot, x)
-                if self._trim is not None:
-                    self._trim.set_one(tree, slot, x)
                 if self._win is not None:
                     self._win.set_one(tree, slot, x)
+                if self._trim is not None:
+                    self._trim.set_one(self._judged_tree(), slot, x)
                 self.version += 1
                 return slot
             # Moving to another cohort: leave the old slot, take one in the new cohort.
@@ -235,10 +235,10 @@ class HierarchicalStatisticalTree(Locked):
         new_slot = int(self._cohorts.allocate(cid, 1)[0])
         self._grow_slots(new_slot + 1)
         self._tree.insert(new_slot, x)
-        if self._trim is not None:
-            self._trim.set_one(self._tree, new_slot, x)
         if self._win is not None:
             self._win.set_one(self._tree, new_slot, x)
+        if self._trim is not None:
+            self._trim.set_one(self._judged_tree(), new_slot, x)
         self._index.set(agent_id, new_slot)
         self._ids_at_slot[new_slot] = agent_id
         self.version += 1
@@ -386,7 +386,7 @@ class HierarchicalStatisticalTree(Locked):
         if self._tree is None:
             self._make_tree(X.shape[1])
         if self._win is not None:      # a batch opens a round: members that leave the window go first
-            self._win.advance()
+            self._advance_window()
         cids = np.array([self._cohorts.ensure(p) for p in paths], dtype=np.int64)
         want = np.where(row_cohort >= 0, cids[np.maximum(row_cohort, 0)] if cids.size else -1, -1)
         current = np.full(ids.shape[0], -1, dtype=np.int64)
@@ -415,10 +415,10 @@ class HierarchicalStatisticalTree(Locked):
             self._index.set_many(ids[placing], new_slots)
             self._ids_at_slot[new_slots] = ids[placing]
         self._tree.write(slots, X)
-        if self._trim is not None:
-            self._trim.write(self._tree, slots, X)
         if self._win is not None:
             self._win.write(self._tree, slots, X)
+        if self._trim is not None:
+            self._trim.write(self._judged_tree(), slots, X)
         self.version += 1
         return slots, ids, X
 
@@ -556,12 +556,10 @@ class HierarchicalStatisticalTree(Locked):
     @synchronized
     def keep_trimmed_moments(self) -> None:
         """Keep trimmed moments from now on (O(n d²) once; nothing if already kept)."""
-        if self.window_rounds is not None:
-            raise InvalidInputError("trimmed moments (scoring='robust') and window_rounds cannot be combined yet")
         if self._trim is None and self._tree is not None:
             self._tree.flush()
             trim = TrimmedMoments(self._tree)
-            trim.rejudge(self._tree)
+            trim.rejudge(self._judged_tree())
             self._trim = trim
         elif self._tree is None:
             self._trim_wanted = True
@@ -576,7 +574,7 @@ class HierarchicalStatisticalTree(Locked):
         """Judge every member again against the current full moments (O(n d²)); see
         :meth:`~swarmguard.structures.trimming.TrimmedMoments.rejudge`."""
         if self._trim is not None:
-            self._trim.rejudge(self._tree)
+            self._trim.rejudge(self._judged_tree())
             self.version += 1
 
     def _trimmed_state(self, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
@@ -620,8 +618,18 @@ class HierarchicalStatisticalTree(Locked):
         if self.window_rounds is None:
             raise InvalidInputError("this tree keeps no window (built without window_rounds)")
         if self._win is not None:
-            self._win.advance()
+            self._advance_window()
             self.version += 1
+
+    def _advance_window(self) -> None:
+        gone = self._win.advance()
+        if self._trim is not None:     # trimmed moments are the kept members *of the window*
+            self._trim.clear(gone)
+
+    def _judged_tree(self):
+        """The slot tree trimmed members are judged against and drawn from: the window's
+        members when there is a window, else everyone."""
+        return self._tree if self._win is None else self._win.tree
 
     def _window_state(self, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
         """(count, offset, M2) of cohort ``cid``'s members inside the window, in the window tree's units."""
