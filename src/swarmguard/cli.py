@@ -181,6 +181,7 @@ def detect(
     alpha: float | None = typer.Option(None, help="Flag every agent whose p-value is below this level instead of FDR control. Example: --alpha 1e-4"),
     shrinkage: str = typer.Option("auto", help="Covariance shrinkage toward its diagonal: 'auto' (d/n) or a number in [0, 1]. Example: --shrinkage 0.1"),
     scoring: Scoring = typer.Option(DEFAULT_SCORING, help="What agents are scored against: 'mahalanobis' (all agents' moments) or 'robust' (the moments of the agents not flagged, so outliers do not hide each other). Example: --scoring robust"),
+    window: float | None = typer.Option(None, help="Score agents against those whose latest row is at most this much older than the newest row (seconds for ISO 8601 timestamps, the column's unit for numbers; needs --timestamp-column), so agents gone quiet long ago do not stand for a population that moved on. Example: --window 3600"),
     warm_up: int | None = typer.Option(None, min=3, help="Nobody is flagged in a population smaller than this; default min(1000, 100 x features). Example: --warm-up 50"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed rows and count them, instead of stopping at the first (exit code 2). Example: --skip-bad"),
     top: int = typer.Option(10, min=0, help="Show this many of the most anomalous agents with their main feature. Example: --top 25"),
