@@ -223,3 +223,19 @@ def test_robust_with_a_window_trims_the_members_inside_and_scores_stale_ones_as_
     np.testing.assert_allclose(back.get_trimmed_statistics()["covariance"], stats["covariance"], rtol=1e-12)
     tree.advance_round()                          # everyone leaves the window, trimmed moments too
     assert tree.get_window_statistics()["count"] == 0 == tree.get_trimmed_statistics()["count"]
+
+
+def test_warm_up_counts_the_members_inside_the_window():
+    rng = np.random.default_rng(9)
+    tree = HierarchicalStatisticalTree(feature_dimensions=D, window_rounds=1)
+    protocol = BehavioralDistributedProtocol(tree, warm_up=100, score_levels="all")
+    tree.update_many(np.arange(500), rng.normal(size=(500, D)), cohorts="eu")
+    X = rng.normal(size=(40, D))
+    X[0] += 50.0
+    res = protocol.update_and_score_many(np.arange(40), X, fdr=None)   # 40 inside, 500 members
+    assert res["warming_up"] and not res["is_anomaly"].any()
+    assert res["levels"][("eu",)]["warming_up"]
+    assert protocol.score_vectors(X[:1])["warming_up"]
+    tree.update_many(np.arange(500), np.vstack([X, rng.normal(size=(460, D))]))   # now 500 inside
+    res = protocol.score_many(fdr=None)
+    assert not res["warming_up"] and res["is_anomaly"][0]

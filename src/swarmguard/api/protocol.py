@@ -359,6 +359,7 @@ class BehavioralDistributedProtocol(Locked):
         X = as_feature_matrix(X, tree.feature_dimensions)
         tree._tree.flush()
         n_pop = tree._tree.root_state()[0]
+        n_warm = self._warm_count(n_pop)
         subset = self._subset()
         if subset is not None:
             sub = subset[0]
@@ -372,7 +373,7 @@ class BehavioralDistributedProtocol(Locked):
             scorer = TrimmedScorer(n, off, m2, self.shrinkage, quantile=None)
         d2 = scorer.score_many(E, np.zeros(X.shape[0], dtype=bool)) if scorer.ok else np.zeros(X.shape[0])
         p = chi2_sf(d2, X.shape[1])
-        warm = bool(n_pop >= self.warm_up and scorer.ok)
+        warm = bool(n_warm >= self.warm_up and scorer.ok)
         return {"mahalanobis_squared": d2, "mahalanobis_distance": np.sqrt(d2), "p_value": p,
                 "is_anomaly": (p < self.significance_level) & warm, "population_count": int(round(n_pop)),
                 "warming_up": not warm}
@@ -491,8 +492,14 @@ class BehavioralDistributedProtocol(Locked):
         scorer = TrimmedScorer(n_t, off, m2, self.shrinkage, quantile=quantile)
         res = scorer.score_many(DX - off, kept, explain=explain)
         d2, shares = res if explain else (res, None)
-        warm = bool(n_pop >= self.warm_up and scorer.ok)
+        warm = bool(self._warm_count(n_pop) >= self.warm_up and scorer.ok)
         return d2, chi2_sf(d2, DX.shape[1]), warm, shares, DX, kept
+
+    def _warm_count(self, n_members: float) -> float:
+        """The count the warm-up is judged on: the members inside the window when there is
+        one (they are the population scored against), else every member."""
+        win = self.tree._win
+        return n_members if win is None else win.tree.root_state()[0]
 
     def _trimmed_group_scorer(self, kept: np.ndarray, trimmed_counts: dict[Path, float]):
         """For :func:`combine_levels`: a cohort's rows scored against its trimmed moments
@@ -538,4 +545,6 @@ class BehavioralDistributedProtocol(Locked):
                 if trimmed_counts is not None:     # the members' count; the kept members' moments
                     tn, coff, cm2 = self._subset()[2](a)
                     trimmed_counts[cohorts.paths[a]] = tn
+                    if tree._win is not None:      # a window: the cohort warms up on its members inside
+                        cn = tn if self.scoring not in TRIMMED_MODES else tree._window_state(a)[0]
                 yield cohorts.paths[a], group, cn, coff, cm2, DX[group] - coff

@@ -50,6 +50,7 @@ A member inside the window is counted in the windowed moments and scored
 leave-one-out; a member outside (a stale vector) is scored against them as
 they are, its "others" being exactly the members inside
 (:class:`~swarmguard.structures.trimming.TrimmedScorer` with no trimming factor).
+The warm-up (nobody flagged in a smaller population) counts the members inside.
 
 With ``scoring="robust"`` the trimmed moments are drawn from the window: a
 member is judged against the windowed moments, and leaves the trimmed ones
