@@ -9,10 +9,16 @@ round the reporting agents go through ``process_round`` (FDR q = 0.01).
 Printed per setting: precision, recall and false alarms over all rounds and
 over the second half, and the members scored against in the last round.
 
+``--cost`` instead measures what a window costs: one round (every agent
+replaced, then scored: ``update_and_score_many``) and one per-item call
+(``update_agent_behavior_sync``) on a tree of ``--agents`` agents, without a
+window and with ``window_rounds=2``, in the same process; printed as ratios.
+
 Run::
 
     python benchmarks/bench_drift.py                    # 20,000 agents, 30 rounds
     python benchmarks/bench_drift.py --agents 5000 --rounds 12 --windows 2
+    python benchmarks/bench_drift.py --cost --agents 100000
 """
 
 from __future__ import annotations
@@ -20,7 +26,37 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
+
+from swarmguard import BehavioralDistributedProtocol, HierarchicalStatisticalTree
 from swarmguard.apps.drift import DriftConfig, run_drift
+
+
+def cost(agents: int, d: int = 8, repeats: int = 5, items: int = 2000) -> None:
+    """Seconds per round and per item, without and with a window, and their ratios."""
+    rng = np.random.default_rng(0)
+    ids = np.arange(agents)
+    X = rng.normal(size=(agents, d))
+    rows = {}
+    for w in (None, 2):
+        tree = HierarchicalStatisticalTree(feature_dimensions=d, window_rounds=w)
+        protocol = BehavioralDistributedProtocol(tree, fdr=0.01)
+        protocol.update_and_score_many(ids, X)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            protocol.update_and_score_many(ids, X + 0.01)
+            best = min(best, time.perf_counter() - t0)
+        who = rng.integers(0, agents, size=items)
+        Y = rng.normal(size=(items, d))
+        t0 = time.perf_counter()
+        for a, y in zip(who.tolist(), Y, strict=True):
+            protocol.update_agent_behavior_sync({"agent_id": a, "features": y})
+        rows[w] = (best, (time.perf_counter() - t0) / items)
+    (r0, i0), (r2, i2) = rows[None], rows[2]
+    print(f"{agents:,} agents, {d} features: round (replace all, score all) {r0:.3f} s -> {r2:.3f} s "
+          f"with window_rounds=2 ({r2 / r0:.2f}x); per-item call {i0 * 1e6:.0f} µs -> {i2 * 1e6:.0f} µs "
+          f"({i2 / i0:.2f}x)")
 
 
 def main() -> None:
@@ -30,7 +66,11 @@ def main() -> None:
     ap.add_argument("--drift", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--windows", default="1,2,3,5", help="comma-separated window lengths in rounds")
+    ap.add_argument("--cost", action="store_true", help="measure a window's cost per round and per item")
     args = ap.parse_args()
+    if args.cost:
+        cost(args.agents)
+        return
     config = DriftConfig(agents=args.agents, rounds=args.rounds, drift=args.drift, seed=args.seed)
     settings = [None] + [int(w) for w in args.windows.split(",") if w]
     print(f"drift scenario: {args.agents:,} agents, {args.rounds} rounds, drift {args.drift} sd/round, "

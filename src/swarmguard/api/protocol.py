@@ -217,9 +217,14 @@ class BehavioralDistributedProtocol(Locked):
         return None
 
     def _score_slot(self, agent_id: Hashable, slot: int, x: np.ndarray) -> dict[str, Any]:
-        if self.scoring in TRIMMED_MODES or self.tree._win is not None:
+        win = self.tree._win
+        if self.scoring in TRIMMED_MODES or (win is not None and (
+                self.score_levels != "population" or not win.inside(np.array([slot]))[0])):
             return self._score_slot_trimmed(agent_id, slot, x)
         tree = self.tree
+        # a window: a member inside (one just written is) is scored leave-one-out against the
+        # window's moments on the hot path; the count reported is still every member's
+        base = tree._tree if win is None else win.tree
         cohorts = tree._cohorts
         d = x.shape[0]
         own = int(cohorts.page_owner[slot // cohorts.page_size])
@@ -228,16 +233,16 @@ class BehavioralDistributedProtocol(Locked):
         alpha = self.significance_level / len(level_ids)
         thr2 = _chi2_threshold(alpha, d)
         warm_up = self.warm_up
-        dx = tree._tree.deviations(x)      # from the shift (keeps the digits), in the tree's units
+        dx = base.deviations(x)      # from the shift (keeps the digits), in the tree's units
         if self.score_levels == "population":      # the hot path, without the per-level loop
-            n, off, m2 = tree._tree.root_state()
+            n, off, m2 = base.root_state()
             scorer = LeaveOneOutScorer(n, off, m2, self.shrinkage)
             d2, shares = scorer.score(dx - off)
             p = float(_special().chdtrc(d, d2))
             dist = math.sqrt(d2)
             warm = n >= warm_up
             flagged = warm and scorer.ok and p < alpha
-            count = int(n)
+            count = int(n) if win is None else int(tree._tree.root_state()[0])
             return {
                 "agent_id": agent_id,
                 "is_anomaly": flagged,
