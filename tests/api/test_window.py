@@ -7,6 +7,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from swarmguard import (
     BehavioralDistributedProtocol,
@@ -239,3 +241,45 @@ def test_warm_up_counts_the_members_inside_the_window():
     tree.update_many(np.arange(500), np.vstack([X, rng.normal(size=(460, D))]))   # now 500 inside
     res = protocol.score_many(fdr=None)
     assert not res["warming_up"] and res["is_anomaly"][0]
+
+
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("batch"), st.lists(st.integers(0, 29), min_size=1, max_size=20, unique=True)),
+    st.tuples(st.just("item"), st.integers(0, 29), st.sampled_from(["eu", "us"])),
+    st.tuples(st.just("remove"), st.integers(0, 29)),
+    st.tuples(st.just("advance"),)), min_size=1, max_size=25)
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops=_OPS, window=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_any_sequence_of_changes_keeps_the_window_exact(ops, window, seed):
+    rng = np.random.default_rng(seed)
+    tree = HierarchicalStatisticalTree(branching_factor=3, feature_dimensions=2, window_rounds=window)
+    vec, last, r = {}, {}, 0
+    for op in ops:
+        if op[0] == "batch":
+            r += 1
+            X = rng.normal(size=(len(op[1]), 2)) * 3.0 + r
+            tree.update_many(op[1], X)
+            for a, x in zip(op[1], X, strict=True):
+                vec[a], last[a] = x, r
+        elif op[0] == "item":
+            x = rng.normal(size=2) + r
+            tree.update_agent(op[1], x, cohort=(op[2],))
+            vec[op[1]], last[op[1]] = x, r
+        elif op[0] == "remove" and op[1] in vec:
+            tree.remove_agent(op[1])
+            del vec[op[1]], last[op[1]]
+        elif op[0] == "advance":
+            r += 1
+            tree.advance_round()
+    assert tree.current_round == r
+    inside = [a for a in sorted(vec) if last[a] > r - window]
+    if vec:
+        assert tree.in_window(sorted(vec)).tolist() == [last[a] > r - window for a in sorted(vec)]
+    s = tree.get_window_statistics()
+    assert s["count"] == len(inside)
+    if len(inside) >= 2:
+        mean, cov = exact_mean_cov(np.array([vec[a] for a in inside]))
+        assert np.allclose(s["mean"], mean, rtol=1e-12, atol=1e-12)
+        assert np.allclose(s["covariance"], cov, rtol=1e-10, atol=1e-10 * max(1.0, np.abs(cov).max()))
