@@ -283,3 +283,28 @@ def test_any_sequence_of_changes_keeps_the_window_exact(ops, window, seed):
         mean, cov = exact_mean_cov(np.array([vec[a] for a in inside]))
         assert np.allclose(s["mean"], mean, rtol=1e-12, atol=1e-12)
         assert np.allclose(s["covariance"], cov, rtol=1e-10, atol=1e-10 * max(1.0, np.abs(cov).max()))
+
+
+def test_stale_members_are_scored_but_not_judged_and_take_no_part_in_the_fdr():
+    rng = np.random.default_rng(10)
+    tree = HierarchicalStatisticalTree(feature_dimensions=D, window_rounds=1)
+    protocol = BehavioralDistributedProtocol(tree, warm_up=10)
+    tree.update_many(np.arange(300), rng.normal(size=(300, D)))             # round 1: everyone
+    X = rng.normal(size=(200, D)) + 20.0                                    # the population moved
+    X[0] += 15.0
+    tree.update_many(np.arange(200), X)                                     # round 2: 100 left behind
+    res = protocol.score_many(fdr=0.01)
+    ids = np.asarray(res["agent_ids"]).astype(int)
+    inside = ids < 200
+    assert (res["in_window"] == inside).all()
+    assert (res["mahalanobis_squared"][~inside] > 100).all()               # far from the population now
+    assert not res["is_anomaly"][~inside].any()                             # ... but not judged
+    assert res["is_anomaly"][ids == 0].all()
+    # the FDR cut is the one over the members inside alone
+    alone = BehavioralDistributedProtocol(tree, warm_up=10).score_many(np.arange(200), fdr=0.01)
+    assert (alone["is_anomaly"] == res["is_anomaly"][inside]).all()
+    assert alone["p_value_cutoff"] == res["p_value_cutoff"]
+    stale = protocol.score_agent_sync(250)
+    assert stale["in_window"] is False and stale["is_anomaly"] is False and stale["mahalanobis_squared"] > 100
+    fresh = protocol.score_agent_sync(0)
+    assert fresh["in_window"] is True and fresh["is_anomaly"] is True

@@ -116,7 +116,9 @@ class BehavioralDistributedProtocol(Locked):
         with ``window_rounds`` is scored against its *windowed* moments (the
         members written in the last rounds, :mod:`swarmguard.structures.window`):
         members inside the window leave-one-out, stale members as outsiders
-        (with ``"robust"``, the trimmed moments of the members inside).
+        (with ``"robust"``, the trimmed moments of the members inside); stale
+        members are scored but never flagged, nor counted in the FDR procedure
+        (``in_window`` in the results).
 
     Every public method runs under the protocol's lock and then its tree's
     (:mod:`swarmguard.locking`): a protocol may be shared between threads, and
@@ -243,7 +245,7 @@ class BehavioralDistributedProtocol(Locked):
             warm = n >= warm_up
             flagged = warm and scorer.ok and p < alpha
             count = int(n) if win is None else int(tree._tree.root_state()[0])
-            return {
+            info = {
                 "agent_id": agent_id,
                 "is_anomaly": flagged,
                 "mahalanobis_distance": dist,
@@ -262,6 +264,9 @@ class BehavioralDistributedProtocol(Locked):
                             "p_value": p, "is_anomaly": flagged, "warming_up": not warm,
                             "feature_contributions": shares}],
             }
+            if win is not None:
+                info["in_window"] = True
+            return info
         levels = []
         for cid in level_ids:
             n, off, m2 = tree._cohort_state(cid)
@@ -328,8 +333,14 @@ class BehavioralDistributedProtocol(Locked):
                            "is_anomaly": (not lv["warming_up"]) and float(lv["p_value"][0]) < alpha,
                            "warming_up": lv["warming_up"], "feature_contributions": None})
         levels[1:] = sorted(levels[1:], key=lambda lv: len(lv["cohort"]))
+        extra = {}
+        if "in_window" in res:     # a stale member is scored but not judged (see _score_slots)
+            extra["in_window"] = bool(res["in_window"][0])
+            if not extra["in_window"]:
+                for lv in levels:
+                    lv["is_anomaly"] = False
         top = levels[0]
-        return {
+        return extra | {
             "agent_id": agent_id,
             "is_anomaly": any(lv["is_anomaly"] for lv in levels),
             "mahalanobis_distance": top["mahalanobis_distance"],
@@ -462,8 +473,20 @@ class BehavioralDistributedProtocol(Locked):
         else:
             decision_p = p
             any_warm = warm
-        decision = significance_cut(decision_p, d2, d, q=q, alpha=self.significance_level, any_warm=any_warm)
-        flagged, cut, thr2, method = decision.flagged, decision.cut, decision.threshold_squared, decision.method
+        if tree._win is None:
+            decision = significance_cut(decision_p, d2, d, q=q, alpha=self.significance_level, any_warm=any_warm)
+            flagged = decision.flagged
+        else:
+            # A member outside the window has no behaviour in it: its distance (from its last
+            # vector to the population now) is reported, but it is not judged, and it takes no
+            # part in the false-discovery procedure.
+            live = tree._win.inside(slots)
+            out["in_window"] = live
+            decision = significance_cut(decision_p[live], d2[live], d, q=q, alpha=self.significance_level,
+                                        any_warm=any_warm)
+            flagged = np.zeros(slots.size, dtype=bool)
+            flagged[live] = decision.flagged
+        cut, thr2, method = decision.cut, decision.threshold_squared, decision.method
         out.update({
             "mahalanobis_squared": d2,
             "mahalanobis_distance": np.sqrt(d2),

@@ -51,6 +51,11 @@ leave-one-out; a member outside (a stale vector) is scored against them as
 they are, its "others" being exactly the members inside
 (:class:`~swarmguard.structures.trimming.TrimmedScorer` with no trimming factor).
 The warm-up (nobody flagged in a smaller population) counts the members inside.
+A stale member is scored but not *judged*: it has no behaviour in the window,
+so it is never flagged (its distance measures how far its last vector is from
+the population now, which under drift is large for every honest agent that
+went quiet) and it takes no part in the false-discovery procedure; results
+carry ``in_window``.
 
 With ``scoring="robust"`` the trimmed moments are drawn from the window: a
 member is judged against the windowed moments, and leaves the trimmed ones
