@@ -348,7 +348,8 @@ def _simulate_drift(agents: int, features: int, rounds: int, compromised: float,
     console.print(table)
     for name, run in (("all members", plain), (f"window {window_rounds}", windowed)):
         t, late = run.totals(), run.totals(rounds // 2)
-        console.print(f"{name}: precision {pct(t['precision'])}, recall {pct(t['recall'])}, "
+        console.print(f"{name}: precision {pct(t['precision'])}, recall {pct(t['recall'])} (along the drift "
+                      f"{pct(t['recall_along_drift'])}, in features {pct(t['recall_in_features'])}), "
                       f"false alarms {t['false_alarms']}; second half: precision {pct(late['precision'])}, "
                       f"recall {pct(late['recall'])}")
     out.mkdir(parents=True, exist_ok=True)

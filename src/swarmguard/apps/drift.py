@@ -75,6 +75,8 @@ class DriftRound:
     false_alarms: int
     members: int            # vectors in the tree (stale ones included)
     reference: int          # members the agents were scored against (the window's, or all)
+    compromised_along: int = 0    # of the compromised reported: those shifted along the drift
+    true_alarms_along: int = 0
 
     @property
     def precision(self) -> float | None:
@@ -100,8 +102,12 @@ class DriftRun:
         tp = sum(r.true_alarms for r in rs)
         fp = sum(r.false_alarms for r in rs)
         pos = sum(r.compromised_reported for r in rs)
+        along = sum(r.compromised_along for r in rs)
+        tp_along = sum(r.true_alarms_along for r in rs)
         return {"true_alarms": tp, "false_alarms": fp, "compromised_reported": pos,
-                "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / pos if pos else None}
+                "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / pos if pos else None,
+                "recall_along_drift": tp_along / along if along else None,
+                "recall_in_features": (tp - tp_along) / (pos - along) if pos > along else None}
 
     def to_json(self) -> dict[str, Any]:
         return {"config": self.config, "window_rounds": self.window_rounds,
@@ -168,11 +174,13 @@ def run_drift(config: DriftConfig, window_rounds: int | None = None) -> DriftRun
         who, X, bad_now = world.round(r)
         res = det.process_round(who, X, "fleet", timestamp=0.0)
         flagged = np.asarray(res["is_anomaly"], dtype=bool)
+        along = bad_now & world.along[who]
         stats = det.tree.get_window_statistics() if window_rounds is not None else None
         run.rounds.append(DriftRound(
             round=r, reported=int(who.size), compromised_reported=int(bad_now.sum()),
             true_alarms=int((flagged & bad_now).sum()), false_alarms=int((flagged & ~bad_now).sum()),
-            members=len(det.tree), reference=int(stats["count"]) if stats is not None else len(det.tree)))
+            members=len(det.tree), reference=int(stats["count"]) if stats is not None else len(det.tree),
+            compromised_along=int(along.sum()), true_alarms_along=int((flagged & along).sum())))
     return run
 
 
