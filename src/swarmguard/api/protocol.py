@@ -17,7 +17,7 @@ from ..structures.scoring import MIN_POPULATION, LeaveOneOutScorer, combine_leve
 from ..structures.scoring_modes import DEFAULT_SCORING, TRIMMED_MODES, check_scoring
 from ..structures.significance import chi2_threshold as _chi2_threshold
 from ..structures.significance import resolve_fdr, significance_cut
-from ..structures.trimming import TrimmedScorer
+from ..structures.trimming import TRIM_QUANTILE, TrimmedScorer
 from ..validation import (
     as_feature_matrix,
     as_feature_vector,
@@ -112,7 +112,13 @@ class BehavioralDistributedProtocol(Locked):
         ``"mahalanobis"``, the population's moments; ``"robust"``, its trimmed
         moments (members not flagged under the full moments,
         :mod:`swarmguard.structures.trimming`), which the tree then keeps.
-        Distances are reported under the same names in every mode.
+        Distances are reported under the same names in every mode. A tree built
+        with ``window_rounds`` is scored against its *windowed* moments (the
+        members written in the last rounds, :mod:`swarmguard.structures.window`):
+        members inside the window leave-one-out, stale members as outsiders
+        (with ``"robust"``, the trimmed moments of the members inside); stale
+        members are scored but never flagged, nor counted in the FDR procedure
+        (``in_window`` in the results).
 
     Every public method runs under the protocol's lock and then its tree's
     (:mod:`swarmguard.locking`): a protocol may be shared between threads, and
@@ -202,10 +208,25 @@ class BehavioralDistributedProtocol(Locked):
         slot = self.tree._slot(agent_id)
         return self._score_slot(check_agent_id(agent_id), slot, self.tree._tree.X[slot])
 
-    def _score_slot(self, agent_id: Hashable, slot: int, x: np.ndarray) -> dict[str, Any]:
+    def _subset(self):
+        """The moments a subset mode scores against: ``(tree, counted(slots), state(cid), quantile)``
+        (trimmed moments, or windowed ones), or None when agents are scored against all members."""
+        tree = self.tree
         if self.scoring in TRIMMED_MODES:
+            return tree._trim.tree, tree._trim.kept, tree._trimmed_state, TRIM_QUANTILE
+        if tree._win is not None:
+            return tree._win.tree, tree._win.inside, tree._window_state, None
+        return None
+
+    def _score_slot(self, agent_id: Hashable, slot: int, x: np.ndarray) -> dict[str, Any]:
+        win = self.tree._win
+        if self.scoring in TRIMMED_MODES or (win is not None and (
+                self.score_levels != "population" or not win.inside(np.array([slot]))[0])):
             return self._score_slot_trimmed(agent_id, slot, x)
         tree = self.tree
+        # a window: a member inside (one just written is) is scored leave-one-out against the
+        # window's moments on the hot path; the count reported is still every member's
+        base = tree._tree if win is None else win.tree
         cohorts = tree._cohorts
         d = x.shape[0]
         own = int(cohorts.page_owner[slot // cohorts.page_size])
@@ -214,17 +235,17 @@ class BehavioralDistributedProtocol(Locked):
         alpha = self.significance_level / len(level_ids)
         thr2 = _chi2_threshold(alpha, d)
         warm_up = self.warm_up
-        dx = tree._tree.deviations(x)      # from the shift (keeps the digits), in the tree's units
+        dx = base.deviations(x)      # from the shift (keeps the digits), in the tree's units
         if self.score_levels == "population":      # the hot path, without the per-level loop
-            n, off, m2 = tree._tree.root_state()
+            n, off, m2 = base.root_state()
             scorer = LeaveOneOutScorer(n, off, m2, self.shrinkage)
             d2, shares = scorer.score(dx - off)
             p = float(_special().chdtrc(d, d2))
             dist = math.sqrt(d2)
             warm = n >= warm_up
             flagged = warm and scorer.ok and p < alpha
-            count = int(n)
-            return {
+            count = int(n) if win is None else int(tree._tree.root_state()[0])
+            info = {
                 "agent_id": agent_id,
                 "is_anomaly": flagged,
                 "mahalanobis_distance": dist,
@@ -243,6 +264,9 @@ class BehavioralDistributedProtocol(Locked):
                             "p_value": p, "is_anomaly": flagged, "warming_up": not warm,
                             "feature_contributions": shares}],
             }
+            if win is not None:
+                info["in_window"] = True
+            return info
         levels = []
         for cid in level_ids:
             n, off, m2 = tree._cohort_state(cid)
@@ -309,8 +333,14 @@ class BehavioralDistributedProtocol(Locked):
                            "is_anomaly": (not lv["warming_up"]) and float(lv["p_value"][0]) < alpha,
                            "warming_up": lv["warming_up"], "feature_contributions": None})
         levels[1:] = sorted(levels[1:], key=lambda lv: len(lv["cohort"]))
+        extra = {}
+        if "in_window" in res:     # a stale member is scored but not judged (see _score_slots)
+            extra["in_window"] = bool(res["in_window"][0])
+            if not extra["in_window"]:
+                for lv in levels:
+                    lv["is_anomaly"] = False
         top = levels[0]
-        return {
+        return extra | {
             "agent_id": agent_id,
             "is_anomaly": any(lv["is_anomaly"] for lv in levels),
             "mahalanobis_distance": top["mahalanobis_distance"],
@@ -345,19 +375,21 @@ class BehavioralDistributedProtocol(Locked):
         X = as_feature_matrix(X, tree.feature_dimensions)
         tree._tree.flush()
         n_pop = tree._tree.root_state()[0]
-        if self.scoring in TRIMMED_MODES:
-            sub = tree._trim.tree
+        n_warm = self._warm_count(n_pop)
+        subset = self._subset()
+        if subset is not None:
+            sub = subset[0]
             sub.flush()
             n, off, m2 = sub.root_state()
             E = sub.deviations(X) - off
-            scorer = TrimmedScorer(n, off, m2, self.shrinkage)
+            scorer = TrimmedScorer(n, off, m2, self.shrinkage, quantile=subset[3])
         else:
             n, off, m2 = tree._tree.root_state()
             E = tree._tree.deviations(X) - off
             scorer = TrimmedScorer(n, off, m2, self.shrinkage, quantile=None)
         d2 = scorer.score_many(E, np.zeros(X.shape[0], dtype=bool)) if scorer.ok else np.zeros(X.shape[0])
         p = chi2_sf(d2, X.shape[1])
-        warm = bool(n_pop >= self.warm_up and scorer.ok)
+        warm = bool(n_warm >= self.warm_up and scorer.ok)
         return {"mahalanobis_squared": d2, "mahalanobis_distance": np.sqrt(d2), "p_value": p,
                 "is_anomaly": (p < self.significance_level) & warm, "population_count": int(round(n_pop)),
                 "warming_up": not warm}
@@ -411,7 +443,8 @@ class BehavioralDistributedProtocol(Locked):
         d = tree.feature_dimensions
         n_pop, off, m2 = tree._tree.root_state()
         score_group = None
-        if self.scoring in TRIMMED_MODES:
+        subset = self._subset()
+        if subset is not None:
             d2, p, warm, shares, DX, kept = self._trimmed_population(slots, rows, n_pop, explain, flush)
         else:
             # Deviations from the shift first, in the tree's units (a power of two
@@ -435,7 +468,7 @@ class BehavioralDistributedProtocol(Locked):
         out: dict[str, Any] = {"agent_ids": ids, "population_count": int(round(n_pop))}
         if self.score_levels == "all":
             trimmed_counts: dict[Path, float] | None = None
-            if self.scoring in TRIMMED_MODES:
+            if subset is not None:
                 trimmed_counts = {}
                 score_group = self._trimmed_group_scorer(kept, trimmed_counts)
             groups = self._cohort_groups(slots, DX, trimmed_counts)
@@ -447,8 +480,20 @@ class BehavioralDistributedProtocol(Locked):
         else:
             decision_p = p
             any_warm = warm
-        decision = significance_cut(decision_p, d2, d, q=q, alpha=self.significance_level, any_warm=any_warm)
-        flagged, cut, thr2, method = decision.flagged, decision.cut, decision.threshold_squared, decision.method
+        if tree._win is None:
+            decision = significance_cut(decision_p, d2, d, q=q, alpha=self.significance_level, any_warm=any_warm)
+            flagged = decision.flagged
+        else:
+            # A member outside the window has no behaviour in it: its distance (from its last
+            # vector to the population now) is reported, but it is not judged, and it takes no
+            # part in the false-discovery procedure.
+            live = tree._win.inside(slots)
+            out["in_window"] = live
+            decision = significance_cut(decision_p[live], d2[live], d, q=q, alpha=self.significance_level,
+                                        any_warm=any_warm)
+            flagged = np.zeros(slots.size, dtype=bool)
+            flagged[live] = decision.flagged
+        cut, thr2, method = decision.cut, decision.threshold_squared, decision.method
         out.update({
             "mahalanobis_squared": d2,
             "mahalanobis_distance": np.sqrt(d2),
@@ -470,28 +515,35 @@ class BehavioralDistributedProtocol(Locked):
         """Rows scored against the population's trimmed moments: ``(d2, p, warm, shares, DX, kept)``,
         ``DX`` the rows' deviations in the trimmed tree's units, ``kept`` whether each is counted."""
         tree = self.tree
-        sub = tree._trim.tree
+        sub, counted, _, quantile = self._subset()
         if flush:
             sub.flush()
         if rows is not None:
             DX = sub.deviations(rows)
         else:
             DX = sub.deviations(np.take(tree._tree.X, slots, axis=0))
-        kept = tree._trim.kept(slots)
+        kept = counted(slots)
         n_t, off, m2 = sub.root_state()
-        scorer = TrimmedScorer(n_t, off, m2, self.shrinkage)
+        scorer = TrimmedScorer(n_t, off, m2, self.shrinkage, quantile=quantile)
         res = scorer.score_many(DX - off, kept, explain=explain)
         d2, shares = res if explain else (res, None)
-        warm = bool(n_pop >= self.warm_up and scorer.ok)
+        warm = bool(self._warm_count(n_pop) >= self.warm_up and scorer.ok)
         return d2, chi2_sf(d2, DX.shape[1]), warm, shares, DX, kept
+
+    def _warm_count(self, n_members: float) -> float:
+        """The count the warm-up is judged on: the members inside the window when there is
+        one (they are the population scored against), else every member."""
+        win = self.tree._win
+        return n_members if win is None else win.tree.root_state()[0]
 
     def _trimmed_group_scorer(self, kept: np.ndarray, trimmed_counts: dict[Path, float]):
         """For :func:`combine_levels`: a cohort's rows scored against its trimmed moments
         (``count`` there is the cohort's members, its kept ones are in ``trimmed_counts``)."""
         shrinkage = self.shrinkage
+        quantile = self._subset()[3]
 
         def score(key: Path, rows: np.ndarray, count: float, offset: np.ndarray, m2: np.ndarray, E: np.ndarray):
-            scorer = TrimmedScorer(trimmed_counts[key], offset, m2, shrinkage)
+            scorer = TrimmedScorer(trimmed_counts[key], offset, m2, shrinkage, quantile=quantile)
             if not scorer.ok:
                 return np.zeros(E.shape[0]), False
             return scorer.score_many(E, kept[rows]), scorer.inside.ok
@@ -526,6 +578,8 @@ class BehavioralDistributedProtocol(Locked):
                     continue
                 cn, coff, cm2 = tree._cohort_state(a)
                 if trimmed_counts is not None:     # the members' count; the kept members' moments
-                    tn, coff, cm2 = tree._trimmed_state(a)
+                    tn, coff, cm2 = self._subset()[2](a)
                     trimmed_counts[cohorts.paths[a]] = tn
+                    if tree._win is not None:      # a window: the cohort warms up on its members inside
+                        cn = tn if self.scoring not in TRIMMED_MODES else tree._window_state(a)[0]
                 yield cohorts.paths[a], group, cn, coff, cm2, DX[group] - coff

@@ -158,7 +158,8 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
         # Every parameter is checked here, on the driver, before Ray starts: the
         # in-process parts are built empty (cheap) for their validation and defaults.
         self._shape = HierarchicalStatisticalTree(branching_factor=s.branching_factor,
-                                                  feature_dimensions=s.feature_dimensions)
+                                                  feature_dimensions=s.feature_dimensions,
+                                                  window_rounds=s.window_rounds)
         self._rules = BehavioralDistributedProtocol(self._shape, significance_level=s.significance_level,
                                                     fdr=s.fdr, shrinkage=s.shrinkage, warm_up=s.warm_up,
                                                     score_levels=s.score_levels, scoring=s.scoring)
@@ -166,6 +167,10 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
             # the shards' trimmed moments would be judged against their own region, not the
             # merged population: refused rather than answering differently from in process
             raise InvalidInputError(f"scoring={s.scoring!r} is not available on the ray backend yet")
+        if s.window_rounds is not None:
+            # the region shards would need the window's rounds and stamps in their merged
+            # moments: refused rather than answering differently from in process
+            raise InvalidInputError("window_rounds is not available on the ray backend yet")
         ref = StableBayesianConsensus(byzantine_threshold=s.byzantine_threshold, partition_size=s.partition_size,
                                       prior_probability=s.prior_probability, trusted_sources=[s.node_id],
                                       probation_evidence=s.probation_evidence)
