@@ -88,6 +88,17 @@ def _is_number(v: Any) -> bool:
     return (type(v) is float and math.isfinite(v)) or type(v) is int
 
 
+def _floats_or_inf(values: list) -> list[float]:
+    """``values`` as floats, an integer too large for float64 as inf (its row is then refused)."""
+    out = []
+    for v in values:
+        try:
+            out.append(float(v))
+        except OverflowError:
+            out.append(math.inf)
+    return out
+
+
 def _lines(body: bytes):
     """(line number, text) of every non-blank line of a JSON Lines body."""
     for number, raw in enumerate(body.split(b"\n"), 1):
@@ -142,8 +153,11 @@ def parse_behavior_lines(body: bytes, dimension: int | None) -> BehaviorBatch:
         cohorts.append(cohort)
     if not seen:
         raise ApiError(400, "the body holds no line", code="empty_body")
-    X = np.array(rows, dtype=np.float64).reshape(len(rows), dimension or 0)
-    if X.size and not np.isfinite(X).all():      # ints beyond float64's range become inf
+    try:
+        X = np.array(rows, dtype=np.float64).reshape(len(rows), dimension or 0)
+    except OverflowError:                        # a JSON integer beyond float64's range
+        X = np.array([_floats_or_inf(r) for r in rows], dtype=np.float64).reshape(len(rows), dimension or 0)
+    if X.size and not np.isfinite(X).all():      # ints beyond float64's range are inf here
         bad = set(np.flatnonzero(~np.isfinite(X).all(axis=1)).tolist())
         keep = [i for i in range(len(ids)) if i not in bad]
         errors += [LineError(numbers[i], "features overflow float64") for i in sorted(bad)]

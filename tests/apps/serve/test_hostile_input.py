@@ -1,0 +1,25 @@
+"""Hostile and odd input found in review: each is its documented status with a one-line error,
+nothing changed (the window, the log), and a count in /metrics."""
+
+from __future__ import annotations
+
+from .conftest import NDJSON, auth, metric
+
+
+def _unchanged(node) -> None:
+    assert len(node.log) == 0 and len(node.populations["behaviors"].window) == 0
+
+
+def test_an_integer_too_large_for_a_float_is_refused_alone_not_a_500(served):
+    _, node, client = served
+    huge = str(10**400).encode()
+    body = b'{"agent_id": "a", "features": [1.0, 2.0]}\n{"agent_id": "b", "features": [' + huge + b', 1.0]}\n'
+    r = client.post("/v1/behaviors", content=body, headers={**NDJSON, **auth("t-ingest")})
+    assert r.status_code == 200, r.text
+    assert (r.json()["accepted"], r.json()["rejected"]) == (1, 1) and r.json()["errors"][0]["line"] == 2
+    assert len(node.populations["behaviors"].window) == 1
+    r = client.post("/v1/behaviors", content=b'{"agent_id": "c", "features": [' + huge + b', 1.0]}\n',
+                    headers={**NDJSON, **auth("t-ingest")})
+    assert r.status_code == 400 and "overflow" in r.json()["error"]
+    assert len(node.log) == 1 and len(node.populations["behaviors"].window) == 1
+    assert metric(client, "swarmguard_errors_total", code="internal", status="500") == 0
