@@ -23,3 +23,15 @@ def test_an_integer_too_large_for_a_float_is_refused_alone_not_a_500(served):
     assert r.status_code == 400 and "overflow" in r.json()["error"]
     assert len(node.log) == 1 and len(node.populations["behaviors"].window) == 1
     assert metric(client, "swarmguard_errors_total", code="internal", status="500") == 0
+
+
+def test_a_malformed_last_event_id_is_400_not_a_500(served):
+    _, _, client = served
+    for bad in ("9" * 5000, "1e3", "-1"):
+        r = client.get("/v1/events?timeout=0.2", headers={**auth("t-read"), "Last-Event-ID": bad})
+        assert r.status_code == 400 and set(r.json()) == {"error"} and "Last-Event-ID" in r.json()["error"]
+    r = client.get("/v1/events?timeout=0.2", headers={**auth("t-read"), "Last-Event-ID": b"\xb2"})
+    assert r.status_code == 400
+    assert metric(client, "swarmguard_errors_total", code="bad_header", status="400") == 4
+    with client.stream("GET", "/v1/events?timeout=0.2", headers={**auth("t-read"), "Last-Event-ID": "0"}) as r:
+        assert r.status_code == 200

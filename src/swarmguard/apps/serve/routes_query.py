@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import json
+import re
 import time
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -14,6 +15,8 @@ from .auth import requires
 from .http_errors import ApiError
 
 __all__ = ["router"]
+
+_EVENT_ID = re.compile(r"[0-9]{1,18}")     # ASCII digits only: str.isdigit() lets "²" through to int()
 
 router = APIRouter(tags=["query"], dependencies=[Depends(requires("read"))])
 
@@ -89,7 +92,9 @@ async def events(request: Request, since: int | None = Query(None, ge=0),
     ends after ``limit`` events or ``timeout`` seconds, else when the client leaves."""
     log = request.app.state.node.events
     header = request.headers.get("last-event-id")
-    start = since if since is not None else (int(header) if header and header.isdigit() else log.last_id)
+    if header is not None and since is None and not _EVENT_ID.fullmatch(header):
+        raise ApiError(400, "Last-Event-ID must be an event id (1 to 18 ASCII digits)", code="bad_header")
+    start = since if since is not None else (int(header) if header is not None else log.last_id)
     deadline = None if timeout is None else time.monotonic() + timeout
 
     async def stream():
