@@ -35,3 +35,12 @@ def test_a_malformed_last_event_id_is_400_not_a_500(served):
     assert metric(client, "swarmguard_errors_total", code="bad_header", status="400") == 4
     with client.stream("GET", "/v1/events?timeout=0.2", headers={**auth("t-read"), "Last-Event-ID": "0"}) as r:
         assert r.status_code == 200
+
+
+def test_a_request_larger_than_the_window_limit_is_413_not_a_429_to_retry_forever(make_node):
+    _, node, client = make_node(max_window_rows=5)
+    rows = b"".join(b'{"agent_id": "a-%d", "features": [1.0]}\n' % i for i in range(6))
+    r = client.post("/v1/behaviors", content=rows, headers={**NDJSON, **auth("t-ingest")})
+    assert r.status_code == 413 and "retry-after" not in r.headers and "5" in r.json()["error"]
+    _unchanged(node)
+    assert metric(client, "swarmguard_errors_total", code="too_many_vectors", status="413") == 1

@@ -130,6 +130,9 @@ class ServeNode:
                 errors += [LineError(0, f"agent {a}: features has {d} values; this node's {population} "
                                         f"vectors have {pop.dimension}") for a in batch.agent_ids]
                 return self._count(population_kind(population), 0, errors)
+            if batch.size > self.settings.max_window_rows:       # would never fit: a 429 would be retried forever
+                raise ApiError(413, f"{batch.size} vectors in one request: the open window holds at most "
+                                    f"{self.settings.max_window_rows}; split the request", code="too_many_vectors")
             if self.window_rows + batch.size > self.settings.max_window_rows:
                 raise ApiError(429, f"the open window holds {self.window_rows} vectors (limit "
                                     f"{self.settings.max_window_rows}): retry after it closes",
