@@ -44,3 +44,42 @@ def test_a_request_larger_than_the_window_limit_is_413_not_a_429_to_retry_foreve
     assert r.status_code == 413 and "retry-after" not in r.headers and "5" in r.json()["error"]
     _unchanged(node)
     assert metric(client, "swarmguard_errors_total", code="too_many_vectors", status="413") == 1
+
+
+def _arrow(table, **options) -> bytes:
+    import io
+
+    import pyarrow as pa
+
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema, **options) as w:
+        w.write_table(table)
+    return sink.getvalue()
+
+
+ARROW = {"Content-Type": "application/vnd.apache.arrow.stream", **auth("t-ingest")}
+
+
+def test_arrow_bodies_that_would_expand_past_the_limit_are_refused_before_decoding(make_node):
+    import numpy as np
+    import pyarrow as pa
+
+    _, node, client = make_node(max_body_bytes=100_000)
+    n = 1_000_000                     # 9 MB of columns in a body of a few kB
+    zeros = pa.table({"agent_id": np.zeros(n, dtype=np.int8), "f0": np.zeros(n)})
+    body = _arrow(zeros, options=pa.ipc.IpcWriteOptions(compression="zstd"))
+    assert len(body) < 100_000
+    r = client.post("/v1/behaviors", content=body, headers=ARROW)
+    assert r.status_code == 400 and "compressed" in r.json()["error"]
+    # a list of nulls and a dictionary column have no buffer to count: refused by type
+    nulls = pa.table({"agent_id": ["a"], "features": pa.array([[None] * 100_000], type=pa.list_(pa.null()))})
+    r = client.post("/v1/behaviors", content=_arrow(nulls), headers=ARROW)
+    assert r.status_code == 400 and "'features'" in r.json()["error"] and "list of numbers" in r.json()["error"]
+    ids = pa.array(["y" * 200] * 1000).dictionary_encode()
+    r = client.post("/v1/behaviors", content=_arrow(pa.table({"agent_id": ids, "f0": np.zeros(1000)})), headers=ARROW)
+    assert r.status_code == 400 and "dictionary" in r.json()["error"]
+    _unchanged(node)
+    assert metric(client, "swarmguard_errors_total", code="malformed_body", status="400") == 3
+    ok = pa.table({"agent_id": ["a", "b"], "f0": [1.0, 2.0], "f1": [3, 4]})
+    r = client.post("/v1/behaviors", content=_arrow(ok), headers=ARROW)
+    assert r.status_code == 200 and r.json()["accepted"] == 2

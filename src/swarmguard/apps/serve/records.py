@@ -171,15 +171,14 @@ def parse_behavior_arrow(body: bytes, dimension: int | None) -> BehaviorBatch:
     numeric column per feature (in schema order), ``timestamp`` and ``cohort`` optional.
     Rows with a null are refused alone; an unreadable stream is 400."""
     import pyarrow as pa
-    import pyarrow.ipc
 
-    try:
-        table = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
-    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
-        raise ApiError(400, f"not an Arrow IPC stream: {exc}", code="malformed_body") from None
+    from .arrow_stream import read_arrow_stream
+
+    table = read_arrow_stream(body)
     names = table.schema.names
     if "agent_id" not in names:
         raise ApiError(400, "the Arrow stream has no agent_id column", code="malformed_body")
+    _check_arrow_types(table.schema)
     if table.num_rows == 0:
         raise ApiError(400, "the body holds no row", code="empty_body")
     errors: list[LineError] = []
@@ -230,6 +229,28 @@ def parse_behavior_arrow(body: bytes, dimension: int | None) -> BehaviorBatch:
         rows.append(i)
         cohorts.append(cohort)
     return BehaviorBatch(ids, X[rows], cohorts, errors)
+
+
+def _check_arrow_types(schema) -> None:
+    """Only plain types (no dictionary, null or nested values beyond a list of numbers): a column
+    read into Python then costs at most a small multiple of its bytes in the body."""
+    import pyarrow as pa
+
+    def text(t) -> bool:
+        return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+    def number(t) -> bool:
+        return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+    rules = {"agent_id": (lambda t: text(t) or pa.types.is_integer(t), "a string or integer column"),
+             "cohort": (lambda t: text(t) or pa.types.is_null(t), "a string column"),
+             "timestamp": (lambda t: number(t) or pa.types.is_timestamp(t) or pa.types.is_null(t), "a numeric column"),
+             "features": (lambda t: (pa.types.is_list(t) or pa.types.is_fixed_size_list(t)) and number(t.value_type),
+                          "a list of numbers")}
+    for f in schema:
+        ok, what = rules.get(f.name, (number, "a number"))
+        if not ok(f.type):
+            raise ApiError(400, f"column {f.name!r} is {f.type}: it must be {what}", code="malformed_body")
 
 
 def parse_evidence_lines(body: bytes, source: str) -> EvidenceBatch:
