@@ -83,3 +83,41 @@ def test_arrow_bodies_that_would_expand_past_the_limit_are_refused_before_decodi
     ok = pa.table({"agent_id": ["a", "b"], "f0": [1.0, 2.0], "f1": [3, 4]})
     r = client.post("/v1/behaviors", content=_arrow(ok), headers=ARROW)
     assert r.status_code == 200 and r.json()["accepted"] == 2
+
+
+def test_a_body_of_many_bad_lines_lists_100_counts_all_and_stays_small(served):
+    import tracemalloc
+
+    from swarmguard.apps.serve.records import MAX_LISTED_ERRORS, parse_behavior_lines, parse_evidence_lines
+
+    bad = 200_000
+    body = b'{"agent_id": "a", "features": [1.0]}\n' + b"1\n" * bad
+    tracemalloc.start()
+    try:
+        batch = parse_behavior_lines(body, None)
+        evidence = parse_evidence_lines(b"[]\n" * bad, "observer-7")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (batch.size, len(batch.errors), batch.unlisted) == (1, MAX_LISTED_ERRORS, bad - MAX_LISTED_ERRORS)
+    assert (len(evidence.errors), evidence.unlisted) == (MAX_LISTED_ERRORS, bad - MAX_LISTED_ERRORS)
+    assert [e.line for e in batch.errors] == list(range(2, 2 + MAX_LISTED_ERRORS))
+    assert peak < 4 << 20, peak                      # one object per bad line would be ~50 MB
+    _, node, client = served
+    r = client.post("/v1/behaviors", content=body, headers={**NDJSON, **auth("t-ingest")})
+    assert r.status_code == 200 and (r.json()["accepted"], r.json()["rejected"]) == (1, bad)
+    assert len(r.json()["errors"]) == MAX_LISTED_ERRORS
+    assert metric(client, "swarmguard_refused_total", kind="behaviors") == bad
+
+
+def test_a_batch_of_the_wrong_dimension_names_each_rows_line(served):
+    from swarmguard.apps.serve.records import parse_behavior_lines
+
+    _, node, client = served
+    assert client.post("/v1/behaviors", content=b'{"agent_id": "a", "features": [1.0, 2.0]}\n',
+                       headers={**NDJSON, **auth("t-ingest")}).status_code == 200
+    # parsed before the dimension was known (two first requests racing), checked under the lock
+    batch = parse_behavior_lines(b'\n{"agent_id": "b", "features": [1.0]}\n\n{"agent_id": "c", "features": [2.0]}\n', None)
+    result = node.accept_behaviors(batch)
+    assert result.accepted == 0 and [e.line for e in result.errors] == [2, 4]
+    assert "have 2" in result.errors[0].error and len(node.log) == 1

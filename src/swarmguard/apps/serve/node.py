@@ -34,7 +34,7 @@ from .events import EventLog
 from .http_errors import ApiError, one_line
 from .metrics import ServeMetrics
 from .population import Population, WindowOutcome
-from .records import BehaviorBatch, EvidenceBatch, LineError
+from .records import BehaviorBatch, EvidenceBatch, LineError, Refusals
 from .settings import ServeSettings
 
 __all__ = ["ServeNode", "IngestResult", "BEHAVIORS_POPULATION", "SPANS_POPULATION", "DEFAULT_POPULATIONS"]
@@ -119,7 +119,7 @@ class ServeNode:
         :class:`ApiError` 429 when the open window holds ``max_window_rows`` vectors, 503
         while draining; then nothing changed.
         """
-        errors = list(batch.errors)
+        errors = Refusals(batch.errors, batch.unlisted)
         with self._lock:
             self._check_open()
             pop = self._population(population)
@@ -127,8 +127,10 @@ class ServeNode:
                 return self._count(population_kind(population), 0, errors)
             d = batch.X.shape[1]
             if pop.dimension is not None and d != pop.dimension:
-                errors += [LineError(0, f"agent {a}: features has {d} values; this node's {population} "
-                                        f"vectors have {pop.dimension}") for a in batch.agent_ids]
+                numbers = batch.lines if batch.lines is not None else [0] * batch.size
+                for a, line in zip(batch.agent_ids, numbers, strict=True):
+                    errors.add(line, f"agent {a}: features has {d} values; this node's {population} "
+                                     f"vectors have {pop.dimension}")
                 return self._count(population_kind(population), 0, errors)
             if batch.size > self.settings.max_window_rows:       # would never fit: a 429 would be retried forever
                 raise ApiError(413, f"{batch.size} vectors in one request: the open window holds at most "
@@ -157,7 +159,7 @@ class ServeNode:
     def accept_evidence(self, batch: EvidenceBatch) -> IngestResult:
         """Store a request's evidence in every population's consensus, durably; a row the
         consensus refuses (an id already held with other content, ...) is refused alone."""
-        errors = list(batch.errors)
+        errors = Refusals(batch.errors, batch.unlisted)
         with self._lock:
             self._check_open()
             rows, lines = list(batch.rows), list(batch.lines)
@@ -168,13 +170,15 @@ class ServeNode:
                     if problem is None:
                         keep.append((row, line))
                     else:
-                        errors.append(LineError(line, problem))
+                        errors.add(line, problem)
                 keep, clashes = _without_clashes(keep)
-                errors += clashes
+                for clash in clashes:
+                    errors.add(clash.line, clash.error)
                 rows, lines = [r for r, _ in keep], [n for _, n in keep]
                 problem = self._evidence_problem(rows) if rows else None
                 if problem is not None:        # cannot happen after the checks above; refuse all, change nothing
-                    errors += [LineError(n, problem) for n in lines]
+                    for n in lines:
+                        errors.add(n, problem)
                     rows, lines = [], []
             if rows:
                 at = self.settings.clock()
@@ -182,7 +186,6 @@ class ServeNode:
                                   r.timestamp, r.source_node] for r in rows]}
                 self.log.append(EVIDENCE, at, meta)
                 self._apply_evidence(at, meta)
-            errors.sort(key=lambda e: e.line)
             return self._count("evidence", len(rows), errors)
 
     @staticmethod
@@ -279,10 +282,10 @@ class ServeNode:
         wait = 1 if end is None else end - self.settings.clock()
         return max(1, int(math.ceil(wait)))
 
-    def _count(self, kind: str, accepted: int, errors: list[LineError]) -> IngestResult:
+    def _count(self, kind: str, accepted: int, errors: Refusals) -> IngestResult:
         self.metrics.accepted.labels(kind).inc(accepted)
         self.metrics.refused.labels(kind).inc(len(errors))
-        return IngestResult(accepted, len(errors), errors)
+        return IngestResult(accepted, len(errors), errors.sorted())
 
     def drain(self) -> list[WindowOutcome]:
         """Stop taking writes (readyz 503, ingest 503), then close the open window."""

@@ -7,6 +7,7 @@ integer id becomes its decimal string), so that ``"7"`` and ``7`` are one agent.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -20,10 +21,13 @@ from ...validation import MAX_ID_LENGTH, MAX_NAME_LENGTH
 from .http_errors import ApiError, one_line
 
 __all__ = ["BehaviorBatch", "EvidenceBatch", "LineError", "parse_behavior_lines", "parse_behavior_arrow",
-           "parse_evidence_lines", "JSON_LINES_TYPES", "ARROW_STREAM_TYPE"]
+           "parse_evidence_lines", "JSON_LINES_TYPES", "ARROW_STREAM_TYPE", "MAX_LISTED_ERRORS", "Refusals"]
 
 JSON_LINES_TYPES = ("application/x-ndjson", "application/jsonl")
 ARROW_STREAM_TYPE = "application/vnd.apache.arrow.stream"
+# refused lines listed one by one (with their reason); the rest are only counted: a body of
+# millions of bad lines must not cost a Python object (and a formatted message) per line
+MAX_LISTED_ERRORS = 100
 _BEHAVIOR_FIELDS = {"agent_id", "features", "timestamp", "cohort"}
 _EVIDENCE_FIELDS = {"evidence_id", "agent_id", "evidence_type", "log_odds", "confidence", "timestamp", "source_node"}
 
@@ -39,15 +43,39 @@ class LineError:
         return {"line": self.line, "error": self.error}
 
 
+class Refusals:
+    """The refused lines of a body: the first :data:`MAX_LISTED_ERRORS` with their reason
+    (``listed``), and how many more there were (``unlisted``)."""
+
+    def __init__(self, listed: list[LineError] | None = None, unlisted: int = 0):
+        self.listed: list[LineError] = list(listed or [])
+        self.unlisted = unlisted
+
+    def __len__(self) -> int:
+        return len(self.listed) + self.unlisted
+
+    def add(self, line: int, reason: object) -> None:
+        if len(self.listed) < MAX_LISTED_ERRORS:
+            self.listed.append(LineError(line, one_line(reason)))
+        else:
+            self.unlisted += 1
+
+    def sorted(self) -> list[LineError]:
+        return sorted(self.listed, key=lambda e: e.line)
+
+
 @dataclass
 class BehaviorBatch:
     """Accepted behaviour vectors of one request: ``agent_ids`` (str), ``X`` (n, d) float64,
-    ``cohorts`` (a name or None per row); ``errors`` the refused lines."""
+    ``cohorts`` (a name or None per row); ``errors`` the refused lines listed, ``unlisted``
+    how many more were refused (only counted); ``lines`` each row's line (None: not known)."""
 
     agent_ids: list[str]
     X: np.ndarray
     cohorts: list[str | None]
     errors: list[LineError] = field(default_factory=list)
+    unlisted: int = 0
+    lines: list[int] | None = None
 
     @property
     def size(self) -> int:
@@ -61,6 +89,7 @@ class EvidenceBatch:
     rows: list[BayesianEvidence]
     lines: list[int]
     errors: list[LineError] = field(default_factory=list)
+    unlisted: int = 0
 
     @property
     def size(self) -> int:
@@ -100,8 +129,9 @@ def _floats_or_inf(values: list) -> list[float]:
 
 
 def _lines(body: bytes):
-    """(line number, text) of every non-blank line of a JSON Lines body."""
-    for number, raw in enumerate(body.split(b"\n"), 1):
+    """(line number, text) of every non-blank line of a JSON Lines body (read lazily: no list
+    of every line is built)."""
+    for number, raw in enumerate(io.BytesIO(body), 1):
         if raw.strip():
             yield number, raw
 
@@ -120,7 +150,7 @@ def parse_behavior_lines(body: bytes, dimension: int | None) -> BehaviorBatch:
     rows: list[list[float]] = []
     cohorts: list[str | None] = []
     numbers: list[int] = []
-    errors: list[LineError] = []
+    errors = Refusals()
     seen = False
     for number, raw in _lines(body):
         seen = True
@@ -144,7 +174,7 @@ def parse_behavior_lines(body: bytes, dimension: int | None) -> BehaviorBatch:
                 raise ValueError("timestamp must be a finite number")
             cohort = _cohort(obj.get("cohort"))
         except (ValueError, RecursionError) as exc:       # json.JSONDecodeError is a ValueError
-            errors.append(LineError(number, one_line(exc)))
+            errors.add(number, exc)
             continue
         dimension = len(features)
         numbers.append(number)
@@ -160,10 +190,10 @@ def parse_behavior_lines(body: bytes, dimension: int | None) -> BehaviorBatch:
     if X.size and not np.isfinite(X).all():      # ints beyond float64's range are inf here
         bad = set(np.flatnonzero(~np.isfinite(X).all(axis=1)).tolist())
         keep = [i for i in range(len(ids)) if i not in bad]
-        errors += [LineError(numbers[i], "features overflow float64") for i in sorted(bad)]
-        errors.sort(key=lambda e: e.line)
-        ids, cohorts, X = [ids[i] for i in keep], [cohorts[i] for i in keep], X[keep]
-    return BehaviorBatch(ids, X, cohorts, errors)
+        for i in sorted(bad):
+            errors.add(numbers[i], "features overflow float64")
+        ids, cohorts, X, numbers = [ids[i] for i in keep], [cohorts[i] for i in keep], X[keep], [numbers[i] for i in keep]
+    return BehaviorBatch(ids, X, cohorts, errors.sorted(), errors.unlisted, numbers)
 
 
 def parse_behavior_arrow(body: bytes, dimension: int | None) -> BehaviorBatch:
@@ -181,7 +211,7 @@ def parse_behavior_arrow(body: bytes, dimension: int | None) -> BehaviorBatch:
     _check_arrow_types(table.schema)
     if table.num_rows == 0:
         raise ApiError(400, "the body holds no row", code="empty_body")
-    errors: list[LineError] = []
+    errors = Refusals()
     try:
         if "features" in names:
             col = table.column("features").combine_chunks()
@@ -223,12 +253,12 @@ def parse_behavior_arrow(body: bytes, dimension: int | None) -> BehaviorBatch:
             agent = _agent_id(raw_ids[i])
             cohort = _cohort(raw_cohorts[i])
         except ValueError as exc:
-            errors.append(LineError(i + 1, one_line(exc)))
+            errors.add(i + 1, exc)
             continue
         ids.append(agent)
         rows.append(i)
         cohorts.append(cohort)
-    return BehaviorBatch(ids, X[rows], cohorts, errors)
+    return BehaviorBatch(ids, X[rows], cohorts, errors.sorted(), errors.unlisted, [i + 1 for i in rows])
 
 
 def _check_arrow_types(schema) -> None:
@@ -258,7 +288,7 @@ def parse_evidence_lines(body: bytes, source: str) -> EvidenceBatch:
     credential's). A line naming another ``source_node`` is refused alone."""
     rows: list[BayesianEvidence] = []
     lines: list[int] = []
-    errors: list[LineError] = []
+    errors = Refusals()
     seen = False
     for number, raw in _lines(body):
         seen = True
@@ -285,7 +315,7 @@ def parse_evidence_lines(body: bytes, source: str) -> EvidenceBatch:
             rows.append(BayesianEvidence(**obj))
             lines.append(number)
         except (ValueError, TypeError, SwarmGuardError, RecursionError) as exc:
-            errors.append(LineError(number, one_line(exc)))
+            errors.add(number, exc)
     if not seen:
         raise ApiError(400, "the body holds no line", code="empty_body")
-    return EvidenceBatch(rows, lines, errors)
+    return EvidenceBatch(rows, lines, errors.sorted(), errors.unlisted)
