@@ -121,3 +121,30 @@ def test_a_batch_of_the_wrong_dimension_names_each_rows_line(served):
     result = node.accept_behaviors(batch)
     assert result.accepted == 0 and [e.line for e in result.errors] == [2, 4]
     assert "have 2" in result.errors[0].error and len(node.log) == 1
+
+
+def test_a_failed_log_write_is_503_and_nothing_is_acknowledged_or_applied(served):
+    from swarmguard.apps.serve.durable_log import DurableLog
+
+    _, node, client = served
+    ok = b'{"agent_id": "a", "features": [1.0, 2.0]}\n'
+    assert client.post("/v1/behaviors", content=ok, headers={**NDJSON, **auth("t-ingest")}).status_code == 200
+    pages = node.log._db.execute("PRAGMA page_count").fetchone()[0]
+    node.log._db.execute(f"PRAGMA max_page_count = {pages}")        # the disk is full: SQLITE_FULL
+    big = b"".join(b'{"agent_id": "b-%d", "features": [1.0, 2.0]}\n' % i for i in range(2000))
+    r = client.post("/v1/behaviors", content=big, headers={**NDJSON, **auth("t-ingest")})
+    assert r.status_code == 503 and r.headers["retry-after"] and set(r.json()) == {"error"}
+    assert "durable log" in r.json()["error"] and "Error:" not in r.json()["error"]
+    evidence = b'{"evidence_id": "e", "agent_id": "a", "evidence_type": "peer_report", "log_odds": 1.0, ' \
+               b'"confidence": 1.0, "timestamp": 0.0}\n' * 1
+    r = client.post("/v1/evidence", content=evidence * 1, headers={**NDJSON, **auth("t-obs7")})
+    assert r.status_code in (200, 503)        # a tiny record may still fit in the last page
+    held_evidence = node.populations["behaviors"].detector.consensus.evidence_count
+    assert len(node.populations["behaviors"].window) == 1
+    assert metric(client, "swarmguard_errors_total", code="log_write_failed", status="503") >= 1
+    assert metric(client, "swarmguard_accepted_total", kind="behaviors") == 1
+    node.log._db.execute("PRAGMA max_page_count = 1073741823")
+    assert client.post("/v1/behaviors", content=big, headers={**NDJSON, **auth("t-ingest")}).status_code == 200
+    node.close()
+    kinds = [rec.kind for rec in DurableLog(node.data_dir).records()]
+    assert kinds.count("behaviors") == 2 and kinds.count("evidence") == held_evidence

@@ -18,6 +18,7 @@ is durable, and the vectors count in the open window. From a route, the node is
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ...api import EvidenceType
-from ...errors import SwarmGuardError
+from ...errors import EvidenceStoreError, SwarmGuardError
 from .durable_log import BEHAVIORS, CLOSE_WINDOW, EVIDENCE, DurableLog, LogRecord
 from .events import EventLog
 from .http_errors import ApiError, one_line
@@ -42,6 +43,8 @@ __all__ = ["ServeNode", "IngestResult", "BEHAVIORS_POPULATION", "SPANS_POPULATIO
 BEHAVIORS_POPULATION = "behaviors"      # POST /v1/behaviors
 SPANS_POPULATION = "spans"              # POST /v1/traces (OTLP-derived vectors)
 DEFAULT_POPULATIONS = (BEHAVIORS_POPULATION, SPANS_POPULATION)
+
+log = logging.getLogger("swarmguard.serve")
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,7 @@ class ServeNode:
             at = self.settings.clock()
             meta = {"population": population, "agents": batch.agent_ids, "cohorts": batch.cohorts, "d": d,
                     "feature_names": list(feature_names) if feature_names else None}
-            self.log.append(BEHAVIORS, at, meta, batch.X)
+            self._log_append(BEHAVIORS, at, meta, batch.X)
             self._apply_behaviors(at, meta, batch.X)
             self.metrics.queue_depth.labels("window_rows").set(self.window_rows)
             return self._count(population_kind(population), batch.size, errors)
@@ -184,7 +187,7 @@ class ServeNode:
                 at = self.settings.clock()
                 meta = {"rows": [[r.evidence_id, r.agent_id, r.evidence_type.value, r.log_odds, r.confidence,
                                   r.timestamp, r.source_node] for r in rows]}
-                self.log.append(EVIDENCE, at, meta)
+                self._log_append(EVIDENCE, at, meta)
                 self._apply_evidence(at, meta)
             return self._count("evidence", len(rows), errors)
 
@@ -227,7 +230,7 @@ class ServeNode:
             if self.opened_at is None:
                 return []
             at = self.settings.clock()
-            self.log.append(CLOSE_WINDOW, at, {})
+            self._log_append(CLOSE_WINDOW, at, {})
             outcomes = self._apply_close(at, live=True)
             self.metrics.queue_depth.labels("window_rows").set(0)
             return outcomes
@@ -272,6 +275,18 @@ class ServeNode:
         elif record.kind == CLOSE_WINDOW:
             self._apply_close(record.at, live=False)
 
+    def _log_append(self, kind: str, at: float, meta: dict[str, Any], matrix: np.ndarray | None = None) -> None:
+        """Log a record before applying it; a write that fails is 503 and nothing is applied (the
+        request is not acknowledged; a record whose commit failed half-way may still be replayed
+        after a restart, which at-least-once retries already allow)."""
+        try:
+            self.log.append(kind, at, meta, matrix)
+        except EvidenceStoreError as exc:
+            log.error("%s", exc)
+            raise ApiError(503, f"the node's durable log cannot be written, nothing was stored: "
+                                f"{str(exc).rsplit(': ', 1)[-1]}", code="log_write_failed",
+                           headers={"Retry-After": "5"}) from None
+
     # ---------------------------------------------------------------- life cycle
     def _check_open(self) -> None:
         if self.state == "draining":
@@ -294,7 +309,7 @@ class ServeNode:
             if self.opened_at is None:
                 return []
             at = self.settings.clock()
-            self.log.append(CLOSE_WINDOW, at, {})
+            self._log_append(CLOSE_WINDOW, at, {})
             return self._apply_close(at, live=True)
 
     def close(self) -> None:
