@@ -148,3 +148,47 @@ def test_a_failed_log_write_is_503_and_nothing_is_acknowledged_or_applied(served
     node.close()
     kinds = [rec.kind for rec in DurableLog(node.data_dir).records()]
     assert kinds.count("behaviors") == 2 and kinds.count("evidence") == held_evidence
+
+
+def test_event_streams_are_bounded_and_a_closed_stream_frees_its_place(make_node):
+    import threading
+
+    _, node, client = make_node(max_event_streams=1)
+    opened, release = threading.Event(), threading.Event()
+
+    def hold():
+        with client.stream("GET", "/v1/events?timeout=5", headers=auth("t-read")) as r:
+            for _ in r.iter_lines():
+                opened.set()
+                if release.is_set():
+                    break
+                release.wait(5)
+                break
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    assert opened.wait(10)
+    r = client.get("/v1/events?timeout=0.2", headers=auth("t-read"))
+    assert r.status_code == 503 and r.headers["retry-after"] and "event streams" in r.json()["error"]
+    release.set()
+    worker.join(10)
+    for _ in range(50):                   # the first stream notices its client left within ~0.1 s
+        r = client.get("/v1/events?timeout=0.2", headers=auth("t-read"))
+        if r.status_code == 200:
+            break
+        threading.Event().wait(0.1)
+    assert r.status_code == 200
+    assert metric(client, "swarmguard_errors_total", code="too_many_streams", status="503") >= 1
+
+
+def test_events_after_an_id_across_the_ring_wrap():
+    from swarmguard.apps.serve.events import EventLog
+
+    log = EventLog(capacity=5)
+    assert log.after(0) == []
+    for i in range(1, 13):
+        log.publish({"n": i})
+    assert [e[0] for e in log.after(0)] == [8, 9, 10, 11, 12]          # the ring keeps the last 5
+    assert [e[0] for e in log.after(9)] == [10, 11, 12]
+    assert [e[0] for e in log.after(9, limit=2)] == [10, 11] and log.after(12) == [] and log.after(99) == []
+    assert [e[1]["n"] for e in log.after(7, limit=1)] == [8]

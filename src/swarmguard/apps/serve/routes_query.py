@@ -96,8 +96,23 @@ async def events(request: Request, since: int | None = Query(None, ge=0),
         raise ApiError(400, "Last-Event-ID must be an event id (1 to 18 ASCII digits)", code="bad_header")
     start = since if since is not None else (int(header) if header is not None else log.last_id)
     deadline = None if timeout is None else time.monotonic() + timeout
+    state = request.app.state
+    open_streams = getattr(state, "event_streams", 0)
+    if open_streams >= state.settings.max_event_streams:
+        raise ApiError(503, f"{open_streams} event streams are open: retry later", code="too_many_streams",
+                       headers={"Retry-After": "5"})
 
     async def stream():
+        # counted while it runs (the event loop's thread only: no lock); a stream never started
+        # is never counted, so the count cannot leak
+        state.event_streams = getattr(state, "event_streams", 0) + 1
+        try:
+            async for chunk in _events(start):
+                yield chunk
+        finally:                                   # the end, the limit, a timeout or a client gone
+            state.event_streams -= 1
+
+    async def _events(start):
         last, sent, idle = start, 0, 0.0
         yield ": swarmguard isolation events\n\n"
         while limit is None or sent < limit:
