@@ -192,3 +192,23 @@ def test_events_after_an_id_across_the_ring_wrap():
     assert [e[0] for e in log.after(9)] == [10, 11, 12]
     assert [e[0] for e in log.after(9, limit=2)] == [10, 11] and log.after(12) == [] and log.after(99) == []
     assert [e[1]["n"] for e in log.after(7, limit=1)] == [8]
+
+
+def test_a_gzip_body_of_several_members_is_read_whole_and_trailing_bytes_are_400(make_node):
+    import gzip
+    import zlib
+
+    _, node, client = make_node(max_body_bytes=2000)
+    one, two = b'{"agent_id": "a", "features": [1.0]}\n', b'{"agent_id": "b", "features": [2.0]}\n'
+    headers = {**NDJSON, **auth("t-ingest"), "Content-Encoding": "gzip"}
+    r = client.post("/v1/behaviors", content=gzip.compress(one) + gzip.compress(two), headers=headers)
+    assert r.status_code == 200 and r.json()["accepted"] == 2          # `cat a.gz b.gz` is one gzip file
+    # members that are small alone but pass the limit together
+    r = client.post("/v1/behaviors", content=gzip.compress(b"\n" * 1500) * 2, headers=headers)
+    assert r.status_code == 413
+    r = client.post("/v1/behaviors", content=gzip.compress(one) + b"junk", headers=headers)
+    assert r.status_code == 400
+    r = client.post("/v1/behaviors", content=zlib.compress(one) + b"junk",
+                    headers={**headers, "Content-Encoding": "deflate"})
+    assert r.status_code == 400 and "after its end" in r.json()["error"]
+    assert len(node.log) == 1 and len(node.populations["behaviors"].window) == 2

@@ -47,17 +47,26 @@ async def read_body(request, limit: int) -> bytes:
     if encoding not in ("gzip", "deflate", "x-gzip"):
         raise ApiError(415, f"unsupported Content-Encoding {encoding!r}: use gzip, deflate or identity",
                        code="bad_encoding")
-    wbits = 16 + zlib.MAX_WBITS if encoding in ("gzip", "x-gzip") else zlib.MAX_WBITS
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(raw, limit + 1)
-        if len(out) > limit or inflater.unconsumed_tail:
+    gzip = encoding in ("gzip", "x-gzip")
+    wbits = 16 + zlib.MAX_WBITS if gzip else zlib.MAX_WBITS
+    parts, size, rest = [], 0, raw
+    while True:            # a gzip body may hold several members one after another (RFC 1952 2.2)
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(rest, limit - size + 1)
+            if size + len(out) > limit or inflater.unconsumed_tail:
+                raise _too_large(limit, "decompressed body")
+            out += inflater.flush()
+        except zlib.error as exc:
+            raise ApiError(400, f"the {encoding} body cannot be decoded: {exc}", code="malformed_body") from None
+        size += len(out)
+        if size > limit:
             raise _too_large(limit, "decompressed body")
-        out += inflater.flush()
-    except zlib.error as exc:
-        raise ApiError(400, f"the {encoding} body cannot be decoded: {exc}", code="malformed_body") from None
-    if len(out) > limit:
-        raise _too_large(limit, "decompressed body")
-    if not inflater.eof:
-        raise ApiError(400, f"the {encoding} body is truncated", code="malformed_body")
-    return out
+        if not inflater.eof:
+            raise ApiError(400, f"the {encoding} body is truncated", code="malformed_body")
+        parts.append(out)
+        rest = inflater.unused_data
+        if not rest:
+            return b"".join(parts)
+        if not gzip:
+            raise ApiError(400, f"the {encoding} body has {len(rest)} bytes after its end", code="malformed_body")
