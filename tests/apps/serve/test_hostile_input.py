@@ -212,3 +212,23 @@ def test_a_gzip_body_of_several_members_is_read_whole_and_trailing_bytes_are_400
                     headers={**headers, "Content-Encoding": "deflate"})
     assert r.status_code == 400 and "after its end" in r.json()["error"]
     assert len(node.log) == 1 and len(node.populations["behaviors"].window) == 2
+
+
+def test_a_feature_the_detector_would_refuse_is_refused_at_ingest_not_at_the_windows_round(served):
+    import numpy as np
+    import pyarrow as pa
+
+    _, node, client = served
+    rng = np.random.default_rng(4)
+    good = b"".join(b'{"agent_id": "g-%d", "features": [%r, %r]}\n' % (i, *rng.normal(size=2).tolist())
+                    for i in range(30))
+    body = good + b'{"agent_id": "big", "features": [1e300, 1.0]}\n{"agent_id": "neg", "features": [-1e100, 1.0]}\n'
+    r = client.post("/v1/behaviors", content=body, headers={**NDJSON, **auth("t-ingest")})
+    assert r.status_code == 200 and (r.json()["accepted"], r.json()["rejected"]) == (30, 2)
+    assert [e["line"] for e in r.json()["errors"]] == [31, 32] and "1e+100" in r.json()["errors"][0]["error"]
+    table = pa.table({"agent_id": ["arrow-big", "arrow-ok"], "f0": [1e200, 0.5], "f1": [1.0, 2.0]})
+    r = client.post("/v1/behaviors", content=_arrow(table), headers=ARROW)
+    assert r.status_code == 200 and (r.json()["accepted"], r.json()["rejected"]) == (1, 1)
+    r = client.post("/v1/admin/close-window", headers=auth("t-admin"))
+    assert r.status_code == 200 and r.json()["closed"][0]["agents"] == 31      # the round ran
+    assert "big" not in node.populations["behaviors"].agents

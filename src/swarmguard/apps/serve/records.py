@@ -17,7 +17,7 @@ import numpy as np
 
 from ...api import BayesianEvidence
 from ...errors import SwarmGuardError
-from ...validation import MAX_ID_LENGTH, MAX_NAME_LENGTH
+from ...validation import MAX_ABS_VALUE, MAX_ID_LENGTH, MAX_NAME_LENGTH
 from .http_errors import ApiError, one_line
 
 __all__ = ["BehaviorBatch", "EvidenceBatch", "LineError", "parse_behavior_lines", "parse_behavior_arrow",
@@ -28,6 +28,7 @@ ARROW_STREAM_TYPE = "application/vnd.apache.arrow.stream"
 # refused lines listed one by one (with their reason); the rest are only counted: a body of
 # millions of bad lines must not cost a Python object (and a formatted message) per line
 MAX_LISTED_ERRORS = 100
+_TOO_LARGE = f"features must be below {MAX_ABS_VALUE:g} in magnitude (rescale the feature)"
 _BEHAVIOR_FIELDS = {"agent_id", "features", "timestamp", "cohort"}
 _EVIDENCE_FIELDS = {"evidence_id", "agent_id", "evidence_type", "log_odds", "confidence", "timestamp", "source_node"}
 
@@ -187,11 +188,14 @@ def parse_behavior_lines(body: bytes, dimension: int | None) -> BehaviorBatch:
         X = np.array(rows, dtype=np.float64).reshape(len(rows), dimension or 0)
     except OverflowError:                        # a JSON integer beyond float64's range
         X = np.array([_floats_or_inf(r) for r in rows], dtype=np.float64).reshape(len(rows), dimension or 0)
-    if X.size and not np.isfinite(X).all():      # ints beyond float64's range are inf here
-        bad = set(np.flatnonzero(~np.isfinite(X).all(axis=1)).tolist())
+    # ints beyond float64's range are inf here; magnitudes the detector refuses would fail the
+    # window's round after the request was acknowledged (and again at every replay)
+    usable = np.abs(X) < MAX_ABS_VALUE if X.size else np.ones(X.shape, dtype=bool)
+    if not usable.all():
+        bad = set(np.flatnonzero(~usable.all(axis=1)).tolist())
         keep = [i for i in range(len(ids)) if i not in bad]
         for i in sorted(bad):
-            errors.add(numbers[i], "features overflow float64")
+            errors.add(numbers[i], "features overflow float64" if not np.isfinite(X[i]).all() else _TOO_LARGE)
         ids, cohorts, X, numbers = [ids[i] for i in keep], [cohorts[i] for i in keep], X[keep], [numbers[i] for i in keep]
     return BehaviorBatch(ids, X, cohorts, errors.sorted(), errors.unlisted, numbers)
 
@@ -243,6 +247,7 @@ def parse_behavior_arrow(body: bytes, dimension: int | None) -> BehaviorBatch:
     raw_ids = table.column("agent_id").to_pylist()
     raw_cohorts = table.column("cohort").to_pylist() if "cohort" in names else [None] * table.num_rows
     finite = np.isfinite(X).all(axis=1)
+    small = (np.abs(np.where(np.isfinite(X), X, 0.0)) < MAX_ABS_VALUE).all(axis=1)
     ids, rows, cohorts = [], [], []
     for i in range(table.num_rows):
         try:
@@ -250,6 +255,8 @@ def parse_behavior_arrow(body: bytes, dimension: int | None) -> BehaviorBatch:
                 raise ValueError("features is null" if lengths[i] < 0 else _dimension_error(d, int(lengths[i])))
             if not finite[i]:
                 raise ValueError("features must hold finite numbers only")
+            if not small[i]:
+                raise ValueError(_TOO_LARGE)
             agent = _agent_id(raw_ids[i])
             cohort = _cohort(raw_cohorts[i])
         except ValueError as exc:
