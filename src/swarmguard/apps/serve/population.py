@@ -54,6 +54,7 @@ class Population:
         self.window = WindowBuffer()
         self.agents: dict[str, AgentState] = {}
         self.windows_closed = 0
+        self.dropped_rows = 0
 
     def names(self) -> list[str]:
         """The feature names (``f0``, ``f1``, … unless the feeder named them)."""
@@ -65,8 +66,10 @@ class Population:
         if not len(self.window):
             return None
         ids, X, cohorts = self.window.take()
+        self.dropped_rows = len(ids)              # what a refused round loses (the node logs it)
         cohort_arr = np.array([c if c is not None else self.region for c in cohorts])
         result = self.detector.process_round(ids, X, self.region, cohorts=cohort_arr)
+        self.dropped_rows = 0
         self.windows_closed += 1
         d2 = np.asarray(result.mahalanobis_squared, dtype=np.float64)
         log_p = np.asarray(chi2_logsf(d2, X.shape[1]), dtype=np.float64)
