@@ -232,3 +232,40 @@ def test_a_feature_the_detector_would_refuse_is_refused_at_ingest_not_at_the_win
     r = client.post("/v1/admin/close-window", headers=auth("t-admin"))
     assert r.status_code == 200 and r.json()["closed"][0]["agents"] == 31      # the round ran
     assert "big" not in node.populations["behaviors"].agents
+
+
+def test_posts_racing_window_closes_lose_nothing_and_count_nothing_twice(served):
+    import threading
+
+    from .conftest import lines
+
+    _, node, client = served
+    posted, closed_agents, failures = [], [], []
+
+    def poster(t: int) -> None:
+        for k in range(15):
+            rows = [{"agent_id": f"t{t}-{k}-{i}", "features": [float(i), float(k + t)]} for i in range(20)]
+            r = client.post("/v1/behaviors", content=lines(rows), headers={**NDJSON, **auth("t-ingest")})
+            if r.status_code != 200:
+                failures.append(r.text)
+            else:
+                posted.extend(row["agent_id"] for row in rows)
+
+    def closer() -> None:
+        for _ in range(20):
+            r = client.post("/v1/admin/close-window", headers=auth("t-admin"))
+            closed_agents.extend(o["agents"] for o in r.json()["closed"])
+
+    threads = [threading.Thread(target=poster, args=(t,)) for t in range(3)] + [threading.Thread(target=closer)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    closed_agents.extend(o["agents"] for o in client.post("/v1/admin/close-window", headers=auth("t-admin")).json()["closed"])
+    assert not failures and len(posted) == 3 * 15 * 20
+    pop = node.populations["behaviors"]
+    assert sum(closed_agents) == len(posted) == len(pop.agents)        # each vector in exactly one round
+    assert set(pop.agents) == set(posted)
+    assert pop.detector.get_global_statistics()["count"] == len(posted)
+    logged = sum(len(rec.meta["agents"]) for rec in node.log.records() if rec.kind == "behaviors")
+    assert logged == len(posted)
