@@ -269,3 +269,24 @@ def test_posts_racing_window_closes_lose_nothing_and_count_nothing_twice(served)
     assert pop.detector.get_global_statistics()["count"] == len(posted)
     logged = sum(len(rec.meta["agents"]) for rec in node.log.records() if rec.kind == "behaviors")
     assert logged == len(posted)
+
+
+def test_a_500_says_nothing_of_the_exception_and_a_draining_node_ends_event_streams(served, monkeypatch):
+    import time
+
+    _, node, client = served
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("/secret/path/node.sqlite token=abc")
+
+    monkeypatch.setattr(node, "accept_behaviors", broken)
+    r = client.post("/v1/behaviors", content=b'{"agent_id": "a", "features": [1.0]}\n',
+                    headers={**NDJSON, **auth("t-ingest")})
+    assert r.status_code == 500 and set(r.json()) == {"error"}
+    assert "secret" not in r.text and "RuntimeError" not in r.text
+    assert metric(client, "swarmguard_errors_total", code="internal", status="500") == 1
+    node.state = "draining"
+    t0 = time.monotonic()
+    with client.stream("GET", "/v1/events", headers=auth("t-read")) as r:      # no limit, no timeout
+        r.read()
+    assert time.monotonic() - t0 < 5

@@ -170,7 +170,8 @@ def create_app(settings: ServeSettings, node: ServeNode | None = None,
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         metrics.errors.labels("internal", "500").inc()
         log.exception("internal error on %s", request.url.path)
-        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+        # the exception's text stays in the node's log: it may hold paths or request content
+        return _error(500, "internal error (the node's log has the details)")
 
     for router in (ops_router, ingest_router, query_router, *_REGISTERED, *routers):
         app.include_router(router)

@@ -90,7 +90,8 @@ async def events(request: Request, since: int | None = Query(None, ge=0),
     severity, p_value, score, window, at). Starts after the newest event, or after ``since``
     (or the ``Last-Event-ID`` header; ``since=0``: every event still held, the last 10,000);
     ends after ``limit`` events or ``timeout`` seconds, else when the client leaves."""
-    log = request.app.state.node.events
+    node = request.app.state.node
+    log = node.events
     header = request.headers.get("last-event-id")
     if header is not None and since is None and not _EVENT_ID.fullmatch(header):
         raise ApiError(400, "Last-Event-ID must be an event id (1 to 18 ASCII digits)", code="bad_header")
@@ -123,6 +124,8 @@ async def events(request: Request, since: int | None = Query(None, ge=0),
             if limit is not None and sent >= limit:
                 break
             if deadline is not None and time.monotonic() >= deadline:
+                break
+            if node.state == "draining":           # let SIGTERM's shutdown finish instead of waiting 30 s
                 break
             if await request.is_disconnected():
                 break
