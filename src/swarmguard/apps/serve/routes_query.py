@@ -62,8 +62,9 @@ def list_populations(request: Request) -> dict:
     with node.lock:
         out = []
         for pop in node.populations.values():
-            for cohort in ["", *pop.cohorts()]:
-                summary = pop.cohort_summary(cohort)
+            everyone = list(pop.agents.values())
+            for cohort, members in [("", everyone), *pop.members_by_cohort().items()]:
+                summary = pop.cohort_summary(cohort, members)
                 if summary is not None:
                     out.append(summary)
         return {"populations": out}
