@@ -167,9 +167,10 @@ class ServeNode:
             self._check_open()
             rows, lines = list(batch.rows), list(batch.lines)
             if rows and not self._evidence_ok(rows):
+                refused = self._refused_alone(list(zip(rows, lines, strict=True)))
                 keep = []
                 for row, line in zip(rows, lines, strict=True):
-                    problem = self._evidence_problem([row])
+                    problem = refused.get(line)
                     if problem is None:
                         keep.append((row, line))
                     else:
@@ -208,6 +209,19 @@ class ServeNode:
         except SwarmGuardError as exc:
             return one_line(exc)
         return None
+
+    def _refused_alone(self, pairs: list) -> dict[int, str]:
+        """{line: problem} of the ``(evidence, line)`` pairs the consensus refuses on their own,
+        found by halving (a batch with a refused row is refused): about 2 log2(n) checks per
+        refused row instead of one per row, since this runs under the node's lock."""
+        if len(pairs) == 1:
+            problem = self._evidence_problem([pairs[0][0]])
+            return {} if problem is None else {pairs[0][1]: problem}
+        if self._evidence_ok([row for row, _ in pairs]):
+            return {}
+        half = len(pairs) // 2
+        # both halves fine but not together: rows that clash with each other, each fine alone
+        return {**self._refused_alone(pairs[:half]), **self._refused_alone(pairs[half:])}
 
     def _evidence_ok(self, rows: list) -> bool:
         return self._evidence_problem(rows) is None
