@@ -171,3 +171,18 @@ def test_populations_group_the_agents_once_not_once_per_cohort(served):
     assert len(by_cohort) == 31 and all(by_cohort[f"c{j}"]["count"] == 3 for j in range(30))
     for cohort in ["", "c0", "c17"]:               # the same answer as a cohort's own scan
         assert by_cohort[cohort] == json.loads(json.dumps(pop.cohort_summary(cohort)))
+
+
+def test_the_client_quotes_agent_ids_in_the_path(served):
+    from swarmguard.client import NodeError, SwarmGuardClient
+
+    _, _, tc = served
+    odd = ["q?population=spans", "50% off", "x#y", "../populations", "team/a 1"]
+    post_behaviors(tc, [{"agent_id": a, "features": [float(i)]} for i, a in enumerate(odd)])
+    admin = SwarmGuardClient("http://testserver", token="t-admin", http=tc)
+    admin.close_window()
+    for a in odd:
+        assert admin.agent(a)["agent_id"] == a
+    with pytest.raises(NodeError) as info:
+        admin.agent("q")
+    assert info.value.status == 404
