@@ -117,6 +117,9 @@ def load_tokens(path: str | Path) -> TokenStore:
         if "secret" in table:
             if not isinstance(table["secret"], str) or not table["secret"].strip():
                 raise InvalidInputError(f"{where}: secret must be a non-empty string")
+            if not table["secret"].isascii() or not table["secret"].isprintable():
+                # HTTP headers arrive as latin-1: a UTF-8 secret could never match
+                raise InvalidInputError(f"{where}: secret must be printable ASCII (an HTTP header carries it)")
             digest = _digest(table["secret"].strip())
         else:
             try:
