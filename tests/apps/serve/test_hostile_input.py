@@ -290,3 +290,24 @@ def test_a_500_says_nothing_of_the_exception_and_a_draining_node_ends_event_stre
     with client.stream("GET", "/v1/events", headers=auth("t-read")) as r:      # no limit, no timeout
         r.read()
     assert time.monotonic() - t0 < 5
+
+
+def test_a_body_that_trickles_past_the_timeout_is_408_and_frees_its_write_slot(make_node):
+    import threading
+
+    _, node, client = make_node(body_timeout_seconds=0.5, max_inflight=1)
+    stop = threading.Event()
+
+    def trickle():                      # one byte, then nothing for longer than the timeout
+        yield b"{"
+        stop.wait(3)
+        yield b'"agent_id": "a", "features": [1.0]}\n'
+
+    r = client.post("/v1/behaviors", content=trickle(), headers={**NDJSON, **auth("t-ingest")})
+    stop.set()
+    assert r.status_code == 408 and "0.5 s" in r.json()["error"]
+    _unchanged(node)
+    r = client.post("/v1/behaviors", content=b'{"agent_id": "a", "features": [1.0]}\n',
+                    headers={**NDJSON, **auth("t-ingest")})
+    assert r.status_code == 200                 # the slot was given back
+    assert metric(client, "swarmguard_errors_total", code="body_timeout", status="408") == 1

@@ -8,6 +8,7 @@ so a gzip bomb is refused (413) without being expanded.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 from .http_errors import ApiError
@@ -24,9 +25,33 @@ def _too_large(limit: int, what: str) -> ApiError:
     return ApiError(413, f"the {what} passes the limit of {limit} bytes", code="too_large")
 
 
-async def read_body(request, limit: int) -> bytes:
+async def _chunks(request, timeout: float | None):
+    """The body's chunks as they arrive, all of them within ``timeout`` seconds (None: no bound):
+    a client that trickles its body would otherwise hold one of the node's write slots forever."""
+    if timeout is None:
+        async for chunk in request.stream():
+            yield chunk
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - loop.time()))
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the body did not arrive within {timeout:g} s", code="body_timeout") from None
+        yield chunk
+
+
+async def read_body(request, limit: int, timeout: float | None = None) -> bytes:
     """The body of ``request`` (a Starlette request), decoded from its ``Content-Encoding``
-    (identity, gzip, deflate), at most ``limit`` bytes before and after decoding."""
+    (identity, gzip, deflate), at most ``limit`` bytes before and after decoding, read within
+    ``timeout`` seconds (None: the app's ``body_timeout_seconds``, 408 past it)."""
+    if timeout is None:
+        settings = getattr(getattr(getattr(request, "app", None), "state", None), "settings", None)
+        timeout = getattr(settings, "body_timeout_seconds", None)
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -35,7 +60,7 @@ async def read_body(request, limit: int) -> bytes:
         except ValueError:
             raise ApiError(400, "Content-Length is not a number", code="bad_header") from None
     chunks, size = [], 0
-    async for chunk in request.stream():
+    async for chunk in _chunks(request, timeout):
         size += len(chunk)
         if size > limit:
             raise _too_large(limit, "body")
