@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from swarmguard.errors import DimensionMismatchError, InvalidInputError, InvalidTypeError
+from swarmguard.errors import DimensionMismatchError, EmptyInputError, InvalidInputError, InvalidTypeError
 from swarmguard.validation import (
     as_name_array,
     check_id_str_array,
@@ -252,6 +252,69 @@ def test_a_checked_matrix_is_made_only_by_the_validator():
     assert check_feature_matrix(checked, 2) is checked
     with pytest.raises(DimensionMismatchError):
         check_feature_matrix(checked, 3)
+
+
+def test_a_checked_matrix_cannot_be_forged_by_replace_nor_brought_back_unchecked_by_copy_or_pickle():
+    import copy
+    import dataclasses
+    import pickle
+
+    from swarmguard.validation import check_feature_matrix
+    checked = check_feature_matrix(np.array([[1.0, -4.0], [2.0, 3.0]]), 2)
+    # replace() calls __init__ with every field copied, the issuing token too: a NaN matrix
+    # under the old bound would have passed for checked (and skipped the tree's band check)
+    with pytest.raises(InvalidTypeError, match="check_feature_matrix"):
+        dataclasses.replace(checked, X=np.array([[np.nan, 1e300]]))
+    with pytest.raises(InvalidTypeError, match="check_feature_matrix"):
+        dataclasses.replace(checked, bound=0.0)
+    for again in (copy.copy(checked), copy.deepcopy(checked), pickle.loads(pickle.dumps(checked))):
+        assert again.bound == checked.bound and not again.X.flags.writeable
+        np.testing.assert_array_equal(again.X, checked.X)
+        assert not np.shares_memory(again.X, checked.X)
+    # an unpickled one is checked again: bytes saying "checked" over a NaN are refused
+    forged = pickle.dumps(checked).replace(np.float64(2.0).tobytes(), np.float64(np.nan).tobytes())
+    with pytest.raises(NonFiniteError):
+        pickle.loads(forged)
+
+
+def test_a_checked_matrix_does_not_go_stale_when_the_caller_writes_its_array_afterwards():
+    from swarmguard import HierarchicalStatisticalTree
+    from swarmguard.validation import check_feature_matrix
+    from tests._exact import exact_mean_cov
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(40, 2)) + 1e7
+    original = X.copy()
+    checked = check_feature_matrix(X, 2)
+    # the caller keeps its array and writes it: NaN, and a value far past the bound that
+    # would have let the tree skip its band check
+    X[0, 0], X[1, 1] = np.nan, 1e300
+    assert not np.shares_memory(checked.X, X)
+    with pytest.raises(ValueError):
+        checked.X.flags.writeable = True          # nor can the view be made writable again
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    tree.update_many(np.arange(40), checked)      # taken unchecked: it must still be what was checked
+    mean, cov = exact_mean_cov(original)
+    stats = tree.get_global_statistics()
+    np.testing.assert_allclose(stats["mean"], mean, rtol=1e-15)
+    np.testing.assert_allclose(stats["covariance"], cov, rtol=1e-12)
+    # a conversion (a list) is the checked matrix's own already: no second copy, read-only all through
+    listed = check_feature_matrix(original.tolist(), 2)
+    with pytest.raises(ValueError):
+        listed.X.flags.writeable = True
+
+
+@pytest.mark.parametrize("index, error", [
+    (np.array([True, False]), InvalidTypeError),      # np.take would read rows 1, 0
+    (np.array([0.0]), InvalidTypeError), (np.array([[0]]), InvalidTypeError),
+    (np.array([], np.int64), EmptyInputError), (np.array([2]), InvalidInputError),
+    (np.array([-3]), InvalidInputError),
+])
+def test_a_subset_of_checked_rows_takes_row_numbers_only(index, error):
+    from swarmguard.validation import check_feature_matrix
+    checked = check_feature_matrix(np.array([[1.0, -4.0], [2.0, 3.0]]), 2)
+    with pytest.raises(error):
+        checked.rows(index)
+    assert checked.rows(np.array([-1, 0])).X.tolist() == [[2.0, 3.0], [1.0, -4.0]]
 
 
 @pytest.mark.parametrize("bad, error", [

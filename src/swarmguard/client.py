@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from .errors import NodeError
 
@@ -112,7 +113,8 @@ class SwarmGuardClient:
 
     def agent(self, agent_id: str) -> dict[str, Any]:
         """``GET /v1/agents/{id}`` (a :class:`NodeError` 404 for an unknown agent)."""
-        return self._check(self._http.get(f"/v1/agents/{agent_id}"))
+        # quoted whole: "?", "#", "%" or "../" in an id would otherwise ask for another resource
+        return self._check(self._http.get(f"/v1/agents/{quote(str(agent_id), safe='')}"))
 
     def populations(self) -> list[dict[str, Any]]:
         return self._check(self._http.get("/v1/populations"))["populations"]

@@ -145,8 +145,8 @@ def as_feature_matrix(X: Any, dim: int | None, what: str = "X") -> np.ndarray:
     return _checked_matrix(X, dim, what)[0]
 
 
-# Handed only to CheckedFeatures by the functions of this module: a CheckedFeatures
-# built anywhere else (a caller's array wrapped by hand) is refused at construction.
+# Set on every CheckedFeatures this module issues (bypassing __init__, which refuses
+# everyone): a mark of where it came from, never a key to the constructor.
 _ISSUED = object()
 
 
@@ -156,14 +156,18 @@ class CheckedFeatures:
 
     ``X`` is a read-only view of a finite, C-contiguous float64 ``(n, d)``
     matrix (``n, d >= 1``) whose every value lies in ``[-bound, bound]`` with
-    ``bound < MAX_ABS_VALUE`` (the rules of :func:`as_feature_matrix`). The tree,
+    ``bound < MAX_ABS_VALUE`` (the rules of :func:`as_feature_matrix`): a matrix of
+    its own, which nobody can write (with ``check_feature_matrix(..., copy=False)``,
+    the parts' own calls, possibly the caller's memory, trusted during that call
+    only). The tree,
     the protocol, the CAP resolver and the replicas take one wherever they take
     a feature matrix and do not check it again; their public entry points still
     check raw input exactly as before.
 
     Only :func:`check_feature_matrix` (and :meth:`rows`, a subset of checked rows)
-    makes one: calling the class directly raises :class:`InvalidTypeError`, so an
-    unchecked array cannot pass for a checked one by accident.
+    makes one: calling the class directly (or ``dataclasses.replace``, which calls
+    it) raises :class:`InvalidTypeError`, so an unchecked array cannot pass for a
+    checked one by accident; a copy or an unpickled one is checked again.
 
     >>> checked = check_feature_matrix([[1.0, -2.0], [3.0, 0.5]], 2)
     >>> checked.X.shape, checked.bound, checked.X.flags.writeable
@@ -179,8 +183,15 @@ class CheckedFeatures:
     _issued: object = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self._issued is not _ISSUED:
-            raise InvalidTypeError("CheckedFeatures is made only by check_feature_matrix")
+        # _issue makes one without calling __init__, so every call of it is a forgery: by hand,
+        # with the token or without, and dataclasses.replace (which calls __init__ with every
+        # field copied, the token included: a NaN matrix under a small bound would pass)
+        raise InvalidTypeError("CheckedFeatures is made only by check_feature_matrix")
+
+    def __reduce__(self):
+        # a copy (copy, deepcopy) or an unpickled one is checked again: the bytes it comes
+        # back from are nobody's word, and its matrix is a fresh one, read-only as well
+        return (check_feature_matrix, (self.X, None))
 
     @property
     def n(self) -> int:
@@ -194,17 +205,37 @@ class CheckedFeatures:
 
     def rows(self, index: np.ndarray) -> CheckedFeatures:
         """The rows at ``index`` (a non-empty integer array), checked still: a subset of
-        checked rows holds only checked values (``bound`` stays a bound)."""
-        return _issue(np.take(self.X, index, axis=0), self.bound)
+        checked rows holds only checked values (``bound`` stays a bound).
+
+        A boolean mask, an empty index or a row number out of range is refused
+        (``np.take`` would read a mask as the row numbers 0 and 1)."""
+        index = np.asarray(index)
+        if index.ndim != 1 or index.dtype.kind not in "iu":
+            raise InvalidTypeError(f"rows takes a 1-D integer array of row numbers, got {index.dtype} "
+                                   f"of shape {index.shape}")
+        if index.size == 0:
+            raise EmptyInputError("rows needs at least one row number")
+        n = self.X.shape[0]
+        if int(index.min()) < -n or int(index.max()) >= n:
+            raise InvalidInputError(f"a row number is outside [-{n}, {n})")
+        return _issue(np.take(self.X, index, axis=0), self.bound, own=True)
 
 
-def _issue(arr: np.ndarray, bound: float) -> CheckedFeatures:
+def _issue(arr: np.ndarray, bound: float, own: bool = False) -> CheckedFeatures:
+    """A CheckedFeatures over ``arr``; ``own``: nobody else holds ``arr`` (a copy or a
+    conversion), which is then made read-only too, so the view cannot be made writable."""
+    if own:
+        arr.flags.writeable = False
     view = arr.view()
-    view.flags.writeable = False        # the view only: the caller's own array stays writable
-    return CheckedFeatures(view, bound, _ISSUED)
+    view.flags.writeable = False        # the view only: a caller's own array stays writable
+    checked = object.__new__(CheckedFeatures)       # not __init__, which refuses every caller
+    object.__setattr__(checked, "X", view)
+    object.__setattr__(checked, "bound", bound)
+    object.__setattr__(checked, "_issued", _ISSUED)
+    return checked
 
 
-def check_feature_matrix(X: Any, dim: int | None, what: str = "X") -> CheckedFeatures:
+def check_feature_matrix(X: Any, dim: int | None, what: str = "X", *, copy: bool = True) -> CheckedFeatures:
     """:func:`as_feature_matrix`, returned as a :class:`CheckedFeatures` (with a bound on |x|).
 
     The same rules and the same typed errors; a :class:`CheckedFeatures` is returned
@@ -213,12 +244,24 @@ def check_feature_matrix(X: Any, dim: int | None, what: str = "X") -> CheckedFea
     and magnitudes of ``MAX_ABS_VALUE`` and beyond fail the comparison) and no
     temporary array; only a matrix that fails them is searched for the first bad
     value, to name it.
+
+    ``copy`` (the default): the CheckedFeatures holds a read-only matrix of its own
+    (a copy where ``X`` is an array, or a view of one, that its owner can still
+    write), so it cannot go stale: writing NaN into ``X`` afterwards changes
+    nothing a part is later handed. ``copy=False`` is for a part's own call (the
+    detector's round, the tree's and the resolver's batch writes): no copy, the
+    matrix may be a read-only view of the caller's memory, trusted only during the
+    call that checked it.
     """
     if type(X) is CheckedFeatures:
         if X.X.shape[1] != dim and dim is not None:
             raise DimensionMismatchError(f"{what} has {X.X.shape[1]} features per row, expected {dim}")
         return X
-    return _issue(*_checked_matrix(X, dim, what))
+    arr, bound = _checked_matrix(X, dim, what)
+    own = arr is not X and arr.base is None       # a conversion of ours: nobody else can write it
+    if copy and not own:
+        arr, own = arr.copy(), True
+    return _issue(arr, bound, own)
 
 
 def _checked_matrix(X: Any, dim: int | None, what: str) -> tuple[np.ndarray, float]:

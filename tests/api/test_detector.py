@@ -422,6 +422,43 @@ def test_the_per_item_fast_path_decides_as_the_parts_public_methods_do():
         assert fast.cap_resolver.replica(region).same_state(slow.cap_resolver.replica(region))
 
 
+def test_the_per_item_path_calls_parts_methods_replaced_on_the_instance():
+    """A method set on the instance (a wrapper that counts, logs or injects faults) replaces
+    the class's for the per-item call as it does for any caller: the resolver's
+    handle_update_sync, the consensus's distributed_evidence_consensus_sync and the
+    detector's should_trigger_response are each called once per observation, and the
+    results equal those of a detector without the wrappers."""
+    def make():
+        return DistributedBehavioralDetector(feature_dimensions=3, clock=lambda: 0.0, warm_up=20,
+                                             regions=["eu", "us"])
+
+    plain, wrapped = make(), make()
+    calls = {"handle_update_sync": 0, "distributed_evidence_consensus_sync": 0, "should_trigger_response": 0}
+    def counting(inner, name):
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return inner(*args, **kwargs)
+        return counted
+
+    for obj, name in ((wrapped.cap_resolver, "handle_update_sync"),
+                      (wrapped.consensus, "distributed_evidence_consensus_sync"),
+                      (wrapped, "should_trigger_response")):
+        setattr(obj, name, counting(getattr(obj, name), name))
+    rng = np.random.default_rng(13)
+    steps = 120
+    for step in range(steps):
+        agent = int(rng.integers(0, 30))
+        x = rng.normal(size=3) + (8.0 if agent < 3 and step > 50 else 0.0)
+        data = BehavioralData(agent, x, region="eu" if agent % 2 else "us")
+        assert repr(wrapped.process_agent_behavior_sync(agent, data)) == \
+            repr(plain.process_agent_behavior_sync(agent, data))
+    assert plain.consensus.evidence_count > 0          # anomalies: evidence and consensus asked
+    assert calls["handle_update_sync"] == steps
+    assert calls["should_trigger_response"] == steps
+    # the wrapped rule asks the (wrapped) consensus again when handed None: at least once a call
+    assert calls["distributed_evidence_consensus_sync"] >= steps
+
+
 def test_process_agent_behavior_reads_the_clock_once_for_all_three_parts():
     clock, calls = counting_clock()          # every reading differs: two reads would show
     det = DistributedBehavioralDetector(feature_dimensions=2, warm_up=100, clock=clock)

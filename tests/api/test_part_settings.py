@@ -27,13 +27,13 @@ CASES = [
     (HierarchicalStatisticalTree, validate_tree_settings, bad) for bad in (
         dict(branching_factor=1), dict(branching_factor=4096), dict(branching_factor="x"),
         dict(branching_factor=2.5), dict(feature_dimensions=0), dict(feature_dimensions="3"),
-        dict(recompute_every=0))
+        dict(recompute_every=0), dict(window_rounds=0), dict(window_rounds="2"))
 ] + [
     (_protocol, validate_protocol_settings, bad) for bad in (
         dict(significance_level=0.0), dict(significance_level=1.0), dict(significance_level="x"),
         dict(significance_level=math.nan), dict(fdr=0.0), dict(fdr=1.5), dict(shrinkage="some"),
         dict(shrinkage=1.5), dict(shrinkage=-0.1), dict(warm_up=1), dict(warm_up="a"),
-        dict(score_levels="every"))
+        dict(score_levels="every"), dict(scoring="fancy"), dict(scoring=3))
 ] + [
     (StableBayesianConsensus, validate_consensus_settings, bad) for bad in (
         dict(byzantine_threshold=0.5), dict(byzantine_threshold=-0.1), dict(partition_size=0),
@@ -62,14 +62,16 @@ def test_a_validator_raises_the_error_and_message_of_its_parts_constructor(build
 
 
 def test_the_validators_return_what_the_parts_keep():
-    tree = HierarchicalStatisticalTree(branching_factor=7, feature_dimensions=3)
-    t = validate_tree_settings(branching_factor=7, feature_dimensions=3)
-    assert (t.branching_factor, t.feature_dimensions, t.recompute_every) == (
-        tree.branching_factor, tree.feature_dimensions, tree.recompute_every)
-    proto = _protocol(significance_level=0.01, fdr=0.05, shrinkage=0.25, warm_up=500, score_levels="all")
-    p = validate_protocol_settings(significance_level=0.01, fdr=0.05, shrinkage=0.25, warm_up=500, score_levels="all")
-    assert (p.significance_level, p.fdr, p.shrinkage, p.warm_up, p.score_levels) == (
-        proto.significance_level, proto.fdr, proto.shrinkage, proto.warm_up, proto.score_levels)
+    tree = HierarchicalStatisticalTree(branching_factor=7, feature_dimensions=3, window_rounds=4)
+    t = validate_tree_settings(branching_factor=7, feature_dimensions=3, window_rounds=4)
+    assert (t.branching_factor, t.feature_dimensions, t.recompute_every, t.window_rounds) == (
+        tree.branching_factor, tree.feature_dimensions, tree.recompute_every, tree.window_rounds)
+    proto = _protocol(significance_level=0.01, fdr=0.05, shrinkage=0.25, warm_up=500, score_levels="all",
+                      scoring="robust")
+    p = validate_protocol_settings(significance_level=0.01, fdr=0.05, shrinkage=0.25, warm_up=500, score_levels="all",
+                                   scoring="robust")
+    assert (p.significance_level, p.fdr, p.shrinkage, p.warm_up, p.score_levels, p.scoring) == (
+        proto.significance_level, proto.fdr, proto.shrinkage, proto.warm_up, proto.score_levels, proto.scoring)
     cons = StableBayesianConsensus(0.2, 50, 0.4, trusted_sources="me", probation_evidence=4)
     c = validate_consensus_settings(0.2, 50, 0.4, trusted_sources="me", probation_evidence=4)
     assert (c.byzantine_threshold, c.partition_size, c.prior_probability, c.aggregation, c.false_flag_rate,

@@ -153,6 +153,7 @@ def test_merge_scaled_rescales_parts_whose_exponents_differ_by_more_than_the_nor
     dict(partition_size=0), dict(prior_probability=1.0), dict(probation_evidence=0), dict(node_id=None),
     dict(consistency_model="bogus"), dict(max_staleness_seconds=-1.0), dict(confidence_decay_rate=-1.0),
     dict(regions=["eu", "eu"]), dict(regions=["e\x00u"]), dict(auto_sync_seconds=0.0),
+    dict(scoring="fancy"), dict(scoring=3), dict(window_rounds=0),
     dict(significance_level=0.0, regions=["eu", "eu"]),      # several bad: the same one is named first
 ])
 def test_both_engines_refuse_the_same_bad_parameters_with_the_same_error_before_ray_starts(bad):
@@ -165,3 +166,22 @@ def test_both_engines_refuse_the_same_bad_parameters_with_the_same_error_before_
             DistributedBehavioralDetector(backend=backend, **bad)
         errors.append((type(caught.value), str(caught.value)))
     assert errors[0] == errors[1]
+
+
+def test_ray_refuses_a_trimmed_scoring_mode_before_ray_starts():
+    # The shards would judge trimming against their own region, not the merged population.
+    from swarmguard.errors import InvalidInputError
+    code = (
+        "import sys\n"
+        "import swarmguard as sg\n"
+        "from swarmguard.errors import InvalidInputError\n"
+        "try:\n"
+        "    sg.DistributedBehavioralDetector(backend='ray', scoring='robust')\n"
+        "except InvalidInputError as exc:\n"
+        "    assert 'ray' in str(exc) and 'robust' in str(exc); print('refused')\n"
+        "assert 'ray' not in sys.modules or not __import__('ray').is_initialized()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "refused", out.stderr
+    with pytest.raises(InvalidInputError, match="scoring"):
+        make_detector("ray", scoring="fancy")

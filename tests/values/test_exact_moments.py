@@ -13,7 +13,9 @@ from swarmguard.errors import DimensionMismatchError, InvalidInputError, NonFini
 from swarmguard.values import (
     cross_sum_kernels as em,  # the kernels (exact_moments reads them there)
 )
-from swarmguard.values import exact_moments as moments  # ExactMoments' lazy-fold policy (_FOLD_ROWS)
+from swarmguard.values import (
+    exact_moments as moments,  # ExactMoments' lazy-fold policy (_FOLD_ROWS)
+)
 from swarmguard.values.exact_moments import ExactMoments, exact_cross_sums
 
 

@@ -1,5 +1,6 @@
 """The guide's public classes (validation of user input happens here, once)."""
 
+from ..structures.scoring_modes import DEFAULT_SCORING, SCORING_MODES
 from .cap import (
     ConsistencyModel,
     QuorumUnavailableError,
@@ -44,4 +45,6 @@ __all__ = [
     "ScoredRound",
     "RoundResult",
     "ItemResult",
+    "SCORING_MODES",
+    "DEFAULT_SCORING",
 ]

@@ -621,7 +621,7 @@ class StatisticalCAPResolver(Locked):
             # first touch: validate here, before a region or a dimension is created
             ids = as_agent_ids(agent_ids)
             n = len(ids)
-            checked = check_feature_matrix(features, self._dim, "features")
+            checked = check_feature_matrix(features, self._dim, "features", copy=False)
             if checked.n != n:
                 raise DimensionMismatchError(f"features has {checked.n} rows, expected {n}")
             as_finite_vector(timestamps, n, "timestamps")

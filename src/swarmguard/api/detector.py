@@ -94,6 +94,14 @@ def own_id_prefix(node_id: Any) -> str:
     return f"{text[:MAX_ID_LENGTH - _OWN_ID_SUFFIX - len(digest) - 1]}~{digest}"
 
 
+def _not_replaced(obj: Any, name: str, function: Callable[..., Any]) -> bool:
+    """Whether ``obj.<name>`` is ``function`` itself: neither ``obj``'s class nor ``obj``
+    (an attribute set on the instance, e.g. a wrapper that counts or injects faults)
+    replaced it. Only then may the per-item path skip the public method for its own
+    shortcut; otherwise it calls ``obj.<name>`` as the guide's loop does."""
+    return getattr(type(obj), name, None) is function and name not in getattr(obj, "__dict__", ())
+
+
 def p_value_log_odds(log_p: np.ndarray | float) -> np.ndarray | float:
     """Log-odds that a p-value can at most justify: the Sellke–Bayarri–Berger bound.
 
@@ -489,8 +497,9 @@ class DistributedBehavioralDetector(Locked):
         region = data.cohort[0] if data.cohort else self.default_region
         score = float(anomaly_info["mahalanobis_squared"])
         cap = self.cap_resolver
-        own_rule = type(self).should_trigger_response is DistributedBehavioralDetector.should_trigger_response
-        if getattr(type(cap), "handle_update_sync", None) is StatisticalCAPResolver.handle_update_sync:
+        own_rule = _not_replaced(self, "should_trigger_response",
+                                 DistributedBehavioralDetector.should_trigger_response)
+        if _not_replaced(cap, "handle_update_sync", StatisticalCAPResolver.handle_update_sync):
             # the resolver's own write, without checking again what _check_item checked; the
             # detector's own rule reads only the confidence factor (a subclass's gets the report)
             cap_result = cap._handle_checked(region, agent_id, data.timestamp, data.features, score, uid, now,
@@ -506,10 +515,9 @@ class DistributedBehavioralDetector(Locked):
             evidence = self.create_evidence(agent_id, data, anomaly_info, confidence=cf)
             self.consensus.add_evidence_sync(evidence)
         consensus = self.consensus
-        kind = type(consensus)
-        if (getattr(kind, "distributed_evidence_consensus_sync", None)
-                is StableBayesianConsensus.distributed_evidence_consensus_sync
-                and getattr(kind, "consensus", None) is StableBayesianConsensus.consensus):
+        if (_not_replaced(consensus, "distributed_evidence_consensus_sync",
+                          StableBayesianConsensus.distributed_evidence_consensus_sync)
+                and _not_replaced(consensus, "consensus", StableBayesianConsensus.consensus)):
             consensus_result = consensus.consensus_or_none(agent_id)   # no exception for the many unknown
         else:                                                          # a part swapped in: its own method
             try:
@@ -578,7 +586,7 @@ class DistributedBehavioralDetector(Locked):
         level and ``now``, the processing time for every write of the round
         (:meth:`_call_times`: the clock read once).
         """
-        features = check_feature_matrix(X, self.feature_dimensions)   # once: the parts trust it
+        features = check_feature_matrix(X, self.feature_dimensions, copy=False)   # once: the parts trust it
         X = features.X
         n = X.shape[0]
         regions = as_name_array(regions, n, "regions")

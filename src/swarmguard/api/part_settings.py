@@ -25,6 +25,7 @@ from typing import Any
 from ..errors import InvalidInputError, InvalidTypeError
 from ..structures.replica import DEFAULT_DEDUP_WINDOW
 from ..structures.scoring import MIN_POPULATION
+from ..structures.scoring_modes import DEFAULT_SCORING, check_scoring
 from ..validation import (
     check_finite_float,
     check_fraction,
@@ -54,10 +55,11 @@ class TreeSettings:
     branching_factor: int
     feature_dimensions: int | None
     recompute_every: int
+    window_rounds: int | None
 
 
 def validate_tree_settings(branching_factor: Any = 10, feature_dimensions: Any = None, *,
-                           recompute_every: Any = 65536) -> TreeSettings:
+                           recompute_every: Any = 65536, window_rounds: Any = None) -> TreeSettings:
     """Check the tree's constructor arguments as the tree does."""
     branching_factor = check_positive_int(branching_factor, "branching_factor", minimum=2)
     if branching_factor > MAX_BRANCHING:
@@ -65,7 +67,8 @@ def validate_tree_settings(branching_factor: Any = 10, feature_dimensions: Any =
     if feature_dimensions is not None:
         feature_dimensions = check_positive_int(feature_dimensions, "feature_dimensions")
     recompute_every = check_positive_int(recompute_every, "recompute_every")
-    return TreeSettings(branching_factor, feature_dimensions, recompute_every)
+    window_rounds = None if window_rounds is None else check_positive_int(window_rounds, "window_rounds")
+    return TreeSettings(branching_factor, feature_dimensions, recompute_every, window_rounds)
 
 
 @dataclass(frozen=True)
@@ -78,10 +81,12 @@ class ProtocolSettings:
     shrinkage: float | str
     warm_up: int | None
     score_levels: str
+    scoring: str
 
 
 def validate_protocol_settings(*, significance_level: Any = 1e-3, fdr: Any = None, shrinkage: Any = "auto",
-                               warm_up: Any = None, score_levels: Any = "population") -> ProtocolSettings:
+                               warm_up: Any = None, score_levels: Any = "population",
+                               scoring: Any = DEFAULT_SCORING) -> ProtocolSettings:
     """Check the protocol's constructor arguments (but its tree) as the protocol does."""
     significance_level = check_fraction(significance_level, "significance_level", low_open=True, high_open=True)
     fdr = None if fdr is None else check_fraction(fdr, "fdr", low_open=True, high_open=True)
@@ -93,7 +98,7 @@ def validate_protocol_settings(*, significance_level: Any = 1e-3, fdr: Any = Non
     warm_up = None if warm_up is None else check_positive_int(warm_up, "warm_up", minimum=MIN_POPULATION)
     if score_levels not in ("population", "all"):
         raise InvalidInputError(f"score_levels must be 'population' or 'all', got {score_levels!r}")
-    return ProtocolSettings(significance_level, fdr, shrinkage, warm_up, score_levels)
+    return ProtocolSettings(significance_level, fdr, shrinkage, warm_up, score_levels, check_scoring(scoring))
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ from ..errors import (
     UnknownAgentError,
 )
 from ..locking import synchronized
+from ..structures.scoring_modes import TRIMMED_MODES
 from ..structures.significance import chi2_threshold, significance_cut
 from ..structures.topology import MonotonicClock, RegionTopology
 from ..validation import as_feature_vector, check_cohort, check_finite_float, check_positive_int
@@ -162,9 +163,19 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
         self._own_clock = s.clock or time.time
         # Every parameter is checked here, on the driver, before Ray starts, by the rules
         # (and in the order) the in-process engine's parts check them with.
-        validate_tree_settings(branching_factor=s.branching_factor, feature_dimensions=s.feature_dimensions)
+        validate_tree_settings(branching_factor=s.branching_factor, feature_dimensions=s.feature_dimensions,
+                               window_rounds=s.window_rounds)
         rules = validate_protocol_settings(significance_level=s.significance_level, fdr=s.fdr,
-                                           shrinkage=s.shrinkage, warm_up=s.warm_up, score_levels=s.score_levels)
+                                           shrinkage=s.shrinkage, warm_up=s.warm_up, score_levels=s.score_levels,
+                                           scoring=s.scoring)
+        if rules.scoring in TRIMMED_MODES:
+            # the shards' trimmed moments would be judged against their own region, not the
+            # merged population: refused rather than answering differently from in process
+            raise InvalidInputError(f"scoring={s.scoring!r} is not available on the ray backend yet")
+        if s.window_rounds is not None:
+            # the region shards would need the window's rounds and stamps in their merged
+            # moments: refused rather than answering differently from in process
+            raise InvalidInputError("window_rounds is not available on the ray backend yet")
         ref = validate_consensus_settings(byzantine_threshold=s.byzantine_threshold, partition_size=s.partition_size,
                                           prior_probability=s.prior_probability, trusted_sources=[s.node_id],
                                           probation_evidence=s.probation_evidence)
