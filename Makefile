@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_consensus.py
 	$(PY) benchmarks/bench_cap.py
 	$(PY) benchmarks/bench_startup.py
+	$(PY) benchmarks/bench_detection.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from . import __version__
+from .structures.scoring_modes import DEFAULT_SCORING, SCORING_MODES
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -40,6 +41,7 @@ FORMATS = ("csv", "jsonl", "parquet")          # = apps.detect.FORMATS (not impo
 Engine = Literal["auto", "pyarrow", "python"]  # = apps.detect.ENGINES; typer refuses anything else (exit 2)
 Backend = Literal["inprocess", "ray"]
 Difficulty = Literal["easy", "default", "hard"]
+Scoring = Literal[tuple(SCORING_MODES)]        # the registry's modes; typer refuses anything else (exit 2)
 
 
 def _version(value: bool) -> None:
@@ -177,6 +179,7 @@ def detect(
     fdr: float | None = typer.Option(None, help="False-discovery rate for flagging (Benjamini-Hochberg); 0.01 unless --alpha is given. Example: --fdr 0.05"),
     alpha: float | None = typer.Option(None, help="Flag every agent whose p-value is below this level instead of FDR control. Example: --alpha 1e-4"),
     shrinkage: str = typer.Option("auto", help="Covariance shrinkage toward its diagonal: 'auto' (d/n) or a number in [0, 1]. Example: --shrinkage 0.1"),
+    scoring: Scoring = typer.Option(DEFAULT_SCORING, help="What agents are scored against: 'mahalanobis' (all agents' moments) or 'robust' (the moments of the agents not flagged, so outliers do not hide each other). Example: --scoring robust"),
     warm_up: int | None = typer.Option(None, min=3, help="Nobody is flagged in a population smaller than this; default min(1000, 100 x features). Example: --warm-up 50"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed rows and count them, instead of stopping at the first (exit code 2). Example: --skip-bad"),
     top: int = typer.Option(10, min=0, help="Show this many of the most anomalous agents with their main feature. Example: --top 25"),
@@ -232,6 +235,7 @@ def simulate(
     partition_at: int = typer.Option(8, help="Round at which the network splits in two. Example: --partition-at 5"),
     heal_at: int = typer.Option(13, help="Round at which it heals (= --partition-at: no partition). Example: --heal-at 15"),
     difficulty: Difficulty = typer.Option("default", help="Shift size and observer signal: easy, default or hard. Example: --difficulty hard"),
+    scoring: Scoring = typer.Option(DEFAULT_SCORING, help="What agents are scored against: 'mahalanobis' or 'robust' (trimmed moments). Example: --scoring robust"),
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same report (but for 'performance'). Example: --seed 7"),
     out: Path = typer.Option(".", help="Folder for report.json and report.html. Example: --out runs/seed7"),
     backend: Backend = typer.Option("inprocess", help="Engine: inprocess or ray (needs swarmguard[ray]). Example: --backend ray"),
@@ -253,7 +257,7 @@ def simulate(
     config = ScenarioConfig(agents=agents, features=features, rounds=rounds, regions=regions,
                             compromised=compromised, observers=observers, byzantine=byzantine,
                             evidence=evidence, partition_at=partition_at, heal_at=heal_at,
-                            difficulty=difficulty, seed=seed)
+                            difficulty=difficulty, seed=seed, scoring=scoring)
     # every option, output folders included, is checked before the (possibly long) run starts
     try:
         config.validate()

@@ -145,3 +145,22 @@ def test_merge_scaled_rescales_parts_whose_exponents_differ_by_more_than_the_nor
     # and back to the caller's units in one step each: 2**(-500 - 500) is no double either
     tiny_user = moments_from_state(10, shift, np.zeros(1), np.array([[2.0**300]]), np.array([-500]))
     assert tiny_user.m2[0, 0] == 2.0**-700
+
+
+def test_ray_refuses_a_trimmed_scoring_mode_before_ray_starts():
+    # The shards would judge trimming against their own region, not the merged population.
+    from swarmguard.errors import InvalidInputError
+    code = (
+        "import sys\n"
+        "import swarmguard as sg\n"
+        "from swarmguard.errors import InvalidInputError\n"
+        "try:\n"
+        "    sg.DistributedBehavioralDetector(backend='ray', scoring='robust')\n"
+        "except InvalidInputError as exc:\n"
+        "    assert 'ray' in str(exc) and 'robust' in str(exc); print('refused')\n"
+        "assert 'ray' not in sys.modules or not __import__('ray').is_initialized()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "refused", out.stderr
+    with pytest.raises(InvalidInputError, match="scoring"):
+        make_detector("ray", scoring="fancy")

@@ -18,6 +18,7 @@ from .evidence_types import BayesianEvidence, EvidenceType, map_to_evidence_type
 from .inprocess import InProcessEngine
 from .protocol import BehavioralData, BehavioralDistributedProtocol
 from .tree import HierarchicalStatisticalTree
+from ..structures.scoring_modes import DEFAULT_SCORING, SCORING_MODES
 
 __all__ = [
     "HierarchicalStatisticalTree",
@@ -43,4 +44,6 @@ __all__ = [
     "RoundBatch",
     "ScoredRound",
     "RoundResult",
+    "SCORING_MODES",
+    "DEFAULT_SCORING",
 ]

@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import InvalidInputError, InvalidTypeError
 from ..validation import check_finite_float, check_fraction, check_key, check_positive_int
 from .cap import ConsistencyModel
+from ..structures.scoring_modes import DEFAULT_SCORING
 from .consensus import PROBATION_EVIDENCE
 
 __all__ = ["DetectorSettings", "REQUIRE"]
@@ -31,7 +32,8 @@ class DetectorSettings:
     ``branching_factor``, ``feature_dimensions`` (None: the first batch decides),
     ``significance_level``, ``fdr`` (Benjamini–Hochberg rate for batches, None:
     per-agent cut), ``shrinkage``, ``warm_up``, ``score_levels``
-    ("population" or "all"). Consensus: ``byzantine_threshold``,
+    ("population" or "all"), ``scoring`` (a scoring mode,
+    :data:`swarmguard.SCORING_MODES`). Consensus: ``byzantine_threshold``,
     ``partition_size``, ``prior_probability``, ``probation_evidence`` (Sybil
     resistance, see :class:`~swarmguard.api.consensus.StableBayesianConsensus`). CAP: ``consistency_model``,
     ``max_staleness_seconds``, ``confidence_decay_rate``, ``clock``,
@@ -55,6 +57,7 @@ class DetectorSettings:
     shrinkage: float | str = "auto"
     warm_up: int | None = None
     score_levels: str = "population"
+    scoring: str = DEFAULT_SCORING
     byzantine_threshold: float = 0.33
     partition_size: int = 10000
     prior_probability: float = 0.01

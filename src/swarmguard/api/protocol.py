@@ -12,7 +12,10 @@ import numpy as np
 from ..errors import InvalidInputError, InvalidTypeError
 from ..lazy_import import module_on_first_use
 from ..locking import Locked, synchronized_with
+from ..structures.chi2 import chi2_sf
 from ..structures.scoring import MIN_POPULATION, LeaveOneOutScorer, combine_levels, score_population
+from ..structures.scoring_modes import DEFAULT_SCORING, TRIMMED_MODES, check_scoring
+from ..structures.trimming import TrimmedScorer
 from ..structures.significance import chi2_threshold as _chi2_threshold
 from ..structures.significance import resolve_fdr, significance_cut
 from ..validation import (
@@ -22,6 +25,7 @@ from ..validation import (
     check_fraction,
     check_positive_int,
 )
+from ..validation import as_feature_matrix
 from .tree import HierarchicalStatisticalTree, Path
 
 __all__ = ["BehavioralData", "BehavioralDistributedProtocol", "read_behavior"]
@@ -103,6 +107,12 @@ class BehavioralDistributedProtocol(Locked):
     score_levels : "population" or "all", default "population"
         Score against the whole population only, or also against the agent's
         own cohort and every ancestor cohort (each level is reported).
+    scoring : str, default "mahalanobis"
+        What an agent is scored against (:data:`swarmguard.SCORING_MODES`):
+        ``"mahalanobis"``, the population's moments; ``"robust"``, its trimmed
+        moments (members not flagged under the full moments,
+        :mod:`swarmguard.structures.trimming`), which the tree then keeps.
+        Distances are reported under the same names in every mode.
 
     Every public method runs under the protocol's lock and then its tree's
     (:mod:`swarmguard.locking`): a protocol may be shared between threads, and
@@ -130,6 +140,7 @@ class BehavioralDistributedProtocol(Locked):
         shrinkage: float | str = "auto",
         warm_up: int | None = None,
         score_levels: str = "population",
+        scoring: str = DEFAULT_SCORING,
     ):
         super().__init__()
         if not isinstance(tree, HierarchicalStatisticalTree):
@@ -147,6 +158,9 @@ class BehavioralDistributedProtocol(Locked):
         if score_levels not in ("population", "all"):
             raise InvalidInputError(f"score_levels must be 'population' or 'all', got {score_levels!r}")
         self.score_levels = score_levels
+        self.scoring = check_scoring(scoring)
+        if self.scoring in TRIMMED_MODES:
+            tree.keep_trimmed_moments()
 
     @property
     def warm_up(self) -> int:
@@ -189,6 +203,8 @@ class BehavioralDistributedProtocol(Locked):
         return self._score_slot(check_agent_id(agent_id), slot, self.tree._tree.X[slot])
 
     def _score_slot(self, agent_id: Hashable, slot: int, x: np.ndarray) -> dict[str, Any]:
+        if self.scoring in TRIMMED_MODES:
+            return self._score_slot_trimmed(agent_id, slot, x)
         tree = self.tree
         cohorts = tree._cohorts
         d = x.shape[0]
@@ -264,6 +280,88 @@ class BehavioralDistributedProtocol(Locked):
             "levels": levels,
         }
 
+    def _score_slot_trimmed(self, agent_id: Hashable, slot: int, x: np.ndarray) -> dict[str, Any]:
+        """:meth:`_score_slot` of a trimmed mode: the batch scoring of one row, as the per-item dict."""
+        tree = self.tree
+        cohorts = tree._cohorts
+        own = int(cohorts.page_owner[slot // cohorts.page_size])
+        n_levels = 1 if self.score_levels == "population" else len(cohorts.ancestors(own))
+        alpha = self.significance_level / n_levels
+        thr2 = _chi2_threshold(alpha, x.shape[0])
+        ids = np.empty(1, dtype=object)
+        ids[0] = agent_id
+        res = self._score_slots(ids, np.array([slot]), None, True, rows=x[None, :])
+        pop_warming = bool(res["levels"][()]["warming_up"]) if "levels" in res else bool(res["warming_up"])
+        levels = [{"cohort": (), "count": res["population_count"],
+                   "mahalanobis_squared": float(res["mahalanobis_squared"][0]),
+                   "mahalanobis_distance": float(res["mahalanobis_distance"][0]),
+                   "p_value": float(res["p_value"][0]),
+                   "is_anomaly": (not pop_warming) and float(res["p_value"][0]) < alpha,
+                   "warming_up": pop_warming,
+                   "feature_contributions": res["feature_contributions"][0]}]
+        for path, lv in res.get("levels", {}).items():
+            if path == ():
+                continue
+            levels.append({"cohort": path, "count": lv["count"],
+                           "mahalanobis_squared": float(lv["mahalanobis_squared"][0]),
+                           "mahalanobis_distance": math.sqrt(float(lv["mahalanobis_squared"][0])),
+                           "p_value": float(lv["p_value"][0]),
+                           "is_anomaly": (not lv["warming_up"]) and float(lv["p_value"][0]) < alpha,
+                           "warming_up": lv["warming_up"], "feature_contributions": None})
+        levels[1:] = sorted(levels[1:], key=lambda lv: len(lv["cohort"]))
+        top = levels[0]
+        return {
+            "agent_id": agent_id,
+            "is_anomaly": any(lv["is_anomaly"] for lv in levels),
+            "mahalanobis_distance": top["mahalanobis_distance"],
+            "mahalanobis_squared": top["mahalanobis_squared"],
+            "p_value": top["p_value"],
+            "decision_p_value": float(res["decision_p_value"][0]),
+            "threshold": math.sqrt(thr2),
+            "threshold_squared": thr2,
+            "significance_level": alpha,
+            "decision_cutoff": self.significance_level,
+            "cohort": cohorts.paths[own],
+            "population_count": top["count"],
+            "warming_up": top["warming_up"],
+            "feature_contributions": top["feature_contributions"],
+            "levels": levels,
+        }
+
+    @synchronized_with("tree")
+    def score_vectors(self, X: Any) -> dict[str, Any]:
+        """Score vectors that are *not* in the tree against the population, changing nothing.
+
+        Each row is scored against the population's moments as they are (for
+        ``scoring="robust"`` its trimmed moments), not leave-one-out: what an
+        agent would score before its vector is added (prequential use).
+        Returns ``mahalanobis_squared``, ``mahalanobis_distance``, ``p_value``
+        (χ²(d)), ``is_anomaly`` (p-value below the significance level once the
+        population is out of warm-up) and ``population_count``.
+        """
+        tree = self.tree
+        if tree._tree is None or len(tree) == 0:
+            raise InvalidInputError("the tree is empty: nothing to score against")
+        X = as_feature_matrix(X, tree.feature_dimensions)
+        tree._tree.flush()
+        n_pop = tree._tree.root_state()[0]
+        if self.scoring in TRIMMED_MODES:
+            sub = tree._trim.tree
+            sub.flush()
+            n, off, m2 = sub.root_state()
+            E = sub.deviations(X) - off
+            scorer = TrimmedScorer(n, off, m2, self.shrinkage)
+        else:
+            n, off, m2 = tree._tree.root_state()
+            E = tree._tree.deviations(X) - off
+            scorer = TrimmedScorer(n, off, m2, self.shrinkage, quantile=None)
+        d2 = scorer.score_many(E, np.zeros(X.shape[0], dtype=bool)) if scorer.ok else np.zeros(X.shape[0])
+        p = chi2_sf(d2, X.shape[1])
+        warm = bool(n_pop >= self.warm_up and scorer.ok)
+        return {"mahalanobis_squared": d2, "mahalanobis_distance": np.sqrt(d2), "p_value": p,
+                "is_anomaly": (p < self.significance_level) & warm, "population_count": int(round(n_pop)),
+                "warming_up": not warm}
+
     # ------------------------------------------------------------------ batch
     @synchronized_with("tree")
     def score_many(self, agent_ids: Any = None, *, fdr: float | None | str = "default",
@@ -310,20 +408,30 @@ class BehavioralDistributedProtocol(Locked):
         tree._tree.flush()
         d = tree.feature_dimensions
         n_pop, off, m2 = tree._tree.root_state()
-        # Deviations from the shift first, in the tree's units (a power of two
-        # per feature, so nothing squared under- or overflows): the digits
-        # below the data's magnitude survive, as in the moments.
-        if rows is not None:
-            DX = tree._tree.deviations(rows)
+        score_group = None
+        if self.scoring in TRIMMED_MODES:
+            d2, p, warm, shares, DX, kept = self._trimmed_population(slots, rows, n_pop, explain)
         else:
-            DX = np.take(tree._tree.X, slots, axis=0)
-            DX -= tree._tree.shift
-            DX *= tree._tree.unit
-        d2, p, warm, shares = score_population(DX - off, n_pop, off, m2, self.shrinkage, self.warm_up, explain)
+            # Deviations from the shift first, in the tree's units (a power of two
+            # per feature, so nothing squared under- or overflows): the digits
+            # below the data's magnitude survive, as in the moments.
+            if rows is not None:
+                DX = tree._tree.deviations(rows)
+            else:
+                DX = np.take(tree._tree.X, slots, axis=0)
+                DX -= tree._tree.shift
+                DX *= tree._tree.unit
+            d2, p, warm, shares = score_population(DX - off, n_pop, off, m2, self.shrinkage, self.warm_up,
+                                                   explain)
         out: dict[str, Any] = {"agent_ids": ids, "population_count": int(round(n_pop))}
         if self.score_levels == "all":
-            decision_p, any_warm, _, levels = combine_levels(p, warm, self._cohort_groups(slots, DX),
-                                                             self.shrinkage, self.warm_up)
+            trimmed_counts: dict[Path, float] | None = None
+            if self.scoring in TRIMMED_MODES:
+                trimmed_counts = {}
+                score_group = self._trimmed_group_scorer(kept, trimmed_counts)
+            groups = self._cohort_groups(slots, DX, trimmed_counts)
+            decision_p, any_warm, _, levels = combine_levels(p, warm, groups, self.shrinkage, self.warm_up,
+                                                             score=score_group)
             out["levels"] = {(): {"rows": np.arange(slots.size), "count": int(round(n_pop)),
                                   "mahalanobis_squared": d2, "p_value": p, "warming_up": not warm}}
             out["levels"].update(levels)
@@ -348,7 +456,37 @@ class BehavioralDistributedProtocol(Locked):
             out["feature_contributions"] = shares
         return out
 
-    def _cohort_groups(self, slots: np.ndarray, DX: np.ndarray):
+    def _trimmed_population(self, slots: np.ndarray, rows: Any, n_pop: float, explain: bool):
+        """Rows scored against the population's trimmed moments: ``(d2, p, warm, shares, DX, kept)``,
+        ``DX`` the rows' deviations in the trimmed tree's units, ``kept`` whether each is counted."""
+        tree = self.tree
+        sub = tree._trim.tree
+        sub.flush()
+        if rows is not None:
+            DX = sub.deviations(rows)
+        else:
+            DX = sub.deviations(np.take(tree._tree.X, slots, axis=0))
+        kept = tree._trim.kept(slots)
+        n_t, off, m2 = sub.root_state()
+        scorer = TrimmedScorer(n_t, off, m2, self.shrinkage)
+        res = scorer.score_many(DX - off, kept, explain=explain)
+        d2, shares = res if explain else (res, None)
+        warm = bool(n_pop >= self.warm_up and scorer.ok)
+        return d2, chi2_sf(d2, DX.shape[1]), warm, shares, DX, kept
+
+    def _trimmed_group_scorer(self, kept: np.ndarray, trimmed_counts: dict[Path, float]):
+        """For :func:`combine_levels`: a cohort's rows scored against its trimmed moments
+        (``count`` there is the cohort's members, its kept ones are in ``trimmed_counts``)."""
+        shrinkage = self.shrinkage
+
+        def score(key: Path, rows: np.ndarray, count: float, offset: np.ndarray, m2: np.ndarray, E: np.ndarray):
+            scorer = TrimmedScorer(trimmed_counts[key], offset, m2, shrinkage)
+            if not scorer.ok:
+                return np.zeros(E.shape[0]), False
+            return scorer.score_many(E, kept[rows]), scorer.inside.ok
+        return score
+
+    def _cohort_groups(self, slots: np.ndarray, DX: np.ndarray, trimmed_counts: dict | None = None):
         """Per cohort above the rows: ``(path, rows, count, offset, m2, deviations)`` for
         :func:`~swarmguard.structures.scoring.combine_levels`.
 
@@ -376,4 +514,7 @@ class BehavioralDistributedProtocol(Locked):
                 if a < 0:
                     continue
                 cn, coff, cm2 = tree._cohort_state(a)
+                if trimmed_counts is not None:     # the members' count; the kept members' moments
+                    tn, coff, cm2 = tree._trimmed_state(a)
+                    trimmed_counts[cohorts.paths[a]] = tn
                 yield cohorts.paths[a], group, cn, coff, cm2, DX[group] - coff

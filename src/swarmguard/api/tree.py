@@ -20,6 +20,7 @@ from ..locking import Locked, synchronized
 from ..structures.cohorts import CohortDirectory
 from ..structures.id_index import IdIndex
 from ..structures.slot_tree import SlotTree
+from ..structures.trimming import TrimmedMoments
 from ..validation import (
     as_feature_matrix,
     as_feature_vector,
@@ -113,6 +114,8 @@ class HierarchicalStatisticalTree(Locked):
         self._ids_at_slot = np.empty(0, dtype=object)
         self._tree: SlotTree | None = None
         self._covers: dict[int, tuple[tuple[int, ...], np.ndarray]] = {}   # cohort -> (key, node cover)
+        self._trim: TrimmedMoments | None = None   # trimmed moments, once a scoring mode asks for them
+        self._trim_wanted = False                   # asked for before the first vector
         self.version = 0  # bumps on every change; caches key on it
         if self._dim is not None:
             self._make_tree(self._dim)
@@ -126,6 +129,8 @@ class HierarchicalStatisticalTree(Locked):
     def _make_tree(self, dim: int) -> None:
         self._dim = dim
         self._tree = SlotTree(dim, self.branching_factor, self._page_levels, self.recompute_every)
+        if self._trim_wanted:
+            self._trim = TrimmedMoments(self._tree)
 
     @synchronized
     def __len__(self) -> int:
@@ -199,17 +204,23 @@ class HierarchicalStatisticalTree(Locked):
             cohorts = self._cohorts
             if path is None or cohorts.id_of.get(path) == int(cohorts.page_owner[slot // cohorts.page_size]):
                 tree.replace(slot, x)
+                if self._trim is not None:
+                    self._trim.set_one(tree, slot, x)
                 self.version += 1
                 return slot
             # Moving to another cohort: leave the old slot, take one in the new cohort.
             old_cid = int(self._cohorts.cohort_of_slots(slot))
             tree.remove(slot)
+            if self._trim is not None:
+                self._trim.remove_one(slot)
             self._cohorts.release(old_cid, np.array([slot]))
             self._ids_at_slot[slot] = None
         cid = self._cohorts.ensure(path if path is not None else ())
         new_slot = int(self._cohorts.allocate(cid, 1)[0])
         self._grow_slots(new_slot + 1)
         self._tree.insert(new_slot, x)
+        if self._trim is not None:
+            self._trim.set_one(self._tree, new_slot, x)
         self._index.set(agent_id, new_slot)
         self._ids_at_slot[new_slot] = agent_id
         self.version += 1
@@ -221,6 +232,8 @@ class HierarchicalStatisticalTree(Locked):
         slot = self._slot(agent_id)
         cid = int(self._cohorts.cohort_of_slots(slot))
         self._tree.remove(slot)
+        if self._trim is not None:
+            self._trim.remove_one(slot)
         self._cohorts.release(cid, np.array([slot]))
         self._index.pop(self._ids_at_slot[slot])
         self._ids_at_slot[slot] = None
@@ -365,6 +378,8 @@ class HierarchicalStatisticalTree(Locked):
                 self._cohorts.release(int(cid), old[current[moving] == cid])
             self._ids_at_slot[old] = None
             self._tree.write(old, None)
+            if self._trim is not None:
+                self._trim.clear(old)
         if placing.any():
             target = np.where(want[placing] >= 0, want[placing], 0)
             new_slots = np.empty(target.size, dtype=np.int64)
@@ -376,6 +391,8 @@ class HierarchicalStatisticalTree(Locked):
             self._index.set_many(ids[placing], new_slots)
             self._ids_at_slot[new_slots] = ids[placing]
         self._tree.write(slots, X)
+        if self._trim is not None:
+            self._trim.write(self._tree, slots, X)
         self.version += 1
         return slots, ids, X
 
@@ -507,6 +524,58 @@ class HierarchicalStatisticalTree(Locked):
         return {"shift": self._tree.shift, "exponent": self._tree.exponent.copy(),
                 "population": self._tree.root_state(), "cohorts": cohorts}
 
+    # ------------------------------------------------------------------ trimmed moments
+    # A second set of moments per node over the members not flagged under the full moments
+    # (swarmguard.structures.trimming), kept once a scoring mode asks for them.
+    @synchronized
+    def keep_trimmed_moments(self) -> None:
+        """Keep trimmed moments from now on (O(n d²) once; nothing if already kept)."""
+        if self._trim is None and self._tree is not None:
+            self._tree.flush()
+            trim = TrimmedMoments(self._tree)
+            trim.rejudge(self._tree)
+            self._trim = trim
+        elif self._tree is None:
+            self._trim_wanted = True
+
+    @property
+    def keeps_trimmed_moments(self) -> bool:
+        """Whether the tree keeps trimmed moments (asked for by a scoring mode)."""
+        return self._trim is not None or self._trim_wanted
+
+    @synchronized
+    def rejudge_trimmed(self) -> None:
+        """Judge every member again against the current full moments (O(n d²)); see
+        :meth:`~swarmguard.structures.trimming.TrimmedMoments.rejudge`."""
+        if self._trim is not None:
+            self._trim.rejudge(self._tree)
+            self.version += 1
+
+    def _trimmed_state(self, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
+        """(count, offset, M2) of cohort ``cid``'s kept members, in the trimmed tree's units."""
+        sub = self._trim.tree
+        if cid == 0:
+            return sub.root_state()
+        return sub.covered_state(self._cover(cid))
+
+    @synchronized
+    def get_trimmed_statistics(self, path: Any = (), ddof: int = 1) -> dict[str, Any]:
+        """Statistics of a cohort's kept members (``()``: the population), as
+        :meth:`get_cohort_statistics`; ``InvalidInputError`` unless trimmed moments are kept."""
+        if self._trim is None:
+            raise InvalidInputError("this tree keeps no trimmed moments (no scoring mode asked for them)")
+        p = check_cohort(path)
+        cid = self._cohorts.id_of.get(p if p is not None else ())
+        if cid is None:
+            raise UnknownCohortError(f"unknown cohort {path!r}")
+        ddof = check_positive_int(ddof, "ddof", minimum=0)
+        sub = self._trim.tree
+        sub.flush()
+        n, off, m2 = self._trimmed_state(cid)
+        mean, m2 = sub.to_user(off, m2)
+        count = int(round(n))
+        return {"cohort": self._cohorts.path_of(cid), **population_statistics(count, mean, m2, ddof)}
+
     # ------------------------------------------------------------------ serialisation
     @synchronized
     def to_dict(self) -> dict[str, np.ndarray]:
@@ -522,7 +591,7 @@ class HierarchicalStatisticalTree(Locked):
             raise InvalidTypeError("only trees whose ids are all ints or all strs can be serialised")
         slots = self._index.lookup_many(kind) if ids else np.zeros(0, dtype=np.int64)
         paths = self._cohorts.paths
-        return {
+        out = {
             "branching_factor": np.array(self.branching_factor),
             "feature_dimensions": np.array(self._dim if self._dim is not None else 0),
             "agent_ids": kind,
@@ -530,6 +599,9 @@ class HierarchicalStatisticalTree(Locked):
             "cohort_index": self._cohorts.cohort_of_slots(slots) if ids else np.zeros(0, dtype=np.int64),
             "cohort_paths": np.array(["\x1f".join(p) for p in paths], dtype=str),
         }
+        if self._trim is not None:     # the flags, so that the trimmed moments come back as they are
+            out["trimmed_kept"] = self._trim.kept(slots) if ids else np.zeros(0, dtype=bool)
+        return out
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> HierarchicalStatisticalTree:
@@ -548,4 +620,15 @@ class HierarchicalStatisticalTree(Locked):
             paths = [tuple(s.split("\x1f")) if s else () for s in np.asarray(state["cohort_paths"]).tolist()]
             cohorts = [paths[i] for i in np.asarray(state["cohort_index"]).tolist()]
             tree.update_many(ids, np.asarray(state["features"]), cohorts=cohorts)
+        if "trimmed_kept" in state:
+            kept = np.asarray(state["trimmed_kept"], dtype=bool)
+            if kept.shape != ids.shape:
+                raise InvalidInputError(f"tree state's trimmed_kept has shape {kept.shape}, expected {ids.shape}")
+            if tree._tree is None:
+                tree._trim_wanted = True
+            else:
+                tree._trim = TrimmedMoments(tree._tree)
+            if ids.size:
+                slots = tree._index.lookup_many(tree._check_ids(ids))
+                tree._trim.write(tree._tree, slots, tree._tree.X[slots], keep=kept)
         return tree

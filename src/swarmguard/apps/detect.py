@@ -70,6 +70,7 @@ import numpy as np
 from ..api import BehavioralDistributedProtocol
 from ..errors import EmptyInputError, InvalidInputError, MalformedInputError, MissingDependencyError
 from ..structures.scoring import MIN_POPULATION
+from ..structures.scoring_modes import DEFAULT_SCORING, check_scoring
 from ..validation import check_fraction, check_positive_int
 from .detect_ingest import _Ingest, _Spec
 from .detect_readers import _INFER_SAMPLE, _first_keys, _infer_features, _ParquetSource, open_source
@@ -226,6 +227,7 @@ def detect(
     csv_engine: str = "auto",
     max_line_bytes: int = MAX_LINE_BYTES,
     explain: bool = False,
+    scoring: str = DEFAULT_SCORING,
 ) -> DetectResult:
     """Score every agent of a telemetry file; write ``output`` (CSV or Parquet) when given.
 
@@ -251,6 +253,10 @@ def detect(
     (``why_feature``, ``why_share``), written to ``output`` as
     ``feature_1, share_1, ...`` (with ``cohort`` first when there is a
     cohort column).
+
+    ``scoring``: what every agent is scored against (:data:`swarmguard.SCORING_MODES`):
+    ``"mahalanobis"`` all the others' moments, ``"robust"`` the moments of the
+    agents not flagged under those (judged once, after the whole file is read).
     """
     if csv_engine not in ENGINES:
         raise InvalidInputError(f"csv_engine must be 'auto', 'python' or 'pyarrow', got {csv_engine!r}")
@@ -264,6 +270,7 @@ def detect(
     top = check_positive_int(top, "top", minimum=0)
     q, level = _resolve_decision(fdr, alpha)
     shrink = _resolve_shrinkage(shrinkage)
+    scoring = check_scoring(scoring)
     if warm_up is not None:
         warm_up = check_positive_int(warm_up, "warm_up", minimum=MIN_POPULATION)
     max_line_bytes = check_positive_int(max_line_bytes, "max_line_bytes", minimum=16)
@@ -330,7 +337,7 @@ def detect(
 
     t2 = time.perf_counter()
     protocol = BehavioralDistributedProtocol(pop.tree, significance_level=level, fdr=q,
-                                             shrinkage=shrink, warm_up=warm_up)
+                                             shrinkage=shrink, warm_up=warm_up, scoring=scoring)
     ids = pop.id_array()
     numbers = np.arange(ids.size)
     res = protocol.score_many(numbers, fdr=q)

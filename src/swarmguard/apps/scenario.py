@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..structures.scoring_modes import DEFAULT_SCORING, SCORING_MODES
 
 __all__ = ["ScenarioConfig", "Scenario", "DIFFICULTY"]
 
@@ -56,6 +57,7 @@ class ScenarioConfig:
     heal_at: int = 13
     difficulty: str = "default"
     seed: int = 0
+    scoring: str = DEFAULT_SCORING    # the detector's scoring mode (swarmguard.SCORING_MODES)
     round_seconds: float = 2.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -76,6 +78,7 @@ class ScenarioConfig:
              "need 0 <= --partition-at <= --heal-at <= --rounds")
         need(self.difficulty in DIFFICULTY, f"--difficulty must be one of {sorted(DIFFICULTY)}")
         need(self.round_seconds > 0, "round seconds must be > 0")
+        need(self.scoring in SCORING_MODES, f"--scoring must be one of {list(SCORING_MODES)}")
         return self
 
     def as_dict(self) -> dict[str, Any]:

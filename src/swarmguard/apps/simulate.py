@@ -74,7 +74,7 @@ def run_simulation(config: ScenarioConfig, progress: Progress | None = None,
     now = [0.0]
     det = make_detector(
         backend, address=address, ray_options=ray_options,
-        feature_dimensions=c.features, fdr=0.01, score_levels="all", clock=lambda: now[0],
+        feature_dimensions=c.features, fdr=0.01, score_levels="all", scoring=c.scoring, clock=lambda: now[0],
         regions=sc.regions.tolist(), prior_probability=0.01)
     try:
         report = _run(c, sc, det, now, progress, latency_sample, t_start, started, backend)
