@@ -14,7 +14,9 @@ from ..lazy_import import module_on_first_use
 from ..locking import Locked, synchronized_with
 from ..structures.chi2 import chi2_sf
 from ..structures.scoring import MIN_POPULATION, LeaveOneOutScorer, combine_levels, score_population
-from ..structures.scoring_modes import DEFAULT_SCORING, TRIMMED_MODES, check_scoring
+from ..structures.cauchy_combination import cauchy_combine
+from ..structures.scoring_modes import DEFAULT_SCORING, SKETCH_MODES, TRIMMED_MODES, check_scoring
+from ..structures.tail_scores import tail_evidence
 from ..structures.trimming import TrimmedScorer
 from ..structures.significance import chi2_threshold as _chi2_threshold
 from ..structures.significance import resolve_fdr, significance_cut
@@ -161,6 +163,8 @@ class BehavioralDistributedProtocol(Locked):
         self.scoring = check_scoring(scoring)
         if self.scoring in TRIMMED_MODES:
             tree.keep_trimmed_moments()
+        if self.scoring in SKETCH_MODES:
+            tree.keep_tail_sketches()
 
     @property
     def warm_up(self) -> int:
@@ -203,7 +207,7 @@ class BehavioralDistributedProtocol(Locked):
         return self._score_slot(check_agent_id(agent_id), slot, self.tree._tree.X[slot])
 
     def _score_slot(self, agent_id: Hashable, slot: int, x: np.ndarray) -> dict[str, Any]:
-        if self.scoring in TRIMMED_MODES:
+        if self.scoring in TRIMMED_MODES or self.scoring in SKETCH_MODES:
             return self._score_slot_trimmed(agent_id, slot, x)
         tree = self.tree
         cohorts = tree._cohorts
@@ -358,7 +362,11 @@ class BehavioralDistributedProtocol(Locked):
         d2 = scorer.score_many(E, np.zeros(X.shape[0], dtype=bool)) if scorer.ok else np.zeros(X.shape[0])
         p = chi2_sf(d2, X.shape[1])
         warm = bool(n_pop >= self.warm_up and scorer.ok)
-        return {"mahalanobis_squared": d2, "mahalanobis_distance": np.sqrt(d2), "p_value": p,
+        extra: dict[str, Any] = {}
+        if self.scoring in SKETCH_MODES:      # vectors from outside: counted in, (W + 1) / (n + 1)
+            p, extra = self._with_tails(p, tree._tree.deviations(X), 0, members=False)
+            extra.pop("_feature_scores")
+        return {**extra,"mahalanobis_squared": d2, "mahalanobis_distance": np.sqrt(d2), "p_value": p,
                 "is_anomaly": (p < self.significance_level) & warm, "population_count": int(round(n_pop)),
                 "warming_up": not warm}
 
@@ -424,11 +432,20 @@ class BehavioralDistributedProtocol(Locked):
             d2, p, warm, shares = score_population(DX - off, n_pop, off, m2, self.shrinkage, self.warm_up,
                                                    explain)
         out: dict[str, Any] = {"agent_ids": ids, "population_count": int(round(n_pop))}
+        if self.scoring in SKETCH_MODES:
+            DT = tree._tree.deviations(rows if rows is not None else np.take(tree._tree.X, slots, axis=0))
+            p, tail_out = self._with_tails(p, DT, 0, members=True)
+            feature_scores = tail_out.pop("_feature_scores")
+            if explain and self.scoring == "tails":      # each feature's share of the tail score
+                shares = feature_scores
+            out.update(tail_out)
+            score_group = self._tail_group_scorer(score_group, DT)
         if self.score_levels == "all":
             trimmed_counts: dict[Path, float] | None = None
             if self.scoring in TRIMMED_MODES:
                 trimmed_counts = {}
-                score_group = self._trimmed_group_scorer(kept, trimmed_counts)
+                trimmed = self._trimmed_group_scorer(kept, trimmed_counts)
+                score_group = self._tail_group_scorer(trimmed, DT) if self.scoring in SKETCH_MODES else trimmed
             groups = self._cohort_groups(slots, DX, trimmed_counts)
             decision_p, any_warm, _, levels = combine_levels(p, warm, groups, self.shrinkage, self.warm_up,
                                                              score=score_group)
@@ -473,6 +490,32 @@ class BehavioralDistributedProtocol(Locked):
         d2, shares = res if explain else (res, None)
         warm = bool(n_pop >= self.warm_up and scorer.ok)
         return d2, chi2_sf(d2, DX.shape[1]), warm, shares, DX, kept
+
+    def _with_tails(self, p_distance: np.ndarray, DT: np.ndarray, cid: int, members: bool):
+        """The mode's p-values from the distance's and the rows' tail evidence against cohort ``cid``'s
+        sketches (``DT``: deviations in the moments' internal units, as sketched): ``tails``, the tail
+        p-value; ``fused``, the Cauchy combination of both. Returns ``(p, report)``."""
+        ev = tail_evidence(self.tree._tail_sketches(cid), DT, members=members)
+        p = ev.p_value if self.scoring == "tails" else cauchy_combine(np.column_stack([p_distance, ev.p_value]))
+        return p, {"tail_score": ev.score, "tail_p_value": ev.p_value, "distance_p_value": p_distance,
+                   "_feature_scores": ev.feature_scores}
+
+    def _tail_group_scorer(self, distance_scorer: Any, DT: np.ndarray):
+        """For :func:`combine_levels`: a cohort's rows with the mode's p-value against the cohort's sketches."""
+        if self.score_levels != "all":
+            return distance_scorer
+        cohorts = self.tree._cohorts
+        shrinkage = self.shrinkage
+
+        def score(key: Path, rows: np.ndarray, count: float, offset: np.ndarray, m2: np.ndarray, E: np.ndarray):
+            if distance_scorer is None:
+                sc = LeaveOneOutScorer(count, offset, m2, shrinkage)
+                cd2, ok = sc.score_many(E), sc.ok
+            else:
+                cd2, ok = distance_scorer(key, rows, count, offset, m2, E)[:2]
+            p, _ = self._with_tails(chi2_sf(cd2, E.shape[1]), DT[rows], cohorts.id_of[key], members=True)
+            return cd2, ok, p
+        return score
 
     def _trimmed_group_scorer(self, kept: np.ndarray, trimmed_counts: dict[Path, float]):
         """For :func:`combine_levels`: a cohort's rows scored against its trimmed moments
