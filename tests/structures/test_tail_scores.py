@@ -15,13 +15,14 @@ from swarmguard.structures.tail_sketch import FeatureSketches
 
 def _reference(ps, ws):
     """The Cauchy combination with math.tan / math.atan, one row at a time."""
-    t = math.fsum(w * math.tan((0.5 - min(max(p, 5e-324), P_CAP)) * math.pi) for p, w in zip(ps, ws))
+    t = math.fsum(w * math.tan((0.5 - min(max(p, 1e-300), P_CAP)) * math.pi) for p, w in zip(ps, ws))
     return 0.5 - math.atan(t) / math.pi
 
 
 def test_equal_p_values_combine_to_themselves():
     # perfectly dependent evidence: T = cot(pi p), so the combination returns p
     p = np.logspace(-300, -0.5, 60)
+    p[0] = 1e-300
     out = cauchy_combine(np.column_stack([p, p, p]))
     np.testing.assert_allclose(out, p, rtol=1e-12)
 

@@ -18,7 +18,9 @@ every input is capped at :data:`P_CAP` (0.99) first; the cap only moves inputs
 that carry no evidence. Measured on 2·10⁶ rows of 8 independent uniform
 p-values, ``P(combined <= α) / α`` is 1.014, 1.017 and 1.000 at ``α`` = 0.1,
 0.01 and 0.001 (a cap of 0.9 gives 1.12, 1.04, 1.00: more anti-conservative). Small p-values use ``cot(π p)``, which
-keeps ``1 / (π p)`` accurate down to the smallest positive float, and the
+keeps ``1 / (π p)`` accurate; inputs below ``1e-300`` count as ``1e-300``
+(their cotangent would overflow), so evidence beyond that is not told apart
+by the combination, only by its inputs. The
 combined tail uses ``arctan(1 / T) / π`` for ``T > 0`` (no cancellation in
 ``1/2 - arctan(T)/π`` for large ``T``).
 """
@@ -32,7 +34,7 @@ from ..errors import InvalidInputError
 __all__ = ["cauchy_combine", "P_CAP"]
 
 P_CAP = 0.99
-_TINY = 5e-324
+_TINY = 1e-300      # below, 1 / (π p) would overflow: smaller p-values combine as 1e-300
 
 
 def cauchy_combine(p_values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:

@@ -19,7 +19,11 @@ answers on every engine).
     two-sided tail probability, combined over the features by the Cauchy rule
     (:mod:`swarmguard.structures.cauchy_combination`) into one p-value. The
     reported distance is the plain Mahalanobis one; the tail score is reported
-    beside it.
+    beside it. A rank has a floor: a member's tail probability is at least
+    ``1/n``, so its p-value is at least about ``2/n``, and Benjamini–Hochberg at
+    level ``q`` over ``n`` agents rejects at that floor only when about ``2/q``
+    agents reach it. Tail evidence ranks well (heavy-tailed, skewed features);
+    to *flag* a lone far outlier it needs the distance beside it: ``fused``.
 ``fused``
     The ``robust`` distance's p-value and the ``tails`` p-value combined into
     one by the Cauchy rule with equal weights. Why Cauchy: both are read from
