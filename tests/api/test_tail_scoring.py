@@ -164,3 +164,53 @@ def test_ray_refuses_a_sketch_mode_before_ray_starts(scoring):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "refused", out.stderr
+
+
+# ---------------------------------------------------------------- calibrated p-values through the protocol
+def _heavy_stream(seed, q, calibrate, scoring="robust"):
+    """tests/structures/test_score_null.py's heavy-tailed population (Student-t(3), log-normal, 5 % planted
+    anomalies from round 2 on), through update_and_score_many round by round: realised FDR and recall."""
+    from tests.structures.test_score_null import D, FRAC, N, ROUNDS, WARM, _draw
+    r = np.random.default_rng(seed)
+    lab = np.zeros(N, dtype=bool)
+    lab[r.choice(N, int(FRAC * N), replace=False)] = True
+    feat = np.stack([r.choice(D, 2, replace=False) for _ in range(N)])
+    sign = r.choice([-1.0, 1.0], size=(N, 2))
+    tree = HierarchicalStatisticalTree(feature_dimensions=D)
+    protocol = BehavioralDistributedProtocol(tree, scoring=scoring, fdr=q, calibrate=calibrate)
+    false = flags = hits = 0
+    for t in range(ROUNDS):
+        res = protocol.update_and_score_many(np.arange(N), _draw(r, lab & (t >= WARM), feat, sign))
+        if t < WARM:
+            continue
+        f = res["is_anomaly"]
+        false, flags, hits = false + int((f & ~lab).sum()), flags + int(f.sum()), hits + int((f & lab).sum())
+        assert res["method"].endswith("calibrated") == calibrate
+    return false / max(flags, 1), hits / (lab.sum() * (ROUNDS - WARM))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("q", [0.01, 0.05])
+def test_calibrated_robust_scoring_keeps_the_realised_fdr_at_most_q(q):
+    for seed in (0, 1):
+        fdr, recall = _heavy_stream(seed, q, calibrate=True)
+        assert fdr <= q and recall >= 0.95
+    # the χ² p-values of the same distances are not: heavy tails make many false flags
+    fdr, _ = _heavy_stream(0, q, calibrate=False)
+    assert fdr > 5 * q
+
+
+def test_calibrate_is_checked_and_the_null_fills_round_by_round():
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    with pytest.raises(TypeError, match="calibrate"):
+        BehavioralDistributedProtocol(tree, calibrate="yes")
+    protocol = BehavioralDistributedProtocol(tree, calibrate=True, fdr=0.05, warm_up=10)
+    X = np.random.default_rng(0).normal(size=(1200, 2))
+    first = protocol.update_and_score_many(np.arange(1200), X)
+    assert "parametric_p_value" not in first and protocol.null.count == 1200    # warm-up: all admitted
+    second = protocol.update_and_score_many(np.arange(1200), X + 0.0)
+    null = np.sort(first["null_score"]).astype(np.float32)
+    s = second["null_score"].astype(np.float32)
+    expected = (1 + null.size - np.searchsorted(null, s, side="left")) / (null.size + 1)
+    np.testing.assert_allclose(second["p_value"], expected, rtol=0.1)
+    assert "parametric_p_value" in second

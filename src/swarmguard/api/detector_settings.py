@@ -33,7 +33,8 @@ class DetectorSettings:
     ``significance_level``, ``fdr`` (Benjamini–Hochberg rate for batches, None:
     per-agent cut), ``shrinkage``, ``warm_up``, ``score_levels``
     ("population" or "all"), ``scoring`` (a scoring mode,
-    :data:`swarmguard.SCORING_MODES`). Consensus: ``byzantine_threshold``,
+    :data:`swarmguard.SCORING_MODES`), ``calibrate`` (calibrated p-values from
+    an empirical null, :class:`~swarmguard.api.protocol.BehavioralDistributedProtocol`). Consensus: ``byzantine_threshold``,
     ``partition_size``, ``prior_probability``, ``probation_evidence`` (Sybil
     resistance, see :class:`~swarmguard.api.consensus.StableBayesianConsensus`). CAP: ``consistency_model``,
     ``max_staleness_seconds``, ``confidence_decay_rate``, ``clock``,
@@ -58,6 +59,7 @@ class DetectorSettings:
     warm_up: int | None = None
     score_levels: str = "population"
     scoring: str = DEFAULT_SCORING
+    calibrate: bool = False
     byzantine_threshold: float = 0.33
     partition_size: int = 10000
     prior_probability: float = 0.01

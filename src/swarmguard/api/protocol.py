@@ -16,6 +16,7 @@ from ..structures.chi2 import chi2_sf
 from ..structures.scoring import MIN_POPULATION, LeaveOneOutScorer, combine_levels, score_population
 from ..structures.cauchy_combination import cauchy_combine
 from ..structures.scoring_modes import DEFAULT_SCORING, SKETCH_MODES, TRIMMED_MODES, check_scoring
+from ..structures.score_null import ScoreNull
 from ..structures.tail_scores import tail_evidence
 from ..structures.trimming import TrimmedScorer
 from ..structures.significance import chi2_threshold as _chi2_threshold
@@ -109,6 +110,16 @@ class BehavioralDistributedProtocol(Locked):
     score_levels : "population" or "all", default "population"
         Score against the whole population only, or also against the agent's
         own cohort and every ancestor cohort (each level is reported).
+    calibrate : bool, default False
+        Calibrated p-values (:mod:`swarmguard.structures.score_null`): the
+        population-level p-value of a batch becomes its score's rank among the
+        scores of members not flagged in earlier rounds
+        (:meth:`update_and_score_many` admits each round's scores after its
+        decision), ``(1 + #{null >= s}) / (n_null + 1)``, once the null holds
+        1,000 scores; until then the mode's own p-value decides. Cohort levels
+        keep their own p-values; the per-item path too. The batch reports
+        ``parametric_p_value`` (the mode's) and ``null_score`` (what the null holds:
+        the distance, or ``-log p`` for the tail modes).
     scoring : str, default "mahalanobis"
         What an agent is scored against (:data:`swarmguard.SCORING_MODES`):
         ``"mahalanobis"``, the population's moments; ``"robust"``, its trimmed
@@ -143,6 +154,7 @@ class BehavioralDistributedProtocol(Locked):
         warm_up: int | None = None,
         score_levels: str = "population",
         scoring: str = DEFAULT_SCORING,
+        calibrate: bool = False,
     ):
         super().__init__()
         if not isinstance(tree, HierarchicalStatisticalTree):
@@ -161,6 +173,10 @@ class BehavioralDistributedProtocol(Locked):
             raise InvalidInputError(f"score_levels must be 'population' or 'all', got {score_levels!r}")
         self.score_levels = score_levels
         self.scoring = check_scoring(scoring)
+        if not isinstance(calibrate, bool):
+            raise InvalidTypeError(f"calibrate must be True or False, got {calibrate!r}")
+        # the empirical null of the population-level scores (swarmguard.structures.score_null)
+        self.null: ScoreNull | None = ScoreNull() if calibrate else None
         if self.scoring in TRIMMED_MODES:
             tree.keep_trimmed_moments()
         if self.scoring in SKETCH_MODES:
@@ -403,7 +419,13 @@ class BehavioralDistributedProtocol(Locked):
         """:meth:`HierarchicalStatisticalTree.update_many`, then :meth:`score_many` on those agents."""
         fdr_level = self._resolve_fdr(fdr)       # validate before any change
         slots, ids, rows = self.tree._update_many(agent_ids, X, cohorts)
-        return self._score_slots(ids, slots, fdr_level, explain, rows=rows)
+        out = self._score_slots(ids, slots, fdr_level, explain, rows=rows)
+        if self.null is not None:
+            # the round's members enter the null after its decision, flags left out (but the
+            # ceil(q R) lowest, the expected false ones: swarmguard.structures.score_null)
+            q = fdr_level if fdr_level is not None else self.significance_level
+            self.null.admit(out["null_score"], out["is_anomaly"] if self.null.warm else None, q)
+        return out
 
     def _resolve_fdr(self, fdr: Any) -> float | None:
         return resolve_fdr(fdr, self.fdr)
@@ -432,6 +454,7 @@ class BehavioralDistributedProtocol(Locked):
             d2, p, warm, shares = score_population(DX - off, n_pop, off, m2, self.shrinkage, self.warm_up,
                                                    explain)
         out: dict[str, Any] = {"agent_ids": ids, "population_count": int(round(n_pop))}
+        calibrated = False
         if self.scoring in SKETCH_MODES:
             DT = tree._tree.deviations(rows if rows is not None else np.take(tree._tree.X, slots, axis=0))
             p, tail_out = self._with_tails(p, DT, 0, members=True)
@@ -440,6 +463,13 @@ class BehavioralDistributedProtocol(Locked):
                 shares = feature_scores
             out.update(tail_out)
             score_group = self._tail_group_scorer(score_group, DT)
+        if self.null is not None:
+            null_score = d2 if self.scoring not in SKETCH_MODES else -np.log(np.maximum(p, 1e-300))
+            out["null_score"] = null_score
+            p_cal = self.null.p_values(null_score)
+            if p_cal is not None:
+                out["parametric_p_value"] = p
+                p, calibrated = p_cal, True
         if self.score_levels == "all":
             trimmed_counts: dict[Path, float] | None = None
             if self.scoring in TRIMMED_MODES:
@@ -466,7 +496,7 @@ class BehavioralDistributedProtocol(Locked):
             "threshold_squared": thr2,
             "threshold": float(np.sqrt(thr2)),
             "p_value_cutoff": cut,
-            "method": method,
+            "method": method if not calibrated else method + ", calibrated",
             "warming_up": not any_warm,
         })
         if explain:

@@ -166,6 +166,8 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
             # the shards' trimmed moments (and tail sketches) would be judged against their own region, not the
             # merged population: refused rather than answering differently from in process
             raise InvalidInputError(f"scoring={s.scoring!r} is not available on the ray backend yet")
+        if s.calibrate:       # the null lives in the in-process protocol; the shards keep none yet
+            raise InvalidInputError("calibrate=True is not available on the ray backend yet")
         ref = StableBayesianConsensus(byzantine_threshold=s.byzantine_threshold, partition_size=s.partition_size,
                                       prior_probability=s.prior_probability, trusted_sources=[s.node_id],
                                       probation_evidence=s.probation_evidence)
