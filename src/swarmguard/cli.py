@@ -236,6 +236,7 @@ def simulate(
     heal_at: int = typer.Option(13, help="Round at which it heals (= --partition-at: no partition). Example: --heal-at 15"),
     difficulty: Difficulty = typer.Option("default", help="Shift size and observer signal: easy, default or hard. Example: --difficulty hard"),
     scoring: Scoring = typer.Option(DEFAULT_SCORING, help="What agents are scored against: 'mahalanobis', 'robust' (trimmed moments), 'tails' (sketch tail evidence) or 'fused' (both). Example: --scoring fused"),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Calibrated p-values: each round's population p-value is its score's rank among the scores of agents not flagged in earlier rounds (in-process only). Example: --calibrate"),
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same report (but for 'performance'). Example: --seed 7"),
     out: Path = typer.Option(".", help="Folder for report.json and report.html. Example: --out runs/seed7"),
     backend: Backend = typer.Option("inprocess", help="Engine: inprocess or ray (needs swarmguard[ray]). Example: --backend ray"),
@@ -257,7 +258,7 @@ def simulate(
     config = ScenarioConfig(agents=agents, features=features, rounds=rounds, regions=regions,
                             compromised=compromised, observers=observers, byzantine=byzantine,
                             evidence=evidence, partition_at=partition_at, heal_at=heal_at,
-                            difficulty=difficulty, seed=seed, scoring=scoring)
+                            difficulty=difficulty, seed=seed, scoring=scoring, calibrate=calibrate)
     # every option, output folders included, is checked before the (possibly long) run starts
     try:
         config.validate()
@@ -287,6 +288,7 @@ def simulate(
         ("F1", f"{det['f1']:.4f}"),
         ("compromised / isolated", f"{det['compromised']} / {det['isolated']}"),
         ("false alarms per round (max)", str(max(det["false_alarms_per_round"]))),
+        ("anomaly flags' realised FDR (fdr asked)", f"{det['flags_realised_fdr']:.4f} ({det['flags_fdr_level']})"),
         ("rounds to detection (median)", str(det["rounds_to_detection"]["median"])),
         ("Byzantine sources found", f"{len(report['consensus']['byzantine_found'])} of "
                                     f"{len(report['consensus']['byzantine_sources'])}"),

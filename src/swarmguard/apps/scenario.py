@@ -58,6 +58,7 @@ class ScenarioConfig:
     difficulty: str = "default"
     seed: int = 0
     scoring: str = DEFAULT_SCORING    # the detector's scoring mode (swarmguard.SCORING_MODES)
+    calibrate: bool = False           # calibrated p-values from an empirical null (the detector's calibrate)
     round_seconds: float = 2.0
     extra: dict[str, Any] = field(default_factory=dict)
 
