@@ -214,3 +214,17 @@ def test_calibrate_is_checked_and_the_null_fills_round_by_round():
     expected = (1 + null.size - np.searchsorted(null, s, side="left")) / (null.size + 1)
     np.testing.assert_allclose(second["p_value"], expected, rtol=0.1)
     assert "parametric_p_value" in second
+
+
+def test_per_item_changes_reach_the_sketches_once_more_than_n_over_10000_are_pending():
+    X = np.random.default_rng(11).normal(size=(20_000, 2))
+    tree, protocol = make(X, "tails")
+    assert tree._tail_sketches(0).count == 20_000          # a batch write: the next read refreshes
+    for k in range(2):                                       # n // 10,000 = 2 changes may wait
+        tree.update_agent(20_000 + k, [50.0, 50.0])
+        assert tree._tail_sketches(0).count == 20_000
+    tree.update_agent(20_002, [50.0, 50.0])                  # the third is one too many: applied, all three
+    sketches = tree._tail_sketches(0)
+    assert sketches.count == 20_003
+    far = tree._tree.deviations(np.array([[50.0, 50.0]]))     # the sketches hold the moments' internal units
+    np.testing.assert_array_equal(sketches.tail_probabilities(far).right, [[3 / 20_003] * 2])

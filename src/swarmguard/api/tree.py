@@ -212,7 +212,7 @@ class HierarchicalStatisticalTree(Locked):
                 if self._trim is not None:
                     self._trim.set_one(tree, slot, x)
                 if self._sketches is not None:
-                    self._sketches.mark(slot)
+                    self._sketches.mark(slot, per_item=True)
                 self.version += 1
                 return slot
             # Moving to another cohort: leave the old slot, take one in the new cohort.
@@ -221,7 +221,7 @@ class HierarchicalStatisticalTree(Locked):
             if self._trim is not None:
                 self._trim.remove_one(slot)
             if self._sketches is not None:
-                self._sketches.mark(slot)
+                self._sketches.mark(slot, per_item=True)
             self._cohorts.release(old_cid, np.array([slot]))
             self._ids_at_slot[slot] = None
         cid = self._cohorts.ensure(path if path is not None else ())
@@ -231,7 +231,7 @@ class HierarchicalStatisticalTree(Locked):
         if self._trim is not None:
             self._trim.set_one(self._tree, new_slot, x)
         if self._sketches is not None:
-            self._sketches.mark(new_slot)
+            self._sketches.mark(new_slot, per_item=True)
         self._index.set(agent_id, new_slot)
         self._ids_at_slot[new_slot] = agent_id
         self.version += 1
@@ -246,7 +246,7 @@ class HierarchicalStatisticalTree(Locked):
         if self._trim is not None:
             self._trim.remove_one(slot)
         if self._sketches is not None:
-            self._sketches.mark(slot)
+            self._sketches.mark(slot, per_item=True)
         self._cohorts.release(cid, np.array([slot]))
         self._index.pop(self._ids_at_slot[slot])
         self._ids_at_slot[slot] = None
@@ -606,7 +606,7 @@ class HierarchicalStatisticalTree(Locked):
     def _fresh_sketches(self) -> SketchTree:
         t = self._tree
         t.flush()
-        self._sketches.refresh(t.X, t.occupied, t.shift, t.unit)
+        self._sketches.refresh(t.X, t.occupied, t.shift, t.unit, members=t.root_state()[0])
         return self._sketches
 
     def _tail_sketches(self, cid: int):

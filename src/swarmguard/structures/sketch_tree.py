@@ -11,7 +11,17 @@ Changes: a write marks the written slots' pages (O(1) per slot); the next read
 (:meth:`SketchTree.refresh`) rebuilds each marked page from its members'
 current vectors and re-merges the marked pages' ancestors -- O(log n) merges
 per changed page. Removal and replacement are *rebuilds*, never a deletion
-(sketches have none): a node always sketches exactly its current members.
+(sketches have none): a node sketches exactly its members as of its last rebuild.
+
+Per-item changes (the streaming path) are batched: a re-merge up the tree costs
+milliseconds (``b`` merges of sketches of a few thousand values per level), so
+after a batch write the next read always refreshes, but per-item changes are
+applied once more than ``n // 10,000`` of them are pending (:data:`ITEM_SLACK`).
+Between refreshes a read sees the sketches without the pending changes: each
+changed member is counted at its previous value (or not at all when new), so
+every count is off by at most the number of pending changes, ``n / 10,000`` --
+a tail probability by at most ``1e-4`` -- and the per-item and batch paths read
+the same sketches, so they answer alike.
 
 Values are sketched in the moments' internal units (``(x - shift) · 2**-e``
 per feature, :mod:`swarmguard.structures.slot_tree`): a monotone increasing map,
@@ -27,7 +37,9 @@ import numpy as np
 
 from .tail_sketch import DEFAULT_SKETCH_K, FeatureSketches
 
-__all__ = ["SketchTree"]
+__all__ = ["SketchTree", "ITEM_SLACK"]
+
+ITEM_SLACK = 10_000     # per-item changes wait until more than n // ITEM_SLACK are pending
 
 
 class SketchTree:
@@ -46,10 +58,17 @@ class SketchTree:
         self._levels: list[list[FeatureSketches | None]] = [[]]   # [0]: pages
         self._dirty = np.zeros(0, dtype=bool)
         self._units: tuple[bytes, bytes] | None = None
+        self._forced = True             # a batch write is pending: the next read refreshes
+        self._pending_items = 0         # per-item changes not yet applied
         self.rebuilt_pages = 0          # work counter
 
-    def mark(self, slots: np.ndarray | int) -> None:
-        """The pages of ``slots`` changed (their sketches are rebuilt on the next read)."""
+    def mark(self, slots: np.ndarray | int, per_item: bool = False) -> None:
+        """The pages of ``slots`` changed: rebuilt on the next read, or -- ``per_item`` changes --
+        once more than ``n // ITEM_SLACK`` are pending."""
+        if per_item:
+            self._pending_items += 1
+        else:
+            self._forced = True
         pages = np.unique(np.atleast_1d(np.asarray(slots, dtype=np.int64)) // self.page_size)
         if pages.size == 0:
             return
@@ -60,10 +79,17 @@ class SketchTree:
     def mark_all(self) -> None:
         self._dirty[:] = True
         self._units = None
+        self._forced = True
 
-    def refresh(self, X: np.ndarray, occupied: np.ndarray, shift: np.ndarray, unit: np.ndarray) -> None:
-        """Bring every marked page and its ancestors up to date with the slots' vectors ``X``."""
+    def refresh(self, X: np.ndarray, occupied: np.ndarray, shift: np.ndarray, unit: np.ndarray,
+                members: float = 0.0) -> None:
+        """Bring every marked page and its ancestors up to date with the slots' vectors ``X``
+        (per-item changes only once more than ``members // ITEM_SLACK`` are pending)."""
         units = (np.asarray(shift, dtype=np.float64).tobytes(), np.asarray(unit, dtype=np.float64).tobytes())
+        if (not self._forced and units == self._units and self._levels[-1]
+                and self._pending_items <= int(members) // ITEM_SLACK):
+            return
+        self._forced, self._pending_items = False, 0
         n_pages = -(-occupied.size // self.page_size)
         if self._dirty.size < n_pages:
             self._dirty = np.concatenate([self._dirty, np.ones(n_pages - self._dirty.size, dtype=bool)])

@@ -49,8 +49,8 @@ Tail probabilities (ECOD, Li et al. 2022)
 -----------------------------------------
 For a value ``x`` of feature ``j``, :meth:`FeatureSketches.tail_probabilities`
 returns the left tail ``P(X_j <= x)`` and the right tail ``P(X_j >= x)``,
-read from the sketches' retained values and weights in one vectorised pass
-(``searchsorted`` on the sorted view, the library's inclusive ``get_rank``).
+read from each sketch with one library call for all the rows (``get_cdf`` at
+the rows' distinct values: the library's own ranks).
 ``members=True`` (an agent scored against a population it belongs to) floors
 each count at one value -- the agent's own; ``members=False`` (a value from
 outside) counts it in, ``(W + 1) / (n + 1)``.
@@ -106,24 +106,15 @@ class TailProbabilities:
     exact: bool
 
 
-class _SortedView:
-    """The retained values of one sketch, sorted, with weights at or above each (a cache)."""
+def _count_at_least(sketch, x: np.ndarray) -> np.ndarray:
+    """Weight of the sketch's retained values ``>= x`` (``x`` float32), one library call.
 
-    __slots__ = ("values", "at_or_above", "n")
-
-    def __init__(self, sketch):
-        pairs = list(sketch)          # (value, weight): a few thousand at most
-        values = np.fromiter((v for v, _ in pairs), dtype=np.float32, count=len(pairs))
-        weights = np.fromiter((w for _, w in pairs), dtype=np.float64, count=len(pairs))
-        order = np.argsort(values, kind="stable")
-        self.values = values[order]
-        tail = np.cumsum(weights[order][::-1])[::-1]
-        self.at_or_above = np.concatenate((tail, [0.0]))
-        self.n = float(tail[0]) if tail.size else 0.0
-
-    def count_at_least(self, x: np.ndarray) -> np.ndarray:
-        """Weight of retained values ``>= x`` (``x`` float32)."""
-        return self.at_or_above[np.searchsorted(self.values, x, side="left")]
+    ``get_cdf`` (exclusive) at the sorted distinct queries gives ``P(X < x)``; the
+    count at or above is ``n (1 - P)``, an integer sum of weights (rounded back).
+    """
+    distinct, where = np.unique(x, return_inverse=True)
+    below = np.asarray(sketch.get_cdf(distinct, False), dtype=np.float64)[:-1]
+    return np.rint(float(sketch.n) * (1.0 - below))[where.reshape(-1)]
 
 
 def _as_float32(X: np.ndarray) -> np.ndarray:
@@ -154,7 +145,7 @@ class FeatureSketches:
     ([[1.0, 0.25]], [[0.25, 1.0]])
     """
 
-    __slots__ = ("k", "_right", "_left", "_views")
+    __slots__ = ("k", "_right", "_left")
 
     def __init__(self, features: int, k: int = DEFAULT_SKETCH_K):
         if not isinstance(features, (int, np.integer)) or isinstance(features, bool) or features < 1:
@@ -165,7 +156,6 @@ class FeatureSketches:
         self.k = int(k)
         self._right = [lib.req_floats_sketch(self.k, True) for _ in range(int(features))]
         self._left = [lib.req_floats_sketch(self.k, True) for _ in range(int(features))]
-        self._views: dict[tuple[int, int], _SortedView] = {}
 
     # ------------------------------------------------------------------ state
     @property
@@ -203,7 +193,6 @@ class FeatureSketches:
         for j in range(self.features):
             self._right[j].update(columns[j])
             self._left[j].update(negated[j])
-        self._views.clear()
 
     def merge(self, other: FeatureSketches) -> None:
         """Merge ``other`` into these sketches (the sketch of the union of both populations)."""
@@ -218,7 +207,6 @@ class FeatureSketches:
         for j in range(self.features):
             self._right[j].merge(other._right[j])
             self._left[j].merge(other._left[j])
-        self._views.clear()
 
     @classmethod
     def merged(cls, parts: list[FeatureSketches], features: int, k: int = DEFAULT_SKETCH_K) -> FeatureSketches:
@@ -280,16 +268,9 @@ class FeatureSketches:
         out = cls.__new__(cls)
         out.k = int(k)
         out._right, out._left = sketches[:features], sketches[features:]
-        out._views = {}
         return out
 
     # ------------------------------------------------------------------ reading
-    def _view(self, side: int, j: int) -> _SortedView:
-        view = self._views.get((side, j))
-        if view is None:
-            view = self._views[(side, j)] = _SortedView((self._right if side else self._left)[j])
-        return view
-
     def quantiles(self, ranks: np.ndarray) -> np.ndarray:
         """``(len(ranks), d)`` quantiles of every feature (NaN when empty)."""
         ranks = np.asarray(ranks, dtype=np.float64)
@@ -315,8 +296,8 @@ class FeatureSketches:
         left = np.empty(X.shape)
         right = np.empty(X.shape)
         for j in range(self.features):
-            right[:, j] = self._view(1, j).count_at_least(X32[:, j])
-            left[:, j] = self._view(0, j).count_at_least(-X32[:, j])
+            right[:, j] = _count_at_least(self._right[j], X32[:, j])
+            left[:, j] = _count_at_least(self._left[j], -X32[:, j])
         return left, right
 
     def tail_probabilities(self, X: np.ndarray, members: bool = True) -> TailProbabilities:
