@@ -17,7 +17,11 @@ wall time of fit + score.
   LOF, KNN and OCSVM cost O(n²): on a dataset above ``--peer-cap`` rows
   (default 10,000; only shuttle) they are fitted on a random subsample of that
   many rows and score every row (``decision_function``); the table marks those
-  cells.
+  cells. Every peer runs in a child process and is given up after
+  ``--peer-timeout`` seconds on one dataset (default 120; MCD's FAST-MCD on
+  musk, d = 166, takes far longer on this machine): the table shows "-", its
+  means are over the datasets it finished (said beside its name) and it ranks
+  last where it did not finish.
 
 For the streaming claim every swarmguard mode is also run
 
@@ -165,7 +169,7 @@ def _peer(name: str):
             "PCA": PCA, "LOF": LOF, "KNN": KNN, "OCSVM": OCSVM, "MCD": lambda: MCD(random_state=0)}[name]()
 
 
-def peer_scores(X: np.ndarray, name: str, cap: int) -> tuple[np.ndarray, bool]:
+def _peer_scores(X: np.ndarray, name: str, cap: int) -> tuple[np.ndarray, bool]:
     Z = zscore(X)
     model = _peer(name)
     with warnings.catch_warnings():
@@ -178,18 +182,33 @@ def peer_scores(X: np.ndarray, name: str, cap: int) -> tuple[np.ndarray, bool]:
         return model.decision_scores_, False
 
 
+def peer_scores(X: np.ndarray, name: str, cap: int, timeout: float) -> tuple[np.ndarray, bool] | None:
+    """:func:`_peer_scores` in a child process, given up (None) after ``timeout`` seconds."""
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        job = pool.apply_async(_peer_scores, (X, name, cap))
+        try:
+            return job.get(timeout)
+        except mp.TimeoutError:
+            pool.terminate()
+            return None
+
+
 # ---------------------------------------------------------------------- the run
-def measure(y: np.ndarray, run: Callable[[], np.ndarray | tuple[np.ndarray, bool]]) -> Cell:
+def measure(y: np.ndarray, run: Callable[[], np.ndarray | tuple[np.ndarray, bool] | None]) -> Cell | None:
     from sklearn.metrics import average_precision_score, roc_auc_score
     t0 = time.perf_counter()
     out = run()
     seconds = time.perf_counter() - t0
+    if out is None:           # a peer that did not finish in time
+        return None
     scores, sub = out if isinstance(out, tuple) else (out, False)
     scores = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0, posinf=np.finfo(np.float64).max)
     return Cell(float(roc_auc_score(y, scores)), float(average_precision_score(y, scores)), seconds, sub)
 
 
-def method_runs(methods: list[str], cap: int) -> dict[str, Callable[[np.ndarray], object]]:
+def method_runs(methods: list[str], cap: int, timeout: float) -> dict[str, Callable[[np.ndarray], object]]:
     runs: dict[str, Callable[[np.ndarray], object]] = {}
     for m in methods:
         if m in SCORING_MODES:
@@ -197,7 +216,7 @@ def method_runs(methods: list[str], cap: int) -> dict[str, Callable[[np.ndarray]
             runs[f"swarmguard {m}, 10 rounds"] = lambda X, m=m: swarmguard_rounds(X, m)
             runs[f"swarmguard {m}, prequential"] = lambda X, m=m: swarmguard_prequential(X, m)
         elif m in PEERS:
-            runs[m] = lambda X, m=m: peer_scores(X, m, cap)
+            runs[m] = lambda X, m=m: peer_scores(X, m, cap, timeout)
         else:
             raise SystemExit(f"unknown method {m!r}; known: {list(SCORING_MODES) + list(PEERS)}")
     return runs
@@ -205,14 +224,20 @@ def method_runs(methods: list[str], cap: int) -> dict[str, Callable[[np.ndarray]
 
 def ranks(table: dict[str, dict[str, Cell]], names: list[str], datasets: list[str]) -> dict[str, float]:
     """Mean rank by ROC-AUC (1 = best; ties share the mean rank) over the batch methods only
-    (the streaming variants are the same method fed differently, not competitors)."""
+    (the streaming variants are the same method fed differently, not competitors). A method
+    that did not finish on a dataset ranks last there."""
     from scipy.stats import rankdata
     total = dict.fromkeys(names, 0.0)
     for ds in datasets:
-        r = rankdata([-table[m][ds].roc_auc for m in names])
+        r = rankdata([-(table[m][ds].roc_auc if table[m][ds] is not None else -1.0) for m in names])
         for m, v in zip(names, r, strict=True):
             total[m] += v
     return {m: total[m] / len(datasets) for m in names}
+
+
+def _mean(table, m, datasets, field) -> tuple[float, int]:
+    vals = [getattr(table[m][d], field) for d in datasets if table[m][d] is not None]
+    return (float(np.mean(vals)) if vals else float("nan")), len(vals)
 
 
 def print_table(table: dict[str, dict[str, Cell]], datasets: list[str], cap: int) -> None:
@@ -220,21 +245,25 @@ def print_table(table: dict[str, dict[str, Cell]], datasets: list[str], cap: int
     batch = [m for m in names if "rounds" not in m and "prequential" not in m]
     mean_rank = ranks(table, batch, datasets)
     wide = max(len(m) for m in names)
-    print(f"\nPer dataset ROC-AUC (* = fitted on a {cap:,}-row subsample, every row scored)")
+    print(f"\nPer dataset ROC-AUC (* = fitted on a {cap:,}-row subsample, every row scored; "
+          f"- = did not finish within the time limit)")
     print(" " * wide + "  " + " ".join(f"{d[:9]:>9}" for d in datasets))
+
+    def cell(c: Cell | None) -> str:
+        return f"{'-':>8} " if c is None else f"{c.roc_auc:8.3f}{'*' if c.subsampled else ' '}"
     for m in names:
-        cells = " ".join(f"{table[m][d].roc_auc:8.3f}{'*' if table[m][d].subsampled else ' '}" for d in datasets)
-        print(f"{m:<{wide}}  {cells}")
+        print(f"{m:<{wide}}  {' '.join(cell(table[m][d]) for d in datasets)}")
     print(f"\nSummary over {len(datasets)} datasets (rank: by ROC-AUC among the {len(batch)} batch methods)")
     print(f"| {'method':<{wide}} | mean ROC-AUC | mean AP | mean rank | seconds |")
     print(f"|{'-' * (wide + 2)}|---:|---:|---:|---:|")
-    order = sorted(names, key=lambda m: -np.mean([table[m][d].roc_auc for d in datasets]))
+    order = sorted(names, key=lambda m: -_mean(table, m, datasets, "roc_auc")[0])
     for m in order:
-        auc = np.mean([table[m][d].roc_auc for d in datasets])
-        ap = np.mean([table[m][d].average_precision for d in datasets])
-        secs = sum(table[m][d].seconds for d in datasets)
+        auc, k = _mean(table, m, datasets, "roc_auc")
+        ap, _ = _mean(table, m, datasets, "average_precision")
+        secs = sum(table[m][d].seconds for d in datasets if table[m][d] is not None)
         rank = f"{mean_rank[m]:.1f}" if m in mean_rank else "—"
-        print(f"| {m:<{wide}} | {auc:.3f} | {ap:.3f} | {rank} | {secs:.1f} |")
+        note = "" if k == len(datasets) else f" ({k} of {len(datasets)} datasets)"
+        print(f"| {m + note:<{wide}} | {auc:.3f} | {ap:.3f} | {rank} | {secs:.1f} |")
 
 
 def main() -> None:
@@ -244,18 +273,21 @@ def main() -> None:
     ap.add_argument("--methods", default="", help="comma-separated swarmguard modes and/or peers (default: all)")
     ap.add_argument("--peer-cap", type=int, default=10_000,
                     help="LOF, KNN, OCSVM: rows fitted at most (a random subsample above), every row scored")
+    ap.add_argument("--peer-timeout", type=float, default=120.0,
+                    help="seconds a peer may take on one dataset (in a child process); then it is given up")
     a = ap.parse_args()
     names = [s.strip().lower() for s in a.datasets.split(",") if s.strip()] or None
     methods = [s.strip() for s in a.methods.split(",") if s.strip()] or list(SCORING_MODES) + list(PEERS)
     data = load_datasets(a.data, names)
-    runs = method_runs(methods, a.peer_cap)
+    runs = method_runs(methods, a.peer_cap, a.peer_timeout)
     table: dict[str, dict[str, Cell]] = {m: {} for m in runs}
     t0 = time.perf_counter()
     for ds in data:
         for m, run in runs.items():
             table[m][ds.name] = measure(ds.y, lambda run=run: run(ds.X))
         print(f"{ds.name:>12} (n={ds.X.shape[0]:,}, d={ds.X.shape[1]}): "
-              + ", ".join(f"{m} {table[m][ds.name].roc_auc:.3f}" for m in runs), flush=True)
+              + ", ".join(f"{m} {'-' if table[m][ds.name] is None else f'{table[m][ds.name].roc_auc:.3f}'}"
+                          for m in runs), flush=True)
     print_table(table, [d.name for d in data], a.peer_cap)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 

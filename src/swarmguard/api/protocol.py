@@ -310,7 +310,7 @@ class BehavioralDistributedProtocol(Locked):
         thr2 = _chi2_threshold(alpha, x.shape[0])
         ids = np.empty(1, dtype=object)
         ids[0] = agent_id
-        res = self._score_slots(ids, np.array([slot]), None, True, rows=x[None, :])
+        res = self._score_slots(ids, np.array([slot]), None, True, rows=x[None, :], flush=False)
         pop_warming = bool(res["levels"][()]["warming_up"]) if "levels" in res else bool(res["warming_up"])
         levels = [{"cohort": (), "count": res["population_count"],
                    "mahalanobis_squared": float(res["mahalanobis_squared"][0]),
@@ -431,16 +431,18 @@ class BehavioralDistributedProtocol(Locked):
         return resolve_fdr(fdr, self.fdr)
 
     def _score_slots(self, ids: np.ndarray, slots: np.ndarray, fdr: Any, explain: bool,
-                     rows: Any = None) -> dict[str, Any]:
-        """Score the agents at ``slots``; ``rows`` may hold their vectors (just written)."""
+                     rows: Any = None, flush: bool = True) -> dict[str, Any]:
+        """Score the agents at ``slots``; ``rows`` may hold their vectors (just written).
+        ``flush=False`` (the per-item path): the roots as they are, current to the last change."""
         q = self._resolve_fdr(fdr)
         tree = self.tree
-        tree._tree.flush()
+        if flush:
+            tree._tree.flush()
         d = tree.feature_dimensions
         n_pop, off, m2 = tree._tree.root_state()
         score_group = None
         if self.scoring in TRIMMED_MODES:
-            d2, p, warm, shares, DX, kept = self._trimmed_population(slots, rows, n_pop, explain)
+            d2, p, warm, shares, DX, kept = self._trimmed_population(slots, rows, n_pop, explain, flush)
         else:
             # Deviations from the shift first, in the tree's units (a power of two
             # per feature, so nothing squared under- or overflows): the digits
@@ -503,12 +505,14 @@ class BehavioralDistributedProtocol(Locked):
             out["feature_contributions"] = shares
         return out
 
-    def _trimmed_population(self, slots: np.ndarray, rows: Any, n_pop: float, explain: bool):
+    def _trimmed_population(self, slots: np.ndarray, rows: Any, n_pop: float, explain: bool,
+                            flush: bool = True):
         """Rows scored against the population's trimmed moments: ``(d2, p, warm, shares, DX, kept)``,
         ``DX`` the rows' deviations in the trimmed tree's units, ``kept`` whether each is counted."""
         tree = self.tree
         sub = tree._trim.tree
-        sub.flush()
+        if flush:
+            sub.flush()
         if rows is not None:
             DX = sub.deviations(rows)
         else:

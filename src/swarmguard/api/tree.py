@@ -604,8 +604,8 @@ class HierarchicalStatisticalTree(Locked):
         self._sketches_wanted = True
 
     def _fresh_sketches(self) -> SketchTree:
+        # no flush: the slots' vectors, units and the root's count are current after every change
         t = self._tree
-        t.flush()
         self._sketches.refresh(t.X, t.occupied, t.shift, t.unit, members=t.root_state()[0])
         return self._sketches
 
