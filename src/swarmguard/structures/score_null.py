@@ -66,7 +66,7 @@ class ScoreNull:
     Parameters
     ----------
     k : int
-        The KLL sketch's accuracy parameter (see :mod:`~swarmguard.structures.tail_sketch`).
+        The REQ sketch's accuracy parameter (see :mod:`~swarmguard.structures.tail_sketch`).
     min_null : int
         Scores needed before :meth:`p_values` answers.
 

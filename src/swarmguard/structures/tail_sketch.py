@@ -331,7 +331,8 @@ class FeatureSketches:
 
         Each bound is ``1 - get_rank_upper/lower_bound(1 - tail, std_devs)`` of the sketch
         the tail is read from (REQ's a-priori relative bounds, ``std_devs`` in 1..3),
-        for ``members=False``-free raw tails ``W / n``.
+        around the raw tails ``W / n`` (no floor, the row not counted in). A Python loop
+        over the rows: for checks, not for scoring.
         """
         X = self._check_rows(X)
         n = float(self.count)
