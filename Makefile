@@ -11,7 +11,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,parquet,ray,serve,fleet]'
+	$(PY) -m pip install -q -e '.[dev,parquet,ray,serve,fleet,tails]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -10,7 +10,8 @@ wall time of fit + score.
   raw features (its scores are affine-invariant per feature: no scaling
   needed). The score ranked is each row's leave-one-out squared distance
   (``mahalanobis_squared`` of :meth:`BehavioralDistributedProtocol.score_many`,
-  the mode's distance).
+  the mode's distance); for the modes whose evidence is not a distance
+  (``tails``, ``fused``), the mode's p-value as ``-log p`` (:func:`ranked_score`).
 * peers (PyOD, default parameters; IsolationForest with ``random_state=0``):
   features z-scored (constant columns dropped), as in PyOD's benchmark.
   LOF, KNN and OCSVM cost O(n²): on a dataset above ``--peer-cap`` rows
@@ -49,6 +50,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from swarmguard import SCORING_MODES, BehavioralDistributedProtocol, HierarchicalStatisticalTree
+
+P_VALUE_MODES = ("tails", "fused")     # modes ranked by their p-value, not by a distance
+
+
+def ranked_score(res: dict, mode: str) -> np.ndarray:
+    """What a mode's rows are ranked by: the distance, or ``-log p`` for :data:`P_VALUE_MODES`
+    (p-values at or below 1e-290 -- underflowed, or combined from such -- rank above every other, among
+    themselves by distance)."""
+    if mode not in P_VALUE_MODES:
+        return res["mahalanobis_squared"]
+    p = np.asarray(res["p_value"], dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        score = -np.log(p)
+    zero = p <= 1e-290
+    score[zero] = 800.0 + np.log1p(np.asarray(res["mahalanobis_squared"])[zero])
+    return score
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "shared" / "data" / "adbench"
 FALLBACK_DATA = pathlib.Path("/work/shared/data/adbench")
@@ -104,7 +121,7 @@ def swarmguard_batch(X: np.ndarray, mode: str) -> np.ndarray:
     protocol = BehavioralDistributedProtocol(tree, scoring=mode)
     ids = np.arange(X.shape[0], dtype=np.int64)
     tree.update_many(ids, X)
-    return protocol.score_many(ids, fdr=None)["mahalanobis_squared"]
+    return ranked_score(protocol.score_many(ids, fdr=None), mode)
 
 
 def _chunks(n: int, seed: int) -> list[np.ndarray]:
@@ -118,7 +135,7 @@ def swarmguard_rounds(X: np.ndarray, mode: str, seed: int = 0) -> np.ndarray:
     for rows in _chunks(X.shape[0], seed):
         tree.update_many(rows.astype(np.int64), X[rows])
     ids = np.arange(X.shape[0], dtype=np.int64)
-    return protocol.score_many(ids, fdr=None)["mahalanobis_squared"]
+    return ranked_score(protocol.score_many(ids, fdr=None), mode)
 
 
 def swarmguard_prequential(X: np.ndarray, mode: str, seed: int = 0) -> np.ndarray:
@@ -130,9 +147,9 @@ def swarmguard_prequential(X: np.ndarray, mode: str, seed: int = 0) -> np.ndarra
         ids = rows.astype(np.int64)
         if k == 0:
             tree.update_many(ids, X[rows])
-            scores[rows] = protocol.score_many(ids, fdr=None)["mahalanobis_squared"]
+            scores[rows] = ranked_score(protocol.score_many(ids, fdr=None), mode)
         else:
-            scores[rows] = protocol.score_vectors(X[rows])["mahalanobis_squared"]
+            scores[rows] = ranked_score(protocol.score_vectors(X[rows]), mode)
             tree.update_many(ids, X[rows])
     return scores
 

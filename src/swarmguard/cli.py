@@ -180,7 +180,7 @@ def detect(
     fdr: float | None = typer.Option(None, help="False-discovery rate for flagging (Benjamini-Hochberg); 0.01 unless --alpha is given. Example: --fdr 0.05"),
     alpha: float | None = typer.Option(None, help="Flag every agent whose p-value is below this level instead of FDR control. Example: --alpha 1e-4"),
     shrinkage: str = typer.Option("auto", help="Covariance shrinkage toward its diagonal: 'auto' (d/n) or a number in [0, 1]. Example: --shrinkage 0.1"),
-    scoring: Scoring = typer.Option(DEFAULT_SCORING, help="What agents are scored against: 'mahalanobis' (all agents' moments) or 'robust' (the moments of the agents not flagged, so outliers do not hide each other). Example: --scoring robust"),
+    scoring: Scoring = typer.Option(DEFAULT_SCORING, help="What agents are scored against: 'mahalanobis' (all agents' moments), 'robust' (the moments of the agents not flagged, so outliers do not hide each other), 'tails' (per-feature tail probabilities from quantile sketches) or 'fused' (robust distance and tail evidence in one p-value). Example: --scoring robust"),
     window: float | None = typer.Option(None, help="Score agents against those whose latest row is at most this much older than the newest row (seconds for ISO 8601 timestamps, the column's unit for numbers; needs --timestamp-column), so agents gone quiet long ago do not stand for a population that moved on. Example: --window 3600"),
     warm_up: int | None = typer.Option(None, min=3, help="Nobody is flagged in a population smaller than this; default min(1000, 100 x features). Example: --warm-up 50"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed rows and count them, instead of stopping at the first (exit code 2). Example: --skip-bad"),
@@ -237,7 +237,8 @@ def simulate(
     partition_at: int = typer.Option(8, help="Round at which the network splits in two. Example: --partition-at 5"),
     heal_at: int = typer.Option(13, help="Round at which it heals (= --partition-at: no partition). Example: --heal-at 15"),
     difficulty: Difficulty = typer.Option("default", help="Shift size and observer signal: easy, default or hard. Example: --difficulty hard"),
-    scoring: Scoring = typer.Option(DEFAULT_SCORING, help="What agents are scored against: 'mahalanobis' or 'robust' (trimmed moments). Example: --scoring robust"),
+    scoring: Scoring = typer.Option(DEFAULT_SCORING, help="What agents are scored against: 'mahalanobis', 'robust' (trimmed moments), 'tails' (sketch tail evidence) or 'fused' (both). Example: --scoring fused"),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Calibrated p-values: each round's population p-value is its score's rank among the scores of agents not flagged in earlier rounds (in-process only). Example: --calibrate"),
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same report (but for 'performance'). Example: --seed 7"),
     scenario: ScenarioName = typer.Option("default", help="'default': the swarm above; 'drift': a population whose mean moves steadily, agents that report intermittently or go quiet, run without and with --window-rounds (default 2 there), precision and recall per round (drift.json in --out). Example: --scenario drift"),
     window_rounds: int | None = typer.Option(None, min=1, help="Score agents against the members written in the last this many rounds only (so the reference follows a moving population); default: all members. Example: --window-rounds 2"),
@@ -267,7 +268,8 @@ def simulate(
     config = ScenarioConfig(agents=agents, features=features, rounds=rounds, regions=regions,
                             compromised=compromised, observers=observers, byzantine=byzantine,
                             evidence=evidence, partition_at=partition_at, heal_at=heal_at,
-                            difficulty=difficulty, seed=seed, scoring=scoring, window_rounds=window_rounds)
+                            difficulty=difficulty, seed=seed, scoring=scoring, window_rounds=window_rounds,
+                            calibrate=calibrate)
     # every option, output folders included, is checked before the (possibly long) run starts
     try:
         config.validate()
@@ -297,6 +299,7 @@ def simulate(
         ("F1", f"{det['f1']:.4f}"),
         ("compromised / isolated", f"{det['compromised']} / {det['isolated']}"),
         ("false alarms per round (max)", str(max(det["false_alarms_per_round"]))),
+        ("anomaly flags' realised FDR (fdr asked)", f"{det['flags_realised_fdr']:.4f} ({det['flags_fdr_level']})"),
         ("rounds to detection (median)", str(det["rounds_to_detection"]["median"])),
         ("Byzantine sources found", f"{len(report['consensus']['byzantine_found'])} of "
                                     f"{len(report['consensus']['byzantine_sources'])}"),

@@ -33,7 +33,7 @@ CASES = [
         dict(significance_level=0.0), dict(significance_level=1.0), dict(significance_level="x"),
         dict(significance_level=math.nan), dict(fdr=0.0), dict(fdr=1.5), dict(shrinkage="some"),
         dict(shrinkage=1.5), dict(shrinkage=-0.1), dict(warm_up=1), dict(warm_up="a"),
-        dict(score_levels="every"), dict(scoring="fancy"), dict(scoring=3))
+        dict(score_levels="every"), dict(scoring="fancy"), dict(scoring=3), dict(calibrate="yes"), dict(calibrate=1))
 ] + [
     (StableBayesianConsensus, validate_consensus_settings, bad) for bad in (
         dict(byzantine_threshold=0.5), dict(byzantine_threshold=-0.1), dict(partition_size=0),

@@ -267,3 +267,19 @@ def test_clusters_still_warming_up_never_explain_an_isolation():
     assert rows and all(r.level == "population" for r in rows)
     for r in rows:
         assert r.decision_p_value == pytest.approx(min(1.0, 2 * r.p_value), rel=1e-9)
+
+
+@pytest.mark.slow
+def test_the_report_gives_the_anomaly_flags_realised_fdr_and_calibration_lowers_it():
+    # the flags' false-discovery proportion pooled over the rounds, against the scenario's ground truth
+    plain = run_simulation(small(agents=20_000, rounds=12, seed=3, scoring="robust"), latency_sample=0)
+    calibrated = run_simulation(small(agents=20_000, rounds=12, seed=3, scoring="robust", calibrate=True),
+                                latency_sample=0)
+    for report in (plain, calibrated):
+        det, rounds = report["detection"], report["rounds"]
+        false = sum(rd["flags_false"] for rd in rounds)
+        flags = sum(rd["flagged_anomalous"] for rd in rounds)
+        assert det["flags_realised_fdr"] == pytest.approx(false / max(flags, 1))
+        assert det["flags_fdr_level"] == 0.01
+    assert calibrated["detection"]["flags_realised_fdr"] < plain["detection"]["flags_realised_fdr"]
+    assert calibrated["detection"]["recall"] >= plain["detection"]["recall"] - 0.01

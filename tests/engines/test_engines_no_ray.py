@@ -153,7 +153,7 @@ def test_merge_scaled_rescales_parts_whose_exponents_differ_by_more_than_the_nor
     dict(partition_size=0), dict(prior_probability=1.0), dict(probation_evidence=0), dict(node_id=None),
     dict(consistency_model="bogus"), dict(max_staleness_seconds=-1.0), dict(confidence_decay_rate=-1.0),
     dict(regions=["eu", "eu"]), dict(regions=["e\x00u"]), dict(auto_sync_seconds=0.0),
-    dict(scoring="fancy"), dict(scoring=3), dict(window_rounds=0),
+    dict(scoring="fancy"), dict(scoring=3), dict(window_rounds=0), dict(calibrate="yes"),
     dict(significance_level=0.0, regions=["eu", "eu"]),      # several bad: the same one is named first
 ])
 def test_both_engines_refuse_the_same_bad_parameters_with_the_same_error_before_ray_starts(bad):

@@ -34,7 +34,8 @@ class DetectorSettings:
     per-agent cut), ``shrinkage``, ``warm_up``, ``score_levels``
     ("population" or "all"), ``scoring`` (a scoring mode,
     :data:`swarmguard.SCORING_MODES`), ``window_rounds`` (score against the members
-    written in the last rounds, :mod:`swarmguard.structures.window`; None: all). Consensus: ``byzantine_threshold``,
+    written in the last rounds, :mod:`swarmguard.structures.window`; None: all), ``calibrate`` (calibrated p-values from
+    an empirical null, :class:`~swarmguard.api.protocol.BehavioralDistributedProtocol`). Consensus: ``byzantine_threshold``,
     ``partition_size``, ``prior_probability``, ``probation_evidence`` (Sybil
     resistance, see :class:`~swarmguard.api.consensus.StableBayesianConsensus`). CAP: ``consistency_model``,
     ``max_staleness_seconds``, ``confidence_decay_rate``, ``clock``,
@@ -60,6 +61,7 @@ class DetectorSettings:
     score_levels: str = "population"
     scoring: str = DEFAULT_SCORING
     window_rounds: int | None = None
+    calibrate: bool = False
     byzantine_threshold: float = 0.33
     partition_size: int = 10000
     prior_probability: float = 0.01

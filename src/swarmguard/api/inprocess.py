@@ -37,7 +37,8 @@ class InProcessEngine:
                                                 window_rounds=s.window_rounds)
         self.protocol = BehavioralDistributedProtocol(
             self.tree, significance_level=s.significance_level, fdr=s.fdr, shrinkage=s.shrinkage,
-            warm_up=s.warm_up, score_levels=s.score_levels, scoring=s.scoring)
+            warm_up=s.warm_up, score_levels=s.score_levels, scoring=s.scoring,
+            calibrate=s.calibrate)
         # Solution 2: stable Bayesian consensus
         self.consensus = StableBayesianConsensus(byzantine_threshold=s.byzantine_threshold,
                                                  partition_size=s.partition_size,

@@ -82,11 +82,12 @@ class ProtocolSettings:
     warm_up: int | None
     score_levels: str
     scoring: str
+    calibrate: bool
 
 
 def validate_protocol_settings(*, significance_level: Any = 1e-3, fdr: Any = None, shrinkage: Any = "auto",
                                warm_up: Any = None, score_levels: Any = "population",
-                               scoring: Any = DEFAULT_SCORING) -> ProtocolSettings:
+                               scoring: Any = DEFAULT_SCORING, calibrate: Any = False) -> ProtocolSettings:
     """Check the protocol's constructor arguments (but its tree) as the protocol does."""
     significance_level = check_fraction(significance_level, "significance_level", low_open=True, high_open=True)
     fdr = None if fdr is None else check_fraction(fdr, "fdr", low_open=True, high_open=True)
@@ -98,7 +99,10 @@ def validate_protocol_settings(*, significance_level: Any = 1e-3, fdr: Any = Non
     warm_up = None if warm_up is None else check_positive_int(warm_up, "warm_up", minimum=MIN_POPULATION)
     if score_levels not in ("population", "all"):
         raise InvalidInputError(f"score_levels must be 'population' or 'all', got {score_levels!r}")
-    return ProtocolSettings(significance_level, fdr, shrinkage, warm_up, score_levels, check_scoring(scoring))
+    scoring = check_scoring(scoring)
+    if not isinstance(calibrate, bool):
+        raise InvalidTypeError(f"calibrate must be True or False, got {calibrate!r}")
+    return ProtocolSettings(significance_level, fdr, shrinkage, warm_up, score_levels, scoring, calibrate)
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,14 @@ import numpy as np
 from ..errors import InvalidInputError, InvalidTypeError
 from ..lazy_import import module_on_first_use
 from ..locking import Locked, synchronized_with
+from ..structures.cauchy_combination import cauchy_combine
 from ..structures.chi2 import chi2_sf
+from ..structures.score_null import ScoreNull
 from ..structures.scoring import LeaveOneOutScorer, combine_levels, score_population
-from ..structures.scoring_modes import DEFAULT_SCORING, TRIMMED_MODES
+from ..structures.scoring_modes import DEFAULT_SCORING, SKETCH_MODES, TRIMMED_MODES
 from ..structures.significance import chi2_threshold as _chi2_threshold
 from ..structures.significance import resolve_fdr, significance_cut
+from ..structures.tail_scores import tail_evidence
 from ..structures.trimming import TRIM_QUANTILE, TrimmedScorer
 from ..validation import (
     as_feature_matrix,
@@ -106,6 +109,16 @@ class BehavioralDistributedProtocol(Locked):
     score_levels : "population" or "all", default "population"
         Score against the whole population only, or also against the agent's
         own cohort and every ancestor cohort (each level is reported).
+    calibrate : bool, default False
+        Calibrated p-values (:mod:`swarmguard.structures.score_null`): the
+        population-level p-value of a batch becomes its score's rank among the
+        scores of members not flagged in earlier rounds
+        (:meth:`update_and_score_many` admits each round's scores after its
+        decision), ``(1 + #{null >= s}) / (n_null + 1)``, once the null holds
+        1,000 scores; until then the mode's own p-value decides. Cohort levels
+        keep their own p-values; the per-item path too. The batch reports
+        ``parametric_p_value`` (the mode's) and ``null_score`` (what the null holds:
+        the distance, or ``-log p`` for the tail modes).
     scoring : str, default "mahalanobis"
         What an agent is scored against (:data:`swarmguard.SCORING_MODES`):
         ``"mahalanobis"``, the population's moments; ``"robust"``, its trimmed
@@ -146,21 +159,27 @@ class BehavioralDistributedProtocol(Locked):
         warm_up: int | None = None,
         score_levels: str = "population",
         scoring: str = DEFAULT_SCORING,
+        calibrate: bool = False,
     ):
         super().__init__()
         if not isinstance(tree, HierarchicalStatisticalTree):
             raise InvalidTypeError(f"tree must be a HierarchicalStatisticalTree, got {type(tree).__name__}")
         self.tree = tree
         checked = validate_protocol_settings(significance_level=significance_level, fdr=fdr, shrinkage=shrinkage,
-                                             warm_up=warm_up, score_levels=score_levels, scoring=scoring)
+                                             warm_up=warm_up, score_levels=score_levels, scoring=scoring,
+                                             calibrate=calibrate)
         self.significance_level = checked.significance_level
         self.fdr = checked.fdr
         self.shrinkage = checked.shrinkage
         self._warm_up = checked.warm_up
         self.score_levels = checked.score_levels
         self.scoring = checked.scoring
+        # the empirical null of the population-level scores (swarmguard.structures.score_null)
+        self.null: ScoreNull | None = ScoreNull() if checked.calibrate else None
         if self.scoring in TRIMMED_MODES:
             tree.keep_trimmed_moments()
+        if self.scoring in SKETCH_MODES:
+            tree.keep_tail_sketches()
 
     @property
     def warm_up(self) -> int:
@@ -214,7 +233,7 @@ class BehavioralDistributedProtocol(Locked):
 
     def _score_slot(self, agent_id: Hashable, slot: int, x: np.ndarray) -> dict[str, Any]:
         win = self.tree._win
-        if self.scoring in TRIMMED_MODES or (win is not None and (
+        if self.scoring in TRIMMED_MODES or self.scoring in SKETCH_MODES or (win is not None and (
                 self.score_levels != "population" or not win.inside(np.array([slot]))[0])):
             return self._score_slot_trimmed(agent_id, slot, x)
         tree = self.tree
@@ -384,7 +403,11 @@ class BehavioralDistributedProtocol(Locked):
         d2 = scorer.score_many(E, np.zeros(X.shape[0], dtype=bool)) if scorer.ok else np.zeros(X.shape[0])
         p = chi2_sf(d2, X.shape[1])
         warm = bool(n_warm >= self.warm_up and scorer.ok)
-        return {"mahalanobis_squared": d2, "mahalanobis_distance": np.sqrt(d2), "p_value": p,
+        extra: dict[str, Any] = {}
+        if self.scoring in SKETCH_MODES:      # vectors from outside: counted in, (W + 1) / (n + 1)
+            p, extra = self._with_tails(p, tree._tree.deviations(X), 0, members=False)
+            extra.pop("_feature_scores")
+        return {**extra, "mahalanobis_squared": d2, "mahalanobis_distance": np.sqrt(d2), "p_value": p,
                 "is_anomaly": (p < self.significance_level) & warm, "population_count": int(round(n_pop)),
                 "warming_up": not warm}
 
@@ -421,7 +444,13 @@ class BehavioralDistributedProtocol(Locked):
         """:meth:`HierarchicalStatisticalTree.update_many`, then :meth:`score_many` on those agents."""
         fdr_level = self._resolve_fdr(fdr)       # validate before any change
         slots, ids, rows = self.tree._update_many(agent_ids, X, cohorts)
-        return self._score_slots(ids, slots, fdr_level, explain, rows=rows)
+        out = self._score_slots(ids, slots, fdr_level, explain, rows=rows)
+        if self.null is not None:
+            # the round's members enter the null after its decision, flags left out (but the
+            # ceil(q R) lowest, the expected false ones: swarmguard.structures.score_null)
+            q = fdr_level if fdr_level is not None else self.significance_level
+            self.null.admit(out["null_score"], out["is_anomaly"] if self.null.warm else None, q)
+        return out
 
     def _resolve_fdr(self, fdr: Any) -> float | None:
         return resolve_fdr(fdr, self.fdr)
@@ -460,11 +489,28 @@ class BehavioralDistributedProtocol(Locked):
                 d2, p, warm, shares = score_population(DX - off, n_pop, off, m2, self.shrinkage, self.warm_up,
                                                        explain)
         out: dict[str, Any] = {"agent_ids": ids, "population_count": int(round(n_pop))}
+        calibrated = False
+        if self.scoring in SKETCH_MODES:
+            DT = tree._tree.deviations(rows if rows is not None else np.take(tree._tree.X, slots, axis=0))
+            p, tail_out = self._with_tails(p, DT, 0, members=True)
+            feature_scores = tail_out.pop("_feature_scores")
+            if explain and self.scoring == "tails":      # each feature's share of the tail score
+                shares = feature_scores
+            out.update(tail_out)
+            score_group = self._tail_group_scorer(score_group, DT)
+        if self.null is not None:
+            null_score = d2 if self.scoring not in SKETCH_MODES else -np.log(np.maximum(p, 1e-300))
+            out["null_score"] = null_score
+            p_cal = self.null.p_values(null_score)
+            if p_cal is not None:
+                out["parametric_p_value"] = p
+                p, calibrated = p_cal, True
         if self.score_levels == "all":
             trimmed_counts: dict[Path, float] | None = None
             if subset is not None:
                 trimmed_counts = {}
-                score_group = self._trimmed_group_scorer(kept, trimmed_counts)
+                trimmed = self._trimmed_group_scorer(kept, trimmed_counts)
+                score_group = self._tail_group_scorer(trimmed, DT) if self.scoring in SKETCH_MODES else trimmed
             groups = self._cohort_groups(slots, DX, trimmed_counts)
             decision_p, any_warm, _, levels = combine_levels(p, warm, groups, self.shrinkage, self.warm_up,
                                                              score=score_group)
@@ -497,7 +543,7 @@ class BehavioralDistributedProtocol(Locked):
             "threshold_squared": thr2,
             "threshold": float(np.sqrt(thr2)),
             "p_value_cutoff": cut,
-            "method": method,
+            "method": method if not calibrated else method + ", calibrated",
             "warming_up": not any_warm,
         })
         if explain:
@@ -529,6 +575,32 @@ class BehavioralDistributedProtocol(Locked):
         one (they are the population scored against), else every member."""
         win = self.tree._win
         return n_members if win is None else win.tree.root_state()[0]
+
+    def _with_tails(self, p_distance: np.ndarray, DT: np.ndarray, cid: int, members: bool):
+        """The mode's p-values from the distance's and the rows' tail evidence against cohort ``cid``'s
+        sketches (``DT``: deviations in the moments' internal units, as sketched): ``tails``, the tail
+        p-value; ``fused``, the Cauchy combination of both. Returns ``(p, report)``."""
+        ev = tail_evidence(self.tree._tail_sketches(cid), DT, members=members)
+        p = ev.p_value if self.scoring == "tails" else cauchy_combine(np.column_stack([p_distance, ev.p_value]))
+        return p, {"tail_score": ev.score, "tail_p_value": ev.p_value, "distance_p_value": p_distance,
+                   "_feature_scores": ev.feature_scores}
+
+    def _tail_group_scorer(self, distance_scorer: Any, DT: np.ndarray):
+        """For :func:`combine_levels`: a cohort's rows with the mode's p-value against the cohort's sketches."""
+        if self.score_levels != "all":
+            return distance_scorer
+        cohorts = self.tree._cohorts
+        shrinkage = self.shrinkage
+
+        def score(key: Path, rows: np.ndarray, count: float, offset: np.ndarray, m2: np.ndarray, E: np.ndarray):
+            if distance_scorer is None:
+                sc = LeaveOneOutScorer(count, offset, m2, shrinkage)
+                cd2, ok = sc.score_many(E), sc.ok
+            else:
+                cd2, ok = distance_scorer(key, rows, count, offset, m2, E)[:2]
+            p, _ = self._with_tails(chi2_sf(cd2, E.shape[1]), DT[rows], cohorts.id_of[key], members=True)
+            return cd2, ok, p
+        return score
 
     def _trimmed_group_scorer(self, kept: np.ndarray, trimmed_counts: dict[Path, float]):
         """For :func:`combine_levels`: a cohort's rows scored against its trimmed moments

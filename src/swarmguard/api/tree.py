@@ -18,6 +18,7 @@ from ..errors import (
 )
 from ..locking import Locked, synchronized
 from ..structures.cohorts import CohortDirectory
+from ..structures.sketch_tree import SketchTree
 from ..structures.slot_tree import SlotTree
 from ..structures.trimming import TrimmedMoments
 from ..structures.window import WindowedMoments
@@ -126,6 +127,8 @@ class HierarchicalStatisticalTree(Locked):
         self._covers: dict[int, tuple[tuple[int, ...], np.ndarray]] = {}   # cohort -> (key, node cover)
         self._trim: TrimmedMoments | None = None   # trimmed moments, once a scoring mode asks for them
         self._trim_wanted = False                   # asked for before the first vector
+        self._sketches: SketchTree | None = None    # per-node tail sketches, once a scoring mode asks
+        self._sketches_wanted = False
         self.version = 0  # bumps on every change; caches key on it
         if self._dim is not None:
             self._make_tree(self._dim)
@@ -143,6 +146,8 @@ class HierarchicalStatisticalTree(Locked):
             self._trim = TrimmedMoments(self._tree)
         if self.window_rounds is not None:
             self._win = WindowedMoments(self._tree, self.window_rounds)
+        if self._sketches_wanted:
+            self._sketches = SketchTree(dim, self._page_size, self.branching_factor)
 
     @synchronized
     def __len__(self) -> int:
@@ -220,6 +225,8 @@ class HierarchicalStatisticalTree(Locked):
                     self._win.set_one(tree, slot, x)
                 if self._trim is not None:
                     self._trim.set_one(self._judged_tree(), slot, x)
+                if self._sketches is not None:
+                    self._sketches.mark(slot, per_item=True)
                 self.version += 1
                 return slot
             # Moving to another cohort: leave the old slot, take one in the new cohort.
@@ -229,6 +236,8 @@ class HierarchicalStatisticalTree(Locked):
                 self._trim.remove_one(slot)
             if self._win is not None:
                 self._win.remove_one(slot)
+            if self._sketches is not None:
+                self._sketches.mark(slot, per_item=True)
             self._cohorts.release(old_cid, np.array([slot]))
             self._ids_at_slot[slot] = None
         cid = self._cohorts.ensure(path if path is not None else ())
@@ -239,6 +248,8 @@ class HierarchicalStatisticalTree(Locked):
             self._win.set_one(self._tree, new_slot, x)
         if self._trim is not None:
             self._trim.set_one(self._judged_tree(), new_slot, x)
+        if self._sketches is not None:
+            self._sketches.mark(new_slot, per_item=True)
         self._index.set(agent_id, new_slot)
         self._ids_at_slot[new_slot] = agent_id
         self.version += 1
@@ -254,6 +265,8 @@ class HierarchicalStatisticalTree(Locked):
             self._trim.remove_one(slot)
         if self._win is not None:
             self._win.remove_one(slot)
+        if self._sketches is not None:
+            self._sketches.mark(slot, per_item=True)
         self._cohorts.release(cid, np.array([slot]))
         self._index.pop(self._ids_at_slot[slot])
         self._ids_at_slot[slot] = None
@@ -408,6 +421,8 @@ class HierarchicalStatisticalTree(Locked):
                 self._trim.clear(old)
             if self._win is not None:
                 self._win.clear(old)
+            if self._sketches is not None:
+                self._sketches.mark(old)
         if placing.any():
             target = np.where(want[placing] >= 0, want[placing], 0)
             new_slots = np.empty(target.size, dtype=np.int64)
@@ -423,6 +438,8 @@ class HierarchicalStatisticalTree(Locked):
             self._win.write(self._tree, slots, X)
         if self._trim is not None:
             self._trim.write(self._judged_tree(), slots, X)
+        if self._sketches is not None:
+            self._sketches.mark(slots)
         self.version += 1
         return slots, ids, X
 
@@ -672,6 +689,31 @@ class HierarchicalStatisticalTree(Locked):
         mean, m2 = sub.to_user(off, m2)
         return {"cohort": self._cohorts.path_of(cid), **population_statistics(int(round(n)), mean, m2, ddof)}
 
+    # ------------------------------------------------------------------ tail sketches
+    # Per-node feature sketches (swarmguard.structures.sketch_tree), kept once a scoring mode asks.
+    # Nothing to serialise: a node's sketches are rebuilt from its members' vectors.
+    @synchronized
+    def keep_tail_sketches(self) -> None:
+        """Keep per-node tail sketches from now on (built on the next read)."""
+        if self._sketches is None and self._tree is not None:
+            self._sketches = SketchTree(self._dim, self._page_size, self.branching_factor)
+        self._sketches_wanted = True
+
+    def _fresh_sketches(self) -> SketchTree:
+        # no flush: the slots' vectors, units and the root's count are current after every change
+        t = self._tree
+        self._sketches.refresh(t.X, t.occupied, t.shift, t.unit, members=t.root_state()[0])
+        return self._sketches
+
+    def _tail_sketches(self, cid: int):
+        """Cohort ``cid``'s feature sketches (0: the population), in the moments' internal units."""
+        sk = self._fresh_sketches()
+        if cid == 0:
+            return sk.root()
+        cohorts = self._cohorts
+        pages = np.concatenate([np.asarray(cohorts.pages[c], dtype=np.int64) for c in cohorts.subtree(cid)])
+        return sk.pages_merged(pages)
+
     # ------------------------------------------------------------------ serialisation
     @synchronized
     def to_dict(self) -> dict[str, np.ndarray]:
@@ -695,6 +737,8 @@ class HierarchicalStatisticalTree(Locked):
             "cohort_index": self._cohorts.cohort_of_slots(slots) if ids else np.zeros(0, dtype=np.int64),
             "cohort_paths": np.array(["\x1f".join(p) for p in paths], dtype=str),
         }
+        if self._sketches_wanted:      # the sketches themselves are rebuilt from the vectors
+            out["keeps_tail_sketches"] = np.array(True)
         if self._trim is not None:     # the flags, so that the trimmed moments come back as they are
             out["trimmed_kept"] = self._trim.kept(slots) if ids else np.zeros(0, dtype=bool)
         if self.window_rounds is not None:   # the rounds, so that the windowed moments come back as they are
@@ -735,6 +779,8 @@ class HierarchicalStatisticalTree(Locked):
             paths = [tuple(s.split("\x1f")) if s else () for s in np.asarray(state["cohort_paths"]).tolist()]
             cohorts = [paths[i] for i in np.asarray(state["cohort_index"]).tolist()]
             tree.update_many(ids, np.asarray(state["features"]), cohorts=cohorts)
+        if state.get("keeps_tail_sketches") is not None and bool(np.asarray(state["keeps_tail_sketches"])):
+            tree.keep_tail_sketches()
         if "trimmed_kept" in state:
             kept = np.asarray(state["trimmed_kept"], dtype=bool)
             if kept.shape != ids.shape:

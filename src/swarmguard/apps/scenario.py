@@ -59,6 +59,7 @@ class ScenarioConfig:
     seed: int = 0
     scoring: str = DEFAULT_SCORING    # the detector's scoring mode (swarmguard.SCORING_MODES)
     window_rounds: int | None = None  # the detector's window (swarmguard.structures.window); None: none
+    calibrate: bool = False           # calibrated p-values from an empirical null (the detector's calibrate)
     round_seconds: float = 2.0
     extra: dict[str, Any] = field(default_factory=dict)
 

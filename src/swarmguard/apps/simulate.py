@@ -75,7 +75,7 @@ def run_simulation(config: ScenarioConfig, progress: Progress | None = None,
     det = make_detector(
         backend, address=address, ray_options=ray_options,
         feature_dimensions=c.features, fdr=0.01, score_levels="all", scoring=c.scoring, window_rounds=c.window_rounds,
-        clock=lambda: now[0],
+        calibrate=c.calibrate, clock=lambda: now[0],
         regions=sc.regions.tolist(), prior_probability=0.01)
     try:
         report = _run(c, sc, det, now, progress, latency_sample, t_start, started, backend)
@@ -267,6 +267,8 @@ def _run(c: ScenarioConfig, sc: Scenario, det: Any, now: list[float], progress: 
             "round": r,
             "partitioned": sc.partitioned(r),
             "flagged_anomalous": int(res["is_anomaly"].sum()),
+            # the anomaly flags' realised false-discovery proportion (ground truth known here)
+            "flags_false": int((np.asarray(res["is_anomaly"], dtype=bool) & ~truth_now).sum()),
             "isolated_now": int(iso.sum()),
             "false_alarms": int((iso & ~truth_now).sum()),
             "compromised_so_far": int(truth_now.sum()),
@@ -308,6 +310,11 @@ def _run(c: ScenarioConfig, sc: Scenario, det: Any, now: list[float], progress: 
             "false_negatives": int((~ever & truth).sum()),
             "framed_agents_isolated": int(ever[sc.framed].sum()),
             "false_alarms_per_round": [rd["false_alarms"] for rd in rounds],
+            # Benjamini-Hochberg flags (before consensus) against the truth, pooled over the rounds:
+            # false flags / flags, to compare with the fdr level asked for
+            "flags_realised_fdr": _f(sum(rd["flags_false"] for rd in rounds)
+                                     / max(1, sum(rd["flagged_anomalous"] for rd in rounds))),
+            "flags_fdr_level": det.settings.fdr,
             "rounds_to_detection": {
                 "mean": _f(delay.mean()) if delay.size else None,
                 "median": _f(np.median(delay)) if delay.size else None,

@@ -89,7 +89,7 @@ from ..errors import (
     UnknownAgentError,
 )
 from ..locking import synchronized
-from ..structures.scoring_modes import TRIMMED_MODES
+from ..structures.scoring_modes import SKETCH_MODES, TRIMMED_MODES
 from ..structures.significance import chi2_threshold, significance_cut
 from ..structures.topology import MonotonicClock, RegionTopology
 from ..validation import as_feature_vector, check_cohort, check_finite_float, check_positive_int
@@ -167,15 +167,17 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
                                window_rounds=s.window_rounds)
         rules = validate_protocol_settings(significance_level=s.significance_level, fdr=s.fdr,
                                            shrinkage=s.shrinkage, warm_up=s.warm_up, score_levels=s.score_levels,
-                                           scoring=s.scoring)
-        if rules.scoring in TRIMMED_MODES:
-            # the shards' trimmed moments would be judged against their own region, not the
+                                           scoring=s.scoring, calibrate=s.calibrate)
+        if rules.scoring in TRIMMED_MODES or rules.scoring in SKETCH_MODES:
+            # the shards' trimmed moments (and tail sketches) would be judged against their own region, not the
             # merged population: refused rather than answering differently from in process
             raise InvalidInputError(f"scoring={s.scoring!r} is not available on the ray backend yet")
         if s.window_rounds is not None:
             # the region shards would need the window's rounds and stamps in their merged
             # moments: refused rather than answering differently from in process
             raise InvalidInputError("window_rounds is not available on the ray backend yet")
+        if rules.calibrate:   # the null lives in the in-process protocol; the shards keep none yet
+            raise InvalidInputError("calibrate=True is not available on the ray backend yet")
         ref = validate_consensus_settings(byzantine_threshold=s.byzantine_threshold, partition_size=s.partition_size,
                                           prior_probability=s.prior_probability, trusted_sources=[s.node_id],
                                           probation_evidence=s.probation_evidence)

@@ -226,7 +226,8 @@ def combine_levels(p_population: np.ndarray, population_warm: bool,
     decides, the levels per row, and per cohort ``{"rows", "count",
     "mahalanobis_squared", "p_value", "warming_up"}``. ``score``, when given, scores a
     cohort's rows instead of the leave-one-out scorer: ``score(key, rows, count, offset, m2, E)``
-    returns ``(d2, ok)`` (a scoring mode's own rule, e.g. trimmed moments).
+    returns ``(d2, ok)`` (a scoring mode's own rule, e.g. trimmed moments), or
+    ``(d2, ok, p)`` when the mode's p-values are not χ²(d) ones (tail evidence).
     """
     p_min = (p_population if population_warm else np.ones_like(p_population)).copy()
     n_levels = np.ones(p_population.shape[0])
@@ -237,8 +238,10 @@ def combine_levels(p_population: np.ndarray, population_warm: bool,
             sc = LeaveOneOutScorer(count, offset, m2, shrinkage)
             cd2, ok = sc.score_many(E), sc.ok
         else:
-            cd2, ok = score(key, rows, count, offset, m2, E)
-        cp = chi2_sf(cd2, E.shape[1])
+            got = score(key, rows, count, offset, m2, E)
+            cd2, ok = got[0], got[1]
+        # a mode with its own p-values (tail evidence) returns them third
+        cp = got[2] if score is not None and len(got) > 2 else chi2_sf(cd2, E.shape[1])
         warm = count >= warm_up and ok
         reports[key] = {"rows": rows, "count": int(round(count)), "mahalanobis_squared": cd2, "p_value": cp,
                         "warming_up": not warm}
