@@ -327,3 +327,69 @@ def test_an_unusable_agent_id_is_refused_through_partial_success(served):
     assert _ingest(node).pending_spans == 3
     (closed,) = close_window(client)
     assert closed["agents"] == 1
+
+
+def _bad_token_request(set_value) -> bytes:
+    req = ExportTraceServiceRequest()
+    s = req.resource_spans.add().scope_spans.add().spans.add(name="chat", start_time_unix_nano=1,
+                                                             end_time_unix_nano=10**9)
+    s.attributes.add(key="gen_ai.agent.id").value.string_value = "bad-tokens"
+    s.attributes.add(key="gen_ai.operation.name").value.string_value = "chat"
+    set_value(s.attributes.add(key="gen_ai.usage.output_tokens").value)
+    return req.SerializeToString()
+
+
+_NO_COUNTS = [
+    lambda v: setattr(v, "double_value", float("inf")),
+    lambda v: setattr(v, "double_value", 1e308),            # finite, but sums overflow
+    lambda v: setattr(v, "int_value", -5),
+    lambda v: setattr(v, "string_value", "-inf"),
+    lambda v: setattr(v, "string_value", "1e300"),
+]
+_NOT_NUMBERS = [                                            # read as absent, as before
+    lambda v: setattr(v, "double_value", float("nan")),
+    lambda v: setattr(v, "string_value", "many"),
+    lambda v: setattr(v, "bool_value", True),
+    lambda v: v.array_value.values.add().__setattr__("int_value", 3),
+]
+
+
+@pytest.mark.parametrize(("set_value", "refused"), [(f, True) for f in _NO_COUNTS] + [(f, False) for f in _NOT_NUMBERS],
+                         ids=["inf", "1e308", "negative", "-inf-string", "1e300-string", "nan", "word", "bool",
+                              "array"])
+def test_a_token_count_that_is_no_count_is_refused_and_the_window_still_closes(served, set_value, refused):
+    # before: the span was kept, its window's vectors were non-finite, and the close (logged
+    # first) failed with a 500 -- live and again at every restart's replay
+    _, node, client = served
+    profiles = make_fleet(20, 0, seed=1)
+    for body in window_requests(profiles, np.random.default_rng(0)):
+        assert client.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")}).status_code == 200
+    before = _ingest(node).pending_spans
+    r = client.post("/v1/traces", content=_bad_token_request(set_value), headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 200
+    partial = decode_export_response(r.content, "protobuf").partial_success
+    if refused:
+        assert partial.rejected_spans == 1 and "token count" in partial.error_message
+        assert metric(client, "swarmguard_refused_total", kind="spans") == 1
+    else:
+        assert partial.rejected_spans == 0
+    assert _ingest(node).pending_spans == before + (not refused)
+    (closed,) = close_window(client)
+    assert closed["agents"] == 20 + (not refused)
+    got = client.get("/v1/agents/bad-tokens", headers=auth("t-read"))
+    assert got.status_code == (404 if refused else 200)
+
+
+def test_a_token_count_as_a_numeric_string_or_a_whole_double_is_read():
+    from swarmguard.apps.otlp.spans import span_columns
+
+    req = ExportTraceServiceRequest()
+    spans = req.resource_spans.add().scope_spans.add().spans
+    for setter in (lambda v: setattr(v, "string_value", "812"), lambda v: setattr(v, "double_value", 812.0),
+                   lambda v: setattr(v, "int_value", 812), lambda v: None):   # the last: no value, absent
+        s = spans.add(name="chat")
+        s.attributes.add(key="gen_ai.agent.id").value.string_value = "a"
+        setter(s.attributes.add(key="gen_ai.usage.input_tokens").value)
+    cols = span_columns(req)
+    assert cols.bad_tokens == 0 and cols.input_tokens[:3].tolist() == [812.0] * 3
+    assert np.isnan(cols.input_tokens[3])

@@ -98,7 +98,8 @@ class SpanColumns:
     seconds; ``input_tokens`` / ``output_tokens`` NaN where absent; ``error`` True for
     a span with ``error.type`` or status ERROR; ``content_filter`` / ``length`` True
     when ``gen_ai.response.finish_reasons`` names that reason. ``rejected`` counts the
-    spans left out because they name no agent.
+    spans left out because they name no agent, ``bad_tokens`` those left out because a
+    token count is a number that is no count (negative, infinite, over 2**53).
     """
 
     agent: np.ndarray
@@ -115,24 +116,39 @@ class SpanColumns:
     cohorts: list[tuple[str, ...]] = field(default_factory=list)
     tools: list[str] = field(default_factory=list)
     rejected: int = 0
+    bad_tokens: int = 0
 
     def __len__(self) -> int:
         return int(self.agent.size)
 
 
+_MAX_TOKENS = float(2 ** 53)   # above this a count is not an exact float: no model call reports that many
+_BAD_COUNT = -1.0              # a token count present but not a count (the span is refused)
+
+
 def _int_of(value: Any) -> float:
-    """A token count sent as an int (the convention), a double or a numeric string; NaN otherwise."""
+    """A token count sent as an int (the convention), a double or a numeric string.
+
+    NaN (absent) for another type or a string that is no number, as for an attribute with
+    no value; :data:`_BAD_COUNT` for a number that is no count: negative, infinite or over
+    2**53. Such a count would make the window's vectors non-finite (the detector refuses
+    them, and with them the window's close), so its span is refused.
+    """
     kind = value.WhichOneof("value")
     if kind == "int_value":
-        return float(value.int_value)
-    if kind == "double_value":
-        return value.double_value
-    if kind == "string_value":
+        count = float(value.int_value)
+    elif kind == "double_value":
+        count = value.double_value
+    elif kind == "string_value":
         try:
-            return float(value.string_value)
+            count = float(value.string_value)
         except ValueError:
             return np.nan
-    return np.nan
+    else:
+        return np.nan
+    if count != count:           # NaN: absent
+        return np.nan
+    return count if 0.0 <= count <= _MAX_TOKENS else _BAD_COUNT
 
 
 def _resource_context(resource: Any) -> tuple[str | None, list[str]]:
@@ -159,7 +175,8 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
 
     ``agents``, ``cohorts`` and ``tools`` are name tables shared across calls (a window
     aggregator passes its own, so codes stay comparable across requests); fresh ones
-    by default. A span without an agent id is not read, only counted in ``rejected``.
+    by default. A span without an agent id is not read, only counted in ``rejected``; one
+    whose token count is no count likewise, in ``bad_tokens``.
     An agent's cohort is that of the first span it is seen with (in this request).
 
     Examples
@@ -197,7 +214,7 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
     cf_col: list[bool] = []
     len_col: list[bool] = []
     nan = np.nan
-    rejected = 0
+    rejected = bad_tokens = 0
     agent_cohort: dict[int, int] = {}
     for rs in request.resource_spans:
         fallback_agent, resource_cohort = _resource_context(rs.resource)
@@ -243,6 +260,9 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
                 if not agent:
                     rejected += 1
                     continue
+                if tin < 0.0 or tout < 0.0:       # _BAD_COUNT (NaN, absent, compares False)
+                    bad_tokens += 1
+                    continue
                 a = agent_code(agent)
                 c = agent_cohort.get(a)
                 if c is None:
@@ -277,4 +297,5 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
         duration_s=duration, input_tokens=np.array(in_col, dtype=np.float64),
         output_tokens=np.array(out_col, dtype=np.float64), error=np.array(err_col, dtype=bool),
         content_filter=np.array(cf_col, dtype=bool), length=np.array(len_col, dtype=bool),
-        agents=agents.names, cohorts=cohorts.names, tools=tools.names, rejected=rejected)
+        agents=agents.names, cohorts=cohorts.names, tools=tools.names, rejected=rejected,
+        bad_tokens=bad_tokens)

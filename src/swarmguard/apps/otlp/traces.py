@@ -83,9 +83,12 @@ class SpanIngest:
         """Log and keep a request's spans (read with fresh name tables); returns (accepted,
         rejected, message). Raises :class:`ApiError` 503 while draining, 429 when the open
         window would hold more than ``max_window_rows`` spans; then nothing changed."""
-        rejected, why = columns.rejected, []
+        rejected, why = columns.rejected + columns.bad_tokens, []
         if columns.rejected:
             why.append(f"{columns.rejected} spans name no agent (neither gen_ai.agent.id nor service.instance.id)")
+        if columns.bad_tokens:
+            why.append(f"{columns.bad_tokens} spans with a token count that is no count "
+                       "(negative, infinite or over 2**53)")
         bad_agents = [i for i, name in enumerate(columns.agents) if not _usable_agent(name)]
         if bad_agents:
             keep = ~np.isin(columns.agent, bad_agents)
@@ -153,7 +156,7 @@ def _rows(columns: SpanColumns, keep: np.ndarray) -> SpanColumns:
     return SpanColumns(**{name: getattr(columns, name)[keep] for name in (
         "agent", "cohort", "operation", "tool", "duration_s", "input_tokens", "output_tokens", "error",
         "content_filter", "length")}, agents=columns.agents, cohorts=columns.cohorts, tools=columns.tools,
-        rejected=columns.rejected)
+        rejected=columns.rejected, bad_tokens=columns.bad_tokens)
 
 
 def _record(columns: SpanColumns) -> tuple[dict[str, Any], np.ndarray]:
