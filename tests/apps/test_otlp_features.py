@@ -161,6 +161,16 @@ def _surprise(k: int, n: int, p: Fraction) -> float:
     return -math.log(tail)
 
 
+def test_a_span_without_a_start_time_lasts_zero_seconds_not_since_the_epoch():
+    req = ExportTraceServiceRequest()
+    spans = req.resource_spans.add().scope_spans.add().spans
+    end = 1_700_000_000 * 10**9
+    for start in (0, end - 2 * 10**9):
+        s = spans.add(start_time_unix_nano=start, end_time_unix_nano=end)
+        _add(s.attributes, "gen_ai.agent.id", "a")
+    assert span_columns(req).duration_s.tolist() == [0.0, 2.0]
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_behaviour_matrix_matches_a_per_agent_reference(seed):
     rng = np.random.default_rng(seed)

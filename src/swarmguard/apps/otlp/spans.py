@@ -289,8 +289,9 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
                 len_col.append(length)
     start = np.array(start_col, dtype=np.uint64)
     end = np.array(end_col, dtype=np.uint64)
-    # a span that ends before it starts (a clock step) counts as lasting 0 s
-    duration = np.where(end >= start, end - start, 0).astype(np.float64) / 1e9
+    # a span that ends before it starts (a clock step) counts as lasting 0 s, and so does one
+    # with no start time (0, "unknown"): end - 0 would be the age of the epoch, ~1.7e9 s
+    duration = np.where((end >= start) & (start > 0), end - start, 0).astype(np.float64) / 1e9
     return SpanColumns(
         agent=np.array(a_col, dtype=np.int64), cohort=np.array(c_col, dtype=np.int64),
         operation=np.array(op_col, dtype=np.int8), tool=np.array(tool_col, dtype=np.int64),
