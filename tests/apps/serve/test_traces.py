@@ -393,3 +393,56 @@ def test_a_token_count_as_a_numeric_string_or_a_whole_double_is_read():
     cols = span_columns(req)
     assert cols.bad_tokens == 0 and cols.input_tokens[:3].tolist() == [812.0] * 3
     assert np.isnan(cols.input_tokens[3])
+
+
+def _with_ids(agents=("a-1", "a-2"), first_id: int = 1) -> bytes:
+    req = ExportTraceServiceRequest.FromString(_request(agents))
+    for i, span in enumerate(req.resource_spans[0].scope_spans[0].spans):
+        span.trace_id = bytes(15) + b"\x01"
+        span.span_id = (first_id + i).to_bytes(8, "big")
+    return req.SerializeToString()
+
+
+def test_a_retried_batch_is_acknowledged_and_not_counted_twice(make_node, tmp_path):
+    # before: the exporter's retry of a batch whose answer it lost doubled every agent's counts
+    _, node, client = make_node(data_dir=tmp_path / "node")
+    body = _with_ids()
+    for _ in range(2):
+        r = client.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")})
+        assert r.status_code == 200 and not decode_export_response(r.content, "protobuf").HasField("partial_success")
+    assert _ingest(node).pending_spans == 6
+    assert metric(client, "swarmguard_accepted_total", kind="spans") == 6
+    assert metric(client, "swarmguard_accepted_total", kind="spans_repeated") == 6
+    # a request that repeats itself, and new spans beside old ones
+    both = ExportTraceServiceRequest.FromString(_with_ids(("a-1",), first_id=100))
+    both.MergeFrom(ExportTraceServiceRequest.FromString(_with_ids(("a-1",), first_id=100)))
+    assert client.post("/v1/traces", content=both.SerializeToString(), headers={**PB, **auth("t-ingest")}).status_code == 200
+    assert _ingest(node).pending_spans == 9
+    # the same span id under another agent is another span
+    assert client.post("/v1/traces", content=_with_ids(("a-3",)), headers={**PB, **auth("t-ingest")}).status_code == 200
+    assert _ingest(node).pending_spans == 12
+    # a restart still knows the window's span ids (they are logged)
+    client.close()
+    _, node, client = make_node(data_dir=tmp_path / "node")
+    assert _ingest(node).pending_spans == 12
+    assert client.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")}).status_code == 200
+    assert _ingest(node).pending_spans == 12
+    (closed,) = close_window(client)
+    one = client.get("/v1/agents/a-1", headers=auth("t-read")).json()
+    assert one["window"] == closed["window"]
+    invocations = next(c for c in one["contributions"] if c["feature"] == "invocations")
+    assert invocations["actual"] == 2.0                    # ids 1 and 100, once each
+    # a retry arriving just after the close is still a repeat; two windows later it is new
+    assert client.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")}).status_code == 200
+    assert _ingest(node).pending_spans == 0
+    assert close_window(client) == []
+    _ingest(node).before_close(0.0)                        # another (empty) window goes by
+    assert client.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")}).status_code == 200
+    assert _ingest(node).pending_spans == 6
+
+
+def test_spans_without_ids_are_all_counted(served):
+    _, node, client = served
+    for _ in range(2):
+        assert client.post("/v1/traces", content=_request(), headers={**PB, **auth("t-ingest")}).status_code == 200
+    assert _ingest(node).pending_spans == 12

@@ -100,6 +100,9 @@ class SpanColumns:
     when ``gen_ai.response.finish_reasons`` names that reason. ``rejected`` counts the
     spans left out because they name no agent, ``bad_tokens`` those left out because a
     token count is a number that is no count (negative, infinite, over 2**53).
+    ``span_id`` (uint64, optional) is each span's 8-byte id read big-endian, 0 where the
+    span has none (or one of another length): what tells an exporter's retry of a batch
+    from new spans.
     """
 
     agent: np.ndarray
@@ -117,6 +120,7 @@ class SpanColumns:
     tools: list[str] = field(default_factory=list)
     rejected: int = 0
     bad_tokens: int = 0
+    span_id: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.agent.size)
@@ -149,6 +153,13 @@ def _int_of(value: Any) -> float:
     if count != count:           # NaN: absent
         return np.nan
     return count if 0.0 <= count <= _MAX_TOKENS else _BAD_COUNT
+
+
+def _span_ids(ids: list[bytes]) -> np.ndarray:
+    """8-byte span ids as big-endian uint64 (0 for an id of another length, or none)."""
+    if all(len(b) == 8 for b in ids):
+        return np.frombuffer(b"".join(ids), dtype=">u8").astype(np.uint64)
+    return np.array([int.from_bytes(b, "big") if len(b) == 8 else 0 for b in ids], dtype=np.uint64)
 
 
 def _resource_context(resource: Any) -> tuple[str | None, list[str]]:
@@ -213,6 +224,7 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
     err_col: list[bool] = []
     cf_col: list[bool] = []
     len_col: list[bool] = []
+    sid_col: list[bytes] = []
     nan = np.nan
     rejected = bad_tokens = 0
     agent_cohort: dict[int, int] = {}
@@ -287,13 +299,14 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
                 err_col.append(error)
                 cf_col.append(content_filter)
                 len_col.append(length)
+                sid_col.append(span.span_id)
     start = np.array(start_col, dtype=np.uint64)
     end = np.array(end_col, dtype=np.uint64)
     # a span that ends before it starts (a clock step) counts as lasting 0 s, and so does one
     # with no start time (0, "unknown"): end - 0 would be the age of the epoch, ~1.7e9 s
     duration = np.where((end >= start) & (start > 0), end - start, 0).astype(np.float64) / 1e9
     return SpanColumns(
-        agent=np.array(a_col, dtype=np.int64), cohort=np.array(c_col, dtype=np.int64),
+        span_id=_span_ids(sid_col), agent=np.array(a_col, dtype=np.int64), cohort=np.array(c_col, dtype=np.int64),
         operation=np.array(op_col, dtype=np.int8), tool=np.array(tool_col, dtype=np.int64),
         duration_s=duration, input_tokens=np.array(in_col, dtype=np.float64),
         output_tokens=np.array(out_col, dtype=np.float64), error=np.array(err_col, dtype=bool),
