@@ -446,3 +446,18 @@ def test_spans_without_ids_are_all_counted(served):
     for _ in range(2):
         assert client.post("/v1/traces", content=_request(), headers={**PB, **auth("t-ingest")}).status_code == 200
     assert _ingest(node).pending_spans == 12
+
+
+def test_a_retry_is_acknowledged_only_once_the_spans_it_repeats_are_committed(served, monkeypatch):
+    # the original's record may still wait for its group commit when its retry arrives: the
+    # retry's 200 must not come first (a kill -9 between would lose acknowledged spans)
+    _, node, client = served
+    commits = []
+    real = node.log.commit_through
+    monkeypatch.setattr(node.log, "commit_through", lambda seq: (commits.append(seq), real(seq))[1])
+    body = _with_ids()
+    for _ in range(2):
+        assert client.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")}).status_code == 200
+    assert len(commits) == 2 and commits[0] == commits[1] > 0
+    assert client.post("/v1/traces", content=_request(orphans=0, agents=()), headers={**PB, **auth("t-ingest")}).status_code == 200
+    assert len(commits) == 2                               # nothing kept, nothing repeated: nothing to wait for

@@ -83,6 +83,7 @@ class SpanIngest:
         # (agent id, span id) of the open window's spans, and of the window before it
         self._seen: set[tuple[str, int]] = set()
         self._seen_before: set[tuple[str, int]] = set()
+        self._last_seq = 0      # the last span record this node logged (live)
         self.duplicates = 0     # spans acknowledged as repeats of kept ones, since the node started
 
     @property
@@ -118,22 +119,23 @@ class SpanIngest:
             if duplicates:
                 columns = _rows(columns, ~repeat)
             n = len(columns)
-            if n == 0:
-                self.duplicates += duplicates
-                return 0, rejected, message, duplicates
-            limit = node.settings.max_window_rows
-            if self.pending_spans + n > limit:
-                raise ApiError(429, f"the open window holds {self.pending_spans} spans (limit {limit}): "
-                                    "retry after it closes", code="overloaded",
-                               headers={"Retry-After": str(node._retry_after())})
-            at = node.settings.clock()
-            meta, matrix = _record(columns)
-            seq = node.log.append_grouped(SPANS_RECORD, at, meta, matrix)
-            self._apply(at, meta, matrix)
+            if n:
+                limit = node.settings.max_window_rows
+                if self.pending_spans + n > limit:
+                    raise ApiError(429, f"the open window holds {self.pending_spans} spans (limit {limit}): "
+                                        "retry after it closes", code="overloaded",
+                                   headers={"Retry-After": str(node._retry_after())})
+                at = node.settings.clock()
+                meta, matrix = _record(columns)
+                self._last_seq = node.log.append_grouped(SPANS_RECORD, at, meta, matrix)
+                self._apply(at, meta, matrix)
+                node.metrics.queue_depth.labels("window_spans").set(self.pending_spans)
             self.duplicates += duplicates
-            node.metrics.queue_depth.labels("window_spans").set(self.pending_spans)
+            # the spans a repeat stands for may still wait for their group's commit: ack after it too
+            seq = self._last_seq if (n or duplicates) else 0
         # durable before the 200: concurrent requests share one commit (one fsync)
-        node.log.commit_through(seq)
+        if seq:
+            node.log.commit_through(seq)
         return n, rejected, message, duplicates
 
     def _repeats(self, columns: SpanColumns) -> np.ndarray:
