@@ -157,7 +157,9 @@ def _int_of(value: Any) -> float:
 
 def _span_ids(ids: list[bytes]) -> np.ndarray:
     """8-byte span ids as big-endian uint64 (0 for an id of another length, or none)."""
-    if all(len(b) == 8 for b in ids):
+    if not ids:
+        return np.zeros(0, dtype=np.uint64)
+    if min(map(len, ids)) == max(map(len, ids)) == 8:      # the usual case, at C speed
         return np.frombuffer(b"".join(ids), dtype=">u8").astype(np.uint64)
     return np.array([int.from_bytes(b, "big") if len(b) == 8 else 0 for b in ids], dtype=np.uint64)
 
