@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import threading
 import time
 
@@ -461,3 +462,66 @@ def test_a_retry_is_acknowledged_only_once_the_spans_it_repeats_are_committed(se
     assert len(commits) == 2 and commits[0] == commits[1] > 0
     assert client.post("/v1/traces", content=_request(orphans=0, agents=()), headers={**PB, **auth("t-ingest")}).status_code == 200
     assert len(commits) == 2                               # nothing kept, nothing repeated: nothing to wait for
+
+
+@pytest.mark.slow
+def test_kill_9_during_concurrent_exports_loses_no_acknowledged_span(tmp_path, tokens_file):
+    # group commit under load: every 200 must mean its spans (and a retry's) survive a kill -9
+    import random
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from .test_durability import _free_port, _start, _stop, _wait_ready
+
+    port, data = _free_port(), tmp_path / "data"
+    pick = random.Random(13)
+    acked: set[str] = set()
+    counter = iter(range(10**9))
+    for life in range(3):
+        proc = _start(data, port, tokens_file)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                _wait_ready(http, proc)
+                stop = time.monotonic() + pick.uniform(0.5, 1.5)
+
+                def post_until_killed(worker: int) -> None:
+                    while True:
+                        n = next(counter)
+                        agents = [f"L{life}-w{worker}-{n}-{j}" for j in range(4)]
+                        body = _with_ids(agents, first_id=1 + 16 * n)
+                        try:
+                            for _ in range(1 + n % 2):            # every other batch sent twice (a retry)
+                                r = http.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")})
+                                if r.status_code == 200:
+                                    acked.update(agents)
+                            if n % 9 == 0:
+                                http.post("/v1/admin/close-window", headers=auth("t-admin"))
+                        except httpx.TransportError:
+                            return
+
+                with ThreadPoolExecutor(4) as pool:
+                    futures = [pool.submit(post_until_killed, w) for w in range(4)]
+                    while time.monotonic() < stop:
+                        time.sleep(0.05)
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    for f in futures:
+                        f.result(timeout=60)
+        finally:
+            _stop(proc)
+    proc = _start(data, port, tokens_file)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            _wait_ready(http, proc)
+            assert http.post("/v1/admin/close-window", headers=auth("t-admin")).status_code == 200
+            assert acked
+            listed = http.get("/v1/agents", params={"top": 100_000, "population": "spans"},
+                              headers=auth("t-read")).json()["agents"]
+            assert acked <= {a["agent_id"] for a in listed}
+            for agent in pick.sample(sorted(acked), min(60, len(acked))):
+                one = http.get(f"/v1/agents/{agent}", headers=auth("t-read")).json()
+                actual = {c["feature"]: c["actual"] for c in one["contributions"]}
+                assert actual["invocations"] == 1.0, agent            # a retry is not counted again
+    finally:
+        _stop(proc)
