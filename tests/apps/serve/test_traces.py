@@ -525,3 +525,13 @@ def test_kill_9_during_concurrent_exports_loses_no_acknowledged_span(tmp_path, t
                 assert actual["invocations"] == 1.0, agent            # a retry is not counted again
     finally:
         _stop(proc)
+
+
+def test_a_request_larger_than_any_window_is_413_not_a_429_retried_forever(make_node):
+    _, node, client = make_node(max_window_rows=5)
+    r = client.post("/v1/traces", content=_request(), headers={**PB, **auth("t-ingest")})     # 6 spans
+    assert r.status_code == 413 and "Retry-After" not in r.headers
+    assert decode_status(r.content, "protobuf").code == 3 and "smaller batches" in decode_status(r.content, "protobuf").message
+    assert _ingest(node).pending_spans == 0 and len(node.log) == 0
+    assert metric(client, "swarmguard_errors_total", status="413") == 1
+    assert client.post("/v1/traces", content=_request(("a-1",)), headers={**PB, **auth("t-ingest")}).status_code == 200

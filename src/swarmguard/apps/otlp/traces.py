@@ -4,7 +4,7 @@ The route answers as the OTLP specification says, not with the node's ``{"error"
 bodies: 200 with an ``ExportTraceServiceResponse`` (``partial_success`` when spans were
 refused — a span naming no agent), or a ``google.rpc.Status`` in the request's encoding
 with 400 (malformed: the client must not retry), 401/403 (token), 413 (over
-``--max-body-bytes``, decompressed too), 415 (content type or encoding), 429 (the open
+``--max-body-bytes``, decompressed too, or more spans than a window holds), 415 (content type or encoding), 429 (the open
 window holds ``max_window_rows`` spans) and 503 (draining), both with ``Retry-After``.
 
 :class:`SpanIngest` is the node's extension (:func:`swarmguard.apps.serve.node.node_extensions`):
@@ -121,6 +121,9 @@ class SpanIngest:
             n = len(columns)
             if n:
                 limit = node.settings.max_window_rows
+                if n > limit:           # no window can hold it: a 429 would be retried forever
+                    raise ApiError(413, f"the request holds {n} spans, more than a window holds "
+                                        f"(--max-window-rows {limit}): send smaller batches", code="too_large")
                 if self.pending_spans + n > limit:
                     raise ApiError(429, f"the open window holds {self.pending_spans} spans (limit {limit}): "
                                         "retry after it closes", code="overloaded",
@@ -232,7 +235,7 @@ _RESPONSES = {
     200: {"description": "an ExportTraceServiceResponse (partial_success when spans were refused)"},
     400: {"description": "malformed body (google.rpc.Status; do not retry)"},
     401: {"description": "missing or unknown token"}, 403: {"description": "a role that may not ingest"},
-    413: {"description": "over --max-body-bytes (decompressed too)"},
+    413: {"description": "over --max-body-bytes (decompressed too), or more spans than --max-window-rows"},
     415: {"description": "not application/x-protobuf or application/json, or an encoding other than gzip"},
     429: {"description": "the open window is full (Retry-After)"},
     503: {"description": "shutting down (Retry-After)"},
