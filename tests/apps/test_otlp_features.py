@@ -290,3 +290,18 @@ def test_a_file_of_otlp_json_exports_gives_the_vectors_the_server_would(tmp_path
     bad.write_text('{"resourceSpans": []}\n{oops\n')
     with pytest.raises(MalformedInputError, match="line 2"):
         read_span_file(bad)
+
+
+def test_huge_tool_names_and_cohort_values_are_cut_before_they_are_kept():
+    from swarmguard.apps.otlp.spans import MAX_NAME
+
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    _add(rs.resource.attributes, "service.name", "s" * 3_000_000)
+    s = rs.scope_spans.add().spans.add()
+    for k, v in [("gen_ai.agent.id", "a"), ("gen_ai.operation.name", "execute_tool"),
+                 ("gen_ai.tool.name", "t" * 3_000_000), ("gen_ai.request.model", "m" * 5000)]:
+        _add(s.attributes, k, v)
+    cols = span_columns(req)
+    assert cols.tools == ["t" * MAX_NAME]
+    assert cols.cohorts[0][0] == "s" * MAX_NAME and cols.cohorts[0][5] == "m" * MAX_NAME

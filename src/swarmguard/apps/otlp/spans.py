@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["OP_OTHER", "OP_INVOKE", "OP_MODEL", "OP_TOOL", "COHORT_FIELDS", "UNKNOWN", "SpanColumns",
+__all__ = ["MAX_NAME", "OP_OTHER", "OP_INVOKE", "OP_MODEL", "OP_TOOL", "COHORT_FIELDS", "UNKNOWN", "SpanColumns",
            "span_columns", "NameTable"]
 
 OP_OTHER, OP_INVOKE, OP_MODEL, OP_TOOL = 0, 1, 2, 3
@@ -43,6 +43,9 @@ _STATUS_ERROR = 2            # opentelemetry.proto.trace.v1.Status.STATUS_CODE_E
 # the cohort of an agent: these, in this order ("unknown" where absent)
 COHORT_FIELDS = ("service", "environment", "region", "agent_name", "agent_version", "model")
 UNKNOWN = "unknown"
+# characters kept of a tool name or a cohort attribute: the name tables live as long as the
+# node and every record logs its own, so a megabyte-long name would be kept for good
+MAX_NAME = 1000
 
 # attribute key -> (slot): agent id, cohort fields, and the span quantities
 _AGENT = "gen_ai.agent.id"
@@ -172,7 +175,7 @@ def _resource_context(resource: Any) -> tuple[str | None, list[str]]:
         key = kv.key
         slot = _COHORT_KEYS.get(key)
         if slot is not None:
-            text = kv.value.string_value
+            text = kv.value.string_value[:MAX_NAME]
             if text:
                 cohort[slot] = text
         elif key == _AGENT:
@@ -251,7 +254,7 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
                     elif slot == _K_AGENT:
                         agent = value.string_value or agent
                     elif slot == _K_TOOL:
-                        tool = tool_code(value.string_value)
+                        tool = tool_code(value.string_value[:MAX_NAME])
                     elif slot == _K_IN:
                         tin = _int_of(value)
                     elif slot == _K_OUT:
@@ -266,11 +269,11 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
                     elif slot == _K_ERROR:
                         error = True
                     elif slot == _K_NAME:
-                        name = value.string_value
+                        name = value.string_value[:MAX_NAME]
                     elif slot == _K_VERSION:
-                        version = value.string_value
+                        version = value.string_value[:MAX_NAME]
                     else:
-                        model = value.string_value
+                        model = value.string_value[:MAX_NAME]
                 if not agent:
                     rejected += 1
                     continue
