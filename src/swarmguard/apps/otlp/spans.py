@@ -201,7 +201,8 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
     >>> req = ExportTraceServiceRequest()
     >>> rs = req.resource_spans.add()
     >>> kv = rs.resource.attributes.add(key="service.name"); kv.value.string_value = "support"
-    >>> span = rs.scope_spans.add().spans.add(name="chat gpt-4o", start_time_unix_nano=0, end_time_unix_nano=2_500_000_000)
+    >>> span = rs.scope_spans.add().spans.add(name="chat gpt-4o", start_time_unix_nano=10**18,
+    ...                                       end_time_unix_nano=10**18 + 2_500_000_000)
     >>> for k, v in [("gen_ai.agent.id", "a-1"), ("gen_ai.operation.name", "chat")]:
     ...     kv = span.attributes.add(key=k); kv.value.string_value = v
     >>> kv = span.attributes.add(key="gen_ai.usage.input_tokens"); kv.value.int_value = 812

@@ -81,9 +81,11 @@ class SpanIngest:
     def __init__(self, node: Any) -> None:
         self.node = node
         self.aggregator = WindowAggregator(_FOREVER, clock=lambda: 0.0)
-        # (agent id, span id) of the open window's spans, and of the window before it
-        self._seen: set[tuple[str, int]] = set()
-        self._seen_before: set[tuple[str, int]] = set()
+        # hash((agent id, span id)) of the open window's spans, and of the window before it: an
+        # int rather than the tuple halves the sets (up to 2 x max_window_rows entries); the
+        # hash is 64-bit and salted per process, the sets are rebuilt at each start
+        self._seen: set[int] = set()
+        self._seen_before: set[int] = set()
         self._last_seq = 0      # the last span record this node logged (live)
         self.duplicates = 0     # spans acknowledged as repeats of kept ones, since the node started
 
@@ -151,7 +153,7 @@ class SpanIngest:
         names, seen, before, here = columns.agents, self._seen, self._seen_before, set()
         for i, (a, sid) in enumerate(zip(columns.agent.tolist(), columns.span_id.tolist())):
             if sid:
-                key = (names[a], sid)
+                key = hash((names[a], sid))
                 if key in seen or key in before or key in here:
                     repeat[i] = True
                 else:
@@ -180,7 +182,7 @@ class SpanIngest:
             sid = ((matrix[:, _ID_COLUMNS].astype(np.uint64) << np.uint64(32))
                    | matrix[:, _ID_COLUMNS + 1].astype(np.uint64))
             names = meta["agents"]
-            self._seen.update((names[a], s) for a, s in zip(local[:, 0].tolist(), sid.tolist()) if s)
+            self._seen.update(hash((names[a], s)) for a, s in zip(local[:, 0].tolist(), sid.tolist()) if s)
         agg.add_columns(columns, now=0.0)
         self.node.open_window(at)
 
