@@ -17,17 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from .errors import SwarmGuardError
+from .errors import NodeError
 
 __all__ = ["SwarmGuardClient", "NodeError", "IngestAnswer", "AgentSummary", "IsolationEvent"]
-
-
-class NodeError(SwarmGuardError, RuntimeError):
-    """The node refused a request: ``status``, ``message`` (its ``error``), ``retry_after``."""
-
-    def __init__(self, status: int, message: str, retry_after: float | None = None):
-        super().__init__(f"{status}: {message}")
-        self.status, self.message, self.retry_after = status, message, retry_after
 
 
 @dataclass(frozen=True)

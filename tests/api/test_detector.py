@@ -313,6 +313,25 @@ def test_process_agent_behavior_accepts_the_same_id_in_another_integer_type():
     assert out["agent_id"] == 7 and type(out["agent_id"]) is int
 
 
+def test_process_agent_behavior_returns_a_typed_result_readable_as_the_guides_dict():
+    import dataclasses
+
+    from swarmguard.api import ItemResult
+
+    det = _warm_detector()
+    out = det.process_agent_behavior_sync(1000, _item(agent_id=1000, features=[9.0, -9.0]))
+    assert isinstance(out, ItemResult)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        out.action = "monitor"
+    assert list(out.keys()) == ["agent_id", "action", "confidence", "evidence", "anomaly"] == list(out)
+    assert len(out) == 5 and "action" in out and "isolated" not in out
+    assert out["action"] == out.action and out.get("evidence") is out.evidence and out.get("nope", 3) == 3
+    assert out["anomaly"]["is_anomaly"] is True
+    assert out == dict(out) == out.to_dict()
+    with pytest.raises(KeyError):
+        out["nope"]
+
+
 @pytest.mark.parametrize("update_id, error", [
     (1.5, InvalidTypeError), ((1,), InvalidTypeError), (b"u", InvalidTypeError), ("u\x00", InvalidInputError),
     (2**64, InvalidInputError),

@@ -14,7 +14,7 @@ from .cap import (
 from .consensus import StableBayesianConsensus
 from .detector import DistributedBehavioralDetector, p_value_log_odds
 from .detector_settings import DetectorSettings
-from .engine import Engine, RoundBatch, RoundResult, ScoredRound
+from .engine import Engine, ItemResult, RoundBatch, RoundResult, ScoredRound
 from .evidence_types import BayesianEvidence, EvidenceType, map_to_evidence_type
 from .inprocess import InProcessEngine
 from .protocol import BehavioralData, BehavioralDistributedProtocol
@@ -44,6 +44,7 @@ __all__ = [
     "RoundBatch",
     "ScoredRound",
     "RoundResult",
+    "ItemResult",
     "SCORING_MODES",
     "DEFAULT_SCORING",
 ]

@@ -30,7 +30,7 @@ from ..values.agent_index import as_wire_id_array, check_wire_id
 from .cap import StatisticalCAPResolver, StatisticalUpdate
 from .consensus import BayesianEvidence, EvidenceType, StableBayesianConsensus
 from .detector_settings import DetectorSettings
-from .engine import Engine, RoundBatch, RoundResult, ScoredRound
+from .engine import Engine, ItemResult, RoundBatch, RoundResult, ScoredRound
 from .inprocess import InProcessEngine
 from .protocol import BehavioralData, read_behavior
 
@@ -463,7 +463,7 @@ class DistributedBehavioralDetector(Locked):
             raise DuplicateEvidenceError(f"observers hold 1000 of {self.node_id!r}'s evidence ids")
         return BehavioralData(agent, x, ts, uid, None, None, path), number, now
 
-    async def process_agent_behavior(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
+    async def process_agent_behavior(self, agent_id: Hashable, behavioral_data: Any) -> ItemResult:
         """The guide's main loop for one observation; returns the decision and the details.
 
         One transaction: the observation is checked against every part's rules
@@ -482,7 +482,7 @@ class DistributedBehavioralDetector(Locked):
         return result
 
     @synchronized
-    def process_agent_behavior_sync(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
+    def process_agent_behavior_sync(self, agent_id: Hashable, behavioral_data: Any) -> ItemResult:
         """Synchronous twin of :meth:`process_agent_behavior` (no event loop needed)."""
         if self.engine.items_as_rounds:        # e.g. Ray: a one-row round, decided by _run_round
             return self.engine.process_item(agent_id, behavioral_data)
@@ -529,13 +529,8 @@ class DistributedBehavioralDetector(Locked):
             isolate = self._decide(anomaly_info, cf, consensus_result)   # its rule, without asking again
         else:                                                            # a subclass's own rule
             isolate = self.should_trigger_response(anomaly_info, cap_result, consensus_result)
-        return {
-            "agent_id": agent_id,
-            "action": "isolate" if isolate else "monitor",
-            "confidence": cf,
-            "evidence": consensus_result,
-            "anomaly": anomaly_info,
-        }
+        return ItemResult(agent_id=agent_id, action="isolate" if isolate else "monitor", confidence=cf,
+                          evidence=consensus_result, anomaly=anomaly_info)
 
     # ------------------------------------------------------------------ batch
     @synchronized

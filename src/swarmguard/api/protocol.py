@@ -12,23 +12,22 @@ import numpy as np
 from ..errors import InvalidInputError, InvalidTypeError
 from ..lazy_import import module_on_first_use
 from ..locking import Locked, synchronized_with
-from ..structures.chi2 import chi2_sf
-from ..structures.scoring import MIN_POPULATION, LeaveOneOutScorer, combine_levels, score_population
 from ..structures.cauchy_combination import cauchy_combine
-from ..structures.scoring_modes import DEFAULT_SCORING, SKETCH_MODES, TRIMMED_MODES, check_scoring
+from ..structures.chi2 import chi2_sf
 from ..structures.score_null import ScoreNull
-from ..structures.tail_scores import tail_evidence
+from ..structures.scoring import LeaveOneOutScorer, combine_levels, score_population
+from ..structures.scoring_modes import DEFAULT_SCORING, SKETCH_MODES, TRIMMED_MODES
 from ..structures.significance import chi2_threshold as _chi2_threshold
 from ..structures.significance import resolve_fdr, significance_cut
+from ..structures.tail_scores import tail_evidence
 from ..structures.trimming import TRIM_QUANTILE, TrimmedScorer
 from ..validation import (
     as_feature_matrix,
     as_feature_vector,
     check_agent_id,
     check_cohort,
-    check_fraction,
-    check_positive_int,
 )
+from .part_settings import validate_protocol_settings
 from .tree import HierarchicalStatisticalTree, Path
 
 __all__ = ["BehavioralData", "BehavioralDistributedProtocol", "read_behavior"]
@@ -166,23 +165,17 @@ class BehavioralDistributedProtocol(Locked):
         if not isinstance(tree, HierarchicalStatisticalTree):
             raise InvalidTypeError(f"tree must be a HierarchicalStatisticalTree, got {type(tree).__name__}")
         self.tree = tree
-        self.significance_level = check_fraction(significance_level, "significance_level", low_open=True, high_open=True)
-        self.fdr = None if fdr is None else check_fraction(fdr, "fdr", low_open=True, high_open=True)
-        if isinstance(shrinkage, str):
-            if shrinkage != "auto":
-                raise InvalidInputError(f"shrinkage must be a number in [0, 1] or 'auto', got {shrinkage!r}")
-        else:
-            shrinkage = check_fraction(shrinkage, "shrinkage")
-        self.shrinkage = shrinkage
-        self._warm_up = None if warm_up is None else check_positive_int(warm_up, "warm_up", minimum=MIN_POPULATION)
-        if score_levels not in ("population", "all"):
-            raise InvalidInputError(f"score_levels must be 'population' or 'all', got {score_levels!r}")
-        self.score_levels = score_levels
-        self.scoring = check_scoring(scoring)
-        if not isinstance(calibrate, bool):
-            raise InvalidTypeError(f"calibrate must be True or False, got {calibrate!r}")
+        checked = validate_protocol_settings(significance_level=significance_level, fdr=fdr, shrinkage=shrinkage,
+                                             warm_up=warm_up, score_levels=score_levels, scoring=scoring,
+                                             calibrate=calibrate)
+        self.significance_level = checked.significance_level
+        self.fdr = checked.fdr
+        self.shrinkage = checked.shrinkage
+        self._warm_up = checked.warm_up
+        self.score_levels = checked.score_levels
+        self.scoring = checked.scoring
         # the empirical null of the population-level scores (swarmguard.structures.score_null)
-        self.null: ScoreNull | None = ScoreNull() if calibrate else None
+        self.null: ScoreNull | None = ScoreNull() if checked.calibrate else None
         if self.scoring in TRIMMED_MODES:
             tree.keep_trimmed_moments()
         if self.scoring in SKETCH_MODES:

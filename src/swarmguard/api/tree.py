@@ -18,7 +18,6 @@ from ..errors import (
 )
 from ..locking import Locked, synchronized
 from ..structures.cohorts import CohortDirectory
-from ..structures.id_index import IdIndex
 from ..structures.sketch_tree import SketchTree
 from ..structures.slot_tree import SlotTree
 from ..structures.trimming import TrimmedMoments
@@ -32,9 +31,10 @@ from ..validation import (
     check_id_texts,
     check_key,
     check_name_str_array,
-    unique_names,
     check_positive_int,
+    unique_names,
 )
+from ..values.id_index import SlotMap
 from ..values.moments import population_statistics
 
 __all__ = ["HierarchicalStatisticalTree", "Path"]
@@ -120,7 +120,7 @@ class HierarchicalStatisticalTree(Locked):
         self._dim = feature_dimensions
         self._page_levels = _page_levels(self.branching_factor)
         self._page_size = self.branching_factor ** self._page_levels
-        self._index = IdIndex()
+        self._index = SlotMap()
         self._cohorts = CohortDirectory(self._page_size)
         self._ids_at_slot = np.empty(0, dtype=object)
         self._tree: SlotTree | None = None
@@ -333,7 +333,8 @@ class HierarchicalStatisticalTree(Locked):
         if dup:
             raise InvalidInputError("agent_ids holds the same id twice in one batch")
 
-    def _cohort_ids(self, cohorts: Any, n: int) -> tuple[np.ndarray, list[Path]]:
+    @staticmethod
+    def _cohort_ids(cohorts: Any, n: int) -> tuple[np.ndarray, list[Path]]:
         """Per-row index into a list of validated paths (-1: keep / root)."""
         if cohorts is None:
             return np.full(n, -1, dtype=np.int64), []
@@ -534,9 +535,11 @@ class HierarchicalStatisticalTree(Locked):
         """:meth:`update_many`, returning the agents' slots, the validated ids and rows."""
         return self._update_many(agent_ids, X, cohorts)
 
-    def check_cohorts(self, cohorts: Any, n: int) -> None:
-        """Raise as :meth:`update_many` would for ``cohorts`` of ``n`` rows, changing nothing."""
-        self._cohort_ids(cohorts, n)
+    @staticmethod
+    def check_cohorts(cohorts: Any, n: int) -> None:
+        """Raise as :meth:`update_many` would for ``cohorts`` of ``n`` rows, changing nothing
+        (a check of the arguments alone: callable on the class)."""
+        HierarchicalStatisticalTree._cohort_ids(cohorts, n)
 
     @synchronized
     def slot_cohorts(self, slots: np.ndarray) -> tuple[list[Path], np.ndarray]:
