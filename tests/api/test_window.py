@@ -308,3 +308,31 @@ def test_stale_members_are_scored_but_not_judged_and_take_no_part_in_the_fdr():
     assert stale["in_window"] is False and stale["is_anomaly"] is False and stale["mahalanobis_squared"] > 100
     fresh = protocol.score_agent_sync(0)
     assert fresh["in_window"] is True and fresh["is_anomaly"] is True
+
+
+@pytest.mark.parametrize("field,value", [("window_rounds", np.array(2.7)), ("window_rounds", np.array(True)),
+                                         ("window_rounds", np.array([2, 3])), ("window_round", np.array(9.5)),
+                                         ("window_round", np.array(-1))])
+def test_a_state_whose_window_fields_are_not_whole_rounds_is_refused(field, value):
+    tree, vec, cohort, last = play(3, 2)
+    state = tree.to_dict()
+    if field == "window_round":
+        state["window_last_round"] = np.zeros_like(state["window_last_round"])
+    state[field] = value
+    with pytest.raises(InvalidInputError, match=field):
+        HierarchicalStatisticalTree.from_dict(state)
+
+
+def test_a_state_that_keeps_trimmed_members_outside_the_window_is_refused():
+    # The trimmed moments are drawn from the window; a member kept there but stale would never
+    # expire from them. A serialised tree never holds one: a hand-made state is refused.
+    tree, vec, cohort, last = play(4, 2)
+    BehavioralDistributedProtocol(tree, scoring="robust")
+    state = tree.to_dict()
+    stale = state["window_last_round"] <= state["window_round"] - 2
+    assert stale.any() and not (state["trimmed_kept"] & stale).any()
+    back = HierarchicalStatisticalTree.from_dict(state)
+    assert back.get_trimmed_statistics()["count"] == tree.get_trimmed_statistics()["count"]
+    state["trimmed_kept"] = state["trimmed_kept"] | stale
+    with pytest.raises(InvalidInputError, match="trimmed_kept"):
+        HierarchicalStatisticalTree.from_dict(state)
