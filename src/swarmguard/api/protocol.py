@@ -389,7 +389,9 @@ class BehavioralDistributedProtocol(Locked):
             scorer = TrimmedScorer(n, off, m2, self.shrinkage, quantile=None)
         d2 = scorer.score_many(E, np.zeros(X.shape[0], dtype=bool)) if scorer.ok else np.zeros(X.shape[0])
         p = chi2_sf(d2, X.shape[1])
-        warm = bool(n_warm >= self.warm_up and scorer.ok)
+        # the moments scored against must hold a covariance (>= 3 members), as a cohort's must
+        # (_trimmed_group_scorer): trimmed moments can be far smaller than the population
+        warm = bool(n_warm >= self.warm_up and scorer.ok and scorer.inside.ok)
         return {"mahalanobis_squared": d2, "mahalanobis_distance": np.sqrt(d2), "p_value": p,
                 "is_anomaly": (p < self.significance_level) & warm, "population_count": int(round(n_pop)),
                 "warming_up": not warm}
@@ -527,7 +529,8 @@ class BehavioralDistributedProtocol(Locked):
         scorer = TrimmedScorer(n_t, off, m2, self.shrinkage, quantile=quantile)
         res = scorer.score_many(DX - off, kept, explain=explain)
         d2, shares = res if explain else (res, None)
-        warm = bool(self._warm_count(n_pop) >= self.warm_up and scorer.ok)
+        # as a cohort's level: kept members are scored leave-one-out, which needs >= 3 of them
+        warm = bool(self._warm_count(n_pop) >= self.warm_up and scorer.inside.ok)
         return d2, chi2_sf(d2, DX.shape[1]), warm, shares, DX, kept
 
     def _warm_count(self, n_members: float) -> float:
