@@ -213,6 +213,10 @@ class BehavioralDistributedProtocol(Locked):
         (trimmed moments, or windowed ones), or None when agents are scored against all members."""
         tree = self.tree
         if self.scoring in TRIMMED_MODES:
+            if tree._trim is None:
+                # a tree swapped in after construction (``protocol.tree = other``, as code written
+                # against the guide does) has not been asked for its trimmed moments yet
+                tree.keep_trimmed_moments()
             return tree._trim.tree, tree._trim.kept, tree._trimmed_state, TRIM_QUANTILE
         if tree._win is not None:
             return tree._win.tree, tree._win.inside, tree._window_state, None
