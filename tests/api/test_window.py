@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import subprocess
 import sys
 
@@ -336,3 +338,32 @@ def test_a_state_that_keeps_trimmed_members_outside_the_window_is_refused():
     state["trimmed_kept"] = state["trimmed_kept"] | stale
     with pytest.raises(InvalidInputError, match="trimmed_kept"):
         HierarchicalStatisticalTree.from_dict(state)
+
+
+@pytest.mark.parametrize("copier", [lambda t: pickle.loads(pickle.dumps(t)), copy.deepcopy], ids=["pickle", "deepcopy"])
+def test_a_copied_tree_keeps_its_window_and_trimmed_trees_live(copier):
+    # The second slot trees read their roots through views of their stores, which a copy must
+    # bind to its own stores (a copy with stale views read a root no batch updated): a copy of
+    # a tree with a window and trimmed moments goes on exactly as the original does.
+    tree, vec, cohort, last = play(6, 2)
+    BehavioralDistributedProtocol(tree, scoring="robust")
+    twin = copier(tree)
+    rng = np.random.default_rng(60)
+    steps = [(int(a), rng.normal(size=D) * 4.0) for a in rng.integers(0, 120, size=30)]
+    batch = rng.normal(size=(30, D)) * 2.0 + 1.0
+    known = np.array(sorted(vec)[:30])
+    for t in (tree, twin):
+        t.update_many(known, batch)                      # a batch first: it rebuilds the roots in the stores
+        for k, (a, x) in enumerate(steps):
+            t.update_agent(a, x)
+            if k % 10 == 9:
+                t.advance_round()
+        t.remove_agent(steps[0][0])
+    for read in (HierarchicalStatisticalTree.get_window_statistics, HierarchicalStatisticalTree.get_trimmed_statistics):
+        a, b = read(tree), read(twin)
+        assert a["count"] == b["count"] and np.array_equal(a["mean"], b["mean"])
+        assert np.array_equal(a["covariance"], b["covariance"])
+    ids = sorted(a for a in vec if a in tree)
+    assert (twin.in_window(ids) == tree.in_window(ids)).all()
+    scored = [BehavioralDistributedProtocol(t, scoring="robust", warm_up=10).score_many(ids, fdr=None) for t in (tree, twin)]
+    assert np.array_equal(scored[0]["mahalanobis_squared"], scored[1]["mahalanobis_squared"])
