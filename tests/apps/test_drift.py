@@ -100,3 +100,13 @@ def test_simulate_scenario_drift_runs_the_scoring_mode_it_is_given(tmp_path, mon
     assert made == ["robust", "robust"]
     data = json.loads((out / "drift.json").read_text())
     assert data["with_window"]["config"]["scoring"] == "robust"
+
+
+def test_a_scoring_mode_that_is_no_string_is_refused_with_a_typed_error():
+    # ["robust"] in the registry raised TypeError (unhashable), not the options' InvalidInputError
+    import pytest
+
+    from swarmguard.errors import InvalidInputError
+    for config in (DriftConfig(scoring=["robust"]), ScenarioConfig(scoring=["robust"]), DriftConfig(scoring="fancy")):
+        with pytest.raises(InvalidInputError, match="--scoring"):
+            config.validate()

@@ -63,7 +63,8 @@ class DriftConfig:
         need(0.0 < self.report_rate <= 1.0, "report rate must be in (0, 1]")
         need(0.0 <= self.dormancy < 1.0, "dormancy must be in [0, 1)")
         need(0.0 <= self.compromised < 0.5, "--compromised must be a fraction in [0, 0.5)")
-        need(self.scoring in SCORING_MODES, f"--scoring must be one of {list(SCORING_MODES)}")
+        need(isinstance(self.scoring, str) and self.scoring in SCORING_MODES,   # a list is no mode (nor hashable)
+             f"--scoring must be one of {list(SCORING_MODES)}")
         return self
 
 
