@@ -238,11 +238,12 @@ def _newly_isolated(det: Any, sc: Scenario, r: int, X: np.ndarray, res: dict[str
             at = np.full(rows.size, -1, dtype=np.int64)
             at[level_rows["rows"]] = np.arange(level_rows["rows"].size)
             cd2 = np.asarray(level_rows["mahalanobis_squared"], dtype=np.float64)[at[mine]]
+            cp = np.asarray(level_rows["p_value"], dtype=np.float64)[at[mine]]      # the mode's own p-value
             kept = det.tree.get_trimmed_statistics(path)
             _, cshares = feature_shares(X[rows[mine]], kept["count"], kept["mean"], kept["covariance"], shrinkage)
         else:
             cd2, cshares = feature_shares(X[rows[mine]], *_statistics(X[members]), shrinkage)
-        cp = chi2_sf(cd2, d)
+            cp = chi2_sf(cd2, d)
         # The level that decided is the one whose p-value times the number of levels (2: the
         # population and the cluster) is the decision p-value; a cluster still warming up never
         # decides, whatever its p-value, so match rather than take the smaller p.
