@@ -226,6 +226,10 @@ class BehavioralDistributedProtocol(Locked):
         (trimmed moments, or windowed ones), or None when agents are scored against all members."""
         tree = self.tree
         if self.scoring in TRIMMED_MODES:
+            if tree._trim is None:
+                # a tree swapped in after construction (``protocol.tree = other``, as code written
+                # against the guide does) has not been asked for its trimmed moments yet
+                tree.keep_trimmed_moments()
             return tree._trim.tree, tree._trim.kept, tree._trimmed_state, TRIM_QUANTILE
         if tree._win is not None:
             return tree._win.tree, tree._win.inside, tree._window_state, None
@@ -402,7 +406,9 @@ class BehavioralDistributedProtocol(Locked):
             scorer = TrimmedScorer(n, off, m2, self.shrinkage, quantile=None)
         d2 = scorer.score_many(E, np.zeros(X.shape[0], dtype=bool)) if scorer.ok else np.zeros(X.shape[0])
         p = chi2_sf(d2, X.shape[1])
-        warm = bool(n_warm >= self.warm_up and scorer.ok)
+        # the moments scored against must hold a covariance (>= 3 members), as a cohort's must
+        # (_trimmed_group_scorer): trimmed moments can be far smaller than the population
+        warm = bool(n_warm >= self.warm_up and scorer.ok and scorer.inside.ok)
         extra: dict[str, Any] = {}
         if self.scoring in SKETCH_MODES:      # vectors from outside: counted in, (W + 1) / (n + 1)
             p, extra = self._with_tails(p, tree._tree.deviations(X), 0, members=False)
@@ -567,7 +573,8 @@ class BehavioralDistributedProtocol(Locked):
         scorer = TrimmedScorer(n_t, off, m2, self.shrinkage, quantile=quantile)
         res = scorer.score_many(DX - off, kept, explain=explain)
         d2, shares = res if explain else (res, None)
-        warm = bool(self._warm_count(n_pop) >= self.warm_up and scorer.ok)
+        # as a cohort's level: kept members are scored leave-one-out, which needs >= 3 of them
+        warm = bool(self._warm_count(n_pop) >= self.warm_up and scorer.inside.ok)
         return d2, chi2_sf(d2, DX.shape[1]), warm, shares, DX, kept
 
     def _warm_count(self, n_members: float) -> float:

@@ -763,17 +763,28 @@ class HierarchicalStatisticalTree(Locked):
         window = None
         if "window_rounds" in state:
             try:
-                window = int(np.asarray(state["window_rounds"]))
-                round_now = int(np.asarray(state["window_round"]))
+                window_field = np.asarray(state["window_rounds"])
+                round_field = np.asarray(state["window_round"])
                 last = np.asarray(state["window_last_round"])
             except KeyError as exc:
                 raise InvalidInputError(f"tree state lacks field {exc}") from exc
-            except (TypeError, ValueError) as exc:
-                raise InvalidInputError(f"tree state is malformed: {exc}") from exc
+            # whole numbers only: int() would truncate a 2.7 (or a True) into a window nobody asked for
+            for name, field in (("window_rounds", window_field), ("window_round", round_field)):
+                if field.shape != () or field.dtype.kind not in "iu":
+                    raise InvalidInputError(f"tree state's {name} must be one integer, got {field!r}")
+            window, round_now = int(window_field), int(round_field)
+            if round_now < 0:
+                raise InvalidInputError(f"tree state's window_round must be >= 0, got {round_now}")
             if last.shape != ids.shape or (last.size and (last.dtype.kind not in "iu" or last.min() < 0
                                                           or last.max() > round_now)):
                 raise InvalidInputError("tree state's window_last_round must hold one round in "
                                         f"[0, {round_now}] per agent")
+            if "trimmed_kept" in state and window >= 1:
+                # the trimmed moments are drawn from the window: a member kept there but outside the
+                # window would never expire from them (no bucket holds it)
+                kept_flags = np.asarray(state["trimmed_kept"], dtype=bool)
+                if kept_flags.shape == ids.shape and (kept_flags & (last <= round_now - window)).any():
+                    raise InvalidInputError("tree state's trimmed_kept holds members outside the window")
         tree = cls(branching, dim, window_rounds=window)
         if ids.size:
             paths = [tuple(s.split("\x1f")) if s else () for s in np.asarray(state["cohort_paths"]).tolist()]
