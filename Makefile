@@ -11,7 +11,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,parquet,ray,serve,fleet]'
+	$(PY) -m pip install -q -e '.[dev,parquet,ray,serve,fleet,tails]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_consensus.py
 	$(PY) benchmarks/bench_cap.py
 	$(PY) benchmarks/bench_startup.py
+	$(PY) benchmarks/bench_detection.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

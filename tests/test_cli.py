@@ -136,3 +136,38 @@ def test_enumerated_options_are_typer_choices_refused_before_any_work(tmp_path):
     assert result.exit_code == 2 and "'brutal' is not one of 'easy', 'default', 'hard'" in said(result)
     assert not (tmp_path / "run").exists()
     assert "[csv|jsonl|parquet]" in said(CliRunner().invoke(app, ["detect", "--help"]))
+
+
+def test_scoring_is_a_typer_choice_and_detect_scores_with_it(tmp_path):
+    import csv
+    import re
+
+    import numpy as np
+
+    def said(result):
+        return " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.output).split())
+
+    result = CliRunner().invoke(app, ["simulate", "--scoring", "fancy", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "'fancy' is not one of 'mahalanobis', 'robust'" in said(result)
+    assert not (tmp_path / "run").exists()
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3))
+    X[:12] += np.array([5.0, -5.0, 5.0])       # a cluster that inflates the full covariance
+    path = tmp_path / "t.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["agent_id", "a", "b", "c"])
+        w.writerows([[i, *row] for i, row in enumerate(X.tolist())])
+    from swarmguard import BehavioralDistributedProtocol, HierarchicalStatisticalTree
+    for mode in ("mahalanobis", "robust"):
+        out = tmp_path / f"{mode}.csv"
+        result = CliRunner().invoke(app, ["detect", str(path), "--scoring", mode, "--output", str(out),
+                                          "--warm-up", "10"])
+        assert result.exit_code == 0, result.output
+        with open(out) as f:
+            rows = sorted(csv.DictReader(f), key=lambda r: int(r["agent_id"]))
+        tree = HierarchicalStatisticalTree(feature_dimensions=3)
+        tree.update_many(np.arange(400), X)
+        expected = BehavioralDistributedProtocol(tree, scoring=mode).score_many(np.arange(400))
+        np.testing.assert_allclose([float(r["score"]) for r in rows], expected["mahalanobis_squared"], rtol=1e-9)
+    assert expected["mahalanobis_squared"][:12].min() > 50      # robust: the cluster stands out

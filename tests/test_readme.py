@@ -41,9 +41,10 @@ def test_every_fenced_block_of_the_readme_is_one_this_test_runs():
 
 
 def test_the_readme_has_the_blocks_this_test_runs():
-    # one block per part of the guide, the batch path, the detector and Ray: a block lost by a bad
-    # edit of the README (or of this test's pattern) fails here instead of silently not running
-    assert len(PYTHON_BLOCKS) == 6
+    # one block per part of the guide, the batch path, the scoring modes, calibrated tail scoring, the
+    # detector and Ray: a block lost by a bad edit of the README (or of this test's pattern) fails here
+    # instead of silently not running
+    assert len(PYTHON_BLOCKS) == 8
     assert len(BASH_BLOCKS) >= 2
 
 
@@ -104,3 +105,15 @@ def test_readme_make_lines_name_targets_the_makefile_has():
     assert makes, "no `make ...` line found in the README's bash blocks"
     for words in makes:
         assert set(words) <= targets, f"make {' '.join(words)}: the Makefile has only {sorted(targets)}"
+
+
+def test_readme_robust_scoring_block_prints_what_its_comments_say(tmp_path):
+    block = next(b for b in PYTHON_BLOCKS if 'scoring="robust"' in b)
+    said = [int(m) for m in re.findall(r"# (\d+)", block)]     # 0, 58 (of 60), 1913
+    script = tmp_path / "block.py"
+    script.write_text(block, encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=BLOCK_TIMEOUT_S, env=env)
+    assert out.returncode == 0, out.stderr
+    assert said and [int(v) for v in out.stdout.split()] == said

@@ -8,6 +8,8 @@ Three parts, one mergeable state model:
 """
 
 from .api import (
+    DEFAULT_SCORING,
+    SCORING_MODES,
     BayesianEvidence,
     BehavioralData,
     BehavioralDistributedProtocol,
@@ -59,6 +61,8 @@ register_backend("ray", _ray_engine)
 __version__ = "0.1.0"
 
 __all__ = [
+    "SCORING_MODES",
+    "DEFAULT_SCORING",
     "SwarmGuardError",
     "InvalidInputError",
     "InvalidTypeError",

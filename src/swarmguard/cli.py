@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from . import __version__
+from .structures.scoring_modes import DEFAULT_SCORING, SCORING_MODES
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -40,6 +41,8 @@ FORMATS = ("csv", "jsonl", "parquet")          # = apps.detect.FORMATS (not impo
 Engine = Literal["auto", "pyarrow", "python"]  # = apps.detect.ENGINES; typer refuses anything else (exit 2)
 Backend = Literal["inprocess", "ray"]
 Difficulty = Literal["easy", "default", "hard"]
+Scoring = Literal[tuple(SCORING_MODES)]        # the registry's modes; typer refuses anything else (exit 2)
+ScenarioName = Literal["default", "drift"]
 
 
 def _version(value: bool) -> None:
@@ -177,6 +180,8 @@ def detect(
     fdr: float | None = typer.Option(None, help="False-discovery rate for flagging (Benjamini-Hochberg); 0.01 unless --alpha is given. Example: --fdr 0.05"),
     alpha: float | None = typer.Option(None, help="Flag every agent whose p-value is below this level instead of FDR control. Example: --alpha 1e-4"),
     shrinkage: str = typer.Option("auto", help="Covariance shrinkage toward its diagonal: 'auto' (d/n) or a number in [0, 1]. Example: --shrinkage 0.1"),
+    scoring: Scoring = typer.Option(DEFAULT_SCORING, help="What agents are scored against: 'mahalanobis' (all agents' moments), 'robust' (the moments of the agents not flagged, so outliers do not hide each other), 'tails' (per-feature tail probabilities from quantile sketches) or 'fused' (robust distance and tail evidence in one p-value). Example: --scoring robust"),
+    window: float | None = typer.Option(None, help="Score agents against those whose latest row is at most this much older than the newest row (seconds for ISO 8601 timestamps, the column's unit for numbers; needs --timestamp-column), so agents gone quiet long ago do not stand for a population that moved on. Example: --window 3600"),
     warm_up: int | None = typer.Option(None, min=3, help="Nobody is flagged in a population smaller than this; default min(1000, 100 x features). Example: --warm-up 50"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed rows and count them, instead of stopping at the first (exit code 2). Example: --skip-bad"),
     top: int = typer.Option(10, min=0, help="Show this many of the most anomalous agents with their main feature. Example: --top 25"),
@@ -232,7 +237,12 @@ def simulate(
     partition_at: int = typer.Option(8, help="Round at which the network splits in two. Example: --partition-at 5"),
     heal_at: int = typer.Option(13, help="Round at which it heals (= --partition-at: no partition). Example: --heal-at 15"),
     difficulty: Difficulty = typer.Option("default", help="Shift size and observer signal: easy, default or hard. Example: --difficulty hard"),
+    scoring: Scoring = typer.Option(DEFAULT_SCORING, help="What agents are scored against: 'mahalanobis', 'robust' (trimmed moments), 'tails' (sketch tail evidence) or 'fused' (both). Example: --scoring fused"),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Calibrated p-values: each round's population p-value is its score's rank among the scores of agents not flagged in earlier rounds (in-process only). Example: --calibrate"),
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same report (but for 'performance'). Example: --seed 7"),
+    scenario: ScenarioName = typer.Option("default", help="'default': the swarm above; 'drift': a population whose mean moves steadily, agents that report intermittently or go quiet, run without and with --window-rounds (default 2 there), precision and recall per round (drift.json in --out). Example: --scenario drift"),
+    window_rounds: int | None = typer.Option(None, min=1, help="Score agents against the members written in the last this many rounds only (so the reference follows a moving population); default: all members. Example: --window-rounds 2"),
+    drift: float = typer.Option(0.5, help="--scenario drift: the population's standard deviations moved per round. Example: --drift 1.0"),
     out: Path = typer.Option(".", help="Folder for report.json and report.html. Example: --out runs/seed7"),
     backend: Backend = typer.Option("inprocess", help="Engine: inprocess or ray (needs swarmguard[ray]). Example: --backend ray"),
     address: str = typer.Option(None, help="Ray cluster address (--backend ray; default: a local Ray with 2 CPUs). Example: --address 10.0.0.5:6379"),
@@ -250,10 +260,17 @@ def simulate(
     from .apps.simulate import REPORT_FILES, run_simulation, write_outputs
     from .errors import SwarmGuardError
 
+    if scenario == "drift":
+        if backend != "inprocess":
+            raise _fail("--scenario drift runs in process only (window_rounds is not available on the ray backend yet)")
+        _simulate_drift(agents, features, rounds, compromised, seed, drift, window_rounds or 2, out,
+                        scoring=scoring)
+        return
     config = ScenarioConfig(agents=agents, features=features, rounds=rounds, regions=regions,
                             compromised=compromised, observers=observers, byzantine=byzantine,
                             evidence=evidence, partition_at=partition_at, heal_at=heal_at,
-                            difficulty=difficulty, seed=seed)
+                            difficulty=difficulty, seed=seed, scoring=scoring, window_rounds=window_rounds,
+                            calibrate=calibrate)
     # every option, output folders included, is checked before the (possibly long) run starts
     try:
         config.validate()
@@ -283,6 +300,7 @@ def simulate(
         ("F1", f"{det['f1']:.4f}"),
         ("compromised / isolated", f"{det['compromised']} / {det['isolated']}"),
         ("false alarms per round (max)", str(max(det["false_alarms_per_round"]))),
+        ("anomaly flags' realised FDR (fdr asked)", f"{det['flags_realised_fdr']:.4f} ({det['flags_fdr_level']})"),
         ("rounds to detection (median)", str(det["rounds_to_detection"]["median"])),
         ("Byzantine sources found", f"{len(report['consensus']['byzantine_found'])} of "
                                     f"{len(report['consensus']['byzantine_sources'])}"),
@@ -300,6 +318,48 @@ def simulate(
         table.add_row(k, v)
     console.print(table)
     console.print(f"wrote {json_path} and {html_path}")
+
+
+def _simulate_drift(agents: int, features: int, rounds: int, compromised: float, seed: int, drift: float,
+                    window_rounds: int, out: Path, scoring: str = DEFAULT_SCORING) -> None:
+    """``simulate --scenario drift``: the drifting world without and with a window, a table per round."""
+    import json as _json
+
+    from rich.table import Table
+
+    from .apps.drift import DriftConfig, compare_drift
+    from .apps.output_paths import check_output_folder
+    from .errors import SwarmGuardError
+
+    try:
+        config = DriftConfig(agents=agents, features=features, rounds=rounds, compromised=compromised, seed=seed,
+                             drift=drift, scoring=scoring).validate()
+        check_output_folder(out, "--out", files=("drift.json",))
+    except SwarmGuardError as exc:
+        raise _fail(str(exc)) from None
+    plain, windowed = compare_drift(config, window_rounds)
+    table = Table(title=f"swarmguard simulate --scenario drift: {agents:,} agents, drift {drift} sd/round, seed {seed}")
+    # "all": scored against every member; "W": against the members of the last W rounds
+    for col in ("round", "reported", "bad", "ref all", "recall all", "FA all", f"ref W={window_rounds}",
+                f"recall W={window_rounds}", f"FA W={window_rounds}"):
+        table.add_column(col, justify="right")
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+    for a, b in zip(plain.rounds, windowed.rounds, strict=True):
+        table.add_row(str(a.round), f"{a.reported:,}", str(a.compromised_reported), f"{a.reference:,}",
+                      pct(a.recall), str(a.false_alarms), f"{b.reference:,}", pct(b.recall), str(b.false_alarms))
+    console.print(table)
+    for name, run in (("all members", plain), (f"window {window_rounds}", windowed)):
+        t, late = run.totals(), run.totals(rounds // 2)
+        console.print(f"{name}: precision {pct(t['precision'])}, recall {pct(t['recall'])} (along the drift "
+                      f"{pct(t['recall_along_drift'])}, in features {pct(t['recall_in_features'])}), "
+                      f"false alarms {t['false_alarms']}; second half: precision {pct(late['precision'])}, "
+                      f"recall {pct(late['recall'])}")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "drift.json"
+    path.write_text(_json.dumps({"without_window": plain.to_json(), "with_window": windowed.to_json()}, indent=2))
+    console.print(f"wrote {path}")
 
 
 @app.command()

@@ -15,18 +15,11 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
-from .errors import SwarmGuardError
+from .errors import NodeError
 
 __all__ = ["SwarmGuardClient", "NodeError", "IngestAnswer", "AgentSummary", "IsolationEvent"]
-
-
-class NodeError(SwarmGuardError, RuntimeError):
-    """The node refused a request: ``status``, ``message`` (its ``error``), ``retry_after``."""
-
-    def __init__(self, status: int, message: str, retry_after: float | None = None):
-        super().__init__(f"{status}: {message}")
-        self.status, self.message, self.retry_after = status, message, retry_after
 
 
 @dataclass(frozen=True)
@@ -120,7 +113,8 @@ class SwarmGuardClient:
 
     def agent(self, agent_id: str) -> dict[str, Any]:
         """``GET /v1/agents/{id}`` (a :class:`NodeError` 404 for an unknown agent)."""
-        return self._check(self._http.get(f"/v1/agents/{agent_id}"))
+        # quoted whole: "?", "#", "%" or "../" in an id would otherwise ask for another resource
+        return self._check(self._http.get(f"/v1/agents/{quote(str(agent_id), safe='')}"))
 
     def populations(self) -> list[dict[str, Any]]:
         return self._check(self._http.get("/v1/populations"))["populations"]

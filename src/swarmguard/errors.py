@@ -29,9 +29,11 @@ __all__ = [
     "QuorumUnavailableError",
     "UnknownRegionError",
     "StaleShardError",
+    "ExactSumOverflowError",
     "MalformedBodyError",
     "UnsupportedMediaTypeError",
     "BodyTooLargeError",
+    "NodeError",
 ]
 
 
@@ -141,6 +143,10 @@ class StaleShardError(SwarmGuardError, RuntimeError):
     """A shard's state is not the one the caller expects (it restarted): restore it."""
 
 
+class ExactSumOverflowError(SwarmGuardError, OverflowError):
+    """The exact sum is finite as a rational but beyond the float64 range."""
+
+
 class MalformedBodyError(InvalidInputError):
     """A request body that cannot be decoded (bad protobuf, JSON, gzip stream): HTTP 400, never retried."""
 
@@ -158,3 +164,12 @@ class BodyTooLargeError(InvalidInputError):
     def __init__(self, message: str, limit: int):
         self.limit = limit
         super().__init__(message)
+
+
+class NodeError(SwarmGuardError, RuntimeError):
+    """A ``swarmguard serve`` node refused a request (:mod:`swarmguard.client`): ``status``,
+    ``message`` (its ``error``), ``retry_after``."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None):
+        super().__init__(f"{status}: {message}")
+        self.status, self.message, self.retry_after = status, message, retry_after

@@ -39,6 +39,9 @@ __all__ = [
     "check_id_text",
     "check_id_texts",
     "check_id_str_array",
+    "check_wire_id",
+    "is_wire_id",
+    "as_wire_id_array",
     "as_name_array",
     "unique_names",
     "check_name_text",
@@ -640,3 +643,110 @@ def unique_names(names: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _one_name(name: str, n: int) -> np.ndarray:
     """``n`` rows of ``name`` as a read-only view of one element (stride 0)."""
     return np.broadcast_to(np.array([name]), (n,))
+
+
+# ---------------------------------------------------------------------- ids on the wire
+_INT64 = np.iinfo(np.int64)
+
+
+def is_wire_id(value: Any) -> bool:
+    """Whether ``value`` is an id arrays hold without pickle: a str, or an int (not a
+    bool) that fits in int64 (the test behind the stores' and checkpoints' own errors;
+    unlike :func:`check_wire_id`, no NUL or length rule: a store holds any str).
+
+    >>> is_wire_id(3), is_wire_id("a"), is_wire_id(2**63), is_wire_id(True), is_wire_id((1,))
+    (True, True, False, False, False)
+    """
+    if isinstance(value, str):
+        return True
+    return (isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+            and _INT64.min <= int(value) <= _INT64.max)
+
+
+def check_wire_id(value: Any, name: str = "agent_id") -> int | str:
+    """One id (agent or update): an int that fits in 64 bits, or a string without NUL characters.
+
+    >>> check_wire_id(np.int64(3)), check_wire_id("a")
+    (3, 'a')
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise InvalidTypeError(f"{name}: ids must be ints or strings, got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        value = int(value)
+        if not _INT64.min <= value <= _INT64.max:
+            raise InvalidInputError(f"{name}: int ids must fit in 64 bits (int64), got {value}")
+        return value
+    if isinstance(value, str):
+        return check_id_text(str(value), name)
+    if value is None:
+        raise InvalidInputError(f"{name} must not be None")
+    raise InvalidTypeError(
+        f"{name}: ids must be ints or strings (they travel between replicas as arrays), "
+        f"got {type(value).__name__} {value!r}"
+    )
+
+
+def _wire_ids_from_items(items: list, name: str) -> np.ndarray:
+    """A list of ids -> int64 array, str array, or object array (ints and strs mixed)."""
+    kinds = set(map(type, items))
+    if kinds <= {int}:
+        try:
+            return np.array(items, dtype=np.int64)
+        except OverflowError:
+            pass                     # the loop below names the id that does not fit
+    elif kinds == {str}:
+        check_id_texts(items, name)
+        return np.array(items, dtype=str)
+    values = []
+    for i, v in enumerate(items):
+        values.append(check_wire_id(v, f"{name}[{i}]"))
+    n_str = sum(isinstance(v, str) for v in values)
+    if n_str == 0:
+        return np.array(values, dtype=np.int64)
+    if n_str == len(values):
+        return np.array(values, dtype=str)
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def as_wire_id_array(ids: Any, n: int | None = None, name: str = "agent_ids") -> np.ndarray:
+    """Validate a batch of ids as the replicas take them; return them as one array.
+
+    The result is an int64 array (every id an int), a NumPy string array (every
+    id a string) or an object array of Python ints and strs (both kinds). Ints
+    must fit in int64 (uint64 arrays too); strings must not hold a NUL (a NumPy
+    string array would drop a trailing one). Object arrays (a pandas column) are
+    taken element by element. This is the one check every batch entry point
+    (tree, replicas, detector, Ray driver) applies before changing anything.
+
+    >>> as_wire_id_array(np.array(["a", "b"], dtype=object)).tolist()
+    ['a', 'b']
+    >>> as_wire_id_array([3, "a"]).tolist()
+    [3, 'a']
+    """
+    if isinstance(ids, (str, bytes)) or np.isscalar(ids) or not hasattr(ids, "__len__"):
+        raise InvalidTypeError(f"{name} must be a 1-D sequence of ids, got {type(ids).__name__}")
+    if isinstance(ids, np.ndarray):
+        if ids.ndim != 1:
+            raise DimensionMismatchError(f"{name} must be 1-D, got shape {ids.shape}")
+        kind = ids.dtype.kind
+        if kind == "i":
+            out = ids
+        elif kind == "u":
+            if ids.size and int(ids.max()) > _INT64.max:
+                i = int(np.argmax(ids > _INT64.max))
+                raise InvalidInputError(f"{name}[{i}]: int ids must fit in 64 bits (int64), got {int(ids[i])}")
+            out = ids.astype(np.int64)
+        elif kind == "U":
+            check_id_str_array(ids, name)
+            out = ids
+        elif kind == "O":
+            out = _wire_ids_from_items(ids.tolist(), name)
+        else:
+            raise InvalidTypeError(f"{name} must be ints or strings, got dtype {ids.dtype}")
+    else:
+        out = _wire_ids_from_items(list(ids), name)
+    if n is not None and out.shape[0] != n:
+        raise DimensionMismatchError(f"expected {n} agent ids, got {out.shape[0]}")
+    return out

@@ -313,6 +313,25 @@ def test_process_agent_behavior_accepts_the_same_id_in_another_integer_type():
     assert out["agent_id"] == 7 and type(out["agent_id"]) is int
 
 
+def test_process_agent_behavior_returns_a_typed_result_readable_as_the_guides_dict():
+    import dataclasses
+
+    from swarmguard.api import ItemResult
+
+    det = _warm_detector()
+    out = det.process_agent_behavior_sync(1000, _item(agent_id=1000, features=[9.0, -9.0]))
+    assert isinstance(out, ItemResult)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        out.action = "monitor"
+    assert list(out.keys()) == ["agent_id", "action", "confidence", "evidence", "anomaly"] == list(out)
+    assert len(out) == 5 and "action" in out and "isolated" not in out
+    assert out["action"] == out.action and out.get("evidence") is out.evidence and out.get("nope", 3) == 3
+    assert out["anomaly"]["is_anomaly"] is True
+    assert out == dict(out) == out.to_dict()
+    with pytest.raises(KeyError):
+        out["nope"]
+
+
 @pytest.mark.parametrize("update_id, error", [
     (1.5, InvalidTypeError), ((1,), InvalidTypeError), (b"u", InvalidTypeError), ("u\x00", InvalidInputError),
     (2**64, InvalidInputError),
@@ -401,6 +420,43 @@ def test_the_per_item_fast_path_decides_as_the_parts_public_methods_do():
     for region in ("eu", "us"):
         assert repr(fast.cap_resolver.global_estimate(region)) == repr(slow.cap_resolver.global_estimate(region))
         assert fast.cap_resolver.replica(region).same_state(slow.cap_resolver.replica(region))
+
+
+def test_the_per_item_path_calls_parts_methods_replaced_on_the_instance():
+    """A method set on the instance (a wrapper that counts, logs or injects faults) replaces
+    the class's for the per-item call as it does for any caller: the resolver's
+    handle_update_sync, the consensus's distributed_evidence_consensus_sync and the
+    detector's should_trigger_response are each called once per observation, and the
+    results equal those of a detector without the wrappers."""
+    def make():
+        return DistributedBehavioralDetector(feature_dimensions=3, clock=lambda: 0.0, warm_up=20,
+                                             regions=["eu", "us"])
+
+    plain, wrapped = make(), make()
+    calls = {"handle_update_sync": 0, "distributed_evidence_consensus_sync": 0, "should_trigger_response": 0}
+    def counting(inner, name):
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return inner(*args, **kwargs)
+        return counted
+
+    for obj, name in ((wrapped.cap_resolver, "handle_update_sync"),
+                      (wrapped.consensus, "distributed_evidence_consensus_sync"),
+                      (wrapped, "should_trigger_response")):
+        setattr(obj, name, counting(getattr(obj, name), name))
+    rng = np.random.default_rng(13)
+    steps = 120
+    for step in range(steps):
+        agent = int(rng.integers(0, 30))
+        x = rng.normal(size=3) + (8.0 if agent < 3 and step > 50 else 0.0)
+        data = BehavioralData(agent, x, region="eu" if agent % 2 else "us")
+        assert repr(wrapped.process_agent_behavior_sync(agent, data)) == \
+            repr(plain.process_agent_behavior_sync(agent, data))
+    assert plain.consensus.evidence_count > 0          # anomalies: evidence and consensus asked
+    assert calls["handle_update_sync"] == steps
+    assert calls["should_trigger_response"] == steps
+    # the wrapped rule asks the (wrapped) consensus again when handed None: at least once a call
+    assert calls["distributed_evidence_consensus_sync"] >= steps
 
 
 def test_process_agent_behavior_reads_the_clock_once_for_all_three_parts():

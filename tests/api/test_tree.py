@@ -472,6 +472,16 @@ def test_a_feature_whose_spread_collapses_next_to_a_grown_one_is_re_anchored():
     assert np.all(np.abs(stats["mean"] - mean_ex) <= 1e-13 * np.abs(X).max(axis=0))
 
 
+def test_tree_batches_of_longer_string_ids_add_agents_instead_of_overwriting():
+    from swarmguard import HierarchicalStatisticalTree
+
+    tree = HierarchicalStatisticalTree(feature_dimensions=1)
+    tree.update_many(np.array(["a1", "a100"]), np.array([[1.0], [2.0]]))
+    tree.update_many(np.array(["a1000"]), np.array([[3.0]]))
+    assert len(tree) == 3
+    assert tree.get_agent_features("a100").tolist() == [2.0]
+
+
 @pytest.mark.parametrize("copier", [lambda t: pickle.loads(pickle.dumps(t)), copy.deepcopy],
                          ids=["pickle", "deepcopy"])
 def test_a_copied_tree_keeps_updating_its_own_root(copier):

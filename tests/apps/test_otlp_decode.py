@@ -195,3 +195,20 @@ def test_the_otlp_json_encoder_round_trips():
     body = encode_otlp_json(_request())
     assert TRACE.encode() in body and base64.b64encode(bytes.fromhex(TRACE)) not in body
     assert decode_export_request(body, "application/json").request == _request()
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("traceId", "5b8e ff f798038103d269b633813fc60c"),      # spaces (bytes.fromhex takes them)
+    ("traceId", "5b8efff798038103d269b633813fc6"),          # 15 bytes
+    ("spanId", "eee19b7ec3c1b17400"),                       # 9 bytes
+    ("parentSpanId", "ee"),
+])
+def test_a_json_id_of_the_wrong_length_is_a_malformed_body(field, value):
+    # as the OpenTelemetry Collector reads OTLP/JSON: empty or exactly the id's size
+    doc = _json_document()
+    doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0][field] = value
+    with pytest.raises(MalformedBodyError, match=f"{field} must be a hex string of"):
+        decode_export_request(json.dumps(doc).encode(), "application/json")
+    doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0][field] = ""      # empty: not set
+    span = decode_export_request(json.dumps(doc).encode(), "application/json").request.resource_spans[0].scope_spans[0].spans[0]
+    assert getattr(span, {"traceId": "trace_id", "spanId": "span_id", "parentSpanId": "parent_span_id"}[field]) == b""

@@ -161,6 +161,16 @@ def _surprise(k: int, n: int, p: Fraction) -> float:
     return -math.log(tail)
 
 
+def test_a_span_without_a_start_time_lasts_zero_seconds_not_since_the_epoch():
+    req = ExportTraceServiceRequest()
+    spans = req.resource_spans.add().scope_spans.add().spans
+    end = 1_700_000_000 * 10**9
+    for start in (0, end - 2 * 10**9):
+        s = spans.add(start_time_unix_nano=start, end_time_unix_nano=end)
+        _add(s.attributes, "gen_ai.agent.id", "a")
+    assert span_columns(req).duration_s.tolist() == [0.0, 2.0]
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_behaviour_matrix_matches_a_per_agent_reference(seed):
     rng = np.random.default_rng(seed)
@@ -280,3 +290,18 @@ def test_a_file_of_otlp_json_exports_gives_the_vectors_the_server_would(tmp_path
     bad.write_text('{"resourceSpans": []}\n{oops\n')
     with pytest.raises(MalformedInputError, match="line 2"):
         read_span_file(bad)
+
+
+def test_huge_tool_names_and_cohort_values_are_cut_before_they_are_kept():
+    from swarmguard.apps.otlp.spans import MAX_NAME
+
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    _add(rs.resource.attributes, "service.name", "s" * 3_000_000)
+    s = rs.scope_spans.add().spans.add()
+    for k, v in [("gen_ai.agent.id", "a"), ("gen_ai.operation.name", "execute_tool"),
+                 ("gen_ai.tool.name", "t" * 3_000_000), ("gen_ai.request.model", "m" * 5000)]:
+        _add(s.attributes, k, v)
+    cols = span_columns(req)
+    assert cols.tools == ["t" * MAX_NAME]
+    assert cols.cohorts[0][0] == "s" * MAX_NAME and cols.cohorts[0][5] == "m" * MAX_NAME

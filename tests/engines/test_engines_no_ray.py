@@ -145,3 +145,43 @@ def test_merge_scaled_rescales_parts_whose_exponents_differ_by_more_than_the_nor
     # and back to the caller's units in one step each: 2**(-500 - 500) is no double either
     tiny_user = moments_from_state(10, shift, np.zeros(1), np.array([[2.0**300]]), np.array([-500]))
     assert tiny_user.m2[0, 0] == 2.0**-700
+
+
+@pytest.mark.parametrize("bad", [
+    dict(branching_factor=1), dict(feature_dimensions=0), dict(significance_level=2.0), dict(fdr=0.0),
+    dict(shrinkage="some"), dict(warm_up=1), dict(score_levels="every"), dict(byzantine_threshold=0.5),
+    dict(partition_size=0), dict(prior_probability=1.0), dict(probation_evidence=0), dict(node_id=None),
+    dict(consistency_model="bogus"), dict(max_staleness_seconds=-1.0), dict(confidence_decay_rate=-1.0),
+    dict(regions=["eu", "eu"]), dict(regions=["e\x00u"]), dict(auto_sync_seconds=0.0),
+    dict(scoring="fancy"), dict(scoring=3), dict(window_rounds=0), dict(calibrate="yes"),
+    dict(significance_level=0.0, regions=["eu", "eu"]),      # several bad: the same one is named first
+])
+def test_both_engines_refuse_the_same_bad_parameters_with_the_same_error_before_ray_starts(bad):
+    from swarmguard.api.detector import DistributedBehavioralDetector
+    from swarmguard.errors import SwarmGuardError
+
+    errors = []
+    for backend in ("inprocess", "ray"):     # Ray's are checked on the driver, before Ray is imported
+        with pytest.raises(SwarmGuardError) as caught:
+            DistributedBehavioralDetector(backend=backend, **bad)
+        errors.append((type(caught.value), str(caught.value)))
+    assert errors[0] == errors[1]
+
+
+def test_ray_refuses_a_trimmed_scoring_mode_before_ray_starts():
+    # The shards would judge trimming against their own region, not the merged population.
+    from swarmguard.errors import InvalidInputError
+    code = (
+        "import sys\n"
+        "import swarmguard as sg\n"
+        "from swarmguard.errors import InvalidInputError\n"
+        "try:\n"
+        "    sg.DistributedBehavioralDetector(backend='ray', scoring='robust')\n"
+        "except InvalidInputError as exc:\n"
+        "    assert 'ray' in str(exc) and 'robust' in str(exc); print('refused')\n"
+        "assert 'ray' not in sys.modules or not __import__('ray').is_initialized()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "refused", out.stderr
+    with pytest.raises(InvalidInputError, match="scoring"):
+        make_detector("ray", scoring="fancy")

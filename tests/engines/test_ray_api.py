@@ -393,7 +393,8 @@ def _ray_state(det) -> dict:
     state = {"count": g["count"], "mean": np.asarray(g["mean"]).tobytes(),
              "covariance": np.asarray(g["covariance"]).tobytes(), "evidence": det.evidence_fingerprint(),
              "evidence_count": det.consensus.evidence_count, "regions": list(det.regions),
-             "known_ids": det._known_ids.tobytes(), "evidence_number": det._evidence_number,
+             "known_ids": det._route_ids().tobytes(), "known_shard": det._route_shard[: len(det._routes)].tobytes(),
+             "evidence_number": det._evidence_number,
              "clock": det._latest, "last_sync": det._last_sync}     # the driver's clock high-water mark
     for region in det.regions:
         state[f"replica[{region}]"] = {k: np.asarray(v).tobytes() for k, v in det.replica(region).to_dict().items()}

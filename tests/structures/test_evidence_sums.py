@@ -1,4 +1,4 @@
-"""Exact per-(agent, source) accumulators and the id index."""
+"""Exact per-(agent, source) accumulators."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swarmguard.errors import InvalidInputError
-from swarmguard.structures.key_index import KeyIndex
 from swarmguard.structures.pair_sums import PairSums
 
 value = st.floats(min_value=-1e300, max_value=1e300, allow_nan=False) | st.sampled_from(
@@ -63,41 +62,6 @@ def test_state_round_trip():
     assert again == p
 
 
-@given(st.lists(st.integers(-(2**62), 2**62) | st.integers(0, 50) | st.text(max_size=3), max_size=60),
-       st.booleans())
-@settings(max_examples=150, deadline=None)
-def test_key_index_agrees_with_a_dict(keys, batch):
-    index = KeyIndex()
-    reference: dict = {}
-    for k in keys:
-        if batch and k not in reference and isinstance(k, int):
-            index.add_new(np.array([k]))
-        else:
-            index.add(k)
-        reference.setdefault(k, len(reference))
-    for k, row in reference.items():
-        assert index.row_of(k) == row
-        assert index.key_of(row) == k
-    assert len(index) == len(reference)
-    ints = [k for k in reference if isinstance(k, int)]
-    if ints:
-        probe = np.array(ints + [2**62 + 5], dtype=np.int64)
-        expected = [reference[k] for k in ints] + [-1]
-        assert index.rows_of(probe).tolist() == expected
-
-
-def test_key_index_large_sparse_and_dense_ranges():
-    rng = np.random.default_rng(0)
-    for keys in (rng.permutation(5000), rng.choice(2**60, size=5000, replace=False)):
-        index = KeyIndex()
-        index.add_new(keys[:4000])
-        for k in keys[4000:4100].tolist():
-            index.add(k)
-        index.add_new(keys[4100:])
-        assert np.array_equal(index.rows_of(keys), np.arange(keys.size))
-        assert np.array_equal(index.keys_of(np.arange(keys.size)), keys)
-
-
 @given(rows, st.integers(1, 5), st.randoms(use_true_random=False))
 @settings(max_examples=80, deadline=None)
 def test_grouped_build_equals_one_accumulator_per_part(data, n_parts, rnd):
@@ -132,26 +96,6 @@ def test_partitions_ship_as_plain_arrays_and_merge_exactly():
     with pytest.raises(InvalidInputError):
         EvidencePartition.from_dict({"capacity": 1, "seq": np.arange(3), "agent": np.zeros(3),
                                      "source": np.zeros(3), "contribution": np.zeros(3)})
-
-
-def test_key_index_run_of_consecutive_ids_then_broken():
-    index = KeyIndex()
-    index.add_new(np.arange(100, 200))
-    assert index._run_lo == 100 and index._int_keys.size == 0  # nothing stored
-    index.add_new(np.arange(200, 250))
-    assert index.add(250) == 150 and index.add(120) == 20
-    assert index.rows_of(np.array([99, 100, 250, 251])).tolist() == [-1, 0, 150, -1]
-    assert index.key_of(150) == 250 and index.keys_of(np.array([0, 150])).tolist() == [100, 250]
-    index.add(7)  # breaks the run: ids materialised, lookups unchanged
-    assert index._run_lo is None
-    assert index.rows_of(np.array([100, 250, 7, 8])).tolist() == [0, 150, 151, -1]
-    assert index.keys() == list(range(100, 251)) + [7]
-    index.add("x")
-    assert index.row_of("x") == 152 and index.row_of(200) == 100
-    for bad in (np.array([5, 7, 6]), np.array([3, 5])):  # not a run: ordinary path
-        other = KeyIndex()
-        rows = other.add_new(bad)
-        assert other._run_lo is None and other.rows_of(bad).tolist() == rows.tolist()
 
 
 def test_ledger_batch_partitions_share_no_writable_memory():

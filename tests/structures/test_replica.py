@@ -738,3 +738,45 @@ def test_a_replica_given_checked_features_keeps_the_state_it_keeps_given_the_raw
     with pytest.raises(DimensionMismatchError):   # nor features checked for another dimension
         checked.update_many([1], [9.0], check_feature_matrix(np.ones((1, 2)), 2), [0.0])
     assert all(np.array_equal(v, before[k]) for k, v in state(checked).items())
+
+
+def test_concurrent_reads_of_the_region_moments_fold_nothing_live(monkeypatch):
+    """Reads never fold the live moments' pending one-row changes: a reader whose fold of the
+    cross products is paused half-way (here: inside the exact batch) does not make another
+    reader of the same replica see a co-moment without them, nor change the replica."""
+    import threading
+
+    from swarmguard.values import exact_moments as em
+    from swarmguard.values.agent_index import as_agent_ids
+
+    rng = random.Random(8)
+    eu = RegionReplica("eu", DIM)
+    rows = {}
+    for step in range(40):
+        agent = rng.randrange(11)
+        rows[agent] = [rng.uniform(-1e3, 1e3) for _ in range(DIM + 1)]
+        eu._update_one(as_agent_ids([agent]), float(step), np.array(rows[agent]), f"u{step}")
+    want = exact_moments(list(rows.values()))[2]
+    cross_sums, entered, release = em._exact_cross_sums, threading.Event(), threading.Event()
+    first = [True]
+
+    def paused_first_fold(X, w):
+        if first[0]:
+            first[0] = False
+            entered.set()
+            release.wait(10)
+        return cross_sums(X, w)
+
+    monkeypatch.setattr(em, "_exact_cross_sums", paused_first_fold)
+    paused: list = []
+    reader = threading.Thread(target=lambda: paused.append(eu.region_moments()["eu"]))
+    reader.start()
+    try:
+        assert entered.wait(10)                     # the first reader is inside its fold
+        other = eu.region_moments()["eu"]           # a second reader meanwhile
+    finally:
+        release.set()
+        reader.join(10)
+    assert other.m2.tolist() == [[float(v) for v in r] for r in want]
+    assert paused[0].m2.tolist() == [[float(v) for v in r] for r in want]
+    assert eu.region_exact_moments()["eu"].sums() == fraction_sums(list(rows.values()))

@@ -2,41 +2,8 @@ import numpy as np
 import pytest
 
 from swarmguard.errors import SwarmGuardError
-from swarmguard.values.agent_index import AgentIndex, as_agent_ids
-
-
-def test_rows_follow_first_sight_and_are_stable():
-    idx = AgentIndex()
-    rng = np.random.default_rng(0)
-    keys = rng.permutation(10_000)[:3000] - 5000  # negative ids too
-    rows = idx.rows(as_agent_ids(keys), create=True)
-    assert rows.tolist() == list(range(3000))
-    again = idx.rows(as_agent_ids(keys[::-1]), create=True)
-    assert again.tolist() == list(range(3000))[::-1]
-    assert len(idx) == 3000
-
-
-def test_single_inserts_then_batch_lookup():
-    idx = AgentIndex()
-    keys = list(range(0, 3 * 5000, 3))
-    for k in keys:  # single ids go through the pending dict and its flushes
-        idx.rows(as_agent_ids([k]), create=True)
-    rows = idx.rows(as_agent_ids(np.array(keys + [1, 2])), create=False)
-    assert rows[:-2].tolist() == list(range(5000))
-    assert rows[-2:].tolist() == [-1, -1]
-    assert idx.ids_of(rows[:-2]).to_list() == keys
-
-
-def test_mixed_int_and_str_ids():
-    idx = AgentIndex()
-    rows = idx.rows(as_agent_ids(["x", 5, "y", 5, "x"]), create=True)
-    assert rows[0] == rows[4] and rows[1] == rows[3]
-    assert sorted({int(rows[0]), int(rows[1]), int(rows[2])}) == [0, 1, 2]
-    assert idx.ids_of(rows).to_list() == ["x", 5, "y", 5, "x"]
-    int_rows, str_rows = idx.canonical_rows()
-    assert idx.ids_of(np.concatenate([int_rows, str_rows])).to_list() == [5, "x", "y"]
-    # "5" and 5 are different agents
-    assert idx.rows(as_agent_ids(["5"]), create=False).tolist() == [-1]
+from swarmguard.values.agent_index import as_agent_ids
+from swarmguard.values.id_index import IdIndex
 
 
 @pytest.mark.parametrize("bad", [[1.5], [None], [(1, 2)], [True], np.array([1.0]), [[1, 2]], "abc", 3])
@@ -94,6 +61,22 @@ def test_as_wire_id_array_refuses_what_replicas_cannot_hold_and_says_where(ids, 
         as_agent_ids(ids)
 
 
+def test_the_id_rule_is_the_validation_modules_and_is_wire_id_agrees_with_it():
+    from swarmguard import validation
+    from swarmguard.values import agent_index
+
+    assert agent_index.as_wire_id_array is validation.as_wire_id_array
+    assert agent_index.check_wire_id is validation.check_wire_id
+    for value in (3, -(2**63), 2**63 - 1, np.int64(3), np.uint8(3), "a", np.str_("a"),
+                  2**63, -(2**63) - 1, True, np.bool_(False), 1.0, None, (1,), b"a"):
+        try:
+            validation.check_wire_id(value)
+            taken = True
+        except SwarmGuardError:
+            taken = False
+        assert validation.is_wire_id(value) is taken, value
+
+
 def test_check_wire_id_refuses_a_nul_anywhere():
     assert check_wire_id("a") == "a" and type(check_wire_id(np.str_("a"))) is str
     for bad in ("a\x00", "\x00a", "\x00"):
@@ -103,10 +86,10 @@ def test_check_wire_id_refuses_a_nul_anywhere():
 
 def test_a_nul_id_does_not_alias_its_prefix_in_the_index():
     """Without the rule, "a\\x00" and "a" were one row in a batch and two rows one by one."""
-    idx = AgentIndex()
-    idx.rows(as_agent_ids(["a"]), create=True)
+    idx = IdIndex()
+    idx.rows(as_agent_ids(["a"]).keys(), create=True)
     with pytest.raises(InvalidInputError):
-        idx.rows(as_agent_ids(["a\x00"]), create=True)
+        idx.rows(as_agent_ids(["a\x00"]).keys(), create=True)
     with pytest.raises(InvalidInputError):
         as_agent_ids(np.array(["a\x00"], dtype=object))
     assert len(idx) == 1

@@ -10,7 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swarmguard.errors import DimensionMismatchError, InvalidInputError, NonFiniteError
-from swarmguard.values import exact_moments as em
+from swarmguard.values import (
+    cross_sum_kernels as em,  # the kernels (exact_moments reads them there)
+)
+from swarmguard.values import (
+    exact_moments as moments,  # ExactMoments' lazy-fold policy (_FOLD_ROWS)
+)
 from swarmguard.values.exact_moments import ExactMoments, exact_cross_sums
 
 
@@ -384,8 +389,8 @@ def test_lazy_one_row_changes_equal_eager_ones_and_fractions(steps, fold_rows):
     """Writes, replacements, reverts and removals on the lazy path (cross products folded every
     ``fold_rows`` pending rows, and at reads) hold the exact sums of the rows held: equal to
     Fraction arithmetic and to the eager path, with reads between writes."""
-    old_fold = em._FOLD_ROWS
-    em._FOLD_ROWS = fold_rows
+    old_fold = moments._FOLD_ROWS
+    moments._FOLD_ROWS = fold_rows
     try:
         lazy, eager, held = ExactMoments(3), ExactMoments(3), {}
         for i, (agent, row, remove) in enumerate(steps):
@@ -414,7 +419,7 @@ def test_lazy_one_row_changes_equal_eager_ones_and_fractions(steps, fold_rows):
             _, _, m2 = exact_stats(list(held.values()))
             assert lazy.m2().tolist() == [[rounded(v) for v in r] for r in m2]
     finally:
-        em._FOLD_ROWS = old_fold
+        moments._FOLD_ROWS = old_fold
 
 
 def test_copies_and_merges_carry_the_pending_rows_exactly():
@@ -443,7 +448,7 @@ def test_a_fold_of_many_pending_rows_takes_the_batch_routes_and_stays_exact(monk
     """_FOLD_ROWS pending rows fold in one exact batch (sliced or limb route), the
     diagonal counted once: the sums equal Fraction arithmetic at every fold."""
     rng = np.random.default_rng(5)
-    X = data(rng, "wide", em._FOLD_ROWS, 3)         # every binade: the band passes and the limbs
+    X = data(rng, "wide", moments._FOLD_ROWS, 3)         # every binade: the band passes and the limbs
     m, held = ExactMoments(3), []
     for r in X.tolist():
         m._change_row(None, r)

@@ -1,5 +1,6 @@
 """The guide's public classes (validation of user input happens here, once)."""
 
+from ..structures.scoring_modes import DEFAULT_SCORING, SCORING_MODES
 from .cap import (
     ConsistencyModel,
     QuorumUnavailableError,
@@ -13,7 +14,7 @@ from .cap import (
 from .consensus import StableBayesianConsensus
 from .detector import DistributedBehavioralDetector, p_value_log_odds
 from .detector_settings import DetectorSettings
-from .engine import Engine, RoundBatch, RoundResult, ScoredRound
+from .engine import Engine, ItemResult, RoundBatch, RoundResult, ScoredRound
 from .evidence_types import BayesianEvidence, EvidenceType, map_to_evidence_type
 from .inprocess import InProcessEngine
 from .protocol import BehavioralData, BehavioralDistributedProtocol
@@ -43,4 +44,7 @@ __all__ = [
     "RoundBatch",
     "ScoredRound",
     "RoundResult",
+    "ItemResult",
+    "SCORING_MODES",
+    "DEFAULT_SCORING",
 ]

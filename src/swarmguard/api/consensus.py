@@ -27,27 +27,21 @@ nodes and returns, per agent, the posterior that the agent is compromised.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import (
-    DimensionMismatchError,
-    DuplicateEvidenceError,
     EvidenceStoreError,
-    InvalidInputError,
-    InvalidTypeError,
     SwarmGuardError,
     UnknownAgentError,
-    UnknownEvidenceTypeError,
 )
 from ..lazy_import import module_on_first_use
 from ..locking import Locked, synchronized
 from ..structures.evidence import CoveredCounts, EvidenceLedger
-from ..structures.evidence_store import EvidenceStore, float_bits
-from ..structures.key_index import KeyIndex
+from ..structures.evidence_store import EvidenceStore
 from ..structures.robust_fusion import (
     SourceEvents,
     count_flagged_pairs,
@@ -55,59 +49,22 @@ from ..structures.robust_fusion import (
     peel_untrusted,
     source_events,
 )
-from ..validation import as_float_vector, check_fraction, check_key, check_positive_int
-from .evidence_types import BayesianEvidence, EvidenceType, check_timestamp
+from ..validation import check_key
+from .consensus_ingest import EvidenceIngestion
+from .consensus_merge import ConsensusMerging
+from .consensus_rules import consensus_at, founding_ends, voting_sources
+from .evidence_batch import _as_keys, _key_at, _probabilities, evidence_columns
+from .evidence_types import BayesianEvidence, EvidenceType
+from .part_settings import FOUNDING_QUORUM, PROBATION_EVIDENCE, validate_consensus_settings
 
 __all__ = ["StableBayesianConsensus", "BayesianEvidence", "EvidenceType", "PROBATION_EVIDENCE", "FOUNDING_QUORUM",
-           "voting_sources", "founding_ends", "consensus_at"]
+           "voting_sources", "founding_ends", "consensus_at", "evidence_columns"]
 
 _special = module_on_first_use("scipy.special")   # imported on first use: see swarmguard.lazy_import
 
-_AGGREGATIONS = ("robust", "sum")
-_EVIDENCE_COLUMNS = ("evidence_ids", "agent_ids", "evidence_types", "log_odds", "confidences", "timestamps",
-                     "source_nodes")
-PROBATION_EVIDENCE = 10  # the probation bar: pieces to end the founding, covered agents to earn a vote
-FOUNDING_QUORUM = 3      # untrusted sources that must have been seen before the founding can end
 
 
-def consensus_at(consensus: Mapping[str, Any], positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Probability and ``consensus_reached`` of the rows at ``positions`` of a
-    ``consensus_many`` result (-1: no evidence for that agent, NaN / False), as the
-    engines hand them to the detector's decision.
-
-    >>> consensus_at({"probability": np.array([0.2, 0.9]), "consensus_reached": np.array([False, True])},
-    ...              np.array([1, -1]))
-    (array([0.9, nan]), array([ True, False]))
-    """
-    have = positions >= 0
-    probability = np.full(positions.shape[0], np.nan)
-    reached = np.zeros(positions.shape[0], dtype=bool)
-    probability[have] = consensus["probability"][positions[have]]
-    reached[have] = consensus["consensus_reached"][positions[have]]
-    return probability, reached
-
-
-def voting_sources(base: np.ndarray | None, covered_counts: np.ndarray | None, probation: int) -> np.ndarray | None:
-    """Mask of the sources that vote (None: every source, while the founding lasts or with
-    ``probation`` 1): the base sources (founding or trusted) and every source with evidence on
-    at least ``probation`` distinct agents that base sources report on (``covered_counts``,
-    from :class:`~swarmguard.structures.evidence.CoveredCounts`)."""
-    if base is None or probation <= 1:
-        return None
-    return np.asarray(base, dtype=bool) | (np.asarray(covered_counts) >= probation)
-
-
-def founding_ends(counts: np.ndarray, trusted: np.ndarray, probation: int, quorum: int = FOUNDING_QUORUM) -> bool:
-    """Whether accepted evidence counts per source (after a call) end the founding: some
-    untrusted source has ``probation`` of them, and at least ``quorum`` untrusted sources have
-    some (one early identity, or two, cannot end it alone)."""
-    counts = np.asarray(counts)
-    untrusted = counts[~np.asarray(trusted, dtype=bool)]
-    return (probation > 1 and bool((untrusted >= probation).any())
-            and int(np.count_nonzero(untrusted)) >= quorum)
-
-
-class StableBayesianConsensus(Locked):
+class StableBayesianConsensus(EvidenceIngestion, ConsensusMerging, Locked):
     """Exact, Byzantine-robust consensus on whether agents are compromised.
 
     Parameters
@@ -180,25 +137,20 @@ class StableBayesianConsensus(Locked):
                  min_sources: int = 1, reputation_refresh_limit: int = 200_000,
                  trusted_sources: Sequence[Hashable] = (), probation_evidence: int = None,
                  founding_quorum: int = None):
-        self.byzantine_threshold = check_fraction(byzantine_threshold, "byzantine_threshold",
-                                                  low=0.0, high=0.5, high_open=True)
-        self.partition_size = check_positive_int(partition_size, "partition_size")
-        self.prior_probability = check_fraction(prior_probability, "prior_probability",
-                                                low_open=True, high_open=True)
-        if aggregation not in _AGGREGATIONS:
-            raise InvalidInputError(f"aggregation must be one of {_AGGREGATIONS}, got {aggregation!r}")
-        self.aggregation = aggregation
-        self.false_flag_rate = check_fraction(false_flag_rate, "false_flag_rate", low_open=True, high_open=True)
-        self.min_sources = check_positive_int(min_sources, "min_sources")
-        self.reputation_refresh_limit = check_positive_int(reputation_refresh_limit,
-                                                           "reputation_refresh_limit", minimum=0)
-        if isinstance(trusted_sources, (str, bytes)):
-            trusted_sources = (trusted_sources,)
-        self.trusted_sources = frozenset(check_key(t, "trusted_sources") for t in trusted_sources)
-        self.probation_evidence = check_positive_int(
-            PROBATION_EVIDENCE if probation_evidence is None else probation_evidence, "probation_evidence")
-        self.founding_quorum = check_positive_int(
-            FOUNDING_QUORUM if founding_quorum is None else founding_quorum, "founding_quorum")
+        checked = validate_consensus_settings(
+            byzantine_threshold, partition_size, prior_probability, aggregation=aggregation,
+            false_flag_rate=false_flag_rate, min_sources=min_sources, reputation_refresh_limit=reputation_refresh_limit,
+            trusted_sources=trusted_sources, probation_evidence=probation_evidence, founding_quorum=founding_quorum)
+        self.byzantine_threshold = checked.byzantine_threshold
+        self.partition_size = checked.partition_size
+        self.prior_probability = checked.prior_probability
+        self.aggregation = checked.aggregation
+        self.false_flag_rate = checked.false_flag_rate
+        self.min_sources = checked.min_sources
+        self.reputation_refresh_limit = checked.reputation_refresh_limit
+        self.trusted_sources = checked.trusted_sources
+        self.probation_evidence = checked.probation_evidence
+        self.founding_quorum = checked.founding_quorum
         self.prior_log_odds = float(_special().logit(self.prior_probability))
         super().__init__()   # the lock: every public method runs under it (see swarmguard.locking)
         self._ledger = EvidenceLedger(self.partition_size)
@@ -238,262 +190,6 @@ class StableBayesianConsensus(Locked):
                 if isinstance(exc, EvidenceStoreError):
                     raise
                 raise EvidenceStoreError(f"evidence store {store}: stored evidence is invalid: {exc}") from exc
-
-    # ================================================================== ingestion
-    async def add_evidence(self, evidence: BayesianEvidence) -> bool:
-        """Add one piece of evidence; True if new, False if it was already there."""
-        return self.add_evidence_sync(evidence)
-
-    @synchronized
-    def add_evidence_sync(self, evidence: BayesianEvidence) -> bool:
-        """Synchronous twin of :meth:`add_evidence`."""
-        e = BayesianEvidence.coerce(evidence)
-        ledger = self._ledger
-        source_row = ledger.sources.row_of(e.source_node)
-        seq, id_row = ledger.seq_of(e.evidence_id, source_row) if source_row >= 0 else (-1, -2)
-        if seq >= 0:
-            self._check_same(seq, e.evidence_id, ledger.agents.row_of(e.agent_id), source_row,
-                             e.evidence_type.code, e.log_odds, e.confidence, e.timestamp)
-            return False
-        if id_row == -2:   # a new source: the id may still be used by others
-            id_row = ledger.evidence.row_of(e.evidence_id)
-        self._check_storable([e.evidence_id], [e.agent_id], [e.source_node])
-        new_source = [] if source_row >= 0 else [e.source_node]
-        ends = self._founding_end(np.array([source_row if source_row >= 0 else len(ledger.sources)]), new_source)
-        if self._store is not None:
-            self._store.insert([(e.evidence_id, e.agent_id, e.source_node, e.evidence_type.value,
-                                 e.log_odds, e.confidence, e.timestamp)],
-                               founders=[*ledger.sources.keys(), *new_source] if ends else None)
-        agent = ledger.agents.add(e.agent_id)
-        source = ledger.sources.add(e.source_node)
-        ledger.index_one(e.evidence_id, source, id_row >= 0, ledger.size)
-        ledger.append(np.array([agent]), np.array([source]), np.array([e.evidence_type.code]),
-                      np.array([e.log_odds]), np.array([e.confidence]), np.array([e.timestamp]))
-        if ends:
-            self._set_founders(None)
-        return True
-
-    @synchronized
-    def add_evidence_batch(self, evidence_ids: Any, agent_ids: Any, evidence_types: Any,
-                           log_odds: Any, confidences: Any, timestamps: Any, source_nodes: Any) -> int:
-        """Add many pieces of evidence given as arrays; returns how many were new.
-
-        Integer id arrays take a vectorised path; other ids (strings) work but
-        loop in Python. ``evidence_types`` may be one type for all rows, an
-        array of codes (``EvidenceType.code``) or a sequence of types/strings.
-        All rows are validated first: on any bad row nothing is added.
-        Evidence already present is skipped; an id seen with other content
-        raises :class:`~swarmguard.errors.DuplicateEvidenceError`.
-        """
-        return self._ingest(evidence_ids, agent_ids, source_nodes, evidence_types, log_odds,
-                            confidences, timestamps, persist=True)
-
-    @synchronized
-    def check_evidence_batch(self, evidence_ids: Any, agent_ids: Any, evidence_types: Any,
-                             log_odds: Any, confidences: Any, timestamps: Any, source_nodes: Any) -> int:
-        """Raise as :meth:`add_evidence_batch` would, changing nothing; returns how many would be new.
-
-        Lets a caller that spreads one batch over several consensus objects
-        (the Ray partitions) check every part before adding any.
-        """
-        return self._ingest(evidence_ids, agent_ids, source_nodes, evidence_types, log_odds,
-                            confidences, timestamps, persist=True, dry_run=True)
-
-    def _ingest(self, evidence_ids, agent_ids, source_nodes, evidence_types, log_odds, confidences,
-                timestamps, persist: bool, dry_run: bool = False, founding: bool = True,
-                founders: list | None = None) -> int:
-        """Add a batch (one call). ``founding``: apply the founding rule to it; ``founders``
-        (a merge): the founding sources after it instead, ids of sources known after it."""
-        ev, ag, src, codes, lo, conf, ts = evidence_columns(evidence_ids, agent_ids, source_nodes, evidence_types,
-                                                            log_odds, confidences, timestamps)
-        n = lo.size
-        if n == 0:
-            if founders is not None and not dry_run:
-                self._record_founders(founders)
-            return 0
-        ledger = self._ledger
-        agent_rows, new_agents = _plan_rows(ledger.agents, ag)
-        source_rows, new_sources = _plan_rows(ledger.sources, src)
-        keep, claimed = self._drop_duplicates(ev, agent_rows, source_rows, codes, lo, conf, ts)
-        if keep is not None:
-            ev = ev[keep] if isinstance(ev, np.ndarray) else [ev[i] for i in np.flatnonzero(keep)]
-            agent_rows, source_rows = agent_rows[keep], source_rows[keep]
-            codes, lo, conf, ts = codes[keep], lo[keep], conf[keep], ts[keep]
-            claimed = claimed[keep]
-            # Agents/sources seen only in skipped rows are not added.
-            agent_rows, new_agents = _trim_new(ledger.agents, agent_rows, new_agents)
-            source_rows, new_sources = _trim_new(ledger.sources, source_rows, new_sources)
-        m = len(lo)
-        if m == 0:
-            if founders is not None and not dry_run:
-                self._record_founders(founders)
-            return 0
-        if persist and self._store is not None:
-            ev_list = ev.tolist() if isinstance(ev, np.ndarray) else list(ev)
-            self._check_storable(ev_list, _keys_for(ledger.agents, agent_rows, new_agents),
-                                 _keys_for(ledger.sources, source_rows, new_sources))
-        if dry_run:
-            return m
-        ends = founding and founders is None and self._founding_end(source_rows, new_sources)
-        if persist and self._store is not None:
-            if ends:
-                founders_now = [*ledger.sources.keys(), *_as_list(new_sources)]
-            else:
-                founders_now = None if founders is None or self._same_founders(founders) else founders
-            type_names = np.array([t.value for t in EvidenceType], dtype=object)[codes]
-            self._store.insert_columns(ev_list, _keys_for(ledger.agents, agent_rows, new_agents),
-                                       _keys_for(ledger.sources, source_rows, new_sources),
-                                       type_names.tolist(), float_bits(lo), float_bits(conf),
-                                       float_bits(ts), founders=founders_now)
-        # Commit to memory: nothing below can fail on user input.
-        _add_keys(ledger.agents, new_agents)
-        _add_keys(ledger.sources, new_sources)
-        ledger.index_evidence(ev, source_rows, claimed, ledger.size)
-        ledger.append(agent_rows, source_rows, codes, lo, conf, ts)
-        if ends:
-            self._set_founders(None)
-        elif founders is not None:
-            self._set_founders(founders)
-        return m
-
-    def _founding_end(self, source_rows: np.ndarray, new_sources) -> bool:
-        """Whether a call adding rows of ``source_rows`` (planned rows; ``new_sources`` the ids
-        of the new ones) ends the founding (see :func:`founding_ends`)."""
-        if self._founded or self.probation_evidence <= 1:
-            return False
-        ledger = self._ledger
-        n = len(ledger.sources) + len(new_sources)
-        counts = np.bincount(np.asarray(source_rows), minlength=n).astype(np.int64)
-        have = ledger.source_counts
-        counts[: min(have.size, n)] += have[:n]
-        trusted = np.zeros(n, dtype=bool)
-        if self.trusted_sources:
-            trusted = np.concatenate([self._trusted_mask(), self._trusted_mask(list(new_sources))])
-        return founding_ends(counts, trusted, self.probation_evidence, self.founding_quorum)
-
-    def _set_founders(self, keys: list | None) -> None:
-        """End the founding: ``keys`` (ids of known sources) are the founding sources, None
-        for every source known now (the end of the founding by the rule)."""
-        sources = self._ledger.sources
-        self._founded = True
-        if keys is None:
-            self._founders = np.ones(len(sources), dtype=bool)
-        else:
-            self._founders = np.zeros(len(sources), dtype=bool)
-            self._founders[[sources.row_of(k) for k in keys]] = True
-
-    def _same_founders(self, keys: list) -> bool:
-        return self._founded and set(keys) == set(self.founding_sources)
-
-    def _record_founders(self, keys: list) -> None:
-        """Make ``keys`` the founding sources (a merge that added no evidence), in the store too."""
-        if self._same_founders(keys):
-            return
-        if self._store is not None:
-            self._store.add_founders(keys)
-        self._set_founders(keys)
-
-    def _drop_duplicates(self, ev, agent_rows, source_rows, codes, lo, conf, ts):
-        """(mask of rows to add or None for all, mask of rows whose id some source already
-        uses), raising on conflicting duplicates. The key of an evidence is
-        ``(source, evidence_id)``: the same id from another source is other evidence."""
-        ledger = self._ledger
-        n = len(lo)
-        existing, id_rows = ledger.seqs_of(ev, source_rows)
-        keep = existing < 0
-        claimed = id_rows >= 0
-        dup = np.flatnonzero(~keep)
-        if dup.size:
-            stored = ledger.rows(existing[dup])
-            same = ((stored["agent_row"] == agent_rows[dup]) & (stored["source_row"] == source_rows[dup])
-                    & (stored["type_code"] == codes[dup]) & _same_bits(stored["log_odds"], lo[dup])
-                    & _same_bits(stored["confidence"], conf[dup]) & _same_bits(stored["timestamp"], ts[dup]))
-            if not same.all():
-                i = int(dup[np.flatnonzero(~same)[0]])
-                raise DuplicateEvidenceError(
-                    f"evidence_id {_key_at(ev, i)!r} of source {self._source_key(source_rows, i)!r} "
-                    f"was already added with different content")
-        # Duplicates inside the batch: the first occurrence wins if all copies agree.
-        first_id = _first_occurrence(ev)
-        if first_id is not None:
-            first = _first_occurrence_per_source(ev, source_rows)
-            if first is not None:
-                later = np.flatnonzero(first != np.arange(n))
-                f = first[later]
-                same = ((agent_rows[f] == agent_rows[later]) & (source_rows[f] == source_rows[later])
-                        & (codes[f] == codes[later]) & _same_bits(lo[f], lo[later])
-                        & _same_bits(conf[f], conf[later]) & _same_bits(ts[f], ts[later]))
-                if not same.all():
-                    i = int(later[np.flatnonzero(~same)[0]])
-                    raise DuplicateEvidenceError(
-                        f"evidence_id {_key_at(ev, i)!r} of source {self._source_key(source_rows, i)!r} "
-                        f"appears twice in the batch with different content")
-                keep[later] = False
-            # An id several sources use for the first time in this batch: the first row
-            # that is kept takes the index, the others are claimed.
-            kept = np.flatnonzero(keep & ~claimed)
-            sub = ev[kept] if isinstance(ev, np.ndarray) else [ev[i] for i in kept.tolist()]
-            first_new = _first_occurrence(sub)
-            if first_new is not None:
-                claimed[kept[first_new != np.arange(kept.size)]] = True
-        return (None if keep.all() else keep), claimed
-
-    @synchronized
-    def holds_evidence(self, source_node: Hashable, evidence_id: Hashable) -> bool:
-        """Whether ``source_node`` already sent evidence ``evidence_id`` (the key of an
-        evidence): O(1), two hash lookups. Ids another source uses do not count.
-
-        >>> c = StableBayesianConsensus()
-        >>> c.add_evidence_batch(["e1"], [7], "behavioral_anomaly", [1.0], [1.0], [0.0], ["obs"])
-        1
-        >>> c.holds_evidence("obs", "e1"), c.holds_evidence("detector", "e1")
-        (True, False)
-
-        The keys follow :func:`~swarmguard.validation.check_key`'s rules: None raises
-        :class:`~swarmguard.errors.InvalidInputError`; a bool, a float (``3.0`` is not the
-        source ``3``) or an unhashable value raises
-        :class:`~swarmguard.errors.InvalidTypeError`; NumPy integers are the equal ints.
-        A string too long or holding a NUL can never have been stored: it is not held.
-        """
-        source_node = _lookup_key(source_node, "source_node")
-        evidence_id = _lookup_key(evidence_id, "evidence_id")
-        ledger = self._ledger
-        source_row = ledger.sources.row_of(source_node)
-        return source_row >= 0 and ledger.seq_of(evidence_id, source_row)[0] >= 0
-
-    def _source_key(self, source_rows: np.ndarray, i: int):
-        row = int(source_rows[i])
-        return self._ledger.sources.key_of(row) if row < len(self._ledger.sources) else "(new source)"
-
-    def holds_evidence_many(self, evidence_ids, source_nodes) -> np.ndarray:
-        """Mask: which ``(source_nodes[i], evidence_ids[i])`` keys are stored (normalised ids)."""
-        n = len(source_nodes)
-        if self.evidence_count == 0 or n == 0:
-            return np.zeros(n, dtype=bool)
-        rows = self._ledger.sources.rows_of(source_nodes)
-        known = np.flatnonzero(rows >= 0)
-        held = np.zeros(n, dtype=bool)
-        if known.size:
-            ids = (evidence_ids[known] if isinstance(evidence_ids, np.ndarray)
-                   else [evidence_ids[i] for i in known.tolist()])
-            held[known] = self._ledger.seqs_of(ids, rows[known])[0] >= 0
-        return held
-
-    def _check_same(self, seq, evidence_id, agent_row, source_row, code, lo, conf, ts) -> None:
-        stored = self._ledger.row(seq)
-        given = (agent_row, source_row, code, lo, conf, ts)
-        same = all(a == b for a, b in zip(stored[:3], given[:3], strict=True)) and all(
-            _same_bits(np.array([a]), np.array([b]))[0] for a, b in zip(stored[3:], given[3:], strict=True))
-        if not same:
-            raise DuplicateEvidenceError(f"evidence_id {evidence_id!r} was already added with different content")
-
-    def _check_storable(self, *key_lists) -> None:
-        if self._store is None:
-            return
-        for keys in key_lists:
-            for k in keys:
-                if not (isinstance(k, str) or (isinstance(k, int) and -(1 << 63) <= k < (1 << 63))):
-                    raise InvalidTypeError(f"with a store, ids must be int64 or str, got {k!r}")
 
     # ================================================================== consensus
     async def distributed_evidence_consensus(self, agent_id: Hashable) -> dict[str, Any]:
@@ -782,91 +478,6 @@ class StableBayesianConsensus(Locked):
         self._global = out
         return out
 
-    # ================================================================== merging
-    @synchronized
-    def export_evidence(self) -> dict[str, Any]:
-        """Every accepted evidence as columns, in arrival order (ids as int64 arrays
-        when they are ints, else lists; evidence types as their string values).
-
-        The union of two evidence sets is the same whatever the order, and adding
-        the same evidence twice changes nothing (ids are idempotent). Adding these
-        columns elsewhere with :meth:`add_evidence_batch` is one new call under the
-        founding rule; :meth:`export_state` (with :meth:`merge`) also carries the
-        founding sources, so sources on probation stay on probation.
-        """
-        ledger = self._ledger
-        n = ledger.size
-        cols = {k: v[:n].copy() for k, v in ledger.columns.items()}
-        names = np.array([t.value for t in EvidenceType], dtype=object)
-        return {
-            "evidence_ids": ledger.evidence_ids(),
-            "agent_ids": _export_keys(ledger.agents, cols["agent_row"]),
-            "evidence_types": names[cols["type_code"]].tolist(),
-            "log_odds": cols["log_odds"],
-            "confidences": cols["confidence"],
-            "timestamps": cols["timestamp"],
-            "source_nodes": _export_keys(ledger.sources, cols["source_row"]),
-        }
-
-    @synchronized
-    def export_state(self) -> dict[str, Any]:
-        """The evidence (:meth:`export_evidence`) and the founding sources
-        (:attr:`founding_sources`, None while the founding lasts), taken together: what
-        :meth:`merge` needs to rebuild this consensus elsewhere, sources on probation
-        still on probation (plain :meth:`add_evidence_batch` of the evidence would be one
-        new call, whose sources the founding rule may make founding sources)."""
-        return {"evidence": self.export_evidence(), "founding_sources": self.founding_sources}
-
-    def merge(self, other: StableBayesianConsensus | Mapping[str, Any]) -> int:
-        """Add every evidence of ``other`` (a consensus, or its :meth:`export_state`), the
-        union, keeping each side's founding sources; returns how many evidence were new.
-
-        Founding sources after the merge: those of either side whose founding ended (a
-        source that founds on one side founds here; one on probation on both sides stays on
-        probation and earns its vote by the same rule on the merged evidence; a side whose
-        founding lasts brings its sources as newcomers). If neither side's founding ended,
-        the merge is one call under the founding rule. The result does not depend on which
-        side merges into which, and merging the same state twice changes nothing.
-        """
-        if isinstance(other, StableBayesianConsensus):
-            state = other.export_state()            # under other's lock, never both at once
-        elif isinstance(other, Mapping) and set(other) == {"evidence", "founding_sources"}:
-            state = other
-        else:
-            raise InvalidTypeError("can only merge a StableBayesianConsensus or its export_state(), got "
-                                   f"{type(other).__name__}")
-        return self._merge_state(state["evidence"], state["founding_sources"])
-
-    @synchronized
-    def _merge_state(self, evidence: Mapping[str, Any], theirs: Any) -> int:
-        if not isinstance(evidence, Mapping) or set(evidence) != set(_EVIDENCE_COLUMNS):
-            raise InvalidInputError(f"export_state()['evidence'] must be a mapping of the columns "
-                                    f"{list(_EVIDENCE_COLUMNS)}, as export_evidence() returns")
-        if theirs is not None:
-            if isinstance(theirs, (str, bytes)) or not isinstance(theirs, (Sequence, np.ndarray)):
-                raise InvalidTypeError(f"founding_sources must be a sequence of source ids or None, got "
-                                       f"{type(theirs).__name__}")
-            theirs = list(dict.fromkeys(check_key(k, "founding_sources") for k in theirs))
-            if not theirs:
-                raise InvalidInputError("founding_sources is empty: None says the founding lasts")
-        if theirs is None and not self._founded:
-            return self._ingest(**evidence, persist=True)       # one call under the founding rule
-        ours = self.founding_sources or []
-        union = list(dict.fromkeys([*ours, *(theirs or [])]))
-        if theirs:
-            arriving = evidence.get("source_nodes", ())
-            arriving = set(arriving.tolist() if isinstance(arriving, np.ndarray) else arriving)
-            missing = next((k for k in theirs if k not in arriving and self._ledger.sources.row_of(k) < 0), None)
-            if missing is not None:
-                raise InvalidInputError(f"founding source {missing!r} sent none of the evidence")
-        return self._ingest(**evidence, persist=True, founding=False, founders=union)
-
-    def __iadd__(self, other: StableBayesianConsensus) -> StableBayesianConsensus:
-        if not isinstance(other, StableBayesianConsensus):
-            return NotImplemented
-        self.merge(other)
-        return self
-
     # ================================================================== plumbing
     @property
     @synchronized
@@ -916,228 +527,3 @@ class StableBayesianConsensus(Locked):
     def __repr__(self) -> str:
         return (f"StableBayesianConsensus(evidence={self.evidence_count}, agents={len(self._ledger.agents)}, "
                 f"sources={len(self._ledger.sources)}, aggregation={self.aggregation!r})")
-
-
-# ====================================================================== helpers
-def evidence_columns(evidence_ids: Any, agent_ids: Any, source_nodes: Any, evidence_types: Any, log_odds: Any,
-                     confidences: Any, timestamps: Any) -> tuple:
-    """A batch of evidence, checked and normalised (no state is read): ``(evidence_ids,
-    agent_ids, source_nodes, type_codes, log_odds, confidences, timestamps)``.
-
-    Raises the typed error of the first problem, in a fixed order (values, then
-    ids, then lengths), so that every engine refuses the same batch the same way.
-    """
-    lo = as_float_vector(log_odds, "log_odds", allow_empty=True)
-    n = lo.size
-    conf = as_float_vector(confidences, "confidences", allow_empty=True)
-    if conf.size and (conf.min() < 0.0 or conf.max() > 1.0):
-        bad = int(np.flatnonzero((conf < 0.0) | (conf > 1.0))[0])
-        raise InvalidInputError(f"confidences must be in [0, 1], got {conf[bad]} at row {bad}")
-    ts = _as_timestamps(timestamps, n)
-    codes = _as_type_codes(evidence_types, n)
-    ev = _as_keys(evidence_ids, "evidence_ids")
-    ag = _as_keys(agent_ids, "agent_ids")
-    src = _as_keys(source_nodes, "source_nodes")
-    for name, arr in (("confidences", conf), ("timestamps", ts), ("evidence_types", codes),
-                      ("evidence_ids", ev), ("agent_ids", ag), ("source_nodes", src)):
-        if len(arr) != n:
-            raise DimensionMismatchError(f"{name} has {len(arr)} rows, log_odds has {n}")
-    return ev, ag, src, codes, lo, conf, ts
-
-
-def _lookup_key(value: Any, name: str) -> Hashable:
-    """An id to look up, checked by :func:`check_key`'s type rules (typed errors for None,
-    bools, floats, unhashable values; NumPy ints as ints). Strings skip its text limits:
-    one beyond them was never stored, so a lookup simply does not find it."""
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, tuple):
-        return tuple(_lookup_key(part, name) for part in value)
-    return check_key(value, name)
-
-
-def _as_list(keys) -> list:
-    return keys.tolist() if isinstance(keys, np.ndarray) else list(keys)
-
-
-def _export_keys(index: KeyIndex, rows: np.ndarray):
-    keys = index.keys_of(rows)
-    return keys if keys.dtype != object else keys.tolist()
-
-
-def _probabilities(log_odds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """p, log p, log(1 - p) from log-odds, without overflow or warnings (|x| up to 1e308)."""
-    with np.errstate(all="ignore"):
-        special = _special()
-        return special.expit(log_odds), special.log_expit(log_odds), special.log_expit(-log_odds)
-
-
-def _same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.asarray(a, dtype=np.float64).view(np.int64) == np.asarray(b, dtype=np.float64).view(np.int64)
-
-
-def _key_at(keys, i: int):
-    return keys[i].item() if isinstance(keys, np.ndarray) and keys.dtype.kind in "iu" else keys[i]
-
-
-def _as_keys(keys: Any, name: str):
-    """Integer ids as an int64 array (fast path); others as a validated list."""
-    if isinstance(keys, (str, bytes)) or not hasattr(keys, "__len__"):
-        raise InvalidTypeError(f"{name} must be an array or sequence of ids, got {type(keys).__name__}")
-    if isinstance(keys, np.ndarray):
-        if keys.ndim != 1:
-            raise DimensionMismatchError(f"{name} must be 1-D, got shape {keys.shape}")
-        if keys.dtype.kind in "iu":
-            if keys.dtype == np.uint64 and keys.size and keys.max() >= (1 << 63):
-                raise InvalidInputError(f"{name} must fit in int64")
-            return keys.astype(np.int64, copy=False)
-        if keys.dtype.kind in "fcb":
-            raise InvalidTypeError(f"{name} must be integers or strings, got dtype {keys.dtype}")
-        items = keys.tolist()
-    else:
-        items = list(keys)
-    checked = [check_key(k, name) for k in items]
-    if checked and all(type(k) is int for k in checked) and all(-(1 << 63) <= k < (1 << 63) for k in checked):
-        return np.array(checked, dtype=np.int64)
-    return checked
-
-
-def _plan_rows(index: KeyIndex, keys) -> tuple[np.ndarray, Any]:
-    """Rows of ``keys`` with new ids given the rows they *will* get; returns (rows, new ids)."""
-    start = len(index)
-    if start == 0 and isinstance(keys, np.ndarray) and keys.size:
-        rows, missing, wanted = None, slice(None), keys
-    else:
-        rows = index.rows_of(keys)
-        missing = rows < 0
-        if not missing.any():
-            return rows, []
-        wanted = keys[missing] if isinstance(keys, np.ndarray) else None
-    if isinstance(keys, np.ndarray):
-        lo, hi = int(wanted.min()), int(wanted.max())
-        if hi - lo <= 4 * wanted.size + 1024:
-            # Presence table: sorted distinct ids and their ranks without a sort. Ids
-            # that are small non-negative ints index the table as they are (no offset pass).
-            base = 0 if 0 <= lo and hi <= 4 * wanted.size + 1024 else lo
-            offset = wanted if base == 0 else wanted - base
-            present = np.zeros(hi - base + 1, dtype=bool)
-            present[offset] = True
-            narrow = start + hi - base + 1 < (1 << 31)
-            rank = np.cumsum(present, dtype=np.int32 if narrow else np.int64)
-            rank += start - 1
-            new = np.flatnonzero(present) + base
-            if isinstance(missing, slice):
-                return rank[offset], new
-            rows[missing] = rank[offset]
-            return rows, new
-        new, inverse = np.unique(wanted, return_inverse=True)
-        if isinstance(missing, slice):
-            return start + inverse.ravel(), new
-        rows[missing] = start + inverse.ravel()
-        return rows, new
-    order: dict = {}
-    for i in np.flatnonzero(rows < 0).tolist():
-        rows[i] = start + order.setdefault(keys[i], len(order))
-    return rows, list(order)
-
-
-def _trim_new(index: KeyIndex, rows: np.ndarray, new) -> tuple[np.ndarray, Any]:
-    """Drop planned new ids no longer used, renumbering the planned rows."""
-    if len(new) == 0:
-        return rows, new
-    start = len(index)
-    used = np.zeros(len(new), dtype=bool)
-    planned = rows >= start
-    used[rows[planned] - start] = True
-    if used.all():
-        return rows, new
-    renumber = np.cumsum(used) - 1
-    rows = rows.copy()
-    rows[planned] = start + renumber[rows[planned] - start]
-    new = new[used] if isinstance(new, np.ndarray) else [k for k, u in zip(new, used, strict=True) if u]
-    return rows, new
-
-
-def _keys_for(index: KeyIndex, rows: np.ndarray, new) -> list:
-    """Ids of planned rows (existing or new), as Python objects."""
-    start = len(index)
-    new_list = new.tolist() if isinstance(new, np.ndarray) else list(new)
-    out = []
-    for r in rows.tolist():
-        out.append(index.key_of(r) if r < start else new_list[r - start])
-    return out
-
-
-def _add_keys(index: KeyIndex, keys) -> None:
-    if len(keys):
-        index.add_new(keys)
-
-
-def _first_occurrence(keys) -> np.ndarray | None:
-    """Index of each id's first occurrence, or None when all ids are distinct."""
-    if isinstance(keys, np.ndarray):
-        if keys.size < 2 or (keys[1:] > keys[:-1]).all():  # strictly increasing: distinct, no sort
-            return None
-        s = np.sort(keys)
-        if s.size < 2 or not (s[1:] == s[:-1]).any():
-            return None
-        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        return first[inverse.ravel()]
-    seen: dict = {}
-    first = np.array([seen.setdefault(k, i) for i, k in enumerate(keys)], dtype=np.int64)
-    return None if len(seen) == len(keys) else first
-
-
-def _first_occurrence_per_source(keys, source_rows: np.ndarray) -> np.ndarray | None:
-    """Index of each (source row, id)'s first occurrence, or None when all are distinct."""
-    n = len(source_rows)
-    if isinstance(keys, np.ndarray):
-        order = np.lexsort((source_rows, keys))     # stable: a group's first is its earliest row
-        k, s = keys[order], source_rows[order]
-        starts = np.r_[True, (k[1:] != k[:-1]) | (s[1:] != s[:-1])]
-        if starts.all():
-            return None
-        first = np.empty(n, dtype=np.int64)
-        first[order] = order[np.flatnonzero(starts)][np.cumsum(starts) - 1]
-        return first
-    seen: dict = {}
-    first = np.array([seen.setdefault((int(r), k), i) for i, (r, k) in enumerate(
-        zip(source_rows.tolist(), keys, strict=True))], dtype=np.int64)
-    return None if len(seen) == n else first
-
-
-def _as_timestamps(timestamps: Any, n: int) -> np.ndarray:
-    if isinstance(timestamps, np.ndarray) and timestamps.dtype.kind in "iuf":
-        return as_float_vector(timestamps, "timestamps", allow_empty=True)
-    if isinstance(timestamps, (str, bytes)) or not hasattr(timestamps, "__len__"):
-        raise InvalidTypeError("timestamps must be an array or sequence")
-    return np.array([check_timestamp(t) for t in timestamps], dtype=np.float64)
-
-
-def _as_type_codes(types: Any, n: int) -> np.ndarray:
-    """Evidence types as int16 codes: one type for all rows, codes, or a sequence of types."""
-    if isinstance(types, (EvidenceType, str)):
-        return np.full(n, EvidenceType.parse(types).code, dtype=np.int16)
-    if isinstance(types, np.ndarray) and types.dtype.kind in "iu":
-        if types.ndim != 1:
-            raise DimensionMismatchError(f"evidence_types must be 1-D, got shape {types.shape}")
-        if types.size and (types.min() < 0 or types.max() >= len(EvidenceType)):
-            i = int(np.flatnonzero((types < 0) | (types >= len(EvidenceType)))[0])
-            raise UnknownEvidenceTypeError(f"evidence_types: no evidence type has code {int(types[i])} (row {i}); "
-                                           f"codes are 0 to {len(EvidenceType) - 1}")
-        return types.astype(np.int16)
-    if not isinstance(types, (Sequence, np.ndarray)):
-        raise InvalidTypeError(f"evidence_types must be a type, a sequence or a code array, got "
-                               f"{type(types).__name__}")
-    items = types.tolist() if isinstance(types, np.ndarray) else list(types)
-    cache: dict = {}
-    out = np.empty(len(items), dtype=np.int16)
-    for i, t in enumerate(items):
-        key = t if isinstance(t, (str, int)) and not isinstance(t, bool) else None
-        code = cache.get(key) if key is not None else None
-        if code is None:
-            code = EvidenceType.parse(t).code
-            if key is not None:
-                cache[key] = code
-        out[i] = code
-    return out

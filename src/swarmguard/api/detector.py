@@ -30,7 +30,7 @@ from ..values.agent_index import as_wire_id_array, check_wire_id
 from .cap import StatisticalCAPResolver, StatisticalUpdate
 from .consensus import BayesianEvidence, EvidenceType, StableBayesianConsensus
 from .detector_settings import DetectorSettings
-from .engine import Engine, RoundBatch, RoundResult, ScoredRound
+from .engine import Engine, ItemResult, RoundBatch, RoundResult, ScoredRound
 from .inprocess import InProcessEngine
 from .protocol import BehavioralData, read_behavior
 
@@ -92,6 +92,14 @@ def own_id_prefix(node_id: Any) -> str:
         return text
     digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
     return f"{text[:MAX_ID_LENGTH - _OWN_ID_SUFFIX - len(digest) - 1]}~{digest}"
+
+
+def _not_replaced(obj: Any, name: str, function: Callable[..., Any]) -> bool:
+    """Whether ``obj.<name>`` is ``function`` itself: neither ``obj``'s class nor ``obj``
+    (an attribute set on the instance, e.g. a wrapper that counts or injects faults)
+    replaced it. Only then may the per-item path skip the public method for its own
+    shortcut; otherwise it calls ``obj.<name>`` as the guide's loop does."""
+    return getattr(type(obj), name, None) is function and name not in getattr(obj, "__dict__", ())
 
 
 def p_value_log_odds(log_p: np.ndarray | float) -> np.ndarray | float:
@@ -455,7 +463,7 @@ class DistributedBehavioralDetector(Locked):
             raise DuplicateEvidenceError(f"observers hold 1000 of {self.node_id!r}'s evidence ids")
         return BehavioralData(agent, x, ts, uid, None, None, path), number, now
 
-    async def process_agent_behavior(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
+    async def process_agent_behavior(self, agent_id: Hashable, behavioral_data: Any) -> ItemResult:
         """The guide's main loop for one observation; returns the decision and the details.
 
         One transaction: the observation is checked against every part's rules
@@ -474,7 +482,7 @@ class DistributedBehavioralDetector(Locked):
         return result
 
     @synchronized
-    def process_agent_behavior_sync(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
+    def process_agent_behavior_sync(self, agent_id: Hashable, behavioral_data: Any) -> ItemResult:
         """Synchronous twin of :meth:`process_agent_behavior` (no event loop needed)."""
         if self.engine.items_as_rounds:        # e.g. Ray: a one-row round, decided by _run_round
             return self.engine.process_item(agent_id, behavioral_data)
@@ -489,8 +497,9 @@ class DistributedBehavioralDetector(Locked):
         region = data.cohort[0] if data.cohort else self.default_region
         score = float(anomaly_info["mahalanobis_squared"])
         cap = self.cap_resolver
-        own_rule = type(self).should_trigger_response is DistributedBehavioralDetector.should_trigger_response
-        if getattr(type(cap), "handle_update_sync", None) is StatisticalCAPResolver.handle_update_sync:
+        own_rule = _not_replaced(self, "should_trigger_response",
+                                 DistributedBehavioralDetector.should_trigger_response)
+        if _not_replaced(cap, "handle_update_sync", StatisticalCAPResolver.handle_update_sync):
             # the resolver's own write, without checking again what _check_item checked; the
             # detector's own rule reads only the confidence factor (a subclass's gets the report)
             cap_result = cap._handle_checked(region, agent_id, data.timestamp, data.features, score, uid, now,
@@ -506,10 +515,9 @@ class DistributedBehavioralDetector(Locked):
             evidence = self.create_evidence(agent_id, data, anomaly_info, confidence=cf)
             self.consensus.add_evidence_sync(evidence)
         consensus = self.consensus
-        kind = type(consensus)
-        if (getattr(kind, "distributed_evidence_consensus_sync", None)
-                is StableBayesianConsensus.distributed_evidence_consensus_sync
-                and getattr(kind, "consensus", None) is StableBayesianConsensus.consensus):
+        if (_not_replaced(consensus, "distributed_evidence_consensus_sync",
+                          StableBayesianConsensus.distributed_evidence_consensus_sync)
+                and _not_replaced(consensus, "consensus", StableBayesianConsensus.consensus)):
             consensus_result = consensus.consensus_or_none(agent_id)   # no exception for the many unknown
         else:                                                          # a part swapped in: its own method
             try:
@@ -521,13 +529,8 @@ class DistributedBehavioralDetector(Locked):
             isolate = self._decide(anomaly_info, cf, consensus_result)   # its rule, without asking again
         else:                                                            # a subclass's own rule
             isolate = self.should_trigger_response(anomaly_info, cap_result, consensus_result)
-        return {
-            "agent_id": agent_id,
-            "action": "isolate" if isolate else "monitor",
-            "confidence": cf,
-            "evidence": consensus_result,
-            "anomaly": anomaly_info,
-        }
+        return ItemResult(agent_id=agent_id, action="isolate" if isolate else "monitor", confidence=cf,
+                          evidence=consensus_result, anomaly=anomaly_info)
 
     # ------------------------------------------------------------------ batch
     @synchronized

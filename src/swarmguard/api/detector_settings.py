@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidInputError, InvalidTypeError
+from ..structures.scoring_modes import DEFAULT_SCORING
 from ..validation import check_finite_float, check_fraction, check_key, check_positive_int
 from .cap import ConsistencyModel
 from .consensus import PROBATION_EVIDENCE
@@ -31,7 +32,10 @@ class DetectorSettings:
     ``branching_factor``, ``feature_dimensions`` (None: the first batch decides),
     ``significance_level``, ``fdr`` (Benjamini–Hochberg rate for batches, None:
     per-agent cut), ``shrinkage``, ``warm_up``, ``score_levels``
-    ("population" or "all"). Consensus: ``byzantine_threshold``,
+    ("population" or "all"), ``scoring`` (a scoring mode,
+    :data:`swarmguard.SCORING_MODES`), ``window_rounds`` (score against the members
+    written in the last rounds, :mod:`swarmguard.structures.window`; None: all), ``calibrate`` (calibrated p-values from
+    an empirical null, :class:`~swarmguard.api.protocol.BehavioralDistributedProtocol`). Consensus: ``byzantine_threshold``,
     ``partition_size``, ``prior_probability``, ``probation_evidence`` (Sybil
     resistance, see :class:`~swarmguard.api.consensus.StableBayesianConsensus`). CAP: ``consistency_model``,
     ``max_staleness_seconds``, ``confidence_decay_rate``, ``clock``,
@@ -55,6 +59,9 @@ class DetectorSettings:
     shrinkage: float | str = "auto"
     warm_up: int | None = None
     score_levels: str = "population"
+    scoring: str = DEFAULT_SCORING
+    window_rounds: int | None = None
+    calibrate: bool = False
     byzantine_threshold: float = 0.33
     partition_size: int = 10000
     prior_probability: float = 0.01

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..validation import CheckedFeatures
 
-__all__ = ["Engine", "RoundBatch", "ScoredRound", "RoundResult", "FieldMapping"]
+__all__ = ["Engine", "RoundBatch", "ScoredRound", "RoundResult", "ItemResult", "FieldMapping"]
 
 T = TypeVar("T")
 
@@ -148,6 +148,30 @@ class RoundResult(FieldMapping):
     threshold_squared: float
 
 
+@dataclass(frozen=True, eq=False)
+class ItemResult(FieldMapping):
+    """:meth:`~swarmguard.api.detector.DistributedBehavioralDetector.process_agent_behavior`'s answer.
+
+    ``agent_id`` (as the replicas took it), ``action`` ("isolate" / "monitor"),
+    ``confidence`` (the region's confidence factor), ``evidence`` (the agent's
+    consensus result, None before any evidence) and ``anomaly`` (the anomaly
+    test: ``is_anomaly``, distances, p-values, threshold, cohort, population
+    count, warm-up). Read by key as the guide reads its dict
+    (``result["action"]``, ``result.get("evidence")``, ``dict(result)``) or by
+    attribute; equal to a dict with the same items.
+
+    >>> r = ItemResult(7, "monitor", 1.0, None, {"is_anomaly": False})
+    >>> r["action"], r.get("evidence"), "anomaly" in r, sorted(r) == sorted(r.keys()), len(r)
+    ('monitor', None, True, True, 5)
+    """
+
+    agent_id: Any
+    action: str
+    confidence: float
+    evidence: Any
+    anomaly: Any
+
+
 @runtime_checkable
 class Engine(Protocol):
     """What a detector needs from an engine (see the module docstring).
@@ -200,7 +224,7 @@ class Engine(Protocol):
         """Each agent's consensus probability and whether it was reached (None: no evidence;
         NaN / False for agents without evidence)."""
 
-    def process_item(self, agent_id: Any, behavioral_data: Any) -> dict[str, Any]:
+    def process_item(self, agent_id: Any, behavioral_data: Any) -> ItemResult:
         """The per-item call, when :attr:`items_as_rounds` (the keys of the in-process answer)."""
 
     def partition(self, groups: Any) -> None: ...

@@ -33,10 +33,12 @@ class InProcessEngine:
     def __init__(self, s: DetectorSettings):
         # Solution 1: O(n log n) aggregation
         self.tree = HierarchicalStatisticalTree(branching_factor=s.branching_factor,
-                                                feature_dimensions=s.feature_dimensions)
+                                                feature_dimensions=s.feature_dimensions,
+                                                window_rounds=s.window_rounds)
         self.protocol = BehavioralDistributedProtocol(
             self.tree, significance_level=s.significance_level, fdr=s.fdr, shrinkage=s.shrinkage,
-            warm_up=s.warm_up, score_levels=s.score_levels)
+            warm_up=s.warm_up, score_levels=s.score_levels, scoring=s.scoring,
+            calibrate=s.calibrate)
         # Solution 2: stable Bayesian consensus
         self.consensus = StableBayesianConsensus(byzantine_threshold=s.byzantine_threshold,
                                                  partition_size=s.partition_size,

@@ -12,16 +12,22 @@ import numpy as np
 from ..errors import InvalidInputError, InvalidTypeError
 from ..lazy_import import module_on_first_use
 from ..locking import Locked, synchronized_with
-from ..structures.scoring import MIN_POPULATION, LeaveOneOutScorer, combine_levels, score_population
+from ..structures.cauchy_combination import cauchy_combine
+from ..structures.chi2 import chi2_sf
+from ..structures.score_null import ScoreNull
+from ..structures.scoring import LeaveOneOutScorer, combine_levels, score_population
+from ..structures.scoring_modes import DEFAULT_SCORING, SKETCH_MODES, TRIMMED_MODES
 from ..structures.significance import chi2_threshold as _chi2_threshold
 from ..structures.significance import resolve_fdr, significance_cut
+from ..structures.tail_scores import tail_evidence
+from ..structures.trimming import TRIM_QUANTILE, TrimmedScorer
 from ..validation import (
+    as_feature_matrix,
     as_feature_vector,
     check_agent_id,
     check_cohort,
-    check_fraction,
-    check_positive_int,
 )
+from .part_settings import validate_protocol_settings
 from .tree import HierarchicalStatisticalTree, Path
 
 __all__ = ["BehavioralData", "BehavioralDistributedProtocol", "read_behavior"]
@@ -103,6 +109,28 @@ class BehavioralDistributedProtocol(Locked):
     score_levels : "population" or "all", default "population"
         Score against the whole population only, or also against the agent's
         own cohort and every ancestor cohort (each level is reported).
+    calibrate : bool, default False
+        Calibrated p-values (:mod:`swarmguard.structures.score_null`): the
+        population-level p-value of a batch becomes its score's rank among the
+        scores of members not flagged in earlier rounds
+        (:meth:`update_and_score_many` admits each round's scores after its
+        decision), ``(1 + #{null >= s}) / (n_null + 1)``, once the null holds
+        1,000 scores; until then the mode's own p-value decides. Cohort levels
+        keep their own p-values; the per-item path too. The batch reports
+        ``parametric_p_value`` (the mode's) and ``null_score`` (what the null holds:
+        the distance, or ``-log p`` for the tail modes).
+    scoring : str, default "mahalanobis"
+        What an agent is scored against (:data:`swarmguard.SCORING_MODES`):
+        ``"mahalanobis"``, the population's moments; ``"robust"``, its trimmed
+        moments (members not flagged under the full moments,
+        :mod:`swarmguard.structures.trimming`), which the tree then keeps.
+        Distances are reported under the same names in every mode. A tree built
+        with ``window_rounds`` is scored against its *windowed* moments (the
+        members written in the last rounds, :mod:`swarmguard.structures.window`):
+        members inside the window leave-one-out, stale members as outsiders
+        (with ``"robust"``, the trimmed moments of the members inside); stale
+        members are scored but never flagged, nor counted in the FDR procedure
+        (``in_window`` in the results).
 
     Every public method runs under the protocol's lock and then its tree's
     (:mod:`swarmguard.locking`): a protocol may be shared between threads, and
@@ -130,23 +158,28 @@ class BehavioralDistributedProtocol(Locked):
         shrinkage: float | str = "auto",
         warm_up: int | None = None,
         score_levels: str = "population",
+        scoring: str = DEFAULT_SCORING,
+        calibrate: bool = False,
     ):
         super().__init__()
         if not isinstance(tree, HierarchicalStatisticalTree):
             raise InvalidTypeError(f"tree must be a HierarchicalStatisticalTree, got {type(tree).__name__}")
         self.tree = tree
-        self.significance_level = check_fraction(significance_level, "significance_level", low_open=True, high_open=True)
-        self.fdr = None if fdr is None else check_fraction(fdr, "fdr", low_open=True, high_open=True)
-        if isinstance(shrinkage, str):
-            if shrinkage != "auto":
-                raise InvalidInputError(f"shrinkage must be a number in [0, 1] or 'auto', got {shrinkage!r}")
-        else:
-            shrinkage = check_fraction(shrinkage, "shrinkage")
-        self.shrinkage = shrinkage
-        self._warm_up = None if warm_up is None else check_positive_int(warm_up, "warm_up", minimum=MIN_POPULATION)
-        if score_levels not in ("population", "all"):
-            raise InvalidInputError(f"score_levels must be 'population' or 'all', got {score_levels!r}")
-        self.score_levels = score_levels
+        checked = validate_protocol_settings(significance_level=significance_level, fdr=fdr, shrinkage=shrinkage,
+                                             warm_up=warm_up, score_levels=score_levels, scoring=scoring,
+                                             calibrate=calibrate)
+        self.significance_level = checked.significance_level
+        self.fdr = checked.fdr
+        self.shrinkage = checked.shrinkage
+        self._warm_up = checked.warm_up
+        self.score_levels = checked.score_levels
+        self.scoring = checked.scoring
+        # the empirical null of the population-level scores (swarmguard.structures.score_null)
+        self.null: ScoreNull | None = ScoreNull() if checked.calibrate else None
+        if self.scoring in TRIMMED_MODES:
+            tree.keep_trimmed_moments()
+        if self.scoring in SKETCH_MODES:
+            tree.keep_tail_sketches()
 
     @property
     def warm_up(self) -> int:
@@ -188,8 +221,29 @@ class BehavioralDistributedProtocol(Locked):
         slot = self.tree._slot(agent_id)
         return self._score_slot(check_agent_id(agent_id), slot, self.tree._tree.X[slot])
 
-    def _score_slot(self, agent_id: Hashable, slot: int, x: np.ndarray) -> dict[str, Any]:
+    def _subset(self):
+        """The moments a subset mode scores against: ``(tree, counted(slots), state(cid), quantile)``
+        (trimmed moments, or windowed ones), or None when agents are scored against all members."""
         tree = self.tree
+        if self.scoring in TRIMMED_MODES:
+            if tree._trim is None:
+                # a tree swapped in after construction (``protocol.tree = other``, as code written
+                # against the guide does) has not been asked for its trimmed moments yet
+                tree.keep_trimmed_moments()
+            return tree._trim.tree, tree._trim.kept, tree._trimmed_state, TRIM_QUANTILE
+        if tree._win is not None:
+            return tree._win.tree, tree._win.inside, tree._window_state, None
+        return None
+
+    def _score_slot(self, agent_id: Hashable, slot: int, x: np.ndarray) -> dict[str, Any]:
+        win = self.tree._win
+        if self.scoring in TRIMMED_MODES or self.scoring in SKETCH_MODES or (win is not None and (
+                self.score_levels != "population" or not win.inside(np.array([slot]))[0])):
+            return self._score_slot_trimmed(agent_id, slot, x)
+        tree = self.tree
+        # a window: a member inside (one just written is) is scored leave-one-out against the
+        # window's moments on the hot path; the count reported is still every member's
+        base = tree._tree if win is None else win.tree
         cohorts = tree._cohorts
         d = x.shape[0]
         own = int(cohorts.page_owner[slot // cohorts.page_size])
@@ -198,17 +252,17 @@ class BehavioralDistributedProtocol(Locked):
         alpha = self.significance_level / len(level_ids)
         thr2 = _chi2_threshold(alpha, d)
         warm_up = self.warm_up
-        dx = tree._tree.deviations(x)      # from the shift (keeps the digits), in the tree's units
+        dx = base.deviations(x)      # from the shift (keeps the digits), in the tree's units
         if self.score_levels == "population":      # the hot path, without the per-level loop
-            n, off, m2 = tree._tree.root_state()
+            n, off, m2 = base.root_state()
             scorer = LeaveOneOutScorer(n, off, m2, self.shrinkage)
             d2, shares = scorer.score(dx - off)
             p = float(_special().chdtrc(d, d2))
             dist = math.sqrt(d2)
             warm = n >= warm_up
             flagged = warm and scorer.ok and p < alpha
-            count = int(n)
-            return {
+            count = int(n) if win is None else int(tree._tree.root_state()[0])
+            info = {
                 "agent_id": agent_id,
                 "is_anomaly": flagged,
                 "mahalanobis_distance": dist,
@@ -227,6 +281,9 @@ class BehavioralDistributedProtocol(Locked):
                             "p_value": p, "is_anomaly": flagged, "warming_up": not warm,
                             "feature_contributions": shares}],
             }
+            if win is not None:
+                info["in_window"] = True
+            return info
         levels = []
         for cid in level_ids:
             n, off, m2 = tree._cohort_state(cid)
@@ -264,6 +321,102 @@ class BehavioralDistributedProtocol(Locked):
             "levels": levels,
         }
 
+    def _score_slot_trimmed(self, agent_id: Hashable, slot: int, x: np.ndarray) -> dict[str, Any]:
+        """:meth:`_score_slot` of a trimmed mode: the batch scoring of one row, as the per-item dict."""
+        tree = self.tree
+        cohorts = tree._cohorts
+        own = int(cohorts.page_owner[slot // cohorts.page_size])
+        n_levels = 1 if self.score_levels == "population" else len(cohorts.ancestors(own))
+        alpha = self.significance_level / n_levels
+        thr2 = _chi2_threshold(alpha, x.shape[0])
+        ids = np.empty(1, dtype=object)
+        ids[0] = agent_id
+        res = self._score_slots(ids, np.array([slot]), None, True, rows=x[None, :], flush=False)
+        pop_warming = bool(res["levels"][()]["warming_up"]) if "levels" in res else bool(res["warming_up"])
+        levels = [{"cohort": (), "count": res["population_count"],
+                   "mahalanobis_squared": float(res["mahalanobis_squared"][0]),
+                   "mahalanobis_distance": float(res["mahalanobis_distance"][0]),
+                   "p_value": float(res["p_value"][0]),
+                   "is_anomaly": (not pop_warming) and float(res["p_value"][0]) < alpha,
+                   "warming_up": pop_warming,
+                   "feature_contributions": res["feature_contributions"][0]}]
+        for path, lv in res.get("levels", {}).items():
+            if path == ():
+                continue
+            levels.append({"cohort": path, "count": lv["count"],
+                           "mahalanobis_squared": float(lv["mahalanobis_squared"][0]),
+                           "mahalanobis_distance": math.sqrt(float(lv["mahalanobis_squared"][0])),
+                           "p_value": float(lv["p_value"][0]),
+                           "is_anomaly": (not lv["warming_up"]) and float(lv["p_value"][0]) < alpha,
+                           "warming_up": lv["warming_up"], "feature_contributions": None})
+        levels[1:] = sorted(levels[1:], key=lambda lv: len(lv["cohort"]))
+        extra = {}
+        if "in_window" in res:     # a stale member is scored but not judged (see _score_slots)
+            extra["in_window"] = bool(res["in_window"][0])
+            if not extra["in_window"]:
+                for lv in levels:
+                    lv["is_anomaly"] = False
+        top = levels[0]
+        return extra | {
+            "agent_id": agent_id,
+            "is_anomaly": any(lv["is_anomaly"] for lv in levels),
+            "mahalanobis_distance": top["mahalanobis_distance"],
+            "mahalanobis_squared": top["mahalanobis_squared"],
+            "p_value": top["p_value"],
+            "decision_p_value": float(res["decision_p_value"][0]),
+            "threshold": math.sqrt(thr2),
+            "threshold_squared": thr2,
+            "significance_level": alpha,
+            "decision_cutoff": self.significance_level,
+            "cohort": cohorts.paths[own],
+            "population_count": top["count"],
+            "warming_up": top["warming_up"],
+            "feature_contributions": top["feature_contributions"],
+            "levels": levels,
+        }
+
+    @synchronized_with("tree")
+    def score_vectors(self, X: Any) -> dict[str, Any]:
+        """Score vectors that are *not* in the tree against the population, changing nothing.
+
+        Each row is scored against the population's moments as they are (for
+        ``scoring="robust"`` its trimmed moments), not leave-one-out: what an
+        agent would score before its vector is added (prequential use).
+        Returns ``mahalanobis_squared``, ``mahalanobis_distance``, ``p_value``
+        (χ²(d)), ``is_anomaly`` (p-value below the significance level once the
+        population is out of warm-up) and ``population_count``.
+        """
+        tree = self.tree
+        if tree._tree is None or len(tree) == 0:
+            raise InvalidInputError("the tree is empty: nothing to score against")
+        X = as_feature_matrix(X, tree.feature_dimensions)
+        tree._tree.flush()
+        n_pop = tree._tree.root_state()[0]
+        n_warm = self._warm_count(n_pop)
+        subset = self._subset()
+        if subset is not None:
+            sub = subset[0]
+            sub.flush()
+            n, off, m2 = sub.root_state()
+            E = sub.deviations(X) - off
+            scorer = TrimmedScorer(n, off, m2, self.shrinkage, quantile=subset[3])
+        else:
+            n, off, m2 = tree._tree.root_state()
+            E = tree._tree.deviations(X) - off
+            scorer = TrimmedScorer(n, off, m2, self.shrinkage, quantile=None)
+        d2 = scorer.score_many(E, np.zeros(X.shape[0], dtype=bool)) if scorer.ok else np.zeros(X.shape[0])
+        p = chi2_sf(d2, X.shape[1])
+        # the moments scored against must hold a covariance (>= 3 members), as a cohort's must
+        # (_trimmed_group_scorer): trimmed moments can be far smaller than the population
+        warm = bool(n_warm >= self.warm_up and scorer.ok and scorer.inside.ok)
+        extra: dict[str, Any] = {}
+        if self.scoring in SKETCH_MODES:      # vectors from outside: counted in, (W + 1) / (n + 1)
+            p, extra = self._with_tails(p, tree._tree.deviations(X), 0, members=False)
+            extra.pop("_feature_scores")
+        return {**extra, "mahalanobis_squared": d2, "mahalanobis_distance": np.sqrt(d2), "p_value": p,
+                "is_anomaly": (p < self.significance_level) & warm, "population_count": int(round(n_pop)),
+                "warming_up": not warm}
+
     # ------------------------------------------------------------------ batch
     @synchronized_with("tree")
     def score_many(self, agent_ids: Any = None, *, fdr: float | None | str = "default",
@@ -297,49 +450,96 @@ class BehavioralDistributedProtocol(Locked):
         """:meth:`HierarchicalStatisticalTree.update_many`, then :meth:`score_many` on those agents."""
         fdr_level = self._resolve_fdr(fdr)       # validate before any change
         slots, ids, rows = self.tree._update_many(agent_ids, X, cohorts)
-        return self._score_slots(ids, slots, fdr_level, explain, rows=rows)
+        out = self._score_slots(ids, slots, fdr_level, explain, rows=rows)
+        if self.null is not None:
+            # the round's members enter the null after its decision, flags left out (but the
+            # ceil(q R) lowest, the expected false ones: swarmguard.structures.score_null)
+            q = fdr_level if fdr_level is not None else self.significance_level
+            self.null.admit(out["null_score"], out["is_anomaly"] if self.null.warm else None, q)
+        return out
 
     def _resolve_fdr(self, fdr: Any) -> float | None:
         return resolve_fdr(fdr, self.fdr)
 
     def _score_slots(self, ids: np.ndarray, slots: np.ndarray, fdr: Any, explain: bool,
-                     rows: Any = None) -> dict[str, Any]:
-        """Score the agents at ``slots``; ``rows`` may hold their vectors (just written)."""
+                     rows: Any = None, flush: bool = True) -> dict[str, Any]:
+        """Score the agents at ``slots``; ``rows`` may hold their vectors (just written).
+        ``flush=False`` (the per-item path): the roots as they are, current to the last change."""
         q = self._resolve_fdr(fdr)
         tree = self.tree
-        tree._tree.flush()
+        if flush:
+            tree._tree.flush()
         d = tree.feature_dimensions
         n_pop, off, m2 = tree._tree.root_state()
-        # Deviations from the shift first, in the tree's units (a power of two
-        # per feature, so nothing squared under- or overflows): the digits
-        # below the data's magnitude survive, as in the moments.
-        if rows is not None:
-            DX = tree._tree.row_deviations(rows)
+        score_group = None
+        subset = self._subset()
+        if subset is not None:
+            d2, p, warm, shares, DX, kept = self._trimmed_population(slots, rows, n_pop, explain, flush)
         else:
-            DX = np.take(tree._tree.X, slots, axis=0)
-            DX -= tree._tree.shift
-            DX *= tree._tree.unit
-        if self.score_levels == "population":
-            # DX is this call's own array and the levels below need it no more: in place
-            E = np.subtract(DX, off, out=DX)
-            d2, p, warm, shares = score_population(E, n_pop, off, m2, self.shrinkage, self.warm_up, explain,
-                                                   overwrite=True)
-            tree._tree.keep_scratch(E)       # read no more (no result is a view of it): the next round's
-        else:
-            d2, p, warm, shares = score_population(DX - off, n_pop, off, m2, self.shrinkage, self.warm_up,
-                                                   explain)
+            # Deviations from the shift first, in the tree's units (a power of two
+            # per feature, so nothing squared under- or overflows): the digits
+            # below the data's magnitude survive, as in the moments.
+            if rows is not None:
+                DX = tree._tree.row_deviations(rows)
+            else:
+                DX = np.take(tree._tree.X, slots, axis=0)
+                DX -= tree._tree.shift
+                DX *= tree._tree.unit
+            if self.score_levels == "population":
+                # DX is this call's own array and the levels below need it no more: in place
+                E = np.subtract(DX, off, out=DX)
+                d2, p, warm, shares = score_population(E, n_pop, off, m2, self.shrinkage, self.warm_up, explain,
+                                                       overwrite=True)
+                tree._tree.keep_scratch(E)   # read no more (no result is a view of it): the next round's scratch
+            else:
+                d2, p, warm, shares = score_population(DX - off, n_pop, off, m2, self.shrinkage, self.warm_up,
+                                                       explain)
         out: dict[str, Any] = {"agent_ids": ids, "population_count": int(round(n_pop))}
+        calibrated = False
+        if self.scoring in SKETCH_MODES:
+            DT = tree._tree.deviations(rows if rows is not None else np.take(tree._tree.X, slots, axis=0))
+            p, tail_out = self._with_tails(p, DT, 0, members=True)
+            feature_scores = tail_out.pop("_feature_scores")
+            if explain and self.scoring == "tails":      # each feature's share of the tail score
+                shares = feature_scores
+            out.update(tail_out)
+            score_group = self._tail_group_scorer(score_group, DT)
+        if self.null is not None:
+            null_score = d2 if self.scoring not in SKETCH_MODES else -np.log(np.maximum(p, 1e-300))
+            out["null_score"] = null_score
+            p_cal = self.null.p_values(null_score)
+            if p_cal is not None:
+                out["parametric_p_value"] = p
+                p, calibrated = p_cal, True
         if self.score_levels == "all":
-            decision_p, any_warm, _, levels = combine_levels(p, warm, self._cohort_groups(slots, DX),
-                                                             self.shrinkage, self.warm_up)
+            trimmed_counts: dict[Path, float] | None = None
+            if subset is not None:
+                trimmed_counts = {}
+                trimmed = self._trimmed_group_scorer(kept, trimmed_counts)
+                score_group = self._tail_group_scorer(trimmed, DT) if self.scoring in SKETCH_MODES else trimmed
+            groups = self._cohort_groups(slots, DX, trimmed_counts)
+            decision_p, any_warm, _, levels = combine_levels(p, warm, groups, self.shrinkage, self.warm_up,
+                                                             score=score_group)
             out["levels"] = {(): {"rows": np.arange(slots.size), "count": int(round(n_pop)),
                                   "mahalanobis_squared": d2, "p_value": p, "warming_up": not warm}}
             out["levels"].update(levels)
         else:
             decision_p = p
             any_warm = warm
-        decision = significance_cut(decision_p, d2, d, q=q, alpha=self.significance_level, any_warm=any_warm)
-        flagged, cut, thr2, method = decision.flagged, decision.cut, decision.threshold_squared, decision.method
+        if tree._win is None:
+            decision = significance_cut(decision_p, d2, d, q=q, alpha=self.significance_level, any_warm=any_warm)
+            flagged = decision.flagged
+        else:
+            # A member outside the window has no behaviour in it: its distance (from its last
+            # vector to the population now) is reported, but it is not judged, and it takes no
+            # part in the false-discovery procedure.
+            live = tree._win.inside(slots)
+            out["in_window"] = live
+            decision = significance_cut(decision_p[live], d2[live], d, q=q, alpha=self.significance_level,
+                                        any_warm=any_warm)
+            flagged = np.zeros(slots.size, dtype=bool)
+            flagged[live] = decision.flagged
+        cut, thr2, method = decision.cut, decision.threshold_squared, decision.method
         out.update({
             "mahalanobis_squared": d2,
             "mahalanobis_distance": np.sqrt(d2),
@@ -349,14 +549,80 @@ class BehavioralDistributedProtocol(Locked):
             "threshold_squared": thr2,
             "threshold": float(np.sqrt(thr2)),
             "p_value_cutoff": cut,
-            "method": method,
+            "method": method if not calibrated else method + ", calibrated",
             "warming_up": not any_warm,
         })
         if explain:
             out["feature_contributions"] = shares
         return out
 
-    def _cohort_groups(self, slots: np.ndarray, DX: np.ndarray):
+    def _trimmed_population(self, slots: np.ndarray, rows: Any, n_pop: float, explain: bool,
+                            flush: bool = True):
+        """Rows scored against the population's trimmed moments: ``(d2, p, warm, shares, DX, kept)``,
+        ``DX`` the rows' deviations in the trimmed tree's units, ``kept`` whether each is counted."""
+        tree = self.tree
+        sub, counted, _, quantile = self._subset()
+        if flush:
+            sub.flush()
+        if rows is not None:
+            DX = sub.deviations(rows)
+        else:
+            DX = sub.deviations(np.take(tree._tree.X, slots, axis=0))
+        kept = counted(slots)
+        n_t, off, m2 = sub.root_state()
+        scorer = TrimmedScorer(n_t, off, m2, self.shrinkage, quantile=quantile)
+        res = scorer.score_many(DX - off, kept, explain=explain)
+        d2, shares = res if explain else (res, None)
+        # as a cohort's level: kept members are scored leave-one-out, which needs >= 3 of them
+        warm = bool(self._warm_count(n_pop) >= self.warm_up and scorer.inside.ok)
+        return d2, chi2_sf(d2, DX.shape[1]), warm, shares, DX, kept
+
+    def _warm_count(self, n_members: float) -> float:
+        """The count the warm-up is judged on: the members inside the window when there is
+        one (they are the population scored against), else every member."""
+        win = self.tree._win
+        return n_members if win is None else win.tree.root_state()[0]
+
+    def _with_tails(self, p_distance: np.ndarray, DT: np.ndarray, cid: int, members: bool):
+        """The mode's p-values from the distance's and the rows' tail evidence against cohort ``cid``'s
+        sketches (``DT``: deviations in the moments' internal units, as sketched): ``tails``, the tail
+        p-value; ``fused``, the Cauchy combination of both. Returns ``(p, report)``."""
+        ev = tail_evidence(self.tree._tail_sketches(cid), DT, members=members)
+        p = ev.p_value if self.scoring == "tails" else cauchy_combine(np.column_stack([p_distance, ev.p_value]))
+        return p, {"tail_score": ev.score, "tail_p_value": ev.p_value, "distance_p_value": p_distance,
+                   "_feature_scores": ev.feature_scores}
+
+    def _tail_group_scorer(self, distance_scorer: Any, DT: np.ndarray):
+        """For :func:`combine_levels`: a cohort's rows with the mode's p-value against the cohort's sketches."""
+        if self.score_levels != "all":
+            return distance_scorer
+        cohorts = self.tree._cohorts
+        shrinkage = self.shrinkage
+
+        def score(key: Path, rows: np.ndarray, count: float, offset: np.ndarray, m2: np.ndarray, E: np.ndarray):
+            if distance_scorer is None:
+                sc = LeaveOneOutScorer(count, offset, m2, shrinkage)
+                cd2, ok = sc.score_many(E), sc.ok
+            else:
+                cd2, ok = distance_scorer(key, rows, count, offset, m2, E)[:2]
+            p, _ = self._with_tails(chi2_sf(cd2, E.shape[1]), DT[rows], cohorts.id_of[key], members=True)
+            return cd2, ok, p
+        return score
+
+    def _trimmed_group_scorer(self, kept: np.ndarray, trimmed_counts: dict[Path, float]):
+        """For :func:`combine_levels`: a cohort's rows scored against its trimmed moments
+        (``count`` there is the cohort's members, its kept ones are in ``trimmed_counts``)."""
+        shrinkage = self.shrinkage
+        quantile = self._subset()[3]
+
+        def score(key: Path, rows: np.ndarray, count: float, offset: np.ndarray, m2: np.ndarray, E: np.ndarray):
+            scorer = TrimmedScorer(trimmed_counts[key], offset, m2, shrinkage, quantile=quantile)
+            if not scorer.ok:
+                return np.zeros(E.shape[0]), False
+            return scorer.score_many(E, kept[rows]), scorer.inside.ok
+        return score
+
+    def _cohort_groups(self, slots: np.ndarray, DX: np.ndarray, trimmed_counts: dict | None = None):
         """Per cohort above the rows: ``(path, rows, count, offset, m2, deviations)`` for
         :func:`~swarmguard.structures.scoring.combine_levels`.
 
@@ -384,4 +650,9 @@ class BehavioralDistributedProtocol(Locked):
                 if a < 0:
                     continue
                 cn, coff, cm2 = tree._cohort_state(a)
+                if trimmed_counts is not None:     # the members' count; the kept members' moments
+                    tn, coff, cm2 = self._subset()[2](a)
+                    trimmed_counts[cohorts.paths[a]] = tn
+                    if tree._win is not None:      # a window: the cohort warms up on its members inside
+                        cn = tn if self.scoring not in TRIMMED_MODES else tree._window_state(a)[0]
                 yield cohorts.paths[a], group, cn, coff, cm2, DX[group] - coff

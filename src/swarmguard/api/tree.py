@@ -18,8 +18,10 @@ from ..errors import (
 )
 from ..locking import Locked, synchronized
 from ..structures.cohorts import CohortDirectory
-from ..structures.id_index import IdIndex
+from ..structures.sketch_tree import SketchTree
 from ..structures.slot_tree import SlotTree
+from ..structures.trimming import TrimmedMoments
+from ..structures.window import WindowedMoments
 from ..validation import (
     as_feature_vector,
     check_agent_id,
@@ -29,9 +31,10 @@ from ..validation import (
     check_id_texts,
     check_key,
     check_name_str_array,
-    unique_names,
     check_positive_int,
+    unique_names,
 )
+from ..values.id_index import SlotMap
 from ..values.moments import population_statistics
 
 __all__ = ["HierarchicalStatisticalTree", "Path"]
@@ -72,6 +75,12 @@ class HierarchicalStatisticalTree(Locked):
         update reaches the population's moments at once; the nodes below are
         recomputed from their children in batches, and always before they are
         read, so statistics returned by the ``get_*`` methods are exact.
+    window_rounds : int, optional
+        Also keep *windowed* moments: those of the members whose latest vector
+        was written in the last ``window_rounds`` rounds (every batch write
+        opens a round; :meth:`advance_round` opens one for per-item callers),
+        so that agents are scored against a population that follows drift
+        (:mod:`swarmguard.structures.window`). None (the default): no window.
 
     Every public method runs under the tree's lock (:mod:`swarmguard.locking`):
     a tree may be shared between threads, and a refused call changes nothing.
@@ -97,6 +106,7 @@ class HierarchicalStatisticalTree(Locked):
         feature_dimensions: int | None = None,
         *,
         recompute_every: int = 65536,
+        window_rounds: int | None = None,
     ):
         super().__init__()
         self.branching_factor = check_positive_int(branching_factor, "branching_factor", minimum=2)
@@ -105,14 +115,20 @@ class HierarchicalStatisticalTree(Locked):
         if feature_dimensions is not None:
             feature_dimensions = check_positive_int(feature_dimensions, "feature_dimensions")
         self.recompute_every = check_positive_int(recompute_every, "recompute_every")
+        self.window_rounds = None if window_rounds is None else check_positive_int(window_rounds, "window_rounds")
+        self._win: WindowedMoments | None = None    # windowed moments, when window_rounds is given
         self._dim = feature_dimensions
         self._page_levels = _page_levels(self.branching_factor)
         self._page_size = self.branching_factor ** self._page_levels
-        self._index = IdIndex()
+        self._index = SlotMap()
         self._cohorts = CohortDirectory(self._page_size)
         self._ids_at_slot = np.empty(0, dtype=object)
         self._tree: SlotTree | None = None
         self._covers: dict[int, tuple[tuple[int, ...], np.ndarray]] = {}   # cohort -> (key, node cover)
+        self._trim: TrimmedMoments | None = None   # trimmed moments, once a scoring mode asks for them
+        self._trim_wanted = False                   # asked for before the first vector
+        self._sketches: SketchTree | None = None    # per-node tail sketches, once a scoring mode asks
+        self._sketches_wanted = False
         self.version = 0  # bumps on every change; caches key on it
         if self._dim is not None:
             self._make_tree(self._dim)
@@ -126,6 +142,12 @@ class HierarchicalStatisticalTree(Locked):
     def _make_tree(self, dim: int) -> None:
         self._dim = dim
         self._tree = SlotTree(dim, self.branching_factor, self._page_levels, self.recompute_every)
+        if self._trim_wanted:
+            self._trim = TrimmedMoments(self._tree)
+        if self.window_rounds is not None:
+            self._win = WindowedMoments(self._tree, self.window_rounds)
+        if self._sketches_wanted:
+            self._sketches = SketchTree(dim, self._page_size, self.branching_factor)
 
     @synchronized
     def __len__(self) -> int:
@@ -199,17 +221,35 @@ class HierarchicalStatisticalTree(Locked):
             cohorts = self._cohorts
             if path is None or cohorts.id_of.get(path) == int(cohorts.page_owner[slot // cohorts.page_size]):
                 tree.replace(slot, x)
+                if self._win is not None:
+                    self._win.set_one(tree, slot, x)
+                if self._trim is not None:
+                    self._trim.set_one(self._judged_tree(), slot, x)
+                if self._sketches is not None:
+                    self._sketches.mark(slot, per_item=True)
                 self.version += 1
                 return slot
             # Moving to another cohort: leave the old slot, take one in the new cohort.
             old_cid = int(self._cohorts.cohort_of_slots(slot))
             tree.remove(slot)
+            if self._trim is not None:
+                self._trim.remove_one(slot)
+            if self._win is not None:
+                self._win.remove_one(slot)
+            if self._sketches is not None:
+                self._sketches.mark(slot, per_item=True)
             self._cohorts.release(old_cid, np.array([slot]))
             self._ids_at_slot[slot] = None
         cid = self._cohorts.ensure(path if path is not None else ())
         new_slot = int(self._cohorts.allocate(cid, 1)[0])
         self._grow_slots(new_slot + 1)
         self._tree.insert(new_slot, x)
+        if self._win is not None:
+            self._win.set_one(self._tree, new_slot, x)
+        if self._trim is not None:
+            self._trim.set_one(self._judged_tree(), new_slot, x)
+        if self._sketches is not None:
+            self._sketches.mark(new_slot, per_item=True)
         self._index.set(agent_id, new_slot)
         self._ids_at_slot[new_slot] = agent_id
         self.version += 1
@@ -221,6 +261,12 @@ class HierarchicalStatisticalTree(Locked):
         slot = self._slot(agent_id)
         cid = int(self._cohorts.cohort_of_slots(slot))
         self._tree.remove(slot)
+        if self._trim is not None:
+            self._trim.remove_one(slot)
+        if self._win is not None:
+            self._win.remove_one(slot)
+        if self._sketches is not None:
+            self._sketches.mark(slot, per_item=True)
         self._cohorts.release(cid, np.array([slot]))
         self._index.pop(self._ids_at_slot[slot])
         self._ids_at_slot[slot] = None
@@ -287,7 +333,8 @@ class HierarchicalStatisticalTree(Locked):
         if dup:
             raise InvalidInputError("agent_ids holds the same id twice in one batch")
 
-    def _cohort_ids(self, cohorts: Any, n: int) -> tuple[np.ndarray, list[Path]]:
+    @staticmethod
+    def _cohort_ids(cohorts: Any, n: int) -> tuple[np.ndarray, list[Path]]:
         """Per-row index into a list of validated paths (-1: keep / root)."""
         if cohorts is None:
             return np.full(n, -1, dtype=np.int64), []
@@ -355,6 +402,8 @@ class HierarchicalStatisticalTree(Locked):
         # ---- validated: mutate from here on
         if self._tree is None:
             self._make_tree(X.shape[1])
+        if self._win is not None:      # a batch opens a round: members that leave the window go first
+            self._advance_window()
         cids = np.array([self._cohorts.ensure(p) for p in paths], dtype=np.int64)
         want = np.where(row_cohort >= 0, cids[np.maximum(row_cohort, 0)] if cids.size else -1, -1)
         current = np.full(ids.shape[0], -1, dtype=np.int64)
@@ -368,6 +417,12 @@ class HierarchicalStatisticalTree(Locked):
                 self._cohorts.release(int(cid), old[current[moving] == cid])
             self._ids_at_slot[old] = None
             self._tree.write(old, None)
+            if self._trim is not None:
+                self._trim.clear(old)
+            if self._win is not None:
+                self._win.clear(old)
+            if self._sketches is not None:
+                self._sketches.mark(old)
         if placing.any():
             target = np.where(want[placing] >= 0, want[placing], 0)
             new_slots = np.empty(target.size, dtype=np.int64)
@@ -379,6 +434,12 @@ class HierarchicalStatisticalTree(Locked):
             self._index.set_many(ids[placing], new_slots)
             self._ids_at_slot[new_slots] = ids[placing]
         self._tree.write(slots, X, bound=checked.bound)
+        if self._win is not None:
+            self._win.write(self._tree, slots, X)
+        if self._trim is not None:
+            self._trim.write(self._judged_tree(), slots, X)
+        if self._sketches is not None:
+            self._sketches.mark(slots)
         self.version += 1
         return slots, ids, X
 
@@ -474,9 +535,11 @@ class HierarchicalStatisticalTree(Locked):
         """:meth:`update_many`, returning the agents' slots, the validated ids and rows."""
         return self._update_many(agent_ids, X, cohorts)
 
-    def check_cohorts(self, cohorts: Any, n: int) -> None:
-        """Raise as :meth:`update_many` would for ``cohorts`` of ``n`` rows, changing nothing."""
-        self._cohort_ids(cohorts, n)
+    @staticmethod
+    def check_cohorts(cohorts: Any, n: int) -> None:
+        """Raise as :meth:`update_many` would for ``cohorts`` of ``n`` rows, changing nothing
+        (a check of the arguments alone: callable on the class)."""
+        HierarchicalStatisticalTree._cohort_ids(cohorts, n)
 
     @synchronized
     def slot_cohorts(self, slots: np.ndarray) -> tuple[list[Path], np.ndarray]:
@@ -510,6 +573,147 @@ class HierarchicalStatisticalTree(Locked):
         return {"shift": self._tree.shift, "exponent": self._tree.exponent.copy(),
                 "population": self._tree.root_state(), "cohorts": cohorts}
 
+    # ------------------------------------------------------------------ trimmed moments
+    # A second set of moments per node over the members not flagged under the full moments
+    # (swarmguard.structures.trimming), kept once a scoring mode asks for them.
+    @synchronized
+    def keep_trimmed_moments(self) -> None:
+        """Keep trimmed moments from now on (O(n d²) once; nothing if already kept)."""
+        if self._trim is None and self._tree is not None:
+            self._tree.flush()
+            trim = TrimmedMoments(self._tree)
+            trim.rejudge(self._judged_tree())
+            self._trim = trim
+        elif self._tree is None:
+            self._trim_wanted = True
+
+    @property
+    def keeps_trimmed_moments(self) -> bool:
+        """Whether the tree keeps trimmed moments (asked for by a scoring mode)."""
+        return self._trim is not None or self._trim_wanted
+
+    @synchronized
+    def rejudge_trimmed(self) -> None:
+        """Judge every member again against the current full moments (O(n d²)); see
+        :meth:`~swarmguard.structures.trimming.TrimmedMoments.rejudge`."""
+        if self._trim is not None:
+            self._trim.rejudge(self._judged_tree())
+            self.version += 1
+
+    def _trimmed_state(self, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
+        """(count, offset, M2) of cohort ``cid``'s kept members, in the trimmed tree's units."""
+        sub = self._trim.tree
+        if cid == 0:
+            return sub.root_state()
+        return sub.covered_state(self._cover(cid))
+
+    @synchronized
+    def get_trimmed_statistics(self, path: Any = (), ddof: int = 1) -> dict[str, Any]:
+        """Statistics of a cohort's kept members (``()``: the population), as
+        :meth:`get_cohort_statistics`; ``InvalidInputError`` unless trimmed moments are kept."""
+        if self._trim is None:
+            raise InvalidInputError("this tree keeps no trimmed moments (no scoring mode asked for them)")
+        p = check_cohort(path)
+        cid = self._cohorts.id_of.get(p if p is not None else ())
+        if cid is None:
+            raise UnknownCohortError(f"unknown cohort {path!r}")
+        ddof = check_positive_int(ddof, "ddof", minimum=0)
+        sub = self._trim.tree
+        sub.flush()
+        n, off, m2 = self._trimmed_state(cid)
+        mean, m2 = sub.to_user(off, m2)
+        count = int(round(n))
+        return {"cohort": self._cohorts.path_of(cid), **population_statistics(count, mean, m2, ddof)}
+
+    # ------------------------------------------------------------------ windowed moments
+    # The moments of the members written in the last window_rounds rounds
+    # (swarmguard.structures.window), kept when the tree is built with window_rounds.
+    @property
+    def current_round(self) -> int:
+        """Rounds opened so far (0 without a window, or before the first batch)."""
+        return 0 if self._win is None else self._win.round
+
+    @synchronized
+    def advance_round(self) -> None:
+        """Open the next round (a batch write opens one itself): members last written
+        ``window_rounds`` rounds ago leave the windowed moments. ``InvalidInputError``
+        without a window."""
+        if self.window_rounds is None:
+            raise InvalidInputError("this tree keeps no window (built without window_rounds)")
+        if self._win is not None:
+            self._advance_window()
+            self.version += 1
+
+    def _advance_window(self) -> None:
+        gone = self._win.advance()
+        if self._trim is not None:     # trimmed moments are the kept members *of the window*
+            self._trim.clear(gone)
+
+    def _judged_tree(self):
+        """The slot tree trimmed members are judged against and drawn from: the window's
+        members when there is a window, else everyone."""
+        return self._tree if self._win is None else self._win.tree
+
+    def _window_state(self, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
+        """(count, offset, M2) of cohort ``cid``'s members inside the window, in the window tree's units."""
+        sub = self._win.tree
+        if cid == 0:
+            return sub.root_state()
+        return sub.covered_state(self._cover(cid))
+
+    @synchronized
+    def in_window(self, agent_ids: Any) -> np.ndarray:
+        """Whether each agent's latest vector is inside the window (counted in the windowed moments)."""
+        if self.window_rounds is None:
+            raise InvalidInputError("this tree keeps no window (built without window_rounds)")
+        slots, _ = self.slots_of(agent_ids)
+        return self._win.inside(slots)
+
+    @synchronized
+    def get_window_statistics(self, path: Any = (), ddof: int = 1) -> dict[str, Any]:
+        """Statistics of a cohort's members inside the window (``()``: the population), as
+        :meth:`get_cohort_statistics`; ``InvalidInputError`` without a window."""
+        if self.window_rounds is None:
+            raise InvalidInputError("this tree keeps no window (built without window_rounds)")
+        p = check_cohort(path)
+        cid = self._cohorts.id_of.get(p if p is not None else ())
+        if cid is None:
+            raise UnknownCohortError(f"unknown cohort {path!r}")
+        ddof = check_positive_int(ddof, "ddof", minimum=0)
+        if self._win is None:
+            return {"cohort": self._cohorts.path_of(cid),
+                    **population_statistics(0, np.full(self._dim or 0, np.nan), np.zeros((self._dim or 0,) * 2), ddof)}
+        sub = self._win.tree
+        sub.flush()
+        n, off, m2 = self._window_state(cid)
+        mean, m2 = sub.to_user(off, m2)
+        return {"cohort": self._cohorts.path_of(cid), **population_statistics(int(round(n)), mean, m2, ddof)}
+
+    # ------------------------------------------------------------------ tail sketches
+    # Per-node feature sketches (swarmguard.structures.sketch_tree), kept once a scoring mode asks.
+    # Nothing to serialise: a node's sketches are rebuilt from its members' vectors.
+    @synchronized
+    def keep_tail_sketches(self) -> None:
+        """Keep per-node tail sketches from now on (built on the next read)."""
+        if self._sketches is None and self._tree is not None:
+            self._sketches = SketchTree(self._dim, self._page_size, self.branching_factor)
+        self._sketches_wanted = True
+
+    def _fresh_sketches(self) -> SketchTree:
+        # no flush: the slots' vectors, units and the root's count are current after every change
+        t = self._tree
+        self._sketches.refresh(t.X, t.occupied, t.shift, t.unit, members=t.root_state()[0])
+        return self._sketches
+
+    def _tail_sketches(self, cid: int):
+        """Cohort ``cid``'s feature sketches (0: the population), in the moments' internal units."""
+        sk = self._fresh_sketches()
+        if cid == 0:
+            return sk.root()
+        cohorts = self._cohorts
+        pages = np.concatenate([np.asarray(cohorts.pages[c], dtype=np.int64) for c in cohorts.subtree(cid)])
+        return sk.pages_merged(pages)
+
     # ------------------------------------------------------------------ serialisation
     @synchronized
     def to_dict(self) -> dict[str, np.ndarray]:
@@ -525,7 +729,7 @@ class HierarchicalStatisticalTree(Locked):
             raise InvalidTypeError("only trees whose ids are all ints or all strs can be serialised")
         slots = self._index.lookup_many(kind) if ids else np.zeros(0, dtype=np.int64)
         paths = self._cohorts.paths
-        return {
+        out = {
             "branching_factor": np.array(self.branching_factor),
             "feature_dimensions": np.array(self._dim if self._dim is not None else 0),
             "agent_ids": kind,
@@ -533,6 +737,16 @@ class HierarchicalStatisticalTree(Locked):
             "cohort_index": self._cohorts.cohort_of_slots(slots) if ids else np.zeros(0, dtype=np.int64),
             "cohort_paths": np.array(["\x1f".join(p) for p in paths], dtype=str),
         }
+        if self._sketches_wanted:      # the sketches themselves are rebuilt from the vectors
+            out["keeps_tail_sketches"] = np.array(True)
+        if self._trim is not None:     # the flags, so that the trimmed moments come back as they are
+            out["trimmed_kept"] = self._trim.kept(slots) if ids else np.zeros(0, dtype=bool)
+        if self.window_rounds is not None:   # the rounds, so that the windowed moments come back as they are
+            out["window_rounds"] = np.array(self.window_rounds, dtype=np.int64)
+            out["window_round"] = np.array(self.current_round, dtype=np.int64)
+            out["window_last_round"] = (self._win.last_rounds(slots) if ids
+                                        else np.zeros(0, dtype=np.int64))
+        return out
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> HierarchicalStatisticalTree:
@@ -546,9 +760,50 @@ class HierarchicalStatisticalTree(Locked):
             raise InvalidInputError(f"tree state lacks field {exc}") from exc
         except (TypeError, ValueError) as exc:
             raise InvalidInputError(f"tree state is malformed: {exc}") from exc
-        tree = cls(branching, dim)
+        window = None
+        if "window_rounds" in state:
+            try:
+                window_field = np.asarray(state["window_rounds"])
+                round_field = np.asarray(state["window_round"])
+                last = np.asarray(state["window_last_round"])
+            except KeyError as exc:
+                raise InvalidInputError(f"tree state lacks field {exc}") from exc
+            # whole numbers only: int() would truncate a 2.7 (or a True) into a window nobody asked for
+            for name, field in (("window_rounds", window_field), ("window_round", round_field)):
+                if field.shape != () or field.dtype.kind not in "iu":
+                    raise InvalidInputError(f"tree state's {name} must be one integer, got {field!r}")
+            window, round_now = int(window_field), int(round_field)
+            if round_now < 0:
+                raise InvalidInputError(f"tree state's window_round must be >= 0, got {round_now}")
+            if last.shape != ids.shape or (last.size and (last.dtype.kind not in "iu" or last.min() < 0
+                                                          or last.max() > round_now)):
+                raise InvalidInputError("tree state's window_last_round must hold one round in "
+                                        f"[0, {round_now}] per agent")
+            if "trimmed_kept" in state and window >= 1:
+                # the trimmed moments are drawn from the window: a member kept there but outside the
+                # window would never expire from them (no bucket holds it)
+                kept_flags = np.asarray(state["trimmed_kept"], dtype=bool)
+                if kept_flags.shape == ids.shape and (kept_flags & (last <= round_now - window)).any():
+                    raise InvalidInputError("tree state's trimmed_kept holds members outside the window")
+        tree = cls(branching, dim, window_rounds=window)
         if ids.size:
             paths = [tuple(s.split("\x1f")) if s else () for s in np.asarray(state["cohort_paths"]).tolist()]
             cohorts = [paths[i] for i in np.asarray(state["cohort_index"]).tolist()]
             tree.update_many(ids, np.asarray(state["features"]), cohorts=cohorts)
+        if state.get("keeps_tail_sketches") is not None and bool(np.asarray(state["keeps_tail_sketches"])):
+            tree.keep_tail_sketches()
+        if "trimmed_kept" in state:
+            kept = np.asarray(state["trimmed_kept"], dtype=bool)
+            if kept.shape != ids.shape:
+                raise InvalidInputError(f"tree state's trimmed_kept has shape {kept.shape}, expected {ids.shape}")
+            if tree._tree is None:
+                tree._trim_wanted = True
+            else:
+                tree._trim = TrimmedMoments(tree._tree)
+            if ids.size:
+                slots = tree._index.lookup_many(tree._check_ids(ids))
+                tree._trim.write(tree._tree, slots, tree._tree.X[slots], keep=kept)
+        if window is not None and tree._win is not None:
+            slots = tree._index.lookup_many(tree._check_ids(ids)) if ids.size else np.zeros(0, dtype=np.int64)
+            tree._win.restore(tree._tree, slots, tree._tree.X[slots], round_now, last.astype(np.int64))
         return tree

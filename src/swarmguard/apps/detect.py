@@ -67,10 +67,11 @@ from typing import Any
 
 import numpy as np
 
-from ..api import BehavioralDistributedProtocol
+from ..api import BehavioralDistributedProtocol, HierarchicalStatisticalTree
 from ..errors import EmptyInputError, InvalidInputError, MalformedInputError, MissingDependencyError
 from ..structures.scoring import MIN_POPULATION
-from ..validation import check_fraction, check_positive_int
+from ..structures.scoring_modes import DEFAULT_SCORING, check_scoring
+from ..validation import check_finite_float, check_fraction, check_positive_int
 from .detect_ingest import _Ingest, _Spec
 from .detect_readers import _INFER_SAMPLE, _first_keys, _infer_features, _ParquetSource, open_source
 from .detect_stdlib import MAX_COLUMNS, MAX_LINE_BYTES, _check_columns, _LineTooLongError
@@ -164,6 +165,7 @@ class DetectResult:
     cohort: np.ndarray | None = None        # each agent's cohort (with a cohort column)
     why_feature: np.ndarray | None = None   # explain=True: (agents, k) feature numbers, largest share first
     why_share: np.ndarray | None = None     # ... and each one's share of the agent's score
+    window_agents: int | None = None        # window=...: the agents scored against (latest row recent enough)
 
     @property
     def agents(self) -> int:
@@ -226,6 +228,8 @@ def detect(
     csv_engine: str = "auto",
     max_line_bytes: int = MAX_LINE_BYTES,
     explain: bool = False,
+    scoring: str = DEFAULT_SCORING,
+    window: float | None = None,
 ) -> DetectResult:
     """Score every agent of a telemetry file; write ``output`` (CSV or Parquet) when given.
 
@@ -251,6 +255,17 @@ def detect(
     (``why_feature``, ``why_share``), written to ``output`` as
     ``feature_1, share_1, ...`` (with ``cohort`` first when there is a
     cohort column).
+
+    ``scoring``: what every agent is scored against (:data:`swarmguard.SCORING_MODES`):
+    ``"mahalanobis"`` all the others' moments, ``"robust"`` the moments of the
+    agents not flagged under those (judged once, after the whole file is read).
+
+    ``window`` (needs ``timestamp_column``): agents are scored against the
+    agents whose latest row is at most ``window`` older than the newest row
+    (seconds for ISO 8601 timestamps, the column's own unit for numbers), so
+    that agents gone quiet long ago do not stand for a population that has
+    moved on; an agent outside the window is scored against those inside
+    (:mod:`swarmguard.structures.window`).
     """
     if csv_engine not in ENGINES:
         raise InvalidInputError(f"csv_engine must be 'auto', 'python' or 'pyarrow', got {csv_engine!r}")
@@ -264,6 +279,13 @@ def detect(
     top = check_positive_int(top, "top", minimum=0)
     q, level = _resolve_decision(fdr, alpha)
     shrink = _resolve_shrinkage(shrinkage)
+    scoring = check_scoring(scoring)
+    if window is not None:
+        window = check_finite_float(window, "window")
+        if window <= 0:
+            raise InvalidInputError(f"--window must be > 0, got {window}")
+        if timestamp_column is None:
+            raise InvalidInputError("--window needs --timestamp-column (the age of an agent's latest row)")
     if warm_up is not None:
         warm_up = check_positive_int(warm_up, "warm_up", minimum=MIN_POPULATION)
     max_line_bytes = check_positive_int(max_line_bytes, "max_line_bytes", minimum=16)
@@ -329,8 +351,11 @@ def detect(
         raise EmptyInputError(f"{path}: no valid rows ({rows_skipped} malformed rows skipped)")
 
     t2 = time.perf_counter()
+    window_agents = None
+    if window is not None:
+        window_agents = _keep_window(pop, window, ingest.clock)
     protocol = BehavioralDistributedProtocol(pop.tree, significance_level=level, fdr=q,
-                                             shrinkage=shrink, warm_up=warm_up)
+                                             shrinkage=shrink, warm_up=warm_up, scoring=scoring)
     ids = pop.id_array()
     numbers = np.arange(ids.size)
     res = protocol.score_many(numbers, fdr=q)
@@ -347,6 +372,7 @@ def detect(
         method=res["method"], warming_up=bool(res["warming_up"]), warm_up=protocol.warm_up,
         skipped_examples=ingest.examples, top=top_rows, chunks=ingest.chunks, engine=engine,
         cohort_sizes=pop.cohort_sizes(), cohort=cohort, why_feature=why_feature, why_share=why_share,
+        window_agents=window_agents,
     )
     if output is not None:
         write_scores(result, output)
@@ -355,6 +381,22 @@ def detect(
     result.timings = {"read and parse": t_ingest - t_read - ingest.update_s, "update tree": ingest.update_s,
                       "score": t3 - t2, "write": t4 - t3, "total": t4 - t_start}
     return result
+
+
+def _keep_window(pop: Any, window: float, clock: Any) -> int:
+    """Rebuild the population's tree with a one-round window holding the agents whose latest
+    row is within ``window`` of the newest (its serialised form, the rounds set from the
+    stamps); returns how many are inside."""
+    state = pop.tree.to_dict()
+    numbers = np.asarray(state["agent_ids"], dtype=np.int64)
+    stamps = pop.stamp[numbers]
+    span = window * 1e9 if clock.kind == "datetime" else window     # datetimes are int64 nanoseconds
+    known = stamps != clock.oldest
+    newest = stamps[known].max() if known.any() else 0
+    inside = known & (stamps >= newest - span)
+    state.update(window_rounds=np.array(1), window_round=np.array(1), window_last_round=inside.astype(np.int64))
+    pop.tree = HierarchicalStatisticalTree.from_dict(state)
+    return int(inside.sum())
 
 
 def _shares(protocol: BehavioralDistributedProtocol, rows: np.ndarray, score: np.ndarray) -> np.ndarray:
@@ -455,6 +497,7 @@ def summary_dict(result: DetectResult) -> dict[str, Any]:
         "features": result.features, "rows_read": result.rows_read, "rows_skipped": result.rows_skipped,
         "rows_superseded": result.rows_superseded, "agents": result.agents, "flagged": result.flagged,
         "method": result.method, "warm_up": result.warm_up, "warming_up": result.warming_up,
+        "window_agents": result.window_agents,
         "cohort_sizes": result.cohort_sizes, "skipped_examples": result.skipped_examples,
         "top": result.top, "output": result.output, "timings": result.timings,
     }
@@ -474,6 +517,8 @@ def print_summary(result: DetectResult, console) -> None:
     t.add_row("rows skipped (malformed)", f"{result.rows_skipped:,}")
     t.add_row("rows superseded (older)", f"{result.rows_superseded:,}")
     t.add_row("agents", f"{result.agents:,}")
+    if result.window_agents is not None:
+        t.add_row("agents in the window (scored against)", f"{result.window_agents:,}")
     if result.cohort_sizes:
         sizes = sorted(result.cohort_sizes.items(), key=lambda kv: -kv[1])
         shown = ", ".join(f"{k} {v:,}" for k, v in sizes[:8]) + (", ..." if len(sizes) > 8 else "")

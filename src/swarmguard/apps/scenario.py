@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..structures.scoring_modes import DEFAULT_SCORING, SCORING_MODES
 
 __all__ = ["ScenarioConfig", "Scenario", "DIFFICULTY"]
 
@@ -56,6 +57,9 @@ class ScenarioConfig:
     heal_at: int = 13
     difficulty: str = "default"
     seed: int = 0
+    scoring: str = DEFAULT_SCORING    # the detector's scoring mode (swarmguard.SCORING_MODES)
+    window_rounds: int | None = None  # the detector's window (swarmguard.structures.window); None: none
+    calibrate: bool = False           # calibrated p-values from an empirical null (the detector's calibrate)
     round_seconds: float = 2.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -76,6 +80,10 @@ class ScenarioConfig:
              "need 0 <= --partition-at <= --heal-at <= --rounds")
         need(self.difficulty in DIFFICULTY, f"--difficulty must be one of {sorted(DIFFICULTY)}")
         need(self.round_seconds > 0, "round seconds must be > 0")
+        need(isinstance(self.scoring, str) and self.scoring in SCORING_MODES,   # a list is no mode (nor hashable)
+             f"--scoring must be one of {list(SCORING_MODES)}")
+        need(self.window_rounds is None or (isinstance(self.window_rounds, int) and self.window_rounds >= 1),
+             "--window-rounds must be an integer >= 1")
         return self
 
     def as_dict(self) -> dict[str, Any]:

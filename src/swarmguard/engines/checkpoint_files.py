@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..errors import CheckpointError, InvalidInputError, InvalidTypeError
+from ..validation import is_wire_id
 from ..values.npz import dict_from_bytes, dict_to_bytes
 
 __all__ = ["keys_to_arrays", "keys_from_arrays", "strings_to_arrays", "strings_from_arrays", "generations",
@@ -104,7 +105,7 @@ def keys_to_arrays(keys: Any, name: str) -> dict[str, np.ndarray]:
     if isinstance(keys, np.ndarray) and keys.dtype.kind in "iu":
         return {f"{name}.int": keys.astype(np.int64)}
     items = keys.tolist() if isinstance(keys, np.ndarray) else list(keys)
-    if not all(isinstance(k, str) or (type(k) is int and -(1 << 63) <= k < (1 << 63)) for k in items):
+    if not all(map(is_wire_id, items)):
         raise InvalidTypeError(f"{name}: on-disk checkpoints hold int64 and str ids only")
     is_str = np.array([isinstance(k, str) for k in items], dtype=bool)
     return {f"{name}.is_str": is_str,

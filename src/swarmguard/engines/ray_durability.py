@@ -59,7 +59,7 @@ class RayDurability:
         replay log of ``MAX_LOG`` calls) has built up since the last one."""
         self._rows_since_checkpoint += rows
         longest_log = max(len(h.log) for h in self.handles)
-        if (self._rows_since_checkpoint >= self.checkpoint_every * max(1, self._known_ids.size)
+        if (self._rows_since_checkpoint >= self.checkpoint_every * max(1, len(self._routes))
                 or longest_log >= MAX_LOG):
             if self._logging:           # after the call's record is in the log, not before
                 self._checkpoint_due = True
@@ -172,7 +172,7 @@ class RayDurability:
         # the next number after any on disk: another run's generations are never written into
         k = max(self._generation, *generations(self.checkpoint_dir), 0) + 1
         write_generation(self.checkpoint_dir, k, actors, driver,
-                         {"known_ids": self._known_ids, "known_shard": self._known_shard})
+                         {"known_ids": self._route_ids(), "known_shard": self._route_shard[: len(self._routes)]})
         previous = self._wal_generation
         self._generation = self._wal_generation = k          # calls from now on go to the new log
         # The fallback is the generation this driver's log continued until now: its log and the
@@ -195,7 +195,7 @@ class RayDurability:
         self._topology.group_of = d["group_of"]
         self._evidence_total, self.det._evidence_number, self._rounds = (d["evidence_total"], d["evidence_number"],
                                                                          d["rounds"])
-        self._known_ids, self._known_shard = arrays["known_ids"], arrays["known_shard"].astype(np.int64)
+        self._set_routes(arrays["known_ids"], arrays["known_shard"])
         founders = d.get("founders")          # absent from checkpoints written before it was kept
         if founders is not None and not isinstance(founders, list):
             raise CheckpointError(f"founders must be a list of source ids, got {type(founders).__name__}")

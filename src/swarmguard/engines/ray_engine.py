@@ -69,12 +69,17 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..api.cap import ConsistencyModel, StatisticalCAPResolver
-from ..api.consensus import StableBayesianConsensus
+from ..api.cap import ConsistencyModel
 from ..api.detector import DistributedBehavioralDetector
 from ..api.detector_settings import DetectorSettings
-from ..api.engine import RoundBatch, ScoredRound
-from ..api.protocol import BehavioralDistributedProtocol, read_behavior
+from ..api.engine import ItemResult, RoundBatch, ScoredRound
+from ..api.part_settings import (
+    validate_cap_settings,
+    validate_consensus_settings,
+    validate_protocol_settings,
+    validate_tree_settings,
+)
+from ..api.protocol import read_behavior
 from ..api.tree import HierarchicalStatisticalTree
 from ..errors import (
     CheckpointError,
@@ -84,10 +89,12 @@ from ..errors import (
     UnknownAgentError,
 )
 from ..locking import synchronized
+from ..structures.scoring_modes import SKETCH_MODES, TRIMMED_MODES
 from ..structures.significance import chi2_threshold, significance_cut
 from ..structures.topology import MonotonicClock, RegionTopology
 from ..validation import as_feature_vector, check_cohort, check_finite_float, check_positive_int
 from ..values.agent_index import check_wire_id
+from ..values.id_index import IdIndex
 from ..values.moments import population_statistics
 from ..values.version_vector import check_region_name
 from .checkpoint_files import (
@@ -154,20 +161,30 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
         self.settings = s
         self.det: Any = None                  # the detector driving this engine (bind)
         self._own_clock = s.clock or time.time
-        # Every parameter is checked here, on the driver, before Ray starts: the
-        # in-process parts are built empty (cheap) for their validation and defaults.
-        self._shape = HierarchicalStatisticalTree(branching_factor=s.branching_factor,
-                                                  feature_dimensions=s.feature_dimensions)
-        self._rules = BehavioralDistributedProtocol(self._shape, significance_level=s.significance_level,
-                                                    fdr=s.fdr, shrinkage=s.shrinkage, warm_up=s.warm_up,
-                                                    score_levels=s.score_levels)
-        ref = StableBayesianConsensus(byzantine_threshold=s.byzantine_threshold, partition_size=s.partition_size,
-                                      prior_probability=s.prior_probability, trusted_sources=[s.node_id],
-                                      probation_evidence=s.probation_evidence)
-        links = StatisticalCAPResolver(consistency_model=s.consistency_model,
-                                       max_staleness_seconds=s.max_staleness_seconds,
-                                       confidence_decay_rate=s.confidence_decay_rate, regions=s.regions,
-                                       auto_sync_seconds=s.auto_sync_seconds)
+        # Every parameter is checked here, on the driver, before Ray starts, by the rules
+        # (and in the order) the in-process engine's parts check them with.
+        validate_tree_settings(branching_factor=s.branching_factor, feature_dimensions=s.feature_dimensions,
+                               window_rounds=s.window_rounds)
+        rules = validate_protocol_settings(significance_level=s.significance_level, fdr=s.fdr,
+                                           shrinkage=s.shrinkage, warm_up=s.warm_up, score_levels=s.score_levels,
+                                           scoring=s.scoring, calibrate=s.calibrate)
+        if rules.scoring in TRIMMED_MODES or rules.scoring in SKETCH_MODES:
+            # the shards' trimmed moments (and tail sketches) would be judged against their own region, not the
+            # merged population: refused rather than answering differently from in process
+            raise InvalidInputError(f"scoring={s.scoring!r} is not available on the ray backend yet")
+        if s.window_rounds is not None:
+            # the region shards would need the window's rounds and stamps in their merged
+            # moments: refused rather than answering differently from in process
+            raise InvalidInputError("window_rounds is not available on the ray backend yet")
+        if rules.calibrate:   # the null lives in the in-process protocol; the shards keep none yet
+            raise InvalidInputError("calibrate=True is not available on the ray backend yet")
+        ref = validate_consensus_settings(byzantine_threshold=s.byzantine_threshold, partition_size=s.partition_size,
+                                          prior_probability=s.prior_probability, trusted_sources=[s.node_id],
+                                          probation_evidence=s.probation_evidence)
+        links = validate_cap_settings(consistency_model=s.consistency_model,
+                                      max_staleness_seconds=s.max_staleness_seconds,
+                                      confidence_decay_rate=s.confidence_decay_rate, clock=s.clock, regions=s.regions,
+                                      auto_sync_seconds=s.auto_sync_seconds)
         self.region_workers = None if region_workers is None else check_positive_int(region_workers, "region_workers")
         partitions = check_positive_int(evidence_partitions, "evidence_partitions")
         self.checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
@@ -197,7 +214,7 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
                 ray.init(address=address, log_to_driver=False)
             self._owns_ray = True
         self.consistency_model = s.consistency_model
-        self.significance_level = self._rules.significance_level
+        self.significance_level = rules.significance_level
         self.fdr = s.fdr
         self.shrinkage = s.shrinkage
         self.score_levels = s.score_levels
@@ -215,8 +232,10 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
         self._evidence_total = 0
         self._rounds = 0
         self._rows_since_checkpoint = 0
-        self._known_ids = np.zeros(0, dtype=np.int64)
-        self._known_shard = np.zeros(0, dtype=np.int64)
+        # Routing: each agent's region actor, by the one id index (row -> shard).
+        self._routes = IdIndex()
+        self._route_shard = np.zeros(0, dtype=np.int64)
+        self._route_kind: str | None = None     # "i" or "U": one kind of agent id per engine
         self.sys = ActorSystem(ray)
         self._actor_options = {"max_restarts": max_restarts, "max_task_retries": 0, "num_cpus": actor_cpus}
         self.region_shards: list[Handle] = []
@@ -335,12 +354,12 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
             self._topology.require_quorum(order)
         if np.unique(ids).size != n:
             raise InvalidInputError("agent_ids holds the same id twice in one batch")
-        if self._known_ids.size and n and self._known_ids.dtype.kind != ids.dtype.kind:
+        if self._route_kind is not None and n and self._route_kind != ids.dtype.kind:
             raise InvalidTypeError("the Ray backend keeps one kind of agent id: these are "
                                    f"{'strings' if ids.dtype.kind == 'U' else 'ints'}, earlier ones were not")
         if cohorts is None:
             cohorts = regions
-        self._shape.check_cohorts(cohorts, n)        # the tree's own check, on the driver
+        HierarchicalStatisticalTree.check_cohorts(cohorts, n)     # the tree's own check, on the driver
         if isinstance(cohorts, (str, tuple)):
             cohorts = [cohorts] * n if isinstance(cohorts, tuple) else np.full(n, cohorts)
         elif not (isinstance(cohorts, np.ndarray) and cohorts.dtype.kind == "U"):
@@ -500,7 +519,7 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
         return region_cf, accepted
 
     # ------------------------------------------------------------------ per item (the guide's loop)
-    def process_item(self, agent_id: Hashable, behavioral_data: Any) -> dict[str, Any]:
+    def process_item(self, agent_id: Hashable, behavioral_data: Any) -> ItemResult:
         """The guide's main loop for one observation, on the actors (a one-row round).
 
         Returns what the in-process detector returns: ``agent_id``, ``action``,
@@ -554,8 +573,8 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
             evidence = self.consensus.consensus(agent_id)
         except UnknownAgentError:
             evidence = None
-        return {"agent_id": agent_id, "action": str(res["action"][0]), "confidence": float(res["confidence"][0]),
-                "evidence": evidence, "anomaly": anomaly}
+        return ItemResult(agent_id=agent_id, action=str(res["action"][0]), confidence=float(res["confidence"][0]),
+                          evidence=evidence, anomaly=anomaly)
 
     @synchronized
     def global_statistics(self, ddof: int = 1) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from ..api.consensus import consensus_at, evidence_columns, founding_ends, votin
 from ..errors import InvalidTypeError
 from ..locking import synchronized
 from ..structures.robust_fusion import SourceEvents, peel_untrusted
+from ..validation import is_wire_id
 from ..values.agent_index import positions_of
 from .ray_log import evidence_record
 from .ray_system import hash_partition, take_rows
@@ -54,8 +55,7 @@ class RayEvidence:
             return 0
         if self.checkpoint_dir is not None:          # what the files can hold, refused now rather than later
             for name, col in (("evidence_ids", ev), ("agent_ids", ag), ("source_nodes", src)):
-                if isinstance(col, list) and not all(
-                        isinstance(k, str) or (type(k) is int and -(1 << 63) <= k < (1 << 63)) for k in col):
+                if isinstance(col, list) and not all(map(is_wire_id, col)):
                     raise InvalidTypeError(f"{name}: with checkpoint_dir, ids must be int64 or str")
         part = hash_partition(ag, len(self.evidence_shards))
         batches = {}

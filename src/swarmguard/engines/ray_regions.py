@@ -11,6 +11,7 @@ import numpy as np
 from ..api.cap import ConsistencyModel, SyncReport
 from ..errors import InvalidTypeError, UnknownRegionError
 from ..locking import synchronized
+from ..values.id_index import IdIndex
 from .ray_system import Handle
 from .shards import RegionShard
 
@@ -66,34 +67,40 @@ class RayRegions:
     # ------------------------------------------------------------------ routing
     def _shard_of_agents(self, ids: np.ndarray) -> np.ndarray:
         """The region actor whose tree holds each agent (-1: not seen yet)."""
-        known = self._known_ids
-        if known.size == 0 or known.dtype.kind != ids.dtype.kind:
+        if len(self._routes) == 0:
             return np.full(ids.shape[0], -1, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(known, ids), known.size - 1)
-        return np.where(known[pos] == ids, self._known_shard[pos], -1)
+        rows = self._routes.rows_of(ids)
+        return np.where(rows >= 0, self._route_shard[np.maximum(rows, 0)], -1)
 
     def _route(self, ids: np.ndarray, shard: np.ndarray) -> dict[int, np.ndarray]:
         """Record each agent's shard; returns, per old shard, the agents that moved away."""
         moved: dict[int, np.ndarray] = {}
-        known = self._known_ids
-        if known.size and known.dtype.kind != ids.dtype.kind:
+        if self._route_kind is not None and ids.size and self._route_kind != ids.dtype.kind:
             raise InvalidTypeError("agent ids changed type (int vs str) between rounds")
-        hit = np.zeros(ids.size, dtype=bool)
-        if known.size:
-            pos = np.searchsorted(known, ids)
-            pos_c = np.minimum(pos, known.size - 1)
-            hit = known[pos_c] == ids
-            prev = np.where(hit, self._known_shard[pos_c], -1)
-            away = hit & (prev != shard)
-            for s in np.unique(prev[away]).tolist():
-                moved[int(s)] = ids[away & (prev == s)]
-            self._known_shard[pos_c[hit]] = shard[hit]
-        if not hit.all():
-            new_ids = np.concatenate([known, ids[~hit]]) if known.size else ids[~hit].copy()
-            new_shard = np.concatenate([self._known_shard, shard[~hit]])
-            order = np.argsort(new_ids, kind="stable")
-            self._known_ids, self._known_shard = new_ids[order], new_shard[order]
+        rows = self._routes.rows(ids, create=True)
+        grow = len(self._routes) - self._route_shard.size
+        if grow > 0:                                   # new agents: no shard yet
+            self._route_shard = np.concatenate([self._route_shard, np.full(grow, -1, dtype=np.int64)])
+        prev = self._route_shard[rows]
+        away = (prev >= 0) & (prev != shard)
+        for s in np.unique(prev[away]).tolist():
+            moved[int(s)] = ids[away & (prev == s)]
+        self._route_shard[rows] = shard
+        if ids.size:
+            self._route_kind = ids.dtype.kind
         return moved
+
+    def _route_ids(self) -> np.ndarray:
+        """Every routed agent's id, in row order (int64, or a string array: what checkpoints hold)."""
+        keys = self._routes.keys_of(np.arange(len(self._routes), dtype=np.int64))
+        return keys if keys.dtype != object else np.array(keys.tolist(), dtype=str)
+
+    def _set_routes(self, ids: np.ndarray, shard: np.ndarray) -> None:
+        """Routing from :meth:`_route_ids` and the shards (a checkpoint's tables)."""
+        self._routes = IdIndex()
+        self._routes.add_new(ids)
+        self._route_shard = np.asarray(shard, dtype=np.int64).copy()
+        self._route_kind = ids.dtype.kind if ids.size else None
 
 
     # ------------------------------------------------------------------ CAP links

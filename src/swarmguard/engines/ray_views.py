@@ -63,7 +63,7 @@ class RayTreeView:
         return self._det.feature_dimensions
 
     def __len__(self) -> int:
-        return int(self._det._known_ids.size)
+        return len(self._det._routes)
 
     def get_global_statistics(self, ddof: int = 1) -> dict[str, Any]:
         """Population statistics from the root aggregator's last merge (as the tree's)."""

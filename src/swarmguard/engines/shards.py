@@ -14,189 +14,33 @@ plus the calls logged since (see :mod:`swarmguard.engines.ray_engine`).
 
 from __future__ import annotations
 
-import resource
-import uuid
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ..api.cap import compute_confidence_factor
-from ..api.consensus import StableBayesianConsensus
 from ..api.tree import HierarchicalStatisticalTree
-from ..errors import DuplicateEvidenceError, StaleShardError, SwarmGuardError, UnknownAgentError
-from ..structures.evidence import CoveredCounts
+from ..errors import StaleShardError, SwarmGuardError
 from ..structures.replica import RegionReplica
-from ..structures.robust_fusion import SourceEvents, count_flagged_pairs, far_outlier_events
-from ..structures.scoring import combine_levels, score_population
-from ..structures.slot_tree import MAX_UNIT_EXPONENT, scale_outer
-from ..values.moments import Moments, combine_groups
+from ..values.moments import Moments
 from ..values.version_vector import VersionVector
+from .evidence_shard import EvidenceShard
+from .shard_base import Versioned
+from .shard_math import (
+    _for_scoring,
+    merge_scaled,
+    moments_from_state,
+    score_rows,
+)
 
 __all__ = ["StaleShardError", "RegionShard", "RootAggregator", "EvidenceShard", "score_rows",
            "moments_from_state", "merge_scaled"]
 
 
-_PROCESS = uuid.uuid4().hex      # differs in every process: a restarted actor has a new one
 
 
-def moments_from_state(n: float, shift: np.ndarray, off: np.ndarray, m2: np.ndarray,
-                       exponent: np.ndarray | None = None) -> Moments:
-    """A :class:`Moments` value from a tree node's (count, offset from ``shift``, M2).
-
-    ``exponent`` (one per feature: the node is kept in units ``2**exponent``)
-    converts a node kept in the tree's internal units back to the caller's:
-    exact, but for under/overflow of the results themselves (the product of two
-    units is never formed as a factor, :func:`~swarmguard.structures.slot_tree.scale_outer`).
-    """
-    m = Moments(shift.shape[0])
-    m.count = int(round(float(n)))
-    if m.count:
-        off = np.array(off, dtype=np.float64)
-        m2 = np.array(m2, dtype=np.float64)
-        if exponent is not None:
-            off = np.ldexp(off, exponent)
-            m2 = scale_outer(m2, exponent)
-        m.shift, m.offset, m.m2 = shift.copy(), off, m2
-    return m
-
-
-def merge_reach_exponent(parts: Sequence[tuple[Moments, np.ndarray]], shift: np.ndarray) -> np.ndarray:
-    """Per feature, the binary exponent of how far the merged data reach from ``shift``.
-
-    A part reaches ``|shift_i - shift| + (|offset_i| + sqrt(M2_i,jj)) 2**e_i`` at most
-    (``sqrt(M2)`` bounds every member's deviation from the part's mean). The
-    exponent of the larger term is taken (``frexp`` on each, so a reach far below
-    the normal range keeps its exponent); a feature that is 0 everywhere gets the
-    placeholder 1, as in the tree. Only parts that hold a feature's data decide
-    its unit: a part whose feature is all zeros carries a placeholder exponent
-    that says nothing about the data.
-    """
-    best = np.full(shift.shape[0], np.iinfo(np.int64).min)
-    for m, e in parts:
-        _, k_shift = np.frexp(np.abs(m.shift - shift))
-        spread = np.abs(m.offset) + np.sqrt(np.maximum(m.m2.diagonal(), 0.0))
-        _, k_spread = np.frexp(spread)
-        k_shift = np.where(m.shift != shift, k_shift, best)
-        k_spread = np.where(spread > 0, k_spread + np.asarray(e, dtype=np.int64), best)
-        best = np.maximum(best, np.maximum(k_shift, k_spread))
-    best = np.where(best == np.iinfo(np.int64).min, 1, best)
-    return np.clip(best, -MAX_UNIT_EXPONENT, MAX_UNIT_EXPONENT).astype(np.int64)
-
-
-def merge_scaled(parts: Sequence[tuple[Moments, np.ndarray]]) -> tuple[Moments, np.ndarray]:
-    """Merge moments kept in per-part power-of-two units into units chosen from the parts' reach.
-
-    Each part is ``(m, e)``: ``m.shift`` in the caller's units, ``m.offset`` and
-    ``m.m2`` in units ``2**e`` (a shard tree's internal units). The result uses,
-    per feature, the units of :func:`merge_reach_exponent`: the exponent of the
-    farthest any part's data lie from the common shift, as the tree chooses its
-    units from its farthest deviation. Neither the largest part exponent (a
-    shard whose feature is all zeros carries the placeholder 1, which made a
-    1e-300 feature of the other shards underflow to 0) nor the smallest (a
-    huge feature would overflow) would do. Every rescaling is ``ldexp`` by a
-    difference of exponents, exact but where a part's digits lie far below the
-    others' (negligible against them). Chan's k-way formula, as
-    :meth:`Moments.merge_all`.
-    """
-    live = [(m, e) for m, e in parts if m.count]
-    dim = parts[0][0].dim
-    result = Moments(dim)
-    if not live:
-        return result, np.zeros(dim, dtype=np.int64)
-    shift = live[0][0].shift
-    E = merge_reach_exponent(live, shift)
-    counts = np.array([m.count for m, _ in live], dtype=np.float64)
-    offsets = np.stack([np.ldexp(m.shift - shift, -E) + np.ldexp(m.offset, e - E) for m, e in live])
-    m2s = np.stack([scale_outer(m.m2, e - E) for m, e in live])
-    _, off, m2 = combine_groups(counts, offsets, m2s)
-    result.count = sum(m.count for m, _ in live)
-    result.shift, result.offset, result.m2 = shift.copy(), off, m2
-    return result, E
-
-
-def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_index: np.ndarray,
-               population: Moments, cohorts: dict[tuple[str, ...], Moments], shrinkage: Any,
-               warm_up: int, score_levels: str, exponents: dict[Any, np.ndarray] | None = None
-               ) -> dict[str, Any]:
-    """Leave-one-out scores of rows ``X`` against moments that were merged elsewhere.
-
-    The protocol's scoring core (:func:`~swarmguard.structures.scoring.score_population`
-    and :func:`~swarmguard.structures.scoring.combine_levels`) on merged moments:
-    deviations ``(x - shift) * unit - offset`` against the population, then
-    (``score_levels="all"``) against every cohort on the row's path,
-    Bonferroni-combined. ``row_paths[row_path_index[i]]`` is row i's cohort
-    path. ``exponents`` (``None``: the moments are in the caller's units) maps
-    ``()`` and each cohort path to the power-of-two units ``2**e`` its offset
-    and co-moment are kept in (:func:`merge_scaled`), so features of any
-    magnitude score alike. Returns ``mahalanobis_squared``, ``p_value``,
-    ``decision_p_value``, ``levels`` (per row, how many levels were combined)
-    and ``any_warm`` (some level was out of warm-up).
-    """
-    def deviations(rows: np.ndarray, m: Moments, key: Any) -> np.ndarray:
-        D = np.subtract(rows, m.shift)
-        if exponents is not None:
-            D *= np.ldexp(1.0, -exponents[key])      # exact: powers of two
-        D -= m.offset
-        return D
-
-    d2, p, warm, _ = score_population(deviations(X, population, ()), float(population.count), population.offset,
-                                      population.m2, shrinkage, warm_up)
-    if score_levels != "all":
-        return {"mahalanobis_squared": d2, "p_value": p, "decision_p_value": p, "any_warm": warm,
-                "levels": np.ones(X.shape[0], dtype=np.int64)}
-
-    def groups():
-        max_depth = max((len(pt) for pt in row_paths), default=0)
-        for k in range(1, max_depth + 1):
-            prefix_of: dict[tuple[str, ...], list[int]] = {}
-            for i, pt in enumerate(row_paths):
-                if len(pt) >= k:
-                    prefix_of.setdefault(pt[:k], []).append(i)
-            for prefix, path_ids in prefix_of.items():
-                rows = np.flatnonzero(np.isin(row_path_index, path_ids))
-                if rows.size:
-                    c = cohorts[prefix]
-                    yield prefix, rows, float(c.count), c.offset, c.m2, deviations(X[rows], c, prefix)
-
-    decision_p, any_warm, n_levels, _ = combine_levels(p, warm, groups(), shrinkage, warm_up)
-    return {"mahalanobis_squared": d2, "p_value": p, "decision_p_value": decision_p,
-            "any_warm": any_warm, "levels": n_levels.astype(np.int64)}
-
-
-def _for_scoring(merged: dict[str, Any], need: set[tuple[str, ...]]):
-    """(population, cohorts, exponents) to score against: the power-of-two scaled merge when present."""
-    scaled = merged.get("scaled")
-    src = scaled if scaled is not None else merged
-    cohorts = {p: src["cohorts"][p] for p in need}
-    return src["population"], cohorts, (scaled["exponents"] if scaled is not None else None)
-
-
-class _Versioned:
-    """The ``expect`` bookkeeping shared by every shard."""
-
-    seq: int
-
-    def _check(self, expect: int) -> None:
-        if expect != self.seq:
-            raise StaleShardError(f"{type(self).__name__} holds state {self.seq}, caller expects {expect}")
-
-    def _step(self, expect: int) -> None:
-        self._check(expect)
-        self.seq += 1
-
-    def ping(self) -> int:
-        return self.seq
-
-    def incarnation(self) -> str:
-        """An id of the process this shard lives in (a restarted actor has another)."""
-        return _PROCESS
-
-    def peak_memory_mb(self) -> float:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-class RegionShard(_Versioned):
+class RegionShard(Versioned):
     """One or more regions: their agents' part of the tree and their CAP replicas.
 
     The tree is a :class:`HierarchicalStatisticalTree` of this shard's agents
@@ -418,7 +262,7 @@ class RegionShard(_Versioned):
         return self.seq
 
 
-class RootAggregator(_Versioned):
+class RootAggregator(Versioned):
     """The root of the tree across machines: merges the shards' moments.
 
     Stateless between rounds but for the last merge (kept for
@@ -460,190 +304,4 @@ class RootAggregator(_Versioned):
     def restore(self, seq: int, state: Any = None) -> int:
         """Nothing to restore: the next merge rebuilds everything."""
         self.seq, self.last = 0, None
-        return self.seq
-
-
-class EvidenceShard(_Versioned):
-    """One evidence partition: the exact evidence of the agents hashed to it.
-
-    Holds a :class:`StableBayesianConsensus` of its agents' evidence; the
-    per-agent fusion is local and exact; source reputation needs every
-    partition's outlier counts, so consensus is two calls: :meth:`fuse`
-    (outlier counts per source) and :meth:`finish` (given the globally flagged
-    sources).
-    """
-
-    def __init__(self, **consensus_kwargs: Any):
-        self.kwargs = consensus_kwargs
-        self._fresh()
-
-    def _fresh(self) -> None:
-        self.seq = 0
-        self.consensus = StableBayesianConsensus(**self.kwargs)
-        self._fused: dict[str, Any] | None = None
-        self._established: list[Hashable] | None = None   # sources out of probation, as of the last fuse
-        self._covered = CoveredCounts()                   # for the driver's probation (covered_counts)
-
-    def check(self, expect: int, batch: dict[str, Any] | None, every: tuple[Any, Any, np.ndarray], me: int) -> None:
-        """Raise as :meth:`add` of ``batch`` would, changing nothing; also refuse the whole
-        batch's evidence routed to other partitions (``every``: all ids, their sources,
-        their partitions) whose key ``(source, evidence_id)`` this partition holds or
-        receives too: the same evidence for another agent."""
-        self._check(expect)
-        if batch is not None:
-            self.consensus.check_evidence_batch(**batch)
-        ids, sources, part = every
-        away = np.flatnonzero(part != me)
-        if away.size == 0:
-            return
-
-        def take(col, rows):
-            return col[rows] if isinstance(col, np.ndarray) else [col[i] for i in rows.tolist()]
-
-        foreign, foreign_src = take(ids, away), take(sources, away)
-        conflict = self.consensus.holds_evidence_many(foreign, foreign_src)
-        if batch is not None:
-            mine = batch["evidence_ids"]
-            # Ids first (vectorised for integer or string arrays), then the few candidates' keys.
-            if (isinstance(foreign, np.ndarray) and isinstance(mine, np.ndarray)
-                    and foreign.dtype.kind == mine.dtype.kind and foreign.dtype.kind in "iuU"):
-                candidates = np.flatnonzero(np.isin(foreign, mine)).tolist()
-            else:
-                ids_here = set(mine.tolist() if isinstance(mine, np.ndarray) else mine)
-                items = foreign.tolist() if isinstance(foreign, np.ndarray) else foreign
-                candidates = [i for i, k in enumerate(items) if k in ids_here]
-            if candidates:
-                def listed(col):
-                    return col.tolist() if isinstance(col, np.ndarray) else list(col)
-                keys_here = set(zip(listed(batch["source_nodes"]), listed(mine), strict=True))
-                f_ids, f_src = listed(foreign), listed(foreign_src)
-                for i in candidates:
-                    if (f_src[i], f_ids[i]) in keys_here:
-                        conflict[i] = True
-        if conflict.any():
-            i = int(np.flatnonzero(conflict)[0])
-            raise DuplicateEvidenceError(f"evidence_id {foreign[i]!r} of source {foreign_src[i]!r} "
-                                         f"is given for two different agents")
-
-    def add(self, expect: int, batch: dict[str, Any]) -> int:
-        self._check(expect)
-        n = self.consensus.add_evidence_batch(**batch)
-        self.seq += 1
-        return n
-
-    def _rows_mask(self, keys: Sequence[Hashable] | None, default: bool) -> np.ndarray:
-        """Per source row of this partition: is its key in ``keys`` (None: ``default``)."""
-        sources = self.consensus.ledger.sources.keys()
-        if keys is None:
-            return np.full(len(sources), default, dtype=bool)
-        wanted = set(keys)
-        return np.array([k in wanted for k in sources], dtype=bool)
-
-    def agent_consensus(self, expect: int, agent_id: Hashable, flagged: Sequence[Hashable],
-                        established: Sequence[Hashable] | None = None) -> dict[str, Any] | None:
-        """One agent's consensus (the in-process keys) given the sources flagged and the
-        sources out of probation over all partitions (None: every source)."""
-        self._check(expect)
-        c = self.consensus
-        flag = self._rows_mask(flagged, False)
-        try:
-            return c.consensus_given(agent_id, flag, False, self._rows_mask(established, True))
-        except UnknownAgentError:
-            return None
-
-    def source_counts(self, expect: int) -> dict[str, Any]:
-        """Accepted evidence per source (keyed by source id), for probation over all partitions."""
-        self._check(expect)
-        ledger = self.consensus.ledger
-        n = len(ledger.sources)
-        counts = np.zeros(n, dtype=np.int64)
-        counts[: min(n, ledger.source_counts.size)] = ledger.source_counts[:n]
-        return {"sources": ledger.sources.keys(), "counts": counts}
-
-    def covered_counts(self, expect: int, base: Sequence[Hashable]) -> dict[str, Any]:
-        """Per source (keyed by source id): the distinct agents here (up to the probation
-        count) it has evidence on that some ``base`` source (founding or trusted, over all
-        partitions) reports on, for probation. Each agent lives in one partition, so the
-        driver's sum over partitions reaches the probation count exactly when the source's
-        count over all agents does."""
-        self._check(expect)
-        ledger = self.consensus.ledger
-        counts = self._covered.counts(ledger, self._rows_mask(base, False), self.consensus.probation_evidence).copy()
-        return {"sources": ledger.sources.keys(), "counts": counts}
-
-    def _fuse(self, established: Any = ...) -> dict[str, Any]:
-        """The partition's fusion given the sources out of probation over all partitions
-        (a list of ids, None for every source; omitted: those of the last :meth:`fuse`)."""
-        c = self.consensus
-        ledger = c.ledger
-        if established is ...:
-            established = self._established
-        key = None if established is None else frozenset(established)
-        if (self._fused is not None and self._fused["version"] == ledger.version
-                and self._fused["established_keys"] == key):
-            return self._fused
-        out, events, pair_agents, pair_sources, shard_pairs = c.fuse_partition(
-            need_sum=False, established=self._rows_mask(established, True))
-        out.update(shard_pairs=shard_pairs, pair_agents=pair_agents, pair_sources=pair_sources,
-                   events=events, version=ledger.version, established_keys=key)
-        self._fused = out
-        return out
-
-    def fuse(self, expect: int, established: Sequence[Hashable] | None = None) -> dict[str, Any]:
-        """Far-outlier events per source (keyed by source id) over this partition's agents,
-        given the sources out of probation over all partitions (None: every source)."""
-        self._check(expect)
-        self._established = None if established is None else list(established)
-        ev = self._fuse()["events"]
-        return {"sources": self.consensus.ledger.sources.keys(),
-                **{name: getattr(ev, name) for name in SourceEvents._FIELDS}}
-
-    def recount(self, expect: int, flagged: Sequence[Hashable]) -> dict[str, Any]:
-        """The events again without the flagged sources (one peeling pass, this partition's part)."""
-        self._check(expect)
-        ledger = self.consensus.ledger
-        n_sources = len(ledger.sources)
-        flag = self._rows_mask(flagged, False)
-        events = SourceEvents.zeros(n_sources)
-        for agent, source, total, n_agents in self._fuse()["shard_pairs"]:
-            keep = ~flag[source]
-            events += far_outlier_events(agent[keep], source[keep], total[keep], n_agents, n_sources)
-        return {"sources": ledger.sources.keys(), **{name: getattr(events, name) for name in SourceEvents._FIELDS}}
-
-    def finish(self, expect: int, flagged: Sequence[Hashable]) -> dict[str, Any]:
-        """Per-agent consensus given the sources flagged over all partitions."""
-        self._check(expect)
-        g = self._fuse()
-        ledger = self.consensus.ledger
-        flag = self._rows_mask(flagged, False)
-        n_agents = len(ledger.agents)
-        n_flagged = count_flagged_pairs(g["pair_agents"], g["pair_sources"], flag, n_agents)
-        log_odds = g["robust"]
-        reached = self.consensus.reached(g["n"], g["f"], n_flagged, g["young"])
-        return {"agent_ids": ledger.agents.keys_of(np.arange(n_agents, dtype=np.int64)),
-                "log_odds": log_odds, "consensus_reached": reached, "evidence_count": g["count"],
-                "source_count": g["n"]}
-
-    @property
-    def evidence_count(self) -> int:
-        return self.consensus.evidence_count
-
-    def count(self, expect: int) -> int:
-        self._check(expect)
-        return self.consensus.evidence_count
-
-    def fingerprint(self, expect: int) -> dict[str, Any]:
-        """The stored evidence as columns (for tests: exact comparison)."""
-        self._check(expect)
-        return self.consensus.export_evidence()
-
-    def checkpoint(self, expect: int) -> tuple[int, dict[str, Any]]:
-        self._check(expect)
-        return self.seq, self.consensus.export_evidence()
-
-    def restore(self, seq: int, state: dict[str, Any] | None) -> int:
-        self._fresh()
-        if state is not None and len(state["log_odds"]):
-            self.consensus.add_evidence_batch(**state)
-        self.seq = seq
         return self.seq

@@ -20,7 +20,7 @@ Evidence ids
 ------------
 Evidence ids are unique per source: the key of an evidence is
 ``(source row, evidence_id)``, so one source cannot squat another's ids. The
-common case (ids distinct across all sources) stays a single :class:`KeyIndex`
+common case (ids distinct across all sources) stays a single :class:`IdIndex`
 over ``evidence_id`` whose row is the sequence number (``evidence_seq`` is
 None: the identity). Only an id that a *second* source uses too is kept in the
 small dict ``shared`` (``(source row, id) -> seq``); from the first such id on,
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InvalidInputError
-from .key_index import KeyIndex
+from ..values.id_index import IdIndex
 from .pair_sums import PairSums, _int_array
 
 __all__ = ["EvidenceLedger", "EvidencePartition", "CoveredCounts", "AGENTS_PER_SHARD"]
@@ -204,14 +204,14 @@ class EvidenceLedger:
 
     def __init__(self, partition_size: int):
         self.partition_size = int(partition_size)
-        self.evidence = KeyIndex()  # evidence_id -> row, for the first source that used the id
+        self.evidence = IdIndex()  # evidence_id -> row, for the first source that used the id
         self.evidence_seq: np.ndarray | None = None  # row of ``evidence`` -> seq (None: identity)
         self._seq_buffer = np.zeros(0, dtype=np.int64)  # evidence_seq is a view of its start
         self.shared: dict[tuple[int, object], int] = {}  # (source row, id) -> seq, ids already used
         self._source_counts = np.zeros(0, dtype=np.int64)  # accepted evidence per source row, of
         self._counted = 0                                   # the first _counted evidence (see source_counts)
-        self.agents = KeyIndex()
-        self.sources = KeyIndex()
+        self.agents = IdIndex()
+        self.sources = IdIndex()
         self.columns = {name: np.zeros(0, dtype=dt) for name, dt in _COLUMNS.items()}
         self.size = 0
         self.shards: list[list[EvidencePartition]] = []
@@ -381,7 +381,7 @@ class EvidenceLedger:
         if not claimed.any():
             if self.evidence_seq is not None:
                 self._extend_seq(np.arange(start, start + n, dtype=np.int64))
-            if n == 1:   # KeyIndex.add keeps single inserts cheap (no table rebuild)
+            if n == 1:   # IdIndex.add keeps single inserts cheap (no table rebuild)
                 self.evidence.add(_key(evidence_ids, 0))
             elif n:
                 self.evidence.add_new(evidence_ids)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EvidenceStoreError
+from ..validation import is_wire_id
 
 __all__ = ["EvidenceStore", "float_bits", "bits_float"]
 
@@ -224,7 +225,7 @@ class EvidenceStore:
         for i, r in enumerate(rows):
             for k, name in ((0, "evidence_id"), (1, "agent_id"), (2, "source_node")):
                 v = r[k]
-                if not (type(v) is str or (type(v) is int and _INT64[0] <= v < _INT64[1])):
+                if not is_wire_id(v):
                     raise EvidenceStoreError(f"{self.path}: row {i}: {name} {v!r} is not an int64 or str")
             if type(r[3]) is not str:
                 raise EvidenceStoreError(f"{self.path}: row {i}: evidence_type {r[3]!r} is not a str")
@@ -252,7 +253,7 @@ class EvidenceStore:
             raise EvidenceStoreError(f"cannot read evidence store {self.path}: {exc}") from exc
         out = []
         for (v,) in rows:
-            if not (type(v) is str or (type(v) is int and _INT64[0] <= v < _INT64[1])):
+            if not is_wire_id(v):
                 raise EvidenceStoreError(f"{self.path}: founding source {v!r} is not an int64 or str")
             out.append(v)
         return out

@@ -410,7 +410,10 @@ class RegionReplica:
     def region_moments(self) -> dict[str, Moments]:
         """Moments of ``(features, anomaly score)`` per home region, in this view (correctly rounded)."""
         names = self.registers.region_names
-        return {names[c]: m.to_moments() for c, m in enumerate(self._moments) if m.count}
+        # From copies: the co-moment folds the pending one-row changes, and a read must not
+        # mutate the live moments (two threads reading one replica would fold the same rows
+        # at once: one of them reads a half-folded co-moment, or both add the rows).
+        return {names[c]: m.copy().to_moments() for c, m in enumerate(self._moments) if m.count}
 
     def region_exact_moments(self) -> dict[str, ExactMoments]:
         """The exact per-home-region sums behind :meth:`region_moments` (copies)."""

@@ -213,7 +213,8 @@ def score_population(E: np.ndarray, count: float, offset: np.ndarray, m2: np.nda
 
 def combine_levels(p_population: np.ndarray, population_warm: bool,
                    groups: Iterable[tuple[Hashable, np.ndarray, float, np.ndarray, np.ndarray, np.ndarray]],
-                   shrinkage: float | str, warm_up: int) -> tuple[np.ndarray, bool, np.ndarray, dict[Any, dict]]:
+                   shrinkage: float | str, warm_up: int, score: Any = None
+                   ) -> tuple[np.ndarray, bool, np.ndarray, dict[Any, dict]]:
     """Score rows against every cohort above them; Bonferroni-combine with the population.
 
     ``groups`` yields, per cohort level, ``(key, rows, count, offset, m2, E)``:
@@ -223,17 +224,25 @@ def combine_levels(p_population: np.ndarray, population_warm: bool,
     ``(decision_p, any_warm, n_levels, reports)``: each row's smallest live
     p-value times its number of levels (capped at 1), whether some level
     decides, the levels per row, and per cohort ``{"rows", "count",
-    "mahalanobis_squared", "p_value", "warming_up"}``.
+    "mahalanobis_squared", "p_value", "warming_up"}``. ``score``, when given, scores a
+    cohort's rows instead of the leave-one-out scorer: ``score(key, rows, count, offset, m2, E)``
+    returns ``(d2, ok)`` (a scoring mode's own rule, e.g. trimmed moments), or
+    ``(d2, ok, p)`` when the mode's p-values are not χ²(d) ones (tail evidence).
     """
     p_min = (p_population if population_warm else np.ones_like(p_population)).copy()
     n_levels = np.ones(p_population.shape[0])
     any_warm = population_warm
     reports: dict[Any, dict] = {}
     for key, rows, count, offset, m2, E in groups:
-        sc = LeaveOneOutScorer(count, offset, m2, shrinkage)
-        cd2 = sc.score_many(E)
-        cp = chi2_sf(cd2, E.shape[1])
-        warm = count >= warm_up and sc.ok
+        if score is None:
+            sc = LeaveOneOutScorer(count, offset, m2, shrinkage)
+            cd2, ok = sc.score_many(E), sc.ok
+        else:
+            got = score(key, rows, count, offset, m2, E)
+            cd2, ok = got[0], got[1]
+        # a mode with its own p-values (tail evidence) returns them third
+        cp = got[2] if score is not None and len(got) > 2 else chi2_sf(cd2, E.shape[1])
+        warm = count >= warm_up and ok
         reports[key] = {"rows": rows, "count": int(round(count)), "mahalanobis_squared": cd2, "p_value": cp,
                         "warming_up": not warm}
         n_levels[rows] += 1

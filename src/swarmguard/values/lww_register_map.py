@@ -9,7 +9,7 @@ in one region with one timestamp: the later arrival wins). The key is a total
 order, so merge -- keep the larger key per agent -- is commutative, associative
 and idempotent.
 
-Agents are rows: ``AgentIndex`` maps ids to row numbers once, and every
+Agents are rows: an :class:`~swarmguard.values.id_index.IdIndex` maps ids to row numbers once, and every
 operation is a vectorised NumPy step over the rows it touches.
 """
 
@@ -23,7 +23,8 @@ import numpy as np
 
 from ..errors import DimensionMismatchError, InvalidInputError, NonFiniteError, UnknownAgentError
 from ..validation import MAX_ABS_VALUE, check_id_str_array, check_positive_int
-from .agent_index import AgentIds, AgentIndex, as_agent_ids, one_agent_id
+from .agent_index import AgentIds, as_agent_ids, one_agent_id
+from .id_index import IdIndex
 from .npz import dict_from_bytes, dict_to_bytes
 from .version_vector import MAX_COUNT, VersionVector, check_region_name
 
@@ -92,7 +93,7 @@ class LWWRegisterMap:
 
     def __init__(self, dim: int):
         self.dim = check_positive_int(dim, "dim")
-        self.index = AgentIndex()
+        self.index = IdIndex()
         self.region_names: list[str] = []
         self._code: dict[str, int] = {}
         self._rank = np.empty(0, np.int64)
@@ -139,7 +140,7 @@ class LWWRegisterMap:
 
     def _rows_for(self, ids: AgentIds) -> np.ndarray:
         before = len(self.index)
-        rows = self.index.rows(ids, create=True)
+        rows = self.index.rows(ids.keys(), create=True)
         self._grow(len(self.index))
         if len(self.index) > before:  # fresh rows start empty: any write beats them
             self._ts[before : len(self.index)] = -np.inf
@@ -214,13 +215,13 @@ class LWWRegisterMap:
         """:meth:`write_one` without arrays around the answer: ``(row, old_writer, old_values)``
         (the register's previous row as a list of floats, None where the agent had none;
         ``old_writer`` -1 then), or None when the write loses. ``ids``: one id, as
-        ``AgentIds`` or as :func:`~swarmguard.values.agent_index.check_wire_id` returns it;
+        ``AgentIds`` or as :func:`~swarmguard.validation.check_wire_id` returns it;
         ``values``: the ``(d + 1,)`` row (an array or a list of floats)."""
         code = self._code.get(region)
         if code is None:
             code = self.region_code(region)
         one = type(ids) is int or type(ids) is str
-        row = self.index.row_of_key(ids) if one else self.index.row_of(ids)
+        row = self.index.row_of(ids if one else ids.first())
         if row < 0:                      # a new agent: the batch path creates its row
             row = int(self._rows_for(one_agent_id(ids) if one else ids)[0])
         old_writer = int(self._writer[row])
@@ -248,7 +249,7 @@ class LWWRegisterMap:
     # ------------------------------------------------------------------ reads
     def get(self, agent_id: Any) -> dict[str, Any]:
         """The register of one agent: timestamp, region, seq, features, anomaly_score."""
-        row = int(self.index.rows(as_agent_ids([agent_id]), create=False)[0])
+        row = int(self.index.row_of(as_agent_ids([agent_id]).first()))
         if row < 0:
             raise UnknownAgentError(f"agent {agent_id!r} has no register here")
         return {
@@ -261,7 +262,7 @@ class LWWRegisterMap:
 
     def __contains__(self, agent_id: Any) -> bool:
         try:
-            return int(self.index.rows(as_agent_ids([agent_id]), create=False)[0]) >= 0
+            return int(self.index.row_of(as_agent_ids([agent_id]).first())) >= 0
         except (InvalidInputError, TypeError):
             return False
 
@@ -288,7 +289,7 @@ class LWWRegisterMap:
         """Registers at ``rows`` (all when None) as a dict of arrays, int ids first."""
         if rows is None:
             rows = np.arange(len(self.index), dtype=np.int64)
-        ids = self.index.ids_of(rows)
+        ids = AgentIds.from_keys(self.index.keys_of(rows))
         if ids.is_str is not None:
             order = np.concatenate([np.flatnonzero(~ids.is_str), np.flatnonzero(ids.is_str)])
             rows, ids = rows[order], ids.take(order)

@@ -211,3 +211,32 @@ def test_sigterm_drains_closes_the_window_and_flushes(tmp_path, tokens_file):
             assert r.status_code == 200 and r.json()["window"] == 1
     finally:
         _stop(proc)
+
+
+def test_a_round_that_refuses_its_input_neither_fails_the_close_nor_the_restart(make_node):
+    from swarmguard.apps.serve.durable_log import BEHAVIORS
+
+    clock = ManualClock()
+    _, node, client = make_node(clock=clock)
+    rng = np.random.default_rng(6)
+    _, rows = population_rows(rng, 30, 2)
+    assert post_behaviors(client, rows).status_code == 200
+    close_window(client)
+    # a feeder that bypasses the ingest checks (another module calling the node): a vector the
+    # detector refuses, logged and buffered like any other
+    poison = np.array([[1e300, 1.0]])
+    meta = {"population": "behaviors", "agents": ["poison"], "cohorts": [None], "d": 2, "feature_names": None}
+    with node.lock:
+        node._log_append(BEHAVIORS, clock(), meta, poison)
+        node._apply_behaviors(clock(), meta, poison)
+    clock.t += 60
+    assert close_window(client) == []                    # the round refused; the close itself did not fail
+    _, rows = population_rows(rng, 30, 2)
+    assert post_behaviors(client, rows).status_code == 200
+    close_window(client)
+    node.close()
+    _, again, client2 = make_node(clock=clock)           # replays the refused round without failing
+    a, b = node.populations["behaviors"], again.populations["behaviors"]
+    assert again.replayed == len(again.log) and b.windows_closed == a.windows_closed == 2
+    assert {k: v.score for k, v in a.agents.items()} == {k: v.score for k, v in b.agents.items()}
+    assert "poison" not in b.agents

@@ -264,3 +264,23 @@ def test_deflate_bodies_are_read_and_truncated_or_corrupt_ones_are_400(served):
     r = client.post("/v1/behaviors", content=b"\x1f\x8bnot gzip", headers={**headers, "Content-Encoding": "gzip"})
     assert r.status_code == 400 and "cannot be decoded" in r.json()["error"]
     assert len(node.log) == 1
+
+
+def test_a_refused_evidence_line_is_found_without_a_check_per_line(served, monkeypatch):
+    _, node, client = served
+    assert post_evidence(client, [_evidence(0)]).json()["accepted"] == 1
+    pops = list(node.populations.values())
+    calls = []
+    original = type(pops[0]).check_evidence
+
+    def counting(self, columns):
+        calls.append(len(columns[0]))
+        return original(self, columns)
+
+    monkeypatch.setattr(type(pops[0]), "check_evidence", counting)
+    rows = [_evidence(i, agent=f"a-{i % 7}") for i in range(1, 1024)]
+    rows.insert(600, _evidence(0, log_odds=-4.0))          # the stored id with other content
+    r = post_evidence(client, rows)
+    assert (r.json()["accepted"], r.json()["rejected"]) == (1023, 1) and r.json()["errors"][0]["line"] == 601
+    assert len(calls) <= len(pops) * 2 * (2 * 10 + 2)        # one check per line was 1,024 per population
+    assert node.populations["behaviors"].detector.consensus.evidence_count == 1024

@@ -53,3 +53,25 @@ def test_routes_answer_503_until_the_node_is_built(tmp_path, tokens_file):
     r = client.get("/v1/agents", headers=auth("t-read"))
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert client.get("/healthz").status_code == 200
+
+
+def test_a_node_that_cannot_replay_its_log_says_it_failed_instead_of_starting_forever(tmp_path, tokens_file, caplog):
+    import sqlite3
+
+    from swarmguard.apps.serve.durable_log import DurableLog
+
+    DurableLog(tmp_path / "data").close()
+    with sqlite3.connect(tmp_path / "data" / "node.sqlite") as db:     # a record no replay can read
+        db.execute("INSERT INTO log (kind, at, body) VALUES ('behaviors', 1.0, x'7b6e6f74')")
+    settings = ServeSettings(data_dir=tmp_path / "data", tokens_file=tokens_file, close_windows=False)
+    app = create_app(settings)
+    with caplog.at_level("ERROR", logger="swarmguard.serve"), TestClient(app) as client:
+        for _ in range(200):
+            r = client.get("/readyz")
+            if r.json() != {"error": "node is starting"}:
+                break
+            time.sleep(0.05)
+        assert r.status_code == 503 and r.json() == {"error": "node failed to start: see its log"}
+        r = client.get("/v1/agents", headers=auth("t-read"))
+        assert r.status_code == 503 and "failed to start" in r.json()["error"]
+    assert any("failed to start" in rec.getMessage() for rec in caplog.records)

@@ -149,3 +149,40 @@ def test_metrics_count_windows_and_isolations_and_openapi_is_served(served):
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/behaviors", "/v1/evidence", "/v1/agents", "/v1/agents/{agent_id}", "/v1/populations",
             "/v1/events", "/metrics", "/healthz", "/readyz"} <= set(paths)
+
+
+def test_populations_group_the_agents_once_not_once_per_cohort(served):
+    _, node, client = served
+    rng = np.random.default_rng(8)
+    _three_windows(client, rng, n=90, d=2, shifted=(), cohort=lambda i: f"c{i % 30}")
+    pop = node.populations["behaviors"]
+
+    class CountingDict(dict):
+        scans = 0
+
+        def values(self):
+            CountingDict.scans += 1
+            return super().values()
+
+    pop.agents = CountingDict(pop.agents)
+    answer = client.get("/v1/populations", headers=READ).json()["populations"]
+    assert CountingDict.scans <= 3                 # one pass per cohort made the answer quadratic
+    by_cohort = {p["cohort"]: p for p in answer}
+    assert len(by_cohort) == 31 and all(by_cohort[f"c{j}"]["count"] == 3 for j in range(30))
+    for cohort in ["", "c0", "c17"]:               # the same answer as a cohort's own scan
+        assert by_cohort[cohort] == json.loads(json.dumps(pop.cohort_summary(cohort)))
+
+
+def test_the_client_quotes_agent_ids_in_the_path(served):
+    from swarmguard.client import NodeError, SwarmGuardClient
+
+    _, _, tc = served
+    odd = ["q?population=spans", "50% off", "x#y", "../populations", "team/a 1"]
+    post_behaviors(tc, [{"agent_id": a, "features": [float(i)]} for i, a in enumerate(odd)])
+    admin = SwarmGuardClient("http://testserver", token="t-admin", http=tc)
+    admin.close_window()
+    for a in odd:
+        assert admin.agent(a)["agent_id"] == a
+    with pytest.raises(NodeError) as info:
+        admin.agent("q")
+    assert info.value.status == 404

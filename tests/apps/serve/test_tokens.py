@@ -28,6 +28,10 @@ def test_secrets_and_sha256_entries_authenticate_with_their_roles(tokens_file):
     ('[[token]]\nsecret = "x"\nrole = "observer"\n', "needs its source"),
     ('[[token]]\nsha256 = "abc"\nrole = "read"\n', "64 hex digits"),
     ('[[token]\n', "not valid TOML"),
+    ('[[token]]\nsecret = "p\u00e4ss"\nrole = "read"\n', "printable ASCII"),
+    ('[[token]]\nsecret = "x"\nrole = "read"\n[[token]]\nsecret = "x "\nrole = "admin"\n', "same secret as token 1"),
+    ('[[token]]\nsecret = "x"\nrole = "read"\n[[token]]\nsha256 = "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"\n'
+     'role = "admin"\n', "same secret as token 1"),
 ])
 def test_a_malformed_tokens_file_is_refused_naming_the_fault(tmp_path, text, fragment):
     path = tmp_path / "t.toml"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import threading
 import time
 
@@ -327,3 +328,210 @@ def test_an_unusable_agent_id_is_refused_through_partial_success(served):
     assert _ingest(node).pending_spans == 3
     (closed,) = close_window(client)
     assert closed["agents"] == 1
+
+
+def _bad_token_request(set_value) -> bytes:
+    req = ExportTraceServiceRequest()
+    s = req.resource_spans.add().scope_spans.add().spans.add(name="chat", start_time_unix_nano=1,
+                                                             end_time_unix_nano=10**9)
+    s.attributes.add(key="gen_ai.agent.id").value.string_value = "bad-tokens"
+    s.attributes.add(key="gen_ai.operation.name").value.string_value = "chat"
+    set_value(s.attributes.add(key="gen_ai.usage.output_tokens").value)
+    return req.SerializeToString()
+
+
+_NO_COUNTS = [
+    lambda v: setattr(v, "double_value", float("inf")),
+    lambda v: setattr(v, "double_value", 1e308),            # finite, but sums overflow
+    lambda v: setattr(v, "int_value", -5),
+    lambda v: setattr(v, "string_value", "-inf"),
+    lambda v: setattr(v, "string_value", "1e300"),
+]
+_NOT_NUMBERS = [                                            # read as absent, as before
+    lambda v: setattr(v, "double_value", float("nan")),
+    lambda v: setattr(v, "string_value", "many"),
+    lambda v: setattr(v, "bool_value", True),
+    lambda v: v.array_value.values.add().__setattr__("int_value", 3),
+]
+
+
+@pytest.mark.parametrize(("set_value", "refused"), [(f, True) for f in _NO_COUNTS] + [(f, False) for f in _NOT_NUMBERS],
+                         ids=["inf", "1e308", "negative", "-inf-string", "1e300-string", "nan", "word", "bool",
+                              "array"])
+def test_a_token_count_that_is_no_count_is_refused_and_the_window_still_closes(served, set_value, refused):
+    # before: the span was kept, its window's vectors were non-finite, and the close (logged
+    # first) failed with a 500 -- live and again at every restart's replay
+    _, node, client = served
+    profiles = make_fleet(20, 0, seed=1)
+    for body in window_requests(profiles, np.random.default_rng(0)):
+        assert client.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")}).status_code == 200
+    before = _ingest(node).pending_spans
+    r = client.post("/v1/traces", content=_bad_token_request(set_value), headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 200
+    partial = decode_export_response(r.content, "protobuf").partial_success
+    if refused:
+        assert partial.rejected_spans == 1 and "token count" in partial.error_message
+        assert metric(client, "swarmguard_refused_total", kind="spans") == 1
+    else:
+        assert partial.rejected_spans == 0
+    assert _ingest(node).pending_spans == before + (not refused)
+    (closed,) = close_window(client)
+    assert closed["agents"] == 20 + (not refused)
+    got = client.get("/v1/agents/bad-tokens", headers=auth("t-read"))
+    assert got.status_code == (404 if refused else 200)
+
+
+def test_a_token_count_as_a_numeric_string_or_a_whole_double_is_read():
+    from swarmguard.apps.otlp.spans import span_columns
+
+    req = ExportTraceServiceRequest()
+    spans = req.resource_spans.add().scope_spans.add().spans
+    for setter in (lambda v: setattr(v, "string_value", "812"), lambda v: setattr(v, "double_value", 812.0),
+                   lambda v: setattr(v, "int_value", 812), lambda v: None):   # the last: no value, absent
+        s = spans.add(name="chat")
+        s.attributes.add(key="gen_ai.agent.id").value.string_value = "a"
+        setter(s.attributes.add(key="gen_ai.usage.input_tokens").value)
+    cols = span_columns(req)
+    assert cols.bad_tokens == 0 and cols.input_tokens[:3].tolist() == [812.0] * 3
+    assert np.isnan(cols.input_tokens[3])
+
+
+def _with_ids(agents=("a-1", "a-2"), first_id: int = 1) -> bytes:
+    req = ExportTraceServiceRequest.FromString(_request(agents))
+    for i, span in enumerate(req.resource_spans[0].scope_spans[0].spans):
+        span.trace_id = bytes(15) + b"\x01"
+        span.span_id = (first_id + i).to_bytes(8, "big")
+    return req.SerializeToString()
+
+
+def test_a_retried_batch_is_acknowledged_and_not_counted_twice(make_node, tmp_path):
+    # before: the exporter's retry of a batch whose answer it lost doubled every agent's counts
+    _, node, client = make_node(data_dir=tmp_path / "node")
+    body = _with_ids()
+    for _ in range(2):
+        r = client.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")})
+        assert r.status_code == 200 and not decode_export_response(r.content, "protobuf").HasField("partial_success")
+    assert _ingest(node).pending_spans == 6
+    assert metric(client, "swarmguard_accepted_total", kind="spans") == 6
+    assert metric(client, "swarmguard_accepted_total", kind="spans_repeated") == 6
+    # a request that repeats itself, and new spans beside old ones
+    both = ExportTraceServiceRequest.FromString(_with_ids(("a-1",), first_id=100))
+    both.MergeFrom(ExportTraceServiceRequest.FromString(_with_ids(("a-1",), first_id=100)))
+    assert client.post("/v1/traces", content=both.SerializeToString(), headers={**PB, **auth("t-ingest")}).status_code == 200
+    assert _ingest(node).pending_spans == 9
+    # the same span id under another agent is another span
+    assert client.post("/v1/traces", content=_with_ids(("a-3",)), headers={**PB, **auth("t-ingest")}).status_code == 200
+    assert _ingest(node).pending_spans == 12
+    # a restart still knows the window's span ids (they are logged)
+    client.close()
+    _, node, client = make_node(data_dir=tmp_path / "node")
+    assert _ingest(node).pending_spans == 12
+    assert client.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")}).status_code == 200
+    assert _ingest(node).pending_spans == 12
+    (closed,) = close_window(client)
+    one = client.get("/v1/agents/a-1", headers=auth("t-read")).json()
+    assert one["window"] == closed["window"]
+    invocations = next(c for c in one["contributions"] if c["feature"] == "invocations")
+    assert invocations["actual"] == 2.0                    # ids 1 and 100, once each
+    # a retry arriving just after the close is still a repeat; two windows later it is new
+    assert client.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")}).status_code == 200
+    assert _ingest(node).pending_spans == 0
+    assert close_window(client) == []
+    _ingest(node).before_close(0.0)                        # another (empty) window goes by
+    assert client.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")}).status_code == 200
+    assert _ingest(node).pending_spans == 6
+
+
+def test_spans_without_ids_are_all_counted(served):
+    _, node, client = served
+    for _ in range(2):
+        assert client.post("/v1/traces", content=_request(), headers={**PB, **auth("t-ingest")}).status_code == 200
+    assert _ingest(node).pending_spans == 12
+
+
+def test_a_retry_is_acknowledged_only_once_the_spans_it_repeats_are_committed(served, monkeypatch):
+    # the original's record may still wait for its group commit when its retry arrives: the
+    # retry's 200 must not come first (a kill -9 between would lose acknowledged spans)
+    _, node, client = served
+    commits = []
+    real = node.log.commit_through
+    monkeypatch.setattr(node.log, "commit_through", lambda seq: (commits.append(seq), real(seq))[1])
+    body = _with_ids()
+    for _ in range(2):
+        assert client.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")}).status_code == 200
+    assert len(commits) == 2 and commits[0] == commits[1] > 0
+    assert client.post("/v1/traces", content=_request(orphans=0, agents=()), headers={**PB, **auth("t-ingest")}).status_code == 200
+    assert len(commits) == 2                               # nothing kept, nothing repeated: nothing to wait for
+
+
+@pytest.mark.slow
+def test_kill_9_during_concurrent_exports_loses_no_acknowledged_span(tmp_path, tokens_file):
+    # group commit under load: every 200 must mean its spans (and a retry's) survive a kill -9
+    import random
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from .test_durability import _free_port, _start, _stop, _wait_ready
+
+    port, data = _free_port(), tmp_path / "data"
+    pick = random.Random(13)
+    acked: set[str] = set()
+    counter = iter(range(10**9))
+    for life in range(3):
+        proc = _start(data, port, tokens_file)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                _wait_ready(http, proc)
+                stop = time.monotonic() + pick.uniform(0.5, 1.5)
+
+                def post_until_killed(worker: int) -> None:
+                    while True:
+                        n = next(counter)
+                        agents = [f"L{life}-w{worker}-{n}-{j}" for j in range(4)]
+                        body = _with_ids(agents, first_id=1 + 16 * n)
+                        try:
+                            for _ in range(1 + n % 2):            # every other batch sent twice (a retry)
+                                r = http.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")})
+                                if r.status_code == 200:
+                                    acked.update(agents)
+                            if n % 9 == 0:
+                                http.post("/v1/admin/close-window", headers=auth("t-admin"))
+                        except httpx.TransportError:
+                            return
+
+                with ThreadPoolExecutor(4) as pool:
+                    futures = [pool.submit(post_until_killed, w) for w in range(4)]
+                    while time.monotonic() < stop:
+                        time.sleep(0.05)
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    for f in futures:
+                        f.result(timeout=60)
+        finally:
+            _stop(proc)
+    proc = _start(data, port, tokens_file)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            _wait_ready(http, proc)
+            assert http.post("/v1/admin/close-window", headers=auth("t-admin")).status_code == 200
+            assert acked
+            listed = http.get("/v1/agents", params={"top": 100_000, "population": "spans"},
+                              headers=auth("t-read")).json()["agents"]
+            assert acked <= {a["agent_id"] for a in listed}
+            for agent in pick.sample(sorted(acked), min(60, len(acked))):
+                one = http.get(f"/v1/agents/{agent}", headers=auth("t-read")).json()
+                actual = {c["feature"]: c["actual"] for c in one["contributions"]}
+                assert actual["invocations"] == 1.0, agent            # a retry is not counted again
+    finally:
+        _stop(proc)
+
+
+def test_a_request_larger_than_any_window_is_413_not_a_429_retried_forever(make_node):
+    _, node, client = make_node(max_window_rows=5)
+    r = client.post("/v1/traces", content=_request(), headers={**PB, **auth("t-ingest")})     # 6 spans
+    assert r.status_code == 413 and "Retry-After" not in r.headers
+    assert decode_status(r.content, "protobuf").code == 3 and "smaller batches" in decode_status(r.content, "protobuf").message
+    assert _ingest(node).pending_spans == 0 and len(node.log) == 0
+    assert metric(client, "swarmguard_errors_total", status="413") == 1
+    assert client.post("/v1/traces", content=_request(("a-1",)), headers={**PB, **auth("t-ingest")}).status_code == 200

@@ -159,13 +159,21 @@ def inflate(body: bytes, content_encoding: str | None, max_bytes: int = DEFAULT_
             return b"".join(out)
 
 
+_ID_BYTES = {"traceId": 16, "trace_id": 16, "spanId": 8, "span_id": 8, "parentSpanId": 8, "parent_span_id": 8}
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
 def _hex_to_base64(value: Any, field: str) -> Any:
+    """A hex id as json_format's base64. Empty is an id not set; otherwise exactly the id's
+    size in hex digits (as the OpenTelemetry Collector reads OTLP/JSON: another length is a
+    malformed body), no spaces (``bytes.fromhex`` alone would take "5b 8e")."""
     if not isinstance(value, str):
         return value          # json_format refuses it with its own message
-    try:
-        return base64.b64encode(bytes.fromhex(value)).decode("ascii")
-    except ValueError:
-        raise MalformedBodyError(f"{field} must be a hex string, got {value[:40]!r}") from None
+    name = field.rsplit(".", 1)[-1]
+    size = _ID_BYTES[name]
+    if value and (len(value) != 2 * size or not _HEX.issuperset(value)):
+        raise MalformedBodyError(f"{field} must be a hex string of {2 * size} digits (or empty), got {value[:40]!r}")
+    return base64.b64encode(bytes.fromhex(value)).decode("ascii")
 
 
 def _list(value: Any) -> Any:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["OP_OTHER", "OP_INVOKE", "OP_MODEL", "OP_TOOL", "COHORT_FIELDS", "UNKNOWN", "SpanColumns",
+__all__ = ["MAX_NAME", "OP_OTHER", "OP_INVOKE", "OP_MODEL", "OP_TOOL", "COHORT_FIELDS", "UNKNOWN", "SpanColumns",
            "span_columns", "NameTable"]
 
 OP_OTHER, OP_INVOKE, OP_MODEL, OP_TOOL = 0, 1, 2, 3
@@ -43,6 +43,9 @@ _STATUS_ERROR = 2            # opentelemetry.proto.trace.v1.Status.STATUS_CODE_E
 # the cohort of an agent: these, in this order ("unknown" where absent)
 COHORT_FIELDS = ("service", "environment", "region", "agent_name", "agent_version", "model")
 UNKNOWN = "unknown"
+# characters kept of a tool name or a cohort attribute: the name tables live as long as the
+# node and every record logs its own, so a megabyte-long name would be kept for good
+MAX_NAME = 1000
 
 # attribute key -> (slot): agent id, cohort fields, and the span quantities
 _AGENT = "gen_ai.agent.id"
@@ -98,7 +101,11 @@ class SpanColumns:
     seconds; ``input_tokens`` / ``output_tokens`` NaN where absent; ``error`` True for
     a span with ``error.type`` or status ERROR; ``content_filter`` / ``length`` True
     when ``gen_ai.response.finish_reasons`` names that reason. ``rejected`` counts the
-    spans left out because they name no agent.
+    spans left out because they name no agent, ``bad_tokens`` those left out because a
+    token count is a number that is no count (negative, infinite, over 2**53).
+    ``span_id`` (uint64, optional) is each span's 8-byte id read big-endian, 0 where the
+    span has none (or one of another length): what tells an exporter's retry of a batch
+    from new spans.
     """
 
     agent: np.ndarray
@@ -115,24 +122,49 @@ class SpanColumns:
     cohorts: list[tuple[str, ...]] = field(default_factory=list)
     tools: list[str] = field(default_factory=list)
     rejected: int = 0
+    bad_tokens: int = 0
+    span_id: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.agent.size)
 
 
+_MAX_TOKENS = float(2 ** 53)   # above this a count is not an exact float: no model call reports that many
+_BAD_COUNT = -1.0              # a token count present but not a count (the span is refused)
+
+
 def _int_of(value: Any) -> float:
-    """A token count sent as an int (the convention), a double or a numeric string; NaN otherwise."""
+    """A token count sent as an int (the convention), a double or a numeric string.
+
+    NaN (absent) for another type or a string that is no number, as for an attribute with
+    no value; :data:`_BAD_COUNT` for a number that is no count: negative, infinite or over
+    2**53. Such a count would make the window's vectors non-finite (the detector refuses
+    them, and with them the window's close), so its span is refused.
+    """
     kind = value.WhichOneof("value")
     if kind == "int_value":
-        return float(value.int_value)
-    if kind == "double_value":
-        return value.double_value
-    if kind == "string_value":
+        count = float(value.int_value)
+    elif kind == "double_value":
+        count = value.double_value
+    elif kind == "string_value":
         try:
-            return float(value.string_value)
+            count = float(value.string_value)
         except ValueError:
             return np.nan
-    return np.nan
+    else:
+        return np.nan
+    if count != count:           # NaN: absent
+        return np.nan
+    return count if 0.0 <= count <= _MAX_TOKENS else _BAD_COUNT
+
+
+def _span_ids(ids: list[bytes]) -> np.ndarray:
+    """8-byte span ids as big-endian uint64 (0 for an id of another length, or none)."""
+    if not ids:
+        return np.zeros(0, dtype=np.uint64)
+    if min(map(len, ids)) == max(map(len, ids)) == 8:      # the usual case, at C speed
+        return np.frombuffer(b"".join(ids), dtype=">u8").astype(np.uint64)
+    return np.array([int.from_bytes(b, "big") if len(b) == 8 else 0 for b in ids], dtype=np.uint64)
 
 
 def _resource_context(resource: Any) -> tuple[str | None, list[str]]:
@@ -143,7 +175,7 @@ def _resource_context(resource: Any) -> tuple[str | None, list[str]]:
         key = kv.key
         slot = _COHORT_KEYS.get(key)
         if slot is not None:
-            text = kv.value.string_value
+            text = kv.value.string_value[:MAX_NAME]
             if text:
                 cohort[slot] = text
         elif key == _AGENT:
@@ -159,7 +191,8 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
 
     ``agents``, ``cohorts`` and ``tools`` are name tables shared across calls (a window
     aggregator passes its own, so codes stay comparable across requests); fresh ones
-    by default. A span without an agent id is not read, only counted in ``rejected``.
+    by default. A span without an agent id is not read, only counted in ``rejected``; one
+    whose token count is no count likewise, in ``bad_tokens``.
     An agent's cohort is that of the first span it is seen with (in this request).
 
     Examples
@@ -168,7 +201,8 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
     >>> req = ExportTraceServiceRequest()
     >>> rs = req.resource_spans.add()
     >>> kv = rs.resource.attributes.add(key="service.name"); kv.value.string_value = "support"
-    >>> span = rs.scope_spans.add().spans.add(name="chat gpt-4o", start_time_unix_nano=0, end_time_unix_nano=2_500_000_000)
+    >>> span = rs.scope_spans.add().spans.add(name="chat gpt-4o", start_time_unix_nano=10**18,
+    ...                                       end_time_unix_nano=10**18 + 2_500_000_000)
     >>> for k, v in [("gen_ai.agent.id", "a-1"), ("gen_ai.operation.name", "chat")]:
     ...     kv = span.attributes.add(key=k); kv.value.string_value = v
     >>> kv = span.attributes.add(key="gen_ai.usage.input_tokens"); kv.value.int_value = 812
@@ -196,8 +230,9 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
     err_col: list[bool] = []
     cf_col: list[bool] = []
     len_col: list[bool] = []
+    sid_col: list[bytes] = []
     nan = np.nan
-    rejected = 0
+    rejected = bad_tokens = 0
     agent_cohort: dict[int, int] = {}
     for rs in request.resource_spans:
         fallback_agent, resource_cohort = _resource_context(rs.resource)
@@ -220,7 +255,7 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
                     elif slot == _K_AGENT:
                         agent = value.string_value or agent
                     elif slot == _K_TOOL:
-                        tool = tool_code(value.string_value)
+                        tool = tool_code(value.string_value[:MAX_NAME])
                     elif slot == _K_IN:
                         tin = _int_of(value)
                     elif slot == _K_OUT:
@@ -235,13 +270,16 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
                     elif slot == _K_ERROR:
                         error = True
                     elif slot == _K_NAME:
-                        name = value.string_value
+                        name = value.string_value[:MAX_NAME]
                     elif slot == _K_VERSION:
-                        version = value.string_value
+                        version = value.string_value[:MAX_NAME]
                     else:
-                        model = value.string_value
+                        model = value.string_value[:MAX_NAME]
                 if not agent:
                     rejected += 1
+                    continue
+                if tin < 0.0 or tout < 0.0:       # _BAD_COUNT (NaN, absent, compares False)
+                    bad_tokens += 1
                     continue
                 a = agent_code(agent)
                 c = agent_cohort.get(a)
@@ -267,14 +305,17 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
                 err_col.append(error)
                 cf_col.append(content_filter)
                 len_col.append(length)
+                sid_col.append(span.span_id)
     start = np.array(start_col, dtype=np.uint64)
     end = np.array(end_col, dtype=np.uint64)
-    # a span that ends before it starts (a clock step) counts as lasting 0 s
-    duration = np.where(end >= start, end - start, 0).astype(np.float64) / 1e9
+    # a span that ends before it starts (a clock step) counts as lasting 0 s, and so does one
+    # with no start time (0, "unknown"): end - 0 would be the age of the epoch, ~1.7e9 s
+    duration = np.where((end >= start) & (start > 0), end - start, 0).astype(np.float64) / 1e9
     return SpanColumns(
-        agent=np.array(a_col, dtype=np.int64), cohort=np.array(c_col, dtype=np.int64),
+        span_id=_span_ids(sid_col), agent=np.array(a_col, dtype=np.int64), cohort=np.array(c_col, dtype=np.int64),
         operation=np.array(op_col, dtype=np.int8), tool=np.array(tool_col, dtype=np.int64),
         duration_s=duration, input_tokens=np.array(in_col, dtype=np.float64),
         output_tokens=np.array(out_col, dtype=np.float64), error=np.array(err_col, dtype=bool),
         content_filter=np.array(cf_col, dtype=bool), length=np.array(len_col, dtype=bool),
-        agents=agents.names, cohorts=cohorts.names, tools=tools.names, rejected=rejected)
+        agents=agents.names, cohorts=cohorts.names, tools=tools.names, rejected=rejected,
+        bad_tokens=bad_tokens)

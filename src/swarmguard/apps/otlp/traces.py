@@ -4,8 +4,9 @@ The route answers as the OTLP specification says, not with the node's ``{"error"
 bodies: 200 with an ``ExportTraceServiceResponse`` (``partial_success`` when spans were
 refused — a span naming no agent), or a ``google.rpc.Status`` in the request's encoding
 with 400 (malformed: the client must not retry), 401/403 (token), 413 (over
-``--max-body-bytes``, decompressed too), 415 (content type or encoding), 429 (the open
-window holds ``max_window_rows`` spans) and 503 (draining), both with ``Retry-After``.
+``--max-body-bytes``, decompressed too, or more spans than a window holds), 415 (content
+type or encoding), 429 (the open window holds ``max_window_rows`` spans) and 503
+(draining), both with ``Retry-After``.
 
 :class:`SpanIngest` is the node's extension (:func:`swarmguard.apps.serve.node.node_extensions`):
 each request's spans, as columns (:mod:`.spans`), are written to the node's durable log
@@ -17,6 +18,12 @@ population's window and are scored in that window's round, apart from the
 ``/v1/behaviors`` population. A restart replays the span records and the closes in
 order, so the vectors — and the tool history that ``novel_tool_share`` reads — come out
 the same.
+
+An exporter that gets no answer (a timeout, a broken connection) sends the same batch again;
+the OTLP specification accepts the duplicates this makes, but here they would double the
+agents' counts in the window (an honest agent that reads as a burst). So a span whose
+``(agent id, span id)`` is already in the open window or the one before it is acknowledged
+and not counted again (its id is logged with it, so a restart still knows it).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ __all__ = ["router", "SpanIngest", "SPANS_POPULATION", "SPANS_RECORD", "cohort_n
 SPANS_POPULATION = "spans"      # = serve.node.SPANS_POPULATION (not imported: node imports this module)
 SPANS_RECORD = "spans"          # the durable log's record kind
 _FOREVER = 1e300                # the node's clock closes windows, not the aggregator's
+_ID_COLUMNS = 10                # a span record's matrix: 10 quantities, then the span id's halves
 _MAX_PART = 200                 # characters kept of each cohort attribute
 
 
@@ -73,19 +81,31 @@ class SpanIngest:
     def __init__(self, node: Any) -> None:
         self.node = node
         self.aggregator = WindowAggregator(_FOREVER, clock=lambda: 0.0)
+        # hash((agent id, span id)) of the open window's spans, and of the window before it: an
+        # int rather than the tuple halves the sets (up to 2 x max_window_rows entries); the
+        # hash is 64-bit and salted per process, the sets are rebuilt at each start
+        self._seen: set[int] = set()
+        self._seen_before: set[int] = set()
+        self._last_seq = 0      # the last span record this node logged (live)
+        self.duplicates = 0     # spans acknowledged as repeats of kept ones, since the node started
 
     @property
     def pending_spans(self) -> int:
         return self.aggregator.pending_spans
 
     # ------------------------------------------------------------ live requests
-    def accept(self, columns: SpanColumns) -> tuple[int, int, str]:
+    def accept(self, columns: SpanColumns) -> tuple[int, int, str, int]:
         """Log and keep a request's spans (read with fresh name tables); returns (accepted,
-        rejected, message). Raises :class:`ApiError` 503 while draining, 429 when the open
-        window would hold more than ``max_window_rows`` spans; then nothing changed."""
-        rejected, why = columns.rejected, []
+        rejected, message, repeats): a span already kept (a retried batch, module docstring)
+        is acknowledged but not kept again, and counted in ``repeats``. Raises
+        :class:`ApiError` 503 while draining, 429 when the open window would hold more than
+        ``max_window_rows`` spans; then nothing changed."""
+        rejected, why = columns.rejected + columns.bad_tokens, []
         if columns.rejected:
             why.append(f"{columns.rejected} spans name no agent (neither gen_ai.agent.id nor service.instance.id)")
+        if columns.bad_tokens:
+            why.append(f"{columns.bad_tokens} spans with a token count that is no count "
+                       "(negative, infinite or over 2**53)")
         bad_agents = [i for i, name in enumerate(columns.agents) if not _usable_agent(name)]
         if bad_agents:
             keep = ~np.isin(columns.agent, bad_agents)
@@ -97,22 +117,48 @@ class SpanIngest:
         node = self.node
         with node.lock:
             node._check_open()
+            repeat = self._repeats(columns)
+            duplicates = int(repeat.sum())
+            if duplicates:
+                columns = _rows(columns, ~repeat)
             n = len(columns)
-            if n == 0:
-                return 0, rejected, message
-            limit = node.settings.max_window_rows
-            if self.pending_spans + n > limit:
-                raise ApiError(429, f"the open window holds {self.pending_spans} spans (limit {limit}): "
-                                    "retry after it closes", code="overloaded",
-                               headers={"Retry-After": str(node._retry_after())})
-            at = node.settings.clock()
-            meta, matrix = _record(columns)
-            seq = node.log.append_grouped(SPANS_RECORD, at, meta, matrix)
-            self._apply(at, meta, matrix)
-            node.metrics.queue_depth.labels("window_spans").set(self.pending_spans)
+            if n:
+                limit = node.settings.max_window_rows
+                if n > limit:           # no window can hold it: a 429 would be retried forever
+                    raise ApiError(413, f"the request holds {n} spans, more than a window holds "
+                                        f"(--max-window-rows {limit}): send smaller batches", code="too_large")
+                if self.pending_spans + n > limit:
+                    raise ApiError(429, f"the open window holds {self.pending_spans} spans (limit {limit}): "
+                                        "retry after it closes", code="overloaded",
+                                   headers={"Retry-After": str(node._retry_after())})
+                at = node.settings.clock()
+                meta, matrix = _record(columns)
+                self._last_seq = node.log.append_grouped(SPANS_RECORD, at, meta, matrix)
+                self._apply(at, meta, matrix)
+                node.metrics.queue_depth.labels("window_spans").set(self.pending_spans)
+            self.duplicates += duplicates
+            # the spans a repeat stands for may still wait for their group's commit: ack after it too
+            seq = self._last_seq if (n or duplicates) else 0
         # durable before the 200: concurrent requests share one commit (one fsync)
-        node.log.commit_through(seq)
-        return n, rejected, message
+        if seq:
+            node.log.commit_through(seq)
+        return n, rejected, message, duplicates
+
+    def _repeats(self, columns: SpanColumns) -> np.ndarray:
+        """Rows whose (agent id, span id) was kept in this window or the one before, or comes
+        earlier in the same request (a retried batch); a span without an id is never one."""
+        repeat = np.zeros(len(columns), dtype=bool)
+        if columns.span_id is None:
+            return repeat
+        names, seen, before, here = columns.agents, self._seen, self._seen_before, set()
+        for i, (a, sid) in enumerate(zip(columns.agent.tolist(), columns.span_id.tolist())):
+            if sid:
+                key = hash((names[a], sid))
+                if key in seen or key in before or key in here:
+                    repeat[i] = True
+                else:
+                    here.add(key)
+        return repeat
 
     # ------------------------------------------------------------ the node's hooks
     def apply(self, record: Any) -> None:
@@ -132,11 +178,17 @@ class SpanIngest:
             duration_s=matrix[:, 4].copy(), input_tokens=matrix[:, 5].copy(), output_tokens=matrix[:, 6].copy(),
             error=matrix[:, 7] != 0, content_filter=matrix[:, 8] != 0, length=matrix[:, 9] != 0,
             agents=agents.names, cohorts=cohorts.names, tools=tools.names)
+        if matrix.shape[1] >= _ID_COLUMNS + 2:       # records written before span ids were logged have none
+            sid = ((matrix[:, _ID_COLUMNS].astype(np.uint64) << np.uint64(32))
+                   | matrix[:, _ID_COLUMNS + 1].astype(np.uint64))
+            names = meta["agents"]
+            self._seen.update(hash((names[a], s)) for a, s in zip(local[:, 0].tolist(), sid.tolist()) if s)
         agg.add_columns(columns, now=0.0)
         self.node.open_window(at)
 
     def before_close(self, at: float) -> None:
         """The open window's spans become the ``spans`` population's vectors of this window."""
+        self._seen_before, self._seen = self._seen, set()
         if self.pending_spans == 0:
             return
         window = self.aggregator.close(now=0.0)
@@ -153,16 +205,20 @@ def _rows(columns: SpanColumns, keep: np.ndarray) -> SpanColumns:
     return SpanColumns(**{name: getattr(columns, name)[keep] for name in (
         "agent", "cohort", "operation", "tool", "duration_s", "input_tokens", "output_tokens", "error",
         "content_filter", "length")}, agents=columns.agents, cohorts=columns.cohorts, tools=columns.tools,
-        rejected=columns.rejected)
+        rejected=columns.rejected, bad_tokens=columns.bad_tokens,
+        span_id=None if columns.span_id is None else columns.span_id[keep])
 
 
 def _record(columns: SpanColumns) -> tuple[dict[str, Any], np.ndarray]:
     """A request's spans as one log record: its own name tables in ``meta``, codes into them
-    (a tool of -1 becomes ``len(tools)``) and the quantities in a float matrix."""
+    (a tool of -1 becomes ``len(tools)``) and the quantities in a float matrix, then each
+    span id as two 32-bit halves (exact in float64; 0: no id)."""
     tool = np.where(columns.tool < 0, len(columns.tools), columns.tool)
+    sid = np.zeros(len(columns), np.uint64) if columns.span_id is None else columns.span_id.astype(np.uint64)
     matrix = np.column_stack([columns.agent, columns.cohort, columns.operation, tool, columns.duration_s,
                               columns.input_tokens, columns.output_tokens, columns.error,
-                              columns.content_filter, columns.length]).astype(np.float64)
+                              columns.content_filter, columns.length,
+                              sid >> np.uint64(32), sid & np.uint64(0xFFFFFFFF)]).astype(np.float64)
     meta = {"rows": len(columns), "d": matrix.shape[1], "agents": list(columns.agents),
             "cohorts": [list(c) for c in columns.cohorts], "tools": list(columns.tools)}
     return meta, matrix
@@ -182,7 +238,7 @@ _RESPONSES = {
     200: {"description": "an ExportTraceServiceResponse (partial_success when spans were refused)"},
     400: {"description": "malformed body (google.rpc.Status; do not retry)"},
     401: {"description": "missing or unknown token"}, 403: {"description": "a role that may not ingest"},
-    413: {"description": "over --max-body-bytes (decompressed too)"},
+    413: {"description": "over --max-body-bytes (decompressed too), or more spans than --max-window-rows"},
     415: {"description": "not application/x-protobuf or application/json, or an encoding other than gzip"},
     429: {"description": "the open window is full (Retry-After)"},
     503: {"description": "shutting down (Retry-After)"},
@@ -232,12 +288,12 @@ async def post_traces(request: Request) -> Response:
         encoding_of(content_type)            # a wrong type is refused before the body is read
         body = await _read(request, settings.max_body_bytes)
 
-        def work() -> tuple[int, int, str]:
+        def work() -> tuple[int, int, str, int]:
             decoded = decode_export_request(body, content_type, request.headers.get("content-encoding"),
                                             settings.max_body_bytes)
             return ingest.accept(span_columns(decoded.request))
 
-        accepted, rejected, message = await run_in_threadpool(work)
+        accepted, rejected, message, repeats = await run_in_threadpool(work)
     except ApiError as exc:
         metrics.errors.labels(exc.code, str(exc.status)).inc()
         return _answer(encoding, exc.status, encode_status(encoding, exc.status, exc.message), exc.headers)
@@ -246,5 +302,6 @@ async def post_traces(request: Request) -> Response:
         metrics.errors.labels(code, str(status)).inc()
         return _answer(encoding, status, encode_status(encoding, status, one_line(exc)))
     metrics.accepted.labels("spans").inc(accepted)
+    metrics.accepted.labels("spans_repeated").inc(repeats)      # acknowledged, not counted again
     metrics.refused.labels("spans").inc(rejected)
     return _answer(encoding, 200, encode_export_response(encoding, rejected, one_line(message)))

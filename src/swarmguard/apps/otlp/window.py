@@ -30,7 +30,7 @@ __all__ = ["AddResult", "ClosedWindow", "WindowAggregator", "concat_columns"]
 @dataclass(frozen=True)
 class AddResult:
     """What one request did: spans ``accepted`` into the window, spans ``rejected`` (no agent
-    id), and the windows that closed before they were added (oldest first)."""
+    id, or a token count that is no count), and the windows that closed before they were added (oldest first)."""
 
     accepted: int
     rejected: int
@@ -68,7 +68,8 @@ def concat_columns(chunks: list[SpanColumns], agents: list[str], cohorts: list[A
         tool=cat("tool", np.int64), duration_s=cat("duration_s", np.float64),
         input_tokens=cat("input_tokens", np.float64), output_tokens=cat("output_tokens", np.float64),
         error=cat("error", bool), content_filter=cat("content_filter", bool), length=cat("length", bool),
-        agents=agents, cohorts=cohorts, tools=tools, rejected=sum(c.rejected for c in chunks))
+        agents=agents, cohorts=cohorts, tools=tools, rejected=sum(c.rejected for c in chunks),
+        bad_tokens=sum(c.bad_tokens for c in chunks))
 
 
 class WindowAggregator:
@@ -157,7 +158,7 @@ class WindowAggregator:
         closed = self._roll(now)
         if len(columns):
             self._chunks.append(columns)
-        return AddResult(len(columns), columns.rejected, closed)
+        return AddResult(len(columns), columns.rejected + columns.bad_tokens, closed)
 
     def poll(self, now: float | None = None) -> tuple[ClosedWindow, ...]:
         """Close every window that ended before ``now``; returns them, oldest first."""

@@ -111,6 +111,9 @@ class _ServeMiddleware:
         write = method == "POST"
         try:
             if getattr(self.state, "node", None) is None and path not in _PUBLIC:
+                if getattr(self.state, "failed", None):
+                    metrics.errors.labels("failed", "503").inc()
+                    return await _error(503, "the node failed to start (its log has why)")(scope, receive, send)
                 metrics.errors.labels("starting", "503").inc()
                 return await _error(503, "the node is starting", {"Retry-After": "1"}, path,
                                     _content_type(scope))(scope, receive, send)
@@ -151,7 +154,12 @@ def create_app(settings: ServeSettings, node: ServeNode | None = None,
             app.state.data_dir, app.state.temporary = data_dir, temporary
 
             async def build():
-                app.state.node = await run_in_threadpool(ServeNode, settings, data_dir, metrics=metrics)
+                try:
+                    app.state.node = await run_in_threadpool(ServeNode, settings, data_dir, metrics=metrics)
+                except Exception as exc:        # say so: a node that cannot replay would look "starting" forever
+                    log.exception("the node failed to start from %s", data_dir)
+                    app.state.failed = one_line(f"{type(exc).__name__}: {exc}")
+                    return
                 log.info("node ready: %d log records replayed from %s", app.state.node.replayed, data_dir)
 
             builder = asyncio.create_task(build())
@@ -171,6 +179,7 @@ def create_app(settings: ServeSettings, node: ServeNode | None = None,
                   description="One swarmguard node: behaviour vectors and observer evidence in, "
                               "anomalous agents out. Every error is {\"error\": \"<one line>\"}.")
     app.state.settings, app.state.tokens, app.state.metrics, app.state.node = settings, tokens, metrics, node
+    app.state.failed = None            # why building the node failed (then /readyz says so)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -193,7 +202,8 @@ def create_app(settings: ServeSettings, node: ServeNode | None = None,
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         metrics.errors.labels("internal", "500").inc()
         log.exception("internal error on %s", request.url.path)
-        return _error(500, f"internal error: {type(exc).__name__}: {exc}", None, request.url.path,
+        # the exception's text stays in the node's log: it may hold paths or request content
+        return _error(500, "internal error (the node's log has the details)", None, request.url.path,
                       request.headers.get("content-type"))
 
     for router in (ops_router, ingest_router, query_router, *_optional_routers(), *_REGISTERED, *routers):

@@ -8,6 +8,7 @@ so a gzip bomb is refused (413) without being expanded.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 from .http_errors import ApiError
@@ -24,9 +25,33 @@ def _too_large(limit: int, what: str) -> ApiError:
     return ApiError(413, f"the {what} passes the limit of {limit} bytes", code="too_large")
 
 
-async def read_body(request, limit: int) -> bytes:
+async def _chunks(request, timeout: float | None):
+    """The body's chunks as they arrive, all of them within ``timeout`` seconds (None: no bound):
+    a client that trickles its body would otherwise hold one of the node's write slots forever."""
+    if timeout is None:
+        async for chunk in request.stream():
+            yield chunk
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - loop.time()))
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the body did not arrive within {timeout:g} s", code="body_timeout") from None
+        yield chunk
+
+
+async def read_body(request, limit: int, timeout: float | None = None) -> bytes:
     """The body of ``request`` (a Starlette request), decoded from its ``Content-Encoding``
-    (identity, gzip, deflate), at most ``limit`` bytes before and after decoding."""
+    (identity, gzip, deflate), at most ``limit`` bytes before and after decoding, read within
+    ``timeout`` seconds (None: the app's ``body_timeout_seconds``, 408 past it)."""
+    if timeout is None:
+        settings = getattr(getattr(getattr(request, "app", None), "state", None), "settings", None)
+        timeout = getattr(settings, "body_timeout_seconds", None)
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -35,7 +60,7 @@ async def read_body(request, limit: int) -> bytes:
         except ValueError:
             raise ApiError(400, "Content-Length is not a number", code="bad_header") from None
     chunks, size = [], 0
-    async for chunk in request.stream():
+    async for chunk in _chunks(request, timeout):
         size += len(chunk)
         if size > limit:
             raise _too_large(limit, "body")
@@ -47,17 +72,26 @@ async def read_body(request, limit: int) -> bytes:
     if encoding not in ("gzip", "deflate", "x-gzip"):
         raise ApiError(415, f"unsupported Content-Encoding {encoding!r}: use gzip, deflate or identity",
                        code="bad_encoding")
-    wbits = 16 + zlib.MAX_WBITS if encoding in ("gzip", "x-gzip") else zlib.MAX_WBITS
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(raw, limit + 1)
-        if len(out) > limit or inflater.unconsumed_tail:
+    gzip = encoding in ("gzip", "x-gzip")
+    wbits = 16 + zlib.MAX_WBITS if gzip else zlib.MAX_WBITS
+    parts, size, rest = [], 0, raw
+    while True:            # a gzip body may hold several members one after another (RFC 1952 2.2)
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(rest, limit - size + 1)
+            if size + len(out) > limit or inflater.unconsumed_tail:
+                raise _too_large(limit, "decompressed body")
+            out += inflater.flush()
+        except zlib.error as exc:
+            raise ApiError(400, f"the {encoding} body cannot be decoded: {exc}", code="malformed_body") from None
+        size += len(out)
+        if size > limit:
             raise _too_large(limit, "decompressed body")
-        out += inflater.flush()
-    except zlib.error as exc:
-        raise ApiError(400, f"the {encoding} body cannot be decoded: {exc}", code="malformed_body") from None
-    if len(out) > limit:
-        raise _too_large(limit, "decompressed body")
-    if not inflater.eof:
-        raise ApiError(400, f"the {encoding} body is truncated", code="malformed_body")
-    return out
+        if not inflater.eof:
+            raise ApiError(400, f"the {encoding} body is truncated", code="malformed_body")
+        parts.append(out)
+        rest = inflater.unused_data
+        if not rest:
+            return b"".join(parts)
+        if not gzip:
+            raise ApiError(400, f"the {encoding} body has {len(rest)} bytes after its end", code="malformed_body")

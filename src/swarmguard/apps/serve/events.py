@@ -33,5 +33,10 @@ class EventLog:
     def after(self, event_id: int, limit: int | None = None) -> list[tuple[int, dict[str, Any]]]:
         """Events with an id above ``event_id``, oldest first (at most ``limit``)."""
         with self._lock:
-            out = [e for e in self._events if e[0] > event_id]
-        return out if limit is None else out[:limit]
+            if not self._events:
+                return []
+            # ids are consecutive: the first one after ``event_id`` sits at a known index, so a
+            # poll costs what it returns, not the ring's length (every SSE client polls 10x a second)
+            start = max(0, event_id + 1 - self._events[0][0])
+            stop = len(self._events) if limit is None else min(len(self._events), start + limit)
+            return [self._events[i] for i in range(start, stop)] if start < stop else []

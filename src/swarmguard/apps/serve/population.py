@@ -54,6 +54,7 @@ class Population:
         self.window = WindowBuffer()
         self.agents: dict[str, AgentState] = {}
         self.windows_closed = 0
+        self.dropped_rows = 0
 
     def names(self) -> list[str]:
         """The feature names (``f0``, ``f1``, … unless the feeder named them)."""
@@ -65,8 +66,10 @@ class Population:
         if not len(self.window):
             return None
         ids, X, cohorts = self.window.take()
+        self.dropped_rows = len(ids)              # what a refused round loses (the node logs it)
         cohort_arr = np.array([c if c is not None else self.region for c in cohorts])
         result = self.detector.process_round(ids, X, self.region, cohorts=cohort_arr)
+        self.dropped_rows = 0
         self.windows_closed += 1
         d2 = np.asarray(result.mahalanobis_squared, dtype=np.float64)
         log_p = np.asarray(chi2_logsf(d2, X.shape[1]), dtype=np.float64)
@@ -118,10 +121,12 @@ class Population:
         rows.sort(key=lambda r: -(r["share"] or 0.0))
         return rows
 
-    def cohort_summary(self, cohort: str | None) -> dict[str, Any] | None:
-        """count (agents), mean, covariance summary and score distribution of a cohort ("": all)."""
+    def cohort_summary(self, cohort: str | None, members: list[AgentState] | None = None) -> dict[str, Any] | None:
+        """count (agents), mean, covariance summary and score distribution of a cohort ("": all);
+        ``members``: its agents when the caller already grouped them (:meth:`members_by_cohort`)."""
         tree = self.detector.tree
-        members = [s for s in self.agents.values() if not cohort or (s.cohort or self.region) == cohort]
+        if members is None:
+            members = [s for s in self.agents.values() if not cohort or (s.cohort or self.region) == cohort]
         if not members:
             return None
         try:
@@ -146,6 +151,14 @@ class Population:
 
     def cohorts(self) -> list[str]:
         return sorted({s.cohort or self.region for s in self.agents.values()})
+
+    def members_by_cohort(self) -> dict[str, list[AgentState]]:
+        """Every cohort's agents, sorted by cohort name, in one pass (one pass per cohort made
+        ``/v1/populations`` quadratic, under the node's lock)."""
+        groups: dict[str, list[AgentState]] = {}
+        for state in self.agents.values():
+            groups.setdefault(state.cohort or self.region, []).append(state)
+        return dict(sorted(groups.items()))
 
 
 def _finite(v: float) -> float | None:

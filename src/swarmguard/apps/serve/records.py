@@ -7,6 +7,7 @@ integer id becomes its decimal string), so that ``"7"`` and ``7`` are one agent.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -16,14 +17,18 @@ import numpy as np
 
 from ...api import BayesianEvidence
 from ...errors import SwarmGuardError
-from ...validation import MAX_ID_LENGTH, MAX_NAME_LENGTH
+from ...validation import MAX_ABS_VALUE, MAX_ID_LENGTH, MAX_NAME_LENGTH
 from .http_errors import ApiError, one_line
 
 __all__ = ["BehaviorBatch", "EvidenceBatch", "LineError", "parse_behavior_lines", "parse_behavior_arrow",
-           "parse_evidence_lines", "JSON_LINES_TYPES", "ARROW_STREAM_TYPE"]
+           "parse_evidence_lines", "JSON_LINES_TYPES", "ARROW_STREAM_TYPE", "MAX_LISTED_ERRORS", "Refusals"]
 
 JSON_LINES_TYPES = ("application/x-ndjson", "application/jsonl")
 ARROW_STREAM_TYPE = "application/vnd.apache.arrow.stream"
+# refused lines listed one by one (with their reason); the rest are only counted: a body of
+# millions of bad lines must not cost a Python object (and a formatted message) per line
+MAX_LISTED_ERRORS = 100
+_TOO_LARGE = f"features must be below {MAX_ABS_VALUE:g} in magnitude (rescale the feature)"
 _BEHAVIOR_FIELDS = {"agent_id", "features", "timestamp", "cohort"}
 _EVIDENCE_FIELDS = {"evidence_id", "agent_id", "evidence_type", "log_odds", "confidence", "timestamp", "source_node"}
 
@@ -39,15 +44,39 @@ class LineError:
         return {"line": self.line, "error": self.error}
 
 
+class Refusals:
+    """The refused lines of a body: the first :data:`MAX_LISTED_ERRORS` with their reason
+    (``listed``), and how many more there were (``unlisted``)."""
+
+    def __init__(self, listed: list[LineError] | None = None, unlisted: int = 0):
+        self.listed: list[LineError] = list(listed or [])
+        self.unlisted = unlisted
+
+    def __len__(self) -> int:
+        return len(self.listed) + self.unlisted
+
+    def add(self, line: int, reason: object) -> None:
+        if len(self.listed) < MAX_LISTED_ERRORS:
+            self.listed.append(LineError(line, one_line(reason)))
+        else:
+            self.unlisted += 1
+
+    def sorted(self) -> list[LineError]:
+        return sorted(self.listed, key=lambda e: e.line)
+
+
 @dataclass
 class BehaviorBatch:
     """Accepted behaviour vectors of one request: ``agent_ids`` (str), ``X`` (n, d) float64,
-    ``cohorts`` (a name or None per row); ``errors`` the refused lines."""
+    ``cohorts`` (a name or None per row); ``errors`` the refused lines listed, ``unlisted``
+    how many more were refused (only counted); ``lines`` each row's line (None: not known)."""
 
     agent_ids: list[str]
     X: np.ndarray
     cohorts: list[str | None]
     errors: list[LineError] = field(default_factory=list)
+    unlisted: int = 0
+    lines: list[int] | None = None
 
     @property
     def size(self) -> int:
@@ -61,6 +90,7 @@ class EvidenceBatch:
     rows: list[BayesianEvidence]
     lines: list[int]
     errors: list[LineError] = field(default_factory=list)
+    unlisted: int = 0
 
     @property
     def size(self) -> int:
@@ -88,9 +118,21 @@ def _is_number(v: Any) -> bool:
     return (type(v) is float and math.isfinite(v)) or type(v) is int
 
 
+def _floats_or_inf(values: list) -> list[float]:
+    """``values`` as floats, an integer too large for float64 as inf (its row is then refused)."""
+    out = []
+    for v in values:
+        try:
+            out.append(float(v))
+        except OverflowError:
+            out.append(math.inf)
+    return out
+
+
 def _lines(body: bytes):
-    """(line number, text) of every non-blank line of a JSON Lines body."""
-    for number, raw in enumerate(body.split(b"\n"), 1):
+    """(line number, text) of every non-blank line of a JSON Lines body (read lazily: no list
+    of every line is built)."""
+    for number, raw in enumerate(io.BytesIO(body), 1):
         if raw.strip():
             yield number, raw
 
@@ -109,7 +151,7 @@ def parse_behavior_lines(body: bytes, dimension: int | None) -> BehaviorBatch:
     rows: list[list[float]] = []
     cohorts: list[str | None] = []
     numbers: list[int] = []
-    errors: list[LineError] = []
+    errors = Refusals()
     seen = False
     for number, raw in _lines(body):
         seen = True
@@ -133,7 +175,7 @@ def parse_behavior_lines(body: bytes, dimension: int | None) -> BehaviorBatch:
                 raise ValueError("timestamp must be a finite number")
             cohort = _cohort(obj.get("cohort"))
         except (ValueError, RecursionError) as exc:       # json.JSONDecodeError is a ValueError
-            errors.append(LineError(number, one_line(exc)))
+            errors.add(number, exc)
             continue
         dimension = len(features)
         numbers.append(number)
@@ -142,14 +184,20 @@ def parse_behavior_lines(body: bytes, dimension: int | None) -> BehaviorBatch:
         cohorts.append(cohort)
     if not seen:
         raise ApiError(400, "the body holds no line", code="empty_body")
-    X = np.array(rows, dtype=np.float64).reshape(len(rows), dimension or 0)
-    if X.size and not np.isfinite(X).all():      # ints beyond float64's range become inf
-        bad = set(np.flatnonzero(~np.isfinite(X).all(axis=1)).tolist())
+    try:
+        X = np.array(rows, dtype=np.float64).reshape(len(rows), dimension or 0)
+    except OverflowError:                        # a JSON integer beyond float64's range
+        X = np.array([_floats_or_inf(r) for r in rows], dtype=np.float64).reshape(len(rows), dimension or 0)
+    # ints beyond float64's range are inf here; magnitudes the detector refuses would fail the
+    # window's round after the request was acknowledged (and again at every replay)
+    usable = np.abs(X) < MAX_ABS_VALUE if X.size else np.ones(X.shape, dtype=bool)
+    if not usable.all():
+        bad = set(np.flatnonzero(~usable.all(axis=1)).tolist())
         keep = [i for i in range(len(ids)) if i not in bad]
-        errors += [LineError(numbers[i], "features overflow float64") for i in sorted(bad)]
-        errors.sort(key=lambda e: e.line)
-        ids, cohorts, X = [ids[i] for i in keep], [cohorts[i] for i in keep], X[keep]
-    return BehaviorBatch(ids, X, cohorts, errors)
+        for i in sorted(bad):
+            errors.add(numbers[i], "features overflow float64" if not np.isfinite(X[i]).all() else _TOO_LARGE)
+        ids, cohorts, X, numbers = [ids[i] for i in keep], [cohorts[i] for i in keep], X[keep], [numbers[i] for i in keep]
+    return BehaviorBatch(ids, X, cohorts, errors.sorted(), errors.unlisted, numbers)
 
 
 def parse_behavior_arrow(body: bytes, dimension: int | None) -> BehaviorBatch:
@@ -157,18 +205,17 @@ def parse_behavior_arrow(body: bytes, dimension: int | None) -> BehaviorBatch:
     numeric column per feature (in schema order), ``timestamp`` and ``cohort`` optional.
     Rows with a null are refused alone; an unreadable stream is 400."""
     import pyarrow as pa
-    import pyarrow.ipc
 
-    try:
-        table = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
-    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
-        raise ApiError(400, f"not an Arrow IPC stream: {exc}", code="malformed_body") from None
+    from .arrow_stream import read_arrow_stream
+
+    table = read_arrow_stream(body)
     names = table.schema.names
     if "agent_id" not in names:
         raise ApiError(400, "the Arrow stream has no agent_id column", code="malformed_body")
+    _check_arrow_types(table.schema)
     if table.num_rows == 0:
         raise ApiError(400, "the body holds no row", code="empty_body")
-    errors: list[LineError] = []
+    errors = Refusals()
     try:
         if "features" in names:
             col = table.column("features").combine_chunks()
@@ -200,6 +247,7 @@ def parse_behavior_arrow(body: bytes, dimension: int | None) -> BehaviorBatch:
     raw_ids = table.column("agent_id").to_pylist()
     raw_cohorts = table.column("cohort").to_pylist() if "cohort" in names else [None] * table.num_rows
     finite = np.isfinite(X).all(axis=1)
+    small = (np.abs(np.where(np.isfinite(X), X, 0.0)) < MAX_ABS_VALUE).all(axis=1)
     ids, rows, cohorts = [], [], []
     for i in range(table.num_rows):
         try:
@@ -207,15 +255,39 @@ def parse_behavior_arrow(body: bytes, dimension: int | None) -> BehaviorBatch:
                 raise ValueError("features is null" if lengths[i] < 0 else _dimension_error(d, int(lengths[i])))
             if not finite[i]:
                 raise ValueError("features must hold finite numbers only")
+            if not small[i]:
+                raise ValueError(_TOO_LARGE)
             agent = _agent_id(raw_ids[i])
             cohort = _cohort(raw_cohorts[i])
         except ValueError as exc:
-            errors.append(LineError(i + 1, one_line(exc)))
+            errors.add(i + 1, exc)
             continue
         ids.append(agent)
         rows.append(i)
         cohorts.append(cohort)
-    return BehaviorBatch(ids, X[rows], cohorts, errors)
+    return BehaviorBatch(ids, X[rows], cohorts, errors.sorted(), errors.unlisted, [i + 1 for i in rows])
+
+
+def _check_arrow_types(schema) -> None:
+    """Only plain types (no dictionary, null or nested values beyond a list of numbers): a column
+    read into Python then costs at most a small multiple of its bytes in the body."""
+    import pyarrow as pa
+
+    def text(t) -> bool:
+        return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+    def number(t) -> bool:
+        return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+    rules = {"agent_id": (lambda t: text(t) or pa.types.is_integer(t), "a string or integer column"),
+             "cohort": (lambda t: text(t) or pa.types.is_null(t), "a string column"),
+             "timestamp": (lambda t: number(t) or pa.types.is_timestamp(t) or pa.types.is_null(t), "a numeric column"),
+             "features": (lambda t: (pa.types.is_list(t) or pa.types.is_fixed_size_list(t)) and number(t.value_type),
+                          "a list of numbers")}
+    for f in schema:
+        ok, what = rules.get(f.name, (number, "a number"))
+        if not ok(f.type):
+            raise ApiError(400, f"column {f.name!r} is {f.type}: it must be {what}", code="malformed_body")
 
 
 def parse_evidence_lines(body: bytes, source: str) -> EvidenceBatch:
@@ -223,7 +295,7 @@ def parse_evidence_lines(body: bytes, source: str) -> EvidenceBatch:
     credential's). A line naming another ``source_node`` is refused alone."""
     rows: list[BayesianEvidence] = []
     lines: list[int] = []
-    errors: list[LineError] = []
+    errors = Refusals()
     seen = False
     for number, raw in _lines(body):
         seen = True
@@ -250,7 +322,7 @@ def parse_evidence_lines(body: bytes, source: str) -> EvidenceBatch:
             rows.append(BayesianEvidence(**obj))
             lines.append(number)
         except (ValueError, TypeError, SwarmGuardError, RecursionError) as exc:
-            errors.append(LineError(number, one_line(exc)))
+            errors.add(number, exc)
     if not seen:
         raise ApiError(400, "the body holds no line", code="empty_body")
-    return EvidenceBatch(rows, lines, errors)
+    return EvidenceBatch(rows, lines, errors.sorted(), errors.unlisted)

@@ -29,10 +29,11 @@ _EVIDENCE = Depends(requires("evidence"))
 _RESPONSES = {200: {"description": "`{\"accepted\": n, \"rejected\": m, \"errors\": [{\"line\", \"error\"}]}`"},
               400: {"description": "no line accepted, or an unreadable body"},
               401: {"description": "missing or unknown token"}, 403: {"description": "wrong role"},
-              413: {"description": "over --max-body-bytes (decompressed too)"},
+              408: {"description": "the body took longer than body_timeout_seconds to arrive"},
+              413: {"description": "over --max-body-bytes (decompressed too), or more vectors than the window holds"},
               415: {"description": "unsupported Content-Type or Content-Encoding"},
               429: {"description": "the open window is full (Retry-After)"},
-              503: {"description": "overloaded or shutting down (Retry-After)"}}
+              503: {"description": "overloaded, shutting down, or the durable log cannot be written (Retry-After)"}}
 
 
 def _answer(result: IngestResult, kind: str) -> JSONResponse:

@@ -22,6 +22,8 @@ def healthz() -> dict:
 def readyz(request: Request) -> JSONResponse:
     node = getattr(request.app.state, "node", None)
     state = "starting" if node is None else node.state
+    if node is None and getattr(request.app.state, "failed", None):
+        return JSONResponse({"error": "node failed to start: see its log"}, status_code=503)
     if state != "ready":
         return JSONResponse({"error": f"node is {state}"}, status_code=503, headers={"Retry-After": "1"})
     return JSONResponse({"status": "ready"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import json
+import re
 import time
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -14,6 +15,8 @@ from .auth import requires
 from .http_errors import ApiError
 
 __all__ = ["router"]
+
+_EVENT_ID = re.compile(r"[0-9]{1,18}")     # ASCII digits only: str.isdigit() lets "²" through to int()
 
 router = APIRouter(tags=["query"], dependencies=[Depends(requires("read"))])
 
@@ -59,8 +62,9 @@ def list_populations(request: Request) -> dict:
     with node.lock:
         out = []
         for pop in node.populations.values():
-            for cohort in ["", *pop.cohorts()]:
-                summary = pop.cohort_summary(cohort)
+            everyone = list(pop.agents.values())
+            for cohort, members in [("", everyone), *pop.members_by_cohort().items()]:
+                summary = pop.cohort_summary(cohort, members)
                 if summary is not None:
                     out.append(summary)
         return {"populations": out}
@@ -87,12 +91,30 @@ async def events(request: Request, since: int | None = Query(None, ge=0),
     severity, p_value, score, window, at). Starts after the newest event, or after ``since``
     (or the ``Last-Event-ID`` header; ``since=0``: every event still held, the last 10,000);
     ends after ``limit`` events or ``timeout`` seconds, else when the client leaves."""
-    log = request.app.state.node.events
+    node = request.app.state.node
+    log = node.events
     header = request.headers.get("last-event-id")
-    start = since if since is not None else (int(header) if header and header.isdigit() else log.last_id)
+    if header is not None and since is None and not _EVENT_ID.fullmatch(header):
+        raise ApiError(400, "Last-Event-ID must be an event id (1 to 18 ASCII digits)", code="bad_header")
+    start = since if since is not None else (int(header) if header is not None else log.last_id)
     deadline = None if timeout is None else time.monotonic() + timeout
+    state = request.app.state
+    open_streams = getattr(state, "event_streams", 0)
+    if open_streams >= state.settings.max_event_streams:
+        raise ApiError(503, f"{open_streams} event streams are open: retry later", code="too_many_streams",
+                       headers={"Retry-After": "5"})
 
     async def stream():
+        # counted while it runs (the event loop's thread only: no lock); a stream never started
+        # is never counted, so the count cannot leak
+        state.event_streams = getattr(state, "event_streams", 0) + 1
+        try:
+            async for chunk in _events(start):
+                yield chunk
+        finally:                                   # the end, the limit, a timeout or a client gone
+            state.event_streams -= 1
+
+    async def _events(start):
         last, sent, idle = start, 0, 0.0
         yield ": swarmguard isolation events\n\n"
         while limit is None or sent < limit:
@@ -103,6 +125,8 @@ async def events(request: Request, since: int | None = Query(None, ge=0),
             if limit is not None and sent >= limit:
                 break
             if deadline is not None and time.monotonic() >= deadline:
+                break
+            if node.state == "draining":           # let SIGTERM's shutdown finish instead of waiting 30 s
                 break
             if await request.is_disconnected():
                 break

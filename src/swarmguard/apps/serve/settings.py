@@ -39,7 +39,7 @@ class ServeSettings:
     and decompressed; ``metrics_public`` serves ``/metrics`` without a token;
     ``max_inflight`` ingest requests being worked on at once and
     ``max_window_rows`` vectors buffered in the open window before ingest
-    answers 429 (bounded memory); ``warm_up`` / ``significance_level`` /
+    answers 429 (bounded memory); ``max_event_streams`` open ``/v1/events`` streams (more: 503); ``body_timeout_seconds`` to read a request's whole body (408 past it); ``warm_up`` / ``significance_level`` /
     ``require`` go to the detector; ``backend`` the engine (``address``: a Ray cluster's, for ``ray``); ``certfile`` / ``keyfile`` serve TLS; ``clock`` the node's clock (arrival time);
     ``close_windows`` runs the background task that closes windows as the clock
     passes their end (tests turn it off and close windows themselves).
@@ -56,6 +56,8 @@ class ServeSettings:
     metrics_public: bool = False
     max_inflight: int = 64
     max_window_rows: int = 2_000_000
+    max_event_streams: int = 100
+    body_timeout_seconds: float = 60.0
     warm_up: int | None = None
     significance_level: float = 1e-3
     require: str = "both"
@@ -73,8 +75,10 @@ class ServeSettings:
             raise InvalidInputError(f"--features must be >= 1, got {self.features}")
         if self.max_body_bytes < 1:
             raise InvalidInputError(f"--max-body-bytes must be >= 1, got {self.max_body_bytes}")
-        if self.max_inflight < 1 or self.max_window_rows < 1:
-            raise InvalidInputError("max_inflight and max_window_rows must be >= 1")
+        if self.max_inflight < 1 or self.max_window_rows < 1 or self.max_event_streams < 1:
+            raise InvalidInputError("max_inflight, max_window_rows and max_event_streams must be >= 1")
+        if not (self.body_timeout_seconds > 0):
+            raise InvalidInputError(f"body_timeout_seconds must be > 0, got {self.body_timeout_seconds}")
         if self.backend not in ("inprocess", "ray"):
             raise InvalidInputError(f"--backend must be inprocess or ray, got {self.backend!r}")
         if self.address is not None and self.backend != "ray":

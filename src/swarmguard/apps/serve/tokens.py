@@ -117,6 +117,9 @@ def load_tokens(path: str | Path) -> TokenStore:
         if "secret" in table:
             if not isinstance(table["secret"], str) or not table["secret"].strip():
                 raise InvalidInputError(f"{where}: secret must be a non-empty string")
+            if not table["secret"].isascii() or not table["secret"].isprintable():
+                # HTTP headers arrive as latin-1: a UTF-8 secret could never match
+                raise InvalidInputError(f"{where}: secret must be printable ASCII (an HTTP header carries it)")
             digest = _digest(table["secret"].strip())
         else:
             try:
@@ -125,6 +128,9 @@ def load_tokens(path: str | Path) -> TokenStore:
                 digest = b""
             if len(digest) != 32:
                 raise InvalidInputError(f"{where}: sha256 must be 64 hex digits")
+        same = [j for j, (other, _) in enumerate(entries, 1) if hmac.compare_digest(other, digest)]
+        if same:       # one secret, two roles: which one a request gets would be an accident of order
+            raise InvalidInputError(f"{where}: the same secret as token {same[0]}; give each credential its own")
         source = table.get("source")
         if role == "observer" and not (isinstance(source, str) and source):
             raise InvalidInputError(f"{where}: an observer needs its source name (source = \"...\")")

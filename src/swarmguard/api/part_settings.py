@@ -1,0 +1,197 @@
+"""Each part's constructor settings, checked without building the part.
+
+Both engines check a detector's parameters by the same rules: the in-process
+engine by building the parts, the Ray engine (whose parts live on actors) by
+calling these functions on the driver before Ray starts. Each function raises
+the typed error, with the message, that the part's constructor raises for the
+same bad argument (``tests/api/test_part_settings.py`` checks both against each
+other), and returns the checked values with their defaults filled in.
+
+>>> validate_protocol_settings(significance_level=0.01).warm_up is None
+True
+>>> validate_tree_settings(branching_factor=1)
+Traceback (most recent call last):
+...
+swarmguard.errors.InvalidInputError: branching_factor must be >= 2, got 1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+from ..errors import InvalidInputError, InvalidTypeError
+from ..structures.replica import DEFAULT_DEDUP_WINDOW
+from ..structures.scoring import MIN_POPULATION
+from ..structures.scoring_modes import DEFAULT_SCORING, check_scoring
+from ..validation import (
+    check_finite_float,
+    check_fraction,
+    check_key,
+    check_nonnegative_float,
+    check_positive_int,
+)
+from ..values.version_vector import check_region_name
+from .cap import ConsistencyModel
+from .tree import MAX_BRANCHING
+
+__all__ = [
+    "TreeSettings", "ProtocolSettings", "ConsensusSettings", "CapSettings",
+    "validate_tree_settings", "validate_protocol_settings", "validate_consensus_settings",
+    "validate_cap_settings", "AGGREGATIONS", "PROBATION_EVIDENCE", "FOUNDING_QUORUM",
+]
+
+AGGREGATIONS = ("robust", "sum")
+PROBATION_EVIDENCE = 10  # the probation bar: pieces to end the founding, covered agents to earn a vote
+FOUNDING_QUORUM = 3      # untrusted sources that must have been seen before the founding can end
+
+
+@dataclass(frozen=True)
+class TreeSettings:
+    """:class:`~swarmguard.api.tree.HierarchicalStatisticalTree`'s checked settings."""
+
+    branching_factor: int
+    feature_dimensions: int | None
+    recompute_every: int
+    window_rounds: int | None
+
+
+def validate_tree_settings(branching_factor: Any = 10, feature_dimensions: Any = None, *,
+                           recompute_every: Any = 65536, window_rounds: Any = None) -> TreeSettings:
+    """Check the tree's constructor arguments as the tree does."""
+    branching_factor = check_positive_int(branching_factor, "branching_factor", minimum=2)
+    if branching_factor > MAX_BRANCHING:
+        raise InvalidInputError(f"branching_factor must be <= {MAX_BRANCHING}, got {branching_factor}")
+    if feature_dimensions is not None:
+        feature_dimensions = check_positive_int(feature_dimensions, "feature_dimensions")
+    recompute_every = check_positive_int(recompute_every, "recompute_every")
+    window_rounds = None if window_rounds is None else check_positive_int(window_rounds, "window_rounds")
+    return TreeSettings(branching_factor, feature_dimensions, recompute_every, window_rounds)
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    """:class:`~swarmguard.api.protocol.BehavioralDistributedProtocol`'s checked settings
+    (``warm_up`` None: the protocol's default, from the tree's dimension)."""
+
+    significance_level: float
+    fdr: float | None
+    shrinkage: float | str
+    warm_up: int | None
+    score_levels: str
+    scoring: str
+    calibrate: bool
+
+
+def validate_protocol_settings(*, significance_level: Any = 1e-3, fdr: Any = None, shrinkage: Any = "auto",
+                               warm_up: Any = None, score_levels: Any = "population",
+                               scoring: Any = DEFAULT_SCORING, calibrate: Any = False) -> ProtocolSettings:
+    """Check the protocol's constructor arguments (but its tree) as the protocol does."""
+    significance_level = check_fraction(significance_level, "significance_level", low_open=True, high_open=True)
+    fdr = None if fdr is None else check_fraction(fdr, "fdr", low_open=True, high_open=True)
+    if isinstance(shrinkage, str):
+        if shrinkage != "auto":
+            raise InvalidInputError(f"shrinkage must be a number in [0, 1] or 'auto', got {shrinkage!r}")
+    else:
+        shrinkage = check_fraction(shrinkage, "shrinkage")
+    warm_up = None if warm_up is None else check_positive_int(warm_up, "warm_up", minimum=MIN_POPULATION)
+    if score_levels not in ("population", "all"):
+        raise InvalidInputError(f"score_levels must be 'population' or 'all', got {score_levels!r}")
+    scoring = check_scoring(scoring)
+    if not isinstance(calibrate, bool):
+        raise InvalidTypeError(f"calibrate must be True or False, got {calibrate!r}")
+    return ProtocolSettings(significance_level, fdr, shrinkage, warm_up, score_levels, scoring, calibrate)
+
+
+@dataclass(frozen=True)
+class ConsensusSettings:
+    """:class:`~swarmguard.api.consensus.StableBayesianConsensus`'s checked settings (but its store)."""
+
+    byzantine_threshold: float
+    partition_size: int
+    prior_probability: float
+    aggregation: str
+    false_flag_rate: float
+    min_sources: int
+    reputation_refresh_limit: int
+    trusted_sources: frozenset
+    probation_evidence: int
+    founding_quorum: int
+
+
+def validate_consensus_settings(byzantine_threshold: Any = 0.33, partition_size: Any = 10000,
+                                prior_probability: Any = 0.5, *, aggregation: Any = "robust",
+                                false_flag_rate: Any = 1e-6, min_sources: Any = 1,
+                                reputation_refresh_limit: Any = 200_000, trusted_sources: Any = (),
+                                probation_evidence: Any = None, founding_quorum: Any = None) -> ConsensusSettings:
+    """Check the consensus's constructor arguments as the consensus does."""
+    byzantine_threshold = check_fraction(byzantine_threshold, "byzantine_threshold",
+                                         low=0.0, high=0.5, high_open=True)
+    partition_size = check_positive_int(partition_size, "partition_size")
+    prior_probability = check_fraction(prior_probability, "prior_probability", low_open=True, high_open=True)
+    if aggregation not in AGGREGATIONS:
+        raise InvalidInputError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    false_flag_rate = check_fraction(false_flag_rate, "false_flag_rate", low_open=True, high_open=True)
+    min_sources = check_positive_int(min_sources, "min_sources")
+    reputation_refresh_limit = check_positive_int(reputation_refresh_limit, "reputation_refresh_limit", minimum=0)
+    if isinstance(trusted_sources, (str, bytes)):
+        trusted_sources = (trusted_sources,)
+    trusted: Sequence[Hashable] = trusted_sources
+    trusted_set = frozenset(check_key(t, "trusted_sources") for t in trusted)
+    probation_evidence = check_positive_int(
+        PROBATION_EVIDENCE if probation_evidence is None else probation_evidence, "probation_evidence")
+    founding_quorum = check_positive_int(
+        FOUNDING_QUORUM if founding_quorum is None else founding_quorum, "founding_quorum")
+    return ConsensusSettings(byzantine_threshold, partition_size, prior_probability, aggregation, false_flag_rate,
+                             min_sources, reputation_refresh_limit, trusted_set, probation_evidence,
+                             founding_quorum)
+
+
+@dataclass(frozen=True)
+class CapSettings:
+    """:class:`~swarmguard.api.cap.StatisticalCAPResolver`'s checked settings (``z``: the
+    normal quantile of ``confidence_level``; ``regions``: the declared region names)."""
+
+    consistency_model: ConsistencyModel
+    max_staleness_seconds: float
+    confidence_decay_rate: float
+    confidence_level: float
+    z: float
+    feature_dimensions: int | None
+    sync_interval_seconds: float | None
+    auto_sync_seconds: float | None
+    regions: tuple[str, ...]
+    dedup_window: int
+
+
+def validate_cap_settings(consistency_model: Any = ConsistencyModel.STATISTICAL, max_staleness_seconds: Any = 5.0,
+                          confidence_decay_rate: Any = 0.1, clock: Callable[[], float] | None = None, *,
+                          regions: Iterable[str] | None = None, feature_dimensions: Any = None,
+                          confidence_level: Any = 0.95, sync_interval_seconds: Any = None,
+                          auto_sync_seconds: Any = 1.0, dedup_window: Any = DEFAULT_DEDUP_WINDOW) -> CapSettings:
+    """Check the resolver's constructor arguments as the resolver does."""
+    dedup_window = check_positive_int(dedup_window, "dedup_window")
+    consistency_model = ConsistencyModel.coerce(consistency_model)
+    max_staleness_seconds = check_nonnegative_float(max_staleness_seconds, "max_staleness_seconds")
+    confidence_decay_rate = check_nonnegative_float(confidence_decay_rate, "confidence_decay_rate")
+    if clock is not None and not callable(clock):
+        raise InvalidTypeError("clock must be a callable returning seconds")
+    confidence_level = check_fraction(confidence_level, "confidence_level", low_open=True, high_open=True)
+    z = NormalDist().inv_cdf(0.5 + confidence_level / 2)
+    feature_dimensions = None if feature_dimensions is None else check_positive_int(
+        feature_dimensions, "feature_dimensions")
+    if sync_interval_seconds is not None:
+        sync_interval_seconds = check_finite_float(sync_interval_seconds, "sync_interval_seconds")
+        if sync_interval_seconds <= 0:
+            raise InvalidInputError("sync_interval_seconds must be > 0")
+    if auto_sync_seconds is not None:
+        auto_sync_seconds = check_finite_float(auto_sync_seconds, "auto_sync_seconds")
+        if auto_sync_seconds <= 0:
+            raise InvalidInputError("auto_sync_seconds must be > 0 (or None to turn it off)")
+    names = [] if regions is None else [check_region_name(r) for r in regions]
+    if len(set(names)) != len(names):
+        raise InvalidInputError(f"regions repeat a name: {names}")
+    return CapSettings(consistency_model, max_staleness_seconds, confidence_decay_rate, confidence_level, z,
+                       feature_dimensions, sync_interval_seconds, auto_sync_seconds, tuple(names), dedup_window)

@@ -1,0 +1,230 @@
+"""scoring="tails" and "fused": tail evidence from per-node sketches, checked against NumPy counts."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from swarmguard import (
+    BehavioralData,
+    BehavioralDistributedProtocol,
+    DistributedBehavioralDetector,
+    HierarchicalStatisticalTree,
+)
+from swarmguard.structures.cauchy_combination import cauchy_combine
+
+
+def population(seed: int = 0, n: int = 40, d: int = 3) -> np.ndarray:
+    """Few enough members that every sketch is exact (REQ keeps all values below its first compaction)."""
+    r = np.random.default_rng(seed)
+    X = np.column_stack([r.standard_t(3, n), r.lognormal(0.0, 1.0, n), r.normal(size=n)])[:, :d]
+    X[0] = [12.0, 30.0, 0.1][:d]
+    return X
+
+
+def numpy_tail_p(members: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Cauchy combination (equal weights) of each feature's two-sided empirical tail among ``members``."""
+    L = (members[None, :, :] <= rows[:, None, :]).mean(1)
+    R = (members[None, :, :] >= rows[:, None, :]).mean(1)
+    return cauchy_combine(np.minimum(1.0, 2.0 * np.minimum(L, R)))
+
+
+def make(X, scoring, cohorts=None, **kw):
+    tree = HierarchicalStatisticalTree(feature_dimensions=X.shape[1], branching_factor=4)
+    protocol = BehavioralDistributedProtocol(tree, scoring=scoring, warm_up=10, **kw)
+    tree.update_many(np.arange(X.shape[0]), X, cohorts=cohorts)
+    return tree, protocol
+
+
+def test_tails_p_values_are_the_empirical_tails_combined():
+    X = population(0)
+    _, protocol = make(X, "tails")
+    res = protocol.score_many(fdr=None)
+    np.testing.assert_allclose(res["p_value"], numpy_tail_p(X, X), rtol=1e-12)
+    np.testing.assert_allclose(res["tail_p_value"], res["p_value"], rtol=0)
+    assert int(np.argmin(res["p_value"])) == 0
+
+
+def test_fused_p_values_combine_the_robust_distance_and_the_tails():
+    X = population(1)
+    _, fused = make(X, "fused")
+    _, robust = make(X, "robust")
+    res, ref = fused.score_many(fdr=None), robust.score_many(fdr=None)
+    np.testing.assert_array_equal(res["distance_p_value"], ref["p_value"])
+    np.testing.assert_array_equal(res["mahalanobis_squared"], ref["mahalanobis_squared"])
+    expected = cauchy_combine(np.column_stack([ref["p_value"], numpy_tail_p(X, X)]))
+    np.testing.assert_allclose(res["p_value"], expected, rtol=1e-12)
+
+
+def test_cohort_levels_read_the_cohorts_own_sketches():
+    X = population(2, n=48)
+    groups = np.where(np.arange(X.shape[0]) % 3 == 0, "a", "b")
+    _, protocol = make(X, "tails", cohorts=[(g,) for g in groups], score_levels="all")
+    res = protocol.score_many(fdr=None)
+    agents = np.asarray(res["agent_ids"], dtype=np.int64)      # the batch's rows, in the tree's order
+    for g in ("a", "b"):
+        level = res["levels"][(g,)]
+        rows = agents[np.asarray(level["rows"])]
+        assert set(rows.tolist()) == set(np.flatnonzero(groups == g).tolist())
+        np.testing.assert_allclose(level["p_value"], numpy_tail_p(X[groups == g], X[rows]), rtol=1e-12)
+    np.testing.assert_allclose(res["levels"][()]["p_value"], numpy_tail_p(X, X[agents]), rtol=1e-12)
+
+
+def test_a_removed_or_changed_member_leaves_the_sketches_exactly():
+    X = population(3)
+    tree, protocol = make(X, "tails")
+    protocol.score_many(fdr=None)                 # sketches built
+    tree.remove_agent(0)
+    tree.update_agent(5, X[5] + 100.0)
+    now = X.copy()
+    now[5] += 100.0
+    keep = np.arange(1, X.shape[0])
+    res = protocol.score_many(list(keep), fdr=None)
+    np.testing.assert_allclose(res["p_value"], numpy_tail_p(now[keep], now[keep]), rtol=1e-12)
+
+
+def test_per_item_answer_equals_the_batch_answer():
+    X = population(4)
+    for scoring in ("tails", "fused"):
+        _, protocol = make(X, scoring, cohorts=[("a",) if i % 2 else ("b",) for i in range(X.shape[0])],
+                           score_levels="all")
+        item = asyncio.run(protocol.update_agent_behavior(BehavioralData(7, X[7] + 3.0)))
+        batch = protocol.score_many([7], fdr=None, explain=True)
+        assert item["p_value"] == pytest.approx(float(batch["p_value"][0]), rel=1e-12)
+        assert item["decision_p_value"] == pytest.approx(float(batch["decision_p_value"][0]), rel=1e-12)
+        assert item["is_anomaly"] == bool(batch["is_anomaly"][0])
+
+
+def test_explained_tails_are_each_features_share_of_the_tail_score():
+    X = population(5)
+    _, protocol = make(X, "tails")
+    res = protocol.score_many(fdr=None, explain=True)
+    np.testing.assert_allclose(res["feature_contributions"].sum(axis=1), res["tail_score"], rtol=1e-12)
+
+
+def test_score_vectors_counts_an_outside_vector_in():
+    X = population(6)
+    tree, protocol = make(X, "tails")
+    new = np.array([[100.0, 100.0, 100.0]])
+    n = X.shape[0]
+    res = protocol.score_vectors(new)
+    # above every member on every feature: right tail 1 / (n + 1), two-sided 2 / (n + 1) on each
+    expected = cauchy_combine(np.full((1, 3), 2.0 / (n + 1)))
+    np.testing.assert_allclose(res["p_value"], expected, rtol=1e-12)
+    assert len(tree) == n
+
+
+def test_tail_sketches_survive_serialisation():
+    X = population(7)
+    tree, protocol = make(X, "tails")
+    back = HierarchicalStatisticalTree.from_dict(tree.to_dict())
+    res = BehavioralDistributedProtocol(back, scoring="tails", warm_up=10).score_many(fdr=None)
+    np.testing.assert_allclose(res["p_value"], protocol.score_many(fdr=None)["p_value"], rtol=1e-12)
+    assert back._sketches is not None
+
+
+def test_a_compacted_population_still_finds_a_far_outlier():
+    r = np.random.default_rng(8)
+    X = np.column_stack([r.standard_t(3, 20_000), r.lognormal(size=20_000)])
+    X[0] = [200.0, 1e4]
+    _, protocol = make(X, "tails", fdr=0.05)
+    res = protocol.score_many()
+    assert not protocol.tree._tail_sketches(0).exact
+    assert int(np.argmin(res["p_value"])) == 0
+    # the smallest member tail is 1/n per feature: two-sided 2/n on both -- the rank floor, which BH at
+    # fdr=0.05 over 20,000 agents cannot reject alone (it needs p <= 0.05 / 20,000): the documented limit
+    assert not bool(res["is_anomaly"][0])
+    assert res["p_value"][0] == pytest.approx(float(cauchy_combine(np.full((1, 2), 2 / 20_000))[0]), rel=1e-9)
+
+
+@pytest.mark.parametrize("scoring", ["tails", "fused"])
+def test_the_detector_runs_a_round_in_the_mode(scoring):
+    X = population(9, n=60)
+    det = DistributedBehavioralDetector(scoring=scoring, feature_dimensions=3, warm_up=10)
+    out = det.process_round(np.arange(60), X, ["r"] * 60)
+    assert det.protocol.scoring == scoring and det.tree._sketches is not None
+    assert len(out.agent_ids) == 60 if hasattr(out, "agent_ids") else out is not None
+
+
+@pytest.mark.parametrize("scoring", ["tails", "fused"])
+def test_ray_refuses_a_sketch_mode_before_ray_starts(scoring):
+    code = (
+        "import sys\n"
+        "import swarmguard as sg\n"
+        "from swarmguard.errors import InvalidInputError\n"
+        "try:\n"
+        f"    sg.DistributedBehavioralDetector(backend='ray', scoring={scoring!r})\n"
+        "except InvalidInputError as exc:\n"
+        f"    assert 'ray' in str(exc) and {scoring!r} in str(exc); print('refused')\n"
+        "assert 'ray' not in sys.modules or not __import__('ray').is_initialized()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "refused", out.stderr
+
+
+# ---------------------------------------------------------------- calibrated p-values through the protocol
+def _heavy_stream(seed, q, calibrate, scoring="robust"):
+    """tests/structures/test_score_null.py's heavy-tailed population (Student-t(3), log-normal, 5 % planted
+    anomalies from round 2 on), through update_and_score_many round by round: realised FDR and recall."""
+    from tests.structures.test_score_null import D, FRAC, N, ROUNDS, WARM, _draw
+    r = np.random.default_rng(seed)
+    lab = np.zeros(N, dtype=bool)
+    lab[r.choice(N, int(FRAC * N), replace=False)] = True
+    feat = np.stack([r.choice(D, 2, replace=False) for _ in range(N)])
+    sign = r.choice([-1.0, 1.0], size=(N, 2))
+    tree = HierarchicalStatisticalTree(feature_dimensions=D)
+    protocol = BehavioralDistributedProtocol(tree, scoring=scoring, fdr=q, calibrate=calibrate)
+    false = flags = hits = 0
+    for t in range(ROUNDS):
+        res = protocol.update_and_score_many(np.arange(N), _draw(r, lab & (t >= WARM), feat, sign))
+        if t < WARM:
+            continue
+        f = res["is_anomaly"]
+        false, flags, hits = false + int((f & ~lab).sum()), flags + int(f.sum()), hits + int((f & lab).sum())
+        assert res["method"].endswith("calibrated") == calibrate
+    return false / max(flags, 1), hits / (lab.sum() * (ROUNDS - WARM))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("q", [0.01, 0.05])
+def test_calibrated_robust_scoring_keeps_the_realised_fdr_at_most_q(q):
+    for seed in (0, 1):
+        fdr, recall = _heavy_stream(seed, q, calibrate=True)
+        assert fdr <= q and recall >= 0.95
+    # the χ² p-values of the same distances are not: heavy tails make many false flags
+    fdr, _ = _heavy_stream(0, q, calibrate=False)
+    assert fdr > 5 * q
+
+
+def test_calibrate_is_checked_and_the_null_fills_round_by_round():
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    with pytest.raises(TypeError, match="calibrate"):
+        BehavioralDistributedProtocol(tree, calibrate="yes")
+    protocol = BehavioralDistributedProtocol(tree, calibrate=True, fdr=0.05, warm_up=10)
+    X = np.random.default_rng(0).normal(size=(1200, 2))
+    first = protocol.update_and_score_many(np.arange(1200), X)
+    assert "parametric_p_value" not in first and protocol.null.count == 1200    # warm-up: all admitted
+    second = protocol.update_and_score_many(np.arange(1200), X + 0.0)
+    null = np.sort(first["null_score"]).astype(np.float32)
+    s = second["null_score"].astype(np.float32)
+    expected = (1 + null.size - np.searchsorted(null, s, side="left")) / (null.size + 1)
+    np.testing.assert_allclose(second["p_value"], expected, rtol=0.1)
+    assert "parametric_p_value" in second
+
+
+def test_per_item_changes_reach_the_sketches_once_more_than_n_over_10000_are_pending():
+    X = np.random.default_rng(11).normal(size=(20_000, 2))
+    tree, protocol = make(X, "tails")
+    assert tree._tail_sketches(0).count == 20_000          # a batch write: the next read refreshes
+    for k in range(2):                                       # n // 10,000 = 2 changes may wait
+        tree.update_agent(20_000 + k, [50.0, 50.0])
+        assert tree._tail_sketches(0).count == 20_000
+    tree.update_agent(20_002, [50.0, 50.0])                  # the third is one too many: applied, all three
+    sketches = tree._tail_sketches(0)
+    assert sketches.count == 20_003
+    far = tree._tree.deviations(np.array([[50.0, 50.0]]))     # the sketches hold the moments' internal units
+    np.testing.assert_array_equal(sketches.tail_probabilities(far).right, [[3 / 20_003] * 2])

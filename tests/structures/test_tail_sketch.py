@@ -1,0 +1,113 @@
+"""Per-feature tail sketches: tails against the exact empirical CDF, merge, bytes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from swarmguard.errors import DimensionMismatchError, InvalidInputError, NonFiniteError
+from swarmguard.structures.tail_sketch import FeatureSketches
+
+
+def _heavy(n: int, seed: int) -> np.ndarray:
+    r = np.random.default_rng(seed)
+    return np.column_stack([r.standard_t(3, n), r.lognormal(0.0, 1.0, n), -r.lognormal(0.0, 0.5, n)])
+
+
+def _exact_tails(X: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """P(X_j <= q) and P(X_j >= q) by counting (values rounded to float32 as the sketch keeps them)."""
+    X32, Q32 = X.astype(np.float32), Q.astype(np.float32)
+    left = np.stack([(X32[:, j][None, :] <= Q32[:, j][:, None]).sum(1) for j in range(X.shape[1])], 1)
+    right = np.stack([(X32[:, j][None, :] >= Q32[:, j][:, None]).sum(1) for j in range(X.shape[1])], 1)
+    return left / len(X), right / len(X)
+
+
+def test_small_population_is_exact():
+    X = _heavy(40, 0)
+    s = FeatureSketches(3)
+    s.update_many(X)
+    assert s.exact and s.count == 40
+    left, right = _exact_tails(X, X)
+    t = s.tail_probabilities(X)
+    np.testing.assert_array_equal(t.left, left)
+    np.testing.assert_array_equal(t.right, right)
+
+
+TAIL_RANKS = np.array([0.0, 1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.5, 0.95, 0.99, 0.999, 0.9999, 1.0])
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_tails_of_a_compacted_sketch_lie_within_its_bounds(seed):
+    X = _heavy(100_000, seed)
+    s = FeatureSketches(3)
+    s.update_many(X)
+    assert not s.exact
+    Q = np.quantile(X, TAIL_RANKS, axis=0)
+    left, right = _exact_tails(X, Q)
+    t = s.tail_probabilities(Q, members=False)
+    n = len(X)
+    raw_left, raw_right = t.left * (n + 1) / n - 1 / n, t.right * (n + 1) / n - 1 / n
+    left_lo, left_hi, right_lo, right_hi = s.tail_bounds(Q)
+    tol = 1e-12
+    assert ((left >= left_lo - tol) & (left <= left_hi + tol)).all()
+    assert ((right >= right_lo - tol) & (right <= right_hi + tol)).all()
+    # where tail evidence is read (a tail of at most 1 %), the error is a small fraction of the tail
+    small = left <= 0.01
+    assert np.all(np.abs(raw_left[small] - left[small]) <= 0.05 * left[small] + tol)
+    small = right <= 0.01
+    assert np.all(np.abs(raw_right[small] - right[small]) <= 0.05 * right[small] + tol)
+
+
+def test_merge_of_two_sketches_is_a_sketch_of_the_union():
+    A, B = _heavy(60_000, 4), _heavy(40_000, 5) * 1.5
+    a, b = FeatureSketches(3), FeatureSketches(3)
+    a.update_many(A)
+    b.update_many(B)
+    merged = FeatureSketches.merged([a, b], 3)
+    assert merged.count == 100_000 and a.count == 60_000 and b.count == 40_000
+    union = np.vstack([A, B])
+    Q = np.quantile(union, TAIL_RANKS, axis=0)
+    left, right = _exact_tails(union, Q)
+    left_lo, left_hi, right_lo, right_hi = merged.tail_bounds(Q)
+    assert ((left >= left_lo - 1e-12) & (left <= left_hi + 1e-12)).all()
+    assert ((right >= right_lo - 1e-12) & (right <= right_hi + 1e-12)).all()
+    # the top of each tail is kept exactly through the merge
+    top = np.sort(union, axis=0)[-20:]
+    t = merged.tail_probabilities(top)
+    _, exact_right = _exact_tails(union, top)
+    np.testing.assert_array_equal(t.right, exact_right)
+
+
+def test_bytes_round_trip_and_refusals():
+    s = FeatureSketches(3)
+    s.update_many(_heavy(5_000, 6))
+    data = s.to_bytes()
+    back = FeatureSketches.from_bytes(data)
+    assert back.to_bytes() == data and back.count == s.count and back.k == s.k
+    Q = _heavy(50, 7)
+    a, b = s.tail_probabilities(Q), back.tail_probabilities(Q)
+    np.testing.assert_array_equal(a.left, b.left)
+    np.testing.assert_array_equal(a.right, b.right)
+    for bad in (data[:-3], b"nonsense", data[:10], data + b"x"):
+        with pytest.raises(InvalidInputError):
+            FeatureSketches.from_bytes(bad)
+
+
+def test_bad_rows_leave_the_sketches_as_they_were():
+    s = FeatureSketches(2)
+    s.update_many(np.array([[1.0, 2.0], [3.0, 4.0]]))
+    before = s.to_bytes()
+    with pytest.raises(NonFiniteError):
+        s.update_many(np.array([[1.0, np.nan]]))
+    with pytest.raises(NonFiniteError):
+        s.update_many(np.array([[1e300, 0.0]]))
+    with pytest.raises(DimensionMismatchError):
+        s.update_many(np.ones((2, 3)))
+    assert s.to_bytes() == before
+
+
+def test_quantile_skewness_has_the_sign_of_the_long_tail():
+    s = FeatureSketches(3)
+    s.update_many(_heavy(20_000, 8))
+    skew = s.quantile_skewness()
+    assert abs(skew[0]) < 0.05 and skew[1] > 0.1 and skew[2] < -0.05
