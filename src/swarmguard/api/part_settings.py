@@ -30,7 +30,7 @@ from ..validation import (
     check_positive_int,
 )
 from .cap import CapSettings, validate_cap_settings
-from .tree import MAX_BRANCHING
+from .tree import TreeSettings, validate_tree_settings
 
 __all__ = [
     "TreeSettings", "ProtocolSettings", "ConsensusSettings", "CapSettings",
@@ -41,29 +41,6 @@ __all__ = [
 AGGREGATIONS = ("robust", "sum")
 PROBATION_EVIDENCE = 10  # the probation bar: pieces to end the founding, covered agents to earn a vote
 FOUNDING_QUORUM = 3      # untrusted sources that must have been seen before the founding can end
-
-
-@dataclass(frozen=True)
-class TreeSettings:
-    """:class:`~swarmguard.api.tree.HierarchicalStatisticalTree`'s checked settings."""
-
-    branching_factor: int
-    feature_dimensions: int | None
-    recompute_every: int
-    window_rounds: int | None
-
-
-def validate_tree_settings(branching_factor: Any = 10, feature_dimensions: Any = None, *,
-                           recompute_every: Any = 65536, window_rounds: Any = None) -> TreeSettings:
-    """Check the tree's constructor arguments as the tree does."""
-    branching_factor = check_positive_int(branching_factor, "branching_factor", minimum=2)
-    if branching_factor > MAX_BRANCHING:
-        raise InvalidInputError(f"branching_factor must be <= {MAX_BRANCHING}, got {branching_factor}")
-    if feature_dimensions is not None:
-        feature_dimensions = check_positive_int(feature_dimensions, "feature_dimensions")
-    recompute_every = check_positive_int(recompute_every, "recompute_every")
-    window_rounds = None if window_rounds is None else check_positive_int(window_rounds, "window_rounds")
-    return TreeSettings(branching_factor, feature_dimensions, recompute_every, window_rounds)
 
 
 @dataclass(frozen=True)

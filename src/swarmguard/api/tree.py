@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,29 @@ def _page_levels(b: int) -> int:
     while size * b <= _PAGE_TARGET:
         levels, size = levels + 1, size * b
     return levels
+
+
+@dataclass(frozen=True)
+class TreeSettings:
+    """:class:`~swarmguard.api.tree.HierarchicalStatisticalTree`'s checked settings."""
+
+    branching_factor: int
+    feature_dimensions: int | None
+    recompute_every: int
+    window_rounds: int | None
+
+
+def validate_tree_settings(branching_factor: Any = 10, feature_dimensions: Any = None, *,
+                           recompute_every: Any = 65536, window_rounds: Any = None) -> TreeSettings:
+    """Check the tree's constructor arguments as the tree does."""
+    branching_factor = check_positive_int(branching_factor, "branching_factor", minimum=2)
+    if branching_factor > MAX_BRANCHING:
+        raise InvalidInputError(f"branching_factor must be <= {MAX_BRANCHING}, got {branching_factor}")
+    if feature_dimensions is not None:
+        feature_dimensions = check_positive_int(feature_dimensions, "feature_dimensions")
+    recompute_every = check_positive_int(recompute_every, "recompute_every")
+    window_rounds = None if window_rounds is None else check_positive_int(window_rounds, "window_rounds")
+    return TreeSettings(branching_factor, feature_dimensions, recompute_every, window_rounds)
 
 
 class HierarchicalStatisticalTree(Locked):
@@ -109,13 +133,12 @@ class HierarchicalStatisticalTree(Locked):
         window_rounds: int | None = None,
     ):
         super().__init__()
-        self.branching_factor = check_positive_int(branching_factor, "branching_factor", minimum=2)
-        if self.branching_factor > MAX_BRANCHING:
-            raise InvalidInputError(f"branching_factor must be <= {MAX_BRANCHING}, got {branching_factor}")
-        if feature_dimensions is not None:
-            feature_dimensions = check_positive_int(feature_dimensions, "feature_dimensions")
-        self.recompute_every = check_positive_int(recompute_every, "recompute_every")
-        self.window_rounds = None if window_rounds is None else check_positive_int(window_rounds, "window_rounds")
+        checked = validate_tree_settings(branching_factor, feature_dimensions, recompute_every=recompute_every,
+                                         window_rounds=window_rounds)
+        self.branching_factor = checked.branching_factor
+        feature_dimensions = checked.feature_dimensions
+        self.recompute_every = checked.recompute_every
+        self.window_rounds = checked.window_rounds
         self._win: WindowedMoments | None = None    # windowed moments, when window_rounds is given
         self._dim = feature_dimensions
         self._page_levels = _page_levels(self.branching_factor)
