@@ -301,20 +301,26 @@ class BehavioralDistributedProtocol(Locked):
                 "warming_up": not warm,
                 "feature_contributions": shares,
             })
-        top = levels[0]
         live = [lv["p_value"] for lv in levels if not lv["warming_up"]]
+        decision_p = min(1.0, min(live) * len(level_ids)) if live else 1.0
+        return self._item_result(agent_id, levels, decision_p, thr2, alpha, cohorts.paths[own])
+
+    def _item_result(self, agent_id: Hashable, levels: list[dict[str, Any]], decision_p: float, thr2: float,
+                     alpha: float, cohort: Path) -> dict[str, Any]:
+        """The per-item score dict of one agent from its levels' scores (``levels[0]``: the population)."""
+        top = levels[0]
         return {
             "agent_id": agent_id,
             "is_anomaly": any(lv["is_anomaly"] for lv in levels),
             "mahalanobis_distance": top["mahalanobis_distance"],
             "mahalanobis_squared": top["mahalanobis_squared"],
             "p_value": top["p_value"],
-            "decision_p_value": min(1.0, min(live) * len(level_ids)) if live else 1.0,
+            "decision_p_value": decision_p,
             "threshold": math.sqrt(thr2),
             "threshold_squared": thr2,
             "significance_level": alpha,
             "decision_cutoff": self.significance_level,
-            "cohort": cohorts.paths[own],
+            "cohort": cohort,
             "population_count": top["count"],
             "warming_up": top["warming_up"],
             "feature_contributions": top["feature_contributions"],
@@ -356,24 +362,8 @@ class BehavioralDistributedProtocol(Locked):
             if not extra["in_window"]:
                 for lv in levels:
                     lv["is_anomaly"] = False
-        top = levels[0]
-        return extra | {
-            "agent_id": agent_id,
-            "is_anomaly": any(lv["is_anomaly"] for lv in levels),
-            "mahalanobis_distance": top["mahalanobis_distance"],
-            "mahalanobis_squared": top["mahalanobis_squared"],
-            "p_value": top["p_value"],
-            "decision_p_value": float(res["decision_p_value"][0]),
-            "threshold": math.sqrt(thr2),
-            "threshold_squared": thr2,
-            "significance_level": alpha,
-            "decision_cutoff": self.significance_level,
-            "cohort": cohorts.paths[own],
-            "population_count": top["count"],
-            "warming_up": top["warming_up"],
-            "feature_contributions": top["feature_contributions"],
-            "levels": levels,
-        }
+        return extra | self._item_result(agent_id, levels, float(res["decision_p_value"][0]), thr2, alpha,
+                                         cohorts.paths[own])
 
     @synchronized_with("tree")
     def score_vectors(self, X: Any) -> dict[str, Any]:
