@@ -623,12 +623,14 @@ class HierarchicalStatisticalTree(Locked):
             self._trim.rejudge(self._judged_tree())
             self.version += 1
 
+    def _state_in(self, sub: SlotTree, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
+        """(count, offset, M2) of cohort ``cid``'s members in ``sub`` (a second slot tree of the
+        same layout: trimmed or windowed moments), in ``sub``'s units."""
+        return sub.root_state() if cid == 0 else sub.covered_state(self._cover(cid))
+
     def _trimmed_state(self, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
         """(count, offset, M2) of cohort ``cid``'s kept members, in the trimmed tree's units."""
-        sub = self._trim.tree
-        if cid == 0:
-            return sub.root_state()
-        return sub.covered_state(self._cover(cid))
+        return self._state_in(self._trim.tree, cid)
 
     @synchronized
     def get_trimmed_statistics(self, path: Any = (), ddof: int = 1) -> dict[str, Any]:
@@ -679,10 +681,7 @@ class HierarchicalStatisticalTree(Locked):
 
     def _window_state(self, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
         """(count, offset, M2) of cohort ``cid``'s members inside the window, in the window tree's units."""
-        sub = self._win.tree
-        if cid == 0:
-            return sub.root_state()
-        return sub.covered_state(self._cover(cid))
+        return self._state_in(self._win.tree, cid)
 
     @synchronized
     def in_window(self, agent_ids: Any) -> np.ndarray:
