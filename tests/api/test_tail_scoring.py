@@ -228,3 +228,51 @@ def test_per_item_changes_reach_the_sketches_once_more_than_n_over_10000_are_pen
     assert sketches.count == 20_003
     far = tree._tree.deviations(np.array([[50.0, 50.0]]))     # the sketches hold the moments' internal units
     np.testing.assert_array_equal(sketches.tail_probabilities(far).right, [[3 / 20_003] * 2])
+
+
+@pytest.mark.parametrize("scoring", ["robust", "tails"])
+def test_per_item_path_keeps_the_modes_own_p_values_under_calibrate(scoring):
+    # documented: calibration is a batch's; the per-item path keeps the mode's p-values in every
+    # mode (as the plain mode's hot path always did), it used to read the null in the other modes
+    r = np.random.default_rng(3)
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    protocol = BehavioralDistributedProtocol(tree, scoring=scoring, calibrate=True, fdr=0.05, warm_up=10)
+    X = r.standard_t(3, size=(1500, 2))
+    for _ in range(2):
+        protocol.update_and_score_many(np.arange(1500), X)
+    assert protocol.null.warm
+    null_before = protocol.null.count
+    info = protocol.update_agent_behavior_sync(BehavioralData(5, [3.0, 3.0]))
+    batch = protocol.score_many([5])
+    assert batch["method"].endswith("calibrated") and batch["p_value"][0] != batch["parametric_p_value"][0]
+    assert info["p_value"] == pytest.approx(batch["parametric_p_value"][0], rel=1e-9)
+    assert info["levels"][0]["p_value"] == info["p_value"]
+    assert protocol.null.count == null_before             # per-item calls admit nothing
+
+
+@pytest.mark.parametrize("scoring", ["tails", "fused"])
+def test_with_a_window_the_tails_are_read_from_the_windows_members(scoring):
+    # the distance is against the window's members; so must the tails be (they used to be read
+    # from every member's sketch, stale ones included). Integer values: float32 keeps them apart;
+    # few enough that every sketch is exact.
+    r = np.random.default_rng(4)
+    tree = HierarchicalStatisticalTree(feature_dimensions=2, branching_factor=4, window_rounds=1)
+    protocol = BehavioralDistributedProtocol(tree, scoring=scoring, warm_up=10)
+    old = r.integers(90, 110, size=(30, 2)).astype(float)
+    new = r.integers(-20, 20, size=(40, 2)).astype(float)
+    protocol.update_and_score_many(np.arange(30), old)          # sketches built: the old round
+    res = protocol.update_and_score_many(np.arange(30, 70), new)   # a new round: old members leave
+    sketches = tree._tail_sketches(0)
+    assert sketches.exact and sketches.count == tree.get_window_statistics()["count"] == 40
+    np.testing.assert_allclose(res["tail_p_value"], numpy_tail_p(new, new), rtol=1e-12)
+    everyone = protocol.score_many(np.arange(70))
+    inside = everyone["in_window"]
+    assert inside.sum() == 40 and not inside[:30].any()
+    np.testing.assert_allclose(everyone["tail_p_value"][30:], numpy_tail_p(new, new), rtol=1e-12)
+    # a stale member is not in the sketches: counted in as an outsider, (W + 1) / (n + 1)
+    L = ((new[None, :, :] <= old[:, None, :]).sum(1) + 1) / 41
+    R = ((new[None, :, :] >= old[:, None, :]).sum(1) + 1) / 41
+    np.testing.assert_allclose(everyone["tail_p_value"][:30],
+                               cauchy_combine(np.minimum(1.0, 2.0 * np.minimum(L, R))), rtol=1e-12)
+    outside = protocol.score_vectors(old[:5])
+    np.testing.assert_allclose(outside["tail_p_value"], everyone["tail_p_value"][:5], rtol=1e-12)

@@ -177,3 +177,20 @@ def test_quantile_skewness_has_the_sign_of_the_long_tail():
             band.append(np.quantile(X[:, j].astype(np.float32), [max(lo, 0.0), min(hi, 1.0)]))
         (q1_lo, q1_hi), (q2_lo, q2_hi), (q3_lo, q3_hi) = band
         assert _bowley(q1_lo, q2_hi, q3_lo) - 1e-9 <= skew[j] <= _bowley(q1_hi, q2_lo, q3_hi) + 1e-9
+
+
+def test_members_may_be_given_per_row():
+    X = _heavy(40, 9)
+    s = FeatureSketches(3)
+    s.update_many(X)
+    Q = np.vstack([X[:3], X[:3] + 0.5])
+    inside = np.array([True] * 3 + [False] * 3)
+    mixed = s.tail_probabilities(Q, members=inside)
+    as_members, as_outsiders = s.tail_probabilities(Q, members=True), s.tail_probabilities(Q, members=False)
+    np.testing.assert_array_equal(mixed.left, np.where(inside[:, None], as_members.left, as_outsiders.left))
+    np.testing.assert_array_equal(mixed.right, np.where(inside[:, None], as_members.right, as_outsiders.right))
+    left, right = _exact_tails(X, Q[3:])
+    np.testing.assert_allclose(mixed.left[3:], (left * 40 + 1) / 41, rtol=1e-12)
+    np.testing.assert_allclose(mixed.right[3:], (right * 40 + 1) / 41, rtol=1e-12)
+    with pytest.raises(DimensionMismatchError):
+        s.tail_probabilities(Q, members=np.ones(4, dtype=bool))

@@ -305,7 +305,7 @@ class FeatureSketches:
 
         ``members``: the rows belong to the sketched population (each count is
         floored at 1, the row's own value); else each is counted in,
-        ``(W + 1) / (n + 1)``.
+        ``(W + 1) / (n + 1)``. One bool for all the rows, or one per row.
 
         Raises
         ------
@@ -316,13 +316,13 @@ class FeatureSketches:
         n = float(self.count)
         if n == 0:
             raise InvalidInputError("tail probabilities of an empty population")
+        inside = np.asarray(members, dtype=bool)
+        if inside.ndim > 1 or (inside.ndim == 1 and inside.shape != (X.shape[0],)):
+            raise DimensionMismatchError(f"members must be one bool or one per row ({X.shape[0]}), got shape {inside.shape}")
+        inside = np.broadcast_to(inside, (X.shape[0],))[:, None]
         left, right = self._counts(X)
-        if members:
-            left = np.maximum(left, 1.0) / n
-            right = np.maximum(right, 1.0) / n
-        else:
-            left = (left + 1.0) / (n + 1.0)
-            right = (right + 1.0) / (n + 1.0)
+        left = np.where(inside, np.maximum(left, 1.0) / n, (left + 1.0) / (n + 1.0))
+        right = np.where(inside, np.maximum(right, 1.0) / n, (right + 1.0) / (n + 1.0))
         return TailProbabilities(np.minimum(left, 1.0), np.minimum(right, 1.0), self.quantile_skewness(),
                                  self.exact)
 
