@@ -276,3 +276,22 @@ def test_with_a_window_the_tails_are_read_from_the_windows_members(scoring):
                                cauchy_combine(np.minimum(1.0, 2.0 * np.minimum(L, R))), rtol=1e-12)
     outside = protocol.score_vectors(old[:5])
     np.testing.assert_allclose(outside["tail_p_value"], everyone["tail_p_value"][:5], rtol=1e-12)
+
+
+def test_ray_checks_calibrate_as_in_process_then_refuses_it_before_ray_starts():
+    code = (
+        "import sys\n"
+        "import swarmguard as sg\n"
+        "from swarmguard.errors import InvalidInputError, InvalidTypeError\n"
+        "try:\n"
+        "    sg.DistributedBehavioralDetector(backend='ray', calibrate='yes')\n"
+        "except InvalidTypeError as exc:\n"
+        "    assert isinstance(exc, TypeError) and 'calibrate' in str(exc); print('typed')\n"
+        "try:\n"
+        "    sg.DistributedBehavioralDetector(backend='ray', calibrate=True)\n"
+        "except InvalidInputError as exc:\n"
+        "    assert 'ray' in str(exc) and 'calibrate' in str(exc); print('refused')\n"
+        "assert 'ray' not in sys.modules or not __import__('ray').is_initialized()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["typed", "refused"], out.stderr

@@ -162,7 +162,8 @@ class RayEngine(RayRegions, RayEvidence, RayDurability):
                                                   window_rounds=s.window_rounds)
         self._rules = BehavioralDistributedProtocol(self._shape, significance_level=s.significance_level,
                                                     fdr=s.fdr, shrinkage=s.shrinkage, warm_up=s.warm_up,
-                                                    score_levels=s.score_levels, scoring=s.scoring)
+                                                    score_levels=s.score_levels, scoring=s.scoring,
+                                                    calibrate=s.calibrate)   # checked as in process
         if s.scoring in TRIMMED_MODES or s.scoring in SKETCH_MODES:
             # the shards' trimmed moments (and tail sketches) would be judged against their own region, not the
             # merged population: refused rather than answering differently from in process
