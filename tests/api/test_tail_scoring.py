@@ -295,3 +295,27 @@ def test_ray_checks_calibrate_as_in_process_then_refuses_it_before_ray_starts():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["typed", "refused"], out.stderr
+
+
+def test_far_outliers_are_answered_not_refused():
+    # a vector from outside far beyond the population: its internal units pass float32's range
+    # (the sketches' type); it is beyond every sketched value and is read at the edge
+    X = np.random.default_rng(5).normal(size=(30, 2))
+    tree, protocol = make(X, "fused")
+    out = protocol.score_vectors([[1e99, 0.0]])
+    L = ((X[None, :, :] <= np.array([[1e99, 0.0]])[:, None, :]).sum(1) + 1) / 31
+    R = ((X[None, :, :] >= np.array([[1e99, 0.0]])[:, None, :]).sum(1) + 1) / 31
+    np.testing.assert_allclose(out["tail_p_value"], cauchy_combine(np.minimum(1.0, 2.0 * np.minimum(L, R))),
+                               rtol=1e-12)
+    # calibrated robust scoring: a distance past float32's range enters the null, the round is answered
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    protocol = BehavioralDistributedProtocol(tree, scoring="robust", calibrate=True, fdr=0.05, warm_up=10)
+    Y = np.zeros((1200, 2))
+    Y[:, 1] = np.arange(1200) % 7
+    for k in range(3):
+        if k == 2:
+            Y[0] = [1e9, 1e9]
+        res = protocol.update_and_score_many(np.arange(1200), Y)
+    assert res["null_score"][0] > float(np.finfo(np.float32).max)
+    assert res["p_value"][0] == 1 / (2 * 1200 + 1)            # beyond every earlier score: the floor
+    assert protocol.null.count == 3 * 1200 - int(res["is_anomaly"].sum())

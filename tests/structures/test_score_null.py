@@ -133,3 +133,12 @@ def test_realised_fdr_is_at_most_q_on_a_heavy_tailed_population(seed, q):
     fdr, recall = _stream(seed, q)
     assert fdr <= q
     assert recall >= 0.95
+
+
+def test_scores_beyond_float32_are_the_largest_not_an_error():
+    # a robust distance of a far outlier against near-singular trimmed moments passed 3.4e38
+    # and the null refused it -- after the round had been written to the tree
+    null = ScoreNull(min_null=3)
+    assert null.admit(np.array([1.0, 2.0, 3.0, 1e39])) == 4
+    np.testing.assert_array_equal(null.p_values(np.array([2.5, 1e39, 1e300])), [3 / 5, 2 / 5, 2 / 5])
+    np.testing.assert_array_equal(null.p_values(np.array([4.0])), [2 / 5])

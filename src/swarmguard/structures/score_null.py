@@ -60,6 +60,22 @@ __all__ = ["ScoreNull", "DEFAULT_MIN_NULL"]
 DEFAULT_MIN_NULL = 1000
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _in_sketch_range(scores) -> np.ndarray:
+    """Scores as the sketch keeps them: non-finite ones refused, the rest clipped to float32's range.
+
+    A robust distance of a far outlier against near-singular trimmed moments can pass
+    ``3.4e38``; it is beyond every other score, and the clipped value still is (ties at the
+    edge count on both sides, which can only make a p-value larger). Raising instead would
+    fail a round after the tree was written."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if not np.isfinite(s).all():
+        raise NonFiniteError("scores entering the null must be finite")
+    return np.clip(s, -_FLOAT32_MAX, _FLOAT32_MAX)
+
+
 class ScoreNull:
     """A mergeable sketch of the scores of members not flagged.
 
@@ -114,9 +130,7 @@ class ScoreNull:
         InvalidInputError, NonFiniteError
             Before the null changes.
         """
-        s = np.asarray(scores, dtype=np.float64).reshape(-1)
-        if not np.isfinite(s).all():
-            raise NonFiniteError("scores entering the null must be finite")
+        s = _in_sketch_range(scores)
         if not (isinstance(q, (int, float)) and 0.0 <= q <= 1.0):
             raise InvalidInputError(f"q must be in [0, 1], got {q!r}")
         if flagged is None or not self.warm:
@@ -135,7 +149,7 @@ class ScoreNull:
         """Calibrated p-values ``(1 + #{null >= s}) / (n + 1)``; None while warming up."""
         if not self.warm:
             return None
-        s = np.asarray(scores, dtype=np.float64).reshape(-1, 1)
+        s = _in_sketch_range(scores).reshape(-1, 1)
         return self._sketch.tail_probabilities(s, members=False).right[:, 0]
 
     def merge(self, other: ScoreNull) -> None:

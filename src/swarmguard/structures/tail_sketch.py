@@ -291,8 +291,14 @@ class FeatureSketches:
         return np.where(spread > 0, (q3 + q1 - 2.0 * q2) / safe, 0.0)
 
     def _counts(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Weights at or below (left) and at or above (right) each value of ``X``."""
-        X32 = _as_float32(X)
+        """Weights at or below (left) and at or above (right) each value of ``X``.
+
+        A query beyond float32's range is read at its edge: every sketched value lies within
+        it, so the counts are the same (an outside vector far from the population must be
+        answered, not refused)."""
+        if not np.isfinite(X).all():
+            raise NonFiniteError("sketched features must be finite")
+        X32 = np.clip(X, -_FLOAT32_MAX, _FLOAT32_MAX).astype(np.float32)
         left = np.empty(X.shape)
         right = np.empty(X.shape)
         for j in range(self.features):
