@@ -60,6 +60,12 @@ def _compacted_bound_checks(seed: int):
     X = _heavy(100_000, seed)
     s = FeatureSketches(3)
     s.update_many(X)
+    return _bound_checks(s, X)
+
+
+def _bound_checks(s: FeatureSketches, X: np.ndarray):
+    """``(inexact ranks, missed its 3-sigma bound)`` per sketch of ``s`` (the sketches of ``X``), after
+    asserting what holds deterministically (or beyond 6 sigma) -- see the comment above."""
     assert not s.exact
     Q = np.quantile(X, TAIL_RANKS, axis=0)
     left, right = _exact_tails(X, Q)
@@ -110,11 +116,12 @@ def test_merge_of_two_sketches_is_a_sketch_of_the_union():
     merged = FeatureSketches.merged([a, b], 3)
     assert merged.count == 100_000 and a.count == 60_000 and b.count == 40_000
     union = np.vstack([A, B])
-    Q = np.quantile(union, TAIL_RANKS, axis=0)
-    left, right = _exact_tails(union, Q)
-    left_lo, left_hi, right_lo, right_hi = merged.tail_bounds(Q)
-    assert ((left >= left_lo - 1e-12) & (left <= left_hi + 1e-12)).all()
-    assert ((right >= right_lo - 1e-12) & (right <= right_hi + 1e-12)).all()
+    # the library's bounds hold for the merge as for one sketch, and are as probabilistic
+    # (``assert all within the 3-sigma bounds`` failed 2 runs in 20): the merge is held to what
+    # _bound_checks asserts -- exact where the library says exact, nothing beyond 6 sigma, 5 %
+    # relative error in the tails. (A count of 3-sigma misses over 6 sketches could not fail at
+    # the allowance's false-alarm rate, so none is asserted here.)
+    _bound_checks(merged, union)
     # the top of each tail is kept exactly through the merge
     top = np.sort(union, axis=0)[-20:]
     t = merged.tail_probabilities(top)
