@@ -457,9 +457,13 @@ class BehavioralDistributedProtocol(Locked):
         out = self._score_slots(ids, slots, fdr_level, explain, rows=rows)
         if self.null is not None:
             # the round's members enter the null after its decision, flags left out (but the
-            # ceil(q R) lowest, the expected false ones: swarmguard.structures.score_null)
-            q = fdr_level if fdr_level is not None else self.significance_level
-            self.null.admit(out["null_score"], out["is_anomaly"] if self.null.warm else None, q)
+            # expected false ones, the lowest: ceil(q R) under BH, ceil(alpha m) under a
+            # per-member cut -- swarmguard.structures.score_null)
+            flagged = out["is_anomaly"] if self.null.warm else None
+            if fdr_level is not None:
+                self.null.admit(out["null_score"], flagged, fdr_level)
+            else:
+                self.null.admit(out["null_score"], flagged, alpha=self.significance_level)
         return out
 
     def _resolve_fdr(self, fdr: Any) -> float | None:

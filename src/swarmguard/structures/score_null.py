@@ -35,7 +35,8 @@ the null's tail, so the next round's p-values come out smaller, more of its
 normal members pass the cut, and over rounds the thinning compounds (in a
 simulation at ``q = 0.05``: realised FDR 0.05 → 0.10 over six rounds). So
 :meth:`admit` puts the ``ceil(q · R)`` *lowest-scoring* of a round's ``R`` flags
-back in: BH at level ``q`` makes at most ``q · R`` false discoveries in
+back in (``ceil(alpha · m)`` of them after a per-member cut at ``alpha`` over ``m``
+members, which makes about ``alpha · m`` false flags): BH at level ``q`` makes at most ``q · R`` false discoveries in
 expectation, and they sit where those scores are, just past the cut (anomalies
 far beyond the cut are not touched). With it the same simulation stays at or
 below ``q`` round after round (``tests/structures/test_score_null.py``).
@@ -120,10 +121,16 @@ class ScoreNull:
         """Whether the sketch still holds every score (counts are then exact)."""
         return self._sketch.exact
 
-    def admit(self, scores: np.ndarray, flagged: np.ndarray | None = None, q: float = 0.0) -> int:
+    def admit(self, scores: np.ndarray, flagged: np.ndarray | None = None, q: float = 0.0, *,
+              alpha: float | None = None) -> int:
         """Add a round's scores, leaving out flagged members but the ``ceil(q R)`` lowest flags.
 
-        While the null is warming up every score enters. Returns the number admitted.
+        ``alpha``: the flags came from a per-member cut at level ``alpha`` (no FDR procedure),
+        which flags about ``alpha · m`` of ``m`` normal members whatever ``R`` is; then the
+        ``min(R, ceil(alpha m))`` lowest flags go back in (``ceil(alpha R)`` would leave most
+        false flags out, and the thinning compounds: measured at ``alpha = 0.01``, the false
+        flag rate went 0.010 → 0.027 in ten rounds). While the null is warming up every score
+        enters. Returns the number admitted.
 
         Raises
         ------
@@ -133,6 +140,8 @@ class ScoreNull:
         s = _in_sketch_range(scores)
         if not (isinstance(q, (int, float)) and 0.0 <= q <= 1.0):
             raise InvalidInputError(f"q must be in [0, 1], got {q!r}")
+        if alpha is not None and not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
+            raise InvalidInputError(f"alpha must be in [0, 1] or None, got {alpha!r}")
         if flagged is None or not self.warm:
             keep = s
         else:
@@ -140,7 +149,8 @@ class ScoreNull:
             if f.shape != s.shape:
                 raise InvalidInputError(f"flagged has {f.size} entries for {s.size} scores")
             flags = np.sort(s[f])
-            back = min(flags.size, math.ceil(q * flags.size - 1e-12))
+            expected_false = q * flags.size if alpha is None else alpha * s.size
+            back = min(flags.size, math.ceil(expected_false - 1e-12))
             keep = np.concatenate([s[~f], flags[:back]])
         self._sketch.update_many(keep[:, None])
         return int(keep.size)
