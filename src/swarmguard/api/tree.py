@@ -673,6 +673,8 @@ class HierarchicalStatisticalTree(Locked):
         gone = self._win.advance()
         if self._trim is not None:     # trimmed moments are the kept members *of the window*
             self._trim.clear(gone)
+        if self._sketches is not None and np.size(gone):   # so are the tail sketches' members
+            self._sketches.mark(gone)
 
     def _judged_tree(self):
         """The slot tree trimmed members are judged against and drawn from: the window's
@@ -724,7 +726,14 @@ class HierarchicalStatisticalTree(Locked):
     def _fresh_sketches(self) -> SketchTree:
         # no flush: the slots' vectors, units and the root's count are current after every change
         t = self._tree
-        self._sketches.refresh(t.X, t.occupied, t.shift, t.unit, members=t.root_state()[0])
+        if self._win is None:
+            self._sketches.refresh(t.X, t.occupied, t.shift, t.unit, members=t.root_state()[0])
+        else:
+            # a window: the sketches hold the members inside it, as the windowed moments do (the
+            # distance and the tails are read from the same population); _advance_window marks
+            # the pages of the members that leave
+            w = self._win.tree
+            self._sketches.refresh(t.X, t.occupied, t.shift, t.unit, members=w.root_state()[0], inside=w.occupied)
         return self._sketches
 
     def _tail_sketches(self, cid: int):
