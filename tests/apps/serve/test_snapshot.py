@@ -1,0 +1,85 @@
+"""Snapshots and log compaction: a node restarted from a snapshot and the log's tail is the node
+that never stopped (same scores, isolations, consensus, query answers, and the same future);
+kill -9 at any point of a snapshot loses nothing acknowledged."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("opentelemetry.proto")
+
+from . import _snapshot_driver as drive  # noqa: E402
+
+SRC = Path(__file__).resolve().parents[3] / "src"
+DRIVER = Path(__file__).resolve().parent / "_snapshot_driver.py"
+
+
+def _run(node, client, clock, ops, start: int, stop: int) -> None:
+    for i in range(start, stop):
+        assert drive.run_op(client, clock, i, ops[i]), (i, ops[i][0])
+
+
+def _reference(tmp_path: Path, ops, upto: int, name: str = "reference"):
+    clock = drive.OpClock()
+    node, client = drive.make(tmp_path / name, 0, clock)
+    _run(node, client, clock, ops, 0, upto)
+    return node, client, clock
+
+
+def test_a_node_restarted_from_its_snapshot_is_the_node_that_never_stopped(tmp_path):
+    ops = drive.build_ops(5)
+    closes = [i for i, op in enumerate(ops) if op[0] == "close"]
+    stop = closes[3] + 3                        # a snapshot after windows 2 and 4, then an open window
+    clock = drive.OpClock()
+    node, client = drive.make(tmp_path / "a", 2, clock)
+    _run(node, client, clock, ops, 0, stop)
+    assert node.snapshots.taken == 2
+    tail = len(node.log)
+    assert tail == stop - closes[3]             # the records before the last snapshot's are gone
+    node.log.close()                            # the process dies (no drain)
+    again, client2 = drive.make(tmp_path / "a", 2, clock)
+    assert again.replayed == tail - 1           # only the tail after the covered record
+    ref, ref_client, ref_clock = _reference(tmp_path, ops, stop)
+    assert len(ref.log) == stop                 # snapshot_every=0: the whole log
+    drive.assert_same(drive.observed(again, client2), drive.observed(ref, ref_client))
+    assert again.populations["behaviors"].agents["a-5"].isolated
+    # the same future: the rest of the run on both
+    _run(again, client2, clock, ops, stop, len(ops))
+    _run(ref, ref_client, ref_clock, ops, stop, len(ops))
+    drive.assert_same(drive.observed(again, client2), drive.observed(ref, ref_client))
+
+
+def test_graceful_shutdown_snapshots_and_the_restart_replays_nothing(tmp_path):
+    ops = drive.build_ops(2)
+    stop = len(ops) - 2                     # the second window is open (evidence and close not run)
+    clock = drive.OpClock()
+    node, client = drive.make(tmp_path / "a", 0, clock)
+    _run(node, client, clock, ops, 0, stop)
+    clock.t += 5
+    node.drain()                            # what SIGTERM does: close the window, then snapshot
+    node.close()
+    again, client2 = drive.make(tmp_path / "a", 0, clock)
+    assert again.replayed == 0 and len(again.log) == 1
+    ref, ref_client, ref_clock = _reference(tmp_path, ops, stop)
+    ref_clock.t = clock.t
+    ref.close_window()
+    drive.assert_same(drive.observed(again, client2), drive.observed(ref, ref_client))
+
+
+def test_snapshot_every_is_checked():
+    from swarmguard.apps.serve import ServeSettings
+    from swarmguard.errors import InvalidInputError
+
+    for bad in (-1, 1.5, True):
+        with pytest.raises(InvalidInputError, match="snapshot-every"):
+            ServeSettings(snapshot_every=bad)
+    assert ServeSettings().snapshot_every == 10
