@@ -83,3 +83,57 @@ def test_snapshot_every_is_checked():
         with pytest.raises(InvalidInputError, match="snapshot-every"):
             ServeSettings(snapshot_every=bad)
     assert ServeSettings().snapshot_every == 10
+
+
+def _matches_a_prefix(tmp_path: Path, ops, again, client, acked: int) -> int:
+    """The restarted node equals the reference run of the first ``acked`` operations, or of one
+    more (the one in flight may be durable without its answer); returns which."""
+    seen = drive.observed(again, client)
+    failures = []
+    for upto in (acked, acked + 1):
+        ref, ref_client, _ = _reference(tmp_path, ops, min(upto, len(ops)), name=f"ref{upto}")
+        try:
+            drive.assert_same(seen, drive.observed(ref, ref_client))
+            return upto
+        except AssertionError as exc:
+            failures.append(exc)
+        finally:
+            ref.close()
+    raise failures[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["snapshot_written", "log_compacted", "committed", "random"])
+def test_kill_9_around_a_snapshot_loses_nothing_acknowledged(tmp_path, point):
+    windows = 4
+    ops = drive.build_ops(windows)
+    data = tmp_path / "data"
+    args = [sys.executable, str(DRIVER), str(data), str(windows), "1"]
+    if point != "random":
+        args += [point, "2"]                   # inside the second snapshot
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(SRC)})
+    lines = []
+    if point == "random":                      # kill -9 right after a random acknowledgement
+        kill_at = random.Random(3).randrange(5, len(ops) - 5)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if not line or line.strip() == f"acked {kill_at}":
+                break
+        os.killpg(proc.pid, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=300)
+    out = "".join(lines) + out
+    assert "done" not in out and proc.returncode == -signal.SIGKILL, out[-500:]
+    acked = [int(line.split()[1]) for line in out.splitlines() if line.startswith("acked")]
+    assert acked == list(range(len(acked))) and acked
+    clock = drive.OpClock()
+    again, client = drive.make(data, 1, clock)
+    upto = _matches_a_prefix(tmp_path, ops, again, client, len(acked))
+    if point != "random":
+        assert upto == len(acked) + 1          # killed in the close's snapshot: the close is durable
+    # and it goes on like the node that never stopped
+    _run(again, client, clock, ops, upto, len(ops))
+    ref, ref_client, ref_clock = _reference(tmp_path, ops, len(ops), name="whole")
+    drive.assert_same(drive.observed(again, client), drive.observed(ref, ref_client))
