@@ -47,7 +47,7 @@ def build_ops(windows: int, agents: int = 60, seed: int = 7) -> list[tuple]:
             ops.append(("spans", body))
         ops.append(("evidence", [{"evidence_id": f"e{w}-{k}", "agent_id": f"a-{int(a)}", "evidence_type": "peer_report",
                                   "log_odds": float(lo), "confidence": 0.9, "timestamp": float(w)}
-                                 for k, (a, lo) in enumerate(zip(rng.integers(0, agents, 4), rng.normal(2, 1, 4)))]))
+                                 for k, (a, lo) in enumerate(zip(rng.integers(0, agents, 4), rng.normal(2, 1, 4), strict=True))]))
         ops.append(("close",))
     return ops
 
@@ -145,7 +145,7 @@ def assert_same(a, b, path: str = "", rel: float = 1e-9) -> None:
             assert_same(a[key], b[key], f"{path}/{key}", rel)
     elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         assert type(a) is type(b) and len(a) == len(b), (path, a, b)
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same(x, y, f"{path}[{i}]", rel)
     else:
         assert type(a) is type(b) and a == b, (path, a, b)

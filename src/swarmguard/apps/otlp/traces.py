@@ -228,7 +228,7 @@ class SpanIngest:
         agents = [str(a) for a in state["seen_agents"]]
         sid = np.asarray(state["seen_ids"], dtype=np.uint64)
         self._seen, self._ids = set(), []
-        self._seen_before = {hash((a, s)) for a, s in zip(agents, sid.tolist())}
+        self._seen_before = {hash((a, s)) for a, s in zip(agents, sid.tolist(), strict=True)}
         self._ids_before = [(agents, np.arange(len(agents), dtype=np.int64), sid)] if agents else []
 
 
