@@ -115,6 +115,13 @@ def observed(node, client) -> dict:
             "tree": None if stats is None else (stats["count"], np.asarray(stats["mean"]).tolist()),
             "tree_ids": sorted(det.tree.agent_ids()),
         }
+    from dataclasses import asdict
+
+    from swarmguard.apps.dashboard.history import history_of
+
+    history = history_of(node)          # the dashboard's past windows: compaction must keep them
+    out["history"] = {name: ([asdict(r) for r in h.windows], dict(h.first_isolated))
+                      for name, h in history.populations.items()}
     out["top"] = client.get("/v1/agents?top=1000", headers=read).json()
     out["populations"] = client.get("/v1/populations", headers=read).json()
     for summary in out["populations"]["populations"]:

@@ -137,3 +137,65 @@ def test_kill_9_around_a_snapshot_loses_nothing_acknowledged(tmp_path, point):
     _run(again, client, clock, ops, upto, len(ops))
     ref, ref_client, ref_clock = _reference(tmp_path, ops, len(ops), name="whole")
     drive.assert_same(drive.observed(again, client), drive.observed(ref, ref_client))
+
+
+# ---------------------------------------------------------------- extensions (review fixes)
+def _plain_node(data: Path, every: int, clock=None):
+    from swarmguard.apps.serve import ServeNode, ServeSettings
+
+    clock = clock or drive.OpClock()
+    return ServeNode(ServeSettings(clock=clock, close_windows=False, warm_up=20, snapshot_every=every), data), clock
+
+
+def _windows(node, clock, count: int, seed: int = 0) -> None:
+    import numpy as np
+
+    from swarmguard.apps.serve.records import BehaviorBatch
+
+    rng = np.random.default_rng(seed)
+    ids = [f"a-{i}" for i in range(30)]
+    for _ in range(count):
+        node.accept_behaviors(BehaviorBatch(agent_ids=ids, X=rng.normal(size=(30, 3)), cohorts=[None] * 30))
+        clock.t += 60.0
+        node.close_window()
+
+
+def test_an_extension_that_cannot_export_its_state_turns_snapshots_off(tmp_path, monkeypatch):
+    from swarmguard.apps.serve import node as node_module
+
+    class Opaque:                     # keeps state of its own, with no export_state
+        kinds = ()
+
+        def __init__(self, node):
+            self.closes = 0
+
+        def apply(self, record):
+            pass
+
+        def before_close(self, at):
+            self.closes += 1
+
+    base = node_module.node_extensions
+    monkeypatch.setattr(node_module, "node_extensions", lambda: [*base(), Opaque])
+    node, clock = _plain_node(tmp_path / "a", 1)
+    _windows(node, clock, 3)
+    node.drain()
+    # no compaction: the log holds every record, so the replay rebuilds Opaque's state too
+    assert node.snapshots.taken == 0 and node.log.latest_snapshot() is None and len(node.log) == 6
+    node.close()
+    again, _ = _plain_node(tmp_path / "a", 1, clock)
+    assert again.replayed == 6 and again.extensions[-1].closes == 3
+
+
+def test_a_snapshot_of_other_extensions_is_refused_with_a_typed_error(tmp_path, monkeypatch):
+    from swarmguard.apps.serve import node as node_module
+    from swarmguard.errors import EvidenceStoreError
+
+    node, clock = _plain_node(tmp_path / "a", 1)
+    _windows(node, clock, 2)
+    assert node.snapshots.taken == 2
+    node.close()
+    base = node_module.node_extensions
+    monkeypatch.setattr(node_module, "node_extensions", lambda: base()[-1:])   # the span ingest gone
+    with pytest.raises(EvidenceStoreError, match="extensions"):
+        _plain_node(tmp_path / "a", 1, clock)

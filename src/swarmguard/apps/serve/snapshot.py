@@ -14,7 +14,9 @@ exports, never pickle: per population the tree's ``to_dict``, the consensus's
 resolver's ``to_bytes``, the detector's evidence counter, the agents' latest
 results (as arrays), the window count and dimension; the node's clock and its
 isolation events; each extension's ``export_state`` (the span ingest's name tables,
-tool history and the window before's span ids). Encoding: one ``.npz`` archive
+tool history and the window before's span ids; the dashboard's window history), named by
+class: a node whose extensions differ refuses the snapshot, and a node with an extension that
+has no ``export_state`` takes none. Encoding: one ``.npz`` archive
 (``numpy.savez``, loaded with ``allow_pickle=False``) of arrays, plus one JSON
 member for everything else. The in-process engine only: on Ray the node replays the
 whole log (its actors' state is not the detector's to export here).
@@ -35,7 +37,7 @@ from .agent_state import AgentState
 
 __all__ = ["Snapshots", "snapshot_bytes", "restore_snapshot", "FORMAT"]
 
-FORMAT = 1
+FORMAT = 2     # 2: extensions' states named by their class
 log = logging.getLogger("swarmguard.serve")
 
 
@@ -44,8 +46,14 @@ class Snapshots:
 
     def __init__(self, node: Any, every: int):
         self.node = node
-        self.every = int(every) if node.settings.backend == "inprocess" else 0
-        self.enabled = node.settings.backend == "inprocess"
+        # an extension whose state cannot be exported would lose what compaction deletes: no
+        # snapshots then (the whole log is replayed, as on Ray)
+        unexported = [type(x).__name__ for x in node.extensions
+                      if not (callable(getattr(x, "export_state", None)) and callable(getattr(x, "import_state", None)))]
+        if unexported:
+            log.warning("no snapshots: the node extension(s) %s cannot export their state", ", ".join(unexported))
+        self.enabled = node.settings.backend == "inprocess" and not unexported
+        self.every = int(every) if self.enabled else 0
         self.closed_since = 0           # windows closed since the last snapshot
         self.taken = 0                  # snapshots written by this process
         self.covered = 0                # the log record the kept snapshot is as of
@@ -123,7 +131,7 @@ def snapshot_bytes(node: Any) -> bytes:
     extensions = []
     for j, extension in enumerate(node.extensions):
         state = extension.export_state()
-        extensions.append(_split(state, arrays, f"x{j}."))
+        extensions.append({"name": type(extension).__name__, "state": _split(state, arrays, f"x{j}.")})
     meta = {"format": FORMAT, "at": node._at, "populations": pops, "extensions": extensions,
             "events": {"next": node.events.last_id + 1, "items": [[i, e] for i, e in node.events.after(0)]}}
     arrays["meta"] = np.frombuffer(json.dumps(meta, separators=(",", ":"), allow_nan=True).encode(), dtype=np.uint8)
@@ -146,8 +154,13 @@ def restore_snapshot(node: Any, body: bytes) -> None:
     node._at = float(meta["at"])
     for k, p in enumerate(meta["populations"]):
         _restore_population(node._population(p["name"]), p, arrays, f"p{k}.")
-    for j, (extension, state) in enumerate(zip(node.extensions, meta["extensions"], strict=True)):
-        extension.import_state(_join(state, arrays, f"x{j}."))
+    kept = [x["name"] for x in meta["extensions"]]
+    have = [type(x).__name__ for x in node.extensions]
+    if kept != have:        # e.g. opentelemetry-proto gone: the span ingest's state has nowhere to go
+        raise EvidenceStoreError(f"the snapshot in {node.log.path} holds the state of the node extensions "
+                                 f"{kept}, this node has {have}")
+    for j, (extension, x) in enumerate(zip(node.extensions, meta["extensions"], strict=True)):
+        extension.import_state(_join(x["state"], arrays, f"x{j}."))
     events = node.events
     for event_id, data in meta["events"]["items"]:
         events._events.append((int(event_id), data))
