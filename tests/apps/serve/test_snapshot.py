@@ -199,3 +199,38 @@ def test_a_snapshot_of_other_extensions_is_refused_with_a_typed_error(tmp_path, 
     monkeypatch.setattr(node_module, "node_extensions", lambda: base()[-1:])   # the span ingest gone
     with pytest.raises(EvidenceStoreError, match="extensions"):
         _plain_node(tmp_path / "a", 1, clock)
+
+
+class _FailingCommit:
+    """The log's connection, with the next ``COMMIT`` failing (a full disk, an I/O error)."""
+
+    def __init__(self, db):
+        self.db, self.fail = db, True
+
+    def execute(self, sql, *args):
+        if self.fail and sql == "COMMIT":
+            self.fail = False
+            raise __import__("sqlite3").OperationalError("disk I/O error")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+
+def test_a_snapshot_whose_first_commit_fails_keeps_the_open_group_of_records(tmp_path):
+    from swarmguard.apps.serve.durable_log import DurableLog
+    from swarmguard.errors import EvidenceStoreError
+
+    log = DurableLog(tmp_path)
+    log.append("evidence", 1.0, {"rows": []})
+    seq = log.append_grouped("spans", 2.0, {"n": 1})      # applied, its request waits to commit
+    real = log._db
+    log._db = _FailingCommit(real)
+    with pytest.raises(EvidenceStoreError):
+        log.write_snapshot(seq, b"state")
+    log._db = real
+    log.commit_through(seq)                                # the request is acknowledged now
+    log.close()
+    again = DurableLog(tmp_path)
+    assert [r.seq for r in again.records()] == [1, seq] and again.latest_snapshot() is None
+    again.close()

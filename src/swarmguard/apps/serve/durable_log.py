@@ -144,10 +144,16 @@ class DurableLog:
         the records before ``seq``, in one synced transaction (module docstring); the number
         of records deleted. A failure changes nothing (:class:`EvidenceStoreError`)."""
         with self._lock:
-            try:
-                if self._db.in_transaction:         # an open group: make it durable first
+            if self._db.in_transaction:             # an open group: make it durable first
+                try:
                     self._db.execute("COMMIT")
-                    self._committed = self._inserted
+                except sqlite3.Error as exc:
+                    # no ROLLBACK here: the group's records are applied in memory and their
+                    # requests wait in commit_through, which must still find them to commit
+                    raise EvidenceStoreError(f"cannot commit the node's log {self.path} before a snapshot: "
+                                             f"{exc}") from None
+                self._committed = self._inserted
+            try:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.execute("DELETE FROM snapshot")
                 self._db.execute("INSERT INTO snapshot (seq, body) VALUES (?, ?)", (int(seq), body))
