@@ -234,3 +234,21 @@ def test_a_snapshot_whose_first_commit_fails_keeps_the_open_group_of_records(tmp
     again = DurableLog(tmp_path)
     assert [r.seq for r in again.records()] == [1, seq] and again.latest_snapshot() is None
     again.close()
+
+
+def test_a_snapshot_that_cannot_be_built_leaves_the_close_and_the_whole_log(tmp_path, monkeypatch):
+    from swarmguard.apps.serve import snapshot
+
+    def broken(node):
+        raise RuntimeError("a part that cannot export")
+
+    monkeypatch.setattr(snapshot, "snapshot_bytes", broken)
+    node, clock = _plain_node(tmp_path / "a", 1)
+    _windows(node, clock, 2)                       # each close tries a snapshot, and goes on
+    assert node.snapshots.failed == 2 and node.snapshots.taken == 0
+    assert node.populations["behaviors"].windows_closed == 2 and len(node.log) == 4
+    assert node.metrics.errors.labels("snapshot_failed", "500")._value.get() == 2
+    node.close()
+    monkeypatch.undo()
+    again, _ = _plain_node(tmp_path / "a", 1, clock)
+    assert again.replayed == 4 and again.populations["behaviors"].windows_closed == 2

@@ -56,6 +56,7 @@ class Snapshots:
         self.every = int(every) if self.enabled else 0
         self.closed_since = 0           # windows closed since the last snapshot
         self.taken = 0                  # snapshots written by this process
+        self.failed = 0                 # snapshots that could not be built or written
         self.covered = 0                # the log record the kept snapshot is as of
 
     def load(self) -> int:
@@ -83,9 +84,20 @@ class Snapshots:
         if not self.enabled or seq <= self.covered:
             return
         try:
-            deleted = self.node.log.write_snapshot(seq, snapshot_bytes(self.node))
+            body = snapshot_bytes(self.node)
+        except Exception:       # noqa: BLE001 - a part that cannot export its state
+            # the window's close is logged and applied already: failing here would answer 500 for
+            # it (and stop the background closer); the log stays whole, so nothing is lost
+            log.exception("cannot build a snapshot (the log is kept whole; the next one will try again)")
+            self.failed += 1
+            self.node.metrics.errors.labels("snapshot_failed", "500").inc()
+            return
+        try:
+            deleted = self.node.log.write_snapshot(seq, body)
         except EvidenceStoreError as exc:
             log.error("%s (the log is kept whole; the next snapshot will try again)", exc)
+            self.failed += 1
+            self.node.metrics.errors.labels("snapshot_failed", "500").inc()
             return
         self.closed_since, self.covered = 0, seq
         self.taken += 1
