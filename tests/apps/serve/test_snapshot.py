@@ -252,3 +252,61 @@ def test_a_snapshot_that_cannot_be_built_leaves_the_close_and_the_whole_log(tmp_
     monkeypatch.undo()
     again, _ = _plain_node(tmp_path / "a", 1, clock)
     assert again.replayed == 4 and again.populations["behaviors"].windows_closed == 2
+
+
+def _archive(meta: dict, **arrays) -> bytes:
+    import io
+    import json
+
+    import numpy as np
+
+    out = io.BytesIO()
+    np.savez(out, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("damage", ["not an archive", "other format", "no populations", "bad tree", "bad ids"])
+def test_a_damaged_snapshot_is_refused_with_a_typed_error(tmp_path, damage):
+    import io
+
+    import numpy as np
+
+    from swarmguard.apps.serve.durable_log import DurableLog
+    from swarmguard.apps.serve.snapshot import FORMAT
+    from swarmguard.errors import EvidenceStoreError
+
+    node, clock = _plain_node(tmp_path / "a", 1)
+    _windows(node, clock, 1)
+    seq, body = node.log.latest_snapshot()
+    node.close()
+    with np.load(io.BytesIO(body), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    import json
+
+    meta = json.loads(arrays.pop("meta").tobytes())
+    if damage == "not an archive":
+        bad = b"PK\x03\x04 truncated"
+    elif damage == "other format":
+        bad = _archive({**meta, "format": FORMAT + 1}, **arrays)
+    elif damage == "no populations":
+        bad = _archive({k: v for k, v in meta.items() if k != "populations"}, **arrays)
+    elif damage == "bad tree":
+        arrays["p0.tree.features"] = arrays["p0.tree.features"][:, :1]
+        bad = _archive(meta, **arrays)
+    else:
+        meta["populations"][0]["agent_ids"] = meta["populations"][0]["agent_ids"][:-1]
+        bad = _archive(meta, **arrays)
+    log = DurableLog(tmp_path / "a")
+    log.write_snapshot(seq, bad)
+    log.close()
+    with pytest.raises(EvidenceStoreError, match="snapshot"):
+        _plain_node(tmp_path / "a", 1, clock)
+
+
+def test_the_agents_gauge_is_set_by_a_restart_from_a_snapshot(tmp_path):
+    node, clock = _plain_node(tmp_path / "a", 1)
+    _windows(node, clock, 2)
+    node.close()
+    again, _ = _plain_node(tmp_path / "a", 1, clock)
+    assert again.replayed == 0
+    assert again.metrics.agents.labels("behaviors")._value.get() == 30

@@ -27,12 +27,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import zipfile
 from typing import Any
 
 import numpy as np
 
 from ...api import HierarchicalStatisticalTree, StableBayesianConsensus, StatisticalCAPResolver
-from ...errors import EvidenceStoreError
+from ...errors import EvidenceStoreError, SwarmGuardError
 from .agent_state import AgentState
 
 __all__ = ["Snapshots", "snapshot_bytes", "restore_snapshot", "FORMAT"]
@@ -158,11 +159,25 @@ def restore_snapshot(node: Any, body: bytes) -> None:
         with np.load(io.BytesIO(body), allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
         meta = json.loads(arrays.pop("meta").tobytes())
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:    # BadZipFile: not an archive
         raise EvidenceStoreError(f"the snapshot in {node.log.path} cannot be read: {exc}") from None
-    if meta.get("format") != FORMAT:
-        raise EvidenceStoreError(f"the snapshot in {node.log.path} has format {meta.get('format')}, "
-                                 f"this node reads {FORMAT}")
+    version = meta.get("format") if isinstance(meta, dict) else None
+    if version != FORMAT:
+        raise EvidenceStoreError(f"the snapshot in {node.log.path} has format {version!r}, this node reads {FORMAT}")
+    try:
+        _restore(node, meta, arrays)
+    except EvidenceStoreError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, SwarmGuardError) as exc:
+        # a damaged snapshot: the node refuses to start (the records it covers are gone from the
+        # log, so starting without it would lose them), with one typed error naming the file
+        raise EvidenceStoreError(f"the snapshot in {node.log.path} is malformed: "
+                                 f"{type(exc).__name__}: {exc}") from None
+    for pop in node.populations.values():
+        node.metrics.agents.labels(pop.name).set(len(pop.agents))   # as a replayed close sets it
+
+
+def _restore(node: Any, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     node._at = float(meta["at"])
     for k, p in enumerate(meta["populations"]):
         _restore_population(node._population(p["name"]), p, arrays, f"p{k}.")
