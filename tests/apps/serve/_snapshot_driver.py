@@ -37,12 +37,13 @@ def build_ops(windows: int, agents: int = 60, seed: int = 7) -> list[tuple]:
     profiles = make_fleet(agents, 3, seed=seed)
     ops: list[tuple] = []
     for w in range(windows):
-        X = rng.normal(size=(agents, 3))
+        n = agents + 7 * w                  # agents join in both cohorts: the tree's layout grows
+        X = rng.normal(size=(n, 3))
         X[5] += 12.0
         rows = [{"agent_id": f"a-{i}", "features": X[i].tolist(), "cohort": "eu" if i % 2 else "us"}
-                for i in range(agents)]
-        ops.append(("behaviors", rows[: agents // 2]))
-        ops.append(("behaviors", rows[agents // 2:]))
+                for i in range(n)]
+        ops.append(("behaviors", rows[: n // 2]))
+        ops.append(("behaviors", rows[n // 2:]))
         for body in window_requests(profiles, rng, batch_spans=256):
             ops.append(("spans", body))
         ops.append(("evidence", [{"evidence_id": f"e{w}-{k}", "agent_id": f"a-{int(a)}", "evidence_type": "peer_report",
@@ -137,15 +138,15 @@ def observed(node, client) -> dict:
     return out
 
 
-def assert_same(a, b, path: str = "", rel: float = 1e-9) -> None:
-    """``a == b``, floats to ``rel`` (relative; 1e-12 absolute): the tree a snapshot restores
-    rebuilds its moments from the agents' vectors (``from_dict``), which differ from moments
-    updated round after round in the last bits; every other value (ids, orders, isolations,
-    cohorts, windows, severities, the consensus's stored evidence) must be equal."""
+def assert_same(a, b, path: str = "", rel: float = 0.0) -> None:
+    """``a == b``, bitwise (``rel`` 0: a snapshot holds the trees' exact layout and anchor,
+    ``to_dict(exact=True)``, so the restored moments are the live ones); ``rel`` > 0 compares
+    floats to that relative tolerance (1e-12 absolute), every other value exactly."""
     import math
 
     if isinstance(a, float) and isinstance(b, float):
-        assert (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=rel, abs_tol=1e-12), (path, a, b)
+        close = a == b if rel == 0 else math.isclose(a, b, rel_tol=rel, abs_tol=1e-12)
+        assert (math.isnan(a) and math.isnan(b)) or close, (path, a, b)
     elif isinstance(a, dict) and isinstance(b, dict):
         assert list(a) == list(b), (path, list(a), list(b))
         for key in a:

@@ -9,7 +9,8 @@ tail. A restart loads the snapshot and replays the records after it.
 
 Snapshots are taken between windows only (the node's lock held, no window open), so
 no open window's vectors or spans are in them. The state is made of the parts' own
-exports, never pickle: per population the tree's ``to_dict``, the consensus's
+exports, never pickle: per population the tree's ``to_dict(exact=True)`` (its layout and
+the anchor of its moments too, so the restored moments are bitwise the live ones), the consensus's
 ``export_state`` (back with ``StableBayesianConsensus.from_state``), the CAP
 resolver's ``to_bytes``, the detector's evidence counter, the agents' latest
 results (as arrays), the window count and dimension; the node's clock and its
@@ -113,7 +114,7 @@ def snapshot_bytes(node: Any) -> bytes:
     for k, pop in enumerate(node.populations.values()):
         prefix = f"p{k}."
         det = pop.detector
-        for key, value in det.tree.to_dict().items():
+        for key, value in det.tree.to_dict(exact=True).items():
             arrays[prefix + "tree." + key] = np.asarray(value)
         arrays[prefix + "cap"] = np.frombuffer(det.cap_resolver.to_bytes(), dtype=np.uint8)
         evidence = det.consensus.export_state()
