@@ -514,6 +514,8 @@ def _grown_tree(rounds: int = 8, seed: int = 0):
         ids = np.array([f"a-{i}" for i in range(n)])
         cohorts = [("eu",) if i % 3 else ("us", "x") for i in range(n)]
         tree.update_many(ids, rng.normal(size=(n, 3)) * (1 + w) + (5.0 if w == 0 else 0.0), cohorts=cohorts)
+    moved = np.array(["a-1", "a-2", "a-4", "a-7"])      # leave holes (free slots) in the eu pages
+    tree.update_many(moved, rng.normal(size=(4, 3)), cohorts=[("ap",)] * 4)
     return tree, rng
 
 
@@ -524,6 +526,7 @@ def _nodes(tree):
 
 def test_from_dict_of_an_exact_state_is_the_tree_bitwise_and_stays_so():
     tree, rng = _grown_tree()
+    assert tree.to_dict(exact=True)["slot_pool_sizes"].sum() > 0
     again = HierarchicalStatisticalTree.from_dict(tree.to_dict(exact=True))
     plain = HierarchicalStatisticalTree.from_dict(tree.to_dict())
     assert _nodes(again) == _nodes(tree)
@@ -534,8 +537,8 @@ def test_from_dict_of_an_exact_state_is_the_tree_bitwise_and_stays_so():
                 == again.get_cohort_statistics(("us", "x"))[key].tobytes())
     # the same later rounds (new agents in both cohorts, a new cohort): the same slots, bitwise
     for w in range(3):
-        ids = np.array([f"a-{i}" for i in range(400 + 7 * w)] + [f"n-{w}"])
-        cohorts = [("eu",) if i % 3 else ("us", "x") for i in range(ids.size - 1)] + [("ap",)]
+        ids = np.array([f"a-{i}" for i in range(400 + 7 * w)] + [f"n-{w}", f"m-{w}"])
+        cohorts = [("eu",) if i % 3 else ("us", "x") for i in range(ids.size - 2)] + [("ap",), ("eu",)]
         X = rng.normal(size=(ids.size, 3)) * 30
         tree.update_many(ids, X, cohorts=cohorts)
         again.update_many(ids, X, cohorts=cohorts)
