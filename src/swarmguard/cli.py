@@ -435,6 +435,7 @@ def serve(
     backend: Backend = typer.Option("inprocess", help="Engine: inprocess or ray (needs swarmguard[ray]). Example: --backend ray"),
     address: str | None = typer.Option(None, help="Ray cluster address (--backend ray; default: a local Ray). Example: --address 10.0.0.5:6379"),
     warm_up: int | None = typer.Option(None, min=3, help="Nobody is flagged in a population smaller than this; default min(1000, 100 x features). Example: --warm-up 50"),
+    snapshot_every: int = typer.Option(10, min=0, help="Snapshot the node's state every this many closed windows (and on shutdown), deleting the log records it covers, so a restart replays only the tail; 0: only on shutdown. Example: --snapshot-every 5"),
     drain_seconds: float = typer.Option(0.0, min=0.0, help="On SIGTERM, answer /readyz 503 this long before closing the listener. Example: --drain-seconds 5"),
 ) -> None:
     """Run one node: an HTTP service that takes behaviour vectors and evidence and answers who is anomalous.
@@ -450,7 +451,8 @@ def serve(
         settings = ServeSettings(data_dir=data_dir, tokens_file=tokens, host=host, port=port, region=region,
                                  window_seconds=window, features=features, max_body_bytes=max_body_bytes,
                                  metrics_public=metrics_public, certfile=certfile, keyfile=keyfile,
-                                 backend=backend, address=address, warm_up=warm_up)
+                                 backend=backend, address=address, warm_up=warm_up,
+                                 snapshot_every=snapshot_every)
         settings.check_exposure()
         if tokens is not None:
             from .apps.serve.tokens import load_tokens

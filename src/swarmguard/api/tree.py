@@ -505,10 +505,18 @@ class HierarchicalStatisticalTree(SecondaryMoments, Locked):
 
     # ------------------------------------------------------------------ serialisation
     @synchronized
-    def to_dict(self) -> dict[str, np.ndarray]:
+    def to_dict(self, exact: bool = False) -> dict[str, np.ndarray]:
         """The tree as a dict of arrays (agents, vectors, cohort paths); nodes are derived
-        (:mod:`swarmguard.api.tree_state`)."""
-        return tree_to_dict(self)
+        (:mod:`swarmguard.api.tree_state`).
+
+        ``exact``: also each agent's slot, the cohorts' pages and free slots, and the shift
+        and units the moments are kept in (``slot_*`` fields), so that :meth:`from_dict`
+        rebuilds the same layout and recomputes every node bitwise as this tree holds it
+        after a flush (and later rounds score bitwise alike); without them the agents are
+        placed afresh and the moments recomputed around the vectors' mean, equal to about
+        1e-15 relative. Not for a tree with a window (``window_rounds``): those fields are
+        left out, and the windowed moments are recomputed."""
+        return tree_to_dict(self, exact)
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> HierarchicalStatisticalTree:

@@ -17,14 +17,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError, InvalidTypeError
+from ..validation import check_feature_matrix
 from ..structures.trimming import TrimmedMoments
 
 __all__ = ["tree_to_dict", "tree_from_dict"]
 
 
-def tree_to_dict(self: Any) -> dict[str, np.ndarray]:
+def tree_to_dict(self: Any, exact: bool = False) -> dict[str, np.ndarray]:
     """The tree as a dict of arrays (agents, vectors, cohort paths); nodes are derived
-    (called under the tree's lock)."""
+    (called under the tree's lock); ``exact``: see
+    :meth:`~swarmguard.api.tree.HierarchicalStatisticalTree.to_dict`."""
     ids = self.agent_ids()
     if not ids:
         kind = np.array([], dtype=np.int64)
@@ -48,12 +50,80 @@ def tree_to_dict(self: Any) -> dict[str, np.ndarray]:
         out["keeps_tail_sketches"] = np.array(True)
     if self._trim is not None:     # the flags, so that the trimmed moments come back as they are
         out["trimmed_kept"] = self._trim.kept(slots) if ids else np.zeros(0, dtype=bool)
+    if exact and self._tree is not None and self.window_rounds is None:
+        for key, value in self._tree.anchor_state().items():
+            out["slot_" + key] = value
+        out["slot_of"] = slots.astype(np.int64)
+        out["slot_page_owner"], out["slot_pool_sizes"], out["slot_pool_slots"] = self._cohorts.layout()
     if self.window_rounds is not None:   # the rounds, so that the windowed moments come back as they are
         out["window_rounds"] = np.array(self.window_rounds, dtype=np.int64)
         out["window_round"] = np.array(self.current_round, dtype=np.int64)
         out["window_last_round"] = (self._win.last_rounds(slots) if ids
                                     else np.zeros(0, dtype=np.int64))
     return out
+
+
+def _restore_exact(self: Any, ids: np.ndarray, state: dict[str, Any], anchor: dict[str, Any]) -> None:
+    """:meth:`from_dict` of a ``to_dict(exact=True)`` state into this new tree: every check
+    first (the layout must be one a tree could hold), then the cohorts, their pages and
+    free slots, the agents in their slots, the moments in the saved shift and units."""
+    try:
+        X = check_feature_matrix(np.asarray(state["features"]), self._dim).X
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"tree state's features are malformed: {exc}") from None
+    ids = self._check_ids(ids)
+    paths = [tuple(s.split("\x1f")) if s else () for s in np.asarray(state["cohort_paths"]).tolist()]
+    cohort_index = np.asarray(state["cohort_index"])
+    slots, owner = np.asarray(state["slot_of"]), np.asarray(state["slot_page_owner"])
+    sizes, pooled = np.asarray(state["slot_pool_sizes"]), np.asarray(state["slot_pool_slots"])
+    capacity, ps, n = anchor.pop("capacity"), self._page_size, ids.size
+    problem = None
+    if any(a.dtype.kind not in "iu" for a in (cohort_index, slots, owner, sizes, pooled)):
+        problem = "its cohort_index and slot_* layout fields must be integer arrays"
+    elif (X.shape[0] != n or cohort_index.shape != (n,) or slots.shape != (n,) or owner.ndim != 1
+          or sizes.shape != (len(paths),) or pooled.ndim != 1):
+        problem = "its agents, cohort_index, slot_of and slot_pool_sizes do not have matching lengths"
+    elif len(set(ids.tolist())) != n:
+        problem = "its agent_ids repeat"
+    elif not paths or paths[0] != () or len(set(paths)) != len(paths) or any(
+            p[:-1] not in paths[:k] for k, p in enumerate(paths) if p):
+        problem = "its cohort_paths must start with the root and list every parent before its children"
+    elif (cohort_index.min() < 0 or cohort_index.max() >= len(paths)
+          or (owner.size and (owner.min() < 0 or owner.max() >= len(paths)))):
+        problem = "its cohort ids must be those of cohort_paths"
+    elif owner.size * ps > capacity or (sizes < 0).any() or int(sizes.sum()) != pooled.size:
+        problem = "its pages do not fit slot_capacity, or slot_pool_sizes do not count slot_pool_slots"
+    else:
+        used = np.concatenate([slots, pooled])
+        pool_owner = np.repeat(np.arange(len(paths)), sizes)
+        if (used.min(initial=0) < 0 or used.max(initial=0) >= owner.size * ps
+                or np.unique(used).size != used.size or used.size != owner.size * ps):
+            problem = "every slot of its pages must hold one agent or be free once"
+        elif ((owner[slots // ps] != cohort_index).any()
+              or (pooled.size and (owner[pooled // ps] != pool_owner).any())):
+            problem = "its agents and free slots must lie in pages of their own cohorts"
+    if problem is None:
+        with np.errstate(over="ignore"):
+            limit = np.ldexp(2.0**100, anchor["exponent"])     # the units' band (slot_tree)
+        if (np.abs(X - anchor["shift"]) > limit).any():
+            problem = "its slot_shift and slot_exponent do not fit its vectors"
+    if problem is not None:
+        raise InvalidInputError(f"tree state is not an exact layout: {problem}")
+    # ---- checked: build
+    self._make_tree(X.shape[1])
+    for path in paths:                       # parents first: the ids come back as they were
+        self._cohorts.ensure(path)
+    self._cohorts.restore_layout(owner, sizes, pooled)
+    slots = slots.astype(np.int64)
+    self._grow_slots(capacity)
+    if self._tree.capacity != capacity:
+        raise InvalidInputError(f"tree state's slot_capacity {capacity} is not a capacity of this tree")
+    self._index.set_many(ids, slots)
+    self._ids_at_slot[slots] = ids
+    self._tree.write(slots, X)
+    self._tree.restore_anchor(**anchor)
+    self.version += 1
+
 
 def tree_from_dict(cls: type, state: dict[str, Any]) -> Any:
     """Rebuild a tree of class ``cls`` from :func:`tree_to_dict` output."""
@@ -91,8 +161,13 @@ def tree_from_dict(cls: type, state: dict[str, Any]) -> Any:
             kept_flags = np.asarray(state["trimmed_kept"], dtype=bool)
             if kept_flags.shape == ids.shape and (kept_flags & (last <= round_now - window)).any():
                 raise InvalidInputError("tree state's trimmed_kept holds members outside the window")
+    anchor = _checked_anchor(state, dim, ids.size)
+    if anchor is not None and window is not None:
+        raise InvalidInputError("tree state has slot_* fields and a window: to_dict(exact=True) leaves them out there")
     tree = cls(branching, dim, window_rounds=window)
-    if ids.size:
+    if ids.size and anchor is not None:       # to_dict(exact=True): the same layout, the moments bitwise
+        _restore_exact(tree, ids, state, anchor)
+    elif ids.size:
         paths = [tuple(s.split("\x1f")) if s else () for s in np.asarray(state["cohort_paths"]).tolist()]
         cohorts = [paths[i] for i in np.asarray(state["cohort_index"]).tolist()]
         tree.update_many(ids, np.asarray(state["features"]), cohorts=cohorts)
@@ -113,3 +188,32 @@ def tree_from_dict(cls: type, state: dict[str, Any]) -> Any:
         slots = tree._index.lookup_many(tree._check_ids(ids)) if ids.size else np.zeros(0, dtype=np.int64)
         tree._win.restore(tree._tree, slots, tree._tree.X[slots], round_now, last.astype(np.int64))
     return tree
+
+
+_ANCHOR_FIELDS = ("slot_shift", "slot_exponent", "slot_unit_known", "slot_var_at_unit", "slot_capacity",
+                  "slot_of", "slot_page_owner", "slot_pool_sizes", "slot_pool_slots")
+
+
+def _checked_anchor(state: dict[str, Any], dim: int | None, n: int) -> dict[str, Any] | None:
+    """``to_dict(exact=True)``'s ``slot_*`` fields, checked (None: the state has none)."""
+    present = [key for key in _ANCHOR_FIELDS if key in state]
+    if not present:
+        return None
+    if len(present) != len(_ANCHOR_FIELDS):
+        raise InvalidInputError(f"tree state has {present} but not all of {list(_ANCHOR_FIELDS)}")
+    if dim is None or n == 0:
+        raise InvalidInputError("tree state has slot_* fields but no agents")
+    shift, exponent, known, var, capacity = (np.asarray(state[key]) for key in _ANCHOR_FIELDS[:5])
+    for name, field, kinds in (("slot_shift", shift, "f"), ("slot_exponent", exponent, "iu"),
+                               ("slot_unit_known", known, "b"), ("slot_var_at_unit", var, "f")):
+        if field.shape != (dim,) or field.dtype.kind not in kinds:
+            raise InvalidInputError(f"tree state's {name} must be {dim} values of kind {kinds!r}, "
+                                    f"got {field.dtype} of shape {field.shape}")
+    if not (np.isfinite(shift).all() and np.isfinite(var).all() and (var >= 0).all()):
+        raise InvalidInputError("tree state's slot_shift and slot_var_at_unit must be finite (and the latter >= 0)")
+    if (np.abs(exponent) > 1000).any():
+        raise InvalidInputError("tree state's slot_exponent must lie in [-1000, 1000]")
+    if capacity.shape != () or capacity.dtype.kind not in "iu" or not (n <= int(capacity) <= 1 << 40):
+        raise InvalidInputError(f"tree state's slot_capacity must be one integer in [{n}, 2**40]")
+    return {"shift": shift, "exponent": exponent, "unit_known": known, "var_at_unit": var,
+            "capacity": int(capacity)}

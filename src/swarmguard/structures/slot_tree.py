@@ -360,6 +360,32 @@ class SlotTree(PowerOfTwoUnits):
         self._recompute_all(reanchor=False)
         self._var_at_unit = self._root_m2.diagonal() * (1.0 / max(self._root_n - 1.0, 1.0))
 
+    # ------------------------------------------------------------------ exact restore
+    def anchor_state(self) -> dict[str, np.ndarray]:
+        """The shift and units the nodes' moments are kept in, with what the band checks compare
+        against (``var_at_unit``) and the capacity: with these and the same leaves in the same
+        slots, :meth:`restore_anchor` recomputes every node bitwise as this tree holds it
+        after a flush (nodes are exact recomputations from their children), and the tree's
+        later rescaling decisions are this tree's."""
+        return {"shift": self.shift.copy(), "exponent": self.exponent.copy(),
+                "unit_known": self._unit_known.copy(), "var_at_unit": self._var_at_unit.copy(),
+                "capacity": np.array(self.capacity, dtype=np.int64)}
+
+    def restore_anchor(self, shift: np.ndarray, exponent: np.ndarray, unit_known: np.ndarray,
+                       var_at_unit: np.ndarray) -> None:
+        """Take :meth:`anchor_state`'s shift and units (checked by the caller: shapes ``(dim,)``,
+        finite, exponents within the units' range) and recompute every node in them."""
+        self.shift = np.array(shift, dtype=np.float64)
+        self.exponent = np.array(exponent, dtype=np.int64)
+        self.unit = np.ldexp(1.0, -self.exponent)
+        with np.errstate(over="ignore"):
+            self._limit = np.ldexp(_HIGH, self.exponent)
+        self._unit_known = np.array(unit_known, dtype=bool)
+        self._all_known = bool(self._unit_known.all())
+        if self.capacity:
+            self._recompute_all(reanchor=False)
+        self._var_at_unit = np.array(var_at_unit, dtype=np.float64)
+
     def flush(self) -> None:
         """Recompute, exactly from children, every node on a path changed per item."""
         if self._dirty:
