@@ -22,10 +22,10 @@ from ..structures.trimming import TrimmedMoments
 __all__ = ["tree_to_dict", "tree_from_dict"]
 
 
-def tree_to_dict(self: Any) -> dict[str, np.ndarray]:
+def tree_to_dict(tree: Any) -> dict[str, np.ndarray]:
     """The tree as a dict of arrays (agents, vectors, cohort paths); nodes are derived
     (called under the tree's lock)."""
-    ids = self.agent_ids()
+    ids = tree.agent_ids()
     if not ids:
         kind = np.array([], dtype=np.int64)
     elif all(isinstance(i, int) for i in ids):
@@ -34,26 +34,27 @@ def tree_to_dict(self: Any) -> dict[str, np.ndarray]:
         kind = np.array(ids, dtype=str)
     else:
         raise InvalidTypeError("only trees whose ids are all ints or all strs can be serialised")
-    slots = self._index.lookup_many(kind) if ids else np.zeros(0, dtype=np.int64)
-    paths = self._cohorts.paths
+    slots = tree._index.lookup_many(kind) if ids else np.zeros(0, dtype=np.int64)
+    paths = tree._cohorts.paths
     out = {
-        "branching_factor": np.array(self.branching_factor),
-        "feature_dimensions": np.array(self._dim if self._dim is not None else 0),
+        "branching_factor": np.array(tree.branching_factor),
+        "feature_dimensions": np.array(tree._dim if tree._dim is not None else 0),
         "agent_ids": kind,
-        "features": self._tree.X[slots].copy() if ids else np.zeros((0, self._dim or 0)),
-        "cohort_index": self._cohorts.cohort_of_slots(slots) if ids else np.zeros(0, dtype=np.int64),
+        "features": tree._tree.X[slots].copy() if ids else np.zeros((0, tree._dim or 0)),
+        "cohort_index": tree._cohorts.cohort_of_slots(slots) if ids else np.zeros(0, dtype=np.int64),
         "cohort_paths": np.array(["\x1f".join(p) for p in paths], dtype=str),
     }
-    if self._sketches_wanted:      # the sketches themselves are rebuilt from the vectors
+    if tree._sketches_wanted:      # the sketches themselves are rebuilt from the vectors
         out["keeps_tail_sketches"] = np.array(True)
-    if self._trim is not None:     # the flags, so that the trimmed moments come back as they are
-        out["trimmed_kept"] = self._trim.kept(slots) if ids else np.zeros(0, dtype=bool)
-    if self.window_rounds is not None:   # the rounds, so that the windowed moments come back as they are
-        out["window_rounds"] = np.array(self.window_rounds, dtype=np.int64)
-        out["window_round"] = np.array(self.current_round, dtype=np.int64)
-        out["window_last_round"] = (self._win.last_rounds(slots) if ids
+    if tree._trim is not None:     # the flags, so that the trimmed moments come back as they are
+        out["trimmed_kept"] = tree._trim.kept(slots) if ids else np.zeros(0, dtype=bool)
+    if tree.window_rounds is not None:   # the rounds, so that the windowed moments come back as they are
+        out["window_rounds"] = np.array(tree.window_rounds, dtype=np.int64)
+        out["window_round"] = np.array(tree.current_round, dtype=np.int64)
+        out["window_last_round"] = (tree._win.last_rounds(slots) if ids
                                     else np.zeros(0, dtype=np.int64))
     return out
+
 
 def tree_from_dict(cls: type, state: dict[str, Any]) -> Any:
     """Rebuild a tree of class ``cls`` from :func:`tree_to_dict` output."""
