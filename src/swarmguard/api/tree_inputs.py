@@ -35,6 +35,7 @@ __all__ = ["TreeSettings", "validate_tree_settings", "check_agent_ids", "cohort_
 Path = tuple[str, ...]
 MAX_BRANCHING = 1024
 
+
 @dataclass(frozen=True)
 class TreeSettings:
     """:class:`~swarmguard.api.tree.HierarchicalStatisticalTree`'s checked settings."""

@@ -23,11 +23,11 @@ from ..structures.trimming import TrimmedMoments
 __all__ = ["tree_to_dict", "tree_from_dict"]
 
 
-def tree_to_dict(self: Any, exact: bool = False) -> dict[str, np.ndarray]:
+def tree_to_dict(tree: Any, exact: bool = False) -> dict[str, np.ndarray]:
     """The tree as a dict of arrays (agents, vectors, cohort paths); nodes are derived
     (called under the tree's lock); ``exact``: see
     :meth:`~swarmguard.api.tree.HierarchicalStatisticalTree.to_dict`."""
-    ids = self.agent_ids()
+    ids = tree.agent_ids()
     if not ids:
         kind = np.array([], dtype=np.int64)
     elif all(isinstance(i, int) for i in ids):
@@ -36,47 +36,47 @@ def tree_to_dict(self: Any, exact: bool = False) -> dict[str, np.ndarray]:
         kind = np.array(ids, dtype=str)
     else:
         raise InvalidTypeError("only trees whose ids are all ints or all strs can be serialised")
-    slots = self._index.lookup_many(kind) if ids else np.zeros(0, dtype=np.int64)
-    paths = self._cohorts.paths
+    slots = tree._index.lookup_many(kind) if ids else np.zeros(0, dtype=np.int64)
+    paths = tree._cohorts.paths
     out = {
-        "branching_factor": np.array(self.branching_factor),
-        "feature_dimensions": np.array(self._dim if self._dim is not None else 0),
+        "branching_factor": np.array(tree.branching_factor),
+        "feature_dimensions": np.array(tree._dim if tree._dim is not None else 0),
         "agent_ids": kind,
-        "features": self._tree.X[slots].copy() if ids else np.zeros((0, self._dim or 0)),
-        "cohort_index": self._cohorts.cohort_of_slots(slots) if ids else np.zeros(0, dtype=np.int64),
+        "features": tree._tree.X[slots].copy() if ids else np.zeros((0, tree._dim or 0)),
+        "cohort_index": tree._cohorts.cohort_of_slots(slots) if ids else np.zeros(0, dtype=np.int64),
         "cohort_paths": np.array(["\x1f".join(p) for p in paths], dtype=str),
     }
-    if self._sketches_wanted:      # the sketches themselves are rebuilt from the vectors
+    if tree._sketches_wanted:      # the sketches themselves are rebuilt from the vectors
         out["keeps_tail_sketches"] = np.array(True)
-    if self._trim is not None:     # the flags, so that the trimmed moments come back as they are
-        out["trimmed_kept"] = self._trim.kept(slots) if ids else np.zeros(0, dtype=bool)
-    if exact and self._tree is not None and self.window_rounds is None:
-        for key, value in self._tree.anchor_state().items():
+    if tree._trim is not None:     # the flags, so that the trimmed moments come back as they are
+        out["trimmed_kept"] = tree._trim.kept(slots) if ids else np.zeros(0, dtype=bool)
+    if exact and tree._tree is not None and tree.window_rounds is None:
+        for key, value in tree._tree.anchor_state().items():
             out["slot_" + key] = value
         out["slot_of"] = slots.astype(np.int64)
-        out["slot_page_owner"], out["slot_pool_sizes"], out["slot_pool_slots"] = self._cohorts.layout()
-    if self.window_rounds is not None:   # the rounds, so that the windowed moments come back as they are
-        out["window_rounds"] = np.array(self.window_rounds, dtype=np.int64)
-        out["window_round"] = np.array(self.current_round, dtype=np.int64)
-        out["window_last_round"] = (self._win.last_rounds(slots) if ids
+        out["slot_page_owner"], out["slot_pool_sizes"], out["slot_pool_slots"] = tree._cohorts.layout()
+    if tree.window_rounds is not None:   # the rounds, so that the windowed moments come back as they are
+        out["window_rounds"] = np.array(tree.window_rounds, dtype=np.int64)
+        out["window_round"] = np.array(tree.current_round, dtype=np.int64)
+        out["window_last_round"] = (tree._win.last_rounds(slots) if ids
                                     else np.zeros(0, dtype=np.int64))
     return out
 
 
-def _restore_exact(self: Any, ids: np.ndarray, state: dict[str, Any], anchor: dict[str, Any]) -> None:
+def _restore_exact(tree: Any, ids: np.ndarray, state: dict[str, Any], anchor: dict[str, Any]) -> None:
     """:meth:`from_dict` of a ``to_dict(exact=True)`` state into this new tree: every check
     first (the layout must be one a tree could hold), then the cohorts, their pages and
     free slots, the agents in their slots, the moments in the saved shift and units."""
     try:
-        X = check_feature_matrix(np.asarray(state["features"]), self._dim).X
+        X = check_feature_matrix(np.asarray(state["features"]), tree._dim).X
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"tree state's features are malformed: {exc}") from None
-    ids = self._check_ids(ids)
+    ids = tree._check_ids(ids)
     paths = [tuple(s.split("\x1f")) if s else () for s in np.asarray(state["cohort_paths"]).tolist()]
     cohort_index = np.asarray(state["cohort_index"])
     slots, owner = np.asarray(state["slot_of"]), np.asarray(state["slot_page_owner"])
     sizes, pooled = np.asarray(state["slot_pool_sizes"]), np.asarray(state["slot_pool_slots"])
-    capacity, ps, n = anchor.pop("capacity"), self._page_size, ids.size
+    capacity, ps, n = anchor.pop("capacity"), tree._page_size, ids.size
     problem = None
     if any(a.dtype.kind not in "iu" for a in (cohort_index, slots, owner, sizes, pooled)):
         problem = "its cohort_index and slot_* layout fields must be integer arrays"
@@ -110,19 +110,19 @@ def _restore_exact(self: Any, ids: np.ndarray, state: dict[str, Any], anchor: di
     if problem is not None:
         raise InvalidInputError(f"tree state is not an exact layout: {problem}")
     # ---- checked: build
-    self._make_tree(X.shape[1])
+    tree._make_tree(X.shape[1])
     for path in paths:                       # parents first: the ids come back as they were
-        self._cohorts.ensure(path)
-    self._cohorts.restore_layout(owner, sizes, pooled)
+        tree._cohorts.ensure(path)
+    tree._cohorts.restore_layout(owner, sizes, pooled)
     slots = slots.astype(np.int64)
-    self._grow_slots(capacity)
-    if self._tree.capacity != capacity:
+    tree._grow_slots(capacity)
+    if tree._tree.capacity != capacity:
         raise InvalidInputError(f"tree state's slot_capacity {capacity} is not a capacity of this tree")
-    self._index.set_many(ids, slots)
-    self._ids_at_slot[slots] = ids
-    self._tree.write(slots, X)
-    self._tree.restore_anchor(**anchor)
-    self.version += 1
+    tree._index.set_many(ids, slots)
+    tree._ids_at_slot[slots] = ids
+    tree._tree.write(slots, X)
+    tree._tree.restore_anchor(**anchor)
+    tree.version += 1
 
 
 def tree_from_dict(cls: type, state: dict[str, Any]) -> Any:

@@ -5,8 +5,12 @@ Units: a power of two per feature
 Features are stored as given, but every deviation is multiplied by a
 per-feature power of two, ``unit = 2**-e``, *before* anything is squared:
 offsets and co-moments of the nodes are kept in those internal units
-(:meth:`root_state`, :meth:`nodes_state`, :meth:`deviations`), and
-:meth:`root_moments` / :meth:`nodes_moments` / :meth:`to_user` convert back.
+(the slot tree's :meth:`~swarmguard.structures.slot_tree.SlotTree.root_state`,
+:meth:`~swarmguard.structures.slot_tree.SlotTree.nodes_state`, and
+:meth:`PowerOfTwoUnits.deviations` here), and the slot tree's
+:meth:`~swarmguard.structures.slot_tree.SlotTree.root_moments` /
+:meth:`~swarmguard.structures.slot_tree.SlotTree.nodes_moments` and
+:meth:`PowerOfTwoUnits.to_user` here convert back.
 Multiplying by a power of two is exact in binary, so the internal numbers of a
 dataset and of the same dataset times ``2**k`` are bitwise equal, and features
 of magnitude 1e-300 are squared as numbers near 1 instead of underflowing (or
