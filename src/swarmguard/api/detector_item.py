@@ -35,6 +35,16 @@ def _not_replaced(obj: Any, name: str, function: Callable[..., Any]) -> bool:
     return getattr(type(obj), name, None) is function and name not in getattr(obj, "__dict__", ())
 
 
+# The methods the per-item path may shortcut, as defined (taken once, at import): compared with
+# the class attribute at call time, a method replaced on its class (a test's monkeypatch, a
+# wrapper installed on the class) reads as replaced and is called. Read at call time instead,
+# the replacement would be compared with itself and silently skipped.
+_OWN_RULE = DetectorDecision.should_trigger_response
+_OWN_HANDLE_UPDATE = StatisticalCAPResolver.handle_update_sync
+_OWN_CONSENSUS_SYNC = StableBayesianConsensus.distributed_evidence_consensus_sync
+_OWN_CONSENSUS = StableBayesianConsensus.consensus
+
+
 
 class DetectorItemPath:
     """The per-item path of :class:`~swarmguard.api.detector.DistributedBehavioralDetector`
@@ -110,9 +120,8 @@ class DetectorItemPath:
         region = data.cohort[0] if data.cohort else self.default_region
         score = float(anomaly_info["mahalanobis_squared"])
         cap = self.cap_resolver
-        own_rule = _not_replaced(self, "should_trigger_response",
-                                 DetectorDecision.should_trigger_response)
-        if _not_replaced(cap, "handle_update_sync", StatisticalCAPResolver.handle_update_sync):
+        own_rule = _not_replaced(self, "should_trigger_response", _OWN_RULE)
+        if _not_replaced(cap, "handle_update_sync", _OWN_HANDLE_UPDATE):
             # the resolver's own write, without checking again what _check_item checked; the
             # detector's own rule reads only the confidence factor (a subclass's gets the report)
             cap_result = cap._handle_checked(region, agent_id, data.timestamp, data.features, score, uid, now,
@@ -128,9 +137,8 @@ class DetectorItemPath:
             evidence = self.create_evidence(agent_id, data, anomaly_info, confidence=cf)
             self.consensus.add_evidence_sync(evidence)
         consensus = self.consensus
-        if (_not_replaced(consensus, "distributed_evidence_consensus_sync",
-                          StableBayesianConsensus.distributed_evidence_consensus_sync)
-                and _not_replaced(consensus, "consensus", StableBayesianConsensus.consensus)):
+        if (_not_replaced(consensus, "distributed_evidence_consensus_sync", _OWN_CONSENSUS_SYNC)
+                and _not_replaced(consensus, "consensus", _OWN_CONSENSUS)):
             consensus_result = consensus.consensus_or_none(agent_id)   # no exception for the many unknown
         else:                                                          # a part swapped in: its own method
             try:

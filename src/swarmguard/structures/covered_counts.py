@@ -8,11 +8,24 @@ For probation the base sources are the founding and trusted ones (see
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sized
+from typing import Protocol
 
 import numpy as np
 
-__all__ = ["CoveredCounts"]
+__all__ = ["CoveredCounts", "LedgerRows"]
+
+
+class LedgerRows(Protocol):
+    """What :meth:`CoveredCounts.counts` reads of a ledger (an
+    :class:`~swarmguard.structures.evidence.EvidenceLedger`, which imports this module, so it
+    is described here rather than imported): its source and agent indexes, its row count and
+    its ``agent_row`` / ``source_row`` columns."""
+
+    sources: Sized
+    agents: Sized
+    size: int
+    columns: Mapping[str, np.ndarray]
 
 
 class CoveredCounts:
@@ -55,9 +68,8 @@ class CoveredCounts:
         self._pairs = np.zeros(0, dtype=np.int64)     # sorted (source << 32 | agent) counted, sources below cap
         self._done = 0
 
-    def counts(self, ledger: Any, base: np.ndarray, cap: int) -> np.ndarray:
-        """The counts per source row of ``ledger`` (an
-        :class:`~swarmguard.structures.evidence.EvidenceLedger`) given ``base`` (bool per source row),
+    def counts(self, ledger: LedgerRows, base: np.ndarray, cap: int) -> np.ndarray:
+        """The counts per source row of ``ledger`` given ``base`` (bool per source row),
         each ``min(distinct covered agents, cap)``; a view, valid until the next call."""
         n_sources, n_agents = len(ledger.sources), len(ledger.agents)
         base = np.asarray(base, dtype=bool)
