@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError, InvalidTypeError
-from ..validation import check_feature_matrix
 from ..structures.trimming import TrimmedMoments
+from ..validation import check_feature_matrix
 
 __all__ = ["tree_to_dict", "tree_from_dict"]
 
