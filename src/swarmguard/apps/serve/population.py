@@ -16,6 +16,7 @@ import numpy as np
 from ...api import DistributedBehavioralDetector
 from ...errors import UnknownAgentError
 from ...structures.chi2 import chi2_logsf
+from ..report_data import feature_shares
 from .agent_state import AgentState, severities
 from .settings import ServeSettings
 from .window import WindowBuffer
@@ -103,17 +104,21 @@ class Population:
                 "source_count": c["source_count"]}
 
     def contributions(self, state: AgentState) -> list[dict[str, Any]]:
-        """Each feature's share of the agent's squared distance (from its latest vector against
-        the population as it is now), with the population's mean (typical) and its value."""
+        """Each feature's share of the agent's squared distance (its latest vector against the
+        population as it is now), with the population's mean (typical) and its value.
+
+        The shares are the report's (:func:`~swarmguard.apps.report_data.feature_shares`:
+        in [0, 1], summing to 1), from the population's statistics, so every backend
+        answers them (the Ray engine has no per-agent scoring call)."""
         stats = self.detector.tree.get_global_statistics()
         typical = np.asarray(stats["mean"], dtype=np.float64)
-        try:
-            shares = np.asarray(self.detector.protocol.score_agent_sync(state.agent_id)["feature_contributions"],
-                                dtype=np.float64)
-        except Exception:                 # too few agents to score: no split of the distance
-            shares = np.full(typical.shape, np.nan)
-        total = float(np.nansum(shares))
-        part = shares / total if total > 0 else np.full(shares.shape, np.nan)
+        part = np.full(typical.shape, np.nan)
+        if stats["count"] > 2:           # fewer: no leave-one-out covariance, no split
+            _, shares = feature_shares(np.asarray(state.features, dtype=np.float64)[None, :], stats["count"],
+                                       typical, np.atleast_2d(stats["covariance"]),
+                                       self.detector.settings.shrinkage)
+            if shares[0].sum() > 0:
+                part = shares[0]
         rows = []
         for j, name in enumerate(self.names()):
             rows.append({"feature": name, "share": _finite(part[j]), "typical": _finite(typical[j]),

@@ -261,8 +261,8 @@ async function drill(agent) {
       text: contrib.map((c) => `actual ${c.actual.toPrecision(3)} · typical ${c.typical === null ? "–" : c.typical.toPrecision(3)}`), textposition: "auto",
       marker: { color: "#e8663d" }, hovertemplate: "%{y}: %{x:.1%} of the distance<extra></extra>" }],
     { margin: { l: 10, r: 10, t: 22, b: 30 }, yaxis: { automargin: true }, title: { text: "share of the squared distance", font: { size: 12 } }, xaxis: { tickformat: ".0%",
-      // shares of a squared distance add up to 1 but can exceed it one by one (correlated features)
-      range: contrib.every((c) => c.share >= 0 && c.share <= 1) ? [0, 1] : undefined } }, PLOT_CONFIG);
+      // shares are in [0, 1] and add up to 1 (whitened parts of the squared distance, docs/scoring.md)
+      range: [0, 1] } }, PLOT_CONFIG);
   const body = $("drill-evidence").querySelector("tbody");
   body.replaceChildren();
   if (!d.evidence.length) { const tr = document.createElement("tr"); cell(tr, "no observer evidence about this agent").colSpan = 4; body.appendChild(tr); }
