@@ -16,7 +16,7 @@ function authHeaders() { const t = token(); return t ? { Authorization: "Bearer 
 
 async function api(path) {
   const response = await fetch(path, { headers: authHeaders(), cache: "no-store", credentials: "same-origin" });
-  if (response.status === 401) { askForToken(token() ? "the node refused this token" : ""); throw new AuthNeeded(); }
+  if (response.status === 401 || response.status === 403) { tokenRefused(response.status); throw new AuthNeeded(); }
   let body = null;
   try { body = await response.json(); } catch (e) { body = null; }
   if (!response.ok) throw new Error((body && body.error) || ("HTTP " + response.status + " on " + path));
@@ -24,6 +24,16 @@ async function api(path) {
 }
 
 // ------------------------------------------------------------------ token prompt
+// A token the node refuses (expired, revoked, mistyped: 401; without the read role: 403) is
+// dropped from session storage, so it is not sent again, and the prompt says why.
+function tokenRefused(status) {
+  const had = token() !== null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  banner(null);
+  if (status === 403) askForToken("The node accepted that token but it may not read: paste a token with the read (or admin) role.");
+  else askForToken(had ? "The node refused the stored token (expired, revoked or mistyped): paste a valid one." : "");
+}
+
 function askForToken(message) {
   state.authFailed = true;
   const dialog = $("token-dialog");
@@ -328,7 +338,7 @@ async function follow() {      // /v1/events with the bearer header: fetch strea
   while (!state.authFailed) {
     try {
       const response = await fetch("/v1/events", { headers: { ...authHeaders(), Accept: "text/event-stream" }, cache: "no-store" });
-      if (response.status === 401) { askForToken("the node refused this token"); return; }
+      if (response.status === 401 || response.status === 403) { tokenRefused(response.status); return; }
       if (!response.ok || !response.body) throw new Error("HTTP " + response.status);
       $("live").className = "live on";
       const reader = response.body.getReader(), decoder = new TextDecoder();
