@@ -189,6 +189,7 @@ def detect(
     max_line_bytes: int = typer.Option(1 << 20, min=16, help="Longest line read (CSV, JSON Lines), newline included; a longer line stops the run (exit 2) having read only this much of it. Example: --max-line-bytes 16777216"),
     explain: bool = typer.Option(False, "--explain", help="Also write why to --output: each agent's cohort (with --cohort-column) and its 3 top contributing features with their shares of the score (feature_1, share_1, ...). Example: --explain"),
     json_summary: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (rows, agents, flagged, top agents with their features and shares, timings) instead of tables. Example: --json"),
+    spans: bool = typer.Option(False, "--spans", help="INPUT is a file of OTLP spans (JSON lines of ExportTraceServiceRequest, or length-prefixed protobuf, as the Collector's file exporter writes; .gz too): spans are windowed by their own timestamps (--window seconds, default 60), turned into the documented GenAI behaviour vectors (docs/otlp-features.md) and each window scored as a round; one output row per agent and window. Example: swarmguard detect spans.jsonl --spans --window 60 -o scores.csv --explain"),
 ) -> None:
     """Score every agent of your own telemetry file and write one row per agent.
 
@@ -202,8 +203,15 @@ def detect(
     """
     from .apps.detect import run_command
 
-    options = {k: v for k, v in locals().items() if k not in ("run_command", "json_summary")}
-    code = run_command(console, err_console, json_summary=json_summary, **options)
+    options = {k: v for k, v in locals().items() if k not in ("run_command", "json_summary", "spans")}
+    if spans:
+        from .apps.detect_spans import run_span_command
+
+        options["scoring"] = getattr(options["scoring"], "value", options["scoring"])
+        options["csv_engine"] = getattr(options["csv_engine"], "value", options["csv_engine"])
+        code = run_span_command(console, err_console, json_summary=json_summary, **options)
+    else:
+        code = run_command(console, err_console, json_summary=json_summary, **options)
     if code:
         raise typer.Exit(code)
 
