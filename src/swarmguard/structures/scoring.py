@@ -58,7 +58,7 @@ import numpy as np
 from ..errors import NonFiniteError
 from ..lazy_import import module_on_first_use
 from .chi2 import chi2_sf
-from .feature_shares import whitened_parts, zca_cor_whitening
+from .feature_shares import whitened_part_of_one, whitened_parts, zca_cor_whitening
 
 __all__ = ["LeaveOneOutScorer", "MIN_POPULATION", "score_population", "combine_levels"]
 
@@ -93,14 +93,14 @@ class LeaveOneOutScorer:
     True
     """
 
-    __slots__ = ("n", "d", "mean", "lam", "chol", "c", "scale", "ok", "_whitening")
+    __slots__ = ("n", "d", "mean", "lam", "chol", "c", "scale", "ok", "_whitening", "_a")
 
     def __init__(self, count: float, mean: np.ndarray, m2: np.ndarray, shrinkage: float | str = "auto"):
         n = float(count)
         d = mean.shape[0]
         self.n, self.d, self.mean = n, d, mean
         self.ok = n >= MIN_POPULATION
-        self._whitening = None
+        self._whitening = self._a = None
         if not self.ok:
             self.lam = self.c = self.scale = 0.0
             self.chol = None
@@ -152,6 +152,7 @@ class LeaveOneOutScorer:
                 A.reshape(-1)[:: d + 1] += lam * target + ridge * np.maximum(target, floor / (n - 1.0))
             chol, info = _lapack().dpotrf(A, lower=1, clean=1)
         self.chol = chol
+        self._a = A                  # dpotrf left it as it was: the whitening's matrix
         self.c = (1.0 - lam) * n / ((n - 1.0) * (n - 2.0))
         self.scale = (n / (n - 1.0)) ** 2
 
@@ -159,8 +160,7 @@ class LeaveOneOutScorer:
         """``W`` with ``WᵀW = A⁻¹``, the ZCA-cor whitening the feature parts are read in
         (computed on first use: a scorer that explains nothing never pays its eigensolve)."""
         if self._whitening is None:
-            L = self.chol
-            self._whitening = zca_cor_whitening(L @ L.T)
+            self._whitening = zca_cor_whitening(self._a)
         return self._whitening
 
     def score(self, e: np.ndarray) -> tuple[float, np.ndarray]:
@@ -171,7 +171,7 @@ class LeaveOneOutScorer:
         t = float(e.dot(g))
         factor = self.scale / max(1.0 - self.c * t, _TINY)
         d2 = t * factor
-        return d2, whitened_parts(e, self.whitening(), np.float64(d2))
+        return d2, whitened_part_of_one(self._a, e, d2)
 
     def score_many(self, E: np.ndarray, explain: bool = False, overwrite: bool = False):
         """Leave-one-out D² of many members (rows of ``E = X - μ``); shares if ``explain``.
