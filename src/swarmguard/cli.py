@@ -189,6 +189,7 @@ def detect(
     max_line_bytes: int = typer.Option(1 << 20, min=16, help="Longest line read (CSV, JSON Lines), newline included; a longer line stops the run (exit 2) having read only this much of it. Example: --max-line-bytes 16777216"),
     explain: bool = typer.Option(False, "--explain", help="Also write why to --output: each agent's cohort (with --cohort-column) and its 3 top contributing features with their shares of the score (feature_1, share_1, ...). Example: --explain"),
     json_summary: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (rows, agents, flagged, top agents with their features and shares, timings) instead of tables. Example: --json"),
+    spans: bool = typer.Option(False, "--spans", help="INPUT is a file of OTLP spans (JSON lines of ExportTraceServiceRequest, or length-prefixed protobuf, as the Collector's file exporter writes; .gz too): spans are windowed by their own timestamps (--window seconds, default 60), turned into the documented GenAI behaviour vectors (docs/otlp-features.md) and each window scored as a round; one output row per agent and window. Example: swarmguard detect spans.jsonl --spans --window 60 -o scores.csv --explain"),
 ) -> None:
     """Score every agent of your own telemetry file and write one row per agent.
 
@@ -202,8 +203,15 @@ def detect(
     """
     from .apps.detect import run_command
 
-    options = {k: v for k, v in locals().items() if k not in ("run_command", "json_summary")}
-    code = run_command(console, err_console, json_summary=json_summary, **options)
+    options = {k: v for k, v in locals().items() if k not in ("run_command", "json_summary", "spans")}
+    if spans:
+        from .apps.detect_spans import run_span_command
+
+        options["scoring"] = getattr(options["scoring"], "value", options["scoring"])
+        options["csv_engine"] = getattr(options["csv_engine"], "value", options["csv_engine"])
+        code = run_span_command(console, err_console, json_summary=json_summary, **options)
+    else:
+        code = run_command(console, err_console, json_summary=json_summary, **options)
     if code:
         raise typer.Exit(code)
 
@@ -429,6 +437,7 @@ def serve(
     window: float = typer.Option(60.0, help="Window length in seconds on the node's clock: each closed window is one detector round. Example: --window 10"),
     features: int | None = typer.Option(None, min=1, help="Length of /v1/behaviors vectors (default: the first vector's). Example: --features 8"),
     max_body_bytes: int = typer.Option(64 << 20, min=1, help="Request body limit in bytes, compressed and decompressed. Example: --max-body-bytes 1048576"),
+    max_header_bytes: int = typer.Option(64 << 10, min=1024, help="Request header limit in bytes (names and values together): 431 past it. Example: --max-header-bytes 16384"),
     metrics_public: bool = typer.Option(False, "--metrics-public", help="Serve /metrics without a token."),
     certfile: Path | None = typer.Option(None, help="TLS certificate (PEM), with --keyfile. Example: --certfile node.pem"),  # noqa: B008
     keyfile: Path | None = typer.Option(None, help="TLS private key (PEM), with --certfile. Example: --keyfile node.key"),  # noqa: B008
@@ -450,9 +459,9 @@ def serve(
 
         settings = ServeSettings(data_dir=data_dir, tokens_file=tokens, host=host, port=port, region=region,
                                  window_seconds=window, features=features, max_body_bytes=max_body_bytes,
-                                 metrics_public=metrics_public, certfile=certfile, keyfile=keyfile,
-                                 backend=backend, address=address, warm_up=warm_up,
-                                 snapshot_every=snapshot_every)
+                                 max_header_bytes=max_header_bytes, metrics_public=metrics_public,
+                                 certfile=certfile, keyfile=keyfile, backend=backend, address=address,
+                                 warm_up=warm_up, snapshot_every=snapshot_every)
         settings.check_exposure()
         if tokens is not None:
             from .apps.serve.tokens import load_tokens

@@ -212,7 +212,9 @@ def agent_detail(request: Request, agent_id: str, population: str | None = None,
 
 def _evidence_by_observer(pop, agent_id: str) -> list[dict[str, Any]]:
     consensus = pop.detector.consensus
-    ledger = consensus.ledger
+    ledger = getattr(consensus, "ledger", None)
+    if ledger is None:       # the Ray engine's evidence lives in its partitions' actors: no per-observer rows
+        return []
     row = ledger.agents.row_of(agent_id)
     if row < 0:
         return []

@@ -95,9 +95,15 @@ def _route_label(path: str) -> str:
     return path if path.startswith(("/v1/", "/healthz", "/readyz", "/metrics", "/docs", "/openapi")) else "other"
 
 
+def _header_bytes(scope) -> int:
+    """The request's header names and values, in bytes (what ``--max-header-bytes`` bounds)."""
+    return sum(len(name) + len(value) for name, value in scope.get("headers", ()))
+
+
 class _ServeMiddleware:
-    """Latency histogram, in-flight bound (503 + Retry-After over ``max_inflight`` writes) and
-    503 while the node is still starting; pure ASGI, so streaming bodies stay streams."""
+    """Header size bound (431 over ``max_header_bytes``), latency histogram, in-flight bound
+    (503 + Retry-After over ``max_inflight`` writes) and 503 while the node is still starting;
+    pure ASGI, so streaming bodies stay streams."""
 
     def __init__(self, app, state):
         self.app, self.state, self.inflight = app, state, 0
@@ -110,6 +116,11 @@ class _ServeMiddleware:
         label, t0 = _route_label(path), time.perf_counter()
         write = method == "POST"
         try:
+            limit = self.state.settings.max_header_bytes
+            if _header_bytes(scope) > limit:      # before anything reads them (or the body)
+                metrics.errors.labels("header_too_large", "431").inc()
+                return await _error(431, f"request headers over {limit} bytes (--max-header-bytes)", None, path,
+                                    _content_type(scope))(scope, receive, send)
             if getattr(self.state, "node", None) is None and path not in _PUBLIC:
                 if getattr(self.state, "failed", None):
                     metrics.errors.labels("failed", "503").inc()

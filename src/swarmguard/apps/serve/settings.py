@@ -10,10 +10,15 @@ from pathlib import Path
 
 from ...errors import InvalidInputError
 
-__all__ = ["ServeSettings", "DEFAULT_PORT", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_SNAPSHOT_EVERY", "is_loopback"]
+__all__ = ["ServeSettings", "DEFAULT_PORT", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_HEADER_BYTES",
+           "DEFAULT_SNAPSHOT_EVERY", "is_loopback"]
 
 DEFAULT_PORT = 8470
 DEFAULT_MAX_BODY_BYTES = 64 << 20
+# the request's header names and values together; uvicorn's own bound on a request head
+# (answered 400 by uvicorn itself, uncounted) is 16 times this, so what the app can count it counts
+DEFAULT_MAX_HEADER_BYTES = 64 << 10
+HEAD_LIMIT_FACTOR = 16
 DEFAULT_SNAPSHOT_EVERY = 10
 
 
@@ -37,7 +42,8 @@ class ServeSettings:
     detector); ``window_seconds`` the length of a window on the node's clock;
     ``features`` the dimension of ``/v1/behaviors`` vectors (None: the first
     vector fixes it); ``max_body_bytes`` the request body limit, compressed
-    and decompressed; ``metrics_public`` serves ``/metrics`` without a token;
+    and decompressed; ``max_header_bytes`` the request's header names and values
+    together (431 past it); ``metrics_public`` serves ``/metrics`` without a token;
     ``max_inflight`` ingest requests being worked on at once and
     ``max_window_rows`` vectors buffered in the open window before ingest
     answers 429 (bounded memory); ``max_event_streams`` open ``/v1/events`` streams (more: 503); ``body_timeout_seconds`` to read a request's whole body (408 past it); ``warm_up`` / ``significance_level`` /
@@ -56,6 +62,7 @@ class ServeSettings:
     window_seconds: float = 60.0
     features: int | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     metrics_public: bool = False
     max_inflight: int = 64
     max_window_rows: int = 2_000_000
@@ -79,6 +86,8 @@ class ServeSettings:
             raise InvalidInputError(f"--features must be >= 1, got {self.features}")
         if self.max_body_bytes < 1:
             raise InvalidInputError(f"--max-body-bytes must be >= 1, got {self.max_body_bytes}")
+        if self.max_header_bytes < 1024:
+            raise InvalidInputError(f"--max-header-bytes must be >= 1024, got {self.max_header_bytes}")
         if self.max_inflight < 1 or self.max_window_rows < 1 or self.max_event_streams < 1:
             raise InvalidInputError("max_inflight, max_window_rows and max_event_streams must be >= 1")
         if not (self.body_timeout_seconds > 0):

@@ -16,7 +16,7 @@ function authHeaders() { const t = token(); return t ? { Authorization: "Bearer 
 
 async function api(path) {
   const response = await fetch(path, { headers: authHeaders(), cache: "no-store", credentials: "same-origin" });
-  if (response.status === 401) { askForToken(token() ? "the node refused this token" : ""); throw new AuthNeeded(); }
+  if (response.status === 401 || response.status === 403) { tokenRefused(response.status); throw new AuthNeeded(); }
   let body = null;
   try { body = await response.json(); } catch (e) { body = null; }
   if (!response.ok) throw new Error((body && body.error) || ("HTTP " + response.status + " on " + path));
@@ -24,6 +24,16 @@ async function api(path) {
 }
 
 // ------------------------------------------------------------------ token prompt
+// A token the node refuses (expired, revoked, mistyped: 401; without the read role: 403) is
+// dropped from session storage, so it is not sent again, and the prompt says why.
+function tokenRefused(status) {
+  const had = token() !== null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  banner(null);
+  if (status === 403) askForToken("The node accepted that token but it may not read: paste a token with the read (or admin) role.");
+  else askForToken(had ? "The node refused the stored token (expired, revoked or mistyped): paste a valid one." : "");
+}
+
 function askForToken(message) {
   state.authFailed = true;
   const dialog = $("token-dialog");
@@ -261,8 +271,8 @@ async function drill(agent) {
       text: contrib.map((c) => `actual ${c.actual.toPrecision(3)} · typical ${c.typical === null ? "–" : c.typical.toPrecision(3)}`), textposition: "auto",
       marker: { color: "#e8663d" }, hovertemplate: "%{y}: %{x:.1%} of the distance<extra></extra>" }],
     { margin: { l: 10, r: 10, t: 22, b: 30 }, yaxis: { automargin: true }, title: { text: "share of the squared distance", font: { size: 12 } }, xaxis: { tickformat: ".0%",
-      // shares of a squared distance add up to 1 but can exceed it one by one (correlated features)
-      range: contrib.every((c) => c.share >= 0 && c.share <= 1) ? [0, 1] : undefined } }, PLOT_CONFIG);
+      // shares are in [0, 1] and add up to 1 (whitened parts of the squared distance, docs/scoring.md)
+      range: [0, 1] } }, PLOT_CONFIG);
   const body = $("drill-evidence").querySelector("tbody");
   body.replaceChildren();
   if (!d.evidence.length) { const tr = document.createElement("tr"); cell(tr, "no observer evidence about this agent").colSpan = 4; body.appendChild(tr); }
@@ -328,7 +338,7 @@ async function follow() {      // /v1/events with the bearer header: fetch strea
   while (!state.authFailed) {
     try {
       const response = await fetch("/v1/events", { headers: { ...authHeaders(), Accept: "text/event-stream" }, cache: "no-store" });
-      if (response.status === 401) { askForToken("the node refused this token"); return; }
+      if (response.status === 401 || response.status === 403) { tokenRefused(response.status); return; }
       if (!response.ok || !response.body) throw new Error("HTTP " + response.status);
       $("live").className = "live on";
       const reader = response.body.getReader(), decoder = new TextDecoder();
