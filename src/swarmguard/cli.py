@@ -188,6 +188,7 @@ def detect(
     csv_engine: Engine = typer.Option("auto", help="Reader of CSV and JSON Lines: 'auto' and 'pyarrow' parse with pyarrow block by block (a block pyarrow refuses, or one with a malformed row, is parsed again from memory by the standard library, for line numbers), 'python' always the standard library. Example: --csv-engine python"),
     max_line_bytes: int = typer.Option(1 << 20, min=16, help="Longest line read (CSV, JSON Lines), newline included; a longer line stops the run (exit 2) having read only this much of it. Example: --max-line-bytes 16777216"),
     explain: bool = typer.Option(False, "--explain", help="Also write why to --output: each agent's cohort (with --cohort-column) and its 3 top contributing features with their shares of the score (feature_1, share_1, ...). Example: --explain"),
+    label_column: str | None = typer.Option(None, help="Optional ground-truth column, not scored (a number, non-zero is an anomaly; true/false; yes/no): the summary adds the flags' realised false-discovery rate, precision and recall against it. Example: --label-column is_attack"),
     json_summary: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (rows, agents, flagged, top agents with their features and shares, timings) instead of tables. Example: --json"),
 ) -> None:
     """Score every agent of your own telemetry file and write one row per agent.
