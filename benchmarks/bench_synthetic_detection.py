@@ -16,7 +16,8 @@ that a candidate is judged first on data it was not chosen on:
 
 3 % anomalies (5 % for masking), n = 3,000, d = 10, ``--reps`` seeds per world (1000, 1001, ...).
 Every row fitted and scored, ROC-AUC and average precision, as ``bench_detection.py`` does (the
-same swarmguard runs and ranking; IsolationForest from scikit-learn, ``random_state=0``, z-scored).
+same swarmguard runs and ranking
+IsolationForest from scikit-learn, ``random_state=0``, z-scored).
 
 Run::
 
@@ -56,23 +57,34 @@ def _mix(r, d):
     return A
 
 def w_gauss(r, n=3000, d=10, frac=0.03):
-    X = r.normal(size=(n, d)) @ _mix(r, d); y = np.zeros(n, bool); k = int(frac * n)
-    y[:k] = True; X[:k] += r.normal(size=(k, d)) * 0 + r.choice([-1, 1], (k, d)) * (r.random((k, d)) < 0.2) * 4
+    X = r.normal(size=(n, d)) @ _mix(r, d)
+    y = np.zeros(n, bool)
+    k = int(frac * n)
+    y[:k] = True
+    X[:k] += r.normal(size=(k, d)) * 0 + r.choice([-1, 1], (k, d)) * (r.random((k, d)) < 0.2) * 4
     return X, y
 
 def w_t3(r, n=3000, d=10, frac=0.03):
-    X = r.standard_t(3, size=(n, d)) @ _mix(r, d); y = np.zeros(n, bool); k = int(frac * n); y[:k] = True
+    X = r.standard_t(3, size=(n, d)) @ _mix(r, d)
+    y = np.zeros(n, bool)
+    k = int(frac * n)
+    y[:k] = True
     sd = np.median(np.abs(X - np.median(X, 0)), 0) * 1.4826
     for i in range(k):
-        j = r.choice(d, 2, replace=False); X[i, j] += r.choice([-1, 1], 2) * 6 * sd[j]
+        j = r.choice(d, 2, replace=False)
+        X[i, j] += r.choice([-1, 1], 2) * 6 * sd[j]
     return X, y
 
 def w_lognormal(r, n=3000, d=10, frac=0.03):
-    X = r.lognormal(0, 0.8, size=(n, d)); X[:, d // 2:] = X[:, :d - d // 2] * 0.7 + 0.3 * X[:, d // 2:]
-    y = np.zeros(n, bool); k = int(frac * n); y[:k] = True
+    X = r.lognormal(0, 0.8, size=(n, d))
+    X[:, d // 2:] = X[:, :d - d // 2] * 0.7 + 0.3 * X[:, d // 2:]
+    y = np.zeros(n, bool)
+    k = int(frac * n)
+    y[:k] = True
     sd = np.median(np.abs(X - np.median(X, 0)), 0) * 1.4826
     for i in range(k):
-        j = r.choice(d, 2, replace=False); X[i, j] += 5 * sd[j]
+        j = r.choice(d, 2, replace=False)
+        X[i, j] += 5 * sd[j]
     return X, y
 
 def w_lowvar_heavy(r, n=3000, d=10, frac=0.03):
@@ -80,7 +92,9 @@ def w_lowvar_heavy(r, n=3000, d=10, frac=0.03):
     base = r.normal(size=(n, 3)) * [5, 3, 2]
     W = r.normal(size=(3, d))
     X = base @ W + 0.05 * r.standard_t(2, size=(n, d))
-    y = np.zeros(n, bool); k = int(frac * n); y[:k] = True
+    y = np.zeros(n, bool)
+    k = int(frac * n)
+    y[:k] = True
     X[:k] += (r.normal(size=(k, 3)) * 3 + np.sign(r.normal(size=(k, 3))) * 12) @ W * 0.6
     return X, y
 
@@ -89,9 +103,12 @@ def w_discrete(r, n=3000, d=10, frac=0.03):
     X = r.normal(size=(n, d)) @ _mix(r, d)
     X[:, : d // 2] = np.round(X[:, : d // 2] / 1.5)
     X[:, 0] = (r.random(n) < 0.01).astype(float)       # near-constant binary flag
-    y = np.zeros(n, bool); k = int(frac * n); y[:k] = True
+    y = np.zeros(n, bool)
+    k = int(frac * n)
+    y[:k] = True
     for i in range(k):
-        j = r.choice(np.arange(d // 2, d), 2, replace=False); X[i, j] += r.choice([-1, 1], 2) * 5
+        j = r.choice(np.arange(d // 2, d), 2, replace=False)
+        X[i, j] += r.choice([-1, 1], 2) * 5
     return X, y
 
 def w_clusters(r, n=3000, d=10, frac=0.03, m=None):
@@ -100,7 +117,9 @@ def w_clusters(r, n=3000, d=10, frac=0.03, m=None):
     C = r.normal(size=(m, d)) * 6
     lab = r.integers(0, m, n)
     X = C[lab] + r.normal(size=(n, d)) @ (_mix(r, d) * 0.7)
-    y = np.zeros(n, bool); k = int(frac * n); y[:k] = True
+    y = np.zeros(n, bool)
+    k = int(frac * n)
+    y[:k] = True
     a, b = r.integers(0, m, k), r.integers(0, m, k)
     t = r.uniform(0.35, 0.65, (k, 1))
     X[:k] = C[a] * t + C[(a + 1 + (b % max(m - 1, 1))) % m] * (1 - t) + r.normal(size=(k, d)) * 0.7
@@ -108,7 +127,10 @@ def w_clusters(r, n=3000, d=10, frac=0.03, m=None):
 
 def w_masking(r, n=3000, d=10, frac=0.05):
     """A tight cluster of 5 % anomalies at moderate distance (masking)."""
-    X = r.normal(size=(n, d)) @ _mix(r, d); y = np.zeros(n, bool); k = int(frac * n); y[:k] = True
+    X = r.normal(size=(n, d)) @ _mix(r, d)
+    y = np.zeros(n, bool)
+    k = int(frac * n)
+    y[:k] = True
     X[:k] = r.normal(size=(k, d)) * 0.3 + r.normal(size=d) / np.sqrt(d) * 5
     return X, y
 

@@ -26,7 +26,9 @@ Clustering
 ----------
 Lloyd's k-means on the features standardised by the population's standard
 deviations (so that units do not decide the clusters), seeded k-means++
-initialisation (Arthur & Vassilvitskii, 2007), at most ``iterations`` steps.
+initialisation (Arthur & Vassilvitskii, 2007), the least-inertia of ``starts``
+runs (one run can merge two groups and split a third: BIC would then prefer
+one cohort too many), at most ``iterations`` steps each.
 It is a batch step over the stored vectors, ``O(n k d)`` per step, run at a
 round boundary; placing one new vector is ``O(k d)`` (:meth:`CohortClustering.assign`).
 The per-cohort moments themselves are tree nodes: mergeable, exact on revert.
@@ -68,7 +70,19 @@ def _nearest(Z: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return np.argmin(d2, axis=1)
 
 
-def _kmeans(Z: np.ndarray, k: int, rng: np.random.Generator, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+def _kmeans(Z: np.ndarray, k: int, rng: np.random.Generator, iterations: int, starts: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The least-inertia of ``starts`` seeded k-means++ runs."""
+    best = None
+    for _ in range(starts):
+        labels, centres = _one_kmeans(Z, k, rng, iterations)
+        inertia = float(((Z - centres[labels]) ** 2).sum())
+        if best is None or inertia < best[0]:
+            best = (inertia, labels, centres)
+    return best[1], best[2]
+
+
+def _one_kmeans(Z: np.ndarray, k: int, rng: np.random.Generator, iterations: int) -> tuple[np.ndarray, np.ndarray]:
     n = Z.shape[0]
     centres = np.empty((k, Z.shape[1]))
     centres[0] = Z[rng.integers(n)]
@@ -111,7 +125,7 @@ def _log_likelihood(Z: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 
 def find_cohorts(X: np.ndarray, *, max_cohorts: int = MAX_COHORTS, min_size: int = 1000, seed: int = 0,
-                 iterations: int = 25) -> CohortClustering:
+                 iterations: int = 25, starts: int = 3) -> CohortClustering:
     """Cluster the rows of ``X`` into the ``k <= max_cohorts`` cohorts of least BIC (see the module).
 
     Examples
@@ -141,7 +155,7 @@ def find_cohorts(X: np.ndarray, *, max_cohorts: int = MAX_COHORTS, min_size: int
     for k in range(2, max_cohorts + 1):
         if k * min_size > n:
             break
-        labels, centres = _kmeans(Z, k, rng, iterations)
+        labels, centres = _kmeans(Z, k, rng, iterations, starts)
         if np.bincount(labels, minlength=k).min() < min_size:
             break
         params = k * (d + d * (d + 1) / 2) + k - 1
