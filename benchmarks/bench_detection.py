@@ -35,7 +35,8 @@ Run (the whole table, a few minutes)::
 
     python benchmarks/bench_detection.py
 
-or a subset: ``--datasets cardio,thyroid --methods robust,IForest``.
+or a subset: ``--datasets cardio,thyroid --methods robust,IForest``. ``--methods robust+cohorts``
+adds the opt-in mixture of cohorts (:func:`swarmguard_cohorts`, batch only; not in the default list).
 """
 
 from __future__ import annotations
