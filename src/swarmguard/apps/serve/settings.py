@@ -43,6 +43,10 @@ class ServeSettings:
     ``require`` go to the detector; ``backend`` the engine (``address``: a Ray cluster's, for ``ray``); ``certfile`` / ``keyfile`` serve TLS; ``clock`` the node's clock (arrival time);
     ``close_windows`` runs the background task that closes windows as the clock
     passes their end (tests turn it off and close windows themselves).
+    ``peers``: the other nodes' base URLs (one node per region, :mod:`.peers`);
+    ``sync_seconds`` between anti-entropy rounds; ``peer_token`` the secret this
+    node presents to its peers; ``consistency``: ``statistical`` / ``eventual``
+    (always writable) or ``strong`` (writes refused without a majority of nodes).
     """
 
     data_dir: Path | None = None
@@ -67,6 +71,10 @@ class ServeSettings:
     keyfile: Path | None = None
     clock: Callable[[], float] = field(default=time.time, compare=False)
     close_windows: bool = True
+    peers: tuple[str, ...] = ()
+    sync_seconds: float = 2.0
+    peer_token: str | None = field(default=None, repr=False, compare=False)
+    consistency: str = "statistical"
 
     def __post_init__(self) -> None:
         if not (self.window_seconds > 0):
@@ -87,6 +95,13 @@ class ServeSettings:
             raise InvalidInputError("--certfile and --keyfile go together")
         if not self.region:
             raise InvalidInputError("--region must not be empty")
+        if not (self.sync_seconds > 0):
+            raise InvalidInputError(f"--sync-seconds must be > 0, got {self.sync_seconds}")
+        for url in self.peers:
+            if not url.startswith(("http://", "https://")):
+                raise InvalidInputError(f"--peers: {url!r} is not an http(s) URL")
+        if self.consistency not in ("statistical", "eventual", "strong"):
+            raise InvalidInputError(f"--consistency must be statistical, eventual or strong, got {self.consistency!r}")
 
     def check_exposure(self) -> None:
         """Refuse to listen beyond loopback without credentials (anyone could post and read)."""
