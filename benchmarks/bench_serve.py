@@ -20,18 +20,11 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
-
-SRC = Path(__file__).resolve().parents[1] / "src"
+from serve_node import running_node
 
 
 def bodies(requests: int, lines: int, features: int, agents: int, seed: int) -> list[bytes]:
@@ -49,11 +42,6 @@ def bare_parse(body: bytes) -> np.ndarray:
     rows = [json.loads(line) for line in body.split(b"\n") if line]
     return np.array([r["features"] for r in rows], dtype=np.float64)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -79,57 +67,38 @@ def main() -> None:
         bare_parse(body)
     bare_s = time.perf_counter() - t0
 
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    with tempfile.TemporaryDirectory() as folder:
-        proc = subprocess.Popen([sys.executable, "-c", "from swarmguard.cli import app; app()", "serve",
-                                 "--port", str(port), "--data-dir", folder, "--window", "86400"],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            with httpx.Client(base_url=base, timeout=60) as http:
-                for _ in range(600):
-                    try:
-                        if http.get("/readyz").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    time.sleep(0.1)
-                latencies: list[float] = []
-                lock = threading.Lock()
-                next_index = iter(range(args.requests))
+    with running_node() as base, httpx.Client(base_url=base, timeout=60) as http:
+        latencies: list[float] = []
+        lock = threading.Lock()
+        next_index = iter(range(args.requests))
 
-                def client() -> None:
-                    with httpx.Client(base_url=base, timeout=120) as h:
-                        while True:
-                            with lock:
-                                i = next(next_index, None)
-                            if i is None:
-                                return
-                            s = time.perf_counter()
-                            r = h.post("/v1/behaviors", content=data[i],
-                                       headers={"Content-Type": "application/x-ndjson"})
-                            took = time.perf_counter() - s
-                            assert r.status_code == 200 and r.json()["accepted"] == args.lines, r.text
-                            with lock:
-                                latencies.append(took)
+        def client() -> None:
+            with httpx.Client(base_url=base, timeout=120) as h:
+                while True:
+                    with lock:
+                        i = next(next_index, None)
+                    if i is None:
+                        return
+                    s = time.perf_counter()
+                    r = h.post("/v1/behaviors", content=data[i],
+                               headers={"Content-Type": "application/x-ndjson"})
+                    took = time.perf_counter() - s
+                    assert r.status_code == 200 and r.json()["accepted"] == args.lines, r.text
+                    with lock:
+                        latencies.append(took)
 
-                t0 = time.perf_counter()
-                threads = [threading.Thread(target=client) for _ in range(args.clients)]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                acked_s = time.perf_counter() - t0
-                assert http.post("/v1/admin/close-window").status_code == 200
-                served_s = time.perf_counter() - t0
-                pops = http.get("/v1/populations").json()["populations"]
-                count = [p for p in pops if p["cohort"] == ""][0]["count"]
-                assert count == min(args.agents, total_lines), count
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=client) for _ in range(args.clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        acked_s = time.perf_counter() - t0
+        assert http.post("/v1/admin/close-window").status_code == 200
+        served_s = time.perf_counter() - t0
+        pops = http.get("/v1/populations").json()["populations"]
+        count = [p for p in pops if p["cohort"] == ""][0]["count"]
+        assert count == min(args.agents, total_lines), count
 
     lat = np.array(latencies) * 1e3
     bare_rate, served_rate = total_lines / bare_s, total_lines / served_s

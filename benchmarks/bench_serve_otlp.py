@@ -24,17 +24,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
+from serve_node import SRC, running_node
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
@@ -63,13 +59,6 @@ def bare_decode(body: bytes) -> int:
     return spans
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,65 +86,46 @@ def main() -> None:
     total = sum(bare_decode(b) for b in all_bodies)
     bare_s = time.perf_counter() - t0
 
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    with tempfile.TemporaryDirectory() as folder:
-        proc = subprocess.Popen([sys.executable, "-c", "from swarmguard.cli import app; app()", "serve",
-                                 "--port", str(port), "--data-dir", folder, "--window", "86400"],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            with httpx.Client(base_url=base, timeout=120) as http:
-                for _ in range(600):
-                    try:
-                        if http.get("/readyz").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    time.sleep(0.1)
-                latencies: list[float] = []
-                lock = threading.Lock()
+    with running_node(stop_timeout=120) as base, httpx.Client(base_url=base, timeout=120) as http:
+        latencies: list[float] = []
+        lock = threading.Lock()
 
-                def post_all(bodies: list[bytes]) -> None:
-                    work = iter(range(len(bodies)))
+        def post_all(bodies: list[bytes]) -> None:
+            work = iter(range(len(bodies)))
 
-                    def client() -> None:
-                        with httpx.Client(base_url=base, timeout=120) as h:
-                            while True:
-                                with lock:
-                                    i = next(work, None)
-                                if i is None:
-                                    return
-                                s = time.perf_counter()
-                                r = h.post("/v1/traces", content=bodies[i], headers=PB)
-                                took = time.perf_counter() - s
-                                assert r.status_code == 200 and not r.content, (r.status_code, r.content[:200])
-                                with lock:
-                                    latencies.append(took)
+            def client() -> None:
+                with httpx.Client(base_url=base, timeout=120) as h:
+                    while True:
+                        with lock:
+                            i = next(work, None)
+                        if i is None:
+                            return
+                        s = time.perf_counter()
+                        r = h.post("/v1/traces", content=bodies[i], headers=PB)
+                        took = time.perf_counter() - s
+                        assert r.status_code == 200 and not r.content, (r.status_code, r.content[:200])
+                        with lock:
+                            latencies.append(took)
 
-                    threads = [threading.Thread(target=client) for _ in range(args.clients)]
-                    for t in threads:
-                        t.start()
-                    for t in threads:
-                        t.join()
+            threads = [threading.Thread(target=client) for _ in range(args.clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
 
-                t0 = time.perf_counter()
-                acked_s = 0.0
-                for bodies in windows:
-                    a = time.perf_counter()
-                    post_all(bodies)
-                    acked_s += time.perf_counter() - a
-                    closed = http.post("/v1/admin/close-window").json()["closed"]
-                    assert closed and closed[0]["agents"] == args.agents, closed
-                served_s = time.perf_counter() - t0
-                top = []
-                if args.misbehaving:
-                    top = [a["agent_id"] for a in http.get("/v1/agents", params={
-                        "top": args.misbehaving, "population": "spans"}).json()["agents"]]
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=120)
+        t0 = time.perf_counter()
+        acked_s = 0.0
+        for bodies in windows:
+            a = time.perf_counter()
+            post_all(bodies)
+            acked_s += time.perf_counter() - a
+            closed = http.post("/v1/admin/close-window").json()["closed"]
+            assert closed and closed[0]["agents"] == args.agents, closed
+        served_s = time.perf_counter() - t0
+        top = []
+        if args.misbehaving:
+            top = [a["agent_id"] for a in http.get("/v1/agents", params={
+                "top": args.misbehaving, "population": "spans"}).json()["agents"]]
 
     lat = np.array(latencies) * 1e3
     bare_rate, served_rate = total / bare_s, total / served_s

@@ -263,7 +263,8 @@ def simulate(
     if scenario == "drift":
         if backend != "inprocess":
             raise _fail("--scenario drift runs in process only (window_rounds is not available on the ray backend yet)")
-        _simulate_drift(agents, features, rounds, compromised, seed, drift, window_rounds or 2, out)
+        _simulate_drift(agents, features, rounds, compromised, seed, drift, window_rounds or 2, out,
+                        scoring=scoring)
         return
     config = ScenarioConfig(agents=agents, features=features, rounds=rounds, regions=regions,
                             compromised=compromised, observers=observers, byzantine=byzantine,
@@ -320,7 +321,7 @@ def simulate(
 
 
 def _simulate_drift(agents: int, features: int, rounds: int, compromised: float, seed: int, drift: float,
-                    window_rounds: int, out: Path) -> None:
+                    window_rounds: int, out: Path, scoring: str = DEFAULT_SCORING) -> None:
     """``simulate --scenario drift``: the drifting world without and with a window, a table per round."""
     import json as _json
 
@@ -332,7 +333,7 @@ def _simulate_drift(agents: int, features: int, rounds: int, compromised: float,
 
     try:
         config = DriftConfig(agents=agents, features=features, rounds=rounds, compromised=compromised, seed=seed,
-                             drift=drift).validate()
+                             drift=drift, scoring=scoring).validate()
         check_output_folder(out, "--out", files=("drift.json",))
     except SwarmGuardError as exc:
         raise _fail(str(exc)) from None

@@ -251,3 +251,36 @@ def test_the_detector_passes_its_scoring_mode_to_the_protocol():
                                ref.score_many()["mahalanobis_squared"], rtol=0)
     assert DistributedBehavioralDetector().protocol.scoring == sg.DEFAULT_SCORING
     assert set(sg.SCORING_MODES) >= {"mahalanobis", "robust"}
+
+
+def test_a_population_with_fewer_than_three_kept_members_is_warming_up_as_a_cohort_is():
+    # Kept members are scored leave-one-out against the trimmed moments, which needs three of
+    # them; with two the population level decided (kept members at D² = 0, dropped ones against
+    # a covariance of two) while the cohort of the very same members said it was warming up.
+    rng = np.random.default_rng(0)
+    tree, _ = robust_tree(rng.normal(size=(10, 2)), cohorts="eu")
+    state = tree.to_dict()
+    state["trimmed_kept"] = np.arange(10) < 2
+    back = HierarchicalStatisticalTree.from_dict(state)
+    assert back.get_trimmed_statistics()["count"] == 2
+    protocol = BehavioralDistributedProtocol(back, scoring="robust", warm_up=3, score_levels="all")
+    res = protocol.score_many(np.arange(10), fdr=None)
+    assert res["levels"][("eu",)]["warming_up"]
+    assert res["warming_up"] and not res["is_anomaly"].any()
+    assert protocol.score_vectors(np.full((1, 2), 50.0))["warming_up"]
+    assert not protocol.score_agent_sync(5)["is_anomaly"]
+
+
+def test_a_tree_swapped_into_a_robust_protocol_is_scored_against_its_trimmed_moments():
+    # Code written against the guide swaps parts in (protocol.tree = other); the robust
+    # protocol read the new tree's trimmed moments, which nobody had asked it to keep: AttributeError.
+    X = population(4)
+    kept = numpy_kept(X)
+    protocol = BehavioralDistributedProtocol(HierarchicalStatisticalTree(feature_dimensions=3), scoring="robust",
+                                             warm_up=10)
+    other = HierarchicalStatisticalTree(feature_dimensions=3)
+    other.update_many(np.arange(X.shape[0]), X)
+    protocol.tree = other
+    res = protocol.score_many(np.arange(X.shape[0]), fdr=None)
+    np.testing.assert_allclose(res["mahalanobis_squared"], numpy_robust_d2(X, kept), rtol=1e-7)
+    assert other.get_trimmed_statistics()["count"] == kept.sum()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import subprocess
 import sys
 
@@ -308,3 +310,60 @@ def test_stale_members_are_scored_but_not_judged_and_take_no_part_in_the_fdr():
     assert stale["in_window"] is False and stale["is_anomaly"] is False and stale["mahalanobis_squared"] > 100
     fresh = protocol.score_agent_sync(0)
     assert fresh["in_window"] is True and fresh["is_anomaly"] is True
+
+
+@pytest.mark.parametrize("field,value", [("window_rounds", np.array(2.7)), ("window_rounds", np.array(True)),
+                                         ("window_rounds", np.array([2, 3])), ("window_round", np.array(9.5)),
+                                         ("window_round", np.array(-1))])
+def test_a_state_whose_window_fields_are_not_whole_rounds_is_refused(field, value):
+    tree, vec, cohort, last = play(3, 2)
+    state = tree.to_dict()
+    if field == "window_round":
+        state["window_last_round"] = np.zeros_like(state["window_last_round"])
+    state[field] = value
+    with pytest.raises(InvalidInputError, match=field):
+        HierarchicalStatisticalTree.from_dict(state)
+
+
+def test_a_state_that_keeps_trimmed_members_outside_the_window_is_refused():
+    # The trimmed moments are drawn from the window; a member kept there but stale would never
+    # expire from them. A serialised tree never holds one: a hand-made state is refused.
+    tree, vec, cohort, last = play(4, 2)
+    BehavioralDistributedProtocol(tree, scoring="robust")
+    state = tree.to_dict()
+    stale = state["window_last_round"] <= state["window_round"] - 2
+    assert stale.any() and not (state["trimmed_kept"] & stale).any()
+    back = HierarchicalStatisticalTree.from_dict(state)
+    assert back.get_trimmed_statistics()["count"] == tree.get_trimmed_statistics()["count"]
+    state["trimmed_kept"] = state["trimmed_kept"] | stale
+    with pytest.raises(InvalidInputError, match="trimmed_kept"):
+        HierarchicalStatisticalTree.from_dict(state)
+
+
+@pytest.mark.parametrize("copier", [lambda t: pickle.loads(pickle.dumps(t)), copy.deepcopy], ids=["pickle", "deepcopy"])
+def test_a_copied_tree_keeps_its_window_and_trimmed_trees_live(copier):
+    # The second slot trees read their roots through views of their stores, which a copy must
+    # bind to its own stores (a copy with stale views read a root no batch updated): a copy of
+    # a tree with a window and trimmed moments goes on exactly as the original does.
+    tree, vec, cohort, last = play(6, 2)
+    BehavioralDistributedProtocol(tree, scoring="robust")
+    twin = copier(tree)
+    rng = np.random.default_rng(60)
+    steps = [(int(a), rng.normal(size=D) * 4.0) for a in rng.integers(0, 120, size=30)]
+    batch = rng.normal(size=(30, D)) * 2.0 + 1.0
+    known = np.array(sorted(vec)[:30])
+    for t in (tree, twin):
+        t.update_many(known, batch)                      # a batch first: it rebuilds the roots in the stores
+        for k, (a, x) in enumerate(steps):
+            t.update_agent(a, x)
+            if k % 10 == 9:
+                t.advance_round()
+        t.remove_agent(steps[0][0])
+    for read in (HierarchicalStatisticalTree.get_window_statistics, HierarchicalStatisticalTree.get_trimmed_statistics):
+        a, b = read(tree), read(twin)
+        assert a["count"] == b["count"] and np.array_equal(a["mean"], b["mean"])
+        assert np.array_equal(a["covariance"], b["covariance"])
+    ids = sorted(a for a in vec if a in tree)
+    assert (twin.in_window(ids) == tree.in_window(ids)).all()
+    scored = [BehavioralDistributedProtocol(t, scoring="robust", warm_up=10).score_many(ids, fdr=None) for t in (tree, twin)]
+    assert np.array_equal(scored[0]["mahalanobis_squared"], scored[1]["mahalanobis_squared"])

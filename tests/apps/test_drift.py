@@ -79,3 +79,34 @@ def test_simulate_refuses_bad_window_options(tmp_path):
         result = CliRunner().invoke(app, ["simulate", *args, "--out", str(tmp_path / "x")])
         assert result.exit_code == 2, (args, result.output)
     assert not (tmp_path / "x").exists()
+
+
+def test_simulate_scenario_drift_runs_the_scoring_mode_it_is_given(tmp_path, monkeypatch):
+    # --scoring was accepted and silently ignored there: both runs used the default mode
+    import swarmguard.api.detector as detector_module
+
+    made = []
+    real = detector_module.DistributedBehavioralDetector
+
+    def spy(*args, **kwargs):
+        det = real(*args, **kwargs)
+        made.append(det.settings.scoring)
+        return det
+    monkeypatch.setattr(detector_module, "DistributedBehavioralDetector", spy)
+    out = tmp_path / "drift"
+    result = CliRunner().invoke(app, ["simulate", "--scenario", "drift", "--agents", "1000", "--rounds", "3",
+                                      "--scoring", "robust", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert made == ["robust", "robust"]
+    data = json.loads((out / "drift.json").read_text())
+    assert data["with_window"]["config"]["scoring"] == "robust"
+
+
+def test_a_scoring_mode_that_is_no_string_is_refused_with_a_typed_error():
+    # ["robust"] in the registry raised TypeError (unhashable), not the options' InvalidInputError
+    import pytest
+
+    from swarmguard.errors import InvalidInputError
+    for config in (DriftConfig(scoring=["robust"]), ScenarioConfig(scoring=["robust"]), DriftConfig(scoring="fancy")):
+        with pytest.raises(InvalidInputError, match="--scoring"):
+            config.validate()

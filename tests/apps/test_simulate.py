@@ -283,3 +283,35 @@ def test_the_report_gives_the_anomaly_flags_realised_fdr_and_calibration_lowers_
         assert det["flags_fdr_level"] == 0.01
     assert calibrated["detection"]["flags_realised_fdr"] < plain["detection"]["flags_realised_fdr"]
     assert calibrated["detection"]["recall"] >= plain["detection"]["recall"] - 0.01
+
+
+def test_the_why_of_an_isolation_under_robust_scoring_is_the_level_and_distance_the_detector_used():
+    # With scoring="robust" the report explained isolations from the full moments: an agent the
+    # cluster's trimmed moments isolated was reported at the population level, with a p-value
+    # (0.73) that could not have isolated it.
+    import types
+
+    from swarmguard import DistributedBehavioralDetector
+    from swarmguard.apps.simulate import _newly_isolated
+
+    rng = np.random.default_rng(0)
+    n = 400
+    cl = np.repeat([0, 1], n // 2)
+    X = rng.normal(size=(n, 2))
+    X[cl == 1] += 40.0
+    X[:20] = rng.normal(size=(20, 2)) * 0.3 + np.array([0.0, 9.0])   # a group that masks inside cluster 0
+    X[25] = [4.5, 4.5]          # far from cluster 0's kept members, inside its full ellipsoid
+    names = np.array([f"cluster-{k}" for k in cl])
+    det = DistributedBehavioralDetector(feature_dimensions=2, scoring="robust", score_levels="all", fdr=None,
+                                        significance_level=1e-3, warm_up=10, clock=lambda: 0.0)
+    ids = np.arange(n)
+    res = det.process_round(ids, X, ["r"] * n, cohorts=names, timestamp=0.0)
+    own = det.protocol.score_many(ids, fdr=None, explain=True)
+    level = own["levels"][("cluster-0",)]
+    at = int(np.flatnonzero(level["rows"] == 25)[0])
+    assert own["decision_p_value"][25] == pytest.approx(2 * level["p_value"][at], rel=1e-9)   # the cluster decided
+    sc = types.SimpleNamespace(agent_ids=ids, region_names=np.array(["r"] * n), cluster_index=cl)
+    (agent,) = _newly_isolated(det, sc, 0, X, res, np.array([25]), names, np.zeros(n, dtype=bool))
+    assert agent.level == "cluster-0"
+    assert agent.mahalanobis_squared == pytest.approx(level["mahalanobis_squared"][at], rel=1e-12)
+    assert min(1.0, 2 * agent.p_value) == pytest.approx(agent.decision_p_value, rel=1e-9)

@@ -133,3 +133,28 @@ def test_realised_fdr_is_at_most_q_on_a_heavy_tailed_population(seed, q):
     fdr, recall = _stream(seed, q)
     assert fdr <= q
     assert recall >= 0.95
+
+
+def test_scores_beyond_float32_are_the_largest_not_an_error():
+    # a robust distance of a far outlier against near-singular trimmed moments passed 3.4e38
+    # and the null refused it -- after the round had been written to the tree
+    null = ScoreNull(min_null=3)
+    assert null.admit(np.array([1.0, 2.0, 3.0, 1e39])) == 4
+    np.testing.assert_array_equal(null.p_values(np.array([2.5, 1e39, 1e300])), [3 / 5, 2 / 5, 2 / 5])
+    np.testing.assert_array_equal(null.p_values(np.array([4.0])), [2 / 5])
+
+
+def test_after_a_per_member_cut_the_expected_false_flags_go_back_in():
+    null = ScoreNull(min_null=2)
+    null.admit(np.array([1.0, 2.0]))
+    s = np.arange(100, dtype=float)                 # 100 members, the top 10 flagged
+    flagged = s >= 90
+    # a cut at alpha = 0.05 flags about 0.05 * 100 = 5 normal members: the 5 lowest flags go back
+    # (ceil(0.05 * 10) = 1 would leave four of the expected false ones out)
+    assert null.admit(s, flagged, alpha=0.05) == 90 + 5
+    np.testing.assert_array_equal(null.p_values(np.array([94.0, 95.0])), [2 / 98, 1 / 98])
+    before = null.to_bytes()
+    for bad in (-0.1, 1.5, "0.05"):
+        with pytest.raises(InvalidInputError):
+            null.admit(s, flagged, alpha=bad)
+    assert null.to_bytes() == before

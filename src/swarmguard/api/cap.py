@@ -198,6 +198,54 @@ def widened_threshold(threshold: float, confidence_factor: float, *, squared: bo
     return threshold / (cf * cf if squared else cf)
 
 
+@dataclass(frozen=True)
+class CapSettings:
+    """:class:`~swarmguard.api.cap.StatisticalCAPResolver`'s checked settings (``z``: the
+    normal quantile of ``confidence_level``; ``regions``: the declared region names)."""
+
+    consistency_model: ConsistencyModel
+    max_staleness_seconds: float
+    confidence_decay_rate: float
+    confidence_level: float
+    z: float
+    feature_dimensions: int | None
+    sync_interval_seconds: float | None
+    auto_sync_seconds: float | None
+    regions: tuple[str, ...]
+    dedup_window: int
+
+
+def validate_cap_settings(consistency_model: Any = ConsistencyModel.STATISTICAL, max_staleness_seconds: Any = 5.0,
+                          confidence_decay_rate: Any = 0.1, clock: Callable[[], float] | None = None, *,
+                          regions: Iterable[str] | None = None, feature_dimensions: Any = None,
+                          confidence_level: Any = 0.95, sync_interval_seconds: Any = None,
+                          auto_sync_seconds: Any = 1.0, dedup_window: Any = DEFAULT_DEDUP_WINDOW) -> CapSettings:
+    """Check the resolver's constructor arguments as the resolver does."""
+    dedup_window = check_positive_int(dedup_window, "dedup_window")
+    consistency_model = ConsistencyModel.coerce(consistency_model)
+    max_staleness_seconds = check_nonnegative_float(max_staleness_seconds, "max_staleness_seconds")
+    confidence_decay_rate = check_nonnegative_float(confidence_decay_rate, "confidence_decay_rate")
+    if clock is not None and not callable(clock):
+        raise InvalidTypeError("clock must be a callable returning seconds")
+    confidence_level = check_fraction(confidence_level, "confidence_level", low_open=True, high_open=True)
+    z = NormalDist().inv_cdf(0.5 + confidence_level / 2)
+    feature_dimensions = None if feature_dimensions is None else check_positive_int(
+        feature_dimensions, "feature_dimensions")
+    if sync_interval_seconds is not None:
+        sync_interval_seconds = check_finite_float(sync_interval_seconds, "sync_interval_seconds")
+        if sync_interval_seconds <= 0:
+            raise InvalidInputError("sync_interval_seconds must be > 0")
+    if auto_sync_seconds is not None:
+        auto_sync_seconds = check_finite_float(auto_sync_seconds, "auto_sync_seconds")
+        if auto_sync_seconds <= 0:
+            raise InvalidInputError("auto_sync_seconds must be > 0 (or None to turn it off)")
+    names = [] if regions is None else [check_region_name(r) for r in regions]
+    if len(set(names)) != len(names):
+        raise InvalidInputError(f"regions repeat a name: {names}")
+    return CapSettings(consistency_model, max_staleness_seconds, confidence_decay_rate, confidence_level, z,
+                       feature_dimensions, sync_interval_seconds, auto_sync_seconds, tuple(names), dedup_window)
+
+
 class StatisticalCAPResolver(Locked):
     """Region replicas with statistical consistency (the guide's Solution 3).
 
@@ -269,28 +317,20 @@ class StatisticalCAPResolver(Locked):
         dedup_window: int = DEFAULT_DEDUP_WINDOW,
     ):
         super().__init__()
-        self.dedup_window = check_positive_int(dedup_window, "dedup_window")
-        self.consistency_model = ConsistencyModel.coerce(consistency_model)
-        self.max_staleness_seconds = check_nonnegative_float(max_staleness_seconds, "max_staleness_seconds")
-        self.confidence_decay_rate = check_nonnegative_float(confidence_decay_rate, "confidence_decay_rate")
-        if clock is not None and not callable(clock):
-            raise InvalidTypeError("clock must be a callable returning seconds")
-        self.confidence_level = check_fraction(confidence_level, "confidence_level",
-                                               low_open=True, high_open=True)
-        self._z = NormalDist().inv_cdf(0.5 + self.confidence_level / 2)
-        self._dim = None if feature_dimensions is None else check_positive_int(
-            feature_dimensions, "feature_dimensions")
-        if sync_interval_seconds is not None:
-            sync_interval_seconds = check_finite_float(sync_interval_seconds, "sync_interval_seconds")
-            if sync_interval_seconds <= 0:
-                raise InvalidInputError("sync_interval_seconds must be > 0")
-        if auto_sync_seconds is not None:
-            auto_sync_seconds = check_finite_float(auto_sync_seconds, "auto_sync_seconds")
-            if auto_sync_seconds <= 0:
-                raise InvalidInputError("auto_sync_seconds must be > 0 (or None to turn it off)")
-        names = [] if regions is None else [check_region_name(r) for r in regions]
-        if len(set(names)) != len(names):
-            raise InvalidInputError(f"regions repeat a name: {names}")
+        checked = validate_cap_settings(consistency_model, max_staleness_seconds, confidence_decay_rate, clock,
+                                        regions=regions, feature_dimensions=feature_dimensions,
+                                        confidence_level=confidence_level,
+                                        sync_interval_seconds=sync_interval_seconds,
+                                        auto_sync_seconds=auto_sync_seconds, dedup_window=dedup_window)
+        self.dedup_window = checked.dedup_window
+        self.consistency_model = checked.consistency_model
+        self.max_staleness_seconds = checked.max_staleness_seconds
+        self.confidence_decay_rate = checked.confidence_decay_rate
+        self.confidence_level = checked.confidence_level
+        self._z = checked.z
+        self._dim = checked.feature_dimensions
+        sync_interval_seconds, auto_sync_seconds = checked.sync_interval_seconds, checked.auto_sync_seconds
+        names = list(checked.regions)
         self.sync_interval_seconds = sync_interval_seconds
         self.auto_sync_seconds = auto_sync_seconds
         self._sleep = sleep   # None: asyncio.sleep, looked up when the background task runs

@@ -17,25 +17,20 @@ swarmguard.errors.InvalidInputError: branching_factor must be >= 2, got 1
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any
 
 from ..errors import InvalidInputError, InvalidTypeError
-from ..structures.replica import DEFAULT_DEDUP_WINDOW
 from ..structures.scoring import MIN_POPULATION
 from ..structures.scoring_modes import DEFAULT_SCORING, check_scoring
 from ..validation import (
-    check_finite_float,
     check_fraction,
     check_key,
-    check_nonnegative_float,
     check_positive_int,
 )
-from ..values.version_vector import check_region_name
-from .cap import ConsistencyModel
-from .tree import MAX_BRANCHING
+from .cap import CapSettings, validate_cap_settings
+from .tree import TreeSettings, validate_tree_settings
 
 __all__ = [
     "TreeSettings", "ProtocolSettings", "ConsensusSettings", "CapSettings",
@@ -46,29 +41,6 @@ __all__ = [
 AGGREGATIONS = ("robust", "sum")
 PROBATION_EVIDENCE = 10  # the probation bar: pieces to end the founding, covered agents to earn a vote
 FOUNDING_QUORUM = 3      # untrusted sources that must have been seen before the founding can end
-
-
-@dataclass(frozen=True)
-class TreeSettings:
-    """:class:`~swarmguard.api.tree.HierarchicalStatisticalTree`'s checked settings."""
-
-    branching_factor: int
-    feature_dimensions: int | None
-    recompute_every: int
-    window_rounds: int | None
-
-
-def validate_tree_settings(branching_factor: Any = 10, feature_dimensions: Any = None, *,
-                           recompute_every: Any = 65536, window_rounds: Any = None) -> TreeSettings:
-    """Check the tree's constructor arguments as the tree does."""
-    branching_factor = check_positive_int(branching_factor, "branching_factor", minimum=2)
-    if branching_factor > MAX_BRANCHING:
-        raise InvalidInputError(f"branching_factor must be <= {MAX_BRANCHING}, got {branching_factor}")
-    if feature_dimensions is not None:
-        feature_dimensions = check_positive_int(feature_dimensions, "feature_dimensions")
-    recompute_every = check_positive_int(recompute_every, "recompute_every")
-    window_rounds = None if window_rounds is None else check_positive_int(window_rounds, "window_rounds")
-    return TreeSettings(branching_factor, feature_dimensions, recompute_every, window_rounds)
 
 
 @dataclass(frozen=True)
@@ -147,51 +119,3 @@ def validate_consensus_settings(byzantine_threshold: Any = 0.33, partition_size:
     return ConsensusSettings(byzantine_threshold, partition_size, prior_probability, aggregation, false_flag_rate,
                              min_sources, reputation_refresh_limit, trusted_set, probation_evidence,
                              founding_quorum)
-
-
-@dataclass(frozen=True)
-class CapSettings:
-    """:class:`~swarmguard.api.cap.StatisticalCAPResolver`'s checked settings (``z``: the
-    normal quantile of ``confidence_level``; ``regions``: the declared region names)."""
-
-    consistency_model: ConsistencyModel
-    max_staleness_seconds: float
-    confidence_decay_rate: float
-    confidence_level: float
-    z: float
-    feature_dimensions: int | None
-    sync_interval_seconds: float | None
-    auto_sync_seconds: float | None
-    regions: tuple[str, ...]
-    dedup_window: int
-
-
-def validate_cap_settings(consistency_model: Any = ConsistencyModel.STATISTICAL, max_staleness_seconds: Any = 5.0,
-                          confidence_decay_rate: Any = 0.1, clock: Callable[[], float] | None = None, *,
-                          regions: Iterable[str] | None = None, feature_dimensions: Any = None,
-                          confidence_level: Any = 0.95, sync_interval_seconds: Any = None,
-                          auto_sync_seconds: Any = 1.0, dedup_window: Any = DEFAULT_DEDUP_WINDOW) -> CapSettings:
-    """Check the resolver's constructor arguments as the resolver does."""
-    dedup_window = check_positive_int(dedup_window, "dedup_window")
-    consistency_model = ConsistencyModel.coerce(consistency_model)
-    max_staleness_seconds = check_nonnegative_float(max_staleness_seconds, "max_staleness_seconds")
-    confidence_decay_rate = check_nonnegative_float(confidence_decay_rate, "confidence_decay_rate")
-    if clock is not None and not callable(clock):
-        raise InvalidTypeError("clock must be a callable returning seconds")
-    confidence_level = check_fraction(confidence_level, "confidence_level", low_open=True, high_open=True)
-    z = NormalDist().inv_cdf(0.5 + confidence_level / 2)
-    feature_dimensions = None if feature_dimensions is None else check_positive_int(
-        feature_dimensions, "feature_dimensions")
-    if sync_interval_seconds is not None:
-        sync_interval_seconds = check_finite_float(sync_interval_seconds, "sync_interval_seconds")
-        if sync_interval_seconds <= 0:
-            raise InvalidInputError("sync_interval_seconds must be > 0")
-    if auto_sync_seconds is not None:
-        auto_sync_seconds = check_finite_float(auto_sync_seconds, "auto_sync_seconds")
-        if auto_sync_seconds <= 0:
-            raise InvalidInputError("auto_sync_seconds must be > 0 (or None to turn it off)")
-    names = [] if regions is None else [check_region_name(r) for r in regions]
-    if len(set(names)) != len(names):
-        raise InvalidInputError(f"regions repeat a name: {names}")
-    return CapSettings(consistency_model, max_staleness_seconds, confidence_decay_rate, confidence_level, z,
-                       feature_dimensions, sync_interval_seconds, auto_sync_seconds, tuple(names), dedup_window)

@@ -116,7 +116,7 @@ class BehavioralDistributedProtocol(Locked):
         (:meth:`update_and_score_many` admits each round's scores after its
         decision), ``(1 + #{null >= s}) / (n_null + 1)``, once the null holds
         1,000 scores; until then the mode's own p-value decides. Cohort levels
-        keep their own p-values; the per-item path too. The batch reports
+        keep their own p-values; the per-item path too, in every mode. The batch reports
         ``parametric_p_value`` (the mode's) and ``null_score`` (what the null holds:
         the distance, or ``-log p`` for the tail modes).
     scoring : str, default "mahalanobis"
@@ -128,7 +128,8 @@ class BehavioralDistributedProtocol(Locked):
         with ``window_rounds`` is scored against its *windowed* moments (the
         members written in the last rounds, :mod:`swarmguard.structures.window`):
         members inside the window leave-one-out, stale members as outsiders
-        (with ``"robust"``, the trimmed moments of the members inside); stale
+        (with ``"robust"``, the trimmed moments of the members inside; with
+        ``"tails"``/``"fused"``, sketches of the members inside); stale
         members are scored but never flagged, nor counted in the FDR procedure
         (``in_window`` in the results).
 
@@ -226,6 +227,10 @@ class BehavioralDistributedProtocol(Locked):
         (trimmed moments, or windowed ones), or None when agents are scored against all members."""
         tree = self.tree
         if self.scoring in TRIMMED_MODES:
+            if tree._trim is None:
+                # a tree swapped in after construction (``protocol.tree = other``, as code written
+                # against the guide does) has not been asked for its trimmed moments yet
+                tree.keep_trimmed_moments()
             return tree._trim.tree, tree._trim.kept, tree._trimmed_state, TRIM_QUANTILE
         if tree._win is not None:
             return tree._win.tree, tree._win.inside, tree._window_state, None
@@ -297,20 +302,26 @@ class BehavioralDistributedProtocol(Locked):
                 "warming_up": not warm,
                 "feature_contributions": shares,
             })
-        top = levels[0]
         live = [lv["p_value"] for lv in levels if not lv["warming_up"]]
+        decision_p = min(1.0, min(live) * len(level_ids)) if live else 1.0
+        return self._item_result(agent_id, levels, decision_p, thr2, alpha, cohorts.paths[own])
+
+    def _item_result(self, agent_id: Hashable, levels: list[dict[str, Any]], decision_p: float, thr2: float,
+                     alpha: float, cohort: Path) -> dict[str, Any]:
+        """The per-item score dict of one agent from its levels' scores (``levels[0]``: the population)."""
+        top = levels[0]
         return {
             "agent_id": agent_id,
             "is_anomaly": any(lv["is_anomaly"] for lv in levels),
             "mahalanobis_distance": top["mahalanobis_distance"],
             "mahalanobis_squared": top["mahalanobis_squared"],
             "p_value": top["p_value"],
-            "decision_p_value": min(1.0, min(live) * len(level_ids)) if live else 1.0,
+            "decision_p_value": decision_p,
             "threshold": math.sqrt(thr2),
             "threshold_squared": thr2,
             "significance_level": alpha,
             "decision_cutoff": self.significance_level,
-            "cohort": cohorts.paths[own],
+            "cohort": cohort,
             "population_count": top["count"],
             "warming_up": top["warming_up"],
             "feature_contributions": top["feature_contributions"],
@@ -327,7 +338,9 @@ class BehavioralDistributedProtocol(Locked):
         thr2 = _chi2_threshold(alpha, x.shape[0])
         ids = np.empty(1, dtype=object)
         ids[0] = agent_id
-        res = self._score_slots(ids, np.array([slot]), None, True, rows=x[None, :], flush=False)
+        # the per-item path keeps the mode's own p-values in every mode (calibration is a batch's,
+        # documented; the hot path of the plain mode has none either)
+        res = self._score_slots(ids, np.array([slot]), None, True, rows=x[None, :], flush=False, calibrate=False)
         pop_warming = bool(res["levels"][()]["warming_up"]) if "levels" in res else bool(res["warming_up"])
         levels = [{"cohort": (), "count": res["population_count"],
                    "mahalanobis_squared": float(res["mahalanobis_squared"][0]),
@@ -352,24 +365,8 @@ class BehavioralDistributedProtocol(Locked):
             if not extra["in_window"]:
                 for lv in levels:
                     lv["is_anomaly"] = False
-        top = levels[0]
-        return extra | {
-            "agent_id": agent_id,
-            "is_anomaly": any(lv["is_anomaly"] for lv in levels),
-            "mahalanobis_distance": top["mahalanobis_distance"],
-            "mahalanobis_squared": top["mahalanobis_squared"],
-            "p_value": top["p_value"],
-            "decision_p_value": float(res["decision_p_value"][0]),
-            "threshold": math.sqrt(thr2),
-            "threshold_squared": thr2,
-            "significance_level": alpha,
-            "decision_cutoff": self.significance_level,
-            "cohort": cohorts.paths[own],
-            "population_count": top["count"],
-            "warming_up": top["warming_up"],
-            "feature_contributions": top["feature_contributions"],
-            "levels": levels,
-        }
+        return extra | self._item_result(agent_id, levels, float(res["decision_p_value"][0]), thr2, alpha,
+                                         cohorts.paths[own])
 
     @synchronized_with("tree")
     def score_vectors(self, X: Any) -> dict[str, Any]:
@@ -402,7 +399,9 @@ class BehavioralDistributedProtocol(Locked):
             scorer = TrimmedScorer(n, off, m2, self.shrinkage, quantile=None)
         d2 = scorer.score_many(E, np.zeros(X.shape[0], dtype=bool)) if scorer.ok else np.zeros(X.shape[0])
         p = chi2_sf(d2, X.shape[1])
-        warm = bool(n_warm >= self.warm_up and scorer.ok)
+        # the moments scored against must hold a covariance (>= 3 members), as a cohort's must
+        # (_trimmed_group_scorer): trimmed moments can be far smaller than the population
+        warm = bool(n_warm >= self.warm_up and scorer.ok and scorer.inside.ok)
         extra: dict[str, Any] = {}
         if self.scoring in SKETCH_MODES:      # vectors from outside: counted in, (W + 1) / (n + 1)
             p, extra = self._with_tails(p, tree._tree.deviations(X), 0, members=False)
@@ -447,18 +446,23 @@ class BehavioralDistributedProtocol(Locked):
         out = self._score_slots(ids, slots, fdr_level, explain, rows=rows)
         if self.null is not None:
             # the round's members enter the null after its decision, flags left out (but the
-            # ceil(q R) lowest, the expected false ones: swarmguard.structures.score_null)
-            q = fdr_level if fdr_level is not None else self.significance_level
-            self.null.admit(out["null_score"], out["is_anomaly"] if self.null.warm else None, q)
+            # expected false ones, the lowest: ceil(q R) under BH, ceil(alpha m) under a
+            # per-member cut -- swarmguard.structures.score_null)
+            flagged = out["is_anomaly"] if self.null.warm else None
+            if fdr_level is not None:
+                self.null.admit(out["null_score"], flagged, fdr_level)
+            else:
+                self.null.admit(out["null_score"], flagged, alpha=self.significance_level)
         return out
 
     def _resolve_fdr(self, fdr: Any) -> float | None:
         return resolve_fdr(fdr, self.fdr)
 
     def _score_slots(self, ids: np.ndarray, slots: np.ndarray, fdr: Any, explain: bool,
-                     rows: Any = None, flush: bool = True) -> dict[str, Any]:
+                     rows: Any = None, flush: bool = True, calibrate: bool = True) -> dict[str, Any]:
         """Score the agents at ``slots``; ``rows`` may hold their vectors (just written).
-        ``flush=False`` (the per-item path): the roots as they are, current to the last change."""
+        ``flush=False`` (the per-item path): the roots as they are, current to the last change.
+        ``calibrate=False`` (the per-item path): the mode's own p-values, never the null's."""
         q = self._resolve_fdr(fdr)
         tree = self.tree
         if flush:
@@ -492,13 +496,16 @@ class BehavioralDistributedProtocol(Locked):
         calibrated = False
         if self.scoring in SKETCH_MODES:
             DT = tree._tree.deviations(rows if rows is not None else np.take(tree._tree.X, slots, axis=0))
-            p, tail_out = self._with_tails(p, DT, 0, members=True)
+            # with a window the sketches hold its members only: a stale member's value is not in
+            # them and is counted in as an outsider's, (W + 1) / (n + 1), as its distance is
+            sketched = True if tree._win is None else tree._win.inside(slots)
+            p, tail_out = self._with_tails(p, DT, 0, members=sketched)
             feature_scores = tail_out.pop("_feature_scores")
             if explain and self.scoring == "tails":      # each feature's share of the tail score
                 shares = feature_scores
             out.update(tail_out)
-            score_group = self._tail_group_scorer(score_group, DT)
-        if self.null is not None:
+            score_group = self._tail_group_scorer(score_group, DT, sketched)
+        if self.null is not None and calibrate:
             null_score = d2 if self.scoring not in SKETCH_MODES else -np.log(np.maximum(p, 1e-300))
             out["null_score"] = null_score
             p_cal = self.null.p_values(null_score)
@@ -510,7 +517,7 @@ class BehavioralDistributedProtocol(Locked):
             if subset is not None:
                 trimmed_counts = {}
                 trimmed = self._trimmed_group_scorer(kept, trimmed_counts)
-                score_group = self._tail_group_scorer(trimmed, DT) if self.scoring in SKETCH_MODES else trimmed
+                score_group = self._tail_group_scorer(trimmed, DT, sketched) if self.scoring in SKETCH_MODES else trimmed
             groups = self._cohort_groups(slots, DX, trimmed_counts)
             decision_p, any_warm, _, levels = combine_levels(p, warm, groups, self.shrinkage, self.warm_up,
                                                              score=score_group)
@@ -567,7 +574,8 @@ class BehavioralDistributedProtocol(Locked):
         scorer = TrimmedScorer(n_t, off, m2, self.shrinkage, quantile=quantile)
         res = scorer.score_many(DX - off, kept, explain=explain)
         d2, shares = res if explain else (res, None)
-        warm = bool(self._warm_count(n_pop) >= self.warm_up and scorer.ok)
+        # as a cohort's level: kept members are scored leave-one-out, which needs >= 3 of them
+        warm = bool(self._warm_count(n_pop) >= self.warm_up and scorer.inside.ok)
         return d2, chi2_sf(d2, DX.shape[1]), warm, shares, DX, kept
 
     def _warm_count(self, n_members: float) -> float:
@@ -585,7 +593,7 @@ class BehavioralDistributedProtocol(Locked):
         return p, {"tail_score": ev.score, "tail_p_value": ev.p_value, "distance_p_value": p_distance,
                    "_feature_scores": ev.feature_scores}
 
-    def _tail_group_scorer(self, distance_scorer: Any, DT: np.ndarray):
+    def _tail_group_scorer(self, distance_scorer: Any, DT: np.ndarray, sketched: Any = True):
         """For :func:`combine_levels`: a cohort's rows with the mode's p-value against the cohort's sketches."""
         if self.score_levels != "all":
             return distance_scorer
@@ -598,7 +606,8 @@ class BehavioralDistributedProtocol(Locked):
                 cd2, ok = sc.score_many(E), sc.ok
             else:
                 cd2, ok = distance_scorer(key, rows, count, offset, m2, E)[:2]
-            p, _ = self._with_tails(chi2_sf(cd2, E.shape[1]), DT[rows], cohorts.id_of[key], members=True)
+            members = sketched if np.ndim(sketched) == 0 else sketched[rows]
+            p, _ = self._with_tails(chi2_sf(cd2, E.shape[1]), DT[rows], cohorts.id_of[key], members=members)
             return cd2, ok, p
         return score
 

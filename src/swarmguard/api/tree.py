@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,29 @@ def _page_levels(b: int) -> int:
     while size * b <= _PAGE_TARGET:
         levels, size = levels + 1, size * b
     return levels
+
+
+@dataclass(frozen=True)
+class TreeSettings:
+    """:class:`~swarmguard.api.tree.HierarchicalStatisticalTree`'s checked settings."""
+
+    branching_factor: int
+    feature_dimensions: int | None
+    recompute_every: int
+    window_rounds: int | None
+
+
+def validate_tree_settings(branching_factor: Any = 10, feature_dimensions: Any = None, *,
+                           recompute_every: Any = 65536, window_rounds: Any = None) -> TreeSettings:
+    """Check the tree's constructor arguments as the tree does."""
+    branching_factor = check_positive_int(branching_factor, "branching_factor", minimum=2)
+    if branching_factor > MAX_BRANCHING:
+        raise InvalidInputError(f"branching_factor must be <= {MAX_BRANCHING}, got {branching_factor}")
+    if feature_dimensions is not None:
+        feature_dimensions = check_positive_int(feature_dimensions, "feature_dimensions")
+    recompute_every = check_positive_int(recompute_every, "recompute_every")
+    window_rounds = None if window_rounds is None else check_positive_int(window_rounds, "window_rounds")
+    return TreeSettings(branching_factor, feature_dimensions, recompute_every, window_rounds)
 
 
 class HierarchicalStatisticalTree(Locked):
@@ -109,13 +133,12 @@ class HierarchicalStatisticalTree(Locked):
         window_rounds: int | None = None,
     ):
         super().__init__()
-        self.branching_factor = check_positive_int(branching_factor, "branching_factor", minimum=2)
-        if self.branching_factor > MAX_BRANCHING:
-            raise InvalidInputError(f"branching_factor must be <= {MAX_BRANCHING}, got {branching_factor}")
-        if feature_dimensions is not None:
-            feature_dimensions = check_positive_int(feature_dimensions, "feature_dimensions")
-        self.recompute_every = check_positive_int(recompute_every, "recompute_every")
-        self.window_rounds = None if window_rounds is None else check_positive_int(window_rounds, "window_rounds")
+        checked = validate_tree_settings(branching_factor, feature_dimensions, recompute_every=recompute_every,
+                                         window_rounds=window_rounds)
+        self.branching_factor = checked.branching_factor
+        feature_dimensions = checked.feature_dimensions
+        self.recompute_every = checked.recompute_every
+        self.window_rounds = checked.window_rounds
         self._win: WindowedMoments | None = None    # windowed moments, when window_rounds is given
         self._dim = feature_dimensions
         self._page_levels = _page_levels(self.branching_factor)
@@ -600,12 +623,14 @@ class HierarchicalStatisticalTree(Locked):
             self._trim.rejudge(self._judged_tree())
             self.version += 1
 
+    def _state_in(self, sub: SlotTree, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
+        """(count, offset, M2) of cohort ``cid``'s members in ``sub`` (a second slot tree of the
+        same layout: trimmed or windowed moments), in ``sub``'s units."""
+        return sub.root_state() if cid == 0 else sub.covered_state(self._cover(cid))
+
     def _trimmed_state(self, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
         """(count, offset, M2) of cohort ``cid``'s kept members, in the trimmed tree's units."""
-        sub = self._trim.tree
-        if cid == 0:
-            return sub.root_state()
-        return sub.covered_state(self._cover(cid))
+        return self._state_in(self._trim.tree, cid)
 
     @synchronized
     def get_trimmed_statistics(self, path: Any = (), ddof: int = 1) -> dict[str, Any]:
@@ -648,6 +673,8 @@ class HierarchicalStatisticalTree(Locked):
         gone = self._win.advance()
         if self._trim is not None:     # trimmed moments are the kept members *of the window*
             self._trim.clear(gone)
+        if self._sketches is not None and np.size(gone):   # so are the tail sketches' members
+            self._sketches.mark(gone)
 
     def _judged_tree(self):
         """The slot tree trimmed members are judged against and drawn from: the window's
@@ -656,10 +683,7 @@ class HierarchicalStatisticalTree(Locked):
 
     def _window_state(self, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
         """(count, offset, M2) of cohort ``cid``'s members inside the window, in the window tree's units."""
-        sub = self._win.tree
-        if cid == 0:
-            return sub.root_state()
-        return sub.covered_state(self._cover(cid))
+        return self._state_in(self._win.tree, cid)
 
     @synchronized
     def in_window(self, agent_ids: Any) -> np.ndarray:
@@ -702,7 +726,14 @@ class HierarchicalStatisticalTree(Locked):
     def _fresh_sketches(self) -> SketchTree:
         # no flush: the slots' vectors, units and the root's count are current after every change
         t = self._tree
-        self._sketches.refresh(t.X, t.occupied, t.shift, t.unit, members=t.root_state()[0])
+        if self._win is None:
+            self._sketches.refresh(t.X, t.occupied, t.shift, t.unit, members=t.root_state()[0])
+        else:
+            # a window: the sketches hold the members inside it, as the windowed moments do (the
+            # distance and the tails are read from the same population); _advance_window marks
+            # the pages of the members that leave
+            w = self._win.tree
+            self._sketches.refresh(t.X, t.occupied, t.shift, t.unit, members=w.root_state()[0], inside=w.occupied)
         return self._sketches
 
     def _tail_sketches(self, cid: int):
@@ -763,17 +794,28 @@ class HierarchicalStatisticalTree(Locked):
         window = None
         if "window_rounds" in state:
             try:
-                window = int(np.asarray(state["window_rounds"]))
-                round_now = int(np.asarray(state["window_round"]))
+                window_field = np.asarray(state["window_rounds"])
+                round_field = np.asarray(state["window_round"])
                 last = np.asarray(state["window_last_round"])
             except KeyError as exc:
                 raise InvalidInputError(f"tree state lacks field {exc}") from exc
-            except (TypeError, ValueError) as exc:
-                raise InvalidInputError(f"tree state is malformed: {exc}") from exc
+            # whole numbers only: int() would truncate a 2.7 (or a True) into a window nobody asked for
+            for name, field in (("window_rounds", window_field), ("window_round", round_field)):
+                if field.shape != () or field.dtype.kind not in "iu":
+                    raise InvalidInputError(f"tree state's {name} must be one integer, got {field!r}")
+            window, round_now = int(window_field), int(round_field)
+            if round_now < 0:
+                raise InvalidInputError(f"tree state's window_round must be >= 0, got {round_now}")
             if last.shape != ids.shape or (last.size and (last.dtype.kind not in "iu" or last.min() < 0
                                                           or last.max() > round_now)):
                 raise InvalidInputError("tree state's window_last_round must hold one round in "
                                         f"[0, {round_now}] per agent")
+            if "trimmed_kept" in state and window >= 1:
+                # the trimmed moments are drawn from the window: a member kept there but outside the
+                # window would never expire from them (no bucket holds it)
+                kept_flags = np.asarray(state["trimmed_kept"], dtype=bool)
+                if kept_flags.shape == ids.shape and (kept_flags & (last <= round_now - window)).any():
+                    raise InvalidInputError("tree state's trimmed_kept holds members outside the window")
         tree = cls(branching, dim, window_rounds=window)
         if ids.size:
             paths = [tuple(s.split("\x1f")) if s else () for s in np.asarray(state["cohort_paths"]).tolist()]

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..structures.scoring_modes import DEFAULT_SCORING, SCORING_MODES
 
 __all__ = ["DriftConfig", "DriftRound", "DriftRun", "run_drift", "compare_drift"]
 
@@ -49,6 +50,7 @@ class DriftConfig:
     dormancy: float = 0.03
     compromised: float = 0.01
     seed: int = 0
+    scoring: str = DEFAULT_SCORING  # the detector's scoring mode in both runs (swarmguard.SCORING_MODES)
 
     def validate(self) -> DriftConfig:
         def need(cond: bool, msg: str) -> None:
@@ -61,6 +63,8 @@ class DriftConfig:
         need(0.0 < self.report_rate <= 1.0, "report rate must be in (0, 1]")
         need(0.0 <= self.dormancy < 1.0, "dormancy must be in [0, 1)")
         need(0.0 <= self.compromised < 0.5, "--compromised must be a fraction in [0, 0.5)")
+        need(isinstance(self.scoring, str) and self.scoring in SCORING_MODES,   # a list is no mode (nor hashable)
+             f"--scoring must be one of {list(SCORING_MODES)}")
         return self
 
 
@@ -168,7 +172,7 @@ def run_drift(config: DriftConfig, window_rounds: int | None = None) -> DriftRun
     c = config.validate()
     world = _World(c)
     det = DistributedBehavioralDetector(feature_dimensions=c.features, fdr=0.01, require="anomaly",
-                                        window_rounds=window_rounds, clock=lambda: 0.0)
+                                        scoring=c.scoring, window_rounds=window_rounds, clock=lambda: 0.0)
     run = DriftRun(config=asdict(c), window_rounds=window_rounds)
     for r in range(c.rounds):
         who, X, bad_now = world.round(r)

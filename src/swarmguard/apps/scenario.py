@@ -80,7 +80,8 @@ class ScenarioConfig:
              "need 0 <= --partition-at <= --heal-at <= --rounds")
         need(self.difficulty in DIFFICULTY, f"--difficulty must be one of {sorted(DIFFICULTY)}")
         need(self.round_seconds > 0, "round seconds must be > 0")
-        need(self.scoring in SCORING_MODES, f"--scoring must be one of {list(SCORING_MODES)}")
+        need(isinstance(self.scoring, str) and self.scoring in SCORING_MODES,   # a list is no mode (nor hashable)
+             f"--scoring must be one of {list(SCORING_MODES)}")
         need(self.window_rounds is None or (isinstance(self.window_rounds, int) and self.window_rounds >= 1),
              "--window-rounds must be an integer >= 1")
         return self

@@ -20,6 +20,7 @@ from ..api.detector import DistributedBehavioralDetector
 from ..api.protocol import BehavioralData
 from ..engines import make_detector
 from ..structures.chi2 import chi2_sf
+from ..structures.scoring_modes import TRIMMED_MODES
 from .report_data import (
     DecisionRule,
     IsolatedAgent,
@@ -193,14 +194,26 @@ def _newly_isolated(det: Any, sc: Scenario, r: int, X: np.ndarray, res: dict[str
     population. The
     statistics are those the detector scored against: the population's from
     ``get_global_statistics()``, a cluster's from the round's behaviour (every
-    agent is updated each round, so each cluster holds exactly these rows).
+    agent is updated each round, so each cluster holds exactly these rows);
+    with a trimmed scoring mode (``scoring="robust"``), the detector's own
+    distances and feature parts, and a cluster's kept members' statistics.
     """
     if not rows.size:
         return []
     d = X.shape[1]
     shrinkage = det.settings.shrinkage
-    stats = det.get_global_statistics()          # the population the detector scored against
-    _, pop_shares = feature_shares(X[rows], stats["count"], stats["mean"], stats["covariance"], shrinkage)
+    trimmed = det.settings.scoring in TRIMMED_MODES
+    if trimmed:
+        # The detector scored against trimmed moments: its own distances and feature parts
+        # explain its decision (the full moments' would explain one it did not make).
+        own = det.protocol.score_many(sc.agent_ids[rows], fdr=None, explain=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            d2_own = own["mahalanobis_squared"]
+            pop_shares = np.where(d2_own[:, None] > 0, own["feature_contributions"]
+                                  / np.where(d2_own > 0, d2_own, 1.0)[:, None], 0.0)
+    else:
+        stats = det.get_global_statistics()          # the population the detector scored against
+        _, pop_shares = feature_shares(X[rows], stats["count"], stats["mean"], stats["covariance"], shrinkage)
     level = np.array(["population"] * rows.size, dtype=object)
     d2 = np.asarray(res["mahalanobis_squared"], dtype=np.float64)[rows].copy()
     p = np.asarray(res["p_value"], dtype=np.float64)[rows].copy()
@@ -215,8 +228,22 @@ def _newly_isolated(det: Any, sc: Scenario, r: int, X: np.ndarray, res: dict[str
         if members.size < 3:
             continue
         mine = np.flatnonzero(cluster[rows] == c)
-        cd2, cshares = feature_shares(X[rows[mine]], *_statistics(X[members]), shrinkage)
-        cp = chi2_sf(cd2, d)
+        if trimmed:
+            # the cluster level as the detector scored it (its trimmed moments); the parts of the
+            # distance from the cluster's kept members' statistics (shares sum to 1 either way)
+            path = (str(clusters[members[0]]),)
+            level_rows = own.get("levels", {}).get(path)
+            if level_rows is None:
+                continue
+            at = np.full(rows.size, -1, dtype=np.int64)
+            at[level_rows["rows"]] = np.arange(level_rows["rows"].size)
+            cd2 = np.asarray(level_rows["mahalanobis_squared"], dtype=np.float64)[at[mine]]
+            cp = np.asarray(level_rows["p_value"], dtype=np.float64)[at[mine]]      # the mode's own p-value
+            kept = det.tree.get_trimmed_statistics(path)
+            _, cshares = feature_shares(X[rows[mine]], kept["count"], kept["mean"], kept["covariance"], shrinkage)
+        else:
+            cd2, cshares = feature_shares(X[rows[mine]], *_statistics(X[members]), shrinkage)
+            cp = chi2_sf(cd2, d)
         # The level that decided is the one whose p-value times the number of levels (2: the
         # population and the cluster) is the decision p-value; a cluster still warming up never
         # decides, whatever its p-value, so match rather than take the smaller p.

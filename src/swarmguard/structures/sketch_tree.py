@@ -82,9 +82,13 @@ class SketchTree:
         self._forced = True
 
     def refresh(self, X: np.ndarray, occupied: np.ndarray, shift: np.ndarray, unit: np.ndarray,
-                members: float = 0.0) -> None:
+                members: float = 0.0, inside: np.ndarray | None = None) -> None:
         """Bring every marked page and its ancestors up to date with the slots' vectors ``X``
-        (per-item changes only once more than ``members // ITEM_SLACK`` are pending)."""
+        (per-item changes only once more than ``members // ITEM_SLACK`` are pending).
+
+        ``inside``: when given, only the occupied slots where it is True are sketched (a
+        window's members; slots beyond its length are outside). The caller marks the slots
+        whose ``inside`` changes."""
         units = (np.asarray(shift, dtype=np.float64).tobytes(), np.asarray(unit, dtype=np.float64).tobytes())
         if (not self._forced and units == self._units and self._levels[-1]
                 and self._pending_items <= int(members) // ITEM_SLACK):
@@ -104,6 +108,9 @@ class SketchTree:
         for p in pages.tolist():
             lo, hi = p * self.page_size, min((p + 1) * self.page_size, occupied.size)
             rows = lo + np.flatnonzero(occupied[lo:hi])
+            if inside is not None:
+                rows = rows[rows < inside.size]
+                rows = rows[inside[rows]]
             sketch = FeatureSketches(self.features, self.k)
             if rows.size:
                 sketch.update_many((X[rows] - shift) * unit)

@@ -291,8 +291,14 @@ class FeatureSketches:
         return np.where(spread > 0, (q3 + q1 - 2.0 * q2) / safe, 0.0)
 
     def _counts(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Weights at or below (left) and at or above (right) each value of ``X``."""
-        X32 = _as_float32(X)
+        """Weights at or below (left) and at or above (right) each value of ``X``.
+
+        A query beyond float32's range is read at its edge: every sketched value lies within
+        it, so the counts are the same (an outside vector far from the population must be
+        answered, not refused)."""
+        if not np.isfinite(X).all():
+            raise NonFiniteError("sketched features must be finite")
+        X32 = np.clip(X, -_FLOAT32_MAX, _FLOAT32_MAX).astype(np.float32)
         left = np.empty(X.shape)
         right = np.empty(X.shape)
         for j in range(self.features):
@@ -305,7 +311,7 @@ class FeatureSketches:
 
         ``members``: the rows belong to the sketched population (each count is
         floored at 1, the row's own value); else each is counted in,
-        ``(W + 1) / (n + 1)``.
+        ``(W + 1) / (n + 1)``. One bool for all the rows, or one per row.
 
         Raises
         ------
@@ -316,13 +322,13 @@ class FeatureSketches:
         n = float(self.count)
         if n == 0:
             raise InvalidInputError("tail probabilities of an empty population")
+        inside = np.asarray(members, dtype=bool)
+        if inside.ndim > 1 or (inside.ndim == 1 and inside.shape != (X.shape[0],)):
+            raise DimensionMismatchError(f"members must be one bool or one per row ({X.shape[0]}), got shape {inside.shape}")
+        inside = np.broadcast_to(inside, (X.shape[0],))[:, None]
         left, right = self._counts(X)
-        if members:
-            left = np.maximum(left, 1.0) / n
-            right = np.maximum(right, 1.0) / n
-        else:
-            left = (left + 1.0) / (n + 1.0)
-            right = (right + 1.0) / (n + 1.0)
+        left = np.where(inside, np.maximum(left, 1.0) / n, (left + 1.0) / (n + 1.0))
+        right = np.where(inside, np.maximum(right, 1.0) / n, (right + 1.0) / (n + 1.0))
         return TailProbabilities(np.minimum(left, 1.0), np.minimum(right, 1.0), self.quantile_skewness(),
                                  self.exact)
 

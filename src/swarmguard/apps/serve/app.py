@@ -47,7 +47,9 @@ __all__ = ["create_app", "register_router", "resolve_data_dir"]
 log = logging.getLogger("swarmguard.serve")
 
 _REGISTERED: list[APIRouter] = []
-_PUBLIC = ("/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
+_PUBLIC = ("/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc",
+           # the dashboard's page and files load while the node starts (the page then says so)
+           "/", "/dashboard/plotly.min.js", "/dashboard/dashboard.js", "/dashboard/dashboard.css")
 
 
 def register_router(router: APIRouter) -> None:
@@ -89,6 +91,7 @@ def _content_type(scope) -> str | None:
 def _route_label(path: str) -> str:
     """A bounded label for the latency histogram (agent ids and cohorts folded)."""
     path = re.sub(r"^/v1/agents/.+", "/v1/agents/{id}", path)
+    path = re.sub(r"^/v1/dashboard/agents/.+", "/v1/dashboard/agents/{id}", path)
     path = re.sub(r"^/v1/populations/.+", "/v1/populations/{cohort}", path)
     return path if path.startswith(("/v1/", "/healthz", "/readyz", "/metrics", "/docs", "/openapi")) else "other"
 
@@ -211,12 +214,15 @@ def create_app(settings: ServeSettings, node: ServeNode | None = None,
 
 
 def _optional_routers() -> list[APIRouter]:
-    """``POST /v1/traces`` when ``opentelemetry-proto`` is installed."""
+    """The dashboard (``GET /`` and ``/v1/dashboard/*``), and ``POST /v1/traces`` when
+    ``opentelemetry-proto`` is installed."""
+    from ..dashboard.routes import router as dashboard_router
+
     try:
         from ..otlp.traces import router as traces_router
     except ImportError:
-        return []
-    return [traces_router]
+        return [dashboard_router]
+    return [dashboard_router, traces_router]
 
 
 def _drain(node: ServeNode) -> None:

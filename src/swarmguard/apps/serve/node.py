@@ -20,7 +20,8 @@ request and the window's close (``POST /v1/traces`` keeps spans, and makes vecto
 only when the window closes) is an object built with the node, before the replay,
 with ``kinds`` (the log record kinds it writes), ``apply(record)`` (one of its records,
 live or replayed) and ``before_close(at)`` (called first in every window close, live
-or replayed, under the node's lock). It logs with ``node.log.append`` under
+or replayed, under the node's lock), and optionally ``after_close(at, outcomes)`` (called
+last in every window close, with the populations' :class:`~.population.WindowOutcome`). It logs with ``node.log.append`` under
 ``node.lock`` and opens the window with :meth:`ServeNode.open_window`.
 """
 
@@ -296,6 +297,10 @@ class ServeNode:
             if live:
                 self.metrics.isolations.inc(len(outcome.isolated))
             self.metrics.agents.labels(pop.name).set(len(pop.agents))
+        for extension in self.extensions:      # e.g. the dashboard's per-window history
+            after = getattr(extension, "after_close", None)
+            if after is not None:
+                after(at, outcomes)
         if live and outcomes:
             self.metrics.windows_closed.inc()
         return outcomes
@@ -388,14 +393,16 @@ class ServeNode:
 
 def node_extensions() -> list:
     """The extension factories every node is built with (module docstring): the peer
-    replication (:mod:`.peers`), and the OTLP span ingest when ``opentelemetry-proto`` is installed."""
+    replication (:mod:`.peers`), the OTLP span ingest when ``opentelemetry-proto`` is
+    installed, and the dashboard's window history."""
+    from ..dashboard.history import WindowHistory
     from .peers import PeerReplication
 
     try:
         from ..otlp.traces import SpanIngest
     except ImportError:                 # no opentelemetry-proto: no POST /v1/traces
-        return [PeerReplication]
-    return [PeerReplication, SpanIngest]
+        return [PeerReplication, WindowHistory]
+    return [PeerReplication, SpanIngest, WindowHistory]
 
 
 def _without_clashes(rows: list) -> tuple[list, list[LineError]]:

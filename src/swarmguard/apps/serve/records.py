@@ -141,6 +141,17 @@ def _dimension_error(expected: int, got: int) -> str:
     return f"features has {got} values; this node's behaviour vectors have {expected}"
 
 
+def _json_object(raw: bytes | str, fields: set[str]) -> dict:
+    """One JSON Lines line as an object with no field outside ``fields`` (``ValueError`` otherwise)."""
+    obj = json.loads(raw)
+    if not isinstance(obj, dict):
+        raise ValueError("a line must be a JSON object")
+    extra = obj.keys() - fields
+    if extra:
+        raise ValueError(f"unknown field(s): {', '.join(sorted(extra))}")
+    return obj
+
+
 def parse_behavior_lines(body: bytes, dimension: int | None) -> BehaviorBatch:
     """A JSON Lines body of ``{"agent_id", "features", "timestamp"?, "cohort"?}`` lines.
 
@@ -156,12 +167,7 @@ def parse_behavior_lines(body: bytes, dimension: int | None) -> BehaviorBatch:
     for number, raw in _lines(body):
         seen = True
         try:
-            obj = json.loads(raw)
-            if not isinstance(obj, dict):
-                raise ValueError("a line must be a JSON object")
-            extra = obj.keys() - _BEHAVIOR_FIELDS
-            if extra:
-                raise ValueError(f"unknown field(s): {', '.join(sorted(extra))}")
+            obj = _json_object(raw, _BEHAVIOR_FIELDS)
             agent = _agent_id(obj.get("agent_id"))
             features = obj.get("features")
             if not isinstance(features, list) or not features:
@@ -300,12 +306,7 @@ def parse_evidence_lines(body: bytes, source: str) -> EvidenceBatch:
     for number, raw in _lines(body):
         seen = True
         try:
-            obj = json.loads(raw)
-            if not isinstance(obj, dict):
-                raise ValueError("a line must be a JSON object")
-            extra = obj.keys() - _EVIDENCE_FIELDS
-            if extra:
-                raise ValueError(f"unknown field(s): {', '.join(sorted(extra))}")
+            obj = _json_object(raw, _EVIDENCE_FIELDS)
             named = obj.get("source_node", source)
             if named != source:
                 raise ValueError(f"source_node {named!r} is not this credential's source {source!r}")

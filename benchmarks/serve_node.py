@@ -1,0 +1,51 @@
+"""A ``swarmguard serve`` node in a subprocess on a free loopback port, for the serve benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_node(*, stop_timeout: float = 60.0) -> Iterator[str]:
+    """Start a node (one window of a day, a temporary data folder), wait until ``/readyz``
+    answers 200 (60 s at most), yield its base URL; SIGTERM its process group on exit."""
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    with tempfile.TemporaryDirectory() as folder:
+        proc = subprocess.Popen([sys.executable, "-c", "from swarmguard.cli import app; app()", "serve",
+                                 "--port", str(port), "--data-dir", folder, "--window", "86400"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            with httpx.Client(base_url=base, timeout=60) as http:
+                for _ in range(600):
+                    try:
+                        if http.get("/readyz").status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    time.sleep(0.1)
+            yield base
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=stop_timeout)

@@ -1,0 +1,165 @@
+"""``WindowHistory``: what the dashboard needs of past windows, pre-aggregated when each closes.
+
+The node keeps only each agent's latest result; the swim lanes, the calibration
+histograms, the drill-down's features over time and the regions' confidence over
+time need the past. This node extension (see :mod:`swarmguard.apps.serve.node`)
+records, after every window close (live or replayed from the durable log, so a
+restarted node shows the same history), per population:
+
+- the window's ``top_k`` most anomalous agents (severity, p-value, features) and the
+  lowest severity among them (``floor``: every agent left out scored at most that);
+- per cohort: agents scored, isolated, the largest severity and the histogram of the
+  window's p-values (``P_VALUE_BINS`` equal bins over [0, 1]);
+- the population's typical value (mean) and spread (standard deviation) per feature;
+- each region's confidence factor and staleness;
+- the window each agent was first isolated in.
+
+Memory is bounded: ``max_windows`` windows of ``top_k`` agents each, whatever the
+population's size (the browser never receives every agent).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["WindowHistory", "WindowRecord", "CohortWindow", "P_VALUE_BINS", "history_of"]
+
+P_VALUE_BINS = 20
+DEFAULT_TOP_K = 200
+DEFAULT_MAX_WINDOWS = 120
+
+
+@dataclass(frozen=True)
+class CohortWindow:
+    """One cohort in one closed window."""
+
+    agents: int
+    isolated: int
+    max_severity: int
+    p_value_counts: list[int]          # P_VALUE_BINS equal bins over [0, 1]
+
+
+@dataclass(frozen=True)
+class WindowRecord:
+    """One closed window of one population, as the dashboard shows it."""
+
+    window: int
+    at: float
+    agents: int
+    newly_isolated: int
+    top: dict[str, tuple[int, float, list[float]]]     # agent -> (severity, p_value, features)
+    floor: int                                            # lowest severity among ``top`` (0: all kept)
+    cohorts: dict[str, CohortWindow]
+    typical: list[float | None]
+    spread: list[float | None]
+    regions: dict[str, tuple[float | None, float | None]]   # region -> (confidence factor, staleness s)
+
+
+@dataclass
+class _PopulationHistory:
+    windows: deque = field(default_factory=deque)
+    first_isolated: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+
+class WindowHistory:
+    """The node extension (module docstring); it writes no log records of its own."""
+
+    kinds: tuple[str, ...] = ()
+
+    def __init__(self, node, top_k: int = DEFAULT_TOP_K, max_windows: int = DEFAULT_MAX_WINDOWS):
+        self.node = node
+        self.top_k = top_k
+        self.max_windows = max_windows
+        self.populations: dict[str, _PopulationHistory] = {}
+
+    # ---------------------------------------------------------------- extension hooks
+    def apply(self, record) -> None:  # noqa: D102 - no records of its own
+        return None
+
+    def before_close(self, at: float) -> None:  # noqa: D102
+        return None
+
+    def after_close(self, at: float, outcomes) -> None:
+        """Record every population that closed a window (called under the node's lock)."""
+        for outcome in outcomes:
+            pop = self.node.populations[outcome.population]
+            hist = self.populations.setdefault(pop.name, _PopulationHistory())
+            for agent in outcome.isolated:
+                hist.first_isolated.setdefault(agent, (outcome.window, at))
+            hist.windows.append(self._record(pop, outcome, at))
+            while len(hist.windows) > self.max_windows:
+                hist.windows.popleft()
+
+    # ---------------------------------------------------------------- reading
+    def windows(self, population: str, last: int | None = None) -> list[WindowRecord]:
+        hist = self.populations.get(population)
+        if hist is None:
+            return []
+        records = list(hist.windows)
+        return records if last is None else records[-last:]
+
+    def first_isolated(self, population: str, agent_id: str) -> tuple[int, float] | None:
+        hist = self.populations.get(population)
+        return None if hist is None else hist.first_isolated.get(agent_id)
+
+    # ---------------------------------------------------------------- recording
+    def _record(self, pop, outcome, at: float) -> WindowRecord:
+        states = [s for s in pop.agents.values() if s.window == outcome.window]
+        severity = np.fromiter((s.severity for s in states), dtype=np.int64, count=len(states))
+        p_values = np.fromiter((s.p_value for s in states), dtype=np.float64, count=len(states))
+        order = np.argsort(-severity, kind="stable")[: self.top_k]
+        top = {states[i].agent_id: (int(severity[i]), float(p_values[i]),
+                                    [float(v) for v in states[i].features]) for i in order.tolist()}
+        floor = int(severity[order[-1]]) if len(order) < len(states) and len(order) else 0
+        cohort_names = np.array([s.cohort or pop.region for s in states], dtype=object)
+        cohorts: dict[str, CohortWindow] = {}
+        for name in sorted(set(cohort_names.tolist())):
+            mask = cohort_names == name
+            counts, _ = np.histogram(np.clip(p_values[mask], 0.0, 1.0), bins=P_VALUE_BINS, range=(0.0, 1.0))
+            cohorts[name] = CohortWindow(int(mask.sum()), int(sum(s.isolated for s, m in zip(states, mask, strict=True) if m)),
+                                         int(severity[mask].max()), counts.astype(int).tolist())
+        typical, spread = _typical(pop)
+        return WindowRecord(outcome.window, at, outcome.agents, len(outcome.isolated), top, floor, cohorts,
+                            typical, spread, _regions(pop))
+
+
+def _finite(v) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _typical(pop) -> tuple[list[float | None], list[float | None]]:
+    try:
+        stats = pop.detector.tree.get_global_statistics()
+    except Exception:                   # no statistics yet: nothing typical to show
+        return [], []
+    mean = np.atleast_1d(np.asarray(stats["mean"], dtype=np.float64))
+    std = stats.get("std")
+    std = np.full(mean.shape, np.nan) if std is None else np.atleast_1d(np.asarray(std, dtype=np.float64))
+    return [_finite(v) for v in mean], [_finite(v) for v in std]
+
+
+def _regions(pop) -> dict[str, tuple[float | None, float | None]]:
+    resolver = pop.detector.cap_resolver
+    out: dict[str, tuple[float | None, float | None]] = {}
+    for region in resolver.regions:
+        try:
+            view = resolver.global_estimate(region)
+        except Exception:               # a region without a view yet
+            continue
+        cf, age = view.get("confidence_factor"), view.get("staleness_seconds")
+        out[region] = (None if cf is None else _finite(cf), None if age is None else _finite(age))
+    return out
+
+
+def history_of(node) -> WindowHistory | None:
+    """The node's :class:`WindowHistory` (None: the node was built without it)."""
+    for extension in getattr(node, "extensions", ()):
+        if isinstance(extension, WindowHistory):
+            return extension
+    return None
+
