@@ -111,19 +111,11 @@ class PeerReplication:
             if dim is None:
                 return None
             pop = self.node._population(name)
-        resolver = pop.detector.cap_resolver
-        with resolver._lock:
-            if resolver.feature_dimensions is None or self.region not in resolver.regions:
-                if dim is None:
-                    return None
-            if self.region not in resolver.regions:     # the resolver adds a region at its first write
-                resolver._add_region(self.region, resolver._now())
-            if resolver.feature_dimensions is None:
-                # a peer's agents arrive before this node's first window: the replica takes their dimension
-                resolver._set_dim(int(dim))
-                if pop.dimension is None:
-                    pop.dimension = int(dim)
-            return resolver.replica(self.region)
+        # a peer's agents may arrive before this node's first window: the replica takes their dimension
+        replica = pop.detector.cap_resolver.ensure_replica(self.region, dim)
+        if replica is not None and pop.dimension is None:
+            pop.dimension = replica.dim
+        return replica
 
     def vectors(self) -> NodeVectors:
         return self.replicas.vectors()
@@ -284,9 +276,9 @@ def view_confidence(node) -> float | None:
     now, factors = node.settings.clock(), []
     for pop in node.populations.values():
         resolver = pop.detector.cap_resolver
-        if resolver.feature_dimensions is None or node.settings.region not in resolver.regions:
+        replica = resolver.ensure_replica(node.settings.region)
+        if replica is None:
             continue
-        replica = resolver.replica(node.settings.region)
         factors.append(compute_confidence_factor(replica.region_counts(), replica.ages(now), node.settings.region,
                                                  resolver.max_staleness_seconds, resolver.confidence_decay_rate))
     return min(factors, default=1.0)
