@@ -11,6 +11,18 @@ and the evidence ledger (each row numbered by the region that accepted it).
   then applied and answered ``{"region", "version_vector", "vectors"}``: this
   node's vectors after the join, from which the sender ships next time. A
   malformed or conflicting delta is 422 and changes nothing.
+- Evidence keys and the conflict rule: the consensus keys evidence by
+  ``(source_node, evidence_id)``; the same key with the same content is one
+  evidence wherever it was posted (an observer's retry on another node counts
+  once). A node that already holds a key refuses another content under it at
+  ``POST /v1/evidence`` (that line alone). Two nodes may each accept one content
+  before they sync: then the ledger (keyed by ``(origin region, seq)``) holds both
+  rows and replicates both, and every node counts both — the row it held first
+  under the posted id, any other content under its alias, ``~`` and 32 hex digits
+  of the SHA-256 of the row's JSON (:func:`conflict_alias`, the same on every
+  node). The consensus results depend on the evidence's content, not its ids, so
+  every node converges on the same probability, log-odds and evidence count, in
+  whatever order the deltas arrive; a delta is never refused for such a conflict.
 - Anti-entropy: one thread per peer pushes the delta since that peer's last
   answer (everything, the first time: a new node gets a full state transfer)
   every ``sync_seconds`` and right after every write; as every node pushes to
@@ -35,6 +47,8 @@ Metrics: ``swarmguard_peer_bytes_shipped_total{peer}``,
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import logging
 import math
 import threading
@@ -45,7 +59,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from ...api.cap import compute_confidence_factor
-from ...errors import SwarmGuardError
+from ...errors import DuplicateEvidenceError, SwarmGuardError
 from ...structures.replica import RegionReplica
 from .auth import authenticate, requires
 from .body import read_body
@@ -54,7 +68,7 @@ from .http_errors import ApiError, one_line
 from .peer_delta import NodeVectors, PeerDelta, ReplicaSet, decode_delta
 from .tokens import ANONYMOUS
 
-__all__ = ["PeerReplication", "PeerLink", "router", "PEER_DELTA", "view_confidence", "replication_of"]
+__all__ = ["PeerReplication", "PeerLink", "router", "PEER_DELTA", "view_confidence", "replication_of", "conflict_alias"]
 
 PEER_DELTA = "peer_delta"
 log = logging.getLogger("swarmguard.serve.peers")
@@ -164,26 +178,54 @@ class PeerReplication:
                 raise ApiError(503, "the node is shutting down", code="draining", headers={"Retry-After": "5"})
             try:
                 plan = self.replicas.plan(delta)
-                new_rows = plan.new_evidence()
-                if new_rows:
-                    columns = node._evidence_columns(new_rows)
-                    for pop in node.populations.values():
-                        pop.check_evidence(columns)
+                counted = self._as_counted(plan.new_evidence())
             except SwarmGuardError as exc:
                 raise ApiError(422, f"peer delta refused, nothing changed: {one_line(exc)}", code="bad_delta") from None
             if delta.carries_state:      # durable before it is acknowledged (freshness alone is not logged)
                 node._log_append(PEER_DELTA, node.settings.clock(),
                                  {"sender": delta.sender, "delta": base64.b64encode(data).decode("ascii")})
-            self._commit(plan)
+            self._commit(plan, counted)
             return self.answer()
 
     def _join(self, delta: PeerDelta, live: bool) -> None:
-        self._commit(self.replicas.plan(delta))
+        plan = self.replicas.plan(delta)
+        self._commit(plan, self._as_counted(plan.new_evidence()))
 
-    def _commit(self, plan) -> None:
-        new_rows = self.replicas.commit(plan)
-        if new_rows:
-            columns = self.node._evidence_columns(new_rows)
+    def _as_counted(self, rows: list[list[Any]]) -> list[list[Any]]:
+        """The ledger's new rows as the consensus counts them, checked (changes nothing).
+
+        The conflict rule (module docstring): a row whose ``(source_node, evidence_id)``
+        the consensus holds with other content, or an earlier row of the same delta holds
+        with other content, is counted under its content's alias (:func:`conflict_alias`);
+        an exact repeat is counted once. Raises what the consensus raises for anything else.
+        """
+        if not rows:
+            return rows
+        pops = list(self.node.populations.values())
+        columns = self.node._evidence_columns(rows)
+        if len({(r[6], r[0]) for r in rows}) == len(rows) and _all_accept(pops, columns):
+            return rows                           # the common case: no key held with other content
+        out: list[list[Any]] = []
+        first: dict[tuple[Any, Any], str] = {}    # key -> content of the row counted under it in this delta
+        for row in rows:
+            key, content = (row[6], row[0]), _content_text(row)
+            held = first.get(key)
+            if held is None:
+                clash = not _all_accept(pops, self.node._evidence_columns([row]))
+                if not clash:
+                    first[key] = content
+            else:
+                clash = held != content
+            out.append([conflict_alias(row), *row[1:]] if clash else row)
+        columns = self.node._evidence_columns(out)
+        for pop in pops:                          # what is left must join as one batch (else: 422)
+            pop.check_evidence(columns)
+        return out
+
+    def _commit(self, plan, counted: list[list[Any]]) -> None:
+        self.replicas.commit(plan)
+        if counted:
+            columns = self.node._evidence_columns(counted)
             for pop in self.node.populations.values():
                 pop.ingest_evidence(columns)
 
@@ -259,6 +301,26 @@ class PeerReplication:
                     "version_vector": vectors.combined(), "vectors": vectors.to_json(),
                     "confidence_factor": view_confidence(node), "consistency": node.settings.consistency,
                     "populations": views}
+
+
+def conflict_alias(row: list[Any]) -> str:
+    """The evidence id a conflicting row is counted under: ``~`` and 32 hex digits of the
+    SHA-256 of its content (id included), the same on every node."""
+    return "~" + hashlib.sha256(_content_text(row).encode("utf-8")).hexdigest()[:32]
+
+
+def _content_text(row: list[Any]) -> str:
+    # JSON of the row: Python's float repr reads back bit for bit, so equal text is equal bits
+    return json.dumps(list(row), separators=(",", ":"), allow_nan=False)
+
+
+def _all_accept(pops: list, columns: tuple) -> bool:
+    try:
+        for pop in pops:
+            pop.check_evidence(columns)
+    except DuplicateEvidenceError:
+        return False
+    return True
 
 
 def replication_of(node) -> PeerReplication:
