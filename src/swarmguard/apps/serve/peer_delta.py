@@ -5,7 +5,13 @@ Wire format (schema :data:`SCHEMA_VERSION`): one ``.npz`` archive (no pickle,
 node's region), ``populations`` (their names) and ``dims`` (their feature
 dimensions), then for population ``i`` the fields of
 :meth:`~swarmguard.structures.replica.RegionReplica.delta_since` under the prefix
-``p{i}.``, and the evidence ledger's delta (:mod:`.evidence_ledger`).
+``p{i}.``, the evidence ledger's delta (:mod:`.evidence_ledger`), and
+``since.json`` (optional, uint8 UTF-8 JSON of :meth:`NodeVectors.to_json`): the
+receiver's vectors the delta was computed from. Joining a delta raises a
+replica's version vector to the sender's, so a receiver that does not hold
+``since`` (it lost its data directory, another node answers at its address)
+refuses the delta (:class:`StaleDeltaError`, HTTP 409) and the sender asks for
+its vectors again.
 
 :class:`ReplicaSet` is one node's replicated state: a
 :class:`~swarmguard.structures.replica.RegionReplica` per population (the CAP
@@ -19,13 +25,14 @@ rows it holds, so duplicated, reordered or replayed deliveries are harmless.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ...errors import DimensionMismatchError, InvalidInputError
+from ...errors import DimensionMismatchError, InvalidInputError, StaleDeltaError
 from ...structures.replica import RegionReplica
 from ...values.npz import dict_from_bytes, dict_to_bytes, int_list, int_scalar, str_list, str_scalar
 from ...values.version_vector import VersionVector, check_region_name
@@ -74,6 +81,7 @@ class PeerDelta:
     sender: str
     populations: dict[str, tuple[int, dict[str, np.ndarray]]]
     evidence: dict[str, np.ndarray]
+    since: NodeVectors | None = None        # the receiver's vectors it was made from (None: not said)
 
     def to_bytes(self) -> bytes:
         names = sorted(self.populations)
@@ -86,6 +94,9 @@ class PeerDelta:
             for key, value in self.populations[name][1].items():
                 out[f"p{i}.{key}"] = value
         out.update(self.evidence)
+        if self.since is not None:
+            blob = json.dumps(self.since.to_json(), separators=(",", ":"), sort_keys=True).encode("utf-8")
+            out["since.json"] = np.frombuffer(blob, dtype=np.uint8)
         return dict_to_bytes(out)
 
     @property
@@ -117,7 +128,16 @@ def decode_delta(data: bytes) -> PeerDelta:
         prefix = f"p{i}."
         populations[name] = (dim, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
     evidence = {k: v for k, v in state.items() if k.startswith("evidence.")}
-    return PeerDelta(sender, populations, evidence)
+    since = None
+    if "since.json" in state:
+        raw = np.asarray(state["since.json"])
+        if raw.ndim != 1 or raw.dtype != np.uint8:
+            raise InvalidInputError("since.json must be a 1-D uint8 array")
+        try:
+            since = NodeVectors.from_json(json.loads(raw.tobytes().decode("utf-8")))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidInputError(f"since.json is not JSON: {exc}") from exc
+    return PeerDelta(sender, populations, evidence, since)
 
 
 @dataclass(frozen=True)
@@ -161,13 +181,21 @@ class ReplicaSet:
         peer = peer or NodeVectors()
         pops = {n: (r.dim, r.delta_since(peer.populations.get(n, VersionVector()), now))
                 for n, r in self.replicas().items()}
-        return PeerDelta(self.region, pops, self.ledger.delta_since(peer.evidence))
+        return PeerDelta(self.region, pops, self.ledger.delta_since(peer.evidence), since=peer)
 
-    def plan(self, delta: PeerDelta) -> DeltaPlan:
-        """Check every part of ``delta`` against this state, changing nothing."""
+    def plan(self, delta: PeerDelta, require_base: bool = False) -> DeltaPlan:
+        """Check every part of ``delta`` against this state, changing nothing.
+
+        ``require_base``: refuse (:class:`~swarmguard.errors.StaleDeltaError`) a delta
+        whose ``since`` this state does not hold. A node sets it: its peers make deltas
+        from its answers, which it always holds unless it lost its data. Without it, any
+        set of deltas joins to the same state in any order once all have arrived.
+        """
         if delta.sender == self.region:
             raise InvalidInputError(f"a delta from region {delta.sender!r}, this node's own: two nodes "
                                     "may not serve one region")
+        if require_base and delta.since is not None:
+            self._check_base(delta.since)
         for name, (dim, part) in delta.populations.items():
             replica = self._replica_of(name, None)
             if replica is not None and replica.dim != dim:
@@ -176,6 +204,19 @@ class ReplicaSet:
             scratch = RegionReplica(self.region, dim)
             scratch.merge_delta(part)          # every field validated, on a throw-away replica
         return DeltaPlan(delta, self.ledger.plan(delta.evidence))
+
+    def _check_base(self, since: NodeVectors) -> None:
+        """A delta made from vectors this node does not hold (it lost its data directory, or
+        another node answers at its address) would claim what it lacks: refused."""
+        mine = self.vectors()
+        for name, vv in since.populations.items():
+            if not vv <= mine.populations.get(name, VersionVector()):
+                raise StaleDeltaError(f"the delta was made since {name!r} vectors {vv.to_mapping()} this node "
+                                      f"does not hold ({mine.populations.get(name, VersionVector()).to_mapping()}); "
+                                      "ask for its vectors and send again")
+        if not since.evidence <= mine.evidence:
+            raise StaleDeltaError(f"the delta was made since evidence vectors {since.evidence.to_mapping()} this "
+                                  f"node does not hold ({mine.evidence.to_mapping()}); ask for its vectors and send again")
 
     def commit(self, plan: DeltaPlan) -> list[list[Any]]:
         """Join a planned delta; returns the evidence rows that are new here."""

@@ -10,7 +10,11 @@ and the evidence ledger (each row numbered by the region that accepted it).
   in the durable log (a delta that can change registers or evidence) and only
   then applied and answered ``{"region", "version_vector", "vectors"}``: this
   node's vectors after the join, from which the sender ships next time. A
-  malformed or conflicting delta is 422 and changes nothing.
+  malformed delta is 422, one made since vectors this node does not hold 409
+  (:class:`~swarmguard.errors.StaleDeltaError`); either changes nothing.
+- ``GET /v1/peer/vectors`` (a peer token): the same answer without a delta (a
+  sender's first contact). ``POST /v1/peer/pull`` (a peer token) with
+  ``{"vectors": ...}``: the delta the caller lacks (``application/octet-stream``).
 - Evidence keys and the conflict rule: the consensus keys evidence by
   ``(source_node, evidence_id)``; the same key with the same content is one
   evidence wherever it was posted (an observer's retry on another node counts
@@ -23,11 +27,13 @@ and the evidence ledger (each row numbered by the region that accepted it).
   node). The consensus results depend on the evidence's content, not its ids, so
   every node converges on the same probability, log-odds and evidence count, in
   whatever order the deltas arrive; a delta is never refused for such a conflict.
-- Anti-entropy: one thread per peer pushes the delta since that peer's last
-  answer (everything, the first time: a new node gets a full state transfer)
-  every ``sync_seconds`` and right after every write; as every node pushes to
-  every other, writes meet everywhere. A node that restarts from its data dir
-  replays its log (its vectors are what it acknowledged), so peers resume by delta.
+- Anti-entropy (:meth:`PeerReplication.sync_once`): one thread per peer, every
+  ``sync_seconds`` and right after every write, pushes the delta since that
+  peer's last answer (on first contact it asks for the peer's vectors first) and
+  pulls what this node lacks. A node that restarts from its data dir replays its
+  log (its vectors are what it acknowledged), so both directions resume by delta;
+  a new node (empty data dir) gets a full state transfer from the first peer it
+  pulls from (pulls run one at a time), then deltas.
 - ``GET /v1/cluster``: ``{"region", "peers": [{"url", "region", "reachable",
   "last_sync"}], "version_vector": {region: counter}}``, plus this node's
   ``confidence_factor``, ``consistency``, bytes shipped per peer and, per
@@ -55,11 +61,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from ...api.cap import compute_confidence_factor
-from ...errors import DuplicateEvidenceError, SwarmGuardError
+from ...errors import DuplicateEvidenceError, StaleDeltaError, SwarmGuardError
 from ...structures.replica import RegionReplica
 from .auth import authenticate, requires
 from .body import read_body
@@ -84,12 +90,14 @@ class PeerLink:
     last_sync: float | None = None          # node clock of the last successful exchange
     vectors: NodeVectors | None = None      # the peer's last answer (None: ship everything)
     bytes_shipped: int = 0
+    bytes_received: int = 0                 # pulled from it
     failures: int = 0
     last_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"url": self.url, "region": self.region, "reachable": self.reachable, "last_sync": self.last_sync,
-                "bytes_shipped": self.bytes_shipped, "sync_failures": self.failures, "last_error": self.last_error}
+                "bytes_shipped": self.bytes_shipped,
+                "bytes_received": self.bytes_received, "sync_failures": self.failures, "last_error": self.last_error}
 
 
 class PeerReplication:
@@ -105,10 +113,13 @@ class PeerReplication:
         self.links = [PeerLink(url.rstrip("/")) for url in settings.peers]
         self._wake = [threading.Event() for _ in self.links]
         self._stop = threading.Event()
+        self._pull_lock = threading.Lock()     # one pull at a time: a new node's full transfer comes from one peer
         from prometheus_client import Counter, Gauge
 
         r = node.metrics.registry
         self.bytes_metric = Counter("swarmguard_peer_bytes_shipped", "Delta bytes shipped, by peer", ["peer"], registry=r)
+        self.received_metric = Counter("swarmguard_peer_bytes_received", "Delta bytes pulled, by peer", ["peer"],
+                                       registry=r)
         self.failures_metric = Counter("swarmguard_peer_sync_failures", "Failed syncs, by peer", ["peer"], registry=r)
         age = Gauge("swarmguard_peer_last_sync_age_seconds", "Seconds since the last sync, by peer", ["peer"], registry=r)
         for link in self.links:
@@ -174,18 +185,30 @@ class PeerReplication:
         except SwarmGuardError as exc:
             raise ApiError(422, f"not a peer delta: {one_line(exc)}", code="bad_delta") from None
         with node.lock:
-            if node.state == "draining":
-                raise ApiError(503, "the node is shutting down", code="draining", headers={"Retry-After": "5"})
-            try:
-                plan = self.replicas.plan(delta)
-                counted = self._as_counted(plan.new_evidence())
-            except SwarmGuardError as exc:
-                raise ApiError(422, f"peer delta refused, nothing changed: {one_line(exc)}", code="bad_delta") from None
-            if delta.carries_state:      # durable before it is acknowledged (freshness alone is not logged)
-                node._log_append(PEER_DELTA, node.settings.clock(),
-                                 {"sender": delta.sender, "delta": base64.b64encode(data).decode("ascii")})
-            self._commit(plan, counted)
+            self._receive_checked(delta, data)
             return self.answer()
+
+    def delta_for(self, peer: NodeVectors) -> bytes:
+        """What a peer holding ``peer`` lacks, as bytes (``POST /v1/peer/pull``)."""
+        with self.node.lock:
+            return self.replicas.delta_since(peer, now=self.node.settings.clock()).to_bytes()
+
+    def _receive_checked(self, delta: PeerDelta, data: bytes) -> None:
+        """Join a decoded delta under the node's lock: check all, log, apply (or 422/503, nothing changed)."""
+        node = self.node
+        if node.state == "draining":
+            raise ApiError(503, "the node is shutting down", code="draining", headers={"Retry-After": "5"})
+        try:
+            plan = self.replicas.plan(delta, require_base=True)
+            counted = self._as_counted(plan.new_evidence())
+        except StaleDeltaError as exc:
+            raise ApiError(409, f"peer delta refused, nothing changed: {one_line(exc)}", code="stale_delta") from None
+        except SwarmGuardError as exc:
+            raise ApiError(422, f"peer delta refused, nothing changed: {one_line(exc)}", code="bad_delta") from None
+        if delta.carries_state:      # durable before it is acknowledged (freshness alone is not logged)
+            node._log_append(PEER_DELTA, node.settings.clock(),
+                             {"sender": delta.sender, "delta": base64.b64encode(data).decode("ascii")})
+        self._commit(plan, counted)
 
     def _join(self, delta: PeerDelta, live: bool) -> None:
         plan = self.replicas.plan(delta)
@@ -265,26 +288,71 @@ class PeerReplication:
                 self.sync_once(link, client, headers)
 
     def sync_once(self, link: PeerLink, client, headers: dict[str, str]) -> bool:
-        """Push one delta to ``link`` and record its answer; whether it succeeded."""
+        """One anti-entropy exchange with ``link`` (push, then pull); whether it succeeded.
+
+        Push: the delta since the peer's last answer. Before any answer (a first
+        contact, or after this node restarted) it first asks for the peer's vectors
+        (``GET /v1/peer/vectors``), then pushes only what they lack: a node back from its
+        data directory ships a delta, not its state. Pull (``POST /v1/peer/pull``
+        with this node's vectors): the peer answers what this node lacks, joined as a
+        pushed delta would be — a new node's first pull is a full state transfer from
+        that one peer; pulls are one at a time, so its next pulls are deltas.
+        """
         node = self.node
-        with node.lock:
-            data = self.replicas.delta_since(link.vectors, now=node.settings.clock()).to_bytes()
         try:
-            response = client.post(f"{link.url}/v1/peer/delta", content=data, headers=headers)
-            body = response.json()
-            if response.status_code != 200:
-                raise RuntimeError(f"{response.status_code}: {body.get('error', '')}")
-            link.vectors = NodeVectors.from_json(body["vectors"])
-            link.region = str(body["region"])
+            if link.vectors is None:
+                self._hello(link, client, headers)
+            self._push(link, client, headers)
+            with self._pull_lock:
+                self._pull(link, client, headers)
         except Exception as exc:            # noqa: BLE001 - any failure of a peer is a failed sync, counted
             link.reachable, link.failures, link.last_error = False, link.failures + 1, one_line(str(exc))[:200]
-            link.vectors = link.vectors if "422" not in str(exc) else None   # refused: ship everything next time
+            if str(exc)[:4] in ("409:", "422:"):      # refused: ask for its vectors again next time
+                link.vectors = None
             self.failures_metric.labels(link.url).inc()
             return False
         link.reachable, link.last_sync, link.last_error = True, node.settings.clock(), None
+        return True
+
+    @staticmethod
+    def _answered(link: PeerLink, response) -> None:
+        body = response.json()
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code}: {body.get('error', '')}")
+        link.vectors = NodeVectors.from_json(body["vectors"])
+        link.region = str(body["region"])
+
+    def _hello(self, link: PeerLink, client, headers: dict[str, str]) -> None:
+        # the peer's vectors (GET /v1/peer/vectors): a delta claims the sender's vectors, so an
+        # empty one cannot ask
+        self._answered(link, client.get(f"{link.url}/v1/peer/vectors",
+                                        headers={"Authorization": headers.get("Authorization", "")}))
+
+    def _push(self, link: PeerLink, client, headers: dict[str, str]) -> None:
+        node = self.node
+        with node.lock:
+            data = self.replicas.delta_since(link.vectors, now=node.settings.clock()).to_bytes()
+        self._answered(link, client.post(f"{link.url}/v1/peer/delta", content=data, headers=headers))
         link.bytes_shipped += len(data)
         self.bytes_metric.labels(link.url).inc(len(data))
-        return True
+
+    def _pull(self, link: PeerLink, client, headers: dict[str, str]) -> None:
+        mine = self.vectors().to_json()
+        response = client.post(f"{link.url}/v1/peer/pull", json={"vectors": mine},
+                               headers={**headers, "Content-Type": "application/json"})
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code}: {one_line(response.text)[:200]}")
+        data = response.content
+        try:
+            delta = decode_delta(data)
+            with self.node.lock:
+                self._receive_checked(delta, data)
+        except ApiError as exc:
+            raise RuntimeError(f"the pulled delta: {exc.status} {exc.message}") from None
+        except SwarmGuardError as exc:
+            raise RuntimeError(f"the pulled delta: {one_line(exc)}") from None
+        link.bytes_received += len(data)
+        self.received_metric.labels(link.url).inc(len(data))
 
     # ---------------------------------------------------------------- views
     def cluster(self) -> dict[str, Any]:
@@ -362,6 +430,28 @@ async def post_delta(request: Request) -> dict:
     node = request.app.state.node
     data = await read_body(request, node.settings.max_body_bytes, node.settings.body_timeout_seconds)
     return await run_in_threadpool(replication_of(node).receive, data)
+
+
+@router.get("/v1/peer/vectors", summary="This node's region and vectors (peer token)",
+            dependencies=[Depends(_peer_only)])
+def get_vectors(request: Request) -> dict:
+    replication = replication_of(request.app.state.node)
+    with request.app.state.node.lock:
+        return replication.answer()
+
+
+@router.post("/v1/peer/pull", summary="What the caller (a peer) lacks, as a delta: body {\"vectors\": its vectors}",
+             dependencies=[Depends(_peer_only)])
+async def post_pull(request: Request) -> Response:
+    node = request.app.state.node
+    data = await read_body(request, node.settings.max_body_bytes, node.settings.body_timeout_seconds)
+    try:
+        body = json.loads(data)
+        vectors = NodeVectors.from_json(body.get("vectors") if isinstance(body, dict) else None)
+    except (ValueError, SwarmGuardError) as exc:
+        raise ApiError(422, f"a pull is {{\"vectors\": ...}}: {one_line(exc)}", code="bad_pull") from None
+    delta = await run_in_threadpool(replication_of(node).delta_for, vectors)
+    return Response(content=delta, media_type="application/octet-stream")
 
 
 @router.get("/v1/cluster", summary="The peers this node sees, their last sync, its version vector",
