@@ -126,6 +126,10 @@ class EvidenceLedger:
             for seq, row in rows:
                 self._add(origin, seq, row)
 
+    def origins(self) -> list[str]:
+        """The regions whose rows this ledger holds, sorted."""
+        return sorted(o for o, rows in self._rows.items() if rows)
+
     def rows_of(self, origin: str) -> list[list[Any]]:
         """The rows of ``origin`` held, by sequence number."""
         held = self._rows.get(origin, {})

@@ -61,12 +61,15 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from ...api.cap import compute_confidence_factor
 from ...errors import DuplicateEvidenceError, StaleDeltaError, SwarmGuardError
 from ...structures.replica import RegionReplica
+from ...values.version_vector import VersionVector
 from .auth import authenticate, requires
 from .body import read_body
 from .durable_log import LogRecord
@@ -364,11 +367,39 @@ class PeerReplication:
                 m = replica.estimate()
                 views[name] = {"count": int(m.count),
                                "mean": [float(v) for v in m.mean.tolist()] if m.count else None,
-                               "region_counts": replica.region_counts()}
+                               "region_counts": replica.region_counts(),
+                               "registers_sha256": registers_digest(replica)}
+            ledger = self.replicas.ledger
+            rows = [row for origin in ledger.origins() for row in ledger.rows_of(origin)]
+            evidence = {"rows": len(rows), "log_odds_sum": math.fsum(float(r[3]) for r in rows)}
             return {"region": self.region, "peers": [link.to_dict() for link in self.links],
                     "version_vector": vectors.combined(), "vectors": vectors.to_json(),
                     "confidence_factor": view_confidence(node), "consistency": node.settings.consistency,
-                    "populations": views}
+                    "populations": views, "evidence": evidence}
+
+
+def registers_digest(replica: RegionReplica) -> str:
+    """SHA-256 hex of a replica's registers (agent, timestamp, writer, seq, vector, score as
+    bits), sorted by agent: equal on two nodes exactly when their registers are bit-identical."""
+    entries = replica.delta_since(VersionVector())
+    reg = {k[len("registers."):]: np.asarray(v) for k, v in entries.items() if k.startswith("registers.")}
+    h = hashlib.sha256()
+    n = int(reg["seq"].size)
+    ints, strs = reg["int_ids"].tolist(), reg["str_ids"].tolist()
+    # an agent id is an int or a string (one of the two columns holds all of them, serve's are strings)
+    ids = [f"i{v}" for v in ints] if len(ints) == n else [f"s{v}" for v in strs] if len(strs) == n else None
+    if ids is None:                       # mixed kinds: the columns as they are
+        for key in sorted(reg):
+            h.update(key.encode() + np.ascontiguousarray(reg[key]).tobytes())
+        return h.hexdigest()
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    regions = [str(r) for r in reg["regions"].tolist()]
+    for i in order:
+        h.update(json.dumps([ids[i], regions[int(reg["writer"][i])], int(reg["seq"][i])]).encode())
+        h.update(np.ascontiguousarray(reg["timestamp"][i]).tobytes())
+        h.update(np.ascontiguousarray(reg["features"][i]).tobytes())
+        h.update(np.ascontiguousarray(reg["anomaly_score"][i]).tobytes())
+    return h.hexdigest()
 
 
 def conflict_alias(row: list[Any]) -> str:
