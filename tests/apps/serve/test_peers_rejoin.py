@@ -80,3 +80,18 @@ def test_a_delta_made_since_vectors_the_receiver_lacks_is_409_and_the_sender_ask
     assert _view(ap_c)[1] == {}                             # nothing changed there
     _sync(eu, ap_c, link)                                   # the next round asks first, then ships eu's state
     assert _view(ap_c)[0]["behaviors"]["region_counts"] == {"eu": 10, "us": 20}
+
+
+def test_pull_and_vectors_need_a_peer_token_and_a_bad_pull_changes_nothing(pair):  # noqa: F811
+    _, node = pair
+    _, us, us_c = node("us")
+    for method, path in (("GET", "/v1/peer/vectors"), ("POST", "/v1/peer/pull")):
+        r = us_c.request(method, path, headers=auth("t-read"), content=b"{}")
+        assert r.status_code == 403 and "peer" in r.json()["error"]
+    assert us_c.get("/v1/peer/vectors", headers=PEER_HEADERS).json() == {
+        "region": "us", "version_vector": {}, "vectors": {"populations": {}, "evidence": {}}}
+    for body in (b"not json", b"[1]", b'{"vectors": {"populations": 3}}'):
+        r = us_c.post("/v1/peer/pull", content=body, headers={**PEER_HEADERS, "Content-Type": "application/json"})
+        assert r.status_code == 422 and r.json()["error"].startswith("a pull is")
+    assert metric(us_c, "swarmguard_errors_total", code="bad_pull", status="422") == 3.0
+    assert _view(us_c)[1] == {}
