@@ -6,9 +6,10 @@ import itertools
 
 import pytest
 
-from .conftest import auth, post_evidence
-from .test_peers_node import PEER_HEADERS, pair  # noqa: F401 - the fixture
 from swarmguard.apps.serve.peers import PeerLink, conflict_alias, replication_of
+
+from .conftest import post_evidence
+from .test_peers_node import PEER_HEADERS, pair  # noqa: F401 - the fixture
 
 
 def _ev(evidence_id, agent, log_odds, t):
@@ -29,7 +30,7 @@ def _fields(node, agent):
 def test_same_key_other_content_on_two_nodes_counts_twice_everywhere(pair, order):  # noqa: F811
     clock, node = pair
     nodes = {r: node(r) for r in ("eu", "us", "ap")}
-    (_, eu, eu_c), (_, us, us_c), (_, ap, ap_c) = nodes["eu"], nodes["us"], nodes["ap"]
+    (_, eu, eu_c), (_, _, us_c), (_, _, ap_c) = nodes["eu"], nodes["us"], nodes["ap"]
     t = clock.t
     a, b = _ev("x-1", "agent-1", 2.0, t), _ev("x-1", "agent-1", 3.5, t)
     c = _ev("y-1", "agent-2", 1.25, t)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from fractions import Fraction
+from swarmguard.apps.serve.peers import PeerLink, replication_of
 
 from .conftest import ManualClock, auth, close_window, metric, post_behaviors, post_evidence
-from swarmguard.apps.serve.peers import PeerLink, replication_of
 
 PEER_TOKENS = """
 [[token]]

@@ -6,9 +6,10 @@ import gzip
 
 import numpy as np
 
+from swarmguard.apps.serve.peers import WIRE_GZIP_LEVEL, PeerLink, replication_of
+
 from .conftest import auth, close_window, metric, post_behaviors
 from .test_peers_node import PEER_HEADERS, _rows, pair  # noqa: F401 - the fixture
-from swarmguard.apps.serve.peers import WIRE_GZIP_LEVEL, PeerLink, replication_of
 
 
 def _view(client):
