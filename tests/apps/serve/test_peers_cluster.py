@@ -136,7 +136,9 @@ def _until(predicate, deadline_s=30.0, what="the condition"):
 
 def _behaviors(rng, prefix, n, shared=()):
     rows = [{"agent_id": f"{prefix}-{i}", "features": rng.normal(size=3).tolist()} for i in range(n)]
-    return rows + [{"agent_id": a, "features": rng.normal(size=3).tolist()} for a in shared]
+    # the shared agents sit near the centre, so no node's detector flags them: its own evidence
+    # on an agent it flags stays on that node (not replicated) and would differ between nodes
+    return rows + [{"agent_id": a, "features": (0.05 * rng.uniform(-1, 1, size=3)).tolist()} for a in shared]
 
 
 def _ev(eid, agent, log_odds):

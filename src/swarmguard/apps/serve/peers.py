@@ -27,6 +27,8 @@ and the evidence ledger (each row numbered by the region that accepted it).
   node). The consensus results depend on the evidence's content, not its ids, so
   every node converges on the same probability, log-odds and evidence count, in
   whatever order the deltas arrive; a delta is never refused for such a conflict.
+  Only observers' evidence is in the ledger: a node's detector's own evidence on
+  the agents it flags stays on that node.
 - Anti-entropy (:meth:`PeerReplication.sync_once`): one thread per peer, every
   ``sync_seconds`` and right after every write, pushes the delta since that
   peer's last answer (on first contact it asks for the peer's vectors first) and
