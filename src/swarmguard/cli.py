@@ -428,6 +428,19 @@ def validate(
         raise typer.Exit(1)
 
 
+def _peer_token(path: Path | None) -> str | None:
+    """The secret a node presents to its peers: the file's first line, else $SWARMGUARD_PEER_TOKEN."""
+    import os
+
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise _fail(f"--peer-token-file: cannot read {path}: {exc.strerror}") from None
+        return text.splitlines()[0].strip() if text else None
+    return os.environ.get("SWARMGUARD_PEER_TOKEN") or None
+
+
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but loopback needs --tokens. Example: --host 0.0.0.0"),
@@ -447,6 +460,10 @@ def serve(
     warm_up: int | None = typer.Option(None, min=3, help="Nobody is flagged in a population smaller than this; default min(1000, 100 x features). Example: --warm-up 50"),
     snapshot_every: int = typer.Option(10, min=0, help="Snapshot the node's state every this many closed windows (and on shutdown), deleting the log records it covers, so a restart replays only the tail; 0: only on shutdown. Example: --snapshot-every 5"),
     drain_seconds: float = typer.Option(0.0, min=0.0, help="On SIGTERM, answer /readyz 503 this long before closing the listener. Example: --drain-seconds 5"),
+    peers: str | None = typer.Option(None, help="The other regions' nodes, comma-separated base URLs (delta sync over HTTP). Example: --peers http://127.0.0.1:8471,http://127.0.0.1:8472"),
+    sync_seconds: float = typer.Option(2.0, min=0.001, help="Seconds between anti-entropy rounds with each peer (also right after writes). Example: --sync-seconds 1"),
+    peer_token_file: Path | None = typer.Option(None, help="File holding the secret this node presents to its peers (a peer token of theirs); default: $SWARMGUARD_PEER_TOKEN. Example: --peer-token-file peer.secret"),  # noqa: B008
+    consistency: str = typer.Option("statistical", help="statistical or eventual (always writable), or strong (writes 503 without a majority of nodes). Example: --consistency strong"),
 ) -> None:
     """Run one node: an HTTP service that takes behaviour vectors and evidence and answers who is anomalous.
 
@@ -462,7 +479,10 @@ def serve(
                                  window_seconds=window, features=features, max_body_bytes=max_body_bytes,
                                  max_header_bytes=max_header_bytes, metrics_public=metrics_public,
                                  certfile=certfile, keyfile=keyfile, backend=backend, address=address,
-                                 warm_up=warm_up, snapshot_every=snapshot_every)
+                                 warm_up=warm_up, snapshot_every=snapshot_every,
+                                 peers=tuple(u.strip() for u in (peers or "").split(",") if u.strip()),
+                                 sync_seconds=sync_seconds, consistency=consistency.lower(),
+                                 peer_token=_peer_token(peer_token_file))
         settings.check_exposure()
         if tokens is not None:
             from .apps.serve.tokens import load_tokens

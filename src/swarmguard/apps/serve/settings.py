@@ -52,6 +52,10 @@ class ServeSettings:
     passes their end (tests turn it off and close windows themselves);
     ``snapshot_every`` closed windows between snapshots of the node's state, after
     which the log records they cover are deleted (0: none but at shutdown; :mod:`.snapshot`).
+    ``peers``: the other nodes' base URLs (one node per region, :mod:`.peers`);
+    ``sync_seconds`` between anti-entropy rounds; ``peer_token`` the secret this
+    node presents to its peers; ``consistency``: ``statistical`` / ``eventual``
+    (always writable) or ``strong`` (writes refused without a majority of nodes).
     """
 
     data_dir: Path | None = None
@@ -78,6 +82,10 @@ class ServeSettings:
     clock: Callable[[], float] = field(default=time.time, compare=False)
     close_windows: bool = True
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
+    peers: tuple[str, ...] = ()
+    sync_seconds: float = 2.0
+    peer_token: str | None = field(default=None, repr=False, compare=False)
+    consistency: str = "statistical"
 
     def __post_init__(self) -> None:
         if not (self.window_seconds > 0):
@@ -102,6 +110,13 @@ class ServeSettings:
             raise InvalidInputError(f"--snapshot-every must be a whole number >= 0, got {self.snapshot_every!r}")
         if not self.region:
             raise InvalidInputError("--region must not be empty")
+        if not (self.sync_seconds > 0):
+            raise InvalidInputError(f"--sync-seconds must be > 0, got {self.sync_seconds}")
+        for url in self.peers:
+            if not url.startswith(("http://", "https://")):
+                raise InvalidInputError(f"--peers: {url!r} is not an http(s) URL")
+        if self.consistency not in ("statistical", "eventual", "strong"):
+            raise InvalidInputError(f"--consistency must be statistical, eventual or strong, got {self.consistency!r}")
 
     def check_exposure(self) -> None:
         """Refuse to listen beyond loopback without credentials (anyone could post and read)."""
