@@ -216,7 +216,7 @@ def applied_writes(result: ScenarioResult) -> tuple[list[list[dict]], list[dict]
     return generations, evidence
 
 
-def reference_state(root: Path, generations: list[list[dict]], evidence: list[dict], *, warm_up: int = 10) -> dict:
+def reference_state(root: Path, generations: list[list[dict]], evidence: list[dict], *, warm_up: int = 1_000_000) -> dict:
     """A single node (no peers, no faults) fed ``generations`` (a window closed after each) and
     ``evidence``; its ``/v1/peer/state``."""
     import httpx

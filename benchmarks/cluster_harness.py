@@ -185,7 +185,7 @@ class Cluster:
     """``n`` nodes fully meshed through per-link proxies (module docstring)."""
 
     def __init__(self, root: Path, n: int, *, sync_seconds: float = 0.3, window_seconds: float = 0.5,
-                 warm_up: int = 10, consistency: str = "statistical", name: str = "r"):
+                 warm_up: int = 1_000_000, consistency: str = "statistical", name: str = "r"):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.tokens = self.root / "tokens.toml"
