@@ -10,8 +10,9 @@ nodes converged and that nothing acknowledged was lost:
   (correctly rounded from the replica's exact sums, ``ddof = 1``), its
   ``region_counts`` and ``ages`` (seconds since each other region was last
   heard from, at ``now``) and the ``confidence_factor`` they give;
-- the evidence ledger's rows ``[origin, seq, *row]`` and, per agent with
-  evidence, the consensus ``log_odds`` (hex) and ``evidence_count``;
+- the evidence ledger's rows ``[origin, seq, *row]`` and, per agent the
+  consensus knows (of the first population, ``behaviors``), its ``log_odds``
+  (hex) and ``evidence_count``;
 - ``digest``: the SHA-256 of the canonical JSON of the registers and the
   evidence rows (two nodes with the same digest hold the same state).
 
@@ -83,7 +84,9 @@ def node_state(node) -> dict[str, Any]:
         consensus: dict[str, Any] = {}
         pop = next(iter(node.populations.values()), None)
         if pop is not None:
-            for agent in sorted({str(r[3]) for r in evidence_rows}):
+            # every agent the consensus knows: the ledger's, and any the detector's own rounds added
+            known = {str(r[3]) for r in evidence_rows} | {str(a) for a in pop.detector.consensus.agent_ids}
+            for agent in sorted(known):
                 c = pop.consensus_of(agent)
                 consensus[agent] = {"log_odds": None if c["log_odds"] is None else float(c["log_odds"]).hex(),
                                     "evidence_count": int(c["evidence_count"])}
