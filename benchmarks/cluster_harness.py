@@ -98,6 +98,7 @@ class ClusterNode:
         self.state = "down"
         self.epoch = 0
         self.starts = 0
+        self.ready_s: list[float] = []       # start -> /readyz 200, per start (replay included)
         self._lock = threading.Lock()
 
     @property
@@ -121,6 +122,7 @@ class ClusterNode:
             env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True, cwd=str(self.data_dir.parent))
         log.close()
         self.starts += 1
+        self._started_at = time.monotonic()
 
     def wait_ready(self, deadline_s: float = 60.0) -> float:
         """Poll ``/readyz`` until 200 (the replay is done); seconds waited."""
@@ -135,6 +137,7 @@ class ClusterNode:
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
                     self._set_state("up")
+                    self.ready_s.append(time.monotonic() - self._started_at)
                     return time.monotonic() - t0
             except httpx.HTTPError:
                 pass
@@ -511,6 +514,7 @@ class ScenarioResult:
     clusters: list[dict]                         # each node's /v1/cluster at the end
     link_bytes: int
     starts: list[int]
+    ready_s: list[list[float]]                   # per node: seconds from each start to ready
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -590,4 +594,5 @@ def run_scenario(root: Path, config: ScenarioConfig, say=lambda line: None) -> S
         after_cf = [cluster.get(i, "/v1/populations")["confidence_factor"] for i in range(config.nodes)]
         timings["total_s"] = time.monotonic() - t0
         return ScenarioResult(config, workload.history, events, probe_node, samples, after_cf, converge_s,
-                              states, clusters, cluster.link_bytes(), [n.starts for n in cluster.nodes], timings)
+                              states, clusters, cluster.link_bytes(), [n.starts for n in cluster.nodes],
+                              [list(n.ready_s) for n in cluster.nodes], timings)

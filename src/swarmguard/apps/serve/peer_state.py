@@ -13,6 +13,8 @@ nodes converged and that nothing acknowledged was lost:
 - the evidence ledger's rows ``[origin, seq, *row]`` and, per agent the
   consensus knows (of the first population, ``behaviors``), its ``log_odds``
   (hex) and ``evidence_count``;
+- ``full_state_bytes``: the size of a delta from nothing (what a full state
+  transfer to a new node ships), to weigh the deltas against;
 - ``digest``: the SHA-256 of the canonical JSON of the registers and the
   evidence rows (two nodes with the same digest hold the same state).
 
@@ -91,11 +93,12 @@ def node_state(node) -> dict[str, Any]:
                 consensus[agent] = {"log_odds": None if c["log_odds"] is None else float(c["log_odds"]).hex(),
                                     "evidence_count": int(c["evidence_count"])}
         vectors = replication.vectors()
+        full_state_bytes = len(replication.replicas.delta_since(None).to_bytes())     # now=None: a read changes nothing
     canonical = json.dumps({"registers": {n: p["registers"] for n, p in sorted(populations.items())},
                             "evidence": evidence_rows}, sort_keys=True, separators=(",", ":"))
     return {"region": settings.region, "now": now, "version_vector": vectors.combined(),
             "populations": populations, "evidence": {"rows": evidence_rows, "consensus": consensus},
-            "digest": hashlib.sha256(canonical.encode("utf-8")).hexdigest()}
+            "full_state_bytes": full_state_bytes, "digest": hashlib.sha256(canonical.encode("utf-8")).hexdigest()}
 
 
 @router.get("/v1/peer/state", summary="This node's replicated state, exactly (admin; audits and fault tests)",
