@@ -130,13 +130,19 @@ class ClusterNode:
 
         t0 = time.monotonic()
         end = t0 + deadline_s
+        proc, epoch = self.proc, self.epoch
         while time.monotonic() < end:
+            if self.proc is not proc or self.epoch != epoch:
+                raise RuntimeError(f"node {self.region} was signalled while starting")
             if self.proc is None or self.proc.poll() is not None:
                 raise RuntimeError(f"node {self.region} exited with {None if self.proc is None else self.proc.returncode}"
                                    f": {self.log_tail()}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
-                    self._set_state("up")
+                    with self._lock:
+                        if self.proc is not proc or self.epoch != epoch:     # killed meanwhile
+                            raise RuntimeError(f"node {self.region} was signalled while starting")
+                        self.state, self.epoch = "up", self.epoch + 1
                     self.ready_s.append(time.monotonic() - self._started_at)
                     return time.monotonic() - t0
             except httpx.HTTPError:
@@ -144,19 +150,44 @@ class ClusterNode:
             time.sleep(0.05)
         raise TimeoutError(f"node {self.region} not ready after {deadline_s} s: {self.log_tail()}")
 
+    def start_in_background(self, deadline_s: float = 60.0) -> None:
+        """Start, and wait for ``/readyz`` on a thread (the schedule goes on while it replays);
+        the node counts as ``down`` until ready."""
+        self.start()
+
+        def wait() -> None:
+            try:
+                self.wait_ready(deadline_s)
+            except (RuntimeError, TimeoutError) as exc:
+                self.start_error = str(exc)
+        threading.Thread(target=wait, name=f"ready-{self.region}", daemon=True).start()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def log_tail(self, n: int = 2000) -> str:
         try:
             return self.log_path.read_bytes()[-n:].decode("utf-8", "replace")
         except OSError:
             return ""
 
-    def pause(self) -> None:
-        self._signal(signal.SIGSTOP)
-        self._set_state("paused")
+    def pause(self) -> bool:
+        """SIGSTOP a node that is up (one still starting is left alone: False)."""
+        with self._lock:
+            if self.state != "up":
+                return False
+            self._signal(signal.SIGSTOP)
+            self.state, self.epoch = "paused", self.epoch + 1
+            return True
 
     def resume(self) -> None:
-        self._signal(signal.SIGCONT)
-        self._set_state("up")
+        """SIGCONT a node this harness paused (else nothing)."""
+        with self._lock:
+            if self.state != "paused":
+                return
+            self._signal(signal.SIGCONT)
+            self.state, self.epoch = "up", self.epoch + 1
 
     def kill(self) -> None:
         """``kill -9``: no drain, no flush beyond what was acknowledged."""
@@ -469,9 +500,7 @@ def apply_event(cluster: Cluster, event: FaultEvent) -> None:
     elif event.action == "kill":
         cluster.nodes[a[0]].kill()
     elif event.action == "restart":
-        node = cluster.nodes[a[0]]
-        node.start()
-        node.wait_ready(60.0)
+        cluster.nodes[a[0]].start_in_background(60.0)
     else:
         raise ValueError(f"unknown fault {event.action!r}")
 
@@ -575,9 +604,14 @@ def run_scenario(root: Path, config: ScenarioConfig, say=lambda line: None) -> S
         for node in cluster.nodes:
             if node.state == "paused":
                 node.resume()
-            elif node.state == "down":
+            elif node.state == "down" and not node.running:
                 node.start()
-                node.wait_ready()
+        for node in cluster.nodes:
+            end = time.monotonic() + 90.0
+            while node.state != "up" and time.monotonic() < end:     # a background start's thread
+                time.sleep(0.05)
+            if node.state != "up":
+                raise TimeoutError(f"node {node.region} is not up after the heal: {node.log_tail()}")
         healed = time.monotonic()
         deadline = healed + config.converge_deadline_s
         converge_s = float("nan")

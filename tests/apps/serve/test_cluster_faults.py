@@ -85,7 +85,10 @@ def test_proxy_passes_drops_blackholes_and_delays(echo_and_hub):
     echo, hub = echo_and_hub
     link = hub.add("a->b", echo.port)
     assert _roundtrip(link.port) == b"ping"
-    assert link.counters.bytes_up == 4 and link.counters.bytes_down == 4
+    end = time.monotonic() + 5.0          # counted just after the bytes are handed on: poll briefly
+    while (link.counters.bytes_up, link.counters.bytes_down) != (4, 4) and time.monotonic() < end:
+        time.sleep(0.01)
+    assert (link.counters.bytes_up, link.counters.bytes_down) == (4, 4)
     link.set("drop")
     with pytest.raises(OSError):            # reset at once (or read as an empty answer)
         if _roundtrip(link.port) == b"":
