@@ -44,7 +44,8 @@ __all__ = ["Cluster", "ClusterNode", "Workload", "WriteRecord", "FaultEvent", "S
            "ScenarioResult", "random_schedule", "run_scenario", "TOKENS", "free_port"]
 
 ROOT = Path(__file__).resolve().parents[1]
-SRC = ROOT / "src"
+# the nodes run this checkout's code, or another source tree's (to check another branch with this harness)
+SRC = Path(os.environ.get("CLUSTER_HARNESS_SRC", str(ROOT / "src")))
 
 INGEST, OBSERVER, READ, ADMIN, PEER = "h-ingest", "h-observer", "h-read", "h-admin", "h-peer"
 OBSERVER_SOURCE = "observer-h"
