@@ -35,6 +35,7 @@ from ... import __version__
 from .http_errors import ApiError, one_line
 from .metrics import ServeMetrics
 from .node import ServeNode
+from .peer_state import router as peer_state_router
 from .peers import router as peers_router
 from .routes_ingest import router as ingest_router
 from .routes_ops import router as ops_router
@@ -218,7 +219,7 @@ def create_app(settings: ServeSettings, node: ServeNode | None = None,
         return _error(500, "internal error (the node's log has the details)", None, request.url.path,
                       request.headers.get("content-type"))
 
-    for router in (ops_router, ingest_router, query_router, peers_router, *_optional_routers(), *_REGISTERED, *routers):
+    for router in (ops_router, ingest_router, query_router, peers_router, peer_state_router, *_optional_routers(), *_REGISTERED, *routers):
         app.include_router(router)
     app.add_middleware(_ServeMiddleware, state=app.state)
     return app

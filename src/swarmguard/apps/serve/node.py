@@ -275,11 +275,15 @@ class ServeNode:
         self._at = at
         for extension in self.extensions:      # e.g. spans become vectors in the open window
             extension.before_close(at)
+        # The round's vectors are written with the window's end as their timestamp, not the
+        # moment it closed: a node paused or restarted closes late, and its older vectors must
+        # not win last-writer-wins over later writes of the same agents on other nodes.
+        end = self.window_end()
         self.opened_at = None
         outcomes = []
         for pop in self.populations.values():
             try:
-                outcome = pop.close_window()
+                outcome = pop.close_window(at if end is None else end)
             except SwarmGuardError as exc:
                 # the round refused its input (ingest checks what the detector checks, so only a
                 # feeder that bypassed them gets here): its vectors are dropped, the same way live

@@ -214,7 +214,9 @@ class PeerReplication:
             raise ApiError(409, f"peer delta refused, nothing changed: {one_line(exc)}", code="stale_delta") from None
         except SwarmGuardError as exc:
             raise ApiError(422, f"peer delta refused, nothing changed: {one_line(exc)}", code="bad_delta") from None
-        if delta.carries_state:      # durable before it is acknowledged (freshness alone is not logged)
+        # durable before it is acknowledged; a delta whose every row this node already covers
+        # (a peer re-sending what it had, e.g. after its restart) changes nothing: not logged
+        if _adds_state(self.replicas, delta, counted):
             node._log_append(PEER_DELTA, node.settings.clock(),
                              {"sender": delta.sender, "delta": base64.b64encode(data).decode("ascii")})
         self._commit(plan, counted)
@@ -429,6 +431,27 @@ def _all_accept(pops: list, columns: tuple) -> bool:
     except DuplicateEvidenceError:
         return False
     return True
+
+
+def _adds_state(replicas: ReplicaSet, delta: PeerDelta, new_evidence: list) -> bool:
+    """Whether joining ``delta`` can change this node's registers or evidence: it holds evidence
+    rows new here, or a register row whose ``(writer, seq)`` dot this node's replica of that
+    population does not cover (a covered dot was joined before: joining it again is a no-op)."""
+    if new_evidence:
+        return True
+    held = replicas.replicas()
+    for name, (_, part) in delta.populations.items():
+        seq = np.asarray(part.get("registers.seq", ()))
+        if not seq.size:
+            continue
+        replica = held.get(name)
+        if replica is None:
+            return True
+        regions = [str(r) for r in np.asarray(part["registers.regions"]).tolist()]
+        covered = np.array([replica.version[r] for r in regions], dtype=np.int64)
+        if (seq > covered[np.asarray(part["registers.writer"], dtype=np.int64)]).any():
+            return True
+    return False
 
 
 def replication_of(node) -> PeerReplication:

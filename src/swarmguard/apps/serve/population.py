@@ -63,14 +63,15 @@ class Population:
         d = self.dimension or 0
         return self.feature_names if self.feature_names else [f"f{j}" for j in range(d)]
 
-    def close_window(self) -> WindowOutcome | None:
-        """One detector round of the agents active in the open window (None: nobody was)."""
+    def close_window(self, timestamp: float | None = None) -> WindowOutcome | None:
+        """One detector round of the agents active in the open window (None: nobody was);
+        ``timestamp``: the round's (its vectors' last-writer-wins time; default the clock's)."""
         if not len(self.window):
             return None
         ids, X, cohorts = self.window.take()
         self.dropped_rows = len(ids)              # what a refused round loses (the node logs it)
         cohort_arr = np.array([c if c is not None else self.region for c in cohorts])
-        result = self.detector.process_round(ids, X, self.region, cohorts=cohort_arr)
+        result = self.detector.process_round(ids, X, self.region, cohorts=cohort_arr, timestamp=timestamp)
         self.dropped_rows = 0
         self.windows_closed += 1
         d2 = np.asarray(result.mahalanobis_squared, dtype=np.float64)
