@@ -448,6 +448,7 @@ def serve(
     backend: Backend = typer.Option("inprocess", help="Engine: inprocess or ray (needs swarmguard[ray]). Example: --backend ray"),
     address: str | None = typer.Option(None, help="Ray cluster address (--backend ray; default: a local Ray). Example: --address 10.0.0.5:6379"),
     warm_up: int | None = typer.Option(None, min=3, help="Nobody is flagged in a population smaller than this; default min(1000, 100 x features). Example: --warm-up 50"),
+    snapshot_every: int = typer.Option(10, min=0, help="Snapshot the node's state every this many closed windows (and on shutdown), deleting the log records it covers, so a restart replays only the tail; 0: only on shutdown. Example: --snapshot-every 5"),
     drain_seconds: float = typer.Option(0.0, min=0.0, help="On SIGTERM, answer /readyz 503 this long before closing the listener. Example: --drain-seconds 5"),
     peers: str | None = typer.Option(None, help="The other regions' nodes, comma-separated base URLs (delta sync over HTTP). Example: --peers http://127.0.0.1:8471,http://127.0.0.1:8472"),
     sync_seconds: float = typer.Option(2.0, min=0.001, help="Seconds between anti-entropy rounds with each peer (also right after writes). Example: --sync-seconds 1"),
@@ -468,6 +469,7 @@ def serve(
                                  window_seconds=window, features=features, max_body_bytes=max_body_bytes,
                                  metrics_public=metrics_public, certfile=certfile, keyfile=keyfile,
                                  backend=backend, address=address, warm_up=warm_up,
+                                 snapshot_every=snapshot_every,
                                  peers=tuple(u.strip() for u in (peers or "").split(",") if u.strip()),
                                  sync_seconds=sync_seconds, consistency=consistency.lower(),
                                  peer_token=_peer_token(peer_token_file))

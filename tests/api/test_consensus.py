@@ -1560,3 +1560,47 @@ def test_consensus_or_none_is_consensus_or_none_for_an_agent_without_evidence():
         c.consensus(8)
     assert repr(c.consensus_or_none(7)) == repr(c.consensus(7))
     assert c.consensus_or_none(7)["evidence_count"] == 2
+
+
+# ---------------------------------------------------------------- from_state (the import of export_state)
+def _calls_of_evidence(consensus, rng, calls: int, per_call: int, sources: list[str], start: int = 0) -> int:
+    k = start
+    for _ in range(calls):
+        ids = [f"ev{k + i}" for i in range(per_call)]
+        agents = [f"ag{int(a)}" for a in rng.integers(0, 7, per_call)]
+        srcs = [sources[int(s)] for s in rng.integers(0, len(sources), per_call)]
+        consensus.add_evidence_batch(ids, agents, ["peer_report"] * per_call, rng.normal(1.0, 2.0, per_call),
+                                     rng.uniform(0.1, 1.0, per_call), rng.uniform(0, 100, per_call), srcs)
+        k += per_call
+    return k
+
+
+@pytest.mark.parametrize("probation", [3, 10_000])     # the founding ended / still lasting
+def test_from_state_rebuilds_what_export_state_exported(probation):
+    from swarmguard.api import StableBayesianConsensus
+
+    rng = np.random.default_rng(11)
+    settings = dict(trusted_sources=["me"], probation_evidence=probation)
+    a = StableBayesianConsensus(**settings)
+    k = _calls_of_evidence(a, rng, 6, 9, ["me", "s1", "s2", "s3"])
+    b = StableBayesianConsensus.from_state(a.export_state(), **settings)
+    assert b.state_fingerprint() == a.state_fingerprint()
+    assert b.founding_sources == a.founding_sources
+    for agent in {f"ag{i}" for i in range(7)} & set(a.export_evidence()["agent_ids"]):
+        assert b.consensus(agent) == a.consensus(agent)
+    # and they go on the same way: the same later calls give the same answers
+    _calls_of_evidence(a, np.random.default_rng(5), 3, 4, ["s1", "s4"], start=k)
+    _calls_of_evidence(b, np.random.default_rng(5), 3, 4, ["s1", "s4"], start=k)
+    assert b.state_fingerprint() == a.state_fingerprint()
+    for agent in set(a.export_evidence()["agent_ids"]):
+        assert b.consensus(agent) == a.consensus(agent)
+
+
+def test_from_state_refuses_a_malformed_state():
+    from swarmguard.api import StableBayesianConsensus
+    from swarmguard.errors import InvalidInputError, InvalidTypeError
+
+    with pytest.raises((InvalidInputError, InvalidTypeError)):
+        StableBayesianConsensus.from_state({"evidence": {"evidence_ids": []}, "founding_sources": None})
+    with pytest.raises(InvalidTypeError):
+        StableBayesianConsensus.from_state(["not", "a", "state"])

@@ -916,3 +916,49 @@ def test_a_round_checks_its_features_once_and_answers_as_a_round_whose_parts_che
         assert det.cap_resolver.replica(name).same_state(ref.cap_resolver.replica(name))
     np.testing.assert_array_equal(det.tree.get_global_statistics()["covariance"],
                                   ref.tree.get_global_statistics()["covariance"])
+
+
+def test_the_per_item_path_calls_parts_methods_replaced_on_their_class(monkeypatch):
+    """A method replaced on the class (a monkeypatch, a wrapper installed on the class) is
+    called by the per-item path as by any caller: the resolver's handle_update_sync, the
+    consensus's distributed_evidence_consensus_sync and the detector's
+    should_trigger_response, once per observation, with the results of the unpatched
+    classes. (The shortcuts compared the class attribute with itself read at call time,
+    so a class-level replacement was skipped: the resolver's and the consensus's always,
+    the detector's rule until the split of api/detector.py.)"""
+    from swarmguard.api.cap import StatisticalCAPResolver
+    from swarmguard.api.consensus import StableBayesianConsensus
+
+    def make():
+        return DistributedBehavioralDetector(feature_dimensions=3, clock=lambda: 0.0, warm_up=20,
+                                             regions=["eu", "us"])
+
+    rng = np.random.default_rng(17)
+    steps = 120
+    inputs = []
+    for step in range(steps):
+        agent = int(rng.integers(0, 30))
+        x = rng.normal(size=3) + (8.0 if agent < 3 and step > 50 else 0.0)
+        inputs.append((agent, BehavioralData(agent, x, region="eu" if agent % 2 else "us")))
+    plain = make()
+    expected = [repr(plain.process_agent_behavior_sync(agent, data)) for agent, data in inputs]
+    assert plain.consensus.evidence_count > 0          # anomalies: evidence and consensus asked
+
+    calls = {"handle_update_sync": 0, "distributed_evidence_consensus_sync": 0, "should_trigger_response": 0}
+
+    def counting(inner, name):
+        def counted(self, *args, **kwargs):
+            calls[name] += 1
+            return inner(self, *args, **kwargs)
+        return counted
+
+    for cls, name in ((StatisticalCAPResolver, "handle_update_sync"),
+                      (StableBayesianConsensus, "distributed_evidence_consensus_sync"),
+                      (DistributedBehavioralDetector, "should_trigger_response")):
+        monkeypatch.setattr(cls, name, counting(getattr(cls, name), name))
+    patched = make()
+    assert [repr(patched.process_agent_behavior_sync(agent, data)) for agent, data in inputs] == expected
+    assert calls["handle_update_sync"] == steps
+    assert calls["should_trigger_response"] == steps
+    # the replaced rule asks the (replaced) consensus again when handed None: at least once a call
+    assert calls["distributed_evidence_consensus_sync"] >= steps

@@ -500,3 +500,80 @@ def test_a_copied_tree_keeps_updating_its_own_root(copier):
     stats = twin.get_global_statistics()
     np.testing.assert_allclose(stats["mean"], mean, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(stats["covariance"], cov, rtol=1e-10, atol=1e-13)
+
+
+# ---------------------------------------------------------------- to_dict(exact=True)
+def _grown_tree(rounds: int = 8, seed: int = 0):
+    """A tree grown round by round (more agents each round, interleaved cohorts, capacity
+    doubling, a shift far from where it was anchored): the layout and the moments' anchor
+    differ from those of a tree built from its final vectors."""
+    rng = np.random.default_rng(seed)
+    tree = HierarchicalStatisticalTree(branching_factor=10, feature_dimensions=3)
+    for w in range(rounds):
+        n = 30 + 40 * w
+        ids = np.array([f"a-{i}" for i in range(n)])
+        cohorts = [("eu",) if i % 3 else ("us", "x") for i in range(n)]
+        tree.update_many(ids, rng.normal(size=(n, 3)) * (1 + w) + (5.0 if w == 0 else 0.0), cohorts=cohorts)
+    moved = np.array(["a-1", "a-2", "a-4", "a-7"])      # leave holes (free slots) in the eu pages
+    tree.update_many(moved, rng.normal(size=(4, 3)), cohorts=[("ap",)] * 4)
+    return tree, rng
+
+
+def _nodes(tree):
+    t = tree._tree
+    return t.cnt.tobytes(), t.off.tobytes(), t.m2.tobytes(), t.shift.tobytes()
+
+
+def test_from_dict_of_an_exact_state_is_the_tree_bitwise_and_stays_so():
+    tree, rng = _grown_tree()
+    assert tree.to_dict(exact=True)["slot_pool_sizes"].sum() > 0
+    again = HierarchicalStatisticalTree.from_dict(tree.to_dict(exact=True))
+    plain = HierarchicalStatisticalTree.from_dict(tree.to_dict())
+    assert _nodes(again) == _nodes(tree)
+    assert _nodes(plain) != _nodes(tree)           # what exact=True is for: placed afresh, it differs
+    for key in ("mean", "covariance"):
+        assert tree.get_global_statistics()[key].tobytes() == again.get_global_statistics()[key].tobytes()
+        assert (tree.get_cohort_statistics(("us", "x"))[key].tobytes()
+                == again.get_cohort_statistics(("us", "x"))[key].tobytes())
+    # the same later rounds (new agents in both cohorts, a new cohort): the same slots, bitwise
+    for w in range(3):
+        ids = np.array([f"a-{i}" for i in range(400 + 7 * w)] + [f"n-{w}", f"m-{w}"])
+        cohorts = [("eu",) if i % 3 else ("us", "x") for i in range(ids.size - 2)] + [("ap",), ("eu",)]
+        X = rng.normal(size=(ids.size, 3)) * 30
+        tree.update_many(ids, X, cohorts=cohorts)
+        again.update_many(ids, X, cohorts=cohorts)
+        assert _nodes(again) == _nodes(tree)
+        assert np.array_equal(tree.slots_of(ids)[0], again.slots_of(ids)[0])
+
+
+@pytest.mark.parametrize("damage", ["slot twice", "foreign page", "pool size", "shift far", "capacity",
+                                    "part of the fields", "float slots", "windowed"])
+def test_from_dict_refuses_an_exact_state_that_no_tree_could_hold(damage):
+    tree, _ = _grown_tree(3)
+    state = tree.to_dict(exact=True)
+    frozen = {k: v.copy() for k, v in state.items()}
+    if damage == "slot twice":
+        state["slot_of"] = state["slot_of"].copy()
+        state["slot_of"][1] = state["slot_of"][0]
+    elif damage == "foreign page":
+        owner = state["slot_page_owner"].copy()
+        owner[0] = (owner[0] + 1) % 3
+        state["slot_page_owner"] = owner
+    elif damage == "pool size":
+        state["slot_pool_sizes"] = state["slot_pool_sizes"] + 1
+    elif damage == "shift far":
+        state["slot_shift"] = state["slot_shift"] + 1e40
+    elif damage == "capacity":
+        state["slot_capacity"] = np.array(3, dtype=np.int64)
+    elif damage == "part of the fields":
+        del state["slot_pool_slots"]
+    elif damage == "float slots":
+        state["slot_of"] = state["slot_of"].astype(float)
+    else:
+        state["window_rounds"], state["window_round"] = np.array(2), np.array(0)
+        state["window_last_round"] = np.zeros(state["agent_ids"].shape, dtype=np.int64)
+    before = {k: v.copy() for k, v in state.items()}
+    with pytest.raises(InvalidInputError):
+        HierarchicalStatisticalTree.from_dict(state)
+    assert all(np.array_equal(before[k], state[k]) for k in before)      # the input is left as it was
+    assert HierarchicalStatisticalTree.from_dict(frozen).to_dict(exact=True).keys() == frozen.keys()

@@ -8,30 +8,23 @@ links between them deliver. In-process the resolver hosts every replica and
 simulates the links: :meth:`~StatisticalCAPResolver.partition` cuts them into
 groups, :meth:`~StatisticalCAPResolver.heal` restores them.
 
-Confidence factor
------------------
-For region r's view, with ``N_p`` the agents of home region p in that view,
-``w_p = N_p / sum_q N_q`` and ``age_p`` the seconds since r's view of p was last
-known current (0 for r itself: a region's own part is never stale)::
+This module holds the resolver itself (its settings, clock, regions and
+writes) and :func:`validate_cap_settings`; the rest of its class lives beside
+it, and every name stays importable from here.
 
-    c_p = 1                                   if age_p <= max_staleness_seconds
-    c_p = exp(-confidence_decay_rate * (age_p - max_staleness_seconds))   otherwise
-    confidence_factor = sum_p w_p * c_p       (1.0 for an empty view)
-
-It lies in (0, 1] (clamped below at the smallest positive float so that an
-underflowing ``exp`` cannot make it 0) and, with a clock that never runs
-backwards, it never increases unless new information arrives (an update, or a
-sync). The resolver guards the clock: readings that go backwards are ignored.
+See Also
+--------
+swarmguard.api.cap_views : a region's view and its confidence factor.
+swarmguard.api.cap_links : the links (partition, heal, sync).
+swarmguard.api.cap_checkpoint : the checkpoint (``to_dict``, ``to_bytes``).
+swarmguard.api.cap_types : the value types (``ConsistencyModel``, ``StatisticalUpdate``, ``SyncReport``).
 """
 
 from __future__ import annotations
 
-import math
-import sys
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from enum import Enum
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
@@ -63,16 +56,11 @@ from ..validation import (
     check_positive_int,
 )
 from ..values.agent_index import as_agent_ids, check_wire_id, one_agent_id
-from ..values.npz import (
-    dict_from_bytes,
-    dict_to_bytes,
-    float_list,
-    float_scalar,
-    int_list,
-    int_scalar,
-    str_list,
-)
 from ..values.version_vector import check_region_name
+from .cap_checkpoint import _FORMAT_VERSION, CapCheckpoint  # noqa: F401  (_FORMAT_VERSION: still importable from here)
+from .cap_links import CapLinks
+from .cap_types import ConsistencyModel, StatisticalUpdate, SyncReport
+from .cap_views import CapViews, compute_confidence_factor, widened_threshold
 
 if TYPE_CHECKING:
     import asyncio  # imported where used: asyncio costs about half an `import numpy` at start-up
@@ -89,113 +77,6 @@ __all__ = [
     "require_write_quorum",
     "partition_groups",
 ]
-
-
-_FORMAT_VERSION = 1
-
-
-class ConsistencyModel(Enum):
-    """How the resolver trades consistency for availability.
-
-    ``STATISTICAL``: always accept; report a confidence factor and widened bounds.
-    ``STRONG``: accept only where the region reaches a majority of regions (CP);
-    the write is applied at every reachable replica before the call returns.
-    ``EVENTUAL``: always accept; report no confidence and no bounds.
-    """
-
-    STATISTICAL = "statistical"
-    STRONG = "strong"
-    EVENTUAL = "eventual"
-
-    @classmethod
-    def coerce(cls, value: Any) -> ConsistencyModel:
-        """Accept a member or its name/value as text (``"strong"``)."""
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            for member in cls:
-                if value.lower() in (member.value, member.name.lower()):
-                    return member
-        raise InvalidInputError(
-            f"unknown consistency model {value!r}; use one of "
-            + ", ".join(f"ConsistencyModel.{m.name}" for m in cls)
-        )
-
-
-@dataclass(frozen=True)
-class StatisticalUpdate:
-    """One agent observation, as the guide builds it.
-
-    ``update_id`` and ``agent_id`` are ints or strings; ``timestamp`` is the
-    observation's time (it orders writes: last writer wins); ``source_partition``
-    is the region that accepts the update.
-    """
-
-    update_id: Hashable
-    agent_id: Hashable
-    timestamp: float
-    feature_vector: Any
-    anomaly_score: float
-    source_partition: str
-
-
-@dataclass(frozen=True)
-class SyncReport:
-    """What one :meth:`StatisticalCAPResolver.sync` round shipped."""
-
-    pairs: int
-    rows_shipped: int
-    bytes_shipped: int
-    seconds: float
-
-
-def compute_confidence_factor(
-    counts: Mapping[str, int], ages: Mapping[str, float], own_region: str,
-    max_staleness_seconds: float, confidence_decay_rate: float,
-) -> float:
-    """The confidence factor of one view (see the module docstring).
-
-    Examples
-    --------
-    >>> compute_confidence_factor({"eu": 3, "us": 1}, {"us": 15.0}, "eu", 5.0, 0.1)
-    0.8419698602928606
-    >>> compute_confidence_factor({}, {}, "eu", 5.0, 0.1)
-    1.0
-    """
-    total = sum(counts.values())
-    if total == 0:
-        return 1.0
-    terms = []
-    for region, n in counts.items():
-        if n <= 0:
-            continue
-        # a region missing from ``ages`` was never heard from: as stale as can be
-        age = 0.0 if region == own_region else ages.get(region, math.inf)
-        c = 1.0 if age <= max_staleness_seconds else math.exp(
-            -confidence_decay_rate * (age - max_staleness_seconds)
-        )
-        terms.append(n * c)
-    return min(1.0, max(math.fsum(terms) / total, sys.float_info.min))
-
-
-def widened_threshold(threshold: float, confidence_factor: float, *, squared: bool = False) -> float:
-    """Detection threshold widened for a view with the given confidence factor.
-
-    The resolver widens confidence intervals by ``1 / confidence_factor`` (it
-    treats a stale view as inflating the standard error by that factor); a
-    detection threshold on the same scale (a z-score, a Mahalanobis distance)
-    widens the same way, and a threshold on a *squared* scale (chi-square,
-    squared Mahalanobis distance) by ``1 / confidence_factor**2``. This is the
-    ``adjust_detection_thresholds`` step of the guide.
-
-    >>> widened_threshold(3.0, 0.5)
-    6.0
-    >>> widened_threshold(9.0, 0.5, squared=True)
-    36.0
-    """
-    threshold = check_finite_float(threshold, "threshold")
-    cf = check_fraction(confidence_factor, "confidence_factor", low=0.0, low_open=True)
-    return threshold / (cf * cf if squared else cf)
 
 
 @dataclass(frozen=True)
@@ -246,7 +127,7 @@ def validate_cap_settings(consistency_model: Any = ConsistencyModel.STATISTICAL,
                        feature_dimensions, sync_interval_seconds, auto_sync_seconds, tuple(names), dedup_window)
 
 
-class StatisticalCAPResolver(Locked):
+class StatisticalCAPResolver(CapViews, CapLinks, CapCheckpoint, Locked):
     """Region replicas with statistical consistency (the guide's Solution 3).
 
     Safe to share between threads: every public method runs under the
@@ -464,111 +345,6 @@ class StatisticalCAPResolver(Locked):
         if self.consistency_model is ConsistencyModel.STRONG:
             self._topology.require_quorum(names)
 
-    # ------------------------------------------------------------------ links
-    @synchronized
-    def partition(self, groups: Iterable[Iterable[str]]) -> None:
-        """Cut the network: only regions in the same group reach each other.
-
-        Regions not named in any group are cut off from everyone. Names must be
-        known and may appear once. Under STRONG the new groups sync at once (the
-        clock read first: a clock gone bad refuses the call, the links unchanged).
-        """
-        mapping = self._topology.groups_for(groups)
-        # Under STRONG the clock is read (and checked) before the links change: a clock gone
-        # bad refuses the call with the links as they were.
-        now = self.read_clock() if self.consistency_model is ConsistencyModel.STRONG else None
-        self._topology.group_of = mapping
-        if now is not None:
-            self.sync(now=now)
-
-    @synchronized
-    def heal(self) -> None:
-        """Restore every link (replicas converge at the next :meth:`sync`; at once under STRONG)."""
-        now = self.read_clock() if self.consistency_model is ConsistencyModel.STRONG else None   # as partition
-        self._topology.group_of = None
-        if now is not None:
-            self.sync(now=now)
-
-    @property
-    @synchronized
-    def is_partitioned(self) -> bool:
-        return self._topology.is_partitioned
-
-    @synchronized
-    def sync(self, *, now: float | None = None) -> SyncReport:
-        """One anti-entropy round over every delivering link.
-
-        For each ordered pair (a, b) that can reach each other, b sends its
-        version vector and a ships what that vector does not cover. After one
-        round every replica of a group holds the join of the group's states.
-        ``now``: the clock reading to use (default: read the clock).
-        """
-        t0 = time.perf_counter()
-        now = self._check_now(now)
-        now = self._now(now)
-        self._last_sync = now
-        pairs = rows = nbytes = 0
-        for a in self._topology.regions:
-            if a not in self._replicas:
-                continue
-            src = self._replicas[a]
-            for b in self._topology.reachable(a):
-                if b == a or b not in self._replicas:
-                    continue
-                dst = self._replicas[b]
-                src.acknowledge(b, dst.version)  # the request carries b's version vector
-                delta = src.delta_for(b, now)
-                src.acknowledge(b, dst.merge_delta(delta))
-                pairs += 1
-                rows += int(delta["registers.seq"].shape[0])
-                nbytes += sum(v.nbytes for v in delta.values())
-        return SyncReport(pairs, rows, nbytes, time.perf_counter() - t0)
-
-    # ------------------------------------------------------------------ background sync
-    async def run_background_sync(self, interval: float | None = None, *, rounds: int | None = None) -> None:
-        """Call :meth:`sync` every ``interval`` seconds (forever, or ``rounds`` times)."""
-        interval = self.sync_interval_seconds if interval is None else interval
-        interval = check_finite_float(interval, "interval")
-        if interval <= 0:
-            raise InvalidInputError("the sync interval must be > 0")
-        sleep = self._sleep
-        if sleep is None:
-            import asyncio
-
-            sleep = asyncio.sleep
-        done = 0
-        while rounds is None or done < rounds:
-            await sleep(interval)
-            self.sync()
-            done += 1
-
-    def start_background_sync(self, interval: float | None = None) -> asyncio.Task:
-        """Start :meth:`run_background_sync` as a task on the running loop."""
-        if self._sync_task is None or self._sync_task.done():
-            import asyncio
-
-            self._sync_task = asyncio.get_running_loop().create_task(self.run_background_sync(interval))
-        return self._sync_task
-
-    async def stop_background_sync(self) -> None:
-        task, self._sync_task = self._sync_task, None
-        if task is not None and not task.done():
-            import asyncio
-
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-
-    async def __aenter__(self) -> StatisticalCAPResolver:
-        if self.sync_interval_seconds is not None:
-            self.start_background_sync()
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.stop_background_sync()
-
     # ------------------------------------------------------------------ updates
     async def handle_update(self, update: StatisticalUpdate, *, now: float | None = None) -> dict[str, Any]:
         """Accept one update at its region and report the region's view (see :meth:`handle_update_sync`).
@@ -743,164 +519,3 @@ class StatisticalCAPResolver(Locked):
         # Only after an accepted write: a rejected call changes nothing, not even by syncing.
         if self.auto_sync_seconds is not None and now - self._last_sync >= self.auto_sync_seconds:
             self.sync(now=now)
-
-    # ------------------------------------------------------------------ views
-    @synchronized
-    def confidence_factor(self, region: str) -> float:
-        """The confidence factor of ``region``'s current view (module docstring)."""
-        region = self._known(region)
-        if region not in self._replicas:
-            return 1.0
-        replica = self._replicas[region]
-        return compute_confidence_factor(
-            replica.region_counts(), replica.ages(self._now()), region,
-            self.max_staleness_seconds, self.confidence_decay_rate,
-        )
-
-    @synchronized
-    def global_estimate(self, region: str) -> dict[str, Any]:
-        """``region``'s current view: confidence, staleness and the global estimate.
-
-        Under STRONG a region without a majority refuses (its view may be stale).
-        """
-        region = self._known(region)
-        self._require_quorum(region)
-        return self._view_report(region)
-
-    def _view_confidence(self, region: str, now: float) -> float | None:
-        """The ``confidence_factor`` of :meth:`_view_report` alone (None under EVENTUAL)."""
-        if self.consistency_model is ConsistencyModel.EVENTUAL:
-            return None
-        replica = self._replicas.get(region)
-        if replica is None:
-            return compute_confidence_factor({}, {}, region, self.max_staleness_seconds, self.confidence_decay_rate)
-        return compute_confidence_factor(replica.region_counts(), replica.ages(now), region,
-                                         self.max_staleness_seconds, self.confidence_decay_rate)
-
-    def _view_report(self, region: str, now: float | None = None) -> dict[str, Any]:
-        now = self._now() if now is None else now
-        replica = self._replicas.get(region)
-        counts = replica.region_counts() if replica else {}
-        ages = replica.ages(now) if replica else {}
-        total = sum(counts.values())
-        statistical = self.consistency_model is not ConsistencyModel.EVENTUAL
-        cf = compute_confidence_factor(counts, ages, region, self.max_staleness_seconds,
-                                       self.confidence_decay_rate) if statistical else None
-        weighted = math.fsum(n * (0.0 if p == region else ages.get(p, math.inf)) for p, n in counts.items())
-        estimate: dict[str, Any] = {"count": total, "region_counts": counts}
-        d = self._dim
-        # exact sums: identical registers give identical answers, bit for bit (docs/cap.md)
-        m = replica._exact_total() if replica else None
-        if m is not None and m.count:
-            # Python floats, then one array each: the same IEEE operations as NumPy's, bit for bit
-            mean = m._mean_list()
-            estimate["mean"] = np.array(mean[:d])
-            estimate["mean_anomaly_score"] = mean[d]
-        else:
-            estimate["mean"] = None
-            estimate["mean_anomaly_score"] = None
-        if statistical:
-            estimate["confidence_level"] = self.confidence_level
-            if m is not None and m.count >= 2:
-                # the exact centred sum of squares, rounded once: never negative
-                pairs = float((m.count - 1) * m.count)
-                z = self._z
-                half = [z * math.sqrt(v / pairs) / cf for v in m._m2_diagonal_list()]
-                estimate["confidence_interval"] = (np.array([a - h for a, h in zip(mean[:d], half, strict=False)]),
-                                                   np.array([a + h for a, h in zip(mean[:d], half, strict=False)]))
-                estimate["anomaly_score_interval"] = (mean[d] - half[d], mean[d] + half[d])
-            else:
-                estimate["confidence_interval"] = None
-                estimate["anomaly_score_interval"] = None
-        return {
-            "region": region,
-            "consistency_model": self.consistency_model.value,
-            "confidence_factor": cf,
-            "staleness_seconds": max(ages.values(), default=0.0),
-            "weighted_staleness_seconds": weighted / total if total else 0.0,
-            "visible_regions": sorted(self._topology.reachable(region)),
-            "global_estimate": estimate,
-        }
-
-    # ------------------------------------------------------------------ state
-    @synchronized
-    def to_dict(self) -> dict[str, np.ndarray]:
-        """Every replica's checkpoint, prefixed by region, plus the topology (flat dict of arrays).
-
-        Settings (model, staleness, clock) are not part of the state: pass them
-        again to :meth:`from_dict`.
-        """
-        out: dict[str, np.ndarray] = {
-            "format": np.array(_FORMAT_VERSION),
-            "regions": np.array(self._topology.regions, dtype=np.str_) if self._topology.regions else np.empty(0, "<U1"),
-            "born": np.array([self._topology.born[r] for r in self._topology.regions], dtype=np.float64),
-            "start": np.array(self._start),
-            "dim": np.array(-1 if self._dim is None else self._dim),
-            "groups": np.array([-1 if self._topology.group_of is None else self._topology.group_of[r] for r in self._topology.regions],
-                               dtype=np.int64),
-        }
-        for name, replica in self._replicas.items():
-            for k, v in replica.to_dict().items():
-                out[f"replica[{name}].{k}"] = v
-        return out
-
-    @classmethod
-    def from_dict(cls, state: Mapping[str, Any], **settings: Any) -> StatisticalCAPResolver:
-        """Restore a resolver from :meth:`to_dict` output; ``settings`` as for the constructor."""
-        if "regions" in settings or "feature_dimensions" in settings:
-            raise InvalidInputError("regions and feature_dimensions come from the state")
-        if not isinstance(state, Mapping):
-            raise InvalidTypeError(f"a resolver state is a mapping of arrays, got {type(state).__name__}")
-        try:
-            fmt = int_scalar(state["format"], "format", 0, 1 << 31)
-            if fmt != _FORMAT_VERSION:
-                raise InvalidInputError(f"unsupported resolver state format {fmt}")
-            regions = [check_region_name(r) for r in str_list(state["regions"], "regions")]
-            if len(set(regions)) != len(regions):
-                raise InvalidInputError("resolver state repeats a region")
-            born = float_list(state["born"], "born", len(regions))
-            start = float_scalar(state["start"], "start")
-            dim = int_scalar(state["dim"], "dim", -1, 1 << 31)
-            groups = int_list(state["groups"], "groups", len(regions), -1, 1 << 31)
-        except KeyError as exc:
-            raise InvalidInputError(f"resolver state lacks field {exc}") from exc
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, InvalidInputError):
-                raise
-            raise InvalidInputError(f"resolver state is malformed: {exc}") from exc
-        if dim == 0:
-            raise InvalidInputError("dim must be -1 (not known yet) or positive")
-        if any(g < 0 for g in groups) and not all(g < 0 for g in groups):
-            raise InvalidInputError("groups must be all -1 (no partition) or all >= 0")
-        known = {"format", "regions", "born", "start", "dim", "groups"}
-        prefixes = tuple(f"replica[{name}]." for name in regions) if dim > 0 else ()
-        for key in state:
-            if not isinstance(key, str) or (key not in known and not key.startswith(prefixes)):
-                raise InvalidInputError(f"resolver state has an unexpected field {key!r}")
-        replicas = {}
-        if dim > 0:
-            for name in regions:
-                prefix = f"replica[{name}]."
-                part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-                replica = RegionReplica.from_dict(part, dedup_window=settings.get("dedup_window"))
-                if replica.region != name or replica.dim != dim:
-                    raise InvalidInputError(f"replica state for {name!r} does not match the resolver")
-                replicas[name] = replica
-        res = cls(**settings)
-        res._start = start
-        res._topology.regions = regions
-        res._topology.born = dict(zip(regions, born, strict=True))
-        res._dim = dim if dim > 0 else None
-        res._replicas = replicas
-        res._topology.group_of = None if all(g < 0 for g in groups) else dict(zip(regions, groups, strict=True))
-        return res
-
-    @synchronized
-    def to_bytes(self) -> bytes:
-        """Checkpoint as bytes (an ``.npz`` archive, no pickle)."""
-        return dict_to_bytes(self.to_dict())
-
-    @classmethod
-    def from_bytes(cls, data: bytes, **settings: Any) -> StatisticalCAPResolver:
-        state = dict_from_bytes(data, "StatisticalCAPResolver")
-        return cls.from_dict(state, **settings)

@@ -61,6 +61,26 @@ class ConsensusMerging:
         new call, whose sources the founding rule may make founding sources)."""
         return {"evidence": self.export_evidence(), "founding_sources": self.founding_sources}
 
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], **settings: Any) -> ConsensusMerging:
+        """A new consensus (``settings`` as for the constructor) holding :meth:`export_state`'s
+        ``state``: the same evidence, in the same order, and the same founding sources (the
+        import that :meth:`export_state` is the export of; a malformed state is refused as
+        :meth:`merge` refuses it).
+
+        >>> from swarmguard.api import StableBayesianConsensus
+        >>> a = StableBayesianConsensus()
+        >>> a.add_evidence_batch(["e1", "e2"], ["x", "x"], ["peer_report"] * 2, [2.0, 1.0], [0.9, 0.8],
+        ...                      [1.0, 2.0], ["s1", "s2"])
+        2
+        >>> b = StableBayesianConsensus.from_state(a.export_state())
+        >>> b.state_fingerprint() == a.state_fingerprint(), b.consensus("x") == a.consensus("x")
+        (True, True)
+        """
+        consensus = cls(**settings)
+        consensus.merge(state)
+        return consensus
+
     def merge(self, other: ConsensusMerging | Mapping[str, Any]) -> int:
         """Add every evidence of ``other`` (a consensus, or its :meth:`export_state`), the
         union, keeping each side's founding sources; returns how many evidence were new.

@@ -33,7 +33,7 @@ def voting_sources(base: np.ndarray | None, covered_counts: np.ndarray | None, p
     """Mask of the sources that vote (None: every source, while the founding lasts or with
     ``probation`` 1): the base sources (founding or trusted) and every source with evidence on
     at least ``probation`` distinct agents that base sources report on (``covered_counts``,
-    from :class:`~swarmguard.structures.evidence.CoveredCounts`)."""
+    from :class:`~swarmguard.structures.covered_counts.CoveredCounts`)."""
     if base is None or probation <= 1:
         return None
     return np.asarray(base, dtype=bool) | (np.asarray(covered_counts) >= probation)

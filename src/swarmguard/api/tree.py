@@ -1,10 +1,16 @@
-"""``HierarchicalStatisticalTree``: the guide's Solution 1 population tree."""
+"""``HierarchicalStatisticalTree``: the guide's Solution 1 population tree.
+
+This module holds the tree's layout, its per-item and batch writes and its
+full-moment statistics; the checks of its inputs are in
+:mod:`swarmguard.api.tree_inputs`, its trimmed / windowed / tail-sketch moments
+in :mod:`swarmguard.api.tree_secondary`, its dict form in
+:mod:`swarmguard.api.tree_state`.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
@@ -13,7 +19,6 @@ from ..errors import (
     DimensionMismatchError,
     EmptyInputError,
     InvalidInputError,
-    InvalidTypeError,
     UnknownAgentError,
     UnknownCohortError,
 )
@@ -28,21 +33,24 @@ from ..validation import (
     check_agent_id,
     check_cohort,
     check_feature_matrix,
-    check_id_str_array,
-    check_id_texts,
-    check_key,
-    check_name_str_array,
     check_positive_int,
-    unique_names,
 )
 from ..values.id_index import SlotMap
 from ..values.moments import population_statistics
+from .tree_inputs import (  # re-exported: the settings' and the inputs' checks lived here
+    MAX_BRANCHING,
+    Path,
+    TreeSettings,
+    check_agent_ids,
+    cohort_rows,
+    validate_tree_settings,
+)
+from .tree_secondary import SecondaryMoments
+from .tree_state import tree_from_dict, tree_to_dict
 
-__all__ = ["HierarchicalStatisticalTree", "Path"]
+__all__ = ["HierarchicalStatisticalTree", "Path", "TreeSettings", "validate_tree_settings", "MAX_BRANCHING"]
 
-Path = tuple[str, ...]
 _PAGE_TARGET = 256  # a cohort claims the largest power of b slots not above this (100 for b = 10)
-MAX_BRANCHING = 1024
 
 
 def _page_levels(b: int) -> int:
@@ -52,30 +60,7 @@ def _page_levels(b: int) -> int:
     return levels
 
 
-@dataclass(frozen=True)
-class TreeSettings:
-    """:class:`~swarmguard.api.tree.HierarchicalStatisticalTree`'s checked settings."""
-
-    branching_factor: int
-    feature_dimensions: int | None
-    recompute_every: int
-    window_rounds: int | None
-
-
-def validate_tree_settings(branching_factor: Any = 10, feature_dimensions: Any = None, *,
-                           recompute_every: Any = 65536, window_rounds: Any = None) -> TreeSettings:
-    """Check the tree's constructor arguments as the tree does."""
-    branching_factor = check_positive_int(branching_factor, "branching_factor", minimum=2)
-    if branching_factor > MAX_BRANCHING:
-        raise InvalidInputError(f"branching_factor must be <= {MAX_BRANCHING}, got {branching_factor}")
-    if feature_dimensions is not None:
-        feature_dimensions = check_positive_int(feature_dimensions, "feature_dimensions")
-    recompute_every = check_positive_int(recompute_every, "recompute_every")
-    window_rounds = None if window_rounds is None else check_positive_int(window_rounds, "window_rounds")
-    return TreeSettings(branching_factor, feature_dimensions, recompute_every, window_rounds)
-
-
-class HierarchicalStatisticalTree(Locked):
+class HierarchicalStatisticalTree(SecondaryMoments, Locked):
     """Mergeable population statistics in a tree of cohorts.
 
     Each agent's latest feature vector is a leaf; every internal node holds the
@@ -296,48 +281,7 @@ class HierarchicalStatisticalTree(Locked):
         self.version += 1
 
     # ------------------------------------------------------------------ batch updates
-    def _check_ids(self, agent_ids: Any) -> np.ndarray:
-        """A 1-D array of valid ids: int64 or str where every id is, else object.
-
-        Ids follow :func:`~swarmguard.validation.check_agent_id` (any hashable but
-        None, bools and floats; no NUL character in a string, which a NumPy string
-        array would drop). Object arrays of strings (a pandas column) take the
-        string fast path.
-        """
-        if isinstance(agent_ids, (str, bytes)) or not hasattr(agent_ids, "__len__"):
-            raise InvalidTypeError("agent_ids must be a sequence or array of ids")
-        if isinstance(agent_ids, np.ndarray):
-            ids = agent_ids
-            if ids.ndim != 1:
-                raise DimensionMismatchError(f"agent_ids must be 1-D, got shape {ids.shape}")
-            if ids.dtype.kind in "fcb":
-                raise InvalidTypeError(f"agent ids must be ints or strings, got dtype {ids.dtype}")
-            if ids.dtype.kind == "u":
-                ids = ids.astype(np.int64) if ids.size == 0 or ids.max() < 2**63 else ids.astype(object)
-            if ids.dtype.kind == "U":
-                check_id_str_array(ids, "agent_ids")
-                return ids
-            if ids.dtype.kind == "i":
-                return ids
-            items = ids.tolist()
-        else:
-            try:
-                items = list(agent_ids)
-            except TypeError as exc:
-                raise InvalidTypeError(f"agent_ids must be a sequence or array of ids: {exc}") from exc
-        kinds = set(map(type, items))
-        if kinds == {int}:
-            try:
-                return np.array(items, dtype=np.int64)
-            except OverflowError:
-                pass
-        elif kinds == {str}:
-            check_id_texts(items, "agent_ids")
-            return np.array(items, dtype=str)
-        checked = [check_key(a, f"agent_ids[{i}]") for i, a in enumerate(items)]
-        ids = np.empty(len(checked), dtype=object)
-        ids[:] = checked
-        return ids
+    _check_ids = staticmethod(check_agent_ids)   # a 1-D array of valid ids (tree_inputs)
 
     def _check_distinct(self, ids: np.ndarray, slots: np.ndarray, known: np.ndarray) -> None:
         """No id twice in one batch: known ids by their slots, new ones among themselves."""
@@ -356,44 +300,7 @@ class HierarchicalStatisticalTree(Locked):
         if dup:
             raise InvalidInputError("agent_ids holds the same id twice in one batch")
 
-    @staticmethod
-    def _cohort_ids(cohorts: Any, n: int) -> tuple[np.ndarray, list[Path]]:
-        """Per-row index into a list of validated paths (-1: keep / root)."""
-        if cohorts is None:
-            return np.full(n, -1, dtype=np.int64), []
-        if isinstance(cohorts, (str, tuple)):
-            return np.zeros(n, dtype=np.int64), [check_cohort(cohorts)]
-        if isinstance(cohorts, np.ndarray) and cohorts.dtype.kind == "U":
-            if cohorts.shape != (n,):
-                raise DimensionMismatchError(f"cohorts has shape {cohorts.shape}, expected ({n},)")
-            # vectorised, before a sort of what may be huge; a broadcast name (every row the same
-            # element) is checked, and sorted, once
-            one = cohorts.size > 1 and cohorts.strides == (0,)
-            check_name_str_array(cohorts[:1] if one else cohorts, "cohorts")
-            names, inverse = unique_names(cohorts)
-            return inverse.astype(np.int64), [check_cohort(str(s)) for s in names]
-        if not isinstance(cohorts, Sequence) and not isinstance(cohorts, np.ndarray):
-            raise InvalidTypeError("cohorts must be None, one cohort path, or one per agent")
-        if len(cohorts) != n:
-            raise DimensionMismatchError(f"cohorts has {len(cohorts)} entries, expected {n}")
-        seen: dict[Any, int] = {}
-        paths: list[Path] = []
-        out = np.empty(n, dtype=np.int64)
-        for i, c in enumerate(cohorts):
-            key = tuple(c) if isinstance(c, list) else c
-            try:
-                k = seen.get(key)
-            except TypeError as exc:      # unhashable entry: a dict, a set, an array
-                raise InvalidTypeError(f"cohorts[{i}] is not a cohort name or path: {c!r}") from exc
-            if k is None:
-                if key is None:
-                    k = -1
-                else:
-                    paths.append(check_cohort(key))
-                    k = len(paths) - 1
-                seen[key] = k
-            out[i] = k
-        return out, paths
+    _cohort_ids = staticmethod(cohort_rows)   # per-row index into validated paths (tree_inputs)
 
     @synchronized
     def update_many(self, agent_ids: Any, X: Any, cohorts: Any = None) -> None:
@@ -596,245 +503,22 @@ class HierarchicalStatisticalTree(Locked):
         return {"shift": self._tree.shift, "exponent": self._tree.exponent.copy(),
                 "population": self._tree.root_state(), "cohorts": cohorts}
 
-    # ------------------------------------------------------------------ trimmed moments
-    # A second set of moments per node over the members not flagged under the full moments
-    # (swarmguard.structures.trimming), kept once a scoring mode asks for them.
-    @synchronized
-    def keep_trimmed_moments(self) -> None:
-        """Keep trimmed moments from now on (O(n d²) once; nothing if already kept)."""
-        if self._trim is None and self._tree is not None:
-            self._tree.flush()
-            trim = TrimmedMoments(self._tree)
-            trim.rejudge(self._judged_tree())
-            self._trim = trim
-        elif self._tree is None:
-            self._trim_wanted = True
-
-    @property
-    def keeps_trimmed_moments(self) -> bool:
-        """Whether the tree keeps trimmed moments (asked for by a scoring mode)."""
-        return self._trim is not None or self._trim_wanted
-
-    @synchronized
-    def rejudge_trimmed(self) -> None:
-        """Judge every member again against the current full moments (O(n d²)); see
-        :meth:`~swarmguard.structures.trimming.TrimmedMoments.rejudge`."""
-        if self._trim is not None:
-            self._trim.rejudge(self._judged_tree())
-            self.version += 1
-
-    def _state_in(self, sub: SlotTree, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
-        """(count, offset, M2) of cohort ``cid``'s members in ``sub`` (a second slot tree of the
-        same layout: trimmed or windowed moments), in ``sub``'s units."""
-        return sub.root_state() if cid == 0 else sub.covered_state(self._cover(cid))
-
-    def _trimmed_state(self, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
-        """(count, offset, M2) of cohort ``cid``'s kept members, in the trimmed tree's units."""
-        return self._state_in(self._trim.tree, cid)
-
-    @synchronized
-    def get_trimmed_statistics(self, path: Any = (), ddof: int = 1) -> dict[str, Any]:
-        """Statistics of a cohort's kept members (``()``: the population), as
-        :meth:`get_cohort_statistics`; ``InvalidInputError`` unless trimmed moments are kept."""
-        if self._trim is None:
-            raise InvalidInputError("this tree keeps no trimmed moments (no scoring mode asked for them)")
-        p = check_cohort(path)
-        cid = self._cohorts.id_of.get(p if p is not None else ())
-        if cid is None:
-            raise UnknownCohortError(f"unknown cohort {path!r}")
-        ddof = check_positive_int(ddof, "ddof", minimum=0)
-        sub = self._trim.tree
-        sub.flush()
-        n, off, m2 = self._trimmed_state(cid)
-        mean, m2 = sub.to_user(off, m2)
-        count = int(round(n))
-        return {"cohort": self._cohorts.path_of(cid), **population_statistics(count, mean, m2, ddof)}
-
-    # ------------------------------------------------------------------ windowed moments
-    # The moments of the members written in the last window_rounds rounds
-    # (swarmguard.structures.window), kept when the tree is built with window_rounds.
-    @property
-    def current_round(self) -> int:
-        """Rounds opened so far (0 without a window, or before the first batch)."""
-        return 0 if self._win is None else self._win.round
-
-    @synchronized
-    def advance_round(self) -> None:
-        """Open the next round (a batch write opens one itself): members last written
-        ``window_rounds`` rounds ago leave the windowed moments. ``InvalidInputError``
-        without a window."""
-        if self.window_rounds is None:
-            raise InvalidInputError("this tree keeps no window (built without window_rounds)")
-        if self._win is not None:
-            self._advance_window()
-            self.version += 1
-
-    def _advance_window(self) -> None:
-        gone = self._win.advance()
-        if self._trim is not None:     # trimmed moments are the kept members *of the window*
-            self._trim.clear(gone)
-        if self._sketches is not None and np.size(gone):   # so are the tail sketches' members
-            self._sketches.mark(gone)
-
-    def _judged_tree(self):
-        """The slot tree trimmed members are judged against and drawn from: the window's
-        members when there is a window, else everyone."""
-        return self._tree if self._win is None else self._win.tree
-
-    def _window_state(self, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
-        """(count, offset, M2) of cohort ``cid``'s members inside the window, in the window tree's units."""
-        return self._state_in(self._win.tree, cid)
-
-    @synchronized
-    def in_window(self, agent_ids: Any) -> np.ndarray:
-        """Whether each agent's latest vector is inside the window (counted in the windowed moments)."""
-        if self.window_rounds is None:
-            raise InvalidInputError("this tree keeps no window (built without window_rounds)")
-        slots, _ = self.slots_of(agent_ids)
-        return self._win.inside(slots)
-
-    @synchronized
-    def get_window_statistics(self, path: Any = (), ddof: int = 1) -> dict[str, Any]:
-        """Statistics of a cohort's members inside the window (``()``: the population), as
-        :meth:`get_cohort_statistics`; ``InvalidInputError`` without a window."""
-        if self.window_rounds is None:
-            raise InvalidInputError("this tree keeps no window (built without window_rounds)")
-        p = check_cohort(path)
-        cid = self._cohorts.id_of.get(p if p is not None else ())
-        if cid is None:
-            raise UnknownCohortError(f"unknown cohort {path!r}")
-        ddof = check_positive_int(ddof, "ddof", minimum=0)
-        if self._win is None:
-            return {"cohort": self._cohorts.path_of(cid),
-                    **population_statistics(0, np.full(self._dim or 0, np.nan), np.zeros((self._dim or 0,) * 2), ddof)}
-        sub = self._win.tree
-        sub.flush()
-        n, off, m2 = self._window_state(cid)
-        mean, m2 = sub.to_user(off, m2)
-        return {"cohort": self._cohorts.path_of(cid), **population_statistics(int(round(n)), mean, m2, ddof)}
-
-    # ------------------------------------------------------------------ tail sketches
-    # Per-node feature sketches (swarmguard.structures.sketch_tree), kept once a scoring mode asks.
-    # Nothing to serialise: a node's sketches are rebuilt from its members' vectors.
-    @synchronized
-    def keep_tail_sketches(self) -> None:
-        """Keep per-node tail sketches from now on (built on the next read)."""
-        if self._sketches is None and self._tree is not None:
-            self._sketches = SketchTree(self._dim, self._page_size, self.branching_factor)
-        self._sketches_wanted = True
-
-    def _fresh_sketches(self) -> SketchTree:
-        # no flush: the slots' vectors, units and the root's count are current after every change
-        t = self._tree
-        if self._win is None:
-            self._sketches.refresh(t.X, t.occupied, t.shift, t.unit, members=t.root_state()[0])
-        else:
-            # a window: the sketches hold the members inside it, as the windowed moments do (the
-            # distance and the tails are read from the same population); _advance_window marks
-            # the pages of the members that leave
-            w = self._win.tree
-            self._sketches.refresh(t.X, t.occupied, t.shift, t.unit, members=w.root_state()[0], inside=w.occupied)
-        return self._sketches
-
-    def _tail_sketches(self, cid: int):
-        """Cohort ``cid``'s feature sketches (0: the population), in the moments' internal units."""
-        sk = self._fresh_sketches()
-        if cid == 0:
-            return sk.root()
-        cohorts = self._cohorts
-        pages = np.concatenate([np.asarray(cohorts.pages[c], dtype=np.int64) for c in cohorts.subtree(cid)])
-        return sk.pages_merged(pages)
-
     # ------------------------------------------------------------------ serialisation
     @synchronized
-    def to_dict(self) -> dict[str, np.ndarray]:
-        """The tree as a dict of arrays (agents, vectors, cohort paths); nodes are derived."""
-        ids = self.agent_ids()
-        if not ids:
-            kind = np.array([], dtype=np.int64)
-        elif all(isinstance(i, int) for i in ids):
-            kind = np.array(ids, dtype=np.int64)
-        elif all(isinstance(i, str) for i in ids):
-            kind = np.array(ids, dtype=str)
-        else:
-            raise InvalidTypeError("only trees whose ids are all ints or all strs can be serialised")
-        slots = self._index.lookup_many(kind) if ids else np.zeros(0, dtype=np.int64)
-        paths = self._cohorts.paths
-        out = {
-            "branching_factor": np.array(self.branching_factor),
-            "feature_dimensions": np.array(self._dim if self._dim is not None else 0),
-            "agent_ids": kind,
-            "features": self._tree.X[slots].copy() if ids else np.zeros((0, self._dim or 0)),
-            "cohort_index": self._cohorts.cohort_of_slots(slots) if ids else np.zeros(0, dtype=np.int64),
-            "cohort_paths": np.array(["\x1f".join(p) for p in paths], dtype=str),
-        }
-        if self._sketches_wanted:      # the sketches themselves are rebuilt from the vectors
-            out["keeps_tail_sketches"] = np.array(True)
-        if self._trim is not None:     # the flags, so that the trimmed moments come back as they are
-            out["trimmed_kept"] = self._trim.kept(slots) if ids else np.zeros(0, dtype=bool)
-        if self.window_rounds is not None:   # the rounds, so that the windowed moments come back as they are
-            out["window_rounds"] = np.array(self.window_rounds, dtype=np.int64)
-            out["window_round"] = np.array(self.current_round, dtype=np.int64)
-            out["window_last_round"] = (self._win.last_rounds(slots) if ids
-                                        else np.zeros(0, dtype=np.int64))
-        return out
+    def to_dict(self, exact: bool = False) -> dict[str, np.ndarray]:
+        """The tree as a dict of arrays (agents, vectors, cohort paths); nodes are derived
+        (:mod:`swarmguard.api.tree_state`).
+
+        ``exact``: also each agent's slot, the cohorts' pages and free slots, and the shift
+        and units the moments are kept in (``slot_*`` fields), so that :meth:`from_dict`
+        rebuilds the same layout and recomputes every node bitwise as this tree holds it
+        after a flush (and later rounds score bitwise alike); without them the agents are
+        placed afresh and the moments recomputed around the vectors' mean, equal to about
+        1e-15 relative. Not for a tree with a window (``window_rounds``): those fields are
+        left out, and the windowed moments are recomputed."""
+        return tree_to_dict(self, exact)
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> HierarchicalStatisticalTree:
         """Rebuild a tree from :meth:`to_dict` output."""
-        try:
-            dim = int(state["feature_dimensions"]) or None
-            branching = int(state["branching_factor"])
-            ids = np.asarray(state["agent_ids"])
-            state["features"], state["cohort_index"], state["cohort_paths"]
-        except KeyError as exc:
-            raise InvalidInputError(f"tree state lacks field {exc}") from exc
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(f"tree state is malformed: {exc}") from exc
-        window = None
-        if "window_rounds" in state:
-            try:
-                window_field = np.asarray(state["window_rounds"])
-                round_field = np.asarray(state["window_round"])
-                last = np.asarray(state["window_last_round"])
-            except KeyError as exc:
-                raise InvalidInputError(f"tree state lacks field {exc}") from exc
-            # whole numbers only: int() would truncate a 2.7 (or a True) into a window nobody asked for
-            for name, field in (("window_rounds", window_field), ("window_round", round_field)):
-                if field.shape != () or field.dtype.kind not in "iu":
-                    raise InvalidInputError(f"tree state's {name} must be one integer, got {field!r}")
-            window, round_now = int(window_field), int(round_field)
-            if round_now < 0:
-                raise InvalidInputError(f"tree state's window_round must be >= 0, got {round_now}")
-            if last.shape != ids.shape or (last.size and (last.dtype.kind not in "iu" or last.min() < 0
-                                                          or last.max() > round_now)):
-                raise InvalidInputError("tree state's window_last_round must hold one round in "
-                                        f"[0, {round_now}] per agent")
-            if "trimmed_kept" in state and window >= 1:
-                # the trimmed moments are drawn from the window: a member kept there but outside the
-                # window would never expire from them (no bucket holds it)
-                kept_flags = np.asarray(state["trimmed_kept"], dtype=bool)
-                if kept_flags.shape == ids.shape and (kept_flags & (last <= round_now - window)).any():
-                    raise InvalidInputError("tree state's trimmed_kept holds members outside the window")
-        tree = cls(branching, dim, window_rounds=window)
-        if ids.size:
-            paths = [tuple(s.split("\x1f")) if s else () for s in np.asarray(state["cohort_paths"]).tolist()]
-            cohorts = [paths[i] for i in np.asarray(state["cohort_index"]).tolist()]
-            tree.update_many(ids, np.asarray(state["features"]), cohorts=cohorts)
-        if state.get("keeps_tail_sketches") is not None and bool(np.asarray(state["keeps_tail_sketches"])):
-            tree.keep_tail_sketches()
-        if "trimmed_kept" in state:
-            kept = np.asarray(state["trimmed_kept"], dtype=bool)
-            if kept.shape != ids.shape:
-                raise InvalidInputError(f"tree state's trimmed_kept has shape {kept.shape}, expected {ids.shape}")
-            if tree._tree is None:
-                tree._trim_wanted = True
-            else:
-                tree._trim = TrimmedMoments(tree._tree)
-            if ids.size:
-                slots = tree._index.lookup_many(tree._check_ids(ids))
-                tree._trim.write(tree._tree, slots, tree._tree.X[slots], keep=kept)
-        if window is not None and tree._win is not None:
-            slots = tree._index.lookup_many(tree._check_ids(ids)) if ids.size else np.zeros(0, dtype=np.int64)
-            tree._win.restore(tree._tree, slots, tree._tree.X[slots], round_now, last.astype(np.int64))
-        return tree
+        return tree_from_dict(cls, state)

@@ -120,6 +120,25 @@ class CohortDirectory:
         self.pools[cid].push(fresh[short:])
         return np.concatenate([got, fresh[:short]])
 
+    def layout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(page_owner, pool_sizes, pool_slots)``: each page's cohort, and each cohort's free
+        slots as its stack holds them (concatenated), for :meth:`restore_layout`."""
+        sizes = np.array([pool.size for pool in self.pools], dtype=np.int64)
+        slots = [pool.buf[: pool.size] for pool in self.pools]
+        return (self.page_owner.copy(), sizes,
+                np.concatenate(slots).astype(np.int64) if slots else np.zeros(0, dtype=np.int64))
+
+    def restore_layout(self, page_owner: np.ndarray, pool_sizes: np.ndarray, pool_slots: np.ndarray) -> None:
+        """Take :meth:`layout`'s pages and free slots (checked by the caller; the cohorts exist,
+        with the same ids): later allocations hand out the slots the exporting directory would."""
+        self.page_owner = np.array(page_owner, dtype=np.int64)
+        self.n_pages = int(self.page_owner.size)
+        self.pages = [np.flatnonzero(self.page_owner == c).tolist() for c in range(len(self.paths))]
+        ends = np.cumsum(pool_sizes)
+        for c, pool in enumerate(self.pools):
+            pool.buf = np.array(pool_slots[ends[c] - pool_sizes[c]: ends[c]], dtype=np.int64)
+            pool.size = int(pool_sizes[c])
+
     def release(self, cid: int, slots: np.ndarray) -> None:
         self.pools[cid].push(np.asarray(slots, dtype=np.int64))
 

@@ -14,7 +14,7 @@ Layout
   per-(agent, source) total exactly, however the evidence was split; in
   process, :meth:`EvidenceLedger.shard_totals` may instead sum the partitions'
   rows in one pass, which gives the same bits. Partitions are the unit that
-  later moves onto workers.
+  later moves onto workers (:mod:`swarmguard.structures.evidence_partition`).
 
 Evidence ids
 ------------
@@ -31,7 +31,7 @@ Covered evidence
 :class:`CoveredCounts` counts, per source, the distinct agents it has evidence on that some
 *base* source also reports on (up to a cap) (for probation, the base sources are the founding
 and trusted ones; see :mod:`swarmguard.api.consensus`), incrementally from the
-ledger's rows.
+ledger's rows (:mod:`swarmguard.structures.covered_counts`).
 
 The ledger knows nothing about validation or the consensus rule; it is fed
 validated arrays by :mod:`swarmguard.api.consensus`.
@@ -39,19 +39,20 @@ validated arrays by :mod:`swarmguard.api.consensus`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from ..errors import InvalidInputError
 from ..values.id_index import IdIndex
-from .pair_sums import PairSums, _int_array
+from .covered_counts import CoveredCounts, _room  # noqa: F401  (_room: still importable from here)
+from .evidence_partition import (  # the shard constants are read here, as module globals, by the ledger
+    _SHARD_SHIFT,
+    AGENTS_PER_SHARD,
+    EvidencePartition,
+    ShardTotals,
+)
+from .pair_sums import PairSums
 
 __all__ = ["EvidenceLedger", "EvidencePartition", "CoveredCounts", "AGENTS_PER_SHARD"]
 
-# Big enough that per-shard NumPy call overhead is amortised, small enough to stay in cache.
-_SHARD_SHIFT = 13
-AGENTS_PER_SHARD = 1 << _SHARD_SHIFT
 _COUNT_BLOCK = 1 << 16
 
 _COLUMNS = {
@@ -62,141 +63,6 @@ _COLUMNS = {
     "confidence": np.float64,
     "timestamp": np.float64,
 }
-
-
-class EvidencePartition:
-    """At most ``capacity`` evidence points of one shard and their exact accumulator.
-
-    A partition is self-contained: it keeps its points' sequence numbers, agent
-    rows (local to the shard), source rows and contributions, so it can be
-    shipped to a worker without the ledger; :meth:`sums` is its mergeable
-    :class:`PairSums` (built on first use, cached until the partition grows).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> ledger = EvidenceLedger(partition_size=2)
-    >>> _ = ledger.append(np.array([0, 0, 1]), np.array([0, 1, 0]), np.zeros(3, np.int16),
-    ...                   np.array([1.0, 2.0, 3.0]), np.ones(3), np.zeros(3))
-    >>> [p.size for p in ledger.shards[0]], ledger.shards[0][1].contribution.tolist()
-    ([2, 1], [3.0])
-    """
-
-    __slots__ = ("capacity", "size", "_seq", "_agent", "_source", "_contribution", "_sums")
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.size = 0
-        first = min(capacity, 64)
-        self._seq = np.zeros(first, dtype=np.int64)
-        self._agent = np.zeros(first, dtype=np.int32)
-        self._source = np.zeros(first, dtype=np.int32)
-        self._contribution = np.zeros(first, dtype=np.float64)
-        self._sums: PairSums | None = None
-
-    @property
-    def room(self) -> int:
-        return self.capacity - self.size
-
-    @property
-    def seq(self) -> np.ndarray:
-        return self._seq[: self.size]
-
-    @property
-    def agent(self) -> np.ndarray:
-        """Agent rows minus the shard's first agent row."""
-        return self._agent[: self.size]
-
-    @property
-    def source(self) -> np.ndarray:
-        return self._source[: self.size]
-
-    @property
-    def contribution(self) -> np.ndarray:
-        return self._contribution[: self.size]
-
-    def extend(self, seq: np.ndarray, agent: np.ndarray, source: np.ndarray, contribution: np.ndarray) -> None:
-        need = self.size + seq.size
-        if need > self._seq.size:
-            size = min(self.capacity, max(need, 2 * self._seq.size))
-            for name in ("_seq", "_agent", "_source", "_contribution"):
-                old = getattr(self, name)
-                grown = np.zeros(size, dtype=old.dtype)
-                grown[: self.size] = old[: self.size]
-                setattr(self, name, grown)
-        lo = self.size
-        self._seq[lo:need], self._agent[lo:need] = seq, agent
-        self._source[lo:need], self._contribution[lo:need] = source, contribution
-        self.size = need
-        self._sums = None
-
-    def adopt(self, seq: np.ndarray, agent: np.ndarray, source: np.ndarray, contribution: np.ndarray) -> None:
-        """Fill an empty partition with the given arrays themselves (no copy): int64,
-        int32, int32, float64 of equal length, which no one else may write to. A later
-        :meth:`extend` reallocates (the arrays are exactly full), so they are never written."""
-        if self.size or not 0 < seq.size <= self.capacity:
-            raise InvalidInputError("adopt needs an empty partition and 1..capacity rows")
-        self._seq, self._agent, self._source, self._contribution = seq, agent, source, contribution
-        self.size = seq.size
-        self._sums = None
-
-    def to_dict(self) -> dict[str, np.ndarray]:
-        """The partition as plain arrays (copies), e.g. to ship it to a worker."""
-        return {"capacity": np.array(self.capacity), "seq": self.seq.copy(), "agent": self.agent.copy(),
-                "source": self.source.copy(), "contribution": self.contribution.copy()}
-
-    @classmethod
-    def from_dict(cls, state: dict[str, np.ndarray]) -> EvidencePartition:
-        """Inverse of :meth:`to_dict`, validated: integer rows in range (local agent rows
-        below ``AGENTS_PER_SHARD``, source rows below 2**31 - 1, seqs >= 0), finite float
-        contributions, equal lengths; anything else raises
-        :class:`~swarmguard.errors.InvalidInputError` (never a silent cast)."""
-        if not isinstance(state, dict):
-            raise InvalidInputError(f"partition state must be a dict, got {type(state).__name__}")
-        try:
-            capacity = int(_int_array(state["capacity"], "capacity", 1, 1 << 62, ndim=0))
-            seq = _int_array(state["seq"], "seq", 0, 1 << 63)
-            agent = _int_array(state["agent"], "agent", 0, AGENTS_PER_SHARD)
-            source = _int_array(state["source"], "source", 0, (1 << 31) - 1)
-            contribution = np.asarray(state["contribution"])
-        except KeyError as exc:
-            raise InvalidInputError(f"partition state lacks field {exc}") from exc
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(f"partition state is malformed: {exc}") from exc
-        if contribution.dtype.kind != "f" or contribution.ndim != 1:
-            raise InvalidInputError(f"partition contributions must be a 1-D float array, got dtype "
-                                    f"{contribution.dtype}, shape {contribution.shape}")
-        if len({seq.shape, agent.shape, source.shape, contribution.shape}) != 1 or seq.size > capacity:
-            raise InvalidInputError("partition state has inconsistent columns or capacity")
-        wide = contribution
-        contribution = contribution.astype(np.float64)
-        # float16/32 widen exactly; a wider type (long double) must hold float64 values only
-        if wide.dtype != np.float64 and not np.array_equal(contribution.astype(wide.dtype), wide, equal_nan=True):
-            raise InvalidInputError(f"partition contributions of dtype {wide.dtype} do not fit float64 exactly")
-        if not np.isfinite(contribution).all():
-            raise InvalidInputError("partition contributions must be finite")
-        part = cls(capacity)
-        part.extend(seq.astype(np.int64), agent.astype(np.int32), source.astype(np.int32), contribution)
-        return part
-
-    def sums(self) -> PairSums:
-        """This partition's exact per-(agent, source) sums (agent rows local to the shard)."""
-        if self._sums is None:
-            self._sums = PairSums.from_rows(self.agent, self.source, self.contribution)
-        return self._sums
-
-
-@dataclass
-class ShardTotals:
-    """Exact totals of one shard (agent rows local to the shard)."""
-
-    agent_lo: int
-    pair_agent: np.ndarray
-    pair_source: np.ndarray
-    pair_count: np.ndarray
-    pair_total: np.ndarray
-    agent_count: np.ndarray
-    agent_total: np.ndarray
 
 
 class EvidenceLedger:
@@ -486,118 +352,6 @@ class EvidenceLedger:
         parts = [p.sums().select_agent(agent_row - lo) for p in self.shards[shard]]
         a, s, c, t, ac, at = PairSums.merged_totals(parts, agent_row - lo + 1, prior)
         return ShardTotals(agent_row, a - (agent_row - lo), s, c, t, ac[-1:], at[-1:])
-
-
-class CoveredCounts:
-    """Per source row: on how many *distinct covered* agents it has evidence (counted up to
-    a cap), where covered agents are those that some base source (given per source row)
-    reports on; base sources themselves are not counted.
-
-    Distinct agents, not pieces: ten pieces on one agent are one agent, so an identity
-    cannot earn its count by repeating itself where a base source happens to report.
-    Kept incrementally from a ledger's rows: each call reads only the rows added since the
-    last one, and looks again at older rows only for agents that become covered while
-    holding evidence (``pending``) from the time they were not. The counts depend only on
-    the set of rows, not on their order. A change of base for a source that has rows
-    already counted starts the count again from the first row.
-
-    Memory is bounded by the cap: only the (source, agent) pairs of sources still below
-    the cap are kept (fewer than ``cap`` per such source), since a count that reached the
-    cap is never asked beyond it (the rows only grow, so it never falls back).
-
-    Examples
-    --------
-    >>> ledger = EvidenceLedger(partition_size=8)
-    >>> _ = ledger.agents.add_new(["x", "y"]), ledger.sources.add_new(["base", "s"])
-    >>> _ = ledger.append(np.array([0, 1, 1, 1]), np.array([1, 1, 1, 0]), np.zeros(4, np.int16),
-    ...                   np.ones(4), np.ones(4), np.zeros(4))
-    >>> CoveredCounts().counts(ledger, np.array([True, False]), cap=10).tolist()   # "s": "y" only, twice
-    [0, 1]
-    """
-
-    __slots__ = ("_base", "_cap", "_covered", "_pending", "_counts", "_pairs", "_done")
-
-    def __init__(self) -> None:
-        self._base = np.zeros(0, dtype=bool)
-        self._cap = 0
-        self._covered = np.zeros(0, dtype=bool)
-        self._pending = np.zeros(0, dtype=np.int64)   # per agent: uncounted evidence while not covered
-        self._counts = np.zeros(0, dtype=np.int64)
-        self._pairs = np.zeros(0, dtype=np.int64)     # sorted (source << 32 | agent) counted, sources below cap
-        self._done = 0
-
-    def counts(self, ledger: EvidenceLedger, base: np.ndarray, cap: int) -> np.ndarray:
-        """The counts per source row of ``ledger`` given ``base`` (bool per source row),
-        each ``min(distinct covered agents, cap)``; a view, valid until the next call."""
-        n_sources, n_agents = len(ledger.sources), len(ledger.agents)
-        base = np.asarray(base, dtype=bool)
-        cap = int(cap)
-        known = self._base.size
-        if (known > n_sources or not np.array_equal(base[:known], self._base) or self._done > ledger.size
-                or cap != self._cap):
-            self.__init__()
-        self._base, self._cap = base.copy(), cap
-        # buffers grow by doubling (a per-item loop adding agents stays O(1) amortised)
-        self._covered, self._pending = _room(self._covered, n_agents), _room(self._pending, n_agents)
-        self._counts = _room(self._counts, n_sources)
-        covered, pending = self._covered[:n_agents], self._pending[:n_agents]
-        counts = self._counts[:n_sources]
-        done, size = self._done, ledger.size
-        if done < size:
-            agent_col, source_col = ledger.columns["agent_row"], ledger.columns["source_row"]
-            agent, source = agent_col[done:size], source_col[done:size]
-            from_base = base[source]
-            reached = agent[from_base]
-            reached = np.unique(reached[~covered[reached]])
-            found_agents, found_sources = [], []
-            if reached.size:
-                covered[reached] = True
-                again = reached[pending[reached] > 0]
-                if again.size:   # evidence from before these agents were covered: count it now
-                    wanted = np.zeros(n_agents, dtype=bool)
-                    wanted[again] = True
-                    old_agent, old_source = agent_col[:done], source_col[:done]
-                    hit = wanted[old_agent] & ~base[old_source]
-                    found_agents.append(old_agent[hit])
-                    found_sources.append(old_source[hit])
-                    pending[again] = 0
-            other_agent, other_source = agent[~from_base], source[~from_base]
-            on = covered[other_agent]
-            found_agents.append(other_agent[on])
-            found_sources.append(other_source[on])
-            pending += np.bincount(other_agent[~on], minlength=n_agents)
-            self._add_pairs(np.concatenate(found_agents), np.concatenate(found_sources), counts)
-            self._done = size
-        return counts
-
-    def _add_pairs(self, agent: np.ndarray, source: np.ndarray, counts: np.ndarray) -> None:
-        """Count the (agent, source) pairs not counted yet, for sources below the cap."""
-        cap = self._cap
-        below = counts[source] < cap
-        if not below.any():
-            return
-        keys = (source[below].astype(np.int64) << 32) | agent[below].astype(np.int64)
-        keys = np.unique(keys)
-        pairs = self._pairs
-        if pairs.size:
-            at = np.minimum(np.searchsorted(pairs, keys), pairs.size - 1)
-            keys = keys[pairs[at] != keys]
-        if keys.size == 0:
-            return
-        new_sources = keys >> 32
-        np.minimum(counts + np.bincount(new_sources, minlength=counts.size), cap, out=counts)
-        pairs = np.insert(pairs, np.searchsorted(pairs, keys), keys)
-        # a source at the cap is never counted again: its pairs are dropped
-        self._pairs = pairs[counts[pairs >> 32] < cap]
-
-
-def _room(buffer: np.ndarray, n: int) -> np.ndarray:
-    """``buffer``, or a zero-padded copy of at least twice its length when shorter than ``n``."""
-    if buffer.size >= n:
-        return buffer
-    grown = np.zeros(max(n, 2 * buffer.size, 64), dtype=buffer.dtype)
-    grown[: buffer.size] = buffer
-    return grown
 
 
 def _key(keys, i: int):

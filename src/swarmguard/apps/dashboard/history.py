@@ -94,6 +94,26 @@ class WindowHistory:
             while len(hist.windows) > self.max_windows:
                 hist.windows.popleft()
 
+    # ---------------------------------------------------------------- snapshots (serve.snapshot)
+    def export_state(self) -> dict:
+        """The recorded windows and first isolations of every population, as plain JSON values
+        (a node's snapshot deletes the log records they were recorded from, so a restart
+        could not rebuild them by replay)."""
+        return {"populations": {name: {"windows": [_record_state(r) for r in hist.windows],
+                                       "first_isolated": [[a, w, at] for a, (w, at) in hist.first_isolated.items()]}
+                                for name, hist in self.populations.items()}}
+
+    def import_state(self, state: dict) -> None:
+        """Take :meth:`export_state`'s state (a node restarting from its snapshot)."""
+        populations: dict[str, _PopulationHistory] = {}
+        for name, hist in state["populations"].items():
+            windows = deque(_record_of(r) for r in hist["windows"])
+            while len(windows) > self.max_windows:
+                windows.popleft()
+            first = {str(a): (int(w), float(at)) for a, w, at in hist["first_isolated"]}
+            populations[str(name)] = _PopulationHistory(windows, first)
+        self.populations = populations
+
     # ---------------------------------------------------------------- reading
     def windows(self, population: str, last: int | None = None) -> list[WindowRecord]:
         hist = self.populations.get(population)
@@ -125,6 +145,28 @@ class WindowHistory:
         typical, spread = _typical(pop)
         return WindowRecord(outcome.window, at, outcome.agents, len(outcome.isolated), top, floor, cohorts,
                             typical, spread, _regions(pop))
+
+
+def _record_state(r: WindowRecord) -> dict:
+    return {"window": r.window, "at": r.at, "agents": r.agents, "newly_isolated": r.newly_isolated,
+            "top": [[a, sev, p, feats] for a, (sev, p, feats) in r.top.items()], "floor": r.floor,
+            "cohorts": [[name, c.agents, c.isolated, c.max_severity, c.p_value_counts] for name, c in r.cohorts.items()],
+            "typical": r.typical, "spread": r.spread,
+            "regions": [[region, cf, age] for region, (cf, age) in r.regions.items()]}
+
+
+def _record_of(s: dict) -> WindowRecord:
+    def number(v):
+        return None if v is None else float(v)
+
+    return WindowRecord(
+        int(s["window"]), float(s["at"]), int(s["agents"]), int(s["newly_isolated"]),
+        {str(a): (int(sev), float(p), [float(v) for v in feats]) for a, sev, p, feats in s["top"]},
+        int(s["floor"]),
+        {str(name): CohortWindow(int(n), int(iso), int(mx), [int(c) for c in counts])
+         for name, n, iso, mx, counts in s["cohorts"]},
+        [number(v) for v in s["typical"]], [number(v) for v in s["spread"]],
+        {str(region): (number(cf), number(age)) for region, cf, age in s["regions"]})
 
 
 def _finite(v) -> float | None:

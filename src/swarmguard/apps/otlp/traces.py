@@ -86,6 +86,10 @@ class SpanIngest:
         # hash is 64-bit and salted per process, the sets are rebuilt at each start
         self._seen: set[int] = set()
         self._seen_before: set[int] = set()
+        # the (agent id, span id) pairs behind those hashes, per record (names, agent codes, ids):
+        # a snapshot carries the window before's pairs, since the hashes do not outlive the process
+        self._ids: list[tuple[list[str], np.ndarray, np.ndarray]] = []
+        self._ids_before: list[tuple[list[str], np.ndarray, np.ndarray]] = []
         self._last_seq = 0      # the last span record this node logged (live)
         self.duplicates = 0     # spans acknowledged as repeats of kept ones, since the node started
 
@@ -183,12 +187,14 @@ class SpanIngest:
                    | matrix[:, _ID_COLUMNS + 1].astype(np.uint64))
             names = meta["agents"]
             self._seen.update(hash((names[a], s)) for a, s in zip(local[:, 0].tolist(), sid.tolist()) if s)
+            self._ids.append((names, local[:, 0], sid))
         agg.add_columns(columns, now=0.0)
         self.node.open_window(at)
 
     def before_close(self, at: float) -> None:
         """The open window's spans become the ``spans`` population's vectors of this window."""
         self._seen_before, self._seen = self._seen, set()
+        self._ids_before, self._ids = self._ids, []
         if self.pending_spans == 0:
             return
         window = self.aggregator.close(now=0.0)
@@ -199,6 +205,31 @@ class SpanIngest:
                 "feature_names": list(FEATURE_NAMES)}
         self.node._apply_behaviors(at, meta, window.features)
         self.node.metrics.queue_depth.labels("window_spans").set(0)
+
+
+    # ------------------------------------------------------------ snapshots (serve.snapshot)
+    def export_state(self) -> dict[str, Any]:
+        """The state this extension carries between windows (taken between windows, under the
+        node's lock): the aggregator's (:meth:`WindowAggregator.export_state`) and the span
+        ids of the window before (``seen_agents``, ``seen_ids``), which repeats are checked
+        against."""
+        agents: list[str] = []
+        ids = []
+        for names, codes, sid in self._ids_before:
+            keep = sid != 0
+            agents += [names[a] for a in codes[keep].tolist()]
+            ids.append(sid[keep])
+        return {"aggregator": self.aggregator.export_state(), "seen_agents": agents,
+                "seen_ids": np.concatenate(ids) if ids else np.zeros(0, np.uint64)}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """Take :meth:`export_state`'s state (a node restarting from its snapshot)."""
+        self.aggregator.import_state(state["aggregator"])
+        agents = [str(a) for a in state["seen_agents"]]
+        sid = np.asarray(state["seen_ids"], dtype=np.uint64)
+        self._seen, self._ids = set(), []
+        self._seen_before = {hash((a, s)) for a, s in zip(agents, sid.tolist(), strict=True)}
+        self._ids_before = [(agents, np.arange(len(agents), dtype=np.int64), sid)] if agents else []
 
 
 def _rows(columns: SpanColumns, keep: np.ndarray) -> SpanColumns:

@@ -116,6 +116,37 @@ class WindowAggregator:
         self._earlier = np.zeros(0, dtype=bool)
         self._agent_cohort = np.zeros(0, dtype=np.int64)
 
+    def export_state(self) -> dict[str, Any]:
+        """What the aggregator carries from one window to the next, as plain values and
+        arrays (a node's snapshot): the name tables, the window's start and index, the
+        (agent, tool) pairs seen and the agents seen earlier with their first cohorts. Only
+        between windows: spans in the open window are not exported (refused)."""
+        with self._lock:
+            if self._chunks:
+                raise InvalidInputError("the open window holds spans: export the state after it closes")
+            return {"agents": list(self._agents.names), "cohorts": [list(c) for c in self._cohorts.names],
+                    "tools": list(self._tools.names), "start": self._start, "index": self._index,
+                    "known_pairs": self._known_pairs.copy(), "earlier": self._earlier.copy(),
+                    "agent_cohort": self._agent_cohort.copy()}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """Take the state :meth:`export_state` exported (into an aggregator with no spans)."""
+        with self._lock:
+            if self._chunks:
+                raise InvalidInputError("the open window holds spans: import a state into a fresh aggregator")
+            agents, cohorts, tools = NameTable(), NameTable(), NameTable()
+            for name in state["agents"]:
+                agents.code(str(name))
+            for parts in state["cohorts"]:
+                cohorts.code(tuple(parts))
+            for name in state["tools"]:
+                tools.code(str(name))
+            self._agents, self._cohorts, self._tools = agents, cohorts, tools
+            self._start, self._index = float(state["start"]), int(state["index"])
+            self._known_pairs = np.asarray(state["known_pairs"], dtype=np.int64).copy()
+            self._earlier = np.asarray(state["earlier"], dtype=bool).copy()
+            self._agent_cohort = np.asarray(state["agent_cohort"], dtype=np.int64).copy()
+
     @property
     def tables(self) -> tuple[NameTable, NameTable, NameTable]:
         """The aggregator's name tables (agents, cohorts, tools), for columns coded elsewhere

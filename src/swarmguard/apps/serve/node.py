@@ -46,6 +46,7 @@ from .metrics import ServeMetrics
 from .population import Population, WindowOutcome
 from .records import BehaviorBatch, EvidenceBatch, LineError, Refusals
 from .settings import ServeSettings
+from .snapshot import Snapshots
 
 __all__ = ["ServeNode", "IngestResult", "BEHAVIORS_POPULATION", "SPANS_POPULATION", "DEFAULT_POPULATIONS"]
 
@@ -89,6 +90,7 @@ class ServeNode:
         self.state = "starting"               # starting -> ready -> draining
         self.extensions = [make(self) for make in node_extensions()]
         self.log = DurableLog(self.data_dir)
+        self.snapshots = Snapshots(self, settings.snapshot_every)     # see .snapshot
         self.replayed = self.replay()
         self.state = "ready"
 
@@ -263,9 +265,10 @@ class ServeNode:
             if self.opened_at is None:
                 return []
             at = self.settings.clock()
-            self._log_append(CLOSE_WINDOW, at, {})
+            seq = self._log_append(CLOSE_WINDOW, at, {})
             outcomes = self._apply_close(at, live=True)
             self.metrics.queue_depth.labels("window_rows").set(0)
+            self.snapshots.after_close(seq)
             return outcomes
 
     def _apply_close(self, at: float, live: bool) -> list[WindowOutcome]:
@@ -307,10 +310,11 @@ class ServeNode:
 
     # ---------------------------------------------------------------- restart
     def replay(self) -> int:
-        """Rebuild the state from the durable log (the constructor's first step); the records read."""
+        """Rebuild the state from the durable log (the constructor's first step): the kept
+        snapshot, then the records after it; the records read."""
         count = 0
         with self._lock:
-            for record in self.log.records():
+            for record in self.log.records(after=self.snapshots.load()):
                 self._apply(record)
                 count += 1
         return count
@@ -327,12 +331,12 @@ class ServeNode:
                 if record.kind in extension.kinds:
                     extension.apply(record)
 
-    def _log_append(self, kind: str, at: float, meta: dict[str, Any], matrix: np.ndarray | None = None) -> None:
+    def _log_append(self, kind: str, at: float, meta: dict[str, Any], matrix: np.ndarray | None = None) -> int:
         """Log a record before applying it; a write that fails is 503 and nothing is applied (the
         request is not acknowledged; a record whose commit failed half-way may still be replayed
         after a restart, which at-least-once retries already allow)."""
         try:
-            self.log.append(kind, at, meta, matrix)
+            return self.log.append(kind, at, meta, matrix)
         except EvidenceStoreError as exc:
             log.error("%s", exc)
             raise ApiError(503, f"the node's durable log cannot be written, nothing was stored: "
@@ -359,14 +363,16 @@ class ServeNode:
         return IngestResult(accepted, len(errors), errors.sorted())
 
     def drain(self) -> list[WindowOutcome]:
-        """Stop taking writes (readyz 503, ingest 503), then close the open window."""
+        """Stop taking writes (readyz 503, ingest 503), close the open window, then snapshot."""
         with self._lock:
             self.state = "draining"
-            if self.opened_at is None:
-                return []
-            at = self.settings.clock()
-            self._log_append(CLOSE_WINDOW, at, {})
-            return self._apply_close(at, live=True)
+            outcomes = []
+            if self.opened_at is not None:
+                at = self.settings.clock()
+                self._log_append(CLOSE_WINDOW, at, {})
+                outcomes = self._apply_close(at, live=True)
+            self.snapshots.take(self.log.last_seq())
+            return outcomes
 
     def close(self) -> None:
         for extension in self.extensions:      # e.g. the peer sync threads

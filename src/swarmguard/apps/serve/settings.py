@@ -10,10 +10,11 @@ from pathlib import Path
 
 from ...errors import InvalidInputError
 
-__all__ = ["ServeSettings", "DEFAULT_PORT", "DEFAULT_MAX_BODY_BYTES", "is_loopback"]
+__all__ = ["ServeSettings", "DEFAULT_PORT", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_SNAPSHOT_EVERY", "is_loopback"]
 
 DEFAULT_PORT = 8470
 DEFAULT_MAX_BODY_BYTES = 64 << 20
+DEFAULT_SNAPSHOT_EVERY = 10
 
 
 def is_loopback(host: str) -> bool:
@@ -42,7 +43,9 @@ class ServeSettings:
     answers 429 (bounded memory); ``max_event_streams`` open ``/v1/events`` streams (more: 503); ``body_timeout_seconds`` to read a request's whole body (408 past it); ``warm_up`` / ``significance_level`` /
     ``require`` go to the detector; ``backend`` the engine (``address``: a Ray cluster's, for ``ray``); ``certfile`` / ``keyfile`` serve TLS; ``clock`` the node's clock (arrival time);
     ``close_windows`` runs the background task that closes windows as the clock
-    passes their end (tests turn it off and close windows themselves).
+    passes their end (tests turn it off and close windows themselves);
+    ``snapshot_every`` closed windows between snapshots of the node's state, after
+    which the log records they cover are deleted (0: none but at shutdown; :mod:`.snapshot`).
     ``peers``: the other nodes' base URLs (one node per region, :mod:`.peers`);
     ``sync_seconds`` between anti-entropy rounds; ``peer_token`` the secret this
     node presents to its peers; ``consistency``: ``statistical`` / ``eventual``
@@ -71,6 +74,7 @@ class ServeSettings:
     keyfile: Path | None = None
     clock: Callable[[], float] = field(default=time.time, compare=False)
     close_windows: bool = True
+    snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
     peers: tuple[str, ...] = ()
     sync_seconds: float = 2.0
     peer_token: str | None = field(default=None, repr=False, compare=False)
@@ -93,6 +97,8 @@ class ServeSettings:
             raise InvalidInputError("--address needs --backend ray")
         if (self.certfile is None) != (self.keyfile is None):
             raise InvalidInputError("--certfile and --keyfile go together")
+        if isinstance(self.snapshot_every, bool) or not isinstance(self.snapshot_every, int) or self.snapshot_every < 0:
+            raise InvalidInputError(f"--snapshot-every must be a whole number >= 0, got {self.snapshot_every!r}")
         if not self.region:
             raise InvalidInputError("--region must not be empty")
         if not (self.sync_seconds > 0):

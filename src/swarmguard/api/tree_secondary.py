@@ -1,0 +1,180 @@
+"""The population tree's secondary moments: trimmed, windowed, and per-node tail sketches.
+
+:class:`~swarmguard.api.tree.HierarchicalStatisticalTree` keeps, beside its
+full moments, up to three other views of the same members, each kept only once
+asked for: trimmed moments (the members not flagged under the full moments,
+:mod:`swarmguard.structures.trimming`), windowed moments (the members written in
+the last ``window_rounds`` rounds, :mod:`swarmguard.structures.window`) and
+per-node feature sketches (:mod:`swarmguard.structures.sketch_tree`). This
+mixin holds the tree's methods for them; the state lives on the tree itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInputError, UnknownCohortError
+from ..locking import synchronized
+from ..structures.sketch_tree import SketchTree
+from ..structures.slot_tree import SlotTree
+from ..structures.trimming import TrimmedMoments
+from ..validation import check_cohort, check_positive_int
+from ..values.moments import population_statistics
+
+__all__ = ["SecondaryMoments"]
+
+
+class SecondaryMoments:
+    """Trimmed, windowed and tail-sketch methods of
+    :class:`~swarmguard.api.tree.HierarchicalStatisticalTree` (a mixin: no state of its own)."""
+
+    # ------------------------------------------------------------------ trimmed moments
+    # A second set of moments per node over the members not flagged under the full moments
+    # (swarmguard.structures.trimming), kept once a scoring mode asks for them.
+    @synchronized
+    def keep_trimmed_moments(self) -> None:
+        """Keep trimmed moments from now on (O(n d²) once; nothing if already kept)."""
+        if self._trim is None and self._tree is not None:
+            self._tree.flush()
+            trim = TrimmedMoments(self._tree)
+            trim.rejudge(self._judged_tree())
+            self._trim = trim
+        elif self._tree is None:
+            self._trim_wanted = True
+
+    @property
+    def keeps_trimmed_moments(self) -> bool:
+        """Whether the tree keeps trimmed moments (asked for by a scoring mode)."""
+        return self._trim is not None or self._trim_wanted
+
+    @synchronized
+    def rejudge_trimmed(self) -> None:
+        """Judge every member again against the current full moments (O(n d²)); see
+        :meth:`~swarmguard.structures.trimming.TrimmedMoments.rejudge`."""
+        if self._trim is not None:
+            self._trim.rejudge(self._judged_tree())
+            self.version += 1
+
+    def _state_in(self, sub: SlotTree, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
+        """(count, offset, M2) of cohort ``cid``'s members in ``sub`` (a second slot tree of the
+        same layout: trimmed or windowed moments), in ``sub``'s units."""
+        return sub.root_state() if cid == 0 else sub.covered_state(self._cover(cid))
+
+    def _trimmed_state(self, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
+        """(count, offset, M2) of cohort ``cid``'s kept members, in the trimmed tree's units."""
+        return self._state_in(self._trim.tree, cid)
+
+    @synchronized
+    def get_trimmed_statistics(self, path: Any = (), ddof: int = 1) -> dict[str, Any]:
+        """Statistics of a cohort's kept members (``()``: the population), as
+        :meth:`get_cohort_statistics`; ``InvalidInputError`` unless trimmed moments are kept."""
+        if self._trim is None:
+            raise InvalidInputError("this tree keeps no trimmed moments (no scoring mode asked for them)")
+        p = check_cohort(path)
+        cid = self._cohorts.id_of.get(p if p is not None else ())
+        if cid is None:
+            raise UnknownCohortError(f"unknown cohort {path!r}")
+        ddof = check_positive_int(ddof, "ddof", minimum=0)
+        sub = self._trim.tree
+        sub.flush()
+        n, off, m2 = self._trimmed_state(cid)
+        mean, m2 = sub.to_user(off, m2)
+        count = int(round(n))
+        return {"cohort": self._cohorts.path_of(cid), **population_statistics(count, mean, m2, ddof)}
+
+    # ------------------------------------------------------------------ windowed moments
+    # The moments of the members written in the last window_rounds rounds
+    # (swarmguard.structures.window), kept when the tree is built with window_rounds.
+    @property
+    def current_round(self) -> int:
+        """Rounds opened so far (0 without a window, or before the first batch)."""
+        return 0 if self._win is None else self._win.round
+
+    @synchronized
+    def advance_round(self) -> None:
+        """Open the next round (a batch write opens one itself): members last written
+        ``window_rounds`` rounds ago leave the windowed moments. ``InvalidInputError``
+        without a window."""
+        if self.window_rounds is None:
+            raise InvalidInputError("this tree keeps no window (built without window_rounds)")
+        if self._win is not None:
+            self._advance_window()
+            self.version += 1
+
+    def _advance_window(self) -> None:
+        gone = self._win.advance()
+        if self._trim is not None:     # trimmed moments are the kept members *of the window*
+            self._trim.clear(gone)
+        if self._sketches is not None and np.size(gone):   # so are the tail sketches' members
+            self._sketches.mark(gone)
+
+    def _judged_tree(self):
+        """The slot tree trimmed members are judged against and drawn from: the window's
+        members when there is a window, else everyone."""
+        return self._tree if self._win is None else self._win.tree
+
+    def _window_state(self, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
+        """(count, offset, M2) of cohort ``cid``'s members inside the window, in the window tree's units."""
+        return self._state_in(self._win.tree, cid)
+
+    @synchronized
+    def in_window(self, agent_ids: Any) -> np.ndarray:
+        """Whether each agent's latest vector is inside the window (counted in the windowed moments)."""
+        if self.window_rounds is None:
+            raise InvalidInputError("this tree keeps no window (built without window_rounds)")
+        slots, _ = self.slots_of(agent_ids)
+        return self._win.inside(slots)
+
+    @synchronized
+    def get_window_statistics(self, path: Any = (), ddof: int = 1) -> dict[str, Any]:
+        """Statistics of a cohort's members inside the window (``()``: the population), as
+        :meth:`get_cohort_statistics`; ``InvalidInputError`` without a window."""
+        if self.window_rounds is None:
+            raise InvalidInputError("this tree keeps no window (built without window_rounds)")
+        p = check_cohort(path)
+        cid = self._cohorts.id_of.get(p if p is not None else ())
+        if cid is None:
+            raise UnknownCohortError(f"unknown cohort {path!r}")
+        ddof = check_positive_int(ddof, "ddof", minimum=0)
+        if self._win is None:
+            return {"cohort": self._cohorts.path_of(cid),
+                    **population_statistics(0, np.full(self._dim or 0, np.nan), np.zeros((self._dim or 0,) * 2), ddof)}
+        sub = self._win.tree
+        sub.flush()
+        n, off, m2 = self._window_state(cid)
+        mean, m2 = sub.to_user(off, m2)
+        return {"cohort": self._cohorts.path_of(cid), **population_statistics(int(round(n)), mean, m2, ddof)}
+
+    # ------------------------------------------------------------------ tail sketches
+    # Per-node feature sketches (swarmguard.structures.sketch_tree), kept once a scoring mode asks.
+    # Nothing to serialise: a node's sketches are rebuilt from its members' vectors.
+    @synchronized
+    def keep_tail_sketches(self) -> None:
+        """Keep per-node tail sketches from now on (built on the next read)."""
+        if self._sketches is None and self._tree is not None:
+            self._sketches = SketchTree(self._dim, self._page_size, self.branching_factor)
+        self._sketches_wanted = True
+
+    def _fresh_sketches(self) -> SketchTree:
+        # no flush: the slots' vectors, units and the root's count are current after every change
+        t = self._tree
+        if self._win is None:
+            self._sketches.refresh(t.X, t.occupied, t.shift, t.unit, members=t.root_state()[0])
+        else:
+            # a window: the sketches hold the members inside it, as the windowed moments do (the
+            # distance and the tails are read from the same population); _advance_window marks
+            # the pages of the members that leave
+            w = self._win.tree
+            self._sketches.refresh(t.X, t.occupied, t.shift, t.unit, members=w.root_state()[0], inside=w.occupied)
+        return self._sketches
+
+    def _tail_sketches(self, cid: int):
+        """Cohort ``cid``'s feature sketches (0: the population), in the moments' internal units."""
+        sk = self._fresh_sketches()
+        if cid == 0:
+            return sk.root()
+        cohorts = self._cohorts
+        pages = np.concatenate([np.asarray(cohorts.pages[c], dtype=np.int64) for c in cohorts.subtree(cid)])
+        return sk.pages_merged(pages)
