@@ -100,8 +100,8 @@ def _f(v) -> float | None:
 # ---------------------------------------------------------------------- queries
 @api_router.get("/v1/dashboard/status", summary="What changed since the page last looked")
 def status(request: Request) -> dict:
-    """Windows closed per population, the newest event id and the open window's size: the page
-    polls this cheap answer and re-reads the rest when it changes."""
+    """Windows closed per population, the newest event id, the open window's size and the peers
+    not reachable now: the page polls this cheap answer and re-reads the rest when it changes."""
     node = request.app.state.node
     with node.lock:
         return {"populations": {name: {"windows_closed": p.windows_closed, "agents": len(p.agents),
@@ -109,7 +109,8 @@ def status(request: Request) -> dict:
                                 for name, p in node.populations.items()},
                 "last_event_id": node.events.last_id, "window_end": node.window_end(),
                 "window_seconds": node.settings.window_seconds, "region": node.settings.region,
-                "state": node.state}
+                "state": node.state,
+                "peers_unreachable": [p["url"] for p in peers_now(node) if not p["reachable"]]}
 
 
 @api_router.get("/v1/dashboard/top", summary="The most anomalous agents, with what the table shows")
