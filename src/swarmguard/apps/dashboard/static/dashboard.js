@@ -210,7 +210,7 @@ function renderRegionsText(c) {
   if (down.length) lines.push(`<p class="down">Unreachable now: ${down.map((p) => `${name(p)}, last synced ${ago(p.seconds_since_sync)}` +
       (p.last_error ? ` (${esc(p.last_error)})` : "")).join("; ")}.</p>` +
       `<p>While a peer is unreachable its region's data in this node's view ages (staleness), and its part of the confidence ` +
-      `falls once it is older than the allowed staleness; the node widens its thresholds by the confidence factor.</p>`);
+      `falls once it is older than the allowed staleness (shaded: the intervals a peer was unreachable).</p>`);
   if (up.length) lines.push(`<p class="up">Reachable: ${up.map((p) => `${name(p)}, synced ${ago(p.seconds_since_sync)}`).join("; ")}.</p>`);
   lines.push(`<p>This node: region <b>${esc(c.region)}</b>, consistency ${esc(c.consistency)}.</p>`);
   el.innerHTML = lines.join("");
