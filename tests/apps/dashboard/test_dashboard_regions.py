@@ -50,6 +50,7 @@ def _window(node: LoopbackNode, rng, prefix: str, n: int = 60) -> None:
     node.close_window()
 
 
+@pytest.mark.slow          # ~30 s: us must stay away past the 5 s of staleness allowed
 def test_the_regions_panel_shades_the_partition_and_names_the_unreachable_peer(tmp_path, browser):
     rng = np.random.default_rng(11)
     eu_sock, us_sock = loopback_socket(), loopback_socket()
