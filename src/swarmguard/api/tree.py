@@ -135,6 +135,7 @@ class HierarchicalStatisticalTree(SecondaryMoments, Locked):
         self._covers: dict[int, tuple[tuple[int, ...], np.ndarray]] = {}   # cohort -> (key, node cover)
         self._trim: TrimmedMoments | None = None   # trimmed moments, once a scoring mode asks for them
         self._trim_wanted = False                   # asked for before the first vector
+        self._trim_elsewhere = False                # flags decided by an engine (judge_trimmed_elsewhere)
         self._sketches: SketchTree | None = None    # per-node tail sketches, once a scoring mode asks
         self._sketches_wanted = False
         self.version = 0  # bumps on every change; caches key on it
@@ -232,7 +233,7 @@ class HierarchicalStatisticalTree(SecondaryMoments, Locked):
                 if self._win is not None:
                     self._win.set_one(tree, slot, x)
                 if self._trim is not None:
-                    self._trim.set_one(self._judged_tree(), slot, x)
+                    self._trim_written_one(slot, x)
                 if self._sketches is not None:
                     self._sketches.mark(slot, per_item=True)
                 self.version += 1
@@ -255,7 +256,7 @@ class HierarchicalStatisticalTree(SecondaryMoments, Locked):
         if self._win is not None:
             self._win.set_one(self._tree, new_slot, x)
         if self._trim is not None:
-            self._trim.set_one(self._judged_tree(), new_slot, x)
+            self._trim_written_one(new_slot, x)
         if self._sketches is not None:
             self._sketches.mark(new_slot, per_item=True)
         self._index.set(agent_id, new_slot)
@@ -367,7 +368,7 @@ class HierarchicalStatisticalTree(SecondaryMoments, Locked):
         if self._win is not None:
             self._win.write(self._tree, slots, X)
         if self._trim is not None:
-            self._trim.write(self._judged_tree(), slots, X)
+            self._trim_written(slots, X)
         if self._sketches is not None:
             self._sketches.mark(slots)
         self.version += 1

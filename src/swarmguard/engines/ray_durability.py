@@ -209,3 +209,5 @@ class RayDurability:
             summaries = self._gather([(h, "summary", (), False) for h in self.region_shards])
             self._summaries = dict(enumerate(summaries))
             self._last_merge = self.sys.call(self.root, "merge", *summaries)
+            if self._trimmed:
+                self._last_trimmed = self.sys.call(self.root, "merge_trimmed", *summaries)

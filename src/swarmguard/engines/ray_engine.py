@@ -161,9 +161,9 @@ class RayEngine(RayRounds, RayRegions, RayEvidence, RayDurability):
         rules = validate_protocol_settings(significance_level=s.significance_level, fdr=s.fdr,
                                            shrinkage=s.shrinkage, warm_up=s.warm_up, score_levels=s.score_levels,
                                            scoring=s.scoring, calibrate=s.calibrate)
-        if rules.scoring in TRIMMED_MODES or rules.scoring in SKETCH_MODES:
-            # the shards' trimmed moments (and tail sketches) would be judged against their own region, not the
-            # merged population: refused rather than answering differently from in process
+        if rules.scoring in SKETCH_MODES:
+            # the shards' tail sketches would need merging on the driver (KLL merges change the
+            # sketch): refused rather than answering differently from in process
             raise InvalidInputError(f"scoring={s.scoring!r} is not available on the ray backend yet")
         if s.window_rounds is not None:
             # the region shards would need the window's rounds and stamps in their merged
@@ -249,6 +249,9 @@ class RayEngine(RayRounds, RayRegions, RayEvidence, RayDurability):
         # and founding_quorum untrusted ones have been seen.
         self._founders: list[Hashable] | None = None
         self._last_merge: dict[str, Any] | None = None
+        # robust scoring: the shards keep trimmed moments judged against the merged population
+        self._trimmed = rules.scoring in TRIMMED_MODES
+        self._last_trimmed: dict[str, Any] | None = None     # the root's merge of the shards' trimmed moments
         self._summaries: dict[int, dict[str, Any]] = {}   # each region shard's moments, as of its last tree change
         self._last_consensus: dict[str, Any] | None = None
         self.last_round_seconds: dict[str, float] = {}   # wall time of each phase of the last round

@@ -105,9 +105,21 @@ class RayRounds:
         self._last_merge = merged
         merged_ref = ray.put(merged)
         lap("merge")
+        trimmed_ref = None
+        if self._trimmed:
+            # ---- 2b. robust scoring: the round's rows are judged against the merged full
+            # population (as the in-process tree judges a batch against the moments that hold
+            # it), each shard counts its kept rows in its trimmed moments, the root merges those
+            judged = self._gather([(self.region_shards[s], "judge", (merged_ref,), True) for s in rows_of])
+            self._summaries.update(zip(rows_of, judged, strict=True))
+            self._last_trimmed = self.sys.call(self.root, "merge_trimmed",
+                                               *[summaries[s] for s in range(len(self.region_shards))])
+            trimmed_ref = ray.put(self._last_trimmed)
+            lap("trim")
         # ---- 3. shards score their rows against the population and their cohorts
         scored = self._gather([
-            (self.region_shards[s], "score", (merged_ref, self.shrinkage, self.warm_up, self.score_levels), False)
+            (self.region_shards[s], "score", (merged_ref, self.shrinkage, self.warm_up, self.score_levels,
+                                             trimmed_ref), False)
             for s in rows_of])
         d2 = np.empty(n)
         p = np.empty(n)

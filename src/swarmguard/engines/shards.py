@@ -29,9 +29,12 @@ from .evidence_shard import EvidenceShard
 from .shard_base import Versioned
 from .shard_math import (
     _for_scoring,
+    judge_against,
     merge_scaled,
+    merge_summaries,
     moments_from_state,
     score_rows,
+    summary_from_states,
 )
 
 __all__ = ["StaleShardError", "RegionShard", "RootAggregator", "EvidenceShard", "score_rows",
@@ -51,8 +54,9 @@ class RegionShard(Versioned):
 
     def __init__(self, start: float, *, branching_factor: int = 10, feature_dimensions: int | None = None,
                  max_staleness_seconds: float = 5.0, confidence_decay_rate: float = 0.1,
-                 statistical: bool = True):
+                 statistical: bool = True, trimmed: bool = False):
         self.start = float(start)
+        self.trimmed = trimmed       # keep trimmed moments, judged against the merged population
         self.branching_factor = branching_factor
         self.feature_dimensions = feature_dimensions
         self.max_staleness_seconds = max_staleness_seconds
@@ -63,6 +67,8 @@ class RegionShard(Versioned):
     def _fresh(self) -> None:
         self.seq = 0
         self.tree = HierarchicalStatisticalTree(self.branching_factor, self.feature_dimensions)
+        if self.trimmed:
+            self.tree.judge_trimmed_elsewhere()
         self.replicas: dict[str, RegionReplica] = {}
         self.born: dict[str, float] = {}          # every region of the swarm, in birth order
         self._batch: dict[str, Any] | None = None
@@ -91,20 +97,12 @@ class RegionShard(Versioned):
 
     # ------------------------------------------------------------------ tree
     def _summary(self) -> dict[str, Any]:
-        nodes = self.tree.node_states()
-        if nodes is None:
-            return {"population": None, "cohorts": {}}
-        shift, scale = nodes["shift"], nodes["exponent"]
         # Moments in the caller's units (statistics) and in the tree's internal
         # power-of-two units with their exponent (scoring: no squares underflow).
-        n, off, m2 = nodes["population"]
-        cohorts = {path: moments_from_state(cn, shift, coff, cm2, scale)
-                   for path, (cn, coff, cm2) in nodes["cohorts"].items()}
-        scaled_cohorts = {path: moments_from_state(cn, shift, coff, cm2)
-                          for path, (cn, coff, cm2) in nodes["cohorts"].items()}
-        return {"population": moments_from_state(n, shift, off, m2, scale), "cohorts": cohorts,
-                "scaled": {"exponent": scale, "population": moments_from_state(n, shift, off, m2),
-                           "cohorts": scaled_cohorts}}
+        out = summary_from_states(self.tree.node_states())
+        if self.trimmed:     # the kept members' moments too (robust scoring)
+            out["trimmed"] = summary_from_states(self.tree.trimmed_node_states())
+        return out
 
     def update(self, expect: int, agent_ids: np.ndarray, X: np.ndarray, cohorts: Any,
                regions: np.ndarray) -> dict[str, Any]:
@@ -114,7 +112,18 @@ class RegionShard(Versioned):
         self.seq += 1
         paths, path_index = self.tree.slot_cohorts(slots)
         self._batch = {"ids": ids, "X": rows, "regions": np.asarray(regions), "paths": paths,
-                       "path_index": path_index}
+                       "path_index": path_index, "slots": slots}
+        return self._summary()
+
+    def judge(self, expect: int, merged: dict[str, Any]) -> dict[str, Any]:
+        """Judge the last batch's rows against the merged full population (the trimming rule,
+        :func:`~swarmguard.engines.shard_math.judge_against`), count the kept ones in this
+        shard's trimmed moments; return the shard's summary (with its trimmed moments)."""
+        self._check(expect)
+        b = self._batch
+        kept = judge_against(b["X"], merged) if len(b["ids"]) else np.zeros(0, dtype=bool)
+        self.tree.set_trimmed_flags(b["slots"], kept)
+        self.seq += 1
         return self._summary()
 
     def remove(self, expect: int, agent_ids: np.ndarray) -> None:
@@ -128,27 +137,36 @@ class RegionShard(Versioned):
         self._check(expect)
         return self._summary()
 
+    def _trimmed_args(self, merged_trimmed: dict[str, Any] | None, need: set, slots: np.ndarray):
+        if merged_trimmed is None:
+            return None
+        t_pop, t_cohorts, t_exponents = _for_scoring(merged_trimmed, need)
+        return t_pop, t_cohorts, t_exponents, self.tree.trimmed_flags(slots)
+
     def score(self, expect: int, merged: dict[str, Any], shrinkage: Any, warm_up: int,
-              score_levels: str) -> dict[str, Any]:
-        """Score the last batch against the merged moments the root aggregator sent."""
+              score_levels: str, merged_trimmed: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Score the last batch against the merged moments the root aggregator sent
+        (``merged_trimmed``: against the merged trimmed moments, ``scoring="robust"``)."""
         self._check(expect)
         b = self._batch
         need = {p[:k] for p in b["paths"] for k in range(1, len(p) + 1)}
         population, cohorts, exponents = _for_scoring(merged, need)
         out = score_rows(b["X"], b["paths"], b["path_index"], population,
-                         cohorts, shrinkage, warm_up, score_levels, exponents)
+                         cohorts, shrinkage, warm_up, score_levels, exponents,
+                         trimmed=self._trimmed_args(merged_trimmed, need, b["slots"]))
         out["first_cohort"] = b["paths"][int(b["path_index"][0])] if len(b["ids"]) else None
         return out
 
     def score_all(self, expect: int, merged: dict[str, Any], shrinkage: Any, warm_up: int,
-                  score_levels: str) -> dict[str, Any]:
+                  score_levels: str, merged_trimmed: dict[str, Any] | None = None) -> dict[str, Any]:
         """Score every agent of the shard (in slot order); ``agent_ids`` says who."""
         self._check(expect)
         slots, ids, X = self.tree.occupied_rows()
         paths, path_index = self.tree.slot_cohorts(slots)
         need = {p[:k] for p in paths for k in range(1, len(p) + 1)}
         population, cohorts, exponents = _for_scoring(merged, need)
-        out = score_rows(X, paths, path_index, population, cohorts, shrinkage, warm_up, score_levels, exponents)
+        out = score_rows(X, paths, path_index, population, cohorts, shrinkage, warm_up, score_levels, exponents,
+                         trimmed=self._trimmed_args(merged_trimmed, need, slots))
         out["agent_ids"] = np.array(ids.tolist())
         return out
 
@@ -256,6 +274,8 @@ class RegionShard(Versioned):
         if state is not None:
             if state["tree"] is not None:
                 self.tree = HierarchicalStatisticalTree.from_dict(dict(state["tree"]))
+                if self.trimmed:     # the flags came back with the tree; new ones are still the driver's
+                    self.tree.judge_trimmed_elsewhere()
             self.replicas = {name: RegionReplica.from_dict(r) for name, r in state["replicas"].items()}
             self.born = dict(state["born"])
         self.seq = seq
@@ -275,28 +295,16 @@ class RootAggregator(Versioned):
         self.last: dict[str, Any] | None = None
 
     def merge(self, expect: int, *summaries: dict[str, Any]) -> dict[str, Any]:
-        """Population and cohort moments of the union of the shards' summaries."""
+        """Population and cohort moments of the union of the shards' summaries
+        (:func:`~swarmguard.engines.shard_math.merge_summaries`)."""
         self._check(expect)
-        pops = [s["population"] for s in summaries if s["population"] is not None]
-        population = Moments.merge_all(pops)
-        by_path: dict[tuple[str, ...], list[Moments]] = {}
-        for s in summaries:
-            for path, m in s["cohorts"].items():
-                by_path.setdefault(path, []).append(m)
-        cohorts = {p: (ms[0] if len(ms) == 1 else Moments.merge_all(ms)) for p, ms in by_path.items()}
-        self.last = {"population": population, "cohorts": cohorts}
-        scaled = [s["scaled"] for s in summaries if s["population"] is not None]
-        if scaled and all(sc is not None for sc in scaled):
-            pop_s, pop_e = merge_scaled([(sc["population"], sc["exponent"]) for sc in scaled])
-            parts: dict[tuple[str, ...], list[tuple[Moments, np.ndarray]]] = {}
-            for sc in scaled:
-                for path, m in sc["cohorts"].items():
-                    parts.setdefault(path, []).append((m, sc["exponent"]))
-            merged_c = {p: merge_scaled(ps) for p, ps in parts.items()}
-            exponents: dict[Any, np.ndarray] = {(): pop_e, **{p: e for p, (_, e) in merged_c.items()}}
-            self.last["scaled"] = {"population": pop_s, "cohorts": {p: m for p, (m, _) in merged_c.items()},
-                                   "exponents": exponents}
+        self.last = merge_summaries(summaries)
         return self.last
+
+    def merge_trimmed(self, expect: int, *summaries: dict[str, Any]) -> dict[str, Any]:
+        """The same for the shards' trimmed moments (their summaries' ``trimmed`` part)."""
+        self._check(expect)
+        return merge_summaries([s["trimmed"] for s in summaries])
 
     def population(self) -> Moments | None:
         return None if self.last is None else self.last["population"]
