@@ -84,6 +84,7 @@ from ..errors import (
     SwarmGuardError,
 )
 from ..locking import synchronized
+from ..structures.score_null import ScoreNull
 from ..structures.scoring_modes import SKETCH_MODES, TRIMMED_MODES
 from ..structures.topology import MonotonicClock, RegionTopology
 from ..validation import check_finite_float, check_positive_int
@@ -169,8 +170,6 @@ class RayEngine(RayRounds, RayRegions, RayEvidence, RayDurability):
             # the region shards would need the window's rounds and stamps in their merged
             # moments: refused rather than answering differently from in process
             raise InvalidInputError("window_rounds is not available on the ray backend yet")
-        if rules.calibrate:   # the null lives in the in-process protocol; the shards keep none yet
-            raise InvalidInputError("calibrate=True is not available on the ray backend yet")
         ref = validate_consensus_settings(byzantine_threshold=s.byzantine_threshold, partition_size=s.partition_size,
                                           prior_probability=s.prior_probability, trusted_sources=[s.node_id],
                                           probation_evidence=s.probation_evidence)
@@ -252,6 +251,9 @@ class RayEngine(RayRounds, RayRegions, RayEvidence, RayDurability):
         # robust scoring: the shards keep trimmed moments judged against the merged population
         self._trimmed = rules.scoring in TRIMMED_MODES
         self._last_trimmed: dict[str, Any] | None = None     # the root's merge of the shards' trimmed moments
+        # calibrate=True: the population's score null, on the driver (which holds every row's score
+        # for the false-discovery cut already); the shards get it, as bytes, to calibrate their rows
+        self._null: ScoreNull | None = ScoreNull() if rules.calibrate else None
         self._summaries: dict[int, dict[str, Any]] = {}   # each region shard's moments, as of its last tree change
         self._last_consensus: dict[str, Any] | None = None
         self.last_round_seconds: dict[str, float] = {}   # wall time of each phase of the last round

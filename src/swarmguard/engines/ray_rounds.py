@@ -116,10 +116,15 @@ class RayRounds:
                                                *[summaries[s] for s in range(len(self.region_shards))])
             trimmed_ref = ray.put(self._last_trimmed)
             lap("trim")
+        # calibrate=True: a round's rows are tested against the null of the earlier rounds (the
+        # per-item path, a one-row round, keeps the mode's own p-values and leaves the null alone,
+        # as in process)
+        calibrating = self._null is not None and stay is None
+        null_ref = ray.put(self._null.to_bytes()) if calibrating and self._null.warm else None
         # ---- 3. shards score their rows against the population and their cohorts
         scored = self._gather([
             (self.region_shards[s], "score", (merged_ref, self.shrinkage, self.warm_up, self.score_levels,
-                                             trimmed_ref), False)
+                                             trimmed_ref, null_ref), False)
             for s in rows_of])
         d2 = np.empty(n)
         p = np.empty(n)
@@ -136,6 +141,14 @@ class RayRounds:
         lap("score")
         decision = significance_cut(decision_p, d2, d, q=q, alpha=self.significance_level, any_warm=any_warm)
         flagged_mask, cut, thr2 = decision.flagged, decision.cut, decision.threshold_squared
+        if calibrating:
+            # the round's members enter the null after its decision, flags left out but the expected
+            # false ones (swarmguard.structures.score_null), in the batch's order, as in process
+            flagged_null = flagged_mask if self._null.warm else None
+            if q is not None:
+                self._null.admit(d2, flagged_null, q)
+            else:
+                self._null.admit(d2, flagged_null, alpha=self.significance_level)
         # ---- 4. CAP: each region's writes, in the in-process resolver's order
         region_cf, accepted = self._cap_writes(order, inverse, d2, ts, ids, X, shard, region_shard, now)
         confidence = region_cf[inverse]

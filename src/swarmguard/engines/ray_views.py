@@ -191,8 +191,9 @@ class RayProtocolView:
         if agent_ids is not None:
             raise InvalidInputError("the Ray backend scores all agents (agent_ids=None) only")
         merged = det._last_merge
+        null = det._null.to_bytes() if det._null is not None and det._null.warm else None
         res = det._gather([(h, "score_all", (merged, det.shrinkage, det.warm_up, det.score_levels,
-                                             det._last_trimmed), False)
+                                             det._last_trimmed, null), False)
                            for h in det.region_shards])
         ids = np.concatenate([r["agent_ids"] for r in res])
         order = np.argsort(ids, kind="stable")

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..structures.chi2 import chi2_sf
+from ..structures.score_null import ScoreNull
 from ..structures.scoring import combine_levels, score_population
 from ..structures.slot_tree import MAX_UNIT_EXPONENT, scale_outer
 from ..structures.trimming import TRIM_QUANTILE, TrimmedScorer, judge_rows, trim_threshold
@@ -168,8 +169,8 @@ def judge_against(X: np.ndarray, merged: dict[str, Any]) -> np.ndarray:
 def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_index: np.ndarray,
                population: Moments, cohorts: dict[tuple[str, ...], Moments], shrinkage: Any,
                warm_up: int, score_levels: str, exponents: dict[Any, np.ndarray] | None = None,
-               trimmed: tuple[Moments, dict[tuple[str, ...], Moments], Any, np.ndarray] | None = None
-               ) -> dict[str, Any]:
+               trimmed: tuple[Moments, dict[tuple[str, ...], Moments], Any, np.ndarray] | None = None,
+               null: ScoreNull | None = None) -> dict[str, Any]:
     """Leave-one-out scores of rows ``X`` against moments that were merged elsewhere.
 
     The protocol's scoring core (:func:`~swarmguard.structures.scoring.score_population`
@@ -192,6 +193,12 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
     leave-one-out, the others as they are, the consistency factor applied); a
     level warms up on its *members'* count (``population`` / ``cohorts``
     here) and needs three kept members.
+
+    ``null`` (``calibrate=True``): the population's score null, kept on the
+    driver; once warm, each row's population-level p-value is its calibrated
+    one (:meth:`~swarmguard.structures.score_null.ScoreNull.p_values` of its
+    distance), before the levels are combined, as in process
+    (``parametric_p_value`` then holds the χ² one).
     """
     def deviations(rows: np.ndarray, m: Moments, key: Any, units: Any = exponents) -> np.ndarray:
         return _deviations(rows, m, None if units is None else units[key])
@@ -205,9 +212,14 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
     else:
         d2, p, warm, _ = score_population(deviations(X, population, ()), float(population.count),
                                           population.offset, population.m2, shrinkage, warm_up)
+    extra: dict[str, Any] = {}
+    if null is not None:
+        calibrated = null.p_values(d2)
+        if calibrated is not None:
+            extra["parametric_p_value"], p = p, calibrated
     if score_levels != "all":
         return {"mahalanobis_squared": d2, "p_value": p, "decision_p_value": p, "any_warm": warm,
-                "levels": np.ones(X.shape[0], dtype=np.int64)}
+                "levels": np.ones(X.shape[0], dtype=np.int64), **extra}
 
     def groups():
         max_depth = max((len(pt) for pt in row_paths), default=0)
@@ -239,7 +251,7 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
 
     decision_p, any_warm, n_levels, _ = combine_levels(p, warm, groups(), shrinkage, warm_up, score=score_group)
     return {"mahalanobis_squared": d2, "p_value": p, "decision_p_value": decision_p,
-            "any_warm": any_warm, "levels": n_levels.astype(np.int64)}
+            "any_warm": any_warm, "levels": n_levels.astype(np.int64), **extra}
 
 
 def _for_scoring(merged: dict[str, Any], need: set[tuple[str, ...]]):

@@ -23,6 +23,7 @@ from ..api.cap import compute_confidence_factor
 from ..api.tree import HierarchicalStatisticalTree
 from ..errors import StaleShardError, SwarmGuardError
 from ..structures.replica import RegionReplica
+from ..structures.score_null import ScoreNull
 from ..values.moments import Moments
 from ..values.version_vector import VersionVector
 from .evidence_shard import EvidenceShard
@@ -144,21 +145,25 @@ class RegionShard(Versioned):
         return t_pop, t_cohorts, t_exponents, self.tree.trimmed_flags(slots)
 
     def score(self, expect: int, merged: dict[str, Any], shrinkage: Any, warm_up: int,
-              score_levels: str, merged_trimmed: dict[str, Any] | None = None) -> dict[str, Any]:
+              score_levels: str, merged_trimmed: dict[str, Any] | None = None,
+              null: bytes | None = None) -> dict[str, Any]:
         """Score the last batch against the merged moments the root aggregator sent
-        (``merged_trimmed``: against the merged trimmed moments, ``scoring="robust"``)."""
+        (``merged_trimmed``: against the merged trimmed moments, ``scoring="robust"``;
+        ``null``: the driver's score null, :meth:`ScoreNull.to_bytes`, ``calibrate=True``)."""
         self._check(expect)
         b = self._batch
         need = {p[:k] for p in b["paths"] for k in range(1, len(p) + 1)}
         population, cohorts, exponents = _for_scoring(merged, need)
         out = score_rows(b["X"], b["paths"], b["path_index"], population,
                          cohorts, shrinkage, warm_up, score_levels, exponents,
-                         trimmed=self._trimmed_args(merged_trimmed, need, b["slots"]))
+                         trimmed=self._trimmed_args(merged_trimmed, need, b["slots"]),
+                         null=None if null is None else ScoreNull.from_bytes(null))
         out["first_cohort"] = b["paths"][int(b["path_index"][0])] if len(b["ids"]) else None
         return out
 
     def score_all(self, expect: int, merged: dict[str, Any], shrinkage: Any, warm_up: int,
-                  score_levels: str, merged_trimmed: dict[str, Any] | None = None) -> dict[str, Any]:
+                  score_levels: str, merged_trimmed: dict[str, Any] | None = None,
+                  null: bytes | None = None) -> dict[str, Any]:
         """Score every agent of the shard (in slot order); ``agent_ids`` says who."""
         self._check(expect)
         slots, ids, X = self.tree.occupied_rows()
@@ -166,7 +171,8 @@ class RegionShard(Versioned):
         need = {p[:k] for p in paths for k in range(1, len(p) + 1)}
         population, cohorts, exponents = _for_scoring(merged, need)
         out = score_rows(X, paths, path_index, population, cohorts, shrinkage, warm_up, score_levels, exponents,
-                         trimmed=self._trimmed_args(merged_trimmed, need, slots))
+                         trimmed=self._trimmed_args(merged_trimmed, need, slots),
+                         null=None if null is None else ScoreNull.from_bytes(null))
         out["agent_ids"] = np.array(ids.tolist())
         return out
 
