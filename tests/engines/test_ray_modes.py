@@ -96,6 +96,44 @@ def test_robust_scoring_survives_a_killed_region_actor(ray_session):
         det.close()
 
 
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_robust_per_item_loop_matches_in_process(ray_session, calibrate):
+    # The guide's per-item call is a one-row round on Ray: the row is judged against the merged
+    # full moments (the in-process tree judges it against its own at the write), scored against
+    # the trimmed ones; calibrate=True leaves per-item p-values and the null alone on both.
+    from swarmguard.api.protocol import BehavioralData
+    rng = np.random.default_rng(9)
+    ids = np.arange(400)
+    X = rng.normal(size=(400, 3))
+    X[:40] += 5.0                        # masking cluster
+    now = [0.0]
+    kw = dict(feature_dimensions=3, clock=lambda: now[0], warm_up=100, scoring="robust", calibrate=calibrate)
+    a = DistributedBehavioralDetector(**kw)
+    b = DistributedBehavioralDetector(backend="ray", evidence_partitions=2, **kw)
+    try:
+        for det in (a, b):
+            det.process_round(ids, X, "eu")
+        flagged = 0
+        for k in range(10):
+            now[0] = 1.0 + k
+            agent = int(rng.integers(40, 400))
+            x = X[agent] + (7.0 if k % 3 == 0 else 0.1)
+            data = BehavioralData(agent_id=agent, features=x, region="eu")
+            ra, rb = (det.process_agent_behavior_sync(agent, data) for det in (a, b))
+            assert ra["action"] == rb["action"]
+            assert ra["anomaly"]["is_anomaly"] == rb["anomaly"]["is_anomaly"]
+            flagged += ra["anomaly"]["is_anomaly"]
+            assert rb["anomaly"]["mahalanobis_squared"] == pytest.approx(ra["anomaly"]["mahalanobis_squared"],
+                                                                         rel=1e-12)
+            assert rb["anomaly"]["p_value"] == pytest.approx(ra["anomaly"]["p_value"], rel=1e-10, abs=1e-300)
+        assert flagged >= 2
+        assert a.tree.get_trimmed_statistics()["count"] < 380        # the cluster is trimmed away
+        if calibrate:
+            assert b.engine._null.count == a.protocol.null.count == 400
+    finally:
+        b.close()
+
+
 def heavy_tailed_rounds(seed: int, n: int = 600, d: int = 3, rounds: int = 5):
     """Student-t (3 degrees of freedom) members, a few planted far ones: χ² p-values are too
     small on such a population, which is what the null calibrates."""

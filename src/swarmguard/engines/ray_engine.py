@@ -19,7 +19,11 @@ A round (``DistributedBehavioralDetector(backend="ray").process_round``,
 :mod:`swarmguard.engines.ray_rounds`): the engine
 splits the batch by shard and puts each part into the object store (arrays,
 never per-agent objects); shards update their trees and return their moments;
-the root merges them; shards score their rows; the driver applies the
+the root merges them (``scoring="robust"``: shards judge their rows against the
+merged population, count the kept ones in their trimmed moments, the root merges
+those too); shards score their rows (``calibrate=True``: against the driver's
+score null as well, which the driver admits the round's scores into after the
+cut); the driver applies the
 false-discovery cut over all rows (the in-process rule,
 :func:`~swarmguard.structures.significance.significance_cut`), drives the CAP writes and anti-entropy in
 the in-process resolver's order (under STRONG: refused up front without a
