@@ -226,7 +226,76 @@ def test_calibrated_null_survives_a_lost_driver(ray_session, tmp_path):
         det.close()
 
 
-@pytest.mark.parametrize("bad", [dict(scoring="tails"), dict(scoring="fused"), dict(window_rounds=3)])
+@pytest.mark.parametrize("score_levels", ["population", "all"])
+def test_window_rounds_match_in_process(ray_session, score_levels):
+    # Agents report in ~80 % of rounds and one region sends nothing in round 3: members leave
+    # the window, and the idle region's actor must open the round all the same.
+    from swarmguard.engines.ray_engine import RayDistributedBehavioralDetector
+    rng = np.random.default_rng(6)
+    n, window = 600, 2
+    ids_all = np.arange(n)
+    reg_all = np.array(REGIONS)[ids_all % 3]
+    kw = dict(feature_dimensions=3, clock=lambda: 0.0, regions=REGIONS, window_rounds=window,
+              score_levels=score_levels)
+    ref = DistributedBehavioralDetector(**kw)
+    det = RayDistributedBehavioralDetector(**kw)
+    try:
+        for r in range(5):
+            mask = rng.random(n) < 0.8
+            if r == 3:
+                mask &= reg_all != "ap"
+            X = rng.normal(size=(int(mask.sum()), 3)) + 0.7 * r          # a drifting population
+            X[:5] += 6.0
+            x, y = (d.process_round(ids_all[mask], X, reg_all[mask]) for d in (ref, det))
+            assert_same_round(x, y)
+            assert x["is_anomaly"][:5].all()
+        inside = ref.tree.get_window_statistics()["count"]
+        assert 0 < inside < n                                 # stale members are out of the window
+        a, b = ref.protocol.score_many(), det.protocol.score_many()
+        oa = np.argsort(a["agent_ids"])
+        np.testing.assert_array_equal(b["in_window"], a["in_window"][oa])
+        assert b["in_window"].sum() == inside
+        np.testing.assert_allclose(b["mahalanobis_squared"], a["mahalanobis_squared"][oa], rtol=1e-12)
+        np.testing.assert_array_equal(b["is_anomaly"], a["is_anomaly"][oa])
+        assert not b["is_anomaly"][~b["in_window"]].any()     # stale members are scored, not judged
+    finally:
+        det.close()
+
+
+def test_window_per_item_calls_stay_in_the_open_round_as_in_process(ray_session):
+    # a per-item call belongs to the round open at the time (it opens none), on both engines
+    from swarmguard.api.protocol import BehavioralData
+    rng = np.random.default_rng(10)
+    ids = np.arange(300)
+    now = [0.0]
+    kw = dict(feature_dimensions=3, clock=lambda: now[0], warm_up=100, window_rounds=1)
+    a = DistributedBehavioralDetector(**kw)
+    b = DistributedBehavioralDetector(backend="ray", evidence_partitions=2, **kw)
+    try:
+        X0 = rng.normal(size=(200, 3))
+        for det in (a, b):
+            det.process_round(ids[:200], X0, "eu")
+        flagged = 0
+        for k in range(8):
+            now[0] = 1.0 + k
+            agent = int(200 + k)                     # new agents, per item, in the same open round
+            x = rng.normal(size=3) + (7.0 if k % 2 == 0 else 0.0)
+            ra, rb = (det.process_agent_behavior_sync(agent, BehavioralData(agent_id=agent, features=x, region="eu"))
+                      for det in (a, b))
+            assert ra["anomaly"]["is_anomaly"] == rb["anomaly"]["is_anomaly"]
+            flagged += ra["anomaly"]["is_anomaly"]
+            assert rb["anomaly"]["mahalanobis_squared"] == pytest.approx(ra["anomaly"]["mahalanobis_squared"],
+                                                                         rel=1e-12)
+        assert flagged >= 2
+        # window_rounds=1: had a per-item call opened a round, the 200 would have left the window
+        assert a.tree.get_window_statistics()["count"] == 208
+        assert b.protocol.score_many()["in_window"].sum() == 208
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("bad", [dict(scoring="tails"), dict(scoring="fused"),
+                                 dict(window_rounds=3, scoring="robust"), dict(window_rounds=3, calibrate=True)])
 def test_modes_not_yet_on_ray_are_refused(ray_session, bad):
     from swarmguard.engines.ray_engine import RayDistributedBehavioralDetector
     with pytest.raises(InvalidInputError, match="not available on the ray backend yet"):

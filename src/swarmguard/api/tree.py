@@ -317,7 +317,7 @@ class HierarchicalStatisticalTree(SecondaryMoments, Locked):
         """
         self._update_many(agent_ids, X, cohorts)
 
-    def _update_many(self, agent_ids: Any, X: Any, cohorts: Any = None
+    def _update_many(self, agent_ids: Any, X: Any, cohorts: Any = None, open_round: bool = True
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """update_many, returning the agents' slots, the validated ids and the validated X
         (read-only: the caller's rows, or a checked copy of them)."""
@@ -333,7 +333,7 @@ class HierarchicalStatisticalTree(SecondaryMoments, Locked):
         # ---- validated: mutate from here on
         if self._tree is None:
             self._make_tree(X.shape[1])
-        if self._win is not None:      # a batch opens a round: members that leave the window go first
+        if self._win is not None and open_round:   # a batch opens a round: members leaving the window go first
             self._advance_window()
         cids = np.array([self._cohorts.ensure(p) for p in paths], dtype=np.int64)
         want = np.where(row_cohort >= 0, cids[np.maximum(row_cohort, 0)] if cids.size else -1, -1)
@@ -461,10 +461,13 @@ class HierarchicalStatisticalTree(SecondaryMoments, Locked):
     # A Ray region shard holds a tree of its agents; these give it what the protocol reads
     # from the tree in process, by public names.
     @synchronized
-    def update_rows(self, agent_ids: Any, X: Any, cohorts: Any = None
+    def update_rows(self, agent_ids: Any, X: Any, cohorts: Any = None, open_round: bool = True
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`update_many`, returning the agents' slots, the validated ids and rows."""
-        return self._update_many(agent_ids, X, cohorts)
+        """:meth:`update_many`, returning the agents' slots, the validated ids and rows.
+
+        ``open_round=False`` (a window): the rows belong to the round open now, as per-item
+        updates do (an engine that runs a per-item call as a one-row batch)."""
+        return self._update_many(agent_ids, X, cohorts, open_round)
 
     @staticmethod
     def check_cohorts(cohorts: Any, n: int) -> None:

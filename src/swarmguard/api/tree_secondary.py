@@ -187,6 +187,33 @@ class SecondaryMoments:
         if self._sketches is not None and np.size(gone):   # so are the tail sketches' members
             self._sketches.mark(gone)
 
+    @synchronized
+    def window_node_states(self) -> dict[str, Any] | None:
+        """As :meth:`node_states`, for the windowed moments: the root's and every non-empty
+        cohort's ``(count, offset, m2)`` over the members inside the window, in the window
+        tree's internal units, with its ``shift`` and ``exponent`` (a cohort with members but
+        none inside has count 0); None while the tree is empty or keeps no window."""
+        if self._win is None or self._tree is None or len(self) == 0:
+            return None
+        self._tree.flush()
+        sub = self._win.tree
+        sub.flush()
+        cohorts = {}
+        for cid, path in enumerate(self._cohorts.paths):
+            if cid and self._cohort_state(cid)[0] > 0:
+                cohorts[path] = self._window_state(cid)
+        return {"shift": sub.shift, "exponent": sub.exponent.copy(), "population": sub.root_state(),
+                "cohorts": cohorts}
+
+    @synchronized
+    def window_flags(self, slots: np.ndarray) -> np.ndarray:
+        """Whether the members at ``slots`` are inside the window (``InvalidInputError`` without one)."""
+        if self.window_rounds is None:
+            raise InvalidInputError("this tree keeps no window (built without window_rounds)")
+        if self._win is None:
+            return np.zeros(np.shape(slots), dtype=bool)
+        return self._win.inside(np.asarray(slots, dtype=np.int64))
+
     def _judged_tree(self):
         """The slot tree trimmed members are judged against and drawn from: the window's
         members when there is a window, else everyone."""

@@ -216,3 +216,5 @@ class RayDurability:
             self._last_merge = self.sys.call(self.root, "merge", *summaries)
             if self._trimmed:
                 self._last_trimmed = self.sys.call(self.root, "merge_trimmed", *summaries)
+            if self._window_rounds is not None:
+                self._last_window = self.sys.call(self.root, "merge_window", *summaries)

@@ -23,7 +23,8 @@ the root merges them (``scoring="robust"``: shards judge their rows against the
 merged population, count the kept ones in their trimmed moments, the root merges
 those too); shards score their rows (``calibrate=True``: against the driver's
 score null as well, which the driver admits the round's scores into after the
-cut); the driver applies the
+cut; ``window_rounds``: every shard opens the round, the root merges the windowed
+moments, rows are scored against them); the driver applies the
 false-discovery cut over all rows (the in-process rule,
 :func:`~swarmguard.structures.significance.significance_cut`), drives the CAP writes and anti-entropy in
 the in-process resolver's order (under STRONG: refused up front without a
@@ -170,10 +171,11 @@ class RayEngine(RayRounds, RayRegions, RayEvidence, RayDurability):
             # the shards' tail sketches would need merging on the driver (KLL merges change the
             # sketch): refused rather than answering differently from in process
             raise InvalidInputError(f"scoring={s.scoring!r} is not available on the ray backend yet")
-        if s.window_rounds is not None:
-            # the region shards would need the window's rounds and stamps in their merged
-            # moments: refused rather than answering differently from in process
-            raise InvalidInputError("window_rounds is not available on the ray backend yet")
+        if s.window_rounds is not None and (rules.scoring in TRIMMED_MODES or rules.calibrate):
+            # trimmed moments drawn from the window, and a null of windowed scores, are not
+            # merged yet: refused rather than answering differently from in process
+            what = f"scoring={s.scoring!r}" if rules.scoring in TRIMMED_MODES else "calibrate=True"
+            raise InvalidInputError(f"window_rounds with {what} is not available on the ray backend yet")
         ref = validate_consensus_settings(byzantine_threshold=s.byzantine_threshold, partition_size=s.partition_size,
                                           prior_probability=s.prior_probability, trusted_sources=[s.node_id],
                                           probation_evidence=s.probation_evidence)
@@ -258,6 +260,10 @@ class RayEngine(RayRounds, RayRegions, RayEvidence, RayDurability):
         # calibrate=True: the population's score null, on the driver (which holds every row's score
         # for the false-discovery cut already); the shards get it, as bytes, to calibrate their rows
         self._null: ScoreNull | None = ScoreNull() if rules.calibrate else None
+        # window_rounds: every shard's tree keeps its members' windowed moments, opens a round with
+        # every batch (shards without rows too), and the root merges the windowed moments
+        self._window_rounds = s.window_rounds
+        self._last_window: dict[str, Any] | None = None
         self._summaries: dict[int, dict[str, Any]] = {}   # each region shard's moments, as of its last tree change
         self._last_consensus: dict[str, Any] | None = None
         self.last_round_seconds: dict[str, float] = {}   # wall time of each phase of the last round

@@ -91,8 +91,15 @@ class RayRounds:
             # big parts go through the object store once (and stay there for replay); small ones inline
             put = ray.put if rows.size * d >= 4096 else (lambda a: a)
             calls.append((self.region_shards[s], "update",
-                          (put(ids[rows]), put(np.ascontiguousarray(X[rows])), part_c, regions[rows]), True))
-        summaries = dict(zip(rows_of, self._gather(calls), strict=True))
+                          (put(ids[rows]), put(np.ascontiguousarray(X[rows])), part_c, regions[rows], stay is None),
+                          True))
+        targets = list(rows_of)
+        if self._window_rounds is not None and stay is None:
+            # a batch opens a round on the one in-process tree: on every shard here, rows or not
+            idle = [s for s in range(len(self.region_shards)) if s not in rows_of]
+            calls += [(self.region_shards[s], "advance_round", (), True) for s in idle]
+            targets += idle
+        summaries = dict(zip(targets, self._gather(calls), strict=True))
         self._summaries.update(summaries)
         lap("update")
         # ---- 2. the root merges every shard's moments (untouched shards' are those they last sent)
@@ -119,12 +126,17 @@ class RayRounds:
         # calibrate=True: a round's rows are tested against the null of the earlier rounds (the
         # per-item path, a one-row round, keeps the mode's own p-values and leaves the null alone,
         # as in process)
+        window_ref = None
+        if self._window_rounds is not None:
+            self._last_window = self.sys.call(self.root, "merge_window",
+                                              *[summaries[s] for s in range(len(self.region_shards))])
+            window_ref = ray.put(self._last_window)
         calibrating = self._null is not None and stay is None
         null_ref = ray.put(self._null.to_bytes()) if calibrating and self._null.warm else None
         # ---- 3. shards score their rows against the population and their cohorts
         scored = self._gather([
             (self.region_shards[s], "score", (merged_ref, self.shrinkage, self.warm_up, self.score_levels,
-                                             trimmed_ref, null_ref), False)
+                                             trimmed_ref, null_ref, window_ref), False)
             for s in rows_of])
         d2 = np.empty(n)
         p = np.empty(n)

@@ -170,7 +170,7 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
                population: Moments, cohorts: dict[tuple[str, ...], Moments], shrinkage: Any,
                warm_up: int, score_levels: str, exponents: dict[Any, np.ndarray] | None = None,
                trimmed: tuple[Moments, dict[tuple[str, ...], Moments], Any, np.ndarray] | None = None,
-               null: ScoreNull | None = None) -> dict[str, Any]:
+               null: ScoreNull | None = None, window: bool = False) -> dict[str, Any]:
     """Leave-one-out scores of rows ``X`` against moments that were merged elsewhere.
 
     The protocol's scoring core (:func:`~swarmguard.structures.scoring.score_population`
@@ -194,6 +194,10 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
     level warms up on its *members'* count (``population`` / ``cohorts``
     here) and needs three kept members.
 
+    ``window`` (``window_rounds``): ``trimmed`` holds the merged *windowed* moments
+    instead (``kept``: whether each row is inside the window); no consistency
+    factor, and every level warms up on its members inside the window, as in process.
+
     ``null`` (``calibrate=True``): the population's score null, kept on the
     driver; once warm, each row's population-level p-value is its calibrated
     one (:meth:`~swarmguard.structures.score_null.ScoreNull.p_values` of its
@@ -205,10 +209,11 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
 
     if trimmed is not None:
         t_pop, t_cohorts, t_exponents, kept = trimmed
-        scorer = TrimmedScorer(float(t_pop.count), t_pop.offset, t_pop.m2, shrinkage, quantile=TRIM_QUANTILE)
+        quantile = None if window else TRIM_QUANTILE
+        scorer = TrimmedScorer(float(t_pop.count), t_pop.offset, t_pop.m2, shrinkage, quantile=quantile)
         d2 = scorer.score_many(deviations(X, t_pop, (), t_exponents), kept)
         p = chi2_sf(d2, X.shape[1])
-        warm = bool(float(population.count) >= warm_up and scorer.inside.ok)
+        warm = bool(float((t_pop if window else population).count) >= warm_up and scorer.inside.ok)
     else:
         d2, p, warm, _ = score_population(deviations(X, population, ()), float(population.count),
                                           population.offset, population.m2, shrinkage, warm_up)
@@ -236,7 +241,7 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
                         yield prefix, rows, float(c.count), c.offset, c.m2, deviations(X[rows], c, prefix)
                     else:      # the members' count; the kept members' moments
                         t = t_cohorts[prefix]
-                        yield (prefix, rows, float(c.count), t.offset, t.m2,
+                        yield (prefix, rows, float((t if window else c).count), t.offset, t.m2,
                                deviations(X[rows], t, prefix, t_exponents))
 
     score_group = None
@@ -244,7 +249,7 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
         def score_group(key: Any, rows: np.ndarray, count: float, offset: np.ndarray, m2: np.ndarray,
                         E: np.ndarray):
             # the in-process protocol's cohort rule (its _trimmed_group_scorer)
-            sc = TrimmedScorer(float(t_cohorts[key].count), offset, m2, shrinkage, quantile=TRIM_QUANTILE)
+            sc = TrimmedScorer(float(t_cohorts[key].count), offset, m2, shrinkage, quantile=quantile)
             if not sc.ok:
                 return np.zeros(E.shape[0]), False
             return sc.score_many(E, kept[rows]), sc.inside.ok

@@ -55,8 +55,9 @@ class RegionShard(Versioned):
 
     def __init__(self, start: float, *, branching_factor: int = 10, feature_dimensions: int | None = None,
                  max_staleness_seconds: float = 5.0, confidence_decay_rate: float = 0.1,
-                 statistical: bool = True, trimmed: bool = False):
+                 statistical: bool = True, trimmed: bool = False, window_rounds: int | None = None):
         self.start = float(start)
+        self.window_rounds = window_rounds   # keep windowed moments (the members of the last rounds)
         self.trimmed = trimmed       # keep trimmed moments, judged against the merged population
         self.branching_factor = branching_factor
         self.feature_dimensions = feature_dimensions
@@ -67,7 +68,8 @@ class RegionShard(Versioned):
 
     def _fresh(self) -> None:
         self.seq = 0
-        self.tree = HierarchicalStatisticalTree(self.branching_factor, self.feature_dimensions)
+        self.tree = HierarchicalStatisticalTree(self.branching_factor, self.feature_dimensions,
+                                                window_rounds=self.window_rounds)
         if self.trimmed:
             self.tree.judge_trimmed_elsewhere()
         self.replicas: dict[str, RegionReplica] = {}
@@ -103,17 +105,28 @@ class RegionShard(Versioned):
         out = summary_from_states(self.tree.node_states())
         if self.trimmed:     # the kept members' moments too (robust scoring)
             out["trimmed"] = summary_from_states(self.tree.trimmed_node_states())
+        if self.window_rounds is not None:     # the members inside the window
+            out["window"] = summary_from_states(self.tree.window_node_states())
         return out
 
     def update(self, expect: int, agent_ids: np.ndarray, X: np.ndarray, cohorts: Any,
-               regions: np.ndarray) -> dict[str, Any]:
-        """Write a batch into this shard's tree; return its population and cohort moments."""
+               regions: np.ndarray, open_round: bool = True) -> dict[str, Any]:
+        """Write a batch into this shard's tree; return its population and cohort moments.
+        ``open_round=False``: a per-item call's row, in the window's open round."""
         self._check(expect)
-        slots, ids, rows = self.tree.update_rows(agent_ids, X, cohorts)
+        slots, ids, rows = self.tree.update_rows(agent_ids, X, cohorts, open_round)
         self.seq += 1
         paths, path_index = self.tree.slot_cohorts(slots)
         self._batch = {"ids": ids, "X": rows, "regions": np.asarray(regions), "paths": paths,
                        "path_index": path_index, "slots": slots}
+        return self._summary()
+
+    def advance_round(self, expect: int) -> dict[str, Any]:
+        """A round this shard has no rows in (a window): open it all the same, as the one
+        in-process tree does for every batch; return the summary (members may have left)."""
+        self._check(expect)
+        self.tree.advance_round()
+        self.seq += 1
         return self._summary()
 
     def judge(self, expect: int, merged: dict[str, Any]) -> dict[str, Any]:
@@ -138,7 +151,12 @@ class RegionShard(Versioned):
         self._check(expect)
         return self._summary()
 
-    def _trimmed_args(self, merged_trimmed: dict[str, Any] | None, need: set, slots: np.ndarray):
+    def _subset_args(self, merged_trimmed: dict[str, Any] | None, merged_window: dict[str, Any] | None,
+                     need: set, slots: np.ndarray):
+        """The merged subset moments to score against (trimmed, or windowed) and who is counted in them."""
+        if merged_window is not None:
+            w_pop, w_cohorts, w_exponents = _for_scoring(merged_window, need)
+            return w_pop, w_cohorts, w_exponents, self.tree.window_flags(slots)
         if merged_trimmed is None:
             return None
         t_pop, t_cohorts, t_exponents = _for_scoring(merged_trimmed, need)
@@ -146,7 +164,7 @@ class RegionShard(Versioned):
 
     def score(self, expect: int, merged: dict[str, Any], shrinkage: Any, warm_up: int,
               score_levels: str, merged_trimmed: dict[str, Any] | None = None,
-              null: bytes | None = None) -> dict[str, Any]:
+              null: bytes | None = None, merged_window: dict[str, Any] | None = None) -> dict[str, Any]:
         """Score the last batch against the merged moments the root aggregator sent
         (``merged_trimmed``: against the merged trimmed moments, ``scoring="robust"``;
         ``null``: the driver's score null, :meth:`ScoreNull.to_bytes`, ``calibrate=True``)."""
@@ -156,24 +174,27 @@ class RegionShard(Versioned):
         population, cohorts, exponents = _for_scoring(merged, need)
         out = score_rows(b["X"], b["paths"], b["path_index"], population,
                          cohorts, shrinkage, warm_up, score_levels, exponents,
-                         trimmed=self._trimmed_args(merged_trimmed, need, b["slots"]),
-                         null=None if null is None else ScoreNull.from_bytes(null))
+                         trimmed=self._subset_args(merged_trimmed, merged_window, need, b["slots"]),
+                         null=None if null is None else ScoreNull.from_bytes(null), window=merged_window is not None)
         out["first_cohort"] = b["paths"][int(b["path_index"][0])] if len(b["ids"]) else None
         return out
 
     def score_all(self, expect: int, merged: dict[str, Any], shrinkage: Any, warm_up: int,
                   score_levels: str, merged_trimmed: dict[str, Any] | None = None,
-                  null: bytes | None = None) -> dict[str, Any]:
-        """Score every agent of the shard (in slot order); ``agent_ids`` says who."""
+                  null: bytes | None = None, merged_window: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Score every agent of the shard (in slot order); ``agent_ids`` says who (with a window,
+        ``in_window`` says who is inside it)."""
         self._check(expect)
         slots, ids, X = self.tree.occupied_rows()
         paths, path_index = self.tree.slot_cohorts(slots)
         need = {p[:k] for p in paths for k in range(1, len(p) + 1)}
         population, cohorts, exponents = _for_scoring(merged, need)
         out = score_rows(X, paths, path_index, population, cohorts, shrinkage, warm_up, score_levels, exponents,
-                         trimmed=self._trimmed_args(merged_trimmed, need, slots),
-                         null=None if null is None else ScoreNull.from_bytes(null))
+                         trimmed=self._subset_args(merged_trimmed, merged_window, need, slots),
+                         null=None if null is None else ScoreNull.from_bytes(null), window=merged_window is not None)
         out["agent_ids"] = np.array(ids.tolist())
+        if merged_window is not None:
+            out["in_window"] = self.tree.window_flags(slots)
         return out
 
     # ------------------------------------------------------------------ CAP replicas
@@ -311,6 +332,11 @@ class RootAggregator(Versioned):
         """The same for the shards' trimmed moments (their summaries' ``trimmed`` part)."""
         self._check(expect)
         return merge_summaries([s["trimmed"] for s in summaries])
+
+    def merge_window(self, expect: int, *summaries: dict[str, Any]) -> dict[str, Any]:
+        """The same for the shards' windowed moments (their summaries' ``window`` part)."""
+        self._check(expect)
+        return merge_summaries([s["window"] for s in summaries])
 
     def population(self) -> Moments | None:
         return None if self.last is None else self.last["population"]
