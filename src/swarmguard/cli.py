@@ -271,7 +271,7 @@ def simulate(
 
     if scenario == "drift":
         if backend != "inprocess":
-            raise _fail("--scenario drift runs in process only (window_rounds is not available on the ray backend yet)")
+            raise _fail("--scenario drift runs in process only (its driver compares in-process detectors)")
         _simulate_drift(agents, features, rounds, compromised, seed, drift, window_rounds or 2, out,
                         scoring=scoring)
         return

@@ -190,13 +190,15 @@ def test_refusals_change_nothing():
         HierarchicalStatisticalTree.from_dict(state)
 
 
-def test_ray_refuses_a_window_before_ray_starts():
+def test_ray_refuses_a_robust_window_before_ray_starts():
+    # a window alone runs on Ray (tests/engines/test_ray_modes.py); trimmed moments drawn from
+    # the window are not merged there yet
     code = (
         "import sys\n"
         "import swarmguard as sg\n"
         "from swarmguard.errors import InvalidInputError\n"
         "try:\n"
-        "    sg.DistributedBehavioralDetector(backend='ray', window_rounds=3)\n"
+        "    sg.DistributedBehavioralDetector(backend='ray', window_rounds=3, scoring='robust')\n"
         "except InvalidInputError as exc:\n"
         "    assert 'ray' in str(exc) and 'window_rounds' in str(exc); print('refused')\n"
         "assert 'ray' not in sys.modules or not __import__('ray').is_initialized()\n"

@@ -168,20 +168,71 @@ def test_both_engines_refuse_the_same_bad_parameters_with_the_same_error_before_
     assert errors[0] == errors[1]
 
 
-def test_ray_refuses_a_trimmed_scoring_mode_before_ray_starts():
-    # The shards would judge trimming against their own region, not the merged population.
+def test_ray_refuses_a_sketch_scoring_mode_before_ray_starts():
+    # The shards' tail sketches are not merged on the driver yet (robust scoring is: below).
     from swarmguard.errors import InvalidInputError
     code = (
         "import sys\n"
         "import swarmguard as sg\n"
         "from swarmguard.errors import InvalidInputError\n"
         "try:\n"
-        "    sg.DistributedBehavioralDetector(backend='ray', scoring='robust')\n"
+        "    sg.DistributedBehavioralDetector(backend='ray', scoring='tails')\n"
         "except InvalidInputError as exc:\n"
-        "    assert 'ray' in str(exc) and 'robust' in str(exc); print('refused')\n"
+        "    assert 'ray' in str(exc) and 'tails' in str(exc); print('refused')\n"
         "assert 'ray' not in sys.modules or not __import__('ray').is_initialized()\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "refused", out.stderr
     with pytest.raises(InvalidInputError, match="scoring"):
         make_detector("ray", scoring="fancy")
+
+
+@pytest.mark.parametrize("score_levels", ["population", "all"])
+def test_region_shards_score_robust_as_in_process_without_ray(score_levels):
+    # The Ray engine's round for scoring="robust" on plain shard objects: each shard updates
+    # its tree, the root merges the full moments, each shard judges its rows against them
+    # (the trimming rule) and counts the kept ones, the root merges the trimmed moments, the
+    # shards score against those. Same kept members, distances and p-values as in process.
+    from swarmguard.api.detector import DistributedBehavioralDetector
+    rng = np.random.default_rng(1)
+    n, d = 600, 3
+    X = rng.normal(size=(n, d))
+    X[:30] += 6.0                       # a masking cluster
+    ids = np.arange(n)
+    regions = np.array(["eu", "us", "ap"])[ids % 3]
+    det = DistributedBehavioralDetector(feature_dimensions=d, scoring="robust", score_levels=score_levels,
+                                        clock=lambda: 0.0)
+    shards = [RegionShard(0.0, feature_dimensions=d, trimmed=True) for _ in range(3)]
+    root = RootAggregator()
+    for _ in range(3):
+        Xr = X + rng.normal(size=X.shape) * 0.1
+        want = det.protocol.update_and_score_many(ids, Xr, cohorts=regions)
+        parts = [np.flatnonzero(ids % 3 == k) for k in range(3)]
+        sums = [sh.update(sh.seq, ids[r], Xr[r], regions[r], regions[r]) for sh, r in zip(shards, parts, strict=True)]
+        merged = root.merge(0, *sums)
+        trimmed = root.merge_trimmed(0, *[sh.judge(sh.seq, merged) for sh in shards])
+        assert trimmed["population"].count == det.tree.get_trimmed_statistics()["count"] < n - 20
+        for sh, r in zip(shards, parts, strict=True):
+            kept = sh.tree.trimmed_flags(sh.tree.slots_of(ids[r])[0])
+            np.testing.assert_array_equal(kept, det.tree.trimmed_flags(det.tree.slots_of(ids[r])[0]))
+            got = sh.score(sh.seq, merged, "auto", det.protocol.warm_up, score_levels, trimmed)
+            np.testing.assert_allclose(got["mahalanobis_squared"], want["mahalanobis_squared"][r], rtol=1e-12)
+            np.testing.assert_allclose(got["decision_p_value"], want["decision_p_value"][r], rtol=1e-10)
+
+
+def test_flags_decided_elsewhere_are_refused_on_a_tree_that_judges_itself():
+    from swarmguard.errors import InvalidInputError
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    tree.update_many([1, 2, 3], np.eye(3)[:, :2])
+    with pytest.raises(InvalidInputError, match="judge"):
+        tree.set_trimmed_flags(np.array([0]), np.array([True]))
+    tree.judge_trimmed_elsewhere()
+    slots, _ = tree.slots_of([1, 2, 3])
+    assert tree.trimmed_flags(slots).tolist() == [False, False, False]     # not judged yet
+    with pytest.raises(InvalidInputError):
+        tree.set_trimmed_flags(slots, np.array([True, False]))
+    tree.set_trimmed_flags(slots, np.array([True, False, True]))
+    assert tree.get_trimmed_statistics()["count"] == 2
+    np.testing.assert_array_equal(tree.get_trimmed_statistics()["mean"], [0.5, 0.0])
+    tree.update_many([3], [[5.0, 5.0]])         # a write leaves the member out until flagged again
+    assert tree.trimmed_flags(slots).tolist() == [True, False, False]

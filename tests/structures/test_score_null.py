@@ -158,3 +158,22 @@ def test_after_a_per_member_cut_the_expected_false_flags_go_back_in():
         with pytest.raises(InvalidInputError):
             null.admit(s, flagged, alpha=bad)
     assert null.to_bytes() == before
+
+
+def test_p_value_bounds_hold_the_exact_conformal_p_values():
+    # REQ's a-priori 3σ bounds, mapped to p-values, around the exact (1 + #{null >= s}) / (n + 1)
+    rng = np.random.default_rng(12)
+    null = ScoreNull(min_null=50)
+    assert null.p_value_bounds(np.array([1.0])) is None           # warming up
+    admitted = rng.standard_t(3, 5000) ** 2
+    null.admit(admitted)
+    assert not null.exact                                          # compacted: estimates only
+    s = np.concatenate([rng.standard_t(3, 500) ** 2, [0.0, 1e6]])
+    lo, hi = null.p_value_bounds(s)
+    kept = np.sort(admitted.astype(np.float32))
+    exact = (1.0 + kept.size - np.searchsorted(kept, s.astype(np.float32), side="left")) / (kept.size + 1.0)
+    assert np.all(lo <= hi) and 0 < np.max((hi - lo) / lo) < 0.2
+    assert np.mean((lo - 1e-12 <= exact) & (exact <= hi + 1e-12)) >= 0.99
+    p = null.p_values(s)
+    assert np.mean((lo - 1e-12 <= p) & (p <= hi + 1e-12)) >= 0.99
+    assert p[-2] == 1.0 and exact[-1] == 1.0 / (kept.size + 1)     # below and above every score

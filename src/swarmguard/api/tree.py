@@ -135,6 +135,7 @@ class HierarchicalStatisticalTree(SecondaryMoments, Locked):
         self._covers: dict[int, tuple[tuple[int, ...], np.ndarray]] = {}   # cohort -> (key, node cover)
         self._trim: TrimmedMoments | None = None   # trimmed moments, once a scoring mode asks for them
         self._trim_wanted = False                   # asked for before the first vector
+        self._trim_elsewhere = False                # flags decided by an engine (judge_trimmed_elsewhere)
         self._sketches: SketchTree | None = None    # per-node tail sketches, once a scoring mode asks
         self._sketches_wanted = False
         self.version = 0  # bumps on every change; caches key on it
@@ -232,7 +233,7 @@ class HierarchicalStatisticalTree(SecondaryMoments, Locked):
                 if self._win is not None:
                     self._win.set_one(tree, slot, x)
                 if self._trim is not None:
-                    self._trim.set_one(self._judged_tree(), slot, x)
+                    self._trim_written_one(slot, x)
                 if self._sketches is not None:
                     self._sketches.mark(slot, per_item=True)
                 self.version += 1
@@ -255,7 +256,7 @@ class HierarchicalStatisticalTree(SecondaryMoments, Locked):
         if self._win is not None:
             self._win.set_one(self._tree, new_slot, x)
         if self._trim is not None:
-            self._trim.set_one(self._judged_tree(), new_slot, x)
+            self._trim_written_one(new_slot, x)
         if self._sketches is not None:
             self._sketches.mark(new_slot, per_item=True)
         self._index.set(agent_id, new_slot)
@@ -316,7 +317,7 @@ class HierarchicalStatisticalTree(SecondaryMoments, Locked):
         """
         self._update_many(agent_ids, X, cohorts)
 
-    def _update_many(self, agent_ids: Any, X: Any, cohorts: Any = None
+    def _update_many(self, agent_ids: Any, X: Any, cohorts: Any = None, open_round: bool = True
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """update_many, returning the agents' slots, the validated ids and the validated X
         (read-only: the caller's rows, or a checked copy of them)."""
@@ -332,7 +333,7 @@ class HierarchicalStatisticalTree(SecondaryMoments, Locked):
         # ---- validated: mutate from here on
         if self._tree is None:
             self._make_tree(X.shape[1])
-        if self._win is not None:      # a batch opens a round: members that leave the window go first
+        if self._win is not None and open_round:   # a batch opens a round: members leaving the window go first
             self._advance_window()
         cids = np.array([self._cohorts.ensure(p) for p in paths], dtype=np.int64)
         want = np.where(row_cohort >= 0, cids[np.maximum(row_cohort, 0)] if cids.size else -1, -1)
@@ -367,7 +368,7 @@ class HierarchicalStatisticalTree(SecondaryMoments, Locked):
         if self._win is not None:
             self._win.write(self._tree, slots, X)
         if self._trim is not None:
-            self._trim.write(self._judged_tree(), slots, X)
+            self._trim_written(slots, X)
         if self._sketches is not None:
             self._sketches.mark(slots)
         self.version += 1
@@ -460,10 +461,13 @@ class HierarchicalStatisticalTree(SecondaryMoments, Locked):
     # A Ray region shard holds a tree of its agents; these give it what the protocol reads
     # from the tree in process, by public names.
     @synchronized
-    def update_rows(self, agent_ids: Any, X: Any, cohorts: Any = None
+    def update_rows(self, agent_ids: Any, X: Any, cohorts: Any = None, open_round: bool = True
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`update_many`, returning the agents' slots, the validated ids and rows."""
-        return self._update_many(agent_ids, X, cohorts)
+        """:meth:`update_many`, returning the agents' slots, the validated ids and rows.
+
+        ``open_round=False`` (a window): the rows belong to the round open now, as per-item
+        updates do (an engine that runs a per-item call as a one-row batch)."""
+        return self._update_many(agent_ids, X, cohorts, open_round)
 
     @staticmethod
     def check_cohorts(cohorts: Any, n: int) -> None:

@@ -57,6 +57,83 @@ class SecondaryMoments:
             self._trim.rejudge(self._judged_tree())
             self.version += 1
 
+    def _trim_written(self, slots: np.ndarray, X: np.ndarray) -> None:
+        """After a batch write: judge the written members (or, flags decided elsewhere, leave them
+        out of the trimmed moments until :meth:`set_trimmed_flags`)."""
+        if self._trim_elsewhere:
+            self._trim.leave_out(self._judged_tree(), slots)
+        else:
+            self._trim.write(self._judged_tree(), slots, X)
+
+    def _trim_written_one(self, slot: int, x: np.ndarray) -> None:
+        if self._trim_elsewhere:
+            self._trim.remove_one(slot)
+        else:
+            self._trim.set_one(self._judged_tree(), slot, x)
+
+    # For an engine whose trees each hold part of the population (the Ray engine's region
+    # shards): the trimming rule judges a member against the *merged* full moments, which no
+    # one tree holds, so the engine decides the flags and hands them to the tree.
+    @synchronized
+    def judge_trimmed_elsewhere(self) -> None:
+        """Keep trimmed moments whose flags the caller decides (:meth:`set_trimmed_flags`).
+
+        From now on a write leaves the written members out of the trimmed
+        moments until the caller sets their flags (the tree does not judge them
+        against its own moments). Flags already held are kept (a tree rebuilt
+        by :meth:`from_dict` keeps its members' flags).
+        """
+        self._trim_elsewhere = True
+        if self._trim is None and self._tree is not None:
+            self._trim = TrimmedMoments(self._tree)
+        elif self._tree is None:
+            self._trim_wanted = True
+
+    @synchronized
+    def set_trimmed_flags(self, slots: np.ndarray, kept: np.ndarray) -> None:
+        """Count the members at ``slots`` in the trimmed moments where ``kept`` (drop the others).
+
+        Only for a tree that :meth:`judge_trimmed_elsewhere`; the flags are the
+        caller's judgement of each member's latest vector
+        (:func:`~swarmguard.structures.trimming.judge_rows`).
+        """
+        if not self._trim_elsewhere or self._trim is None:
+            raise InvalidInputError("this tree judges its trimmed moments itself (judge_trimmed_elsewhere was not asked)")
+        slots = np.asarray(slots, dtype=np.int64)
+        kept = np.asarray(kept, dtype=bool)
+        if kept.shape != slots.shape:
+            raise InvalidInputError(f"{slots.shape[0]} slots for {kept.shape[0]} flags")
+        if not self._tree.occupied[slots].all():
+            raise InvalidInputError("set_trimmed_flags names a slot that holds no member")
+        self._trim.write(self._judged_tree(), slots, self._tree.X[slots], keep=kept)
+        self.version += 1
+
+    @synchronized
+    def trimmed_flags(self, slots: np.ndarray) -> np.ndarray:
+        """Whether the members at ``slots`` are counted in the trimmed moments
+        (``InvalidInputError`` unless trimmed moments are kept)."""
+        if self._trim is None:
+            raise InvalidInputError("this tree keeps no trimmed moments (no scoring mode asked for them)")
+        return self._trim.kept(slots)
+
+    @synchronized
+    def trimmed_node_states(self) -> dict[str, Any] | None:
+        """As :meth:`node_states`, for the trimmed moments: the root's and every non-empty
+        cohort's ``(count, offset, m2)`` over the kept members, in the trimmed tree's internal
+        units, with its ``shift`` and ``exponent`` (a cohort with members but none kept has
+        count 0); None while the tree is empty or keeps no trimmed moments."""
+        if self._trim is None or self._tree is None or len(self) == 0:
+            return None
+        self._tree.flush()
+        sub = self._trim.tree
+        sub.flush()
+        cohorts = {}
+        for cid, path in enumerate(self._cohorts.paths):
+            if cid and self._cohort_state(cid)[0] > 0:
+                cohorts[path] = self._trimmed_state(cid)
+        return {"shift": sub.shift, "exponent": sub.exponent.copy(), "population": sub.root_state(),
+                "cohorts": cohorts}
+
     def _state_in(self, sub: SlotTree, cid: int) -> tuple[float, np.ndarray, np.ndarray]:
         """(count, offset, M2) of cohort ``cid``'s members in ``sub`` (a second slot tree of the
         same layout: trimmed or windowed moments), in ``sub``'s units."""
@@ -109,6 +186,33 @@ class SecondaryMoments:
             self._trim.clear(gone)
         if self._sketches is not None and np.size(gone):   # so are the tail sketches' members
             self._sketches.mark(gone)
+
+    @synchronized
+    def window_node_states(self) -> dict[str, Any] | None:
+        """As :meth:`node_states`, for the windowed moments: the root's and every non-empty
+        cohort's ``(count, offset, m2)`` over the members inside the window, in the window
+        tree's internal units, with its ``shift`` and ``exponent`` (a cohort with members but
+        none inside has count 0); None while the tree is empty or keeps no window."""
+        if self._win is None or self._tree is None or len(self) == 0:
+            return None
+        self._tree.flush()
+        sub = self._win.tree
+        sub.flush()
+        cohorts = {}
+        for cid, path in enumerate(self._cohorts.paths):
+            if cid and self._cohort_state(cid)[0] > 0:
+                cohorts[path] = self._window_state(cid)
+        return {"shift": sub.shift, "exponent": sub.exponent.copy(), "population": sub.root_state(),
+                "cohorts": cohorts}
+
+    @synchronized
+    def window_flags(self, slots: np.ndarray) -> np.ndarray:
+        """Whether the members at ``slots`` are inside the window (``InvalidInputError`` without one)."""
+        if self.window_rounds is None:
+            raise InvalidInputError("this tree keeps no window (built without window_rounds)")
+        if self._win is None:
+            return np.zeros(np.shape(slots), dtype=bool)
+        return self._win.inside(np.asarray(slots, dtype=np.int64))
 
     def _judged_tree(self):
         """The slot tree trimmed members are judged against and drawn from: the window's

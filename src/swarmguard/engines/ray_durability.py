@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import CheckpointError, CheckpointWriteWarning, SwarmGuardError
 from ..locking import synchronized
+from ..structures.score_null import ScoreNull
 from .checkpoint_files import (
     append_record,
     evidence_state_from_arrays,
@@ -171,8 +172,10 @@ class RayDurability:
         actors.update({h.name: evidence_state_to_arrays(states[h.name]) for h in self.evidence_shards})
         # the next number after any on disk: another run's generations are never written into
         k = max(self._generation, *generations(self.checkpoint_dir), 0) + 1
-        write_generation(self.checkpoint_dir, k, actors, driver,
-                         {"known_ids": self._route_ids(), "known_shard": self._route_shard[: len(self._routes)]})
+        driver_arrays = {"known_ids": self._route_ids(), "known_shard": self._route_shard[: len(self._routes)]}
+        if self._null is not None:     # calibrate=True: the score null lives on the driver
+            driver_arrays["score_null"] = np.frombuffer(self._null.to_bytes(), dtype=np.uint8)
+        write_generation(self.checkpoint_dir, k, actors, driver, driver_arrays)
         previous = self._wal_generation
         self._generation = self._wal_generation = k          # calls from now on go to the new log
         # The fallback is the generation this driver's log continued until now: its log and the
@@ -196,6 +199,8 @@ class RayDurability:
         self._evidence_total, self.det._evidence_number, self._rounds = (d["evidence_total"], d["evidence_number"],
                                                                          d["rounds"])
         self._set_routes(arrays["known_ids"], arrays["known_shard"])
+        if self._null is not None and "score_null" in arrays:
+            self._null = ScoreNull.from_bytes(np.asarray(arrays["score_null"], dtype=np.uint8).tobytes())
         founders = d.get("founders")          # absent from checkpoints written before it was kept
         if founders is not None and not isinstance(founders, list):
             raise CheckpointError(f"founders must be a list of source ids, got {type(founders).__name__}")
@@ -209,3 +214,7 @@ class RayDurability:
             summaries = self._gather([(h, "summary", (), False) for h in self.region_shards])
             self._summaries = dict(enumerate(summaries))
             self._last_merge = self.sys.call(self.root, "merge", *summaries)
+            if self._trimmed:
+                self._last_trimmed = self.sys.call(self.root, "merge_trimmed", *summaries)
+            if self._window_rounds is not None:
+                self._last_window = self.sys.call(self.root, "merge_window", *summaries)

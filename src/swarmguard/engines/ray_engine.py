@@ -19,7 +19,12 @@ A round (``DistributedBehavioralDetector(backend="ray").process_round``,
 :mod:`swarmguard.engines.ray_rounds`): the engine
 splits the batch by shard and puts each part into the object store (arrays,
 never per-agent objects); shards update their trees and return their moments;
-the root merges them; shards score their rows; the driver applies the
+the root merges them (``scoring="robust"``: shards judge their rows against the
+merged population, count the kept ones in their trimmed moments, the root merges
+those too); shards score their rows (``calibrate=True``: against the driver's
+score null as well, which the driver admits the round's scores into after the
+cut; ``window_rounds``: every shard opens the round, the root merges the windowed
+moments, rows are scored against them); the driver applies the
 false-discovery cut over all rows (the in-process rule,
 :func:`~swarmguard.structures.significance.significance_cut`), drives the CAP writes and anti-entropy in
 the in-process resolver's order (under STRONG: refused up front without a
@@ -84,6 +89,7 @@ from ..errors import (
     SwarmGuardError,
 )
 from ..locking import synchronized
+from ..structures.score_null import ScoreNull
 from ..structures.scoring_modes import SKETCH_MODES, TRIMMED_MODES
 from ..structures.topology import MonotonicClock, RegionTopology
 from ..validation import check_finite_float, check_positive_int
@@ -161,16 +167,15 @@ class RayEngine(RayRounds, RayRegions, RayEvidence, RayDurability):
         rules = validate_protocol_settings(significance_level=s.significance_level, fdr=s.fdr,
                                            shrinkage=s.shrinkage, warm_up=s.warm_up, score_levels=s.score_levels,
                                            scoring=s.scoring, calibrate=s.calibrate)
-        if rules.scoring in TRIMMED_MODES or rules.scoring in SKETCH_MODES:
-            # the shards' trimmed moments (and tail sketches) would be judged against their own region, not the
-            # merged population: refused rather than answering differently from in process
+        if rules.scoring in SKETCH_MODES:
+            # the shards' tail sketches would need merging on the driver (KLL merges change the
+            # sketch): refused rather than answering differently from in process
             raise InvalidInputError(f"scoring={s.scoring!r} is not available on the ray backend yet")
-        if s.window_rounds is not None:
-            # the region shards would need the window's rounds and stamps in their merged
-            # moments: refused rather than answering differently from in process
-            raise InvalidInputError("window_rounds is not available on the ray backend yet")
-        if rules.calibrate:   # the null lives in the in-process protocol; the shards keep none yet
-            raise InvalidInputError("calibrate=True is not available on the ray backend yet")
+        if s.window_rounds is not None and (rules.scoring in TRIMMED_MODES or rules.calibrate):
+            # trimmed moments drawn from the window, and a null of windowed scores, are not
+            # merged yet: refused rather than answering differently from in process
+            what = f"scoring={s.scoring!r}" if rules.scoring in TRIMMED_MODES else "calibrate=True"
+            raise InvalidInputError(f"window_rounds with {what} is not available on the ray backend yet")
         ref = validate_consensus_settings(byzantine_threshold=s.byzantine_threshold, partition_size=s.partition_size,
                                           prior_probability=s.prior_probability, trusted_sources=[s.node_id],
                                           probation_evidence=s.probation_evidence)
@@ -249,6 +254,16 @@ class RayEngine(RayRounds, RayRegions, RayEvidence, RayDurability):
         # and founding_quorum untrusted ones have been seen.
         self._founders: list[Hashable] | None = None
         self._last_merge: dict[str, Any] | None = None
+        # robust scoring: the shards keep trimmed moments judged against the merged population
+        self._trimmed = rules.scoring in TRIMMED_MODES
+        self._last_trimmed: dict[str, Any] | None = None     # the root's merge of the shards' trimmed moments
+        # calibrate=True: the population's score null, on the driver (which holds every row's score
+        # for the false-discovery cut already); the shards get it, as bytes, to calibrate their rows
+        self._null: ScoreNull | None = ScoreNull() if rules.calibrate else None
+        # window_rounds: every shard's tree keeps its members' windowed moments, opens a round with
+        # every batch (shards without rows too), and the root merges the windowed moments
+        self._window_rounds = s.window_rounds
+        self._last_window: dict[str, Any] | None = None
         self._summaries: dict[int, dict[str, Any]] = {}   # each region shard's moments, as of its last tree change
         self._last_consensus: dict[str, Any] | None = None
         self.last_round_seconds: dict[str, float] = {}   # wall time of each phase of the last round

@@ -29,7 +29,7 @@ class RayRegions:
         self.region_shards.append(Handle(f"regions{w}", cls.remote(
             self._start, branching_factor=s.branching_factor, feature_dimensions=self._dim,
             max_staleness_seconds=self.max_staleness_seconds, confidence_decay_rate=self.confidence_decay_rate,
-            statistical=statistical)))
+            statistical=statistical, trimmed=self._trimmed, window_rounds=self._window_rounds)))
         if self._topology.regions:       # a late actor hears of the regions born before it
             self.sys.call(self.region_shards[w], "add_regions", list(self._topology.regions),
                           [self._topology.born[r] for r in self._topology.regions], [], self._dim or 0, mutating=True)

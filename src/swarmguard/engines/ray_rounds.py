@@ -91,8 +91,15 @@ class RayRounds:
             # big parts go through the object store once (and stay there for replay); small ones inline
             put = ray.put if rows.size * d >= 4096 else (lambda a: a)
             calls.append((self.region_shards[s], "update",
-                          (put(ids[rows]), put(np.ascontiguousarray(X[rows])), part_c, regions[rows]), True))
-        summaries = dict(zip(rows_of, self._gather(calls), strict=True))
+                          (put(ids[rows]), put(np.ascontiguousarray(X[rows])), part_c, regions[rows], stay is None),
+                          True))
+        targets = list(rows_of)
+        if self._window_rounds is not None and stay is None:
+            # a batch opens a round on the one in-process tree: on every shard here, rows or not
+            idle = [s for s in range(len(self.region_shards)) if s not in rows_of]
+            calls += [(self.region_shards[s], "advance_round", (), True) for s in idle]
+            targets += idle
+        summaries = dict(zip(targets, self._gather(calls), strict=True))
         self._summaries.update(summaries)
         lap("update")
         # ---- 2. the root merges every shard's moments (untouched shards' are those they last sent)
@@ -105,9 +112,31 @@ class RayRounds:
         self._last_merge = merged
         merged_ref = ray.put(merged)
         lap("merge")
+        trimmed_ref = None
+        if self._trimmed:
+            # ---- 2b. robust scoring: the round's rows are judged against the merged full
+            # population (as the in-process tree judges a batch against the moments that hold
+            # it), each shard counts its kept rows in its trimmed moments, the root merges those
+            judged = self._gather([(self.region_shards[s], "judge", (merged_ref,), True) for s in rows_of])
+            self._summaries.update(zip(rows_of, judged, strict=True))
+            self._last_trimmed = self.sys.call(self.root, "merge_trimmed",
+                                               *[summaries[s] for s in range(len(self.region_shards))])
+            trimmed_ref = ray.put(self._last_trimmed)
+            lap("trim")
+        # calibrate=True: a round's rows are tested against the null of the earlier rounds (the
+        # per-item path, a one-row round, keeps the mode's own p-values and leaves the null alone,
+        # as in process)
+        window_ref = None
+        if self._window_rounds is not None:
+            self._last_window = self.sys.call(self.root, "merge_window",
+                                              *[summaries[s] for s in range(len(self.region_shards))])
+            window_ref = ray.put(self._last_window)
+        calibrating = self._null is not None and stay is None
+        null_ref = ray.put(self._null.to_bytes()) if calibrating and self._null.warm else None
         # ---- 3. shards score their rows against the population and their cohorts
         scored = self._gather([
-            (self.region_shards[s], "score", (merged_ref, self.shrinkage, self.warm_up, self.score_levels), False)
+            (self.region_shards[s], "score", (merged_ref, self.shrinkage, self.warm_up, self.score_levels,
+                                             trimmed_ref, null_ref, window_ref), False)
             for s in rows_of])
         d2 = np.empty(n)
         p = np.empty(n)
@@ -124,6 +153,14 @@ class RayRounds:
         lap("score")
         decision = significance_cut(decision_p, d2, d, q=q, alpha=self.significance_level, any_warm=any_warm)
         flagged_mask, cut, thr2 = decision.flagged, decision.cut, decision.threshold_squared
+        if calibrating:
+            # the round's members enter the null after its decision, flags left out but the expected
+            # false ones (swarmguard.structures.score_null), in the batch's order, as in process
+            flagged_null = flagged_mask if self._null.warm else None
+            if q is not None:
+                self._null.admit(d2, flagged_null, q)
+            else:
+                self._null.admit(d2, flagged_null, alpha=self.significance_level)
         # ---- 4. CAP: each region's writes, in the in-process resolver's order
         region_cf, accepted = self._cap_writes(order, inverse, d2, ts, ids, X, shard, region_shard, now)
         confidence = region_cf[inverse]

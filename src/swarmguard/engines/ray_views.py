@@ -191,7 +191,9 @@ class RayProtocolView:
         if agent_ids is not None:
             raise InvalidInputError("the Ray backend scores all agents (agent_ids=None) only")
         merged = det._last_merge
-        res = det._gather([(h, "score_all", (merged, det.shrinkage, det.warm_up, det.score_levels), False)
+        null = det._null.to_bytes() if det._null is not None and det._null.warm else None
+        res = det._gather([(h, "score_all", (merged, det.shrinkage, det.warm_up, det.score_levels,
+                                             det._last_trimmed, null, det._last_window), False)
                            for h in det.region_shards])
         ids = np.concatenate([r["agent_ids"] for r in res])
         order = np.argsort(ids, kind="stable")
@@ -199,7 +201,15 @@ class RayProtocolView:
         for k in ("mahalanobis_squared", "p_value", "decision_p_value"):
             out[k] = np.concatenate([r[k] for r in res])[order]
         any_warm = any(r["any_warm"] for r in res)
-        out["is_anomaly"] = significance_cut(out["decision_p_value"], out["mahalanobis_squared"], det._dim,
-                                             q=resolve_fdr(fdr, det.fdr), alpha=det.significance_level,
-                                             any_warm=any_warm).flagged
+        if det._last_window is None:
+            out["is_anomaly"] = significance_cut(out["decision_p_value"], out["mahalanobis_squared"], det._dim,
+                                                 q=resolve_fdr(fdr, det.fdr), alpha=det.significance_level,
+                                                 any_warm=any_warm).flagged
+        else:       # as in process: a member outside the window is scored, not judged
+            live = np.concatenate([r["in_window"] for r in res])[order]
+            out["in_window"] = live
+            out["is_anomaly"] = np.zeros(live.size, dtype=bool)
+            out["is_anomaly"][live] = significance_cut(
+                out["decision_p_value"][live], out["mahalanobis_squared"][live], det._dim,
+                q=resolve_fdr(fdr, det.fdr), alpha=det.significance_level, any_warm=any_warm).flagged
         return out

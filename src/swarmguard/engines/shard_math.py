@@ -10,11 +10,15 @@ from typing import Any
 
 import numpy as np
 
+from ..structures.chi2 import chi2_sf
+from ..structures.score_null import ScoreNull
 from ..structures.scoring import combine_levels, score_population
 from ..structures.slot_tree import MAX_UNIT_EXPONENT, scale_outer
+from ..structures.trimming import TRIM_QUANTILE, TrimmedScorer, judge_rows, trim_threshold
 from ..values.moments import Moments, combine_groups
 
-__all__ = ["moments_from_state", "merge_reach_exponent", "merge_scaled", "score_rows"]
+__all__ = ["moments_from_state", "merge_reach_exponent", "merge_scaled", "merge_summaries", "score_rows",
+           "judge_against", "summary_from_states"]
 
 
 def moments_from_state(n: float, shift: np.ndarray, off: np.ndarray, m2: np.ndarray,
@@ -92,10 +96,81 @@ def merge_scaled(parts: Sequence[tuple[Moments, np.ndarray]]) -> tuple[Moments, 
     return result, E
 
 
+def summary_from_states(nodes: dict[str, Any] | None) -> dict[str, Any]:
+    """A shard's summary from a tree's :meth:`node_states` (or :meth:`trimmed_node_states`):
+    population and cohort moments in the caller's units, and in the tree's power-of-two
+    units with their exponent (``scaled``: what the root merges for scoring)."""
+    if nodes is None:
+        return {"population": None, "cohorts": {}}
+    shift, scale = nodes["shift"], nodes["exponent"]
+    n, off, m2 = nodes["population"]
+    cohorts = {path: moments_from_state(cn, shift, coff, cm2, scale)
+               for path, (cn, coff, cm2) in nodes["cohorts"].items()}
+    scaled_cohorts = {path: moments_from_state(cn, shift, coff, cm2)
+                      for path, (cn, coff, cm2) in nodes["cohorts"].items()}
+    return {"population": moments_from_state(n, shift, off, m2, scale), "cohorts": cohorts,
+            "scaled": {"exponent": scale, "population": moments_from_state(n, shift, off, m2),
+                       "cohorts": scaled_cohorts}}
+
+
+def merge_summaries(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Population and cohort moments of the union of shards' summaries (:func:`summary_from_states`).
+
+    ``population`` and ``cohorts`` in the caller's units (Chan's k-way formula,
+    :meth:`Moments.merge_all`), and, when every shard sent its scaled moments,
+    ``scaled``: the same merged in power-of-two units (:func:`merge_scaled`),
+    with each level's ``exponents``, for scoring.
+    """
+    pops = [s["population"] for s in summaries if s["population"] is not None]
+    population = Moments.merge_all(pops) if pops else None
+    by_path: dict[tuple[str, ...], list[Moments]] = {}
+    for s in summaries:
+        for path, m in s["cohorts"].items():
+            by_path.setdefault(path, []).append(m)
+    cohorts = {p: (ms[0] if len(ms) == 1 else Moments.merge_all(ms)) for p, ms in by_path.items()}
+    out: dict[str, Any] = {"population": population, "cohorts": cohorts}
+    scaled = [s["scaled"] for s in summaries if s["population"] is not None]
+    if scaled and all(sc is not None for sc in scaled):
+        pop_s, pop_e = merge_scaled([(sc["population"], sc["exponent"]) for sc in scaled])
+        parts: dict[tuple[str, ...], list[tuple[Moments, np.ndarray]]] = {}
+        for sc in scaled:
+            for path, m in sc["cohorts"].items():
+                parts.setdefault(path, []).append((m, sc["exponent"]))
+        merged_c = {p: merge_scaled(ps) for p, ps in parts.items()}
+        exponents: dict[Any, np.ndarray] = {(): pop_e, **{p: e for p, (_, e) in merged_c.items()}}
+        out["scaled"] = {"population": pop_s, "cohorts": {p: m for p, (m, _) in merged_c.items()},
+                         "exponents": exponents}
+    return out
+
+
+def _deviations(rows: np.ndarray, m: Moments, exponent: np.ndarray | None) -> np.ndarray:
+    """``(x - shift) * 2**-exponent - offset``: rows' deviations from merged moments' mean, in their units."""
+    D = np.subtract(rows, m.shift)
+    if exponent is not None:
+        D *= np.ldexp(1.0, -exponent)      # exact: powers of two
+    D -= m.offset
+    return D
+
+
+def judge_against(X: np.ndarray, merged: dict[str, Any]) -> np.ndarray:
+    """The trimming rule (:func:`~swarmguard.structures.trimming.judge_rows`) for rows ``X``
+    against the merged *full* population: whether each is kept in the trimmed moments.
+
+    As the in-process tree judges a batch's rows against the full moments that
+    include the whole batch, here against the moments merged over every shard.
+    """
+    population, _, exponents = _for_scoring(merged, set())
+    e = None if exponents is None else exponents[()]
+    E = _deviations(X, population, e)
+    return judge_rows(float(population.count), population.offset, population.m2, E,
+                      trim_threshold(X.shape[1]))
+
+
 def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_index: np.ndarray,
                population: Moments, cohorts: dict[tuple[str, ...], Moments], shrinkage: Any,
-               warm_up: int, score_levels: str, exponents: dict[Any, np.ndarray] | None = None
-               ) -> dict[str, Any]:
+               warm_up: int, score_levels: str, exponents: dict[Any, np.ndarray] | None = None,
+               trimmed: tuple[Moments, dict[tuple[str, ...], Moments], Any, np.ndarray] | None = None,
+               null: ScoreNull | None = None, window: bool = False) -> dict[str, Any]:
     """Leave-one-out scores of rows ``X`` against moments that were merged elsewhere.
 
     The protocol's scoring core (:func:`~swarmguard.structures.scoring.score_population`
@@ -109,19 +184,47 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
     magnitude score alike. Returns ``mahalanobis_squared``, ``p_value``,
     ``decision_p_value``, ``levels`` (per row, how many levels were combined)
     and ``any_warm`` (some level was out of warm-up).
-    """
-    def deviations(rows: np.ndarray, m: Moments, key: Any) -> np.ndarray:
-        D = np.subtract(rows, m.shift)
-        if exponents is not None:
-            D *= np.ldexp(1.0, -exponents[key])      # exact: powers of two
-        D -= m.offset
-        return D
 
-    d2, p, warm, _ = score_population(deviations(X, population, ()), float(population.count), population.offset,
-                                      population.m2, shrinkage, warm_up)
+    ``trimmed`` (``scoring="robust"``): ``(population, cohorts, exponents, kept)``,
+    the merged *trimmed* moments (:func:`merge_summaries` of the shards'
+    trimmed summaries) and whether each row is counted in them. Rows are then
+    scored as the in-process protocol scores them
+    (:class:`~swarmguard.structures.trimming.TrimmedScorer`: kept rows
+    leave-one-out, the others as they are, the consistency factor applied); a
+    level warms up on its *members'* count (``population`` / ``cohorts``
+    here) and needs three kept members.
+
+    ``window`` (``window_rounds``): ``trimmed`` holds the merged *windowed* moments
+    instead (``kept``: whether each row is inside the window); no consistency
+    factor, and every level warms up on its members inside the window, as in process.
+
+    ``null`` (``calibrate=True``): the population's score null, kept on the
+    driver; once warm, each row's population-level p-value is its calibrated
+    one (:meth:`~swarmguard.structures.score_null.ScoreNull.p_values` of its
+    distance), before the levels are combined, as in process
+    (``parametric_p_value`` then holds the χ² one).
+    """
+    def deviations(rows: np.ndarray, m: Moments, key: Any, units: Any = exponents) -> np.ndarray:
+        return _deviations(rows, m, None if units is None else units[key])
+
+    if trimmed is not None:
+        t_pop, t_cohorts, t_exponents, kept = trimmed
+        quantile = None if window else TRIM_QUANTILE
+        scorer = TrimmedScorer(float(t_pop.count), t_pop.offset, t_pop.m2, shrinkage, quantile=quantile)
+        d2 = scorer.score_many(deviations(X, t_pop, (), t_exponents), kept)
+        p = chi2_sf(d2, X.shape[1])
+        warm = bool(float((t_pop if window else population).count) >= warm_up and scorer.inside.ok)
+    else:
+        d2, p, warm, _ = score_population(deviations(X, population, ()), float(population.count),
+                                          population.offset, population.m2, shrinkage, warm_up)
+    extra: dict[str, Any] = {}
+    if null is not None:
+        calibrated = null.p_values(d2)
+        if calibrated is not None:
+            extra["parametric_p_value"], p = p, calibrated
     if score_levels != "all":
         return {"mahalanobis_squared": d2, "p_value": p, "decision_p_value": p, "any_warm": warm,
-                "levels": np.ones(X.shape[0], dtype=np.int64)}
+                "levels": np.ones(X.shape[0], dtype=np.int64), **extra}
 
     def groups():
         max_depth = max((len(pt) for pt in row_paths), default=0)
@@ -134,11 +237,26 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
                 rows = np.flatnonzero(np.isin(row_path_index, path_ids))
                 if rows.size:
                     c = cohorts[prefix]
-                    yield prefix, rows, float(c.count), c.offset, c.m2, deviations(X[rows], c, prefix)
+                    if trimmed is None:
+                        yield prefix, rows, float(c.count), c.offset, c.m2, deviations(X[rows], c, prefix)
+                    else:      # the members' count; the kept members' moments
+                        t = t_cohorts[prefix]
+                        yield (prefix, rows, float((t if window else c).count), t.offset, t.m2,
+                               deviations(X[rows], t, prefix, t_exponents))
 
-    decision_p, any_warm, n_levels, _ = combine_levels(p, warm, groups(), shrinkage, warm_up)
+    score_group = None
+    if trimmed is not None:
+        def score_group(key: Any, rows: np.ndarray, count: float, offset: np.ndarray, m2: np.ndarray,
+                        E: np.ndarray):
+            # the in-process protocol's cohort rule (its _trimmed_group_scorer)
+            sc = TrimmedScorer(float(t_cohorts[key].count), offset, m2, shrinkage, quantile=quantile)
+            if not sc.ok:
+                return np.zeros(E.shape[0]), False
+            return sc.score_many(E, kept[rows]), sc.inside.ok
+
+    decision_p, any_warm, n_levels, _ = combine_levels(p, warm, groups(), shrinkage, warm_up, score=score_group)
     return {"mahalanobis_squared": d2, "p_value": p, "decision_p_value": decision_p,
-            "any_warm": any_warm, "levels": n_levels.astype(np.int64)}
+            "any_warm": any_warm, "levels": n_levels.astype(np.int64), **extra}
 
 
 def _for_scoring(merged: dict[str, Any], need: set[tuple[str, ...]]):

@@ -23,15 +23,19 @@ from ..api.cap import compute_confidence_factor
 from ..api.tree import HierarchicalStatisticalTree
 from ..errors import StaleShardError, SwarmGuardError
 from ..structures.replica import RegionReplica
+from ..structures.score_null import ScoreNull
 from ..values.moments import Moments
 from ..values.version_vector import VersionVector
 from .evidence_shard import EvidenceShard
 from .shard_base import Versioned
 from .shard_math import (
     _for_scoring,
+    judge_against,
     merge_scaled,
+    merge_summaries,
     moments_from_state,
     score_rows,
+    summary_from_states,
 )
 
 __all__ = ["StaleShardError", "RegionShard", "RootAggregator", "EvidenceShard", "score_rows",
@@ -51,8 +55,10 @@ class RegionShard(Versioned):
 
     def __init__(self, start: float, *, branching_factor: int = 10, feature_dimensions: int | None = None,
                  max_staleness_seconds: float = 5.0, confidence_decay_rate: float = 0.1,
-                 statistical: bool = True):
+                 statistical: bool = True, trimmed: bool = False, window_rounds: int | None = None):
         self.start = float(start)
+        self.window_rounds = window_rounds   # keep windowed moments (the members of the last rounds)
+        self.trimmed = trimmed       # keep trimmed moments, judged against the merged population
         self.branching_factor = branching_factor
         self.feature_dimensions = feature_dimensions
         self.max_staleness_seconds = max_staleness_seconds
@@ -62,7 +68,10 @@ class RegionShard(Versioned):
 
     def _fresh(self) -> None:
         self.seq = 0
-        self.tree = HierarchicalStatisticalTree(self.branching_factor, self.feature_dimensions)
+        self.tree = HierarchicalStatisticalTree(self.branching_factor, self.feature_dimensions,
+                                                window_rounds=self.window_rounds)
+        if self.trimmed:
+            self.tree.judge_trimmed_elsewhere()
         self.replicas: dict[str, RegionReplica] = {}
         self.born: dict[str, float] = {}          # every region of the swarm, in birth order
         self._batch: dict[str, Any] | None = None
@@ -91,30 +100,44 @@ class RegionShard(Versioned):
 
     # ------------------------------------------------------------------ tree
     def _summary(self) -> dict[str, Any]:
-        nodes = self.tree.node_states()
-        if nodes is None:
-            return {"population": None, "cohorts": {}}
-        shift, scale = nodes["shift"], nodes["exponent"]
         # Moments in the caller's units (statistics) and in the tree's internal
         # power-of-two units with their exponent (scoring: no squares underflow).
-        n, off, m2 = nodes["population"]
-        cohorts = {path: moments_from_state(cn, shift, coff, cm2, scale)
-                   for path, (cn, coff, cm2) in nodes["cohorts"].items()}
-        scaled_cohorts = {path: moments_from_state(cn, shift, coff, cm2)
-                          for path, (cn, coff, cm2) in nodes["cohorts"].items()}
-        return {"population": moments_from_state(n, shift, off, m2, scale), "cohorts": cohorts,
-                "scaled": {"exponent": scale, "population": moments_from_state(n, shift, off, m2),
-                           "cohorts": scaled_cohorts}}
+        out = summary_from_states(self.tree.node_states())
+        if self.trimmed:     # the kept members' moments too (robust scoring)
+            out["trimmed"] = summary_from_states(self.tree.trimmed_node_states())
+        if self.window_rounds is not None:     # the members inside the window
+            out["window"] = summary_from_states(self.tree.window_node_states())
+        return out
 
     def update(self, expect: int, agent_ids: np.ndarray, X: np.ndarray, cohorts: Any,
-               regions: np.ndarray) -> dict[str, Any]:
-        """Write a batch into this shard's tree; return its population and cohort moments."""
+               regions: np.ndarray, open_round: bool = True) -> dict[str, Any]:
+        """Write a batch into this shard's tree; return its population and cohort moments.
+        ``open_round=False``: a per-item call's row, in the window's open round."""
         self._check(expect)
-        slots, ids, rows = self.tree.update_rows(agent_ids, X, cohorts)
+        slots, ids, rows = self.tree.update_rows(agent_ids, X, cohorts, open_round)
         self.seq += 1
         paths, path_index = self.tree.slot_cohorts(slots)
         self._batch = {"ids": ids, "X": rows, "regions": np.asarray(regions), "paths": paths,
-                       "path_index": path_index}
+                       "path_index": path_index, "slots": slots}
+        return self._summary()
+
+    def advance_round(self, expect: int) -> dict[str, Any]:
+        """A round this shard has no rows in (a window): open it all the same, as the one
+        in-process tree does for every batch; return the summary (members may have left)."""
+        self._check(expect)
+        self.tree.advance_round()
+        self.seq += 1
+        return self._summary()
+
+    def judge(self, expect: int, merged: dict[str, Any]) -> dict[str, Any]:
+        """Judge the last batch's rows against the merged full population (the trimming rule,
+        :func:`~swarmguard.engines.shard_math.judge_against`), count the kept ones in this
+        shard's trimmed moments; return the shard's summary (with its trimmed moments)."""
+        self._check(expect)
+        b = self._batch
+        kept = judge_against(b["X"], merged) if len(b["ids"]) else np.zeros(0, dtype=bool)
+        self.tree.set_trimmed_flags(b["slots"], kept)
+        self.seq += 1
         return self._summary()
 
     def remove(self, expect: int, agent_ids: np.ndarray) -> None:
@@ -128,28 +151,50 @@ class RegionShard(Versioned):
         self._check(expect)
         return self._summary()
 
+    def _subset_args(self, merged_trimmed: dict[str, Any] | None, merged_window: dict[str, Any] | None,
+                     need: set, slots: np.ndarray):
+        """The merged subset moments to score against (trimmed, or windowed) and who is counted in them."""
+        if merged_window is not None:
+            w_pop, w_cohorts, w_exponents = _for_scoring(merged_window, need)
+            return w_pop, w_cohorts, w_exponents, self.tree.window_flags(slots)
+        if merged_trimmed is None:
+            return None
+        t_pop, t_cohorts, t_exponents = _for_scoring(merged_trimmed, need)
+        return t_pop, t_cohorts, t_exponents, self.tree.trimmed_flags(slots)
+
     def score(self, expect: int, merged: dict[str, Any], shrinkage: Any, warm_up: int,
-              score_levels: str) -> dict[str, Any]:
-        """Score the last batch against the merged moments the root aggregator sent."""
+              score_levels: str, merged_trimmed: dict[str, Any] | None = None,
+              null: bytes | None = None, merged_window: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Score the last batch against the merged moments the root aggregator sent
+        (``merged_trimmed``: against the merged trimmed moments, ``scoring="robust"``;
+        ``null``: the driver's score null, :meth:`ScoreNull.to_bytes`, ``calibrate=True``)."""
         self._check(expect)
         b = self._batch
         need = {p[:k] for p in b["paths"] for k in range(1, len(p) + 1)}
         population, cohorts, exponents = _for_scoring(merged, need)
         out = score_rows(b["X"], b["paths"], b["path_index"], population,
-                         cohorts, shrinkage, warm_up, score_levels, exponents)
+                         cohorts, shrinkage, warm_up, score_levels, exponents,
+                         trimmed=self._subset_args(merged_trimmed, merged_window, need, b["slots"]),
+                         null=None if null is None else ScoreNull.from_bytes(null), window=merged_window is not None)
         out["first_cohort"] = b["paths"][int(b["path_index"][0])] if len(b["ids"]) else None
         return out
 
     def score_all(self, expect: int, merged: dict[str, Any], shrinkage: Any, warm_up: int,
-                  score_levels: str) -> dict[str, Any]:
-        """Score every agent of the shard (in slot order); ``agent_ids`` says who."""
+                  score_levels: str, merged_trimmed: dict[str, Any] | None = None,
+                  null: bytes | None = None, merged_window: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Score every agent of the shard (in slot order); ``agent_ids`` says who (with a window,
+        ``in_window`` says who is inside it)."""
         self._check(expect)
         slots, ids, X = self.tree.occupied_rows()
         paths, path_index = self.tree.slot_cohorts(slots)
         need = {p[:k] for p in paths for k in range(1, len(p) + 1)}
         population, cohorts, exponents = _for_scoring(merged, need)
-        out = score_rows(X, paths, path_index, population, cohorts, shrinkage, warm_up, score_levels, exponents)
+        out = score_rows(X, paths, path_index, population, cohorts, shrinkage, warm_up, score_levels, exponents,
+                         trimmed=self._subset_args(merged_trimmed, merged_window, need, slots),
+                         null=None if null is None else ScoreNull.from_bytes(null), window=merged_window is not None)
         out["agent_ids"] = np.array(ids.tolist())
+        if merged_window is not None:
+            out["in_window"] = self.tree.window_flags(slots)
         return out
 
     # ------------------------------------------------------------------ CAP replicas
@@ -256,6 +301,8 @@ class RegionShard(Versioned):
         if state is not None:
             if state["tree"] is not None:
                 self.tree = HierarchicalStatisticalTree.from_dict(dict(state["tree"]))
+                if self.trimmed:     # the flags came back with the tree; new ones are still the driver's
+                    self.tree.judge_trimmed_elsewhere()
             self.replicas = {name: RegionReplica.from_dict(r) for name, r in state["replicas"].items()}
             self.born = dict(state["born"])
         self.seq = seq
@@ -275,28 +322,21 @@ class RootAggregator(Versioned):
         self.last: dict[str, Any] | None = None
 
     def merge(self, expect: int, *summaries: dict[str, Any]) -> dict[str, Any]:
-        """Population and cohort moments of the union of the shards' summaries."""
+        """Population and cohort moments of the union of the shards' summaries
+        (:func:`~swarmguard.engines.shard_math.merge_summaries`)."""
         self._check(expect)
-        pops = [s["population"] for s in summaries if s["population"] is not None]
-        population = Moments.merge_all(pops)
-        by_path: dict[tuple[str, ...], list[Moments]] = {}
-        for s in summaries:
-            for path, m in s["cohorts"].items():
-                by_path.setdefault(path, []).append(m)
-        cohorts = {p: (ms[0] if len(ms) == 1 else Moments.merge_all(ms)) for p, ms in by_path.items()}
-        self.last = {"population": population, "cohorts": cohorts}
-        scaled = [s["scaled"] for s in summaries if s["population"] is not None]
-        if scaled and all(sc is not None for sc in scaled):
-            pop_s, pop_e = merge_scaled([(sc["population"], sc["exponent"]) for sc in scaled])
-            parts: dict[tuple[str, ...], list[tuple[Moments, np.ndarray]]] = {}
-            for sc in scaled:
-                for path, m in sc["cohorts"].items():
-                    parts.setdefault(path, []).append((m, sc["exponent"]))
-            merged_c = {p: merge_scaled(ps) for p, ps in parts.items()}
-            exponents: dict[Any, np.ndarray] = {(): pop_e, **{p: e for p, (_, e) in merged_c.items()}}
-            self.last["scaled"] = {"population": pop_s, "cohorts": {p: m for p, (m, _) in merged_c.items()},
-                                   "exponents": exponents}
+        self.last = merge_summaries(summaries)
         return self.last
+
+    def merge_trimmed(self, expect: int, *summaries: dict[str, Any]) -> dict[str, Any]:
+        """The same for the shards' trimmed moments (their summaries' ``trimmed`` part)."""
+        self._check(expect)
+        return merge_summaries([s["trimmed"] for s in summaries])
+
+    def merge_window(self, expect: int, *summaries: dict[str, Any]) -> dict[str, Any]:
+        """The same for the shards' windowed moments (their summaries' ``window`` part)."""
+        self._check(expect)
+        return merge_summaries([s["window"] for s in summaries])
 
     def population(self) -> Moments | None:
         return None if self.last is None else self.last["population"]

@@ -162,6 +162,23 @@ class ScoreNull:
         s = _in_sketch_range(scores).reshape(-1, 1)
         return self._sketch.tail_probabilities(s, members=False).right[:, 0]
 
+    def p_value_bounds(self, scores: np.ndarray, std_devs: int = 3) -> tuple[np.ndarray, np.ndarray] | None:
+        """REQ's a-priori bounds on the *exact* calibrated p-values of ``scores``: ``(lo, hi)``.
+
+        The exact p-value is ``(1 + W) / (n + 1)``, ``W`` the number of admitted
+        scores at or above the score; the sketch's estimate of ``W / n`` lies
+        within the library's relative rank bounds
+        (:meth:`~swarmguard.structures.tail_sketch.FeatureSketches.tail_bounds`,
+        ``std_devs`` in 1..3) of the truth, which this maps to p-values. None
+        while warming up. A Python loop over the scores: for checks, not for scoring.
+        """
+        if not self.warm:
+            return None
+        s = _in_sketch_range(scores).reshape(-1, 1)
+        n = float(self.count)
+        _, _, lo, hi = self._sketch.tail_bounds(s, std_devs)
+        return (1.0 + n * lo[:, 0]) / (n + 1.0), np.minimum(1.0, (1.0 + n * hi[:, 0]) / (n + 1.0))
+
     def merge(self, other: ScoreNull) -> None:
         """Merge another null into this one (the null of both populations)."""
         if not isinstance(other, ScoreNull):

@@ -69,7 +69,8 @@ from .feature_shares import whitened_parts, zca_cor_whitening
 from .scoring import _RIDGE, _TINY, _VAR_FLOOR, MIN_POPULATION, LeaveOneOutScorer
 from .slot_tree import SlotTree
 
-__all__ = ["TRIM_QUANTILE", "TrimmedMoments", "TrimmedScorer", "consistency_factor", "trim_threshold"]
+__all__ = ["TRIM_QUANTILE", "TrimmedMoments", "TrimmedScorer", "consistency_factor", "judge_rows",
+           "trim_threshold"]
 
 TRIM_QUANTILE = 0.975
 _special = module_on_first_use("scipy.special")   # imported on first use: see swarmguard.lazy_import
@@ -92,6 +93,23 @@ def consistency_factor(d: int, quantile: float = TRIM_QUANTILE) -> float:
 
 def _min_judged(d: int) -> int:
     return max(MIN_POPULATION, d + 3)
+
+
+def judge_rows(count: float, offset: np.ndarray, m2: np.ndarray, E: np.ndarray, threshold: float) -> np.ndarray:
+    """The trimming rule: whether each member is kept, judged against the full moments.
+
+    ``(count, offset, m2)`` are the full moments the members are counted in,
+    ``E`` the members' deviations from their mean (in the moments' units) and
+    ``threshold`` :func:`trim_threshold`. A member is kept when its
+    leave-one-out D² (``shrinkage="auto"``) is at most ``threshold``;
+    everyone is kept while ``count < max(MIN_POPULATION, d + 3)``. Both
+    :meth:`TrimmedMoments.judge` (one tree) and an engine that merged the full
+    moments of many trees (the Ray engine's region shards) use it, so they
+    judge alike.
+    """
+    if count < _min_judged(offset.shape[0]):
+        return np.ones(E.shape[0], dtype=bool)
+    return LeaveOneOutScorer(count, offset, m2, "auto").score_many(E) <= threshold
 
 
 class TrimmedMoments:
@@ -130,8 +148,7 @@ class TrimmedMoments:
         n, off, m2 = full.root_state()
         if n < _min_judged(full.dim):
             return np.ones(X.shape[0], dtype=bool)
-        d2 = LeaveOneOutScorer(n, off, m2, "auto").score_many(full.deviations(X) - off)
-        return d2 <= self.threshold
+        return judge_rows(n, off, m2, full.deviations(X) - off, self.threshold)
 
     def _sync_layout(self, full: SlotTree) -> None:
         if self.tree.capacity != full.capacity:
@@ -146,6 +163,12 @@ class TrimmedMoments:
         dropped = slots[~keep]
         self.tree.write(slots[keep], X[keep])
         self.clear(dropped)
+
+    def leave_out(self, full: SlotTree, slots: np.ndarray) -> None:
+        """After ``full.write(slots, X)`` when the flags are decided elsewhere (:meth:`write` with
+        ``keep`` later): the written members are out of the trimmed moments until then."""
+        self._sync_layout(full)
+        self.clear(slots)
 
     def clear(self, slots: np.ndarray) -> None:
         """Slots emptied (or dropped): out of the trimmed moments."""
