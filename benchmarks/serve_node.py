@@ -10,7 +10,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src"
@@ -22,17 +23,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class NodeProcess:
+    """A running node: its base URL, its process id and its data folder."""
+
+    base: str
+    pid: int
+    data_dir: Path
+
+
 @contextlib.contextmanager
-def running_node(*, stop_timeout: float = 60.0) -> Iterator[str]:
-    """Start a node (one window of a day, a temporary data folder), wait until ``/readyz``
-    answers 200 (60 s at most), yield its base URL; SIGTERM its process group on exit."""
+def node_process(*, stop_timeout: float = 60.0, extra_args: Sequence[str] = ()) -> Iterator[NodeProcess]:
+    """Start a node (one window of a day, a temporary data folder, ``extra_args`` appended to
+    ``swarmguard serve``), wait until ``/readyz`` answers 200 (60 s at most), yield it;
+    SIGTERM its process group on exit."""
     import httpx
 
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     with tempfile.TemporaryDirectory() as folder:
         proc = subprocess.Popen([sys.executable, "-c", "from swarmguard.cli import app; app()", "serve",
-                                 "--port", str(port), "--data-dir", folder, "--window", "86400"],
+                                 "--port", str(port), "--data-dir", folder, "--window", "86400", *extra_args],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         try:
@@ -45,7 +56,15 @@ def running_node(*, stop_timeout: float = 60.0) -> Iterator[str]:
                     except httpx.TransportError:
                         pass
                     time.sleep(0.1)
-            yield base
+            yield NodeProcess(base, proc.pid, Path(folder))
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=stop_timeout)
+
+
+@contextlib.contextmanager
+def running_node(*, stop_timeout: float = 60.0) -> Iterator[str]:
+    """Start a node (one window of a day, a temporary data folder), wait until ``/readyz``
+    answers 200 (60 s at most), yield its base URL; SIGTERM its process group on exit."""
+    with node_process(stop_timeout=stop_timeout) as node:
+        yield node.base
