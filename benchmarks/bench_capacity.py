@@ -1,8 +1,8 @@
 """Capacity of one ``swarmguard serve`` node: how many agents and spans per second it holds.
 
 A node in a subprocess (``benchmarks/serve_node.py``: a free loopback port, its own data
-folder, every request synced to disk before its 200, ``--snapshot-every 1`` so that the
-data folder after a window's close is the node's snapshot, not a log of every window).
+folder, every request synced to disk before its 200, ``--snapshot-every 0`` so that a
+window's close is its round alone; the snapshot is timed once, at the end).
 For a growing number of agents ``n`` (decades from 10⁴ up to ``--max-agents``, plus
 ``--max-agents`` itself), one behaviour step:
 
@@ -11,12 +11,16 @@ For a growing number of agents ``n`` (decades from 10⁴ up to ``--max-agents``,
    acknowledged rate (vectors/s) and the p50 / p99 acknowledgement latency;
 2. ``POST /v1/admin/close-window``: the window's round over all ``n`` agents (the tree
    update, scoring, the significance cut, the CAP write, every agent's answer, the
-   snapshot), timed from the client — the time one window needs to close;
+   dashboard's history), timed from the client — the time one window needs to close;
 3. the node's memory: ``VmRSS`` and ``VmHWM`` (peak) of its process from ``/proc``, and
    the bytes per agent over the RSS of the node before its first vector; the data
-   folder's bytes per logged vector (before the close), and after it the snapshot's
-   bytes per agent (its rows in ``node.sqlite``) and the folder's (SQLite keeps the
-   pages the compacted log freed, so the folder is larger than the snapshot).
+   folder's bytes per logged vector.
+
+Every step also reports the node process's CPU seconds (``utime + stime`` from
+``/proc/PID/stat``, all its threads) for the ingest and for the close: on a machine
+shared with other jobs the wall times stretch with the load, the CPU seconds much less,
+so they say what a machine of its own would take (the node is one Python process:
+about one core for the work that holds the GIL).
 
 Then, on the same node (it still holds the last step's agents), one span step per
 OTLP fleet size (decades from 10⁴ up to ``--otlp-agents``): one window of the fleet
@@ -25,7 +29,9 @@ emulator's spans (512-span protobuf bodies as the SDK sends them,
 posted to ``POST /v1/traces``, then its close: spans/s acknowledged and with the
 window's round (the spans become one vector an agent, scored), and the p50 / p99
 acknowledgement latency. Span steps come after the behaviour steps so that the
-memory figures are the behaviour agents' alone.
+memory figures are the behaviour agents' alone. Last, the node is stopped with SIGTERM:
+it drains and writes its snapshot; the time to exit and the snapshot's bytes per agent
+(its rows in ``node.sqlite``) are printed.
 
 A step that would take longer than ``--step-seconds`` (projected linearly from the step
 before) is skipped, and a step that runs past twice that stops posting and is reported
@@ -75,8 +81,9 @@ class Step:
     hwm_mb: float
     bytes_per_agent: float
     log_bytes_per_vector: float
-    snapshot_bytes_per_agent: float
-    disk_bytes_per_agent: float
+    ingest_cpu_s: float
+    close_cpu_s: float
+    load: float
     partial: bool = False
 
 
@@ -89,6 +96,7 @@ class SpanStep:
     acked_s: float
     served_s: float
     ack_ms: np.ndarray
+    cpu_s: float
 
 
 def proc_status_kb(pid: int, field: str) -> int:
@@ -97,6 +105,12 @@ def proc_status_kb(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads), from ``/proc/PID/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def folder_bytes(folder: Path) -> int:
@@ -201,14 +215,16 @@ def run_step(node, http, index: int, n: int, bodies: Bodies, args, baseline_kb: 
         return stop - start
 
     disk_before = folder_bytes(node.data_dir)
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(node.pid), time.perf_counter()
     lat, posted, late = post_parallel(node.base, args.clients, jobs, send, t0 + 2 * budget)
     ingest_s = time.perf_counter() - t0
+    c1 = cpu_seconds(node.pid)
     log_bytes = folder_bytes(node.data_dir) - disk_before
 
     t0 = time.perf_counter()
     closed = http.post("/v1/admin/close-window").json()["closed"]
     close_s = time.perf_counter() - t0
+    c2 = cpu_seconds(node.pid)
     held = {c["population"]: c["agents"] for c in closed}
     assert held.get("behaviors") == posted, (held, posted)
     rss_kb = proc_status_kb(node.pid, "VmRSS")
@@ -216,9 +232,8 @@ def run_step(node, http, index: int, n: int, bodies: Bodies, args, baseline_kb: 
     step = Step(agents=n, posted=posted, ingest_s=ingest_s, ack_ms=np.array(lat) * 1e3, close_s=close_s,
                 rss_mb=rss_kb / 1024, hwm_mb=hwm_kb / 1024,
                 bytes_per_agent=(rss_kb - baseline_kb) * 1024 / max(posted, 1),
-                log_bytes_per_vector=log_bytes / max(posted, 1),
-                snapshot_bytes_per_agent=snapshot_bytes(node.data_dir) / max(posted, 1),
-                disk_bytes_per_agent=folder_bytes(node.data_dir) / max(posted, 1), partial=late)
+                log_bytes_per_vector=log_bytes / max(posted, 1), ingest_cpu_s=c1 - c0, close_cpu_s=c2 - c1,
+                load=os.getloadavg()[0], partial=late)
     return step
 
 
@@ -238,13 +253,13 @@ def run_span_step(node, http, k: int, clients: int, seed: int) -> SpanStep:
         assert r.status_code == 200, (r.status_code, r.content[:300])
         return 1
 
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(node.pid), time.perf_counter()
     lat, _, _ = post_parallel(node.base, clients, requests, send, float("inf"))
     acked_s = time.perf_counter() - t0
     closed = http.post("/v1/admin/close-window").json()["closed"]
     served_s = time.perf_counter() - t0
     assert {c["population"]: c["agents"] for c in closed}.get("spans") == k, closed
-    return SpanStep(k, spans, acked_s, served_s, np.array(lat) * 1e3)
+    return SpanStep(k, spans, acked_s, served_s, np.array(lat) * 1e3, cpu_seconds(node.pid) - c0)
 
 
 def steps_of(max_agents: int, first: int = 10_000) -> list[int]:
@@ -258,25 +273,28 @@ def steps_of(max_agents: int, first: int = 10_000) -> list[int]:
 
 
 def print_tables(steps: list[Step], span_steps: list[SpanStep], args) -> None:
-    print("\n| agents | vectors/s acked | ack p50 / p99 (ms) | window close (s) | node RSS (MB) | peak RSS (MB) "
-          "| RSS bytes/agent | log bytes/vector | snapshot bytes/agent | data dir bytes/agent |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| agents | vectors/s acked | node CPU s / 10^5 vectors | ack p50 / p99 (ms) | window close (s) "
+          "| close CPU (s) | node RSS (MB) | peak RSS (MB) | RSS bytes/agent | log bytes/vector | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for s in steps:
         print(f"| {s.agents:,}{' (partial: ' + format(s.posted, ',') + ' posted)' if s.partial else ''} "
-              f"| {s.posted / s.ingest_s:,.0f} | {np.percentile(s.ack_ms, 50):.0f} / {np.percentile(s.ack_ms, 99):.0f} "
-              f"| {s.close_s:.2f} | {s.rss_mb:,.0f} | {s.hwm_mb:,.0f} | {s.bytes_per_agent:,.0f} "
-              f"| {s.log_bytes_per_vector:,.0f} | {s.snapshot_bytes_per_agent:,.0f} | {s.disk_bytes_per_agent:,.0f} |")
+              f"| {s.posted / s.ingest_s:,.0f} | {s.ingest_cpu_s * 1e5 / s.posted:.2f} "
+              f"| {np.percentile(s.ack_ms, 50):.0f} / {np.percentile(s.ack_ms, 99):.0f} "
+              f"| {s.close_s:.2f} | {s.close_cpu_s:.2f} | {s.rss_mb:,.0f} | {s.hwm_mb:,.0f} | {s.bytes_per_agent:,.0f} "
+              f"| {s.log_bytes_per_vector:,.0f} | {s.load:.1f} |")
     if len(steps) >= 2:
         a, b = steps[-2], steps[-1]
-        print(f"\nwindow close {a.posted:,} -> {b.posted:,} agents: x{b.close_s / a.close_s:.1f} for "
-              f"x{b.posted / a.posted:.0f} agents (d = {args.features}; the round is O(n d^2))")
+        print(f"\nwindow close {a.posted:,} -> {b.posted:,} agents: x{b.close_s / a.close_s:.1f} wall, "
+              f"x{b.close_cpu_s / max(a.close_cpu_s, 1e-9):.1f} CPU for x{b.posted / a.posted:.0f} agents "
+              f"(d = {args.features})")
     if span_steps:
         print("\n| OTLP fleet agents | spans (per agent) | spans/s acked | spans/s with the window's round "
-              "| span ack p50 / p99 (ms) |")
-        print("|---|---|---|---|---|")
+              "| node CPU s / 10^5 spans (with the round) | span ack p50 / p99 (ms) |")
+        print("|---|---|---|---|---|---|")
         for s in span_steps:
             print(f"| {s.agents:,} | {s.spans:,} ({s.spans / s.agents:.1f}) | {s.spans / s.acked_s:,.0f} "
-                  f"| {s.spans / s.served_s:,.0f} | {np.percentile(s.ack_ms, 50):.0f} / {np.percentile(s.ack_ms, 99):.0f} |")
+                  f"| {s.spans / s.served_s:,.0f} | {s.cpu_s * 1e5 / s.spans:.2f} "
+                  f"| {np.percentile(s.ack_ms, 50):.0f} / {np.percentile(s.ack_ms, 99):.0f} |")
 
 
 def main() -> None:
@@ -304,7 +322,7 @@ def main() -> None:
           f"{args.format} bodies of {args.lines:,} vectors, {args.clients} clients, OTLP fleets of "
           f"<= {args.otlp_agents:,} agents; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     steps: list[Step] = []
-    with node_process(stop_timeout=600, extra_args=["--snapshot-every", "1", "--features", str(args.features)]) as node, \
+    with node_process(stop_timeout=900, extra_args=["--snapshot-every", "0", "--features", str(args.features)]) as node, \
             httpx.Client(base_url=node.base, timeout=600) as http:
         baseline_kb = proc_status_kb(node.pid, "VmRSS")
         print(f"node pid {node.pid}: RSS {baseline_kb / 1024:.0f} MB before its first vector")
@@ -317,8 +335,8 @@ def main() -> None:
                     break
             step = run_step(node, http, index, n, bodies, args, baseline_kb, args.step_seconds)
             steps.append(step)
-            print(f"{n:,} agents: {step.posted / step.ingest_s:,.0f} vectors/s, close {step.close_s:.2f} s, "
-                  f"RSS {step.rss_mb:,.0f} MB ({step.bytes_per_agent:,.0f} B/agent), load {os.getloadavg()[0]:.1f}",
+            print(f"{n:,} agents: {step.posted / step.ingest_s:,.0f} vectors/s, close {step.close_s:.2f} s "
+                  f"({step.close_cpu_s:.2f} s CPU), RSS {step.rss_mb:,.0f} MB ({step.bytes_per_agent:,.0f} B/agent), load {os.getloadavg()[0]:.1f}",
                   flush=True)
             if step.partial:
                 print(f"{n:,} agents: ran past {2 * args.step_seconds:g} s, stopped after {step.posted:,} vectors")
@@ -329,7 +347,13 @@ def main() -> None:
             s = span_steps[-1]
             print(f"OTLP fleet of {k:,} agents: {s.spans / s.acked_s:,.0f} spans/s acked, "
                   f"{s.spans / s.served_s:,.0f} with the round, load {os.getloadavg()[0]:.1f}", flush=True)
-    print_tables(steps, span_steps, args)
+        held = steps[-1].posted + (span_steps[-1].agents if span_steps else 0)
+        stop_s = node.stop()
+        snap = snapshot_bytes(node.data_dir)
+        print_tables(steps, span_steps, args)
+        print(f"\nSIGTERM -> exit (drain + snapshot of {held:,} agents): {stop_s:.1f} s; snapshot {snap / 1e6:,.0f} MB, "
+              f"{snap / held:,.0f} bytes/agent; data folder {folder_bytes(node.data_dir) / 1e6:,.0f} MB "
+              f"(the log of every window, kept with --snapshot-every 0)")
     print(f"# done {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.1f}")
 
 

@@ -25,18 +25,33 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class NodeProcess:
-    """A running node: its base URL, its process id and its data folder."""
+    """A running node: its base URL, its process, its data folder."""
 
     base: str
-    pid: int
+    proc: subprocess.Popen
     data_dir: Path
+    stop_timeout: float = 60.0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> float:
+        """SIGTERM the node's process group (it drains: the open window's close, then its
+        snapshot) and wait for it to exit; the seconds that took."""
+        t0 = time.perf_counter()
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=self.stop_timeout)
+        return time.perf_counter() - t0
 
 
 @contextlib.contextmanager
 def node_process(*, stop_timeout: float = 60.0, extra_args: Sequence[str] = ()) -> Iterator[NodeProcess]:
     """Start a node (one window of a day, a temporary data folder, ``extra_args`` appended to
     ``swarmguard serve``), wait until ``/readyz`` answers 200 (60 s at most), yield it;
-    SIGTERM its process group on exit."""
+    SIGTERM its process group on exit unless :meth:`NodeProcess.stop` already did (the data
+    folder is still there after ``stop()``, until the block ends)."""
     import httpx
 
     port = free_port()
@@ -56,10 +71,11 @@ def node_process(*, stop_timeout: float = 60.0, extra_args: Sequence[str] = ()) 
                     except httpx.TransportError:
                         pass
                     time.sleep(0.1)
-            yield NodeProcess(base, proc.pid, Path(folder))
+            yield NodeProcess(base, proc, Path(folder), stop_timeout)
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=stop_timeout)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=stop_timeout)
 
 
 @contextlib.contextmanager
