@@ -33,6 +33,13 @@ memory figures are the behaviour agents' alone. Last, the node is stopped with S
 it drains and writes its snapshot; the time to exit and the snapshot's bytes per agent
 (its rows in ``node.sqlite``) are printed.
 
+Cross-region figures, in this process (``--replica-agents`` registers, the same ids and
+``d``): a :class:`~swarmguard.structures.replica.RegionReplica` (the CAP resolver's
+replica of a region, whose version-vector delta is what nodes of different regions
+exchange) written for every agent, its delta to an empty peer as ``.npz`` bytes per
+register, the peer's join of it (CPU seconds, registers per CPU-second, bytes of memory
+per register held), and the join of the next window's delta (every register rewritten).
+
 A step that would take longer than ``--step-seconds`` (projected linearly from the step
 before) is skipped, and a step that runs past twice that stops posting and is reported
 as partial. The feature vectors come from a pool of 2¹⁷ random rows rendered once, so
@@ -126,6 +133,46 @@ def snapshot_bytes(folder: Path) -> int:
         return int(db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM snapshot").fetchone()[0])
     finally:
         db.close()
+
+
+@dataclass
+class ReplicaFigures:
+    """Cross-region figures (module docstring): per register, delta bytes and memory; join CPU seconds."""
+
+    registers: int
+    delta_bytes: int
+    join_cpu_s: float
+    held_bytes: int
+    rejoin_cpu_s: float
+
+
+def replica_figures(n: int, d: int, seed: int) -> ReplicaFigures:
+    """Write ``n`` string-id registers into one region's replica, ship them to another's (module docstring)."""
+    import gc
+
+    from swarmguard.structures.replica import RegionReplica
+    from swarmguard.values.npz import dict_to_bytes
+    from swarmguard.values.version_vector import VersionVector
+
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"a-{i}" for i in range(n)], dtype=object)
+    writer = RegionReplica("us", d, known_regions=["eu", "us"])
+    writer.update_many(ids, np.full(n, 1000.0), rng.normal(size=(n, d)), rng.chisquare(d, n), now=1000.0)
+    delta = writer.delta_since(VersionVector(), now=1000.0)
+    delta_bytes = len(dict_to_bytes(delta))
+    peer = RegionReplica("eu", d, known_regions=["eu", "us"])
+    gc.collect()
+    r0, c0 = proc_status_kb(os.getpid(), "VmRSS"), time.process_time()
+    peer.merge_delta(delta)
+    join_cpu_s = time.process_time() - c0
+    del delta
+    gc.collect()
+    held = (proc_status_kb(os.getpid(), "VmRSS") - r0) * 1024
+    writer.update_many(ids, np.full(n, 1060.0), rng.normal(size=(n, d)), rng.chisquare(d, n), now=1060.0)
+    delta = writer.delta_since(peer.version, now=1060.0)
+    c0 = time.process_time()
+    peer.merge_delta(delta)
+    return ReplicaFigures(n, delta_bytes, join_cpu_s, held, time.process_time() - c0)
 
 
 def machine() -> str:
@@ -306,6 +353,8 @@ def main() -> None:
     ap.add_argument("--format", choices=["ndjson", "arrow"], default="ndjson", help="/v1/behaviors body format")
     ap.add_argument("--otlp-agents", type=int, default=10_000,
                     help="the largest OTLP fleet (steps: decades from 10^4; 0: no OTLP)")
+    ap.add_argument("--replica-agents", type=int, default=10_000,
+                    help="registers of the cross-region replica figures (0: none)")
     ap.add_argument("--step-seconds", type=float, default=600.0, help="time budget of one step")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -354,6 +403,13 @@ def main() -> None:
         print(f"\nSIGTERM -> exit (drain + snapshot of {held:,} agents): {stop_s:.1f} s; snapshot {snap / 1e6:,.0f} MB, "
               f"{snap / held:,.0f} bytes/agent; data folder {folder_bytes(node.data_dir) / 1e6:,.0f} MB "
               f"(the log of every window, kept with --snapshot-every 0)")
+    if args.replica_agents:
+        r = replica_figures(args.replica_agents, args.features, args.seed)
+        print(f"\ncross-region replica ({r.registers:,} registers, d = {args.features}, string ids 'a-N'): delta "
+              f"{r.delta_bytes / 1e6:,.1f} MB as .npz = {r.delta_bytes / r.registers:.0f} bytes/register; the peer's "
+              f"join {r.join_cpu_s:.2f} s CPU ({r.registers / max(r.join_cpu_s, 1e-9):,.0f} registers per CPU-second), "
+              f"{r.held_bytes / r.registers:,.0f} bytes of memory per register held; next window's delta (all "
+              f"rewritten) joined in {r.rejoin_cpu_s:.2f} s CPU")
     print(f"# done {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.1f}")
 
 
