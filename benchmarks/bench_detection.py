@@ -35,7 +35,8 @@ Run (the whole table, a few minutes)::
 
     python benchmarks/bench_detection.py
 
-or a subset: ``--datasets cardio,thyroid --methods robust,IForest``.
+or a subset: ``--datasets cardio,thyroid --methods robust,IForest``. ``--methods robust+cohorts``
+adds the opt-in mixture of cohorts (:func:`swarmguard_cohorts`, batch only; not in the default list).
 """
 
 from __future__ import annotations
@@ -122,6 +123,34 @@ def swarmguard_batch(X: np.ndarray, mode: str) -> np.ndarray:
     ids = np.arange(X.shape[0], dtype=np.int64)
     tree.update_many(ids, X)
     return ranked_score(protocol.score_many(ids, fdr=None), mode)
+
+
+COHORT_METHODS = ("robust+cohorts",)   # a scoring mode with cohorts found by clustering (score_levels="all")
+
+
+def swarmguard_cohorts(X: np.ndarray, mode: str = "robust") -> np.ndarray:
+    """Every row added in one batch under the cohort of its cluster
+    (:func:`swarmguard.structures.cohort_clustering.find_cohorts`, BIC-chosen k, cohorts of at least
+    10 d members, the warm-up set to that so that every cohort made is scored), every row scored at both levels (``score_levels="all"``), ranked by the decision
+    p-value as ``-log p`` (at or below 1e-290: above every other, by the largest level's distance)."""
+    from swarmguard.structures.cohort_clustering import find_cohorts
+    d = X.shape[1]
+    size = 10 * d       # members per cohort: at least 10 per feature (the shrinkage d/n at most 0.1)
+    tree = HierarchicalStatisticalTree(feature_dimensions=d)
+    protocol = BehavioralDistributedProtocol(tree, scoring=mode, score_levels="all", warm_up=size)
+    fit = find_cohorts(X, min_size=size)
+    ids = np.arange(X.shape[0], dtype=np.int64)
+    tree.update_many(ids, X, cohorts=np.array([f"cluster-{c}" for c in fit.labels]))
+    res = protocol.score_many(ids, fdr=None)
+    d2 = np.asarray(res["mahalanobis_squared"], dtype=np.float64).copy()
+    for level in res["levels"].values():
+        d2[level["rows"]] = np.maximum(d2[level["rows"]], level["mahalanobis_squared"])
+    p = np.asarray(res["decision_p_value"], dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        score = -np.log(p)
+    zero = p <= 1e-290
+    score[zero] = 800.0 + np.log1p(d2[zero])
+    return score
 
 
 def _chunks(n: int, seed: int) -> list[np.ndarray]:
@@ -215,10 +244,12 @@ def method_runs(methods: list[str], cap: int, timeout: float) -> dict[str, Calla
             runs[f"swarmguard {m}"] = lambda X, m=m: swarmguard_batch(X, m)
             runs[f"swarmguard {m}, 10 rounds"] = lambda X, m=m: swarmguard_rounds(X, m)
             runs[f"swarmguard {m}, prequential"] = lambda X, m=m: swarmguard_prequential(X, m)
+        elif m in COHORT_METHODS:
+            runs[f"swarmguard {m}"] = lambda X, m=m: swarmguard_cohorts(X, m.split("+")[0])
         elif m in PEERS:
             runs[m] = lambda X, m=m: peer_scores(X, m, cap, timeout)
         else:
-            raise SystemExit(f"unknown method {m!r}; known: {list(SCORING_MODES) + list(PEERS)}")
+            raise SystemExit(f"unknown method {m!r}; known: {list(SCORING_MODES) + list(COHORT_METHODS) + list(PEERS)}")
     return runs
 
 

@@ -108,3 +108,33 @@ def exact_loo_squared_distance(X: np.ndarray, i: int, shrinkage: float, ridge: f
     diff = [F[i][j] - mu_o[j] for j in range(d)]
     y = _solve_exact(A, diff)
     return float(sum(a * b for a, b in zip(diff, y, strict=True)))
+
+
+def whitened_share_reference(X: np.ndarray, i: int, shrinkage, ridge: float = 1e-9) -> tuple[float, np.ndarray]:
+    """Row ``i``'s leave-one-out D² (from the other rows directly) and each feature's share of it
+    in the ZCA-cor whitening basis of the population's regularised covariance
+    (``swarmguard.structures.feature_shares``), computed from the definition with SciPy's
+    fractional matrix power, independently of the scorer.
+
+    The basis matrix is ``A = (1 - λ) S / (n - 2) + λ T + ρ T̃`` (``S`` the co-moment of all
+    rows, ``T`` their variances, ``T̃`` floored at 1e-12 of the mean), the deviation
+    ``x_i - mean``; the shares are ``z_j² / |z|²`` with ``z = P^(-1/2) V^(-1/2) e``.
+    """
+    from scipy.linalg import fractional_matrix_power
+
+    X = np.asarray(X, dtype=np.float64)
+    n, d = X.shape
+    lam = min(1.0, d / n) if shrinkage == "auto" else float(shrinkage)
+    mu = X.mean(axis=0)
+    S = (X - mu).T @ (X - mu)
+    target = np.diag(S) / (n - 1)
+    floored = np.maximum(target, 1e-12 * target.mean())
+    A = (1 - lam) * S / (n - 2) + np.diag(lam * target + ridge * floored)
+    others = np.delete(X, i, axis=0)
+    reg = (1 - lam) * np.cov(others.T) + np.diag(lam * target + ridge * floored)
+    diff = X[i] - others.mean(axis=0)
+    d2 = float(diff @ np.linalg.solve(reg, diff))
+    v = np.sqrt(np.diag(A))
+    P = A / np.outer(v, v)
+    z = np.real(fractional_matrix_power(P, -0.5)) @ ((X[i] - mu) / v)
+    return d2, z * z / (z @ z)

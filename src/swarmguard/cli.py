@@ -188,7 +188,9 @@ def detect(
     csv_engine: Engine = typer.Option("auto", help="Reader of CSV and JSON Lines: 'auto' and 'pyarrow' parse with pyarrow block by block (a block pyarrow refuses, or one with a malformed row, is parsed again from memory by the standard library, for line numbers), 'python' always the standard library. Example: --csv-engine python"),
     max_line_bytes: int = typer.Option(1 << 20, min=16, help="Longest line read (CSV, JSON Lines), newline included; a longer line stops the run (exit 2) having read only this much of it. Example: --max-line-bytes 16777216"),
     explain: bool = typer.Option(False, "--explain", help="Also write why to --output: each agent's cohort (with --cohort-column) and its 3 top contributing features with their shares of the score (feature_1, share_1, ...). Example: --explain"),
+    label_column: str | None = typer.Option(None, help="Optional ground-truth column, not scored (a number, non-zero is an anomaly; true/false; yes/no): the summary adds the flags' realised false-discovery rate, precision and recall against it. Example: --label-column is_attack"),
     json_summary: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (rows, agents, flagged, top agents with their features and shares, timings) instead of tables. Example: --json"),
+    spans: bool = typer.Option(False, "--spans", help="INPUT is a file of OTLP spans (JSON lines of ExportTraceServiceRequest, or length-prefixed protobuf, as the Collector's file exporter writes; .gz too): spans are windowed by their own timestamps (--window seconds, default 60), turned into the documented GenAI behaviour vectors (docs/otlp-features.md) and each window scored as a round; one output row per agent and window. Example: swarmguard detect spans.jsonl --spans --window 60 -o scores.csv --explain"),
 ) -> None:
     """Score every agent of your own telemetry file and write one row per agent.
 
@@ -202,8 +204,15 @@ def detect(
     """
     from .apps.detect import run_command
 
-    options = {k: v for k, v in locals().items() if k not in ("run_command", "json_summary")}
-    code = run_command(console, err_console, json_summary=json_summary, **options)
+    options = {k: v for k, v in locals().items() if k not in ("run_command", "json_summary", "spans")}
+    if spans:
+        from .apps.detect_spans import run_span_command
+
+        options["scoring"] = getattr(options["scoring"], "value", options["scoring"])
+        options["csv_engine"] = getattr(options["csv_engine"], "value", options["csv_engine"])
+        code = run_span_command(console, err_console, json_summary=json_summary, **options)
+    else:
+        code = run_command(console, err_console, json_summary=json_summary, **options)
     if code:
         raise typer.Exit(code)
 
@@ -419,6 +428,19 @@ def validate(
         raise typer.Exit(1)
 
 
+def _peer_token(path: Path | None) -> str | None:
+    """The secret a node presents to its peers: the file's first line, else $SWARMGUARD_PEER_TOKEN."""
+    import os
+
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise _fail(f"--peer-token-file: cannot read {path}: {exc.strerror}") from None
+        return text.splitlines()[0].strip() if text else None
+    return os.environ.get("SWARMGUARD_PEER_TOKEN") or None
+
+
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but loopback needs --tokens. Example: --host 0.0.0.0"),
@@ -429,6 +451,7 @@ def serve(
     window: float = typer.Option(60.0, help="Window length in seconds on the node's clock: each closed window is one detector round. Example: --window 10"),
     features: int | None = typer.Option(None, min=1, help="Length of /v1/behaviors vectors (default: the first vector's). Example: --features 8"),
     max_body_bytes: int = typer.Option(64 << 20, min=1, help="Request body limit in bytes, compressed and decompressed. Example: --max-body-bytes 1048576"),
+    max_header_bytes: int = typer.Option(64 << 10, min=1024, help="Request header limit in bytes (names and values together): 431 past it. Example: --max-header-bytes 16384"),
     metrics_public: bool = typer.Option(False, "--metrics-public", help="Serve /metrics without a token."),
     certfile: Path | None = typer.Option(None, help="TLS certificate (PEM), with --keyfile. Example: --certfile node.pem"),  # noqa: B008
     keyfile: Path | None = typer.Option(None, help="TLS private key (PEM), with --certfile. Example: --keyfile node.key"),  # noqa: B008
@@ -437,6 +460,10 @@ def serve(
     warm_up: int | None = typer.Option(None, min=3, help="Nobody is flagged in a population smaller than this; default min(1000, 100 x features). Example: --warm-up 50"),
     snapshot_every: int = typer.Option(10, min=0, help="Snapshot the node's state every this many closed windows (and on shutdown), deleting the log records it covers, so a restart replays only the tail; 0: only on shutdown. Example: --snapshot-every 5"),
     drain_seconds: float = typer.Option(0.0, min=0.0, help="On SIGTERM, answer /readyz 503 this long before closing the listener. Example: --drain-seconds 5"),
+    peers: str | None = typer.Option(None, help="The other regions' nodes, comma-separated base URLs (delta sync over HTTP). Example: --peers http://127.0.0.1:8471,http://127.0.0.1:8472"),
+    sync_seconds: float = typer.Option(2.0, min=0.001, help="Seconds between anti-entropy rounds with each peer (also right after writes). Example: --sync-seconds 1"),
+    peer_token_file: Path | None = typer.Option(None, help="File holding the secret this node presents to its peers (a peer token of theirs); default: $SWARMGUARD_PEER_TOKEN. Example: --peer-token-file peer.secret"),  # noqa: B008
+    consistency: str = typer.Option("statistical", help="statistical or eventual (always writable), or strong (writes 503 without a majority of nodes). Example: --consistency strong"),
 ) -> None:
     """Run one node: an HTTP service that takes behaviour vectors and evidence and answers who is anomalous.
 
@@ -450,9 +477,12 @@ def serve(
 
         settings = ServeSettings(data_dir=data_dir, tokens_file=tokens, host=host, port=port, region=region,
                                  window_seconds=window, features=features, max_body_bytes=max_body_bytes,
-                                 metrics_public=metrics_public, certfile=certfile, keyfile=keyfile,
-                                 backend=backend, address=address, warm_up=warm_up,
-                                 snapshot_every=snapshot_every)
+                                 max_header_bytes=max_header_bytes, metrics_public=metrics_public,
+                                 certfile=certfile, keyfile=keyfile, backend=backend, address=address,
+                                 warm_up=warm_up, snapshot_every=snapshot_every,
+                                 peers=tuple(u.strip() for u in (peers or "").split(",") if u.strip()),
+                                 sync_seconds=sync_seconds, consistency=consistency.lower(),
+                                 peer_token=_peer_token(peer_token_file))
         settings.check_exposure()
         if tokens is not None:
             from .apps.serve.tokens import load_tokens

@@ -29,6 +29,7 @@ __all__ = [
     "QuorumUnavailableError",
     "UnknownRegionError",
     "StaleShardError",
+    "StaleDeltaError",
     "ExactSumOverflowError",
     "MalformedBodyError",
     "UnsupportedMediaTypeError",
@@ -141,6 +142,11 @@ class UnknownRegionError(SwarmGuardError, KeyError):
 
 class StaleShardError(SwarmGuardError, RuntimeError):
     """A shard's state is not the one the caller expects (it restarted): restore it."""
+
+
+class StaleDeltaError(InvalidInputError):
+    """A peer delta made since version vectors the receiving node does not hold (it lost its
+    data directory, or another node answers at its address); the sender asks again."""
 
 
 class ExactSumOverflowError(SwarmGuardError, OverflowError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from swarmguard import (
     HierarchicalStatisticalTree,
 )
 from swarmguard.structures.cauchy_combination import cauchy_combine
+from swarmguard.structures.scoring_modes import DEFAULT_SCORING
 
 
 def population(seed: int = 0, n: int = 40, d: int = 3) -> np.ndarray:
@@ -167,10 +169,11 @@ def test_ray_refuses_a_sketch_mode_before_ray_starts(scoring):
 
 
 # ---------------------------------------------------------------- calibrated p-values through the protocol
-def _heavy_stream(seed, q, calibrate, scoring="robust"):
+def _heavy_counts(seed, q, calibrate, scoring="robust"):
     """tests/structures/test_score_null.py's heavy-tailed population (Student-t(3), log-normal, 5 % planted
-    anomalies from round 2 on), through update_and_score_many round by round: realised FDR and recall."""
-    from tests.structures.test_score_null import D, FRAC, N, ROUNDS, WARM, _draw
+    anomalies from round 2 on), through update_and_score_many round by round: (false flags, flags, planted
+    anomalies flagged, planted anomaly-rounds) over the rounds after the warm-up."""
+    from tests.structures.test_score_null import FRAC, ROUNDS, WARM, D, N, _draw
     r = np.random.default_rng(seed)
     lab = np.zeros(N, dtype=bool)
     lab[r.choice(N, int(FRAC * N), replace=False)] = True
@@ -186,7 +189,46 @@ def _heavy_stream(seed, q, calibrate, scoring="robust"):
         f = res["is_anomaly"]
         false, flags, hits = false + int((f & ~lab).sum()), flags + int(f.sum()), hits + int((f & lab).sum())
         assert res["method"].endswith("calibrated") == calibrate
-    return false / max(flags, 1), hits / (lab.sum() * (ROUNDS - WARM))
+    return false, flags, hits, int(lab.sum()) * (ROUNDS - WARM)
+
+
+def _heavy_stream(seed, q, calibrate, scoring="robust"):
+    """Realised FDR and recall of :func:`_heavy_counts`."""
+    false, flags, hits, planted = _heavy_counts(seed, q, calibrate, scoring)
+    return false / max(flags, 1), hits / planted
+
+
+_POOLED_SEEDS = range(10, 16)     # not the seeds of the per-seed tests
+
+
+@functools.cache
+def _pooled(scoring, q):
+    """Realised FDR (false flags over flags) and recall pooled over six independent streams: the FDR is an
+    expectation, so its estimate is pooled rather than required of every stream."""
+    counts = np.array([_heavy_counts(seed, q, True, scoring) for seed in _POOLED_SEEDS]).sum(0)
+    false, flags, hits, planted = counts.tolist()
+    return false / max(flags, 1), hits / planted
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("q", [0.01, 0.05])
+@pytest.mark.parametrize("scoring", [DEFAULT_SCORING, "robust", "fused"])
+def test_calibrated_realised_fdr_is_at_most_q_in_the_default_and_robust_modes(scoring, q):
+    fdr, _ = _pooled(scoring, q)
+    assert fdr <= q
+
+
+_MASKED = pytest.mark.xfail(
+    strict=True, reason="issue 12's heavy-tail target is not met by the default mode at q=0.01: the planted "
+    "anomalies inflate the plain covariance they are scored against (masking); measured recall 0.0")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("scoring", "q"), [pytest.param(DEFAULT_SCORING, 0.01, marks=_MASKED), (DEFAULT_SCORING, 0.05),
+                                            ("robust", 0.01), ("robust", 0.05), ("fused", 0.01), ("fused", 0.05)])
+def test_calibrated_recall_of_planted_anomalies_is_at_least_095(scoring, q):
+    _, recall = _pooled(scoring, q)
+    assert recall >= 0.95
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from swarmguard.apps.detect import detect
 from swarmguard.cli import app
 from swarmguard.errors import InvalidInputError, MalformedInputError, MissingDependencyError
+from tests._exact import whitened_share_reference
 
 runner = CliRunner()
 
@@ -955,16 +956,9 @@ def test_a_multi_gigabyte_line_from_a_generated_stream_reads_only_the_line_limit
 
 # ---------------------------------------------------------------------------- why: --explain and --json
 def brute_force_shares(X, i, shrinkage="auto"):
-    """Each feature's part of row i's leave-one-out D², from scratch: diff_j (Σ⁻¹ diff)_j / D²."""
-    n, d = X.shape
-    lam = min(1.0, d / n) if shrinkage == "auto" else shrinkage
-    others = np.delete(X, i, axis=0)
-    target = np.var(X, axis=0, ddof=1)
-    floored = np.maximum(target, 1e-12 * target.mean())
-    reg = (1 - lam) * np.cov(others.T) + np.diag(lam * target + 1e-9 * floored)
-    diff = X[i] - others.mean(axis=0)
-    parts = diff * np.linalg.solve(reg, diff)
-    return parts / parts.sum()
+    """Each feature's share of row i's leave-one-out D², from the definition (the whitened parts
+    of ``swarmguard.structures.feature_shares``, computed by tests/_exact.py)."""
+    return whitened_share_reference(X, i, shrinkage)[1]
 
 
 @pytest.mark.parametrize("suffix", ["csv", "parquet"])

@@ -15,17 +15,14 @@ from swarmguard.apps.report_data import (
     to_json_value,
     top_features,
 )
+from tests._exact import whitened_share_reference
 
 
 def direct_shares(X: np.ndarray, i: int, shrinkage: float) -> tuple[float, np.ndarray]:
-    """D² of row i against the other rows and each feature's contribution, straight from the definition."""
-    n, d = X.shape
-    others = np.delete(X, i, axis=0)
-    diff = X[i] - others.mean(axis=0)
-    target = np.diag(np.var(X, axis=0, ddof=1))                 # the population's variances, agent included
-    sigma = (1 - shrinkage) * np.cov(others, rowvar=False) + shrinkage * target
-    c = diff * np.linalg.solve(sigma, diff)
-    return float(c.sum()), c
+    """D² of row i against the other rows and each feature's part of it, straight from the
+    definition (whitened parts: tests/_exact.py)."""
+    d2, share = whitened_share_reference(X, i, shrinkage)
+    return d2, share * d2
 
 
 @pytest.mark.parametrize("shrinkage", [0.0, 0.3])

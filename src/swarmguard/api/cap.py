@@ -277,6 +277,28 @@ class StatisticalCAPResolver(CapViews, CapLinks, CapCheckpoint, Locked):
             raise UnknownRegionError(f"region {region!r} has no replica yet (no feature dimension known)")
         return self._replicas[region]
 
+    @synchronized
+    def ensure_replica(self, region: str, dim: int | None = None) -> RegionReplica | None:
+        """The live replica of ``region``, made if ``dim`` is given (a replicating node whose
+        peers' agents arrive before its own first write).
+
+        Without ``dim``: the replica, or None while the region or the feature dimension is
+        unknown (nothing changes). With ``dim``: the region is added if new, the resolver
+        takes ``dim`` as its feature dimension if it has none yet, and a ``dim`` other than
+        the resolver's is a :class:`~swarmguard.errors.DimensionMismatchError` (nothing changed).
+        """
+        name = check_region_name(region)
+        if dim is None:
+            return self._replicas.get(name) if self._dim is not None else None
+        dim = check_positive_int(dim, "dim")
+        if self._dim is not None and self._dim != dim:
+            raise DimensionMismatchError(f"dimension {dim}, the resolver's is {self._dim}")
+        if name not in self._topology.born:
+            self._add_region(name, self._now())
+        if self._dim is None:
+            self._set_dim(dim)
+        return self._replicas[name]
+
     def _known(self, region: Any) -> str:
         return self._topology.known(region)
 

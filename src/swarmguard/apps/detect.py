@@ -55,6 +55,7 @@ Examples
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import json
 import os
@@ -78,7 +79,7 @@ from .detect_stdlib import MAX_COLUMNS, MAX_LINE_BYTES, _check_columns, _LineToo
 from .detect_values import MAX_KEY_CHARS, _pyarrow
 from .output_paths import check_not_input, check_output_file
 
-__all__ = ["detect", "DetectResult", "write_scores", "summary_dict", "FORMATS", "ENGINES", "input_format",
+__all__ = ["detect", "DetectResult", "LabelledRates", "write_scores", "summary_dict", "FORMATS", "ENGINES", "input_format",
            "output_format", "MAX_COLUMNS", "MAX_FEATURES", "MAX_LINE_BYTES", "MAX_KEY_CHARS", "WHY_FEATURES"]
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -166,6 +167,8 @@ class DetectResult:
     why_feature: np.ndarray | None = None   # explain=True: (agents, k) feature numbers, largest share first
     why_share: np.ndarray | None = None     # ... and each one's share of the agent's score
     window_agents: int | None = None        # window=...: the agents scored against (latest row recent enough)
+    label: np.ndarray | None = None         # label_column=...: each agent's ground truth (its latest row's)
+    truth: LabelledRates | None = None      # ... and the flags measured against it
 
     @property
     def agents(self) -> int:
@@ -174,6 +177,35 @@ class DetectResult:
     @property
     def flagged(self) -> int:
         return int(self.is_anomaly.sum())
+
+
+@dataclass(frozen=True)
+class LabelledRates:
+    """The flags against the ground truth of a ``label_column``.
+
+    ``realised_fdr`` is the share of flags that are not anomalies (0 when nothing is flagged, the
+    convention of the false-discovery rate); ``precision`` is ``1 - realised_fdr`` and None when
+    nothing is flagged; ``recall`` is None when no agent is labelled an anomaly.
+    """
+
+    column: str
+    anomalies: int          # agents labelled anomalous
+    flagged: int
+    true_flags: int
+    false_flags: int
+    realised_fdr: float
+    precision: float | None
+    recall: float | None
+
+    @classmethod
+    def measure(cls, column: str, label: np.ndarray, flags: np.ndarray) -> LabelledRates:
+        anomalies, flagged = int(label.sum()), int(flags.sum())
+        true_flags = int((flags & label).sum())
+        false_flags = flagged - true_flags
+        return cls(column=column, anomalies=anomalies, flagged=flagged, true_flags=true_flags,
+                   false_flags=false_flags, realised_fdr=false_flags / flagged if flagged else 0.0,
+                   precision=true_flags / flagged if flagged else None,
+                   recall=true_flags / anomalies if anomalies else None)
 
 
 def _resolve_decision(fdr: float | None, alpha: float | None) -> tuple[float | None, float]:
@@ -230,6 +262,7 @@ def detect(
     explain: bool = False,
     scoring: str = DEFAULT_SCORING,
     window: float | None = None,
+    label_column: str | None = None,
 ) -> DetectResult:
     """Score every agent of a telemetry file; write ``output`` (CSV or Parquet) when given.
 
@@ -266,6 +299,12 @@ def detect(
     that agents gone quiet long ago do not stand for a population that has
     moved on; an agent outside the window is scored against those inside
     (:mod:`swarmguard.structures.window`).
+
+    ``label_column``: a ground-truth column, not scored (a number, non-zero is an
+    anomaly; a bool; or true/false, yes/no): each agent's label is its latest row's,
+    and the result's ``truth`` (:class:`LabelledRates`) gives the flags' realised
+    false-discovery rate, precision and recall against it. A missing or unreadable
+    label is a malformed row.
     """
     if csv_engine not in ENGINES:
         raise InvalidInputError(f"csv_engine must be 'auto', 'python' or 'pyarrow', got {csv_engine!r}")
@@ -292,11 +331,11 @@ def detect(
     wanted = _parse_features(features)
     if wanted is not None and len(wanted) > MAX_FEATURES:
         raise InvalidInputError(f"{len(wanted)} features named; detect scores at most {MAX_FEATURES}")
-    special = [c for c in (id_column, cohort_column, timestamp_column) if c is not None]
+    special = [c for c in (id_column, cohort_column, timestamp_column, label_column) if c is not None]
     if len(set(special)) != len(special):
-        raise InvalidInputError("the id, cohort and timestamp columns must be different columns")
+        raise InvalidInputError("the id, cohort, timestamp and label columns must be different columns")
     if wanted is not None and set(wanted) & set(special):
-        raise InvalidInputError(f"features may not include the id, cohort or timestamp column ({', '.join(sorted(set(wanted) & set(special)))})")
+        raise InvalidInputError(f"features may not include the id, cohort, timestamp or label column ({', '.join(sorted(set(wanted) & set(special)))})")
     if not path.is_file():
         raise FileNotFoundError(f"no such input file: {path}")
     if output is not None:     # before the input is read: a bad output path never costs a run
@@ -338,7 +377,7 @@ def detect(
         else:
             feats = wanted
         del first             # the run holds one chunk at a time: the first too is freed once fed
-        spec = _Spec(str(path), id_column, cohort_column, timestamp_column, list(feats), skip_bad)
+        spec = _Spec(str(path), id_column, cohort_column, timestamp_column, list(feats), skip_bad, label_column)
         ingest = _Ingest(spec)
         reader.prepare(spec, ingest.clock)
         reader.run(ingest.feed)
@@ -365,6 +404,10 @@ def detect(
     if explain:
         why_feature, why_share = _explain(protocol, numbers, score, min(WHY_FEATURES, len(feats)))
     top_rows = _top_rows(protocol, ids, numbers, score, p_value, flags, list(feats), cohort, top)
+    label = truth = None
+    if label_column is not None:
+        label = pop.label_array()
+        truth = LabelledRates.measure(label_column, label, np.asarray(flags, dtype=bool))
     t3 = time.perf_counter()
     result = DetectResult(
         input=str(path), format=fmt, features=list(feats), agent_ids=ids, score=score, p_value=p_value,
@@ -372,7 +415,7 @@ def detect(
         method=res["method"], warming_up=bool(res["warming_up"]), warm_up=protocol.warm_up,
         skipped_examples=ingest.examples, top=top_rows, chunks=ingest.chunks, engine=engine,
         cohort_sizes=pop.cohort_sizes(), cohort=cohort, why_feature=why_feature, why_share=why_share,
-        window_agents=window_agents,
+        window_agents=window_agents, label=label, truth=truth,
     )
     if output is not None:
         write_scores(result, output)
@@ -498,6 +541,7 @@ def summary_dict(result: DetectResult) -> dict[str, Any]:
         "rows_superseded": result.rows_superseded, "agents": result.agents, "flagged": result.flagged,
         "method": result.method, "warm_up": result.warm_up, "warming_up": result.warming_up,
         "window_agents": result.window_agents,
+        "labels": None if result.truth is None else dataclasses.asdict(result.truth),
         "cohort_sizes": result.cohort_sizes, "skipped_examples": result.skipped_examples,
         "top": result.top, "output": result.output, "timings": result.timings,
     }
@@ -524,6 +568,12 @@ def print_summary(result: DetectResult, console) -> None:
         shown = ", ".join(f"{k} {v:,}" for k, v in sizes[:8]) + (", ..." if len(sizes) > 8 else "")
         t.add_row("cohorts", f"{len(sizes)}: {shown}")
     t.add_row("flagged", f"{result.flagged:,} ({result.method})")
+    if result.truth is not None:
+        r = result.truth
+        t.add_row(f"against {r.column!r}", f"{r.anomalies:,} labelled anomalies; {r.true_flags:,} flagged, "
+                  f"{r.false_flags:,} false flags")
+        t.add_row("realised FDR", f"{r.realised_fdr:.4f}")
+        t.add_row("precision / recall", " / ".join("n/a" if v is None else f"{v:.4f}" for v in (r.precision, r.recall)))
     if result.output:
         t.add_row("written", result.output)
     console.print(t)

@@ -20,7 +20,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
-from .detect_values import _MISSING, _NAT, _BeyondFloat64, _Clock, _py_floats, _py_keys, _pyarrow
+from .detect_values import (
+    _MISSING,
+    _NAT,
+    _BeyondFloat64,
+    _Clock,
+    _py_floats,
+    _py_keys,
+    _py_labels,
+    _pyarrow,
+)
 
 
 class _NeedsLines(Exception):
@@ -47,6 +56,10 @@ class _Chunk:
 
     def keys(self, name: str) -> tuple[Any, np.ndarray]:
         return _py_keys(self.column(name))
+
+    def labels(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """The ground-truth column (``--label-column``): (anomaly flags, bad mask)."""
+        return _py_labels(self.column(name))
 
     def floats(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         X = np.empty((self.n, len(names)))

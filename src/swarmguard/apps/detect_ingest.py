@@ -20,7 +20,7 @@ from ..api import HierarchicalStatisticalTree
 from ..errors import MalformedInputError
 from ..validation import MAX_ABS_VALUE
 from .detect_chunks import _Chunk, _NeedsLines
-from .detect_values import _Clock, _float_problem, _key_problem
+from .detect_values import _Clock, _float_problem, _key_problem, _label_problem
 
 _MAX_EXAMPLES = 5               # skipped rows remembered (with reasons) for the summary
 
@@ -36,9 +36,10 @@ class _Population:
         self.cohort_number: dict[str, int] = {}
         self.cohort_names: list[str] = []
         self.placed_in = np.full(0, -1, dtype=np.int64)    # cohort code of each agent in the tree
+        self.label = np.zeros(0, dtype=bool)                # ground truth of each agent's latest row (--label-column)
 
     def add(self, keys: Any, X: np.ndarray, cohorts: list[str] | None, ts: np.ndarray | None,
-            clock: _Clock | None) -> None:
+            clock: _Clock | None, labels: np.ndarray | None = None) -> None:
         m = X.shape[0]
         key_list = keys.tolist() if isinstance(keys, np.ndarray) else keys
         number = self.number
@@ -70,6 +71,12 @@ class _Population:
             return
         pick.sort()
         agents = no[pick]              # the tree knows agents by their number: int64 fast paths
+        if labels is not None:         # the label travels with the row that is kept
+            if self.label.size < len(self.ids):
+                grown = np.zeros(max(len(self.ids), 2 * self.label.size), dtype=bool)
+                grown[: self.label.size] = self.label
+                self.label = grown
+            self.label[agents] = labels[pick]
         if cohorts is None:
             self.tree.update_many(agents, X[pick])
             return
@@ -107,6 +114,10 @@ class _Population:
         placed[:k] = self.placed_in[:k]
         return names[placed]
 
+    def label_array(self) -> np.ndarray:
+        """Each agent's label (its latest row's), in agent-number order."""
+        return self.label[: len(self.ids)].copy()
+
     def id_array(self) -> np.ndarray:
         if self.ids and isinstance(self.ids[0], int):
             return np.array(self.ids, dtype=np.int64)
@@ -122,6 +133,7 @@ class _Spec:
     timestamp_column: str | None
     features: list[str]
     skip_bad: bool
+    label_column: str | None = None
 
 
 class _Ingest:
@@ -155,6 +167,11 @@ class _Ingest:
         if clock is not None:
             ts, tbad = chunk.times(clock)
             checks.append((tbad, lambda i: clock.problem(chunk.raw(clock.name, i)), lambda i: clock.name))
+        labels = None
+        if spec.label_column is not None:
+            labels, lbad = chunk.labels(spec.label_column)
+            checks.append((lbad, lambda i: _label_problem(spec.label_column, chunk.raw(spec.label_column, i)),
+                           lambda i: spec.label_column))
         X, fbad = chunk.floats(feats)
         # the library refuses |x| >= MAX_ABS_VALUE for the whole batch; here it is one row's fault
         fbad |= np.abs(X) >= MAX_ABS_VALUE
@@ -192,8 +209,9 @@ class _Ingest:
             keys = keys[good] if isinstance(keys, np.ndarray) else list(compress(keys, good))
             cohorts = None if cohorts is None else list(compress(cohorts, good))
             ts = None if ts is None else ts[good]
+            labels = None if labels is None else labels[good]
             X = X[good]
         t1 = time.perf_counter()
-        self.pop.add(keys, X, cohorts, ts, clock)
+        self.pop.add(keys, X, cohorts, ts, clock, labels)
         self.update_s += time.perf_counter() - t1
 

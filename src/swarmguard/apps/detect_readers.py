@@ -334,6 +334,7 @@ class _ArrowText(_Source):
         self._spec = self._clock = None
         self._first_python: Iterator[_Chunk] | None = None
         self._int_keys: set[str] = set()         # JSON key columns the first rows hold as integers
+        self._bool_keys: set[str] = set()        # ... and as JSON booleans (a --label-column)
         self.blocks = self.fallbacks = 0
 
     # -- parsing one block
@@ -352,7 +353,8 @@ class _ArrowText(_Source):
                     types, include = {n: pa.string() for n in self.names}, self.names
                 else:
                     spec = self._spec
-                    text = [c for c in (spec.id_column, spec.cohort_column, spec.timestamp_column) if c is not None]
+                    text = [c for c in (spec.id_column, spec.cohort_column, spec.timestamp_column,
+                                        spec.label_column) if c is not None]
                     types = {c: pa.string() for c in text} | {c: pa.float64() for c in spec.features}
                     if spec.timestamp_column is not None and self._clock_kind() == "number":
                         types[spec.timestamp_column] = pa.float64()
@@ -388,6 +390,10 @@ class _ArrowText(_Source):
         if spec.timestamp_column is not None:
             kind = self._clock_kind()
             fields.append((spec.timestamp_column, pa.float64() if kind == "number" else pa.string()))
+        if spec.label_column is not None:   # typed as the first objects have it; anything else falls back
+            label = spec.label_column
+            fields.append((label, pa.bool_() if label in self._bool_keys else
+                           pa.int64() if label in self._int_keys else pa.string()))
         fields += [(f, pa.float64()) for f in spec.features]
         return pa.schema(fields)
 
@@ -421,13 +427,16 @@ class _ArrowText(_Source):
         self._first.append(chunk)
         if isinstance(chunk, _ArrowChunk):
             self._int_keys = {f.name for f in chunk.batch.schema if self.pa.types.is_integer(f.type)}
+            self._bool_keys = {f.name for f in chunk.batch.schema if self.pa.types.is_boolean(f.type)}
         else:
-            self._int_keys = set()
+            self._int_keys, self._bool_keys = set(), set()
             if isinstance(chunk, _JsonChunk):
                 for name in {f for o in chunk.objs[:1] for f in o}:
                     vals = [v for v in islice(chunk.column(name), 1000) if v is not None and v is not _MISSING]
                     if vals and all(type(v) is int for v in vals):
                         self._int_keys.add(name)
+                    if vals and all(type(v) is bool for v in vals):
+                        self._bool_keys.add(name)
         return chunk
 
     def prepare(self, spec, clock=None) -> None:

@@ -173,6 +173,44 @@ def _py_keys(vals: Sequence[Any]) -> tuple[list[str], np.ndarray]:
     return keys, (lengths == 0) | (lengths > MAX_KEY_CHARS)
 
 
+_TRUE_WORDS = frozenset({"true", "t", "yes", "y"})
+_FALSE_WORDS = frozenset({"false", "f", "no", "n"})
+
+
+def _one_label(v: Any) -> int:
+    """1 (anomaly), 0, or -1 (not a label): a bool, a finite number (non-zero is an anomaly), or the
+    words true/t/yes/y and false/f/no/n in any case."""
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, (int, float)):
+        return int(v != 0) if math.isfinite(v) else -1
+    if isinstance(v, str):
+        s = v.strip().lower()
+        if s in _TRUE_WORDS:
+            return 1
+        if s in _FALSE_WORDS:
+            return 0
+        try:
+            f = float(s)
+        except ValueError:
+            return -1
+        return int(f != 0) if math.isfinite(f) else -1
+    return -1
+
+
+def _py_labels(vals: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth labels (``--label-column``) -> (bool array, bad mask); truthy is an anomaly."""
+    codes = np.fromiter(map(_one_label, vals), np.int8, len(vals))
+    return codes == 1, codes < 0
+
+
+def _label_problem(column: str, v: Any) -> str:
+    if v is None or v is _MISSING or (isinstance(v, str) and not v.strip()):
+        return f"missing label (column {column!r})"
+    return (f"label (column {column!r}) must be a number (non-zero is an anomaly), a bool, or "
+            f"true/false/yes/no, not {_short(v)}")
+
+
 def _key_problem(what: str, column: str, v: Any) -> str:
     if v is None or v is _MISSING or (isinstance(v, str) and not v.strip()):
         return f"missing {what} (column {column!r})"

@@ -7,7 +7,8 @@ them as plain JSON (:func:`to_json_value`), and the figures
 be read by key (``row["region"]``), like the dicts it replaces.
 
 The "why" of an isolation is :func:`feature_shares`: each feature's share of
-the agent's squared Mahalanobis distance, computed from the population's
+the agent's squared Mahalanobis distance (in [0, 1], summing to 1:
+:mod:`swarmguard.structures.feature_shares`), computed from the population's
 public statistics (:meth:`~swarmguard.DistributedBehavioralDetector.get_global_statistics`)
 with the scorer the detector uses (:class:`~swarmguard.structures.scoring.LeaveOneOutScorer`).
 """
@@ -102,11 +103,12 @@ def feature_shares(features: np.ndarray, count: float, mean: np.ndarray, covaria
     ``shrinkage``, ``"auto"``: ``min(1, d/n)``; see
     :mod:`swarmguard.structures.scoring`). Then::
 
-        D² = dᵀ Σ⁻¹ d = Σ_j c_j,   c_j = d_j (Σ⁻¹ d)_j,   share_j = c_j / D²
+        D² = dᵀ Σ⁻¹ d = |z|²,   z = W d,   share_j = z_j² / |z|²
 
-    so the shares of an agent sum to 1. A share is negative when a feature
-    pulls the agent toward the population along a correlated direction; a
-    share near 1 means that feature alone explains the distance.
+    with ``W`` the ZCA-cor whitening of the population's regularised
+    covariance (:mod:`swarmguard.structures.feature_shares`), so every share
+    is in [0, 1] and an agent's shares sum to 1; a share near 1 means that
+    feature alone explains the distance.
 
     Parameters
     ----------

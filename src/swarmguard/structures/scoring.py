@@ -19,8 +19,9 @@ scores every member exactly (Sherman–Morrison)::
 
     t = eᵀ A⁻¹ e,   D² = (n / (n - 1))² · t / (1 - c t)
 
-and each feature's share of ``D²`` is ``(n / (n - 1))² e_j (A⁻¹ e)_j / (1 - c t)``
-(shares sum to ``D²``; correlated features can give negative shares).
+and each feature's part of ``D²`` is that of ``e`` in the ZCA-cor whitening basis of
+``A``, ``z_j² · D² / |z|²`` with ``z = W e`` and ``WᵀW = A⁻¹``
+(:mod:`swarmguard.structures.feature_shares`): non-negative, summing to ``D²``.
 
 ``λ`` is the ``shrinkage`` argument: a number in [0, 1], or ``"auto"`` for
 ``min(1, d / n)``, which vanishes as the population grows. ``T̃`` is ``T``
@@ -57,6 +58,7 @@ import numpy as np
 from ..errors import NonFiniteError
 from ..lazy_import import module_on_first_use
 from .chi2 import chi2_sf
+from .feature_shares import whitened_part_of_one, whitened_parts, zca_cor_whitening
 
 __all__ = ["LeaveOneOutScorer", "MIN_POPULATION", "score_population", "combine_levels"]
 
@@ -91,13 +93,14 @@ class LeaveOneOutScorer:
     True
     """
 
-    __slots__ = ("n", "d", "mean", "lam", "chol", "c", "scale", "ok")
+    __slots__ = ("n", "d", "mean", "lam", "chol", "c", "scale", "ok", "_whitening", "_a")
 
     def __init__(self, count: float, mean: np.ndarray, m2: np.ndarray, shrinkage: float | str = "auto"):
         n = float(count)
         d = mean.shape[0]
         self.n, self.d, self.mean = n, d, mean
         self.ok = n >= MIN_POPULATION
+        self._whitening = self._a = None
         if not self.ok:
             self.lam = self.c = self.scale = 0.0
             self.chol = None
@@ -149,18 +152,26 @@ class LeaveOneOutScorer:
                 A.reshape(-1)[:: d + 1] += lam * target + ridge * np.maximum(target, floor / (n - 1.0))
             chol, info = _lapack().dpotrf(A, lower=1, clean=1)
         self.chol = chol
+        self._a = A                  # dpotrf left it as it was: the whitening's matrix
         self.c = (1.0 - lam) * n / ((n - 1.0) * (n - 2.0))
         self.scale = (n / (n - 1.0)) ** 2
 
+    def whitening(self) -> np.ndarray:
+        """``W`` with ``WᵀW = A⁻¹``, the ZCA-cor whitening the feature parts are read in
+        (computed on first use: a scorer that explains nothing never pays its eigensolve)."""
+        if self._whitening is None:
+            self._whitening = zca_cor_whitening(self._a)
+        return self._whitening
+
     def score(self, e: np.ndarray) -> tuple[float, np.ndarray]:
-        """Leave-one-out D² of one member with deviation ``e = x - μ``, and feature shares."""
+        """Leave-one-out D² of one member with deviation ``e = x - μ``, and feature parts."""
         if not self.ok:
             return 0.0, np.zeros(self.d)
         g, _ = _lapack().dpotrs(self.chol, e, lower=1)
         t = float(e.dot(g))
         factor = self.scale / max(1.0 - self.c * t, _TINY)
-        shares = (e * g) * factor
-        return t * factor, shares
+        d2 = t * factor
+        return d2, whitened_part_of_one(self._a, e, d2)
 
     def score_many(self, E: np.ndarray, explain: bool = False, overwrite: bool = False):
         """Leave-one-out D² of many members (rows of ``E = X - μ``); shares if ``explain``.
@@ -183,7 +194,7 @@ class LeaveOneOutScorer:
         factor = self.scale / np.maximum(1.0 - self.c * t, _TINY)
         d2 = t * factor
         if explain:
-            return d2, prod * factor[:, None]
+            return d2, whitened_parts(E, self.whitening(), d2)
         return d2
 
 

@@ -65,6 +65,7 @@ import numpy as np
 
 from ..errors import NonFiniteError
 from ..lazy_import import module_on_first_use
+from .feature_shares import whitened_parts, zca_cor_whitening
 from .scoring import _RIDGE, _TINY, _VAR_FLOOR, MIN_POPULATION, LeaveOneOutScorer
 from .slot_tree import SlotTree
 
@@ -229,8 +230,8 @@ class TrimmedScorer:
             G, _ = _lapack().dpotrs(self.chol, Eo.T, lower=1)
             prod = Eo * G.T
             d2[out] = prod.sum(axis=1)
-            if explain:
-                shares[out] = prod
+            if explain:          # the same whitened parts as the members inside (feature_shares)
+                shares[out] = whitened_parts(Eo, zca_cor_whitening(self.chol @ self.chol.T), d2[out])
         d2 *= self.factor
         if explain:
             shares *= self.factor

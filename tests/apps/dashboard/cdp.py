@@ -160,8 +160,14 @@ class Browser:
             self.send("Network.setExtraHTTPHeaders", headers=headers)
         self.send("Page.navigate", url=url)
 
-    def screenshot(self, path: Path) -> Path:
-        data = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
+    def screenshot(self, path: Path, selector: str | None = None) -> Path:
+        """The whole page, or (``selector``) the box of its first match."""
+        params = {"format": "png", "captureBeyondViewport": True}
+        if selector is not None:
+            box = self.evaluate(f"(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();"
+                                " return {x: r.x + window.scrollX, y: r.y + window.scrollY, width: r.width, height: r.height}; })()")
+            params["clip"] = {**box, "scale": 1}
+        data = self.send("Page.captureScreenshot", **params)["data"]
         path.write_bytes(base64.b64decode(data))
         return path
 

@@ -58,19 +58,25 @@ source = "admin-src"
 ADMIN = "t-admin"
 
 
+def loopback_socket(port: int = 0) -> socket.socket:
+    """A socket bound to 127.0.0.1 (``port`` 0: an ephemeral one), not yet listening."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
 class LoopbackNode:
     """``create_app`` on 127.0.0.1 (an ephemeral port) in a uvicorn thread."""
 
-    def __init__(self, tmp: Path, tokens: bool, **options):
+    def __init__(self, tmp: Path, tokens: bool, sock: socket.socket | None = None, **options):
         secrets = None
         if tokens:
             secrets = tmp / "tokens.toml"
             secrets.write_text(TOKENS.format(admin_sha=hashlib.sha256(ADMIN.encode()).hexdigest()))
         self.settings = ServeSettings(close_windows=False, warm_up=20, tokens_file=secrets, **options)
         self.node = ServeNode(self.settings, tmp / "data")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock = sock or loopback_socket()     # given: a port its peers were told before it started
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         config = uvicorn.Config(create_app(self.settings, self.node), log_level="warning", lifespan="on",
                                 timeout_graceful_shutdown=5)   # a browser may still hold /v1/events open

@@ -129,6 +129,46 @@ def test_the_page_asks_for_a_token_and_keeps_it_out_of_urls(fed_node, browser, t
     assert all("401" in e for e in browser.errors), browser.errors
 
 
+PROMPT_SAYS = ("(() => {{ const d = document.getElementById('token-dialog');"
+               " return window.__before === undefined && d.open"
+               " && document.getElementById('token-error').textContent.includes({!r}); }})()")
+NOT_BROKEN = "document.getElementById('banner').hidden && !document.querySelector('.banner.error:not([hidden])')"
+
+
+def _submit(browser, secret: str) -> None:
+    browser.evaluate(f"document.getElementById('token-input').value = {secret!r};"
+                     "document.getElementById('token-form').requestSubmit(); true")
+
+
+def test_a_refused_stored_token_brings_the_prompt_back_with_why_not_a_broken_page(fed_node, browser, tmp_path):
+    browser.open(fed_node.url + "/")
+    browser.wait_for("document.getElementById('token-dialog').open", 30, "the first prompt")
+    # a token kept in session storage from an earlier visit that the node no longer takes
+    browser.evaluate("sessionStorage.setItem('swarmguard.token', 'expired-token'); window.__before = 1; true")
+    browser.open(fed_node.url + "/")                          # the page starts again with it
+    browser.wait_for(PROMPT_SAYS.format("refused the stored token"), 30, "the prompt saying the token was refused")
+    assert browser.evaluate("sessionStorage.getItem('swarmguard.token')") is None   # not sent again
+    assert browser.evaluate(NOT_BROKEN), browser.evaluate("document.getElementById('banner').textContent")
+    assert browser.evaluate(TABLE_AGENTS) == []
+    keep(browser.screenshot(tmp_path / "token-refused.png"), "dashboard-token-refused.png")
+    # a token the node knows but that may not read (ingest): 403, the prompt again, saying so
+    _submit(browser, "t-ingest")
+    browser.wait_for(PROMPT_SAYS.format("may not read"), 30, "the prompt asking for a read token")
+    assert browser.evaluate(NOT_BROKEN)
+    assert browser.evaluate("sessionStorage.getItem('swarmguard.token')") is None
+    # a good one: the page
+    _submit(browser, "t-read")
+    browser.wait_for("document.body.dataset.ready === 'yes'", 60, "the page after a good token")
+    assert set(PLANTED) <= set(browser.evaluate(TABLE_AGENTS))
+    # the token stops being taken while the page is open (revoked): the next poll asks again
+    browser.evaluate("sessionStorage.setItem('swarmguard.token', 'revoked-token'); true")
+    browser.wait_for(PROMPT_SAYS.format("refused the stored token"), 30, "the prompt after the token was revoked")
+    assert browser.evaluate(NOT_BROKEN)
+    assert browser.evaluate("sessionStorage.getItem('swarmguard.token')") is None
+    # the only errors are the refusals themselves
+    assert all("401" in e or "403" in e for e in browser.errors), browser.errors
+
+
 def test_an_empty_node_says_where_to_point_the_exporter(tmp_path, browser):
     served = LoopbackNode(tmp_path, tokens=False)
     try:

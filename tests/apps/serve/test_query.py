@@ -10,6 +10,7 @@ import pytest
 
 from swarmguard.apps.serve.agent_state import severity_of
 from swarmguard.structures.chi2 import chi2_logsf
+from tests._exact import whitened_share_reference
 
 from .conftest import auth, close_window, population_rows, post_behaviors, post_evidence
 
@@ -68,7 +69,12 @@ def test_the_shifted_agent_is_first_isolated_and_explained(served):
     assert agent["severity"] == severity_of(float(chi2_logsf(agent["score"], 4)))
     shares = [c["share"] for c in agent["contributions"]]
     assert math.fsum(shares) == pytest.approx(1.0, abs=1e-12)
+    assert all(0.0 <= v <= 1.0 for v in shares)
     assert shares == sorted(shares, reverse=True)
+    # the documented definition (whitened parts, docs/scoring.md), from the population directly
+    _, want = whitened_share_reference(X, 7, "auto")
+    got = {c["feature"]: c["share"] for c in agent["contributions"]}
+    np.testing.assert_allclose([got[f"f{j}"] for j in range(4)], want, rtol=1e-7, atol=1e-12)
     by_name = {c["feature"]: c for c in agent["contributions"]}
     for j in range(4):
         assert by_name[f"f{j}"]["actual"] == X[7, j]

@@ -12,7 +12,11 @@ restarted node shows the same history), per population:
   window's p-values (``P_VALUE_BINS`` equal bins over [0, 1]);
 - the population's typical value (mean) and spread (standard deviation) per feature;
 - each region's confidence factor and staleness;
-- the window each agent was first isolated in.
+- the window each agent was first isolated in;
+
+and, once per live close, the node's view of its regions and peers
+(:class:`~.cluster_history.ClusterWindow`: its confidence factor, each region's
+staleness, each peer's reachability) for the Regions panel.
 
 Memory is bounded: ``max_windows`` windows of ``top_k`` agents each, whatever the
 population's size (the browser never receives every agent).
@@ -25,6 +29,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .cluster_history import ClusterWindow, record_cluster
 
 __all__ = ["WindowHistory", "WindowRecord", "CohortWindow", "P_VALUE_BINS", "history_of"]
 
@@ -75,6 +81,7 @@ class WindowHistory:
         self.top_k = top_k
         self.max_windows = max_windows
         self.populations: dict[str, _PopulationHistory] = {}
+        self.cluster: deque[ClusterWindow] = deque(maxlen=max_windows)
 
     # ---------------------------------------------------------------- extension hooks
     def apply(self, record) -> None:  # noqa: D102 - no records of its own
@@ -93,15 +100,21 @@ class WindowHistory:
             hist.windows.append(self._record(pop, outcome, at))
             while len(hist.windows) > self.max_windows:
                 hist.windows.popleft()
+        # live closes only: a replayed one cannot tell whether the peers were reachable then
+        if outcomes and self.node.state != "starting":
+            seen = record_cluster(self.node, at)
+            if seen is not None:
+                self.cluster.append(seen)
 
     # ---------------------------------------------------------------- snapshots (serve.snapshot)
     def export_state(self) -> dict:
-        """The recorded windows and first isolations of every population, as plain JSON values
-        (a node's snapshot deletes the log records they were recorded from, so a restart
-        could not rebuild them by replay)."""
+        """The recorded windows and first isolations of every population, and the node's
+        regions and peers per window, as plain JSON values (a node's snapshot deletes the log
+        records they were recorded from, so a restart could not rebuild them by replay)."""
         return {"populations": {name: {"windows": [_record_state(r) for r in hist.windows],
                                        "first_isolated": [[a, w, at] for a, (w, at) in hist.first_isolated.items()]}
-                                for name, hist in self.populations.items()}}
+                                for name, hist in self.populations.items()},
+                "cluster": [c.to_state() for c in self.cluster]}
 
     def import_state(self, state: dict) -> None:
         """Take :meth:`export_state`'s state (a node restarting from its snapshot)."""
@@ -113,6 +126,8 @@ class WindowHistory:
             first = {str(a): (int(w), float(at)) for a, w, at in hist["first_isolated"]}
             populations[str(name)] = _PopulationHistory(windows, first)
         self.populations = populations
+        # a snapshot written before the regions were recorded has none
+        self.cluster = deque((ClusterWindow.from_state(c) for c in state.get("cluster", [])), maxlen=self.max_windows)
 
     # ---------------------------------------------------------------- reading
     def windows(self, population: str, last: int | None = None) -> list[WindowRecord]:
@@ -125,6 +140,10 @@ class WindowHistory:
     def first_isolated(self, population: str, agent_id: str) -> tuple[int, float] | None:
         hist = self.populations.get(population)
         return None if hist is None else hist.first_isolated.get(agent_id)
+
+    def cluster_windows(self, last: int | None = None) -> list[ClusterWindow]:
+        records = list(self.cluster)
+        return records if last is None else records[-last:]
 
     # ---------------------------------------------------------------- recording
     def _record(self, pop, outcome, at: float) -> WindowRecord:

@@ -21,6 +21,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 from ..serve.auth import requires
 from ..serve.http_errors import ApiError
+from .cluster_history import partitions, peers_now
 from .history import P_VALUE_BINS, history_of
 
 __all__ = ["router", "api_router", "page_router", "plotly_js_path"]
@@ -99,8 +100,8 @@ def _f(v) -> float | None:
 # ---------------------------------------------------------------------- queries
 @api_router.get("/v1/dashboard/status", summary="What changed since the page last looked")
 def status(request: Request) -> dict:
-    """Windows closed per population, the newest event id and the open window's size: the page
-    polls this cheap answer and re-reads the rest when it changes."""
+    """Windows closed per population, the newest event id, the open window's size and the peers
+    not reachable now: the page polls this cheap answer and re-reads the rest when it changes."""
     node = request.app.state.node
     with node.lock:
         return {"populations": {name: {"windows_closed": p.windows_closed, "agents": len(p.agents),
@@ -108,7 +109,8 @@ def status(request: Request) -> dict:
                                 for name, p in node.populations.items()},
                 "last_event_id": node.events.last_id, "window_end": node.window_end(),
                 "window_seconds": node.settings.window_seconds, "region": node.settings.region,
-                "state": node.state}
+                "state": node.state,
+                "peers_unreachable": [p["url"] for p in peers_now(node) if not p["reachable"]]}
 
 
 @api_router.get("/v1/dashboard/top", summary="The most anomalous agents, with what the table shows")
@@ -212,7 +214,9 @@ def agent_detail(request: Request, agent_id: str, population: str | None = None,
 
 def _evidence_by_observer(pop, agent_id: str) -> list[dict[str, Any]]:
     consensus = pop.detector.consensus
-    ledger = consensus.ledger
+    ledger = getattr(consensus, "ledger", None)
+    if ledger is None:       # the Ray engine's evidence lives in its partitions' actors: no per-observer rows
+        return []
     row = ledger.agents.row_of(agent_id)
     if row < 0:
         return []
@@ -264,6 +268,27 @@ def regions(request: Request, population: str | None = None, windows: int = Quer
                              "confidence_factor": [r.regions.get(name, (None, None))[0] for r in records],
                              "staleness_seconds": [r.regions.get(name, (None, None))[1] for r in records]}
                             for name in names]}
+
+
+@api_router.get("/v1/dashboard/cluster", summary="The Regions panel: confidence, staleness and partitions over time")
+def cluster(request: Request, windows: int = Query(60, ge=1, le=120)) -> dict:
+    """The node's regions over its last live window closes (:mod:`.cluster_history`):
+    ``at`` (node clock, s), ``confidence_factor`` (the node's), per region its part of the
+    confidence and its staleness, ``partitions`` (per peer, the intervals it was unreachable)
+    and ``peers`` as the node sees them now (``[]``: a single node)."""
+    node = request.app.state.node
+    history = _history(node)
+    with node.lock:
+        records = history.cluster_windows(windows)
+        now = node.settings.clock()
+        names = list(dict.fromkeys(name for r in records for name in r.regions))
+        return {"region": node.settings.region, "consistency": node.settings.consistency, "now": now,
+                "at": [r.at for r in records], "confidence_factor": [r.confidence_factor for r in records],
+                "regions": [{"region": name, "own": name == node.settings.region,
+                             "confidence_factor": [r.regions.get(name, (None, None))[0] for r in records],
+                             "staleness_seconds": [r.regions.get(name, (None, None))[1] for r in records]}
+                            for name in names],
+                "partitions": partitions(records, now), "peers": peers_now(node)}
 
 
 router = APIRouter()

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_NAME", "OP_OTHER", "OP_INVOKE", "OP_MODEL", "OP_TOOL", "COHORT_FIELDS", "UNKNOWN", "SpanColumns",
+__all__ = ["cohort_name", "MAX_NAME", "OP_OTHER", "OP_INVOKE", "OP_MODEL", "OP_TOOL", "COHORT_FIELDS", "UNKNOWN", "SpanColumns",
            "span_columns", "NameTable"]
 
 OP_OTHER, OP_INVOKE, OP_MODEL, OP_TOOL = 0, 1, 2, 3
@@ -63,6 +63,19 @@ _SPAN_KEYS = {
     "gen_ai.response.finish_reasons": _K_FINISH, "error.type": _K_ERROR,
     "gen_ai.agent.name": _K_NAME, "gen_ai.agent.version": _K_VERSION, "gen_ai.request.model": _K_MODEL,
 }
+
+
+_MAX_PART = 200                 # characters kept of each cohort attribute in a cohort's name
+
+
+def cohort_name(fields: tuple[str, ...]) -> str:
+    """One cohort name from the cohort's attribute values: ``service/env/region/agent/version/model``.
+
+    >>> cohort_name(("support", "prod", "eu-west", "support", "1.5.0", "gpt-4o"))
+    'support/prod/eu-west/support/1.5.0/gpt-4o'
+    """
+    parts = ("".join(ch for ch in f if ch.isprintable())[:_MAX_PART] or "unknown" for f in fields)
+    return "/".join(parts)
 
 
 class NameTable:
@@ -105,7 +118,9 @@ class SpanColumns:
     token count is a number that is no count (negative, infinite, over 2**53).
     ``span_id`` (uint64, optional) is each span's 8-byte id read big-endian, 0 where the
     span has none (or one of another length): what tells an exporter's retry of a batch
-    from new spans.
+    from new spans. ``start_s`` (float64, optional) each span's start in Unix seconds (its
+    end where it has no start, NaN where it has neither): what windows a file of spans by
+    the spans' own clock (:mod:`swarmguard.apps.otlp.span_file`).
     """
 
     agent: np.ndarray
@@ -124,6 +139,7 @@ class SpanColumns:
     rejected: int = 0
     bad_tokens: int = 0
     span_id: np.ndarray | None = None
+    start_s: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.agent.size)
@@ -311,7 +327,9 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
     # a span that ends before it starts (a clock step) counts as lasting 0 s, and so does one
     # with no start time (0, "unknown"): end - 0 would be the age of the epoch, ~1.7e9 s
     duration = np.where((end >= start) & (start > 0), end - start, 0).astype(np.float64) / 1e9
-    return SpanColumns(
+    when = np.where(start > 0, start, end).astype(np.float64) / 1e9
+    when[when == 0] = np.nan
+    return SpanColumns(start_s=when,
         span_id=_span_ids(sid_col), agent=np.array(a_col, dtype=np.int64), cohort=np.array(c_col, dtype=np.int64),
         operation=np.array(op_col, dtype=np.int8), tool=np.array(tool_col, dtype=np.int64),
         duration_s=duration, input_tokens=np.array(in_col, dtype=np.float64),

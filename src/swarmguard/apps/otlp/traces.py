@@ -47,7 +47,7 @@ from .decode import (
     encoding_of,
 )
 from .features import FEATURE_NAMES
-from .spans import SpanColumns, span_columns
+from .spans import SpanColumns, cohort_name, span_columns
 from .window import WindowAggregator
 
 __all__ = ["router", "SpanIngest", "SPANS_POPULATION", "SPANS_RECORD", "cohort_name"]
@@ -56,17 +56,6 @@ SPANS_POPULATION = "spans"      # = serve.node.SPANS_POPULATION (not imported: n
 SPANS_RECORD = "spans"          # the durable log's record kind
 _FOREVER = 1e300                # the node's clock closes windows, not the aggregator's
 _ID_COLUMNS = 10                # a span record's matrix: 10 quantities, then the span id's halves
-_MAX_PART = 200                 # characters kept of each cohort attribute
-
-
-def cohort_name(fields: tuple[str, ...]) -> str:
-    """One cohort name from the cohort's attribute values: ``service/env/region/agent/version/model``.
-
-    >>> cohort_name(("support", "prod", "eu-west", "support", "1.5.0", "gpt-4o"))
-    'support/prod/eu-west/support/1.5.0/gpt-4o'
-    """
-    parts = ("".join(ch for ch in f if ch.isprintable())[:_MAX_PART] or "unknown" for f in fields)
-    return "/".join(parts)
 
 
 def _usable_agent(name: str) -> bool:

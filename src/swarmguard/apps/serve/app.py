@@ -35,6 +35,8 @@ from ... import __version__
 from .http_errors import ApiError, one_line
 from .metrics import ServeMetrics
 from .node import ServeNode
+from .peer_state import router as peer_state_router
+from .peers import router as peers_router
 from .routes_ingest import router as ingest_router
 from .routes_ops import router as ops_router
 from .routes_query import router as query_router
@@ -95,9 +97,15 @@ def _route_label(path: str) -> str:
     return path if path.startswith(("/v1/", "/healthz", "/readyz", "/metrics", "/docs", "/openapi")) else "other"
 
 
+def _header_bytes(scope) -> int:
+    """The request's header names and values, in bytes (what ``--max-header-bytes`` bounds)."""
+    return sum(len(name) + len(value) for name, value in scope.get("headers", ()))
+
+
 class _ServeMiddleware:
-    """Latency histogram, in-flight bound (503 + Retry-After over ``max_inflight`` writes) and
-    503 while the node is still starting; pure ASGI, so streaming bodies stay streams."""
+    """Header size bound (431 over ``max_header_bytes``), latency histogram, in-flight bound
+    (503 + Retry-After over ``max_inflight`` writes) and 503 while the node is still starting;
+    pure ASGI, so streaming bodies stay streams."""
 
     def __init__(self, app, state):
         self.app, self.state, self.inflight = app, state, 0
@@ -110,6 +118,11 @@ class _ServeMiddleware:
         label, t0 = _route_label(path), time.perf_counter()
         write = method == "POST"
         try:
+            limit = self.state.settings.max_header_bytes
+            if _header_bytes(scope) > limit:      # before anything reads them (or the body)
+                metrics.errors.labels("header_too_large", "431").inc()
+                return await _error(431, f"request headers over {limit} bytes (--max-header-bytes)", None, path,
+                                    _content_type(scope))(scope, receive, send)
             if getattr(self.state, "node", None) is None and path not in _PUBLIC:
                 if getattr(self.state, "failed", None):
                     metrics.errors.labels("failed", "503").inc()
@@ -206,7 +219,7 @@ def create_app(settings: ServeSettings, node: ServeNode | None = None,
         return _error(500, "internal error (the node's log has the details)", None, request.url.path,
                       request.headers.get("content-type"))
 
-    for router in (ops_router, ingest_router, query_router, *_optional_routers(), *_REGISTERED, *routers):
+    for router in (ops_router, ingest_router, query_router, peers_router, peer_state_router, *_optional_routers(), *_REGISTERED, *routers):
         app.include_router(router)
     app.add_middleware(_ServeMiddleware, state=app.state)
     return app

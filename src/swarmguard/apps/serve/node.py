@@ -243,6 +243,10 @@ class ServeNode:
         columns = self._evidence_columns(meta["rows"])
         for pop in self.populations.values():
             pop.ingest_evidence(columns)
+        for extension in self.extensions:      # e.g. the peer ledger numbers the node's own evidence
+            hook = getattr(extension, "after_evidence", None)
+            if hook is not None:
+                hook(meta["rows"])
 
     # ---------------------------------------------------------------- windows
     def open_window(self, at: float) -> None:
@@ -271,11 +275,15 @@ class ServeNode:
         self._at = at
         for extension in self.extensions:      # e.g. spans become vectors in the open window
             extension.before_close(at)
+        # The round's vectors are written with the window's end as their timestamp, not the
+        # moment it closed: a node paused or restarted closes late, and its older vectors must
+        # not win last-writer-wins over later writes of the same agents on other nodes.
+        end = self.window_end()
         self.opened_at = None
         outcomes = []
         for pop in self.populations.values():
             try:
-                outcome = pop.close_window()
+                outcome = pop.close_window(at if end is None else end)
             except SwarmGuardError as exc:
                 # the round refused its input (ingest checks what the detector checks, so only a
                 # feeder that bypassed them gets here): its vectors are dropped, the same way live
@@ -343,6 +351,10 @@ class ServeNode:
     def _check_open(self) -> None:
         if self.state == "draining":
             raise ApiError(503, "the node is shutting down", code="draining", headers={"Retry-After": "5"})
+        for extension in self.extensions:      # e.g. STRONG without a majority of peers: 503
+            check = getattr(extension, "check_writable", None)
+            if check is not None:
+                check()
 
     def _retry_after(self) -> int:
         end = self.window_end()
@@ -367,6 +379,10 @@ class ServeNode:
             return outcomes
 
     def close(self) -> None:
+        for extension in self.extensions:      # e.g. the peer sync threads
+            stop = getattr(extension, "stop", None)
+            if stop is not None:
+                stop()
         with self._lock:
             self.log.close()
             for pop in self.populations.values():
@@ -386,15 +402,17 @@ class ServeNode:
 
 
 def node_extensions() -> list:
-    """The extension factories every node is built with (module docstring): the OTLP span
-    ingest when ``opentelemetry-proto`` is installed, and the dashboard's window history."""
+    """The extension factories every node is built with (module docstring): the peer
+    replication (:mod:`.peers`), the OTLP span ingest when ``opentelemetry-proto`` is
+    installed, and the dashboard's window history."""
     from ..dashboard.history import WindowHistory
+    from .peers import PeerReplication
 
     try:
         from ..otlp.traces import SpanIngest
     except ImportError:                 # no opentelemetry-proto: no POST /v1/traces
-        return [WindowHistory]
-    return [SpanIngest, WindowHistory]
+        return [PeerReplication, WindowHistory]
+    return [PeerReplication, SpanIngest, WindowHistory]
 
 
 def _without_clashes(rows: list) -> tuple[list, list[LineError]]:

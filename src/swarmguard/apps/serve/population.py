@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 
 from ...api import DistributedBehavioralDetector
+from ...api.consensus import evidence_columns
 from ...errors import UnknownAgentError
 from ...structures.chi2 import chi2_logsf
+from ..report_data import feature_shares
 from .agent_state import AgentState, severities
 from .settings import ServeSettings
 from .window import WindowBuffer
@@ -61,14 +63,15 @@ class Population:
         d = self.dimension or 0
         return self.feature_names if self.feature_names else [f"f{j}" for j in range(d)]
 
-    def close_window(self) -> WindowOutcome | None:
-        """One detector round of the agents active in the open window (None: nobody was)."""
+    def close_window(self, timestamp: float | None = None) -> WindowOutcome | None:
+        """One detector round of the agents active in the open window (None: nobody was);
+        ``timestamp``: the round's (its vectors' last-writer-wins time; default the clock's)."""
         if not len(self.window):
             return None
         ids, X, cohorts = self.window.take()
         self.dropped_rows = len(ids)              # what a refused round loses (the node logs it)
         cohort_arr = np.array([c if c is not None else self.region for c in cohorts])
-        result = self.detector.process_round(ids, X, self.region, cohorts=cohort_arr)
+        result = self.detector.process_round(ids, X, self.region, cohorts=cohort_arr, timestamp=timestamp)
         self.dropped_rows = 0
         self.windows_closed += 1
         d2 = np.asarray(result.mahalanobis_squared, dtype=np.float64)
@@ -90,7 +93,14 @@ class Population:
         return self.detector.ingest_evidence(*columns)
 
     def check_evidence(self, columns: tuple) -> None:
-        self.detector.consensus.check_evidence_batch(*columns)
+        """Raise as ingesting ``columns`` would, changing nothing."""
+        consensus = self.detector.consensus
+        check = getattr(consensus, "check_evidence_batch", None)
+        if check is not None:
+            check(*columns)
+        else:     # the Ray engine's view checks as it ingests: the same column checks, first
+            ids, agents, types, log_odds, confidences, timestamps, sources = columns
+            evidence_columns(ids, agents, sources, types, log_odds, confidences, timestamps)
 
     # ---------------------------------------------------------------- queries
     def consensus_of(self, agent_id: str) -> dict[str, Any]:
@@ -103,17 +113,21 @@ class Population:
                 "source_count": c["source_count"]}
 
     def contributions(self, state: AgentState) -> list[dict[str, Any]]:
-        """Each feature's share of the agent's squared distance (from its latest vector against
-        the population as it is now), with the population's mean (typical) and its value."""
+        """Each feature's share of the agent's squared distance (its latest vector against the
+        population as it is now), with the population's mean (typical) and its value.
+
+        The shares are the report's (:func:`~swarmguard.apps.report_data.feature_shares`:
+        in [0, 1], summing to 1), from the population's statistics, so every backend
+        answers them (the Ray engine has no per-agent scoring call)."""
         stats = self.detector.tree.get_global_statistics()
         typical = np.asarray(stats["mean"], dtype=np.float64)
-        try:
-            shares = np.asarray(self.detector.protocol.score_agent_sync(state.agent_id)["feature_contributions"],
-                                dtype=np.float64)
-        except Exception:                 # too few agents to score: no split of the distance
-            shares = np.full(typical.shape, np.nan)
-        total = float(np.nansum(shares))
-        part = shares / total if total > 0 else np.full(shares.shape, np.nan)
+        part = np.full(typical.shape, np.nan)
+        if stats["count"] > 2:           # fewer: no leave-one-out covariance, no split
+            _, shares = feature_shares(np.asarray(state.features, dtype=np.float64)[None, :], stats["count"],
+                                       typical, np.atleast_2d(stats["covariance"]),
+                                       self.detector.settings.shrinkage)
+            if shares[0].sum() > 0:
+                part = shares[0]
         rows = []
         for j, name in enumerate(self.names()):
             rows.append({"feature": name, "share": _finite(part[j]), "typical": _finite(typical[j]),
@@ -130,7 +144,12 @@ class Population:
         if not members:
             return None
         try:
-            stats = tree.get_global_statistics() if not cohort else tree.get_cohort_statistics((cohort,))
+            if not cohort:
+                stats = tree.get_global_statistics()
+            elif hasattr(tree, "get_cohort_statistics"):
+                stats = tree.get_cohort_statistics((cohort,))
+            else:          # the Ray engine keeps no cohort nodes: the members' latest vectors
+                stats = _statistics_of(members)
         except KeyError:
             return None
         cov = np.atleast_2d(np.asarray(stats.get("covariance"), dtype=np.float64)) if stats["count"] > 1 else None
@@ -159,6 +178,13 @@ class Population:
         for state in self.agents.values():
             groups.setdefault(state.cohort or self.region, []).append(state)
         return dict(sorted(groups.items()))
+
+
+def _statistics_of(members: list[AgentState]) -> dict[str, Any]:
+    """count, mean and covariance (ddof 1) of the members' latest vectors."""
+    X = np.array([s.features for s in members], dtype=np.float64)
+    cov = np.cov(X, rowvar=False, ddof=1) if len(X) > 1 else None
+    return {"count": len(X), "mean": X.mean(axis=0), "covariance": cov}
 
 
 def _finite(v: float) -> float | None:

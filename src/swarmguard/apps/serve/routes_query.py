@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from .auth import requires
 from .http_errors import ApiError
+from .peers import view_confidence
 
 __all__ = ["router"]
 
@@ -56,8 +57,8 @@ def get_agent(request: Request, agent_id: str, population: str | None = None) ->
 
 @router.get("/v1/populations", summary="Every cohort's count, mean, covariance and scores")
 def list_populations(request: Request) -> dict:
-    """``{"populations": [{"cohort", "count", "mean", ...}]}``; cohort ``""`` is the whole
-    population; ``count`` counts agents."""
+    """``{"region", "confidence_factor", "populations": [{"cohort", "count", "mean", ...}]}``;
+    cohort ``""`` is the whole population; ``count`` counts agents."""
     node = request.app.state.node
     with node.lock:
         out = []
@@ -67,7 +68,8 @@ def list_populations(request: Request) -> dict:
                 summary = pop.cohort_summary(cohort, members)
                 if summary is not None:
                     out.append(summary)
-        return {"populations": out}
+        # this node's region and the confidence factor of its replicated view (.peers)
+        return {"region": node.settings.region, "confidence_factor": view_confidence(node), "populations": out}
 
 
 @router.get("/v1/populations/{cohort:path}", summary="One cohort", responses={404: {"description": "unknown cohort"}})

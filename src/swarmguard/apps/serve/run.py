@@ -12,9 +12,26 @@ import threading
 from collections.abc import Callable
 
 from .app import create_app, resolve_data_dir
-from .settings import ServeSettings
+from .settings import HEAD_LIMIT_FACTOR, ServeSettings
 
-__all__ = ["run_server"]
+__all__ = ["run_server", "server_config"]
+
+
+def server_config(app, settings: ServeSettings):
+    """uvicorn's configuration of the node's listener: address, TLS, and the bound on a request
+    head (``HEAD_LIMIT_FACTOR`` × ``--max-header-bytes``: a head up to it reaches the app,
+    which answers 431 and counts it; past it uvicorn answers 400 itself, before the app).
+
+    The parser is h11 even where ``httptools`` is installed: httptools (uvicorn's choice when
+    present) buffers a request head of any size, so a client could hold megabytes per
+    connection before the app sees a header; h11 refuses a head past its bound as it arrives."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", http="h11",
+                          ssl_certfile=str(settings.certfile) if settings.certfile else None,
+                          ssl_keyfile=str(settings.keyfile) if settings.keyfile else None,
+                          h11_max_incomplete_event_size=HEAD_LIMIT_FACTOR * settings.max_header_bytes,
+                          timeout_graceful_shutdown=30)
 
 
 def run_server(settings: ServeSettings, say: Callable[[str], None] = print, drain_seconds: float = 0.0) -> None:
@@ -36,10 +53,7 @@ def run_server(settings: ServeSettings, say: Callable[[str], None] = print, drai
     if app.state.tokens is None:
         say("no --tokens: every caller on this machine may post and read (loopback only)")
 
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                            ssl_certfile=str(settings.certfile) if settings.certfile else None,
-                            ssl_keyfile=str(settings.keyfile) if settings.keyfile else None,
-                            h11_max_incomplete_event_size=64 * 1024, timeout_graceful_shutdown=30)
+    config = server_config(app, settings)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame):              # readyz 503 first, then uvicorn's own exit

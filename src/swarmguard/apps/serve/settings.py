@@ -10,10 +10,15 @@ from pathlib import Path
 
 from ...errors import InvalidInputError
 
-__all__ = ["ServeSettings", "DEFAULT_PORT", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_SNAPSHOT_EVERY", "is_loopback"]
+__all__ = ["ServeSettings", "DEFAULT_PORT", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_HEADER_BYTES",
+           "DEFAULT_SNAPSHOT_EVERY", "is_loopback"]
 
 DEFAULT_PORT = 8470
 DEFAULT_MAX_BODY_BYTES = 64 << 20
+# the request's header names and values together; uvicorn's own bound on a request head
+# (answered 400 by uvicorn itself, uncounted) is 16 times this, so what the app can count it counts
+DEFAULT_MAX_HEADER_BYTES = 64 << 10
+HEAD_LIMIT_FACTOR = 16
 DEFAULT_SNAPSHOT_EVERY = 10
 
 
@@ -37,7 +42,8 @@ class ServeSettings:
     detector); ``window_seconds`` the length of a window on the node's clock;
     ``features`` the dimension of ``/v1/behaviors`` vectors (None: the first
     vector fixes it); ``max_body_bytes`` the request body limit, compressed
-    and decompressed; ``metrics_public`` serves ``/metrics`` without a token;
+    and decompressed; ``max_header_bytes`` the request's header names and values
+    together (431 past it); ``metrics_public`` serves ``/metrics`` without a token;
     ``max_inflight`` ingest requests being worked on at once and
     ``max_window_rows`` vectors buffered in the open window before ingest
     answers 429 (bounded memory); ``max_event_streams`` open ``/v1/events`` streams (more: 503); ``body_timeout_seconds`` to read a request's whole body (408 past it); ``warm_up`` / ``significance_level`` /
@@ -46,6 +52,10 @@ class ServeSettings:
     passes their end (tests turn it off and close windows themselves);
     ``snapshot_every`` closed windows between snapshots of the node's state, after
     which the log records they cover are deleted (0: none but at shutdown; :mod:`.snapshot`).
+    ``peers``: the other nodes' base URLs (one node per region, :mod:`.peers`);
+    ``sync_seconds`` between anti-entropy rounds; ``peer_token`` the secret this
+    node presents to its peers; ``consistency``: ``statistical`` / ``eventual``
+    (always writable) or ``strong`` (writes refused without a majority of nodes).
     """
 
     data_dir: Path | None = None
@@ -56,6 +66,7 @@ class ServeSettings:
     window_seconds: float = 60.0
     features: int | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     metrics_public: bool = False
     max_inflight: int = 64
     max_window_rows: int = 2_000_000
@@ -71,6 +82,10 @@ class ServeSettings:
     clock: Callable[[], float] = field(default=time.time, compare=False)
     close_windows: bool = True
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
+    peers: tuple[str, ...] = ()
+    sync_seconds: float = 2.0
+    peer_token: str | None = field(default=None, repr=False, compare=False)
+    consistency: str = "statistical"
 
     def __post_init__(self) -> None:
         if not (self.window_seconds > 0):
@@ -79,6 +94,8 @@ class ServeSettings:
             raise InvalidInputError(f"--features must be >= 1, got {self.features}")
         if self.max_body_bytes < 1:
             raise InvalidInputError(f"--max-body-bytes must be >= 1, got {self.max_body_bytes}")
+        if self.max_header_bytes < 1024:
+            raise InvalidInputError(f"--max-header-bytes must be >= 1024, got {self.max_header_bytes}")
         if self.max_inflight < 1 or self.max_window_rows < 1 or self.max_event_streams < 1:
             raise InvalidInputError("max_inflight, max_window_rows and max_event_streams must be >= 1")
         if not (self.body_timeout_seconds > 0):
@@ -93,6 +110,13 @@ class ServeSettings:
             raise InvalidInputError(f"--snapshot-every must be a whole number >= 0, got {self.snapshot_every!r}")
         if not self.region:
             raise InvalidInputError("--region must not be empty")
+        if not (self.sync_seconds > 0):
+            raise InvalidInputError(f"--sync-seconds must be > 0, got {self.sync_seconds}")
+        for url in self.peers:
+            if not url.startswith(("http://", "https://")):
+                raise InvalidInputError(f"--peers: {url!r} is not an http(s) URL")
+        if self.consistency not in ("statistical", "eventual", "strong"):
+            raise InvalidInputError(f"--consistency must be statistical, eventual or strong, got {self.consistency!r}")
 
     def check_exposure(self) -> None:
         """Refuse to listen beyond loopback without credentials (anyone could post and read)."""

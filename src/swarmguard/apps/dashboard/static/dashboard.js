@@ -16,7 +16,7 @@ function authHeaders() { const t = token(); return t ? { Authorization: "Bearer 
 
 async function api(path) {
   const response = await fetch(path, { headers: authHeaders(), cache: "no-store", credentials: "same-origin" });
-  if (response.status === 401) { askForToken(token() ? "the node refused this token" : ""); throw new AuthNeeded(); }
+  if (response.status === 401 || response.status === 403) { tokenRefused(response.status); throw new AuthNeeded(); }
   let body = null;
   try { body = await response.json(); } catch (e) { body = null; }
   if (!response.ok) throw new Error((body && body.error) || ("HTTP " + response.status + " on " + path));
@@ -24,6 +24,16 @@ async function api(path) {
 }
 
 // ------------------------------------------------------------------ token prompt
+// A token the node refuses (expired, revoked, mistyped: 401; without the read role: 403) is
+// dropped from session storage, so it is not sent again, and the prompt says why.
+function tokenRefused(status) {
+  const had = token() !== null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  banner(null);
+  if (status === 403) askForToken("The node accepted that token but it may not read: paste a token with the read (or admin) role.");
+  else askForToken(had ? "The node refused the stored token (expired, revoked or mistyped): paste a valid one." : "");
+}
+
 function askForToken(message) {
   state.authFailed = true;
   const dialog = $("token-dialog");
@@ -187,7 +197,68 @@ function renderCalibration(h) {
   return Plotly.react("calibration", data, layout, PLOT_CONFIG);
 }
 
-function renderRegions(r) {
+const PARTITION_FILL = "#f5c27a";
+function esc(text) { const d = document.createElement("div"); d.textContent = String(text); return d.innerHTML; }
+function ago(seconds) { return seconds === null || seconds === undefined ? "never" : `${seconds < 10 ? seconds.toFixed(1) : Math.round(seconds)} s ago`; }
+function stamp(at) { return new Date(at * 1000).toISOString(); }
+
+// What the node says of its peers now, in words (a single node: how to add peers).
+function renderRegionsText(c) {
+  const el = $("regions-text");
+  if (!c.peers.length) {
+    el.dataset.peers = "none";
+    el.innerHTML = `<p>Single node (region <b>${esc(c.region)}</b>): no peers, so there is nothing to be partitioned from. ` +
+      `To add regions, start one node per region with <code>--region</code> and <code>--peers</code> naming the others' base URLs ` +
+      `(<code>swarmguard serve --region us --peers http://eu-node:8470</code>), each holding a <code>peer</code> token of the others ` +
+      `(<code>--peer-token-file</code>); the chart then shows each region's confidence and staleness, with the partitions shaded.</p>`;
+    return;
+  }
+  const down = c.peers.filter((p) => !p.reachable), up = c.peers.filter((p) => p.reachable);
+  el.dataset.peers = down.length ? "unreachable" : "reachable";
+  const name = (p) => `${esc(p.url)}${p.region ? ` (region ${esc(p.region)})` : ""}`;
+  const lines = [];
+  if (down.length) lines.push(`<p class="down">Unreachable now: ${down.map((p) => `${name(p)}, last synced ${ago(p.seconds_since_sync)}` +
+      (p.last_error ? ` (${esc(p.last_error)})` : "")).join("; ")}.</p>` +
+      `<p>While a peer is unreachable its region's data in this node's view ages (staleness), and its part of the confidence ` +
+      `falls once it is older than the allowed staleness (shaded: the intervals a peer was unreachable).</p>`);
+  if (up.length) lines.push(`<p class="up">Reachable: ${up.map((p) => `${name(p)}, synced ${ago(p.seconds_since_sync)}`).join("; ")}.</p>`);
+  lines.push(`<p>This node: region <b>${esc(c.region)}</b>, consistency ${esc(c.consistency)}.</p>`);
+  el.innerHTML = lines.join("");
+}
+
+function renderCluster(c) {
+  if (!c.at.length) { Plotly.purge("regions"); $("regions").style.height = "auto";
+    $("regions").innerHTML = '<div class="empty">The regions\' confidence appears after the first window closes.</div>'; return; }
+  if ($("regions").querySelector(".empty")) $("regions").innerHTML = "";
+  $("regions").style.height = "";
+  const x = c.at.map(stamp), data = [];
+  if (c.confidence_factor.some((v) => v !== null))
+    data.push({ type: "scatter", mode: "lines+markers", name: `${c.region} node confidence`, x, y: c.confidence_factor, line: { color: "#1d2330", width: 3 } });
+  for (const g of c.regions) {
+    if (!g.own) data.push({ type: "scatter", mode: "lines+markers", name: `${g.region} confidence part`, x, y: g.confidence_factor });
+    if (!g.own) data.push({ type: "scatter", mode: "lines", name: `${g.region} staleness (s)`, x, y: g.staleness_seconds, yaxis: "y2", line: { dash: "dot" } });
+  }
+  const shapes = [], annotations = [];
+  for (const p of c.partitions) {
+    const label = `${p.region || p.peer} unreachable${p.ongoing ? " (now)" : ""}`;
+    shapes.push({ type: "rect", xref: "x", yref: "paper", x0: stamp(p.from), x1: stamp(p.to), y0: 0, y1: 1,
+                  fillcolor: PARTITION_FILL, opacity: 0.35, line: { width: 0 }, layer: "below", name: label });
+    annotations.push({ x: stamp((p.from + p.to) / 2), y: 1, xref: "x", yref: "paper", yanchor: "bottom", text: label, showarrow: false, font: { size: 11, color: "#9a5b00" } });
+  }
+  const stale = c.regions.flatMap((g) => g.staleness_seconds.filter((v) => v !== null));
+  const layout = { margin: { l: 45, r: 45, t: 24, b: 40 }, legend: { orientation: "h", y: -0.3 }, shapes, annotations,
+                   xaxis: { type: "date", title: { text: "time (node clock)" },
+                            range: [stamp(Math.min(c.at[0], ...c.partitions.map((p) => p.from)) - 2), stamp(Math.max(c.at[c.at.length - 1], ...c.partitions.map((p) => p.to)) + 2)] },
+                   yaxis: { title: { text: "confidence" }, range: [0, 1.05] },
+                   yaxis2: { title: { text: "staleness s" }, overlaying: "y", side: "right", showgrid: false, rangemode: "tozero",
+                             range: [0, Math.max(1, ...stale) * 1.1] } };
+  return Plotly.react("regions", data, layout, PLOT_CONFIG);
+}
+
+function renderRegions(r, c) {
+  renderRegionsText(c);
+  if (c.peers.length) return renderCluster(c);
+  // a single node: its own region's view per window (what its resolver holds)
   $("regions").style.height = r.regions.length ? "" : "auto";
   if (!r.regions.length) { Plotly.purge("regions"); $("regions").innerHTML = '<div class="empty">Regions appear after the first window closes.</div>'; return; }
   if ($("regions").querySelector(".empty")) $("regions").innerHTML = "";
@@ -199,7 +270,7 @@ function renderRegions(r) {
   const shapes = [];     // shade the windows where some region's view was partial (confidence below 1)
   r.windows.forEach((w, i) => {
     if (r.regions.some((g) => g.confidence_factor[i] !== null && g.confidence_factor[i] < 1))
-      shapes.push({ type: "rect", xref: "x", yref: "paper", x0: w - 0.5, x1: w + 0.5, y0: 0, y1: 1, fillcolor: "#f5c27a", opacity: 0.3, line: { width: 0 } });
+      shapes.push({ type: "rect", xref: "x", yref: "paper", x0: w - 0.5, x1: w + 0.5, y0: 0, y1: 1, fillcolor: PARTITION_FILL, opacity: 0.3, line: { width: 0 } });
   });
   const layout = { margin: { l: 45, r: 45, t: 10, b: 40 }, legend: { orientation: "h", y: -0.3 }, shapes,
                    xaxis: { title: { text: "window" }, dtick: windowTick(r.windows) }, yaxis: { title: { text: "confidence" }, range: [0, 1.05] },
@@ -261,8 +332,8 @@ async function drill(agent) {
       text: contrib.map((c) => `actual ${c.actual.toPrecision(3)} · typical ${c.typical === null ? "–" : c.typical.toPrecision(3)}`), textposition: "auto",
       marker: { color: "#e8663d" }, hovertemplate: "%{y}: %{x:.1%} of the distance<extra></extra>" }],
     { margin: { l: 10, r: 10, t: 22, b: 30 }, yaxis: { automargin: true }, title: { text: "share of the squared distance", font: { size: 12 } }, xaxis: { tickformat: ".0%",
-      // shares of a squared distance add up to 1 but can exceed it one by one (correlated features)
-      range: contrib.every((c) => c.share >= 0 && c.share <= 1) ? [0, 1] : undefined } }, PLOT_CONFIG);
+      // shares are in [0, 1] and add up to 1 (whitened parts of the squared distance, docs/scoring.md)
+      range: [0, 1] } }, PLOT_CONFIG);
   const body = $("drill-evidence").querySelector("tbody");
   body.replaceChildren();
   if (!d.evidence.length) { const tr = document.createElement("tr"); cell(tr, "no observer evidence about this agent").colSpan = 4; body.appendChild(tr); }
@@ -288,9 +359,9 @@ async function refresh() {
     $("node-info").textContent = `region ${status.region} · ${status.state} · window ${status.populations[state.population].windows_closed} closed · windows of ${status.window_seconds} s`;
     const p = encodeURIComponent(state.population);
     const cohort = state.cohort ? `&cohort=${encodeURIComponent(state.cohort)}` : "";
-    const [top, history, observers, regions] = await Promise.all([
+    const [top, history, observers, regions, cluster] = await Promise.all([
       api(`/v1/dashboard/top?top=50&population=${p}${cohort}`), api(`/v1/dashboard/history?windows=20&top=30&population=${p}`),
-      api(`/v1/dashboard/observers?population=${p}`), api(`/v1/dashboard/regions?population=${p}`)]);
+      api(`/v1/dashboard/observers?population=${p}`), api(`/v1/dashboard/regions?population=${p}`), api("/v1/dashboard/cluster")]);
     fillSelect($("cohort-filter"), top.cohorts, state.cohort, "all");
     state.rows = top.agents;
     const empty = emptyMessage(status);
@@ -300,7 +371,7 @@ async function refresh() {
     document.body.dataset.window = String(top.window);
     document.body.dataset.renderedAt = String(Date.now());
     banner(null);
-    renderLanes(history); renderCalibration(history); renderObservers(observers); renderRegions(regions);
+    renderLanes(history); renderCalibration(history); renderObservers(observers); renderRegions(regions, cluster);
     if (!state.selected && top.agents.length) state.selected = top.agents[0].agent_id;   // open the worst agent first
     if (state.selected) await drill(state.selected);
     document.body.dataset.ready = "yes";
@@ -320,7 +391,8 @@ async function poll() {
     if (!before || !pop || !s.populations[pop] || !before.populations[pop] ||
         s.populations[pop].windows_closed !== before.populations[pop].windows_closed ||
         s.populations[pop].open_window_vectors !== before.populations[pop].open_window_vectors ||
-        s.last_event_id !== before.last_event_id) refresh();
+        s.last_event_id !== before.last_event_id ||
+        (s.peers_unreachable || []).join(" ") !== (before.peers_unreachable || []).join(" ")) refresh();
   } catch (e) { if (!(e instanceof AuthNeeded)) nodeDown(e); }
 }
 
@@ -328,7 +400,7 @@ async function follow() {      // /v1/events with the bearer header: fetch strea
   while (!state.authFailed) {
     try {
       const response = await fetch("/v1/events", { headers: { ...authHeaders(), Accept: "text/event-stream" }, cache: "no-store" });
-      if (response.status === 401) { askForToken("the node refused this token"); return; }
+      if (response.status === 401 || response.status === 403) { tokenRefused(response.status); return; }
       if (!response.ok || !response.body) throw new Error("HTTP " + response.status);
       $("live").className = "live on";
       const reader = response.body.getReader(), decoder = new TextDecoder();

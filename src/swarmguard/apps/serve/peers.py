@@ -1,0 +1,526 @@
+"""Regions as nodes: one node per region, exchanging deltas with its peers over HTTP.
+
+Each node's replicated state is a :class:`~.peer_delta.ReplicaSet`: per
+population, the CAP resolver's replica of the node's region (it holds every
+agent's latest vector, written at each window close, and what peers shipped),
+and the evidence ledger (each row numbered by the region that accepted it).
+
+- ``POST /v1/peer/delta`` (a ``peer`` token): the body is a delta
+  (:mod:`.peer_delta`, ``application/octet-stream``). It is checked whole, logged
+  in the durable log (a delta that can change registers or evidence) and only
+  then applied and answered ``{"region", "version_vector", "vectors"}``: this
+  node's vectors after the join, from which the sender ships next time. A
+  malformed delta is 422, one made since vectors this node does not hold 409
+  (:class:`~swarmguard.errors.StaleDeltaError`); either changes nothing.
+- ``GET /v1/peer/vectors`` (a peer token): the same answer without a delta (a
+  sender's first contact). ``POST /v1/peer/pull`` (a peer token) with
+  ``{"vectors": ...}``: the delta the caller lacks (``application/octet-stream``).
+- Evidence keys and the conflict rule: the consensus keys evidence by
+  ``(source_node, evidence_id)``; the same key with the same content is one
+  evidence wherever it was posted (an observer's retry on another node counts
+  once). A node that already holds a key refuses another content under it at
+  ``POST /v1/evidence`` (that line alone). Two nodes may each accept one content
+  before they sync: then the ledger (keyed by ``(origin region, seq)``) holds both
+  rows and replicates both, and every node counts both — the row it held first
+  under the posted id, any other content under its alias, ``~`` and 32 hex digits
+  of the SHA-256 of the row's JSON (:func:`conflict_alias`, the same on every
+  node). The consensus results depend on the evidence's content, not its ids, so
+  every node converges on the same probability, log-odds and evidence count, in
+  whatever order the deltas arrive; a delta is never refused for such a conflict.
+  Only observers' evidence is in the ledger: a node's detector's own evidence on
+  the agents it flags stays on that node.
+- Anti-entropy (:meth:`PeerReplication.sync_once`): one thread per peer, every
+  ``sync_seconds`` and right after every write, pushes the delta since that
+  peer's last answer (on first contact it asks for the peer's vectors first) and
+  pulls what this node lacks. A node that restarts from its data dir replays its
+  log (its vectors are what it acknowledged), so both directions resume by delta;
+  a new node (empty data dir) gets a full state transfer from the first peer it
+  pulls from (pulls run one at a time), then deltas.
+- ``GET /v1/cluster``: ``{"region", "peers": [{"url", "region", "reachable",
+  "last_sync"}], "version_vector": {region: counter}}``, plus this node's
+  ``confidence_factor``, ``consistency``, bytes shipped per peer and, per
+  population, the replicated view's ``count`` and ``mean`` (identical registers
+  give identical moments, bit for bit).
+- Confidence: the resolver's rule (:func:`~swarmguard.api.cap.compute_confidence_factor`)
+  on this node's view — a peer region's part decays once nothing was heard from it
+  (directly or through a third node) for the resolver's ``max_staleness_seconds``.
+- ``consistency = strong``: a write (behaviours, evidence, spans) is refused
+  with 503 unless this node synced with a majority of the nodes within the last
+  ``3 x sync_seconds``; statistical and eventual stay writable.
+
+Deltas travel with ``Content-Encoding: gzip`` both ways (a pull's answer when the
+caller accepts it); bytes shipped and received count what went over the wire.
+
+Metrics: ``swarmguard_peer_bytes_shipped_total{peer}``, ``swarmguard_peer_bytes_received_total{peer}``,
+``swarmguard_peer_sync_failures_total{peer}``, ``swarmguard_peer_last_sync_age_seconds{peer}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from ...api.cap import compute_confidence_factor
+from ...errors import DuplicateEvidenceError, StaleDeltaError, SwarmGuardError
+from ...structures.replica import RegionReplica
+from ...values.version_vector import VersionVector
+from .auth import authenticate, requires
+from .body import read_body
+from .durable_log import LogRecord
+from .http_errors import ApiError, one_line
+from .peer_delta import NodeVectors, PeerDelta, ReplicaSet, decode_delta
+from .tokens import ANONYMOUS
+
+__all__ = ["PeerReplication", "PeerLink", "router", "PEER_DELTA", "view_confidence", "replication_of", "conflict_alias"]
+
+PEER_DELTA = "peer_delta"
+WIRE_GZIP_LEVEL = 1        # deltas travel gzip-compressed (Content-Encoding): 6 kB of npz headers become ~1 kB
+log = logging.getLogger("swarmguard.serve.peers")
+
+
+@dataclass
+class PeerLink:
+    """What this node knows of one peer."""
+
+    url: str
+    region: str | None = None
+    reachable: bool = False
+    last_sync: float | None = None          # node clock of the last successful exchange
+    vectors: NodeVectors | None = None      # the peer's last answer (None: ship everything)
+    bytes_shipped: int = 0
+    bytes_received: int = 0                 # pulled from it
+    failures: int = 0
+    last_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "region": self.region, "reachable": self.reachable, "last_sync": self.last_sync,
+                "bytes_shipped": self.bytes_shipped,
+                "bytes_received": self.bytes_received, "sync_failures": self.failures, "last_error": self.last_error}
+
+
+class PeerReplication:
+    """The node extension (:func:`~.node.node_extensions`) that replicates it to its peers."""
+
+    kinds = (PEER_DELTA,)
+
+    def __init__(self, node):
+        self.node = node
+        settings = node.settings
+        self.region = settings.region
+        self.replicas = ReplicaSet(self.region, self._replica_of, lambda: list(node.populations))
+        self.links = [PeerLink(url.rstrip("/")) for url in settings.peers]
+        self._wake = [threading.Event() for _ in self.links]
+        self._stop = threading.Event()
+        self._pull_lock = threading.Lock()     # one pull at a time: a new node's full transfer comes from one peer
+        from prometheus_client import Counter, Gauge
+
+        r = node.metrics.registry
+        self.bytes_metric = Counter("swarmguard_peer_bytes_shipped", "Delta bytes shipped, by peer", ["peer"], registry=r)
+        self.received_metric = Counter("swarmguard_peer_bytes_received", "Delta bytes pulled, by peer", ["peer"],
+                                       registry=r)
+        self.failures_metric = Counter("swarmguard_peer_sync_failures", "Failed syncs, by peer", ["peer"], registry=r)
+        age = Gauge("swarmguard_peer_last_sync_age_seconds", "Seconds since the last sync, by peer", ["peer"], registry=r)
+        for link in self.links:
+            age.labels(link.url).set_function(lambda link=link: self._age(link))
+        self._threads = [threading.Thread(target=self._run, args=(i,), name=f"peer-sync-{link.url}", daemon=True)
+                         for i, link in enumerate(self.links)]
+        for thread in self._threads:
+            thread.start()
+
+    # ---------------------------------------------------------------- the replicas
+    def _replica_of(self, name: str, dim: int | None) -> RegionReplica | None:
+        pop = self.node.populations.get(name)
+        if pop is None:
+            if dim is None:
+                return None
+            pop = self.node._population(name)
+        # a peer's agents may arrive before this node's first window: the replica takes their dimension
+        replica = pop.detector.cap_resolver.ensure_replica(self.region, dim)
+        if replica is not None and pop.dimension is None:
+            pop.dimension = replica.dim
+        return replica
+
+    def vectors(self) -> NodeVectors:
+        return self.replicas.vectors()
+
+    def confidence(self) -> float:
+        return view_confidence(self.node)
+
+    # ---------------------------------------------------------------- node hooks
+    def after_evidence(self, rows: list[list[Any]]) -> None:
+        """The node accepted (or replayed) its own evidence rows: number them, tell the peers."""
+        self.replicas.ledger.append_local(rows)
+        self.poke()
+
+    def before_close(self, at: float) -> None:
+        self.poke()          # the round about to run writes the replicas: ship it when the lock frees
+
+    def apply(self, record: LogRecord) -> None:
+        """A logged peer delta (replay): join it as it was joined live."""
+        try:
+            self._join(decode_delta(base64.b64decode(record.meta["delta"])), live=False)
+        except SwarmGuardError as exc:          # checked before it was logged: cannot happen; say so, go on
+            log.error("a logged peer delta no longer joins: %s", exc)
+
+    def check_writable(self) -> None:
+        if self.node.settings.consistency != "strong" or not self.links:
+            return
+        now = self.node.settings.clock()
+        fresh = sum(1 for link in self.links if link.reachable and link.last_sync is not None
+                    and now - link.last_sync <= 3 * self.node.settings.sync_seconds)
+        nodes = len(self.links) + 1
+        if 2 * (fresh + 1) <= nodes:
+            raise ApiError(503, f"consistency strong: this node reaches {fresh + 1} of {nodes} nodes, "
+                                "not a majority; writes are refused until it does",
+                           code="no_quorum", headers={"Retry-After": str(max(1, math.ceil(self.node.settings.sync_seconds)))})
+
+    # ---------------------------------------------------------------- receiving
+    def receive(self, data: bytes) -> dict[str, Any]:
+        """Check, log, join a peer's delta; this node's vectors after it (module docstring)."""
+        node = self.node
+        try:
+            delta = decode_delta(data)
+        except SwarmGuardError as exc:
+            raise ApiError(422, f"not a peer delta: {one_line(exc)}", code="bad_delta") from None
+        with node.lock:
+            self._receive_checked(delta, data)
+            return self.answer()
+
+    def delta_for(self, peer: NodeVectors) -> bytes:
+        """What a peer holding ``peer`` lacks, as bytes (``POST /v1/peer/pull``)."""
+        with self.node.lock:
+            return self.replicas.delta_since(peer, now=self.node.settings.clock()).to_bytes()
+
+    def _receive_checked(self, delta: PeerDelta, data: bytes) -> None:
+        """Join a decoded delta under the node's lock: check all, log, apply (or 422/503, nothing changed)."""
+        node = self.node
+        if node.state == "draining":
+            raise ApiError(503, "the node is shutting down", code="draining", headers={"Retry-After": "5"})
+        try:
+            plan = self.replicas.plan(delta, require_base=True)
+            counted = self._as_counted(plan.new_evidence())
+        except StaleDeltaError as exc:
+            raise ApiError(409, f"peer delta refused, nothing changed: {one_line(exc)}", code="stale_delta") from None
+        except SwarmGuardError as exc:
+            raise ApiError(422, f"peer delta refused, nothing changed: {one_line(exc)}", code="bad_delta") from None
+        # durable before it is acknowledged; a delta whose every row this node already covers
+        # (a peer re-sending what it had, e.g. after its restart) changes nothing: not logged
+        if _adds_state(self.replicas, delta, counted):
+            node._log_append(PEER_DELTA, node.settings.clock(),
+                             {"sender": delta.sender, "delta": base64.b64encode(data).decode("ascii")})
+        self._commit(plan, counted)
+
+    def _join(self, delta: PeerDelta, live: bool) -> None:
+        plan = self.replicas.plan(delta)
+        self._commit(plan, self._as_counted(plan.new_evidence()))
+
+    def _as_counted(self, rows: list[list[Any]]) -> list[list[Any]]:
+        """The ledger's new rows as the consensus counts them, checked (changes nothing).
+
+        The conflict rule (module docstring): a row whose ``(source_node, evidence_id)``
+        the consensus holds with other content, or an earlier row of the same delta holds
+        with other content, is counted under its content's alias (:func:`conflict_alias`);
+        an exact repeat is counted once. Raises what the consensus raises for anything else.
+        """
+        if not rows:
+            return rows
+        pops = list(self.node.populations.values())
+        columns = self.node._evidence_columns(rows)
+        if len({(r[6], r[0]) for r in rows}) == len(rows) and _all_accept(pops, columns):
+            return rows                           # the common case: no key held with other content
+        out: list[list[Any]] = []
+        first: dict[tuple[Any, Any], str] = {}    # key -> content of the row counted under it in this delta
+        for row in rows:
+            key, content = (row[6], row[0]), _content_text(row)
+            held = first.get(key)
+            if held is None:
+                clash = not _all_accept(pops, self.node._evidence_columns([row]))
+                if not clash:
+                    first[key] = content
+            else:
+                clash = held != content
+            out.append([conflict_alias(row), *row[1:]] if clash else row)
+        columns = self.node._evidence_columns(out)
+        for pop in pops:                          # what is left must join as one batch (else: 422)
+            pop.check_evidence(columns)
+        return out
+
+    def _commit(self, plan, counted: list[list[Any]]) -> None:
+        self.replicas.commit(plan)
+        if counted:
+            columns = self.node._evidence_columns(counted)
+            for pop in self.node.populations.values():
+                pop.ingest_evidence(columns)
+
+    def answer(self) -> dict[str, Any]:
+        vectors = self.vectors()
+        return {"region": self.region, "version_vector": vectors.combined(), "vectors": vectors.to_json()}
+
+    # ---------------------------------------------------------------- sending
+    def poke(self) -> None:
+        """Sync with every peer now (after a write)."""
+        for event in self._wake:
+            event.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.poke()
+
+    def _age(self, link: PeerLink) -> float:
+        return math.inf if link.last_sync is None else max(0.0, self.node.settings.clock() - link.last_sync)
+
+    def _run(self, i: int) -> None:
+        import httpx
+
+        link, wake, node = self.links[i], self._wake[i], self.node
+        token = node.settings.peer_token
+        headers = {"Content-Type": "application/octet-stream",
+                   **({"Authorization": f"Bearer {token}"} if token else {})}
+        timeout = max(1.0, min(10.0, 2 * node.settings.sync_seconds))
+        with httpx.Client(timeout=timeout, verify=True) as client:
+            while not self._stop.is_set():
+                wake.wait(node.settings.sync_seconds)
+                wake.clear()
+                if self._stop.is_set() or node.state == "draining":
+                    return
+                if node.state != "ready":
+                    continue
+                self.sync_once(link, client, headers)
+
+    def sync_once(self, link: PeerLink, client, headers: dict[str, str]) -> bool:
+        """One anti-entropy exchange with ``link`` (push, then pull); whether it succeeded.
+
+        Push: the delta since the peer's last answer. Before any answer (a first
+        contact, or after this node restarted) it first asks for the peer's vectors
+        (``GET /v1/peer/vectors``), then pushes only what they lack: a node back from its
+        data directory ships a delta, not its state. Pull (``POST /v1/peer/pull``
+        with this node's vectors): the peer answers what this node lacks, joined as a
+        pushed delta would be — a new node's first pull is a full state transfer from
+        that one peer; pulls are one at a time, so its next pulls are deltas.
+        """
+        node = self.node
+        try:
+            if link.vectors is None:
+                self._hello(link, client, headers)
+            self._push(link, client, headers)
+            with self._pull_lock:
+                self._pull(link, client, headers)
+        except Exception as exc:            # noqa: BLE001 - any failure of a peer is a failed sync, counted
+            link.reachable, link.failures, link.last_error = False, link.failures + 1, one_line(str(exc))[:200]
+            if str(exc)[:4] in ("409:", "422:"):      # refused: ask for its vectors again next time
+                link.vectors = None
+            self.failures_metric.labels(link.url).inc()
+            return False
+        link.reachable, link.last_sync, link.last_error = True, node.settings.clock(), None
+        return True
+
+    @staticmethod
+    def _answered(link: PeerLink, response) -> None:
+        body = response.json()
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code}: {body.get('error', '')}")
+        link.vectors = NodeVectors.from_json(body["vectors"])
+        link.region = str(body["region"])
+
+    def _hello(self, link: PeerLink, client, headers: dict[str, str]) -> None:
+        # the peer's vectors (GET /v1/peer/vectors): a delta claims the sender's vectors, so an
+        # empty one cannot ask
+        self._answered(link, client.get(f"{link.url}/v1/peer/vectors",
+                                        headers={"Authorization": headers.get("Authorization", "")}))
+
+    def _push(self, link: PeerLink, client, headers: dict[str, str]) -> None:
+        node = self.node
+        with node.lock:
+            data = self.replicas.delta_since(link.vectors, now=node.settings.clock()).to_bytes()
+        data = gzip.compress(data, compresslevel=WIRE_GZIP_LEVEL)    # the npz headers are most of a small delta
+        self._answered(link, client.post(f"{link.url}/v1/peer/delta", content=data,
+                                         headers={**headers, "Content-Encoding": "gzip"}))
+        link.bytes_shipped += len(data)
+        self.bytes_metric.labels(link.url).inc(len(data))
+
+    def _pull(self, link: PeerLink, client, headers: dict[str, str]) -> None:
+        mine = self.vectors().to_json()
+        response = client.post(f"{link.url}/v1/peer/pull", json={"vectors": mine},
+                               headers={**headers, "Content-Type": "application/json"})
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code}: {one_line(response.text)[:200]}")
+        data = response.content                     # httpx undoes the gzip Content-Encoding
+        try:
+            delta = decode_delta(data)
+            with self.node.lock:
+                self._receive_checked(delta, data)
+        except ApiError as exc:
+            raise RuntimeError(f"the pulled delta: {exc.status} {exc.message}") from None
+        except SwarmGuardError as exc:
+            raise RuntimeError(f"the pulled delta: {one_line(exc)}") from None
+        wire = response.num_bytes_downloaded
+        link.bytes_received += wire
+        self.received_metric.labels(link.url).inc(wire)
+
+    # ---------------------------------------------------------------- views
+    def cluster(self) -> dict[str, Any]:
+        node = self.node
+        with node.lock:
+            vectors = self.vectors()
+            views = {}
+            for name, replica in self.replicas.replicas().items():
+                m = replica.estimate()
+                views[name] = {"count": int(m.count),
+                               "mean": [float(v) for v in m.mean.tolist()] if m.count else None,
+                               "region_counts": replica.region_counts(),
+                               "registers_sha256": registers_digest(replica)}
+            ledger = self.replicas.ledger
+            rows = [row for origin in ledger.origins() for row in ledger.rows_of(origin)]
+            evidence = {"rows": len(rows), "log_odds_sum": math.fsum(float(r[3]) for r in rows)}
+            return {"region": self.region, "peers": [link.to_dict() for link in self.links],
+                    "version_vector": vectors.combined(), "vectors": vectors.to_json(),
+                    "confidence_factor": view_confidence(node), "consistency": node.settings.consistency,
+                    "populations": views, "evidence": evidence}
+
+
+def registers_digest(replica: RegionReplica) -> str:
+    """SHA-256 hex of a replica's registers (agent, timestamp, writer, seq, vector, score as
+    bits), sorted by agent: equal on two nodes exactly when their registers are bit-identical."""
+    entries = replica.delta_since(VersionVector())
+    reg = {k[len("registers."):]: np.asarray(v) for k, v in entries.items() if k.startswith("registers.")}
+    h = hashlib.sha256()
+    n = int(reg["seq"].size)
+    ints, strs = reg["int_ids"].tolist(), reg["str_ids"].tolist()
+    # an agent id is an int or a string (one of the two columns holds all of them, serve's are strings)
+    ids = [f"i{v}" for v in ints] if len(ints) == n else [f"s{v}" for v in strs] if len(strs) == n else None
+    if ids is None:                       # mixed kinds: the columns as they are
+        for key in sorted(reg):
+            h.update(key.encode() + np.ascontiguousarray(reg[key]).tobytes())
+        return h.hexdigest()
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    regions = [str(r) for r in reg["regions"].tolist()]
+    for i in order:
+        h.update(json.dumps([ids[i], regions[int(reg["writer"][i])], int(reg["seq"][i])]).encode())
+        h.update(np.ascontiguousarray(reg["timestamp"][i]).tobytes())
+        h.update(np.ascontiguousarray(reg["features"][i]).tobytes())
+        h.update(np.ascontiguousarray(reg["anomaly_score"][i]).tobytes())
+    return h.hexdigest()
+
+
+def conflict_alias(row: list[Any]) -> str:
+    """The evidence id a conflicting row is counted under: ``~`` and 32 hex digits of the
+    SHA-256 of its content (id included), the same on every node."""
+    return "~" + hashlib.sha256(_content_text(row).encode("utf-8")).hexdigest()[:32]
+
+
+def _content_text(row: list[Any]) -> str:
+    # JSON of the row: Python's float repr reads back bit for bit, so equal text is equal bits
+    return json.dumps(list(row), separators=(",", ":"), allow_nan=False)
+
+
+def _all_accept(pops: list, columns: tuple) -> bool:
+    try:
+        for pop in pops:
+            pop.check_evidence(columns)
+    except DuplicateEvidenceError:
+        return False
+    return True
+
+
+def _adds_state(replicas: ReplicaSet, delta: PeerDelta, new_evidence: list) -> bool:
+    """Whether joining ``delta`` can change this node's registers or evidence: it holds evidence
+    rows new here, or a register row whose ``(writer, seq)`` dot this node's replica of that
+    population does not cover (a covered dot was joined before: joining it again is a no-op)."""
+    if new_evidence:
+        return True
+    held = replicas.replicas()
+    for name, (_, part) in delta.populations.items():
+        seq = np.asarray(part.get("registers.seq", ()))
+        if not seq.size:
+            continue
+        replica = held.get(name)
+        if replica is None:
+            return True
+        regions = [str(r) for r in np.asarray(part["registers.regions"]).tolist()]
+        covered = np.array([replica.version[r] for r in regions], dtype=np.int64)
+        if (seq > covered[np.asarray(part["registers.writer"], dtype=np.int64)]).any():
+            return True
+    return False
+
+
+def replication_of(node) -> PeerReplication:
+    for extension in node.extensions:
+        if isinstance(extension, PeerReplication):
+            return extension
+    raise ApiError(404, "this node has no peer replication", code="no_peers")
+
+
+def view_confidence(node) -> float | None:
+    """This node's confidence factor: the smallest over its populations' replicated views
+    (1.0 with none; None under ``eventual``, which reports no confidence)."""
+    if node.settings.consistency == "eventual":
+        return None
+    now, factors = node.settings.clock(), []
+    for pop in node.populations.values():
+        resolver = pop.detector.cap_resolver
+        replica = resolver.ensure_replica(node.settings.region)
+        if replica is None:
+            continue
+        factors.append(compute_confidence_factor(replica.region_counts(), replica.ages(now), node.settings.region,
+                                                 resolver.max_staleness_seconds, resolver.confidence_decay_rate))
+    return min(factors, default=1.0)
+
+
+router = APIRouter(tags=["peers"])
+
+
+def _peer_only(request: Request):
+    credential = authenticate(request)
+    if credential is not ANONYMOUS and credential.role != "peer":
+        raise ApiError(403, f"role {credential.role!r} may not post peer deltas (a peer token may)", code="forbidden")
+    return credential
+
+
+@router.post("/v1/peer/delta", summary="Join a peer's delta (peer token); answers this node's vectors",
+             dependencies=[Depends(_peer_only)])
+async def post_delta(request: Request) -> dict:
+    node = request.app.state.node
+    data = await read_body(request, node.settings.max_body_bytes, node.settings.body_timeout_seconds)
+    return await run_in_threadpool(replication_of(node).receive, data)
+
+
+@router.get("/v1/peer/vectors", summary="This node's region and vectors (peer token)",
+            dependencies=[Depends(_peer_only)])
+def get_vectors(request: Request) -> dict:
+    replication = replication_of(request.app.state.node)
+    with request.app.state.node.lock:
+        return replication.answer()
+
+
+@router.post("/v1/peer/pull", summary="What the caller (a peer) lacks, as a delta: body {\"vectors\": its vectors}",
+             dependencies=[Depends(_peer_only)])
+async def post_pull(request: Request) -> Response:
+    node = request.app.state.node
+    data = await read_body(request, node.settings.max_body_bytes, node.settings.body_timeout_seconds)
+    try:
+        body = json.loads(data)
+        vectors = NodeVectors.from_json(body.get("vectors") if isinstance(body, dict) else None)
+    except (ValueError, SwarmGuardError) as exc:
+        raise ApiError(422, f"a pull is {{\"vectors\": ...}}: {one_line(exc)}", code="bad_pull") from None
+    delta = await run_in_threadpool(replication_of(node).delta_for, vectors)
+    if "gzip" not in request.headers.get("accept-encoding", "").lower():
+        return Response(content=delta, media_type="application/octet-stream")
+    return Response(content=gzip.compress(delta, compresslevel=WIRE_GZIP_LEVEL), media_type="application/octet-stream",
+                    headers={"Content-Encoding": "gzip"})
+
+
+@router.get("/v1/cluster", summary="The peers this node sees, their last sync, its version vector",
+            dependencies=[Depends(requires("read"))])
+def get_cluster(request: Request) -> dict:
+    return replication_of(request.app.state.node).cluster()
