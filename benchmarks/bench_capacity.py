@@ -34,11 +34,13 @@ it drains and writes its snapshot; the time to exit and the snapshot's bytes per
 (its rows in ``node.sqlite``) are printed.
 
 Cross-region figures, in this process (``--replica-agents`` registers, the same ids and
-``d``): a :class:`~swarmguard.structures.replica.RegionReplica` (the CAP resolver's
-replica of a region, whose version-vector delta is what nodes of different regions
-exchange) written for every agent, its delta to an empty peer as ``.npz`` bytes per
-register, the peer's join of it (CPU seconds, registers per CPU-second, bytes of memory
-per register held), and the join of the next window's delta (every register rewritten).
+``d``), in the peer sync's wire format (:mod:`swarmguard.apps.serve.peer_delta`, gzipped
+at the level ``swarmguard serve --peers`` sends it): one region's replica written for
+every agent, its delta to a node of another region that holds nothing (bytes as ``.npz``
+and as sent, per register), that node's join of it (decode, plan, commit: CPU seconds,
+registers per CPU-second, bytes of memory per register held), and the next window's
+delta with every register rewritten (bytes per register, join CPU seconds). One link,
+one direction; no HTTP.
 
 A step that would take longer than ``--step-seconds`` (projected linearly from the step
 before) is skipped, and a step that runs past twice that stops posting and is reported
@@ -137,42 +139,48 @@ def snapshot_bytes(folder: Path) -> int:
 
 @dataclass
 class ReplicaFigures:
-    """Cross-region figures (module docstring): per register, delta bytes and memory; join CPU seconds."""
+    """Cross-region figures (module docstring): delta bytes, join CPU seconds, memory held."""
 
     registers: int
-    delta_bytes: int
+    npz_bytes: int
+    wire_bytes: int
     join_cpu_s: float
     held_bytes: int
+    next_wire_bytes: int
     rejoin_cpu_s: float
 
 
 def replica_figures(n: int, d: int, seed: int) -> ReplicaFigures:
-    """Write ``n`` string-id registers into one region's replica, ship them to another's (module docstring)."""
+    """Write ``n`` string-id registers into one region's replica and ship them to another
+    region's node state in the peer wire format (module docstring)."""
     import gc
+    import gzip
 
-    from swarmguard.structures.replica import RegionReplica
-    from swarmguard.values.npz import dict_to_bytes
-    from swarmguard.values.version_vector import VersionVector
+    from swarmguard.apps.serve.peer_delta import LocalReplicas
+    from swarmguard.apps.serve.peers import WIRE_GZIP_LEVEL
 
     rng = np.random.default_rng(seed)
     ids = np.array([f"a-{i}" for i in range(n)], dtype=object)
-    writer = RegionReplica("us", d, known_regions=["eu", "us"])
-    writer.update_many(ids, np.full(n, 1000.0), rng.normal(size=(n, d)), rng.chisquare(d, n), now=1000.0)
-    delta = writer.delta_since(VersionVector(), now=1000.0)
-    delta_bytes = len(dict_to_bytes(delta))
-    peer = RegionReplica("eu", d, known_regions=["eu", "us"])
+    writer, reader = LocalReplicas("us"), LocalReplicas("eu")
+    sender, receiver = writer.replica_set(), reader.replica_set()
+    replica = writer.replica_of("behaviors", d)
+    replica.update_many(ids, np.full(n, 1000.0), rng.normal(size=(n, d)), rng.chisquare(d, n), now=1000.0)
+    data = sender.delta_since(None, now=1000.0).to_bytes()
+    npz_bytes, wire = len(data), gzip.compress(data, compresslevel=WIRE_GZIP_LEVEL)
+    del data
     gc.collect()
     r0, c0 = proc_status_kb(os.getpid(), "VmRSS"), time.process_time()
-    peer.merge_delta(delta)
+    receiver.apply(gzip.decompress(wire))      # decode, plan (every part checked first), commit
     join_cpu_s = time.process_time() - c0
-    del delta
+    wire_bytes = len(wire)
+    del wire
     gc.collect()
     held = (proc_status_kb(os.getpid(), "VmRSS") - r0) * 1024
-    writer.update_many(ids, np.full(n, 1060.0), rng.normal(size=(n, d)), rng.chisquare(d, n), now=1060.0)
-    delta = writer.delta_since(peer.version, now=1060.0)
+    replica.update_many(ids, np.full(n, 1060.0), rng.normal(size=(n, d)), rng.chisquare(d, n), now=1060.0)
+    wire = gzip.compress(sender.delta_since(receiver.vectors(), now=1060.0).to_bytes(), compresslevel=WIRE_GZIP_LEVEL)
     c0 = time.process_time()
-    peer.merge_delta(delta)
-    return ReplicaFigures(n, delta_bytes, join_cpu_s, held, time.process_time() - c0)
+    receiver.apply(gzip.decompress(wire))
+    return ReplicaFigures(n, npz_bytes, wire_bytes, join_cpu_s, held, len(wire), time.process_time() - c0)
 
 
 def machine() -> str:
@@ -405,11 +413,12 @@ def main() -> None:
               f"(the log of every window, kept with --snapshot-every 0)")
     if args.replica_agents:
         r = replica_figures(args.replica_agents, args.features, args.seed)
-        print(f"\ncross-region replica ({r.registers:,} registers, d = {args.features}, string ids 'a-N'): delta "
-              f"{r.delta_bytes / 1e6:,.1f} MB as .npz = {r.delta_bytes / r.registers:.0f} bytes/register; the peer's "
-              f"join {r.join_cpu_s:.2f} s CPU ({r.registers / max(r.join_cpu_s, 1e-9):,.0f} registers per CPU-second), "
-              f"{r.held_bytes / r.registers:,.0f} bytes of memory per register held; next window's delta (all "
-              f"rewritten) joined in {r.rejoin_cpu_s:.2f} s CPU")
+        print(f"\ncross-region delta, the peer wire format ({r.registers:,} registers, d = {args.features}, string ids "
+              f"'a-N'): {r.npz_bytes / 1e6:,.1f} MB as .npz, {r.wire_bytes / 1e6:,.1f} MB gzipped as sent = "
+              f"{r.wire_bytes / r.registers:.0f} bytes/register; the peer's join (decode, plan, commit) "
+              f"{r.join_cpu_s:.2f} s CPU ({r.registers / max(r.join_cpu_s, 1e-9):,.0f} registers per CPU-second), "
+              f"{r.held_bytes / r.registers:,.0f} bytes of memory per register held; the next window's delta (all "
+              f"rewritten) {r.next_wire_bytes / r.registers:.0f} bytes/register, joined in {r.rejoin_cpu_s:.2f} s CPU")
     print(f"# done {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.1f}")
 
 
