@@ -10,7 +10,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src"
@@ -22,17 +23,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class NodeProcess:
+    """A running node: its base URL, its process, its data folder."""
+
+    base: str
+    proc: subprocess.Popen
+    data_dir: Path
+    stop_timeout: float = 60.0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> float:
+        """SIGTERM the node's process group (it drains: the open window's close, then its
+        snapshot) and wait for it to exit; the seconds that took."""
+        t0 = time.perf_counter()
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=self.stop_timeout)
+        return time.perf_counter() - t0
+
+
 @contextlib.contextmanager
-def running_node(*, stop_timeout: float = 60.0) -> Iterator[str]:
-    """Start a node (one window of a day, a temporary data folder), wait until ``/readyz``
-    answers 200 (60 s at most), yield its base URL; SIGTERM its process group on exit."""
+def node_process(*, stop_timeout: float = 60.0, extra_args: Sequence[str] = ()) -> Iterator[NodeProcess]:
+    """Start a node (one window of a day, a temporary data folder, ``extra_args`` appended to
+    ``swarmguard serve``), wait until ``/readyz`` answers 200 (60 s at most), yield it;
+    SIGTERM its process group on exit unless :meth:`NodeProcess.stop` already did (the data
+    folder is still there after ``stop()``, until the block ends)."""
     import httpx
 
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     with tempfile.TemporaryDirectory() as folder:
         proc = subprocess.Popen([sys.executable, "-c", "from swarmguard.cli import app; app()", "serve",
-                                 "--port", str(port), "--data-dir", folder, "--window", "86400"],
+                                 "--port", str(port), "--data-dir", folder, "--window", "86400", *extra_args],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         try:
@@ -45,7 +71,16 @@ def running_node(*, stop_timeout: float = 60.0) -> Iterator[str]:
                     except httpx.TransportError:
                         pass
                     time.sleep(0.1)
-            yield base
+            yield NodeProcess(base, proc, Path(folder), stop_timeout)
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=stop_timeout)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=stop_timeout)
+
+
+@contextlib.contextmanager
+def running_node(*, stop_timeout: float = 60.0) -> Iterator[str]:
+    """Start a node (one window of a day, a temporary data folder), wait until ``/readyz``
+    answers 200 (60 s at most), yield its base URL; SIGTERM its process group on exit."""
+    with node_process(stop_timeout=stop_timeout) as node:
+        yield node.base
