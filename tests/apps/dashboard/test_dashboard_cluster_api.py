@@ -134,3 +134,21 @@ def test_a_single_node_has_no_peers_and_no_partitions(make_node):
     assert [g["region"] for g in body["regions"]] == [node.settings.region]
     assert body["regions"][0]["staleness_seconds"] == [0.0]
     assert client.get("/v1/dashboard/cluster").status_code == 401
+
+
+def test_the_cluster_query_needs_the_read_role_and_counts_its_refusals(make_node):
+    from ..serve.conftest import metric
+
+    _, node, client = make_node()
+    unauthenticated = metric(client, "swarmguard_errors_total", code="unauthenticated")
+    forbidden = metric(client, "swarmguard_errors_total", code="forbidden")
+    r = client.get("/v1/dashboard/cluster")
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert list(r.json()) == ["error"] and "\n" not in r.text
+    r = client.get("/v1/dashboard/cluster", headers=auth("t-ingest"))
+    assert r.status_code == 403 and r.json() == {"error": "role 'ingest' may not read"}
+    assert metric(client, "swarmguard_errors_total", code="unauthenticated") == unauthenticated + 1
+    assert metric(client, "swarmguard_errors_total", code="forbidden") == forbidden + 1
+    r = client.get("/v1/dashboard/cluster?windows=121", headers=READ)
+    assert r.status_code == 422 and list(r.json()) == ["error"] and "\n" not in r.json()["error"]
+    assert client.get("/v1/dashboard/cluster", headers=READ).status_code == 200
