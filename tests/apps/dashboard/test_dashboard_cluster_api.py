@@ -152,3 +152,34 @@ def test_the_cluster_query_needs_the_read_role_and_counts_its_refusals(make_node
     r = client.get("/v1/dashboard/cluster?windows=121", headers=READ)
     assert r.status_code == 422 and list(r.json()) == ["error"] and "\n" not in r.json()["error"]
     assert client.get("/v1/dashboard/cluster", headers=READ).status_code == 200
+
+
+def test_a_region_s_part_is_the_public_confidence_rule_even_where_exp_underflows(two_regions):
+    """Each region's part is ``compute_confidence_factor`` of that region alone (the rule the
+    node's factor comes from, clamped at the smallest positive float), not a copy of it: a
+    region cut off for hours keeps a positive part, as the node's factor does."""
+    import sys
+
+    from swarmguard import compute_confidence_factor
+
+    clock, made = two_regions
+    (eu, eu_c), us_c = made["eu"], made["us"][1]
+    link = replication_of(eu).links[0]
+    down = httpx.Client(transport=httpx.MockTransport(_refused))
+    rng = np.random.default_rng(5)
+    for client, wait in ((us_c, 1.0), (us_c, 1.0), (down, 4 * 3600.0)):
+        for c, prefix in ((eu_c, "e"), (us_c, "u")):
+            rows = [{"agent_id": f"{prefix}-{i}", "features": rng.normal(size=2).tolist()} for i in range(20)]
+            assert post_behaviors(c, rows).status_code == 200
+        replication_of(eu).sync_once(link, client, PEER_HEADERS)
+        clock.t += wait
+        close_window(us_c)
+        close_window(eu_c)
+    body = eu_c.get("/v1/dashboard/cluster", headers=READ).json()
+    us = next(g for g in body["regions"] if g["region"] == "us")
+    parts = [compute_confidence_factor({"us": 1}, {"us": s}, "eu", 5.0, 0.1) for s in us["staleness_seconds"]]
+    assert us["staleness_seconds"][-1] > 4 * 3600.0 - 1 and parts[-1] == sys.float_info.min
+    assert us["confidence_factor"] == parts
+    # the node's factor, from the same rule over both regions' agents (20 each)
+    assert body["confidence_factor"][-1] == compute_confidence_factor(
+        {"eu": 20, "us": 20}, {"us": us["staleness_seconds"][-1]}, "eu", 5.0, 0.1)
