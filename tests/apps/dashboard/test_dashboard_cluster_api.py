@@ -183,3 +183,35 @@ def test_a_region_s_part_is_the_public_confidence_rule_even_where_exp_underflows
     # the node's factor, from the same rule over both regions' agents (20 each)
     assert body["confidence_factor"][-1] == compute_confidence_factor(
         {"eu": 20, "us": 20}, {"us": us["staleness_seconds"][-1]}, "eu", 5.0, 0.1)
+
+
+def test_the_cluster_series_is_bounded_and_its_snapshot_state_round_trips_through_json(two_regions):
+    """A long-running node keeps the last ``max_windows`` closes (the oldest go first), and the
+    state its snapshot writes (JSON, as serve.snapshot encodes it) comes back equal, capped too."""
+    import json
+
+    clock, made = two_regions
+    eu, eu_c = made["eu"]
+    history = history_of(eu)
+    cap = history.max_windows
+    closes = []
+    for k in range(cap + 5):
+        assert post_behaviors(eu_c, [{"agent_id": "e-0", "features": [float(k), 1.0]}]).status_code == 200
+        clock.t += 1.5
+        close_window(eu_c)
+        closes.append(clock.t)
+    records = history.cluster_windows()
+    assert len(records) == cap and [r.at for r in records] == closes[-cap:]
+    body = eu_c.get(f"/v1/dashboard/cluster?windows={cap}", headers=READ).json()
+    assert body["at"] == closes[-cap:]
+    # the peer was never reached (its region unknown): one ongoing partition from the oldest close kept
+    assert body["partitions"] == [{"peer": "http://us.test", "region": None, "from": closes[-cap],
+                                   "to": clock.t, "ongoing": True}]
+    state = json.loads(json.dumps(history.export_state(), allow_nan=True))
+    history.cluster.clear()
+    history.import_state(state)
+    assert history.cluster_windows() == records
+    # a state longer than the cap (written by a node that kept more) keeps its newest records
+    longer = dict(state, cluster=state["cluster"][:5] + state["cluster"])
+    history.import_state(longer)
+    assert history.cluster_windows() == records
