@@ -134,3 +134,84 @@ def test_a_single_node_has_no_peers_and_no_partitions(make_node):
     assert [g["region"] for g in body["regions"]] == [node.settings.region]
     assert body["regions"][0]["staleness_seconds"] == [0.0]
     assert client.get("/v1/dashboard/cluster").status_code == 401
+
+
+def test_the_cluster_query_needs_the_read_role_and_counts_its_refusals(make_node):
+    from ..serve.conftest import metric
+
+    _, node, client = make_node()
+    unauthenticated = metric(client, "swarmguard_errors_total", code="unauthenticated")
+    forbidden = metric(client, "swarmguard_errors_total", code="forbidden")
+    r = client.get("/v1/dashboard/cluster")
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert list(r.json()) == ["error"] and "\n" not in r.text
+    r = client.get("/v1/dashboard/cluster", headers=auth("t-ingest"))
+    assert r.status_code == 403 and r.json() == {"error": "role 'ingest' may not read"}
+    assert metric(client, "swarmguard_errors_total", code="unauthenticated") == unauthenticated + 1
+    assert metric(client, "swarmguard_errors_total", code="forbidden") == forbidden + 1
+    r = client.get("/v1/dashboard/cluster?windows=121", headers=READ)
+    assert r.status_code == 422 and list(r.json()) == ["error"] and "\n" not in r.json()["error"]
+    assert client.get("/v1/dashboard/cluster", headers=READ).status_code == 200
+
+
+def test_a_region_s_part_is_the_public_confidence_rule_even_where_exp_underflows(two_regions):
+    """Each region's part is ``compute_confidence_factor`` of that region alone (the rule the
+    node's factor comes from, clamped at the smallest positive float), not a copy of it: a
+    region cut off for hours keeps a positive part, as the node's factor does."""
+    import sys
+
+    from swarmguard import compute_confidence_factor
+
+    clock, made = two_regions
+    (eu, eu_c), us_c = made["eu"], made["us"][1]
+    link = replication_of(eu).links[0]
+    down = httpx.Client(transport=httpx.MockTransport(_refused))
+    rng = np.random.default_rng(5)
+    for client, wait in ((us_c, 1.0), (us_c, 1.0), (down, 4 * 3600.0)):
+        for c, prefix in ((eu_c, "e"), (us_c, "u")):
+            rows = [{"agent_id": f"{prefix}-{i}", "features": rng.normal(size=2).tolist()} for i in range(20)]
+            assert post_behaviors(c, rows).status_code == 200
+        replication_of(eu).sync_once(link, client, PEER_HEADERS)
+        clock.t += wait
+        close_window(us_c)
+        close_window(eu_c)
+    body = eu_c.get("/v1/dashboard/cluster", headers=READ).json()
+    us = next(g for g in body["regions"] if g["region"] == "us")
+    parts = [compute_confidence_factor({"us": 1}, {"us": s}, "eu", 5.0, 0.1) for s in us["staleness_seconds"]]
+    assert us["staleness_seconds"][-1] > 4 * 3600.0 - 1 and parts[-1] == sys.float_info.min
+    assert us["confidence_factor"] == parts
+    # the node's factor, from the same rule over both regions' agents (20 each)
+    assert body["confidence_factor"][-1] == compute_confidence_factor(
+        {"eu": 20, "us": 20}, {"us": us["staleness_seconds"][-1]}, "eu", 5.0, 0.1)
+
+
+def test_the_cluster_series_is_bounded_and_its_snapshot_state_round_trips_through_json(two_regions):
+    """A long-running node keeps the last ``max_windows`` closes (the oldest go first), and the
+    state its snapshot writes (JSON, as serve.snapshot encodes it) comes back equal, capped too."""
+    import json
+
+    clock, made = two_regions
+    eu, eu_c = made["eu"]
+    history = history_of(eu)
+    cap = history.max_windows
+    closes = []
+    for k in range(cap + 5):
+        assert post_behaviors(eu_c, [{"agent_id": "e-0", "features": [float(k), 1.0]}]).status_code == 200
+        clock.t += 1.5
+        close_window(eu_c)
+        closes.append(clock.t)
+    records = history.cluster_windows()
+    assert len(records) == cap and [r.at for r in records] == closes[-cap:]
+    body = eu_c.get(f"/v1/dashboard/cluster?windows={cap}", headers=READ).json()
+    assert body["at"] == closes[-cap:]
+    # the peer was never reached (its region unknown): one ongoing partition from the oldest close kept
+    assert body["partitions"] == [{"peer": "http://us.test", "region": None, "from": closes[-cap],
+                                   "to": clock.t, "ongoing": True}]
+    state = json.loads(json.dumps(history.export_state(), allow_nan=True))
+    history.cluster.clear()
+    history.import_state(state)
+    assert history.cluster_windows() == records
+    # a state longer than the cap (written by a node that kept more) keeps its newest records
+    longer = dict(state, cluster=state["cluster"][:5] + state["cluster"])
+    history.import_state(longer)
+    assert history.cluster_windows() == records

@@ -146,3 +146,30 @@ def test_a_single_node_says_so_and_how_to_add_peers(tmp_path, browser):
         browser.open("about:blank")
         browser.pump(0.3)
         served.stop()
+
+
+MARKUP_REGION = 'eu <i>west</i> <img src=x onerror="window.__injected=1">'
+
+
+def test_a_region_name_with_markup_is_shown_as_text_in_the_words_and_the_legend(tmp_path, browser):
+    """Region names come from settings and from peers' answers: the panel shows them as the
+    characters they are, in its words and in Plotly's legend (whose text is a small HTML
+    dialect), and nothing in them runs or becomes an element."""
+    served = LoopbackNode(tmp_path, tokens=False, region=MARKUP_REGION)
+    try:
+        _window(served, np.random.default_rng(4), "a")
+        browser.open(served.url + "/")
+        browser.wait_for("document.body.dataset.ready === 'yes'", 60, "the first refresh")
+        browser.wait_for(plotted("regions"), 30, "the regions chart")
+        text = browser.evaluate("document.getElementById('regions-text').textContent")
+        assert text.startswith(f"Single node (region {MARKUP_REGION}): no peers"), text
+        legend = browser.evaluate("Array.from(document.querySelectorAll('#regions .legendtext')).map(t => t.textContent)")
+        assert legend == [f"{MARKUP_REGION} confidence", f"{MARKUP_REGION} staleness (s)"], legend
+        assert browser.evaluate("document.querySelectorAll('#regions-section img, #regions-section i').length") == 0
+        browser.pump(0.3)
+        assert browser.evaluate("window.__injected === undefined")
+        assert not [e for e in browser.errors if "/x" not in e], browser.errors
+    finally:
+        browser.open("about:blank")
+        browser.pump(0.3)
+        served.stop()

@@ -8,8 +8,10 @@ Per close (:class:`ClusterWindow`), from the node's peer replication
   replicated view; None under ``eventual``, which reports none);
 - per region, its ``staleness`` (seconds since this node's view of it was last known
   current, the largest over the populations; 0 for the node's own region) and its part of
-  the confidence factor (1 while the staleness is within the resolver's
-  ``max_staleness_seconds``, then ``exp(-rate * (staleness - max_staleness_seconds))``);
+  the confidence factor (:func:`swarmguard.api.cap.compute_confidence_factor` of that
+  region alone: 1 while the staleness is within the resolver's ``max_staleness_seconds``,
+  then ``exp(-rate * (staleness - max_staleness_seconds))``, clamped at the smallest
+  positive float, the rule the node's factor weights by the regions' agents);
 - per peer (base URL): its region, whether the last sync reached it, and when it last did.
 
 Only live closes are recorded: a close replayed from the durable log says nothing of
@@ -23,6 +25,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any
+
+from ...api.cap import compute_confidence_factor
 
 __all__ = ["ClusterWindow", "PeerSeen", "record_cluster", "partitions", "peers_now", "region_part"]
 
@@ -66,11 +70,12 @@ def _number(v) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def region_part(staleness: float, max_staleness_seconds: float, decay_rate: float) -> float:
-    """A region's part of the confidence factor (the resolver's rule for one region)."""
-    if staleness <= max_staleness_seconds:
-        return 1.0
-    return math.exp(-decay_rate * (staleness - max_staleness_seconds))
+def region_part(region: str, staleness: float, own_region: str, max_staleness_seconds: float,
+                decay_rate: float) -> float:
+    """A region's part of the confidence factor: the resolver's own rule
+    (:func:`~swarmguard.api.cap.compute_confidence_factor`) on a view holding that region
+    alone, so the two cannot drift apart."""
+    return compute_confidence_factor({region: 1}, {region: staleness}, own_region, max_staleness_seconds, decay_rate)
 
 
 def _replication(node):
@@ -108,7 +113,7 @@ def record_cluster(node, at: float) -> ClusterWindow | None:
             ages[peer.region] = max(0.0, now - peer.last_sync)
     regions: dict[str, tuple[float | None, float | None]] = {own: (None if eventual else 1.0, 0.0)}
     for region in sorted(ages):
-        part = None if eventual or limits is None else region_part(ages[region], *limits)
+        part = None if eventual or limits is None else region_part(region, ages[region], own, *limits)
         regions[region] = (part, _number(ages[region]))
     for peer in peers:            # never heard of: unknown staleness, no confidence in it
         if peer.region is not None and peer.region not in regions:

@@ -199,6 +199,9 @@ function renderCalibration(h) {
 
 const PARTITION_FILL = "#f5c27a";
 function esc(text) { const d = document.createElement("div"); d.textContent = String(text); return d.innerHTML; }
+// Plotly reads trace names and annotations as a small HTML dialect (<i>, <br>, <a href>):
+// names from settings or peers' answers go in escaped, shown as the characters they are
+const plotText = esc;
 function ago(seconds) { return seconds === null || seconds === undefined ? "never" : `${seconds < 10 ? seconds.toFixed(1) : Math.round(seconds)} s ago`; }
 function stamp(at) { return new Date(at * 1000).toISOString(); }
 
@@ -233,17 +236,17 @@ function renderCluster(c) {
   $("regions").style.height = "";
   const x = c.at.map(stamp), data = [];
   if (c.confidence_factor.some((v) => v !== null))
-    data.push({ type: "scatter", mode: "lines+markers", name: `${c.region} node confidence`, x, y: c.confidence_factor, line: { color: "#1d2330", width: 3 } });
+    data.push({ type: "scatter", mode: "lines+markers", name: plotText(`${c.region} node confidence`), x, y: c.confidence_factor, line: { color: "#1d2330", width: 3 } });
   for (const g of c.regions) {
-    if (!g.own) data.push({ type: "scatter", mode: "lines+markers", name: `${g.region} confidence part`, x, y: g.confidence_factor });
-    if (!g.own) data.push({ type: "scatter", mode: "lines", name: `${g.region} staleness (s)`, x, y: g.staleness_seconds, yaxis: "y2", line: { dash: "dot" } });
+    if (!g.own) data.push({ type: "scatter", mode: "lines+markers", name: plotText(`${g.region} confidence part`), x, y: g.confidence_factor });
+    if (!g.own) data.push({ type: "scatter", mode: "lines", name: plotText(`${g.region} staleness (s)`), x, y: g.staleness_seconds, yaxis: "y2", line: { dash: "dot" } });
   }
   const shapes = [], annotations = [];
   for (const p of c.partitions) {
     const label = `${p.region || p.peer} unreachable${p.ongoing ? " (now)" : ""}`;
     shapes.push({ type: "rect", xref: "x", yref: "paper", x0: stamp(p.from), x1: stamp(p.to), y0: 0, y1: 1,
-                  fillcolor: PARTITION_FILL, opacity: 0.35, line: { width: 0 }, layer: "below", name: label });
-    annotations.push({ x: stamp((p.from + p.to) / 2), y: 1, xref: "x", yref: "paper", yanchor: "bottom", text: label, showarrow: false, font: { size: 11, color: "#9a5b00" } });
+                  fillcolor: PARTITION_FILL, opacity: 0.35, line: { width: 0 }, layer: "below", name: plotText(label) });
+    annotations.push({ x: stamp((p.from + p.to) / 2), y: 1, xref: "x", yref: "paper", yanchor: "bottom", text: plotText(label), showarrow: false, font: { size: 11, color: "#9a5b00" } });
   }
   const stale = c.regions.flatMap((g) => g.staleness_seconds.filter((v) => v !== null));
   const layout = { margin: { l: 45, r: 45, t: 24, b: 40 }, legend: { orientation: "h", y: -0.3 }, shapes, annotations,
@@ -264,8 +267,8 @@ function renderRegions(r, c) {
   if ($("regions").querySelector(".empty")) $("regions").innerHTML = "";
   const data = [];
   for (const g of r.regions) {
-    data.push({ type: "scatter", mode: "lines+markers", name: `${g.region} confidence`, x: r.windows, y: g.confidence_factor });
-    data.push({ type: "scatter", mode: "lines", name: `${g.region} staleness (s)`, x: r.windows, y: g.staleness_seconds, yaxis: "y2", line: { dash: "dot" } });
+    data.push({ type: "scatter", mode: "lines+markers", name: plotText(`${g.region} confidence`), x: r.windows, y: g.confidence_factor });
+    data.push({ type: "scatter", mode: "lines", name: plotText(`${g.region} staleness (s)`), x: r.windows, y: g.staleness_seconds, yaxis: "y2", line: { dash: "dot" } });
   }
   const shapes = [];     // shade the windows where some region's view was partial (confidence below 1)
   r.windows.forEach((w, i) => {
