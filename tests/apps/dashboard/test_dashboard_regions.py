@@ -173,3 +173,32 @@ def test_a_region_name_with_markup_is_shown_as_text_in_the_words_and_the_legend(
         browser.open("about:blank")
         browser.pump(0.3)
         served.stop()
+
+
+MARKUP_COHORT = 'c <i>x</i> <img src=y onerror="window.__injected=2">'
+
+
+def test_a_cohort_name_with_markup_is_shown_as_text_in_the_swim_lanes(tmp_path, browser):
+    """Cohort names come from the agents being ingested: the swim lanes' rows (Plotly tick
+    labels, a small HTML dialect) show them as the characters they are, and nothing runs."""
+    served = LoopbackNode(tmp_path, tokens=False)
+    try:
+        X = np.random.default_rng(5).normal(size=(60, 3))
+        served.post_behaviors([{"agent_id": f"m-{i}", "features": X[i].tolist(), "cohort": MARKUP_COHORT}
+                               for i in range(60)])
+        served.close_window()
+        browser.open(served.url + "/")
+        browser.wait_for("document.body.dataset.ready === 'yes'", 60, "the first refresh")
+        browser.wait_for(plotted("cohort-lanes"), 30, "the cohort swim lanes")
+        ticks = browser.evaluate("Array.from(document.querySelectorAll('#cohort-lanes .ytick text'))"
+                                 ".map(t => t.textContent)")
+        assert any(MARKUP_COHORT in t for t in ticks), ticks
+        assert browser.evaluate("document.querySelectorAll('#cohort-lanes img, #cohort-lanes i, "
+                                "#agent-lanes img, #agent-lanes i').length") == 0
+        browser.pump(0.3)
+        assert browser.evaluate("window.__injected === undefined")
+        assert not [e for e in browser.errors if "/y" not in e], browser.errors
+    finally:
+        browser.open("about:blank")
+        browser.pump(0.3)
+        served.stop()

@@ -150,7 +150,7 @@ function fillSelect(select, values, current, allLabel) {
 function windowTick(windows) { return Math.max(1, Math.ceil(windows.length / 10)); }   // whole windows only
 
 function heatmap(div, z, x, y, title, height, showscale) {
-  const data = [{ type: "heatmap", z, x, y, zmin: 0, zmax: 100, colorscale: SEVERITY_SCALE, xgap: 1, ygap: 1, showscale,
+  const data = [{ type: "heatmap", z, x, y: y.map(plotText), zmin: 0, zmax: 100, colorscale: SEVERITY_SCALE, xgap: 1, ygap: 1, showscale,
                   hoverongaps: false, colorbar: { title: { text: "severity" }, thickness: 10 },
                   hovertemplate: "%{y}<br>window %{x}<br>severity %{z}<extra></extra>" }];
   const layout = { title: { text: title, font: { size: 12 } }, margin: { l: 110, r: 10, t: 26, b: 30 }, height,
@@ -182,14 +182,14 @@ function renderCalibration(h) {
   if (cohorts.length > 4) {     // many cohorts: one row each, coloured by density (white = flat)
     $("calibration").style.height = Math.max(300, 90 + 14 * cohorts.length) + "px";
     const z = cohorts.map(density), zmax = Math.max(2, ...z.flat());
-    return Plotly.react("calibration", [{ type: "heatmap", x: centers, y: cohorts, z, zmin: 0, zmax,
+    return Plotly.react("calibration", [{ type: "heatmap", x: centers, y: cohorts.map(plotText), z, zmin: 0, zmax,
         colorscale: [[0, "#2f5fb3"], [1 / zmax, "#ffffff"], [1, "#c0392b"]], colorbar: { title: { text: "density" }, thickness: 10 },
         hovertemplate: "%{y}<br>p ≈ %{x:.3f}<br>density %{z:.2f}<extra></extra>" }],
       { margin: { l: 10, r: 10, t: 26, b: 40 }, title: { text: `window ${c.window}: density of p-values per cohort (white = flat)`, font: { size: 12 } },
         xaxis: { title: { text: "p-value" }, range: [0, 1] }, yaxis: { automargin: true, tickfont: { size: 9 }, autorange: "reversed" } }, PLOT_CONFIG);
   }
-  const data = cohorts.map((name) => ({ type: "bar", name, x: centers, y: density(name),
-                                        hovertemplate: `${name}<br>p in [%{x:.3f}±${(0.5 / bins).toFixed(3)}]<br>density %{y:.2f}<extra></extra>` }));
+  const data = cohorts.map((name) => ({ type: "bar", name: plotText(name), x: centers, y: density(name),
+                                        hovertemplate: `${plotText(name)}<br>p in [%{x:.3f}±${(0.5 / bins).toFixed(3)}]<br>density %{y:.2f}<extra></extra>` }));
   const layout = { barmode: "group", bargap: 0.05, margin: { l: 45, r: 10, t: 26, b: 40 }, legend: { orientation: "h", y: -0.25 },
                    title: { text: `window ${c.window}: density of p-values (1 = flat)`, font: { size: 12 } },
                    xaxis: { title: { text: "p-value" }, range: [0, 1] }, yaxis: { title: { text: "density" }, rangemode: "tozero" },
@@ -325,7 +325,7 @@ async function drill(agent) {
     data.push({ x: h.windows, y: up, mode: "lines", line: { width: 0 }, fill: "tonexty", fillcolor: "rgba(47,95,179,0.15)", xaxis: "x" + ax, yaxis: "y" + ax, name: "typical ± 2σ" });
     data.push({ x: h.windows, y: h.typical[j], mode: "lines", line: { dash: "dash", color: "#2f5fb3" }, xaxis: "x" + ax, yaxis: "y" + ax, name: "typical" });
     data.push({ x: h.windows, y: h.actual[j], mode: "lines+markers", line: { color: "#c0392b" }, xaxis: "x" + ax, yaxis: "y" + ax, name: "actual", connectgaps: false });
-    layout.annotations.push({ text: h.features[j], xref: `x${ax} domain`, yref: `y${ax} domain`, x: 0.5, y: 1.12, showarrow: false, font: { size: 12 } });
+    layout.annotations.push({ text: plotText(h.features[j]), xref: `x${ax} domain`, yref: `y${ax} domain`, x: 0.5, y: 1.12, showarrow: false, font: { size: 12 } });
     if (d.first_flagged !== null)
       (layout.shapes = layout.shapes || []).push({ type: "line", xref: "x" + ax, yref: `y${ax} domain`, x0: d.first_flagged, x1: d.first_flagged, y0: 0, y1: 1, line: { color: "#c0392b", dash: "dot", width: 1 } });
   });
