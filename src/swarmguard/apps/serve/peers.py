@@ -36,6 +36,14 @@ and the evidence ledger (each row numbered by the region that accepted it).
   log (its vectors are what it acknowledged), so both directions resume by delta;
   a new node (empty data dir) gets a full state transfer from the first peer it
   pulls from (pulls run one at a time), then deltas.
+- Snapshots (:mod:`.snapshot`): the replicas (every region's registers, version
+  vectors, freshness, acknowledgements) are in each population's CAP resolver
+  state, the evidence the deltas added (aliases included) in its consensus state,
+  and :meth:`PeerReplication.export_state` adds the ledger; a node restarted from
+  its snapshot and log tail holds what the never-stopped node holds. A delta that
+  brings no register or evidence row is not logged: what it carried (when each
+  region was last heard of, a peer's acknowledgement) is lost by a ``kill -9``
+  until the next sync, with or without a snapshot (a drain's snapshot keeps it).
 - ``GET /v1/cluster``: ``{"region", "peers": [{"url", "region", "reachable",
   "last_sync"}], "version_vector": {region: counter}}``, plus this node's
   ``confidence_factor``, ``consistency``, bytes shipped per peer and, per
@@ -72,12 +80,13 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from ...api.cap import compute_confidence_factor
-from ...errors import DuplicateEvidenceError, StaleDeltaError, SwarmGuardError
+from ...errors import DuplicateEvidenceError, EvidenceStoreError, StaleDeltaError, SwarmGuardError
 from ...structures.replica import RegionReplica
 from ...values.version_vector import VersionVector
 from .auth import authenticate, requires
 from .body import read_body
 from .durable_log import LogRecord
+from .evidence_ledger import EvidenceLedger
 from .http_errors import ApiError, one_line
 from .peer_delta import NodeVectors, PeerDelta, ReplicaSet, decode_delta
 from .tokens import ANONYMOUS
@@ -172,6 +181,27 @@ class PeerReplication:
             self._join(decode_delta(base64.b64decode(record.meta["delta"])), live=False)
         except SwarmGuardError as exc:          # checked before it was logged: cannot happen; say so, go on
             log.error("a logged peer delta no longer joins: %s", exc)
+
+    # ---------------------------------------------------------------- snapshots
+    def export_state(self) -> dict[str, Any]:
+        """What this node's log records contributed beside the populations' own state, for a
+        snapshot (:mod:`.snapshot`): the evidence ledger, every row by ``(origin, seq)``.
+
+        The rest of the replicated state is already in the snapshot: each population's
+        replica (registers of every region, version vector, freshness, acks) is in its CAP
+        resolver's ``to_bytes``, and the evidence a delta added (aliases of the conflict
+        rule included) in its consensus's state. The links (peers' last answers, byte
+        counters) are not state: a restarted node asks its peers for their vectors first.
+        """
+        return {"ledger": self.replicas.ledger.export_state()}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`export_state`'s ledger (a fresh node, before its log's tail replays)."""
+        ledger = EvidenceLedger.from_state(state["ledger"])
+        if ledger.region != self.region:
+            raise EvidenceStoreError(f"the snapshot holds the evidence ledger of region {ledger.region!r}, "
+                                     f"this node serves {self.region!r}")
+        self.replicas.ledger = ledger
 
     def check_writable(self) -> None:
         if self.node.settings.consistency != "strong" or not self.links:
