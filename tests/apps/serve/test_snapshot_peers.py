@@ -126,6 +126,11 @@ def _without_heard(observed: dict) -> dict:
     return observed
 
 
+def _own_rows(node, origin: str) -> list[list]:
+    """The detector evidence rows of ``origin`` the node's ledger holds."""
+    return [row for row in replication_of(node).replicas.ledger.rows_of(origin) if row[2] == "behavioral_anomaly"]
+
+
 def _peer_delta_records(node) -> int:
     return sum(1 for r in node.log.records(after=0) if r.kind == PEER_DELTA)
 
@@ -159,12 +164,21 @@ def test_a_replicating_node_restarted_from_its_snapshot_is_the_node_that_never_s
         assert seen["eu"]["peers"]["replicas"]["behaviors"]["freshness.times"] != \
             held["eu"]["peers"]["replicas"]["behaviors"]["freshness.times"]
         drive.assert_same(_without_heard(seen), _without_heard(held))
+    own = _own_rows(run.eu, "eu")      # the detector's flags of the shifted agents: eu's observations
+    assert [row[1] for row in own] == ["e0-5", "e1-5", "e2-5"]
+    assert all(row[6] == "serve:eu:behaviors" for row in own)
+    assert own == _own_rows(ref.eu, "eu") and len({row[0] for row in own}) == len(own)   # never doubled
     for r in (run, ref):                                  # the same future, syncing by delta
         _second_part(r, np.random.default_rng(6))
     drive.assert_same(_observed(run), _observed(ref))
+    # us holds eu's flags as eu does, and so the same consensus on the flagged agent
+    own = _own_rows(run.eu, "eu")
+    assert _own_rows(run.us, "eu") == own
+    for agent in ("e0-5", "e1-5", "e2-5"):
+        assert run.us.populations["behaviors"].consensus_of(agent) == run.eu.populations["behaviors"].consensus_of(agent)
     eu, us = (c.get("/v1/cluster", headers=auth("t-read")).json() for c in (run.eu_c, run.us_c))
     assert eu["version_vector"] == us["version_vector"] and eu["populations"] == us["populations"]
-    assert eu["evidence"] == us["evidence"] and eu["evidence"]["rows"] == 7
+    assert eu["evidence"] == us["evidence"] and eu["evidence"]["rows"] == 7 + len(own)   # observers' and eu's flags
 
 
 def test_a_node_restarted_from_its_snapshot_catches_up_from_its_peer_by_delta(tmp_path, make_node):
@@ -210,3 +224,13 @@ def test_the_ledger_state_round_trips_rows_past_a_gap_and_refuses_damage():
 
 def _ledger_delta(items: list) -> dict:
     return {"evidence.json": np.frombuffer(json.dumps(items).encode(), dtype=np.uint8)}
+
+
+def test_a_detector_row_counts_in_its_population_and_an_observer_row_in_every_one():
+    from swarmguard.apps.serve.peers import detector_population
+
+    row = ["serve:eu:behaviors:0:0", "a-1", "behavioral_anomaly", 3.0, 0.8, 1.0, "serve:eu:behaviors"]
+    assert detector_population(row) == "behaviors"
+    assert detector_population([*row[:6], "serve:us:spans"]) == "spans"
+    assert detector_population([*row[:6], "observer-7"]) is None
+    assert detector_population([*row[:2], "peer_report", *row[3:]]) is None     # an observer's report type

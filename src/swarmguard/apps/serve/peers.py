@@ -27,8 +27,14 @@ and the evidence ledger (each row numbered by the region that accepted it).
   node). The consensus results depend on the evidence's content, not its ids, so
   every node converges on the same probability, log-odds and evidence count, in
   whatever order the deltas arrive; a delta is never refused for such a conflict.
-  Only observers' evidence is in the ledger: a node's detector's own evidence on
-  the agents it flags stays on that node.
+  A node's detector's own evidence on the agents it flags (a window round's
+  ``behavioral_anomaly`` rows, source ``serve:<region>:<population>``) is that
+  node's observation: :meth:`PeerReplication.after_close` numbers it in the ledger
+  after the rows before it, live and in replay alike, under the detector's own
+  deterministic id (``serve:<region>:<population>:<n>:<i>``; the detector's number
+  ``n`` is in the snapshot), so a replay or restart never doubles it. Every node counts such
+  a row in that population only (:func:`detector_population`), as its node does;
+  an observer's row in every population.
 - Anti-entropy (:meth:`PeerReplication.sync_once`): one thread per peer, every
   ``sync_seconds`` and right after every write, pushes the delta since that
   peer's last answer (on first contact it asks for the peer's vectors first) and
@@ -175,6 +181,14 @@ class PeerReplication:
     def before_close(self, at: float) -> None:
         self.poke()          # the round about to run writes the replicas: ship it when the lock frees
 
+    def after_close(self, at: float, outcomes: list) -> None:
+        """The round's own evidence (its detectors' flags, live or replayed) is this node's
+        observation: numbered in the ledger after the rows before it, shipped like an observer's."""
+        rows = [row for outcome in outcomes for row in outcome.own_evidence]
+        if rows:
+            self.replicas.ledger.append_local(rows)
+            self.poke()
+
     def apply(self, record: LogRecord) -> None:
         """A logged peer delta (replay): join it as it was joined live."""
         try:
@@ -281,17 +295,26 @@ class PeerReplication:
             else:
                 clash = held != content
             out.append([conflict_alias(row), *row[1:]] if clash else row)
-        columns = self.node._evidence_columns(out)
-        for pop in pops:                          # what is left must join as one batch (else: 422)
-            pop.check_evidence(columns)
+        for pop, part in self._by_population(out):    # what is left must join as one batch (else: 422)
+            pop.check_evidence(self.node._evidence_columns(part))
         return out
 
     def _commit(self, plan, counted: list[list[Any]]) -> None:
-        self.replicas.commit(plan)
-        if counted:
-            columns = self.node._evidence_columns(counted)
-            for pop in self.node.populations.values():
-                pop.ingest_evidence(columns)
+        self.replicas.commit(plan)                # registers first: a detector row's population exists
+        for pop, part in self._by_population(counted):
+            pop.ingest_evidence(self.node._evidence_columns(part))
+
+    def _by_population(self, rows: list[list[Any]]) -> list[tuple[Any, list[list[Any]]]]:
+        """``rows`` split by the populations that count them: an observer's row every population
+        (as ``POST /v1/evidence`` does), a detector's own row (:func:`detector_population`) the
+        population whose detector wrote it, on every node as on its own."""
+        targets = [detector_population(row) for row in rows]
+        out = []
+        for name, pop in self.node.populations.items():
+            part = [row for row, target in zip(rows, targets, strict=True) if target is None or target == name]
+            if part:
+                out.append((pop, part))
+        return out
 
     def answer(self) -> dict[str, Any]:
         vectors = self.vectors()
@@ -441,6 +464,16 @@ def registers_digest(replica: RegionReplica) -> str:
         h.update(np.ascontiguousarray(reg["features"][i]).tobytes())
         h.update(np.ascontiguousarray(reg["anomaly_score"][i]).tobytes())
     return h.hexdigest()
+
+
+def detector_population(row: list[Any]) -> str | None:
+    """The population whose detector wrote an evidence row (its source ``serve:<region>:<population>``,
+    type ``behavioral_anomaly``); None for an observer's row."""
+    source = row[6]
+    if row[2] != "behavioral_anomaly" or not isinstance(source, str) or not source.startswith("serve:"):
+        return None
+    parts = source.split(":", 2)
+    return parts[2] if len(parts) == 3 else None
 
 
 def conflict_alias(row: list[Any]) -> str:
