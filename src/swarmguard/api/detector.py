@@ -218,6 +218,10 @@ class DistributedBehavioralDetector(DetectorItemPath, DetectorRounds, DetectorDe
         self._own_prefix = own_id_prefix(s.node_id)
         self.default_region = s.default_region
         self._evidence_number = 0
+        # the last round's own evidence as added, ``(evidence_ids, agent_ids, log_odds,
+        # confidences, timestamps, source_nodes)`` arrays (None: it flagged nobody), for a host
+        # that replicates it (serve's evidence ledger)
+        self.last_round_evidence: tuple | None = None
         self._update_seq = itertools.count()
         return s
 

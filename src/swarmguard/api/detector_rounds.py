@@ -109,6 +109,7 @@ class DetectorRounds:
         n = ids.shape[0]
         # Solution 2: the detector's own evidence for the anomalous agents
         flagged = np.flatnonzero(flagged_mask)
+        self.last_round_evidence = None
         if flagged.size:
             log_p = chi2_logsf(d2[flagged], self.feature_dimensions)
             columns = (ids[flagged], EvidenceType.BEHAVIORAL_ANOMALY,
@@ -119,6 +120,8 @@ class DetectorRounds:
                 eids = np.array([f"{self._own_prefix}:{start}:{i}" for i in range(flagged.size)])
                 try:
                     self.engine.add_evidence(eids, *columns)
+                    # what a replicating host ships on (serve's evidence ledger): the rows as added
+                    self.last_round_evidence = (eids, columns[0], columns[2], columns[3], columns[4], columns[5])
                     break
                 except DuplicateEvidenceError:
                     continue        # an observer used one of these ids (all or nothing): the next number

@@ -123,6 +123,7 @@ def observed(node, client) -> dict:
     history = history_of(node)          # the dashboard's past windows: compaction must keep them
     out["history"] = {name: ([asdict(r) for r in h.windows], dict(h.first_isolated))
                       for name, h in history.populations.items()}
+    out["peers"] = peer_state(node)
     out["top"] = client.get("/v1/agents?top=1000", headers=read).json()
     out["populations"] = client.get("/v1/populations", headers=read).json()
     for summary in out["populations"]["populations"]:
@@ -136,6 +137,21 @@ def observed(node, client) -> dict:
         r = client.get(f"/v1/agents/{agent}", headers=read)
         out[f"agent {agent}"] = (r.status_code, r.json())
     return out
+
+
+def peer_state(node) -> dict:
+    """The peer replication's state: the node's vectors, its evidence ledger (every row by
+    origin and seq) and each population's replica of its region (registers of every region,
+    version vector, freshness, acks), every array as a list (compared bitwise)."""
+    from swarmguard.apps.serve.peers import replication_of
+
+    replication = replication_of(node)
+    replicas = {}
+    for name, replica in replication.replicas.replicas().items():
+        state = replica.to_dict()
+        replicas[name] = {key: np.asarray(state[key]).tolist() for key in sorted(state)}
+    return {"vectors": replication.vectors().to_json(), "ledger": replication.replicas.ledger.export_state(),
+            "replicas": replicas}
 
 
 def assert_same(a, b, path: str = "", rel: float = 0.0) -> None:

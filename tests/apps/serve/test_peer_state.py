@@ -90,9 +90,6 @@ def test_state_lists_registers_evidence_and_exact_statistics_and_synced_nodes_ag
     assert b["confidence_factor"] == pytest.approx(want, rel=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="the detector's own behavioral_anomaly evidence (an agent flagged in a "
-                   "node's window round) goes into that node's consensus but not into its evidence ledger, so it "
-                   "never replicates: consensus bits differ between nodes once an agent is flagged")
 def test_detector_evidence_replicates_like_observer_evidence(pair):
     _, node = pair
     rng = np.random.default_rng(4)

@@ -135,6 +135,26 @@ class EvidenceLedger:
         held = self._rows.get(origin, {})
         return [list(held[s]) for s in sorted(held)]
 
+    # ---------------------------------------------------------------- snapshots
+    def export_state(self) -> dict[str, Any]:
+        """Every row held, as JSON values: ``{"region", "rows": {origin: [[seq, *row], ...]}}``
+        (rows past a gap too; the version vector is recomputed from them on import)."""
+        return {"region": self.region,
+                "rows": {o: [[s, *self._rows[o][s]] for s in sorted(self._rows[o])] for o in self.origins()}}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> EvidenceLedger:
+        """Inverse of :meth:`export_state`; every row checked as a delta's are (``InvalidInputError``)."""
+        if not isinstance(state, Mapping) or not isinstance(state.get("rows"), Mapping):
+            raise InvalidInputError("a ledger state is {\"region\": ..., \"rows\": {origin: [[seq, *row], ...]}}")
+        ledger = cls(state.get("region"))
+        items = [[origin, *item] for origin, rows in state["rows"].items() for item in rows]
+        blob = json.dumps(items, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        for origin, rows in ledger._parse({"evidence.json": np.frombuffer(blob, dtype=np.uint8)}).items():
+            for seq, row in sorted(rows, key=lambda sr: sr[0]):
+                ledger._add(origin, seq, row)
+        return ledger
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, EvidenceLedger):
             return NotImplemented

@@ -27,8 +27,14 @@ and the evidence ledger (each row numbered by the region that accepted it).
   node). The consensus results depend on the evidence's content, not its ids, so
   every node converges on the same probability, log-odds and evidence count, in
   whatever order the deltas arrive; a delta is never refused for such a conflict.
-  Only observers' evidence is in the ledger: a node's detector's own evidence on
-  the agents it flags stays on that node.
+  A node's detector's own evidence on the agents it flags (a window round's
+  ``behavioral_anomaly`` rows, source ``serve:<region>:<population>``) is that
+  node's observation: :meth:`PeerReplication.after_close` numbers it in the ledger
+  after the rows before it, live and in replay alike, under the detector's own
+  deterministic id (``serve:<region>:<population>:<n>:<i>``; the detector's number
+  ``n`` is in the snapshot), so a replay or restart never doubles it. Every node counts such
+  a row in that population only (:func:`detector_population`), as its node does;
+  an observer's row in every population.
 - Anti-entropy (:meth:`PeerReplication.sync_once`): one thread per peer, every
   ``sync_seconds`` and right after every write, pushes the delta since that
   peer's last answer (on first contact it asks for the peer's vectors first) and
@@ -36,6 +42,14 @@ and the evidence ledger (each row numbered by the region that accepted it).
   log (its vectors are what it acknowledged), so both directions resume by delta;
   a new node (empty data dir) gets a full state transfer from the first peer it
   pulls from (pulls run one at a time), then deltas.
+- Snapshots (:mod:`.snapshot`): the replicas (every region's registers, version
+  vectors, freshness, acknowledgements) are in each population's CAP resolver
+  state, the evidence the deltas added (aliases included) in its consensus state,
+  and :meth:`PeerReplication.export_state` adds the ledger; a node restarted from
+  its snapshot and log tail holds what the never-stopped node holds. A delta that
+  brings no register or evidence row is not logged: what it carried (when each
+  region was last heard of, a peer's acknowledgement) is lost by a ``kill -9``
+  until the next sync, with or without a snapshot (a drain's snapshot keeps it).
 - ``GET /v1/cluster``: ``{"region", "peers": [{"url", "region", "reachable",
   "last_sync"}], "version_vector": {region: counter}}``, plus this node's
   ``confidence_factor``, ``consistency``, bytes shipped per peer and, per
@@ -72,12 +86,13 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from ...api.cap import compute_confidence_factor
-from ...errors import DuplicateEvidenceError, StaleDeltaError, SwarmGuardError
+from ...errors import DuplicateEvidenceError, EvidenceStoreError, StaleDeltaError, SwarmGuardError
 from ...structures.replica import RegionReplica
 from ...values.version_vector import VersionVector
 from .auth import authenticate, requires
 from .body import read_body
 from .durable_log import LogRecord
+from .evidence_ledger import EvidenceLedger
 from .http_errors import ApiError, one_line
 from .peer_delta import NodeVectors, PeerDelta, ReplicaSet, decode_delta
 from .tokens import ANONYMOUS
@@ -166,12 +181,41 @@ class PeerReplication:
     def before_close(self, at: float) -> None:
         self.poke()          # the round about to run writes the replicas: ship it when the lock frees
 
+    def after_close(self, at: float, outcomes: list) -> None:
+        """The round's own evidence (its detectors' flags, live or replayed) is this node's
+        observation: numbered in the ledger after the rows before it, shipped like an observer's."""
+        rows = [row for outcome in outcomes for row in outcome.own_evidence]
+        if rows:
+            self.replicas.ledger.append_local(rows)
+            self.poke()
+
     def apply(self, record: LogRecord) -> None:
         """A logged peer delta (replay): join it as it was joined live."""
         try:
             self._join(decode_delta(base64.b64decode(record.meta["delta"])), live=False)
         except SwarmGuardError as exc:          # checked before it was logged: cannot happen; say so, go on
             log.error("a logged peer delta no longer joins: %s", exc)
+
+    # ---------------------------------------------------------------- snapshots
+    def export_state(self) -> dict[str, Any]:
+        """What this node's log records contributed beside the populations' own state, for a
+        snapshot (:mod:`.snapshot`): the evidence ledger, every row by ``(origin, seq)``.
+
+        The rest of the replicated state is already in the snapshot: each population's
+        replica (registers of every region, version vector, freshness, acks) is in its CAP
+        resolver's ``to_bytes``, and the evidence a delta added (aliases of the conflict
+        rule included) in its consensus's state. The links (peers' last answers, byte
+        counters) are not state: a restarted node asks its peers for their vectors first.
+        """
+        return {"ledger": self.replicas.ledger.export_state()}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`export_state`'s ledger (a fresh node, before its log's tail replays)."""
+        ledger = EvidenceLedger.from_state(state["ledger"])
+        if ledger.region != self.region:
+            raise EvidenceStoreError(f"the snapshot holds the evidence ledger of region {ledger.region!r}, "
+                                     f"this node serves {self.region!r}")
+        self.replicas.ledger = ledger
 
     def check_writable(self) -> None:
         if self.node.settings.consistency != "strong" or not self.links:
@@ -251,17 +295,26 @@ class PeerReplication:
             else:
                 clash = held != content
             out.append([conflict_alias(row), *row[1:]] if clash else row)
-        columns = self.node._evidence_columns(out)
-        for pop in pops:                          # what is left must join as one batch (else: 422)
-            pop.check_evidence(columns)
+        for pop, part in self._by_population(out):    # what is left must join as one batch (else: 422)
+            pop.check_evidence(self.node._evidence_columns(part))
         return out
 
     def _commit(self, plan, counted: list[list[Any]]) -> None:
-        self.replicas.commit(plan)
-        if counted:
-            columns = self.node._evidence_columns(counted)
-            for pop in self.node.populations.values():
-                pop.ingest_evidence(columns)
+        self.replicas.commit(plan)                # registers first: a detector row's population exists
+        for pop, part in self._by_population(counted):
+            pop.ingest_evidence(self.node._evidence_columns(part))
+
+    def _by_population(self, rows: list[list[Any]]) -> list[tuple[Any, list[list[Any]]]]:
+        """``rows`` split by the populations that count them: an observer's row every population
+        (as ``POST /v1/evidence`` does), a detector's own row (:func:`detector_population`) the
+        population whose detector wrote it, on every node as on its own."""
+        targets = [detector_population(row) for row in rows]
+        out = []
+        for name, pop in self.node.populations.items():
+            part = [row for row, target in zip(rows, targets, strict=True) if target is None or target == name]
+            if part:
+                out.append((pop, part))
+        return out
 
     def answer(self) -> dict[str, Any]:
         vectors = self.vectors()
@@ -411,6 +464,16 @@ def registers_digest(replica: RegionReplica) -> str:
         h.update(np.ascontiguousarray(reg["features"][i]).tobytes())
         h.update(np.ascontiguousarray(reg["anomaly_score"][i]).tobytes())
     return h.hexdigest()
+
+
+def detector_population(row: list[Any]) -> str | None:
+    """The population whose detector wrote an evidence row (its source ``serve:<region>:<population>``,
+    type ``behavioral_anomaly``); None for an observer's row."""
+    source = row[6]
+    if row[2] != "behavioral_anomaly" or not isinstance(source, str) or not source.startswith("serve:"):
+        return None
+    parts = source.split(":", 2)
+    return parts[2] if len(parts) == 3 else None
 
 
 def conflict_alias(row: list[Any]) -> str:

@@ -8,13 +8,14 @@ names and agent table. Not thread-safe by itself: the node calls it under its lo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ...api import DistributedBehavioralDetector
 from ...api.consensus import evidence_columns
+from ...api.evidence_types import EvidenceType
 from ...errors import UnknownAgentError
 from ...structures.chi2 import chi2_logsf
 from ..report_data import feature_shares
@@ -27,12 +28,16 @@ __all__ = ["Population", "WindowOutcome"]
 
 @dataclass(frozen=True)
 class WindowOutcome:
-    """A closed window of one population: the agents scored and the newly isolated ones."""
+    """A closed window of one population: the agents scored and the newly isolated ones;
+    ``own_evidence``: the detector's own evidence rows of the round (the agents it flagged),
+    ``[evidence_id, agent_id, type, log_odds, confidence, timestamp, source_node]`` as the
+    node logs observers' rows (the peer replication numbers and ships them)."""
 
     population: str
     window: int
     agents: int
     isolated: list[str]
+    own_evidence: list[list[Any]] = field(default_factory=list)
 
 
 class Population:
@@ -87,7 +92,17 @@ class Population:
             if iso and not was:
                 newly.append(agent)
             agents[agent] = AgentState(agent, name, score, p, lp, severity, was or iso, cohort, cf, x, window)
-        return WindowOutcome(self.name, self.windows_closed, len(ids), newly)
+        return WindowOutcome(self.name, self.windows_closed, len(ids), newly, self._own_evidence())
+
+    def _own_evidence(self) -> list[list[Any]]:
+        """The round's own evidence (the detector's ``last_round_evidence``) as JSON rows."""
+        added = self.detector.last_round_evidence
+        if added is None:
+            return []
+        eids, agents, log_odds, confidences, timestamps, sources = (np.asarray(c).tolist() for c in added)
+        kind = EvidenceType.BEHAVIORAL_ANOMALY.value
+        return [[e, a, kind, float(lo), float(c), float(t), s]
+                for e, a, lo, c, t, s in zip(eids, agents, log_odds, confidences, timestamps, sources, strict=True)]
 
     def ingest_evidence(self, columns: tuple) -> int:
         return self.detector.ingest_evidence(*columns)

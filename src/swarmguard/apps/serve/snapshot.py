@@ -14,7 +14,9 @@ the anchor of its moments too, so the restored moments are bitwise the live ones
 ``export_state`` (back with ``StableBayesianConsensus.from_state``), the CAP
 resolver's ``to_bytes``, the detector's evidence counter, the agents' latest
 results (as arrays), the window count and dimension; the node's clock and its
-isolation events; each extension's ``export_state`` (the span ingest's name tables,
+isolation events; each extension's ``export_state`` (the peer replication's evidence
+ledger, whose rows the peer deltas and evidence records compaction deletes brought — the
+replicas of other regions are in the CAP resolver's bytes already; the span ingest's name tables,
 tool history and the window before's span ids; the dashboard's window history), named by
 class: a node whose extensions differ refuses the snapshot, and a node with an extension that
 has no ``export_state`` takes none. Encoding: one ``.npz`` archive
