@@ -176,3 +176,27 @@ def test_malformed_lines_and_messages_are_named_and_exit_2(tmp_path, fleet_windo
     assert r.exit_code == 2 and "--cohort-column" in r.stderr
     r = CliRunner().invoke(app, ["detect", str(bad), "--spans", "--window", "-5"])
     assert r.exit_code == 2 and "window" in r.stderr
+
+
+def test_a_damaged_gzip_file_or_an_undecodable_message_is_named_and_nothing_is_written(tmp_path, fleet_windows):
+    _, windows = fleet_windows
+    good = encode_otlp_json(ExportTraceServiceRequest.FromString(windows[0][1]))
+    not_gzip = tmp_path / "spans.jsonl.gz"
+    not_gzip.write_bytes(good + b"\n")                       # named .gz, not compressed
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(gzip.compress(good + b"\n" + good + b"\n")[:-30])   # ends inside the stream
+    out = tmp_path / "scores.csv"
+    for path in (not_gzip, cut):
+        with pytest.raises(MalformedInputError, match="gzip") as err:
+            read_span_file_by_time(path, 60)
+        assert err.value.line >= 1 and err.value.unit == "line"
+        r = CliRunner().invoke(app, ["detect", str(path), "--spans", "-o", str(out)])
+        assert r.exit_code == 2 and "gzip" in r.stderr and not out.exists()
+        assert list(tmp_path.glob(".scores.csv.tmp-*")) == []
+    # a message that does not decode: its number and its byte offset
+    body = windows[0][1]
+    pb = tmp_path / "spans.pb"
+    pb.write_bytes(len(body).to_bytes(4, "big") + body + (5).to_bytes(4, "big") + b"\xff\xff\xff\xff\xff")
+    with pytest.raises(MalformedInputError, match=f"message 2: the message at byte {4 + len(body)}") as err:
+        read_span_file_by_time(pb, 60)
+    assert err.value.line == 2 and err.value.unit == "message"
