@@ -201,7 +201,12 @@ def read_span_file_by_time(path: str | Path, window_s: float) -> SpanFileWindows
     untimed = int((~timed).sum())
     t0 = float(when[timed].min()) if timed.any() else 0.0
     slot = np.full(when.shape, -1, dtype=np.int64)
-    slot[timed] = np.floor((when[timed] - t0) / window_s).astype(np.int64)
+    index = np.floor((when[timed] - t0) / window_s)
+    if index.size and not (index.max() < 2.0**62):
+        # past int64 the cast below wraps (a negative index would read as "untimed")
+        raise InvalidInputError(f"--window {window_s:g} s is too short for the file's spans, which run over "
+                                f"{float(when[timed].max() - t0):.6g} s: more than 2**62 windows")
+    slot[timed] = index.astype(np.int64)
     windows: list[ClosedWindow] = []
     order = np.argsort(slot, kind="stable")
     slots, starts = np.unique(slot[order], return_index=True)
