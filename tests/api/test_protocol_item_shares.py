@@ -56,7 +56,7 @@ def test_between_refreshes_shares_stay_within_the_drift_bound_and_a_large_drift_
     root = proto._correlation_root(0)
     first = root.refreshes
     worst = 0.0
-    for k in range(60):                          # ordinary observations: small drift
+    for _ in range(60):                          # ordinary observations: small drift
         agent = int(rng.integers(len(X)))
         info = proto.update_agent_behavior_sync(BehavioralData(agent, X[agent] + rng.normal(size=4) * 0.01))
         got = info["feature_contributions"] / info["mahalanobis_squared"]

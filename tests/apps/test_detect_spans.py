@@ -205,8 +205,9 @@ def test_a_damaged_gzip_file_or_an_undecodable_message_is_named_and_nothing_is_w
 def test_a_window_too_short_for_the_files_time_range_is_refused_not_wrapped(tmp_path, fleet_windows):
     # two spans 1.7e9 s apart in windows of 1e-12 s: 1.7e21 windows, past int64
     def line(agent, t_ns):
-        return ('{"resourceSpans":[{"scopeSpans":[{"spans":[{"name":"invoke_agent","startTimeUnixNano":"%d",'
-                '"attributes":[{"key":"gen_ai.agent.id","value":{"stringValue":"%s"}}]}]}]}]}' % (t_ns, agent))
+        return ('{"resourceSpans":[{"scopeSpans":[{"spans":[{"name":"invoke_agent","startTimeUnixNano":"'
+                + str(t_ns) + '","attributes":[{"key":"gen_ai.agent.id","value":{"stringValue":"' + agent
+                + '"}}]}]}]}]}')
     path = tmp_path / "far.jsonl"
     path.write_text(line("a-1", 10**9) + "\n" + line("a-2", BASE) + "\n")
     with pytest.raises(InvalidInputError, match="too short"):
