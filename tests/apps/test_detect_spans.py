@@ -24,7 +24,7 @@ from swarmguard.apps.otlp.span_file import read_span_file_by_time  # noqa: E402
 from swarmguard.apps.otlp.synthetic import window_requests  # noqa: E402
 from swarmguard.apps.otlp.window import WindowAggregator  # noqa: E402
 from swarmguard.cli import app  # noqa: E402
-from swarmguard.errors import MalformedInputError  # noqa: E402
+from swarmguard.errors import InvalidInputError, MalformedInputError  # noqa: E402
 from tests._exact import exact_loo_squared_distance  # noqa: E402
 
 NS = 10**9
@@ -176,3 +176,41 @@ def test_malformed_lines_and_messages_are_named_and_exit_2(tmp_path, fleet_windo
     assert r.exit_code == 2 and "--cohort-column" in r.stderr
     r = CliRunner().invoke(app, ["detect", str(bad), "--spans", "--window", "-5"])
     assert r.exit_code == 2 and "window" in r.stderr
+
+
+def test_a_damaged_gzip_file_or_an_undecodable_message_is_named_and_nothing_is_written(tmp_path, fleet_windows):
+    _, windows = fleet_windows
+    good = encode_otlp_json(ExportTraceServiceRequest.FromString(windows[0][1]))
+    not_gzip = tmp_path / "spans.jsonl.gz"
+    not_gzip.write_bytes(good + b"\n")                       # named .gz, not compressed
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(gzip.compress(good + b"\n" + good + b"\n")[:-30])   # ends inside the stream
+    out = tmp_path / "scores.csv"
+    for path in (not_gzip, cut):
+        with pytest.raises(MalformedInputError, match="gzip") as err:
+            read_span_file_by_time(path, 60)
+        assert err.value.line >= 1 and err.value.unit == "line"
+        r = CliRunner().invoke(app, ["detect", str(path), "--spans", "-o", str(out)])
+        assert r.exit_code == 2 and "gzip" in r.stderr and not out.exists()
+        assert list(tmp_path.glob(".scores.csv.tmp-*")) == []
+    # a message that does not decode: its number and its byte offset
+    body = windows[0][1]
+    pb = tmp_path / "spans.pb"
+    pb.write_bytes(len(body).to_bytes(4, "big") + body + (5).to_bytes(4, "big") + b"\xff\xff\xff\xff\xff")
+    with pytest.raises(MalformedInputError, match=f"message 2: the message at byte {4 + len(body)}") as err:
+        read_span_file_by_time(pb, 60)
+    assert err.value.line == 2 and err.value.unit == "message"
+
+
+def test_a_window_too_short_for_the_files_time_range_is_refused_not_wrapped(tmp_path, fleet_windows):
+    # two spans 1.7e9 s apart in windows of 1e-12 s: 1.7e21 windows, past int64
+    def line(agent, t_ns):
+        return ('{"resourceSpans":[{"scopeSpans":[{"spans":[{"name":"invoke_agent","startTimeUnixNano":"'
+                + str(t_ns) + '","attributes":[{"key":"gen_ai.agent.id","value":{"stringValue":"' + agent
+                + '"}}]}]}]}]}')
+    path = tmp_path / "far.jsonl"
+    path.write_text(line("a-1", 10**9) + "\n" + line("a-2", BASE) + "\n")
+    with pytest.raises(InvalidInputError, match="too short"):
+        read_span_file_by_time(path, 1e-12)
+    got = read_span_file_by_time(path, 1e6)              # a usable window: both spans, none untimed
+    assert got.untimed == 0 and sum(w.spans for w in got.windows) == 2

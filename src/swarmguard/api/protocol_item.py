@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..lazy_import import module_on_first_use
+from ..structures.feature_shares import CorrelationRoot
 from ..structures.scoring import LeaveOneOutScorer
 from ..structures.scoring_modes import SKETCH_MODES, TRIMMED_MODES
 from ..structures.significance import chi2_threshold as _chi2_threshold
@@ -28,6 +29,7 @@ __all__ = ["ItemScoring"]
 _special = module_on_first_use("scipy.special")   # imported on first use: see swarmguard.lazy_import
 
 Path = tuple[str, ...]
+_MAX_KEPT_ROOTS = 4096
 
 
 class ItemScoring:
@@ -47,6 +49,18 @@ class ItemScoring:
         if tree._win is not None:
             return tree._win.tree, tree._win.inside, tree._window_state, None
         return None
+
+    def _correlation_root(self, cid: int) -> CorrelationRoot:
+        """The kept ``P^(-1/2)`` of level ``cid``'s population for its feature shares: the per-item
+        path's cache (issue 11), refreshed by :class:`CorrelationRoot` itself when that population's
+        correlations drift, so it needs no invalidation (and is not part of any state)."""
+        roots = self.__dict__.setdefault("_correlation_roots", {})
+        root = roots.get(cid)
+        if root is None:
+            if len(roots) >= _MAX_KEPT_ROOTS:      # many cohorts scored one by one: bounded memory
+                roots.clear()
+            root = roots[cid] = CorrelationRoot()
+        return root
 
     def _score_slot(self, agent_id: Hashable, slot: int, x: np.ndarray) -> dict[str, Any]:
         win = self.tree._win
@@ -69,7 +83,7 @@ class ItemScoring:
         if self.score_levels == "population":      # the hot path, without the per-level loop
             n, off, m2 = base.root_state()
             scorer = LeaveOneOutScorer(n, off, m2, self.shrinkage)
-            d2, shares = scorer.score(dx - off)
+            d2, shares = scorer.score(dx - off, self._correlation_root(0))
             p = float(_special().chdtrc(d, d2))
             dist = math.sqrt(d2)
             warm = n >= warm_up
@@ -101,7 +115,7 @@ class ItemScoring:
         for cid in level_ids:
             n, off, m2 = tree._cohort_state(cid)
             scorer = LeaveOneOutScorer(n, off, m2, self.shrinkage)
-            d2, shares = scorer.score(dx - off)
+            d2, shares = scorer.score(dx - off, self._correlation_root(cid))
             p = float(_special().chdtrc(d, d2))
             warm = n >= warm_up             # every level warms up on its own members
             levels.append({

@@ -31,12 +31,39 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import NonFiniteError
 from ..lazy_import import module_on_first_use
 
-__all__ = ["whitened_part_of_one", "whitened_parts", "zca_cor_whitening"]
+__all__ = ["CORRELATION_DRIFT", "CorrelationRoot", "correlation_inverse_root", "whitened_parts", "zca_cor_whitening"]
 
 _TINY_EIGEN = 1e-300
+#: largest change of any correlation before the per-item path's kept ``P^(-1/2)`` is
+#: recomputed (:class:`CorrelationRoot`); correlations are in [-1, 1], so the bound is absolute
+CORRELATION_DRIFT = 1e-5
 _lapack = module_on_first_use("scipy.linalg.lapack")   # imported on first use: see swarmguard.lazy_import
+
+
+def correlation_inverse_root(P: np.ndarray) -> np.ndarray:
+    """``P^(-1/2)`` of a symmetric positive definite correlation matrix ``P`` (overwritten)."""
+    # LAPACK's divide-and-conquer eigensolver directly: numpy.linalg.eigh's wrapper costs as
+    # much again on a 10 x 10 matrix
+    w, Q, info = _lapack().dsyevd(P, compute_v=1, lower=1, overwrite_a=1)
+    if info != 0:                 # pragma: no cover - a symmetric finite matrix always converges
+        raise NonFiniteError("the correlation matrix's eigendecomposition did not converge")
+    # positive for a factorised A; a floor keeps a near-singular one finite
+    floor = _TINY_EIGEN * max(float(w[-1]), 1.0)
+    if w[0] < floor:
+        np.maximum(w, floor, out=w)
+    np.sqrt(w, out=w)
+    return (Q / w) @ Q.T
+
+
+def _correlation(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(P, V^(-1/2))``: ``A``'s correlation matrix and its inverse standard deviations."""
+    s = 1.0 / np.sqrt(A.diagonal())
+    P = A * s
+    P *= s[:, None]
+    return P, s
 
 
 def zca_cor_whitening(A: np.ndarray) -> np.ndarray:
@@ -53,21 +80,8 @@ def zca_cor_whitening(A: np.ndarray) -> np.ndarray:
     >>> bool(np.isclose(z @ z, e @ np.linalg.solve(A, e))), bool((z * z >= 0).all())
     (True, True)
     """
-    A = np.asarray(A, dtype=np.float64)
-    s = 1.0 / np.sqrt(A.diagonal())
-    P = A * s
-    P *= s[:, None]
-    # LAPACK's divide-and-conquer eigensolver directly: the per-item score pays this on every
-    # call, and numpy.linalg.eigh's wrapper costs as much again on a 10 x 10 matrix
-    w, Q, info = _lapack().dsyevd(P, compute_v=1, lower=1, overwrite_a=1)
-    if info != 0:                 # pragma: no cover - a symmetric finite matrix always converges
-        w, Q = np.linalg.eigh(A * s * s[:, None])
-    # positive for a factorised A; a floor keeps a near-singular one finite
-    floor = _TINY_EIGEN * max(float(w[-1]), 1.0)
-    if w[0] < floor:
-        np.maximum(w, floor, out=w)
-    np.sqrt(w, out=w)
-    W = (Q / w) @ Q.T
+    P, s = _correlation(np.asarray(A, dtype=np.float64))
+    W = correlation_inverse_root(P)
     W *= s
     return W
 
@@ -93,25 +107,53 @@ def whitened_parts(E: np.ndarray, W: np.ndarray, d2: np.ndarray) -> np.ndarray:
     return Z * scale
 
 
-def whitened_part_of_one(A: np.ndarray, e: np.ndarray, d2: float) -> np.ndarray:
-    """:func:`whitened_parts` of one deviation, without forming ``W``: ``z = Q Λ^(-1/2) Qᵀ (e / σ)``
-    from ``P``'s eigenvectors (the per-item score's path: two matrix-vector products instead
-    of a matrix product; the same ``z`` to rounding)."""
-    s = 1.0 / np.sqrt(A.diagonal())
-    P = A * s
-    P *= s[:, None]
-    w, Q, info = _lapack().dsyevd(P, compute_v=1, lower=1, overwrite_a=1)
-    if info != 0:                 # pragma: no cover - a symmetric finite matrix always converges
-        return whitened_parts(e, zca_cor_whitening(A), np.float64(d2))
-    floor = _TINY_EIGEN * max(float(w[-1]), 1.0)
-    if w[0] < floor:
-        np.maximum(w, floor, out=w)
-    y = (e * s) @ Q
-    y /= np.sqrt(w)
-    z = Q @ y
-    z *= z
-    total = float(z.sum())
-    if total > 0:
-        z *= float(d2) / total
-        return z
-    return np.zeros_like(z)
+class CorrelationRoot:
+    """``P^(-1/2)`` of one population's correlation matrix, kept between per-item scores.
+
+    The per-item path (``update_agent_behavior``, ``process_agent_behavior``) scores one
+    agent against a population that each call changes by one member: an eigendecomposition
+    per call would cost it more than the score (issue 11: no per-item work the batch path
+    does once). Only ``P^(-1/2)`` is kept, the part of ``W = P^(-1/2) V^(-1/2)`` that moves
+    slowly; ``V``, the deviation and ``D²`` are the current population's on every call.
+    Refresh policy: ``P^(-1/2)`` is recomputed whenever some correlation of the current
+    ``A`` differs from the kept one by more than :data:`CORRELATION_DRIFT` (checked on
+    every call, so no change of population, mode, unit or tree can leave a stale root
+    behind; a different dimension always refreshes). Right after a refresh the parts are
+    exactly :func:`whitened_parts` with :func:`zca_cor_whitening` of the current ``A``,
+    the batch path's.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> A = np.array([[4.0, 2.0], [2.0, 9.0]]); e = np.array([2.0, 3.0])
+    >>> root = CorrelationRoot()
+    >>> parts = root.parts(A, e, 1.5)
+    >>> bool(np.allclose(parts, whitened_parts(e, zca_cor_whitening(A), 1.5), rtol=1e-14)), root.refreshes
+    (True, 1)
+    >>> _ = root.parts(A * 4.0, e, 1.5); root.refreshes      # new units, same correlations
+    1
+    """
+
+    __slots__ = ("correlation", "inverse_root", "refreshes")
+
+    def __init__(self):
+        self.correlation: np.ndarray | None = None
+        self.inverse_root: np.ndarray | None = None
+        self.refreshes = 0
+
+    def parts(self, A: np.ndarray, e: np.ndarray, d2: float) -> np.ndarray:
+        """One deviation's parts of ``d2``: ``z_j² · d2 / |z|²``, ``z = P_kept^(-1/2) V^(-1/2) e``."""
+        P, s = _correlation(A)
+        kept = self.correlation
+        # "not <=": a NaN difference refreshes too
+        if kept is None or kept.shape != P.shape or not (np.abs(P - kept).max() <= CORRELATION_DRIFT):
+            self.correlation = P
+            self.inverse_root = correlation_inverse_root(P.copy())
+            self.refreshes += 1
+        z = self.inverse_root @ (e * s)
+        z *= z
+        total = float(z.sum())
+        if total > 0:
+            z *= float(d2) / total
+            return z
+        return np.zeros_like(z)

@@ -58,7 +58,7 @@ import numpy as np
 from ..errors import NonFiniteError
 from ..lazy_import import module_on_first_use
 from .chi2 import chi2_sf
-from .feature_shares import whitened_part_of_one, whitened_parts, zca_cor_whitening
+from .feature_shares import CorrelationRoot, whitened_parts, zca_cor_whitening
 
 __all__ = ["LeaveOneOutScorer", "MIN_POPULATION", "score_population", "combine_levels"]
 
@@ -163,15 +163,20 @@ class LeaveOneOutScorer:
             self._whitening = zca_cor_whitening(self._a)
         return self._whitening
 
-    def score(self, e: np.ndarray) -> tuple[float, np.ndarray]:
-        """Leave-one-out D² of one member with deviation ``e = x - μ``, and feature parts."""
+    def score(self, e: np.ndarray, root: CorrelationRoot | None = None) -> tuple[float, np.ndarray]:
+        """Leave-one-out D² of one member with deviation ``e = x - μ``, and feature parts.
+
+        ``root``: the population's kept ``P^(-1/2)`` (:class:`~swarmguard.structures.feature_shares.CorrelationRoot`,
+        refreshed there when the correlations drift), which the per-item path keeps between
+        calls; without one the parts are computed from this scorer's ``A`` alone.
+        """
         if not self.ok:
             return 0.0, np.zeros(self.d)
         g, _ = _lapack().dpotrs(self.chol, e, lower=1)
         t = float(e.dot(g))
         factor = self.scale / max(1.0 - self.c * t, _TINY)
         d2 = t * factor
-        return d2, whitened_part_of_one(self._a, e, d2)
+        return d2, (CorrelationRoot() if root is None else root).parts(self._a, e, d2)
 
     def score_many(self, E: np.ndarray, explain: bool = False, overwrite: bool = False):
         """Leave-one-out D² of many members (rows of ``E = X - μ``); shares if ``explain``.

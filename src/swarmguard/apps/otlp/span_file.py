@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import math
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,37 +101,52 @@ class SpanFileWindows:
     untimed: int
 
 
-def _records(path: Path) -> Iterator[tuple[int, bytes, str]]:
-    """(number, body, content type) of every record: JSON lines, or length-prefixed protobuf."""
+def _records(path: Path) -> Iterator[tuple[int, bytes, str, int]]:
+    """(number, body, content type, byte offset) of every record: JSON lines, or length-prefixed
+    protobuf. A ``.gz`` file that is no gzip stream, or ends inside one, is
+    :class:`~swarmguard.errors.MalformedInputError` naming the record it was reading."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        head = handle.peek(64)[:64] if hasattr(handle, "peek") else b""
-        if head.lstrip()[:1] in (b"{", b""):
-            for number, line in enumerate(handle, start=1):
-                if len(line) > MAX_MESSAGE_BYTES:
-                    raise MalformedInputError(str(path), number, f"line longer than {MAX_MESSAGE_BYTES} bytes")
-                if line.strip():
-                    yield number, line, "application/json"
-            return
-        number, offset = 0, 0
-        while True:
-            prefix = handle.read(_PROTO_PREFIX)
-            if not prefix:
-                return
-            number += 1
-            if len(prefix) < _PROTO_PREFIX:
-                raise MalformedInputError(str(path), number, f"truncated length prefix at byte {offset}", unit="message")
-            size = int.from_bytes(prefix, "big")
-            if size > MAX_MESSAGE_BYTES:
-                raise MalformedInputError(str(path), number, f"message length {size} at byte {offset} is over "
-                                          f"{MAX_MESSAGE_BYTES} bytes (not a length-prefixed OTLP protobuf file?)",
-                                          unit="message")
-            body = handle.read(size)
-            if len(body) < size:
-                raise MalformedInputError(str(path), number, f"truncated message at byte {offset}: {len(body)} of "
-                                          f"{size} bytes", unit="message")
-            yield number, body, "application/x-protobuf"
-            offset += _PROTO_PREFIX + size
+    number, unit = 0, "line"
+    try:
+        with opener(path, "rb") as handle:
+            head = handle.peek(64)[:64] if hasattr(handle, "peek") else b""
+            if head.lstrip()[:1] in (b"{", b""):
+                offset = 0
+                while True:
+                    # at most one byte past the limit: an overlong line is refused without
+                    # holding all of it
+                    line = handle.readline(MAX_MESSAGE_BYTES + 1)
+                    if not line:
+                        return
+                    number += 1
+                    if len(line) > MAX_MESSAGE_BYTES:
+                        raise MalformedInputError(str(path), number, f"line longer than {MAX_MESSAGE_BYTES} bytes")
+                    if line.strip():
+                        yield number, line, "application/json", offset
+                    offset += len(line)
+            unit, offset = "message", 0
+            while True:
+                prefix = handle.read(_PROTO_PREFIX)
+                if not prefix:
+                    return
+                number += 1
+                if len(prefix) < _PROTO_PREFIX:
+                    raise MalformedInputError(str(path), number, f"truncated length prefix at byte {offset}",
+                                              unit="message")
+                size = int.from_bytes(prefix, "big")
+                if size > MAX_MESSAGE_BYTES:
+                    raise MalformedInputError(str(path), number, f"message length {size} at byte {offset} is over "
+                                              f"{MAX_MESSAGE_BYTES} bytes (not a length-prefixed OTLP protobuf file?)",
+                                              unit="message")
+                body = handle.read(size)
+                if len(body) < size:
+                    raise MalformedInputError(str(path), number, f"truncated message at byte {offset}: {len(body)} "
+                                              f"of {size} bytes", unit="message")
+                yield number, body, "application/x-protobuf", offset
+                offset += _PROTO_PREFIX + size
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        # the uncompressed byte offset means little here: the record's number says where
+        raise MalformedInputError(str(path), max(number, 1), f"not a readable gzip stream: {exc}", unit=unit) from None
 
 
 def _take(columns: SpanColumns, rows: np.ndarray) -> SpanColumns:
@@ -164,12 +180,13 @@ def read_span_file_by_time(path: str | Path, window_s: float) -> SpanFileWindows
     times: list[np.ndarray] = []
     records = rejected = 0
     encoding = "json"
-    for number, body, content_type in _records(path):
+    for number, body, content_type, offset in _records(path):
         encoding = "json" if content_type == "application/json" else "protobuf"
         try:
             decoded = decode_export_request(body, content_type)
         except MalformedBodyError as exc:
-            raise MalformedInputError(str(path), number, str(exc),
+            where = "" if encoding == "json" else f"the message at byte {offset}: "
+            raise MalformedInputError(str(path), number, where + str(exc),
                                       unit="line" if encoding == "json" else "message") from None
         records += 1
         columns = aggregator.read(decoded.request)
@@ -184,7 +201,12 @@ def read_span_file_by_time(path: str | Path, window_s: float) -> SpanFileWindows
     untimed = int((~timed).sum())
     t0 = float(when[timed].min()) if timed.any() else 0.0
     slot = np.full(when.shape, -1, dtype=np.int64)
-    slot[timed] = np.floor((when[timed] - t0) / window_s).astype(np.int64)
+    index = np.floor((when[timed] - t0) / window_s)
+    if index.size and not (index.max() < 2.0**62):
+        # past int64 the cast below wraps (a negative index would read as "untimed")
+        raise InvalidInputError(f"--window {window_s:g} s is too short for the file's spans, which run over "
+                                f"{float(when[timed].max() - t0):.6g} s: more than 2**62 windows")
+    slot[timed] = index.astype(np.int64)
     windows: list[ClosedWindow] = []
     order = np.argsort(slot, kind="stable")
     slots, starts = np.unique(slot[order], return_index=True)
