@@ -150,10 +150,4 @@ class CorrelationRoot:
             self.correlation = P
             self.inverse_root = correlation_inverse_root(P.copy())
             self.refreshes += 1
-        z = self.inverse_root @ (e * s)
-        z *= z
-        total = float(z.sum())
-        if total > 0:
-            z *= float(d2) / total
-            return z
-        return np.zeros_like(z)
+        return whitened_parts(e * s, self.inverse_root, d2)
