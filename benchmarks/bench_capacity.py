@@ -86,8 +86,8 @@ class Step:
     ingest_s: float
     ack_ms: np.ndarray
     close_s: float
-    rss_mb: float
-    hwm_mb: float
+    rss_mib: float
+    hwm_mib: float
     bytes_per_agent: float
     log_bytes_per_vector: float
     ingest_cpu_s: float
@@ -285,7 +285,7 @@ def run_step(node, http, index: int, n: int, bodies: Bodies, args, baseline_kb: 
     rss_kb = proc_status_kb(node.pid, "VmRSS")
     hwm_kb = proc_status_kb(node.pid, "VmHWM")
     step = Step(agents=n, posted=posted, ingest_s=ingest_s, ack_ms=np.array(lat) * 1e3, close_s=close_s,
-                rss_mb=rss_kb / 1024, hwm_mb=hwm_kb / 1024,
+                rss_mib=rss_kb / 1024, hwm_mib=hwm_kb / 1024,
                 bytes_per_agent=(rss_kb - baseline_kb) * 1024 / max(posted, 1),
                 log_bytes_per_vector=log_bytes / max(posted, 1), ingest_cpu_s=c1 - c0, close_cpu_s=c2 - c1,
                 load=os.getloadavg()[0], partial=late)
@@ -329,13 +329,13 @@ def steps_of(max_agents: int, first: int = 10_000) -> list[int]:
 
 def print_tables(steps: list[Step], span_steps: list[SpanStep], args) -> None:
     print("\n| agents | vectors/s acked | node CPU s / 10^5 vectors | ack p50 / p99 (ms) | window close (s) "
-          "| close CPU (s) | node RSS (MB) | peak RSS (MB) | RSS bytes/agent | log bytes/vector | load |")
+          "| close CPU (s) | node RSS (MiB) | peak RSS (MiB) | RSS bytes/agent | log bytes/vector | load |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for s in steps:
         print(f"| {s.agents:,}{' (partial: ' + format(s.posted, ',') + ' posted)' if s.partial else ''} "
               f"| {s.posted / s.ingest_s:,.0f} | {s.ingest_cpu_s * 1e5 / s.posted:.2f} "
               f"| {np.percentile(s.ack_ms, 50):.0f} / {np.percentile(s.ack_ms, 99):.0f} "
-              f"| {s.close_s:.2f} | {s.close_cpu_s:.2f} | {s.rss_mb:,.0f} | {s.hwm_mb:,.0f} | {s.bytes_per_agent:,.0f} "
+              f"| {s.close_s:.2f} | {s.close_cpu_s:.2f} | {s.rss_mib:,.0f} | {s.hwm_mib:,.0f} | {s.bytes_per_agent:,.0f} "
               f"| {s.log_bytes_per_vector:,.0f} | {s.load:.1f} |")
     if len(steps) >= 2:
         a, b = steps[-2], steps[-1]
@@ -382,7 +382,7 @@ def main() -> None:
     with node_process(stop_timeout=900, extra_args=["--snapshot-every", "0", "--features", str(args.features)]) as node, \
             httpx.Client(base_url=node.base, timeout=600) as http:
         baseline_kb = proc_status_kb(node.pid, "VmRSS")
-        print(f"node pid {node.pid}: RSS {baseline_kb / 1024:.0f} MB before its first vector")
+        print(f"node pid {node.pid}: RSS {baseline_kb / 1024:.0f} MiB before its first vector")
         for index, n in enumerate(plan):
             if steps:
                 last = steps[-1]
@@ -393,7 +393,7 @@ def main() -> None:
             step = run_step(node, http, index, n, bodies, args, baseline_kb, args.step_seconds)
             steps.append(step)
             print(f"{n:,} agents: {step.posted / step.ingest_s:,.0f} vectors/s, close {step.close_s:.2f} s "
-                  f"({step.close_cpu_s:.2f} s CPU), RSS {step.rss_mb:,.0f} MB ({step.bytes_per_agent:,.0f} B/agent), load {os.getloadavg()[0]:.1f}",
+                  f"({step.close_cpu_s:.2f} s CPU), RSS {step.rss_mib:,.0f} MiB ({step.bytes_per_agent:,.0f} B/agent), load {os.getloadavg()[0]:.1f}",
                   flush=True)
             if step.partial:
                 print(f"{n:,} agents: ran past {2 * args.step_seconds:g} s, stopped after {step.posted:,} vectors")

@@ -40,10 +40,24 @@ class NodeProcess:
         """SIGTERM the node's process group (it drains: the open window's close, then its
         snapshot) and wait for it to exit; the seconds that took."""
         t0 = time.perf_counter()
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=self.stop_timeout)
+        terminate(self.proc, self.stop_timeout)
         return time.perf_counter() - t0
+
+
+def terminate(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM the process group this benchmark started (``start_new_session``: its id is the
+    node's pid) and wait ``timeout`` s for the node to exit; past that, SIGKILL that group and
+    raise, so that no node outlives its benchmark. Nothing is sent once the node has exited
+    (its pid could then name another process)."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        raise
 
 
 @contextlib.contextmanager
@@ -63,19 +77,22 @@ def node_process(*, stop_timeout: float = 60.0, extra_args: Sequence[str] = ()) 
                                 start_new_session=True)
         try:
             base = f"http://127.0.0.1:{port}"
-            with httpx.Client(base_url=base, timeout=60) as http:
-                for _ in range(600):
+            deadline = time.monotonic() + 60
+            with httpx.Client(base_url=base, timeout=5) as http:
+                while True:             # bounded: 60 s, or the node's exit
                     try:
                         if http.get("/readyz").status_code == 200:
                             break
                     except httpx.TransportError:
                         pass
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"the node exited with status {proc.returncode} before /readyz answered 200")
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the node's /readyz did not answer 200 within 60 s")
                     time.sleep(0.1)
             yield NodeProcess(base, proc, Path(folder), stop_timeout)
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=stop_timeout)
+            terminate(proc, stop_timeout)
 
 
 @contextlib.contextmanager
