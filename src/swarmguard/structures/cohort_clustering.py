@@ -32,6 +32,11 @@ one cohort too many), at most ``iterations`` steps each.
 It is a batch step over the stored vectors, ``O(n k d)`` per step, run at a
 round boundary; placing one new vector is ``O(k d)`` (:meth:`CohortClustering.assign`).
 The per-cohort moments themselves are tree nodes: mergeable, exact on revert.
+The clustering is not: a cluster's number is an accident of its fit (seed, rows, their
+order), so trees merged across nodes hold the same cohorts only when every node places its
+agents with one shared fit (:meth:`CohortClustering.assign`); two fits, even on the same
+rows with another seed, may number the same groups differently. The same rows and seed give
+the same fit.
 """
 
 from __future__ import annotations
