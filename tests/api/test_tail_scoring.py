@@ -230,6 +230,8 @@ _MASKED = pytest.mark.xfail(
 @pytest.mark.parametrize(("scoring", "q"), [pytest.param(DEFAULT_SCORING, 0.01, marks=_MASKED), (DEFAULT_SCORING, 0.05),
                                             ("robust", 0.01), ("robust", 0.05), ("fused", 0.01), ("fused", 0.05)])
 def test_calibrated_recall_of_planted_anomalies_is_at_least_095(scoring, q):
+    # the default mode at q=0.05 passes near a cliff, not by a margin: at q=0.045 seed 11's stream flags no
+    # planted anomaly in its first round and then none ever (pooled recall 0.83; README, calibrated p-values)
     _, recall = _pooled(scoring, q)
     assert recall >= 0.95
 
