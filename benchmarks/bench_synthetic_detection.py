@@ -16,8 +16,8 @@ that a candidate is judged first on data it was not chosen on:
 
 3 % anomalies (5 % for masking), n = 3,000, d = 10, ``--reps`` seeds per world (1000, 1001, ...).
 Every row fitted and scored, ROC-AUC and average precision, as ``bench_detection.py`` does (the
-same swarmguard runs and ranking
-IsolationForest from scikit-learn, ``random_state=0``, z-scored).
+same swarmguard runs and ranking); the peer is IsolationForest from scikit-learn,
+``random_state=0``, on z-scored features.
 
 Run::
 
@@ -145,6 +145,9 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     a = ap.parse_args()
     names = [m for m in a.methods.split(",") if m]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; known: {list(METHODS)}")
     res = {m: {w: [] for w in WORLDS} for m in names}
     secs = dict.fromkeys(names, 0.0)
     for w, make in WORLDS.items():

@@ -219,16 +219,29 @@ def test_calibrated_realised_fdr_is_at_most_q_in_the_default_and_robust_modes(sc
 
 
 _MASKED = pytest.mark.xfail(
-    strict=True, reason="issue 12's heavy-tail target is not met by the default mode at q=0.01: the planted "
-    "anomalies inflate the plain covariance they are scored against (masking); measured recall 0.0")
+    strict=True, reason="issue 12's heavy-tail target is not met by the default mode with calibrate=True at q=0.01: "
+    "the round the planted anomalies first appear flags none of them (the plain covariance they widen lowers their "
+    "scores against the clean rounds' null), so they enter the empirical null and from then on every anomaly's "
+    "p-value is at least about A/n; measured recall 0.0. The chi-square p-values of the same stream find them "
+    "(test_the_default_modes_chi_square_p_values_find_the_planted_anomalies_the_calibrated_null_misses)")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("scoring", "q"), [pytest.param(DEFAULT_SCORING, 0.01, marks=_MASKED), (DEFAULT_SCORING, 0.05),
                                             ("robust", 0.01), ("robust", 0.05), ("fused", 0.01), ("fused", 0.05)])
 def test_calibrated_recall_of_planted_anomalies_is_at_least_095(scoring, q):
+    # the default mode at q=0.05 passes near a cliff, not by a margin: at q=0.045 seed 11's stream flags no
+    # planted anomaly in its first round and then none ever (pooled recall 0.83; README, calibrated p-values)
     _, recall = _pooled(scoring, q)
     assert recall >= 0.95
+
+
+@pytest.mark.slow
+def test_the_default_modes_chi_square_p_values_find_the_planted_anomalies_the_calibrated_null_misses():
+    # the strict xfail above is the calibrated null's failure, not the plain distance's: without calibrate the
+    # same stream's planted anomalies are found (the widened covariance alone does not hide them)
+    false, flags, hits, planted = _heavy_counts(_POOLED_SEEDS[0], 0.01, False, DEFAULT_SCORING)
+    assert hits / planted >= 0.95 and flags > 0
 
 
 @pytest.mark.slow

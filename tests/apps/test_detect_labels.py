@@ -127,3 +127,21 @@ def test_the_cli_reports_the_rates_and_refuses_a_label_that_is_another_column(tm
         detect(src, label_column="truth", features="x,truth")
     with pytest.raises(InvalidInputError, match="no column 'nope'"):
         detect(src, label_column="nope")
+
+
+def test_with_a_window_the_rates_count_only_the_agents_judged(tmp_path):
+    # agents whose latest row is outside the window are scored but never flagged: their labels are not misses
+    ids, X, label = _world(4)
+    ts = np.arange(N)
+    stale = np.arange(20)                     # ts 0..19: outside a window of 300 from ts 399
+    X[stale[:4], 2] += 30.0
+    label[stale[:4]] = True
+    rows = [[a, int(v), t, *map(repr, map(float, x))] for a, v, t, x in zip(ids, label, ts, X, strict=True)]
+    src = write_csv(tmp_path / "w.csv", ["agent_id", "truth", "ts", "x", "y", "z"], rows)
+    res = detect(src, label_column="truth", timestamp_column="ts", window=300, warm_up=50)
+    inside = ts >= N - 1 - 300
+    assert not res.is_anomaly[~inside].any()
+    assert res.truth.anomalies == int(label[inside].sum())
+    assert res.truth.recall == pytest.approx(float(Fraction(int((res.is_anomaly & label).sum()),
+                                                            int(label[inside].sum()))))
+    np.testing.assert_array_equal(res.label, label)          # the labels themselves are every agent's

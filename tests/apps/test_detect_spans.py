@@ -174,6 +174,8 @@ def test_malformed_lines_and_messages_are_named_and_exit_2(tmp_path, fleet_windo
         read_span_file_by_time(garbage, 60)
     r = CliRunner().invoke(app, ["detect", str(bad), "--spans", "--cohort-column", "region"])
     assert r.exit_code == 2 and "--cohort-column" in r.stderr
+    r = CliRunner().invoke(app, ["detect", str(bad), "--spans", "--label-column", "truth"])
+    assert r.exit_code == 2 and "--label-column" in r.stderr
     r = CliRunner().invoke(app, ["detect", str(bad), "--spans", "--window", "-5"])
     assert r.exit_code == 2 and "window" in r.stderr
 

@@ -81,3 +81,31 @@ def test_a_point_between_two_groups_is_flagged_only_against_its_cohort():
     res = protocol.score_many(ids, fdr=0.01)
     assert not plain["is_anomaly"][:4].any()
     assert res["is_anomaly"][:4].all() and res["is_anomaly"][4:].sum() <= 0.01 * X.shape[0]
+
+
+def test_a_constant_feature_changes_neither_the_number_of_cohorts_nor_the_cohorts():
+    # a zero-variance column is degenerate in every cluster; it used to make every split look better
+    r = np.random.default_rng(12)
+    one = np.column_stack([r.standard_normal((600, 2)), np.full(600, 3.0)])
+    assert find_cohorts(one[:, :2], min_size=20).k == 1
+    assert find_cohorts(one, min_size=20).k == 1
+    X = _groups(13, [np.zeros(3), np.full(3, 9.0)])
+    with_constant = np.column_stack([X, np.full(X.shape[0], -7.5)])
+    a, b = find_cohorts(X, min_size=50), find_cohorts(with_constant, min_size=50)
+    assert a.k == b.k == 2
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert find_cohorts(np.ones((100, 3)), min_size=10).k == 1
+
+
+def test_nodes_sharing_one_fit_place_their_agents_in_the_same_cohorts():
+    # the documented way to keep cohorts mergeable: one fit, assign() on every node
+    X = _groups(14, [np.zeros(3), np.full(3, 9.0), np.full(3, -9.0)])
+    fit = find_cohorts(X, min_size=50)
+    order = np.random.default_rng(15).permutation(X.shape[0])
+    node_a, node_b = order[:500], order[500:]
+    np.testing.assert_array_equal(fit.assign(X[node_a]), fit.labels[node_a])
+    np.testing.assert_array_equal(fit.assign(X[node_b]), fit.labels[node_b])
+    refit = find_cohorts(X[order], min_size=50)          # the same groups, found again from other rows' order
+    assert refit.k == fit.k
+    pairs = set(zip(fit.labels[order].tolist(), refit.labels.tolist(), strict=True))
+    assert len(pairs) == fit.k                             # one-to-one, though not necessarily the same numbers

@@ -303,7 +303,8 @@ def detect(
     ``label_column``: a ground-truth column, not scored (a number, non-zero is an
     anomaly; a bool; or true/false, yes/no): each agent's label is its latest row's,
     and the result's ``truth`` (:class:`LabelledRates`) gives the flags' realised
-    false-discovery rate, precision and recall against it. A missing or unreadable
+    false-discovery rate, precision and recall against it (with ``window``, over the
+    agents inside it: those outside are not judged). A missing or unreadable
     label is a malformed row.
     """
     if csv_engine not in ENGINES:
@@ -407,7 +408,10 @@ def detect(
     label = truth = None
     if label_column is not None:
         label = pop.label_array()
-        truth = LabelledRates.measure(label_column, label, np.asarray(flags, dtype=bool))
+        # with a window, agents outside it are scored but not judged (never flagged, not in the FDR
+        # procedure): counting their labels would charge the flags with misses they could not make
+        judged = np.asarray(res["in_window"], dtype=bool) if "in_window" in res else np.ones(label.size, dtype=bool)
+        truth = LabelledRates.measure(label_column, label[judged], np.asarray(flags, dtype=bool)[judged])
     t3 = time.perf_counter()
     result = DetectResult(
         input=str(path), format=fmt, features=list(feats), agent_ids=ids, score=score, p_value=p_value,

@@ -223,7 +223,8 @@ def print_span_summary(result: SpanDetectResult, console) -> None:
 
 # options of ``detect`` that mean nothing for a file of spans (its columns are the feature table)
 _TABLE_ONLY = {"id_column": "agent_id", "cohort_column": None, "timestamp_column": None, "features": None,
-               "skip_bad": False, "csv_engine": "auto", "format": None, "scoring": "mahalanobis"}
+               "skip_bad": False, "csv_engine": "auto", "format": None, "scoring": "mahalanobis",
+               "label_column": None}   # spans carry no ground-truth column: refused, not silently ignored
 
 
 def run_span_command(console, err_console, json_summary: bool = False, **options: Any) -> int:

@@ -32,6 +32,11 @@ one cohort too many), at most ``iterations`` steps each.
 It is a batch step over the stored vectors, ``O(n k d)`` per step, run at a
 round boundary; placing one new vector is ``O(k d)`` (:meth:`CohortClustering.assign`).
 The per-cohort moments themselves are tree nodes: mergeable, exact on revert.
+The clustering is not: a cluster's number is an accident of its fit (seed, rows, their
+order), so trees merged across nodes hold the same cohorts only when every node places its
+agents with one shared fit (:meth:`CohortClustering.assign`); two fits, even on the same
+rows with another seed, may number the same groups differently. The same rows and seed give
+the same fit.
 """
 
 from __future__ import annotations
@@ -148,8 +153,16 @@ def find_cohorts(X: np.ndarray, *, max_cohorts: int = MAX_COHORTS, min_size: int
     sd = X.std(0)
     scale = np.where(sd > 0, sd, 1.0)
     Z = (X - mean) / scale
+    # a constant feature tells the clusters nothing, but it is degenerate in every cluster, and the variance
+    # floor of a degenerate direction scales with the cluster's own variances: each split then "gains" likelihood
+    # from it alone (one constant column next to one Gaussian one made 4 cohorts). The BIC reads the others only.
+    informative = sd > 0
+    Zb, d = Z[:, informative], int(informative.sum())
     labels1 = np.zeros(n, dtype=np.int64)
-    best = (-2.0 * _log_likelihood(Z, labels1, 1) + d * (d + 3) / 2 * math.log(n), 1, labels1, Z.mean(0)[None, :])
+    if d == 0:
+        return CohortClustering(k=1, labels=labels1, centres=Z.mean(0)[None, :], mean=mean, scale=scale,
+                                bic={1: 0.0})
+    best = (-2.0 * _log_likelihood(Zb, labels1, 1) + d * (d + 3) / 2 * math.log(n), 1, labels1, Z.mean(0)[None, :])
     bic = {1: best[0]}
     rng = np.random.default_rng(seed)
     for k in range(2, max_cohorts + 1):
@@ -159,7 +172,7 @@ def find_cohorts(X: np.ndarray, *, max_cohorts: int = MAX_COHORTS, min_size: int
         if np.bincount(labels, minlength=k).min() < min_size:
             break
         params = k * (d + d * (d + 1) / 2) + k - 1
-        bic[k] = -2.0 * _log_likelihood(Z, labels, k) + params * math.log(n)
+        bic[k] = -2.0 * _log_likelihood(Zb, labels, k) + params * math.log(n)
         if bic[k] < best[0]:
             best = (bic[k], k, labels, centres)
     _, k, labels, centres = best
