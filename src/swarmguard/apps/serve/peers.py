@@ -76,7 +76,7 @@ from ...errors import DuplicateEvidenceError, StaleDeltaError, SwarmGuardError
 from ...structures.replica import RegionReplica
 from ...values.version_vector import VersionVector
 from .auth import authenticate, requires
-from .body import read_body
+from .body import inflate, read_body
 from .durable_log import LogRecord
 from .http_errors import ApiError, one_line
 from .peer_delta import NodeVectors, PeerDelta, ReplicaSet, decode_delta
@@ -351,11 +351,19 @@ class PeerReplication:
 
     def _pull(self, link: PeerLink, client, headers: dict[str, str]) -> None:
         mine = self.vectors().to_json()
-        response = client.post(f"{link.url}/v1/peer/pull", json={"vectors": mine},
-                               headers={**headers, "Content-Type": "application/json"})
+        limit = self.node.settings.max_body_bytes
+        with client.stream("POST", f"{link.url}/v1/peer/pull", json={"vectors": mine},
+                           headers={**headers, "Content-Type": "application/json"}) as response:
+            # the answer is bounded as a pushed delta is (read_body): at most max_body_bytes on the
+            # wire and after inflating, so a peer (or whatever answers at its address) cannot make
+            # this node expand a gzip bomb or hold an endless body
+            try:
+                wire = _read_raw(response, limit)
+                data = inflate(wire, response.headers.get("content-encoding"), limit)
+            except ApiError as exc:
+                raise RuntimeError(f"the pulled delta: {exc.status} {exc.message}") from None
         if response.status_code != 200:
-            raise RuntimeError(f"{response.status_code}: {one_line(response.text)[:200]}")
-        data = response.content                     # httpx undoes the gzip Content-Encoding
+            raise RuntimeError(f"{response.status_code}: {one_line(data.decode('utf-8', 'replace'))[:200]}")
         try:
             delta = decode_delta(data)
             with self.node.lock:
@@ -364,9 +372,8 @@ class PeerReplication:
             raise RuntimeError(f"the pulled delta: {exc.status} {exc.message}") from None
         except SwarmGuardError as exc:
             raise RuntimeError(f"the pulled delta: {one_line(exc)}") from None
-        wire = response.num_bytes_downloaded
-        link.bytes_received += wire
-        self.received_metric.labels(link.url).inc(wire)
+        link.bytes_received += len(wire)
+        self.received_metric.labels(link.url).inc(len(wire))
 
     # ---------------------------------------------------------------- views
     def cluster(self) -> dict[str, Any]:
@@ -452,6 +459,20 @@ def _adds_state(replicas: ReplicaSet, delta: PeerDelta, new_evidence: list) -> b
         if (seq > covered[np.asarray(part["registers.writer"], dtype=np.int64)]).any():
             return True
     return False
+
+
+def _read_raw(response, limit: int) -> bytes:
+    """A streamed httpx response's body as sent (still encoded), refused (413) past ``limit`` bytes."""
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"the answer passes the limit of {limit} bytes", code="too_large")
+    chunks, size = [], 0
+    for chunk in response.iter_raw():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"the answer passes the limit of {limit} bytes", code="too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def replication_of(node) -> PeerReplication:
