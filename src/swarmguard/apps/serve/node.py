@@ -93,6 +93,10 @@ class ServeNode:
         self.snapshots = Snapshots(self, settings.snapshot_every)     # see .snapshot
         self.replayed = self.replay()
         self.state = "ready"
+        for extension in self.extensions:      # e.g. the peer sync threads: only once the node is whole
+            start = getattr(extension, "start", None)
+            if start is not None:
+                start()
 
     @property
     def lock(self) -> threading.RLock:

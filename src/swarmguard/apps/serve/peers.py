@@ -64,6 +64,7 @@ import json
 import logging
 import math
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,8 +134,16 @@ class PeerReplication:
         age = Gauge("swarmguard_peer_last_sync_age_seconds", "Seconds since the last sync, by peer", ["peer"], registry=r)
         for link in self.links:
             age.labels(link.url).set_function(lambda link=link: self._age(link))
+        self._started = False
         self._threads = [threading.Thread(target=self._run, args=(i,), name=f"peer-sync-{link.url}", daemon=True)
                          for i, link in enumerate(self.links)]
+
+    def start(self) -> None:
+        """Start the sync threads: the node calls it once it is whole (its log replayed), so a
+        node whose construction fails leaves no thread behind."""
+        if self._started or self._stop.is_set():
+            return
+        self._started = True
         for thread in self._threads:
             thread.start()
 
@@ -205,7 +214,7 @@ class PeerReplication:
     def _receive_checked(self, delta: PeerDelta, data: bytes) -> None:
         """Join a decoded delta under the node's lock: check all, log, apply (or 422/503, nothing changed)."""
         node = self.node
-        if node.state == "draining":
+        if node.state == "draining" or self._stop.is_set():
             raise ApiError(503, "the node is shutting down", code="draining", headers={"Retry-After": "5"})
         try:
             plan = self.replicas.plan(delta, require_base=True)
@@ -274,8 +283,22 @@ class PeerReplication:
             event.set()
 
     def stop(self) -> None:
+        """Stop the sync threads and wait for them (at most one request's timeout in all): the
+        node closes its log and detectors next, and a thread still joining a delta must not
+        touch them. A thread that outlives the wait joins nothing: :meth:`receive` refuses
+        once stopped."""
         self._stop.set()
         self.poke()
+        deadline = time.monotonic() + self._request_timeout() + 1.0
+        for thread in self._threads:
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            log.warning("peer sync threads still in a request at shutdown (they join nothing): %s", alive)
+
+    def _request_timeout(self) -> float:
+        return max(1.0, min(10.0, 2 * self.node.settings.sync_seconds))
 
     def _age(self, link: PeerLink) -> float:
         return math.inf if link.last_sync is None else max(0.0, self.node.settings.clock() - link.last_sync)
@@ -287,8 +310,7 @@ class PeerReplication:
         token = node.settings.peer_token
         headers = {"Content-Type": "application/octet-stream",
                    **({"Authorization": f"Bearer {token}"} if token else {})}
-        timeout = max(1.0, min(10.0, 2 * node.settings.sync_seconds))
-        with httpx.Client(timeout=timeout, verify=True) as client:
+        with httpx.Client(timeout=self._request_timeout(), verify=True) as client:
             while not self._stop.is_set():
                 wake.wait(node.settings.sync_seconds)
                 wake.clear()
@@ -314,6 +336,8 @@ class PeerReplication:
             if link.vectors is None:
                 self._hello(link, client, headers)
             self._push(link, client, headers)
+            if self._stop.is_set():
+                raise RuntimeError("the node is shutting down")
             with self._pull_lock:
                 self._pull(link, client, headers)
         except Exception as exc:            # noqa: BLE001 - any failure of a peer is a failed sync, counted
