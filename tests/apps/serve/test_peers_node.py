@@ -151,3 +151,23 @@ def test_strong_refuses_writes_without_a_majority_statistical_accepts(pair):
     _, stat, stat_c = node("us", peers=closed, sync_seconds=1000.0)
     assert post_behaviors(stat_c, _rows(rng, "u", 3)).status_code == 200
 
+
+
+def test_a_delta_of_another_dimension_than_the_open_window_is_refused_and_the_window_closes_whole(pair):
+    """Regression: a peer's 3-d delta joined into a node whose open window held 2-d vectors (no
+    replica yet) fixed the resolver's dimension to 3, and the window's acknowledged rows were
+    dropped at its close."""
+    clock, node = pair
+    _, eu, eu_c = node("eu")
+    _, us, us_c = node("us")
+    rng = np.random.default_rng(1)
+    assert post_behaviors(eu_c, _rows(rng, "e", 25, d=2)).status_code == 200    # eu's window: open, 2-d
+    assert post_behaviors(us_c, _rows(rng, "u", 25, d=3)).status_code == 200
+    close_window(us_c)
+    before = replication_of(eu).vectors()
+    r = eu_c.post("/v1/peer/delta", content=replication_of(us).replicas.delta_since(None).to_bytes(),
+                  headers=PEER_HEADERS)
+    assert r.status_code == 422 and "dimension" in r.json()["error"], r.text
+    assert replication_of(eu).vectors() == before
+    closed = close_window(eu_c)
+    assert [c["agents"] for c in closed] == [25], closed

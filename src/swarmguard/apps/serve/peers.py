@@ -73,7 +73,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from ...api.cap import compute_confidence_factor
-from ...errors import DuplicateEvidenceError, StaleDeltaError, SwarmGuardError
+from ...errors import DimensionMismatchError, DuplicateEvidenceError, StaleDeltaError, SwarmGuardError
 from ...structures.replica import RegionReplica
 from ...values.version_vector import VersionVector
 from .auth import authenticate, requires
@@ -217,6 +217,7 @@ class PeerReplication:
         if node.state == "draining" or self._stop.is_set():
             raise ApiError(503, "the node is shutting down", code="draining", headers={"Retry-After": "5"})
         try:
+            self._check_dimensions(delta)
             plan = self.replicas.plan(delta, require_base=True)
             counted = self._as_counted(plan.new_evidence())
         except StaleDeltaError as exc:
@@ -229,6 +230,18 @@ class PeerReplication:
             node._log_append(PEER_DELTA, node.settings.clock(),
                              {"sender": delta.sender, "delta": base64.b64encode(data).decode("ascii")})
         self._commit(plan, counted)
+
+    def _check_dimensions(self, delta: PeerDelta) -> None:
+        """A population this node already takes vectors of (its open window may hold some before
+        its replica exists) must have the delta's dimension: otherwise joining would fix the
+        resolver's dimension to the peer's and the window's acknowledged vectors would be
+        dropped at its close. Raises ``DimensionMismatchError`` (the delta is refused, 422)."""
+        for name, (dim, _) in delta.populations.items():
+            pop = self.node.populations.get(name)
+            held = None if pop is None else pop.dimension
+            if held is not None and held != dim:
+                raise DimensionMismatchError(f"population {name!r}: the delta has dimension {dim}, "
+                                             f"this node takes {held}")
 
     def _join(self, delta: PeerDelta, live: bool) -> None:
         plan = self.replicas.plan(delta)
