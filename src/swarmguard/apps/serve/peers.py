@@ -49,7 +49,10 @@ and the evidence ledger (each row numbered by the region that accepted it).
   ``3 x sync_seconds``; statistical and eventual stay writable.
 
 Deltas travel with ``Content-Encoding: gzip`` both ways (a pull's answer when the
-caller accepts it); bytes shipped and received count what went over the wire.
+caller accepts it); bytes shipped and received count what went over the wire. Both
+ways they are bounded by ``max_body_bytes``, on the wire and after inflating: a
+pushed delta by :func:`~.body.read_body`, a pulled one by the same rule
+(:func:`~.body.inflate`), so a peer cannot make a node expand a gzip bomb.
 
 Metrics: ``swarmguard_peer_bytes_shipped_total{peer}``, ``swarmguard_peer_bytes_received_total{peer}``,
 ``swarmguard_peer_sync_failures_total{peer}``, ``swarmguard_peer_last_sync_age_seconds{peer}``.
