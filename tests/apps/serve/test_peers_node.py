@@ -171,3 +171,24 @@ def test_a_delta_of_another_dimension_than_the_open_window_is_refused_and_the_wi
     assert replication_of(eu).vectors() == before
     closed = close_window(eu_c)
     assert [c["agents"] for c in closed] == [25], closed
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_delta_with_a_non_finite_evidence_number_is_422_and_changes_nothing(pair, bad):
+    """Regression: json.loads reads NaN / Infinity; two such rows under one key reached the
+    conflict alias, whose JSON refuses them: a 500 instead of the documented 422."""
+    import json
+
+    from swarmguard.values.npz import dict_from_bytes, dict_to_bytes
+
+    clock, node = pair
+    _, eu, eu_c = node("eu")
+    _, us, _ = node("us")
+    state = dict_from_bytes(replication_of(us).replicas.delta_since(None).to_bytes(), "delta")
+    row = ["x-1", "agent-1", "behavioral_anomaly", bad, 0.9, clock.t, "observer-7"]
+    blob = json.dumps([["us", 1, *row], ["us", 2, *row]]).encode("utf-8")
+    state["evidence.json"] = np.frombuffer(blob, dtype=np.uint8)
+    before = replication_of(eu).vectors()
+    r = eu_c.post("/v1/peer/delta", content=dict_to_bytes(state), headers=PEER_HEADERS)
+    assert r.status_code == 422 and "finite" in r.json()["error"], r.text
+    assert replication_of(eu).vectors() == before
