@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 
 import httpx
 import numpy as np
@@ -39,7 +40,7 @@ def test_a_pulled_delta_larger_than_the_body_limit_once_inflated_is_refused_and_
     assert replication_of(eu2).vectors().populations == replication_of(us).vectors().populations
 
 
-def test_a_gzip_bomb_or_an_endless_answer_from_a_peer_is_refused_with_413(pair):  # noqa: F811
+def test_a_gzip_bomb_or_an_endless_answer_from_a_peer_to_any_exchange_is_refused_with_413(pair):  # noqa: F811
     clock, node = pair
     _, us, us_c = node("us")
     _, eu, _ = node("eu", max_body_bytes=1 << 16)
@@ -48,16 +49,20 @@ def test_a_gzip_bomb_or_an_endless_answer_from_a_peer_is_refused_with_413(pair):
     served = {}
 
     def peer(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v1/peer/pull":
-            body = served["pull"]
+        body = served.get(request.url.path)
+        if body is not None:
             return httpx.Response(200, stream=httpx.ByteStream(body[0]), headers=body[1])
-        return httpx.Response(200, json=answer)
+        return httpx.Response(200, stream=httpx.ByteStream(json.dumps(answer).encode()),
+                              headers={"Content-Type": "application/json"})
 
     before = _state(eu)
     with httpx.Client(transport=httpx.MockTransport(peer), base_url="http://peer") as client:
-        for case, (content, headers) in {"bomb": (bomb, {"Content-Encoding": "gzip"}),
-                                         "endless": (b"x" * (1 << 17), {})}.items():
-            served["pull"] = (content, {"Content-Type": "application/octet-stream", **headers})
+        cases = {(path, kind): body for path in ("/v1/peer/pull", "/v1/peer/vectors", "/v1/peer/delta")
+                 for kind, body in (("bomb", (bomb, {"Content-Encoding": "gzip"})),
+                                    ("endless", (b"x" * (1 << 17), {})))}
+        for case, (content, headers) in cases.items():
+            served.clear()
+            served[case[0]] = (content, {"Content-Type": "application/octet-stream", **headers})
             link = PeerLink("http://peer")
             assert not replication_of(eu).sync_once(link, client, PEER_HEADERS), case
             assert "413" in link.last_error, (case, link.last_error)

@@ -365,45 +365,53 @@ class PeerReplication:
         link.reachable, link.last_sync, link.last_error = True, node.settings.clock(), None
         return True
 
-    @staticmethod
-    def _answered(link: PeerLink, response) -> None:
-        body = response.json()
-        if response.status_code != 200:
-            raise RuntimeError(f"{response.status_code}: {body.get('error', '')}")
+    def _exchange(self, client, method: str, url: str, **kwargs) -> tuple[int, bytes, int]:
+        """One request to a peer: (status, body inflated, bytes on the wire); the body is bounded
+        by ``max_body_bytes`` on the wire and after inflating (a 413 ``ApiError`` past it)."""
+        limit = self.node.settings.max_body_bytes
+        with client.stream(method, url, **kwargs) as response:
+            wire = _read_raw(response, limit)
+            return response.status_code, inflate(wire, response.headers.get("content-encoding"), limit), len(wire)
+
+    def _answered(self, link: PeerLink, client, method: str, url: str, **kwargs) -> None:
+        try:
+            status, data, _ = self._exchange(client, method, url, **kwargs)
+        except ApiError as exc:
+            raise RuntimeError(f"the answer: {exc.status} {exc.message}") from None
+        body = json.loads(data)
+        if status != 200:
+            raise RuntimeError(f"{status}: {body.get('error', '') if isinstance(body, dict) else ''}")
         link.vectors = NodeVectors.from_json(body["vectors"])
         link.region = str(body["region"])
 
     def _hello(self, link: PeerLink, client, headers: dict[str, str]) -> None:
         # the peer's vectors (GET /v1/peer/vectors): a delta claims the sender's vectors, so an
         # empty one cannot ask
-        self._answered(link, client.get(f"{link.url}/v1/peer/vectors",
-                                        headers={"Authorization": headers.get("Authorization", "")}))
+        self._answered(link, client, "GET", f"{link.url}/v1/peer/vectors",
+                       headers={"Authorization": headers.get("Authorization", "")})
 
     def _push(self, link: PeerLink, client, headers: dict[str, str]) -> None:
         node = self.node
         with node.lock:
             data = self.replicas.delta_since(link.vectors, now=node.settings.clock()).to_bytes()
         data = gzip.compress(data, compresslevel=WIRE_GZIP_LEVEL)    # the npz headers are most of a small delta
-        self._answered(link, client.post(f"{link.url}/v1/peer/delta", content=data,
-                                         headers={**headers, "Content-Encoding": "gzip"}))
+        self._answered(link, client, "POST", f"{link.url}/v1/peer/delta", content=data,
+                       headers={**headers, "Content-Encoding": "gzip"})
         link.bytes_shipped += len(data)
         self.bytes_metric.labels(link.url).inc(len(data))
 
     def _pull(self, link: PeerLink, client, headers: dict[str, str]) -> None:
         mine = self.vectors().to_json()
-        limit = self.node.settings.max_body_bytes
-        with client.stream("POST", f"{link.url}/v1/peer/pull", json={"vectors": mine},
-                           headers={**headers, "Content-Type": "application/json"}) as response:
-            # the answer is bounded as a pushed delta is (read_body): at most max_body_bytes on the
-            # wire and after inflating, so a peer (or whatever answers at its address) cannot make
-            # this node expand a gzip bomb or hold an endless body
-            try:
-                wire = _read_raw(response, limit)
-                data = inflate(wire, response.headers.get("content-encoding"), limit)
-            except ApiError as exc:
-                raise RuntimeError(f"the pulled delta: {exc.status} {exc.message}") from None
-        if response.status_code != 200:
-            raise RuntimeError(f"{response.status_code}: {one_line(data.decode('utf-8', 'replace'))[:200]}")
+        # the answer is bounded as a pushed delta is (read_body): at most max_body_bytes on the
+        # wire and after inflating, so a peer (or whatever answers at its address) cannot make
+        # this node expand a gzip bomb or hold an endless body
+        try:
+            status, data, wire = self._exchange(client, "POST", f"{link.url}/v1/peer/pull", json={"vectors": mine},
+                                                headers={**headers, "Content-Type": "application/json"})
+        except ApiError as exc:
+            raise RuntimeError(f"the pulled delta: {exc.status} {exc.message}") from None
+        if status != 200:
+            raise RuntimeError(f"{status}: {one_line(data.decode('utf-8', 'replace'))[:200]}")
         try:
             delta = decode_delta(data)
             with self.node.lock:
@@ -412,8 +420,8 @@ class PeerReplication:
             raise RuntimeError(f"the pulled delta: {exc.status} {exc.message}") from None
         except SwarmGuardError as exc:
             raise RuntimeError(f"the pulled delta: {one_line(exc)}") from None
-        link.bytes_received += len(wire)
-        self.received_metric.labels(link.url).inc(len(wire))
+        link.bytes_received += wire
+        self.received_metric.labels(link.url).inc(wire)
 
     # ---------------------------------------------------------------- views
     def cluster(self) -> dict[str, Any]:
