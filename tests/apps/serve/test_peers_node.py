@@ -192,3 +192,24 @@ def test_a_delta_with_a_non_finite_evidence_number_is_422_and_changes_nothing(pa
     r = eu_c.post("/v1/peer/delta", content=dict_to_bytes(state), headers=PEER_HEADERS)
     assert r.status_code == 422 and "finite" in r.json()["error"], r.text
     assert replication_of(eu).vectors() == before
+
+
+def test_a_window_closed_early_does_not_stamp_its_vectors_with_the_future_window_end(pair):
+    """Regression: vectors were stamped with their window's end also when the window closed
+    early (admin close, drain): a write on ``us`` closed early then tied, at that future end, with a
+    later write of the same agent on ``eu`` closed before it, and won the tie (``us`` sorts last)."""
+    clock, node = pair
+    clock.t = 60.0 * 16667                                    # an aligned window starts: both writes fall in it
+    _, us, us_c = node("us", window_seconds=60.0)
+    _, eu, eu_c = node("eu", window_seconds=60.0)
+    assert post_behaviors(us_c, [{"agent_id": "x", "features": [1.0, 1.0]}]).status_code == 200
+    clock.t += 1
+    close_window(us_c)                                        # early: the window ends in 59 s
+    clock.t += 4
+    assert post_behaviors(eu_c, [{"agent_id": "x", "features": [2.0, 2.0]}]).status_code == 200
+    clock.t += 5
+    close_window(eu_c)                                        # early too, and later than us's close
+    assert _sync(us, eu_c, PeerLink("http://eu")) and _sync(eu, us_c, PeerLink("http://us"))
+    for n in (us, eu):
+        replica = replication_of(n).replicas.replicas()["behaviors"]
+        assert replica.estimate().count == 1 and replica.estimate().mean.tolist()[:2] == [2.0, 2.0]
