@@ -85,3 +85,23 @@ def test_alias_is_the_content_hash_and_restart_rebuilds_the_same_counts(pair):  
     eu.close()
     _, eu2, _ = node("eu")
     assert _fields(eu2, "agent-1") == want
+
+
+def test_a_delta_delivered_three_times_then_replayed_counts_its_evidence_once(pair):  # noqa: F811
+    """Pushed, pushed again from scratch vectors, and pulled: the receiver counts each evidence
+    once, and so does the same node rebuilt from its log (replay is a join, not an add)."""
+    clock, node = pair
+    _, eu, eu_c = node("eu")
+    _, us, us_c = node("us")
+    post_evidence(eu_c, [_ev("d-1", "agent-1", 1.5, clock.t), _ev("d-2", "agent-1", 0.25, clock.t)])
+    assert replication_of(eu).sync_once(PeerLink("http://us"), us_c, PEER_HEADERS)      # push (and pull)
+    again = replication_of(eu).replicas.delta_since(None).to_bytes()                   # everything, again
+    assert us_c.post("/v1/peer/delta", content=again, headers=PEER_HEADERS).status_code == 200
+    assert replication_of(us).sync_once(PeerLink("http://eu"), eu_c, PEER_HEADERS)      # and pulled
+    want = _fields(eu, "agent-1")                  # the node the observer posted to, once
+    assert want[0] == 2
+    assert _fields(us, "agent-1") == want
+    us.close()
+    _, us2, _ = node("us")
+    assert _fields(us2, "agent-1") == want
+    assert replication_of(us2).replicas.ledger == replication_of(eu).replicas.ledger

@@ -151,3 +151,65 @@ def test_strong_refuses_writes_without_a_majority_statistical_accepts(pair):
     _, stat, stat_c = node("us", peers=closed, sync_seconds=1000.0)
     assert post_behaviors(stat_c, _rows(rng, "u", 3)).status_code == 200
 
+
+
+def test_a_delta_of_another_dimension_than_the_open_window_is_refused_and_the_window_closes_whole(pair):
+    """Regression: a peer's 3-d delta joined into a node whose open window held 2-d vectors (no
+    replica yet) fixed the resolver's dimension to 3, and the window's acknowledged rows were
+    dropped at its close."""
+    clock, node = pair
+    _, eu, eu_c = node("eu")
+    _, us, us_c = node("us")
+    rng = np.random.default_rng(1)
+    assert post_behaviors(eu_c, _rows(rng, "e", 25, d=2)).status_code == 200    # eu's window: open, 2-d
+    assert post_behaviors(us_c, _rows(rng, "u", 25, d=3)).status_code == 200
+    close_window(us_c)
+    before = replication_of(eu).vectors()
+    r = eu_c.post("/v1/peer/delta", content=replication_of(us).replicas.delta_since(None).to_bytes(),
+                  headers=PEER_HEADERS)
+    assert r.status_code == 422 and "dimension" in r.json()["error"], r.text
+    assert replication_of(eu).vectors() == before
+    closed = close_window(eu_c)
+    assert [c["agents"] for c in closed] == [25], closed
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_delta_with_a_non_finite_evidence_number_is_422_and_changes_nothing(pair, bad):
+    """Regression: json.loads reads NaN / Infinity; two such rows under one key reached the
+    conflict alias, whose JSON refuses them: a 500 instead of the documented 422."""
+    import json
+
+    from swarmguard.values.npz import dict_from_bytes, dict_to_bytes
+
+    clock, node = pair
+    _, eu, eu_c = node("eu")
+    _, us, _ = node("us")
+    state = dict_from_bytes(replication_of(us).replicas.delta_since(None).to_bytes(), "delta")
+    row = ["x-1", "agent-1", "behavioral_anomaly", bad, 0.9, clock.t, "observer-7"]
+    blob = json.dumps([["us", 1, *row], ["us", 2, *row]]).encode("utf-8")
+    state["evidence.json"] = np.frombuffer(blob, dtype=np.uint8)
+    before = replication_of(eu).vectors()
+    r = eu_c.post("/v1/peer/delta", content=dict_to_bytes(state), headers=PEER_HEADERS)
+    assert r.status_code == 422 and "finite" in r.json()["error"], r.text
+    assert replication_of(eu).vectors() == before
+
+
+def test_a_window_closed_early_does_not_stamp_its_vectors_with_the_future_window_end(pair):
+    """Regression: vectors were stamped with their window's end also when the window closed
+    early (admin close, drain): a write on ``us`` closed early then tied, at that future end, with a
+    later write of the same agent on ``eu`` closed before it, and won the tie (``us`` sorts last)."""
+    clock, node = pair
+    clock.t = 60.0 * 16667                                    # an aligned window starts: both writes fall in it
+    _, us, us_c = node("us", window_seconds=60.0)
+    _, eu, eu_c = node("eu", window_seconds=60.0)
+    assert post_behaviors(us_c, [{"agent_id": "x", "features": [1.0, 1.0]}]).status_code == 200
+    clock.t += 1
+    close_window(us_c)                                        # early: the window ends in 59 s
+    clock.t += 4
+    assert post_behaviors(eu_c, [{"agent_id": "x", "features": [2.0, 2.0]}]).status_code == 200
+    clock.t += 5
+    close_window(eu_c)                                        # early too, and later than us's close
+    assert _sync(us, eu_c, PeerLink("http://eu")) and _sync(eu, us_c, PeerLink("http://us"))
+    for n in (us, eu):
+        replica = replication_of(n).replicas.replicas()["behaviors"]
+        assert replica.estimate().count == 1 and replica.estimate().mean.tolist()[:2] == [2.0, 2.0]

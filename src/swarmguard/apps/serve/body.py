@@ -13,7 +13,7 @@ import zlib
 
 from .http_errors import ApiError
 
-__all__ = ["read_body", "media_type"]
+__all__ = ["read_body", "media_type", "inflate"]
 
 
 def media_type(content_type: str | None) -> str:
@@ -66,8 +66,18 @@ async def read_body(request, limit: int, timeout: float | None = None) -> bytes:
             raise _too_large(limit, "body")
         chunks.append(chunk)
     raw = b"".join(chunks)
-    encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
+    return inflate(raw, request.headers.get("content-encoding"), limit)
+
+
+def inflate(raw: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """``raw`` decoded from its ``Content-Encoding`` (identity, gzip, deflate), at most ``limit``
+    bytes after decoding (413 past it, inflated at most ``limit + 1`` bytes at a time; 400 for a
+    body that does not decode, 415 for another encoding). Used for request bodies and for the
+    deltas a node pulls from its peers (whose answers are bounded the same way)."""
+    encoding = (content_encoding or "identity").strip().lower()
     if encoding in ("identity", ""):
+        if len(raw) > limit:
+            raise _too_large(limit, "body")
         return raw
     if encoding not in ("gzip", "deflate", "x-gzip"):
         raise ApiError(415, f"unsupported Content-Encoding {encoding!r}: use gzip, deflate or identity",

@@ -19,6 +19,7 @@ reads back bit for bit), never pickle.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -173,4 +174,8 @@ def _check_row(row: list[Any]) -> None:
     for value in row[3:6]:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InvalidInputError(f"evidence log_odds, confidence and timestamp must be numbers, got {value!r}")
+        # json.loads reads NaN and Infinity; no node sends them (its rows passed ingest), and a
+        # row holding one cannot be written back as JSON (the conflict alias, the log)
+        if not math.isfinite(value):
+            raise InvalidInputError(f"evidence log_odds, confidence and timestamp must be finite, got {value!r}")
 

@@ -93,6 +93,10 @@ class ServeNode:
         self.snapshots = Snapshots(self, settings.snapshot_every)     # see .snapshot
         self.replayed = self.replay()
         self.state = "ready"
+        for extension in self.extensions:      # e.g. the peer sync threads: only once the node is whole
+            start = getattr(extension, "start", None)
+            if start is not None:
+                start()
 
     @property
     def lock(self) -> threading.RLock:
@@ -275,10 +279,13 @@ class ServeNode:
         self._at = at
         for extension in self.extensions:      # e.g. spans become vectors in the open window
             extension.before_close(at)
-        # The round's vectors are written with the window's end as their timestamp, not the
-        # moment it closed: a node paused or restarted closes late, and its older vectors must
-        # not win last-writer-wins over later writes of the same agents on other nodes.
+        # The round's vectors are written with the window's end as their timestamp when it
+        # closes late: a node paused or restarted closes late, and its older vectors must not
+        # win last-writer-wins over later writes of the same agents on other nodes. A window
+        # closed early (drain, POST /v1/admin/close-window) keeps its close time: its end lies
+        # in the future, and would tie with (or beat) later writes in other nodes' windows.
         end = self.window_end()
+        end = None if end is None else min(at, end)
         self.opened_at = None
         outcomes = []
         for pop in self.populations.values():

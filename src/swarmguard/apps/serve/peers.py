@@ -63,7 +63,10 @@ and the evidence ledger (each row numbered by the region that accepted it).
   ``3 x sync_seconds``; statistical and eventual stay writable.
 
 Deltas travel with ``Content-Encoding: gzip`` both ways (a pull's answer when the
-caller accepts it); bytes shipped and received count what went over the wire.
+caller accepts it); bytes shipped and received count what went over the wire. Both
+ways they are bounded by ``max_body_bytes``, on the wire and after inflating: a
+pushed delta by :func:`~.body.read_body`, a pulled one by the same rule
+(:func:`~.body.inflate`), so a peer cannot make a node expand a gzip bomb.
 
 Metrics: ``swarmguard_peer_bytes_shipped_total{peer}``, ``swarmguard_peer_bytes_received_total{peer}``,
 ``swarmguard_peer_sync_failures_total{peer}``, ``swarmguard_peer_last_sync_age_seconds{peer}``.
@@ -78,6 +81,7 @@ import json
 import logging
 import math
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,11 +90,11 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from ...api.cap import compute_confidence_factor
-from ...errors import DuplicateEvidenceError, EvidenceStoreError, StaleDeltaError, SwarmGuardError
+from ...errors import DimensionMismatchError, DuplicateEvidenceError, EvidenceStoreError, StaleDeltaError, SwarmGuardError
 from ...structures.replica import RegionReplica
 from ...values.version_vector import VersionVector
 from .auth import authenticate, requires
-from .body import read_body
+from .body import inflate, read_body
 from .durable_log import LogRecord
 from .evidence_ledger import EvidenceLedger
 from .http_errors import ApiError, one_line
@@ -148,8 +152,16 @@ class PeerReplication:
         age = Gauge("swarmguard_peer_last_sync_age_seconds", "Seconds since the last sync, by peer", ["peer"], registry=r)
         for link in self.links:
             age.labels(link.url).set_function(lambda link=link: self._age(link))
+        self._started = False
         self._threads = [threading.Thread(target=self._run, args=(i,), name=f"peer-sync-{link.url}", daemon=True)
                          for i, link in enumerate(self.links)]
+
+    def start(self) -> None:
+        """Start the sync threads: the node calls it once it is whole (its log replayed), so a
+        node whose construction fails leaves no thread behind."""
+        if self._started or self._stop.is_set():
+            return
+        self._started = True
         for thread in self._threads:
             thread.start()
 
@@ -249,9 +261,10 @@ class PeerReplication:
     def _receive_checked(self, delta: PeerDelta, data: bytes) -> None:
         """Join a decoded delta under the node's lock: check all, log, apply (or 422/503, nothing changed)."""
         node = self.node
-        if node.state == "draining":
+        if node.state == "draining" or self._stop.is_set():
             raise ApiError(503, "the node is shutting down", code="draining", headers={"Retry-After": "5"})
         try:
+            self._check_dimensions(delta)
             plan = self.replicas.plan(delta, require_base=True)
             counted = self._as_counted(plan.new_evidence())
         except StaleDeltaError as exc:
@@ -264,6 +277,18 @@ class PeerReplication:
             node._log_append(PEER_DELTA, node.settings.clock(),
                              {"sender": delta.sender, "delta": base64.b64encode(data).decode("ascii")})
         self._commit(plan, counted)
+
+    def _check_dimensions(self, delta: PeerDelta) -> None:
+        """A population this node already takes vectors of (its open window may hold some before
+        its replica exists) must have the delta's dimension: otherwise joining would fix the
+        resolver's dimension to the peer's and the window's acknowledged vectors would be
+        dropped at its close. Raises ``DimensionMismatchError`` (the delta is refused, 422)."""
+        for name, (dim, _) in delta.populations.items():
+            pop = self.node.populations.get(name)
+            held = None if pop is None else pop.dimension
+            if held is not None and held != dim:
+                raise DimensionMismatchError(f"population {name!r}: the delta has dimension {dim}, "
+                                             f"this node takes {held}")
 
     def _join(self, delta: PeerDelta, live: bool) -> None:
         plan = self.replicas.plan(delta)
@@ -327,8 +352,22 @@ class PeerReplication:
             event.set()
 
     def stop(self) -> None:
+        """Stop the sync threads and wait for them (at most one request's timeout in all): the
+        node closes its log and detectors next, and a thread still joining a delta must not
+        touch them. A thread that outlives the wait joins nothing: :meth:`receive` refuses
+        once stopped."""
         self._stop.set()
         self.poke()
+        deadline = time.monotonic() + self._request_timeout() + 1.0
+        for thread in self._threads:
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            log.warning("peer sync threads still in a request at shutdown (they join nothing): %s", alive)
+
+    def _request_timeout(self) -> float:
+        return max(1.0, min(10.0, 2 * self.node.settings.sync_seconds))
 
     def _age(self, link: PeerLink) -> float:
         return math.inf if link.last_sync is None else max(0.0, self.node.settings.clock() - link.last_sync)
@@ -340,8 +379,7 @@ class PeerReplication:
         token = node.settings.peer_token
         headers = {"Content-Type": "application/octet-stream",
                    **({"Authorization": f"Bearer {token}"} if token else {})}
-        timeout = max(1.0, min(10.0, 2 * node.settings.sync_seconds))
-        with httpx.Client(timeout=timeout, verify=True) as client:
+        with httpx.Client(timeout=self._request_timeout(), verify=True) as client:
             while not self._stop.is_set():
                 wake.wait(node.settings.sync_seconds)
                 wake.clear()
@@ -367,6 +405,8 @@ class PeerReplication:
             if link.vectors is None:
                 self._hello(link, client, headers)
             self._push(link, client, headers)
+            if self._stop.is_set():
+                raise RuntimeError("the node is shutting down")
             with self._pull_lock:
                 self._pull(link, client, headers)
         except Exception as exc:            # noqa: BLE001 - any failure of a peer is a failed sync, counted
@@ -378,37 +418,53 @@ class PeerReplication:
         link.reachable, link.last_sync, link.last_error = True, node.settings.clock(), None
         return True
 
-    @staticmethod
-    def _answered(link: PeerLink, response) -> None:
-        body = response.json()
-        if response.status_code != 200:
-            raise RuntimeError(f"{response.status_code}: {body.get('error', '')}")
+    def _exchange(self, client, method: str, url: str, **kwargs) -> tuple[int, bytes, int]:
+        """One request to a peer: (status, body inflated, bytes on the wire); the body is bounded
+        by ``max_body_bytes`` on the wire and after inflating (a 413 ``ApiError`` past it)."""
+        limit = self.node.settings.max_body_bytes
+        with client.stream(method, url, **kwargs) as response:
+            wire = _read_raw(response, limit)
+            return response.status_code, inflate(wire, response.headers.get("content-encoding"), limit), len(wire)
+
+    def _answered(self, link: PeerLink, client, method: str, url: str, **kwargs) -> None:
+        try:
+            status, data, _ = self._exchange(client, method, url, **kwargs)
+        except ApiError as exc:
+            raise RuntimeError(f"the answer: {exc.status} {exc.message}") from None
+        body = json.loads(data)
+        if status != 200:
+            raise RuntimeError(f"{status}: {body.get('error', '') if isinstance(body, dict) else ''}")
         link.vectors = NodeVectors.from_json(body["vectors"])
         link.region = str(body["region"])
 
     def _hello(self, link: PeerLink, client, headers: dict[str, str]) -> None:
         # the peer's vectors (GET /v1/peer/vectors): a delta claims the sender's vectors, so an
         # empty one cannot ask
-        self._answered(link, client.get(f"{link.url}/v1/peer/vectors",
-                                        headers={"Authorization": headers.get("Authorization", "")}))
+        self._answered(link, client, "GET", f"{link.url}/v1/peer/vectors",
+                       headers={"Authorization": headers.get("Authorization", "")})
 
     def _push(self, link: PeerLink, client, headers: dict[str, str]) -> None:
         node = self.node
         with node.lock:
             data = self.replicas.delta_since(link.vectors, now=node.settings.clock()).to_bytes()
         data = gzip.compress(data, compresslevel=WIRE_GZIP_LEVEL)    # the npz headers are most of a small delta
-        self._answered(link, client.post(f"{link.url}/v1/peer/delta", content=data,
-                                         headers={**headers, "Content-Encoding": "gzip"}))
+        self._answered(link, client, "POST", f"{link.url}/v1/peer/delta", content=data,
+                       headers={**headers, "Content-Encoding": "gzip"})
         link.bytes_shipped += len(data)
         self.bytes_metric.labels(link.url).inc(len(data))
 
     def _pull(self, link: PeerLink, client, headers: dict[str, str]) -> None:
         mine = self.vectors().to_json()
-        response = client.post(f"{link.url}/v1/peer/pull", json={"vectors": mine},
-                               headers={**headers, "Content-Type": "application/json"})
-        if response.status_code != 200:
-            raise RuntimeError(f"{response.status_code}: {one_line(response.text)[:200]}")
-        data = response.content                     # httpx undoes the gzip Content-Encoding
+        # the answer is bounded as a pushed delta is (read_body): at most max_body_bytes on the
+        # wire and after inflating, so a peer (or whatever answers at its address) cannot make
+        # this node expand a gzip bomb or hold an endless body
+        try:
+            status, data, wire = self._exchange(client, "POST", f"{link.url}/v1/peer/pull", json={"vectors": mine},
+                                                headers={**headers, "Content-Type": "application/json"})
+        except ApiError as exc:
+            raise RuntimeError(f"the pulled delta: {exc.status} {exc.message}") from None
+        if status != 200:
+            raise RuntimeError(f"{status}: {one_line(data.decode('utf-8', 'replace'))[:200]}")
         try:
             delta = decode_delta(data)
             with self.node.lock:
@@ -417,7 +473,6 @@ class PeerReplication:
             raise RuntimeError(f"the pulled delta: {exc.status} {exc.message}") from None
         except SwarmGuardError as exc:
             raise RuntimeError(f"the pulled delta: {one_line(exc)}") from None
-        wire = response.num_bytes_downloaded
         link.bytes_received += wire
         self.received_metric.labels(link.url).inc(wire)
 
@@ -515,6 +570,20 @@ def _adds_state(replicas: ReplicaSet, delta: PeerDelta, new_evidence: list) -> b
         if (seq > covered[np.asarray(part["registers.writer"], dtype=np.int64)]).any():
             return True
     return False
+
+
+def _read_raw(response, limit: int) -> bytes:
+    """A streamed httpx response's body as sent (still encoded), refused (413) past ``limit`` bytes."""
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"the answer passes the limit of {limit} bytes", code="too_large")
+    chunks, size = [], 0
+    for chunk in response.iter_raw():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"the answer passes the limit of {limit} bytes", code="too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def replication_of(node) -> PeerReplication:
