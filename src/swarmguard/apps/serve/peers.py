@@ -90,7 +90,13 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from ...api.cap import compute_confidence_factor
-from ...errors import DimensionMismatchError, DuplicateEvidenceError, EvidenceStoreError, StaleDeltaError, SwarmGuardError
+from ...errors import (
+    DimensionMismatchError,
+    DuplicateEvidenceError,
+    EvidenceStoreError,
+    StaleDeltaError,
+    SwarmGuardError,
+)
 from ...structures.replica import RegionReplica
 from ...values.version_vector import VersionVector
 from .auth import authenticate, requires
