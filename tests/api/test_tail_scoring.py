@@ -333,7 +333,8 @@ def test_with_a_window_the_tails_are_read_from_the_windows_members(scoring):
     np.testing.assert_allclose(outside["tail_p_value"], everyone["tail_p_value"][:5], rtol=1e-12)
 
 
-def test_ray_checks_calibrate_as_in_process_then_refuses_it_before_ray_starts():
+def test_ray_checks_calibrate_as_in_process_then_refuses_it_with_a_window_before_ray_starts():
+    # calibrate=True runs on Ray (tests/engines/test_ray_modes.py); with a window it is refused
     code = (
         "import sys\n"
         "import swarmguard as sg\n"
@@ -343,7 +344,7 @@ def test_ray_checks_calibrate_as_in_process_then_refuses_it_before_ray_starts():
         "except InvalidTypeError as exc:\n"
         "    assert isinstance(exc, TypeError) and 'calibrate' in str(exc); print('typed')\n"
         "try:\n"
-        "    sg.DistributedBehavioralDetector(backend='ray', calibrate=True)\n"
+        "    sg.DistributedBehavioralDetector(backend='ray', calibrate=True, window_rounds=3)\n"
         "except InvalidInputError as exc:\n"
         "    assert 'ray' in str(exc) and 'calibrate' in str(exc); print('refused')\n"
         "assert 'ray' not in sys.modules or not __import__('ray').is_initialized()\n"
