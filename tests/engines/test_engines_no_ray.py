@@ -155,6 +155,10 @@ def test_merge_scaled_rescales_parts_whose_exponents_differ_by_more_than_the_nor
     dict(regions=["eu", "eu"]), dict(regions=["e\x00u"]), dict(auto_sync_seconds=0.0),
     dict(scoring="fancy"), dict(scoring=3), dict(window_rounds=0), dict(calibrate="yes"),
     dict(significance_level=0.0, regions=["eu", "eu"]),      # several bad: the same one is named first
+    # a bad setting beside a mode Ray refuses: the bad setting's error, as in process
+    dict(scoring="tails", byzantine_threshold=0.5), dict(scoring="fused", regions=["eu", "eu"]),
+    dict(window_rounds=3, scoring="robust", max_staleness_seconds=-1.0),
+    dict(window_rounds=3, calibrate=True, auto_sync_seconds=0.0),
 ])
 def test_both_engines_refuse_the_same_bad_parameters_with_the_same_error_before_ray_starts(bad):
     from swarmguard.api.detector import DistributedBehavioralDetector
