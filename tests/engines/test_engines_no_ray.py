@@ -240,3 +240,31 @@ def test_flags_decided_elsewhere_are_refused_on_a_tree_that_judges_itself():
     np.testing.assert_array_equal(tree.get_trimmed_statistics()["mean"], [0.5, 0.0])
     tree.update_many([3], [[5.0, 5.0]])         # a write leaves the member out until flagged again
     assert tree.trimmed_flags(slots).tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize("slots, kept, error", [
+    (np.array([0, 99]), np.array([True, True]), "holds no member"),      # past the tree's slots
+    (np.array([-1]), np.array([True]), "holds no member"),               # no wrapping to the last slot
+    (np.array([0.0]), np.array([True]), "integer"),
+    (np.array([0, 0]), np.array([True, True]), "twice"),                 # one member counted twice
+    (np.array([[0]]), np.array([[True]]), "1-D"),
+    (np.array([0]), np.array([1]), "boolean"),
+])
+def test_bad_trimmed_flags_are_typed_errors_that_change_nothing(slots, kept, error):
+    from swarmguard.errors import InvalidInputError, SwarmGuardError
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    tree.judge_trimmed_elsewhere()
+    tree.update_many([1, 2, 3], [[0.0, 1.0], [1.0, 0.0], [2.0, 2.0]])
+    good, _ = tree.slots_of([1, 2, 3])
+    tree.set_trimmed_flags(good, np.array([True, False, True]))
+    before = tree.get_trimmed_statistics()
+    with pytest.raises(InvalidInputError, match=error) as caught:
+        tree.set_trimmed_flags(slots, kept)
+    assert isinstance(caught.value, SwarmGuardError)
+    after = tree.get_trimmed_statistics()
+    assert after["count"] == before["count"] == 2
+    np.testing.assert_array_equal(after["mean"], before["mean"])
+    assert tree.trimmed_flags(good).tolist() == [True, False, True]
+    if error not in ("twice", "boolean"):      # the readers refuse the same slots
+        with pytest.raises(InvalidInputError, match=error):
+            tree.trimmed_flags(slots)
