@@ -268,3 +268,18 @@ def test_bad_trimmed_flags_are_typed_errors_that_change_nothing(slots, kept, err
     if error not in ("twice", "boolean"):      # the readers refuse the same slots
         with pytest.raises(InvalidInputError, match=error):
             tree.trimmed_flags(slots)
+
+
+def test_trimmed_flags_set_elsewhere_keep_no_member_outside_the_window():
+    from swarmguard.errors import InvalidInputError
+    tree = HierarchicalStatisticalTree(feature_dimensions=2, window_rounds=1)
+    tree.judge_trimmed_elsewhere()
+    tree.update_many([1, 2, 3, 4], [[0.0, 1.0], [1.0, 0.0], [2.0, 2.0], [3.0, 1.0]])
+    tree.update_many([5], [[1.0, 1.0]])             # a new round: 1-4 leave the one-round window
+    slots, _ = tree.slots_of([1, 5])
+    assert tree.window_flags(slots).tolist() == [False, True]
+    with pytest.raises(InvalidInputError, match="outside the window"):
+        tree.set_trimmed_flags(slots, np.array([True, True]))
+    assert tree.trimmed_flags(slots).tolist() == [False, False]     # nothing changed
+    tree.set_trimmed_flags(slots, np.array([False, True]))
+    assert tree.get_trimmed_statistics()["count"] == 1

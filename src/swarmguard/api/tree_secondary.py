@@ -108,6 +108,10 @@ class SecondaryMoments:
         if np.unique(slots).size != slots.size:
             # the trimmed tree would count a member twice
             raise InvalidInputError("set_trimmed_flags names the same slot twice")
+        if self._win is not None and (kept & ~self._win.inside(slots)).any():
+            # the trimmed moments are drawn from the window: a member kept there but outside it
+            # would never expire from them (as from_dict refuses such flags)
+            raise InvalidInputError("set_trimmed_flags keeps a member outside the window")
         self._trim.write(self._judged_tree(), slots, self._tree.X[slots], keep=kept)
         self.version += 1
 
