@@ -155,6 +155,10 @@ def test_merge_scaled_rescales_parts_whose_exponents_differ_by_more_than_the_nor
     dict(regions=["eu", "eu"]), dict(regions=["e\x00u"]), dict(auto_sync_seconds=0.0),
     dict(scoring="fancy"), dict(scoring=3), dict(window_rounds=0), dict(calibrate="yes"),
     dict(significance_level=0.0, regions=["eu", "eu"]),      # several bad: the same one is named first
+    # a bad setting beside a mode Ray refuses: the bad setting's error, as in process
+    dict(scoring="tails", byzantine_threshold=0.5), dict(scoring="fused", regions=["eu", "eu"]),
+    dict(window_rounds=3, scoring="robust", max_staleness_seconds=-1.0),
+    dict(window_rounds=3, calibrate=True, auto_sync_seconds=0.0),
 ])
 def test_both_engines_refuse_the_same_bad_parameters_with_the_same_error_before_ray_starts(bad):
     from swarmguard.api.detector import DistributedBehavioralDetector
@@ -236,3 +240,46 @@ def test_flags_decided_elsewhere_are_refused_on_a_tree_that_judges_itself():
     np.testing.assert_array_equal(tree.get_trimmed_statistics()["mean"], [0.5, 0.0])
     tree.update_many([3], [[5.0, 5.0]])         # a write leaves the member out until flagged again
     assert tree.trimmed_flags(slots).tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize("slots, kept, error", [
+    (np.array([0, 99]), np.array([True, True]), "holds no member"),      # past the tree's slots
+    (np.array([-1]), np.array([True]), "holds no member"),               # no wrapping to the last slot
+    (np.array([0.0]), np.array([True]), "integer"),
+    (np.array([0, 0]), np.array([True, True]), "twice"),                 # one member counted twice
+    (np.array([[0]]), np.array([[True]]), "1-D"),
+    (np.array([0]), np.array([1]), "boolean"),
+])
+def test_bad_trimmed_flags_are_typed_errors_that_change_nothing(slots, kept, error):
+    from swarmguard.errors import InvalidInputError, SwarmGuardError
+    tree = HierarchicalStatisticalTree(feature_dimensions=2)
+    tree.judge_trimmed_elsewhere()
+    tree.update_many([1, 2, 3], [[0.0, 1.0], [1.0, 0.0], [2.0, 2.0]])
+    good, _ = tree.slots_of([1, 2, 3])
+    tree.set_trimmed_flags(good, np.array([True, False, True]))
+    before = tree.get_trimmed_statistics()
+    with pytest.raises(InvalidInputError, match=error) as caught:
+        tree.set_trimmed_flags(slots, kept)
+    assert isinstance(caught.value, SwarmGuardError)
+    after = tree.get_trimmed_statistics()
+    assert after["count"] == before["count"] == 2
+    np.testing.assert_array_equal(after["mean"], before["mean"])
+    assert tree.trimmed_flags(good).tolist() == [True, False, True]
+    if error not in ("twice", "boolean"):      # the readers refuse the same slots
+        with pytest.raises(InvalidInputError, match=error):
+            tree.trimmed_flags(slots)
+
+
+def test_trimmed_flags_set_elsewhere_keep_no_member_outside_the_window():
+    from swarmguard.errors import InvalidInputError
+    tree = HierarchicalStatisticalTree(feature_dimensions=2, window_rounds=1)
+    tree.judge_trimmed_elsewhere()
+    tree.update_many([1, 2, 3, 4], [[0.0, 1.0], [1.0, 0.0], [2.0, 2.0], [3.0, 1.0]])
+    tree.update_many([5], [[1.0, 1.0]])             # a new round: 1-4 leave the one-round window
+    slots, _ = tree.slots_of([1, 5])
+    assert tree.window_flags(slots).tolist() == [False, True]
+    with pytest.raises(InvalidInputError, match="outside the window"):
+        tree.set_trimmed_flags(slots, np.array([True, True]))
+    assert tree.trimmed_flags(slots).tolist() == [False, False]     # nothing changed
+    tree.set_trimmed_flags(slots, np.array([False, True]))
+    assert tree.get_trimmed_statistics()["count"] == 1

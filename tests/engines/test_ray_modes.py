@@ -129,7 +129,7 @@ def test_robust_per_item_loop_matches_in_process(ray_session, calibrate):
         assert flagged >= 2
         assert a.tree.get_trimmed_statistics()["count"] < 380        # the cluster is trimmed away
         if calibrate:
-            assert b.engine._null.count == a.protocol.null.count == 400
+            assert b.protocol.null.count == a.protocol.null.count == 400
     finally:
         b.close()
 
@@ -182,7 +182,7 @@ def test_calibrated_p_values_on_ray_are_within_req_bounds_of_the_exact_ones(ray_
     rounds = heavy_tailed_rounds(2)
     got, final, _, det = run_both(rounds, scoring=scoring, fdr=q, calibrate=True)
     plain, _, _, _ = run_both(rounds[-1:], scoring=scoring, fdr=q)
-    lo, hi = det.engine._null.p_value_bounds(got[-1][1]["mahalanobis_squared"])
+    lo, hi = det.protocol.null.p_value_bounds(got[-1][1]["mahalanobis_squared"])
     width = float(np.max((hi - lo) / lo))     # REQ's relative bound, both sides (k = 12, 3σ)
     assert 0 < width < 0.2
     for engine in (0, 1):
@@ -197,7 +197,7 @@ def test_calibrated_p_values_on_ray_are_within_req_bounds_of_the_exact_ones(ray_
             inside += int((rel <= width).sum())
             total += ex.size
         assert inside >= 0.99 * total
-    assert det.engine._null.count == admitted
+    assert det.protocol.null.count == admitted
     # not vacuous: the same distances' p-values are the null's, not χ²'s
     np.testing.assert_allclose(got[-1][1]["mahalanobis_squared"], plain[0][1]["mahalanobis_squared"], rtol=1e-12)
     assert not np.allclose(got[-1][1]["p_value"], plain[0][1]["p_value"], rtol=1e-3)
@@ -215,11 +215,11 @@ def test_calibrated_null_survives_a_lost_driver(ray_session, tmp_path):
     try:
         for r, (ids, X, reg) in enumerate(rounds):
             if r == 3:      # rounds 0-1 checkpointed (with the null), round 2 only in the log of calls
-                before = det.engine._null.count
+                before = det.protocol.null.count
                 assert before > 1000            # warm: round 2 was calibrated
                 det.close()
                 det = RayDistributedBehavioralDetector.resume(tmp_path, clock=lambda: 0.0)
-                assert det.engine._null.count == before      # the checkpoint's null, round 2 replayed
+                assert det.protocol.null.count == before      # the checkpoint's null, round 2 replayed
             x, y = ref.process_round(ids, X, reg), det.process_round(ids, X, reg)
             np.testing.assert_allclose(y["mahalanobis_squared"], x["mahalanobis_squared"], rtol=1e-12)
     finally:

@@ -21,7 +21,7 @@ from ..structures.scoring import LeaveOneOutScorer, combine_levels, score_popula
 from ..structures.scoring_modes import DEFAULT_SCORING, SKETCH_MODES, TRIMMED_MODES
 from ..structures.significance import resolve_fdr, significance_cut
 from ..structures.tail_scores import tail_evidence
-from ..structures.trimming import TrimmedScorer
+from ..structures.trimming import TrimmedScorer, score_trimmed_population, trimmed_level_scorer
 from ..validation import (
     as_feature_matrix,
     as_feature_vector,
@@ -373,12 +373,10 @@ class BehavioralDistributedProtocol(ItemScoring, Locked):
             DX = sub.deviations(np.take(tree._tree.X, slots, axis=0))
         kept = counted(slots)
         n_t, off, m2 = sub.root_state()
-        scorer = TrimmedScorer(n_t, off, m2, self.shrinkage, quantile=quantile)
-        res = scorer.score_many(DX - off, kept, explain=explain)
-        d2, shares = res if explain else (res, None)
         # as a cohort's level: kept members are scored leave-one-out, which needs >= 3 of them
-        warm = bool(self._warm_count(n_pop) >= self.warm_up and scorer.inside.ok)
-        return d2, chi2_sf(d2, DX.shape[1]), warm, shares, DX, kept
+        d2, p, warm, shares = score_trimmed_population(DX - off, n_t, off, m2, kept, self.shrinkage, quantile,
+                                                       self._warm_count(n_pop), self.warm_up, explain)
+        return d2, p, warm, shares, DX, kept
 
     def _warm_count(self, n_members: float) -> float:
         """The count the warm-up is judged on: the members inside the window when there is
@@ -416,15 +414,7 @@ class BehavioralDistributedProtocol(ItemScoring, Locked):
     def _trimmed_group_scorer(self, kept: np.ndarray, trimmed_counts: dict[Path, float]):
         """For :func:`combine_levels`: a cohort's rows scored against its trimmed moments
         (``count`` there is the cohort's members, its kept ones are in ``trimmed_counts``)."""
-        shrinkage = self.shrinkage
-        quantile = self._subset()[3]
-
-        def score(key: Path, rows: np.ndarray, count: float, offset: np.ndarray, m2: np.ndarray, E: np.ndarray):
-            scorer = TrimmedScorer(trimmed_counts[key], offset, m2, shrinkage, quantile=quantile)
-            if not scorer.ok:
-                return np.zeros(E.shape[0]), False
-            return scorer.score_many(E, kept[rows]), scorer.inside.ok
-        return score
+        return trimmed_level_scorer(trimmed_counts, kept, self.shrinkage, self._subset()[3])
 
     def _cohort_groups(self, slots: np.ndarray, DX: np.ndarray, trimmed_counts: dict | None = None):
         """Per cohort above the rows: ``(path, rows, count, offset, m2, deviations)`` for

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError, UnknownCohortError
+from ..errors import InvalidInputError, InvalidTypeError, UnknownCohortError
 from ..locking import synchronized
 from ..structures.sketch_tree import SketchTree
 from ..structures.slot_tree import SlotTree
@@ -99,14 +99,34 @@ class SecondaryMoments:
         """
         if not self._trim_elsewhere or self._trim is None:
             raise InvalidInputError("this tree judges its trimmed moments itself (judge_trimmed_elsewhere was not asked)")
-        slots = np.asarray(slots, dtype=np.int64)
-        kept = np.asarray(kept, dtype=bool)
+        slots = self._member_slots(slots, "set_trimmed_flags")
+        kept = np.asarray(kept)
+        if kept.dtype != bool:
+            raise InvalidTypeError(f"set_trimmed_flags takes boolean flags, got dtype {kept.dtype}")
         if kept.shape != slots.shape:
-            raise InvalidInputError(f"{slots.shape[0]} slots for {kept.shape[0]} flags")
-        if not self._tree.occupied[slots].all():
-            raise InvalidInputError("set_trimmed_flags names a slot that holds no member")
+            raise InvalidInputError(f"{slots.shape[0]} slots for {kept.shape} flags")
+        if np.unique(slots).size != slots.size:
+            # the trimmed tree would count a member twice
+            raise InvalidInputError("set_trimmed_flags names the same slot twice")
+        if self._win is not None and (kept & ~self._win.inside(slots)).any():
+            # the trimmed moments are drawn from the window: a member kept there but outside it
+            # would never expire from them (as from_dict refuses such flags)
+            raise InvalidInputError("set_trimmed_flags keeps a member outside the window")
         self._trim.write(self._judged_tree(), slots, self._tree.X[slots], keep=kept)
         self.version += 1
+
+    def _member_slots(self, slots: Any, what: str) -> np.ndarray:
+        """``slots`` checked: a 1-D integer array of slots that hold a member (typed errors, no change)."""
+        arr = np.asarray(slots)
+        if arr.dtype.kind not in "iu":
+            raise InvalidTypeError(f"{what} takes integer slots, got dtype {arr.dtype}")
+        if arr.ndim != 1:
+            raise InvalidInputError(f"{what} takes a 1-D array of slots, got shape {arr.shape}")
+        arr = arr.astype(np.int64)
+        held = arr.size == 0 or (self._tree is not None and arr.min() >= 0 and arr.max() < self._tree.capacity)
+        if not held or (arr.size and not self._tree.occupied[arr].all()):
+            raise InvalidInputError(f"{what} names a slot that holds no member")
+        return arr
 
     @synchronized
     def trimmed_flags(self, slots: np.ndarray) -> np.ndarray:
@@ -114,7 +134,7 @@ class SecondaryMoments:
         (``InvalidInputError`` unless trimmed moments are kept)."""
         if self._trim is None:
             raise InvalidInputError("this tree keeps no trimmed moments (no scoring mode asked for them)")
-        return self._trim.kept(slots)
+        return self._trim.kept(self._member_slots(slots, "trimmed_flags"))
 
     @synchronized
     def trimmed_node_states(self) -> dict[str, Any] | None:
@@ -212,7 +232,7 @@ class SecondaryMoments:
             raise InvalidInputError("this tree keeps no window (built without window_rounds)")
         if self._win is None:
             return np.zeros(np.shape(slots), dtype=bool)
-        return self._win.inside(np.asarray(slots, dtype=np.int64))
+        return self._win.inside(self._member_slots(slots, "window_flags"))
 
     def _judged_tree(self):
         """The slot tree trimmed members are judged against and drawn from: the window's

@@ -167,6 +167,15 @@ class RayEngine(RayRounds, RayRegions, RayEvidence, RayDurability):
         rules = validate_protocol_settings(significance_level=s.significance_level, fdr=s.fdr,
                                            shrinkage=s.shrinkage, warm_up=s.warm_up, score_levels=s.score_levels,
                                            scoring=s.scoring, calibrate=s.calibrate)
+        ref = validate_consensus_settings(byzantine_threshold=s.byzantine_threshold, partition_size=s.partition_size,
+                                          prior_probability=s.prior_probability, trusted_sources=[s.node_id],
+                                          probation_evidence=s.probation_evidence)
+        links = validate_cap_settings(consistency_model=s.consistency_model,
+                                      max_staleness_seconds=s.max_staleness_seconds,
+                                      confidence_decay_rate=s.confidence_decay_rate, clock=s.clock, regions=s.regions,
+                                      auto_sync_seconds=s.auto_sync_seconds)
+        # What the Ray engine cannot do yet is refused after every setting is checked, so that a
+        # bad setting gets the in-process engine's error whatever else is asked for.
         if rules.scoring in SKETCH_MODES:
             # the shards' tail sketches would need merging on the driver (KLL merges change the
             # sketch): refused rather than answering differently from in process
@@ -176,13 +185,6 @@ class RayEngine(RayRounds, RayRegions, RayEvidence, RayDurability):
             # merged yet: refused rather than answering differently from in process
             what = f"scoring={s.scoring!r}" if rules.scoring in TRIMMED_MODES else "calibrate=True"
             raise InvalidInputError(f"window_rounds with {what} is not available on the ray backend yet")
-        ref = validate_consensus_settings(byzantine_threshold=s.byzantine_threshold, partition_size=s.partition_size,
-                                          prior_probability=s.prior_probability, trusted_sources=[s.node_id],
-                                          probation_evidence=s.probation_evidence)
-        links = validate_cap_settings(consistency_model=s.consistency_model,
-                                      max_staleness_seconds=s.max_staleness_seconds,
-                                      confidence_decay_rate=s.confidence_decay_rate, clock=s.clock, regions=s.regions,
-                                      auto_sync_seconds=s.auto_sync_seconds)
         self.region_workers = None if region_workers is None else check_positive_int(region_workers, "region_workers")
         partitions = check_positive_int(evidence_partitions, "evidence_partitions")
         self.checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")

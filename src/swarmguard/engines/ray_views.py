@@ -18,6 +18,7 @@ from ..api.cap import ConsistencyModel, SyncReport
 from ..api.evidence_types import BayesianEvidence
 from ..errors import InvalidInputError, UnknownAgentError
 from ..structures.robust_fusion import SourceEvents
+from ..structures.score_null import ScoreNull
 from ..structures.significance import resolve_fdr, significance_cut
 from ..validation import check_key
 from .ray_system import hash_partition
@@ -184,6 +185,12 @@ class RayProtocolView:
     @property
     def significance_level(self) -> float:
         return self._det.significance_level
+
+    @property
+    def null(self) -> ScoreNull | None:
+        """The population's score null (``calibrate=True``; None otherwise), as the in-process
+        protocol's ``null``: held on the driver, the live object (read it, don't change it)."""
+        return self._det._null
 
     def score_many(self, agent_ids: Any = None, *, fdr: Any = "default") -> dict[str, Any]:
         """Every agent's scores (ordered by agent id); ``agent_ids`` must be None."""

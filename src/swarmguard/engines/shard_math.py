@@ -10,11 +10,16 @@ from typing import Any
 
 import numpy as np
 
-from ..structures.chi2 import chi2_sf
 from ..structures.score_null import ScoreNull
 from ..structures.scoring import combine_levels, score_population
 from ..structures.slot_tree import MAX_UNIT_EXPONENT, scale_outer
-from ..structures.trimming import TRIM_QUANTILE, TrimmedScorer, judge_rows, trim_threshold
+from ..structures.trimming import (
+    TRIM_QUANTILE,
+    judge_rows,
+    score_trimmed_population,
+    trim_threshold,
+    trimmed_level_scorer,
+)
 from ..values.moments import Moments, combine_groups
 
 __all__ = ["moments_from_state", "merge_reach_exponent", "merge_scaled", "merge_summaries", "score_rows",
@@ -210,10 +215,9 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
     if trimmed is not None:
         t_pop, t_cohorts, t_exponents, kept = trimmed
         quantile = None if window else TRIM_QUANTILE
-        scorer = TrimmedScorer(float(t_pop.count), t_pop.offset, t_pop.m2, shrinkage, quantile=quantile)
-        d2 = scorer.score_many(deviations(X, t_pop, (), t_exponents), kept)
-        p = chi2_sf(d2, X.shape[1])
-        warm = bool(float((t_pop if window else population).count) >= warm_up and scorer.inside.ok)
+        d2, p, warm, _ = score_trimmed_population(deviations(X, t_pop, (), t_exponents), float(t_pop.count),
+                                                  t_pop.offset, t_pop.m2, kept, shrinkage, quantile,
+                                                  float((t_pop if window else population).count), warm_up)
     else:
         d2, p, warm, _ = score_population(deviations(X, population, ()), float(population.count),
                                           population.offset, population.m2, shrinkage, warm_up)
@@ -245,14 +249,9 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
                                deviations(X[rows], t, prefix, t_exponents))
 
     score_group = None
-    if trimmed is not None:
-        def score_group(key: Any, rows: np.ndarray, count: float, offset: np.ndarray, m2: np.ndarray,
-                        E: np.ndarray):
-            # the in-process protocol's cohort rule (its _trimmed_group_scorer)
-            sc = TrimmedScorer(float(t_cohorts[key].count), offset, m2, shrinkage, quantile=quantile)
-            if not sc.ok:
-                return np.zeros(E.shape[0]), False
-            return sc.score_many(E, kept[rows]), sc.inside.ok
+    if trimmed is not None:      # the in-process protocol's cohort rule, the same core
+        score_group = trimmed_level_scorer({key: float(t.count) for key, t in t_cohorts.items()}, kept,
+                                           shrinkage, quantile)
 
     decision_p, any_warm, n_levels, _ = combine_levels(p, warm, groups(), shrinkage, warm_up, score=score_group)
     return {"mahalanobis_squared": d2, "p_value": p, "decision_p_value": decision_p,

@@ -60,17 +60,19 @@ for Gaussian members), so that a Gaussian member's distance is again about
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
 from ..errors import NonFiniteError
 from ..lazy_import import module_on_first_use
+from .chi2 import chi2_sf
 from .feature_shares import whitened_parts, zca_cor_whitening
 from .scoring import _RIDGE, _TINY, _VAR_FLOOR, MIN_POPULATION, LeaveOneOutScorer
 from .slot_tree import SlotTree
 
 __all__ = ["TRIM_QUANTILE", "TrimmedMoments", "TrimmedScorer", "consistency_factor", "judge_rows",
-           "trim_threshold"]
+           "score_trimmed_population", "trim_threshold", "trimmed_level_scorer"]
 
 TRIM_QUANTILE = 0.975
 _special = module_on_first_use("scipy.special")   # imported on first use: see swarmguard.lazy_import
@@ -260,6 +262,41 @@ class TrimmedScorer:
             shares *= self.factor
             return d2, shares
         return d2
+
+
+def score_trimmed_population(E: np.ndarray, count: float, offset: np.ndarray, m2: np.ndarray,
+                             kept: np.ndarray, shrinkage: float | str, quantile: float | None,
+                             warm_count: float, warm_up: int, explain: bool = False):
+    """Rows scored against the population's trimmed moments: ``(d2, p, warm, shares)``.
+
+    ``(count, offset, m2)`` are the trimmed (or windowed, ``quantile=None``)
+    moments, ``E`` the rows' deviations from their mean in their units and
+    ``kept`` whether each row is counted in them (:class:`TrimmedScorer`).
+    The level is warm when ``warm_count`` (the members the population is
+    judged on) reaches ``warm_up`` and three members are counted (kept members
+    are scored leave-one-out). ``shares`` is None without ``explain``. The
+    in-process protocol and the Ray engine's region shards (on moments merged
+    over many trees) both score so.
+    """
+    scorer = TrimmedScorer(count, offset, m2, shrinkage, quantile=quantile)
+    res = scorer.score_many(E, kept, explain=explain)
+    d2, shares = res if explain else (res, None)
+    warm = bool(warm_count >= warm_up and scorer.inside.ok)
+    return d2, chi2_sf(d2, E.shape[1]), warm, shares
+
+
+def trimmed_level_scorer(kept_counts: Any, kept: np.ndarray, shrinkage: float | str, quantile: float | None):
+    """For :func:`~swarmguard.structures.scoring.combine_levels`: a cohort's rows scored against
+    its trimmed moments (``kept_counts[path]``: its kept members' count, read when the level is
+    scored; ``kept``: whether each row is counted). A level with fewer than
+    ``MIN_POPULATION - 1`` kept members is not scored; the in-process protocol and the Ray
+    engine's region shards both use it."""
+    def score(key: Any, rows: np.ndarray, count: float, offset: np.ndarray, m2: np.ndarray, E: np.ndarray):
+        scorer = TrimmedScorer(kept_counts[key], offset, m2, shrinkage, quantile=quantile)
+        if not scorer.ok:
+            return np.zeros(E.shape[0]), False
+        return scorer.score_many(E, kept[rows]), scorer.inside.ok
+    return score
 
 
 _lapack = module_on_first_use("scipy.linalg.lapack")
