@@ -11,7 +11,7 @@ from scipy import stats
 from swarmguard.apps.serve.agent_state import severity_of
 from swarmguard.apps.serve.peers import PeerLink
 
-from .conftest import auth, close_window, post_behaviors, population_rows
+from .conftest import auth, close_window, population_rows, post_behaviors
 from .test_peers_node import _sync, pair  # noqa: F401 - the fixture
 
 READ = auth("t-read")
@@ -95,3 +95,16 @@ def test_a_node_with_no_window_of_its_own_answers_replicas(pair):  # noqa: F811
     assert body["score"] == eu_c.get(f"/v1/agents/{rows[0]['agent_id']}", headers=READ).json()["score"]
     # us's own population holds no agent: no statistics to split the distance against
     assert body["contributions"] == []
+
+
+def test_the_client_reads_replicated_items(pair):  # noqa: F811
+    from swarmguard.client import SwarmGuardClient
+
+    _, node = pair
+    rng = np.random.default_rng(13)
+    _, eu_c, us_c, eu_rows, _ = _two_synced(node, rng)
+    client = SwarmGuardClient("http://testserver", token="t-read", http=us_c)
+    first = client.top_agents(1)[0]
+    assert first.agent_id == eu_rows[7]["agent_id"]
+    assert first.source == "replica" and first.writer_region == "eu"
+    assert first.score == eu_c.get(f"/v1/agents/{first.agent_id}", headers=READ).json()["score"]

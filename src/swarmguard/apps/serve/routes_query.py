@@ -14,7 +14,13 @@ from fastapi.responses import StreamingResponse
 from .auth import requires
 from .http_errors import ApiError
 from .peers import view_confidence
-from .replica_read import SOURCE_SCORED, replica_agent, replica_contributions, top_replica_agents, writer_staleness
+from .replica_read import (
+    SOURCE_SCORED,
+    replica_agent,
+    replica_contributions,
+    top_replica_agents,
+    writer_staleness,
+)
 
 __all__ = ["router"]
 
