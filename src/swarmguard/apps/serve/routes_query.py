@@ -44,11 +44,16 @@ def list_agents(request: Request, top: int = Query(10, ge=1, le=100_000), cohort
         pops = [p for p in node.populations.values() if population in (None, p.name)]
         states = [(s, None) for p in pops for s in p.agents.values()
                   if cohort is None or (s.cohort or region) == cohort]
-        if cohort is None:
+        if cohort is None and any(_replicates(p) for p in pops):
             cf = view_confidence(node)
             states += [(r.state, r) for p in pops for r in top_replica_agents(p, region, top, cf)]
         best = heapq.nlargest(top, states, key=lambda e: (-e[0].log_p, e[0].score))
         return {"agents": [_scored(s) if r is None else r.summary() for s, r in best]}
+
+
+def _replicates(pop) -> bool:
+    # the in-process resolver keeps the replicas here; the Ray engine's view keeps them in its actors
+    return hasattr(pop.detector.cap_resolver, "ensure_replica")
 
 
 def _scored(state) -> dict:
@@ -86,10 +91,11 @@ def get_agent(request: Request, agent_id: str, population: str | None = None) ->
 
 def _find_replica(node, agent_id: str, population: str | None):
     """(population, :class:`~.replica_read.ReplicaAgent`) of an agent only a replica holds."""
+    pops = [p for p in node.populations.values() if population in (None, p.name) and _replicates(p)]
+    if not pops:
+        return None, None
     cf = view_confidence(node)
-    for pop in node.populations.values():
-        if population not in (None, pop.name):
-            continue
+    for pop in pops:
         found = replica_agent(pop, node.settings.region, agent_id, cf)
         if found is not None:
             return pop, found
