@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import quote
 
@@ -42,6 +42,9 @@ class AgentSummary:
     isolated: bool
     cohort: str | None
     population: str | None = None
+    source: str | None = None               # "scored" (this node's window) or "replica" (a peer's register)
+    writer_region: str | None = None        # a replica item: the register's writer region and timestamp
+    timestamp: float | None = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,10 @@ class SwarmGuardClient:
         params: dict[str, Any] = {"top": top}
         if cohort is not None:
             params["cohort"] = cohort
-        return [AgentSummary(**a) for a in self._check(self._http.get("/v1/agents", params=params))["agents"]]
+        # fields a newer node adds are left out rather than refused (the contract is extended, not changed)
+        known = {f.name for f in fields(AgentSummary)}
+        return [AgentSummary(**{k: v for k, v in a.items() if k in known})
+                for a in self._check(self._http.get("/v1/agents", params=params))["agents"]]
 
     def agent(self, agent_id: str) -> dict[str, Any]:
         """``GET /v1/agents/{id}`` (a :class:`NodeError` 404 for an unknown agent)."""

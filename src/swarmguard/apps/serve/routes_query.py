@@ -14,6 +14,13 @@ from fastapi.responses import StreamingResponse
 from .auth import requires
 from .http_errors import ApiError
 from .peers import view_confidence
+from .replica_read import (
+    SOURCE_SCORED,
+    replica_agent,
+    replica_contributions,
+    top_replica_agents,
+    writer_staleness,
+)
 
 __all__ = ["router"]
 
@@ -25,34 +32,74 @@ router = APIRouter(tags=["query"], dependencies=[Depends(requires("read"))])
 @router.get("/v1/agents", summary="The most anomalous agents")
 def list_agents(request: Request, top: int = Query(10, ge=1, le=100_000), cohort: str | None = None,
                 population: str | None = None) -> dict:
-    """``{"agents": [{"agent_id", "severity", "p_value", "score", "isolated", "cohort", "population"}]}``,
-    the ``top`` highest scores (squared distance) first; ``cohort`` / ``population`` filter."""
+    """``{"agents": [{"agent_id", "severity", "p_value", "score", "isolated", "cohort", "population",
+    "source"}]}``, the ``top`` highest scores (squared distance) first; ``cohort`` / ``population`` filter.
+
+    Agents this node scored (``"source": "scored"``) and, without a ``cohort`` filter (a
+    register carries no cohort), the agents only its replicas hold (``"source": "replica"``,
+    with ``writer_region`` and ``timestamp``: :mod:`.replica_read`), merged by the same order."""
     node = request.app.state.node
     with node.lock:
-        states = [s for p in node.populations.values() if population in (None, p.name)
-                  for s in p.agents.values() if cohort is None or (s.cohort or node.settings.region) == cohort]
-        best = heapq.nlargest(top, states, key=lambda s: (-s.log_p, s.score))
-        return {"agents": [s.summary() for s in best]}
+        region = node.settings.region
+        pops = [p for p in node.populations.values() if population in (None, p.name)]
+        states = [(s, None) for p in pops for s in p.agents.values()
+                  if cohort is None or (s.cohort or region) == cohort]
+        if cohort is None and any(_replicates(p) for p in pops):
+            cf = view_confidence(node)
+            states += [(r.state, r) for p in pops for r in top_replica_agents(p, region, top, cf)]
+        best = heapq.nlargest(top, states, key=lambda e: (-e[0].log_p, e[0].score))
+        return {"agents": [_scored(s) if r is None else r.summary() for s, r in best]}
+
+
+def _replicates(pop) -> bool:
+    # the in-process resolver keeps the replicas here; the Ray engine's view keeps them in its actors
+    return hasattr(pop.detector.cap_resolver, "ensure_replica")
+
+
+def _scored(state) -> dict:
+    return {**state.summary(), "source": SOURCE_SCORED}
 
 
 @router.get("/v1/agents/{agent_id:path}", summary="One agent's latest result",
-            responses={404: {"description": "unknown agent (no closed window holds a vector of it)"}})
+            responses={404: {"description": "unknown agent (neither a closed window nor a replica holds a vector of it)"}})
 def get_agent(request: Request, agent_id: str, population: str | None = None) -> dict:
     """The agent's list item plus ``contributions`` ([{feature, share, typical, actual}], largest
     share first), ``consensus`` ({probability, log_odds, evidence_count}), ``confidence_factor``
-    and ``window``."""
+    and ``window``; ``source``: ``"scored"`` (this node's window) or ``"replica"`` (a peer's
+    register replicated here, with ``writer_region``, ``timestamp`` and ``writer_staleness_seconds``;
+    :mod:`.replica_read` says how each value is derived)."""
     node = request.app.state.node
     with node.lock:
         found = node.find_agent(agent_id, population)
-        if found is None:
-            raise ApiError(404, f"unknown agent {agent_id!r}", code="unknown_agent")
-        pop, state = found
-        out = state.summary()
-        out["contributions"] = pop.contributions(state)
+        if found is not None:
+            pop, state = found
+            out = _scored(state)
+        else:
+            pop, replica = _find_replica(node, agent_id, population)
+            if replica is None:
+                raise ApiError(404, f"unknown agent {agent_id!r}", code="unknown_agent")
+            state = replica.state
+            out = replica.summary()
+            out["writer_staleness_seconds"] = writer_staleness(pop, node.settings.region, replica.writer_region,
+                                                               node.settings.clock())
+        out["contributions"] = pop.contributions(state) if found is not None else replica_contributions(pop, state)
         out["consensus"] = pop.consensus_of(agent_id)
         out["confidence_factor"] = state.confidence_factor
         out["window"] = state.window
         return out
+
+
+def _find_replica(node, agent_id: str, population: str | None):
+    """(population, :class:`~.replica_read.ReplicaAgent`) of an agent only a replica holds."""
+    pops = [p for p in node.populations.values() if population in (None, p.name) and _replicates(p)]
+    if not pops:
+        return None, None
+    cf = view_confidence(node)
+    for pop in pops:
+        found = replica_agent(pop, node.settings.region, agent_id, cf)
+        if found is not None:
+            return pop, found
+    return None, None
 
 
 @router.get("/v1/populations", summary="Every cohort's count, mean, covariance and scores")

@@ -1,0 +1,146 @@
+"""Reads of agents this node did not score: answered from its CAP resolver replica.
+
+A node replicates its peers' registers (:mod:`.peers`): per population, the
+replica of this node's region holds every agent's latest feature vector and
+anomaly score with its writer region and timestamp (last-writer-wins). An agent
+whose behaviour was posted to another node is in no closed window here, but its
+register is; ``GET /v1/agents/{id}`` and ``GET /v1/agents?top=K`` answer it from
+that register, marked ``"source": "replica"`` (an agent this node scored itself
+is ``"source": "scored"`` and answers from its own window, as before, even when a
+peer's newer register of it arrived since).
+
+What a replica answer holds, and where each value comes from:
+
+- ``score``: the register's anomaly score, which *is* the writer's squared
+  Mahalanobis distance (the detector writes ``mahalanobis_squared`` into the
+  registers at each round), bit for bit what the writer node answers.
+- ``p_value`` and ``severity``: derived exactly as for a scored agent
+  (:meth:`~.population.Population.close_window`): ``ln p = chi2_logsf(score, d)``
+  with ``d`` the population's dimension, ``severity = severity_of(ln p)``. They
+  depend on the score and ``d`` only, so they equal the writer's.
+- ``writer_region`` and ``timestamp``: the register's; ``writer_staleness_seconds``:
+  how long ago this node last heard of the writer region (directly or through a
+  third node; 0 for this node's own region).
+- ``confidence_factor``: this node's view (:func:`~.peers.view_confidence`), the
+  same factor ``/v1/populations`` carries.
+- ``contributions``: computed against *this node's* population statistics with the
+  same share definition as a scored agent (docs/scoring.md#feature-shares, the
+  report's :func:`~swarmguard.apps.report_data.feature_shares`), so they may differ
+  from the writer node's while the two views differ; shares are ``null`` while the
+  population holds fewer than 3 agents.
+- ``isolated``: whether *this node's* detector isolated the agent — never, for an
+  agent it did not score (``false``); the replicated evidence behind it is in
+  ``consensus``. ``cohort`` and ``window`` are ``null`` (a register carries neither).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ...errors import UnknownAgentError
+from ...structures.chi2 import chi2_logsf
+from .agent_state import AgentState, severities, severity_of
+
+__all__ = ["ReplicaAgent", "replica_agent", "top_replica_agents", "writer_staleness", "replica_contributions", "SOURCE_SCORED", "SOURCE_REPLICA"]
+
+SOURCE_SCORED = "scored"
+SOURCE_REPLICA = "replica"
+
+
+@dataclass(frozen=True)
+class ReplicaAgent:
+    """An agent answered from a register: its state (scored as the writer scored it) and the
+    register's writer region and timestamp."""
+
+    state: AgentState
+    writer_region: str
+    timestamp: float
+
+    def summary(self) -> dict[str, Any]:
+        """The ``/v1/agents`` list item, marked with its source, writer region and timestamp."""
+        return {**self.state.summary(), "source": SOURCE_REPLICA, "writer_region": self.writer_region,
+                "timestamp": self.timestamp}
+
+
+def _registers(pop, region: str):
+    """The registers of this node's replica of ``pop`` (None: no replica yet, or an engine
+    whose resolver keeps none in this process, such as Ray's view)."""
+    ensure = getattr(pop.detector.cap_resolver, "ensure_replica", None)
+    if ensure is None:
+        return None
+    replica = ensure(region)
+    return None if replica is None else replica.registers
+
+
+def replica_agent(pop, region: str, agent_id: str, confidence_factor: float | None) -> ReplicaAgent | None:
+    """``agent_id``'s register in this node's replica of ``pop`` as an answer (None: no register)."""
+    registers = _registers(pop, region)
+    if registers is None:
+        return None
+    try:
+        reg = registers.get(agent_id)
+    except UnknownAgentError:
+        return None
+    score = float(reg["anomaly_score"])
+    features = np.asarray(reg["features"], dtype=np.float64)
+    log_p = float(chi2_logsf(np.array([score]), features.size)[0])
+    state = AgentState(agent_id, pop.name, score, math.exp(log_p), log_p, severity_of(log_p), False, None,
+                       confidence_factor, features, None)
+    return ReplicaAgent(state, str(reg["region"]), float(reg["timestamp"]))
+
+
+def replica_contributions(pop, state: AgentState) -> list[dict[str, Any]]:
+    """:meth:`~.population.Population.contributions` of a replicated agent against this node's
+    population; ``[]`` while this node's population holds no agent of its own (no mean, no
+    covariance to split the distance against)."""
+    try:
+        count = int(pop.detector.tree.get_global_statistics()["count"])
+    except (KeyError, ValueError):
+        count = 0
+    return pop.contributions(state) if count > 0 else []
+
+
+def writer_staleness(pop, region: str, writer: str, now: float) -> float | None:
+    """Seconds since this node last heard of region ``writer`` in ``pop``'s replica (0 for its
+    own region; None: unknown)."""
+    ensure = getattr(pop.detector.cap_resolver, "ensure_replica", None)
+    replica = None if ensure is None else ensure(region)
+    if replica is None:
+        return None
+    if writer == region:
+        return 0.0
+    age = replica.ages(now).get(writer)
+    return None if age is None or not math.isfinite(age) else float(age)
+
+
+def top_replica_agents(pop, region: str, top: int, confidence_factor: float | None) -> list[ReplicaAgent]:
+    """The ``top`` most anomalous agents of ``pop``'s registers that ``pop`` did not score
+    itself, ordered as ``/v1/agents`` orders (smallest ``ln p``, then largest score).
+
+    Vectorised over the registers; states are built for the ``top`` chosen only."""
+    registers = _registers(pop, region)
+    if registers is None or not len(registers):
+        return []
+    entries = registers.entries()
+    ids = [*entries["int_ids"].tolist(), *entries["str_ids"].tolist()]
+    keep = np.fromiter((a not in pop.agents for a in ids), dtype=bool, count=len(ids))
+    if not keep.any():
+        return []
+    rows = np.flatnonzero(keep)
+    scores = np.asarray(entries["anomaly_score"], dtype=np.float64)[rows]
+    log_p = np.asarray(chi2_logsf(scores, int(entries["dim"])), dtype=np.float64)
+    order = np.lexsort((-scores, log_p))[:top]            # ln p ascending, then score descending
+    sev = severities(log_p[order]).tolist()
+    names = entries["regions"].tolist()
+    out = []
+    for k, i in enumerate(order.tolist()):
+        row = int(rows[i])
+        lp = float(log_p[i])
+        state = AgentState(ids[row], pop.name, float(scores[i]), math.exp(lp), lp, int(sev[k]), False, None,
+                           confidence_factor, entries["features"][row], None)
+        out.append(ReplicaAgent(state, str(names[int(entries["writer"][row])]), float(entries["timestamp"][row])))
+    return out
