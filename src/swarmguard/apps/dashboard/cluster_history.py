@@ -101,7 +101,9 @@ def record_cluster(node, at: float) -> ClusterWindow | None:
     limits: tuple[float, float] | None = None
     for pop in node.populations.values():
         resolver = pop.detector.cap_resolver
-        replica = resolver.ensure_replica(own)
+        # the Ray engine's resolver view keeps no replicas in process: nothing to read there
+        ensure = getattr(resolver, "ensure_replica", None)
+        replica = ensure(own) if ensure is not None else None
         if replica is None:
             continue
         limits = (resolver.max_staleness_seconds, resolver.confidence_decay_rate)
