@@ -95,7 +95,7 @@ from .durable_log import LogRecord
 from .evidence_ledger import EvidenceLedger
 from .http_errors import ApiError, one_line
 from .peer_delta import NodeVectors, PeerDelta, ReplicaSet, decode_delta
-from .tokens import ANONYMOUS
+from .tokens import ANONYMOUS, DETECTOR_SOURCE_PREFIX
 
 __all__ = ["PeerReplication", "PeerLink", "router", "PEER_DELTA", "view_confidence", "replication_of", "conflict_alias"]
 
@@ -470,7 +470,7 @@ def detector_population(row: list[Any]) -> str | None:
     """The population whose detector wrote an evidence row (its source ``serve:<region>:<population>``,
     type ``behavioral_anomaly``); None for an observer's row."""
     source = row[6]
-    if row[2] != "behavioral_anomaly" or not isinstance(source, str) or not source.startswith("serve:"):
+    if row[2] != "behavioral_anomaly" or not isinstance(source, str) or not source.startswith(DETECTOR_SOURCE_PREFIX):
         return None
     parts = source.split(":", 2)
     return parts[2] if len(parts) == 3 else None

@@ -21,6 +21,7 @@ from ...structures.chi2 import chi2_logsf
 from ..report_data import feature_shares
 from .agent_state import AgentState, severities
 from .settings import ServeSettings
+from .tokens import DETECTOR_SOURCE_PREFIX
 from .window import WindowBuffer
 
 __all__ = ["Population", "WindowOutcome"]
@@ -49,7 +50,7 @@ class Population:
         self.dimension = dimension
         self.feature_names: list[str] | None = None
         params: dict[str, Any] = dict(clock=clock, default_region=settings.region,
-                                      node_id=f"serve:{settings.region}:{name}",
+                                      node_id=f"{DETECTOR_SOURCE_PREFIX}{settings.region}:{name}",
                                       significance_level=settings.significance_level,
                                       require=settings.require, feature_dimensions=dimension,
                                       auto_sync_seconds=None)
