@@ -217,7 +217,11 @@ def test_the_ledger_state_round_trips_rows_past_a_gap_and_refuses_damage():
     assert back.version.to_mapping() == ledger.version.to_mapping() == {"eu": 2, "us": 1}    # us#3 past a gap
     assert back.rows_of("us")[1][3] == 0.1 + 0.2 and back.rows_of("eu")[1][0] == 7
     for bad in ({"region": "eu"}, {"region": "eu", "rows": {"us": [[0, *row]]}},
-                {"region": "eu", "rows": {"us": [[1, *row], [1, *row]]}}, {"region": "eu", "rows": {"us": [[1]]}}):
+                {"region": "eu", "rows": {"us": [[1, *row], [1, *row]]}}, {"region": "eu", "rows": {"us": [[1]]}},
+                # not lists, a NaN: typed errors too, not the unpacking's TypeError or json's ValueError
+                {"region": "eu", "rows": {"us": 5}}, {"region": "eu", "rows": {"us": [5]}},
+                {"region": "eu", "rows": {"us": [[1, *row[:3], float("nan"), *row[4:]]]}},
+                {"region": "eu", "rows": {"us": [[1, *row[:3], object(), *row[4:]]]}}):
         with pytest.raises(InvalidInputError):
             EvidenceLedger.from_state(bad)
 

@@ -40,6 +40,20 @@ def test_a_malformed_tokens_file_is_refused_naming_the_fault(tmp_path, text, fra
         load_tokens(path)
 
 
+@pytest.mark.parametrize("role", ["observer", "admin"])
+def test_a_source_posing_as_a_nodes_detector_is_refused_at_load(tmp_path, role):
+    # serve:<region>:<population> is the source of a node's detectors' own evidence, which every
+    # node routes to that population alone: an observer signing so would be counted as a detector
+    ok = tmp_path / "ok.toml"
+    ok.write_text(f'[[token]]\nsecret = "x"\nrole = "{role}"\nsource = "observer-serve:eu"\n')
+    assert load_tokens(ok).authenticate("Bearer x").source == "observer-serve:eu"
+    path = tmp_path / "t.toml"
+    path.write_text(f'[[token]]\nsecret = "x"\nrole = "read"\n[[token]]\nsecret = "y"\nrole = "{role}"\n'
+                    'source = "serve:eu:behaviors"\n')
+    with pytest.raises(InvalidInputError, match=r"token 2: source 'serve:eu:behaviors' starts with 'serve:'.*reserved"):
+        load_tokens(path)
+
+
 def test_missing_or_unknown_token_is_401_and_wrong_role_403(served):
     _, _, client = served
     rows = [{"agent_id": "a", "features": [1.0, 2.0]}]

@@ -149,8 +149,15 @@ class EvidenceLedger:
         if not isinstance(state, Mapping) or not isinstance(state.get("rows"), Mapping):
             raise InvalidInputError("a ledger state is {\"region\": ..., \"rows\": {origin: [[seq, *row], ...]}}")
         ledger = cls(state.get("region"))
+        # every shape checked here, so damage is one typed error, never a TypeError of the unpacking
+        for origin, rows in state["rows"].items():
+            if not isinstance(rows, list) or not all(isinstance(item, list) for item in rows):
+                raise InvalidInputError(f"the ledger rows of {origin!r} must be a list of [seq, *row] lists")
         items = [[origin, *item] for origin, rows in state["rows"].items() for item in rows]
-        blob = json.dumps(items, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        try:
+            blob = json.dumps(items, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        except (TypeError, ValueError) as exc:      # NaN or infinity, a value JSON cannot hold
+            raise InvalidInputError(f"a ledger row holds a value a delta cannot carry: {exc}") from None
         for origin, rows in ledger._parse({"evidence.json": np.frombuffer(blob, dtype=np.uint8)}).items():
             for seq, row in sorted(rows, key=lambda sr: sr[0]):
                 ledger._add(origin, seq, row)

@@ -105,6 +105,7 @@ from .durable_log import LogRecord
 from .evidence_ledger import EvidenceLedger
 from .http_errors import ApiError, one_line
 from .peer_delta import NodeVectors, PeerDelta, ReplicaSet, decode_delta
+from .population import detector_source_population
 from .tokens import ANONYMOUS
 
 __all__ = ["PeerReplication", "PeerLink", "router", "PEER_DELTA", "view_confidence", "replication_of", "conflict_alias"]
@@ -333,6 +334,8 @@ class PeerReplication:
     def _commit(self, plan, counted: list[list[Any]]) -> None:
         self.replicas.commit(plan)                # registers first: a detector row's population exists
         for pop, part in self._by_population(counted):
+            # other nodes' detectors trusted as this node's own is, before their rows count
+            pop.trust_detectors({row[6] for row in part if detector_population(row) is not None})
             pop.ingest_evidence(self.node._evidence_columns(part))
 
     def _by_population(self, rows: list[list[Any]]) -> list[tuple[Any, list[list[Any]]]]:
@@ -530,11 +533,9 @@ def registers_digest(replica: RegionReplica) -> str:
 def detector_population(row: list[Any]) -> str | None:
     """The population whose detector wrote an evidence row (its source ``serve:<region>:<population>``,
     type ``behavioral_anomaly``); None for an observer's row."""
-    source = row[6]
-    if row[2] != "behavioral_anomaly" or not isinstance(source, str) or not source.startswith("serve:"):
+    if row[2] != "behavioral_anomaly":
         return None
-    parts = source.split(":", 2)
-    return parts[2] if len(parts) == 3 else None
+    return detector_source_population(row[6])
 
 
 def conflict_alias(row: list[Any]) -> str:

@@ -21,9 +21,19 @@ from ...structures.chi2 import chi2_logsf
 from ..report_data import feature_shares
 from .agent_state import AgentState, severities
 from .settings import ServeSettings
+from .tokens import DETECTOR_SOURCE_PREFIX
 from .window import WindowBuffer
 
-__all__ = ["Population", "WindowOutcome"]
+__all__ = ["Population", "WindowOutcome", "detector_source_population"]
+
+
+def detector_source_population(source: Any) -> str | None:
+    """The population of a node's detector source ``serve:<region>:<population>`` (None: not one;
+    no token may sign evidence so, :mod:`.tokens`)."""
+    if not isinstance(source, str) or not source.startswith(DETECTOR_SOURCE_PREFIX):
+        return None
+    parts = source.split(":", 2)
+    return parts[2] if len(parts) == 3 else None
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,7 @@ class Population:
         self.dimension = dimension
         self.feature_names: list[str] | None = None
         params: dict[str, Any] = dict(clock=clock, default_region=settings.region,
-                                      node_id=f"serve:{settings.region}:{name}",
+                                      node_id=f"{DETECTOR_SOURCE_PREFIX}{settings.region}:{name}",
                                       significance_level=settings.significance_level,
                                       require=settings.require, feature_dimensions=dimension,
                                       auto_sync_seconds=None)
@@ -106,6 +116,24 @@ class Population:
 
     def ingest_evidence(self, columns: tuple) -> int:
         return self.detector.ingest_evidence(*columns)
+
+    def trust_detectors(self, sources: Any) -> None:
+        """Trust other nodes' detectors of this population (``sources``, from peer deltas) as
+        the consensus trusts this node's own: so every node weighs a detector's rows alike.
+
+        A trusted source always votes, never ends the founding and is never flagged; were
+        ``serve:eu:<pop>`` trusted on eu alone, the nodes would reach other probabilities on
+        the same rows (a later observer on probation on one node, voting on the other). Trust
+        is given before the source's first row is counted, so it acts on every row on every
+        node alike. The in-process consensus only: Ray's evidence partitions fix their trusted
+        sources when built (a documented limit)."""
+        consensus = self.detector.consensus
+        held = getattr(consensus, "trusted_sources", None)
+        if not isinstance(held, frozenset):
+            return
+        new = frozenset(s for s in sources if detector_source_population(s) == self.name) - held
+        if new:
+            consensus.trusted_sources = held | new
 
     def check_evidence(self, columns: tuple) -> None:
         """Raise as ingesting ``columns`` would, changing nothing."""

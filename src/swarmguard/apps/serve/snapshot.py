@@ -38,6 +38,7 @@ import numpy as np
 from ...api import HierarchicalStatisticalTree, StableBayesianConsensus, StatisticalCAPResolver
 from ...errors import EvidenceStoreError, SwarmGuardError
 from .agent_state import AgentState
+from .population import detector_source_population
 
 __all__ = ["Snapshots", "snapshot_bytes", "restore_snapshot", "FORMAT"]
 
@@ -218,7 +219,12 @@ def _restore_population(pop: Any, p: dict[str, Any], arrays: dict[str, np.ndarra
     state = {"evidence": evidence,
              "founding_sources": None if ev["founding_sources"] is None else _keys(ev["founding_sources"])}
     if len(evidence["log_odds"]):
-        engine.consensus = StableBayesianConsensus.from_state(state, **_consensus_settings(det))
+        settings = _consensus_settings(det)
+        # the other nodes' detectors of this population that peer deltas brought are trusted
+        # as the live node trusted them (Population.trust_detectors)
+        settings["trusted_sources"] += sorted({src for src in evidence["source_nodes"]
+                                              if detector_source_population(src) == pop.name} - {s.node_id})
+        engine.consensus = StableBayesianConsensus.from_state(state, **settings)
     det._evidence_number = int(p["evidence_number"])
     features = arrays[prefix + "ag.features"]
     columns = [arrays[prefix + "ag." + key].tolist() for key in

@@ -13,6 +13,8 @@ The file holds one ``[[token]]`` table per credential::
 Roles: ``ingest`` posts behaviours (and spans); ``observer`` posts evidence as its
 ``source``; ``read`` only GETs; ``admin`` may do everything (evidence too, with a
 ``source``); ``peer`` is another node (reads, and posts what ``ingest`` posts).
+A ``source`` may not start with ``serve:``: that prefix names a node's own detectors
+(``serve:<region>:<population>``), whose evidence every node routes to one population.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from pathlib import Path
 
 from ...errors import InvalidInputError
 
-__all__ = ["ROLES", "Credential", "TokenStore", "load_tokens", "ANONYMOUS"]
+__all__ = ["ROLES", "DETECTOR_SOURCE_PREFIX", "Credential", "TokenStore", "load_tokens", "ANONYMOUS"]
 
 ROLES = ("ingest", "observer", "read", "admin", "peer")
+
+# the source of a node's detectors' own evidence (``serve:<region>:<population>``): no token's
+DETECTOR_SOURCE_PREFIX = "serve:"
 
 # what each role may do: an action is "ingest" (behaviours, spans), "evidence", "read", "admin"
 _ALLOWED = {
@@ -136,5 +141,11 @@ def load_tokens(path: str | Path) -> TokenStore:
             raise InvalidInputError(f"{where}: an observer needs its source name (source = \"...\")")
         if source is not None and not (isinstance(source, str) and source):
             raise InvalidInputError(f"{where}: source must be a non-empty string")
+        if source is not None and source.startswith(DETECTOR_SOURCE_PREFIX):
+            # a node's detectors sign their own evidence serve:<region>:<population>, and every
+            # node counts such a row in that population alone (peers.detector_population):
+            # an observer posing as one would be routed, and trusted, as a detector
+            raise InvalidInputError(f"{where}: source {source!r} starts with {DETECTOR_SOURCE_PREFIX!r}, "
+                                    "which is reserved for the nodes' own detectors; choose another name")
         entries.append((digest, Credential(role=role, source=source, name=str(table.get("name", f"token {i}")))))
     return TokenStore(entries)
