@@ -94,6 +94,7 @@ from .body import read_body
 from .durable_log import LogRecord
 from .evidence_ledger import EvidenceLedger
 from .http_errors import ApiError, one_line
+from .peer_contact import contact_bytes, contact_delta, is_contact, quiet_contact
 from .peer_delta import NodeVectors, PeerDelta, ReplicaSet, decode_delta
 from .tokens import ANONYMOUS
 
@@ -230,9 +231,14 @@ class PeerReplication:
                            code="no_quorum", headers={"Retry-After": str(max(1, math.ceil(self.node.settings.sync_seconds)))})
 
     # ---------------------------------------------------------------- receiving
-    def receive(self, data: bytes) -> dict[str, Any]:
-        """Check, log, join a peer's delta; this node's vectors after it (module docstring)."""
+    def receive(self, data: bytes, contact: bool = False) -> dict[str, Any]:
+        """Check, log, join a peer's delta (or its "nothing new" contact, :mod:`.peer_contact`);
+        this node's vectors after it (module docstring)."""
         node = self.node
+        if contact:
+            with node.lock:
+                self._receive_contact(data)
+                return self.answer()
         try:
             delta = decode_delta(data)
         except SwarmGuardError as exc:
@@ -241,10 +247,24 @@ class PeerReplication:
             self._receive_checked(delta, data)
             return self.answer()
 
-    def delta_for(self, peer: NodeVectors) -> bytes:
-        """What a peer holding ``peer`` lacks, as bytes (``POST /v1/peer/pull``)."""
+    def delta_for(self, peer: NodeVectors) -> tuple[bytes, bool]:
+        """What a peer holding ``peer`` lacks, as bytes (``POST /v1/peer/pull``), and whether
+        they are a "nothing new" contact (JSON) rather than a delta."""
         with self.node.lock:
-            return self.replicas.delta_since(peer, now=self.node.settings.clock()).to_bytes()
+            delta = self.replicas.delta_since(peer, now=self.node.settings.clock())
+            contact = quiet_contact(delta, self.vectors(), peer)
+            return (delta.to_bytes(), False) if contact is None else (contact_bytes(contact), True)
+
+    def _receive_contact(self, data: bytes) -> None:
+        """Join a peer's contact under the node's lock (freshness, acks; 409 when it claims
+        vectors this node lacks, 422 when malformed; nothing changed either way)."""
+        try:
+            delta = contact_delta(data, self.replicas)
+        except StaleDeltaError as exc:
+            raise ApiError(409, f"peer contact refused, nothing changed: {one_line(exc)}", code="stale_delta") from None
+        except SwarmGuardError as exc:
+            raise ApiError(422, f"not a peer contact: {one_line(exc)}", code="bad_delta") from None
+        self._receive_checked(delta, b"")          # no row: checked and joined, never logged
 
     def _receive_checked(self, delta: PeerDelta, data: bytes) -> None:
         """Join a decoded delta under the node's lock: check all, log, apply (or 422/503, nothing changed)."""
@@ -395,10 +415,15 @@ class PeerReplication:
     def _push(self, link: PeerLink, client, headers: dict[str, str]) -> None:
         node = self.node
         with node.lock:
-            data = self.replicas.delta_since(link.vectors, now=node.settings.clock()).to_bytes()
-        data = gzip.compress(data, compresslevel=WIRE_GZIP_LEVEL)    # the npz headers are most of a small delta
-        self._answered(link, client.post(f"{link.url}/v1/peer/delta", content=data,
-                                         headers={**headers, "Content-Encoding": "gzip"}))
+            delta = self.replicas.delta_since(link.vectors, now=node.settings.clock())
+            contact = quiet_contact(delta, self.vectors(), link.vectors)
+            data = delta.to_bytes() if contact is None else contact_bytes(contact)
+        if contact is None:
+            data = gzip.compress(data, compresslevel=WIRE_GZIP_LEVEL)    # the npz headers are most of a small delta
+            sent = {**headers, "Content-Encoding": "gzip"}
+        else:       # the peer lacks nothing: a few hundred bytes of JSON still count as contact
+            sent = {**headers, "Content-Type": "application/json"}
+        self._answered(link, client.post(f"{link.url}/v1/peer/delta", content=data, headers=sent))
         link.bytes_shipped += len(data)
         self.bytes_metric.labels(link.url).inc(len(data))
 
@@ -410,9 +435,13 @@ class PeerReplication:
             raise RuntimeError(f"{response.status_code}: {one_line(response.text)[:200]}")
         data = response.content                     # httpx undoes the gzip Content-Encoding
         try:
-            delta = decode_delta(data)
-            with self.node.lock:
-                self._receive_checked(delta, data)
+            if is_contact(response.headers.get("content-type")):     # nothing new: contact only
+                with self.node.lock:
+                    self._receive_contact(data)
+            else:
+                delta = decode_delta(data)
+                with self.node.lock:
+                    self._receive_checked(delta, data)
         except ApiError as exc:
             raise RuntimeError(f"the pulled delta: {exc.status} {exc.message}") from None
         except SwarmGuardError as exc:
@@ -555,7 +584,8 @@ def _peer_only(request: Request):
 async def post_delta(request: Request) -> dict:
     node = request.app.state.node
     data = await read_body(request, node.settings.max_body_bytes, node.settings.body_timeout_seconds)
-    return await run_in_threadpool(replication_of(node).receive, data)
+    contact = is_contact(request.headers.get("content-type"))
+    return await run_in_threadpool(replication_of(node).receive, data, contact)
 
 
 @router.get("/v1/peer/vectors", summary="This node's region and vectors (peer token)",
@@ -576,7 +606,9 @@ async def post_pull(request: Request) -> Response:
         vectors = NodeVectors.from_json(body.get("vectors") if isinstance(body, dict) else None)
     except (ValueError, SwarmGuardError) as exc:
         raise ApiError(422, f"a pull is {{\"vectors\": ...}}: {one_line(exc)}", code="bad_pull") from None
-    delta = await run_in_threadpool(replication_of(node).delta_for, vectors)
+    delta, contact = await run_in_threadpool(replication_of(node).delta_for, vectors)
+    if contact:
+        return Response(content=delta, media_type="application/json")
     if "gzip" not in request.headers.get("accept-encoding", "").lower():
         return Response(content=delta, media_type="application/octet-stream")
     return Response(content=gzip.compress(delta, compresslevel=WIRE_GZIP_LEVEL), media_type="application/octet-stream",
