@@ -42,6 +42,10 @@ and the evidence ledger (each row numbered by the region that accepted it).
   log (its vectors are what it acknowledged), so both directions resume by delta;
   a new node (empty data dir) gets a full state transfer from the first peer it
   pulls from (pulls run one at a time), then deltas.
+  When the peer's last answer already covers everything this node holds, the push
+  (and a pull's answer) is a "nothing new" contact (:mod:`.peer_contact`, JSON, no
+  npz body): the sender's freshness and vectors only, so an idle round costs a few
+  hundred bytes and still counts as contact for the confidence factor.
 - Snapshots (:mod:`.snapshot`): the replicas (every region's registers, version
   vectors, freshness, acknowledgements) are in each population's CAP resolver
   state, the evidence the deltas added (aliases included) in its consensus state,
