@@ -33,7 +33,7 @@ from ...structures.replica import RegionReplica
 from ...values.version_vector import VersionVector, check_region_name
 from .peer_delta import NodeVectors, PeerDelta, ReplicaSet
 
-__all__ = ["CONTACT_SCHEMA", "quiet_contact", "contact_bytes", "contact_delta"]
+__all__ = ["CONTACT_SCHEMA", "quiet_contact", "contact_bytes", "contact_delta", "is_contact"]
 
 CONTACT_SCHEMA = 1
 _REPLICA_FORMAT: np.ndarray | None = None     # the replica delta's "format" field, read once
