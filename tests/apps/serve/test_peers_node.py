@@ -213,3 +213,63 @@ def test_a_window_closed_early_does_not_stamp_its_vectors_with_the_future_window
     for n in (us, eu):
         replica = replication_of(n).replicas.replicas()["behaviors"]
         assert replica.estimate().count == 1 and replica.estimate().mean.tolist()[:2] == [2.0, 2.0]
+
+
+def test_an_idle_cluster_ships_contacts_not_deltas_and_stays_confident(pair):
+    """No writes for several rounds: each push and pull answer is a "nothing new" contact of a
+    few hundred bytes (an empty npz delta, gzipped, is ~1 kB), and it still counts as contact:
+    both nodes' confidence factor stays 1 although each round is past the staleness limit."""
+    import gzip
+
+    clock, node = pair
+    rng = np.random.default_rng(11)
+    _, eu, eu_c = node("eu")
+    _, us, us_c = node("us")
+    post_behaviors(eu_c, _rows(rng, "e", 20))
+    post_behaviors(us_c, _rows(rng, "u", 30))
+    close_window(eu_c)
+    close_window(us_c)
+    to_us, to_eu = PeerLink("http://us"), PeerLink("http://eu")
+    assert _sync(eu, us_c, to_us) and _sync(us, eu_c, to_eu)
+    assert _sync(eu, us_c, to_us) and _sync(us, eu_c, to_eu)      # both now know the other's vectors
+    confidence = lambda c: c.get("/v1/populations", headers=auth("t-read")).json()["confidence_factor"]  # noqa: E731
+    view = lambda c: c.get("/v1/cluster", headers=auth("t-read")).json()  # noqa: E731
+    before = view(eu_c), view(us_c)
+    with eu.lock:
+        empty_delta = len(gzip.compress(replication_of(eu).replicas.delta_since(to_us.vectors).to_bytes(), 1))
+    wire = [to_us.bytes_shipped + to_us.bytes_received, to_eu.bytes_shipped + to_eu.bytes_received]
+    rounds = 6
+    for _ in range(rounds):
+        clock.t += 10.0                               # past the 5 s staleness limit every round
+        assert _sync(eu, us_c, to_us) and _sync(us, eu_c, to_eu)
+        assert confidence(eu_c) == confidence(us_c) == 1.0
+    idle = [to_us.bytes_shipped + to_us.bytes_received - wire[0], to_eu.bytes_shipped + to_eu.bytes_received - wire[1]]
+    # per round and link: one push and one pull answer, each a contact far below an empty delta
+    assert all(0 < b <= rounds * 2 * 400 for b in idle), idle
+    assert all(b * 2 < rounds * 2 * empty_delta for b in idle), (idle, empty_delta)
+    after = view(eu_c), view(us_c)
+    for b, a in zip(before, after, strict=True):      # contacts changed no register, vector or evidence
+        assert a["version_vector"] == b["version_vector"] and a["populations"] == b["populations"]
+        assert a["evidence"] == b["evidence"]
+    assert metric(eu_c, "swarmguard_peer_bytes_shipped_total", peer="http://us") == to_us.bytes_shipped
+
+
+def test_a_contact_claiming_vectors_the_node_lacks_is_refused_and_changes_nothing(pair):
+    clock, node = pair
+    rng = np.random.default_rng(13)
+    _, eu, eu_c = node("eu")
+    _, us, us_c = node("us")
+    post_behaviors(eu_c, _rows(rng, "e", 5))
+    close_window(eu_c)
+    with eu.lock:
+        vectors = replication_of(eu).vectors().to_json()
+    contact = {"contact": 1, "sender": "eu", "vectors": vectors,
+               "freshness": {n: {"eu": clock.t + 50.0} for n in vectors["populations"]}}
+    headers = {**PEER_HEADERS, "Content-Type": "application/json"}
+    before = us_c.get("/v1/cluster", headers=auth("t-read")).json()
+    r = us_c.post("/v1/peer/delta", json=contact, headers=headers)
+    assert r.status_code == 409 and "contact" in r.json()["error"]
+    r = us_c.post("/v1/peer/delta", content=b'{"contact": 1}', headers=headers)
+    assert r.status_code == 422 and r.json()["error"].startswith("not a peer contact")
+    after = us_c.get("/v1/cluster", headers=auth("t-read")).json()
+    assert after == before

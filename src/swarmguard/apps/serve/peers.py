@@ -42,6 +42,10 @@ and the evidence ledger (each row numbered by the region that accepted it).
   log (its vectors are what it acknowledged), so both directions resume by delta;
   a new node (empty data dir) gets a full state transfer from the first peer it
   pulls from (pulls run one at a time), then deltas.
+  When the peer's last answer already covers everything this node holds, the push
+  (and a pull's answer) is a "nothing new" contact (:mod:`.peer_contact`, JSON, no
+  npz body): the sender's freshness and vectors only, so an idle round costs a few
+  hundred bytes and still counts as contact for the confidence factor.
 - Snapshots (:mod:`.snapshot`): the replicas (every region's registers, version
   vectors, freshness, acknowledgements) are in each population's CAP resolver
   state, the evidence the deltas added (aliases included) in its consensus state,
@@ -104,6 +108,7 @@ from .body import inflate, read_body
 from .durable_log import LogRecord
 from .evidence_ledger import EvidenceLedger
 from .http_errors import ApiError, one_line
+from .peer_contact import contact_bytes, contact_delta, is_contact, quiet_contact
 from .peer_delta import NodeVectors, PeerDelta, ReplicaSet, decode_delta
 from .population import detector_source_population
 from .tokens import ANONYMOUS
@@ -249,9 +254,14 @@ class PeerReplication:
                            code="no_quorum", headers={"Retry-After": str(max(1, math.ceil(self.node.settings.sync_seconds)))})
 
     # ---------------------------------------------------------------- receiving
-    def receive(self, data: bytes) -> dict[str, Any]:
-        """Check, log, join a peer's delta; this node's vectors after it (module docstring)."""
+    def receive(self, data: bytes, contact: bool = False) -> dict[str, Any]:
+        """Check, log, join a peer's delta (or its "nothing new" contact, :mod:`.peer_contact`);
+        this node's vectors after it (module docstring)."""
         node = self.node
+        if contact:
+            with node.lock:
+                self._receive_contact(data)
+                return self.answer()
         try:
             delta = decode_delta(data)
         except SwarmGuardError as exc:
@@ -260,10 +270,24 @@ class PeerReplication:
             self._receive_checked(delta, data)
             return self.answer()
 
-    def delta_for(self, peer: NodeVectors) -> bytes:
-        """What a peer holding ``peer`` lacks, as bytes (``POST /v1/peer/pull``)."""
+    def delta_for(self, peer: NodeVectors) -> tuple[bytes, bool]:
+        """What a peer holding ``peer`` lacks, as bytes (``POST /v1/peer/pull``), and whether
+        they are a "nothing new" contact (JSON) rather than a delta."""
         with self.node.lock:
-            return self.replicas.delta_since(peer, now=self.node.settings.clock()).to_bytes()
+            delta = self.replicas.delta_since(peer, now=self.node.settings.clock())
+            contact = quiet_contact(delta, self.vectors(), peer)
+            return (delta.to_bytes(), False) if contact is None else (contact_bytes(contact), True)
+
+    def _receive_contact(self, data: bytes) -> None:
+        """Join a peer's contact under the node's lock (freshness, acks; 409 when it claims
+        vectors this node lacks, 422 when malformed; nothing changed either way)."""
+        try:
+            delta = contact_delta(data, self.replicas)
+        except StaleDeltaError as exc:
+            raise ApiError(409, f"peer contact refused, nothing changed: {one_line(exc)}", code="stale_delta") from None
+        except SwarmGuardError as exc:
+            raise ApiError(422, f"not a peer contact: {one_line(exc)}", code="bad_delta") from None
+        self._receive_checked(delta, b"")          # no row: checked and joined, never logged
 
     def _receive_checked(self, delta: PeerDelta, data: bytes) -> None:
         """Join a decoded delta under the node's lock: check all, log, apply (or 422/503, nothing changed)."""
@@ -427,17 +451,18 @@ class PeerReplication:
         link.reachable, link.last_sync, link.last_error = True, node.settings.clock(), None
         return True
 
-    def _exchange(self, client, method: str, url: str, **kwargs) -> tuple[int, bytes, int]:
-        """One request to a peer: (status, body inflated, bytes on the wire); the body is bounded
+    def _exchange(self, client, method: str, url: str, **kwargs) -> tuple[int, bytes, int, str | None]:
+        """One request to a peer: (status, body inflated, bytes on the wire, content type); the body is bounded
         by ``max_body_bytes`` on the wire and after inflating (a 413 ``ApiError`` past it)."""
         limit = self.node.settings.max_body_bytes
         with client.stream(method, url, **kwargs) as response:
             wire = _read_raw(response, limit)
-            return response.status_code, inflate(wire, response.headers.get("content-encoding"), limit), len(wire)
+            return (response.status_code, inflate(wire, response.headers.get("content-encoding"), limit), len(wire),
+                    response.headers.get("content-type"))
 
     def _answered(self, link: PeerLink, client, method: str, url: str, **kwargs) -> None:
         try:
-            status, data, _ = self._exchange(client, method, url, **kwargs)
+            status, data, _, _ = self._exchange(client, method, url, **kwargs)
         except ApiError as exc:
             raise RuntimeError(f"the answer: {exc.status} {exc.message}") from None
         body = json.loads(data)
@@ -455,10 +480,15 @@ class PeerReplication:
     def _push(self, link: PeerLink, client, headers: dict[str, str]) -> None:
         node = self.node
         with node.lock:
-            data = self.replicas.delta_since(link.vectors, now=node.settings.clock()).to_bytes()
-        data = gzip.compress(data, compresslevel=WIRE_GZIP_LEVEL)    # the npz headers are most of a small delta
-        self._answered(link, client, "POST", f"{link.url}/v1/peer/delta", content=data,
-                       headers={**headers, "Content-Encoding": "gzip"})
+            delta = self.replicas.delta_since(link.vectors, now=node.settings.clock())
+            contact = quiet_contact(delta, self.vectors(), link.vectors)
+            data = delta.to_bytes() if contact is None else contact_bytes(contact)
+        if contact is None:
+            data = gzip.compress(data, compresslevel=WIRE_GZIP_LEVEL)    # the npz headers are most of a small delta
+            sent = {**headers, "Content-Encoding": "gzip"}
+        else:       # the peer lacks nothing: a few hundred bytes of JSON still count as contact
+            sent = {**headers, "Content-Type": "application/json"}
+        self._answered(link, client, "POST", f"{link.url}/v1/peer/delta", content=data, headers=sent)
         link.bytes_shipped += len(data)
         self.bytes_metric.labels(link.url).inc(len(data))
 
@@ -468,16 +498,20 @@ class PeerReplication:
         # wire and after inflating, so a peer (or whatever answers at its address) cannot make
         # this node expand a gzip bomb or hold an endless body
         try:
-            status, data, wire = self._exchange(client, "POST", f"{link.url}/v1/peer/pull", json={"vectors": mine},
+            status, data, wire, content_type = self._exchange(client, "POST", f"{link.url}/v1/peer/pull", json={"vectors": mine},
                                                 headers={**headers, "Content-Type": "application/json"})
         except ApiError as exc:
             raise RuntimeError(f"the pulled delta: {exc.status} {exc.message}") from None
         if status != 200:
             raise RuntimeError(f"{status}: {one_line(data.decode('utf-8', 'replace'))[:200]}")
         try:
-            delta = decode_delta(data)
-            with self.node.lock:
-                self._receive_checked(delta, data)
+            if is_contact(content_type):     # nothing new: contact only
+                with self.node.lock:
+                    self._receive_contact(data)
+            else:
+                delta = decode_delta(data)
+                with self.node.lock:
+                    self._receive_checked(delta, data)
         except ApiError as exc:
             raise RuntimeError(f"the pulled delta: {exc.status} {exc.message}") from None
         except SwarmGuardError as exc:
@@ -633,7 +667,8 @@ def _peer_only(request: Request):
 async def post_delta(request: Request) -> dict:
     node = request.app.state.node
     data = await read_body(request, node.settings.max_body_bytes, node.settings.body_timeout_seconds)
-    return await run_in_threadpool(replication_of(node).receive, data)
+    contact = is_contact(request.headers.get("content-type"))
+    return await run_in_threadpool(replication_of(node).receive, data, contact)
 
 
 @router.get("/v1/peer/vectors", summary="This node's region and vectors (peer token)",
@@ -654,7 +689,9 @@ async def post_pull(request: Request) -> Response:
         vectors = NodeVectors.from_json(body.get("vectors") if isinstance(body, dict) else None)
     except (ValueError, SwarmGuardError) as exc:
         raise ApiError(422, f"a pull is {{\"vectors\": ...}}: {one_line(exc)}", code="bad_pull") from None
-    delta = await run_in_threadpool(replication_of(node).delta_for, vectors)
+    delta, contact = await run_in_threadpool(replication_of(node).delta_for, vectors)
+    if contact:
+        return Response(content=delta, media_type="application/json")
     if "gzip" not in request.headers.get("accept-encoding", "").lower():
         return Response(content=delta, media_type="application/octet-stream")
     return Response(content=gzip.compress(delta, compresslevel=WIRE_GZIP_LEVEL), media_type="application/octet-stream",
