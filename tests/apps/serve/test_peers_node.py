@@ -273,3 +273,32 @@ def test_a_contact_claiming_vectors_the_node_lacks_is_refused_and_changes_nothin
     assert r.status_code == 422 and r.json()["error"].startswith("not a peer contact")
     after = us_c.get("/v1/cluster", headers=auth("t-read")).json()
     assert after == before
+
+
+def test_a_contact_with_a_future_freshness_time_does_not_keep_confidence_up(pair):
+    """A contact claiming it heard a region far in the future (a forged or skewed clock) is
+    read at the receiver's now: once the staleness limit passes without contact, confidence
+    drops as it would after a truthful contact."""
+    clock, node = pair
+    rng = np.random.default_rng(17)
+    _, eu, eu_c = node("eu")
+    _, us, us_c = node("us")
+    post_behaviors(eu_c, _rows(rng, "e", 5))
+    post_behaviors(us_c, _rows(rng, "u", 5))
+    close_window(eu_c)
+    close_window(us_c)
+    to_us = PeerLink("http://us")
+    assert _sync(eu, us_c, to_us) and _sync(eu, us_c, to_us)
+    with eu.lock:
+        vectors = replication_of(eu).vectors().to_json()
+    with us.lock:
+        held = set(replication_of(us).vectors().populations)
+    vectors["populations"] = {n: v for n, v in vectors["populations"].items() if n in held}
+    contact = {"contact": 1, "sender": "eu", "vectors": vectors,
+               "freshness": {n: {"eu": clock.t + 1e6} for n in vectors["populations"]}}
+    r = us_c.post("/v1/peer/delta", json=contact, headers={**PEER_HEADERS, "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    confidence = lambda: us_c.get("/v1/populations", headers=auth("t-read")).json()["confidence_factor"]  # noqa: E731
+    assert confidence() == 1.0
+    clock.t += 60.0                                   # far past the 5 s staleness limit, no contact since
+    assert confidence() < 1.0

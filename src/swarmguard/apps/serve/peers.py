@@ -282,7 +282,7 @@ class PeerReplication:
         """Join a peer's contact under the node's lock (freshness, acks; 409 when it claims
         vectors this node lacks, 422 when malformed; nothing changed either way)."""
         try:
-            delta = contact_delta(data, self.replicas)
+            delta = contact_delta(data, self.replicas, self.node.settings.clock())
         except StaleDeltaError as exc:
             raise ApiError(409, f"peer contact refused, nothing changed: {one_line(exc)}", code="stale_delta") from None
         except SwarmGuardError as exc:
