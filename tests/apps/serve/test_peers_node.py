@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from fractions import Fraction
 
@@ -302,3 +303,46 @@ def test_a_contact_with_a_future_freshness_time_does_not_keep_confidence_up(pair
     assert confidence() == 1.0
     clock.t += 60.0                                   # far past the 5 s staleness limit, no contact since
     assert confidence() < 1.0
+
+
+class _Relabelled:
+    """A peer client whose every answer (and request) carries ``label`` as its Content-Type,
+    as a misconfigured proxy between two nodes might do."""
+
+    def __init__(self, client, label):
+        self.client, self.label = client, label
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    @contextlib.contextmanager
+    def stream(self, method, url, **kwargs):
+        kwargs["headers"] = {**kwargs.get("headers", {}), "Content-Type": self.label}
+        with self.client.stream(method, url, **kwargs) as response:
+            response.headers["content-type"] = self.label
+            yield response
+
+
+@pytest.mark.parametrize("label", ["application/json", "application/octet-stream"])
+def test_deltas_and_contacts_are_told_apart_by_their_body_not_their_label(pair, label):
+    """A delta labelled JSON and a contact labelled octet-stream (by a proxy) still join: the
+    nodes converge and the idle rounds after it still count as contact."""
+    clock, node = pair
+    rng = np.random.default_rng(19)
+    _, eu, eu_c = node("eu")
+    _, us, us_c = node("us")
+    post_behaviors(eu_c, _rows(rng, "e", 6))
+    post_behaviors(us_c, _rows(rng, "u", 7))
+    close_window(eu_c)
+    close_window(us_c)
+    to_us = PeerLink("http://us")
+    relabelled = _Relabelled(us_c, label)
+    for _ in range(3):                                # delta both ways, then contacts both ways
+        assert _sync(eu, relabelled, to_us), to_us.last_error
+    view = lambda c: c.get("/v1/cluster", headers=auth("t-read")).json()  # noqa: E731
+    assert view(eu_c)["version_vector"] == view(us_c)["version_vector"]
+    assert view(eu_c)["evidence"] == view(us_c)["evidence"]
+    clock.t += 10.0
+    assert _sync(eu, relabelled, to_us), to_us.last_error
+    confidence = lambda c: c.get("/v1/populations", headers=auth("t-read")).json()["confidence_factor"]  # noqa: E731
+    assert confidence(eu_c) == confidence(us_c) == 1.0

@@ -62,8 +62,12 @@ def contact_bytes(contact: Mapping[str, Any]) -> bytes:
     return json.dumps(contact, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
-def is_contact(content_type: str | None) -> bool:
-    return (content_type or "").split(";")[0].strip().lower() == "application/json"
+def is_contact(data: bytes) -> bool:
+    """Whether a (inflated) body is a contact rather than an ``.npz`` delta, read from the body
+    itself: a delta is a zip archive (``PK``), a contact a JSON object (``{``). The Content-Type
+    is not asked: a proxy may relabel either, and a delta read as a contact (or the reverse)
+    would fail the sync on every round."""
+    return bytes(data[:64]).lstrip()[:1] == b"{"
 
 
 def contact_delta(data: bytes, replicas: ReplicaSet, now: float) -> PeerDelta:
