@@ -346,3 +346,30 @@ def test_deltas_and_contacts_are_told_apart_by_their_body_not_their_label(pair, 
     assert _sync(eu, relabelled, to_us), to_us.last_error
     confidence = lambda c: c.get("/v1/populations", headers=auth("t-read")).json()["confidence_factor"]  # noqa: E731
     assert confidence(eu_c) == confidence(us_c) == 1.0
+
+
+def test_a_valid_contact_from_a_non_peer_token_is_403_and_changes_nothing(pair):
+    clock, node = pair
+    rng = np.random.default_rng(23)
+    _, eu, eu_c = node("eu")
+    _, us, us_c = node("us")
+    post_behaviors(eu_c, _rows(rng, "e", 5))
+    close_window(eu_c)
+    to_us = PeerLink("http://us")
+    assert _sync(eu, us_c, to_us) and _sync(eu, us_c, to_us)
+    with eu.lock:
+        vectors = replication_of(eu).vectors().to_json()
+    with us.lock:
+        held = set(replication_of(us).vectors().populations)
+    vectors["populations"] = {n: v for n, v in vectors["populations"].items() if n in held}
+    clock.t += 60.0
+    contact = {"contact": 1, "sender": "eu", "vectors": vectors,
+               "freshness": {n: {"eu": clock.t} for n in vectors["populations"]}}
+    before = us_c.get("/v1/populations", headers=auth("t-read")).json()["confidence_factor"]
+    for token in ("t-read", "t-ingest", "t-admin"):
+        r = us_c.post("/v1/peer/delta", json=contact, headers=auth(token))
+        assert r.status_code == 403 and "peer" in r.json()["error"], (token, r.text)
+    assert us_c.get("/v1/populations", headers=auth("t-read")).json()["confidence_factor"] == before < 1.0
+    r = us_c.post("/v1/peer/delta", json=contact, headers=auth("t-peer"))   # the same contact, a peer's token
+    assert r.status_code == 200, r.text
+    assert us_c.get("/v1/populations", headers=auth("t-read")).json()["confidence_factor"] == 1.0
