@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from fractions import Fraction
 
@@ -273,3 +274,102 @@ def test_a_contact_claiming_vectors_the_node_lacks_is_refused_and_changes_nothin
     assert r.status_code == 422 and r.json()["error"].startswith("not a peer contact")
     after = us_c.get("/v1/cluster", headers=auth("t-read")).json()
     assert after == before
+
+
+def test_a_contact_with_a_future_freshness_time_does_not_keep_confidence_up(pair):
+    """A contact claiming it heard a region far in the future (a forged or skewed clock) is
+    read at the receiver's now: once the staleness limit passes without contact, confidence
+    drops as it would after a truthful contact."""
+    clock, node = pair
+    rng = np.random.default_rng(17)
+    _, eu, eu_c = node("eu")
+    _, us, us_c = node("us")
+    post_behaviors(eu_c, _rows(rng, "e", 5))
+    post_behaviors(us_c, _rows(rng, "u", 5))
+    close_window(eu_c)
+    close_window(us_c)
+    to_us = PeerLink("http://us")
+    assert _sync(eu, us_c, to_us) and _sync(eu, us_c, to_us)
+    with eu.lock:
+        vectors = replication_of(eu).vectors().to_json()
+    with us.lock:
+        held = set(replication_of(us).vectors().populations)
+    vectors["populations"] = {n: v for n, v in vectors["populations"].items() if n in held}
+    contact = {"contact": 1, "sender": "eu", "vectors": vectors,
+               "freshness": {n: {"eu": clock.t + 1e6} for n in vectors["populations"]}}
+    r = us_c.post("/v1/peer/delta", json=contact, headers={**PEER_HEADERS, "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    confidence = lambda: us_c.get("/v1/populations", headers=auth("t-read")).json()["confidence_factor"]  # noqa: E731
+    assert confidence() == 1.0
+    clock.t += 60.0                                   # far past the 5 s staleness limit, no contact since
+    assert confidence() < 1.0
+
+
+class _Relabelled:
+    """A peer client whose every answer (and request) carries ``label`` as its Content-Type,
+    as a misconfigured proxy between two nodes might do."""
+
+    def __init__(self, client, label):
+        self.client, self.label = client, label
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    @contextlib.contextmanager
+    def stream(self, method, url, **kwargs):
+        kwargs["headers"] = {**kwargs.get("headers", {}), "Content-Type": self.label}
+        with self.client.stream(method, url, **kwargs) as response:
+            response.headers["content-type"] = self.label
+            yield response
+
+
+@pytest.mark.parametrize("label", ["application/json", "application/octet-stream"])
+def test_deltas_and_contacts_are_told_apart_by_their_body_not_their_label(pair, label):
+    """A delta labelled JSON and a contact labelled octet-stream (by a proxy) still join: the
+    nodes converge and the idle rounds after it still count as contact."""
+    clock, node = pair
+    rng = np.random.default_rng(19)
+    _, eu, eu_c = node("eu")
+    _, us, us_c = node("us")
+    post_behaviors(eu_c, _rows(rng, "e", 6))
+    post_behaviors(us_c, _rows(rng, "u", 7))
+    close_window(eu_c)
+    close_window(us_c)
+    to_us = PeerLink("http://us")
+    relabelled = _Relabelled(us_c, label)
+    for _ in range(3):                                # delta both ways, then contacts both ways
+        assert _sync(eu, relabelled, to_us), to_us.last_error
+    view = lambda c: c.get("/v1/cluster", headers=auth("t-read")).json()  # noqa: E731
+    assert view(eu_c)["version_vector"] == view(us_c)["version_vector"]
+    assert view(eu_c)["evidence"] == view(us_c)["evidence"]
+    clock.t += 10.0
+    assert _sync(eu, relabelled, to_us), to_us.last_error
+    confidence = lambda c: c.get("/v1/populations", headers=auth("t-read")).json()["confidence_factor"]  # noqa: E731
+    assert confidence(eu_c) == confidence(us_c) == 1.0
+
+
+def test_a_valid_contact_from_a_non_peer_token_is_403_and_changes_nothing(pair):
+    clock, node = pair
+    rng = np.random.default_rng(23)
+    _, eu, eu_c = node("eu")
+    _, us, us_c = node("us")
+    post_behaviors(eu_c, _rows(rng, "e", 5))
+    close_window(eu_c)
+    to_us = PeerLink("http://us")
+    assert _sync(eu, us_c, to_us) and _sync(eu, us_c, to_us)
+    with eu.lock:
+        vectors = replication_of(eu).vectors().to_json()
+    with us.lock:
+        held = set(replication_of(us).vectors().populations)
+    vectors["populations"] = {n: v for n, v in vectors["populations"].items() if n in held}
+    clock.t += 60.0
+    contact = {"contact": 1, "sender": "eu", "vectors": vectors,
+               "freshness": {n: {"eu": clock.t} for n in vectors["populations"]}}
+    before = us_c.get("/v1/populations", headers=auth("t-read")).json()["confidence_factor"]
+    for token in ("t-read", "t-ingest", "t-admin"):
+        r = us_c.post("/v1/peer/delta", json=contact, headers=auth(token))
+        assert r.status_code == 403 and "peer" in r.json()["error"], (token, r.text)
+    assert us_c.get("/v1/populations", headers=auth("t-read")).json()["confidence_factor"] == before < 1.0
+    r = us_c.post("/v1/peer/delta", json=contact, headers=auth("t-peer"))   # the same contact, a peer's token
+    assert r.status_code == 200, r.text
+    assert us_c.get("/v1/populations", headers=auth("t-read")).json()["confidence_factor"] == 1.0

@@ -62,14 +62,21 @@ def contact_bytes(contact: Mapping[str, Any]) -> bytes:
     return json.dumps(contact, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
-def is_contact(content_type: str | None) -> bool:
-    return (content_type or "").split(";")[0].strip().lower() == "application/json"
+def is_contact(data: bytes) -> bool:
+    """Whether a (inflated) body is a contact rather than an ``.npz`` delta, read from the body
+    itself: a delta is a zip archive (``PK``), a contact a JSON object (``{``). The Content-Type
+    is not asked: a proxy may relabel either, and a delta read as a contact (or the reverse)
+    would fail the sync on every round."""
+    return bytes(data[:64]).lstrip()[:1] == b"{"
 
 
-def contact_delta(data: bytes, replicas: ReplicaSet) -> PeerDelta:
+def contact_delta(data: bytes, replicas: ReplicaSet, now: float) -> PeerDelta:
     """Read a contact and check it against ``replicas``; the empty delta it stands for.
 
-    ``InvalidInputError`` when it is malformed, ``StaleDeltaError`` when it claims vectors
+    A freshness time later than ``now`` (this node's clock) is read as ``now``: no sender
+    heard a region after the moment its contact arrives, and a forged or skewed future time
+    would otherwise keep that region's staleness at zero (confidence 1) until the clock
+    reached it. ``InvalidInputError`` when it is malformed, ``StaleDeltaError`` when it claims vectors
     this node does not hold (the sender then asks for them and ships a delta)."""
     try:
         body = json.loads(data)
@@ -96,11 +103,12 @@ def contact_delta(data: bytes, replicas: ReplicaSet) -> PeerDelta:
         if replica is None or not version <= replica.version:
             raise StaleDeltaError(f"a contact claims {name!r} vectors {version.to_mapping()} this node does not "
                                   "hold; ask for its vectors")
-        populations[name] = (replica.dim, _empty_part(replica, sender, version, freshness[name]))
+        populations[name] = (replica.dim, _empty_part(replica, sender, version, freshness[name], now))
     return PeerDelta(sender, populations, {"evidence.json": np.frombuffer(b"[]", dtype=np.uint8)})
 
 
-def _empty_part(replica: RegionReplica, sender: str, version: VersionVector, times: Any) -> dict[str, np.ndarray]:
+def _empty_part(replica: RegionReplica, sender: str, version: VersionVector, times: Any,
+                now: float) -> dict[str, np.ndarray]:
     """A replica delta with no register row: the sender's version and freshness (validated by
     the replica's own ``merge_delta`` when the plan joins it on a scratch replica)."""
     if not isinstance(times, Mapping):
@@ -112,6 +120,7 @@ def _empty_part(replica: RegionReplica, sender: str, version: VersionVector, tim
         raise InvalidInputError(f"a contact's freshness times are numbers: {exc}") from exc
     if any(math.isnan(v) for v in values.tolist()):
         raise InvalidInputError("a contact's freshness times are not NaN")
+    values = np.minimum(values, float(now))      # never later than this node's now (contact_delta)
     vv = version.to_dict()
     part = {f"registers.{k}": v for k, v in replica.registers.entries(np.empty(0, np.int64)).items()}
     part.update({"format": _replica_format(), "sender": np.array(sender),

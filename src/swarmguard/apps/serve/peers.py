@@ -282,7 +282,7 @@ class PeerReplication:
         """Join a peer's contact under the node's lock (freshness, acks; 409 when it claims
         vectors this node lacks, 422 when malformed; nothing changed either way)."""
         try:
-            delta = contact_delta(data, self.replicas)
+            delta = contact_delta(data, self.replicas, self.node.settings.clock())
         except StaleDeltaError as exc:
             raise ApiError(409, f"peer contact refused, nothing changed: {one_line(exc)}", code="stale_delta") from None
         except SwarmGuardError as exc:
@@ -505,7 +505,7 @@ class PeerReplication:
         if status != 200:
             raise RuntimeError(f"{status}: {one_line(data.decode('utf-8', 'replace'))[:200]}")
         try:
-            if is_contact(content_type):     # nothing new: contact only
+            if is_contact(data):     # nothing new: contact only (read from the body, not its label)
                 with self.node.lock:
                     self._receive_contact(data)
             else:
@@ -667,7 +667,7 @@ def _peer_only(request: Request):
 async def post_delta(request: Request) -> dict:
     node = request.app.state.node
     data = await read_body(request, node.settings.max_body_bytes, node.settings.body_timeout_seconds)
-    contact = is_contact(request.headers.get("content-type"))
+    contact = is_contact(data)          # from the body: a relabelled request still reads right
     return await run_in_threadpool(replication_of(node).receive, data, contact)
 
 
