@@ -36,7 +36,10 @@ def two_regions(tmp_path, make_node):
     for region, other in (("eu", "us"), ("us", "eu")):
         _, node, client = make_node(clock=clock, data_dir=tmp_path / region, region=region, tokens_file=tokens,
                                     peers=(f"http://{other}.test",), sync_seconds=3600.0)
-        replication_of(node).stop()         # the test drives every sync itself
+        # the test drives every sync itself: the threads are stopped (and waited for), then the
+        # stop flag is lowered again, since a stopped replication refuses deltas (shutdown)
+        replication_of(node).stop()
+        replication_of(node)._stop.clear()
         made[region] = (node, client)
     return clock, made
 
