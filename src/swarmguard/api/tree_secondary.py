@@ -144,13 +144,15 @@ class SecondaryMoments:
         count 0); None while the tree is empty or keeps no trimmed moments."""
         if self._trim is None or self._tree is None or len(self) == 0:
             return None
+        return self._sub_node_states(self._trim.tree)
+
+    def _sub_node_states(self, sub: SlotTree) -> dict[str, Any]:
+        """The root's and every non-empty cohort's ``(count, offset, m2)`` in ``sub`` (the trimmed
+        or the windowed slot tree), in its units, with its ``shift`` and ``exponent``."""
         self._tree.flush()
-        sub = self._trim.tree
         sub.flush()
-        cohorts = {}
-        for cid, path in enumerate(self._cohorts.paths):
-            if cid and self._cohort_state(cid)[0] > 0:
-                cohorts[path] = self._trimmed_state(cid)
+        cohorts = {path: self._state_in(sub, cid) for cid, path in enumerate(self._cohorts.paths)
+                   if cid and self._cohort_state(cid)[0] > 0}
         return {"shift": sub.shift, "exponent": sub.exponent.copy(), "population": sub.root_state(),
                 "cohorts": cohorts}
 
@@ -215,15 +217,7 @@ class SecondaryMoments:
         none inside has count 0); None while the tree is empty or keeps no window."""
         if self._win is None or self._tree is None or len(self) == 0:
             return None
-        self._tree.flush()
-        sub = self._win.tree
-        sub.flush()
-        cohorts = {}
-        for cid, path in enumerate(self._cohorts.paths):
-            if cid and self._cohort_state(cid)[0] > 0:
-                cohorts[path] = self._window_state(cid)
-        return {"shift": sub.shift, "exponent": sub.exponent.copy(), "population": sub.root_state(),
-                "cohorts": cohorts}
+        return self._sub_node_states(self._win.tree)
 
     @synchronized
     def window_flags(self, slots: np.ndarray) -> np.ndarray:
