@@ -504,36 +504,39 @@ def _why_columns(result: DetectResult) -> dict[str, Any]:
     return cols
 
 
-def write_scores(result: DetectResult, path: str | os.PathLike) -> None:
-    """Write ``agent_id, score, p_value, is_anomaly`` (and the why columns when explained), atomically.
+def write_columns(path: str | os.PathLike, columns: dict[str, Any], flags: Sequence[str] = ("is_anomaly",)) -> None:
+    """Write equal-length ``columns`` (name -> array) to CSV or Parquet by the extension, atomically.
 
-    CSV or Parquet by the extension; the file is written under a temporary
-    name and renamed, so a failed run never leaves half a file.
+    The file is written under a temporary name and renamed, so a failed run never leaves
+    half a file. In CSV the ``flags`` columns read ``true`` / ``false``; in Parquet string
+    and object columns go in as lists (Arrow strings, nulls kept).
     """
     path = Path(path)
     fmt = output_format(path)
-    why = _why_columns(result)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         if fmt == "csv":
             with open(tmp, "w", newline="", encoding="utf-8") as f:
                 w = csv.writer(f, lineterminator="\n")
-                w.writerow(["agent_id", "score", "p_value", "is_anomaly", *why])
-                flags = np.where(result.is_anomaly, "true", "false").tolist()
-                columns = [result.agent_ids.tolist(), result.score.tolist(), result.p_value.tolist(), flags]
-                columns += [np.asarray(c).tolist() for c in why.values()]
-                w.writerows(zip(*columns, strict=True))
+                w.writerow(list(columns))
+                values = [np.where(v, "true", "false").tolist() if k in flags else np.asarray(v).tolist()
+                          for k, v in columns.items()]
+                w.writerows(zip(*values, strict=True))
         else:
             pa, _, pq = _pyarrow()
-            table = pa.table({"agent_id": result.agent_ids, "score": result.score,
-                              "p_value": result.p_value, "is_anomaly": result.is_anomaly,
-                              **{k: pa.array(np.asarray(v).tolist()) if np.asarray(v).dtype == object else v
-                                 for k, v in why.items()}})
-            pq.write_table(table, tmp)
+            pq.write_table(pa.table({k: np.asarray(v).tolist() if np.asarray(v).dtype.kind in "OU" else v
+                                     for k, v in columns.items()}), tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_scores(result: DetectResult, path: str | os.PathLike) -> None:
+    """Write ``agent_id, score, p_value, is_anomaly`` (and the why columns when explained),
+    atomically (:func:`write_columns`)."""
+    write_columns(path, {"agent_id": result.agent_ids, "score": result.score, "p_value": result.p_value,
+                         "is_anomaly": result.is_anomaly, **_why_columns(result)})
 
 
 # ---------------------------------------------------------------------------- summary

@@ -15,7 +15,6 @@ the window's agents, or ``alpha``). One output row per agent and window:
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 from dataclasses import dataclass, field
@@ -180,28 +179,9 @@ def _columns(result: SpanDetectResult) -> dict[str, Any]:
 
 def write_span_scores(result: SpanDetectResult, path: str | os.PathLike) -> None:
     """Write the result's rows (module docstring) to CSV or Parquet, atomically (as ``detect``)."""
-    from .detect import _pyarrow, output_format
+    from .detect import write_columns
 
-    path = Path(path)
-    fmt = output_format(path)
-    cols = _columns(result)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        if fmt == "csv":
-            with open(tmp, "w", newline="", encoding="utf-8") as f:
-                w = csv.writer(f, lineterminator="\n")
-                w.writerow(list(cols))
-                values = [np.where(v, "true", "false").tolist() if k == "is_anomaly" else np.asarray(v).tolist()
-                          for k, v in cols.items()]
-                w.writerows(zip(*values, strict=True))
-        else:
-            pa, _, pq = _pyarrow()
-            pq.write_table(pa.table({k: np.asarray(v).tolist() if np.asarray(v).dtype.kind == "U" else v
-                                     for k, v in cols.items()}), tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_columns(path, _columns(result))
 
 
 def print_span_summary(result: SpanDetectResult, console) -> None:
