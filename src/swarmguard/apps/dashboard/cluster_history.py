@@ -101,9 +101,7 @@ def record_cluster(node, at: float) -> ClusterWindow | None:
     limits: tuple[float, float] | None = None
     for pop in node.populations.values():
         resolver = pop.detector.cap_resolver
-        # the Ray engine's resolver view keeps no replicas in process: nothing to read there
-        ensure = getattr(resolver, "ensure_replica", None)
-        replica = ensure(own) if ensure is not None else None
+        replica = pop.replica(own)       # None too on Ray, whose view keeps no replicas here
         if replica is None:
             continue
         limits = (resolver.max_staleness_seconds, resolver.confidence_decay_rate)

@@ -642,9 +642,7 @@ def view_confidence(node) -> float | None:
     now, factors = node.settings.clock(), []
     for pop in node.populations.values():
         resolver = pop.detector.cap_resolver
-        # the Ray engine's resolver view keeps no replicas in process: nothing to read there
-        ensure = getattr(resolver, "ensure_replica", None)
-        replica = ensure(node.settings.region) if ensure is not None else None
+        replica = pop.replica(node.settings.region)    # None too on Ray, whose view keeps no replicas here
         if replica is None:
             continue
         factors.append(compute_confidence_factor(replica.region_counts(), replica.ages(now), node.settings.region,

@@ -114,6 +114,12 @@ class Population:
         return [[e, a, kind, float(lo), float(c), float(t), s]
                 for e, a, lo, c, t, s in zip(eids, agents, log_odds, confidences, timestamps, sources, strict=True)]
 
+    def replica(self, region: str):
+        """This node's replica of the population (a ``RegionReplica``; None: none yet, or an
+        engine whose resolver keeps no replicas in this process, such as Ray's view)."""
+        ensure = getattr(self.detector.cap_resolver, "ensure_replica", None)
+        return None if ensure is None else ensure(region)
+
     def ingest_evidence(self, columns: tuple) -> int:
         return self.detector.ingest_evidence(*columns)
 

@@ -69,10 +69,7 @@ class ReplicaAgent:
 def _registers(pop, region: str):
     """The registers of this node's replica of ``pop`` (None: no replica yet, or an engine
     whose resolver keeps none in this process, such as Ray's view)."""
-    ensure = getattr(pop.detector.cap_resolver, "ensure_replica", None)
-    if ensure is None:
-        return None
-    replica = ensure(region)
+    replica = pop.replica(region)
     return None if replica is None else replica.registers
 
 
@@ -107,8 +104,7 @@ def replica_contributions(pop, state: AgentState) -> list[dict[str, Any]]:
 def writer_staleness(pop, region: str, writer: str, now: float) -> float | None:
     """Seconds since this node last heard of region ``writer`` in ``pop``'s replica (0 for its
     own region; None: unknown)."""
-    ensure = getattr(pop.detector.cap_resolver, "ensure_replica", None)
-    replica = None if ensure is None else ensure(region)
+    replica = pop.replica(region)
     if replica is None:
         return None
     if writer == region:
