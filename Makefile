@@ -20,9 +20,12 @@ demo: $(STAMP)
 	$(VENV)/bin/swarmguard simulate
 
 # The browser tests draw the report in headless Chromium (Debian's package);
-# under `make test` a missing browser is a failure, not a skip.
+# under `make test` a missing browser is a failure, not a skip. The suite runs on
+# every core (pytest-xdist), one test file per worker at a time: a file's module
+# fixtures (a Ray cluster, a node) stay in one process. Many tests wait on
+# subprocesses and sockets, so two workers overlap those waits even on 2 cores.
 test: $(STAMP) browser
-	SWARMGUARD_REQUIRE_BROWSER=1 $(PY) -m pytest
+	SWARMGUARD_REQUIRE_BROWSER=1 $(PY) -m pytest -n auto --dist loadfile
 
 browser:
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
