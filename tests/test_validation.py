@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from swarmguard.errors import DimensionMismatchError, EmptyInputError, InvalidInputError, InvalidTypeError
+from swarmguard.errors import (
+    DimensionMismatchError,
+    EmptyInputError,
+    InvalidInputError,
+    InvalidTypeError,
+)
 from swarmguard.validation import (
     as_name_array,
     check_id_str_array,

@@ -1499,7 +1499,7 @@ def test_merging_a_bad_state_is_refused_and_changes_nothing(state, error):
 def _consensus_of(rows, **kw):
     """A consensus fed ``rows`` (evidence id, agent, source, log-odds) as one batch call."""
     c = StableBayesianConsensus(**kw)
-    e, a, s, lo = zip(*rows)
+    e, a, s, lo = zip(*rows, strict=True)
     c.add_evidence_batch(list(e), list(a), "peer_report", list(lo), [1.0] * len(lo), [0.0] * len(lo), list(s))
     return c
 
@@ -1544,7 +1544,7 @@ def test_a_later_honest_majority_is_not_kept_on_probation_forever_by_three_early
     c = _consensus_of(early)
     assert c.founding_sources == ["S0", "S1", "S2"]
     honest = [(f"h{j}_{a}_{k}", a, f"H{j}", 3.0) for j in range(10) for a in range(100) for k in range(3)]
-    e, a, s, lo = zip(*honest)
+    e, a, s, lo = zip(*honest, strict=True)
     c.add_evidence_batch(list(e), list(a), "peer_report", list(lo), [1.0] * len(lo), [0.0] * len(lo), list(s))
     many = c.consensus_many()
     assert np.asarray(many["consensus_reached"]).sum() > 9

@@ -309,9 +309,9 @@ def test_four_threads_updating_one_tree_give_the_exact_statistics_and_refused_ca
                 tree.update_agent(int(ids[i]), X[k, i], cohort=cohort)
             bad = X[k, :40].copy()
             bad[7, 1] = np.nan
-            for call in (lambda: tree.update_many(ids[:40], bad * 9.0, cohorts=cohort),
-                         lambda: tree.update_agent(int(ids[0]), [np.inf, 0.0, 0.0], cohort=cohort),
-                         lambda: tree.update_many(ids[:2], X[k, :2], cohorts=[("ok",), ("a\x1fb",)])):
+            for call in (lambda bad=bad, cohort=cohort: tree.update_many(ids[:40], bad * 9.0, cohorts=cohort),
+                         lambda cohort=cohort: tree.update_agent(int(ids[0]), [np.inf, 0.0, 0.0], cohort=cohort),
+                         lambda k=k: tree.update_many(ids[:2], X[k, :2], cohorts=[("ok",), ("a\x1fb",)])):
                 try:
                     call()
                 except InvalidInputError:

@@ -280,7 +280,7 @@ def test_units_stay_in_their_band_through_moves_across_the_whole_range():
     t = SlotTree(dim=2, branching=4, min_levels=1, recompute_every=10**9)
     t.write(np.arange(n), X)
     occ = np.ones(n, dtype=bool)
-    for step in range(120):
+    for _ in range(120):
         i = int(rng.integers(n))
         X[i] = rng.normal(size=2) * 10.0 ** rng.uniform(-300, 90, size=2)
         t.replace(i, X[i])

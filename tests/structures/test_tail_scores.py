@@ -15,7 +15,7 @@ from swarmguard.structures.tail_sketch import FeatureSketches
 
 def _reference(ps, ws):
     """The Cauchy combination with math.tan / math.atan, one row at a time."""
-    t = math.fsum(w * math.tan((0.5 - min(max(p, 1e-300), P_CAP)) * math.pi) for p, w in zip(ps, ws))
+    t = math.fsum(w * math.tan((0.5 - min(max(p, 1e-300), P_CAP)) * math.pi) for p, w in zip(ps, ws, strict=True))
     return 0.5 - math.atan(t) / math.pi
 
 

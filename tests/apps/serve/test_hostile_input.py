@@ -88,7 +88,11 @@ def test_arrow_bodies_that_would_expand_past_the_limit_are_refused_before_decodi
 def test_a_body_of_many_bad_lines_lists_100_counts_all_and_stays_small(served):
     import tracemalloc
 
-    from swarmguard.apps.serve.records import MAX_LISTED_ERRORS, parse_behavior_lines, parse_evidence_lines
+    from swarmguard.apps.serve.records import (
+        MAX_LISTED_ERRORS,
+        parse_behavior_lines,
+        parse_evidence_lines,
+    )
 
     bad = 200_000
     body = b'{"agent_id": "a", "features": [1.0]}\n' + b"1\n" * bad

@@ -18,7 +18,7 @@ from .test_peers_node import PEER_HEADERS
 
 pytest.importorskip("opentelemetry.proto")
 
-TOKENS = """
+TOKENS = f"""
 [[token]]
 secret = "t-ingest"
 role = "ingest"
@@ -29,9 +29,9 @@ role = "read"
 secret = "t-peer"
 role = "peer"
 [[token]]
-secret = "%s"
+secret = "{ADMIN_SECRET}"
 role = "admin"
-""" % ADMIN_SECRET + "".join(f'[[token]]\nsecret = "t-obs{k}"\nrole = "observer"\nsource = "obs-{k}"\n' for k in (1, 2, 3))
+""" + "".join(f'[[token]]\nsecret = "t-obs{k}"\nrole = "observer"\nsource = "obs-{k}"\n' for k in (1, 2, 3))
 
 
 def _evidence(eid: str, agent: str, log_odds: float) -> list[dict]:

@@ -486,7 +486,7 @@ def test_kill_9_during_concurrent_exports_loses_no_acknowledged_span(tmp_path, t
                 _wait_ready(http, proc)
                 stop = time.monotonic() + pick.uniform(0.5, 1.5)
 
-                def post_until_killed(worker: int) -> None:
+                def post_until_killed(worker: int, life: int = life) -> None:
                     while True:
                         n = next(counter)
                         agents = [f"L{life}-w{worker}-{n}-{j}" for j in range(4)]

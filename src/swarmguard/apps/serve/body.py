@@ -40,7 +40,7 @@ async def _chunks(request, timeout: float | None):
             chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - loop.time()))
         except StopAsyncIteration:
             return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ApiError(408, f"the body did not arrive within {timeout:g} s", code="body_timeout") from None
         yield chunk
 
