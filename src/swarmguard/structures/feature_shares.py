@@ -122,7 +122,7 @@ class CorrelationRoot:
     slowly; ``V``, the deviation and ``D²`` are the current population's on every call.
     Refresh policy: ``P^(-1/2)`` is recomputed whenever some correlation of the current
     ``A`` differs from the kept one by more than :data:`CORRELATION_DRIFT` (checked for
-    every call in call order, so no change of population, mode, unit or tree can leave a
+    every call whose parts can still be read, in call order, so no change of population, mode, unit or tree can leave a
     stale root behind; a different dimension always refreshes). Right after a refresh the
     parts are exactly :func:`whitened_parts` with :func:`zca_cor_whitening` of the current
     ``A``, the batch path's.
@@ -131,8 +131,9 @@ class CorrelationRoot:
     are computed when first read (most per-item callers read the decision only, issue 11).
     The calls whose parts can still be read are checked against the kept root in call
     order before any of them is read (or :attr:`refreshes` is), so every part read is the
-    one :meth:`parts` would have answered on that call; a call whose result was dropped
-    unread takes no part in the sequence (nobody can read it).
+    one :meth:`parts` would have answered had it been called for those calls; a call whose
+    result was dropped unread takes no part in the sequence (nobody can read it) and costs
+    no check.
 
     Examples
     --------
