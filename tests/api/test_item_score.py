@@ -123,3 +123,23 @@ def test_a_dropped_result_costs_nothing_and_is_forgotten():
 def test_item_score_reads_as_a_dict_without_deferred_parts():
     s = ItemScore({"a": 1})
     assert s == {"a": 1} and list(s) == ["a"] and s.get("feature_contributions") is None
+
+
+def test_results_kept_unread_are_checked_in_batches_and_still_read_the_eager_parts():
+    rng = np.random.default_rng(3)
+    base = np.array([[2.0, 0.9, 0.1], [0.9, 1.0, 0.3], [0.1, 0.3, 1.5]])
+    calls = []
+    for _ in range(300):                  # correlations drifting by about 1e-5 a call: some refresh
+        step = rng.normal(size=(3, 3)) * 1.5e-5
+        base = base + (step + step.T)
+        calls.append((base.copy(), rng.normal(size=3), float(rng.uniform(1, 9))))
+    root = CorrelationRoot()
+    kept = [root.deferred(A, e, d2) for A, e, d2 in calls]
+    # memory: a kept call is checked within a batch of the root's, then holds no A of its own
+    assert sum(later._A is not None for later in kept) <= 65 and len(root._pending) <= 65
+    eager = CorrelationRoot()
+    expected = [eager.parts(A, e, d2) for A, e, d2 in calls]
+    assert 1 < eager.refreshes < len(calls)
+    for i in reversed(range(len(calls))):
+        np.testing.assert_array_equal(kept[i].value(), expected[i])
+    assert root.refreshes == eager.refreshes

@@ -44,6 +44,7 @@ _TINY_EIGEN = 1e-300
 #: recomputed (:class:`CorrelationRoot`); correlations are in [-1, 1], so the bound is absolute
 CORRELATION_DRIFT = 1e-5
 #: the deferred calls a root keeps before it forgets those whose results were dropped unread
+#: (and checks the others, when more than half are still readable)
 _PRUNE_AT = 64
 _lapack = module_on_first_use("scipy.linalg.lapack")   # imported on first use: see swarmguard.lazy_import
 
@@ -150,14 +151,13 @@ class CorrelationRoot:
     (True, True)
     """
 
-    __slots__ = ("_kept", "_refreshes", "_pending", "_alive", "_lock")
+    __slots__ = ("_kept", "_refreshes", "_pending", "_lock")
 
     def __init__(self):
         # (P, P^(-1/2)) as one value: a reader in another thread never sees one without the other
         self._kept: tuple[np.ndarray, np.ndarray] | None = None
         self._refreshes = 0
         self._pending: list[weakref.ref] = []   # deferred calls not yet checked, in call order
-        self._alive = _PRUNE_AT                 # prune the dead from _pending beyond this length
         self._lock = threading.Lock()
 
     @property
@@ -192,9 +192,12 @@ class CorrelationRoot:
         with self._lock:
             pending = self._pending
             pending.append(weakref.ref(later))
-            if len(pending) > self._alive:      # results dropped unread: forget them
-                pending[:] = [r for r in pending if r() is not None]
-                self._alive = max(_PRUNE_AT, 2 * len(pending))
+            if len(pending) > _PRUNE_AT:
+                pending[:] = [r for r in pending if r() is not None]   # results dropped unread: forget them
+                if len(pending) > _PRUNE_AT // 2:
+                    # results kept unread: check them now, so that each holds the shared root and
+                    # its V^(-1/2), not its A (memory as the eager parts'), in call order as ever
+                    self._resolve_locked()
         return later
 
     def _check(self, A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -218,7 +221,6 @@ class CorrelationRoot:
         if not pending:
             return
         self._pending = []
-        self._alive = _PRUNE_AT
         for ref in pending:
             later = ref()
             if later is not None and later._root is None:
