@@ -223,7 +223,7 @@ class CorrelationRoot:
         self._pending = []
         for ref in pending:
             later = ref()
-            if later is not None and later._root is None:
+            if later is not None and later._root is None and later._value is None:
                 later._root, later._s = self._check(later._A)
                 later._A = None
 
