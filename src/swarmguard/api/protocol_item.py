@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 
 from ..lazy_import import module_on_first_use
-from ..structures.feature_shares import CorrelationRoot
+from ..structures.feature_shares import CorrelationRoot, DeferredParts
 from ..structures.scoring import LeaveOneOutScorer
 from ..structures.scoring_modes import SKETCH_MODES, TRIMMED_MODES
 from ..structures.significance import chi2_threshold as _chi2_threshold
 from ..structures.trimming import TRIM_QUANTILE
+from .item_score import ItemScore
 
 __all__ = ["ItemScoring"]
 
@@ -83,13 +84,14 @@ class ItemScoring:
         if self.score_levels == "population":      # the hot path, without the per-level loop
             n, off, m2 = base.root_state()
             scorer = LeaveOneOutScorer(n, off, m2, self.shrinkage)
-            d2, shares = scorer.score(dx - off, self._correlation_root(0))
+            d2, parts = scorer.score_deferred(dx - off, self._correlation_root(0))
             p = float(_special().chdtrc(d, d2))
             dist = math.sqrt(d2)
             warm = n >= warm_up
             flagged = warm and scorer.ok and p < alpha
             count = int(n) if win is None else int(tree._tree.root_state()[0])
-            info = {
+            # the feature parts are computed when first read (ItemScore): most callers never do
+            info = ItemScore.deferred({
                 "agent_id": agent_id,
                 "is_anomaly": flagged,
                 "mahalanobis_distance": dist,
@@ -103,22 +105,24 @@ class ItemScoring:
                 "cohort": cohorts.paths[own],
                 "population_count": count,
                 "warming_up": not warm,
-                "feature_contributions": shares,
-                "levels": [{"cohort": (), "count": count, "mahalanobis_squared": d2, "mahalanobis_distance": dist,
-                            "p_value": p, "is_anomaly": flagged, "warming_up": not warm,
-                            "feature_contributions": shares}],
-            }
+                "levels": [ItemScore.deferred({
+                    "cohort": (), "count": count, "mahalanobis_squared": d2, "mahalanobis_distance": dist,
+                    "p_value": p, "is_anomaly": flagged, "warming_up": not warm}, parts)],
+            }, parts, "levels")
             if win is not None:
                 info["in_window"] = True
             return info
         levels = []
+        parts0 = None
         for cid in level_ids:
             n, off, m2 = tree._cohort_state(cid)
             scorer = LeaveOneOutScorer(n, off, m2, self.shrinkage)
-            d2, shares = scorer.score(dx - off, self._correlation_root(cid))
+            d2, parts = scorer.score_deferred(dx - off, self._correlation_root(cid))
+            if parts0 is None:
+                parts0 = parts              # the population's, the result's own
             p = float(_special().chdtrc(d, d2))
             warm = n >= warm_up             # every level warms up on its own members
-            levels.append({
+            levels.append(ItemScore.deferred({
                 "cohort": cohorts.paths[cid],
                 "count": int(n),
                 "mahalanobis_squared": d2,
@@ -126,17 +130,17 @@ class ItemScoring:
                 "p_value": p,
                 "is_anomaly": warm and scorer.ok and p < alpha,
                 "warming_up": not warm,
-                "feature_contributions": shares,
-            })
+            }, parts))
         live = [lv["p_value"] for lv in levels if not lv["warming_up"]]
         decision_p = min(1.0, min(live) * len(level_ids)) if live else 1.0
-        return self._item_result(agent_id, levels, decision_p, thr2, alpha, cohorts.paths[own])
+        return self._item_result(agent_id, levels, decision_p, thr2, alpha, cohorts.paths[own], top_parts=parts0)
 
     def _item_result(self, agent_id: Hashable, levels: list[dict[str, Any]], decision_p: float, thr2: float,
-                     alpha: float, cohort: Path) -> dict[str, Any]:
-        """The per-item score dict of one agent from its levels' scores (``levels[0]``: the population)."""
+                     alpha: float, cohort: Path, top_parts: DeferredParts | None = None) -> dict[str, Any]:
+        """The per-item score dict of one agent from its levels' scores (``levels[0]``: the population);
+        ``top_parts``: the population's parts still to compute (then ``levels[0]`` holds them too)."""
         top = levels[0]
-        return {
+        fields = {
             "agent_id": agent_id,
             "is_anomaly": any(lv["is_anomaly"] for lv in levels),
             "mahalanobis_distance": top["mahalanobis_distance"],
@@ -150,9 +154,13 @@ class ItemScoring:
             "cohort": cohort,
             "population_count": top["count"],
             "warming_up": top["warming_up"],
-            "feature_contributions": top["feature_contributions"],
-            "levels": levels,
         }
+        if top_parts is not None:
+            fields["levels"] = levels
+            return ItemScore.deferred(fields, top_parts, "levels")
+        fields["feature_contributions"] = top["feature_contributions"]
+        fields["levels"] = levels
+        return fields
 
     def _score_slot_trimmed(self, agent_id: Hashable, slot: int, x: np.ndarray) -> dict[str, Any]:
         """:meth:`_score_slot` of a trimmed mode: the batch scoring of one row, as the per-item dict."""

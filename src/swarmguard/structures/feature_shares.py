@@ -29,17 +29,23 @@ proportion, as it was over the signed ones.
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 import numpy as np
 
 from ..errors import NonFiniteError
 from ..lazy_import import module_on_first_use
 
-__all__ = ["CORRELATION_DRIFT", "CorrelationRoot", "correlation_inverse_root", "whitened_parts", "zca_cor_whitening"]
+__all__ = ["CORRELATION_DRIFT", "CorrelationRoot", "DeferredParts", "correlation_inverse_root", "whitened_parts", "zca_cor_whitening"]
 
 _TINY_EIGEN = 1e-300
 #: largest change of any correlation before the per-item path's kept ``P^(-1/2)`` is
 #: recomputed (:class:`CorrelationRoot`); correlations are in [-1, 1], so the bound is absolute
 CORRELATION_DRIFT = 1e-5
+#: the deferred calls a root keeps before it forgets those whose results were dropped unread
+#: (and checks the others, when more than half are still readable)
+_PRUNE_AT = 64
 _lapack = module_on_first_use("scipy.linalg.lapack")   # imported on first use: see swarmguard.lazy_import
 
 
@@ -116,11 +122,19 @@ class CorrelationRoot:
     does once). Only ``P^(-1/2)`` is kept, the part of ``W = P^(-1/2) V^(-1/2)`` that moves
     slowly; ``V``, the deviation and ``D²`` are the current population's on every call.
     Refresh policy: ``P^(-1/2)`` is recomputed whenever some correlation of the current
-    ``A`` differs from the kept one by more than :data:`CORRELATION_DRIFT` (checked on
-    every call, so no change of population, mode, unit or tree can leave a stale root
-    behind; a different dimension always refreshes). Right after a refresh the parts are
-    exactly :func:`whitened_parts` with :func:`zca_cor_whitening` of the current ``A``,
-    the batch path's.
+    ``A`` differs from the kept one by more than :data:`CORRELATION_DRIFT` (checked for
+    every call whose parts can still be read, in call order, so no change of population, mode, unit or tree can leave a
+    stale root behind; a different dimension always refreshes). Right after a refresh the
+    parts are exactly :func:`whitened_parts` with :func:`zca_cor_whitening` of the current
+    ``A``, the batch path's.
+
+    :meth:`deferred` takes a call's ``(A, e, d2)`` without computing anything: its parts
+    are computed when first read (most per-item callers read the decision only, issue 11).
+    The calls whose parts can still be read are checked against the kept root in call
+    order before any of them is read (or :attr:`refreshes` is), so every part read is the
+    one :meth:`parts` would have answered had it been called for those calls; a call whose
+    result was dropped unread takes no part in the sequence (nobody can read it) and costs
+    no check.
 
     Examples
     --------
@@ -132,22 +146,121 @@ class CorrelationRoot:
     (True, 1)
     >>> _ = root.parts(A * 4.0, e, 1.5); root.refreshes      # new units, same correlations
     1
+    >>> later = root.deferred(A, e * 2.0, 6.0)               # nothing computed yet
+    >>> bool(np.array_equal(later.value(), root.parts(A, e * 2.0, 6.0))), later.value() is later.value()
+    (True, True)
     """
 
-    __slots__ = ("correlation", "inverse_root", "refreshes")
+    __slots__ = ("_kept", "_refreshes", "_pending", "_lock")
 
     def __init__(self):
-        self.correlation: np.ndarray | None = None
-        self.inverse_root: np.ndarray | None = None
-        self.refreshes = 0
+        # (P, P^(-1/2)) as one value: a reader in another thread never sees one without the other
+        self._kept: tuple[np.ndarray, np.ndarray] | None = None
+        self._refreshes = 0
+        self._pending: list[weakref.ref] = []   # deferred calls not yet checked, in call order
+        self._lock = threading.Lock()
+
+    @property
+    def correlation(self) -> np.ndarray | None:
+        """The kept correlation matrix ``P`` (None before the first call)."""
+        self._resolve()
+        return None if self._kept is None else self._kept[0]
+
+    @property
+    def inverse_root(self) -> np.ndarray | None:
+        """The kept ``P^(-1/2)`` (None before the first call)."""
+        self._resolve()
+        return None if self._kept is None else self._kept[1]
+
+    @property
+    def refreshes(self) -> int:
+        """How many times ``P^(-1/2)`` was computed."""
+        self._resolve()
+        return self._refreshes
 
     def parts(self, A: np.ndarray, e: np.ndarray, d2: float) -> np.ndarray:
         """One deviation's parts of ``d2``: ``z_j² · d2 / |z|²``, ``z = P_kept^(-1/2) V^(-1/2) e``."""
+        with self._lock:
+            self._resolve_locked()
+            root, s = self._check(A)
+        return whitened_parts(e * s, root, d2)
+
+    def deferred(self, A: np.ndarray, e: np.ndarray, d2: float) -> DeferredParts:
+        """:meth:`parts` of this call, computed on first read (``A`` and ``e`` are kept, not copied:
+        the caller hands over arrays it no longer changes)."""
+        later = DeferredParts(self, A, e, d2)
+        with self._lock:
+            pending = self._pending
+            pending.append(weakref.ref(later))
+            if len(pending) > _PRUNE_AT:
+                pending[:] = [r for r in pending if r() is not None]   # results dropped unread: forget them
+                if len(pending) > _PRUNE_AT // 2:
+                    # results kept unread: check them now, so that each holds the shared root and
+                    # its V^(-1/2), not its A (memory as the eager parts'), in call order as ever
+                    self._resolve_locked()
+        return later
+
+    def _check(self, A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The kept ``P^(-1/2)`` for ``A`` (refreshed if ``A``'s correlations drifted) and ``V^(-1/2)``."""
         P, s = _correlation(A)
-        kept = self.correlation
+        kept = self._kept
         # "not <=": a NaN difference refreshes too
-        if kept is None or kept.shape != P.shape or not (np.abs(P - kept).max() <= CORRELATION_DRIFT):
-            self.correlation = P
-            self.inverse_root = correlation_inverse_root(P.copy())
-            self.refreshes += 1
-        return whitened_parts(e * s, self.inverse_root, d2)
+        if kept is None or kept[0].shape != P.shape or not (np.abs(P - kept[0]).max() <= CORRELATION_DRIFT):
+            kept = self._kept = (P, correlation_inverse_root(P.copy()))
+            self._refreshes += 1
+        return kept[1], s
+
+    def _resolve(self) -> None:
+        if self._pending:
+            with self._lock:
+                self._resolve_locked()
+
+    def _resolve_locked(self) -> None:
+        """Check the deferred calls still readable against the kept root, in call order."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        for ref in pending:
+            later = ref()
+            if later is not None and later._root is None and later._value is None:
+                later._root, later._s = self._check(later._A)
+                later._A = None
+
+
+class DeferredParts:
+    """One per-item call's feature parts, computed on first read (:meth:`CorrelationRoot.deferred`).
+
+    >>> import numpy as np
+    >>> DeferredParts.ready(np.array([1.0, 2.0])).value()
+    array([1., 2.])
+    """
+
+    __slots__ = ("_owner", "_A", "_e", "_d2", "_root", "_s", "_value", "__weakref__")
+
+    def __init__(self, owner: CorrelationRoot | None, A: np.ndarray | None, e: np.ndarray | None, d2: float):
+        self._owner, self._A, self._e, self._d2 = owner, A, e, d2
+        self._root = self._s = self._value = None
+
+    @classmethod
+    def ready(cls, value: np.ndarray) -> DeferredParts:
+        """Parts already known (e.g. the zeros of a population too small to score)."""
+        later = cls(None, None, None, 0.0)
+        later._value = value
+        return later
+
+    def value(self) -> np.ndarray:
+        """The parts (computed once; the same array on every read)."""
+        value = self._value
+        if value is None:
+            owner = self._owner            # None once another thread has set the value
+            if owner is not None:
+                with owner._lock:
+                    if self._value is None:
+                        owner._resolve_locked()
+                        if self._root is None:    # pragma: no cover - checked by _resolve_locked
+                            self._root, self._s = owner._check(self._A)
+                        self._value = whitened_parts(self._e * self._s, self._root, self._d2)
+                        self._owner = self._A = self._e = self._root = self._s = None
+            value = self._value
+        return value

@@ -58,7 +58,7 @@ import numpy as np
 from ..errors import NonFiniteError
 from ..lazy_import import module_on_first_use
 from .chi2 import chi2_sf
-from .feature_shares import CorrelationRoot, whitened_parts, zca_cor_whitening
+from .feature_shares import CorrelationRoot, DeferredParts, whitened_parts, zca_cor_whitening
 
 __all__ = ["LeaveOneOutScorer", "MIN_POPULATION", "score_population", "combine_levels"]
 
@@ -172,11 +172,22 @@ class LeaveOneOutScorer:
         """
         if not self.ok:
             return 0.0, np.zeros(self.d)
+        d2 = self._distance(e)
+        return d2, (CorrelationRoot() if root is None else root).parts(self._a, e, d2)
+
+    def score_deferred(self, e: np.ndarray, root: CorrelationRoot) -> tuple[float, DeferredParts]:
+        """:meth:`score` with the parts computed when first read (``.value()``): the per-item path,
+        whose callers mostly read the decision only. ``e`` is kept, not copied."""
+        if not self.ok:
+            return 0.0, DeferredParts.ready(np.zeros(self.d))
+        d2 = self._distance(e)
+        return d2, root.deferred(self._a, e, d2)
+
+    def _distance(self, e: np.ndarray) -> float:
         g, _ = _lapack().dpotrs(self.chol, e, lower=1)
         t = float(e.dot(g))
         factor = self.scale / max(1.0 - self.c * t, _TINY)
-        d2 = t * factor
-        return d2, (CorrelationRoot() if root is None else root).parts(self._a, e, d2)
+        return t * factor
 
     def score_many(self, E: np.ndarray, explain: bool = False, overwrite: bool = False):
         """Leave-one-out D² of many members (rows of ``E = X - μ``); shares if ``explain``.
