@@ -148,15 +148,17 @@ def heavy_tailed_rounds(seed: int, n: int = 600, d: int = 3, rounds: int = 5):
     return out
 
 
-def exact_conformal_p_values(results, q: float, min_null: int):
+def exact_conformal_p_values(results, q: float, min_null: int, relative: bool = False):
     """Per round, the exact calibrated p-values ``(1 + #{null >= s}) / (n + 1)`` of each row, the null
     being every score admitted before the round by :meth:`ScoreNull.admit`'s rule (all while fewer
     than ``min_null``; then the unflagged and the ``ceil(q R)`` lowest of ``R`` flags), in float32
-    as the sketch keeps them. None for rounds before the null is warm."""
+    as the sketch keeps them. None for rounds before the null is warm. ``relative`` (the default
+    mode's null): each round's distances over their median (rounds of at least SCALE_ROWS rows)."""
     null = np.zeros(0, dtype=np.float32)
     out = []
     for res in results:
-        s = res["mahalanobis_squared"].astype(np.float32)
+        d2 = res["mahalanobis_squared"]
+        s = (d2 / np.median(d2) if relative else d2).astype(np.float32)
         if null.size >= min_null:
             at_least = null.size - np.searchsorted(np.sort(null), s, side="left")
             out.append((1.0 + at_least) / (null.size + 1.0))
@@ -182,12 +184,16 @@ def test_calibrated_p_values_on_ray_are_within_req_bounds_of_the_exact_ones(ray_
     rounds = heavy_tailed_rounds(2)
     got, final, _, det = run_both(rounds, scoring=scoring, fdr=q, calibrate=True)
     plain, _, _, _ = run_both(rounds[-1:], scoring=scoring, fdr=q)
-    lo, hi = det.protocol.null.p_value_bounds(got[-1][1]["mahalanobis_squared"])
+    from swarmguard.structures.score_null import SCALE_ROWS
+    relative = scoring == "mahalanobis"          # the default mode's null measures by the round's median
+    assert det.protocol.null.relative == relative and rounds[0][0].size >= SCALE_ROWS
+    last = got[-1][1]["mahalanobis_squared"]
+    lo, hi = det.protocol.null.p_value_bounds(last / np.median(last) if relative else last)
     width = float(np.max((hi - lo) / lo))     # REQ's relative bound, both sides (k = 12, 3σ)
     assert 0 < width < 0.2
     for engine in (0, 1):
         results = [pair[engine] for pair in got]
-        exact, admitted = exact_conformal_p_values(results, q, DEFAULT_MIN_NULL)
+        exact, admitted = exact_conformal_p_values(results, q, DEFAULT_MIN_NULL, relative)
         assert sum(e is not None for e in exact) >= 2            # calibrated rounds to check
         inside = total = 0
         for res, ex in zip(results, exact, strict=True):

@@ -177,3 +177,69 @@ def test_p_value_bounds_hold_the_exact_conformal_p_values():
     p = null.p_values(s)
     assert np.mean((lo - 1e-12 <= p) & (p <= hi + 1e-12)) >= 0.99
     assert p[-2] == 1.0 and exact[-1] == 1.0 / (kept.size + 1)     # below and above every score
+
+
+# ---------------------------------------------------------------- relative nulls (scores over their batch's median)
+def test_a_relative_null_compares_each_score_over_its_batchs_median():
+    from swarmguard.structures.score_null import SCALE_ROWS
+    r = np.random.default_rng(20)
+    a = r.chisquare(4, 2 * SCALE_ROWS)
+    b = 0.1 * r.chisquare(4, SCALE_ROWS)             # a round whose distances all shrank tenfold
+    null = ScoreNull(min_null=a.size, relative=True)
+    assert null.last_scale is None and null.scale_of(a) == float(np.median(a))
+    null.admit(a)
+    assert null.last_scale == float(np.median(a))
+    got = null.p_values(b)
+    # compacted (REQ keeps the top exactly, the rest within a small fraction: see the tests above)
+    assert not null.exact
+    np.testing.assert_allclose(got, _conformal(a / np.median(a), b / np.median(b)), rtol=0.1)
+    top = np.sort(a / np.median(a))[-20:] * np.median(b)      # b-scale scores at the top of the null
+    np.testing.assert_array_equal(null.p_values(top, float(np.median(b))),
+                                  _conformal(a / np.median(a), top / np.median(b)))
+    # an absolute null sees the shrunken round as far below its own: every p-value near 1
+    absolute = ScoreNull(min_null=a.size)
+    absolute.admit(a)
+    assert absolute.scale_of(b) == 1.0 and np.median(absolute.p_values(b)) > 0.9 > np.median(got)
+    # a batch under SCALE_ROWS rows is measured with the last admitted round's scale, not its own median
+    few = np.sort(a)[-5:]
+    np.testing.assert_array_equal(null.p_values(few), _conformal(a / np.median(a), few / np.median(a)))
+    # an explicit scale is used as given; a bad one is refused before anything changes
+    np.testing.assert_array_equal(null.p_values(few, 2.0), _conformal(a / np.median(a), few / 2.0))
+    before = null.to_bytes()
+    for bad in (0.0, -1.0, np.nan, np.inf, "1"):
+        with pytest.raises(InvalidInputError):
+            null.admit(b, scale=bad)
+    assert null.to_bytes() == before
+
+
+def test_a_relative_nulls_scale_falls_back_when_the_median_is_zero():
+    null = ScoreNull(relative=True)
+    s = np.zeros(600)
+    assert null.scale_of(s) == 1.0
+    s[:100] = 6.0                                   # median 0, mean 1
+    assert null.scale_of(s) == pytest.approx(1.0)
+    s[:100] = 12.0
+    assert null.scale_of(s) == pytest.approx(2.0)
+
+
+def test_relative_and_absolute_nulls_keep_their_bytes_and_do_not_merge():
+    a = ScoreNull(min_null=10)
+    a.admit(np.arange(30.0))
+    # an absolute null's bytes are the version-1 layout: min_null, then the sketch
+    assert a.to_bytes()[:8] == (10).to_bytes(8, "little")
+    assert not ScoreNull.from_bytes(a.to_bytes()).relative
+    rel = ScoreNull(min_null=10, relative=True)
+    assert ScoreNull.from_bytes(rel.to_bytes()).last_scale is None
+    rel.admit(np.arange(1.0, 31.0), scale=3.0)
+    back = ScoreNull.from_bytes(rel.to_bytes())
+    assert back.relative and back.last_scale == 3.0 and back.min_null == 10 and back.count == 30
+    np.testing.assert_array_equal(back.p_values(np.array([27.0]), 3.0), [5 / 31])   # 27..30 over 3 are >= 9
+    with pytest.raises(InvalidInputError):
+        a.merge(rel)
+    other = ScoreNull(min_null=10, relative=True)
+    other.merge(back)                              # a null with no scale takes the other's
+    assert other.last_scale == 3.0 and other.count == 30
+    with pytest.raises(InvalidInputError):
+        ScoreNull.from_bytes(rel.to_bytes()[:12])
+    with pytest.raises(InvalidInputError):
+        ScoreNull(relative=1)

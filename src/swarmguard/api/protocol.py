@@ -65,8 +65,11 @@ class BehavioralDistributedProtocol(ItemScoring, Locked):
         decision), ``(1 + #{null >= s}) / (n_null + 1)``, once the null holds
         1,000 scores; until then the mode's own p-value decides. Cohort levels
         keep their own p-values; the per-item path too, in every mode. The batch reports
-        ``parametric_p_value`` (the mode's) and ``null_score`` (what the null holds:
-        the distance, or ``-log p`` for the tail modes).
+        ``parametric_p_value`` (the mode's), ``null_score`` (the distance, or ``-log p``
+        for the tail modes) and ``null_scale`` (what the null holds is
+        ``null_score / null_scale``: in the default mode the batch's median
+        distance, so a round whose anomalies inflate the covariance is compared on
+        the scale of its own members; 1 in the other modes).
     scoring : str, default "mahalanobis"
         What an agent is scored against (:data:`swarmguard.SCORING_MODES`):
         ``"mahalanobis"``, the population's moments; ``"robust"``, its trimmed
@@ -124,7 +127,10 @@ class BehavioralDistributedProtocol(ItemScoring, Locked):
         self.score_levels = checked.score_levels
         self.scoring = checked.scoring
         # the empirical null of the population-level scores (swarmguard.structures.score_null)
-        self.null: ScoreNull | None = ScoreNull() if checked.calibrate else None
+        # (relative for the plain moments, which hold the round's anomalies and so shrink every
+        # distance while they are there: swarmguard.structures.score_null, "Relative scores")
+        self.null: ScoreNull | None = (ScoreNull(relative=self.scoring == "mahalanobis") if checked.calibrate
+                                       else None)
         if self.scoring in TRIMMED_MODES:
             tree.keep_trimmed_moments()
         if self.scoring in SKETCH_MODES:
@@ -251,10 +257,11 @@ class BehavioralDistributedProtocol(ItemScoring, Locked):
             # expected false ones, the lowest: ceil(q R) under BH, ceil(alpha m) under a
             # per-member cut -- swarmguard.structures.score_null)
             flagged = out["is_anomaly"] if self.null.warm else None
+            scale = out["null_scale"]
             if fdr_level is not None:
-                self.null.admit(out["null_score"], flagged, fdr_level)
+                self.null.admit(out["null_score"], flagged, fdr_level, scale=scale)
             else:
-                self.null.admit(out["null_score"], flagged, alpha=self.significance_level)
+                self.null.admit(out["null_score"], flagged, alpha=self.significance_level, scale=scale)
         return out
 
     def _resolve_fdr(self, fdr: Any) -> float | None:
@@ -310,7 +317,8 @@ class BehavioralDistributedProtocol(ItemScoring, Locked):
         if self.null is not None and calibrate:
             null_score = d2 if self.scoring not in SKETCH_MODES else -np.log(np.maximum(p, 1e-300))
             out["null_score"] = null_score
-            p_cal = self.null.p_values(null_score)
+            out["null_scale"] = scale = self.null.scale_of(null_score)
+            p_cal = self.null.p_values(null_score, scale)
             if p_cal is not None:
                 out["parametric_p_value"] = p
                 p, calibrated = p_cal, True

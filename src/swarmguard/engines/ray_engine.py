@@ -261,7 +261,9 @@ class RayEngine(RayRounds, RayRegions, RayEvidence, RayDurability):
         self._last_trimmed: dict[str, Any] | None = None     # the root's merge of the shards' trimmed moments
         # calibrate=True: the population's score null, on the driver (which holds every row's score
         # for the false-discovery cut already); the shards get it, as bytes, to calibrate their rows
-        self._null: ScoreNull | None = ScoreNull() if rules.calibrate else None
+        # (relative with the plain moments, as in process: swarmguard.structures.score_null)
+        self._null: ScoreNull | None = (ScoreNull(relative=rules.scoring == "mahalanobis") if rules.calibrate
+                                        else None)
         # window_rounds: every shard's tree keeps its members' windowed moments, opens a round with
         # every batch (shards without rows too), and the root merges the windowed moments
         self._window_rounds = s.window_rounds

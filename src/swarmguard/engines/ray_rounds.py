@@ -133,11 +133,21 @@ class RayRounds:
             window_ref = ray.put(self._last_window)
         calibrating = self._null is not None and stay is None
         null_ref = ray.put(self._null.to_bytes()) if calibrating and self._null.warm else None
+
+        def score(null_ref: Any, null_scale: float | None) -> list[dict[str, Any]]:
+            return self._gather([
+                (self.region_shards[s], "score", (merged_ref, self.shrinkage, self.warm_up, self.score_levels,
+                                                 trimmed_ref, null_ref, window_ref, null_scale), False)
+                for s in rows_of])
+
         # ---- 3. shards score their rows against the population and their cohorts
-        scored = self._gather([
-            (self.region_shards[s], "score", (merged_ref, self.shrinkage, self.warm_up, self.score_levels,
-                                             trimmed_ref, null_ref, window_ref), False)
-            for s in rows_of])
+        null_scale = None
+        if null_ref is not None and self._null.relative:
+            # a relative null (the plain moments) measures the round's distances by their median over
+            # every shard's rows, as in process: the shards score once for it, then with it
+            null_scale = self._null.scale_of(np.concatenate([res["mahalanobis_squared"]
+                                                             for res in score(None, None)]))
+        scored = score(null_ref, null_scale)
         d2 = np.empty(n)
         p = np.empty(n)
         decision_p = np.empty(n)
@@ -157,10 +167,12 @@ class RayRounds:
             # the round's members enter the null after its decision, flags left out but the expected
             # false ones (swarmguard.structures.score_null), in the batch's order, as in process
             flagged_null = flagged_mask if self._null.warm else None
+            if null_scale is None:
+                null_scale = self._null.scale_of(d2)
             if q is not None:
-                self._null.admit(d2, flagged_null, q)
+                self._null.admit(d2, flagged_null, q, scale=null_scale)
             else:
-                self._null.admit(d2, flagged_null, alpha=self.significance_level)
+                self._null.admit(d2, flagged_null, alpha=self.significance_level, scale=null_scale)
         # ---- 4. CAP: each region's writes, in the in-process resolver's order
         region_cf, accepted = self._cap_writes(order, inverse, d2, ts, ids, X, shard, region_shard, now)
         confidence = region_cf[inverse]

@@ -199,9 +199,17 @@ class RayProtocolView:
             raise InvalidInputError("the Ray backend scores all agents (agent_ids=None) only")
         merged = det._last_merge
         null = det._null.to_bytes() if det._null is not None and det._null.warm else None
-        res = det._gather([(h, "score_all", (merged, det.shrinkage, det.warm_up, det.score_levels,
-                                             det._last_trimmed, null, det._last_window), False)
-                           for h in det.region_shards])
+
+        def score_all(null: bytes | None, null_scale: float | None) -> list[dict[str, Any]]:
+            return det._gather([(h, "score_all", (merged, det.shrinkage, det.warm_up, det.score_levels,
+                                                  det._last_trimmed, null, det._last_window, null_scale), False)
+                                for h in det.region_shards])
+
+        null_scale = None
+        if null is not None and det._null.relative:    # the batch's median distance, as in process
+            null_scale = det._null.scale_of(np.concatenate([r["mahalanobis_squared"]
+                                                            for r in score_all(None, None)]))
+        res = score_all(null, null_scale)
         ids = np.concatenate([r["agent_ids"] for r in res])
         order = np.argsort(ids, kind="stable")
         out = {"agent_ids": ids[order]}

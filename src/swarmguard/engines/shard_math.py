@@ -175,7 +175,8 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
                population: Moments, cohorts: dict[tuple[str, ...], Moments], shrinkage: Any,
                warm_up: int, score_levels: str, exponents: dict[Any, np.ndarray] | None = None,
                trimmed: tuple[Moments, dict[tuple[str, ...], Moments], Any, np.ndarray] | None = None,
-               null: ScoreNull | None = None, window: bool = False) -> dict[str, Any]:
+               null: ScoreNull | None = None, window: bool = False,
+               null_scale: float | None = None) -> dict[str, Any]:
     """Leave-one-out scores of rows ``X`` against moments that were merged elsewhere.
 
     The protocol's scoring core (:func:`~swarmguard.structures.scoring.score_population`
@@ -207,7 +208,9 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
     driver; once warm, each row's population-level p-value is its calibrated
     one (:meth:`~swarmguard.structures.score_null.ScoreNull.p_values` of its
     distance), before the levels are combined, as in process
-    (``parametric_p_value`` then holds the χ² one).
+    (``parametric_p_value`` then holds the χ² one). ``null_scale``: what a relative
+    null divides the distances by (the driver's :meth:`ScoreNull.scale_of` the
+    round's distances, all shards' rows together).
     """
     def deviations(rows: np.ndarray, m: Moments, key: Any, units: Any = exponents) -> np.ndarray:
         return _deviations(rows, m, None if units is None else units[key])
@@ -223,7 +226,7 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
                                           population.offset, population.m2, shrinkage, warm_up)
     extra: dict[str, Any] = {}
     if null is not None:
-        calibrated = null.p_values(d2)
+        calibrated = null.p_values(d2, null_scale)
         if calibrated is not None:
             extra["parametric_p_value"], p = p, calibrated
     if score_levels != "all":

@@ -45,6 +45,24 @@ Warm-up: until the null holds ``min_null`` scores it gives no p-values (the
 caller keeps its parametric ones) and admits every score. Anomalies present
 during warm-up enter the null: that makes p-values *conservative* (larger),
 never anti-conservative.
+
+Relative scores (``relative=True``)
+-----------------------------------
+The conformal p-value needs a round's normal scores to be draws of the same
+distribution as the null's. A score measured against moments that *hold* the
+round's anomalies is not: the plain covariance they inflate shrinks every
+distance by the same factor (in the heavy-tailed simulation of
+``tests/api/test_tail_scoring.py``, 5 % anomalies shrink the normal members'
+median squared distance from 4.5 to 0.3), so the round that brings the
+anomalies scores them *below* the tail of the clean rounds' null and flags
+none, whatever enters the null afterwards (measured: recall 0 at ``q = 0.01``
+even when the null is kept free of every planted anomaly). A relative null
+therefore holds and compares each score divided by its batch's **median**
+score (:meth:`scale_of`): a scale the anomalies cannot move while they are
+fewer than half the batch, except through the moments themselves -- which is
+the shrinkage it undoes. A batch of fewer than :data:`SCALE_ROWS` rows is
+divided by the scale of the last round admitted instead (its own median would
+be noisy, and a batch of a few suspects would be its own yardstick).
 """
 
 from __future__ import annotations
@@ -56,9 +74,16 @@ import numpy as np
 from ..errors import InvalidInputError, NonFiniteError
 from .tail_sketch import DEFAULT_SKETCH_K, FeatureSketches
 
-__all__ = ["ScoreNull", "DEFAULT_MIN_NULL"]
+__all__ = ["ScoreNull", "DEFAULT_MIN_NULL", "SCALE_ROWS"]
 
 DEFAULT_MIN_NULL = 1000
+
+#: Rows a batch needs for its own median to be its scale (a relative null): the median of
+#: ``n`` draws is off by about ``1.25 / sqrt(n)`` of a spread, a few per cent at 500.
+SCALE_ROWS = 500
+
+# to_bytes: the version-2 header sets this bit of the first word (min_null < 2**63 in both)
+_V2 = 1 << 63
 
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -86,6 +111,10 @@ class ScoreNull:
         The REQ sketch's accuracy parameter (see :mod:`~swarmguard.structures.tail_sketch`).
     min_null : int
         Scores needed before :meth:`p_values` answers.
+    relative : bool, default False
+        Hold and compare scores divided by their batch's scale (:meth:`scale_of`;
+        the module's *Relative scores*): for scores against moments that the
+        round's anomalies are part of.
 
     Examples
     --------
@@ -99,13 +128,48 @@ class ScoreNull:
     2
     """
 
-    __slots__ = ("min_null", "_sketch")
+    __slots__ = ("min_null", "relative", "last_scale", "_sketch")
 
-    def __init__(self, k: int = DEFAULT_SKETCH_K, min_null: int = DEFAULT_MIN_NULL):
+    def __init__(self, k: int = DEFAULT_SKETCH_K, min_null: int = DEFAULT_MIN_NULL, relative: bool = False):
         if not isinstance(min_null, (int, np.integer)) or isinstance(min_null, bool) or min_null < 1:
             raise InvalidInputError(f"min_null must be a positive integer, got {min_null!r}")
+        if not isinstance(relative, bool):
+            raise InvalidInputError(f"relative must be True or False, got {relative!r}")
         self.min_null = int(min_null)
+        self.relative = relative
+        #: the scale of the last round admitted (a relative null; None before the first)
+        self.last_scale: float | None = None
         self._sketch = FeatureSketches(1, k)
+
+    def scale_of(self, scores: np.ndarray) -> float:
+        """What a batch's scores are divided by: 1 for an absolute null; for a relative one the
+        batch's median score (its mean where the median is 0, 1 where both are), or the last
+        admitted round's scale for a batch under :data:`SCALE_ROWS` rows (the batch's own
+        median until a round was admitted).
+
+        >>> ScoreNull(relative=True).scale_of(np.arange(1.0, 600.0))
+        300.0
+        """
+        if not self.relative:
+            return 1.0
+        s = _in_sketch_range(scores)
+        if s.size < SCALE_ROWS and self.last_scale is not None:
+            return self.last_scale
+        if s.size == 0:
+            return 1.0
+        for scale in (float(np.median(s)), float(np.mean(s))):
+            if math.isfinite(scale) and scale > 0.0:
+                return scale
+        return 1.0
+
+    def _scaled(self, s: np.ndarray, scale: float | None) -> tuple[np.ndarray, float]:
+        if not self.relative:
+            return s, 1.0
+        if scale is None:
+            scale = self.scale_of(s)
+        elif not (isinstance(scale, (int, float, np.floating)) and math.isfinite(scale) and scale > 0):
+            raise InvalidInputError(f"scale must be a positive finite number, got {scale!r}")
+        return np.clip(s / float(scale), -_FLOAT32_MAX, _FLOAT32_MAX), float(scale)
 
     @property
     def count(self) -> int:
@@ -122,7 +186,7 @@ class ScoreNull:
         return self._sketch.exact
 
     def admit(self, scores: np.ndarray, flagged: np.ndarray | None = None, q: float = 0.0, *,
-              alpha: float | None = None) -> int:
+              alpha: float | None = None, scale: float | None = None) -> int:
         """Add a round's scores, leaving out flagged members but the ``ceil(q R)`` lowest flags.
 
         ``alpha``: the flags came from a per-member cut at level ``alpha`` (no FDR procedure),
@@ -130,7 +194,9 @@ class ScoreNull:
         ``min(R, ceil(alpha m))`` lowest flags go back in (``ceil(alpha R)`` would leave most
         false flags out, and the thinning compounds: measured at ``alpha = 0.01``, the false
         flag rate went 0.010 → 0.027 in ten rounds). While the null is warming up every score
-        enters. Returns the number admitted.
+        enters. A relative null admits each score divided by ``scale`` (default
+        :meth:`scale_of` the round's scores) and keeps ``scale`` as :attr:`last_scale`.
+        Returns the number admitted.
 
         Raises
         ------
@@ -142,6 +208,7 @@ class ScoreNull:
             raise InvalidInputError(f"q must be in [0, 1], got {q!r}")
         if alpha is not None and not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
             raise InvalidInputError(f"alpha must be in [0, 1] or None, got {alpha!r}")
+        s, scale = self._scaled(s, scale)
         if flagged is None or not self.warm:
             keep = s
         else:
@@ -153,14 +220,18 @@ class ScoreNull:
             back = min(flags.size, math.ceil(expected_false - 1e-12))
             keep = np.concatenate([s[~f], flags[:back]])
         self._sketch.update_many(keep[:, None])
+        if self.relative:
+            self.last_scale = scale
         return int(keep.size)
 
-    def p_values(self, scores: np.ndarray) -> np.ndarray | None:
-        """Calibrated p-values ``(1 + #{null >= s}) / (n + 1)``; None while warming up."""
+    def p_values(self, scores: np.ndarray, scale: float | None = None) -> np.ndarray | None:
+        """Calibrated p-values ``(1 + #{null >= s}) / (n + 1)``; None while warming up.
+
+        A relative null compares ``scores / scale`` (default :meth:`scale_of` the scores)."""
         if not self.warm:
             return None
-        s = _in_sketch_range(scores).reshape(-1, 1)
-        return self._sketch.tail_probabilities(s, members=False).right[:, 0]
+        s, _ = self._scaled(_in_sketch_range(scores), scale)
+        return self._sketch.tail_probabilities(s.reshape(-1, 1), members=False).right[:, 0]
 
     def p_value_bounds(self, scores: np.ndarray, std_devs: int = 3) -> tuple[np.ndarray, np.ndarray] | None:
         """REQ's a-priori bounds on the *exact* calibrated p-values of ``scores``: ``(lo, hi)``.
@@ -171,6 +242,7 @@ class ScoreNull:
         (:meth:`~swarmguard.structures.tail_sketch.FeatureSketches.tail_bounds`,
         ``std_devs`` in 1..3) of the truth, which this maps to p-values. None
         while warming up. A Python loop over the scores: for checks, not for scoring.
+        ``scores`` are compared as the null holds them (a relative null's: divided already).
         """
         if not self.warm:
             return None
@@ -180,13 +252,24 @@ class ScoreNull:
         return (1.0 + n * lo[:, 0]) / (n + 1.0), np.minimum(1.0, (1.0 + n * hi[:, 0]) / (n + 1.0))
 
     def merge(self, other: ScoreNull) -> None:
-        """Merge another null into this one (the null of both populations)."""
+        """Merge another null into this one (the null of both populations); both must be relative
+        or both absolute. A relative null keeps its own :attr:`last_scale` (the other's if it has none)."""
         if not isinstance(other, ScoreNull):
             raise InvalidInputError(f"can only merge a ScoreNull, got {type(other).__name__}")
+        if other.relative != self.relative:
+            raise InvalidInputError("cannot merge a relative score null with an absolute one")
         self._sketch.merge(other._sketch)
+        if self.last_scale is None:
+            self.last_scale = other.last_scale
 
     def to_bytes(self) -> bytes:
-        return self.min_null.to_bytes(8, "little") + self._sketch.to_bytes()
+        """Version 1 (an absolute null: ``min_null``, the sketch) as before relative nulls; version 2
+        (a relative one) marks the first word and adds ``last_scale`` (NaN: none) before the sketch."""
+        if not self.relative:
+            return self.min_null.to_bytes(8, "little") + self._sketch.to_bytes()
+        scale = math.nan if self.last_scale is None else self.last_scale
+        return ((self.min_null | _V2).to_bytes(8, "little") + np.float64(scale).tobytes()
+                + self._sketch.to_bytes())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ScoreNull:
@@ -194,8 +277,20 @@ class ScoreNull:
         if len(data) < 8:
             raise InvalidInputError("score null: truncated")
         out = cls.__new__(cls)
-        out.min_null = int.from_bytes(data[:8], "little")
-        out._sketch = FeatureSketches.from_bytes(data[8:])
+        word = int.from_bytes(data[:8], "little")
+        out.relative = bool(word & _V2)
+        out.min_null = word & ~_V2
+        out.last_scale = None
+        start = 8
+        if out.relative:
+            if len(data) < 16:
+                raise InvalidInputError("score null: truncated")
+            scale = float(np.frombuffer(data[8:16], dtype=np.float64)[0])
+            if not (math.isnan(scale) or (math.isfinite(scale) and scale > 0)):
+                raise InvalidInputError("score null: not a score null")
+            out.last_scale = None if math.isnan(scale) else scale
+            start = 16
+        out._sketch = FeatureSketches.from_bytes(data[start:])
         if out.min_null < 1 or out._sketch.features != 1:
             raise InvalidInputError("score null: not a score null")
         return out
