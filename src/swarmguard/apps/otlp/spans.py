@@ -27,6 +27,7 @@ Which attributes (the OpenTelemetry GenAI semantic conventions):
 
 from __future__ import annotations
 
+import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ OP_OTHER, OP_INVOKE, OP_MODEL, OP_TOOL = 0, 1, 2, 3
 _OPERATIONS = {"invoke_agent": OP_INVOKE, "chat": OP_MODEL, "text_completion": OP_MODEL,
                "generate_content": OP_MODEL, "execute_tool": OP_TOOL}
 _STATUS_ERROR = 2            # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
+_F_ERROR, _F_CONTENT_FILTER, _F_LENGTH = 1, 2, 4     # a span's flags (one small int per span)
 
 # the cohort of an agent: these, in this order ("unknown" where absent)
 COHORT_FIELDS = ("service", "environment", "region", "agent_name", "agent_version", "model")
@@ -174,12 +176,18 @@ def _int_of(value: Any) -> float:
     return count if 0.0 <= count <= _MAX_TOKENS else _BAD_COUNT
 
 
+def _array(code: str, values: list, dtype: type) -> np.ndarray:
+    """``values`` as a writable NumPy array through an ``array.array`` of type ``code``."""
+    return np.frombuffer(array.array(code, values), dtype=dtype) if values else np.zeros(0, dtype=dtype)
+
+
 def _span_ids(ids: list[bytes]) -> np.ndarray:
     """8-byte span ids as big-endian uint64 (0 for an id of another length, or none)."""
     if not ids:
         return np.zeros(0, dtype=np.uint64)
-    if min(map(len, ids)) == max(map(len, ids)) == 8:      # the usual case, at C speed
-        return np.frombuffer(b"".join(ids), dtype=">u8").astype(np.uint64)
+    joined = b"".join(ids)
+    if len(joined) == 8 * len(ids) and min(map(len, ids)) == 8:   # the usual case, at C speed
+        return np.frombuffer(joined, dtype=">u8").astype(np.uint64)
     return np.array([int.from_bytes(b, "big") if len(b) == 8 else 0 for b in ids], dtype=np.uint64)
 
 
@@ -232,21 +240,21 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
     agents = NameTable() if agents is None else agents
     cohorts = NameTable() if cohorts is None else cohorts
     tools = NameTable() if tools is None else tools
-    agent_code, cohort_code, tool_code = agents.code, cohorts.code, tools.code
+    # The loop below is the per-span work of every request; it runs at the speed of its
+    # bytecode, so it reads each field once, binds what it calls to locals, looks codes up in
+    # the tables' dicts directly (a method call only for a new name), appends to one list per
+    # column (error / content_filter / length as the bits of one flags column) and turns the
+    # lists into arrays through buffers (array.array, bytearray), which NumPy reads at C speed.
+    agent_codes, agent_code = agents.codes, agents.code
+    tool_codes, tool_code = tools.codes, tools.code
+    cohort_code = cohorts.code
     operations = _OPERATIONS
     span_keys = _SPAN_KEYS
-    a_col: list[int] = []
-    c_col: list[int] = []
-    op_col: list[int] = []
-    tool_col: list[int] = []
-    start_col: list[int] = []
-    end_col: list[int] = []
-    in_col: list[float] = []
-    out_col: list[float] = []
-    err_col: list[bool] = []
-    cf_col: list[bool] = []
-    len_col: list[bool] = []
-    sid_col: list[bytes] = []
+    int_of = _int_of
+    max_tokens = _MAX_TOKENS
+    columns: tuple[list, ...] = tuple([] for _ in range(10))
+    a_add, c_add, op_add, tool_add, start_add, end_add, in_add, out_add, flag_add, sid_add = (
+        col.append for col in columns)
     nan = np.nan
     rejected = bad_tokens = 0
     agent_cohort: dict[int, int] = {}
@@ -258,49 +266,69 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
                 op = OP_OTHER
                 tool = -1
                 tin = tout = nan
-                error = span.status.code == _STATUS_ERROR
-                content_filter = length = False
-                name = version = model = None
+                flags = _F_ERROR if span.status.code == _STATUS_ERROR else 0
+                # the cohort attributes matter only for an agent's first span here: kept unread
+                name_kv = version_kv = model_kv = None
                 for kv in span.attributes:
                     slot = span_keys.get(kv.key)
                     if slot is None:
                         continue
-                    value = kv.value
+                    # the slots in the order of how often spans carry them
                     if slot == _K_OP:
-                        op = operations.get(value.string_value, OP_OTHER)
+                        op = operations.get(kv.value.string_value, OP_OTHER)
                     elif slot == _K_AGENT:
-                        agent = value.string_value or agent
-                    elif slot == _K_TOOL:
-                        tool = tool_code(value.string_value[:MAX_NAME])
+                        agent = kv.value.string_value or agent
+                    elif slot == _K_MODEL:
+                        model_kv = kv
                     elif slot == _K_IN:
-                        tin = _int_of(value)
+                        value = kv.value
+                        count = value.int_value     # an int (the convention) reads at once; else _int_of
+                        if count:
+                            count = float(count)
+                            tin = count if 0.0 <= count <= max_tokens else _BAD_COUNT
+                        else:
+                            tin = int_of(value)
                     elif slot == _K_OUT:
-                        tout = _int_of(value)
+                        value = kv.value
+                        count = value.int_value
+                        if count:
+                            count = float(count)
+                            tout = count if 0.0 <= count <= max_tokens else _BAD_COUNT
+                        else:
+                            tout = int_of(value)
                     elif slot == _K_FINISH:
-                        for reason in value.array_value.values:
+                        for reason in kv.value.array_value.values:
                             text = reason.string_value
                             if text == "content_filter":
-                                content_filter = True
+                                flags |= _F_CONTENT_FILTER
                             elif text == "length":
-                                length = True
+                                flags |= _F_LENGTH
+                    elif slot == _K_TOOL:
+                        text = kv.value.string_value[:MAX_NAME]
+                        tool = tool_codes.get(text)
+                        if tool is None:
+                            tool = tool_code(text)
                     elif slot == _K_ERROR:
-                        error = True
+                        flags |= _F_ERROR
                     elif slot == _K_NAME:
-                        name = value.string_value[:MAX_NAME]
-                    elif slot == _K_VERSION:
-                        version = value.string_value[:MAX_NAME]
+                        name_kv = kv
                     else:
-                        model = value.string_value[:MAX_NAME]
+                        version_kv = kv
                 if not agent:
                     rejected += 1
                     continue
                 if tin < 0.0 or tout < 0.0:       # _BAD_COUNT (NaN, absent, compares False)
                     bad_tokens += 1
                     continue
-                a = agent_code(agent)
+                a = agent_codes.get(agent)
+                if a is None:
+                    a = agent_code(agent)
                 c = agent_cohort.get(a)
                 if c is None:
                     cohort = resource_cohort
+                    name = None if name_kv is None else name_kv.value.string_value[:MAX_NAME]
+                    version = None if version_kv is None else version_kv.value.string_value[:MAX_NAME]
+                    model = None if model_kv is None else model_kv.value.string_value[:MAX_NAME]
                     if name or version or model:
                         cohort = list(resource_cohort)
                         if name:
@@ -310,30 +338,30 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
                         if model:
                             cohort[5] = model
                     c = agent_cohort[a] = cohort_code(tuple(cohort))
-                a_col.append(a)
-                c_col.append(c)
-                op_col.append(op)
-                tool_col.append(tool)
-                start_col.append(span.start_time_unix_nano)
-                end_col.append(span.end_time_unix_nano)
-                in_col.append(tin)
-                out_col.append(tout)
-                err_col.append(error)
-                cf_col.append(content_filter)
-                len_col.append(length)
-                sid_col.append(span.span_id)
-    start = np.array(start_col, dtype=np.uint64)
-    end = np.array(end_col, dtype=np.uint64)
+                a_add(a)
+                c_add(c)
+                op_add(op)
+                tool_add(tool)
+                start_add(span.start_time_unix_nano)
+                end_add(span.end_time_unix_nano)
+                in_add(tin)
+                out_add(tout)
+                flag_add(flags)
+                sid_add(span.span_id)
+    a_col, c_col, op_col, tool_col, start_col, end_col, in_col, out_col, flag_col, sid_col = columns
+    start = _array("Q", start_col, np.uint64)
+    end = _array("Q", end_col, np.uint64)
+    flag = np.frombuffer(bytearray(flag_col), dtype=np.uint8)
     # a span that ends before it starts (a clock step) counts as lasting 0 s, and so does one
     # with no start time (0, "unknown"): end - 0 would be the age of the epoch, ~1.7e9 s
     duration = np.where((end >= start) & (start > 0), end - start, 0).astype(np.float64) / 1e9
     when = np.where(start > 0, start, end).astype(np.float64) / 1e9
     when[when == 0] = np.nan
     return SpanColumns(start_s=when,
-        span_id=_span_ids(sid_col), agent=np.array(a_col, dtype=np.int64), cohort=np.array(c_col, dtype=np.int64),
-        operation=np.array(op_col, dtype=np.int8), tool=np.array(tool_col, dtype=np.int64),
-        duration_s=duration, input_tokens=np.array(in_col, dtype=np.float64),
-        output_tokens=np.array(out_col, dtype=np.float64), error=np.array(err_col, dtype=bool),
-        content_filter=np.array(cf_col, dtype=bool), length=np.array(len_col, dtype=bool),
+        span_id=_span_ids(sid_col), agent=_array("q", a_col, np.int64), cohort=_array("q", c_col, np.int64),
+        operation=np.frombuffer(bytearray(op_col), dtype=np.int8), tool=_array("q", tool_col, np.int64),
+        duration_s=duration, input_tokens=_array("d", in_col, np.float64),
+        output_tokens=_array("d", out_col, np.float64), error=(flag & _F_ERROR) != 0,
+        content_filter=(flag & _F_CONTENT_FILTER) != 0, length=(flag & _F_LENGTH) != 0,
         agents=agents.names, cohorts=cohorts.names, tools=tools.names, rejected=rejected,
         bad_tokens=bad_tokens)

@@ -50,7 +50,7 @@ from .features import FEATURE_NAMES
 from .spans import SpanColumns, cohort_name, span_columns
 from .window import WindowAggregator
 
-__all__ = ["router", "SpanIngest", "SPANS_POPULATION", "SPANS_RECORD", "cohort_name"]
+__all__ = ["router", "SpanIngest", "SPANS_POPULATION", "SPANS_RECORD", "cohort_name", "span_keys"]
 
 SPANS_POPULATION = "spans"      # = serve.node.SPANS_POPULATION (not imported: node imports this module)
 SPANS_RECORD = "spans"          # the durable log's record kind
@@ -70,9 +70,9 @@ class SpanIngest:
     def __init__(self, node: Any) -> None:
         self.node = node
         self.aggregator = WindowAggregator(_FOREVER, clock=lambda: 0.0)
-        # hash((agent id, span id)) of the open window's spans, and of the window before it: an
-        # int rather than the tuple halves the sets (up to 2 x max_window_rows entries); the
-        # hash is 64-bit and salted per process, the sets are rebuilt at each start
+        # span_keys((agent id, span id)) of the open window's spans, and of the window before it:
+        # an int rather than the tuple halves the sets (up to 2 x max_window_rows entries); the
+        # key is 64-bit and salted per process, the sets are rebuilt at each start
         self._seen: set[int] = set()
         self._seen_before: set[int] = set()
         # the (agent id, span id) pairs behind those hashes, per record (names, agent codes, ids):
@@ -143,14 +143,20 @@ class SpanIngest:
         repeat = np.zeros(len(columns), dtype=bool)
         if columns.span_id is None:
             return repeat
-        names, seen, before, here = columns.agents, self._seen, self._seen_before, set()
-        for i, (a, sid) in enumerate(zip(columns.agent.tolist(), columns.span_id.tolist())):
-            if sid:
-                key = hash((names[a], sid))
-                if key in seen or key in before or key in here:
-                    repeat[i] = True
-                else:
-                    here.add(key)
+        rows = np.flatnonzero(columns.span_id != 0)
+        if rows.size == 0:
+            return repeat
+        keys = span_keys(columns.agents, columns.agent[rows], columns.span_id[rows])
+        listed = keys.tolist()
+        # the usual request repeats nothing: two set intersections and one np.unique, in C
+        kept = self._seen.intersection(listed) | self._seen_before.intersection(listed)
+        if kept:
+            repeat[rows[np.isin(keys, np.fromiter(kept, dtype=np.uint64, count=len(kept)))]] = True
+        _, first = np.unique(keys, return_index=True)
+        if first.size < keys.size:           # the same span twice in one request: the first counts
+            later = np.ones(keys.size, dtype=bool)
+            later[first] = False
+            repeat[rows[later]] = True
         return repeat
 
     # ------------------------------------------------------------ the node's hooks
@@ -175,7 +181,8 @@ class SpanIngest:
             sid = ((matrix[:, _ID_COLUMNS].astype(np.uint64) << np.uint64(32))
                    | matrix[:, _ID_COLUMNS + 1].astype(np.uint64))
             names = meta["agents"]
-            self._seen.update(hash((names[a], s)) for a, s in zip(local[:, 0].tolist(), sid.tolist()) if s)
+            has = sid != 0
+            self._seen.update(span_keys(names, local[has, 0], sid[has]).tolist())
             self._ids.append((names, local[:, 0], sid))
         agg.add_columns(columns, now=0.0)
         self.node.open_window(at)
@@ -189,8 +196,12 @@ class SpanIngest:
         window = self.aggregator.close(now=0.0)
         if window.agent_ids.size == 0:
             return
+        names: dict[tuple[str, ...], str] = {}     # a few cohorts for many agents: each named once
+        for c in window.cohorts:
+            if c not in names:
+                names[c] = cohort_name(c)
         meta = {"population": SPANS_POPULATION, "agents": window.agent_ids.tolist(),
-                "cohorts": [cohort_name(c) for c in window.cohorts], "d": window.features.shape[1],
+                "cohorts": [names[c] for c in window.cohorts], "d": window.features.shape[1],
                 "feature_names": list(FEATURE_NAMES)}
         self.node._apply_behaviors(at, meta, window.features)
         self.node.metrics.queue_depth.labels("window_spans").set(0)
@@ -217,8 +228,32 @@ class SpanIngest:
         agents = [str(a) for a in state["seen_agents"]]
         sid = np.asarray(state["seen_ids"], dtype=np.uint64)
         self._seen, self._ids = set(), []
-        self._seen_before = {hash((a, s)) for a, s in zip(agents, sid.tolist(), strict=True)}
+        if len(agents) != sid.size:
+            raise ValueError(f"a snapshot's span ids: {len(agents)} agents for {sid.size} ids")
+        self._seen_before = set(span_keys(agents, np.arange(len(agents), dtype=np.int64), sid).tolist())
         self._ids_before = [(agents, np.arange(len(agents), dtype=np.int64), sid)] if agents else []
+
+
+_MIX_1, _MIX_2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def span_keys(names: list[str], agent: np.ndarray, span_id: np.ndarray) -> np.ndarray:
+    """One 64-bit key per (agent id, span id): the agent's name hashed by Python's ``hash``
+    (salted per process), XOR the span id through SplitMix64's finalizer (a bijection, so one
+    agent's distinct ids never share a key; two agents' keys meet with probability 2**-64, as
+    the tuple hashes did). ``names[agent[i]]`` is row i's agent id; keys live only in this
+    process's sets (rebuilt at each start from the log or the snapshot).
+
+    >>> k = span_keys(["a", "b"], np.array([0, 1, 0]), np.array([7, 7, 8], dtype=np.uint64))
+    >>> len(set(k.tolist())), k.dtype.name
+    (3, 'uint64')
+    """
+    salted = np.array([hash(n) for n in names], dtype=np.int64).view(np.uint64)
+    z = np.asarray(span_id, dtype=np.uint64) + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX_1
+    z = (z ^ (z >> np.uint64(27))) * _MIX_2
+    return salted[np.asarray(agent, dtype=np.int64)] ^ z ^ (z >> np.uint64(31)) if len(names) else z[:0]
 
 
 def _rows(columns: SpanColumns, keep: np.ndarray) -> SpanColumns:

@@ -110,6 +110,7 @@ class WindowAggregator:
         self._lock = threading.Lock()
         self._agents, self._cohorts, self._tools = NameTable(), NameTable(), NameTable()
         self._chunks: list[SpanColumns] = []
+        self._pending = 0          # rows in _chunks (read on every request: no sum over chunks)
         self._start = float(self._clock())
         self._index = 0
         self._known_pairs = np.zeros(0, dtype=np.int64)
@@ -166,7 +167,7 @@ class WindowAggregator:
     @property
     def pending_spans(self) -> int:
         """Spans accepted into the open window."""
-        return sum(len(c) for c in self._chunks)
+        return self._pending
 
     def add(self, request: Any, now: float | None = None) -> AddResult:
         """Read ``request`` (an ``ExportTraceServiceRequest``) into the window open at ``now``,
@@ -189,6 +190,7 @@ class WindowAggregator:
         closed = self._roll(now)
         if len(columns):
             self._chunks.append(columns)
+            self._pending += len(columns)
         return AddResult(len(columns), columns.rejected + columns.bad_tokens, closed)
 
     def poll(self, now: float | None = None) -> tuple[ClosedWindow, ...]:
@@ -242,6 +244,7 @@ class WindowAggregator:
             features=X, cohorts=[cohort_names[c] for c in self._agent_cohort[codes].tolist()],
             spans=len(columns))
         self._chunks = []
+        self._pending = 0
         self._index += 1
         self._start = end
         return window

@@ -4,6 +4,10 @@ SQLite in WAL mode with ``synchronous=FULL``: :meth:`DurableLog.append` returns
 after the record's transaction is on disk (one transaction, one fsync, per
 request), so an acknowledged request survives ``kill -9`` and a power cut. The
 node's state is a function of this log: :meth:`records` replays it in order.
+Span requests use group commit instead (:meth:`DurableLog.append_grouped`, then
+:meth:`DurableLog.commit_through` before the 200): their records wait in memory, numbered,
+and the requests in flight share one transaction; a request logs its record while the group
+before it is syncing.
 
 Compaction (:meth:`DurableLog.write_snapshot`): a snapshot of the node's state as of
 record ``seq`` (:mod:`.snapshot`) goes into the ``snapshot`` table and the records
@@ -89,93 +93,138 @@ class DurableLog:
             self._db.execute(_SNAPSHOT_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise EvidenceStoreError(f"cannot open the node's log {self.path}: {exc}") from None
+        # Group commit (:meth:`append_grouped`): records wait in memory, numbered, until a commit
+        # writes them in one transaction. ``_lock`` guards the connection, ``_pending_lock`` the
+        # waiting records (held for microseconds, never across a disk sync, so a request can
+        # log its record while the group before it syncs), ``_commit_lock`` makes one writer at
+        # a time, which writes in sequence order.
         self._lock = threading.Lock()
+        self._pending_lock = threading.Lock()
         self._commit_lock = threading.Lock()
-        self._inserted = self._committed = 0     # group commit: the last record written / made durable
+        self._pending: list[tuple[int, str, float, bytes]] = []
+        try:
+            last = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM log").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise EvidenceStoreError(f"cannot read the node's log {self.path}: {exc}") from None
+        self._next = last + 1                    # SQLite's own choice for a new row: MAX(seq) + 1
+        self._committed = last                   # the last record made durable
+
+    def _write(self, rows: list[tuple[int, str, float, bytes]]) -> None:
+        """Write ``rows`` in one synced transaction (all or none); hold ``_commit_lock``."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT INTO log (seq, kind, at, body) VALUES (?, ?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def _take_pending(self, record: tuple[str, float, bytes] | None = None) -> list[tuple[int, str, float, bytes]]:
+        """The waiting records, oldest first, and ``record`` after them with the next number."""
+        with self._pending_lock:
+            rows, self._pending = self._pending, []
+            if record is not None:
+                rows.append((self._next, *record))
+                self._next += 1
+        return rows
+
+    def _put_back(self, rows: list[tuple[int, str, float, bytes]]) -> None:
+        """Grouped records whose write failed wait again (their requests are applied in memory
+        and wait in :meth:`commit_through`, which must still find them to commit)."""
+        with self._pending_lock:
+            self._pending[:0] = rows
 
     def append(self, kind: str, at: float, meta: dict[str, Any], matrix: np.ndarray | None = None) -> int:
         """Write one record durably (committed and synced when this returns); its sequence number.
 
-        Records of :meth:`append_grouped` not yet committed are committed with it."""
+        Records of :meth:`append_grouped` not yet committed are committed with it (before it).
+        A failure writes none of them (:class:`EvidenceStoreError`)."""
         body = _encode(meta, matrix)
-        with self._lock:
+        with self._commit_lock:
+            rows = self._take_pending((kind, float(at), body))
             try:
-                cur = self._db.execute("INSERT INTO log (kind, at, body) VALUES (?, ?, ?)", (kind, at, body))
-                seq = self._inserted = int(cur.lastrowid)
-                if self._db.in_transaction:       # a group is open: this record commits it
-                    self._db.execute("COMMIT")
-                self._committed = seq
+                self._write(rows)
             except sqlite3.Error as exc:
+                self._put_back(rows[:-1])
                 raise EvidenceStoreError(f"cannot write the node's log {self.path}: {exc}") from None
+            self._committed = seq = rows[-1][0]
             return seq
 
     def append_grouped(self, kind: str, at: float, meta: dict[str, Any], matrix: np.ndarray | None = None) -> int:
-        """Write one record into the open group transaction, not yet durable; its sequence number.
+        """Number one record for the next group commit, not yet durable; its sequence number.
 
         Group commit: the caller applies the record (under the node's lock, so the log's order
         stays the order of application), releases that lock and calls :meth:`commit_through`
-        before acknowledging. Requests that arrive meanwhile share one commit (one fsync)."""
+        before acknowledging. Requests that arrive meanwhile share one commit (one fsync); this
+        call never waits for a commit in progress."""
         body = _encode(meta, matrix)
-        with self._lock:
-            try:
-                if not self._db.in_transaction:
-                    self._db.execute("BEGIN")
-                cur = self._db.execute("INSERT INTO log (kind, at, body) VALUES (?, ?, ?)", (kind, at, body))
-            except sqlite3.Error as exc:
-                raise EvidenceStoreError(f"cannot write the node's log {self.path}: {exc}") from None
-            self._inserted = int(cur.lastrowid)
-            return self._inserted
+        with self._pending_lock:
+            seq = self._next
+            self._next += 1
+            self._pending.append((seq, kind, float(at), body))
+            return seq
 
     def commit_through(self, seq: int) -> None:
-        """Return once record ``seq`` is committed and synced (committing the open group if needed)."""
+        """Return once record ``seq`` is committed and synced (writing every waiting record if needed)."""
         with self._commit_lock:                # one committer; the others find their record committed
             if self._committed >= seq:
                 return
-            with self._lock:
-                try:
-                    if self._db.in_transaction:
-                        self._db.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    raise EvidenceStoreError(f"cannot commit the node's log {self.path}: {exc}") from None
-                self._committed = self._inserted
+            rows = self._take_pending()
+            if not rows:
+                return
+            try:
+                self._write(rows)
+            except sqlite3.Error as exc:
+                self._put_back(rows)
+                raise EvidenceStoreError(f"cannot commit the node's log {self.path}: {exc}") from None
+            self._committed = rows[-1][0]
 
     def write_snapshot(self, seq: int, body: bytes) -> int:
         """Keep ``body``, the node's state as of record ``seq``, as the one snapshot, and delete
         the records before ``seq``, in one synced transaction (module docstring); the number
         of records deleted. A failure changes nothing (:class:`EvidenceStoreError`)."""
-        with self._lock:
-            if self._db.in_transaction:             # an open group: make it durable first
+        with self._commit_lock:
+            rows = self._take_pending()             # waiting records: durable first
+            if rows:
                 try:
-                    self._db.execute("COMMIT")
+                    self._write(rows)
                 except sqlite3.Error as exc:
-                    # no ROLLBACK here: the group's records are applied in memory and their
-                    # requests wait in commit_through, which must still find them to commit
+                    self._put_back(rows)
                     raise EvidenceStoreError(f"cannot commit the node's log {self.path} before a snapshot: "
                                              f"{exc}") from None
-                self._committed = self._inserted
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute("DELETE FROM snapshot")
-                self._db.execute("INSERT INTO snapshot (seq, body) VALUES (?, ?)", (int(seq), body))
-                _crash_point("snapshot_written")
-                deleted = self._db.execute("DELETE FROM log WHERE seq < ?", (int(seq),)).rowcount
-                _crash_point("log_compacted")
-                self._db.execute("COMMIT")
-                _crash_point("committed")
-            except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise EvidenceStoreError(f"cannot write a snapshot into the node's log {self.path}: {exc}") from None
-            try:        # give the WAL's pages back to the file (the deleted pages are reused)
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                pass    # a reader holds the WAL: the next checkpoint will do it
-            return int(deleted)
+                self._committed = rows[-1][0]
+            with self._lock:
+                deleted = self._snapshot_transaction(seq, body)
+        return deleted
+
+    def _snapshot_transaction(self, seq: int, body: bytes) -> int:
+        """The snapshot's transaction, then a WAL checkpoint; hold ``_lock``."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM snapshot")
+            self._db.execute("INSERT INTO snapshot (seq, body) VALUES (?, ?)", (int(seq), body))
+            _crash_point("snapshot_written")
+            deleted = self._db.execute("DELETE FROM log WHERE seq < ?", (int(seq),)).rowcount
+            _crash_point("log_compacted")
+            self._db.execute("COMMIT")
+            _crash_point("committed")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise EvidenceStoreError(f"cannot write a snapshot into the node's log {self.path}: {exc}") from None
+        try:        # give the WAL's pages back to the file (the deleted pages are reused)
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass    # a reader holds the WAL: the next checkpoint will do it
+        return int(deleted)
 
     def last_seq(self) -> int:
-        """The sequence number of the last record written (0: none)."""
-        with self._lock:
-            return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM log").fetchone()[0])
+        """The sequence number of the last record written (0: none), a grouped one waiting for
+        its commit included."""
+        with self._pending_lock:
+            return self._next - 1
 
     def latest_snapshot(self) -> tuple[int, bytes] | None:
         """``(seq, body)`` of the snapshot kept (None: none yet)."""
@@ -184,8 +233,9 @@ class DurableLog:
         return None if row is None else (int(row[0]), bytes(row[1]))
 
     def records(self, after: int = 0) -> Iterator[LogRecord]:
-        """Every record after sequence number ``after``, oldest first (read a thousand at a
-        time: a long log is not held whole)."""
+        """Every record after sequence number ``after`` in the file, oldest first (read a
+        thousand at a time: a long log is not held whole); grouped records still waiting for
+        their commit are not there yet."""
         last = int(after)
         while True:
             with self._lock:
