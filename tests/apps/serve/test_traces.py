@@ -442,6 +442,20 @@ def test_a_retried_batch_is_acknowledged_and_not_counted_twice(make_node, tmp_pa
     assert _ingest(node).pending_spans == 6
 
 
+def test_two_spans_whose_64_bit_keys_meet_are_both_kept(served, monkeypatch):
+    # the repeat check's keys are 64 bits for an agent id and a 64-bit span id, so distinct
+    # spans can share one; every key made equal, no real span may be taken for a repeat
+    import swarmguard.apps.otlp.traces as traces
+
+    monkeypatch.setattr(traces, "span_keys", lambda names, agent, sid: np.zeros(len(sid), np.uint64))
+    _, node, client = served
+    for body, pending in ((_with_ids(), 6), (_with_ids(), 6), (_with_ids(("a-3",), first_id=1), 9),
+                          (_with_ids(first_id=100), 15), (_with_ids(first_id=100), 15)):
+        assert client.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")}).status_code == 200
+        assert _ingest(node).pending_spans == pending
+    assert metric(client, "swarmguard_accepted_total", kind="spans_repeated") == 12
+
+
 def test_spans_without_ids_are_all_counted(served):
     _, node, client = served
     for _ in range(2):
