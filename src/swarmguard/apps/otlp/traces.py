@@ -35,7 +35,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from ...errors import BodyTooLargeError, MalformedBodyError, UnsupportedMediaTypeError
+from ...errors import BodyTooLargeError, EvidenceStoreError, MalformedBodyError, UnsupportedMediaTypeError
 from ..serve.auth import authenticate
 from ..serve.http_errors import ApiError, one_line
 from .decode import (
@@ -134,7 +134,13 @@ class SpanIngest:
             seq = self._last_seq if (n or duplicates) else 0
         # durable before the 200: concurrent requests share one commit (one fsync)
         if seq:
-            node.log.commit_through(seq)
+            try:
+                node.log.commit_through(seq)
+            except EvidenceStoreError as exc:
+                # not acknowledged: 503, which an exporter retries (a 500 it drops); the records
+                # wait in memory for the next commit, and the retry repeats them (not kept twice)
+                raise ApiError(503, f"the node's durable log cannot be written: {str(exc).rsplit(': ', 1)[-1]}",
+                               code="log_write_failed", headers={"Retry-After": "5"}) from None
         return n, rejected, message, duplicates
 
     def _repeats(self, columns: SpanColumns) -> np.ndarray:
@@ -316,7 +322,7 @@ _RESPONSES = {
     413: {"description": "over --max-body-bytes (decompressed too), or more spans than --max-window-rows"},
     415: {"description": "not application/x-protobuf or application/json, or an encoding other than gzip"},
     429: {"description": "the open window is full (Retry-After)"},
-    503: {"description": "shutting down (Retry-After)"},
+    503: {"description": "shutting down, or the durable log cannot be written (Retry-After)"},
 }
 
 
