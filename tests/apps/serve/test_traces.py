@@ -442,6 +442,47 @@ def test_a_retried_batch_is_acknowledged_and_not_counted_twice(make_node, tmp_pa
     assert _ingest(node).pending_spans == 6
 
 
+def test_two_spans_whose_64_bit_keys_meet_are_both_kept(served, monkeypatch):
+    # the repeat check's keys are 64 bits for an agent id and a 64-bit span id, so distinct
+    # spans can share one; every key made equal, no real span may be taken for a repeat
+    import swarmguard.apps.otlp.traces as traces
+
+    monkeypatch.setattr(traces, "span_keys", lambda names, agent, sid: np.zeros(len(sid), np.uint64))
+    _, node, client = served
+    for body, pending in ((_with_ids(), 6), (_with_ids(), 6), (_with_ids(("a-3",), first_id=1), 9),
+                          (_with_ids(first_id=100), 15), (_with_ids(first_id=100), 15)):
+        assert client.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")}).status_code == 200
+        assert _ingest(node).pending_spans == pending
+    assert metric(client, "swarmguard_accepted_total", kind="spans_repeated") == 12
+
+
+def test_a_failed_group_commit_is_an_otlp_503_and_the_retry_keeps_the_spans_once(served, monkeypatch):
+    # a 500 is not retryable for an OTLP exporter (it drops the batch); the commit failing is
+    # the disk's trouble, retryable: 503 with Retry-After, and the retry is acknowledged once durable
+    import sqlite3
+
+    from swarmguard.apps.serve.durable_log import DurableLog
+
+    _, node, client = served
+    real, calls = node.log._write, []
+
+    def write(rows):
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(rows)
+
+    monkeypatch.setattr(node.log, "_write", write)
+    body = _with_ids()
+    r = client.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 503 and "Retry-After" in r.headers
+    assert decode_status(r.content, "protobuf").code != 0
+    assert len(DurableLog(node.log.path.parent)) == 0             # refused: nothing durable
+    assert client.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")}).status_code == 200
+    assert _ingest(node).pending_spans == 6                       # kept once
+    assert sum(r.meta["rows"] for r in DurableLog(node.log.path.parent).records()) == 6
+
+
 def test_spans_without_ids_are_all_counted(served):
     _, node, client = served
     for _ in range(2):

@@ -35,7 +35,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from ...errors import BodyTooLargeError, MalformedBodyError, UnsupportedMediaTypeError
+from ...errors import BodyTooLargeError, EvidenceStoreError, MalformedBodyError, UnsupportedMediaTypeError
 from ..serve.auth import authenticate
 from ..serve.http_errors import ApiError, one_line
 from .decode import (
@@ -134,7 +134,13 @@ class SpanIngest:
             seq = self._last_seq if (n or duplicates) else 0
         # durable before the 200: concurrent requests share one commit (one fsync)
         if seq:
-            node.log.commit_through(seq)
+            try:
+                node.log.commit_through(seq)
+            except EvidenceStoreError as exc:
+                # not acknowledged: 503, which an exporter retries (a 500 it drops); the records
+                # wait in memory for the next commit, and the retry repeats them (not kept twice)
+                raise ApiError(503, f"the node's durable log cannot be written: {str(exc).rsplit(': ', 1)[-1]}",
+                               code="log_write_failed", headers={"Retry-After": "5"}) from None
         return n, rejected, message, duplicates
 
     def _repeats(self, columns: SpanColumns) -> np.ndarray:
@@ -146,18 +152,37 @@ class SpanIngest:
         rows = np.flatnonzero(columns.span_id != 0)
         if rows.size == 0:
             return repeat
-        keys = span_keys(columns.agents, columns.agent[rows], columns.span_id[rows])
+        agent, sid = columns.agent[rows], columns.span_id[rows]
+        keys = span_keys(columns.agents, agent, sid)
         listed = keys.tolist()
-        # the usual request repeats nothing: two set intersections and one np.unique, in C
+        # the usual request repeats nothing: two set intersections and one lexsort, in C
         kept = self._seen.intersection(listed) | self._seen_before.intersection(listed)
         if kept:
-            repeat[rows[np.isin(keys, np.fromiter(kept, dtype=np.uint64, count=len(kept)))]] = True
-        _, first = np.unique(keys, return_index=True)
-        if first.size < keys.size:           # the same span twice in one request: the first counts
-            later = np.ones(keys.size, dtype=bool)
-            later[first] = False
-            repeat[rows[later]] = True
+            # a key is 64 bits for 64 bits of span id plus an agent id: two spans may share one,
+            # so a hit is confirmed against the kept (agent id, span id) pairs themselves
+            hit = np.fromiter(kept, dtype=np.uint64, count=len(kept))
+            pairs = self._kept_pairs(hit)
+            names = columns.agents
+            for i in np.flatnonzero(np.isin(keys, hit)).tolist():
+                if (names[int(agent[i])], int(sid[i])) in pairs:
+                    repeat[rows[i]] = True
+        # the same span twice in one request: the first counts (exact: codes and ids compared;
+        # lexsort is stable, so each run of equal pairs starts with the earliest)
+        order = np.lexsort((sid, agent))
+        same = (agent[order[1:]] == agent[order[:-1]]) & (sid[order[1:]] == sid[order[:-1]])
+        repeat[rows[order[1:][same]]] = True
         return repeat
+
+    def _kept_pairs(self, hit: np.ndarray) -> set[tuple[str, int]]:
+        """The kept (agent id, span id) pairs whose key is in ``hit`` (a request's few)."""
+        out: set[tuple[str, int]] = set()
+        for names, codes, sid in (*self._ids_before, *self._ids):
+            has = np.flatnonzero(sid != 0)
+            if has.size == 0 or not names:
+                continue
+            match = has[np.isin(span_keys(names, codes[has], sid[has]), hit)]
+            out.update((names[a], s) for a, s in zip(codes[match].tolist(), sid[match].tolist()))
+        return out
 
     # ------------------------------------------------------------ the node's hooks
     def apply(self, record: Any) -> None:
@@ -241,9 +266,10 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 def span_keys(names: list[str], agent: np.ndarray, span_id: np.ndarray) -> np.ndarray:
     """One 64-bit key per (agent id, span id): the agent's name hashed by Python's ``hash``
     (salted per process), XOR the span id through SplitMix64's finalizer (a bijection, so one
-    agent's distinct ids never share a key; two agents' keys meet with probability 2**-64, as
-    the tuple hashes did). ``names[agent[i]]`` is row i's agent id; keys live only in this
-    process's sets (rebuilt at each start from the log or the snapshot).
+    agent's distinct ids never share a key; two agents' keys may meet, so a key is only a
+    filter: :meth:`SpanIngest._repeats` confirms a hit on the pairs). ``names[agent[i]]`` is
+    row i's agent id; keys live only in this process's sets (rebuilt at each start from the
+    log or the snapshot).
 
     >>> k = span_keys(["a", "b"], np.array([0, 1, 0]), np.array([7, 7, 8], dtype=np.uint64))
     >>> len(set(k.tolist())), k.dtype.name
@@ -296,7 +322,7 @@ _RESPONSES = {
     413: {"description": "over --max-body-bytes (decompressed too), or more spans than --max-window-rows"},
     415: {"description": "not application/x-protobuf or application/json, or an encoding other than gzip"},
     429: {"description": "the open window is full (Retry-After)"},
-    503: {"description": "shutting down (Retry-After)"},
+    503: {"description": "shutting down, or the durable log cannot be written (Retry-After)"},
 }
 
 

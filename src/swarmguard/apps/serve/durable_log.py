@@ -103,10 +103,13 @@ class DurableLog:
         self._commit_lock = threading.Lock()
         self._pending: list[tuple[int, str, float, bytes]] = []
         try:
-            last = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM log").fetchone()[0])
+            last = int(self._db.execute("SELECT MAX(COALESCE((SELECT MAX(seq) FROM log), 0), "
+                                        "COALESCE((SELECT MAX(seq) FROM snapshot), 0))").fetchone()[0])
         except sqlite3.Error as exc:
             raise EvidenceStoreError(f"cannot read the node's log {self.path}: {exc}") from None
-        self._next = last + 1                    # SQLite's own choice for a new row: MAX(seq) + 1
+        # above every record and the snapshot: a snapshot may cover a number that no record in the
+        # file holds (a failed append's), and replay reads only the records after the snapshot
+        self._next = last + 1
         self._committed = last                   # the last record made durable
 
     def _write(self, rows: list[tuple[int, str, float, bytes]]) -> None:
@@ -148,6 +151,9 @@ class DurableLog:
                 self._write(rows)
             except sqlite3.Error as exc:
                 self._put_back(rows[:-1])
+                with self._pending_lock:        # its number back when none was given out after it
+                    if self._next == rows[-1][0] + 1:
+                        self._next -= 1
                 raise EvidenceStoreError(f"cannot write the node's log {self.path}: {exc}") from None
             self._committed = seq = rows[-1][0]
             return seq
@@ -172,8 +178,10 @@ class DurableLog:
             if self._committed >= seq:
                 return
             rows = self._take_pending()
-            if not rows:
-                return
+            if not rows or rows[-1][0] < seq:     # never acknowledge a record that is nowhere
+                self._put_back(rows)
+                raise EvidenceStoreError(f"cannot commit the node's log {self.path}: record {seq} is "
+                                         "neither committed nor waiting")
             try:
                 self._write(rows)
             except sqlite3.Error as exc:
