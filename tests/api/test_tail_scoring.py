@@ -428,3 +428,40 @@ def test_calibrated_per_member_cut_keeps_its_false_flag_rate_round_after_round()
         rates.append(res["is_anomaly"].mean())        # no anomalies: every flag is false
     # rounds 4..7 pooled: 400 expected false flags, a binomial spread of 0.0005 in the rate
     assert res["method"].endswith("calibrated") and np.mean(rates[4:]) <= 1.3 * alpha
+
+
+def test_calibrated_default_mode_p_values_are_exact_conformal_ones_over_the_batch_median():
+    """Independent of the sketch: with a null small enough to stay exact, the protocol's calibrated
+    p-values in the default mode are (1 + #{held >= s / median}) / (n + 1) in exact rational
+    arithmetic, ``held`` being every earlier round's distance over that round's median distance."""
+    import math
+    from fractions import Fraction
+
+    from swarmguard.structures.score_null import SCALE_ROWS, ScoreNull
+
+    def median(values):
+        v = sorted(Fraction(float(x)) for x in values)
+        return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+    r = np.random.default_rng(5)
+    n, d = SCALE_ROWS, 3
+    protocol = BehavioralDistributedProtocol(HierarchicalStatisticalTree(feature_dimensions=d), calibrate=True,
+                                             fdr=None, warm_up=10)
+    assert protocol.null.relative
+    protocol.null = ScoreNull(k=1000, min_null=n, relative=True)     # k large enough to stay exact over n
+    first = protocol.update_and_score_many(np.arange(n), r.standard_t(4, size=(n, d)))
+    assert not protocol.null.warm or protocol.null.count == n
+    m1 = median(first["mahalanobis_squared"])
+    assert math.isclose(first["null_scale"], float(m1), rel_tol=1e-15)
+    held = [Fraction(float(x)) / Fraction(first["null_scale"]) for x in first["mahalanobis_squared"]]
+    assert protocol.null.exact and protocol.null.warm
+    X = r.standard_t(4, size=(n, d))
+    X[:20] += 8.0
+    second = protocol.update_and_score_many(np.arange(n), X)
+    scale = Fraction(second["null_scale"])
+    assert abs(scale - median(second["mahalanobis_squared"])) <= scale * Fraction(1, 10**15)
+    want = [Fraction(1 + sum(h >= Fraction(float(x)) / scale for h in held), n + 1)
+            for x in second["mahalanobis_squared"]]
+    got = [Fraction(float(p)) for p in second["p_value"]]
+    assert max(abs(g - w) for g, w in zip(got, want, strict=True)) <= Fraction(1, 10**12)
+    assert second["method"].endswith("calibrated") and "parametric_p_value" in second
