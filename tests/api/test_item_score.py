@@ -143,3 +143,19 @@ def test_results_kept_unread_are_checked_in_batches_and_still_read_the_eager_par
     for i in reversed(range(len(calls))):
         np.testing.assert_array_equal(kept[i].value(), expected[i])
     assert root.refreshes == eager.refreshes
+
+
+@pytest.mark.parametrize("copier", [lambda p: pickle.loads(pickle.dumps(p)), copy.deepcopy], ids=["pickle", "deepcopy"])
+def test_a_protocol_with_pending_parts_copies_as_before_and_its_copy_answers_the_eager_parts(copier):
+    """The kept roots hold a lock and weak references now: a protocol that answered per-item calls
+    (results kept unread) still pickles and deep-copies, as it did with eager roots, and the copy
+    answers each later call's parts as an eager root carried over would."""
+    proto, X, rng = _protocol(n=2000)
+    kept = [proto.update_agent_behavior_sync(BehavioralData(a, X[a] * 1.01)) for a in (1, 2, 3)]
+    clone = copier(proto)
+    root, twin = proto._correlation_root(0), clone._correlation_root(0)
+    assert twin.refreshes == root.refreshes and twin is not root
+    np.testing.assert_array_equal(twin.inverse_root, root.inverse_root)
+    a, b = proto.score_agent_sync(9), clone.score_agent_sync(9)
+    np.testing.assert_array_equal(b["feature_contributions"], a["feature_contributions"])
+    assert all(np.isfinite(k["feature_contributions"]).all() for k in kept)
