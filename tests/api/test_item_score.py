@@ -16,7 +16,7 @@ import pytest
 
 from swarmguard import BehavioralData, BehavioralDistributedProtocol, HierarchicalStatisticalTree
 from swarmguard.api.item_score import ItemScore
-from swarmguard.structures.feature_shares import CorrelationRoot, zca_cor_whitening
+from swarmguard.structures.feature_shares import CorrelationRoot, DeferredParts, zca_cor_whitening
 
 EAGER_ORDER = ["agent_id", "is_anomaly", "mahalanobis_distance", "mahalanobis_squared", "p_value",
                "decision_p_value", "threshold", "threshold_squared", "significance_level", "decision_cutoff",
@@ -143,3 +143,50 @@ def test_results_kept_unread_are_checked_in_batches_and_still_read_the_eager_par
     for i in reversed(range(len(calls))):
         np.testing.assert_array_equal(kept[i].value(), expected[i])
     assert root.refreshes == eager.refreshes
+
+
+@pytest.mark.parametrize("copier", [lambda p: pickle.loads(pickle.dumps(p)), copy.deepcopy], ids=["pickle", "deepcopy"])
+def test_a_protocol_with_pending_parts_copies_as_before_and_its_copy_answers_the_eager_parts(copier):
+    """The kept roots hold a lock and weak references now: a protocol that answered per-item calls
+    (results kept unread) still pickles and deep-copies, as it did with eager roots, and the copy
+    answers each later call's parts as an eager root carried over would."""
+    proto, X, rng = _protocol(n=2000)
+    kept = [proto.update_agent_behavior_sync(BehavioralData(a, X[a] * 1.01)) for a in (1, 2, 3)]
+    clone = copier(proto)
+    root, twin = proto._correlation_root(0), clone._correlation_root(0)
+    assert twin.refreshes == root.refreshes and twin is not root
+    np.testing.assert_array_equal(twin.inverse_root, root.inverse_root)
+    a, b = proto.score_agent_sync(9), clone.score_agent_sync(9)
+    np.testing.assert_array_equal(b["feature_contributions"], a["feature_contributions"])
+    assert all(np.isfinite(k["feature_contributions"]).all() for k in kept)
+
+
+def test_a_key_moved_behind_the_parts_is_never_seen_missing_by_another_thread():
+    """Putting the parts in moves the keys after them out and back (dict order): a reader in another
+    thread in that moment must wait and find them, as it always would in the eager dict."""
+    import threading
+
+    seen = {}
+
+    class Hook(str):
+        # hashed while the keys after the parts are moved: ask from another thread then
+        def __hash__(self):
+            if seen.get("armed") and "asked" not in seen:
+                seen["asked"] = True
+                reader = threading.Thread(target=lambda: seen.update(
+                    levels_in="levels" in s, levels=s.get("levels", "missing")))
+                reader.start()
+                reader.join(0.3)     # a reader that waits for the move cannot answer before it ends
+            return str.__hash__(self)
+
+        __eq__ = str.__eq__
+
+    s = ItemScore.deferred({"a": 1, "levels": [1], Hook("after"): 2}, DeferredParts.ready(np.zeros(2)), "levels")
+    seen["armed"] = True
+    assert s["feature_contributions"].shape == (2,)
+    assert seen.get("asked")
+    deadline = __import__("time").monotonic() + 5
+    while "levels" not in seen and __import__("time").monotonic() < deadline:
+        __import__("time").sleep(0.01)
+    assert seen.get("levels_in") is True and seen.get("levels") == [1]
+    assert list(s) == ["a", "feature_contributions", "levels", "after"]

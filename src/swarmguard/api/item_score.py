@@ -75,14 +75,27 @@ class ItemScore(dict):
         if key == PARTS_KEY and self._parts is not None:
             self._materialize()
             return dict.__getitem__(self, key)
+        if self._moved_in_place(key):
+            return dict.__getitem__(self, key)
         raise KeyError(key)
 
+    def _moved_in_place(self, key: Any) -> bool:
+        """Whether ``key``, missing when looked up, is here once no reader is putting the parts in:
+        the keys after the parts leave the dict for a moment then (another thread's read must wait)."""
+        if self._before is None:         # parts at the end (or none): nothing is ever moved
+            return False
+        with _MATERIALIZING:
+            return dict.__contains__(self, key)
+
     def __contains__(self, key: Any) -> bool:
-        return (key == PARTS_KEY and self._parts is not None) or dict.__contains__(self, key)
+        return ((key == PARTS_KEY and self._parts is not None) or dict.__contains__(self, key)
+                or self._moved_in_place(key))
 
     def get(self, key: Any, default: Any = None) -> Any:
         if self._parts is not None and key == PARTS_KEY:
             self._materialize()
+        if not dict.__contains__(self, key) and not self._moved_in_place(key):
+            return default
         return dict.get(self, key, default)
 
     def setdefault(self, key: Any, default: Any = None) -> Any:

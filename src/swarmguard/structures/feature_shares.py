@@ -210,6 +210,19 @@ class CorrelationRoot:
             self._refreshes += 1
         return kept[1], s
 
+    def __getstate__(self) -> tuple:
+        # pickled / deep-copied (with the protocol holding it) as the eager root was: the kept
+        # (P, P^(-1/2)) and the count, the calls still readable checked first, in call order
+        # (a lock and weak references to other objects' parts are no state)
+        with self._lock:
+            self._resolve_locked()
+            return self._kept, self._refreshes
+
+    def __setstate__(self, state: tuple) -> None:
+        self._kept, self._refreshes = state
+        self._pending = []
+        self._lock = threading.Lock()
+
     def _resolve(self) -> None:
         if self._pending:
             with self._lock:
