@@ -50,6 +50,17 @@ def _rows(rng, prefix, n, d=2):
     return [{"agent_id": f"{prefix}-{i}", "features": rng.normal(size=d).tolist()} for i in range(n)]
 
 
+def _two_fed_regions(node, rng, n_eu, n_us):
+    """Nodes "eu" and "us", each fed its own rows (prefixes e-, u-) with its window closed."""
+    _, eu, eu_c = node("eu")
+    _, us, us_c = node("us")
+    assert post_behaviors(eu_c, _rows(rng, "e", n_eu)).status_code == 200
+    assert post_behaviors(us_c, _rows(rng, "u", n_us)).status_code == 200
+    close_window(eu_c)
+    close_window(us_c)
+    return eu, eu_c, us, us_c
+
+
 def _sync(src_node, dst_client, link):
     return replication_of(src_node).sync_once(link, dst_client, PEER_HEADERS)
 
@@ -124,12 +135,7 @@ def test_restart_replays_received_deltas(pair, tmp_path):
 def test_confidence_decays_while_a_peer_is_silent_and_returns_after_sync(pair):
     clock, node = pair
     rng = np.random.default_rng(5)
-    _, eu, eu_c = node("eu")
-    _, us, us_c = node("us")
-    post_behaviors(eu_c, _rows(rng, "e", 20))
-    post_behaviors(us_c, _rows(rng, "u", 30))
-    close_window(eu_c)
-    close_window(us_c)
+    eu, eu_c, us, us_c = _two_fed_regions(node, rng, 20, 30)
     to_us = PeerLink("http://us")
     assert _sync(eu, us_c, to_us)
     pops = lambda: us_c.get("/v1/populations", headers=auth("t-read")).json()["confidence_factor"]  # noqa: E731
@@ -224,12 +230,7 @@ def test_an_idle_cluster_ships_contacts_not_deltas_and_stays_confident(pair):
 
     clock, node = pair
     rng = np.random.default_rng(11)
-    _, eu, eu_c = node("eu")
-    _, us, us_c = node("us")
-    post_behaviors(eu_c, _rows(rng, "e", 20))
-    post_behaviors(us_c, _rows(rng, "u", 30))
-    close_window(eu_c)
-    close_window(us_c)
+    eu, eu_c, us, us_c = _two_fed_regions(node, rng, 20, 30)
     to_us, to_eu = PeerLink("http://us"), PeerLink("http://eu")
     assert _sync(eu, us_c, to_us) and _sync(us, eu_c, to_eu)
     assert _sync(eu, us_c, to_us) and _sync(us, eu_c, to_eu)      # both now know the other's vectors
@@ -282,12 +283,7 @@ def test_a_contact_with_a_future_freshness_time_does_not_keep_confidence_up(pair
     drops as it would after a truthful contact."""
     clock, node = pair
     rng = np.random.default_rng(17)
-    _, eu, eu_c = node("eu")
-    _, us, us_c = node("us")
-    post_behaviors(eu_c, _rows(rng, "e", 5))
-    post_behaviors(us_c, _rows(rng, "u", 5))
-    close_window(eu_c)
-    close_window(us_c)
+    eu, eu_c, us, us_c = _two_fed_regions(node, rng, 5, 5)
     to_us = PeerLink("http://us")
     assert _sync(eu, us_c, to_us) and _sync(eu, us_c, to_us)
     with eu.lock:
@@ -329,12 +325,7 @@ def test_deltas_and_contacts_are_told_apart_by_their_body_not_their_label(pair, 
     nodes converge and the idle rounds after it still count as contact."""
     clock, node = pair
     rng = np.random.default_rng(19)
-    _, eu, eu_c = node("eu")
-    _, us, us_c = node("us")
-    post_behaviors(eu_c, _rows(rng, "e", 6))
-    post_behaviors(us_c, _rows(rng, "u", 7))
-    close_window(eu_c)
-    close_window(us_c)
+    eu, eu_c, us, us_c = _two_fed_regions(node, rng, 6, 7)
     to_us = PeerLink("http://us")
     relabelled = _Relabelled(us_c, label)
     for _ in range(3):                                # delta both ways, then contacts both ways
