@@ -319,3 +319,33 @@ def test_a_commit_reported_failed_leaves_the_node_of_a_run_that_never_failed(tmp
     node.log.close()                                # the process dies (no drain)
     again, client2 = drive.make(tmp_path / "a", 0, clock)
     drive.assert_same(drive.observed(again, client2), expected)
+
+
+class _CommitThenBlind(_CommitThenRaise):
+    """As :class:`_CommitThenRaise`, and every read of the log after the failed commit fails too."""
+
+    def execute(self, sql, *args):
+        if self.left == 0 and sql.startswith("SELECT"):
+            raise __import__("sqlite3").OperationalError("disk I/O error")
+        return super().execute(sql, *args)
+
+
+def test_a_log_that_cannot_tell_what_a_failed_commit_left_is_not_ready_until_a_restart(make_node):
+    clock = ManualClock()
+    _, node, client = make_node(clock=clock)
+    rng = np.random.default_rng(4)
+    _, rows = population_rows(rng, 20, 3)
+    assert post_behaviors(client, rows[:10]).status_code == 200
+    real = node.log._db
+    node.log._db = _CommitThenBlind(real, landed=True)
+    r = post_behaviors(client, rows[10:])
+    assert r.status_code == 503 and r.headers["Retry-After"]
+    node.log._db = real                                   # the disk is readable again: still refused,
+    assert post_behaviors(client, rows[10:]).status_code == 503     # the node cannot know what it holds
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "restart" in ready.json()["error"]
+    node.close()
+    _, again, client2 = make_node(clock=clock)           # the restart: the file decides
+    assert client2.get("/readyz").status_code == 200
+    assert len(again.populations["behaviors"].window) == 20 and again.replayed == 2
+    assert post_behaviors(client2, rows[:5]).status_code == 200

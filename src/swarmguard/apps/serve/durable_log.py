@@ -171,6 +171,11 @@ class DurableLog:
         log.error("%s: %s", self.path, self._broken)
         raise EvidenceStoreError(f"cannot write the node's log {self.path}: {self._broken}")
 
+    @property
+    def broken(self) -> str | None:
+        """Why the log refuses every write until the node restarts (None: it takes writes)."""
+        return self._broken
+
     def _check_writable(self) -> None:
         if self._broken is not None:
             raise EvidenceStoreError(f"cannot write the node's log {self.path}: {self._broken}")
