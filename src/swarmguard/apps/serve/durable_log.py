@@ -29,12 +29,12 @@ the node restarts and rebuilds its state from the file.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-import logging
 from typing import Any
 
 import numpy as np
@@ -251,7 +251,8 @@ class DurableLog:
     def write_snapshot(self, seq: int, body: bytes) -> int:
         """Keep ``body``, the node's state as of record ``seq``, as the one snapshot, and delete
         the records before ``seq``, in one synced transaction (module docstring); the number
-        of records deleted. A failure changes nothing (:class:`EvidenceStoreError`)."""
+        of records deleted. A failure changes nothing (:class:`EvidenceStoreError`); a commit reported
+        failed whose snapshot is in the file counts as written (module docstring)."""
         with self._commit_lock:
             self._check_writable()
             rows = self._take_pending()             # waiting records: durable first
