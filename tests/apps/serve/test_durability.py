@@ -20,6 +20,7 @@ from .conftest import (
     auth,
     close_window,
     lines,
+    metric,
     population_rows,
     post_behaviors,
     post_evidence,
@@ -309,7 +310,8 @@ def test_a_commit_reported_failed_leaves_the_node_of_a_run_that_never_failed(tmp
                 assert drive.run_op(client, clock, i, op), (i, op[0])            # the retry
         else:
             assert drive.run_op(client, clock, i, op), (i, op[0])
-    assert node.log.landed_after_error == (4 if landed else 0)
+    assert metric(client, "swarmguard_log_commits_landed_after_error") == (4 if landed else 0)
+    assert client.get("/readyz").status_code == 200 and node.log.broken is None
     ref, ref_client = drive.make(tmp_path / "reference", 0, drive.OpClock())
     for i, op in enumerate(ops):
         assert drive.run_op(ref_client, ref_client.app.state.node.settings.clock, i, op)
@@ -344,6 +346,7 @@ def test_a_log_that_cannot_tell_what_a_failed_commit_left_is_not_ready_until_a_r
     assert post_behaviors(client, rows[10:]).status_code == 503     # the node cannot know what it holds
     ready = client.get("/readyz")
     assert ready.status_code == 503 and "restart" in ready.json()["error"]
+    assert metric(client, "swarmguard_log_needs_restart") == 1
     node.close()
     _, again, client2 = make_node(clock=clock)           # the restart: the file decides
     assert client2.get("/readyz").status_code == 200

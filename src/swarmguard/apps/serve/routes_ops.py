@@ -37,6 +37,8 @@ def metrics(request: Request) -> Response:
     if not request.app.state.settings.metrics_public:
         requires("read")(request)
     node = request.app.state.node
+    node.metrics.log_landed_after_error.set(node.log.landed_after_error)   # the log keeps no metrics itself
+    node.metrics.log_needs_restart.set(0 if node.log.broken is None else 1)
     body, content_type = node.metrics.render()
     return Response(body, media_type=content_type)
 
