@@ -20,6 +20,7 @@ from .conftest import (
     auth,
     close_window,
     lines,
+    metric,
     population_rows,
     post_behaviors,
     post_evidence,
@@ -257,3 +258,97 @@ def test_a_round_that_refuses_its_input_neither_fails_the_close_nor_the_restart(
     assert again.replayed == len(again.log) and b.windows_closed == a.windows_closed == 2
     assert {k: v.score for k, v in a.agents.items()} == {k: v.score for k, v in b.agents.items()}
     assert "poison" not in b.agents
+
+
+# ---------------------------------------------------------------- a commit reported failed
+class _CommitThenRaise:
+    """The node's log connection with its next ``COMMIT`` reported failed: carried out first
+    (``landed``: an fsync error after the WAL frame was written, a full disk on the checkpoint
+    after it) or not at all (rolled back)."""
+
+    def __init__(self, db, landed: bool):
+        self.db, self.landed, self.left = db, landed, 1
+
+    def execute(self, sql, *args):
+        if self.left and sql == "COMMIT":
+            self.left = 0
+            if self.landed:
+                self.db.execute(sql, *args)
+            raise __import__("sqlite3").OperationalError("disk I/O error")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["landed", "nothing-landed"])
+def test_a_commit_reported_failed_leaves_the_node_of_a_run_that_never_failed(tmp_path, landed):
+    """One request of each kind (behaviours, spans, evidence, a close) has its commit reported
+    failed. Landed: the rows are the log's, the request is acknowledged and applied once, and a
+    spans or evidence request sent again (an exporter that timed out) is not applied twice.
+    Nothing landed: 503 with Retry-After, nothing applied, and the retry is applied once. Either
+    way every later write succeeds, and the node, live and after a restart, is the node of the
+    same run without a failure."""
+    pytest.importorskip("opentelemetry.proto")
+    from . import _snapshot_driver as drive
+
+    ops = drive.build_ops(3, agents=30)
+    kinds = {kind: [i for i, op in enumerate(ops) if op[0] == kind] for kind in ("behaviors", "spans", "evidence", "close")}
+    failing = {kinds["behaviors"][2], kinds["spans"][3], kinds["evidence"][1], kinds["close"][1]}
+    clock = drive.OpClock()
+    node, client = drive.make(tmp_path / "a", 0, clock)
+    for i, op in enumerate(ops):
+        if i in failing:
+            real = node.log._db
+            node.log._db = _CommitThenRaise(real, landed)
+            acked = drive.run_op(client, clock, i, op)
+            node.log._db = real
+            assert acked == landed, (i, op[0])
+            if not landed:
+                assert node.log.last_seq() == len(node.log) + (op[0] == "spans")   # the refused span record waits
+            if not landed or op[0] in ("spans", "evidence"):
+                assert drive.run_op(client, clock, i, op), (i, op[0])            # the retry
+        else:
+            assert drive.run_op(client, clock, i, op), (i, op[0])
+    assert metric(client, "swarmguard_log_commits_landed_after_error") == (4 if landed else 0)
+    assert client.get("/readyz").status_code == 200 and node.log.broken is None
+    ref, ref_client = drive.make(tmp_path / "reference", 0, drive.OpClock())
+    for i, op in enumerate(ops):
+        assert drive.run_op(ref_client, ref_client.app.state.node.settings.clock, i, op)
+    expected = drive.observed(ref, ref_client)
+    drive.assert_same(drive.observed(node, client), expected)
+    assert [(r.seq, r.kind, r.at) for r in node.log.records()] == [(r.seq, r.kind, r.at) for r in ref.log.records()]
+    node.log.close()                                # the process dies (no drain)
+    again, client2 = drive.make(tmp_path / "a", 0, clock)
+    drive.assert_same(drive.observed(again, client2), expected)
+
+
+class _CommitThenBlind(_CommitThenRaise):
+    """As :class:`_CommitThenRaise`, and every read of the log after the failed commit fails too."""
+
+    def execute(self, sql, *args):
+        if self.left == 0 and sql.startswith("SELECT"):
+            raise __import__("sqlite3").OperationalError("disk I/O error")
+        return super().execute(sql, *args)
+
+
+def test_a_log_that_cannot_tell_what_a_failed_commit_left_is_not_ready_until_a_restart(make_node):
+    clock = ManualClock()
+    _, node, client = make_node(clock=clock)
+    rng = np.random.default_rng(4)
+    _, rows = population_rows(rng, 20, 3)
+    assert post_behaviors(client, rows[:10]).status_code == 200
+    real = node.log._db
+    node.log._db = _CommitThenBlind(real, landed=True)
+    r = post_behaviors(client, rows[10:])
+    assert r.status_code == 503 and r.headers["Retry-After"]
+    node.log._db = real                                   # the disk is readable again: still refused,
+    assert post_behaviors(client, rows[10:]).status_code == 503     # the node cannot know what it holds
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "restart" in ready.json()["error"]
+    assert metric(client, "swarmguard_log_needs_restart") == 1
+    node.close()
+    _, again, client2 = make_node(clock=clock)           # the restart: the file decides
+    assert client2.get("/readyz").status_code == 200
+    assert len(again.populations["behaviors"].window) == 20 and again.replayed == 2
+    assert post_behaviors(client2, rows[:5]).status_code == 200

@@ -67,3 +67,113 @@ def test_numbers_after_a_restart_are_above_the_snapshot_even_when_no_record_hold
     again = DurableLog(tmp_path)
     assert again.append("close", 2.0, {}) == 6 and [r.at for r in again.records(after=5)] == [2.0]
     again.close()
+
+
+# ---------------------------------------------------------------- a commit reported failed that landed
+class _CommitThenRaise:
+    """The log's connection, with the next ``COMMIT`` carried out and then reported failed (an
+    fsync error after the WAL frame was written, a full disk on the checkpoint after it):
+    ``landed`` False raises before committing instead (the transaction is rolled back)."""
+
+    def __init__(self, db, landed: bool = True, times: int = 1):
+        self.db, self.landed, self.left = db, landed, times
+
+    def execute(self, sql, *args):
+        if self.left and sql == "COMMIT":
+            self.left -= 1
+            if self.landed:
+                self.db.execute(sql, *args)
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+
+def _file_records(path):
+    again = DurableLog(path)
+    try:
+        return [(r.seq, r.kind, r.at) for r in again.records()]
+    finally:
+        again.close()
+
+
+def test_an_append_whose_commit_is_reported_failed_but_landed_keeps_the_log_writable(tmp_path):
+    log = DurableLog(tmp_path)
+    log.append("close", 1.0, {})
+    log._db = _CommitThenRaise(log._db)
+    seq = log.append("evidence", 2.0, {"rows": []})        # in the file: the write is done
+    assert seq == 2 and log.last_seq() == 2
+    assert log.append("close", 3.0, {}) == 3               # its number is not given out again
+    log.close()
+    assert _file_records(tmp_path) == [(1, "close", 1.0), (2, "evidence", 2.0), (3, "close", 3.0)]
+
+
+def test_a_group_commit_reported_failed_but_landed_is_not_written_again(tmp_path):
+    log = DurableLog(tmp_path)
+    first = [log.append_grouped("spans", float(i), {"rows": 0, "d": 1, "agents": []}) for i in range(2)]
+    log._db = _CommitThenRaise(log._db)
+    log.commit_through(first[-1])                          # in the file: both requests are acknowledged
+    later = log.append_grouped("spans", 2.0, {"rows": 0, "d": 1, "agents": []})
+    log.commit_through(later)                              # no PRIMARY KEY conflict with the landed group
+    assert log.append("close", 3.0, {}) == later + 1
+    log.close()
+    assert _file_records(tmp_path) == [(1, "spans", 0.0), (2, "spans", 1.0), (3, "spans", 2.0), (4, "close", 3.0)]
+
+
+def test_an_append_whose_commit_failed_and_did_not_land_is_refused_and_gives_its_number_back(tmp_path):
+    log = DurableLog(tmp_path)
+    grouped = log.append_grouped("spans", 1.0, {"rows": 0, "d": 1, "agents": []})
+    log._db = _CommitThenRaise(log._db, landed=False)
+    with pytest.raises(EvidenceStoreError):
+        log.append("evidence", 2.0, {"rows": []})
+    assert _file_records(tmp_path) == []                   # refused: nothing durable
+    assert log.last_seq() == grouped                       # the refused record's number is free again
+    assert log.append("close", 3.0, {}) == grouped + 1     # the waiting grouped record goes first
+    log.close()
+    assert _file_records(tmp_path) == [(1, "spans", 1.0), (2, "close", 3.0)]
+
+
+class _CommitThenBlind(_CommitThenRaise):
+    """As :class:`_CommitThenRaise`, and every read after the failed commit fails too."""
+
+    def execute(self, sql, *args):
+        if self.left == 0 and sql.startswith("SELECT"):
+            raise sqlite3.OperationalError("disk I/O error")
+        return super().execute(sql, *args)
+
+
+@pytest.mark.parametrize("landed", [True, False])
+def test_a_log_that_cannot_tell_what_a_failed_commit_left_refuses_writes_until_a_restart(tmp_path, landed):
+    # the file decides what a restart replays: a number reused, or a record held as unwritten that
+    # is there, would make the live node differ from the restarted one
+    log = DurableLog(tmp_path)
+    log.append("close", 1.0, {})
+    log._db = _CommitThenBlind(log._db, landed=landed)
+    with pytest.raises(EvidenceStoreError):
+        log.append("evidence", 2.0, {"rows": []})
+    seq = log.append_grouped("spans", 3.0, {})
+    for write in (lambda: log.append("close", 4.0, {}), lambda: log.commit_through(seq),
+                  lambda: log.write_snapshot(seq, b"state")):
+        with pytest.raises(EvidenceStoreError, match="restart the node"):
+            write()
+    log.close()
+    again = DurableLog(tmp_path)                           # the restart: the file is the truth
+    expected = [(1, "close", 1.0), *([(2, "evidence", 2.0)] if landed else [])]
+    assert [(r.seq, r.kind, r.at) for r in again.records()] == expected
+    assert again.append("close", 5.0, {}) == expected[-1][0] + 1
+    again.close()
+
+
+def test_a_snapshot_whose_commit_is_reported_failed_but_landed_counts_as_written(tmp_path):
+    log = DurableLog(tmp_path)
+    for i in range(3):
+        log.append("close", float(i), {})
+    log._db = _CommitThenRaise(log._db)
+    assert log.write_snapshot(3, b"state") == 2            # the two records before it are gone
+    assert log.landed_after_error == 1
+    assert log.append("close", 4.0, {}) == 4
+    log.close()
+    again = DurableLog(tmp_path)
+    assert again.latest_snapshot() == (3, b"state") and [r.seq for r in again.records()] == [3, 4]
+    again.close()

@@ -284,3 +284,24 @@ def test_a_refused_evidence_line_is_found_without_a_check_per_line(served, monke
     assert (r.json()["accepted"], r.json()["rejected"]) == (1023, 1) and r.json()["errors"][0]["line"] == 601
     assert len(calls) <= len(pops) * 2 * (2 * 10 + 2)        # one check per line was 1,024 per population
     assert node.populations["behaviors"].detector.consensus.evidence_count == 1024
+
+
+def test_evidence_sent_again_is_acknowledged_once_and_a_partial_repeat_is_logged_for_its_new_lines(served):
+    # an observer whose answer was lost sends the body again: every line is held with the same
+    # content, so nothing is logged or numbered for the peers again; a body with one new line is
+    # logged (the held lines change nothing in the consensus)
+    from swarmguard.apps.serve.peers import replication_of
+
+    _, node, client = served
+    body = [_evidence(i, agent=f"a-{i}") for i in range(3)]
+    assert post_evidence(client, body).json()["accepted"] == 3
+    ledger = replication_of(node).replicas.ledger.export_state()
+    for _ in range(2):
+        r = post_evidence(client, body)
+        assert r.status_code == 200 and (r.json()["accepted"], r.json()["rejected"]) == (3, 0)
+    assert len(node.log) == 1 and replication_of(node).replicas.ledger.export_state() == ledger
+    assert metric(client, "swarmguard_accepted_total", kind="evidence_repeated") == 6
+    assert metric(client, "swarmguard_accepted_total", kind="evidence") == 3
+    assert post_evidence(client, [*body, _evidence(3)]).json()["accepted"] == 4
+    assert len(node.log) == 2
+    assert all(p.detector.consensus.evidence_count == 4 for p in node.populations.values())

@@ -14,11 +14,22 @@ record ``seq`` (:mod:`.snapshot`) goes into the ``snapshot`` table and the recor
 before ``seq`` leave the log, in one transaction: a crash at any point leaves either
 the old snapshot and the whole log, or the new snapshot and the tail. Record ``seq``
 itself stays, as the high-water mark that keeps new sequence numbers above it.
+
+A commit that SQLite reports failed may still have landed (an fsync error after the WAL
+frame was written, a full disk on the checkpoint after the commit). So after a failed
+write the log reads back which of its rows are in the file (:meth:`DurableLog._store`):
+none — the write failed, the numbers are given back or the records wait again, as before;
+all — the rows are the log's (a restart replays them), so the write counts as done, the
+caller applies and acknowledges as after any commit, and no number of theirs is given out
+again (it would hit a PRIMARY KEY conflict at every later write); no answer (the read fails
+too) — the log cannot tell what a restart will replay, so it refuses every later write until
+the node restarts and rebuilds its state from the file.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -33,6 +44,8 @@ from ...errors import EvidenceStoreError
 __all__ = ["DurableLog", "LogRecord", "BEHAVIORS", "EVIDENCE", "CLOSE_WINDOW"]
 
 BEHAVIORS, EVIDENCE, CLOSE_WINDOW = "behaviors", "evidence", "close"
+
+log = logging.getLogger("swarmguard.serve")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS log (
@@ -111,6 +124,8 @@ class DurableLog:
         # file holds (a failed append's), and replay reads only the records after the snapshot
         self._next = last + 1
         self._committed = last                   # the last record made durable
+        self.landed_after_error = 0              # writes SQLite reported failed that were in the file
+        self._broken: str | None = None          # why no write is taken until a restart (module docstring)
 
     def _write(self, rows: list[tuple[int, str, float, bytes]]) -> None:
         """Write ``rows`` in one synced transaction (all or none); hold ``_commit_lock``."""
@@ -123,6 +138,47 @@ class DurableLog:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+
+    def _store(self, rows: list[tuple[int, str, float, bytes]]) -> None:
+        """Write ``rows`` (hold ``_commit_lock``); return once they are in the file. A write that
+        SQLite reports failed is checked against the file (module docstring): rows found there
+        count as written; raises :class:`sqlite3.Error` when none is, and
+        :class:`EvidenceStoreError` (the log refusing writes from then on) when it cannot tell."""
+        self._check_writable()
+        try:
+            self._write(rows)
+            return
+        except sqlite3.Error as exc:
+            failure = exc
+        first, last = rows[0][0], rows[-1][0]
+        try:
+            with self._lock:
+                found = int(self._db.execute("SELECT COUNT(*) FROM log WHERE seq BETWEEN ? AND ?",
+                                             (first, last)).fetchone()[0])
+        except sqlite3.Error as exc:
+            found, failure = -1, exc
+        if found == 0:
+            raise failure
+        if found == len(rows):
+            self.landed_after_error += 1
+            log.warning("SQLite reported the commit of records %d..%d of %s failed (%s), but they are in "
+                        "the file: they count as written", first, last, self.path, failure)
+            return
+        # the read failed, or found part of one transaction's rows: a restart may replay records
+        # that this process holds as unwritten (or not replay ones it holds as written)
+        self._broken = (f"records {first}..{last} may or may not be in the file after a failed commit "
+                        f"({failure}); restart the node to rebuild its state from the file")
+        log.error("%s: %s", self.path, self._broken)
+        raise EvidenceStoreError(f"cannot write the node's log {self.path}: {self._broken}")
+
+    @property
+    def broken(self) -> str | None:
+        """Why the log refuses every write until the node restarts (None: it takes writes)."""
+        return self._broken
+
+    def _check_writable(self) -> None:
+        if self._broken is not None:
+            raise EvidenceStoreError(f"cannot write the node's log {self.path}: {self._broken}")
 
     def _take_pending(self, record: tuple[str, float, bytes] | None = None) -> list[tuple[int, str, float, bytes]]:
         """The waiting records, oldest first, and ``record`` after them with the next number."""
@@ -143,12 +199,14 @@ class DurableLog:
         """Write one record durably (committed and synced when this returns); its sequence number.
 
         Records of :meth:`append_grouped` not yet committed are committed with it (before it).
-        A failure writes none of them (:class:`EvidenceStoreError`)."""
+        A failure writes none of them (:class:`EvidenceStoreError`); a commit reported failed whose
+        rows are in the file is no failure (module docstring)."""
         body = _encode(meta, matrix)
         with self._commit_lock:
+            self._check_writable()
             rows = self._take_pending((kind, float(at), body))
             try:
-                self._write(rows)
+                self._store(rows)
             except sqlite3.Error as exc:
                 self._put_back(rows[:-1])
                 with self._pending_lock:        # its number back when none was given out after it
@@ -177,13 +235,14 @@ class DurableLog:
         with self._commit_lock:                # one committer; the others find their record committed
             if self._committed >= seq:
                 return
+            self._check_writable()
             rows = self._take_pending()
             if not rows or rows[-1][0] < seq:     # never acknowledge a record that is nowhere
                 self._put_back(rows)
                 raise EvidenceStoreError(f"cannot commit the node's log {self.path}: record {seq} is "
                                          "neither committed nor waiting")
             try:
-                self._write(rows)
+                self._store(rows)
             except sqlite3.Error as exc:
                 self._put_back(rows)
                 raise EvidenceStoreError(f"cannot commit the node's log {self.path}: {exc}") from None
@@ -192,12 +251,14 @@ class DurableLog:
     def write_snapshot(self, seq: int, body: bytes) -> int:
         """Keep ``body``, the node's state as of record ``seq``, as the one snapshot, and delete
         the records before ``seq``, in one synced transaction (module docstring); the number
-        of records deleted. A failure changes nothing (:class:`EvidenceStoreError`)."""
+        of records deleted. A failure changes nothing (:class:`EvidenceStoreError`); a commit reported
+        failed whose snapshot is in the file counts as written (module docstring)."""
         with self._commit_lock:
+            self._check_writable()
             rows = self._take_pending()             # waiting records: durable first
             if rows:
                 try:
-                    self._write(rows)
+                    self._store(rows)
                 except sqlite3.Error as exc:
                     self._put_back(rows)
                     raise EvidenceStoreError(f"cannot commit the node's log {self.path} before a snapshot: "
@@ -209,6 +270,7 @@ class DurableLog:
 
     def _snapshot_transaction(self, seq: int, body: bytes) -> int:
         """The snapshot's transaction, then a WAL checkpoint; hold ``_lock``."""
+        deleted = 0
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM snapshot")
@@ -221,12 +283,26 @@ class DurableLog:
         except sqlite3.Error as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            raise EvidenceStoreError(f"cannot write a snapshot into the node's log {self.path}: {exc}") from None
+            if not self._snapshot_landed(seq, body):
+                raise EvidenceStoreError(f"cannot write a snapshot into the node's log {self.path}: {exc}") from None
+            # reported failed but in the file (module docstring): the snapshot is kept, the log compacted
+            self.landed_after_error += 1
+            log.warning("SQLite reported the snapshot as of record %d of %s failed (%s), but it is in the file",
+                        seq, self.path, exc)
         try:        # give the WAL's pages back to the file (the deleted pages are reused)
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
             pass    # a reader holds the WAL: the next checkpoint will do it
         return int(deleted)
+
+    def _snapshot_landed(self, seq: int, body: bytes) -> bool:
+        """Whether the snapshot transaction as of ``seq`` is in the file (a failed read: no)."""
+        try:
+            kept = self._db.execute("SELECT seq, body FROM snapshot").fetchall()
+            before = self._db.execute("SELECT COUNT(*) FROM log WHERE seq < ?", (int(seq),)).fetchone()[0]
+        except sqlite3.Error:
+            return False
+        return len(kept) == 1 and int(kept[0][0]) == int(seq) and bytes(kept[0][1]) == body and before == 0
 
     def last_seq(self) -> int:
         """The sequence number of the last record written (0: none), a grouped one waiting for

@@ -12,7 +12,11 @@ class ServeMetrics:
     (kind: behaviors, evidence, spans), ``swarmguard_windows_closed_total``,
     ``swarmguard_isolations_total``, ``swarmguard_request_seconds{route}``,
     ``swarmguard_queue_depth{queue}`` (inflight requests, window rows),
-    ``swarmguard_errors_total{code,status}``, ``swarmguard_agents{population}``.
+    ``swarmguard_errors_total{code,status}``, ``swarmguard_agents{population}``,
+    ``swarmguard_log_commits_landed_after_error`` (commits of the durable log that SQLite
+    reported failed but whose rows were in the file, so they counted as written, since the
+    start) and ``swarmguard_log_needs_restart`` (1 while the log refuses writes because it
+    cannot tell what a failed commit left).
     """
 
     def __init__(self) -> None:
@@ -29,6 +33,11 @@ class ServeMetrics:
         self.queue_depth = Gauge("swarmguard_queue_depth", "Work waiting", ["queue"], registry=r)
         self.errors = Counter("swarmguard_errors", "Refused requests, by code", ["code", "status"], registry=r)
         self.agents = Gauge("swarmguard_agents", "Agents known, by population", ["population"], registry=r)
+        self.log_landed_after_error = Gauge(
+            "swarmguard_log_commits_landed_after_error",
+            "Durable log commits reported failed whose rows were in the file (counted as written)", registry=r)
+        self.log_needs_restart = Gauge("swarmguard_log_needs_restart",
+                                       "1 while the durable log refuses writes until a restart", registry=r)
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

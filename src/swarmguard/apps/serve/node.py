@@ -182,7 +182,8 @@ class ServeNode:
         with self._lock:
             self._check_open()
             rows, lines = list(batch.rows), list(batch.lines)
-            if rows and not self._evidence_ok(rows):
+            problem, held = self._evidence_check(rows) if rows else (None, False)
+            if problem is not None:
                 refused = self._refused_alone(list(zip(rows, lines, strict=True)))
                 keep = []
                 for row, line in zip(rows, lines, strict=True):
@@ -195,11 +196,18 @@ class ServeNode:
                 for clash in clashes:
                     errors.add(clash.line, clash.error)
                 rows, lines = [r for r, _ in keep], [n for _, n in keep]
-                problem = self._evidence_problem(rows) if rows else None
+                problem, held = self._evidence_check(rows) if rows else (None, False)
                 if problem is not None:        # cannot happen after the checks above; refuse all, change nothing
                     for n in lines:
                         errors.add(n, problem)
                     rows, lines = [], []
+            if rows and held:
+                # every row is held already, with the same content: a request sent again (its answer
+                # lost, or its commit reported failed after it had landed, which counts as written):
+                # acknowledged, neither logged nor numbered for the peers again, so it counts once
+                self.metrics.accepted.labels("evidence_repeated").inc(len(rows))
+                self.metrics.refused.labels("evidence").inc(len(errors))
+                return IngestResult(len(rows), len(errors), errors.sorted())
             if rows:
                 at = self.settings.clock()
                 meta = {"rows": [[r.evidence_id, r.agent_id, r.evidence_type.value, r.log_odds, r.confidence,
@@ -217,14 +225,18 @@ class ServeNode:
                 np.array(cols[6], dtype=object))
 
     def _evidence_problem(self, rows: list) -> str | None:
+        return self._evidence_check(rows)[0]
+
+    def _evidence_check(self, rows: list) -> tuple[str | None, bool]:
+        """(why the consensus would refuse ``rows``, or None; whether every population holds
+        every row already with the same content, so that ingesting them would change nothing)."""
         columns = self._evidence_columns([[r.evidence_id, r.agent_id, r.evidence_type.value, r.log_odds,
                                            r.confidence, r.timestamp, r.source_node] for r in rows])
         try:
-            for pop in self.populations.values():
-                pop.check_evidence(columns)
+            new = [pop.check_evidence(columns) for pop in self.populations.values()]
         except SwarmGuardError as exc:
-            return one_line(exc)
-        return None
+            return one_line(exc), False
+        return None, bool(new) and all(n == 0 for n in new)
 
     def _refused_alone(self, pairs: list) -> dict[int, str]:
         """{line: problem} of the ``(evidence, line)`` pairs the consensus refuses on their own,
@@ -344,8 +356,8 @@ class ServeNode:
 
     def _log_append(self, kind: str, at: float, meta: dict[str, Any], matrix: np.ndarray | None = None) -> int:
         """Log a record before applying it; a write that fails is 503 and nothing is applied (the
-        request is not acknowledged; a record whose commit failed half-way may still be replayed
-        after a restart, which at-least-once retries already allow)."""
+        request is not acknowledged). A commit SQLite reports failed whose record is in the file
+        returns as written (:mod:`.durable_log`), so the node applies what a restart replays."""
         try:
             return self.log.append(kind, at, meta, matrix)
         except EvidenceStoreError as exc:

@@ -141,15 +141,17 @@ class Population:
         if new:
             consensus.trusted_sources = held | new
 
-    def check_evidence(self, columns: tuple) -> None:
-        """Raise as ingesting ``columns`` would, changing nothing."""
+    def check_evidence(self, columns: tuple) -> int | None:
+        """Raise as ingesting ``columns`` would, changing nothing; how many rows would be new
+        (the rest are held already, with the same content), None when the engine cannot say."""
         consensus = self.detector.consensus
         check = getattr(consensus, "check_evidence_batch", None)
         if check is not None:
-            check(*columns)
-        else:     # the Ray engine's view checks as it ingests: the same column checks, first
-            ids, agents, types, log_odds, confidences, timestamps, sources = columns
-            evidence_columns(ids, agents, sources, types, log_odds, confidences, timestamps)
+            return int(check(*columns))
+        # the Ray engine's view checks as it ingests: the same column checks, first
+        ids, agents, types, log_odds, confidences, timestamps, sources = columns
+        evidence_columns(ids, agents, sources, types, log_odds, confidences, timestamps)
+        return None
 
     # ---------------------------------------------------------------- queries
     def consensus_of(self, agent_id: str) -> dict[str, Any]:

@@ -18,7 +18,8 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Ready for traffic (no token); 503 while starting or draining")
+@router.get("/readyz", summary="Ready for traffic (no token); 503 while starting, draining, or until a restart "
+            "when the durable log cannot tell what a failed commit left")
 def readyz(request: Request) -> JSONResponse:
     node = getattr(request.app.state, "node", None)
     state = "starting" if node is None else node.state
@@ -26,6 +27,8 @@ def readyz(request: Request) -> JSONResponse:
         return JSONResponse({"error": "node failed to start: see its log"}, status_code=503)
     if state != "ready":
         return JSONResponse({"error": f"node is {state}"}, status_code=503, headers={"Retry-After": "1"})
+    if node.log.broken is not None:         # every write is 503 until a restart rebuilds the state
+        return JSONResponse({"error": f"the node's durable log needs a restart: {node.log.broken}"}, status_code=503)
     return JSONResponse({"status": "ready"})
 
 
@@ -34,6 +37,8 @@ def metrics(request: Request) -> Response:
     if not request.app.state.settings.metrics_public:
         requires("read")(request)
     node = request.app.state.node
+    node.metrics.log_landed_after_error.set(node.log.landed_after_error)   # the log keeps no metrics itself
+    node.metrics.log_needs_restart.set(0 if node.log.broken is None else 1)
     body, content_type = node.metrics.render()
     return Response(body, media_type=content_type)
 
