@@ -406,7 +406,7 @@ def _null_state(null: Any, agents: int, q: float | None, levels: int) -> dict[st
 
 def calibration_summary(rounds: list[dict[str, Any]], agents: int, q: float | None, levels: int) -> dict[str, Any]:
     """What calibration did over a run (``simulate --calibrate``): the flags and realised FDR of the
-    calibrated rounds apart from the warm-up rounds' (χ² p-values), and a sentence saying why when
+    calibrated rounds apart from the warm-up rounds' (the mode's own p-values), and a sentence saying why when
     the calibrated rounds could not flag (the null's resolution, :mod:`swarmguard.structures.score_null`)."""
     cal = [rd for rd in rounds if rd.get("calibrated")]
     warm_up = [rd for rd in rounds if not rd.get("calibrated")]
@@ -425,7 +425,7 @@ def calibration_summary(rounds: list[dict[str, Any]], agents: int, q: float | No
         "last_null_p_floor": last["null_p_floor"] if last else None,
         "last_fewest_calibrated_flags": last["fewest_calibrated_flags"] if last else None,
     }
-    where = (f"{len(warm_up)} warm-up round(s) decided on χ² p-values "
+    where = (f"{len(warm_up)} warm-up round(s) decided on the mode's own p-values "
              f"({out['flags_warm_up']} flags, {out['flags_false_warm_up']} false)")
     if not cal:
         note = f"calibration never started: the null did not reach its minimum size; {where}."
@@ -438,7 +438,7 @@ def calibration_summary(rounds: list[dict[str, Any]], agents: int, q: float | No
                 f"scores, so its smallest p-value was 1/{out['last_null_scores'] + 1:,}, and Benjamini-Hochberg "
                 f"at q={q} over {agents:,} agents ({levels} level(s), Bonferroni) can flag no group smaller "
                 f"than {fewest:,} agents on calibrated p-values; unflagged anomalies enter the null and raise "
-                f"later rounds' p-values. The p-values stay calibrated (valid, not χ²); {where}."
+                f"later rounds' p-values. The p-values stay calibrated (valid; no fall-back to the mode's own); {where}."
                 if fewest is not None else f"calibrated rounds flagged nobody; {where}.")
     out["note"] = note
     return out
