@@ -310,6 +310,11 @@ def simulate(
         ("compromised / isolated", f"{det['compromised']} / {det['isolated']}"),
         ("false alarms per round (max)", str(max(det["false_alarms_per_round"]))),
         ("anomaly flags' realised FDR (fdr asked)", f"{det['flags_realised_fdr']:.4f} ({det['flags_fdr_level']})"),
+        *([("calibrated rounds: flags / false (realised FDR)",
+            f"{det['calibration']['flags_calibrated']} / {det['calibration']['flags_false_calibrated']} ("
+            + ("none" if det["calibration"]["realised_fdr_calibrated"] is None
+               else f"{det['calibration']['realised_fdr_calibrated']:.4f}") + ")")]
+          if "calibration" in det else []),
         ("rounds to detection (median)", str(det["rounds_to_detection"]["median"])),
         ("Byzantine sources found", f"{len(report['consensus']['byzantine_found'])} of "
                                     f"{len(report['consensus']['byzantine_sources'])}"),
@@ -326,6 +331,8 @@ def simulate(
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
+    if "calibration" in det:
+        console.print(f"calibration: {det['calibration']['note']}", markup=False)
     console.print(f"wrote {json_path} and {html_path}")
 
 

@@ -465,3 +465,33 @@ def test_calibrated_default_mode_p_values_are_exact_conformal_ones_over_the_batc
     got = [Fraction(float(p)) for p in second["p_value"]]
     assert max(abs(g - w) for g, w in zip(got, want, strict=True)) <= Fraction(1, 10**12)
     assert second["method"].endswith("calibrated") and "parametric_p_value" in second
+
+
+def test_small_calibrated_rounds_are_each_measured_by_their_own_median_and_report_the_nulls_floor():
+    """Rounds under SCALE_ROWS rows (a population of 300): each round's ``null_scale`` is its own
+    median distance (an exact sorted median in rational arithmetic), not the first round's; the
+    result gives the null's size and its smallest p-value 1/(n+1) as the round met it."""
+    from fractions import Fraction
+
+    from swarmguard.structures.score_null import SCALE_ROWS
+
+    def median(values):
+        v = sorted(Fraction(float(x)) for x in values)
+        return float(v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2)
+
+    r = np.random.default_rng(8)
+    n, d = 300, 3
+    assert n < SCALE_ROWS
+    protocol = BehavioralDistributedProtocol(HierarchicalStatisticalTree(feature_dimensions=d), calibrate=True,
+                                             fdr=0.05, warm_up=10)
+    scales = []
+    for k in range(6):
+        before = protocol.null.count
+        res = protocol.update_and_score_many(np.arange(n), (1.0 + k) * r.standard_t(4, size=(n, d)))
+        assert res["null_scale"] == median(res["mahalanobis_squared"])
+        assert res["null_count"] == before
+        assert res["null_p_floor"] == (None if before < protocol.null.min_null else 1.0 / (before + 1))
+        assert protocol.null.last_scale is None
+        scales.append(res["null_scale"])
+    assert len(set(scales)) == len(scales)
+    assert res["method"].endswith("calibrated")

@@ -315,3 +315,48 @@ def test_the_why_of_an_isolation_under_robust_scoring_is_the_level_and_distance_
     assert agent.level == "cluster-0"
     assert agent.mahalanobis_squared == pytest.approx(level["mahalanobis_squared"][at], rel=1e-12)
     assert min(1.0, 2 * agent.p_value) == pytest.approx(agent.decision_p_value, rel=1e-9)
+
+
+def test_a_small_calibrated_run_says_why_calibration_flagged_nobody():
+    """2,000 agents, --calibrate: the null is warm from round 1, but its floor 1/(n+1) lets BH at
+    q=0.01 over 2,000 agents and two levels flag no group smaller than ceil(2·2000 / (q (n+1))),
+    more than the anomalies a round brings; the report gives the figures per round and a note."""
+    import math
+    from fractions import Fraction
+
+    from swarmguard.structures.score_null import DEFAULT_MIN_NULL
+    report = run_simulation(ScenarioConfig(agents=2000, calibrate=True), latency_sample=0)
+    rounds, cal = report["rounds"], report["detection"]["calibration"]
+    for rd in rounds:
+        assert rd["calibrated"] == (rd["null_scores"] >= DEFAULT_MIN_NULL)
+        if rd["calibrated"]:
+            n = rd["null_scores"]
+            assert rd["null_p_floor"] == 1.0 / (n + 1)
+            assert rd["fewest_calibrated_flags"] == math.ceil(Fraction(2 * 2000) / (Fraction(0.01) * (n + 1)))
+        else:
+            assert rd["null_p_floor"] is None and rd["fewest_calibrated_flags"] is None
+    calibrated = [rd for rd in rounds if rd["calibrated"]]
+    assert cal["rounds_calibrated"] == len(calibrated) and cal["first_calibrated_round"] == calibrated[0]["round"]
+    assert cal["flags_calibrated"] == sum(rd["flagged_anomalous"] for rd in calibrated)
+    assert cal["flags_false_calibrated"] == sum(rd["flags_false"] for rd in calibrated)
+    assert cal["flags_warm_up"] + cal["flags_calibrated"] == sum(rd["flagged_anomalous"] for rd in rounds)
+    assert cal["last_fewest_calibrated_flags"] == calibrated[-1]["fewest_calibrated_flags"]
+    if cal["flags_calibrated"] == 0:
+        assert cal["realised_fdr_calibrated"] is None
+        assert f"smaller than {cal['last_fewest_calibrated_flags']:,} agents" in cal["note"]
+        assert f"1/{cal['last_null_scores'] + 1:,}" in cal["note"]
+    else:
+        assert cal["realised_fdr_calibrated"] == pytest.approx(cal["flags_false_calibrated"] / cal["flags_calibrated"])
+    # a run without --calibrate has no calibration section
+    assert "calibration" not in run_simulation(ScenarioConfig(agents=2000, rounds=3, partition_at=1, heal_at=2),
+                                             latency_sample=0)["detection"]
+
+
+def test_the_cli_prints_what_calibration_did(tmp_path):
+    result = CliRunner().invoke(app, ["simulate", "--agents", "2000", "--rounds", "4", "--partition-at", "1",
+                                      "--heal-at", "2", "--calibrate", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    note = json.loads((tmp_path / "report.json").read_text())["detection"]["calibration"]["note"]
+    assert "calibration: " in result.output and "calibrated rounds: flags / false" in result.output
+    # rich wraps the line at the terminal's width: compare the words
+    assert " ".join(note.split()) in " ".join(result.output.split())

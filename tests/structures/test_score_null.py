@@ -230,16 +230,99 @@ def test_relative_and_absolute_nulls_keep_their_bytes_and_do_not_merge():
     assert not ScoreNull.from_bytes(a.to_bytes()).relative
     rel = ScoreNull(min_null=10, relative=True)
     assert ScoreNull.from_bytes(rel.to_bytes()).last_scale is None
-    rel.admit(np.arange(1.0, 31.0), scale=3.0)
+    from swarmguard.structures.score_null import SCALE_ROWS
+    rows = SCALE_ROWS                              # a round large enough for its scale to be kept
+    rel.admit(np.arange(1.0, rows + 1.0), scale=3.0)
     back = ScoreNull.from_bytes(rel.to_bytes())
-    assert back.relative and back.last_scale == 3.0 and back.min_null == 10 and back.count == 30
-    np.testing.assert_array_equal(back.p_values(np.array([27.0]), 3.0), [5 / 31])   # 27..30 over 3 are >= 9
+    assert back.relative and back.last_scale == 3.0 and back.min_null == 10 and back.count == rows
+    # the four top scores over 3 are >= (rows - 3) / 3
+    np.testing.assert_array_equal(back.p_values(np.array([rows - 3.0]), 3.0), [5 / (rows + 1)])
     with pytest.raises(InvalidInputError):
         a.merge(rel)
     other = ScoreNull(min_null=10, relative=True)
     other.merge(back)                              # a null with no scale takes the other's
-    assert other.last_scale == 3.0 and other.count == 30
+    assert other.last_scale == 3.0 and other.count == rows
     with pytest.raises(InvalidInputError):
         ScoreNull.from_bytes(rel.to_bytes()[:12])
     with pytest.raises(InvalidInputError):
         ScoreNull(relative=1)
+
+
+# ---------------------------------------------------------------- resolution: the floor and the fewest flags
+@pytest.mark.parametrize("n, tests, q, levels", [(1999, 2000, 0.01, 1), (1999, 2000, 0.01, 2), (38000, 2000, 0.01, 2),
+                                                 (5000, 20000, 0.05, 1), (1234, 777, 0.1, 3)])
+def test_the_fewest_flags_is_the_smallest_group_bh_rejects_on_floor_p_values(n, tests, q, levels):
+    """``fewest_flags`` against exact rational arithmetic and against Benjamini-Hochberg itself: a round
+    whose first R scores lie beyond every null score (each at the floor 1/(n+1), times ``levels``) gets
+    those R flagged when R reaches the bound, and none when it is one short."""
+    import math
+    from fractions import Fraction
+
+    null = ScoreNull(min_null=n)
+    assert null.p_floor is None and null.fewest_flags(tests, q, levels) is None     # warming up
+    null.admit(np.random.default_rng(n).standard_normal(n))
+    assert null.count == n and null.p_floor == 1.0 / (n + 1)
+    fewest = null.fewest_flags(tests, q, levels)
+    # the smallest R with levels / (n + 1) <= q R / tests, exactly (q as the float it is)
+    want = next(R for R in range(1, 10 * tests) if Fraction(levels, n + 1) <= Fraction(q) * R / tests)
+    assert fewest == want == math.ceil(Fraction(levels * tests) / (Fraction(q) * (n + 1)))
+    for R, flagged in ((fewest, True), (fewest - 1, False)):
+        if not 0 < R <= tests:
+            continue
+        scores = np.concatenate([np.full(R, 100.0), np.full(tests - R, -100.0)])
+        p = np.minimum(1.0, levels * null.p_values(scores))
+        np.testing.assert_allclose(p[:R], min(1.0, levels / (n + 1)), rtol=1e-15)
+        mask, _ = benjamini_hochberg(p, q)
+        assert bool(mask[:R].all()) is flagged and not mask[R:].any()
+
+
+def test_fewest_flags_refuses_bad_arguments():
+    null = ScoreNull(min_null=3)
+    null.admit(np.arange(5.0))
+    for bad in ({"tests": 0, "q": 0.1}, {"tests": True, "q": 0.1}, {"tests": 10, "q": 0.0},
+                {"tests": 10, "q": 1.5}, {"tests": 10, "q": "0.1"}, {"tests": 10, "q": 0.1, "levels": 0}):
+        with pytest.raises(InvalidInputError):
+            null.fewest_flags(**bad)
+
+
+def _exact_median(values) -> float:
+    from fractions import Fraction
+    v = sorted(Fraction(float(x)) for x in values)
+    mid = len(v) // 2
+    return float(v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2)
+
+
+def test_a_small_rounds_own_median_scales_that_round_only_and_a_large_round_sets_the_kept_scale():
+    """A relative null's scale, against an exact median (sorted, in rational arithmetic): a first round
+    under SCALE_ROWS rows is divided by its own median and is not kept (it used to become every later
+    small batch's yardstick); each round of at least SCALE_ROWS rows sets the kept scale, and a later
+    large round refreshes it; small batches after one use it, and admitting them leaves it."""
+    from fractions import Fraction
+
+    from swarmguard.structures.score_null import SCALE_ROWS
+    r = np.random.default_rng(33)
+    null = ScoreNull(k=250, min_null=10, relative=True)       # exact over the first rounds
+    small1, small2 = r.chisquare(4, 101), 3.0 * r.chisquare(4, 60)
+    assert null.scale_of(small1) == _exact_median(small1)
+    null.admit(small1)
+    assert null.last_scale is None and null.exact
+    # the next small round: its own median, not the first's; p-values are the exact conformal ranks
+    assert null.scale_of(small2) == _exact_median(small2)
+    held = [Fraction(float(np.float32(x / _exact_median(small1)))) for x in small1]
+    got = null.p_values(small2)
+    want = [Fraction(1 + sum(h >= Fraction(float(np.float32(x / _exact_median(small2)))) for h in held),
+                     len(held) + 1) for x in small2]
+    assert [Fraction(float(p)) for p in got] == [Fraction(float(np.float64(w))) for w in want]
+    null.admit(small2)
+    assert null.last_scale is None
+    big1, big2 = 2.0 * r.chisquare(4, SCALE_ROWS), 5.0 * r.chisquare(4, SCALE_ROWS + 1)
+    null.admit(big1)
+    assert null.last_scale == _exact_median(big1)
+    few = r.chisquare(4, 7)
+    assert null.scale_of(few) == _exact_median(big1) != _exact_median(few)
+    null.admit(few)                                          # a small batch leaves the kept scale as it was
+    assert null.last_scale == _exact_median(big1)
+    null.admit(big2)
+    assert null.last_scale == _exact_median(big2) and null.scale_of(few) == _exact_median(big2)
+    back = ScoreNull.from_bytes(null.to_bytes())
+    assert back.last_scale == _exact_median(big2)

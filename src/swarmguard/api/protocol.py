@@ -69,7 +69,11 @@ class BehavioralDistributedProtocol(ItemScoring, Locked):
         for the tail modes) and ``null_scale`` (what the null holds is
         ``null_score / null_scale``: in the default mode the batch's median
         distance, so a round whose anomalies inflate the covariance is compared on
-        the scale of its own members; 1 in the other modes).
+        the scale of its own members; 1 in the other modes), ``null_count`` (the scores the
+        null held when the batch was scored) and ``null_p_floor`` (its smallest p-value,
+        ``1 / (null_count + 1)``; None while it warms up: a null of ``n`` lets
+        Benjamini–Hochberg flag no group smaller than
+        :meth:`~swarmguard.structures.score_null.ScoreNull.fewest_flags`).
     scoring : str, default "mahalanobis"
         What an agent is scored against (:data:`swarmguard.SCORING_MODES`):
         ``"mahalanobis"``, the population's moments; ``"robust"``, its trimmed
@@ -318,6 +322,8 @@ class BehavioralDistributedProtocol(ItemScoring, Locked):
             null_score = d2 if self.scoring not in SKETCH_MODES else -np.log(np.maximum(p, 1e-300))
             out["null_score"] = null_score
             out["null_scale"] = scale = self.null.scale_of(null_score)
+            # what the null can resolve: its smallest p-value bounds what BH can flag (score_null)
+            out["null_count"], out["null_p_floor"] = self.null.count, self.null.p_floor
             p_cal = self.null.p_values(null_score, scale)
             if p_cal is not None:
                 out["parametric_p_value"] = p

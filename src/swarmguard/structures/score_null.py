@@ -60,14 +60,37 @@ even when the null is kept free of every planted anomaly). A relative null
 therefore holds and compares each score divided by its batch's **median**
 score (:meth:`scale_of`): a scale the anomalies cannot move while they are
 fewer than half the batch, except through the moments themselves -- which is
-the shrinkage it undoes. A batch of fewer than :data:`SCALE_ROWS` rows is
-divided by the scale of the last round admitted instead (its own median would
-be noisy, and a batch of a few suspects would be its own yardstick).
+the shrinkage it undoes.
+
+Which median: a median of ``n`` scores is off by about ``1.25 / sqrt(n)`` of a
+spread, so only a round of at least :data:`SCALE_ROWS` rows sets the scale that
+*other* batches use (:attr:`ScoreNull.last_scale`, refreshed by every such round
+admitted). A smaller batch is divided by that scale (a batch of a few suspects
+would otherwise be its own yardstick); before any such round it is divided by
+its own median, for itself only: that noisy median is never kept, so it cannot
+become every later small batch's yardstick.
+
+Resolution: what a null of ``n`` can and cannot decide
+------------------------------------------------------
+A conformal p-value is valid for every null size; ``n`` only bounds the
+smallest one, :attr:`ScoreNull.p_floor` ``= 1 / (n + 1)``. Benjamini–Hochberg
+at level ``q`` over ``m`` p-values (each multiplied by ``L`` levels,
+Bonferroni) rejects ``R`` of them only if the ``R``-th smallest is at most
+``q R / m``, so with calibrated p-values it can flag no group smaller than
+:meth:`ScoreNull.fewest_flags` ``= ceil(L m / (q (n + 1)))``. That number does
+not shrink with the swarm: after ``r`` rounds of ``m`` members ``n ≈ r m`` and it
+is about ``L / (q r)`` (200 / r at ``q = 0.01``, two levels). A round with fewer
+anomalies than that flags none of them -- the p-values are honest, the null is
+too coarse -- and since members not flagged enter the null, those anomalies'
+scores then sit in its tail and raise the next rounds' p-values (a small swarm
+with a few persistent anomalies can stay unflagged for good; ``simulate``
+reports this per round and says so).
 """
 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -137,15 +160,15 @@ class ScoreNull:
             raise InvalidInputError(f"relative must be True or False, got {relative!r}")
         self.min_null = int(min_null)
         self.relative = relative
-        #: the scale of the last round admitted (a relative null; None before the first)
+        #: the scale of the last admitted round of at least SCALE_ROWS rows (a relative null; None before one)
         self.last_scale: float | None = None
         self._sketch = FeatureSketches(1, k)
 
     def scale_of(self, scores: np.ndarray) -> float:
         """What a batch's scores are divided by: 1 for an absolute null; for a relative one the
-        batch's median score (its mean where the median is 0, 1 where both are), or the last
-        admitted round's scale for a batch under :data:`SCALE_ROWS` rows (the batch's own
-        median until a round was admitted).
+        batch's median score (its mean where the median is 0, 1 where both are), or, for a batch
+        under :data:`SCALE_ROWS` rows, :attr:`last_scale` (the last admitted round of at least
+        :data:`SCALE_ROWS` rows'; the batch's own median before such a round).
 
         >>> ScoreNull(relative=True).scale_of(np.arange(1.0, 600.0))
         300.0
@@ -181,6 +204,33 @@ class ScoreNull:
         return self.count >= self.min_null
 
     @property
+    def p_floor(self) -> float | None:
+        """The smallest calibrated p-value this null can give, ``1 / (n + 1)``; None while warming up."""
+        return 1.0 / (self.count + 1.0) if self.warm else None
+
+    def fewest_flags(self, tests: int, q: float, levels: int = 1) -> int | None:
+        """The fewest of ``tests`` calibrated p-values (each times ``levels``, Bonferroni) that
+        Benjamini–Hochberg at level ``q`` can reject: ``ceil(levels · tests / (q (n + 1)))``, in
+        exact rational arithmetic (``q`` as the float it is); None while warming up. A value above
+        ``tests`` means no round of ``tests`` members can be flagged on these p-values at all.
+
+        >>> null = ScoreNull(min_null=4)
+        >>> _ = null.admit(np.arange(1.0, 2000.0))              # n = 1999, floor 1/2000
+        >>> null.fewest_flags(2000, 0.01), null.fewest_flags(2000, 0.01, levels=2)
+        (100, 200)
+        """
+        if isinstance(tests, bool) or not isinstance(tests, (int, np.integer)) or tests < 1:
+            raise InvalidInputError(f"tests must be a positive integer, got {tests!r}")
+        if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
+            raise InvalidInputError(f"levels must be a positive integer, got {levels!r}")
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < q <= 1.0:
+            raise InvalidInputError(f"q must be in (0, 1], got {q!r}")
+        if not self.warm:
+            return None
+        need = Fraction(int(levels) * int(tests)) / (Fraction(q) * (self.count + 1))
+        return math.ceil(need)
+
+    @property
     def exact(self) -> bool:
         """Whether the sketch still holds every score (counts are then exact)."""
         return self._sketch.exact
@@ -195,7 +245,8 @@ class ScoreNull:
         false flags out, and the thinning compounds: measured at ``alpha = 0.01``, the false
         flag rate went 0.010 → 0.027 in ten rounds). While the null is warming up every score
         enters. A relative null admits each score divided by ``scale`` (default
-        :meth:`scale_of` the round's scores) and keeps ``scale`` as :attr:`last_scale`.
+        :meth:`scale_of` the round's scores) and, for a round of at least :data:`SCALE_ROWS`
+        rows, keeps ``scale`` as :attr:`last_scale`.
         Returns the number admitted.
 
         Raises
@@ -220,7 +271,9 @@ class ScoreNull:
             back = min(flags.size, math.ceil(expected_false - 1e-12))
             keep = np.concatenate([s[~f], flags[:back]])
         self._sketch.update_many(keep[:, None])
-        if self.relative:
+        if self.relative and s.size >= SCALE_ROWS:
+            # only a round large enough for its median to be a yardstick sets the one later small
+            # batches use; a smaller round's scale served that round alone (module docstring)
             self.last_scale = scale
         return int(keep.size)
 
