@@ -228,6 +228,11 @@ def test_grouped_percentiles_from_one_sort_are_numpy_percentiles_per_group():
     for q, got in zip(qs, grouped_percentiles(g, v, 31, qs), strict=True):
         want = [np.percentile(v[g == k], q) if (g == k).any() else 0.0 for k in range(31)]
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-14)
+    # past 2**16 groups the other sort (lexsort): the same percentiles
+    wide = grouped_percentiles(g * 3000, v, 31 * 3000, qs)
+    for got, narrow in zip(wide, grouped_percentiles(g, v, 31, qs), strict=True):
+        np.testing.assert_array_equal(got[::3000], narrow)
+        assert not got[np.arange(got.size) % 3000 != 0].any()
     empty = grouped_percentiles(g[:0], v[:0], 4, (50, 95))
     assert [e.tolist() for e in empty] == [[0.0] * 4, [0.0] * 4]
 
