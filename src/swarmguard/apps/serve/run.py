@@ -60,8 +60,8 @@ def run_server(settings: ServeSettings, say: Callable[[str], None] = print, drai
     config = server_config(app, settings)
     # The modules and the app made so far (FastAPI, pydantic, NumPy, SciPy: most of the
     # process's objects) live as long as the process: frozen, the collector's full passes no
-    # longer walk them (measured: a full pass during an OTLP run cost 0.06-0.1 s, a third of
-    # all the collector's time there; the node's own state is collected as before).
+    # longer walk them (measured: the one full pass of an OTLP benchmark run cost 0.04-0.1 s,
+    # about half of all the collector's time there; the node's own state is collected as before).
     gc.freeze()
 
     class Server(uvicorn.Server):
