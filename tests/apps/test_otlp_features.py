@@ -20,6 +20,7 @@ from swarmguard.apps.otlp.features import (  # noqa: E402
     FEATURES,
     behaviour_matrix,
     grouped_percentile,
+    grouped_percentiles,
 )
 from swarmguard.apps.otlp.spans import (  # noqa: E402
     OP_INVOKE,
@@ -217,6 +218,23 @@ def test_grouped_percentile_is_numpy_percentile_per_group():
         got = grouped_percentile(g, v, 31, q)
         want = [np.percentile(v[g == k], q) if (g == k).any() else 0.0 for k in range(31)]
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-14)
+
+
+def test_grouped_percentiles_from_one_sort_are_numpy_percentiles_per_group():
+    rng = np.random.default_rng(6)
+    g = rng.integers(0, 30, size=2000)
+    v = rng.normal(size=2000)
+    qs = (0, 37.5, 50, 95, 100)
+    for q, got in zip(qs, grouped_percentiles(g, v, 31, qs), strict=True):
+        want = [np.percentile(v[g == k], q) if (g == k).any() else 0.0 for k in range(31)]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-14)
+    # past 2**16 groups the other sort (lexsort): the same percentiles
+    wide = grouped_percentiles(g * 3000, v, 31 * 3000, qs)
+    for got, narrow in zip(wide, grouped_percentiles(g, v, 31, qs), strict=True):
+        np.testing.assert_array_equal(got[::3000], narrow)
+        assert not got[np.arange(got.size) % 3000 != 0].any()
+    empty = grouped_percentiles(g[:0], v[:0], 4, (50, 95))
+    assert [e.tolist() for e in empty] == [[0.0] * 4, [0.0] * 4]
 
 
 def _request(spans: list[tuple[str, str, str | None]]) -> ExportTraceServiceRequest:

@@ -576,3 +576,49 @@ def test_a_request_larger_than_any_window_is_413_not_a_429_retried_forever(make_
     assert _ingest(node).pending_spans == 0 and len(node.log) == 0
     assert metric(client, "swarmguard_errors_total", status="413") == 1
     assert client.post("/v1/traces", content=_request(("a-1",)), headers={**PB, **auth("t-ingest")}).status_code == 200
+
+
+def test_the_middleware_calls_post_traces_directly_and_the_route_stays_documented(served, monkeypatch):
+    """POST /v1/traces skips FastAPI's routing (the middleware's direct call): the router is
+    never asked, the answer and the counts are the route's, and /openapi.json still lists it."""
+    from fastapi.routing import APIRouter
+
+    _, node, client = served
+    routed = []
+    original = APIRouter.__call__
+
+    async def spy(self, scope, receive, send):
+        routed.append(scope["path"])
+        return await original(self, scope, receive, send)
+
+    monkeypatch.setattr(APIRouter, "__call__", spy)
+    r = client.post("/v1/traces", content=_request(orphans=1), headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 200
+    assert decode_export_response(r.content, "protobuf").partial_success.rejected_spans == 1
+    assert _ingest(node).pending_spans == 6
+    assert "/v1/traces" not in routed
+    assert client.get("/healthz").status_code == 200 and "/healthz" in routed      # the others are routed
+    r = client.post("/v1/traces", content=_request(), headers=PB)                    # no token: the route's 401
+    assert r.status_code == 401 and decode_status(r.content, "protobuf").code == 16
+    assert "post" in client.get("/openapi.json").json()["paths"]["/v1/traces"]
+    # another spelling of the path is the router's, as before (its redirect to /v1/traces)
+    r = client.post("/v1/traces/", content=_request(), headers={**PB, **auth("t-ingest")}, follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"].endswith("/v1/traces") and "/v1/traces/" in routed
+
+
+def test_an_unexpected_error_in_post_traces_is_the_otlp_500_and_counted(served, monkeypatch):
+    from swarmguard.apps.otlp import traces
+
+    _, node, client = served
+
+    def broken(request):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(traces, "span_columns", broken)
+    before = metric(client, "swarmguard_errors_total", code="internal", status="500")
+    r = client.post("/v1/traces", content=_request(), headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 500 and r.headers["content-type"] == "application/x-protobuf"
+    status = decode_status(r.content, "protobuf")
+    assert status.code == 13 and "internal error" in status.message and "a bug" not in status.message
+    assert metric(client, "swarmguard_errors_total", code="internal", status="500") == before + 1
+    assert _ingest(node).pending_spans == 0

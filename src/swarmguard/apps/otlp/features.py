@@ -29,7 +29,7 @@ from ...lazy_import import module_on_first_use
 from .spans import OP_INVOKE, OP_MODEL, OP_TOOL, SpanColumns
 
 __all__ = ["Feature", "FEATURES", "FEATURE_NAMES", "RARE_TOOL_AGENT_SHARE", "behaviour_matrix",
-           "grouped_percentile", "pair_keys", "binomial_surprise"]
+           "grouped_percentile", "grouped_percentiles", "pair_keys", "binomial_surprise"]
 
 _special = module_on_first_use("scipy.special")
 RARE_TOOL_AGENT_SHARE = 0.01   # a tool called by fewer than this share of the window's agents is rare
@@ -98,21 +98,43 @@ def grouped_percentile(group: np.ndarray, values: np.ndarray, n_groups: int, q: 
     >>> grouped_percentile(g, v, 3, 50).tolist()
     [2.0, 15.0, 0.0]
     """
-    out = np.zeros(n_groups)
+    return grouped_percentiles(group, values, n_groups, (q,))[0]
+
+
+def grouped_percentiles(group: np.ndarray, values: np.ndarray, n_groups: int,
+                        qs: tuple[float, ...]) -> list[np.ndarray]:
+    """:func:`grouped_percentile` for each of ``qs``, sorting ``values`` once (the sort is
+    the cost: a window's close reads p50 and p95 of the same durations).
+
+    >>> g = np.array([0, 1, 0, 0, 1]); v = np.array([3.0, 10.0, 1.0, 2.0, 20.0])
+    >>> [p.tolist() for p in grouped_percentiles(g, v, 3, (0, 50, 100))]
+    [[1.0, 10.0, 0.0], [2.0, 15.0, 0.0], [3.0, 20.0, 0.0]]
+    """
     if values.size == 0:
-        return out
-    order = np.lexsort((values, group))
+        return [np.zeros(n_groups) for _ in qs]
+    if n_groups <= 1 << 16:
+        # lexsort's order, twice as fast: values stably, then their groups stably as 16-bit
+        # codes, which NumPy sorts by radix (ties keep the values' order, as lexsort does)
+        order = np.argsort(values, kind="stable")
+        order = order[np.argsort(group[order].astype(np.uint16), kind="stable")]
+    else:
+        order = np.lexsort((values, group))
     sorted_values = values[order]
     counts = np.bincount(group, minlength=n_groups)
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     has = counts > 0
-    position = (q / 100.0) * (counts[has] - 1)
-    lower = np.floor(position).astype(np.int64)
-    upper = np.minimum(lower + 1, counts[has] - 1)
-    low_v = sorted_values[starts[has] + lower]
-    high_v = sorted_values[starts[has] + upper]
-    out[has] = low_v + (position - lower) * (high_v - low_v)
-    return out
+    first, last = starts[has], counts[has] - 1
+    results = []
+    for q in qs:
+        out = np.zeros(n_groups)
+        position = (q / 100.0) * last
+        lower = np.floor(position).astype(np.int64)
+        upper = np.minimum(lower + 1, last)
+        low_v = sorted_values[first + lower]
+        high_v = sorted_values[first + upper]
+        out[has] = low_v + (position - lower) * (high_v - low_v)
+        results.append(out)
+    return results
 
 
 def binomial_surprise(k: np.ndarray, n: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
@@ -233,10 +255,8 @@ def behaviour_matrix(columns: SpanColumns, agent_codes: np.ndarray | None = None
     out_p95 = grouped_percentile(agent[has_out], tout[has_out], n_all, 95)
 
     duration = columns.duration_s
-    inv_p50 = grouped_percentile(agent[is_inv], duration[is_inv], n_all, 50)
-    inv_p95 = grouped_percentile(agent[is_inv], duration[is_inv], n_all, 95)
-    tool_p50 = grouped_percentile(agent[is_tool], duration[is_tool], n_all, 50)
-    tool_p95 = grouped_percentile(agent[is_tool], duration[is_tool], n_all, 95)
+    inv_p50, inv_p95 = grouped_percentiles(agent[is_inv], duration[is_inv], n_all, (50, 95))
+    tool_p50, tool_p95 = grouped_percentiles(agent[is_tool], duration[is_tool], n_all, (50, 95))
 
     error = columns.error
     active_rows = spans > 0

@@ -107,8 +107,14 @@ class _ServeMiddleware:
     (503 + Retry-After over ``max_inflight`` writes) and 503 while the node is still starting;
     pure ASGI, so streaming bodies stay streams."""
 
-    def __init__(self, app, state):
+    def __init__(self, app, state, direct=None):
         self.app, self.state, self.inflight = app, state, 0
+        # {(method, path): endpoint} called straight from here, past FastAPI's routing: an
+        # endpoint that takes only the Request and answers its own errors (POST /v1/traces).
+        # Routing, the exception middleware and the endpoint wrapper cost the event loop about
+        # 0.2 ms a request, a tenth of a span ingest's time there. An exception it raises still
+        # reaches the app's 500 handler (ServerErrorMiddleware, outside this middleware).
+        self.direct = direct or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -138,7 +144,12 @@ class _ServeMiddleware:
                 self.inflight += 1
                 metrics.queue_depth.labels("inflight").set(self.inflight)
             try:
-                await self.app(scope, receive, send)
+                endpoint = self.direct.get((method, path)) if not scope.get("root_path") else None
+                if endpoint is None:
+                    await self.app(scope, receive, send)
+                else:
+                    response = await endpoint(Request(scope, receive, send))
+                    await response(scope, receive, send)
             finally:
                 if write:
                     self.inflight -= 1
@@ -219,22 +230,29 @@ def create_app(settings: ServeSettings, node: ServeNode | None = None,
         return _error(500, "internal error (the node's log has the details)", None, request.url.path,
                       request.headers.get("content-type"))
 
-    for router in (ops_router, ingest_router, query_router, peers_router, peer_state_router, *_optional_routers(), *_REGISTERED, *routers):
+    dashboard, traces, direct = _optional_routers()
+    # POST /v1/traces first: the router tries the included routers in order, each match costing
+    # tens of microseconds, and the span ingest is the node's busiest route (0.15-0.2 ms of the
+    # event loop's time per request saved; no other route's path can match /v1/traces)
+    for router in (*traces, ops_router, ingest_router, query_router, peers_router, peer_state_router, dashboard,
+                   *_REGISTERED, *routers):
         app.include_router(router)
-    app.add_middleware(_ServeMiddleware, state=app.state)
+    app.add_middleware(_ServeMiddleware, state=app.state, direct=direct)
     return app
 
 
-def _optional_routers() -> list[APIRouter]:
-    """The dashboard (``GET /`` and ``/v1/dashboard/*``), and ``POST /v1/traces`` when
-    ``opentelemetry-proto`` is installed."""
+def _optional_routers() -> tuple[APIRouter, list[APIRouter], dict]:
+    """The dashboard (``GET /`` and ``/v1/dashboard/*``), ``POST /v1/traces`` (a list: empty
+    unless ``opentelemetry-proto`` is installed) and its endpoint for the middleware's direct
+    call (``{("POST", "/v1/traces"): post_traces}``; the route stays for the OpenAPI schema)."""
     from ..dashboard.routes import router as dashboard_router
 
     try:
+        from ..otlp.traces import post_traces
         from ..otlp.traces import router as traces_router
     except ImportError:
-        return [dashboard_router]
-    return [dashboard_router, traces_router]
+        return dashboard_router, [], {}
+    return dashboard_router, [traces_router], {("POST", "/v1/traces"): post_traces}
 
 
 def _drain(node: ServeNode) -> None:
