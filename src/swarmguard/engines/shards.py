@@ -23,7 +23,6 @@ from ..api.cap import compute_confidence_factor
 from ..api.tree import HierarchicalStatisticalTree
 from ..errors import StaleShardError, SwarmGuardError
 from ..structures.replica import RegionReplica
-from ..structures.score_null import ScoreNull
 from ..values.moments import Moments
 from ..values.version_vector import VersionVector
 from .evidence_shard import EvidenceShard
@@ -164,12 +163,11 @@ class RegionShard(Versioned):
 
     def score(self, expect: int, merged: dict[str, Any], shrinkage: Any, warm_up: int,
               score_levels: str, merged_trimmed: dict[str, Any] | None = None,
-              null: bytes | None = None, merged_window: dict[str, Any] | None = None,
-              null_scale: float | None = None) -> dict[str, Any]:
+              merged_window: dict[str, Any] | None = None) -> dict[str, Any]:
         """Score the last batch against the merged moments the root aggregator sent
         (``merged_trimmed``: against the merged trimmed moments, ``scoring="robust"``;
-        ``null``: the driver's score null, :meth:`ScoreNull.to_bytes`, ``calibrate=True``;
-        ``null_scale``: what a relative null divides the distances by)."""
+        ``merged_window``: the merged windowed moments). The mode's own p-values:
+        ``calibrate=True`` is the driver's (:mod:`~swarmguard.engines.score_calibration`)."""
         self._check(expect)
         b = self._batch
         need = {p[:k] for p in b["paths"] for k in range(1, len(p) + 1)}
@@ -177,15 +175,13 @@ class RegionShard(Versioned):
         out = score_rows(b["X"], b["paths"], b["path_index"], population,
                          cohorts, shrinkage, warm_up, score_levels, exponents,
                          trimmed=self._subset_args(merged_trimmed, merged_window, need, b["slots"]),
-                         null=None if null is None else ScoreNull.from_bytes(null), window=merged_window is not None,
-                         null_scale=null_scale)
+                         window=merged_window is not None)
         out["first_cohort"] = b["paths"][int(b["path_index"][0])] if len(b["ids"]) else None
         return out
 
     def score_all(self, expect: int, merged: dict[str, Any], shrinkage: Any, warm_up: int,
                   score_levels: str, merged_trimmed: dict[str, Any] | None = None,
-                  null: bytes | None = None, merged_window: dict[str, Any] | None = None,
-                  null_scale: float | None = None) -> dict[str, Any]:
+                  merged_window: dict[str, Any] | None = None) -> dict[str, Any]:
         """Score every agent of the shard (in slot order); ``agent_ids`` says who (with a window,
         ``in_window`` says who is inside it)."""
         self._check(expect)
@@ -195,8 +191,7 @@ class RegionShard(Versioned):
         population, cohorts, exponents = _for_scoring(merged, need)
         out = score_rows(X, paths, path_index, population, cohorts, shrinkage, warm_up, score_levels, exponents,
                          trimmed=self._subset_args(merged_trimmed, merged_window, need, slots),
-                         null=None if null is None else ScoreNull.from_bytes(null), window=merged_window is not None,
-                         null_scale=null_scale)
+                         window=merged_window is not None)
         out["agent_ids"] = np.array(ids.tolist())
         if merged_window is not None:
             out["in_window"] = self.tree.window_flags(slots)
