@@ -321,7 +321,7 @@ def test_driver_side_calibration_of_one_shard_pass_is_the_in_process_one_without
                                                            g["levels"]), g["decision_p_value"])
         order = np.concatenate(parts)
 
-        def column(key):
+        def column(key, got=got, order=order):
             out = np.empty(n, dtype=got[0][key].dtype)
             out[order] = np.concatenate([g[key] for g in got])
             return out
