@@ -26,7 +26,6 @@ from ..validation import as_feature_vector, check_cohort, check_finite_float
 from ..values.agent_index import check_wire_id
 from ..values.version_vector import check_region_name
 from .ray_log import round_record, validate_ids
-from .score_calibration import calibrate_scores
 
 __all__ = ["RayRounds"]
 
@@ -132,9 +131,8 @@ class RayRounds:
         calibrating = self._null is not None and stay is None
         # ---- 3. shards score their rows against the population and their cohorts, once: the
         # null (calibrate=True) is the driver's, applied below to every row at once
-        scored = self._gather([(self.region_shards[s], "score", (merged_ref, self.shrinkage, self.warm_up,
-                                                                self.score_levels, trimmed_ref, window_ref), False)
-                               for s in rows_of])
+        score_args = (merged_ref, self.shrinkage, self.warm_up, self.score_levels, trimmed_ref, window_ref)
+        scored = self._gather([(self.region_shards[s], "score", score_args, False) for s in rows_of])
         d2 = np.empty(n)
         p = np.empty(n)
         decision_p = np.empty(n)
@@ -154,10 +152,17 @@ class RayRounds:
         null_scale = None
         if calibrating:
             # a round's rows are tested against the null of the earlier rounds (a relative null:
-            # their distances over the median of the whole round's, as in process); the per-item
-            # path, a one-row round, keeps the mode's own p-values and leaves the null alone
-            cal = calibrate_scores(self._null, d2, p, decision_p, population_warm, cohort_p_min, levels)
-            p, decision_p, null_scale = cal.p_value, cal.decision_p_value, cal.null_scale
+            # their distances over the median of the whole round's, as in process): the driver takes
+            # the scale, the shards calibrate the rows they kept from the pass, in parallel (the
+            # per-item path, a one-row round, keeps the mode's own p-values and leaves the null alone)
+            null_scale = self._null.scale_of(d2)
+            if self._null.warm:
+                null_ref = ray.put(self._null.to_bytes())
+                calibrated = self._gather([(self.region_shards[s], "calibrate",
+                                            ("score", null_ref, null_scale, *score_args), False) for s in rows_of])
+                p, decision_p = np.empty(n), np.empty(n)
+                for rows, res in zip(rows_of.values(), calibrated, strict=True):
+                    p[rows], decision_p[rows] = res["p_value"], res["decision_p_value"]
         lap("score")
         decision = significance_cut(decision_p, d2, d, q=q, alpha=self.significance_level, any_warm=any_warm)
         flagged_mask, cut, thr2 = decision.flagged, decision.cut, decision.threshold_squared

@@ -22,7 +22,6 @@ from ..structures.score_null import ScoreNull
 from ..structures.significance import resolve_fdr, significance_cut
 from ..validation import check_key
 from .ray_system import hash_partition
-from .score_calibration import calibrate_scores
 
 # Each view holds the RayEngine that made it (`det`); the type is not imported here,
 # since ray_engine imports this module and the two must not import each other.
@@ -199,26 +198,26 @@ class RayProtocolView:
         if agent_ids is not None:
             raise InvalidInputError("the Ray backend scores all agents (agent_ids=None) only")
         merged = det._last_merge
-        # one pass of the shards; a calibrated null (the driver's) is applied below, to every
-        # agent at once: a relative null's scale is the median over all of them, as in process
-        res = det._gather([(h, "score_all", (merged, det.shrinkage, det.warm_up, det.score_levels,
-                                             det._last_trimmed, det._last_window), False)
-                           for h in det.region_shards])
+        # one pass of the shards; with a warm null (the driver's) the shards then calibrate the
+        # rows they kept, divided by the scale of all of them (a relative null's median), as in process
+        score_args = (merged, det.shrinkage, det.warm_up, det.score_levels, det._last_trimmed, det._last_window)
+        res = det._gather([(h, "score_all", score_args, False) for h in det.region_shards])
         ids = np.concatenate([r["agent_ids"] for r in res])
         order = np.argsort(ids, kind="stable")
         out = {"agent_ids": ids[order]}
-        def column(key: str) -> np.ndarray:
-            return np.concatenate([r[key] for r in res])[order]
         for k in ("mahalanobis_squared", "p_value", "decision_p_value"):
-            out[k] = column(k)
-        if det._null is not None:       # the in-process keys: parametric_p_value once warm, null_score/_scale
-            cal = calibrate_scores(det._null, out["mahalanobis_squared"], out["p_value"], out["decision_p_value"],
-                                   any(r["population_warm"] for r in res),
-                                   column("cohort_p_min") if det.score_levels == "all" else None, column("levels"))
-            out["p_value"], out["decision_p_value"] = cal.p_value, cal.decision_p_value
-            if cal.parametric_p_value is not None:
-                out["parametric_p_value"] = cal.parametric_p_value
-            out["null_score"], out["null_scale"] = cal.null_score, cal.null_scale
+            out[k] = np.concatenate([r[k] for r in res])[order]
+        null = det._null
+        if null is not None:        # the in-process keys: null_score, null_scale, parametric_p_value once warm
+            out["null_score"] = out["mahalanobis_squared"]
+            out["null_scale"] = scale = null.scale_of(out["null_score"])
+            if null.warm:
+                null_bytes = null.to_bytes()
+                cal = det._gather([(h, "calibrate", ("score_all", null_bytes, scale, *score_args), False)
+                                   for h in det.region_shards])
+                out["parametric_p_value"] = out["p_value"]
+                for k in ("p_value", "decision_p_value"):
+                    out[k] = np.concatenate([r[k] for r in cal])[order]
         any_warm = any(r["any_warm"] for r in res)
         if det._last_window is None:
             out["is_anomaly"] = significance_cut(out["decision_p_value"], out["mahalanobis_squared"], det._dim,

@@ -5,14 +5,16 @@ one (:meth:`~swarmguard.structures.score_null.ScoreNull.p_values`) before the
 levels are combined, as in process. The default mode's null is *relative*: it
 compares each distance over the median distance of the whole batch, every
 shard's rows together, which only the driver sees. So the shards score their
-rows once, without the null, and hand back what the levels need besides the
-population's p-value (:func:`~swarmguard.engines.shard_math.score_rows`:
+rows once, without the null, and keep with their scores what the levels need
+besides the population's p-value (:func:`~swarmguard.engines.shard_math.score_rows`:
 ``population_warm`` and, with ``score_levels="all"``, ``cohort_p_min``, each
 row's smallest p-value over its live cohort levels); the driver takes the
-median, the calibrated p-values of every row at once, and recombines the
-levels with the rule of
+median and sends it with the null's bytes to the shards, which turn their
+rows' population-level p-values into calibrated ones (in parallel: the REQ rank
+queries cost more than the scoring) and recombine the levels with the rule of
 :func:`~swarmguard.structures.scoring.combine_levels` (a minimum and one
-product: the same floats as the in-process combination).
+product: the same floats as the in-process combination), on the scores they
+kept from the pass (:meth:`~swarmguard.engines.shards.RegionShard.calibrate`).
 """
 
 from __future__ import annotations
@@ -58,15 +60,18 @@ def recombine_levels(p_population: np.ndarray, population_warm: bool, cohort_p_m
 
 def calibrate_scores(null: ScoreNull, d2: np.ndarray, p: np.ndarray, decision_p: np.ndarray,
                      population_warm: bool, cohort_p_min: np.ndarray | None,
-                     n_levels: np.ndarray) -> CalibratedScores:
-    """A batch's calibrated p-values against ``null`` (the driver's), from the shards' scores.
+                     n_levels: np.ndarray, scale: float | None = None) -> CalibratedScores:
+    """Rows' calibrated p-values against ``null``, from one scoring pass.
 
     ``d2``, ``p``, ``decision_p``, ``n_levels`` and ``cohort_p_min`` (None with
-    ``score_levels="population"``) are the shards' rows, concatenated in any
-    order (the scale is their median, the p-values are row by row); while the
-    null warms up the shards' p-values stand.
+    ``score_levels="population"``) are a shard's rows, or several shards'
+    concatenated in any order (the p-values are row by row); ``scale`` what a
+    relative null divides them by (default :meth:`ScoreNull.scale_of` these
+    rows: a shard is given the driver's, the median of the whole batch). While
+    the null warms up the mode's p-values stand.
     """
-    scale = null.scale_of(d2)
+    if scale is None:
+        scale = null.scale_of(d2)
     calibrated = null.p_values(d2, scale)
     if calibrated is None:
         return CalibratedScores(p, decision_p, None, d2, scale)
