@@ -21,10 +21,11 @@ splits the batch by shard and puts each part into the object store (arrays,
 never per-agent objects); shards update their trees and return their moments;
 the root merges them (``scoring="robust"``: shards judge their rows against the
 merged population, count the kept ones in their trimmed moments, the root merges
-those too); shards score their rows, once (``calibrate=True``: the driver turns
-every row's population-level p-value into its calibrated one against its score
-null and recombines the levels, :mod:`~swarmguard.engines.score_calibration`,
-then admits the round's scores into the null after the cut; ``window_rounds``: every shard opens the round, the root merges the windowed
+those too); shards score their rows, once (``calibrate=True``: the driver takes
+the round's scale, the median of every shard's distances, and the shards
+calibrate the rows they scored against its score null, recombining the levels,
+:mod:`~swarmguard.engines.score_calibration`; the driver admits the round's
+scores into the null after the cut; ``window_rounds``: every shard opens the round, the root merges the windowed
 moments, rows are scored against them); the driver applies the
 false-discovery cut over all rows (the in-process rule,
 :func:`~swarmguard.structures.significance.significance_cut`), drives the CAP writes and anti-entropy in
@@ -262,8 +263,8 @@ class RayEngine(RayRounds, RayRegions, RayEvidence, RayDurability):
         self._last_trimmed: dict[str, Any] | None = None     # the root's merge of the shards' trimmed moments
         # calibrate=True: the population's score null, on the driver (which holds every row's score
         # for the false-discovery cut already, and the median of every shard's distances a relative
-        # null needs); it calibrates the shards' rows there (relative with the plain moments, as in
-        # process: swarmguard.structures.score_null)
+        # null needs); the shards get it, as bytes, with that scale, to calibrate the rows they scored
+        # (relative with the plain moments, as in process: swarmguard.structures.score_null)
         self._null: ScoreNull | None = (ScoreNull(relative=rules.scoring == "mahalanobis") if rules.calibrate
                                         else None)
         # window_rounds: every shard's tree keeps its members' windowed moments, opens a round with

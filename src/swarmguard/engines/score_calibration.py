@@ -1,4 +1,4 @@
-"""Calibrated p-values on the Ray driver, from one scoring pass of the shards.
+"""Calibrated p-values on the Ray engine, from one scoring pass of the shards.
 
 With ``calibrate=True`` a row's population-level p-value becomes its calibrated
 one (:meth:`~swarmguard.structures.score_null.ScoreNull.p_values`) before the
