@@ -8,12 +8,19 @@ and anti-entropy, evidence and consensus). The same job runs in process, then
 on a local Ray (``ray.init(num_cpus=2)``) with the 4 regions packed onto 1 and
 onto 2 region actors. Per engine: the first round (Ray: includes starting the
 actors) and the median of the other rounds (steady state), agent-rounds per
-second, the ratios to the in-process engine in the same run, peak memory of
+second, the ratios to the in-process engine in the same run, the median
+scoring phase of the steady rounds (Ray: ``det.last_round_seconds["score"]``,
+the shards' scoring and the driver's calibration), peak memory of
 each actor, a check that all engines isolated the same agents, and the median
 latency of the guide's per-item ``process_agent_behavior`` after the rounds.
 
     python benchmarks/bench_ray.py                     # 10^6 agents, 5 rounds (~4 min on 2 cores)
     python benchmarks/bench_ray.py --agents 100000     # quick
+    python benchmarks/bench_ray.py --calibrate         # calibrated p-values (the default mode's relative null)
+
+With ``--calibrate`` the engines' isolated agents can differ where a p-value lies
+within the null sketch's error of its cut (REQ compacts with its own unseeded
+random generator: two in-process runs differ too, docs/ray.md).
 """
 
 from __future__ import annotations
@@ -52,17 +59,20 @@ def run(config: ScenarioConfig, make, per_item: int = 0) -> dict:
     now = [0.0]
     det = make(sc, now)
     clusters = cluster_names(sc)
-    times, isolated = [], []
+    times, isolated, scoring = [], [], []
     for r in range(config.rounds):
         res, seconds = play_round(det, sc, r, now, clusters)
         times.append(seconds)
         isolated.append(np.flatnonzero(res["isolate"]))
+        # Ray: the round's scoring phase (det.last_round_seconds; in process it has no phases)
+        scoring.append(getattr(det, "last_round_seconds", {}).get("score", float("nan")))
     item = per_item_latency(det, sc, per_item, now)
     memory = det.peak_memory_mb() if hasattr(det, "peak_memory_mb") else {}
     if hasattr(det, "close"):
         det.close()
     steady = float(np.median(times[1:])) if len(times) > 1 else times[0]
     return {"first": times[0], "steady": steady, "throughput": config.agents / steady,
+            "scoring": float(np.median(scoring[1:])) if len(scoring) > 1 else scoring[0],
             "isolated": isolated, "memory": memory, "per_item": item}
 
 
@@ -75,6 +85,8 @@ def main() -> None:
     ap.add_argument("--address", default=None, help="a running Ray cluster (default: local, 2 CPUs)")
     ap.add_argument("--per-item", type=int, default=100,
                     help="per-item process_agent_behavior calls timed after the rounds (0: none)")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="calibrate=True (the default mode's relative score null, docs/scoring.md)")
     args = ap.parse_args()
     import ray
     config = ScenarioConfig(agents=args.agents, features=args.features, rounds=args.rounds,
@@ -82,14 +94,15 @@ def main() -> None:
 
     def kwargs(sc, now):
         return dict(feature_dimensions=config.features, fdr=0.01, score_levels="all", clock=lambda: now[0],
-                    regions=sc.regions.tolist(), prior_probability=0.01)
+                    regions=sc.regions.tolist(), prior_probability=0.01, calibrate=args.calibrate)
 
     load0 = tuple(round(x, 2) for x in os.getloadavg())
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"Ray {ray.__version__}")
     print(f"job: {config.agents:,} agents x {config.rounds} rounds, {config.features} features, "
           f"{config.regions} regions x {config.clusters_per_region} clusters, partition rounds "
-          f"{config.partition_at}..{config.heal_at - 1}")
+          f"{config.partition_at}..{config.heal_at - 1}"
+          f"{', calibrate=True' if args.calibrate else ''}")
     results = {"in-process": run(config, lambda sc, now: DistributedBehavioralDetector(**kwargs(sc, now)),
                                  args.per_item)}
     if ray.is_initialized():
@@ -105,10 +118,10 @@ def main() -> None:
     ray.shutdown()
     base = results["in-process"]
     print(f"\n{'engine':<26}{'first round s':>14}{'steady round s':>16}{'agents/s':>14}{'x in-process':>14}"
-          f"{'per item ms':>13}")
+          f"{'per item ms':>13}{'scoring s':>11}")
     for name, r in results.items():
         print(f"{name:<26}{r['first']:>14.2f}{r['steady']:>16.2f}{r['throughput']:>14,.0f}"
-              f"{r['throughput'] / base['throughput']:>14.2f}{r['per_item'] * 1e3:>13.2f}")
+              f"{r['throughput'] / base['throughput']:>14.2f}{r['per_item'] * 1e3:>13.2f}{r['scoring']:>11.2f}")
     if len(args.workers) >= 2:
         a, b = (results[k] for k in list(results)[1:3])
         print(f"\n{list(results)[2]} vs {list(results)[1]}: {a['steady'] / b['steady']:.2f}x throughput")

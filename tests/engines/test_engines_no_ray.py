@@ -283,3 +283,65 @@ def test_trimmed_flags_set_elsewhere_keep_no_member_outside_the_window():
     assert tree.trimmed_flags(slots).tolist() == [False, False]     # nothing changed
     tree.set_trimmed_flags(slots, np.array([False, True]))
     assert tree.get_trimmed_statistics()["count"] == 1
+
+
+@pytest.mark.parametrize("score_levels", ["population", "all"])
+def test_calibration_of_one_shard_pass_is_the_in_process_one_without_ray(score_levels):
+    # The Ray engine's calibrated round (calibrate=True, the default mode's relative null) on
+    # plain shard objects: the shards score once, without the null; the driver takes the median
+    # distance of every shard's rows; each shard calibrates the rows it kept and recombines the
+    # levels (swarmguard.engines.score_calibration). Same p-values and decision p-values as the
+    # in-process protocol against the same null (a copy taken before the round admits its scores).
+    from swarmguard.api.detector import DistributedBehavioralDetector
+    from swarmguard.engines.score_calibration import recombine_levels
+    from swarmguard.structures.score_null import SCALE_ROWS, ScoreNull
+    rng = np.random.default_rng(3)
+    n, d = 1200, 3          # over the null's 1000: round 1 warms it up
+    ids = np.arange(n)
+    regions = np.array(["eu", "us", "ap"])[ids % 3]
+    cohorts = [(str(r), f"c{i % 2}") for i, r in enumerate(regions)]    # two levels below the population
+    det = DistributedBehavioralDetector(feature_dimensions=d, calibrate=True, score_levels=score_levels,
+                                        warm_up=100, clock=lambda: 0.0)
+    shards = [RegionShard(0.0, feature_dimensions=d) for _ in range(3)]
+    parts = [np.flatnonzero(ids % 3 == k) for k in range(3)]
+    root = RootAggregator()
+    calibrated_rounds = 0
+    for _ in range(3):
+        X = rng.standard_t(3, size=(n, d))
+        X[:5] += 20.0
+        before = ScoreNull.from_bytes(det.protocol.null.to_bytes())     # the null the round is tested against
+        want = det.protocol.update_and_score_many(ids, X, cohorts=cohorts)
+        sums = [sh.update(sh.seq, ids[r], X[r], [cohorts[i] for i in r.tolist()], regions[r])
+                for sh, r in zip(shards, parts, strict=True)]
+        merged = root.merge(0, *sums)
+        got = [sh.score(sh.seq, merged, "auto", det.protocol.warm_up, score_levels) for sh in shards]
+        for g in got:       # the shards' own combination is the driver's rule, bit for bit
+            cohort_min = g["cohort_p_min"] if score_levels == "all" else None
+            np.testing.assert_array_equal(recombine_levels(g["p_value"], g["population_warm"], cohort_min,
+                                                           g["levels"]), g["decision_p_value"])
+        d2 = np.empty(n)
+        for g, r in zip(got, parts, strict=True):
+            d2[r] = g["mahalanobis_squared"]
+        scale = before.scale_of(d2)         # the driver's: the median of every shard's rows
+        assert n >= SCALE_ROWS
+        assert scale == pytest.approx(float(np.median(want["mahalanobis_squared"])), rel=1e-12)
+        assert scale == pytest.approx(want["null_scale"], rel=1e-12)
+        np.testing.assert_allclose(d2, want["null_score"], rtol=1e-12)
+        if not before.warm:
+            assert "parametric_p_value" not in want
+            continue
+        calibrated_rounds += 1
+        for sh, g, r in zip(shards, got, parts, strict=True):
+            cal = sh.calibrate(sh.seq, "score", before.to_bytes(), scale)
+            np.testing.assert_allclose(g["p_value"], want["parametric_p_value"][r], rtol=1e-10)
+            np.testing.assert_allclose(cal["p_value"], want["p_value"][r], rtol=1e-10)
+            np.testing.assert_allclose(cal["decision_p_value"], want["decision_p_value"][r], rtol=1e-10)
+            assert not np.allclose(cal["p_value"], g["p_value"], rtol=1e-3)       # the null's, not χ²'s
+            if score_levels == "all":       # the cohorts take part: not the population's p-value alone
+                assert (cal["decision_p_value"] != np.minimum(1.0, cal["p_value"] * g["levels"])).any()
+            # a shard that lost the pass's scores (a restarted actor) scores again: the same answer
+            sh._scored = None
+            again = sh.calibrate(sh.seq, "score", before.to_bytes(), scale, merged, "auto", det.protocol.warm_up,
+                                 score_levels)
+            np.testing.assert_array_equal(again["decision_p_value"], cal["decision_p_value"])
+    assert calibrated_rounds == 2           # round 1 warms the null up, rounds 2 and 3 are tested against it

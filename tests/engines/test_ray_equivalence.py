@@ -36,6 +36,7 @@ def test_same_decisions_and_consensus_bits_every_round(both_runs):
         np.testing.assert_allclose(y["mahalanobis_squared"], x["mahalanobis_squared"], rtol=1e-12)
         np.testing.assert_allclose(y["p_value"], x["p_value"], rtol=1e-10, atol=1e-300)
         assert y["threshold_squared"] == pytest.approx(x["threshold_squared"], rel=1e-12)
+        assert x["null_score"] is y["null_score"] is None and x["null_scale"] is y["null_scale"] is None
 
 
 def test_partition_lowers_confidence_on_both(both_runs):

@@ -209,6 +209,36 @@ def test_calibrated_p_values_on_ray_are_within_req_bounds_of_the_exact_ones(ray_
     assert not np.allclose(got[-1][1]["p_value"], plain[0][1]["p_value"], rtol=1e-3)
 
 
+@pytest.mark.parametrize("scoring,score_levels", [("mahalanobis", "all"), ("robust", "population")])
+def test_calibrated_rounds_report_the_null_score_and_scale_as_in_process(ray_session, scoring, score_levels):
+    # What each round's rows entered the null with: null_score (the distance) and null_scale (the
+    # default mode's relative null: the round's median distance over every shard's rows; 1 for
+    # robust's absolute null), on both engines, per round and in score_many.
+    from swarmguard.structures.score_null import SCALE_ROWS
+    q = 0.05
+    rounds = heavy_tailed_rounds(3, n=1200, rounds=3)
+    assert rounds[0][0].size >= SCALE_ROWS
+    got, final, _, det = run_both(rounds, scoring=scoring, score_levels=score_levels, fdr=q, calibrate=True)
+    for x, y in got:
+        d2 = y["mahalanobis_squared"]
+        want = float(np.median(d2)) if scoring == "mahalanobis" else 1.0
+        assert y["null_scale"] == pytest.approx(want, rel=1e-15)
+        assert y["null_scale"] == pytest.approx(x["null_scale"], rel=1e-12)
+        np.testing.assert_array_equal(y["null_score"], d2)
+        np.testing.assert_allclose(y["null_score"], x["null_score"], rtol=1e-12)
+    a, b = final
+    oa = np.argsort(a["agent_ids"])
+    np.testing.assert_array_equal(a["agent_ids"][oa], b["agent_ids"])
+    for key in ("null_score", "parametric_p_value"):       # parametric: the null was warm
+        np.testing.assert_allclose(b[key], a[key][oa], rtol=1e-10, atol=1e-300, err_msg=key)
+    assert b["null_scale"] == pytest.approx(a["null_scale"], rel=1e-12)
+    if scoring == "mahalanobis":
+        assert b["null_scale"] == pytest.approx(float(np.median(b["mahalanobis_squared"])), rel=1e-15)
+    # not vacuous: the rounds after the first were calibrated (p-values the null's, not χ²'s)
+    assert not np.allclose(b["p_value"], b["parametric_p_value"], rtol=1e-3)
+    assert det.protocol.null.count >= 2 * rounds[0][0].size
+
+
 def test_calibrated_null_survives_a_lost_driver(ray_session, tmp_path):
     from swarmguard.engines.ray_engine import RayDistributedBehavioralDetector
     rounds = heavy_tailed_rounds(4)

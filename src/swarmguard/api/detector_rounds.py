@@ -152,4 +152,6 @@ class DetectorRounds:
                                        np.asarray(scored.region_confidence).tolist(), strict=True)),
             accepted=scored.accepted,
             threshold_squared=scored.threshold_squared,
+            null_score=scored.null_score,
+            null_scale=scored.null_scale,
         )

@@ -102,7 +102,9 @@ class ScoredRound:
     agent's region's confidence factor); ``p_value_cutoff`` and
     ``threshold_squared`` (the cut); per region of the batch (``region_names``)
     ``region_confidence``; ``accepted`` (CAP writes taken); ``timestamp``;
-    ``detail``: what an engine keeps for its own per-item answer (or None).
+    ``detail``: what an engine keeps for its own per-item answer (or None);
+    ``null_score`` and ``null_scale`` (``calibrate=True``; None otherwise):
+    what the round's rows entered the score null with (see :class:`RoundResult`).
     """
 
     agent_ids: np.ndarray
@@ -118,6 +120,8 @@ class ScoredRound:
     accepted: int
     timestamp: float
     detail: Any = None
+    null_score: np.ndarray | None = None
+    null_scale: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,7 +134,12 @@ class RoundResult(FieldMapping):
     yet), ``consensus_reached``, ``confidence`` (the agent's region's
     confidence factor); ``region_confidence`` (a dict per region),
     ``accepted`` (CAP writes taken) and ``threshold_squared`` (the anomaly
-    cut). Read by key (``result["action"]``) or by attribute.
+    cut). With ``calibrate=True``, ``null_score`` (aligned: what the score null
+    compares, the distance, or ``-log p`` in the tail modes) and ``null_scale``
+    (what the null holds is ``null_score / null_scale``: the round's median
+    distance in the default mode, 1 in the others), as the protocol's batch
+    results report them; both None without ``calibrate``. Read by key
+    (``result["action"]``) or by attribute.
     """
 
     agent_ids: np.ndarray
@@ -146,6 +155,8 @@ class RoundResult(FieldMapping):
     region_confidence: dict[str, float]
     accepted: int
     threshold_squared: float
+    null_score: np.ndarray | None = None
+    null_scale: float | None = None
 
 
 @dataclass(frozen=True, eq=False)

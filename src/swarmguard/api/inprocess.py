@@ -99,7 +99,8 @@ class InProcessEngine:
             region_cf[k] = 1.0 if cf is None else cf
         return ScoredRound(ids, d2, scored["p_value"], scored["decision_p_value"], scored["is_anomaly"],
                            scored["p_value_cutoff"], scored["threshold_squared"], region_cf[inverse], names,
-                           region_cf, accepted, batch.timestamp)
+                           region_cf, accepted, batch.timestamp, null_score=scored.get("null_score"),
+                           null_scale=scored.get("null_scale"))
 
     def round_done(self, scored: ScoredRound) -> None:
         pass

@@ -21,9 +21,11 @@ splits the batch by shard and puts each part into the object store (arrays,
 never per-agent objects); shards update their trees and return their moments;
 the root merges them (``scoring="robust"``: shards judge their rows against the
 merged population, count the kept ones in their trimmed moments, the root merges
-those too); shards score their rows (``calibrate=True``: against the driver's
-score null as well, which the driver admits the round's scores into after the
-cut; ``window_rounds``: every shard opens the round, the root merges the windowed
+those too); shards score their rows, once (``calibrate=True``: the driver takes
+the round's scale, the median of every shard's distances, and the shards
+calibrate the rows they scored against its score null, recombining the levels,
+:mod:`~swarmguard.engines.score_calibration`; the driver admits the round's
+scores into the null after the cut; ``window_rounds``: every shard opens the round, the root merges the windowed
 moments, rows are scored against them); the driver applies the
 false-discovery cut over all rows (the in-process rule,
 :func:`~swarmguard.structures.significance.significance_cut`), drives the CAP writes and anti-entropy in
@@ -260,7 +262,8 @@ class RayEngine(RayRounds, RayRegions, RayEvidence, RayDurability):
         self._trimmed = rules.scoring in TRIMMED_MODES
         self._last_trimmed: dict[str, Any] | None = None     # the root's merge of the shards' trimmed moments
         # calibrate=True: the population's score null, on the driver (which holds every row's score
-        # for the false-discovery cut already); the shards get it, as bytes, to calibrate their rows
+        # for the false-discovery cut already, and the median of every shard's distances a relative
+        # null needs); the shards get it, as bytes, with that scale, to calibrate the rows they scored
         # (relative with the plain moments, as in process: swarmguard.structures.score_null)
         self._null: ScoreNull | None = (ScoreNull(relative=rules.scoring == "mahalanobis") if rules.calibrate
                                         else None)

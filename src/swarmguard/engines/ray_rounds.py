@@ -123,43 +123,46 @@ class RayRounds:
                                                *[summaries[s] for s in range(len(self.region_shards))])
             trimmed_ref = ray.put(self._last_trimmed)
             lap("trim")
-        # calibrate=True: a round's rows are tested against the null of the earlier rounds (the
-        # per-item path, a one-row round, keeps the mode's own p-values and leaves the null alone,
-        # as in process)
         window_ref = None
         if self._window_rounds is not None:
             self._last_window = self.sys.call(self.root, "merge_window",
                                               *[summaries[s] for s in range(len(self.region_shards))])
             window_ref = ray.put(self._last_window)
         calibrating = self._null is not None and stay is None
-        null_ref = ray.put(self._null.to_bytes()) if calibrating and self._null.warm else None
-
-        def score(null_ref: Any, null_scale: float | None) -> list[dict[str, Any]]:
-            return self._gather([
-                (self.region_shards[s], "score", (merged_ref, self.shrinkage, self.warm_up, self.score_levels,
-                                                 trimmed_ref, null_ref, window_ref, null_scale), False)
-                for s in rows_of])
-
-        # ---- 3. shards score their rows against the population and their cohorts
-        null_scale = None
-        if null_ref is not None and self._null.relative:
-            # a relative null (the plain moments) measures the round's distances by their median over
-            # every shard's rows, as in process: the shards score once for it, then with it
-            null_scale = self._null.scale_of(np.concatenate([res["mahalanobis_squared"]
-                                                             for res in score(None, None)]))
-        scored = score(null_ref, null_scale)
+        # ---- 3. shards score their rows against the population and their cohorts, once: the
+        # null (calibrate=True) is the driver's, applied below to every row at once
+        score_args = (merged_ref, self.shrinkage, self.warm_up, self.score_levels, trimmed_ref, window_ref)
+        scored = self._gather([(self.region_shards[s], "score", score_args, False) for s in rows_of])
         d2 = np.empty(n)
         p = np.empty(n)
         decision_p = np.empty(n)
         levels = np.empty(n, dtype=np.int64)
-        any_warm = False
+        cohort_p_min = np.empty(n) if self.score_levels == "all" else None
+        any_warm = population_warm = False
         first_cohort = None
         for rows, res in zip(rows_of.values(), scored, strict=True):
             d2[rows], p[rows], decision_p[rows], levels[rows] = (res["mahalanobis_squared"], res["p_value"],
                                                                   res["decision_p_value"], res["levels"])
+            if cohort_p_min is not None:
+                cohort_p_min[rows] = res["cohort_p_min"]
             any_warm |= res["any_warm"]
+            population_warm |= res["population_warm"]     # the same merged moments on every shard
             if rows[0] == 0:
                 first_cohort = res["first_cohort"]
+        null_scale = None
+        if calibrating:
+            # a round's rows are tested against the null of the earlier rounds (a relative null:
+            # their distances over the median of the whole round's, as in process): the driver takes
+            # the scale, the shards calibrate the rows they kept from the pass, in parallel (the
+            # per-item path, a one-row round, keeps the mode's own p-values and leaves the null alone)
+            null_scale = self._null.scale_of(d2)
+            if self._null.warm:
+                null_ref = ray.put(self._null.to_bytes())
+                calibrated = self._gather([(self.region_shards[s], "calibrate",
+                                            ("score", null_ref, null_scale, *score_args), False) for s in rows_of])
+                p, decision_p = np.empty(n), np.empty(n)
+                for rows, res in zip(rows_of.values(), calibrated, strict=True):
+                    p[rows], decision_p[rows] = res["p_value"], res["decision_p_value"]
         lap("score")
         decision = significance_cut(decision_p, d2, d, q=q, alpha=self.significance_level, any_warm=any_warm)
         flagged_mask, cut, thr2 = decision.flagged, decision.cut, decision.threshold_squared
@@ -167,8 +170,6 @@ class RayRounds:
             # the round's members enter the null after its decision, flags left out but the expected
             # false ones (swarmguard.structures.score_null), in the batch's order, as in process
             flagged_null = flagged_mask if self._null.warm else None
-            if null_scale is None:
-                null_scale = self._null.scale_of(d2)
             if q is not None:
                 self._null.admit(d2, flagged_null, q, scale=null_scale)
             else:
@@ -180,7 +181,8 @@ class RayRounds:
         self._phases, self._phase_clock = phases, clock
         return ScoredRound(ids, d2, p, decision_p, flagged_mask, cut, thr2, confidence, names, region_cf, accepted,
                            ts, detail={"any_warm": any_warm, "p_cut": cut, "levels": levels,
-                                       "first_cohort": first_cohort})
+                                       "first_cohort": first_cohort},
+                           null_score=d2 if calibrating else None, null_scale=null_scale)
 
     def round_done(self, scored: ScoredRound) -> None:
         """After the detector's evidence and decision: count the round, checkpoint when due."""

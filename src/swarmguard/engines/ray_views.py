@@ -198,23 +198,26 @@ class RayProtocolView:
         if agent_ids is not None:
             raise InvalidInputError("the Ray backend scores all agents (agent_ids=None) only")
         merged = det._last_merge
-        null = det._null.to_bytes() if det._null is not None and det._null.warm else None
-
-        def score_all(null: bytes | None, null_scale: float | None) -> list[dict[str, Any]]:
-            return det._gather([(h, "score_all", (merged, det.shrinkage, det.warm_up, det.score_levels,
-                                                  det._last_trimmed, null, det._last_window, null_scale), False)
-                                for h in det.region_shards])
-
-        null_scale = None
-        if null is not None and det._null.relative:    # the batch's median distance, as in process
-            null_scale = det._null.scale_of(np.concatenate([r["mahalanobis_squared"]
-                                                            for r in score_all(None, None)]))
-        res = score_all(null, null_scale)
+        # one pass of the shards; with a warm null (the driver's) the shards then calibrate the
+        # rows they kept, divided by the scale of all of them (a relative null's median), as in process
+        score_args = (merged, det.shrinkage, det.warm_up, det.score_levels, det._last_trimmed, det._last_window)
+        res = det._gather([(h, "score_all", score_args, False) for h in det.region_shards])
         ids = np.concatenate([r["agent_ids"] for r in res])
         order = np.argsort(ids, kind="stable")
         out = {"agent_ids": ids[order]}
         for k in ("mahalanobis_squared", "p_value", "decision_p_value"):
             out[k] = np.concatenate([r[k] for r in res])[order]
+        null = det._null
+        if null is not None:        # the in-process keys: null_score, null_scale, parametric_p_value once warm
+            out["null_score"] = out["mahalanobis_squared"]
+            out["null_scale"] = scale = null.scale_of(out["null_score"])
+            if null.warm:
+                null_bytes = null.to_bytes()
+                cal = det._gather([(h, "calibrate", ("score_all", null_bytes, scale, *score_args), False)
+                                   for h in det.region_shards])
+                out["parametric_p_value"] = out["p_value"]
+                for k in ("p_value", "decision_p_value"):
+                    out[k] = np.concatenate([r[k] for r in cal])[order]
         any_warm = any(r["any_warm"] for r in res)
         if det._last_window is None:
             out["is_anomaly"] = significance_cut(out["decision_p_value"], out["mahalanobis_squared"], det._dim,

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from ..structures.score_null import ScoreNull
 from ..structures.scoring import combine_levels, score_population
 from ..structures.slot_tree import MAX_UNIT_EXPONENT, scale_outer
 from ..structures.trimming import (
@@ -175,8 +174,7 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
                population: Moments, cohorts: dict[tuple[str, ...], Moments], shrinkage: Any,
                warm_up: int, score_levels: str, exponents: dict[Any, np.ndarray] | None = None,
                trimmed: tuple[Moments, dict[tuple[str, ...], Moments], Any, np.ndarray] | None = None,
-               null: ScoreNull | None = None, window: bool = False,
-               null_scale: float | None = None) -> dict[str, Any]:
+               window: bool = False) -> dict[str, Any]:
     """Leave-one-out scores of rows ``X`` against moments that were merged elsewhere.
 
     The protocol's scoring core (:func:`~swarmguard.structures.scoring.score_population`
@@ -188,8 +186,12 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
     ``()`` and each cohort path to the power-of-two units ``2**e`` its offset
     and co-moment are kept in (:func:`merge_scaled`), so features of any
     magnitude score alike. Returns ``mahalanobis_squared``, ``p_value``,
-    ``decision_p_value``, ``levels`` (per row, how many levels were combined)
-    and ``any_warm`` (some level was out of warm-up).
+    ``decision_p_value``, ``levels`` (per row, how many levels were combined),
+    ``any_warm`` (some level was out of warm-up), ``population_warm`` (the
+    population level was) and, with ``score_levels="all"``, ``cohort_p_min``
+    (each row's smallest p-value over its cohort levels out of warm-up, 1 where
+    none is): what the driver needs to recombine the levels with calibrated
+    population p-values (:mod:`~swarmguard.engines.score_calibration`).
 
     ``trimmed`` (``scoring="robust"``): ``(population, cohorts, exponents, kept)``,
     the merged *trimmed* moments (:func:`merge_summaries` of the shards'
@@ -204,13 +206,9 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
     instead (``kept``: whether each row is inside the window); no consistency
     factor, and every level warms up on its members inside the window, as in process.
 
-    ``null`` (``calibrate=True``): the population's score null, kept on the
-    driver; once warm, each row's population-level p-value is its calibrated
-    one (:meth:`~swarmguard.structures.score_null.ScoreNull.p_values` of its
-    distance), before the levels are combined, as in process
-    (``parametric_p_value`` then holds the χ² one). ``null_scale``: what a relative
-    null divides the distances by (the driver's :meth:`ScoreNull.scale_of` the
-    round's distances, all shards' rows together).
+    ``calibrate=True`` is the driver's (:mod:`~swarmguard.engines.score_calibration`):
+    a relative null's scale is the median over every shard's rows, so the rows
+    are scored once here, with the mode's own p-values.
     """
     def deviations(rows: np.ndarray, m: Moments, key: Any, units: Any = exponents) -> np.ndarray:
         return _deviations(rows, m, None if units is None else units[key])
@@ -224,14 +222,9 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
     else:
         d2, p, warm, _ = score_population(deviations(X, population, ()), float(population.count),
                                           population.offset, population.m2, shrinkage, warm_up)
-    extra: dict[str, Any] = {}
-    if null is not None:
-        calibrated = null.p_values(d2, null_scale)
-        if calibrated is not None:
-            extra["parametric_p_value"], p = p, calibrated
     if score_levels != "all":
         return {"mahalanobis_squared": d2, "p_value": p, "decision_p_value": p, "any_warm": warm,
-                "levels": np.ones(X.shape[0], dtype=np.int64), **extra}
+                "population_warm": warm, "levels": np.ones(X.shape[0], dtype=np.int64)}
 
     def groups():
         max_depth = max((len(pt) for pt in row_paths), default=0)
@@ -256,9 +249,16 @@ def score_rows(X: np.ndarray, row_paths: Sequence[tuple[str, ...]], row_path_ind
         score_group = trimmed_level_scorer({key: float(t.count) for key, t in t_cohorts.items()}, kept,
                                            shrinkage, quantile)
 
-    decision_p, any_warm, n_levels, _ = combine_levels(p, warm, groups(), shrinkage, warm_up, score=score_group)
+    decision_p, any_warm, n_levels, reports = combine_levels(p, warm, groups(), shrinkage, warm_up,
+                                                             score=score_group)
+    cohort_p_min = np.ones(X.shape[0])
+    for level in reports.values():          # the live levels' p-values, as combine_levels took them
+        if not level["warming_up"]:
+            rows = level["rows"]
+            cohort_p_min[rows] = np.minimum(cohort_p_min[rows], level["p_value"])
     return {"mahalanobis_squared": d2, "p_value": p, "decision_p_value": decision_p,
-            "any_warm": any_warm, "levels": n_levels.astype(np.int64), **extra}
+            "any_warm": any_warm, "population_warm": warm, "levels": n_levels.astype(np.int64),
+            "cohort_p_min": cohort_p_min}
 
 
 def _for_scoring(merged: dict[str, Any], need: set[tuple[str, ...]]):

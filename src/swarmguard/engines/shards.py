@@ -27,6 +27,7 @@ from ..structures.score_null import ScoreNull
 from ..values.moments import Moments
 from ..values.version_vector import VersionVector
 from .evidence_shard import EvidenceShard
+from .score_calibration import calibrate_scores
 from .shard_base import Versioned
 from .shard_math import (
     _for_scoring,
@@ -75,6 +76,8 @@ class RegionShard(Versioned):
         self.replicas: dict[str, RegionReplica] = {}
         self.born: dict[str, float] = {}          # every region of the swarm, in birth order
         self._batch: dict[str, Any] | None = None
+        # the last score / score_all answer and the state it was for, read by calibrate
+        self._scored: tuple[int, str, dict[str, Any]] | None = None
 
     def add_regions(self, expect: int, names: Sequence[str], born: Sequence[float], hosted: Sequence[str],
                     dim: int) -> None:
@@ -164,12 +167,11 @@ class RegionShard(Versioned):
 
     def score(self, expect: int, merged: dict[str, Any], shrinkage: Any, warm_up: int,
               score_levels: str, merged_trimmed: dict[str, Any] | None = None,
-              null: bytes | None = None, merged_window: dict[str, Any] | None = None,
-              null_scale: float | None = None) -> dict[str, Any]:
+              merged_window: dict[str, Any] | None = None) -> dict[str, Any]:
         """Score the last batch against the merged moments the root aggregator sent
         (``merged_trimmed``: against the merged trimmed moments, ``scoring="robust"``;
-        ``null``: the driver's score null, :meth:`ScoreNull.to_bytes`, ``calibrate=True``;
-        ``null_scale``: what a relative null divides the distances by)."""
+        ``merged_window``: the merged windowed moments). The mode's own p-values:
+        ``calibrate=True`` follows in :meth:`calibrate`."""
         self._check(expect)
         b = self._batch
         need = {p[:k] for p in b["paths"] for k in range(1, len(p) + 1)}
@@ -177,15 +179,14 @@ class RegionShard(Versioned):
         out = score_rows(b["X"], b["paths"], b["path_index"], population,
                          cohorts, shrinkage, warm_up, score_levels, exponents,
                          trimmed=self._subset_args(merged_trimmed, merged_window, need, b["slots"]),
-                         null=None if null is None else ScoreNull.from_bytes(null), window=merged_window is not None,
-                         null_scale=null_scale)
+                         window=merged_window is not None)
         out["first_cohort"] = b["paths"][int(b["path_index"][0])] if len(b["ids"]) else None
+        self._scored = (self.seq, "score", out)
         return out
 
     def score_all(self, expect: int, merged: dict[str, Any], shrinkage: Any, warm_up: int,
                   score_levels: str, merged_trimmed: dict[str, Any] | None = None,
-                  null: bytes | None = None, merged_window: dict[str, Any] | None = None,
-                  null_scale: float | None = None) -> dict[str, Any]:
+                  merged_window: dict[str, Any] | None = None) -> dict[str, Any]:
         """Score every agent of the shard (in slot order); ``agent_ids`` says who (with a window,
         ``in_window`` says who is inside it)."""
         self._check(expect)
@@ -195,12 +196,31 @@ class RegionShard(Versioned):
         population, cohorts, exponents = _for_scoring(merged, need)
         out = score_rows(X, paths, path_index, population, cohorts, shrinkage, warm_up, score_levels, exponents,
                          trimmed=self._subset_args(merged_trimmed, merged_window, need, slots),
-                         null=None if null is None else ScoreNull.from_bytes(null), window=merged_window is not None,
-                         null_scale=null_scale)
+                         window=merged_window is not None)
         out["agent_ids"] = np.array(ids.tolist())
         if merged_window is not None:
             out["in_window"] = self.tree.window_flags(slots)
+        self._scored = (self.seq, "score_all", out)
         return out
+
+    def calibrate(self, expect: int, kind: str, null: bytes, scale: float, *score_args: Any) -> dict[str, Any]:
+        """The rows of the last ``kind`` call (``"score"``: the batch, ``"score_all"``: every
+        agent) with calibrated p-values (``calibrate=True``): against the driver's score null
+        (:meth:`ScoreNull.to_bytes`), their distances divided by ``scale`` (the driver's
+        :meth:`ScoreNull.scale_of` the whole batch), the levels recombined
+        (:func:`~swarmguard.engines.score_calibration.calibrate_scores`). Returns ``p_value``
+        and ``decision_p_value``. Reads the scores that call kept; a shard that lost them (a
+        restarted actor, replayed to the same state) scores again with ``score_args``."""
+        self._check(expect)
+        kept = self._scored
+        if kept is not None and kept[:2] == (self.seq, kind):
+            out = kept[2]
+        else:
+            out = {"score": self.score, "score_all": self.score_all}[kind](expect, *score_args)
+        cal = calibrate_scores(ScoreNull.from_bytes(null), out["mahalanobis_squared"], out["p_value"],
+                               out["decision_p_value"], out["population_warm"], out.get("cohort_p_min"),
+                               out["levels"], scale)
+        return {"p_value": cal.p_value, "decision_p_value": cal.decision_p_value}
 
     # ------------------------------------------------------------------ CAP replicas
     def _replica(self, region: str) -> RegionReplica:
