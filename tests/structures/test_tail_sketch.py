@@ -201,3 +201,22 @@ def test_members_may_be_given_per_row():
     np.testing.assert_allclose(mixed.right[3:], (right * 40 + 1) / 41, rtol=1e-12)
     with pytest.raises(DimensionMismatchError):
         s.tail_probabilities(Q, members=np.ones(4, dtype=bool))
+
+
+@pytest.mark.parametrize("k", [4, 100, 254])
+def test_every_accepted_k_is_kept_and_loads_back(k):
+    X = _heavy(3000, 7)                      # enough rows to compact the smaller sketches
+    s = FeatureSketches(3, k=k)
+    s.update_many(X)
+    back = FeatureSketches.from_bytes(s.to_bytes())
+    assert s.k == back.k == k
+    Q = X[:50]
+    a, b = s.tail_probabilities(Q), back.tail_probabilities(Q)
+    assert np.array_equal(a.left, b.left) and np.array_equal(a.right, b.right)
+
+
+@pytest.mark.parametrize("k", [256, 258, 500, 1000, 1024, 3, 0, 255])
+def test_k_the_binding_cannot_keep_is_refused(k):
+    # the Python binding stores k in one byte: 1000 would silently become 232
+    with pytest.raises(InvalidInputError, match="even integer"):
+        FeatureSketches(3, k=k)

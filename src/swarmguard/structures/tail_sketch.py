@@ -74,6 +74,7 @@ from ..lazy_import import module_on_first_use
 __all__ = ["FeatureSketches", "TailProbabilities", "DEFAULT_SKETCH_K"]
 
 DEFAULT_SKETCH_K = 12       # REQ's default; the top of each tail is kept exactly
+MAX_SKETCH_K = 254          # the Python binding stores k in one byte (see FeatureSketches)
 _MAGIC = b"SGREQ1"
 _HEADER = struct.Struct("<6sII")   # magic, features, k
 _LENGTH = struct.Struct("<Q")
@@ -133,7 +134,10 @@ class FeatureSketches:
     features : int
         Number of features ``d``.
     k : int
-        REQ's accuracy parameter (an even number in 4 .. 1024).
+        REQ's accuracy parameter, an even number in 4 .. 254. The C++ library
+        allows up to 1024, but the ``datasketches`` Python binding keeps ``k``
+        in one byte (``req_floats_sketch(1000).k == 232``), so a larger value
+        would silently become another one and no longer load back.
 
     Examples
     --------
@@ -150,8 +154,8 @@ class FeatureSketches:
     def __init__(self, features: int, k: int = DEFAULT_SKETCH_K):
         if not isinstance(features, (int, np.integer)) or isinstance(features, bool) or features < 1:
             raise InvalidInputError(f"features must be a positive integer, got {features!r}")
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 4 <= k <= 1024 or k % 2:
-            raise InvalidInputError(f"sketch k must be an even integer in [4, 1024], got {k!r}")
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 4 <= k <= MAX_SKETCH_K or k % 2:
+            raise InvalidInputError(f"sketch k must be an even integer in [4, {MAX_SKETCH_K}], got {k!r}")
         lib = _library()
         self.k = int(k)
         self._right = [lib.req_floats_sketch(self.k, True) for _ in range(int(features))]
@@ -242,7 +246,7 @@ class FeatureSketches:
             magic, features, k = _HEADER.unpack_from(data, 0)
         except struct.error:
             raise InvalidInputError("feature sketches: truncated header") from None
-        if magic != _MAGIC or features < 1 or not 4 <= k <= 1024:
+        if magic != _MAGIC or features < 1 or not 4 <= k <= MAX_SKETCH_K:
             raise InvalidInputError("feature sketches: not a swarmguard sketch header")
         lib = _library()
         sketches = []
