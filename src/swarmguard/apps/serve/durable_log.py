@@ -135,9 +135,17 @@ class DurableLog:
                 self._db.executemany("INSERT INTO log (seq, kind, at, body) VALUES (?, ?, ?, ?)", rows)
                 self._db.execute("COMMIT")
             except sqlite3.Error:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
+
+    def _rollback(self) -> None:
+        """End the failed transaction if it is still open (hold ``_lock``). A ROLLBACK that fails
+        too leaves it open: the caller finds ``in_transaction`` still set."""
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     def _store(self, rows: list[tuple[int, str, float, bytes]]) -> None:
         """Write ``rows`` (hold ``_commit_lock``); return once they are in the file. A write that
@@ -153,6 +161,10 @@ class DurableLog:
         first, last = rows[0][0], rows[-1][0]
         try:
             with self._lock:
+                # a read inside the failed transaction would count its own uncommitted rows as landed
+                self._rollback()
+                if self._db.in_transaction:
+                    raise sqlite3.OperationalError("the failed transaction cannot be rolled back")
                 found = int(self._db.execute("SELECT COUNT(*) FROM log WHERE seq BETWEEN ? AND ?",
                                              (first, last)).fetchone()[0])
         except sqlite3.Error as exc:
