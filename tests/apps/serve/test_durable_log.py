@@ -225,3 +225,20 @@ def test_a_failed_transaction_that_cannot_be_rolled_back_makes_the_log_refuse_wr
         log.append("close", 3.0, {})
     log.close()
     assert _file_records(tmp_path) == [(1, "close", 1.0)]
+
+
+@pytest.mark.parametrize("rollbacks", [1, 2])
+def test_a_snapshot_whose_commit_and_rollback_fail_is_a_typed_refusal_and_not_counted_as_written(tmp_path, rollbacks):
+    # the read-back inside the still-open snapshot transaction would find the snapshot and the
+    # compacted log that the file does not hold; a failed ROLLBACK must not escape as sqlite3.Error
+    log = DurableLog(tmp_path)
+    for i in range(3):
+        log.append("close", float(i), {})
+    log._db = _CommitAndRollbackFail(log._db, rollbacks=rollbacks)
+    with pytest.raises(EvidenceStoreError):
+        log.write_snapshot(3, b"state")
+    assert log.landed_after_error == 0
+    log.close()
+    again = DurableLog(tmp_path)
+    assert again.latest_snapshot() is None and [r.seq for r in again.records()] == [1, 2, 3]
+    again.close()

@@ -293,9 +293,9 @@ class DurableLog:
             self._db.execute("COMMIT")
             _crash_point("committed")
         except sqlite3.Error as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            if not self._snapshot_landed(seq, body):
+            self._rollback()
+            self._rollback()        # once more: a read inside the open transaction would see it as landed
+            if self._db.in_transaction or not self._snapshot_landed(seq, body):
                 raise EvidenceStoreError(f"cannot write a snapshot into the node's log {self.path}: {exc}") from None
             # reported failed but in the file (module docstring): the snapshot is kept, the log compacted
             self.landed_after_error += 1
