@@ -352,3 +352,22 @@ def test_a_log_that_cannot_tell_what_a_failed_commit_left_is_not_ready_until_a_r
     assert client2.get("/readyz").status_code == 200
     assert len(again.populations["behaviors"].window) == 20 and again.replayed == 2
     assert post_behaviors(client2, rows[:5]).status_code == 200
+
+
+def test_the_503_of_a_write_the_log_cannot_tell_about_does_not_say_nothing_was_stored(make_node):
+    # the write whose commit was reported failed and whose read-back failed may be in the file
+    # (here it is: the restart replays it), so its answer must not promise that nothing was stored
+    clock = ManualClock()
+    _, node, client = make_node(clock=clock)
+    rng = np.random.default_rng(5)
+    _, rows = population_rows(rng, 20, 3)
+    real = node.log._db
+    node.log._db = _CommitThenBlind(real, landed=True)
+    r = post_behaviors(client, rows)
+    node.log._db = real
+    assert r.status_code == 503
+    error = r.json()["error"]
+    assert "nothing was stored" not in error and "restart" in error
+    node.close()
+    _, again, _ = make_node(clock=clock)
+    assert len(again.populations["behaviors"].window) == 20        # it was stored

@@ -362,6 +362,10 @@ class ServeNode:
             return self.log.append(kind, at, meta, matrix)
         except EvidenceStoreError as exc:
             log.error("%s", exc)
+            if self.log.broken is not None:     # the failed write may be in the file: promise nothing
+                raise ApiError(503, f"the node's durable log refuses writes until the node restarts: "
+                                    f"{self.log.broken}", code="log_write_failed",
+                               headers={"Retry-After": "5"}) from None
             raise ApiError(503, f"the node's durable log cannot be written, nothing was stored: "
                                 f"{str(exc).rsplit(': ', 1)[-1]}", code="log_write_failed",
                            headers={"Retry-After": "5"}) from None
