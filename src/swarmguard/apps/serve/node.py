@@ -356,8 +356,10 @@ class ServeNode:
 
     def _log_append(self, kind: str, at: float, meta: dict[str, Any], matrix: np.ndarray | None = None) -> int:
         """Log a record before applying it; a write that fails is 503 and nothing is applied (the
-        request is not acknowledged). A commit SQLite reports failed whose record is in the file
-        returns as written (:mod:`.durable_log`), so the node applies what a restart replays."""
+        request is not acknowledged; a record whose commit failed half-way, its WAL frames written
+        but not synced, may still be replayed after a restart, which at-least-once retries
+        allow). A commit SQLite reports failed whose record is in the file returns as written
+        (:mod:`.durable_log`), so the node applies what a restart replays."""
         try:
             return self.log.append(kind, at, meta, matrix)
         except EvidenceStoreError as exc:
