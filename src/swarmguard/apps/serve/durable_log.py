@@ -15,10 +15,13 @@ before ``seq`` leave the log, in one transaction: a crash at any point leaves ei
 the old snapshot and the whole log, or the new snapshot and the tail. Record ``seq``
 itself stays, as the high-water mark that keeps new sequence numbers above it.
 
-A commit that SQLite reports failed may still have landed (an fsync error after the WAL
-frame was written, a full disk on the checkpoint after the commit). So after a failed
-write the log reads back which of its rows are in the file (:meth:`DurableLog._store`):
-none — the write failed, the numbers are given back or the records wait again, as before;
+A commit that SQLite reports failed may still have landed. So after a failed write the log
+reads back which of its rows its connection sees committed (:meth:`DurableLog._store`),
+never from inside the failed transaction (which would see its own rows):
+none — the write failed, the numbers are given back or the records wait again, as before
+(an fsync of the WAL that fails reads back as none, yet its frames may be in the file and replay
+after a crash before the next write: at least once; a failed auto-checkpoint never fails a
+commit, SQLite ignores it);
 all — the rows are the log's (a restart replays them), so the write counts as done, the
 caller applies and acknowledges as after any commit, and no number of theirs is given out
 again (it would hit a PRIMARY KEY conflict at every later write); no answer (the read fails
