@@ -392,10 +392,14 @@ class ServeNode:
         return IngestResult(accepted, len(errors), errors.sorted())
 
     def drain(self) -> list[WindowOutcome]:
-        """Stop taking writes (readyz 503, ingest 503), close the open window, then snapshot."""
+        """Stop taking writes (readyz 503, ingest 503), close the open window, then snapshot (neither
+        while the log needs a restart: it takes no write)."""
         with self._lock:
             self.state = "draining"
             outcomes = []
+            if self.log.broken is not None:     # neither close nor snapshot can be logged: the restart rebuilds
+                log.warning("draining without closing the window or a snapshot: %s", self.log.broken)
+                return outcomes
             if self.opened_at is not None:
                 at = self.settings.clock()
                 self._log_append(CLOSE_WINDOW, at, {})
