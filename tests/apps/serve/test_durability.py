@@ -392,3 +392,31 @@ def test_a_node_whose_log_needs_a_restart_drains_without_raising(make_node):
     node.close()
     _, again, _ = make_node(clock=clock)
     assert len(again.populations["behaviors"].window) == 10 and again.replayed == 1
+
+
+def test_a_log_that_needs_a_restart_does_not_fail_a_window_close_at_every_tick(tmp_path, tokens_file):
+    # the background closer would try (and fail, 500 in errors_total, a traceback in the log) twice
+    # a second until the restart: the close cannot be written, so it is not tried
+    from fastapi.testclient import TestClient
+
+    from swarmguard.apps.serve import ServeNode, ServeSettings, create_app
+
+    clock = ManualClock()
+    settings = ServeSettings(clock=clock, close_windows=True, window_seconds=0.4, warm_up=20,
+                             tokens_file=tokens_file)
+    node = ServeNode(settings, tmp_path / "data")
+    rng = np.random.default_rng(6)
+    _, rows = population_rows(rng, 10, 3)
+    with TestClient(create_app(settings, node), raise_server_exceptions=False) as client:
+        assert post_behaviors(client, rows).status_code == 200
+        real = node.log._db
+        node.log._db = _CommitThenBlind(real, landed=False)
+        assert post_behaviors(client, rows).status_code == 503 and node.log.broken is not None
+        node.log._db = real
+        clock.t += 10.0                                    # the open window is due
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert metric(client, "swarmguard_errors_total", code="window", status="500") == 0
+        assert node.opened_at is not None                  # the window stays open until the restart
+    node.close()
