@@ -177,3 +177,68 @@ def test_a_snapshot_whose_commit_is_reported_failed_but_landed_counts_as_written
     again = DurableLog(tmp_path)
     assert again.latest_snapshot() == (3, b"state") and [r.seq for r in again.records()] == [3, 4]
     again.close()
+
+
+class _CommitAndRollbackFail:
+    """The log's connection with the next ``COMMIT`` failing before it commits and the ``ROLLBACK``
+    after it failing as well (``rollbacks`` times): the failed transaction stays open, and a read on
+    this connection sees its uncommitted rows."""
+
+    def __init__(self, db, rollbacks: int = 1):
+        self.db, self.commits, self.rollbacks = db, 1, rollbacks
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT" and self.commits:
+            self.commits = 0
+            raise sqlite3.OperationalError("disk I/O error")
+        if sql == "ROLLBACK" and self.rollbacks:
+            self.rollbacks -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+
+def test_rows_of_a_failed_transaction_still_open_do_not_count_as_landed(tmp_path):
+    # the read-back after a failed commit must not see the failed transaction's own rows: they are
+    # not in the file, and acknowledging them loses them (the next write's ROLLBACK discards them)
+    log = DurableLog(tmp_path)
+    log.append("close", 1.0, {})
+    log._db = _CommitAndRollbackFail(log._db)
+    with pytest.raises(EvidenceStoreError):
+        log.append("evidence", 2.0, {"rows": []})
+    assert log.landed_after_error == 0 and not log._db.in_transaction
+    assert log.append("close", 3.0, {}) == 2                # the refused record's number is free again
+    log.close()
+    assert _file_records(tmp_path) == [(1, "close", 1.0), (2, "close", 3.0)]
+
+
+def test_a_failed_transaction_that_cannot_be_rolled_back_makes_the_log_refuse_writes(tmp_path):
+    log = DurableLog(tmp_path)
+    log.append("close", 1.0, {})
+    log._db = _CommitAndRollbackFail(log._db, rollbacks=2)  # the connection stays in the failed transaction
+    with pytest.raises(EvidenceStoreError):
+        log.append("evidence", 2.0, {"rows": []})
+    assert log.landed_after_error == 0 and log.broken is not None
+    with pytest.raises(EvidenceStoreError, match="restart the node"):
+        log.append("close", 3.0, {})
+    log.close()
+    assert _file_records(tmp_path) == [(1, "close", 1.0)]
+
+
+@pytest.mark.parametrize("rollbacks", [1, 2])
+def test_a_snapshot_whose_commit_and_rollback_fail_is_a_typed_refusal_and_not_counted_as_written(tmp_path, rollbacks):
+    # the read-back inside the still-open snapshot transaction would find the snapshot and the
+    # compacted log that the file does not hold; a failed ROLLBACK must not escape as sqlite3.Error
+    log = DurableLog(tmp_path)
+    for i in range(3):
+        log.append("close", float(i), {})
+    log._db = _CommitAndRollbackFail(log._db, rollbacks=rollbacks)
+    with pytest.raises(EvidenceStoreError):
+        log.write_snapshot(3, b"state")
+    assert log.landed_after_error == 0
+    log.close()
+    again = DurableLog(tmp_path)
+    assert again.latest_snapshot() is None and [r.seq for r in again.records()] == [1, 2, 3]
+    again.close()

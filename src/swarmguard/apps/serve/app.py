@@ -269,7 +269,8 @@ async def _close_windows(app: FastAPI) -> None:
     while True:
         await asyncio.sleep(tick)
         node = app.state.node
-        if node is not None and node.state == "ready" and node.window_due():
+        # a log that needs a restart takes no close: trying at every tick would only log a 500
+        if node is not None and node.state == "ready" and node.log.broken is None and node.window_due():
             try:
                 await run_in_threadpool(node.close_window)
             except Exception:                        # keep ticking; the error is in the log

@@ -15,10 +15,13 @@ before ``seq`` leave the log, in one transaction: a crash at any point leaves ei
 the old snapshot and the whole log, or the new snapshot and the tail. Record ``seq``
 itself stays, as the high-water mark that keeps new sequence numbers above it.
 
-A commit that SQLite reports failed may still have landed (an fsync error after the WAL
-frame was written, a full disk on the checkpoint after the commit). So after a failed
-write the log reads back which of its rows are in the file (:meth:`DurableLog._store`):
-none — the write failed, the numbers are given back or the records wait again, as before;
+A commit that SQLite reports failed may still have landed. So after a failed write the log
+reads back which of its rows its connection sees committed (:meth:`DurableLog._store`),
+never from inside the failed transaction (which would see its own rows):
+none — the write failed, the numbers are given back or the records wait again, as before
+(an fsync of the WAL that fails reads back as none, yet its frames may be in the file and replay
+after a crash before the next write: at least once; a failed auto-checkpoint never fails a
+commit, SQLite ignores it);
 all — the rows are the log's (a restart replays them), so the write counts as done, the
 caller applies and acknowledges as after any commit, and no number of theirs is given out
 again (it would hit a PRIMARY KEY conflict at every later write); no answer (the read fails
@@ -135,9 +138,17 @@ class DurableLog:
                 self._db.executemany("INSERT INTO log (seq, kind, at, body) VALUES (?, ?, ?, ?)", rows)
                 self._db.execute("COMMIT")
             except sqlite3.Error:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
+
+    def _rollback(self) -> None:
+        """End the failed transaction if it is still open (hold ``_lock``). A ROLLBACK that fails
+        too leaves it open: the caller finds ``in_transaction`` still set."""
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     def _store(self, rows: list[tuple[int, str, float, bytes]]) -> None:
         """Write ``rows`` (hold ``_commit_lock``); return once they are in the file. A write that
@@ -153,6 +164,10 @@ class DurableLog:
         first, last = rows[0][0], rows[-1][0]
         try:
             with self._lock:
+                # a read inside the failed transaction would count its own uncommitted rows as landed
+                self._rollback()
+                if self._db.in_transaction:
+                    raise sqlite3.OperationalError("the failed transaction cannot be rolled back")
                 found = int(self._db.execute("SELECT COUNT(*) FROM log WHERE seq BETWEEN ? AND ?",
                                              (first, last)).fetchone()[0])
         except sqlite3.Error as exc:
@@ -281,9 +296,9 @@ class DurableLog:
             self._db.execute("COMMIT")
             _crash_point("committed")
         except sqlite3.Error as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            if not self._snapshot_landed(seq, body):
+            self._rollback()
+            self._rollback()        # once more: a read inside the open transaction would see it as landed
+            if self._db.in_transaction or not self._snapshot_landed(seq, body):
                 raise EvidenceStoreError(f"cannot write a snapshot into the node's log {self.path}: {exc}") from None
             # reported failed but in the file (module docstring): the snapshot is kept, the log compacted
             self.landed_after_error += 1

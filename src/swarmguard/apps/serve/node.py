@@ -356,12 +356,18 @@ class ServeNode:
 
     def _log_append(self, kind: str, at: float, meta: dict[str, Any], matrix: np.ndarray | None = None) -> int:
         """Log a record before applying it; a write that fails is 503 and nothing is applied (the
-        request is not acknowledged). A commit SQLite reports failed whose record is in the file
-        returns as written (:mod:`.durable_log`), so the node applies what a restart replays."""
+        request is not acknowledged; a record whose commit failed half-way, its WAL frames written
+        but not synced, may still be replayed after a restart, which at-least-once retries
+        allow). A commit SQLite reports failed whose record is in the file returns as written
+        (:mod:`.durable_log`), so the node applies what a restart replays."""
         try:
             return self.log.append(kind, at, meta, matrix)
         except EvidenceStoreError as exc:
             log.error("%s", exc)
+            if self.log.broken is not None:     # the failed write may be in the file: promise nothing
+                raise ApiError(503, f"the node's durable log refuses writes until the node restarts: "
+                                    f"{self.log.broken}", code="log_write_failed",
+                               headers={"Retry-After": "5"}) from None
             raise ApiError(503, f"the node's durable log cannot be written, nothing was stored: "
                                 f"{str(exc).rsplit(': ', 1)[-1]}", code="log_write_failed",
                            headers={"Retry-After": "5"}) from None
@@ -386,10 +392,14 @@ class ServeNode:
         return IngestResult(accepted, len(errors), errors.sorted())
 
     def drain(self) -> list[WindowOutcome]:
-        """Stop taking writes (readyz 503, ingest 503), close the open window, then snapshot."""
+        """Stop taking writes (readyz 503, ingest 503), close the open window, then snapshot (neither
+        while the log needs a restart: it takes no write)."""
         with self._lock:
             self.state = "draining"
             outcomes = []
+            if self.log.broken is not None:     # neither close nor snapshot can be logged: the restart rebuilds
+                log.warning("draining without closing the window or a snapshot: %s", self.log.broken)
+                return outcomes
             if self.opened_at is not None:
                 at = self.settings.clock()
                 self._log_append(CLOSE_WINDOW, at, {})
