@@ -465,5 +465,134 @@ METHODS["cop_kll_nll"] = lambda X: copula_nll_kll(X, 1)
 METHODS["cop_kll_nll2"] = lambda X: copula_nll_kll(X, 2)
 
 
+
+# ------------------------------------------------------------------ feature bagging over the trimmed moments
+# Lazarevic & Kumar (2005), "Feature bagging for outlier detection", KDD: score each row in several
+# random feature subsets and combine. Reason here: whitening in the full space lets one heavy-tailed
+# low-variance direction dominate the distance; a subset that leaves that feature out does not see
+# it, so the combination dilutes it. The covariance of a feature subset S is the submatrix C_SS of
+# the kept trimmed covariance (and its mean the subvector), so a tree node already holds every
+# subset's moments: no new mergeable state. The subsets are drawn from a generator seeded by d only
+# (every node, engine and round draws the same ones). Each subset's squared distance is computed
+# through the complement T = S^c from the full precision P = C^-1 (Schur complement):
+#     d2_S(e) = d2_full(e) - u_T' (P_TT)^-1 u_T,   u = P e,
+# because e_T - E[e_T | e_S] = (P_TT)^-1 (P e)_T and its conditional precision is P_TT; so a subset
+# costs a |T| x |T| solve (|T| <= d/2) on top of the one full solve, not an |S| x |S| one.
+
+def bag_subsets(d, k=15, seed=0x5EED):
+    """``k`` sorted feature subsets of sizes uniform in [ceil(d/2), d-1], from a generator seeded by
+    ``d`` only (deterministic: the same subsets everywhere). ``d < 2``: the full space alone."""
+    if d < 2:
+        return [np.arange(d)]
+    r = np.random.default_rng([seed, d])
+    lo = (d + 1) // 2
+    out = []
+    for _ in range(k):
+        size = int(r.integers(lo, d)) if lo < d else d - 1
+        out.append(np.sort(r.choice(d, size, replace=False)))
+    return out
+
+
+def subset_distances(E, C, subsets):
+    """Squared distances of the rows of ``E`` (centred) under ``C`` restricted to each subset:
+    ``(m, k)``. Through the complement (see above): one full solve, then a small one per subset."""
+    d = E.shape[1]
+    P = np.linalg.inv(C)
+    P = 0.5 * (P + P.T)
+    U = E @ P                                    # u = P e per row
+    full = np.einsum("ij,ij->i", U, E)
+    out = np.empty((len(E), len(subsets)))
+    for i, S in enumerate(subsets):
+        T = np.setdiff1d(np.arange(d), S)
+        if len(T) == 0:
+            out[:, i] = full
+            continue
+        L = np.linalg.cholesky(P[np.ix_(T, T)])
+        W = np.linalg.solve(L, U[:, T].T)         # (P_TT)^-1/2 u_T
+        out[:, i] = np.maximum(full - (W * W).sum(0), 0.0)
+    return out, full
+
+
+def subset_distances_direct(E, C, subsets):
+    """The same as ``subset_distances`` with a Cholesky of each C_SS (the check, and the cost peer)."""
+    out = np.empty((len(E), len(subsets)))
+    for i, S in enumerate(subsets):
+        L = np.linalg.cholesky(C[np.ix_(S, S)])
+        Z = np.linalg.solve(L, E[:, S].T)
+        out[:, i] = (Z * Z).sum(0)
+    return out
+
+
+def featbag(X, k=15, steps=1, combine="cauchy", with_full=False, floor=None, q=0.975):
+    """Feature-bagged trimmed distance: per subset the chi-square p-value of the trimmed distance on
+    that subset (``C_SS``, divided by the consistency factor of the full-space trimming -- trimming at
+    chi2_d(q) shrinks every direction of a Gaussian by the same factor, so it holds for every
+    subset), combined over the ``k`` subsets (and the full space with ``with_full``) by the Cauchy
+    rule (``combine="cauchy"``, score ``-log p``) or as the mean of ``-log p`` (``"meanlog"``).
+    ``floor``: the eigenvalue floor on the trimmed correlation before (as ``eigfloor``)."""
+    d = X.shape[1]
+    n, mu, C = _trimmed_moments(X, steps, q)
+    if floor is not None:
+        sd = np.sqrt(np.diag(C))
+        w, V = np.linalg.eigh(C / np.outer(sd, sd))
+        C = (V * np.maximum(w, floor)) @ V.T * np.outer(sd, sd)
+    c = q / stats.chi2.cdf(stats.chi2.ppf(q, d), d + 2)
+    subsets = bag_subsets(d, k)
+    D, full = subset_distances(X - mu, C, subsets)
+    sizes = np.array([len(S) for S in subsets])
+    L = _chi2_neglogsf(D / c, sizes)                 # -log p per subset, exact far into the tail
+    if with_full:
+        L = np.column_stack([L, _chi2_neglogsf(full / c, np.array([d]))])
+    return cauchy_neglog(L) if combine == "cauchy" else L.mean(1)
+
+
+def _chi2_neglogsf(x, dof):
+    """-log P(chi2_dof > x) per column; where ``logsf`` gives up (-inf), the leading term of the
+    tail's asymptotic series, -log sf ~ x/2 - (dof/2 - 1) log(x/2) + lgamma(dof/2)."""
+    with np.errstate(divide="ignore"):
+        out = -stats.chi2.logsf(x, dof)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        xb = np.broadcast_to(x, out.shape)[bad]
+        kb = np.broadcast_to(dof, out.shape)[bad]
+        from scipy.special import gammaln
+        out[bad] = xb / 2 - (kb / 2 - 1) * np.log(xb / 2) + gammaln(kb / 2)
+    return out
+
+
+def cauchy_neglog(L, cap=0.99):
+    """-log of the Cauchy combination (equal weights) of the p-values exp(-L), per row, without
+    the 1e-300 floor: the tiny p-values' terms cot(pi p) ~ 1 / (pi p) are summed in log space, so
+    rows far out keep their order (the combined p-value is ~ 1 / (pi T) there)."""
+    from scipy.special import logsumexp
+    k = L.shape[1]
+    logp = -L
+    small = logp < np.log(1e-12)
+    p = np.clip(np.exp(np.where(small, 0.0, logp)), 0.0, cap)
+    rest = np.where(small, 0.0, 1.0 / np.tan(np.pi * np.maximum(p, 1e-300))).sum(1) / k
+    with np.errstate(divide="ignore"):
+        lse = logsumexp(np.where(small, -logp - np.log(np.pi), -np.inf), axis=1) - np.log(k)
+    big = np.isfinite(lse)
+    out = np.empty(len(L))
+    # no tiny term: T = rest is moderate, combine exactly
+    T = rest[~big]
+    pc = np.where(T > 0, np.arctan(1.0 / np.where(T > 0, T, 1.0)) / np.pi, 0.5 - np.arctan(T) / np.pi)
+    out[~big] = -np.log(np.maximum(pc, 1e-300))
+    # a tiny term: T = exp(lse) + rest >= ~1e11 / k, p ~ arctan(1 / T) / pi ~ 1 / (pi T)
+    logT = lse[big] + np.log1p(rest[big] * np.exp(-lse[big]))
+    out[big] = logT + np.log(np.pi)
+    return out
+
+
+METHODS["bag15"] = lambda X: featbag(X, 15)
+METHODS["bag15_full"] = lambda X: featbag(X, 15, with_full=True)
+METHODS["bag15_mlog"] = lambda X: featbag(X, 15, combine="meanlog")
+METHODS["bag15_2"] = lambda X: featbag(X, 15, steps=2)
+METHODS["bag15_full_2"] = lambda X: featbag(X, 15, steps=2, with_full=True)
+METHODS["bag15_mlog_2"] = lambda X: featbag(X, 15, steps=2, combine="meanlog")
+METHODS["bag10_full_2"] = lambda X: featbag(X, 10, steps=2, with_full=True)
+METHODS["bag20_full_2"] = lambda X: featbag(X, 20, steps=2, with_full=True)
+METHODS["bag15_full_floor05_2"] = lambda X: featbag(X, 15, steps=2, with_full=True, floor=0.05)
+
 if __name__ == "__main__":
     main()
