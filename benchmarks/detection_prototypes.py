@@ -291,14 +291,17 @@ def _adbench(names, folder, shuffle=False):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("where", choices=["synthetic", "adbench"])
+    ap.add_argument("where", choices=["synthetic", "adbench", "cost"])
     ap.add_argument("methods", help=f"comma-separated, of {', '.join(METHODS)}")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--data", default="/work/shared/data/adbench")
     ap.add_argument("--shuffle", action="store_true", help="score the rows in a seeded random order (row-order leak check)")
+    ap.add_argument("--agents", type=int, default=100_000, help="cost: agents per round")
     a = ap.parse_args()
     names = [m for m in a.methods.split(",") if m]
-    if a.where == "synthetic":
+    if a.where == "cost":    # methods: comma-separated feature counts, e.g. "10,30,100"
+        bag_cost(a.agents, [int(v) for v in names])
+    elif a.where == "synthetic":
         _synthetic(names, a.reps, a.shuffle)
     else:
         _adbench(names, a.data, a.shuffle)
@@ -493,24 +496,38 @@ def bag_subsets(d, k=15, seed=0x5EED):
     return out
 
 
-def subset_distances(E, C, subsets):
-    """Squared distances of the rows of ``E`` (centred) under ``C`` restricted to each subset:
-    ``(m, k)``. Through the complement (see above): one full solve, then a small one per subset."""
-    d = E.shape[1]
+def complement_factors(C, subsets):
+    """The one ``d x sum|T|`` matrix that turns ``u = P e`` into every subset's complement term:
+    column block i holds ``L_i^-T`` (``P_TT = L_i L_i'``) in the rows of ``T_i``, so
+    ``||(u @ B)_block_i||^2 = u_T' (P_TT)^-1 u_T``. Depends on the moments only (once per round)."""
+    d = C.shape[0]
     P = np.linalg.inv(C)
     P = 0.5 * (P + P.T)
-    U = E @ P                                    # u = P e per row
-    full = np.einsum("ij,ij->i", U, E)
-    out = np.empty((len(E), len(subsets)))
-    for i, S in enumerate(subsets):
+    blocks, starts = [], []
+    col = 0
+    for S in subsets:
         T = np.setdiff1d(np.arange(d), S)
-        if len(T) == 0:
-            out[:, i] = full
-            continue
-        L = np.linalg.cholesky(P[np.ix_(T, T)])
-        W = np.linalg.solve(L, U[:, T].T)         # (P_TT)^-1/2 u_T
-        out[:, i] = np.maximum(full - (W * W).sum(0), 0.0)
-    return out, full
+        B = np.zeros((d, max(len(T), 1)))
+        if len(T):
+            L = np.linalg.cholesky(P[np.ix_(T, T)])
+            B[T] = np.linalg.inv(L).T
+        blocks.append(B)
+        starts.append(col)
+        col += B.shape[1]
+    return P, np.hstack(blocks), np.array(starts)
+
+
+def subset_distances(E, C, subsets, factors=None):
+    """Squared distances of the rows of ``E`` (centred) under ``C`` restricted to each subset:
+    ``(m, k)``. Through the complement (see above): ``u = P e``, the full distance ``u'e``, and one
+    product with :func:`complement_factors`' matrix for every subset's term at once."""
+    P, B, starts = complement_factors(C, subsets) if factors is None else factors
+    U = E @ P
+    full = np.einsum("ij,ij->i", U, E)
+    W = U @ B
+    W *= W
+    out = full[:, None] - np.add.reduceat(W, starts, axis=1)
+    return np.maximum(out, 0.0), full
 
 
 def subset_distances_direct(E, C, subsets):
@@ -547,16 +564,23 @@ def featbag(X, k=15, steps=1, combine="cauchy", with_full=False, floor=None, q=0
 
 
 def _chi2_neglogsf(x, dof):
-    """-log P(chi2_dof > x) per column; where ``logsf`` gives up (-inf), the leading term of the
-    tail's asymptotic series, -log sf ~ x/2 - (dof/2 - 1) log(x/2) + lgamma(dof/2)."""
+    """-log P(chi2_dof > x) per column: ``-log chdtrc`` while the tail is above 1e-300, SciPy's
+    ``logsf`` beyond (rare rows), and where that gives up (-inf) the leading term of the tail's
+    asymptotic series, -log sf ~ x/2 - (dof/2 - 1) log(x/2) + lgamma(dof/2)."""
+    from scipy.special import chdtrc, gammaln
+    x = np.asarray(x, dtype=float)
+    dof = np.broadcast_to(dof, x.shape)
+    sf = chdtrc(dof, x)
     with np.errstate(divide="ignore"):
-        out = -stats.chi2.logsf(x, dof)
-    bad = ~np.isfinite(out)
+        out = -np.log(sf)
+    bad = sf < 1e-300
     if bad.any():
-        xb = np.broadcast_to(x, out.shape)[bad]
-        kb = np.broadcast_to(dof, out.shape)[bad]
-        from scipy.special import gammaln
-        out[bad] = xb / 2 - (kb / 2 - 1) * np.log(xb / 2) + gammaln(kb / 2)
+        with np.errstate(divide="ignore"):
+            out[bad] = -stats.chi2.logsf(x[bad], dof[bad])
+        worse = ~np.isfinite(out)
+        if worse.any():
+            xb, kb = x[worse], dof[worse]
+            out[worse] = xb / 2 - (kb / 2 - 1) * np.log(xb / 2) + gammaln(kb / 2)
     return out
 
 
@@ -593,6 +617,65 @@ METHODS["bag15_mlog_2"] = lambda X: featbag(X, 15, steps=2, combine="meanlog")
 METHODS["bag10_full_2"] = lambda X: featbag(X, 10, steps=2, with_full=True)
 METHODS["bag20_full_2"] = lambda X: featbag(X, 20, steps=2, with_full=True)
 METHODS["bag15_full_floor05_2"] = lambda X: featbag(X, 15, steps=2, with_full=True, floor=0.05)
+
+
+def _best_cpu(fn, repeats):
+    """Best CPU time of this process over ``repeats`` calls (other processes on a shared machine do
+    not inflate it)."""
+    best = float("inf")
+    for _ in range(repeats):
+        c = time.process_time()
+        fn()
+        best = min(best, time.process_time() - c)
+    return best
+
+
+def bag_cost(n, dims, k=15, repeats=3, seed=0):
+    """Cost of feature bagging per round against today's ``robust`` scoring, same run, same rows.
+
+    ``today``: the tree's round scoring in ``scoring="robust"`` (``score_many`` of every agent,
+    ``fdr=None``); ``extra``: what bagging adds on the same rows from the same trimmed moments --
+    ``u = P e``, the ``k`` complement solves, ``k`` chi-square tails and the Cauchy combination
+    (``via the complement``), or a Cholesky of each ``C_SS`` (``direct``). The ratio is
+    ``(today + extra) / today``; ``arith`` compares the arithmetic alone: bagging's against one
+    full triangular solve and chi-square tail per row (what ``TrimmedScorer`` does)."""
+    from scipy.linalg import solve_triangular
+    from swarmguard import BehavioralDistributedProtocol, HierarchicalStatisticalTree
+    rng = np.random.default_rng(seed)
+    print(f"| d | n | today robust score_many (s) | + bagging, via complement | ratio | + bagging, direct | ratio | arith ratio (complement / today's solve) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for d in dims:
+        X = rng.standard_t(4, size=(n, d)) @ (rng.normal(size=(d, d)) / np.sqrt(d) + np.eye(d))
+        ids = np.arange(n, dtype=np.int64)
+        tree = HierarchicalStatisticalTree(feature_dimensions=d)
+        proto = BehavioralDistributedProtocol(tree, scoring="robust")
+        tree.update_many(ids, X)
+        today = _best_cpu(lambda: proto.score_many(ids, fdr=None), repeats)
+        _, mu, C = _trimmed_moments(X)
+        E = X - mu
+        subsets = bag_subsets(d, k)
+        sizes = np.array([len(S) for S in subsets])
+        c = 0.975 / stats.chi2.cdf(stats.chi2.ppf(0.975, d), d + 2)
+
+        def via_complement():
+            D, _ = subset_distances(E, C, subsets, complement_factors(C, subsets))
+            return cauchy_neglog(_chi2_neglogsf(D / c, sizes))
+
+        def direct():
+            D = subset_distances_direct(E, C, subsets)
+            return cauchy_neglog(_chi2_neglogsf(D / c, sizes))
+
+        L = np.linalg.cholesky(C)
+
+        def one_solve():
+            Z = solve_triangular(L, E.T, lower=True, check_finite=False)
+            return stats.chi2.sf((Z * Z).sum(0) / c, d)
+
+        extra = _best_cpu(via_complement, repeats)
+        extra_direct = _best_cpu(direct, repeats)
+        solve = _best_cpu(one_solve, repeats)
+        print(f"| {d} | {n:,} | {today:.3f} | {extra:.3f} | {(today + extra) / today:.2f}x | "
+              f"{extra_direct:.3f} | {(today + extra_direct) / today:.2f}x | {extra / solve:.2f}x |", flush=True)
 
 if __name__ == "__main__":
     main()
