@@ -653,22 +653,30 @@ def bag_cost(n, dims, k=15, repeats=3, seed=0):
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for d in dims:
         X = rng.standard_t(4, size=(n, d)) @ (rng.normal(size=(d, d)) / np.sqrt(d) + np.eye(d))
-        ids = np.arange(n, dtype=np.int64)
-        tree = HierarchicalStatisticalTree(feature_dimensions=d)
-        proto = BehavioralDistributedProtocol(tree, scoring="robust")
-        tree.update_many(ids, X)
-        today = _best_cpu(lambda: proto.score_many(ids, fdr=None), repeats)
-        _, mu, C = _trimmed_moments(X)
-        E = X - mu
-        subsets = bag_subsets(d, k)
-        sizes = np.array([len(S) for S in subsets])
-        c = 0.975 / stats.chi2.cdf(stats.chi2.ppf(0.975, d), d + 2)
-        D, _ = subset_distances(E, C, subsets)
-        t_dist = _best_cpu(lambda: subset_distances(E, C, subsets, complement_factors(C, subsets)), repeats)
-        t_tail = _best_cpu(lambda: cauchy_neglog(_chi2_neglogsf(D / c, sizes)), repeats)
-        t_direct = _best_cpu(lambda: subset_distances_direct(E, C, subsets), repeats)
+        today, t_dist, t_tail, t_direct = _bag_cost_row(X, k, repeats, BehavioralDistributedProtocol,
+                                                        HierarchicalStatisticalTree)
         print(f"| {d} | {n:,} | {today:.3f} | {t_dist:.3f} | {t_tail:.3f} | {(today + t_dist + t_tail) / today:.1f}x "
               f"| {(today + t_dist) / today:.1f}x | {(today + t_direct + t_tail) / today:.1f}x |", flush=True)
+
+
+def _bag_cost_row(X, k, repeats, protocol_type, tree_type):
+    """One row of :func:`bag_cost`: (today, subset distances, tails and combination, direct) seconds."""
+    n, d = X.shape
+    ids = np.arange(n, dtype=np.int64)
+    tree = tree_type(feature_dimensions=d)
+    proto = protocol_type(tree, scoring="robust")
+    tree.update_many(ids, X)
+    today = _best_cpu(lambda: proto.score_many(ids, fdr=None), repeats)
+    _, mu, C = _trimmed_moments(X)
+    E = X - mu
+    subsets = bag_subsets(d, k)
+    sizes = np.array([len(S) for S in subsets])
+    c = 0.975 / stats.chi2.cdf(stats.chi2.ppf(0.975, d), d + 2)
+    D, _ = subset_distances(E, C, subsets)
+    t_dist = _best_cpu(lambda: subset_distances(E, C, subsets, complement_factors(C, subsets)), repeats)
+    t_tail = _best_cpu(lambda: cauchy_neglog(_chi2_neglogsf(D / c, sizes)), repeats)
+    t_direct = _best_cpu(lambda: subset_distances_direct(E, C, subsets), repeats)
+    return today, t_dist, t_tail, t_direct
 
 
 if __name__ == "__main__":
