@@ -4,12 +4,18 @@ Batch versions of estimators that the tree could keep from mergeable moments: th
 trimmed (one-step, two-step) Mahalanobis distance, OAS shrinkage of the trimmed correlation, an
 eigenvalue floor on it, a per-component Student-t score, rank and Cauchy fusion with ECOD-like tail
 evidence, a k-means/BIC mixture, the nonparanormal (Gaussian-copula) distance and likelihood with
-the CDF exact, winsorized or read from a quantile sketch. Not leave-one-out (a negligible difference for ranking: the
+the CDF exact, winsorized or read from a quantile sketch, and feature bagging over the trimmed
+moments (``bag*``: per-subset chi-square p-values on submatrices of the trimmed covariance, Cauchy-
+or mean-log-combined). Not leave-one-out (a negligible difference for ranking: the
 prototypes give ``mahalanobis`` 0.790 / 0.364 and ``robust`` 0.801 / 0.398 on ADBench, the tree's
 figures to 0.001). Run::
 
     python benchmarks/detection_prototypes.py synthetic robust,robust2,floor05_2 --reps 3
     python benchmarks/detection_prototypes.py adbench robust2,floor05_2
+    OPENBLAS_NUM_THREADS=1 python benchmarks/detection_prototypes.py cost 10,30,100 --agents 100000
+
+(``cost``: feature bagging's extra work per round beside the tree's ``robust`` ``score_many``,
+:func:`bag_cost`; its "methods" are the feature counts.)
 
 ``--shuffle`` scores the rows in a seeded random order: ADBench's files and the synthetic worlds put
 the anomalies last / first, so a score that depends on the row order shows it there.
@@ -291,14 +297,17 @@ def _adbench(names, folder, shuffle=False):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("where", choices=["synthetic", "adbench"])
+    ap.add_argument("where", choices=["synthetic", "adbench", "cost"])
     ap.add_argument("methods", help=f"comma-separated, of {', '.join(METHODS)}")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--data", default="/work/shared/data/adbench")
     ap.add_argument("--shuffle", action="store_true", help="score the rows in a seeded random order (row-order leak check)")
+    ap.add_argument("--agents", type=int, default=100_000, help="cost: agents per round")
     a = ap.parse_args()
     names = [m for m in a.methods.split(",") if m]
-    if a.where == "synthetic":
+    if a.where == "cost":    # methods: comma-separated feature counts, e.g. "10,30,100"
+        bag_cost(a.agents, [int(v) for v in names])
+    elif a.where == "synthetic":
         _synthetic(names, a.reps, a.shuffle)
     else:
         _adbench(names, a.data, a.shuffle)
@@ -463,6 +472,211 @@ def copula_nll_kll(X, steps=1):
 
 METHODS["cop_kll_nll"] = lambda X: copula_nll_kll(X, 1)
 METHODS["cop_kll_nll2"] = lambda X: copula_nll_kll(X, 2)
+
+
+
+# ------------------------------------------------------------------ feature bagging over the trimmed moments
+# Lazarevic & Kumar (2005), "Feature bagging for outlier detection", KDD: score each row in several
+# random feature subsets and combine. Reason here: whitening in the full space lets one heavy-tailed
+# low-variance direction dominate the distance; a subset that leaves that feature out does not see
+# it, so the combination dilutes it. The covariance of a feature subset S is the submatrix C_SS of
+# the kept trimmed covariance (and its mean the subvector), so a tree node already holds every
+# subset's moments: no new mergeable state. The subsets are drawn from a generator seeded by d only
+# (every node, engine and round draws the same ones). Each subset's squared distance is computed
+# through the complement T = S^c from the full precision P = C^-1 (Schur complement):
+#     d2_S(e) = d2_full(e) - u_T' (P_TT)^-1 u_T,   u = P e,
+# because e_T - E[e_T | e_S] = (P_TT)^-1 (P e)_T and its conditional precision is P_TT; so a subset
+# costs a |T| x |T| solve (|T| <= d/2) on top of the one full solve, not an |S| x |S| one.
+
+def bag_subsets(d, k=15, seed=0x5EED):
+    """``k`` sorted feature subsets of sizes uniform in [ceil(d/2), d-1], from a generator seeded by
+    ``d`` only (deterministic: the same subsets everywhere). ``d < 2``: the full space alone."""
+    if d < 2:
+        return [np.arange(d)]
+    r = np.random.default_rng([seed, d])
+    lo = (d + 1) // 2
+    out = []
+    for _ in range(k):
+        size = int(r.integers(lo, d)) if lo < d else d - 1
+        out.append(np.sort(r.choice(d, size, replace=False)))
+    return out
+
+
+def complement_factors(C, subsets):
+    """The one ``d x sum|T|`` matrix that turns ``u = P e`` into every subset's complement term:
+    column block i holds ``L_i^-T`` (``P_TT = L_i L_i'``) in the rows of ``T_i``, so
+    ``||(u @ B)_block_i||^2 = u_T' (P_TT)^-1 u_T``. Depends on the moments only (once per round)."""
+    d = C.shape[0]
+    P = np.linalg.inv(C)
+    P = 0.5 * (P + P.T)
+    blocks, starts = [], []
+    col = 0
+    for S in subsets:
+        T = np.setdiff1d(np.arange(d), S)
+        B = np.zeros((d, max(len(T), 1)))
+        if len(T):
+            L = np.linalg.cholesky(P[np.ix_(T, T)])
+            B[T] = np.linalg.inv(L).T
+        blocks.append(B)
+        starts.append(col)
+        col += B.shape[1]
+    return P, np.hstack(blocks), np.array(starts)
+
+
+def subset_distances(E, C, subsets, factors=None):
+    """Squared distances of the rows of ``E`` (centred) under ``C`` restricted to each subset:
+    ``(m, k)``. Through the complement (see above): ``u = P e``, the full distance ``u'e``, and one
+    product with :func:`complement_factors`' matrix for every subset's term at once."""
+    P, B, starts = complement_factors(C, subsets) if factors is None else factors
+    U = E @ P
+    full = np.einsum("ij,ij->i", U, E)
+    W = U @ B
+    W *= W
+    out = full[:, None] - np.add.reduceat(W, starts, axis=1)
+    return np.maximum(out, 0.0), full
+
+
+def subset_distances_direct(E, C, subsets):
+    """The same as ``subset_distances`` with a Cholesky of each C_SS (the check, and the cost peer)."""
+    out = np.empty((len(E), len(subsets)))
+    for i, S in enumerate(subsets):
+        L = np.linalg.cholesky(C[np.ix_(S, S)])
+        Z = np.linalg.solve(L, E[:, S].T)
+        out[:, i] = (Z * Z).sum(0)
+    return out
+
+
+def featbag(X, k=15, steps=1, combine="cauchy", with_full=False, floor=None, q=0.975):
+    """Feature-bagged trimmed distance: per subset the chi-square p-value of the trimmed distance on
+    that subset (``C_SS``, divided by the consistency factor of the full-space trimming -- trimming at
+    chi2_d(q) shrinks every direction of a Gaussian by the same factor, so it holds for every
+    subset), combined over the ``k`` subsets (and the full space with ``with_full``) by the Cauchy
+    rule (``combine="cauchy"``, score ``-log p``) or as the mean of ``-log p`` (``"meanlog"``).
+    ``floor``: the eigenvalue floor on the trimmed correlation before (as ``eigfloor``)."""
+    d = X.shape[1]
+    n, mu, C = _trimmed_moments(X, steps, q)
+    if floor is not None:
+        sd = np.sqrt(np.diag(C))
+        w, V = np.linalg.eigh(C / np.outer(sd, sd))
+        C = (V * np.maximum(w, floor)) @ V.T * np.outer(sd, sd)
+    c = q / stats.chi2.cdf(stats.chi2.ppf(q, d), d + 2)
+    subsets = bag_subsets(d, k)
+    D, full = subset_distances(X - mu, C, subsets)
+    sizes = np.array([len(S) for S in subsets])
+    L = _chi2_neglogsf(D / c, sizes)                 # -log p per subset, exact far into the tail
+    if with_full:
+        L = np.column_stack([L, _chi2_neglogsf(full / c, np.array([d]))])
+    return cauchy_neglog(L) if combine == "cauchy" else L.mean(1)
+
+
+def _chi2_neglogsf(x, dof):
+    """-log P(chi2_dof > x) per column: ``-log chdtrc`` while the tail is above 1e-300, SciPy's
+    ``logsf`` beyond (rare rows), and where that gives up (-inf) the leading term of the tail's
+    asymptotic series, -log sf ~ x/2 - (dof/2 - 1) log(x/2) + lgamma(dof/2)."""
+    from scipy.special import chdtrc, gammaln
+    x = np.asarray(x, dtype=float)
+    dof = np.broadcast_to(dof, x.shape)
+    sf = chdtrc(dof, x)
+    with np.errstate(divide="ignore"):
+        out = -np.log(sf)
+    bad = sf < 1e-300
+    if bad.any():
+        with np.errstate(divide="ignore"):
+            out[bad] = -stats.chi2.logsf(x[bad], dof[bad])
+        worse = ~np.isfinite(out)
+        if worse.any():
+            xb, kb = x[worse], dof[worse]
+            out[worse] = xb / 2 - (kb / 2 - 1) * np.log(xb / 2) + gammaln(kb / 2)
+    return out
+
+
+def cauchy_neglog(L, cap=0.99):
+    """-log of the Cauchy combination (equal weights) of the p-values exp(-L), per row, without
+    the 1e-300 floor: the tiny p-values' terms cot(pi p) ~ 1 / (pi p) are summed in log space, so
+    rows far out keep their order (the combined p-value is ~ 1 / (pi T) there)."""
+    from scipy.special import logsumexp
+    k = L.shape[1]
+    logp = -L
+    small = logp < np.log(1e-12)
+    p = np.clip(np.exp(np.where(small, 0.0, logp)), 0.0, cap)
+    rest = np.where(small, 0.0, 1.0 / np.tan(np.pi * np.maximum(p, 1e-300))).sum(1) / k
+    with np.errstate(divide="ignore"):
+        lse = logsumexp(np.where(small, -logp - np.log(np.pi), -np.inf), axis=1) - np.log(k)
+    big = np.isfinite(lse)
+    out = np.empty(len(L))
+    # no tiny term: T = rest is moderate, combine exactly
+    T = rest[~big]
+    pc = np.where(T > 0, np.arctan(1.0 / np.where(T > 0, T, 1.0)) / np.pi, 0.5 - np.arctan(T) / np.pi)
+    out[~big] = -np.log(np.maximum(pc, 1e-300))
+    # a tiny term: T = exp(lse) + rest >= ~1e11 / k, p ~ arctan(1 / T) / pi ~ 1 / (pi T)
+    logT = lse[big] + np.log1p(rest[big] * np.exp(-lse[big]))
+    out[big] = logT + np.log(np.pi)
+    return out
+
+
+METHODS["bag15"] = lambda X: featbag(X, 15)
+METHODS["bag15_full"] = lambda X: featbag(X, 15, with_full=True)
+METHODS["bag15_mlog"] = lambda X: featbag(X, 15, combine="meanlog")
+METHODS["bag15_2"] = lambda X: featbag(X, 15, steps=2)
+METHODS["bag15_full_2"] = lambda X: featbag(X, 15, steps=2, with_full=True)
+METHODS["bag15_mlog_2"] = lambda X: featbag(X, 15, steps=2, combine="meanlog")
+METHODS["bag10_full_2"] = lambda X: featbag(X, 10, steps=2, with_full=True)
+METHODS["bag20_full_2"] = lambda X: featbag(X, 20, steps=2, with_full=True)
+METHODS["bag15_full_floor05_2"] = lambda X: featbag(X, 15, steps=2, with_full=True, floor=0.05)
+
+
+def _best_cpu(fn, repeats):
+    """Best CPU time of this process over ``repeats`` calls (other processes on a shared machine do
+    not inflate it)."""
+    best = float("inf")
+    for _ in range(repeats):
+        c = time.process_time()
+        fn()
+        best = min(best, time.process_time() - c)
+    return best
+
+
+def bag_cost(n, dims, k=15, repeats=3, seed=0):
+    """Cost of feature bagging per round against today's ``robust`` scoring, same run, same rows.
+
+    ``today``: the tree's round scoring in ``scoring="robust"`` (``score_many`` of every agent,
+    ``fdr=None``); ``extra``: what bagging adds on the same rows from the same trimmed moments, split
+    into the ``k`` subset distances (the complements' factors, ``u = P e``, one product and the
+    per-subset sums: :func:`subset_distances`) and the ``k`` chi-square tails plus the Cauchy
+    combination; ``direct``: the subset distances from a Cholesky of each ``C_SS`` instead. Ratios
+    are ``(today + extra) / today``. CPU times of this process, best of ``repeats``; run with one
+    BLAS thread (``OPENBLAS_NUM_THREADS=1``) so that idle BLAS threads' spinning is not counted."""
+    from swarmguard import BehavioralDistributedProtocol, HierarchicalStatisticalTree
+    rng = np.random.default_rng(seed)
+    print("| d | n | today: robust score_many (s) | + subset distances (s) | + tails and combination (s) "
+          "| ratio | ratio, distances only | ratio, direct Cholesky per subset |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for d in dims:
+        X = rng.standard_t(4, size=(n, d)) @ (rng.normal(size=(d, d)) / np.sqrt(d) + np.eye(d))
+        today, t_dist, t_tail, t_direct = _bag_cost_row(X, k, repeats, BehavioralDistributedProtocol,
+                                                        HierarchicalStatisticalTree)
+        print(f"| {d} | {n:,} | {today:.3f} | {t_dist:.3f} | {t_tail:.3f} | {(today + t_dist + t_tail) / today:.1f}x "
+              f"| {(today + t_dist) / today:.1f}x | {(today + t_direct + t_tail) / today:.1f}x |", flush=True)
+
+
+def _bag_cost_row(X, k, repeats, protocol_type, tree_type):
+    """One row of :func:`bag_cost`: (today, subset distances, tails and combination, direct) seconds."""
+    n, d = X.shape
+    ids = np.arange(n, dtype=np.int64)
+    tree = tree_type(feature_dimensions=d)
+    proto = protocol_type(tree, scoring="robust")
+    tree.update_many(ids, X)
+    today = _best_cpu(lambda: proto.score_many(ids, fdr=None), repeats)
+    _, mu, C = _trimmed_moments(X)
+    E = X - mu
+    subsets = bag_subsets(d, k)
+    sizes = np.array([len(S) for S in subsets])
+    c = 0.975 / stats.chi2.cdf(stats.chi2.ppf(0.975, d), d + 2)
+    D, _ = subset_distances(E, C, subsets)
+    t_dist = _best_cpu(lambda: subset_distances(E, C, subsets, complement_factors(C, subsets)), repeats)
+    t_tail = _best_cpu(lambda: cauchy_neglog(_chi2_neglogsf(D / c, sizes)), repeats)
+    t_direct = _best_cpu(lambda: subset_distances_direct(E, C, subsets), repeats)
+    return today, t_dist, t_tail, t_direct
 
 
 if __name__ == "__main__":
