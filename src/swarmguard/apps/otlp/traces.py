@@ -35,7 +35,12 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from ...errors import BodyTooLargeError, EvidenceStoreError, MalformedBodyError, UnsupportedMediaTypeError
+from ...errors import (
+    BodyTooLargeError,
+    EvidenceStoreError,
+    MalformedBodyError,
+    UnsupportedMediaTypeError,
+)
 from ..serve.auth import authenticate
 from ..serve.http_errors import ApiError, one_line
 from .decode import (
@@ -181,7 +186,7 @@ class SpanIngest:
             if has.size == 0 or not names:
                 continue
             match = has[np.isin(span_keys(names, codes[has], sid[has]), hit)]
-            out.update((names[a], s) for a, s in zip(codes[match].tolist(), sid[match].tolist()))
+            out.update((names[a], s) for a, s in zip(codes[match].tolist(), sid[match].tolist(), strict=True))
         return out
 
     # ------------------------------------------------------------ the node's hooks
