@@ -622,3 +622,23 @@ def test_an_unexpected_error_in_post_traces_is_the_otlp_500_and_counted(served, 
     assert status.code == 13 and "internal error" in status.message and "a bug" not in status.message
     assert metric(client, "swarmguard_errors_total", code="internal", status="500") == before + 1
     assert _ingest(node).pending_spans == 0
+
+
+def test_a_node_that_failed_to_start_answers_v1_traces_with_an_otlp_503(tokens_file, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from swarmguard.apps.serve import ServeSettings, create_app
+
+    app = create_app(ServeSettings(close_windows=False, tokens_file=tokens_file, data_dir=tmp_path / "d"))
+    client = TestClient(app, raise_server_exceptions=False)        # no lifespan: no node is built
+    r = client.post("/v1/traces", content=_request(), headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert decode_status(r.content, "protobuf").message == "the node is starting"
+    app.state.failed = "OSError: disk gone"
+    r = client.post("/v1/traces", content=_request(), headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 503 and r.headers["content-type"] == "application/x-protobuf"
+    assert "failed to start" in decode_status(r.content, "protobuf").message
+    r = client.post("/v1/traces", content=b"{}", headers={"Content-Type": "application/json", **auth("t-ingest")})
+    assert r.status_code == 503 and "failed to start" in decode_status(r.content, "json").message
+    r = client.post("/v1/behaviors", content=b"{}\n", headers={"Content-Type": "application/x-ndjson"})
+    assert r.status_code == 503 and "failed to start" in r.json()["error"]      # the node's JSON elsewhere

@@ -132,7 +132,8 @@ class _ServeMiddleware:
             if getattr(self.state, "node", None) is None and path not in _PUBLIC:
                 if getattr(self.state, "failed", None):
                     metrics.errors.labels("failed", "503").inc()
-                    return await _error(503, "the node failed to start (its log has why)")(scope, receive, send)
+                    return await _error(503, "the node failed to start (its log has why)", None, path,
+                                        _content_type(scope))(scope, receive, send)
                 metrics.errors.labels("starting", "503").inc()
                 return await _error(503, "the node is starting", {"Retry-After": "1"}, path,
                                     _content_type(scope))(scope, receive, send)
