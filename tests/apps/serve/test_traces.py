@@ -642,3 +642,22 @@ def test_a_node_that_failed_to_start_answers_v1_traces_with_an_otlp_503(tokens_f
     assert r.status_code == 503 and "failed to start" in decode_status(r.content, "json").message
     r = client.post("/v1/behaviors", content=b"{}\n", headers={"Content-Type": "application/x-ndjson"})
     assert r.status_code == 503 and "failed to start" in r.json()["error"]      # the node's JSON elsewhere
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"])
+def test_another_method_on_v1_traces_is_405_with_an_otlp_status(served, method):
+    """OTLP/HTTP: every 4xx/5xx body on the endpoint is a google.rpc.Status, in the request's
+    encoding; the other methods are still the router's (the direct call is POST only)."""
+    _, node, client = served
+    r = client.request(method, "/v1/traces", content=_request(), headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert r.headers["content-type"] == "application/x-protobuf"
+    if method != "HEAD":
+        assert decode_status(r.content, "protobuf").message == "Method Not Allowed"
+    r = client.request(method, "/v1/traces", headers={"Content-Type": "application/json", **auth("t-ingest")})
+    assert r.status_code == 405 and r.headers["content-type"].startswith("application/json")
+    if method != "HEAD":
+        assert decode_status(r.content, "json").message == "Method Not Allowed"
+    assert metric(client, "swarmguard_errors_total", code="http", status="405") == 2
+    assert _ingest(node).pending_spans == 0 and len(node.log) == 0
+    assert client.get("/v1/nothing-here").json() == {"error": "Not Found"}      # the node's other paths

@@ -214,7 +214,9 @@ def create_app(settings: ServeSettings, node: ServeNode | None = None,
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         metrics.errors.labels("http", str(exc.status_code)).inc()
-        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        # on /v1/traces (a 405 for another method) the OTLP Status, as every error there
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None), request.url.path,
+                      request.headers.get("content-type"))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
