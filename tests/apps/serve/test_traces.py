@@ -661,3 +661,29 @@ def test_another_method_on_v1_traces_is_405_with_an_otlp_status(served, method):
     assert metric(client, "swarmguard_errors_total", code="http", status="405") == 2
     assert _ingest(node).pending_spans == 0 and len(node.log) == 0
     assert client.get("/v1/nothing-here").json() == {"error": "Not Found"}      # the node's other paths
+
+
+def test_the_direct_call_keeps_the_middleware_s_checks_and_counts(make_node):
+    """What the middleware does around POST /v1/traces, now that the router is skipped: the
+    header bound (431), the latency histogram and the refusal counters by reason; a query
+    string or a percent-encoded spelling is the same path (the same checks), an observer's
+    token is refused like a reader's."""
+    _, node, client = make_node(max_header_bytes=4096)
+    seconds = {"route": "/v1/traces"}
+    r = client.post("/v1/traces", content=_request(), headers={**PB, **auth("t-ingest"), "X-Pad": "p" * 5000})
+    assert r.status_code == 431 and r.headers["content-type"] == "application/x-protobuf"
+    assert "4096" in decode_status(r.content, "protobuf").message
+    r = client.post("/v1/traces", content=_request(), headers={**PB, **auth("t-obs7")})
+    assert r.status_code == 403 and decode_status(r.content, "protobuf").code == 7
+    r = client.post("/v1/traces?x=1", content=_request(), headers=PB)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    r = client.post("/v1/%74races?x=1", content=_request(), headers={**PB, **auth("t-read")})
+    assert r.status_code == 403
+    assert _ingest(node).pending_spans == 0 and len(node.log) == 0
+    r = client.post("/v1/traces?x=1", content=_request(), headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 200 and _ingest(node).pending_spans == 6
+    assert metric(client, "swarmguard_errors_total", code="header_too_large", status="431") == 1
+    assert metric(client, "swarmguard_errors_total", code="forbidden", status="403") == 2
+    assert metric(client, "swarmguard_errors_total", code="unauthenticated", status="401") == 1
+    assert metric(client, "swarmguard_request_seconds_count", **seconds) == 5
+    assert metric(client, "swarmguard_queue_depth", queue="inflight") == 0
