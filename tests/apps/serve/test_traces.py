@@ -687,3 +687,26 @@ def test_the_direct_call_keeps_the_middleware_s_checks_and_counts(make_node):
     assert metric(client, "swarmguard_errors_total", code="unauthenticated", status="401") == 1
     assert metric(client, "swarmguard_request_seconds_count", **seconds) == 5
     assert metric(client, "swarmguard_queue_depth", queue="inflight") == 0
+
+
+def test_a_span_body_that_trickles_past_the_timeout_is_an_otlp_408_and_frees_its_write_slot(make_node):
+    """As on /v1/behaviors (README: "a slow client cannot hold a write slot"): the body must
+    arrive within body_timeout_seconds, else 408 (a google.rpc.Status), nothing kept."""
+    _, node, client = make_node(body_timeout_seconds=0.5, max_inflight=1)
+    body, stop = _request(), threading.Event()
+
+    def trickle():                      # a few bytes, then nothing for longer than the timeout
+        yield body[:8]
+        stop.wait(3)
+        yield body[8:]
+
+    r = client.post("/v1/traces", content=trickle(), headers={**PB, **auth("t-ingest")})
+    stop.set()
+    assert r.status_code == 408
+    assert r.headers["content-type"] == "application/x-protobuf"
+    status = decode_status(r.content, "protobuf")
+    assert "0.5 s" in status.message and status.code == 4          # DEADLINE_EXCEEDED
+    assert _ingest(node).pending_spans == 0 and len(node.log) == 0
+    assert metric(client, "swarmguard_errors_total", code="body_timeout", status="408") == 1
+    r = client.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 200 and _ingest(node).pending_spans == 6        # the slot was given back

@@ -4,7 +4,8 @@ The route answers as the OTLP specification says, not with the node's ``{"error"
 bodies: 200 with an ``ExportTraceServiceResponse`` (``partial_success`` when spans were
 refused — a span naming no agent), or a ``google.rpc.Status`` in the request's encoding
 with 400 (malformed: the client must not retry), 401/403 (token), 413 (over
-``--max-body-bytes``, decompressed too, or more spans than a window holds), 415 (content
+``--max-body-bytes``, decompressed too, or more spans than a window holds), 408 (the body took
+longer than ``body_timeout_seconds`` to arrive), 415 (content
 type or encoding), 429 (the open window holds ``max_window_rows`` spans) and 503
 (draining), both with ``Retry-After``; another method than POST is a 405 Status too (the
 node's handler, :func:`swarmguard.apps.serve.app.create_app`).
@@ -43,6 +44,7 @@ from ...errors import (
     UnsupportedMediaTypeError,
 )
 from ..serve.auth import authenticate
+from ..serve.body import body_chunks
 from ..serve.http_errors import ApiError, one_line
 from .decode import (
     JSON,
@@ -325,6 +327,7 @@ _RESPONSES = {
     200: {"description": "an ExportTraceServiceResponse (partial_success when spans were refused)"},
     400: {"description": "malformed body (google.rpc.Status; do not retry)"},
     401: {"description": "missing or unknown token"}, 403: {"description": "a role that may not ingest"},
+    408: {"description": "the body took longer than body_timeout_seconds to arrive"},
     413: {"description": "over --max-body-bytes (decompressed too), or more spans than --max-window-rows"},
     415: {"description": "not application/x-protobuf or application/json, or an encoding other than gzip"},
     429: {"description": "the open window is full (Retry-After)"},
@@ -337,7 +340,9 @@ def _answer(encoding: str, status: int, body: bytes, headers: dict[str, str] | N
                     media_type=JSON if encoding == "json" else PROTOBUF)
 
 
-async def _read(request: Request, limit: int) -> bytes:
+async def _read(request: Request, limit: int, timeout: float) -> bytes:
+    """The body as sent (still encoded), at most ``limit`` bytes, all of it within ``timeout``
+    seconds (408 past it: a trickling client would hold a write slot forever)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.strip().isdigit():
@@ -345,7 +350,7 @@ async def _read(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise BodyTooLargeError(f"the request body is {declared} bytes, over the limit of {limit}", limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
+    async for chunk in body_chunks(request, timeout):
         size += len(chunk)
         if size > limit:                      # refused as it streams (a chunked upload)
             raise BodyTooLargeError(f"the request body passes the limit of {limit} bytes", limit)
@@ -373,7 +378,7 @@ async def post_traces(request: Request) -> Response:
         node = request.app.state.node
         ingest = _ingest_of(node)
         encoding_of(content_type)            # a wrong type is refused before the body is read
-        body = await _read(request, settings.max_body_bytes)
+        body = await _read(request, settings.max_body_bytes, settings.body_timeout_seconds)
 
         def work() -> tuple[int, int, str, int]:
             decoded = decode_export_request(body, content_type, request.headers.get("content-encoding"),

@@ -13,7 +13,7 @@ import zlib
 
 from .http_errors import ApiError
 
-__all__ = ["read_body", "media_type", "inflate"]
+__all__ = ["read_body", "body_chunks", "media_type", "inflate"]
 
 
 def media_type(content_type: str | None) -> str:
@@ -25,7 +25,7 @@ def _too_large(limit: int, what: str) -> ApiError:
     return ApiError(413, f"the {what} passes the limit of {limit} bytes", code="too_large")
 
 
-async def _chunks(request, timeout: float | None):
+async def body_chunks(request, timeout: float | None):
     """The body's chunks as they arrive, all of them within ``timeout`` seconds (None: no bound):
     a client that trickles its body would otherwise hold one of the node's write slots forever."""
     if timeout is None:
@@ -60,7 +60,7 @@ async def read_body(request, limit: int, timeout: float | None = None) -> bytes:
         except ValueError:
             raise ApiError(400, "Content-Length is not a number", code="bad_header") from None
     chunks, size = [], 0
-    async for chunk in _chunks(request, timeout):
+    async for chunk in body_chunks(request, timeout):
         size += len(chunk)
         if size > limit:
             raise _too_large(limit, "body")
