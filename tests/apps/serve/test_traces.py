@@ -710,3 +710,30 @@ def test_a_span_body_that_trickles_past_the_timeout_is_an_otlp_408_and_frees_its
     assert metric(client, "swarmguard_errors_total", code="body_timeout", status="408") == 1
     r = client.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")})
     assert r.status_code == 200 and _ingest(node).pending_spans == 6        # the slot was given back
+
+
+def test_a_content_length_of_non_ascii_digits_is_a_400_not_a_500(served):
+    """str.isdigit() is true of "²" (a latin-1 header byte), which int() refuses: called as
+    the ASGI server hands it over (h11 would refuse it first; another server may not)."""
+    import asyncio
+
+    _, node, client = served
+    body, sent = _request(), []
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/v1/traces", "raw_path": b"/v1/traces", "root_path": "",
+             "query_string": b"", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+             "headers": [(b"content-type", b"application/x-protobuf"), (b"authorization", b"Bearer t-ingest"),
+                         (b"content-length", b"\xb2")]}
+    asyncio.run(client.app(scope, receive, send))
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [400]
+    answer = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert decode_status(answer, "protobuf").message == "Content-Length is not a number"
+    assert _ingest(node).pending_spans == 0 and len(node.log) == 0
+    assert metric(client, "swarmguard_errors_total", code="internal", status="500") == 0

@@ -345,7 +345,8 @@ async def _read(request: Request, limit: int, timeout: float) -> bytes:
     seconds (408 past it: a trickling client would hold a write slot forever)."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.strip().isdigit():
+        declared = declared.strip()
+        if not (declared.isascii() and declared.isdigit()):     # isdigit() alone lets "²" reach int()
             raise MalformedBodyError("Content-Length is not a number")
         if int(declared) > limit:
             raise BodyTooLargeError(f"the request body is {declared} bytes, over the limit of {limit}", limit)
