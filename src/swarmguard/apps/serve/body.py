@@ -37,10 +37,16 @@ async def body_chunks(request, timeout: float | None):
     stream = request.stream().__aiter__()
     while True:
         try:
-            chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - loop.time()))
+            # a timeout around the read only, never around the yield (its cancel would then land
+            # in the caller's code); asyncio.wait_for made a task per chunk, ~50 us each here
+            async with asyncio.timeout_at(deadline):
+                chunk = await stream.__anext__()
+            late = loop.time() > deadline     # a read that held the loop itself past the deadline
         except StopAsyncIteration:
             return
         except TimeoutError:
+            late = True
+        if late:
             raise ApiError(408, f"the body did not arrive within {timeout:g} s", code="body_timeout") from None
         yield chunk
 
