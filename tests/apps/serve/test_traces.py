@@ -737,3 +737,31 @@ def test_a_content_length_of_non_ascii_digits_is_a_400_not_a_500(served):
     assert decode_status(answer, "protobuf").message == "Content-Length is not a number"
     assert _ingest(node).pending_spans == 0 and len(node.log) == 0
     assert metric(client, "swarmguard_errors_total", code="internal", status="500") == 0
+
+
+@pytest.mark.parametrize(("path", "content_type"), [("/v1/traces", b"application/x-protobuf"),
+                                                    ("/v1/behaviors", b"application/x-ndjson")])
+def test_a_client_that_leaves_mid_body_is_counted_as_such_not_as_an_internal_error(served, path, content_type):
+    """The ASGI server's http.disconnect while the body is read: nothing kept, no 500 in
+    /metrics (an alert on internal errors would fire on every impatient client), its own count."""
+    import asyncio
+
+    _, node, client = served
+    parts, sent = [{"type": "http.request", "body": b"\x0a\x05", "more_body": True}, {"type": "http.disconnect"}], []
+
+    async def receive():
+        return parts.pop(0) if parts else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+             "headers": [(b"content-type", content_type), (b"authorization", b"Bearer t-ingest"),
+                         (b"content-length", b"1000")]}
+    asyncio.run(client.app(scope, receive, send))
+    assert _ingest(node).pending_spans == 0 and len(node.log) == 0
+    assert metric(client, "swarmguard_errors_total", code="internal", status="500") == 0
+    assert metric(client, "swarmguard_errors_total", code="client_disconnected", status="499") == 1
+    assert metric(client, "swarmguard_queue_depth", queue="inflight") == 0

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import zlib
 
+from starlette.requests import ClientDisconnect
+
 from .http_errors import ApiError
 
 __all__ = ["read_body", "body_chunks", "media_type", "inflate"]
@@ -25,12 +27,21 @@ def _too_large(limit: int, what: str) -> ApiError:
     return ApiError(413, f"the {what} passes the limit of {limit} bytes", code="too_large")
 
 
+def _left() -> ApiError:
+    # counted as the client's doing, not as an internal error (nobody reads the answer)
+    return ApiError(499, "the client closed the connection before its body arrived", code="client_disconnected")
+
+
 async def body_chunks(request, timeout: float | None):
     """The body's chunks as they arrive, all of them within ``timeout`` seconds (None: no bound):
-    a client that trickles its body would otherwise hold one of the node's write slots forever."""
+    a client that trickles its body would otherwise hold one of the node's write slots forever.
+    A client that leaves before its body ends is :class:`ApiError` 499 (``client_disconnected``)."""
     if timeout is None:
-        async for chunk in request.stream():
-            yield chunk
+        try:
+            async for chunk in request.stream():
+                yield chunk
+        except ClientDisconnect:
+            raise _left() from None
         return
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -44,6 +55,8 @@ async def body_chunks(request, timeout: float | None):
             late = loop.time() > deadline     # a read that held the loop itself past the deadline
         except StopAsyncIteration:
             return
+        except ClientDisconnect:
+            raise _left() from None
         except TimeoutError:
             late = True
         if late:
