@@ -3,6 +3,7 @@ SIGTERM drains (readyz 503, the open window closed and logged)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import signal
@@ -208,6 +209,16 @@ def test_sigterm_drains_closes_the_window_and_flushes(tmp_path, tokens_file):
             r = http.post("/v1/behaviors", content=lines(rows), headers={"Content-Type": "application/x-ndjson",
                                                                           **auth("t-ingest")})
             assert r.status_code == 503 and "retry-after" in r.headers
+            if importlib.util.find_spec("opentelemetry.proto") is not None:
+                # POST /v1/traces (the middleware's direct call, past the router): the OTLP 503
+                from swarmguard.apps.otlp.decode import decode_status
+
+                from .test_traces import _request
+
+                r = http.post("/v1/traces", content=_request(), headers={"Content-Type": "application/x-protobuf",
+                                                                          **auth("t-ingest")})
+                assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+                assert decode_status(r.content, "protobuf").code == 14
             # uvicorn shuts down, then re-raises the signal: the exit is SIGTERM's own
             assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
     finally:
