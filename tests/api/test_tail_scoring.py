@@ -495,3 +495,25 @@ def test_small_calibrated_rounds_are_each_measured_by_their_own_median_and_repor
         scales.append(res["null_scale"])
     assert len(set(scales)) == len(scales)
     assert res["method"].endswith("calibrated")
+
+
+def test_a_calibrated_round_result_reports_the_null_it_was_tested_against():
+    """process_round's RoundResult carries null_count / null_p_floor as the protocol's batch result
+    does: the null's size before the round admitted its members and 1/(n+1) once warm (None before,
+    and all four null keys None without calibrate)."""
+    from swarmguard.api.detector import DistributedBehavioralDetector
+    from swarmguard.structures.score_null import DEFAULT_MIN_NULL
+    r = np.random.default_rng(4)
+    n, d = 700, 3
+    det = DistributedBehavioralDetector(feature_dimensions=d, calibrate=True, fdr=0.05, clock=lambda: 0.0)
+    floors = []
+    for _ in range(3):
+        before = det.protocol.null.count
+        res = det.process_round(np.arange(n), r.standard_t(4, size=(n, d)), ["eu"] * n)
+        assert res["null_count"] == before and isinstance(res["null_count"], int)
+        assert res["null_p_floor"] == (1.0 / (before + 1.0) if before >= DEFAULT_MIN_NULL else None)
+        floors.append(res["null_p_floor"])
+    assert floors[0] is None and floors[1] is None and floors[2] == 1.0 / (2 * n + 1)
+    plain = DistributedBehavioralDetector(feature_dimensions=d, clock=lambda: 0.0)
+    res = plain.process_round(np.arange(n), r.standard_normal((n, d)), ["eu"] * n)
+    assert all(res[k] is None for k in ("null_score", "null_scale", "null_count", "null_p_floor"))
