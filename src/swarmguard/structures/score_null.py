@@ -296,7 +296,9 @@ class ScoreNull:
         if not self.warm:
             return None
         s, _ = self._scaled(_in_sketch_range(scores), scale)
-        return self._sketch.tail_probabilities(s.reshape(-1, 1), members=False).right[:, 0]
+        # the right tail only: a null's p-value is one-sided (the left sketch's rank queries and the
+        # skewness would be computed and dropped)
+        return self._sketch.right_tail_probabilities(s.reshape(-1, 1), members=False)[:, 0]
 
     def p_value_bounds(self, scores: np.ndarray, std_devs: int = 3) -> tuple[np.ndarray, np.ndarray] | None:
         """REQ's a-priori bounds on the *exact* calibrated p-values of ``scores``: ``(lo, hi)``.
