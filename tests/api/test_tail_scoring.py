@@ -448,7 +448,7 @@ def test_calibrated_default_mode_p_values_are_exact_conformal_ones_over_the_batc
     protocol = BehavioralDistributedProtocol(HierarchicalStatisticalTree(feature_dimensions=d), calibrate=True,
                                              fdr=None, warm_up=10)
     assert protocol.null.relative
-    protocol.null = ScoreNull(k=1000, min_null=n, relative=True)     # k large enough to stay exact over n
+    protocol.null = ScoreNull(k=254, min_null=n, relative=True)      # k large enough to stay exact over n (254: the most)
     first = protocol.update_and_score_many(np.arange(n), r.standard_t(4, size=(n, d)))
     assert not protocol.null.warm or protocol.null.count == n
     m1 = median(first["mahalanobis_squared"])
