@@ -517,3 +517,26 @@ def test_a_calibrated_round_result_reports_the_null_it_was_tested_against():
     plain = DistributedBehavioralDetector(feature_dimensions=d, clock=lambda: 0.0)
     res = plain.process_round(np.arange(n), r.standard_normal((n, d)), ["eu"] * n)
     assert all(res[k] is None for k in ("null_score", "null_scale", "null_count", "null_p_floor"))
+
+
+def test_the_nulls_floor_bounds_the_population_levels_flags_not_the_cohort_levels():
+    """The smallest group BH can flag on calibrated p-values (ScoreNull.fewest_flags) is a bound on
+    what the population level can flag: a cohort level keeps its chi-square p-values, which have no
+    floor. One agent 40 sigma out, a warm null of 2,000: with score_levels="all" it is flagged (its
+    cohort's p-value), though fewest_flags says 200; on the population level alone it is not."""
+    from swarmguard.api.detector import DistributedBehavioralDetector
+    r = np.random.default_rng(0)
+    n, d, q = 2000, 3, 0.01
+    ids = np.arange(n)
+    cohorts = np.array([f"c{i % 4}" for i in ids])
+    for levels, flagged in (("all", True), ("population", False)):
+        det = DistributedBehavioralDetector(feature_dimensions=d, calibrate=True, fdr=q, score_levels=levels,
+                                            clock=lambda: 0.0)
+        for k in range(2):
+            X = r.standard_normal((n, d))
+            X[0] += 40.0
+            fewest = det.protocol.null.fewest_flags(n, q, 2 if levels == "all" else 1)
+            res = det.process_round(ids, X, ["eu"] * n, cohorts=cohorts)
+        assert res["null_count"] == n and fewest > 1                 # the second round was calibrated
+        assert res["p_value"][0] >= res["null_p_floor"]              # the population level's p-value has a floor
+        assert bool(res["is_anomaly"][0]) is flagged and res["is_anomaly"].sum() == int(flagged)

@@ -79,8 +79,10 @@ Bonferroni) rejects ``R`` of them only if the ``R``-th smallest is at most
 ``q R / m``, so with calibrated p-values it can flag no group smaller than
 :meth:`ScoreNull.fewest_flags` ``= ceil(L m / (q (n + 1)))``. That number does
 not shrink with the swarm: after ``r`` rounds of ``m`` members ``n ≈ r m`` and it
-is about ``L / (q r)`` (200 / r at ``q = 0.01``, two levels). A round with fewer
-anomalies than that flags none of them -- the p-values are honest, the null is
+is about ``L / (q r)`` (200 / r at ``q = 0.01``, two levels). (Only p-values
+from this null have the floor: a protocol's cohort levels keep the mode's own,
+and can still flag a lone agent.) A round with fewer anomalies than that flags
+none of them on the calibrated level -- the p-values are honest, the null is
 too coarse -- and since members not flagged enter the null, those anomalies'
 scores then sit in its tail and raise the next rounds' p-values (a small swarm
 with a few persistent anomalies can stay unflagged for good; ``simulate``
