@@ -326,3 +326,48 @@ def test_a_small_rounds_own_median_scales_that_round_only_and_a_large_round_sets
     assert null.last_scale == _exact_median(big2) and null.scale_of(few) == _exact_median(big2)
     back = ScoreNull.from_bytes(null.to_bytes())
     assert back.last_scale == _exact_median(big2)
+
+
+@pytest.mark.parametrize("q, levels, n1, tests", [(0.3, 1, 4, 6), (0.3, 1, 4, 48), (0.01, 1, 105, 21),
+                                                  (0.01, 1, 105, 42), (0.05, 3, 82, 41), (0.1, 3, 41, 41),
+                                                  (0.2, 3, 41, 41), (0.5, 2, 40, 10), (0.01, 2, 2000, 2000)])
+def test_the_fewest_flags_at_an_exact_tie_is_what_bh_itself_flags(q, levels, n1, tests):
+    """Where levels · tests / (q (n + 1)) is a whole number R in decimals (6 / (0.3 · 4) = 5), the
+    exact ratio with q as a float lies a hair off R, and BH's floats can fall either side of it:
+    ``fewest_flags`` must be the smallest group :func:`benjamini_hochberg` flags on floor p-values
+    (R flagged, R - 1 not), not the rational ceiling (which said 6 here while BH flags 5)."""
+    null = ScoreNull(min_null=1)
+    null.admit(np.arange(float(n1 - 1)))
+    assert null.count + 1 == n1
+    fewest = null.fewest_flags(tests, q, levels)
+
+    def flags(R):
+        p = np.concatenate([np.full(R, min(1.0, null.p_values(np.array([1e9]))[0] * levels)), np.ones(tests - R)])
+        mask, _ = benjamini_hochberg(p, q)
+        return bool(mask[:R].all()) if R else False
+
+    assert fewest <= tests and flags(fewest) and not flags(fewest - 1)
+
+
+def test_the_fewest_flags_agrees_with_bh_over_a_grid_of_small_nulls():
+    import math
+    from fractions import Fraction
+    rng = np.random.default_rng(5)
+    ties = 0
+    for _ in range(400):
+        q = float(rng.choice([0.01, 0.05, 0.1, 0.2, 0.25, 0.3, 0.5]))
+        levels, n1, tests = int(rng.integers(1, 4)), int(rng.integers(2, 80)), int(rng.integers(1, 60))
+        null = ScoreNull(min_null=1)
+        null.admit(np.arange(float(n1 - 1)))
+        fewest = null.fewest_flags(tests, q, levels)
+        floor = min(1.0, (1.0 / n1) * levels)        # as the protocol combines the levels: p_min * n_levels
+        smallest = next((R for R in range(1, tests + 1)
+                         if benjamini_hochberg(np.concatenate([np.full(R, floor), np.ones(tests - R)]), q)[0][:R].all()),
+                        None)
+        exact = Fraction(levels * tests) / (Fraction(q) * n1)
+        if smallest is None:
+            assert fewest > tests and fewest >= math.ceil(exact)
+        else:
+            assert fewest == smallest
+        ties += abs(exact - round(exact)) < Fraction(1, 10**9)
+    assert ties > 10        # not vacuous: the grid has exact decimal ties
