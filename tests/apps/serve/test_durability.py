@@ -441,3 +441,27 @@ def test_a_drain_whose_window_close_cannot_be_written_does_not_raise(make_node, 
     node.close()
     _, again, _ = make_node(clock=clock)
     assert len(again.populations["behaviors"].window) == 10 and again.replayed == 1
+
+
+def test_a_log_that_needs_a_restart_refuses_spans_before_keeping_them(tmp_path):
+    # a span request was numbered for the group commit and applied in memory before commit_through
+    # found the log refusing writes: 503, yet its spans counted in the open window and its record
+    # waited in memory for a commit that never comes, so the window filled with refused spans (then
+    # 429 "retry after it closes", for a window that cannot close until the restart)
+    pytest.importorskip("opentelemetry.proto")
+    from . import _snapshot_driver as drive
+
+    ops = drive.build_ops(1, agents=20)
+    spans = [op for op in ops if op[0] == "spans"]
+    clock = drive.OpClock()
+    node, client = drive.make(tmp_path / "a", 0, clock)
+    assert drive.run_op(client, clock, 0, ops[0])
+    real = node.log._db
+    node.log._db = _CommitThenBlind(real, landed=False)
+    assert not drive.run_op(client, clock, 1, ops[1]) and node.log.broken is not None
+    node.log._db = real
+    ingest = next(x for x in node.extensions if type(x).__name__ == "SpanIngest")
+    r = client.post("/v1/traces", content=spans[0][1], headers={**drive.PB, "Authorization": "Bearer t-ingest"})
+    assert r.status_code == 503 and r.headers["Retry-After"]
+    assert ingest.pending_spans == 0 and node.log._pending == [] and node.opened_at is not None
+    assert node.log.last_seq() == 2                     # no number given out for it
