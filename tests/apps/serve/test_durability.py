@@ -465,3 +465,21 @@ def test_a_log_that_needs_a_restart_refuses_spans_before_keeping_them(tmp_path):
     assert r.status_code == 503 and r.headers["Retry-After"]
     assert ingest.pending_spans == 0 and node.log._pending == [] and node.opened_at is not None
     assert node.log.last_seq() == 2                     # no number given out for it
+
+
+def test_the_503_of_a_commit_that_read_back_as_none_does_not_say_nothing_was_stored(make_node):
+    # after an fsync of the WAL that fails, the read-back sees none of the commit's rows, yet its
+    # frames can be in the file and a kill -9 restart replays them (README: still at least once),
+    # so the 503 promises only that nothing was applied
+    clock = ManualClock()
+    _, node, client = make_node(clock=clock)
+    rng = np.random.default_rng(9)
+    _, rows = population_rows(rng, 10, 3)
+    real = node.log._db
+    node.log._db = _CommitThenRaise(real, landed=False)
+    r = post_behaviors(client, rows)
+    node.log._db = real
+    assert r.status_code == 503 and node.log.broken is None
+    error = r.json()["error"]
+    assert "nothing was stored" not in error and "nothing was applied" in error
+    assert len(node.populations["behaviors"].window) == 0

@@ -368,7 +368,7 @@ class ServeNode:
                 raise ApiError(503, f"the node's durable log refuses writes until the node restarts: "
                                     f"{self.log.broken}", code="log_write_failed",
                                headers={"Retry-After": "5"}) from None
-            raise ApiError(503, f"the node's durable log cannot be written, nothing was stored: "
+            raise ApiError(503, f"the node's durable log cannot be written, nothing was applied: "
                                 f"{str(exc).rsplit(': ', 1)[-1]}", code="log_write_failed",
                            headers={"Retry-After": "5"}) from None
 
