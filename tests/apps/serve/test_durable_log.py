@@ -260,3 +260,19 @@ def test_a_write_after_a_snapshot_left_its_failed_transaction_open_is_not_refuse
     again = DurableLog(tmp_path)
     assert again.latest_snapshot() is None
     again.close()
+
+
+def test_a_snapshot_after_one_that_left_its_failed_transaction_open_is_written(tmp_path):
+    # the same leftover before a snapshot (a drain right after a close whose snapshot failed so):
+    # its BEGIN IMMEDIATE failed, and the drain's snapshot was lost for the leftover
+    log = DurableLog(tmp_path)
+    for i in range(3):
+        log.append("close", float(i), {})
+    log._db = _CommitAndRollbackFail(log._db, rollbacks=2)
+    with pytest.raises(EvidenceStoreError):
+        log.write_snapshot(3, b"state")
+    assert log.write_snapshot(3, b"state") == 2
+    log.close()
+    again = DurableLog(tmp_path)
+    assert again.latest_snapshot() == (3, b"state") and [r.seq for r in again.records()] == [3]
+    again.close()

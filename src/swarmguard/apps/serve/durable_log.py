@@ -290,6 +290,7 @@ class DurableLog:
         """The snapshot's transaction, then a WAL checkpoint; hold ``_lock``."""
         deleted = 0
         try:
+            self._rollback()        # a transaction an earlier failed snapshot left open (:meth:`_write`)
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM snapshot")
             self._db.execute("INSERT INTO snapshot (seq, body) VALUES (?, ?)", (int(seq), body))
