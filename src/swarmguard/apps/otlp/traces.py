@@ -6,7 +6,7 @@ refused — a span naming no agent), or a ``google.rpc.Status`` in the request's
 with 400 (malformed: the client must not retry), 401/403 (token), 413 (over
 ``--max-body-bytes``, decompressed too, or more spans than a window holds), 415 (content
 type or encoding), 429 (the open window holds ``max_window_rows`` spans) and 503
-(draining, or the durable log cannot be written), both with ``Retry-After``.
+(draining), both with ``Retry-After``.
 
 :class:`SpanIngest` is the node's extension (:func:`swarmguard.apps.serve.node.node_extensions`):
 each request's spans, as columns (:mod:`.spans`), are written to the node's durable log
