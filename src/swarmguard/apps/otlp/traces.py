@@ -99,7 +99,8 @@ class SpanIngest:
         """Log and keep a request's spans (read with fresh name tables); returns (accepted,
         rejected, message, repeats): a span already kept (a retried batch, module docstring)
         is acknowledged but not kept again, and counted in ``repeats``. Raises
-        :class:`ApiError` 503 while draining, 429 when the open window would hold more than
+        :class:`ApiError` 503 while draining or while the durable log refuses writes until a
+        restart, 429 when the open window would hold more than
         ``max_window_rows`` spans; then nothing changed."""
         rejected, why = columns.rejected + columns.bad_tokens, []
         if columns.rejected:
@@ -118,6 +119,11 @@ class SpanIngest:
         node = self.node
         with node.lock:
             node._check_open()
+            if node.log.broken is not None:
+                # checked here, not only at the commit: the record would be numbered and its spans kept
+                # in the window for a commit that never comes (the window fills with refused spans)
+                raise ApiError(503, f"the node's durable log refuses writes until the node restarts: "
+                                    f"{node.log.broken}", code="log_write_failed", headers={"Retry-After": "5"})
             repeat = self._repeats(columns)
             duplicates = int(repeat.sum())
             if duplicates:
