@@ -30,7 +30,9 @@ def _routes():
     routes = [("/v1/behaviors", "application/x-ndjson", "t-ingest", BEHAVIOR, "error"),
               ("/v1/evidence", "application/x-ndjson", "t-obs7", EVIDENCE, "error")]
     try:
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
     except ImportError:
         return routes
     req = ExportTraceServiceRequest()
