@@ -73,11 +73,12 @@ async def read_body(request, limit: int, timeout: float | None = None) -> bytes:
         timeout = getattr(settings, "body_timeout_seconds", None)
     declared = request.headers.get("content-length")
     if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise _too_large(limit, "body")
-        except ValueError:
-            raise ApiError(400, "Content-Length is not a number", code="bad_header") from None
+        declared = declared.strip()
+        # digits only (RFC 9110 8.6), as POST /v1/traces reads it: int() also takes "-1", "+4", "4_5"
+        if not (declared.isascii() and declared.isdigit()):
+            raise ApiError(400, "Content-Length is not a number", code="bad_header")
+        if int(declared) > limit:
+            raise _too_large(limit, "body")
     chunks, size = [], 0
     async for chunk in body_chunks(request, timeout):
         size += len(chunk)
