@@ -204,3 +204,33 @@ def test_many_timeouts_and_disconnects_give_every_write_slot_back(listener):
             b.sendall(_head(path, content_type, token, len(body)) + body)
             assert (_answer(a)[0], _answer(b)[0]) == (200, 200)
     assert _inflight(node) == 0
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes ``sock`` within ``seconds`` while the client goes on sending."""
+    end = time.monotonic() + seconds
+    sock.settimeout(0.1)
+    while time.monotonic() < end:
+        try:
+            sock.sendall(b"x" * 64)
+            if sock.recv(64) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except OSError:                         # reset: closed with our bytes unread
+            return True
+    return False
+
+
+@pytest.mark.parametrize(("path", "content_type", "token", "body", "form"), ROUTES)
+def test_a_408_closes_the_connection_so_the_slow_client_holds_nothing(listener, path, content_type, token,
+                                                                       body, form):
+    """RFC 9110 15.5.9: a 408 says the server closes the connection ("close" in the answer);
+    kept open, the client could go on trickling the rest of its body into it for ever."""
+    node, client, port = listener
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(_head(path, content_type, token, 10**6) + body[:3])
+        status, headers, _ = _answer(sock, timeout=10)
+        assert status == 408 and headers.get("connection") == "close"
+        assert _closed_within(sock, 5.0)
+    assert _inflight(node) == 0

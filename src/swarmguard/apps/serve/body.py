@@ -61,7 +61,9 @@ async def body_chunks(request, timeout: float | None):
         except TimeoutError:
             late = True
         if late:
-            raise ApiError(408, f"the body did not arrive within {timeout:g} s", code="body_timeout") from None
+            # "close" (RFC 9110 15.5.9): kept open, the connection would take the rest of the body
+            raise ApiError(408, f"the body did not arrive within {timeout:g} s", code="body_timeout",
+                           headers={"Connection": "close"}) from None
         yield chunk
 
 
