@@ -765,3 +765,14 @@ def test_a_client_that_leaves_mid_body_is_counted_as_such_not_as_an_internal_err
     assert metric(client, "swarmguard_errors_total", code="internal", status="500") == 0
     assert metric(client, "swarmguard_errors_total", code="client_disconnected", status="499") == 1
     assert metric(client, "swarmguard_queue_depth", queue="inflight") == 0
+
+
+def test_the_answer_to_a_client_that_left_is_the_status_cancelled():
+    """google/rpc/code.proto maps HTTP 499 (Client Closed Request) to CANCELLED (1), not UNKNOWN:
+    what a proxy or a log that reads the Status should see for the 499 counted above."""
+    from google.rpc import code_pb2
+
+    from swarmguard.apps.otlp.decode import encode_status, status_code_for_http
+
+    assert code_pb2.CANCELLED == 1 and status_code_for_http(499) == 1
+    assert decode_status(encode_status("json", 499, "gone"), "json").code == 1
