@@ -532,7 +532,7 @@ def test_the_nulls_floor_bounds_the_population_levels_flags_not_the_cohort_level
     for levels, flagged in (("all", True), ("population", False)):
         det = DistributedBehavioralDetector(feature_dimensions=d, calibrate=True, fdr=q, score_levels=levels,
                                             clock=lambda: 0.0)
-        for k in range(2):
+        for _round in range(2):
             X = r.standard_normal((n, d))
             X[0] += 40.0
             fewest = det.protocol.null.fewest_flags(n, q, 2 if levels == "all" else 1)
