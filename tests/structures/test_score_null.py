@@ -371,3 +371,22 @@ def test_the_fewest_flags_agrees_with_bh_over_a_grid_of_small_nulls():
             assert fewest == smallest
         ties += abs(exact - round(exact)) < Fraction(1, 10**9)
     assert ties > 10        # not vacuous: the grid has exact decimal ties
+
+
+@pytest.mark.parametrize("q, levels, n1", [(0.03, 3, 100), (0.06, 3, 50), (0.12, 3, 25), (0.015, 3, 200)])
+@pytest.mark.parametrize("tests", [1, 6, 1000])
+def test_a_tie_at_every_member_flagged_is_decided_by_bh_too(q, levels, n1, tests):
+    """levels / (q (n + 1)) = 1 in decimals, so the fewest flags is ``tests`` itself; with q as a
+    float the rational ratio is a hair above it (ceil: tests + 1, "nothing can be flagged"), yet
+    the floor p-value times the levels is q to the last bit and BH flags every member."""
+    null = ScoreNull(min_null=1)
+    null.admit(np.arange(float(n1 - 1)))
+    floor = float(np.minimum(1.0, null.p_values(np.array([1e9])) * np.float64(levels))[0])
+    mask, _ = benjamini_hochberg(np.full(tests, floor), q)
+    want = tests if mask.all() else None
+    assert want == tests                                      # not vacuous: BH does flag them all
+    assert null.fewest_flags(tests, q, levels) == want
+    # one member fewer flagged is not enough (the rest at p = 1)
+    if tests > 1:
+        p = np.concatenate([np.full(tests - 1, floor), [1.0]])
+        assert not benjamini_hochberg(p, q)[0].any()
