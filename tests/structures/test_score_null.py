@@ -390,3 +390,14 @@ def test_a_tie_at_every_member_flagged_is_decided_by_bh_too(q, levels, n1, tests
     if tests > 1:
         p = np.concatenate([np.full(tests - 1, floor), [1.0]])
         assert not benjamini_hochberg(p, q)[0].any()
+
+
+@pytest.mark.parametrize("n1, tests, levels", [(2, 3, 1), (10, 100, 2), (1000, 100000, 3)])
+def test_at_q_one_bh_flags_a_lone_floor_p_value(n1, tests, levels):
+    # fewest_flags accepts q = 1; BH's adjusted p-values are clipped at 1, so every one is <= q
+    null = ScoreNull(min_null=1)
+    null.admit(np.arange(float(n1 - 1)))
+    floor = min(1.0, null.p_floor * levels)
+    mask, _ = benjamini_hochberg(np.concatenate([[floor], np.ones(tests - 1)]), 1.0)
+    assert mask[0]
+    assert null.fewest_flags(tests, 1.0, levels) == 1

@@ -216,7 +216,8 @@ class ScoreNull:
         exact rational arithmetic (``q`` as the float it is), but where that ratio is within
         rounding of a whole number ``R``, the side :func:`~swarmguard.structures.fdr.benjamini_hochberg`
         puts ``R`` floor p-values on (its adjusted p-value ``p · (tests / R)``, in floats, against
-        ``q``); None while warming up. A value above ``tests`` means no round of ``tests`` members
+        ``q``; at ``q = 1``, 1: SciPy clips adjusted p-values at 1, so BH rejects them all); None while
+        warming up. A value above ``tests`` means no round of ``tests`` members
         can be flagged on these p-values at all.
 
         >>> null = ScoreNull(min_null=4)
@@ -232,6 +233,8 @@ class ScoreNull:
             raise InvalidInputError(f"q must be in (0, 1], got {q!r}")
         if not self.warm:
             return None
+        if q >= 1.0:        # SciPy clips adjusted p-values at 1: at q = 1 BH rejects every p-value, a lone one too
+            return 1
         need = math.ceil(Fraction(int(levels) * int(tests)) / (Fraction(q) * (self.count + 1)))
         if need > tests + 1:
             return need
