@@ -401,3 +401,34 @@ def test_at_q_one_bh_flags_a_lone_floor_p_value(n1, tests, levels):
     mask, _ = benjamini_hochberg(np.concatenate([[floor], np.ones(tests - 1)]), 1.0)
     assert mask[0]
     assert null.fewest_flags(tests, 1.0, levels) == 1
+
+
+def test_the_fewest_flags_is_bhs_own_at_ties_over_a_large_swarm():
+    """10^5 tests, q in {0.1, 0.05, 0.01, 0.3}, nulls at and beside an exact decimal tie
+    L m / (q (n + 1)) = R: R' = fewest_flags floor p-values (the rest at 1) are all flagged by
+    :func:`benjamini_hochberg`, R' - 1 are not (or, above m, not even all m)."""
+    import math
+    from fractions import Fraction
+    m = 100_000
+    checked = 0
+    for q in (0.1, 0.05, 0.01, 0.3):
+        for levels in (1, 2, 3):
+            for R in (m // 10, m // 2, m):
+                tie = Fraction(levels * m) / (Fraction(str(q)) * R)
+                for n1 in sorted({math.floor(tie) - 1, math.floor(tie), math.ceil(tie), math.ceil(tie) + 1}):
+                    null = ScoreNull(min_null=1)
+                    null.admit(np.arange(float(n1 - 1)))
+                    floor = float(np.minimum(1.0, null.p_values(np.array([1e9])) * np.float64(levels))[0])
+                    fewest = null.fewest_flags(m, q, levels)
+
+                    def flagged(k):
+                        p = np.ones(m)
+                        p[:k] = floor
+                        return k > 0 and bool(benjamini_hochberg(p, q)[0][:k].all())
+
+                    if fewest <= m:
+                        assert flagged(fewest) and not flagged(fewest - 1), (q, levels, n1)
+                    else:
+                        assert not flagged(m), (q, levels, n1)
+                    checked += 1
+    assert checked >= 100
