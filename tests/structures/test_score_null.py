@@ -371,3 +371,64 @@ def test_the_fewest_flags_agrees_with_bh_over_a_grid_of_small_nulls():
             assert fewest == smallest
         ties += abs(exact - round(exact)) < Fraction(1, 10**9)
     assert ties > 10        # not vacuous: the grid has exact decimal ties
+
+
+@pytest.mark.parametrize("q, levels, n1", [(0.03, 3, 100), (0.06, 3, 50), (0.12, 3, 25), (0.015, 3, 200)])
+@pytest.mark.parametrize("tests", [1, 6, 1000])
+def test_a_tie_at_every_member_flagged_is_decided_by_bh_too(q, levels, n1, tests):
+    """levels / (q (n + 1)) = 1 in decimals, so the fewest flags is ``tests`` itself; with q as a
+    float the rational ratio is a hair above it (ceil: tests + 1, "nothing can be flagged"), yet
+    the floor p-value times the levels is q to the last bit and BH flags every member."""
+    null = ScoreNull(min_null=1)
+    null.admit(np.arange(float(n1 - 1)))
+    floor = float(np.minimum(1.0, null.p_values(np.array([1e9])) * np.float64(levels))[0])
+    mask, _ = benjamini_hochberg(np.full(tests, floor), q)
+    want = tests if mask.all() else None
+    assert want == tests                                      # not vacuous: BH does flag them all
+    assert null.fewest_flags(tests, q, levels) == want
+    # one member fewer flagged is not enough (the rest at p = 1)
+    if tests > 1:
+        p = np.concatenate([np.full(tests - 1, floor), [1.0]])
+        assert not benjamini_hochberg(p, q)[0].any()
+
+
+@pytest.mark.parametrize("n1, tests, levels", [(2, 3, 1), (10, 100, 2), (1000, 100000, 3)])
+def test_at_q_one_bh_flags_a_lone_floor_p_value(n1, tests, levels):
+    # fewest_flags accepts q = 1; BH's adjusted p-values are clipped at 1, so every one is <= q
+    null = ScoreNull(min_null=1)
+    null.admit(np.arange(float(n1 - 1)))
+    floor = min(1.0, null.p_floor * levels)
+    mask, _ = benjamini_hochberg(np.concatenate([[floor], np.ones(tests - 1)]), 1.0)
+    assert mask[0]
+    assert null.fewest_flags(tests, 1.0, levels) == 1
+
+
+def test_the_fewest_flags_is_bhs_own_at_ties_over_a_large_swarm():
+    """10^5 tests, q in {0.1, 0.05, 0.01, 0.3}, nulls at and beside an exact decimal tie
+    L m / (q (n + 1)) = R: R' = fewest_flags floor p-values (the rest at 1) are all flagged by
+    :func:`benjamini_hochberg`, R' - 1 are not (or, above m, not even all m)."""
+    import math
+    from fractions import Fraction
+    m = 100_000
+    checked = 0
+    for q in (0.1, 0.05, 0.01, 0.3):
+        for levels in (1, 2, 3):
+            for R in (m // 10, m // 2, m):
+                tie = Fraction(levels * m) / (Fraction(str(q)) * R)
+                for n1 in sorted({math.floor(tie) - 1, math.floor(tie), math.ceil(tie), math.ceil(tie) + 1}):
+                    null = ScoreNull(min_null=1)
+                    null.admit(np.arange(float(n1 - 1)))
+                    floor = float(np.minimum(1.0, null.p_values(np.array([1e9])) * np.float64(levels))[0])
+                    fewest = null.fewest_flags(m, q, levels)
+
+                    def flagged(k):
+                        p = np.ones(m)
+                        p[:k] = floor
+                        return k > 0 and bool(benjamini_hochberg(p, q)[0][:k].all())
+
+                    if fewest <= m:
+                        assert flagged(fewest) and not flagged(fewest - 1), (q, levels, n1)
+                    else:
+                        assert not flagged(m), (q, levels, n1)
+                    checked += 1
+    assert checked >= 100

@@ -216,7 +216,8 @@ class ScoreNull:
         exact rational arithmetic (``q`` as the float it is), but where that ratio is within
         rounding of a whole number ``R``, the side :func:`~swarmguard.structures.fdr.benjamini_hochberg`
         puts ``R`` floor p-values on (its adjusted p-value ``p · (tests / R)``, in floats, against
-        ``q``); None while warming up. A value above ``tests`` means no round of ``tests`` members
+        ``q``; at ``q = 1``, 1: SciPy clips adjusted p-values at 1, so BH rejects them all); None while
+        warming up. A value above ``tests`` means no round of ``tests`` members
         can be flagged on these p-values at all.
 
         >>> null = ScoreNull(min_null=4)
@@ -232,9 +233,13 @@ class ScoreNull:
             raise InvalidInputError(f"q must be in (0, 1], got {q!r}")
         if not self.warm:
             return None
+        if q >= 1.0:        # SciPy clips adjusted p-values at 1: at q = 1 BH rejects every p-value, a lone one too
+            return 1
         need = math.ceil(Fraction(int(levels) * int(tests)) / (Fraction(q) * (self.count + 1)))
-        if need > tests:
+        if need > tests + 1:
             return need
+        # need = tests + 1 can be a tie too (q = 0.03, 3 levels, n + 1 = 100: 3 · 6 / (0.03 · 100) = 6
+        # in decimals, a hair above 6 with q as a float, yet BH's floats flag all 6): check tests
         # At an exact tie (q = 0.3, n + 1 = 4, 6 tests: 5 = 6 / (0.3 · 4) in decimals) the flags
         # are decided by BH's floats: the floor p-value times the levels as the protocol combines
         # them (min(1, p · levels)), adjusted as SciPy does (p · (m / R)); within a few ulps of the
@@ -242,7 +247,7 @@ class ScoreNull:
         floor = min(1.0, (1.0 / (self.count + 1.0)) * float(levels))
         m = float(tests)
         return next((r for r in range(max(1, need - 1), min(int(tests), need + 1) + 1) if floor * (m / r) <= q),
-                    need + 1)
+                    need if need > tests else need + 1)
 
     @property
     def exact(self) -> bool:
