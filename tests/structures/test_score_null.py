@@ -432,3 +432,16 @@ def test_the_fewest_flags_is_bhs_own_at_ties_over_a_large_swarm():
                         assert not flagged(m), (q, levels, n1)
                     checked += 1
     assert checked >= 100
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_null_still_warming_up_refuses_non_finite_scores_too(bad):
+    # the warm check came first: a NaN score was answered None ("warming up") instead of refused
+    null = ScoreNull(min_null=10)
+    null.admit(np.arange(3.0))
+    assert not null.warm
+    with pytest.raises(NonFiniteError):
+        null.p_values(np.array([1.0, bad]))
+    with pytest.raises(NonFiniteError):
+        null.p_value_bounds(np.array([bad]))
+    assert null.p_values(np.array([1.0])) is None and null.count == 3

@@ -300,9 +300,10 @@ class ScoreNull:
         """Calibrated p-values ``(1 + #{null >= s}) / (n + 1)``; None while warming up.
 
         A relative null compares ``scores / scale`` (default :meth:`scale_of` the scores)."""
+        checked = _in_sketch_range(scores)          # bad scores are refused warm or not
         if not self.warm:
             return None
-        s, _ = self._scaled(_in_sketch_range(scores), scale)
+        s, _ = self._scaled(checked, scale)
         # the right tail only: a null's p-value is one-sided (the left sketch's rank queries and the
         # skewness would be computed and dropped)
         return self._sketch.right_tail_probabilities(s.reshape(-1, 1), members=False)[:, 0]
@@ -318,9 +319,9 @@ class ScoreNull:
         while warming up. A Python loop over the scores: for checks, not for scoring.
         ``scores`` are compared as the null holds them (a relative null's: divided already).
         """
+        s = _in_sketch_range(scores).reshape(-1, 1)
         if not self.warm:
             return None
-        s = _in_sketch_range(scores).reshape(-1, 1)
         n = float(self.count)
         _, _, lo, hi = self._sketch.tail_bounds(s, std_devs)
         return (1.0 + n * lo[:, 0]) / (n + 1.0), np.minimum(1.0, (1.0 + n * hi[:, 0]) / (n + 1.0))
