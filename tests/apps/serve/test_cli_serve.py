@@ -95,3 +95,16 @@ def test_run_server_freezes_the_collector_while_it_serves_and_thaws_it_after(mon
     with pytest.raises(OSError, match="address in use"):
         run_server(ServeSettings(port=18999, data_dir=tmp_path / "data"), say=lambda line: None)
     assert gc.get_freeze_count() == 0
+
+
+def test_body_timeout_reaches_the_node_and_a_bad_one_exits_2(monkeypatch):
+    import swarmguard.apps.serve.run as run
+
+    seen = {}
+    monkeypatch.setattr(run, "run_server", lambda settings, **kw: seen.setdefault("settings", settings))
+    out = _run("--body-timeout", "300")
+    assert out.exit_code == 0, out.output
+    assert seen["settings"].body_timeout_seconds == 300.0
+    for bad in ("0", "-1", "nan"):
+        out = _run("--body-timeout", bad)
+        assert out.exit_code == 2 and "--body-timeout (body_timeout_seconds) must be > 0" in out.output
