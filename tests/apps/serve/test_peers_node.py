@@ -387,3 +387,34 @@ def test_a_node_whose_log_needs_a_restart_pushes_but_does_not_pull_or_blame_the_
     after = eu_c.get("/v1/cluster", headers=auth("t-read")).json()
     assert after["version_vector"] == before["version_vector"] == {"eu": 20}   # nothing pulled into eu
     assert after["populations"] == before["populations"]
+
+
+class _BreaksTheLogDuringThePull:
+    """A client to a peer that, while the pull's request is in flight, breaks ``node``'s log (as a
+    write of another thread whose commit failed half-way would)."""
+
+    def __init__(self, client, node):
+        self._client, self._node = client, node
+
+    def stream(self, method, url, **kwargs):
+        if url.endswith("/v1/peer/pull"):
+            self._node.log._broken = "records 9..9 may or may not be in the file after a failed commit (test)"
+        return self._client.stream(method, url, **kwargs)
+
+
+def test_a_log_that_breaks_while_a_pull_is_in_flight_does_not_blame_the_peer(pair):
+    # the log was checked once, before the pull: one breaking while the pull's answer was on its
+    # way failed the join with 503 and counted a sync failure against the healthy peer
+    clock, node = pair
+    rng = np.random.default_rng(12)
+    eu, eu_c, us, us_c = _two_fed_regions(node, rng, 20, 30)
+    to_us = PeerLink("http://us")
+    before = eu_c.get("/v1/cluster", headers=auth("t-read")).json()
+    assert not _sync(eu, _BreaksTheLogDuringThePull(us_c, eu), to_us)
+    assert to_us.failures == 0 and to_us.reachable and to_us.last_sync is None
+    assert "refuses writes until a restart" in to_us.last_error
+    assert metric(eu_c, "swarmguard_peer_sync_failures_total", peer="http://us") == 0.0
+    assert us_c.get("/v1/cluster", headers=auth("t-read")).json()["version_vector"] == {"eu": 20, "us": 30}
+    after = eu_c.get("/v1/cluster", headers=auth("t-read")).json()
+    assert after["version_vector"] == before["version_vector"] == {"eu": 20}   # nothing pulled into eu
+    assert after["populations"] == before["populations"]
