@@ -258,3 +258,13 @@ def test_a_score_nulls_p_values_query_the_right_tail_only(monkeypatch):
     got = null.p_values(s)
     np.testing.assert_array_equal(got, want)
     assert calls == [s.size]
+
+
+@pytest.mark.parametrize("k", [1000, 256, 255, 3, True, 12.0, "12"])
+def test_a_sketch_tree_refuses_a_k_its_sketches_cannot_keep_when_made(k):
+    # SketchTree took int(k) and built its sketches at the first read: k=1000 failed a later query,
+    # 12.0 and "12" were quietly taken as 12, True as 1
+    from swarmguard.structures.sketch_tree import SketchTree
+    with pytest.raises(InvalidInputError, match="even integer"):
+        SketchTree(3, 4, 2, k=k)
+    assert SketchTree(3, 4, 2, k=254).k == 254

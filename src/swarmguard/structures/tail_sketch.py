@@ -127,6 +127,14 @@ def _as_float32(X: np.ndarray) -> np.ndarray:
     return X.astype(np.float32)
 
 
+def checked_sketch_k(k) -> int:
+    """``k`` as an int if it is a sketch k :class:`FeatureSketches` can keep (an even integer in
+    4 .. :data:`MAX_SKETCH_K`); raises ``InvalidInputError`` otherwise."""
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 4 <= k <= MAX_SKETCH_K or k % 2:
+        raise InvalidInputError(f"sketch k must be an even integer in [4, {MAX_SKETCH_K}], got {k!r}")
+    return int(k)
+
+
 class FeatureSketches:
     """Two REQ quantile sketches per feature of one population (its left and right tails).
 
@@ -155,10 +163,9 @@ class FeatureSketches:
     def __init__(self, features: int, k: int = DEFAULT_SKETCH_K):
         if not isinstance(features, (int, np.integer)) or isinstance(features, bool) or features < 1:
             raise InvalidInputError(f"features must be a positive integer, got {features!r}")
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 4 <= k <= MAX_SKETCH_K or k % 2:
-            raise InvalidInputError(f"sketch k must be an even integer in [4, {MAX_SKETCH_K}], got {k!r}")
+        k = checked_sketch_k(k)
         lib = _library()
-        self.k = int(k)
+        self.k = k
         self._right = [lib.req_floats_sketch(self.k, True) for _ in range(int(features))]
         self._left = [lib.req_floats_sketch(self.k, True) for _ in range(int(features))]
 
