@@ -443,8 +443,9 @@ class PeerReplication:
             if node.log.broken is not None:
                 # a pulled delta is joined through the log, which takes no write until a restart:
                 # pulling would fail every sync and count it against a healthy peer. Push only (the
-                # peer still gets this node's acknowledged state); no last_sync, so this node's
-                # confidence in the peer decays as it should while it learns nothing from it.
+                # peer still gets this node's acknowledged state); no last_sync. The confidence factor
+                # follows the replicas' freshness: it decays while the peer holds rows this node has
+                # not taken (the peer's pushes are refused), a peer's "nothing new" contact restores it.
                 raise _LogNeedsRestart(node.log.broken)
             with self._pull_lock:
                 self._pull(link, client, headers)
