@@ -268,3 +268,13 @@ def test_a_sketch_tree_refuses_a_k_its_sketches_cannot_keep_when_made(k):
     with pytest.raises(InvalidInputError, match="even integer"):
         SketchTree(3, 4, 2, k=k)
     assert SketchTree(3, 4, 2, k=254).k == 254
+
+
+@pytest.mark.parametrize("std_devs", [0, 4, -1, 2.5, True, "3"])
+def test_tail_bounds_take_only_the_widths_req_defines(std_devs):
+    # the library takes any int: std_devs=0 answered the estimate itself as both "bounds" of the
+    # exact tail; 2.5 or -1 were the binding's own TypeError
+    s = FeatureSketches(2)
+    s.update_many(_heavy(500, 3)[:, :2])
+    with pytest.raises(InvalidInputError, match="std_devs"):
+        s.tail_bounds(np.zeros((1, 2)), std_devs=std_devs)

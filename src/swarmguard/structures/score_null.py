@@ -97,7 +97,7 @@ from fractions import Fraction
 import numpy as np
 
 from ..errors import InvalidInputError, NonFiniteError
-from .tail_sketch import DEFAULT_SKETCH_K, FeatureSketches
+from .tail_sketch import DEFAULT_SKETCH_K, FeatureSketches, checked_std_devs
 
 __all__ = ["ScoreNull", "DEFAULT_MIN_NULL", "SCALE_ROWS"]
 
@@ -320,6 +320,7 @@ class ScoreNull:
         ``scores`` are compared as the null holds them (a relative null's: divided already).
         """
         s = _in_sketch_range(scores).reshape(-1, 1)
+        std_devs = checked_std_devs(std_devs)       # refused warm or not, as bad scores are
         if not self.warm:
             return None
         n = float(self.count)

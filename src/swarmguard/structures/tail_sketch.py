@@ -135,6 +135,15 @@ def checked_sketch_k(k) -> int:
     return int(k)
 
 
+def checked_std_devs(std_devs) -> int:
+    """``std_devs`` as an int if it is 1, 2 or 3, the widths REQ's a-priori rank bounds are
+    defined for (the library takes any int: 0 answers the estimate itself as both "bounds");
+    raises ``InvalidInputError`` otherwise."""
+    if not isinstance(std_devs, (int, np.integer)) or isinstance(std_devs, bool) or std_devs not in (1, 2, 3):
+        raise InvalidInputError(f"std_devs must be 1, 2 or 3, got {std_devs!r}")
+    return int(std_devs)
+
+
 class FeatureSketches:
     """Two REQ quantile sketches per feature of one population (its left and right tails).
 
@@ -375,6 +384,7 @@ class FeatureSketches:
         around the raw tails ``W / n`` (no floor, the row not counted in). A Python loop
         over the rows: for checks, not for scoring.
         """
+        std_devs = checked_std_devs(std_devs)
         X = self._check_rows(X)
         n = float(self.count)
         left, right = self._counts(X)
