@@ -445,3 +445,30 @@ def test_a_null_still_warming_up_refuses_non_finite_scores_too(bad):
     with pytest.raises(NonFiniteError):
         null.p_value_bounds(np.array([bad]))
     assert null.p_values(np.array([1.0])) is None and null.count == 3
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, np.nan, np.inf, "x"])
+def test_a_relative_null_still_warming_up_refuses_a_bad_scale_too(scale):
+    # as non-finite scores (above): the warm check came first and a bad scale was answered None
+    null = ScoreNull(min_null=10, relative=True)
+    null.admit(np.arange(1.0, 4.0))
+    assert not null.warm
+    with pytest.raises(InvalidInputError, match="scale"):
+        null.p_values(np.array([1.0, 2.0]), scale=scale)
+    assert null.p_values(np.array([1.0]), scale=2.0) is None and null.count == 3
+    null.admit(np.arange(1.0, 20.0))
+    with pytest.raises(InvalidInputError, match="scale"):      # as it is once warm
+        null.p_values(np.array([1.0, 2.0]), scale=scale)
+
+
+@pytest.mark.parametrize("std_devs", [0, 4, 2.5, True])
+def test_p_value_bounds_refuse_a_width_req_does_not_define_warm_or_not(std_devs):
+    null = ScoreNull(min_null=10)
+    null.admit(np.arange(3.0))
+    with pytest.raises(InvalidInputError, match="std_devs"):
+        null.p_value_bounds(np.array([1.0]), std_devs=std_devs)
+    null.admit(np.arange(30.0))
+    with pytest.raises(InvalidInputError, match="std_devs"):
+        null.p_value_bounds(np.array([1.0]), std_devs=std_devs)
+    lo, hi = null.p_value_bounds(np.array([1.0]), std_devs=3)
+    assert lo[0] <= hi[0]

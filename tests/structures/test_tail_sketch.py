@@ -258,3 +258,23 @@ def test_a_score_nulls_p_values_query_the_right_tail_only(monkeypatch):
     got = null.p_values(s)
     np.testing.assert_array_equal(got, want)
     assert calls == [s.size]
+
+
+@pytest.mark.parametrize("k", [1000, 256, 255, 3, True, 12.0, "12"])
+def test_a_sketch_tree_refuses_a_k_its_sketches_cannot_keep_when_made(k):
+    # SketchTree took int(k) and built its sketches at the first read: k=1000 failed a later query,
+    # 12.0 and "12" were quietly taken as 12, True as 1
+    from swarmguard.structures.sketch_tree import SketchTree
+    with pytest.raises(InvalidInputError, match="even integer"):
+        SketchTree(3, 4, 2, k=k)
+    assert SketchTree(3, 4, 2, k=254).k == 254
+
+
+@pytest.mark.parametrize("std_devs", [0, 4, -1, 2.5, True, "3"])
+def test_tail_bounds_take_only_the_widths_req_defines(std_devs):
+    # the library takes any int: std_devs=0 answered the estimate itself as both "bounds" of the
+    # exact tail; 2.5 or -1 were the binding's own TypeError
+    s = FeatureSketches(2)
+    s.update_many(_heavy(500, 3)[:, :2])
+    with pytest.raises(InvalidInputError, match="std_devs"):
+        s.tail_bounds(np.zeros((1, 2)), std_devs=std_devs)

@@ -97,7 +97,7 @@ from fractions import Fraction
 import numpy as np
 
 from ..errors import InvalidInputError, NonFiniteError
-from .tail_sketch import DEFAULT_SKETCH_K, FeatureSketches
+from .tail_sketch import DEFAULT_SKETCH_K, FeatureSketches, checked_std_devs
 
 __all__ = ["ScoreNull", "DEFAULT_MIN_NULL", "SCALE_ROWS"]
 
@@ -300,10 +300,10 @@ class ScoreNull:
         """Calibrated p-values ``(1 + #{null >= s}) / (n + 1)``; None while warming up.
 
         A relative null compares ``scores / scale`` (default :meth:`scale_of` the scores)."""
-        checked = _in_sketch_range(scores)          # bad scores are refused warm or not
+        # bad scores (or a relative null's bad scale) are refused warm or not
+        s, _ = self._scaled(_in_sketch_range(scores), scale)
         if not self.warm:
             return None
-        s, _ = self._scaled(checked, scale)
         # the right tail only: a null's p-value is one-sided (the left sketch's rank queries and the
         # skewness would be computed and dropped)
         return self._sketch.right_tail_probabilities(s.reshape(-1, 1), members=False)[:, 0]
@@ -320,6 +320,7 @@ class ScoreNull:
         ``scores`` are compared as the null holds them (a relative null's: divided already).
         """
         s = _in_sketch_range(scores).reshape(-1, 1)
+        std_devs = checked_std_devs(std_devs)       # refused warm or not, as bad scores are
         if not self.warm:
             return None
         n = float(self.count)

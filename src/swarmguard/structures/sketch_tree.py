@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tail_sketch import DEFAULT_SKETCH_K, FeatureSketches
+from .tail_sketch import DEFAULT_SKETCH_K, FeatureSketches, checked_sketch_k
 
 __all__ = ["SketchTree", "ITEM_SLACK"]
 
@@ -54,7 +54,9 @@ class SketchTree:
     """
 
     def __init__(self, features: int, page_size: int, branching: int, k: int = DEFAULT_SKETCH_K):
-        self.features, self.page_size, self.b, self.k = int(features), int(page_size), max(2, int(branching)), int(k)
+        # k checked here, not at the first read that builds a page's sketch (which would fail a query)
+        k = checked_sketch_k(k)
+        self.features, self.page_size, self.b, self.k = int(features), int(page_size), max(2, int(branching)), k
         self._levels: list[list[FeatureSketches | None]] = [[]]   # [0]: pages
         self._dirty = np.zeros(0, dtype=bool)
         self._units: tuple[bytes, bytes] | None = None

@@ -127,6 +127,23 @@ def _as_float32(X: np.ndarray) -> np.ndarray:
     return X.astype(np.float32)
 
 
+def checked_sketch_k(k) -> int:
+    """``k`` as an int if it is a sketch k :class:`FeatureSketches` can keep (an even integer in
+    4 .. :data:`MAX_SKETCH_K`); raises ``InvalidInputError`` otherwise."""
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 4 <= k <= MAX_SKETCH_K or k % 2:
+        raise InvalidInputError(f"sketch k must be an even integer in [4, {MAX_SKETCH_K}], got {k!r}")
+    return int(k)
+
+
+def checked_std_devs(std_devs) -> int:
+    """``std_devs`` as an int if it is 1, 2 or 3, the widths REQ's a-priori rank bounds are
+    defined for (the library takes any int: 0 answers the estimate itself as both "bounds");
+    raises ``InvalidInputError`` otherwise."""
+    if not isinstance(std_devs, (int, np.integer)) or isinstance(std_devs, bool) or std_devs not in (1, 2, 3):
+        raise InvalidInputError(f"std_devs must be 1, 2 or 3, got {std_devs!r}")
+    return int(std_devs)
+
+
 class FeatureSketches:
     """Two REQ quantile sketches per feature of one population (its left and right tails).
 
@@ -155,10 +172,9 @@ class FeatureSketches:
     def __init__(self, features: int, k: int = DEFAULT_SKETCH_K):
         if not isinstance(features, (int, np.integer)) or isinstance(features, bool) or features < 1:
             raise InvalidInputError(f"features must be a positive integer, got {features!r}")
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 4 <= k <= MAX_SKETCH_K or k % 2:
-            raise InvalidInputError(f"sketch k must be an even integer in [4, {MAX_SKETCH_K}], got {k!r}")
+        k = checked_sketch_k(k)
         lib = _library()
-        self.k = int(k)
+        self.k = k
         self._right = [lib.req_floats_sketch(self.k, True) for _ in range(int(features))]
         self._left = [lib.req_floats_sketch(self.k, True) for _ in range(int(features))]
 
@@ -368,6 +384,7 @@ class FeatureSketches:
         around the raw tails ``W / n`` (no floor, the row not counted in). A Python loop
         over the rows: for checks, not for scoring.
         """
+        std_devs = checked_std_devs(std_devs)
         X = self._check_rows(X)
         n = float(self.count)
         left, right = self._counts(X)

@@ -387,3 +387,59 @@ def test_a_node_whose_log_needs_a_restart_pushes_but_does_not_pull_or_blame_the_
     after = eu_c.get("/v1/cluster", headers=auth("t-read")).json()
     assert after["version_vector"] == before["version_vector"] == {"eu": 20}   # nothing pulled into eu
     assert after["populations"] == before["populations"]
+
+
+class _BreaksTheLogDuringThePull:
+    """A client to a peer that, while the pull's request is in flight, breaks ``node``'s log (as a
+    write of another thread whose commit failed half-way would)."""
+
+    def __init__(self, client, node):
+        self._client, self._node = client, node
+
+    def stream(self, method, url, **kwargs):
+        if url.endswith("/v1/peer/pull"):
+            self._node.log._broken = "records 9..9 may or may not be in the file after a failed commit (test)"
+        return self._client.stream(method, url, **kwargs)
+
+
+def test_a_log_that_breaks_while_a_pull_is_in_flight_does_not_blame_the_peer(pair):
+    # the log was checked once, before the pull: one breaking while the pull's answer was on its
+    # way failed the join with 503 and counted a sync failure against the healthy peer
+    clock, node = pair
+    rng = np.random.default_rng(12)
+    eu, eu_c, us, us_c = _two_fed_regions(node, rng, 20, 30)
+    to_us = PeerLink("http://us")
+    before = eu_c.get("/v1/cluster", headers=auth("t-read")).json()
+    assert not _sync(eu, _BreaksTheLogDuringThePull(us_c, eu), to_us)
+    assert to_us.failures == 0 and to_us.reachable and to_us.last_sync is None
+    assert "refuses writes until a restart" in to_us.last_error
+    assert metric(eu_c, "swarmguard_peer_sync_failures_total", peer="http://us") == 0.0
+    assert us_c.get("/v1/cluster", headers=auth("t-read")).json()["version_vector"] == {"eu": 20, "us": 30}
+    after = eu_c.get("/v1/cluster", headers=auth("t-read")).json()
+    assert after["version_vector"] == before["version_vector"] == {"eu": 20}   # nothing pulled into eu
+    assert after["populations"] == before["populations"]
+
+
+def test_a_node_whose_log_needs_a_restart_loses_confidence_until_a_contact_says_it_lacks_nothing(pair):
+    # what the README says of it: pushing only, eu's view of us ages (decay 0.1/s past 5 s); us's own
+    # push, a "nothing new" contact, is joined without a log write and restores it; us's rows eu
+    # cannot take are refused 503 (counted by us, against eu) and the view ages again
+    clock, node = pair
+    rng = np.random.default_rng(13)
+    eu, eu_c, us, us_c = _two_fed_regions(node, rng, 20, 30)
+    to_us, to_eu = PeerLink("http://us"), PeerLink("http://eu")
+    assert _sync(eu, us_c, to_us) and _sync(us, eu_c, to_eu)
+    conf = lambda: eu_c.get("/v1/populations", headers=auth("t-read")).json()["confidence_factor"]  # noqa: E731
+    assert conf() == 1.0
+    eu.log._broken = "records 9..9 may or may not be in the file after a failed commit (test)"
+    synced = to_us.last_sync
+    clock.t += 25.0
+    assert not _sync(eu, us_c, to_us) and to_us.last_sync == synced and to_us.failures == 0
+    assert conf() == pytest.approx((20 + 30 * math.exp(-0.1 * (25.0 - 5.0))) / 50, rel=1e-12)
+    assert _sync(us, eu_c, to_eu)                       # us lacks nothing from eu, eu nothing from us
+    assert conf() == 1.0
+    assert post_behaviors(us_c, _rows(rng, "v", 4)).status_code == 200
+    close_window(us_c)
+    clock.t += 25.0
+    assert not _sync(us, eu_c, to_eu) and to_eu.failures == 1 and "503" in to_eu.last_error
+    assert conf() == pytest.approx((20 + 30 * math.exp(-0.1 * (25.0 - 5.0))) / 50, rel=1e-12)

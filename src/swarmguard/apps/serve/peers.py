@@ -440,17 +440,19 @@ class PeerReplication:
             self._push(link, client, headers)
             if self._stop.is_set():
                 raise RuntimeError("the node is shutting down")
-            broken = node.log.broken
-            if broken is not None:
+            if node.log.broken is not None:
                 # a pulled delta is joined through the log, which takes no write until a restart:
                 # pulling would fail every sync and count it against a healthy peer. Push only (the
-                # peer still gets this node's acknowledged state); no last_sync, so this node's
-                # confidence in the peer decays as it should while it learns nothing from it.
-                link.reachable = True
-                link.last_error = f"not pulling: this node's durable log refuses writes until a restart ({broken})"[:200]
-                return False
+                # peer still gets this node's acknowledged state); no last_sync. The confidence factor
+                # follows the replicas' freshness: it decays while the peer holds rows this node has
+                # not taken (the peer's pushes are refused), a peer's "nothing new" contact restores it.
+                raise _LogNeedsRestart(node.log.broken)
             with self._pull_lock:
                 self._pull(link, client, headers)
+        except _LogNeedsRestart as exc:     # before the pull, or broken while its answer was on its way
+            link.reachable = True
+            link.last_error = f"not pulling: this node's durable log refuses writes until a restart ({exc})"[:200]
+            return False
         except Exception as exc:            # noqa: BLE001 - any failure of a peer is a failed sync, counted
             link.reachable, link.failures, link.last_error = False, link.failures + 1, one_line(str(exc))[:200]
             if str(exc)[:4] in ("409:", "422:"):      # refused: ask for its vectors again next time
@@ -516,10 +518,12 @@ class PeerReplication:
         try:
             if is_contact(data):     # nothing new: contact only (read from the body, not its label)
                 with self.node.lock:
+                    self._check_log_takes_writes()
                     self._receive_contact(data)
             else:
                 delta = decode_delta(data)
                 with self.node.lock:
+                    self._check_log_takes_writes()
                     self._receive_checked(delta, data)
         except ApiError as exc:
             raise RuntimeError(f"the pulled delta: {exc.status} {exc.message}") from None
@@ -527,6 +531,13 @@ class PeerReplication:
             raise RuntimeError(f"the pulled delta: {one_line(exc)}") from None
         link.bytes_received += wire
         self.received_metric.labels(link.url).inc(wire)
+
+    def _check_log_takes_writes(self) -> None:
+        # under the node's lock, as every write is: the log may have broken (another thread's
+        # commit failing half-way) while the pull's answer was on its way since sync_once checked it
+        broken = self.node.log.broken
+        if broken is not None:
+            raise _LogNeedsRestart(broken)
 
     # ---------------------------------------------------------------- views
     def cluster(self) -> dict[str, Any]:
@@ -547,6 +558,11 @@ class PeerReplication:
                     "version_vector": vectors.combined(), "vectors": vectors.to_json(),
                     "confidence_factor": view_confidence(node), "consistency": node.settings.consistency,
                     "populations": views, "evidence": evidence}
+
+
+class _LogNeedsRestart(Exception):
+    """This node's durable log refuses writes until a restart: :meth:`PeerReplication.sync_once`
+    pushes but pulls nothing, and counts no failure against the peer (not an error of the peer)."""
 
 
 def registers_digest(replica: RegionReplica) -> str:
