@@ -459,6 +459,7 @@ def serve(
     features: int | None = typer.Option(None, min=1, help="Length of /v1/behaviors vectors (default: the first vector's). Example: --features 8"),
     max_body_bytes: int = typer.Option(64 << 20, min=1, help="Request body limit in bytes, compressed and decompressed. Example: --max-body-bytes 1048576"),
     max_header_bytes: int = typer.Option(64 << 10, min=1024, help="Request header limit in bytes (names and values together): 431 past it. Example: --max-header-bytes 16384"),
+    body_timeout: float = typer.Option(60.0, help="Seconds a request's whole body may take to arrive: 408 past it (OTLP exporters do not retry a 408: raise it for slow links). Example: --body-timeout 300"),
     metrics_public: bool = typer.Option(False, "--metrics-public", help="Serve /metrics without a token."),
     certfile: Path | None = typer.Option(None, help="TLS certificate (PEM), with --keyfile. Example: --certfile node.pem"),  # noqa: B008
     keyfile: Path | None = typer.Option(None, help="TLS private key (PEM), with --certfile. Example: --keyfile node.key"),  # noqa: B008
@@ -484,7 +485,8 @@ def serve(
 
         settings = ServeSettings(data_dir=data_dir, tokens_file=tokens, host=host, port=port, region=region,
                                  window_seconds=window, features=features, max_body_bytes=max_body_bytes,
-                                 max_header_bytes=max_header_bytes, metrics_public=metrics_public,
+                                 max_header_bytes=max_header_bytes, body_timeout_seconds=body_timeout,
+                                 metrics_public=metrics_public,
                                  certfile=certfile, keyfile=keyfile, backend=backend, address=address,
                                  warm_up=warm_up, snapshot_every=snapshot_every,
                                  peers=tuple(u.strip() for u in (peers or "").split(",") if u.strip()),

@@ -448,7 +448,7 @@ def test_calibrated_default_mode_p_values_are_exact_conformal_ones_over_the_batc
     protocol = BehavioralDistributedProtocol(HierarchicalStatisticalTree(feature_dimensions=d), calibrate=True,
                                              fdr=None, warm_up=10)
     assert protocol.null.relative
-    protocol.null = ScoreNull(k=1000, min_null=n, relative=True)     # k large enough to stay exact over n
+    protocol.null = ScoreNull(k=254, min_null=n, relative=True)      # k large enough to stay exact over n (254: the most)
     first = protocol.update_and_score_many(np.arange(n), r.standard_t(4, size=(n, d)))
     assert not protocol.null.warm or protocol.null.count == n
     m1 = median(first["mahalanobis_squared"])
@@ -495,3 +495,48 @@ def test_small_calibrated_rounds_are_each_measured_by_their_own_median_and_repor
         scales.append(res["null_scale"])
     assert len(set(scales)) == len(scales)
     assert res["method"].endswith("calibrated")
+
+
+def test_a_calibrated_round_result_reports_the_null_it_was_tested_against():
+    """process_round's RoundResult carries null_count / null_p_floor as the protocol's batch result
+    does: the null's size before the round admitted its members and 1/(n+1) once warm (None before,
+    and all four null keys None without calibrate)."""
+    from swarmguard.api.detector import DistributedBehavioralDetector
+    from swarmguard.structures.score_null import DEFAULT_MIN_NULL
+    r = np.random.default_rng(4)
+    n, d = 700, 3
+    det = DistributedBehavioralDetector(feature_dimensions=d, calibrate=True, fdr=0.05, clock=lambda: 0.0)
+    floors = []
+    for _ in range(3):
+        before = det.protocol.null.count
+        res = det.process_round(np.arange(n), r.standard_t(4, size=(n, d)), ["eu"] * n)
+        assert res["null_count"] == before and isinstance(res["null_count"], int)
+        assert res["null_p_floor"] == (1.0 / (before + 1.0) if before >= DEFAULT_MIN_NULL else None)
+        floors.append(res["null_p_floor"])
+    assert floors[0] is None and floors[1] is None and floors[2] == 1.0 / (2 * n + 1)
+    plain = DistributedBehavioralDetector(feature_dimensions=d, clock=lambda: 0.0)
+    res = plain.process_round(np.arange(n), r.standard_normal((n, d)), ["eu"] * n)
+    assert all(res[k] is None for k in ("null_score", "null_scale", "null_count", "null_p_floor"))
+
+
+def test_the_nulls_floor_bounds_the_population_levels_flags_not_the_cohort_levels():
+    """The smallest group BH can flag on calibrated p-values (ScoreNull.fewest_flags) is a bound on
+    what the population level can flag: a cohort level keeps its chi-square p-values, which have no
+    floor. One agent 40 sigma out, a warm null of 2,000: with score_levels="all" it is flagged (its
+    cohort's p-value), though fewest_flags says 200; on the population level alone it is not."""
+    from swarmguard.api.detector import DistributedBehavioralDetector
+    r = np.random.default_rng(0)
+    n, d, q = 2000, 3, 0.01
+    ids = np.arange(n)
+    cohorts = np.array([f"c{i % 4}" for i in ids])
+    for levels, flagged in (("all", True), ("population", False)):
+        det = DistributedBehavioralDetector(feature_dimensions=d, calibrate=True, fdr=q, score_levels=levels,
+                                            clock=lambda: 0.0)
+        for _round in range(2):
+            X = r.standard_normal((n, d))
+            X[0] += 40.0
+            fewest = det.protocol.null.fewest_flags(n, q, 2 if levels == "all" else 1)
+            res = det.process_round(ids, X, ["eu"] * n, cohorts=cohorts)
+        assert res["null_count"] == n and fewest > 1                 # the second round was calibrated
+        assert res["p_value"][0] >= res["null_p_floor"]              # the population level's p-value has a floor
+        assert bool(res["is_anomaly"][0]) is flagged and res["is_anomaly"].sum() == int(flagged)

@@ -337,3 +337,18 @@ def test_huge_tool_names_and_cohort_values_are_cut_before_they_are_kept():
     cols = span_columns(req)
     assert cols.tools == ["t" * MAX_NAME]
     assert cols.cohorts[0][0] == "s" * MAX_NAME and cols.cohorts[0][5] == "m" * MAX_NAME
+
+
+def test_grouped_percentiles_are_exact_on_ties_single_values_and_empty_groups():
+    """Against exact arithmetic (linear interpolation between order statistics, as
+    ``numpy.percentile``'s default): a group of one value or of equal values is that value at
+    every q, an empty group 0, and two values interpolate exactly where q/100 is a dyadic."""
+    g = np.array([0, 2, 2, 2, 2, 3, 3, 0, 0])           # groups 1 and 4 empty
+    v = np.array([0.75, 2.5, 2.5, 2.5, 2.5, -1.0, 3.0, 0.75, 0.75])
+    qs = (0, 12.5, 25, 50, 75, 100)
+    got = grouped_percentiles(g, v, 5, qs)
+    for q, row in zip(qs, got, strict=True):
+        t = Fraction(q) / 100                               # group 3: -1 + t * (3 - -1)
+        assert row.tolist() == [0.75, 0.0, 2.5, float(-1 + t * 4), 0.0]
+    one = grouped_percentiles(np.array([1]), np.array([7.25]), 2, (0, 33.3, 100))
+    assert [p.tolist() for p in one] == [[0.0, 7.25]] * 3

@@ -360,3 +360,20 @@ def test_the_cli_prints_what_calibration_did(tmp_path):
     assert "calibration: " in result.output and "calibrated rounds: flags / false" in result.output
     # rich wraps the line at the terminal's width: compare the words
     assert " ".join(note.split()) in " ".join(result.output.split())
+
+
+def test_the_calibration_note_does_not_bound_the_cohort_levels_flags():
+    """With score_levels="all" only the population level's p-values are calibrated: a cohort level
+    keeps the mode's own, which have no floor (a lone agent far out in its cohort is flagged however
+    small the null; tests/api/test_tail_scoring.py), so the note's smallest group bounds the
+    population level's flags only, and says so; with one level it bounds them all."""
+    from swarmguard.apps.simulate import calibration_summary
+    rounds = [{"round": 0, "calibrated": False, "flagged_anomalous": 1, "flags_false": 1, "null_scores": 0,
+               "null_p_floor": None, "fewest_calibrated_flags": None}]
+    rounds += [{"round": r, "calibrated": True, "flagged_anomalous": 0, "flags_false": 0, "null_scores": 2000 * r,
+                "null_p_floor": 1.0 / (2000 * r + 1), "fewest_calibrated_flags": 200 // r} for r in (1, 2)]
+    two = calibration_summary(rounds, 2000, 0.01, 2)["note"]
+    one = calibration_summary(rounds, 2000, 0.01, 1)["note"]
+    assert "smaller than 100 agents on the population level's calibrated p-values" in two
+    assert "cohort level keeps the mode's own p-values" in two
+    assert "smaller than 100 agents on calibrated p-values;" in one and "cohort" not in one

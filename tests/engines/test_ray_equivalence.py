@@ -37,6 +37,7 @@ def test_same_decisions_and_consensus_bits_every_round(both_runs):
         np.testing.assert_allclose(y["p_value"], x["p_value"], rtol=1e-10, atol=1e-300)
         assert y["threshold_squared"] == pytest.approx(x["threshold_squared"], rel=1e-12)
         assert x["null_score"] is y["null_score"] is None and x["null_scale"] is y["null_scale"] is None
+        assert x["null_count"] is y["null_count"] is None and x["null_p_floor"] is y["null_p_floor"] is None
 
 
 def test_partition_lowers_confidence_on_both(both_runs):

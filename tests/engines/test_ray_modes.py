@@ -336,3 +336,76 @@ def test_modes_not_yet_on_ray_are_refused(ray_session, bad):
     from swarmguard.engines.ray_engine import RayDistributedBehavioralDetector
     with pytest.raises(InvalidInputError, match="not available on the ray backend yet"):
         RayDistributedBehavioralDetector(feature_dimensions=3, **bad)
+
+
+def _exact_median(values) -> float:
+    from fractions import Fraction
+    v = sorted(Fraction(float(x)) for x in values)
+    mid = len(v) // 2
+    return float(v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2)
+
+
+@pytest.mark.parametrize("score_levels", ["all", "population"])
+def test_calibrated_answers_are_the_same_on_both_engines_for_small_and_large_batches(ray_session, score_levels):
+    # fix/cal12's scale rule on both engines: only a batch of at least SCALE_ROWS rows sets the kept
+    # scale; a smaller one uses it, or its own median before one (for itself only). A first round
+    # under SCALE_ROWS, a second small one, score_many between rounds (fewer and more rows than
+    # SCALE_ROWS), a large round, small ones after it. The engines' default nulls are REQ sketches
+    # that compact with an unseeded generator (two runs differ, docs/ray.md), so each engine gets a
+    # null kept exact here (k = 254 holds ~1500 scores exactly; min_null 200): then the calibrated
+    # p-values, decisions, null_scale, null_count and null_p_floor must be the same on both, and the
+    # scale is checked against an exact median of the rows it should come from.
+    from swarmguard.engines.ray_engine import RayDistributedBehavioralDetector
+    from swarmguard.structures.score_null import SCALE_ROWS, ScoreNull
+    rng = np.random.default_rng(12)
+    n_agents, d, q = 900, 3, 0.05
+    kw = dict(feature_dimensions=d, clock=lambda: 0.0, regions=REGIONS, calibrate=True, fdr=q,
+              score_levels=score_levels, warm_up=50)
+    ref = DistributedBehavioralDetector(**kw)
+    det = RayDistributedBehavioralDetector(region_workers=2, **kw)
+    nulls = [ScoreNull(k=254, min_null=200, relative=True) for _ in range(2)]
+    ref.protocol.null, det.engine._null = nulls
+    seen: set[int] = set()
+    kept = None          # the kept scale as the rule says it should be
+    plan = [200, 150, "score_many", 600, 100, "score_many", 250]
+    try:
+        calibrated = 0
+        for step in plan:
+            before = nulls[0].count
+            floor = 1.0 / (before + 1.0) if before >= 200 else None
+            if step == "score_many":
+                a, b = ref.protocol.score_many(), det.protocol.score_many()
+                oa = np.argsort(a["agent_ids"])
+                np.testing.assert_array_equal(a["agent_ids"][oa], b["agent_ids"])
+                d2 = b["mahalanobis_squared"]
+                want = _exact_median(d2) if (d2.size >= SCALE_ROWS or kept is None) else kept
+                for res in (a, b):
+                    assert res["null_scale"] == pytest.approx(want, rel=1e-12)
+                    assert res["null_count"] == before and res["null_p_floor"] == floor
+                for key in ("p_value", "decision_p_value", "parametric_p_value"):
+                    np.testing.assert_allclose(b[key], a[key][oa], rtol=1e-9, atol=1e-300, err_msg=key)
+                np.testing.assert_array_equal(b["is_anomaly"], a["is_anomaly"][oa])
+                continue
+            ids = np.sort(rng.choice(n_agents, step, replace=False))
+            seen.update(ids.tolist())
+            X = rng.standard_t(3, size=(step, d))
+            X[:3] += 25.0
+            reg = np.array(REGIONS)[ids % 3]
+            x, y = ref.process_round(ids, X, reg), det.process_round(ids, X, reg)
+            assert_same_round(x, y)
+            np.testing.assert_allclose(y["decision_p_value"], x["decision_p_value"], rtol=1e-9, atol=1e-300)
+            want = _exact_median(y["mahalanobis_squared"]) if (step >= SCALE_ROWS or kept is None) else kept
+            for res in (x, y):
+                assert res["null_scale"] == pytest.approx(want, rel=1e-12)
+                assert res["null_count"] == before and res["null_p_floor"] == floor
+            if step >= SCALE_ROWS:
+                kept = want
+            for null in nulls:
+                assert (null.last_scale is None) if kept is None else null.last_scale == pytest.approx(kept, rel=1e-12)
+            assert nulls[0].count == nulls[1].count
+            calibrated += floor is not None
+        # not vacuous: exact nulls, calibrated rounds, and p-values that are the null's, not χ²'s
+        assert all(null.exact for null in nulls) and calibrated == 4
+        assert not np.allclose(b["p_value"], b["parametric_p_value"], rtol=1e-3)
+    finally:
+        det.close()

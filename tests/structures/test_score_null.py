@@ -326,3 +326,122 @@ def test_a_small_rounds_own_median_scales_that_round_only_and_a_large_round_sets
     assert null.last_scale == _exact_median(big2) and null.scale_of(few) == _exact_median(big2)
     back = ScoreNull.from_bytes(null.to_bytes())
     assert back.last_scale == _exact_median(big2)
+
+
+@pytest.mark.parametrize("q, levels, n1, tests", [(0.3, 1, 4, 6), (0.3, 1, 4, 48), (0.01, 1, 105, 21),
+                                                  (0.01, 1, 105, 42), (0.05, 3, 82, 41), (0.1, 3, 41, 41),
+                                                  (0.2, 3, 41, 41), (0.5, 2, 40, 10), (0.01, 2, 2000, 2000)])
+def test_the_fewest_flags_at_an_exact_tie_is_what_bh_itself_flags(q, levels, n1, tests):
+    """Where levels · tests / (q (n + 1)) is a whole number R in decimals (6 / (0.3 · 4) = 5), the
+    exact ratio with q as a float lies a hair off R, and BH's floats can fall either side of it:
+    ``fewest_flags`` must be the smallest group :func:`benjamini_hochberg` flags on floor p-values
+    (R flagged, R - 1 not), not the rational ceiling (which said 6 here while BH flags 5)."""
+    null = ScoreNull(min_null=1)
+    null.admit(np.arange(float(n1 - 1)))
+    assert null.count + 1 == n1
+    fewest = null.fewest_flags(tests, q, levels)
+
+    def flags(R):
+        p = np.concatenate([np.full(R, min(1.0, null.p_values(np.array([1e9]))[0] * levels)), np.ones(tests - R)])
+        mask, _ = benjamini_hochberg(p, q)
+        return bool(mask[:R].all()) if R else False
+
+    assert fewest <= tests and flags(fewest) and not flags(fewest - 1)
+
+
+def test_the_fewest_flags_agrees_with_bh_over_a_grid_of_small_nulls():
+    import math
+    from fractions import Fraction
+    rng = np.random.default_rng(5)
+    ties = 0
+    for _ in range(400):
+        q = float(rng.choice([0.01, 0.05, 0.1, 0.2, 0.25, 0.3, 0.5]))
+        levels, n1, tests = int(rng.integers(1, 4)), int(rng.integers(2, 80)), int(rng.integers(1, 60))
+        null = ScoreNull(min_null=1)
+        null.admit(np.arange(float(n1 - 1)))
+        fewest = null.fewest_flags(tests, q, levels)
+        floor = min(1.0, (1.0 / n1) * levels)        # as the protocol combines the levels: p_min * n_levels
+        smallest = next((R for R in range(1, tests + 1)
+                         if benjamini_hochberg(np.concatenate([np.full(R, floor), np.ones(tests - R)]), q)[0][:R].all()),
+                        None)
+        exact = Fraction(levels * tests) / (Fraction(q) * n1)
+        if smallest is None:
+            assert fewest > tests and fewest >= math.ceil(exact)
+        else:
+            assert fewest == smallest
+        ties += abs(exact - round(exact)) < Fraction(1, 10**9)
+    assert ties > 10        # not vacuous: the grid has exact decimal ties
+
+
+@pytest.mark.parametrize("q, levels, n1", [(0.03, 3, 100), (0.06, 3, 50), (0.12, 3, 25), (0.015, 3, 200)])
+@pytest.mark.parametrize("tests", [1, 6, 1000])
+def test_a_tie_at_every_member_flagged_is_decided_by_bh_too(q, levels, n1, tests):
+    """levels / (q (n + 1)) = 1 in decimals, so the fewest flags is ``tests`` itself; with q as a
+    float the rational ratio is a hair above it (ceil: tests + 1, "nothing can be flagged"), yet
+    the floor p-value times the levels is q to the last bit and BH flags every member."""
+    null = ScoreNull(min_null=1)
+    null.admit(np.arange(float(n1 - 1)))
+    floor = float(np.minimum(1.0, null.p_values(np.array([1e9])) * np.float64(levels))[0])
+    mask, _ = benjamini_hochberg(np.full(tests, floor), q)
+    want = tests if mask.all() else None
+    assert want == tests                                      # not vacuous: BH does flag them all
+    assert null.fewest_flags(tests, q, levels) == want
+    # one member fewer flagged is not enough (the rest at p = 1)
+    if tests > 1:
+        p = np.concatenate([np.full(tests - 1, floor), [1.0]])
+        assert not benjamini_hochberg(p, q)[0].any()
+
+
+@pytest.mark.parametrize("n1, tests, levels", [(2, 3, 1), (10, 100, 2), (1000, 100000, 3)])
+def test_at_q_one_bh_flags_a_lone_floor_p_value(n1, tests, levels):
+    # fewest_flags accepts q = 1; BH's adjusted p-values are clipped at 1, so every one is <= q
+    null = ScoreNull(min_null=1)
+    null.admit(np.arange(float(n1 - 1)))
+    floor = min(1.0, null.p_floor * levels)
+    mask, _ = benjamini_hochberg(np.concatenate([[floor], np.ones(tests - 1)]), 1.0)
+    assert mask[0]
+    assert null.fewest_flags(tests, 1.0, levels) == 1
+
+
+def test_the_fewest_flags_is_bhs_own_at_ties_over_a_large_swarm():
+    """10^5 tests, q in {0.1, 0.05, 0.01, 0.3}, nulls at and beside an exact decimal tie
+    L m / (q (n + 1)) = R: R' = fewest_flags floor p-values (the rest at 1) are all flagged by
+    :func:`benjamini_hochberg`, R' - 1 are not (or, above m, not even all m)."""
+    import math
+    from fractions import Fraction
+    m = 100_000
+    checked = 0
+    for q in (0.1, 0.05, 0.01, 0.3):
+        for levels in (1, 2, 3):
+            for R in (m // 10, m // 2, m):
+                tie = Fraction(levels * m) / (Fraction(str(q)) * R)
+                for n1 in sorted({math.floor(tie) - 1, math.floor(tie), math.ceil(tie), math.ceil(tie) + 1}):
+                    null = ScoreNull(min_null=1)
+                    null.admit(np.arange(float(n1 - 1)))
+                    floor = float(np.minimum(1.0, null.p_values(np.array([1e9])) * np.float64(levels))[0])
+                    fewest = null.fewest_flags(m, q, levels)
+
+                    def flagged(k):
+                        p = np.ones(m)
+                        p[:k] = floor
+                        return k > 0 and bool(benjamini_hochberg(p, q)[0][:k].all())
+
+                    if fewest <= m:
+                        assert flagged(fewest) and not flagged(fewest - 1), (q, levels, n1)
+                    else:
+                        assert not flagged(m), (q, levels, n1)
+                    checked += 1
+    assert checked >= 100
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_null_still_warming_up_refuses_non_finite_scores_too(bad):
+    # the warm check came first: a NaN score was answered None ("warming up") instead of refused
+    null = ScoreNull(min_null=10)
+    null.admit(np.arange(3.0))
+    assert not null.warm
+    with pytest.raises(NonFiniteError):
+        null.p_values(np.array([1.0, bad]))
+    with pytest.raises(NonFiniteError):
+        null.p_value_bounds(np.array([bad]))
+    assert null.p_values(np.array([1.0])) is None and null.count == 3

@@ -220,3 +220,41 @@ def test_k_the_binding_cannot_keep_is_refused(k):
     # the Python binding stores k in one byte: 1000 would silently become 232
     with pytest.raises(InvalidInputError, match="even integer"):
         FeatureSketches(3, k=k)
+
+
+def test_right_tail_probabilities_are_tail_probabilities_right_bit_for_bit():
+    # Compacted sketches (20,000 values, k = 12), queries inside, outside and beyond float32's
+    # range, members as one bool and one per row: the one-tail call gives the same floats.
+    rng = np.random.default_rng(21)
+    sk = FeatureSketches(3, 12)
+    sk.update_many(rng.standard_t(3, size=(20000, 3)))
+    assert not sk.exact
+    Q = np.concatenate([rng.standard_t(3, size=(500, 3)) * 3, [[1e300, -1e300, 0.0], [50.0, -50.0, 7.0]]])
+    for members in (True, False, rng.random(Q.shape[0]) < 0.5):
+        np.testing.assert_array_equal(sk.right_tail_probabilities(Q, members), sk.tail_probabilities(Q, members).right)
+    with pytest.raises(InvalidInputError):
+        FeatureSketches(3, 12).right_tail_probabilities(Q)
+    with pytest.raises(DimensionMismatchError):
+        sk.right_tail_probabilities(Q, members=np.ones(3, dtype=bool))
+    with pytest.raises(NonFiniteError):
+        sk.right_tail_probabilities(np.array([[np.nan, 0.0, 0.0]]))
+
+
+def test_a_score_nulls_p_values_query_the_right_tail_only(monkeypatch):
+    # ScoreNull.p_values is one-sided: it used to take tail_probabilities (both tails' rank
+    # queries and the quantile skewness) and drop the left half. Same p-values, half the queries.
+    from swarmguard.structures import tail_sketch
+    from swarmguard.structures.score_null import ScoreNull
+    rng = np.random.default_rng(22)
+    null = ScoreNull(min_null=100)
+    null.admit(rng.chisquare(3, 5000))
+    s = rng.chisquare(3, 300) * 1.5
+    want = null._sketch.tail_probabilities(s.reshape(-1, 1), members=False).right[:, 0]
+    calls = []
+    real = tail_sketch._count_at_least
+    monkeypatch.setattr(tail_sketch, "_count_at_least", lambda sketch, x: calls.append(x.size) or real(sketch, x))
+    monkeypatch.setattr(tail_sketch.FeatureSketches, "quantile_skewness",
+                        lambda self: pytest.fail("a score null does not need the skewness"))
+    got = null.p_values(s)
+    np.testing.assert_array_equal(got, want)
+    assert calls == [s.size]

@@ -154,4 +154,6 @@ class DetectorRounds:
             threshold_squared=scored.threshold_squared,
             null_score=scored.null_score,
             null_scale=scored.null_scale,
+            null_count=scored.null_count,
+            null_p_floor=scored.null_p_floor,
         )

@@ -104,7 +104,8 @@ class ScoredRound:
     ``region_confidence``; ``accepted`` (CAP writes taken); ``timestamp``;
     ``detail``: what an engine keeps for its own per-item answer (or None);
     ``null_score`` and ``null_scale`` (``calibrate=True``; None otherwise):
-    what the round's rows entered the score null with (see :class:`RoundResult`).
+    what the round's rows entered the score null with, ``null_count`` and
+    ``null_p_floor`` the null they were tested against (see :class:`RoundResult`).
     """
 
     agent_ids: np.ndarray
@@ -122,6 +123,8 @@ class ScoredRound:
     detail: Any = None
     null_score: np.ndarray | None = None
     null_scale: float | None = None
+    null_count: int | None = None
+    null_p_floor: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,9 +140,11 @@ class RoundResult(FieldMapping):
     cut). With ``calibrate=True``, ``null_score`` (aligned: what the score null
     compares, the distance, or ``-log p`` in the tail modes) and ``null_scale``
     (what the null holds is ``null_score / null_scale``: the round's median
-    distance in the default mode, 1 in the others), as the protocol's batch
-    results report them; both None without ``calibrate``. Read by key
-    (``result["action"]``) or by attribute.
+    distance in the default mode, 1 in the others), ``null_count`` (the scores
+    the null held when the round was tested against it) and ``null_p_floor``
+    (its smallest p-value ``1 / (null_count + 1)``; None while it warms up), as
+    the protocol's batch results report them; all None without ``calibrate``.
+    Read by key (``result["action"]``) or by attribute.
     """
 
     agent_ids: np.ndarray
@@ -157,6 +162,8 @@ class RoundResult(FieldMapping):
     threshold_squared: float
     null_score: np.ndarray | None = None
     null_scale: float | None = None
+    null_count: int | None = None
+    null_p_floor: float | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -100,7 +100,8 @@ class InProcessEngine:
         return ScoredRound(ids, d2, scored["p_value"], scored["decision_p_value"], scored["is_anomaly"],
                            scored["p_value_cutoff"], scored["threshold_squared"], region_cf[inverse], names,
                            region_cf, accepted, batch.timestamp, null_score=scored.get("null_score"),
-                           null_scale=scored.get("null_scale"))
+                           null_scale=scored.get("null_scale"), null_count=scored.get("null_count"),
+                           null_p_floor=scored.get("null_p_floor"))
 
     def round_done(self, scored: ScoredRound) -> None:
         pass

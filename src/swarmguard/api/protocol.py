@@ -73,7 +73,9 @@ class BehavioralDistributedProtocol(ItemScoring, Locked):
         null held when the batch was scored) and ``null_p_floor`` (its smallest p-value,
         ``1 / (null_count + 1)``; None while it warms up: a null of ``n`` lets
         Benjamini–Hochberg flag no group smaller than
-        :meth:`~swarmguard.structures.score_null.ScoreNull.fewest_flags`).
+        :meth:`~swarmguard.structures.score_null.ScoreNull.fewest_flags` on the
+        population level; the cohort levels of ``score_levels="all"`` keep the mode's
+        own p-values, which have no floor).
     scoring : str, default "mahalanobis"
         What an agent is scored against (:data:`swarmguard.SCORING_MODES`):
         ``"mahalanobis"``, the population's moments; ``"robust"``, its trimmed

@@ -434,10 +434,15 @@ def calibration_summary(rounds: list[dict[str, Any]], agents: int, q: float | No
                 f"{false} false (realised FDR {false / flags:.4f}); {where}.")
     else:
         fewest = out["last_fewest_calibrated_flags"]
+        # only the population level is calibrated: a cohort level keeps the mode's own p-values, which
+        # have no floor (a lone agent far out in its cohort is flagged whatever the null's size)
+        on = ("on calibrated p-values" if levels == 1 else
+              "on the population level's calibrated p-values (the cohort level keeps the mode's own p-values, "
+              "which have no such floor, and flagged nobody either)")
         note = (f"calibrated rounds flagged nobody: in the last round the null held {out['last_null_scores']:,} "
                 f"scores, so its smallest p-value was 1/{out['last_null_scores'] + 1:,}, and Benjamini-Hochberg "
                 f"at q={q} over {agents:,} agents ({levels} level(s), Bonferroni) can flag no group smaller "
-                f"than {fewest:,} agents on calibrated p-values; unflagged anomalies enter the null and raise "
+                f"than {fewest:,} agents {on}; unflagged anomalies enter the null and raise "
                 f"later rounds' p-values. The p-values stay calibrated (valid; no fall-back to the mode's own); {where}."
                 if fewest is not None else f"calibrated rounds flagged nobody; {where}.")
     out["note"] = note

@@ -149,8 +149,10 @@ class RayRounds:
             population_warm |= res["population_warm"]     # the same merged moments on every shard
             if rows[0] == 0:
                 first_cohort = res["first_cohort"]
-        null_scale = None
+        null_scale = null_count = null_p_floor = None
         if calibrating:
+            # the null the round is tested against, as in process (before it admits the round)
+            null_count, null_p_floor = self._null.count, self._null.p_floor
             # a round's rows are tested against the null of the earlier rounds (a relative null:
             # their distances over the median of the whole round's, as in process): the driver takes
             # the scale, the shards calibrate the rows they kept from the pass, in parallel (the
@@ -182,7 +184,8 @@ class RayRounds:
         return ScoredRound(ids, d2, p, decision_p, flagged_mask, cut, thr2, confidence, names, region_cf, accepted,
                            ts, detail={"any_warm": any_warm, "p_cut": cut, "levels": levels,
                                        "first_cohort": first_cohort},
-                           null_score=d2 if calibrating else None, null_scale=null_scale)
+                           null_score=d2 if calibrating else None, null_scale=null_scale,
+                           null_count=null_count, null_p_floor=null_p_floor)
 
     def round_done(self, scored: ScoredRound) -> None:
         """After the detector's evidence and decision: count the round, checkpoint when due."""

@@ -208,9 +208,10 @@ class RayProtocolView:
         for k in ("mahalanobis_squared", "p_value", "decision_p_value"):
             out[k] = np.concatenate([r[k] for r in res])[order]
         null = det._null
-        if null is not None:        # the in-process keys: null_score, null_scale, parametric_p_value once warm
+        if null is not None:        # the in-process keys: null_score, null_scale, null_count, null_p_floor, parametric_p_value once warm
             out["null_score"] = out["mahalanobis_squared"]
             out["null_scale"] = scale = null.scale_of(out["null_score"])
+            out["null_count"], out["null_p_floor"] = null.count, null.p_floor
             if null.warm:
                 null_bytes = null.to_bytes()
                 cal = det._gather([(h, "calibrate", ("score_all", null_bytes, scale, *score_args), False)

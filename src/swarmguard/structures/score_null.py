@@ -79,8 +79,10 @@ Bonferroni) rejects ``R`` of them only if the ``R``-th smallest is at most
 ``q R / m``, so with calibrated p-values it can flag no group smaller than
 :meth:`ScoreNull.fewest_flags` ``= ceil(L m / (q (n + 1)))``. That number does
 not shrink with the swarm: after ``r`` rounds of ``m`` members ``n ≈ r m`` and it
-is about ``L / (q r)`` (200 / r at ``q = 0.01``, two levels). A round with fewer
-anomalies than that flags none of them -- the p-values are honest, the null is
+is about ``L / (q r)`` (200 / r at ``q = 0.01``, two levels). (Only p-values
+from this null have the floor: a protocol's cohort levels keep the mode's own,
+and can still flag a lone agent.) A round with fewer anomalies than that flags
+none of them on the calibrated level -- the p-values are honest, the null is
 too coarse -- and since members not flagged enter the null, those anomalies'
 scores then sit in its tail and raise the next rounds' p-values (a small swarm
 with a few persistent anomalies can stay unflagged for good; ``simulate``
@@ -211,8 +213,12 @@ class ScoreNull:
     def fewest_flags(self, tests: int, q: float, levels: int = 1) -> int | None:
         """The fewest of ``tests`` calibrated p-values (each times ``levels``, Bonferroni) that
         Benjamini–Hochberg at level ``q`` can reject: ``ceil(levels · tests / (q (n + 1)))``, in
-        exact rational arithmetic (``q`` as the float it is); None while warming up. A value above
-        ``tests`` means no round of ``tests`` members can be flagged on these p-values at all.
+        exact rational arithmetic (``q`` as the float it is), but where that ratio is within
+        rounding of a whole number ``R``, the side :func:`~swarmguard.structures.fdr.benjamini_hochberg`
+        puts ``R`` floor p-values on (its adjusted p-value ``p · (tests / R)``, in floats, against
+        ``q``; at ``q = 1``, 1: SciPy clips adjusted p-values at 1, so BH rejects them all); None while
+        warming up. A value above ``tests`` means no round of ``tests`` members
+        can be flagged on these p-values at all.
 
         >>> null = ScoreNull(min_null=4)
         >>> _ = null.admit(np.arange(1.0, 2000.0))              # n = 1999, floor 1/2000
@@ -227,8 +233,21 @@ class ScoreNull:
             raise InvalidInputError(f"q must be in (0, 1], got {q!r}")
         if not self.warm:
             return None
-        need = Fraction(int(levels) * int(tests)) / (Fraction(q) * (self.count + 1))
-        return math.ceil(need)
+        if q >= 1.0:        # SciPy clips adjusted p-values at 1: at q = 1 BH rejects every p-value, a lone one too
+            return 1
+        need = math.ceil(Fraction(int(levels) * int(tests)) / (Fraction(q) * (self.count + 1)))
+        if need > tests + 1:
+            return need
+        # need = tests + 1 can be a tie too (q = 0.03, 3 levels, n + 1 = 100: 3 · 6 / (0.03 · 100) = 6
+        # in decimals, a hair above 6 with q as a float, yet BH's floats flag all 6): check tests
+        # At an exact tie (q = 0.3, n + 1 = 4, 6 tests: 5 = 6 / (0.3 · 4) in decimals) the flags
+        # are decided by BH's floats: the floor p-value times the levels as the protocol combines
+        # them (min(1, p · levels)), adjusted as SciPy does (p · (m / R)); within a few ulps of the
+        # exact ratio, so the answer is need - 1, need or need + 1.
+        floor = min(1.0, (1.0 / (self.count + 1.0)) * float(levels))
+        m = float(tests)
+        return next((r for r in range(max(1, need - 1), min(int(tests), need + 1) + 1) if floor * (m / r) <= q),
+                    need if need > tests else need + 1)
 
     @property
     def exact(self) -> bool:
@@ -281,10 +300,13 @@ class ScoreNull:
         """Calibrated p-values ``(1 + #{null >= s}) / (n + 1)``; None while warming up.
 
         A relative null compares ``scores / scale`` (default :meth:`scale_of` the scores)."""
+        checked = _in_sketch_range(scores)          # bad scores are refused warm or not
         if not self.warm:
             return None
-        s, _ = self._scaled(_in_sketch_range(scores), scale)
-        return self._sketch.tail_probabilities(s.reshape(-1, 1), members=False).right[:, 0]
+        s, _ = self._scaled(checked, scale)
+        # the right tail only: a null's p-value is one-sided (the left sketch's rank queries and the
+        # skewness would be computed and dropped)
+        return self._sketch.right_tail_probabilities(s.reshape(-1, 1), members=False)[:, 0]
 
     def p_value_bounds(self, scores: np.ndarray, std_devs: int = 3) -> tuple[np.ndarray, np.ndarray] | None:
         """REQ's a-priori bounds on the *exact* calibrated p-values of ``scores``: ``(lo, hi)``.
@@ -297,9 +319,9 @@ class ScoreNull:
         while warming up. A Python loop over the scores: for checks, not for scoring.
         ``scores`` are compared as the null holds them (a relative null's: divided already).
         """
+        s = _in_sketch_range(scores).reshape(-1, 1)
         if not self.warm:
             return None
-        s = _in_sketch_range(scores).reshape(-1, 1)
         n = float(self.count)
         _, _, lo, hi = self._sketch.tail_bounds(s, std_devs)
         return (1.0 + n * lo[:, 0]) / (n + 1.0), np.minimum(1.0, (1.0 + n * hi[:, 0]) / (n + 1.0))

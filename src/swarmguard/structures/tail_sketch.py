@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -294,8 +295,9 @@ class FeatureSketches:
         safe = np.where(spread > 0, spread, 1.0)
         return np.where(spread > 0, (q3 + q1 - 2.0 * q2) / safe, 0.0)
 
-    def _counts(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Weights at or below (left) and at or above (right) each value of ``X``.
+    def _counts(self, X: np.ndarray, left_too: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+        """Weights at or below (left) and at or above (right) each value of ``X``
+        (``left_too=False``: the right ones only, left None).
 
         A query beyond float32's range is read at its edge: every sketched value lies within
         it, so the counts are the same (an outside vector far from the population must be
@@ -303,12 +305,42 @@ class FeatureSketches:
         if not np.isfinite(X).all():
             raise NonFiniteError("sketched features must be finite")
         X32 = np.clip(X, -_FLOAT32_MAX, _FLOAT32_MAX).astype(np.float32)
-        left = np.empty(X.shape)
+        left = np.empty(X.shape) if left_too else None
         right = np.empty(X.shape)
         for j in range(self.features):
             right[:, j] = _count_at_least(self._right[j], X32[:, j])
-            left[:, j] = _count_at_least(self._left[j], -X32[:, j])
+            if left is not None:
+                left[:, j] = _count_at_least(self._left[j], -X32[:, j])
         return left, right
+
+    def _inside(self, X: np.ndarray, members: Any) -> np.ndarray:
+        """``members`` (one bool, or one per row of ``X``) as a column, checked; the population's size checked."""
+        if self.count == 0:
+            raise InvalidInputError("tail probabilities of an empty population")
+        inside = np.asarray(members, dtype=bool)
+        if inside.ndim > 1 or (inside.ndim == 1 and inside.shape != (X.shape[0],)):
+            raise DimensionMismatchError(f"members must be one bool or one per row ({X.shape[0]}), got shape {inside.shape}")
+        return np.broadcast_to(inside, (X.shape[0],))[:, None]
+
+    def _tail(self, counts: np.ndarray, inside: np.ndarray) -> np.ndarray:
+        """Counts at or beyond each value as tail probabilities: a member's floored at its own
+        value, ``max(W, 1) / n``; an outsider counted in, ``(W + 1) / (n + 1)``."""
+        n = float(self.count)
+        return np.minimum(np.where(inside, np.maximum(counts, 1.0) / n, (counts + 1.0) / (n + 1.0)), 1.0)
+
+    def right_tail_probabilities(self, X: np.ndarray, members: Any = True) -> np.ndarray:
+        """The right tail probabilities of :meth:`tail_probabilities` alone (its ``right``), without
+        the left sketches' rank queries or the skewness (what a score null reads).
+
+        Raises
+        ------
+        InvalidInputError
+            The sketches are empty.
+        """
+        X = self._check_rows(X)
+        inside = self._inside(X, members)
+        _, right = self._counts(X, left_too=False)
+        return self._tail(right, inside)
 
     def tail_probabilities(self, X: np.ndarray, members: bool = True) -> TailProbabilities:
         """Left and right tail probabilities of every value of ``X`` (``(m, d)``).
@@ -323,17 +355,9 @@ class FeatureSketches:
             The sketches are empty.
         """
         X = self._check_rows(X)
-        n = float(self.count)
-        if n == 0:
-            raise InvalidInputError("tail probabilities of an empty population")
-        inside = np.asarray(members, dtype=bool)
-        if inside.ndim > 1 or (inside.ndim == 1 and inside.shape != (X.shape[0],)):
-            raise DimensionMismatchError(f"members must be one bool or one per row ({X.shape[0]}), got shape {inside.shape}")
-        inside = np.broadcast_to(inside, (X.shape[0],))[:, None]
+        inside = self._inside(X, members)
         left, right = self._counts(X)
-        left = np.where(inside, np.maximum(left, 1.0) / n, (left + 1.0) / (n + 1.0))
-        right = np.where(inside, np.maximum(right, 1.0) / n, (right + 1.0) / (n + 1.0))
-        return TailProbabilities(np.minimum(left, 1.0), np.minimum(right, 1.0), self.quantile_skewness(),
+        return TailProbabilities(self._tail(left, inside), self._tail(right, inside), self.quantile_skewness(),
                                  self.exact)
 
     def tail_bounds(self, X: np.ndarray, std_devs: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -69,3 +69,42 @@ def test_the_command_line_leaves_the_web_stack_unimported():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True, timeout=120)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_run_server_freezes_the_collector_while_it_serves_and_thaws_it_after(monkeypatch, tmp_path):
+    """gc.freeze() is for the listener's lifetime: a caller that runs the server in its own
+    process (a test, an embedding program) gets its collector back as it was once it returns."""
+    import gc
+
+    import uvicorn
+
+    from swarmguard.apps.serve.run import run_server
+    from swarmguard.apps.serve.settings import ServeSettings
+
+    gc.unfreeze()
+    during = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: during.append(gc.get_freeze_count()))
+    run_server(ServeSettings(port=18999, data_dir=tmp_path / "data"), say=lambda line: None)
+    assert during and during[0] > 0                 # frozen while the listener runs
+    assert gc.get_freeze_count() == 0               # and thawed once it returns
+
+    def fails(self):
+        raise OSError("address in use")
+
+    monkeypatch.setattr(uvicorn.Server, "run", fails)
+    with pytest.raises(OSError, match="address in use"):
+        run_server(ServeSettings(port=18999, data_dir=tmp_path / "data"), say=lambda line: None)
+    assert gc.get_freeze_count() == 0
+
+
+def test_body_timeout_reaches_the_node_and_a_bad_one_exits_2(monkeypatch):
+    import swarmguard.apps.serve.run as run
+
+    seen = {}
+    monkeypatch.setattr(run, "run_server", lambda settings, **kw: seen.setdefault("settings", settings))
+    out = _run("--body-timeout", "300")
+    assert out.exit_code == 0, out.output
+    assert seen["settings"].body_timeout_seconds == 300.0
+    for bad in ("0", "-1", "nan"):
+        out = _run("--body-timeout", bad)
+        assert out.exit_code == 2 and "--body-timeout (body_timeout_seconds) must be > 0" in out.output

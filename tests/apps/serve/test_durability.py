@@ -3,6 +3,7 @@ SIGTERM drains (readyz 503, the open window closed and logged)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import signal
@@ -208,6 +209,16 @@ def test_sigterm_drains_closes_the_window_and_flushes(tmp_path, tokens_file):
             r = http.post("/v1/behaviors", content=lines(rows), headers={"Content-Type": "application/x-ndjson",
                                                                           **auth("t-ingest")})
             assert r.status_code == 503 and "retry-after" in r.headers
+            if importlib.util.find_spec("opentelemetry.proto") is not None:
+                # POST /v1/traces (the middleware's direct call, past the router): the OTLP 503
+                from swarmguard.apps.otlp.decode import decode_status
+
+                from .test_traces import _request
+
+                r = http.post("/v1/traces", content=_request(), headers={"Content-Type": "application/x-protobuf",
+                                                                          **auth("t-ingest")})
+                assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+                assert decode_status(r.content, "protobuf").code == 14
             # uvicorn shuts down, then re-raises the signal: the exit is SIGTERM's own
             assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
     finally:
@@ -420,3 +431,66 @@ def test_a_log_that_needs_a_restart_does_not_fail_a_window_close_at_every_tick(t
         assert metric(client, "swarmguard_errors_total", code="window", status="500") == 0
         assert node.opened_at is not None                  # the window stays open until the restart
     node.close()
+
+
+@pytest.mark.parametrize("failure", ["refused", "cannot-tell"])
+def test_a_drain_whose_window_close_cannot_be_written_does_not_raise(make_node, failure):
+    # SIGTERM's drain logs the open window's close: a write that fails then (a full disk, or one
+    # whose read-back fails too, which breaks the log during the drain) raised ApiError, so the
+    # shutdown failed and node.close() never ran; the window stays open in the file, and the
+    # restart rebuilds it
+    clock = ManualClock()
+    _, node, client = make_node(clock=clock)
+    rng = np.random.default_rng(8)
+    _, rows = population_rows(rng, 10, 3)
+    assert post_behaviors(client, rows).status_code == 200
+    real = node.log._db
+    node.log._db = (_CommitThenRaise if failure == "refused" else _CommitThenBlind)(real, landed=False)
+    assert node.drain() == [] and node.state == "draining"
+    node.log._db = real
+    assert node.opened_at is not None and node.log.latest_snapshot() is None   # no snapshot of an open window
+    node.close()
+    _, again, _ = make_node(clock=clock)
+    assert len(again.populations["behaviors"].window) == 10 and again.replayed == 1
+
+
+def test_a_log_that_needs_a_restart_refuses_spans_before_keeping_them(tmp_path):
+    # a span request was numbered for the group commit and applied in memory before commit_through
+    # found the log refusing writes: 503, yet its spans counted in the open window and its record
+    # waited in memory for a commit that never comes, so the window filled with refused spans (then
+    # 429 "retry after it closes", for a window that cannot close until the restart)
+    pytest.importorskip("opentelemetry.proto")
+    from . import _snapshot_driver as drive
+
+    ops = drive.build_ops(1, agents=20)
+    spans = [op for op in ops if op[0] == "spans"]
+    clock = drive.OpClock()
+    node, client = drive.make(tmp_path / "a", 0, clock)
+    assert drive.run_op(client, clock, 0, ops[0])
+    real = node.log._db
+    node.log._db = _CommitThenBlind(real, landed=False)
+    assert not drive.run_op(client, clock, 1, ops[1]) and node.log.broken is not None
+    node.log._db = real
+    ingest = next(x for x in node.extensions if type(x).__name__ == "SpanIngest")
+    r = client.post("/v1/traces", content=spans[0][1], headers={**drive.PB, "Authorization": "Bearer t-ingest"})
+    assert r.status_code == 503 and r.headers["Retry-After"]
+    assert ingest.pending_spans == 0 and node.log._pending == [] and node.opened_at is not None
+    assert node.log.last_seq() == 2                     # no number given out for it
+
+
+def test_the_503_of_a_commit_that_read_back_as_none_does_not_say_nothing_was_stored(make_node):
+    # after an fsync of the WAL that fails, the read-back sees none of the commit's rows, yet its
+    # frames can be in the file and a kill -9 restart replays them (README: still at least once),
+    # so the 503 promises only that nothing was applied
+    clock = ManualClock()
+    _, node, client = make_node(clock=clock)
+    rng = np.random.default_rng(9)
+    _, rows = population_rows(rng, 10, 3)
+    real = node.log._db
+    node.log._db = _CommitThenRaise(real, landed=False)
+    r = post_behaviors(client, rows)
+    node.log._db = real
+    assert r.status_code == 503 and node.log.broken is None
+    error = r.json()["error"]
+    assert "nothing was stored" not in error and "nothing was applied" in error
+    assert len(node.populations["behaviors"].window) == 0

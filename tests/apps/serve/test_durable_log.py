@@ -242,3 +242,37 @@ def test_a_snapshot_whose_commit_and_rollback_fail_is_a_typed_refusal_and_not_co
     again = DurableLog(tmp_path)
     assert again.latest_snapshot() is None and [r.seq for r in again.records()] == [1, 2, 3]
     again.close()
+
+
+def test_a_write_after_a_snapshot_left_its_failed_transaction_open_is_not_refused(tmp_path):
+    # the snapshot's COMMIT and both ROLLBACKs failed, so its transaction stayed open on the
+    # connection: the next append's BEGIN failed ("cannot start a transaction within a
+    # transaction") and a write to a healthy disk was refused (503) for the snapshot's leftover
+    log = DurableLog(tmp_path)
+    for i in range(3):
+        log.append("close", float(i), {})
+    log._db = _CommitAndRollbackFail(log._db, rollbacks=2)
+    with pytest.raises(EvidenceStoreError):
+        log.write_snapshot(3, b"state")
+    assert log.append("close", 4.0, {}) == 4 and log.broken is None
+    log.close()
+    assert _file_records(tmp_path) == [(1, "close", 0.0), (2, "close", 1.0), (3, "close", 2.0), (4, "close", 4.0)]
+    again = DurableLog(tmp_path)
+    assert again.latest_snapshot() is None
+    again.close()
+
+
+def test_a_snapshot_after_one_that_left_its_failed_transaction_open_is_written(tmp_path):
+    # the same leftover before a snapshot (a drain right after a close whose snapshot failed so):
+    # its BEGIN IMMEDIATE failed, and the drain's snapshot was lost for the leftover
+    log = DurableLog(tmp_path)
+    for i in range(3):
+        log.append("close", float(i), {})
+    log._db = _CommitAndRollbackFail(log._db, rollbacks=2)
+    with pytest.raises(EvidenceStoreError):
+        log.write_snapshot(3, b"state")
+    assert log.write_snapshot(3, b"state") == 2
+    log.close()
+    again = DurableLog(tmp_path)
+    assert again.latest_snapshot() == (3, b"state") and [r.seq for r in again.records()] == [3]
+    again.close()

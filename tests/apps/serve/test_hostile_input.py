@@ -3,6 +3,10 @@ nothing changed (the window, the log), and a count in /metrics."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from .conftest import NDJSON, auth, metric
 
 
@@ -330,3 +334,64 @@ def test_a_body_that_trickles_past_the_timeout_is_408_and_frees_its_write_slot(m
                     headers={**NDJSON, **auth("t-ingest")})
     assert r.status_code == 200                 # the slot was given back
     assert metric(client, "swarmguard_errors_total", code="body_timeout", status="408") == 1
+
+
+@pytest.mark.parametrize("declared", [b"-1", b"+45", b"4_5", b"\xb2"])
+@pytest.mark.parametrize("path", ["/v1/behaviors", "/v1/evidence"])
+def test_a_content_length_that_is_not_digits_is_400_as_on_v1_traces(served, path, declared):
+    """int() takes a sign and underscores ("-1", "+45", "4_5"); a Content-Length is digits
+    only (RFC 9110 8.6), as POST /v1/traces reads it. Called as the ASGI server hands the
+    header over (h11 refuses such a head before the app; another server may not)."""
+    import asyncio
+
+    _, node, client = served
+    body = (b'{"agent_id": "a", "features": [1.0]}\n' if path == "/v1/behaviors" else
+            b'{"evidence_id": "e-1", "agent_id": "a", "evidence_type": "peer_report", "log_odds": 1.0, '
+            b'"confidence": 1.0, "timestamp": 1000000.0}\n')
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    token = b"Bearer t-ingest" if path == "/v1/behaviors" else b"Bearer t-obs7"
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+             "query_string": b"", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+             "headers": [(b"content-type", b"application/x-ndjson"), (b"authorization", token),
+                         (b"content-length", declared)]}
+    asyncio.run(client.app(scope, receive, send))
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [400]
+    answer = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert json.loads(answer) == {"error": "Content-Length is not a number"}
+    _unchanged(node)
+    assert metric(client, "swarmguard_errors_total", code="bad_header", status="400") == 1
+
+
+def test_a_compressed_body_is_inflated_off_the_event_loop_as_on_v1_traces(served, monkeypatch):
+    """Up to --max-body-bytes (64 MiB) inflated is ~0.1 s of CPU: on the event loop it would
+    stall every other request (and their body deadlines) meanwhile; POST /v1/traces inflates
+    in the thread pool, and so does read_body."""
+    import asyncio
+    import gzip
+
+    from swarmguard.apps.serve import body as body_module
+
+    _, node, client = served
+    on_loop, real = [], body_module.inflate
+
+    def inflate(raw, encoding, limit):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:                    # a worker thread: no running loop
+            on_loop.append(False)
+        return real(raw, encoding, limit)
+
+    monkeypatch.setattr(body_module, "inflate", inflate)
+    r = client.post("/v1/behaviors", content=gzip.compress(b'{"agent_id": "a", "features": [1.0]}\n'),
+                    headers={**NDJSON, **auth("t-ingest"), "Content-Encoding": "gzip"})
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    assert on_loop == [False]

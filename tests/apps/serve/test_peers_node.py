@@ -364,3 +364,26 @@ def test_a_valid_contact_from_a_non_peer_token_is_403_and_changes_nothing(pair):
     r = us_c.post("/v1/peer/delta", json=contact, headers=auth("t-peer"))   # the same contact, a peer's token
     assert r.status_code == 200, r.text
     assert us_c.get("/v1/populations", headers=auth("t-read")).json()["confidence_factor"] == 1.0
+
+
+def test_a_node_whose_log_needs_a_restart_pushes_but_does_not_pull_or_blame_the_peer(pair):
+    # a pulled delta is joined through the log; on a node whose log refuses writes until a restart
+    # every pull failed with 503, marked the healthy peer unreachable and counted a sync failure
+    # against it every sync_seconds. Now: it pushes (the peer gets what it acknowledged), skips the
+    # pull, counts no failure and keeps no last_sync (its confidence in the peer decays)
+    clock, node = pair
+    rng = np.random.default_rng(11)
+    eu, eu_c, us, us_c = _two_fed_regions(node, rng, 20, 30)
+    eu.log._broken = "records 9..9 may or may not be in the file after a failed commit (test)"
+    to_us = PeerLink("http://us")
+    before = eu_c.get("/v1/cluster", headers=auth("t-read")).json()
+    assert not _sync(eu, us_c, to_us)
+    assert to_us.failures == 0 and to_us.reachable and to_us.last_sync is None
+    assert "refuses writes until a restart" in to_us.last_error
+    assert metric(eu_c, "swarmguard_peer_sync_failures_total", peer="http://us") == 0.0
+    got = us_c.get("/v1/cluster", headers=auth("t-read")).json()
+    assert got["version_vector"] == {"eu": 20, "us": 30}                  # eu's registers reached us
+    assert got["populations"]["behaviors"]["count"] == 50
+    after = eu_c.get("/v1/cluster", headers=auth("t-read")).json()
+    assert after["version_vector"] == before["version_vector"] == {"eu": 20}   # nothing pulled into eu
+    assert after["populations"] == before["populations"]

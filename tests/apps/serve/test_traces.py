@@ -622,3 +622,157 @@ def test_an_unexpected_error_in_post_traces_is_the_otlp_500_and_counted(served, 
     assert status.code == 13 and "internal error" in status.message and "a bug" not in status.message
     assert metric(client, "swarmguard_errors_total", code="internal", status="500") == before + 1
     assert _ingest(node).pending_spans == 0
+
+
+def test_a_node_that_failed_to_start_answers_v1_traces_with_an_otlp_503(tokens_file, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from swarmguard.apps.serve import ServeSettings, create_app
+
+    app = create_app(ServeSettings(close_windows=False, tokens_file=tokens_file, data_dir=tmp_path / "d"))
+    client = TestClient(app, raise_server_exceptions=False)        # no lifespan: no node is built
+    r = client.post("/v1/traces", content=_request(), headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert decode_status(r.content, "protobuf").message == "the node is starting"
+    app.state.failed = "OSError: disk gone"
+    r = client.post("/v1/traces", content=_request(), headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 503 and r.headers["content-type"] == "application/x-protobuf"
+    assert "failed to start" in decode_status(r.content, "protobuf").message
+    r = client.post("/v1/traces", content=b"{}", headers={"Content-Type": "application/json", **auth("t-ingest")})
+    assert r.status_code == 503 and "failed to start" in decode_status(r.content, "json").message
+    r = client.post("/v1/behaviors", content=b"{}\n", headers={"Content-Type": "application/x-ndjson"})
+    assert r.status_code == 503 and "failed to start" in r.json()["error"]      # the node's JSON elsewhere
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"])
+def test_another_method_on_v1_traces_is_405_with_an_otlp_status(served, method):
+    """OTLP/HTTP: every 4xx/5xx body on the endpoint is a google.rpc.Status, in the request's
+    encoding; the other methods are still the router's (the direct call is POST only)."""
+    _, node, client = served
+    r = client.request(method, "/v1/traces", content=_request(), headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert r.headers["content-type"] == "application/x-protobuf"
+    if method != "HEAD":
+        assert decode_status(r.content, "protobuf").message == "Method Not Allowed"
+    r = client.request(method, "/v1/traces", headers={"Content-Type": "application/json", **auth("t-ingest")})
+    assert r.status_code == 405 and r.headers["content-type"].startswith("application/json")
+    if method != "HEAD":
+        assert decode_status(r.content, "json").message == "Method Not Allowed"
+    assert metric(client, "swarmguard_errors_total", code="http", status="405") == 2
+    assert _ingest(node).pending_spans == 0 and len(node.log) == 0
+    assert client.get("/v1/nothing-here").json() == {"error": "Not Found"}      # the node's other paths
+
+
+def test_the_direct_call_keeps_the_middleware_s_checks_and_counts(make_node):
+    """What the middleware does around POST /v1/traces, now that the router is skipped: the
+    header bound (431), the latency histogram and the refusal counters by reason; a query
+    string or a percent-encoded spelling is the same path (the same checks), an observer's
+    token is refused like a reader's."""
+    _, node, client = make_node(max_header_bytes=4096)
+    seconds = {"route": "/v1/traces"}
+    r = client.post("/v1/traces", content=_request(), headers={**PB, **auth("t-ingest"), "X-Pad": "p" * 5000})
+    assert r.status_code == 431 and r.headers["content-type"] == "application/x-protobuf"
+    assert "4096" in decode_status(r.content, "protobuf").message
+    r = client.post("/v1/traces", content=_request(), headers={**PB, **auth("t-obs7")})
+    assert r.status_code == 403 and decode_status(r.content, "protobuf").code == 7
+    r = client.post("/v1/traces?x=1", content=_request(), headers=PB)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    r = client.post("/v1/%74races?x=1", content=_request(), headers={**PB, **auth("t-read")})
+    assert r.status_code == 403
+    assert _ingest(node).pending_spans == 0 and len(node.log) == 0
+    r = client.post("/v1/traces?x=1", content=_request(), headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 200 and _ingest(node).pending_spans == 6
+    assert metric(client, "swarmguard_errors_total", code="header_too_large", status="431") == 1
+    assert metric(client, "swarmguard_errors_total", code="forbidden", status="403") == 2
+    assert metric(client, "swarmguard_errors_total", code="unauthenticated", status="401") == 1
+    assert metric(client, "swarmguard_request_seconds_count", **seconds) == 5
+    assert metric(client, "swarmguard_queue_depth", queue="inflight") == 0
+
+
+def test_a_span_body_that_trickles_past_the_timeout_is_an_otlp_408_and_frees_its_write_slot(make_node):
+    """As on /v1/behaviors (README: "a slow client cannot hold a write slot"): the body must
+    arrive within body_timeout_seconds, else 408 (a google.rpc.Status), nothing kept."""
+    _, node, client = make_node(body_timeout_seconds=0.5, max_inflight=1)
+    body, stop = _request(), threading.Event()
+
+    def trickle():                      # a few bytes, then nothing for longer than the timeout
+        yield body[:8]
+        stop.wait(3)
+        yield body[8:]
+
+    r = client.post("/v1/traces", content=trickle(), headers={**PB, **auth("t-ingest")})
+    stop.set()
+    assert r.status_code == 408
+    assert r.headers["content-type"] == "application/x-protobuf"
+    status = decode_status(r.content, "protobuf")
+    assert "0.5 s" in status.message and status.code == 4          # DEADLINE_EXCEEDED
+    assert _ingest(node).pending_spans == 0 and len(node.log) == 0
+    assert metric(client, "swarmguard_errors_total", code="body_timeout", status="408") == 1
+    r = client.post("/v1/traces", content=body, headers={**PB, **auth("t-ingest")})
+    assert r.status_code == 200 and _ingest(node).pending_spans == 6        # the slot was given back
+
+
+def test_a_content_length_of_non_ascii_digits_is_a_400_not_a_500(served):
+    """str.isdigit() is true of "²" (a latin-1 header byte), which int() refuses: called as
+    the ASGI server hands it over (h11 would refuse it first; another server may not)."""
+    import asyncio
+
+    _, node, client = served
+    body, sent = _request(), []
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/v1/traces", "raw_path": b"/v1/traces", "root_path": "",
+             "query_string": b"", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+             "headers": [(b"content-type", b"application/x-protobuf"), (b"authorization", b"Bearer t-ingest"),
+                         (b"content-length", b"\xb2")]}
+    asyncio.run(client.app(scope, receive, send))
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [400]
+    answer = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert decode_status(answer, "protobuf").message == "Content-Length is not a number"
+    assert _ingest(node).pending_spans == 0 and len(node.log) == 0
+    assert metric(client, "swarmguard_errors_total", code="internal", status="500") == 0
+
+
+@pytest.mark.parametrize(("path", "content_type"), [("/v1/traces", b"application/x-protobuf"),
+                                                    ("/v1/behaviors", b"application/x-ndjson")])
+def test_a_client_that_leaves_mid_body_is_counted_as_such_not_as_an_internal_error(served, path, content_type):
+    """The ASGI server's http.disconnect while the body is read: nothing kept, no 500 in
+    /metrics (an alert on internal errors would fire on every impatient client), its own count."""
+    import asyncio
+
+    _, node, client = served
+    parts, sent = [{"type": "http.request", "body": b"\x0a\x05", "more_body": True}, {"type": "http.disconnect"}], []
+
+    async def receive():
+        return parts.pop(0) if parts else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+             "headers": [(b"content-type", content_type), (b"authorization", b"Bearer t-ingest"),
+                         (b"content-length", b"1000")]}
+    asyncio.run(client.app(scope, receive, send))
+    assert _ingest(node).pending_spans == 0 and len(node.log) == 0
+    assert metric(client, "swarmguard_errors_total", code="internal", status="500") == 0
+    assert metric(client, "swarmguard_errors_total", code="client_disconnected", status="499") == 1
+    assert metric(client, "swarmguard_queue_depth", queue="inflight") == 0
+
+
+def test_the_answer_to_a_client_that_left_is_the_status_cancelled():
+    """google/rpc/code.proto maps HTTP 499 (Client Closed Request) to CANCELLED (1), not UNKNOWN:
+    what a proxy or a log that reads the Status should see for the 499 counted above."""
+    from google.rpc import code_pb2
+
+    from swarmguard.apps.otlp.decode import encode_status, status_code_for_http
+
+    assert code_pb2.CANCELLED == 1 and status_code_for_http(499) == 1
+    assert decode_status(encode_status("json", 499, "gone"), "json").code == 1

@@ -295,8 +295,11 @@ def encode_export_response(encoding: Encoding, rejected_spans: int = 0, message:
 # HTTP status -> the google.rpc code an OTLP error answer carries
 _RPC_CODES = {
     400: code_pb2.INVALID_ARGUMENT, 401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED,
-    404: code_pb2.NOT_FOUND, 405: code_pb2.UNIMPLEMENTED, 413: code_pb2.INVALID_ARGUMENT,
-    415: code_pb2.INVALID_ARGUMENT, 429: code_pb2.RESOURCE_EXHAUSTED, 500: code_pb2.INTERNAL,
+    404: code_pb2.NOT_FOUND, 405: code_pb2.UNIMPLEMENTED, 408: code_pb2.DEADLINE_EXCEEDED,
+    413: code_pb2.INVALID_ARGUMENT,
+    415: code_pb2.INVALID_ARGUMENT, 429: code_pb2.RESOURCE_EXHAUSTED,
+    499: code_pb2.CANCELLED,            # code.proto's mapping: 499 Client Closed Request
+    500: code_pb2.INTERNAL,
     502: code_pb2.UNAVAILABLE, 503: code_pb2.UNAVAILABLE, 504: code_pb2.DEADLINE_EXCEEDED,
 }
 

@@ -113,8 +113,9 @@ def grouped_percentiles(group: np.ndarray, values: np.ndarray, n_groups: int,
     if values.size == 0:
         return [np.zeros(n_groups) for _ in qs]
     if n_groups <= 1 << 16:
-        # lexsort's order, twice as fast: values stably, then their groups stably as 16-bit
-        # codes, which NumPy sorts by radix (ties keep the values' order, as lexsort does)
+        # lexsort's order, 1.4-1.5x as fast on a window's fleet durations: values stably, then
+        # their groups stably as 16-bit codes, which NumPy sorts by radix (ties keep the values'
+        # order, as lexsort does)
         order = np.argsort(values, kind="stable")
         order = order[np.argsort(group[order].astype(np.uint16), kind="stable")]
     else:

@@ -4,9 +4,11 @@ The route answers as the OTLP specification says, not with the node's ``{"error"
 bodies: 200 with an ``ExportTraceServiceResponse`` (``partial_success`` when spans were
 refused — a span naming no agent), or a ``google.rpc.Status`` in the request's encoding
 with 400 (malformed: the client must not retry), 401/403 (token), 413 (over
-``--max-body-bytes``, decompressed too, or more spans than a window holds), 415 (content
+``--max-body-bytes``, decompressed too, or more spans than a window holds), 408 (the body took
+longer than ``body_timeout_seconds`` to arrive), 415 (content
 type or encoding), 429 (the open window holds ``max_window_rows`` spans) and 503
-(draining), both with ``Retry-After``.
+(draining), both with ``Retry-After``; another method than POST is a 405 Status too (the
+node's handler, :func:`swarmguard.apps.serve.app.create_app`).
 
 :class:`SpanIngest` is the node's extension (:func:`swarmguard.apps.serve.node.node_extensions`):
 each request's spans, as columns (:mod:`.spans`), are written to the node's durable log
@@ -35,8 +37,14 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from ...errors import BodyTooLargeError, EvidenceStoreError, MalformedBodyError, UnsupportedMediaTypeError
+from ...errors import (
+    BodyTooLargeError,
+    EvidenceStoreError,
+    MalformedBodyError,
+    UnsupportedMediaTypeError,
+)
 from ..serve.auth import authenticate
+from ..serve.body import body_chunks
 from ..serve.http_errors import ApiError, one_line
 from .decode import (
     JSON,
@@ -91,7 +99,8 @@ class SpanIngest:
         """Log and keep a request's spans (read with fresh name tables); returns (accepted,
         rejected, message, repeats): a span already kept (a retried batch, module docstring)
         is acknowledged but not kept again, and counted in ``repeats``. Raises
-        :class:`ApiError` 503 while draining, 429 when the open window would hold more than
+        :class:`ApiError` 503 while draining or while the durable log refuses writes until a
+        restart, 429 when the open window would hold more than
         ``max_window_rows`` spans; then nothing changed."""
         rejected, why = columns.rejected + columns.bad_tokens, []
         if columns.rejected:
@@ -110,6 +119,11 @@ class SpanIngest:
         node = self.node
         with node.lock:
             node._check_open()
+            if node.log.broken is not None:
+                # checked here, not only at the commit: the record would be numbered and its spans kept
+                # in the window for a commit that never comes (the window fills with refused spans)
+                raise ApiError(503, f"the node's durable log refuses writes until the node restarts: "
+                                    f"{node.log.broken}", code="log_write_failed", headers={"Retry-After": "5"})
             repeat, keys = self._repeats(columns)
             duplicates = int(repeat.sum())
             if duplicates:
@@ -190,7 +204,7 @@ class SpanIngest:
             if has.size == 0 or not names:
                 continue
             match = has[np.isin(span_keys(names, codes[has], sid[has]), hit)]
-            out.update((names[a], s) for a, s in zip(codes[match].tolist(), sid[match].tolist()))
+            out.update((names[a], s) for a, s in zip(codes[match].tolist(), sid[match].tolist(), strict=True))
         return out
 
     # ------------------------------------------------------------ the node's hooks
@@ -350,6 +364,7 @@ _RESPONSES = {
     200: {"description": "an ExportTraceServiceResponse (partial_success when spans were refused)"},
     400: {"description": "malformed body (google.rpc.Status; do not retry)"},
     401: {"description": "missing or unknown token"}, 403: {"description": "a role that may not ingest"},
+    408: {"description": "the body took longer than body_timeout_seconds to arrive"},
     413: {"description": "over --max-body-bytes (decompressed too), or more spans than --max-window-rows"},
     415: {"description": "not application/x-protobuf or application/json, or an encoding other than gzip"},
     429: {"description": "the open window is full (Retry-After)"},
@@ -362,15 +377,18 @@ def _answer(encoding: str, status: int, body: bytes, headers: dict[str, str] | N
                     media_type=JSON if encoding == "json" else PROTOBUF)
 
 
-async def _read(request: Request, limit: int) -> bytes:
+async def _read(request: Request, limit: int, timeout: float) -> bytes:
+    """The body as sent (still encoded), at most ``limit`` bytes, all of it within ``timeout``
+    seconds (408 past it: a trickling client would hold a write slot forever)."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.strip().isdigit():
+        declared = declared.strip()
+        if not (declared.isascii() and declared.isdigit()):     # isdigit() alone lets "²" reach int()
             raise MalformedBodyError("Content-Length is not a number")
         if int(declared) > limit:
             raise BodyTooLargeError(f"the request body is {declared} bytes, over the limit of {limit}", limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
+    async for chunk in body_chunks(request, timeout):
         size += len(chunk)
         if size > limit:                      # refused as it streams (a chunked upload)
             raise BodyTooLargeError(f"the request body passes the limit of {limit} bytes", limit)
@@ -398,7 +416,7 @@ async def post_traces(request: Request) -> Response:
         node = request.app.state.node
         ingest = _ingest_of(node)
         encoding_of(content_type)            # a wrong type is refused before the body is read
-        body = await _read(request, settings.max_body_bytes)
+        body = await _read(request, settings.max_body_bytes, settings.body_timeout_seconds)
 
         def work() -> tuple[int, int, str, int]:
             decoded = decode_export_request(body, content_type, request.headers.get("content-encoding"),

@@ -132,7 +132,8 @@ class _ServeMiddleware:
             if getattr(self.state, "node", None) is None and path not in _PUBLIC:
                 if getattr(self.state, "failed", None):
                     metrics.errors.labels("failed", "503").inc()
-                    return await _error(503, "the node failed to start (its log has why)")(scope, receive, send)
+                    return await _error(503, "the node failed to start (its log has why)", None, path,
+                                        _content_type(scope))(scope, receive, send)
                 metrics.errors.labels("starting", "503").inc()
                 return await _error(503, "the node is starting", {"Retry-After": "1"}, path,
                                     _content_type(scope))(scope, receive, send)
@@ -213,7 +214,9 @@ def create_app(settings: ServeSettings, node: ServeNode | None = None,
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         metrics.errors.labels("http", str(exc.status_code)).inc()
-        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        # on /v1/traces (a 405 for another method) the OTLP Status, as every error there
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None), request.url.path,
+                      request.headers.get("content-type"))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -134,6 +134,9 @@ class DurableLog:
         """Write ``rows`` in one synced transaction (all or none); hold ``_commit_lock``."""
         with self._lock:
             try:
+                # a snapshot whose COMMIT and ROLLBACK failed left its transaction open (it holds
+                # nothing of the log's): ending it first, else this BEGIN fails on a healthy disk
+                self._rollback()
                 self._db.execute("BEGIN")
                 self._db.executemany("INSERT INTO log (seq, kind, at, body) VALUES (?, ?, ?, ?)", rows)
                 self._db.execute("COMMIT")
@@ -287,6 +290,7 @@ class DurableLog:
         """The snapshot's transaction, then a WAL checkpoint; hold ``_lock``."""
         deleted = 0
         try:
+            self._rollback()        # a transaction an earlier failed snapshot left open (:meth:`_write`)
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM snapshot")
             self._db.execute("INSERT INTO snapshot (seq, body) VALUES (?, ?)", (int(seq), body))

@@ -440,6 +440,15 @@ class PeerReplication:
             self._push(link, client, headers)
             if self._stop.is_set():
                 raise RuntimeError("the node is shutting down")
+            broken = node.log.broken
+            if broken is not None:
+                # a pulled delta is joined through the log, which takes no write until a restart:
+                # pulling would fail every sync and count it against a healthy peer. Push only (the
+                # peer still gets this node's acknowledged state); no last_sync, so this node's
+                # confidence in the peer decays as it should while it learns nothing from it.
+                link.reachable = True
+                link.last_error = f"not pulling: this node's durable log refuses writes until a restart ({broken})"[:200]
+                return False
             with self._pull_lock:
                 self._pull(link, client, headers)
         except Exception as exc:            # noqa: BLE001 - any failure of a peer is a failed sync, counted

@@ -70,6 +70,9 @@ def run_server(settings: ServeSettings, say: Callable[[str], None] = print, drai
     # process's objects) live as long as the process: frozen, the collector's full passes no
     # longer walk them (measured: the one full pass of an OTLP benchmark run cost 0.04-0.1 s,
     # about half of all the collector's time there; the node's own state is collected as before).
+    # Thawed when the server returns: a caller serving from its own process (a test, an
+    # embedding program) gets its collector back as it was (left alone if it had frozen some).
+    thaw = gc.get_freeze_count() == 0
     gc.freeze()
 
     class Server(uvicorn.Server):
@@ -82,4 +85,8 @@ def run_server(settings: ServeSettings, say: Callable[[str], None] = print, drai
             else:
                 super().handle_exit(sig, frame)
 
-    Server(config).run()
+    try:
+        Server(config).run()
+    finally:
+        if thaw:
+            gc.unfreeze()

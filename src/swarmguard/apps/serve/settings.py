@@ -99,7 +99,7 @@ class ServeSettings:
         if self.max_inflight < 1 or self.max_window_rows < 1 or self.max_event_streams < 1:
             raise InvalidInputError("max_inflight, max_window_rows and max_event_streams must be >= 1")
         if not (self.body_timeout_seconds > 0):
-            raise InvalidInputError(f"body_timeout_seconds must be > 0, got {self.body_timeout_seconds}")
+            raise InvalidInputError(f"--body-timeout (body_timeout_seconds) must be > 0, got {self.body_timeout_seconds}")
         if self.backend not in ("inprocess", "ray"):
             raise InvalidInputError(f"--backend must be inprocess or ray, got {self.backend!r}")
         if self.address is not None and self.backend != "ray":
