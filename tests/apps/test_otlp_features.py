@@ -95,6 +95,20 @@ def test_span_columns_read_the_genai_attributes():
     assert cols.cohorts[cols.cohort[1]] == ("support", "prod", "eu", "unknown", "1.2", "unknown")
 
 
+@pytest.mark.parametrize("reasons", [
+    ["stop"], ["stop", "length"], ["content_filter", "stop"], ["stop", "stop"], ["stop "], ["length"], [],
+    ["content_filter"], ["Stop"]])
+def test_finish_reasons_set_the_flags_whatever_the_array(reasons):
+    # ["stop"] alone is recognised by one message comparison (spans.py): any other array is read
+    req = ExportTraceServiceRequest()
+    s = req.resource_spans.add().scope_spans.add().spans.add()
+    _add(s.attributes, "gen_ai.agent.id", "a-1")
+    _add(s.attributes, "gen_ai.response.finish_reasons", reasons)
+    cols = span_columns(req)
+    assert cols.content_filter.tolist() == ["content_filter" in reasons]
+    assert cols.length.tolist() == ["length" in reasons]
+
+
 def _random_columns(rng, n_spans=3000, n_agents=40, n_tools=6) -> SpanColumns:
     op = rng.choice([OP_INVOKE, OP_MODEL, OP_TOOL, OP_OTHER], size=n_spans, p=[0.15, 0.4, 0.4, 0.05]).astype(np.int8)
     tool = np.where(op == OP_TOOL, rng.integers(-1, n_tools, size=n_spans), -1)

@@ -124,10 +124,11 @@ class SpanIngest:
                 # in the window for a commit that never comes (the window fills with refused spans)
                 raise ApiError(503, f"the node's durable log refuses writes until the node restarts: "
                                     f"{node.log.broken}", code="log_write_failed", headers={"Retry-After": "5"})
-            repeat = self._repeats(columns)
+            repeat, keys = self._repeats(columns)
             duplicates = int(repeat.sum())
             if duplicates:
                 columns = _rows(columns, ~repeat)
+                keys = keys[~repeat]
             n = len(columns)
             if n:
                 limit = node.settings.max_window_rows
@@ -141,7 +142,12 @@ class SpanIngest:
                 at = node.settings.clock()
                 meta, matrix = _record(columns)
                 self._last_seq = node.log.append_grouped(SPANS_RECORD, at, meta, matrix)
-                self._apply(at, meta, matrix)
+                # kept as the request's own columns, not read back from the record (what a
+                # replay does): the same values, without the matrix's slices and casts, and
+                # the span keys of _repeats rather than computed again
+                sid = np.zeros(n, np.uint64) if columns.span_id is None else columns.span_id
+                self._keep(at, meta["agents"], meta["cohorts"], meta["tools"], columns.agent, columns.cohort,
+                           columns.tool, columns, sid, keys)
                 node.metrics.queue_depth.labels("window_spans").set(self.pending_spans)
             self.duplicates += duplicates
             # the spans a repeat stands for may still wait for their group's commit: ack after it too
@@ -157,17 +163,20 @@ class SpanIngest:
                                code="log_write_failed", headers={"Retry-After": "5"}) from None
         return n, rejected, message, duplicates
 
-    def _repeats(self, columns: SpanColumns) -> np.ndarray:
+    def _repeats(self, columns: SpanColumns) -> tuple[np.ndarray, np.ndarray | None]:
         """Rows whose (agent id, span id) was kept in this window or the one before, or comes
-        earlier in the same request (a retried batch); a span without an id is never one."""
+        earlier in the same request (a retried batch); a span without an id is never one. And
+        every row's :func:`span_keys` key (None: no row has an id; a row without one has a key
+        that means nothing)."""
         repeat = np.zeros(len(columns), dtype=bool)
         if columns.span_id is None:
-            return repeat
+            return repeat, None
         rows = np.flatnonzero(columns.span_id != 0)
         if rows.size == 0:
-            return repeat
+            return repeat, None
+        all_keys = span_keys(columns.agents, columns.agent, columns.span_id)
         agent, sid = columns.agent[rows], columns.span_id[rows]
-        keys = span_keys(columns.agents, agent, sid)
+        keys = all_keys if rows.size == len(columns) else all_keys[rows]
         listed = keys.tolist()
         # the usual request repeats nothing: two set intersections and one lexsort, in C
         kept = self._seen.intersection(listed) | self._seen_before.intersection(listed)
@@ -185,7 +194,7 @@ class SpanIngest:
         order = np.lexsort((sid, agent))
         same = (agent[order[1:]] == agent[order[:-1]]) & (sid[order[1:]] == sid[order[:-1]])
         repeat[rows[order[1:][same]]] = True
-        return repeat
+        return repeat, all_keys
 
     def _kept_pairs(self, hit: np.ndarray) -> set[tuple[str, int]]:
         """The kept (agent id, span id) pairs whose key is in ``hit`` (a request's few)."""
@@ -204,25 +213,47 @@ class SpanIngest:
         self._apply(record.at, record.meta, record.matrix)
 
     def _apply(self, at: float, meta: dict[str, Any], matrix: np.ndarray) -> None:
-        agg = self.aggregator
-        agents, cohorts, tools = agg.tables
-        agent_codes = np.array([agents.code(a) for a in meta["agents"]], dtype=np.int64)
-        cohort_codes = np.array([cohorts.code(tuple(c)) for c in meta["cohorts"]], dtype=np.int64)
-        tool_codes = np.array([tools.code(t) for t in meta["tools"]] + [-1], dtype=np.int64)
+        """A span record read back (replay): its matrix as columns, kept as a live request's are."""
         local = matrix[:, [0, 1, 3]].astype(np.int64)
-        columns = SpanColumns(
-            agent=agent_codes[local[:, 0]], cohort=cohort_codes[local[:, 1]],
-            operation=matrix[:, 2].astype(np.int8), tool=tool_codes[local[:, 2]],   # -1 -> the appended -1
+        quantities = SpanColumns(
+            agent=local[:, 0], cohort=local[:, 1], operation=matrix[:, 2].astype(np.int8), tool=local[:, 2],
             duration_s=matrix[:, 4].copy(), input_tokens=matrix[:, 5].copy(), output_tokens=matrix[:, 6].copy(),
-            error=matrix[:, 7] != 0, content_filter=matrix[:, 8] != 0, length=matrix[:, 9] != 0,
-            agents=agents.names, cohorts=cohorts.names, tools=tools.names)
+            error=matrix[:, 7] != 0, content_filter=matrix[:, 8] != 0, length=matrix[:, 9] != 0)
+        sid = None
         if matrix.shape[1] >= _ID_COLUMNS + 2:       # records written before span ids were logged have none
             sid = ((matrix[:, _ID_COLUMNS].astype(np.uint64) << np.uint64(32))
                    | matrix[:, _ID_COLUMNS + 1].astype(np.uint64))
-            names = meta["agents"]
+        self._keep(at, meta["agents"], meta["cohorts"], meta["tools"], local[:, 0], local[:, 1], local[:, 2],
+                   quantities, sid, None)
+
+    def _keep(self, at: float, names: list[str], cohort_names: list, tool_names: list[str], agent: np.ndarray,
+              cohort: np.ndarray, tool: np.ndarray, quantities: SpanColumns, sid: np.ndarray | None,
+              keys: np.ndarray | None) -> None:
+        """Keep one request's spans in the open window: ``agent`` / ``cohort`` / ``tool`` code
+        into the request's own tables (``names``, ``cohort_names``, ``tool_names``; a tool of -1
+        or ``len(tool_names)``: none), the other quantities from ``quantities``; ``sid`` the span
+        ids (0: none; None: a record from before span ids were logged) and ``keys`` their
+        :func:`span_keys` (None: computed here)."""
+        agg = self.aggregator
+        agents, cohorts, tools = agg.tables
+        agent_codes = np.array([agents.code(a) for a in names], dtype=np.int64)
+        cohort_codes = np.array([cohorts.code(tuple(c)) for c in cohort_names], dtype=np.int64)
+        tool_codes = np.array([tools.code(t) for t in tool_names] + [-1], dtype=np.int64)
+        columns = SpanColumns(
+            agent=agent_codes[agent], cohort=cohort_codes[cohort], operation=quantities.operation,
+            tool=tool_codes[tool],        # -1 and len(tool_names) -> the appended -1
+            duration_s=quantities.duration_s, input_tokens=quantities.input_tokens,
+            output_tokens=quantities.output_tokens, error=quantities.error,
+            content_filter=quantities.content_filter, length=quantities.length,
+            agents=agents.names, cohorts=cohorts.names, tools=tools.names)
+        if sid is not None:
             has = sid != 0
-            self._seen.update(span_keys(names, local[has, 0], sid[has]).tolist())
-            self._ids.append((names, local[:, 0], sid))
+            if keys is None:
+                keys = span_keys(names, agent[has], sid[has])
+            elif not has.all():
+                keys = keys[has]
+            self._seen.update(keys.tolist())
+            self._ids.append((names, agent, sid))
         agg.add_columns(columns, now=0.0)
         self.node.open_window(at)
 

@@ -58,6 +58,14 @@ def run_server(settings: ServeSettings, say: Callable[[str], None] = print, drai
         say("no --tokens: every caller on this machine may post and read (loopback only)")
 
     config = server_config(app, settings)
+    # Every window's round scores with SciPy's LAPACK bindings, which swarmguard imports on first
+    # use (swarmguard.lazy_import: `import swarmguard` and --help stay light). A node will need
+    # them at its first close anyway: imported here, that close does not stall on the import
+    # (44 modules, 0.03-0.25 s on a 2-core machine, with every request waiting behind the node's
+    # lock), and the freeze below covers them too.
+    import importlib
+
+    importlib.import_module("scipy.linalg.lapack")
     # The modules and the app made so far (FastAPI, pydantic, NumPy, SciPy: most of the
     # process's objects) live as long as the process: frozen, the collector's full passes no
     # longer walk them (measured: the one full pass of an OTLP benchmark run cost 0.04-0.1 s,
