@@ -352,3 +352,23 @@ def test_grouped_percentiles_are_exact_on_ties_single_values_and_empty_groups():
         assert row.tolist() == [0.75, 0.0, 2.5, float(-1 + t * 4), 0.0]
     one = grouped_percentiles(np.array([1]), np.array([7.25]), 2, (0, 33.3, 100))
     assert [p.tolist() for p in one] == [[0.0, 7.25]] * 3
+
+
+@pytest.mark.parametrize(("set_value", "refused"), [
+    (lambda v: setattr(v, "int_value", 2 ** 53), False),
+    (lambda v: setattr(v, "int_value", 2 ** 53 + 1), True),       # float() of it rounds down to 2**53
+    (lambda v: setattr(v, "int_value", 2 ** 53 + 2), True),
+    (lambda v: setattr(v, "string_value", "9007199254740992"), False),
+    (lambda v: setattr(v, "string_value", "9007199254740993"), True),
+    (lambda v: setattr(v, "string_value", "9007199254740992.25"), False),   # not an int: as the double reads
+], ids=["2**53", "2**53+1", "2**53+2", "str-2**53", "str-2**53+1", "str-2**53-frac"])
+def test_a_token_count_over_2_53_is_refused_even_where_its_float_rounds_to_2_53(set_value, refused):
+    for key in ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"):
+        req = ExportTraceServiceRequest()
+        s = req.resource_spans.add().scope_spans.add().spans.add()
+        _add(s.attributes, "gen_ai.agent.id", "a-1")
+        set_value(s.attributes.add(key=key).value)
+        cols = span_columns(req)
+        assert (cols.bad_tokens, len(cols)) == ((1, 0) if refused else (0, 1))
+        if not refused:
+            assert getattr(cols, key.rsplit(".", 1)[1]).tolist() == [float(2 ** 53)]

@@ -147,7 +147,8 @@ class SpanColumns:
         return int(self.agent.size)
 
 
-_MAX_TOKENS = float(2 ** 53)   # above this a count is not an exact float: no model call reports that many
+_MAX_COUNT = 2 ** 53
+_MAX_TOKENS = float(_MAX_COUNT)   # above this a count is not an exact float: no model call reports that many
 _BAD_COUNT = -1.0              # a token count present but not a count (the span is refused)
 
 
@@ -161,14 +162,21 @@ def _int_of(value: Any) -> float:
     """
     kind = value.WhichOneof("value")
     if kind == "int_value":
-        count = float(value.int_value)
+        count = value.int_value
+        return float(count) if 0 <= count <= _MAX_COUNT else _BAD_COUNT    # as an int (2**53 + 1)
     elif kind == "double_value":
         count = value.double_value
     elif kind == "string_value":
+        text = value.string_value
         try:
-            count = float(value.string_value)
+            count = float(text)
         except ValueError:
             return np.nan
+        if count == _MAX_TOKENS:         # "9007199254740993" reads as 2**53 too: the digits decide
+            try:
+                return count if int(text) <= _MAX_COUNT else _BAD_COUNT
+            except ValueError:
+                pass
     else:
         return np.nan
     if count != count:           # NaN: absent
@@ -265,7 +273,7 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
     operations = _OPERATIONS
     span_keys = _SPAN_KEYS
     int_of = _int_of
-    max_tokens = _MAX_TOKENS
+    max_count = _MAX_COUNT
     just_stop = _just_stop()
     columns: tuple[list, ...] = tuple([] for _ in range(10))
     a_add, c_add, op_add, tool_add, start_add, end_add, in_add, out_add, flag_add, sid_add = (
@@ -299,16 +307,15 @@ def span_columns(request: Any, agents: NameTable | None = None, cohorts: NameTab
                         value = kv.value
                         count = value.int_value     # an int (the convention) reads at once; else _int_of
                         if count:
-                            count = float(count)
-                            tin = count if 0.0 <= count <= max_tokens else _BAD_COUNT
+                            # compared as an int: float(2**53 + 1) rounds down to 2**53, which passes
+                            tin = float(count) if 0 <= count <= max_count else _BAD_COUNT
                         else:
                             tin = int_of(value)
                     elif slot == _K_OUT:
                         value = kv.value
                         count = value.int_value
                         if count:
-                            count = float(count)
-                            tout = count if 0.0 <= count <= max_tokens else _BAD_COUNT
+                            tout = float(count) if 0 <= count <= max_count else _BAD_COUNT
                         else:
                             tout = int_of(value)
                     elif slot == _K_FINISH:
