@@ -421,7 +421,7 @@ def test_the_fewest_flags_is_bhs_own_at_ties_over_a_large_swarm():
                     floor = float(np.minimum(1.0, null.p_values(np.array([1e9])) * np.float64(levels))[0])
                     fewest = null.fewest_flags(m, q, levels)
 
-                    def flagged(k):
+                    def flagged(k, floor=floor, q=q):
                         p = np.ones(m)
                         p[:k] = floor
                         return k > 0 and bool(benjamini_hochberg(p, q)[0][:k].all())

@@ -79,7 +79,7 @@ def _crafted(rng: np.random.Generator, n_spans: int, id_base: int) -> ExportTrac
         if r:
             _set(rs.resource.attributes, "service.instance.id", "inst-1")
         spans = rs.scope_spans.add().spans
-        for i in range(n_spans):
+        for _span in range(n_spans):
             start = int(rng.integers(0, 3)) * 10 ** 18 + int(rng.integers(0, 10 ** 12))
             end = start + int(rng.integers(-10 ** 9, 10 ** 11))
             s = spans.add(name="s", start_time_unix_nano=start if rng.random() > 0.1 else 0,
@@ -125,7 +125,7 @@ def _state(ingest: SpanIngest) -> dict:
     # the window before's pairs: a snapshot keeps them as one flat table (export_state), a log
     # replay per record, so what must match is the (agent id, span id) pairs themselves
     ids_before = sorted((names[a], int(i)) for names, codes, sid in ingest._ids_before
-                        for a, i in zip(codes.tolist(), sid.tolist()) if i)
+                        for a, i in zip(codes.tolist(), sid.tolist(), strict=True) if i)
     return {"chunks": chunks, "pending": agg.pending_spans, "tables": [list(t.names) for t in agg.tables],
             "seen": set(ingest._seen), "seen_before": set(ingest._seen_before), "ids": ids,
             "ids_before": ids_before, "index": agg._index, "known_pairs": agg._known_pairs.tobytes(),
