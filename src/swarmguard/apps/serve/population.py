@@ -93,7 +93,9 @@ class Population:
         log_p = np.asarray(chi2_logsf(d2, X.shape[1]), dtype=np.float64)
         isolate = np.asarray(result.isolate, dtype=bool).tolist()
         newly: list[str] = []
-        window, name, agents = self.windows_closed, self.name, self.agents
+        # the round's table is a new dict, swapped in at the end: the table a published read
+        # view holds (.read_view) is never written again
+        window, name, agents = self.windows_closed, self.name, dict(self.agents)
         columns = zip(ids.tolist(), d2.tolist(), np.exp(log_p).tolist(), log_p.tolist(), severities(log_p).tolist(),
                       isolate, cohorts, np.asarray(result.confidence, dtype=np.float64).tolist(), X, strict=True)
         for agent, score, p, lp, severity, iso, cohort, cf, x in columns:   # X is the window's own copy
@@ -102,6 +104,7 @@ class Population:
             if iso and not was:
                 newly.append(agent)
             agents[agent] = AgentState(agent, name, score, p, lp, severity, was or iso, cohort, cf, x, window)
+        self.agents = agents
         return WindowOutcome(self.name, self.windows_closed, len(ids), newly, self._own_evidence())
 
     def _own_evidence(self) -> list[list[Any]]:
