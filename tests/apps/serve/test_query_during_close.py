@@ -6,7 +6,10 @@ import threading
 
 import numpy as np
 
+from swarmguard.apps.serve.peers import PeerLink
+
 from .conftest import auth, close_window, population_rows, post_behaviors, post_evidence
+from .test_peers_node import _sync, pair  # noqa: F401 - the fixture
 
 READ = auth("t-read")
 ROUTES = ["/v1/agents?top=5", "/v1/agents/a-7", "/v1/agents/a-8", "/v1/populations", "/v1/populations/eu"]
@@ -107,3 +110,44 @@ def test_a_read_the_round_changed_midway_waits_and_answers_from_after_the_close(
     assert got_agent["value"] == after != before["/v1/agents/a-8"]
     assert after["window"] == before["/v1/agents/a-8"]["window"] + 1
     assert after["consensus"]["evidence_count"] > before["/v1/agents/a-8"]["consensus"]["evidence_count"]
+
+
+def test_the_view_answers_as_the_live_node_replicas_included(pair):  # noqa: F811
+    """Every route answers from a view exactly what the node answered live in the same state:
+    scored agents, agents only the replica holds (posted to the peer), cohorts."""
+    from swarmguard.apps.serve.read_view import publish_view
+
+    clock, node = pair
+    _, us, us_c = node("us")
+    _, eu, eu_c = node("eu")
+    rng = np.random.default_rng(9)
+    _, us_rows = population_rows(rng, 30, 3, cohort=_cohort)
+    eu_rows = [{**r, "agent_id": f"e-{i}"} for i, r in enumerate(population_rows(rng, 40, 3, shifted=(7,))[1])]
+    assert post_behaviors(us_c, us_rows).status_code == 200 and post_behaviors(eu_c, eu_rows).status_code == 200
+    close_window(us_c)
+    close_window(eu_c)
+    assert _sync(eu, us_c, PeerLink("http://us"))
+    routes = ["/v1/agents?top=50", "/v1/agents/e-7", "/v1/agents/a-3", "/v1/agents/nobody",
+              "/v1/populations", "/v1/populations/eu", "/v1/populations/nowhere"]
+    live = {r: (lambda g: (g.status_code, g.json()))(us_c.get(r, headers=READ)) for r in routes}
+    assert live["/v1/agents/e-7"][1]["source"] == "replica" and live["/v1/agents/a-3"][1]["source"] == "scored"
+    held, release = threading.Event(), threading.Event()
+
+    def hold_as_a_close_does():
+        with us.lock:
+            us.read_view = publish_view(us)
+            held.set()
+            release.wait(WAIT)
+            us.read_view = None
+
+    holder, _ = _in_thread(hold_as_a_close_does)
+    try:
+        assert held.wait(WAIT)
+        reader, got = _in_thread(lambda: {r: (lambda g: (g.status_code, g.json()))(us_c.get(r, headers=READ))
+                                          for r in routes})
+        reader.join(WAIT / 2)
+        assert not reader.is_alive() and holder.is_alive()     # answered from the view, the lock still held
+    finally:
+        release.set()
+        holder.join(WAIT)
+    assert got["value"] == live

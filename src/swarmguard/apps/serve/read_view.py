@@ -59,14 +59,16 @@ class _FrozenTree:
     def __init__(self, global_stats: dict[str, Any] | None, cohort_stats: dict[str, dict[str, Any]] | None):
         self._global = global_stats
         self._cohorts = cohort_stats
+        if cohort_stats is not None:       # as the live tree: a tree without cohort nodes (Ray's) has none
+            self.get_cohort_statistics = self._cohort_statistics
 
     def get_global_statistics(self) -> dict[str, Any]:
         if self._global is None:
             raise KeyError("no statistics")
         return self._global
 
-    def get_cohort_statistics(self, path: tuple) -> dict[str, Any]:
-        stats = None if self._cohorts is None else self._cohorts.get(path[0])
+    def _cohort_statistics(self, path: tuple) -> dict[str, Any]:
+        stats = self._cohorts.get(path[0])
         if stats is None:
             raise KeyError(path)
         return stats
@@ -166,7 +168,7 @@ class PopulationView:
         tree = pop.detector.tree
         global_stats = _copied(tree.get_global_statistics) if self.agents else None
         cohort_stats = None
-        if self.agents and hasattr(tree, "get_cohort_statistics"):
+        if hasattr(tree, "get_cohort_statistics"):
             cohort_stats = {}
             for cohort in {s.cohort or self.region for s in self.agents.values()}:
                 stats = _copied(lambda c=cohort: tree.get_cohort_statistics((c,)))
