@@ -151,3 +151,18 @@ def test_the_view_answers_as_the_live_node_replicas_included(pair):  # noqa: F81
         release.set()
         holder.join(WAIT)
     assert got["value"] == live
+
+
+def test_a_view_that_cannot_be_built_does_not_stop_the_close(make_node, monkeypatch):
+    from swarmguard.apps.serve import node as node_module
+
+    node, client, before = _node_with_one_closed_window(make_node)
+
+    def broken(_node):
+        raise RuntimeError("no view")
+
+    monkeypatch.setattr(node_module, "publish_view", broken)
+    closed = close_window(client)
+    assert [c["population"] for c in closed] == ["behaviors"] and node.read_view is None
+    after = client.get("/v1/agents/a-8", headers=READ).json()
+    assert after["window"] == before["/v1/agents/a-8"]["window"] + 1

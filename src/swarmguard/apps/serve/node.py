@@ -285,7 +285,7 @@ class ServeNode:
                 return []
             # reads answer from this view of the state before the close until it is wholly
             # applied (.read_view); published before anything changes, withdrawn after
-            self.read_view = publish_view(self)
+            self.read_view = self._published_view()
             try:
                 at = self.settings.clock()
                 seq = self._log_append(CLOSE_WINDOW, at, {})
@@ -295,6 +295,15 @@ class ServeNode:
             self.metrics.queue_depth.labels("window_rows").set(0)
             self.snapshots.after_close(seq)
             return outcomes
+
+    def _published_view(self) -> ReadView | None:
+        """The read view of the state now (:mod:`.read_view`); None when it cannot be built:
+        the view only spares reads the wait, so the close goes on without it (reads wait)."""
+        try:
+            return publish_view(self)
+        except Exception:                  # noqa: BLE001 - never let the view stop a close
+            log.exception("no read view for this close: reads wait for it")
+            return None
 
     def _apply_close(self, at: float, live: bool) -> list[WindowOutcome]:
         self._at = at
@@ -418,7 +427,7 @@ class ServeNode:
                     # the window stays open in the file (the restart rebuilds it); no snapshot of an open window
                     log.warning("draining without closing the window or a snapshot: %s", exc.message)
                     return outcomes
-                self.read_view = publish_view(self)
+                self.read_view = self._published_view()
                 try:
                     outcomes = self._apply_close(at, live=True)
                 finally:
