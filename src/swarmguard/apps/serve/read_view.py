@@ -81,13 +81,32 @@ class _CheckedConsensus:
         self._consensus = consensus
         self._version = _evidence_version(consensus)
 
-    def consensus(self, agent_id: str) -> dict[str, Any]:
+    def _checked(self, read: Callable[[Any], T]) -> T:
         if self._version is None:
             raise ViewExpired("this consensus has no evidence version")
-        result = self._consensus.consensus(agent_id)       # under the consensus's own lock
+        result = read(self._consensus)                     # under the consensus's own lock
         if _evidence_version(self._consensus) != self._version:
             raise ViewExpired("the round added evidence")
         return result
+
+    def consensus(self, agent_id: str) -> dict[str, Any]:
+        return self._checked(lambda c: c.consensus(agent_id))
+
+    @property
+    def evidence_count(self) -> int:
+        return self._checked(lambda c: c.evidence_count)
+
+    @property
+    def byzantine_nodes(self) -> Any:
+        return self._checked(lambda c: c.byzantine_nodes)
+
+    def source_reputation(self) -> dict[Any, Any]:
+        return self._checked(lambda c: c.source_reputation())
+
+    @property
+    def ledger(self) -> Any:
+        # its columns are read over several calls, outside the consensus's lock: only live
+        raise ViewExpired("the evidence rows are read from the live node")
 
 
 class _FrozenRegisters:
@@ -165,6 +184,7 @@ class PopulationView:
         self.feature_names = None if pop.feature_names is None else list(pop.feature_names)
         self.agents = pop.agents           # never written again: close_window swaps in a new dict
         self.windows_closed = pop.windows_closed
+        self.window = _Count(len(pop.window))      # the open window's size (the close empties it)
         tree = pop.detector.tree
         global_stats = _copied(tree.get_global_statistics) if self.agents else None
         cohort_stats = None
@@ -185,12 +205,35 @@ class PopulationView:
 
 
 @dataclass(frozen=True)
+class _Count:
+    n: int
+
+    def __len__(self) -> int:
+        return self.n
+
+
+@dataclass(frozen=True)
 class ReadView:
-    """The node's state at the start of a close, for the query routes (module docstring)."""
+    """The node's state at the start of a close, for the query routes (module docstring);
+    ``extensions``: the views of the node's extensions that offer one (``read_view()``, e.g.
+    the dashboard's window history), ``node``: the node itself, for what no close changes
+    (its settings, its peer links)."""
 
     populations: dict[str, PopulationView]
     region: str
     confidence_factor: float | None
+    extensions: tuple
+    last_event_id: int
+    window_end_at: float | None
+    state: str
+    node: Any
+
+    @property
+    def settings(self):
+        return self.node.settings
+
+    def window_end(self) -> float | None:
+        return self.window_end_at
 
     def find_agent(self, agent_id: str, population: str | None = None):
         """As :meth:`~.node.ServeNode.find_agent`, over the view."""
@@ -209,7 +252,9 @@ def publish_view(node) -> ReadView:
 
     now = node.settings.clock()
     pops = {name: PopulationView(pop, now) for name, pop in node.populations.items()}
-    return ReadView(pops, node.settings.region, view_confidence(node))
+    extensions = tuple(ext.read_view() for ext in node.extensions if hasattr(ext, "read_view"))
+    return ReadView(pops, node.settings.region, view_confidence(node), extensions, node.events.last_id,
+                    node.window_end(), node.state, node)
 
 
 class LiveRead:
@@ -217,9 +262,17 @@ class LiveRead:
     confidence factor and :meth:`find_agent`."""
 
     def __init__(self, node):
+        self.node = node
         self._node = node
         self.populations = node.populations
         self.region = node.settings.region
+        self.settings = node.settings
+        self.extensions = node.extensions
+        self.state = node.state
+        self.last_event_id = node.events.last_id
+
+    def window_end(self) -> float | None:
+        return self._node.window_end()
 
     @property
     def confidence_factor(self) -> float | None:
