@@ -1604,3 +1604,20 @@ def test_from_state_refuses_a_malformed_state():
         StableBayesianConsensus.from_state({"evidence": {"evidence_ids": []}, "founding_sources": None})
     with pytest.raises(InvalidTypeError):
         StableBayesianConsensus.from_state(["not", "a", "state"])
+
+
+def test_the_evidence_version_changes_with_the_evidence_held_and_only_then():
+    """A reader that sees one version before and after reading read one state (serve's read view)."""
+    c = StableBayesianConsensus()
+    v0 = c.evidence_version
+    c.add_evidence_batch(np.arange(3), np.array([0, 0, 1]), "peer_report", np.array([1.0, 2.0, -0.5]),
+                         np.ones(3), np.zeros(3), np.array(["s-1", "s-2", "s-1"], dtype=object))
+    v1 = c.evidence_version
+    assert v1 != v0
+    before = c.consensus(0)
+    c.consensus(1)
+    c.consensus_many([0, 1])
+    assert c.evidence_version == v1 and c.consensus(0) == before      # reads change nothing
+    c.add_evidence_batch(np.array([3]), np.array([0]), "peer_report", np.array([3.0]), np.ones(1),
+                         np.zeros(1), np.array(["s-3"], dtype=object))
+    assert c.evidence_version != v1 and c.consensus(0)["evidence_count"] == before["evidence_count"] + 1

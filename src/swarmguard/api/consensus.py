@@ -486,6 +486,13 @@ class StableBayesianConsensus(EvidenceIngestion, ConsensusMerging, Locked):
 
     @property
     @synchronized
+    def evidence_version(self) -> int:
+        """A number that changes whenever the evidence held changes (a reader that saw the
+        same number twice read one state in between)."""
+        return self._ledger.version
+
+    @property
+    @synchronized
     def n_partitions(self) -> int:
         return self._ledger.n_partitions
 

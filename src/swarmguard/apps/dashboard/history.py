@@ -32,7 +32,7 @@ import numpy as np
 
 from .cluster_history import ClusterWindow, record_cluster
 
-__all__ = ["WindowHistory", "WindowRecord", "CohortWindow", "P_VALUE_BINS", "history_of"]
+__all__ = ["WindowHistory", "HistoryView", "WindowRecord", "CohortWindow", "P_VALUE_BINS", "history_of"]
 
 P_VALUE_BINS = 20
 DEFAULT_TOP_K = 200
@@ -145,6 +145,11 @@ class WindowHistory:
         records = list(self.cluster)
         return records if last is None else records[-last:]
 
+    def read_view(self) -> HistoryView:
+        """The history as it is now, for serve's read view while a window closes (call under
+        the node's lock)."""
+        return HistoryView(self)
+
     # ---------------------------------------------------------------- recording
     def _record(self, pop, outcome, at: float) -> WindowRecord:
         states = [s for s in pop.agents.values() if s.window == outcome.window]
@@ -220,10 +225,33 @@ def _regions(pop) -> dict[str, tuple[float | None, float | None]]:
     return out
 
 
-def history_of(node) -> WindowHistory | None:
-    """The node's :class:`WindowHistory` (None: the node was built without it)."""
+class HistoryView:
+    """A :class:`WindowHistory` at one moment, with its read methods: the records (frozen
+    once recorded) and first isolations as they were, unchanged by a later close."""
+
+    def __init__(self, history: WindowHistory):
+        self._windows = {name: tuple(h.windows) for name, h in history.populations.items()}
+        self._first = {name: dict(h.first_isolated) for name, h in history.populations.items()}
+        self._cluster = tuple(history.cluster)
+
+    def windows(self, population: str, last: int | None = None) -> list[WindowRecord]:
+        records = list(self._windows.get(population, ()))
+        return records if last is None else records[-last:]
+
+    def first_isolated(self, population: str, agent_id: str) -> tuple[int, float] | None:
+        first = self._first.get(population)
+        return None if first is None else first.get(agent_id)
+
+    def cluster_windows(self, last: int | None = None) -> list[ClusterWindow]:
+        records = list(self._cluster)
+        return records if last is None else records[-last:]
+
+
+def history_of(node) -> WindowHistory | HistoryView | None:
+    """The node's :class:`WindowHistory` (None: the node was built without it); of a serve
+    read view (``node.read_view``), the history as it was then."""
     for extension in getattr(node, "extensions", ()):
-        if isinstance(extension, WindowHistory):
+        if isinstance(extension, (WindowHistory, HistoryView)):
             return extension
     return None
 

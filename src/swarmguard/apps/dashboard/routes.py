@@ -21,6 +21,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 from ..serve.auth import requires
 from ..serve.http_errors import ApiError
+from ..serve.read_view import answer
 from .cluster_history import partitions, peers_now
 from .history import P_VALUE_BINS, history_of
 
@@ -102,15 +103,16 @@ def _f(v) -> float | None:
 def status(request: Request) -> dict:
     """Windows closed per population, the newest event id, the open window's size and the peers
     not reachable now: the page polls this cheap answer and re-reads the rest when it changes."""
-    node = request.app.state.node
-    with node.lock:
+    def read(source) -> dict:
         return {"populations": {name: {"windows_closed": p.windows_closed, "agents": len(p.agents),
                                        "open_window_vectors": len(p.window)}
-                                for name, p in node.populations.items()},
-                "last_event_id": node.events.last_id, "window_end": node.window_end(),
-                "window_seconds": node.settings.window_seconds, "region": node.settings.region,
-                "state": node.state,
-                "peers_unreachable": [p["url"] for p in peers_now(node) if not p["reachable"]]}
+                                for name, p in source.populations.items()},
+                "last_event_id": source.last_event_id, "window_end": source.window_end(),
+                "window_seconds": source.settings.window_seconds, "region": source.settings.region,
+                "state": source.state,
+                "peers_unreachable": [p["url"] for p in peers_now(source.node) if not p["reachable"]]}
+
+    return answer(request.app.state.node, read)
 
 
 @api_router.get("/v1/dashboard/top", summary="The most anomalous agents, with what the table shows")
@@ -118,10 +120,9 @@ def top_agents(request: Request, top: int = Query(50, ge=1, le=1000), cohort: st
                population: str | None = None) -> dict:
     """``agents``: the ``top`` lowest p-values (as ``/v1/agents``), each with its consensus
     probability, the window it was first isolated in and its two largest feature shares."""
-    node = request.app.state.node
-    history = history_of(node)
-    with node.lock:
-        pop = _population(node, population)
+    def read(source) -> dict:
+        history = history_of(source)
+        pop = _population(source, population)
         states = [s for s in pop.agents.values() if cohort is None or (s.cohort or pop.region) == cohort]
         best = heapq.nlargest(top, states, key=lambda s: (-s.log_p, s.score))
         rows = []
@@ -138,9 +139,11 @@ def top_agents(request: Request, top: int = Query(50, ge=1, le=1000), cohort: st
                                    for c in pop.contributions(s)[:2] if c["share"] is not None]
             row["window"] = s.window
             rows.append(row)
-        return {"population": pop.name, "populations": sorted(node.populations),
+        return {"population": pop.name, "populations": sorted(source.populations),
                 "cohorts": pop.cohorts(), "window": pop.windows_closed, "agents_scored": len(pop.agents),
                 "open_window_vectors": len(pop.window), "agents": rows}
+
+    return answer(request.app.state.node, read)
 
 
 @api_router.get("/v1/dashboard/history", summary="Swim lanes and calibration over the last windows")
@@ -151,10 +154,9 @@ def window_history(request: Request, windows: int = Query(20, ge=1, le=120), top
     most anomalous agents now, their severity per window (null: not active, or below that
     window's ``floor``, the lowest severity the history kept); ``calibration``: per cohort the
     histogram of the last window's p-values."""
-    node = request.app.state.node
-    history = _history(node)
-    with node.lock:
-        pop = _population(node, population)
+    def read(source) -> dict:
+        history = _history(source)
+        pop = _population(source, population)
         records = history.windows(pop.name, windows)
         best = heapq.nlargest(top, pop.agents.values(), key=lambda s: (-s.log_p, s.score))
         agents = [s.agent_id for s in best]
@@ -175,6 +177,8 @@ def window_history(request: Request, windows: int = Query(20, ge=1, le=120), top
                             "agents": {} if last is None else {c: w.agents for c, w in last.cohorts.items()}},
         }
 
+    return answer(request.app.state.node, read)
+
 
 @api_router.get("/v1/dashboard/agents/{agent_id:path}", summary="One agent's drill-down",
                 responses={404: {"description": "unknown agent"}})
@@ -183,10 +187,9 @@ def agent_detail(request: Request, agent_id: str, population: str | None = None,
     """The agent's latest result and contributions, its features against the population's
     typical value and spread per window (the windows it was among the kept top), the window it
     was first isolated in, and the evidence about it by observer (flagged observers marked)."""
-    node = request.app.state.node
-    history = _history(node)
-    with node.lock:
-        found = node.find_agent(agent_id, population)
+    def read(source) -> dict:
+        history = _history(source)
+        found = source.find_agent(agent_id, population)
         if found is None:
             raise ApiError(404, f"unknown agent {agent_id!r}", code="unknown_agent")
         pop, state = found
@@ -210,6 +213,8 @@ def agent_detail(request: Request, agent_id: str, population: str | None = None,
         }
         out["evidence"] = _evidence_by_observer(pop, agent_id)
         return out
+
+    return answer(request.app.state.node, read)
 
 
 def _evidence_by_observer(pop, agent_id: str) -> list[dict[str, Any]]:
@@ -238,9 +243,8 @@ def _evidence_by_observer(pop, agent_id: str) -> list[dict[str, Any]]:
 
 @api_router.get("/v1/dashboard/observers", summary="Observers: reputation, outlier counts, Byzantine flags")
 def observers(request: Request, population: str | None = None) -> dict:
-    node = request.app.state.node
-    with node.lock:
-        pop = _population(node, population)
+    def read(source) -> dict:
+        pop = _population(source, population)
         consensus = pop.detector.consensus
         if consensus.evidence_count == 0:
             return {"observers": []}
@@ -254,13 +258,14 @@ def observers(request: Request, population: str | None = None) -> dict:
         out.sort(key=lambda r: (not r["flagged"], r["tail_bound"] if r["tail_bound"] is not None else 1.0))
         return {"observers": out}
 
+    return answer(request.app.state.node, read)
+
 
 @api_router.get("/v1/dashboard/regions", summary="Each region's confidence factor and staleness per window")
 def regions(request: Request, population: str | None = None, windows: int = Query(60, ge=1, le=120)) -> dict:
-    node = request.app.state.node
-    history = _history(node)
-    with node.lock:
-        pop = _population(node, population)
+    def read(source) -> dict:
+        history = _history(source)
+        pop = _population(source, population)
         records = history.windows(pop.name, windows)
         names = sorted({name for r in records for name in r.regions})
         return {"windows": [r.window for r in records], "at": [r.at for r in records],
@@ -269,6 +274,8 @@ def regions(request: Request, population: str | None = None, windows: int = Quer
                              "staleness_seconds": [r.regions.get(name, (None, None))[1] for r in records]}
                             for name in names]}
 
+    return answer(request.app.state.node, read)
+
 
 @api_router.get("/v1/dashboard/cluster", summary="The Regions panel: confidence, staleness and partitions over time")
 def cluster(request: Request, windows: int = Query(60, ge=1, le=120)) -> dict:
@@ -276,19 +283,20 @@ def cluster(request: Request, windows: int = Query(60, ge=1, le=120)) -> dict:
     ``at`` (node clock, s), ``confidence_factor`` (the node's), per region its part of the
     confidence and its staleness, ``partitions`` (per peer, the intervals it was unreachable)
     and ``peers`` as the node sees them now (``[]``: a single node)."""
-    node = request.app.state.node
-    history = _history(node)
-    with node.lock:
+    def read(source) -> dict:
+        history = _history(source)
         records = history.cluster_windows(windows)
-        now = node.settings.clock()
+        now = source.settings.clock()
         names = list(dict.fromkeys(name for r in records for name in r.regions))
-        return {"region": node.settings.region, "consistency": node.settings.consistency, "now": now,
+        return {"region": source.settings.region, "consistency": source.settings.consistency, "now": now,
                 "at": [r.at for r in records], "confidence_factor": [r.confidence_factor for r in records],
-                "regions": [{"region": name, "own": name == node.settings.region,
+                "regions": [{"region": name, "own": name == source.settings.region,
                              "confidence_factor": [r.regions.get(name, (None, None))[0] for r in records],
                              "staleness_seconds": [r.regions.get(name, (None, None))[1] for r in records]}
                             for name in names],
-                "partitions": partitions(records, now), "peers": peers_now(node)}
+                "partitions": partitions(records, now), "peers": peers_now(source.node)}
+
+    return answer(request.app.state.node, read)
 
 
 router = APIRouter()

@@ -44,6 +44,7 @@ from .events import EventLog
 from .http_errors import ApiError, one_line
 from .metrics import ServeMetrics
 from .population import Population, WindowOutcome
+from .read_view import ReadView, publish_view
 from .records import BehaviorBatch, EvidenceBatch, LineError, Refusals
 from .settings import ServeSettings
 from .snapshot import Snapshots
@@ -88,6 +89,7 @@ class ServeNode:
             self._population(name)
         self.opened_at: float | None = None  # arrival of the open window's first vector
         self.state = "starting"               # starting -> ready -> draining
+        self.read_view: ReadView | None = None  # published while a window closes (.read_view)
         self.extensions = [make(self) for make in node_extensions()]
         self.log = DurableLog(self.data_dir)
         self.snapshots = Snapshots(self, settings.snapshot_every)     # see .snapshot
@@ -100,7 +102,8 @@ class ServeNode:
 
     @property
     def lock(self) -> threading.RLock:
-        """The node's lock: hold it to read several of its parts as one state (queries do)."""
+        """The node's lock: hold it to read several of its parts as one state (queries do, or
+        answer from :attr:`read_view` while a close holds it: :func:`.read_view.answer`)."""
         return self._lock
 
     # ---------------------------------------------------------------- the pieces
@@ -280,12 +283,27 @@ class ServeNode:
         with self._lock:
             if self.opened_at is None:
                 return []
-            at = self.settings.clock()
-            seq = self._log_append(CLOSE_WINDOW, at, {})
-            outcomes = self._apply_close(at, live=True)
+            # reads answer from this view of the state before the close until it is wholly
+            # applied (.read_view); published before anything changes, withdrawn after
+            self.read_view = self._published_view()
+            try:
+                at = self.settings.clock()
+                seq = self._log_append(CLOSE_WINDOW, at, {})
+                outcomes = self._apply_close(at, live=True)
+            finally:
+                self.read_view = None
             self.metrics.queue_depth.labels("window_rows").set(0)
             self.snapshots.after_close(seq)
             return outcomes
+
+    def _published_view(self) -> ReadView | None:
+        """The read view of the state now (:mod:`.read_view`); None when it cannot be built:
+        the view only spares reads the wait, so the close goes on without it (reads wait)."""
+        try:
+            return publish_view(self)
+        except Exception:                  # noqa: BLE001 - never let the view stop a close
+            log.exception("no read view for this close: reads wait for it")
+            return None
 
     def _apply_close(self, at: float, live: bool) -> list[WindowOutcome]:
         self._at = at
@@ -409,7 +427,11 @@ class ServeNode:
                     # the window stays open in the file (the restart rebuilds it); no snapshot of an open window
                     log.warning("draining without closing the window or a snapshot: %s", exc.message)
                     return outcomes
-                outcomes = self._apply_close(at, live=True)
+                self.read_view = self._published_view()
+                try:
+                    outcomes = self._apply_close(at, live=True)
+                finally:
+                    self.read_view = None
             self.snapshots.take(self.log.last_seq())
             return outcomes
 

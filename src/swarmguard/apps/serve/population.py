@@ -7,7 +7,9 @@ names and agent table. Not thread-safe by itself: the node calls it under its lo
 
 from __future__ import annotations
 
+import gc
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,15 +95,19 @@ class Population:
         log_p = np.asarray(chi2_logsf(d2, X.shape[1]), dtype=np.float64)
         isolate = np.asarray(result.isolate, dtype=bool).tolist()
         newly: list[str] = []
-        window, name, agents = self.windows_closed, self.name, self.agents
+        # the round's table is a new dict, swapped in at the end: the table a published read
+        # view holds (.read_view) is never written again
+        window, name, agents = self.windows_closed, self.name, dict(self.agents)
         columns = zip(ids.tolist(), d2.tolist(), np.exp(log_p).tolist(), log_p.tolist(), severities(log_p).tolist(),
                       isolate, cohorts, np.asarray(result.confidence, dtype=np.float64).tolist(), X, strict=True)
-        for agent, score, p, lp, severity, iso, cohort, cf, x in columns:   # X is the window's own copy
-            before = agents.get(agent)
-            was = before is not None and before.isolated
-            if iso and not was:
-                newly.append(agent)
-            agents[agent] = AgentState(agent, name, score, p, lp, severity, was or iso, cohort, cf, x, window)
+        with _collector_paused():
+            for agent, score, p, lp, severity, iso, cohort, cf, x in columns:   # X is the window's own copy
+                before = agents.get(agent)
+                was = before is not None and before.isolated
+                if iso and not was:
+                    newly.append(agent)
+                agents[agent] = AgentState(agent, name, score, p, lp, severity, was or iso, cohort, cf, x, window)
+        self.agents = agents
         return WindowOutcome(self.name, self.windows_closed, len(ids), newly, self._own_evidence())
 
     def _own_evidence(self) -> list[list[Any]]:
@@ -229,6 +235,22 @@ class Population:
         for state in self.agents.values():
             groups.setdefault(state.cohort or self.region, []).append(state)
         return dict(sorted(groups.items()))
+
+
+@contextmanager
+def _collector_paused():
+    """Python's cyclic garbage collector off while a round's agent table is built: the old
+    table stays alive meanwhile (a published read view holds it), so each new state counts
+    as a net allocation and the collector would run again and again over objects that form
+    no cycles (twice the table's build time at 10⁵ agents). On again afterwards, unless it
+    was off before."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 def _statistics_of(members: list[AgentState]) -> dict[str, Any]:

@@ -1,4 +1,7 @@
-"""``GET /v1/agents``, ``/v1/agents/{id}``, ``/v1/populations[/{cohort}]`` and the ``/v1/events`` stream."""
+"""``GET /v1/agents``, ``/v1/agents/{id}``, ``/v1/populations[/{cohort}]`` and the ``/v1/events`` stream.
+
+Each answer is read over one state of the node (:func:`.read_view.answer`): under its lock,
+or while a window closes, over the view of the state before the close."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from fastapi.responses import StreamingResponse
 
 from .auth import requires
 from .http_errors import ApiError
-from .peers import view_confidence
+from .read_view import answer
 from .replica_read import (
     SOURCE_SCORED,
     replica_agent,
@@ -38,17 +41,18 @@ def list_agents(request: Request, top: int = Query(10, ge=1, le=100_000), cohort
     Agents this node scored (``"source": "scored"``) and, without a ``cohort`` filter (a
     register carries no cohort), the agents only its replicas hold (``"source": "replica"``,
     with ``writer_region`` and ``timestamp``: :mod:`.replica_read`), merged by the same order."""
-    node = request.app.state.node
-    with node.lock:
-        region = node.settings.region
-        pops = [p for p in node.populations.values() if population in (None, p.name)]
+    def read(source) -> dict:
+        region = source.region
+        pops = [p for p in source.populations.values() if population in (None, p.name)]
         states = [(s, None) for p in pops for s in p.agents.values()
                   if cohort is None or (s.cohort or region) == cohort]
         if cohort is None and any(_replicates(p) for p in pops):
-            cf = view_confidence(node)
+            cf = source.confidence_factor
             states += [(r.state, r) for p in pops for r in top_replica_agents(p, region, top, cf)]
         best = heapq.nlargest(top, states, key=lambda e: (-e[0].log_p, e[0].score))
         return {"agents": [_scored(s) if r is None else r.summary() for s, r in best]}
+
+    return answer(request.app.state.node, read)
 
 
 def _replicates(pop) -> bool:
@@ -68,35 +72,37 @@ def get_agent(request: Request, agent_id: str, population: str | None = None) ->
     and ``window``; ``source``: ``"scored"`` (this node's window) or ``"replica"`` (a peer's
     register replicated here, with ``writer_region``, ``timestamp`` and ``writer_staleness_seconds``;
     :mod:`.replica_read` says how each value is derived)."""
-    node = request.app.state.node
-    with node.lock:
-        found = node.find_agent(agent_id, population)
+    clock = request.app.state.node.settings.clock
+
+    def read(source) -> dict:
+        found = source.find_agent(agent_id, population)
         if found is not None:
             pop, state = found
             out = _scored(state)
         else:
-            pop, replica = _find_replica(node, agent_id, population)
+            pop, replica = _find_replica(source, agent_id, population)
             if replica is None:
                 raise ApiError(404, f"unknown agent {agent_id!r}", code="unknown_agent")
             state = replica.state
             out = replica.summary()
-            out["writer_staleness_seconds"] = writer_staleness(pop, node.settings.region, replica.writer_region,
-                                                               node.settings.clock())
+            out["writer_staleness_seconds"] = writer_staleness(pop, source.region, replica.writer_region, clock())
         out["contributions"] = pop.contributions(state) if found is not None else replica_contributions(pop, state)
         out["consensus"] = pop.consensus_of(agent_id)
         out["confidence_factor"] = state.confidence_factor
         out["window"] = state.window
         return out
 
+    return answer(request.app.state.node, read)
 
-def _find_replica(node, agent_id: str, population: str | None):
+
+def _find_replica(source, agent_id: str, population: str | None):
     """(population, :class:`~.replica_read.ReplicaAgent`) of an agent only a replica holds."""
-    pops = [p for p in node.populations.values() if population in (None, p.name) and _replicates(p)]
+    pops = [p for p in source.populations.values() if population in (None, p.name) and _replicates(p)]
     if not pops:
         return None, None
-    cf = view_confidence(node)
+    cf = source.confidence_factor
     for pop in pops:
-        found = replica_agent(pop, node.settings.region, agent_id, cf)
+        found = replica_agent(pop, source.region, agent_id, cf)
         if found is not None:
             return pop, found
     return None, None
@@ -106,30 +112,32 @@ def _find_replica(node, agent_id: str, population: str | None):
 def list_populations(request: Request) -> dict:
     """``{"region", "confidence_factor", "populations": [{"cohort", "count", "mean", ...}]}``;
     cohort ``""`` is the whole population; ``count`` counts agents."""
-    node = request.app.state.node
-    with node.lock:
+    def read(source) -> dict:
         out = []
-        for pop in node.populations.values():
+        for pop in source.populations.values():
             everyone = list(pop.agents.values())
             for cohort, members in [("", everyone), *pop.members_by_cohort().items()]:
                 summary = pop.cohort_summary(cohort, members)
                 if summary is not None:
                     out.append(summary)
         # this node's region and the confidence factor of its replicated view (.peers)
-        return {"region": node.settings.region, "confidence_factor": view_confidence(node), "populations": out}
+        return {"region": source.region, "confidence_factor": source.confidence_factor, "populations": out}
+
+    return answer(request.app.state.node, read)
 
 
 @router.get("/v1/populations/{cohort:path}", summary="One cohort", responses={404: {"description": "unknown cohort"}})
 def get_population(request: Request, cohort: str, population: str | None = None) -> dict:
-    node = request.app.state.node
-    with node.lock:
-        for pop in node.populations.values():
+    def read(source) -> dict:
+        for pop in source.populations.values():
             if population not in (None, pop.name):
                 continue
             summary = pop.cohort_summary(cohort)
             if summary is not None:
                 return summary
-    raise ApiError(404, f"unknown cohort {cohort!r}", code="unknown_cohort")
+        raise ApiError(404, f"unknown cohort {cohort!r}", code="unknown_cohort")
+
+    return answer(request.app.state.node, read)
 
 
 @router.get("/v1/events", summary="Server-Sent Events of isolations")

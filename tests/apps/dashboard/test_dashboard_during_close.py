@@ -1,0 +1,105 @@
+"""The dashboard's data routes while a window closes: at once, from before the close; after it, from after."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+from swarmguard.apps.serve.read_view import publish_view  # noqa: E402
+
+from ..serve.conftest import ManualClock, auth, post_behaviors  # noqa: E402
+from .test_dashboard_api import feed  # noqa: E402
+
+READ = auth("t-read")
+AT_ONCE = ["/v1/dashboard/status", "/v1/dashboard/top?top=20", "/v1/dashboard/history",
+           "/v1/dashboard/observers", "/v1/dashboard/regions", "/v1/dashboard/cluster"]
+DRILL_DOWN = "/v1/dashboard/agents/a-3"
+WAIT = 10.0
+
+
+def _answers(client, routes):
+    return {r: (lambda g: (g.status_code, g.json()))(client.get(r, headers=READ)) for r in routes}
+
+
+def _in_thread(fn):
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.setdefault("value", fn()), daemon=True)
+    thread.start()
+    return thread, box
+
+
+@pytest.fixture
+def fed_node(make_node):
+    clock = ManualClock()
+    _, node, client = make_node(clock=clock, require="anomaly")
+    feed(client, clock, windows=3)
+    return node, client, clock
+
+
+def test_the_view_answers_the_dashboard_as_the_live_node(fed_node):
+    node, client, _ = fed_node
+    live = _answers(client, [*AT_ONCE, DRILL_DOWN])
+    assert all(status == 200 for status, _ in live.values())
+    held, release = threading.Event(), threading.Event()
+
+    def hold_as_a_close_does():
+        with node.lock:
+            node.read_view = publish_view(node)
+            held.set()
+            release.wait(WAIT)
+            node.read_view = None
+
+    holder, _ = _in_thread(hold_as_a_close_does)
+    try:
+        assert held.wait(WAIT)
+        reader, got = _in_thread(lambda: _answers(client, AT_ONCE))
+        reader.join(WAIT / 2)
+        assert not reader.is_alive() and holder.is_alive()      # answered while the lock is held
+        assert got["value"] == {r: live[r] for r in AT_ONCE}
+        # the drill-down's evidence rows are read from the live node only: it waits for the lock
+        drill, drilled = _in_thread(lambda: _answers(client, [DRILL_DOWN]))
+        drill.join(0.3)
+        assert drill.is_alive()
+    finally:
+        release.set()
+        holder.join(WAIT)
+        drill.join(WAIT)
+    assert drilled["value"][DRILL_DOWN] == live[DRILL_DOWN]
+
+
+def test_during_a_slowed_close_the_dashboard_answers_from_before_it(fed_node, monkeypatch):
+    node, client, clock = fed_node
+    rows = [{"agent_id": f"a-{i}", "features": [float(i), 1.0, 2.0], "cohort": "north"} for i in range(40)]
+    assert post_behaviors(client, rows).status_code == 200
+    clock.t += 61                          # the window is due (the clock is no part of a close)
+    before = _answers(client, AT_ONCE)
+    started, release = threading.Event(), threading.Event()
+    detector = node.populations["behaviors"].detector
+    original = detector.process_round
+
+    def slowed(*args, **kwargs):
+        started.set()
+        release.wait(WAIT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(detector, "process_round", slowed)
+    closer, _ = _in_thread(node.close_window)
+    try:
+        assert started.wait(WAIT)
+        reader, got = _in_thread(lambda: _answers(client, AT_ONCE))
+        reader.join(WAIT / 2)
+        assert not reader.is_alive() and closer.is_alive()
+        assert got["value"] == before
+    finally:
+        release.set()
+        closer.join(WAIT)
+    after = _answers(client, AT_ONCE)
+    status_before, status_after = before["/v1/dashboard/status"][1], after["/v1/dashboard/status"][1]
+    assert status_after["populations"]["behaviors"]["windows_closed"] == \
+        status_before["populations"]["behaviors"]["windows_closed"] + 1
+    assert status_before["populations"]["behaviors"]["open_window_vectors"] == 40
+    assert status_after["populations"]["behaviors"]["open_window_vectors"] == 0
+    assert after["/v1/dashboard/history"] != before["/v1/dashboard/history"]

@@ -1,0 +1,168 @@
+"""Reads while a window closes: answered at once, wholly from before the close, then wholly after it."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from swarmguard.apps.serve.peers import PeerLink
+
+from .conftest import auth, close_window, population_rows, post_behaviors, post_evidence
+from .test_peers_node import _sync, pair  # noqa: F401 - the fixture
+
+READ = auth("t-read")
+ROUTES = ["/v1/agents?top=5", "/v1/agents/a-7", "/v1/agents/a-8", "/v1/populations", "/v1/populations/eu"]
+WAIT = 10.0          # the longest a test waits for anything (a hang fails, it does not block the run)
+
+
+def _cohort(i: int) -> str:
+    return "eu" if i % 2 else "us"
+
+
+def _node_with_one_closed_window(make_node):
+    settings, node, client = make_node()
+    rng = np.random.default_rng(5)
+    for _ in range(2):
+        _, rows = population_rows(rng, 60, 3, shifted=(7,), cohort=_cohort)
+        assert post_behaviors(client, rows).status_code == 200
+        close_window(client)
+    post_evidence(client, [{"evidence_id": "e-8", "agent_id": "a-8", "evidence_type": "peer_report",
+                            "log_odds": 1.5, "confidence": 1.0, "timestamp": 0.0}])
+    before = {r: client.get(r, headers=READ).json() for r in ROUTES}
+    # the next window moves every agent (a-8 far out): each answer after its close differs
+    _, rows = population_rows(rng, 60, 3, shifted=(7, 8), shift=40.0, cohort=_cohort)
+    assert post_behaviors(client, rows).status_code == 200
+    return node, client, before
+
+
+def _slowed_round(node, monkeypatch, *, hold_after_round: bool):
+    """Make the behaviours population's round wait for ``release`` (before it starts, or once
+    it ran: its evidence added, the agent table not yet swapped in); ``started`` is set then."""
+    started, release = threading.Event(), threading.Event()
+    detector = node.populations["behaviors"].detector
+    original = detector.process_round
+
+    def slowed(*args, **kwargs):
+        if not hold_after_round:
+            started.set()
+            release.wait(WAIT)
+        result = original(*args, **kwargs)
+        if hold_after_round:
+            started.set()
+            release.wait(WAIT)
+        return result
+
+    monkeypatch.setattr(detector, "process_round", slowed)
+    return started, release
+
+
+def _in_thread(fn):
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.setdefault("value", fn()), daemon=True)
+    thread.start()
+    return thread, box
+
+
+def test_reads_during_a_close_answer_at_once_from_before_it_and_after_it_from_after(make_node, monkeypatch):
+    node, client, before = _node_with_one_closed_window(make_node)
+    started, release = _slowed_round(node, monkeypatch, hold_after_round=False)
+    closer, _ = _in_thread(lambda: close_window(client))
+    try:
+        assert started.wait(WAIT)
+        reader, got = _in_thread(lambda: {r: client.get(r, headers=READ).json() for r in ROUTES})
+        reader.join(WAIT / 2)
+        # answered while the round still waits: the close holds the node's lock all along
+        assert not reader.is_alive() and closer.is_alive()
+        assert got["value"] == before
+    finally:
+        release.set()
+        closer.join(WAIT)
+    assert not closer.is_alive()
+    after = {r: client.get(r, headers=READ).json() for r in ROUTES}
+    for route in ROUTES:
+        assert after[route] != before[route], route
+    assert after["/v1/agents/a-8"]["window"] == before["/v1/agents/a-8"]["window"] + 1
+    assert after["/v1/agents?top=5"]["agents"][0]["agent_id"] in {"a-7", "a-8"}
+
+
+def test_a_read_the_round_changed_midway_waits_and_answers_from_after_the_close(make_node, monkeypatch):
+    node, client, before = _node_with_one_closed_window(make_node)
+    started, release = _slowed_round(node, monkeypatch, hold_after_round=True)
+    closer, _ = _in_thread(lambda: close_window(client))
+    try:
+        assert started.wait(WAIT)
+        # the round added its own evidence (a-8 is far out): the consensus is no longer the
+        # one before the close, so an answer holding it waits for the close ...
+        assert node.populations["behaviors"].detector.last_round_evidence is not None
+        agent, got_agent = _in_thread(lambda: client.get("/v1/agents/a-8", headers=READ).json())
+        # ... while one that holds no consensus answers from before the close at once
+        top = client.get("/v1/agents?top=5", headers=READ).json()
+        assert top == before["/v1/agents?top=5"]
+        agent.join(0.5)
+        assert agent.is_alive() and closer.is_alive()
+    finally:
+        release.set()
+        closer.join(WAIT)
+        agent.join(WAIT)
+    assert not closer.is_alive() and not agent.is_alive()
+    after = client.get("/v1/agents/a-8", headers=READ).json()
+    assert got_agent["value"] == after != before["/v1/agents/a-8"]
+    assert after["window"] == before["/v1/agents/a-8"]["window"] + 1
+    assert after["consensus"]["evidence_count"] > before["/v1/agents/a-8"]["consensus"]["evidence_count"]
+
+
+def test_the_view_answers_as_the_live_node_replicas_included(pair):  # noqa: F811
+    """Every route answers from a view exactly what the node answered live in the same state:
+    scored agents, agents only the replica holds (posted to the peer), cohorts."""
+    from swarmguard.apps.serve.read_view import publish_view
+
+    clock, node = pair
+    _, us, us_c = node("us")
+    _, eu, eu_c = node("eu")
+    rng = np.random.default_rng(9)
+    _, us_rows = population_rows(rng, 30, 3, cohort=_cohort)
+    eu_rows = [{**r, "agent_id": f"e-{i}"} for i, r in enumerate(population_rows(rng, 40, 3, shifted=(7,))[1])]
+    assert post_behaviors(us_c, us_rows).status_code == 200 and post_behaviors(eu_c, eu_rows).status_code == 200
+    close_window(us_c)
+    close_window(eu_c)
+    assert _sync(eu, us_c, PeerLink("http://us"))
+    routes = ["/v1/agents?top=50", "/v1/agents/e-7", "/v1/agents/a-3", "/v1/agents/nobody",
+              "/v1/populations", "/v1/populations/eu", "/v1/populations/nowhere"]
+    live = {r: (lambda g: (g.status_code, g.json()))(us_c.get(r, headers=READ)) for r in routes}
+    assert live["/v1/agents/e-7"][1]["source"] == "replica" and live["/v1/agents/a-3"][1]["source"] == "scored"
+    held, release = threading.Event(), threading.Event()
+
+    def hold_as_a_close_does():
+        with us.lock:
+            us.read_view = publish_view(us)
+            held.set()
+            release.wait(WAIT)
+            us.read_view = None
+
+    holder, _ = _in_thread(hold_as_a_close_does)
+    try:
+        assert held.wait(WAIT)
+        reader, got = _in_thread(lambda: {r: (lambda g: (g.status_code, g.json()))(us_c.get(r, headers=READ))
+                                          for r in routes})
+        reader.join(WAIT / 2)
+        assert not reader.is_alive() and holder.is_alive()     # answered from the view, the lock still held
+    finally:
+        release.set()
+        holder.join(WAIT)
+    assert got["value"] == live
+
+
+def test_a_view_that_cannot_be_built_does_not_stop_the_close(make_node, monkeypatch):
+    from swarmguard.apps.serve import node as node_module
+
+    node, client, before = _node_with_one_closed_window(make_node)
+
+    def broken(_node):
+        raise RuntimeError("no view")
+
+    monkeypatch.setattr(node_module, "publish_view", broken)
+    closed = close_window(client)
+    assert [c["population"] for c in closed] == ["behaviors"] and node.read_view is None
+    after = client.get("/v1/agents/a-8", headers=READ).json()
+    assert after["window"] == before["/v1/agents/a-8"]["window"] + 1
