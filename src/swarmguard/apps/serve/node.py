@@ -43,7 +43,7 @@ from .durable_log import BEHAVIORS, CLOSE_WINDOW, EVIDENCE, DurableLog, LogRecor
 from .events import EventLog
 from .http_errors import ApiError, one_line
 from .metrics import ServeMetrics
-from .population import Population, WindowOutcome
+from .population import Population, WindowOutcome, find_agent_in
 from .read_view import ReadView, publish_view
 from .records import BehaviorBatch, EvidenceBatch, LineError, Refusals
 from .settings import ServeSettings
@@ -449,13 +449,7 @@ class ServeNode:
     def find_agent(self, agent_id: str, population: str | None = None):
         """(population, state) of an agent seen in a closed window (None: unknown)."""
         with self._lock:
-            pops = [self.populations[population]] if population in self.populations else (
-                [] if population else list(self.populations.values()))
-            for pop in pops:
-                state = pop.agents.get(agent_id)
-                if state is not None:
-                    return pop, state
-        return None
+            return find_agent_in(self.populations, agent_id, population)
 
 
 def node_extensions() -> list:

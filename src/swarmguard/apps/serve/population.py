@@ -26,7 +26,7 @@ from .settings import ServeSettings
 from .tokens import DETECTOR_SOURCE_PREFIX
 from .window import WindowBuffer
 
-__all__ = ["Population", "WindowOutcome", "detector_source_population"]
+__all__ = ["Population", "WindowOutcome", "detector_source_population", "find_agent_in"]
 
 
 def detector_source_population(source: Any) -> str | None:
@@ -235,6 +235,19 @@ class Population:
         for state in self.agents.values():
             groups.setdefault(state.cohort or self.region, []).append(state)
         return dict(sorted(groups.items()))
+
+
+def find_agent_in(populations: dict[str, Any], agent_id: str, population: str | None = None):
+    """(population, state) of ``agent_id`` in the first of ``populations`` (name to a
+    :class:`Population` or a view of one) whose agent table holds it, only ``population``'s
+    when named (an unknown name: none); None when no table holds it."""
+    pops = [populations[population]] if population in populations else (
+        [] if population else list(populations.values()))
+    for pop in pops:
+        state = pop.agents.get(agent_id)
+        if state is not None:
+            return pop, state
+    return None
 
 
 @contextmanager

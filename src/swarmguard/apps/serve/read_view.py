@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ...errors import UnknownAgentError
-from .population import Population
+from .population import Population, find_agent_in
 
 __all__ = ["ReadView", "LiveRead", "PopulationView", "ViewExpired", "publish_view", "answer"]
 
@@ -237,13 +237,7 @@ class ReadView:
 
     def find_agent(self, agent_id: str, population: str | None = None):
         """As :meth:`~.node.ServeNode.find_agent`, over the view."""
-        pops = [self.populations[population]] if population in self.populations else (
-            [] if population else list(self.populations.values()))
-        for pop in pops:
-            state = pop.agents.get(agent_id)
-            if state is not None:
-                return pop, state
-        return None
+        return find_agent_in(self.populations, agent_id, population)
 
 
 def publish_view(node) -> ReadView:
