@@ -20,8 +20,8 @@ def _cohort(i: int) -> str:
     return "eu" if i % 2 else "us"
 
 
-def _node_with_one_closed_window(make_node):
-    settings, node, client = make_node()
+def _node_with_one_closed_window(make_node, **options):
+    settings, node, client = make_node(**options)
     rng = np.random.default_rng(5)
     for _ in range(2):
         _, rows = population_rows(rng, 60, 3, shifted=(7,), cohort=_cohort)
@@ -166,3 +166,42 @@ def test_a_view_that_cannot_be_built_does_not_stop_the_close(make_node, monkeypa
     assert [c["population"] for c in closed] == ["behaviors"] and node.read_view is None
     after = client.get("/v1/agents/a-8", headers=READ).json()
     assert after["window"] == before["/v1/agents/a-8"]["window"] + 1
+
+
+def test_an_isolation_event_is_not_seen_before_the_reads_show_it(make_node, monkeypatch):
+    """``/v1/events`` reads the event log without the node's lock: an isolation it streams
+    while the close still holds the lock (the round ran, the extensions' ``after_close``
+    not yet) must not be followed by a read that answers from before that close."""
+    from swarmguard.apps.dashboard.history import WindowHistory
+
+    node, client, before = _node_with_one_closed_window(make_node, require="anomaly")
+    seen_before = node.events.last_id
+    history = next(e for e in node.extensions if isinstance(e, WindowHistory))
+    started, release = threading.Event(), threading.Event()
+    original = history.after_close
+
+    def slowed(at, outcomes):
+        started.set()
+        release.wait(WAIT)
+        return original(at, outcomes)
+
+    monkeypatch.setattr(history, "after_close", slowed)
+    closer, _ = _in_thread(lambda: close_window(client))
+    try:
+        assert started.wait(WAIT)
+        streamed = [data["agent_id"] for _, data in node.events.after(seen_before)]    # what SSE sends now
+        # the list holds no consensus: it would answer from the view published before the close
+        reader, got = _in_thread(lambda: client.get("/v1/agents?top=5", headers=READ).json())
+        reader.join(WAIT / 2)
+        assert not reader.is_alive() and closer.is_alive()      # answered from the view, at once
+        listed = {a["agent_id"]: a["isolated"] for a in got["value"]["agents"]}
+        # an event that says a-8 is isolated is followed by reads that say so too
+        assert "a-8" not in streamed or listed.get("a-8") is True, (streamed, listed)
+    finally:
+        release.set()
+        closer.join(WAIT)
+        reader.join(WAIT)
+    assert not closer.is_alive()
+    after = client.get("/v1/agents/a-8", headers=READ).json()
+    assert after["isolated"] and not before["/v1/agents/a-8"]["isolated"]      # the close did isolate a-8
+    assert "a-8" in [data["agent_id"] for _, data in node.events.after(seen_before)]
