@@ -205,3 +205,31 @@ def test_an_isolation_event_is_not_seen_before_the_reads_show_it(make_node, monk
     after = client.get("/v1/agents/a-8", headers=READ).json()
     assert after["isolated"] and not before["/v1/agents/a-8"]["isolated"]      # the close did isolate a-8
     assert "a-8" in [data["agent_id"] for _, data in node.events.after(seen_before)]
+
+
+def test_the_view_copies_only_the_registers_a_read_answers_from(pair):  # noqa: F811
+    """A read answers from a register only for an agent the population did not score
+    (.replica_read): the view copies those registers, not every register each close."""
+    from swarmguard.apps.serve.read_view import publish_view
+
+    clock, node = pair
+    _, us, us_c = node("us")
+    _, eu, eu_c = node("eu")
+    rng = np.random.default_rng(9)
+    _, us_rows = population_rows(rng, 30, 3)
+    eu_rows = [{**r, "agent_id": f"e-{i}"} for i, r in enumerate(population_rows(rng, 40, 3)[1])]
+    assert post_behaviors(us_c, us_rows).status_code == 200 and post_behaviors(eu_c, eu_rows).status_code == 200
+    close_window(us_c)
+    close_window(eu_c)
+    assert _sync(eu, us_c, PeerLink("http://us"))
+    live = us.populations["behaviors"].replica("us").registers
+    held = set(live.index.keys_of(np.arange(len(live))).tolist())
+    assert held == {f"a-{i}" for i in range(30)} | {f"e-{i}" for i in range(40)}     # both regions' registers
+    with us.lock:
+        view = publish_view(us)
+    copied = view.populations["behaviors"].replica("us").registers.entries()
+    assert sorted([*copied["int_ids"].tolist(), *copied["str_ids"].tolist()]) == sorted(f"e-{i}" for i in range(40))
+    for i in (0, 39):
+        got, want = view.populations["behaviors"].replica("us").registers.get(f"e-{i}"), live.get(f"e-{i}")
+        assert got["anomaly_score"] == want["anomaly_score"] and got["timestamp"] == want["timestamp"]
+        assert np.array_equal(got["features"], want["features"]) and got["region"] == want["region"] == "eu"
