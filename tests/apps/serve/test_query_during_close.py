@@ -233,3 +233,36 @@ def test_the_view_copies_only_the_registers_a_read_answers_from(pair):  # noqa: 
         got, want = view.populations["behaviors"].replica("us").registers.get(f"e-{i}"), live.get(f"e-{i}")
         assert got["anomaly_score"] == want["anomaly_score"] and got["timestamp"] == want["timestamp"]
         assert np.array_equal(got["features"], want["features"]) and got["region"] == want["region"] == "eu"
+
+
+def test_the_view_is_withdrawn_when_the_round_raises_or_the_close_cannot_be_logged(make_node, monkeypatch):
+    import pytest
+
+    from swarmguard.apps.serve.http_errors import ApiError
+    from swarmguard.errors import EvidenceStoreError
+
+    node, client, before = _node_with_one_closed_window(make_node)
+    published = []
+    real_publish = node._published_view
+    monkeypatch.setattr(node, "_published_view", lambda: published.append(real_publish()) or published[-1])
+
+    def unwritable(*args, **kwargs):
+        raise EvidenceStoreError("the disk is gone")
+
+    with monkeypatch.context() as m:
+        m.setattr(node.log, "append", unwritable)
+        with pytest.raises(ApiError):
+            node.close_window()
+    assert published[-1] is not None and node.read_view is None
+
+    def broken_round(*args, **kwargs):
+        raise RuntimeError("the round broke")
+
+    monkeypatch.setattr(node.populations["behaviors"].detector, "process_round", broken_round)
+    with pytest.raises(RuntimeError):
+        node.close_window()
+    assert len(published) == 2 and published[-1] is not None and node.read_view is None
+    # nothing waits for a view that is gone: reads answer from the live node at once
+    reader, got = _in_thread(lambda: client.get("/v1/agents?top=5", headers=READ).status_code)
+    reader.join(WAIT)
+    assert not reader.is_alive() and got["value"] == 200
