@@ -15,7 +15,8 @@ What the view holds, and why it is not changed by the round:
   :meth:`~.population.Population.close_window` builds the round's table as a new dict
   and swaps it in at the end, so the table a view holds is never written again;
 - the population's statistics (whole population and every cohort an agent is in),
-  its replica's registers (:meth:`entries`, copies) and the writer regions' ages,
+  its replica's registers of the agents it did not score (:meth:`entries`, copies: the
+  only registers a read answers from) and the writer regions' ages,
   and the confidence factor (:func:`~.peers.view_confidence`), copied at publication;
 - the consensus, read live under its own lock but only while its evidence version is
   the one at publication: once the round adds its own evidence (near its end), a read
@@ -197,7 +198,7 @@ class PopulationView:
         resolver = pop.detector.cap_resolver
         replica = pop.replica(pop.region)
         frozen_replica = None if replica is None else _FrozenReplica(
-            _FrozenRegisters(replica.registers.entries()), dict(replica.ages(now)))
+            _FrozenRegisters(_unscored_entries(replica.registers, self.agents)), dict(replica.ages(now)))
         self.detector = _FrozenDetector(
             _FrozenTree(global_stats, cohort_stats), _CheckedConsensus(pop.detector.consensus),
             _FrozenSettings(pop.detector.settings.shrinkage),
@@ -295,6 +296,17 @@ def answer(node, read: Callable[[ReadView | LiveRead], T]) -> T:
             except ViewExpired:
                 with node.lock:
                     return read(LiveRead(node))
+
+
+def _unscored_entries(registers: Any, agents: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The registers of the agents ``agents`` lacks, copied (``entries`` of their rows): the
+    only ones a read reaches (:mod:`.replica_read` answers an agent from a register only
+    when the population did not score it). On a node that scores its agents itself that is
+    none, where a copy of every register cost 0.06 s and 16 MB at 10⁵ agents, each close."""
+    rows = np.arange(len(registers), dtype=np.int64)
+    keys = registers.index.keys_of(rows).tolist()
+    unscored = np.fromiter((k not in agents for k in keys), dtype=bool, count=len(keys))
+    return registers.entries(rows[unscored])
 
 
 def _evidence_version(consensus: Any) -> int | None:
