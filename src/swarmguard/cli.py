@@ -36,16 +36,22 @@ _SERVE_EXTRA_MODULES = frozenset({"fastapi", "starlette", "pydantic", "pydantic_
                                   "prometheus_client", "httpx", "httpcore"})
 
 
-def _cannot_import(command: str, exc: ImportError) -> str:
-    """One line saying which module ``swarmguard serve`` cannot import and what to install.
+_SERVE_EXTRAS = (("serve", _SERVE_EXTRA_MODULES), ("ray", frozenset({"ray"})))   # serve --backend ray: Ray
 
-    The serve extra's modules name the extra; any other (SciPy's LAPACK bindings: a core
-    dependency) means a broken or partial install. Only the first line of the error is kept
-    (some, NumPy's and SciPy's among them, run to paragraphs)."""
+
+def _cannot_import(command: str, exc: ImportError,
+                   extras: tuple[tuple[str, frozenset[str]], ...] = _SERVE_EXTRAS) -> str:
+    """One line saying which module ``swarmguard <command>`` cannot import and what to install.
+
+    The modules of an extra in ``extras`` (``(extra, top-level module names)`` pairs; serve's by
+    default) name that extra; any other (SciPy's LAPACK bindings: a core dependency) means a
+    broken or partial install. Only the first line of the error is kept (some, NumPy's and
+    SciPy's among them, run to paragraphs)."""
     first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
     name = exc.name or ""
-    if name.partition(".")[0] in _SERVE_EXTRA_MODULES:
-        return f"swarmguard {command} needs the serve extra (pip install 'swarmguard[serve]'): {first}"
+    for extra, modules in extras:
+        if name.partition(".")[0] in modules:
+            return f"swarmguard {command} needs the {extra} extra (pip install 'swarmguard[{extra}]'): {first}"
     if name:
         return (f"swarmguard {command} cannot import {name}: {first} (a broken or partial install: "
                 f"reinstall it, e.g. pip install --force-reinstall {name.partition('.')[0]})")
@@ -505,8 +511,6 @@ def serve(
         from .apps.serve.run import import_serving_modules, run_server
         from .apps.serve.settings import ServeSettings
 
-        import_serving_modules()        # uvicorn, SciPy's LAPACK: before anything is made
-
         settings = ServeSettings(data_dir=data_dir, tokens_file=tokens, host=host, port=port, region=region,
                                  window_seconds=window, features=features, max_body_bytes=max_body_bytes,
                                  max_header_bytes=max_header_bytes, body_timeout_seconds=body_timeout,
@@ -516,6 +520,7 @@ def serve(
                                  peers=tuple(u.strip() for u in (peers or "").split(",") if u.strip()),
                                  sync_seconds=sync_seconds, consistency=consistency.lower(),
                                  peer_token=_peer_token(peer_token_file))
+        import_serving_modules(settings)    # uvicorn, SciPy's LAPACK, Ray, ...: before anything is made
         settings.check_exposure()
         if tokens is not None:
             from .apps.serve.tokens import load_tokens
