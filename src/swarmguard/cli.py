@@ -37,6 +37,10 @@ _SERVE_EXTRA_MODULES = frozenset({"fastapi", "starlette", "pydantic", "pydantic_
 
 
 _SERVE_EXTRAS = (("serve", _SERVE_EXTRA_MODULES), ("ray", frozenset({"ray"})))   # serve --backend ray: Ray
+# the fleet extra's: the OpenTelemetry SDK and exporter and what they bring (protobuf's `google`,
+# requests, urllib3), httpx and its own
+_FLEET_EXTRAS = (("fleet", frozenset({"opentelemetry", "google", "requests", "urllib3", "certifi", "idna",
+                                      "charset_normalizer", "httpx", "httpcore", "h11", "anyio"})),)
 
 
 def _cannot_import(command: str, exc: ImportError,
@@ -559,9 +563,11 @@ def fleet(
             raise typer.BadParameter(f"expected SOURCE=TOKEN, got {item!r}", param_hint="--observer")
         pairs.append((source, secret))
     try:
-        from .apps.otlp.fleet import run_fleet
+        from .apps.otlp.fleet import import_fleet_modules, run_fleet
+
+        import_fleet_modules()          # the SDK, its exporter and httpx are imported on first use
     except ImportError as exc:
-        raise _fail(f"swarmguard fleet needs the fleet extra (pip install 'swarmguard[fleet]'): {exc}") from None
+        raise _fail(_cannot_import("fleet", exc, _FLEET_EXTRAS)) from None
     say = lambda line: err_console.print(line, markup=False, highlight=False)  # noqa: E731
     say(f"swarmguard fleet: {agents} agents ({misbehaving} misbehaving) -> {endpoint}, {windows} windows of {window:g} s")
     try:

@@ -161,3 +161,26 @@ def test_an_import_error_of_paragraphs_or_without_a_module_name_is_still_one_lin
                     "libopenblas.so.0: cannot open shared object file")
     said = _cannot_import("serve", ModuleNotFoundError("No module named 'h11'", name="h11"))
     assert said == "swarmguard serve needs the serve extra (pip install 'swarmguard[serve]'): No module named 'h11'"
+
+
+@pytest.mark.parametrize("missing", ["opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http", "httpx"])
+def test_fleet_without_the_fleet_extra_says_so_in_one_line_and_exits_2_before_it_starts(missing):
+    # the SDK, its exporter and httpx are imported on first use: without them imported first the
+    # command said it started, then exited 1 with a bare ModuleNotFoundError, never naming the extra
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[3] / "src"
+    script = (f"import sys; sys.modules[{missing!r}] = None\n"
+              "from swarmguard.cli import app\n"
+              "app(['fleet', '--endpoint', 'http://127.0.0.1:9', '--agents', '5', '--misbehaving', '1', "
+              "'--windows', '1', '--window', '0.5'], prog_name='swarmguard')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: swarmguard fleet needs the fleet extra "
+                                                   "(pip install 'swarmguard[fleet]'): "), out.stderr
+    assert missing.split(".")[0] in lines[0] and "Traceback" not in out.stderr and out.stdout == ""
