@@ -36,16 +36,26 @@ _SERVE_EXTRA_MODULES = frozenset({"fastapi", "starlette", "pydantic", "pydantic_
                                   "prometheus_client", "httpx", "httpcore"})
 
 
-def _cannot_import(command: str, exc: ImportError) -> str:
-    """One line saying which module ``swarmguard serve`` cannot import and what to install.
+_SERVE_EXTRAS = (("serve", _SERVE_EXTRA_MODULES), ("ray", frozenset({"ray"})))   # serve --backend ray: Ray
+# the fleet extra's: the OpenTelemetry SDK and exporter and what they bring (protobuf's `google`,
+# requests, urllib3), httpx and its own
+_FLEET_EXTRAS = (("fleet", frozenset({"opentelemetry", "google", "requests", "urllib3", "certifi", "idna",
+                                      "charset_normalizer", "httpx", "httpcore", "h11", "anyio"})),)
 
-    The serve extra's modules name the extra; any other (SciPy's LAPACK bindings: a core
-    dependency) means a broken or partial install. Only the first line of the error is kept
-    (some, NumPy's and SciPy's among them, run to paragraphs)."""
+
+def _cannot_import(command: str, exc: ImportError,
+                   extras: tuple[tuple[str, frozenset[str]], ...] = _SERVE_EXTRAS) -> str:
+    """One line saying which module ``swarmguard <command>`` cannot import and what to install.
+
+    The modules of an extra in ``extras`` (``(extra, top-level module names)`` pairs; serve's by
+    default) name that extra; any other (SciPy's LAPACK bindings: a core dependency) means a
+    broken or partial install. Only the first line of the error is kept (some, NumPy's and
+    SciPy's among them, run to paragraphs)."""
     first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
     name = exc.name or ""
-    if name.partition(".")[0] in _SERVE_EXTRA_MODULES:
-        return f"swarmguard {command} needs the serve extra (pip install 'swarmguard[serve]'): {first}"
+    for extra, modules in extras:
+        if name.partition(".")[0] in modules:
+            return f"swarmguard {command} needs the {extra} extra (pip install 'swarmguard[{extra}]'): {first}"
     if name:
         return (f"swarmguard {command} cannot import {name}: {first} (a broken or partial install: "
                 f"reinstall it, e.g. pip install --force-reinstall {name.partition('.')[0]})")
@@ -505,8 +515,6 @@ def serve(
         from .apps.serve.run import import_serving_modules, run_server
         from .apps.serve.settings import ServeSettings
 
-        import_serving_modules()        # uvicorn, SciPy's LAPACK: before anything is made
-
         settings = ServeSettings(data_dir=data_dir, tokens_file=tokens, host=host, port=port, region=region,
                                  window_seconds=window, features=features, max_body_bytes=max_body_bytes,
                                  max_header_bytes=max_header_bytes, body_timeout_seconds=body_timeout,
@@ -516,6 +524,7 @@ def serve(
                                  peers=tuple(u.strip() for u in (peers or "").split(",") if u.strip()),
                                  sync_seconds=sync_seconds, consistency=consistency.lower(),
                                  peer_token=_peer_token(peer_token_file))
+        import_serving_modules(settings)    # uvicorn, SciPy's LAPACK, Ray, ...: before anything is made
         settings.check_exposure()
         if tokens is not None:
             from .apps.serve.tokens import load_tokens
@@ -554,9 +563,11 @@ def fleet(
             raise typer.BadParameter(f"expected SOURCE=TOKEN, got {item!r}", param_hint="--observer")
         pairs.append((source, secret))
     try:
-        from .apps.otlp.fleet import run_fleet
+        from .apps.otlp.fleet import import_fleet_modules, run_fleet
+
+        import_fleet_modules()          # the SDK, its exporter and httpx are imported on first use
     except ImportError as exc:
-        raise _fail(f"swarmguard fleet needs the fleet extra (pip install 'swarmguard[fleet]'): {exc}") from None
+        raise _fail(_cannot_import("fleet", exc, _FLEET_EXTRAS)) from None
     say = lambda line: err_console.print(line, markup=False, highlight=False)  # noqa: E731
     say(f"swarmguard fleet: {agents} agents ({misbehaving} misbehaving) -> {endpoint}, {windows} windows of {window:g} s")
     try:

@@ -110,12 +110,20 @@ def test_body_timeout_reaches_the_node_and_a_bad_one_exits_2(monkeypatch):
         assert out.exit_code == 2 and "--body-timeout (body_timeout_seconds) must be > 0" in out.output
 
 
-@pytest.mark.parametrize(("missing", "said"), [
-    ("fastapi", "needs the serve extra (pip install 'swarmguard[serve]')"),
-    ("uvicorn", "needs the serve extra (pip install 'swarmguard[serve]')"),
-    ("scipy.linalg.lapack", "cannot import scipy.linalg.lapack"),
+@pytest.mark.parametrize(("missing", "said", "options"), [
+    ("fastapi", "needs the serve extra (pip install 'swarmguard[serve]')", ()),
+    ("uvicorn", "needs the serve extra (pip install 'swarmguard[serve]')", ()),
+    ("scipy.linalg.lapack", "cannot import scipy.linalg.lapack", ()),
+    # imported by uvicorn only once it listens (its parser), by the app when it is made (its
+    # metrics), by the node as it builds (Ray), by the peer sync at its first round (httpx):
+    # a traceback after the start-up lines, or a node listening that never starts
+    ("h11", "needs the serve extra (pip install 'swarmguard[serve]')", ()),
+    ("prometheus_client", "needs the serve extra (pip install 'swarmguard[serve]')", ()),
+    ("ray", "needs the ray extra (pip install 'swarmguard[ray]')", ("--backend", "ray")),
+    ("httpx", "needs the serve extra (pip install 'swarmguard[serve]')", ("--peers", "http://127.0.0.1:9")),
 ])
-def test_a_module_serve_cannot_import_is_one_line_and_a_non_zero_exit_before_anything_is_made(missing, said, tmp_path):
+def test_a_module_serve_cannot_import_is_one_line_and_a_non_zero_exit_before_anything_is_made(missing, said, options,
+                                                                                              tmp_path):
     # in a fresh interpreter whose import of `missing` fails (None in sys.modules makes `import`
     # raise ModuleNotFoundError, as an absent package does), so that nothing of this process's
     # imports helps; the command must stop before it makes its data folder or listens
@@ -128,9 +136,10 @@ def test_a_module_serve_cannot_import_is_one_line_and_a_non_zero_exit_before_any
     data = tmp_path / "data"
     script = (f"import sys; sys.modules[{missing!r}] = None\n"
               "from swarmguard.cli import app\n"
-              f"app(['serve', '--port', '0', '--data-dir', {str(data)!r}], prog_name='swarmguard')\n")
+              f"app(['serve', '--port', '0', '--data-dir', {str(data)!r}, *{list(options)!r}], "
+              "prog_name='swarmguard')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 2, out.stderr              # non-zero: 2, as every refusal of serve before it listens
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: swarmguard serve ") and said in lines[0], out.stderr
@@ -152,3 +161,26 @@ def test_an_import_error_of_paragraphs_or_without_a_module_name_is_still_one_lin
                     "libopenblas.so.0: cannot open shared object file")
     said = _cannot_import("serve", ModuleNotFoundError("No module named 'h11'", name="h11"))
     assert said == "swarmguard serve needs the serve extra (pip install 'swarmguard[serve]'): No module named 'h11'"
+
+
+@pytest.mark.parametrize("missing", ["opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http", "httpx"])
+def test_fleet_without_the_fleet_extra_says_so_in_one_line_and_exits_2_before_it_starts(missing):
+    # the SDK, its exporter and httpx are imported on first use: without them imported first the
+    # command said it started, then exited 1 with a bare ModuleNotFoundError, never naming the extra
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[3] / "src"
+    script = (f"import sys; sys.modules[{missing!r}] = None\n"
+              "from swarmguard.cli import app\n"
+              "app(['fleet', '--endpoint', 'http://127.0.0.1:9', '--agents', '5', '--misbehaving', '1', "
+              "'--windows', '1', '--window', '0.5'], prog_name='swarmguard')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: swarmguard fleet needs the fleet extra "
+                                                   "(pip install 'swarmguard[fleet]'): "), out.stderr
+    assert missing.split(".")[0] in lines[0] and "Traceback" not in out.stderr and out.stdout == ""

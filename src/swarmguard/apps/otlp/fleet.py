@@ -27,7 +27,7 @@ import numpy as np
 
 from .fleet_model import AgentProfile, SpanPlan, cohort_attributes, make_fleet, plan_window
 
-__all__ = ["FleetEmitter", "FleetReport", "observer_evidence", "run_fleet"]
+__all__ = ["FleetEmitter", "FleetReport", "observer_evidence", "run_fleet", "import_fleet_modules"]
 
 _NS = 1_000_000_000
 
@@ -41,6 +41,15 @@ def _sdk() -> Any:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.trace import SpanKind, Status, StatusCode
     return trace, OTLPSpanExporter, Resource, TracerProvider, BatchSpanProcessor, SpanKind, Status, StatusCode
+
+
+def import_fleet_modules() -> None:
+    """Import what the fleet needs (the OpenTelemetry SDK and its OTLP/HTTP exporter, httpx),
+    which this module imports only on first use: a module that cannot be imported stops
+    ``swarmguard fleet`` before it says it starts (:class:`ImportError`), not mid-run."""
+    import httpx  # noqa: F401
+
+    _sdk()
 
 
 class FleetEmitter:

@@ -18,8 +18,16 @@ from .settings import HEAD_LIMIT_FACTOR, ServeSettings
 __all__ = ["run_server", "server_config", "import_serving_modules"]
 
 
-def import_serving_modules() -> None:
-    """Import what the node needs before it listens: uvicorn, and SciPy's LAPACK bindings.
+def import_serving_modules(settings: ServeSettings | None = None) -> None:
+    """Import what the node needs before it listens: uvicorn and its h11 parser, the metrics'
+    prometheus_client, SciPy's LAPACK bindings, and with ``settings``, Ray for ``--backend
+    ray`` and httpx for ``--peers``.
+
+    uvicorn imports its parser only once it starts listening, the app its metrics only when it
+    is made (after the data folder), the node Ray only when it builds its populations (in the
+    background, the port already bound: the node would answer "failed to start" forever) and
+    the peer sync httpx at its first round (every round failing): each imported here, its
+    absence stops the start like any other.
 
     Every window's round scores with SciPy's LAPACK bindings, which swarmguard imports on first
     use (swarmguard.lazy_import: `import swarmguard` and --help stay light). A node will need
@@ -31,7 +39,13 @@ def import_serving_modules() -> None:
     import importlib
 
     importlib.import_module("uvicorn")
+    importlib.import_module("uvicorn.protocols.http.h11_impl")      # server_config's http="h11"
+    importlib.import_module("prometheus_client")
     importlib.import_module("scipy.linalg.lapack")
+    if settings is not None and settings.backend == "ray":
+        importlib.import_module("ray")
+    if settings is not None and settings.peers:
+        importlib.import_module("httpx")
 
 
 def server_config(app, settings: ServeSettings):
@@ -57,7 +71,7 @@ def server_config(app, settings: ServeSettings):
 def run_server(settings: ServeSettings, say: Callable[[str], None] = print, drain_seconds: float = 0.0) -> None:
     """Serve until SIGTERM / SIGINT (module docstring); ``say`` prints the start-up lines;
     ``drain_seconds``: how long ``/readyz`` answers 503 before the listener closes."""
-    import_serving_modules()
+    import_serving_modules(settings)
     import uvicorn
 
     settings.check_exposure()
