@@ -22,6 +22,8 @@ from ...errors import UnknownAgentError
 from ...structures.chi2 import chi2_logsf
 from ..report_data import feature_shares
 from .agent_state import AgentState, severities
+from .ranked_agents import RankedAgents, ranked_of
+from .replica_read import replica_ranking
 from .settings import ServeSettings
 from .tokens import DETECTOR_SOURCE_PREFIX
 from .window import WindowBuffer
@@ -74,6 +76,8 @@ class Population:
         self.agents: dict[str, AgentState] = {}
         self.windows_closed = 0
         self.dropped_rows = 0
+        self._ranked: RankedAgents | None = None      # the agent table ranked (.ranked_agents)
+        self._replica_ranked = None                   # the replica's other agents ranked (.replica_read)
 
     def names(self) -> list[str]:
         """The feature names (``f0``, ``f1``, … unless the feeder named them)."""
@@ -160,6 +164,18 @@ class Population:
         return None
 
     # ---------------------------------------------------------------- queries
+    def ranked(self) -> RankedAgents:
+        """The agent table in ``/v1/agents`` order (:mod:`.ranked_agents`), ranked once per table."""
+        return ranked_of(self)
+
+    def rank_agents(self) -> None:
+        """Rank the agent table and the replica's other agents now (the node calls this at the
+        end of a live close, so that no read pays for it)."""
+        self.ranked()
+        replica = self.replica(self.region)
+        if replica is not None and len(replica.registers):
+            replica_ranking(self, replica.registers)
+
     def consensus_of(self, agent_id: str) -> dict[str, Any]:
         try:
             c = self.detector.consensus.consensus(agent_id)

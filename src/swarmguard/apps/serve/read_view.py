@@ -29,6 +29,7 @@ the same code over the copied parts.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ import numpy as np
 
 from ...errors import UnknownAgentError
 from .population import Population, find_agent_in
+from .replica_read import replica_ranking
 
 __all__ = ["ReadView", "LiveRead", "PopulationView", "ViewExpired", "publish_view", "answer"]
 
@@ -117,11 +119,18 @@ class _FrozenRegisters:
         self._rows: dict[Any, int] | None = None
         self._build = threading.Lock()
 
+    version = 0                            # never written: a ranking of it stays current
+
     def __len__(self) -> int:
         return len(self._entries["int_ids"]) + len(self._entries["str_ids"])
 
-    def entries(self) -> dict[str, np.ndarray]:
-        return self._entries
+    def entries(self, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """All the entries, or those at ``rows`` (string ids only, as a ranking of the live
+        map takes them: :func:`~.replica_read.top_replica_agents`), in the order of ``rows``."""
+        if rows is None:
+            return self._entries
+        e = self._entries
+        return {**e, **{k: e[k][rows] for k in ("str_ids", "timestamp", "writer", "seq", "features", "anomaly_score")}}
 
     def get(self, agent_id: Any) -> dict[str, Any]:
         with self._build:                  # built once, on the first lookup
@@ -171,6 +180,7 @@ class PopulationView:
     own read methods (so a view answers exactly as the live population did then)."""
 
     names = Population.names
+    ranked = Population.ranked
     contributions = Population.contributions
     cohort_summary = Population.cohort_summary
     cohorts = Population.cohorts
@@ -194,10 +204,19 @@ class PopulationView:
                 stats = _copied(lambda c=cohort: tree.get_cohort_statistics((c,)))
                 if stats is not None:
                     cohort_stats[cohort] = stats
+        # the rankings of the table and of the replica's other agents, current now: reads of
+        # the view take their top K as the live node did (.ranked_agents, .replica_read)
+        self._ranked = pop.ranked()
+        self._replica_ranked = None
         resolver = pop.detector.cap_resolver
         replica = pop.replica(pop.region)
-        frozen_replica = None if replica is None else _FrozenReplica(
-            _FrozenRegisters(replica.registers.entries()), dict(replica.ages(now)))
+        frozen_replica = None
+        if replica is not None:
+            registers = _FrozenRegisters(replica.registers.entries())
+            frozen_replica = _FrozenReplica(registers, dict(replica.ages(now)))
+            live = replica_ranking(pop, replica.registers) if len(registers) else None
+            if live is not None:       # string ids: the entries list the live rows in row order
+                self._replica_ranked = dataclasses.replace(live, registers=registers, version=registers.version)
         self.detector = _FrozenDetector(
             _FrozenTree(global_stats, cohort_stats), _CheckedConsensus(pop.detector.consensus),
             _FrozenSettings(pop.detector.settings.shrinkage),

@@ -1,0 +1,122 @@
+"""``RankedAgents``: one population's agent table in ``/v1/agents`` order, built once per table.
+
+``GET /v1/agents?top=K`` (and the dashboard's tables) list the most anomalous agents:
+smallest ``ln p`` first, then largest score, and on equal keys in the order the agent
+table holds them (``heapq.nlargest`` over the table with the key ``(-log_p, score)`` is
+``sorted(table, key=..., reverse=True)[:K]``, which is stable: of two agents with equal
+keys the one met first comes first). Ranking every agent of every population per request
+was a Python pass over 10⁵–10⁶ states; the table only changes when a window closes
+(:meth:`~.population.Population.close_window` swaps in a new dict, a snapshot restore
+builds one), so the ranking is built once per table and a request takes its first K —
+or the first K of one cohort, which are kept grouped (``cohort_rows``).
+
+What the index costs per agent: the states in rank order (a list, 8 bytes a pointer),
+``log_p`` and ``score`` (float64, 16 bytes) and the cohort grouping (int64, 8 bytes):
+32 bytes, about 32 MB at 10⁶ agents (the states themselves, with their feature vectors,
+are several hundred bytes each). While a window closes the read view keeps the old
+table's ranking alive next to the new one, so briefly twice that.
+
+A table whose ``ln p`` or score holds a NaN has no total order (``nlargest``'s answer
+then depends on how it walks the table); its ranking keeps the table's order unsorted
+and :meth:`RankedAgents.candidates` hands the caller every state, so the caller's
+``nlargest`` answers exactly as it did over the whole table.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .agent_state import AgentState
+
+__all__ = ["RankedAgents", "rank_key", "ranked_of"]
+
+
+def rank_key(state: AgentState) -> tuple[float, float]:
+    """The ``heapq.nlargest`` key of ``/v1/agents``: the largest key is the most anomalous."""
+    return (-state.log_p, state.score)
+
+
+@dataclass(frozen=True)
+class RankedAgents:
+    """An agent table ranked (module docstring).
+
+    ``table``: the dict ranked (its identity says whether the ranking is current);
+    ``states``: its states, most anomalous first (ties in table order); ``log_p``, ``score``:
+    theirs, in the same order; ``cohort_rows``: positions in ``states`` grouped by cohort
+    (``cohort or region``), rank order within each, and ``cohort_span``: each cohort's
+    ``[start, stop)`` in ``cohort_rows``; ``ordered``: False when a NaN key left the table
+    unsorted (``states`` then in table order).
+    """
+
+    table: dict[str, AgentState]
+    states: list[AgentState]
+    log_p: np.ndarray
+    score: np.ndarray
+    cohort_rows: np.ndarray
+    cohort_span: dict[str, tuple[int, int]]
+    ordered: bool
+
+    @classmethod
+    def of(cls, table: dict[str, AgentState], region: str) -> RankedAgents:
+        """Rank ``table`` (an agent id → state dict; a state's cohort None counts as ``region``)."""
+        states = list(table.values())
+        n = len(states)
+        log_p = np.fromiter((s.log_p for s in states), dtype=np.float64, count=n)
+        score = np.fromiter((s.score for s in states), dtype=np.float64, count=n)
+        codes_of: dict[str, int] = {}
+        codes = np.fromiter((codes_of.setdefault(s.cohort or region, len(codes_of)) for s in states),
+                            dtype=np.int64, count=n)
+        ordered = not (np.isnan(log_p).any() or np.isnan(score).any())
+        if ordered and n:
+            # ln p ascending, then score descending; lexsort is stable, so equal keys keep the
+            # table's order, as nlargest keeps it
+            order = np.lexsort((-score, log_p))
+            states = [states[i] for i in order.tolist()]
+            log_p, score, codes = log_p[order], score[order], codes[order]
+        cohort_rows = np.argsort(codes, kind="stable")          # grouped, rank order kept within
+        stops = np.cumsum(np.bincount(codes, minlength=len(codes_of)))
+        starts = np.concatenate([[0], stops[:-1]]) if len(codes_of) else np.empty(0, np.int64)
+        span = {name: (int(starts[c]), int(stops[c])) for name, c in codes_of.items()}
+        return cls(table, states, log_p, score, cohort_rows, span, ordered)
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def candidates(self, k: int, cohort: str | None = None) -> list[AgentState]:
+        """The states a top-``k`` answer can hold, in table order's place: the ``k`` most
+        anomalous (of ``cohort`` when given), most anomalous first; every state (of the
+        cohort), in table order, when the table has no total order (module docstring).
+
+        ``heapq.nlargest(k, candidates, key=rank_key)`` is then what it is over the whole
+        table: they are its first ``k`` in the same total order."""
+        if cohort is None:
+            return self.states if not self.ordered else self.states[:k]
+        span = self.cohort_span.get(cohort)
+        if span is None:
+            return []
+        start, stop = span
+        if self.ordered:
+            stop = min(stop, start + k)
+        states = self.states
+        return [states[i] for i in self.cohort_rows[start:stop].tolist()]
+
+    def top(self, k: int, cohort: str | None = None) -> list[AgentState]:
+        """The ``k`` most anomalous states (of ``cohort``), as ``heapq.nlargest`` over the table."""
+        found = self.candidates(k, cohort)
+        if self.ordered:
+            return found[:k]
+        return heapq.nlargest(k, found, key=rank_key)
+
+
+def ranked_of(holder: Any) -> RankedAgents:
+    """``holder``'s (a population or a view of one: ``agents``, ``region``) ranking of its
+    current agent table, built on first use after the table changed and kept on ``holder``."""
+    ranked = getattr(holder, "_ranked", None)
+    if ranked is None or ranked.table is not holder.agents:
+        ranked = RankedAgents.of(holder.agents, holder.region)
+        holder._ranked = ranked
+    return ranked
