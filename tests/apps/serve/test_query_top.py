@@ -16,7 +16,7 @@ from swarmguard.apps.serve.peers import PeerLink
 from swarmguard.apps.serve.records import BehaviorBatch
 from swarmguard.structures.chi2 import chi2_logsf
 
-from .conftest import auth, close_window
+from .conftest import auth
 from .test_peers_node import _sync, pair  # noqa: F401 - the fixture
 
 READ = auth("t-read")
