@@ -177,6 +177,7 @@ def test_dashboard_tables_rank_as_sorted_over_the_table(pair):  # noqa: F811
             r = us_c.get(url, headers=READ)
             assert r.status_code == 200, r.text
             assert [a["agent_id"] for a in r.json()["agents"]] == want
+            assert r.json()["cohorts"] == sorted({s.cohort or pop.region for s in pop.agents.values()})
             if cohort is None:
                 lanes = us_c.get(f"/v1/dashboard/history?top={min(top, 200)}", headers=READ).json()
                 assert lanes["agent_lanes"]["agents"] == want

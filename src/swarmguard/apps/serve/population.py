@@ -242,7 +242,9 @@ class Population:
         return out
 
     def cohorts(self) -> list[str]:
-        return sorted({s.cohort or self.region for s in self.agents.values()})
+        """The cohorts of the agent table (``cohort or region``), sorted; from its ranking,
+        which groups the agents by cohort (no pass over the agents per call)."""
+        return sorted(self.ranked().cohort_span)
 
     def members_by_cohort(self) -> dict[str, list[AgentState]]:
         """Every cohort's agents, sorted by cohort name, in one pass (one pass per cohort made

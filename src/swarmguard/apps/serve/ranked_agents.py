@@ -87,12 +87,15 @@ class RankedAgents:
         return len(self.states)
 
     def candidates(self, k: int, cohort: str | None = None) -> list[AgentState]:
-        """The states a top-``k`` answer can hold, in table order's place: the ``k`` most
-        anomalous (of ``cohort`` when given), most anomalous first; every state (of the
-        cohort), in table order, when the table has no total order (module docstring).
+        """The states a top-``k`` answer can hold: the ``k`` most anomalous (of ``cohort``
+        when given), most anomalous first; every state (of the cohort), in table order, when
+        the table has no total order (module docstring).
 
         ``heapq.nlargest(k, candidates, key=rank_key)`` is then what it is over the whole
-        table: they are its first ``k`` in the same total order."""
+        (cohort's) table: the candidates are its first ``k`` in the same total order (key,
+        then table order), and nlargest keeps the earlier of equal keys first. Concatenated
+        over several tables in a fixed order, they give nlargest's answer over the tables
+        concatenated in that order."""
         if cohort is None:
             return self.states if not self.ordered else self.states[:k]
         span = self.cohort_span.get(cohort)
