@@ -56,7 +56,7 @@ def full_pass_route(top: int = 10, cohort: str | None = None, population: str | 
 def index_bytes(pop) -> int:
     """Bytes the population's rankings hold beyond the states themselves."""
     ranked = pop.ranked()
-    size = sys.getsizeof(ranked.states) + ranked.log_p.nbytes + ranked.score.nbytes + ranked.cohort_rows.nbytes
+    size = sys.getsizeof(ranked.states) + ranked.order.nbytes + ranked.cohort_rows.nbytes
     rep = pop._replica_ranked
     if rep is not None:
         size += rep.scored.nbytes + rep.rows.nbytes + rep.log_p.nbytes + rep.score.nbytes
