@@ -24,12 +24,12 @@ COHORTS = [None, "c-1", "c-2"]
 WAIT = 10.0
 
 
-def _feed(node, rng, prefix: str, n: int, pool) -> None:
-    """A window of a random subset of ``n`` agents, vectors drawn from ``pool`` (so many agents
-    share a vector, and so a score), posted to both populations (the same batch: equal scores
-    across populations too), the window closed."""
+def _feed(node, rng, prefix: str, n: int, pool, extra=()) -> None:
+    """A window of a random subset of ``n`` agents (and the ``extra`` ids), vectors drawn from
+    ``pool`` (so many agents share a vector, and so a score), posted to both populations (the
+    same batch: equal scores across populations too), the window closed."""
     picked = [i for i in rng.permutation(n).tolist() if rng.random() < 0.8]
-    ids = [f"{prefix}-{i}" for i in picked]
+    ids = [f"{prefix}-{i}" for i in picked] + list(extra)
     X = pool[rng.integers(len(pool), size=len(ids))]
     cohorts = [COHORTS[int(rng.integers(len(COHORTS)))] for _ in ids]
     for population in ("behaviors", "spans"):
@@ -115,8 +115,10 @@ def test_top_k_answers_as_sorted_over_every_state_with_replicas_and_after_restar
     # many exact ties between scored agents, across populations and with replicated agents
     keys = [(a["p_value"], a["score"]) for a in with_replicas[(queries[-1][0], None, None)]["agents"]]
     assert len(set(keys)) < len(keys) / 4
-    # another window on us (agents move, the ranking is built again), then a restart's replay
-    _feed(us, rng, "u", 40, pool)
+    # another window on us (agents move, the ranking is built again; agents it held only as
+    # replicas become its own, and new ones come), then a restart's replay
+    _feed(us, rng, "u", 40, pool, extra=["e-1", "e-2", "e-5", "new-1", "new-2"])
+    assert {"e-1", "new-1"} <= set(us.populations["behaviors"].agents)
     before = _check_against_reference(us, us_c, queries)
     us.close()
     _, again, again_c = node("us")

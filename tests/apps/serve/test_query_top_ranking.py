@@ -143,6 +143,16 @@ def test_the_replica_ranking_answers_as_sorted_over_every_register(seed):
     pop.agents = {**agents, ids[1]: None, "n-3": None}
     for k in (1, 5, 60):
         assert _answer(top_replica_agents(pop, REGION, k, 1.0)) == _replica_reference(pop, reg, k)
+    # a table grown by a close (a copy with agents appended, noted as close_window notes it):
+    # only its new agents are matched, some already in the registers, some not yet
+    before = pop.agents
+    grown = {**before, ids[2]: None, ids[3]: None, "later-1": None}
+    pop._table_grown, pop.agents = (id(before), len(before), grown), grown
+    reg.write_many(["later-1", "later-2"], np.full(2, 9.0), "us", 200, rng.normal(size=(2, 2)), np.array([4.0, 30.0]))
+    ranking = replica_ranking(pop, reg)
+    for k in (1, 5, 60):
+        assert _answer(top_replica_agents(pop, REGION, k, 1.0)) == _replica_reference(pop, reg, k)
+    assert {ids[2], ids[3], "later-1"}.isdisjoint(reg.index.keys_of(ranking.rows).tolist())
 
 
 def test_registers_with_int_ids_are_ranked_from_their_entries():

@@ -94,6 +94,7 @@ class ServeNode:
         self.log = DurableLog(self.data_dir)
         self.snapshots = Snapshots(self, settings.snapshot_every)     # see .snapshot
         self.replayed = self.replay()
+        self._rank_agents()                     # before the first read, which would pay for it
         self.state = "ready"
         for extension in self.extensions:      # e.g. the peer sync threads: only once the node is whole
             start = getattr(extension, "start", None)
@@ -298,9 +299,9 @@ class ServeNode:
             return outcomes
 
     def _rank_agents(self) -> None:
-        """Rank the new agent tables while reads still answer from the view (a read after the
-        close then takes its top K at once, :mod:`.ranked_agents`); a failure only leaves the
-        ranking to the first read."""
+        """Rank the agent tables after the replay, and after a live close while reads still
+        answer from its view (a read then takes its top K at once, :mod:`.ranked_agents`);
+        a failure only leaves the ranking to the first read."""
         try:
             for pop in self.populations.values():
                 pop.rank_agents()

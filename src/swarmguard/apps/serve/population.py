@@ -78,6 +78,7 @@ class Population:
         self.dropped_rows = 0
         self._ranked: RankedAgents | None = None      # the agent table ranked (.ranked_agents)
         self._replica_ranked = None                   # the replica's other agents ranked (.replica_read)
+        self._table_grown: tuple[int, int, dict] | None = None   # set by close_window (.replica_read)
 
     def names(self) -> list[str]:
         """The feature names (``f0``, ``f1``, … unless the feeder named them)."""
@@ -111,6 +112,9 @@ class Population:
                 if iso and not was:
                     newly.append(agent)
                 agents[agent] = AgentState(agent, name, score, p, lp, severity, was or iso, cohort, cf, x, window)
+        # the new table is the old one grown (no key removed, new ones appended): the replica's
+        # ranking matches only the new agents against its registers (.replica_read)
+        self._table_grown = (id(self.agents), len(self.agents), agents)
         self.agents = agents
         return WindowOutcome(self.name, self.windows_closed, len(ids), newly, self._own_evidence())
 

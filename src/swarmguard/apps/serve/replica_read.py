@@ -35,6 +35,7 @@ What a replica answer holds, and where each value comes from:
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -163,7 +164,8 @@ class ReplicaRanking:
 def replica_ranking(pop, registers) -> ReplicaRanking | None:
     """``pop``'s current :class:`ReplicaRanking` of ``registers`` (kept on ``pop``, ranked
     again only when the registers or the agent table changed; a table unchanged since the
-    last ranking is matched against the new register rows only). None when some register
+    last ranking, or grown from it by a close, is matched against the new register rows and
+    its new agents only). None when some register
     id is not a string (a serve node's ids are strings): the caller ranks from the entries."""
     cached = getattr(pop, "_replica_ranked", None)
     version, table = registers.version, pop.agents
@@ -174,15 +176,20 @@ def replica_ranking(pop, registers) -> ReplicaRanking | None:
     if index is None or index.int_count:
         return None
     n = len(registers)
-    if cached is not None and cached.registers is registers and cached.table is table and cached.scored.size <= n:
+    added = _added_agents(pop, cached, table)
+    if cached is not None and cached.registers is registers and added is not None and cached.scored.size <= n:
+        # the rows added since, matched against the table; the agents added to it, to their rows
         fresh = index.keys_of(np.arange(cached.scored.size, n, dtype=np.int64)).tolist()
         scored = np.concatenate([cached.scored, np.fromiter((a in table for a in fresh), dtype=bool,
                                                               count=len(fresh))])
+        found = np.fromiter(map(index.row_of, added), dtype=np.int64, count=len(added))
+        scored[found[found >= 0]] = True
     else:
+        # one dict look-up per agent (row_of); the index's sorted batch look-up would sort
+        # every string id again after each round's new agents (slower at 10⁶)
+        found = np.fromiter(map(index.row_of, table), dtype=np.int64, count=len(table))
         scored = np.zeros(n, dtype=bool)
-        if table:
-            found = index.rows_of(np.array(list(table), dtype=np.str_))
-            scored[found[found >= 0]] = True
+        scored[found[found >= 0]] = True
     rows = np.flatnonzero(~scored)
     score = np.array(registers.anomaly_scores()[rows], dtype=np.float64)
     log_p = np.asarray(chi2_logsf(score, int(registers.dim)), dtype=np.float64)
@@ -190,6 +197,23 @@ def replica_ranking(pop, registers) -> ReplicaRanking | None:
     ranking = ReplicaRanking(registers, version, table, scored, rows[order], log_p[order], score[order])
     pop._replica_ranked = ranking
     return ranking
+
+
+def _added_agents(pop, cached: ReplicaRanking | None, table: dict) -> list | None:
+    """The agents ``table`` holds beyond ``cached``'s table when it grew from it ([] when it
+    is that table), else None. A close builds its table as a copy of the previous one with
+    the round's agents set (:meth:`~.population.Population.close_window`: no key removed,
+    new keys appended) and notes ``(id, length)`` of the previous one and the new table in
+    ``pop._table_grown``; the id is compared with ``cached.table``, which ``cached`` keeps
+    alive, so it cannot be another dict's."""
+    if cached is None:
+        return None
+    if cached.table is table:
+        return []
+    grown = getattr(pop, "_table_grown", None)
+    if grown is None or grown[2] is not table or grown[0] != id(cached.table) or grown[1] != len(cached.table):
+        return None
+    return list(itertools.islice(table, grown[1], None))
 
 
 def _top_from_entries(pop, entries: dict, top: int, confidence_factor: float | None) -> list[ReplicaAgent]:
