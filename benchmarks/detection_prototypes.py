@@ -6,7 +6,8 @@ eigenvalue floor on it, a per-component Student-t score, rank and Cauchy fusion 
 evidence, a k-means/BIC mixture, the nonparanormal (Gaussian-copula) distance and likelihood with
 the CDF exact, winsorized or read from a quantile sketch, and feature bagging over the trimmed
 moments (``bag*``: per-subset chi-square p-values on submatrices of the trimmed covariance, Cauchy-
-or mean-log-combined). Not leave-one-out (a negligible difference for ranking: the
+or mean-log-combined), LODA (``loda*``: sparse random projections with fixed-grid histograms, alone
+and fused with the trimmed distance) and Shyu et al.'s principal component classifier (``pcc*``). Not leave-one-out (a negligible difference for ranking: the
 prototypes give ``mahalanobis`` 0.790 / 0.364 and ``robust`` 0.801 / 0.398 on ADBench, the tree's
 figures to 0.001). Run::
 
@@ -15,7 +16,8 @@ figures to 0.001). Run::
     OPENBLAS_NUM_THREADS=1 python benchmarks/detection_prototypes.py cost 10,30,100 --agents 100000
 
 (``cost``: feature bagging's extra work per round beside the tree's ``robust`` ``score_many``,
-:func:`bag_cost`; its "methods" are the feature counts.)
+:func:`bag_cost`, or with ``--candidate loda`` the LODA fusion's, :func:`loda_cost`; its "methods"
+are the feature counts.)
 
 ``--shuffle`` scores the rows in a seeded random order: ADBench's files and the synthetic worlds put
 the anomalies last / first, so a score that depends on the row order shows it there.
@@ -303,10 +305,11 @@ def main() -> None:
     ap.add_argument("--data", default="/work/shared/data/adbench")
     ap.add_argument("--shuffle", action="store_true", help="score the rows in a seeded random order (row-order leak check)")
     ap.add_argument("--agents", type=int, default=100_000, help="cost: agents per round")
+    ap.add_argument("--candidate", choices=["bag", "loda"], default="bag", help="cost: whose extra work")
     a = ap.parse_args()
     names = [m for m in a.methods.split(",") if m]
     if a.where == "cost":    # methods: comma-separated feature counts, e.g. "10,30,100"
-        bag_cost(a.agents, [int(v) for v in names])
+        (loda_cost if a.candidate == "loda" else bag_cost)(a.agents, [int(v) for v in names])
     elif a.where == "synthetic":
         _synthetic(names, a.reps, a.shuffle)
     else:
@@ -625,6 +628,209 @@ METHODS["bag20_full_2"] = lambda X: featbag(X, 20, steps=2, with_full=True)
 METHODS["bag15_full_floor05_2"] = lambda X: featbag(X, 15, steps=2, with_full=True, floor=0.05)
 
 
+# ------------------------------------------------------------------ LODA (sparse random projections + histograms)
+# Pevny (2016), "Loda: Lightweight on-line detector of anomalies", Machine Learning 102: k sparse random
+# projections (about sqrt(d) nonzero N(0, 1) weights each), a 1-D histogram of each projection, the
+# score the mean over projections of -log of the histogram's density. Reason here: the trimmed
+# distance sees one joint ellipsoid; a histogram of a projection sees gaps and several modes along
+# it (the multimodal and discrete structure the ellipsoid absorbs), and a value in an empty or
+# sparse bin is rare whatever the covariance says, so the two see different structure.
+#
+# Mergeable state: per projection, the counts of a FIXED grid of bins -- merging adds counts,
+# reverting an agent's old vector decrements the bins it fell in (exact). What fixes the grid:
+#   * the projection acts on features standardised by the trimmed moments' mean and sd, and the
+#     grid is equal-width over w'z in [-R sd_w, +R sd_w], sd_w = sqrt(w' R_trim w) (R_trim the trimmed
+#     correlation), R = 6, the width by Scott's rule h = 3.49 sd_w n^(-1/3); all of this is frozen
+#     when the grid is made (streaming: at warm-up; it can be re-frozen every so many rounds at the
+#     cost of one rebuilding pass over the members). ``loda`` freezes it from every row (the
+#     batch best case), ``loda_warm`` from a seeded 10 % of the rows (what a tree frozen at warm-up
+#     would have), ``loda_mm`` puts the grid over each projection's exact [min, max] (the paper's and
+#     PyOD's batch version; streaming it would need a rebuild whenever the range grows);
+#   * a value outside [-R sd_w, R sd_w] goes to one of two overflow bins (counted, so revert stays
+#     exact) and is scored as an empty bin: density 1 / ((n + b) h) with the add-one (Laplace)
+#     count that every bin gets, so it is the most anomalous a projection can say.
+# The projections are drawn from a generator seeded by d only, so every node, engine and round uses
+# the same ones.
+
+def loda_projections(d, k=100, seed=0x10DA):
+    """``(d, k)`` matrix: column i has ``max(1, round(sqrt(d)))`` nonzero N(0, 1) weights on features
+    chosen at random (Pevny's sparsity), from a generator seeded by ``d`` only."""
+    r = np.random.default_rng([seed, d])
+    nz = max(1, int(round(np.sqrt(d))))
+    W = np.zeros((d, k))
+    for i in range(k):
+        W[r.choice(d, nz, replace=False), i] = r.normal(size=nz)
+    return W
+
+
+class LodaGrid:
+    """The frozen part of LODA's state (projections, standardisation, bin edges) and the counts.
+
+    ``counts[i]`` has ``b + 2`` entries: bin 0 and bin b + 1 are the overflow bins below / above
+    the grid; a tree node would keep one such array per projection and add them on merge."""
+
+    def __init__(self, X_fit, k=100, R=6.0, steps=1, edges="robust"):
+        n, d = X_fit.shape
+        nt, mu, C = _trimmed_moments(X_fit, steps)
+        sd = np.sqrt(np.diag(C))
+        self.mu, self.sd = mu, sd
+        self.W = loda_projections(d, k)
+        V = self._project(X_fit)
+        if edges == "robust":
+            Rc = C / np.outer(sd, sd)
+            sdw = np.sqrt(np.maximum(np.einsum("ik,ij,jk->k", self.W, Rc, self.W), 1e-300))
+            self.h = 3.49 * sdw * n ** (-1.0 / 3.0)
+            self.b = int(np.ceil(2 * R / (3.49 * n ** (-1.0 / 3.0))))
+            self.lo = -R * sdw
+        else:    # "minmax": equal width over the fitted rows' exact range, Scott's width on its sd
+            vmin, vmax = V.min(0), V.max(0)
+            sdv = V.std(0)
+            b = np.ceil((vmax - vmin) / np.maximum(3.49 * sdv * n ** (-1.0 / 3.0), 1e-300))
+            self.b = int(np.clip(np.median(b), 1, 10_000))
+            self.h = np.maximum(vmax - vmin, 1e-300) / self.b
+            self.lo = vmin
+        self.counts = np.zeros((k, self.b + 2))
+        # standardisation, projection and grid folded into one affine map to bin coordinates
+        inv_sd = 1.0 / np.where(sd > 0, sd, 1.0)
+        self._A = (self.W * inv_sd[:, None]) / self.h
+        self._a = (-(mu * inv_sd) @ self.W - self.lo) / self.h
+        self._offsets = np.arange(k, dtype=np.intp) * (self.b + 2)
+
+    def _project(self, X):
+        return ((X - self.mu) / np.where(self.sd > 0, self.sd, 1.0)) @ self.W
+
+    def bins(self, X):
+        """Bin index of every row in every projection, ``(m, k)``, overflow bins 0 and b + 1 (one
+        affine map, floor, clip: the same function counts and scores, so revert is exact)."""
+        V = X @ self._A
+        V += self._a
+        np.floor(V, out=V)
+        np.clip(V, -1, self.b, out=V)
+        V += 1
+        return V.astype(np.intp)
+
+    def add(self, X, sign=1):
+        """Count (``sign=-1``: revert) the rows of ``X``: exact, by bin indices."""
+        J = self.bins(X)
+        k = J.shape[1]
+        np.add.at(self.counts, (np.broadcast_to(np.arange(k), J.shape), J), sign)
+
+    def neglog_density_table(self):
+        """``(k, b + 2)``: -log density of each bin (add-one counts), overflow bins as empty ones; one
+        table per round, so that scoring is a gather and a mean."""
+        n = self.counts[:, 1:-1].sum(1, keepdims=True) + self.counts[:, [0, -1]].sum(1, keepdims=True)
+        c = self.counts.copy()
+        c[:, [0, -1]] = 0.0
+        return -np.log((c + 1.0) / ((n + self.b) * self.h[:, None]))
+
+    def score(self, X, table=None):
+        table = self.neglog_density_table() if table is None else table
+        J = self.bins(X)
+        J += self._offsets
+        return table.ravel().take(J).mean(1)
+
+
+def loda(X, k=100, fit_rows=None, steps=1, edges="robust"):
+    """LODA score (mean -log density over ``k`` projections) of every row; the grid frozen from
+    ``fit_rows`` (default all), every row counted (as the tree would), every row scored."""
+    g = LodaGrid(X if fit_rows is None else X[fit_rows], k, steps=steps, edges=edges)
+    g.add(X)
+    return g.score(X)
+
+
+def _warm_rows(n, frac=0.1):
+    return np.random.default_rng(0).choice(n, max(int(frac * n), 50), replace=False)
+
+
+def _robust_chi2_neglogp(X, steps=1, q=0.975):
+    """-log of the trimmed distance's chi-square p-value (d dof, consistency factor of the trimming)."""
+    d = X.shape[1]
+    c = q / stats.chi2.cdf(stats.chi2.ppf(q, d), d + 2)
+    return _chi2_neglogsf(robust(X, steps=steps, q=q) / c, np.array([d]))
+
+
+def _empirical_neglogp(s):
+    """-log of the upper in-sample rank p-value ``#{s_j >= s_i} / n`` (the empirical null a mergeable
+    sketch of members' scores would answer)."""
+    n = len(s)
+    return -np.log((n - np.searchsorted(np.sort(s), s, "left")) / n)
+
+
+def loda_fused(X, how="cauchy", steps=1, k=100, fit_rows=None):
+    """LODA and the trimmed distance combined: ``cauchy``: the Cauchy combination of the distance's
+    chi-square p-value and LODA's empirical (in-sample rank) p-value, score -log p; ``rsum`` / ``rmax``:
+    the sum / max of the two in-sample ranks (rank fusion)."""
+    a = robust(X, steps=steps)
+    b = loda(X, k, fit_rows, steps=steps)
+    if how == "cauchy":
+        return cauchy_neglog(np.column_stack([_robust_chi2_neglogp(X, steps), _empirical_neglogp(b)]))
+    ra, rb = stats.rankdata(a), stats.rankdata(b)
+    return ra + rb if how == "rsum" else np.maximum(ra, rb) + 1e-9 * (ra + rb)
+
+
+def pyod_loda(X, n_bins=10):
+    """PyOD's LODA (batch, histograms over each projection's [min, max]) on z-scored features."""
+    from pyod.models.loda import LODA
+    return LODA(n_bins=n_bins, n_random_cuts=100, random_state=0).fit(_std(X)).decision_scores_
+
+
+METHODS["loda"] = lambda X: loda(X)
+METHODS["loda_2"] = lambda X: loda(X, steps=2)
+METHODS["loda_k50"] = lambda X: loda(X, 50)
+METHODS["loda_k200"] = lambda X: loda(X, 200)
+METHODS["loda_warm"] = lambda X: loda(X, fit_rows=_warm_rows(len(X)))
+METHODS["loda_mm"] = lambda X: loda(X, edges="minmax")
+METHODS["pyod_loda"] = pyod_loda
+METHODS["pyod_loda_auto"] = lambda X: pyod_loda(X, "auto")
+for _s, _suf in ((1, ""), (2, "_2")):
+    for _how in ("cauchy", "rsum", "rmax"):
+        METHODS[f"loda_{_how}{_suf}"] = (lambda h, s: lambda X: loda_fused(X, h, s))(_how, _s)
+METHODS["loda_warm_cauchy_2"] = lambda X: loda_fused(X, "cauchy", 2, fit_rows=_warm_rows(len(X)))
+METHODS["loda_warm_rsum_2"] = lambda X: loda_fused(X, "rsum", 2, fit_rows=_warm_rows(len(X)))
+
+
+# ------------------------------------------------------------------ principal component classifier (PCC)
+# Shyu, Chen, Sarinnapakorn & Chang (2003), "A novel anomaly detection scheme based on principal
+# component classifier", ICDM Foundations and New Directions of Data Mining workshop: on the
+# (robust) correlation matrix, the major-component part sum_{i <= q} y_i^2 / lambda_i over the
+# components explaining a fraction (here 50 %) of the variance, and the minor part over the
+# components with lambda < 0.2; a row is anomalous if either is large. Reason here: the full
+# distance spreads a deviation concentrated in a few minor directions over d degrees of freedom;
+# each part's own chi-square test (q and r dof) does not dilute it. Computed from the trimmed
+# moments alone (their correlation matrix's eigendecomposition, once per round): no new state.
+
+def pcc(X, steps=1, combine="bonf", major=0.5, minor=0.2, with_full=False, q=0.975):
+    """-log of the combined p-value of Shyu et al.'s two parts, each with its chi-square p-value (q
+    and r degrees of freedom), the trimmed covariance's consistency factor applied to both (trimming
+    a Gaussian at chi2_d(q) shrinks every direction alike): ``bonf`` 2 min(p) (Bonferroni), ``cauchy``
+    the Cauchy combination; ``with_full`` adds the full trimmed distance's p-value as a third (Cauchy).
+    No component below ``minor``: the major part alone."""
+    d = X.shape[1]
+    n, mu, C = _trimmed_moments(X, steps, q)
+    sd = np.sqrt(np.diag(C))
+    w, V = np.linalg.eigh(C / np.outer(sd, sd))
+    w, V = w[::-1], V[:, ::-1]                      # descending
+    c = q / stats.chi2.cdf(stats.chi2.ppf(q, d), d + 2)
+    Y2 = (((X - mu) / sd) @ V) ** 2 / np.maximum(w, 1e-300) / c
+    nq = int(np.searchsorted(np.cumsum(w) / w.sum(), major) + 1)
+    mi = np.flatnonzero(w < minor)
+    parts = [_chi2_neglogsf(Y2[:, :nq].sum(1), np.array([nq]))]
+    if len(mi):
+        parts.append(_chi2_neglogsf(Y2[:, mi].sum(1), np.array([len(mi)])))
+    if with_full:
+        parts.append(_chi2_neglogsf(Y2.sum(1), np.array([d])))
+    L = np.column_stack(parts)
+    if combine == "bonf":
+        return L.max(1) - np.log(L.shape[1])        # -log(m min p), m the number of parts
+    return cauchy_neglog(L)
+
+
+for _s, _suf in ((1, ""), (2, "_2")):
+    METHODS[f"pcc_bonf{_suf}"] = (lambda s: lambda X: pcc(X, s, "bonf"))(_s)
+    METHODS[f"pcc_cauchy{_suf}"] = (lambda s: lambda X: pcc(X, s, "cauchy"))(_s)
+    METHODS[f"pcc_full{_suf}"] = (lambda s: lambda X: pcc(X, s, "cauchy", with_full=True))(_s)
+
+
 def _best_cpu(fn, repeats):
     """Best CPU time of this process over ``repeats`` calls (other processes on a shared machine do
     not inflate it)."""
@@ -677,6 +883,43 @@ def _bag_cost_row(X, k, repeats, protocol_type, tree_type):
     t_tail = _best_cpu(lambda: cauchy_neglog(_chi2_neglogsf(D / c, sizes)), repeats)
     t_direct = _best_cpu(lambda: subset_distances_direct(E, C, subsets), repeats)
     return today, t_dist, t_tail, t_direct
+
+
+def loda_cost(n, dims, k=100, repeats=3, seed=0):
+    """Cost of the LODA fusion (``loda_cauchy_2``) per round against today's ``robust`` scoring, same
+    run, same rows (``cost ... --candidate loda``).
+
+    ``today``: the tree's ``score_many`` of every agent in ``scoring="robust"`` (``fdr=None``); what
+    the fusion adds: ``histograms``: the per-round -log density table from the counts, each row's
+    ``k`` bin indices (standardise, project, floor) and the gather and mean; ``null and
+    combination``: LODA's empirical p-value (the members' scores sorted, each row's rank by
+    ``searchsorted``: the exact null, an upper bound on reading a sketch of it), the trimmed
+    distance's chi-square ``-log p`` and the two-term Cauchy combination. Ratios are ``(today +
+    extra) / today``. CPU seconds of this process, best of ``repeats``
+    (``OPENBLAS_NUM_THREADS=1``). Not counted: the second reweighting step's moments (state kept on
+    update, not work per round) and the ``k`` histogram counts updated per changed agent."""
+    from swarmguard import BehavioralDistributedProtocol, HierarchicalStatisticalTree
+    rng = np.random.default_rng(seed)
+    print("| d | n | k | bins | today: robust score_many (s) | + histograms (s) | + null and combination (s) | ratio |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for d in dims:
+        X = rng.standard_t(4, size=(n, d)) @ (rng.normal(size=(d, d)) / np.sqrt(d) + np.eye(d))
+        ids = np.arange(n, dtype=np.int64)
+        tree = HierarchicalStatisticalTree(feature_dimensions=d)
+        proto = BehavioralDistributedProtocol(tree, scoring="robust")
+        tree.update_many(ids, X)
+        today = _best_cpu(lambda: proto.score_many(ids, fdr=None), repeats)
+        g = LodaGrid(X, k, steps=2)
+        g.add(X)
+        t_hist = _best_cpu(lambda: g.score(X), repeats)
+        s = g.score(X)
+        _, mu, C = _trimmed_moments(X, 2)
+        c = 0.975 / stats.chi2.cdf(stats.chi2.ppf(0.975, d), d + 2)
+        d2 = dist(X, n, mu, C) / c
+        t_comb = _best_cpu(lambda: cauchy_neglog(np.column_stack(
+            [_chi2_neglogsf(d2, np.array([d])), _empirical_neglogp(s)])), repeats)
+        print(f"| {d} | {n:,} | {k} | {g.b} | {today:.3f} | {t_hist:.3f} | {t_comb:.3f} "
+              f"| {(today + t_hist + t_comb) / today:.1f}x |", flush=True)
 
 
 if __name__ == "__main__":

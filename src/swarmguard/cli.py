@@ -30,6 +30,28 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+# the top-level modules of the serve extra's packages and of what they bring (FastAPI: Starlette,
+# pydantic, anyio; uvicorn: h11): a missing one means the extra is not installed
+_SERVE_EXTRA_MODULES = frozenset({"fastapi", "starlette", "pydantic", "pydantic_core", "anyio", "uvicorn", "h11",
+                                  "prometheus_client", "httpx", "httpcore"})
+
+
+def _cannot_import(command: str, exc: ImportError) -> str:
+    """One line saying which module ``swarmguard serve`` cannot import and what to install.
+
+    The serve extra's modules name the extra; any other (SciPy's LAPACK bindings: a core
+    dependency) means a broken or partial install. Only the first line of the error is kept
+    (some, NumPy's and SciPy's among them, run to paragraphs)."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    name = exc.name or ""
+    if name.partition(".")[0] in _SERVE_EXTRA_MODULES:
+        return f"swarmguard {command} needs the serve extra (pip install 'swarmguard[serve]'): {first}"
+    if name:
+        return (f"swarmguard {command} cannot import {name}: {first} (a broken or partial install: "
+                f"reinstall it, e.g. pip install --force-reinstall {name.partition('.')[0]})")
+    return f"swarmguard {command} cannot import a module it needs: {first}"
+
+
 def _format_choice(value: str | None) -> str | None:
     """``--format``'s values (a typer parser, so that the refusal says "unknown format", as detect's own does)."""
     if value is None or value.lower() in FORMATS:
@@ -480,8 +502,10 @@ def serve(
     from .errors import SwarmGuardError
 
     try:
-        from .apps.serve.run import run_server
+        from .apps.serve.run import import_serving_modules, run_server
         from .apps.serve.settings import ServeSettings
+
+        import_serving_modules()        # uvicorn, SciPy's LAPACK: before anything is made
 
         settings = ServeSettings(data_dir=data_dir, tokens_file=tokens, host=host, port=port, region=region,
                                  window_seconds=window, features=features, max_body_bytes=max_body_bytes,
@@ -498,7 +522,7 @@ def serve(
 
             load_tokens(tokens)
     except ImportError as exc:
-        raise _fail(f"swarmguard serve needs the serve extra (pip install 'swarmguard[serve]'): {exc}") from None
+        raise _fail(_cannot_import("serve", exc)) from None
     except SwarmGuardError as exc:
         raise _fail(str(exc)) from None
     run_server(settings, say=lambda line: err_console.print(line, markup=False, highlight=False, soft_wrap=True),

@@ -708,18 +708,11 @@ def _with_a_long_line(path, fmt, before=300, line_bytes=20_000_000):
 @pytest.mark.parametrize("fmt, options", [("csv", {"csv_engine": "python"}), ("csv", {"chunk_rows": 100}),
                                           ("jsonl", {})])
 def test_a_line_over_max_line_bytes_is_refused_in_bounded_memory(tmp_path, fmt, options):
-    import tracemalloc
-
     src, line = _with_a_long_line(tmp_path / f"long.{fmt}", fmt)
-    for skip_bad in (False, True):
-        tracemalloc.start()
-        try:
-            with pytest.raises(MalformedInputError) as info:
-                detect(src, skip_bad=skip_bad, **options)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-        assert info.value.line == line and "line longer than 1,048,576 bytes" in info.value.reason
+    for err, peak, _ in _traced_peaks(tmp_path, [("_detect_case", (src,), {"skip_bad": skip_bad, **options})
+                                                 for skip_bad in (False, True)]):
+        assert isinstance(err, MalformedInputError), err
+        assert err.line == line and "line longer than 1,048,576 bytes" in err.reason
         # the whole 20 MB line held as text would be 20 MB at least (twice that as bytes and str)
         assert peak < 10 * 2**20, peak
     with pytest.raises(MalformedInputError, match="line longer than 100,000 bytes"):
@@ -763,19 +756,113 @@ def test_an_agent_id_or_cohort_over_a_thousand_characters_is_a_malformed_row(tmp
     assert detect(src, cohort_column="region", warm_up=50).agents == 200
 
 
-def _traced_peak(fn):
-    """(fn's result or the exception it raised, the peak of memory traced while it ran)."""
+# Memory is traced in a fresh interpreter that never calls tracemalloc.stop(). On CPython 3.11
+# (this project's interpreter: 3.11.7), stop() races a thread that enters tracemalloc's hooks
+# without the GIL (a pyarrow worker taking the GIL allocates, and may still do so after its read
+# returned): the hook checks that tracing is on, waits for the GIL, and then uses the tables
+# stop() freed -- a segfault, seen once in a pyarrow thread inside read_csv
+# (python/cpython#128679, fixed by #128897 and #129022 for 3.13.2 and 3.12.9; 3.11 takes
+# security fixes only). Not read_csv(use_threads=False) under the tests: that would measure a
+# reader other than the one detect runs. Not waiting for pyarrow's threads before stop():
+# nothing public waits for them. The child reports its outcomes and peaks, then leaves with
+# os._exit (no finalisation, where stop() would run too), so no stop() ever meets a thread. Each
+# peak is measured as a fresh start() would: clear_traces() sets the traced memory and its peak
+# to 0 and forgets every earlier block (freeing one no longer counts), and it neither frees the
+# tables nor turns the hooks off, which is what a thread waiting for the GIL cannot survive. The
+# child first warms up as an earlier test of this file does an in-process run (the lazily
+# imported readers and SciPy), so only the call is measured, as before.
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _traced_peak(tmp_path, case: str, *args, **kwargs):
+    """(the outcome of ``case(*args, **kwargs)``'s call: its result or the exception it raised,
+    the peak of memory traced while it ran, the facts its ``after`` reports) -- measured in a
+    fresh interpreter (above). ``case`` names a function of this module returning ``(call,
+    after)``: set-up untraced, a zero-argument ``call`` traced, ``after()`` a dict or None."""
+    return _traced_peaks(tmp_path, [(case, args, kwargs)])[0]
+
+
+def _traced_peaks(tmp_path, cases: list[tuple[str, tuple, dict]]):
+    """:func:`_traced_peak` of each ``(case, args, kwargs)``, in order, in one fresh interpreter."""
+    import os
+    import pickle
+    import subprocess
+    import uuid
+
+    spec = tmp_path / f"traced-{uuid.uuid4().hex}.pickle"
+    spec.write_bytes(pickle.dumps(cases))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_ROOT), str(_ROOT / "src"),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-c", "import sys; from tests.apps.test_detect import "
+                          "_trace_in_this_process as t; t(sys.argv[1])", str(spec)],
+                         cwd=_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    measured = []
+    for kind, out, peak, facts in pickle.loads(spec.with_suffix(".out").read_bytes()):
+        if kind == "malformed":             # rebuilt from its fields (its args alone do not unpickle)
+            out = MalformedInputError(**out)
+        elif kind == "error":
+            out = RuntimeError(f"the traced call raised {out}")
+        measured.append((out, peak, facts))
+    assert len(measured) == len(cases)
+    return measured
+
+
+def _trace_in_this_process(spec_path: str) -> None:
+    """The child's side of :func:`_traced_peak`; ends the process without tracemalloc.stop()."""
+    import os
+    import pickle
+    import tempfile
     import tracemalloc
 
+    spec = Path(spec_path)
+    cases = pickle.loads(spec.read_bytes())
+    with tempfile.TemporaryDirectory() as warm:     # detect's readers and SciPy, imported on first use
+        for fmt in ("csv", "jsonl"):
+            small = _good_rows_then(Path(warm) / f"warm.{fmt}", fmt, [])
+            for engine in (("auto", "python") if fmt == "csv" else ("auto",)):
+                detect(small, warm_up=50, csv_engine=engine)
     tracemalloc.start()
-    try:
+    measured = []
+    for case, args, kwargs in cases:
+        call, after = globals()[case](*args, **kwargs)
+        out = None
+        tracemalloc.clear_traces()          # what start() would count from (above)
         try:
-            out = fn()
-        except Exception as exc:          # noqa: BLE001 - returned for the caller to check
+            out = call()
+        except Exception as exc:            # noqa: BLE001 - reported for the caller to check
             out = exc
-        return out, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+        peak = tracemalloc.get_traced_memory()[1]
+        if isinstance(out, MalformedInputError):
+            kind, out = "malformed", {k: getattr(out, k) for k in ("path", "line", "reason", "unit", "column")}
+        elif isinstance(out, Exception):
+            kind, out = "error", f"{type(out).__name__}: {out}"
+        else:
+            kind = "result"
+        measured.append((kind, out, peak, after() if after else None))
+    spec.with_suffix(".out").write_bytes(pickle.dumps(measured))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _detect_case(src, patch: dict | None = None, **options):
+    """detect(src, **options), with ``patch``'s attributes of swarmguard.apps.detect set first."""
+    import swarmguard.apps.detect as detect_module
+
+    for name, value in (patch or {}).items():
+        setattr(detect_module, name, value)
+    return (lambda: detect(src, **options)), None
+
+
+def _generated_line_case(src, head: bytes, size: int, **options):
+    """detect(src, **options) reading ``head`` then ``size`` bytes of one line made as they are
+    read (:class:`_GeneratedLine`); ``after`` reports how many bytes it served."""
+    import swarmguard.apps.detect as detect_module
+
+    stream = _GeneratedLine(head, size)
+    detect_module._open_binary = lambda path: stream.opener()
+    return (lambda: detect(src, **options)), (lambda: {"served": stream.served})
 
 
 def _good_rows_then(path, fmt, bad_lines, good=300):
@@ -794,31 +881,32 @@ def test_rows_with_many_fields_within_the_line_limit_cost_one_row_not_a_chunk(tm
     # 60 lines of 12,000 fields, each well within --max-line-bytes: kept in the chunk until it was parsed,
     # they cost ~60 B per 3-byte field, 43 MB for this 2 MB file and 3.8 GB for a 150 MB one
     src = _good_rows_then(tmp_path / "f.csv", "csv", ["12," * 12_000 + "12\n"] * 60)
-    res, peak = _traced_peak(lambda: detect(src, skip_bad=True, warm_up=50, top=0, csv_engine=engine))
+    (res, peak, _), (err, peak_refused, _) = _traced_peaks(tmp_path, [
+        ("_detect_case", (src,), {"skip_bad": True, "warm_up": 50, "top": 0, "csv_engine": engine}),
+        ("_detect_case", (src,), {"csv_engine": engine})])
     assert not isinstance(res, Exception), res
     assert (res.rows_read, res.rows_skipped, res.agents) == (360, 60, 300)
     assert res.skipped_examples[0] == "line 302: expected 3 fields (as in the header), found 12001"
     assert peak < 8 * 2**20, peak
-    err, peak = _traced_peak(lambda: detect(src, csv_engine=engine))
     assert isinstance(err, MalformedInputError) and (err.line, err.column) == (302, None)
-    assert peak < 8 * 2**20, peak
+    assert peak_refused < 8 * 2**20, peak_refused
 
 
-def test_a_chunk_ends_at_its_text_budget_so_memory_does_not_grow_with_the_file(tmp_path, monkeypatch):
-    import swarmguard.apps.detect as detect_module
-
+def test_a_chunk_ends_at_its_text_budget_so_memory_does_not_grow_with_the_file(tmp_path):
     # every line well within the line limit and parsed as the format allows: JSON lists of 11,000 empty
     # lists (~64 B each for 3 bytes of text) and CSV rows of the right width with a 30 kB id; only the
     # chunk's text budget (8 MiB, lowered here to 64 KiB) bounds what one chunk costs
-    monkeypatch.setattr(detect_module, "_CHUNK_TEXT_BYTES", 64 << 10)
+    budget = {"_CHUNK_TEXT_BYTES": 64 << 10}        # set in the interpreter that traces the run
     lists = _good_rows_then(tmp_path / "l.jsonl", "jsonl",
                             ['{"agent_id": "z", "x": [' + "[]," * 11_000 + "[]]}\n"] * 60)
-    res, peak = _traced_peak(lambda: detect(lists, skip_bad=True, warm_up=50, top=0))
+    ids = _good_rows_then(tmp_path / "i.csv", "csv", [f"{'k' * 30_000}{i},1,2\n" for i in range(150)])
+    options = {"patch": budget, "skip_bad": True, "warm_up": 50, "top": 0}
+    (res, peak, _), (res_ids, peak_ids, _) = _traced_peaks(tmp_path, [
+        ("_detect_case", (lists,), options), ("_detect_case", (ids,), {**options, "csv_engine": "python"})])
     assert (res.rows_read, res.rows_skipped, res.agents) == (360, 60, 300), res
     assert res.skipped_examples[0].startswith("line 301: feature 'x' is not a number: [[], [], ")
     assert peak < 10 * 2**20, peak          # all 60 lines at once: ~45 MB
-    ids = _good_rows_then(tmp_path / "i.csv", "csv", [f"{'k' * 30_000}{i},1,2\n" for i in range(150)])
-    res, peak = _traced_peak(lambda: detect(ids, skip_bad=True, warm_up=50, top=0, csv_engine="python"))
+    res, peak = res_ids, peak_ids
     assert (res.rows_read, res.rows_skipped, res.agents) == (450, 150, 300), res
     assert peak < 2 * 2**20, peak           # all 150 rows at once: 4.5 MB of ids
 
@@ -940,17 +1028,15 @@ class _GeneratedLine:
 
 
 @pytest.mark.parametrize("fmt, head", [("csv", b"agent_id,x,y\na0,1,2\nbig,"), ("jsonl", b'{"agent_id": "')])
-def test_a_multi_gigabyte_line_from_a_generated_stream_reads_only_the_line_limit(tmp_path, monkeypatch, fmt, head):
-    import swarmguard.apps.detect as detect_module
-
+def test_a_multi_gigabyte_line_from_a_generated_stream_reads_only_the_line_limit(tmp_path, fmt, head):
     src = tmp_path / f"endless.{fmt}"
     src.write_bytes(head)                   # stands in for the path; its content comes from the generator
-    stream = _GeneratedLine(head, 4 << 30)  # 4 GiB on one line, never all made
-    monkeypatch.setattr(detect_module, "_open_binary", lambda path: stream.opener())
-    err, peak = _traced_peak(lambda: detect(src, skip_bad=True, csv_engine="python"))
+    # 4 GiB on one line, never all made (_GeneratedLine, in the interpreter that traces the run)
+    err, peak, facts = _traced_peak(tmp_path, "_generated_line_case", src, head, 4 << 30,
+                                    skip_bad=True, csv_engine="python")
     assert isinstance(err, MalformedInputError), err
     assert err.line == (3 if fmt == "csv" else 1) and "line longer than 1,048,576 bytes" in err.reason
-    assert stream.served < 4 * 2**20, stream.served      # the limit (1 MiB) and some read-ahead: not 4 GiB
+    assert facts["served"] < 4 * 2**20, facts["served"]  # the limit (1 MiB) and some read-ahead: not 4 GiB
     assert peak < 10 * 2**20, peak
 
 

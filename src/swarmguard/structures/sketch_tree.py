@@ -35,11 +35,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InvalidInputError, InvalidTypeError
 from .tail_sketch import DEFAULT_SKETCH_K, FeatureSketches, checked_sketch_k
 
 __all__ = ["SketchTree", "ITEM_SLACK"]
 
 ITEM_SLACK = 10_000     # per-item changes wait until more than n // ITEM_SLACK are pending
+
+
+def _checked_count(name: str, value, least: int) -> int:
+    """``value`` as an int if it is an integer (not a bool: ``True`` is no page size) of at least
+    ``least``; raises :class:`InvalidTypeError` or :class:`InvalidInputError` otherwise."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
+        raise InvalidTypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if value < least:
+        raise InvalidInputError(f"{name} must be at least {least}, got {value!r}")
+    return int(value)
 
 
 class SketchTree:
@@ -48,15 +59,27 @@ class SketchTree:
     Parameters
     ----------
     features, page_size, branching
-        Features per vector, slots per page, children per node above the pages.
+        Features per vector, slots per page, children per node above the pages: integers
+        (``bool`` is not one), at least 1, 1 and 2 (a node of one child would never merge
+        up to a root).
     k
         The sketches' accuracy parameter.
+
+    Raises
+    ------
+    InvalidTypeError
+        A shape argument that is not an integer.
+    InvalidInputError
+        One below its least value, or a ``k`` the sketches cannot keep.
     """
 
     def __init__(self, features: int, page_size: int, branching: int, k: int = DEFAULT_SKETCH_K):
-        # k checked here, not at the first read that builds a page's sketch (which would fail a query)
+        # checked here, not at the first read that builds a page's sketch (which would fail a query)
+        features = _checked_count("features", features, 1)
+        page_size = _checked_count("page_size", page_size, 1)
+        branching = _checked_count("branching", branching, 2)
         k = checked_sketch_k(k)
-        self.features, self.page_size, self.b, self.k = int(features), int(page_size), max(2, int(branching)), k
+        self.features, self.page_size, self.b, self.k = features, page_size, branching, k
         self._levels: list[list[FeatureSketches | None]] = [[]]   # [0]: pages
         self._dirty = np.zeros(0, dtype=bool)
         self._units: tuple[bytes, bytes] | None = None

@@ -108,3 +108,47 @@ def test_body_timeout_reaches_the_node_and_a_bad_one_exits_2(monkeypatch):
     for bad in ("0", "-1", "nan"):
         out = _run("--body-timeout", bad)
         assert out.exit_code == 2 and "--body-timeout (body_timeout_seconds) must be > 0" in out.output
+
+
+@pytest.mark.parametrize(("missing", "said"), [
+    ("fastapi", "needs the serve extra (pip install 'swarmguard[serve]')"),
+    ("uvicorn", "needs the serve extra (pip install 'swarmguard[serve]')"),
+    ("scipy.linalg.lapack", "cannot import scipy.linalg.lapack"),
+])
+def test_a_module_serve_cannot_import_is_one_line_and_a_non_zero_exit_before_anything_is_made(missing, said, tmp_path):
+    # in a fresh interpreter whose import of `missing` fails (None in sys.modules makes `import`
+    # raise ModuleNotFoundError, as an absent package does), so that nothing of this process's
+    # imports helps; the command must stop before it makes its data folder or listens
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[3] / "src"
+    data = tmp_path / "data"
+    script = (f"import sys; sys.modules[{missing!r}] = None\n"
+              "from swarmguard.cli import app\n"
+              f"app(['serve', '--port', '0', '--data-dir', {str(data)!r}], prog_name='swarmguard')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 2, out.stderr              # non-zero: 2, as every refusal of serve before it listens
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: swarmguard serve ") and said in lines[0], out.stderr
+    assert missing in lines[0] and "Traceback" not in out.stderr and out.stdout == ""
+    assert not data.exists()
+
+
+def test_an_import_error_of_paragraphs_or_without_a_module_name_is_still_one_line():
+    from swarmguard.cli import _cannot_import
+
+    numpy_like = ImportError("\n\nIMPORTANT: PLEASE READ THIS FOR ADVICE ON HOW TO SOLVE THIS ISSUE!\n\n"
+                             "Importing the numpy C-extensions failed.\n", name="numpy.core._multiarray_umath")
+    said = _cannot_import("serve", numpy_like)
+    assert "\n" not in said and said.startswith("swarmguard serve cannot import numpy.core._multiarray_umath: "
+                                                "IMPORTANT: PLEASE READ")
+    assert "pip install --force-reinstall numpy" in said
+    said = _cannot_import("serve", ImportError("libopenblas.so.0: cannot open shared object file"))
+    assert said == ("swarmguard serve cannot import a module it needs: "
+                    "libopenblas.so.0: cannot open shared object file")
+    said = _cannot_import("serve", ModuleNotFoundError("No module named 'h11'", name="h11"))
+    assert said == "swarmguard serve needs the serve extra (pip install 'swarmguard[serve]'): No module named 'h11'"

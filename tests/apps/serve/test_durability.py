@@ -365,6 +365,29 @@ def test_a_log_that_cannot_tell_what_a_failed_commit_left_is_not_ready_until_a_r
     assert post_behaviors(client2, rows[:5]).status_code == 200
 
 
+def test_a_log_that_needs_a_restart_fails_the_liveness_probe_so_an_orchestrator_restarts_the_node(make_node):
+    # /healthz is the liveness probe: a node whose log refuses every write until a restart
+    # never heals by waiting, so /healthz says so (503, one line of JSON naming why), as /readyz does
+    clock = ManualClock()
+    _, node, client = make_node(clock=clock)
+    rng = np.random.default_rng(5)
+    _, rows = population_rows(rng, 20, 3)
+    assert post_behaviors(client, rows[:10]).status_code == 200
+    assert client.get("/healthz").status_code == 200
+    real = node.log._db
+    node.log._db = _CommitThenBlind(real, landed=True)
+    assert post_behaviors(client, rows[10:]).status_code == 503
+    node.log._db = real
+    live = client.get("/healthz")
+    assert live.status_code == 503 and live.headers["content-type"] == "application/json"
+    assert "\n" not in live.text and list(live.json()) == ["error"]
+    assert "needs a restart" in live.json()["error"] and node.log.broken in live.json()["error"]
+    assert client.get("/readyz").status_code == 503
+    node.close()
+    _, _, client2 = make_node(clock=clock)               # the restart the probe asked for
+    assert client2.get("/healthz").status_code == 200 and client2.get("/readyz").status_code == 200
+
+
 def test_the_503_of_a_write_the_log_cannot_tell_about_does_not_say_nothing_was_stored(make_node):
     # the write whose commit was reported failed and whose read-back failed may be in the file
     # (here it is: the restart replays it), so its answer must not promise that nothing was stored

@@ -20,8 +20,8 @@ def _cohort(i: int) -> str:
     return "eu" if i % 2 else "us"
 
 
-def _node_with_one_closed_window(make_node):
-    settings, node, client = make_node()
+def _node_with_one_closed_window(make_node, **options):
+    settings, node, client = make_node(**options)
     rng = np.random.default_rng(5)
     for _ in range(2):
         _, rows = population_rows(rng, 60, 3, shifted=(7,), cohort=_cohort)
@@ -166,3 +166,103 @@ def test_a_view_that_cannot_be_built_does_not_stop_the_close(make_node, monkeypa
     assert [c["population"] for c in closed] == ["behaviors"] and node.read_view is None
     after = client.get("/v1/agents/a-8", headers=READ).json()
     assert after["window"] == before["/v1/agents/a-8"]["window"] + 1
+
+
+def test_an_isolation_event_is_not_seen_before_the_reads_show_it(make_node, monkeypatch):
+    """``/v1/events`` reads the event log without the node's lock: an isolation it streams
+    while the close still holds the lock (the round ran, the extensions' ``after_close``
+    not yet) must not be followed by a read that answers from before that close."""
+    from swarmguard.apps.dashboard.history import WindowHistory
+
+    node, client, before = _node_with_one_closed_window(make_node, require="anomaly")
+    seen_before = node.events.last_id
+    history = next(e for e in node.extensions if isinstance(e, WindowHistory))
+    started, release = threading.Event(), threading.Event()
+    original = history.after_close
+
+    def slowed(at, outcomes):
+        started.set()
+        release.wait(WAIT)
+        return original(at, outcomes)
+
+    monkeypatch.setattr(history, "after_close", slowed)
+    closer, _ = _in_thread(lambda: close_window(client))
+    try:
+        assert started.wait(WAIT)
+        streamed = [data["agent_id"] for _, data in node.events.after(seen_before)]    # what SSE sends now
+        # the list holds no consensus: it would answer from the view published before the close
+        reader, got = _in_thread(lambda: client.get("/v1/agents?top=5", headers=READ).json())
+        reader.join(WAIT / 2)
+        assert not reader.is_alive() and closer.is_alive()      # answered from the view, at once
+        listed = {a["agent_id"]: a["isolated"] for a in got["value"]["agents"]}
+        # an event that says a-8 is isolated is followed by reads that say so too
+        assert "a-8" not in streamed or listed.get("a-8") is True, (streamed, listed)
+    finally:
+        release.set()
+        closer.join(WAIT)
+        reader.join(WAIT)
+    assert not closer.is_alive()
+    after = client.get("/v1/agents/a-8", headers=READ).json()
+    assert after["isolated"] and not before["/v1/agents/a-8"]["isolated"]      # the close did isolate a-8
+    assert "a-8" in [data["agent_id"] for _, data in node.events.after(seen_before)]
+
+
+def test_the_view_copies_only_the_registers_a_read_answers_from(pair):  # noqa: F811
+    """A read answers from a register only for an agent the population did not score
+    (.replica_read): the view copies those registers, not every register each close."""
+    from swarmguard.apps.serve.read_view import publish_view
+
+    clock, node = pair
+    _, us, us_c = node("us")
+    _, eu, eu_c = node("eu")
+    rng = np.random.default_rng(9)
+    _, us_rows = population_rows(rng, 30, 3)
+    eu_rows = [{**r, "agent_id": f"e-{i}"} for i, r in enumerate(population_rows(rng, 40, 3)[1])]
+    assert post_behaviors(us_c, us_rows).status_code == 200 and post_behaviors(eu_c, eu_rows).status_code == 200
+    close_window(us_c)
+    close_window(eu_c)
+    assert _sync(eu, us_c, PeerLink("http://us"))
+    live = us.populations["behaviors"].replica("us").registers
+    held = set(live.index.keys_of(np.arange(len(live))).tolist())
+    assert held == {f"a-{i}" for i in range(30)} | {f"e-{i}" for i in range(40)}     # both regions' registers
+    with us.lock:
+        view = publish_view(us)
+    copied = view.populations["behaviors"].replica("us").registers.entries()
+    assert sorted([*copied["int_ids"].tolist(), *copied["str_ids"].tolist()]) == sorted(f"e-{i}" for i in range(40))
+    for i in (0, 39):
+        got, want = view.populations["behaviors"].replica("us").registers.get(f"e-{i}"), live.get(f"e-{i}")
+        assert got["anomaly_score"] == want["anomaly_score"] and got["timestamp"] == want["timestamp"]
+        assert np.array_equal(got["features"], want["features"]) and got["region"] == want["region"] == "eu"
+
+
+def test_the_view_is_withdrawn_when_the_round_raises_or_the_close_cannot_be_logged(make_node, monkeypatch):
+    import pytest
+
+    from swarmguard.apps.serve.http_errors import ApiError
+    from swarmguard.errors import EvidenceStoreError
+
+    node, client, before = _node_with_one_closed_window(make_node)
+    published = []
+    real_publish = node._published_view
+    monkeypatch.setattr(node, "_published_view", lambda: published.append(real_publish()) or published[-1])
+
+    def unwritable(*args, **kwargs):
+        raise EvidenceStoreError("the disk is gone")
+
+    with monkeypatch.context() as m:
+        m.setattr(node.log, "append", unwritable)
+        with pytest.raises(ApiError):
+            node.close_window()
+    assert published[-1] is not None and node.read_view is None
+
+    def broken_round(*args, **kwargs):
+        raise RuntimeError("the round broke")
+
+    monkeypatch.setattr(node.populations["behaviors"].detector, "process_round", broken_round)
+    with pytest.raises(RuntimeError):
+        node.close_window()
+    assert len(published) == 2 and published[-1] is not None and node.read_view is None
+    # nothing waits for a view that is gone: reads answer from the live node at once
+    reader, got = _in_thread(lambda: client.get("/v1/agents?top=5", headers=READ).status_code)
+    reader.join(WAIT)
+    assert not reader.is_alive() and got["value"] == 200

@@ -767,6 +767,27 @@ def test_a_client_that_leaves_mid_body_is_counted_as_such_not_as_an_internal_err
     assert metric(client, "swarmguard_queue_depth", queue="inflight") == 0
 
 
+@pytest.mark.parametrize("encoding", ["protobuf", "json"])
+def test_an_export_whose_headers_are_over_the_limit_is_431_with_the_status_of_a_request_too_large(make_node, encoding):
+    """A 431 (request head too large) is answered as a 413 (body too large) is: INVALID_ARGUMENT,
+    a request the node will never take as sent (not UNKNOWN; not RESOURCE_EXHAUSTED, whose
+    HTTP twin 429 tells an exporter to retry). In the request's encoding, one line, nothing kept."""
+    from google.rpc import code_pb2
+
+    from swarmguard.apps.otlp.decode import status_code_for_http
+
+    _, node, client = make_node(max_header_bytes=4096)
+    content_type = {"Content-Type": "application/json" if encoding == "json" else "application/x-protobuf"}
+    body = (json.dumps({"resourceSpans": []}).encode() if encoding == "json" else _request())
+    r = client.post("/v1/traces", content=body, headers={**content_type, **auth("t-ingest"), "X-Padding": "x" * 5000})
+    assert r.status_code == 431 and r.headers["content-type"] == content_type["Content-Type"]
+    st = decode_status(r.content, encoding)
+    assert st.code == code_pb2.INVALID_ARGUMENT == status_code_for_http(413)
+    assert "4096" in st.message and "\n" not in st.message
+    assert _ingest(node).pending_spans == 0 and len(node.log) == 0
+    assert metric(client, "swarmguard_errors_total", code="header_too_large", status="431") == 1
+
+
 def test_the_answer_to_a_client_that_left_is_the_status_cancelled():
     """google/rpc/code.proto maps HTTP 499 (Client Closed Request) to CANCELLED (1), not UNKNOWN:
     what a proxy or a log that reads the Status should see for the 499 counted above."""

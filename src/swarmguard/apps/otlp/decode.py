@@ -292,11 +292,13 @@ def encode_export_response(encoding: Encoding, rejected_spans: int = 0, message:
     return _serialize(response, encoding)
 
 
-# HTTP status -> the google.rpc code an OTLP error answer carries
+# HTTP status -> the google.rpc code an OTLP error answer carries. A request too large, in its
+# body (413) or its head (431), is one the node never takes as sent: INVALID_ARGUMENT (never
+# retried), not RESOURCE_EXHAUSTED, the code of 429 (retried after a wait)
 _RPC_CODES = {
     400: code_pb2.INVALID_ARGUMENT, 401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED,
     404: code_pb2.NOT_FOUND, 405: code_pb2.UNIMPLEMENTED, 408: code_pb2.DEADLINE_EXCEEDED,
-    413: code_pb2.INVALID_ARGUMENT,
+    413: code_pb2.INVALID_ARGUMENT, 431: code_pb2.INVALID_ARGUMENT,
     415: code_pb2.INVALID_ARGUMENT, 429: code_pb2.RESOURCE_EXHAUSTED,
     499: code_pb2.CANCELLED,            # code.proto's mapping: 499 Client Closed Request
     500: code_pb2.INTERNAL,

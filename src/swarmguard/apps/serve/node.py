@@ -90,6 +90,7 @@ class ServeNode:
         self.opened_at: float | None = None  # arrival of the open window's first vector
         self.state = "starting"               # starting -> ready -> draining
         self.read_view: ReadView | None = None  # published while a window closes (.read_view)
+        self._isolations: list[dict[str, Any]] = []  # a close's events, published after its view
         self.extensions = [make(self) for make in node_extensions()]
         self.log = DurableLog(self.data_dir)
         self.snapshots = Snapshots(self, settings.snapshot_every)     # see .snapshot
@@ -294,6 +295,7 @@ class ServeNode:
                 self._rank_agents()
             finally:
                 self.read_view = None
+                self._publish_isolations()
             self.metrics.queue_depth.labels("window_rows").set(0)
             self.snapshots.after_close(seq)
             return outcomes
@@ -316,6 +318,15 @@ class ServeNode:
         except Exception:                  # noqa: BLE001 - never let the view stop a close
             log.exception("no read view for this close: reads wait for it")
             return None
+
+    def _publish_isolations(self) -> None:
+        """Publish the isolation events the close found, once its read view is withdrawn:
+        ``/v1/events`` streams them without the node's lock, and a client that saw one must
+        not then read the state before the close from the view (the lock is still held, so
+        reads from now on wait for the close and answer from after it)."""
+        pending, self._isolations = self._isolations, []
+        for event in pending:
+            self.events.publish(event)
 
     def _apply_close(self, at: float, live: bool) -> list[WindowOutcome]:
         self._at = at
@@ -346,7 +357,7 @@ class ServeNode:
             outcomes.append(outcome)
             for agent in outcome.isolated:
                 state = pop.agents[agent]
-                self.events.publish({"type": "isolation", "agent_id": agent, "population": pop.name,
+                self._isolations.append({"type": "isolation", "agent_id": agent, "population": pop.name,
                                      "cohort": state.cohort, "severity": state.severity,
                                      "p_value": state.p_value, "score": state.score,
                                      "window": outcome.window, "at": at})
@@ -378,7 +389,10 @@ class ServeNode:
         elif record.kind == EVIDENCE:
             self._apply_evidence(record.at, record.meta)
         elif record.kind == CLOSE_WINDOW:
-            self._apply_close(record.at, live=False)
+            try:
+                self._apply_close(record.at, live=False)
+            finally:
+                self._publish_isolations()
         else:
             for extension in self.extensions:
                 if record.kind in extension.kinds:
@@ -444,6 +458,7 @@ class ServeNode:
                     outcomes = self._apply_close(at, live=True)
                 finally:
                     self.read_view = None
+                    self._publish_isolations()
             self.snapshots.take(self.log.last_seq())
             return outcomes
 

@@ -13,9 +13,20 @@ __all__ = ["router"]
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", summary="The process answers (no token)")
-def healthz() -> dict:
-    return {"status": "ok"}
+@router.get("/healthz", summary="Alive (no token); 503 when only a restart can heal the node: its durable "
+            "log cannot tell what a failed commit left")
+def healthz(request: Request) -> JSONResponse:
+    """The liveness probe: 200 while the process answers, starting and draining included (waiting
+    heals those); 503 when the log refuses every write until a restart, so that an orchestrator
+    restarts the node (its log is the state: the restart rebuilds it from the file)."""
+    node = getattr(request.app.state, "node", None)
+    if node is not None and node.log.broken is not None:
+        return JSONResponse({"error": _needs_restart(node)}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+def _needs_restart(node) -> str:
+    return f"the node's durable log needs a restart: {node.log.broken}"
 
 
 @router.get("/readyz", summary="Ready for traffic (no token); 503 while starting, draining, or until a restart "
@@ -28,7 +39,7 @@ def readyz(request: Request) -> JSONResponse:
     if state != "ready":
         return JSONResponse({"error": f"node is {state}"}, status_code=503, headers={"Retry-After": "1"})
     if node.log.broken is not None:         # every write is 503 until a restart rebuilds the state
-        return JSONResponse({"error": f"the node's durable log needs a restart: {node.log.broken}"}, status_code=503)
+        return JSONResponse({"error": _needs_restart(node)}, status_code=503)
     return JSONResponse({"status": "ready"})
 
 

@@ -15,7 +15,23 @@ from collections.abc import Callable
 from .app import create_app, resolve_data_dir
 from .settings import HEAD_LIMIT_FACTOR, ServeSettings
 
-__all__ = ["run_server", "server_config"]
+__all__ = ["run_server", "server_config", "import_serving_modules"]
+
+
+def import_serving_modules() -> None:
+    """Import what the node needs before it listens: uvicorn, and SciPy's LAPACK bindings.
+
+    Every window's round scores with SciPy's LAPACK bindings, which swarmguard imports on first
+    use (swarmguard.lazy_import: `import swarmguard` and --help stay light). A node will need
+    them at its first close anyway: imported before it serves, that close does not stall on the
+    import (44 modules, 0.03-0.25 s on a 2-core machine, with every request waiting behind the
+    node's lock), :func:`run_server`'s freeze covers them too, and a module that cannot be
+    imported stops the start (:class:`ImportError`) before a data folder is made or a port bound
+    (``swarmguard serve`` says so in one line)."""
+    import importlib
+
+    importlib.import_module("uvicorn")
+    importlib.import_module("scipy.linalg.lapack")
 
 
 def server_config(app, settings: ServeSettings):
@@ -41,6 +57,7 @@ def server_config(app, settings: ServeSettings):
 def run_server(settings: ServeSettings, say: Callable[[str], None] = print, drain_seconds: float = 0.0) -> None:
     """Serve until SIGTERM / SIGINT (module docstring); ``say`` prints the start-up lines;
     ``drain_seconds``: how long ``/readyz`` answers 503 before the listener closes."""
+    import_serving_modules()
     import uvicorn
 
     settings.check_exposure()
@@ -58,14 +75,6 @@ def run_server(settings: ServeSettings, say: Callable[[str], None] = print, drai
         say("no --tokens: every caller on this machine may post and read (loopback only)")
 
     config = server_config(app, settings)
-    # Every window's round scores with SciPy's LAPACK bindings, which swarmguard imports on first
-    # use (swarmguard.lazy_import: `import swarmguard` and --help stay light). A node will need
-    # them at its first close anyway: imported here, that close does not stall on the import
-    # (44 modules, 0.03-0.25 s on a 2-core machine, with every request waiting behind the node's
-    # lock), and the freeze below covers them too.
-    import importlib
-
-    importlib.import_module("scipy.linalg.lapack")
     # The modules and the app made so far (FastAPI, pydantic, NumPy, SciPy: most of the
     # process's objects) live as long as the process: frozen, the collector's full passes no
     # longer walk them (measured: the one full pass of an OTLP benchmark run cost 0.04-0.1 s,
