@@ -264,6 +264,11 @@ class IdIndex:
         return self.row_of(key) >= 0
 
     @property
+    def int_count(self) -> int:
+        """How many of the ids are ints (the rest are strings or other hashables)."""
+        return self._ints.n
+
+    @property
     def is_integer(self) -> bool:
         """True while every id is an int (the fully vectorised path)."""
         return self._int_rows is None

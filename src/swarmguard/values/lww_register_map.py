@@ -101,10 +101,24 @@ class LWWRegisterMap:
         self._writer = np.empty(0, np.int32)
         self._seq = np.empty(0, np.int64)
         self._values = np.empty((0, self.dim + 1))  # features, then the anomaly score
+        self._version = 0                            # bumped by every write (see version)
 
     # ------------------------------------------------------------------ storage
     def __len__(self) -> int:
         return len(self.index)
+
+    @property
+    def version(self) -> int:
+        """A count that changes whenever a register is written or a row is added: a reader that
+        derived something from the registers (a ranking of their scores) knows it is current
+        while this count and the map's identity are the ones it saw."""
+        return self._version
+
+    def anomaly_scores(self) -> np.ndarray:
+        """Every row's anomaly score, in row order (a read-only view: copy to keep it)."""
+        scores = self._values[: len(self.index), self.dim]
+        scores.flags.writeable = False
+        return scores
 
     def _grow(self, n: int) -> None:
         cap = self._ts.shape[0]
@@ -143,12 +157,14 @@ class LWWRegisterMap:
         rows = self.index.rows(ids.keys(), create=True)
         self._grow(len(self.index))
         if len(self.index) > before:  # fresh rows start empty: any write beats them
+            self._version += 1
             self._ts[before : len(self.index)] = -np.inf
             self._writer[before : len(self.index)] = -1
             self._seq[before : len(self.index)] = -1
         return rows
 
     def _apply(self, rows, ts, writer, seq, values) -> RegisterChange:
+        self._version += 1
         old_writer = self._writer[rows].copy()
         old_values = self._values[rows].copy()
         self._ts[rows] = ts
@@ -232,6 +248,7 @@ class LWWRegisterMap:
                                                         int(self._seq[row])):
                 return None
             old_values = self._values[row].tolist()
+        self._version += 1
         self._ts[row] = timestamp
         self._writer[row] = code
         self._seq[row] = seq

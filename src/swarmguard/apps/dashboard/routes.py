@@ -9,7 +9,6 @@ more than ``top`` agents, whatever the population's size.
 
 from __future__ import annotations
 
-import heapq
 import math
 from importlib import resources
 from pathlib import Path
@@ -123,8 +122,7 @@ def top_agents(request: Request, top: int = Query(50, ge=1, le=1000), cohort: st
     def read(source) -> dict:
         history = history_of(source)
         pop = _population(source, population)
-        states = [s for s in pop.agents.values() if cohort is None or (s.cohort or pop.region) == cohort]
-        best = heapq.nlargest(top, states, key=lambda s: (-s.log_p, s.score))
+        best = pop.ranked().top(top, cohort)       # as nlargest over the (cohort's) table, ranked once
         rows = []
         for s in best:
             row = s.summary()
@@ -158,7 +156,7 @@ def window_history(request: Request, windows: int = Query(20, ge=1, le=120), top
         history = _history(source)
         pop = _population(source, population)
         records = history.windows(pop.name, windows)
-        best = heapq.nlargest(top, pop.agents.values(), key=lambda s: (-s.log_p, s.score))
+        best = pop.ranked().top(top)
         agents = [s.agent_id for s in best]
         cohorts = sorted({c for r in records for c in r.cohorts})
         last = records[-1] if records else None

@@ -95,6 +95,7 @@ class ServeNode:
         self.log = DurableLog(self.data_dir)
         self.snapshots = Snapshots(self, settings.snapshot_every)     # see .snapshot
         self.replayed = self.replay()
+        self._rank_agents()                     # before the first read, which would pay for it
         self.state = "ready"
         for extension in self.extensions:      # e.g. the peer sync threads: only once the node is whole
             start = getattr(extension, "start", None)
@@ -291,12 +292,23 @@ class ServeNode:
                 at = self.settings.clock()
                 seq = self._log_append(CLOSE_WINDOW, at, {})
                 outcomes = self._apply_close(at, live=True)
+                self._rank_agents()
             finally:
                 self.read_view = None
                 self._publish_isolations()
             self.metrics.queue_depth.labels("window_rows").set(0)
             self.snapshots.after_close(seq)
             return outcomes
+
+    def _rank_agents(self) -> None:
+        """Rank the agent tables after the replay, and after a live close while reads still
+        answer from its view (a read then takes its top K at once, :mod:`.ranked_agents`);
+        a failure only leaves the ranking to the first read."""
+        try:
+            for pop in self.populations.values():
+                pop.rank_agents()
+        except Exception:                  # noqa: BLE001 - the close is applied: never fail it now
+            log.exception("the agent tables were not ranked after this close")
 
     def _published_view(self) -> ReadView | None:
         """The read view of the state now (:mod:`.read_view`); None when it cannot be built:

@@ -22,6 +22,8 @@ from ...errors import UnknownAgentError
 from ...structures.chi2 import chi2_logsf
 from ..report_data import feature_shares
 from .agent_state import AgentState, severities
+from .ranked_agents import RankedAgents, ranked_of
+from .replica_read import replica_ranking
 from .settings import ServeSettings
 from .tokens import DETECTOR_SOURCE_PREFIX
 from .window import WindowBuffer
@@ -74,6 +76,9 @@ class Population:
         self.agents: dict[str, AgentState] = {}
         self.windows_closed = 0
         self.dropped_rows = 0
+        self._ranked: RankedAgents | None = None      # the agent table ranked (.ranked_agents)
+        self._replica_ranked = None                   # the replica's other agents ranked (.replica_read)
+        self._table_grown: tuple[int, int, dict] | None = None   # set by close_window (.replica_read)
 
     def names(self) -> list[str]:
         """The feature names (``f0``, ``f1``, … unless the feeder named them)."""
@@ -107,6 +112,9 @@ class Population:
                 if iso and not was:
                     newly.append(agent)
                 agents[agent] = AgentState(agent, name, score, p, lp, severity, was or iso, cohort, cf, x, window)
+        # the new table is the old one grown (no key removed, new ones appended): the replica's
+        # ranking matches only the new agents against its registers (.replica_read)
+        self._table_grown = (id(self.agents), len(self.agents), agents)
         self.agents = agents
         return WindowOutcome(self.name, self.windows_closed, len(ids), newly, self._own_evidence())
 
@@ -160,6 +168,18 @@ class Population:
         return None
 
     # ---------------------------------------------------------------- queries
+    def ranked(self) -> RankedAgents:
+        """The agent table in ``/v1/agents`` order (:mod:`.ranked_agents`), ranked once per table."""
+        return ranked_of(self)
+
+    def rank_agents(self) -> None:
+        """Rank the agent table and the replica's other agents now (the node calls this at the
+        end of a live close, so that no read pays for it)."""
+        self.ranked()
+        replica = self.replica(self.region)
+        if replica is not None and len(replica.registers):
+            replica_ranking(self, replica.registers)
+
     def consensus_of(self, agent_id: str) -> dict[str, Any]:
         try:
             c = self.detector.consensus.consensus(agent_id)
@@ -226,7 +246,9 @@ class Population:
         return out
 
     def cohorts(self) -> list[str]:
-        return sorted({s.cohort or self.region for s in self.agents.values()})
+        """The cohorts of the agent table (``cohort or region``), sorted; from its ranking,
+        which groups the agents by cohort (no pass over the agents per call)."""
+        return sorted(self.ranked().cohort_span)
 
     def members_by_cohort(self) -> dict[str, list[AgentState]]:
         """Every cohort's agents, sorted by cohort name, in one pass (one pass per cohort made

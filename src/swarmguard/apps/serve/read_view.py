@@ -18,6 +18,9 @@ What the view holds, and why it is not changed by the round:
   its replica's registers of the agents it did not score (:meth:`entries`, copies: the
   only registers a read answers from) and the writer regions' ages,
   and the confidence factor (:func:`~.peers.view_confidence`), copied at publication;
+- the rankings of the agent table and of the replica's other agents
+  (:mod:`.ranked_agents`, :class:`~.replica_read.ReplicaRanking`), current at
+  publication: built from the parts above, never written again;
 - the consensus, read live under its own lock but only while its evidence version is
   the one at publication: once the round adds its own evidence (near its end), a read
   that needs the consensus raises :class:`ViewExpired` and :func:`answer` waits for the
@@ -30,6 +33,7 @@ the same code over the copied parts.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +43,7 @@ import numpy as np
 
 from ...errors import UnknownAgentError
 from .population import Population, find_agent_in
+from .replica_read import replica_ranking
 
 __all__ = ["ReadView", "LiveRead", "PopulationView", "ViewExpired", "publish_view", "answer"]
 
@@ -118,11 +123,18 @@ class _FrozenRegisters:
         self._rows: dict[Any, int] | None = None
         self._build = threading.Lock()
 
+    version = 0                            # never written: a ranking of it stays current
+
     def __len__(self) -> int:
         return len(self._entries["int_ids"]) + len(self._entries["str_ids"])
 
-    def entries(self) -> dict[str, np.ndarray]:
-        return self._entries
+    def entries(self, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """All the entries, or those at ``rows`` (string ids only, as a ranking of the live
+        map takes them: :func:`~.replica_read.top_replica_agents`), in the order of ``rows``."""
+        if rows is None:
+            return self._entries
+        e = self._entries
+        return {**e, **{k: e[k][rows] for k in ("str_ids", "timestamp", "writer", "seq", "features", "anomaly_score")}}
 
     def get(self, agent_id: Any) -> dict[str, Any]:
         with self._build:                  # built once, on the first lookup
@@ -172,6 +184,7 @@ class PopulationView:
     own read methods (so a view answers exactly as the live population did then)."""
 
     names = Population.names
+    ranked = Population.ranked
     contributions = Population.contributions
     cohort_summary = Population.cohort_summary
     cohorts = Population.cohorts
@@ -195,10 +208,26 @@ class PopulationView:
                 stats = _copied(lambda c=cohort: tree.get_cohort_statistics((c,)))
                 if stats is not None:
                     cohort_stats[cohort] = stats
+        # the rankings of the table and of the replica's other agents, current now: reads of
+        # the view take their top K as the live node did (.ranked_agents, .replica_read)
+        self._ranked = pop.ranked()
+        self._replica_ranked = None
         resolver = pop.detector.cap_resolver
         replica = pop.replica(pop.region)
-        frozen_replica = None if replica is None else _FrozenReplica(
-            _FrozenRegisters(_unscored_entries(replica.registers, self.agents)), dict(replica.ages(now)))
+        frozen_replica = None
+        if replica is not None:
+            live = replica_ranking(pop, replica.registers) if len(replica.registers) else None
+            if live is None:
+                registers = _FrozenRegisters(_unscored_entries(replica.registers, self.agents))
+            else:
+                # string ids: the copy lists the unscored rows in row order, so a live row's
+                # place in it is its rank among them (the ranking's rows, as the copy's places)
+                unscored = np.flatnonzero(~live.scored)
+                registers = _FrozenRegisters(replica.registers.entries(unscored))
+                self._replica_ranked = dataclasses.replace(
+                    live, registers=registers, version=registers.version, scored=np.zeros(unscored.size, dtype=bool),
+                    rows=np.searchsorted(unscored, live.rows))
+            frozen_replica = _FrozenReplica(registers, dict(replica.ages(now)))
         self.detector = _FrozenDetector(
             _FrozenTree(global_stats, cohort_stats), _CheckedConsensus(pop.detector.consensus),
             _FrozenSettings(pop.detector.settings.shrinkage),
@@ -302,7 +331,9 @@ def _unscored_entries(registers: Any, agents: dict[str, Any]) -> dict[str, np.nd
     """The registers of the agents ``agents`` lacks, copied (``entries`` of their rows): the
     only ones a read reaches (:mod:`.replica_read` answers an agent from a register only
     when the population did not score it). On a node that scores its agents itself that is
-    none, where a copy of every register cost 0.06 s and 16 MB at 10⁵ agents, each close."""
+    none, where a copy of every register cost 0.06 s and 16 MB at 10⁵ agents, each close.
+    The path for ids that are not all strings; otherwise the population's replica ranking
+    knows the unscored rows already (:class:`PopulationView`)."""
     rows = np.arange(len(registers), dtype=np.int64)
     keys = registers.index.keys_of(rows).tolist()
     unscored = np.fromiter((k not in agents for k in keys), dtype=bool, count=len(keys))

@@ -16,6 +16,7 @@ from fastapi.responses import StreamingResponse
 
 from .auth import requires
 from .http_errors import ApiError
+from .ranked_agents import rank_key
 from .read_view import answer
 from .replica_read import (
     SOURCE_SCORED,
@@ -44,12 +45,18 @@ def list_agents(request: Request, top: int = Query(10, ge=1, le=100_000), cohort
     def read(source) -> dict:
         region = source.region
         pops = [p for p in source.populations.values() if population in (None, p.name)]
-        states = [(s, None) for p in pops for s in p.agents.values()
-                  if cohort is None or (s.cohort or region) == cohort]
+        ranked = [p.ranked() for p in pops]
+        if all(r.ordered for r in ranked):
+            # each population's first ``top`` (of the cohort), in rank order: nlargest over them,
+            # in population order, answers as over every state of every population (.ranked_agents)
+            states = [(s, None) for r in ranked for s in r.candidates(top, cohort)]
+        else:                          # a NaN key: no total order, so every state, as the table holds them
+            states = [(s, None) for p in pops for s in p.agents.values()
+                      if cohort is None or (s.cohort or region) == cohort]
         if cohort is None and any(_replicates(p) for p in pops):
             cf = source.confidence_factor
             states += [(r.state, r) for p in pops for r in top_replica_agents(p, region, top, cf)]
-        best = heapq.nlargest(top, states, key=lambda e: (-e[0].log_p, e[0].score))
+        best = heapq.nlargest(top, states, key=lambda e: rank_key(e[0]))
         return {"agents": [_scored(s) if r is None else r.summary() for s, r in best]}
 
     return answer(request.app.state.node, read)
