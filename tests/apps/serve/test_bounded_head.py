@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 
 import pytest
 
@@ -182,7 +183,7 @@ def test_every_shape_of_head_is_bounded(connection, shape):
     elif shape == "many headers":
         reads = [b"GET / HTTP/1.1\r\n"] + [f"X-H{i}: v\r\n".encode() for i in range(300)]
     else:
-        reads = [b"GET /" ] + [b"u" * 100] * 30
+        reads = [b"GET /"] + [b"u" * 100] * 30
     c.send(*reads)
     assert c.refused and c.requests == []
     assert c.protocol.head_bytes <= LIMIT      # what the parser saw of it
@@ -245,3 +246,18 @@ def test_the_refusal_is_the_answer_h11_gives():
                       b"content-length": str(len(body)).encode()}
     source = inspect.getsource(__import__("uvicorn.protocols.http.h11_impl", fromlist=["x"]))
     assert '"Invalid HTTP request received."' in source and body == b"Invalid HTTP request received."
+
+
+def test_the_listener_falls_back_to_h11_without_httptools_or_without_the_internals(monkeypatch):
+    from swarmguard.apps.serve.run import listener_protocol
+
+    assert listener_protocol() is BoundedHeadHttpToolsProtocol
+    monkeypatch.delitem(sys.modules, "swarmguard.apps.serve.bounded_head")
+    monkeypatch.setitem(sys.modules, "httptools", None)        # as if not installed
+    assert listener_protocol() == "h11"
+    monkeypatch.undo()
+    monkeypatch.delitem(sys.modules, "swarmguard.apps.serve.bounded_head")
+    monkeypatch.delattr(HttpToolsProtocol, "on_response_complete")   # as if uvicorn changed
+    with pytest.raises(ImportError, match="on_response_complete"):
+        __import__("swarmguard.apps.serve.bounded_head")
+    assert listener_protocol() == "h11"

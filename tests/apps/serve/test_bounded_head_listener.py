@@ -177,7 +177,7 @@ def test_a_keep_alive_connection_is_counted_afresh_for_every_request(node):
     sent = 0
     with _connect(port) as sock:
         buffered = bytearray()
-        for i in range(100):
+        for _ in range(100):
             sock.sendall(small)
             assert _answer(sock, buffered)[0] == 200
             sock.sendall(near)
