@@ -48,15 +48,22 @@ def _routes():
 ROUTES = _routes()
 
 
-@pytest.fixture
-def listener(make_node):
+def _parsers():
+    from swarmguard.apps.serve.run import listener_protocol
+
+    node_parser = listener_protocol()       # the node's own (bounded httptools), and h11 its fallback
+    return ["h11"] + ([node_parser] if node_parser != "h11" else [])
+
+
+@pytest.fixture(params=_parsers(), ids=lambda p: p if isinstance(p, str) else p.__name__)
+def listener(make_node, request):
     """(node, client, port) of a node with a 0.6 s body deadline and 2 write slots, listening."""
     import uvicorn
 
     from swarmguard.apps.serve import create_app
 
     settings, node, client = make_node(body_timeout_seconds=0.6, max_inflight=2)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, node), host="127.0.0.1", port=0, http="h11",
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, node), host="127.0.0.1", port=0, http=request.param,
                                            log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -15,11 +15,12 @@ from collections.abc import Callable
 from .app import create_app, resolve_data_dir
 from .settings import HEAD_LIMIT_FACTOR, ServeSettings
 
-__all__ = ["run_server", "server_config", "import_serving_modules"]
+__all__ = ["run_server", "server_config", "listener_protocol", "import_serving_modules"]
 
 
 def import_serving_modules(settings: ServeSettings | None = None) -> None:
-    """Import what the node needs before it listens: uvicorn and its h11 parser, the metrics'
+    """Import what the node needs before it listens: uvicorn and its h11 parser (the fallback of
+    :func:`listener_protocol`), the metrics'
     prometheus_client, SciPy's LAPACK bindings, and with ``settings``, Ray for ``--backend
     ray`` and httpx for ``--peers``.
 
@@ -39,7 +40,7 @@ def import_serving_modules(settings: ServeSettings | None = None) -> None:
     import importlib
 
     importlib.import_module("uvicorn")
-    importlib.import_module("uvicorn.protocols.http.h11_impl")      # server_config's http="h11"
+    importlib.import_module("uvicorn.protocols.http.h11_impl")      # listener_protocol's fallback
     importlib.import_module("prometheus_client")
     importlib.import_module("scipy.linalg.lapack")
     if settings is not None and settings.backend == "ray":
@@ -48,20 +49,33 @@ def import_serving_modules(settings: ServeSettings | None = None) -> None:
         importlib.import_module("httpx")
 
 
+def listener_protocol():
+    """The protocol uvicorn parses the node's requests with: ``BoundedHeadHttpToolsProtocol``
+    (httptools, with a bound on a request head), or ``"h11"`` where httptools is not installed
+    (it comes with the ``serve`` extra) or uvicorn lacks the internals that class relies on."""
+    try:
+        from .bounded_head import BoundedHeadHttpToolsProtocol
+    except ImportError:
+        return "h11"
+    return BoundedHeadHttpToolsProtocol
+
+
 def server_config(app, settings: ServeSettings):
     """uvicorn's configuration of the node's listener: address, TLS, and the bound on a request
     head (``HEAD_LIMIT_FACTOR`` × ``--max-header-bytes``: a head up to it reaches the app,
-    which answers 431 and counts it; past it uvicorn answers 400 itself, before the app).
+    which answers 431 and counts it; past it the listener answers 400 itself, before the app,
+    and closes the connection).
 
-    The parser is h11 even where ``httptools`` is installed: httptools (uvicorn's choice when
-    present) buffers a request head of any size, so a client could hold megabytes per
-    connection before the app sees a header; h11 refuses a head past its bound as it arrives.
-    h11 serves 15-20 % fewer spans or lines per second than httptools here (README, "The
-    listener's parser"); bounding httptools' head instead would mean subclassing uvicorn's
-    internal ``HttpToolsProtocol`` (no public hook), which any uvicorn release can break."""
+    The parser is httptools through ``bounded_head.BoundedHeadHttpToolsProtocol``: uvicorn's
+    own httptools protocol buffers a request head of any size, this subclass counts each
+    head's bytes as they arrive and refuses it once past the bound, as h11 does (h11 serves
+    15-21 % fewer spans or lines per second here: README, "The listener's parser"). The
+    subclass relies on uvicorn internals (pyproject pins uvicorn to the tested releases);
+    without httptools, or on a uvicorn without them, the listener parses with h11, whose
+    ``h11_max_incomplete_event_size`` is the same bound (checked while a head is incomplete)."""
     import uvicorn
 
-    return uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", http="h11",
+    return uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", http=listener_protocol(),
                           ssl_certfile=str(settings.certfile) if settings.certfile else None,
                           ssl_keyfile=str(settings.keyfile) if settings.keyfile else None,
                           h11_max_incomplete_event_size=HEAD_LIMIT_FACTOR * settings.max_header_bytes,

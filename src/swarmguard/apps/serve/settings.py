@@ -15,8 +15,9 @@ __all__ = ["ServeSettings", "DEFAULT_PORT", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_M
 
 DEFAULT_PORT = 8470
 DEFAULT_MAX_BODY_BYTES = 64 << 20
-# the request's header names and values together; uvicorn's own bound on a request head
-# (answered 400 by uvicorn itself, uncounted) is 16 times this, so what the app can count it counts
+# the request's header names and values together; the listener's own bound on a request head
+# (answered 400 by the listener itself, uncounted: run.server_config) is 16 times this, so what
+# the app can count it counts
 DEFAULT_MAX_HEADER_BYTES = 64 << 10
 HEAD_LIMIT_FACTOR = 16
 DEFAULT_SNAPSHOT_EVERY = 10

@@ -1,0 +1,263 @@
+"""``BoundedHeadHttpToolsProtocol`` (the node's listener): httptools' parser with a bound on a
+request head, counted as the bytes arrive. Here on an in-memory transport, byte-exact at the
+bound and at every way of splitting a request into reads; tests/apps/serve/test_header_limit.py
+and test_bounded_head_listener.py drive it through a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import sys
+
+import pytest
+
+pytest.importorskip("httptools")
+
+import uvicorn  # noqa: E402
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # noqa: E402
+from uvicorn.server import ServerState  # noqa: E402
+
+from swarmguard.apps.serve import bounded_head  # noqa: E402
+from swarmguard.apps.serve.bounded_head import REFUSAL, BoundedHeadHttpToolsProtocol  # noqa: E402
+
+LIMIT = 1024
+
+
+class _Transport(asyncio.Transport):
+    """What the protocol writes, and whether it closed or paused reading."""
+
+    def __init__(self):
+        super().__init__()
+        self.written, self.closed, self.paused = bytearray(), False, False
+
+    def write(self, data):
+        assert not self.closed, "written after close"
+        self.written += data
+
+    def close(self):
+        self.closed = True
+
+    def is_closing(self):
+        return self.closed
+
+    def pause_reading(self):
+        self.paused = True
+
+    def resume_reading(self):
+        self.paused = False
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8470)}.get(name, default)
+
+
+class _Connection:
+    """One connection of the protocol over ``_Transport`` to an app that records each request
+    (method, path, header bytes, body) and answers 200 with the body's length."""
+
+    def __init__(self, limit=LIMIT):
+        self.requests = []
+        self.loop = asyncio.new_event_loop()
+
+        async def app(scope, receive, send):
+            body = b""
+            while True:
+                message = await receive()
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            self.requests.append((scope["method"], scope["path"], body))
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        config = uvicorn.Config(app, http=BoundedHeadHttpToolsProtocol, h11_max_incomplete_event_size=limit,
+                                log_level="critical", lifespan="off")
+        config.load()
+        self.protocol = BoundedHeadHttpToolsProtocol(config, ServerState(), {}, _loop=self.loop)
+        self.transport = _Transport()
+        self.protocol.connection_made(self.transport)
+
+    def send(self, *reads: bytes) -> None:
+        for read in reads:
+            if self.transport.closed:
+                break
+            self.protocol.data_received(read)
+            self.settle()
+
+    def settle(self) -> None:
+        for _ in range(20):                 # let the app's tasks answer
+            self.loop.run_until_complete(asyncio.sleep(0))
+
+    @property
+    def refused(self) -> bool:
+        return self.transport.closed and bytes(self.transport.written).endswith(REFUSAL)
+
+    def answers(self) -> int:
+        return bytes(self.transport.written).count(b"HTTP/1.1 200 OK")
+
+    def close(self):
+        self.protocol.connection_lost(None)
+        self.settle()
+        self.loop.close()
+
+
+@pytest.fixture
+def connection():
+    made = []
+
+    def make(limit=LIMIT):
+        made.append(_Connection(limit))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def head_of(size: int, path: str = "/x", extra: bytes = b"") -> bytes:
+    """A GET head of exactly ``size`` bytes (its CRLF CRLF included)."""
+    start = f"GET {path} HTTP/1.1\r\nHost: t\r\n".encode() + extra + b"X-Pad: "
+    pad = size - len(start) - 4
+    assert pad >= 1
+    head = start + b"p" * pad + b"\r\n\r\n"
+    assert len(head) == size
+    return head
+
+
+def test_the_internals_it_relies_on_are_there():
+    """Fails loudly on a uvicorn whose HttpToolsProtocol changed (pyproject pins the range)."""
+    for name in bounded_head.RELIED_ON:
+        assert callable(getattr(HttpToolsProtocol, name, None)), f"uvicorn's HttpToolsProtocol lost {name}"
+        assert getattr(BoundedHeadHttpToolsProtocol, name) is not None
+    for name in ("data_received", "on_headers_complete", "on_message_complete", "on_response_complete"):
+        ours, theirs = getattr(BoundedHeadHttpToolsProtocol, name), getattr(HttpToolsProtocol, name)
+        assert ours is not theirs, f"{name} is overridden"
+        assert list(inspect.signature(ours).parameters) == list(inspect.signature(theirs).parameters), name
+    assert list(inspect.signature(HttpToolsProtocol.__init__).parameters) == \
+        ["self", "config", "server_state", "app_state", "_loop"]
+    c = _Connection()
+    try:
+        c.protocol.data_received(head_of(200))
+        for name in bounded_head.RELIED_ON_STATE:
+            assert hasattr(c.protocol, name), f"uvicorn's HttpToolsProtocol no longer keeps {name}"
+        assert c.protocol.headers and c.protocol.cycle is not None
+    finally:
+        c.close()
+    major, minor = (int(x) for x in uvicorn.__version__.split(".")[:2])
+    assert (major, minor) == (0, 55), f"uvicorn {uvicorn.__version__}: not the release the subclass was tested on"
+
+
+@pytest.mark.parametrize("split", [None, 1, 3, 17, LIMIT - 4, LIMIT - 3, LIMIT - 2, LIMIT - 1])
+def test_a_head_of_exactly_the_bound_is_served_and_one_byte_more_is_refused(connection, split):
+    for size, served in ((LIMIT, True), (LIMIT + 1, False)):
+        c, head = connection(), head_of(size)
+        reads = [head] if split is None else [head[:split], head[split:]]
+        c.send(*reads)
+        assert (c.answers(), c.refused) == ((1, False) if served else (0, True)), (size, split)
+        assert len(c.requests) == (1 if served else 0)
+
+
+def test_a_head_trickled_byte_by_byte_is_refused_at_the_first_byte_past_the_bound(connection):
+    c = connection()
+    head = head_of(LIMIT + 200)
+    for i in range(LIMIT):
+        c.protocol.data_received(head[i:i + 1])
+    assert not c.transport.closed and not c.transport.written and c.protocol.head_bytes == LIMIT
+    c.protocol.data_received(head[LIMIT:LIMIT + 1])
+    assert c.refused and c.requests == []
+    assert bytes(c.transport.written) == REFUSAL
+
+
+def test_bytes_before_the_request_line_count_too(connection):
+    """llhttp skips empty lines before a request (no callback): they are still head bytes."""
+    for leading, served in ((b"\r\n\r\n", True), (b"\r\n\r\n\r\n", False)):
+        c = connection()
+        c.send(leading + head_of(LIMIT - 4))
+        assert (c.answers(), c.refused) == ((1, False) if served else (0, True)), leading
+
+
+@pytest.mark.parametrize("shape", ["one value", "many headers", "url"])
+def test_every_shape_of_head_is_bounded(connection, shape):
+    c = connection()
+    if shape == "one value":
+        reads = [b"GET / HTTP/1.1\r\nX-Big: "] + [b"v" * 100] * 30
+    elif shape == "many headers":
+        reads = [b"GET / HTTP/1.1\r\n"] + [f"X-H{i}: v\r\n".encode() for i in range(300)]
+    else:
+        reads = [b"GET /"] + [b"u" * 100] * 30
+    c.send(*reads)
+    assert c.refused and c.requests == []
+    assert c.protocol.head_bytes <= LIMIT      # what the parser saw of it
+
+
+def test_the_count_starts_again_for_every_request_on_a_connection(connection):
+    c = connection()
+    body = b"b" * 3000
+    post = (f"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    for i in range(40):
+        c.send(head_of(LIMIT - 10, path=f"/r{i}"), post)
+    assert c.answers() == 80 and not c.transport.closed
+    assert [r[1] for r in c.requests[:2]] == ["/r0", "/p"] and c.requests[1][2] == body
+
+
+@pytest.mark.parametrize("cut", [0, 5, 100, 3000])
+def test_pipelined_requests_in_one_read_are_counted_each_from_its_first_byte(connection, cut):
+    """A body of known length ends exactly where the next head starts, however the reads fall."""
+    body = b"b" * 3000
+    post = (f"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    stream = post + head_of(LIMIT, "/a") + post + head_of(LIMIT, "/b")
+    c = connection()
+    c.send(*([stream] if cut == 0 else [stream[:cut], stream[cut:]]))
+    assert c.answers() == 4 and not c.transport.closed, bytes(c.transport.written)[-300:]
+    assert [r[1] for r in c.requests] == ["/p", "/a", "/p", "/b"]
+
+
+def test_a_pipelined_request_past_the_bound_is_refused_after_the_ones_before_it_are_answered(connection):
+    c = connection()
+    c.send(head_of(300, "/first") + head_of(300, "/second") + head_of(LIMIT + 1, "/third"))
+    assert [r[1] for r in c.requests] == ["/first", "/second"]
+    written = bytes(c.transport.written)
+    assert written.count(b"HTTP/1.1 200 OK") == 2 and written.endswith(REFUSAL) and c.transport.closed
+
+
+def test_after_a_chunked_body_the_next_head_is_still_bounded(connection):
+    chunked = b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    c = connection()
+    c.send(chunked + head_of(300, "/after"))            # under the bound (the whole read counts)
+    assert [r[1] for r in c.requests] == ["/c", "/after"] and c.requests[0][2] == b"hello"
+    c.send(chunked)
+    c.send(b"GET /big HTTP/1.1\r\nX-Big: ", *[b"v" * 100] * 20)
+    assert c.refused and [r[1] for r in c.requests] == ["/c", "/after", "/c"]
+
+
+def test_a_malformed_head_is_uvicorns_400_as_before(connection):
+    c = connection()
+    c.send(b"GET / HTTP/1.1\nHost: t\n\n")
+    assert c.transport.closed and b"400 Bad Request" in bytes(c.transport.written)
+    assert c.requests == []
+
+
+def test_the_refusal_is_the_answer_h11_gives():
+    """400, text/plain, connection close, "Invalid HTTP request received." (uvicorn's h11_impl)."""
+    head, _, body = REFUSAL.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 400 Bad Request"
+    fields = dict(line.lower().split(b": ", 1) for line in lines[1:])
+    assert fields == {b"content-type": b"text/plain; charset=utf-8", b"connection": b"close",
+                      b"content-length": str(len(body)).encode()}
+    source = inspect.getsource(__import__("uvicorn.protocols.http.h11_impl", fromlist=["x"]))
+    assert '"Invalid HTTP request received."' in source and body == b"Invalid HTTP request received."
+
+
+def test_the_listener_falls_back_to_h11_without_httptools_or_without_the_internals(monkeypatch):
+    from swarmguard.apps.serve.run import listener_protocol
+
+    assert listener_protocol() is BoundedHeadHttpToolsProtocol
+    monkeypatch.delitem(sys.modules, "swarmguard.apps.serve.bounded_head")
+    monkeypatch.setitem(sys.modules, "httptools", None)        # as if not installed
+    assert listener_protocol() == "h11"
+    monkeypatch.undo()
+    monkeypatch.delitem(sys.modules, "swarmguard.apps.serve.bounded_head")
+    monkeypatch.delattr(HttpToolsProtocol, "on_response_complete")   # as if uvicorn changed
+    with pytest.raises(ImportError, match="on_response_complete"):
+        __import__("swarmguard.apps.serve.bounded_head")
+    assert listener_protocol() == "h11"
