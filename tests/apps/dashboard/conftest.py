@@ -114,6 +114,9 @@ class LoopbackNode:
 
     def stop(self) -> None:
         self.http.close()
+        # as ``swarmguard serve``'s SIGTERM (run.py): draining first, so that an open /v1/events
+        # stream ends at once instead of holding the shutdown for timeout_graceful_shutdown
+        self.node.state = "draining"
         self.server.should_exit = True
         self.thread.join(timeout=30)
         assert not self.thread.is_alive(), "the node did not stop"
