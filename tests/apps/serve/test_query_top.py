@@ -10,6 +10,7 @@ import math
 import threading
 
 import numpy as np
+import pytest
 
 from swarmguard.apps.serve.agent_state import severity_of
 from swarmguard.apps.serve.peers import PeerLink
@@ -183,3 +184,36 @@ def test_dashboard_tables_rank_as_sorted_over_the_table(pair):  # noqa: F811
             if cohort is None:
                 lanes = us_c.get(f"/v1/dashboard/history?top={min(top, 200)}", headers=READ).json()
                 assert lanes["agent_lanes"]["agents"] == want
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")   # severities(NaN)
+def test_a_nan_key_among_the_replicated_agents_answers_as_the_full_pass(pair):  # noqa: F811
+    """A register whose score is negative (a peer's delta is checked finite only) has ln p
+    NaN: no total order, so the route must answer as ``heapq.nlargest`` over every state
+    followed by the replica's top, as it did, not over each table's first K."""
+    import heapq
+
+    from swarmguard.apps.serve.replica_read import _top_from_entries
+
+    clock, node = pair
+    rng = np.random.default_rng(14)
+    pool = rng.normal(size=(4, 3))
+    _, us, us_c = node("us")
+    for _ in range(2):
+        _feed(us, rng, "u", 12, pool)
+        clock.t += 1.0
+    pops = list(us.populations.values())
+    for p in pops:
+        registers = p.replica("us").registers
+        n = 4
+        registers.write_many([f"far-{i}" for i in range(n)], np.full(n, clock.t), "eu", 1,
+                             rng.normal(size=(n, 3)), np.array([-5.0, 1.0, -2.0, 3.0]))
+    n_scored = sum(len(p.agents) for p in pops)
+    for top in range(1, n_scored + 10):
+        states = [(s, None) for p in pops for s in p.agents.values()]
+        states += [(r.state, r) for p in pops for r in _top_from_entries(p, p.replica("us").registers.entries(),
+                                                                        top, None)]
+        want = [s.agent_id for s, _ in heapq.nlargest(top, states, key=lambda e: (-e[0].log_p, e[0].score))]
+        r = us_c.get(f"/v1/agents?top={top}", headers=READ)
+        assert r.status_code == 200, r.text
+        assert [a["agent_id"] for a in r.json()["agents"]] == want, top

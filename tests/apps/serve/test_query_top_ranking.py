@@ -165,3 +165,28 @@ def test_registers_with_int_ids_are_ranked_from_their_entries():
     assert replica_ranking(pop, reg) is None
     for k in (1, 2, 5):
         assert _answer(top_replica_agents(pop, REGION, k, 1.0)) == _replica_reference(pop, reg, k)
+
+
+def test_a_ranking_given_up_for_int_ids_does_not_keep_the_old_table_alive():
+    """Once the registers hold an int id, the population's string-id ranking is never current
+    again: it must not stay on the population, holding the agent table it ranked (and its
+    states) alive through every later close."""
+    import gc
+    import weakref
+
+    rng = np.random.default_rng(10)
+    reg = _registers(rng, ["s-1", "s-2", "s-3"])
+
+    class Table(dict):            # a dict that can be weakly referenced
+        pass
+
+    old = Table({"s-2": None})
+    pop = _replica_pop(reg, old)
+    assert replica_ranking(pop, reg) is not None
+    reg.write_many([7], np.full(1, 5.0), "us", 10, rng.normal(size=(1, 2)), np.array([4.0]))
+    pop.agents = Table({"s-1": None})          # a close swapped in a new table
+    assert replica_ranking(pop, reg) is None
+    gone = weakref.ref(old)
+    del old
+    gc.collect()
+    assert gone() is None

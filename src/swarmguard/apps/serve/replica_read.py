@@ -174,6 +174,10 @@ def replica_ranking(pop, registers) -> ReplicaRanking | None:
         return cached
     index = getattr(registers, "index", None)        # a read view's frozen registers have none
     if index is None or index.int_count:
+        if index is not None:
+            # never current again (ids are not removed): dropped, not left holding the agent
+            # table it ranked (and its states) alive through every later close
+            pop._replica_ranked = None
         return None
     n = len(registers)
     added = _added_agents(pop, cached, table)

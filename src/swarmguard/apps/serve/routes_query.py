@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import json
+import math
 import re
 import time
 
@@ -46,17 +47,21 @@ def list_agents(request: Request, top: int = Query(10, ge=1, le=100_000), cohort
         region = source.region
         pops = [p for p in source.populations.values() if population in (None, p.name)]
         ranked = [p.ranked() for p in pops]
-        if all(r.ordered for r in ranked):
+        replicated = []
+        if cohort is None and any(_replicates(p) for p in pops):
+            cf = source.confidence_factor
+            replicated = [(r.state, r) for p in pops for r in top_replica_agents(p, region, top, cf)]
+        # a register's score below 0 (a peer's delta is checked finite only) has ln p NaN: as a
+        # NaN in a table, it leaves no total order
+        nan = any(math.isnan(s.log_p) or math.isnan(s.score) for s, _ in replicated)
+        if all(r.ordered for r in ranked) and not nan:
             # each population's first ``top`` (of the cohort), in rank order: nlargest over them,
             # in population order, answers as over every state of every population (.ranked_agents)
             states = [(s, None) for r in ranked for s in r.candidates(top, cohort)]
         else:                          # a NaN key: no total order, so every state, as the table holds them
             states = [(s, None) for p in pops for s in p.agents.values()
                       if cohort is None or (s.cohort or region) == cohort]
-        if cohort is None and any(_replicates(p) for p in pops):
-            cf = source.confidence_factor
-            states += [(r.state, r) for p in pops for r in top_replica_agents(p, region, top, cf)]
-        best = heapq.nlargest(top, states, key=lambda e: rank_key(e[0]))
+        best = heapq.nlargest(top, states + replicated, key=lambda e: rank_key(e[0]))
         return {"agents": [_scored(s) if r is None else r.summary() for s, r in best]}
 
     return answer(request.app.state.node, read)
