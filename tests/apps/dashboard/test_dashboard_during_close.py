@@ -10,7 +10,7 @@ pytest.importorskip("fastapi")
 
 from swarmguard.apps.serve.read_view import publish_view  # noqa: E402
 
-from ..serve.conftest import ManualClock, auth, post_behaviors  # noqa: E402
+from ..serve.conftest import ManualClock, auth, post_behaviors, slowed_round  # noqa: E402
 from .test_dashboard_api import feed  # noqa: E402
 
 READ = auth("t-read")
@@ -76,16 +76,7 @@ def test_during_a_slowed_close_the_dashboard_answers_from_before_it(fed_node, mo
     assert post_behaviors(client, rows).status_code == 200
     clock.t += 61                          # the window is due (the clock is no part of a close)
     before = _answers(client, AT_ONCE)
-    started, release = threading.Event(), threading.Event()
-    detector = node.populations["behaviors"].detector
-    original = detector.process_round
-
-    def slowed(*args, **kwargs):
-        started.set()
-        release.wait(WAIT)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(detector, "process_round", slowed)
+    started, release = slowed_round(node, monkeypatch, wait=WAIT)
     closer, _ = _in_thread(node.close_window)
     try:
         assert started.wait(WAIT)

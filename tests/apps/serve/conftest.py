@@ -127,3 +127,27 @@ def metric(client, name: str, **labels) -> float:
 
 __all__ = ["ManualClock", "auth", "lines", "population_rows", "post_behaviors", "post_evidence",
            "close_window", "metric", "ADMIN_SECRET", "NDJSON", "np"]
+
+
+def slowed_round(node, monkeypatch, *, hold_after_round: bool = False, wait: float = 10.0):
+    """Make the behaviours population's round wait for ``release`` (before it starts, or once
+    it ran: its evidence added, the agent table not yet swapped in); ``started`` is set then.
+    Returns ``(started, release)``; each wait gives up after ``wait`` seconds."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    detector = node.populations["behaviors"].detector
+    original = detector.process_round
+
+    def slowed(*args, **kwargs):
+        if not hold_after_round:
+            started.set()
+            release.wait(wait)
+        result = original(*args, **kwargs)
+        if hold_after_round:
+            started.set()
+            release.wait(wait)
+        return result
+
+    monkeypatch.setattr(detector, "process_round", slowed)
+    return started, release

@@ -8,7 +8,14 @@ import numpy as np
 
 from swarmguard.apps.serve.peers import PeerLink
 
-from .conftest import auth, close_window, population_rows, post_behaviors, post_evidence
+from .conftest import (
+    auth,
+    close_window,
+    population_rows,
+    post_behaviors,
+    post_evidence,
+    slowed_round,
+)
 from .test_peers_node import _sync, pair  # noqa: F401 - the fixture
 
 READ = auth("t-read")
@@ -36,27 +43,6 @@ def _node_with_one_closed_window(make_node, **options):
     return node, client, before
 
 
-def _slowed_round(node, monkeypatch, *, hold_after_round: bool):
-    """Make the behaviours population's round wait for ``release`` (before it starts, or once
-    it ran: its evidence added, the agent table not yet swapped in); ``started`` is set then."""
-    started, release = threading.Event(), threading.Event()
-    detector = node.populations["behaviors"].detector
-    original = detector.process_round
-
-    def slowed(*args, **kwargs):
-        if not hold_after_round:
-            started.set()
-            release.wait(WAIT)
-        result = original(*args, **kwargs)
-        if hold_after_round:
-            started.set()
-            release.wait(WAIT)
-        return result
-
-    monkeypatch.setattr(detector, "process_round", slowed)
-    return started, release
-
-
 def _in_thread(fn):
     box: dict = {}
     thread = threading.Thread(target=lambda: box.setdefault("value", fn()), daemon=True)
@@ -66,7 +52,7 @@ def _in_thread(fn):
 
 def test_reads_during_a_close_answer_at_once_from_before_it_and_after_it_from_after(make_node, monkeypatch):
     node, client, before = _node_with_one_closed_window(make_node)
-    started, release = _slowed_round(node, monkeypatch, hold_after_round=False)
+    started, release = slowed_round(node, monkeypatch, hold_after_round=False)
     closer, _ = _in_thread(lambda: close_window(client))
     try:
         assert started.wait(WAIT)
@@ -88,7 +74,7 @@ def test_reads_during_a_close_answer_at_once_from_before_it_and_after_it_from_af
 
 def test_a_read_the_round_changed_midway_waits_and_answers_from_after_the_close(make_node, monkeypatch):
     node, client, before = _node_with_one_closed_window(make_node)
-    started, release = _slowed_round(node, monkeypatch, hold_after_round=True)
+    started, release = slowed_round(node, monkeypatch, hold_after_round=True)
     closer, _ = _in_thread(lambda: close_window(client))
     try:
         assert started.wait(WAIT)

@@ -17,7 +17,7 @@ from swarmguard.apps.serve.peers import PeerLink
 from swarmguard.apps.serve.records import BehaviorBatch
 from swarmguard.structures.chi2 import chi2_logsf
 
-from .conftest import auth
+from .conftest import auth, slowed_round
 from .test_peers_node import _sync, pair  # noqa: F401 - the fixture
 
 READ = auth("t-read")
@@ -138,16 +138,7 @@ def test_top_k_during_a_close_answers_from_the_view_as_before_it(pair, monkeypat
     queries = _queries(60)
     before = _check_against_reference(us, us_c, queries)
     # the next window's round waits until the reads are done: they answer from the view
-    started, release = threading.Event(), threading.Event()
-    detector = us.populations["behaviors"].detector
-    original = detector.process_round
-
-    def slowed(*args, **kwargs):
-        started.set()
-        release.wait(WAIT)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(detector, "process_round", slowed)
+    started, release = slowed_round(us, monkeypatch, wait=WAIT)
     picked = [f"u-{i}" for i in range(30)] + ["u-new"]
     us.accept_behaviors(BehaviorBatch(picked, pool[rng.integers(3, size=len(picked))] * 3.0, [None] * len(picked)))
     closer = threading.Thread(target=us.close_window, daemon=True)
