@@ -72,6 +72,9 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
         self._head_piece_ends_head = False  # the piece being fed ends just after a CRLF CRLF
         self.messages_done = 0          # messages the parser has ended on this connection
         self.refused = False            # a head went past the bound: nothing more is read
+        # the rest of a read while a request waits in the pipeline, fed once it is started: the
+        # base class parses every pipelined head of every read into the queue, without bound
+        self._held = b""
 
     # Parser callbacks (called from inside feed_data)
     def on_headers_complete(self) -> None:
@@ -107,6 +110,10 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         if not isinstance(data, bytes):
             data = bytes(data)
+        if self.pipeline or self._held:     # a read already on its way while one waits: kept in order
+            self._held += data
+            self.flow.pause_reading()
+            return
         view, pos, size = None, 0, len(data)
         while pos < size:
             left, ends_head = size - pos, False
@@ -150,6 +157,10 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
                 if self.head_bytes > self.head_limit:
                     self._refuse()
                     return
+            if self.pipeline and pos < size:
+                # a request waits (reading paused): the rest is parsed once it is started
+                self._held = data[pos:]
+                return
 
     def _end_of_head(self, data: bytes, pos: int, budget: int) -> int:
         """The offset in ``data`` just past the head's first CRLF CRLF (the one that may begin
@@ -195,11 +206,18 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()          # starts the next pipelined request, if any
-        if self.refused and not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if self.refused:
             if self.pipeline or not self.cycle.response_complete:
                 self.flow.pause_reading()       # super resumed it for the next request
             else:
                 self._send_refusal()
+        elif self._held and not self.pipeline:
+            held, self._held = self._held, b""
+            self.data_received(held)
+        elif self._held:
+            self.flow.pause_reading()           # super resumed it; the held bytes come first
 
     def _send_refusal(self) -> None:
         self.transport.write(REFUSAL)
