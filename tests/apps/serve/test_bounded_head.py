@@ -281,3 +281,31 @@ def test_pipelined_requests_past_the_first_wait_unparsed_so_one_read_is_all_that
     assert c.answers() == 500 and not c.transport.closed
     assert [r[1] for r in c.requests] == [f"/r{i}" for i in range(500)]
 
+
+def test_a_chunked_body_longer_than_the_bound_in_one_read_leaves_the_connection_open(connection):
+    """A legitimate keep-alive request after a chunked body whose last read is longer than the
+    bound is served, not refused (the whole read used to be counted as the next head's)."""
+    body = b"x" * (3 * LIMIT)
+    chunked = (b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+    c = connection()
+    c.send(chunked)
+    c.send(head_of(300, "/after"))
+    assert not c.transport.closed and [r[1] for r in c.requests] == ["/c", "/after"]
+    assert c.requests[0][2] == body
+    c.send(chunked + head_of(300, "/pipelined"))
+    assert not c.transport.closed and [r[1] for r in c.requests][-2:] == ["/c", "/pipelined"]
+
+
+@pytest.mark.parametrize("cut", [None, 1, 2, 3, 4])
+def test_a_head_past_the_bound_in_the_read_that_ends_a_chunked_body_is_still_refused(connection, cut):
+    """The bytes after the chunked body's last CRLF CRLF count, whether it ends in this read or
+    straddles the previous one (``cut`` bytes of ``0 CRLF CRLF`` left in the next read)."""
+    chunked = b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    big = b"GET /big HTTP/1.1\r\nX-Big: " + b"v" * LIMIT
+    c = connection()
+    if cut is None:
+        c.send(chunked + big)
+    else:
+        c.send(chunked[:-cut], chunked[-cut:] + big)
+    assert c.refused and [r[1] for r in c.requests] == ["/c"]

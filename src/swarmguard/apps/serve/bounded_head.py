@@ -18,9 +18,10 @@ in pieces. While in a head, the piece ends just after the first ``CRLF CRLF`` (l
 across reads; httptools' llhttp takes no other end of a head, a bare LF is an error), or at
 the bound; once the head is complete, a body of known ``Content-Length`` is fed exactly that
 many bytes, so the next pipelined request's head is counted from its first byte. A chunked
-body's end is known only to the parser: the rest of the read that ends it is counted whole
-as the next head's (an upper bound, never less than its true size), and that next request's
-body is fed whole reads until the parser is next left inside a head at a read's end.
+body's end is known only to the parser: of the read that ends it, the bytes after its last
+``CRLF CRLF`` are counted as the next head's (a chunked body ends with one and an open head
+holds none, so this is never less than its true size; the whole read where there is none),
+and that next request's body is fed whole reads until the parser is next left inside a head at a read's end.
 
 This relies on uvicorn internals with no public API (``data_received``,
 ``on_headers_complete``, ``on_message_complete``, ``parser``, ``headers``, the upgrade
@@ -150,9 +151,13 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
                 elif framed and self.body_left == 0:
                     self.body_left = None   # the parser did not end the body where its length does
             elif self.in_head and not ((was_in_head and ends_head) or framed):
-                # a message ended inside this piece, not at its end (after a chunked body):
-                # all of the piece counts as the next head's (an upper bound)
-                self.head_bytes = take
+                # a message ended inside this piece, not at its end (after a chunked body): the
+                # head left open starts after the piece's last CRLF CRLF (a chunked body, and the
+                # head of any message after it in the piece, ends with one; an open head holds
+                # none), so the bytes after it are an upper bound (the whole piece if none)
+                start = max(0, pos - take - 3)
+                last = data.rfind(_END_OF_HEAD, start, pos)
+                self.head_bytes = take if last < 0 else pos - (last + 4)
                 self._tail = data[pos - min(3, take):pos]
                 if self.head_bytes > self.head_limit:
                     self._refuse()
