@@ -309,3 +309,21 @@ def test_a_head_past_the_bound_in_the_read_that_ends_a_chunked_body_is_still_ref
     else:
         c.send(chunked[:-cut], chunked[-cut:] + big)
     assert c.refused and [r[1] for r in c.requests] == ["/c"]
+
+
+@pytest.mark.parametrize("cut", [None, 1, 2, 3, 4, 5])
+def test_heads_of_exactly_the_bound_after_a_chunked_body_are_served_however_the_reads_fall(connection, cut):
+    """A chunked body ends only just after a CRLF CRLF, so it is fed up to each one: the next
+    head is counted from its first byte, even with a body framed by Content-Length after it in
+    the same read and the chunked body's last CRLF CRLF split across reads (``cut``)."""
+    data = b"ab\r\n\r\ncd\r\n\r\n\r\n" * 40
+    chunked = (b"POST /k HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + f"{len(data):x}\r\n".encode() + data + b"\r\n0\r\n\r\n")
+    body = b"z" * (LIMIT // 2)
+    framed = head_of(300, "/c", extra=f"Content-Length: {len(body)}\r\n".encode()) + body
+    second = [chunked] if cut is None else [chunked[:-cut], chunked[-cut:]]
+    c = connection()
+    c.send(chunked + framed, head_of(LIMIT, "/a"), *second, head_of(LIMIT, "/b"))
+    c.settle()
+    assert not c.transport.closed, bytes(c.transport.written)[-200:]
+    assert [r[1] for r in c.requests] == ["/k", "/c", "/a", "/k", "/b"] and c.requests[0][2] == data

@@ -17,11 +17,11 @@ How the bytes of a read are split between a head and what follows: the parser is
 in pieces. While in a head, the piece ends just after the first ``CRLF CRLF`` (looked for
 across reads; httptools' llhttp takes no other end of a head, a bare LF is an error), or at
 the bound; once the head is complete, a body of known ``Content-Length`` is fed exactly that
-many bytes, so the next pipelined request's head is counted from its first byte. A chunked
-body's end is known only to the parser: of the read that ends it, the bytes after its last
-``CRLF CRLF`` are counted as the next head's (a chunked body ends with one and an open head
-holds none, so this is never less than its true size; the whole read where there is none),
-and that next request's body is fed whole reads until the parser is next left inside a head at a read's end.
+many bytes, so the next pipelined request's head is counted from its first byte. A body only the
+parser can frame (chunked) is fed up to just after each ``CRLF CRLF`` in it (across reads
+too), the only place a chunked body can end, so the next head is again counted from its first
+byte; should a message still end inside a piece, the bytes after the piece's last ``CRLF
+CRLF`` count as the next head's (an open head holds none: an upper bound).
 
 This relies on uvicorn internals with no public API (``data_received``,
 ``on_headers_complete``, ``on_message_complete``, ``parser``, ``headers``, the upgrade
@@ -79,8 +79,7 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
 
     # Parser callbacks (called from inside feed_data)
     def on_headers_complete(self) -> None:
-        self.in_head = False
-        self.body_left = None
+        self.in_head, self.body_left, self._tail = False, None, b""
         if self._head_piece_ends_head:      # the head ended where this piece does: what follows is body
             self.body_left = self._content_length()
         super().on_headers_complete()
@@ -117,7 +116,7 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
             return
         view, pos, size = None, 0, len(data)
         while pos < size:
-            left, ends_head = size - pos, False
+            left, ends_head, body_cut = size - pos, False, False
             if self.in_head:
                 budget = self.head_limit - self.head_bytes
                 end = self._end_of_head(data, pos, budget)
@@ -130,8 +129,12 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
             elif self.body_left is not None:
                 take = min(self.body_left, left)
                 self.body_left -= take
-            else:                           # a body only the parser can frame: the whole read
-                take = left
+            else:
+                # a body only the parser can frame (chunked): fed up to just after each CRLF CRLF,
+                # where alone a chunked body ends, so the next head starts at a piece's start
+                end = self._end_of_head(data, pos, left)
+                take = left if end < 0 else end - pos
+                body_cut = end >= 0
             if take == size:
                 piece = data
             else:
@@ -146,11 +149,11 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
                 self._head_piece_ends_head = False
             pos += take
             if self.messages_done == done:
-                if self.in_head:            # the same head goes on past this piece
+                if self.in_head or not (framed or ends_head):  # the same head (or unframed body) goes on
                     self._tail = (self._tail + data[pos - min(3, take):pos])[-3:]
-                elif framed and self.body_left == 0:
+                elif self.body_left == 0:
                     self.body_left = None   # the parser did not end the body where its length does
-            elif self.in_head and not ((was_in_head and ends_head) or framed):
+            elif self.in_head and not ((was_in_head and ends_head) or framed or body_cut):
                 # a message ended inside this piece, not at its end (after a chunked body): the
                 # head left open starts after the piece's last CRLF CRLF (a chunked body, and the
                 # head of any message after it in the piece, ends with one; an open head holds
