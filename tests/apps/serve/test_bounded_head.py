@@ -327,3 +327,18 @@ def test_heads_of_exactly_the_bound_after_a_chunked_body_are_served_however_the_
     c.settle()
     assert not c.transport.closed, bytes(c.transport.written)[-200:]
     assert [r[1] for r in c.requests] == ["/k", "/c", "/a", "/k", "/b"] and c.requests[0][2] == data
+
+
+def test_a_chunked_body_full_of_crlf_crlf_costs_a_bounded_number_of_parser_calls_a_read(connection, monkeypatch):
+    """Cutting a chunked body at each CRLF CRLF would be one parser call (and one on_body
+    append) per 4 bytes for a body of nothing else: after BODY_CUTS_PER_READ cuts the rest of
+    the read is cut once, at its last one."""
+    calls = []
+    feed = BoundedHeadHttpToolsProtocol._feed
+    monkeypatch.setattr(BoundedHeadHttpToolsProtocol, "_feed", lambda self, piece: calls.append(1) or feed(self, piece))
+    data = b"\r\n\r\n" * 16384
+    c = connection()
+    c.send(b"POST /k HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+           + f"{len(data):x}\r\n".encode() + data + b"\r\n0\r\n\r\n" + head_of(LIMIT, "/a"))
+    assert [r[1] for r in c.requests] == ["/k", "/a"] and c.requests[0][2] == data
+    assert len(calls) <= bounded_head.BODY_CUTS_PER_READ + 4, len(calls)

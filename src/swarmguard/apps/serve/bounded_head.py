@@ -20,8 +20,12 @@ the bound; once the head is complete, a body of known ``Content-Length`` is fed 
 many bytes, so the next pipelined request's head is counted from its first byte. A body only the
 parser can frame (chunked) is fed up to just after each ``CRLF CRLF`` in it (across reads
 too), the only place a chunked body can end, so the next head is again counted from its first
-byte; should a message still end inside a piece, the bytes after the piece's last ``CRLF
-CRLF`` count as the next head's (an open head holds none: an upper bound).
+byte; after ``BODY_CUTS_PER_READ`` such pieces, the rest of the read is cut once, after its
+last ``CRLF CRLF`` (a body of nothing else would otherwise cost a parser call per 4 bytes).
+Should a message still end inside a piece, the next head counts nothing if no request line
+began after it, else the bytes after the piece's last ``CRLF CRLF`` (an open head holds
+none: an upper bound, which can refuse a pipelined head of nearly the bound after a chunked
+body with more than ``BODY_CUTS_PER_READ`` of them in one read).
 
 This relies on uvicorn internals with no public API (``data_received``,
 ``on_headers_complete``, ``on_message_complete``, ``parser``, ``headers``, the upgrade
@@ -39,7 +43,7 @@ __all__ = ["BoundedHeadHttpToolsProtocol", "RELIED_ON", "RELIED_ON_STATE", "REFU
 # h11's own default (h11.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE), when the config leaves it unset
 DEFAULT_HEAD_LIMIT = 16 * 1024
 # the attributes of HttpToolsProtocol this class calls or overrides
-RELIED_ON = ("data_received", "on_headers_complete", "on_message_complete", "on_response_complete",
+RELIED_ON = ("data_received", "on_message_begin", "on_headers_complete", "on_message_complete", "on_response_complete",
              "_unset_keepalive_if_required", "send_400_response", "_should_upgrade",
              "handle_websocket_upgrade", "_unsupported_upgrade_warning")
 # ... and these instance attributes (a test checks them on a connection)
@@ -50,6 +54,9 @@ _MESSAGE = b"Invalid HTTP request received."
 REFUSAL = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
            b"content-length: " + str(len(_MESSAGE)).encode() + b"\r\nconnection: close\r\n\r\n" + _MESSAGE)
 _END_OF_HEAD = b"\r\n\r\n"
+# pieces a read of a chunked body is cut into at its first CRLF CRLFs before the rest is cut
+# once, at its last (each piece is a parser call)
+BODY_CUTS_PER_READ = 16
 
 _missing = [name for name in RELIED_ON if not callable(getattr(HttpToolsProtocol, name, None))]
 if _missing:        # an ImportError, so that server_config falls back to h11
@@ -72,6 +79,7 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
         self._tail = b""                # the head's last 3 bytes so far: its CRLF CRLF may span two reads
         self._head_piece_ends_head = False  # the piece being fed ends just after a CRLF CRLF
         self.messages_done = 0          # messages the parser has ended on this connection
+        self._begun = False             # a message began after the last one ended
         self.refused = False            # a head went past the bound: nothing more is read
         # the rest of a read while a request waits in the pipeline, fed once it is started: the
         # base class parses every pipelined head of every read into the queue, without bound
@@ -84,9 +92,14 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
             self.body_left = self._content_length()
         super().on_headers_complete()
 
+    def on_message_begin(self) -> None:
+        self._begun = True                  # the parser met the next request line's first byte
+        super().on_message_begin()
+
     def on_message_complete(self) -> None:
         # the next message's head starts with the next byte
         self.in_head, self.head_bytes, self._tail, self.body_left = True, 0, b"", None
+        self._begun = False
         self.messages_done += 1
         super().on_message_complete()
 
@@ -114,7 +127,7 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
             self._held += data
             self.flow.pause_reading()
             return
-        view, pos, size = None, 0, len(data)
+        view, pos, size, body_cuts = None, 0, len(data), 0
         while pos < size:
             left, ends_head, body_cut = size - pos, False, False
             if self.in_head:
@@ -132,7 +145,15 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
             else:
                 # a body only the parser can frame (chunked): fed up to just after each CRLF CRLF,
                 # where alone a chunked body ends, so the next head starts at a piece's start
-                end = self._end_of_head(data, pos, left)
+                # After BODY_CUTS_PER_READ such pieces the rest of the read is cut once, after its
+                # last CRLF CRLF (an open head holds none, so a head open there starts there):
+                # a body full of CRLF CRLF costs a bounded number of feeds a read, not one each
+                if body_cuts < BODY_CUTS_PER_READ:
+                    end = self._end_of_head(data, pos, left)
+                    body_cuts += 1
+                else:
+                    at = data.rfind(_END_OF_HEAD, pos)
+                    end = -1 if at < 0 else at + 4
                 take = left if end < 0 else end - pos
                 body_cut = end >= 0
             if take == size:
@@ -158,9 +179,11 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
                 # head left open starts after the piece's last CRLF CRLF (a chunked body, and the
                 # head of any message after it in the piece, ends with one; an open head holds
                 # none), so the bytes after it are an upper bound (the whole piece if none)
+                # (none at all if no request line began after the message ended: llhttp skips
+                # the blank lines there without keeping them)
                 start = max(0, pos - take - 3)
                 last = data.rfind(_END_OF_HEAD, start, pos)
-                self.head_bytes = take if last < 0 else pos - (last + 4)
+                self.head_bytes = 0 if not self._begun else take if last < 0 else pos - (last + 4)
                 self._tail = data[pos - min(3, take):pos]
                 if self.head_bytes > self.head_limit:
                     self._refuse()
