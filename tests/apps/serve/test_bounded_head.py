@@ -261,3 +261,84 @@ def test_the_listener_falls_back_to_h11_without_httptools_or_without_the_interna
     with pytest.raises(ImportError, match="on_response_complete"):
         __import__("swarmguard.apps.serve.bounded_head")
     assert listener_protocol() == "h11"
+
+
+def test_pipelined_requests_past_the_first_wait_unparsed_so_one_read_is_all_that_is_held(connection):
+    """While one request is in flight and another queued, the rest of the read is held as
+    bytes, not parsed into more queued requests (uvicorn's base class queues every head of
+    every read it still parses: a client sending pipelined GETs faster than they are answered
+    grew the queue without bound, 208 673 entries in 8 s on a real socket)."""
+    c = connection()
+    many = b"".join(head_of(100, f"/r{i}") for i in range(500))
+    c.protocol.data_received(many)              # the app has not run yet: /r0 in flight
+    assert len(c.protocol.pipeline) <= 1
+    c.settle()
+    for _ in range(50):
+        if c.answers() == 500:
+            break
+        c.settle()
+        assert len(c.protocol.pipeline) <= 1
+    assert c.answers() == 500 and not c.transport.closed
+    assert [r[1] for r in c.requests] == [f"/r{i}" for i in range(500)]
+
+
+def test_a_chunked_body_longer_than_the_bound_in_one_read_leaves_the_connection_open(connection):
+    """A legitimate keep-alive request after a chunked body whose last read is longer than the
+    bound is served, not refused (the whole read used to be counted as the next head's)."""
+    body = b"x" * (3 * LIMIT)
+    chunked = (b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+    c = connection()
+    c.send(chunked)
+    c.send(head_of(300, "/after"))
+    assert not c.transport.closed and [r[1] for r in c.requests] == ["/c", "/after"]
+    assert c.requests[0][2] == body
+    c.send(chunked + head_of(300, "/pipelined"))
+    assert not c.transport.closed and [r[1] for r in c.requests][-2:] == ["/c", "/pipelined"]
+
+
+@pytest.mark.parametrize("cut", [None, 1, 2, 3, 4])
+def test_a_head_past_the_bound_in_the_read_that_ends_a_chunked_body_is_still_refused(connection, cut):
+    """The bytes after the chunked body's last CRLF CRLF count, whether it ends in this read or
+    straddles the previous one (``cut`` bytes of ``0 CRLF CRLF`` left in the next read)."""
+    chunked = b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    big = b"GET /big HTTP/1.1\r\nX-Big: " + b"v" * LIMIT
+    c = connection()
+    if cut is None:
+        c.send(chunked + big)
+    else:
+        c.send(chunked[:-cut], chunked[-cut:] + big)
+    assert c.refused and [r[1] for r in c.requests] == ["/c"]
+
+
+@pytest.mark.parametrize("cut", [None, 1, 2, 3, 4, 5])
+def test_heads_of_exactly_the_bound_after_a_chunked_body_are_served_however_the_reads_fall(connection, cut):
+    """A chunked body ends only just after a CRLF CRLF, so it is fed up to each one: the next
+    head is counted from its first byte, even with a body framed by Content-Length after it in
+    the same read and the chunked body's last CRLF CRLF split across reads (``cut``)."""
+    data = b"ab\r\n\r\ncd\r\n\r\n\r\n" * 40
+    chunked = (b"POST /k HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + f"{len(data):x}\r\n".encode() + data + b"\r\n0\r\n\r\n")
+    body = b"z" * (LIMIT // 2)
+    framed = head_of(300, "/c", extra=f"Content-Length: {len(body)}\r\n".encode()) + body
+    second = [chunked] if cut is None else [chunked[:-cut], chunked[-cut:]]
+    c = connection()
+    c.send(chunked + framed, head_of(LIMIT, "/a"), *second, head_of(LIMIT, "/b"))
+    c.settle()
+    assert not c.transport.closed, bytes(c.transport.written)[-200:]
+    assert [r[1] for r in c.requests] == ["/k", "/c", "/a", "/k", "/b"] and c.requests[0][2] == data
+
+
+def test_a_chunked_body_full_of_crlf_crlf_costs_a_bounded_number_of_parser_calls_a_read(connection, monkeypatch):
+    """Cutting a chunked body at each CRLF CRLF would be one parser call (and one on_body
+    append) per 4 bytes for a body of nothing else: after BODY_CUTS_PER_READ cuts the rest of
+    the read is cut once, at its last one."""
+    calls = []
+    feed = BoundedHeadHttpToolsProtocol._feed
+    monkeypatch.setattr(BoundedHeadHttpToolsProtocol, "_feed", lambda self, piece: calls.append(1) or feed(self, piece))
+    data = b"\r\n\r\n" * 16384
+    c = connection()
+    c.send(b"POST /k HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+           + f"{len(data):x}\r\n".encode() + data + b"\r\n0\r\n\r\n" + head_of(LIMIT, "/a"))
+    assert [r[1] for r in c.requests] == ["/k", "/a"] and c.requests[0][2] == data
+    assert len(calls) <= bounded_head.BODY_CUTS_PER_READ + 4, len(calls)

@@ -17,10 +17,15 @@ How the bytes of a read are split between a head and what follows: the parser is
 in pieces. While in a head, the piece ends just after the first ``CRLF CRLF`` (looked for
 across reads; httptools' llhttp takes no other end of a head, a bare LF is an error), or at
 the bound; once the head is complete, a body of known ``Content-Length`` is fed exactly that
-many bytes, so the next pipelined request's head is counted from its first byte. A chunked
-body's end is known only to the parser: the rest of the read that ends it is counted whole
-as the next head's (an upper bound, never less than its true size), and that next request's
-body is fed whole reads until the parser is next left inside a head at a read's end.
+many bytes, so the next pipelined request's head is counted from its first byte. A body only the
+parser can frame (chunked) is fed up to just after each ``CRLF CRLF`` in it (across reads
+too), the only place a chunked body can end, so the next head is again counted from its first
+byte; after ``BODY_CUTS_PER_READ`` such pieces, the rest of the read is cut once, after its
+last ``CRLF CRLF`` (a body of nothing else would otherwise cost a parser call per 4 bytes).
+Should a message still end inside a piece, the next head counts nothing if no request line
+began after it, else the bytes after the piece's last ``CRLF CRLF`` (an open head holds
+none: an upper bound, which can refuse a pipelined head of nearly the bound after a chunked
+body with more than ``BODY_CUTS_PER_READ`` of them in one read).
 
 This relies on uvicorn internals with no public API (``data_received``,
 ``on_headers_complete``, ``on_message_complete``, ``parser``, ``headers``, the upgrade
@@ -38,7 +43,7 @@ __all__ = ["BoundedHeadHttpToolsProtocol", "RELIED_ON", "RELIED_ON_STATE", "REFU
 # h11's own default (h11.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE), when the config leaves it unset
 DEFAULT_HEAD_LIMIT = 16 * 1024
 # the attributes of HttpToolsProtocol this class calls or overrides
-RELIED_ON = ("data_received", "on_headers_complete", "on_message_complete", "on_response_complete",
+RELIED_ON = ("data_received", "on_message_begin", "on_headers_complete", "on_message_complete", "on_response_complete",
              "_unset_keepalive_if_required", "send_400_response", "_should_upgrade",
              "handle_websocket_upgrade", "_unsupported_upgrade_warning")
 # ... and these instance attributes (a test checks them on a connection)
@@ -49,6 +54,9 @@ _MESSAGE = b"Invalid HTTP request received."
 REFUSAL = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
            b"content-length: " + str(len(_MESSAGE)).encode() + b"\r\nconnection: close\r\n\r\n" + _MESSAGE)
 _END_OF_HEAD = b"\r\n\r\n"
+# pieces a read of a chunked body is cut into at its first CRLF CRLFs before the rest is cut
+# once, at its last (each piece is a parser call)
+BODY_CUTS_PER_READ = 16
 
 _missing = [name for name in RELIED_ON if not callable(getattr(HttpToolsProtocol, name, None))]
 if _missing:        # an ImportError, so that server_config falls back to h11
@@ -71,19 +79,27 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
         self._tail = b""                # the head's last 3 bytes so far: its CRLF CRLF may span two reads
         self._head_piece_ends_head = False  # the piece being fed ends just after a CRLF CRLF
         self.messages_done = 0          # messages the parser has ended on this connection
+        self._begun = False             # a message began after the last one ended
         self.refused = False            # a head went past the bound: nothing more is read
+        # the rest of a read while a request waits in the pipeline, fed once it is started: the
+        # base class parses every pipelined head of every read into the queue, without bound
+        self._held = b""
 
     # Parser callbacks (called from inside feed_data)
     def on_headers_complete(self) -> None:
-        self.in_head = False
-        self.body_left = None
+        self.in_head, self.body_left, self._tail = False, None, b""
         if self._head_piece_ends_head:      # the head ended where this piece does: what follows is body
             self.body_left = self._content_length()
         super().on_headers_complete()
 
+    def on_message_begin(self) -> None:
+        self._begun = True                  # the parser met the next request line's first byte
+        super().on_message_begin()
+
     def on_message_complete(self) -> None:
         # the next message's head starts with the next byte
         self.in_head, self.head_bytes, self._tail, self.body_left = True, 0, b"", None
+        self._begun = False
         self.messages_done += 1
         super().on_message_complete()
 
@@ -107,9 +123,13 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         if not isinstance(data, bytes):
             data = bytes(data)
-        view, pos, size = None, 0, len(data)
+        if self.pipeline or self._held:     # a read already on its way while one waits: kept in order
+            self._held += data
+            self.flow.pause_reading()
+            return
+        view, pos, size, body_cuts = None, 0, len(data), 0
         while pos < size:
-            left, ends_head = size - pos, False
+            left, ends_head, body_cut = size - pos, False, False
             if self.in_head:
                 budget = self.head_limit - self.head_bytes
                 end = self._end_of_head(data, pos, budget)
@@ -122,8 +142,20 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
             elif self.body_left is not None:
                 take = min(self.body_left, left)
                 self.body_left -= take
-            else:                           # a body only the parser can frame: the whole read
-                take = left
+            else:
+                # a body only the parser can frame (chunked): fed up to just after each CRLF CRLF,
+                # where alone a chunked body ends, so the next head starts at a piece's start
+                # After BODY_CUTS_PER_READ such pieces the rest of the read is cut once, after its
+                # last CRLF CRLF (an open head holds none, so a head open there starts there):
+                # a body full of CRLF CRLF costs a bounded number of feeds a read, not one each
+                if body_cuts < BODY_CUTS_PER_READ:
+                    end = self._end_of_head(data, pos, left)
+                    body_cuts += 1
+                else:
+                    at = data.rfind(_END_OF_HEAD, pos)
+                    end = -1 if at < 0 else at + 4
+                take = left if end < 0 else end - pos
+                body_cut = end >= 0
             if take == size:
                 piece = data
             else:
@@ -138,18 +170,28 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
                 self._head_piece_ends_head = False
             pos += take
             if self.messages_done == done:
-                if self.in_head:            # the same head goes on past this piece
+                if self.in_head or not (framed or ends_head):  # the same head (or unframed body) goes on
                     self._tail = (self._tail + data[pos - min(3, take):pos])[-3:]
-                elif framed and self.body_left == 0:
+                elif self.body_left == 0:
                     self.body_left = None   # the parser did not end the body where its length does
-            elif self.in_head and not ((was_in_head and ends_head) or framed):
-                # a message ended inside this piece, not at its end (after a chunked body):
-                # all of the piece counts as the next head's (an upper bound)
-                self.head_bytes = take
+            elif self.in_head and not ((was_in_head and ends_head) or framed or body_cut):
+                # a message ended inside this piece, not at its end (after a chunked body): the
+                # head left open starts after the piece's last CRLF CRLF (a chunked body, and the
+                # head of any message after it in the piece, ends with one; an open head holds
+                # none), so the bytes after it are an upper bound (the whole piece if none)
+                # (none at all if no request line began after the message ended: llhttp skips
+                # the blank lines there without keeping them)
+                start = max(0, pos - take - 3)
+                last = data.rfind(_END_OF_HEAD, start, pos)
+                self.head_bytes = 0 if not self._begun else take if last < 0 else pos - (last + 4)
                 self._tail = data[pos - min(3, take):pos]
                 if self.head_bytes > self.head_limit:
                     self._refuse()
                     return
+            if self.pipeline and pos < size:
+                # a request waits (reading paused): the rest is parsed once it is started
+                self._held = data[pos:]
+                return
 
     def _end_of_head(self, data: bytes, pos: int, budget: int) -> int:
         """The offset in ``data`` just past the head's first CRLF CRLF (the one that may begin
@@ -195,11 +237,18 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()          # starts the next pipelined request, if any
-        if self.refused and not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if self.refused:
             if self.pipeline or not self.cycle.response_complete:
                 self.flow.pause_reading()       # super resumed it for the next request
             else:
                 self._send_refusal()
+        elif self._held and not self.pipeline:
+            held, self._held = self._held, b""
+            self.data_received(held)
+        elif self._held:
+            self.flow.pause_reading()           # super resumed it; the held bytes come first
 
     def _send_refusal(self) -> None:
         self.transport.write(REFUSAL)
