@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 pytest.importorskip("fastapi")
 
-from swarmguard.apps.serve.read_view import publish_view  # noqa: E402
 
-from ..serve.conftest import ManualClock, auth, post_behaviors, slowed_round  # noqa: E402
+from ..serve.conftest import (  # noqa: E402
+    ManualClock,
+    auth,
+    hold_with_published_view,
+    in_thread,
+    post_behaviors,
+    slowed_round,
+)
 from .test_dashboard_api import feed  # noqa: E402
 
 READ = auth("t-read")
@@ -22,13 +26,6 @@ WAIT = 10.0
 
 def _answers(client, routes):
     return {r: (lambda g: (g.status_code, g.json()))(client.get(r, headers=READ)) for r in routes}
-
-
-def _in_thread(fn):
-    box: dict = {}
-    thread = threading.Thread(target=lambda: box.setdefault("value", fn()), daemon=True)
-    thread.start()
-    return thread, box
 
 
 @pytest.fixture
@@ -43,24 +40,15 @@ def test_the_view_answers_the_dashboard_as_the_live_node(fed_node):
     node, client, _ = fed_node
     live = _answers(client, [*AT_ONCE, DRILL_DOWN])
     assert all(status == 200 for status, _ in live.values())
-    held, release = threading.Event(), threading.Event()
-
-    def hold_as_a_close_does():
-        with node.lock:
-            node.read_view = publish_view(node)
-            held.set()
-            release.wait(WAIT)
-            node.read_view = None
-
-    holder, _ = _in_thread(hold_as_a_close_does)
+    holder, held, release = hold_with_published_view(node, WAIT)
     try:
         assert held.wait(WAIT)
-        reader, got = _in_thread(lambda: _answers(client, AT_ONCE))
+        reader, got = in_thread(lambda: _answers(client, AT_ONCE))
         reader.join(WAIT / 2)
         assert not reader.is_alive() and holder.is_alive()      # answered while the lock is held
         assert got["value"] == {r: live[r] for r in AT_ONCE}
         # the drill-down's evidence rows are read from the live node only: it waits for the lock
-        drill, drilled = _in_thread(lambda: _answers(client, [DRILL_DOWN]))
+        drill, drilled = in_thread(lambda: _answers(client, [DRILL_DOWN]))
         drill.join(0.3)
         assert drill.is_alive()
     finally:
@@ -77,10 +65,10 @@ def test_during_a_slowed_close_the_dashboard_answers_from_before_it(fed_node, mo
     clock.t += 61                          # the window is due (the clock is no part of a close)
     before = _answers(client, AT_ONCE)
     started, release = slowed_round(node, monkeypatch, wait=WAIT)
-    closer, _ = _in_thread(node.close_window)
+    closer, _ = in_thread(node.close_window)
     try:
         assert started.wait(WAIT)
-        reader, got = _in_thread(lambda: _answers(client, AT_ONCE))
+        reader, got = in_thread(lambda: _answers(client, AT_ONCE))
         reader.join(WAIT / 2)
         assert not reader.is_alive() and closer.is_alive()
         assert got["value"] == before

@@ -151,3 +151,34 @@ def slowed_round(node, monkeypatch, *, hold_after_round: bool = False, wait: flo
 
     monkeypatch.setattr(detector, "process_round", slowed)
     return started, release
+
+
+def in_thread(fn):
+    """Run ``fn`` in a daemon thread; returns ``(thread, box)``, ``box["value"]`` its result."""
+    import threading
+
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.setdefault("value", fn()), daemon=True)
+    thread.start()
+    return thread, box
+
+
+def hold_with_published_view(node, wait: float = 10.0):
+    """Hold ``node.lock`` with a read view published, as a window close does, in a thread,
+    until ``release`` is set (or ``wait`` seconds pass); returns ``(holder, held, release)``,
+    ``held`` set once the view is up."""
+    import threading
+
+    from swarmguard.apps.serve.read_view import publish_view
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold_as_a_close_does():
+        with node.lock:
+            node.read_view = publish_view(node)
+            held.set()
+            release.wait(wait)
+            node.read_view = None
+
+    holder, _ = in_thread(hold_as_a_close_does)
+    return holder, held, release

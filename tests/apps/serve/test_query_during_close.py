@@ -11,6 +11,8 @@ from swarmguard.apps.serve.peers import PeerLink
 from .conftest import (
     auth,
     close_window,
+    hold_with_published_view,
+    in_thread,
     population_rows,
     post_behaviors,
     post_evidence,
@@ -43,20 +45,13 @@ def _node_with_one_closed_window(make_node, **options):
     return node, client, before
 
 
-def _in_thread(fn):
-    box: dict = {}
-    thread = threading.Thread(target=lambda: box.setdefault("value", fn()), daemon=True)
-    thread.start()
-    return thread, box
-
-
 def test_reads_during_a_close_answer_at_once_from_before_it_and_after_it_from_after(make_node, monkeypatch):
     node, client, before = _node_with_one_closed_window(make_node)
     started, release = slowed_round(node, monkeypatch, hold_after_round=False)
-    closer, _ = _in_thread(lambda: close_window(client))
+    closer, _ = in_thread(lambda: close_window(client))
     try:
         assert started.wait(WAIT)
-        reader, got = _in_thread(lambda: {r: client.get(r, headers=READ).json() for r in ROUTES})
+        reader, got = in_thread(lambda: {r: client.get(r, headers=READ).json() for r in ROUTES})
         reader.join(WAIT / 2)
         # answered while the round still waits: the close holds the node's lock all along
         assert not reader.is_alive() and closer.is_alive()
@@ -75,13 +70,13 @@ def test_reads_during_a_close_answer_at_once_from_before_it_and_after_it_from_af
 def test_a_read_the_round_changed_midway_waits_and_answers_from_after_the_close(make_node, monkeypatch):
     node, client, before = _node_with_one_closed_window(make_node)
     started, release = slowed_round(node, monkeypatch, hold_after_round=True)
-    closer, _ = _in_thread(lambda: close_window(client))
+    closer, _ = in_thread(lambda: close_window(client))
     try:
         assert started.wait(WAIT)
         # the round added its own evidence (a-8 is far out): the consensus is no longer the
         # one before the close, so an answer holding it waits for the close ...
         assert node.populations["behaviors"].detector.last_round_evidence is not None
-        agent, got_agent = _in_thread(lambda: client.get("/v1/agents/a-8", headers=READ).json())
+        agent, got_agent = in_thread(lambda: client.get("/v1/agents/a-8", headers=READ).json())
         # ... while one that holds no consensus answers from before the close at once
         top = client.get("/v1/agents?top=5", headers=READ).json()
         assert top == before["/v1/agents?top=5"]
@@ -101,7 +96,6 @@ def test_a_read_the_round_changed_midway_waits_and_answers_from_after_the_close(
 def test_the_view_answers_as_the_live_node_replicas_included(pair):  # noqa: F811
     """Every route answers from a view exactly what the node answered live in the same state:
     scored agents, agents only the replica holds (posted to the peer), cohorts."""
-    from swarmguard.apps.serve.read_view import publish_view
 
     clock, node = pair
     _, us, us_c = node("us")
@@ -117,19 +111,10 @@ def test_the_view_answers_as_the_live_node_replicas_included(pair):  # noqa: F81
               "/v1/populations", "/v1/populations/eu", "/v1/populations/nowhere"]
     live = {r: (lambda g: (g.status_code, g.json()))(us_c.get(r, headers=READ)) for r in routes}
     assert live["/v1/agents/e-7"][1]["source"] == "replica" and live["/v1/agents/a-3"][1]["source"] == "scored"
-    held, release = threading.Event(), threading.Event()
-
-    def hold_as_a_close_does():
-        with us.lock:
-            us.read_view = publish_view(us)
-            held.set()
-            release.wait(WAIT)
-            us.read_view = None
-
-    holder, _ = _in_thread(hold_as_a_close_does)
+    holder, held, release = hold_with_published_view(us, WAIT)
     try:
         assert held.wait(WAIT)
-        reader, got = _in_thread(lambda: {r: (lambda g: (g.status_code, g.json()))(us_c.get(r, headers=READ))
+        reader, got = in_thread(lambda: {r: (lambda g: (g.status_code, g.json()))(us_c.get(r, headers=READ))
                                           for r in routes})
         reader.join(WAIT / 2)
         assert not reader.is_alive() and holder.is_alive()     # answered from the view, the lock still held
@@ -172,12 +157,12 @@ def test_an_isolation_event_is_not_seen_before_the_reads_show_it(make_node, monk
         return original(at, outcomes)
 
     monkeypatch.setattr(history, "after_close", slowed)
-    closer, _ = _in_thread(lambda: close_window(client))
+    closer, _ = in_thread(lambda: close_window(client))
     try:
         assert started.wait(WAIT)
         streamed = [data["agent_id"] for _, data in node.events.after(seen_before)]    # what SSE sends now
         # the list holds no consensus: it would answer from the view published before the close
-        reader, got = _in_thread(lambda: client.get("/v1/agents?top=5", headers=READ).json())
+        reader, got = in_thread(lambda: client.get("/v1/agents?top=5", headers=READ).json())
         reader.join(WAIT / 2)
         assert not reader.is_alive() and closer.is_alive()      # answered from the view, at once
         listed = {a["agent_id"]: a["isolated"] for a in got["value"]["agents"]}
@@ -249,6 +234,6 @@ def test_the_view_is_withdrawn_when_the_round_raises_or_the_close_cannot_be_logg
         node.close_window()
     assert len(published) == 2 and published[-1] is not None and node.read_view is None
     # nothing waits for a view that is gone: reads answer from the live node at once
-    reader, got = _in_thread(lambda: client.get("/v1/agents?top=5", headers=READ).status_code)
+    reader, got = in_thread(lambda: client.get("/v1/agents?top=5", headers=READ).status_code)
     reader.join(WAIT)
     assert not reader.is_alive() and got["value"] == 200
