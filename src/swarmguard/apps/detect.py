@@ -69,7 +69,13 @@ from typing import Any
 import numpy as np
 
 from ..api import BehavioralDistributedProtocol, HierarchicalStatisticalTree
-from ..errors import EmptyInputError, InvalidInputError, InvalidTypeError, MalformedInputError, MissingDependencyError
+from ..errors import (
+    EmptyInputError,
+    InvalidInputError,
+    InvalidTypeError,
+    MalformedInputError,
+    MissingDependencyError,
+)
 from ..structures.scoring import MIN_POPULATION
 from ..structures.scoring_modes import DEFAULT_SCORING, check_scoring
 from ..validation import check_finite_float, check_fraction, check_positive_int
