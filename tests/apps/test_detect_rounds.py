@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -156,3 +158,77 @@ def test_the_help_describes_calibrate():
     assert "--calibrate" in text
     assert "rank among the scores of agents not flagged in earlier rounds" in text
     assert "without --window, or with every row in one window, the file is one round" in text
+
+
+def loo_from_scratch(X):
+    """Leave-one-out squared Mahalanobis distance of every row against the others (ddof=1, no shrinkage)."""
+    out = np.empty(X.shape[0])
+    for i in range(X.shape[0]):
+        others = np.delete(X, i, axis=0)
+        diff = X[i] - others.mean(axis=0)
+        out[i] = diff @ np.linalg.solve(np.cov(others.T), diff)
+    return out
+
+
+def test_a_calibrated_round_is_ranked_among_the_earlier_rounds_scores_as_computed_from_scratch(tmp_path):
+    """Three rounds of 600: the first two warm the null (every score enters, divided by its round's
+    median: the default mode's relative null); the third's p-values are (1 + #{null >= s}) / (n + 1)."""
+    rng = np.random.default_rng(5)
+    rounds = [rng.normal(size=(600, 3)) for _ in range(3)]
+    with open(tmp_path / "r.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["agent_id", "ts", "x", "y", "z"])
+        for r, X in enumerate(rounds):
+            for i, x in enumerate(X):
+                w.writerow([f"a{i}", r * 10 + (0.0 if r == i == 0 else 5.0), *map(repr, x.tolist())])
+    res = detect(tmp_path / "r.csv", timestamp_column="ts", window=10, calibrate=True, shrinkage=0, warm_up=100)
+    assert [rd["calibrated"] for rd in res.rounds] == [False, False, True]
+    assert [rd["null_scores"] for rd in res.rounds] == [0, 600, 1200]
+    d2 = [loo_from_scratch(X) for X in rounds]
+    order = np.array([int(a[1:]) for a in res.agent_ids.tolist()])     # output rows: agents a0, a1, ...
+    np.testing.assert_allclose(res.score, d2[2][order], rtol=1e-6)    # as test_detect_window
+    null = np.concatenate([d2[0] / np.median(d2[0]), d2[1] / np.median(d2[1])])
+    s = d2[2][order] / np.median(d2[2])
+    exact = (1 + (null[None, :] >= s[:, None]).sum(axis=1)) / (null.size + 1)
+    # the sketch keeps the top of the null exactly (high-rank accuracy): the smallest p-values, which
+    # decide, are exact; the rest within a small part of themselves
+    top = np.argsort(-s)[:30]
+    np.testing.assert_allclose(res.p_value[top], exact[top], rtol=1e-12)
+    np.testing.assert_allclose(res.p_value, exact, rtol=0.05)
+    assert res.method.endswith(", calibrated")
+
+
+def test_explain_and_cohorts_in_rounds_give_each_agent_the_why_of_its_own_round(tmp_path):
+    rng = np.random.default_rng(7)
+    with open(tmp_path / "c.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["agent_id", "region", "ts", "cpu", "mem", "lat"])
+        for r in range(3):
+            X = rng.normal(size=(500, 3))
+            X[:5, 1] += 25.0 * (r == 2)         # the last round: a0..a4 far off in mem only
+            for i, x in enumerate(X):
+                # agents change region between rounds: the tree moves them
+                w.writerow([f"a{i}", f"r{(i + r) % 3}", r * 10 + (0.0 if r == i == 0 else 5.0), *map(repr, x.tolist())])
+    out = tmp_path / "why.csv"
+    res = detect(tmp_path / "c.csv", output=out, timestamp_column="ts", cohort_column="region", window=10,
+                 calibrate=True, explain=True, warm_up=100, top=5)
+    with open(out, newline="") as f:
+        rows = {row["agent_id"]: row for row in csv.DictReader(f)}
+    assert list(next(iter(rows.values()))) == ["agent_id", "score", "p_value", "is_anomaly", "cohort",
+                                                "feature_1", "share_1", "feature_2", "share_2", "feature_3", "share_3"]
+    for i in range(5):
+        assert rows[f"a{i}"]["feature_1"] == "mem" and float(rows[f"a{i}"]["share_1"]) > 0.9
+    for row in rows.values():
+        shares = [float(row[f"share_{j}"]) for j in (1, 2, 3)]
+        assert shares == sorted(shares, reverse=True)
+        assert len({row[f"feature_{j}"] for j in (1, 2, 3)}) == 3
+    assert rows["a0"]["cohort"] == "r2" and rows["a1"]["cohort"] == "r0"      # its last round's region
+    assert {t["agent_id"] for t in res.top} == {f"a{i}" for i in range(5)}
+    assert all(t["main_feature"] == "mem" for t in res.top)
+    # a null of 1,000 scores (two rounds of 500) gives p >= 1/1001: Benjamini-Hochberg at q = 0.01
+    # over 500 agents flags no group smaller than ceil(500 / (0.01 * 1001)) = 50 -- not these 5
+    last = res.rounds[-1]
+    assert last["calibrated"] and last["null_scores"] == 1000
+    assert last["fewest_calibrated_flags"] == math.ceil(Fraction(500) / (Fraction(1, 100) * 1001)) == 50
+    assert not any(t["is_anomaly"] for t in res.top)
+    assert "can flag no group smaller than 50 agents" in res.calibration["note"]
