@@ -24,6 +24,10 @@ agents first appear in the input: ``agent_id, score, p_value, is_anomaly``,
 and with ``explain=True`` why: the agent's cohort and its top features with
 their shares of the score.
 
+With ``calibrate=True`` and a ``window`` the file is instead cut into windows
+of its timestamps, each scored as a round with calibrated p-values, the rounds'
+flags and realised false-discovery rate reported (:mod:`.detect_rounds`).
+
 Malformed rows (missing id, empty or non-numeric feature, NaN or infinity,
 wrong number of fields, unreadable JSON, unreadable timestamp) raise
 :class:`~swarmguard.errors.MalformedInputError` naming the file, the line
@@ -82,7 +86,7 @@ from ..validation import check_finite_float, check_fraction, check_positive_int
 from .calibration_report import calibration_summary, null_state
 from .detect_ingest import _Ingest, _Spec
 from .detect_readers import _INFER_SAMPLE, _first_keys, _infer_features, _ParquetSource, open_source
-from .detect_rounds import SINGLE_ROUND_NOTE, score_rounds
+from .detect_rounds import SINGLE_ROUND_NOTE, score_rounds, top_rows_from_shares
 from .detect_stdlib import MAX_COLUMNS, MAX_LINE_BYTES, _check_columns, _LineTooLongError
 from .detect_values import MAX_KEY_CHARS, _pyarrow
 from .output_paths import check_not_input, check_output_file
@@ -174,7 +178,8 @@ class DetectResult:
     cohort: np.ndarray | None = None        # each agent's cohort (with a cohort column)
     why_feature: np.ndarray | None = None   # explain=True: (agents, k) feature numbers, largest share first
     why_share: np.ndarray | None = None     # ... and each one's share of the agent's score
-    window_agents: int | None = None        # window=...: the agents scored against (latest row recent enough)
+    window_agents: int | None = None        # window=...: the agents scored against (latest row recent enough;
+                                            # with calibrate, the last round's agents)
     label: np.ndarray | None = None         # label_column=...: each agent's ground truth (its latest row's)
     truth: LabelledRates | None = None      # ... and the flags measured against it
     calibrate: bool = False                 # calibrate=True: calibrated p-values (.detect_rounds)
@@ -430,7 +435,7 @@ def detect(
         pop.log = None
         score, p_value, flags = got.score, got.p_value, got.is_anomaly
         why_feature, why_share = (got.why_feature, got.why_share) if explain else (None, None)
-        top_rows = _top_rows_from_shares(ids, score, p_value, flags, list(feats), cohort, got.why_feature,
+        top_rows = top_rows_from_shares(ids, score, p_value, flags, list(feats), cohort, got.why_feature,
                                          got.why_share, top)
         label = got.label
         # every output row was judged, in its own round
@@ -547,28 +552,6 @@ def _top_rows(protocol, ids, numbers, score, p_value, flags, feats, cohort, top)
     return rows
 
 
-def _top_rows_from_shares(ids, score, p_value, flags, feats, cohort, why_feature, why_share,
-                          top) -> list[dict[str, Any]]:
-    """:func:`_top_rows` from shares already found (each agent's largest, ``why_feature`` /
-    ``why_share``): ``detect --calibrate --window`` scores agents in rounds, and a later score
-    against the last round's tree would not be the one the agent was judged by."""
-    if not top or not ids.size:
-        return []
-    k = min(top, ids.size)
-    part = np.argpartition(-score, k - 1)[:k] if k < ids.size else np.arange(ids.size)
-    order = part[np.lexsort((part, -score[part]))]
-    rows = []
-    for row in order.tolist():
-        total = float(score[row])
-        rows.append({"agent_id": ids[row].item(), "score": total, "p_value": float(p_value[row]),
-                     "is_anomaly": bool(flags[row]), "main_feature": feats[int(why_feature[row, 0])],
-                     "main_part": float(why_share[row, 0]) * total,
-                     "cohort": None if cohort is None else str(cohort[row]),
-                     "top_features": [{"feature": feats[int(j)], "share": float(v)}
-                                      for j, v in zip(why_feature[row], why_share[row], strict=True)]})
-    return rows
-
-
 # ---------------------------------------------------------------------------- output
 def _why_columns(result: DetectResult) -> dict[str, Any]:
     """The "why" columns of the output, in order: cohort, then feature_i / share_i (explain=True)."""
@@ -650,7 +633,8 @@ def print_summary(result: DetectResult, console) -> None:
     t.add_row("rows superseded (older)", f"{result.rows_superseded:,}")
     t.add_row("agents", f"{result.agents:,}")
     if result.window_agents is not None:
-        t.add_row("agents in the window (scored against)", f"{result.window_agents:,}")
+        where = "the last round" if result.calibrate else "the window"      # --calibrate --window: rounds
+        t.add_row(f"agents in {where} (scored against)", f"{result.window_agents:,}")
     if result.cohort_sizes:
         sizes = sorted(result.cohort_sizes.items(), key=lambda kv: -kv[1])
         shown = ", ".join(f"{k} {v:,}" for k, v in sizes[:8]) + (", ..." if len(sizes) > 8 else "")

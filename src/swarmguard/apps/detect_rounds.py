@@ -33,7 +33,7 @@ import numpy as np
 from ..api import BehavioralDistributedProtocol, HierarchicalStatisticalTree
 from .calibration_report import calibration_summary, null_state
 
-__all__ = ["RoundsOutcome", "score_rounds", "SINGLE_ROUND_NOTE"]
+__all__ = ["RoundsOutcome", "score_rounds", "top_rows_from_shares", "SINGLE_ROUND_NOTE"]
 
 #: What ``detect --calibrate`` says when the file makes one round (no ``--window``, or every
 #: row in one window): there is no earlier round whose scores could make the null.
@@ -128,3 +128,26 @@ def score_rounds(pop: Any, clock: Any, window: float, *, level: float, q: float 
     out.method, out.warming_up = res["method"], bool(res["warming_up"])
     out.last_round_agents, out.warm_up = out.rounds[-1]["agents"], protocol.warm_up
     return out
+
+
+def top_rows_from_shares(ids, score, p_value, flags, feats, cohort, why_feature, why_share,
+                          top: int) -> list[dict[str, Any]]:
+    """The summary's most anomalous agents, as :func:`.detect._top_rows` gives them, from shares
+    already found (each agent's largest, ``why_feature`` / ``why_share``, from its own round):
+    ``detect --calibrate --window`` scores agents in rounds, and a later score against the last
+    round's tree would not be the one the agent was judged by."""
+    if not top or not ids.size:
+        return []
+    k = min(top, ids.size)
+    part = np.argpartition(-score, k - 1)[:k] if k < ids.size else np.arange(ids.size)
+    order = part[np.lexsort((part, -score[part]))]
+    rows = []
+    for row in order.tolist():
+        total = float(score[row])
+        rows.append({"agent_id": ids[row].item(), "score": total, "p_value": float(p_value[row]),
+                     "is_anomaly": bool(flags[row]), "main_feature": feats[int(why_feature[row, 0])],
+                     "main_part": float(why_share[row, 0]) * total,
+                     "cohort": None if cohort is None else str(cohort[row]),
+                     "top_features": [{"feature": feats[int(j)], "share": float(v)}
+                                      for j, v in zip(why_feature[row], why_share[row], strict=True)]})
+    return rows
