@@ -232,3 +232,19 @@ def test_explain_and_cohorts_in_rounds_give_each_agent_the_why_of_its_own_round(
     assert last["fewest_calibrated_flags"] == math.ceil(Fraction(500) / (Fraction(1, 100) * 1001)) == 50
     assert not any(t["is_anomaly"] for t in res.top)
     assert "can flag no group smaller than 50 agents" in res.calibration["note"]
+
+
+def test_iso_timestamps_are_cut_into_windows_of_seconds(tmp_path):
+    rng = np.random.default_rng(11)
+    with open(tmp_path / "iso.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["agent_id", "ts", "x", "y"])
+        for r in range(3):
+            X = rng.normal(size=(300, 2))
+            for i, x in enumerate(X):
+                sec = 100 + r * 10 + (0 if r == i == 0 else int(rng.integers(1, 10)))
+                w.writerow([f"a{i}", f"2026-01-01T00:{sec // 60:02d}:{sec % 60:02d}Z", *map(repr, x.tolist())])
+    res = detect(tmp_path / "iso.csv", timestamp_column="ts", window=10, calibrate=True, warm_up=50)
+    assert [rd["agents"] for rd in res.rounds] == [300, 300, 300]
+    assert [rd["window_start"] for rd in res.rounds] == [f"2026-01-01T00:{s // 60:02d}:{s % 60:02d}.000000000"
+                                                          for s in (100, 110, 120)]
