@@ -42,9 +42,9 @@ def test_every_fenced_block_of_the_readme_is_one_this_test_runs():
 
 def test_the_readme_has_the_blocks_this_test_runs():
     # one block per part of the guide, the batch path, the scoring modes, calibrated tail scoring, the
-    # detector and Ray: a block lost by a bad edit of the README (or of this test's pattern) fails here
+    # detector, Ray and detect --calibrate: a block lost by a bad edit of the README (or of this test's pattern) fails here
     # instead of silently not running
-    assert len(PYTHON_BLOCKS) == 8
+    assert len(PYTHON_BLOCKS) == 9
     assert len(BASH_BLOCKS) >= 2
 
 

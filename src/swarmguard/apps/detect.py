@@ -24,6 +24,10 @@ agents first appear in the input: ``agent_id, score, p_value, is_anomaly``,
 and with ``explain=True`` why: the agent's cohort and its top features with
 their shares of the score.
 
+With ``calibrate=True`` and a ``window`` the file is instead cut into windows
+of its timestamps, each scored as a round with calibrated p-values, the rounds'
+flags and realised false-discovery rate reported (:mod:`.detect_rounds`).
+
 Malformed rows (missing id, empty or non-numeric feature, NaN or infinity,
 wrong number of fields, unreadable JSON, unreadable timestamp) raise
 :class:`~swarmguard.errors.MalformedInputError` naming the file, the line
@@ -69,12 +73,20 @@ from typing import Any
 import numpy as np
 
 from ..api import BehavioralDistributedProtocol, HierarchicalStatisticalTree
-from ..errors import EmptyInputError, InvalidInputError, MalformedInputError, MissingDependencyError
+from ..errors import (
+    EmptyInputError,
+    InvalidInputError,
+    InvalidTypeError,
+    MalformedInputError,
+    MissingDependencyError,
+)
 from ..structures.scoring import MIN_POPULATION
 from ..structures.scoring_modes import DEFAULT_SCORING, check_scoring
 from ..validation import check_finite_float, check_fraction, check_positive_int
+from .calibration_report import calibration_summary, null_state
 from .detect_ingest import _Ingest, _Spec
 from .detect_readers import _INFER_SAMPLE, _first_keys, _infer_features, _ParquetSource, open_source
+from .detect_rounds import SINGLE_ROUND_NOTE, score_rounds, top_rows_from_shares
 from .detect_stdlib import MAX_COLUMNS, MAX_LINE_BYTES, _check_columns, _LineTooLongError
 from .detect_values import MAX_KEY_CHARS, _pyarrow
 from .output_paths import check_not_input, check_output_file
@@ -166,9 +178,14 @@ class DetectResult:
     cohort: np.ndarray | None = None        # each agent's cohort (with a cohort column)
     why_feature: np.ndarray | None = None   # explain=True: (agents, k) feature numbers, largest share first
     why_share: np.ndarray | None = None     # ... and each one's share of the agent's score
-    window_agents: int | None = None        # window=...: the agents scored against (latest row recent enough)
+    window_agents: int | None = None        # window=...: the agents scored against (latest row recent enough;
+                                            # with calibrate, the last round's agents)
     label: np.ndarray | None = None         # label_column=...: each agent's ground truth (its latest row's)
     truth: LabelledRates | None = None      # ... and the flags measured against it
+    calibrate: bool = False                 # calibrate=True: calibrated p-values (.detect_rounds)
+    rounds: list[dict[str, Any]] | None = None      # ... each round's agents, flags (false flags) and null
+    calibration: dict[str, Any] | None = None       # ... calibration_summary of the rounds
+    warnings: list[str] = field(default_factory=list)   # what the run could not do as asked (one line each)
 
     @property
     def agents(self) -> int:
@@ -263,6 +280,7 @@ def detect(
     scoring: str = DEFAULT_SCORING,
     window: float | None = None,
     label_column: str | None = None,
+    calibrate: bool = False,
 ) -> DetectResult:
     """Score every agent of a telemetry file; write ``output`` (CSV or Parquet) when given.
 
@@ -306,7 +324,20 @@ def detect(
     false-discovery rate, precision and recall against it (with ``window``, over the
     agents inside it: those outside are not judged). A missing or unreadable
     label is a malformed row.
+
+    ``calibrate``: calibrated p-values (:mod:`swarmguard.structures.score_null`): a round's
+    p-value is its score's rank among the scores of agents not flagged in earlier rounds
+    (the detector's ``calibrate=True``). It needs rounds: with ``window`` the file is cut into
+    consecutive windows of that length from its oldest timestamp, each scored as a round against
+    the agents active in it (:mod:`.detect_rounds`; every row is kept in memory to cut them), and
+    each agent's output row is its latest row as scored in its round; ``rounds`` and
+    ``calibration`` say which rounds were calibrated and, with ``label_column``, the realised
+    false-discovery rate of the calibrated rounds apart from the warm-up rounds. A file that makes
+    one round (no ``window``, or every row in one window) cannot warm the null: its p-values are
+    the mode's own, and ``warnings`` says so.
     """
+    if not isinstance(calibrate, bool):
+        raise InvalidTypeError(f"calibrate must be True or False, got {calibrate!r}")
     if csv_engine not in ENGINES:
         raise InvalidInputError(f"csv_engine must be 'auto', 'python' or 'pyarrow', got {csv_engine!r}")
     t_start = time.perf_counter()
@@ -380,6 +411,8 @@ def detect(
         del first             # the run holds one chunk at a time: the first too is freed once fed
         spec = _Spec(str(path), id_column, cohort_column, timestamp_column, list(feats), skip_bad, label_column)
         ingest = _Ingest(spec)
+        if calibrate and window is not None:
+            ingest.pop.log = []        # every row: the rounds are cut once the file is read
         reader.prepare(spec, ingest.clock)
         reader.run(ingest.feed)
         engine = reader.engine
@@ -391,35 +424,64 @@ def detect(
         raise EmptyInputError(f"{path}: no valid rows ({rows_skipped} malformed rows skipped)")
 
     t2 = time.perf_counter()
-    window_agents = None
-    if window is not None:
-        window_agents = _keep_window(pop, window, ingest.clock)
-    protocol = BehavioralDistributedProtocol(pop.tree, significance_level=level, fdr=q,
-                                             shrinkage=shrink, warm_up=warm_up, scoring=scoring)
     ids = pop.id_array()
-    numbers = np.arange(ids.size)
-    res = protocol.score_many(numbers, fdr=q)
-    score, p_value, flags = res["mahalanobis_squared"], res["p_value"], res["is_anomaly"]
     cohort = pop.cohort_array() if cohort_column is not None else None
-    why_feature = why_share = None
-    if explain:
-        why_feature, why_share = _explain(protocol, numbers, score, min(WHY_FEATURES, len(feats)))
-    top_rows = _top_rows(protocol, ids, numbers, score, p_value, flags, list(feats), cohort, top)
-    label = truth = None
-    if label_column is not None:
-        label = pop.label_array()
-        # with a window, agents outside it are scored but not judged (never flagged, not in the FDR
-        # procedure): counting their labels would charge the flags with misses they could not make
-        judged = np.asarray(res["in_window"], dtype=bool) if "in_window" in res else np.ones(label.size, dtype=bool)
-        truth = LabelledRates.measure(label_column, label[judged], np.asarray(flags, dtype=bool)[judged])
+    k_why = min(WHY_FEATURES, len(feats))
+    calibration = rounds = None
+    warnings: list[str] = []
+    if calibrate and window is not None:
+        got = score_rounds(pop, ingest.clock, window, level=level, q=q, shrink=shrink, warm_up=warm_up,
+                           scoring=scoring, k=k_why)
+        pop.log = None
+        score, p_value, flags = got.score, got.p_value, got.is_anomaly
+        why_feature, why_share = (got.why_feature, got.why_share) if explain else (None, None)
+        top_rows = top_rows_from_shares(ids, score, p_value, flags, list(feats), cohort, got.why_feature,
+                                         got.why_share, top)
+        label = got.label
+        # every output row was judged, in its own round
+        truth = None if label is None else LabelledRates.measure(label_column, label, flags)
+        method, warming_up, warm_up_used, window_agents = got.method, got.warming_up, got.warm_up, got.last_round_agents
+        rounds, calibration = got.rounds, got.calibration
+        if len(rounds) == 1:
+            warnings.append(SINGLE_ROUND_NOTE.format(why=f"every row falls in one --window of {window:g}"))
+    else:
+        window_agents = None
+        if window is not None:
+            window_agents = _keep_window(pop, window, ingest.clock)
+        protocol = BehavioralDistributedProtocol(pop.tree, significance_level=level, fdr=q, shrinkage=shrink,
+                                                 warm_up=warm_up, scoring=scoring, calibrate=calibrate)
+        numbers = np.arange(ids.size)
+        met = null_state(protocol.null, ids.size, q, 1)
+        res = protocol.score_many(numbers, fdr=q)
+        score, p_value, flags = res["mahalanobis_squared"], res["p_value"], res["is_anomaly"]
+        why_feature = why_share = None
+        if explain:
+            why_feature, why_share = _explain(protocol, numbers, score, k_why)
+        top_rows = _top_rows(protocol, ids, numbers, score, p_value, flags, list(feats), cohort, top)
+        label = truth = None
+        judged = np.asarray(res["in_window"], dtype=bool) if "in_window" in res else np.ones(ids.size, dtype=bool)
+        if label_column is not None:
+            label = pop.label_array()
+            # with a window, agents outside it are scored but not judged (never flagged, not in the FDR
+            # procedure): counting their labels would charge the flags with misses they could not make
+            truth = LabelledRates.measure(label_column, label[judged], np.asarray(flags, dtype=bool)[judged])
+        method, warming_up, warm_up_used = res["method"], bool(res["warming_up"]), protocol.warm_up
+        if calibrate:
+            flagged_now = np.asarray(flags, dtype=bool)[judged]
+            rounds = [{"round": 0, "window_start": None, "agents": int(judged.sum()),
+                       "flagged_anomalous": int(flagged_now.sum()),
+                       "flags_false": None if truth is None else truth.false_flags, "method": method, **met}]
+            calibration = calibration_summary(rounds, rounds[0]["agents"], q, 1)
+            warnings.append(SINGLE_ROUND_NOTE.format(why="no --window"))
     t3 = time.perf_counter()
     result = DetectResult(
         input=str(path), format=fmt, features=list(feats), agent_ids=ids, score=score, p_value=p_value,
         is_anomaly=flags, rows_read=rows_read, rows_skipped=rows_skipped, rows_superseded=rows_read - rows_skipped - len(pop.ids),
-        method=res["method"], warming_up=bool(res["warming_up"]), warm_up=protocol.warm_up,
+        method=method, warming_up=warming_up, warm_up=warm_up_used,
         skipped_examples=ingest.examples, top=top_rows, chunks=ingest.chunks, engine=engine,
         cohort_sizes=pop.cohort_sizes(), cohort=cohort, why_feature=why_feature, why_share=why_share,
-        window_agents=window_agents, label=label, truth=truth,
+        window_agents=window_agents, label=label, truth=truth, calibrate=calibrate, rounds=rounds,
+        calibration=calibration, warnings=warnings,
     )
     if output is not None:
         write_scores(result, output)
@@ -549,6 +611,8 @@ def summary_dict(result: DetectResult) -> dict[str, Any]:
         "method": result.method, "warm_up": result.warm_up, "warming_up": result.warming_up,
         "window_agents": result.window_agents,
         "labels": None if result.truth is None else dataclasses.asdict(result.truth),
+        "calibrate": result.calibrate, "rounds": result.rounds, "calibration": result.calibration,
+        "warnings": result.warnings,
         "cohort_sizes": result.cohort_sizes, "skipped_examples": result.skipped_examples,
         "top": result.top, "output": result.output, "timings": result.timings,
     }
@@ -569,7 +633,8 @@ def print_summary(result: DetectResult, console) -> None:
     t.add_row("rows superseded (older)", f"{result.rows_superseded:,}")
     t.add_row("agents", f"{result.agents:,}")
     if result.window_agents is not None:
-        t.add_row("agents in the window (scored against)", f"{result.window_agents:,}")
+        where = "the last round" if result.calibrate else "the window"      # --calibrate --window: rounds
+        t.add_row(f"agents in {where} (scored against)", f"{result.window_agents:,}")
     if result.cohort_sizes:
         sizes = sorted(result.cohort_sizes.items(), key=lambda kv: -kv[1])
         shown = ", ".join(f"{k} {v:,}" for k, v in sizes[:8]) + (", ..." if len(sizes) > 8 else "")
@@ -581,9 +646,20 @@ def print_summary(result: DetectResult, console) -> None:
                   f"{r.false_flags:,} false flags")
         t.add_row("realised FDR", f"{r.realised_fdr:.4f}")
         t.add_row("precision / recall", " / ".join("n/a" if v is None else f"{v:.4f}" for v in (r.precision, r.recall)))
+    if result.calibration is not None:
+        c = result.calibration
+        false = c["flags_false_calibrated"]
+        fdr = "none" if c["realised_fdr_calibrated"] is None else f"{c['realised_fdr_calibrated']:.4f}"
+        t.add_row("rounds (calibrated)", f"{len(result.rounds):,} ({c['rounds_calibrated']:,})")
+        t.add_row("calibrated rounds: flags / false (realised FDR)",
+                  f"{c['flags_calibrated']:,} / " + ("n/a (no --label-column)" if false is None else f"{false:,} ({fdr})"))
     if result.output:
         t.add_row("written", result.output)
     console.print(t)
+    if result.calibration is not None:
+        console.print(f"calibration: {result.calibration['note']}", markup=False, highlight=False)
+    for w in result.warnings:
+        console.print(f"warning: {w}", markup=False, highlight=False)
     if result.warming_up:
         console.print(f"[yellow]warning:[/] only {result.agents:,} agents, fewer than --warm-up {result.warm_up}: "
                       "nobody is flagged (lower --warm-up to score small populations)")

@@ -37,6 +37,9 @@ class _Population:
         self.cohort_names: list[str] = []
         self.placed_in = np.full(0, -1, dtype=np.int64)    # cohort code of each agent in the tree
         self.label = np.zeros(0, dtype=bool)                # ground truth of each agent's latest row (--label-column)
+        # every valid row, kept for detect --calibrate --window (rounds are cut after the whole
+        # file is read: it need not be in time order): (agent numbers, X, stamps, cohort codes, labels)
+        self.log: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] | None = None
 
     def add(self, keys: Any, X: np.ndarray, cohorts: list[str] | None, ts: np.ndarray | None,
             clock: _Clock | None, labels: np.ndarray | None = None) -> None:
@@ -51,6 +54,17 @@ class _Population:
             number.update(zip(fresh, range(base, base + len(fresh)), strict=True))
             self.ids.extend(fresh)
             no[new] = np.fromiter(map(number.__getitem__, compress(key_list, new)), np.int64, int(new.sum()))
+        codes = None
+        if cohorts is not None:
+            cnum = self.cohort_number
+            codes = np.fromiter(map(cnum.get, cohorts, repeat(-1)), np.int64, m)
+            if (codes < 0).any():
+                for name in dict.fromkeys(compress(cohorts, codes < 0)):
+                    cnum[name] = len(self.cohort_names)
+                    self.cohort_names.append(name)
+                codes = np.fromiter(map(cnum.__getitem__, cohorts), np.int64, m)
+        if self.log is not None and ts is not None:
+            self.log.append((no, X, ts, codes, labels))
         pos = np.arange(m)
         order = np.lexsort((pos, no) if ts is None else (pos, ts, no))
         sno = no[order]
@@ -80,13 +94,6 @@ class _Population:
         if cohorts is None:
             self.tree.update_many(agents, X[pick])
             return
-        cnum = self.cohort_number
-        codes = np.fromiter(map(cnum.get, cohorts, repeat(-1)), np.int64, m)
-        if (codes < 0).any():
-            for name in dict.fromkeys(compress(cohorts, codes < 0)):
-                cnum[name] = len(self.cohort_names)
-                self.cohort_names.append(name)
-            codes = np.fromiter(map(cnum.__getitem__, cohorts), np.int64, m)
         c = codes[pick]
         if self.placed_in.size < len(self.ids):
             grown = np.full(max(len(self.ids), 2 * self.placed_in.size), -1, dtype=np.int64)

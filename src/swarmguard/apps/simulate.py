@@ -21,6 +21,7 @@ from ..api.protocol import BehavioralData
 from ..engines import make_detector
 from ..structures.chi2 import chi2_sf
 from ..structures.scoring_modes import TRIMMED_MODES
+from .calibration_report import calibration_summary, null_state
 from .report_data import (
     DecisionRule,
     IsolatedAgent,
@@ -35,7 +36,7 @@ from .report_html import write_report
 from .report_page import simulation_page
 from .scenario import Scenario, ScenarioConfig
 
-__all__ = ["run_simulation", "write_outputs", "REPORT_FILES"]
+__all__ = ["run_simulation", "write_outputs", "REPORT_FILES", "calibration_summary"]
 
 REPORT_FILES = ("report.json", "report.html")     # what write_outputs writes into its folder
 
@@ -281,7 +282,7 @@ def _run(c: ScenarioConfig, sc: Scenario, det: Any, now: list[float], progress: 
     for r in range(c.rounds):
         X = sc.behaviour(r)
         # the null the round is tested against (it admits the round's members after the decision)
-        null_state = _null_state(null, n, det.settings.fdr, levels)
+        null_state_now = null_state(null, n, det.settings.fdr, levels)
         res, seconds = play_round(det, sc, r, now, clusters, X)
         round_times.append(seconds)
         if sc.partitioned(r):
@@ -306,7 +307,7 @@ def _run(c: ScenarioConfig, sc: Scenario, det: Any, now: list[float], progress: 
             "recall_so_far": _f((ever & truth_now).sum() / truth_now.sum()) if truth_now.any() else None,
             "p_value_cutoff": round_cutoff(det, res),
             "confidence": {k: _f(v) for k, v in res["region_confidence"].items()},
-            **null_state,
+            **null_state_now,
         })
         progress("rounds", r + 1, c.rounds)
     elapsed_rounds = float(sum(round_times))
@@ -392,61 +393,6 @@ def _run(c: ScenarioConfig, sc: Scenario, det: Any, now: list[float], progress: 
         region=sc.region_names, reputation=reputation, byzantine_truth=byz_truth,
         p_cutoff=decision.final_round_p_cutoff)
     return report
-
-
-def _null_state(null: Any, agents: int, q: float | None, levels: int) -> dict[str, Any]:
-    """A calibrated round's null as the round met it: whether it was warm (the population's
-    p-values calibrated), its size, smallest p-value and the fewest flags BH could make from it."""
-    if null is None:
-        return {}
-    warm = bool(null.warm)
-    return {"calibrated": warm, "null_scores": int(null.count), "null_p_floor": null.p_floor,
-            "fewest_calibrated_flags": null.fewest_flags(agents, q, levels) if warm and q is not None else None}
-
-
-def calibration_summary(rounds: list[dict[str, Any]], agents: int, q: float | None, levels: int) -> dict[str, Any]:
-    """What calibration did over a run (``simulate --calibrate``): the flags and realised FDR of the
-    calibrated rounds apart from the warm-up rounds' (the mode's own p-values), and a sentence saying why when
-    the calibrated rounds could not flag (the null's resolution, :mod:`swarmguard.structures.score_null`)."""
-    cal = [rd for rd in rounds if rd.get("calibrated")]
-    warm_up = [rd for rd in rounds if not rd.get("calibrated")]
-    flags = sum(rd["flagged_anomalous"] for rd in cal)
-    false = sum(rd["flags_false"] for rd in cal)
-    last = cal[-1] if cal else None
-    out: dict[str, Any] = {
-        "rounds_calibrated": len(cal),
-        "first_calibrated_round": cal[0]["round"] if cal else None,
-        "flags_calibrated": flags,
-        "flags_false_calibrated": false,
-        "realised_fdr_calibrated": _f(false / flags) if flags else None,
-        "flags_warm_up": sum(rd["flagged_anomalous"] for rd in warm_up),
-        "flags_false_warm_up": sum(rd["flags_false"] for rd in warm_up),
-        "last_null_scores": last["null_scores"] if last else None,
-        "last_null_p_floor": last["null_p_floor"] if last else None,
-        "last_fewest_calibrated_flags": last["fewest_calibrated_flags"] if last else None,
-    }
-    where = (f"{len(warm_up)} warm-up round(s) decided on the mode's own p-values "
-             f"({out['flags_warm_up']} flags, {out['flags_false_warm_up']} false)")
-    if not cal:
-        note = f"calibration never started: the null did not reach its minimum size; {where}."
-    elif flags:
-        note = (f"calibrated from round {out['first_calibrated_round']}: {flags} flags in calibrated rounds, "
-                f"{false} false (realised FDR {false / flags:.4f}); {where}.")
-    else:
-        fewest = out["last_fewest_calibrated_flags"]
-        # only the population level is calibrated: a cohort level keeps the mode's own p-values, which
-        # have no floor (a lone agent far out in its cohort is flagged whatever the null's size)
-        on = ("on calibrated p-values" if levels == 1 else
-              "on the population level's calibrated p-values (the cohort level keeps the mode's own p-values, "
-              "which have no such floor, and flagged nobody either)")
-        note = (f"calibrated rounds flagged nobody: in the last round the null held {out['last_null_scores']:,} "
-                f"scores, so its smallest p-value was 1/{out['last_null_scores'] + 1:,}, and Benjamini-Hochberg "
-                f"at q={q} over {agents:,} agents ({levels} level(s), Bonferroni) can flag no group smaller "
-                f"than {fewest:,} agents {on}; unflagged anomalies enter the null and raise "
-                f"later rounds' p-values. The p-values stay calibrated (valid; no fall-back to the mode's own); {where}."
-                if fewest is not None else f"calibrated rounds flagged nobody; {where}.")
-    out["note"] = note
-    return out
 
 
 def _latency_sample(det: DistributedBehavioralDetector, sc: Scenario, k: int, ts: float) -> np.ndarray:
