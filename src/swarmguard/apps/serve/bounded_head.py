@@ -17,15 +17,13 @@ How the bytes of a read are split between a head and what follows: the parser is
 in pieces. While in a head, the piece ends just after the first ``CRLF CRLF`` (looked for
 across reads; httptools' llhttp takes no other end of a head, a bare LF is an error), or at
 the bound; once the head is complete, a body of known ``Content-Length`` is fed exactly that
-many bytes, so the next pipelined request's head is counted from its first byte. A body only the
-parser can frame (chunked) is fed up to just after each ``CRLF CRLF`` in it (across reads
-too), the only place a chunked body can end, so the next head is again counted from its first
-byte; after ``BODY_CUTS_PER_READ`` such pieces, the rest of the read is cut once, after its
-last ``CRLF CRLF`` (a body of nothing else would otherwise cost a parser call per 4 bytes).
-Should a message still end inside a piece, the next head counts nothing if no request line
-began after it, else the bytes after the piece's last ``CRLF CRLF`` (an open head holds
-none: an upper bound, which can refuse a pipelined head of nearly the bound after a chunked
-body with more than ``BODY_CUTS_PER_READ`` of them in one read).
+many bytes, so the next pipelined request's head is counted from its first byte. A chunked
+body is framed here as llhttp frames it (chunk-size line, that many bytes and a CRLF, to the
+last chunk), so it too is fed exactly up to its end, in one piece a read, and the next head
+is counted from its first byte; its trailers (header lines the parser buffers as it does a
+head's) are bounded as a head is, as h11 bounds them. Should the parser end a chunked body
+anywhere else, the framing is not the parser's: the connection is refused as for a head past
+the bound (400 + close), rather than letting the rest of the read reach the parser uncounted.
 
 This relies on uvicorn internals with no public API (``data_received``,
 ``on_headers_complete``, ``on_message_complete``, ``parser``, ``headers``, the upgrade
@@ -34,6 +32,8 @@ h11) if one is missing, tests check them, and pyproject pins uvicorn to the test
 """
 
 from __future__ import annotations
+
+import re
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -54,9 +54,12 @@ _MESSAGE = b"Invalid HTTP request received."
 REFUSAL = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
            b"content-length: " + str(len(_MESSAGE)).encode() + b"\r\nconnection: close\r\n\r\n" + _MESSAGE)
 _END_OF_HEAD = b"\r\n\r\n"
-# pieces a read of a chunked body is cut into at its first CRLF CRLFs before the rest is cut
-# once, at its last (each piece is a parser call)
-BODY_CUTS_PER_READ = 16
+_HEX_RUN = re.compile(rb"[0-9a-fA-F]*")
+# a chunk size past this is llhttp's error (HPE_INVALID_CHUNK_SIZE, 64 bits): not grown further
+_CHUNK_SIZE_CAP = 1 << 64
+# states of the chunked framing (_chunk_state): in the size's hex digits, in the rest of the
+# size line (extensions) to its LF, in the chunk's data, in the CRLF after it, in the trailers
+_SIZE, _SIZE_LINE, _DATA, _DATA_END, _TRAILERS = range(5)
 
 _missing = [name for name in RELIED_ON if not callable(getattr(HttpToolsProtocol, name, None))]
 if _missing:        # an ImportError, so that server_config falls back to h11
@@ -79,6 +82,9 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
         self._tail = b""                # the head's last 3 bytes so far: its CRLF CRLF may span two reads
         self._head_piece_ends_head = False  # the piece being fed ends just after a CRLF CRLF
         self.messages_done = 0          # messages the parser has ended on this connection
+        self._chunk_state: int | None = None    # where in a chunked body (None: not in one)
+        self._chunk_left = 0            # the chunk size so far (_SIZE, _SIZE_LINE), bytes left (_DATA, _DATA_END)
+        self._trailer_bytes = 0         # bytes of the trailers so far
         self._begun = False             # a message began after the last one ended
         self.refused = False            # a head went past the bound: nothing more is read
         # the rest of a read while a request waits in the pipeline, fed once it is started: the
@@ -90,6 +96,8 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
         self.in_head, self.body_left, self._tail = False, None, b""
         if self._head_piece_ends_head:      # the head ended where this piece does: what follows is body
             self.body_left = self._content_length()
+            if self.body_left is None:      # chunked (llhttp refuses any other framing of a request)
+                self._chunk_state, self._chunk_left, self._trailer_bytes = _SIZE, 0, 0
         super().on_headers_complete()
 
     def on_message_begin(self) -> None:
@@ -99,7 +107,7 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         # the next message's head starts with the next byte
         self.in_head, self.head_bytes, self._tail, self.body_left = True, 0, b"", None
-        self._begun = False
+        self._chunk_state, self._begun = None, False
         self.messages_done += 1
         super().on_message_complete()
 
@@ -127,7 +135,7 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
             self._held += data
             self.flow.pause_reading()
             return
-        view, pos, size, body_cuts = None, 0, len(data), 0
+        view, pos, size = None, 0, len(data)
         while pos < size:
             left, ends_head, body_cut = size - pos, False, False
             if self.in_head:
@@ -143,17 +151,16 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
                 take = min(self.body_left, left)
                 self.body_left -= take
             else:
-                # a body only the parser can frame (chunked): fed up to just after each CRLF CRLF,
-                # where alone a chunked body ends, so the next head starts at a piece's start
-                # After BODY_CUTS_PER_READ such pieces the rest of the read is cut once, after its
-                # last CRLF CRLF (an open head holds none, so a head open there starts there):
-                # a body full of CRLF CRLF costs a bounded number of feeds a read, not one each
-                if body_cuts < BODY_CUTS_PER_READ:
-                    end = self._end_of_head(data, pos, left)
-                    body_cuts += 1
-                else:
-                    at = data.rfind(_END_OF_HEAD, pos)
-                    end = -1 if at < 0 else at + 4
+                # a chunked body: fed up to its end, framed here as the parser frames it
+                end = self._chunked_end(data, pos) if self._chunk_state is not None else -1
+                if end == -2:               # trailers past the bound
+                    self._refuse()
+                    return
+                if self._chunk_state is None and end < 0:
+                    # a body whose head did not end where a piece did: never so, as heads are cut
+                    # at their CRLF CRLF; refused rather than fed unframed (its messages uncounted)
+                    self._refuse("a body this listener cannot frame")
+                    return
                 take = left if end < 0 else end - pos
                 body_cut = end >= 0
             if take == size:
@@ -175,30 +182,81 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
                 elif self.body_left == 0:
                     self.body_left = None   # the parser did not end the body where its length does
             elif self.in_head and not ((was_in_head and ends_head) or framed or body_cut):
-                # a message ended inside this piece, not at its end (after a chunked body): the
-                # head left open starts after the piece's last CRLF CRLF (a chunked body, and the
-                # head of any message after it in the piece, ends with one; an open head holds
-                # none), so the bytes after it are an upper bound (the whole piece if none)
-                # (none at all if no request line began after the message ended: llhttp skips
-                # the blank lines there without keeping them)
-                start = max(0, pos - take - 3)
-                last = data.rfind(_END_OF_HEAD, start, pos)
-                self.head_bytes = 0 if not self._begun else take if last < 0 else pos - (last + 4)
-                self._tail = data[pos - min(3, take):pos]
-                if self.head_bytes > self.head_limit:
-                    self._refuse()
-                    return
+                # the parser ended a chunked body inside this piece, where this framing did not:
+                # what follows is not counted from its first byte
+                self._refuse("a chunked body the parser ended elsewhere")
+                return
+            if body_cut and (self.messages_done != done + 1 or self._begun or not self.in_head):
+                # the parser did not end the body where its framing does (or ended it earlier and
+                # went on into a next message, uncounted)
+                self._refuse("a chunked body the parser did not end where its framing does")
+                return
             if self.pipeline and pos < size:
                 # a request waits (reading paused): the rest is parsed once it is started
                 self._held = data[pos:]
                 return
 
-    def _end_of_head(self, data: bytes, pos: int, budget: int) -> int:
+    def _chunked_end(self, data: bytes, pos: int) -> int:
+        """The offset in ``data`` just past the end of the chunked body that goes on at ``pos``,
+        else -1 (the state is kept for the next read) or -2 (its trailers go past the bound).
+
+        The framing llhttp takes: a chunk-size line (hex digits, extensions to its LF), that many
+        bytes and their CRLF, ...; after the last (size 0) chunk's line, trailer lines ending
+        in an empty one, so at a CRLF CRLF (its CR the size line's own with no trailers). What
+        llhttp would refuse (a bare LF, a bad digit) is the parser's to refuse; this framing
+        only has to agree with it on what it accepts.
+        """
+        size, state, left = len(data), self._chunk_state, self._chunk_left
+        j, tail = pos, self._tail          # the body's last 3 bytes before pos
+
+        while j < size:
+            if state == _DATA or state == _DATA_END:
+                step = min(left, size - j)
+                j, left = j + step, left - step
+                if left == 0:
+                    state, left = (_DATA_END, 2) if state == _DATA else (_SIZE, 0)
+            elif state == _SIZE:
+                end = _HEX_RUN.match(data, j).end()
+                run = data[j:end] if left else data[j:end].lstrip(b"0")   # leading zeros: llhttp's too
+                if len(run) > 17 or left >= _CHUNK_SIZE_CAP:
+                    left = _CHUNK_SIZE_CAP
+                elif run:
+                    left = min((left << 4 * len(run)) + int(run, 16), _CHUNK_SIZE_CAP)
+                j = end
+                if j < size:                # the digits end in this read
+                    state = _SIZE_LINE
+            elif state == _SIZE_LINE:
+                lf = data.find(b"\n", j)
+                if lf < 0:
+                    j = size
+                    break
+                j = lf + 1
+                if left:
+                    state = _DATA
+                else:                       # the last chunk: the trailers' end ends the body
+                    state, self._trailer_bytes = _TRAILERS, 0
+                    tail = (tail + data[pos:j])[-3:] if j - pos < 3 else data[j - 3:j]
+            else:                           # _TRAILERS
+                budget = self.head_limit - self._trailer_bytes
+                end = self._end_of_head(data, j, budget, tail)
+                tail = b""                  # past j, the bytes from this read only
+                if end >= 0:
+                    self._chunk_state = None
+                    return end
+                if size - j > budget:
+                    return -2
+                self._trailer_bytes += size - j
+                j = size
+        self._chunk_state, self._chunk_left = state, left
+        return -1
+
+    def _end_of_head(self, data: bytes, pos: int, budget: int, tail: bytes | None = None) -> int:
         """The offset in ``data`` just past the head's first CRLF CRLF (the one that may begin
-        in the previous read's tail) if it lies within ``budget`` bytes of ``pos``, else -1."""
+        in ``tail``, the 3 bytes before ``pos``: by default the previous read's) if it lies
+        within ``budget`` bytes of ``pos``, else -1."""
         if budget <= 0:
             return -1
-        tail = self._tail
+        tail = self._tail if tail is None else tail
         if tail:
             at = (tail + data[pos:pos + 3]).find(_END_OF_HEAD)
             if at >= 0:
@@ -225,11 +283,17 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
             return False
         return True
 
-    def _refuse(self) -> None:
+    def _refuse(self, why: str = "") -> None:
         """Answer 400 and close, as h11 does for a head past its bound; the requests before
         this one on the connection (pipelined) are answered first, with reading paused."""
-        self.logger.warning("Invalid HTTP request received. (a request head past %d bytes)", self.head_limit)
+        self.logger.warning("Invalid HTTP request received. (%s)",
+                            why or f"a request head or trailers past {self.head_limit} bytes")
         self.refused = True
+        if not self.in_head and self.cycle is not None and not self.cycle.response_started:
+            # inside a body (its trailers, its framing): the app waits for a body that will not
+            # come, so answered now, as uvicorn answers the parser's error there
+            self._send_refusal()
+            return
         if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
             self.flow.pause_reading()
             return
