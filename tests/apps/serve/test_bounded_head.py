@@ -444,3 +444,24 @@ def test_should_the_parser_end_a_chunked_body_elsewhere_than_its_framing_the_con
     assert c.transport.closed and bytes(c.transport.written).endswith(REFUSAL)
     assert [r[1] for r in c.requests] in ([], ["/k"]) and "/a" not in [r[1] for r in c.requests]
 
+
+
+def test_held_bytes_stay_one_read_while_the_request_in_flight_polls_receive(connection):
+    """The request in flight resumes reading each time its app calls ``receive`` (Starlette's
+    ``is_disconnected``, which the event stream polls every 0.1 s): while bytes are held no
+    read is let in, so they stay the rest of one read (they grew by a read a poll, without
+    bound), and every request is still served once, in order."""
+    c = connection()
+    c.protocol.data_received(head_of(100, "/a") + head_of(100, "/b") + head_of(100, "/c"))
+    held = len(c.protocol._held)
+    assert held == 100 and c.transport.paused and len(c.protocol.pipeline) == 1
+    for i in range(50):
+        c.protocol.flow.resume_reading()        # what /a's receive() does
+        if not c.transport.paused:              # a read comes only while reading is on
+            c.protocol.data_received(head_of(100, f"/m{i}"))
+    assert len(c.protocol._held) == held and c.transport.paused
+    for _ in range(10):
+        c.settle()
+    assert [r[1] for r in c.requests] == ["/a", "/b", "/c"] and not c.transport.paused
+    c.send(head_of(100, "/d"))
+    assert [r[1] for r in c.requests] == ["/a", "/b", "/c", "/d"] and not c.transport.closed

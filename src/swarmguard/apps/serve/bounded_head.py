@@ -36,6 +36,7 @@ from __future__ import annotations
 import re
 
 import httptools
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 __all__ = ["BoundedHeadHttpToolsProtocol", "RELIED_ON", "RELIED_ON_STATE", "REFUSAL", "DEFAULT_HEAD_LIMIT"]
@@ -43,7 +44,7 @@ __all__ = ["BoundedHeadHttpToolsProtocol", "RELIED_ON", "RELIED_ON_STATE", "REFU
 # h11's own default (h11.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE), when the config leaves it unset
 DEFAULT_HEAD_LIMIT = 16 * 1024
 # the attributes of HttpToolsProtocol this class calls or overrides
-RELIED_ON = ("data_received", "on_message_begin", "on_headers_complete", "on_message_complete", "on_response_complete",
+RELIED_ON = ("connection_made", "data_received", "on_message_begin", "on_headers_complete", "on_message_complete", "on_response_complete",
              "_unset_keepalive_if_required", "send_400_response", "_should_upgrade",
              "handle_websocket_upgrade", "_unsupported_upgrade_warning")
 # ... and these instance attributes (a test checks them on a connection)
@@ -65,6 +66,21 @@ _missing = [name for name in RELIED_ON if not callable(getattr(HttpToolsProtocol
 if _missing:        # an ImportError, so that server_config falls back to h11
     raise ImportError(f"uvicorn's HttpToolsProtocol lacks {', '.join(_missing)}: this uvicorn release is "
                       f"not one BoundedHeadHttpToolsProtocol was written for (see pyproject's pin)")
+
+
+class _HeldFirstFlowControl(FlowControl):
+    """uvicorn's flow control, except that reading is not resumed while the protocol holds the
+    rest of a read: the request in flight resumes it each time its app calls ``receive`` (as
+    Starlette's ``is_disconnected`` does, polled by the event stream), and each read then let
+    in would be held too, without bound. The protocol resumes it once the held bytes are fed."""
+
+    def __init__(self, transport, protocol: "BoundedHeadHttpToolsProtocol") -> None:
+        super().__init__(transport)
+        self._protocol = protocol
+
+    def resume_reading(self) -> None:
+        if not self._protocol._held:
+            super().resume_reading()
 
 
 class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
@@ -125,6 +141,10 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
         return 0 if length is None else length     # a request with neither has no body
 
     # Protocol interface
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.flow = _HeldFirstFlowControl(transport, self)     # before any request's cycle takes it
+
     def data_received(self, data: bytes) -> None:
         if self.refused:                # reading is paused; a read already on its way is dropped
             return
@@ -310,9 +330,10 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
                 self._send_refusal()
         elif self._held and not self.pipeline:
             held, self._held = self._held, b""
-            self.data_received(held)
+            self.flow.resume_reading()          # what super did (not while bytes were held) ...
+            self.data_received(held)            # ... paused again if these fill a body or a queue
         elif self._held:
-            self.flow.pause_reading()           # super resumed it; the held bytes come first
+            self.flow.pause_reading()           # the held bytes come first
 
     def _send_refusal(self) -> None:
         self.transport.write(REFUSAL)
