@@ -56,6 +56,8 @@ REFUSAL = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8
            b"content-length: " + str(len(_MESSAGE)).encode() + b"\r\nconnection: close\r\n\r\n" + _MESSAGE)
 _END_OF_HEAD = b"\r\n\r\n"
 _HEX_RUN = re.compile(rb"[0-9a-fA-F]*")
+# a chunk's size line (its size's significant digits, at most 64 bits, in group 1)
+_WHOLE_CHUNK = re.compile(rb"0*([0-9a-fA-F]{1,16})(?![0-9a-fA-F])[^\n]*\n")
 # a chunk size past this is llhttp's error (HPE_INVALID_CHUNK_SIZE, 64 bits): not grown further
 _CHUNK_SIZE_CAP = 1 << 64
 # states of the chunked framing (_chunk_state): in the size's hex digits, in the rest of the
@@ -236,6 +238,13 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
                 if left == 0:
                     state, left = (_DATA_END, 2) if state == _DATA else (_SIZE, 0)
             elif state == _SIZE:
+                if not left:                # a whole chunk in this read: one step (tiny chunks are many)
+                    whole = _WHOLE_CHUNK.match(data, j)
+                    if whole is not None:
+                        after = whole.end() + int(whole.group(1), 16) + 2
+                        if whole.group(1).strip(b"0") and after <= size:
+                            j = after
+                            continue
                 end = _HEX_RUN.match(data, j).end()
                 run = data[j:end] if left else data[j:end].lstrip(b"0")   # leading zeros: llhttp's too
                 if len(run) > 17 or left >= _CHUNK_SIZE_CAP:
