@@ -94,7 +94,7 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         limit = config.h11_max_incomplete_event_size
         self.head_limit: int = DEFAULT_HEAD_LIMIT if limit is None else int(limit)
-        self.head_bytes = 0             # bytes of the current head so far (an upper bound after a chunked body)
+        self.head_bytes = 0             # bytes of the current head so far
         self.in_head = True             # between a message's end (or the connection's start) and its headers
         self.body_left: int | None = None   # bytes of the current body still to come, None: unknown (chunked)
         self._tail = b""                # the head's last 3 bytes so far: its CRLF CRLF may span two reads
@@ -199,7 +199,7 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
                 self._head_piece_ends_head = False
             pos += take
             if self.messages_done == done:
-                if self.in_head or not (framed or ends_head):  # the same head (or unframed body) goes on
+                if self.in_head or not (framed or ends_head):  # the same head (or chunked body) goes on
                     self._tail = (self._tail + data[pos - min(3, take):pos])[-3:]
                 elif self.body_left == 0:
                     self.body_left = None   # the parser did not end the body where its length does
