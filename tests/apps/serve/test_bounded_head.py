@@ -465,3 +465,14 @@ def test_held_bytes_stay_one_read_while_the_request_in_flight_polls_receive(conn
     assert [r[1] for r in c.requests] == ["/a", "/b", "/c"] and not c.transport.paused
     c.send(head_of(100, "/d"))
     assert [r[1] for r in c.requests] == ["/a", "/b", "/c", "/d"] and not c.transport.closed
+
+
+def test_a_chunk_size_of_many_leading_zeros_is_the_size_it_ends_in(connection):
+    """llhttp takes any number of leading zeros in a chunk size, across reads too: 256 KiB of
+    them is still the size it ends in (such sizes take the framing's digit-by-run path)."""
+    c = connection()
+    zeros = b"0" * (1 << 18)
+    c.send(b"POST /k HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n", zeros, zeros + b"5\r\nhello\r\n",
+           zeros, zeros + b"0\r\n\r\n" + head_of(LIMIT, "/a"))
+    assert [r[1] for r in c.requests] == ["/k", "/a"] and c.requests[0][2] == b"hello"
+    assert not c.transport.closed

@@ -56,8 +56,9 @@ REFUSAL = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8
            b"content-length: " + str(len(_MESSAGE)).encode() + b"\r\nconnection: close\r\n\r\n" + _MESSAGE)
 _END_OF_HEAD = b"\r\n\r\n"
 _HEX_RUN = re.compile(rb"[0-9a-fA-F]*")
-# a chunk's size line (its size's significant digits, at most 64 bits, in group 1)
-_WHOLE_CHUNK = re.compile(rb"0*([0-9a-fA-F]{1,16})(?![0-9a-fA-F])[^\n]*\n")
+# a chunk's size line with no leading zero (at most 64 bits, in group 1): its first digit fixed,
+# so that a run of zeros cannot make the match backtrack (0.1 s a 256 KiB read of them)
+_WHOLE_CHUNK = re.compile(rb"([1-9a-fA-F][0-9a-fA-F]{0,15})(?![0-9a-fA-F])[^\n]*\n")
 # a chunk size past this is llhttp's error (HPE_INVALID_CHUNK_SIZE, 64 bits): not grown further
 _CHUNK_SIZE_CAP = 1 << 64
 # states of the chunked framing (_chunk_state): in the size's hex digits, in the rest of the
@@ -242,7 +243,7 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
                     whole = _WHOLE_CHUNK.match(data, j)
                     if whole is not None:
                         after = whole.end() + int(whole.group(1), 16) + 2
-                        if whole.group(1).strip(b"0") and after <= size:
+                        if after <= size:
                             j = after
                             continue
                 end = _HEX_RUN.match(data, j).end()
