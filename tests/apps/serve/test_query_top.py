@@ -179,7 +179,8 @@ def test_dashboard_tables_rank_as_sorted_over_the_table(pair):  # noqa: F811
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")   # severities(NaN)
 def test_a_nan_key_among_the_replicated_agents_answers_as_the_full_pass(pair):  # noqa: F811
-    """A register whose score is negative (a peer's delta is checked finite only) has ln p
+    """A register whose score is negative (written here straight into the registers: a peer's
+    delta holding one is refused, a delta logged before that check replays unchecked) has ln p
     NaN: no total order, so the route must answer as ``heapq.nlargest`` over every state
     followed by the replica's top, as it did, not over each table's first K."""
     import heapq
