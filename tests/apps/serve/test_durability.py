@@ -343,18 +343,27 @@ class _CommitThenBlind(_CommitThenRaise):
         return super().execute(sql, *args)
 
 
-def test_a_log_that_cannot_tell_what_a_failed_commit_left_is_not_ready_until_a_restart(make_node):
+def _log_blind_after_a_failed_commit(make_node, seed: int):
+    """A node that took 10 rows, then failed to commit 10 more (503) and could not read its log
+    back; the disk readable again. Returns ``(clock, node, client, rows)``."""
     clock = ManualClock()
     _, node, client = make_node(clock=clock)
-    rng = np.random.default_rng(4)
+    rng = np.random.default_rng(seed)
     _, rows = population_rows(rng, 20, 3)
     assert post_behaviors(client, rows[:10]).status_code == 200
+    assert client.get("/healthz").status_code == 200
     real = node.log._db
     node.log._db = _CommitThenBlind(real, landed=True)
     r = post_behaviors(client, rows[10:])
     assert r.status_code == 503 and r.headers["Retry-After"]
-    node.log._db = real                                   # the disk is readable again: still refused,
-    assert post_behaviors(client, rows[10:]).status_code == 503     # the node cannot know what it holds
+    node.log._db = real
+    return clock, node, client, rows
+
+
+def test_a_log_that_cannot_tell_what_a_failed_commit_left_is_not_ready_until_a_restart(make_node):
+    clock, node, client, rows = _log_blind_after_a_failed_commit(make_node, 4)
+    # the disk is readable again: still refused, the node cannot know what it holds
+    assert post_behaviors(client, rows[10:]).status_code == 503
     ready = client.get("/readyz")
     assert ready.status_code == 503 and "restart" in ready.json()["error"]
     assert metric(client, "swarmguard_log_needs_restart") == 1
@@ -368,16 +377,7 @@ def test_a_log_that_cannot_tell_what_a_failed_commit_left_is_not_ready_until_a_r
 def test_a_log_that_needs_a_restart_fails_the_liveness_probe_so_an_orchestrator_restarts_the_node(make_node):
     # /healthz is the liveness probe: a node whose log refuses every write until a restart
     # never heals by waiting, so /healthz says so (503, one line of JSON naming why), as /readyz does
-    clock = ManualClock()
-    _, node, client = make_node(clock=clock)
-    rng = np.random.default_rng(5)
-    _, rows = population_rows(rng, 20, 3)
-    assert post_behaviors(client, rows[:10]).status_code == 200
-    assert client.get("/healthz").status_code == 200
-    real = node.log._db
-    node.log._db = _CommitThenBlind(real, landed=True)
-    assert post_behaviors(client, rows[10:]).status_code == 503
-    node.log._db = real
+    clock, node, client, _ = _log_blind_after_a_failed_commit(make_node, 5)
     live = client.get("/healthz")
     assert live.status_code == 503 and live.headers["content-type"] == "application/json"
     assert "\n" not in live.text and list(live.json()) == ["error"]

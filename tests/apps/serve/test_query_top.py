@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import threading
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from swarmguard.apps.serve.peers import PeerLink
 from swarmguard.apps.serve.records import BehaviorBatch
 from swarmguard.structures.chi2 import chi2_logsf
 
-from .conftest import auth, slowed_round
+from .conftest import auth, closing_in_thread, slowed_round
 from .test_peers_node import _sync, pair  # noqa: F401 - the fixture
 
 READ = auth("t-read")
@@ -141,15 +140,9 @@ def test_top_k_during_a_close_answers_from_the_view_as_before_it(pair, monkeypat
     started, release = slowed_round(us, monkeypatch, wait=WAIT)
     picked = [f"u-{i}" for i in range(30)] + ["u-new"]
     us.accept_behaviors(BehaviorBatch(picked, pool[rng.integers(3, size=len(picked))] * 3.0, [None] * len(picked)))
-    closer = threading.Thread(target=us.close_window, daemon=True)
-    closer.start()
-    try:
-        assert started.wait(WAIT)
+    with closing_in_thread(us.close_window, started, release, WAIT) as closer:
         during = _answers(us_c, queries)
         assert closer.is_alive()            # answered while the close held the lock
-    finally:
-        release.set()
-        closer.join(WAIT)
     assert during == before
     after = _check_against_reference(us, us_c, queries)
     assert after != before                  # the close moved the agents
