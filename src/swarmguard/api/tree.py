@@ -20,7 +20,6 @@ from ..errors import (
     EmptyInputError,
     InvalidInputError,
     UnknownAgentError,
-    UnknownCohortError,
 )
 from ..locking import Locked, synchronized
 from ..structures.cohorts import CohortDirectory
@@ -448,10 +447,7 @@ class HierarchicalStatisticalTree(SecondaryMoments, Locked):
     @synchronized
     def get_cohort_statistics(self, path: Any, ddof: int = 1) -> dict[str, Any]:
         """The same statistics for one cohort (its own agents and its sub-cohorts')."""
-        p = check_cohort(path)
-        cid = self._cohorts.id_of.get(p if p is not None else ())
-        if cid is None:
-            raise UnknownCohortError(f"unknown cohort {path!r}")
+        cid = self._cohort_id(path)
         return self._statistics(cid, ddof)
 
     # ------------------------------------------------------------------ for engines
