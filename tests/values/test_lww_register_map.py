@@ -184,3 +184,40 @@ def test_missing_field_and_get_unknown():
         m.get(12)
     with pytest.raises(KeyError):
         m.get("nobody")
+
+
+def _three_registers(bad_score: float) -> dict:
+    """Entries of three registers from region "b" whose middle score is ``bad_score``."""
+    src = LWWRegisterMap(DIM)
+    src.write_many([20, 21, 22], [5.0, 5.0, 5.0], "b", 1, np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]),
+                   [0.5, bad_score, 2.0])
+    return src.entries()
+
+
+@pytest.mark.parametrize("bad_score, error", [
+    (-1.0, InvalidInputError), (-5e-324, InvalidInputError),          # below 0, even the least subnormal
+    (np.nan, NonFiniteError), (np.inf, NonFiniteError), (-np.inf, NonFiniteError),
+])
+def test_scores_below_zero_or_non_finite_are_refused_whole_when_asked(bad_score, error):
+    m = LWWRegisterMap(DIM)
+    m.merge_entries(entries_of(with_dots([(1, 1.0, "a", 2)])))
+    before, version, regions = _state(m), m.version, list(m.region_names)
+    bad = _three_registers(bad_score)
+    with pytest.raises(error) as info:
+        m.merge_entries(bad, nonnegative_scores=True)       # one bad entry among good ones
+    assert isinstance(info.value, SwarmGuardError) and isinstance(info.value, ValueError)
+    after = _state(m)
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+    assert m.version == version and m.region_names == regions and len(m) == 1
+    assert all(a not in m for a in (20, 21, 22))
+
+
+def test_scores_at_zero_join_when_asked_and_any_finite_score_joins_by_default():
+    m = LWWRegisterMap(DIM)
+    m.merge_entries(_three_registers(-0.0), nonnegative_scores=True)   # -0.0 is not below 0
+    assert [m.get(a)["anomaly_score"] for a in (20, 21, 22)] == [0.5, 0.0, 2.0]
+    # without the flag a negative score joins: a map takes any finite score on a write, so a
+    # peer refusing it would never converge with the writer
+    n = LWWRegisterMap(DIM)
+    n.merge_entries(_three_registers(-1.0))
+    assert n.get(21)["anomaly_score"] == -1.0 and len(n) == 3

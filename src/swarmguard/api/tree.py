@@ -20,7 +20,6 @@ from ..errors import (
     EmptyInputError,
     InvalidInputError,
     UnknownAgentError,
-    UnknownCohortError,
 )
 from ..locking import Locked, synchronized
 from ..structures.cohorts import CohortDirectory
@@ -239,15 +238,7 @@ class HierarchicalStatisticalTree(SecondaryMoments, Locked):
                 self.version += 1
                 return slot
             # Moving to another cohort: leave the old slot, take one in the new cohort.
-            old_cid = int(self._cohorts.cohort_of_slots(slot))
-            tree.remove(slot)
-            if self._trim is not None:
-                self._trim.remove_one(slot)
-            if self._win is not None:
-                self._win.remove_one(slot)
-            if self._sketches is not None:
-                self._sketches.mark(slot, per_item=True)
-            self._cohorts.release(old_cid, np.array([slot]))
+            self._vacate_slot(slot)
             self._ids_at_slot[slot] = None
         cid = self._cohorts.ensure(path if path is not None else ())
         new_slot = int(self._cohorts.allocate(cid, 1)[0])
@@ -268,6 +259,14 @@ class HierarchicalStatisticalTree(SecondaryMoments, Locked):
     def remove_agent(self, agent_id: Any) -> None:
         """Remove an agent; ``UnknownAgentError`` (a ``KeyError``) if it is not here."""
         slot = self._slot(agent_id)
+        self._vacate_slot(slot)
+        self._index.pop(self._ids_at_slot[slot])
+        self._ids_at_slot[slot] = None
+        self.version += 1
+
+    def _vacate_slot(self, slot: int) -> None:
+        """Take ``slot``'s member out of the tree, the trimmed and windowed moments and the
+        sketches, and give the slot back to its cohort (the agent's id stays on it)."""
         cid = int(self._cohorts.cohort_of_slots(slot))
         self._tree.remove(slot)
         if self._trim is not None:
@@ -277,9 +276,6 @@ class HierarchicalStatisticalTree(SecondaryMoments, Locked):
         if self._sketches is not None:
             self._sketches.mark(slot, per_item=True)
         self._cohorts.release(cid, np.array([slot]))
-        self._index.pop(self._ids_at_slot[slot])
-        self._ids_at_slot[slot] = None
-        self.version += 1
 
     # ------------------------------------------------------------------ batch updates
     _check_ids = staticmethod(check_agent_ids)   # a 1-D array of valid ids (tree_inputs)
@@ -451,10 +447,7 @@ class HierarchicalStatisticalTree(SecondaryMoments, Locked):
     @synchronized
     def get_cohort_statistics(self, path: Any, ddof: int = 1) -> dict[str, Any]:
         """The same statistics for one cohort (its own agents and its sub-cohorts')."""
-        p = check_cohort(path)
-        cid = self._cohorts.id_of.get(p if p is not None else ())
-        if cid is None:
-            raise UnknownCohortError(f"unknown cohort {path!r}")
+        cid = self._cohort_id(path)
         return self._statistics(cid, ddof)
 
     # ------------------------------------------------------------------ for engines

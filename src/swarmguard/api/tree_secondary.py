@@ -165,16 +165,22 @@ class SecondaryMoments:
         """(count, offset, M2) of cohort ``cid``'s kept members, in the trimmed tree's units."""
         return self._state_in(self._trim.tree, cid)
 
+    def _cohort_id(self, path: Any) -> int:
+        """The id of cohort ``path`` (``()``: the population); ``UnknownCohortError`` when the
+        tree has none such."""
+        p = check_cohort(path)
+        cid = self._cohorts.id_of.get(p if p is not None else ())
+        if cid is None:
+            raise UnknownCohortError(f"unknown cohort {path!r}")
+        return cid
+
     @synchronized
     def get_trimmed_statistics(self, path: Any = (), ddof: int = 1) -> dict[str, Any]:
         """Statistics of a cohort's kept members (``()``: the population), as
         :meth:`get_cohort_statistics`; ``InvalidInputError`` unless trimmed moments are kept."""
         if self._trim is None:
             raise InvalidInputError("this tree keeps no trimmed moments (no scoring mode asked for them)")
-        p = check_cohort(path)
-        cid = self._cohorts.id_of.get(p if p is not None else ())
-        if cid is None:
-            raise UnknownCohortError(f"unknown cohort {path!r}")
+        cid = self._cohort_id(path)
         ddof = check_positive_int(ddof, "ddof", minimum=0)
         sub = self._trim.tree
         sub.flush()
@@ -251,10 +257,7 @@ class SecondaryMoments:
         :meth:`get_cohort_statistics`; ``InvalidInputError`` without a window."""
         if self.window_rounds is None:
             raise InvalidInputError("this tree keeps no window (built without window_rounds)")
-        p = check_cohort(path)
-        cid = self._cohorts.id_of.get(p if p is not None else ())
-        if cid is None:
-            raise UnknownCohortError(f"unknown cohort {path!r}")
+        cid = self._cohort_id(path)
         ddof = check_positive_int(ddof, "ddof", minimum=0)
         if self._win is None:
             return {"cohort": self._cohorts.path_of(cid),

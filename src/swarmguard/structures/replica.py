@@ -421,12 +421,13 @@ class RegionReplica:
             "freshness.times": f_times,
         }
 
-    def merge_delta(self, delta: Mapping[str, Any]) -> VersionVector:
+    def merge_delta(self, delta: Mapping[str, Any], *, nonnegative_scores: bool = False) -> VersionVector:
         """Join a delta (or full state) from a peer; return our version vector as the ack.
 
         Deltas may arrive twice, late or out of order: the join is idempotent,
         commutative and associative. A malformed delta raises ``InvalidInputError``
-        and changes nothing.
+        and changes nothing; so does, with ``nonnegative_scores``, a register whose
+        anomaly score is below 0 (:meth:`~swarmguard.values.lww_register_map.LWWRegisterMap.merge_entries`).
         """
         if not isinstance(delta, Mapping):
             raise InvalidTypeError(f"a delta is a mapping of arrays, got {type(delta).__name__}")
@@ -446,7 +447,8 @@ class RegionReplica:
             raise InvalidInputError(f"delta is malformed: {exc}") from exc
         if fmt != _FORMAT_VERSION:
             raise InvalidInputError(f"unsupported delta format {fmt}")
-        change = self.registers.merge_entries(entries)  # validates before it changes anything
+        # validates before it changes anything
+        change = self.registers.merge_entries(entries, nonnegative_scores=nonnegative_scores)
         self._apply_change(change)
         self.version |= their_version
         for region, t in their_freshness.items():

@@ -68,6 +68,7 @@ from ..errors import NonFiniteError
 from ..lazy_import import module_on_first_use
 from .chi2 import chi2_sf
 from .feature_shares import whitened_parts, zca_cor_whitening
+from .member_subset import MemberSubsetMoments
 from .scoring import _RIDGE, _TINY, _VAR_FLOOR, MIN_POPULATION, LeaveOneOutScorer
 from .slot_tree import SlotTree
 
@@ -114,7 +115,7 @@ def judge_rows(count: float, offset: np.ndarray, m2: np.ndarray, E: np.ndarray, 
     return LeaveOneOutScorer(count, offset, m2, "auto").score_many(E) <= threshold
 
 
-class TrimmedMoments:
+class TrimmedMoments(MemberSubsetMoments):
     """The kept members' moments, one node per node of the full :class:`SlotTree`.
 
     Parameters
@@ -139,10 +140,9 @@ class TrimmedMoments:
     """
 
     def __init__(self, full: SlotTree, quantile: float = TRIM_QUANTILE):
+        super().__init__(full)
         self.quantile = quantile
         self.threshold = trim_threshold(full.dim, quantile)
-        self.tree = SlotTree(full.dim, full.b, full.min_levels, full.recompute_every)
-        self.tree.ensure_capacity(full.capacity)
 
     # ------------------------------------------------------------------ the rule
     def judge(self, full: SlotTree, X: np.ndarray) -> np.ndarray:
@@ -151,10 +151,6 @@ class TrimmedMoments:
         if n < _min_judged(full.dim):
             return np.ones(X.shape[0], dtype=bool)
         return judge_rows(n, off, m2, full.deviations(X) - off, self.threshold)
-
-    def _sync_layout(self, full: SlotTree) -> None:
-        if self.tree.capacity != full.capacity:
-            self.tree.ensure_capacity(full.capacity)
 
     # ------------------------------------------------------------------ changes
     def write(self, full: SlotTree, slots: np.ndarray, X: np.ndarray, keep: np.ndarray | None = None) -> None:
@@ -172,11 +168,6 @@ class TrimmedMoments:
         self._sync_layout(full)
         self.clear(slots)
 
-    def clear(self, slots: np.ndarray) -> None:
-        """Slots emptied (or dropped): out of the trimmed moments."""
-        slots = slots[slots < self.tree.capacity]
-        self.tree.write(slots[self.tree.occupied[slots]], None)
-
     def set_one(self, full: SlotTree, slot: int, x: np.ndarray) -> None:
         """After a per-item insert or replace of ``slot`` in ``full``: judge it, O(d³ + d² log n)."""
         self._sync_layout(full)
@@ -188,11 +179,6 @@ class TrimmedMoments:
             else:
                 self.tree.insert(slot, x)
         elif held:
-            self.tree.remove(slot)
-
-    def remove_one(self, slot: int) -> None:
-        """After a per-item removal of ``slot`` from the full tree."""
-        if slot < self.tree.capacity and self.tree.occupied[slot]:
             self.tree.remove(slot)
 
     def rejudge(self, full: SlotTree) -> None:

@@ -66,12 +66,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from .member_subset import MemberSubsetMoments
 from .slot_tree import SlotTree
 
 __all__ = ["WindowedMoments"]
 
 
-class WindowedMoments:
+class WindowedMoments(MemberSubsetMoments):
     """The moments of the members written in the last ``window`` rounds, one node per node
     of the full :class:`SlotTree`.
 
@@ -96,16 +97,14 @@ class WindowedMoments:
     """
 
     def __init__(self, full: SlotTree, window: int):
+        super().__init__(full)
         self.window = int(window)
         self.round = 0
-        self.tree = SlotTree(full.dim, full.b, full.min_levels, full.recompute_every)
-        self.tree.ensure_capacity(full.capacity)
         self.last_round = np.zeros(self.tree.capacity, dtype=np.int64)
         self._buckets: dict[int, list[np.ndarray]] = {}   # round -> slots written in it
 
     def _sync_layout(self, full: SlotTree) -> None:
-        if self.tree.capacity != full.capacity:
-            self.tree.ensure_capacity(full.capacity)
+        super()._sync_layout(full)
         if self.last_round.size < self.tree.capacity:
             grown = np.zeros(self.tree.capacity, dtype=np.int64)
             grown[: self.last_round.size] = self.last_round
@@ -137,11 +136,6 @@ class WindowedMoments:
         self.tree.write(slots, X)
         self._stamp(slots)
 
-    def clear(self, slots: np.ndarray) -> None:
-        """Slots emptied (moved or removed): out of the windowed moments."""
-        slots = slots[slots < self.tree.capacity]
-        self.tree.write(slots[self.tree.occupied[slots]], None)
-
     def set_one(self, full: SlotTree, slot: int, x: np.ndarray) -> None:
         """After a per-item insert or replace of ``slot`` in ``full``: written this round."""
         self._sync_layout(full)
@@ -150,11 +144,6 @@ class WindowedMoments:
         else:
             self.tree.insert(slot, x)
         self._stamp(np.array([slot]))
-
-    def remove_one(self, slot: int) -> None:
-        """After a per-item removal of ``slot`` from the full tree."""
-        if slot < self.tree.capacity and self.tree.occupied[slot]:
-            self.tree.remove(slot)
 
     def restore(self, full: SlotTree, slots: np.ndarray, X: np.ndarray, round_now: int,
                 last_rounds: np.ndarray) -> None:

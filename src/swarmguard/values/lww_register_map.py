@@ -334,7 +334,7 @@ class LWWRegisterMap:
             "anomaly_score": self._values[rows, self.dim].copy(),
         }
 
-    def _check_entries(self, entries: Mapping[str, Any]) -> tuple:
+    def _check_entries(self, entries: Mapping[str, Any], nonnegative_scores: bool = False) -> tuple:
         if not isinstance(entries, Mapping):
             raise InvalidInputError(f"register entries are a mapping of arrays, got {type(entries).__name__}")
         try:
@@ -395,6 +395,9 @@ class LWWRegisterMap:
             raise InvalidInputError("features and scores must be float arrays")
         if not (np.isfinite(ts).all() and np.isfinite(feats).all() and np.isfinite(scores).all()):
             raise NonFiniteError("register entries hold non-finite values")
+        if nonnegative_scores and scores.size and scores.min() < 0:
+            # the caller's scores are squared distances: below 0, chi2 ln p is NaN downstream
+            raise InvalidInputError("register anomaly scores are squared distances: none may be below 0")
         if feats.size and np.abs(feats).max() >= MAX_ABS_VALUE:
             raise InvalidInputError(f"register features must be below {MAX_ABS_VALUE:g} in magnitude (as writes are)")
         ids = AgentIds(
@@ -410,13 +413,17 @@ class LWWRegisterMap:
         values = np.column_stack([feats.astype(np.float64), scores.astype(np.float64)])
         return ids, ts, names_list, writer.astype(np.int64), seq.astype(np.int64), values
 
-    def merge_entries(self, entries: Mapping[str, Any]) -> RegisterChange:
+    def merge_entries(self, entries: Mapping[str, Any], *, nonnegative_scores: bool = False) -> RegisterChange:
         """Join registers from another map (a delta or a full state) into this one.
 
         Everything is validated before anything changes; a bad message raises an
-        ``InvalidInputError`` and leaves the map as it was.
+        ``InvalidInputError`` and leaves the map as it was. ``nonnegative_scores``:
+        also refuse an anomaly score below 0 (a holder whose scores are squared
+        distances, such as a ``swarmguard serve`` node, ranks them by their chi-square
+        ``ln p``, NaN below 0). Off by default: a map accepts any finite score on a
+        write, and must then accept it from a peer too, or the two would never converge.
         """
-        ids, ts, names, writer, seq, values = self._check_entries(entries)
+        ids, ts, names, writer, seq, values = self._check_entries(entries, nonnegative_scores)
         lut = np.array([self.region_code(nm) for nm in names], dtype=np.int32)
         if ts.shape[0] == 0:
             return self._apply(np.empty(0, np.int64), ts, np.empty(0, np.int32), seq, values)

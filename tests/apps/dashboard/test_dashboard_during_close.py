@@ -10,6 +10,7 @@ pytest.importorskip("fastapi")
 from ..serve.conftest import (  # noqa: E402
     ManualClock,
     auth,
+    closing_in_thread,
     hold_with_published_view,
     in_thread,
     post_behaviors,
@@ -65,16 +66,11 @@ def test_during_a_slowed_close_the_dashboard_answers_from_before_it(fed_node, mo
     clock.t += 61                          # the window is due (the clock is no part of a close)
     before = _answers(client, AT_ONCE)
     started, release = slowed_round(node, monkeypatch, wait=WAIT)
-    closer, _ = in_thread(node.close_window)
-    try:
-        assert started.wait(WAIT)
+    with closing_in_thread(node.close_window, started, release, WAIT) as closer:
         reader, got = in_thread(lambda: _answers(client, AT_ONCE))
         reader.join(WAIT / 2)
         assert not reader.is_alive() and closer.is_alive()
         assert got["value"] == before
-    finally:
-        release.set()
-        closer.join(WAIT)
     after = _answers(client, AT_ONCE)
     status_before, status_after = before["/v1/dashboard/status"][1], after["/v1/dashboard/status"][1]
     assert status_after["populations"]["behaviors"]["windows_closed"] == \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -182,3 +183,34 @@ def hold_with_published_view(node, wait: float = 10.0):
 
     holder, _ = in_thread(hold_as_a_close_does)
     return holder, held, release
+
+
+def wait_ready(base_url: str, deadline_s: float = 60.0) -> None:
+    """Poll ``base_url``'s ``/readyz`` until it answers 200; fail the test after ``deadline_s``."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"the node did not become ready in {deadline_s:g} s")
+
+
+@contextlib.contextmanager
+def closing_in_thread(close, started, release, wait: float = 10.0):
+    """Run ``close`` (a window close whose round :func:`slowed_round` holds) in a thread and
+    yield that thread once the round has started; on leaving, release the round and join the
+    thread (at most ``wait`` seconds: a hang fails the test, it does not block the run)."""
+    closer, _ = in_thread(close)
+    try:
+        assert started.wait(wait)
+        yield closer
+    finally:
+        release.set()
+        closer.join(wait)

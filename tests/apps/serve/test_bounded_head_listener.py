@@ -18,6 +18,8 @@ from swarmguard.apps.serve.bounded_head import REFUSAL, BoundedHeadHttpToolsProt
 from swarmguard.apps.serve.run import server_config  # noqa: E402
 from swarmguard.apps.serve.settings import HEAD_LIMIT_FACTOR  # noqa: E402
 
+from .conftest import wait_ready  # noqa: E402
+
 MAX_HEADER_BYTES = 1024
 LIMIT = HEAD_LIMIT_FACTOR * MAX_HEADER_BYTES
 
@@ -42,16 +44,7 @@ def node(tmp_path_factory):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{settings.port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
-            pytest.fail("the node did not become ready in 60 s")
+        wait_ready(f"http://127.0.0.1:{settings.port}")
         yield settings.port, app
     finally:
         server.should_exit = True

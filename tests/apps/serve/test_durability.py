@@ -3,6 +3,7 @@ SIGTERM drains (readyz 503, the open window closed and logged)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import random
@@ -292,6 +293,18 @@ class _CommitThenRaise:
         return getattr(self.db, name)
 
 
+@contextlib.contextmanager
+def _failing_commit(node, fake, landed: bool):
+    """Inside: the node's log connection is ``fake(real, landed)`` (its next commit fails); the
+    real one again on leaving, as a disk that works again."""
+    real = node.log._db
+    node.log._db = fake(real, landed)
+    try:
+        yield
+    finally:
+        node.log._db = real
+
+
 @pytest.mark.parametrize("landed", [True, False], ids=["landed", "nothing-landed"])
 def test_a_commit_reported_failed_leaves_the_node_of_a_run_that_never_failed(tmp_path, landed):
     """One request of each kind (behaviours, spans, evidence, a close) has its commit reported
@@ -310,10 +323,8 @@ def test_a_commit_reported_failed_leaves_the_node_of_a_run_that_never_failed(tmp
     node, client = drive.make(tmp_path / "a", 0, clock)
     for i, op in enumerate(ops):
         if i in failing:
-            real = node.log._db
-            node.log._db = _CommitThenRaise(real, landed)
-            acked = drive.run_op(client, clock, i, op)
-            node.log._db = real
+            with _failing_commit(node, _CommitThenRaise, landed):
+                acked = drive.run_op(client, clock, i, op)
             assert acked == landed, (i, op[0])
             if not landed:
                 assert node.log.last_seq() == len(node.log) + (op[0] == "spans")   # the refused span record waits
@@ -343,18 +354,25 @@ class _CommitThenBlind(_CommitThenRaise):
         return super().execute(sql, *args)
 
 
-def test_a_log_that_cannot_tell_what_a_failed_commit_left_is_not_ready_until_a_restart(make_node):
+def _log_blind_after_a_failed_commit(make_node, seed: int):
+    """A node that took 10 rows, then failed to commit 10 more (503) and could not read its log
+    back; the disk readable again. Returns ``(clock, node, client, rows)``."""
     clock = ManualClock()
     _, node, client = make_node(clock=clock)
-    rng = np.random.default_rng(4)
+    rng = np.random.default_rng(seed)
     _, rows = population_rows(rng, 20, 3)
     assert post_behaviors(client, rows[:10]).status_code == 200
-    real = node.log._db
-    node.log._db = _CommitThenBlind(real, landed=True)
-    r = post_behaviors(client, rows[10:])
-    assert r.status_code == 503 and r.headers["Retry-After"]
-    node.log._db = real                                   # the disk is readable again: still refused,
-    assert post_behaviors(client, rows[10:]).status_code == 503     # the node cannot know what it holds
+    assert client.get("/healthz").status_code == 200
+    with _failing_commit(node, _CommitThenBlind, landed=True):
+        r = post_behaviors(client, rows[10:])
+        assert r.status_code == 503 and r.headers["Retry-After"]
+    return clock, node, client, rows
+
+
+def test_a_log_that_cannot_tell_what_a_failed_commit_left_is_not_ready_until_a_restart(make_node):
+    clock, node, client, rows = _log_blind_after_a_failed_commit(make_node, 4)
+    # the disk is readable again: still refused, the node cannot know what it holds
+    assert post_behaviors(client, rows[10:]).status_code == 503
     ready = client.get("/readyz")
     assert ready.status_code == 503 and "restart" in ready.json()["error"]
     assert metric(client, "swarmguard_log_needs_restart") == 1
@@ -368,16 +386,7 @@ def test_a_log_that_cannot_tell_what_a_failed_commit_left_is_not_ready_until_a_r
 def test_a_log_that_needs_a_restart_fails_the_liveness_probe_so_an_orchestrator_restarts_the_node(make_node):
     # /healthz is the liveness probe: a node whose log refuses every write until a restart
     # never heals by waiting, so /healthz says so (503, one line of JSON naming why), as /readyz does
-    clock = ManualClock()
-    _, node, client = make_node(clock=clock)
-    rng = np.random.default_rng(5)
-    _, rows = population_rows(rng, 20, 3)
-    assert post_behaviors(client, rows[:10]).status_code == 200
-    assert client.get("/healthz").status_code == 200
-    real = node.log._db
-    node.log._db = _CommitThenBlind(real, landed=True)
-    assert post_behaviors(client, rows[10:]).status_code == 503
-    node.log._db = real
+    clock, node, client, _ = _log_blind_after_a_failed_commit(make_node, 5)
     live = client.get("/healthz")
     assert live.status_code == 503 and live.headers["content-type"] == "application/json"
     assert "\n" not in live.text and list(live.json()) == ["error"]
@@ -395,10 +404,8 @@ def test_the_503_of_a_write_the_log_cannot_tell_about_does_not_say_nothing_was_s
     _, node, client = make_node(clock=clock)
     rng = np.random.default_rng(5)
     _, rows = population_rows(rng, 20, 3)
-    real = node.log._db
-    node.log._db = _CommitThenBlind(real, landed=True)
-    r = post_behaviors(client, rows)
-    node.log._db = real
+    with _failing_commit(node, _CommitThenBlind, landed=True):
+        r = post_behaviors(client, rows)
     assert r.status_code == 503
     error = r.json()["error"]
     assert "nothing was stored" not in error and "restart" in error
@@ -417,10 +424,8 @@ def test_a_node_whose_log_needs_a_restart_drains_without_raising(make_node):
     rng = np.random.default_rng(7)
     _, rows = population_rows(rng, 10, 3)
     assert post_behaviors(client, rows).status_code == 200
-    real = node.log._db
-    node.log._db = _CommitThenBlind(real, landed=False)
-    assert post_behaviors(client, rows).status_code == 503 and node.log.broken is not None
-    node.log._db = real
+    with _failing_commit(node, _CommitThenBlind, landed=False):
+        assert post_behaviors(client, rows).status_code == 503 and node.log.broken is not None
     assert node.drain() == [] and node.state == "draining"
     assert len(node.log) == 1 and node.log.latest_snapshot() is None   # nothing written
     node.close()
@@ -443,10 +448,8 @@ def test_a_log_that_needs_a_restart_does_not_fail_a_window_close_at_every_tick(t
     _, rows = population_rows(rng, 10, 3)
     with TestClient(create_app(settings, node), raise_server_exceptions=False) as client:
         assert post_behaviors(client, rows).status_code == 200
-        real = node.log._db
-        node.log._db = _CommitThenBlind(real, landed=False)
-        assert post_behaviors(client, rows).status_code == 503 and node.log.broken is not None
-        node.log._db = real
+        with _failing_commit(node, _CommitThenBlind, landed=False):
+            assert post_behaviors(client, rows).status_code == 503 and node.log.broken is not None
         clock.t += 10.0                                    # the open window is due
         deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline:
@@ -467,10 +470,8 @@ def test_a_drain_whose_window_close_cannot_be_written_does_not_raise(make_node, 
     rng = np.random.default_rng(8)
     _, rows = population_rows(rng, 10, 3)
     assert post_behaviors(client, rows).status_code == 200
-    real = node.log._db
-    node.log._db = (_CommitThenRaise if failure == "refused" else _CommitThenBlind)(real, landed=False)
-    assert node.drain() == [] and node.state == "draining"
-    node.log._db = real
+    with _failing_commit(node, _CommitThenRaise if failure == "refused" else _CommitThenBlind, landed=False):
+        assert node.drain() == [] and node.state == "draining"
     assert node.opened_at is not None and node.log.latest_snapshot() is None   # no snapshot of an open window
     node.close()
     _, again, _ = make_node(clock=clock)
@@ -490,10 +491,8 @@ def test_a_log_that_needs_a_restart_refuses_spans_before_keeping_them(tmp_path):
     clock = drive.OpClock()
     node, client = drive.make(tmp_path / "a", 0, clock)
     assert drive.run_op(client, clock, 0, ops[0])
-    real = node.log._db
-    node.log._db = _CommitThenBlind(real, landed=False)
-    assert not drive.run_op(client, clock, 1, ops[1]) and node.log.broken is not None
-    node.log._db = real
+    with _failing_commit(node, _CommitThenBlind, landed=False):
+        assert not drive.run_op(client, clock, 1, ops[1]) and node.log.broken is not None
     ingest = next(x for x in node.extensions if type(x).__name__ == "SpanIngest")
     r = client.post("/v1/traces", content=spans[0][1], headers={**drive.PB, "Authorization": "Bearer t-ingest"})
     assert r.status_code == 503 and r.headers["Retry-After"]
@@ -509,10 +508,8 @@ def test_the_503_of_a_commit_that_read_back_as_none_does_not_say_nothing_was_sto
     _, node, client = make_node(clock=clock)
     rng = np.random.default_rng(9)
     _, rows = population_rows(rng, 10, 3)
-    real = node.log._db
-    node.log._db = _CommitThenRaise(real, landed=False)
-    r = post_behaviors(client, rows)
-    node.log._db = real
+    with _failing_commit(node, _CommitThenRaise, landed=False):
+        r = post_behaviors(client, rows)
     assert r.status_code == 503 and node.log.broken is None
     error = r.json()["error"]
     assert "nothing was stored" not in error and "nothing was applied" in error

@@ -227,16 +227,23 @@ def test_a_failed_transaction_that_cannot_be_rolled_back_makes_the_log_refuse_wr
     assert _file_records(tmp_path) == [(1, "close", 1.0)]
 
 
-@pytest.mark.parametrize("rollbacks", [1, 2])
-def test_a_snapshot_whose_commit_and_rollback_fail_is_a_typed_refusal_and_not_counted_as_written(tmp_path, rollbacks):
-    # the read-back inside the still-open snapshot transaction would find the snapshot and the
-    # compacted log that the file does not hold; a failed ROLLBACK must not escape as sqlite3.Error
+def _log_after_a_failed_snapshot(tmp_path, rollbacks: int) -> DurableLog:
+    """A log of three closes whose snapshot (at 3) was refused: its COMMIT failed, and the first
+    ``rollbacks`` ROLLBACKs too (2: its transaction stays open on the connection)."""
     log = DurableLog(tmp_path)
     for i in range(3):
         log.append("close", float(i), {})
     log._db = _CommitAndRollbackFail(log._db, rollbacks=rollbacks)
     with pytest.raises(EvidenceStoreError):
         log.write_snapshot(3, b"state")
+    return log
+
+
+@pytest.mark.parametrize("rollbacks", [1, 2])
+def test_a_snapshot_whose_commit_and_rollback_fail_is_a_typed_refusal_and_not_counted_as_written(tmp_path, rollbacks):
+    # the read-back inside the still-open snapshot transaction would find the snapshot and the
+    # compacted log that the file does not hold; a failed ROLLBACK must not escape as sqlite3.Error
+    log = _log_after_a_failed_snapshot(tmp_path, rollbacks)
     assert log.landed_after_error == 0
     log.close()
     again = DurableLog(tmp_path)
@@ -248,12 +255,7 @@ def test_a_write_after_a_snapshot_left_its_failed_transaction_open_is_not_refuse
     # the snapshot's COMMIT and both ROLLBACKs failed, so its transaction stayed open on the
     # connection: the next append's BEGIN failed ("cannot start a transaction within a
     # transaction") and a write to a healthy disk was refused (503) for the snapshot's leftover
-    log = DurableLog(tmp_path)
-    for i in range(3):
-        log.append("close", float(i), {})
-    log._db = _CommitAndRollbackFail(log._db, rollbacks=2)
-    with pytest.raises(EvidenceStoreError):
-        log.write_snapshot(3, b"state")
+    log = _log_after_a_failed_snapshot(tmp_path, 2)
     assert log.append("close", 4.0, {}) == 4 and log.broken is None
     log.close()
     assert _file_records(tmp_path) == [(1, "close", 0.0), (2, "close", 1.0), (3, "close", 2.0), (4, "close", 4.0)]
@@ -265,12 +267,7 @@ def test_a_write_after_a_snapshot_left_its_failed_transaction_open_is_not_refuse
 def test_a_snapshot_after_one_that_left_its_failed_transaction_open_is_written(tmp_path):
     # the same leftover before a snapshot (a drain right after a close whose snapshot failed so):
     # its BEGIN IMMEDIATE failed, and the drain's snapshot was lost for the leftover
-    log = DurableLog(tmp_path)
-    for i in range(3):
-        log.append("close", float(i), {})
-    log._db = _CommitAndRollbackFail(log._db, rollbacks=2)
-    with pytest.raises(EvidenceStoreError):
-        log.write_snapshot(3, b"state")
+    log = _log_after_a_failed_snapshot(tmp_path, 2)
     assert log.write_snapshot(3, b"state") == 2
     log.close()
     again = DurableLog(tmp_path)

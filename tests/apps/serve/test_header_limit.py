@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import socket
 import threading
-import time
 
 import httpx
 import pytest
@@ -16,7 +15,7 @@ from swarmguard.apps.serve import ServeSettings, create_app
 from swarmguard.apps.serve.run import server_config
 from swarmguard.apps.serve.settings import DEFAULT_MAX_HEADER_BYTES, HEAD_LIMIT_FACTOR
 
-from .conftest import NDJSON, auth, lines, metric
+from .conftest import NDJSON, auth, lines, metric, wait_ready
 
 ROW = [{"agent_id": "a-1", "features": [1.0, 2.0]}]
 
@@ -81,16 +80,7 @@ def test_a_real_listener_answers_431_from_the_app_and_400_past_uvicorns_head_bou
     thread.start()
     base = f"http://127.0.0.1:{settings.port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
-            pytest.fail("the node did not become ready in 60 s")
+        wait_ready(base)
         big = {"X-Padding": "x" * (100 << 10)}
         r = httpx.post(base + "/v1/behaviors", content=lines(ROW), timeout=10,
                        headers={**NDJSON, **auth("t-ingest"), **big})

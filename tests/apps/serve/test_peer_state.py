@@ -10,24 +10,8 @@ import pytest
 
 from swarmguard.apps.serve.peers import PeerLink, replication_of
 
-from .conftest import ManualClock, auth, close_window, post_behaviors, post_evidence
-from .test_peers_node import PEER_HEADERS, PEER_TOKENS
-
-
-@pytest.fixture
-def pair(tmp_path, make_node):
-    tokens = tmp_path / "peer-tokens.toml"
-    tokens.write_text(PEER_TOKENS)
-    clock = ManualClock()
-
-    def node(region, **options):
-        return make_node(clock=clock, data_dir=tmp_path / region, region=region, tokens_file=tokens, **options)
-
-    return clock, node
-
-
-def _rows(rng, prefix, n, d=2):
-    return [{"agent_id": f"{prefix}-{i}", "features": rng.normal(size=d).tolist()} for i in range(n)]
+from .conftest import auth, close_window, post_behaviors, post_evidence
+from .test_peers_node import PEER_HEADERS, _rows, pair  # noqa: F401 - the fixture
 
 
 def _state(client):
@@ -36,7 +20,7 @@ def _state(client):
     return r.json()
 
 
-def test_state_is_admin_only(pair):
+def test_state_is_admin_only(pair):  # noqa: F811
     _, node = pair
     _, _, c = node("eu")
     assert c.get("/v1/peer/state", headers=auth("t-read")).status_code == 403
@@ -44,7 +28,7 @@ def test_state_is_admin_only(pair):
     assert _state(c)["populations"] == {} and _state(c)["evidence"]["rows"] == []
 
 
-def test_state_lists_registers_evidence_and_exact_statistics_and_synced_nodes_agree(pair):
+def test_state_lists_registers_evidence_and_exact_statistics_and_synced_nodes_agree(pair):  # noqa: F811
     clock, node = pair
     rng = np.random.default_rng(11)
     _, eu, eu_c = node("eu")
@@ -90,7 +74,7 @@ def test_state_lists_registers_evidence_and_exact_statistics_and_synced_nodes_ag
     assert b["confidence_factor"] == pytest.approx(want, rel=1e-12)
 
 
-def test_detector_evidence_replicates_like_observer_evidence(pair):
+def test_detector_evidence_replicates_like_observer_evidence(pair):  # noqa: F811
     _, node = pair
     rng = np.random.default_rng(4)
     _, eu, eu_c = node("eu")

@@ -9,6 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from swarmguard.apps.serve.peer_delta import LocalReplicas
 from swarmguard.apps.serve.peers import PeerLink, replication_of
 
 from .conftest import ManualClock, auth, close_window, metric, post_behaviors, post_evidence
@@ -114,6 +115,32 @@ def test_peer_route_needs_a_peer_token_and_refuses_garbage_whole(pair):
     assert r.status_code == 422 and r.json()["error"].startswith("not a peer delta")
     assert metric(us_c, "swarmguard_errors_total", code="bad_delta", status="422") == 1.0
     assert us_c.get("/v1/cluster", headers=auth("t-read")).json()["version_vector"] == {}
+
+
+def _delta_with_score(score: float) -> bytes:
+    """A delta from region "eu" (no node behind it) of two "behaviors" registers, the second
+    with anomaly score ``score``."""
+    eu = LocalReplicas("eu")
+    eu.replica_of("behaviors", 2).update_many(["e-1", "e-2"], [1.0, 1.0], [[0.5, 1.0], [2.0, -1.0]],
+                                              [1.5, score], now=1.0)
+    return eu.replica_set().delta_since(None, now=1.0).to_bytes()
+
+
+def test_a_peer_delta_with_a_score_below_zero_is_refused_whole(pair):
+    """A register's score is a squared distance; below 0 its ln p would be NaN here."""
+    _, node = pair
+    _, us, us_c = node("us")
+    r = us_c.post("/v1/peer/delta", content=_delta_with_score(-0.25), headers=PEER_HEADERS)
+    assert r.status_code == 422 and "\n" not in r.text.strip()
+    assert r.json()["error"].startswith("peer delta refused, nothing changed") and "below 0" in r.json()["error"]
+    assert metric(us_c, "swarmguard_errors_total", code="bad_delta", status="422") == 1.0
+    assert us_c.get("/v1/cluster", headers=auth("t-read")).json()["version_vector"] == {}
+    assert us_c.get("/v1/agents/e-1", headers=auth("t-read")).status_code == 404
+    # the same delta with the score at 0 joins whole
+    r = us_c.post("/v1/peer/delta", content=_delta_with_score(0.0), headers=PEER_HEADERS)
+    assert r.status_code == 200, r.text
+    assert us_c.get("/v1/cluster", headers=auth("t-read")).json()["version_vector"] == {"eu": 2}
+    assert us_c.get("/v1/agents/e-2", headers=auth("t-read")).json()["score"] == 0.0
 
 
 def test_restart_replays_received_deltas(pair, tmp_path):

@@ -11,6 +11,7 @@ from swarmguard.apps.serve.peers import PeerLink
 from .conftest import (
     auth,
     close_window,
+    closing_in_thread,
     hold_with_published_view,
     in_thread,
     population_rows,
@@ -48,17 +49,12 @@ def _node_with_one_closed_window(make_node, **options):
 def test_reads_during_a_close_answer_at_once_from_before_it_and_after_it_from_after(make_node, monkeypatch):
     node, client, before = _node_with_one_closed_window(make_node)
     started, release = slowed_round(node, monkeypatch, hold_after_round=False)
-    closer, _ = in_thread(lambda: close_window(client))
-    try:
-        assert started.wait(WAIT)
+    with closing_in_thread(lambda: close_window(client), started, release, WAIT) as closer:
         reader, got = in_thread(lambda: {r: client.get(r, headers=READ).json() for r in ROUTES})
         reader.join(WAIT / 2)
         # answered while the round still waits: the close holds the node's lock all along
         assert not reader.is_alive() and closer.is_alive()
         assert got["value"] == before
-    finally:
-        release.set()
-        closer.join(WAIT)
     assert not closer.is_alive()
     after = {r: client.get(r, headers=READ).json() for r in ROUTES}
     for route in ROUTES:
@@ -70,9 +66,7 @@ def test_reads_during_a_close_answer_at_once_from_before_it_and_after_it_from_af
 def test_a_read_the_round_changed_midway_waits_and_answers_from_after_the_close(make_node, monkeypatch):
     node, client, before = _node_with_one_closed_window(make_node)
     started, release = slowed_round(node, monkeypatch, hold_after_round=True)
-    closer, _ = in_thread(lambda: close_window(client))
-    try:
-        assert started.wait(WAIT)
+    with closing_in_thread(lambda: close_window(client), started, release, WAIT) as closer:
         # the round added its own evidence (a-8 is far out): the consensus is no longer the
         # one before the close, so an answer holding it waits for the close ...
         assert node.populations["behaviors"].detector.last_round_evidence is not None
@@ -82,10 +76,7 @@ def test_a_read_the_round_changed_midway_waits_and_answers_from_after_the_close(
         assert top == before["/v1/agents?top=5"]
         agent.join(0.5)
         assert agent.is_alive() and closer.is_alive()
-    finally:
-        release.set()
-        closer.join(WAIT)
-        agent.join(WAIT)
+    agent.join(WAIT)
     assert not closer.is_alive() and not agent.is_alive()
     after = client.get("/v1/agents/a-8", headers=READ).json()
     assert got_agent["value"] == after != before["/v1/agents/a-8"]

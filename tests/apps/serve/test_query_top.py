@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import threading
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from swarmguard.apps.serve.peers import PeerLink
 from swarmguard.apps.serve.records import BehaviorBatch
 from swarmguard.structures.chi2 import chi2_logsf
 
-from .conftest import auth, slowed_round
+from .conftest import auth, closing_in_thread, slowed_round
 from .test_peers_node import _sync, pair  # noqa: F401 - the fixture
 
 READ = auth("t-read")
@@ -141,15 +140,9 @@ def test_top_k_during_a_close_answers_from_the_view_as_before_it(pair, monkeypat
     started, release = slowed_round(us, monkeypatch, wait=WAIT)
     picked = [f"u-{i}" for i in range(30)] + ["u-new"]
     us.accept_behaviors(BehaviorBatch(picked, pool[rng.integers(3, size=len(picked))] * 3.0, [None] * len(picked)))
-    closer = threading.Thread(target=us.close_window, daemon=True)
-    closer.start()
-    try:
-        assert started.wait(WAIT)
+    with closing_in_thread(us.close_window, started, release, WAIT) as closer:
         during = _answers(us_c, queries)
         assert closer.is_alive()            # answered while the close held the lock
-    finally:
-        release.set()
-        closer.join(WAIT)
     assert during == before
     after = _check_against_reference(us, us_c, queries)
     assert after != before                  # the close moved the agents
@@ -179,7 +172,8 @@ def test_dashboard_tables_rank_as_sorted_over_the_table(pair):  # noqa: F811
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")   # severities(NaN)
 def test_a_nan_key_among_the_replicated_agents_answers_as_the_full_pass(pair):  # noqa: F811
-    """A register whose score is negative (a peer's delta is checked finite only) has ln p
+    """A register whose score is negative (written here straight into the registers: a peer's
+    delta holding one is refused, a delta logged before that check replays unchecked) has ln p
     NaN: no total order, so the route must answer as ``heapq.nlargest`` over every state
     followed by the replica's top, as it did, not over each table's first K."""
     import heapq

@@ -32,24 +32,11 @@ def _ingest(node) -> SpanIngest:
 
 
 def _set(attrs, key, value):
-    v = attrs.add(key=key).value
-    if isinstance(value, bool):
-        v.bool_value = value
-    elif isinstance(value, int):
-        v.int_value = value
-    elif isinstance(value, float):
-        v.double_value = value
-    elif isinstance(value, str):
-        v.string_value = value
-    elif isinstance(value, list):
-        for item in value:
-            _set_any(v.array_value.values.add(), item)
-    elif isinstance(value, dict):
-        for k, item in value.items():
-            _set_any(v.kvlist_value.values.add(key=k).value, item)
+    _set_any(attrs.add(key=key).value, value)
 
 
 def _set_any(v, item):
+    """Write ``item`` into the OTLP ``AnyValue`` ``v`` (bool before int: a bool is an int)."""
     if isinstance(item, str):
         v.string_value = item
     elif isinstance(item, bool):
@@ -61,6 +48,9 @@ def _set_any(v, item):
     elif isinstance(item, list):
         for x in item:
             _set_any(v.array_value.values.add(), x)
+    elif isinstance(item, dict):
+        for k, x in item.items():
+            _set_any(v.kvlist_value.values.add(key=k).value, x)
 
 
 _TOKENS = [None, 0, 1, 812, 2 ** 53, 2 ** 53 - 1, 2 ** 53 + 1, -1, 2 ** 62, 0.0, -0.0, 0.5, 1e15 + 0.5,

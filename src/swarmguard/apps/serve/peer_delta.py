@@ -183,13 +183,16 @@ class ReplicaSet:
                 for n, r in self.replicas().items()}
         return PeerDelta(self.region, pops, self.ledger.delta_since(peer.evidence), since=peer)
 
-    def plan(self, delta: PeerDelta, require_base: bool = False) -> DeltaPlan:
+    def plan(self, delta: PeerDelta, require_base: bool = False, nonnegative_scores: bool = False) -> DeltaPlan:
         """Check every part of ``delta`` against this state, changing nothing.
 
         ``require_base``: refuse (:class:`~swarmguard.errors.StaleDeltaError`) a delta
         whose ``since`` this state does not hold. A node sets it: its peers make deltas
         from its answers, which it always holds unless it lost its data. Without it, any
         set of deltas joins to the same state in any order once all have arrived.
+        ``nonnegative_scores``: refuse (``InvalidInputError``) a register whose anomaly
+        score is below 0. A node sets it too: its registers' scores are squared distances
+        (:mod:`.replica_read`), whose chi-square ``ln p`` is NaN below 0.
         """
         if delta.sender == self.region:
             raise InvalidInputError(f"a delta from region {delta.sender!r}, this node's own: two nodes "
@@ -202,7 +205,8 @@ class ReplicaSet:
                 raise DimensionMismatchError(f"population {name!r}: the delta has dimension {dim}, "
                                              f"this node {replica.dim}")
             scratch = RegionReplica(self.region, dim)
-            scratch.merge_delta(part)          # every field validated, on a throw-away replica
+            # every field validated, on a throw-away replica
+            scratch.merge_delta(part, nonnegative_scores=nonnegative_scores)
         return DeltaPlan(delta, self.ledger.plan(delta.evidence))
 
     def _check_base(self, since: NodeVectors) -> None:

@@ -296,7 +296,7 @@ class PeerReplication:
             raise ApiError(503, "the node is shutting down", code="draining", headers={"Retry-After": "5"})
         try:
             self._check_dimensions(delta)
-            plan = self.replicas.plan(delta, require_base=True)
+            plan = self.replicas.plan(delta, require_base=True, nonnegative_scores=True)
             counted = self._as_counted(plan.new_evidence())
         except StaleDeltaError as exc:
             raise ApiError(409, f"peer delta refused, nothing changed: {one_line(exc)}", code="stale_delta") from None
