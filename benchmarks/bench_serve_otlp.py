@@ -17,6 +17,7 @@ the misbehaving agents (precision = recall, K flagged of K).
 
     python benchmarks/bench_serve_otlp.py                        # 10^4 agents, 40 misbehaving, 2 windows
     python benchmarks/bench_serve_otlp.py --agents 2000 --misbehaving 8
+    python benchmarks/bench_serve_otlp.py --decode-workers 1      # the node decodes in a worker process
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=2)
     ap.add_argument("--clients", type=int, default=4, help="threads posting at once")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--decode-workers", type=int, default=0,
+                    help="the node's --decode-workers (processes decoding bodies; 0: in its threads)")
     args = ap.parse_args()
 
     import httpx
@@ -79,14 +82,15 @@ def main() -> None:
     all_bodies = [b for w in windows for b in w]
     print(f"# bench_serve_otlp: python {platform.python_version()}, {os.cpu_count()} CPUs, {args.agents:,} agents "
           f"({args.misbehaving} misbehaving), {args.windows} windows, {len(all_bodies)} requests of <= 512 spans, "
-          f"{np.mean([len(b) for b in all_bodies]) / 1e3:.0f} kB a body, {args.clients} clients "
+          f"{np.mean([len(b) for b in all_bodies]) / 1e3:.0f} kB a body, {args.clients} clients, "
+          f"--decode-workers {args.decode_workers} "
           f"(bodies made in {made_s:.1f} s)")
 
     t0 = time.perf_counter()
     total = sum(bare_decode(b) for b in all_bodies)
     bare_s = time.perf_counter() - t0
 
-    with running_node(stop_timeout=120) as base, httpx.Client(base_url=base, timeout=120) as http:
+    with running_node(stop_timeout=120, extra_args=["--decode-workers", str(args.decode_workers)]) as base, httpx.Client(base_url=base, timeout=120) as http:
         latencies: list[float] = []
         lock = threading.Lock()
 
