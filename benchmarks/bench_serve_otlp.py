@@ -30,7 +30,7 @@ import threading
 import time
 
 import numpy as np
-from serve_node import SRC, running_node
+from serve_node import SRC, node_process
 
 sys.path.insert(0, str(SRC))
 
@@ -59,6 +59,29 @@ def bare_decode(body: bytes) -> int:
                     (kv.key, getattr(value, kind) if kind else None)
     return spans
 
+
+
+def process_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of process ``pid`` and of its child processes now running
+    (the node's decode workers), from /proc; zeros where /proc is not there."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def cpu(p: int) -> float:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    children: set[int] = set()
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children.update(int(c) for c in f.read().split())
+    except OSError:
+        pass
+    return cpu(pid), sum(cpu(c) for c in children)
 
 
 def main() -> None:
@@ -90,7 +113,9 @@ def main() -> None:
     total = sum(bare_decode(b) for b in all_bodies)
     bare_s = time.perf_counter() - t0
 
-    with running_node(stop_timeout=120, extra_args=["--decode-workers", str(args.decode_workers)]) as base, httpx.Client(base_url=base, timeout=120) as http:
+    with node_process(stop_timeout=120, extra_args=["--decode-workers", str(args.decode_workers)]) as node, \
+            httpx.Client(base_url=node.base, timeout=120) as http:
+        base = node.base
         latencies: list[float] = []
         lock = threading.Lock()
 
@@ -117,6 +142,7 @@ def main() -> None:
             for t in threads:
                 t.join()
 
+        cpu0 = process_cpu(node.pid)
         t0 = time.perf_counter()
         acked_s = 0.0
         for bodies in windows:
@@ -126,6 +152,7 @@ def main() -> None:
             closed = http.post("/v1/admin/close-window").json()["closed"]
             assert closed and closed[0]["agents"] == args.agents, closed
         served_s = time.perf_counter() - t0
+        cpu1 = process_cpu(node.pid)
         top = []
         if args.misbehaving:
             top = [a["agent_id"] for a in http.get("/v1/agents", params={
@@ -139,6 +166,9 @@ def main() -> None:
     print(f"ratio: {bare_rate / served_rate:.2f}x slower than bare decoding (target: within 3x)")
     print(f"ack latency: p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms "
           f"(512 spans a request, {args.clients} clients)")
+    node_us, workers_us = ((cpu1[i] - cpu0[i]) / total * 1e6 for i in (0, 1))
+    print(f"the node's CPU a span: {node_us:.2f} us in its process, {workers_us:.2f} us in its decode workers "
+          f"(/proc, from the first request to the last round)")
     if args.misbehaving:
         bad = {p.agent_id for p in profiles if p.misbehaviour}
         hits = len(set(top) & bad)

@@ -32,11 +32,11 @@ from concurrent.futures.process import BrokenProcessPool
 
 from ...errors import BodyTooLargeError, MalformedBodyError, UnsupportedMediaTypeError
 from ..serve.http_errors import ApiError
+from .decode_worker import OK, decode_columns, init_worker
 from .spans import SpanColumns
 
-__all__ = ["DecodePool", "decode_columns", "default_decode_workers"]
+__all__ = ["DecodePool", "default_decode_workers"]
 
-_OK = "ok"
 _ERRORS = {"malformed": MalformedBodyError, "media_type": UnsupportedMediaTypeError, "too_large": BodyTooLargeError}
 
 
@@ -49,49 +49,8 @@ def default_decode_workers() -> int:
     return 0
 
 
-def _exit_with_parent() -> None:
-    """Wait for the parent's end (its sentinel becomes readable), then exit at once: a node
-    killed with -9 leaves no worker behind (the call queue's pipe gives no EOF here, since each
-    worker holds its write end too)."""
-    from multiprocessing.connection import wait
-
-    parent = multiprocessing.parent_process()
-    if parent is not None and parent.sentinel is not None:
-        wait([parent.sentinel])
-    else:                                       # no sentinel: poll who the parent is
-        ppid = os.getppid()
-        while os.getppid() == ppid:
-            threading.Event().wait(0.5)
-    os._exit(0)
-
-
-def _init_worker() -> None:
-    """A worker's start: leave the node's process group, watch the parent, import the decoder."""
-    os.setpgrp()
-    threading.Thread(target=_exit_with_parent, name="exit-with-parent", daemon=True).start()
-    from . import decode, spans  # noqa: F401  (imported now, not at the first request)
-
-
-def decode_columns(body: bytes, content_type: str | None, content_encoding: str | None,
-                   max_bytes: int) -> tuple:
-    """A worker's task: ``(\"ok\", SpanColumns)``, or ``(kind, message, limit)`` for a body
-    that does not decode (kind a key of the typed errors: each is raised again in the node)."""
-    from .decode import decode_export_request
-    from .spans import span_columns
-
-    try:
-        decoded = decode_export_request(body, content_type, content_encoding, max_bytes)
-    except BodyTooLargeError as exc:
-        return ("too_large", str(exc), exc.limit)
-    except UnsupportedMediaTypeError as exc:
-        return ("media_type", str(exc), None)
-    except MalformedBodyError as exc:
-        return ("malformed", str(exc), None)
-    return (_OK, span_columns(decoded.request))
-
-
 def _columns_of(answer: tuple) -> SpanColumns:
-    if answer[0] == _OK:
+    if answer[0] == OK:
         return answer[1]
     kind, message, limit = answer
     if kind == "too_large":
@@ -116,7 +75,7 @@ class DecodePool:
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker)
+                                   initializer=init_worker)
 
     def start(self) -> None:
         """Start the workers and wait for each to be ready (blocking: call it from a thread)."""
