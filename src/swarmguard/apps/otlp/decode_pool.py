@@ -35,18 +35,9 @@ from ..serve.http_errors import ApiError
 from .decode_worker import OK, decode_columns, init_worker
 from .spans import SpanColumns
 
-__all__ = ["DecodePool", "default_decode_workers"]
+__all__ = ["DecodePool"]
 
 _ERRORS = {"malformed": MalformedBodyError, "media_type": UnsupportedMediaTypeError, "too_large": BodyTooLargeError}
-
-
-def default_decode_workers() -> int:
-    """The default of ``--decode-workers``: 0 (decode in the node's own threads).
-
-    Measured on the 2-core machine this project runs on (README, "Decoding in worker
-    processes"): one worker did not make the node reliably faster there, so none is started
-    unless asked for."""
-    return 0
 
 
 def _columns_of(answer: tuple) -> SpanColumns:
