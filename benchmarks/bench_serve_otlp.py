@@ -13,11 +13,12 @@ every span's effect is in the node's state. The peer, in this process on the sam
 ``ExportTraceServiceRequest.FromString`` and every span's attributes read (key and typed
 value) — the bare work any Python OTLP receiver does. Printed: both rates, their ratio,
 the ack latency p50 / p99, and the top-K of ``/v1/agents?top=K&population=spans`` against
-the misbehaving agents (precision = recall, K flagged of K).
+the misbehaving agents (precision = recall, K flagged of K), and the node process's CPU
+time a span over the posting and the rounds (less sensitive to the machine's other jobs
+than its rate).
 
     python benchmarks/bench_serve_otlp.py                        # 10^4 agents, 40 misbehaving, 2 windows
     python benchmarks/bench_serve_otlp.py --agents 2000 --misbehaving 8
-    python benchmarks/bench_serve_otlp.py --decode-workers 1      # the node decodes in a worker process
 """
 
 from __future__ import annotations
@@ -61,27 +62,14 @@ def bare_decode(body: bytes) -> int:
 
 
 
-def process_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds (user + system) of process ``pid`` and of its child processes now running
-    (the node's decode workers), from /proc; zeros where /proc is not there."""
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-    def cpu(p: int) -> float:
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / tick
-
-    children: set[int] = set()
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` so far, from /proc (NaN without it)."""
     try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                children.update(int(c) for c in f.read().split())
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
-        pass
-    return cpu(pid), sum(cpu(c) for c in children)
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -91,8 +79,6 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=2)
     ap.add_argument("--clients", type=int, default=4, help="threads posting at once")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--decode-workers", type=int, default=0,
-                    help="the node's --decode-workers (processes decoding bodies; 0: in its threads)")
     args = ap.parse_args()
 
     import httpx
@@ -105,15 +91,14 @@ def main() -> None:
     all_bodies = [b for w in windows for b in w]
     print(f"# bench_serve_otlp: python {platform.python_version()}, {os.cpu_count()} CPUs, {args.agents:,} agents "
           f"({args.misbehaving} misbehaving), {args.windows} windows, {len(all_bodies)} requests of <= 512 spans, "
-          f"{np.mean([len(b) for b in all_bodies]) / 1e3:.0f} kB a body, {args.clients} clients, "
-          f"--decode-workers {args.decode_workers} "
+          f"{np.mean([len(b) for b in all_bodies]) / 1e3:.0f} kB a body, {args.clients} clients "
           f"(bodies made in {made_s:.1f} s)")
 
     t0 = time.perf_counter()
     total = sum(bare_decode(b) for b in all_bodies)
     bare_s = time.perf_counter() - t0
 
-    with node_process(stop_timeout=120, extra_args=["--decode-workers", str(args.decode_workers)]) as node, \
+    with node_process(stop_timeout=120) as node, \
             httpx.Client(base_url=node.base, timeout=120) as http:
         base = node.base
         latencies: list[float] = []
@@ -166,9 +151,8 @@ def main() -> None:
     print(f"ratio: {bare_rate / served_rate:.2f}x slower than bare decoding (target: within 3x)")
     print(f"ack latency: p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms "
           f"(512 spans a request, {args.clients} clients)")
-    node_us, workers_us = ((cpu1[i] - cpu0[i]) / total * 1e6 for i in (0, 1))
-    print(f"the node's CPU a span: {node_us:.2f} us in its process, {workers_us:.2f} us in its decode workers "
-          f"(/proc, from the first request to the last round)")
+    print(f"the node's CPU a span: {(cpu1 - cpu0) / total * 1e6:.2f} us "
+          f"(its process, /proc, from the first request to the last round)")
     if args.misbehaving:
         bad = {p.agent_id for p in profiles if p.misbehaviour}
         hits = len(set(top) & bad)

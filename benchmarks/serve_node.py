@@ -96,9 +96,8 @@ def node_process(*, stop_timeout: float = 60.0, extra_args: Sequence[str] = ()) 
 
 
 @contextlib.contextmanager
-def running_node(*, stop_timeout: float = 60.0, extra_args: Sequence[str] = ()) -> Iterator[str]:
-    """Start a node (one window of a day, a temporary data folder, ``extra_args`` appended to
-    ``swarmguard serve``), wait until ``/readyz`` answers 200 (60 s at most), yield its base
-    URL; SIGTERM its process group on exit."""
-    with node_process(stop_timeout=stop_timeout, extra_args=extra_args) as node:
+def running_node(*, stop_timeout: float = 60.0) -> Iterator[str]:
+    """Start a node (one window of a day, a temporary data folder), wait until ``/readyz``
+    answers 200 (60 s at most), yield its base URL; SIGTERM its process group on exit."""
+    with node_process(stop_timeout=stop_timeout) as node:
         yield node.base

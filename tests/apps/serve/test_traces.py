@@ -506,10 +506,8 @@ def test_a_retry_is_acknowledged_only_once_the_spans_it_repeats_are_committed(se
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("decode_workers", [0, 1])
-def test_kill_9_during_concurrent_exports_loses_no_acknowledged_span(tmp_path, tokens_file, decode_workers):
-    # group commit under load: every 200 must mean its spans (and a retry's) survive a kill -9;
-    # with --decode-workers too (a request in a worker when the node dies is never acknowledged)
+def test_kill_9_during_concurrent_exports_loses_no_acknowledged_span(tmp_path, tokens_file):
+    # group commit under load: every 200 must mean its spans (and a retry's) survive a kill -9
     import random
     import signal
     from concurrent.futures import ThreadPoolExecutor
@@ -523,7 +521,7 @@ def test_kill_9_during_concurrent_exports_loses_no_acknowledged_span(tmp_path, t
     acked: set[str] = set()
     counter = iter(range(10**9))
     for life in range(3):
-        proc = _start(data, port, tokens_file, "--decode-workers", str(decode_workers))
+        proc = _start(data, port, tokens_file)
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
                 _wait_ready(http, proc)

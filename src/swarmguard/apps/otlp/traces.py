@@ -418,18 +418,12 @@ async def post_traces(request: Request) -> Response:
         encoding_of(content_type)            # a wrong type is refused before the body is read
         body = await _read(request, settings.max_body_bytes, settings.body_timeout_seconds)
 
-        content_encoding = request.headers.get("content-encoding")
-        pool = getattr(request.app.state, "decode_pool", None)
-        if pool is None:
-            def work() -> tuple[int, int, str, int]:
-                decoded = decode_export_request(body, content_type, content_encoding, settings.max_body_bytes)
-                return ingest.accept(span_columns(decoded.request))
+        def work() -> tuple[int, int, str, int]:
+            decoded = decode_export_request(body, content_type, request.headers.get("content-encoding"),
+                                            settings.max_body_bytes)
+            return ingest.accept(span_columns(decoded.request))
 
-            accepted, rejected, message, repeats = await run_in_threadpool(work)
-        else:
-            # --decode-workers: FromString and span_columns in a worker process (decode_pool)
-            columns = await pool.columns(body, content_type, content_encoding, settings.max_body_bytes)
-            accepted, rejected, message, repeats = await run_in_threadpool(ingest.accept, columns)
+        accepted, rejected, message, repeats = await run_in_threadpool(work)
     except ApiError as exc:
         metrics.errors.labels(exc.code, str(exc.status)).inc()
         return _answer(encoding, exc.status, encode_status(encoding, exc.status, exc.message), exc.headers)

@@ -189,8 +189,6 @@ def create_app(settings: ServeSettings, node: ServeNode | None = None,
 
             builder = asyncio.create_task(build())
         ticker = asyncio.create_task(_close_windows(app)) if settings.close_windows else None
-        # started before the listener accepts (lifespan startup comes first), stopped after the drain
-        app.state.decode_pool = await run_in_threadpool(_start_decode_pool, settings.decode_workers)
         try:
             yield
         finally:
@@ -199,20 +197,14 @@ def create_app(settings: ServeSettings, node: ServeNode | None = None,
             if builder is not None:
                 with contextlib.suppress(Exception):
                     await builder
-            try:
-                if app.state.node is not None:
-                    await run_in_threadpool(_drain, app.state.node)
-            finally:
-                pool, app.state.decode_pool = app.state.decode_pool, None
-                if pool is not None:
-                    await run_in_threadpool(pool.shutdown)
+            if app.state.node is not None:
+                await run_in_threadpool(_drain, app.state.node)
 
     app = FastAPI(title="swarmguard node", version=__version__, lifespan=lifespan,
                   description="One swarmguard node: behaviour vectors and observer evidence in, "
                               "anomalous agents out. Every error is {\"error\": \"<one line>\"}.")
     app.state.settings, app.state.tokens, app.state.metrics, app.state.node = settings, tokens, metrics, node
     app.state.failed = None            # why building the node failed (then /readyz says so)
-    app.state.decode_pool = None       # --decode-workers: set while the app runs
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -264,20 +256,6 @@ def _optional_routers() -> tuple[APIRouter, list[APIRouter], dict]:
     except ImportError:
         return dashboard_router, [], {}
     return dashboard_router, [traces_router], {("POST", "/v1/traces"): post_traces}
-
-
-def _start_decode_pool(workers: int):
-    """``--decode-workers``: the started :class:`~swarmguard.apps.otlp.decode_pool.DecodePool`,
-    or None (0 workers, or no ``opentelemetry-proto``: no ``POST /v1/traces`` to decode for)."""
-    if workers == 0:
-        return None
-    try:
-        from ..otlp.decode_pool import DecodePool
-    except ImportError:
-        return None
-    pool = DecodePool(workers)
-    pool.start()
-    return pool
 
 
 def _drain(node: ServeNode) -> None:

@@ -57,8 +57,6 @@ class ServeSettings:
     ``sync_seconds`` between anti-entropy rounds; ``peer_token`` the secret this
     node presents to its peers; ``consistency``: ``statistical`` / ``eventual``
     (always writable) or ``strong`` (writes refused without a majority of nodes).
-    ``decode_workers``: processes that decode ``POST /v1/traces`` bodies into span columns
-    (0: the node's own threads do; :mod:`swarmguard.apps.otlp.decode_pool`).
     """
 
     data_dir: Path | None = None
@@ -89,7 +87,6 @@ class ServeSettings:
     sync_seconds: float = 2.0
     peer_token: str | None = field(default=None, repr=False, compare=False)
     consistency: str = "statistical"
-    decode_workers: int = 0
 
     def __post_init__(self) -> None:
         if not (self.window_seconds > 0):
@@ -119,8 +116,6 @@ class ServeSettings:
         for url in self.peers:
             if not url.startswith(("http://", "https://")):
                 raise InvalidInputError(f"--peers: {url!r} is not an http(s) URL")
-        if isinstance(self.decode_workers, bool) or not isinstance(self.decode_workers, int) or self.decode_workers < 0:
-            raise InvalidInputError(f"--decode-workers must be a whole number >= 0, got {self.decode_workers!r}")
         if self.consistency not in ("statistical", "eventual", "strong"):
             raise InvalidInputError(f"--consistency must be statistical, eventual or strong, got {self.consistency!r}")
 
