@@ -13,7 +13,9 @@ every span's effect is in the node's state. The peer, in this process on the sam
 ``ExportTraceServiceRequest.FromString`` and every span's attributes read (key and typed
 value) — the bare work any Python OTLP receiver does. Printed: both rates, their ratio,
 the ack latency p50 / p99, and the top-K of ``/v1/agents?top=K&population=spans`` against
-the misbehaving agents (precision = recall, K flagged of K).
+the misbehaving agents (precision = recall, K flagged of K), and the node process's CPU
+time a span over the posting and the rounds (less sensitive to the machine's other jobs
+than its rate).
 
     python benchmarks/bench_serve_otlp.py                        # 10^4 agents, 40 misbehaving, 2 windows
     python benchmarks/bench_serve_otlp.py --agents 2000 --misbehaving 8
@@ -29,7 +31,7 @@ import threading
 import time
 
 import numpy as np
-from serve_node import SRC, running_node
+from serve_node import SRC, node_process
 
 sys.path.insert(0, str(SRC))
 
@@ -60,6 +62,16 @@ def bare_decode(body: bytes) -> int:
 
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` so far, from /proc (NaN without it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--agents", type=int, default=10_000)
@@ -86,7 +98,9 @@ def main() -> None:
     total = sum(bare_decode(b) for b in all_bodies)
     bare_s = time.perf_counter() - t0
 
-    with running_node(stop_timeout=120) as base, httpx.Client(base_url=base, timeout=120) as http:
+    with node_process(stop_timeout=120) as node, \
+            httpx.Client(base_url=node.base, timeout=120) as http:
+        base = node.base
         latencies: list[float] = []
         lock = threading.Lock()
 
@@ -113,6 +127,7 @@ def main() -> None:
             for t in threads:
                 t.join()
 
+        cpu0 = process_cpu(node.pid)
         t0 = time.perf_counter()
         acked_s = 0.0
         for bodies in windows:
@@ -122,6 +137,7 @@ def main() -> None:
             closed = http.post("/v1/admin/close-window").json()["closed"]
             assert closed and closed[0]["agents"] == args.agents, closed
         served_s = time.perf_counter() - t0
+        cpu1 = process_cpu(node.pid)
         top = []
         if args.misbehaving:
             top = [a["agent_id"] for a in http.get("/v1/agents", params={
@@ -135,6 +151,8 @@ def main() -> None:
     print(f"ratio: {bare_rate / served_rate:.2f}x slower than bare decoding (target: within 3x)")
     print(f"ack latency: p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms "
           f"(512 spans a request, {args.clients} clients)")
+    print(f"the node's CPU a span: {(cpu1 - cpu0) / total * 1e6:.2f} us "
+          f"(its process, /proc, from the first request to the last round)")
     if args.misbehaving:
         bad = {p.agent_id for p in profiles if p.misbehaviour}
         hits = len(set(top) & bad)
