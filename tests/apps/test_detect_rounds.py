@@ -248,3 +248,22 @@ def test_iso_timestamps_are_cut_into_windows_of_seconds(tmp_path):
     assert [rd["agents"] for rd in res.rounds] == [300, 300, 300]
     assert [rd["window_start"] for rd in res.rounds] == [f"2026-01-01T00:{s // 60:02d}:{s % 60:02d}.000000000"
                                                           for s in (100, 110, 120)]
+
+
+def test_rounds_too_small_to_judge_do_not_fill_the_null(tmp_path):
+    """Windows holding fewer agents than --warm-up judge nobody and stay out of the null: 1,100
+    one-agent windows (distance 0 each) would otherwise warm it with zeros, and the following
+    window of 400 normal agents would have every p-value at the null's floor and all be flagged."""
+    rng = np.random.default_rng(3)
+    lines = ["agent_id,ts,cpu,mem,bad"]
+    lone = 1100
+    lines += [f"s{w},{w * 10 + 1},{x:.4f},{y:.4f},0" for w, (x, y) in enumerate(rng.normal(size=(lone, 2)))]
+    lines += [f"a{i},{lone * 10 + 1 + i / 100:.2f},{x:.4f},{y:.4f},0"
+              for i, (x, y) in enumerate(rng.normal(size=(400, 2)))]
+    path = tmp_path / "sparse.csv"
+    path.write_text("\n".join(lines) + "\n")
+    res = detect(path, timestamp_column="ts", window=10, calibrate=True, warm_up=50, label_column="bad")
+    assert [rd["agents"] for rd in res.rounds] == [1] * lone + [400]
+    judged = sum(rd["agents"] for rd in res.rounds[:-1] if rd["agents"] >= 50)
+    assert res.rounds[-1]["null_scores"] == judged == 0
+    assert res.rounds[-1]["flags_false"] == 0 and res.truth.false_flags == 0

@@ -44,7 +44,9 @@ below ``q`` round after round (``tests/structures/test_score_null.py``).
 Warm-up: until the null holds ``min_null`` scores it gives no p-values (the
 caller keeps its parametric ones) and admits every score. Anomalies present
 during warm-up enter the null: that makes p-values *conservative* (larger),
-never anti-conservative.
+never anti-conservative. (The protocol admits no round scored while its
+*population* is under ``warm_up``: distances against a few members' moments are
+no draws of the null, and a lone member's is 0.)
 
 Relative scores (``relative=True``)
 -----------------------------------
