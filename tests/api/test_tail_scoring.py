@@ -540,3 +540,20 @@ def test_the_nulls_floor_bounds_the_population_levels_flags_not_the_cohort_level
         assert res["null_count"] == n and fewest > 1                 # the second round was calibrated
         assert res["p_value"][0] >= res["null_p_floor"]              # the population level's p-value has a floor
         assert bool(res["is_anomaly"][0]) is flagged and res["is_anomaly"].sum() == int(flagged)
+
+
+def test_a_round_scored_under_warm_up_leaves_the_null_alone():
+    """A batch whose population is under ``warm_up`` judges nobody, and its distances (against a few
+    members' moments; 0 for a lone one) are no draws of the null: they must not enter it, else a run of
+    one-agent rounds fills ``min_null`` with zeros and every member of the next full round is flagged."""
+    from swarmguard.structures.score_null import DEFAULT_MIN_NULL
+    r = np.random.default_rng(12)
+    protocol = BehavioralDistributedProtocol(HierarchicalStatisticalTree(feature_dimensions=2, window_rounds=1),
+                                             calibrate=True, fdr=0.01, warm_up=50)
+    for k in range(DEFAULT_MIN_NULL + 100):              # one agent a round: the window holds one member
+        res = protocol.update_and_score_many(np.array([k]), r.normal(size=(1, 2)))
+        assert res["warming_up"] and protocol.null.count == 0
+    full = protocol.update_and_score_many(np.arange(10_000, 10_400), r.normal(size=(400, 2)))
+    assert not full["warming_up"] and "parametric_p_value" not in full      # the null is still cold
+    assert protocol.null.count == 400                   # the first judged round enters it
+    assert not full["is_anomaly"].any()                 # normal members, chi-squared (Gaussian) p-values

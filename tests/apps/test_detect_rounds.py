@@ -248,3 +248,54 @@ def test_iso_timestamps_are_cut_into_windows_of_seconds(tmp_path):
     assert [rd["agents"] for rd in res.rounds] == [300, 300, 300]
     assert [rd["window_start"] for rd in res.rounds] == [f"2026-01-01T00:{s // 60:02d}:{s % 60:02d}.000000000"
                                                           for s in (100, 110, 120)]
+
+
+def test_rounds_too_small_to_judge_do_not_fill_the_null(tmp_path):
+    """Windows holding fewer agents than --warm-up judge nobody and stay out of the null: 1,100
+    one-agent windows (distance 0 each) would otherwise warm it with zeros, and the following
+    window of 400 normal agents would have every p-value at the null's floor and all be flagged."""
+    rng = np.random.default_rng(3)
+    lines = ["agent_id,ts,cpu,mem,bad"]
+    lone = 1100
+    lines += [f"s{w},{w * 10 + 1},{x:.4f},{y:.4f},0" for w, (x, y) in enumerate(rng.normal(size=(lone, 2)))]
+    lines += [f"a{i},{lone * 10 + 1 + i / 100:.2f},{x:.4f},{y:.4f},0"
+              for i, (x, y) in enumerate(rng.normal(size=(400, 2)))]
+    path = tmp_path / "sparse.csv"
+    path.write_text("\n".join(lines) + "\n")
+    res = detect(path, timestamp_column="ts", window=10, calibrate=True, warm_up=50, label_column="bad")
+    assert [rd["agents"] for rd in res.rounds] == [1] * lone + [400]
+    judged = sum(rd["agents"] for rd in res.rounds[:-1] if rd["agents"] >= 50)
+    assert res.rounds[-1]["null_scores"] == judged == 0
+    assert res.rounds[-1]["flags_false"] == 0 and res.truth.false_flags == 0
+
+
+@pytest.mark.parametrize("window, stamps", [(1.0, (0.0, 1e19, 2e19)), (1e-9, (0.0, 1e10, 2e10))])
+def test_more_windows_than_round_numbers_hold_is_refused_not_wrapped(tmp_path, window, stamps):
+    """Round numbers are int64: a span of more than 2**62 windows used to cast to -2**63 (NumPy's
+    invalid cast), merging the later rows into one round scored *before* the first. Refused: exit 2,
+    one line."""
+    rng = np.random.default_rng(0)
+    lines = ["agent_id,ts,cpu,mem"]
+    for t in stamps:
+        lines += [f"a{i},{t + i:.1f},{x:.4f},{y:.4f}" for i, (x, y) in enumerate(rng.normal(size=(60, 2)))]
+    path = tmp_path / "span.csv"
+    path.write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["detect", str(path), "--timestamp-column", "ts", "--window", repr(window),
+                                 "--calibrate", "--warm-up", "50"])
+    assert result.exit_code == 2, result.output
+    assert "windows" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_iso_timestamps_spanning_more_than_int64_nanoseconds_are_refused(tmp_path):
+    """1700 to 2250 is more than 2**63 ns: the stamps' difference used to overflow (an OverflowError
+    traceback). Refused: exit 2, one line."""
+    rng = np.random.default_rng(0)
+    lines = ["agent_id,ts,cpu,mem"]
+    for t in ("1700-01-01T00:00:00", "2000-01-01T00:00:00", "2250-01-01T00:00:00"):
+        lines += [f"a{i},{t},{x:.4f},{y:.4f}" for i, (x, y) in enumerate(rng.normal(size=(60, 2)))]
+    path = tmp_path / "centuries.csv"
+    path.write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["detect", str(path), "--timestamp-column", "ts", "--window", "86400",
+                                 "--calibrate", "--warm-up", "50"])
+    assert result.exit_code == 2, result.output
+    assert "292 years" in result.output and len(result.output.strip().splitlines()) == 1

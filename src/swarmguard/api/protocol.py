@@ -62,7 +62,8 @@ class BehavioralDistributedProtocol(ItemScoring, Locked):
         population-level p-value of a batch becomes its score's rank among the
         scores of members not flagged in earlier rounds
         (:meth:`update_and_score_many` admits each round's scores after its
-        decision), ``(1 + #{null >= s}) / (n_null + 1)``, once the null holds
+        decision, but not a round scored while the population is under ``warm_up``:
+        nobody is judged there), ``(1 + #{null >= s}) / (n_null + 1)``, once the null holds
         1,000 scores; until then the mode's own p-value decides. Cohort levels
         keep their own p-values; the per-item path too, in every mode. The batch reports
         ``parametric_p_value`` (the mode's), ``null_score`` (the distance, or ``-log p``
@@ -258,10 +259,14 @@ class BehavioralDistributedProtocol(ItemScoring, Locked):
         fdr_level = self._resolve_fdr(fdr)       # validate before any change
         slots, ids, rows = self.tree._update_many(agent_ids, X, cohorts)
         out = self._score_slots(ids, slots, fdr_level, explain, rows=rows)
-        if self.null is not None:
+        if self.null is not None and not out["warming_up"]:
             # the round's members enter the null after its decision, flags left out (but the
             # expected false ones, the lowest: ceil(q R) under BH, ceil(alpha m) under a
-            # per-member cut -- swarmguard.structures.score_null)
+            # per-member cut -- swarmguard.structures.score_null). A round scored in a population
+            # under warm_up (nobody judged) stays out: its distances, against the moments of a few
+            # members (0 for a lone one), are no draws of the null later rounds are ranked in, and
+            # they would count towards min_null (a run of one-agent rounds made a null of zeros
+            # that flagged every member of the next full round)
             flagged = out["is_anomaly"] if self.null.warm else None
             scale = out["null_scale"]
             if fdr_level is not None:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..api import BehavioralDistributedProtocol, HierarchicalStatisticalTree
+from ..errors import InvalidInputError
 from .calibration_report import calibration_summary, null_state
 
 __all__ = ["RoundsOutcome", "score_rounds", "top_rows_from_shares", "SINGLE_ROUND_NOTE"]
@@ -40,6 +41,10 @@ __all__ = ["RoundsOutcome", "score_rounds", "top_rows_from_shares", "SINGLE_ROUN
 SINGLE_ROUND_NOTE = ("--calibrate: the file is scored as one round ({why}), so there are no earlier rounds' scores "
                      "to rank it against and the null never warms up: the p-values are the mode's own, not "
                      "calibrated (give --window with --timestamp-column to cut the file into several rounds)")
+
+
+#: Windows a file's timestamps may span: round numbers are int64 (2**62 leaves room for ``r + 1``).
+_MAX_WINDOWS = 2 ** 62
 
 
 @dataclass
@@ -64,8 +69,16 @@ class RoundsOutcome:
 def _round_of(ts: np.ndarray, window: float, datetime: bool) -> tuple[np.ndarray, Any, Any]:
     """Each stamp's window number from the oldest stamp, the oldest, and the window in stamp units."""
     t0 = ts.min()
+    # round numbers are int64 (and a datetime's ns difference too): a wider span would wrap or
+    # cast to -2**63, and the later rows would be one round scored before the first
+    span = max(1, int(round(window * 1e9))) if datetime else window
+    windows = (int(ts.max()) - int(t0)) // span if datetime else (float(ts.max()) - float(t0)) / window
+    if datetime and int(ts.max()) - int(t0) > np.iinfo(np.int64).max:
+        raise InvalidInputError("the timestamps span more than 292 years (2**63 ns): the rounds cannot be cut")
+    if windows >= _MAX_WINDOWS:
+        raise InvalidInputError(f"--window {window:g} cuts the timestamps' span into {windows:.3g} windows, "
+                                f"more than {_MAX_WINDOWS:.3g}: give a longer --window")
     if datetime:            # int64 nanoseconds: integer arithmetic, exact at the edges
-        span = max(1, int(round(window * 1e9)))
         return (ts - t0) // span, t0, span
     return np.floor((ts - t0) / window).astype(np.int64), t0, window
 

@@ -168,9 +168,10 @@ class RayRounds:
         lap("score")
         decision = significance_cut(decision_p, d2, d, q=q, alpha=self.significance_level, any_warm=any_warm)
         flagged_mask, cut, thr2 = decision.flagged, decision.cut, decision.threshold_squared
-        if calibrating:
+        if calibrating and any_warm:
             # the round's members enter the null after its decision, flags left out but the expected
-            # false ones (swarmguard.structures.score_null), in the batch's order, as in process
+            # false ones (swarmguard.structures.score_null), in the batch's order, as in process (a
+            # round under warm_up, nobody judged, stays out as in process)
             flagged_null = flagged_mask if self._null.warm else None
             if q is not None:
                 self._null.admit(d2, flagged_null, q, scale=null_scale)
