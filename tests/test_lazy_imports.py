@@ -60,3 +60,30 @@ def test_the_probe_sees_an_eager_import():
     used = _loaded_after("from swarmguard.structures.chi2 import chi2_sf\nchi2_sf(3.0, 3)\n"
                          "from swarmguard.api.detector import chi2\nchi2.isf(0.5, 2)")
     assert "scipy.special" in used and "scipy.stats" in used
+
+
+def test_a_ray_actor_s_shard_modules_leave_the_detector_unimported():
+    # an actor's process imports its class's module and so every parent package's __init__:
+    # those name the API lazily, so the actor imports the parts its shard uses, not the detector
+    code = ("import swarmguard.engines.shards, swarmguard.engines.evidence_shard, json, sys\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('swarmguard.'))))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+                         timeout=120)
+    loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert {"swarmguard.api.tree", "swarmguard.api.cap", "swarmguard.api.consensus"} <= loaded
+    assert not loaded & {"swarmguard.api.detector", "swarmguard.api.protocol", "swarmguard.api.inprocess"}
+
+
+@pytest.mark.parametrize("package", ["swarmguard", "swarmguard.api"])
+def test_the_lazily_named_api_is_the_eager_one(package):
+    import importlib
+    module = importlib.import_module(package)
+    assert set(module.__all__) <= set(dir(module))
+    for name in module.__all__:
+        value = getattr(module, name)
+        assert value is getattr(importlib.import_module(module._EXPORTS[name], package), name)
+    sub = "structures" if package == "swarmguard" else "detector"   # submodules read as attributes, as before
+    assert getattr(module, sub) is importlib.import_module(f"{package}.{sub}")
+    with pytest.raises(AttributeError):
+        module.no_such_name  # noqa: B018

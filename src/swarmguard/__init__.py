@@ -7,47 +7,31 @@ Three parts, one mergeable state model:
 3. statistical CAP resolution.
 """
 
-from .api import (
-    DEFAULT_SCORING,
-    SCORING_MODES,
-    BayesianEvidence,
-    BehavioralData,
-    BehavioralDistributedProtocol,
-    ConsistencyModel,
-    DetectorSettings,
-    DistributedBehavioralDetector,
-    EvidenceType,
-    HierarchicalStatisticalTree,
-    StableBayesianConsensus,
-    StatisticalCAPResolver,
-    StatisticalUpdate,
-    SyncReport,
-    compute_confidence_factor,
-    map_to_evidence_type,
-    p_value_log_odds,
-    widened_threshold,
-)
-from .api.detector import register_backend
-from .errors import (
-    DimensionMismatchError,
-    DuplicateEvidenceError,
-    EmptyInputError,
-    EvidenceStoreError,
-    InsufficientDataError,
-    InvalidInputError,
-    InvalidTypeError,
-    MalformedInputError,
-    MissingFieldError,
-    NonFiniteError,
-    OutputPathError,
-    QuorumUnavailableError,
-    SwarmGuardError,
-    UnknownAgentError,
-    UnknownCohortError,
-    UnknownEvidenceTypeError,
-    UnknownRegionError,
-)
-from .values import Moments
+from .api.backends import register_backend
+from .lazy_import import exports_on_first_use
+
+# Each public name's module, imported when the name is first read (swarmguard.lazy_import:
+# every module of the package runs this file first, a Ray actor's shard module too, and an
+# actor needs a few parts of the API, not all of them).
+_EXPORTS = {
+    **dict.fromkeys(["DEFAULT_SCORING", "SCORING_MODES", "BayesianEvidence", "BehavioralData",
+                     "BehavioralDistributedProtocol", "ConsistencyModel", "DetectorSettings",
+                     "DistributedBehavioralDetector", "EvidenceType", "HierarchicalStatisticalTree",
+                     "StableBayesianConsensus", "StatisticalCAPResolver", "StatisticalUpdate", "SyncReport",
+                     "compute_confidence_factor", "map_to_evidence_type", "p_value_log_odds",
+                     "widened_threshold"], ".api"),
+    **dict.fromkeys(["DimensionMismatchError", "DuplicateEvidenceError", "EmptyInputError", "EvidenceStoreError",
+                     "InsufficientDataError", "InvalidInputError", "InvalidTypeError", "MalformedInputError",
+                     "MissingFieldError", "NonFiniteError", "OutputPathError", "QuorumUnavailableError",
+                     "SwarmGuardError", "UnknownAgentError", "UnknownCohortError", "UnknownEvidenceTypeError",
+                     "UnknownRegionError"], ".errors"),
+    "Moments": ".values",
+}
+# the modules that read as attributes of the package, as when this file imported the API
+_SUBMODULES = ["api", "errors", "id_validation", "lazy_import", "locking", "structures", "validation", "values"]
+
+__getattr__, __dir__ = exports_on_first_use(__name__, globals(), _EXPORTS, _SUBMODULES)
+del exports_on_first_use
 
 
 def _ray_engine() -> type:

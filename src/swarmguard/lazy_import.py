@@ -8,16 +8,22 @@ loader instead of the module: the import runs on the loader's first call, and
 later calls return the module with one cached lookup (tens of nanoseconds, so
 per-item paths may call it freely). ``tests/test_lazy_imports.py`` checks in a
 fresh interpreter that the heavy modules stay out of ``sys.modules``.
+
+The package ``__init__`` files of :mod:`swarmguard` and :mod:`swarmguard.api` name
+their public classes with :func:`exports_on_first_use` instead of importing them:
+importing any module of the package runs its parents' ``__init__`` first, and a Ray
+actor's process, which imports only its shard's module (a few parts of the API),
+would otherwise import every part of the API before its first call.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
-__all__ = ["module_on_first_use", "AttributeOnFirstUse"]
+__all__ = ["module_on_first_use", "AttributeOnFirstUse", "exports_on_first_use"]
 
 
 def module_on_first_use(name: str) -> Callable[[], ModuleType]:
@@ -81,3 +87,47 @@ class AttributeOnFirstUse:
     def __repr__(self) -> str:
         state = "imported" if self._target is not None else "not imported yet"
         return f"<{self._module}.{self._attribute}, {state}>"
+
+
+def exports_on_first_use(package: str, namespace: dict[str, Any], exports: Mapping[str, str],
+                         submodules: Iterable[str] = ()) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's module ``__getattr__`` and ``__dir__`` (PEP 562) that import on first use.
+
+    ``exports`` maps each public name to the module (relative to ``package``) that
+    defines it; ``submodules`` names the package's submodules that read as its
+    attributes (as after an eager import of them). The first read of a name imports
+    its module and keeps the value in ``namespace`` (the package's globals), so later
+    reads are plain module lookups; ``from package import name`` works the same way.
+
+    Examples
+    --------
+    >>> namespace = {}
+    >>> getattr_, dir_ = exports_on_first_use("json", namespace, {"JSONDecoder": ".decoder"}, ["encoder"])
+    >>> getattr_("JSONDecoder").__name__, "JSONDecoder" in namespace
+    ('JSONDecoder', True)
+    >>> getattr_("encoder").__name__
+    'json.encoder'
+    >>> sorted(set(dir_()) & {"JSONDecoder", "encoder"})
+    ['JSONDecoder', 'encoder']
+    >>> getattr_("nothing")
+    Traceback (most recent call last):
+    ...
+    AttributeError: module 'json' has no attribute 'nothing'
+    """
+    exports = dict(exports)
+    submodules = frozenset(submodules)
+
+    def __getattr__(name: str) -> Any:
+        if name in exports:
+            value = getattr(importlib.import_module(exports[name], package), name)
+        elif name in submodules:
+            value = importlib.import_module(f"{package}.{name}")
+        else:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        namespace[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(namespace) | set(exports) | submodules)
+
+    return __getattr__, __dir__

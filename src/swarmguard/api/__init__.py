@@ -1,24 +1,34 @@
 """The guide's public classes (validation of user input happens here, once)."""
 
-from ..structures.scoring_modes import DEFAULT_SCORING, SCORING_MODES
-from .cap import (
-    ConsistencyModel,
-    QuorumUnavailableError,
-    StatisticalCAPResolver,
-    StatisticalUpdate,
-    SyncReport,
-    UnknownRegionError,
-    compute_confidence_factor,
-    widened_threshold,
-)
-from .consensus import StableBayesianConsensus
-from .detector import DistributedBehavioralDetector, p_value_log_odds
-from .detector_settings import DetectorSettings
-from .engine import Engine, ItemResult, RoundBatch, RoundResult, ScoredRound
-from .evidence_types import BayesianEvidence, EvidenceType, map_to_evidence_type
-from .inprocess import InProcessEngine
-from .protocol import BehavioralData, BehavioralDistributedProtocol
-from .tree import HierarchicalStatisticalTree
+from ..lazy_import import exports_on_first_use
+
+# Each public name's module, imported when the name is first read (swarmguard.lazy_import:
+# a Ray actor imports a few of these modules, not all of them).
+_EXPORTS = {
+    "DEFAULT_SCORING": "..structures.scoring_modes",
+    "SCORING_MODES": "..structures.scoring_modes",
+    **dict.fromkeys(["ConsistencyModel", "QuorumUnavailableError", "StatisticalCAPResolver", "StatisticalUpdate",
+                     "SyncReport", "UnknownRegionError", "compute_confidence_factor", "widened_threshold"], ".cap"),
+    "StableBayesianConsensus": ".consensus",
+    "DistributedBehavioralDetector": ".detector",
+    "p_value_log_odds": ".detector",
+    "DetectorSettings": ".detector_settings",
+    **dict.fromkeys(["Engine", "ItemResult", "RoundBatch", "RoundResult", "ScoredRound"], ".engine"),
+    **dict.fromkeys(["BayesianEvidence", "EvidenceType", "map_to_evidence_type"], ".evidence_types"),
+    "InProcessEngine": ".inprocess",
+    "BehavioralData": ".protocol",
+    "BehavioralDistributedProtocol": ".protocol",
+    "HierarchicalStatisticalTree": ".tree",
+}
+# every module of the package reads as its attribute, as when this file imported them all
+_SUBMODULES = ["backends", "behavior", "cap", "cap_checkpoint", "cap_links", "cap_types", "cap_views", "consensus",
+               "consensus_ingest", "consensus_merge", "consensus_rules", "detector", "detector_decision",
+               "detector_item", "detector_rounds", "detector_settings", "engine", "evidence_batch",
+               "evidence_types", "inprocess", "item_score", "part_settings", "protocol", "protocol_item", "tree",
+               "tree_inputs", "tree_secondary", "tree_state"]
+
+__getattr__, __dir__ = exports_on_first_use(__name__, globals(), _EXPORTS, _SUBMODULES)
+del exports_on_first_use
 
 __all__ = [
     "HierarchicalStatisticalTree",

@@ -1,8 +1,9 @@
 """``DistributedBehavioralDetector``: the guide's three parts working together.
 
 This module holds the detector's class, its construction and parts, and the
-choice of the engine it drives (``register_backend``); the rest of its class
-lives beside it, and every name stays importable from here.
+choice of the engine it drives (``register_backend``, kept in
+:mod:`swarmguard.api.backends`); the rest of its class lives beside it, and
+every name stays importable from here.
 
 See Also
 --------
@@ -19,10 +20,10 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..errors import InvalidInputError
 from ..lazy_import import AttributeOnFirstUse
 from ..locking import Locked, synchronized
 from ..validation import check_finite_float
+from .backends import BACKENDS, register_backend, registered_engine  # noqa: F401  (the first two: still importable from here)
 from .detector_decision import (  # noqa: F401  (_OWN_ID_SUFFIX, _special: still importable from here)
     _OWN_ID_SUFFIX,
     DetectorDecision,
@@ -42,34 +43,14 @@ chi2 = AttributeOnFirstUse("scipy.stats", "chi2")
 __all__ = ["DistributedBehavioralDetector", "DetectorSettings", "p_value_log_odds", "BACKENDS",
            "register_backend"]
 
-BACKENDS = ("inprocess", "ray")
-
 T = TypeVar("T")
-
-# Loaders of the engines of other backends, by name. The engines layer sits above this one,
-# so it is never imported here: the package root registers a loader that imports it on first
-# use (see swarmguard/__init__.py).
-_BACKEND_LOADERS: dict[str, Callable[[], Callable[..., Engine]]] = {}
-
-
-def register_backend(name: str, loader: Callable[[], Callable[..., Engine]]) -> None:
-    """Make ``DistributedBehavioralDetector(backend=name, **options)`` drive the engine
-    ``loader()(settings, **options)`` (an :class:`~swarmguard.api.engine.Engine` class
-    whose ``OPTIONS`` names its own parameters, such as Ray's ``address`` and
-    ``region_workers``); ``loader`` runs on first use."""
-    if name not in BACKENDS or name == "inprocess":
-        raise InvalidInputError(f"backend must be one of {BACKENDS[1:]}, got {name!r}")
-    _BACKEND_LOADERS[name] = loader
 
 
 def _engine_class(backend: Any) -> Callable[..., Engine]:
     """The engine of ``backend`` (a class with ``OPTIONS``, the names of its own parameters)."""
     if isinstance(backend, str) and backend == "inprocess":
         return InProcessEngine
-    loader = _BACKEND_LOADERS.get(backend) if isinstance(backend, str) else None
-    if loader is None:
-        raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return loader()
+    return registered_engine(backend)
 
 
 class DistributedBehavioralDetector(DetectorItemPath, DetectorRounds, DetectorDecision, Locked):

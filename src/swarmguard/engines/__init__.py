@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..api.detector import BACKENDS
+from ..api.backends import BACKENDS
 from ..errors import InvalidInputError
 
 __all__ = ["BACKENDS", "make_detector", "RayEngine", "RayDistributedBehavioralDetector"]
