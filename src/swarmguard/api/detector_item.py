@@ -119,6 +119,8 @@ class DetectorItemPath:
         uid = data.id if data.id is not None else f"{self._own_prefix}:u{next(self._update_seq)}"
         region = data.cohort[0] if data.cohort else self.default_region
         score = float(anomaly_info["mahalanobis_squared"])
+        if score < 0.0:       # rounding: the registers take it as 0 (swarmguard.api.engine.register_scores)
+            score = 0.0
         cap = self.cap_resolver
         own_rule = _not_replaced(self, "should_trigger_response", _OWN_RULE)
         if _not_replaced(cap, "handle_update_sync", _OWN_HANDLE_UPDATE):

@@ -26,9 +26,23 @@ import numpy as np
 
 from ..validation import CheckedFeatures
 
-__all__ = ["Engine", "RoundBatch", "ScoredRound", "RoundResult", "ItemResult", "FieldMapping"]
+__all__ = ["Engine", "RoundBatch", "ScoredRound", "RoundResult", "ItemResult", "FieldMapping",
+           "register_scores"]
 
 T = TypeVar("T")
+
+
+def register_scores(d2: np.ndarray) -> np.ndarray:
+    """The squared distances ``d2`` as an engine writes them into the CAP registers: any below
+    0 (rounding on a dot-product path, ``e·A⁻¹e`` summed from signed terms) as 0.
+
+    A ``swarmguard serve`` peer refuses a whole delta holding a score below 0 (its chi-square
+    ``ln p`` is NaN), so one written here would cut the node off from every peer on every
+    sync. The detector's own results keep the values computed. ``d2`` itself when none is
+    below 0 (no copy on the common path)."""
+    if d2.size and d2.min() < 0.0:
+        return np.maximum(d2, 0.0)
+    return d2
 
 
 class FieldMapping(Mapping):

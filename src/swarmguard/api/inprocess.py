@@ -11,7 +11,7 @@ from ..values.agent_index import positions_of
 from .cap import StatisticalCAPResolver
 from .consensus import StableBayesianConsensus, consensus_at
 from .detector_settings import DetectorSettings
-from .engine import RoundBatch, ScoredRound
+from .engine import RoundBatch, ScoredRound, register_scores
 from .protocol import BehavioralDistributedProtocol
 from .tree import HierarchicalStatisticalTree
 
@@ -93,7 +93,7 @@ class InProcessEngine:
                 rows_ids, rows_d2 = ids[rows], d2[rows]
                 rows_X = features.rows(rows) if batch.features is not None else batch.X[rows]
             res = self.cap_resolver.handle_updates_many(str(name), rows_ids, np.full(rows_ids.size, batch.timestamp),
-                                                        rows_X, rows_d2, now=batch.now)
+                                                        rows_X, register_scores(rows_d2), now=batch.now)
             accepted += int(res["accepted"])
             cf = res["confidence_factor"]
             region_cf[k] = 1.0 if cf is None else cf

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..api.cap import ConsistencyModel
-from ..api.engine import ItemResult, RoundBatch, ScoredRound
+from ..api.engine import ItemResult, RoundBatch, ScoredRound, register_scores
 from ..api.protocol import read_behavior
 from ..api.tree import HierarchicalStatisticalTree
 from ..errors import InvalidInputError, InvalidTypeError, UnknownAgentError
@@ -178,7 +178,8 @@ class RayRounds:
             else:
                 self._null.admit(d2, flagged_null, alpha=self.significance_level, scale=null_scale)
         # ---- 4. CAP: each region's writes, in the in-process resolver's order
-        region_cf, accepted = self._cap_writes(order, inverse, d2, ts, ids, X, shard, region_shard, now)
+        region_cf, accepted = self._cap_writes(order, inverse, register_scores(d2), ts, ids, X, shard,
+                                                region_shard, now)
         confidence = region_cf[inverse]
         lap("cap")
         self._phases, self._phase_clock = phases, clock
