@@ -87,3 +87,39 @@ def test_the_lazily_named_api_is_the_eager_one(package):
     assert getattr(module, sub) is importlib.import_module(f"{package}.{sub}")
     with pytest.raises(AttributeError):
         module.no_such_name  # noqa: B018
+
+
+def test_two_threads_reading_lazy_names_at_once_import_one_at_a_time():
+    # Before the lazy names, `import swarmguard` imported the whole API in one thread. Now two
+    # threads' first reads import at the same time, and CPython 3.11's module locks then raise
+    # _DeadlockError ("deadlock detected by _ModuleLock('swarmguard.values.moments')") about one
+    # run in fifty. The first reads must run one at a time: while the first thread's import is
+    # held inside a module lookup, the second thread's read must wait for it.
+    code = """
+import importlib.machinery, json, sys, threading
+held, release = threading.Event(), threading.Event()
+class Hold:  # holds the first thread inside the execution of swarmguard.api.tree (not under the global import lock)
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "swarmguard.api.tree":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            held.set(); release.wait(10); run(module)
+        spec.loader.exec_module = exec_module
+        return spec
+sys.meta_path.insert(0, Hold())
+import swarmguard
+done = []
+first = threading.Thread(target=lambda: done.append(swarmguard.HierarchicalStatisticalTree), name="first")
+second = threading.Thread(target=lambda: done.append(swarmguard.EvidenceType), name="second")
+first.start(); held.wait(10); second.start(); second.join(1.0)
+during = len(done)
+release.set(); first.join(); second.join()
+print(json.dumps([during, len(done)]))
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+                         timeout=120)
+    during, after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (during, after) == (0, 2)

@@ -19,6 +19,7 @@ would otherwise import every part of the API before its first call.
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import Any
@@ -89,6 +90,10 @@ class AttributeOnFirstUse:
         return f"<{self._module}.{self._attribute}, {state}>"
 
 
+# Held while a lazily named export is imported on first use (see exports_on_first_use).
+_FIRST_USE_IMPORT = threading.RLock()
+
+
 def exports_on_first_use(package: str, namespace: dict[str, Any], exports: Mapping[str, str],
                          submodules: Iterable[str] = ()) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """A package's module ``__getattr__`` and ``__dir__`` (PEP 562) that import on first use.
@@ -118,13 +123,19 @@ def exports_on_first_use(package: str, namespace: dict[str, Any], exports: Mappi
     submodules = frozenset(submodules)
 
     def __getattr__(name: str) -> Any:
-        if name in exports:
-            value = getattr(importlib.import_module(exports[name], package), name)
-        elif name in submodules:
-            value = importlib.import_module(f"{package}.{name}")
-        else:
+        if name not in exports and name not in submodules:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        namespace[name] = value
+        # One first-use import at a time, process-wide: two threads importing parts of the API
+        # at once take CPython's module locks in opposite orders (a package and its submodule)
+        # and one of them gets _DeadlockError. Re-entrant: an import may read a lazy name.
+        with _FIRST_USE_IMPORT:
+            if name in namespace:  # another thread imported it while this one waited
+                return namespace[name]
+            if name in exports:
+                value = getattr(importlib.import_module(exports[name], package), name)
+            else:
+                value = importlib.import_module(f"{package}.{name}")
+            namespace[name] = value
         return value
 
     def __dir__() -> list[str]:
