@@ -123,3 +123,43 @@ print(json.dumps([during, len(done)]))
                          timeout=120)
     during, after = json.loads(out.stdout.strip().splitlines()[-1])
     assert (during, after) == (0, 2)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_during_a_first_use_import_reads_lazy_names():
+    # the lock that keeps first-use imports one at a time is made anew in a forked child: the
+    # thread that held it does not exist there, so the child would wait on it forever
+    code = """
+import importlib.machinery, os, sys, threading, time
+held, release = threading.Event(), threading.Event()
+class Hold:
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "swarmguard.api.tree" or threading.current_thread().name != "first":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            held.set(); release.wait(10); run(module)
+        spec.loader.exec_module = exec_module
+        return spec
+sys.meta_path.insert(0, Hold())
+import swarmguard
+first = threading.Thread(target=lambda: swarmguard.HierarchicalStatisticalTree, name="first")
+first.start(); held.wait(10)
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if swarmguard.EvidenceType.__name__ == "EvidenceType" else 1)
+for _ in range(200):
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9); os.waitpid(pid, 0); status = "stuck"
+release.set(); first.join()
+print(status)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, env=env,
+                         check=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "0"

@@ -19,6 +19,7 @@ would otherwise import every part of the API before its first call.
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
@@ -92,6 +93,16 @@ class AttributeOnFirstUse:
 
 # Held while a lazily named export is imported on first use (see exports_on_first_use).
 _FIRST_USE_IMPORT = threading.RLock()
+
+
+def _new_first_use_lock() -> None:
+    # a child forked while another thread held the lock would wait on it forever
+    global _FIRST_USE_IMPORT
+    _FIRST_USE_IMPORT = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_first_use_lock)
 
 
 def exports_on_first_use(package: str, namespace: dict[str, Any], exports: Mapping[str, str],
