@@ -87,3 +87,79 @@ def test_the_lazily_named_api_is_the_eager_one(package):
     assert getattr(module, sub) is importlib.import_module(f"{package}.{sub}")
     with pytest.raises(AttributeError):
         module.no_such_name  # noqa: B018
+
+
+def test_two_threads_reading_lazy_names_at_once_import_one_at_a_time():
+    # Before the lazy names, `import swarmguard` imported the whole API in one thread. Now two
+    # threads' first reads import at the same time, and CPython 3.11's module locks then raise
+    # _DeadlockError ("deadlock detected by _ModuleLock('swarmguard.values.moments')") about one
+    # run in fifty. The first reads must run one at a time: while the first thread's import is
+    # held inside a module lookup, the second thread's read must wait for it.
+    code = """
+import importlib.machinery, json, sys, threading
+held, release = threading.Event(), threading.Event()
+class Hold:  # holds the first thread inside the execution of swarmguard.api.tree (not under the global import lock)
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "swarmguard.api.tree":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            held.set(); release.wait(10); run(module)
+        spec.loader.exec_module = exec_module
+        return spec
+sys.meta_path.insert(0, Hold())
+import swarmguard
+done = []
+first = threading.Thread(target=lambda: done.append(swarmguard.HierarchicalStatisticalTree), name="first")
+second = threading.Thread(target=lambda: done.append(swarmguard.EvidenceType), name="second")
+first.start(); held.wait(10); second.start(); second.join(1.0)
+during = len(done)
+release.set(); first.join(); second.join()
+print(json.dumps([during, len(done)]))
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+                         timeout=120)
+    during, after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (during, after) == (0, 2)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_during_a_first_use_import_reads_lazy_names():
+    # the lock that keeps first-use imports one at a time is made anew in a forked child: the
+    # thread that held it does not exist there, so the child would wait on it forever
+    code = """
+import importlib.machinery, os, sys, threading, time
+held, release = threading.Event(), threading.Event()
+class Hold:
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "swarmguard.api.tree" or threading.current_thread().name != "first":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            held.set(); release.wait(10); run(module)
+        spec.loader.exec_module = exec_module
+        return spec
+sys.meta_path.insert(0, Hold())
+import swarmguard
+first = threading.Thread(target=lambda: swarmguard.HierarchicalStatisticalTree, name="first")
+first.start(); held.wait(10)
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if swarmguard.EvidenceType.__name__ == "EvidenceType" else 1)
+for _ in range(200):
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9); os.waitpid(pid, 0); status = "stuck"
+release.set(); first.join()
+print(status)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, env=env,
+                         check=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "0"

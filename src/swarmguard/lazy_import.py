@@ -19,6 +19,8 @@ would otherwise import every part of the API before its first call.
 from __future__ import annotations
 
 import importlib
+import os
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import Any
@@ -89,6 +91,20 @@ class AttributeOnFirstUse:
         return f"<{self._module}.{self._attribute}, {state}>"
 
 
+# Held while a lazily named export is imported on first use (see exports_on_first_use).
+_FIRST_USE_IMPORT = threading.RLock()
+
+
+def _new_first_use_lock() -> None:
+    # a child forked while another thread held the lock would wait on it forever
+    global _FIRST_USE_IMPORT
+    _FIRST_USE_IMPORT = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_first_use_lock)
+
+
 def exports_on_first_use(package: str, namespace: dict[str, Any], exports: Mapping[str, str],
                          submodules: Iterable[str] = ()) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """A package's module ``__getattr__`` and ``__dir__`` (PEP 562) that import on first use.
@@ -118,13 +134,19 @@ def exports_on_first_use(package: str, namespace: dict[str, Any], exports: Mappi
     submodules = frozenset(submodules)
 
     def __getattr__(name: str) -> Any:
-        if name in exports:
-            value = getattr(importlib.import_module(exports[name], package), name)
-        elif name in submodules:
-            value = importlib.import_module(f"{package}.{name}")
-        else:
+        if name not in exports and name not in submodules:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        namespace[name] = value
+        # One first-use import at a time, process-wide: two threads importing parts of the API
+        # at once take CPython's module locks in opposite orders (a package and its submodule)
+        # and one of them gets _DeadlockError. Re-entrant: an import may read a lazy name.
+        with _FIRST_USE_IMPORT:
+            if name in namespace:  # another thread imported it while this one waited
+                return namespace[name]
+            if name in exports:
+                value = getattr(importlib.import_module(exports[name], package), name)
+            else:
+                value = importlib.import_module(f"{package}.{name}")
+            namespace[name] = value
         return value
 
     def __dir__() -> list[str]:
