@@ -324,6 +324,14 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
             # come, so answered now, as uvicorn answers the parser's error there
             self._send_refusal()
             return
+        if not self.in_head and self.cycle is not None and not self.cycle.response_complete:
+            # ... its response already begun: no 400 can be sent, but the app must not wait for
+            # that body with reading paused (not even the client's close would be seen), so the
+            # connection is closed and the app's receive told, as llhttp's own error there does
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+            self.transport.close()
+            return
         if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
             self.flow.pause_reading()
             return
