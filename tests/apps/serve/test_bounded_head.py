@@ -515,3 +515,19 @@ def test_trailers_past_the_bound_after_the_response_started_close_the_connection
         for _ in range(20):
             loop.run_until_complete(asyncio.sleep(0))
         loop.close()
+
+
+@pytest.mark.parametrize("body_sent", [0, 5])
+def test_a_framing_that_misses_a_chunked_bodys_end_is_refused_even_when_a_next_body_is_open(
+        connection, monkeypatch, body_sent):
+    """Should the framing miss a chunked body's end (simulated: it never finds one), the parser
+    may go on, in the same piece, through the whole head of a next request with a body still
+    to come: that head (here past the bound) was fed uncounted and its request started, as
+    the check looked for a misframed end only when the piece ended in a head."""
+    monkeypatch.setattr(BoundedHeadHttpToolsProtocol, "_chunked_end", lambda self, data, pos: -1)
+    c = connection()
+    big = head_of(3 * LIMIT, "/a", extra=b"Content-Length: 10\r\n")
+    c.send(_chunked_post(b"hello") + big + b"x" * body_sent)
+    # refused in the read that carried it, not left running on a head past the bound
+    assert c.protocol.refused and c.transport.closed and bytes(c.transport.written).endswith(REFUSAL)
+    assert [r[1] for r in c.requests] == ["/k"]
