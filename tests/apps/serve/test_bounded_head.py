@@ -476,3 +476,58 @@ def test_a_chunk_size_of_many_leading_zeros_is_the_size_it_ends_in(connection):
            zeros, zeros + b"0\r\n\r\n" + head_of(LIMIT, "/a"))
     assert [r[1] for r in c.requests] == ["/k", "/a"] and c.requests[0][2] == b"hello"
     assert not c.transport.closed
+
+
+def test_trailers_past_the_bound_after_the_response_started_close_the_connection():
+    """An app that starts its response before it has read its whole body (a streaming echo):
+    trailers past the bound must still end the connection, as llhttp's own error there does
+    in uvicorn, rather than leave reading paused with the app waiting in ``receive`` for a
+    body that never comes (with reading paused not even the client's close is seen)."""
+    seen = []
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"transfer-encoding", b"chunked")]})
+        while True:
+            message = await receive()
+            seen.append(message["type"])
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        await send({"type": "http.response.body", "body": b"done"})
+
+    loop = asyncio.new_event_loop()
+    config = uvicorn.Config(app, http=BoundedHeadHttpToolsProtocol, h11_max_incomplete_event_size=LIMIT,
+                            log_level="critical", lifespan="off")
+    config.load()
+    protocol = BoundedHeadHttpToolsProtocol(config, ServerState(), {}, _loop=loop)
+    transport = _Transport()
+    protocol.connection_made(transport)
+    try:
+        protocol.data_received(b"POST /k HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        for _ in range(20):
+            loop.run_until_complete(asyncio.sleep(0))
+        protocol.data_received(b"0\r\nX-T: " + b"a" * (2 * LIMIT) + b"\r\n\r\n")
+        for _ in range(20):
+            loop.run_until_complete(asyncio.sleep(0))
+        assert protocol.refused and transport.closed
+        assert seen[-1] == "http.disconnect"        # the app's receive returned: it is not left waiting
+    finally:
+        protocol.connection_lost(None)
+        for _ in range(20):
+            loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+
+
+@pytest.mark.parametrize("body_sent", [0, 5])
+def test_a_framing_that_misses_a_chunked_bodys_end_is_refused_even_when_a_next_body_is_open(
+        connection, monkeypatch, body_sent):
+    """Should the framing miss a chunked body's end (simulated: it never finds one), the parser
+    may go on, in the same piece, through the whole head of a next request with a body still
+    to come: that head (here past the bound) was fed uncounted and its request started, as
+    the check looked for a misframed end only when the piece ended in a head."""
+    monkeypatch.setattr(BoundedHeadHttpToolsProtocol, "_chunked_end", lambda self, data, pos: -1)
+    c = connection()
+    big = head_of(3 * LIMIT, "/a", extra=b"Content-Length: 10\r\n")
+    c.send(_chunked_post(b"hello") + big + b"x" * body_sent)
+    # refused in the read that carried it, not left running on a head past the bound
+    assert c.protocol.refused and c.transport.closed and bytes(c.transport.written).endswith(REFUSAL)
+    assert [r[1] for r in c.requests] == ["/k"]

@@ -204,9 +204,10 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
                     self._tail = (self._tail + data[pos - min(3, take):pos])[-3:]
                 elif self.body_left == 0:
                     self.body_left = None   # the parser did not end the body where its length does
-            elif self.in_head and not ((was_in_head and ends_head) or framed or body_cut):
+            elif not ((was_in_head and ends_head) or framed or body_cut):
                 # the parser ended a chunked body inside this piece, where this framing did not:
-                # what follows is not counted from its first byte
+                # what follows is not counted from its first byte (whether the piece ends in a
+                # head or, past a next head already parsed, in that request's body)
                 self._refuse("a chunked body the parser ended elsewhere")
                 return
             if body_cut and (self.messages_done != done + 1 or self._begun or not self.in_head):
@@ -323,6 +324,14 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
             # inside a body (its trailers, its framing): the app waits for a body that will not
             # come, so answered now, as uvicorn answers the parser's error there
             self._send_refusal()
+            return
+        if not self.in_head and self.cycle is not None and not self.cycle.response_complete:
+            # ... its response already begun: no 400 can be sent, but the app must not wait for
+            # that body with reading paused (not even the client's close would be seen), so the
+            # connection is closed and the app's receive told, as llhttp's own error there does
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+            self.transport.close()
             return
         if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
             self.flow.pause_reading()
