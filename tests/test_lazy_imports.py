@@ -89,18 +89,15 @@ def test_the_lazily_named_api_is_the_eager_one(package):
         module.no_such_name  # noqa: B018
 
 
-def test_two_threads_reading_lazy_names_at_once_import_one_at_a_time():
-    # Before the lazy names, `import swarmguard` imported the whole API in one thread. Now two
-    # threads' first reads import at the same time, and CPython 3.11's module locks then raise
-    # _DeadlockError ("deadlock detected by _ModuleLock('swarmguard.values.moments')") about one
-    # run in fifty. The first reads must run one at a time: while the first thread's import is
-    # held inside a module lookup, the second thread's read must wait for it.
-    code = """
-import importlib.machinery, json, sys, threading
+def _held_tree_import(condition: str) -> str:
+    """Code that holds a thread inside the execution of ``swarmguard.api.tree`` (not under the
+    global import lock) until ``release`` is set, once ``held`` is; ``condition``: which lookups
+    are held, besides the module's name."""
+    return f"""import importlib.machinery, json, os, sys, threading, time
 held, release = threading.Event(), threading.Event()
-class Hold:  # holds the first thread inside the execution of swarmguard.api.tree (not under the global import lock)
+class Hold:
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "swarmguard.api.tree":
+        if fullname != "swarmguard.api.tree"{condition}:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         run = spec.loader.exec_module
@@ -110,7 +107,16 @@ class Hold:  # holds the first thread inside the execution of swarmguard.api.tre
         return spec
 sys.meta_path.insert(0, Hold())
 import swarmguard
-done = []
+"""
+
+
+def test_two_threads_reading_lazy_names_at_once_import_one_at_a_time():
+    # Before the lazy names, `import swarmguard` imported the whole API in one thread. Now two
+    # threads' first reads import at the same time, and CPython 3.11's module locks then raise
+    # _DeadlockError ("deadlock detected by _ModuleLock('swarmguard.values.moments')") about one
+    # run in fifty. The first reads must run one at a time: while the first thread's import is
+    # held inside a module lookup, the second thread's read must wait for it.
+    code = _held_tree_import("") + """done = []
 first = threading.Thread(target=lambda: done.append(swarmguard.HierarchicalStatisticalTree), name="first")
 second = threading.Thread(target=lambda: done.append(swarmguard.EvidenceType), name="second")
 first.start(); held.wait(10); second.start(); second.join(1.0)
@@ -129,22 +135,7 @@ print(json.dumps([during, len(done)]))
 def test_a_child_forked_during_a_first_use_import_reads_lazy_names():
     # the lock that keeps first-use imports one at a time is made anew in a forked child: the
     # thread that held it does not exist there, so the child would wait on it forever
-    code = """
-import importlib.machinery, os, sys, threading, time
-held, release = threading.Event(), threading.Event()
-class Hold:
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != "swarmguard.api.tree" or threading.current_thread().name != "first":
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        run = spec.loader.exec_module
-        def exec_module(module):
-            held.set(); release.wait(10); run(module)
-        spec.loader.exec_module = exec_module
-        return spec
-sys.meta_path.insert(0, Hold())
-import swarmguard
-first = threading.Thread(target=lambda: swarmguard.HierarchicalStatisticalTree, name="first")
+    code = _held_tree_import(' or threading.current_thread().name != "first"') + """first = threading.Thread(target=lambda: swarmguard.HierarchicalStatisticalTree, name="first")
 first.start(); held.wait(10)
 pid = os.fork()
 if pid == 0:
