@@ -129,11 +129,7 @@ def list_populations(request: Request) -> dict:
     def read(source) -> dict:
         out = []
         for pop in source.populations.values():
-            everyone = list(pop.agents.values())
-            for cohort, members in [("", everyone), *pop.members_by_cohort().items()]:
-                summary = pop.cohort_summary(cohort, members)
-                if summary is not None:
-                    out.append(summary)
+            out.extend(pop.cohort_summaries().values())      # built once per agent table
         # this node's region and the confidence factor of its replicated view (.peers)
         return {"region": source.region, "confidence_factor": source.confidence_factor, "populations": out}
 
@@ -146,7 +142,7 @@ def get_population(request: Request, cohort: str, population: str | None = None)
         for pop in source.populations.values():
             if population not in (None, pop.name):
                 continue
-            summary = pop.cohort_summary(cohort)
+            summary = pop.cohort_summaries().get(cohort)
             if summary is not None:
                 return summary
         raise ApiError(404, f"unknown cohort {cohort!r}", code="unknown_cohort")
