@@ -780,3 +780,17 @@ def test_concurrent_reads_of_the_region_moments_fold_nothing_live(monkeypatch):
     assert other.m2.tolist() == [[float(v) for v in r] for r in want]
     assert paused[0].m2.tolist() == [[float(v) for v in r] for r in want]
     assert eu.region_exact_moments()["eu"].sums() == fraction_sums(list(rows.values()))
+
+
+def test_clamp_negative_scores_keeps_the_moments_exact():
+    """The moments after clamping are those of a replica written with the clamped scores."""
+    X = np.array([[0.5, 1.0], [2.0, -1.0], [3.0, 0.25]])
+    clamped = RegionReplica("eu", 2)
+    clamped.update_many(["a", "b", "c"], [1.0, 1.0, 1.0], X, [1.5, -0.25, -1e-300], now=1.0)
+    assert clamped.clamp_negative_scores() == 2
+    fresh = RegionReplica("eu", 2)
+    fresh.update_many(["a", "b", "c"], [1.0, 1.0, 1.0], X, [1.5, 0.0, 0.0], now=1.0)
+    assert clamped.same_state(fresh)
+    a, b = clamped.estimate_exact(), fresh.estimate_exact()
+    assert a == b and a.count == 3 and a.mean()[2] == 0.5           # the score column: (1.5 + 0 + 0) / 3
+    assert clamped.clamp_negative_scores() == 0

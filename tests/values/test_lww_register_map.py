@@ -221,3 +221,17 @@ def test_scores_at_zero_join_when_asked_and_any_finite_score_joins_by_default():
     n = LWWRegisterMap(DIM)
     n.merge_entries(_three_registers(-1.0))
     assert n.get(21)["anomaly_score"] == -1.0 and len(n) == 3
+
+
+def test_clamp_negative_scores_keeps_each_key_and_bumps_the_version():
+    m = LWWRegisterMap(1)
+    m.write_many([1, "b", 3], [1.0, 2.0, 3.0], "eu", 1, np.array([[1.0], [2.0], [3.0]]), [-1e-300, 0.5, -0.25])
+    keys = {a: (m.get(a)["timestamp"], m.get(a)["seq"]) for a in (1, "b", 3)}
+    version = m.version
+    change = m.clamp_negative_scores()
+    assert sorted(change.old_values[:, 1].tolist()) == [-0.25, -1e-300] and (change.new_values[:, 1] == 0).all()
+    assert [m.get(a)["anomaly_score"] for a in (1, "b", 3)] == [0.0, 0.5, 0.0]
+    assert {a: (m.get(a)["timestamp"], m.get(a)["seq"]) for a in (1, "b", 3)} == keys
+    assert m.version > version
+    version = m.version
+    assert len(m.clamp_negative_scores()) == 0 and m.version == version    # none below 0: nothing changes

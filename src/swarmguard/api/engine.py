@@ -38,8 +38,9 @@ def register_scores(d2: np.ndarray) -> np.ndarray:
 
     A ``swarmguard serve`` peer refuses a whole delta holding a score below 0 (its chi-square
     ``ln p`` is NaN), so one written here would cut the node off from every peer on every
-    sync. The detector's own results keep the values computed. ``d2`` itself when none is
-    below 0 (no copy on the common path)."""
+    sync. The detector's own results keep the values computed. The scorers already give
+    none below 0 (:func:`~swarmguard.structures.scoring.nonnegative_d2`); kept for any other
+    producer of ``d2``. ``d2`` itself when none is below 0 (no copy on the common path)."""
     if d2.size and d2.min() < 0.0:
         return np.maximum(d2, 0.0)
     return d2

@@ -458,6 +458,17 @@ class RegionReplica:
             self.acked[sender] = self.acked.get(sender, VersionVector()) | their_version
         return self.version.copy()
 
+    def clamp_negative_scores(self) -> int:
+        """Hold every register's anomaly score below 0 as 0 (the moments follow); how many were.
+
+        A node whose scores are squared distances calls it on what it loads unchecked (its
+        snapshot, its log's peer deltas): see
+        :meth:`~swarmguard.values.lww_register_map.LWWRegisterMap.clamp_negative_scores`.
+        """
+        change = self.registers.clamp_negative_scores()
+        self._apply_change(change)
+        return len(change)
+
     def merge_registers(self, entries: Mapping[str, Any]) -> None:
         """Join register entries without advancing the version vector or freshness.
 

@@ -60,7 +60,7 @@ from ..lazy_import import module_on_first_use
 from .chi2 import chi2_sf
 from .feature_shares import CorrelationRoot, DeferredParts, whitened_parts, zca_cor_whitening
 
-__all__ = ["LeaveOneOutScorer", "MIN_POPULATION", "score_population", "combine_levels"]
+__all__ = ["LeaveOneOutScorer", "MIN_POPULATION", "score_population", "combine_levels", "nonnegative_d2"]
 
 MIN_POPULATION = 3          # leave-one-out covariance needs n - 1 >= 2
 _RIDGE = 1e-9
@@ -173,6 +173,8 @@ class LeaveOneOutScorer:
         if not self.ok:
             return 0.0, np.zeros(self.d)
         d2 = self._distance(e)
+        if d2 < 0.0:          # rounding (module docstring): 0, so sqrt and the χ² p-value are defined
+            d2 = 0.0
         return d2, (CorrelationRoot() if root is None else root).parts(self._a, e, d2)
 
     def score_deferred(self, e: np.ndarray, root: CorrelationRoot) -> tuple[float, DeferredParts]:
@@ -181,9 +183,13 @@ class LeaveOneOutScorer:
         if not self.ok:
             return 0.0, DeferredParts.ready(np.zeros(self.d))
         d2 = self._distance(e)
+        if d2 < 0.0:          # rounding (module docstring): 0, so sqrt and the χ² p-value are defined
+            d2 = 0.0
         return d2, root.deferred(self._a, e, d2)
 
     def _distance(self, e: np.ndarray) -> float:
+        """One member's D², as computed: ``e·g`` sums signed terms, so it may round below 0
+        (:meth:`score` and :meth:`score_deferred` take that as 0)."""
         g, _ = _lapack().dpotrs(self.chol, e, lower=1)
         t = float(e.dot(g))
         factor = self.scale / max(1.0 - self.c * t, _TINY)
@@ -199,19 +205,35 @@ class LeaveOneOutScorer:
         if not self.ok:
             z = np.zeros(m)
             return (z, np.zeros((m, self.d))) if explain else z
+        d2 = nonnegative_d2(self._distances(E, explain, overwrite))
+        if explain:
+            return d2, whitened_parts(E, self.whitening(), d2)
+        return d2
+
+    def _distances(self, E: np.ndarray, explain: bool, overwrite: bool) -> np.ndarray:
+        """:meth:`score_many`'s D², as computed (a new array): with ``explain`` ``t`` sums signed
+        terms, so it may round below 0 (:meth:`score_many` takes that as 0)."""
         if explain:
             G, _ = _lapack().dpotrs(self.chol, E.T, lower=1)
-            prod = E * G.T
-            t = prod.sum(axis=1)
+            t = (E * G.T).sum(axis=1)
         else:
             # t = |L⁻¹ e|²: one triangular solve instead of a full Cholesky solve.
             Z, _ = _lapack().dtrtrs(self.chol, E.T, lower=1, overwrite_b=int(overwrite))
             t = np.einsum("ij,ij->j", Z, Z)
         factor = self.scale / np.maximum(1.0 - self.c * t, _TINY)
-        d2 = t * factor
-        if explain:
-            return d2, whitened_parts(E, self.whitening(), d2)
-        return d2
+        return t * factor
+
+
+def nonnegative_d2(d2: np.ndarray) -> np.ndarray:
+    """``d2`` (in place) with every value below 0 as 0, and returned.
+
+    A squared Mahalanobis distance is ``eᵀA⁻¹e ≥ 0`` for a positive definite ``A``; a
+    value below 0 is rounding of a sum of signed terms. Taken as 0 where a distance leaves
+    a scorer, so ``sqrt`` and the χ² p-value (NaN below 0) are defined on every path, the
+    per-item one (which raised after the tree had changed) and the batch one alike."""
+    if d2.size and d2.min() < 0.0:
+        np.maximum(d2, 0.0, out=d2)
+    return d2
 
 
 # ---------------------------------------------------------------------- a batch against its levels

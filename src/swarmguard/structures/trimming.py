@@ -69,7 +69,7 @@ from ..lazy_import import module_on_first_use
 from .chi2 import chi2_sf
 from .feature_shares import whitened_parts, zca_cor_whitening
 from .member_subset import MemberSubsetMoments
-from .scoring import _RIDGE, _TINY, _VAR_FLOOR, MIN_POPULATION, LeaveOneOutScorer
+from .scoring import _RIDGE, _TINY, _VAR_FLOOR, MIN_POPULATION, LeaveOneOutScorer, nonnegative_d2
 from .slot_tree import SlotTree
 
 __all__ = ["TRIM_QUANTILE", "TrimmedMoments", "TrimmedScorer", "consistency_factor", "judge_rows",
@@ -240,7 +240,7 @@ class TrimmedScorer:
             Eo = E[out]
             G, _ = _lapack().dpotrs(self.chol, Eo.T, lower=1)
             prod = Eo * G.T
-            d2[out] = prod.sum(axis=1)
+            d2[out] = nonnegative_d2(prod.sum(axis=1))     # rounding below 0: 0 (scoring.nonnegative_d2)
             if explain:          # the same whitened parts as the members inside (feature_shares)
                 shares[out] = whitened_parts(Eo, zca_cor_whitening(self.chol @ self.chol.T), d2[out])
         d2 *= self.factor

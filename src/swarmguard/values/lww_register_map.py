@@ -173,6 +173,23 @@ class LWWRegisterMap:
         self._values[rows] = values
         return RegisterChange(rows, old_writer, old_values, writer.astype(np.int32), values)
 
+    def clamp_negative_scores(self) -> RegisterChange:
+        """Write every anomaly score below 0 as 0, keeping each register's key (timestamp,
+        writer, sequence number); the change (empty: none was below 0).
+
+        For a holder whose scores are squared distances (a ``swarmguard serve`` node): a d²
+        below 0 is rounding, and one held from an older version or an older log would ship in
+        every delta to peers that refuse it (``merge_entries(..., nonnegative_scores=True)``).
+        """
+        n = len(self.index)
+        rows = np.flatnonzero(self._values[:n, self.dim] < 0.0)
+        if not rows.size:
+            return RegisterChange(rows, np.empty(0, np.int32), np.empty((0, self.dim + 1)),
+                                  np.empty(0, np.int32), np.empty((0, self.dim + 1)))
+        values = self._values[rows].copy()
+        values[:, self.dim] = 0.0
+        return self._apply(rows, self._ts[rows].copy(), self._writer[rows].copy(), self._seq[rows].copy(), values)
+
     # ------------------------------------------------------------------ writes
     def write_many(
         self, agent_ids: Any, timestamps: np.ndarray, region: str, first_seq: int,

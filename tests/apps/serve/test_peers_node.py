@@ -470,3 +470,40 @@ def test_a_node_whose_log_needs_a_restart_loses_confidence_until_a_contact_says_
     clock.t += 25.0
     assert not _sync(us, eu_c, to_eu) and to_eu.failures == 1 and "503" in to_eu.last_error
     assert conf() == pytest.approx((20 + 30 * math.exp(-0.1 * (25.0 - 5.0))) / 50, rel=1e-12)
+
+
+def _held_scores(node) -> list[float]:
+    return sorted(replication_of(node).replicas.replicas()["behaviors"].registers.anomaly_scores().tolist())
+
+
+@pytest.mark.parametrize("kept_in", ["log", "snapshot"])
+def test_a_negative_score_an_older_node_holds_is_zero_after_restart_and_peers_take_its_delta(
+        pair, monkeypatch, kept_in):
+    """A node of an older version joined (and logged, or snapshotted) a delta holding a score
+    below 0 before peers refused them: its restart holds that score as 0, so its next delta
+    is accepted by a peer with the check on (else that peer would answer 422 on every sync)."""
+    from swarmguard.apps.serve.peer_delta import ReplicaSet
+
+    _, node = pair
+    _, us, us_c = node("us")
+    checked_plan = ReplicaSet.plan
+    with monkeypatch.context() as m:      # the older version: no check, through the node's own log writing
+        m.setattr(ReplicaSet, "plan", lambda self, delta, require_base=False, nonnegative_scores=False:
+                  checked_plan(self, delta, require_base))
+        r = us_c.post("/v1/peer/delta", content=_delta_with_score(-0.25), headers=PEER_HEADERS)
+    assert r.status_code == 200, r.text
+    assert _held_scores(us) == [-0.25, 1.5]
+    _, jp, jp_c = node("jp")
+    to_jp = PeerLink("http://jp")
+    assert not _sync(us, jp_c, to_jp)                           # refused whole: the failure this fixes
+    assert metric(jp_c, "swarmguard_errors_total", code="bad_delta", status="422") == 1.0
+    if kept_in == "snapshot":
+        us.drain()
+        assert us.log.latest_snapshot() is not None and list(us.log.records(after=us.snapshots.covered)) == []
+    us.close()
+    _, us2, us2_c = node("us")
+    assert _held_scores(us2) == [0.0, 1.5]
+    assert us2_c.get("/v1/agents/e-2", headers=auth("t-read")).json()["score"] == 0.0
+    assert _sync(us2, jp_c, PeerLink("http://jp"))
+    assert jp_c.get("/v1/cluster", headers=auth("t-read")).json()["version_vector"] == {"eu": 2}
+    assert _held_scores(jp) == [0.0, 1.5]

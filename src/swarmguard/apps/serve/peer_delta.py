@@ -26,7 +26,7 @@ rows it holds, so duplicated, reordered or replayed deliveries are harmless.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,6 +228,16 @@ class ReplicaSet:
             self._replica_of(name, dim).merge_delta(part)
         self.ledger.commit(plan.ledger)
         return plan.new_evidence()
+
+    def clamp_negative_scores(self, names: Iterable[str] | None = None) -> int:
+        """Hold every register score below 0 as 0 in the replicas of ``names`` (None: all);
+        how many were. A node calls it on what it loads unchecked (its log's peer deltas, its
+        snapshot), where ``nonnegative_scores`` would have refused them live: a d² below 0 is
+        rounding (:func:`~swarmguard.api.engine.register_scores`), and one held would ship in
+        every delta to peers that refuse it."""
+        replicas = self.replicas()
+        return sum(replicas[n].clamp_negative_scores() for n in (replicas if names is None else names)
+                   if n in replicas)
 
     def apply(self, data: bytes | PeerDelta) -> list[list[Any]]:
         """Decode, plan and commit (all-or-nothing); the new evidence rows."""

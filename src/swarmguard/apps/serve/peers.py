@@ -324,6 +324,13 @@ class PeerReplication:
     def _join(self, delta: PeerDelta, live: bool) -> None:
         plan = self.replicas.plan(delta)
         self._commit(plan, self._as_counted(plan.new_evidence()))
+        # a delta logged before peers refused scores below 0 replays unchecked: such a score (a
+        # rounding-negative d²) is held as 0, as register_scores writes it now, or this node would
+        # ship it in every delta and every peer would answer 422, so it would never sync again
+        clamped = self.replicas.clamp_negative_scores(list(delta.populations))
+        if clamped:
+            log.warning("a logged peer delta from %r held %d register score(s) below 0: held as 0",
+                        delta.sender, clamped)
 
     def _as_counted(self, rows: list[list[Any]]) -> list[list[Any]]:
         """The ledger's new rows as the consensus counts them, checked (changes nothing).

@@ -22,6 +22,7 @@ from ...errors import UnknownAgentError
 from ...structures.chi2 import chi2_logsf
 from ..report_data import feature_shares
 from .agent_state import AgentState, severities
+from .cohort_summaries import CohortSummaries, summaries_of
 from .ranked_agents import RankedAgents, ranked_of
 from .replica_read import replica_ranking
 from .settings import ServeSettings
@@ -78,6 +79,7 @@ class Population:
         self.dropped_rows = 0
         self._ranked: RankedAgents | None = None      # the agent table ranked (.ranked_agents)
         self._replica_ranked = None                   # the replica's other agents ranked (.replica_read)
+        self._summaries: CohortSummaries | None = None  # /v1/populations' summaries (.cohort_summaries)
         self._table_grown: tuple[int, int, dict] | None = None   # set by close_window (.replica_read)
 
     def names(self) -> list[str]:
@@ -244,6 +246,11 @@ class Population:
         q = np.quantile(scores, [0.5, 0.9, 0.99]) if scores.size else [None] * 3
         out["scores"] = {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2]), "max": float(scores.max())}
         return out
+
+    def cohort_summaries(self) -> dict[str, dict[str, Any]]:
+        """Every cohort's :meth:`cohort_summary` (``""``: the population, first), built once per
+        agent table (:mod:`.cohort_summaries`): read only."""
+        return summaries_of(self).by_cohort
 
     def cohorts(self) -> list[str]:
         """The cohorts of the agent table (``cohort or region``), sorted; from its ranking,

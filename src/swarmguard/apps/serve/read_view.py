@@ -187,6 +187,7 @@ class PopulationView:
     ranked = Population.ranked
     contributions = Population.contributions
     cohort_summary = Population.cohort_summary
+    cohort_summaries = Population.cohort_summaries
     cohorts = Population.cohorts
     members_by_cohort = Population.members_by_cohort
     consensus_of = Population.consensus_of
@@ -211,6 +212,9 @@ class PopulationView:
         # the rankings of the table and of the replica's other agents, current now: reads of
         # the view take their top K as the live node did (.ranked_agents, .replica_read)
         self._ranked = pop.ranked()
+        # the summaries, if built for this table (the view's statistics are the tree's now): kept
+        summaries = pop._summaries
+        self._summaries = summaries if summaries is not None and summaries.table is self.agents else None
         self._replica_ranked = None
         resolver = pop.detector.cap_resolver
         replica = pop.replica(pop.region)

@@ -52,9 +52,9 @@ def list_agents(request: Request, top: int = Query(10, ge=1, le=100_000), cohort
             cf = source.confidence_factor
             replicated = [(r.state, r) for p in pops for r in top_replica_agents(p, region, top, cf)]
         # a register's score below 0 has ln p NaN: as a NaN in a table, it leaves no total order.
-        # A peer delta holding one is refused (PeerReplication._receive_checked), but the durable
-        # log replays deltas logged before that check unchecked, and the registers themselves take
-        # any finite score: kept as defence in depth
+        # A peer delta holding one is refused (PeerReplication._receive_checked), and the durable
+        # log's deltas and the snapshot hold one as 0 when they load, but the registers themselves
+        # take any finite score: kept as defence in depth
         nan = any(math.isnan(s.log_p) or math.isnan(s.score) for s, _ in replicated)
         if all(r.ordered for r in ranked) and not nan:
             # each population's first ``top`` (of the cohort), in rank order: nlargest over them,
@@ -129,11 +129,7 @@ def list_populations(request: Request) -> dict:
     def read(source) -> dict:
         out = []
         for pop in source.populations.values():
-            everyone = list(pop.agents.values())
-            for cohort, members in [("", everyone), *pop.members_by_cohort().items()]:
-                summary = pop.cohort_summary(cohort, members)
-                if summary is not None:
-                    out.append(summary)
+            out.extend(pop.cohort_summaries().values())      # built once per agent table
         # this node's region and the confidence factor of its replicated view (.peers)
         return {"region": source.region, "confidence_factor": source.confidence_factor, "populations": out}
 
@@ -146,7 +142,7 @@ def get_population(request: Request, cohort: str, population: str | None = None)
         for pop in source.populations.values():
             if population not in (None, pop.name):
                 continue
-            summary = pop.cohort_summary(cohort)
+            summary = pop.cohort_summaries().get(cohort)
             if summary is not None:
                 return summary
         raise ApiError(404, f"unknown cohort {cohort!r}", code="unknown_cohort")

@@ -211,6 +211,7 @@ def _restore_population(pop: Any, p: dict[str, Any], arrays: dict[str, np.ndarra
         arrays[prefix + "cap"].tobytes(), consistency_model=s.consistency_model,
         max_staleness_seconds=s.max_staleness_seconds, confidence_decay_rate=s.confidence_decay_rate,
         clock=s.clock, auto_sync_seconds=s.auto_sync_seconds)
+    _clamp_negative_scores(engine.cap_resolver, pop.name)
     ev = p["evidence"]
     evidence = {"evidence_ids": arrays[prefix + "ev.evidence_ids"] if ev["int_ids"] else _keys(ev["evidence_ids"]),
                 "agent_ids": _keys(ev["agent_ids"]), "evidence_types": ev["evidence_types"],
@@ -234,6 +235,20 @@ def _restore_population(pop: Any, p: dict[str, Any], arrays: dict[str, np.ndarra
         score, p_value, log_p, severity, isolated, cf, window = (c[i] for c in columns)
         pop.agents[agent] = AgentState(agent, pop.name, score, p_value, log_p, severity, isolated, cohort, cf,
                                        features[i].copy(), window)
+
+
+def _clamp_negative_scores(resolver: Any, name: str) -> None:
+    """A snapshot's registers load unchecked: a score below 0 (an older version wrote rounding-
+    negative d² into them, or joined them from a peer before peers refused them) is held as 0,
+    as :func:`~swarmguard.api.engine.register_scores` writes it now. Kept, it would ship in
+    every delta, and every peer refuses such a delta (422): the node would never sync again."""
+    clamped = 0
+    for region in resolver.regions:
+        replica = resolver.ensure_replica(region)
+        if replica is not None:
+            clamped += replica.clamp_negative_scores()
+    if clamped:
+        log.warning("population %r: %d register score(s) below 0 in the snapshot held as 0", name, clamped)
 
 
 def _consensus_settings(det: Any) -> dict[str, Any]:
