@@ -90,3 +90,25 @@ def test_the_cached_summaries_are_a_fresh_pass_after_closes_peer_merges_and_rest
     close_window(us3_c)
     third = _answer(us3_c)
     assert third == _fresh(us3) and third != second
+
+
+def test_feature_names_named_after_the_summaries_were_built_are_answered(make_node):
+    """A population first fed unnamed vectors (``f0``, ``f1``) takes the names of the first
+    batch that brings some (``node.accept_behaviors(batch, population, feature_names)``, the
+    routers' call) without a close: the summaries answer the names it has now, as a fresh
+    pass does, not those of the table's first request."""
+    from swarmguard.apps.serve.records import parse_behavior_lines
+
+    from .conftest import lines
+
+    rng = np.random.default_rng(5)
+    _, node, client = make_node()
+    assert post_behaviors(client, _rows(rng, "u", 30, 3)).status_code == 200
+    close_window(client)
+    assert _answer(client)[0]["features"] == ["f0", "f1"]
+    batch = parse_behavior_lines(lines([{"agent_id": "n-1", "features": [1.0, 2.0]}]), 2)
+    node.accept_behaviors(batch, "behaviors", ["cpu", "mem"])
+    assert node.populations["behaviors"].names() == ["cpu", "mem"]
+    answered = _answer(client)
+    assert answered == _fresh(node) and {tuple(s["features"]) for s in answered} == {("cpu", "mem")}
+    assert client.get("/v1/populations/c1", headers=READ).json()["features"] == ["cpu", "mem"]

@@ -310,3 +310,33 @@ def test_the_agents_gauge_is_set_by_a_restart_from_a_snapshot(tmp_path):
     again, _ = _plain_node(tmp_path / "a", 1, clock)
     assert again.replayed == 0
     assert again.metrics.agents.labels("behaviors")._value.get() == 30
+
+
+def test_an_agent_score_below_0_in_an_older_snapshot_loads_as_0(make_node, tmp_path):
+    """An older version put a rounding-negative d² in the agent table as computed (χ² ``ln p``
+    NaN): the snapshot's agents load it as 0 (p 1), as its registers already do, so the agent
+    and its register agree and the table keeps a total order (no NaN key)."""
+    import dataclasses
+    import math
+
+    import numpy as np
+
+    from .conftest import auth, close_window, post_behaviors
+
+    rng = np.random.default_rng(3)
+    rows = [{"agent_id": f"a-{i}", "features": rng.normal(size=2).tolist()} for i in range(30)]
+    _, node, client = make_node(data_dir=tmp_path / "old")
+    assert post_behaviors(client, rows).status_code == 200
+    close_window(client)
+    pop = node.populations["behaviors"]
+    table = dict(pop.agents)       # what the older version wrote: the d² as computed
+    table["a-4"] = dataclasses.replace(table["a-4"], score=-1e-13, p_value=math.nan, log_p=math.nan, severity=0)
+    pop.agents = table
+    node.drain()
+    node.close()
+    _, again, again_c = make_node(data_dir=tmp_path / "old")
+    state = again.populations["behaviors"].agents["a-4"]
+    assert (state.score, state.p_value, state.log_p, state.severity) == (0.0, 1.0, 0.0, 0)
+    assert again.populations["behaviors"].ranked().ordered
+    r = again_c.get("/v1/agents/a-4", headers=auth("t-read"))
+    assert r.status_code == 200 and r.json()["score"] == 0.0

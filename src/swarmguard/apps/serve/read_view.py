@@ -214,7 +214,7 @@ class PopulationView:
         self._ranked = pop.ranked()
         # the summaries, if built for this table (the view's statistics are the tree's now): kept
         summaries = pop._summaries
-        self._summaries = summaries if summaries is not None and summaries.table is self.agents else None
+        self._summaries = summaries if summaries is not None and summaries.current(self) else None
         self._replica_ranked = None
         resolver = pop.detector.cap_resolver
         replica = pop.replica(pop.region)

@@ -231,10 +231,16 @@ def _restore_population(pop: Any, p: dict[str, Any], arrays: dict[str, np.ndarra
     columns = [arrays[prefix + "ag." + key].tolist() for key in
                ("score", "p_value", "log_p", "severity", "isolated", "confidence_factor", "window")]
     pop.agents = {}
+    negative = 0
     for i, (agent, cohort) in enumerate(zip(p["agent_ids"], p["cohorts"], strict=True)):
         score, p_value, log_p, severity, isolated, cf, window = (c[i] for c in columns)
+        if score < 0.0:        # an older version's rounding-negative d² (ln p NaN): 0, as its register
+            score, p_value, log_p, severity = 0.0, 1.0, 0.0, 0
+            negative += 1
         pop.agents[agent] = AgentState(agent, pop.name, score, p_value, log_p, severity, isolated, cohort, cf,
                                        features[i].copy(), window)
+    if negative:
+        log.warning("population %r: %d agent score(s) below 0 in the snapshot held as 0", pop.name, negative)
 
 
 def _clamp_negative_scores(resolver: Any, name: str) -> None:
