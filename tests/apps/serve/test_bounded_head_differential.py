@@ -79,7 +79,7 @@ def _reads(rng, data):
     if rng.random() < .1 and len(data) < 3000:  # a read a byte: every offset of every size line
         return [data[i:i + 1] for i in range(len(data))]
     cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.choice([8, 40]))))
-    return [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]
+    return [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)], strict=True)]
 
 
 def _llhttp(stream):
@@ -169,7 +169,7 @@ def test_the_listener_serves_only_what_llhttp_parses_with_its_bodies(seed):
         served, closed = _served(reads, limit)
         where = f"seed {seed} case {case}: {stream!r} in reads of {[len(r) for r in reads]}, bound {limit}"
         assert len(served) <= len(messages), where
-        for request, message in zip(served, messages):
+        for request, message in zip(served, messages, strict=False):
             assert request[:2] == tuple(message[:2]), where
             assert message[4] <= limit, where       # no head past the bound is served
             if len(request) == 3:

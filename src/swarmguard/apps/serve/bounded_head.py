@@ -77,7 +77,7 @@ class _HeldFirstFlowControl(FlowControl):
     Starlette's ``is_disconnected`` does, polled by the event stream), and each read then let
     in would be held too, without bound. The protocol resumes it once the held bytes are fed."""
 
-    def __init__(self, transport, protocol: "BoundedHeadHttpToolsProtocol") -> None:
+    def __init__(self, transport, protocol: BoundedHeadHttpToolsProtocol) -> None:
         super().__init__(transport)
         self._protocol = protocol
 
