@@ -19,12 +19,12 @@ building the summaries costs once per close. Run over a source tree without the 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 
 import numpy as np
 from fastapi import Request
+from serve_node import alternating_get_medians
 
 
 def per_request_route(request: Request) -> dict:
@@ -39,7 +39,7 @@ def per_request_route(request: Request) -> dict:
             for state in pop.agents.values():
                 groups.setdefault(state.cohort or pop.region, []).append(state)
             for cohort, members in [("", everyone), *sorted(groups.items())]:
-                summary = _uncached(pop, cohort, members)
+                summary = pop.cohort_summary(cohort, members)     # summarised now (no cache)
                 if summary is not None:
                     out.append(summary)
         return {"region": source.region, "confidence_factor": source.confidence_factor, "populations": out}
@@ -53,16 +53,12 @@ def per_request_cohort(request: Request, cohort: str) -> dict:
     def read(source) -> dict:
         for pop in source.populations.values():
             members = [s for s in pop.agents.values() if not cohort or (s.cohort or pop.region) == cohort]
-            summary = _uncached(pop, cohort, members)
+            summary = pop.cohort_summary(cohort, members)
             if summary is not None:
                 return summary
         return {}
 
     return answer(request.app.state.node, read)
-
-
-def _uncached(pop, cohort, members):
-    return pop.cohort_summary(cohort, members)     # one cohort summarised now (no cache)
 
 
 def run(n: int, d: int, k: int, reads: int, seed: int) -> None:
@@ -98,17 +94,7 @@ def run(n: int, d: int, k: int, reads: int, seed: int) -> None:
                  else "this source tree has no cache: 'route' below is its own /v1/populations"))
         for label, path, peer in (("/v1/populations", "/v1/populations", "/bench/per-request"),
                                   ("/v1/populations/c3", "/v1/populations/c3", "/bench/per-request/c3")):
-            lat: dict[str, list[float]] = {"route": [], "per request": []}
-            answers = {}
-            for _ in range(reads):             # alternating, so a change of the machine's load hits both
-                for name, url in (("route", path), ("per request", peer)):
-                    t = time.perf_counter()
-                    r = client.get(url)
-                    lat[name].append(time.perf_counter() - t)
-                    assert r.status_code == 200, r.text
-                    answers[name] = r.json()
-            assert answers["route"] == answers["per request"], label
-            times = {name: statistics.median(v) for name, v in lat.items()}
+            times = alternating_get_medians(client, {"route": path, "per request": peer}, reads)
             print(f"  GET {label:<20} route {1e3 * times['route']:8.2f} ms | per request "
                   f"{1e3 * times['per request']:8.2f} ms | ratio {times['per request'] / times['route']:6.1f}x "
                   f"(medians of {reads}; answers equal)")

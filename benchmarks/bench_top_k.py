@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import statistics
 import sys
 import tempfile
 import time
 
 import numpy as np
 from fastapi import Request
+from serve_node import alternating_get_medians
 
 
 def full_pass_route(top: int = 10, cohort: str | None = None, population: str | None = None, *, request):
@@ -127,17 +127,8 @@ def run(n: int, d: int, reads: int, seed: int) -> None:
             print(f"n={n:,} d={d}: close {close:.2f} s (this source tree has no ranked index: "
                   f"'route' below is its own /v1/agents)")
         for query in ("top=10", "top=10&cohort=c3", "top=10&population=none"):
-            lat: dict[str, list[float]] = {"route": [], "full pass": []}
-            answers = {}
-            for _ in range(reads):             # alternating, so a change of the machine's load hits both
-                for name, path in (("route", "/v1/agents"), ("full pass", "/bench/full-pass")):
-                    t = time.perf_counter()
-                    r = client.get(f"{path}?{query}")
-                    lat[name].append(time.perf_counter() - t)
-                    assert r.status_code == 200, r.text
-                    answers[name] = r.json()
-            assert answers["route"] == answers["full pass"], query
-            times = {name: statistics.median(v) for name, v in lat.items()}
+            times = alternating_get_medians(
+                client, {"route": f"/v1/agents?{query}", "full pass": f"/bench/full-pass?{query}"}, reads)
             print(f"  GET /v1/agents?{query:<24} route {1e3 * times['route']:8.2f} ms | full pass "
                   f"{1e3 * times['full pass']:8.2f} ms | ratio {times['full pass'] / times['route']:6.1f}x "
                   f"(medians of {reads}; answers equal)")

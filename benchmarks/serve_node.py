@@ -101,3 +101,23 @@ def running_node(*, stop_timeout: float = 60.0) -> Iterator[str]:
     answers 200 (60 s at most), yield its base URL; SIGTERM its process group on exit."""
     with node_process(stop_timeout=stop_timeout) as node:
         yield node.base
+
+
+def alternating_get_medians(client, urls: dict[str, str], reads: int) -> dict[str, float]:
+    """Median latency (s) of ``GET`` on each of ``urls`` (name -> url) through ``client``, read
+    ``reads`` times in turn, so a change of the machine's load hits every one; each answer must
+    be 200, and the last answers of all must be equal (the peer answers as the route does)."""
+    import statistics
+
+    lat: dict[str, list[float]] = {name: [] for name in urls}
+    answers = {}
+    for _ in range(reads):
+        for name, url in urls.items():
+            t = time.perf_counter()
+            r = client.get(url)
+            lat[name].append(time.perf_counter() - t)
+            assert r.status_code == 200, r.text
+            answers[name] = r.json()
+    first, *others = answers.values()
+    assert all(other == first for other in others), list(urls.values())
+    return {name: statistics.median(v) for name, v in lat.items()}
