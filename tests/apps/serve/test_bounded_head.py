@@ -50,6 +50,18 @@ class _Transport(asyncio.Transport):
         return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8470)}.get(name, default)
 
 
+def _open_protocol(app, limit, loop):
+    """``BoundedHeadHttpToolsProtocol`` at head bound ``limit`` on ``loop`` for ASGI ``app``,
+    connected to a fresh ``_Transport``: ``(protocol, transport)``."""
+    config = uvicorn.Config(app, http=BoundedHeadHttpToolsProtocol, h11_max_incomplete_event_size=limit,
+                            log_level="critical", lifespan="off")
+    config.load()
+    protocol = BoundedHeadHttpToolsProtocol(config, ServerState(), {}, _loop=loop)
+    transport = _Transport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
 class _Connection:
     """One connection of the protocol over ``_Transport`` to an app that records each request
     (method, path, header bytes, body) and answers 200 with the body's length."""
@@ -69,12 +81,7 @@ class _Connection:
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
             await send({"type": "http.response.body", "body": b"ok"})
 
-        config = uvicorn.Config(app, http=BoundedHeadHttpToolsProtocol, h11_max_incomplete_event_size=limit,
-                                log_level="critical", lifespan="off")
-        config.load()
-        self.protocol = BoundedHeadHttpToolsProtocol(config, ServerState(), {}, _loop=self.loop)
-        self.transport = _Transport()
-        self.protocol.connection_made(self.transport)
+        self.protocol, self.transport = _open_protocol(app, limit, self.loop)
 
     def send(self, *reads: bytes) -> None:
         for read in reads:
@@ -495,12 +502,7 @@ def test_trailers_past_the_bound_after_the_response_started_close_the_connection
         await send({"type": "http.response.body", "body": b"done"})
 
     loop = asyncio.new_event_loop()
-    config = uvicorn.Config(app, http=BoundedHeadHttpToolsProtocol, h11_max_incomplete_event_size=LIMIT,
-                            log_level="critical", lifespan="off")
-    config.load()
-    protocol = BoundedHeadHttpToolsProtocol(config, ServerState(), {}, _loop=loop)
-    transport = _Transport()
-    protocol.connection_made(transport)
+    protocol, transport = _open_protocol(app, LIMIT, loop)
     try:
         protocol.data_received(b"POST /k HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
         for _ in range(20):

@@ -15,11 +15,7 @@ import pytest
 
 httptools = pytest.importorskip("httptools")
 
-import uvicorn  # noqa: E402
-from uvicorn.server import ServerState  # noqa: E402
-
-from swarmguard.apps.serve.bounded_head import BoundedHeadHttpToolsProtocol  # noqa: E402
-from tests.apps.serve.test_bounded_head import _Transport  # noqa: E402
+from tests.apps.serve.test_bounded_head import _open_protocol  # noqa: E402
 
 _MUTATIONS = [b"\r", b"\n", b";", b'"', b"0", b"a", b"F", b" ", b"\t", b"\r\n", b"\r\n\r\n", b"\\", b"G", b"\x00"]
 
@@ -133,12 +129,7 @@ def _served(reads, limit):
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    config = uvicorn.Config(app, http=BoundedHeadHttpToolsProtocol, h11_max_incomplete_event_size=limit,
-                            log_level="critical", lifespan="off")
-    config.load()
-    protocol = BoundedHeadHttpToolsProtocol(config, ServerState(), {}, _loop=loop)
-    transport = _Transport()
-    protocol.connection_made(transport)
+    protocol, transport = _open_protocol(app, limit, loop)
 
     def settle():
         for _ in range(30):
