@@ -330,8 +330,7 @@ class PeerReplication:
         # Only the populations this delta brought such a score to are scanned: a scan is every
         # register of a population (3 ms at 10^6), and a restart replays every logged delta.
         held_negative = [name for name, (_, state) in delta.populations.items()
-                         if any(key.endswith("anomaly_score") and np.any(np.asarray(value) < 0)
-                                for key, value in state.items())]
+                         if np.any(np.asarray(state.get("registers.anomaly_score", ())) < 0)]
         if not held_negative:
             return
         clamped = self.replicas.clamp_negative_scores(held_negative)
