@@ -88,6 +88,7 @@ from .detect_ingest import _Ingest, _Spec
 from .detect_readers import _INFER_SAMPLE, _first_keys, _infer_features, _ParquetSource, open_source
 from .detect_rounds import SINGLE_ROUND_NOTE, score_rounds, top_rows_from_shares
 from .detect_stdlib import MAX_COLUMNS, MAX_LINE_BYTES, _check_columns, _LineTooLongError
+from .detect_top import top_order, top_row
 from .detect_values import MAX_KEY_CHARS, _pyarrow
 from .output_paths import check_not_input, check_output_file
 
@@ -534,21 +535,17 @@ def _top_rows(protocol, ids, numbers, score, p_value, flags, feats, cohort, top)
     """The ``top`` highest scores, with their main feature and its part of the score."""
     if not top or not ids.size:
         return []
-    k = min(top, ids.size)
-    part = np.argpartition(-score, k - 1)[:k] if k < ids.size else np.arange(ids.size)
-    order = part[np.lexsort((part, -score[part]))]
+    order = top_order(score, top)
     contributions = protocol.score_many(numbers[order], fdr=None, explain=True)["feature_contributions"]
     rows = []
     for r, row in enumerate(order):
         c = contributions[r]
         ranked = np.argsort(-c, kind="stable")[:WHY_FEATURES]
         total = float(score[row])
-        rows.append({"agent_id": ids[row].item(), "score": total, "p_value": float(p_value[row]),
-                     "is_anomaly": bool(flags[row]), "main_feature": feats[int(ranked[0])],
-                     "main_part": float(c[ranked[0]]),
-                     "cohort": None if cohort is None else str(cohort[row]),
-                     "top_features": [{"feature": feats[int(j)], "share": float(c[j]) / total if total > 0 else 0.0}
-                                      for j in ranked]})
+        rows.append(top_row(ids[row].item(), total, float(p_value[row]), bool(flags[row]),
+                            None if cohort is None else cohort[row], feats[int(ranked[0])], float(c[ranked[0]]),
+                            [{"feature": feats[int(j)], "share": float(c[j]) / total if total > 0 else 0.0}
+                             for j in ranked]))
     return rows
 
 

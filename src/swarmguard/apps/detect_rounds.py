@@ -33,6 +33,7 @@ import numpy as np
 from ..api import BehavioralDistributedProtocol, HierarchicalStatisticalTree
 from ..errors import InvalidInputError
 from .calibration_report import calibration_summary, null_state
+from .detect_top import top_order, top_row
 
 __all__ = ["RoundsOutcome", "score_rounds", "top_rows_from_shares", "SINGLE_ROUND_NOTE"]
 
@@ -151,16 +152,12 @@ def top_rows_from_shares(ids, score, p_value, flags, feats, cohort, why_feature,
     round's tree would not be the one the agent was judged by."""
     if not top or not ids.size:
         return []
-    k = min(top, ids.size)
-    part = np.argpartition(-score, k - 1)[:k] if k < ids.size else np.arange(ids.size)
-    order = part[np.lexsort((part, -score[part]))]
     rows = []
-    for row in order.tolist():
+    for row in top_order(score, top).tolist():
         total = float(score[row])
-        rows.append({"agent_id": ids[row].item(), "score": total, "p_value": float(p_value[row]),
-                     "is_anomaly": bool(flags[row]), "main_feature": feats[int(why_feature[row, 0])],
-                     "main_part": float(why_share[row, 0]) * total,
-                     "cohort": None if cohort is None else str(cohort[row]),
-                     "top_features": [{"feature": feats[int(j)], "share": float(v)}
-                                      for j, v in zip(why_feature[row], why_share[row], strict=True)]})
+        rows.append(top_row(ids[row].item(), total, float(p_value[row]), bool(flags[row]),
+                            None if cohort is None else cohort[row], feats[int(why_feature[row, 0])],
+                            float(why_share[row, 0]) * total,
+                            [{"feature": feats[int(j)], "share": float(v)}
+                             for j, v in zip(why_feature[row], why_share[row], strict=True)]))
     return rows
