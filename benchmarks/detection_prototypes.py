@@ -7,7 +7,10 @@ evidence, a k-means/BIC mixture, the nonparanormal (Gaussian-copula) distance an
 the CDF exact, winsorized or read from a quantile sketch, and feature bagging over the trimmed
 moments (``bag*``: per-subset chi-square p-values on submatrices of the trimmed covariance, Cauchy-
 or mean-log-combined), LODA (``loda*``: sparse random projections with fixed-grid histograms, alone
-and fused with the trimmed distance) and Shyu et al.'s principal component classifier (``pcc*``). Not leave-one-out (a negligible difference for ranking: the
+and fused with the trimmed distance), Shyu et al.'s principal component classifier (``pcc*``) and
+Half-Space Trees (``hst*``: mass counts of random midpoint-split trees over a fixed work space,
+alone and fused with the trimmed distance; :func:`hst_check` checks their exactness). Not
+leave-one-out (a negligible difference for ranking: the
 prototypes give ``mahalanobis`` 0.790 / 0.364 and ``robust`` 0.801 / 0.398 on ADBench, the tree's
 figures to 0.001). Run::
 
@@ -16,8 +19,8 @@ figures to 0.001). Run::
     OPENBLAS_NUM_THREADS=1 python benchmarks/detection_prototypes.py cost 10,30,100 --agents 100000
 
 (``cost``: feature bagging's extra work per round beside the tree's ``robust`` ``score_many``,
-:func:`bag_cost`, or with ``--candidate loda`` the LODA fusion's, :func:`loda_cost`; its "methods"
-are the feature counts.)
+:func:`bag_cost`, or with ``--candidate loda`` / ``hst`` the LODA / HS-Trees fusion's,
+:func:`loda_cost` / :func:`hst_cost`; its "methods" are the feature counts.)
 
 ``--shuffle`` scores the rows in a seeded random order: ADBench's files and the synthetic worlds put
 the anomalies last / first, so a score that depends on the row order shows it there.
@@ -305,11 +308,11 @@ def main() -> None:
     ap.add_argument("--data", default="/work/shared/data/adbench")
     ap.add_argument("--shuffle", action="store_true", help="score the rows in a seeded random order (row-order leak check)")
     ap.add_argument("--agents", type=int, default=100_000, help="cost: agents per round")
-    ap.add_argument("--candidate", choices=["bag", "loda"], default="bag", help="cost: whose extra work")
+    ap.add_argument("--candidate", choices=["bag", "loda", "hst"], default="bag", help="cost: whose extra work")
     a = ap.parse_args()
     names = [m for m in a.methods.split(",") if m]
     if a.where == "cost":    # methods: comma-separated feature counts, e.g. "10,30,100"
-        (loda_cost if a.candidate == "loda" else bag_cost)(a.agents, [int(v) for v in names])
+        {"bag": bag_cost, "loda": loda_cost, "hst": hst_cost}[a.candidate](a.agents, [int(v) for v in names])
     elif a.where == "synthetic":
         _synthetic(names, a.reps, a.shuffle)
     else:
@@ -831,6 +834,204 @@ for _s, _suf in ((1, ""), (2, "_2")):
     METHODS[f"pcc_full{_suf}"] = (lambda s: lambda X: pcc(X, s, "cauchy", with_full=True))(_s)
 
 
+# ------------------------------------------------------------------ Half-Space Trees (HS-Trees)
+# Tan, Ting & Liu (2011), "Fast anomaly detection for streaming data", IJCAI: T random binary trees
+# of full depth D over a fixed work space; each internal node splits the range it covers of one
+# feature, chosen at random per node, at its midpoint; each node keeps the *mass* (count) of the
+# rows that pass through it; a row's score sums over trees mass(node) * 2^depth at the first node on
+# its path whose mass is <= a size limit (or the leaf): a mass-based density estimate (each level
+# halves the node's volume), low = anomalous. Reason here: an axis-parallel mass estimate sees the
+# sparse regions of any population shape (several modes, heavy tails, discrete levels), where one
+# ellipsoid does not, so fused with the trimmed distance (which sees joint anomalies) it may cover
+# both. Mergeable state: one count per tree node (merge adds counts, revert decrements the T * (D + 1)
+# nodes the old vector passed through: exact integers), the trees drawn from a generator seeded by d
+# only, so every node, engine and round builds the same ones.
+#
+# The work space (the paper's, moved from [0, 1]-normalised data to robust units): per feature the
+# trimmed moments' mean mu_j and sd sd_j (the ones ``robust`` keeps; a zero sd counts as 1), the
+# core [mu_j - 3 sd_j, mu_j + 3 sd_j] mapped to [0, 1]; per tree and feature s ~ U(0, 1) and the
+# range [s - w, s + w], w = 2 max(s, 1 - s), as in the paper (so the root's first cut on a feature
+# falls at a random point of its core and every tree's space covers the core with a margin). Rows
+# outside it go to the outermost cells. Being per-feature affine, the work space makes z-scoring the
+# inputs immaterial. It is frozen when the trees are made (``fit_rows``: default every row, the batch
+# best case; ``hst_warm`` from a seeded 10 %, what a tree frozen at warm-up would have).
+# ``hst_mm*`` use the paper's own normalisation instead: the core is each feature's [min, max] of the
+# fitting rows (review: held out it does better, 0.966 / 0.706 fused against 0.944 / 0.661, from
+# ``clusters``, whose features span only 0.4-1.2 x 6 trimmed sd -- the sd is inflated by the spread
+# between clusters -- so in robust units more of the cuts fall outside the data).
+#
+# Depth and size (stated before the runs): the size limit is ceil(sqrt(n)) (the k ~ sqrt(n) rule of
+# nearest-neighbour density estimates, Loftsgaarden & Quesenberry 1965, used for the copula's
+# marginal density above; the paper's 0.1 * window is ``hst_p10``). A typical row must reach a node
+# of mass <= sqrt(n) before the leaf, which takes log2(n / sqrt(n)) = log2(sqrt(n)) <= 7.8 levels at
+# n <= 50,000 if every split halved the mass; a midpoint cut of a range wider than the core removes
+# less than half, so D = 12 (8,191 counts per tree) with that margin; the paper's D = 15 is for a
+# 250-row window and would add 8x the counts for levels rows reach only in a sparse region, where the
+# size limit has stopped them already. T = 25 (the paper's; ``hst_t100`` checks that more trees do
+# not matter): a node of the tree then keeps 25 * 8,191 counts. The premise did not hold (``hst_check``
+# on the held-out worlds): after a feature's first cut the next ones on it fall >= 3 sd out (the
+# midpoints of a range much wider than the core), so a level removes far less than half the mass;
+# at n = 3,000 most paths (79-92 % at D = 12, 67-88 % at D = 15) reach the leaf with mass above the
+# limit, a row's own leaf holding 330-610 rows (200-400), and the size limit rarely acts.
+
+HST_R = 3.0
+
+
+def hst_forest(X_fit, T=25, D=12, steps=1, seed=0x4A57, space="robust"):
+    """``(feat, split)``, each ``(T, 2^D - 1)``: the split feature and value of every internal node
+    (heap order: node i's children are 2i + 1 and 2i + 2), built level by level with array ops over
+    the nodes of a level; the work space from ``X_fit``'s trimmed moments (``space="robust"``, see
+    above) or, as in the paper (data min-max normalised to [0, 1]), from ``X_fit``'s per-feature
+    [min, max] (``space="minmax"``); the random draws from a generator seeded by ``d`` only."""
+    d = X_fit.shape[1]
+    if space == "minmax":      # unit u -> x = lo_j + u (hi_j - lo_j)
+        lo0 = X_fit.min(0)
+        span = X_fit.max(0) - lo0
+        span = np.where(span > 0, span, 1.0)
+    else:                      # unit u -> x = mu + sd R (2u - 1)
+        _, mu, C = _trimmed_moments(X_fit, steps)
+        sd = np.sqrt(np.maximum(np.diag(C), 0.0))
+        sd = np.where(sd > 0, sd, 1.0)
+        lo0, span = mu - HST_R * sd, 2.0 * HST_R * sd
+    r = np.random.default_rng([seed, d])
+    n_int = 2 ** D - 1
+    feat = np.empty((T, n_int), np.intp)
+    split = np.empty((T, n_int))
+    for t in range(T):
+        s = r.random(d)
+        w = 2.0 * np.maximum(s, 1.0 - s)
+        lo = lo0 + span * (s - w)
+        hi = lo0 + span * (s + w)
+        L, H = lo[None, :], hi[None, :]
+        for k in range(D):
+            m = 2 ** k
+            f = r.integers(0, d, m)
+            rows = np.arange(m)
+            mid = 0.5 * (L[rows, f] + H[rows, f])
+            feat[t, m - 1: 2 * m - 1] = f
+            split[t, m - 1: 2 * m - 1] = mid
+            if k + 1 < D:
+                L2 = np.repeat(L, 2, axis=0)
+                H2 = np.repeat(H, 2, axis=0)
+                H2[2 * rows, f] = mid          # left child: x <= mid
+                L2[2 * rows + 1, f] = mid      # right child: x > mid
+                L, H = L2, H2
+    return feat, split
+
+
+def hst_paths(X, feat, split):
+    """Every row's node at every depth of every tree, ``(m, T, D + 1)`` (heap indices, root 0): all
+    rows routed level by level at once (one gather and one comparison per level)."""
+    m = len(X)
+    T, n_int = feat.shape
+    D = int(np.log2(n_int + 1))
+    idx = np.zeros((m, T), np.intp)
+    out = np.empty((m, T, D + 1), np.int32)
+    out[:, :, 0] = 0
+    rows = np.arange(m)[:, None]
+    tcol = np.arange(T)[None, :]
+    for k in range(D):
+        f = feat[tcol, idx]
+        right = X[rows, f] > split[tcol, idx]
+        idx = 2 * idx + 1 + right
+        out[:, :, k + 1] = idx
+    return out
+
+
+def hst_counts(paths, T, D):
+    """``(T, 2^(D+1) - 1)`` mass counts from the rows' paths (``hst_paths``); a node would add them
+    on merge and subtract an agent's old path on revert."""
+    n_nodes = 2 ** (D + 1) - 1
+    g = paths + (np.arange(T, dtype=np.int64) * n_nodes)[None, :, None]
+    return np.bincount(g.ravel(), minlength=T * n_nodes).reshape(T, n_nodes)
+
+
+def hst_mass_score(paths, counts, limit):
+    """The paper's score, sum over trees of mass * 2^depth at the first node on the row's path with
+    mass <= ``limit`` (or the leaf), returned negated (high = anomalous)."""
+    T, D1 = paths.shape[1:]
+    M = counts[np.arange(T)[None, :, None], paths]                  # (m, T, D + 1) masses on the path
+    stop = M <= limit
+    k = np.where(stop.any(2), stop.argmax(2), D1 - 1)              # (m, T) depth of the scored node
+    mass = np.take_along_axis(M, k[:, :, None], axis=2)[:, :, 0]
+    return -(mass * np.exp2(k)).sum(1)
+
+
+def hst(X, T=25, D=12, limit="sqrt", steps=1, fit_rows=None, space="robust"):
+    """HS-Trees score of every row (high = anomalous); the work space (``space``, see
+    :func:`hst_forest`) from ``fit_rows`` (default all), every row counted (as the tree would), every
+    row scored."""
+    n = len(X)
+    feat, split = hst_forest(X if fit_rows is None else X[fit_rows], T, D, steps, space=space)
+    P = hst_paths(X, feat, split)
+    counts = hst_counts(P, T, D)
+    lim = np.ceil(np.sqrt(n)) if limit == "sqrt" else limit * n
+    return hst_mass_score(P, counts, lim)
+
+
+def hst_fused(X, how="cauchy", steps=1, **kw):
+    """HS-Trees and the trimmed distance combined: ``cauchy``: the Cauchy combination of the two
+    scores' empirical p-values (in-population upper ranks ``#{s_j >= s_i} / n``, what a mergeable
+    sketch of the members' scores would answer), score ``-log p``; ``cauchy_chi2``: the same with the
+    distance's chi-square p-value (consistency factor) instead of its rank, as ``loda_cauchy``;
+    ``rsum`` / ``rmax``: the sum / max of the two in-population ranks."""
+    a = robust(X, steps=steps)
+    b = hst(X, steps=steps, **kw)
+    if how == "cauchy":
+        return cauchy_neglog(np.column_stack([_empirical_neglogp(a), _empirical_neglogp(b)]))
+    if how == "cauchy_chi2":    # _robust_chi2_neglogp's p-value, from the distance already at hand
+        d = X.shape[1]
+        c = 0.975 / stats.chi2.cdf(stats.chi2.ppf(0.975, d), d + 2)
+        return cauchy_neglog(np.column_stack([_chi2_neglogsf(a / c, np.array([d])), _empirical_neglogp(b)]))
+    ra, rb = stats.rankdata(a), stats.rankdata(b)
+    return ra + rb if how == "rsum" else np.maximum(ra, rb) + 1e-9 * (ra + rb)
+
+
+def hst_check(X, T=25, D=12, rows=(0, 1, -1), space="robust"):
+    """Exactness checks of the prototype and where the size limit stops, on one data set: every
+    node's count is its children's sum, the root's is n; counting the rows in two parts and adding
+    (merge) or subtracting one part (revert) gives the counts of the whole exactly; the vectorised
+    routing equals a per-row walk down the trees for ``rows``. Returns the fraction of (row, tree)
+    paths that reach the leaf with mass above the size limit ceil(sqrt(n)), and the mean mass of a
+    row's own leaf."""
+    n = len(X)
+    feat, split = hst_forest(X, T, D, space=space)
+    P = hst_paths(X, feat, split)
+    C = hst_counts(P, T, D)
+    parents = np.arange(2 ** D - 1)
+    assert (C[:, 0] == n).all() and (C[:, 2 * parents + 1] + C[:, 2 * parents + 2] == C[:, parents]).all()
+    half = n // 2
+    A, B = hst_counts(P[:half], T, D), hst_counts(P[half:], T, D)
+    assert (A + B == C).all() and (C - A == B).all()
+    for i in rows:
+        for t in range(T):
+            node = 0
+            for k in range(D):
+                assert P[i, t, k] == node
+                node = 2 * node + 1 + int(X[i, feat[t, node]] > split[t, node])
+            assert P[i, t, D] == node
+    M = C[np.arange(T)[None, :, None], P]
+    unstopped = ~(M <= np.ceil(np.sqrt(n))).any(2)
+    return float(unstopped.mean()), float(M[:, :, -1].mean())
+
+
+METHODS["hst"] = lambda X: hst(X)
+METHODS["hst_p10"] = lambda X: hst(X, limit=0.1)
+METHODS["hst_t100"] = lambda X: hst(X, T=100)
+METHODS["hst_d15"] = lambda X: hst(X, D=15)
+METHODS["hst_warm"] = lambda X: hst(X, fit_rows=_warm_rows(len(X)))
+for _s, _suf in ((1, ""), (2, "_2")):
+    for _how in ("cauchy", "cauchy_chi2", "rsum", "rmax"):
+        METHODS[f"hst_{_how}{_suf}"] = (lambda h, s: lambda X: hst_fused(X, h, s))(_how, _s)
+METHODS["hst_d15_cauchy_chi2_2"] = lambda X: hst_fused(X, "cauchy_chi2", 2, D=15)
+METHODS["hst_t100_cauchy_chi2_2"] = lambda X: hst_fused(X, "cauchy_chi2", 2, T=100)
+METHODS["hst_warm_cauchy_2"] = lambda X: hst_fused(X, "cauchy", 2, fit_rows=_warm_rows(len(X)))
+METHODS["hst_mm"] = lambda X: hst(X, space="minmax")
+METHODS["hst_mm_cauchy_chi2_2"] = lambda X: hst_fused(X, "cauchy_chi2", 2, space="minmax")
+METHODS["hst_mm_warm_cauchy_chi2_2"] = lambda X: hst_fused(X, "cauchy_chi2", 2, space="minmax",
+                                                           fit_rows=_warm_rows(len(X)))
+
+
 def _best_cpu(fn, repeats):
     """Best CPU time of this process over ``repeats`` calls (other processes on a shared machine do
     not inflate it)."""
@@ -920,6 +1121,50 @@ def loda_cost(n, dims, k=100, repeats=3, seed=0):
             [_chi2_neglogsf(d2, np.array([d])), _empirical_neglogp(s)])), repeats)  # noqa: B023
         print(f"| {d} | {n:,} | {k} | {g.b} | {today:.3f} | {t_hist:.3f} | {t_comb:.3f} "
               f"| {(today + t_hist + t_comb) / today:.1f}x |", flush=True)
+
+
+def hst_cost(n, dims, T=25, D=15, repeats=3, seed=0):
+    """Cost of the HS-Trees fusion (``hst_d15_cauchy_chi2_2``) per round against today's ``robust``
+    scoring, same run, same rows (``cost ... --candidate hst``).
+
+    ``today``: the tree's ``score_many`` of every agent in ``scoring="robust"`` (``fdr=None``); what
+    the fusion adds: ``route``: each row's node at every depth of every tree (``T (D + 1)`` nodes,
+    one gather and comparison per level); ``masses``: the gather of those nodes' counts, the size
+    limit's stopping depth and the sum over trees; ``null and combination``: the HS-Trees score's
+    empirical p-value (an exact sort and ``searchsorted``, an upper bound on reading a sketch), the
+    distance's chi-square ``-log p`` and the Cauchy combination. Ratios ``(today + route + masses +
+    null) / today`` and, for a tree that keeps each agent's path from its last update (``T (D + 1)``
+    integers per agent, so a round need not route the unchanged ones), ``(today + masses + null) /
+    today``. CPU seconds, best of ``repeats`` (``OPENBLAS_NUM_THREADS=1``). Not counted: making the
+    trees (once per frozen work space) and the ``T (D + 1)`` count increments per changed agent per
+    node on its path."""
+    from swarmguard import BehavioralDistributedProtocol, HierarchicalStatisticalTree
+    rng = np.random.default_rng(seed)
+    print("| d | n | T | D | today: robust score_many (s) | + route (s) | + masses (s) | + null and combination (s) "
+          "| ratio | ratio, paths kept |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for d in dims:
+        X = rng.standard_t(4, size=(n, d)) @ (rng.normal(size=(d, d)) / np.sqrt(d) + np.eye(d))
+        ids = np.arange(n, dtype=np.int64)
+        tree = HierarchicalStatisticalTree(feature_dimensions=d)
+        proto = BehavioralDistributedProtocol(tree, scoring="robust")
+        tree.update_many(ids, X)
+        today = _best_cpu(lambda: proto.score_many(ids, fdr=None), repeats)  # noqa: B023 (runs in this iteration)
+        feat, split = hst_forest(X, T, D, steps=2)
+        t_route = _best_cpu(lambda: hst_paths(X, feat, split), repeats)  # noqa: B023
+        P = hst_paths(X, feat, split)
+        counts = hst_counts(P, T, D)
+        lim = np.ceil(np.sqrt(n))
+        t_mass = _best_cpu(lambda: hst_mass_score(P, counts, lim), repeats)  # noqa: B023
+        s = hst_mass_score(P, counts, lim)
+        _, mu, C = _trimmed_moments(X, 2)
+        c = 0.975 / stats.chi2.cdf(stats.chi2.ppf(0.975, d), d + 2)
+        d2 = dist(X, n, mu, C) / c
+        t_comb = _best_cpu(lambda: cauchy_neglog(np.column_stack(
+            [_chi2_neglogsf(d2, np.array([d])), _empirical_neglogp(s)])), repeats)  # noqa: B023
+        print(f"| {d} | {n:,} | {T} | {D} | {today:.3f} | {t_route:.3f} | {t_mass:.3f} | {t_comb:.3f} "
+              f"| {(today + t_route + t_mass + t_comb) / today:.1f}x | {(today + t_mass + t_comb) / today:.1f}x |",
+              flush=True)
 
 
 if __name__ == "__main__":
