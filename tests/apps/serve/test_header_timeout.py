@@ -76,13 +76,14 @@ def _connect(port: int) -> socket.socket:
 
 
 def _until_closed(sock: socket.socket, buffered: bytes = b"") -> bytes:
-    """Everything ``sock`` receives until the listener closes it (fails past ``WAIT``)."""
+    """Everything ``sock`` receives until the listener closes it (fails past ``WAIT``). A reset
+    is a close too: a byte the client sent as the listener closed makes its kernel answer RST."""
     data, end = bytearray(buffered), time.monotonic() + WAIT
     while time.monotonic() < end:
         try:
             chunk = sock.recv(65536)
         except ConnectionResetError:
-            break
+            return bytes(data)
         if not chunk:
             return bytes(data)
         data += chunk
@@ -227,6 +228,56 @@ def test_an_event_stream_longer_than_the_header_timeout_is_not_cut(node):
         sock.sendall(GET)                   # the connection is kept alive after the stream
         assert _answer(sock, buffered)[0] == 200
     assert (_timeouts(port, "partial"), _timeouts(port, "empty")) == before
+
+
+def _uvicorn_parsers():
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return [H11Protocol]
+    return [H11Protocol, HttpToolsProtocol]
+
+
+@pytest.mark.parametrize("protocol", _uvicorn_parsers(), ids=lambda p: p.__name__)
+def test_uvicorns_own_protocols_bound_no_head_only_the_keep_alive_wait(protocol):
+    """Why the clock is the node's: on uvicorn's own protocols (keep-alive timeout 0.2 s) a
+    connection that sends nothing, a slow first head and a slow head after a keep-alive
+    response all stay open 3x that long, while an idle keep-alive connection is closed. If
+    uvicorn starts bounding heads, this fails, and the node's clock may double up with it."""
+    import uvicorn
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    keep_alive = 0.2
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, http=protocol, lifespan="off",
+                                           timeout_keep_alive=keep_alive, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        with _connect(port) as silent, _connect(port) as slow, _connect(port) as after, _connect(port) as idle:
+            slow.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n")
+            for sock in (after, idle):
+                sock.sendall(GET)
+                assert _answer(sock, bytearray())[0] == 200
+            after.sendall(b"GET / HTTP/1.1\r\nHo")
+            time.sleep(3 * keep_alive)
+            assert _until_closed(idle) == b""                   # the keep-alive timeout closed it
+            for sock in (silent, slow, after):
+                assert not select.select([sock], [], [], 0)[0], "uvicorn answered or closed it"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    assert not thread.is_alive()
 
 
 def test_a_bad_header_timeout_is_refused_with_the_typed_error():

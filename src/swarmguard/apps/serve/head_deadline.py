@@ -5,7 +5,7 @@ uvicorn bounds only the idle time between requests of a keep-alive connection
 nothing runs from ``connection_made`` before a connection's first byte, nor while a head is
 arriving, so a client that opens a connection and sends nothing, or sends its head a byte every
 few seconds (slowloris), holds the connection forever, on either of uvicorn's parsers (checked
-with real sockets: ``tests/apps/serve/test_header_timeout.py``).
+with real sockets against uvicorn's own protocols: ``tests/apps/serve/test_header_timeout.py``).
 
 :class:`HeadDeadline` is the bound, for either parser: a clock runs whenever the listener waits
 for a request head (no request is being answered) and nothing else bounds that wait, that is
@@ -65,7 +65,6 @@ class HeadDeadline:
     header_timeout: float | None = None
     on_header_timeout: Callable[[str], None] | None = None
     _head_clock = None              # the running clock's TimerHandle
-    head_timed_out = False          # the clock ran out on this connection
 
     def _awaiting_head(self) -> bool:       # pragma: no cover - each protocol's own
         raise NotImplementedError
@@ -99,7 +98,6 @@ class HeadDeadline:
         if self.transport.is_closing() or not self._awaiting_head():
             return
         partial = self._head_bytes_received()
-        self.head_timed_out = True
         if partial:
             self.transport.write(timeout_answer(self.header_timeout))
         self.transport.close()
