@@ -89,7 +89,10 @@ def server_config(app, settings: ServeSettings):
     parser = listener_protocol()
     try:
         http = with_header_timeout(parser, settings.header_timeout_seconds, count)
-    except ImportError:         # h11_listener's internals missing: uvicorn's own h11, without the clock
+    except ImportError as exc:  # h11_listener's internals missing: uvicorn's own h11, without the clock
+        import logging
+
+        logging.getLogger("swarmguard.serve").warning("--header-timeout is not applied: %s", exc)
         http = parser
     return uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", http=http,
                           ssl_certfile=str(settings.certfile) if settings.certfile else None,
