@@ -216,6 +216,51 @@ def test_pipelined_requests_are_answered_then_a_partial_head_after_them_times_ou
     assert _timeouts(port, "partial") == before + 1
 
 
+@pytest.mark.parametrize("framing", [b"Content-Length: 1000000\r\n\r\n", b"Transfer-Encoding: chunked\r\n\r\n100000\r\n"],
+                         ids=["content-length", "chunked"])
+def test_the_rest_of_a_body_the_app_never_read_trickled_after_its_answer_is_bounded_too(node, framing):
+    """A complete head whose body the app does not read (``/healthz`` answers without it; so
+    does a 401 or a 413): the answer is sent, then the client trickles the body. The keep-alive
+    timer is cancelled by each byte and no head is arriving, so without the clock the connection
+    stayed open for ever. It is closed (no second answer to the same request), counted as ``body``."""
+    port, _ = node
+    before = _timeouts(port, "body"), _timeouts(port, "partial"), _timeouts(port, "empty")
+    with _connect(port) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + framing)
+        buffered = bytearray()
+        assert _answer(sock, buffered)[0] == 200
+        closed = False
+        for _ in range(100):                # a byte every 0.05 s: 5 s, 16x the header timeout
+            if select.select([sock], [], [], 0.05)[0]:
+                closed = True
+                break
+            try:
+                sock.sendall(b"x")
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+        assert closed, "the rest of an answered body held the connection for 5 s"
+        assert _until_closed(sock, bytes(buffered)) == b""
+    assert (_timeouts(port, "body"), _timeouts(port, "partial"), _timeouts(port, "empty")) == (
+        before[0] + 1, before[1], before[2])
+
+
+def test_the_rest_of_an_answered_body_sent_at_once_keeps_the_connection(node):
+    """... while a client that sends that rest promptly keeps its keep-alive connection."""
+    port, _ = node
+    before = _timeouts(port, "body")
+    with _connect(port) as sock:
+        buffered = bytearray()
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n")
+        assert _answer(sock, buffered)[0] == 200
+        sock.sendall(b"12345" + GET)
+        assert _answer(sock, buffered)[0] == 200
+        time.sleep(2 * TIMEOUT)             # idle: the keep-alive timer's (5 s), not the clock's
+        sock.sendall(GET)
+        assert _answer(sock, buffered)[0] == 200
+    assert _timeouts(port, "body") == before
+
+
 def test_an_event_stream_longer_than_the_header_timeout_is_not_cut(node):
     port, _ = node
     before = _timeouts(port, "partial"), _timeouts(port, "empty")

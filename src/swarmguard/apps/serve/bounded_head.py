@@ -94,8 +94,8 @@ class BoundedHeadHttpToolsProtocol(HeadDeadline, HttpToolsProtocol):
     arrives (module docstring); ``head_limit`` is the config's ``h11_max_incomplete_event_size``
     (16 KiB when unset, h11's default), so one setting bounds either parser. With
     ``header_timeout`` set (``head_deadline.with_header_timeout``), a head is also bounded in
-    time (:mod:`.head_deadline`): awaited while no request is in flight or queued, part of it
-    received once ``head_bytes`` > 0."""
+    time (:mod:`.head_deadline`): awaited while no request is in flight or queued (in a head, or
+    in the rest of an answered body: ``in_head`` False), part of it received once ``head_bytes`` > 0."""
 
     def __init__(self, config, server_state, app_state, _loop=None) -> None:
         super().__init__(config, server_state, app_state, _loop)
@@ -160,11 +160,15 @@ class BoundedHeadHttpToolsProtocol(HeadDeadline, HttpToolsProtocol):
         super().connection_lost(exc)
 
     def _awaiting_head(self) -> bool:
-        return (self.in_head and not self.refused and not self.pipeline and not self._held
+        # in a head, or in the rest of a body its answer did not wait for
+        return (not self.refused and not self.pipeline and not self._held
                 and (self.cycle is None or self.cycle.response_complete))
 
     def _head_bytes_received(self) -> bool:
-        return self.head_bytes > 0
+        return self.in_head and self.head_bytes > 0
+
+    def _in_answered_body(self) -> bool:
+        return not self.in_head
 
     def data_received(self, data: bytes) -> None:
         try:

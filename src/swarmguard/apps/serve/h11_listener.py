@@ -29,11 +29,17 @@ if _missing:        # an ImportError: run.server_config then serves with uvicorn
 
 class HeadDeadlineH11Protocol(HeadDeadline, H11Protocol):
     """uvicorn's h11 listener with the head-arrival clock: a head is awaited while h11 waits
-    for a request on both sides (``IDLE``), and part of one has arrived while h11 holds unparsed
-    bytes (h11 itself bounds their size: ``h11_max_incomplete_event_size``)."""
+    for a request on both sides (``IDLE``), or while our answer is sent (``DONE``) and their body
+    goes on (``SEND_BODY``), and part of one has arrived while h11 holds unparsed bytes (h11
+    itself bounds their size: ``h11_max_incomplete_event_size``)."""
 
     def _awaiting_head(self) -> bool:
-        return self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE
+        # between requests, or our answer sent while their body goes on (h11 drops its Data)
+        return ((self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE)
+                or self._in_answered_body())
+
+    def _in_answered_body(self) -> bool:
+        return self.conn.our_state is h11.DONE and self.conn.their_state is h11.SEND_BODY
 
     def _head_bytes_received(self) -> bool:
         # a copy of h11's buffer; asked only when a response has just ended and when the clock

@@ -17,10 +17,15 @@ for a request head (no request is being answered) and nothing else bounds that w
   from the previous response's end),
 - and from the previous response's end for a head already partly received (pipelined),
 
-until the head is complete (its CRLF CRLF parsed); it is never restarted by more bytes. Past it,
+until the head is complete (its CRLF CRLF parsed); it is never restarted by more bytes. The
+rest of a body that the app answered without reading (``/healthz`` with a body, a 401, a 413)
+is timed the same way, from its first byte after the answer (or the answer's end, if some
+were already there) until the next head is complete: each byte cancels the keep-alive timer
+and no head is arriving, so it would otherwise hold the connection for ever. Past it,
 a connection with part of a head gets :func:`timeout_answer`'s 408 (one-line JSON error,
 ``connection: close``) and is closed, a connection that sent nothing is closed without an
-answer, and ``on_header_timeout`` is called with ``"partial"`` or ``"empty"`` (the node counts
+answer, a connection still sending an answered body is closed without a second answer, and
+``on_header_timeout`` is called with ``"partial"``, ``"empty"`` or ``"body"`` (the node counts
 them in ``swarmguard_header_timeouts_total{head}``). A head that is complete is never timed:
 a long body is ``--body-timeout``'s, a long response (``/v1/events``) nobody's.
 
@@ -56,10 +61,13 @@ class HeadDeadline:
     """The head-arrival clock (module docstring), mixed into a uvicorn HTTP protocol.
 
     ``header_timeout`` (seconds; None or infinite: no clock) and ``on_header_timeout`` (called
-    with ``"partial"`` or ``"empty"``) are class attributes, set by :func:`with_header_timeout`.
-    The protocol says whether it waits for a head (:meth:`_awaiting_head`) and whether any of it
-    has arrived (:meth:`_head_bytes_received`), and calls :meth:`_update_head_clock` wherever
-    either may change (after a read, a response's end, the connection's open).
+    with ``"partial"``, ``"empty"`` or ``"body"``) are class attributes, set by
+    :func:`with_header_timeout`. The protocol says whether it waits for a head
+    (:meth:`_awaiting_head`: no request is being answered or queued, so what arrives is the next
+    head or the rest of an answered request's body), whether it is in such a body
+    (:meth:`_in_answered_body`) and whether part of a head has arrived
+    (:meth:`_head_bytes_received`), and calls :meth:`_update_head_clock` wherever these may
+    change (after a read, a response's end, the connection's open).
     """
 
     header_timeout: float | None = None
@@ -70,6 +78,9 @@ class HeadDeadline:
         raise NotImplementedError
 
     def _head_bytes_received(self) -> bool:     # pragma: no cover - each protocol's own
+        raise NotImplementedError
+
+    def _in_answered_body(self) -> bool:     # pragma: no cover - each protocol's own
         raise NotImplementedError
 
     def _update_head_clock(self) -> None:
@@ -97,19 +108,23 @@ class HeadDeadline:
         self._head_clock = None
         if self.transport.is_closing() or not self._awaiting_head():
             return
-        partial = self._head_bytes_received()
-        if partial:
+        if self._in_answered_body():        # its request has its answer: a second one would be no one's
+            what = "body"
+        elif self._head_bytes_received():
+            what = "partial"
             self.transport.write(timeout_answer(self.header_timeout))
+        else:
+            what = "empty"
         self.transport.close()
         if self.on_header_timeout is not None:
-            self.on_header_timeout("partial" if partial else "empty")
+            self.on_header_timeout(what)
 
 
 def with_header_timeout(protocol, seconds: float | None, on_timeout: Callable[[str], None] | None = None):
     """A subclass of ``protocol`` (a :class:`HeadDeadline` class, or ``"h11"`` for
     ``h11_listener.HeadDeadlineH11Protocol``; :class:`ImportError` on a uvicorn without what that
     class relies on) whose connections time their heads out after ``seconds``,
-    calling ``on_timeout("partial" | "empty")`` each time."""
+    calling ``on_timeout("partial" | "empty" | "body")`` each time."""
     if protocol == "h11":
         from .h11_listener import HeadDeadlineH11Protocol as base
     else:

@@ -15,7 +15,8 @@ class ServeMetrics:
     ``swarmguard_errors_total{code,status}`` (requests the app refused),
     ``swarmguard_header_timeouts_total{head}`` (connections the listener closed because no whole
     request head arrived within ``--header-timeout``: ``head="partial"`` answered 408,
-    ``head="empty"`` had sent nothing; no request reached the app), ``swarmguard_agents{population}``,
+    ``head="empty"`` had sent nothing: no request reached the app; ``head="body"`` was still
+    sending the body of a request the app had answered without it), ``swarmguard_agents{population}``,
     ``swarmguard_log_commits_landed_after_error`` (commits of the durable log that SQLite
     reported failed but whose rows were in the file, so they counted as written, since the
     start) and ``swarmguard_log_needs_restart`` (1 while the log refuses writes because it
@@ -37,7 +38,7 @@ class ServeMetrics:
         self.errors = Counter("swarmguard_errors", "Refused requests, by code", ["code", "status"], registry=r)
         self.header_timeouts = Counter("swarmguard_header_timeouts",
                                        "Connections closed with no whole request head within --header-timeout, "
-                                       "by what had arrived (partial: answered 408; empty: nothing)",
+                                       "by what had arrived (partial: answered 408; empty: nothing; body: an answered body's rest)",
                                        ["head"], registry=r)
         self.agents = Gauge("swarmguard_agents", "Agents known, by population", ["population"], registry=r)
         self.log_landed_after_error = Gauge(
