@@ -71,7 +71,7 @@ def _clock_agrees(protocol, transport) -> bool:
     an answered body (none in flight or queued, nothing held) and nothing else bounds that wait:
     no keep-alive timer, or part of the head already here (head_deadline's rule, from the
     protocol's own state)."""
-    waiting = (not transport.closed and not protocol.refused and not protocol.pipeline
+    waiting = (not transport.closed and not protocol._upgraded and not protocol.refused and not protocol.pipeline
                and not protocol._held and (protocol.cycle is None or protocol.cycle.response_complete))
     runs = waiting and (protocol.timeout_keep_alive_task is None or (protocol.in_head and protocol.head_bytes > 0))
     return (protocol._head_clock is not None) == runs

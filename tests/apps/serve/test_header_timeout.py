@@ -7,6 +7,7 @@ timeout, every wait bounded."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import select
 import socket
@@ -399,3 +400,56 @@ def test_without_the_h11_internals_the_fallback_is_uvicorns_own_h11_and_a_plain_
     assert run_module.server_config(app, settings).http == "h11"
     with pytest.raises(TypeError, match="no head-arrival clock"):
         run_module.with_header_timeout(H11Protocol, 1.0)
+
+
+@pytest.mark.parametrize("parser", _parsers())
+def test_a_websocket_upgraded_before_the_timeout_is_not_cut_by_the_clock(parser):
+    """An upgrade hands the connection to uvicorn's WebSocket protocol: the HTTP protocol's
+    clock, running since the connection's open, must stop there (on httptools it did not, and
+    closed the WebSocket ``header_timeout`` after the open, counted as ``empty``). The node has
+    no WebSocket route; a bare ASGI app that accepts and echoes stands in for one."""
+    import base64
+
+    import uvicorn
+
+    if not (importlib.util.find_spec("websockets") or importlib.util.find_spec("wsproto")):
+        pytest.skip("uvicorn has no WebSocket library here")
+    from swarmguard.apps.serve.head_deadline import with_header_timeout
+
+    async def app(scope, receive, send):
+        if scope["type"] == "websocket":
+            await receive()
+            await send({"type": "websocket.accept"})
+            while (await receive())["type"] != "websocket.disconnect":
+                await send({"type": "websocket.send", "text": "echo"})
+
+    timeouts = []
+    base = "h11" if parser == "h11" else run_module.listener_protocol()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="warning",
+                                           http=with_header_timeout(base, TIMEOUT, timeouts.append)))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        with _connect(port) as sock:
+            key = base64.b64encode(b"0123456789abcdef")
+            sock.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                         b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n\r\n")
+            received = bytearray()
+            while b"\r\n\r\n" not in received:
+                chunk = sock.recv(4096)
+                assert chunk, bytes(received)
+                received += chunk
+            assert received.startswith(b"HTTP/1.1 101 ")
+            assert not select.select([sock], [], [], 3 * TIMEOUT)[0], "the WebSocket was closed"
+            mask = b"\x01\x02\x03\x04"
+            sock.sendall(b"\x81\x82" + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(b"hi")))
+            assert sock.recv(4096) == b"\x81\x04echo"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    assert not thread.is_alive() and timeouts == []

@@ -115,6 +115,7 @@ class BoundedHeadHttpToolsProtocol(HeadDeadline, HttpToolsProtocol):
         # the rest of a read while a request waits in the pipeline, fed once it is started: the
         # base class parses every pipelined head of every read into the queue, without bound
         self._held = b""
+        self._upgraded = False          # handed to the WebSocket protocol: no head is awaited here
 
     # Parser callbacks (called from inside feed_data)
     def on_headers_complete(self) -> None:
@@ -159,9 +160,16 @@ class BoundedHeadHttpToolsProtocol(HeadDeadline, HttpToolsProtocol):
         self._stop_head_clock()
         super().connection_lost(exc)
 
+    def handle_websocket_upgrade(self) -> None:
+        # the transport is the WebSocket protocol's from here: this clock, running since the
+        # connection's open, would close it (data_received's update must not start it again)
+        self._upgraded = True
+        self._stop_head_clock()
+        super().handle_websocket_upgrade()
+
     def _awaiting_head(self) -> bool:
         # in a head, or in the rest of a body its answer did not wait for
-        return (not self.refused and not self.pipeline and not self._held
+        return (not self._upgraded and not self.refused and not self.pipeline and not self._held
                 and (self.cycle is None or self.cycle.response_complete))
 
     def _head_bytes_received(self) -> bool:
