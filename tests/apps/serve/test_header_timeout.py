@@ -221,7 +221,7 @@ def test_pipelined_requests_are_answered_then_a_partial_head_after_them_times_ou
                          ids=["content-length", "chunked"])
 def test_the_rest_of_a_body_the_app_never_read_trickled_after_its_answer_is_bounded_too(node, framing):
     """A complete head whose body the app does not read (``/healthz`` answers without it; so
-    does a 401 or a 413): the answer is sent, then the client trickles the body. The keep-alive
+    do a 401, 405, 415 or 503): the answer is sent, then the client trickles the body. The keep-alive
     timer is cancelled by each byte and no head is arriving, so without the clock the connection
     stayed open for ever. It is closed (no second answer to the same request), counted as ``body``."""
     port, _ = node

@@ -18,7 +18,7 @@ for a request head (no request is being answered) and nothing else bounds that w
 - and from the previous response's end for a head already partly received (pipelined),
 
 until the head is complete (its CRLF CRLF parsed); it is never restarted by more bytes. The
-rest of a body that the app answered without reading (``/healthz`` with a body, a 401, a 413)
+rest of a body that the app answered without reading (a 401, 405, 415 or 503 given before reading it, ``/healthz`` with a body)
 is timed the same way, from its first byte after the answer (or the answer's end, if some
 were already there) until the next head is complete: each byte cancels the keep-alive timer
 and no head is arriving, so it would otherwise hold the connection for ever. Past it,
