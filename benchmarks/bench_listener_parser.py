@@ -1,6 +1,7 @@
 """Benchmark the node's listener protocols alone: CPU time per request of uvicorn's h11
 protocol, its httptools protocol, and ``BoundedHeadHttpToolsProtocol`` (httptools with the
-node's bound on a request head), on the same requests, in one process.
+node's bound on a request head), each of the node's two also with the head's clock
+(``--header-timeout``, as ``run.server_config`` makes them), on the same requests, in one process.
 
 Each protocol gets one keep-alive connection over an in-memory transport and an ASGI app
 that reads the whole body and answers 200 (no node behind it: what is measured is the
@@ -33,6 +34,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # noqa: E40
 from uvicorn.server import ServerState  # noqa: E402
 
 from swarmguard.apps.serve.bounded_head import BoundedHeadHttpToolsProtocol  # noqa: E402
+from swarmguard.apps.serve.head_deadline import DEFAULT_HEADER_TIMEOUT, with_header_timeout  # noqa: E402
 from swarmguard.apps.serve.settings import DEFAULT_MAX_HEADER_BYTES, HEAD_LIMIT_FACTOR  # noqa: E402
 
 
@@ -106,7 +108,10 @@ def main() -> None:
     ap.add_argument("--read-bytes", type=int, default=64 << 10, help="bytes a read from the socket")
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    protocols = {"h11": H11Protocol, "httptools": HttpToolsProtocol, "bounded httptools": BoundedHeadHttpToolsProtocol}
+    protocols = {"h11": H11Protocol, "httptools": HttpToolsProtocol, "bounded httptools": BoundedHeadHttpToolsProtocol,
+                 # the node's listeners: with the head's clock
+                 "bounded + clock": with_header_timeout(BoundedHeadHttpToolsProtocol, DEFAULT_HEADER_TIMEOUT),
+                 "h11 + clock": with_header_timeout("h11", DEFAULT_HEADER_TIMEOUT)}
     print(f"# bench_listener_parser: python {platform.python_version()}, uvicorn {uvicorn.__version__}, "
           f"{os.cpu_count()} CPUs, {args.requests} requests of {args.body_bytes:,} body bytes in reads of "
           f"{args.read_bytes:,}, {args.rounds} rounds")
@@ -120,7 +125,9 @@ def main() -> None:
         runs = " / ".join(f"{x * 1e6:.1f}" for x in t)
         print(f"{name:>18}: median {median[name] * 1e6:7.1f} CPU µs a request   (rounds: {runs})")
     print(f"h11 / bounded httptools: {median['h11'] / median['bounded httptools']:.2f}x; "
-          f"bounded / plain httptools: {median['bounded httptools'] / median['httptools']:.3f}x")
+          f"bounded / plain httptools: {median['bounded httptools'] / median['httptools']:.3f}x; "
+          f"with / without the clock: bounded {median['bounded + clock'] / median['bounded httptools']:.3f}x, "
+          f"h11 {median['h11 + clock'] / median['h11']:.3f}x")
 
 
 if __name__ == "__main__":

@@ -493,6 +493,7 @@ def serve(
     max_body_bytes: int = typer.Option(64 << 20, min=1, help="Request body limit in bytes, compressed and decompressed. Example: --max-body-bytes 1048576"),
     max_header_bytes: int = typer.Option(64 << 10, min=1024, help="Request header limit in bytes (names and values together): 431 past it. Example: --max-header-bytes 16384"),
     body_timeout: float = typer.Option(60.0, help="Seconds a request's whole body may take to arrive: 408 past it (OTLP exporters do not retry a 408: raise it for slow links). Example: --body-timeout 300"),
+    header_timeout: float = typer.Option(10.0, help="Seconds a request head may take to arrive, from the connection's open (on a keep-alive connection, from its first byte): past it the connection gets 408, or is closed if it sent nothing (counted in /metrics). Example: --header-timeout 30"),
     metrics_public: bool = typer.Option(False, "--metrics-public", help="Serve /metrics without a token."),
     certfile: Path | None = typer.Option(None, help="TLS certificate (PEM), with --keyfile. Example: --certfile node.pem"),  # noqa: B008
     keyfile: Path | None = typer.Option(None, help="TLS private key (PEM), with --certfile. Example: --keyfile node.key"),  # noqa: B008
@@ -519,6 +520,7 @@ def serve(
         settings = ServeSettings(data_dir=data_dir, tokens_file=tokens, host=host, port=port, region=region,
                                  window_seconds=window, features=features, max_body_bytes=max_body_bytes,
                                  max_header_bytes=max_header_bytes, body_timeout_seconds=body_timeout,
+                                 header_timeout_seconds=header_timeout,
                                  metrics_public=metrics_public,
                                  certfile=certfile, keyfile=keyfile, backend=backend, address=address,
                                  warm_up=warm_up, snapshot_every=snapshot_every,

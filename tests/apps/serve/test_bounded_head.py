@@ -19,6 +19,7 @@ from uvicorn.server import ServerState  # noqa: E402
 
 from swarmguard.apps.serve import bounded_head  # noqa: E402
 from swarmguard.apps.serve.bounded_head import REFUSAL, BoundedHeadHttpToolsProtocol  # noqa: E402
+from swarmguard.apps.serve.head_deadline import with_header_timeout  # noqa: E402
 
 LIMIT = 1024
 
@@ -50,16 +51,30 @@ class _Transport(asyncio.Transport):
         return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8470)}.get(name, default)
 
 
-def _open_protocol(app, limit, loop):
+def _open_protocol(app, limit, loop, header_timeout=3600.0):
     """``BoundedHeadHttpToolsProtocol`` at head bound ``limit`` on ``loop`` for ASGI ``app``,
-    connected to a fresh ``_Transport``: ``(protocol, transport)``."""
-    config = uvicorn.Config(app, http=BoundedHeadHttpToolsProtocol, h11_max_incomplete_event_size=limit,
+    connected to a fresh ``_Transport``: ``(protocol, transport)``. Its head clock
+    (``--header-timeout``) runs as the node's does, at ``header_timeout`` seconds (an hour: it
+    never runs out here, but :func:`_clock_agrees` can check when it runs)."""
+    listener = with_header_timeout(BoundedHeadHttpToolsProtocol, header_timeout)
+    config = uvicorn.Config(app, http=listener, h11_max_incomplete_event_size=limit,
                             log_level="critical", lifespan="off")
     config.load()
-    protocol = BoundedHeadHttpToolsProtocol(config, ServerState(), {}, _loop=loop)
+    protocol = listener(config, ServerState(), {}, _loop=loop)
     transport = _Transport()
     protocol.connection_made(transport)
     return protocol, transport
+
+
+def _clock_agrees(protocol, transport) -> bool:
+    """The head clock runs exactly while the connection is open, waits for a head or the rest of
+    an answered body (none in flight or queued, nothing held) and nothing else bounds that wait:
+    no keep-alive timer, or part of the head already here (head_deadline's rule, from the
+    protocol's own state)."""
+    waiting = (not transport.closed and not protocol._upgraded and not protocol.refused and not protocol.pipeline
+               and not protocol._held and (protocol.cycle is None or protocol.cycle.response_complete))
+    runs = waiting and (protocol.timeout_keep_alive_task is None or (protocol.in_head and protocol.head_bytes > 0))
+    return (protocol._head_clock is not None) == runs
 
 
 class _Connection:
@@ -89,6 +104,7 @@ class _Connection:
                 break
             self.protocol.data_received(read)
             self.settle()
+            assert _clock_agrees(self.protocol, self.transport), read[:80]
 
     def settle(self) -> None:
         for _ in range(20):                 # let the app's tasks answer

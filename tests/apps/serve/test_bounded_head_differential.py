@@ -15,7 +15,7 @@ import pytest
 
 httptools = pytest.importorskip("httptools")
 
-from tests.apps.serve.test_bounded_head import _open_protocol  # noqa: E402
+from tests.apps.serve.test_bounded_head import _clock_agrees, _open_protocol  # noqa: E402
 
 _MUTATIONS = [b"\r", b"\n", b";", b'"', b"0", b"a", b"F", b" ", b"\t", b"\r\n", b"\r\n\r\n", b"\\", b"G", b"\x00"]
 
@@ -140,6 +140,7 @@ def _served(reads, limit):
             break
         protocol.data_received(read)
         settle()
+        assert _clock_agrees(protocol, transport), read[:80]     # the head's clock (--header-timeout) too
     closed = transport.closed
     protocol.connection_lost(None)
     settle()

@@ -110,6 +110,24 @@ def test_body_timeout_reaches_the_node_and_a_bad_one_exits_2(monkeypatch):
         assert out.exit_code == 2 and "--body-timeout (body_timeout_seconds) must be > 0" in out.output
 
 
+def test_header_timeout_reaches_the_node_is_in_the_help_and_a_bad_one_exits_2(monkeypatch):
+    import swarmguard.apps.serve.run as run
+    from swarmguard.apps.serve.settings import ServeSettings
+
+    seen = {}
+    monkeypatch.setattr(run, "run_server", lambda settings, **kw: seen.setdefault("settings", settings))
+    out = _run("--header-timeout", "2.5")
+    assert out.exit_code == 0, out.output
+    assert seen["settings"].header_timeout_seconds == 2.5
+    assert ServeSettings().header_timeout_seconds == 10.0          # the default the help and README give
+    # the help's table, its box and line breaks taken out (rich wraps it at its own width)
+    help_text = "".join(c for c in _run("--help").output if not c.isspace() and c != "│")
+    assert "--header-timeout" in help_text and "gets408" in help_text and "[default:10.0]" in help_text
+    for bad in ("0", "-1", "nan"):
+        out = _run("--header-timeout", bad)
+        assert out.exit_code == 2 and "--header-timeout (header_timeout_seconds) must be > 0" in out.output
+
+
 @pytest.mark.parametrize(("missing", "said", "options"), [
     ("fastapi", "needs the serve extra (pip install 'swarmguard[serve]')", ()),
     ("uvicorn", "needs the serve extra (pip install 'swarmguard[serve]')", ()),

@@ -72,9 +72,12 @@ def test_a_real_listener_answers_431_from_the_app_and_400_past_uvicorns_head_bou
     if importlib.util.find_spec("httptools") is not None:
         from swarmguard.apps.serve.bounded_head import BoundedHeadHttpToolsProtocol
 
-        assert config.http is BoundedHeadHttpToolsProtocol
+        assert issubclass(config.http, BoundedHeadHttpToolsProtocol)
     else:
-        assert config.http == "h11"
+        from swarmguard.apps.serve.h11_listener import HeadDeadlineH11Protocol
+
+        assert issubclass(config.http, HeadDeadlineH11Protocol)
+    assert config.http.header_timeout == settings.header_timeout_seconds     # and a head's time is bounded
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

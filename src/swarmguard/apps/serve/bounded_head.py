@@ -39,16 +39,19 @@ import httptools
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .head_deadline import RELIED_ON_STATE as _CLOCK_STATE
+from .head_deadline import HeadDeadline
+
 __all__ = ["BoundedHeadHttpToolsProtocol", "RELIED_ON", "RELIED_ON_STATE", "REFUSAL", "DEFAULT_HEAD_LIMIT"]
 
 # h11's own default (h11.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE), when the config leaves it unset
 DEFAULT_HEAD_LIMIT = 16 * 1024
 # the attributes of HttpToolsProtocol this class calls or overrides
-RELIED_ON = ("connection_made", "data_received", "on_message_begin", "on_headers_complete", "on_message_complete", "on_response_complete",
+RELIED_ON = ("connection_made", "connection_lost", "data_received", "on_message_begin", "on_headers_complete", "on_message_complete", "on_response_complete",
              "_unset_keepalive_if_required", "send_400_response", "_should_upgrade",
              "handle_websocket_upgrade", "_unsupported_upgrade_warning")
 # ... and these instance attributes (a test checks them on a connection)
-RELIED_ON_STATE = ("parser", "headers", "cycle", "pipeline", "flow", "transport", "logger")
+RELIED_ON_STATE = ("parser", "headers", "cycle", "pipeline", "flow", "logger") + _CLOCK_STATE
 _MESSAGE = b"Invalid HTTP request received."
 # what uvicorn's h11 listener writes for a head past its bound (h11_impl.send_400_response:
 # status, content type, connection close, the message); here with its length too
@@ -86,10 +89,13 @@ class _HeldFirstFlowControl(FlowControl):
             super().resume_reading()
 
 
-class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
+class BoundedHeadHttpToolsProtocol(HeadDeadline, HttpToolsProtocol):
     """uvicorn's httptools protocol, refusing a request head past ``head_limit`` bytes as it
     arrives (module docstring); ``head_limit`` is the config's ``h11_max_incomplete_event_size``
-    (16 KiB when unset, h11's default), so one setting bounds either parser."""
+    (16 KiB when unset, h11's default), so one setting bounds either parser. With
+    ``header_timeout`` set (``head_deadline.with_header_timeout``), a head is also bounded in
+    time (:mod:`.head_deadline`): awaited while no request is in flight or queued (in a head, or
+    in the rest of an answered body: ``in_head`` False), part of it received once ``head_bytes`` > 0."""
 
     def __init__(self, config, server_state, app_state, _loop=None) -> None:
         super().__init__(config, server_state, app_state, _loop)
@@ -109,6 +115,7 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
         # the rest of a read while a request waits in the pipeline, fed once it is started: the
         # base class parses every pipelined head of every read into the queue, without bound
         self._held = b""
+        self._upgraded = False          # handed to the WebSocket protocol: no head is awaited here
 
     # Parser callbacks (called from inside feed_data)
     def on_headers_complete(self) -> None:
@@ -147,8 +154,38 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self.flow = _HeldFirstFlowControl(transport, self)     # before any request's cycle takes it
+        self._update_head_clock()
+
+    def connection_lost(self, exc) -> None:
+        self._stop_head_clock()
+        super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self) -> None:
+        # the transport is the WebSocket protocol's from here: this clock, running since the
+        # connection's open, would close it (data_received's update must not start it again)
+        self._upgraded = True
+        self._stop_head_clock()
+        super().handle_websocket_upgrade()
+
+    def _awaiting_head(self) -> bool:
+        # in a head, or in the rest of a body its answer did not wait for
+        return (not self._upgraded and not self.refused and not self.pipeline and not self._held
+                and (self.cycle is None or self.cycle.response_complete))
+
+    def _head_bytes_received(self) -> bool:
+        return self.in_head and self.head_bytes > 0
+
+    def _in_answered_body(self) -> bool:
+        return not self.in_head
 
     def data_received(self, data: bytes) -> None:
+        try:
+            self._receive(data)
+        finally:
+            self._update_head_clock()
+
+    def _receive(self, data: bytes) -> None:
+        """``data_received``'s work: the read fed to the parser in pieces (module docstring)."""
         if self.refused:                # reading is paused; a read already on its way is dropped
             return
         self._unset_keepalive_if_required()
@@ -339,6 +376,12 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
         self._send_refusal()
 
     def on_response_complete(self) -> None:
+        try:
+            self._response_complete()
+        finally:
+            self._update_head_clock()           # a head partly received before it is timed from here
+
+    def _response_complete(self) -> None:
         super().on_response_complete()          # starts the next pipelined request, if any
         if self.transport.is_closing():
             return

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 
 from .app import create_app, resolve_data_dir
+from .head_deadline import with_header_timeout
 from .settings import HEAD_LIMIT_FACTOR, ServeSettings
 
 __all__ = ["run_server", "server_config", "listener_protocol", "import_serving_modules"]
@@ -61,10 +62,12 @@ def listener_protocol():
 
 
 def server_config(app, settings: ServeSettings):
-    """uvicorn's configuration of the node's listener: address, TLS, and the bound on a request
+    """uvicorn's configuration of the node's listener: address, TLS, the bound on a request
     head (``HEAD_LIMIT_FACTOR`` × ``--max-header-bytes``: a head up to it reaches the app,
     which answers 431 and counts it; past it the listener answers 400 itself, before the app,
-    and closes the connection).
+    and closes the connection), and the time a head may take to arrive (``--header-timeout``,
+    :mod:`.head_deadline`: 408 or a close, counted in ``app.state.metrics``'
+    ``swarmguard_header_timeouts_total``), on either parser.
 
     The parser is httptools through ``bounded_head.BoundedHeadHttpToolsProtocol``: uvicorn's
     own httptools protocol buffers a request head of any size, this subclass counts each
@@ -72,10 +75,26 @@ def server_config(app, settings: ServeSettings):
     15-21 % fewer spans or lines per second here: README, "The listener's parser"). The
     subclass relies on uvicorn internals (pyproject pins uvicorn to the tested releases);
     without httptools, or on a uvicorn without them, the listener parses with h11, whose
-    ``h11_max_incomplete_event_size`` is the same bound (checked while a head is incomplete)."""
+    ``h11_max_incomplete_event_size`` is the same bound (checked while a head is incomplete),
+    through ``h11_listener.HeadDeadlineH11Protocol`` (uvicorn's h11 protocol with the head's
+    clock; on a uvicorn without the internals that one relies on, uvicorn's own, unclocked)."""
     import uvicorn
 
-    return uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", http=listener_protocol(),
+    metrics = getattr(app.state, "metrics", None)
+
+    def count(head: str) -> None:
+        if metrics is not None:
+            metrics.header_timeouts.labels(head).inc()
+
+    parser = listener_protocol()
+    try:
+        http = with_header_timeout(parser, settings.header_timeout_seconds, count)
+    except ImportError as exc:  # h11_listener's internals missing: uvicorn's own h11, without the clock
+        import logging
+
+        logging.getLogger("swarmguard.serve").warning("--header-timeout is not applied: %s", exc)
+        http = parser
+    return uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", http=http,
                           ssl_certfile=str(settings.certfile) if settings.certfile else None,
                           ssl_keyfile=str(settings.keyfile) if settings.keyfile else None,
                           h11_max_incomplete_event_size=HEAD_LIMIT_FACTOR * settings.max_header_bytes,

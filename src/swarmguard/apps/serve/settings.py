@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import InvalidInputError
+from .head_deadline import DEFAULT_HEADER_TIMEOUT
 
 __all__ = ["ServeSettings", "DEFAULT_PORT", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_HEADER_BYTES",
            "DEFAULT_SNAPSHOT_EVERY", "is_loopback"]
@@ -47,7 +48,7 @@ class ServeSettings:
     together (431 past it); ``metrics_public`` serves ``/metrics`` without a token;
     ``max_inflight`` ingest requests being worked on at once and
     ``max_window_rows`` vectors buffered in the open window before ingest
-    answers 429 (bounded memory); ``max_event_streams`` open ``/v1/events`` streams (more: 503); ``body_timeout_seconds`` to read a request's whole body (408 past it); ``warm_up`` / ``significance_level`` /
+    answers 429 (bounded memory); ``max_event_streams`` open ``/v1/events`` streams (more: 503); ``body_timeout_seconds`` to read a request's whole body (408 past it); ``header_timeout_seconds`` for a request head to arrive, from the connection's open or, on a keep-alive connection, from the head's first byte (past it the listener answers 408 to part of a head, closes a connection that sent nothing, and counts either in ``swarmguard_header_timeouts_total``: :mod:`.head_deadline`); ``warm_up`` / ``significance_level`` /
     ``require`` go to the detector; ``backend`` the engine (``address``: a Ray cluster's, for ``ray``); ``certfile`` / ``keyfile`` serve TLS; ``clock`` the node's clock (arrival time);
     ``close_windows`` runs the background task that closes windows as the clock
     passes their end (tests turn it off and close windows themselves);
@@ -73,6 +74,7 @@ class ServeSettings:
     max_window_rows: int = 2_000_000
     max_event_streams: int = 100
     body_timeout_seconds: float = 60.0
+    header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT
     warm_up: int | None = None
     significance_level: float = 1e-3
     require: str = "both"
@@ -101,6 +103,9 @@ class ServeSettings:
             raise InvalidInputError("max_inflight, max_window_rows and max_event_streams must be >= 1")
         if not (self.body_timeout_seconds > 0):
             raise InvalidInputError(f"--body-timeout (body_timeout_seconds) must be > 0, got {self.body_timeout_seconds}")
+        if not (self.header_timeout_seconds > 0):
+            raise InvalidInputError(
+                f"--header-timeout (header_timeout_seconds) must be > 0, got {self.header_timeout_seconds}")
         if self.backend not in ("inprocess", "ray"):
             raise InvalidInputError(f"--backend must be inprocess or ray, got {self.backend!r}")
         if self.address is not None and self.backend != "ray":
