@@ -8,14 +8,15 @@ checkpoint and a replica travel the same way.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidInputError
 
-__all__ = ["dict_to_bytes", "dict_from_bytes", "int_scalar", "float_scalar", "str_scalar", "str_list",
+__all__ = ["dict_to_bytes", "dict_from_bytes", "reading_fields", "int_scalar", "float_scalar", "str_scalar", "str_list",
            "int_list", "float_list"]
 
 
@@ -38,6 +39,29 @@ def dict_from_bytes(data: bytes, what: str) -> dict[str, np.ndarray]:
             return {k: z[k] for k in z.files}
     except Exception as exc:  # zipfile/ValueError/OSError on corrupt input
         raise InvalidInputError(f"bytes are not a serialised {what}: {exc}") from exc
+
+
+@contextmanager
+def reading_fields(what: str) -> Iterator[None]:
+    """A block that reads the fields of a loaded state called ``what``: a missing field
+    (``KeyError``) is "``what`` lacks field ...", a ``TypeError`` or ``ValueError`` is
+    "``what`` is malformed: ...", both ``InvalidInputError``; an ``InvalidInputError`` the block
+    raised itself goes out as it is.
+
+    >>> with reading_fields("example state"):
+    ...     {}["format"]
+    Traceback (most recent call last):
+    ...
+    swarmguard.errors.InvalidInputError: example state lacks field 'format'
+    """
+    try:
+        yield
+    except KeyError as exc:
+        raise InvalidInputError(f"{what} lacks field {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, InvalidInputError):
+            raise
+        raise InvalidInputError(f"{what} is malformed: {exc}") from exc
 
 
 # ---------------------------------------------------------------------- strict readers of loaded fields
