@@ -47,8 +47,7 @@ from ..values.exact_moments import ExactMoments
 from ..values.lww_register_map import LWWRegisterMap, RegisterChange
 from ..values.moments import Moments
 from ..values.npz import (
-    dict_from_bytes,
-    dict_to_bytes,
+    NpzBytes,
     int_scalar,
     reading_fields,
     str_list,
@@ -101,7 +100,7 @@ def _id_keys(update_ids: Any, n: int) -> list:
     return ids.to_list()
 
 
-class RegionReplica:
+class RegionReplica(NpzBytes):
     """The replica owned by one region.
 
     Parameters
@@ -561,15 +560,6 @@ class RegionReplica:
                          for p, row in zip(peers, counts.tolist(), strict=True)}
         replica._remember(seen)
         return replica
-
-    def to_bytes(self) -> bytes:
-        """Checkpoint as bytes (an ``.npz`` archive, no pickle)."""
-        return dict_to_bytes(self.to_dict())
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> RegionReplica:
-        state = dict_from_bytes(data, "RegionReplica")
-        return cls.from_dict(state)
 
     def __repr__(self) -> str:
         return (f"RegionReplica({self.region!r}, agents={len(self.registers)}, "

@@ -10,13 +10,13 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
 from ..errors import InvalidInputError
 
-__all__ = ["dict_to_bytes", "dict_from_bytes", "reading_fields", "int_scalar", "float_scalar", "str_scalar", "str_list",
+__all__ = ["dict_to_bytes", "dict_from_bytes", "NpzBytes", "reading_fields", "int_scalar", "float_scalar", "str_scalar", "str_list",
            "int_list", "float_list"]
 
 
@@ -39,6 +39,24 @@ def dict_from_bytes(data: bytes, what: str) -> dict[str, np.ndarray]:
             return {k: z[k] for k in z.files}
     except Exception as exc:  # zipfile/ValueError/OSError on corrupt input
         raise InvalidInputError(f"bytes are not a serialised {what}: {exc}") from exc
+
+
+class NpzBytes:
+    """``to_bytes`` / ``from_bytes`` for a value whose state is its ``to_dict`` / ``from_dict``
+    dict of arrays: an ``.npz`` archive, no pickle; bytes that are no archive are an
+    ``InvalidInputError`` naming the class.
+    """
+
+    __slots__ = ()
+
+    def to_bytes(self) -> bytes:
+        """Serialise to bytes (an ``.npz`` archive of :meth:`to_dict`, no pickle)."""
+        return dict_to_bytes(self.to_dict())  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        """Inverse of :meth:`to_bytes` (through :meth:`from_dict`, which validates every field)."""
+        return cls.from_dict(dict_from_bytes(data, cls.__name__))  # type: ignore[attr-defined]
 
 
 @contextmanager
