@@ -16,8 +16,8 @@ import numpy as np
 
 from ..errors import InvalidInputError
 
-__all__ = ["dict_to_bytes", "dict_from_bytes", "NpzBytes", "reading_fields", "int_scalar", "float_scalar", "str_scalar", "str_list",
-           "int_list", "float_list"]
+__all__ = ["dict_to_bytes", "dict_from_bytes", "NpzBytes", "reading_fields", "int_scalar",
+           "float_scalar", "str_scalar", "str_list", "int_list", "float_list"]
 
 
 def dict_to_bytes(state: Mapping[str, np.ndarray]) -> bytes:
