@@ -794,3 +794,42 @@ def test_clamp_negative_scores_keeps_the_moments_exact():
     a, b = clamped.estimate_exact(), fresh.estimate_exact()
     assert a == b and a.count == 3 and a.mean()[2] == 0.5           # the score column: (1.5 + 0 + 0) / 3
     assert clamped.clamp_negative_scores() == 0
+
+
+class _FieldRaises(dict):
+    """A loaded state whose one field ``key`` raises ``error`` when read (what a damaged archive
+    member can do), every other field as stored."""
+
+    def __init__(self, state, key, error):
+        super().__init__(state)
+        self.key, self.error = key, error
+
+    def __getitem__(self, key):
+        if key == self.key:
+            raise self.error
+        return super().__getitem__(key)
+
+
+def test_reading_a_damaged_delta_or_state_says_which_and_chains_the_cause():
+    """A missing field is "lacks field", a TypeError/ValueError "is malformed" (caused by the
+    original), an InvalidInputError of a field reader goes out as it is; the replica is unchanged."""
+    eu = RegionReplica("eu", DIM)
+    eu.update_many(["a"], [1.0], [[1.0, 2.0]], [0.5], now=1.0)
+    delta, state = eu.delta_for("us", now=2.0), eu.to_dict()
+    us = RegionReplica("us", DIM)
+    before = us.to_bytes()
+    cases = [(us.merge_delta, delta, "delta"), (RegionReplica.from_dict, state, "replica state")]
+    for read, arrays, what in cases:
+        missing = {k: v for k, v in arrays.items() if k != "freshness.times"}
+        with pytest.raises(InvalidInputError, match=f"^{what} lacks field 'freshness.times'$") as lacks:
+            read(missing)
+        assert isinstance(lacks.value.__cause__, KeyError)
+        cause = TypeError("not an array")
+        with pytest.raises(InvalidInputError, match=f"^{what} is malformed: not an array$") as bad:
+            read(_FieldRaises(arrays, "freshness.times", cause))
+        assert bad.value.__cause__ is cause
+        own = InvalidInputError("sender must be a string")
+        with pytest.raises(InvalidInputError) as passed:
+            read(_FieldRaises(arrays, "sender", own))
+        assert passed.value is own and passed.value.__cause__ is None
+    assert us.to_bytes() == before

@@ -25,6 +25,7 @@ from ..values.npz import (
     float_scalar,
     int_list,
     int_scalar,
+    reading_fields,
     str_list,
 )
 from ..values.version_vector import check_region_name
@@ -66,7 +67,7 @@ class CapCheckpoint:
             raise InvalidInputError("regions and feature_dimensions come from the state")
         if not isinstance(state, Mapping):
             raise InvalidTypeError(f"a resolver state is a mapping of arrays, got {type(state).__name__}")
-        try:
+        with reading_fields("resolver state"):
             fmt = int_scalar(state["format"], "format", 0, 1 << 31)
             if fmt != _FORMAT_VERSION:
                 raise InvalidInputError(f"unsupported resolver state format {fmt}")
@@ -77,12 +78,6 @@ class CapCheckpoint:
             start = float_scalar(state["start"], "start")
             dim = int_scalar(state["dim"], "dim", -1, 1 << 31)
             groups = int_list(state["groups"], "groups", len(regions), -1, 1 << 31)
-        except KeyError as exc:
-            raise InvalidInputError(f"resolver state lacks field {exc}") from exc
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, InvalidInputError):
-                raise
-            raise InvalidInputError(f"resolver state is malformed: {exc}") from exc
         if dim == 0:
             raise InvalidInputError("dim must be -1 (not known yet) or positive")
         if any(g < 0 for g in groups) and not all(g < 0 for g in groups):

@@ -53,6 +53,18 @@ def _engine_class(backend: Any) -> Callable[..., Engine]:
     return registered_engine(backend)
 
 
+def _engine_part(name: str, doc: str) -> property:
+    """A detector attribute that is its engine's part ``name``: read there, and set there (code
+    written against the guide swaps parts in)."""
+    def get(self: DistributedBehavioralDetector) -> Any:
+        return getattr(self.engine, name)
+
+    def swap(self: DistributedBehavioralDetector, part: Any) -> None:
+        setattr(self.engine, name, part)
+
+    return property(get, swap, doc=doc)
+
+
 class DistributedBehavioralDetector(DetectorItemPath, DetectorRounds, DetectorDecision, Locked):
     """The guide's complete example: tree + consensus + CAP resolver, one decision.
 
@@ -114,41 +126,11 @@ class DistributedBehavioralDetector(DetectorItemPath, DetectorRounds, DetectorDe
         self.engine.bind(self)
 
     # ------------------------------------------------------------------ the engine's parts
-    @property
-    def tree(self) -> Any:
-        """Solution 1's population tree (on Ray: a view of the merged moments)."""
-        return self.engine.tree
-
-    @tree.setter
-    def tree(self, part: Any) -> None:      # code written against the guide swaps parts in
-        self.engine.tree = part
-
-    @property
-    def protocol(self) -> Any:
-        """Solution 1's scoring protocol."""
-        return self.engine.protocol
-
-    @protocol.setter
-    def protocol(self, part: Any) -> None:      # code written against the guide swaps parts in
-        self.engine.protocol = part
-
-    @property
-    def consensus(self) -> Any:
-        """Solution 2's evidence consensus (on Ray: the evidence partitions, merged)."""
-        return self.engine.consensus
-
-    @consensus.setter
-    def consensus(self, part: Any) -> None:      # code written against the guide swaps parts in
-        self.engine.consensus = part
-
-    @property
-    def cap_resolver(self) -> Any:
-        """Solution 3's statistical CAP resolver (on Ray: the region actors' replicas and links)."""
-        return self.engine.cap_resolver
-
-    @cap_resolver.setter
-    def cap_resolver(self, part: Any) -> None:      # code written against the guide swaps parts in
-        self.engine.cap_resolver = part
+    tree = _engine_part("tree", "Solution 1's population tree (on Ray: a view of the merged moments).")
+    protocol = _engine_part("protocol", "Solution 1's scoring protocol.")
+    consensus = _engine_part("consensus", "Solution 2's evidence consensus (on Ray: the evidence partitions, merged).")
+    cap_resolver = _engine_part(
+        "cap_resolver", "Solution 3's statistical CAP resolver (on Ray: the region actors' replicas and links).")
 
     def __getattr__(self, name: str) -> Any:
         # An engine's own operations (Ray's checkpoint, replica, faults, ...) are the detector's too.

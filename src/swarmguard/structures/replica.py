@@ -46,7 +46,13 @@ from ..values.agent_index import as_agent_ids
 from ..values.exact_moments import ExactMoments
 from ..values.lww_register_map import LWWRegisterMap, RegisterChange
 from ..values.moments import Moments
-from ..values.npz import dict_from_bytes, dict_to_bytes, int_scalar, str_list, str_scalar
+from ..values.npz import (
+    NpzBytes,
+    int_scalar,
+    reading_fields,
+    str_list,
+    str_scalar,
+)
 from ..values.version_vector import MAX_COUNT, VersionVector, check_region_name
 from .replica_state import (
     _count_matrix,
@@ -94,7 +100,7 @@ def _id_keys(update_ids: Any, n: int) -> list:
     return ids.to_list()
 
 
-class RegionReplica:
+class RegionReplica(NpzBytes):
     """The replica owned by one region.
 
     Parameters
@@ -431,7 +437,7 @@ class RegionReplica:
         """
         if not isinstance(delta, Mapping):
             raise InvalidTypeError(f"a delta is a mapping of arrays, got {type(delta).__name__}")
-        try:
+        with reading_fields("delta"):
             fmt = int_scalar(delta["format"], "format", 0, 1 << 31)
             sender = check_region_name(str_scalar(delta["sender"], "sender"))
             their_version = VersionVector.from_dict(
@@ -439,12 +445,6 @@ class RegionReplica:
             )
             their_freshness = _freshness_from_arrays(delta["freshness.regions"], delta["freshness.times"])
             entries = {k[len(_REG):]: v for k, v in delta.items() if isinstance(k, str) and k.startswith(_REG)}
-        except KeyError as exc:
-            raise InvalidInputError(f"delta lacks field {exc}") from exc
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, InvalidInputError):
-                raise
-            raise InvalidInputError(f"delta is malformed: {exc}") from exc
         if fmt != _FORMAT_VERSION:
             raise InvalidInputError(f"unsupported delta format {fmt}")
         # validates before it changes anything
@@ -531,7 +531,7 @@ class RegionReplica:
         """
         if not isinstance(state, Mapping):
             raise InvalidTypeError(f"a replica state is a mapping of arrays, got {type(state).__name__}")
-        try:
+        with reading_fields("replica state"):
             region = check_region_name(str_scalar(state["sender"], "sender"))
             dim = int_scalar(state["dim"], "dim", 1, 1 << 31)
             if "registers.dim" in state and int_scalar(state["registers.dim"], "registers.dim", 1, 1 << 31) != dim:
@@ -548,12 +548,6 @@ class RegionReplica:
             window = (int_scalar(state["seen.window"], "seen.window", 1, _MAX_DEDUP_WINDOW)
                       if "seen.window" in state else DEFAULT_DEDUP_WINDOW)
             freshness = _freshness_from_arrays(state["freshness.regions"], state["freshness.times"])
-        except KeyError as exc:
-            raise InvalidInputError(f"replica state lacks field {exc}") from exc
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, InvalidInputError):
-                raise
-            raise InvalidInputError(f"replica state is malformed: {exc}") from exc
         if region not in freshness:
             raise InvalidInputError(f"replica state has no freshness time for its own region {region!r}")
         replica = cls(region, dim, dedup_window=window if dedup_window is None else dedup_window)
@@ -566,15 +560,6 @@ class RegionReplica:
                          for p, row in zip(peers, counts.tolist(), strict=True)}
         replica._remember(seen)
         return replica
-
-    def to_bytes(self) -> bytes:
-        """Checkpoint as bytes (an ``.npz`` archive, no pickle)."""
-        return dict_to_bytes(self.to_dict())
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> RegionReplica:
-        state = dict_from_bytes(data, "RegionReplica")
-        return cls.from_dict(state)
 
     def __repr__(self) -> str:
         return (f"RegionReplica({self.region!r}, agents={len(self.registers)}, "

@@ -540,6 +540,14 @@ class SlotTree(PowerOfTwoUnits):
         self._after_change(slot, step2, 1.0)
 
     # ------------------------------------------------------------------ reads
+    def occupied_at(self, slots: np.ndarray) -> np.ndarray:
+        """Whether each of ``slots`` holds a member (a slot past the capacity holds none)."""
+        slots = np.asarray(slots, dtype=np.int64)
+        out = np.zeros(slots.shape, dtype=bool)
+        inside = slots < self.capacity
+        out[inside] = self.occupied[slots[inside]]
+        return out
+
     def root_moments(self) -> tuple[float, np.ndarray, np.ndarray]:
         """(count, mean, M2) of all occupied slots in the caller's units, current to the last change."""
         if self.capacity == 0:

@@ -190,11 +190,7 @@ class TrimmedMoments(MemberSubsetMoments):
     # ------------------------------------------------------------------ reads
     def kept(self, slots: np.ndarray) -> np.ndarray:
         """Whether the members at ``slots`` are counted in the trimmed moments."""
-        slots = np.asarray(slots, dtype=np.int64)
-        out = np.zeros(slots.shape, dtype=bool)
-        inside = slots < self.tree.capacity
-        out[inside] = self.tree.occupied[slots[inside]]
-        return out
+        return self.tree.occupied_at(slots)
 
 
 class TrimmedScorer:

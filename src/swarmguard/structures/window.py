@@ -166,11 +166,7 @@ class WindowedMoments(MemberSubsetMoments):
     # ------------------------------------------------------------------ reads
     def inside(self, slots: np.ndarray) -> np.ndarray:
         """Whether the members at ``slots`` are counted in the windowed moments."""
-        slots = np.asarray(slots, dtype=np.int64)
-        out = np.zeros(slots.shape, dtype=bool)
-        ok = slots < self.tree.capacity
-        out[ok] = self.tree.occupied[slots[ok]]
-        return out
+        return self.tree.occupied_at(slots)
 
     def last_rounds(self, slots: np.ndarray) -> np.ndarray:
         """The round each member at ``slots`` was last written in."""

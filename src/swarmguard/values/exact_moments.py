@@ -137,6 +137,14 @@ def _aligned(values: list[int], e: int, target: int) -> list[int]:
     return values if e == target else [v << (e - target) for v in values]
 
 
+def _plus_shifted(ours: list[int], theirs: list[int], shift: int) -> list[int]:
+    """``ours + theirs * 2**shift``, element by element (a new list)."""
+    # a shift by 0 is the common case (the one-row path writes on this grid): skip it
+    if shift:
+        return [a + (b << shift) for a, b in zip(ours, theirs, strict=True)]
+    return [a + b for a, b in zip(ours, theirs, strict=True)]
+
+
 def _ratio_to_float(num: int, exp: int, den: int) -> float:
     """Correctly rounded ``num * 2**exp / den`` (CPython's int division rounds correctly);
     ``±inf`` beyond the float range, as IEEE rounding gives."""
@@ -183,21 +191,19 @@ class ExactMoments:
         self._pending_weights: list[int] = []
 
     # ------------------------------------------------------------------ updates
-    def _add_sums(self, count: int, s1: list[int], e1: int, s2: list[int], e2: int) -> None:
+    def _onto_grids(self, e1: int, e2: int) -> tuple[int, int]:
+        """Move our sums onto the finer of our grids and ``e1`` / ``e2``; return the shifts that
+        put sums on grids ``e1`` / ``e2`` onto ours."""
         if e1 < self._e1:
             self._s1, self._e1 = _aligned(self._s1, self._e1, e1), e1
         if e2 < self._e2:
             self._s2, self._e2 = _aligned(self._s2, self._e2, e2), e2
-        d1, d2 = e1 - self._e1, e2 - self._e2
-        # a shift by 0 is the common case (the one-row path writes on this grid): skip it
-        if d1:
-            self._s1 = [a + (b << d1) for a, b in zip(self._s1, s1, strict=True)]
-        else:
-            self._s1 = [a + b for a, b in zip(self._s1, s1, strict=True)]
-        if d2:
-            self._s2 = [a + (b << d2) for a, b in zip(self._s2, s2, strict=True)]
-        else:
-            self._s2 = [a + b for a, b in zip(self._s2, s2, strict=True)]
+        return e1 - self._e1, e2 - self._e2
+
+    def _add_sums(self, count: int, s1: list[int], e1: int, s2: list[int], e2: int) -> None:
+        d1, d2 = self._onto_grids(e1, e2)
+        self._s1 = _plus_shifted(self._s1, s1, d1)
+        self._s2 = _plus_shifted(self._s2, s2, d2)
         self.count += count
         if self._e1 < -256 or self._e2 < -512:
             self._normalise()   # a tiny value came and went: keep the integers short
@@ -271,15 +277,8 @@ class ExactMoments:
     def _add_row_change(self, change: tuple) -> None:
         """Apply a change :meth:`_change_row` returned (to this, or another moments' total)."""
         count, s1, e1, dg, e2, removed, added = change
-        if e1 < self._e1:
-            self._s1, self._e1 = _aligned(self._s1, self._e1, e1), e1
-        if e2 < self._e2:
-            self._s2, self._e2 = _aligned(self._s2, self._e2, e2), e2
-        d1, d2 = e1 - self._e1, e2 - self._e2
-        if d1:
-            self._s1 = [a + (b << d1) for a, b in zip(self._s1, s1, strict=True)]
-        else:
-            self._s1 = [a + b for a, b in zip(self._s1, s1, strict=True)]
+        d1, d2 = self._onto_grids(e1, e2)
+        self._s1 = _plus_shifted(self._s1, s1, d1)
         s2 = self._s2            # a list of this object's own (every assignment makes a new one)
         for p, v in zip(_diagonal_pairs(self.dim), dg, strict=True):
             if v:

@@ -58,7 +58,7 @@ from .limbs import (
     normalise_limbs,
     round_limbs,
 )
-from .npz import dict_from_bytes, dict_to_bytes
+from .npz import NpzBytes
 
 __all__ = [
     "ExactSum",
@@ -80,7 +80,7 @@ _FORMAT_VERSION = 1
 
 
 # --------------------------------------------------------------------- the value
-class ExactSum:
+class ExactSum(NpzBytes):
     """An exact sum of float64 values: fixed size, mergeable, serialisable.
 
     The state is 84 int64 limbs (672 bytes) and a count, whatever the number of
@@ -262,13 +262,3 @@ class ExactSum:
         result = cls()
         result.limbs, result.count = limbs.copy(), count
         return result
-
-    def to_bytes(self) -> bytes:
-        """Serialise to bytes (an ``.npz`` archive, no pickle)."""
-        return dict_to_bytes(self.to_dict())
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> ExactSum:
-        """Inverse of :meth:`to_bytes`."""
-        state = dict_from_bytes(data, "ExactSum")
-        return cls.from_dict(state)

@@ -25,7 +25,7 @@ from ..errors import DimensionMismatchError, InvalidInputError, NonFiniteError, 
 from ..validation import MAX_ABS_VALUE, check_id_str_array, check_positive_int
 from .agent_index import AgentIds, as_agent_ids, one_agent_id
 from .id_index import IdIndex
-from .npz import dict_from_bytes, dict_to_bytes
+from .npz import NpzBytes
 from .version_vector import MAX_COUNT, VersionVector, check_region_name
 
 __all__ = ["LWWRegisterMap", "RegisterChange"]
@@ -68,7 +68,7 @@ def _winner_per_row(rows: np.ndarray, ts: np.ndarray, rank: np.ndarray, seq: np.
     return order[last]
 
 
-class LWWRegisterMap:
+class LWWRegisterMap(NpzBytes):
     """Last-writer-wins register per agent, for d features plus an anomaly score.
 
     Parameters
@@ -489,15 +489,6 @@ class LWWRegisterMap:
         m = cls(int(dim))
         m.merge_entries(state)
         return m
-
-    def to_bytes(self) -> bytes:
-        """Serialise to bytes (an ``.npz`` archive, no pickle)."""
-        return dict_to_bytes(self.to_dict())
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> LWWRegisterMap:
-        state = dict_from_bytes(data, "LWWRegisterMap")
-        return cls.from_dict(state)
 
     def __eq__(self, other: object) -> bool:
         """Same registers for the same agents (row order and region codes do not matter)."""

@@ -24,7 +24,7 @@ from ..errors import (
     NonFiniteError,
 )
 from ..validation import as_feature_matrix, as_feature_vector, check_positive_int
-from .npz import dict_from_bytes, dict_to_bytes
+from .npz import NpzBytes
 
 __all__ = ["Moments", "InsufficientDataError", "combine_groups", "population_statistics"]
 
@@ -105,7 +105,7 @@ def _batch_moments(D: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     return n, mean, C.T @ C
 
 
-class Moments:
+class Moments(NpzBytes):
     """Count, mean and centred co-moment matrix of d-dimensional observations.
 
     Parameters
@@ -363,16 +363,6 @@ class Moments:
         m = cls(shift.size)
         m.count, m.shift, m.offset, m.m2 = count, shift.copy(), offset.copy(), m2.copy()
         return m
-
-    def to_bytes(self) -> bytes:
-        """Serialise to bytes (an ``.npz`` archive, no pickle)."""
-        return dict_to_bytes(self.to_dict())
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Moments:
-        """Inverse of :meth:`to_bytes`."""
-        state = dict_from_bytes(data, "Moments")
-        return cls.from_dict(state)
 
     @classmethod
     def merge_all(cls, parts: Iterable[Moments]) -> Moments:

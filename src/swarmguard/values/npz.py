@@ -8,15 +8,16 @@ checkpoint and a replica travel the same way.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Self
 
 import numpy as np
 
 from ..errors import InvalidInputError
 
-__all__ = ["dict_to_bytes", "dict_from_bytes", "int_scalar", "float_scalar", "str_scalar", "str_list",
-           "int_list", "float_list"]
+__all__ = ["dict_to_bytes", "dict_from_bytes", "NpzBytes", "reading_fields", "int_scalar",
+           "float_scalar", "str_scalar", "str_list", "int_list", "float_list"]
 
 
 def dict_to_bytes(state: Mapping[str, np.ndarray]) -> bytes:
@@ -38,6 +39,47 @@ def dict_from_bytes(data: bytes, what: str) -> dict[str, np.ndarray]:
             return {k: z[k] for k in z.files}
     except Exception as exc:  # zipfile/ValueError/OSError on corrupt input
         raise InvalidInputError(f"bytes are not a serialised {what}: {exc}") from exc
+
+
+class NpzBytes:
+    """``to_bytes`` / ``from_bytes`` for a value whose state is its ``to_dict`` / ``from_dict``
+    dict of arrays: an ``.npz`` archive, no pickle; bytes that are no archive are an
+    ``InvalidInputError`` naming the class.
+    """
+
+    __slots__ = ()
+
+    def to_bytes(self) -> bytes:
+        """Serialise to bytes (an ``.npz`` archive of :meth:`to_dict`, no pickle)."""
+        return dict_to_bytes(self.to_dict())  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        """Inverse of :meth:`to_bytes` (through :meth:`from_dict`, which validates every field)."""
+        return cls.from_dict(dict_from_bytes(data, cls.__name__))  # type: ignore[attr-defined]
+
+
+@contextmanager
+def reading_fields(what: str) -> Iterator[None]:
+    """A block that reads the fields of a loaded state called ``what``: a missing field
+    (``KeyError``) is "``what`` lacks field ...", a ``TypeError`` or ``ValueError`` is
+    "``what`` is malformed: ...", both ``InvalidInputError``; an ``InvalidInputError`` the block
+    raised itself goes out as it is.
+
+    >>> with reading_fields("example state"):
+    ...     {}["format"]
+    Traceback (most recent call last):
+    ...
+    swarmguard.errors.InvalidInputError: example state lacks field 'format'
+    """
+    try:
+        yield
+    except KeyError as exc:
+        raise InvalidInputError(f"{what} lacks field {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, InvalidInputError):
+            raise
+        raise InvalidInputError(f"{what} is malformed: {exc}") from exc
 
 
 # ---------------------------------------------------------------------- strict readers of loaded fields

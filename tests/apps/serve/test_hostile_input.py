@@ -395,3 +395,16 @@ def test_a_compressed_body_is_inflated_off_the_event_loop_as_on_v1_traces(served
                     headers={**NDJSON, **auth("t-ingest"), "Content-Encoding": "gzip"})
     assert r.status_code == 200 and r.json()["accepted"] == 1
     assert on_loop == [False]
+
+
+def test_both_json_lines_parsers_refuse_a_body_of_blank_lines_whole_and_a_bad_line_alone():
+    from swarmguard.apps.serve.http_errors import ApiError
+    from swarmguard.apps.serve.records import parse_behavior_lines, parse_evidence_lines
+
+    for parse in (lambda body: parse_behavior_lines(body, None), lambda body: parse_evidence_lines(body, "obs")):
+        for body in (b"", b"\n \n\t\n"):
+            with pytest.raises(ApiError) as refused:
+                parse(body)
+            assert (refused.value.status, refused.value.code) == (400, "empty_body")
+        batch = parse(b"\n[]\n")       # one line, not an object: that line is refused, not the body
+        assert [e.line for e in batch.errors] == [2]

@@ -131,10 +131,14 @@ def _floats_or_inf(values: list) -> list[float]:
 
 def _lines(body: bytes):
     """(line number, text) of every non-blank line of a JSON Lines body (read lazily: no list
-    of every line is built)."""
+    of every line is built); a body with none is :class:`ApiError` 400 ``empty_body``."""
+    seen = False
     for number, raw in enumerate(io.BytesIO(body), 1):
         if raw.strip():
+            seen = True
             yield number, raw
+    if not seen:
+        raise ApiError(400, "the body holds no line", code="empty_body")
 
 
 def _dimension_error(expected: int, got: int) -> str:
@@ -163,9 +167,7 @@ def parse_behavior_lines(body: bytes, dimension: int | None) -> BehaviorBatch:
     cohorts: list[str | None] = []
     numbers: list[int] = []
     errors = Refusals()
-    seen = False
     for number, raw in _lines(body):
-        seen = True
         try:
             obj = _json_object(raw, _BEHAVIOR_FIELDS)
             agent = _agent_id(obj.get("agent_id"))
@@ -188,8 +190,6 @@ def parse_behavior_lines(body: bytes, dimension: int | None) -> BehaviorBatch:
         ids.append(agent)
         rows.append(features)
         cohorts.append(cohort)
-    if not seen:
-        raise ApiError(400, "the body holds no line", code="empty_body")
     try:
         X = np.array(rows, dtype=np.float64).reshape(len(rows), dimension or 0)
     except OverflowError:                        # a JSON integer beyond float64's range
@@ -302,9 +302,7 @@ def parse_evidence_lines(body: bytes, source: str) -> EvidenceBatch:
     rows: list[BayesianEvidence] = []
     lines: list[int] = []
     errors = Refusals()
-    seen = False
     for number, raw in _lines(body):
-        seen = True
         try:
             obj = _json_object(raw, _EVIDENCE_FIELDS)
             named = obj.get("source_node", source)
@@ -324,6 +322,4 @@ def parse_evidence_lines(body: bytes, source: str) -> EvidenceBatch:
             lines.append(number)
         except (ValueError, TypeError, SwarmGuardError, RecursionError) as exc:
             errors.add(number, exc)
-    if not seen:
-        raise ApiError(400, "the body holds no line", code="empty_body")
     return EvidenceBatch(rows, lines, errors.sorted(), errors.unlisted)
