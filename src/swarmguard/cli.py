@@ -290,7 +290,7 @@ def simulate(
     address: str = typer.Option(None, help="Ray cluster address (--backend ray; default: a local Ray with 2 CPUs). Example: --address 10.0.0.5:6379"),
     region_workers: int = typer.Option(None, help="Ray actors the regions are packed onto (default: one per region). Example: --region-workers 2"),
     checkpoint_dir: Path = typer.Option(None, help="Also write the Ray actors' checkpoints to this folder (--backend ray; resume with RayDistributedBehavioralDetector.resume). Example: --checkpoint-dir runs/ckpt"),
-    latency_sample: int = typer.Option(300, min=0, help="Single-agent calls timed after the rounds for the per-item latency row (0: not measured). Example: --latency-sample 50"),
+    latency_sample: int = typer.Option(300, min=0, help="Single-agent calls timed after the rounds for the per-item latency row (at most --agents; 0: not measured). Example: --latency-sample 50"),
 ) -> None:
     """Run the whole system on a synthetic swarm with known ground truth and report how well it did.
 
