@@ -171,3 +171,37 @@ def test_scoring_is_a_typer_choice_and_detect_scores_with_it(tmp_path):
         expected = BehavioralDistributedProtocol(tree, scoring=mode).score_many(np.arange(400))
         np.testing.assert_allclose([float(r["score"]) for r in rows], expected["mahalanobis_squared"], rtol=1e-9)
     assert expected["mahalanobis_squared"][:12].min() > 50      # robust: the cluster stands out
+
+
+def test_simulate_latency_sample_is_passed_on_refused_when_negative_and_zero_leaves_the_row_out(tmp_path,
+                                                                                               monkeypatch):
+    import json
+    import re
+
+    import swarmguard.apps.simulate as simulate
+    from swarmguard.errors import SwarmGuardError
+
+    def said(result):
+        return " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.output).split())
+
+    args = ["simulate", "--agents", "2000", "--rounds", "4", "--partition-at", "1", "--heal-at", "2"]
+    for bad, why in (("-1", "greater than or equal to 0"), ("2.5", "valid integer"), ("many", "valid integer")):
+        result = CliRunner().invoke(app, [*args, "--latency-sample", bad, "--out", str(tmp_path / "bad")])
+        assert result.exit_code == 2 and "Invalid value for '--latency-sample': Input should be" in said(result)
+        assert why in said(result), said(result)
+    assert not (tmp_path / "bad").exists()
+    result = CliRunner().invoke(app, [*args, "--latency-sample", "0", "--out", str(tmp_path / "zero")])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"per-item latency p50 / p99\W+not measured", result.output), result.output
+    assert json.loads((tmp_path / "zero" / "report.json").read_text())["performance"]["per_item_latency_us_p50"] is None
+    asked = []                                       # the count reaches the API; 300 when not given
+
+    def spy(config, progress=None, latency_sample=300, **kwargs):
+        asked.append(latency_sample)
+        raise SwarmGuardError("stopped by the test")
+
+    monkeypatch.setattr(simulate, "run_simulation", spy)
+    for extra in ([], ["--latency-sample", "7"]):
+        result = CliRunner().invoke(app, [*args, *extra, "--out", str(tmp_path / "spy")])
+        assert result.exit_code == 2 and "stopped by the test" in result.stderr
+    assert asked == [300, 7]

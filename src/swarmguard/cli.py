@@ -290,6 +290,7 @@ def simulate(
     address: str = typer.Option(None, help="Ray cluster address (--backend ray; default: a local Ray with 2 CPUs). Example: --address 10.0.0.5:6379"),
     region_workers: int = typer.Option(None, help="Ray actors the regions are packed onto (default: one per region). Example: --region-workers 2"),
     checkpoint_dir: Path = typer.Option(None, help="Also write the Ray actors' checkpoints to this folder (--backend ray; resume with RayDistributedBehavioralDetector.resume). Example: --checkpoint-dir runs/ckpt"),
+    latency_sample: int = typer.Option(300, min=0, help="Single-agent calls timed after the rounds for the per-item latency row (at most --agents; 0: not measured). Example: --latency-sample 50"),
 ) -> None:
     """Run the whole system on a synthetic swarm with known ground truth and report how well it did.
 
@@ -327,7 +328,8 @@ def simulate(
     with progress:
         ray_options = {"region_workers": region_workers, "checkpoint_dir": checkpoint_dir}
         try:
-            report = run_simulation(config, progress=update, backend=backend, address=address,
+            report = run_simulation(config, progress=update, latency_sample=latency_sample, backend=backend,
+                                    address=address,
                                     ray_options=ray_options if backend == "ray" else None)
         except SwarmGuardError as exc:       # e.g. MissingDependencyError: Ray is not installed
             raise _fail(str(exc)) from None
