@@ -94,3 +94,64 @@ def test_closing_the_node_stops_its_decode_workers(make_node):
 def test_decode_workers_must_be_a_whole_number_from_0_to_64(bad):
     with pytest.raises(InvalidInputError, match="--decode-workers"):
         ServeSettings(clock=ManualClock(), decode_workers=bad)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pids: list[int], seconds: float = 15.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not any(_running(p) for p in pids)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_a_served_nodes_workers_end_with_it_on_sigterm_and_on_kill_9(tmp_path, tokens_file, how):
+    import httpx
+
+    from .test_durability import _free_port, _start, _stop, _wait_ready
+
+    port = _free_port()
+    proc = _start(tmp_path / "data", port, tokens_file, "--decode-workers", "2")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            _wait_ready(http, proc)
+            workers = _children(proc.pid)
+            assert len(workers) == 2                     # started before /readyz said 200
+            body, headers = _bodies()[0]
+            assert http.post("/v1/traces", content=body, headers={**headers, **auth("t-ingest")}).status_code == 200
+        os.kill(proc.pid, signal.SIGTERM if how == "sigterm" else signal.SIGKILL)    # the node alone
+        code = proc.wait(timeout=60)       # SIGTERM: drained, then uvicorn re-raises the signal
+        assert code in ((0, -signal.SIGTERM) if how == "sigterm" else (-signal.SIGKILL,))
+        assert _wait_gone(workers)
+    finally:
+        _stop(proc)
+        if proc.poll() is not None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)      # whatever of this test's session is left
+            except ProcessLookupError:
+                pass
