@@ -21,13 +21,13 @@ How, and why so:
   arrays are the in-thread ones, same dtypes, so the node's code after it is the same.
 - Errors the in-thread path raises (400 malformed, 413 too large, 415) come back as the same
   exceptions; any other exception in the worker as a :class:`RuntimeError` (a 500, as
-  in-thread). A worker that dies (crash, OOM kill) closes its end of the pipe: the request
+  in-thread). A worker that dies (crash, OOM kill) closes its end of the socket: the request
   waiting on it gets :class:`ApiError` 503 with ``Retry-After`` (nothing was kept or logged,
   so the exporter's retry is a first delivery) and a new worker takes its place.
-- A worker never outlives the node: its only link is the pipe, so when the node exits, even
+- A worker never outlives the node: its only link is the socket, so when the node exits, even
   by ``kill -9``, its next read of the socket sees end-of-file and it exits. Workers ignore SIGINT and
   SIGTERM (a Ctrl-C or a ``kill`` of the node's process group reaches them too): the node
-  drains first, using them, and closes their pipes last (:meth:`DecodeWorkers.close`).
+  drains first, using them, and closes their sockets last (:meth:`DecodeWorkers.close`).
 - A worker is a fresh interpreter (``python -c``, this swarmguard first on its path, its end
   of the socket pair passed as a file descriptor): none of the node's threads or locks
   inherited, and unlike ``multiprocessing``'s ``spawn`` it does not import the node's
@@ -101,7 +101,7 @@ def worker_main(fd: int) -> None:
     """A worker's loop over its end of the socket pair (file descriptor ``fd``): one request
     (header frame, body frame) in, one reply out, until the node's end closes (the node
     stopped it, or died)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)      # the node drains with us, then closes the pipe
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # the node drains with us, then closes the socket
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from . import decode, spans  # noqa: F401  (imported before "ready": the first request pays nothing)
 
@@ -228,18 +228,20 @@ class DecodeWorkers:
         raise RuntimeError(f"decode worker: {reply[1]}")
 
     def _lost(self, worker: _Worker) -> None:
-        """A worker whose pipe broke: reaped, and replaced unless the workers are stopping."""
+        """A worker whose socket broke: reaped, and replaced unless the workers are stopping."""
         worker.conn.close()
-        if worker.process.poll() is None:     # a broken pipe with the process still up: make sure
+        if worker.process.poll() is None:     # a broken socket with the process still up: make sure
             worker.process.kill()
         worker.process.wait(5)
-        with self._lock:
+        with self._lock:          # one step with close(): no worker is started once it began
             if worker in self._workers:
                 self._workers.remove(worker)
-            closed = self._closed
-        if not closed:
+            if self._closed:
+                return
+            replacement = _Worker()
+            self._workers.append(replacement)
             self.replaced += 1
-            self._add()
+        self._idle.put(replacement)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop every worker (call once no request uses them: the node's drain is done);

@@ -20,6 +20,9 @@ population's window and are scored in that window's round, apart from the
 ``/v1/behaviors`` population. A restart replays the span records and the closes in
 order, so the vectors — and the tool history that ``novel_tool_share`` reads — come out
 the same.
+With ``--decode-workers N`` (``ServeSettings.decode_workers``) the body is decoded into
+columns by one of N worker processes (:mod:`.decode_workers`), off the node's GIL, with the
+same answers; the rest is the same.
 
 An exporter that gets no answer (a timeout, a broken connection) sends the same batch again;
 the OTLP specification accepts the duplicates this makes, but here they would double the
