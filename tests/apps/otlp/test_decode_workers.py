@@ -189,3 +189,32 @@ def test_a_worker_exits_when_its_node_is_killed_with_sigkill():
         if node.poll() is None:
             node.kill()
             node.wait(10)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_requests_from_many_threads_at_once_each_get_their_own_columns(count):
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = window_requests(make_fleet(60, 3, 0), np.random.default_rng(7))[:6]
+    bodies += [b"\x0a\x05junk", _awkward_request()]          # a refusal among them keeps the order
+    pool = DecodeWorkers(count)
+    try:
+        pool.wait_ready()
+
+        def one(i: int):
+            body = bodies[i % len(bodies)]
+            try:
+                return i, pool.columns(body, PB, None, LIMIT)
+            except MalformedBodyError as exc:
+                return i, exc
+
+        with ThreadPoolExecutor(6) as threads:
+            results = list(threads.map(one, range(4 * len(bodies))))
+    finally:
+        pool.close()
+    for i, got in results:
+        body = bodies[i % len(bodies)]
+        if body == b"\x0a\x05junk":
+            assert isinstance(got, MalformedBodyError)
+        else:
+            _assert_same_columns(got, _in_thread(body))

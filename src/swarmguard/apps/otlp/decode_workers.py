@@ -9,10 +9,12 @@ in-thread (repeat check, log record, group commit, the 200 after it).
 
 How, and why so:
 
-- One Unix socket pair per worker, framed by ``multiprocessing.connection.Connection``,
-  and a queue of the idle workers in the node. A request's thread takes an idle worker, writes two frames (a small
-  pickled header, then the body's bytes as they are: no copy, no pickling), blocks in
-  ``recv_bytes`` (the GIL released) and puts the worker back. ``concurrent.futures``'
+- One Unix socket pair per worker, framed by ``multiprocessing.connection.Connection``.
+  A request's thread takes the worker with the fewest requests in flight (at most two: one
+  it decodes, the next already in its socket, so it never waits for a node thread to get
+  the GIL back), writes two frames (a small pickled header, then the body's bytes as they
+  are: no copy, no pickling), then blocks in ``recv_bytes`` (the GIL released) when its
+  reply's turn comes (a worker answers in the order it was written to). ``concurrent.futures``'
   ``ProcessPoolExecutor`` would add, for each request, a pickled call item, its feeder thread
   and its result-management thread waking up in the node (each one taking the GIL the node is
   short of) and a lock-protected result queue: hops this design does not have.
@@ -38,7 +40,6 @@ How, and why so:
 from __future__ import annotations
 
 import pickle
-import queue
 import signal
 import socket
 import subprocess
@@ -62,7 +63,10 @@ _OK, _TOO_LARGE, _UNSUPPORTED, _MALFORMED, _FAILED = range(5)
 _READY = b"ready"
 _FIELDS = tuple(f.name for f in fields(SpanColumns))
 _SOURCE = str(Path(__file__).resolve().parents[3])     # the folder swarmguard is imported from
-_START_TIMEOUT_S = 120.0        # a cold interpreter importing protobuf and NumPy on a loaded machine
+_START_TIMEOUT_S = 120.0
+# requests in flight per worker: one it decodes, one waiting in its socket, so that it never
+# waits for a node thread to get the GIL back before it can start the next one
+_DEPTH = 2        # a cold interpreter importing protobuf and NumPy on a loaded machine
 
 
 def _one_line(error: BaseException) -> str:
@@ -119,7 +123,7 @@ def worker_main(fd: int) -> None:
 class _Worker:
     """One worker process and the node's end of its socket pair; ``ready``: its hello was read."""
 
-    __slots__ = ("process", "conn", "ready")
+    __slots__ = ("process", "conn", "ready", "sending", "turn", "sent", "answered", "outstanding", "broken")
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
@@ -132,6 +136,13 @@ class _Worker:
             theirs.close()       # only the worker holds its end: its death is our end-of-file
         self.conn = Connection(ours.detach())
         self.ready = False
+        # requests are pipelined: each sender takes a ticket (the order it wrote in) and reads
+        # the reply of that ticket when its turn comes (the worker answers in order)
+        self.sending = threading.Lock()
+        self.turn = threading.Condition()
+        self.sent = self.answered = 0
+        self.outstanding = 0     # requests written and not yet answered (DecodeWorkers._lock)
+        self.broken = False
 
     @property
     def pid(self) -> int:
@@ -165,8 +176,8 @@ class DecodeWorkers:
         if not 1 <= count <= MAX_DECODE_WORKERS:
             raise ValueError(f"decode workers: 1 to {MAX_DECODE_WORKERS}, got {count}")
         self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)      # a worker has room for one more request
         self._closed = False
-        self._idle: queue.SimpleQueue[_Worker | None] = queue.SimpleQueue()
         self._workers: list[_Worker] = []
         self.replaced = 0        # workers that died and were replaced
         for _ in range(count):
@@ -176,7 +187,25 @@ class DecodeWorkers:
         worker = _Worker()
         with self._lock:
             self._workers.append(worker)
-        self._idle.put(worker)
+
+    def _take(self) -> _Worker:
+        """The worker with the fewest requests in flight (waits while each has ``_DEPTH``)."""
+        with self._lock:
+            while True:
+                if self._closed:
+                    raise _unavailable("the node is shutting down", "draining", 5)
+                live = [w for w in self._workers if not w.broken]
+                if live:
+                    worker = min(live, key=lambda w: w.outstanding)
+                    if worker.outstanding < _DEPTH:
+                        worker.outstanding += 1
+                        return worker
+                self._freed.wait()
+
+    def _give_back(self, worker: _Worker) -> None:
+        with self._lock:
+            worker.outstanding -= 1
+            self._freed.notify()
 
     @property
     def pids(self) -> list[int]:
@@ -202,20 +231,16 @@ class DecodeWorkers:
         exceptions (:class:`MalformedBodyError`, :class:`BodyTooLargeError`,
         :class:`UnsupportedMediaTypeError`); :class:`ApiError` 503 when the worker died
         on it (replaced) or the workers are stopped."""
-        worker = self._idle.get()
-        if worker is None or self._closed:      # stopped: pass the wake-up on to the next waiter
-            self._idle.put(None)
-            raise _unavailable("the node is shutting down", "draining", 5)
+        worker = self._take()
         try:
-            worker.wait_ready()
-            worker.conn.send_bytes(pickle.dumps((content_type, content_encoding, max_bytes), protocol=5))
-            worker.conn.send_bytes(body)
-            reply = pickle.loads(worker.conn.recv_bytes())
-        except (EOFError, OSError):
+            reply = self._exchange(worker, body, pickle.dumps((content_type, content_encoding, max_bytes),
+                                                               protocol=5))
+        finally:
+            self._give_back(worker)
+        if reply is None:
             self._lost(worker)
             raise _unavailable("the worker decoding this request died; it was replaced: retry",
-                               "decode_worker_lost", 1) from None
-        self._idle.put(worker)
+                               "decode_worker_lost", 1)
         kind = reply[0]
         if kind == _OK:
             return SpanColumns(**dict(zip(_FIELDS, reply[1], strict=True)))
@@ -227,21 +252,49 @@ class DecodeWorkers:
             raise MalformedBodyError(reply[1])
         raise RuntimeError(f"decode worker: {reply[1]}")
 
+    @staticmethod
+    def _exchange(worker: _Worker, body: bytes, header: bytes) -> tuple | None:
+        """Write one request to ``worker`` and read its reply in turn; None: the worker is gone."""
+        with worker.sending:
+            ticket = worker.sent
+            worker.sent += 1
+            try:
+                if not worker.broken:
+                    worker.conn.send_bytes(header)
+                    worker.conn.send_bytes(body)
+            except OSError:
+                worker.broken = True
+        with worker.turn:
+            while worker.answered != ticket and not worker.broken:
+                worker.turn.wait()
+            blob = None
+            if not worker.broken:
+                try:
+                    worker.wait_ready()
+                    blob = worker.conn.recv_bytes()
+                except (EOFError, OSError):
+                    worker.broken = True
+            worker.answered += 1
+            worker.turn.notify_all()
+        return None if blob is None else pickle.loads(blob)
+
     def _lost(self, worker: _Worker) -> None:
-        """A worker whose socket broke: reaped, and replaced unless the workers are stopping."""
+        """A worker whose socket broke: reaped, and replaced unless the workers are stopping
+        (once, by the first of its requests to see it)."""
+        with self._lock:
+            if worker not in self._workers:
+                return
+            self._workers.remove(worker)
         worker.conn.close()
         if worker.process.poll() is None:     # a broken socket with the process still up: make sure
             worker.process.kill()
         worker.process.wait(5)
         with self._lock:          # one step with close(): no worker is started once it began
-            if worker in self._workers:
-                self._workers.remove(worker)
             if self._closed:
                 return
-            replacement = _Worker()
-            self._workers.append(replacement)
+            self._workers.append(_Worker())
             self.replaced += 1
-        self._idle.put(replacement)
+            self._freed.notify_all()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop every worker (call once no request uses them: the node's drain is done);
@@ -251,7 +304,7 @@ class DecodeWorkers:
                 return
             self._closed = True
             workers, self._workers = self._workers, []
-        self._idle.put(None)
+            self._freed.notify_all()
         for worker in workers:
             worker.reap(timeout)
 
