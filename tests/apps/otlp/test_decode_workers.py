@@ -218,3 +218,119 @@ def test_requests_from_many_threads_at_once_each_get_their_own_columns(count):
             assert isinstance(got, MalformedBodyError)
         else:
             _assert_same_columns(got, _in_thread(body))
+
+
+def _pipelined_then_killed(pool: DecodeWorkers, bodies: list[bytes]) -> dict[int, object]:
+    """Stop the pool's one worker, write ``bodies`` to it from one thread each (both in its
+    socket: ``sent``), SIGKILL it; each thread's result (columns or exception)."""
+    import threading
+
+    (worker,) = pool._workers
+    os.kill(worker.pid, signal.SIGSTOP)          # it takes no request out of its socket
+    results: dict[int, object] = {}
+
+    def one(i: int) -> None:
+        try:
+            results[i] = pool.columns(bodies[i], PB, None, 1 << 26)
+        except Exception as exc:                 # noqa: BLE001  (the test looks at which)
+            results[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
+    for i, thread in enumerate(threads):
+        thread.start()
+        deadline = time.monotonic() + 10
+        while worker.sent <= i and time.monotonic() < deadline:      # written in this order
+            time.sleep(0.005)
+    os.kill(worker.pid, signal.SIGKILL)
+    for thread in threads:
+        thread.join(30)
+    assert not any(t.is_alive() for t in threads)                     # no deadlock
+    return results
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_a_worker_killed_holding_two_pipelined_requests_answers_both_503_and_leaks_nothing():
+    fds = len(os.listdir("/proc/self/fd"))
+    pool = DecodeWorkers(1)
+    try:
+        pool.wait_ready()
+        (old,) = pool.pids
+        bodies = [_awkward_request(), _awkward_request(odd_id=False)]
+        results = _pipelined_then_killed(pool, bodies)
+        assert [(type(r), getattr(r, "status", None), getattr(r, "code", None)) for r in results.values()] == \
+            [(ApiError, 503, "decode_worker_lost")] * 2
+        assert pool.replaced == 1 and pool.pids != [old] and not os.path.exists(f"/proc/{old}")    # reaped
+        _assert_same_columns(pool.columns(bodies[0], PB, None, LIMIT), _in_thread(bodies[0]))
+        (new,) = pool.pids
+    finally:
+        pool.close()
+    assert not os.path.exists(f"/proc/{new}") and len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_a_dead_workers_socket_is_closed_only_after_the_request_being_written_to_it_is_done():
+    """The second request is still in ``send_bytes`` (a big body, the worker stopped) when
+    the first one's thread sees the worker gone: the socket must not be closed under it (it
+    failed with TypeError, a 500, about one time in three; or could write into the file
+    descriptor the replacement's socket pair reuses)."""
+    import threading
+
+    pool = DecodeWorkers(1)
+    try:
+        pool.wait_ready()
+        (worker,) = pool._workers
+        real, closed, closed_under_send = worker.conn, threading.Event(), []
+
+        class Watched:                           # the worker's socket, telling when it is closed
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def send_bytes(self, data):
+                if len(data) > LIMIT:            # the big body: give a close the time to come
+                    closed.wait(1.0)
+                    closed_under_send.append(closed.is_set())
+                real.send_bytes(data)
+
+            def close(self):
+                closed.set()
+                real.close()
+
+        worker.conn = Watched()
+        results = _pipelined_then_killed(pool, [_awkward_request(), b"\x0a" + b"\x00" * (8 << 20)])
+        assert closed_under_send == [False]
+        assert [getattr(r, "status", None) for r in results.values()] == [503, 503]
+    finally:
+        pool.close()
+
+
+def test_a_hung_worker_is_killed_after_the_reply_timeout_its_requests_503_and_it_is_replaced(monkeypatch):
+    import swarmguard.apps.otlp.decode_workers as module
+
+    monkeypatch.setattr(module, "_REPLY_TIMEOUT_S", 0.5, raising=False)
+    pool = DecodeWorkers(1)
+    try:
+        pool.wait_ready()
+        (old,) = pool.pids
+        os.kill(old, signal.SIGSTOP)                 # alive, answering nothing
+        body = _awkward_request()
+        with pytest.raises(ApiError) as hung:
+            pool.columns(body, PB, None, LIMIT)
+        assert hung.value.status == 503 and hung.value.code == "decode_worker_lost"
+        assert pool.replaced == 1 and pool.pids != [old] and not os.path.exists(f"/proc/{old}")
+        _assert_same_columns(pool.columns(body, PB, None, LIMIT), _in_thread(body))
+    finally:
+        pool.close()
+
+
+def test_a_worker_does_not_import_from_the_nodes_current_directory(tmp_path, monkeypatch):
+    # a console script's node (swarmguard serve) has no current directory on its path: a
+    # numpy.py or pickle.py where it was started from must not reach its workers either
+    for name in ("numpy", "pickle", "gzip"):
+        (tmp_path / f"{name}.py").write_text("raise ImportError('imported from the current directory')\n")
+    monkeypatch.chdir(tmp_path)
+    pool = DecodeWorkers(1)
+    try:
+        pool.wait_ready()
+        body = gzip.compress(_awkward_request())
+        _assert_same_columns(pool.columns(body, PB, "gzip", LIMIT), _in_thread(body, PB, "gzip"))
+    finally:
+        pool.close()

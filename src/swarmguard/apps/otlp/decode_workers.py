@@ -25,7 +25,9 @@ How, and why so:
   exceptions; any other exception in the worker as a :class:`RuntimeError` (a 500, as
   in-thread). A worker that dies (crash, OOM kill) closes its end of the socket: the request
   waiting on it gets :class:`ApiError` 503 with ``Retry-After`` (nothing was kept or logged,
-  so the exporter's retry is a first delivery) and a new worker takes its place.
+  so the exporter's retry is a first delivery) and a new worker takes its place. So does one
+  that has not begun a reply ``_REPLY_TIMEOUT_S`` (60 s) after its turn came (stopped, swapping):
+  it is killed first.
 - A worker never outlives the node: its only link is the socket, so when the node exits, even
   by ``kill -9``, its next read of the socket sees end-of-file and it exits. Workers ignore SIGINT and
   SIGTERM (a Ctrl-C or a ``kill`` of the node's process group reaches them too): the node
@@ -39,6 +41,7 @@ How, and why so:
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import signal
 import socket
@@ -64,6 +67,11 @@ _READY = b"ready"
 _FIELDS = tuple(f.name for f in fields(SpanColumns))
 _SOURCE = str(Path(__file__).resolve().parents[3])     # the folder swarmguard is imported from
 _START_TIMEOUT_S = 120.0
+# a reply not begun this long after its turn came: the worker is taken for hung (stopped,
+# swapping), killed and replaced, and its requests are 503s; without it one such worker held
+# its requests, then (every later one waiting for a worker) the node's threadpool, /readyz
+# included, until a SIGTERM's graceful timeout. A 512-span request decodes in about 3 ms (README)
+_REPLY_TIMEOUT_S = 60.0
 # requests in flight per worker: one it decodes, one waiting in its socket, so that it never
 # waits for a node thread to get the GIL back before it can start the next one
 _DEPTH = 2        # a cold interpreter importing protobuf and NumPy on a loaded machine
@@ -128,10 +136,12 @@ class _Worker:
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
         fd = theirs.fileno()
-        code = (f"import sys; sys.path.insert(0, {_SOURCE!r}); "
+        # -P: not the current directory first on its path (the node, a console script, does
+        # not have it: a numpy.py or pickle.py there would be imported by the worker alone)
+        code = (f"import sys; sys.path.insert(0, {_SOURCE!r}) if {_SOURCE!r} not in sys.path else None; "
                 f"from swarmguard.apps.otlp.decode_workers import worker_main; worker_main({fd})")
         try:
-            self.process = subprocess.Popen([sys.executable, "-c", code], pass_fds=(fd,), stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen([sys.executable, "-P", "-c", code], pass_fds=(fd,), stdin=subprocess.DEVNULL)
         finally:
             theirs.close()       # only the worker holds its end: its death is our end-of-file
         self.conn = Connection(ours.detach())
@@ -239,7 +249,7 @@ class DecodeWorkers:
             self._give_back(worker)
         if reply is None:
             self._lost(worker)
-            raise _unavailable("the worker decoding this request died; it was replaced: retry",
+            raise _unavailable("the worker decoding this request died (or hung: killed); it was replaced: retry",
                                "decode_worker_lost", 1)
         kind = reply[0]
         if kind == _OK:
@@ -271,6 +281,8 @@ class DecodeWorkers:
             if not worker.broken:
                 try:
                     worker.wait_ready()
+                    if not worker.conn.poll(_REPLY_TIMEOUT_S):
+                        raise EOFError("no reply within the reply timeout")
                     blob = worker.conn.recv_bytes()
                 except (EOFError, OSError):
                     worker.broken = True
@@ -285,10 +297,16 @@ class DecodeWorkers:
             if worker not in self._workers:
                 return
             self._workers.remove(worker)
-        worker.conn.close()
-        if worker.process.poll() is None:     # a broken socket with the process still up: make sure
+        if worker.process.poll() is None:     # a broken socket (or no reply) with the process still up
             worker.process.kill()
-        worker.process.wait(5)
+        with contextlib.suppress(subprocess.TimeoutExpired):     # not a 500: Popen reaps it later
+            worker.process.wait(5)
+        # closed only once no thread uses the socket: the other request written to this worker
+        # may still be in send_bytes (the worker is dead: it ends at once with EPIPE) or in its
+        # turn; closing under it would make it fail with TypeError (a 500, not this 503) or
+        # write into the file descriptor the replacement's socket pair gets next
+        with worker.sending, worker.turn:
+            worker.conn.close()
         with self._lock:          # one step with close(): no worker is started once it began
             if self._closed:
                 return
