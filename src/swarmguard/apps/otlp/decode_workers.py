@@ -66,15 +66,16 @@ _OK, _TOO_LARGE, _UNSUPPORTED, _MALFORMED, _FAILED = range(5)
 _READY = b"ready"
 _FIELDS = tuple(f.name for f in fields(SpanColumns))
 _SOURCE = str(Path(__file__).resolve().parents[3])     # the folder swarmguard is imported from
-_START_TIMEOUT_S = 120.0
+_START_TIMEOUT_S = 120.0      # a cold interpreter importing protobuf and NumPy on a loaded machine
 # a reply not begun this long after its turn came: the worker is taken for hung (stopped,
 # swapping), killed and replaced, and its requests are 503s; without it one such worker held
 # its requests, then (every later one waiting for a worker) the node's threadpool, /readyz
-# included, until a SIGTERM's graceful timeout. A 512-span request decodes in about 3 ms (README)
+# included, until a SIGTERM's graceful timeout. A 512-span request decodes in about 3 ms, a
+# 30 MB one in about 1 s (review probe, one worker)
 _REPLY_TIMEOUT_S = 60.0
 # requests in flight per worker: one it decodes, one waiting in its socket, so that it never
 # waits for a node thread to get the GIL back before it can start the next one
-_DEPTH = 2        # a cold interpreter importing protobuf and NumPy on a loaded machine
+_DEPTH = 2
 
 
 def _one_line(error: BaseException) -> str:
