@@ -15,9 +15,11 @@ value) — the bare work any Python OTLP receiver does. Printed: both rates, the
 the ack latency p50 / p99, and the top-K of ``/v1/agents?top=K&population=spans`` against
 the misbehaving agents (precision = recall, K flagged of K), and the node process's CPU
 time a span over the posting and the rounds (less sensitive to the machine's other jobs
-than its rate).
+than its rate); with ``--decode-workers N`` (passed to the node) its decode workers' CPU a
+span too (its child processes, /proc).
 
     python benchmarks/bench_serve_otlp.py                        # 10^4 agents, 40 misbehaving, 2 windows
+    python benchmarks/bench_serve_otlp.py --decode-workers 1     # bodies decoded in one worker process
     python benchmarks/bench_serve_otlp.py --agents 2000 --misbehaving 8
 """
 
@@ -72,6 +74,21 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds so far of each live child of process ``pid`` (the node's decode workers)."""
+    out = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--agents", type=int, default=10_000)
@@ -79,6 +96,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=2)
     ap.add_argument("--clients", type=int, default=4, help="threads posting at once")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--decode-workers", type=int, default=0, help="the node's --decode-workers")
     args = ap.parse_args()
 
     import httpx
@@ -91,14 +109,14 @@ def main() -> None:
     all_bodies = [b for w in windows for b in w]
     print(f"# bench_serve_otlp: python {platform.python_version()}, {os.cpu_count()} CPUs, {args.agents:,} agents "
           f"({args.misbehaving} misbehaving), {args.windows} windows, {len(all_bodies)} requests of <= 512 spans, "
-          f"{np.mean([len(b) for b in all_bodies]) / 1e3:.0f} kB a body, {args.clients} clients "
-          f"(bodies made in {made_s:.1f} s)")
+          f"{np.mean([len(b) for b in all_bodies]) / 1e3:.0f} kB a body, {args.clients} clients, "
+          f"--decode-workers {args.decode_workers} (bodies made in {made_s:.1f} s)")
 
     t0 = time.perf_counter()
     total = sum(bare_decode(b) for b in all_bodies)
     bare_s = time.perf_counter() - t0
 
-    with node_process(stop_timeout=120) as node, \
+    with node_process(stop_timeout=120, extra_args=["--decode-workers", str(args.decode_workers)]) as node, \
             httpx.Client(base_url=node.base, timeout=120) as http:
         base = node.base
         latencies: list[float] = []
@@ -127,7 +145,7 @@ def main() -> None:
             for t in threads:
                 t.join()
 
-        cpu0 = process_cpu(node.pid)
+        cpu0, workers0 = process_cpu(node.pid), children_cpu(node.pid)
         t0 = time.perf_counter()
         acked_s = 0.0
         for bodies in windows:
@@ -137,7 +155,7 @@ def main() -> None:
             closed = http.post("/v1/admin/close-window").json()["closed"]
             assert closed and closed[0]["agents"] == args.agents, closed
         served_s = time.perf_counter() - t0
-        cpu1 = process_cpu(node.pid)
+        cpu1, workers1 = process_cpu(node.pid), children_cpu(node.pid)
         top = []
         if args.misbehaving:
             top = [a["agent_id"] for a in http.get("/v1/agents", params={
@@ -153,6 +171,12 @@ def main() -> None:
           f"(512 spans a request, {args.clients} clients)")
     print(f"the node's CPU a span: {(cpu1 - cpu0) / total * 1e6:.2f} us "
           f"(its process, /proc, from the first request to the last round)")
+    if args.decode_workers:
+        # a worker that died during the run is left out (its CPU is gone with it): say so
+        lost = set(workers0) - set(workers1)
+        spent = sum(workers1[p] - workers0.get(p, 0.0) for p in workers1)
+        print(f"its {len(workers1)} decode workers' CPU a span: {spent / total * 1e6:.2f} us; node + workers "
+              f"{(cpu1 - cpu0 + spent) / total * 1e6:.2f} us" + (f" ({len(lost)} workers lost)" if lost else ""))
     if args.misbehaving:
         bad = {p.agent_id for p in profiles if p.misbehaviour}
         hits = len(set(top) & bad)

@@ -128,6 +128,18 @@ def test_header_timeout_reaches_the_node_is_in_the_help_and_a_bad_one_exits_2(mo
         assert out.exit_code == 2 and "--header-timeout (header_timeout_seconds) must be > 0" in out.output
 
 
+def test_decode_workers_reaches_the_node_defaults_to_0_and_a_bad_one_exits_2(monkeypatch):
+    import swarmguard.apps.serve.run as run
+
+    seen = []
+    monkeypatch.setattr(run, "run_server", lambda settings, **kw: seen.append(settings))
+    assert _run().exit_code == 0 and _run("--decode-workers", "2").exit_code == 0
+    assert [s.decode_workers for s in seen] == [0, 2]
+    for bad in ("-1", "65", "x"):
+        out = _run("--decode-workers", bad)
+        assert out.exit_code == 2 and "--decode-workers" in out.output
+
+
 @pytest.mark.parametrize(("missing", "said", "options"), [
     ("fastapi", "needs the serve extra (pip install 'swarmguard[serve]')", ()),
     ("uvicorn", "needs the serve extra (pip install 'swarmguard[serve]')", ()),

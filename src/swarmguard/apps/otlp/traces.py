@@ -20,6 +20,9 @@ population's window and are scored in that window's round, apart from the
 ``/v1/behaviors`` population. A restart replays the span records and the closes in
 order, so the vectors — and the tool history that ``novel_tool_share`` reads — come out
 the same.
+With ``--decode-workers N`` (``ServeSettings.decode_workers``) the body is decoded into
+columns by one of N worker processes (:mod:`.decode_workers`), off the node's GIL, with the
+same answers; the rest is the same.
 
 An exporter that gets no answer (a timeout, a broken connection) sends the same batch again;
 the OTLP specification accepts the duplicates this makes, but here they would double the
@@ -54,6 +57,7 @@ from .decode import (
     encode_status,
     encoding_of,
 )
+from .decode_workers import DecodeWorkers
 from .features import FEATURE_NAMES
 from .spans import SpanColumns, cohort_name, span_columns
 from .window import WindowAggregator
@@ -89,6 +93,33 @@ class SpanIngest:
         self._ids_before: list[tuple[list[str], np.ndarray, np.ndarray]] = []
         self._last_seq = 0      # the last span record this node logged (live)
         self.duplicates = 0     # spans acknowledged as repeats of kept ones, since the node started
+        # --decode-workers: started by start() (the node's constructor, before it serves)
+        self.decoders: DecodeWorkers | None = None
+
+    def start(self) -> None:
+        """Start the decode workers, if any, and wait until they are ready (the node's
+        constructor calls this once it has replayed: ``/readyz`` is 503 until then)."""
+        count = self.node.settings.decode_workers
+        if count and self.decoders is None:
+            decoders = DecodeWorkers(count)
+            try:
+                decoders.wait_ready()
+            except BaseException:
+                decoders.close()
+                raise
+            self.decoders = decoders
+
+    def stop(self) -> None:
+        """Stop the decode workers (the node's close, after its drain)."""
+        if self.decoders is not None:
+            self.decoders.close()
+
+    def columns(self, body: bytes, content_type: str | None, content_encoding: str | None,
+                max_bytes: int) -> SpanColumns:
+        """A request's body as span columns: in a decode worker, or in this thread."""
+        if self.decoders is not None:
+            return self.decoders.columns(body, content_type, content_encoding, max_bytes)
+        return span_columns(decode_export_request(body, content_type, content_encoding, max_bytes).request)
 
     @property
     def pending_spans(self) -> int:
@@ -368,7 +399,8 @@ _RESPONSES = {
     413: {"description": "over --max-body-bytes (decompressed too), or more spans than --max-window-rows"},
     415: {"description": "not application/x-protobuf or application/json, or an encoding other than gzip"},
     429: {"description": "the open window is full (Retry-After)"},
-    503: {"description": "shutting down, or the durable log cannot be written (Retry-After)"},
+    503: {"description": "shutting down, the durable log cannot be written, or the decode worker died "
+                        "(Retry-After)"},
 }
 
 
@@ -419,9 +451,8 @@ async def post_traces(request: Request) -> Response:
         body = await _read(request, settings.max_body_bytes, settings.body_timeout_seconds)
 
         def work() -> tuple[int, int, str, int]:
-            decoded = decode_export_request(body, content_type, request.headers.get("content-encoding"),
-                                            settings.max_body_bytes)
-            return ingest.accept(span_columns(decoded.request))
+            return ingest.accept(ingest.columns(body, content_type, request.headers.get("content-encoding"),
+                                                settings.max_body_bytes))
 
         accepted, rejected, message, repeats = await run_in_threadpool(work)
     except ApiError as exc:

@@ -22,6 +22,7 @@ DEFAULT_MAX_BODY_BYTES = 64 << 20
 DEFAULT_MAX_HEADER_BYTES = 64 << 10
 HEAD_LIMIT_FACTOR = 16
 DEFAULT_SNAPSHOT_EVERY = 10
+MAX_DECODE_WORKERS = 64         # = apps.otlp.decode_workers.MAX_DECODE_WORKERS (that module imports serve)
 
 
 def is_loopback(host: str) -> bool:
@@ -58,6 +59,8 @@ class ServeSettings:
     ``sync_seconds`` between anti-entropy rounds; ``peer_token`` the secret this
     node presents to its peers; ``consistency``: ``statistical`` / ``eventual``
     (always writable) or ``strong`` (writes refused without a majority of nodes).
+    ``decode_workers``: processes that decode ``POST /v1/traces`` bodies into span columns
+    (0: the request's own thread does, under the node's GIL; :mod:`swarmguard.apps.otlp.decode_workers`).
     """
 
     data_dir: Path | None = None
@@ -89,6 +92,7 @@ class ServeSettings:
     sync_seconds: float = 2.0
     peer_token: str | None = field(default=None, repr=False, compare=False)
     consistency: str = "statistical"
+    decode_workers: int = 0
 
     def __post_init__(self) -> None:
         if not (self.window_seconds > 0):
@@ -121,6 +125,10 @@ class ServeSettings:
         for url in self.peers:
             if not url.startswith(("http://", "https://")):
                 raise InvalidInputError(f"--peers: {url!r} is not an http(s) URL")
+        if (isinstance(self.decode_workers, bool) or not isinstance(self.decode_workers, int)
+                or not 0 <= self.decode_workers <= MAX_DECODE_WORKERS):
+            raise InvalidInputError(f"--decode-workers must be a whole number from 0 to {MAX_DECODE_WORKERS}, "
+                                    f"got {self.decode_workers!r}")
         if self.consistency not in ("statistical", "eventual", "strong"):
             raise InvalidInputError(f"--consistency must be statistical, eventual or strong, got {self.consistency!r}")
 
