@@ -414,7 +414,7 @@ def test_a_websocket_upgraded_before_the_timeout_is_not_cut_by_the_clock(parser)
 
     if not (importlib.util.find_spec("websockets") or importlib.util.find_spec("wsproto")):
         pytest.skip("uvicorn has no WebSocket library here")
-    from swarmguard.apps.serve.head_deadline import with_header_timeout
+    with_header_timeout = run_module.with_header_timeout
 
     async def app(scope, receive, send):
         if scope["type"] == "websocket":

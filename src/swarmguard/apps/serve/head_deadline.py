@@ -120,16 +120,12 @@ class HeadDeadline:
             self.on_header_timeout(what)
 
 
-def with_header_timeout(protocol, seconds: float | None, on_timeout: Callable[[str], None] | None = None):
-    """A subclass of ``protocol`` (a :class:`HeadDeadline` class, or ``"h11"`` for
-    ``h11_listener.HeadDeadlineH11Protocol``; :class:`ImportError` on a uvicorn without what that
-    class relies on) whose connections time their heads out after ``seconds``,
-    calling ``on_timeout("partial" | "empty" | "body")`` each time."""
-    if protocol == "h11":
-        from .h11_listener import HeadDeadlineH11Protocol as base
-    else:
-        base = protocol
-    if not (isinstance(base, type) and issubclass(base, HeadDeadline)):
+def with_header_timeout(protocol: type, seconds: float | None, on_timeout: Callable[[str], None] | None = None):
+    """A subclass of ``protocol`` (a :class:`HeadDeadline` class: ``bounded_head``'s or
+    ``h11_listener``'s; ``run.with_header_timeout`` also takes ``"h11"``) whose connections time
+    their heads out after ``seconds``, calling ``on_timeout("partial" | "empty" | "body")`` each
+    time; :class:`TypeError` for a protocol without the clock."""
+    if not (isinstance(protocol, type) and issubclass(protocol, HeadDeadline)):
         raise TypeError(f"{protocol!r} has no head-arrival clock")
     attrs = {"header_timeout": seconds, "on_header_timeout": staticmethod(on_timeout) if on_timeout else None}
-    return type(base.__name__, (base,), attrs)
+    return type(protocol.__name__, (protocol,), attrs)

@@ -12,8 +12,8 @@ import gc
 import threading
 from collections.abc import Callable
 
+from . import head_deadline
 from .app import create_app, resolve_data_dir
-from .head_deadline import with_header_timeout
 from .settings import HEAD_LIMIT_FACTOR, ServeSettings
 
 __all__ = ["run_server", "server_config", "listener_protocol", "import_serving_modules"]
@@ -59,6 +59,16 @@ def listener_protocol():
     except ImportError:
         return "h11"
     return BoundedHeadHttpToolsProtocol
+
+
+def with_header_timeout(protocol, seconds: float | None, on_timeout: Callable[[str], None] | None = None):
+    """:func:`head_deadline.with_header_timeout`, ``protocol`` also ``"h11"`` (uvicorn's name for
+    its h11 listener: ``h11_listener.HeadDeadlineH11Protocol`` here; :class:`ImportError` on a
+    uvicorn without what that class relies on). Resolved here, not in ``head_deadline``, which
+    ``h11_listener`` imports."""
+    if protocol == "h11":
+        from .h11_listener import HeadDeadlineH11Protocol as protocol
+    return head_deadline.with_header_timeout(protocol, seconds, on_timeout)
 
 
 def server_config(app, settings: ServeSettings):
