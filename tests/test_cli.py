@@ -193,7 +193,13 @@ def test_simulate_latency_sample_is_passed_on_refused_when_negative_and_zero_lea
     result = CliRunner().invoke(app, [*args, "--latency-sample", "0", "--out", str(tmp_path / "zero")])
     assert result.exit_code == 0, result.output
     assert re.search(r"per-item latency p50 / p99\W+not measured", result.output), result.output
-    assert json.loads((tmp_path / "zero" / "report.json").read_text())["performance"]["per_item_latency_us_p50"] is None
+    zero = json.loads((tmp_path / "zero" / "report.json").read_text())["performance"]
+    assert zero["per_item_latency_us_p50"] is None and zero["per_item_latency_samples"] == 0
+    result = CliRunner().invoke(app, [*args, "--latency-sample", "5", "--out", str(tmp_path / "five")])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"per-item latency p50 / p99\W+\d+ / \d+ µs \(5 calls\)", said(result)), said(result)
+    five = json.loads((tmp_path / "five" / "report.json").read_text())["performance"]
+    assert five["per_item_latency_samples"] == 5 and 0 < five["per_item_latency_us_p50"] <= five["per_item_latency_us_p99"]
     asked = []                                       # the count reaches the API; 300 when not given
 
     def spy(config, progress=None, latency_sample=300, **kwargs):

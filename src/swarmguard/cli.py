@@ -290,7 +290,7 @@ def simulate(
     address: str = typer.Option(None, help="Ray cluster address (--backend ray; default: a local Ray with 2 CPUs). Example: --address 10.0.0.5:6379"),
     region_workers: int = typer.Option(None, help="Ray actors the regions are packed onto (default: one per region). Example: --region-workers 2"),
     checkpoint_dir: Path = typer.Option(None, help="Also write the Ray actors' checkpoints to this folder (--backend ray; resume with RayDistributedBehavioralDetector.resume). Example: --checkpoint-dir runs/ckpt"),
-    latency_sample: int = typer.Option(300, min=0, help="Single-agent calls timed after the rounds for the per-item latency row (at most --agents; 0: not measured). Example: --latency-sample 50"),
+    latency_sample: int = typer.Option(300, min=0, help="Single-agent calls timed after the rounds for the per-item latency row (at most --agents; 0: not measured; --scenario drift measures none). Example: --latency-sample 50"),
 ) -> None:
     """Run the whole system on a synthetic swarm with known ground truth and report how well it did.
 
@@ -360,7 +360,8 @@ def simulate(
         ("per-item latency p50 / p99", "not measured"
          if report["performance"]["per_item_latency_us_p50"] is None else
          f"{report['performance']['per_item_latency_us_p50']:.0f} / "
-         f"{report['performance']['per_item_latency_us_p99']:.0f} µs"),
+         f"{report['performance']['per_item_latency_us_p99']:.0f} µs "
+         f"({report['performance']['per_item_latency_samples']:,} calls)"),
         ("peak memory", f"{report['performance']['peak_memory_mb']:.0f} MB"),
     ]
     for k, v in rows:

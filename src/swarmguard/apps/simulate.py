@@ -385,6 +385,7 @@ def _run(c: ScenarioConfig, sc: Scenario, det: Any, now: list[float], progress: 
         "round_seconds_mean": elapsed_rounds / c.rounds,
         "per_item_latency_us_p50": float(np.percentile(lat, 50)) if lat.size else None,
         "per_item_latency_us_p99": float(np.percentile(lat, 99)) if lat.size else None,
+        "per_item_latency_samples": int(lat.size),      # how many calls the two figures come from
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
     # the final round's decision p-values (in agent order: process_round answers in the order asked)
