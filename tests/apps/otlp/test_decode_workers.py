@@ -220,9 +220,13 @@ def test_requests_from_many_threads_at_once_each_get_their_own_columns(count):
             _assert_same_columns(got, _in_thread(body))
 
 
-def _pipelined_then_killed(pool: DecodeWorkers, bodies: list[bytes]) -> dict[int, object]:
-    """Stop the pool's one worker, write ``bodies`` to it from one thread each (both in its
-    socket: ``sent``), SIGKILL it; each thread's result (columns or exception)."""
+def _pipelined_then_killed(pool: DecodeWorkers, bodies: list[bytes], in_last_send=None) -> dict[int, object]:
+    """Stop the pool's one worker, write ``bodies`` to it from one thread each (each one's
+    turn taken in order: ``sent``), SIGKILL it; each thread's result (columns or exception).
+
+    ``in_last_send``: an Event the caller's socket sets once the last body's write has begun;
+    the kill waits for it too (``sent`` counts a turn before its write starts: a kill right
+    after it can make that write fail at once, before the body reaches the socket)."""
     import threading
 
     (worker,) = pool._workers
@@ -241,6 +245,9 @@ def _pipelined_then_killed(pool: DecodeWorkers, bodies: list[bytes]) -> dict[int
         deadline = time.monotonic() + 10
         while worker.sent <= i and time.monotonic() < deadline:      # written in this order
             time.sleep(0.005)
+        assert worker.sent > i, f"request {i} never took its turn to be written"
+    if in_last_send is not None:
+        assert in_last_send.wait(10), "the last body's write never began"
     os.kill(worker.pid, signal.SIGKILL)
     for thread in threads:
         thread.join(30)
@@ -279,6 +286,7 @@ def test_a_dead_workers_socket_is_closed_only_after_the_request_being_written_to
         pool.wait_ready()
         (worker,) = pool._workers
         real, closed, closed_under_send = worker.conn, threading.Event(), []
+        in_big_send = threading.Event()
 
         class Watched:                           # the worker's socket, telling when it is closed
             def __getattr__(self, name):
@@ -286,6 +294,7 @@ def test_a_dead_workers_socket_is_closed_only_after_the_request_being_written_to
 
             def send_bytes(self, data):
                 if len(data) > LIMIT:            # the big body: give a close the time to come
+                    in_big_send.set()
                     closed.wait(1.0)
                     closed_under_send.append(closed.is_set())
                 real.send_bytes(data)
@@ -295,7 +304,7 @@ def test_a_dead_workers_socket_is_closed_only_after_the_request_being_written_to
                 real.close()
 
         worker.conn = Watched()
-        results = _pipelined_then_killed(pool, [_awkward_request(), b"\x0a" + b"\x00" * (8 << 20)])
+        results = _pipelined_then_killed(pool, [_awkward_request(), b"\x0a" + b"\x00" * (8 << 20)], in_big_send)
         assert closed_under_send == [False]
         assert [getattr(r, "status", None) for r in results.values()] == [503, 503]
     finally:

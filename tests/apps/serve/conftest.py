@@ -202,6 +202,37 @@ def wait_ready(base_url: str, deadline_s: float = 60.0) -> None:
     pytest.fail(f"the node did not become ready in {deadline_s:g} s")
 
 
+def start_uvicorn(config):
+    """``uvicorn.Server(config)`` run in a daemon thread, once it has started (at most 30 s, or the
+    thread's death, fails the test): (server, thread, port of its first socket)."""
+    import threading
+    import time
+
+    import uvicorn
+
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    return server, thread, server.servers[0].sockets[0].getsockname()[1]
+
+
+@contextlib.contextmanager
+def uvicorn_in_thread(config, join_s: float = 30.0):
+    """:func:`start_uvicorn` as a context: yields (server, port); on leaving, asks the server to
+    exit and joins its thread (a server still running after ``join_s`` fails the test)."""
+    server, thread, port = start_uvicorn(config)
+    try:
+        yield server, port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=join_s)
+    assert not thread.is_alive()
+
+
 @contextlib.contextmanager
 def closing_in_thread(close, started, release, wait: float = 10.0):
     """Run ``close`` (a window close whose round :func:`slowed_round` holds) in a thread and

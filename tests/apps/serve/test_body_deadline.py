@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("uvicorn")
 
-from .conftest import metric  # noqa: E402
+from .conftest import metric, uvicorn_in_thread  # noqa: E402
 
 BEHAVIOR = b'{"agent_id": "a-1", "features": [1.0, 2.0, 3.0]}\n'
 EVIDENCE = (b'{"evidence_id": "e-1", "agent_id": "a-1", "evidence_type": "peer_report", "log_odds": 1.0, '
@@ -63,19 +63,9 @@ def listener(make_node, request):
     from swarmguard.apps.serve import create_app
 
     settings, node, client = make_node(body_timeout_seconds=0.6, max_inflight=2)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, node), host="127.0.0.1", port=0, http=request.param,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield node, client, server.servers[0].sockets[0].getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with uvicorn_in_thread(uvicorn.Config(create_app(settings, node), host="127.0.0.1", port=0, http=request.param,
+                                          log_level="warning", lifespan="on")) as (_, port):
+        yield node, client, port
 
 
 def _head(path: str, content_type: str, token: str, length: int) -> bytes:

@@ -5,7 +5,6 @@ as it arrives, whatever its shape, and a long keep-alive connection is not."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 
 import httpx
@@ -18,7 +17,7 @@ from swarmguard.apps.serve.bounded_head import REFUSAL, BoundedHeadHttpToolsProt
 from swarmguard.apps.serve.run import server_config  # noqa: E402
 from swarmguard.apps.serve.settings import HEAD_LIMIT_FACTOR  # noqa: E402
 
-from .conftest import wait_ready  # noqa: E402
+from .conftest import uvicorn_in_thread, wait_ready  # noqa: E402
 
 MAX_HEADER_BYTES = 1024
 LIMIT = HEAD_LIMIT_FACTOR * MAX_HEADER_BYTES
@@ -33,23 +32,15 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     """(port, app) of one node listening on 127.0.0.1 with --max-header-bytes 1024, no tokens."""
-    import uvicorn
 
     settings = ServeSettings(host="127.0.0.1", port=_free_port(), data_dir=tmp_path_factory.mktemp("data"),
                              max_header_bytes=MAX_HEADER_BYTES, close_windows=False, warm_up=20)
     app = create_app(settings)
     config = server_config(app, settings)
     assert issubclass(config.http, BoundedHeadHttpToolsProtocol)     # with the head's clock (--header-timeout)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
+    with uvicorn_in_thread(config, join_s=60):
         wait_ready(f"http://127.0.0.1:{settings.port}")
         yield settings.port, app
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
-    assert not thread.is_alive()
 
 
 def _connect(port: int) -> socket.socket:

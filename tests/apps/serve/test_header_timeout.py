@@ -11,7 +11,6 @@ import importlib.util
 import json
 import select
 import socket
-import threading
 import time
 
 import httpx
@@ -23,7 +22,7 @@ from swarmguard.apps.serve import ServeSettings, create_app  # noqa: E402
 from swarmguard.apps.serve import run as run_module  # noqa: E402
 from swarmguard.apps.serve.head_deadline import HeadDeadline, timeout_answer  # noqa: E402
 
-from .conftest import wait_ready  # noqa: E402
+from .conftest import start_uvicorn, uvicorn_in_thread, wait_ready  # noqa: E402
 
 TIMEOUT = 0.3
 WAIT = 10.0                 # the most any step waits for an answer or a close
@@ -47,7 +46,6 @@ def _free_port() -> int:
 @pytest.fixture(scope="module", params=_parsers())
 def node(request, tmp_path_factory):
     """(port, app) of a node on 127.0.0.1 with a 0.3 s header timeout, on the parser ``param``."""
-    import uvicorn
 
     settings = ServeSettings(host="127.0.0.1", port=_free_port(), data_dir=tmp_path_factory.mktemp("data"),
                              header_timeout_seconds=TIMEOUT, close_windows=False, warm_up=20, features=3)
@@ -58,16 +56,9 @@ def node(request, tmp_path_factory):
         config = run_module.server_config(app, settings)
     assert issubclass(config.http, HeadDeadline) and config.http.header_timeout == TIMEOUT
     assert ("H11" in config.http.__name__) == (request.param == "h11")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
+    with uvicorn_in_thread(config, join_s=60):
         wait_ready(f"http://127.0.0.1:{settings.port}")
         yield settings.port, app
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
-    assert not thread.is_alive()
 
 
 def _connect(port: int) -> socket.socket:
@@ -300,15 +291,8 @@ def test_uvicorns_own_protocols_bound_no_head_only_the_keep_alive_wait(protocol)
             await send({"type": "http.response.body", "body": b"ok"})
 
     keep_alive = 0.2
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, http=protocol, lifespan="off",
-                                           timeout_keep_alive=keep_alive, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    server, thread, port = start_uvicorn(uvicorn.Config(app, host="127.0.0.1", port=0, http=protocol, lifespan="off",
+                                                        timeout_keep_alive=keep_alive, log_level="warning"))
     try:
         with _connect(port) as silent, _connect(port) as slow, _connect(port) as after, _connect(port) as idle:
             slow.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n")
@@ -425,15 +409,9 @@ def test_a_websocket_upgraded_before_the_timeout_is_not_cut_by_the_clock(parser)
 
     timeouts = []
     base = "h11" if parser == "h11" else run_module.listener_protocol()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="warning",
-                                           http=with_header_timeout(base, TIMEOUT, timeouts.append)))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    server, thread, port = start_uvicorn(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off",
+                                                        log_level="warning",
+                                                        http=with_header_timeout(base, TIMEOUT, timeouts.append)))
     try:
         with _connect(port) as sock:
             key = base64.b64encode(b"0123456789abcdef")

@@ -21,7 +21,7 @@ from swarmguard.apps.otlp.fleet_model import make_fleet  # noqa: E402
 from swarmguard.apps.otlp.synthetic import window_requests  # noqa: E402
 from swarmguard.apps.otlp.traces import SpanIngest  # noqa: E402
 
-from .conftest import ADMIN_SECRET, auth, close_window, metric  # noqa: E402
+from .conftest import ADMIN_SECRET, auth, close_window, metric, start_uvicorn  # noqa: E402
 
 PB = {"Content-Type": "application/x-protobuf"}
 
@@ -196,15 +196,8 @@ def _uvicorn(settings, node):
 
     from swarmguard.apps.serve import create_app
 
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, node), host="127.0.0.1", port=0,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    server, thread, port = start_uvicorn(uvicorn.Config(create_app(settings, node), host="127.0.0.1", port=0,
+                                                        log_level="warning", lifespan="on"))
     return server, f"http://127.0.0.1:{port}", thread
 
 
