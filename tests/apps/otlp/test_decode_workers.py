@@ -485,3 +485,98 @@ def test_workers_started_before_one_fails_to_start_are_stopped(monkeypatch):
             if worker.process.poll() is None:
                 worker.process.kill()
                 worker.process.wait(10)
+
+
+def test_a_pool_left_short_by_a_failed_start_is_made_whole_by_a_request_after_the_delay(monkeypatch):
+    import swarmguard.apps.otlp.decode_workers as module
+
+    clock = [1000.0]
+    monkeypatch.setattr(module, "_now", lambda: clock[0])
+    real = module._Worker
+
+    def no_file_handles():
+        raise OSError(24, "Too many open files")
+
+    pool = DecodeWorkers(2)
+    try:
+        pool.wait_ready()
+        monkeypatch.setattr(module, "_Worker", no_file_handles)
+        killed = pool.pids[0]
+        os.kill(killed, signal.SIGKILL)
+        body = _awkward_request()
+        codes = set()
+        for _ in range(4):          # one of them on the dead worker: its replacement cannot start
+            answer = _bounded(lambda: pool.columns(body, PB, None, LIMIT))
+            codes.add(answer.code if isinstance(answer, ApiError) else "ok")
+        assert codes == {"decode_worker_lost", "ok"} and len(pool.pids) == 1    # the other one answers
+        monkeypatch.setattr(module, "_Worker", real)     # the file handles are back
+        _assert_same_columns(_bounded(lambda: pool.columns(body, PB, None, LIMIT)), _in_thread(body))
+        assert len(pool.pids) == 1                       # within the delay: no start
+        clock[0] += module._RESTART_DELAY_S
+        for _ in range(3):
+            _assert_same_columns(_bounded(lambda: pool.columns(body, PB, None, LIMIT)), _in_thread(body))
+        assert len(pool.pids) == 2 and killed not in pool.pids
+    finally:
+        pool.close()
+
+
+def test_a_request_while_the_only_worker_is_broken_but_listed_waits_for_its_replacement():
+    import threading
+
+    pool = DecodeWorkers(1)
+    try:
+        pool.wait_ready()
+        (worker,) = pool._workers
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.process.wait(10)
+        worker.broken = True     # as _exchange leaves it, before its request calls _lost
+        waiting = threading.Event()
+        real_wait = pool._freed.wait
+
+        def wait(timeout=None):
+            waiting.set()
+            return real_wait(timeout)
+
+        pool._freed.wait = wait
+        taken: list = []
+        thread = threading.Thread(target=lambda: taken.append(pool._take()), daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not waiting.is_set() and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert waiting.is_set() and pool.pids == [worker.pid]     # no start of its own: it waits
+        assert pool._lost(worker)                                # the broken one's request replaces it
+        thread.join(20)
+        assert not thread.is_alive() and taken[0] is not worker
+        pool._give_back(taken[0])
+        assert pool.pids == [taken[0].pid] and pool.replaced == 1        # one worker, as asked
+    finally:
+        pool.close()
+
+
+def test_an_interrupt_while_a_request_is_written_releases_the_worker_for_the_next_request():
+    class Interrupted(BaseException):
+        pass
+
+    pool = DecodeWorkers(1)
+    try:
+        pool.wait_ready()
+        (worker,) = pool._workers
+        real = worker.conn
+
+        class Interrupting:                      # the socket's write interrupted (no Exception)
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def send_bytes(self, data):
+                raise Interrupted
+
+        worker.conn = Interrupting()
+        body = _awkward_request()
+        with pytest.raises(Interrupted):
+            pool.columns(body, PB, None, LIMIT)
+        assert worker not in pool._workers and worker.process.returncode is not None    # reaped
+        _assert_same_columns(_bounded(lambda: pool.columns(body, PB, None, LIMIT)), _in_thread(body))
+        assert pool.replaced == 1
+    finally:
+        pool.close()

@@ -30,9 +30,10 @@ How, and why so:
   it is killed first. Any other exception while a request is written or read takes the worker
   for lost as well (its stream may hold half a frame), so that the requests queued behind it
   still get their turn. When no worker can take the place (``_Worker()`` fails: out of file
-  handles; or the new worker dies before its hello: a broken install), requests are 503
-  ``decode_worker_unavailable`` at once, and one start is tried again ``_RESTART_DELAY_S``
-  after the failure, by the next request (not by each one: no loop of failing starts).
+  handles; or the new worker dies before its hello: a broken install), the requests meanwhile
+  go to the workers left, or are 503 ``decode_worker_unavailable`` at once when none is, and
+  one start is tried again ``_RESTART_DELAY_S`` after the failure, by the next request (not by
+  each one: no loop of failing starts), until there are ``count`` workers again.
 - A worker never outlives the node: its only link is the socket, so when the node exits, even
   by ``kill -9``, its next read of the socket sees end-of-file and it exits. Workers ignore SIGINT and
   SIGTERM (a Ctrl-C or a ``kill`` of the node's process group reaches them too): the node
@@ -221,6 +222,7 @@ class DecodeWorkers:
         self._freed = threading.Condition(self._lock)      # a worker has room for one more request
         self._closed = False
         self._workers: list[_Worker] = []
+        self._count = count      # the workers there should be: _take starts those missing
         self.replaced = 0        # workers that died and were replaced
         self._starting = 0       # replacements being started (_lost): _take waits for them
         self._start_error: str | None = None     # why the last start failed (None: it did not)
@@ -235,20 +237,24 @@ class DecodeWorkers:
             raise
 
     def _take(self) -> _Worker:
-        """The worker with the fewest requests in flight (waits while each has ``_DEPTH``)."""
+        """The worker with the fewest requests in flight (waits while each has ``_DEPTH``);
+        first, one start of a missing worker (a start failed) once ``_RESTART_DELAY_S`` has
+        passed since the failure."""
         with self._lock:
             while True:
                 if self._closed:
                     raise _unavailable("the node is shutting down", "draining", 5)
+                # a broken worker still listed is not missing: its request's _lost replaces it
+                # (a start here too would leave more workers than count)
+                if len(self._workers) + self._starting < self._count and _now() >= self._retry_at:
+                    self._start()
                 live = [w for w in self._workers if not w.broken]
                 if live:
                     worker = min(live, key=lambda w: w.outstanding)
                     if worker.outstanding < _DEPTH:
                         worker.outstanding += 1
                         return worker
-                elif not self._starting:        # none left, none coming: start one, or answer now
-                    if _now() >= self._retry_at and self._start():
-                        continue
+                elif not self._workers and not self._starting:     # none left, none coming
                     raise _unavailable(f"no decode worker is running: {self._start_error}; retry",
                                        "decode_worker_unavailable", 1)
                 self._freed.wait()
@@ -305,8 +311,12 @@ class DecodeWorkers:
         try:
             reply = self._exchange(worker, body, pickle.dumps((content_type, content_encoding, max_bytes),
                                                                protocol=5))
-        finally:
+        except BaseException:
             self._give_back(worker)
+            if worker.broken:    # taken out, as below: _take waits for a listed broken worker's _lost
+                self._lost(worker)
+            raise
+        self._give_back(worker)
         if reply is None:
             replaced = self._lost(worker)
             raise _unavailable("the worker decoding this request died (or hung: killed); "
@@ -345,6 +355,11 @@ class DecodeWorkers:
             except Exception:
                 worker.broken = True
                 log.exception("writing a request to decode worker %d failed: taken for lost", worker.pid)
+            except BaseException:
+                worker.broken = True     # this ticket is never answered: those after it stop waiting
+                with worker.turn:
+                    worker.turn.notify_all()
+                raise
         with worker.turn:
             blob = None
             try:
