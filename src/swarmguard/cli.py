@@ -509,7 +509,7 @@ def serve(
     sync_seconds: float = typer.Option(2.0, min=0.001, help="Seconds between anti-entropy rounds with each peer (also right after writes). Example: --sync-seconds 1"),
     peer_token_file: Path | None = typer.Option(None, help="File holding the secret this node presents to its peers (a peer token of theirs); default: $SWARMGUARD_PEER_TOKEN. Example: --peer-token-file peer.secret"),  # noqa: B008
     consistency: str = typer.Option("statistical", help="statistical or eventual (always writable), or strong (writes 503 without a majority of nodes). Example: --consistency strong"),
-    decode_workers: int = typer.Option(0, min=0, max=64, help="Processes that decode POST /v1/traces bodies (protobuf/JSON, gzip) into span columns, off the node's GIL; 0: in the request's thread. Example: --decode-workers 1"),
+    decode_workers: int = typer.Option(0, help="Processes that decode POST /v1/traces bodies (protobuf/JSON, gzip) into span columns, off the node's GIL; 0: in the request's thread. Example: --decode-workers 1"),
 ) -> None:
     """Run one node: an HTTP service that takes behaviour vectors and evidence and answers who is anomalous.
 

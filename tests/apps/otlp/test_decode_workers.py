@@ -343,3 +343,240 @@ def test_a_worker_does_not_import_from_the_nodes_current_directory(tmp_path, mon
         _assert_same_columns(pool.columns(body, PB, "gzip", LIMIT), _in_thread(body, PB, "gzip"))
     finally:
         pool.close()
+
+
+def _bounded(call, seconds: float = 20.0):
+    """``call()``'s result or exception, from a thread given ``seconds``: a call that waits
+    forever fails the test instead of hanging it."""
+    import threading
+
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except Exception as exc:                 # noqa: BLE001  (the test looks at which)
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "the call is still waiting"
+    return out[0]
+
+
+def test_no_worker_left_and_none_can_start_answers_503_at_once_and_a_later_request_starts_one(monkeypatch):
+    import swarmguard.apps.otlp.decode_workers as module
+
+    clock = [1000.0]
+    monkeypatch.setattr(module, "_now", lambda: clock[0], raising=False)
+    real, starts = module._Worker, []
+
+    def no_file_handles():
+        starts.append(1)
+        raise OSError(24, "Too many open files")
+
+    pool = DecodeWorkers(1)
+    try:
+        pool.wait_ready()
+        monkeypatch.setattr(module, "_Worker", no_file_handles)
+        os.kill(pool.pids[0], signal.SIGKILL)
+        body = _awkward_request()
+        lost = _bounded(lambda: pool.columns(body, PB, None, LIMIT))
+        assert isinstance(lost, ApiError) and (lost.status, lost.code) == (503, "decode_worker_lost")
+        assert "none could take its place" in lost.message and pool.pids == [] and len(starts) == 1
+        for _ in range(3):                       # within the restart delay: no start tried
+            refused = _bounded(lambda: pool.columns(body, PB, None, LIMIT))
+            assert isinstance(refused, ApiError) and (refused.status, refused.code) == (503, "decode_worker_unavailable")
+            assert refused.headers["Retry-After"] == "1" and "Too many open files" in refused.message
+        assert len(starts) == 1
+        clock[0] += module._RESTART_DELAY_S      # past the delay: one more try, failing again
+        assert isinstance(_bounded(lambda: pool.columns(body, PB, None, LIMIT)), ApiError) and len(starts) == 2
+        monkeypatch.setattr(module, "_Worker", real)     # the file handles are back
+        clock[0] += module._RESTART_DELAY_S
+        _assert_same_columns(_bounded(lambda: pool.columns(body, PB, None, LIMIT)), _in_thread(body))
+        assert len(pool.pids) == 1
+    finally:
+        pool.close()
+
+
+def _broken_install(tmp_path) -> str:
+    """A folder whose ``swarmguard`` exits with code 3 when imported, after a line on stderr."""
+    (tmp_path / "swarmguard").mkdir()
+    (tmp_path / "swarmguard" / "__init__.py").write_text(
+        "import sys\nsys.stderr.write('broken install\\n')\nraise SystemExit(3)\n")
+    return str(tmp_path)
+
+
+def test_a_worker_that_dies_importing_says_its_exit_code_and_where_its_error_went(tmp_path, monkeypatch):
+    import swarmguard.apps.otlp.decode_workers as module
+
+    monkeypatch.setattr(module, "_SOURCE", _broken_install(tmp_path))
+    pool = DecodeWorkers(1)
+    try:
+        with pytest.raises(RuntimeError) as failed:
+            pool.wait_ready()
+    finally:
+        pool.close()
+    assert "did not start: it exited before saying ready (exit code 3;" in str(failed.value)
+    assert "stderr" in str(failed.value) and "\n" not in str(failed.value)
+
+
+def test_a_worker_that_dies_before_its_hello_is_not_replaced_in_a_loop(tmp_path, monkeypatch):
+    import swarmguard.apps.otlp.decode_workers as module
+
+    clock = [1000.0]
+    monkeypatch.setattr(module, "_now", lambda: clock[0], raising=False)
+    monkeypatch.setattr(module, "_SOURCE", _broken_install(tmp_path))
+    pool = DecodeWorkers(1)                      # not waited for: its first request finds it dead
+    try:
+        body = _awkward_request()
+        lost = _bounded(lambda: pool.columns(body, PB, None, LIMIT))
+        assert isinstance(lost, ApiError) and (lost.status, lost.code) == (503, "decode_worker_lost")
+        again = _bounded(lambda: pool.columns(body, PB, None, LIMIT))
+        assert isinstance(again, ApiError) and again.code == "decode_worker_unavailable"
+        assert "exit code 3" in again.message and pool.pids == [] and pool.replaced == 0
+    finally:
+        pool.close()
+
+
+def test_an_unexpected_error_writing_a_request_is_a_503_and_the_next_request_is_answered():
+    pool = DecodeWorkers(1)
+    try:
+        pool.wait_ready()
+        (worker,) = pool._workers
+        real = worker.conn
+
+        class Faulty:                            # the socket, failing once with no OSError
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def send_bytes(self, data):
+                raise TypeError("an unexpected failure in send_bytes")
+
+        worker.conn = Faulty()
+        body = _awkward_request()
+        failed = _bounded(lambda: pool.columns(body, PB, None, LIMIT))
+        assert isinstance(failed, ApiError) and (failed.status, failed.code) == (503, "decode_worker_lost")
+        assert pool.replaced == 1 and worker.process.returncode is not None     # reaped
+        _assert_same_columns(_bounded(lambda: pool.columns(body, PB, None, LIMIT)), _in_thread(body))
+    finally:
+        pool.close()
+
+
+def test_workers_started_before_one_fails_to_start_are_stopped(monkeypatch):
+    import swarmguard.apps.otlp.decode_workers as module
+
+    real, made = module._Worker, []
+
+    def second_fails():
+        if made:
+            raise OSError(24, "Too many open files")
+        made.append(real())
+        return made[-1]
+
+    monkeypatch.setattr(module, "_Worker", second_fails)
+    try:
+        with pytest.raises(OSError, match="Too many open files"):
+            DecodeWorkers(2)
+        assert len(made) == 1 and made[0].process.returncode is not None
+    finally:
+        for worker in made:
+            if worker.process.poll() is None:
+                worker.process.kill()
+                worker.process.wait(10)
+
+
+def test_a_pool_left_short_by_a_failed_start_is_made_whole_by_a_request_after_the_delay(monkeypatch):
+    import swarmguard.apps.otlp.decode_workers as module
+
+    clock = [1000.0]
+    monkeypatch.setattr(module, "_now", lambda: clock[0])
+    real = module._Worker
+
+    def no_file_handles():
+        raise OSError(24, "Too many open files")
+
+    pool = DecodeWorkers(2)
+    try:
+        pool.wait_ready()
+        monkeypatch.setattr(module, "_Worker", no_file_handles)
+        killed = pool.pids[0]
+        os.kill(killed, signal.SIGKILL)
+        body = _awkward_request()
+        codes = set()
+        for _ in range(4):          # one of them on the dead worker: its replacement cannot start
+            answer = _bounded(lambda: pool.columns(body, PB, None, LIMIT))
+            codes.add(answer.code if isinstance(answer, ApiError) else "ok")
+        assert codes == {"decode_worker_lost", "ok"} and len(pool.pids) == 1    # the other one answers
+        monkeypatch.setattr(module, "_Worker", real)     # the file handles are back
+        _assert_same_columns(_bounded(lambda: pool.columns(body, PB, None, LIMIT)), _in_thread(body))
+        assert len(pool.pids) == 1                       # within the delay: no start
+        clock[0] += module._RESTART_DELAY_S
+        for _ in range(3):
+            _assert_same_columns(_bounded(lambda: pool.columns(body, PB, None, LIMIT)), _in_thread(body))
+        assert len(pool.pids) == 2 and killed not in pool.pids
+    finally:
+        pool.close()
+
+
+def test_a_request_while_the_only_worker_is_broken_but_listed_waits_for_its_replacement():
+    import threading
+
+    pool = DecodeWorkers(1)
+    try:
+        pool.wait_ready()
+        (worker,) = pool._workers
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.process.wait(10)
+        worker.broken = True     # as _exchange leaves it, before its request calls _lost
+        waiting = threading.Event()
+        real_wait = pool._freed.wait
+
+        def wait(timeout=None):
+            waiting.set()
+            return real_wait(timeout)
+
+        pool._freed.wait = wait
+        taken: list = []
+        thread = threading.Thread(target=lambda: taken.append(pool._take()), daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not waiting.is_set() and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert waiting.is_set() and pool.pids == [worker.pid]     # no start of its own: it waits
+        assert pool._lost(worker)                                # the broken one's request replaces it
+        thread.join(20)
+        assert not thread.is_alive() and taken[0] is not worker
+        pool._give_back(taken[0])
+        assert pool.pids == [taken[0].pid] and pool.replaced == 1        # one worker, as asked
+    finally:
+        pool.close()
+
+
+def test_an_interrupt_while_a_request_is_written_releases_the_worker_for_the_next_request():
+    class Interrupted(BaseException):
+        pass
+
+    pool = DecodeWorkers(1)
+    try:
+        pool.wait_ready()
+        (worker,) = pool._workers
+        real = worker.conn
+
+        class Interrupting:                      # the socket's write interrupted (no Exception)
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def send_bytes(self, data):
+                raise Interrupted
+
+        worker.conn = Interrupting()
+        body = _awkward_request()
+        with pytest.raises(Interrupted):
+            pool.columns(body, PB, None, LIMIT)
+        assert worker not in pool._workers and worker.process.returncode is not None    # reaped
+        _assert_same_columns(_bounded(lambda: pool.columns(body, PB, None, LIMIT)), _in_thread(body))
+        assert pool.replaced == 1
+    finally:
+        pool.close()

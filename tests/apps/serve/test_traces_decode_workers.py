@@ -155,3 +155,51 @@ def test_a_served_nodes_workers_end_with_it_on_sigterm_and_on_kill_9(tmp_path, t
                 os.killpg(proc.pid, signal.SIGKILL)      # whatever of this test's session is left
             except ProcessLookupError:
                 pass
+
+
+def test_a_node_whose_decode_workers_cannot_start_stops_its_peer_sync_and_closes_its_log(tmp_path, monkeypatch):
+    import threading
+
+    from swarmguard.apps.serve import ServeNode
+    from swarmguard.apps.serve.durable_log import DurableLog
+
+    closed = []
+    real_close = DurableLog.close
+    monkeypatch.setattr(DurableLog, "close", lambda log: (closed.append(log.path), real_close(log))[1])
+
+    import swarmguard.apps.otlp.decode_workers as module
+
+    broken = tmp_path / "broken" / "swarmguard"     # a worker's swarmguard: exits with code 3
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise SystemExit(3)\n")
+    monkeypatch.setattr(module, "_SOURCE", str(broken.parent))
+    settings = ServeSettings(clock=ManualClock(), close_windows=False, decode_workers=1,
+                             peers=("http://127.0.0.1:9",), sync_seconds=0.2)
+    with pytest.raises(RuntimeError, match=r"^a decode worker \(pid \d+\) did not start: .*exit code 3") as failed:
+        ServeNode(settings, tmp_path / "data")
+    assert "\n" not in str(failed.value)
+    assert closed == [tmp_path / "data" / "node.sqlite"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("peer-sync-") and t.is_alive()]
+
+
+def test_no_decode_worker_left_is_a_503_with_retry_after_counted_not_a_hang(make_node, monkeypatch):
+    import swarmguard.apps.otlp.decode_workers as module
+
+    _, node, client = make_node(decode_workers=1)
+
+    def no_file_handles():
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(module, "_Worker", no_file_handles)
+    os.kill(_ingest(node).decoders.pids[0], signal.SIGKILL)
+    body, headers = _bodies()[0]
+    before = node.log.last_seq()
+    messages = []
+    for _ in range(2):               # the lost worker's request, then one with no worker at all
+        r = client.post("/v1/traces", content=body, headers={**headers, **auth("t-ingest")})
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+        messages.append(decode_status(r.content, "protobuf").message)
+    assert "Too many open files" in messages[1]
+    assert metric(client, "swarmguard_errors_total", code="decode_worker_lost", status="503") == 1
+    assert metric(client, "swarmguard_errors_total", code="decode_worker_unavailable", status="503") == 1
+    assert node.log.last_seq() == before and _ingest(node).pending_spans == 0

@@ -27,7 +27,13 @@ How, and why so:
   waiting on it gets :class:`ApiError` 503 with ``Retry-After`` (nothing was kept or logged,
   so the exporter's retry is a first delivery) and a new worker takes its place. So does one
   that has not begun a reply ``_REPLY_TIMEOUT_S`` (60 s) after its turn came (stopped, swapping):
-  it is killed first.
+  it is killed first. Any other exception while a request is written or read takes the worker
+  for lost as well (its stream may hold half a frame), so that the requests queued behind it
+  still get their turn. When no worker can take the place (``_Worker()`` fails: out of file
+  handles; or the new worker dies before its hello: a broken install), the requests meanwhile
+  go to the workers left, or are 503 ``decode_worker_unavailable`` at once when none is, and
+  one start is tried again ``_RESTART_DELAY_S`` after the failure, by the next request (not by
+  each one: no loop of failing starts), until there are ``count`` workers again.
 - A worker never outlives the node: its only link is the socket, so when the node exits, even
   by ``kill -9``, its next read of the socket sees end-of-file and it exits. Workers ignore SIGINT and
   SIGTERM (a Ctrl-C or a ``kill`` of the node's process group reaches them too): the node
@@ -42,12 +48,14 @@ How, and why so:
 from __future__ import annotations
 
 import contextlib
+import logging
 import pickle
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import fields
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -59,9 +67,9 @@ from .spans import SpanColumns
 if TYPE_CHECKING:
     from ..serve.http_errors import ApiError
 
-__all__ = ["DecodeWorkers", "MAX_DECODE_WORKERS"]
+__all__ = ["DecodeWorkers"]
 
-MAX_DECODE_WORKERS = 64
+log = logging.getLogger(__name__)
 _OK, _TOO_LARGE, _UNSUPPORTED, _MALFORMED, _FAILED = range(5)
 _READY = b"ready"
 _FIELDS = tuple(f.name for f in fields(SpanColumns))
@@ -76,6 +84,11 @@ _REPLY_TIMEOUT_S = 60.0
 # requests in flight per worker: one it decodes, one waiting in its socket, so that it never
 # waits for a node thread to get the GIL back before it can start the next one
 _DEPTH = 2
+# no worker running and the last start failed (out of file handles, a broken interpreter): the
+# requests meanwhile are 503s at once, and a new start is tried by the first request this long
+# after the failure, not by every request (a hot loop of failing starts)
+_RESTART_DELAY_S = 1.0
+_now = time.monotonic        # the restart delay's clock (a test moves its own)
 
 
 def _one_line(error: BaseException) -> str:
@@ -161,11 +174,27 @@ class _Worker:
 
     def wait_ready(self) -> None:
         if not self.ready:
-            if not self.conn.poll(_START_TIMEOUT_S):
-                raise EOFError("no hello within the start timeout")
-            if self.conn.recv_bytes() != _READY:
+            try:
+                if not self.conn.poll(_START_TIMEOUT_S):
+                    raise EOFError(f"no hello within {_START_TIMEOUT_S:g} s")
+                said = self.conn.recv_bytes()
+            except EOFError:
+                raise EOFError(self.exit_reason()) from None
+            if said != _READY:
                 raise EOFError("the decode worker said something else than ready")
             self.ready = True
+
+    def exit_reason(self) -> str:
+        """Why the worker's socket ended before its hello: its exit code (its traceback, if
+        any, went to the node's stderr, which the worker shares), or that it still runs."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(1.0)      # it closed the socket: it is exiting, give it the time
+        code = self.process.returncode
+        if code is None:
+            return "it closed its socket before saying ready but still runs"
+        how = (f"killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals()
+               else f"exit code {code}")
+        return f"it exited before saying ready ({how}; its error, if any, is on the node's stderr above)"
 
     def reap(self, timeout: float) -> None:
         """Close our end (the worker's next read is end-of-file: it exits) and wait for it;
@@ -184,34 +213,69 @@ class DecodeWorkers:
     number at once; each call holds one worker while it decodes."""
 
     def __init__(self, count: int) -> None:
+        # imported here: a worker does not import serve (FastAPI: its start-up time doubled)
+        from ..serve.settings import MAX_DECODE_WORKERS
+
         if not 1 <= count <= MAX_DECODE_WORKERS:
             raise ValueError(f"decode workers: 1 to {MAX_DECODE_WORKERS}, got {count}")
         self._lock = threading.Lock()
         self._freed = threading.Condition(self._lock)      # a worker has room for one more request
         self._closed = False
         self._workers: list[_Worker] = []
+        self._count = count      # the workers there should be: _take starts those missing
         self.replaced = 0        # workers that died and were replaced
-        for _ in range(count):
-            self._add()
-
-    def _add(self) -> None:
-        worker = _Worker()
-        with self._lock:
-            self._workers.append(worker)
+        self._starting = 0       # replacements being started (_lost): _take waits for them
+        self._start_error: str | None = None     # why the last start failed (None: it did not)
+        self._retry_at = 0.0     # _now() from which _take may try a start again
+        try:
+            for _ in range(count):
+                worker = _Worker()
+                with self._lock:
+                    self._workers.append(worker)
+        except BaseException:
+            self.close()         # those already started: none left running
+            raise
 
     def _take(self) -> _Worker:
-        """The worker with the fewest requests in flight (waits while each has ``_DEPTH``)."""
+        """The worker with the fewest requests in flight (waits while each has ``_DEPTH``);
+        first, one start of a missing worker (a start failed) once ``_RESTART_DELAY_S`` has
+        passed since the failure."""
         with self._lock:
             while True:
                 if self._closed:
                     raise _unavailable("the node is shutting down", "draining", 5)
+                # a broken worker still listed is not missing: its request's _lost replaces it
+                # (a start here too would leave more workers than count)
+                if len(self._workers) + self._starting < self._count and _now() >= self._retry_at:
+                    self._start()
                 live = [w for w in self._workers if not w.broken]
                 if live:
                     worker = min(live, key=lambda w: w.outstanding)
                     if worker.outstanding < _DEPTH:
                         worker.outstanding += 1
                         return worker
+                elif not self._workers and not self._starting:     # none left, none coming
+                    raise _unavailable(f"no decode worker is running: {self._start_error}; retry",
+                                       "decode_worker_unavailable", 1)
                 self._freed.wait()
+
+    def _start(self) -> bool:
+        """Start a worker into the pool (hold ``_lock``); False, the failure noted, when it
+        cannot be (a worker that dies before its hello is noted by :meth:`_lost`)."""
+        try:
+            self._workers.append(_Worker())
+        except Exception as exc:        # EMFILE, ENOMEM, no interpreter: say so, try again later
+            self._failed_start(f"a decode worker could not be started: {type(exc).__name__}: {_one_line(exc)}")
+            return False
+        self._freed.notify_all()
+        return True
+
+    def _failed_start(self, why: str) -> None:
+        """Note why a start failed (hold ``_lock``): no new start before ``_RESTART_DELAY_S``."""
+        log.error("%s (the next start is tried by a request in %g s)", why, _RESTART_DELAY_S)
+        self._start_error = why
+        self._retry_at = _now() + _RESTART_DELAY_S
+        self._freed.notify_all()        # those waiting for a worker: none is coming, answer 503
 
     def _give_back(self, worker: _Worker) -> None:
         with self._lock:
@@ -233,7 +297,8 @@ class DecodeWorkers:
             try:
                 worker.wait_ready()
             except (EOFError, OSError) as exc:
-                raise RuntimeError(f"a decode worker (pid {worker.pid}) did not start: {_one_line(exc)}") from None
+                raise RuntimeError(f"a decode worker (pid {worker.pid}) did not start: "
+                                   f"{_one_line(exc) or type(exc).__name__}") from None
 
     def columns(self, body: bytes, content_type: str | None, content_encoding: str | None,
                 max_bytes: int) -> SpanColumns:
@@ -246,11 +311,16 @@ class DecodeWorkers:
         try:
             reply = self._exchange(worker, body, pickle.dumps((content_type, content_encoding, max_bytes),
                                                                protocol=5))
-        finally:
+        except BaseException:
             self._give_back(worker)
+            if worker.broken:    # taken out, as below: _take waits for a listed broken worker's _lost
+                self._lost(worker)
+            raise
+        self._give_back(worker)
         if reply is None:
-            self._lost(worker)
-            raise _unavailable("the worker decoding this request died (or hung: killed); it was replaced: retry",
+            replaced = self._lost(worker)
+            raise _unavailable("the worker decoding this request died (or hung: killed); "
+                               f"{'it was replaced' if replaced else 'none could take its place yet'}: retry",
                                "decode_worker_lost", 1)
         kind = reply[0]
         if kind == _OK:
@@ -265,7 +335,14 @@ class DecodeWorkers:
 
     @staticmethod
     def _exchange(worker: _Worker, body: bytes, header: bytes) -> tuple | None:
-        """Write one request to ``worker`` and read its reply in turn; None: the worker is gone."""
+        """Write one request to ``worker`` and read its reply in turn; None: the worker is gone.
+
+        Any failure of the exchange (not only the socket's OSError and EOFError) takes the
+        worker for lost: a frame may be half written, so its stream can no longer be trusted;
+        the request is a 503 (nothing was kept, a retry goes to another worker), an exception
+        that is not the socket's logged with its traceback (it would be this module's bug).
+        Whatever happens, the ticket's turn ends (``answered``): the requests after it on
+        this worker would wait for it forever."""
         with worker.sending:
             ticket = worker.sent
             worker.sent += 1
@@ -275,29 +352,56 @@ class DecodeWorkers:
                     worker.conn.send_bytes(body)
             except OSError:
                 worker.broken = True
+            except Exception:
+                worker.broken = True
+                log.exception("writing a request to decode worker %d failed: taken for lost", worker.pid)
+            except BaseException:
+                worker.broken = True     # this ticket is never answered: those after it stop waiting
+                with worker.turn:
+                    worker.turn.notify_all()
+                raise
         with worker.turn:
-            while worker.answered != ticket and not worker.broken:
-                worker.turn.wait()
             blob = None
-            if not worker.broken:
-                try:
-                    worker.wait_ready()
-                    if not worker.conn.poll(_REPLY_TIMEOUT_S):
-                        raise EOFError("no reply within the reply timeout")
-                    blob = worker.conn.recv_bytes()
-                except (EOFError, OSError):
-                    worker.broken = True
-            worker.answered += 1
-            worker.turn.notify_all()
+            try:
+                while worker.answered != ticket and not worker.broken:
+                    worker.turn.wait()
+                if not worker.broken:
+                    try:
+                        worker.wait_ready()
+                        if not worker.conn.poll(_REPLY_TIMEOUT_S):
+                            raise EOFError("no reply within the reply timeout")
+                        blob = worker.conn.recv_bytes()
+                    except (EOFError, OSError):
+                        worker.broken = True
+                    except Exception:
+                        worker.broken = True
+                        log.exception("reading a reply from decode worker %d failed: taken for lost", worker.pid)
+            except BaseException:
+                worker.broken = True     # e.g. interrupted in wait(): the stream's state is unknown
+                raise
+            finally:
+                worker.answered += 1
+                worker.turn.notify_all()
         return None if blob is None else pickle.loads(blob)
 
-    def _lost(self, worker: _Worker) -> None:
+    def _lost(self, worker: _Worker) -> bool:
         """A worker whose socket broke: reaped, and replaced unless the workers are stopping
-        (once, by the first of its requests to see it)."""
+        (once, by the first of its requests to see it); True when a replacement runs. One that
+        died before its hello is not replaced at once (it would die the same way: a broken
+        install), nor one whose replacement cannot start: :meth:`_take` tries again later."""
         with self._lock:
             if worker not in self._workers:
-                return
+                return bool(self._workers)
             self._workers.remove(worker)
+            self._starting += 1
+        try:
+            return self._replace(worker)
+        finally:
+            with self._lock:
+                self._starting -= 1
+                self._freed.notify_all()
+
+    def _replace(self, worker: _Worker) -> bool:
         if worker.process.poll() is None:     # a broken socket (or no reply) with the process still up
             worker.process.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):     # not a 500: Popen reaps it later
@@ -310,10 +414,14 @@ class DecodeWorkers:
             worker.conn.close()
         with self._lock:          # one step with close(): no worker is started once it began
             if self._closed:
-                return
-            self._workers.append(_Worker())
+                return False
+            if not worker.ready:
+                self._failed_start(f"a decode worker (pid {worker.pid}) did not start: {worker.exit_reason()}")
+                return False
+            if not self._start():
+                return False
             self.replaced += 1
-            self._freed.notify_all()
+            return True
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop every worker (call once no request uses them: the node's drain is done);

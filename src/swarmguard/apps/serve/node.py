@@ -93,14 +93,23 @@ class ServeNode:
         self._isolations: list[dict[str, Any]] = []  # a close's events, published after its view
         self.extensions = [make(self) for make in node_extensions()]
         self.log = DurableLog(self.data_dir)
-        self.snapshots = Snapshots(self, settings.snapshot_every)     # see .snapshot
-        self.replayed = self.replay()
-        self._rank_agents()                     # before the first read, which would pay for it
-        self.state = "ready"
-        for extension in self.extensions:      # e.g. the peer sync threads: only once the node is whole
-            start = getattr(extension, "start", None)
-            if start is not None:
-                start()
+        try:
+            self.snapshots = Snapshots(self, settings.snapshot_every)     # see .snapshot
+            self.replayed = self.replay()
+            self._rank_agents()                     # before the first read, which would pay for it
+            self.state = "ready"
+            for extension in self.extensions:      # e.g. the peer sync threads: only once the node is whole
+                start = getattr(extension, "start", None)
+                if start is not None:
+                    start()
+        except BaseException:
+            # nobody gets this node to close: stop what started (the sync threads, decode
+            # workers) and close the log, then raise the start's own error (the CLI's line)
+            try:
+                self.close()
+            except Exception:
+                log.exception("closing the node that failed to start failed too")
+            raise
 
     @property
     def lock(self) -> threading.RLock:

@@ -22,7 +22,7 @@ DEFAULT_MAX_BODY_BYTES = 64 << 20
 DEFAULT_MAX_HEADER_BYTES = 64 << 10
 HEAD_LIMIT_FACTOR = 16
 DEFAULT_SNAPSHOT_EVERY = 10
-MAX_DECODE_WORKERS = 64         # = apps.otlp.decode_workers.MAX_DECODE_WORKERS (that module imports serve)
+MAX_DECODE_WORKERS = 64         # its one home: apps.otlp.decode_workers and the CLI check against it
 
 
 def is_loopback(host: str) -> bool:
