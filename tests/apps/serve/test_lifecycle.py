@@ -80,3 +80,30 @@ def test_a_node_that_cannot_replay_its_log_says_it_failed_instead_of_starting_fo
         r = client.get("/v1/agents", headers=auth("t-read"))
         assert r.status_code == 503 and "failed to start" in r.json()["error"]
     assert any("failed to start" in rec.getMessage() for rec in caplog.records)
+
+
+def test_closing_a_node_runs_every_step_when_one_extensions_stop_fails_and_raises_that_error(tmp_path):
+    import sqlite3
+
+    import pytest
+
+    from swarmguard.apps.serve import ServeNode
+
+    node = ServeNode(ServeSettings(close_windows=False), tmp_path / "data")
+    stopped = []
+
+    class Failing:
+        def stop(self):
+            stopped.append("failing")
+            raise RuntimeError("this extension could not stop")
+
+    class Later:                        # e.g. the decode workers, after the peer sync threads
+        def stop(self):
+            stopped.append("later")
+
+    node.extensions = [Failing(), *node.extensions, Later()]
+    with pytest.raises(RuntimeError, match="this extension could not stop"):
+        node.close()
+    assert stopped == ["failing", "later"]
+    with pytest.raises(sqlite3.ProgrammingError):          # the log was closed all the same
+        node.log._db.execute("SELECT 1")

@@ -472,14 +472,30 @@ class ServeNode:
             return outcomes
 
     def close(self) -> None:
-        for extension in self.extensions:      # e.g. the peer sync threads
+        """Stop every extension (the peer sync threads, the decode workers), then close the log
+        and the detectors. Each step runs even when one before it raised (a sync thread's stop
+        failing must not leave the decode workers running or the log open); the first error is
+        raised once all of them ran, the others logged."""
+        errors: list[BaseException] = []
+
+        def attempt(step, *args) -> None:
+            try:
+                step(*args)
+            except Exception as exc:        # noqa: BLE001 - every step runs; the first is raised
+                if errors:
+                    log.exception("closing the node: a further step failed too")
+                errors.append(exc)
+
+        for extension in self.extensions:
             stop = getattr(extension, "stop", None)
             if stop is not None:
-                stop()
+                attempt(stop)
         with self._lock:
-            self.log.close()
+            attempt(self.log.close)
             for pop in self.populations.values():
-                pop.detector.close()
+                attempt(pop.detector.close)
+        if errors:
+            raise errors[0]
 
     # ---------------------------------------------------------------- queries
     def find_agent(self, agent_id: str, population: str | None = None):
