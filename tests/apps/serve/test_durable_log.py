@@ -273,3 +273,29 @@ def test_a_snapshot_after_one_that_left_its_failed_transaction_open_is_written(t
     again = DurableLog(tmp_path)
     assert again.latest_snapshot() == (3, b"state") and [r.seq for r in again.records()] == [3]
     again.close()
+
+
+@pytest.mark.parametrize("broken", ["not a database", "a log table without its columns"])
+def test_a_log_that_fails_to_open_closes_its_connection_and_raises_a_typed_error(tmp_path, monkeypatch, broken):
+    import swarmguard.apps.serve.durable_log as module
+
+    path = tmp_path / "node.sqlite"
+    if broken == "not a database":                  # the PRAGMAs fail: the open's first step
+        path.write_bytes(b"this is not an SQLite file " * 100)
+    else:                                           # opens, but the numbering's read fails
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE log (other TEXT)")
+        db.close()
+    opened = []
+    real_connect = sqlite3.connect
+
+    def connect(*args, **kwargs):
+        opened.append(real_connect(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(module.sqlite3, "connect", connect)
+    with pytest.raises(EvidenceStoreError, match="node's log"):
+        DurableLog(tmp_path)
+    (db,) = opened
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        db.execute("SELECT 1")

@@ -31,6 +31,7 @@ the node restarts and rebuilds its state from the file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -100,6 +101,7 @@ class DurableLog:
 
     def __init__(self, data_dir: str | Path):
         self.path = Path(data_dir) / "node.sqlite"
+        self._db: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -108,6 +110,7 @@ class DurableLog:
             self._db.execute(_SCHEMA)
             self._db.execute(_SNAPSHOT_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
+            self._close_after_failed_open()
             raise EvidenceStoreError(f"cannot open the node's log {self.path}: {exc}") from None
         # Group commit (:meth:`append_grouped`): records wait in memory, numbered, until a commit
         # writes them in one transaction. ``_lock`` guards the connection, ``_pending_lock`` the
@@ -122,6 +125,7 @@ class DurableLog:
             last = int(self._db.execute("SELECT MAX(COALESCE((SELECT MAX(seq) FROM log), 0), "
                                         "COALESCE((SELECT MAX(seq) FROM snapshot), 0))").fetchone()[0])
         except sqlite3.Error as exc:
+            self._close_after_failed_open()
             raise EvidenceStoreError(f"cannot read the node's log {self.path}: {exc}") from None
         # above every record and the snapshot: a snapshot may cover a number that no record in the
         # file holds (a failed append's), and replay reads only the records after the snapshot
@@ -129,6 +133,13 @@ class DurableLog:
         self._committed = last                   # the last record made durable
         self.landed_after_error = 0              # writes SQLite reported failed that were in the file
         self._broken: str | None = None          # why no write is taken until a restart (module docstring)
+
+    def _close_after_failed_open(self) -> None:
+        """A log that failed to open is never closed by anyone: its connection (and the file
+        handle it holds on the data directory) is closed here, before the error is raised."""
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
 
     def _write(self, rows: list[tuple[int, str, float, bytes]]) -> None:
         """Write ``rows`` in one synced transaction (all or none); hold ``_commit_lock``."""
