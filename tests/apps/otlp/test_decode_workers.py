@@ -580,3 +580,22 @@ def test_an_interrupt_while_a_request_is_written_releases_the_worker_for_the_nex
         assert pool.replaced == 1
     finally:
         pool.close()
+
+
+def test_a_worker_silent_past_the_start_timeout_is_said_to_be_silent_not_to_have_exited(monkeypatch):
+    import swarmguard.apps.otlp.decode_workers as module
+
+    monkeypatch.setattr(module, "_START_TIMEOUT_S", 0.3)
+    real_popen = subprocess.Popen
+
+    def silent_worker(args, **kwargs):               # runs, holds its socket, never says ready
+        return real_popen([sys.executable, "-c", "import time; time.sleep(60)"], **kwargs)
+
+    monkeypatch.setattr(module.subprocess, "Popen", silent_worker)
+    pool = DecodeWorkers(1)
+    monkeypatch.setattr(module.subprocess, "Popen", real_popen)
+    try:
+        with pytest.raises(RuntimeError, match=r"did not start: no hello within 0\.3 s \(the worker still ran\)"):
+            pool.wait_ready()
+    finally:
+        pool.close(timeout=0.5)                      # it reads nothing: killed past the timeout

@@ -175,11 +175,12 @@ class _Worker:
     def wait_ready(self) -> None:
         if not self.ready:
             try:
-                if not self.conn.poll(_START_TIMEOUT_S):
-                    raise EOFError(f"no hello within {_START_TIMEOUT_S:g} s")
-                said = self.conn.recv_bytes()
-            except EOFError:
+                hello = self.conn.poll(_START_TIMEOUT_S)
+                said = self.conn.recv_bytes() if hello else None
+            except EOFError:        # its socket ended: it exited (or closed it), say how
                 raise EOFError(self.exit_reason()) from None
+            if said is None:        # still running, silent: not an exit (a kill after it is ours)
+                raise EOFError(f"no hello within {_START_TIMEOUT_S:g} s (the worker still ran)")
             if said != _READY:
                 raise EOFError("the decode worker said something else than ready")
             self.ready = True
